@@ -1,0 +1,13 @@
+# The CUDA backend when nvcc is found; otherwise stubs that throw a clear lmx::Error.
+if(LMX_HAVE_CUDA)
+  enable_language(CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  file(GLOB lmx_cuda_srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.cu ${CMAKE_CURRENT_LIST_DIR}/*.cpp)
+  list(FILTER lmx_cuda_srcs EXCLUDE REGEX "stub\\.cpp$")
+  target_sources(lmx_ops PRIVATE ${lmx_cuda_srcs})
+  set_target_properties(lmx_ops PROPERTIES CUDA_ARCHITECTURES "90-real;90-virtual" CUDA_SEPARABLE_COMPILATION OFF)
+  target_compile_definitions(lmx_ops PUBLIC LMX_HAVE_CUDA=1)
+  target_link_libraries(lmx_ops PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas)
+else()
+  target_sources(lmx_ops PRIVATE ${CMAKE_CURRENT_LIST_DIR}/stub.cpp)
+endif()
