@@ -1,0 +1,13 @@
+// Each subcommand of the lmx CLI lives in its own cmd_*.cpp and adds itself to the app here.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace lmx::cli {
+
+// Each function registers one subcommand (its flags and its callback) on `app`.
+void add_selfcheck_command(CLI::App& app);
+void add_tokenize_commands(CLI::App& app);   // tokenize, detokenize, template
+void add_model_commands(CLI::App& app);      // logits, generate
+
+}  // namespace lmx::cli
