@@ -1,0 +1,20 @@
+// CPU kernels for the fused ops and the matrix-vector product (see ops/kernels.h for
+// the contracts). CpuKernels forwards to these.
+#pragma once
+
+#include "ops/kernels.h"
+
+namespace lmx::cpu {
+
+void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style, const Array& out);
+void layer_norm(const Array& x, const Array& w, const Array* bias, float eps, const Array& out);
+void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out);
+void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
+               int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
+
+// out [B, 1, N] = a [B, 1, K] · b [B, K, N] when b is a transposed row-major weight
+// (b.strides() for the last two axes == {1, K}), in f32, bf16 or f16 with f32
+// accumulation. Returns false, doing nothing, when the shapes or strides do not fit.
+bool gemv(const Array& a, const Array& b, const Array& out);
+
+}  // namespace lmx::cpu

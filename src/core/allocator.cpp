@@ -1,0 +1,125 @@
+#include "core/allocator.h"
+
+#include <bit>
+#include <cstdlib>
+#include <limits>
+
+#include "core/error.h"
+
+namespace lmx {
+namespace {
+
+class CpuAllocator final : public Allocator {
+ protected:
+  void* raw_alloc(size_t bytes) override {
+    // 64-byte alignment: whole cache lines and aligned SIMD loads in the kernels.
+    return std::aligned_alloc(64, bytes);
+  }
+  void raw_free(void* p, size_t) override { std::free(p); }
+  const char* device_name() const override { return "cpu"; }
+};
+
+Allocator* g_allocators[2] = {nullptr, nullptr};
+
+std::string mib(size_t b) { return detail::cat(b / (1024 * 1024), " MiB"); }
+
+}  // namespace
+
+size_t Allocator::round_size(size_t bytes) {
+  if (bytes <= 256) return 256;
+  // Granularity of 1/8 of the highest power of two keeps waste under 12.5%.
+  const size_t gran = std::max<size_t>(256, std::bit_floor(bytes) / 8);
+  return (bytes + gran - 1) / gran * gran;
+}
+
+void* Allocator::allocate(size_t bytes) {
+  const size_t size = round_size(bytes);
+  std::lock_guard lock(mu_);
+  if (st_.limit && st_.active + size > st_.limit) {
+    throw OutOfMemory(detail::cat("[memory] allocating ", bytes, " bytes on ", device_name(),
+                                  " would pass the memory limit of ", mib(st_.limit), " (", mib(st_.active),
+                                  " in use); use a smaller batch or context, or raise the limit"));
+  }
+  void* p = nullptr;
+  if (auto it = cache_.find(size); it != cache_.end()) {
+    p = it->second;
+    cache_.erase(it);
+    st_.cached -= size;
+  } else {
+    p = raw_alloc(size);
+    if (!p && !cache_.empty()) {  // the device is full: give the cache back and try once more
+      trim_cache_locked(0);
+      p = raw_alloc(size);
+    }
+    if (!p) {
+      throw OutOfMemory(detail::cat("[memory] out of memory on ", device_name(), " allocating ",
+                                    bytes, " bytes (", mib(st_.active),
+                                    " in use); use a smaller batch or context"));
+    }
+  }
+  st_.active += size;
+  st_.peak = std::max(st_.peak, st_.active);
+  return p;
+}
+
+void Allocator::release(void* p, size_t bytes) {
+  if (!p) return;
+  const size_t size = round_size(bytes);
+  std::lock_guard lock(mu_);
+  st_.active -= size;
+  if (st_.cached + size <= st_.cache_limit) {
+    cache_.emplace(size, p);
+    st_.cached += size;
+  } else {
+    raw_free(p, size);
+  }
+}
+
+void Allocator::trim_cache_locked(size_t target) {
+  // Free the largest blocks first: they are the least likely to be asked for again soon.
+  while (st_.cached > target && !cache_.empty()) {
+    auto it = std::prev(cache_.end());
+    raw_free(it->second, it->first);
+    st_.cached -= it->first;
+    cache_.erase(it);
+  }
+}
+
+MemoryStats Allocator::stats() const {
+  std::lock_guard lock(mu_);
+  return st_;
+}
+void Allocator::set_memory_limit(size_t bytes) {
+  std::lock_guard lock(mu_);
+  st_.limit = bytes;
+}
+void Allocator::set_cache_limit(size_t bytes) {
+  std::lock_guard lock(mu_);
+  st_.cache_limit = bytes;
+  trim_cache_locked(bytes);
+}
+void Allocator::clear_cache() {
+  std::lock_guard lock(mu_);
+  trim_cache_locked(0);
+}
+void Allocator::reset_peak() {
+  std::lock_guard lock(mu_);
+  st_.peak = st_.active;
+}
+
+Allocator& allocator_for(Device d) {
+  static CpuAllocator* cpu = [] {
+    auto* a = new CpuAllocator();  // never destroyed: arrays may outlive static destructors
+    a->set_cache_limit(size_t(1) << 30);
+    return a;
+  }();
+  if (d.type == Device::Type::cpu) return *cpu;
+  Allocator* a = g_allocators[int(d.type)];
+  LMX_CHECK(a != nullptr, "memory", "no allocator for ", d.str(),
+            ": this build of lmx has no CUDA backend (rebuild with -DLMX_CUDA=ON)");
+  return *a;
+}
+
+void register_allocator(Device::Type t, Allocator* a) { g_allocators[int(t)] = a; }
+
+}  // namespace lmx

@@ -1,0 +1,50 @@
+// A caching allocator per device type, with active/peak/cached byte counts and limits.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <mutex>
+
+#include "core/device.h"
+
+namespace lmx {
+
+struct MemoryStats {
+  size_t active = 0;  // bytes held by live arrays
+  size_t peak = 0;    // highest `active` since the last reset_peak()
+  size_t cached = 0;  // bytes freed by arrays but kept for reuse
+  size_t limit = 0;   // allocations that would push `active` past this throw OutOfMemory
+  size_t cache_limit = 0;
+};
+
+// Thread-safe. Blocks are rounded up (at most 1/8 waste) so that freed blocks are
+// reused by the next request of a similar size, as a KV cache or scratch buffer makes.
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  void* allocate(size_t bytes);  // throws OutOfMemory with a "[memory]" message
+  void release(void* p, size_t bytes);
+  MemoryStats stats() const;
+  void set_memory_limit(size_t bytes);
+  void set_cache_limit(size_t bytes);
+  void clear_cache();
+  void reset_peak();
+  static size_t round_size(size_t bytes);
+
+ protected:
+  virtual void* raw_alloc(size_t bytes) = 0;  // nullptr when the device is full
+  virtual void raw_free(void* p, size_t bytes) = 0;
+  virtual const char* device_name() const = 0;
+
+ private:
+  void trim_cache_locked(size_t target);
+  mutable std::mutex mu_;
+  std::multimap<size_t, void*> cache_;  // rounded size -> free block
+  MemoryStats st_;
+};
+
+// The allocator for a device type. The CPU one always exists; a GPU backend registers its own.
+Allocator& allocator_for(Device d);
+void register_allocator(Device::Type t, Allocator* a);
+
+}  // namespace lmx

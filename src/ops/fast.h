@@ -1,0 +1,51 @@
+// Fused ops. Each has a fallback composed of plain ops (namespace fast::reference),
+// which the tests compare against at awkward sizes.
+#pragma once
+
+#include <optional>
+
+#include "ops/ops.h"
+
+namespace lmx::fast {
+
+enum class RmsNormStyle {
+  // Llama/Qwen3: y = cast(x * rsqrt(mean(x^2) + eps)) * w, two roundings in low precision.
+  llama,
+  // Gemma: the whole norm in f32, y = cast(x * rsqrt(mean(x^2) + eps) * (1 + w)).
+  gemma,
+};
+
+// x [..., D], weight [D] -> [..., D] in x's dtype.
+Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style = RmsNormStyle::llama);
+// x [..., D], weight and bias [D] (bias optional) -> [..., D]; statistics in f32.
+Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);
+
+// Rotate-half ("NeoX") RoPE as HF applies it.
+// x [B, H, L, D]; inv_freq [D/2] f32; offsets [B] int32: position of x[b, :, 0].
+// cos/sin are computed in f32 and cast to x's dtype before the rotation, as HF does.
+Array rope(const Array& x, const Array& inv_freq, const Array& offsets);
+
+struct AttentionMask {
+  bool causal = true;
+  int64_t window = 0;  // > 0: key j is visible to query i only if j > i - window
+  // Position of query row 0 within the key sequence for causal/window masks; usually
+  // Lk - Lq (keys = cache + new tokens). One value per batch row, or empty for Lk - Lq.
+  std::optional<Array> q_offsets;  // [B] int32
+  std::optional<Array> key_valid;  // [B, Lk] bool: false masks a padded key
+};
+
+// q [B, Hq, Lq, D], k and v [B, Hkv, Lk, D] with Hq % Hkv == 0 (GQA: query head h uses
+// kv head h / (Hq/Hkv)). Scores q·kᵀ·scale plus mask, softmax in f32, cast to q's dtype
+// before multiplying by v (HF eager). Rows whose every key is masked give zeros.
+Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
+                                   const AttentionMask& mask = {});
+
+namespace reference {
+Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style);
+Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);
+Array rope(const Array& x, const Array& inv_freq, const Array& offsets);
+Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
+                                   const AttentionMask& mask);
+}  // namespace reference
+
+}  // namespace lmx::fast

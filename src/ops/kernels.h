@@ -1,0 +1,74 @@
+// The one dispatch point between ops and backends. Ops validate arguments, allocate
+// outputs and arrange views; a backend's Kernels only computes. Every array handed to
+// a kernel lives on that backend's device and has the shape documented here.
+#pragma once
+
+#include <cstdint>
+
+#include "core/array.h"
+#include "ops/fast.h"
+#include "ops/ops.h"
+
+namespace lmx::detail {
+
+enum class ReduceOp { sum, max, min, logsumexp };
+enum class RandomKind { uniform, normal };
+
+class Kernels {
+ public:
+  virtual ~Kernels() = default;
+
+  // Host <-> device. `host` holds src.size() elements of src.dtype(), row-major.
+  virtual void upload(const void* host, const Array& dst) = 0;       // dst contiguous
+  virtual void download(const Array& src, void* host) = 0;           // src contiguous
+  virtual void synchronize() = 0;
+
+  virtual void fill(const Array& out, double value) = 0;                 // out contiguous
+  virtual void arange(const Array& out, double start, double step) = 0;  // out contiguous 1-D
+  virtual void random(const Array& out, uint64_t seed, RandomKind kind, float a, float b) = 0;
+
+  // dst[i] = cast(src[i]); same shape, any strides on both sides (dst may be a view).
+  virtual void copy(const Array& src, const Array& dst) = 0;
+  // Same shape everywhere (inputs are broadcast views); out contiguous.
+  virtual void unary(UnaryOp op, const Array& in, const Array& out) = 0;
+  virtual void binary(BinaryOp op, const Array& a, const Array& b, const Array& out) = 0;
+  virtual void where(const Array& cond, const Array& a, const Array& b, const Array& out) = 0;
+
+  // a [B, M, K], b [B, K, N], any strides; out [B, M, N] contiguous. Same dtype.
+  virtual void matmul(const Array& a, const Array& b, const Array& out) = 0;
+
+  // in [R, C] contiguous -> out [R] (f32 accumulate; max/min keep the dtype).
+  virtual void reduce(ReduceOp op, const Array& in, const Array& out) = 0;
+  virtual void argmax(const Array& in, const Array& out) = 0;   // in [R, C] -> out [R] int32
+  virtual void softmax(const Array& in, const Array& out) = 0;  // [R, C] contiguous, per row
+
+  // src [P, N, S] contiguous, idx [M] int32/uint32 -> out [P, M, S]. Checks idx < N.
+  virtual void take(const Array& src, const Array& idx, const Array& out) = 0;
+  // src [P, N, S], idx [P, M, S] -> out [P, M, S] with out[p,m,s] = src[p, idx[p,m,s], s].
+  virtual void take_along(const Array& src, const Array& idx, const Array& out) = 0;
+
+  // in [R, C] contiguous -> the first k of each row sorted (values [R, k], indices [R, k]
+  // int32), stable. Either output may be empty (not valid()).
+  virtual void sort(const Array& in, bool descending, int k, const Array& values,
+                    const Array& indices) = 0;
+  // logits [R, V] contiguous -> out [R] int32, one draw per row.
+  virtual void categorical(const Array& logits, uint64_t seed, const Array& out) = 0;
+
+  // Fused ops; inputs contiguous, outputs contiguous and shaped like x / q.
+  virtual void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
+                        const Array& out) = 0;
+  virtual void layer_norm(const Array& x, const Array& w, const Array* bias, float eps,
+                          const Array& out) = 0;
+  virtual void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) = 0;
+  // q [B,Hq,Lq,D], k/v [B,Hkv,Lk,D] (any strides on the last-but-one axes), out [B,Hq,Lq,D].
+  // q_offsets [B] int32 always given; key_valid [B, Lk] bool or nullptr.
+  virtual void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                         int64_t window, const Array& q_offsets, const Array* key_valid,
+                         const Array& out) = 0;
+};
+
+// The kernels for a device; throws "[device] ..." when its backend is not built or
+// no such device exists.
+Kernels& kernels_for(Device d);
+
+}  // namespace lmx::detail
