@@ -53,7 +53,7 @@ Array copy(const Array& a);  // a fresh contiguous array
 
 // ---- element-wise ----
 enum class UnaryOp { neg, abs, exp, log, sqrt, rsqrt, tanh, sigmoid, silu, gelu_tanh, square,
-                     logical_not };
+                     logical_not, sin, cos };
 enum class BinaryOp { add, sub, mul, div, pow, maximum, minimum, eq, ne, lt, le, gt, ge,
                       logical_and, logical_or };
 Array unary(UnaryOp op, const Array& a);
@@ -71,6 +71,8 @@ Array silu(const Array& a);
 Array gelu_tanh(const Array& a);
 Array square(const Array& a);
 Array logical_not(const Array& a);
+Array sin(const Array& a);
+Array cos(const Array& a);
 
 Array add(const Array& a, const Array& b);
 Array subtract(const Array& a, const Array& b);

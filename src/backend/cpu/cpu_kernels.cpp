@@ -1,0 +1,64 @@
+// The CPU backend behind the Kernels interface.
+#include <cstring>
+
+#include "backend/cpu/cpu_ops.h"
+
+namespace lmx::cpu {
+namespace {
+
+class CpuKernels final : public detail::Kernels {
+ public:
+  void upload(const void* host, const Array& dst) override { std::memcpy(dst.raw(), host, dst.nbytes()); }
+  void download(const Array& src, void* host) override { std::memcpy(host, src.raw(), src.nbytes()); }
+  void synchronize() override {}
+  void fill(const Array& out, double v) override { cpu::fill(out, v); }
+  void arange(const Array& out, double start, double step) override { cpu::arange(out, start, step); }
+  void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b) override {
+    cpu::random(out, seed, kind, a, b);
+  }
+  void copy(const Array& src, const Array& dst) override { cpu::copy(src, dst); }
+  void unary(UnaryOp op, const Array& in, const Array& out) override { cpu::unary(op, in, out); }
+  void binary(BinaryOp op, const Array& a, const Array& b, const Array& out) override {
+    cpu::binary(op, a, b, out);
+  }
+  void where(const Array& c, const Array& a, const Array& b, const Array& out) override {
+    cpu::where(c, a, b, out);
+  }
+  void matmul(const Array& a, const Array& b, const Array& out) override { cpu::matmul(a, b, out); }
+  void reduce(detail::ReduceOp op, const Array& in, const Array& out) override { cpu::reduce(op, in, out); }
+  void argmax(const Array& in, const Array& out) override { cpu::argmax(in, out); }
+  void softmax(const Array& in, const Array& out) override { cpu::softmax(in, out); }
+  void take(const Array& src, const Array& idx, const Array& out) override { cpu::take(src, idx, out); }
+  void take_along(const Array& src, const Array& idx, const Array& out) override {
+    cpu::take_along(src, idx, out);
+  }
+  void sort(const Array& in, bool desc, int k, const Array& values, const Array& indices) override {
+    cpu::sort(in, desc, k, values, indices);
+  }
+  void categorical(const Array& logits, uint64_t seed, const Array& out) override {
+    cpu::categorical(logits, seed, out);
+  }
+  void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style, const Array& out) override {
+    cpu::rms_norm(x, w, eps, style, out);
+  }
+  void layer_norm(const Array& x, const Array& w, const Array* bias, float eps, const Array& out) override {
+    cpu::layer_norm(x, w, bias, eps, out);
+  }
+  void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) override {
+    cpu::rope(x, inv_freq, offsets, out);
+  }
+  void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal, int64_t window,
+                 const Array& q_offsets, const Array* key_valid, const Array& out) override {
+    cpu::attention(q, k, v, scale, causal, window, q_offsets, key_valid, out);
+  }
+};
+
+}  // namespace
+}  // namespace lmx::cpu
+
+namespace lmx::detail {
+Kernels& cpu_kernels() {
+  static cpu::CpuKernels k;
+  return k;
+}
+}  // namespace lmx::detail

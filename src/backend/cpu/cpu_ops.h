@@ -1,0 +1,38 @@
+// The CPU backend's kernels, one file per op family; cpu_kernels.cpp exposes them
+// through the Kernels interface of ops/kernels.h, whose contracts they follow.
+#pragma once
+
+#include "backend/cpu/cpu_fast.h"
+#include "ops/kernels.h"
+
+namespace lmx::cpu {
+
+// copy.cpp
+void fill(const Array& out, double value);
+void arange(const Array& out, double start, double step);
+void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b);
+void copy(const Array& src, const Array& dst);
+// elementwise.cpp
+void unary(UnaryOp op, const Array& in, const Array& out);
+void binary(BinaryOp op, const Array& a, const Array& b, const Array& out);
+void where(const Array& cond, const Array& a, const Array& b, const Array& out);
+// matmul.cpp
+void matmul(const Array& a, const Array& b, const Array& out);
+// reduce.cpp
+void reduce(detail::ReduceOp op, const Array& in, const Array& out);
+void argmax(const Array& in, const Array& out);
+void softmax(const Array& in, const Array& out);
+// indexing.cpp
+void take(const Array& src, const Array& idx, const Array& out);
+void take_along(const Array& src, const Array& idx, const Array& out);
+// sort.cpp
+void sort(const Array& in, bool descending, int k, const Array& values, const Array& indices);
+void categorical(const Array& logits, uint64_t seed, const Array& out);
+
+// Counter-based random bits shared by random() and categorical(): depends only on (seed, i).
+uint64_t random_bits(uint64_t seed, uint64_t i);
+inline float random_unit(uint64_t seed, uint64_t i) {  // uniform in [0, 1)
+  return float(random_bits(seed, i) >> 40) * (1.0f / 16777216.0f);
+}
+
+}  // namespace lmx::cpu

@@ -1,0 +1,76 @@
+// Batched matmul: OpenBLAS sgemm for f32; 16-bit floats go through the SIMD
+// matrix-vector kernel for decode shapes and through f32 sgemm otherwise.
+#include <cblas.h>
+
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/strided.h"
+
+namespace lmx::cpu {
+namespace {
+
+// How BLAS should read a [rows, cols] matrix with strides (rs, cs): row-major with a
+// leading dimension, or transposed. nullopt when neither fits (then we copy).
+struct BlasView { CBLAS_TRANSPOSE trans; int64_t ld; };
+std::optional<BlasView> blas_view(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+  if ((cs == 1 || cols == 1) && (rs >= std::max<int64_t>(1, cols) || rows == 1))
+    return BlasView{CblasNoTrans, std::max<int64_t>({rs, cols, 1})};
+  if ((rs == 1 || rows == 1) && (cs >= std::max<int64_t>(1, rows) || cols == 1))
+    return BlasView{CblasTrans, std::max<int64_t>({cs, rows, 1})};
+  return std::nullopt;
+}
+
+// An f32 copy of one batch element of x [B, R, C], dense row-major [R, C].
+std::vector<float> to_f32_matrix(const Array& x, int64_t batch) {
+  const int64_t r = x.shape(1), c = x.shape(2);
+  std::vector<float> out(static_cast<size_t>(r * c));
+  visit_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<compute_t<T>, float>) {
+      const T* p = static_cast<const T*>(x.raw()) + batch * x.strides()[0];
+      parallel_for(r, std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)), [&](int64_t r0, int64_t r1) {
+        for (int64_t i = r0; i < r1; ++i)
+          for (int64_t j = 0; j < c; ++j) out[size_t(i * c + j)] = to_f32(p[i * x.strides()[1] + j * x.strides()[2]]);
+      });
+    }
+  });
+  return out;
+}
+
+void sgemm(const float* a, BlasView va, const float* b, BlasView vb, float* c, int64_t m, int64_t n, int64_t k) {
+  cblas_sgemm(CblasRowMajor, va.trans, vb.trans, int(m), int(n), int(k), 1.0f, a, int(va.ld), b, int(vb.ld), 0.0f,
+              c, int(n));
+}
+
+}  // namespace
+
+void matmul(const Array& a, const Array& b, const Array& out) {
+  const int64_t nb = a.shape(0), m = a.shape(1), k = a.shape(2), n = b.shape(2);
+  if (k == 0) {
+    fill(out, 0);
+    return;
+  }
+  if (gemv(a, b, out)) return;
+  if (a.dtype() == Dtype::f32) {
+    const auto va = blas_view(m, k, a.strides()[1], a.strides()[2]);
+    const auto vb = blas_view(k, n, b.strides()[1], b.strides()[2]);
+    if (va && vb) {
+      for (int64_t i = 0; i < nb; ++i)
+        sgemm(a.data<float>() + i * a.strides()[0], *va, b.data<float>() + i * b.strides()[0], *vb,
+              out.data<float>() + i * m * n, m, n, k);
+      return;
+    }
+  }
+  // General path: dense f32 copies of each batch element, sgemm, one rounding at the end.
+  const BlasView dense_a{CblasNoTrans, k}, dense_b{CblasNoTrans, n};
+  std::vector<float> c(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < nb; ++i) {
+    const std::vector<float> fa = to_f32_matrix(a, i), fb = to_f32_matrix(b, i);
+    sgemm(fa.data(), dense_a, fb.data(), dense_b, c.data(), m, n, k);
+    const Array src = Array::borrow(c.data(), {m, n}, Dtype::f32, nullptr);
+    copy(src, out.view({m, n}, {n, 1}, out.offset() + i * m * n));
+  }
+}
+
+}  // namespace lmx::cpu

@@ -1,0 +1,100 @@
+// Row reductions over a contiguous [rows, cols] matrix: sum, max, min, logsumexp,
+// argmax and softmax, accumulating floats in f32.
+#include <cmath>
+#include <limits>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/strided.h"
+
+namespace lmx::cpu {
+namespace {
+
+// Calls fn(row_index, row_pointer, cols) for every row, in parallel.
+template <class T, class Fn>
+void for_rows(const Array& in, Fn&& fn) {
+  const int64_t rows = in.shape(0), cols = in.shape(1);
+  const T* p = in.data<T>();
+  parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(r, p + r * cols, cols);
+  });
+}
+
+}  // namespace
+
+void reduce(detail::ReduceOp op, const Array& in, const Array& out) {
+  visit_dtype(in.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    using C = compute_t<T>;
+    T* o = out.data<T>();
+    for_rows<T>(in, [&](int64_t r, const T* x, int64_t n) {
+      C acc{};
+      switch (op) {
+        case detail::ReduceOp::sum:
+          for (int64_t i = 0; i < n; ++i) acc += load(x[i]);
+          break;
+        case detail::ReduceOp::max:
+          acc = load(x[0]);
+          for (int64_t i = 1; i < n; ++i) acc = std::max(acc, load(x[i]));
+          break;
+        case detail::ReduceOp::min:
+          acc = load(x[0]);
+          for (int64_t i = 1; i < n; ++i) acc = std::min(acc, load(x[i]));
+          break;
+        case detail::ReduceOp::logsumexp:
+          if constexpr (std::is_same_v<C, float>) {
+            float m = -std::numeric_limits<float>::infinity();
+            for (int64_t i = 0; i < n; ++i) m = std::max(m, load(x[i]));
+            if (std::isinf(m)) {
+              acc = m;  // all -inf gives -inf; any +inf gives +inf
+              break;
+            }
+            float s = 0;
+            for (int64_t i = 0; i < n; ++i) s += std::exp(load(x[i]) - m);
+            acc = m + std::log(s);
+          }
+          break;
+      }
+      o[r] = store<T>(acc);
+    });
+  });
+}
+
+void argmax(const Array& in, const Array& out) {
+  int32_t* o = out.data<int32_t>();
+  visit_dtype(in.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    for_rows<T>(in, [&](int64_t r, const T* x, int64_t n) {
+      int64_t best = 0;
+      auto bv = load(x[0]);
+      for (int64_t i = 1; i < n; ++i) {
+        const auto v = load(x[i]);
+        if (v > bv) {
+          bv = v;
+          best = i;
+        }
+      }
+      o[r] = int32_t(best);
+    });
+  });
+}
+
+void softmax(const Array& in, const Array& out) {
+  visit_dtype(in.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<compute_t<T>, float>) {
+      T* base = out.data<T>();
+      for_rows<T>(in, [&](int64_t r, const T* x, int64_t n) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < n; ++i) m = std::max(m, to_f32(x[i]));
+        std::vector<float> e(static_cast<size_t>(n));
+        float s = 0;
+        for (int64_t i = 0; i < n; ++i) s += e[size_t(i)] = std::exp(to_f32(x[i]) - m);
+        const float inv = 1.0f / s;
+        T* o = base + r * n;
+        for (int64_t i = 0; i < n; ++i) o[i] = from_f32<T>(e[size_t(i)] * inv);
+      });
+    }
+  });
+}
+
+}  // namespace lmx::cpu

@@ -1,0 +1,184 @@
+// Fused ops: argument checks, dispatch, and the fallbacks composed of plain ops that
+// define what each fused kernel must compute.
+#include "ops/fast.h"
+
+#include <cmath>
+#include <limits>
+
+#include "ops/op_util.h"
+
+namespace lmx::fast {
+namespace {
+
+void check_norm_args(const Array& x, const Array& w, const char* op) {
+  detail::check_valid(x, op);
+  detail::check_valid(w, op, "weight");
+  detail::check_float(x, op);
+  detail::check_float(w, op);
+  detail::check_same_device(x, w, op);
+  LMX_CHECK(x.ndim() >= 1 && w.ndim() == 1 && w.shape(0) == x.shape(-1), op, "weight of shape ",
+            shape_str(w.shape()), " does not match the last axis of x ", shape_str(x.shape()));
+}
+
+void check_rope_args(const Array& x, const Array& inv_freq, const Array& offsets) {
+  detail::check_valid(x, "rope");
+  detail::check_float(x, "rope");
+  LMX_CHECK(x.ndim() == 4, "rope", "expects x of shape [B, H, L, D], got ", shape_str(x.shape()));
+  LMX_CHECK(x.shape(3) % 2 == 0, "rope", "head dimension ", x.shape(3), " must be even");
+  LMX_CHECK(inv_freq.valid() && inv_freq.dtype() == Dtype::f32 && inv_freq.ndim() == 1 &&
+                inv_freq.shape(0) == x.shape(3) / 2,
+            "rope", "inv_freq must be f32 of shape [", x.shape(3) / 2, "]");
+  LMX_CHECK(offsets.valid() && offsets.dtype() == Dtype::i32 && offsets.ndim() == 1 &&
+                offsets.shape(0) == x.shape(0),
+            "rope", "offsets must be int32 of shape [", x.shape(0), "]");
+  detail::check_same_device(x, inv_freq, "rope");
+  detail::check_same_device(x, offsets, "rope");
+}
+
+// Query-row offsets for the masks: Lk - Lq for every batch row unless given.
+Array resolve_q_offsets(const Array& q, const Array& k, const AttentionMask& mask) {
+  const int64_t b = q.shape(0);
+  if (mask.q_offsets) {
+    const Array& o = *mask.q_offsets;
+    LMX_CHECK(o.valid() && o.dtype() == Dtype::i32 && o.ndim() == 1 && o.shape(0) == b,
+              "scaled_dot_product_attention", "q_offsets must be int32 of shape [", b, "]");
+    return o;
+  }
+  return full({b}, double(k.shape(2) - q.shape(2)), Dtype::i32, q.device());
+}
+
+void check_attention_args(const Array& q, const Array& k, const Array& v, const AttentionMask& mask) {
+  const char* op = "scaled_dot_product_attention";
+  detail::check_valid(q, op, "q");
+  detail::check_valid(k, op, "k");
+  detail::check_valid(v, op, "v");
+  detail::check_float(q, op);
+  LMX_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), op, "q, k and v must share a dtype, got ",
+            dtype_name(q.dtype()), ", ", dtype_name(k.dtype()), ", ", dtype_name(v.dtype()));
+  detail::check_same_device(q, k, op);
+  detail::check_same_device(q, v, op);
+  LMX_CHECK(q.ndim() == 4 && k.ndim() == 4 && v.ndim() == 4, op,
+            "expects q [B, Hq, Lq, D] and k, v [B, Hkv, Lk, D], got ", shape_str(q.shape()), ", ",
+            shape_str(k.shape()), ", ", shape_str(v.shape()));
+  LMX_CHECK(k.shape() == v.shape(), op, "k ", shape_str(k.shape()), " and v ", shape_str(v.shape()), " differ");
+  LMX_CHECK(q.shape(0) == k.shape(0) && q.shape(3) == k.shape(3), op, "q ", shape_str(q.shape()),
+            " does not match k ", shape_str(k.shape()), " in batch or head dimension");
+  LMX_CHECK(k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0, op, "query heads (", q.shape(1),
+            ") must be a multiple of key/value heads (", k.shape(1), ")");
+  if (mask.key_valid) {
+    const Array& kv = *mask.key_valid;
+    LMX_CHECK(kv.valid() && kv.dtype() == Dtype::boolean && kv.shape() == Shape({k.shape(0), k.shape(2)}), op,
+              "key_valid must be bool of shape [", k.shape(0), ", ", k.shape(2), "]");
+  }
+}
+
+}  // namespace
+
+Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style) {
+  check_norm_args(x, weight, "rms_norm");
+  const Array xc = contiguous(x);
+  Array out(x.shape(), x.dtype(), x.device());
+  detail::kern(x).rms_norm(xc, contiguous(weight), eps, style, out);
+  // tape: record(rms_norm, {x, weight}, out)
+  return out;
+}
+
+Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps) {
+  check_norm_args(x, weight, "layer_norm");
+  if (bias) check_norm_args(x, *bias, "layer_norm");
+  Array out(x.shape(), x.dtype(), x.device());
+  const Array b = bias ? contiguous(*bias) : Array();
+  detail::kern(x).layer_norm(contiguous(x), contiguous(weight), bias ? &b : nullptr, eps, out);
+  return out;
+}
+
+Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
+  check_rope_args(x, inv_freq, offsets);
+  Array out(x.shape(), x.dtype(), x.device());
+  detail::kern(x).rope(contiguous(x), contiguous(inv_freq), contiguous(offsets), out);
+  // tape: record(rope, {x}, out)
+  return out;
+}
+
+Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
+                                   const AttentionMask& mask) {
+  check_attention_args(q, k, v, mask);
+  const Array q_off = contiguous(resolve_q_offsets(q, k, mask));
+  Array out(q.shape(), q.dtype(), q.device());
+  // k and v may be views into a larger preallocated cache: only the last axis must be dense.
+  auto dense_last = [](const Array& a) { return a.strides()[3] == 1 ? a : contiguous(a); };
+  const Array kv_valid = mask.key_valid ? contiguous(*mask.key_valid) : Array();
+  detail::kern(q).attention(contiguous(q), dense_last(k), dense_last(v), scale, mask.causal, mask.window, q_off,
+                            mask.key_valid ? &kv_valid : nullptr, out);
+  // tape: record(attention, {q, k, v}, out)
+  return out;
+}
+
+namespace reference {
+
+Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style) {
+  check_norm_args(x, weight, "rms_norm");
+  const Array x32 = astype(x, Dtype::f32);
+  const Array inv = rsqrt(add(mean(square(x32), {-1}, true), eps));
+  if (style == RmsNormStyle::gemma)
+    return astype(multiply(multiply(x32, inv), add(astype(weight, Dtype::f32), 1.0)), x.dtype());
+  return astype(multiply(astype(multiply(x32, inv), x.dtype()), weight), x.dtype());
+}
+
+Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps) {
+  check_norm_args(x, weight, "layer_norm");
+  const Array x32 = astype(x, Dtype::f32);
+  const Array centered = subtract(x32, mean(x32, {-1}, true));
+  const Array var = mean(square(centered), {-1}, true);
+  Array y = multiply(multiply(centered, rsqrt(add(var, eps))), astype(weight, Dtype::f32));
+  if (bias) y = add(y, astype(*bias, Dtype::f32));
+  return astype(y, x.dtype());
+}
+
+Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
+  check_rope_args(x, inv_freq, offsets);
+  const int64_t b = x.shape(0), l = x.shape(2), half = x.shape(3) / 2;
+  // positions [B, L] in f32, freqs [B, 1, L, D/2], emb [B, 1, L, D]
+  const Array pos = astype(add(reshape(offsets, {b, 1}), reshape(arange(0, double(l), 1, Dtype::i32, x.device()),
+                                                                 {1, l})),
+                           Dtype::f32);
+  const Array freqs = reshape(multiply(reshape(pos, {b, l, 1}), reshape(inv_freq, {1, 1, half})), {b, 1, l, half});
+  const Array emb = concatenate({freqs, freqs}, -1);
+  const Array c = astype(cos(emb), x.dtype()), s = astype(sin(emb), x.dtype());
+  const Array x1 = slice_axis(x, 3, 0, half), x2 = slice_axis(x, 3, half, 2 * half);
+  const Array rotated = concatenate({neg(x2), x1}, -1);
+  return add(multiply(x, c), multiply(rotated, s));
+}
+
+Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
+                                   const AttentionMask& mask) {
+  check_attention_args(q, k, v, mask);
+  const int64_t b = q.shape(0), hq = q.shape(1), lq = q.shape(2), hkv = k.shape(1), lk = k.shape(2),
+                d = q.shape(3);
+  const int64_t rep = hq / hkv;
+  // GQA as HF's repeat_kv: each kv head repeated `rep` times, contiguously. [B, Hq, Lk, D]
+  auto repeat = [&](const Array& t) {
+    return reshape(broadcast_to(reshape(t, {b, hkv, 1, lk, d}), {b, hkv, rep, lk, d}), {b, hq, lk, d});
+  };
+  // scores [B, Hq, Lq, Lk], rounded to the dtype twice as HF's eager path does
+  const Array scores = multiply(matmul(q, swapaxes(repeat(k), 2, 3)), scalar(scale, q.dtype(), q.device()));
+  // visible [B, 1, Lq, Lk]
+  const Array qi = add(reshape(resolve_q_offsets(q, k, mask), {b, 1, 1}),
+                       reshape(arange(0, double(lq), 1, Dtype::i32, q.device()), {1, lq, 1}));
+  const Array kj = reshape(arange(0, double(lk), 1, Dtype::i32, q.device()), {1, 1, lk});
+  Array visible = full({b, lq, lk}, 1, Dtype::boolean, q.device());
+  if (mask.causal) visible = logical_and(visible, less_equal(kj, qi));
+  if (mask.window > 0) visible = logical_and(visible, greater(kj, subtract(qi, scalar(double(mask.window), Dtype::i32, q.device()))));
+  if (mask.key_valid) visible = logical_and(visible, reshape(*mask.key_valid, {b, 1, lk}));
+  visible = reshape(visible, {b, 1, lq, lk});
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const Array masked = where(visible, astype(scores, Dtype::f32), scalar(neg_inf, Dtype::f32, q.device()));
+  // A row with no visible key would be NaN after softmax; it is defined as zeros.
+  const Array any = greater(max(astype(visible, Dtype::f32), {-1}, true), scalar(0, Dtype::f32, q.device()));
+  const Array probs = where(any, softmax(where(any, masked, scalar(0, Dtype::f32, q.device())), -1),
+                            scalar(0, Dtype::f32, q.device()));
+  return matmul(astype(probs, q.dtype()), repeat(v));
+}
+
+}  // namespace reference
+}  // namespace lmx::fast
