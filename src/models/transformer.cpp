@@ -1,0 +1,87 @@
+#include "models/transformer.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace lmx::models {
+
+DecoderLayer::DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& attn)
+    : self_attn(attn),
+      mlp(spec.hidden_size, spec.intermediate_size, spec.activation, spec.mlp_bias),
+      input_layernorm(spec.hidden_size, spec.rms_norm_eps, spec.norm_style),
+      post_attention_layernorm(spec.hidden_size, spec.rms_norm_eps, spec.norm_style),
+      sandwich_(spec.sandwich_norms) {
+  if (sandwich_) {
+    pre_feedforward_layernorm.emplace(spec.hidden_size, spec.rms_norm_eps, spec.norm_style);
+    post_feedforward_layernorm.emplace(spec.hidden_size, spec.rms_norm_eps, spec.norm_style);
+  }
+}
+
+Array DecoderLayer::forward(const Array& x, nn::LayerCache* cache) const {
+  if (sandwich_) {
+    // Gemma: each sub-block's output is normalised before the residual add.
+    const Array a = self_attn.forward(input_layernorm.forward(x), cache);
+    const Array h = add(x, post_attention_layernorm.forward(a));
+    const Array m = mlp.forward(pre_feedforward_layernorm->forward(h));
+    return add(h, post_feedforward_layernorm->forward(m));
+  }
+  // Llama/Qwen: pre-norm residual blocks.
+  const Array h = add(x, self_attn.forward(input_layernorm.forward(x), cache));
+  return add(h, mlp.forward(post_attention_layernorm.forward(h)));
+}
+
+void DecoderLayer::visit(const std::string& prefix, const nn::ParamVisitor& fn) {
+  self_attn.visit(nn::join_name(prefix, "self_attn"), fn);
+  mlp.visit(nn::join_name(prefix, "mlp"), fn);
+  input_layernorm.visit(nn::join_name(prefix, "input_layernorm"), fn);
+  post_attention_layernorm.visit(nn::join_name(prefix, "post_attention_layernorm"), fn);
+  if (sandwich_) {
+    pre_feedforward_layernorm->visit(nn::join_name(prefix, "pre_feedforward_layernorm"), fn);
+    post_feedforward_layernorm->visit(nn::join_name(prefix, "post_feedforward_layernorm"), fn);
+  }
+}
+
+CausalLM::CausalLM(DecoderSpec spec)
+    : spec_(std::move(spec)),
+      embed_tokens_(spec_.vocab_size, spec_.hidden_size),
+      norm_(spec_.hidden_size, spec_.rms_norm_eps, spec_.norm_style) {
+  for (const nn::AttentionSpec& a : spec_.layers) layers_.push_back(std::make_unique<DecoderLayer>(spec_, a));
+  if (!spec_.tie_word_embeddings) lm_head_.emplace(spec_.hidden_size, spec_.vocab_size, false);
+}
+
+Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches) const {
+  LMX_CHECK(ids.valid() && ids.ndim() == 2 && (ids.dtype() == Dtype::i32 || ids.dtype() == Dtype::u32), "forward",
+            "token ids must be an int32 array of shape [batch, length]");
+  LMX_CHECK(caches.empty() || int(caches.size()) == num_layers(), "forward", "got ", caches.size(),
+            " layer caches for ", num_layers(), " layers");
+  Array h = embed_tokens_.forward(ids);  // [B, L, H]
+  if (spec_.scale_embeddings)
+    h = multiply(h, scalar(std::sqrt(double(spec_.hidden_size)), h.dtype(), h.device()));
+  for (size_t i = 0; i < layers_.size(); ++i) h = layers_[i]->forward(h, caches.empty() ? nullptr : caches[i]);
+  return norm_.forward(h);
+}
+
+Array CausalLM::logits(const Array& h) const {
+  Array out = lm_head_ ? lm_head_->forward(h) : embed_tokens_.as_linear(h);
+  if (spec_.final_logit_softcapping > 0) {
+    const Array c = scalar(spec_.final_logit_softcapping, out.dtype(), out.device());
+    out = multiply(tanh(divide(out, c)), c);
+  }
+  return out;
+}
+
+Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> caches) const {
+  return logits(hidden_states(ids, caches));
+}
+
+void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {
+  const std::string model = nn::join_name(prefix, "model");
+  embed_tokens_.visit(nn::join_name(model, "embed_tokens"), fn);
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i]->visit(nn::join_name(model, "layers." + std::to_string(i)), fn);
+  norm_.visit(nn::join_name(model, "norm"), fn);
+  if (lm_head_) lm_head_->visit(nn::join_name(prefix, "lm_head"), fn);
+}
+
+}  // namespace lmx::models

@@ -1,0 +1,71 @@
+// The decoder-only transformer shared by every family. A family's file turns its
+// config.json into a DecoderSpec; this file owns the forward pass that all of them run.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nn/layers.h"
+
+namespace lmx::models {
+
+struct DecoderSpec {
+  std::string model_type;
+  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0;
+  float rms_norm_eps = 1e-6f;
+  fast::RmsNormStyle norm_style = fast::RmsNormStyle::llama;
+  // Gemma 3: extra norms after attention and around the MLP ("sandwich" norms).
+  bool sandwich_norms = false;
+  nn::Activation activation = nn::Activation::silu;
+  bool mlp_bias = false;
+  bool tie_word_embeddings = false;
+  // Gemma 3 multiplies embeddings by sqrt(hidden), rounded to the activation dtype.
+  bool scale_embeddings = false;
+  float final_logit_softcapping = 0;  // 0 = none
+  std::vector<nn::AttentionSpec> layers;  // one per decoder layer
+};
+
+class DecoderLayer : public nn::Module {
+ public:
+  DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& attn);
+  Array forward(const Array& x, nn::LayerCache* cache) const;  // [B, L, H] -> [B, L, H]
+  void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
+
+  nn::Attention self_attn;
+  nn::MLP mlp;
+  nn::RMSNorm input_layernorm, post_attention_layernorm;
+  std::optional<nn::RMSNorm> pre_feedforward_layernorm, post_feedforward_layernorm;  // Gemma only
+
+ private:
+  bool sandwich_;
+};
+
+// A causal language model: embeddings, decoder layers, final norm and LM head.
+// Weights are read-only after loading; forward() may run concurrently with distinct caches.
+class CausalLM : public nn::Module {
+ public:
+  explicit CausalLM(DecoderSpec spec);
+  // ids [B, L] int32 -> logits [B, L, V] in the weights' dtype. With caches (one per
+  // layer), the new tokens continue the cached sequence; without, they start at 0.
+  Array forward(const Array& ids, std::span<nn::LayerCache* const> caches = {}) const;
+  // The final hidden states [B, L, H] (after the last norm), for heads computed elsewhere.
+  Array hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches = {}) const;
+  // h [..., H] -> logits [..., V], softcapping included.
+  Array logits(const Array& h) const;
+  void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
+  const DecoderSpec& spec() const { return spec_; }
+  int num_layers() const { return int(layers_.size()); }
+  Dtype dtype() const { return embed_tokens_.weight.dtype(); }
+  Device device() const { return embed_tokens_.weight.device(); }
+
+ private:
+  DecoderSpec spec_;
+  nn::Embedding embed_tokens_;                 // [V, H]
+  std::vector<std::unique_ptr<DecoderLayer>> layers_;
+  nn::RMSNorm norm_;                           // [H]
+  std::optional<nn::Linear> lm_head_;          // [V, H]; absent when tied
+};
+
+}  // namespace lmx::models

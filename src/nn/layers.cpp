@@ -1,0 +1,109 @@
+#include "nn/layers.h"
+
+#include "core/error.h"
+
+namespace lmx::nn {
+
+Array Linear::forward(const Array& x) const {
+  // x·Wᵀ through a transposed view: the weight is never copied.
+  Array y = matmul(x, swapaxes(weight, 0, 1));
+  if (bias) y = add(y, *bias);
+  return y;
+}
+
+void Linear::visit(const std::string& prefix, const ParamVisitor& fn) {
+  fn(join_name(prefix, "weight"), weight, {out_, in_});
+  if (has_bias_) {
+    if (!bias) bias.emplace();
+    fn(join_name(prefix, "bias"), *bias, {out_});
+  }
+}
+
+Array Embedding::forward(const Array& ids) const { return embedding(weight, ids); }
+
+Array Embedding::as_linear(const Array& x) const { return matmul(x, swapaxes(weight, 0, 1)); }
+
+void Embedding::visit(const std::string& prefix, const ParamVisitor& fn) {
+  fn(join_name(prefix, "weight"), weight, {vocab_, dim_});
+}
+
+void RMSNorm::visit(const std::string& prefix, const ParamVisitor& fn) {
+  fn(join_name(prefix, "weight"), weight, {dim_});
+}
+
+MLP::MLP(int64_t hidden, int64_t intermediate, Activation act, bool bias)
+    : gate_proj(hidden, intermediate, bias),
+      up_proj(hidden, intermediate, bias),
+      down_proj(intermediate, hidden, bias),
+      act_(act) {}
+
+Array MLP::forward(const Array& x) const {
+  const Array g = gate_proj.forward(x);  // [B, L, I]
+  const Array a = act_ == Activation::silu ? silu(g) : gelu_tanh(g);
+  return down_proj.forward(multiply(a, up_proj.forward(x)));
+}
+
+void MLP::visit(const std::string& prefix, const ParamVisitor& fn) {
+  gate_proj.visit(join_name(prefix, "gate_proj"), fn);
+  up_proj.visit(join_name(prefix, "up_proj"), fn);
+  down_proj.visit(join_name(prefix, "down_proj"), fn);
+}
+
+Attention::Attention(const AttentionSpec& s)
+    : q_proj(s.hidden, s.n_heads * s.head_dim, s.bias),
+      k_proj(s.hidden, s.n_kv_heads * s.head_dim, s.bias),
+      v_proj(s.hidden, s.n_kv_heads * s.head_dim, s.bias),
+      o_proj(s.n_heads * s.head_dim, s.hidden, s.bias),
+      spec_(s) {
+  LMX_CHECK(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, "attention", "num_attention_heads ", s.n_heads,
+            " is not a multiple of num_key_value_heads ", s.n_kv_heads);
+  LMX_CHECK(int64_t(s.inv_freq.size()) * 2 == s.head_dim, "attention", "RoPE frequencies for head_dim ",
+            s.head_dim, " expected ", s.head_dim / 2, ", got ", s.inv_freq.size());
+  if (s.qk_norm) {
+    q_norm.emplace(s.head_dim, s.norm_eps, s.norm_style);
+    k_norm.emplace(s.head_dim, s.norm_eps, s.norm_style);
+  }
+  inv_freq_ = from_vector(s.inv_freq, {int64_t(s.inv_freq.size())});
+}
+
+Array Attention::forward(const Array& x, LayerCache* cache) const {
+  const int64_t b = x.shape(0), l = x.shape(1), hd = spec_.head_dim;
+  // [B, L, heads, hd]
+  Array q = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
+  Array k = reshape(k_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
+  const Array v = reshape(v_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
+  if (q_norm) {
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  // [B, heads, L, hd]
+  q = swapaxes(q, 1, 2);
+  k = swapaxes(k, 1, 2);
+  const Array vt = contiguous(swapaxes(v, 1, 2));
+  const Array freqs = to_device(inv_freq_, x.device());
+  auto per_row = [&](int64_t v) { return full({b}, double(v), Dtype::i32, x.device()); };
+  // RoPE positions continue from what the cache holds.
+  const Array pos = per_row(cache ? cache->next_position() : 0);
+  q = fast::rope(q, freqs, pos);
+  k = fast::rope(k, freqs, pos);
+  const LayerCache::View kv = cache ? cache->update(k, vt) : LayerCache::View{k, vt, 0};
+  fast::AttentionMask mask;
+  mask.causal = true;
+  mask.window = spec_.window;
+  mask.q_offsets = per_row(kv.q_offset);
+  const Array o = fast::scaled_dot_product_attention(q, kv.k, kv.v, spec_.scale, mask);  // [B, H, L, hd]
+  return o_proj.forward(reshape(swapaxes(o, 1, 2), {b, l, spec_.n_heads * hd}));
+}
+
+void Attention::visit(const std::string& prefix, const ParamVisitor& fn) {
+  q_proj.visit(join_name(prefix, "q_proj"), fn);
+  k_proj.visit(join_name(prefix, "k_proj"), fn);
+  v_proj.visit(join_name(prefix, "v_proj"), fn);
+  o_proj.visit(join_name(prefix, "o_proj"), fn);
+  if (q_norm) {
+    q_norm->visit(join_name(prefix, "q_norm"), fn);
+    k_norm->visit(join_name(prefix, "k_norm"), fn);
+  }
+}
+
+}  // namespace lmx::nn

@@ -1,0 +1,105 @@
+// The layers the model files are built from. They hold read-only weights; per-request
+// state (KV cache, positions) is passed in, so one model serves many sequences.
+// Thread-safety: forward() is const and may run concurrently on distinct caches.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "nn/module.h"
+#include "ops/fast.h"
+
+namespace lmx::nn {
+
+class Linear : public Module {
+ public:
+  Linear(int64_t in, int64_t out, bool bias) : in_(in), out_(out), has_bias_(bias) {}
+  Array forward(const Array& x) const;  // x [..., in] -> [..., out]
+  void visit(const std::string& prefix, const ParamVisitor& fn) override;
+  Array weight;               // [out, in]
+  std::optional<Array> bias;  // [out]
+
+ private:
+  int64_t in_, out_;
+  bool has_bias_;
+};
+
+class Embedding : public Module {
+ public:
+  Embedding(int64_t vocab, int64_t dim) : vocab_(vocab), dim_(dim) {}
+  Array forward(const Array& ids) const;     // ids [...] int32 -> [..., dim]
+  Array as_linear(const Array& x) const;     // x [..., dim] -> logits [..., vocab] (tied head)
+  void visit(const std::string& prefix, const ParamVisitor& fn) override;
+  Array weight;  // [vocab, dim]
+
+ private:
+  int64_t vocab_, dim_;
+};
+
+class RMSNorm : public Module {
+ public:
+  RMSNorm(int64_t dim, float eps, fast::RmsNormStyle style) : dim_(dim), eps_(eps), style_(style) {}
+  Array forward(const Array& x) const { return fast::rms_norm(x, weight, eps_, style_); }
+  void visit(const std::string& prefix, const ParamVisitor& fn) override;
+  Array weight;  // [dim]
+
+ private:
+  int64_t dim_;
+  float eps_;
+  fast::RmsNormStyle style_;
+};
+
+enum class Activation { silu, gelu_tanh };
+
+// down(act(gate(x)) * up(x))
+class MLP : public Module {
+ public:
+  MLP(int64_t hidden, int64_t intermediate, Activation act, bool bias);
+  Array forward(const Array& x) const;  // [B, L, hidden] -> [B, L, hidden]
+  void visit(const std::string& prefix, const ParamVisitor& fn) override;
+  Linear gate_proj, up_proj, down_proj;
+
+ private:
+  Activation act_;
+};
+
+// One layer's slice of a KV cache: the attention appends to it and reads it back.
+class LayerCache {
+ public:
+  virtual ~LayerCache() = default;
+  // Position (in the sequence) that the next token stored will have.
+  virtual int64_t next_position() const = 0;
+  // Stores k, v [B, Hkv, L, D] and returns the keys and values to attend to,
+  // [B, Hkv, Lk, D] each, plus where the first new token sits among those Lk keys.
+  struct View { Array k, v; int64_t q_offset; };
+  virtual View update(const Array& k, const Array& v) = 0;
+};
+
+struct AttentionSpec {
+  int64_t hidden = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  bool bias = false;
+  bool qk_norm = false;  // Qwen3 and Gemma 3: RMSNorm over head_dim before RoPE
+  float norm_eps = 1e-6f;
+  fast::RmsNormStyle norm_style = fast::RmsNormStyle::llama;
+  float scale = 0;          // multiplies q·kᵀ
+  int64_t window = 0;       // > 0: sliding-window layer
+  std::vector<float> inv_freq;  // [head_dim / 2] RoPE frequencies for this layer
+};
+
+class Attention : public Module {
+ public:
+  explicit Attention(const AttentionSpec& spec);
+  // x [B, L, hidden]; with a cache the new keys are appended, without one the layer
+  // attends causally within x alone.
+  Array forward(const Array& x, LayerCache* cache) const;
+  void visit(const std::string& prefix, const ParamVisitor& fn) override;
+  Linear q_proj, k_proj, v_proj, o_proj;
+  std::optional<RMSNorm> q_norm, k_norm;  // [head_dim]
+  const AttentionSpec& spec() const { return spec_; }
+
+ private:
+  AttentionSpec spec_;
+  Array inv_freq_;  // [head_dim / 2] f32
+};
+
+}  // namespace lmx::nn

@@ -1,0 +1,28 @@
+// Module: anything that owns named parameters. One visitor over the parameters
+// serves loading, saving, LoRA and the optimizer alike.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "core/array.h"
+
+namespace lmx::nn {
+
+// Called once per parameter with its full checkpoint name (e.g.
+// "model.layers.0.self_attn.q_proj.weight"), the Array slot that holds it, and the
+// shape that the config implies for it.
+using ParamVisitor = std::function<void(const std::string& name, Array& param, const Shape& shape)>;
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  // `prefix` is this module's own path; parameters are named prefix + "." + local name.
+  virtual void visit(const std::string& prefix, const ParamVisitor& fn) = 0;
+};
+
+inline std::string join_name(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : prefix + "." + name;
+}
+
+}  // namespace lmx::nn
