@@ -1,0 +1,27 @@
+// Loading a model folder: config.json, then every weight through the model's
+// parameter visitor, checked against the shapes config.json implies.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "models/transformer.h"
+
+namespace lmx::models {
+
+struct ModelLoadOptions {
+  std::optional<Dtype> dtype;  // compute dtype; default: the weights' own (f32 stays f32)
+  Device device = Device::cpu();
+  std::string config_file = "config.json";  // another name lets tests load alternative forms
+};
+
+// Throws lmx::Error naming the file and tensor on any problem; nothing is returned
+// half-loaded. Weights stored in the compute dtype are used in place (zero-copy mmap).
+std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& dir, const ModelLoadOptions& options = {});
+
+// The model_type values this build can run.
+std::vector<std::string> supported_model_types();
+
+}  // namespace lmx::models

@@ -1,0 +1,78 @@
+#include "runtime/generator.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace lmx {
+
+const char* finish_reason_name(FinishReason r) {
+  static constexpr const char* kNames[] = {"none",   "eos",        "stop_token", "stop_string",
+                                           "length", "context_length", "cancelled",  "error"};
+  return kNames[int(r)];
+}
+
+TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_t> prompt, SamplingOptions sampling,
+                               GenerationLimits limits, KVCache& cache)
+    : model_(model), cache_(cache), sampler_(std::move(sampling)), limits_(std::move(limits)),
+      tokens_(std::move(prompt)), prompt_len_(tokens_.size()) {
+  LMX_CHECK(!tokens_.empty(), "generate", "the prompt is empty");
+  const int64_t vocab = model.spec().vocab_size;
+  for (int32_t t : tokens_)
+    LMX_CHECK(t >= 0 && t < vocab, "generate", "prompt token ", t, " is outside the vocabulary of ", vocab);
+  if (limits_.context_length <= 0) limits_.context_length = model.spec().max_position_embeddings;
+  LMX_CHECK(int64_t(tokens_.size()) <= limits_.context_length, "generate", "the prompt has ", tokens_.size(),
+            " tokens, more than the context length of ", limits_.context_length,
+            "; shorten it or raise the context length");
+  LMX_CHECK(cache_.length() < int64_t(tokens_.size()), "generate", "the cache holds ", cache_.length(),
+            " tokens, not a strict prefix of the ", tokens_.size(), "-token prompt");
+  timings_.prompt_tokens = int(tokens_.size());
+}
+
+std::vector<float> TokenGenerator::step(const std::vector<int32_t>& ids) {
+  std::vector<nn::LayerCache*> layers;
+  for (int i = 0; i < cache_.num_layers(); ++i) layers.push_back(cache_.layer(i));
+  const Array x = to_device(from_vector(ids, {1, int64_t(ids.size())}), model_.device());
+  const Array h = model_.hidden_states(x, layers);                      // [1, L, H]
+  const Array last = slice_axis(h, 1, h.shape(1) - 1, h.shape(1));     // [1, 1, H]
+  return to_floats(model_.logits(last));                                // [V]
+}
+
+std::optional<int32_t> TokenGenerator::next() {
+  if (reason_ != FinishReason::none) return std::nullopt;
+  const int generated = int(tokens_.size() - prompt_len_);
+  if (generated >= limits_.max_tokens) {
+    reason_ = FinishReason::max_tokens;
+    return std::nullopt;
+  }
+  if (int64_t(tokens_.size()) >= limits_.context_length) {
+    reason_ = FinishReason::context_length;
+    return std::nullopt;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> logits;
+  if (generated == 0) {
+    start_ = t0;
+    const std::vector<int32_t> rest(tokens_.begin() + cache_.length(), tokens_.end());
+    logits = step(rest);
+  } else {
+    logits = step({tokens_.back()});
+  }
+  const int32_t tok = sampler_.sample(logits, tokens_);
+  const auto t1 = std::chrono::steady_clock::now();
+  const double dt = std::chrono::duration<double>(t1 - t0).count();
+  if (generated == 0) {
+    timings_.prefill_s = dt;
+    timings_.time_to_first_token_s = std::chrono::duration<double>(t1 - start_).count();
+  } else {
+    timings_.decode_s += dt;
+  }
+  tokens_.push_back(tok);
+  timings_.generated_tokens = generated + 1;
+  auto contains = [](const std::vector<int32_t>& v, int32_t t) { return std::find(v.begin(), v.end(), t) != v.end(); };
+  if (!limits_.ignore_eos && contains(limits_.eos_tokens, tok)) reason_ = FinishReason::eos;
+  else if (contains(limits_.stop_tokens, tok)) reason_ = FinishReason::stop_token;
+  return tok;
+}
+
+}  // namespace lmx

@@ -1,0 +1,59 @@
+// Token-by-token generation for one sequence: prefill on the first pull, then one
+// decode step per token, with stop conditions and timing.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <vector>
+
+#include "models/transformer.h"
+#include "runtime/kv_cache.h"
+#include "runtime/sampler.h"
+
+namespace lmx {
+
+enum class FinishReason { none, eos, stop_token, stop_string, max_tokens, context_length, cancelled, error };
+const char* finish_reason_name(FinishReason r);
+
+struct GenerationLimits {
+  int max_tokens = 256;
+  std::vector<int32_t> eos_tokens;   // from generation_config.json / tokenizer_config.json
+  std::vector<int32_t> stop_tokens;  // extra ids from the caller
+  bool ignore_eos = false;
+  int64_t context_length = 0;        // 0 = the model's max_position_embeddings
+};
+
+struct GenerationTimings {
+  int prompt_tokens = 0, generated_tokens = 0;
+  double prefill_s = 0, decode_s = 0, time_to_first_token_s = 0;
+};
+
+// Not thread-safe. The model is shared read-only; the cache belongs to this sequence.
+class TokenGenerator {
+ public:
+  // `cache` may hold a prefix of `prompt` already (prompt-cache reuse): only the rest is
+  // prefilled. It must outlive the generator.
+  TokenGenerator(const models::CausalLM& model, std::vector<int32_t> prompt, SamplingOptions sampling,
+                 GenerationLimits limits, KVCache& cache);
+  // The next token, or nullopt once generation has finished (see finish_reason()).
+  // A token that triggers a stop (EOS, stop id) is returned as well, then nullopt.
+  std::optional<int32_t> next();
+  FinishReason finish_reason() const { return reason_; }
+  void cancel() { reason_ = FinishReason::cancelled; }
+  const GenerationTimings& timings() const { return timings_; }
+  const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
+
+ private:
+  std::vector<float> step(const std::vector<int32_t>& ids);  // -> last-position logits [V]
+  const models::CausalLM& model_;
+  KVCache& cache_;
+  Sampler sampler_;
+  GenerationLimits limits_;
+  std::vector<int32_t> tokens_;
+  size_t prompt_len_;
+  FinishReason reason_ = FinishReason::none;
+  GenerationTimings timings_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace lmx

@@ -1,0 +1,44 @@
+// Token sampling with transformers' semantics and order: repetition penalty, presence
+// and frequency penalties, logit bias, then temperature, top-k, top-p and min-p.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace lmx {
+
+struct SamplingOptions {
+  float temperature = 0;        // 0 = greedy (argmax)
+  int top_k = 0;                // 0 = off
+  float top_p = 1;              // 1 = off
+  float min_p = 0;              // 0 = off
+  float repetition_penalty = 1; // HF: divides positive, multiplies negative logits of seen tokens
+  float presence_penalty = 0;   // OpenAI-style: minus this once for every seen token
+  float frequency_penalty = 0;  // minus this times the count of each seen token
+  std::vector<std::pair<int32_t, float>> logit_bias;  // added to the raw logits
+  std::optional<uint64_t> seed;  // fixed seed: reproducible draws
+};
+
+// Stateful only in its random stream. Not thread-safe; use one per sequence.
+class Sampler {
+ public:
+  explicit Sampler(SamplingOptions options);
+  // logits [V] in f32; `history` is every token so far (prompt included), which the
+  // penalties look at as HF's processors do.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
+  // The processed distribution the next draw would use, [V], zeros for removed tokens
+  // (for tests and for clients that want probabilities).
+  std::vector<float> probabilities(std::span<const float> logits, std::span<const int32_t> history) const;
+  const SamplingOptions& options() const { return opts_; }
+
+ private:
+  std::vector<float> process(std::span<const float> logits, std::span<const int32_t> history) const;
+  SamplingOptions opts_;
+  uint64_t seed_;
+  uint64_t draws_ = 0;
+};
+
+}  // namespace lmx
