@@ -1,0 +1,38 @@
+#include "io/json_file.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace lmx::io {
+
+nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view where) {
+  std::ifstream is(path, std::ios::binary);
+  if (!is) fail(where, path.string(), ": cannot open the file (check that it exists and is readable)");
+  std::ostringstream ss;
+  ss << is.rdbuf();
+  if (is.bad()) fail(where, path.string(), ": reading the file failed");
+  return parse_json_text(ss.str(), path.string(), where);
+}
+
+nlohmann::json parse_json_text(std::string_view text, const std::string& display_name,
+                               std::string_view where) {
+  try {
+    return nlohmann::json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::parse_error& e) {
+    // what() reads "[json.exception.parse_error.101] parse error at line 3, column 7: ...";
+    // keep only the part after the library's tag.
+    std::string_view msg = e.what();
+    if (auto p = msg.find("] "); p != std::string_view::npos) msg.remove_prefix(p + 2);
+    fail(where, display_name, ": malformed JSON: ", msg, " (byte ", e.byte, "); fix or re-download the file");
+  }
+}
+
+std::string json_kind(const nlohmann::json& v) {
+  if (v.is_number_integer()) return v.is_number_unsigned() || v.get<int64_t>() >= 0 ? "integer" : "negative integer";
+  if (v.is_number_float()) return "number " + v.dump();
+  return v.type_name();
+}
+
+}  // namespace lmx::io

@@ -1,0 +1,21 @@
+// Reading small JSON files (config.json, index files) with errors that name the file.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace lmx::io {
+
+// Reads and parses `path`. Errors are "[<where>] <path>: ..."; a syntax error gives the
+// line, column and byte of the problem.
+nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view where);
+nlohmann::json parse_json_text(std::string_view text, const std::string& display_name,
+                               std::string_view where);
+
+// "string", "number", ... as a user would name them in an error message.
+std::string json_kind(const nlohmann::json& v);
+
+}  // namespace lmx::io
