@@ -15,6 +15,7 @@ struct DecoderSpec {
   std::string model_type;
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0;
   int64_t max_position_embeddings = 0;
+  std::vector<int32_t> eos_token_ids;  // generation_config.json, else config.json
   float rms_norm_eps = 1e-6f;
   fast::RmsNormStyle norm_style = fast::RmsNormStyle::llama;
   // Gemma 3: extra norms after attention and around the MLP ("sandwich" norms).
