@@ -130,10 +130,12 @@ class BadModelTest : public ::testing::Test {
   void SetUp() override {
     dir_ = fs::temp_directory_path() / ("lmx_bad_model_" + std::to_string(::getpid()) + "_" +
                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    use_fixture("qwen3-f32");
+  }
+  void use_fixture(const std::string& name) {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    for (const char* f : {"config.json", "model.safetensors"})
-      fs::copy_file(kModels / "qwen3-f32" / f, dir_ / f);
+    for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(kModels / name / f, dir_ / f);
   }
   void TearDown() override { fs::remove_all(dir_); }
   void edit_config(const std::string& from, const std::string& to) {
@@ -170,7 +172,13 @@ TEST_F(BadModelTest, ShapeDisagreesWithConfig) {
   expect_load_error({"model.safetensors", "mlp.gate_proj.weight", "[96, 64]"});
 }
 
+TEST_F(BadModelTest, LayerTypesDisagreeWithLayerCount) {
+  edit_config("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
+  expect_load_error({"layer_types", "config.json"});
+}
+
 TEST_F(BadModelTest, MissingTensor) {
+  use_fixture("llama-f32");  // no layer_types list: a third layer is only missing its weights
   edit_config("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
   expect_load_error({"model.layers.2.", "missing"});
 }
