@@ -21,12 +21,17 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& display
   try {
     return nlohmann::json::parse(text.begin(), text.end());
   } catch (const nlohmann::json::parse_error& e) {
-    // what() reads "[json.exception.parse_error.101] parse error at line 3, column 7: ...";
-    // keep only the part after the library's tag.
-    std::string_view msg = e.what();
-    if (auto p = msg.find("] "); p != std::string_view::npos) msg.remove_prefix(p + 2);
-    fail(where, display_name, ": malformed JSON: ", msg, " (byte ", e.byte, "); fix or re-download the file");
+    fail(where, display_name, ": malformed JSON: ", json_error_text(e), " (byte ", e.byte,
+         "); fix or re-download the file");
   }
+}
+
+std::string_view json_error_text(const nlohmann::json::exception& e) {
+  // what() reads "[json.exception.parse_error.101] parse error at line 3, column 7: ...".
+  std::string_view msg = e.what();
+  if (msg.starts_with("[json.exception."))
+    if (auto p = msg.find("] "); p != std::string_view::npos) msg.remove_prefix(p + 2);
+  return msg;
 }
 
 std::string json_kind(const nlohmann::json& v) {

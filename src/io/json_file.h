@@ -15,6 +15,9 @@ nlohmann::json read_json_file(const std::filesystem::path& path, std::string_vie
 nlohmann::json parse_json_text(std::string_view text, const std::string& display_name,
                                std::string_view where);
 
+// An nlohmann exception's message without the library's "[json.exception...] " tag.
+std::string_view json_error_text(const nlohmann::json::exception& e);
+
 // "string", "number", ... as a user would name them in an error message.
 std::string json_kind(const nlohmann::json& v);
 

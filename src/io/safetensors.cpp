@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/json_file.h"
 #include "io/mapped_file.h"
 
 namespace lmx::io {
@@ -89,7 +90,7 @@ nlohmann::json parse_header_json(std::string_view text, const std::string& file)
   try {
     root = nlohmann::json::parse(text.begin(), text.end(), on_event);
   } catch (const nlohmann::json::parse_error& e) {
-    fail(kWhere, file, ": the JSON header is malformed (", e.what(), " at byte ", e.byte,
+    fail(kWhere, file, ": the JSON header is malformed (", json_error_text(e), "; byte ", e.byte,
          " of the header): the file is corrupt; re-download it");
   }
   if (!duplicate.empty())
