@@ -9,5 +9,6 @@ namespace lmx::cli {
 void add_selfcheck_command(CLI::App& app);
 void add_tokenize_commands(CLI::App& app);   // tokenize, detokenize, template
 void add_model_commands(CLI::App& app);      // logits, generate
+void add_random_model_command(CLI::App& app);
 
 }  // namespace lmx::cli

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   lmx::cli::add_selfcheck_command(app);
   lmx::cli::add_tokenize_commands(app);
   lmx::cli::add_model_commands(app);
+  lmx::cli::add_random_model_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

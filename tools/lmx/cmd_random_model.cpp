@@ -1,0 +1,95 @@
+// `lmx random-model`: writes a model folder with a real architecture's config and
+// random weights, for benchmarks and load tests where real weights are unavailable.
+#include <cstdio>
+#include <fstream>
+
+#include "commands.h"
+#include "core/error.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+#include "models/registry.h"
+
+namespace lmx::cli {
+namespace {
+
+struct Preset {
+  const char* name;
+  const char* config;  // config.json as the hub publishes it (transformers 4.x form)
+};
+constexpr Preset kPresets[] = {
+    {"llama-3.2-1b",
+     R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 2048,
+ "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+ "head_dim": 64, "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
+ "tie_word_embeddings": true, "rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
+ "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+ "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "torch_dtype": "bfloat16"})"},
+    {"qwen3-0.6b",
+     R"({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024,
+ "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+ "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 40960, "rms_norm_eps": 1e-06,
+ "tie_word_embeddings": true, "rope_theta": 1000000, "attention_bias": false, "bos_token_id": 151643,
+ "eos_token_id": 151645, "torch_dtype": "bfloat16"})"},
+    {"gemma3-1b",
+     R"({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": 262144,
+ "hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26, "num_attention_heads": 4,
+ "num_key_value_heads": 1, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+ "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "tie_word_embeddings": true, "rope_theta": 1000000,
+ "rope_local_base_freq": 10000, "query_pre_attn_scalar": 256, "sliding_window": 512,
+ "sliding_window_pattern": 6, "bos_token_id": 2, "eos_token_id": [1, 106], "torch_dtype": "bfloat16"})"},
+};
+
+void write_random_model(const std::string& preset, const std::filesystem::path& out, uint64_t seed) {
+  const Preset* p = nullptr;
+  for (const Preset& x : kPresets)
+    if (preset == x.name) p = &x;
+  if (!p) {
+    std::string names;
+    for (const Preset& x : kPresets) names += std::string(names.empty() ? "" : ", ") + x.name;
+    fail("random-model", "unknown preset '", preset, "'; choose one of ", names);
+  }
+  const io::ModelConfig config = io::parse_model_config(p->config, preset + " preset");
+  models::CausalLM model(models::build_spec(config, preset));
+  std::vector<std::string> names;
+  std::vector<Array> arrays;
+  uint64_t n = 0;
+  model.visit("", [&](const std::string& name, Array&, const Shape& shape) {
+    // Norm weights near their identity (1 for Llama/Qwen, 0 for Gemma's 1 + w form),
+    // everything else small and uniform, as a trained model's magnitudes roughly are.
+    const bool norm = name.ends_with("norm.weight");
+    const float centre = norm && config.model_type != "gemma3_text" ? 1.0f : 0.0f;
+    const float spread = norm ? 0.1f : 0.035f;
+    arrays.push_back(random_uniform(shape, seed + n++, centre - spread, centre + spread, Dtype::bf16));
+    names.push_back(name);
+  });
+  std::vector<io::NamedTensor> tensors;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    const Array& a = arrays[i];
+    tensors.push_back({names[i], io::StDtype::BF16, a.shape(),
+                       std::span<const std::byte>(static_cast<const std::byte*>(a.raw()), a.nbytes())});
+    bytes += a.nbytes();
+  }
+  std::filesystem::create_directories(out);
+  io::write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}});
+  std::ofstream(out / "config.json") << p->config << "\n";
+  std::printf("wrote %s: %zu tensors, %.2f GB of bf16 weights\n", out.string().c_str(), tensors.size(),
+              double(bytes) / 1e9);
+}
+
+}  // namespace
+
+void add_random_model_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("random-model", "Write a model folder with a real architecture and random weights");
+  auto preset = std::make_shared<std::string>();
+  auto out = std::make_shared<std::string>();
+  auto seed = std::make_shared<uint64_t>(0);
+  cmd->add_option("PRESET", *preset, "llama-3.2-1b, qwen3-0.6b or gemma3-1b")->required();
+  cmd->add_option("OUT_DIR", *out, "Folder to write config.json and model.safetensors into")->required();
+  cmd->add_option("--seed", *seed, "Seed of the random weights");
+  cmd->footer("The weights are random: use it to measure speed and memory, not quality.\n\n"
+              "Example:\n  lmx random-model llama-3.2-1b /tmp/llama-1b && lmx generate /tmp/llama-1b --prompt-ids 1,2,3");
+  cmd->callback([=] { write_random_model(*preset, *out, *seed); });
+}
+
+}  // namespace lmx::cli
