@@ -18,16 +18,16 @@ DecoderLayer::DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& att
   }
 }
 
-Array DecoderLayer::forward(const Array& x, nn::LayerCache* cache) const {
+Array DecoderLayer::forward(const Array& x, nn::LayerCache* cache, const nn::SequenceBatch* batch) const {
   if (sandwich_) {
     // Gemma: each sub-block's output is normalised before the residual add.
-    const Array a = self_attn.forward(input_layernorm.forward(x), cache);
+    const Array a = self_attn.forward(input_layernorm.forward(x), cache, batch);
     const Array h = add(x, post_attention_layernorm.forward(a));
     const Array m = mlp.forward(pre_feedforward_layernorm->forward(h));
     return add(h, post_feedforward_layernorm->forward(m));
   }
   // Llama/Qwen: pre-norm residual blocks.
-  const Array h = add(x, self_attn.forward(input_layernorm.forward(x), cache));
+  const Array h = add(x, self_attn.forward(input_layernorm.forward(x), cache, batch));
   return add(h, mlp.forward(post_attention_layernorm.forward(h)));
 }
 
@@ -50,7 +50,8 @@ CausalLM::CausalLM(DecoderSpec spec)
   if (!spec_.tie_word_embeddings) lm_head_.emplace(spec_.hidden_size, spec_.vocab_size, false);
 }
 
-Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches) const {
+Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches,
+                               const nn::SequenceBatch* batch) const {
   LMX_CHECK(ids.valid() && ids.ndim() == 2 && (ids.dtype() == Dtype::i32 || ids.dtype() == Dtype::u32), "forward",
             "token ids must be an int32 array of shape [batch, length]");
   LMX_CHECK(caches.empty() || int(caches.size()) == num_layers(), "forward", "got ", caches.size(),
@@ -58,7 +59,7 @@ Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const>
   Array h = embed_tokens_.forward(ids);  // [B, L, H]
   if (spec_.scale_embeddings)
     h = multiply(h, scalar(std::sqrt(double(spec_.hidden_size)), h.dtype(), h.device()));
-  for (size_t i = 0; i < layers_.size(); ++i) h = layers_[i]->forward(h, caches.empty() ? nullptr : caches[i]);
+  for (size_t i = 0; i < layers_.size(); ++i) h = layers_[i]->forward(h, caches.empty() ? nullptr : caches[i], batch);
   return norm_.forward(h);
 }
 
@@ -71,8 +72,9 @@ Array CausalLM::logits(const Array& h) const {
   return out;
 }
 
-Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> caches) const {
-  return logits(hidden_states(ids, caches));
+Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> caches,
+                       const nn::SequenceBatch* batch) const {
+  return logits(hidden_states(ids, caches, batch));
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {

@@ -32,7 +32,8 @@ struct DecoderSpec {
 class DecoderLayer : public nn::Module {
  public:
   DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& attn);
-  Array forward(const Array& x, nn::LayerCache* cache) const;  // [B, L, H] -> [B, L, H]
+  // [B, L, H] -> [B, L, H]
+  Array forward(const Array& x, nn::LayerCache* cache, const nn::SequenceBatch* batch) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
 
   nn::Attention self_attn;
@@ -51,9 +52,12 @@ class CausalLM : public nn::Module {
   explicit CausalLM(DecoderSpec spec);
   // ids [B, L] int32 -> logits [B, L, V] in the weights' dtype. With caches (one per
   // layer), the new tokens continue the cached sequence; without, they start at 0.
-  Array forward(const Array& ids, std::span<nn::LayerCache* const> caches = {}) const;
+  // `batch` describes left padding when rows have different lengths.
+  Array forward(const Array& ids, std::span<nn::LayerCache* const> caches = {},
+                const nn::SequenceBatch* batch = nullptr) const;
   // The final hidden states [B, L, H] (after the last norm), for heads computed elsewhere.
-  Array hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches = {}) const;
+  Array hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches = {},
+                      const nn::SequenceBatch* batch = nullptr) const;
   // h [..., H] -> logits [..., V], softcapping included.
   Array logits(const Array& h) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;

@@ -66,7 +66,7 @@ Attention::Attention(const AttentionSpec& s)
   inv_freq_ = from_vector(s.inv_freq, {int64_t(s.inv_freq.size())});
 }
 
-Array Attention::forward(const Array& x, LayerCache* cache) const {
+Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch* batch) const {
   const int64_t b = x.shape(0), l = x.shape(1), hd = spec_.head_dim;
   // [B, L, heads, hd]
   Array q = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
@@ -82,15 +82,16 @@ Array Attention::forward(const Array& x, LayerCache* cache) const {
   const Array vt = contiguous(swapaxes(v, 1, 2));
   const Array freqs = to_device(inv_freq_, x.device());
   auto per_row = [&](int64_t v) { return full({b}, double(v), Dtype::i32, x.device()); };
-  // RoPE positions continue from what the cache holds.
-  const Array pos = per_row(cache ? cache->next_position() : 0);
+  // RoPE positions continue from what the cache holds (minus each row's padding).
+  const Array pos = batch ? batch->positions : per_row(cache ? cache->next_position() : 0);
   q = fast::rope(q, freqs, pos);
   k = fast::rope(k, freqs, pos);
   const LayerCache::View kv = cache ? cache->update(k, vt) : LayerCache::View{k, vt, 0};
   fast::AttentionMask mask;
-  mask.causal = true;
-  mask.window = spec_.window;
+  mask.causal = !kv.all_visible;
+  mask.window = kv.all_visible ? 0 : spec_.window;
   mask.q_offsets = per_row(kv.q_offset);
+  if (batch) mask.key_valid = batch->key_valid;
   const Array o = fast::scaled_dot_product_attention(q, kv.k, kv.v, spec_.scale, mask);  // [B, H, L, hd]
   return o_proj.forward(reshape(swapaxes(o, 1, 2), {b, l, spec_.n_heads * hd}));
 }

@@ -71,8 +71,21 @@ class LayerCache {
   virtual int64_t next_position() const = 0;
   // Stores k, v [B, Hkv, L, D] and returns the keys and values to attend to,
   // [B, Hkv, Lk, D] each, plus where the first new token sits among those Lk keys.
-  struct View { Array k, v; int64_t q_offset; };
+  struct View {
+    Array k, v;
+    int64_t q_offset;
+    // A rotating cache returns keys out of order; they are then all visible to the
+    // (single) new token and no causal or window mask applies.
+    bool all_visible = false;
+  };
   virtual View update(const Array& k, const Array& v) = 0;
+};
+
+// Several sequences of different lengths in one batch, left-padded to a common length.
+// Cache slots are shared; each row's RoPE positions start after its padding.
+struct SequenceBatch {
+  Array positions;  // [B] int32: RoPE position of the first new token of each row
+  Array key_valid;  // [B, Lk] bool over every cache slot, new tokens included: false = padding
 };
 
 struct AttentionSpec {
@@ -91,7 +104,7 @@ class Attention : public Module {
   explicit Attention(const AttentionSpec& spec);
   // x [B, L, hidden]; with a cache the new keys are appended, without one the layer
   // attends causally within x alone.
-  Array forward(const Array& x, LayerCache* cache) const;
+  Array forward(const Array& x, LayerCache* cache, const SequenceBatch* batch = nullptr) const;
   void visit(const std::string& prefix, const ParamVisitor& fn) override;
   Linear q_proj, k_proj, v_proj, o_proj;
   std::optional<RMSNorm> q_norm, k_norm;  // [head_dim]

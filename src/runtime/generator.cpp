@@ -30,8 +30,7 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 }
 
 std::vector<float> TokenGenerator::step(const std::vector<int32_t>& ids) {
-  std::vector<nn::LayerCache*> layers;
-  for (int i = 0; i < cache_.num_layers(); ++i) layers.push_back(cache_.layer(i));
+  const std::vector<nn::LayerCache*> layers = cache_.layers();
   const Array x = to_device(from_vector(ids, {1, int64_t(ids.size())}), model_.device());
   const Array h = model_.hidden_states(x, layers);                      // [1, L, H]
   const Array last = slice_axis(h, 1, h.shape(1) - 1, h.shape(1));     // [1, 1, H]

@@ -3,6 +3,15 @@
 #include "core/error.h"
 
 namespace lmx {
+namespace {
+
+void check_like(const Array& stored, const Array& k) {
+  LMX_CHECK(!stored.valid() || (k.shape(0) == stored.shape(0) && k.shape(1) == stored.shape(1) &&
+                                k.shape(3) == stored.shape(3) && k.dtype() == stored.dtype()),
+            "kv_cache", "new keys ", shape_str(k.shape()), " do not match the cache ", shape_str(stored.shape()));
+}
+
+}  // namespace
 
 void ContiguousLayerCache::reserve(const Array& like, int64_t capacity) {
   // like [B, Hkv, L, D]; growth keeps what is stored so far.
@@ -18,12 +27,8 @@ void ContiguousLayerCache::reserve(const Array& like, int64_t capacity) {
 }
 
 nn::LayerCache::View ContiguousLayerCache::update(const Array& k, const Array& v) {
+  check_like(k_, k);
   const int64_t l = k.shape(2);
-  if (k_.valid()) {
-    LMX_CHECK(k.shape(0) == k_.shape(0) && k.shape(1) == k_.shape(1) && k.shape(3) == k_.shape(3) &&
-                  k.dtype() == k_.dtype(),
-              "kv_cache", "new keys ", shape_str(k.shape()), " do not match the cache ", shape_str(k_.shape()));
-  }
   if (!k_.valid() || length_ + l > capacity_) {
     // Grow geometrically so that a long generation reallocates only a few times.
     int64_t cap = std::max<int64_t>(capacity_, 16);
@@ -37,16 +42,73 @@ nn::LayerCache::View ContiguousLayerCache::update(const Array& k, const Array& v
   return {slice_axis(k_, 2, 0, length_), slice_axis(v_, 2, 0, length_), start};
 }
 
-void ContiguousLayerCache::truncate(int64_t n) { length_ = std::min(length_, std::max<int64_t>(0, n)); }
+Array RotatingLayerCache::read(const Array& ring, int64_t first, int64_t count) const {
+  const int64_t s = first % window_, n1 = std::min(count, window_ - s);
+  const Array a = slice_axis(ring, 2, s, s + n1);
+  return n1 == count ? a : concatenate({a, slice_axis(ring, 2, 0, count - n1)}, 2);
+}
+
+void RotatingLayerCache::write(const Array& ring, int64_t first, const Array& src) {
+  const int64_t count = src.shape(2), s = first % window_, n1 = std::min(count, window_ - s);
+  assign(slice_axis(ring, 2, s, s + n1), slice_axis(src, 2, 0, n1));
+  if (n1 < count) assign(slice_axis(ring, 2, 0, count - n1), slice_axis(src, 2, n1, count));
+}
+
+nn::LayerCache::View RotatingLayerCache::update(const Array& k, const Array& v) {
+  check_like(k_, k);
+  const int64_t l = k.shape(2);
+  if (!k_.valid()) {
+    const Shape shape{k.shape(0), k.shape(1), window_, k.shape(3)};
+    k_ = Array(shape, k.dtype(), k.device());
+    v_ = Array(shape, v.dtype(), v.device());
+  }
+  if (l == 1 && pos_ >= 1) {
+    // Decode: the new token sees every held position (at most window - 1 before it).
+    write(k_, pos_, k);
+    write(v_, pos_, v);
+    ++pos_;
+    const int64_t held = std::min(pos_, window_);
+    return {slice_axis(k_, 2, 0, held), slice_axis(v_, 2, 0, held), held - 1, true};
+  }
+  // Prefill: attend over the held tail plus the new chunk, in order, with the usual
+  // causal and window masks; then keep the last `window` positions.
+  const int64_t kept = std::min(pos_, window_ - 1);
+  const Array keys = kept ? concatenate({read(k_, pos_ - kept, kept), k}, 2) : k;
+  const Array vals = kept ? concatenate({read(v_, pos_ - kept, kept), v}, 2) : v;
+  const int64_t total = kept + l, store = std::min(total, window_);
+  write(k_, pos_ + l - store, slice_axis(keys, 2, total - store, total));
+  write(v_, pos_ + l - store, slice_axis(vals, 2, total - store, total));
+  pos_ += l;
+  return {keys, vals, kept, false};
+}
 
 KVCache::KVCache(int num_layers, int64_t capacity) {
   for (int i = 0; i < num_layers; ++i) layers_.push_back(std::make_unique<ContiguousLayerCache>(capacity));
 }
 
-int64_t KVCache::length() const { return layers_.empty() ? 0 : layers_[0]->length(); }
+KVCache::KVCache(const models::CausalLM& model, bool rotate_sliding, int64_t capacity) {
+  for (const nn::AttentionSpec& a : model.spec().layers) {
+    if (rotate_sliding && a.window > 0) layers_.push_back(std::make_unique<RotatingLayerCache>(a.window));
+    else layers_.push_back(std::make_unique<ContiguousLayerCache>(capacity));
+  }
+}
 
-void KVCache::truncate(int64_t n) {
-  for (auto& l : layers_) l->truncate(n);
+std::vector<nn::LayerCache*> KVCache::layers() const {
+  std::vector<nn::LayerCache*> out;
+  for (const auto& l : layers_) out.push_back(l.get());
+  return out;
+}
+
+bool KVCache::truncate(int64_t n) {
+  bool ok = true;
+  for (const auto& l : layers_)
+    if (auto* r = dynamic_cast<RotatingLayerCache*>(l.get())) ok &= r->can_truncate(n);
+  if (!ok) n = 0;
+  for (const auto& l : layers_) {
+    if (auto* r = dynamic_cast<RotatingLayerCache*>(l.get())) r->truncate(n);
+    else static_cast<ContiguousLayerCache*>(l.get())->truncate(n);
+  }
+  return ok;
 }
 
 }  // namespace lmx

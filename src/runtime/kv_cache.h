@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "models/transformer.h"
 #include "nn/layers.h"
 
 namespace lmx {
@@ -16,9 +17,7 @@ class ContiguousLayerCache final : public nn::LayerCache {
   explicit ContiguousLayerCache(int64_t capacity) : capacity_(capacity) {}
   int64_t next_position() const override { return length_; }
   View update(const Array& k, const Array& v) override;
-  int64_t length() const { return length_; }
-  // Forgets everything after the first `n` positions (prompt-cache reuse).
-  void truncate(int64_t n);
+  void truncate(int64_t n) { length_ = std::min(length_, std::max<int64_t>(0, n)); }
 
  private:
   void reserve(const Array& like, int64_t capacity);
@@ -27,17 +26,45 @@ class ContiguousLayerCache final : public nn::LayerCache {
   int64_t length_ = 0;
 };
 
-class KVCache {
+// For sliding-window layers: keeps only the last `window` positions, so memory stays
+// bounded however long the generation runs. The token at position p lives in slot
+// p % window.
+class RotatingLayerCache final : public nn::LayerCache {
  public:
-  // `capacity` is a first guess at the sequence length; the cache grows past it if needed.
-  KVCache(int num_layers, int64_t capacity = 256);
-  nn::LayerCache* layer(int i) { return layers_[size_t(i)].get(); }
-  int num_layers() const { return int(layers_.size()); }
-  int64_t length() const;
-  void truncate(int64_t n);
+  explicit RotatingLayerCache(int64_t window) : window_(window) {}
+  int64_t next_position() const override { return pos_; }
+  View update(const Array& k, const Array& v) override;
+  // Positions past the window are gone and slots get reused, so the only cuts that
+  // keep the ring consistent are "nothing" and "everything".
+  bool can_truncate(int64_t n) const { return n >= pos_ || n == 0; }
+  void truncate(int64_t n) { pos_ = std::min(pos_, std::max<int64_t>(0, n)); }
+  int64_t slots() const { return k_.valid() ? k_.shape(2) : 0; }
 
  private:
-  std::vector<std::unique_ptr<ContiguousLayerCache>> layers_;
+  Array read(const Array& ring, int64_t first, int64_t count) const;  // chronological [B, H, count, D]
+  void write(const Array& ring, int64_t first, const Array& src);     // src chronological
+  Array k_, v_;  // [B, Hkv, window, D]
+  int64_t window_;
+  int64_t pos_ = 0;
+};
+
+class KVCache {
+ public:
+  // Contiguous caches for every layer; `capacity` is a first guess that grows if needed.
+  explicit KVCache(int num_layers, int64_t capacity = 256);
+  // One cache per layer of `model`; sliding-window layers get rotating caches when
+  // `rotate_sliding` is set (single sequences), contiguous ones otherwise (batches).
+  KVCache(const models::CausalLM& model, bool rotate_sliding, int64_t capacity = 256);
+
+  std::vector<nn::LayerCache*> layers() const;
+  int num_layers() const { return int(layers_.size()); }
+  int64_t length() const { return layers_.empty() ? 0 : layers_[0]->next_position(); }
+  // Keeps the first n positions (prompt-cache reuse). Returns false, leaving the cache
+  // empty, when a rotating layer no longer holds them.
+  bool truncate(int64_t n);
+
+ private:
+  std::vector<std::unique_ptr<nn::LayerCache>> layers_;
 };
 
 }  // namespace lmx

@@ -106,8 +106,7 @@ TEST_P(KvCacheTest, CachedDecodingEqualsFullRecomputation) {
   const std::vector<int32_t> row(ids.begin(), ids.begin() + l);
   const std::vector<float> full = to_floats(model->forward(from_vector(row, {1, l})));  // [1, L, V]
   KVCache cache(model->num_layers());
-  std::vector<nn::LayerCache*> layers;
-  for (int i = 0; i < cache.num_layers(); ++i) layers.push_back(cache.layer(i));
+  const std::vector<nn::LayerCache*> layers = cache.layers();
   const int64_t prefill = 5, v = model->spec().vocab_size;
   std::vector<float> inc = to_floats(model->forward(from_vector(std::vector<int32_t>(row.begin(), row.begin() + prefill),
                                                                 {1, prefill}), layers));

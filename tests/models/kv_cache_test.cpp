@@ -1,0 +1,95 @@
+// KV caches on the Gemma 3 fixture (sliding window 8): rotating caches for the sliding
+// layers must give the logits of a full recomputation with the sliding mask, over
+// sequences much longer than the window, with chunked prefills as well as decoding.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "models/loader.h"
+#include "ops/ops.h"
+#include "runtime/kv_cache.h"
+
+namespace lmx {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kGemma = fs::path(LMX_FIXTURES_DIR) / "models" / "gemma3_text-f32";
+
+std::vector<int32_t> tokens(int n) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back(int32_t((i * 37 + 11) % 512));
+  return t;
+}
+
+// Logits of every position when the sequence is fed in chunks of the given sizes.
+std::vector<float> chunked_logits(const models::CausalLM& m, KVCache& cache, const std::vector<int32_t>& t,
+                                  const std::vector<int>& chunks) {
+  std::vector<float> out;
+  size_t at = 0;
+  for (int c : chunks) {
+    const std::vector<int32_t> part(t.begin() + long(at), t.begin() + long(at) + c);
+    const std::vector<float> l = to_floats(m.forward(from_vector(part, {1, int64_t(c)}), cache.layers()));
+    out.insert(out.end(), l.begin(), l.end());
+    at += size_t(c);
+  }
+  return out;
+}
+
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, double(std::abs(a[i] - b[i])));
+    scale = std::max(scale, double(std::abs(b[i])));
+  }
+  return worst / scale;
+}
+
+TEST(RotatingCacheTest, EqualsFullAttentionWithTheSlidingMask) {
+  const auto model = models::load_causal_lm(kGemma);
+  const int n = 80;  // ten times the window
+  const std::vector<int32_t> t = tokens(n);
+  const std::vector<float> full = to_floats(model->forward(from_vector(t, {1, n})));
+  // Decoding one token at a time after a short prefill.
+  KVCache decode(*model, /*rotate_sliding=*/true);
+  std::vector<int> steps{5};
+  steps.resize(size_t(n - 5 + 1), 1);
+  EXPECT_LE(max_rel_diff(chunked_logits(*model, decode, t, steps), full), 1e-5);
+  // Prefill chunks longer than the window between decode steps.
+  KVCache chunks(*model, true);
+  EXPECT_LE(max_rel_diff(chunked_logits(*model, chunks, t, {3, 20, 1, 1, 13, 1, 30, 11}), full), 1e-5);
+  // Memory stays bounded: sliding layers hold exactly `window` slots.
+  for (nn::LayerCache* l : decode.layers())
+    if (auto* r = dynamic_cast<RotatingLayerCache*>(l)) {
+      EXPECT_EQ(r->slots(), 8);
+    }
+}
+
+TEST(RotatingCacheTest, TruncateKeepsOnlyConsistentCuts) {
+  const auto model = models::load_causal_lm(kGemma);
+  KVCache cache(*model, true);
+  const std::vector<int32_t> t = tokens(20);
+  chunked_logits(*model, cache, t, {20});
+  EXPECT_TRUE(cache.truncate(20));
+  EXPECT_EQ(cache.length(), 20);
+  EXPECT_FALSE(cache.truncate(15));  // the ring no longer holds a consistent prefix
+  EXPECT_EQ(cache.length(), 0);
+}
+
+TEST(ContiguousCacheTest, TruncateThenContinueEqualsFreshRun) {
+  const auto model = models::load_causal_lm(fs::path(LMX_FIXTURES_DIR) / "models" / "qwen3-f32");
+  const std::vector<int32_t> t = tokens(30);
+  KVCache fresh(model->num_layers());
+  const std::vector<float> want = chunked_logits(*model, fresh, t, {30});
+  KVCache reused(model->num_layers());
+  std::vector<int32_t> other = t;
+  other[20] = 7;  // diverges at position 20
+  chunked_logits(*model, reused, other, {30});
+  ASSERT_TRUE(reused.truncate(20));
+  const std::vector<int32_t> tail(t.begin() + 20, t.end());
+  const std::vector<float> got = to_floats(model->forward(from_vector(tail, {1, 10}), reused.layers()));
+  const std::vector<float> want_tail(want.end() - long(got.size()), want.end());
+  EXPECT_LE(max_rel_diff(got, want_tail), 1e-5);
+}
+
+}  // namespace
+}  // namespace lmx
