@@ -23,6 +23,8 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& display
   } catch (const nlohmann::json::parse_error& e) {
     fail(where, display_name, ": malformed JSON: ", json_error_text(e), " (byte ", e.byte,
          "); fix or re-download the file");
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number too large for a double
+    fail(where, display_name, ": malformed JSON: ", json_error_text(e), "; fix or re-download the file");
   }
 }
 

@@ -92,6 +92,8 @@ nlohmann::json parse_header_json(std::string_view text, const std::string& file)
   } catch (const nlohmann::json::parse_error& e) {
     fail(kWhere, file, ": the JSON header is malformed (", json_error_text(e), "; byte ", e.byte,
          " of the header): the file is corrupt; re-download it");
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number too large for a double
+    fail(kWhere, file, ": the JSON header is malformed (", json_error_text(e), "): the file is corrupt; re-download it");
   }
   if (!duplicate.empty())
     fail(kWhere, file, ": tensor '", duplicate,

@@ -280,6 +280,7 @@ TEST(ConfigErrors, MalformedJsonGivesPosition) {
   const auto msg = parse_err("{\n  \"model_type\": \"llama\",\n  \"hidden_size\": ,\n}");
   expect_contains(msg, {"[config] /m/config.json: malformed JSON", "line 3", "byte"});
   expect_contains(parse_err("[1, 2]"), {"expected a JSON object"});
+  expect_contains(parse_err(R"({"hidden_size": 1e999})"), {"[config] /m/config.json: malformed JSON", "overflow"});
 }
 
 TEST(ConfigFiles, LoadWithGenerationConfig) {
