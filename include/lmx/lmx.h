@@ -1,0 +1,197 @@
+// lmx: the public inference API.
+//
+//   auto model = lmx::load_model("/models/Qwen3-0.6B");
+//   std::vector<lmx::Message> chat{{"user", "Hello!"}};
+//   for (const lmx::Token& t : model->chat(chat)) std::cout << t.text << std::flush;
+//   if (model->err()) std::cerr << model->err().message() << "\n";
+//
+// Thread-safety: one TextModel runs one request at a time; use one TextModel per
+// thread, or serialise calls. Streams must be consumed on the thread that made them.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace lmx {
+
+struct Token {
+  int32_t id = 0;
+  std::string text;  // complete UTF-8 only; may be empty while a multi-byte character is pending
+};
+
+struct Message {
+  std::string role;  // "system", "user", "assistant", "tool"
+  std::string content;
+};
+
+struct GenerateOptions {
+  int max_tokens = 256;
+  float temperature = 0;  // 0 = greedy
+  float top_p = 1, min_p = 0;
+  int top_k = 0;
+  float repeat_penalty = 1;  // HF repetition_penalty
+  float presence_penalty = 0, frequency_penalty = 0;
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  std::optional<uint64_t> seed;
+  std::vector<int32_t> stop_tokens;        // in addition to the model's end-of-sequence ids
+  std::vector<std::string> stop_strings;   // text that ends generation (not emitted)
+  bool ignore_eos = false;
+  bool skip_special_tokens = true;         // leave control tokens out of Token::text
+  bool add_generation_prompt = true;       // chat(): end the template with the assistant header
+  // Extra chat-template variables as JSON text, e.g. {"enable_thinking", "false"}.
+  std::vector<std::pair<std::string, std::string>> template_vars;
+  bool return_logits = false;              // classify(): keep the full last-position logits
+};
+
+struct LoadOptions {
+  std::string backend;  // "" = the best available ("cuda" when a GPU is visible, else "cpu")
+  std::string device;   // "" = the backend's default, or "cpu", "cuda:N"
+  std::string dtype;    // "" = the weights' dtype; "f32", "bf16", "f16"
+  int context_len = 0;  // 0 = the model's max_position_embeddings
+  std::string adapter_path;  // LoRA adapter (not yet supported)
+};
+
+struct ModelInfo {
+  std::filesystem::path path;
+  std::string model_type, architecture, backend, device, dtype;
+  int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t intermediate_size = 0, context_length = 0, parameters = 0, weight_bytes = 0;
+  int quant_bits = 0, quant_group_size = 0;  // 0 = not quantized
+  bool has_tokenizer = false, has_chat_template = false;
+};
+
+struct GenerateMetrics {
+  int prompt_tokens = 0, cached_prompt_tokens = 0, generated_tokens = 0;
+  double prefill_s = 0, decode_s = 0, time_to_first_token_s = 0;
+  double prefill_tok_per_s = 0, decode_tok_per_s = 0;
+  size_t peak_memory = 0, active_memory = 0;
+  double gpu_utilization = -1;  // percent, from NVML on CUDA; -1 where unavailable
+  std::string finish_reason;    // "eos", "stop_token", "stop_string", "length", "context_length", "cancelled", "error"
+};
+
+// Why a stream ended early (err() == {} after a normal stop).
+enum class Errc { cancelled = 1, out_of_memory, invalid_input, failed };
+const std::error_category& error_category();
+inline std::error_code make_error_code(Errc e) { return {int(e), error_category()}; }
+
+// A stream of tokens, produced as you pull them. Breaking out of the loop ends the
+// generation; so does a std::stop_token that fires (within one decode step).
+class Stream {
+ public:
+  struct Source {  // implemented by backends
+    virtual ~Source() = default;
+    virtual std::optional<Token> next() = 0;  // nullopt at the end
+    virtual void cancel() = 0;
+  };
+  class iterator {
+   public:
+    using value_type = Token;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(Stream* s) : s_(s) { ++*this; }
+    const Token& operator*() const { return cur_; }
+    const Token* operator->() const { return &cur_; }
+    iterator& operator++();
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return s_ == nullptr; }
+
+   private:
+    Stream* s_ = nullptr;
+    Token cur_;
+  };
+  explicit Stream(std::unique_ptr<Source> src) : src_(std::move(src)) {}
+  Stream(Stream&&) noexcept = default;
+  Stream& operator=(Stream&&) noexcept = default;
+  ~Stream();  // cancels an unfinished generation
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+  std::optional<Token> next();
+  // Collects the rest of the stream.
+  std::string text();
+
+ private:
+  std::unique_ptr<Source> src_;
+  bool done_ = false;
+};
+
+struct ClassifyResult {
+  int32_t token = 0;          // argmax of the last-position logits
+  std::string text;           // that token's text
+  float logit = 0;
+  std::vector<float> logits;  // the whole row, when GenerateOptions::return_logits
+};
+
+struct BatchResult {
+  std::vector<int32_t> ids;
+  std::string text;
+  std::string finish_reason;
+};
+
+class TextModel {
+ public:
+  virtual ~TextModel() = default;
+  virtual Stream generate(std::string_view prompt, const GenerateOptions& = {}, std::stop_token = {}) = 0;
+  // Token ids in, as `lmx generate --prompt-ids`.
+  virtual Stream generate_ids(std::vector<int32_t> prompt, const GenerateOptions& = {}, std::stop_token = {}) = 0;
+  virtual Stream chat(std::span<const Message> messages, const GenerateOptions& = {}, std::stop_token = {}) = 0;
+  virtual std::vector<ClassifyResult> classify(std::span<const std::string> prompts, const GenerateOptions& = {}) = 0;
+  virtual std::vector<BatchResult> batch_generate(std::span<const std::string> prompts,
+                                                  const GenerateOptions& = {}) = 0;
+  virtual std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens = true) const = 0;
+  virtual std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens = false) const = 0;
+  virtual ModelInfo info() const = 0;
+  virtual GenerateMetrics metrics() const = 0;  // of the last call
+  virtual std::error_code err() const = 0;      // why the last stream ended early, if it did
+  virtual std::string err_message() const = 0;  // the error's full text
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual bool available() const = 0;
+  virtual int priority() const = 0;  // load_model() picks the available backend with the highest
+  virtual std::unique_ptr<TextModel> load_model(const std::filesystem::path& dir, const LoadOptions& options) = 0;
+};
+
+void register_backend(std::unique_ptr<Backend> backend);
+Backend* get_backend(std::string_view name);
+std::vector<std::string> list_backends();
+// Loads a model folder on the best available backend (or LoadOptions::backend).
+std::unique_ptr<TextModel> load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+struct DiscoveredModel {
+  std::filesystem::path path;
+  std::string model_type;
+  int quant_bits = 0, quant_group_size = 0;
+  int num_files = 0;
+  uint64_t total_bytes = 0;
+  bool has_tokenizer = false;
+  std::string error;  // non-empty for a broken folder: why it cannot be loaded
+};
+// Scans `dir` and two levels below for folders with config.json and *.safetensors.
+std::vector<DiscoveredModel> discover(const std::filesystem::path& dir);
+
+// Memory of the default device of the best backend (the CPU without a GPU).
+void set_cache_limit(size_t bytes);
+void set_memory_limit(size_t bytes);  // 0 = no limit
+size_t active_memory();
+size_t peak_memory();
+size_t cache_memory();
+void reset_peak_memory();
+void clear_cache();
+
+}  // namespace lmx
+
+template <>
+struct std::is_error_code_enum<lmx::Errc> : std::true_type {};

@@ -1,0 +1,185 @@
+// classify and batch_generate: many prompts through batched forward passes.
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+
+#include "core/error.h"
+#include "runtime/text_model.h"
+
+namespace lmx::runtime {
+namespace {
+
+// Prompts per forward pass: bounded by tokens so that activations stay small.
+std::vector<std::pair<size_t, size_t>> chunks_by_tokens(const std::vector<std::vector<int32_t>>& ids,
+                                                        const std::vector<size_t>& order, size_t budget) {
+  std::vector<std::pair<size_t, size_t>> out;
+  size_t start = 0, longest = 0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    longest = std::max(longest, ids[order[i]].size());
+    if (i > start && longest * (i - start + 1) > budget) {
+      out.emplace_back(start, i);
+      start = i;
+      longest = ids[order[i]].size();
+    }
+  }
+  if (start < order.size()) out.emplace_back(start, order.size());
+  return out;
+}
+
+std::vector<size_t> by_length(const std::vector<std::vector<int32_t>>& ids) {
+  // Similar lengths together waste little on padding.
+  std::vector<size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() < ids[b].size(); });
+  return order;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string> prompts, const GenerateOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::vector<int32_t>> ids;
+  int total = 0;
+  for (const std::string& p : prompts) {
+    ids.push_back(tokenizer().encode(p, true));
+    LMX_CHECK(!ids.back().empty(), "classify", "prompt ", ids.size() - 1, " encodes to no tokens");
+    LMX_CHECK(int64_t(ids.back().size()) <= context_len_, "classify", "prompt ", ids.size() - 1, " has ",
+              ids.back().size(), " tokens, past the context length ", context_len_);
+    total += int(ids.back().size());
+  }
+  const std::vector<size_t> order = by_length(ids);
+  std::vector<ClassifyResult> out(prompts.size());
+  for (const auto& [b, e] : chunks_by_tokens(ids, order, 8192)) {
+    // Right padding: with a causal mask, real tokens never see the padding after them,
+    // so each row's last real position is exactly what a lone prompt would give.
+    size_t longest = 0;
+    for (size_t i = b; i < e; ++i) longest = std::max(longest, ids[order[i]].size());
+    const int64_t rows = int64_t(e - b), l = int64_t(longest);
+    std::vector<int32_t> flat(size_t(rows * l), 0), last(size_t(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto& p = ids[order[b + size_t(r)]];
+      std::copy(p.begin(), p.end(), flat.begin() + r * l);
+      last[size_t(r)] = int32_t(r * l + int64_t(p.size()) - 1);
+    }
+    const Array h = model_->hidden_states(to_device(from_vector(flat, {rows, l}), device_));  // [R, L, H]
+    const Array picked = take(reshape(h, {rows * l, -1}), to_device(from_vector(last, {rows}), device_), 0);
+    const Array logits = astype(model_->logits(picked), Dtype::f32);  // [R, V]
+    const std::vector<int32_t> best = to_vector<int32_t>(argmax(logits, -1));
+    const std::vector<float> all = to_floats(logits);
+    const size_t v = size_t(model_->spec().vocab_size);
+    for (int64_t r = 0; r < rows; ++r) {
+      ClassifyResult& c = out[order[b + size_t(r)]];
+      c.token = best[size_t(r)];
+      c.logit = all[size_t(r) * v + size_t(c.token)];
+      c.text = tokenizer().decode(std::span<const int32_t>(&c.token, 1), false);
+      if (o.return_logits) c.logits.assign(all.begin() + long(size_t(r) * v), all.begin() + long(size_t(r + 1) * v));
+    }
+  }
+  GenerationTimings t;
+  t.prompt_tokens = total;
+  t.prefill_s = seconds_since(t0);
+  record(t, FinishReason::max_tokens, {}, "");
+  return out;
+}
+
+std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::string> prompts,
+                                                        const GenerateOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  LMX_CHECK(o.temperature == 0 || o.seed, "batch_generate", "sampling with temperature > 0 needs a seed so that "
+            "rows are reproducible");
+  std::vector<std::vector<int32_t>> ids;
+  for (const std::string& p : prompts) ids.push_back(tokenizer().encode(p, true));
+  const int64_t rows = int64_t(ids.size());
+  std::vector<BatchResult> out(size_t(rows));
+  if (rows == 0) return out;
+  size_t longest = 0;
+  for (const auto& p : ids) longest = std::max(longest, p.size());
+  const int64_t l = int64_t(longest);
+  LMX_CHECK(l + o.max_tokens <= context_len_, "batch_generate", "the longest prompt (", l, " tokens) plus ",
+            o.max_tokens, " new tokens passes the context length ", context_len_);
+
+  // Left padding: every row's last prompt token sits in the same slot, so one decode
+  // step serves all rows. Padding is masked out and RoPE positions skip it.
+  std::vector<int32_t> flat(size_t(rows * l), 0), pos(size_t(rows));
+  std::vector<uint8_t> valid(size_t(rows * l), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t pad = l - int64_t(ids[size_t(r)].size());
+    std::copy(ids[size_t(r)].begin(), ids[size_t(r)].end(), flat.begin() + r * l + pad);
+    std::fill(valid.begin() + r * l + pad, valid.begin() + (r + 1) * l, 1);
+    pos[size_t(r)] = int32_t(-pad);
+  }
+  KVCache cache(model_->num_layers(), l + o.max_tokens);
+  std::vector<Sampler> samplers;
+  for (int64_t r = 0; r < rows; ++r) {
+    SamplingOptions s;
+    s.temperature = o.temperature;
+    s.top_k = o.top_k;
+    s.top_p = o.top_p;
+    s.min_p = o.min_p;
+    s.repetition_penalty = o.repeat_penalty;
+    if (o.seed) s.seed = *o.seed + uint64_t(r);
+    samplers.emplace_back(s);
+  }
+  const GenerationLimits lim = limits(o);
+  std::vector<std::vector<int32_t>> history = ids;
+  std::vector<bool> done(size_t(rows), false);
+  Array x = to_device(from_vector(flat, {rows, l}), device_);
+  int64_t slots = l;
+  int generated = 0;
+  while (generated < o.max_tokens) {
+    nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device_),
+                            to_device(astype(from_vector(valid, {rows, slots}), Dtype::boolean), device_)};
+    const Array h = model_->hidden_states(x, cache.layers(), &batch);  // [R, L, H]
+    const Array last = slice_axis(h, 1, h.shape(1) - 1, h.shape(1));
+    const std::vector<float> logits = to_floats(astype(model_->logits(last), Dtype::f32));  // [R, V]
+    const size_t v = size_t(model_->spec().vocab_size);
+    std::vector<int32_t> next(size_t(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      const size_t i = size_t(r);
+      // Finished rows keep feeding their last token; their outputs are ignored.
+      next[i] = history[i].back();
+      if (done[i]) continue;
+      next[i] = samplers[i].sample(std::span<const float>(logits.data() + i * v, v), history[i]);
+      history[i].push_back(next[i]);
+      out[i].ids.push_back(next[i]);
+      const bool eos = !lim.ignore_eos && std::count(lim.eos_tokens.begin(), lim.eos_tokens.end(), next[i]);
+      const bool stop = std::count(lim.stop_tokens.begin(), lim.stop_tokens.end(), next[i]) > 0;
+      if (eos || stop) {
+        done[i] = true;
+        out[i].finish_reason = eos ? "eos" : "stop_token";
+      }
+    }
+    ++generated;
+    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+    // The token fed next goes to slot `slots`; its position skips the row's padding.
+    for (int64_t r = 0; r < rows; ++r) pos[size_t(r)] = int32_t(slots - (l - int64_t(ids[size_t(r)].size())));
+    // One more valid slot per row for the token fed next.
+    std::vector<uint8_t> grown(size_t(rows * (slots + 1)));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(valid.begin() + r * slots, valid.begin() + (r + 1) * slots, grown.begin() + r * (slots + 1));
+      grown[size_t(r * (slots + 1) + slots)] = 1;
+    }
+    valid.swap(grown);
+    ++slots;
+    x = to_device(from_vector(next, {rows, 1}), device_);
+  }
+  int total_generated = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    BatchResult& b = out[size_t(r)];
+    if (b.finish_reason.empty()) b.finish_reason = "length";
+    b.text = tokenizer().decode(b.ids, o.skip_special_tokens);
+    total_generated += int(b.ids.size());
+  }
+  GenerationTimings t;
+  t.prompt_tokens = int(rows * l);
+  t.generated_tokens = total_generated;
+  t.decode_s = seconds_since(t0);
+  record(t, FinishReason::max_tokens, {}, "");
+  return out;
+}
+
+}  // namespace lmx::runtime

@@ -1,0 +1,274 @@
+#include "runtime/text_model.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/allocator.h"
+#include "core/error.h"
+#include "models/loader.h"
+#include "runtime/stop_strings.h"
+#include "text/jinja/jinja.h"
+
+namespace lmx::runtime {
+namespace {
+
+// One streamed generation: token ids from the TokenGenerator, text from the streaming
+// detokenizer, stop strings held back, errors turned into err() codes.
+class GenerationSource final : public Stream::Source {
+ public:
+  GenerationSource(LocalTextModel& m, std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop,
+                   int64_t cached)
+      : m_(m),
+        stop_(std::move(stop)),
+        gen_(m.model(), std::move(prompt), sampling(o), m.limits(o), m.prompt_cache()),
+        stops_(o.stop_strings) {
+    cached_ = int(cached);
+    if (m.has_tokenizer()) decoder_.emplace(m.tokenizer(), o.skip_special_tokens);
+  }
+  ~GenerationSource() override { finish(); }
+
+  std::optional<Token> next() override {
+    if (finished_) return std::nullopt;
+    if (stop_.stop_requested()) gen_.cancel();
+    std::optional<int32_t> id;
+    try {
+      id = gen_.next();
+    } catch (const OutOfMemory& e) {
+      fail_with(Errc::out_of_memory, e.what());
+      return std::nullopt;
+    } catch (const Error& e) {
+      fail_with(Errc::failed, e.what());
+      return std::nullopt;
+    }
+    if (!id) {
+      // Release what the detokenizer and the stop-string matcher still hold.
+      std::string tail = decoder_ ? decoder_->flush() : std::string();
+      tail = stops_.push(tail).emit + stops_.flush();
+      finish();
+      if (!tail.empty()) return Token{-1, tail};
+      return std::nullopt;
+    }
+    const bool eos = gen_.finish_reason() == FinishReason::eos || gen_.finish_reason() == FinishReason::stop_token;
+    std::string piece = decoder_ && !eos ? decoder_->push(*id) : std::string();
+    const StopStringMatcher::Result r = stops_.push(piece);
+    if (r.stopped) {
+      gen_.cancel();
+      stopped_by_string_ = true;
+      finish();
+    }
+    return Token{*id, r.emit};
+  }
+
+  void cancel() override {
+    gen_.cancel();
+    finish();
+  }
+
+ private:
+  static SamplingOptions sampling(const GenerateOptions& o) {
+    SamplingOptions s;
+    s.temperature = o.temperature;
+    s.top_k = o.top_k;
+    s.top_p = o.top_p;
+    s.min_p = o.min_p;
+    s.repetition_penalty = o.repeat_penalty;
+    s.presence_penalty = o.presence_penalty;
+    s.frequency_penalty = o.frequency_penalty;
+    s.logit_bias = o.logit_bias;
+    s.seed = o.seed;
+    return s;
+  }
+
+  void fail_with(Errc e, const std::string& msg) {
+    failed_ = true;
+    err_ = make_error_code(e);
+    msg_ = msg;
+    finish();
+  }
+
+  void finish() {
+    if (finished_) return;
+    finished_ = true;
+    FinishReason r = gen_.finish_reason();
+    if (stopped_by_string_) r = FinishReason::stop_string;
+    if (failed_) r = FinishReason::error;
+    std::error_code err = err_;
+    if (!failed_ && r == FinishReason::cancelled) err = make_error_code(Errc::cancelled);
+    // The cache holds every token fed to the model: all but the last one sampled. After
+    // a failure its contents are unknown, so it is dropped.
+    std::vector<int32_t>& cached = m_.cached_tokens();
+    if (failed_) {
+      m_.prompt_cache().truncate(0);
+      cached.clear();
+    } else {
+      const auto& t = gen_.tokens();
+      cached.assign(t.begin(), t.begin() + m_.prompt_cache().length());
+    }
+    GenerationTimings tm = gen_.timings();
+    m_.record(tm, r, err, msg_);
+    m_.set_cached_prompt_tokens(cached_);
+  }
+
+  LocalTextModel& m_;
+  std::stop_token stop_;
+  TokenGenerator gen_;
+  std::optional<StreamDecoder> decoder_;
+  StopStringMatcher stops_;
+  bool finished_ = false, failed_ = false, stopped_by_string_ = false;
+  int cached_ = 0;
+  std::error_code err_;
+  std::string msg_;
+};
+
+}  // namespace
+
+GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device device) {
+  GenerateMetrics m;
+  m.prompt_tokens = t.prompt_tokens;
+  m.generated_tokens = t.generated_tokens;
+  m.prefill_s = t.prefill_s;
+  m.decode_s = t.decode_s;
+  m.time_to_first_token_s = t.time_to_first_token_s;
+  m.prefill_tok_per_s = t.prefill_s > 0 ? t.prompt_tokens / t.prefill_s : 0;
+  m.decode_tok_per_s = t.decode_s > 0 ? (t.generated_tokens - 1) / t.decode_s : 0;
+  const MemoryStats s = allocator_for(device).stats();
+  m.peak_memory = s.peak;
+  m.active_memory = s.active;
+  m.finish_reason = finish_reason_name(r);
+  return m;
+}
+
+LocalTextModel::LocalTextModel(const std::filesystem::path& dir, const LoadOptions& options, Device device,
+                               std::string backend)
+    : dir_(dir),
+      config_(io::load_model_config(dir)),
+      backend_(std::move(backend)),
+      device_(device),
+      cache_(0) {
+  models::ModelLoadOptions mo;
+  mo.device = device;
+  if (!options.dtype.empty()) {
+    mo.dtype = parse_dtype(options.dtype);
+    LMX_CHECK(mo.dtype && is_float(*mo.dtype), "load", "dtype must be f32, bf16 or f16, got '", options.dtype, "'");
+  }
+  LMX_CHECK(options.adapter_path.empty(), "load", "LoRA adapters are not supported yet (adapter_path = ",
+            options.adapter_path, ")");
+  model_ = models::load_causal_lm(dir, mo);
+  if (std::filesystem::exists(dir / "tokenizer.json")) tokenizer_.emplace(Tokenizer::from_dir(dir));
+  context_len_ = options.context_len > 0 ? options.context_len : model_->spec().max_position_embeddings;
+  eos_ = model_->spec().eos_token_ids;
+  if (tokenizer_) {
+    if (auto e = tokenizer_->config().eos_token_id) eos_.push_back(*e);
+  }
+  cache_ = KVCache(*model_, /*rotate_sliding=*/true);
+}
+
+const Tokenizer& LocalTextModel::tokenizer() const {
+  LMX_CHECK(tokenizer_.has_value(), "tokenizer", dir_.string(),
+            " has no tokenizer.json; pass token ids (generate_ids) or add the tokenizer files");
+  return *tokenizer_;
+}
+
+GenerationLimits LocalTextModel::limits(const GenerateOptions& o) const {
+  GenerationLimits l;
+  l.max_tokens = o.max_tokens;
+  l.eos_tokens = eos_;
+  l.stop_tokens = o.stop_tokens;
+  l.ignore_eos = o.ignore_eos;
+  l.context_length = context_len_;
+  return l;
+}
+
+void LocalTextModel::record(const GenerationTimings& t, FinishReason r, std::error_code err, std::string message) {
+  metrics_ = make_metrics(t, r, device_);
+  err_ = err;
+  err_message_ = err ? (message.empty() ? err.message() : std::move(message)) : std::string();
+}
+
+Stream LocalTextModel::start(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop) {
+  // Prompt-cache reuse: keep the KV of the longest common prefix, but always leave at
+  // least one prompt token to run, since its logits pick the first new token.
+  size_t common = 0;
+  while (common < cached_.size() && common + 1 < prompt.size() && cached_[common] == prompt[common]) ++common;
+  if (!cache_.truncate(int64_t(common))) common = 0;
+  cached_.resize(common);
+  err_ = {};
+  try {
+    return Stream(std::make_unique<GenerationSource>(*this, std::move(prompt), o, std::move(stop), common));
+  } catch (const Error& e) {
+    err_ = make_error_code(Errc::invalid_input);
+    err_message_ = e.what();
+    throw;
+  }
+}
+
+Stream LocalTextModel::generate(std::string_view prompt, const GenerateOptions& o, std::stop_token stop) {
+  return start(tokenizer().encode(prompt, true), o, std::move(stop));
+}
+
+Stream LocalTextModel::generate_ids(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop) {
+  return start(std::move(prompt), o, std::move(stop));
+}
+
+std::string LocalTextModel::render_chat(std::span<const Message> messages, const GenerateOptions& o) const {
+  const Tokenizer& tok = tokenizer();
+  const std::string& tmpl = tok.config().chat_template;
+  LMX_CHECK(!tmpl.empty(), "chat", dir_.string(), " has no chat template (tokenizer_config.json or chat_template.jinja)");
+  nlohmann::ordered_json ctx;
+  ctx["messages"] = nlohmann::ordered_json::array();
+  for (const Message& m : messages) ctx["messages"].push_back({{"role", m.role}, {"content", m.content}});
+  ctx["add_generation_prompt"] = o.add_generation_prompt;
+  for (const auto& [name, value] : tok.config().special_token_strings()) ctx[name] = value;
+  for (const auto& [key, json] : o.template_vars) {
+    try {
+      ctx[key] = nlohmann::ordered_json::parse(json);
+    } catch (const std::exception&) {
+      fail("chat", "template variable '", key, "' is not valid JSON: ", json);
+    }
+  }
+  return jinja::Template(tmpl).render(ctx);
+}
+
+Stream LocalTextModel::chat(std::span<const Message> messages, const GenerateOptions& o, std::stop_token stop) {
+  // The template writes BOS itself, so the text is encoded without special tokens (as HF does).
+  return start(tokenizer().encode(render_chat(messages, o), false), o, std::move(stop));
+}
+
+std::vector<int32_t> LocalTextModel::tokenize(std::string_view text, bool add_special_tokens) const {
+  return tokenizer().encode(text, add_special_tokens);
+}
+
+std::string LocalTextModel::detokenize(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  return tokenizer().decode(ids, skip_special_tokens);
+}
+
+ModelInfo LocalTextModel::info() const {
+  const models::DecoderSpec& s = model_->spec();
+  ModelInfo i;
+  i.path = dir_;
+  i.model_type = s.model_type;
+  i.architecture = config_.architectures.empty() ? "" : config_.architectures[0];
+  i.backend = backend_;
+  i.device = device_.str();
+  i.dtype = std::string(dtype_name(model_->dtype()));
+  i.vocab_size = s.vocab_size;
+  i.hidden_size = s.hidden_size;
+  i.intermediate_size = s.intermediate_size;
+  i.num_layers = model_->num_layers();
+  i.num_heads = config_.num_attention_heads;
+  i.num_kv_heads = config_.num_key_value_heads;
+  i.head_dim = config_.head_dim;
+  i.context_length = context_len_;
+  model_->visit("", [&](const std::string&, Array& p, const Shape&) {
+    i.parameters += p.size();
+    i.weight_bytes += int64_t(p.nbytes());
+  });
+  if (config_.quantization) {
+    i.quant_bits = int(config_.quantization->base.bits);
+    i.quant_group_size = int(config_.quantization->base.group_size);
+  }
+  i.has_tokenizer = tokenizer_.has_value();
+  i.has_chat_template = tokenizer_ && !tokenizer_->config().chat_template.empty();
+  return i;
+}
+
+}  // namespace lmx::runtime

@@ -1,0 +1,65 @@
+// The TextModel that every built-in backend serves: a CausalLM on one device, its
+// tokenizer and chat template, a prompt cache, and the last call's metrics and error.
+#pragma once
+
+#include <optional>
+
+#include "io/config.h"
+#include "lmx/lmx.h"
+#include "models/transformer.h"
+#include "runtime/generator.h"
+#include "runtime/kv_cache.h"
+#include "text/tokenizer.h"
+
+namespace lmx::runtime {
+
+class LocalTextModel final : public TextModel {
+ public:
+  LocalTextModel(const std::filesystem::path& dir, const LoadOptions& options, Device device, std::string backend);
+
+  Stream generate(std::string_view prompt, const GenerateOptions& o, std::stop_token stop) override;
+  Stream generate_ids(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop) override;
+  Stream chat(std::span<const Message> messages, const GenerateOptions& o, std::stop_token stop) override;
+  std::vector<ClassifyResult> classify(std::span<const std::string> prompts, const GenerateOptions& o) override;
+  std::vector<BatchResult> batch_generate(std::span<const std::string> prompts, const GenerateOptions& o) override;
+  std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens) const override;
+  std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens) const override;
+  ModelInfo info() const override;
+  GenerateMetrics metrics() const override { return metrics_; }
+  std::error_code err() const override { return err_; }
+  std::string err_message() const override { return err_message_; }
+
+  // For the stream and batch code in this layer.
+  const models::CausalLM& model() const { return *model_; }
+  const Tokenizer& tokenizer() const;
+  bool has_tokenizer() const { return tokenizer_.has_value(); }
+  void set_cached_prompt_tokens(int n) { metrics_.cached_prompt_tokens = n; }
+  // Renders the chat template for `messages` (HF apply_chat_template, tokenize=False).
+  std::string render_chat(std::span<const Message> messages, const GenerateOptions& o) const;
+  GenerationLimits limits(const GenerateOptions& o) const;
+  void record(const GenerationTimings& t, FinishReason r, std::error_code err, std::string message);
+  KVCache& prompt_cache() { return cache_; }
+  std::vector<int32_t>& cached_tokens() { return cached_; }
+
+ private:
+  Stream start(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop);
+
+  std::filesystem::path dir_;
+  io::ModelConfig config_;
+  std::unique_ptr<models::CausalLM> model_;
+  std::optional<Tokenizer> tokenizer_;
+  std::string backend_;
+  Device device_;
+  int64_t context_len_;
+  std::vector<int32_t> eos_;
+  KVCache cache_;                // holds the KV of `cached_` (prompt-cache reuse)
+  std::vector<int32_t> cached_;
+  GenerateMetrics metrics_;
+  std::error_code err_;
+  std::string err_message_;
+};
+
+// Fills TextModel metrics from a finished generation.
+GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device device);
+
+}  // namespace lmx::runtime
