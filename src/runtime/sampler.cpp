@@ -76,7 +76,10 @@ std::vector<float> Sampler::process(std::span<const float> logits, std::span<con
       // the most likely token always stays.
       std::vector<int32_t> order(x.size());
       std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[size_t(a)] < x[size_t(b)]; });
+      // Among equal logits the lower id counts as more likely, as argmax does.
+      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        return x[size_t(a)] != x[size_t(b)] ? x[size_t(a)] < x[size_t(b)] : a > b;
+      });
       double cum = 0;
       for (size_t r = 0; r + 1 < order.size(); ++r) {
         cum += p[size_t(order[r])];

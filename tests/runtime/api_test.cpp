@@ -1,0 +1,219 @@
+// The public API on the fixture models (tiny random weights, a tiny byte-level BPE
+// tokenizer and a ChatML template): streaming, cancellation, prompt-cache reuse,
+// classify and batch_generate against one-at-a-time runs, memory limits, discovery.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <thread>
+
+#include "io/safetensors.h"
+#include "lmx/lmx.h"
+#include "ops/ops.h"
+
+namespace lmx {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kModels = fs::path(LMX_FIXTURES_DIR) / "models";
+
+std::unique_ptr<TextModel> load(const std::string& name) {
+  LoadOptions o;
+  o.backend = "cpu";
+  return load_model(kModels / name, o);
+}
+
+std::vector<int32_t> ids_of(Stream s) {
+  std::vector<int32_t> out;
+  for (const Token& t : s) out.push_back(t.id);
+  return out;
+}
+
+GenerateOptions greedy(int n) {
+  GenerateOptions o;
+  o.max_tokens = n;
+  o.ignore_eos = true;
+  return o;
+}
+
+TEST(ApiTest, BackendsAreRegistered) {
+  const auto names = list_backends();
+  EXPECT_NE(std::find(names.begin(), names.end(), "cpu"), names.end());
+  ASSERT_NE(get_backend("cpu"), nullptr);
+  EXPECT_TRUE(get_backend("cpu")->available());
+  EXPECT_EQ(get_backend("nope"), nullptr);
+  LoadOptions o;
+  o.backend = "nope";
+  EXPECT_THROW(load_model(kModels / "qwen3-f32", o), Error);
+}
+
+TEST(ApiTest, GenerateIdsMatchesTransformersGreedyTokens) {
+  for (const char* name : {"llama-f32", "qwen3-f32", "gemma3_text-f32"}) {
+    const io::SafetensorsFile g = io::SafetensorsFile::open(kModels / name / "golden.safetensors");
+    auto read_ids = [&](const char* t) {
+      const auto* info = g.find(t);
+      std::vector<int32_t> v(size_t(info->shape[0]));
+      std::memcpy(v.data(), g.data(*info).data(), v.size() * 4);
+      return v;
+    };
+    auto model = load(name);
+    EXPECT_EQ(ids_of(model->generate_ids(read_ids("greedy_prompt"), greedy(20))), read_ids("greedy_ids")) << name;
+    EXPECT_EQ(model->metrics().generated_tokens, 20);
+    EXPECT_EQ(model->metrics().finish_reason, "length");
+    EXPECT_FALSE(model->err());
+  }
+}
+
+TEST(ApiTest, StreamedTextEqualsDecodingAllIds) {
+  auto model = load("qwen3-f32");
+  std::string text;
+  std::vector<int32_t> ids;
+  for (const Token& t : model->generate("the quick brown fox", greedy(30))) {
+    text += t.text;
+    ids.push_back(t.id);
+  }
+  EXPECT_EQ(text, model->detokenize(ids, true));
+}
+
+TEST(ApiTest, StopTokenAndStopStringEndTheStream) {
+  auto model = load("qwen3-f32");
+  const std::vector<int32_t> all = ids_of(model->generate("hello world", greedy(12)));
+  GenerateOptions o = greedy(12);
+  o.stop_tokens = {all[4]};
+  const std::vector<int32_t> stopped = ids_of(model->generate("hello world", o));
+  const size_t first = size_t(std::find(all.begin(), all.end(), all[4]) - all.begin());
+  EXPECT_EQ(stopped, std::vector<int32_t>(all.begin(), all.begin() + long(first) + 1));
+  EXPECT_EQ(model->metrics().finish_reason, "stop_token");
+  // A stop string made of the text of tokens 3 and 4, spanning a token boundary.
+  const std::string text = model->detokenize(all, true);
+  const std::string stop = model->detokenize(std::vector<int32_t>(all.begin() + 3, all.begin() + 5), true);
+  o = greedy(12);
+  o.stop_strings = {stop};
+  const std::string got = model->generate("hello world", o).text();
+  EXPECT_EQ(got, text.substr(0, text.find(stop)));
+  EXPECT_EQ(model->metrics().finish_reason, "stop_string");
+}
+
+TEST(ApiTest, StopTokenCancelsWithinOneStep) {
+  auto model = load("gemma3_text-f32");
+  std::stop_source src;
+  int n = 0;
+  for (const Token& t : model->generate_ids({1, 2, 3}, greedy(200), src.get_token())) {
+    (void)t;
+    if (++n == 3) src.request_stop();
+  }
+  EXPECT_EQ(n, 3);
+  EXPECT_EQ(model->err(), make_error_code(Errc::cancelled));
+  EXPECT_EQ(model->metrics().finish_reason, "cancelled");
+  // Breaking out of the loop cancels too, and the model stays usable.
+  for (const Token& t : model->generate_ids({1, 2, 3}, greedy(200))) {
+    (void)t;
+    break;
+  }
+  EXPECT_EQ(model->err(), make_error_code(Errc::cancelled));
+  EXPECT_EQ(ids_of(model->generate_ids({1, 2, 3}, greedy(5))).size(), 5u);
+  EXPECT_FALSE(model->err());
+}
+
+TEST(ApiTest, PromptCacheReuseGivesTheTokensOfAFreshRun) {
+  for (const char* name : {"qwen3-f32", "gemma3_text-f32"}) {
+    auto warm = load(name);
+    std::vector<Message> chat{{"user", "hello there"}};
+    const std::string first = warm->chat(chat, greedy(8)).text();
+    chat.push_back({"assistant", first});
+    chat.push_back({"user", "and the lazy dog"});
+    const std::vector<int32_t> reused = ids_of(warm->chat(chat, greedy(8)));
+    EXPECT_GT(warm->metrics().cached_prompt_tokens, 0) << name;
+    auto cold = load(name);
+    EXPECT_EQ(reused, ids_of(cold->chat(chat, greedy(8)))) << name;
+    EXPECT_EQ(cold->metrics().cached_prompt_tokens, 0);
+  }
+}
+
+TEST(ApiTest, ClassifyEqualsOneAtATime) {
+  auto model = load("llama-f32");
+  const std::vector<std::string> prompts = {"the", "hello world, this is longer", "a b c", "lazy dog!", "x"};
+  GenerateOptions o;
+  o.return_logits = true;
+  const auto together = model->classify(prompts, o);
+  ASSERT_EQ(together.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto alone = model->classify(std::span<const std::string>(&prompts[i], 1), o);
+    EXPECT_EQ(together[i].token, alone[0].token) << prompts[i];
+    EXPECT_NEAR(together[i].logit, alone[0].logit, 1e-4);
+    // The greedy first token of generate() is the same argmax.
+    EXPECT_EQ(ids_of(model->generate(prompts[i], greedy(1)))[0], alone[0].token);
+  }
+}
+
+TEST(ApiTest, BatchGenerateEqualsOneAtATime) {
+  for (const char* name : {"qwen3-f32", "gemma3_text-f32"}) {
+    auto model = load(name);
+    const std::vector<std::string> prompts = {"hello", "the quick brown fox jumps", "over the lazy dog. hello world"};
+    const auto batch = model->batch_generate(prompts, greedy(12));
+    ASSERT_EQ(batch.size(), prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(batch[i].ids, ids_of(model->generate(prompts[i], greedy(12)))) << name << ": " << prompts[i];
+      EXPECT_EQ(batch[i].finish_reason, "length");
+    }
+  }
+}
+
+TEST(ApiTest, OverTheMemoryLimitEndsTheStreamCleanly) {
+  auto model = load("qwen3-f32");
+  const std::vector<int32_t> want = ids_of(model->generate_ids({5, 6, 7}, greedy(6)));
+  set_memory_limit(active_memory() + 4096);
+  const std::vector<int32_t> got = ids_of(model->generate_ids({5, 6, 7}, greedy(6)));
+  set_memory_limit(0);
+  EXPECT_TRUE(got.empty());
+  EXPECT_EQ(model->err(), make_error_code(Errc::out_of_memory));
+  EXPECT_NE(model->err_message().find("[memory]"), std::string::npos) << model->err_message();
+  EXPECT_EQ(model->metrics().finish_reason, "error");
+  EXPECT_EQ(ids_of(model->generate_ids({5, 6, 7}, greedy(6))), want);  // still usable
+}
+
+TEST(ApiTest, PromptPastTheContextIsRejected) {
+  LoadOptions o;
+  o.backend = "cpu";
+  o.context_len = 8;
+  auto model = load_model(kModels / "qwen3-f32", o);
+  EXPECT_THROW(model->generate_ids(std::vector<int32_t>(9, 1), greedy(2)), Error);
+  EXPECT_EQ(model->err(), make_error_code(Errc::invalid_input));
+  const auto ids = ids_of(model->generate_ids(std::vector<int32_t>(6, 1), greedy(10)));
+  EXPECT_EQ(ids.size(), 2u);
+  EXPECT_EQ(model->metrics().finish_reason, "context_length");
+}
+
+TEST(ApiTest, InfoDescribesTheModel) {
+  auto model = load("gemma3_text-bf16");
+  const ModelInfo i = model->info();
+  EXPECT_EQ(i.model_type, "gemma3_text");
+  EXPECT_EQ(i.num_layers, 7);
+  EXPECT_EQ(i.vocab_size, 512);
+  EXPECT_EQ(i.dtype, "bfloat16");
+  EXPECT_TRUE(i.has_tokenizer);
+  EXPECT_TRUE(i.has_chat_template);
+  EXPECT_EQ(i.quant_bits, 0);
+}
+
+TEST(DiscoverTest, ListsModelsAndExplainsBrokenFolders) {
+  const fs::path root = fs::temp_directory_path() / ("lmx_discover_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "org" / "good");
+  fs::create_directories(root / "broken");
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"})
+    fs::copy_file(kModels / "llama-f32" / f, root / "org" / "good" / f);
+  std::ofstream(root / "broken" / "config.json") << "{not json";
+  const auto found = discover(root);
+  ASSERT_EQ(found.size(), 2u);
+  EXPECT_EQ(found[0].path, root / "broken");
+  EXPECT_FALSE(found[0].error.empty());
+  EXPECT_EQ(found[1].model_type, "llama");
+  EXPECT_EQ(found[1].num_files, 1);
+  EXPECT_TRUE(found[1].has_tokenizer);
+  EXPECT_GT(found[1].total_bytes, 100000u);
+  EXPECT_TRUE(found[1].error.empty());
+  fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace lmx

@@ -1,0 +1,202 @@
+// Samplers against reference distributions written here from HF's definitions, then
+// seeded draws against those distributions (chi-square), and stop strings.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+
+#include "runtime/sampler.h"
+#include "runtime/stop_strings.h"
+
+namespace lmx {
+namespace {
+
+const std::vector<float> kLogits = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, 3.0f, 1.0f, -2.0f};
+
+std::vector<double> softmax(const std::vector<double>& x) {
+  const double m = *std::max_element(x.begin(), x.end());
+  std::vector<double> p(x.size());
+  double s = 0;
+  for (size_t i = 0; i < x.size(); ++i) s += p[i] = std::isinf(x[i]) ? 0 : std::exp(x[i] - m);
+  for (double& q : p) q /= s;
+  return p;
+}
+
+void expect_distribution(const std::vector<float>& got, const std::vector<double>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6) << "token " << i;
+}
+
+// Draws 40000 samples and checks them against `want` with a chi-square test.
+void expect_draws_follow(Sampler& s, const std::vector<double>& want, std::span<const int32_t> history = {}) {
+  const int n = 40000;
+  std::vector<int> count(want.size(), 0);
+  for (int i = 0; i < n; ++i) ++count[size_t(s.sample(kLogits, history))];
+  double chi2 = 0;
+  int dof = -1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (want[i] == 0) {
+      EXPECT_EQ(count[i], 0) << "token " << i << " has probability 0";
+      continue;
+    }
+    chi2 += std::pow(count[i] - n * want[i], 2) / (n * want[i]);
+    ++dof;
+  }
+  // 0.999 quantile of chi-square with up to 7 degrees of freedom is 24.3.
+  EXPECT_LT(chi2, 24.3) << "dof " << dof;
+}
+
+std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+TEST(SamplerTest, GreedyPicksTheFirstMaximum) {
+  Sampler s(SamplingOptions{});
+  EXPECT_EQ(s.sample(kLogits, {}), 5);
+  EXPECT_EQ(s.sample(std::vector<float>{1, 3, 3}, {}), 1);
+}
+
+TEST(SamplerTest, TemperatureScalesLogits) {
+  SamplingOptions o;
+  o.temperature = 0.7f;
+  o.seed = 1;
+  Sampler s(o);
+  std::vector<double> x = as_double(kLogits);
+  for (double& v : x) v /= 0.7;
+  const std::vector<double> want = softmax(x);
+  expect_distribution(s.probabilities(kLogits, {}), want);
+  expect_draws_follow(s, want);
+}
+
+TEST(SamplerTest, TopKKeepsTheKLargest) {
+  SamplingOptions o;
+  o.temperature = 1;
+  o.top_k = 3;
+  o.seed = 2;
+  Sampler s(o);
+  std::vector<double> x = as_double(kLogits);
+  // The three largest are 3.0 (5), 2.0 (0), 1.0 (1 and 6: ties at the threshold stay).
+  for (size_t i : {2u, 3u, 4u, 7u}) x[i] = -INFINITY;
+  const std::vector<double> want = softmax(x);
+  expect_distribution(s.probabilities(kLogits, {}), want);
+  expect_draws_follow(s, want);
+}
+
+TEST(SamplerTest, TopPKeepsTheSmallestSetWithTheMass) {
+  SamplingOptions o;
+  o.temperature = 1;
+  o.top_p = 0.8f;
+  o.seed = 3;
+  Sampler s(o);
+  const std::vector<double> p = softmax(as_double(kLogits));
+  // Reference: sort descending, keep tokens until the mass before them reaches top_p.
+  std::vector<size_t> order(p.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return p[a] > p[b]; });
+  std::vector<double> x = as_double(kLogits);
+  double before = 0;
+  for (size_t i : order) {
+    if (before >= 0.8) x[i] = -INFINITY;
+    before += p[i];
+  }
+  const std::vector<double> want = softmax(x);
+  expect_distribution(s.probabilities(kLogits, {}), want);
+  expect_draws_follow(s, want);
+}
+
+TEST(SamplerTest, MinPDropsUnlikelyTokens) {
+  SamplingOptions o;
+  o.temperature = 1;
+  o.min_p = 0.2f;
+  o.seed = 4;
+  Sampler s(o);
+  const std::vector<double> p = softmax(as_double(kLogits));
+  const double top = *std::max_element(p.begin(), p.end());
+  std::vector<double> x = as_double(kLogits);
+  for (size_t i = 0; i < p.size(); ++i)
+    if (p[i] < 0.2 * top) x[i] = -INFINITY;
+  const std::vector<double> want = softmax(x);
+  expect_distribution(s.probabilities(kLogits, {}), want);
+  expect_draws_follow(s, want);
+}
+
+TEST(SamplerTest, PenaltiesAndBiasFollowTheirDefinitions) {
+  SamplingOptions o;
+  o.temperature = 1;
+  o.repetition_penalty = 1.5f;
+  o.presence_penalty = 0.25f;
+  o.frequency_penalty = 0.5f;
+  o.logit_bias = {{3, 2.0f}};
+  o.seed = 5;
+  Sampler s(o);
+  const std::vector<int32_t> history = {0, 0, 4, 5};
+  std::vector<double> x = as_double(kLogits);
+  x[3] += 2.0;
+  std::map<int, int> counts{{0, 2}, {4, 1}, {5, 1}};
+  for (auto [t, n] : counts) {
+    x[size_t(t)] = x[size_t(t)] < 0 ? x[size_t(t)] * 1.5 : x[size_t(t)] / 1.5;  // HF: once per distinct token
+    x[size_t(t)] -= 0.25 + 0.5 * n;
+  }
+  const std::vector<double> want = softmax(x);
+  expect_distribution(s.probabilities(kLogits, history), want);
+  expect_draws_follow(s, want, history);
+}
+
+TEST(SamplerTest, SeedMakesDrawsReproducible) {
+  SamplingOptions o;
+  o.temperature = 1;
+  o.seed = 99;
+  Sampler a(o), b(o);
+  std::vector<int32_t> da, db;
+  for (int i = 0; i < 50; ++i) da.push_back(a.sample(kLogits, {})), db.push_back(b.sample(kLogits, {}));
+  EXPECT_EQ(da, db);
+  o.seed = 100;
+  Sampler c(o);
+  std::vector<int32_t> dc;
+  for (int i = 0; i < 50; ++i) dc.push_back(c.sample(kLogits, {}));
+  EXPECT_NE(da, dc);
+}
+
+TEST(SamplerTest, RejectsBadOptions) {
+  SamplingOptions o;
+  o.top_p = 0;
+  EXPECT_THROW(Sampler{o}, Error);
+  o = {};
+  o.temperature = -1;
+  EXPECT_THROW(Sampler{o}, Error);
+  o = {};
+  o.logit_bias = {{99, 1.0f}};
+  Sampler s(o);
+  EXPECT_THROW(s.sample(kLogits, {}), Error);
+}
+
+TEST(StopStringTest, HoldsBackPossibleStartsAcrossTokenBoundaries) {
+  StopStringMatcher m({"</s>", "STOP"});
+  std::string shown;
+  for (const char* piece : {"Hello <", "/", "b> S", "TO", "P! more"}) {
+    const auto r = m.push(piece);
+    // Nothing emitted may ever be retracted: shown text is always a prefix of the input
+    // that contains no stop string.
+    shown += r.emit;
+    if (r.stopped) break;
+  }
+  EXPECT_EQ(shown, "Hello </b> ");
+}
+
+TEST(StopStringTest, EmitsEverythingWhenNoStopMatches) {
+  StopStringMatcher m({"xyz"});
+  std::string shown;
+  for (const char* piece : {"ab", "cx", "y", "w"}) shown += m.push(piece).emit;
+  shown += m.flush();
+  EXPECT_EQ(shown, "abcxyw");
+}
+
+TEST(StopStringTest, EarliestStopWins) {
+  StopStringMatcher m({"bc", "abcd"});
+  const auto r = m.push("xabcd");
+  EXPECT_TRUE(r.stopped);
+  EXPECT_EQ(r.emit, "xa");
+}
+
+}  // namespace
+}  // namespace lmx
