@@ -1,9 +1,7 @@
 #include "io/config.h"
 
 #include <cmath>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -361,14 +359,6 @@ ModelConfig from_json(const json& root_in, const std::filesystem::path& path) {
   return c;
 }
 
-std::string read_text(const std::filesystem::path& p) {
-  std::ifstream is(p, std::ios::binary);
-  if (!is) fail(kWhere, p.string(), ": cannot open the file (check that it exists and is readable)");
-  std::ostringstream ss;
-  ss << is.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 const RopeParams& ModelConfig::rope_for(std::string_view layer_type) const {
@@ -416,9 +406,9 @@ ModelConfig load_model_config(const std::filesystem::path& model_dir, std::strin
   std::error_code ec;
   if (!std::filesystem::exists(path, ec))
     fail(kWhere, path.string(), ": not found; a model directory needs the config.json of a Hugging Face checkpoint");
-  ModelConfig c = parse_model_config(read_text(path), path);
+  ModelConfig c = parse_model_config(read_text_file(path, kWhere), path);
   const auto gen = model_dir / "generation_config.json";
-  if (std::filesystem::exists(gen, ec)) c.generation = parse_generation_config(read_text(gen), gen);
+  if (std::filesystem::exists(gen, ec)) c.generation = parse_generation_config(read_text_file(gen, kWhere), gen);
   return c;
 }
 

@@ -7,13 +7,17 @@
 
 namespace lmx::io {
 
-nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view where) {
+std::string read_text_file(const std::filesystem::path& path, std::string_view where) {
   std::ifstream is(path, std::ios::binary);
   if (!is) fail(where, path.string(), ": cannot open the file (check that it exists and is readable)");
   std::ostringstream ss;
   ss << is.rdbuf();
   if (is.bad()) fail(where, path.string(), ": reading the file failed");
-  return parse_json_text(ss.str(), path.string(), where);
+  return ss.str();
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view where) {
+  return parse_json_text(read_text_file(path, where), path.string(), where);
 }
 
 nlohmann::json parse_json_text(std::string_view text, const std::string& display_name,

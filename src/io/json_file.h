@@ -9,6 +9,9 @@
 
 namespace lmx::io {
 
+// The whole file as bytes; errors are "[<where>] <path>: ...".
+std::string read_text_file(const std::filesystem::path& path, std::string_view where);
+
 // Reads and parses `path`. Errors are "[<where>] <path>: ..."; a syntax error gives the
 // line, column and byte of the problem.
 nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view where);
