@@ -9,7 +9,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "models/loader.h"
-#include "runtime/generator.h"
+#include "cli_util.h"
 
 namespace lmx::cli {
 namespace {
@@ -32,7 +32,7 @@ std::vector<int32_t> parse_ids(const std::string& s, const char* flag) {
   return ids;
 }
 
-struct ModelFlags {
+struct LowLevelModelFlags {
   std::string dir, device = "cpu", dtype;
   void add(CLI::App* cmd) {
     cmd->add_option("MODEL_DIR", dir, "Folder with config.json and *.safetensors")->required();
@@ -50,7 +50,7 @@ struct ModelFlags {
   }
 };
 
-void run_logits(const ModelFlags& m, const std::string& ids_flag) {
+void run_logits(const LowLevelModelFlags& m, const std::string& ids_flag) {
   const auto model = m.load();
   const std::vector<int32_t> ids = parse_ids(ids_flag, "--ids");
   const Array logits = model->forward(to_device(from_vector(ids, {1, int64_t(ids.size())}), model->device()));
@@ -76,7 +76,7 @@ void run_logits(const ModelFlags& m, const std::string& ids_flag) {
 void add_model_commands(CLI::App& app) {
   {
     auto* cmd = app.add_subcommand("logits", "Print the logits a model computes for token ids");
-    auto m = std::make_shared<ModelFlags>();
+    auto m = std::make_shared<LowLevelModelFlags>();
     auto ids = std::make_shared<std::string>();
     m->add(cmd);
     cmd->add_option("--ids", *ids, "Comma-separated token ids")->required();
@@ -87,68 +87,52 @@ void add_model_commands(CLI::App& app) {
     cmd->callback([m, ids] { run_logits(*m, *ids); });
   }
   {
-    auto* cmd = app.add_subcommand("generate", "Generate tokens from a prompt");
-    auto m = std::make_shared<ModelFlags>();
+    auto* cmd = app.add_subcommand("generate", "Generate text (or token ids) from a prompt, streaming");
+    auto m = std::make_shared<ModelArgs>();
+    auto g = std::make_shared<GenerateArgs>();
+    auto prompt = std::make_shared<std::string>();
+    auto prompt_ids = std::make_shared<std::string>();
+    auto json = std::make_shared<bool>(false);
     m->add(cmd);
-    struct Flags {
-      std::string prompt_ids;
-      int max_tokens = 64;
-      float temperature = 0, top_p = 1, min_p = 0, repetition_penalty = 1;
-      int top_k = 0;
-      int64_t seed = -1;
-      bool ignore_eos = false, json = false;
-      std::vector<int32_t> stop_tokens;
-    };
-    auto f = std::make_shared<Flags>();
-    cmd->add_option("--prompt-ids", f->prompt_ids, "Comma-separated prompt token ids")->required();
-    cmd->add_option("--max-tokens", f->max_tokens, "Most tokens to generate")->capture_default_str();
-    cmd->add_option("--temperature", f->temperature, "0 = greedy")->capture_default_str();
-    cmd->add_option("--top-k", f->top_k, "Keep the k most likely tokens (0 = off)");
-    cmd->add_option("--top-p", f->top_p, "Nucleus sampling mass (1 = off)");
-    cmd->add_option("--min-p", f->min_p, "Drop tokens below min_p x the top probability (0 = off)");
-    cmd->add_option("--repetition-penalty", f->repetition_penalty, "HF repetition penalty (1 = off)");
-    cmd->add_option("--seed", f->seed, "Seed for reproducible sampling");
-    cmd->add_option("--stop-token", f->stop_tokens, "Stop after this token id (repeatable)");
-    cmd->add_flag("--ignore-eos", f->ignore_eos, "Keep going past end-of-sequence tokens");
-    cmd->add_flag("--json", f->json, "Print {\"ids\": [...], \"finish_reason\": ..., ...}");
+    g->add(cmd, /*chat=*/false);
+    auto* p = cmd->add_option("--prompt", *prompt, "Prompt text (tokenized with the model's tokenizer, BOS added)");
+    cmd->add_option("--prompt-ids", *prompt_ids, "Prompt as comma-separated token ids instead of text")->excludes(p);
+    cmd->add_flag("--json", *json, "Print one JSON object at the end: ids, text, finish_reason, metrics");
     cmd->footer(
-        "Example:\n  lmx generate tests/fixtures/models/qwen3-f32 --prompt-ids 1,2,3 --max-tokens 20 --json\n"
-        "  lmx generate MODEL --prompt-ids 9707 --temperature 0.7 --top-p 0.9 --seed 1");
-    cmd->callback([m, f] {
-      const auto model = m->load();
-      SamplingOptions s;
-      s.temperature = f->temperature;
-      s.top_k = f->top_k;
-      s.top_p = f->top_p;
-      s.min_p = f->min_p;
-      s.repetition_penalty = f->repetition_penalty;
-      if (f->seed >= 0) s.seed = uint64_t(f->seed);
-      GenerationLimits limits;
-      limits.max_tokens = f->max_tokens;
-      limits.stop_tokens = f->stop_tokens;
-      limits.ignore_eos = f->ignore_eos;
-      limits.eos_tokens = model->spec().eos_token_ids;
-      KVCache cache(model->num_layers());
-      TokenGenerator gen(*model, parse_ids(f->prompt_ids, "--prompt-ids"), s, limits, cache);
-      std::vector<int32_t> out;
-      while (auto t = gen.next()) {
-        out.push_back(*t);
-        if (!f->json) std::printf("%d\n", *t), std::fflush(stdout);
+        "Text streams to stdout; timings and memory go to stderr.\n\n"
+        "Examples:\n  lmx generate ~/models/Llama-3.2-1B-Instruct --prompt \"The capital of France is\"\n"
+        "  lmx generate MODEL --prompt \"Once upon\" --temperature 0.8 --top-p 0.95 --seed 7\n"
+        "  lmx generate tests/fixtures/models/qwen3-f32 --prompt-ids 1,2,3 --max-tokens 20 --temperature 0 --json");
+    cmd->callback([m, g, prompt, prompt_ids, json] {
+      LMX_CHECK(!prompt->empty() || !prompt_ids->empty(), "cli", "give --prompt TEXT or --prompt-ids 1,2,3");
+      auto model = m->load();
+      const GenerateOptions opts = g->options();
+      Stream s = prompt_ids->empty() ? model->generate(*prompt, opts)
+                                     : model->generate_ids(parse_ids(*prompt_ids, "--prompt-ids"), opts);
+      std::vector<int32_t> ids;
+      std::string text;
+      for (const Token& t : s) {
+        if (t.id >= 0) ids.push_back(t.id);
+        text += t.text;
+        if (!*json) std::fputs(t.text.c_str(), stdout), std::fflush(stdout);
       }
-      const GenerationTimings& tm = gen.timings();
-      if (f->json) {
-        nlohmann::json j{{"ids", out},
-                         {"finish_reason", finish_reason_name(gen.finish_reason())},
-                         {"prompt_tokens", tm.prompt_tokens},
-                         {"generated_tokens", tm.generated_tokens},
-                         {"prefill_s", tm.prefill_s},
-                         {"decode_s", tm.decode_s}};
-        std::printf("%s\n", j.dump().c_str());
+      const GenerateMetrics mt = model->metrics();
+      if (*json) {
+        const nlohmann::json j{{"ids", ids},
+                               {"text", text},
+                               {"finish_reason", mt.finish_reason},
+                               {"prompt_tokens", mt.prompt_tokens},
+                               {"generated_tokens", mt.generated_tokens},
+                               {"prefill_tok_per_s", mt.prefill_tok_per_s},
+                               {"decode_tok_per_s", mt.decode_tok_per_s},
+                               {"time_to_first_token_s", mt.time_to_first_token_s},
+                               {"peak_memory_bytes", mt.peak_memory}};
+        std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+      } else {
+        std::printf("\n");
       }
-      std::fprintf(stderr, "prompt %d tokens in %.3f s, generated %d tokens at %.1f tok/s (%s)\n", tm.prompt_tokens,
-                   tm.prefill_s, tm.generated_tokens,
-                   tm.generated_tokens > 1 ? (tm.generated_tokens - 1) / std::max(tm.decode_s, 1e-9) : 0.0,
-                   finish_reason_name(gen.finish_reason()));
+      print_metrics(mt, stderr);
+      if (model->err()) throw Error("[generate] " + model->err_message());
     });
   }
 }

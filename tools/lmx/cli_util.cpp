@@ -1,0 +1,76 @@
+#include "cli_util.h"
+
+#include "core/error.h"
+
+namespace lmx::cli {
+
+void ModelArgs::add(CLI::App* cmd) {
+  cmd->add_option("MODEL", dir, "Model folder (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--device", device, "cpu, cuda or cuda:N (default: the best available)");
+  cmd->add_option("--backend", backend, "cpu or cuda (default: the best available)");
+  cmd->add_option("--dtype", dtype, "Compute dtype: f32, bf16 or f16 (default: the weights' dtype)");
+  cmd->add_option("--context", context, "Context length (default: the model's max_position_embeddings)");
+}
+
+std::unique_ptr<TextModel> ModelArgs::load() const {
+  LoadOptions o;
+  o.device = device;
+  o.backend = backend;
+  if (backend.empty() && device.rfind("cpu", 0) == 0) o.backend = "cpu";
+  if (backend.empty() && device.rfind("cuda", 0) == 0) o.backend = "cuda";
+  o.dtype = dtype;
+  o.context_len = context;
+  return load_model(dir, o);
+}
+
+void GenerateArgs::add(CLI::App* cmd, bool chat) {
+  cmd->add_option("--max-tokens", max_tokens, "Most tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature", temperature, "0 = greedy; 0.7 is a common choice")->capture_default_str();
+  cmd->add_option("--top-k", top_k, "Keep only the k most likely tokens (0 = off)");
+  cmd->add_option("--top-p", top_p, "Keep the smallest set of tokens with this probability mass (1 = off)");
+  cmd->add_option("--min-p", min_p, "Drop tokens below min_p x the top token's probability (0 = off)");
+  cmd->add_option("--repeat-penalty", repeat_penalty, "HF repetition penalty, e.g. 1.1 (1 = off)");
+  cmd->add_option("--presence-penalty", presence_penalty, "Subtract this from every token seen so far");
+  cmd->add_option("--frequency-penalty", frequency_penalty, "Subtract this times each token's count so far");
+  cmd->add_option("--seed", seed, "Seed for reproducible sampling");
+  cmd->add_option("--stop-token", stop_tokens, "Also stop after this token id (repeatable)");
+  cmd->add_option("--stop", stop_strings, "Stop before this text (repeatable); it is not printed");
+  cmd->add_flag("--ignore-eos", ignore_eos, "Keep generating past end-of-sequence tokens");
+  cmd->add_flag("--show-special", show_special, "Print control tokens such as <|im_end|>");
+  if (chat)
+    cmd->add_option("--set", template_vars, "Chat-template variable as KEY=JSON, e.g. enable_thinking=false");
+}
+
+GenerateOptions GenerateArgs::options() const {
+  GenerateOptions o;
+  o.max_tokens = max_tokens;
+  o.temperature = temperature;
+  o.top_k = top_k;
+  o.top_p = top_p;
+  o.min_p = min_p;
+  o.repeat_penalty = repeat_penalty;
+  o.presence_penalty = presence_penalty;
+  o.frequency_penalty = frequency_penalty;
+  if (seed >= 0) o.seed = uint64_t(seed);
+  o.stop_tokens = stop_tokens;
+  o.stop_strings = stop_strings;
+  o.ignore_eos = ignore_eos;
+  o.skip_special_tokens = !show_special;
+  for (const std::string& kv : template_vars) {
+    const size_t eq = kv.find('=');
+    LMX_CHECK(eq != std::string::npos && eq > 0, "cli", "--set expects KEY=JSON, got '", kv, "'");
+    o.template_vars.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  return o;
+}
+
+void print_metrics(const GenerateMetrics& m, std::FILE* out) {
+  std::fprintf(out,
+               "[%d prompt tokens (%d cached) in %.3f s, %.1f tok/s | %d tokens in %.3f s, %.1f tok/s | first "
+               "token %.0f ms | peak memory %.1f MiB | %s]\n",
+               m.prompt_tokens, m.cached_prompt_tokens, m.prefill_s, m.prefill_tok_per_s, m.generated_tokens,
+               m.decode_s, m.decode_tok_per_s, m.time_to_first_token_s * 1000, double(m.peak_memory) / 1048576.0,
+               m.finish_reason.c_str());
+}
+
+}  // namespace lmx::cli
