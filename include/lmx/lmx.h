@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include "lmx/error.h"
+
 namespace lmx {
 
 struct Token {

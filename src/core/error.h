@@ -6,21 +6,9 @@
 #include <string>
 #include <utility>
 
+#include "lmx/error.h"
+
 namespace lmx {
-
-// Every error that crosses the API boundary. The message starts with "[op]" or
-// "[file]" so that a user can tell at once which operation or input failed.
-class Error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// Thrown when an allocation would pass the memory limit or the device is full.
-// The state of the program is unchanged, so callers may free memory and retry.
-class OutOfMemory : public Error {
- public:
-  using Error::Error;
-};
 
 namespace detail {
 template <class... Args>
