@@ -327,12 +327,16 @@ Value global_range(const Value&, CallArgs& args) {
     if (p.size() == 3) step = int_arg(p[2], "range");
   }
   if (step == 0) fail("jinja", "range() arg 3 must not be zero");
+  // Count first (in 128 bits: stop - start can overflow int64) so that a huge range fails fast.
+  const __int128 span = step > 0 ? static_cast<__int128>(stop) - start
+                                 : static_cast<__int128>(start) - stop;
+  const __int128 count = span <= 0 ? 0 : (span - 1) / (step > 0 ? step : -static_cast<__int128>(step)) + 1;
+  if (count > static_cast<__int128>(kMaxListItems))
+    fail("jinja", "range longer than ", kMaxListItems, " items");
   std::vector<Value> out;
-  for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
-    if (out.size() >= kMaxListItems) fail("jinja", "range longer than ", kMaxListItems, " items");
-    out.push_back(Value::integer(i));
-    if (__builtin_add_overflow(i, step, &i)) break;
-  }
+  out.reserve(static_cast<size_t>(count));
+  for (__int128 k = 0; k < count; ++k)
+    out.push_back(Value::integer(static_cast<int64_t>(start + k * step)));
   return Value::list(std::move(out));
 }
 

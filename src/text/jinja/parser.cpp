@@ -126,7 +126,7 @@ class Parser {
       const Token& t = cur();
       if (t.type == TokenType::kEof) {
         if (end_names.size() == 0) return body;
-        error("unexpected end of template, expected '" + std::string(*end_names.begin()) + "'");
+        error("unexpected end of template, expected '" + std::string(end_names.end()[-1]) + "'");
       }
       if (t.type == TokenType::kText) {
         auto s = std::make_unique<Stmt>();
@@ -237,7 +237,7 @@ class Parser {
     if (is_name("recursive")) error("recursive loops are not supported");
     expect_block_end();
     ++loop_depth_;
-    s->body = parse_body({"endfor", "else"});
+    s->body = parse_body({"else", "endfor"});
     --loop_depth_;
     if (take_end_tag() == "else") {
       expect_block_end();
@@ -682,7 +682,10 @@ class Parser {
 
   std::string parse_dotted_name() {
     std::string name = expect_name();
-    while (skip_op(".")) name += "." + expect_name();
+    while (skip_op(".")) {
+      name += '.';
+      name += expect_name();
+    }
     return name;
   }
 
