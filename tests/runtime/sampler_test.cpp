@@ -7,6 +7,7 @@
 #include <map>
 #include <numeric>
 
+#include "core/error.h"
 #include "runtime/sampler.h"
 #include "runtime/stop_strings.h"
 

@@ -11,6 +11,7 @@ void add_tokenize_commands(CLI::App& app);   // tokenize, detokenize, template
 void add_model_commands(CLI::App& app);      // logits, generate
 void add_random_model_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 void add_tool_commands(CLI::App& app);        // classify, discover, info
 
 }  // namespace lmx::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   lmx::cli::add_model_commands(app);
   lmx::cli::add_random_model_command(app);
   lmx::cli::add_chat_command(app);
+  lmx::cli::add_bench_command(app);
   lmx::cli::add_tool_commands(app);
   try {
     app.parse(argc, argv);

@@ -1,0 +1,151 @@
+// `lmx bench MODEL`: end-to-end throughput of decode, prefill and classification on
+// random token ids, timed after a warm-up, median of the repeats, as a table or JSON.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "core/error.h"
+#include "models/loader.h"
+#include "ops/kernels.h"
+#include "runtime/kv_cache.h"
+
+namespace lmx::cli {
+namespace {
+
+struct BenchArgs {
+  std::string dir, device = "cpu", dtype;
+  bool decode = false, classify = false, prefill = false, json = false;
+  std::vector<int> batch{1};
+  int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024;
+};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Runs fn `warmup` times, then `repeat` times, and returns the median duration. The
+// device is synchronised around each run so that asynchronous work is counted.
+template <class Fn>
+double median_seconds(Device d, int warmup, int repeat, Fn&& fn) {
+  auto& k = detail::kernels_for(d);
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < std::max(1, repeat); ++i) {
+    k.synchronize();
+    const double t0 = now_s();
+    fn();
+    k.synchronize();
+    t.push_back(now_s() - t0);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+Array random_ids(int64_t rows, int64_t len, int64_t vocab, uint64_t seed, Device d) {
+  const Array u = random_uniform({rows, len}, seed, 0, float(vocab) - 1, Dtype::f32);
+  return to_device(astype(u, Dtype::i32), d);
+}
+
+void run_bench(const BenchArgs& a) {
+  models::ModelLoadOptions o;
+  o.device = Device::parse(a.device);
+  if (!a.dtype.empty()) o.dtype = parse_dtype(a.dtype);
+  const double t_load = now_s();
+  const auto model = models::load_causal_lm(a.dir, o);
+  const double load_s = now_s() - t_load;
+  const int64_t vocab = model->spec().vocab_size;
+  const Device dev = o.device;
+  nlohmann::json results = nlohmann::json::array();
+  const bool all = !a.decode && !a.classify && !a.prefill;
+  Allocator& alloc = allocator_for(dev);
+
+  if (a.decode || all) {
+    for (int b : a.batch) {
+      const Array prompt = random_ids(b, a.prompt_len, vocab, 1, dev);
+      double prefill_s = 0;
+      alloc.reset_peak();
+      const double total = median_seconds(dev, a.warmup, a.repeat, [&] {
+        KVCache cache(model->num_layers(), a.prompt_len + a.gen_len);
+        const double t0 = now_s();
+        Array h = model->hidden_states(prompt, cache.layers());
+        Array next = argmax(model->logits(slice_axis(h, 1, a.prompt_len - 1, a.prompt_len)), -1);  // [B, 1]
+        detail::kernels_for(dev).synchronize();
+        prefill_s = now_s() - t0;
+        for (int i = 1; i < a.gen_len; ++i) next = argmax(model->forward(next, cache.layers()), -1);
+        (void)to_vector<int32_t>(next);
+      });
+      const double decode_s = total - prefill_s;
+      results.push_back({{"workload", "decode"}, {"batch", b}, {"prompt_len", a.prompt_len}, {"gen_len", a.gen_len},
+                         {"lmx_tok_per_s", double(b) * (a.gen_len - 1) / decode_s},
+                         {"time_to_first_token_s", prefill_s}, {"peak_mem_bytes", alloc.stats().peak}});
+    }
+  }
+  if (a.prefill || all) {
+    const Array prompt = random_ids(1, a.prompt_len, vocab, 2, dev);
+    alloc.reset_peak();
+    const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
+      const Array h = model->hidden_states(prompt);
+      (void)to_floats(model->logits(slice_axis(h, 1, a.prompt_len - 1, a.prompt_len)));
+    });
+    results.push_back({{"workload", "prefill"}, {"batch", 1}, {"prompt_len", a.prompt_len},
+                       {"lmx_tok_per_s", a.prompt_len / s}, {"peak_mem_bytes", alloc.stats().peak}});
+  }
+  if (a.classify || all) {
+    const int64_t chunk = std::min<int64_t>(a.prompts, 256);
+    const Array ids = random_ids(chunk, a.prompt_len, vocab, 3, dev);
+    alloc.reset_peak();
+    const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
+      for (int64_t done = 0; done < a.prompts; done += chunk) {
+        const Array h = model->hidden_states(ids);  // [N, L, H]
+        (void)to_vector<int32_t>(argmax(model->logits(slice_axis(h, 1, a.prompt_len - 1, a.prompt_len)), -1));
+      }
+    });
+    results.push_back({{"workload", "classify"}, {"batch", a.prompts}, {"prompt_len", a.prompt_len},
+                       {"lmx_prompts_per_s", a.prompts / s}, {"peak_mem_bytes", alloc.stats().peak}});
+  }
+  const nlohmann::json out{{"model", a.dir}, {"model_type", model->spec().model_type}, {"device", dev.str()},
+                           {"dtype", dtype_name(model->dtype())}, {"load_s", load_s}, {"results", results}};
+  if (a.json) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return;
+  }
+  std::printf("%s (%s, %s on %s), loaded in %.3f s\n", a.dir.c_str(), model->spec().model_type.c_str(),
+              std::string(dtype_name(model->dtype())).c_str(), dev.str().c_str(), load_s);
+  std::printf("%-9s %6s %7s %6s %14s %12s\n", "workload", "batch", "prompt", "gen", "throughput", "peak MiB");
+  for (const auto& r : results) {
+    const bool prompts = r.contains("lmx_prompts_per_s");
+    std::printf("%-9s %6d %7d %6s %10.1f %s %12.1f\n", r["workload"].get<std::string>().c_str(), r["batch"].get<int>(),
+                r["prompt_len"].get<int>(), r.contains("gen_len") ? std::to_string(r["gen_len"].get<int>()).c_str() : "-",
+                prompts ? r["lmx_prompts_per_s"].get<double>() : r["lmx_tok_per_s"].get<double>(),
+                prompts ? "p/s" : "t/s", double(r["peak_mem_bytes"].get<size_t>()) / 1048576.0);
+  }
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("bench", "Measure decode, prefill and classification throughput");
+  auto a = std::make_shared<BenchArgs>();
+  cmd->add_option("MODEL", a->dir, "Model folder")->required();
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the weights')");
+  cmd->add_flag("--decode", a->decode, "Greedy decode after a prompt (tok/s per batch size)");
+  cmd->add_flag("--prefill", a->prefill, "One prompt of --prompt-len tokens");
+  cmd->add_flag("--classify", a->classify, "--prompts prompts of --prompt-len tokens, last-position logits");
+  cmd->add_option("--batch", a->batch, "Decode batch sizes (repeatable)")->capture_default_str();
+  cmd->add_option("--prompt-len", a->prompt_len, "Prompt length")->capture_default_str();
+  cmd->add_option("--gen-len", a->gen_len, "Tokens to generate")->capture_default_str();
+  cmd->add_option("--prompts", a->prompts, "Prompts for --classify")->capture_default_str();
+  cmd->add_option("--warmup", a->warmup, "Untimed runs first")->capture_default_str();
+  cmd->add_option("--repeat", a->repeat, "Timed runs; the median is reported")->capture_default_str();
+  cmd->add_flag("--json", a->json, "Print JSON");
+  cmd->footer("With none of --decode/--prefill/--classify, all three run.\n\nExample:\n"
+              "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
+              "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8");
+  cmd->callback([a] { run_bench(*a); });
+}
+
+}  // namespace lmx::cli
