@@ -29,7 +29,8 @@ TEST(JinjaFilters, StringFilters) {
   EXPECT_EQ(render("{{ \"they're bill's-friend\"|title }}"), "They're Bill's-Friend");
   EXPECT_EQ(render("{{ '\xC3\xA9t\xC3\xA9'|upper }}"), "\xC3\x89T\xC3\x89");
   EXPECT_EQ(render("{{ 'aaa'|replace('a', 'b', 2) }} {{ 123|string ~ '!' }}"), "bba 123!");
-  EXPECT_EQ(render("{{ 'abc'|indent(2, true) }}|{{ 'a\nb\n\nc'|indent }}"), "  abc|a\n    b\n\n    c");
+  EXPECT_EQ(render("{{ 'abc'|indent(2, true) }}|{{ 'a\nb\n\nc'|indent }}"),
+            "  abc|a\n    b\n\n    c");
   EXPECT_EQ(render("{{ 'one two  three'|wordcount }} {{ '<a & b>'|escape }} {{ 'x'|safe }}"),
             "3 &lt;a &amp; b&gt; x");
   EXPECT_EQ(render("{{ '%s is %d'|format('x', 3) }} {{ '%s!' % 'hi' }}"), "x is 3 hi!");
@@ -69,8 +70,9 @@ TEST(JinjaFilters, ItemsJoinDictsort) {
 }
 
 TEST(JinjaFilters, SelectRejectMap) {
-  EXPECT_EQ(render("{{ ['a', 'code_interpreter', 'b']|reject('equalto', 'code_interpreter')|list }}"),
-            "['a', 'b']");
+  EXPECT_EQ(
+      render("{{ ['a', 'code_interpreter', 'b']|reject('equalto', 'code_interpreter')|list }}"),
+      "['a', 'b']");
   EXPECT_EQ(render("{{ [1, 2, 3, 4]|select('odd')|list }} {{ [0, 1, '', 'x']|select|list }} "
                    "{{ [1, 2, 3]|reject('gt', 1)|list }}"),
             "[1, 3] [1, 'x'] [1]");
@@ -112,8 +114,9 @@ TEST(JinjaTests, TypeTests) {
 }
 
 TEST(JinjaTests, ValueTests) {
-  EXPECT_EQ(render("{{ 3 is odd }}{{ 3 is even }}{{ 9 is divisibleby 3 }}{{ 9 is divisibleby(2) }}"),
-            "TrueFalseTrueFalse");
+  EXPECT_EQ(
+      render("{{ 3 is odd }}{{ 3 is even }}{{ 9 is divisibleby 3 }}{{ 9 is divisibleby(2) }}"),
+      "TrueFalseTrueFalse");
   EXPECT_EQ(render("{{ 'a' is equalto 'a' }}{{ 1 is eq 2 }}{{ 1 is ne 2 }}{{ 1 is lt 2 }}"
                    "{{ 1 is gt 2 }}{{ 2 is in [1, 2] }}{{ 'ab' is lower }}{{ 'AB' is upper }}"),
             "TrueFalseTrueTrueFalseTrueTrueTrue");
@@ -121,8 +124,9 @@ TEST(JinjaTests, ValueTests) {
 }
 
 TEST(JinjaMethods, StringMethods) {
-  EXPECT_EQ(render("[{{ '\n x \n'.strip('\n') }}][{{ '\n\nx'.lstrip('\n') }}][{{ 'x  '.rstrip() }}]"),
-            "[ x ][x][x]");
+  EXPECT_EQ(
+      render("[{{ '\n x \n'.strip('\n') }}][{{ '\n\nx'.lstrip('\n') }}][{{ 'x  '.rstrip() }}]"),
+      "[ x ][x][x]");
   EXPECT_EQ(render("{{ 'a b  c'.split() }} {{ 'a,b,,c'.split(',') }} {{ 'a,b,c'.split(',', 1) }}"),
             "['a', 'b', 'c'] ['a', 'b', '', 'c'] ['a', 'b,c']");
   EXPECT_EQ(render("{{ 'x</think>y</think>z'.split('</think>')[-1] }} "

@@ -14,8 +14,9 @@ std::string render(const std::string& source, const char* context = "{}") {
 }
 
 TEST(JinjaToJson, PythonSeparatorsAndKeyOrder) {
-  EXPECT_EQ(render("{{ d|tojson }}", R"({"d": {"z": 1, "a": [1, 2.5, "x"], "n": null, "t": true}})"),
-            R"({"z": 1, "a": [1, 2.5, "x"], "n": null, "t": true})");
+  EXPECT_EQ(
+      render("{{ d|tojson }}", R"({"d": {"z": 1, "a": [1, 2.5, "x"], "n": null, "t": true}})"),
+      R"({"z": 1, "a": [1, 2.5, "x"], "n": null, "t": true})");
   EXPECT_EQ(render("{{ {'b': 1, 'a': 2}|tojson(sort_keys=true) }}"), R"({"a": 2, "b": 1})");
   EXPECT_EQ(render("{{ [] |tojson }} {{ {}|tojson }} {{ 'x'|tojson }} {{ 1.0|tojson }}"),
             R"([] {} "x" 1.0)");
@@ -30,9 +31,10 @@ TEST(JinjaToJson, IndentUsesNewlinesAndCommaSeparator) {
 }
 
 TEST(JinjaToJson, PythonEscapingKeepsUnicode) {
-  EXPECT_EQ(render(R"({{ s|tojson }})",
-                   R"({"s": "caf\u00e9 \ud83d\ude00 \"q\" \\ \n\r\t\b\f \u001f \u007f \u2028"})"),
-            "\"caf\xC3\xA9 \xF0\x9F\x98\x80 \\\"q\\\" \\\\ \\n\\r\\t\\b\\f \\u001f \x7f \xE2\x80\xA8\"");
+  EXPECT_EQ(
+      render(R"({{ s|tojson }})",
+             R"({"s": "caf\u00e9 \ud83d\ude00 \"q\" \\ \n\r\t\b\f \u001f \u007f \u2028"})"),
+      "\"caf\xC3\xA9 \xF0\x9F\x98\x80 \\\"q\\\" \\\\ \\n\\r\\t\\b\\f \\u001f \x7f \xE2\x80\xA8\"");
   EXPECT_EQ(render(R"({{ s|tojson(ensure_ascii=true) }})", R"({"s": "\u00e9\ud83d\ude00"})"),
             R"("\u00e9\ud83d\ude00")");
 }
@@ -45,8 +47,9 @@ TEST(JinjaToJson, UnserialisableValuesAreErrors) {
 TEST(JinjaPrint, PythonReprOfValues) {
   EXPECT_EQ(render("{{ true }} {{ false }} {{ none }} {{ 1 }} {{ -0.0 }} {{ 1.0 }} {{ 2.5 }}"),
             "True False None 1 -0.0 1.0 2.5");
-  EXPECT_EQ(render("{{ 1e20 }} {{ 1e16 }} {{ 1e15 }} {{ 1.5e-7 }} {{ 0.0001 }} {{ 1e300 * 1e300 }}"),
-            "1e+20 1e+16 1000000000000000.0 1.5e-07 0.0001 inf");
+  EXPECT_EQ(
+      render("{{ 1e20 }} {{ 1e16 }} {{ 1e15 }} {{ 1.5e-7 }} {{ 0.0001 }} {{ 1e300 * 1e300 }}"),
+      "1e+20 1e+16 1000000000000000.0 1.5e-07 0.0001 inf");
   EXPECT_EQ(render("{{ d }}", R"({"d": {"a": [1, "b", null, false, 0.5], "c": {}}})"),
             "{'a': [1, 'b', None, False, 0.5], 'c': {}}");
   EXPECT_EQ(render("{{ ['\\x01', '\\\\'] }}"), "['\\x01', '\\\\']");

@@ -41,9 +41,9 @@ TEST(JinjaFor, ElseFilterAndUnpacking) {
   EXPECT_EQ(render("{% for x in [] %}x{% else %}empty{% endfor %}"), "empty");
   EXPECT_EQ(render("{% for x in [1,2,3,4] if x is even %}{{ x }}/{{ loop.length }} {% endfor %}"),
             "2/2 4/2 ");
-  EXPECT_EQ(render("{% for k, v in d|items %}{{ k }}={{ v }};{% endfor %}",
-                   R"({"d": {"b": 1, "a": 2}})"),
-            "b=1;a=2;");
+  EXPECT_EQ(
+      render("{% for k, v in d|items %}{{ k }}={{ v }};{% endfor %}", R"({"d": {"b": 1, "a": 2}})"),
+      "b=1;a=2;");
   EXPECT_EQ(render("{% for (a, b) in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %}"), "37");
   EXPECT_TRUE(throws("{% for a, b in [[1, 2, 3]] %}{% endfor %}"));
 }
@@ -72,8 +72,7 @@ TEST(JinjaScope, SetInsideLoopDoesNotLeak) {
                    "{{ x }}"),
             "121");
   // Each iteration starts afresh.
-  EXPECT_EQ(render("{% for i in [1,2] %}[{{ y }}]{% set y = i %}{% endfor %}[{{ y }}]"),
-            "[][][]");
+  EXPECT_EQ(render("{% for i in [1,2] %}[{{ y }}]{% set y = i %}{% endfor %}[{{ y }}]"), "[][][]");
   // if blocks do not open a scope.
   EXPECT_EQ(render("{% if true %}{% set z = 3 %}{% endif %}{{ z }}"), "3");
 }
@@ -141,6 +140,9 @@ TEST(JinjaExpr, Arithmetic) {
   EXPECT_EQ(render("{{ 'ab' * 2 }} {{ 2 * 'ab' }} {{ [1] * 2 }} {{ [1] + [2] }} {{ 'a' + 'b' }}"),
             "abab abab [1, 1] [1, 2] ab");
   EXPECT_EQ(render("{{ (messages|length - 1) - 1 }}", kMessages), "1");
+  // Python float divmod: the remainder takes the divisor's sign, zero included.
+  EXPECT_EQ(render("{{ 5 // 2.0 }} {{ -5 % 2.5 }} {{ 3 % -2.0 }} {{ -7.5 // 2 }} {{ 2 ** 0.5 }}"),
+            "2.0 0.0 -1.0 -4.0 1.4142135623730951");
 }
 
 TEST(JinjaExpr, ConcatAndFilterPrecedence) {
@@ -181,9 +183,9 @@ TEST(JinjaExpr, TernaryAndUndefined) {
 
 TEST(JinjaExpr, AttributeAndItemAccess) {
   const char* ctx = R"({"m": {"role": "user", "items": "key", "0": "zero"}, "l": [10, 20, 30]})";
-  EXPECT_EQ(render("{{ m.role }} {{ m['role'] }} {{ l[0] }} {{ l[-1] }} {{ l.1 }} [{{ l[5] }}]",
-                   ctx),
-            "user user 10 30 20 []");
+  EXPECT_EQ(
+      render("{{ m.role }} {{ m['role'] }} {{ l[0] }} {{ l[-1] }} {{ l.1 }} [{{ l[5] }}]", ctx),
+      "user user 10 30 20 []");
   // getattr finds dict methods before keys; [] finds keys first.
   EXPECT_EQ(render("{{ m['items'] }} {{ m.items()|length }}", ctx), "key 3");
   EXPECT_EQ(render("{{ 'abc'[1] }} {{ 'abc'[-1] }}"), "b c");

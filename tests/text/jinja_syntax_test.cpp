@@ -165,9 +165,9 @@ TEST(JinjaSyntax, RaiseExceptionCarriesTheMessage) {
 }
 
 TEST(JinjaSyntax, RecursionAndLoopsAreBounded) {
-  EXPECT_NE(render_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
-                .find("recursion"),
-            std::string::npos);
+  EXPECT_NE(
+      render_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").find("recursion"),
+      std::string::npos);
   EXPECT_NE(render_error("{{ 'ab' * 100000000 }}").find("longer than"), std::string::npos);
   EXPECT_NE(render_error("{{ range(100000000)|length }}").find("longer than"), std::string::npos);
   EXPECT_NE(render_error("{{ 2 ** 64 }}").find("overflow"), std::string::npos);

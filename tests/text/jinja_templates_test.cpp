@@ -32,7 +32,8 @@ bool load(const std::string& family, ChatTemplate& out) {
     out.source = t.get<std::string>();
   } else {
     for (const auto& entry : t)
-      if (entry.value("name", "") == "default") out.source = entry.at("template").get<std::string>();
+      if (entry.value("name", "") == "default")
+        out.source = entry.at("template").get<std::string>();
   }
   return !out.source.empty();
 }
@@ -144,7 +145,8 @@ TEST(JinjaTemplates, Qwen3ToolsAndThinking) {
       R"({"name": "get_weather", "arguments": {"city": "Paris"}})"
       "\n</tool_call><|im_end|>\n"
       "<|im_start|>user\n<tool_response>\n{\"temp\": 20}\n</tool_response><|im_end|>\n"
-      "<|im_start|>assistant\n<think>\nGot it.\n</think>\n\nIt is 20 \xC2\xB0" "C.<|im_end|>\n";
+      "<|im_start|>assistant\n<think>\nGot it.\n</think>\n\nIt is 20 \xC2\xB0"
+      "C.<|im_end|>\n";
   EXPECT_EQ(Template(t.source).render(ctx), expected);
 }
 
@@ -164,8 +166,9 @@ TEST(JinjaTemplates, Gemma3) {
   ctx["messages"] = Json::parse(R"([{"role": "user", "content": [
     {"type": "image"}, {"type": "text", "text": "  Describe this.  "}]}])");
   EXPECT_EQ(tmpl.render(ctx),
-            bos + "<start_of_turn>user\n<start_of_image>Describe this.<end_of_turn>\n"
-                  "<start_of_turn>model\n");
+            bos +
+                "<start_of_turn>user\n<start_of_image>Describe this.<end_of_turn>\n"
+                "<start_of_turn>model\n");
   ctx["messages"] = Json::parse(R"([{"role": "user", "content": "a"},
                                     {"role": "user", "content": "b"}])");
   try {

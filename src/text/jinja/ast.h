@@ -17,9 +17,27 @@ using StmtPtr = std::unique_ptr<Stmt>;
 using Body = std::vector<StmtPtr>;
 
 enum class Op {
-  kAdd, kSub, kMul, kDiv, kFloorDiv, kMod, kPow, kConcat,
-  kEq, kNe, kLt, kLe, kGt, kGe, kIn, kNotIn,
-  kAnd, kOr, kNot, kNeg, kPos,
+  kAdd,
+  kSub,
+  kMul,
+  kDiv,
+  kFloorDiv,
+  kMod,
+  kPow,
+  kConcat,
+  kEq,
+  kNe,
+  kLt,
+  kLe,
+  kGt,
+  kGe,
+  kIn,
+  kNotIn,
+  kAnd,
+  kOr,
+  kNot,
+  kNeg,
+  kPos,
 };
 
 struct Expr {
@@ -55,18 +73,18 @@ struct Expr {
 
 struct Stmt {
   enum class Kind {
-    kText,      // text
-    kOutput,    // {{ expr }}
-    kIf,        // branches: (condition, body); the else branch has a null condition
-    kFor,       // for target in expr [if filter] body [else else_body]
-    kSet,       // set target = expr
-    kSetBlock,  // set target [| filter] body endset; expr holds the filter chain
-    kMacro,     // macro name(params) body
-    kCallBlock, // call(params) expr body: expr is the call, body becomes caller()
+    kText,         // text
+    kOutput,       // {{ expr }}
+    kIf,           // branches: (condition, body); the else branch has a null condition
+    kFor,          // for target in expr [if filter] body [else else_body]
+    kSet,          // set target = expr
+    kSetBlock,     // set target [| filter] body endset; expr holds the filter chain
+    kMacro,        // macro name(params) body
+    kCallBlock,    // call(params) expr body: expr is the call, body becomes caller()
     kFilterBlock,  // filter expr body: expr is a filter chain whose innermost input is null
     kBreak,
     kContinue,
-    kScope,     // a body rendered as is: {% generation %}
+    kScope,  // a body rendered as is: {% generation %}
   };
   Kind kind;
   int line = 0;

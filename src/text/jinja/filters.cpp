@@ -21,10 +21,13 @@ bool flag(const Value& v) { return !v.is_undefined() && truthy(v); }
 Value attr_path(const Value& v, const Value& attribute) {
   if (attribute.is_int()) return get_item(v, attribute);
   Value cur = v;
-  for (const auto& part : strings::split(string_arg(attribute, "attribute"), std::string("."), -1)) {
-    const bool digits = !part.empty() && part.size() < 18 &&
-                        std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-    cur = digits ? get_item(cur, Value::integer(std::stoll(part))) : get_item(cur, Value::string(part));
+  for (const auto& part :
+       strings::split(string_arg(attribute, "attribute"), std::string("."), -1)) {
+    const bool digits =
+        !part.empty() && part.size() < 18 &&
+        std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    cur = digits ? get_item(cur, Value::integer(std::stoll(part)))
+                 : get_item(cur, Value::string(part));
   }
   return cur;
 }
@@ -37,7 +40,8 @@ Value fold(const Value& v, bool case_sensitive) {
 
 CallArgs rest_args(const CallArgs& args, size_t skip) {
   CallArgs out;
-  for (size_t i = skip; i < args.positional.size(); ++i) out.positional.push_back(args.positional[i]);
+  for (size_t i = skip; i < args.positional.size(); ++i)
+    out.positional.push_back(args.positional[i]);
   out.keyword = args.keyword;
   return out;
 }
@@ -76,8 +80,10 @@ Value f_map(const Value& input, CallArgs& args) {
   std::vector<Value> out;
   Value attribute, fallback;
   for (const auto& [k, v] : args.keyword) {
-    if (k == "attribute") attribute = v;
-    else if (k == "default") fallback = v;
+    if (k == "attribute")
+      attribute = v;
+    else if (k == "default")
+      fallback = v;
   }
   if (!attribute.is_undefined()) {
     for (const auto& item : iterate(input)) {
@@ -166,7 +172,8 @@ std::string jinja_title(std::string_view s) {
   std::string out;
   bool word_start = true;
   for (char32_t c : strings::decode(s)) {
-    const bool boundary = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || strings::is_space(c);
+    const bool boundary =
+        c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || strings::is_space(c);
     std::string one;
     strings::append_utf8(one, c);
     out += boundary ? one : (word_start ? strings::upper(one) : strings::lower(one));
@@ -237,11 +244,14 @@ Value f_int(const Value& input, CallArgs& args) {
   std::optional<double> d;
   if (input.is_float()) d = input.as_float();
   if (input.is_string()) {
-    const int base = a[1].is_undefined() ? 10 : static_cast<int>(std::clamp<int64_t>(int_arg(a[1], "int"), 0, 36));
+    const int base = a[1].is_undefined()
+                         ? 10
+                         : static_cast<int>(std::clamp<int64_t>(int_arg(a[1], "int"), 0, 36));
     if (auto i = parse_int(input.as_string(), base)) return Value::integer(*i);
     d = parse_float(input.as_string());
   }
-  if (d && std::isfinite(*d) && *d > -9.2e18 && *d < 9.2e18) return Value::integer(float_to_int(*d));
+  if (d && std::isfinite(*d) && *d > -9.2e18 && *d < 9.2e18)
+    return Value::integer(float_to_int(*d));
   return fallback;
 }
 
@@ -341,7 +351,8 @@ Value f_extreme(const Value& input, CallArgs& args) {
 Value f_round(const Value& input, CallArgs& args) {
   const auto a = bind_args(args, {"precision", "method"}, "round");
   if (!input.is_number()) fail("jinja", "round: expected a number, got ", type_name(input));
-  const int64_t precision = a[0].is_undefined() ? 0 : std::clamp<int64_t>(int_arg(a[0], "round"), -300, 300);
+  const int64_t precision =
+      a[0].is_undefined() ? 0 : std::clamp<int64_t>(int_arg(a[0], "round"), -300, 300);
   const std::string method = a[1].is_undefined() ? "common" : string_arg(a[1], "round");
   const double scale = std::pow(10.0, static_cast<double>(precision));
   const double x = input.to_double() * scale;
@@ -364,7 +375,9 @@ Value f_indent(const Value& input, CallArgs& args) {
   if (a[0].is_string()) {
     unit = a[0].as_string();
   } else {
-    unit.assign(static_cast<size_t>(std::clamp<int64_t>(a[0].is_undefined() ? 4 : int_arg(a[0], "indent"), 0, 256)), ' ');
+    unit.assign(static_cast<size_t>(
+                    std::clamp<int64_t>(a[0].is_undefined() ? 4 : int_arg(a[0], "indent"), 0, 256)),
+                ' ');
   }
   // Jinja appends a newline before splitting so that a trailing newline is kept.
   const auto lines = strings::splitlines(to_str(input) + "\n", false);
@@ -384,7 +397,8 @@ Value f_wordcount(const Value& input, CallArgs& args) {
   int64_t words = 0;
   bool in_word = false;
   for (char32_t c : strings::decode(to_str(input))) {
-    const bool word_char = c == '_' || (c < 0x80 ? std::isalnum(static_cast<int>(c)) != 0 : !strings::is_space(c));
+    const bool word_char =
+        c == '_' || (c < 0x80 ? std::isalnum(static_cast<int>(c)) != 0 : !strings::is_space(c));
     if (word_char && !in_word) ++words;
     in_word = word_char;
   }
@@ -425,7 +439,8 @@ Value f_format(const Value& input, CallArgs& args) {
 Value f_center(const Value& input, CallArgs& args) {
   const auto a = bind_args(args, {"width"}, "center");
   const std::string s = to_str(input);
-  const int64_t width = std::min<int64_t>(a[0].is_undefined() ? 80 : int_arg(a[0], "center"), 1 << 20);
+  const int64_t width =
+      std::min<int64_t>(a[0].is_undefined() ? 80 : int_arg(a[0], "center"), 1 << 20);
   const int64_t n = strings::code_point_count(s);
   if (width <= n) return Value::string(s);
   const int64_t pad = width - n;
@@ -534,18 +549,42 @@ bool t_escaped(const Value&, CallArgs&) { return false; }
 
 const std::unordered_map<std::string_view, Test>& tests() {
   static const std::unordered_map<std::string_view, Test> table = {
-      {"defined", t_defined},   {"undefined", t_undefined}, {"none", t_none},
-      {"boolean", t_boolean},   {"true", t_true},           {"false", t_false},
-      {"integer", t_integer},   {"float", t_float},         {"number", t_number},
-      {"string", t_string},     {"mapping", t_mapping},     {"iterable", t_iterable},
-      {"sequence", t_sequence}, {"callable", t_callable},   {"equalto", t_eq},
-      {"eq", t_eq},             {"==", t_eq},               {"ne", t_ne},
-      {"!=", t_ne},             {"lt", t_lt},               {"<", t_lt},
-      {"lessthan", t_lt},       {"le", t_le},               {"<=", t_le},
-      {"gt", t_gt},             {">", t_gt},                {"greaterthan", t_gt},
-      {"ge", t_ge},             {">=", t_ge},               {"in", t_in},
-      {"odd", t_odd},           {"even", t_even},           {"divisibleby", t_divisibleby},
-      {"lower", t_lower},       {"upper", t_upper},         {"sameas", t_sameas},
+      {"defined", t_defined},
+      {"undefined", t_undefined},
+      {"none", t_none},
+      {"boolean", t_boolean},
+      {"true", t_true},
+      {"false", t_false},
+      {"integer", t_integer},
+      {"float", t_float},
+      {"number", t_number},
+      {"string", t_string},
+      {"mapping", t_mapping},
+      {"iterable", t_iterable},
+      {"sequence", t_sequence},
+      {"callable", t_callable},
+      {"equalto", t_eq},
+      {"eq", t_eq},
+      {"==", t_eq},
+      {"ne", t_ne},
+      {"!=", t_ne},
+      {"lt", t_lt},
+      {"<", t_lt},
+      {"lessthan", t_lt},
+      {"le", t_le},
+      {"<=", t_le},
+      {"gt", t_gt},
+      {">", t_gt},
+      {"greaterthan", t_gt},
+      {"ge", t_ge},
+      {">=", t_ge},
+      {"in", t_in},
+      {"odd", t_odd},
+      {"even", t_even},
+      {"divisibleby", t_divisibleby},
+      {"lower", t_lower},
+      {"upper", t_upper},
+      {"sameas", t_sameas},
       {"escaped", t_escaped},
   };
   return table;

@@ -13,9 +13,7 @@ bool is_ws(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
-bool is_name_start(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-}
+bool is_name_start(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool is_name_char(char c) { return is_name_start(c) || is_digit(c); }
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -226,8 +224,8 @@ class Lexer {
   // Digits with optional "_" separators, as Python and Jinja allow.
   size_t scan_digits(size_t pos, std::string& digits) const {
     while (pos < src_.size() &&
-           (is_digit(src_[pos]) ||
-            (src_[pos] == '_' && pos + 1 < src_.size() && is_digit(src_[pos + 1]) && !digits.empty()))) {
+           (is_digit(src_[pos]) || (src_[pos] == '_' && pos + 1 < src_.size() &&
+                                    is_digit(src_[pos + 1]) && !digits.empty()))) {
       if (src_[pos] != '_') digits += src_[pos];
       ++pos;
     }

@@ -1,9 +1,9 @@
 // Methods of str, dict and list that templates call (message.content.strip(), d.items(), ...),
 // and the global functions of HF's chat-template environment.
+#include <utf8proc.h>
+
 #include <ctime>
 #include <unordered_map>
-
-#include <utf8proc.h>
 
 #include "core/error.h"
 #include "text/jinja/builtins.h"
@@ -76,8 +76,9 @@ Value str_affix(const Value& self, CallArgs& args) {
 
 Value str_replace(const Value& self, CallArgs& args) {
   const auto a = bind_args(args, {"old", "new", "count"}, "replace");
-  std::string out = strings::replace(self.as_string(), string_arg(a[0], "replace"),
-                                     string_arg(a[1], "replace"), optional_int(a[2], -1, "replace"));
+  std::string out =
+      strings::replace(self.as_string(), string_arg(a[0], "replace"), string_arg(a[1], "replace"),
+                       optional_int(a[2], -1, "replace"));
   check_string_size(out.size());
   return Value::string(std::move(out));
 }
@@ -235,7 +236,8 @@ const MethodTable& dict_methods() {
 Value list_append(const Value& self, CallArgs& args) {
   const auto a = bind_args(args, {"object"}, "append");
   if (self.is_tuple()) fail("jinja", "'tuple' object has no attribute 'append'");
-  if (self.items().size() >= kMaxListItems) fail("jinja", "list longer than ", kMaxListItems, " items");
+  if (self.items().size() >= kMaxListItems)
+    fail("jinja", "list longer than ", kMaxListItems, " items");
   check_no_cycle(self, a[0]);
   self.list_data().items.push_back(a[0]);
   return Value::none();
@@ -328,9 +330,10 @@ Value global_range(const Value&, CallArgs& args) {
   }
   if (step == 0) fail("jinja", "range() arg 3 must not be zero");
   // Count first (in 128 bits: stop - start can overflow int64) so that a huge range fails fast.
-  const __int128 span = step > 0 ? static_cast<__int128>(stop) - start
-                                 : static_cast<__int128>(start) - stop;
-  const __int128 count = span <= 0 ? 0 : (span - 1) / (step > 0 ? step : -static_cast<__int128>(step)) + 1;
+  const __int128 span =
+      step > 0 ? static_cast<__int128>(stop) - start : static_cast<__int128>(start) - stop;
+  const __int128 count =
+      span <= 0 ? 0 : (span - 1) / (step > 0 ? step : -static_cast<__int128>(step)) + 1;
   if (count > static_cast<__int128>(kMaxListItems))
     fail("jinja", "range longer than ", kMaxListItems, " items");
   std::vector<Value> out;

@@ -1,5 +1,6 @@
 // Python operator semantics on Jinja values, and attribute/item access.
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 #include "text/jinja/builtins.h"
@@ -24,8 +25,8 @@ const char* op_symbol(Op op) {
 }
 
 [[noreturn]] void unsupported(Op op, const Value& a, const Value& b) {
-  fail("jinja", "unsupported operand type(s) for ", op_symbol(op), ": '", type_name(a),
-       "' and '", type_name(b), "'");
+  fail("jinja", "unsupported operand type(s) for ", op_symbol(op), ": '", type_name(a), "' and '",
+       type_name(b), "'");
 }
 
 [[noreturn]] void overflow() { fail("jinja", "integer overflow"); }
@@ -78,6 +79,29 @@ Value int_op(Op op, int64_t x, int64_t y) {
   }
 }
 
+// CPython's float divmod: the remainder has the sign of the divisor, and the quotient is
+// corrected for the rounding of (x - mod) / y.
+std::pair<double, double> python_float_divmod(double x, double y) {
+  double mod = std::fmod(x, y);
+  double div = (x - mod) / y;
+  if (mod != 0) {
+    if ((y < 0) != (mod < 0)) {
+      mod += y;
+      div -= 1.0;
+    }
+  } else {
+    mod = std::copysign(0.0, y);
+  }
+  double floordiv;
+  if (div != 0) {
+    floordiv = std::floor(div);
+    if (div - floordiv > 0.5) floordiv += 1.0;
+  } else {
+    floordiv = std::copysign(0.0, x / y);
+  }
+  return {floordiv, mod};
+}
+
 Value float_op(Op op, double x, double y) {
   switch (op) {
     case Op::kAdd: return Value::number(x + y);
@@ -88,13 +112,10 @@ Value float_op(Op op, double x, double y) {
       return Value::number(x / y);
     case Op::kFloorDiv:
       if (y == 0) fail("jinja", "float floor division by zero");
-      return Value::number(std::floor(x / y));
-    case Op::kMod: {
+      return Value::number(python_float_divmod(x, y).first);
+    case Op::kMod:
       if (y == 0) fail("jinja", "float modulo");
-      double m = std::fmod(x, y);
-      if (m != 0 && ((m < 0) != (y < 0))) m += y;
-      return Value::number(m);
-    }
+      return Value::number(python_float_divmod(x, y).second);
     case Op::kPow:
       if (x == 0 && y < 0) fail("jinja", "0.0 cannot be raised to a negative power");
       return Value::number(std::pow(x, y));
@@ -156,7 +177,8 @@ std::vector<Value> bind_args(const CallArgs& args, std::initializer_list<std::st
       if (name == key) break;
       ++index;
     }
-    if (index == names.size()) fail("jinja", fn, "() got an unexpected keyword argument '", key, "'");
+    if (index == names.size())
+      fail("jinja", fn, "() got an unexpected keyword argument '", key, "'");
     if (given[index]) fail("jinja", fn, "() got multiple values for argument '", key, "'");
     out[index] = value;
     given[index] = true;
@@ -213,8 +235,10 @@ Value binary_op(Op op, const Value& a, const Value& b) {
       }
       break;
     case Op::kMul:
-      if ((a.is_string() || a.is_list()) && (b.is_int() || b.is_bool())) return repeat(a, b.to_int());
-      if ((b.is_string() || b.is_list()) && (a.is_int() || a.is_bool())) return repeat(b, a.to_int());
+      if ((a.is_string() || a.is_list()) && (b.is_int() || b.is_bool()))
+        return repeat(a, b.to_int());
+      if ((b.is_string() || b.is_list()) && (a.is_int() || a.is_bool()))
+        return repeat(b, a.to_int());
       break;
     case Op::kMod:
       if (a.is_string()) {
@@ -259,8 +283,7 @@ bool contains(const Value& container, const Value& item) {
 Value get_attr(const Value& obj, const std::string& name) {
   if (has_method(obj, name)) {
     return Value::function(
-        name,
-        [name](const Value& self, CallArgs& args) { return *call_method(self, name, args); },
+        name, [name](const Value& self, CallArgs& args) { return *call_method(self, name, args); },
         obj);
   }
   if (obj.is_dict() || obj.is_namespace()) {

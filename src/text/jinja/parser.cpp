@@ -105,8 +105,7 @@ class Parser {
       if (a) depth = std::max(depth, a->depth);
     for (const auto& [k, a] : e->kwargs) depth = std::max(depth, a->depth);
     e->depth = depth + 1;
-    if (e->depth > kMaxExprDepth)
-      syntax_error(e->line, e->column, "expression nested too deeply");
+    if (e->depth > kMaxExprDepth) syntax_error(e->line, e->column, "expression nested too deeply");
     return e;
   }
   ExprPtr binary(Expr::Kind kind, Op op, ExprPtr left, ExprPtr right, const Token& at) {
@@ -439,13 +438,20 @@ class Parser {
     while (true) {
       Op op;
       const Token& t = cur();
-      if (t.type == TokenType::kOp && t.text == "==") op = Op::kEq;
-      else if (t.type == TokenType::kOp && t.text == "!=") op = Op::kNe;
-      else if (t.type == TokenType::kOp && t.text == "<") op = Op::kLt;
-      else if (t.type == TokenType::kOp && t.text == "<=") op = Op::kLe;
-      else if (t.type == TokenType::kOp && t.text == ">") op = Op::kGt;
-      else if (t.type == TokenType::kOp && t.text == ">=") op = Op::kGe;
-      else if (t.type == TokenType::kName && t.text == "in") op = Op::kIn;
+      if (t.type == TokenType::kOp && t.text == "==")
+        op = Op::kEq;
+      else if (t.type == TokenType::kOp && t.text == "!=")
+        op = Op::kNe;
+      else if (t.type == TokenType::kOp && t.text == "<")
+        op = Op::kLt;
+      else if (t.type == TokenType::kOp && t.text == "<=")
+        op = Op::kLe;
+      else if (t.type == TokenType::kOp && t.text == ">")
+        op = Op::kGt;
+      else if (t.type == TokenType::kOp && t.text == ">=")
+        op = Op::kGe;
+      else if (t.type == TokenType::kName && t.text == "in")
+        op = Op::kIn;
       else if (t.type == TokenType::kName && t.text == "not" && peek(1).type == TokenType::kName &&
                peek(1).text == "in") {
         op = Op::kNotIn;
@@ -490,11 +496,16 @@ class Parser {
     while (true) {
       const Token at = cur();
       Op op;
-      if (is_op("*")) op = Op::kMul;
-      else if (is_op("/")) op = Op::kDiv;
-      else if (is_op("//")) op = Op::kFloorDiv;
-      else if (is_op("%")) op = Op::kMod;
-      else break;
+      if (is_op("*"))
+        op = Op::kMul;
+      else if (is_op("/"))
+        op = Op::kDiv;
+      else if (is_op("//"))
+        op = Op::kFloorDiv;
+      else if (is_op("%"))
+        op = Op::kMod;
+      else
+        break;
       advance();
       left = binary(Expr::Kind::kBinary, op, std::move(left), parse_pow(), at);
     }

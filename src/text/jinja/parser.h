@@ -8,8 +8,8 @@
 namespace lmx::jinja {
 
 // Limits that keep parsing and rendering of hostile input on a bounded stack.
-inline constexpr int kMaxNesting = 100;     // nested blocks, brackets and unary operators
-inline constexpr int kMaxExprDepth = 400;   // height of one expression tree
+inline constexpr int kMaxNesting = 100;    // nested blocks, brackets and unary operators
+inline constexpr int kMaxExprDepth = 400;  // height of one expression tree
 
 // Throws lmx::Error("[jinja] line L, column C: ...") on syntax errors.
 Body parse(std::string_view source);

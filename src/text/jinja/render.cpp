@@ -77,7 +77,8 @@ class Renderer {
 
   void emit(std::string_view s) {
     out_->append(s);
-    if (out_->size() > kMaxOutputBytes) fail("jinja", "output longer than ", kMaxOutputBytes, " bytes");
+    if (out_->size() > kMaxOutputBytes)
+      fail("jinja", "output longer than ", kMaxOutputBytes, " bytes");
   }
 
   void count_iteration() {
@@ -158,7 +159,9 @@ class Renderer {
     Value loop = Value::dict();
     auto& d = loop.dict_data();
     d.items.reserve(12);
-    auto put = [&d](const char* key, Value v) { d.items.emplace_back(Value::string(key), std::move(v)); };
+    auto put = [&d](const char* key, Value v) {
+      d.items.emplace_back(Value::string(key), std::move(v));
+    };
     put("index", Value::integer(index + 1));
     put("index0", Value::integer(index));
     put("revindex", Value::integer(n - index));
@@ -225,8 +228,8 @@ class Renderer {
       case Expr::Kind::kGetAttr: {
         const Value* ns = scope_->find(target.args[0]->name);
         if (!ns || !ns->is_namespace())
-          fail("jinja", "cannot assign attribute on non-namespace object '",
-               target.args[0]->name, "'");
+          fail("jinja", "cannot assign attribute on non-namespace object '", target.args[0]->name,
+               "'");
         check_no_cycle(*ns, value);
         ns->dict_data().set(Value::string(target.name), value);
         return;

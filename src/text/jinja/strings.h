@@ -35,8 +35,7 @@ std::vector<std::string> rsplit(std::string_view s, const std::optional<std::str
                                 int64_t maxsplit);
 std::vector<std::string> splitlines(std::string_view s, bool keepends);
 // str.replace; count < 0 replaces all.
-std::string replace(std::string_view s, std::string_view old, std::string_view repl,
-                    int64_t count);
+std::string replace(std::string_view s, std::string_view old, std::string_view repl, int64_t count);
 // str.find / str.rfind: code point index, or -1.
 int64_t find(std::string_view s, std::string_view sub);
 int64_t rfind(std::string_view s, std::string_view sub);

@@ -1,11 +1,11 @@
 #include "text/jinja/value.h"
 
+#include <utf8proc.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
-
-#include <utf8proc.h>
 
 #include "core/error.h"
 #include "text/jinja/strings.h"
@@ -184,8 +184,8 @@ int compare_at(const Value& a, const Value& b, int depth) {
     }
     return x.size() < y.size() ? -1 : (x.size() > y.size() ? 1 : 0);
   }
-  fail("jinja", "'<' not supported between instances of '", type_name(a), "' and '",
-       type_name(b), "'");
+  fail("jinja", "'<' not supported between instances of '", type_name(a), "' and '", type_name(b),
+       "'");
 }
 
 bool contains_container(const Value& haystack, const void* target, int depth) {
@@ -314,8 +314,7 @@ struct JsonWriter {
         out += '}';
         return;
       }
-      default:
-        fail("jinja", "Object of type ", type_name(v), " is not JSON serializable");
+      default: fail("jinja", "Object of type ", type_name(v), " is not JSON serializable");
     }
   }
 };
@@ -325,8 +324,7 @@ Value from_json_at(const nlohmann::ordered_json& j, int depth) {
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value::boolean(j.get<bool>());
-    case nlohmann::ordered_json::value_t::number_integer:
-      return Value::integer(j.get<int64_t>());
+    case nlohmann::ordered_json::value_t::number_integer: return Value::integer(j.get<int64_t>());
     case nlohmann::ordered_json::value_t::number_unsigned: {
       const auto u = j.get<uint64_t>();
       if (u > static_cast<uint64_t>(INT64_MAX)) return Value::number(static_cast<double>(u));
@@ -452,8 +450,8 @@ Value Value::make_namespace() {
   v.data_ = std::make_shared<NamespaceData>();
   return v;
 }
-Value Value::function(std::string name,
-                      std::function<Value(const Value& self, CallArgs&)> call, Value self) {
+Value Value::function(std::string name, std::function<Value(const Value& self, CallArgs&)> call,
+                      Value self) {
   Value v;
   auto f = std::make_shared<Function>();
   f->name = std::move(name);
@@ -470,9 +468,7 @@ double Value::to_double() const {
 bool Value::is_tuple() const { return is_list() && list_data().tuple; }
 ListData& Value::list_data() const { return *std::get<std::shared_ptr<ListData>>(data_); }
 const std::vector<Value>& Value::items() const { return list_data().items; }
-const Function& Value::function_data() const {
-  return *std::get<std::shared_ptr<Function>>(data_);
-}
+const Function& Value::function_data() const { return *std::get<std::shared_ptr<Function>>(data_); }
 DictData& Value::dict_data() const {
   if (is_namespace()) return *std::get<std::shared_ptr<NamespaceData>>(data_);
   return *std::get<std::shared_ptr<DictData>>(data_);
@@ -619,8 +615,12 @@ void check_no_cycle(const Value& container, const Value& value) {
 }
 
 std::string to_json(const Value& v, const JsonOptions& options) {
-  JsonWriter w{options, options.indent_string, options.indent >= 0 || !options.indent_string.empty(),
-               options.item_separator, options.key_separator, {}};
+  JsonWriter w{options,
+               options.indent_string,
+               options.indent >= 0 || !options.indent_string.empty(),
+               options.item_separator,
+               options.key_separator,
+               {}};
   if (options.indent > 0) w.indent_unit = std::string(options.indent, ' ');
   if (w.item_sep.empty()) w.item_sep = w.pretty ? "," : ", ";
   if (w.key_sep.empty()) w.key_sep = ": ";

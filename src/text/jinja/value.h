@@ -5,13 +5,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace lmx::jinja {
 
@@ -26,7 +25,16 @@ struct NamespaceData;
 class Value {
  public:
   enum class Kind : uint8_t {
-    kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace, kFunction
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kNamespace,
+    kFunction
   };
 
   Value() = default;  // undefined
@@ -39,8 +47,7 @@ class Value {
   static Value tuple(std::vector<Value> items);
   static Value dict();
   static Value make_namespace();
-  static Value function(std::string name,
-                        std::function<Value(const Value& self, CallArgs&)> call,
+  static Value function(std::string name, std::function<Value(const Value& self, CallArgs&)> call,
                         Value self = Value());
 
   Kind kind() const { return static_cast<Kind>(data_.index()); }
@@ -67,7 +74,7 @@ class Value {
   const std::string& as_string() const { return std::get<std::string>(data_); }
   ListData& list_data() const;
   const std::vector<Value>& items() const;  // list or tuple
-  DictData& dict_data() const;  // dict or namespace
+  DictData& dict_data() const;              // dict or namespace
   const Function& function_data() const;
   // Identity of a shared container, for cycle checks; null for scalars.
   const void* container_id() const;
@@ -75,8 +82,8 @@ class Value {
  private:
   friend void release_children(Value& v, std::vector<Value>& out);
   std::variant<std::monostate, std::nullptr_t, bool, int64_t, double, std::string,
-               std::shared_ptr<ListData>, std::shared_ptr<DictData>,
-               std::shared_ptr<NamespaceData>, std::shared_ptr<Function>>
+               std::shared_ptr<ListData>, std::shared_ptr<DictData>, std::shared_ptr<NamespaceData>,
+               std::shared_ptr<Function>>
       data_;
 };
 
