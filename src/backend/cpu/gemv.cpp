@@ -1,0 +1,148 @@
+// Matrix-vector product for decode: out[b, 0, n] = sum_k a[b, 0, k] * W[n, k], with W
+// the row-major [N, K] storage of a transposed weight view. Decode is bound by reading
+// W once, so the kernel streams several W rows at a time against one `a` row, widens
+// 16-bit values to f32 in registers and keeps independent accumulators per row.
+// Highway compiles it for each x86 target; the best one is chosen at run time.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "backend/cpu/gemv.cpp"
+#include <hwy/foreach_target.h>  // must come before highway.h
+#include <hwy/highway.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "backend/cpu/cpu_fast.h"
+#include "core/dtype.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace lmx::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// Loads 2 * Lanes(df) consecutive elements of p as two f32 vectors. The lane order is
+// only the same for `a` and `W` (which is all a dot product needs): bf16 pairs are split
+// into even and odd elements, which avoids lane-crossing shuffles.
+template <class T>
+HWY_INLINE void load_widened(DF df, const T* p, VF& lo, VF& hi) {
+  if constexpr (std::is_same_v<T, float>) {
+    lo = hn::LoadU(df, p);
+    hi = hn::LoadU(df, p + hn::Lanes(df));
+  } else if constexpr (std::is_same_v<T, bf16_t>) {
+    const hn::RebindToUnsigned<DF> du;
+    const auto pairs = hn::LoadU(du, reinterpret_cast<const uint32_t*>(p));  // [u32: (odd << 16) | even]
+    lo = hn::BitCast(df, hn::ShiftLeft<16>(pairs));
+    hi = hn::BitCast(df, hn::And(pairs, hn::Set(du, 0xFFFF0000u)));
+  } else {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    const auto* h = reinterpret_cast<const hwy::float16_t*>(p);
+    lo = hn::PromoteTo(df, hn::LoadU(dh, h));
+    hi = hn::PromoteTo(df, hn::LoadU(dh, h + hn::Lanes(df)));
+  }
+}
+
+// out[r] = dot(a, w + r * k) for r < kRows, in f32. Two accumulators per row so that
+// each row's FMA chain is not one long dependency.
+template <int kRows, class T>
+HWY_INLINE void dot_rows(const T* HWY_RESTRICT a, const T* HWY_RESTRICT w, int64_t k, float* out) {
+  const DF df;
+  const int64_t step = 2 * int64_t(hn::Lanes(df));
+  VF acc0[kRows], acc1[kRows];
+  for (int r = 0; r < kRows; ++r) acc0[r] = acc1[r] = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + step <= k; i += step) {
+    VF a0, a1;
+    load_widened(df, a + i, a0, a1);
+    for (int r = 0; r < kRows; ++r) {
+      VF w0, w1;
+      load_widened(df, w + r * k + i, w0, w1);
+      acc0[r] = hn::MulAdd(w0, a0, acc0[r]);
+      acc1[r] = hn::MulAdd(w1, a1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    float tail = 0;
+    for (int64_t j = i; j < k; ++j) tail += to_f32(a[j]) * to_f32(w[r * k + j]);
+    out[r] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[r], acc1[r]))) + tail;
+  }
+}
+
+// out[n] for n in [n0, n1): four W rows at a time (four streams keep the memory system
+// busy), then the leftover rows one by one. Rounded once to T.
+template <class T>
+void gemv_range(const T* a, const T* w, T* out, int64_t n0, int64_t n1, int64_t k) {
+  constexpr int kBlock = 4;
+  float sums[kBlock];
+  int64_t n = n0;
+  for (; n + kBlock <= n1; n += kBlock) {
+    dot_rows<kBlock>(a, w + n * k, k, sums);
+    for (int r = 0; r < kBlock; ++r) out[n + r] = from_f32<T>(sums[r]);
+  }
+  for (; n < n1; ++n) {
+    dot_rows<1>(a, w + n * k, k, sums);
+    out[n] = from_f32<T>(sums[0]);
+  }
+}
+
+void gemv_rows(Dtype dtype, const void* a, const void* w, void* out, int64_t n0, int64_t n1, int64_t k) {
+  switch (dtype) {
+    case Dtype::f32:
+      return gemv_range(static_cast<const float*>(a), static_cast<const float*>(w), static_cast<float*>(out), n0,
+                        n1, k);
+    case Dtype::bf16:
+      return gemv_range(static_cast<const bf16_t*>(a), static_cast<const bf16_t*>(w), static_cast<bf16_t*>(out),
+                        n0, n1, k);
+    case Dtype::f16:
+      return gemv_range(static_cast<const f16_t*>(a), static_cast<const f16_t*>(w), static_cast<f16_t*>(out), n0,
+                        n1, k);
+    default: return;
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lmx::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include <algorithm>
+
+#include "core/thread_pool.h"
+
+namespace lmx::cpu {
+
+HWY_EXPORT(gemv_rows);
+
+bool gemv(const Array& a, const Array& b, const Array& out) {
+  const Dtype dt = a.dtype();
+  if (a.ndim() != 3 || b.ndim() != 3 || out.ndim() != 3) return false;
+  if (dt != b.dtype() || dt != out.dtype() || !(dt == Dtype::f32 || dt == Dtype::bf16 || dt == Dtype::f16))
+    return false;
+  const int64_t nb = a.shape(0), k = a.shape(2), n = b.shape(2);
+  if (a.shape(1) != 1 || b.shape(1) != k || out.shape(0) != nb || out.shape(2) != n || k == 0) return false;
+  // W must be the row-major [N, K] storage (b = Wᵀ), `a` dense along K, out contiguous.
+  if ((n > 1 && b.strides()[2] != k) || (k > 1 && b.strides()[1] != 1)) return false;
+  if (k > 1 && a.strides()[2] != 1) return false;
+  if (!out.is_contiguous()) return false;
+
+  const size_t es = itemsize(dt);
+  const auto* a0 = static_cast<const char*>(a.raw());
+  const auto* w0 = static_cast<const char*>(b.raw());
+  auto* o0 = static_cast<char*>(out.raw());
+  // About 64 KiB of W per chunk: large enough to amortise scheduling, small enough to
+  // balance the threads.
+  const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 16) / std::max<int64_t>(1, k * int64_t(es)));
+  for (int64_t i = 0; i < nb; ++i) {
+    const void* ai = a0 + size_t(i * a.strides()[0]) * es;
+    const void* wi = w0 + size_t(i * b.strides()[0]) * es;
+    void* oi = o0 + size_t(i * n) * es;
+    parallel_for(n, grain, [&](int64_t n_begin, int64_t n_end) {
+      HWY_DYNAMIC_DISPATCH(gemv_rows)(dt, ai, wi, oi, n_begin, n_end, k);
+    });
+  }
+  return true;
+}
+
+}  // namespace lmx::cpu
+#endif  // HWY_ONCE
