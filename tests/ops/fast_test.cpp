@@ -1,0 +1,386 @@
+// Fused ops (rms_norm, layer_norm, rope, scaled_dot_product_attention) and the CPU
+// matrix-vector kernel against float64 references written from the formulas, and the
+// fused ops against their fast::reference fallbacks, at awkward sizes in every float dtype.
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "backend/cpu/cpu_fast.h"
+#include "harness.h"
+
+namespace lmx::test {
+namespace {
+
+std::string param_name(Dtype t, int64_t n) { return dtype_param_name(t) + "_" + std::to_string(n); }
+
+double round_to(Dtype t, double v) {
+  const float f = float(v);
+  switch (t) {
+    case Dtype::bf16: return to_f32(from_f32<bf16_t>(f));
+    case Dtype::f16: return to_f32(from_f32<f16_t>(f));
+    default: return f;
+  }
+}
+
+// ---------------------------------------------------------------- norms
+
+using NormParam = std::tuple<Dtype, int64_t>;
+class FastNormTest : public ::testing::TestWithParam<NormParam> {};
+
+TEST_P(FastNormTest, RmsNormLlamaAndGemma) {
+  const auto [dtype, d] = GetParam();
+  const int64_t rows = 3;
+  const double u = unit_roundoff(dtype);
+  const float eps = 1e-5f;
+  for (Device dev : test_devices()) {
+    const Input x = random_input({rows, d}, dtype, 11 + d, -3, 3, dev);  // x [3, D]
+    const Input w = random_input({d}, dtype, 12 + d, -1.5, 1.5, dev);    // w [D]
+    std::vector<double> llama(x.values.size()), gemma(x.values.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      double ss = 0;
+      for (int64_t i = 0; i < d; ++i) ss += x.values[size_t(r * d + i)] * x.values[size_t(r * d + i)];
+      const double inv = 1.0 / std::sqrt(ss / double(d) + eps);
+      for (int64_t i = 0; i < d; ++i) {
+        const size_t at = size_t(r * d + i);
+        // Llama: the normalised value is rounded to the dtype before the weight multiply.
+        llama[at] = round_to(dtype, x.values[at] * inv) * w.values[size_t(i)];
+        gemma[at] = x.values[at] * inv * (1.0 + w.values[size_t(i)]);
+      }
+    }
+    // One rounding of the output (plus f32 statistics): a couple of units of roundoff.
+    const double rtol = 2 * u + 1e-5, atol = 1e-6;
+    const Array got_l = fast::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::llama);
+    const Array got_g = fast::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::gemma);
+    expect_close(got_l, llama, rtol, atol, "llama vs float64");
+    expect_close(got_g, gemma, rtol, atol, "gemma vs float64");
+    // Against the fallbacks: the same roundings, but an f32 statistic that differs in its
+    // last bit can move the rounded intermediate by one unit, and the output with it.
+    const std::vector<float> ref_l = to_floats(fast::reference::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::llama));
+    const std::vector<float> ref_g = to_floats(fast::reference::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::gemma));
+    expect_close(got_l, std::vector<double>(ref_l.begin(), ref_l.end()), 4 * u + 1e-6, 1e-7, "llama vs reference");
+    expect_close(got_g, std::vector<double>(ref_g.begin(), ref_g.end()), 2 * u + 1e-6, 1e-7, "gemma vs reference");
+  }
+}
+
+TEST_P(FastNormTest, LayerNorm) {
+  const auto [dtype, d] = GetParam();
+  const int64_t rows = 2;
+  const double u = unit_roundoff(dtype);
+  const float eps = 1e-5f;
+  for (Device dev : test_devices()) {
+    // A large mean checks that the variance is taken around it (two passes).
+    const Input x = random_input({rows, d}, dtype, 21 + d, 3, 7, dev);  // x [2, D]
+    const Input w = random_input({d}, dtype, 22 + d, -1.5, 1.5, dev);   // w [D]
+    const Input b = random_input({d}, dtype, 23 + d, -1, 1, dev);       // b [D]
+    std::vector<double> want(x.values.size()), want_nb(x.values.size());
+    double scale = 0;  // the largest |normalised * w| sets the absolute error of the f32 math
+    for (int64_t r = 0; r < rows; ++r) {
+      double m = 0, var = 0;
+      for (int64_t i = 0; i < d; ++i) m += x.values[size_t(r * d + i)];
+      m /= double(d);
+      for (int64_t i = 0; i < d; ++i) var += std::pow(x.values[size_t(r * d + i)] - m, 2);
+      const double inv = 1.0 / std::sqrt(var / double(d) + eps);
+      for (int64_t i = 0; i < d; ++i) {
+        const size_t at = size_t(r * d + i);
+        want_nb[at] = (x.values[at] - m) * inv * w.values[size_t(i)];
+        want[at] = want_nb[at] + b.values[size_t(i)];
+        scale = std::max(scale, std::abs(want_nb[at]));
+      }
+    }
+    // Rounding of x around a mean of ~5 costs f32 digits in x - mean; inputs are exact.
+    const double atol = 1e-5 * std::max(1.0, scale) + u * std::max(1.0, scale);
+    const Array got = fast::layer_norm(x.array, w.array, b.array, eps);
+    const Array got_nb = fast::layer_norm(x.array, w.array, std::nullopt, eps);
+    expect_close(got, want, 2 * u, atol, "with bias vs float64");
+    expect_close(got_nb, want_nb, 2 * u, atol, "no bias vs float64");
+    const std::vector<float> ref = to_floats(fast::reference::layer_norm(x.array, w.array, b.array, eps));
+    expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * u, atol, "vs reference");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, FastNormTest,
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::ValuesIn(kAwkwardSizes)),
+                         [](const auto& info) { return param_name(std::get<0>(info.param), std::get<1>(info.param)); });
+
+TEST(FastNormTest, WeightDtypeMayDifferAndLeadingAxesAreRows) {
+  const Input x = random_input({2, 3, 33}, Dtype::bf16, 5);  // x [2, 3, 33]
+  const Input w = random_input({33}, Dtype::f32, 6);        // w [33] in f32
+  const Array got = fast::rms_norm(x.array, w.array, 1e-6f);
+  EXPECT_EQ(got.shape(), x.array.shape());
+  EXPECT_EQ(got.dtype(), Dtype::bf16);
+  const std::vector<float> ref = to_floats(fast::reference::rms_norm(x.array, w.array, 1e-6f, fast::RmsNormStyle::llama));
+  expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * unit_roundoff(Dtype::bf16), 1e-6);
+}
+
+// ---------------------------------------------------------------- rope
+
+using RopeParam = std::tuple<Dtype, int64_t, int64_t>;  // dtype, L, D
+class FastRopeTest : public ::testing::TestWithParam<RopeParam> {};
+
+TEST_P(FastRopeTest, MatchesFormulaAndReference) {
+  const auto [dtype, l, d] = GetParam();
+  const int64_t b = 2, h = 3, half = d / 2;
+  const double u = unit_roundoff(dtype);
+  std::vector<float> inv_freq(static_cast<size_t>(half));  // [D/2]
+  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = float(1.0 / std::pow(10000.0, 2.0 * double(i) / double(d)));
+  const std::vector<int32_t> offsets{0, 4090};  // [B]: a fresh prompt and a long cache
+  for (Device dev : test_devices()) {
+    const Input x = random_input({b, h, l, d}, dtype, 31 + l + d, -2, 2, dev);  // x [B, H, L, D]
+    const Array f = to_device(from_vector(inv_freq, {half}), dev);
+    const Array o = to_device(from_vector(offsets, {b}), dev);
+    std::vector<double> want(x.values.size());
+    for (int64_t bi = 0; bi < b; ++bi)
+      for (int64_t hi = 0; hi < h; ++hi)
+        for (int64_t li = 0; li < l; ++li) {
+          const size_t row = size_t(((bi * h + hi) * l + li) * d);
+          for (int64_t j = 0; j < d; ++j) {
+            // The angle is one f32 product (as HF); cos/sin are cast to the dtype.
+            const float angle = float(offsets[size_t(bi)] + li) * inv_freq[size_t(j % half)];
+            const double c = round_to(dtype, std::cos(double(angle))), s = round_to(dtype, std::sin(double(angle)));
+            const double rot = j < half ? -x.values[row + size_t(j + half)] : x.values[row + size_t(j - half)];
+            want[row + size_t(j)] = x.values[row + size_t(j)] * c + rot * s;
+          }
+        }
+    // Three roundings (x*cos, rot*sin, their sum) on terms of size <= 2.
+    const Array got = fast::rope(x.array, f, o);
+    expect_close(got, want, u, 6 * u + 1e-6, "vs float64");
+    const std::vector<float> ref = to_floats(fast::reference::rope(x.array, f, o));
+    expect_close(got, std::vector<double>(ref.begin(), ref.end()), u, 2 * u + 1e-6, "vs reference");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, FastRopeTest,
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::Values(1, 31, 33),
+                                            ::testing::Values(2, 64, 66, 128)),
+                         [](const auto& info) {
+                           return param_name(std::get<0>(info.param), std::get<1>(info.param)) + "_d" +
+                                  std::to_string(std::get<2>(info.param));
+                         });
+
+// ---------------------------------------------------------------- attention
+
+struct AttnCase {
+  std::string name;
+  int64_t hq, hkv, lq, lk, d;
+  bool causal;
+  int64_t window;
+  bool padding;      // left padding in batch row 1, fully masked rows included
+  bool row_offsets;  // explicit per-row q_offsets instead of Lk - Lq
+  bool strided_kv;   // k and v are views into a longer cache
+};
+
+// float64 attention from the formulas; `vis` decides visibility, rows without a visible
+// key give zeros.
+std::vector<double> attention_f64(const Input& q, const Input& k, const Input& v, const AttnCase& c, int64_t nb,
+                                  double scale, const std::vector<int32_t>& q_off,
+                                  const std::vector<uint8_t>& key_valid) {
+  const int64_t rep = c.hq / c.hkv, d = c.d;
+  std::vector<double> out(size_t(nb * c.hq * c.lq * d), 0.0), s(size_t(c.lk));
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t h = 0; h < c.hq; ++h)
+      for (int64_t i = 0; i < c.lq; ++i) {
+        const int64_t pos = i + q_off[size_t(b)];
+        const size_t qrow = size_t(((b * c.hq + h) * c.lq + i) * d);
+        double m = -INFINITY;
+        for (int64_t j = 0; j < c.lk; ++j) {
+          const bool vis = (!c.causal || j <= pos) && (c.window <= 0 || j > pos - c.window) &&
+                           (key_valid.empty() || key_valid[size_t(b * c.lk + j)]);
+          const size_t krow = size_t(((b * c.hkv + h / rep) * c.lk + j) * d);
+          double dot = 0;
+          for (int64_t t = 0; t < d; ++t) dot += q.values[qrow + size_t(t)] * k.values[krow + size_t(t)];
+          s[size_t(j)] = vis ? dot * scale : -INFINITY;
+          m = std::max(m, s[size_t(j)]);
+        }
+        if (m == -INFINITY) continue;
+        double z = 0;
+        for (int64_t j = 0; j < c.lk; ++j) z += std::exp(s[size_t(j)] - m);
+        for (int64_t j = 0; j < c.lk; ++j) {
+          const double p = std::exp(s[size_t(j)] - m) / z;
+          const size_t vrow = size_t(((b * c.hkv + h / rep) * c.lk + j) * d);
+          for (int64_t t = 0; t < d; ++t) out[qrow + size_t(t)] += p * v.values[vrow + size_t(t)];
+        }
+      }
+  return out;
+}
+
+using AttnParam = std::tuple<Dtype, AttnCase>;
+class FastAttentionTest : public ::testing::TestWithParam<AttnParam> {};
+
+TEST_P(FastAttentionTest, MatchesFormulaAndReference) {
+  const auto& [dtype, c] = GetParam();
+  const int64_t nb = 2;
+  const double u = unit_roundoff(dtype);
+  const float scale = 0.125f;  // exact in every dtype, so the fallback's cast of it is harmless
+  for (Device dev : test_devices()) {
+    const Input q = random_input({nb, c.hq, c.lq, c.d}, dtype, 41 + c.lq, -1, 1, dev);   // q [B, Hq, Lq, D]
+    const Input k = random_input({nb, c.hkv, c.lk, c.d}, dtype, 42 + c.lk, -1, 1, dev);  // k [B, Hkv, Lk, D]
+    const Input v = random_input({nb, c.hkv, c.lk, c.d}, dtype, 43 + c.lk, -2, 2, dev);  // v [B, Hkv, Lk, D]
+    fast::AttentionMask mask;
+    mask.causal = c.causal;
+    mask.window = c.window;
+    std::vector<int32_t> q_off(size_t(nb), int32_t(c.lk - c.lq));
+    if (c.row_offsets) {
+      q_off = {int32_t(c.lk - c.lq), int32_t(std::max<int64_t>(0, c.lk - c.lq - 3))};
+      mask.q_offsets = to_device(from_vector(q_off, {nb}), dev);
+    }
+    std::vector<uint8_t> key_valid;
+    if (c.padding) {
+      // Row 1 is left-padded past the first query's causal reach: its early queries see nothing.
+      key_valid.assign(size_t(nb * c.lk), 1);
+      for (int64_t j = 0; j < std::min<int64_t>(c.lk, c.lk - c.lq + 2); ++j) key_valid[size_t(c.lk + j)] = 0;
+      std::vector<float> kv_f(key_valid.begin(), key_valid.end());
+      mask.key_valid = to_device(astype(from_floats(kv_f, {nb, c.lk}), Dtype::boolean), dev);
+    }
+    Array kk = k.array, vv = v.array;
+    if (c.strided_kv) {
+      // The same values inside a cache twice as long: strides differ from a dense array.
+      const Array cache_k = zeros({nb, c.hkv, 2 * c.lk, c.d}, dtype, dev);
+      const Array cache_v = zeros({nb, c.hkv, 2 * c.lk, c.d}, dtype, dev);
+      kk = slice_axis(slice_update(cache_k, k.array, {0, 0, 0, 0}, {nb, c.hkv, c.lk, c.d}), 2, 0, c.lk);
+      vv = slice_axis(slice_update(cache_v, v.array, {0, 0, 0, 0}, {nb, c.hkv, c.lk, c.d}), 2, 0, c.lk);
+      ASSERT_FALSE(kk.is_contiguous());
+    }
+    const Array got = fast::scaled_dot_product_attention(q.array, kk, vv, scale, mask);
+    ASSERT_EQ(got.shape(), q.array.shape());
+    ASSERT_EQ(got.dtype(), dtype);
+    // Scores and probabilities are rounded to the dtype on the way (HF eager), which the
+    // float64 formula does not do: a few units of roundoff of |v| <= 2 in absolute terms.
+    const std::vector<double> want = attention_f64(q, k, v, c, nb, scale, q_off, key_valid);
+    expect_close(got, want, 2 * u, 16 * u + 1e-5, "vs float64");
+    // The fallback rounds at the same places; only f32 summation order differs.
+    const std::vector<float> ref = to_floats(fast::reference::scaled_dot_product_attention(q.array, kk, vv, scale, mask));
+    expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * u, 4 * u + 1e-6, "vs reference");
+    if (c.padding && c.causal) {
+      // Batch row 1, query 0 sees only padded keys: zeros.
+      const std::vector<float> g = to_floats(got);
+      const size_t row = size_t((1 * c.hq * c.lq) * c.d);
+      for (int64_t t = 0; t < c.d; ++t) EXPECT_EQ(g[row + size_t(t)], 0.0f);
+    }
+  }
+}
+
+std::vector<AttnCase> attention_cases() {
+  std::vector<AttnCase> cases;
+  for (int64_t d : {1, 31, 32, 33, 64})
+    cases.push_back({"prefill_d" + std::to_string(d), 4, 2, 17, 17, d, true, 0, false, false, false});
+  cases.push_back({"decode_gqa2", 4, 2, 1, 33, 64, true, 0, false, false, false});
+  cases.push_back({"decode_gqa4", 4, 1, 1, 4097, 32, true, 0, false, false, false});
+  cases.push_back({"decode_mha_strided", 2, 2, 1, 31, 64, true, 0, false, false, true});
+  cases.push_back({"prefill_cached_strided", 4, 1, 9, 40, 32, true, 0, false, false, true});
+  cases.push_back({"prefill_window", 4, 2, 33, 33, 32, true, 8, false, false, false});
+  cases.push_back({"decode_window", 4, 2, 1, 40, 32, true, 16, false, false, false});
+  cases.push_back({"prefill_padding", 4, 2, 12, 12, 32, true, 0, true, false, false});
+  cases.push_back({"decode_padding", 4, 1, 1, 20, 32, true, 0, true, false, false});
+  cases.push_back({"row_offsets", 4, 2, 5, 32, 32, true, 0, false, true, false});
+  cases.push_back({"row_offsets_window_padding", 4, 1, 6, 32, 33, true, 5, true, true, false});
+  cases.push_back({"bidirectional", 4, 4, 31, 31, 32, false, 0, false, false, false});
+  cases.push_back({"bidirectional_padding", 4, 2, 7, 9, 32, false, 0, true, false, false});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, FastAttentionTest,
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::ValuesIn(attention_cases())),
+                         [](const auto& info) {
+                           return dtype_param_name(std::get<0>(info.param)) + "_" + std::get<1>(info.param).name;
+                         });
+
+TEST(FastAttentionTest, ScaleIsAppliedInF32) {
+  // 1/sqrt(128) is not a bf16 number: HF multiplies the bf16 scores by the f32 scale
+  // before rounding, so the kernel must not round the scale first.
+  const int64_t d = 128, lk = 8;
+  const Input q = random_input({1, 1, 1, d}, Dtype::bf16, 3);   // q [1, 1, 1, D]
+  const Input k = random_input({1, 1, lk, d}, Dtype::bf16, 4);  // k [1, 1, Lk, D]
+  const Input v = random_input({1, 1, lk, d}, Dtype::bf16, 5);  // v [1, 1, Lk, D]
+  const float scale = 1.0f / std::sqrt(float(d));
+  const AttnCase c{"", 1, 1, 1, lk, d, true, 0, false, false, false};
+  const std::vector<double> want = attention_f64(q, k, v, c, 1, scale, {int32_t(lk - 1)}, {});
+  const double u = unit_roundoff(Dtype::bf16);
+  expect_close(fast::scaled_dot_product_attention(q.array, k.array, v.array, scale), want, 2 * u, 16 * u);
+}
+
+// ---------------------------------------------------------------- gemv
+
+using GemvParam = std::tuple<Dtype, int64_t>;
+class GemvTest : public ::testing::TestWithParam<GemvParam> {};
+
+TEST_P(GemvTest, MatchesFloat64) {
+  const auto [dtype, k] = GetParam();
+  const double u = unit_roundoff(dtype);
+  for (int64_t n : {1, 5, 67}) {
+    const Input a = random_input({2, 1, k}, dtype, 51 + k, -1, 1);  // a [2, 1, K]
+    const Input w = random_input({n, k}, dtype, 52 + n, -1, 1);     // w [N, K], row-major
+    // b [2, K, N]: the weight transposed and shared by both batch rows.
+    const Array b = broadcast_to(swapaxes(expand_dims(w.array, 0), 1, 2), {2, k, n});
+    std::vector<double> want(size_t(2 * n)), bound(size_t(2 * n));
+    for (int64_t bi = 0; bi < 2; ++bi)
+      for (int64_t r = 0; r < n; ++r) {
+        double s = 0, abs_s = 0;
+        for (int64_t t = 0; t < k; ++t) {
+          const double p = a.values[size_t(bi * k + t)] * w.values[size_t(r * k + t)];
+          s += p;
+          abs_s += std::abs(p);
+        }
+        want[size_t(bi * n + r)] = s;
+        // f32 accumulation error, then one rounding of the result.
+        bound[size_t(bi * n + r)] = 1e-6 * abs_s + u * std::abs(s) + 1e-7;
+      }
+    Array out(Shape{2, 1, n}, dtype);
+    ASSERT_TRUE(cpu::gemv(a.array, b, out)) << "the decode shape must take the gemv path";
+    const Array via_matmul = matmul(a.array, b);
+    for (const Array* got : std::vector<const Array*>{&out, &via_matmul}) {
+      const std::vector<float> g = to_floats(*got);
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_LE(std::abs(double(g[i]) - want[i]), bound[i]) << "n=" << n << " element " << i;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, GemvTest,
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::ValuesIn(kAwkwardSizes)),
+                         [](const auto& info) { return param_name(std::get<0>(info.param), std::get<1>(info.param)); });
+
+TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
+  const Array a = zeros({1, 2, 8}, Dtype::f32);       // two query rows: not a matrix-vector product
+  const Array w = zeros({4, 8}, Dtype::f32);           // w [N, K]
+  const Array b = expand_dims(transpose(w), 0);        // b [1, K, N], transposed
+  Array out(Shape{1, 2, 4}, Dtype::f32);
+  EXPECT_FALSE(cpu::gemv(a, b, out));
+  const Array a1 = zeros({1, 1, 8}, Dtype::f32);
+  Array out1(Shape{1, 1, 4}, Dtype::f32);
+  EXPECT_FALSE(cpu::gemv(a1, expand_dims(zeros({8, 4}, Dtype::f32), 0), out1));  // b not transposed
+  EXPECT_FALSE(cpu::gemv(astype(a1, Dtype::bf16), b, out1));                       // mixed dtypes
+  EXPECT_TRUE(cpu::gemv(a1, b, out1));
+}
+
+// ---------------------------------------------------------------- argument errors
+
+TEST(FastErrorsTest, RejectBadShapesAndDtypes) {
+  const Array x = zeros({2, 8}, Dtype::f32);
+  expect_op_error([&] { fast::rms_norm(x, zeros({7}), 1e-5f); }, "rms_norm");
+  expect_op_error([&] { fast::rms_norm(zeros({2, 8}, Dtype::i32), zeros({8}), 1e-5f); }, "rms_norm");
+  expect_op_error([&] { fast::layer_norm(x, zeros({8}), zeros({9}), 1e-5f); }, "layer_norm");
+  expect_op_error([&] { fast::layer_norm(x, zeros({2, 8}), std::nullopt, 1e-5f); }, "layer_norm");
+  const Array q = zeros({1, 4, 3, 8}, Dtype::f32);
+  expect_op_error([&] { fast::rope(q, zeros({4}), zeros({2}, Dtype::i32)); }, "rope");        // offsets per batch
+  expect_op_error([&] { fast::rope(q, zeros({3}), zeros({1}, Dtype::i32)); }, "rope");        // inv_freq size
+  expect_op_error([&] { fast::rope(zeros({1, 4, 3, 7}), zeros({3}), zeros({1}, Dtype::i32)); }, "rope");  // odd D
+  expect_op_error([&] { fast::rope(zeros({4, 3, 8}), zeros({4}), zeros({4}, Dtype::i32)); }, "rope");     // rank
+  const char* sdpa = "scaled_dot_product_attention";
+  const Array k = zeros({1, 3, 5, 8}, Dtype::f32);
+  expect_op_error([&] { fast::scaled_dot_product_attention(q, k, k, 1.0f); }, sdpa);  // 4 % 3 heads
+  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 4}), zeros({1, 2, 5, 4}), 1.0f); },
+                  sdpa);  // head dim
+  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}, Dtype::bf16), zeros({1, 2, 5, 8}, Dtype::bf16), 1.0f); },
+                  sdpa);  // dtypes differ
+  fast::AttentionMask bad_valid;
+  bad_valid.key_valid = zeros({1, 4}, Dtype::boolean);
+  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}), zeros({1, 2, 5, 8}), 1.0f, bad_valid); },
+                  sdpa);
+  fast::AttentionMask bad_off;
+  bad_off.q_offsets = zeros({2}, Dtype::i32);
+  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}), zeros({1, 2, 5, 8}), 1.0f, bad_off); },
+                  sdpa);
+}
+
+}  // namespace
+}  // namespace lmx::test
