@@ -1,0 +1,66 @@
+// Matrix products through ops::matmul, and the memory bandwidth they are measured
+// against: decode's matrix-vector product only streams its weight once, so its bytes
+// per second should approach what a large memcpy achieves.
+#include <cstring>
+#include <vector>
+
+#include "bench_util.h"
+#include "core/thread_pool.h"
+
+namespace lmx::bench {
+namespace {
+
+// Prefill-like f32 GEMM: [128, 2048] x [2048, 2048]ᵀ, the weight used transposed as in a linear layer.
+void BM_matmul_f32_prefill(benchmark::State& state) {
+  const int64_t m = 128, k = 2048, n = 2048;
+  const Array a = random_normal({m, k}, 1);  // a [M, K]
+  const Array w = random_normal({n, k}, 2);  // w [N, K]
+  const Array wt = transpose(w);             // [K, N] view
+  for (auto _ : state) wait(matmul(a, wt));
+  set_rates(state, double(m * k + n * k + m * n) * 4, 2.0 * double(m * n * k));
+}
+BENCHMARK(BM_matmul_f32_prefill)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Decode GEMV: [1, 2048] x [8192, 2048]ᵀ (Llama-3.2-1B's MLP up projection). "bytes"
+// counts the weight only: it is what bounds the speed.
+void BM_gemv(benchmark::State& state) {
+  const Dtype dtype = Dtype(state.range(0));
+  const int64_t k = 2048, n = 8192;
+  const Array a = astype(random_normal({1, k}, 3), dtype);  // a [1, K]
+  const Array w = astype(random_normal({n, k}, 4), dtype);  // w [N, K]
+  const Array wt = transpose(w);                           // [K, N] view
+  for (auto _ : state) wait(matmul(a, wt));
+  state.SetLabel(std::string(dtype_name(dtype)));
+  set_rates(state, double(n * k) * double(itemsize(dtype)), 2.0 * double(n * k));
+}
+BENCHMARK(BM_gemv)
+    ->Arg(int(Dtype::f32))
+    ->Arg(int(Dtype::bf16))
+    ->Arg(int(Dtype::f16))
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// memcpy of 256 MiB: "bytes" counts reads plus writes. Arg 0: one thread (plain
+// memcpy); arg 1: split over the library's thread pool, like the kernels.
+void BM_memcpy(benchmark::State& state) {
+  const size_t bytes = size_t(256) << 20;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);  // touched, so no page faults are timed
+  const bool threaded = state.range(0) != 0;
+  const int64_t chunk = int64_t(1) << 20;
+  for (auto _ : state) {
+    if (threaded) {
+      parallel_for(int64_t(bytes) / chunk, 1, [&](int64_t c0, int64_t c1) {
+        std::memcpy(dst.data() + c0 * chunk, src.data() + c0 * chunk, size_t((c1 - c0) * chunk));
+      });
+    } else {
+      std::memcpy(dst.data(), src.data(), bytes);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(threaded ? "threads" : "one thread");
+  set_rates(state, 2.0 * double(bytes));
+}
+BENCHMARK(BM_memcpy)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace lmx::bench
