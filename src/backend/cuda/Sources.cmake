@@ -2,12 +2,22 @@
 if(LMX_HAVE_CUDA)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
+  # CMake 3.25 predates nvcc's C++20 flags; nvcc 12+ accepts -std=c++20.
+  if(NOT DEFINED CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+  endif()
   file(GLOB lmx_cuda_srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.cu ${CMAKE_CURRENT_LIST_DIR}/*.cpp)
   list(FILTER lmx_cuda_srcs EXCLUDE REGEX "stub\\.cpp$")
   target_sources(lmx_ops PRIVATE ${lmx_cuda_srcs})
-  set_target_properties(lmx_ops PROPERTIES CUDA_ARCHITECTURES "90-real;90-virtual" CUDA_SEPARABLE_COMPILATION OFF)
+  set_target_properties(lmx_ops PROPERTIES CUDA_ARCHITECTURES "90-real;90-virtual" CUDA_SEPARABLE_COMPILATION OFF
+                                           CUDA_STANDARD 20 CUDA_STANDARD_REQUIRED ON)
+  # No contraction of a*b+c into FMA: every kernel rounds as the CPU backend's scalar code
+  # does, which keeps random() bit-exact and the fused ops within one rounding of the CPU.
+  # Host-side warnings of the .cu files count as errors-to-fix like the C++ ones.
+  target_compile_options(lmx_ops PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--fmad=false -Xcompiler=-Wall,-Wextra>)
   target_compile_definitions(lmx_ops PUBLIC LMX_HAVE_CUDA=1)
-  target_link_libraries(lmx_ops PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas)
+  target_link_libraries(lmx_ops PUBLIC CUDA::cudart CUDA::cublas)
 else()
   target_sources(lmx_ops PRIVATE ${CMAKE_CURRENT_LIST_DIR}/stub.cpp)
 endif()

@@ -1,0 +1,220 @@
+// Device-side building blocks shared by the .cu files: the element types, conversions
+// with the CPU backend's semantics, a dtype visitor, launch sizes and the strided layout
+// that element-wise kernels walk.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "backend/cuda/cuda_ops.h"
+#include "core/error.h"
+
+namespace lmx::cuda {
+
+using half_t = __half;
+using bfloat_t = __nv_bfloat16;
+
+// Calls f(T{}) with the device type that stores dtype t.
+template <class F>
+decltype(auto) visit_device_dtype(Dtype t, F&& f) {
+  switch (t) {
+    case Dtype::f32: return f(float{});
+    case Dtype::f16: return f(half_t{});
+    case Dtype::bf16: return f(bfloat_t{});
+    case Dtype::i32: return f(int32_t{});
+    case Dtype::u32: return f(uint32_t{});
+    case Dtype::u8: return f(uint8_t{});
+    case Dtype::i8: return f(int8_t{});
+    case Dtype::boolean: return f(bool{});
+  }
+  return f(float{});
+}
+
+template <class T>
+constexpr bool kIsFloat = std::is_same_v<T, float> || std::is_same_v<T, half_t> || std::is_same_v<T, bfloat_t>;
+
+// As the CPU backend computes: f32 for floats, int64 for integers and bool.
+template <class T>
+using compute_t = std::conditional_t<kIsFloat<T>, float, long long>;
+
+template <class T>
+__device__ __forceinline__ float to_float(T v) {
+  if constexpr (std::is_same_v<T, half_t>) return __half2float(v);
+  else if constexpr (std::is_same_v<T, bfloat_t>) return __bfloat162float(v);
+  else return float(v);
+}
+// Round to nearest even, as lmx::from_f32.
+template <class T>
+__device__ __forceinline__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, half_t>) return __float2half_rn(v);
+  else if constexpr (std::is_same_v<T, bfloat_t>) return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, bool>) return v != 0.0f;
+  else return T(v);
+}
+// The value a float takes after one rounding to T (identity for f32).
+template <class T>
+__device__ __forceinline__ float round_to(float v) {
+  return to_float(from_float<T>(v));
+}
+
+template <class T>
+__device__ __forceinline__ compute_t<T> load(T v) {
+  if constexpr (kIsFloat<T>) return to_float(v);
+  else return (long long)(v);
+}
+template <class T, class C>
+__device__ __forceinline__ T store(C v) {
+  if constexpr (std::is_same_v<T, bool>) return v != 0;
+  else if constexpr (kIsFloat<T>) return from_float<T>(float(v));
+  else return T(v);  // integers wrap modulo 2^n
+}
+
+// The range of an integer type, usable in device code.
+template <class T> struct IntRange;
+template <> struct IntRange<int32_t> { static constexpr double lo = -2147483648.0, hi = 2147483647.0; };
+template <> struct IntRange<uint32_t> { static constexpr double lo = 0, hi = 4294967295.0; };
+template <> struct IntRange<int8_t> { static constexpr double lo = -128, hi = 127; };
+template <> struct IntRange<uint8_t> { static constexpr double lo = 0, hi = 255; };
+
+// Float to integer as a C cast, but saturating and NaN -> 0 (the CPU's float_to_int).
+template <class T>
+__device__ __forceinline__ T float_to_int(double v) {
+  if (v != v) return T(0);
+  return T(::trunc(::fmin(::fmax(v, IntRange<T>::lo), IntRange<T>::hi)));
+}
+
+// dst = src converted with the semantics of the CPU backend's copy.
+template <class D, class S>
+__device__ __forceinline__ D convert(S v) {
+  if constexpr (std::is_same_v<D, S>) {
+    return v;
+  } else if constexpr (std::is_same_v<D, bool>) {
+    if constexpr (kIsFloat<S>) return to_float(v) != 0.0f;
+    else return v != 0;
+  } else if constexpr (kIsFloat<D>) {
+    if constexpr (kIsFloat<S>) return from_float<D>(to_float(v));
+    else return from_float<D>(float(v));
+  } else if constexpr (kIsFloat<S>) {
+    return float_to_int<D>(double(to_float(v)));
+  } else {
+    return D(v);
+  }
+}
+
+// The CPU's random_bits (backend/cpu/copy.cpp): splitmix64 over (seed, counter).
+__device__ __forceinline__ uint64_t random_bits(uint64_t seed, uint64_t i) {
+  uint64_t z = seed * 0x9e3779b97f4a7c15ull + (i + 1) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+__device__ __forceinline__ float random_unit(uint64_t seed, uint64_t i) {  // uniform in [0, 1)
+  return float(random_bits(seed, i) >> 40) * (1.0f / 16777216.0f);
+}
+
+constexpr int kBlock = 256;
+
+// Blocks for a grid-stride loop over n elements: enough to fill the device, no more.
+inline unsigned grid_for(int64_t n, int block = kBlock) {
+  const int64_t want = (n + block - 1) / block;
+  return unsigned(want < 1 ? 1 : (want > 65536 ? 65536 : want));
+}
+
+__device__ __forceinline__ int64_t global_thread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t grid_threads() { return int64_t(gridDim.x) * blockDim.x; }
+
+// Threads per block for one block per row of `cols` elements: a multiple of the warp
+// size, at most kBlock.
+inline int row_block(int64_t cols) {
+  if (cols >= kBlock) return kBlock;
+  return cols <= 32 ? 32 : int((cols + 31) / 32 * 32);
+}
+
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The reduction of v over the block, returned to every thread. blockDim.x is a multiple
+// of 32; the warps' partials are combined in a fixed order, so results are deterministic.
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op) {
+  __shared__ T part[32];
+  v = warp_reduce(v, op);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  T r = part[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w) r = op(r, part[w]);
+  __syncthreads();  // part may be reused by the next call
+  return r;
+}
+
+struct Sum {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a < b ? b : a; }
+};
+struct Min {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return b < a ? b : a; }
+};
+
+// N arrays of one shape with their own strides, dimensions that are contiguous in all
+// of them merged (as the CPU's make_walk). Passed to kernels by value.
+constexpr int kMaxDims = 8;
+template <int N>
+struct Layout {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[N][kMaxDims] = {};
+
+  // Element offsets of logical (row-major) element i in each array.
+  __device__ __forceinline__ void offsets(int64_t i, int64_t (&off)[N]) const {
+    for (int k = 0; k < N; ++k) off[k] = 0;
+    for (int d = ndim - 1; d >= 0; --d) {
+      const int64_t idx = i % shape[d];
+      i /= shape[d];
+      for (int k = 0; k < N; ++k) off[k] += idx * strides[k][d];
+    }
+  }
+};
+
+template <int N>
+Layout<N> make_layout(const Shape& shape, const Array* const (&arrays)[N]) {
+  Layout<N> l;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;  // size-1 axes never move a pointer
+    bool merge = l.ndim > 0;
+    for (int k = 0; k < N && merge; ++k)
+      merge = l.strides[k][l.ndim - 1] == arrays[k]->strides()[d] * shape[d];
+    if (merge) {
+      l.shape[l.ndim - 1] *= shape[d];
+      for (int k = 0; k < N; ++k) l.strides[k][l.ndim - 1] = arrays[k]->strides()[d];
+    } else {
+      LMX_CHECK(l.ndim < kMaxDims, "cuda", "arrays of rank above ", kMaxDims,
+                " with this stride pattern are not supported; make them contiguous first");
+      l.shape[l.ndim] = shape[d];
+      for (int k = 0; k < N; ++k) l.strides[k][l.ndim] = arrays[k]->strides()[d];
+      ++l.ndim;
+    }
+  }
+  return l;
+}
+
+// True when every array is dense row-major in the same order (one flat index serves all).
+template <int N>
+bool is_flat(const Layout<N>& l) {
+  if (l.ndim > 1) return false;
+  for (int k = 0; k < N; ++k)
+    if (l.ndim == 1 && l.strides[k][0] != 1) return false;
+  return true;
+}
+
+}  // namespace lmx::cuda

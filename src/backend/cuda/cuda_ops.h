@@ -1,0 +1,46 @@
+// The CUDA backend's kernels, one file per op family; kernels.cpp exposes them through
+// the Kernels interface of ops/kernels.h, whose shape contracts they follow. Every
+// function enqueues on ctx.stream and returns; none synchronises unless it says so.
+#pragma once
+
+#include "backend/cuda/device.h"
+#include "ops/kernels.h"
+
+namespace lmx::cuda {
+
+void register_cuda_allocator();  // allocator.cpp
+
+// copy.cu
+void fill(const Context& ctx, const Array& out, double value);
+void arange(const Context& ctx, const Array& out, double start, double step);
+void random(const Context& ctx, const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b);
+void copy(const Context& ctx, const Array& src, const Array& dst);
+// elementwise.cu
+void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out);
+void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, const Array& out);
+void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out);
+// matmul.cpp
+void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out);
+// reduce.cu
+void reduce(const Context& ctx, detail::ReduceOp op, const Array& in, const Array& out);
+void argmax(const Context& ctx, const Array& in, const Array& out);
+void softmax(const Context& ctx, const Array& in, const Array& out);
+// indexing.cu (both synchronise: indices are checked on the host before any write)
+void take(const Context& ctx, const Array& src, const Array& idx, const Array& out);
+void take_along(const Context& ctx, const Array& src, const Array& idx, const Array& out);
+// sort.cu
+void sort(const Context& ctx, const Array& in, bool descending, int k, const Array& values,
+          const Array& indices);
+void categorical(const Context& ctx, const Array& logits, uint64_t seed, const Array& out);
+// norm.cu
+void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
+              const Array& out);
+void layer_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
+                const Array& out);
+// rope.cu
+void rope(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets, const Array& out);
+// attention.cu
+void attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
+               int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
+
+}  // namespace lmx::cuda

@@ -1,0 +1,83 @@
+#include "backend/cuda/device.h"
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "core/error.h"
+
+namespace lmx::cuda {
+namespace {
+
+std::string where(const std::source_location& loc) { return detail::cat(loc.file_name(), ":", loc.line()); }
+
+}  // namespace
+
+void check(cudaError_t e, const char* call, std::source_location loc) {
+  if (e == cudaSuccess) return;
+  const std::string msg = detail::cat("[cuda] ", call, " failed: ", cudaGetErrorString(e), " at ", where(loc));
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // not sticky: clear it so that the next call starts clean
+    throw OutOfMemory(msg + "; free arrays, call clear_cache() or use a smaller batch or context");
+  }
+  throw Error(msg);
+}
+
+void check_blas(cublasStatus_t s, const char* call, std::source_location loc) {
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  const std::string msg =
+      detail::cat("[cuda] ", call, " failed: ", cublasGetStatusName(s), " (", cublasGetStatusString(s), ") at ",
+                  where(loc));
+  if (s == CUBLAS_STATUS_ALLOC_FAILED) throw OutOfMemory(msg);
+  throw Error(msg);
+}
+
+int device_count() {
+  static const int n = [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      cudaGetLastError();  // no driver or no device: report none, leave no error behind
+      return 0;
+    }
+    return count;
+  }();
+  return n;
+}
+
+Context& context(int device) {
+  static std::mutex mu;
+  static std::vector<std::unique_ptr<Context>> contexts;  // never destroyed: arrays may outlive statics
+  Context* ctx = nullptr;
+  {
+    std::lock_guard lock(mu);
+    LMX_CHECK(device >= 0 && device < device_count(), "cuda", "no device cuda:", device, " (", device_count(),
+              " visible)");
+    if (contexts.empty()) contexts.resize(size_t(device_count()));
+    auto& slot = contexts[size_t(device)];
+    if (!slot) {
+      auto c = std::make_unique<Context>();
+      c->device = device;
+      check(cudaSetDevice(device), "cudaSetDevice");
+      // Non-blocking: the legacy default stream, used by other libraries, never waits on ours.
+      check(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+      check_blas(cublasCreate(&c->blas), "cublasCreate");
+      check_blas(cublasSetStream(c->blas, c->stream), "cublasSetStream");
+      // f32 accumulation everywhere, split-K reductions included: results match the CPU's.
+      check_blas(cublasSetMathMode(c->blas, cublasMath_t(CUBLAS_DEFAULT_MATH |
+                                                         CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)),
+                 "cublasSetMathMode");
+      cudaDeviceProp prop{};
+      check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+      c->sm_count = prop.multiProcessorCount;
+      c->total_memory = prop.totalGlobalMem;
+      slot = std::move(c);
+    }
+    ctx = slot.get();
+  }
+  check(cudaSetDevice(device), "cudaSetDevice");
+  return *ctx;
+}
+
+void synchronize(const Context& ctx) { check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize"); }
+
+}  // namespace lmx::cuda

@@ -1,0 +1,164 @@
+// Element-wise kernels. As on the CPU, the math of each op is written once as a scalar
+// functor in the compute type (f32 for floats, int64 for integers); one strided kernel
+// applies it to arrays of any strides.
+#include <type_traits>
+
+#include "backend/cuda/common.cuh"
+
+namespace lmx::cuda {
+namespace {
+
+template <UnaryOp Op>
+struct UnaryFn {
+  template <class X>
+  __device__ auto operator()(X x) const {
+    if constexpr (Op == UnaryOp::neg) return X(-x);
+    else if constexpr (Op == UnaryOp::abs) return x < 0 ? X(-x) : x;
+    else if constexpr (Op == UnaryOp::square) return X(x * x);
+    else if constexpr (Op == UnaryOp::exp) return ::expf(float(x));
+    else if constexpr (Op == UnaryOp::log) return ::logf(float(x));
+    else if constexpr (Op == UnaryOp::sqrt) return ::sqrtf(float(x));
+    else if constexpr (Op == UnaryOp::rsqrt) return 1.0f / ::sqrtf(float(x));
+    else if constexpr (Op == UnaryOp::tanh) return ::tanhf(float(x));
+    else if constexpr (Op == UnaryOp::sin) return ::sinf(float(x));
+    else if constexpr (Op == UnaryOp::cos) return ::cosf(float(x));
+    else if constexpr (Op == UnaryOp::sigmoid) return 1.0f / (1.0f + ::expf(-float(x)));
+    else if constexpr (Op == UnaryOp::silu) return float(x) / (1.0f + ::expf(-float(x)));
+    else if constexpr (Op == UnaryOp::gelu_tanh) {
+      const float v = float(x);
+      return 0.5f * v * (1.0f + ::tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    } else {
+      static_assert(Op == UnaryOp::logical_not);
+      return X(!x);
+    }
+  }
+};
+
+template <BinaryOp Op>
+struct BinaryFn {
+  template <class X>
+  __device__ auto operator()(X a, X b) const {
+    if constexpr (Op == BinaryOp::add) return X(a + b);
+    else if constexpr (Op == BinaryOp::sub) return X(a - b);
+    else if constexpr (Op == BinaryOp::mul) return X(a * b);
+    else if constexpr (Op == BinaryOp::div) {
+      if constexpr (std::is_integral_v<X>) return b == 0 ? X(0) : X(a / b);  // x/0 is 0, not a trap
+      else return a / b;
+    } else if constexpr (Op == BinaryOp::pow) return ::powf(float(a), float(b));
+    else if constexpr (Op == BinaryOp::maximum) return (a != a || a > b) ? a : b;  // NaN propagates
+    else if constexpr (Op == BinaryOp::minimum) return (a != a || a < b) ? a : b;
+    else if constexpr (Op == BinaryOp::eq) return a == b;
+    else if constexpr (Op == BinaryOp::ne) return a != b;
+    else if constexpr (Op == BinaryOp::lt) return a < b;
+    else if constexpr (Op == BinaryOp::le) return a <= b;
+    else if constexpr (Op == BinaryOp::gt) return a > b;
+    else if constexpr (Op == BinaryOp::ge) return a >= b;
+    else if constexpr (Op == BinaryOp::logical_and) return a && b;
+    else {
+      static_assert(Op == BinaryOp::logical_or);
+      return a || b;
+    }
+  }
+};
+
+// Calls f(std::integral_constant<E, e>{}) for the runtime value e of an enum with `Count` values.
+template <class E, int Count, int I = 0, class F>
+void with_enum(E e, F&& f) {
+  if constexpr (I < Count) {
+    if (int(e) == I) return f(std::integral_constant<E, E(I)>{});
+    return with_enum<E, Count, I + 1>(e, f);
+  }
+}
+
+// out[i] = f(a[i]) or f(a[i], b[i]); `l` holds the strides of (a, out) or (a, b, out).
+template <class T, class Out, int N, class F>
+__global__ void map_kernel(const T* a, const T* b, Out* out, int64_t n, Layout<N> l, bool flat, F f) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[N];
+    if (flat) {
+      for (int k = 0; k < N; ++k) off[k] = i;
+    } else {
+      l.offsets(i, off);
+    }
+    if constexpr (N == 2) out[off[1]] = store<Out>(f(load(a[off[0]])));
+    else out[off[2]] = store<Out>(f(load(a[off[0]]), load(b[off[1]])));
+  }
+}
+
+template <class T>
+__global__ void where_kernel(const bool* c, const T* a, const T* b, T* out, int64_t n, Layout<4> l, bool flat) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[4];
+    if (flat) {
+      for (int k = 0; k < 4; ++k) off[k] = i;
+    } else {
+      l.offsets(i, off);
+    }
+    out[off[3]] = c[off[0]] ? a[off[1]] : b[off[2]];
+  }
+}
+
+template <class T, class Out, int N, class F>
+void launch_map(const Context& ctx, const Array* const (&arrays)[N], F f) {
+  const Array& out = *arrays[N - 1];
+  const int64_t n = out.size();
+  if (n == 0) return;
+  const Layout<N> l = make_layout(out.shape(), arrays);
+  const T* b = N == 3 ? static_cast<const T*>(arrays[1]->raw()) : nullptr;
+  map_kernel<T, Out, N><<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<const T*>(arrays[0]->raw()), b,
+                                                                 static_cast<Out*>(out.raw()), n, l, is_flat(l), f);
+  check_launch("map_kernel");
+}
+
+}  // namespace
+
+void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out) {
+  visit_device_dtype(in.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    with_enum<UnaryOp, int(UnaryOp::cos) + 1>(op, [&](auto op_c) {
+      using F = UnaryFn<decltype(op_c)::value>;
+      using R = decltype(F{}(compute_t<T>{}));
+      // Transcendentals exist only for floats; the ops layer has rejected the rest.
+      if constexpr (kIsFloat<T> || !std::is_same_v<R, float>) {
+        const Array* arrays[2] = {&in, &out};
+        launch_map<T, T>(ctx, arrays, F{});
+      } else {
+        fail("cuda", "unary op ", int(op), " is not defined for ", dtype_name(in.dtype()));
+      }
+    });
+  });
+}
+
+void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, const Array& out) {
+  visit_device_dtype(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    with_enum<BinaryOp, int(BinaryOp::logical_or) + 1>(op, [&](auto op_c) {
+      using F = BinaryFn<decltype(op_c)::value>;
+      using R = decltype(F{}(compute_t<T>{}, compute_t<T>{}));
+      const Array* arrays[3] = {&a, &b, &out};
+      if constexpr (std::is_same_v<R, bool>) {
+        launch_map<T, bool>(ctx, arrays, F{});
+      } else if constexpr (kIsFloat<T> || !std::is_same_v<R, float>) {
+        launch_map<T, T>(ctx, arrays, F{});
+      } else {
+        fail("cuda", "binary op ", int(op), " is not defined for ", dtype_name(a.dtype()));
+      }
+    });
+  });
+}
+
+void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out) {
+  const int64_t n = out.size();
+  if (n == 0) return;
+  const Array* arrays[4] = {&cond, &a, &b, &out};
+  const Layout<4> l = make_layout(out.shape(), arrays);
+  visit_device_dtype(out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    where_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<const bool*>(cond.raw()),
+                                                         static_cast<const T*>(a.raw()), static_cast<const T*>(b.raw()),
+                                                         static_cast<T*>(out.raw()), n, l, is_flat(l));
+    check_launch("where_kernel");
+  });
+}
+
+}  // namespace lmx::cuda

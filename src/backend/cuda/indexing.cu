@@ -1,0 +1,78 @@
+// Gather kernels: take (rows of an axis by index) and take_along. Indices are copied to
+// the host and checked before any output is written, so a bad index is an lmx::Error
+// and never an out-of-bounds read on the device.
+#include <vector>
+
+#include "backend/cuda/common.cuh"
+
+namespace lmx::cuda {
+namespace {
+
+struct Strides3 {
+  int64_t s0, s1, s2;
+};
+Strides3 strides3(const Array& a) { return {a.strides()[0], a.strides()[1], a.strides()[2]}; }
+
+// out [P, M, S] contiguous = src [P, N, S] at rows idx [M] (take) or idx [P, M, S] (take_along).
+template <class W, class I, bool kAlong>
+__global__ void gather_kernel(const W* src, Strides3 st, const I* idx, W* out, int64_t m, int64_t s, int64_t n) {
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t si = e % s, mi = (e / s) % m, pi = e / (s * m);
+    const int64_t row = int64_t(idx[kAlong ? e : mi]);
+    out[e] = src[pi * st.s0 + row * st.s1 + si * st.s2];
+  }
+}
+
+// The indices of a contiguous int32/uint32 array on the host, each checked against n.
+void check_indices(const Context& ctx, const Array& idx, int64_t n, const char* op) {
+  std::vector<uint32_t> host(size_t(idx.size()));  // raw 32-bit words of either dtype
+  if (host.empty()) return;
+  check(cudaMemcpyAsync(host.data(), idx.raw(), idx.nbytes(), cudaMemcpyDeviceToHost, ctx.stream), "cudaMemcpyAsync");
+  synchronize(ctx);
+  for (uint32_t w : host) {
+    const int64_t v = idx.dtype() == Dtype::i32 ? int64_t(int32_t(w)) : int64_t(w);
+    LMX_CHECK(v >= 0 && v < n, op, "index ", v, " is out of range for an axis of size ", n);
+  }
+}
+
+template <bool kAlong>
+void gather(const Context& ctx, const Array& src, const Array& idx, const Array& out) {
+  const int64_t total = out.size(), m = out.shape(1), s = out.shape(2);
+  if (total == 0) return;
+  // Elements move as raw words of their size: a gather never converts.
+  auto launch = [&](auto word, auto index) {
+    using W = decltype(word);
+    using I = decltype(index);
+    gather_kernel<W, I, kAlong><<<grid_for(total), kBlock, 0, ctx.stream>>>(
+        static_cast<const W*>(src.raw()), strides3(src), static_cast<const I*>(idx.raw()), static_cast<W*>(out.raw()),
+        m, s, total);
+    check_launch("gather_kernel");
+  };
+  auto with_index = [&](auto word) {
+    if (idx.dtype() == Dtype::i32) launch(word, int32_t{});
+    else launch(word, uint32_t{});
+  };
+  switch (itemsize(src.dtype())) {
+    case 4: return with_index(uint32_t{});
+    case 2: return with_index(uint16_t{});
+    default: return with_index(uint8_t{});
+  }
+}
+
+}  // namespace
+
+void take(const Context& ctx, const Array& src, const Array& idx, const Array& out) {
+  // src [P, N, S], idx [M] contiguous -> out [P, M, S]
+  check_indices(ctx, idx, src.shape(1), "take");
+  gather<false>(ctx, src, idx, out);
+}
+
+void take_along(const Context& ctx, const Array& src, const Array& idx, const Array& out) {
+  // src [P, N, S], idx [P, M, S] (any strides, e.g. broadcast) -> out [P, M, S]
+  Array dense(idx.shape(), idx.dtype(), idx.device());  // [P, M, S]
+  copy(ctx, idx, dense);
+  check_indices(ctx, dense, src.shape(1), "take_along_axis");
+  gather<true>(ctx, src, dense, out);
+}
+
+}  // namespace lmx::cuda

@@ -1,0 +1,76 @@
+// Batched matmul through cublasGemmStridedBatchedEx: f32, f16 and bf16 inputs, f32
+// accumulation (never TF32), one rounding to the output dtype. Transposes and
+// broadcast batches come from the strides; other layouts are copied dense first.
+#include <algorithm>
+#include <optional>
+
+#include "backend/cuda/cuda_ops.h"
+#include "core/error.h"
+
+namespace lmx::cuda {
+namespace {
+
+// cuBLAS is column-major, so it computes outᵀ [N, M] = bᵀ · aᵀ. A row-major operand
+// X [rows, cols] with strides (rs, cs) is read as Xᵀ with op N when its rows are dense
+// (cs == 1), or as X with op T when its columns are (rs == 1). nullopt: copy it.
+struct GemmView {
+  cublasOperation_t op;
+  int64_t ld;
+};
+std::optional<GemmView> gemm_view(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+  if ((cs == 1 || cols == 1) && (rs >= std::max<int64_t>(1, cols) || rows == 1))
+    return GemmView{CUBLAS_OP_N, std::max<int64_t>({rs, cols, 1})};
+  if ((rs == 1 || rows == 1) && (cs >= std::max<int64_t>(1, rows) || cols == 1))
+    return GemmView{CUBLAS_OP_T, std::max<int64_t>({cs, rows, 1})};
+  return std::nullopt;
+}
+
+cudaDataType_t blas_type(Dtype t) {
+  switch (t) {
+    case Dtype::f32: return CUDA_R_32F;
+    case Dtype::f16: return CUDA_R_16F;
+    case Dtype::bf16: return CUDA_R_16BF;
+    default: fail("matmul", "unsupported dtype ", dtype_name(t), " on cuda");
+  }
+}
+
+// x [B, R, C] as cuBLAS can read it: itself, or a dense copy when its strides fit neither view.
+struct Operand {
+  Array data;
+  GemmView view;
+};
+Operand operand(const Context& ctx, const Array& x) {
+  const int64_t r = x.shape(1), c = x.shape(2);
+  if (auto v = gemm_view(r, c, x.strides()[1], x.strides()[2])) return {x, *v};
+  Array dense(x.shape(), x.dtype(), x.device());  // [B, R, C]
+  copy(ctx, x, dense);
+  return {dense, *gemm_view(r, c, c, 1)};
+}
+
+void check_int(int64_t v, const char* what) {
+  LMX_CHECK(v <= int64_t(INT32_MAX), "matmul", what, " of ", v, " is too large for cuBLAS; split the product");
+}
+
+}  // namespace
+
+void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out) {
+  // a [B, M, K], b [B, K, N], out [B, M, N] contiguous
+  const int64_t nb = a.shape(0), m = a.shape(1), k = a.shape(2), n = b.shape(2);
+  if (out.size() == 0) return;
+  if (k == 0) return fill(ctx, out, 0);
+  for (int64_t v : {nb, m, n, k}) check_int(v, "a dimension");
+  const Operand oa = operand(ctx, a), ob = operand(ctx, b);
+  check_int(oa.view.ld, "a leading dimension");
+  check_int(ob.view.ld, "a leading dimension");
+  const cudaDataType_t t = blas_type(a.dtype());
+  const float alpha = 1.0f, beta = 0.0f;
+  // A batch of one has no stride to speak of; broadcast batches have stride 0.
+  const int64_t stride_a = nb == 1 ? 0 : oa.data.strides()[0], stride_b = nb == 1 ? 0 : ob.data.strides()[0];
+  check_blas(cublasGemmStridedBatchedEx(ctx.blas, ob.view.op, oa.view.op, int(n), int(m), int(k), &alpha,
+                                        ob.data.raw(), t, int(ob.view.ld), stride_b, oa.data.raw(), t,
+                                        int(oa.view.ld), stride_a, &beta, out.raw(), t, int(n), m * n, int(nb),
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmStridedBatchedEx");
+}
+
+}  // namespace lmx::cuda
