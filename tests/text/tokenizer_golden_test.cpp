@@ -1,0 +1,153 @@
+// The real Llama 3, Qwen3 and Gemma 3 tokenizers against what HF transformers produced
+// (tools/reference/make_tokenizer_goldens.py): ids with and without special tokens,
+// decoded text with and without special tokens, streamed text and chat templates.
+// The tokenizer files come from scripts/fetch-test-data.sh. LMX_TOKENIZER_GOLDENS, when set,
+// names another folder of <family>.json goldens.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "text/tokenizer.h"
+
+#if __has_include("text/jinja/jinja.h")
+#include "text/jinja/jinja.h"
+#define LMX_HAVE_JINJA 1
+#endif
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path data_dir(const std::string& family) {
+  const char* env = std::getenv("LMX_TEST_DATA_DIR");
+  return fs::path(env ? env : LMX_TEST_DATA_DIR) / family;
+}
+
+fs::path golden_path(const std::string& family) {
+  const char* env = std::getenv("LMX_TOKENIZER_GOLDENS");
+  return fs::path(env ? env : LMX_FIXTURES_DIR "/tokenizers") / (family + ".json");
+}
+
+// Loads each family once for the whole test program; load time goes to the log.
+const lmx::Tokenizer* tokenizer_for(const std::string& family) {
+  static std::map<std::string, std::unique_ptr<lmx::Tokenizer>> cache;
+  auto it = cache.find(family);
+  if (it != cache.end()) return it->second.get();
+  const fs::path dir = data_dir(family);
+  std::unique_ptr<lmx::Tokenizer> tok;
+  if (fs::exists(dir / "tokenizer.json")) {
+    const auto t0 = std::chrono::steady_clock::now();
+    tok = std::make_unique<lmx::Tokenizer>(lmx::Tokenizer::from_dir(dir));
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("[ load     ] %s tokenizer (%.1f MB) loaded in %.1f ms\n", family.c_str(),
+                double(fs::file_size(dir / "tokenizer.json")) / 1e6, ms);
+  }
+  return cache.emplace(family, std::move(tok)).first->second.get();
+}
+
+struct Golden {
+  const lmx::Tokenizer* tok = nullptr;
+  nlohmann::json json;
+};
+
+// Skips the test (with the reason) when the data or the goldens are missing.
+Golden load_golden(const std::string& family) {
+  Golden g;
+  g.tok = tokenizer_for(family);
+  const fs::path p = golden_path(family);
+  if (!g.tok || !fs::exists(p)) return g;
+  std::ifstream in(p);
+  g.json = nlohmann::json::parse(in);
+  return g;
+}
+
+// Why the goldens cannot run here, or "" when they can.
+std::string missing(const Golden& g, const std::string& family) {
+  if (!g.tok) return "no " + (data_dir(family) / "tokenizer.json").string() + ": run scripts/fetch-test-data.sh";
+  if (g.json.is_null())
+    return "no goldens at " + golden_path(family).string() +
+           ": run tools/reference/make_tokenizer_goldens.py where transformers is installed";
+  return "";
+}
+
+std::string show(const std::string& s) { return nlohmann::json(s).dump(); }
+
+class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerGolden, EncodeMatchesTransformers) {
+  const std::string family = GetParam();
+  Golden g = load_golden(family);
+  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  int checked = 0;
+  for (const auto& c : g.json.at("cases")) {
+    const std::string text = c.at("text");
+    EXPECT_EQ(g.tok->encode(text, true), c.at("ids").get<std::vector<int32_t>>()) << family << " text " << show(text);
+    EXPECT_EQ(g.tok->encode(text, false), c.at("ids_no_special").get<std::vector<int32_t>>())
+        << family << " text " << show(text);
+    ++checked;
+  }
+  EXPECT_GT(checked, 100);
+}
+
+TEST_P(TokenizerGolden, DecodeMatchesTransformers) {
+  const std::string family = GetParam();
+  Golden g = load_golden(family);
+  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  for (const auto& c : g.json.at("cases")) {
+    const auto ids = c.at("ids").get<std::vector<int32_t>>();
+    EXPECT_EQ(g.tok->decode(ids, false), c.at("decoded").get<std::string>()) << family << " text " << show(c.at("text"));
+    EXPECT_EQ(g.tok->decode(ids, true), c.at("decoded_skip").get<std::string>())
+        << family << " text " << show(c.at("text"));
+  }
+}
+
+TEST_P(TokenizerGolden, StreamingEqualsDecode) {
+  const std::string family = GetParam();
+  Golden g = load_golden(family);
+  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  for (const auto& c : g.json.at("cases")) {
+    const auto ids = c.at("ids").get<std::vector<int32_t>>();
+    for (bool skip : {false, true}) {
+      lmx::StreamDecoder stream(*g.tok, skip);
+      std::string text;
+      for (int32_t id : ids) text += stream.push(id);
+      text += stream.flush();
+      EXPECT_EQ(text, g.tok->decode(ids, skip)) << family << " skip=" << skip << " text " << show(c.at("text"));
+    }
+  }
+}
+
+TEST_P(TokenizerGolden, ChatTemplateMatchesTransformers) {
+  const std::string family = GetParam();
+  Golden g = load_golden(family);
+  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+#ifndef LMX_HAVE_JINJA
+  GTEST_SKIP() << "the Jinja engine (text/jinja/jinja.h) is not built yet";
+#else
+  if (g.json.value("chats", nlohmann::json::array()).empty()) GTEST_SKIP() << "the goldens hold no chats";
+  const lmx::TokenizerConfig& cfg = g.tok->config();
+  ASSERT_FALSE(cfg.chat_template.empty());
+  const lmx::jinja::Template tmpl(cfg.chat_template);
+  int rendered = 0;
+  for (const auto& chat : g.json.at("chats")) {
+    if (chat.at("rendered").is_null()) continue;
+    nlohmann::ordered_json ctx;
+    ctx["messages"] = chat.at("messages");
+    for (const auto& [name, value] : cfg.special_token_strings()) ctx[name] = value;
+    for (const auto& [key, value] : chat.at("kwargs").items()) ctx[key] = value;
+    EXPECT_EQ(tmpl.render(ctx), chat.at("rendered").get<std::string>()) << family << " chat " << chat.dump();
+    ++rendered;
+  }
+  EXPECT_GT(rendered, 0);
+#endif
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, TokenizerGolden, ::testing::Values("llama3", "qwen3", "gemma3"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
