@@ -12,6 +12,7 @@
 #define HWY_TARGET_INCLUDE "backend/cpu/attention.cpp"
 #include <hwy/foreach_target.h>  // must come before highway.h
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -98,10 +99,26 @@ HWY_INLINE void axpy(float p, const float* HWY_RESTRICT x, float* HWY_RESTRICT y
   for (; i < n; ++i) y[i] += p * x[i];
 }
 
+// Rounds each lane to T and back (round to nearest even, NaN kept): the dtype's rounding
+// of an f32 result, as HF's 16-bit ops do it. A no-op for f32.
+template <class T>
+HWY_INLINE hn::Vec<DF> round_to(DF df, hn::Vec<DF> v) {
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    const hn::RebindToUnsigned<DF> du;
+    const auto u = hn::BitCast(du, v);
+    const auto bias = hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u)));
+    const auto r = hn::BitCast(df, hn::And(hn::Add(u, bias), hn::Set(du, 0xFFFF0000u)));
+    return hn::IfThenElse(hn::IsNaN(v), v, r);
+  } else if constexpr (std::is_same_v<T, f16_t>) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::PromoteTo(df, hn::DemoteTo(dh, v));
+  } else {
+    return v;
+  }
+}
+
 template <class T>
 void attend(const Block& a) {
-  // Rounds an f32 value to T and back: the dtype's rounding (a no-op for f32).
-  auto round = [](float x) { return to_f32(from_f32<T>(x)); };
   const int64_t rep = a.hq / a.hkv, rows_per_head = a.i1 - a.i0, nrows = rep * rows_per_head, d = a.d;
   // Visible keys of query i: [lo(i), hi(i)), then key_valid.
   auto lo = [&](int64_t i) { return a.window > 0 ? std::max<int64_t>(0, i + a.q_off - a.window + 1) : 0; };
@@ -117,46 +134,58 @@ void attend(const Block& a) {
     return ((a.b * a.hq + a.g * rep + r / rows_per_head) * a.lq + a.i0 + r % rows_per_head) * d;
   };
 
+  const DF df;
+  const int64_t lanes = int64_t(hn::Lanes(df));
+  // Score rows are padded to whole vectors; the padding holds -inf and so adds nothing.
+  const int64_t padded = (span + lanes - 1) / lanes * lanes;
   std::vector<float> qf(size_t(nrows * d));            // qf [R, D]
-  std::vector<float> kvf(static_cast<size_t>(d));                  // one key or value row [D]
-  std::vector<float> probs(size_t(nrows * span));       // scores, then probabilities [R, span]
-  std::vector<float> acc(size_t(nrows * d), 0.0f);      // acc [R, D]
+  std::vector<float> kvf(static_cast<size_t>(d));      // one key or value row [D]
+  std::vector<float> probs(size_t(nrows * padded));    // scores, then probabilities [R, padded]
+  std::vector<float> acc(size_t(nrows * d), 0.0f);     // acc [R, D]
   for (int64_t r = 0; r < nrows; ++r) widen_row(static_cast<const T*>(a.q) + q_index(r), &qf[size_t(r * d)], d);
 
   for (int64_t j = j0; j < j1; ++j) {
     widen_row(k + j * a.k_stride[2], kvf.data(), d);
-    for (int64_t r = 0; r < nrows; ++r)
-      probs[size_t(r * span + j - j0)] = round(round(dot(&qf[size_t(r * d)], kvf.data(), d)) * a.scale);
+    for (int64_t r = 0; r < nrows; ++r) probs[size_t(r * padded + j - j0)] = dot(&qf[size_t(r * d)], kvf.data(), d);
   }
 
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  const auto scale = hn::Set(df, a.scale);
   for (int64_t r = 0; r < nrows; ++r) {
     const int64_t i = a.i0 + r % rows_per_head;
     const int64_t rlo = lo(i), rhi = hi(i);
-    float* p = &probs[size_t(r * span)];  // [span]
-    float m = neg_inf;
-    for (int64_t j = j0; j < j1; ++j) {
-      const bool visible = j >= rlo && j < rhi && (!valid || valid[j]);
+    float* p = &probs[size_t(r * padded)];  // [padded]
+    // The product q·kᵀ and its scaling are each rounded to the dtype (scale stays f32).
+    for (int64_t t = 0; t < padded; t += lanes)
+      hn::StoreU(round_to<T>(df, hn::Mul(round_to<T>(df, hn::LoadU(df, p + t)), scale)), df, p + t);
+    for (int64_t j = j0; j < j0 + padded; ++j) {
+      const bool visible = j < j1 && j >= rlo && j < rhi && (!valid || valid[j]);
       if (!visible) p[j - j0] = neg_inf;
-      m = std::max(m, p[j - j0]);
     }
+    auto vmax = hn::Set(df, neg_inf);
+    for (int64_t t = 0; t < padded; t += lanes) vmax = hn::Max(vmax, hn::LoadU(df, p + t));
+    const float m = hn::GetLane(hn::MaxOfLanes(df, vmax));
     if (m == neg_inf) {  // no visible key: the row's output is zeros
-      std::fill(p, p + span, 0.0f);
+      std::fill(p, p + padded, 0.0f);
       continue;
     }
-    float sum = 0;
-    for (int64_t t = 0; t < span; ++t) {
-      p[t] = std::exp(p[t] - m);
-      sum += p[t];
+    const auto vm = hn::Set(df, m);
+    auto vsum = hn::Zero(df);
+    for (int64_t t = 0; t < padded; t += lanes) {
+      const auto e = hn::Exp(df, hn::Sub(hn::LoadU(df, p + t), vm));
+      vsum = hn::Add(vsum, e);
+      hn::StoreU(e, df, p + t);
     }
-    const float inv = 1.0f / sum;
-    for (int64_t t = 0; t < span; ++t) p[t] = round(p[t] * inv);
+    // Softmax in f32, then the probabilities are rounded to the dtype before p·v.
+    const auto inv = hn::Set(df, 1.0f / hn::GetLane(hn::SumOfLanes(df, vsum)));
+    for (int64_t t = 0; t < padded; t += lanes)
+      hn::StoreU(round_to<T>(df, hn::Mul(hn::LoadU(df, p + t), inv)), df, p + t);
   }
 
   for (int64_t j = j0; j < j1; ++j) {
     widen_row(v + j * a.v_stride[2], kvf.data(), d);
     for (int64_t r = 0; r < nrows; ++r) {
-      const float p = probs[size_t(r * span + j - j0)];
+      const float p = probs[size_t(r * padded + j - j0)];
       if (p != 0.0f) axpy(p, kvf.data(), &acc[size_t(r * d)], d);
     }
   }
