@@ -19,7 +19,8 @@ inline void set_rates(benchmark::State& state, double bytes_per_iter, double flo
   const double iters = double(state.iterations());
   state.counters["bytes"] = benchmark::Counter(bytes_per_iter * iters, benchmark::Counter::kIsRate);
   if (flops_per_iter > 0)
-    state.counters["flops"] = benchmark::Counter(flops_per_iter * iters, benchmark::Counter::kIsRate);
+    state.counters["flops"] =
+        benchmark::Counter(flops_per_iter * iters, benchmark::Counter::kIsRate);
 }
 
 }  // namespace lmx::bench

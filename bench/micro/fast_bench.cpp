@@ -18,9 +18,9 @@ BENCHMARK(BM_rms_norm)->Arg(1)->Arg(128)->Unit(benchmark::kMicrosecond)->UseReal
 
 void BM_rope(benchmark::State& state) {
   const int64_t l = state.range(0), h = 32, d = 64;
-  const Array x = astype(random_normal({1, h, l, d}, 3), kDtype);       // x [1, 32, L, 64]
-  const Array inv_freq = random_uniform({d / 2}, 4, 1e-4f, 1.0f);      // [32]
-  const Array offsets = full({1}, 100, Dtype::i32);                    // [1]
+  const Array x = astype(random_normal({1, h, l, d}, 3), kDtype);  // x [1, 32, L, 64]
+  const Array inv_freq = random_uniform({d / 2}, 4, 1e-4f, 1.0f);  // [32]
+  const Array offsets = full({1}, 100, Dtype::i32);                // [1]
   for (auto _ : state) wait(fast::rope(x, inv_freq, offsets));
   set_rates(state, 2.0 * double(h * l * d) * double(itemsize(kDtype)));
 }
@@ -37,8 +37,13 @@ void BM_attention(benchmark::State& state) {
   set_rates(state, double((hq * lq + 2 * hkv * lk) * d) * double(itemsize(kDtype)),
             4.0 * double(hq * lq * lk * d));
 }
-BENCHMARK(BM_attention)->Args({128, 128})->Args({512, 512})->Args({1, 1024})->Args({1, 4096})
-    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_attention)
+    ->Args({128, 128})
+    ->Args({512, 512})
+    ->Args({1, 1024})
+    ->Args({1, 4096})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace lmx::bench

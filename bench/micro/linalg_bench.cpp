@@ -10,7 +10,8 @@
 namespace lmx::bench {
 namespace {
 
-// Prefill-like f32 GEMM: [128, 2048] x [2048, 2048]ᵀ, the weight used transposed as in a linear layer.
+// Prefill-like f32 GEMM: [128, 2048] x [2048, 2048]ᵀ, the weight used transposed as in a linear
+// layer.
 void BM_matmul_f32_prefill(benchmark::State& state) {
   const int64_t m = 128, k = 2048, n = 2048;
   const Array a = random_normal({m, k}, 1);  // a [M, K]
@@ -28,7 +29,7 @@ void BM_gemv(benchmark::State& state) {
   const int64_t k = 2048, n = 8192;
   const Array a = astype(random_normal({1, k}, 3), dtype);  // a [1, K]
   const Array w = astype(random_normal({n, k}, 4), dtype);  // w [N, K]
-  const Array wt = transpose(w);                           // [K, N] view
+  const Array wt = transpose(w);                            // [K, N] view
   for (auto _ : state) wait(matmul(a, wt));
   state.SetLabel(std::string(dtype_name(dtype)));
   set_rates(state, double(n * k) * double(itemsize(dtype)), 2.0 * double(n * k));

@@ -38,7 +38,8 @@ TEST_P(FastNormTest, RmsNormLlamaAndGemma) {
     std::vector<double> llama(x.values.size()), gemma(x.values.size());
     for (int64_t r = 0; r < rows; ++r) {
       double ss = 0;
-      for (int64_t i = 0; i < d; ++i) ss += x.values[size_t(r * d + i)] * x.values[size_t(r * d + i)];
+      for (int64_t i = 0; i < d; ++i)
+        ss += x.values[size_t(r * d + i)] * x.values[size_t(r * d + i)];
       const double inv = 1.0 / std::sqrt(ss / double(d) + eps);
       for (int64_t i = 0; i < d; ++i) {
         const size_t at = size_t(r * d + i);
@@ -55,10 +56,14 @@ TEST_P(FastNormTest, RmsNormLlamaAndGemma) {
     expect_close(got_g, gemma, rtol, atol, "gemma vs float64");
     // Against the fallbacks: the same roundings, but an f32 statistic that differs in its
     // last bit can move the rounded intermediate by one unit, and the output with it.
-    const std::vector<float> ref_l = to_floats(fast::reference::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::llama));
-    const std::vector<float> ref_g = to_floats(fast::reference::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::gemma));
-    expect_close(got_l, std::vector<double>(ref_l.begin(), ref_l.end()), 4 * u + 1e-6, 1e-7, "llama vs reference");
-    expect_close(got_g, std::vector<double>(ref_g.begin(), ref_g.end()), 2 * u + 1e-6, 1e-7, "gemma vs reference");
+    const std::vector<float> ref_l =
+        to_floats(fast::reference::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::llama));
+    const std::vector<float> ref_g =
+        to_floats(fast::reference::rms_norm(x.array, w.array, eps, fast::RmsNormStyle::gemma));
+    expect_close(got_l, std::vector<double>(ref_l.begin(), ref_l.end()), 4 * u + 1e-6, 1e-7,
+                 "llama vs reference");
+    expect_close(got_g, std::vector<double>(ref_g.begin(), ref_g.end()), 2 * u + 1e-6, 1e-7,
+                 "gemma vs reference");
   }
 }
 
@@ -93,23 +98,29 @@ TEST_P(FastNormTest, LayerNorm) {
     const Array got_nb = fast::layer_norm(x.array, w.array, std::nullopt, eps);
     expect_close(got, want, 2 * u, atol, "with bias vs float64");
     expect_close(got_nb, want_nb, 2 * u, atol, "no bias vs float64");
-    const std::vector<float> ref = to_floats(fast::reference::layer_norm(x.array, w.array, b.array, eps));
+    const std::vector<float> ref =
+        to_floats(fast::reference::layer_norm(x.array, w.array, b.array, eps));
     expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * u, atol, "vs reference");
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, FastNormTest,
-                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::ValuesIn(kAwkwardSizes)),
-                         [](const auto& info) { return param_name(std::get<0>(info.param), std::get<1>(info.param)); });
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes),
+                                            ::testing::ValuesIn(kAwkwardSizes)),
+                         [](const auto& info) {
+                           return param_name(std::get<0>(info.param), std::get<1>(info.param));
+                         });
 
 TEST(FastNormTest, WeightDtypeMayDifferAndLeadingAxesAreRows) {
   const Input x = random_input({2, 3, 33}, Dtype::bf16, 5);  // x [2, 3, 33]
-  const Input w = random_input({33}, Dtype::f32, 6);        // w [33] in f32
+  const Input w = random_input({33}, Dtype::f32, 6);         // w [33] in f32
   const Array got = fast::rms_norm(x.array, w.array, 1e-6f);
   EXPECT_EQ(got.shape(), x.array.shape());
   EXPECT_EQ(got.dtype(), Dtype::bf16);
-  const std::vector<float> ref = to_floats(fast::reference::rms_norm(x.array, w.array, 1e-6f, fast::RmsNormStyle::llama));
-  expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * unit_roundoff(Dtype::bf16), 1e-6);
+  const std::vector<float> ref =
+      to_floats(fast::reference::rms_norm(x.array, w.array, 1e-6f, fast::RmsNormStyle::llama));
+  expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * unit_roundoff(Dtype::bf16),
+               1e-6);
 }
 
 // ---------------------------------------------------------------- rope
@@ -122,7 +133,8 @@ TEST_P(FastRopeTest, MatchesFormulaAndReference) {
   const int64_t b = 2, h = 3, half = d / 2;
   const double u = unit_roundoff(dtype);
   std::vector<float> inv_freq(static_cast<size_t>(half));  // [D/2]
-  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = float(1.0 / std::pow(10000.0, 2.0 * double(i) / double(d)));
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[size_t(i)] = float(1.0 / std::pow(10000.0, 2.0 * double(i) / double(d)));
   const std::vector<int32_t> offsets{0, 4090};  // [B]: a fresh prompt and a long cache
   for (Device dev : test_devices()) {
     const Input x = random_input({b, h, l, d}, dtype, 31 + l + d, -2, 2, dev);  // x [B, H, L, D]
@@ -136,8 +148,10 @@ TEST_P(FastRopeTest, MatchesFormulaAndReference) {
           for (int64_t j = 0; j < d; ++j) {
             // The angle is one f32 product (as HF); cos/sin are cast to the dtype.
             const float angle = float(offsets[size_t(bi)] + li) * inv_freq[size_t(j % half)];
-            const double c = round_to(dtype, std::cos(double(angle))), s = round_to(dtype, std::sin(double(angle)));
-            const double rot = j < half ? -x.values[row + size_t(j + half)] : x.values[row + size_t(j - half)];
+            const double c = round_to(dtype, std::cos(double(angle))),
+                         s = round_to(dtype, std::sin(double(angle)));
+            const double rot =
+                j < half ? -x.values[row + size_t(j + half)] : x.values[row + size_t(j - half)];
             want[row + size_t(j)] = x.values[row + size_t(j)] * c + rot * s;
           }
         }
@@ -150,11 +164,12 @@ TEST_P(FastRopeTest, MatchesFormulaAndReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, FastRopeTest,
-                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::Values(1, 31, 33),
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes),
+                                            ::testing::Values(1, 31, 33),
                                             ::testing::Values(2, 64, 66, 128)),
                          [](const auto& info) {
-                           return param_name(std::get<0>(info.param), std::get<1>(info.param)) + "_d" +
-                                  std::to_string(std::get<2>(info.param));
+                           return param_name(std::get<0>(info.param), std::get<1>(info.param)) +
+                                  "_d" + std::to_string(std::get<2>(info.param));
                          });
 
 // ---------------------------------------------------------------- attention
@@ -171,8 +186,8 @@ struct AttnCase {
 
 // float64 attention from the formulas; `vis` decides visibility, rows without a visible
 // key give zeros.
-std::vector<double> attention_f64(const Input& q, const Input& k, const Input& v, const AttnCase& c, int64_t nb,
-                                  double scale, const std::vector<int32_t>& q_off,
+std::vector<double> attention_f64(const Input& q, const Input& k, const Input& v, const AttnCase& c,
+                                  int64_t nb, double scale, const std::vector<int32_t>& q_off,
                                   const std::vector<uint8_t>& key_valid) {
   const int64_t rep = c.hq / c.hkv, d = c.d;
   std::vector<double> out(size_t(nb * c.hq * c.lq * d), 0.0), s(size_t(c.lk));
@@ -187,7 +202,8 @@ std::vector<double> attention_f64(const Input& q, const Input& k, const Input& v
                            (key_valid.empty() || key_valid[size_t(b * c.lk + j)]);
           const size_t krow = size_t(((b * c.hkv + h / rep) * c.lk + j) * d);
           double dot = 0;
-          for (int64_t t = 0; t < d; ++t) dot += q.values[qrow + size_t(t)] * k.values[krow + size_t(t)];
+          for (int64_t t = 0; t < d; ++t)
+            dot += q.values[qrow + size_t(t)] * k.values[krow + size_t(t)];
           s[size_t(j)] = vis ? dot * scale : -INFINITY;
           m = std::max(m, s[size_t(j)]);
         }
@@ -212,9 +228,12 @@ TEST_P(FastAttentionTest, MatchesFormulaAndReference) {
   const double u = unit_roundoff(dtype);
   const float scale = 0.125f;  // exact in every dtype, so the fallback's cast of it is harmless
   for (Device dev : test_devices()) {
-    const Input q = random_input({nb, c.hq, c.lq, c.d}, dtype, 41 + c.lq, -1, 1, dev);   // q [B, Hq, Lq, D]
-    const Input k = random_input({nb, c.hkv, c.lk, c.d}, dtype, 42 + c.lk, -1, 1, dev);  // k [B, Hkv, Lk, D]
-    const Input v = random_input({nb, c.hkv, c.lk, c.d}, dtype, 43 + c.lk, -2, 2, dev);  // v [B, Hkv, Lk, D]
+    const Input q =
+        random_input({nb, c.hq, c.lq, c.d}, dtype, 41 + c.lq, -1, 1, dev);  // q [B, Hq, Lq, D]
+    const Input k =
+        random_input({nb, c.hkv, c.lk, c.d}, dtype, 42 + c.lk, -1, 1, dev);  // k [B, Hkv, Lk, D]
+    const Input v =
+        random_input({nb, c.hkv, c.lk, c.d}, dtype, 43 + c.lk, -2, 2, dev);  // v [B, Hkv, Lk, D]
     fast::AttentionMask mask;
     mask.causal = c.causal;
     mask.window = c.window;
@@ -227,7 +246,8 @@ TEST_P(FastAttentionTest, MatchesFormulaAndReference) {
     if (c.padding) {
       // Row 1 is left-padded past the first query's causal reach: its early queries see nothing.
       key_valid.assign(size_t(nb * c.lk), 1);
-      for (int64_t j = 0; j < std::min<int64_t>(c.lk, c.lk - c.lq + 2); ++j) key_valid[size_t(c.lk + j)] = 0;
+      for (int64_t j = 0; j < std::min<int64_t>(c.lk, c.lk - c.lq + 2); ++j)
+        key_valid[size_t(c.lk + j)] = 0;
       std::vector<float> kv_f(key_valid.begin(), key_valid.end());
       mask.key_valid = to_device(astype(from_floats(kv_f, {nb, c.lk}), Dtype::boolean), dev);
     }
@@ -236,8 +256,10 @@ TEST_P(FastAttentionTest, MatchesFormulaAndReference) {
       // The same values inside a cache twice as long: strides differ from a dense array.
       const Array cache_k = zeros({nb, c.hkv, 2 * c.lk, c.d}, dtype, dev);
       const Array cache_v = zeros({nb, c.hkv, 2 * c.lk, c.d}, dtype, dev);
-      kk = slice_axis(slice_update(cache_k, k.array, {0, 0, 0, 0}, {nb, c.hkv, c.lk, c.d}), 2, 0, c.lk);
-      vv = slice_axis(slice_update(cache_v, v.array, {0, 0, 0, 0}, {nb, c.hkv, c.lk, c.d}), 2, 0, c.lk);
+      kk = slice_axis(slice_update(cache_k, k.array, {0, 0, 0, 0}, {nb, c.hkv, c.lk, c.d}), 2, 0,
+                      c.lk);
+      vv = slice_axis(slice_update(cache_v, v.array, {0, 0, 0, 0}, {nb, c.hkv, c.lk, c.d}), 2, 0,
+                      c.lk);
       ASSERT_FALSE(kk.is_contiguous());
     }
     const Array got = fast::scaled_dot_product_attention(q.array, kk, vv, scale, mask);
@@ -248,8 +270,10 @@ TEST_P(FastAttentionTest, MatchesFormulaAndReference) {
     const std::vector<double> want = attention_f64(q, k, v, c, nb, scale, q_off, key_valid);
     expect_close(got, want, 2 * u, 16 * u + 1e-5, "vs float64");
     // The fallback rounds at the same places; only f32 summation order differs.
-    const std::vector<float> ref = to_floats(fast::reference::scaled_dot_product_attention(q.array, kk, vv, scale, mask));
-    expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * u, 4 * u + 1e-6, "vs reference");
+    const std::vector<float> ref =
+        to_floats(fast::reference::scaled_dot_product_attention(q.array, kk, vv, scale, mask));
+    expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * u, 4 * u + 1e-6,
+                 "vs reference");
     if (c.padding && c.causal) {
       // Batch row 1, query 0 sees only padded keys: zeros.
       const std::vector<float> g = to_floats(got);
@@ -262,7 +286,8 @@ TEST_P(FastAttentionTest, MatchesFormulaAndReference) {
 std::vector<AttnCase> attention_cases() {
   std::vector<AttnCase> cases;
   for (int64_t d : {1, 31, 32, 33, 64})
-    cases.push_back({"prefill_d" + std::to_string(d), 4, 2, 17, 17, d, true, 0, false, false, false});
+    cases.push_back(
+        {"prefill_d" + std::to_string(d), 4, 2, 17, 17, d, true, 0, false, false, false});
   cases.push_back({"decode_gqa2", 4, 2, 1, 33, 64, true, 0, false, false, false});
   cases.push_back({"decode_gqa4", 4, 1, 1, 4097, 32, true, 0, false, false, false});
   cases.push_back({"decode_mha_strided", 2, 2, 1, 31, 64, true, 0, false, false, true});
@@ -279,9 +304,11 @@ std::vector<AttnCase> attention_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, FastAttentionTest,
-                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::ValuesIn(attention_cases())),
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes),
+                                            ::testing::ValuesIn(attention_cases())),
                          [](const auto& info) {
-                           return dtype_param_name(std::get<0>(info.param)) + "_" + std::get<1>(info.param).name;
+                           return dtype_param_name(std::get<0>(info.param)) + "_" +
+                                  std::get<1>(info.param).name;
                          });
 
 TEST(FastAttentionTest, ScaleIsAppliedInF32) {
@@ -295,7 +322,8 @@ TEST(FastAttentionTest, ScaleIsAppliedInF32) {
   const AttnCase c{"", 1, 1, 1, lk, d, true, 0, false, false, false};
   const std::vector<double> want = attention_f64(q, k, v, c, 1, scale, {int32_t(lk - 1)}, {});
   const double u = unit_roundoff(Dtype::bf16);
-  expect_close(fast::scaled_dot_product_attention(q.array, k.array, v.array, scale), want, 2 * u, 16 * u);
+  expect_close(fast::scaled_dot_product_attention(q.array, k.array, v.array, scale), want, 2 * u,
+               16 * u);
 }
 
 // ---------------------------------------------------------------- gemv
@@ -336,19 +364,22 @@ TEST_P(GemvTest, MatchesFloat64) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, GemvTest,
-                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::ValuesIn(kAwkwardSizes)),
-                         [](const auto& info) { return param_name(std::get<0>(info.param), std::get<1>(info.param)); });
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes),
+                                            ::testing::ValuesIn(kAwkwardSizes)),
+                         [](const auto& info) {
+                           return param_name(std::get<0>(info.param), std::get<1>(info.param));
+                         });
 
 TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
-  const Array a = zeros({1, 2, 8}, Dtype::f32);       // two query rows: not a matrix-vector product
-  const Array w = zeros({4, 8}, Dtype::f32);           // w [N, K]
-  const Array b = expand_dims(transpose(w), 0);        // b [1, K, N], transposed
+  const Array a = zeros({1, 2, 8}, Dtype::f32);  // two query rows: not a matrix-vector product
+  const Array w = zeros({4, 8}, Dtype::f32);     // w [N, K]
+  const Array b = expand_dims(transpose(w), 0);  // b [1, K, N], transposed
   Array out(Shape{1, 2, 4}, Dtype::f32);
   EXPECT_FALSE(cpu::gemv(a, b, out));
   const Array a1 = zeros({1, 1, 8}, Dtype::f32);
   Array out1(Shape{1, 1, 4}, Dtype::f32);
   EXPECT_FALSE(cpu::gemv(a1, expand_dims(zeros({8, 4}, Dtype::f32), 0), out1));  // b not transposed
-  EXPECT_FALSE(cpu::gemv(astype(a1, Dtype::bf16), b, out1));                       // mixed dtypes
+  EXPECT_FALSE(cpu::gemv(astype(a1, Dtype::bf16), b, out1));                     // mixed dtypes
   EXPECT_TRUE(cpu::gemv(a1, b, out1));
 }
 
@@ -357,29 +388,58 @@ TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
 TEST(FastErrorsTest, RejectBadShapesAndDtypes) {
   const Array x = zeros({2, 8}, Dtype::f32);
   expect_op_error([&] { fast::rms_norm(x, zeros({7}), 1e-5f); }, "rms_norm");
-  expect_op_error([&] { fast::rms_norm(zeros({2, 8}, Dtype::i32), zeros({8}), 1e-5f); }, "rms_norm");
+  expect_op_error(
+      [&] {
+        fast::rms_norm(zeros({2, 8}, Dtype::i32), zeros({8}), 1e-5f);
+      },
+      "rms_norm");
   expect_op_error([&] { fast::layer_norm(x, zeros({8}), zeros({9}), 1e-5f); }, "layer_norm");
   expect_op_error([&] { fast::layer_norm(x, zeros({2, 8}), std::nullopt, 1e-5f); }, "layer_norm");
   const Array q = zeros({1, 4, 3, 8}, Dtype::f32);
-  expect_op_error([&] { fast::rope(q, zeros({4}), zeros({2}, Dtype::i32)); }, "rope");        // offsets per batch
-  expect_op_error([&] { fast::rope(q, zeros({3}), zeros({1}, Dtype::i32)); }, "rope");        // inv_freq size
-  expect_op_error([&] { fast::rope(zeros({1, 4, 3, 7}), zeros({3}), zeros({1}, Dtype::i32)); }, "rope");  // odd D
-  expect_op_error([&] { fast::rope(zeros({4, 3, 8}), zeros({4}), zeros({4}, Dtype::i32)); }, "rope");     // rank
+  expect_op_error([&] { fast::rope(q, zeros({4}), zeros({2}, Dtype::i32)); },
+                  "rope");  // offsets per batch
+  expect_op_error([&] { fast::rope(q, zeros({3}), zeros({1}, Dtype::i32)); },
+                  "rope");  // inv_freq size
+  expect_op_error(
+      [&] {
+        fast::rope(zeros({1, 4, 3, 7}), zeros({3}), zeros({1}, Dtype::i32));
+      },
+      "rope");  // odd D
+  expect_op_error(
+      [&] {
+        fast::rope(zeros({4, 3, 8}), zeros({4}), zeros({4}, Dtype::i32));
+      },
+      "rope");  // rank
   const char* sdpa = "scaled_dot_product_attention";
   const Array k = zeros({1, 3, 5, 8}, Dtype::f32);
   expect_op_error([&] { fast::scaled_dot_product_attention(q, k, k, 1.0f); }, sdpa);  // 4 % 3 heads
-  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 4}), zeros({1, 2, 5, 4}), 1.0f); },
-                  sdpa);  // head dim
-  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}, Dtype::bf16), zeros({1, 2, 5, 8}, Dtype::bf16), 1.0f); },
-                  sdpa);  // dtypes differ
+  expect_op_error(
+      [&] {
+        fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 4}), zeros({1, 2, 5, 4}), 1.0f);
+      },
+      sdpa);  // head dim
+  expect_op_error(
+      [&] {
+        fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}, Dtype::bf16),
+                                           zeros({1, 2, 5, 8}, Dtype::bf16), 1.0f);
+      },
+      sdpa);  // dtypes differ
   fast::AttentionMask bad_valid;
   bad_valid.key_valid = zeros({1, 4}, Dtype::boolean);
-  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}), zeros({1, 2, 5, 8}), 1.0f, bad_valid); },
-                  sdpa);
+  expect_op_error(
+      [&] {
+        fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}), zeros({1, 2, 5, 8}), 1.0f,
+                                           bad_valid);
+      },
+      sdpa);
   fast::AttentionMask bad_off;
   bad_off.q_offsets = zeros({2}, Dtype::i32);
-  expect_op_error([&] { fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}), zeros({1, 2, 5, 8}), 1.0f, bad_off); },
-                  sdpa);
+  expect_op_error(
+      [&] {
+        fast::scaled_dot_product_attention(q, zeros({1, 2, 5, 8}), zeros({1, 2, 5, 8}), 1.0f,
+                                           bad_off);
+      },
+      sdpa);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #define HWY_TARGET_INCLUDE "backend/cpu/attention.cpp"
 #include <hwy/foreach_target.h>  // must come before highway.h
 #include <hwy/highway.h>
+// Per-target code: after foreach_target.h.
 #include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
@@ -32,17 +33,17 @@ namespace lmx::cpu::detail_attention {
 // row `b`. Strides are in elements.
 struct Block {
   Dtype dtype;
-  const void* q;            // q [B, Hq, Lq, D] contiguous
-  const void* k;            // k [B, Hkv, Lk, D], strides k_stride
-  const void* v;            // v [B, Hkv, Lk, D], strides v_stride
-  void* out;                // out [B, Hq, Lq, D] contiguous
-  const bool* key_valid;    // key_valid [B, Lk] or null
+  const void* q;          // q [B, Hq, Lq, D] contiguous
+  const void* k;          // k [B, Hkv, Lk, D], strides k_stride
+  const void* v;          // v [B, Hkv, Lk, D], strides v_stride
+  void* out;              // out [B, Hq, Lq, D] contiguous
+  const bool* key_valid;  // key_valid [B, Lk] or null
   int64_t hq, hkv, lq, lk, d;
   int64_t k_stride[3], v_stride[3];  // batch, head, row
   float scale;
   bool causal;
   int64_t window;
-  int64_t q_off;            // position of query row 0 in the key sequence
+  int64_t q_off;  // position of query row 0 in the key sequence
   int64_t b, g, i0, i1;
 };
 
@@ -69,7 +70,8 @@ HWY_INLINE void widen_row(const T* HWY_RESTRICT src, float* HWY_RESTRICT dst, in
     using HT = std::conditional_t<std::is_same_v<T, bf16_t>, hwy::bfloat16_t, hwy::float16_t>;
     const hn::Rebind<HT, DF> dh;
     const auto* h = reinterpret_cast<const HT*>(src);
-    for (; i + lanes <= n; i += lanes) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, dst + i);
+    for (; i + lanes <= n; i += lanes)
+      hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, dst + i);
   }
   for (; i < n; ++i) dst[i] = to_f32(src[i]);
 }
@@ -83,7 +85,8 @@ HWY_INLINE float dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, i
     acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
     acc1 = hn::MulAdd(hn::LoadU(df, a + i + lanes), hn::LoadU(df, b + i + lanes), acc1);
   }
-  for (; i + lanes <= n; i += lanes) acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
+  for (; i + lanes <= n; i += lanes)
+    acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
   float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
@@ -95,7 +98,8 @@ HWY_INLINE void axpy(float p, const float* HWY_RESTRICT x, float* HWY_RESTRICT y
   const int64_t lanes = int64_t(hn::Lanes(df));
   const auto vp = hn::Set(df, p);
   int64_t i = 0;
-  for (; i + lanes <= n; i += lanes) hn::StoreU(hn::MulAdd(vp, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
+  for (; i + lanes <= n; i += lanes)
+    hn::StoreU(hn::MulAdd(vp, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
   for (; i < n; ++i) y[i] += p * x[i];
 }
 
@@ -106,7 +110,8 @@ HWY_INLINE hn::Vec<DF> round_to(DF df, hn::Vec<DF> v) {
   if constexpr (std::is_same_v<T, bf16_t>) {
     const hn::RebindToUnsigned<DF> du;
     const auto u = hn::BitCast(du, v);
-    const auto bias = hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u)));
+    const auto bias =
+        hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u)));
     const auto r = hn::BitCast(df, hn::And(hn::Add(u, bias), hn::Set(du, 0xFFFF0000u)));
     return hn::IfThenElse(hn::IsNaN(v), v, r);
   } else if constexpr (std::is_same_v<T, f16_t>) {
@@ -119,16 +124,23 @@ HWY_INLINE hn::Vec<DF> round_to(DF df, hn::Vec<DF> v) {
 
 template <class T>
 void attend(const Block& a) {
-  const int64_t rep = a.hq / a.hkv, rows_per_head = a.i1 - a.i0, nrows = rep * rows_per_head, d = a.d;
+  const int64_t rep = a.hq / a.hkv, rows_per_head = a.i1 - a.i0, nrows = rep * rows_per_head,
+                d = a.d;
   // Visible keys of query i: [lo(i), hi(i)), then key_valid.
-  auto lo = [&](int64_t i) { return a.window > 0 ? std::max<int64_t>(0, i + a.q_off - a.window + 1) : 0; };
-  auto hi = [&](int64_t i) { return a.causal ? std::clamp<int64_t>(i + a.q_off + 1, 0, a.lk) : a.lk; };
+  auto lo = [&](int64_t i) {
+    return a.window > 0 ? std::max<int64_t>(0, i + a.q_off - a.window + 1) : 0;
+  };
+  auto hi = [&](int64_t i) {
+    return a.causal ? std::clamp<int64_t>(i + a.q_off + 1, 0, a.lk) : a.lk;
+  };
   const int64_t j0 = std::min(lo(a.i0), a.lk), j1 = std::max(j0, hi(a.i1 - 1));
   const int64_t span = j1 - j0;
 
-  const T* k = static_cast<const T*>(a.k) + a.b * a.k_stride[0] + a.g * a.k_stride[1];  // [Lk, D] rows
-  const T* v = static_cast<const T*>(a.v) + a.b * a.v_stride[0] + a.g * a.v_stride[1];  // [Lk, D] rows
-  const bool* valid = a.key_valid ? a.key_valid + a.b * a.lk : nullptr;                 // [Lk]
+  const T* k =
+      static_cast<const T*>(a.k) + a.b * a.k_stride[0] + a.g * a.k_stride[1];  // [Lk, D] rows
+  const T* v =
+      static_cast<const T*>(a.v) + a.b * a.v_stride[0] + a.g * a.v_stride[1];  // [Lk, D] rows
+  const bool* valid = a.key_valid ? a.key_valid + a.b * a.lk : nullptr;        // [Lk]
   // Row r of the block is query head g*rep + r / rows_per_head, query i0 + r % rows_per_head.
   auto q_index = [&](int64_t r) {
     return ((a.b * a.hq + a.g * rep + r / rows_per_head) * a.lq + a.i0 + r % rows_per_head) * d;
@@ -138,15 +150,17 @@ void attend(const Block& a) {
   const int64_t lanes = int64_t(hn::Lanes(df));
   // Score rows are padded to whole vectors; the padding holds -inf and so adds nothing.
   const int64_t padded = (span + lanes - 1) / lanes * lanes;
-  std::vector<float> qf(size_t(nrows * d));            // qf [R, D]
-  std::vector<float> kvf(static_cast<size_t>(d));      // one key or value row [D]
-  std::vector<float> probs(size_t(nrows * padded));    // scores, then probabilities [R, padded]
-  std::vector<float> acc(size_t(nrows * d), 0.0f);     // acc [R, D]
-  for (int64_t r = 0; r < nrows; ++r) widen_row(static_cast<const T*>(a.q) + q_index(r), &qf[size_t(r * d)], d);
+  std::vector<float> qf(size_t(nrows * d));          // qf [R, D]
+  std::vector<float> kvf(static_cast<size_t>(d));    // one key or value row [D]
+  std::vector<float> probs(size_t(nrows * padded));  // scores, then probabilities [R, padded]
+  std::vector<float> acc(size_t(nrows * d), 0.0f);   // acc [R, D]
+  for (int64_t r = 0; r < nrows; ++r)
+    widen_row(static_cast<const T*>(a.q) + q_index(r), &qf[size_t(r * d)], d);
 
   for (int64_t j = j0; j < j1; ++j) {
     widen_row(k + j * a.k_stride[2], kvf.data(), d);
-    for (int64_t r = 0; r < nrows; ++r) probs[size_t(r * padded + j - j0)] = dot(&qf[size_t(r * d)], kvf.data(), d);
+    for (int64_t r = 0; r < nrows; ++r)
+      probs[size_t(r * padded + j - j0)] = dot(&qf[size_t(r * d)], kvf.data(), d);
   }
 
   const float neg_inf = -std::numeric_limits<float>::infinity();
@@ -216,9 +230,10 @@ namespace lmx::cpu {
 
 HWY_EXPORT(attend_block);
 
-void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal, int64_t window,
-               const Array& q_offsets, const Array* key_valid, const Array& out) {
-  LMX_CHECK(is_float(q.dtype()), "scaled_dot_product_attention", "unsupported dtype ", dtype_name(q.dtype()));
+void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
+               int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out) {
+  LMX_CHECK(is_float(q.dtype()), "scaled_dot_product_attention", "unsupported dtype ",
+            dtype_name(q.dtype()));
   LMX_CHECK(k.strides()[3] == 1 && v.strides()[3] == 1, "scaled_dot_product_attention",
             "k and v must be dense along the head dimension");
   const int64_t nb = q.shape(0), hq = q.shape(1), lq = q.shape(2), d = q.shape(3);

@@ -5,8 +5,8 @@
 // Highway compiles it for each x86 target; the best one is chosen at run time.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backend/cpu/gemv.cpp"
-#include <hwy/foreach_target.h>  // must come before highway.h
 #include <hwy/cache_control.h>
+#include <hwy/foreach_target.h>  // must come before highway.h
 #include <hwy/highway.h>
 
 #include <cstdint>
@@ -37,7 +37,8 @@ HWY_INLINE void load_widened(DF df, const T* p, VF& lo, VF& hi) {
     hi = hn::LoadU(df, p + hn::Lanes(df));
   } else if constexpr (std::is_same_v<T, bf16_t>) {
     const hn::RebindToUnsigned<DF> du;
-    const auto pairs = hn::LoadU(du, reinterpret_cast<const uint32_t*>(p));  // [u32: (odd << 16) | even]
+    const auto pairs =
+        hn::LoadU(du, reinterpret_cast<const uint32_t*>(p));  // [u32: (odd << 16) | even]
     lo = hn::BitCast(df, hn::ShiftLeft<16>(pairs));
     hi = hn::BitCast(df, hn::And(pairs, hn::Set(du, 0xFFFF0000u)));
   } else {
@@ -53,8 +54,8 @@ HWY_INLINE void load_widened(DF df, const T* p, VF& lo, VF& hi) {
 // are the stream); the tail uses `a` itself. Two accumulators per row so that each
 // row's FMA chain is not one long dependency.
 template <int kRows, class T>
-HWY_INLINE void dot_rows(const float* HWY_RESTRICT aw, const T* HWY_RESTRICT a, const T* HWY_RESTRICT w,
-                         int64_t k, float* out) {
+HWY_INLINE void dot_rows(const float* HWY_RESTRICT aw, const T* HWY_RESTRICT a,
+                         const T* HWY_RESTRICT w, int64_t k, float* out) {
   const DF df;
   const int64_t lanes = int64_t(hn::Lanes(df)), step = 2 * lanes;
   VF acc0[kRows], acc1[kRows];
@@ -106,17 +107,18 @@ void gemv_range(const T* a, const T* w, T* out, int64_t n0, int64_t n1, int64_t 
   }
 }
 
-void gemv_rows(Dtype dtype, const void* a, const void* w, void* out, int64_t n0, int64_t n1, int64_t k) {
+void gemv_rows(Dtype dtype, const void* a, const void* w, void* out, int64_t n0, int64_t n1,
+               int64_t k) {
   switch (dtype) {
     case Dtype::f32:
-      return gemv_range(static_cast<const float*>(a), static_cast<const float*>(w), static_cast<float*>(out), n0,
-                        n1, k);
+      return gemv_range(static_cast<const float*>(a), static_cast<const float*>(w),
+                        static_cast<float*>(out), n0, n1, k);
     case Dtype::bf16:
-      return gemv_range(static_cast<const bf16_t*>(a), static_cast<const bf16_t*>(w), static_cast<bf16_t*>(out),
-                        n0, n1, k);
+      return gemv_range(static_cast<const bf16_t*>(a), static_cast<const bf16_t*>(w),
+                        static_cast<bf16_t*>(out), n0, n1, k);
     case Dtype::f16:
-      return gemv_range(static_cast<const f16_t*>(a), static_cast<const f16_t*>(w), static_cast<f16_t*>(out), n0,
-                        n1, k);
+      return gemv_range(static_cast<const f16_t*>(a), static_cast<const f16_t*>(w),
+                        static_cast<f16_t*>(out), n0, n1, k);
     default: return;
   }
 }
@@ -137,10 +139,12 @@ HWY_EXPORT(gemv_rows);
 bool gemv(const Array& a, const Array& b, const Array& out) {
   const Dtype dt = a.dtype();
   if (a.ndim() != 3 || b.ndim() != 3 || out.ndim() != 3) return false;
-  if (dt != b.dtype() || dt != out.dtype() || !(dt == Dtype::f32 || dt == Dtype::bf16 || dt == Dtype::f16))
+  if (dt != b.dtype() || dt != out.dtype() ||
+      !(dt == Dtype::f32 || dt == Dtype::bf16 || dt == Dtype::f16))
     return false;
   const int64_t nb = a.shape(0), k = a.shape(2), n = b.shape(2);
-  if (a.shape(1) != 1 || b.shape(1) != k || out.shape(0) != nb || out.shape(2) != n || k == 0) return false;
+  if (a.shape(1) != 1 || b.shape(1) != k || out.shape(0) != nb || out.shape(2) != n || k == 0)
+    return false;
   // W must be the row-major [N, K] storage (b = Wᵀ), `a` dense along K, out contiguous.
   if ((n > 1 && b.strides()[2] != k) || (k > 1 && b.strides()[1] != 1)) return false;
   if (k > 1 && a.strides()[2] != 1) return false;
@@ -152,7 +156,8 @@ bool gemv(const Array& a, const Array& b, const Array& out) {
   auto* o0 = static_cast<char*>(out.raw());
   // About 64 KiB of W per chunk: large enough to amortise scheduling, small enough to
   // balance the threads.
-  const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 16) / std::max<int64_t>(1, k * int64_t(es)));
+  const int64_t grain =
+      std::max<int64_t>(16, (int64_t(1) << 16) / std::max<int64_t>(1, k * int64_t(es)));
   for (int64_t i = 0; i < nb; ++i) {
     const void* ai = a0 + size_t(i * a.strides()[0]) * es;
     const void* wi = w0 + size_t(i * b.strides()[0]) * es;

@@ -68,7 +68,8 @@ struct NormRow {
   void layer(float* x32) const {
     load(x32);
     const float mean = lane_sum(x32, d, [](float v) { return v; }) / float(d);
-    const float var = lane_sum(x32, d, [mean](float v) { return (v - mean) * (v - mean); }) / float(d);
+    const float var =
+        lane_sum(x32, d, [mean](float v) { return (v - mean) * (v - mean); }) / float(d);
     const float r = 1.0f / std::sqrt(var + eps);
     for (int64_t i = 0; i < d; ++i) {
       float y = (x32[i] - mean) * r * to_f32(w[i]);
@@ -80,20 +81,23 @@ struct NormRow {
 
 enum class NormKind { rms_llama, rms_gemma, layer };
 
-void run_norm(NormKind kind, const Array& x, const Array& w, const Array* bias, float eps, const Array& out) {
+void run_norm(NormKind kind, const Array& x, const Array& w, const Array* bias, float eps,
+              const Array& out) {
   const int64_t d = x.ndim() == 0 ? 1 : x.shape(-1);
   if (d == 0 || x.size() == 0) return;
   const int64_t rows = x.size() / d;
   visit_dtype(x.dtype(), [&](auto xt) {
     using T = decltype(xt);
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> || std::is_same_v<T, f16_t>) {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> ||
+                  std::is_same_v<T, f16_t>) {
       visit_dtype(w.dtype(), [&](auto wt) {
         using W = decltype(wt);
-        if constexpr (std::is_same_v<W, float> || std::is_same_v<W, bf16_t> || std::is_same_v<W, f16_t>) {
-          const T* xp = x.data<T>();  // x [R, D]
-          const W* wp = w.data<W>();  // w [D]
+        if constexpr (std::is_same_v<W, float> || std::is_same_v<W, bf16_t> ||
+                      std::is_same_v<W, f16_t>) {
+          const T* xp = x.data<T>();                       // x [R, D]
+          const W* wp = w.data<W>();                       // w [D]
           const W* bp = bias ? bias->data<W>() : nullptr;  // bias [D]
-          T* op = out.data<T>();  // out [R, D]
+          T* op = out.data<T>();                           // out [R, D]
           const int64_t grain = std::max<int64_t>(1, 16384 / d);
           parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
             std::vector<float> x32(static_cast<size_t>(d));  // one row in f32
@@ -114,13 +118,15 @@ void run_norm(NormKind kind, const Array& x, const Array& w, const Array* bias, 
 
 }  // namespace
 
-void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style, const Array& out) {
-  run_norm(style == fast::RmsNormStyle::gemma ? NormKind::rms_gemma : NormKind::rms_llama, x, w, nullptr, eps, out);
+void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
+              const Array& out) {
+  run_norm(style == fast::RmsNormStyle::gemma ? NormKind::rms_gemma : NormKind::rms_llama, x, w,
+           nullptr, eps, out);
 }
 
 void layer_norm(const Array& x, const Array& w, const Array* bias, float eps, const Array& out) {
-  LMX_CHECK(!bias || bias->dtype() == w.dtype(), "layer_norm", "bias dtype ", dtype_name(bias->dtype()),
-            " differs from the weight dtype ", dtype_name(w.dtype()));
+  LMX_CHECK(!bias || bias->dtype() == w.dtype(), "layer_norm", "bias dtype ",
+            dtype_name(bias->dtype()), " differs from the weight dtype ", dtype_name(w.dtype()));
   run_norm(NormKind::layer, x, w, bias, eps, out);
 }
 

@@ -28,10 +28,10 @@ void rotate_row(const T* x, const float* cs, const float* sn, int64_t half, T* o
 template <class T>
 void rope_typed(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) {
   const int64_t nb = x.shape(0), nh = x.shape(1), nl = x.shape(2), d = x.shape(3), half = d / 2;
-  const T* xp = x.data<T>();                      // x [B, H, L, D]
-  const float* freq = inv_freq.data<float>();     // inv_freq [D/2]
-  const int32_t* off = offsets.data<int32_t>();   // offsets [B]
-  T* op = out.data<T>();                          // out [B, H, L, D]
+  const T* xp = x.data<T>();                     // x [B, H, L, D]
+  const float* freq = inv_freq.data<float>();    // inv_freq [D/2]
+  const int32_t* off = offsets.data<int32_t>();  // offsets [B]
+  T* op = out.data<T>();                         // out [B, H, L, D]
   // One work item per (b, l): its cos/sin table is shared by all H heads.
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nh * d));
   parallel_for(nb * nl, grain, [&](int64_t p0, int64_t p1) {
@@ -40,7 +40,8 @@ void rope_typed(const Array& x, const Array& inv_freq, const Array& offsets, con
       const int64_t b = p / nl, l = p % nl;
       const float pos = float(int64_t(off[b]) + l);
       for (int64_t i = 0; i < half; ++i) {
-        const float f = pos * freq[i];  // one f32 product, as HF's f32 matmul of inv_freq and positions
+        const float f =
+            pos * freq[i];  // one f32 product, as HF's f32 matmul of inv_freq and positions
         cs[size_t(i)] = to_f32(from_f32<T>(std::cos(f)));
         sn[size_t(i)] = to_f32(from_f32<T>(std::sin(f)));
       }
