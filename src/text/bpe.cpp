@@ -7,7 +7,7 @@
 
 namespace lmx::detail {
 
-Bpe::Bpe(BpeOptions options, TokenMap vocab, std::vector<std::string> vocab_r)
+Bpe::Bpe(BpeOptions options, StringIdMap vocab, std::vector<std::string> vocab_r)
     : options_(std::move(options)), vocab_(std::move(vocab)), vocab_r_(std::move(vocab_r)) {
   if (options_.unk_token) unk_id_ = token_to_id(*options_.unk_token);
   static constexpr char kHex[] = "0123456789ABCDEF";
@@ -54,9 +54,9 @@ void Bpe::add_merge(std::string_view left, std::string_view right, int32_t rank)
 }
 
 std::optional<int32_t> Bpe::token_to_id(std::string_view token) const {
-  const auto it = vocab_.find(token);
-  if (it == vocab_.end()) return std::nullopt;
-  return it->second;
+  const int32_t id = vocab_.find(token);
+  if (id < 0) return std::nullopt;
+  return id;
 }
 
 const std::string* Bpe::id_to_token(int32_t id) const {
@@ -65,8 +65,7 @@ const std::string* Bpe::id_to_token(int32_t id) const {
 }
 
 const Bpe::Merge* Bpe::find_merge(int32_t a, int32_t b) const {
-  const auto it = merges_.find(pair_key(a, b));
-  return it == merges_.end() ? nullptr : &it->second;
+  return merges_.find(pair_key(a, b));
 }
 
 void Bpe::tokenize(std::string_view word, std::vector<int32_t>& out) const {
@@ -154,7 +153,7 @@ void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out) const {
   if (pending_unk) initial.push_back(*pending_unk);
 
   const auto n = int32_t(initial.size());
-  if (n <= 1 || merges_.empty()) {
+  if (n <= 1 || merges_.size() == 0) {
     out.insert(out.end(), initial.begin(), initial.end());
     return;
   }

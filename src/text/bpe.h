@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "text/flat_map.h"
+
 namespace lmx::detail {
 
 // Hash that lets unordered_map<std::string, ...> be searched with a string_view.
@@ -33,7 +35,7 @@ class Bpe {
  public:
   Bpe() = default;
   // `vocab_r[id]` is the token of each id ("" for ids the vocab skips).
-  Bpe(BpeOptions options, TokenMap vocab, std::vector<std::string> vocab_r);
+  Bpe(BpeOptions options, StringIdMap vocab, std::vector<std::string> vocab_r);
   Bpe(Bpe&& other) noexcept;
   Bpe& operator=(Bpe&& other) noexcept;
 
@@ -51,8 +53,8 @@ class Bpe {
 
  private:
   struct Merge {
-    int32_t rank;
-    int32_t new_id;
+    int32_t rank = 0;
+    int32_t new_id = 0;
   };
   static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
   const Merge* find_merge(int32_t a, int32_t b) const;
@@ -69,9 +71,9 @@ class Bpe {
   static constexpr size_t kMaxCachedWordBytes = 128;
 
   BpeOptions options_;
-  TokenMap vocab_;
+  StringIdMap vocab_;
   std::vector<std::string> vocab_r_;
-  std::unordered_map<uint64_t, Merge> merges_;
+  U64Map<Merge> merges_;
   std::optional<int32_t> unk_id_;
   std::array<int32_t, 256> byte_ids_{};  // id of <0xHH>, or -1
   mutable std::array<CacheShard, kCacheShards> cache_;

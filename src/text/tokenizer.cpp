@@ -73,8 +73,8 @@ detail::Bpe load_bpe(element model, const std::string& where) {
   simdjson::dom::object vocab_obj;
   LMX_CHECK(field(model, "vocab").get_object().get(vocab_obj) == simdjson::SUCCESS, "tokenizer", where,
             ": model.vocab must be an object {token: id}");
-  detail::TokenMap vocab;
-  vocab.reserve(vocab_obj.size());
+  detail::StringIdMap vocab;
+  vocab.reserve(vocab_obj.size(), vocab_obj.size() * 12);
   std::vector<std::string> vocab_r;
   vocab_r.reserve(vocab_obj.size());
   for (auto [key, value] : vocab_obj) {
@@ -83,7 +83,7 @@ detail::Bpe load_bpe(element model, const std::string& where) {
               where, ": vocab id of '", key, "' must be a non-negative integer");
     if (size_t(id) >= vocab_r.size()) vocab_r.resize(size_t(id) + 1);
     vocab_r[size_t(id)] = std::string(key);
-    vocab.emplace(std::string(key), int32_t(id));
+    vocab.insert(key, int32_t(id));
   }
   detail::Bpe bpe(std::move(o), std::move(vocab), std::move(vocab_r));
 

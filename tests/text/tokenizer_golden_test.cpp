@@ -147,6 +147,35 @@ TEST_P(TokenizerGolden, ChatTemplateMatchesTransformers) {
 #endif
 }
 
+// Single-thread encode throughput on ~1 MB of the golden corpus cut into 4 kB documents,
+// the same measurement as make_tokenizer_goldens.py --bench. Logged, not asserted.
+TEST_P(TokenizerGolden, EncodeSpeed) {
+  const std::string family = GetParam();
+  Golden g = load_golden(family);
+  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  std::string corpus;
+  for (const auto& c : g.json.at("cases")) corpus += c.at("text").get<std::string>() + "\n";
+  std::string text;
+  while (text.size() < 1000000) text += corpus;
+  std::vector<std::string_view> docs;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t end = std::min(text.size(), pos + 4000);
+    while (end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) ++end;
+    docs.push_back(std::string_view(text).substr(pos, end - pos));
+    pos = end;
+  }
+  double best = 1e30;
+  size_t tokens = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    tokens = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::string_view d : docs) tokens += g.tok->encode(d, false).size();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::printf("[ speed    ] %s encode: %.2f MB/s, %zu tokens in %.1f ms (1 thread)\n", family.c_str(),
+              double(text.size()) / best / 1e6, tokens, best * 1e3);
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, TokenizerGolden, ::testing::Values("llama3", "qwen3", "gemma3"),
                          [](const auto& info) { return info.param; });
 
