@@ -50,7 +50,8 @@ void AddedVocab::build(std::vector<AddedToken> tokens, const Normalizer* normali
   tokens_ = std::move(tokens);
   id_by_content_.reserve(tokens_.size());
   for (size_t k = 0; k < tokens_.size(); ++k) {
-    const AddedToken& t = tokens_[k];
+    AddedToken& t = tokens_[k];
+    t.decoder_text = t.content;
     index_by_id_.emplace(t.id, k);
     id_by_content_.emplace(t.content, t.id);
     if (!t.normalized) {
@@ -59,6 +60,7 @@ void AddedVocab::build(std::vector<AddedToken> tokens, const Normalizer* normali
       std::string key = t.content;
       if (normalizer) normalizer->normalize(key);
       normalized_.insert(key, int32_t(k));
+      t.decoder_text = key;
     }
   }
 }

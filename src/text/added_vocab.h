@@ -24,6 +24,8 @@ struct AddedToken {
   bool lstrip = false;
   bool rstrip = false;
   bool single_word = false;
+  // What decode hands to the decoder: HF uses the normalized content of normalized tokens.
+  std::string decoder_text;
 };
 
 // One stretch of the input: an added token (id >= 0) or text for the model (id == -1).

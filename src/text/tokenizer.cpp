@@ -286,7 +286,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   tokens.reserve(ids.size());
   for (int32_t id : ids) {
     if (const detail::AddedToken* t = m.added.by_id(id)) {
-      if (!(skip_special_tokens && t->special)) tokens.push_back(t->content);
+      if (!(skip_special_tokens && t->special)) tokens.push_back(t->decoder_text);
     } else if (const std::string* s = m.model.id_to_token(id)) {
       tokens.push_back(*s);
     }
