@@ -115,6 +115,10 @@ __device__ __forceinline__ float random_unit(uint64_t seed, uint64_t i) {  // un
   return float(random_bits(seed, i) >> 40) * (1.0f / 16777216.0f);
 }
 
+// lmx::min/max (array reductions) hide the CUDA overloads inside namespace lmx.
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a < b ? b : a; }
+
 constexpr int kBlock = 256;
 
 // Blocks for a grid-stride loop over n elements: enough to fill the device, no more.
