@@ -87,7 +87,8 @@ Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>
   check_norm_args(x, weight, "layer_norm");
   if (bias) check_norm_args(x, *bias, "layer_norm");
   Array out(x.shape(), x.dtype(), x.device());
-  const Array b = bias ? contiguous(*bias) : Array();
+  // The kernel reads bias in the weight's dtype.
+  const Array b = bias ? contiguous(astype(*bias, weight.dtype())) : Array();
   detail::kern(x).layer_norm(contiguous(x), contiguous(weight), bias ? &b : nullptr, eps, out);
   return out;
 }
@@ -160,8 +161,10 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
   auto repeat = [&](const Array& t) {
     return reshape(broadcast_to(reshape(t, {b, hkv, 1, lk, d}), {b, hkv, rep, lk, d}), {b, hq, lk, d});
   };
-  // scores [B, Hq, Lq, Lk], rounded to the dtype twice as HF's eager path does
-  const Array scores = multiply(matmul(q, swapaxes(repeat(k), 2, 3)), scalar(scale, q.dtype(), q.device()));
+  // scores [B, Hq, Lq, Lk]: q·kᵀ rounded to the dtype, then times the f32 scale and
+  // rounded again, as PyTorch does for a low-precision tensor times a Python float.
+  const Array scores = astype(multiply(matmul(q, swapaxes(repeat(k), 2, 3)), scalar(scale, Dtype::f32, q.device())),
+                              q.dtype());
   // visible [B, 1, Lq, Lk]
   const Array qi = add(reshape(resolve_q_offsets(q, k, mask), {b, 1, 1}),
                        reshape(arange(0, double(lq), 1, Dtype::i32, q.device()), {1, lq, 1}));

@@ -59,7 +59,7 @@ std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string
     size_t longest = 0;
     for (size_t i = b; i < e; ++i) longest = std::max(longest, ids[order[i]].size());
     const int64_t rows = int64_t(e - b), l = int64_t(longest);
-    std::vector<int32_t> flat(size_t(rows * l), 0), last(size_t(rows));
+    std::vector<int32_t> flat(size_t(rows * l), 0), last(static_cast<size_t>(rows));
     for (int64_t r = 0; r < rows; ++r) {
       const auto& p = ids[order[b + size_t(r)]];
       std::copy(p.begin(), p.end(), flat.begin() + r * l);
@@ -94,7 +94,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   std::vector<std::vector<int32_t>> ids;
   for (const std::string& p : prompts) ids.push_back(tokenizer().encode(p, true));
   const int64_t rows = int64_t(ids.size());
-  std::vector<BatchResult> out(size_t(rows));
+  std::vector<BatchResult> out(static_cast<size_t>(rows));
   if (rows == 0) return out;
   size_t longest = 0;
   for (const auto& p : ids) longest = std::max(longest, p.size());
@@ -104,7 +104,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
 
   // Left padding: every row's last prompt token sits in the same slot, so one decode
   // step serves all rows. Padding is masked out and RoPE positions skip it.
-  std::vector<int32_t> flat(size_t(rows * l), 0), pos(size_t(rows));
+  std::vector<int32_t> flat(size_t(rows * l), 0), pos(static_cast<size_t>(rows));
   std::vector<uint8_t> valid(size_t(rows * l), 0);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t pad = l - int64_t(ids[size_t(r)].size());
@@ -137,7 +137,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     const Array last = slice_axis(h, 1, h.shape(1) - 1, h.shape(1));
     const std::vector<float> logits = to_floats(astype(model_->logits(last), Dtype::f32));  // [R, V]
     const size_t v = size_t(model_->spec().vocab_size);
-    std::vector<int32_t> next(size_t(rows));
+    std::vector<int32_t> next(static_cast<size_t>(rows));
     for (int64_t r = 0; r < rows; ++r) {
       const size_t i = size_t(r);
       // Finished rows keep feeding their last token; their outputs are ignored.

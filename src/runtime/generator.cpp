@@ -68,9 +68,13 @@ std::optional<int32_t> TokenGenerator::next() {
   }
   tokens_.push_back(tok);
   timings_.generated_tokens = generated + 1;
+  // The reason is known as soon as the last token is: callers can then flush their text
+  // with it instead of after it.
   auto contains = [](const std::vector<int32_t>& v, int32_t t) { return std::find(v.begin(), v.end(), t) != v.end(); };
   if (!limits_.ignore_eos && contains(limits_.eos_tokens, tok)) reason_ = FinishReason::eos;
   else if (contains(limits_.stop_tokens, tok)) reason_ = FinishReason::stop_token;
+  else if (generated + 1 >= limits_.max_tokens) reason_ = FinishReason::max_tokens;
+  else if (int64_t(tokens_.size()) >= limits_.context_length) reason_ = FinishReason::context_length;
   return tok;
 }
 

@@ -35,8 +35,8 @@ class TokenGenerator {
   // prefilled. It must outlive the generator.
   TokenGenerator(const models::CausalLM& model, std::vector<int32_t> prompt, SamplingOptions sampling,
                  GenerationLimits limits, KVCache& cache);
-  // The next token, or nullopt once generation has finished (see finish_reason()).
-  // A token that triggers a stop (EOS, stop id) is returned as well, then nullopt.
+  // The next token, or nullopt once generation has finished. finish_reason() is set as
+  // soon as the returned token is the last one (EOS, stop id, length or context).
   std::optional<int32_t> next();
   FinishReason finish_reason() const { return reason_; }
   void cancel() { reason_ = FinishReason::cancelled; }

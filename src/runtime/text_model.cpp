@@ -40,22 +40,26 @@ class GenerationSource final : public Stream::Source {
       return std::nullopt;
     }
     if (!id) {
-      // Release what the detokenizer and the stop-string matcher still hold.
-      std::string tail = decoder_ ? decoder_->flush() : std::string();
-      tail = stops_.push(tail).emit + stops_.flush();
       finish();
-      if (!tail.empty()) return Token{-1, tail};
       return std::nullopt;
     }
-    const bool eos = gen_.finish_reason() == FinishReason::eos || gen_.finish_reason() == FinishReason::stop_token;
-    std::string piece = decoder_ && !eos ? decoder_->push(*id) : std::string();
-    const StopStringMatcher::Result r = stops_.push(piece);
+    const FinishReason why = gen_.finish_reason();
+    const bool control = why == FinishReason::eos || why == FinishReason::stop_token;
+    const std::string piece = decoder_ && !control ? decoder_->push(*id) : std::string();
+    StopStringMatcher::Result r = stops_.push(piece);
+    std::string text = std::move(r.emit);
     if (r.stopped) {
       gen_.cancel();
       stopped_by_string_ = true;
-      finish();
+    } else if (why != FinishReason::none) {
+      // The last token: release what the detokenizer and the matcher still hold.
+      const StopStringMatcher::Result tail = stops_.push(decoder_ ? decoder_->flush() : std::string());
+      text += tail.emit;
+      if (tail.stopped) stopped_by_string_ = true;
+      else text += stops_.flush();
     }
-    return Token{*id, r.emit};
+    if (gen_.finish_reason() != FinishReason::none || stopped_by_string_) finish();
+    return Token{*id, text};
   }
 
   void cancel() override {

@@ -1,0 +1,185 @@
+// CUDA-specific checks: the CPU backend is the reference. Bit-exact where the backends
+// share an algorithm (random, categorical), within dtype tolerance for large products
+// and attention, plus out-of-memory recovery, index errors and memory statistics.
+#include <cmath>
+#include <cstring>
+
+#include "harness.h"
+
+namespace lmx::test {
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+bool have_cuda() {
+  try {
+    detail::kernels_for(kGpu);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+std::vector<uint32_t> f32_bits(const std::vector<float>& v) {
+  std::vector<uint32_t> out(v.size());
+  std::memcpy(out.data(), v.data(), v.size() * 4);
+  return out;
+}
+
+TEST(Cuda, RandomUniformIsBitExact) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  for (Dtype t : kFloatDtypes)
+    for (int64_t n : kAwkwardSizes) {
+      const Array cpu = random_uniform({n, 3}, 1234 + uint64_t(n), -3, 5, t);
+      const Array gpu = random_uniform({n, 3}, 1234 + uint64_t(n), -3, 5, t, kGpu);
+      EXPECT_EQ(f32_bits(to_floats(cpu)), f32_bits(to_floats(gpu))) << dtype_name(t) << " n=" << n;
+    }
+}
+
+TEST(Cuda, RandomNormalMatchesToTheLastBit) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  // log and cos are correctly rounded on both sides in all but rare cases: allow a
+  // handful of one-ulp differences and nothing larger.
+  const std::vector<float> cpu = to_floats(random_normal({100000}, 7, 0.5f, 2.0f));
+  const std::vector<float> gpu = to_floats(random_normal({100000}, 7, 0.5f, 2.0f, Dtype::f32, kGpu));
+  int differ = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (cpu[i] == gpu[i]) continue;
+    ++differ;
+    EXPECT_LE(std::abs(cpu[i] - gpu[i]), 4 * std::abs(cpu[i]) * 0x1p-24f + 1e-30f) << "element " << i;
+  }
+  EXPECT_LE(differ, 100);
+}
+
+TEST(Cuda, CategoricalDrawsMatchTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  for (Dtype t : kFloatDtypes)
+    for (int64_t v : {int64_t(1), int64_t(33), int64_t(4097), int64_t(151936)}) {
+      const Array logits = astype(random_normal({6, v}, 11 + uint64_t(v), 0, 3), t);
+      for (uint64_t seed : {1ull, 2ull, 99ull}) {
+        const std::vector<int32_t> cpu = to_vector<int32_t>(categorical(logits, seed));
+        const std::vector<int32_t> gpu = to_vector<int32_t>(categorical(to_device(logits, kGpu), seed));
+        EXPECT_EQ(cpu, gpu) << dtype_name(t) << " V=" << v << " seed=" << seed;
+      }
+    }
+}
+
+// |got - want| <= tol * (|want| + scale), element-wise, on the host.
+void expect_near_cpu(const Array& gpu, const Array& cpu, double tol, double scale, const std::string& what) {
+  const std::vector<float> g = to_floats(gpu), c = to_floats(cpu);
+  ASSERT_EQ(g.size(), c.size()) << what;
+  std::vector<double> want(c.begin(), c.end());
+  expect_close(to_device(gpu, Device::cpu()), want, tol, tol * scale, what);
+}
+
+TEST(Cuda, LargeMatmulMatchesTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  for (Dtype t : kFloatDtypes) {
+    const int64_t m = 300, k = 257, n = 301;
+    const Array a = random_input({3, m, k}, t, 1, -1, 1).array;
+    const Array b = random_input({n, k}, t, 2, -1, 1).array;  // used transposed, as a weight
+    const Array c = random_input({3, k, n}, t, 3, -1, 1).array;
+    const double u = t == Dtype::f32 ? 1e-6 : unit_roundoff(t);
+    const double scale = std::sqrt(double(k));
+    expect_near_cpu(matmul(to_device(a, kGpu), transpose(to_device(b, kGpu))), matmul(a, transpose(b)), 4 * u, scale,
+                    std::string("a.bT ") + std::string(dtype_name(t)));
+    expect_near_cpu(matmul(to_device(a, kGpu), to_device(c, kGpu)), matmul(a, c), 4 * u, scale,
+                    std::string("batched ") + std::string(dtype_name(t)));
+    // Strides that fit no BLAS layout: a column slice of a transposed view.
+    const Array at = swapaxes(random_input({3, k + 5, m}, t, 4, -1, 1).array, 1, 2);
+    const Array odd = slice(at, {0, 0, 0}, {3, m, k});
+    expect_near_cpu(matmul(to_device(odd, kGpu), to_device(c, kGpu)), matmul(odd, c), 4 * u, scale,
+                    std::string("strided ") + std::string(dtype_name(t)));
+  }
+}
+
+struct AttnCase {
+  int64_t b, hq, hkv, lq, lk, d, window;
+  bool causal, padded;
+};
+
+TEST(Cuda, LargeAttentionMatchesTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const AttnCase cases[] = {
+      {1, 4, 2, 300, 300, 64, 0, true, false},   {2, 4, 2, 300, 300, 128, 0, true, true},
+      {1, 2, 1, 300, 300, 256, 64, true, false}, {1, 4, 4, 300, 300, 128, 0, false, false},
+      {2, 8, 2, 1, 1000, 128, 0, true, true},    {1, 8, 1, 1, 4097, 64, 1000, true, false},
+      {1, 3, 1, 33, 97, 33, 0, true, false},     {1, 2, 2, 40, 700, 64, 0, true, false},
+  };
+  for (const AttnCase& c : cases)
+    for (Dtype t : kFloatDtypes) {
+      const Array q = random_input({c.b, c.hq, c.lq, c.d}, t, 5, -1, 1).array;
+      const Array k = random_input({c.b, c.hkv, c.lk, c.d}, t, 6, -1, 1).array;
+      const Array v = random_input({c.b, c.hkv, c.lk, c.d}, t, 7, -1, 1).array;
+      fast::AttentionMask mask;
+      mask.causal = c.causal;
+      mask.window = c.window;
+      if (c.padded) {  // batch row 0 has its first 7 keys padded away
+        std::vector<uint8_t> valid(size_t(c.b * c.lk), 1);
+        for (int64_t j = 0; j < 7; ++j) valid[size_t(j)] = 0;
+        mask.key_valid = astype(from_vector(valid, {c.b, c.lk}), Dtype::boolean);
+      }
+      const float scale = 1.0f / std::sqrt(float(c.d));
+      const Array want = fast::reference::scaled_dot_product_attention(q, k, v, scale, mask);
+      fast::AttentionMask gmask = mask;
+      if (mask.key_valid) gmask.key_valid = to_device(*mask.key_valid, kGpu);
+      const Array got = fast::scaled_dot_product_attention(to_device(q, kGpu), to_device(k, kGpu),
+                                                           to_device(v, kGpu), scale, gmask);
+      const double u = t == Dtype::f32 ? 2e-6 : unit_roundoff(t);
+      expect_near_cpu(got, want, 8 * u, 1.0,
+                      std::string(dtype_name(t)) + " Lq=" + std::to_string(c.lq) + " Lk=" + std::to_string(c.lk) +
+                          " D=" + std::to_string(c.d));
+    }
+}
+
+TEST(Cuda, OutOfMemoryIsRecoverable) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const int64_t huge = int64_t(1) << 42;  // 4 TiB: more than any card
+  EXPECT_THROW(Array({huge}, Dtype::u8, kGpu), OutOfMemory);
+  const Array a = full({1000}, 3, Dtype::f32, kGpu);
+  EXPECT_EQ(to_floats(a), std::vector<float>(1000, 3.0f));
+}
+
+TEST(Cuda, TakeRejectsAnOutOfRangeIndex) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const Array a = random_uniform({5, 4}, 1, 0, 1, Dtype::f32, kGpu);
+  const Array idx = from_vector<int32_t>({0, 4, 9}, {3}, kGpu);
+  try {
+    take(a, idx, 0);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("[take] index 9 is out of range", 0), 0u) << e.what();
+  }
+  expect_op_error([&] { take_along_axis(a, from_vector<int32_t>({0, 1, 2, 7}, {1, 4}, kGpu), 0); },
+                  "take_along_axis");
+  // The device is still usable afterwards.
+  EXPECT_EQ(to_floats(take(a, from_vector<int32_t>({4}, {1}, kGpu), 0)).size(), 4u);
+}
+
+TEST(Cuda, MemoryStatsFollowAllocations) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  Allocator& alloc = allocator_for(kGpu);
+  detail::kernels_for(kGpu).synchronize();
+  alloc.clear_cache();
+  const MemoryStats s0 = memory_stats(kGpu);
+  EXPECT_EQ(s0.cached, 0u);
+  const size_t bytes = size_t(64) << 20;
+  {
+    const Array a({int64_t(bytes / 4)}, Dtype::f32, kGpu);
+    const MemoryStats s1 = memory_stats(kGpu);
+    EXPECT_GE(s1.active, s0.active + bytes);
+    EXPECT_GE(s1.peak, s1.active);
+  }
+  const MemoryStats s2 = memory_stats(kGpu);
+  EXPECT_EQ(s2.active, s0.active);
+  EXPECT_GE(s2.cached, bytes);
+  {
+    const Array b({int64_t(bytes / 4)}, Dtype::f32, kGpu);  // reuses the cached block
+    EXPECT_EQ(memory_stats(kGpu).cached, s2.cached - Allocator::round_size(bytes));
+  }
+  alloc.clear_cache();
+  EXPECT_EQ(memory_stats(kGpu).cached, 0u);
+}
+
+}  // namespace
+}  // namespace lmx::test
