@@ -1,6 +1,6 @@
 // Scaled dot-product attention with the CPU's roundings (HF eager): scores rounded to
-// the dtype, scaled and rounded again; softmax in f32; probabilities rounded to the
-// dtype before the value product, which accumulates in f32.
+// the dtype, multiplied by the f32 scale and rounded again; softmax in f32;
+// probabilities rounded to the dtype before the value product, which accumulates in f32.
 //
 // Flash-style tiling: a block holds kRows query rows of one kv head (with GQA these are
 // rows of all the query heads that share it) and streams tiles of 32 keys through shared
@@ -30,7 +30,7 @@ struct AttnParams {
   const bool* key_valid;     // [B, Lk] or null
   int64_t batch, hq, hkv, lq, lk, d;
   int64_t rep;           // Hq / Hkv
-  float scale;           // already rounded to the dtype, as the CPU multiplies by a dtype scalar
+  float scale;           // f32 (the product is rounded, the scale is not)
   bool causal;
   int64_t window;
   int splits;
@@ -250,10 +250,7 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
   p.batch = nb, p.hq = hq, p.hkv = hkv, p.lq = lq, p.lk = lk, p.d = d, p.rep = hq / hkv;
   p.causal = causal;
   p.window = window;
-  // The CPU multiplies by scalar(scale, dtype): the scale is rounded to the dtype first.
   p.scale = scale;
-  if (q.dtype() == Dtype::bf16) p.scale = bf16_to_f32(f32_to_bf16(scale));
-  if (q.dtype() == Dtype::f16) p.scale = f16_to_f32(f32_to_f16(scale));
 
   const int64_t row_blocks = (p.rep * lq + kRows - 1) / kRows;
   LMX_CHECK(row_blocks <= INT32_MAX, "scaled_dot_product_attention", "too many query rows for cuda");
