@@ -1,8 +1,11 @@
-// The real Llama 3, Qwen3 and Gemma 3 tokenizers against what HF transformers produced
-// (tools/reference/make_tokenizer_goldens.py): ids with and without special tokens,
-// decoded text with and without special tokens, streamed text and chat templates.
-// The tokenizer files come from scripts/fetch-test-data.sh. LMX_TOKENIZER_GOLDENS, when set,
-// names another folder of <family>.json goldens.
+// The real Llama 3, Qwen3 and Gemma 3 tokenizers against two references:
+//  - "transformers": AutoTokenizer of HF transformers (tools/reference/make_tokenizer_goldens.py),
+//    compared with Tokenizer::from_dir, chat templates included;
+//  - "raw": HF tokenizers' Rust core alone (tools/reference/make_raw_tokenizer_goldens.js),
+//    compared with Tokenizer::from_file, which has the same semantics.
+// Each checks ids with and without special tokens, decoded text with and without special
+// tokens and streamed text. The tokenizer files come from scripts/fetch-test-data.sh.
+// LMX_TOKENIZER_GOLDENS, when set, names another folder of transformers goldens.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -28,26 +31,34 @@ fs::path data_dir(const std::string& family) {
   return fs::path(env ? env : LMX_TEST_DATA_DIR) / family;
 }
 
-fs::path golden_path(const std::string& family) {
+struct Param {
+  std::string family;
+  bool raw;  // HF tokenizers alone instead of transformers
+};
+void PrintTo(const Param& p, std::ostream* os) { *os << p.family << (p.raw ? " (raw)" : ""); }
+
+fs::path golden_path(const Param& p) {
+  if (p.raw) return fs::path(LMX_FIXTURES_DIR "/tokenizers/raw") / (p.family + ".json");
   const char* env = std::getenv("LMX_TOKENIZER_GOLDENS");
-  return fs::path(env ? env : LMX_FIXTURES_DIR "/tokenizers") / (family + ".json");
+  return fs::path(env ? env : LMX_FIXTURES_DIR "/tokenizers") / (p.family + ".json");
 }
 
-// Loads each family once for the whole test program; load time goes to the log.
-const lmx::Tokenizer* tokenizer_for(const std::string& family) {
-  static std::map<std::string, std::unique_ptr<lmx::Tokenizer>> cache;
-  auto it = cache.find(family);
+// Loads each tokenizer once for the whole test program; load time goes to the log.
+const lmx::Tokenizer* tokenizer_for(const Param& p) {
+  static std::map<std::pair<std::string, bool>, std::unique_ptr<lmx::Tokenizer>> cache;
+  auto it = cache.find({p.family, p.raw});
   if (it != cache.end()) return it->second.get();
-  const fs::path dir = data_dir(family);
+  const fs::path dir = data_dir(p.family);
   std::unique_ptr<lmx::Tokenizer> tok;
   if (fs::exists(dir / "tokenizer.json")) {
     const auto t0 = std::chrono::steady_clock::now();
-    tok = std::make_unique<lmx::Tokenizer>(lmx::Tokenizer::from_dir(dir));
+    tok = std::make_unique<lmx::Tokenizer>(p.raw ? lmx::Tokenizer::from_file(dir / "tokenizer.json")
+                                                 : lmx::Tokenizer::from_dir(dir));
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("[ load     ] %s tokenizer (%.1f MB) loaded in %.1f ms\n", family.c_str(),
-                double(fs::file_size(dir / "tokenizer.json")) / 1e6, ms);
+    std::printf("[ load     ] %s tokenizer (%.1f MB%s) loaded in %.1f ms\n", p.family.c_str(),
+                double(fs::file_size(dir / "tokenizer.json")) / 1e6, p.raw ? "" : " + config", ms);
   }
-  return cache.emplace(family, std::move(tok)).first->second.get();
+  return cache.emplace(std::pair{p.family, p.raw}, std::move(tok)).first->second.get();
 }
 
 struct Golden {
@@ -56,10 +67,10 @@ struct Golden {
 };
 
 // Skips the test (with the reason) when the data or the goldens are missing.
-Golden load_golden(const std::string& family) {
+Golden load_golden(const Param& param) {
   Golden g;
-  g.tok = tokenizer_for(family);
-  const fs::path p = golden_path(family);
+  g.tok = tokenizer_for(param);
+  const fs::path p = golden_path(param);
   if (!g.tok || !fs::exists(p)) return g;
   std::ifstream in(p);
   g.json = nlohmann::json::parse(in);
@@ -67,22 +78,22 @@ Golden load_golden(const std::string& family) {
 }
 
 // Why the goldens cannot run here, or "" when they can.
-std::string missing(const Golden& g, const std::string& family) {
-  if (!g.tok) return "no " + (data_dir(family) / "tokenizer.json").string() + ": run scripts/fetch-test-data.sh";
+std::string missing(const Golden& g, const Param& p) {
+  if (!g.tok) return "no " + (data_dir(p.family) / "tokenizer.json").string() + ": run scripts/fetch-test-data.sh";
   if (g.json.is_null())
-    return "no goldens at " + golden_path(family).string() +
+    return "no goldens at " + golden_path(p).string() +
            ": run tools/reference/make_tokenizer_goldens.py where transformers is installed";
   return "";
 }
 
 std::string show(const std::string& s) { return nlohmann::json(s).dump(); }
 
-class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
+class TokenizerGolden : public ::testing::TestWithParam<Param> {};
 
 TEST_P(TokenizerGolden, EncodeMatchesTransformers) {
-  const std::string family = GetParam();
-  Golden g = load_golden(family);
-  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  const std::string family = GetParam().family;
+  Golden g = load_golden(GetParam());
+  if (const std::string why = missing(g, GetParam()); !why.empty()) GTEST_SKIP() << why;
   int checked = 0;
   for (const auto& c : g.json.at("cases")) {
     const std::string text = c.at("text");
@@ -95,9 +106,9 @@ TEST_P(TokenizerGolden, EncodeMatchesTransformers) {
 }
 
 TEST_P(TokenizerGolden, DecodeMatchesTransformers) {
-  const std::string family = GetParam();
-  Golden g = load_golden(family);
-  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  const std::string family = GetParam().family;
+  Golden g = load_golden(GetParam());
+  if (const std::string why = missing(g, GetParam()); !why.empty()) GTEST_SKIP() << why;
   for (const auto& c : g.json.at("cases")) {
     const auto ids = c.at("ids").get<std::vector<int32_t>>();
     EXPECT_EQ(g.tok->decode(ids, false), c.at("decoded").get<std::string>()) << family << " text " << show(c.at("text"));
@@ -107,9 +118,9 @@ TEST_P(TokenizerGolden, DecodeMatchesTransformers) {
 }
 
 TEST_P(TokenizerGolden, StreamingEqualsDecode) {
-  const std::string family = GetParam();
-  Golden g = load_golden(family);
-  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  const std::string family = GetParam().family;
+  Golden g = load_golden(GetParam());
+  if (const std::string why = missing(g, GetParam()); !why.empty()) GTEST_SKIP() << why;
   for (const auto& c : g.json.at("cases")) {
     const auto ids = c.at("ids").get<std::vector<int32_t>>();
     for (bool skip : {false, true}) {
@@ -123,9 +134,9 @@ TEST_P(TokenizerGolden, StreamingEqualsDecode) {
 }
 
 TEST_P(TokenizerGolden, ChatTemplateMatchesTransformers) {
-  const std::string family = GetParam();
-  Golden g = load_golden(family);
-  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  const std::string family = GetParam().family;
+  Golden g = load_golden(GetParam());
+  if (const std::string why = missing(g, GetParam()); !why.empty()) GTEST_SKIP() << why;
 #ifndef LMX_HAVE_JINJA
   GTEST_SKIP() << "the Jinja engine (text/jinja/jinja.h) is not built yet";
 #else
@@ -150,9 +161,9 @@ TEST_P(TokenizerGolden, ChatTemplateMatchesTransformers) {
 // Single-thread encode throughput on ~1 MB of the golden corpus cut into 4 kB documents,
 // the same measurement as make_tokenizer_goldens.py --bench. Logged, not asserted.
 TEST_P(TokenizerGolden, EncodeSpeed) {
-  const std::string family = GetParam();
-  Golden g = load_golden(family);
-  if (const std::string why = missing(g, family); !why.empty()) GTEST_SKIP() << why;
+  const std::string family = GetParam().family;
+  Golden g = load_golden(GetParam());
+  if (const std::string why = missing(g, GetParam()); !why.empty()) GTEST_SKIP() << why;
   std::string corpus;
   for (const auto& c : g.json.at("cases")) corpus += c.at("text").get<std::string>() + "\n";
   std::string text;
@@ -176,7 +187,9 @@ TEST_P(TokenizerGolden, EncodeSpeed) {
               double(text.size()) / best / 1e6, tokens, best * 1e3);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, TokenizerGolden, ::testing::Values("llama3", "qwen3", "gemma3"),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Families, TokenizerGolden,
+                         ::testing::Values(Param{"llama3", false}, Param{"qwen3", false}, Param{"gemma3", false},
+                                           Param{"llama3", true}, Param{"qwen3", true}, Param{"gemma3", true}),
+                         [](const auto& info) { return info.param.family + (info.param.raw ? "_raw" : ""); });
 
 }  // namespace
