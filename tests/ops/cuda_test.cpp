@@ -41,12 +41,14 @@ TEST(Cuda, RandomNormalMatchesToTheLastBit) {
   // log and cos are correctly rounded on both sides in all but rare cases: allow a
   // handful of one-ulp differences and nothing larger.
   const std::vector<float> cpu = to_floats(random_normal({100000}, 7, 0.5f, 2.0f));
-  const std::vector<float> gpu = to_floats(random_normal({100000}, 7, 0.5f, 2.0f, Dtype::f32, kGpu));
+  const std::vector<float> gpu =
+      to_floats(random_normal({100000}, 7, 0.5f, 2.0f, Dtype::f32, kGpu));
   int differ = 0;
   for (size_t i = 0; i < cpu.size(); ++i) {
     if (cpu[i] == gpu[i]) continue;
     ++differ;
-    EXPECT_LE(std::abs(cpu[i] - gpu[i]), 4 * std::abs(cpu[i]) * 0x1p-24f + 1e-30f) << "element " << i;
+    EXPECT_LE(std::abs(cpu[i] - gpu[i]), 4 * std::abs(cpu[i]) * 0x1p-24f + 1e-30f)
+        << "element " << i;
   }
   EXPECT_LE(differ, 100);
 }
@@ -58,14 +60,16 @@ TEST(Cuda, CategoricalDrawsMatchTheCpu) {
       const Array logits = astype(random_normal({6, v}, 11 + uint64_t(v), 0, 3), t);
       for (uint64_t seed : {1ull, 2ull, 99ull}) {
         const std::vector<int32_t> cpu = to_vector<int32_t>(categorical(logits, seed));
-        const std::vector<int32_t> gpu = to_vector<int32_t>(categorical(to_device(logits, kGpu), seed));
+        const std::vector<int32_t> gpu =
+            to_vector<int32_t>(categorical(to_device(logits, kGpu), seed));
         EXPECT_EQ(cpu, gpu) << dtype_name(t) << " V=" << v << " seed=" << seed;
       }
     }
 }
 
 // |got - want| <= tol * (|want| + scale), element-wise, on the host.
-void expect_near_cpu(const Array& gpu, const Array& cpu, double tol, double scale, const std::string& what) {
+void expect_near_cpu(const Array& gpu, const Array& cpu, double tol, double scale,
+                     const std::string& what) {
   const std::vector<float> g = to_floats(gpu), c = to_floats(cpu);
   ASSERT_EQ(g.size(), c.size()) << what;
   std::vector<double> want(c.begin(), c.end());
@@ -81,7 +85,8 @@ TEST(Cuda, LargeMatmulMatchesTheCpu) {
     const Array c = random_input({3, k, n}, t, 3, -1, 1).array;
     const double u = t == Dtype::f32 ? 1e-6 : unit_roundoff(t);
     const double scale = std::sqrt(double(k));
-    expect_near_cpu(matmul(to_device(a, kGpu), transpose(to_device(b, kGpu))), matmul(a, transpose(b)), 4 * u, scale,
+    expect_near_cpu(matmul(to_device(a, kGpu), transpose(to_device(b, kGpu))),
+                    matmul(a, transpose(b)), 4 * u, scale,
                     std::string("a.bT ") + std::string(dtype_name(t)));
     expect_near_cpu(matmul(to_device(a, kGpu), to_device(c, kGpu)), matmul(a, c), 4 * u, scale,
                     std::string("batched ") + std::string(dtype_name(t)));
@@ -127,8 +132,8 @@ TEST(Cuda, LargeAttentionMatchesTheCpu) {
                                                            to_device(v, kGpu), scale, gmask);
       const double u = t == Dtype::f32 ? 2e-6 : unit_roundoff(t);
       expect_near_cpu(got, want, 8 * u, 1.0,
-                      std::string(dtype_name(t)) + " Lq=" + std::to_string(c.lq) + " Lk=" + std::to_string(c.lk) +
-                          " D=" + std::to_string(c.d));
+                      std::string(dtype_name(t)) + " Lq=" + std::to_string(c.lq) +
+                          " Lk=" + std::to_string(c.lk) + " D=" + std::to_string(c.d));
     }
 }
 
@@ -150,8 +155,11 @@ TEST(Cuda, TakeRejectsAnOutOfRangeIndex) {
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()).rfind("[take] index 9 is out of range", 0), 0u) << e.what();
   }
-  expect_op_error([&] { take_along_axis(a, from_vector<int32_t>({0, 1, 2, 7}, {1, 4}, kGpu), 0); },
-                  "take_along_axis");
+  expect_op_error(
+      [&] {
+        take_along_axis(a, from_vector<int32_t>({0, 1, 2, 7}, {1, 4}, kGpu), 0);
+      },
+      "take_along_axis");
   // The device is still usable afterwards.
   EXPECT_EQ(to_floats(take(a, from_vector<int32_t>({4}, {1}, kGpu), 0)).size(), 4u);
 }

@@ -1,6 +1,7 @@
 // The CUDA allocator: cudaMalloc/cudaFree behind the caching logic of lmx::Allocator.
-#include "backend/cuda/cuda_ops.h"
 #include "core/allocator.h"
+
+#include "backend/cuda/cuda_ops.h"
 
 namespace lmx::cuda {
 namespace {

@@ -29,21 +29,23 @@ struct AttnParams {
   const int32_t* q_offsets;  // [B]
   const bool* key_valid;     // [B, Lk] or null
   int64_t batch, hq, hkv, lq, lk, d;
-  int64_t rep;           // Hq / Hkv
-  float scale;           // f32 (the product is rounded, the scale is not)
+  int64_t rep;  // Hq / Hkv
+  float scale;  // f32 (the product is rounded, the scale is not)
   bool causal;
   int64_t window;
   int splits;
-  int64_t split_len;     // keys per split, a multiple of kKeys
-  float2* stats;         // [splits, B*Hq*Lq] (max, sum)
-  float* partial;        // [splits, B*Hq*Lq, D] when splits > 1
+  int64_t split_len;  // keys per split, a multiple of kKeys
+  float2* stats;      // [splits, B*Hq*Lq] (max, sum)
+  float* partial;     // [splits, B*Hq*Lq, D] when splits > 1
 };
 
 enum class Pass { stats, output };
 
 // Shared memory: Q rows [kRows][D], K tile [kKeys][D + 1] (padded: lanes read distinct
 // banks), V tile [kKeys][D], all f32.
-size_t shared_bytes(int64_t d) { return size_t(kRows * d + kKeys * (d + 1) + kKeys * d) * sizeof(float); }
+size_t shared_bytes(int64_t d) {
+  return size_t(kRows * d + kKeys * (d + 1) + kKeys * d) * sizeof(float);
+}
 
 template <class T, int kChunks, Pass kPass>
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttnParams p) {
@@ -130,7 +132,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttnParams p) {
       const int64_t jj = e / d, dd = e % d, j = tile + jj;
       const bool in = j >= lo && j < hi;
       ks[jj * (d + 1) + dd] = in ? to_float(kp[j * p.k_sl + dd]) : 0.0f;
-      if constexpr (kPass == Pass::output) vs[jj * d + dd] = in ? to_float(vp[j * p.v_sl + dd]) : 0.0f;
+      if constexpr (kPass == Pass::output)
+        vs[jj * d + dd] = in ? to_float(vp[j * p.v_sl + dd]) : 0.0f;
     }
     __syncthreads();
     const int64_t j = tile + lane;
@@ -174,13 +177,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttnParams p) {
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     if (!live[rr]) continue;
     if constexpr (kPass == Pass::stats) {
-      if (lane == 0) p.stats[blockIdx.z * total_rows + grow[rr]] = make_float2(m_run[rr], l_run[rr]);
+      if (lane == 0)
+        p.stats[blockIdx.z * total_rows + grow[rr]] = make_float2(m_run[rr], l_run[rr]);
     } else {
       for (int c = 0; c < kChunks; ++c) {
         const int64_t dd = lane + 32 * c;
         if (dd >= d) continue;
-        if (p.splits == 1) static_cast<T*>(p.out)[grow[rr] * d + dd] = from_float<T>(acc[rr][c]);
-        else p.partial[(blockIdx.z * total_rows + grow[rr]) * d + dd] = acc[rr][c];
+        if (p.splits == 1)
+          static_cast<T*>(p.out)[grow[rr] * d + dd] = from_float<T>(acc[rr][c]);
+        else
+          p.partial[(blockIdx.z * total_rows + grow[rr]) * d + dd] = acc[rr][c];
       }
     }
   }
@@ -201,8 +207,8 @@ void launch_pass(const Context& ctx, const AttnParams& p, dim3 grid) {
   const size_t smem = shared_bytes(p.d);
   // Above 48 KiB a kernel must opt in to more shared memory (per kernel and device).
   if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(attention_kernel<T, kChunks, kPass>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(smem)),
+    check(cudaFuncSetAttribute(attention_kernel<T, kChunks, kPass>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
           "cudaFuncSetAttribute");
   attention_kernel<T, kChunks, kPass><<<grid, kWarps * 32, smem, ctx.stream>>>(p);
   check_launch("attention_kernel");
@@ -214,7 +220,8 @@ void run(const Context& ctx, AttnParams p, dim3 grid) {
   launch_pass<T, kChunks, Pass::output>(ctx, p, grid);
   if (p.splits > 1) {
     const int64_t n = p.batch * p.hq * p.lq * p.d;
-    combine_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(p.partial, static_cast<T*>(p.out), p.splits, n);
+    combine_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(p.partial, static_cast<T*>(p.out),
+                                                           p.splits, n);
     check_launch("combine_kernel");
   }
 }
@@ -222,15 +229,19 @@ void run(const Context& ctx, AttnParams p, dim3 grid) {
 // Lanes hold D / 32 accumulators per row: the smallest of 2, 4 or 8 that fits.
 template <class T>
 void run_for_head_dim(const Context& ctx, const AttnParams& p, dim3 grid) {
-  if (p.d <= 64) run<T, 2>(ctx, p, grid);
-  else if (p.d <= 128) run<T, 4>(ctx, p, grid);
-  else run<T, 8>(ctx, p, grid);
+  if (p.d <= 64)
+    run<T, 2>(ctx, p, grid);
+  else if (p.d <= 128)
+    run<T, 4>(ctx, p, grid);
+  else
+    run<T, 8>(ctx, p, grid);
 }
 
 }  // namespace
 
-void attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
-               int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out) {
+void attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale,
+               bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
+               const Array& out) {
   if (out.size() == 0) return;
   const int64_t nb = q.shape(0), hq = q.shape(1), lq = q.shape(2), d = q.shape(3);
   const int64_t hkv = k.shape(1), lk = k.shape(2);
@@ -253,11 +264,13 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
   p.scale = scale;
 
   const int64_t row_blocks = (p.rep * lq + kRows - 1) / kRows;
-  LMX_CHECK(row_blocks <= INT32_MAX, "scaled_dot_product_attention", "too many query rows for cuda");
+  LMX_CHECK(row_blocks <= INT32_MAX, "scaled_dot_product_attention",
+            "too many query rows for cuda");
   // Split the keys when the blocks would not fill the device twice over.
   const int64_t blocks = row_blocks * nb * hkv, want = 2 * int64_t(ctx.sm_count);
   int64_t splits = 1;
-  if (blocks < want && lk > 512) splits = std::min<int64_t>((lk + 255) / 256, (want + blocks - 1) / blocks);
+  if (blocks < want && lk > 512)
+    splits = std::min<int64_t>((lk + 255) / 256, (want + blocks - 1) / blocks);
   p.split_len = ((lk + splits - 1) / splits + kKeys - 1) / kKeys * kKeys;
   if (p.split_len == 0) p.split_len = kKeys;
   splits = std::max<int64_t>(1, (lk + p.split_len - 1) / p.split_len);

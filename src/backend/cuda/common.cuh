@@ -34,7 +34,8 @@ decltype(auto) visit_device_dtype(Dtype t, F&& f) {
 }
 
 template <class T>
-constexpr bool kIsFloat = std::is_same_v<T, float> || std::is_same_v<T, half_t> || std::is_same_v<T, bfloat_t>;
+constexpr bool kIsFloat =
+    std::is_same_v<T, float> || std::is_same_v<T, half_t> || std::is_same_v<T, bfloat_t>;
 
 // As the CPU backend computes: f32 for floats, int64 for integers and bool.
 template <class T>
@@ -42,17 +43,24 @@ using compute_t = std::conditional_t<kIsFloat<T>, float, long long>;
 
 template <class T>
 __device__ __forceinline__ float to_float(T v) {
-  if constexpr (std::is_same_v<T, half_t>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, bfloat_t>) return __bfloat162float(v);
-  else return float(v);
+  if constexpr (std::is_same_v<T, half_t>)
+    return __half2float(v);
+  else if constexpr (std::is_same_v<T, bfloat_t>)
+    return __bfloat162float(v);
+  else
+    return float(v);
 }
 // Round to nearest even, as lmx::from_f32.
 template <class T>
 __device__ __forceinline__ T from_float(float v) {
-  if constexpr (std::is_same_v<T, half_t>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, bfloat_t>) return __float2bfloat16_rn(v);
-  else if constexpr (std::is_same_v<T, bool>) return v != 0.0f;
-  else return T(v);
+  if constexpr (std::is_same_v<T, half_t>)
+    return __float2half_rn(v);
+  else if constexpr (std::is_same_v<T, bfloat_t>)
+    return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, bool>)
+    return v != 0.0f;
+  else
+    return T(v);
 }
 // The value a float takes after one rounding to T (identity for f32).
 template <class T>
@@ -62,22 +70,40 @@ __device__ __forceinline__ float round_to(float v) {
 
 template <class T>
 __device__ __forceinline__ compute_t<T> load(T v) {
-  if constexpr (kIsFloat<T>) return to_float(v);
-  else return (long long)(v);
+  if constexpr (kIsFloat<T>)
+    return to_float(v);
+  else
+    return (long long)(v);
 }
 template <class T, class C>
 __device__ __forceinline__ T store(C v) {
-  if constexpr (std::is_same_v<T, bool>) return v != 0;
-  else if constexpr (kIsFloat<T>) return from_float<T>(float(v));
-  else return T(v);  // integers wrap modulo 2^n
+  if constexpr (std::is_same_v<T, bool>)
+    return v != 0;
+  else if constexpr (kIsFloat<T>)
+    return from_float<T>(float(v));
+  else
+    return T(v);  // integers wrap modulo 2^n
 }
 
 // The range of an integer type, usable in device code.
-template <class T> struct IntRange;
-template <> struct IntRange<int32_t> { static constexpr double lo = -2147483648.0, hi = 2147483647.0; };
-template <> struct IntRange<uint32_t> { static constexpr double lo = 0, hi = 4294967295.0; };
-template <> struct IntRange<int8_t> { static constexpr double lo = -128, hi = 127; };
-template <> struct IntRange<uint8_t> { static constexpr double lo = 0, hi = 255; };
+template <class T>
+struct IntRange;
+template <>
+struct IntRange<int32_t> {
+  static constexpr double lo = -2147483648.0, hi = 2147483647.0;
+};
+template <>
+struct IntRange<uint32_t> {
+  static constexpr double lo = 0, hi = 4294967295.0;
+};
+template <>
+struct IntRange<int8_t> {
+  static constexpr double lo = -128, hi = 127;
+};
+template <>
+struct IntRange<uint8_t> {
+  static constexpr double lo = 0, hi = 255;
+};
 
 // Float to integer as a C cast, but saturating and NaN -> 0 (the CPU's float_to_int).
 template <class T>
@@ -92,11 +118,15 @@ __device__ __forceinline__ D convert(S v) {
   if constexpr (std::is_same_v<D, S>) {
     return v;
   } else if constexpr (std::is_same_v<D, bool>) {
-    if constexpr (kIsFloat<S>) return to_float(v) != 0.0f;
-    else return v != 0;
+    if constexpr (kIsFloat<S>)
+      return to_float(v) != 0.0f;
+    else
+      return v != 0;
   } else if constexpr (kIsFloat<D>) {
-    if constexpr (kIsFloat<S>) return from_float<D>(to_float(v));
-    else return from_float<D>(float(v));
+    if constexpr (kIsFloat<S>)
+      return from_float<D>(to_float(v));
+    else
+      return from_float<D>(float(v));
   } else if constexpr (kIsFloat<S>) {
     return float_to_int<D>(double(to_float(v)));
   } else {
@@ -127,7 +157,9 @@ inline unsigned grid_for(int64_t n, int block = kBlock) {
   return unsigned(want < 1 ? 1 : (want > 65536 ? 65536 : want));
 }
 
-__device__ __forceinline__ int64_t global_thread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t global_thread() {
+  return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
 __device__ __forceinline__ int64_t grid_threads() { return int64_t(gridDim.x) * blockDim.x; }
 
 // Threads per block for one block per row of `cols` elements: a multiple of the warp
@@ -159,15 +191,21 @@ __device__ T block_reduce(T v, Op op) {
 
 struct Sum {
   template <class T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 struct Max {
   template <class T>
-  __device__ T operator()(T a, T b) const { return a < b ? b : a; }
+  __device__ T operator()(T a, T b) const {
+    return a < b ? b : a;
+  }
 };
 struct Min {
   template <class T>
-  __device__ T operator()(T a, T b) const { return b < a ? b : a; }
+  __device__ T operator()(T a, T b) const {
+    return b < a ? b : a;
+  }
 };
 
 // N arrays of one shape with their own strides, dimensions that are contiguous in all

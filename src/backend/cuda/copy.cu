@@ -19,9 +19,12 @@ template <class T>
 __global__ void arange_kernel(T* out, int64_t n, double start, double step) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const double v = start + double(i) * step;  // the CPU computes in double too
-    if constexpr (kIsFloat<T>) out[i] = from_float<T>(float(v));
-    else if constexpr (std::is_same_v<T, bool>) out[i] = v != 0;
-    else out[i] = T(v);
+    if constexpr (kIsFloat<T>)
+      out[i] = from_float<T>(float(v));
+    else if constexpr (std::is_same_v<T, bool>)
+      out[i] = v != 0;
+    else
+      out[i] = T(v);
   }
 }
 
@@ -66,7 +69,8 @@ T host_value(double v) {
     return T(v);
   } else {
     if (std::isnan(v)) return T(0);
-    return T(std::trunc(std::clamp(v, double(std::numeric_limits<T>::lowest()), double(std::numeric_limits<T>::max()))));
+    return T(std::trunc(std::clamp(v, double(std::numeric_limits<T>::lowest()),
+                                   double(std::numeric_limits<T>::max()))));
   }
 }
 
@@ -76,8 +80,10 @@ uint32_t host_bits(Dtype t, double value) {
   ::lmx::visit_dtype(t, [&](auto tag) {
     using T = decltype(tag);
     T v;
-    if constexpr (std::is_arithmetic_v<T>) v = host_value<T>(value);
-    else v = from_f32<T>(float(value));
+    if constexpr (std::is_arithmetic_v<T>)
+      v = host_value<T>(value);
+    else
+      v = from_f32<T>(float(value));
     std::memcpy(&w, &v, sizeof(T));
   });
   return w;
@@ -107,19 +113,21 @@ void arange(const Context& ctx, const Array& out, double start, double step) {
   if (n == 0) return;
   visit_device_dtype(out.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    arange_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<T*>(out.raw()), n, start, step);
+    arange_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<T*>(out.raw()), n, start,
+                                                          step);
     check_launch("arange_kernel");
   });
 }
 
-void random(const Context& ctx, const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b) {
+void random(const Context& ctx, const Array& out, uint64_t seed, detail::RandomKind kind, float a,
+            float b) {
   const int64_t n = out.size();
   if (n == 0) return;
   visit_device_dtype(out.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (kIsFloat<T>) {
-      random_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<T*>(out.raw()), n, seed,
-                                                            kind == detail::RandomKind::normal, a, b);
+      random_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(
+          static_cast<T*>(out.raw()), n, seed, kind == detail::RandomKind::normal, a, b);
       check_launch("random_kernel");
     } else {
       fail("random", "dtype must be floating-point, got ", dtype_name(out.dtype()));

@@ -13,7 +13,8 @@ void register_cuda_allocator();  // allocator.cpp
 // copy.cu
 void fill(const Context& ctx, const Array& out, double value);
 void arange(const Context& ctx, const Array& out, double start, double step);
-void random(const Context& ctx, const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b);
+void random(const Context& ctx, const Array& out, uint64_t seed, detail::RandomKind kind, float a,
+            float b);
 void copy(const Context& ctx, const Array& src, const Array& dst);
 // elementwise.cu
 void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out);
@@ -33,14 +34,16 @@ void sort(const Context& ctx, const Array& in, bool descending, int k, const Arr
           const Array& indices);
 void categorical(const Context& ctx, const Array& logits, uint64_t seed, const Array& out);
 // norm.cu
-void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
-              const Array& out);
+void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
+              fast::RmsNormStyle style, const Array& out);
 void layer_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
                 const Array& out);
 // rope.cu
-void rope(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets, const Array& out);
+void rope(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets,
+          const Array& out);
 // attention.cu
-void attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
-               int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
+void attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale,
+               bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
+               const Array& out);
 
 }  // namespace lmx::cuda

@@ -9,13 +9,16 @@
 namespace lmx::cuda {
 namespace {
 
-std::string where(const std::source_location& loc) { return detail::cat(loc.file_name(), ":", loc.line()); }
+std::string where(const std::source_location& loc) {
+  return detail::cat(loc.file_name(), ":", loc.line());
+}
 
 }  // namespace
 
 void check(cudaError_t e, const char* call, std::source_location loc) {
   if (e == cudaSuccess) return;
-  const std::string msg = detail::cat("[cuda] ", call, " failed: ", cudaGetErrorString(e), " at ", where(loc));
+  const std::string msg =
+      detail::cat("[cuda] ", call, " failed: ", cudaGetErrorString(e), " at ", where(loc));
   if (e == cudaErrorMemoryAllocation) {
     cudaGetLastError();  // not sticky: clear it so that the next call starts clean
     throw OutOfMemory(msg + "; free arrays, call clear_cache() or use a smaller batch or context");
@@ -25,9 +28,8 @@ void check(cudaError_t e, const char* call, std::source_location loc) {
 
 void check_blas(cublasStatus_t s, const char* call, std::source_location loc) {
   if (s == CUBLAS_STATUS_SUCCESS) return;
-  const std::string msg =
-      detail::cat("[cuda] ", call, " failed: ", cublasGetStatusName(s), " (", cublasGetStatusString(s), ") at ",
-                  where(loc));
+  const std::string msg = detail::cat("[cuda] ", call, " failed: ", cublasGetStatusName(s), " (",
+                                      cublasGetStatusString(s), ") at ", where(loc));
   if (s == CUBLAS_STATUS_ALLOC_FAILED) throw OutOfMemory(msg);
   throw Error(msg);
 }
@@ -46,12 +48,13 @@ int device_count() {
 
 Context& context(int device) {
   static std::mutex mu;
-  static std::vector<std::unique_ptr<Context>> contexts;  // never destroyed: arrays may outlive statics
+  static std::vector<std::unique_ptr<Context>>
+      contexts;  // never destroyed: arrays may outlive statics
   Context* ctx = nullptr;
   {
     std::lock_guard lock(mu);
-    LMX_CHECK(device >= 0 && device < device_count(), "cuda", "no device cuda:", device, " (", device_count(),
-              " visible)");
+    LMX_CHECK(device >= 0 && device < device_count(), "cuda", "no device cuda:", device, " (",
+              device_count(), " visible)");
     if (contexts.empty()) contexts.resize(size_t(device_count()));
     auto& slot = contexts[size_t(device)];
     if (!slot) {
@@ -59,12 +62,14 @@ Context& context(int device) {
       c->device = device;
       check(cudaSetDevice(device), "cudaSetDevice");
       // Non-blocking: the legacy default stream, used by other libraries, never waits on ours.
-      check(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+      check(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking),
+            "cudaStreamCreateWithFlags");
       check_blas(cublasCreate(&c->blas), "cublasCreate");
       check_blas(cublasSetStream(c->blas, c->stream), "cublasSetStream");
       // f32 accumulation everywhere, split-K reductions included: results match the CPU's.
-      check_blas(cublasSetMathMode(c->blas, cublasMath_t(CUBLAS_DEFAULT_MATH |
-                                                         CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)),
+      check_blas(cublasSetMathMode(c->blas,
+                                   cublasMath_t(CUBLAS_DEFAULT_MATH |
+                                                CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)),
                  "cublasSetMathMode");
       cudaDeviceProp prop{};
       check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
@@ -78,6 +83,8 @@ Context& context(int device) {
   return *ctx;
 }
 
-void synchronize(const Context& ctx) { check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize"); }
+void synchronize(const Context& ctx) {
+  check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize");
+}
 
 }  // namespace lmx::cuda

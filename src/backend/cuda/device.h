@@ -11,17 +11,20 @@
 namespace lmx::cuda {
 
 // Throws "[cuda] <call> failed: <error string> at file:line" unless `e` is cudaSuccess.
-void check(cudaError_t e, const char* call, std::source_location loc = std::source_location::current());
-void check_blas(cublasStatus_t s, const char* call, std::source_location loc = std::source_location::current());
+void check(cudaError_t e, const char* call,
+           std::source_location loc = std::source_location::current());
+void check_blas(cublasStatus_t s, const char* call,
+                std::source_location loc = std::source_location::current());
 // After every kernel launch: reports launch errors (bad configuration, no kernel image).
-inline void check_launch(const char* kernel, std::source_location loc = std::source_location::current()) {
+inline void check_launch(const char* kernel,
+                         std::source_location loc = std::source_location::current()) {
   check(cudaGetLastError(), kernel, loc);
 }
 
 struct Context {
   int device = 0;
-  cudaStream_t stream = nullptr;   // every kernel and copy of this device runs here, in order
-  cublasHandle_t blas = nullptr;   // bound to `stream`
+  cudaStream_t stream = nullptr;  // every kernel and copy of this device runs here, in order
+  cublasHandle_t blas = nullptr;  // bound to `stream`
   int sm_count = 0;
   size_t total_memory = 0;
 };

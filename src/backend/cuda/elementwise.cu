@@ -12,18 +12,30 @@ template <UnaryOp Op>
 struct UnaryFn {
   template <class X>
   __device__ auto operator()(X x) const {
-    if constexpr (Op == UnaryOp::neg) return X(-x);
-    else if constexpr (Op == UnaryOp::abs) return x < 0 ? X(-x) : x;
-    else if constexpr (Op == UnaryOp::square) return X(x * x);
-    else if constexpr (Op == UnaryOp::exp) return ::expf(float(x));
-    else if constexpr (Op == UnaryOp::log) return ::logf(float(x));
-    else if constexpr (Op == UnaryOp::sqrt) return ::sqrtf(float(x));
-    else if constexpr (Op == UnaryOp::rsqrt) return 1.0f / ::sqrtf(float(x));
-    else if constexpr (Op == UnaryOp::tanh) return ::tanhf(float(x));
-    else if constexpr (Op == UnaryOp::sin) return ::sinf(float(x));
-    else if constexpr (Op == UnaryOp::cos) return ::cosf(float(x));
-    else if constexpr (Op == UnaryOp::sigmoid) return 1.0f / (1.0f + ::expf(-float(x)));
-    else if constexpr (Op == UnaryOp::silu) return float(x) / (1.0f + ::expf(-float(x)));
+    if constexpr (Op == UnaryOp::neg)
+      return X(-x);
+    else if constexpr (Op == UnaryOp::abs)
+      return x < 0 ? X(-x) : x;
+    else if constexpr (Op == UnaryOp::square)
+      return X(x * x);
+    else if constexpr (Op == UnaryOp::exp)
+      return ::expf(float(x));
+    else if constexpr (Op == UnaryOp::log)
+      return ::logf(float(x));
+    else if constexpr (Op == UnaryOp::sqrt)
+      return ::sqrtf(float(x));
+    else if constexpr (Op == UnaryOp::rsqrt)
+      return 1.0f / ::sqrtf(float(x));
+    else if constexpr (Op == UnaryOp::tanh)
+      return ::tanhf(float(x));
+    else if constexpr (Op == UnaryOp::sin)
+      return ::sinf(float(x));
+    else if constexpr (Op == UnaryOp::cos)
+      return ::cosf(float(x));
+    else if constexpr (Op == UnaryOp::sigmoid)
+      return 1.0f / (1.0f + ::expf(-float(x)));
+    else if constexpr (Op == UnaryOp::silu)
+      return float(x) / (1.0f + ::expf(-float(x)));
     else if constexpr (Op == UnaryOp::gelu_tanh) {
       const float v = float(x);
       return 0.5f * v * (1.0f + ::tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
@@ -38,22 +50,37 @@ template <BinaryOp Op>
 struct BinaryFn {
   template <class X>
   __device__ auto operator()(X a, X b) const {
-    if constexpr (Op == BinaryOp::add) return X(a + b);
-    else if constexpr (Op == BinaryOp::sub) return X(a - b);
-    else if constexpr (Op == BinaryOp::mul) return X(a * b);
+    if constexpr (Op == BinaryOp::add)
+      return X(a + b);
+    else if constexpr (Op == BinaryOp::sub)
+      return X(a - b);
+    else if constexpr (Op == BinaryOp::mul)
+      return X(a * b);
     else if constexpr (Op == BinaryOp::div) {
-      if constexpr (std::is_integral_v<X>) return b == 0 ? X(0) : X(a / b);  // x/0 is 0, not a trap
-      else return a / b;
-    } else if constexpr (Op == BinaryOp::pow) return ::powf(float(a), float(b));
-    else if constexpr (Op == BinaryOp::maximum) return (a != a || a > b) ? a : b;  // NaN propagates
-    else if constexpr (Op == BinaryOp::minimum) return (a != a || a < b) ? a : b;
-    else if constexpr (Op == BinaryOp::eq) return a == b;
-    else if constexpr (Op == BinaryOp::ne) return a != b;
-    else if constexpr (Op == BinaryOp::lt) return a < b;
-    else if constexpr (Op == BinaryOp::le) return a <= b;
-    else if constexpr (Op == BinaryOp::gt) return a > b;
-    else if constexpr (Op == BinaryOp::ge) return a >= b;
-    else if constexpr (Op == BinaryOp::logical_and) return a && b;
+      if constexpr (std::is_integral_v<X>)
+        return b == 0 ? X(0) : X(a / b);  // x/0 is 0, not a trap
+      else
+        return a / b;
+    } else if constexpr (Op == BinaryOp::pow)
+      return ::powf(float(a), float(b));
+    else if constexpr (Op == BinaryOp::maximum)
+      return (a != a || a > b) ? a : b;  // NaN propagates
+    else if constexpr (Op == BinaryOp::minimum)
+      return (a != a || a < b) ? a : b;
+    else if constexpr (Op == BinaryOp::eq)
+      return a == b;
+    else if constexpr (Op == BinaryOp::ne)
+      return a != b;
+    else if constexpr (Op == BinaryOp::lt)
+      return a < b;
+    else if constexpr (Op == BinaryOp::le)
+      return a <= b;
+    else if constexpr (Op == BinaryOp::gt)
+      return a > b;
+    else if constexpr (Op == BinaryOp::ge)
+      return a >= b;
+    else if constexpr (Op == BinaryOp::logical_and)
+      return a && b;
     else {
       static_assert(Op == BinaryOp::logical_or);
       return a || b;
@@ -72,7 +99,8 @@ void with_enum(E e, F&& f) {
 
 // out[i] = f(a[i]) or f(a[i], b[i]); `l` holds the strides of (a, out) or (a, b, out).
 template <class T, class Out, int N, class F>
-__global__ void map_kernel(const T* a, const T* b, Out* out, int64_t n, Layout<N> l, bool flat, F f) {
+__global__ void map_kernel(const T* a, const T* b, Out* out, int64_t n, Layout<N> l, bool flat,
+                           F f) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     int64_t off[N];
     if (flat) {
@@ -80,13 +108,16 @@ __global__ void map_kernel(const T* a, const T* b, Out* out, int64_t n, Layout<N
     } else {
       l.offsets(i, off);
     }
-    if constexpr (N == 2) out[off[1]] = store<Out>(f(load(a[off[0]])));
-    else out[off[2]] = store<Out>(f(load(a[off[0]]), load(b[off[1]])));
+    if constexpr (N == 2)
+      out[off[1]] = store<Out>(f(load(a[off[0]])));
+    else
+      out[off[2]] = store<Out>(f(load(a[off[0]]), load(b[off[1]])));
   }
 }
 
 template <class T>
-__global__ void where_kernel(const bool* c, const T* a, const T* b, T* out, int64_t n, Layout<4> l, bool flat) {
+__global__ void where_kernel(const bool* c, const T* a, const T* b, T* out, int64_t n, Layout<4> l,
+                             bool flat) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     int64_t off[4];
     if (flat) {
@@ -105,8 +136,9 @@ void launch_map(const Context& ctx, const Array* const (&arrays)[N], F f) {
   if (n == 0) return;
   const Layout<N> l = make_layout(out.shape(), arrays);
   const T* b = N == 3 ? static_cast<const T*>(arrays[1]->raw()) : nullptr;
-  map_kernel<T, Out, N><<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<const T*>(arrays[0]->raw()), b,
-                                                                 static_cast<Out*>(out.raw()), n, l, is_flat(l), f);
+  map_kernel<T, Out, N>
+      <<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<const T*>(arrays[0]->raw()), b,
+                                               static_cast<Out*>(out.raw()), n, l, is_flat(l), f);
   check_launch("map_kernel");
 }
 
@@ -147,16 +179,17 @@ void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, con
   });
 }
 
-void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out) {
+void where(const Context& ctx, const Array& cond, const Array& a, const Array& b,
+           const Array& out) {
   const int64_t n = out.size();
   if (n == 0) return;
   const Array* arrays[4] = {&cond, &a, &b, &out};
   const Layout<4> l = make_layout(out.shape(), arrays);
   visit_device_dtype(out.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    where_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(static_cast<const bool*>(cond.raw()),
-                                                         static_cast<const T*>(a.raw()), static_cast<const T*>(b.raw()),
-                                                         static_cast<T*>(out.raw()), n, l, is_flat(l));
+    where_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(
+        static_cast<const bool*>(cond.raw()), static_cast<const T*>(a.raw()),
+        static_cast<const T*>(b.raw()), static_cast<T*>(out.raw()), n, l, is_flat(l));
     check_launch("where_kernel");
   });
 }

@@ -15,7 +15,8 @@ Strides3 strides3(const Array& a) { return {a.strides()[0], a.strides()[1], a.st
 
 // out [P, M, S] contiguous = src [P, N, S] at rows idx [M] (take) or idx [P, M, S] (take_along).
 template <class W, class I, bool kAlong>
-__global__ void gather_kernel(const W* src, Strides3 st, const I* idx, W* out, int64_t m, int64_t s, int64_t n) {
+__global__ void gather_kernel(const W* src, Strides3 st, const I* idx, W* out, int64_t m, int64_t s,
+                              int64_t n) {
   for (int64_t e = global_thread(); e < n; e += grid_threads()) {
     const int64_t si = e % s, mi = (e / s) % m, pi = e / (s * m);
     const int64_t row = int64_t(idx[kAlong ? e : mi]);
@@ -27,7 +28,8 @@ __global__ void gather_kernel(const W* src, Strides3 st, const I* idx, W* out, i
 void check_indices(const Context& ctx, const Array& idx, int64_t n, const char* op) {
   std::vector<uint32_t> host(size_t(idx.size()));  // raw 32-bit words of either dtype
   if (host.empty()) return;
-  check(cudaMemcpyAsync(host.data(), idx.raw(), idx.nbytes(), cudaMemcpyDeviceToHost, ctx.stream), "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(host.data(), idx.raw(), idx.nbytes(), cudaMemcpyDeviceToHost, ctx.stream),
+        "cudaMemcpyAsync");
   synchronize(ctx);
   for (uint32_t w : host) {
     const int64_t v = idx.dtype() == Dtype::i32 ? int64_t(int32_t(w)) : int64_t(w);
@@ -44,13 +46,15 @@ void gather(const Context& ctx, const Array& src, const Array& idx, const Array&
     using W = decltype(word);
     using I = decltype(index);
     gather_kernel<W, I, kAlong><<<grid_for(total), kBlock, 0, ctx.stream>>>(
-        static_cast<const W*>(src.raw()), strides3(src), static_cast<const I*>(idx.raw()), static_cast<W*>(out.raw()),
-        m, s, total);
+        static_cast<const W*>(src.raw()), strides3(src), static_cast<const I*>(idx.raw()),
+        static_cast<W*>(out.raw()), m, s, total);
     check_launch("gather_kernel");
   };
   auto with_index = [&](auto word) {
-    if (idx.dtype() == Dtype::i32) launch(word, int32_t{});
-    else launch(word, uint32_t{});
+    if (idx.dtype() == Dtype::i32)
+      launch(word, int32_t{});
+    else
+      launch(word, uint32_t{});
   };
   switch (itemsize(src.dtype())) {
     case 4: return with_index(uint32_t{});

@@ -24,32 +24,44 @@ class CudaKernels final : public detail::Kernels {
   void upload(const void* host, const Array& dst) override {
     const Context& c = ctx();
     // From pageable memory this returns once the bytes are staged: the caller may free `host`.
-    check(cudaMemcpyAsync(dst.raw(), host, dst.nbytes(), cudaMemcpyHostToDevice, c.stream), "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(dst.raw(), host, dst.nbytes(), cudaMemcpyHostToDevice, c.stream),
+          "cudaMemcpyAsync");
   }
   void download(const Array& src, void* host) override {
     const Context& c = ctx();
-    check(cudaMemcpyAsync(host, src.raw(), src.nbytes(), cudaMemcpyDeviceToHost, c.stream), "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(host, src.raw(), src.nbytes(), cudaMemcpyDeviceToHost, c.stream),
+          "cudaMemcpyAsync");
     cuda::synchronize(c);
   }
   void synchronize() override { cuda::synchronize(ctx()); }
   void fill(const Array& out, double v) override { cuda::fill(ctx(), out, v); }
-  void arange(const Array& out, double start, double step) override { cuda::arange(ctx(), out, start, step); }
+  void arange(const Array& out, double start, double step) override {
+    cuda::arange(ctx(), out, start, step);
+  }
   void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b) override {
     cuda::random(ctx(), out, seed, kind, a, b);
   }
   void copy(const Array& src, const Array& dst) override { cuda::copy(ctx(), src, dst); }
-  void unary(UnaryOp op, const Array& in, const Array& out) override { cuda::unary(ctx(), op, in, out); }
+  void unary(UnaryOp op, const Array& in, const Array& out) override {
+    cuda::unary(ctx(), op, in, out);
+  }
   void binary(BinaryOp op, const Array& a, const Array& b, const Array& out) override {
     cuda::binary(ctx(), op, a, b, out);
   }
   void where(const Array& c, const Array& a, const Array& b, const Array& out) override {
     cuda::where(ctx(), c, a, b, out);
   }
-  void matmul(const Array& a, const Array& b, const Array& out) override { cuda::matmul(ctx(), a, b, out); }
-  void reduce(detail::ReduceOp op, const Array& in, const Array& out) override { cuda::reduce(ctx(), op, in, out); }
+  void matmul(const Array& a, const Array& b, const Array& out) override {
+    cuda::matmul(ctx(), a, b, out);
+  }
+  void reduce(detail::ReduceOp op, const Array& in, const Array& out) override {
+    cuda::reduce(ctx(), op, in, out);
+  }
   void argmax(const Array& in, const Array& out) override { cuda::argmax(ctx(), in, out); }
   void softmax(const Array& in, const Array& out) override { cuda::softmax(ctx(), in, out); }
-  void take(const Array& src, const Array& idx, const Array& out) override { cuda::take(ctx(), src, idx, out); }
+  void take(const Array& src, const Array& idx, const Array& out) override {
+    cuda::take(ctx(), src, idx, out);
+  }
   void take_along(const Array& src, const Array& idx, const Array& out) override {
     cuda::take_along(ctx(), src, idx, out);
   }
@@ -59,17 +71,21 @@ class CudaKernels final : public detail::Kernels {
   void categorical(const Array& logits, uint64_t seed, const Array& out) override {
     cuda::categorical(ctx(), logits, seed, out);
   }
-  void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style, const Array& out) override {
+  void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
+                const Array& out) override {
     cuda::rms_norm(ctx(), x, w, eps, style, out);
   }
-  void layer_norm(const Array& x, const Array& w, const Array* bias, float eps, const Array& out) override {
+  void layer_norm(const Array& x, const Array& w, const Array* bias, float eps,
+                  const Array& out) override {
     cuda::layer_norm(ctx(), x, w, bias, eps, out);
   }
-  void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) override {
+  void rope(const Array& x, const Array& inv_freq, const Array& offsets,
+            const Array& out) override {
     cuda::rope(ctx(), x, inv_freq, offsets, out);
   }
-  void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal, int64_t window,
-                 const Array& q_offsets, const Array* key_valid, const Array& out) override {
+  void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                 int64_t window, const Array& q_offsets, const Array* key_valid,
+                 const Array& out) override {
     cuda::attention(ctx(), q, k, v, scale, causal, window, q_offsets, key_valid, out);
   }
 
@@ -87,7 +103,8 @@ namespace lmx::detail {
 // nullptr when no GPU is visible or there is no such device: callers report "not available".
 Kernels* cuda_kernels(int device_index) {
   static std::mutex mu;
-  static std::vector<std::unique_ptr<cuda::CudaKernels>> kernels;  // one per device, made on first use
+  static std::vector<std::unique_ptr<cuda::CudaKernels>>
+      kernels;  // one per device, made on first use
   const int count = cuda::device_count();
   if (device_index < 0 || device_index >= count) return nullptr;
   std::lock_guard lock(mu);

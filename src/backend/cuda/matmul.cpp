@@ -48,7 +48,8 @@ Operand operand(const Context& ctx, const Array& x) {
 }
 
 void check_int(int64_t v, const char* what) {
-  LMX_CHECK(v <= int64_t(INT32_MAX), "matmul", what, " of ", v, " is too large for cuBLAS; split the product");
+  LMX_CHECK(v <= int64_t(INT32_MAX), "matmul", what, " of ", v,
+            " is too large for cuBLAS; split the product");
 }
 
 }  // namespace
@@ -65,11 +66,12 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
   const cudaDataType_t t = blas_type(a.dtype());
   const float alpha = 1.0f, beta = 0.0f;
   // A batch of one has no stride to speak of; broadcast batches have stride 0.
-  const int64_t stride_a = nb == 1 ? 0 : oa.data.strides()[0], stride_b = nb == 1 ? 0 : ob.data.strides()[0];
-  check_blas(cublasGemmStridedBatchedEx(ctx.blas, ob.view.op, oa.view.op, int(n), int(m), int(k), &alpha,
-                                        ob.data.raw(), t, int(ob.view.ld), stride_b, oa.data.raw(), t,
-                                        int(oa.view.ld), stride_a, &beta, out.raw(), t, int(n), m * n, int(nb),
-                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  const int64_t stride_a = nb == 1 ? 0 : oa.data.strides()[0],
+                stride_b = nb == 1 ? 0 : ob.data.strides()[0];
+  check_blas(cublasGemmStridedBatchedEx(
+                 ctx.blas, ob.view.op, oa.view.op, int(n), int(m), int(k), &alpha, ob.data.raw(), t,
+                 int(ob.view.ld), stride_b, oa.data.raw(), t, int(oa.view.ld), stride_a, &beta,
+                 out.raw(), t, int(n), m * n, int(nb), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmStridedBatchedEx");
 }
 

@@ -9,7 +9,8 @@ enum class NormKind { rms_llama, rms_gemma, layer };
 
 // x, out [R, D]; w, bias [D] (bias may be null).
 template <NormKind kKind, class T, class W>
-__global__ void norm_kernel(const T* x_all, const W* w, const W* bias, T* out_all, int64_t d, float eps) {
+__global__ void norm_kernel(const T* x_all, const W* w, const W* bias, T* out_all, int64_t d,
+                            float eps) {
   const T* x = x_all + int64_t(blockIdx.x) * d;
   T* out = out_all + int64_t(blockIdx.x) * d;
   if constexpr (kKind == NormKind::layer) {
@@ -41,14 +42,16 @@ __global__ void norm_kernel(const T* x_all, const W* w, const W* bias, T* out_al
         // HF Llama: the normalised value is cast to the input dtype before the weight multiply.
         out[i] = from_float<T>(round_to<T>(v * r) * to_float(w[i]));
       } else {
-        out[i] = from_float<T>(v * r * (1.0f + to_float(w[i])));  // Gemma: all f32, weight offset from one
+        out[i] = from_float<T>(v * r *
+                               (1.0f + to_float(w[i])));  // Gemma: all f32, weight offset from one
       }
     }
   }
 }
 
 template <NormKind kKind>
-void run_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps, const Array& out) {
+void run_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
+              const Array& out) {
   const int64_t d = x.ndim() == 0 ? 1 : x.shape(-1);
   if (d == 0 || x.size() == 0) return;
   const int64_t rows = x.size() / d;
@@ -60,10 +63,12 @@ void run_norm(const Context& ctx, const Array& x, const Array& w, const Array* b
       if constexpr (kIsFloat<T> && kIsFloat<W>) {
         norm_kernel<kKind, T, W><<<unsigned(rows), row_block(d), 0, ctx.stream>>>(
             static_cast<const T*>(x.raw()), static_cast<const W*>(w.raw()),
-            bias ? static_cast<const W*>(bias->raw()) : nullptr, static_cast<T*>(out.raw()), d, eps);
+            bias ? static_cast<const W*>(bias->raw()) : nullptr, static_cast<T*>(out.raw()), d,
+            eps);
         check_launch("norm_kernel");
       } else {
-        fail("norm", "expects floating-point arrays, got ", dtype_name(x.dtype()), " and ", dtype_name(w.dtype()));
+        fail("norm", "expects floating-point arrays, got ", dtype_name(x.dtype()), " and ",
+             dtype_name(w.dtype()));
       }
     });
   });
@@ -71,15 +76,18 @@ void run_norm(const Context& ctx, const Array& x, const Array& w, const Array* b
 
 }  // namespace
 
-void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
-              const Array& out) {
-  if (style == fast::RmsNormStyle::gemma) run_norm<NormKind::rms_gemma>(ctx, x, w, nullptr, eps, out);
-  else run_norm<NormKind::rms_llama>(ctx, x, w, nullptr, eps, out);
+void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
+              fast::RmsNormStyle style, const Array& out) {
+  if (style == fast::RmsNormStyle::gemma)
+    run_norm<NormKind::rms_gemma>(ctx, x, w, nullptr, eps, out);
+  else
+    run_norm<NormKind::rms_llama>(ctx, x, w, nullptr, eps, out);
 }
 
-void layer_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps, const Array& out) {
-  LMX_CHECK(!bias || bias->dtype() == w.dtype(), "layer_norm", "bias dtype ", dtype_name(bias->dtype()),
-            " differs from the weight dtype ", dtype_name(w.dtype()));
+void layer_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
+                const Array& out) {
+  LMX_CHECK(!bias || bias->dtype() == w.dtype(), "layer_norm", "bias dtype ",
+            dtype_name(bias->dtype()), " differs from the weight dtype ", dtype_name(w.dtype()));
   run_norm<NormKind::layer>(ctx, x, w, bias, eps, out);
 }
 

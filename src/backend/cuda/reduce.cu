@@ -10,13 +10,17 @@ namespace {
 
 template <class C>
 __device__ __forceinline__ C lowest() {
-  if constexpr (std::is_same_v<C, float>) return -INFINITY;
-  else return LLONG_MIN;
+  if constexpr (std::is_same_v<C, float>)
+    return -INFINITY;
+  else
+    return LLONG_MIN;
 }
 template <class C>
 __device__ __forceinline__ C highest() {
-  if constexpr (std::is_same_v<C, float>) return INFINITY;
-  else return LLONG_MAX;
+  if constexpr (std::is_same_v<C, float>)
+    return INFINITY;
+  else
+    return LLONG_MAX;
 }
 
 template <class T, detail::ReduceOp Op>
@@ -67,7 +71,8 @@ __global__ void argmax_kernel(const T* in, int32_t* out, int64_t cols) {
   C v = lowest<C>();
   int64_t at = cols;  // past the end: loses every tie
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) better(v, at, load(x[i]), i);
-  for (int o = 16; o > 0; o >>= 1) better(v, at, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, at, o));
+  for (int o = 16; o > 0; o >>= 1)
+    better(v, at, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, at, o));
   if (threadIdx.x % 32 == 0) {
     part_v[threadIdx.x / 32] = v;
     part_i[threadIdx.x / 32] = at;
@@ -92,7 +97,8 @@ __global__ void softmax_kernel(const T* in, T* out, int64_t cols) {
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) s += ::expf(to_float(x[i]) - m);
   s = block_reduce(s, Sum{});
   const float inv = 1.0f / s;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) o[i] = from_float<T>(::expf(to_float(x[i]) - m) * inv);
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
+    o[i] = from_float<T>(::expf(to_float(x[i]) - m) * inv);
 }
 
 void check_rows(int64_t rows, const char* op) {
@@ -133,8 +139,8 @@ void argmax(const Context& ctx, const Array& in, const Array& out) {
   check_rows(rows, "argmax");
   visit_device_dtype(in.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    argmax_kernel<<<unsigned(rows), row_block(cols), 0, ctx.stream>>>(static_cast<const T*>(in.raw()),
-                                                                      static_cast<int32_t*>(out.raw()), cols);
+    argmax_kernel<<<unsigned(rows), row_block(cols), 0, ctx.stream>>>(
+        static_cast<const T*>(in.raw()), static_cast<int32_t*>(out.raw()), cols);
     check_launch("argmax_kernel");
   });
 }
@@ -146,8 +152,8 @@ void softmax(const Context& ctx, const Array& in, const Array& out) {
   visit_device_dtype(in.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (kIsFloat<T>) {
-      softmax_kernel<<<unsigned(rows), row_block(cols), 0, ctx.stream>>>(static_cast<const T*>(in.raw()),
-                                                                         static_cast<T*>(out.raw()), cols);
+      softmax_kernel<<<unsigned(rows), row_block(cols), 0, ctx.stream>>>(
+          static_cast<const T*>(in.raw()), static_cast<T*>(out.raw()), cols);
       check_launch("softmax_kernel");
     } else {
       fail("softmax", "expects a floating-point array, got ", dtype_name(in.dtype()));

@@ -17,8 +17,8 @@ using key_t = std::conditional_t<kIsFloat<T>, float, long long>;
 // keys[r, c] = in[r, c] as a key (-0 becomes +0: equal values must tie), cols_idx[r, c] = c,
 // offsets[r] = r * cols.
 template <class T>
-__global__ void prepare_kernel(const T* in, key_t<T>* keys, int32_t* cols_idx, int64_t* offsets, int64_t rows,
-                               int64_t cols) {
+__global__ void prepare_kernel(const T* in, key_t<T>* keys, int32_t* cols_idx, int64_t* offsets,
+                               int64_t rows, int64_t cols) {
   const int64_t n = rows * cols;
   for (int64_t e = global_thread(); e < n; e += grid_threads()) {
     key_t<T> k = key_t<T>(load(in[e]));
@@ -31,8 +31,8 @@ __global__ void prepare_kernel(const T* in, key_t<T>* keys, int32_t* cols_idx, i
 
 // The first k of each sorted row: values [R, k] from the input, indices [R, k].
 template <class T>
-__global__ void select_kernel(const T* in, const int32_t* order, T* values, int32_t* indices, int64_t rows,
-                              int64_t cols, int64_t k) {
+__global__ void select_kernel(const T* in, const int32_t* order, T* values, int32_t* indices,
+                              int64_t rows, int64_t cols, int64_t k) {
   const int64_t n = rows * k;
   for (int64_t e = global_thread(); e < n; e += grid_threads()) {
     const int64_t r = e / k, i = e % k;
@@ -57,8 +57,8 @@ struct RunningTotal {
 // One block per row: softmax weights exp(x - max) in double as the CPU computes them, a
 // draw u = unit(seed, row) * total, and the first class whose cumulative weight passes u.
 template <class T>
-__global__ void __launch_bounds__(kScanBlock) categorical_kernel(const T* logits, int32_t* out, int64_t cols,
-                                                                  uint64_t seed) {
+__global__ void __launch_bounds__(kScanBlock)
+    categorical_kernel(const T* logits, int32_t* out, int64_t cols, uint64_t seed) {
   using Scan = cub::BlockScan<double, kScanBlock>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ double total_s;
@@ -70,7 +70,8 @@ __global__ void __launch_bounds__(kScanBlock) categorical_kernel(const T* logits
   m = block_reduce(m, Max{});
   auto weight = [&](int64_t i) -> double {
     if (i >= cols) return 0.0;
-    return isinf(m) ? 1.0 : ::exp(double(to_float(x[i]) - m));  // an infinite max: uniform, as the CPU
+    return isinf(m) ? 1.0
+                    : ::exp(double(to_float(x[i]) - m));  // an infinite max: uniform, as the CPU
   };
   // Pass 1: the total weight.
   RunningTotal running;
@@ -109,11 +110,13 @@ __global__ void __launch_bounds__(kScanBlock) categorical_kernel(const T* logits
 
 }  // namespace
 
-void sort(const Context& ctx, const Array& in, bool descending, int k, const Array& values, const Array& indices) {
+void sort(const Context& ctx, const Array& in, bool descending, int k, const Array& values,
+          const Array& indices) {
   // in [R, C] contiguous -> values/indices [R, k]
   const int64_t rows = in.shape(0), cols = in.shape(1);
   if (rows == 0 || cols == 0 || k == 0) return;
-  LMX_CHECK(cols <= int64_t(INT32_MAX), "sort", "rows of ", cols, " elements are too long for cuda");
+  LMX_CHECK(cols <= int64_t(INT32_MAX), "sort", "rows of ", cols,
+            " elements are too long for cuda");
   const Device dev = in.device();
   visit_device_dtype(in.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -121,22 +124,23 @@ void sort(const Context& ctx, const Array& in, bool descending, int k, const Arr
     const int64_t n = rows * cols;
     const Dtype key_dtype = kIsFloat<T> ? Dtype::f32 : Dtype::i32;
     // int64 keys live in an i32 array of twice the length: only the bytes matter here.
-    Array keys({n * int64_t(sizeof(K) / 4)}, key_dtype, dev), keys_out({n * int64_t(sizeof(K) / 4)}, key_dtype, dev);
+    Array keys({n * int64_t(sizeof(K) / 4)}, key_dtype, dev),
+        keys_out({n * int64_t(sizeof(K) / 4)}, key_dtype, dev);
     Array cols_idx({n}, Dtype::i32, dev), order({n}, Dtype::i32, dev);
     Array offsets({2 * (rows + 1)}, Dtype::i32, dev);  // [R + 1] int64
     auto* kp = static_cast<K*>(keys.raw());
     auto* kop = static_cast<K*>(keys_out.raw());
     auto* off = static_cast<int64_t*>(offsets.raw());
-    prepare_kernel<<<grid_for(n + rows + 1), kBlock, 0, ctx.stream>>>(static_cast<const T*>(in.raw()), kp,
-                                                                       cols_idx.data<int32_t>(), off, rows, cols);
+    prepare_kernel<<<grid_for(n + rows + 1), kBlock, 0, ctx.stream>>>(
+        static_cast<const T*>(in.raw()), kp, cols_idx.data<int32_t>(), off, rows, cols);
     check_launch("prepare_kernel");
     auto run = [&](void* tmp, size_t& bytes) {
-      return descending
-                 ? cub::DeviceSegmentedSort::StableSortPairsDescending(tmp, bytes, kp, kop, cols_idx.data<int32_t>(),
-                                                                       order.data<int32_t>(), n, rows, off, off + 1,
-                                                                       ctx.stream)
-                 : cub::DeviceSegmentedSort::StableSortPairs(tmp, bytes, kp, kop, cols_idx.data<int32_t>(),
-                                                             order.data<int32_t>(), n, rows, off, off + 1, ctx.stream);
+      return descending ? cub::DeviceSegmentedSort::StableSortPairsDescending(
+                              tmp, bytes, kp, kop, cols_idx.data<int32_t>(), order.data<int32_t>(),
+                              n, rows, off, off + 1, ctx.stream)
+                        : cub::DeviceSegmentedSort::StableSortPairs(
+                              tmp, bytes, kp, kop, cols_idx.data<int32_t>(), order.data<int32_t>(),
+                              n, rows, off, off + 1, ctx.stream);
     };
     size_t tmp_bytes = 0;
     check(run(nullptr, tmp_bytes), "cub::DeviceSegmentedSort (size query)");
@@ -144,7 +148,8 @@ void sort(const Context& ctx, const Array& in, bool descending, int k, const Arr
     check(run(tmp.raw(), tmp_bytes), "cub::DeviceSegmentedSort");
     const int64_t nk = rows * k;
     select_kernel<<<grid_for(nk), kBlock, 0, ctx.stream>>>(
-        static_cast<const T*>(in.raw()), order.data<int32_t>(), values.valid() ? static_cast<T*>(values.raw()) : nullptr,
+        static_cast<const T*>(in.raw()), order.data<int32_t>(),
+        values.valid() ? static_cast<T*>(values.raw()) : nullptr,
         indices.valid() ? indices.data<int32_t>() : nullptr, rows, cols, int64_t(k));
     check_launch("select_kernel");
   });
@@ -155,12 +160,13 @@ void categorical(const Context& ctx, const Array& logits, uint64_t seed, const A
   const int64_t rows = logits.shape(0), cols = logits.shape(1);
   if (rows == 0) return;
   LMX_CHECK(cols > 0, "categorical", "needs at least one class");
-  LMX_CHECK(rows <= int64_t(INT32_MAX), "categorical", rows, " rows are too many for one launch on cuda");
+  LMX_CHECK(rows <= int64_t(INT32_MAX), "categorical", rows,
+            " rows are too many for one launch on cuda");
   visit_device_dtype(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (kIsFloat<T>) {
-      categorical_kernel<<<unsigned(rows), kScanBlock, 0, ctx.stream>>>(static_cast<const T*>(logits.raw()),
-                                                                        out.data<int32_t>(), cols, seed);
+      categorical_kernel<<<unsigned(rows), kScanBlock, 0, ctx.stream>>>(
+          static_cast<const T*>(logits.raw()), out.data<int32_t>(), cols, seed);
       check_launch("categorical_kernel");
     } else {
       fail("categorical", "expects floating-point logits, got ", dtype_name(logits.dtype()));
