@@ -145,6 +145,18 @@ __device__ __forceinline__ float random_unit(uint64_t seed, uint64_t i) {  // un
   return float(random_bits(seed, i) >> 40) * (1.0f / 16777216.0f);
 }
 
+// f32 math through double, rounded once: the correctly rounded results in all but rare
+// cases, as glibc's f32 functions give them, so the backends agree to the last bit.
+// Element-wise and row kernels are bound by memory: the double math costs little.
+__device__ __forceinline__ float cr_exp(float x) { return float(::exp(double(x))); }
+__device__ __forceinline__ float cr_log(float x) { return float(::log(double(x))); }
+__device__ __forceinline__ float cr_tanh(float x) { return float(::tanh(double(x))); }
+__device__ __forceinline__ float cr_sin(float x) { return float(::sin(double(x))); }
+__device__ __forceinline__ float cr_cos(float x) { return float(::cos(double(x))); }
+__device__ __forceinline__ float cr_pow(float a, float b) {
+  return float(::pow(double(a), double(b)));
+}
+
 // lmx::min/max (array reductions) hide the CUDA overloads inside namespace lmx.
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a < b ? b : a; }

@@ -19,26 +19,26 @@ struct UnaryFn {
     else if constexpr (Op == UnaryOp::square)
       return X(x * x);
     else if constexpr (Op == UnaryOp::exp)
-      return ::expf(float(x));
+      return cr_exp(float(x));
     else if constexpr (Op == UnaryOp::log)
-      return ::logf(float(x));
+      return cr_log(float(x));
     else if constexpr (Op == UnaryOp::sqrt)
       return ::sqrtf(float(x));
     else if constexpr (Op == UnaryOp::rsqrt)
       return 1.0f / ::sqrtf(float(x));
     else if constexpr (Op == UnaryOp::tanh)
-      return ::tanhf(float(x));
+      return cr_tanh(float(x));
     else if constexpr (Op == UnaryOp::sin)
-      return ::sinf(float(x));
+      return cr_sin(float(x));
     else if constexpr (Op == UnaryOp::cos)
-      return ::cosf(float(x));
+      return cr_cos(float(x));
     else if constexpr (Op == UnaryOp::sigmoid)
-      return 1.0f / (1.0f + ::expf(-float(x)));
+      return 1.0f / (1.0f + cr_exp(-float(x)));
     else if constexpr (Op == UnaryOp::silu)
-      return float(x) / (1.0f + ::expf(-float(x)));
+      return float(x) / (1.0f + cr_exp(-float(x)));
     else if constexpr (Op == UnaryOp::gelu_tanh) {
       const float v = float(x);
-      return 0.5f * v * (1.0f + ::tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+      return 0.5f * v * (1.0f + cr_tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     } else {
       static_assert(Op == UnaryOp::logical_not);
       return X(!x);
@@ -62,7 +62,7 @@ struct BinaryFn {
       else
         return a / b;
     } else if constexpr (Op == BinaryOp::pow)
-      return ::powf(float(a), float(b));
+      return cr_pow(float(a), float(b));
     else if constexpr (Op == BinaryOp::maximum)
       return (a != a || a > b) ? a : b;  // NaN propagates
     else if constexpr (Op == BinaryOp::minimum)

@@ -46,9 +46,9 @@ __global__ void reduce_kernel(const T* in, T* out, int64_t cols) {
     m = block_reduce(m, Max{});
     float s = 0;
     if (!isinf(m))
-      for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) s += ::expf(load(x[i]) - m);
+      for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) s += cr_exp(load(x[i]) - m);
     s = block_reduce(s, Sum{});
-    acc = isinf(m) ? m : m + ::logf(s);  // all -inf gives -inf; any +inf gives +inf
+    acc = isinf(m) ? m : m + cr_log(s);  // all -inf gives -inf; any +inf gives +inf
   }
   if (threadIdx.x == 0) out[blockIdx.x] = store<T>(acc);
 }
@@ -94,11 +94,11 @@ __global__ void softmax_kernel(const T* in, T* out, int64_t cols) {
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) m = fmaxf(m, to_float(x[i]));
   m = block_reduce(m, Max{});
   float s = 0;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) s += ::expf(to_float(x[i]) - m);
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) s += cr_exp(to_float(x[i]) - m);
   s = block_reduce(s, Sum{});
   const float inv = 1.0f / s;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
-    o[i] = from_float<T>(::expf(to_float(x[i]) - m) * inv);
+    o[i] = from_float<T>(cr_exp(to_float(x[i]) - m) * inv);
 }
 
 void check_rows(int64_t rows, const char* op) {
