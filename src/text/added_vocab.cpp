@@ -48,6 +48,10 @@ int32_t AddedVocab::Trie::longest(std::string_view text, size_t pos, size_t& len
 
 void AddedVocab::build(std::vector<AddedToken> tokens, const Normalizer* normalizer) {
   tokens_ = std::move(tokens);
+  index_by_id_.clear();
+  id_by_content_.clear();
+  raw_ = Trie{};
+  normalized_ = Trie{};
   id_by_content_.reserve(tokens_.size());
   for (size_t k = 0; k < tokens_.size(); ++k) {
     AddedToken& t = tokens_[k];
@@ -63,6 +67,20 @@ void AddedVocab::build(std::vector<AddedToken> tokens, const Normalizer* normali
       t.decoder_text = key;
     }
   }
+}
+
+void AddedVocab::make_special(const std::string& content, int32_t id, const Normalizer* normalizer) {
+  if (const auto existing = by_content(content)) {
+    tokens_[index_by_id_.at(*existing)].special = true;
+    return;
+  }
+  AddedToken t;
+  t.content = content;
+  t.id = id;
+  t.special = true;
+  std::vector<AddedToken> all = std::move(tokens_);
+  all.push_back(std::move(t));
+  build(std::move(all), normalizer);
 }
 
 const AddedToken* AddedVocab::by_id(int32_t id) const {

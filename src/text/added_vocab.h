@@ -42,6 +42,10 @@ class AddedVocab {
   // Splits `text` with the raw-text matcher (normalized == false) or the normalized one.
   void split(std::string_view text, bool normalized_tokens, std::vector<TextSplit>& out) const;
 
+  // Marks `content` special, adding it as a token with `id` when it is not one yet: what
+  // transformers does with the named special tokens of tokenizer_config.json.
+  void make_special(const std::string& content, int32_t id, const Normalizer* normalizer);
+
   const AddedToken* by_id(int32_t id) const;
   std::optional<int32_t> by_content(std::string_view content) const;
   const std::vector<AddedToken>& tokens() const { return tokens_; }

@@ -7,21 +7,11 @@ namespace lmx {
 namespace {
 
 // Bytes at the end of `text` that a later token may still rewrite: an unfinished UTF-8
-// character (decoded as a trailing U+FFFD) or, with space cleanup on, a space followed by
-// the beginning of one of the cleanup patterns (" n" may become "n't").
-size_t unstable_tail(std::string_view text, bool cleanup) {
+// character, which decodes as trailing U+FFFDs.
+size_t unstable_tail(std::string_view text) {
   size_t end = text.size();
   while (end >= 3 && text.substr(end - 3, 3) == detail::kReplacementUtf8) end -= 3;
-  if (end != text.size()) return text.size() - end + unstable_tail(text.substr(0, end), cleanup);
-  if (!cleanup) return 0;
-  const size_t space = text.rfind(' ');
-  if (space == std::string_view::npos) return 0;
-  const std::string_view after = text.substr(space + 1);
-  static constexpr std::string_view kRests[] = {".", "?", "!", ",", "' ", "n't", "'m", "'s", "'ve", "'re"};
-  for (std::string_view rest : kRests)
-    if (after.size() < rest.size() + (rest == "' " ? 0 : 1) && rest.substr(0, after.size()) == after)
-      return text.size() - space;
-  return 0;
+  return text.size() - end;
 }
 
 }  // namespace
@@ -35,14 +25,14 @@ std::string StreamDecoder::push(int32_t id) {
   // for the run to end.
   if (tok_->is_byte_fallback_token(id)) return {};
   const std::string text = tok_->decode(window_, skip_special_);
-  const size_t stable = text.size() - unstable_tail(text, tok_->config().clean_up_tokenization_spaces);
+  const size_t stable = text.size() - unstable_tail(text);
   std::string out;
   if (stable > emitted_) {
     out = text.substr(emitted_, stable - emitted_);
     emitted_ = stable;
   }
   // When nothing is held back, keep only the last id as context: it carries what the
-  // decoders look at across a boundary (the first-token space rule, cleanup).
+  // decoders look at across a boundary (the first-token space rule of Metaspace and Strip).
   if (stable == text.size() && window_.size() > 1) {
     const std::string last = tok_->decode(std::span<const int32_t>(&window_.back(), 1), skip_special_);
     if (!last.empty() && last.find(detail::kReplacementUtf8) == std::string::npos &&

@@ -186,6 +186,11 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, const nlohmann::
 }
 
 void Tokenizer::set_config(TokenizerConfig c) {
+  // transformers registers every named special token as a special added token.
+  std::vector<std::string> named = c.extra_special_tokens;
+  for (const auto& [name, value] : c.special_token_strings()) named.push_back(value);
+  for (const std::string& token : named)
+    if (const auto id = token_to_id(token)) impl_->added.make_special(token, *id, impl_->normalizer.get());
   c.bos_token_id = resolve(*this, c.bos_token);
   c.eos_token_id = resolve(*this, c.eos_token);
   c.pad_token_id = resolve(*this, c.pad_token);
@@ -270,16 +275,6 @@ std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special_
   return ids;
 }
 
-std::string clean_up_tokenization(std::string text) {
-  static const std::pair<std::string_view, std::string_view> kRules[] = {
-      {" .", "."},     {" ?", "?"},     {" !", "!"},   {" ,", ","},     {" ' ", "'"},
-      {" n't", "n't"}, {" 'm", "'m"},   {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
-  for (const auto& [from, to] : kRules)
-    for (size_t pos = 0; (pos = text.find(from, pos)) != std::string::npos; pos += to.size())
-      text.replace(pos, from.size(), to);
-  return text;
-}
-
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
   const Impl& m = *impl_;
   std::vector<std::string> tokens;
@@ -298,7 +293,6 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   } else {
     for (size_t k = 0; k < tokens.size(); ++k) text += (k ? " " : "") + tokens[k];
   }
-  if (m.config.clean_up_tokenization_spaces) text = clean_up_tokenization(std::move(text));
   return text;
 }
 

@@ -23,11 +23,15 @@ namespace lmx {
 
 // What tokenizer_config.json (and chat_template.jinja) add to tokenizer.json.
 struct TokenizerConfig {
-  std::optional<std::string> bos_token, eos_token, pad_token, unk_token;
+  std::optional<std::string> bos_token, eos_token, pad_token, unk_token, mask_token, sep_token, cls_token;
+  // additional_special_tokens and the values of extra_special_tokens.
+  std::vector<std::string> extra_special_tokens;
   // Resolved against the vocabulary; empty when the token is absent or unknown.
   std::optional<int32_t> bos_token_id, eos_token_id, pad_token_id, unk_token_id;
   // Present only when the file sets them; they then decide BOS/EOS on encode.
   std::optional<bool> add_bos_token, add_eos_token;
+  // Read for completeness only: transformers 5 decodes without this cleanup (checked
+  // against its output for Llama 3, whose config sets it), so decode() ignores it too.
   bool clean_up_tokenization_spaces = false;
   std::string tokenizer_class;
   // The template apply_chat_template uses: chat_template.jinja when present, else the
@@ -35,7 +39,7 @@ struct TokenizerConfig {
   std::string chat_template;
   std::map<std::string, std::string> named_chat_templates;  // the list form, by name
 
-  // {"bos_token", "<bos>"}, ... for the tokens that are set: what a chat template sees.
+  // {"bos_token", "<bos>"}, ... for the named tokens that are set: what a chat template sees.
   std::vector<std::pair<std::string, std::string>> special_token_strings() const;
 
   // Parses a tokenizer_config.json object; `where` names the file in errors.
@@ -80,10 +84,8 @@ class Tokenizer {
 };
 
 // Turns generated ids into text as they arrive. Each push returns only text that later ids
-// cannot change: partial UTF-8 characters, runs of byte-fallback tokens and, when the
-// config asks for clean_up_tokenization_spaces, a trailing " " or " n'" that a later token
-// might fuse with, wait for more. The concatenation of all pushes and the final flush
-// equals tokenizer.decode(all ids).
+// cannot change: partial UTF-8 characters and runs of byte-fallback tokens wait for more.
+// The concatenation of all pushes and the final flush equals tokenizer.decode(all ids).
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = false);
@@ -96,8 +98,5 @@ class StreamDecoder {
   std::vector<int32_t> window_;  // ids whose decoded text is still needed as context
   size_t emitted_ = 0;           // bytes of decode(window_) already returned
 };
-
-// transformers' clean_up_tokenization: " ." -> "." and the like.
-std::string clean_up_tokenization(std::string text);
 
 }  // namespace lmx

@@ -116,6 +116,14 @@ TEST(TokenizerConfigFile, TokenFormsAndTemplates) {
   const auto strings = c.special_token_strings();
   ASSERT_EQ(strings.size(), 2u);
   EXPECT_EQ(strings[0], (std::pair<std::string, std::string>{"bos_token", "<s>"}));
+  EXPECT_FALSE(c.mask_token.has_value());
+
+  const lmx::TokenizerConfig extra = lmx::TokenizerConfig::parse(
+      {{"additional_special_tokens", {"<a>", {{"content", "<b>"}}}}, {"extra_special_tokens", {{"image_token", "<img>"}}},
+       {"tokenizer_class", "GemmaTokenizer"}},
+      "tokenizer_config.json");
+  EXPECT_EQ(extra.extra_special_tokens, (std::vector<std::string>{"<a>", "<b>", "<img>"}));
+  EXPECT_EQ(extra.mask_token, "<mask>");
 
   EXPECT_NE(error_of([] { lmx::TokenizerConfig::parse({{"bos_token", 5}}, "cfg.json"); }).find("[tokenizer] cfg.json: bos_token"),
             std::string::npos);
@@ -138,11 +146,6 @@ TEST(TokenizerConfigFile, ChatTemplateFileWinsAndFlagsAddBos) {
   EXPECT_EQ(tok.encode("hi", false).size() + 1, ids.size());
   EXPECT_TRUE(tok.is_special(*tok.config().bos_token_id));
   fs::remove_all(dir);
-}
-
-TEST(TokenizerDecode, CleanUpTokenizationSpaces) {
-  EXPECT_EQ(lmx::clean_up_tokenization("a . b , c ! d ? I 'm it 's we 've they 're do n't ' x ' y"),
-            "a. b, c! d? I'm it's we've they're don't'x'y");
 }
 
 TEST(TokenizerStream, HoldsPartialCharactersAndCleanupPrefixes) {
