@@ -184,14 +184,15 @@ struct DiscoveredModel {
 // Scans `dir` and two levels below for folders with config.json and *.safetensors.
 std::vector<DiscoveredModel> discover(const std::filesystem::path& dir);
 
-// Memory of the default device of the best backend (the CPU without a GPU).
-void set_cache_limit(size_t bytes);
-void set_memory_limit(size_t bytes);  // 0 = no limit
-size_t active_memory();
-size_t peak_memory();
-size_t cache_memory();
-void reset_peak_memory();
-void clear_cache();
+// Memory control per device ("cpu", "cuda:0"); "" means the default device of the best
+// backend (the first GPU when one is visible, else the CPU).
+void set_cache_limit(size_t bytes, std::string_view device = "");
+void set_memory_limit(size_t bytes, std::string_view device = "");  // 0 = no limit
+size_t active_memory(std::string_view device = "");
+size_t peak_memory(std::string_view device = "");
+size_t cache_memory(std::string_view device = "");
+void reset_peak_memory(std::string_view device = "");
+void clear_cache(std::string_view device = "");
 
 }  // namespace lmx
 

@@ -131,17 +131,18 @@ std::unique_ptr<TextModel> load_model(const std::filesystem::path& dir, const Lo
   return b->load_model(dir, options);
 }
 
-static Allocator& default_allocator() {
+static Allocator& allocator_of(std::string_view device) {
+  if (!device.empty()) return allocator_for(Device::parse(device));
   const Backend* b = best_backend();
   return allocator_for(b->name() == "cuda" ? Device::cuda(0) : Device::cpu());
 }
-void set_cache_limit(size_t bytes) { default_allocator().set_cache_limit(bytes); }
-void set_memory_limit(size_t bytes) { default_allocator().set_memory_limit(bytes); }
-size_t active_memory() { return default_allocator().stats().active; }
-size_t peak_memory() { return default_allocator().stats().peak; }
-size_t cache_memory() { return default_allocator().stats().cached; }
-void reset_peak_memory() { default_allocator().reset_peak(); }
-void clear_cache() { default_allocator().clear_cache(); }
+void set_cache_limit(size_t bytes, std::string_view device) { allocator_of(device).set_cache_limit(bytes); }
+void set_memory_limit(size_t bytes, std::string_view device) { allocator_of(device).set_memory_limit(bytes); }
+size_t active_memory(std::string_view device) { return allocator_of(device).stats().active; }
+size_t peak_memory(std::string_view device) { return allocator_of(device).stats().peak; }
+size_t cache_memory(std::string_view device) { return allocator_of(device).stats().cached; }
+void reset_peak_memory(std::string_view device) { allocator_of(device).reset_peak(); }
+void clear_cache(std::string_view device) { allocator_of(device).clear_cache(); }
 
 std::vector<DiscoveredModel> discover(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;

@@ -161,9 +161,9 @@ TEST(ApiTest, BatchGenerateEqualsOneAtATime) {
 TEST(ApiTest, OverTheMemoryLimitEndsTheStreamCleanly) {
   auto model = load("qwen3-f32");
   const std::vector<int32_t> want = ids_of(model->generate_ids({5, 6, 7}, greedy(6)));
-  set_memory_limit(active_memory() + 1);  // the first allocation of the step fails
+  set_memory_limit(active_memory("cpu") + 1, "cpu");  // the first allocation of the step fails
   const std::vector<int32_t> got = ids_of(model->generate_ids({5, 6, 7}, greedy(6)));
-  set_memory_limit(0);
+  set_memory_limit(0, "cpu");
   EXPECT_TRUE(got.empty());
   EXPECT_EQ(model->err(), make_error_code(Errc::out_of_memory));
   EXPECT_NE(model->err_message().find("[memory]"), std::string::npos) << model->err_message();
