@@ -115,13 +115,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   KVCache cache(model_->num_layers(), l + o.max_tokens);
   std::vector<Sampler> samplers;
   for (int64_t r = 0; r < rows; ++r) {
-    SamplingOptions s;
-    s.temperature = o.temperature;
-    s.top_k = o.top_k;
-    s.top_p = o.top_p;
-    s.min_p = o.min_p;
-    s.repetition_penalty = o.repeat_penalty;
-    if (o.seed) s.seed = *o.seed + uint64_t(r);
+    SamplingOptions s = sampling_options(o);
+    if (o.seed) s.seed = *o.seed + uint64_t(r);  // rows draw independently
     samplers.emplace_back(s);
   }
   const GenerationLimits lim = limits(o);

@@ -19,7 +19,7 @@ class GenerationSource final : public Stream::Source {
                    int64_t cached)
       : m_(m),
         stop_(std::move(stop)),
-        gen_(m.model(), std::move(prompt), sampling(o), m.limits(o), m.prompt_cache()),
+        gen_(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache()),
         stops_(o.stop_strings) {
     cached_ = int(cached);
     if (m.has_tokenizer()) decoder_.emplace(m.tokenizer(), o.skip_special_tokens);
@@ -68,20 +68,6 @@ class GenerationSource final : public Stream::Source {
   }
 
  private:
-  static SamplingOptions sampling(const GenerateOptions& o) {
-    SamplingOptions s;
-    s.temperature = o.temperature;
-    s.top_k = o.top_k;
-    s.top_p = o.top_p;
-    s.min_p = o.min_p;
-    s.repetition_penalty = o.repeat_penalty;
-    s.presence_penalty = o.presence_penalty;
-    s.frequency_penalty = o.frequency_penalty;
-    s.logit_bias = o.logit_bias;
-    s.seed = o.seed;
-    return s;
-  }
-
   void fail_with(Errc e, const std::string& msg) {
     failed_ = true;
     err_ = make_error_code(e);
@@ -124,6 +110,20 @@ class GenerationSource final : public Stream::Source {
 };
 
 }  // namespace
+
+SamplingOptions sampling_options(const GenerateOptions& o) {
+  SamplingOptions s;
+  s.temperature = o.temperature;
+  s.top_k = o.top_k;
+  s.top_p = o.top_p;
+  s.min_p = o.min_p;
+  s.repetition_penalty = o.repeat_penalty;
+  s.presence_penalty = o.presence_penalty;
+  s.frequency_penalty = o.frequency_penalty;
+  s.logit_bias = o.logit_bias;
+  s.seed = o.seed;
+  return s;
+}
 
 GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device device) {
   GenerateMetrics m;

@@ -59,6 +59,9 @@ class LocalTextModel final : public TextModel {
   std::string err_message_;
 };
 
+// The sampler settings of the public options.
+SamplingOptions sampling_options(const GenerateOptions& o);
+
 // Fills TextModel metrics from a finished generation.
 GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device device);
 
