@@ -8,7 +8,7 @@ transformers does:
   ids             AutoTokenizer(text)["input_ids"]                   (add_special_tokens=True)
   ids_no_special  AutoTokenizer(text, add_special_tokens=False)["input_ids"]
   raw_ids         tokenizers.Tokenizer.from_file(...).encode(text).ids (the Rust library alone)
-  decoded         tokenizer.decode(ids, skip_special_tokens=False)   (with transformers' cleanup)
+  decoded         tokenizer.decode(ids, skip_special_tokens=False)
   decoded_skip    tokenizer.decode(ids, skip_special_tokens=True)
 
 and for a few conversations the text of apply_chat_template(tokenize=False) together with
