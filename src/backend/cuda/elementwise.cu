@@ -1,6 +1,13 @@
 // Element-wise kernels. As on the CPU, the math of each op is written once as a scalar
 // functor in the compute type (f32 for floats, int64 for integers); one strided kernel
 // applies it to arrays of any strides.
+//
+// Host code must not choose a kernel from the result type of a functor: nvcc's host pass
+// replaces the bodies of __device__ functions by stubs, so there `auto operator()` deduces
+// void. A kernel chosen that way in the host pass is one the device pass never compiled:
+// its launch fails with "invalid device function". The functors state their result kind
+// as constants instead, which both passes read alike, and the device pass checks them
+// against the bodies (check_traits).
 #include <type_traits>
 
 #include "backend/cuda/common.cuh"
@@ -10,6 +17,11 @@ namespace {
 
 template <UnaryOp Op>
 struct UnaryFn {
+  // Computed in f32 whatever the input: defined for float dtypes only.
+  static constexpr bool kFloatOnly = !(Op == UnaryOp::neg || Op == UnaryOp::abs ||
+                                       Op == UnaryOp::square || Op == UnaryOp::logical_not);
+  static constexpr bool kBoolResult = false;
+
   template <class X>
   __device__ auto operator()(X x) const {
     if constexpr (Op == UnaryOp::neg)
@@ -48,6 +60,10 @@ struct UnaryFn {
 
 template <BinaryOp Op>
 struct BinaryFn {
+  static constexpr bool kFloatOnly = Op == BinaryOp::pow;
+  // Comparisons and the logical ops write bool arrays.
+  static constexpr bool kBoolResult = Op >= BinaryOp::eq;
+
   template <class X>
   __device__ auto operator()(X a, X b) const {
     if constexpr (Op == BinaryOp::add)
@@ -142,6 +158,18 @@ void launch_map(const Context& ctx, const Array* const (&arrays)[N], F f) {
   check_launch("map_kernel");
 }
 
+// F's constants must tell R, its result type on arguments of the compute type C. Checked in
+// the device pass only, the one where R is real (void in the host pass).
+template <class F, class C, class R>
+constexpr void check_traits() {
+#ifdef __CUDA_ARCH__
+  static_assert(F::kBoolResult == std::is_same_v<R, bool>, "kBoolResult disagrees with the body");
+  // Integer inputs show which ops go through f32 (float inputs compute in f32 anyway).
+  if constexpr (!std::is_same_v<C, float>)
+    static_assert(F::kFloatOnly == std::is_same_v<R, float>, "kFloatOnly disagrees with the body");
+#endif
+}
+
 }  // namespace
 
 void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out) {
@@ -149,9 +177,10 @@ void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out) {
     using T = decltype(tag);
     with_enum<UnaryOp, int(UnaryOp::cos) + 1>(op, [&](auto op_c) {
       using F = UnaryFn<decltype(op_c)::value>;
-      using R = decltype(F{}(compute_t<T>{}));
+      using C = compute_t<T>;
+      check_traits<F, C, decltype(F{}(C{}))>();
       // Transcendentals exist only for floats; the ops layer has rejected the rest.
-      if constexpr (kIsFloat<T> || !std::is_same_v<R, float>) {
+      if constexpr (kIsFloat<T> || !F::kFloatOnly) {
         const Array* arrays[2] = {&in, &out};
         launch_map<T, T>(ctx, arrays, F{});
       } else {
@@ -166,11 +195,12 @@ void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, con
     using T = decltype(tag);
     with_enum<BinaryOp, int(BinaryOp::logical_or) + 1>(op, [&](auto op_c) {
       using F = BinaryFn<decltype(op_c)::value>;
-      using R = decltype(F{}(compute_t<T>{}, compute_t<T>{}));
+      using C = compute_t<T>;
+      check_traits<F, C, decltype(F{}(C{}, C{}))>();
       const Array* arrays[3] = {&a, &b, &out};
-      if constexpr (std::is_same_v<R, bool>) {
+      if constexpr (F::kBoolResult) {
         launch_map<T, bool>(ctx, arrays, F{});
-      } else if constexpr (kIsFloat<T> || !std::is_same_v<R, float>) {
+      } else if constexpr (kIsFloat<T> || !F::kFloatOnly) {
         launch_map<T, T>(ctx, arrays, F{});
       } else {
         fail("cuda", "binary op ", int(op), " is not defined for ", dtype_name(a.dtype()));
