@@ -1,6 +1,7 @@
 // CUDA-specific checks: the CPU backend is the reference. Bit-exact where the backends
-// share an algorithm (random, categorical), within dtype tolerance for large products
-// and attention, plus out-of-memory recovery, index errors and memory statistics.
+// share an algorithm (uniform random, categorical), within the CPU libm's rounding for
+// normal random, within dtype tolerance for large products and attention, plus
+// out-of-memory recovery, index errors and memory statistics.
 #include <cmath>
 #include <cstring>
 
@@ -36,21 +37,33 @@ TEST(Cuda, RandomUniformIsBitExact) {
     }
 }
 
-TEST(Cuda, RandomNormalMatchesToTheLastBit) {
+TEST(Cuda, RandomNormalMatchesUpToLibmRounding) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
-  // log and cos are correctly rounded on both sides in all but rare cases: allow a
-  // handful of one-ulp differences and nothing larger.
-  const std::vector<float> cpu = to_floats(random_normal({100000}, 7, 0.5f, 2.0f));
-  const std::vector<float> gpu =
-      to_floats(random_normal({100000}, 7, 0.5f, 2.0f, Dtype::f32, kGpu));
-  int differ = 0;
+  // Both backends compute v = a + b * sqrt(-2 log u1) * cos(2 pi u2) with the same f32
+  // operations; only log and cos differ. The GPU's are correctly rounded (double math
+  // rounded once); glibc's logf and cosf are not (their errors stay below one ulp, and the
+  // x86-64 variant chosen at run time, with or without FMA, decides which results are off),
+  // so about 1% of their results are one ulp away. Bit equality cannot be asked of libm.
+  //
+  // One ulp off in log and in cos, carried through sqrt and the two products (each side
+  // rounding once more at every step), moves p = b*sqrt(..)*cos(..) by at most 9 units of
+  // 2^-24 relative to p; the final a + p then differs by at most one ulp of v, 2^-23 |v|.
+  // p is v - a up to that last rounding. Twice this bound is allowed (it also covers the
+  // GPU's double log and cos missing the correct rounding, which is rare). It
+  // is on the magnitude of p, not of v: for v near zero, p near -a carries its own error.
+  const float a = 0.5f, b = 2.0f;
+  const std::vector<float> cpu = to_floats(random_normal({100000}, 7, a, b));
+  const std::vector<float> gpu = to_floats(random_normal({100000}, 7, a, b, Dtype::f32, kGpu));
+  size_t differ = 0;
   for (size_t i = 0; i < cpu.size(); ++i) {
     if (cpu[i] == gpu[i]) continue;
     ++differ;
-    EXPECT_LE(std::abs(cpu[i] - gpu[i]), 4 * std::abs(cpu[i]) * 0x1p-24f + 1e-30f)
-        << "element " << i;
+    const double v = cpu[i], p = std::abs(v - a);
+    EXPECT_LE(std::abs(v - double(gpu[i])), (18 * p + 4 * std::abs(v)) * 0x1p-24) << "element " << i;
   }
-  EXPECT_LE(differ, 100);
+  // 1.1% with glibc 2.36 on x86-64; far more would mean a GPU function that is not
+  // correctly rounded, even if each difference is within the bound.
+  EXPECT_LE(differ, cpu.size() / 20);
 }
 
 TEST(Cuda, CategoricalDrawsMatchTheCpu) {
