@@ -2,6 +2,7 @@
 #include "core/allocator.h"
 
 #include "backend/cuda/cuda_ops.h"
+#include "core/error.h"
 
 namespace lmx::cuda {
 namespace {
@@ -11,6 +12,9 @@ namespace {
 class CudaAllocator final : public Allocator {
  protected:
   void* raw_alloc(size_t bytes) override {
+    // Without a device cudaMalloc reports only a driver error; say what is missing.
+    LMX_CHECK(device_count() > 0, "memory", "cannot allocate on cuda: no CUDA device is visible "
+              "(no NVIDIA driver or GPU, or CUDA_VISIBLE_DEVICES hides them)");
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, bytes);
     if (e == cudaErrorMemoryAllocation) {

@@ -17,12 +17,14 @@ std::string where(const std::source_location& loc) {
 
 void check(cudaError_t e, const char* call, std::source_location loc) {
   if (e == cudaSuccess) return;
+  // A failed call also leaves its error as the thread's last error, which the next
+  // check_launch would report against an innocent kernel. Clear it (sticky errors, which
+  // break the context, come back from every later call anyway).
+  cudaGetLastError();
   const std::string msg =
       detail::cat("[cuda] ", call, " failed: ", cudaGetErrorString(e), " at ", where(loc));
-  if (e == cudaErrorMemoryAllocation) {
-    cudaGetLastError();  // not sticky: clear it so that the next call starts clean
+  if (e == cudaErrorMemoryAllocation)
     throw OutOfMemory(msg + "; free arrays, call clear_cache() or use a smaller batch or context");
-  }
   throw Error(msg);
 }
 

@@ -100,7 +100,11 @@ class CudaKernels final : public detail::Kernels {
 
 namespace lmx::detail {
 
-// nullptr when no GPU is visible or there is no such device: callers report "not available".
+bool cuda_built() { return true; }
+int cuda_device_count() { return cuda::device_count(); }
+
+// nullptr when there is no such device (kernels_for says how many there are); throws, with
+// CUDA's reason, when the device is visible but cannot be used.
 Kernels* cuda_kernels(int device_index) {
   static std::mutex mu;
   static std::vector<std::unique_ptr<cuda::CudaKernels>>
@@ -113,8 +117,8 @@ Kernels* cuda_kernels(int device_index) {
   if (!k) {
     try {
       cuda::context(device_index);  // fails here, not in the first op, when the device is unusable
-    } catch (const Error&) {
-      return nullptr;
+    } catch (const Error& e) {
+      fail("device", "cuda:", device_index, " is visible but cannot be used: ", e.what());
     }
     k = std::make_unique<cuda::CudaKernels>(device_index);
   }

@@ -3,6 +3,8 @@
 
 namespace lmx::detail {
 
+bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
 Kernels* cuda_kernels(int) { return nullptr; }
 
 }  // namespace lmx::detail
