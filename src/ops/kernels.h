@@ -22,6 +22,9 @@ class Kernels {
   virtual void upload(const void* host, const Array& dst) = 0;       // dst contiguous
   virtual void download(const Array& src, void* host) = 0;           // src contiguous
   virtual void synchronize() = 0;
+  // Percent of time the device was busy over the driver's last sample window, or -1 where
+  // that is not known (the CPU; a GPU without NVML).
+  virtual double utilization() { return -1; }
 
   virtual void fill(const Array& out, double value) = 0;                 // out contiguous
   virtual void arange(const Array& out, double start, double step) = 0;  // out contiguous 1-D

@@ -5,6 +5,7 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "models/loader.h"
+#include "ops/kernels.h"
 #include "runtime/stop_strings.h"
 #include "text/jinja/jinja.h"
 
@@ -138,6 +139,7 @@ GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device 
   m.peak_memory = s.peak;
   m.active_memory = s.active;
   m.finish_reason = finish_reason_name(r);
+  if (device.type == Device::Type::cuda) m.gpu_utilization = detail::kernels_for(device).utilization();
   return m;
 }
 

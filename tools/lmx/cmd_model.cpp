@@ -126,7 +126,8 @@ void add_model_commands(CLI::App& app) {
                                {"prefill_tok_per_s", mt.prefill_tok_per_s},
                                {"decode_tok_per_s", mt.decode_tok_per_s},
                                {"time_to_first_token_s", mt.time_to_first_token_s},
-                               {"peak_memory_bytes", mt.peak_memory}};
+                               {"peak_memory_bytes", mt.peak_memory},
+                               {"gpu_utilization", mt.gpu_utilization}};
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       } else {
         std::printf("\n");

@@ -37,4 +37,7 @@ int device_count();
 // Blocks until `ctx.stream` has finished its work.
 void synchronize(const Context& ctx);
 
+// Percent of time the GPU was busy over NVML's last sample window; -1 without NVML.
+double nvml_utilization(int device);
+
 }  // namespace lmx::cuda

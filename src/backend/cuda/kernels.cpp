@@ -21,6 +21,8 @@ class CudaKernels final : public detail::Kernels {
  public:
   explicit CudaKernels(int device) : device_(device) {}
 
+  double utilization() override { return nvml_utilization(device_); }
+
   void upload(const void* host, const Array& dst) override {
     const Context& c = ctx();
     // From pageable memory this returns once the bytes are staged: the caller may free `host`.
