@@ -5,22 +5,13 @@
 
 #include "core/error.h"
 #include "text/jinja/jinja.h"
+#include "jinja_test_util.h"
 
 namespace lmx::jinja {
 namespace {
 
-std::string render(const std::string& source, const char* context = "{}") {
-  return Template(source).render(nlohmann::ordered_json::parse(context));
-}
-
-bool throws(const std::string& source, const char* context = "{}") {
-  try {
-    render(source, context);
-  } catch (const Error&) {
-    return true;
-  }
-  return false;
-}
+using testing::render;
+using testing::throws;
 
 TEST(JinjaFilters, StringFilters) {
   EXPECT_EQ(render("[{{ '  a b \n'|trim }}][{{ 'xxaxx'|trim('x') }}]"), "[a b][a]");

@@ -5,13 +5,12 @@
 
 #include "core/error.h"
 #include "text/jinja/jinja.h"
+#include "jinja_test_util.h"
 
 namespace lmx::jinja {
 namespace {
 
-std::string render(const std::string& source, const char* context = "{}") {
-  return Template(source).render(nlohmann::ordered_json::parse(context));
-}
+using testing::render;
 
 // The message of the lmx::Error thrown by parsing `source`, or "" if it parses.
 std::string parse_error(const std::string& source) {
