@@ -183,12 +183,13 @@ class WordPieceDecoder final : public Decoder {
         else t.insert(0, 1, ' ');
       }
       if (cleanup_) {
-        for (std::string_view from : {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " do not", " 's", " 've", " 're"}) {
-          std::string to(from.substr(1));
-          if (from == " ' ") to = "'";
-          if (from == " do not") to = " don't";
-          for (size_t pos = 0; (pos = t.find(from, pos)) != std::string::npos; pos += to.size()) t.replace(pos, from.size(), to);
-        }
+        // WordPiece's own cleanup, as HF tokenizers does it.
+        static constexpr std::pair<std::string_view, std::string_view> kCleanups[] = {
+            {" .", "."},   {" ?", "?"},           {" !", "!"},   {" ,", ","},     {" ' ", "'"},   {" n't", "n't"},
+            {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+        for (const auto& [from, to] : kCleanups)
+          for (size_t pos = 0; (pos = t.find(from, pos)) != std::string::npos; pos += to.size())
+            t.replace(pos, from.size(), to);
       }
     }
   }
