@@ -1,8 +1,10 @@
 #include "models/transformer.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
+#include "ops/kernels.h"
 
 namespace lmx::models {
 
@@ -75,6 +77,43 @@ Array CausalLM::logits(const Array& h) const {
 Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> caches,
                        const nn::SequenceBatch* batch) const {
   return logits(hidden_states(ids, caches, batch));
+}
+
+std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder() const {
+  if (const char* v = std::getenv("LMX_FUSED"); v && std::string(v) == "0") return nullptr;
+  fast::FusedDecoderWeights w;
+  w.embed = embed_tokens_.weight;
+  w.lm_head = lm_head_ ? lm_head_->weight : embed_tokens_.weight;
+  w.final_norm = norm_.weight;
+  w.eps = spec_.rms_norm_eps;
+  w.norm_style = spec_.norm_style;
+  w.gelu = spec_.activation == nn::Activation::gelu_tanh;
+  w.sandwich = spec_.sandwich_norms;
+  w.softcap = spec_.final_logit_softcapping;
+  // The embedding scale is rounded to the weights' dtype first, as the plain path does.
+  if (spec_.scale_embeddings) w.embed_scale = to_floats(scalar(std::sqrt(double(spec_.hidden_size)), dtype()))[0];
+  for (const auto& layer : layers_) {
+    const nn::Attention& a = layer->self_attn;
+    const nn::AttentionSpec& s = a.spec();
+    // The fused kernels have no bias terms; such models decode through forward().
+    if (a.q_proj.bias || a.k_proj.bias || a.v_proj.bias || a.o_proj.bias || spec_.mlp_bias) return nullptr;
+    fast::FusedLayerWeights l;
+    l.q = a.q_proj.weight, l.k = a.k_proj.weight, l.v = a.v_proj.weight, l.o = a.o_proj.weight;
+    l.gate = layer->mlp.gate_proj.weight, l.up = layer->mlp.up_proj.weight, l.down = layer->mlp.down_proj.weight;
+    l.input_norm = layer->input_layernorm.weight;
+    l.post_attention_norm = layer->post_attention_layernorm.weight;
+    if (spec_.sandwich_norms) {
+      l.pre_feedforward_norm = layer->pre_feedforward_layernorm->weight;
+      l.post_feedforward_norm = layer->post_feedforward_layernorm->weight;
+    }
+    if (a.q_norm) l.q_norm = a.q_norm->weight, l.k_norm = a.k_norm->weight;
+    l.inv_freq = to_device(from_vector(s.inv_freq, {int64_t(s.inv_freq.size())}), device());
+    l.n_heads = s.n_heads, l.n_kv_heads = s.n_kv_heads, l.head_dim = s.head_dim;
+    l.window = s.window;
+    l.scale = s.scale;
+    w.layers.push_back(std::move(l));
+  }
+  return detail::kernels_for(device()).fused_decoder(w);
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "nn/layers.h"
+#include "ops/fused_decoder.h"
 
 namespace lmx::models {
 
@@ -61,6 +62,10 @@ class CausalLM : public nn::Module {
   // h [..., H] -> logits [..., V], softcapping included.
   Array logits(const Array& h) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
+  // The device's fused single-sequence decode step over these weights, or nullptr where
+  // the backend has none for them (then forward() is the way). One per sequence: it holds
+  // that sequence's scratch buffers. LMX_FUSED=0 turns the fused path off.
+  std::unique_ptr<fast::FusedDecoder> fused_decoder() const;
   const DecoderSpec& spec() const { return spec_; }
   int num_layers() const { return int(layers_.size()); }
   Dtype dtype() const { return embed_tokens_.weight.dtype(); }

@@ -8,6 +8,7 @@
 
 #include "nn/module.h"
 #include "ops/fast.h"
+#include "ops/fused_decoder.h"
 
 namespace lmx::nn {
 
@@ -79,6 +80,12 @@ class LayerCache {
     bool all_visible = false;
   };
   virtual View update(const Array& k, const Array& v) = 0;
+  // For fused decode steps, which store the new token's keys and values themselves: the
+  // whole buffers [B, Hkv, slots, D], with a slot free for next_position() (the token at
+  // position p goes to slot p % slots). Empty arrays where the cache cannot serve so
+  // (nothing stored yet). After the step, commit_one() counts the stored token.
+  virtual fast::FusedCacheView fused_view() { return {}; }
+  virtual void commit_one() {}
 };
 
 // Several sequences of different lengths in one batch, left-padded to a common length.

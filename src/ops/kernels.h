@@ -7,6 +7,7 @@
 
 #include "core/array.h"
 #include "ops/fast.h"
+#include "ops/fused_decoder.h"
 #include "ops/ops.h"
 
 namespace lmx::detail {
@@ -68,6 +69,10 @@ class Kernels {
   virtual void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
                          int64_t window, const Array& q_offsets, const Array* key_valid,
                          const Array& out) = 0;
+
+  // The backend's fused decode step for a model with these weights (ops/fused_decoder.h),
+  // or nullptr where it has none, or none for these weights: callers then use the plain ops.
+  virtual std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights&) { return nullptr; }
 };
 
 // The kernels for a device; throws "[device] ..." when its backend is not built or

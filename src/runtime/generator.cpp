@@ -27,6 +27,23 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
   LMX_CHECK(cache_.length() < int64_t(tokens_.size()), "generate", "the cache holds ", cache_.length(),
             " tokens, not a strict prefix of the ", tokens_.size(), "-token prompt");
   timings_.prompt_tokens = int(tokens_.size());
+  cache_.reserve(std::min<int64_t>(limits_.context_length, int64_t(tokens_.size()) + limits_.max_tokens));
+  fused_ = model.fused_decoder();
+}
+
+std::optional<int32_t> TokenGenerator::fused_step() {
+  std::vector<fast::FusedCacheView> views;
+  const std::vector<nn::LayerCache*> layers = cache_.layers();
+  for (nn::LayerCache* l : layers) {
+    views.push_back(l->fused_view());
+    if (!views.back().k.valid()) return std::nullopt;
+  }
+  fused_->set_input(tokens_.back(), cache_.length());
+  fused_->step(views);
+  for (nn::LayerCache* l : layers) l->commit_one();
+  // Greedy decoding reads back only the argmax the step computed on the device.
+  if (sampler_.greedy()) return fused_->tokens(1)[0];
+  return sampler_.sample(to_floats(fused_->logits()), tokens_);
 }
 
 std::vector<float> TokenGenerator::step(const std::vector<int32_t>& ids) {
@@ -49,15 +66,16 @@ std::optional<int32_t> TokenGenerator::next() {
     return std::nullopt;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits;
-  if (generated == 0) {
-    start_ = t0;
-    const std::vector<int32_t> rest(tokens_.begin() + cache_.length(), tokens_.end());
-    logits = step(rest);
+  std::optional<int32_t> fused;
+  if (generated == 0) start_ = t0;
+  else if (fused_) fused = fused_step();
+  int32_t tok;
+  if (fused) {
+    tok = *fused;
   } else {
-    logits = step({tokens_.back()});
+    const std::vector<int32_t> rest(tokens_.begin() + cache_.length(), tokens_.end());
+    tok = sampler_.sample(step(rest), tokens_);
   }
-  const int32_t tok = sampler_.sample(logits, tokens_);
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();
   if (generated == 0) {

@@ -45,8 +45,12 @@ class TokenGenerator {
 
  private:
   std::vector<float> step(const std::vector<int32_t>& ids);  // -> last-position logits [V]
+  // One decode step of the last token through the fused decoder; nullopt where the cache
+  // cannot serve it (then step() runs instead).
+  std::optional<int32_t> fused_step();
   const models::CausalLM& model_;
   KVCache& cache_;
+  std::unique_ptr<fast::FusedDecoder> fused_;  // null where the device has no fused path
   Sampler sampler_;
   GenerationLimits limits_;
   std::vector<int32_t> tokens_;

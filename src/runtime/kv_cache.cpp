@@ -26,6 +26,17 @@ void ContiguousLayerCache::reserve(const Array& like, int64_t capacity) {
   capacity_ = capacity;
 }
 
+void ContiguousLayerCache::reserve_positions(int64_t n) {
+  if (!k_.valid()) capacity_ = std::max(capacity_, n);
+  else if (n > capacity_) reserve(k_, n);
+}
+
+fast::FusedCacheView ContiguousLayerCache::fused_view() {
+  if (!k_.valid()) return {};
+  if (length_ + 1 > capacity_) reserve(k_, capacity_ * 2);
+  return {k_, v_};
+}
+
 nn::LayerCache::View ContiguousLayerCache::update(const Array& k, const Array& v) {
   check_like(k_, k);
   const int64_t l = k.shape(2);
@@ -97,6 +108,11 @@ std::vector<nn::LayerCache*> KVCache::layers() const {
   std::vector<nn::LayerCache*> out;
   for (const auto& l : layers_) out.push_back(l.get());
   return out;
+}
+
+void KVCache::reserve(int64_t n) {
+  for (const auto& l : layers_)
+    if (auto* c = dynamic_cast<ContiguousLayerCache*>(l.get())) c->reserve_positions(n);
 }
 
 bool KVCache::truncate(int64_t n) {

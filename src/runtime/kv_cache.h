@@ -18,6 +18,10 @@ class ContiguousLayerCache final : public nn::LayerCache {
   int64_t next_position() const override { return length_; }
   View update(const Array& k, const Array& v) override;
   void truncate(int64_t n) { length_ = std::min(length_, std::max<int64_t>(0, n)); }
+  // Makes room for n positions in all, now or at the first update.
+  void reserve_positions(int64_t n);
+  fast::FusedCacheView fused_view() override;
+  void commit_one() override { ++length_; }
 
  private:
   void reserve(const Array& like, int64_t capacity);
@@ -39,6 +43,8 @@ class RotatingLayerCache final : public nn::LayerCache {
   bool can_truncate(int64_t n) const { return n >= pos_ || n == 0; }
   void truncate(int64_t n) { pos_ = std::min(pos_, std::max<int64_t>(0, n)); }
   int64_t slots() const { return k_.valid() ? k_.shape(2) : 0; }
+  fast::FusedCacheView fused_view() override { return {k_, v_}; }
+  void commit_one() override { ++pos_; }
 
  private:
   Array read(const Array& ring, int64_t first, int64_t count) const;  // chronological [B, H, count, D]
@@ -62,6 +68,9 @@ class KVCache {
   // Keeps the first n positions (prompt-cache reuse). Returns false, leaving the cache
   // empty, when a rotating layer no longer holds them.
   bool truncate(int64_t n);
+  // Room for n positions in every contiguous layer, so that a generation of known length
+  // never reallocates (which would also make a fused decoder record its graph again).
+  void reserve(int64_t n);
 
  private:
   std::vector<std::unique_ptr<nn::LayerCache>> layers_;

@@ -37,6 +37,11 @@ Sampler::Sampler(SamplingOptions o) : opts_(std::move(o)) {
   seed_ = opts_.seed ? *opts_.seed : std::random_device{}();
 }
 
+bool Sampler::greedy() const {
+  return opts_.temperature == 0 && opts_.logit_bias.empty() && opts_.repetition_penalty == 1 &&
+         opts_.presence_penalty == 0 && opts_.frequency_penalty == 0;
+}
+
 std::vector<float> Sampler::process(std::span<const float> logits, std::span<const int32_t> history) const {
   std::vector<float> x(logits.begin(), logits.end());
   const int64_t v = int64_t(x.size());

@@ -33,6 +33,8 @@ class Sampler {
   // (for tests and for clients that want probabilities).
   std::vector<float> probabilities(std::span<const float> logits, std::span<const int32_t> history) const;
   const SamplingOptions& options() const { return opts_; }
+  // Plain argmax of the raw logits: no temperature, penalty or bias.
+  bool greedy() const;
 
  private:
   std::vector<float> process(std::span<const float> logits, std::span<const int32_t> history) const;

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "models/loader.h"
 #include "ops/kernels.h"
+#include "runtime/generator.h"
 #include "runtime/kv_cache.h"
 
 namespace lmx::cli {
@@ -17,7 +18,7 @@ namespace {
 
 struct BenchArgs {
   std::string dir, device = "cpu", dtype;
-  bool decode = false, classify = false, prefill = false, json = false;
+  bool decode = false, classify = false, prefill = false, json = false, plain = false;
   std::vector<int> batch{1};
   int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024;
 };
@@ -63,11 +64,27 @@ void run_bench(const BenchArgs& a) {
   Allocator& alloc = allocator_for(dev);
 
   if (a.decode || all) {
+    const bool fused_path = model->fused_decoder() != nullptr;
     for (int b : a.batch) {
       const Array prompt = random_ids(b, a.prompt_len, vocab, 1, dev);
       double prefill_s = 0;
       alloc.reset_peak();
+      // One sequence decodes as `lmx generate` does: through the generator, which takes
+      // the device's fused decode step where there is one.
+      const bool single = b == 1 && !a.plain;
+      const std::vector<int32_t> prompt_ids = to_vector<int32_t>(prompt);
       const double total = median_seconds(dev, a.warmup, a.repeat, [&] {
+        if (single) {
+          KVCache cache(*model, true, a.prompt_len + a.gen_len);
+          GenerationLimits limits;
+          limits.max_tokens = a.gen_len;
+          limits.ignore_eos = true;
+          TokenGenerator gen(*model, prompt_ids, SamplingOptions{}, limits, cache);
+          while (gen.next()) {
+          }
+          prefill_s = gen.timings().prefill_s;
+          return;
+        }
         KVCache cache(model->num_layers(), a.prompt_len + a.gen_len);
         const double t0 = now_s();
         Array h = model->hidden_states(prompt, cache.layers());
@@ -78,7 +95,7 @@ void run_bench(const BenchArgs& a) {
         (void)to_vector<int32_t>(next);
       });
       const double decode_s = total - prefill_s;
-      results.push_back({{"workload", "decode"}, {"batch", b}, {"prompt_len", a.prompt_len}, {"gen_len", a.gen_len},
+      results.push_back({{"workload", "decode"}, {"path", single && fused_path ? "fused" : "plain"}, {"batch", b}, {"prompt_len", a.prompt_len}, {"gen_len", a.gen_len},
                          {"lmx_tok_per_s", double(b) * (a.gen_len - 1) / decode_s},
                          {"time_to_first_token_s", prefill_s}, {"peak_mem_bytes", alloc.stats().peak}});
     }
@@ -142,6 +159,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", a->warmup, "Untimed runs first")->capture_default_str();
   cmd->add_option("--repeat", a->repeat, "Timed runs; the median is reported")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print JSON");
+  cmd->add_flag("--plain", a->plain, "Decode through the plain ops even where a fused decode step exists");
   cmd->footer("With none of --decode/--prefill/--classify, all three run.\n\nExample:\n"
               "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
               "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8");

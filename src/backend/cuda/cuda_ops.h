@@ -46,4 +46,7 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
                bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
                const Array& out);
 
+// fused_decoder.cpp: nullptr for weights the fused kernels do not read (not bf16).
+std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w);
+
 }  // namespace lmx::cuda

@@ -90,6 +90,9 @@ class CudaKernels final : public detail::Kernels {
                  const Array& out) override {
     cuda::attention(ctx(), q, k, v, scale, causal, window, q_offsets, key_valid, out);
   }
+  std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights& w) override {
+    return make_fused_decoder(device_, w);
+  }
 
  private:
   // Makes the device current for this thread: outputs and scratch are allocated there.

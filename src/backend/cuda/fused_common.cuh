@@ -1,0 +1,82 @@
+// Device helpers of the fused decode kernels: programmatic dependent launch, streaming
+// loads, bf16 unpacking, and the launch wrapper that sets the PDL attribute.
+#pragma once
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/fused_kernels.h"
+
+namespace lmx::cuda::fused {
+
+// With programmatic dependent launch a kernel may start while the one before it is still
+// finishing. Everything before this wait may touch only weights (never written during a
+// step); everything after it sees the previous kernel's results. Without PDL it returns
+// at once.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+// Lets the next kernel's blocks be scheduled (they still wait for this one to finish
+// before reading its results).
+__device__ __forceinline__ void allow_next_kernel() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// 16 bytes of weights, read once: not kept in L1.
+__device__ __forceinline__ uint4 load_stream(const bf16* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+// bf16 -> f32 is a 16-bit shift.
+__device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+// acc + w[0..8)·x[0..8), f32 with fused multiply-adds.
+__device__ __forceinline__ float dot8(uint4 w, const float* x, float acc) {
+  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
+  acc = __fmaf_rn(bf16_lo(w.x), a.x, acc);
+  acc = __fmaf_rn(bf16_hi(w.x), a.y, acc);
+  acc = __fmaf_rn(bf16_lo(w.y), a.z, acc);
+  acc = __fmaf_rn(bf16_hi(w.y), a.w, acc);
+  acc = __fmaf_rn(bf16_lo(w.z), b.x, acc);
+  acc = __fmaf_rn(bf16_hi(w.z), b.y, acc);
+  acc = __fmaf_rn(bf16_lo(w.w), b.z, acc);
+  acc = __fmaf_rn(bf16_hi(w.w), b.w, acc);
+  return acc;
+}
+
+__device__ __forceinline__ float norm_weight(const bf16* w, int i, bool gemma) {
+  const float v = __bfloat162float(w[i]);
+  return gemma ? 1.0f + v : v;
+}
+
+// The argmax order: larger value first, then the smaller index (as torch.argmax).
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+  return v > bv || (v == bv && i < bi);
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent
+// launch when `pdl` is set.
+template <class... Params, class... Args>
+void launch(const char* name, void (*kernel)(Params...), cudaStream_t stream, bool pdl, dim3 grid, dim3 block,
+            size_t smem, Args... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attr;
+  config.numAttrs = pdl ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, kernel, Params(args)...), name);
+}
+
+}  // namespace lmx::cuda::fused

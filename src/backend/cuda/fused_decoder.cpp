@@ -1,0 +1,272 @@
+// The CUDA fused decode step (ops/fused_decoder.h): the kernels of fused_gemv.cu and
+// fused_attention.cu in order, recorded once into a CUDA graph and replayed per token.
+//
+// Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache store, split-K, merge), O
+// GEMV, residual+norm+gate/up GEMV with the activation, down GEMV. The residual add of
+// each block happens in the prologue of the next GEMV, which also stores the new residual
+// stream; two f32 residual buffers alternate so that no kernel overwrites what its own
+// blocks still read. The LM head GEMV ends the step and feeds its argmax back as the next
+// token, so greedy steps can be replayed back to back without the host.
+//
+// LMX_FUSED_GRAPH=0 launches the kernels one by one instead of replaying a graph, and
+// LMX_FUSED_PDL=0 turns programmatic dependent launch off; both are for measurement.
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/fused_kernels.h"
+#include "core/error.h"
+#include "ops/fused_decoder.h"
+
+namespace lmx::cuda {
+namespace {
+
+using fused::bf16;
+
+bool env_on(const char* name) {
+  const char* v = std::getenv(name);
+  return !v || std::strcmp(v, "0") != 0;
+}
+
+const bf16* bf(const Array& a) { return a.valid() ? static_cast<const bf16*>(a.raw()) : nullptr; }
+float* f32(const Array& a) { return static_cast<float*>(a.raw()); }
+
+void check_weight(const Array& a, Device d, const char* what) {
+  LMX_CHECK(a.valid() && a.dtype() == Dtype::bf16 && a.device() == d && a.is_contiguous(), "fused decode", what,
+            " must be a contiguous bf16 array on ", d.str());
+}
+
+class CudaFusedDecoder final : public fast::FusedDecoder {
+ public:
+  CudaFusedDecoder(int device, fast::FusedDecoderWeights w)
+      : device_(device), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")), pdl_(env_on("LMX_FUSED_PDL")) {
+    const Device d = Device::cuda(device);
+    check_weight(w_.embed, d, "the embedding");
+    check_weight(w_.lm_head, d, "the LM head");
+    check_weight(w_.final_norm, d, "the final norm");
+    hidden_ = w_.embed.shape(1);
+    vocab_ = w_.lm_head.shape(0);
+    int64_t qkv = 0, heads = 0, inter = 0;
+    for (const fast::FusedLayerWeights& l : w_.layers) {
+      for (const Array* a : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.input_norm})
+        check_weight(*a, d, "a layer weight");
+      qkv = std::max(qkv, (l.n_heads + 2 * l.n_kv_heads) * l.head_dim);
+      heads = std::max(heads, l.n_heads * l.head_dim);
+      inter = std::max(inter, l.gate.shape(0));
+      max_kv_heads_ = std::max(max_kv_heads_, l.n_kv_heads);
+    }
+    auto buf = [&](int64_t n, Dtype t = Dtype::f32) { return Array({std::max<int64_t>(n, 1)}, t, d); };
+    const Context& c = ctx();
+    xa_ = buf(hidden_), xb_ = buf(hidden_), o_ = buf(hidden_), mlp_ = buf(hidden_);
+    qkv_ = buf(qkv), attn_ = buf(heads), glu_ = buf(inter), logits_ = buf(vocab_);
+    const fused::GemvShape head = fused::gemv_shape(head_output(), c.sm_count);
+    head_partial_ = buf(2 * int64_t(head.blocks));
+    counters_ = buf(max_kv_heads_ + 1, Dtype::u32);
+    fill(c, counters_, 0);
+    state_ = buf(3, Dtype::i32);
+    history_ = buf(kHistory, Dtype::i32);
+    set_input(0, 0);
+  }
+  ~CudaFusedDecoder() override {
+    if (exec_) cudaGraphExecDestroy(exec_);
+  }
+
+  void set_input(int32_t token, int64_t pos) override {
+    LMX_CHECK(pos >= 0 && pos < INT32_MAX, "fused decode", "position ", pos, " is out of range");
+    const int32_t s[3] = {token, int32_t(pos), 0};
+    steps_ = 0;
+    check(cudaMemcpyAsync(state_.raw(), s, sizeof s, cudaMemcpyHostToDevice, ctx().stream), "cudaMemcpyAsync");
+  }
+
+  void step(std::span<const fast::FusedCacheView> caches) override {
+    LMX_CHECK(caches.size() == w_.layers.size(), "fused decode", "got ", caches.size(), " layer caches for ",
+              w_.layers.size(), " layers");
+    std::vector<const void*> bound;
+    for (const fast::FusedCacheView& v : caches) bound.insert(bound.end(), {v.k.raw(), v.v.raw()});
+    const Context& c = ctx();
+    ++steps_;
+    if (graphs_ && exec_ && bound == bound_) {
+      check(cudaGraphLaunch(exec_, c.stream), "cudaGraphLaunch");
+      return;
+    }
+    // New caches (or the first step): run this step directly, which also checks every
+    // launch, then record the same launches for the steps that follow.
+    prepare(caches);
+    record(c.stream);
+    if (!graphs_) return;
+    if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      record(c.stream);
+    } catch (...) {
+      cudaStreamEndCapture(c.stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    check(cudaStreamEndCapture(c.stream, &graph), "cudaStreamEndCapture");
+    const cudaError_t e = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    check(e, "cudaGraphInstantiate");
+    bound_ = std::move(bound);
+  }
+
+  const Array& logits() const override { return logits_; }
+
+  std::vector<int32_t> tokens(int n) override {
+    LMX_CHECK(n >= 0 && n <= steps_ && n <= kHistory, "fused decode", "asked for the last ", n,
+              " tokens of ", steps_, " steps");
+    // The history is a ring of kHistory tokens: the last n steps are at most two runs of it.
+    std::vector<int32_t> out(static_cast<size_t>(n));
+    const Context& c = ctx();
+    const int first = int((steps_ - n) % kHistory), run = std::min(n, kHistory - first);
+    const auto* h = static_cast<const int32_t*>(history_.raw());
+    check(cudaMemcpyAsync(out.data(), h + first, size_t(run) * 4, cudaMemcpyDeviceToHost, c.stream),
+          "cudaMemcpyAsync");
+    if (run < n)
+      check(cudaMemcpyAsync(out.data() + run, h, size_t(n - run) * 4, cudaMemcpyDeviceToHost, c.stream),
+            "cudaMemcpyAsync");
+    synchronize(c);
+    return out;
+  }
+
+ private:
+  static constexpr int kHistory = 1 << 14;
+
+  const Context& ctx() const { return context(device_); }
+
+  fused::GemvOutput head_output() const {
+    fused::GemvOutput out;
+    out.w[0] = bf(w_.lm_head);
+    out.rows[0] = int(vocab_);
+    out.epilogue = fused::Epilogue::logits;
+    out.softcap = w_.softcap;
+    return out;
+  }
+
+  // Per-layer attention launches for these caches: shapes checked, scratch sized.
+  void prepare(std::span<const fast::FusedCacheView> caches) {
+    attention_.clear();
+    int64_t partial = 1;
+    for (size_t i = 0; i < caches.size(); ++i) {
+      const fast::FusedLayerWeights& l = w_.layers[i];
+      const Array& k = caches[i].k;
+      const Shape want{1, l.n_kv_heads, k.valid() ? k.shape(2) : 0, l.head_dim};
+      for (const Array* a : {&caches[i].k, &caches[i].v})
+        LMX_CHECK(a->valid() && a->shape() == want && a->dtype() == Dtype::bf16 && a->is_contiguous() &&
+                      a->device() == Device::cuda(device_),
+                  "fused decode", "layer ", i, "'s cache must be a contiguous bf16 [1, ", l.n_kv_heads,
+                  ", slots, ", l.head_dim, "] array on cuda:", device_);
+      fused::AttentionStep a;
+      a.q_norm = bf(l.q_norm), a.k_norm = bf(l.k_norm);
+      a.gemma = w_.norm_style == fast::RmsNormStyle::gemma;
+      a.eps = w_.eps;
+      a.inv_freq = static_cast<const float*>(l.inv_freq.raw());
+      a.k_cache = static_cast<bf16*>(caches[i].k.raw());
+      a.v_cache = static_cast<bf16*>(caches[i].v.raw());
+      a.slots = int(k.shape(2));
+      a.window = int(l.window);
+      a.n_heads = int(l.n_heads), a.n_kv_heads = int(l.n_kv_heads), a.head_dim = int(l.head_dim);
+      a.scale = l.scale;
+      fused::attention_split(a.slots, a.chunk, a.splits);
+      partial = std::max(partial, l.n_heads * a.splits * (l.head_dim + 2));
+      attention_.push_back(a);
+    }
+    if (!attn_partial_.valid() || attn_partial_.size() < partial)
+      attn_partial_ = Array({partial}, Dtype::f32, Device::cuda(device_));
+  }
+
+  // Enqueues every kernel of one step.
+  void record(cudaStream_t s) {
+    const int sms = ctx().sm_count;
+    const bool gemma = w_.norm_style == fast::RmsNormStyle::gemma;
+    auto gemv = [&](const fused::GemvInput& in, const fused::GemvOutput& out) {
+      fused::launch_gemv(s, pdl_, in, out, fused::gemv_shape(out, sms));
+    };
+    auto input = [&](const float* x, int64_t k) {
+      fused::GemvInput in;
+      in.x = x, in.k = int(k), in.eps = w_.eps, in.gemma = gemma;
+      return in;
+    };
+    fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_));
+    // `res` holds the residual stream; `pending` is a block output not yet added to it.
+    float* res = f32(xa_);
+    const float* pending = nullptr;
+    const bf16* pending_norm = nullptr;
+    auto absorb = [&](fused::GemvInput& in) {  // this GEMV adds `pending` into the other buffer
+      if (!pending) return;
+      in.add = pending, in.add_norm = pending_norm;
+      res = in.x_out = res == f32(xa_) ? f32(xb_) : f32(xa_);
+      pending = nullptr;
+    };
+    for (size_t i = 0; i < w_.layers.size(); ++i) {
+      const fast::FusedLayerWeights& l = w_.layers[i];
+      fused::GemvInput in = input(res, hidden_);
+      absorb(in);
+      in.norm = bf(l.input_norm);
+      fused::GemvOutput qkv;
+      qkv.w[0] = bf(l.q), qkv.w[1] = bf(l.k), qkv.w[2] = bf(l.v);
+      qkv.rows[0] = int(l.q.shape(0)), qkv.rows[1] = int(l.k.shape(0)), qkv.rows[2] = int(l.v.shape(0));
+      qkv.y = f32(qkv_);
+      gemv(in, qkv);
+
+      fused::AttentionStep a = attention_[i];
+      a.qkv = f32(qkv_), a.state = state_i(), a.partial = f32(attn_partial_);
+      a.counter = static_cast<unsigned*>(counters_.raw()), a.out = f32(attn_);
+      fused::launch_attention(s, pdl_, a);
+
+      fused::GemvOutput o;
+      o.w[0] = bf(l.o), o.rows[0] = int(l.o.shape(0)), o.y = f32(o_);
+      gemv(input(f32(attn_), l.o.shape(1)), o);
+      pending = f32(o_), pending_norm = w_.sandwich ? bf(l.post_attention_norm) : nullptr;
+
+      in = input(res, hidden_);
+      absorb(in);
+      in.norm = w_.sandwich ? bf(l.pre_feedforward_norm) : bf(l.post_attention_norm);
+      fused::GemvOutput glu;
+      glu.w[0] = bf(l.gate), glu.w[1] = bf(l.up), glu.rows[0] = int(l.gate.shape(0)), glu.y = f32(glu_);
+      glu.epilogue = w_.gelu ? fused::Epilogue::glu_gelu : fused::Epilogue::glu_silu;
+      gemv(in, glu);
+
+      fused::GemvOutput down;
+      down.w[0] = bf(l.down), down.rows[0] = int(l.down.shape(0)), down.y = f32(mlp_);
+      gemv(input(f32(glu_), l.down.shape(1)), down);
+      pending = f32(mlp_), pending_norm = w_.sandwich ? bf(l.post_feedforward_norm) : nullptr;
+    }
+    fused::GemvInput in = input(res, hidden_);
+    absorb(in);
+    in.x_out = nullptr;  // nothing reads the residual after the head
+    in.norm = bf(w_.final_norm);
+    fused::GemvOutput head = head_output();
+    head.y = f32(logits_);
+    head.partial = static_cast<float2*>(head_partial_.raw());
+    head.counter = static_cast<unsigned*>(counters_.raw()) + max_kv_heads_;
+    head.state = state_i();
+    head.history = static_cast<int*>(history_.raw());
+    head.history_len = kHistory;
+    gemv(in, head);
+  }
+
+  int* state_i() const { return static_cast<int*>(state_.raw()); }
+
+  int device_;
+  fast::FusedDecoderWeights w_;
+  bool graphs_, pdl_;
+  int64_t hidden_ = 0, vocab_ = 0, max_kv_heads_ = 0;
+  int64_t steps_ = 0;  // since set_input
+  Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, history_, attn_partial_;
+  std::vector<fused::AttentionStep> attention_;
+  std::vector<const void*> bound_;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w) {
+  // The fused kernels read bf16 weights; other dtypes keep to the plain ops.
+  if (w.embed.dtype() != Dtype::bf16 || w.layers.empty()) return nullptr;
+  context(device);
+  return std::make_unique<CudaFusedDecoder>(device, w);
+}
+
+}  // namespace lmx::cuda

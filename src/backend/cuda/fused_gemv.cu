@@ -1,0 +1,227 @@
+// The GEMVs of the fused decode step: y = W·v for bf16 W [N, K] and one f32 vector,
+// bound by the bandwidth of reading W once. Each warp owns R rows and streams them with
+// 16-byte loads, R rows at a time, so that many loads are in flight per thread; the
+// vector sits in shared memory as f32. The prologue forms the vector (residual add,
+// RMSNorms) in every block, and the epilogue turns the dot products into plain outputs,
+// gated activations, or logits with their argmax.
+#include "backend/cuda/fused_common.cuh"
+
+namespace lmx::cuda::fused {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+
+template <Epilogue E>
+constexpr bool kGlu = E == Epilogue::glu_silu || E == Epilogue::glu_gelu;
+
+// Outputs a warp produces: R rows, or R/2 gated pairs.
+template <Epilogue E, int R>
+constexpr int kOutsPerWarp = kGlu<E> ? R / 2 : R;
+
+__device__ __forceinline__ const bf16* stacked_row(const GemvOutput& o, int r, int k) {
+  for (int s = 0; s < 3; ++s) {
+    if (r < o.rows[s]) return o.w[s] + size_t(r) * k;
+    r -= o.rows[s];
+  }
+  return nullptr;
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+__device__ __forceinline__ float gelu_tanh(float g) {
+  return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+}
+
+// Fills xs[0..K) with the vector the product reads (see GemvInput).
+__device__ void form_input(const GemvInput& in, float* xs) {
+  const int k = in.k;
+  float add_scale = 1.0f;
+  if (in.add && in.add_norm) {
+    float ss = 0;
+    for (int i = threadIdx.x; i < k; i += kThreads) ss = __fmaf_rn(in.add[i], in.add[i], ss);
+    add_scale = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
+  }
+  float ss = 0;
+  for (int i = threadIdx.x; i < k; i += kThreads) {
+    float v = in.x[i];
+    if (in.add) v += in.add_norm ? in.add[i] * add_scale * norm_weight(in.add_norm, i, in.gemma) : in.add[i];
+    xs[i] = v;
+    if (in.x_out && blockIdx.x == 0) in.x_out[i] = v;
+    ss = __fmaf_rn(v, v, ss);
+  }
+  if (in.norm) {
+    const float r = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
+    for (int i = threadIdx.x; i < k; i += kThreads) xs[i] *= r * norm_weight(in.norm, i, in.gemma);
+  }
+  __syncthreads();
+}
+
+// The last block of the LM head: the argmax over every block's partial becomes the next
+// token (state and history), and the counter is reset for the next step.
+__device__ void finish_argmax(const GemvOutput& out) {
+  float best = -INFINITY;
+  int idx = INT_MAX;
+  for (int b = threadIdx.x; b < int(gridDim.x); b += kThreads) {
+    const float2 p = __ldcg(out.partial + b);
+    if (better(p.x, __float_as_int(p.y), best, idx)) best = p.x, idx = __float_as_int(p.y);
+  }
+  __shared__ float wv[kWarps];
+  __shared__ int wi[kWarps];
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, o);
+    const int i = __shfl_xor_sync(0xffffffffu, idx, o);
+    if (better(v, i, best, idx)) best = v, idx = i;
+  }
+  if (threadIdx.x % 32 == 0) wv[threadIdx.x / 32] = best, wi[threadIdx.x / 32] = idx;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w)
+      if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
+    const int token = wi[0], count = out.state[2];
+    out.history[count % out.history_len] = token;
+    out.state[0] = token;
+    out.state[1] += 1;
+    out.state[2] = count + 1;
+    *out.counter = 0;
+  }
+}
+
+template <int R, Epilogue E>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput out) {
+  extern __shared__ float xs[];  // [K]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = in.k;
+  constexpr int kOuts = kOutsPerWarp<E, R>;
+  const int first = (blockIdx.x * kWarps + warp) * kOuts;  // this warp's first output
+  const int n_out = kGlu<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
+
+  // The warp's rows: R consecutive ones, or (gate, up) pairs. Rows past the end read the
+  // first row again and are never stored.
+  const bf16* rows[R];
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    const int o = ::min(first + (kGlu<E> ? j / 2 : j), ::max(n_out - 1, 0));
+    rows[j] = kGlu<E> ? out.w[j % 2] + size_t(o) * k : stacked_row(out, o, k);
+  }
+  // Start pulling this warp's weights towards L2 while the previous kernel finishes.
+  if (first < n_out)
+#pragma unroll
+    for (int j = 0; j < R; ++j)
+      for (int c = lane * 64; c < k; c += 32 * 64) prefetch_l2(rows[j] + c);
+
+  wait_for_previous_kernel();
+  form_input(in, xs);
+
+  float acc[R];
+#pragma unroll
+  for (int j = 0; j < R; ++j) acc[j] = 0;
+#pragma unroll 4
+  for (int c = lane * 8; c < k; c += 32 * 8) {
+    uint4 w[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) w[j] = load_stream(rows[j] + c);
+#pragma unroll
+    for (int j = 0; j < R; ++j) acc[j] = dot8(w[j], xs + c, acc[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < R; ++j) acc[j] = warp_reduce(acc[j], Sum{});
+  allow_next_kernel();
+
+  if constexpr (E == Epilogue::plain) {
+    if (lane == 0)
+#pragma unroll
+      for (int j = 0; j < R; ++j)
+        if (first + j < n_out) out.y[first + j] = acc[j];
+  } else if constexpr (kGlu<E>) {
+    if (lane == 0)
+#pragma unroll
+      for (int j = 0; j < kOuts; ++j) {
+        const float g = acc[2 * j], u = acc[2 * j + 1];
+        if (first + j < n_out) out.y[first + j] = (E == Epilogue::glu_silu ? silu(g) : gelu_tanh(g)) * u;
+      }
+  } else {
+    __shared__ float wv[kWarps];
+    __shared__ int wi[kWarps];
+    __shared__ bool last;
+    float best = -INFINITY;
+    int idx = INT_MAX;
+    if (lane == 0) {
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        float v = acc[j];
+        if (out.softcap > 0) v = out.softcap * tanhf(v / out.softcap);
+        if (first + j < n_out) {
+          out.y[first + j] = v;
+          if (better(v, first + j, best, idx)) best = v, idx = first + j;
+        }
+      }
+      wv[warp] = best;
+      wi[warp] = idx;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = 1; w < kWarps; ++w)
+        if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
+      out.partial[blockIdx.x] = make_float2(wv[0], __int_as_float(wi[0]));
+      __threadfence();  // the partial is visible before the count says so
+      last = atomicAdd(out.counter, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      finish_argmax(out);
+    }
+  }
+}
+
+template <int R, Epilogue E>
+void launch_one(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int blocks) {
+  const size_t smem = size_t(in.k) * sizeof(float);
+  static const bool kSized = [] {  // up to 96 KiB of vector: K = 24576
+    check(cudaFuncSetAttribute(gemv_kernel<R, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
+          "cudaFuncSetAttribute");
+    return true;
+  }();
+  (void)kSized;
+  launch("fused gemv", gemv_kernel<R, E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out);
+}
+
+template <Epilogue E>
+void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& s) {
+  switch (s.rows_per_warp) {
+    case 1:
+      if constexpr (!kGlu<E>) return launch_one<1, E>(stream, pdl, in, out, s.blocks);
+      break;
+    case 2: return launch_one<2, E>(stream, pdl, in, out, s.blocks);
+    case 4: return launch_one<4, E>(stream, pdl, in, out, s.blocks);
+  }
+  fail("fused decode", "no GEMV for ", s.rows_per_warp, " rows per warp");
+}
+
+}  // namespace
+
+GemvShape gemv_shape(const GemvOutput& out, int sm_count) {
+  const bool glu = out.epilogue == Epilogue::glu_silu || out.epilogue == Epilogue::glu_gelu;
+  const int n_out = glu ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
+  // The most rows per warp (loads in flight per thread) that still gives every SM at
+  // least two blocks; small matrices get more, thinner blocks instead.
+  for (int r : {4, 2, 1}) {
+    if (glu && r == 1) break;
+    const int outs = glu ? r / 2 : r;
+    const int blocks = (n_out + kWarps * outs - 1) / (kWarps * outs);
+    if (blocks >= 2 * sm_count || r == (glu ? 2 : 1)) return {r, blocks};
+  }
+  return {glu ? 2 : 1, n_out};
+}
+
+void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& s) {
+  LMX_CHECK(in.k % 8 == 0 && in.k <= 24576, "fused decode", "GEMV width ", in.k,
+            " must be a multiple of 8 and at most 24576");
+  switch (out.epilogue) {
+    case Epilogue::plain: return launch_rows<Epilogue::plain>(stream, pdl, in, out, s);
+    case Epilogue::glu_silu: return launch_rows<Epilogue::glu_silu>(stream, pdl, in, out, s);
+    case Epilogue::glu_gelu: return launch_rows<Epilogue::glu_gelu>(stream, pdl, in, out, s);
+    case Epilogue::logits: return launch_rows<Epilogue::logits>(stream, pdl, in, out, s);
+  }
+}
+
+}  // namespace lmx::cuda::fused

@@ -1,0 +1,90 @@
+// The kernels of the fused decode step (fused_decoder.cpp strings them together). Plain
+// pointers and sizes only: the step is captured in a CUDA graph, so every buffer is fixed
+// when it is recorded and every value that changes per token (the input token and its
+// position) is read from device memory, from `state`.
+//
+// state (int32 [3]): {token, pos, count}. The LM-head kernel's last block writes the
+// argmax there as the next token, advances pos, and appends the token to `history[count]`.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include "backend/cuda/device.h"
+
+namespace lmx::cuda::fused {
+
+using bf16 = __nv_bfloat16;
+
+// How a GEMV forms the vector it multiplies, in every block (the vector is small, and
+// recomputing it per block saves a kernel launch and a round trip through memory):
+//   v = x (+ add, or + RMSNorm(add; add_norm))      the residual update of the last block
+//   x_out = v                                       (block 0 stores it, when x_out is set)
+//   v = RMSNorm(v; norm)                            when norm is set
+struct GemvInput {
+  const float* x = nullptr;  // [K]
+  const float* add = nullptr;  // [K] or null
+  const bf16* add_norm = nullptr;
+  float* x_out = nullptr;
+  const bf16* norm = nullptr;
+  float eps = 1e-6f;
+  bool gemma = false;  // norm weights are (1 + w)
+  int k = 0;
+};
+
+enum class Epilogue {
+  plain,      // y[r] = W[r]·v, rows of up to three stacked matrices
+  glu_silu,   // y[r] = silu(Wa[r]·v) * (Wb[r]·v)
+  glu_gelu,   // y[r] = gelu_tanh(Wa[r]·v) * (Wb[r]·v)
+  logits,     // y[r] = softcap(W[r]·v), then the argmax of y advances `state`
+};
+
+struct GemvOutput {
+  // plain: rows of w[0] then w[1] then w[2]; glu: w[0] = gate, w[1] = up; logits: w[0].
+  const bf16* w[3] = {nullptr, nullptr, nullptr};
+  int rows[3] = {0, 0, 0};
+  float* y = nullptr;
+  Epilogue epilogue = Epilogue::plain;
+  float softcap = 0;
+  // logits only: per-block (value, index) partials, the finished-blocks counter (zero
+  // between steps), the state and the token history.
+  float2* partial = nullptr;
+  unsigned* counter = nullptr;
+  int* state = nullptr;
+  int* history = nullptr;
+  int history_len = 0;
+};
+
+// Launch sizes for a GEMV (the blocks needed to cover the outputs).
+struct GemvShape {
+  int rows_per_warp, blocks;
+};
+GemvShape gemv_shape(const GemvOutput& out, int sm_count);
+void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& shape);
+
+// Token embedding: x[h] = embed[state.token, h] * scale (scale 0 = 1).
+void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
+                  float* x);
+
+struct AttentionStep {
+  const float* qkv = nullptr;  // [Hq*D | Hkv*D | Hkv*D] from the QKV GEMV
+  const bf16* q_norm = nullptr;  // [D] or null
+  const bf16* k_norm = nullptr;
+  bool gemma = false;
+  float eps = 1e-6f;
+  const float* inv_freq = nullptr;  // [D/2]
+  const int* state = nullptr;
+  bf16* k_cache = nullptr;  // [Hkv, slots, D]
+  bf16* v_cache = nullptr;
+  int slots = 0, window = 0;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float scale = 0;
+  int chunk = 0, splits = 0;  // keys per block, blocks per kv head
+  float* partial = nullptr;   // [Hq, splits, D + 2]: m, l, acc
+  unsigned* counter = nullptr;  // [Hkv], zero between steps
+  float* out = nullptr;       // [Hq*D]
+};
+// Keys per block and blocks per kv head for a cache of `slots` positions.
+void attention_split(int slots, int& chunk, int& splits);
+void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
+
+}  // namespace lmx::cuda::fused

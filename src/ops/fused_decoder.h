@@ -1,0 +1,67 @@
+// The fused decode step: one new token of a decoder-only transformer for a single
+// sequence, run the way a backend runs it fastest. On CUDA that is five fused kernels
+// per layer (norm+QKV, RoPE+attention, O projection, norm+gate/up+activation, down
+// projection), captured once in a CUDA graph and replayed for every token, with the LM
+// head and its argmax fused at the end.
+//
+// The model layer describes its weights here (models::CausalLM::fused_weights); the
+// runtime binds the KV cache and drives the steps. Backends without a fused path return
+// no decoder, and the caller keeps to the plain ops.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "ops/fast.h"
+
+namespace lmx::fast {
+
+struct FusedLayerWeights {
+  Array q, k, v, o;     // [Hq*D, H], [Hkv*D, H], [Hkv*D, H], [H, Hq*D]
+  Array gate, up, down;  // [I, H], [I, H], [H, I]
+  Array input_norm, post_attention_norm;              // [H]
+  Array pre_feedforward_norm, post_feedforward_norm;  // [H]; only with sandwich norms
+  Array q_norm, k_norm;                               // [D]; only with q/k norms
+  Array inv_freq;                                     // [D/2] f32, on the weights' device
+  int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int64_t window = 0;  // > 0: sliding-window layer
+  float scale = 0;     // multiplies q·kᵀ
+};
+
+struct FusedDecoderWeights {
+  Array embed;       // [V, H]
+  Array final_norm;  // [H]
+  Array lm_head;     // [V, H]; the embedding itself when tied
+  std::vector<FusedLayerWeights> layers;
+  float eps = 1e-6f;
+  RmsNormStyle norm_style = RmsNormStyle::llama;
+  bool gelu = false;      // GELU (tanh) gating instead of SiLU
+  bool sandwich = false;  // Gemma 3: norms after attention and around the MLP
+  float embed_scale = 0;  // > 0: embeddings are multiplied by it
+  float softcap = 0;      // > 0: logits = softcap * tanh(logits / softcap)
+};
+
+// One layer's KV cache as the step sees it: k and v [1, Hkv, slots, D], the token at
+// position p in slot p % slots (a contiguous cache has slots > every position; a rotating
+// one holds the last `slots` positions).
+struct FusedCacheView {
+  Array k, v;
+};
+
+class FusedDecoder {
+ public:
+  virtual ~FusedDecoder() = default;
+  // Sets the next step's input token and its position in the sequence.
+  virtual void set_input(int32_t token, int64_t pos) = 0;
+  // Enqueues one step: stores the input token's keys and values in `caches` (one per
+  // layer), computes the logits, and makes their argmax the next input at pos + 1. Steps
+  // can thus follow one another without the host (greedy decoding) or after set_input.
+  virtual void step(std::span<const FusedCacheView> caches) = 0;
+  // The last step's logits [V] f32, on the device (valid until the next step).
+  virtual const Array& logits() const = 0;
+  // The argmax of the last `n` steps since set_input, oldest first; synchronises.
+  virtual std::vector<int32_t> tokens(int n) = 0;
+};
+
+}  // namespace lmx::fast

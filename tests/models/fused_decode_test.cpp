@@ -1,0 +1,153 @@
+// The fused decode step (ops/fused_decoder.h) against the plain ops on the same device:
+// fed the same tokens after the same prefill, its logits at each of 64 decode positions
+// stay within bf16 tolerance (relative L2 2e-2) of forward(), and its argmax is the argmax
+// of those logits. The models are random and shaped to reach the awkward paths: GQA,
+// head_dim 128 and 256 apart from hidden/heads, q/k norms, a rotating sliding-window
+// cache that wraps many times, logit softcapping, widths that are not multiples of 256.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "io/config.h"
+#include "models/registry.h"
+#include "ops/kernels.h"
+#include "runtime/generator.h"
+
+namespace lmx {
+namespace {
+
+constexpr const char* kLlama = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 256,
+ "intermediate_size": 520, "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+ "original_max_position_embeddings": 64, "rope_type": "llama3"}, "torch_dtype": "bfloat16"})";
+constexpr const char* kQwen3 = R"({"model_type": "qwen3", "vocab_size": 1203, "hidden_size": 264,
+ "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
+ "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
+constexpr const char* kGemma3 = R"({"model_type": "gemma3_text", "vocab_size": 2048, "hidden_size": 1152,
+ "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
+ "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 4096,
+ "rms_norm_eps": 1e-06, "tie_word_embeddings": true, "rope_theta": 1000000, "rope_local_base_freq": 10000,
+ "query_pre_attn_scalar": 256, "sliding_window": 16, "sliding_window_pattern": 4,
+ "final_logit_softcapping": 30.0, "torch_dtype": "bfloat16"})";
+
+// A bf16 model on `device` with random weights of a trained model's rough magnitudes.
+std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device device) {
+  const io::ModelConfig c = io::parse_model_config(config_json, "test config");
+  auto model = std::make_unique<models::CausalLM>(models::build_spec(c, "test config"));
+  uint64_t seed = 1;
+  model->visit("", [&](const std::string& name, Array& w, const Shape& shape) {
+    const bool norm = name.ends_with("norm.weight");
+    const float centre = norm && c.model_type != "gemma3_text" ? 1.0f : 0.0f, spread = norm ? 0.1f : 0.05f;
+    w = to_device(random_uniform(shape, seed++, centre - spread, centre + spread, Dtype::bf16), device);
+  });
+  return model;
+}
+
+double relative_l2(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) num += std::pow(got[i] - want[i], 2), den += std::pow(want[i], 2);
+  return std::sqrt(num / den);
+}
+
+bool have_cuda() {
+  try {
+    detail::kernels_for(Device::cuda(0));
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+struct FusedCase {
+  const char* name;
+  const char* config;
+  bool rotate;  // rotating caches on sliding-window layers
+};
+
+class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
+
+TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  const auto model = random_model(GetParam().config, gpu);
+  const auto fused = model->fused_decoder();
+  ASSERT_NE(fused, nullptr) << "CUDA has a fused path for bf16 " << GetParam().name;
+
+  const int64_t prompt_len = 20, steps = 64, vocab = model->spec().vocab_size;
+  const std::vector<int32_t> ids = to_vector<int32_t>(
+      astype(random_uniform({prompt_len + steps}, 7, 0, float(vocab) - 1, Dtype::f32), Dtype::i32));
+  // The same prefill through the plain ops fills both caches.
+  KVCache plain(*model, GetParam().rotate, 8), fast(*model, GetParam().rotate, 8);  // small: both grow
+  const Array prompt = to_device(from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + prompt_len),
+                                             {1, prompt_len}), gpu);
+  (void)model->forward(prompt, plain.layers());
+  (void)model->forward(prompt, fast.layers());
+
+  double worst = 0;
+  for (int64_t t = 0; t < steps; ++t) {
+    const int32_t tok = ids[size_t(prompt_len + t)];
+    const std::vector<float> want =
+        to_floats(model->forward(to_device(from_vector(std::vector<int32_t>{tok}, {1, 1}), gpu), plain.layers()));
+    std::vector<fast::FusedCacheView> views;
+    for (nn::LayerCache* l : fast.layers()) views.push_back(l->fused_view());
+    fused->set_input(tok, prompt_len + t);
+    fused->step(views);
+    for (nn::LayerCache* l : fast.layers()) l->commit_one();
+    const std::vector<float> got = to_floats(fused->logits());
+    ASSERT_EQ(got.size(), want.size());
+    const double err = relative_l2(got, want);
+    worst = std::max(worst, err);
+    EXPECT_LE(err, 2e-2) << GetParam().name << " decode position " << prompt_len + t;
+    const int32_t argmax = int32_t(std::max_element(got.begin(), got.end()) - got.begin());
+    EXPECT_EQ(fused->tokens(1)[0], argmax) << "the fused argmax is the argmax of the fused logits";
+  }
+  EXPECT_EQ(fast.length(), plain.length());
+  std::printf("[ info ] %s: worst relative L2 over %lld positions %.2e\n", GetParam().name, (long long)steps, worst);
+}
+
+// Greedy steps replayed back to back (the argmax fed straight back on the device) give
+// the tokens that one step at a time with set_input gives.
+TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  const auto model = random_model(GetParam().config, gpu);
+  const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
+  auto run = [&](bool chained) {
+    const auto fused = model->fused_decoder();
+    KVCache cache(*model, GetParam().rotate, 64);
+    const int64_t n = int64_t(prompt.size()) - 1;  // the last prompt token is the first step's input
+    (void)model->forward(to_device(from_vector(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {1, n}), gpu),
+                         cache.layers());
+    std::vector<int32_t> out;
+    int32_t tok = prompt.back();
+    for (int i = 0; i < 40; ++i) {
+      std::vector<fast::FusedCacheView> views;
+      for (nn::LayerCache* l : cache.layers()) views.push_back(l->fused_view());
+      if (!chained || i == 0) fused->set_input(tok, n + i);
+      fused->step(views);
+      for (nn::LayerCache* l : cache.layers()) l->commit_one();
+      if (!chained) out.push_back(tok = fused->tokens(1)[0]);
+    }
+    return chained ? fused->tokens(40) : out;
+  };
+  EXPECT_EQ(run(true), run(false));
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
+                         ::testing::Values(FusedCase{"llama", kLlama, false}, FusedCase{"qwen3", kQwen3, false},
+                                           FusedCase{"gemma3_rotating", kGemma3, true},
+                                           FusedCase{"gemma3_contiguous", kGemma3, false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// Where the device has no fused path (the CPU), the model says so and the generator
+// keeps to the plain ops.
+TEST(FusedDecode, CpuHasNoFusedPath) {
+  const auto model = random_model(kLlama, Device::cpu());
+  EXPECT_EQ(model->fused_decoder(), nullptr);
+}
+
+}  // namespace
+}  // namespace lmx
