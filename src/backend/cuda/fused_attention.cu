@@ -35,20 +35,55 @@ __device__ void norm_rope(const float* x, const bf16* norm, bool gemma, float ep
   }
 }
 
+// Counts a finished block of kv head g; the last one merges the live chunks' partials
+// (m, l, acc) into the attention output and resets the counter for the next step.
+__device__ void count_and_merge(const AttentionStep& a, int g, int group, int live) {
+  __shared__ bool last;
+  __threadfence();  // this block's partials are visible before the count says so
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(a.counter + g, 1u) == unsigned(a.splits) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int d = a.head_dim, stride = d + 2;
+  for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
+    const int j = idx / d, i = idx % d;
+    const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
+    float m = -INFINITY;
+    for (int s = 0; s < live; ++s) m = fmaxf(m, __ldcg(part + s * stride));
+    float l = 0, acc = 0;
+    for (int s = 0; s < live; ++s) {
+      const float w = __expf(__ldcg(part + s * stride) - m);
+      l = __fmaf_rn(__ldcg(part + s * stride + 1), w, l);
+      acc = __fmaf_rn(__ldcg(part + s * stride + 2 + i), w, acc);
+    }
+    a.out[size_t(g * group + j) * d + i] = acc / l;
+  }
+  if (threadIdx.x == 0) a.counter[g] = 0;
+}
+
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   extern __shared__ float sm[];
-  const int g = blockIdx.x, split = blockIdx.y, d = a.head_dim;
+  const int g = blockIdx.x, split = blockIdx.y, d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
   float* q = sm;                  // [group, D]
   float* k_new = q + group * d;   // [D]
   float* v_new = k_new + d;       // [D]
   float* e = v_new + d;           // [group, chunk]: scores, then softmax weights
+  bf16* ks = reinterpret_cast<bf16*>(e + group * chunk);  // [chunk, D] the chunk's keys
+  bf16* vs = ks + chunk * d;                              // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   wait_for_previous_kernel();
   const int pos = a.state[1];
   const int lo = a.window > 0 ? ::max(0, pos - a.window + 1) : 0;
-  const int begin = lo + split * a.chunk, end = ::min(begin + a.chunk, pos + 1), n = ::max(0, end - begin);
+  const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
+  const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions
+  if (n == 0) {  // past them: only counted, so that the last block still merges
+    allow_next_kernel();
+    count_and_merge(a, g, group, live);
+    return;
+  }
 
   const float* q_in = a.qkv + size_t(g) * group * d;
   const float* k_in = a.qkv + size_t(a.n_heads) * d + size_t(g) * d;
@@ -61,29 +96,34 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
     else
       for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_in[i]));
   }
-  __syncthreads();
-
+  // The chunk's cached keys and values, 16 bytes per thread and load, all in flight at once.
   const size_t head_base = size_t(g) * a.slots * d;
+  const int vecs = d / 8;
+  for (int idx = threadIdx.x; idx < n * vecs; idx += kThreads) {
+    const int t = idx / vecs, c = idx % vecs * 8, p = begin + t;
+    if (p == pos) continue;  // not in the cache yet: filled below
+    const size_t at = head_base + size_t(p % a.slots) * d + c;
+    *reinterpret_cast<uint4*>(ks + t * d + c) = *reinterpret_cast<const uint4*>(a.k_cache + at);
+    *reinterpret_cast<uint4*>(vs + t * d + c) = *reinterpret_cast<const uint4*>(a.v_cache + at);
+  }
+  __syncthreads();
   if (pos >= begin && pos < end) {  // this block holds the new position: store it
     const size_t at = head_base + size_t(pos % a.slots) * d;
     for (int i = threadIdx.x; i < d; i += kThreads) {
-      a.k_cache[at + i] = __float2bfloat16_rn(k_new[i]);
-      a.v_cache[at + i] = __float2bfloat16_rn(v_new[i]);
+      const bf16 kb = __float2bfloat16_rn(k_new[i]), vb = __float2bfloat16_rn(v_new[i]);
+      a.k_cache[at + i] = kb, a.v_cache[at + i] = vb;
+      ks[(pos - begin) * d + i] = kb, vs[(pos - begin) * d + i] = vb;
     }
   }
+  __syncthreads();
 
-  // Scores q·k·scale for every (query head, key) pair of the chunk.
-  for (int idx = threadIdx.x; idx < group * n; idx += kThreads) {
-    const int j = idx / n, p = begin + idx % n;
-    const float* qj = q + j * d;
+  // Scores q·k·scale, one warp per (query head, key) pair, lanes across D.
+  for (int pair = warp; pair < group * n; pair += kThreads / 32) {
+    const int j = pair / n, t = pair % n;
     float s = 0;
-    if (p == pos) {
-      for (int i = 0; i < d; ++i) s = __fmaf_rn(qj[i], k_new[i], s);
-    } else {
-      const bf16* kp = a.k_cache + head_base + size_t(p % a.slots) * d;
-      for (int i = 0; i < d; i += 8) s = dot8(*reinterpret_cast<const uint4*>(kp + i), qj + i, s);
-    }
-    e[j * a.chunk + idx % n] = s * a.scale;
+    for (int c = lane * 8; c < d; c += 256) s = dot8(*reinterpret_cast<const uint4*>(ks + t * d + c), q + j * d + c, s);
+    s = warp_reduce(s, Sum{});
+    if (lane == 0) e[j * chunk + t] = s * a.scale;
   }
   __syncthreads();
 
@@ -91,12 +131,12 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   __shared__ float m_head[32], l_head[32];
   for (int j = warp; j < group; j += kThreads / 32) {
     float m = -INFINITY;
-    for (int i = lane; i < n; i += 32) m = fmaxf(m, e[j * a.chunk + i]);
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, e[j * chunk + i]);
     m = warp_reduce(m, Max{});
     float l = 0;
     for (int i = lane; i < n; i += 32) {
-      const float w = __expf(e[j * a.chunk + i] - m);
-      e[j * a.chunk + i] = w;
+      const float w = __expf(e[j * chunk + i] - m);
+      e[j * chunk + i] = w;
       l += w;
     }
     l = warp_reduce(l, Sum{});
@@ -109,46 +149,17 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;
     float acc = 0;
-    for (int t = 0; t < n; ++t) {
-      const int p = begin + t;
-      const float v = p == pos ? v_new[i] : __bfloat162float(a.v_cache[head_base + size_t(p % a.slots) * d + i]);
-      acc = __fmaf_rn(e[j * a.chunk + t], v, acc);
-    }
+    for (int t = 0; t < n; ++t) acc = __fmaf_rn(e[j * chunk + t], __bfloat162float(vs[t * d + i]), acc);
     float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;
     if (a.splits == 1) {
       a.out[size_t(g * group + j) * d + i] = acc / l_head[j];
       continue;
     }
     part[2 + i] = acc;
-    if (i == 0) part[0] = n > 0 ? m_head[j] : -INFINITY, part[1] = n > 0 ? l_head[j] : 0.0f;
+    if (i == 0) part[0] = m_head[j], part[1] = l_head[j];
   }
   allow_next_kernel();
-  if (a.splits == 1) return;
-
-  // The last block of this kv head merges the chunks.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(a.counter + g, 1u) == unsigned(a.splits) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
-    const int j = idx / d, i = idx % d;
-    const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
-    float m = -INFINITY;
-    for (int s = 0; s < a.splits; ++s) m = fmaxf(m, __ldcg(part + s * stride));
-    float l = 0, acc = 0;
-    for (int s = 0; s < a.splits; ++s) {
-      const float ms = __ldcg(part + s * stride);
-      if (ms == -INFINITY) continue;
-      const float w = __expf(ms - m);
-      l = __fmaf_rn(__ldcg(part + s * stride + 1), w, l);
-      acc = __fmaf_rn(__ldcg(part + s * stride + 2 + i), w, acc);
-    }
-    a.out[size_t(g * group + j) * d + i] = acc / l;
-  }
-  if (threadIdx.x == 0) a.counter[g] = 0;
+  if (a.splits > 1) count_and_merge(a, g, group, live);
 }
 
 __global__ void embed_kernel(const bf16* embed, const int* state, float scale, int hidden, float* x) {
@@ -164,14 +175,16 @@ __global__ void embed_kernel(const bf16* embed, const int* state, float scale, i
 }  // namespace
 
 void attention_split(int slots, int& chunk, int& splits) {
-  // At least 64 keys per block, and at most 128 blocks per kv head.
-  chunk = std::max(64, (slots + 127) / 128);
+  // Short chunks: many blocks even for one kv head, and the chunk's keys and values fit in
+  // shared memory for head_dim 256. Blocks past the live positions return at once.
+  chunk = 32;
   splits = (slots + chunk - 1) / chunk;
 }
 
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
   const int group = a.n_heads / a.n_kv_heads;
-  const size_t smem = sizeof(float) * (size_t(group) * a.head_dim + 2 * a.head_dim + size_t(group) * a.chunk);
+  const size_t smem = sizeof(float) * (size_t(group) * a.head_dim + 2 * a.head_dim + size_t(group) * a.chunk) +
+                      2 * sizeof(bf16) * size_t(a.chunk) * a.head_dim;
   LMX_CHECK(smem <= 96 * 1024 && group <= 32 && a.head_dim % 8 == 0, "fused decode",
             "attention with ", group, " query heads per kv head and head_dim ", a.head_dim, " is not supported");
   static const bool kSized = [] {

@@ -20,11 +20,11 @@ template <Epilogue E, int R>
 constexpr int kOutsPerWarp = kGlu<E> ? R / 2 : R;
 
 __device__ __forceinline__ const bf16* stacked_row(const GemvOutput& o, int r, int k) {
-  for (int s = 0; s < 3; ++s) {
-    if (r < o.rows[s]) return o.w[s] + size_t(r) * k;
-    r -= o.rows[s];
-  }
-  return nullptr;
+  // Spelled out rather than looped: an indexed o.w[s] would put the parameters in local memory.
+  if (r < o.rows[0]) return o.w[0] + size_t(r) * k;
+  r -= o.rows[0];
+  if (r < o.rows[1]) return o.w[1] + size_t(r) * k;
+  return o.w[2] + size_t(r - o.rows[1]) * k;
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
@@ -86,77 +86,101 @@ __device__ void finish_argmax(const GemvOutput& out) {
   }
 }
 
+// This warp's R weight rows for its outputs from `first`: R consecutive rows, or
+// (gate, up) pairs. Rows past the end read the last row again and are never stored.
 template <int R, Epilogue E>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput out) {
-  extern __shared__ float xs[];  // [K]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = in.k;
-  constexpr int kOuts = kOutsPerWarp<E, R>;
-  const int first = (blockIdx.x * kWarps + warp) * kOuts;  // this warp's first output
-  const int n_out = kGlu<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
-
-  // The warp's rows: R consecutive ones, or (gate, up) pairs. Rows past the end read the
-  // first row again and are never stored.
-  const bf16* rows[R];
+__device__ __forceinline__ void warp_rows(const GemvOutput& out, int first, int n_out, int k, const bf16* (&rows)[R]) {
 #pragma unroll
   for (int j = 0; j < R; ++j) {
     const int o = ::min(first + (kGlu<E> ? j / 2 : j), ::max(n_out - 1, 0));
     rows[j] = kGlu<E> ? out.w[j % 2] + size_t(o) * k : stacked_row(out, o, k);
   }
-  // Start pulling this warp's weights towards L2 while the previous kernel finishes.
-  if (first < n_out)
+}
+
+// The R dot products of one warp, summed over the warp. U steps of 256 columns per loop
+// trip, with every load of a trip issued before its arithmetic.
+template <int R>
+__device__ __forceinline__ void warp_dots(const bf16* const (&rows)[R], const float* xs, int k, float (&acc)[R]) {
+  constexpr int U = 16 / R;
+  const int lane = threadIdx.x % 32;
 #pragma unroll
-    for (int j = 0; j < R; ++j)
-      for (int c = lane * 64; c < k; c += 32 * 64) prefetch_l2(rows[j] + c);
+  for (int j = 0; j < R; ++j) acc[j] = 0;
+  int c = lane * 8;
+  for (; c + (U - 1) * 256 < k; c += U * 256) {
+    uint4 w[R][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int j = 0; j < R; ++j) w[j][u] = load_stream(rows[j] + c + u * 256);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int j = 0; j < R; ++j) acc[j] = dot8(w[j][u], xs + c + u * 256, acc[j]);
+  }
+  for (; c < k; c += 256)
+#pragma unroll
+    for (int j = 0; j < R; ++j) acc[j] = dot8(load_stream(rows[j] + c), xs + c, acc[j]);
+#pragma unroll
+  for (int j = 0; j < R; ++j) acc[j] = warp_reduce(acc[j], Sum{});
+}
+
+// Blocks take groups of kWarps * kOuts outputs, striding over the grid, so that a block
+// forms its input vector once however many outputs it computes (the LM head has
+// thousands of groups).
+template <int R, Epilogue E>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput out) {
+  extern __shared__ float xs[];  // [K]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = in.k;
+  constexpr int kOuts = kOutsPerWarp<E, R>;
+  const int n_out = kGlu<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
+  const int groups = (n_out + kWarps * kOuts - 1) / (kWarps * kOuts);
+
+  // Start pulling the first group's weights towards L2 while the previous kernel finishes.
+  const bf16* rows[R];
+  warp_rows<R, E>(out, (blockIdx.x * kWarps + warp) * kOuts, n_out, k, rows);
+#pragma unroll
+  for (int j = 0; j < R; ++j)
+    for (int c = lane * 64; c < k; c += 32 * 64) prefetch_l2(rows[j] + c);
 
   wait_for_previous_kernel();
   form_input(in, xs);
 
-  float acc[R];
-#pragma unroll
-  for (int j = 0; j < R; ++j) acc[j] = 0;
-#pragma unroll 4
-  for (int c = lane * 8; c < k; c += 32 * 8) {
-    uint4 w[R];
-#pragma unroll
-    for (int j = 0; j < R; ++j) w[j] = load_stream(rows[j] + c);
-#pragma unroll
-    for (int j = 0; j < R; ++j) acc[j] = dot8(w[j], xs + c, acc[j]);
-  }
-#pragma unroll
-  for (int j = 0; j < R; ++j) acc[j] = warp_reduce(acc[j], Sum{});
-  allow_next_kernel();
-
-  if constexpr (E == Epilogue::plain) {
-    if (lane == 0)
+  float best = -INFINITY;  // logits: this warp's argmax so far
+  int best_idx = INT_MAX;
+  for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
+    const int first = (grp * kWarps + warp) * kOuts;  // this warp's first output
+    warp_rows<R, E>(out, first, n_out, k, rows);
+    float acc[R];
+    warp_dots<R>(rows, xs, k, acc);
+    if (lane != 0) continue;
+    if constexpr (E == Epilogue::plain) {
 #pragma unroll
       for (int j = 0; j < R; ++j)
         if (first + j < n_out) out.y[first + j] = acc[j];
-  } else if constexpr (kGlu<E>) {
-    if (lane == 0)
+    } else if constexpr (kGlu<E>) {
 #pragma unroll
       for (int j = 0; j < kOuts; ++j) {
         const float g = acc[2 * j], u = acc[2 * j + 1];
         if (first + j < n_out) out.y[first + j] = (E == Epilogue::glu_silu ? silu(g) : gelu_tanh(g)) * u;
       }
-  } else {
-    __shared__ float wv[kWarps];
-    __shared__ int wi[kWarps];
-    __shared__ bool last;
-    float best = -INFINITY;
-    int idx = INT_MAX;
-    if (lane == 0) {
+    } else {
 #pragma unroll
       for (int j = 0; j < R; ++j) {
         float v = acc[j];
         if (out.softcap > 0) v = out.softcap * tanhf(v / out.softcap);
         if (first + j < n_out) {
           out.y[first + j] = v;
-          if (better(v, first + j, best, idx)) best = v, idx = first + j;
+          if (better(v, first + j, best, best_idx)) best = v, best_idx = first + j;
         }
       }
-      wv[warp] = best;
-      wi[warp] = idx;
     }
+  }
+  allow_next_kernel();
+  if constexpr (E == Epilogue::logits) {
+    __shared__ float wv[kWarps];
+    __shared__ int wi[kWarps];
+    __shared__ bool last;
+    if (lane == 0) wv[warp] = best, wi[warp] = best_idx;
     __syncthreads();
     if (threadIdx.x == 0) {
       for (int w = 1; w < kWarps; ++w)
@@ -208,7 +232,9 @@ GemvShape gemv_shape(const GemvOutput& out, int sm_count) {
     if (glu && r == 1) break;
     const int outs = glu ? r / 2 : r;
     const int blocks = (n_out + kWarps * outs - 1) / (kWarps * outs);
-    if (blocks >= 2 * sm_count || r == (glu ? 2 : 1)) return {r, blocks};
+    // Eight blocks per SM fit whatever the width (up to 8192 columns), and more groups
+    // than that are taken in turn by the blocks already there.
+    if (blocks >= 2 * sm_count || r == (glu ? 2 : 1)) return {r, std::min(blocks, 8 * sm_count)};
   }
   return {glu ? 2 : 1, n_out};
 }
