@@ -62,6 +62,11 @@ class FusedDecoder {
   virtual const Array& logits() const = 0;
   // The argmax of the last `n` steps since set_input, oldest first; synchronises.
   virtual std::vector<int32_t> tokens(int n) = 0;
+  // Pipelined reads: queue_token() queues a copy of the last step's argmax to the host, and
+  // wait_token() returns the oldest queued one, waiting only for its own step. A caller can
+  // so queue step n+1 before it reads token n, and the device never waits for the host.
+  virtual void queue_token() = 0;
+  virtual int32_t wait_token() = 0;
 };
 
 }  // namespace lmx::fast

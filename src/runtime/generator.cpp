@@ -32,18 +32,37 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 }
 
 std::optional<int32_t> TokenGenerator::fused_step() {
-  std::vector<fast::FusedCacheView> views;
   const std::vector<nn::LayerCache*> layers = cache_.layers();
-  for (nn::LayerCache* l : layers) {
-    views.push_back(l->fused_view());
-    if (!views.back().k.valid()) return std::nullopt;
+  // Queues one step; with `feed`, its input is the last token on the host, else the
+  // previous step's argmax, still on the device.
+  auto launch = [&](bool feed) {
+    std::vector<fast::FusedCacheView> views;
+    for (nn::LayerCache* l : layers) {
+      views.push_back(l->fused_view());
+      if (!views.back().k.valid()) return false;
+    }
+    if (feed) fused_->set_input(tokens_.back(), cache_.length());
+    fused_->step(views);
+    for (nn::LayerCache* l : layers) l->commit_one();
+    return true;
+  };
+  if (!sampler_.greedy()) {
+    if (!launch(true)) return std::nullopt;
+    return sampler_.sample(to_floats(fused_->logits()), tokens_);
   }
-  fused_->set_input(tokens_.back(), cache_.length());
-  fused_->step(views);
-  for (nn::LayerCache* l : layers) l->commit_one();
-  // Greedy decoding reads back only the argmax the step computed on the device.
-  if (sampler_.greedy()) return fused_->tokens(1)[0];
-  return sampler_.sample(to_floats(fused_->logits()), tokens_);
+  // Greedy decoding reads back only the argmax, and the step for the token after it is
+  // queued before it is read, so the device never waits for the host. When that token
+  // turns out to be the last, the extra step has only stored its keys and values: the
+  // cache then holds every token, which is still a prefix of the sequence.
+  if (!inflight_) {
+    if (!launch(true)) return std::nullopt;
+    fused_->queue_token();
+  }
+  const int generated = int(tokens_.size() - prompt_len_);
+  const bool more = generated + 1 < limits_.max_tokens && int64_t(tokens_.size()) + 1 < limits_.context_length;
+  inflight_ = more && launch(false);
+  if (inflight_) fused_->queue_token();
+  return fused_->wait_token();
 }
 
 std::vector<float> TokenGenerator::step(const std::vector<int32_t>& ids) {

@@ -51,6 +51,7 @@ class TokenGenerator {
   const models::CausalLM& model_;
   KVCache& cache_;
   std::unique_ptr<fast::FusedDecoder> fused_;  // null where the device has no fused path
+  bool inflight_ = false;  // a greedy fused step for the next token is queued already
   Sampler sampler_;
   GenerationLimits limits_;
   std::vector<int32_t> tokens_;

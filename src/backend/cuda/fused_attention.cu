@@ -39,9 +39,13 @@ __device__ void norm_rope(const float* x, const bf16* norm, bool gemma, float ep
 // (m, l, acc) into the attention output and resets the counter for the next step.
 __device__ void count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
-  __threadfence();  // this block's partials are visible before the count says so
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(a.counter + g, 1u) == unsigned(a.splits) - 1;
+  if (threadIdx.x == 0) {
+    // The barrier orders the block's partials before this fence, and the fence before the
+    // count (fences are cumulative): the last block sees them all.
+    __threadfence();
+    last = atomicAdd(a.counter + g, 1u) == unsigned(a.splits) - 1;
+  }
   __syncthreads();
   if (!last) return;
   __threadfence();

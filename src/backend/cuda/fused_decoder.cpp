@@ -8,10 +8,13 @@
 // blocks still read. The LM head GEMV ends the step and feeds its argmax back as the next
 // token, so greedy steps can be replayed back to back without the host.
 //
-// LMX_FUSED_GRAPH=0 launches the kernels one by one instead of replaying a graph, and
-// LMX_FUSED_PDL=0 turns programmatic dependent launch off; both are for measurement.
+// For measurement: LMX_FUSED_GRAPH=0 launches the kernels one by one instead of replaying
+// a graph, LMX_FUSED_PDL=0 turns programmatic dependent launch off, and LMX_FUSED_SKIP
+// (a list of qkv, attention, o, glu, down, head) leaves those kernels out, which gives
+// wrong results but shows what each costs inside the real step.
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/fused_kernels.h"
@@ -40,6 +43,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w)
       : device_(device), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")), pdl_(env_on("LMX_FUSED_PDL")) {
+    if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     const Device d = Device::cuda(device);
     check_weight(w_.embed, d, "the embedding");
     check_weight(w_.lm_head, d, "the LM head");
@@ -69,6 +73,30 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
   ~CudaFusedDecoder() override {
     if (exec_) cudaGraphExecDestroy(exec_);
+    for (cudaEvent_t e : ready_) cudaEventDestroy(e);
+    if (pinned_) cudaFreeHost(pinned_);
+  }
+
+  void queue_token() override {
+    LMX_CHECK(steps_ > 0 && queued_ - read_ < kRing, "fused decode", "no step to read, or ", kRing,
+              " tokens already queued");
+    const Context& c = ctx();
+    if (!pinned_) {
+      check(cudaMallocHost(reinterpret_cast<void**>(&pinned_), kRing * sizeof(int32_t)), "cudaMallocHost");
+      ready_.resize(kRing);
+      for (cudaEvent_t& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    const int slot = int(queued_++ % kRing);
+    const auto* h = static_cast<const int32_t*>(history_.raw()) + (steps_ - 1) % kHistory;
+    check(cudaMemcpyAsync(pinned_ + slot, h, sizeof(int32_t), cudaMemcpyDeviceToHost, c.stream), "cudaMemcpyAsync");
+    check(cudaEventRecord(ready_[size_t(slot)], c.stream), "cudaEventRecord");
+  }
+
+  int32_t wait_token() override {
+    LMX_CHECK(read_ < queued_, "fused decode", "no token queued");
+    const int slot = int(read_++ % kRing);
+    check(cudaEventSynchronize(ready_[size_t(slot)]), "cudaEventSynchronize");
+    return pinned_[slot];
   }
 
   void set_input(int32_t token, int64_t pos) override {
@@ -132,6 +160,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
  private:
   static constexpr int kHistory = 1 << 14;
+  static constexpr int kRing = 8;  // tokens queued for the host at most
 
   const Context& ctx() const { return context(device_); }
 
@@ -208,16 +237,16 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       qkv.w[0] = bf(l.q), qkv.w[1] = bf(l.k), qkv.w[2] = bf(l.v);
       qkv.rows[0] = int(l.q.shape(0)), qkv.rows[1] = int(l.k.shape(0)), qkv.rows[2] = int(l.v.shape(0));
       qkv.y = f32(qkv_);
-      gemv(in, qkv);
+      if (!skipped("qkv")) gemv(in, qkv);
 
       fused::AttentionStep a = attention_[i];
       a.qkv = f32(qkv_), a.state = state_i(), a.partial = f32(attn_partial_);
       a.counter = static_cast<unsigned*>(counters_.raw()), a.out = f32(attn_);
-      fused::launch_attention(s, pdl_, a);
+      if (!skipped("attention")) fused::launch_attention(s, pdl_, a);
 
       fused::GemvOutput o;
       o.w[0] = bf(l.o), o.rows[0] = int(l.o.shape(0)), o.y = f32(o_);
-      gemv(input(f32(attn_), l.o.shape(1)), o);
+      if (!skipped("o")) gemv(input(f32(attn_), l.o.shape(1)), o);
       pending = f32(o_), pending_norm = w_.sandwich ? bf(l.post_attention_norm) : nullptr;
 
       in = input(res, hidden_);
@@ -226,11 +255,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       fused::GemvOutput glu;
       glu.w[0] = bf(l.gate), glu.w[1] = bf(l.up), glu.rows[0] = int(l.gate.shape(0)), glu.y = f32(glu_);
       glu.epilogue = w_.gelu ? fused::Epilogue::glu_gelu : fused::Epilogue::glu_silu;
-      gemv(in, glu);
+      if (!skipped("glu")) gemv(in, glu);
 
       fused::GemvOutput down;
       down.w[0] = bf(l.down), down.rows[0] = int(l.down.shape(0)), down.y = f32(mlp_);
-      gemv(input(f32(glu_), l.down.shape(1)), down);
+      if (!skipped("down")) gemv(input(f32(glu_), l.down.shape(1)), down);
       pending = f32(mlp_), pending_norm = w_.sandwich ? bf(l.post_feedforward_norm) : nullptr;
     }
     fused::GemvInput in = input(res, hidden_);
@@ -244,7 +273,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     head.state = state_i();
     head.history = static_cast<int*>(history_.raw());
     head.history_len = kHistory;
-    gemv(in, head);
+    if (!skipped("head")) gemv(in, head);
   }
 
   int* state_i() const { return static_cast<int*>(state_.raw()); }
@@ -252,8 +281,20 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   int device_;
   fast::FusedDecoderWeights w_;
   bool graphs_, pdl_;
+  std::string skip_;
+  bool skipped(std::string_view kernel) const {
+    for (size_t at = 0; at <= skip_.size();) {  // skip_ is a comma-separated list
+      const size_t end = std::min(skip_.find(',', at), skip_.size());
+      if (std::string_view(skip_).substr(at, end - at) == kernel) return true;
+      at = end + 1;
+    }
+    return false;
+  }
   int64_t hidden_ = 0, vocab_ = 0, max_kv_heads_ = 0;
   int64_t steps_ = 0;  // since set_input
+  int64_t queued_ = 0, read_ = 0;
+  int32_t* pinned_ = nullptr;  // [kRing] host
+  std::vector<cudaEvent_t> ready_;
   Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, history_, attn_partial_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<const void*> bound_;
