@@ -81,6 +81,8 @@ Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> cache
 
 std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder() const {
   if (const char* v = std::getenv("LMX_FUSED"); v && std::string(v) == "0") return nullptr;
+  detail::Kernels& kernels = detail::kernels_for(device());
+  if (!kernels.has_fused_decoder(dtype())) return nullptr;  // before anything is allocated
   fast::FusedDecoderWeights w;
   w.embed = embed_tokens_.weight;
   w.lm_head = lm_head_ ? lm_head_->weight : embed_tokens_.weight;
@@ -113,7 +115,7 @@ std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder() const {
     l.scale = s.scale;
     w.layers.push_back(std::move(l));
   }
-  return detail::kernels_for(device()).fused_decoder(w);
+  return kernels.fused_decoder(w);
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {

@@ -72,6 +72,7 @@ class Kernels {
 
   // The backend's fused decode step for a model with these weights (ops/fused_decoder.h),
   // or nullptr where it has none, or none for these weights: callers then use the plain ops.
+  virtual bool has_fused_decoder(Dtype) const { return false; }
   virtual std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights&) { return nullptr; }
 };
 

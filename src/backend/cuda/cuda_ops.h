@@ -46,6 +46,11 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
                bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
                const Array& out);
 
+// attention_gemm.cu: the same attention through cuBLAS for many query rows; false (and
+// nothing done) where that path does not apply.
+bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                       int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
+
 // fused_decoder.cpp: nullptr for weights the fused kernels do not read (not bf16).
 std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w);
 

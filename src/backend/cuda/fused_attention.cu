@@ -49,19 +49,28 @@ __device__ void count_and_merge(const AttentionStep& a, int g, int group, int li
   __syncthreads();
   if (!last) return;
   __threadfence();
-  const int d = a.head_dim, stride = d + 2;
+  const int d = a.head_dim, stride = d + 2, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Per query head, the overall max and normaliser over the chunks, lanes across chunks.
+  __shared__ float m_all[32], l_all[32];
+  for (int j = warp; j < group; j += kThreads / 32) {
+    const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
+    float m = -INFINITY;
+    for (int s = lane; s < live; s += 32) m = fmaxf(m, __ldcg(part + s * stride));
+    m = warp_reduce(m, Max{});
+    float l = 0;
+    for (int s = lane; s < live; s += 32) l += __ldcg(part + s * stride + 1) * __expf(__ldcg(part + s * stride) - m);
+    l = warp_reduce(l, Sum{});
+    if (lane == 0) m_all[j] = m, l_all[j] = l;
+  }
+  __syncthreads();
   for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;
     const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
-    float m = -INFINITY;
-    for (int s = 0; s < live; ++s) m = fmaxf(m, __ldcg(part + s * stride));
-    float l = 0, acc = 0;
-    for (int s = 0; s < live; ++s) {
-      const float w = __expf(__ldcg(part + s * stride) - m);
-      l = __fmaf_rn(__ldcg(part + s * stride + 1), w, l);
-      acc = __fmaf_rn(__ldcg(part + s * stride + 2 + i), w, acc);
-    }
-    a.out[size_t(g * group + j) * d + i] = acc / l;
+    float acc = 0;
+#pragma unroll 4
+    for (int s = 0; s < live; ++s)
+      acc = __fmaf_rn(__expf(__ldcg(part + s * stride) - m_all[j]), __ldcg(part + s * stride + 2 + i), acc);
+    a.out[size_t(g * group + j) * d + i] = acc / l_all[j];
   }
   if (threadIdx.x == 0) a.counter[g] = 0;
 }
@@ -121,13 +130,19 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   }
   __syncthreads();
 
-  // Scores q·k·scale, one warp per (query head, key) pair, lanes across D.
-  for (int pair = warp; pair < group * n; pair += kThreads / 32) {
-    const int j = pair / n, t = pair % n;
+  // Scores q·k·scale. Each (query head, key) pair takes `lanes` lanes of a warp, 8
+  // columns per lane and step, so that a warp scores several pairs at once.
+  int lanes = 1;
+  while (lanes * 2 <= ::min(32, d / 8)) lanes *= 2;
+  const int per_warp = 32 / lanes;
+  for (int base = warp * per_warp; base < group * n; base += (kThreads / 32) * per_warp) {
+    const int pair = base + lane / lanes, sub = lane % lanes, j = pair / n, t = pair % n;
     float s = 0;
-    for (int c = lane * 8; c < d; c += 256) s = dot8(*reinterpret_cast<const uint4*>(ks + t * d + c), q + j * d + c, s);
-    s = warp_reduce(s, Sum{});
-    if (lane == 0) e[j * chunk + t] = s * a.scale;
+    if (pair < group * n)
+      for (int c = sub * 8; c < d; c += lanes * 8)
+        s = dot8(*reinterpret_cast<const uint4*>(ks + t * d + c), q + j * d + c, s);
+    for (int o = lanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (pair < group * n && sub == 0) e[j * chunk + t] = s * a.scale;
   }
   __syncthreads();
 

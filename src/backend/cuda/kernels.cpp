@@ -90,6 +90,7 @@ class CudaKernels final : public detail::Kernels {
                  const Array& out) override {
     cuda::attention(ctx(), q, k, v, scale, causal, window, q_offsets, key_valid, out);
   }
+  bool has_fused_decoder(Dtype t) const override { return t == Dtype::bf16; }
   std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights& w) override {
     return make_fused_decoder(device_, w);
   }

@@ -56,11 +56,19 @@ void check_int(int64_t v, const char* what) {
 
 void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out) {
   // a [B, M, K], b [B, K, N], out [B, M, N] contiguous
-  const int64_t nb = a.shape(0), m = a.shape(1), k = a.shape(2), n = b.shape(2);
+  int64_t nb = a.shape(0), m = a.shape(1);
+  const int64_t k = a.shape(2), n = b.shape(2);
   if (out.size() == 0) return;
   if (k == 0) return fill(ctx, out, 0);
-  for (int64_t v : {nb, m, n, k}) check_int(v, "a dimension");
   const Operand oa = operand(ctx, a), ob = operand(ctx, b);
+  // A batch of rows times one shared matrix (x·Wᵀ over [batch, tokens, features]) is one
+  // GEMM of B*M rows when a's batches follow one another: a batch of B skinny GEMMs
+  // would run far below the tensor cores' rate.
+  if (nb > 1 && ob.data.strides()[0] == 0 && oa.view.op == CUBLAS_OP_N && oa.data.strides()[0] == m * oa.view.ld) {
+    m *= nb;
+    nb = 1;
+  }
+  for (int64_t v : {nb, m, n, k}) check_int(v, "a dimension");
   check_int(oa.view.ld, "a leading dimension");
   check_int(ob.view.ld, "a leading dimension");
   const cudaDataType_t t = blas_type(a.dtype());

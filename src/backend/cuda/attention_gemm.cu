@@ -1,0 +1,95 @@
+// Attention for many query rows (prefill, classification) as HF's eager path computes
+// it: S = Q·Kᵀ and O = P·V as batched tensor-core GEMMs, with one kernel between them
+// that scales, masks and normalises S in place. Same roundings as attention.cu: scores
+// rounded to the dtype, multiplied by the f32 scale and rounded again, softmax in f32,
+// probabilities rounded to the dtype, P·V accumulated in f32.
+//
+// Each GEMM batch is one kv head of one sequence: with GQA the query heads that share it
+// are consecutive in q [B, Hq, Lq, D], so they are one matrix of rep*Lq rows.
+#include "backend/cuda/common.cuh"
+
+namespace lmx::cuda {
+namespace {
+
+struct SoftmaxParams {
+  int64_t rows, lq, lk, rep, hkv;
+  float scale;
+  bool causal;
+  int64_t window;
+  const int32_t* q_offsets;  // [B]
+  const bool* key_valid;     // [B, Lk] or null
+};
+
+// One warp per row of S [B*Hkv, rep*Lq, Lk]: in place, scores become probabilities.
+template <class T>
+__global__ void masked_softmax_kernel(T* s, SoftmaxParams p) {
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= p.rows) return;
+  const int64_t bh = row / (p.rep * p.lq), i = row % p.lq, b = bh / p.hkv;
+  const int64_t qpos = i + p.q_offsets[b];
+  T* x = s + row * p.lk;
+  auto visible = [&](int64_t j) {
+    if (p.causal && j > qpos) return false;
+    if (p.window > 0 && j <= qpos - p.window) return false;
+    return !p.key_valid || p.key_valid[b * p.lk + j];
+  };
+  auto score = [&](int64_t j) { return round_to<T>(to_float(x[j]) * p.scale); };
+  float m = -INFINITY;
+  for (int64_t j = lane; j < p.lk; j += 32)
+    if (visible(j)) m = fmaxf(m, score(j));
+  m = warp_reduce(m, Max{});
+  float sum = 0;
+  for (int64_t j = lane; j < p.lk; j += 32)
+    if (visible(j)) sum += cr_exp(score(j) - m);
+  sum = warp_reduce(sum, Sum{});
+  // A row with no visible key gives zeros, as attention.cu does.
+  for (int64_t j = lane; j < p.lk; j += 32)
+    x[j] = from_float<T>(visible(j) && sum > 0 ? cr_exp(score(j) - m) / sum : 0.0f);
+}
+
+cudaDataType_t blas_dtype(Dtype t) {
+  return t == Dtype::f32 ? CUDA_R_32F : t == Dtype::f16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+}  // namespace
+
+bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                       int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out) {
+  const int64_t nb = q.shape(0), hq = q.shape(1), lq = q.shape(2), d = q.shape(3);
+  const int64_t hkv = k.shape(1), lk = k.shape(2), rep = hq / hkv, m = rep * lq;
+  // Worth it for many query rows; S must fit in a modest buffer; each (sequence, kv head)
+  // must be one stride away from the next so that one strided-batched call covers them.
+  const int64_t s_bytes = nb * hkv * m * lk * int64_t(itemsize(q.dtype()));
+  if (lq < 8 || s_bytes > (int64_t(512) << 20)) return false;
+  if (k.strides()[0] != hkv * k.strides()[1] || v.strides()[0] != hkv * v.strides()[1]) return false;
+  if (k.strides()[3] != 1 || v.strides()[3] != 1 || !q.is_contiguous()) return false;
+  for (int64_t x : {m, lk, d, k.strides()[1], k.strides()[2], v.strides()[1], v.strides()[2], nb * hkv})
+    if (x > INT32_MAX) return false;
+
+  Array s({nb * hkv, m, lk}, q.dtype(), q.device());
+  const cudaDataType_t t = blas_dtype(q.dtype());
+  const float one = 1.0f, zero = 0.0f;
+  // Row-major X [r, c] is column-major Xᵀ: S [m, Lk] = Q·Kᵀ is Sᵀ [Lk, m] = (Kᵀ)ᵀ·Qᵀ.
+  check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(lk), int(m), int(d), &one, k.raw(), t,
+                                        int(k.strides()[2]), k.strides()[1], q.raw(), t, int(d), m * d, &zero, s.raw(),
+                                        t, int(lk), m * lk, int(nb * hkv), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmStridedBatchedEx (attention scores)");
+  SoftmaxParams p{nb * hkv * m, lq, lk, rep, hkv, scale, causal, window, q_offsets.data<int32_t>(),
+                  key_valid ? key_valid->data<bool>() : nullptr};
+  const unsigned blocks = unsigned((p.rows * 32 + kBlock - 1) / kBlock);
+  visit_device_dtype(q.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (kIsFloat<T>) masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p);
+  });
+  check_launch("masked_softmax_kernel");
+  // O [m, D] = P·V is Oᵀ [D, m] = Vᵀ·Pᵀ.
+  check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(m), int(lk), &one, v.raw(), t,
+                                        int(v.strides()[2]), v.strides()[1], s.raw(), t, int(lk), m * lk, &zero,
+                                        out.raw(), t, int(d), m * d, int(nb * hkv), CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT),
+             "cublasGemmStridedBatchedEx (attention values)");
+  return true;
+}
+
+}  // namespace lmx::cuda
