@@ -44,6 +44,13 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w)
       : device_(device), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")), pdl_(env_on("LMX_FUSED_PDL")) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
+    auto env_int = [](const char* name, int fallback) {
+      const char* v = std::getenv(name);
+      return v ? std::atoi(v) : fallback;
+    };
+    tuning_.rows_per_warp = env_int("LMX_FUSED_ROWS", tuning_.rows_per_warp);
+    tuning_.blocks_per_sm = std::max(1, env_int("LMX_FUSED_BLOCKS_PER_SM", tuning_.blocks_per_sm));
+    tuning_.prefetch = env_int("LMX_FUSED_PREFETCH", tuning_.prefetch);
     const Device d = Device::cuda(device);
     check_weight(w_.embed, d, "the embedding");
     check_weight(w_.lm_head, d, "the LM head");
@@ -63,7 +70,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const Context& c = ctx();
     xa_ = buf(hidden_), xb_ = buf(hidden_), o_ = buf(hidden_), mlp_ = buf(hidden_);
     qkv_ = buf(qkv), attn_ = buf(heads), glu_ = buf(inter), logits_ = buf(vocab_);
-    const fused::GemvShape head = fused::gemv_shape(head_output(), c.sm_count);
+    const fused::GemvShape head = fused::gemv_shape(head_output(), int(hidden_), c.sm_count, tuning_);
     head_partial_ = buf(2 * int64_t(head.blocks));
     counters_ = buf(max_kv_heads_ + 1, Dtype::u32);
     fill(c, counters_, 0);
@@ -210,7 +217,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const int sms = ctx().sm_count;
     const bool gemma = w_.norm_style == fast::RmsNormStyle::gemma;
     auto gemv = [&](const fused::GemvInput& in, const fused::GemvOutput& out) {
-      fused::launch_gemv(s, pdl_, in, out, fused::gemv_shape(out, sms));
+      fused::launch_gemv(s, pdl_, in, out, fused::gemv_shape(out, in.k, sms, tuning_));
     };
     auto input = [&](const float* x, int64_t k) {
       fused::GemvInput in;
@@ -282,6 +289,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   fast::FusedDecoderWeights w_;
   bool graphs_, pdl_;
   std::string skip_;
+  fused::GemvTuning tuning_;
   bool skipped(std::string_view kernel) const {
     for (size_t at = 0; at <= skip_.size();) {  // skip_ is a comma-separated list
       const size_t end = std::min(skip_.find(',', at), skip_.size());

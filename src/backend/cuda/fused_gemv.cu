@@ -127,8 +127,17 @@ __device__ __forceinline__ void warp_dots(const bf16* const (&rows)[R], const fl
 // Blocks take groups of kWarps * kOuts outputs, striding over the grid, so that a block
 // forms its input vector once however many outputs it computes (the LM head has
 // thousands of groups).
+// Asks L2 for the first `cols` columns of each row (128-byte lines, 64 columns each).
+template <int R>
+__device__ __forceinline__ void prefetch_rows(const bf16* const (&rows)[R], int cols) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < R; ++j)
+    for (int c = lane * 64; c < cols; c += 32 * 64) prefetch_l2(rows[j] + c);
+}
+
 template <int R, Epilogue E>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput out) {
+__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput out, int prefetch) {
   extern __shared__ float xs[];  // [K]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k = in.k;
   constexpr int kOuts = kOutsPerWarp<E, R>;
@@ -138,9 +147,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
   // Start pulling the first group's weights towards L2 while the previous kernel finishes.
   const bf16* rows[R];
   warp_rows<R, E>(out, (blockIdx.x * kWarps + warp) * kOuts, n_out, k, rows);
-#pragma unroll
-  for (int j = 0; j < R; ++j)
-    for (int c = lane * 64; c < k; c += 32 * 64) prefetch_l2(rows[j] + c);
+  prefetch_rows<R>(rows, ::min(prefetch, k));
 
   wait_for_previous_kernel();
   form_input(in, xs);
@@ -149,6 +156,11 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
   int best_idx = INT_MAX;
   for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
     const int first = (grp * kWarps + warp) * kOuts;  // this warp's first output
+    if (grp + gridDim.x < groups) {  // the next group's rows, while this one streams
+      const bf16* next[R];
+      warp_rows<R, E>(out, first + gridDim.x * kWarps * kOuts, n_out, k, next);
+      prefetch_rows<R>(next, ::min(prefetch, k));
+    }
     warp_rows<R, E>(out, first, n_out, k, rows);
     float acc[R];
     warp_dots<R>(rows, xs, k, acc);
@@ -198,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
 }
 
 template <int R, Epilogue E>
-void launch_one(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int blocks) {
+void launch_one(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int blocks, int prefetch) {
   const size_t smem = size_t(in.k) * sizeof(float);
   static const bool kSized = [] {  // up to 96 KiB of vector: K = 24576
     check(cudaFuncSetAttribute(gemv_kernel<R, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
@@ -206,37 +218,44 @@ void launch_one(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOu
     return true;
   }();
   (void)kSized;
-  launch("fused gemv", gemv_kernel<R, E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out);
+  launch("fused gemv", gemv_kernel<R, E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out, prefetch);
 }
 
 template <Epilogue E>
 void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& s) {
   switch (s.rows_per_warp) {
     case 1:
-      if constexpr (!kGlu<E>) return launch_one<1, E>(stream, pdl, in, out, s.blocks);
+      if constexpr (!kGlu<E>) return launch_one<1, E>(stream, pdl, in, out, s.blocks, s.prefetch);
       break;
-    case 2: return launch_one<2, E>(stream, pdl, in, out, s.blocks);
-    case 4: return launch_one<4, E>(stream, pdl, in, out, s.blocks);
+    case 2: return launch_one<2, E>(stream, pdl, in, out, s.blocks, s.prefetch);
+    case 4: return launch_one<4, E>(stream, pdl, in, out, s.blocks, s.prefetch);
   }
   fail("fused decode", "no GEMV for ", s.rows_per_warp, " rows per warp");
 }
 
 }  // namespace
 
-GemvShape gemv_shape(const GemvOutput& out, int sm_count) {
+GemvShape gemv_shape(const GemvOutput& out, int k, int sm_count, const GemvTuning& t) {
   const bool glu = out.epilogue == Epilogue::glu_silu || out.epilogue == Epilogue::glu_gelu;
   const int n_out = glu ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
+  auto shape = [&](int r) {
+    const int outs = glu ? r / 2 : r;
+    const int blocks = (n_out + kWarps * outs - 1) / (kWarps * outs);
+    // One loop trip streams 16 loads of 8 columns per lane: 4096 / r columns of each row.
+    // Prefetching that much (not whole rows) keeps what is fetched ahead within L2.
+    return GemvShape{r, std::min(blocks, t.blocks_per_sm * sm_count), t.prefetch >= 0 ? t.prefetch : 4096 / r};
+  };
+  if (t.rows_per_warp == 1 || t.rows_per_warp == 2 || t.rows_per_warp == 4)
+    return shape(glu ? std::max(2, t.rows_per_warp) : t.rows_per_warp);
+  (void)k;
   // The most rows per warp (loads in flight per thread) that still gives every SM at
   // least two blocks; small matrices get more, thinner blocks instead.
   for (int r : {4, 2, 1}) {
-    if (glu && r == 1) break;
     const int outs = glu ? r / 2 : r;
-    const int blocks = (n_out + kWarps * outs - 1) / (kWarps * outs);
-    // Eight blocks per SM fit whatever the width (up to 8192 columns), and more groups
-    // than that are taken in turn by the blocks already there.
-    if (blocks >= 2 * sm_count || r == (glu ? 2 : 1)) return {r, std::min(blocks, 8 * sm_count)};
+    if (outs == 0) break;
+    if ((n_out + kWarps * outs - 1) / (kWarps * outs) >= 2 * sm_count) return shape(r);
   }
-  return {glu ? 2 : 1, n_out};
+  return shape(glu ? 2 : 1);
 }
 
 void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& s) {

@@ -54,11 +54,18 @@ struct GemvOutput {
   int history_len = 0;
 };
 
-// Launch sizes for a GEMV (the blocks needed to cover the outputs).
+// Launch sizes for a GEMV, and how many columns of each of its rows a warp asks L2 to
+// fetch ahead (while the previous kernel finishes, and for the next group of rows).
 struct GemvShape {
   int rows_per_warp, blocks;
+  int prefetch = 0;
 };
-GemvShape gemv_shape(const GemvOutput& out, int sm_count);
+struct GemvTuning {  // defaults; LMX_FUSED_ROWS, LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH override
+  int rows_per_warp = 0;  // 0: chosen per matrix
+  int blocks_per_sm = 8;
+  int prefetch = -1;      // -1: one loop trip's columns
+};
+GemvShape gemv_shape(const GemvOutput& out, int k, int sm_count, const GemvTuning& t);
 void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& shape);
 
 // Token embedding: x[h] = embed[state.token, h] * scale (scale 0 = 1).
