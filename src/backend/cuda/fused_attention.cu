@@ -12,27 +12,64 @@ namespace {
 
 constexpr int kThreads = 128;
 
-// One head vector of D values: RMSNorm (optional) then rotate-half RoPE at `pos`, by one
-// warp. With `round`, the result is rounded to bf16 as the cache stores it.
-__device__ void norm_rope(const float* x, const bf16* norm, bool gemma, float eps, const float* inv_freq, int pos,
-                          int d, bool round, float* out) {
+// One head vector x of D values in shared memory, in place: RMSNorm with the staged
+// weights w (optional) then rotate-half RoPE at `pos`, by one warp. With `round`, the
+// result is rounded to bf16 as the cache stores it.
+__device__ void norm_rope(float* x, const float* w, float eps, const float* inv_freq, int pos, int d, bool round) {
   const int lane = threadIdx.x % 32, half = d / 2;
   float r = 1.0f;
-  if (norm) {
+  if (w) {
     float ss = 0;
     for (int i = lane; i < d; i += 32) ss = __fmaf_rn(x[i], x[i], ss);
     r = rsqrtf(warp_reduce(ss, Sum{}) / float(d) + eps);
   }
   for (int i = lane; i < half; i += 32) {
     float a = x[i] * r, b = x[i + half] * r;
-    if (norm) a *= norm_weight(norm, i, gemma), b *= norm_weight(norm, i + half, gemma);
+    if (w) a *= w[i], b *= w[i + half];
     float s, c;
     sincosf(float(pos) * inv_freq[i], &s, &c);
     float lo = a * c - b * s, hi = b * c + a * s;
     if (round) lo = __bfloat162float(__float2bfloat16_rn(lo)), hi = __bfloat162float(__float2bfloat16_rn(hi));
-    out[i] = lo;
-    out[i + half] = hi;
+    x[i] = lo;
+    x[i + half] = hi;
   }
+}
+
+// Shared memory of one attention block, in floats: what stage_inputs fills, the scores,
+// then the chunk's keys and values in bf16.
+__host__ __device__ inline size_t attention_smem_floats(int group, int d, int chunk) {
+  return size_t(group) * d + 2 * d + d / 2 + 2 * d + size_t(group) * chunk + size_t(chunk) * d;
+}
+
+// Copies the kv group's query heads, new key and value (f32, from the QKV GEMV), the RoPE
+// frequencies and the q/k norm weights into shared memory, every load of a trip in
+// flight at once: out = [q | k | v | inv_freq | q_norm | k_norm].
+__device__ void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
+  const int d = a.head_dim, nq = group * d;
+  const int n = nq + 2 * d + d / 2 + (a.q_norm ? 2 * d : 0);
+  const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
+  auto source = [&](int i) -> float {
+    if (i < nq) return a.qkv[size_t(g) * nq + i];
+    i -= nq;
+    if (i < d) return a.qkv[size_t(a.n_heads) * d + size_t(g) * d + i];
+    i -= d;
+    if (i < d) return a.qkv[size_t(a.n_heads + a.n_kv_heads) * d + size_t(g) * d + i];
+    i -= d;
+    if (i < d / 2) return a.inv_freq[i];
+    i -= d / 2;
+    return wo + __bfloat162float(i < d ? a.q_norm[i] : a.k_norm[i - d]);
+  };
+  constexpr int V = 8;
+  for (int base = threadIdx.x; base < n; base += kThreads * V) {
+    float v[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      if (base + u * kThreads < n) v[u] = source(base + u * kThreads);
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      if (base + u * kThreads < n) out[base + u * kThreads] = v[u];
+  }
+  __syncthreads();
 }
 
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
@@ -82,7 +119,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   float* q = sm;                  // [group, D]
   float* k_new = q + group * d;   // [D]
   float* v_new = k_new + d;       // [D]
-  float* e = v_new + d;           // [group, chunk]: scores, then softmax weights
+  float* freq = v_new + d;        // [D/2]
+  float* q_norm = freq + d / 2;   // [D] (1 + w for Gemma)
+  float* k_norm = q_norm + d;     // [D]
+  float* e = k_norm + d;          // [group, chunk]: scores, then softmax weights
   bf16* ks = reinterpret_cast<bf16*>(e + group * chunk);  // [chunk, D] the chunk's keys
   bf16* vs = ks + chunk * d;                              // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -98,26 +138,38 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
     return;
   }
 
-  const float* q_in = a.qkv + size_t(g) * group * d;
-  const float* k_in = a.qkv + size_t(a.n_heads) * d + size_t(g) * d;
-  const float* v_in = a.qkv + size_t(a.n_heads + a.n_kv_heads) * d + size_t(g) * d;
+  stage_inputs(a, g, group, q);
+  const float* qn = a.q_norm ? q_norm : nullptr;
+  const float* kn = a.k_norm ? k_norm : nullptr;
   for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
     if (vec < group)
-      norm_rope(q_in + vec * d, a.q_norm, a.gemma, a.eps, a.inv_freq, pos, d, false, q + vec * d);
+      norm_rope(q + vec * d, qn, a.eps, freq, pos, d, false);
     else if (vec == group)
-      norm_rope(k_in, a.k_norm, a.gemma, a.eps, a.inv_freq, pos, d, true, k_new);
+      norm_rope(k_new, kn, a.eps, freq, pos, d, true);
     else
-      for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_in[i]));
+      for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }
   // The chunk's cached keys and values, 16 bytes per thread and load, all in flight at once.
   const size_t head_base = size_t(g) * a.slots * d;
   const int vecs = d / 8;
-  for (int idx = threadIdx.x; idx < n * vecs; idx += kThreads) {
-    const int t = idx / vecs, c = idx % vecs * 8, p = begin + t;
-    if (p == pos) continue;  // not in the cache yet: filled below
-    const size_t at = head_base + size_t(p % a.slots) * d + c;
-    *reinterpret_cast<uint4*>(ks + t * d + c) = *reinterpret_cast<const uint4*>(a.k_cache + at);
-    *reinterpret_cast<uint4*>(vs + t * d + c) = *reinterpret_cast<const uint4*>(a.v_cache + at);
+  constexpr int V = 4;  // loads per array per thread and trip, all issued before any store
+  for (int base = threadIdx.x; base < n * vecs; base += kThreads * V) {
+    uint4 kv[V], vv[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int idx = base + u * kThreads, t = idx / vecs, c = idx % vecs * 8;
+      if (idx >= n * vecs || begin + t == pos) continue;  // the new position is filled below
+      const size_t at = head_base + size_t((begin + t) % a.slots) * d + c;
+      kv[u] = *reinterpret_cast<const uint4*>(a.k_cache + at);
+      vv[u] = *reinterpret_cast<const uint4*>(a.v_cache + at);
+    }
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int idx = base + u * kThreads, t = idx / vecs, c = idx % vecs * 8;
+      if (idx >= n * vecs || begin + t == pos) continue;
+      *reinterpret_cast<uint4*>(ks + t * d + c) = kv[u];
+      *reinterpret_cast<uint4*>(vs + t * d + c) = vv[u];
+    }
   }
   __syncthreads();
   if (pos >= begin && pos < end) {  // this block holds the new position: store it
@@ -202,8 +254,7 @@ void attention_split(int slots, int& chunk, int& splits) {
 
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
   const int group = a.n_heads / a.n_kv_heads;
-  const size_t smem = sizeof(float) * (size_t(group) * a.head_dim + 2 * a.head_dim + size_t(group) * a.chunk) +
-                      2 * sizeof(bf16) * size_t(a.chunk) * a.head_dim;
+  const size_t smem = sizeof(float) * attention_smem_floats(group, a.head_dim, a.chunk);
   LMX_CHECK(smem <= 96 * 1024 && group <= 32 && a.head_dim % 8 == 0, "fused decode",
             "attention with ", group, " query heads per kv head and head_dim ", a.head_dim, " is not supported");
   static const bool kSized = [] {

@@ -32,26 +32,73 @@ __device__ __forceinline__ float gelu_tanh(float g) {
   return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
 }
 
-// Fills xs[0..K) with the vector the product reads (see GemvInput).
+// Floats of shared memory a GEMV needs: the vector, plus staged copies of the inputs its
+// prologue combines.
+__host__ __device__ inline int staged_arrays(const GemvInput& in) {
+  return 1 + (in.add != nullptr) + (in.add && in.add_norm) + (in.norm != nullptr);
+}
+
+// Copies the first `k` values of up to four inputs into shared memory, f32, with every
+// load of a trip in flight at once: done one element at a time, each load would wait out
+// the whole memory latency before the next.
+__device__ void stage(const float* x, const float* add, const bf16* add_norm, const bf16* norm, bool gemma, int k,
+                      float* xs, float* as, float* anw, float* nw) {
+  constexpr int V = 4;  // float4s per array per thread and trip
+  for (int base = threadIdx.x * 4; base < k; base += kThreads * 4 * V) {
+    float4 xv[V], av[V];
+    uint2 anv[V], nv[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int i = base + u * kThreads * 4;
+      if (i >= k) continue;
+      xv[u] = *reinterpret_cast<const float4*>(x + i);
+      if (add) av[u] = *reinterpret_cast<const float4*>(add + i);
+      if (add_norm) anv[u] = *reinterpret_cast<const uint2*>(add_norm + i);
+      if (norm) nv[u] = *reinterpret_cast<const uint2*>(norm + i);
+    }
+    auto weights = [&](uint2 w) {
+      const float o = gemma ? 1.0f : 0.0f;
+      return make_float4(o + bf16_lo(w.x), o + bf16_hi(w.x), o + bf16_lo(w.y), o + bf16_hi(w.y));
+    };
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int i = base + u * kThreads * 4;
+      if (i >= k) continue;
+      *reinterpret_cast<float4*>(xs + i) = xv[u];
+      if (add) *reinterpret_cast<float4*>(as + i) = av[u];
+      if (add_norm) *reinterpret_cast<float4*>(anw + i) = weights(anv[u]);
+      if (norm) *reinterpret_cast<float4*>(nw + i) = weights(nv[u]);
+    }
+  }
+  __syncthreads();
+}
+
+// Fills xs[0..K) with the vector the product reads (see GemvInput); the staged inputs
+// follow it in shared memory.
 __device__ void form_input(const GemvInput& in, float* xs) {
   const int k = in.k;
+  const bool add_norm = in.add && in.add_norm;
+  float* as = xs + k;
+  float* anw = in.add ? as + k : as;
+  float* nw = add_norm ? anw + k : anw;
+  stage(in.x, in.add, add_norm ? in.add_norm : nullptr, in.norm, in.gemma, k, xs, as, anw, nw);
   float add_scale = 1.0f;
-  if (in.add && in.add_norm) {
+  if (add_norm) {
     float ss = 0;
-    for (int i = threadIdx.x; i < k; i += kThreads) ss = __fmaf_rn(in.add[i], in.add[i], ss);
+    for (int i = threadIdx.x; i < k; i += kThreads) ss = __fmaf_rn(as[i], as[i], ss);
     add_scale = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
   }
   float ss = 0;
   for (int i = threadIdx.x; i < k; i += kThreads) {
-    float v = in.x[i];
-    if (in.add) v += in.add_norm ? in.add[i] * add_scale * norm_weight(in.add_norm, i, in.gemma) : in.add[i];
+    float v = xs[i];
+    if (in.add) v += add_norm ? as[i] * add_scale * anw[i] : as[i];
     xs[i] = v;
     if (in.x_out && blockIdx.x == 0) in.x_out[i] = v;
     ss = __fmaf_rn(v, v, ss);
   }
   if (in.norm) {
     const float r = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
-    for (int i = threadIdx.x; i < k; i += kThreads) xs[i] *= r * norm_weight(in.norm, i, in.gemma);
+    for (int i = threadIdx.x; i < k; i += kThreads) xs[i] *= r * nw[i];
   }
   __syncthreads();
 }
@@ -211,8 +258,8 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
 
 template <int R, Epilogue E>
 void launch_one(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int blocks, int prefetch) {
-  const size_t smem = size_t(in.k) * sizeof(float);
-  static const bool kSized = [] {  // up to 96 KiB of vector: K = 24576
+  const size_t smem = size_t(in.k) * sizeof(float) * staged_arrays(in);
+  static const bool kSized = [] {  // up to 96 KiB of shared memory
     check(cudaFuncSetAttribute(gemv_kernel<R, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
           "cudaFuncSetAttribute");
     return true;
@@ -259,8 +306,8 @@ GemvShape gemv_shape(const GemvOutput& out, int k, int sm_count, const GemvTunin
 }
 
 void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& s) {
-  LMX_CHECK(in.k % 8 == 0 && in.k <= 24576, "fused decode", "GEMV width ", in.k,
-            " must be a multiple of 8 and at most 24576");
+  LMX_CHECK(in.k % 8 == 0 && in.k * staged_arrays(in) <= 24576, "fused decode", "GEMV width ", in.k,
+            " must be a multiple of 8 and, with its staged inputs, at most 24576 floats");
   switch (out.epilogue) {
     case Epilogue::plain: return launch_rows<Epilogue::plain>(stream, pdl, in, out, s);
     case Epilogue::glu_silu: return launch_rows<Epilogue::glu_silu>(stream, pdl, in, out, s);
