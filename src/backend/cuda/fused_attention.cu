@@ -10,7 +10,7 @@
 namespace lmx::cuda::fused {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 
 // One head vector x of D values in shared memory, in place: RMSNorm with the staged
 // weights w (optional) then rotate-half RoPE at `pos`, by one warp. With `round`, the
@@ -184,8 +184,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
 
   // Scores q·k·scale. Each (query head, key) pair takes `lanes` lanes of a warp, 8
   // columns per lane and step, so that a warp scores several pairs at once.
+  // At most 8 lanes per pair: wider, each pair's shuffle reduction grows and fewer pairs
+  // run at once.
   int lanes = 1;
-  while (lanes * 2 <= ::min(32, d / 8)) lanes *= 2;
+  while (lanes * 2 <= ::min(8, d / 8)) lanes *= 2;
   const int per_warp = 32 / lanes;
   for (int base = warp * per_warp; base < group * n; base += (kThreads / 32) * per_warp) {
     const int pair = base + lane / lanes, sub = lane % lanes, j = pair / n, t = pair % n;
@@ -216,18 +218,31 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   __syncthreads();
 
   // This chunk's partial: m, l and the unnormalised weighted sum of values.
+  // Each thread owns up to kOuts (query head, column) outputs and runs their sums side by
+  // side: independent chains, so shared-memory latency overlaps.
+  constexpr int kOuts = 8;
   const int stride = d + 2;
-  for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
-    const int j = idx / d, i = idx % d;
-    float acc = 0;
-    for (int t = 0; t < n; ++t) acc = __fmaf_rn(e[j * chunk + t], __bfloat162float(vs[t * d + i]), acc);
-    float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;
-    if (a.splits == 1) {
-      a.out[size_t(g * group + j) * d + i] = acc / l_head[j];
-      continue;
+  for (int base = threadIdx.x; base < group * d; base += kThreads * kOuts) {
+    float acc[kOuts] = {};
+    for (int t = 0; t < n; ++t)
+#pragma unroll
+      for (int u = 0; u < kOuts; ++u) {
+        const int idx = base + u * kThreads;
+        if (idx < group * d)
+          acc[u] = __fmaf_rn(e[idx / d * chunk + t], __bfloat162float(vs[t * d + idx % d]), acc[u]);
+      }
+#pragma unroll
+    for (int u = 0; u < kOuts; ++u) {
+      const int idx = base + u * kThreads, j = idx / d, i = idx % d;
+      if (idx >= group * d) continue;
+      if (a.splits == 1) {
+        a.out[size_t(g * group + j) * d + i] = acc[u] / l_head[j];
+        continue;
+      }
+      float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;
+      part[2 + i] = acc[u];
+      if (i == 0) part[0] = m_head[j], part[1] = l_head[j];
     }
-    part[2 + i] = acc;
-    if (i == 0) part[0] = m_head[j], part[1] = l_head[j];
   }
   allow_next_kernel();
   if (a.splits > 1) count_and_merge(a, g, group, live);
@@ -245,10 +260,10 @@ __global__ void embed_kernel(const bf16* embed, const int* state, float scale, i
 
 }  // namespace
 
-void attention_split(int slots, int& chunk, int& splits) {
+void attention_split(int slots, int kv_heads, int& chunk, int& splits) {
   // Short chunks: many blocks even for one kv head, and the chunk's keys and values fit in
   // shared memory for head_dim 256. Blocks past the live positions return at once.
-  chunk = 32;
+  chunk = kv_heads >= 4 ? 32 : 16;
   splits = (slots + chunk - 1) / chunk;
 }
 

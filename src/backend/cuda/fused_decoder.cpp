@@ -204,7 +204,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       a.window = int(l.window);
       a.n_heads = int(l.n_heads), a.n_kv_heads = int(l.n_kv_heads), a.head_dim = int(l.head_dim);
       a.scale = l.scale;
-      fused::attention_split(a.slots, a.chunk, a.splits);
+      fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
       partial = std::max(partial, l.n_heads * a.splits * (l.head_dim + 2));
       attention_.push_back(a);
     }

@@ -63,7 +63,7 @@ struct GemvShape {
 struct GemvTuning {  // defaults; LMX_FUSED_ROWS, LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH override
   int rows_per_warp = 0;  // 0: chosen per matrix
   int blocks_per_sm = 8;
-  int prefetch = -1;      // -1: one loop trip's columns
+  int prefetch = 0;       // -1: one loop trip's columns (measured slower than none)
 };
 GemvShape gemv_shape(const GemvOutput& out, int k, int sm_count, const GemvTuning& t);
 void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& shape);
@@ -91,7 +91,7 @@ struct AttentionStep {
   float* out = nullptr;       // [Hq*D]
 };
 // Keys per block and blocks per kv head for a cache of `slots` positions.
-void attention_split(int slots, int& chunk, int& splits);
+void attention_split(int slots, int kv_heads, int& chunk, int& splits);
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
 
 }  // namespace lmx::cuda::fused
