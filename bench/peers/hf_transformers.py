@@ -2,12 +2,15 @@
 """The peer: the same workloads as `lmx bench`, through HF transformers on the same GPU.
 
 decode:   batch B, a prompt of --prompt-len random ids, --gen-len greedy tokens with a
-          static KV cache (generate(cache_implementation="static")), timed with CUDA events.
-classify: --prompts prompts of --prompt-len tokens, last-position logits only
+          static KV cache (generate(cache_implementation="static")), timed with CUDA events;
+          the prompt's forward pass alone gives the time to first token.
+classify: --prompts prompts of --classify-len tokens, last-position logits only
           (logits_to_keep=1), batches of --classify-batch.
-Prints one JSON object with a result per workload.
+prefill:  one prompt of --prefill-len tokens, last-position logits only.
+Each workload is warmed up, then timed --repeat times; the median is reported. A workload
+that fails records its error instead of ending the run. Prints one JSON object.
 
-  python3 bench/peers/hf_transformers.py /tmp/lmx-bench-models/llama-3.2-1b --decode --classify
+  python3 bench/peers/hf_transformers.py /tmp/lmx-bench-models/llama-3.2-1b --decode --classify --prefill
 """
 import argparse
 import json
@@ -37,41 +40,64 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--decode", action="store_true")
     ap.add_argument("--classify", action="store_true")
+    ap.add_argument("--prefill", action="store_true")
     ap.add_argument("--batch", type=int, nargs="*", default=[1])
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=256)
     ap.add_argument("--prompts", type=int, default=1024)
     ap.add_argument("--classify-len", type=int, default=32)
     ap.add_argument("--classify-batch", type=int, default=256)
+    ap.add_argument("--prefill-len", type=int, default=4096)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda")
     model.eval()
     vocab = model.config.vocab_size
+    peer = f"transformers {transformers.__version__}"
     results = []
     g = torch.Generator(device="cuda").manual_seed(0)
+
+    def run(entry, fn):
+        try:
+            entry.update(fn())
+        except Exception as e:  # one failing workload (say, out of memory) must not end the run
+            entry["error"] = f"{type(e).__name__}: {e}"[:300]
+        results.append(entry)
+        torch.cuda.empty_cache()
+
     with torch.inference_mode():
         if args.decode:
             for b in args.batch:
                 ids = torch.randint(0, vocab, (b, args.prompt_len), device="cuda", generator=g)
-                gen = lambda: model.generate(ids, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
-                                             do_sample=False, cache_implementation="static", pad_token_id=0)
-                total = timed(gen, args.warmup, args.repeat)
-                prefill = timed(lambda: model(ids, logits_to_keep=1), args.warmup, args.repeat)
-                results.append({"workload": "decode", "batch": b, "prompt_len": args.prompt_len,
-                                "gen_len": args.gen_len, "peer": f"transformers {transformers.__version__}",
-                                "peer_tok_per_s": b * (args.gen_len - 1) / max(total - prefill, 1e-9)})
+
+                def decode():
+                    gen = lambda: model.generate(ids, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
+                                                 do_sample=False, cache_implementation="static", pad_token_id=0)
+                    total = timed(gen, args.warmup, args.repeat)
+                    prefill = timed(lambda: model(ids, logits_to_keep=1), args.warmup, args.repeat)
+                    return {"peer_tok_per_s": b * (args.gen_len - 1) / max(total - prefill, 1e-9),
+                            "peer_time_to_first_token_s": prefill}
+                run({"workload": "decode", "batch": b, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
+                     "peer": peer + " (static cache)"}, decode)
         if args.classify:
             ids = torch.randint(0, vocab, (args.classify_batch, args.classify_len), device="cuda", generator=g)
 
-            def run():
-                for _ in range(0, args.prompts, args.classify_batch):
-                    model(ids, logits_to_keep=1).logits.argmax(-1).cpu()
-            s = timed(run, args.warmup, args.repeat)
-            results.append({"workload": "classify", "batch": args.prompts, "prompt_len": args.classify_len,
-                            "peer": f"transformers {transformers.__version__}", "peer_prompts_per_s": args.prompts / s})
-    print(json.dumps({"model": args.model, "gpu": torch.cuda.get_device_name(), "results": results}))
+            def classify():
+                def once():
+                    for _ in range(0, args.prompts, args.classify_batch):
+                        model(ids, logits_to_keep=1).logits.argmax(-1).cpu()
+                return {"peer_prompts_per_s": args.prompts / timed(once, args.warmup, args.repeat)}
+            run({"workload": "classify", "batch": args.prompts, "prompt_len": args.classify_len, "peer": peer},
+                classify)
+        if args.prefill:
+            ids = torch.randint(0, vocab, (1, args.prefill_len), device="cuda", generator=g)
+
+            def prefill():
+                s = timed(lambda: model(ids, logits_to_keep=1).logits.argmax(-1).cpu(), args.warmup, args.repeat)
+                return {"peer_tok_per_s": args.prefill_len / s}
+            run({"workload": "prefill", "batch": 1, "prompt_len": args.prefill_len, "peer": peer}, prefill)
+    print(json.dumps({"model": args.model, "gpu": torch.cuda.get_device_name(), "peer": peer, "results": results}))
 
 
 if __name__ == "__main__":

@@ -60,13 +60,21 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
   const int64_t k = a.shape(2), n = b.shape(2);
   if (out.size() == 0) return;
   if (k == 0) return fill(ctx, out, 0);
-  const Operand oa = operand(ctx, a), ob = operand(ctx, b);
+  Operand oa = operand(ctx, a);
+  const Operand ob = operand(ctx, b);
   // A batch of rows times one shared matrix (x·Wᵀ over [batch, tokens, features]) is one
   // GEMM of B*M rows when a's batches follow one another: a batch of B skinny GEMMs
   // would run far below the tensor cores' rate.
-  if (nb > 1 && ob.data.strides()[0] == 0 && oa.view.op == CUBLAS_OP_N && oa.data.strides()[0] == m * oa.view.ld) {
-    m *= nb;
-    nb = 1;
+  // One row per batch (the last position of each sequence) is the same at any batch stride.
+  if (nb > 1 && ob.data.strides()[0] == 0 && oa.view.op == CUBLAS_OP_N) {
+    if (oa.data.strides()[0] == m * oa.view.ld) {
+      m *= nb;
+      nb = 1;
+    } else if (m == 1 && oa.data.strides()[0] >= k) {
+      oa.view.ld = oa.data.strides()[0];
+      m = nb;
+      nb = 1;
+    }
   }
   for (int64_t v : {nb, m, n, k}) check_int(v, "a dimension");
   check_int(oa.view.ld, "a leading dimension");

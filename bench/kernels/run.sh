@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds and runs the kernel lab (needs nvcc and a Hopper GPU). Exits non-zero if a
+# variant's check fails.
+#   bench/kernels/run.sh [BUILD_DIR]
+set -euo pipefail
+cd "$(dirname "$0")"
+out=${1:-/tmp/lmx-kernel-lab}
+mkdir -p "$out"
+for src in *.cu; do
+  nvcc -O3 -std=c++20 -arch=sm_90a -lineinfo -o "$out/${src%.cu}" "$src"
+done
+for src in *.cu; do "$out/${src%.cu}"; done

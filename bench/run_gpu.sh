@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU benchmark in one command: builds lmx with CUDA (or takes a build made
+# elsewhere), makes the three benchmark models (real configurations, random bf16 weights),
+# runs `lmx bench` and the transformers peer on every workload of issue F, and writes
+# bench/results/YYYY-MM-DD-h200.json with both in the same run. About 5 minutes on an H200.
+#
+#   bench/run_gpu.sh
+#   SKIP_BUILD=1 BUILD=build-gpu bench/run_gpu.sh   # a CUDA build made on another machine
+#
+# Environment: BUILD (build-gpu), SKIP_BUILD, MODELS (/tmp/lmx-bench-models), OUT_DIR
+# (where the raw JSON goes; $OUT or /tmp/lmx-bench-out), ONLY (models to run, default all
+# three), MAKE_MODELS=hf to create the models through transformers instead of
+# `lmx random-model`, PYTHON (python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build-gpu}
+MODELS=${MODELS:-/tmp/lmx-bench-models}
+OUT_DIR=${OUT_DIR:-${OUT:-/tmp/lmx-bench-out}}
+ONLY=${ONLY:-llama-3.2-1b qwen3-0.6b gemma3-1b}
+PYTHON=${PYTHON:-python3}
+t0=$(date +%s)
+log() { echo "[run_gpu $(( $(date +%s) - t0 ))s] $*" >&2; }
+mkdir -p "$OUT_DIR" "$MODELS"
+
+if [[ -n ${SKIP_BUILD:-} && -x $BUILD/tools/lmx/lmx ]]; then
+  log "using the build in $BUILD"
+else
+  log "building $BUILD"
+  cmake -S . -B "$BUILD" -G Ninja -DLMX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DLMX_BENCH=OFF >/dev/null
+  cmake --build "$BUILD" --target lmx_cli
+fi
+LMX=$BUILD/tools/lmx/lmx
+
+for m in $ONLY; do
+  [[ -f $MODELS/$m/config.json ]] && continue
+  log "making $m"
+  if [[ ${MAKE_MODELS:-lmx} == hf ]]; then
+    $PYTHON tools/reference/make_bench_models.py --out "$MODELS" --only "$m"
+  else
+    "$LMX" random-model "$m" "$MODELS/$m" >/dev/null
+  fi
+done
+
+for m in $ONLY; do
+  dir=$MODELS/$m
+  log "$m: lmx decode (batch 1, 8, 64)"
+  "$LMX" bench "$dir" --device cuda --decode --batch 1 --prompt-len 128 --gen-len 256 --warmup 1 --repeat 3 --json \
+    > "$OUT_DIR/$m.lmx-decode1.json"
+  "$LMX" bench "$dir" --device cuda --decode --batch 8 --batch 64 --prompt-len 128 --gen-len 256 --warmup 1 --repeat 2 \
+    --json > "$OUT_DIR/$m.lmx-decode-batch.json"
+  log "$m: lmx classify and prefill"
+  "$LMX" bench "$dir" --device cuda --classify --prompts 1024 --prompt-len 32 --json > "$OUT_DIR/$m.lmx-classify.json"
+  "$LMX" bench "$dir" --device cuda --prefill --prompt-len 4096 --json > "$OUT_DIR/$m.lmx-prefill.json"
+  log "$m: transformers"
+  $PYTHON bench/peers/hf_transformers.py "$dir" --decode --batch 1 8 64 --classify --prefill --repeat 3 \
+    > "$OUT_DIR/$m.peer.json"
+done
+
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")
+day=$(date -u +%F)
+out=bench/results/$day-h200.json
+for i in 2 3 4 5 6 7 8 9; do [[ -e $out ]] || break; out=bench/results/$day-h200-$i.json; done
+$PYTHON bench/merge_results.py --out "$out" --date "$day" --commit "$commit" --gpu "$gpu" --models "$MODELS" "$OUT_DIR"
+cp "$out" "$OUT_DIR/"
+log "wrote $out"
