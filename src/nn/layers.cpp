@@ -39,8 +39,8 @@ MLP::MLP(int64_t hidden, int64_t intermediate, Activation act, bool bias)
 
 Array MLP::forward(const Array& x) const {
   const Array g = gate_proj.forward(x);  // [B, L, I]
-  const Array a = act_ == Activation::silu ? silu(g) : gelu_tanh(g);
-  return down_proj.forward(multiply(a, up_proj.forward(x)));
+  const fast::GluActivation act = act_ == Activation::silu ? fast::GluActivation::silu : fast::GluActivation::gelu_tanh;
+  return down_proj.forward(fast::glu(g, up_proj.forward(x), act));
 }
 
 void MLP::visit(const std::string& prefix, const ParamVisitor& fn) {

@@ -20,6 +20,16 @@ void check_norm_args(const Array& x, const Array& w, const char* op) {
             shape_str(w.shape()), " does not match the last axis of x ", shape_str(x.shape()));
 }
 
+void check_glu_args(const Array& gate, const Array& up) {
+  detail::check_valid(gate, "glu", "gate");
+  detail::check_valid(up, "glu", "up");
+  detail::check_float(gate, "glu");
+  detail::check_same_device(gate, up, "glu");
+  LMX_CHECK(gate.shape() == up.shape() && gate.dtype() == up.dtype(), "glu", "gate ", shape_str(gate.shape()), " ",
+            dtype_name(gate.dtype()), " and up ", shape_str(up.shape()), " ", dtype_name(up.dtype()),
+            " must have one shape and dtype");
+}
+
 void check_rope_args(const Array& x, const Array& inv_freq, const Array& offsets) {
   detail::check_valid(x, "rope");
   detail::check_float(x, "rope");
@@ -93,6 +103,14 @@ Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>
   return out;
 }
 
+Array glu(const Array& gate, const Array& up, GluActivation act) {
+  check_glu_args(gate, up);
+  Array out(gate.shape(), gate.dtype(), gate.device());
+  detail::kern(gate).glu(act, contiguous(gate), contiguous(up), out);
+  // tape: record(glu, {gate, up}, out)
+  return out;
+}
+
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   check_rope_args(x, inv_freq, offsets);
   Array out(x.shape(), x.dtype(), x.device());
@@ -116,6 +134,11 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
 }
 
 namespace reference {
+
+Array glu(const Array& gate, const Array& up, GluActivation act) {
+  check_glu_args(gate, up);
+  return multiply(act == GluActivation::silu ? silu(gate) : gelu_tanh(gate), up);
+}
 
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style) {
   check_norm_args(x, weight, "rms_norm");

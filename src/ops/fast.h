@@ -25,6 +25,13 @@ Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>
 // cos/sin are computed in f32 and cast to x's dtype before the rotation, as HF does.
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets);
 
+enum class GluActivation { silu, gelu_tanh };
+
+// Gated MLP activation, act(gate) * up, as HF computes it in the activation dtype:
+// act(gate) rounded to the dtype, then the product rounded. gate and up [..., I], same
+// shape and dtype. One pass instead of two: the MLP's largest element-wise tensors.
+Array glu(const Array& gate, const Array& up, GluActivation act);
+
 struct AttentionMask {
   bool causal = true;
   int64_t window = 0;  // > 0: key j is visible to query i only if j > i - window
@@ -41,6 +48,7 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
                                    const AttentionMask& mask = {});
 
 namespace reference {
+Array glu(const Array& gate, const Array& up, GluActivation act);
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style);
 Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets);

@@ -64,6 +64,8 @@ class Kernels {
   virtual void layer_norm(const Array& x, const Array& w, const Array* bias, float eps,
                           const Array& out) = 0;
   virtual void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) = 0;
+  // gate, up, out contiguous, one shape, float dtype.
+  virtual void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out) = 0;
   // q [B,Hq,Lq,D], k/v [B,Hkv,Lk,D] (any strides on the last-but-one axes), out [B,Hq,Lq,D].
   // q_offsets [B] int32 always given; key_valid [B, Lk] bool or nullptr.
   virtual void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,

@@ -1,4 +1,4 @@
-// Fused ops (rms_norm, layer_norm, rope, scaled_dot_product_attention) and the CPU
+// Fused ops (rms_norm, layer_norm, glu, rope, scaled_dot_product_attention) and the CPU
 // matrix-vector kernel against float64 references written from the formulas, and the
 // fused ops against their fast::reference fallbacks, at awkward sizes in every float dtype.
 #include <algorithm>
@@ -121,6 +121,56 @@ TEST(FastNormTest, WeightDtypeMayDifferAndLeadingAxesAreRows) {
       to_floats(fast::reference::rms_norm(x.array, w.array, 1e-6f, fast::RmsNormStyle::llama));
   expect_close(got, std::vector<double>(ref.begin(), ref.end()), 2 * unit_roundoff(Dtype::bf16),
                1e-6);
+}
+
+// ---------------------------------------------------------------- glu
+
+using GluParam = std::tuple<Dtype, int64_t>;
+class FastGluTest : public ::testing::TestWithParam<GluParam> {};
+
+TEST_P(FastGluTest, SiluAndGeluTanhGatesMatchFloat64AndReference) {
+  const auto [dtype, n] = GetParam();
+  const double u = unit_roundoff(dtype);
+  for (Device dev : test_devices()) {
+    const Input gate = random_input({2, n}, dtype, 21 + n, -6, 6, dev);  // [2, N]
+    const Input up = random_input({2, n}, dtype, 22 + n, -2, 2, dev);    // [2, N]
+    std::vector<double> want_silu(gate.values.size()), want_gelu(gate.values.size());
+    for (size_t i = 0; i < gate.values.size(); ++i) {
+      const double x = gate.values[i];
+      const double silu = x / (1 + std::exp(-x));
+      const double gelu = 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+      // The activation is rounded to the dtype before the product, as two separate ops do.
+      want_silu[i] = round_to(dtype, silu) * up.values[i];
+      want_gelu[i] = round_to(dtype, gelu) * up.values[i];
+    }
+    // f32 math inside, then two roundings: the intermediate can land one unit away when
+    // f32 and float64 straddle a rounding boundary.
+    const double rtol = 2 * u + 1e-6, atol = 1e-6;
+    const Array got_silu = fast::glu(gate.array, up.array, fast::GluActivation::silu);
+    const Array got_gelu = fast::glu(gate.array, up.array, fast::GluActivation::gelu_tanh);
+    EXPECT_EQ(got_silu.dtype(), dtype);
+    expect_close(got_silu, want_silu, rtol, atol, "silu vs float64");
+    expect_close(got_gelu, want_gelu, rtol, atol, "gelu_tanh vs float64");
+    for (auto act : {fast::GluActivation::silu, fast::GluActivation::gelu_tanh}) {
+      const std::vector<float> ref = to_floats(fast::reference::glu(gate.array, up.array, act));
+      expect_close(fast::glu(gate.array, up.array, act), std::vector<double>(ref.begin(), ref.end()), rtol, atol,
+                   "vs reference");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, FastGluTest,
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes),
+                                            ::testing::ValuesIn(kAwkwardSizes)),
+                         [](const auto& info) {
+                           return param_name(std::get<0>(info.param), std::get<1>(info.param));
+                         });
+
+TEST(FastGluTest, RejectsMismatchedGateAndUp) {
+  expect_op_error([] { fast::glu(zeros({2, 8}), zeros({2, 9}), fast::GluActivation::silu); }, "glu");
+  expect_op_error([] { fast::glu(zeros({2, 8}), zeros({2, 8}, Dtype::bf16), fast::GluActivation::silu); }, "glu");
+  expect_op_error([] { fast::glu(zeros({2, 8}, Dtype::i32), zeros({2, 8}, Dtype::i32), fast::GluActivation::silu); },
+                  "glu");
 }
 
 // ---------------------------------------------------------------- rope

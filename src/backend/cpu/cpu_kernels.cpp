@@ -44,6 +44,9 @@ class CpuKernels final : public detail::Kernels {
   void layer_norm(const Array& x, const Array& w, const Array* bias, float eps, const Array& out) override {
     cpu::layer_norm(x, w, bias, eps, out);
   }
+  void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out) override {
+    cpu::glu(act, gate, up, out);
+  }
   void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) override {
     cpu::rope(x, inv_freq, offsets, out);
   }

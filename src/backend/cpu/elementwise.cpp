@@ -2,6 +2,7 @@
 // the compute type (f32 for floats, int64 for integers); the strided driver does the rest.
 #include <cmath>
 
+#include "backend/cpu/cpu_fast.h"
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/strided.h"
 
@@ -106,6 +107,18 @@ void binary(BinaryOp op, const Array& a, const Array& b, const Array& out) {
         map_elements<T, T, 3>({&a, &b, &out}, f);
       }
     });
+  });
+}
+
+void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out) {
+  visit_dtype(gate.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<compute_t<T>, float>) {
+      with_unary(act == fast::GluActivation::silu ? UnaryOp::silu : UnaryOp::gelu_tanh, [&](auto f) {
+        // The activation is rounded to the dtype before the product, as two ops would.
+        map_elements<T, T, 3>({&gate, &up, &out}, [f](float g, float u) { return load(store<T>(f(g))) * u; });
+      });
+    }
   });
 }
 

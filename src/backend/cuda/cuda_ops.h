@@ -20,6 +20,7 @@ void copy(const Context& ctx, const Array& src, const Array& dst);
 void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out);
 void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, const Array& out);
 void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out);
+void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
 // matmul.cpp
 void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out);
 // reduce.cu

@@ -81,6 +81,9 @@ class CudaKernels final : public detail::Kernels {
                   const Array& out) override {
     cuda::layer_norm(ctx(), x, w, bias, eps, out);
   }
+  void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out) override {
+    cuda::glu(ctx(), act, gate, up, out);
+  }
   void rope(const Array& x, const Array& inv_freq, const Array& offsets,
             const Array& out) override {
     cuda::rope(ctx(), x, inv_freq, offsets, out);
