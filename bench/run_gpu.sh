@@ -57,7 +57,8 @@ for m in $ONLY; do
 done
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")
+# COMMIT names the measured code where the checkout's git metadata may be stale or absent.
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 day=$(date -u +%F)
 out=bench/results/$day-h200.json
 for i in 2 3 4 5 6 7 8 9; do [[ -e $out ]] || break; out=bench/results/$day-h200-$i.json; done
