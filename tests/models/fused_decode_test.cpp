@@ -136,6 +136,44 @@ TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
   EXPECT_EQ(run(true), run(false));
 }
 
+// The generator's greedy path queues step n+1 before it reads token n back. Its tokens
+// must be those of the fused decoder driven one step at a time, and its cache must hold
+// a prefix of the sequence afterwards (here: every token, the last one's keys included).
+TEST_P(FusedDecodeTest, PipelinedGeneratorEqualsStepByStepDecoding) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  const auto model = random_model(GetParam().config, gpu);
+  const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79, 32, 38};
+  const int n = 30;
+  KVCache cache(*model, GetParam().rotate, 8);
+  GenerationLimits limits;
+  limits.max_tokens = n;
+  limits.ignore_eos = true;
+  TokenGenerator gen(*model, prompt, SamplingOptions{}, limits, cache);
+  std::vector<int32_t> got;
+  while (auto t = gen.next()) got.push_back(*t);
+  ASSERT_EQ(int(got.size()), n);
+  EXPECT_LE(cache.length(), int64_t(prompt.size()) + n);
+
+  // The same tokens one step at a time: the prefill as the generator runs it (the LM head
+  // on the last position only), its argmax, then single fused steps.
+  KVCache ref(*model, GetParam().rotate, 8);
+  const int64_t l = int64_t(prompt.size());
+  const Array h = model->hidden_states(to_device(from_vector(prompt, {1, l}), gpu), ref.layers());
+  const std::vector<float> logits = to_floats(model->logits(slice_axis(h, 1, l - 1, l)));  // [V]
+  std::vector<int32_t> want{int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+  const auto fused = model->fused_decoder();
+  while (int(want.size()) < n) {
+    std::vector<fast::FusedCacheView> views;
+    for (nn::LayerCache* l : ref.layers()) views.push_back(l->fused_view());
+    fused->set_input(want.back(), ref.length());
+    fused->step(views);
+    for (nn::LayerCache* l : ref.layers()) l->commit_one();
+    want.push_back(fused->tokens(1)[0]);
+  }
+  EXPECT_EQ(got, want);
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
                          ::testing::Values(FusedCase{"llama", kLlama, false}, FusedCase{"qwen3", kQwen3, false},
                                            FusedCase{"gemma3_rotating", kGemma3, true},
