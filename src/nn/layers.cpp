@@ -80,7 +80,7 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
   q = swapaxes(q, 1, 2);
   k = swapaxes(k, 1, 2);
   const Array vt = contiguous(swapaxes(v, 1, 2));
-  const Array freqs = to_device(inv_freq_, x.device());
+  const Array freqs = inv_freq(x.device());
   auto per_row = [&](int64_t v) { return full({b}, double(v), Dtype::i32, x.device()); };
   // RoPE positions continue from what the cache holds (minus each row's padding).
   const Array pos = batch ? batch->positions : per_row(cache ? cache->next_position() : 0);
@@ -94,6 +94,13 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
   if (batch) mask.key_valid = batch->key_valid;
   const Array o = fast::scaled_dot_product_attention(q, kv.k, kv.v, spec_.scale, mask);  // [B, H, L, hd]
   return o_proj.forward(reshape(swapaxes(o, 1, 2), {b, l, spec_.n_heads * hd}));
+}
+
+Array Attention::inv_freq(Device d) const {
+  if (d == inv_freq_.device()) return inv_freq_;
+  std::lock_guard lock(inv_freq_mu_);  // forward() may run on several threads
+  if (!inv_freq_on_device_.valid() || inv_freq_on_device_.device() != d) inv_freq_on_device_ = to_device(inv_freq_, d);
+  return inv_freq_on_device_;
 }
 
 void Attention::visit(const std::string& prefix, const ParamVisitor& fn) {

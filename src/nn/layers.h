@@ -3,6 +3,7 @@
 // Thread-safety: forward() is const and may run concurrently on distinct caches.
 #pragma once
 
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -118,8 +119,13 @@ class Attention : public Module {
   const AttentionSpec& spec() const { return spec_; }
 
  private:
+  // [head_dim / 2] f32 on the CPU, and its copy on the device the layer last ran on: made
+  // once, not uploaded (and possibly waited for) in every forward.
+  Array inv_freq(Device d) const;
   AttentionSpec spec_;
-  Array inv_freq_;  // [head_dim / 2] f32
+  Array inv_freq_;
+  mutable std::mutex inv_freq_mu_;
+  mutable Array inv_freq_on_device_;
 };
 
 }  // namespace lmx::nn
