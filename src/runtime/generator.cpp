@@ -28,7 +28,13 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
             " tokens, not a strict prefix of the ", tokens_.size(), "-token prompt");
   timings_.prompt_tokens = int(tokens_.size());
   cache_.reserve(std::min<int64_t>(limits_.context_length, int64_t(tokens_.size()) + limits_.max_tokens));
-  fused_ = model.fused_decoder();
+  try {
+    fused_ = model.fused_decoder();
+  } catch (const OutOfMemory&) {
+    // Its scratch is small, but the device may be full: the plain ops still work, within
+    // whatever memory is left.
+    fused_ = nullptr;
+  }
 }
 
 std::optional<int32_t> TokenGenerator::fused_step() {

@@ -149,7 +149,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("MODEL", a->dir, "Model folder")->required();
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the weights')");
-  cmd->add_flag("--decode", a->decode, "Greedy decode after a prompt (tok/s per batch size)");
+  cmd->add_flag("--decode", a->decode,
+                "Greedy decode after a prompt (tok/s per batch size); batch 1 runs as `lmx generate` does, "
+                "through the device's fused decode step where it has one");
   cmd->add_flag("--prefill", a->prefill, "One prompt of --prompt-len tokens");
   cmd->add_flag("--classify", a->classify, "--prompts prompts of --prompt-len tokens, last-position logits");
   cmd->add_option("--batch", a->batch, "Decode batch sizes (repeatable)")->capture_default_str();
@@ -160,7 +162,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--repeat", a->repeat, "Timed runs; the median is reported")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print JSON");
   cmd->add_flag("--plain", a->plain, "Decode through the plain ops even where a fused decode step exists");
-  cmd->footer("With none of --decode/--prefill/--classify, all three run.\n\nExample:\n"
+  cmd->footer("With none of --decode/--prefill/--classify, all three run. Each workload is timed after\n"
+              "--warmup runs, with the device synchronised around each run; the median is reported.\n"
+              "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n\nExample:\n"
               "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
               "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8");
   cmd->callback([a] { run_bench(*a); });
