@@ -70,7 +70,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const Context& c = ctx();
     xa_ = buf(hidden_), xb_ = buf(hidden_), o_ = buf(hidden_), mlp_ = buf(hidden_);
     qkv_ = buf(qkv), attn_ = buf(heads), glu_ = buf(inter), logits_ = buf(vocab_);
-    const fused::GemvShape head = fused::gemv_shape(head_output(), int(hidden_), c.sm_count, tuning_);
+    const fused::GemvShape head = fused::gemv_shape(head_output(), c.sm_count, tuning_);
     head_partial_ = buf(2 * int64_t(head.blocks));
     counters_ = buf(max_kv_heads_ + 1, Dtype::u32);
     fill(c, counters_, 0);
@@ -217,7 +217,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const int sms = ctx().sm_count;
     const bool gemma = w_.norm_style == fast::RmsNormStyle::gemma;
     auto gemv = [&](const fused::GemvInput& in, const fused::GemvOutput& out) {
-      fused::launch_gemv(s, pdl_, in, out, fused::gemv_shape(out, in.k, sms, tuning_));
+      fused::launch_gemv(s, pdl_, in, out, fused::gemv_shape(out, sms, tuning_));
     };
     auto input = [&](const float* x, int64_t k) {
       fused::GemvInput in;

@@ -282,7 +282,7 @@ void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvO
 
 }  // namespace
 
-GemvShape gemv_shape(const GemvOutput& out, int k, int sm_count, const GemvTuning& t) {
+GemvShape gemv_shape(const GemvOutput& out, int sm_count, const GemvTuning& t) {
   const bool glu = out.epilogue == Epilogue::glu_silu || out.epilogue == Epilogue::glu_gelu;
   const int n_out = glu ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
   auto shape = [&](int r) {
@@ -294,7 +294,6 @@ GemvShape gemv_shape(const GemvOutput& out, int k, int sm_count, const GemvTunin
   };
   if (t.rows_per_warp == 1 || t.rows_per_warp == 2 || t.rows_per_warp == 4)
     return shape(glu ? std::max(2, t.rows_per_warp) : t.rows_per_warp);
-  (void)k;
   // The most rows per warp (loads in flight per thread) that still gives every SM at
   // least two blocks; small matrices get more, thinner blocks instead.
   for (int r : {4, 2, 1}) {

@@ -65,7 +65,7 @@ struct GemvTuning {  // defaults; LMX_FUSED_ROWS, LMX_FUSED_BLOCKS_PER_SM, LMX_F
   int blocks_per_sm = 8;
   int prefetch = 0;       // -1: one loop trip's columns (measured slower than none)
 };
-GemvShape gemv_shape(const GemvOutput& out, int k, int sm_count, const GemvTuning& t);
+GemvShape gemv_shape(const GemvOutput& out, int sm_count, const GemvTuning& t);
 void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& shape);
 
 // Token embedding: x[h] = embed[state.token, h] * scale (scale 0 = 1).
