@@ -11,7 +11,9 @@
 // For measurement: LMX_FUSED_GRAPH=0 launches the kernels one by one instead of replaying
 // a graph, LMX_FUSED_PDL=0 turns programmatic dependent launch off, and LMX_FUSED_SKIP
 // (a list of qkv, attention, o, glu, down, head) leaves those kernels out, which gives
-// wrong results but shows what each costs inside the real step.
+// wrong results but shows what each costs inside the real step. LMX_FUSED_ROWS,
+// LMX_FUSED_BLOCKS_PER_SM and LMX_FUSED_PREFETCH override the GEMV launch choices
+// (fused_kernels.h, GemvTuning).
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -59,8 +61,13 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     vocab_ = w_.lm_head.shape(0);
     int64_t qkv = 0, heads = 0, inter = 0;
     for (const fast::FusedLayerWeights& l : w_.layers) {
-      for (const Array* a : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.input_norm})
+      for (const Array* a : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.input_norm, &l.post_attention_norm})
         check_weight(*a, d, "a layer weight");
+      for (const Array* a : {&l.q_norm, &l.k_norm})
+        if (a->valid()) check_weight(*a, d, "a q/k norm weight");
+      if (w_.sandwich)
+        for (const Array* a : {&l.pre_feedforward_norm, &l.post_feedforward_norm})
+          check_weight(*a, d, "a feed-forward norm weight");
       qkv = std::max(qkv, (l.n_heads + 2 * l.n_kv_heads) * l.head_dim);
       heads = std::max(heads, l.n_heads * l.head_dim);
       inter = std::max(inter, l.gate.shape(0));
