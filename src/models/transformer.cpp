@@ -109,7 +109,7 @@ std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder() const {
       l.post_feedforward_norm = layer->post_feedforward_layernorm->weight;
     }
     if (a.q_norm) l.q_norm = a.q_norm->weight, l.k_norm = a.k_norm->weight;
-    l.inv_freq = to_device(from_vector(s.inv_freq, {int64_t(s.inv_freq.size())}), device());
+    l.inv_freq = a.inv_freq(device());
     l.n_heads = s.n_heads, l.n_kv_heads = s.n_kv_heads, l.head_dim = s.head_dim;
     l.window = s.window;
     l.scale = s.scale;

@@ -117,11 +117,11 @@ class Attention : public Module {
   Linear q_proj, k_proj, v_proj, o_proj;
   std::optional<RMSNorm> q_norm, k_norm;  // [head_dim]
   const AttentionSpec& spec() const { return spec_; }
+  // The RoPE frequencies [head_dim / 2] f32 on device d. The copy for the device the layer
+  // last ran on is kept: made once, not uploaded (and possibly waited for) in every forward.
+  Array inv_freq(Device d) const;
 
  private:
-  // [head_dim / 2] f32 on the CPU, and its copy on the device the layer last ran on: made
-  // once, not uploaded (and possibly waited for) in every forward.
-  Array inv_freq(Device d) const;
   AttentionSpec spec_;
   Array inv_freq_;
   mutable std::mutex inv_freq_mu_;

@@ -4,7 +4,7 @@
 // projection), captured once in a CUDA graph and replayed for every token, with the LM
 // head and its argmax fused at the end.
 //
-// The model layer describes its weights here (models::CausalLM::fused_weights); the
+// The model layer describes its weights here (models::CausalLM::fused_decoder); the
 // runtime binds the KV cache and drives the steps. Backends without a fused path return
 // no decoder, and the caller keeps to the plain ops.
 #pragma once

@@ -38,18 +38,14 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 }
 
 std::optional<int32_t> TokenGenerator::fused_step() {
-  const std::vector<nn::LayerCache*> layers = cache_.layers();
   // Queues one step; with `feed`, its input is the last token on the host, else the
   // previous step's argmax, still on the device.
   auto launch = [&](bool feed) {
-    std::vector<fast::FusedCacheView> views;
-    for (nn::LayerCache* l : layers) {
-      views.push_back(l->fused_view());
-      if (!views.back().k.valid()) return false;
-    }
+    const std::vector<fast::FusedCacheView> views = cache_.fused_views();
+    if (views.empty()) return false;
     if (feed) fused_->set_input(tokens_.back(), cache_.length());
     fused_->step(views);
-    for (nn::LayerCache* l : layers) l->commit_one();
+    cache_.commit_one();
     return true;
   };
   if (!sampler_.greedy()) {

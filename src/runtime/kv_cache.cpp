@@ -115,6 +115,19 @@ void KVCache::reserve(int64_t n) {
     if (auto* c = dynamic_cast<ContiguousLayerCache*>(l.get())) c->reserve_positions(n);
 }
 
+std::vector<fast::FusedCacheView> KVCache::fused_views() const {
+  std::vector<fast::FusedCacheView> views;
+  for (const auto& l : layers_) {
+    views.push_back(l->fused_view());
+    if (!views.back().k.valid()) return {};
+  }
+  return views;
+}
+
+void KVCache::commit_one() {
+  for (const auto& l : layers_) l->commit_one();
+}
+
 bool KVCache::truncate(int64_t n) {
   bool ok = true;
   for (const auto& l : layers_)

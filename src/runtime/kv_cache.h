@@ -71,6 +71,10 @@ class KVCache {
   // Room for n positions in every contiguous layer, so that a generation of known length
   // never reallocates (which would also make a fused decoder record its graph again).
   void reserve(int64_t n);
+  // Every layer's buffers for a fused decode step (nn::LayerCache::fused_view), or an
+  // empty vector when a layer cannot serve one; commit_one() counts the stored token.
+  std::vector<fast::FusedCacheView> fused_views() const;
+  void commit_one();
 
  private:
   std::vector<std::unique_ptr<nn::LayerCache>> layers_;

@@ -91,11 +91,9 @@ TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
     const int32_t tok = ids[size_t(prompt_len + t)];
     const std::vector<float> want =
         to_floats(model->forward(to_device(from_vector(std::vector<int32_t>{tok}, {1, 1}), gpu), plain.layers()));
-    std::vector<fast::FusedCacheView> views;
-    for (nn::LayerCache* l : fast.layers()) views.push_back(l->fused_view());
     fused->set_input(tok, prompt_len + t);
-    fused->step(views);
-    for (nn::LayerCache* l : fast.layers()) l->commit_one();
+    fused->step(fast.fused_views());
+    fast.commit_one();
     const std::vector<float> got = to_floats(fused->logits());
     ASSERT_EQ(got.size(), want.size());
     const double err = relative_l2(got, want);
@@ -124,11 +122,9 @@ TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
     std::vector<int32_t> out;
     int32_t tok = prompt.back();
     for (int i = 0; i < 40; ++i) {
-      std::vector<fast::FusedCacheView> views;
-      for (nn::LayerCache* l : cache.layers()) views.push_back(l->fused_view());
       if (!chained || i == 0) fused->set_input(tok, n + i);
-      fused->step(views);
-      for (nn::LayerCache* l : cache.layers()) l->commit_one();
+      fused->step(cache.fused_views());
+      cache.commit_one();
       if (!chained) out.push_back(tok = fused->tokens(1)[0]);
     }
     return chained ? fused->tokens(40) : out;
@@ -164,11 +160,9 @@ TEST_P(FusedDecodeTest, PipelinedGeneratorEqualsStepByStepDecoding) {
   std::vector<int32_t> want{int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin())};
   const auto fused = model->fused_decoder();
   while (int(want.size()) < n) {
-    std::vector<fast::FusedCacheView> views;
-    for (nn::LayerCache* l : ref.layers()) views.push_back(l->fused_view());
     fused->set_input(want.back(), ref.length());
-    fused->step(views);
-    for (nn::LayerCache* l : ref.layers()) l->commit_one();
+    fused->step(ref.fused_views());
+    ref.commit_one();
     want.push_back(fused->tokens(1)[0]);
   }
   EXPECT_EQ(got, want);
