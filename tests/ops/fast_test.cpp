@@ -233,6 +233,7 @@ struct AttnCase {
   bool padding;      // left padding in batch row 1, fully masked rows included
   bool row_offsets;  // explicit per-row q_offsets instead of Lk - Lq
   bool strided_kv;   // k and v are views into a longer cache
+  bool transposed_kv = false;  // k and v are [B, Lk, Hkv, D] arrays seen as [B, Hkv, Lk, D]
 };
 
 // float64 attention from the formulas; `vis` decides visibility, rows without a visible
@@ -313,6 +314,12 @@ TEST_P(FastAttentionTest, MatchesFormulaAndReference) {
                       c.lk);
       ASSERT_FALSE(kk.is_contiguous());
     }
+    if (c.transposed_kv) {
+      // As a model's projections give them: heads second to last, then swapped.
+      kk = swapaxes(contiguous(swapaxes(k.array, 1, 2)), 1, 2);
+      vv = swapaxes(contiguous(swapaxes(v.array, 1, 2)), 1, 2);
+      ASSERT_FALSE(kk.is_contiguous() && c.hkv > 1);
+    }
     const Array got = fast::scaled_dot_product_attention(q.array, kk, vv, scale, mask);
     ASSERT_EQ(got.shape(), q.array.shape());
     ASSERT_EQ(got.dtype(), dtype);
@@ -351,6 +358,9 @@ std::vector<AttnCase> attention_cases() {
   cases.push_back({"row_offsets_window_padding", 4, 1, 6, 32, 33, true, 5, true, true, false});
   cases.push_back({"bidirectional", 4, 4, 31, 31, 32, false, 0, false, false, false});
   cases.push_back({"bidirectional_padding", 4, 2, 7, 9, 32, false, 0, true, false, false});
+  // Many query rows over one kv head whose head stride is that of a transposed array (Gemma 3).
+  cases.push_back({"prefill_one_kv_head_transposed", 4, 1, 24, 24, 64, true, 0, true, false, false, true});
+  cases.push_back({"prefill_gqa_transposed", 4, 2, 16, 16, 32, true, 0, false, false, false, true});
   return cases;
 }
 

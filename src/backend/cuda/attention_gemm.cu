@@ -62,9 +62,13 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
   // must be one stride away from the next so that one strided-batched call covers them.
   const int64_t s_bytes = nb * hkv * m * lk * int64_t(itemsize(q.dtype()));
   if (lq < 8 || s_bytes > (int64_t(512) << 20)) return false;
-  if (k.strides()[0] != hkv * k.strides()[1] || v.strides()[0] != hkv * v.strides()[1]) return false;
+  // The stride from one (sequence, kv head) to the next. With one kv head (Gemma 3) that is
+  // the sequence stride: the stride of a dimension of size 1 can be anything.
+  const int64_t k_step = hkv == 1 ? k.strides()[0] : k.strides()[1];
+  const int64_t v_step = hkv == 1 ? v.strides()[0] : v.strides()[1];
+  if (k.strides()[0] != hkv * k_step || v.strides()[0] != hkv * v_step) return false;
   if (k.strides()[3] != 1 || v.strides()[3] != 1 || !q.is_contiguous()) return false;
-  for (int64_t x : {m, lk, d, k.strides()[1], k.strides()[2], v.strides()[1], v.strides()[2], nb * hkv})
+  for (int64_t x : {m, lk, d, k.strides()[2], v.strides()[2], nb * hkv})
     if (x > INT32_MAX) return false;
 
   Array s({nb * hkv, m, lk}, q.dtype(), q.device());
@@ -72,7 +76,7 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
   const float one = 1.0f, zero = 0.0f;
   // Row-major X [r, c] is column-major Xᵀ: S [m, Lk] = Q·Kᵀ is Sᵀ [Lk, m] = (Kᵀ)ᵀ·Qᵀ.
   check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(lk), int(m), int(d), &one, k.raw(), t,
-                                        int(k.strides()[2]), k.strides()[1], q.raw(), t, int(d), m * d, &zero, s.raw(),
+                                        int(k.strides()[2]), k_step, q.raw(), t, int(d), m * d, &zero, s.raw(),
                                         t, int(lk), m * lk, int(nb * hkv), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmStridedBatchedEx (attention scores)");
   SoftmaxParams p{nb * hkv * m, lq, lk, rep, hkv, scale, causal, window, q_offsets.data<int32_t>(),
@@ -85,7 +89,7 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
   check_launch("masked_softmax_kernel");
   // O [m, D] = P·V is Oᵀ [D, m] = Vᵀ·Pᵀ.
   check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(m), int(lk), &one, v.raw(), t,
-                                        int(v.strides()[2]), v.strides()[1], s.raw(), t, int(lk), m * lk, &zero,
+                                        int(v.strides()[2]), v_step, s.raw(), t, int(lk), m * lk, &zero,
                                         out.raw(), t, int(d), m * d, int(nb * hkv), CUBLAS_COMPUTE_32F,
                                         CUBLAS_GEMM_DEFAULT),
              "cublasGemmStridedBatchedEx (attention values)");
