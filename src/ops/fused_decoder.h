@@ -67,6 +67,9 @@ class FusedDecoder {
   // so queue step n+1 before it reads token n, and the device never waits for the host.
   virtual void queue_token() = 0;
   virtual int32_t wait_token() = 0;
+  // How the backend runs the steps, for reports: on CUDA "persistent" (one kernel per
+  // step) or "graph" (a kernel per phase, replayed as a CUDA graph); "" before any step.
+  virtual const char* path() const = 0;
 };
 
 }  // namespace lmx::fast

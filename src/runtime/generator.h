@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "models/transformer.h"
@@ -42,6 +43,12 @@ class TokenGenerator {
   void cancel() { reason_ = FinishReason::cancelled; }
   const GenerationTimings& timings() const { return timings_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
+  // How decode steps ran: "plain" (the ops one by one), or the fused step's path
+  // (FusedDecoder::path(), e.g. "persistent").
+  std::string decode_path() const {
+    const char* p = fused_ ? fused_->path() : "";
+    return *p ? std::string("fused-") + p : "plain";
+  }
 
  private:
   std::vector<float> step(const std::vector<int32_t>& ids);  // -> last-position logits [V]

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "io/config.h"
@@ -64,7 +65,17 @@ bool have_cuda() {
 struct FusedCase {
   const char* name;
   const char* config;
-  bool rotate;  // rotating caches on sliding-window layers
+  bool rotate;      // rotating caches on sliding-window layers
+  bool persistent;  // the one-kernel step, or a kernel per phase (LMX_FUSED_PERSISTENT=0)
+};
+
+// Chooses the fused step's way of running for the decoders made while it lives.
+class PathChoice {
+ public:
+  explicit PathChoice(bool persistent) { setenv("LMX_FUSED_PERSISTENT", persistent ? "1" : "0", 1); }
+  ~PathChoice() { unsetenv("LMX_FUSED_PERSISTENT"); }
+  PathChoice(const PathChoice&) = delete;
+  PathChoice& operator=(const PathChoice&) = delete;
 };
 
 class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
@@ -72,6 +83,7 @@ class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
 TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
+  const PathChoice path(GetParam().persistent);
   const auto model = random_model(GetParam().config, gpu);
   const auto fused = model->fused_decoder();
   ASSERT_NE(fused, nullptr) << "CUDA has a fused path for bf16 " << GetParam().name;
@@ -96,6 +108,9 @@ TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
     fast.commit_one();
     const std::vector<float> got = to_floats(fused->logits());
     ASSERT_EQ(got.size(), want.size());
+    if (t == 0) {
+      EXPECT_STREQ(fused->path(), GetParam().persistent ? "persistent" : "graph");
+    }
     const double err = relative_l2(got, want);
     worst = std::max(worst, err);
     EXPECT_LE(err, 2e-2) << GetParam().name << " decode position " << prompt_len + t;
@@ -111,6 +126,7 @@ TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
 TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
+  const PathChoice path(GetParam().persistent);
   const auto model = random_model(GetParam().config, gpu);
   const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
   auto run = [&](bool chained) {
@@ -138,6 +154,7 @@ TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
 TEST_P(FusedDecodeTest, PipelinedGeneratorEqualsStepByStepDecoding) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
+  const PathChoice path(GetParam().persistent);
   const auto model = random_model(GetParam().config, gpu);
   const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79, 32, 38};
   const int n = 30;
@@ -169,9 +186,13 @@ TEST_P(FusedDecodeTest, PipelinedGeneratorEqualsStepByStepDecoding) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
-                         ::testing::Values(FusedCase{"llama", kLlama, false}, FusedCase{"qwen3", kQwen3, false},
-                                           FusedCase{"gemma3_rotating", kGemma3, true},
-                                           FusedCase{"gemma3_contiguous", kGemma3, false}),
+                         ::testing::Values(FusedCase{"llama", kLlama, false, true},
+                                           FusedCase{"qwen3", kQwen3, false, true},
+                                           FusedCase{"gemma3_rotating", kGemma3, true, true},
+                                           FusedCase{"gemma3_contiguous", kGemma3, false, true},
+                                           FusedCase{"llama_per_phase", kLlama, false, false},
+                                           FusedCase{"qwen3_per_phase", kQwen3, false, false},
+                                           FusedCase{"gemma3_rotating_per_phase", kGemma3, true, false}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // Where the device has no fused path (the CPU), the model says so and the generator

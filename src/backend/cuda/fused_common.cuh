@@ -27,6 +27,17 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 // 16 bytes of weights through the read-only path (the weights never change during a step).
 __device__ __forceinline__ uint4 load_stream(const bf16* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
+// An activation written earlier in the step. Between kernels L1 starts empty, so the
+// kernel-per-phase path may cache it there; inside the persistent kernel another block may
+// have written it since this SM last read it, and L1 is not coherent: read through L2.
+template <bool kCoherent, class T>
+__device__ __forceinline__ T load_activation(const T* p) {
+  if constexpr (kCoherent)
+    return __ldcg(p);
+  else
+    return *p;
+}
+
 // bf16 -> f32 is a 16-bit shift.
 __device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }

@@ -1,19 +1,30 @@
-// The CUDA fused decode step (ops/fused_decoder.h): the kernels of fused_gemv.cu and
-// fused_attention.cu in order, recorded once into a CUDA graph and replayed per token.
+// The CUDA fused decode step (ops/fused_decoder.h). The step is planned once per set of
+// caches as a list of phases. Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache
+// store, split-K, merge), O GEMV, residual+norm+gate/up GEMV with the activation, down
+// GEMV. The residual add of each block happens in the prologue of the next GEMV, which
+// also stores the new residual stream; two f32 residual buffers alternate so that no
+// phase overwrites what its own blocks still read. The LM head GEMV ends the step and
+// feeds its argmax back as the next token, so greedy steps follow one another without
+// the host.
 //
-// Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache store, split-K, merge), O
-// GEMV, residual+norm+gate/up GEMV with the activation, down GEMV. The residual add of
-// each block happens in the prologue of the next GEMV, which also stores the new residual
-// stream; two f32 residual buffers alternate so that no kernel overwrites what its own
-// blocks still read. The LM head GEMV ends the step and feeds its argmax back as the next
-// token, so greedy steps can be replayed back to back without the host.
+// Two ways to run the plan:
+//   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
+//     graph and replayed per token: the default, and the faster of the two on the H200;
+//   - persistent (LMX_FUSED_PERSISTENT=1, where it fits): one cooperative kernel per step
+//     that runs every phase with grid barriers between them and streams the weights ahead
+//     through shared memory (fused_persistent.cu). It is correct and tested, and slower so
+//     far (bench/NOTES.md says where its time goes); it is kept as the base of that work.
 //
-// For measurement: LMX_FUSED_GRAPH=0 launches the kernels one by one instead of replaying
-// a graph, LMX_FUSED_PDL=0 turns programmatic dependent launch off, and LMX_FUSED_SKIP
-// (a list of qkv, attention, o, glu, down, head) leaves those kernels out, which gives
-// wrong results but shows what each costs inside the real step. LMX_FUSED_ROWS,
+// For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
+// replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off;
+// LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out,
+// which gives wrong results but shows what each costs inside the real step;
+// LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
 // LMX_FUSED_BLOCKS_PER_SM and LMX_FUSED_PREFETCH override the GEMV launch choices
 // (fused_kernels.h, GemvTuning).
+#include <algorithm>
+#include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -28,9 +39,13 @@ namespace {
 
 using fused::bf16;
 
-bool env_on(const char* name) {
+bool env_on(const char* name) {  // unset counts as on
   const char* v = std::getenv(name);
   return !v || std::strcmp(v, "0") != 0;
+}
+bool env_set(const char* name) {  // unset counts as off
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "0") != 0;
 }
 
 const bf16* bf(const Array& a) { return a.valid() ? static_cast<const bf16*>(a.raw()) : nullptr; }
@@ -44,7 +59,8 @@ void check_weight(const Array& a, Device d, const char* what) {
 class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w)
-      : device_(device), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")), pdl_(env_on("LMX_FUSED_PDL")) {
+      : device_(device), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")), pdl_(env_on("LMX_FUSED_PDL")),
+        persistent_(env_set("LMX_FUSED_PERSISTENT")) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -86,6 +102,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     set_input(0, 0);
   }
   ~CudaFusedDecoder() override {
+    if (profile_) report_profile();
     if (exec_) cudaGraphExecDestroy(exec_);
     for (cudaEvent_t e : ready_) cudaEventDestroy(e);
     if (pinned_) cudaFreeHost(pinned_);
@@ -127,16 +144,25 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     for (const fast::FusedCacheView& v : caches) bound.insert(bound.end(), {v.k.raw(), v.v.raw()});
     const Context& c = ctx();
     ++steps_;
-    if (graphs_ && exec_ && bound == bound_) {
+    if (bound != bound_) {  // new caches (or the first step): a new plan
+      prepare(caches);
+      plan_ = plan();
+      prepare_persistent();
+      if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
+      bound_ = bound;
+    }
+    if (persistent_blocks_ > 0) {
+      profiled_steps_ += profile_;
+      return launch_persistent(c.stream);
+    }
+    if (graphs_ && exec_) {
       check(cudaGraphLaunch(exec_, c.stream), "cudaGraphLaunch");
       return;
     }
-    // New caches (or the first step): run this step directly, which also checks every
-    // launch, then record the same launches for the steps that follow.
-    prepare(caches);
+    // Run this step directly, which also checks every launch, then record the same
+    // launches for the steps that follow.
     record(c.stream);
     if (!graphs_) return;
-    if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
     cudaGraph_t graph = nullptr;
     check(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
     try {
@@ -150,10 +176,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const cudaError_t e = cudaGraphInstantiate(&exec_, graph, 0);
     cudaGraphDestroy(graph);
     check(e, "cudaGraphInstantiate");
-    bound_ = std::move(bound);
   }
 
   const Array& logits() const override { return logits_; }
+
+  const char* path() const override {
+    if (plan_.empty()) return "";
+    return persistent_blocks_ > 0 ? "persistent" : graphs_ ? "graph" : "kernels";
+  }
 
   std::vector<int32_t> tokens(int n) override {
     LMX_CHECK(n >= 0 && n <= steps_ && n <= kHistory, "fused decode", "asked for the last ", n,
@@ -219,19 +249,24 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       attn_partial_ = Array({partial}, Dtype::f32, Device::cuda(device_));
   }
 
-  // Enqueues every kernel of one step.
-  void record(cudaStream_t s) {
-    const int sms = ctx().sm_count;
+  // The step as a list of phases: per layer norm+QKV, attention, O, norm+gate/up, down;
+  // then the LM head. The embedding comes first, outside the list.
+  std::vector<fused::StepPhase> plan() {
     const bool gemma = w_.norm_style == fast::RmsNormStyle::gemma;
-    auto gemv = [&](const fused::GemvInput& in, const fused::GemvOutput& out) {
-      fused::launch_gemv(s, pdl_, in, out, fused::gemv_shape(out, sms, tuning_));
+    std::vector<fused::StepPhase> phases;
+    names_.clear();
+    auto gemv = [&](const fused::GemvInput& in, const fused::GemvOutput& out, const char* name) {
+      if (skipped(name)) return;
+      fused::StepPhase p;
+      p.in = in, p.out = out;
+      phases.push_back(p);
+      names_.push_back(name);
     };
     auto input = [&](const float* x, int64_t k) {
       fused::GemvInput in;
       in.x = x, in.k = int(k), in.eps = w_.eps, in.gemma = gemma;
       return in;
     };
-    fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_));
     // `res` holds the residual stream; `pending` is a block output not yet added to it.
     float* res = f32(xa_);
     const float* pending = nullptr;
@@ -251,16 +286,18 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       qkv.w[0] = bf(l.q), qkv.w[1] = bf(l.k), qkv.w[2] = bf(l.v);
       qkv.rows[0] = int(l.q.shape(0)), qkv.rows[1] = int(l.k.shape(0)), qkv.rows[2] = int(l.v.shape(0));
       qkv.y = f32(qkv_);
-      if (!skipped("qkv")) gemv(in, qkv);
+      gemv(in, qkv, "qkv");
 
-      fused::AttentionStep a = attention_[i];
-      a.qkv = f32(qkv_), a.state = state_i(), a.partial = f32(attn_partial_);
-      a.counter = static_cast<unsigned*>(counters_.raw()), a.out = f32(attn_);
-      if (!skipped("attention")) fused::launch_attention(s, pdl_, a);
+      fused::StepPhase attn;
+      attn.kind = fused::StepPhase::Kind::attention;
+      attn.attn = attention_[i];
+      attn.attn.qkv = f32(qkv_), attn.attn.state = state_i(), attn.attn.partial = f32(attn_partial_);
+      attn.attn.counter = static_cast<unsigned*>(counters_.raw()), attn.attn.out = f32(attn_);
+      if (!skipped("attention")) phases.push_back(attn), names_.push_back("attention");
 
       fused::GemvOutput o;
       o.w[0] = bf(l.o), o.rows[0] = int(l.o.shape(0)), o.y = f32(o_);
-      if (!skipped("o")) gemv(input(f32(attn_), l.o.shape(1)), o);
+      gemv(input(f32(attn_), l.o.shape(1)), o, "o");
       pending = f32(o_), pending_norm = w_.sandwich ? bf(l.post_attention_norm) : nullptr;
 
       in = input(res, hidden_);
@@ -269,11 +306,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       fused::GemvOutput glu;
       glu.w[0] = bf(l.gate), glu.w[1] = bf(l.up), glu.rows[0] = int(l.gate.shape(0)), glu.y = f32(glu_);
       glu.epilogue = w_.gelu ? fused::Epilogue::glu_gelu : fused::Epilogue::glu_silu;
-      if (!skipped("glu")) gemv(in, glu);
+      gemv(in, glu, "glu");
 
       fused::GemvOutput down;
       down.w[0] = bf(l.down), down.rows[0] = int(l.down.shape(0)), down.y = f32(mlp_);
-      if (!skipped("down")) gemv(input(f32(glu_), l.down.shape(1)), down);
+      gemv(input(f32(glu_), l.down.shape(1)), down, "down");
       pending = f32(mlp_), pending_norm = w_.sandwich ? bf(l.post_feedforward_norm) : nullptr;
     }
     fused::GemvInput in = input(res, hidden_);
@@ -287,7 +324,56 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     head.state = state_i();
     head.history = static_cast<int*>(history_.raw());
     head.history_len = kHistory;
-    if (!skipped("head")) gemv(in, head);
+    gemv(in, head, "head");
+    return phases;
+  }
+
+  // Enqueues every kernel of one step, one launch per phase.
+  void record(cudaStream_t s) {
+    const int sms = ctx().sm_count;
+    fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_));
+    for (const fused::StepPhase& p : plan_) {
+      if (p.kind == fused::StepPhase::Kind::attention)
+        fused::launch_attention(s, pdl_, p.attn);
+      else
+        fused::launch_gemv(s, pdl_, p.in, p.out, fused::gemv_shape(p.out, sms, tuning_));
+    }
+  }
+
+  // The persistent kernel for this plan, when it can run it: the phases go to the device.
+  void prepare_persistent() {
+    persistent_blocks_ = 0;
+    if (!persistent_) return;
+    std::string why;
+    persistent_smem_ = fused::persistent_smem_bytes(plan_, &persistent_vector_, &why);
+    if (persistent_smem_ == 0) return;
+    persistent_blocks_ = fused::persistent_blocks(ctx().sm_count, persistent_smem_);
+    if (persistent_blocks_ == 0) return;
+    const int64_t bytes = int64_t(plan_.size() * sizeof(fused::StepPhase));
+    if (!phases_.valid() || phases_.size() < bytes) phases_ = Array({bytes}, Dtype::u8, Device::cuda(device_));
+    const Context& c = ctx();
+    check(cudaMemcpyAsync(phases_.raw(), plan_.data(), size_t(bytes), cudaMemcpyHostToDevice, c.stream),
+          "cudaMemcpyAsync");
+    if (!barrier_.valid()) barrier_ = Array({2}, Dtype::u32, Device::cuda(device_));  // one u64
+    fill(c, barrier_, 0);  // a new plan may have another count of barriers per step
+    if (profile_) {
+      report_profile();
+      timing_ = Array({int64_t(8 * plan_.size() * 2)}, Dtype::u32, Device::cuda(device_));  // u64 each
+      fill(c, timing_, 0);
+      profiled_steps_ = 0;
+    }
+  }
+
+  void launch_persistent(cudaStream_t s) {
+    fused::PersistentStep p;
+    p.phases = static_cast<const fused::StepPhase*>(phases_.raw());
+    p.n_phases = int(plan_.size());
+    p.barrier = static_cast<unsigned long long*>(barrier_.raw());
+    p.embed = bf(w_.embed), p.state = state_i(), p.embed_scale = w_.embed_scale;
+    p.hidden = int(hidden_), p.x = f32(xa_);
+    p.vector_bytes = persistent_vector_;
+    if (profile_) p.timing = static_cast<unsigned long long*>(timing_.raw());
+    fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_);
   }
 
   int* state_i() const { return static_cast<int*>(state_.raw()); }
@@ -312,6 +398,38 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   std::vector<cudaEvent_t> ready_;
   Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, history_, attn_partial_;
   std::vector<fused::AttentionStep> attention_;
+  std::vector<fused::StepPhase> plan_;
+  std::vector<const char*> names_;  // of plan_'s phases
+  bool profile_ = env_set("LMX_FUSED_PROFILE");
+  Array timing_;
+  int64_t profiled_steps_ = 0;
+  // LMX_FUSED_PROFILE=1: per kind of phase, the mean µs per step that block 0 of the
+  // persistent kernel spent in it and in the barrier after it, printed to stderr.
+  void report_profile() noexcept {
+    if (!timing_.valid() || profiled_steps_ == 0) return;
+    try {
+      synchronize(ctx());
+      std::vector<unsigned long long> t(plan_.size() * 8);
+      check(cudaMemcpy(t.data(), timing_.raw(), t.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy");
+      std::vector<std::pair<std::string, std::array<double, 8>>> sums;
+      for (size_t i = 0; i < plan_.size(); ++i) {
+        auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& e) { return e.first == names_[i]; });
+        if (it == sums.end()) it = sums.insert(sums.end(), {names_[i], {0, 0, 0, 0, 0, 0, 0, 0}});
+        for (int j = 0; j < 8; ++j) it->second[size_t(j)] += double(t[8 * i + size_t(j)]) / 1e3 / double(profiled_steps_);
+      }
+      std::fprintf(stderr, "[fused profile] %lld steps, block 0, us per step: phase (of which input, waiting for "
+                   "weights, dots, block sync, issue, epilogue) + barrier\n", (long long)profiled_steps_);
+      for (const auto& [name, v] : sums)
+        std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f, %5.1f, %5.1f, %5.1f) + %5.1f\n", name.c_str(), v[0],
+                     v[2], v[3], v[4], v[5], v[6], v[7], v[1]);
+    } catch (...) {
+    }
+  }
+  bool persistent_;
+  int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs
+  size_t persistent_smem_ = 0;
+  unsigned persistent_vector_ = 0;
+  Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   std::vector<const void*> bound_;
   cudaGraphExec_t exec_ = nullptr;
 };

@@ -4,7 +4,7 @@
 // vector sits in shared memory as f32. The prologue forms the vector (residual add,
 // RMSNorms) in every block, and the epilogue turns the dot products into plain outputs,
 // gated activations, or logits with their argmax.
-#include "backend/cuda/fused_common.cuh"
+#include "backend/cuda/fused_gemv.cuh"
 
 namespace lmx::cuda::fused {
 namespace {
@@ -25,112 +25,6 @@ __device__ __forceinline__ const bf16* stacked_row(const GemvOutput& o, int r, i
   r -= o.rows[0];
   if (r < o.rows[1]) return o.w[1] + size_t(r) * k;
   return o.w[2] + size_t(r - o.rows[1]) * k;
-}
-
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-__device__ __forceinline__ float gelu_tanh(float g) {
-  return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
-}
-
-// Floats of shared memory a GEMV needs: the vector, plus staged copies of the inputs its
-// prologue combines.
-__host__ __device__ inline int staged_arrays(const GemvInput& in) {
-  return 1 + (in.add != nullptr) + (in.add && in.add_norm) + (in.norm != nullptr);
-}
-
-// Copies the first `k` values of up to four inputs into shared memory, f32, with every
-// load of a trip in flight at once: done one element at a time, each load would wait out
-// the whole memory latency before the next.
-__device__ void stage(const float* x, const float* add, const bf16* add_norm, const bf16* norm, bool gemma, int k,
-                      float* xs, float* as, float* anw, float* nw) {
-  constexpr int V = 4;  // float4s per array per thread and trip
-  for (int base = threadIdx.x * 4; base < k; base += kThreads * 4 * V) {
-    float4 xv[V], av[V];
-    uint2 anv[V], nv[V];
-#pragma unroll
-    for (int u = 0; u < V; ++u) {
-      const int i = base + u * kThreads * 4;
-      if (i >= k) continue;
-      xv[u] = *reinterpret_cast<const float4*>(x + i);
-      if (add) av[u] = *reinterpret_cast<const float4*>(add + i);
-      if (add_norm) anv[u] = *reinterpret_cast<const uint2*>(add_norm + i);
-      if (norm) nv[u] = *reinterpret_cast<const uint2*>(norm + i);
-    }
-    auto weights = [&](uint2 w) {
-      const float o = gemma ? 1.0f : 0.0f;
-      return make_float4(o + bf16_lo(w.x), o + bf16_hi(w.x), o + bf16_lo(w.y), o + bf16_hi(w.y));
-    };
-#pragma unroll
-    for (int u = 0; u < V; ++u) {
-      const int i = base + u * kThreads * 4;
-      if (i >= k) continue;
-      *reinterpret_cast<float4*>(xs + i) = xv[u];
-      if (add) *reinterpret_cast<float4*>(as + i) = av[u];
-      if (add_norm) *reinterpret_cast<float4*>(anw + i) = weights(anv[u]);
-      if (norm) *reinterpret_cast<float4*>(nw + i) = weights(nv[u]);
-    }
-  }
-  __syncthreads();
-}
-
-// Fills xs[0..K) with the vector the product reads (see GemvInput); the staged inputs
-// follow it in shared memory.
-__device__ void form_input(const GemvInput& in, float* xs) {
-  const int k = in.k;
-  const bool add_norm = in.add && in.add_norm;
-  float* as = xs + k;
-  float* anw = in.add ? as + k : as;
-  float* nw = add_norm ? anw + k : anw;
-  stage(in.x, in.add, add_norm ? in.add_norm : nullptr, in.norm, in.gemma, k, xs, as, anw, nw);
-  float add_scale = 1.0f;
-  if (add_norm) {
-    float ss = 0;
-    for (int i = threadIdx.x; i < k; i += kThreads) ss = __fmaf_rn(as[i], as[i], ss);
-    add_scale = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
-  }
-  float ss = 0;
-  for (int i = threadIdx.x; i < k; i += kThreads) {
-    float v = xs[i];
-    if (in.add) v += add_norm ? as[i] * add_scale * anw[i] : as[i];
-    xs[i] = v;
-    if (in.x_out && blockIdx.x == 0) in.x_out[i] = v;
-    ss = __fmaf_rn(v, v, ss);
-  }
-  if (in.norm) {
-    const float r = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
-    for (int i = threadIdx.x; i < k; i += kThreads) xs[i] *= r * nw[i];
-  }
-  __syncthreads();
-}
-
-// The last block of the LM head: the argmax over every block's partial becomes the next
-// token (state and history), and the counter is reset for the next step.
-__device__ void finish_argmax(const GemvOutput& out) {
-  float best = -INFINITY;
-  int idx = INT_MAX;
-  for (int b = threadIdx.x; b < int(gridDim.x); b += kThreads) {
-    const float2 p = __ldcg(out.partial + b);
-    if (better(p.x, __float_as_int(p.y), best, idx)) best = p.x, idx = __float_as_int(p.y);
-  }
-  __shared__ float wv[kWarps];
-  __shared__ int wi[kWarps];
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v = __shfl_xor_sync(0xffffffffu, best, o);
-    const int i = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (better(v, i, best, idx)) best = v, idx = i;
-  }
-  if (threadIdx.x % 32 == 0) wv[threadIdx.x / 32] = best, wi[threadIdx.x / 32] = idx;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kWarps; ++w)
-      if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
-    const int token = wi[0], count = out.state[2];
-    out.history[count % out.history_len] = token;
-    out.state[0] = token;
-    out.state[1] += 1;
-    out.state[2] = count + 1;
-    *out.counter = 0;
-  }
 }
 
 // This warp's R weight rows for its outputs from `first`: R consecutive rows, or
@@ -197,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
   prefetch_rows<R>(rows, ::min(prefetch, k));
 
   wait_for_previous_kernel();
-  form_input(in, xs);
+  form_input<false>(in, xs);
 
   float best = -INFINITY;  // logits: this warp's argmax so far
   int best_idx = INT_MAX;
@@ -235,25 +129,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
     }
   }
   allow_next_kernel();
-  if constexpr (E == Epilogue::logits) {
-    __shared__ float wv[kWarps];
-    __shared__ int wi[kWarps];
-    __shared__ bool last;
-    if (lane == 0) wv[warp] = best, wi[warp] = best_idx;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      for (int w = 1; w < kWarps; ++w)
-        if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
-      out.partial[blockIdx.x] = make_float2(wv[0], __int_as_float(wi[0]));
-      __threadfence();  // the partial is visible before the count says so
-      last = atomicAdd(out.counter, 1u) == gridDim.x - 1;
-    }
-    __syncthreads();
-    if (last) {
-      __threadfence();
-      finish_argmax(out);
-    }
-  }
+  if constexpr (E == Epilogue::logits) publish_argmax(out, best, best_idx);
 }
 
 template <int R, Epilogue E>

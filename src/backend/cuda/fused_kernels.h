@@ -9,6 +9,9 @@
 
 #include <cuda_bf16.h>
 
+#include <string>
+#include <vector>
+
 #include "backend/cuda/device.h"
 
 namespace lmx::cuda::fused {
@@ -93,5 +96,37 @@ struct AttentionStep {
 // Keys per block and blocks per kv head for a cache of `slots` positions.
 void attention_split(int slots, int kv_heads, int& chunk, int& splits);
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
+
+// The persistent step (fused_persistent.cu): the same GEMVs and attention as phases of one
+// cooperative kernel with one block per SM, a grid-wide barrier between phases. The step
+// starts with the embedding of state[0] into x; the phases follow.
+struct StepPhase {
+  enum class Kind : int { gemv, attention };
+  Kind kind = Kind::gemv;
+  GemvInput in;  // gemv
+  GemvOutput out;
+  AttentionStep attn;  // attention
+};
+struct PersistentStep {
+  const StepPhase* phases = nullptr;  // on the device
+  int n_phases = 0;
+  unsigned long long* barrier = nullptr;  // zero before the first step; only grows
+  const bf16* embed = nullptr;
+  const int* state = nullptr;
+  float embed_scale = 0;
+  int hidden = 0;
+  float* x = nullptr;  // [hidden]
+  unsigned vector_bytes = 0;  // shared memory for input vectors (persistent_smem_bytes)
+  // Measurement only, or null: [8 * n_phases] ns summed over steps, per phase as block 0
+  // saw it: the phase, the barrier after it, forming the input, waiting for weights, the
+  // dot products, the block-wide sync after them, issuing copies, the epilogue.
+  unsigned long long* timing = nullptr;
+};
+// Dynamic shared memory the kernel needs for these phases, of which *vector_bytes for
+// input vectors; or 0 (with the reason in *why) when it cannot run them.
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector_bytes, std::string* why);
+// Blocks of the cooperative launch (one per SM), or 0 when a block does not fit.
+int persistent_blocks(int sm_count, size_t smem);
+void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem);
 
 }  // namespace lmx::cuda::fused

@@ -1,0 +1,316 @@
+// Kernel lab for the persistent decode step (src/backend/cuda/fused_persistent.cu): how
+// fast one block per SM can stream weights through shared memory, and what a grid-wide
+// barrier costs. Standalone: nvcc -O3 -std=c++20 -arch=sm_90a stream_lab.cu
+//
+//   01  grid barrier (64-bit counter that only grows, relaxed polls): µs per barrier
+//   02  ring of bulk async copies (cp.async.bulk + mbarrier), thread 0 refills a slot once
+//       every thread is done with it; no arithmetic: the streaming rate alone
+//   03  02 with the GEMV arithmetic (rows · an f32 vector in shared memory)
+//   04  03 with a producer warp: consumers free slots on an "empty" mbarrier and never
+//       wait for the refill
+//   05  cp.async (16 bytes per thread) ring, all threads copy, with the arithmetic
+//
+// Each streaming variant reads the same 1 GiB of bf16 rows of 2048 columns (1 GiB is far
+// beyond L2, as a decode step's weights are) and, where it computes, checks its sum of
+// all dot products against a plain kernel's.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define CHECK(x)                                                                 \
+  do {                                                                           \
+    cudaError_t e_ = (x);                                                        \
+    if (e_ != cudaSuccess) {                                                     \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+      std::exit(1);                                                              \
+    }                                                                            \
+  } while (0)
+
+constexpr int kK = 2048;  // columns of a row
+constexpr int kConsumers = 256;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(uint64_t* b, unsigned n) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(n));
+}
+__device__ __forceinline__ void mbar_expect(uint64_t* b, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, unsigned parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(smem_addr(b)), "r"(parity)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk(void* dst, const void* src, unsigned bytes, uint64_t* b) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(b))
+               : "memory");
+}
+
+__device__ void grid_barrier(unsigned long long* c, unsigned long long target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(c, 1ull);
+    unsigned long long v;
+    do asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(c) : "memory");
+    while (v < target);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------- 01 barrier
+__global__ void barrier_kernel(unsigned long long* c, int n) {
+  unsigned long long t = 0;
+  for (int i = 0; i < n; ++i) grid_barrier(c, t += gridDim.x);
+}
+
+// The dot products of `rows` rows (shared memory) with xs, by 8 warps, two accumulators.
+__device__ float rows_dot(const __nv_bfloat16* w, int rows, const float* xs) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float total = 0;
+  for (int r = warp; r < rows; r += kConsumers / 32) {
+    const __nv_bfloat16* row = w + size_t(r) * kK;
+    float s0 = 0, s1 = 0;
+#pragma unroll 4
+    for (int c = lane * 8; c < kK; c += 256) {
+      const uint4 v = *reinterpret_cast<const uint4*>(row + c);
+      const float4 a = *reinterpret_cast<const float4*>(xs + c), b = *reinterpret_cast<const float4*>(xs + c + 4);
+      s0 = fmaf(__uint_as_float(v.x << 16), a.x, s0);
+      s1 = fmaf(__uint_as_float(v.x & 0xffff0000u), a.y, s1);
+      s0 = fmaf(__uint_as_float(v.y << 16), a.z, s0);
+      s1 = fmaf(__uint_as_float(v.y & 0xffff0000u), a.w, s1);
+      s0 = fmaf(__uint_as_float(v.z << 16), b.x, s0);
+      s1 = fmaf(__uint_as_float(v.z & 0xffff0000u), b.y, s1);
+      s0 = fmaf(__uint_as_float(v.w << 16), b.z, s0);
+      s1 = fmaf(__uint_as_float(v.w & 0xffff0000u), b.w, s1);
+    }
+    float s = s0 + s1;
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    total += s;  // lane values all equal after the butterfly
+  }
+  return total;
+}
+
+__device__ void load_xs(float* xs, const float* x) {
+  for (int i = threadIdx.x; i < kK; i += blockDim.x) xs[i] = x[i];
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------- 02 / 03 ring, thread 0 refills
+template <bool kCompute>
+__global__ void ring_kernel(const __nv_bfloat16* w, long long rows_total, const float* x, int slots, int slot_bytes,
+                            double* sum) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  float* xs = reinterpret_cast<float*>(sm + size_t(slots) * slot_bytes);
+  __shared__ uint64_t full[16];
+  const long long r0 = blockIdx.x * rows_total / gridDim.x, r1 = (blockIdx.x + 1) * rows_total / gridDim.x;
+  const int per = slot_bytes / (kK * 2);
+  const long long stages = (r1 - r0 + per - 1) / per;
+  auto issue = [&](long long st) {
+    if (st >= stages) return;
+    const int slot = int(st % slots);
+    const long long r = r0 + st * per;
+    const unsigned n = unsigned(::min((long long)per, r1 - r));
+    mbar_expect(&full[slot], n * kK * 2);
+    bulk(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
+  };
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < slots; ++i) mbar_init(&full[i], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int i = 0; i < slots; ++i) issue(i);
+  }
+  load_xs(xs, x);
+  float total = 0;
+  for (long long st = 0; st < stages; ++st) {
+    const int slot = int(st % slots);
+    mbar_wait(&full[slot], unsigned(st / slots) & 1u);
+    const int n = int(::min((long long)per, r1 - (r0 + st * per)));
+    if (kCompute) total += rows_dot(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xs);
+    __syncthreads();
+    if (threadIdx.x == 0) issue(st + slots);
+  }
+  if (threadIdx.x % 32 == 0) atomicAdd(sum, double(total));
+}
+
+// ---------------------------------------------------------------- 04 producer warp
+__global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, const float* x, int slots, int slot_bytes,
+                                double* sum) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  float* xs = reinterpret_cast<float*>(sm + size_t(slots) * slot_bytes);
+  __shared__ uint64_t full[16], empty[16];
+  const long long r0 = blockIdx.x * rows_total / gridDim.x, r1 = (blockIdx.x + 1) * rows_total / gridDim.x;
+  const int per = slot_bytes / (kK * 2);
+  const long long stages = (r1 - r0 + per - 1) / per;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < slots; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], kConsumers / 32);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  for (int i = threadIdx.x; i < kK; i += blockDim.x) xs[i] = x[i];
+  __syncthreads();
+  if (threadIdx.x >= kConsumers) {  // the producer warp
+    if (threadIdx.x != kConsumers) return;
+    for (long long st = 0; st < stages; ++st) {
+      const int slot = int(st % slots);
+      if (st >= slots) mbar_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
+      const long long r = r0 + st * per;
+      const unsigned n = unsigned(::min((long long)per, r1 - r));
+      mbar_expect(&full[slot], n * kK * 2);
+      bulk(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
+    }
+    return;
+  }
+  float total = 0;
+  for (long long st = 0; st < stages; ++st) {
+    const int slot = int(st % slots);
+    mbar_wait(&full[slot], unsigned(st / slots) & 1u);
+    const int n = int(::min((long long)per, r1 - (r0 + st * per)));
+    total += rows_dot(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xs);
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) mbar_arrive(&empty[slot]);
+  }
+  if (threadIdx.x % 32 == 0) atomicAdd(sum, double(total));
+}
+
+// ---------------------------------------------------------------- 05 cp.async ring
+template <int kSlotsT>
+__global__ void cp_async_kernel(const __nv_bfloat16* w, long long rows_total, const float* x, int slots, int slot_bytes,
+                                double* sum) {
+  static_assert(kSlotsT >= 2);
+  extern __shared__ __align__(128) unsigned char sm[];
+  float* xs = reinterpret_cast<float*>(sm + size_t(slots) * slot_bytes);
+  const long long r0 = blockIdx.x * rows_total / gridDim.x, r1 = (blockIdx.x + 1) * rows_total / gridDim.x;
+  const int per = slot_bytes / (kK * 2);
+  const long long stages = (r1 - r0 + per - 1) / per;
+  auto issue = [&](long long st) {  // every thread its 16-byte pieces; one commit group per stage
+    if (st < stages) {
+      const int slot = int(st % slots);
+      const long long r = r0 + st * per;
+      const int bytes = int(::min((long long)per, r1 - r)) * kK * 2;
+      const char* src = reinterpret_cast<const char*>(w + r * kK);
+      for (int o = threadIdx.x * 16; o < bytes; o += blockDim.x * 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(sm + size_t(slot) * slot_bytes + o)),
+                     "l"(src + o));
+    }
+    asm volatile("cp.async.commit_group;");
+  };
+  for (int i = 0; i < slots - 1; ++i) issue(i);
+  load_xs(xs, x);
+  float total = 0;
+  for (long long st = 0; st < stages; ++st) {
+    issue(st + slots - 1);
+    asm volatile("cp.async.wait_group %0;" ::"n"(kSlotsT - 1) : "memory");  // stage st has landed
+    __syncthreads();
+    const int slot = int(st % slots);
+    const int n = int(::min((long long)per, r1 - (r0 + st * per)));
+    total += rows_dot(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xs);
+    __syncthreads();
+  }
+  if (threadIdx.x % 32 == 0) atomicAdd(sum, double(total));
+}
+
+__global__ void reference_kernel(const __nv_bfloat16* w, long long rows_total, const float* x, double* sum) {
+  float total = 0;
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  for (long long r = warp; r < rows_total; r += gridDim.x * blockDim.x / 32) {
+    float s = 0;
+    for (int c = lane; c < kK; c += 32) s = fmaf(__bfloat162float(w[r * kK + c]), x[c], s);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    total += s;
+  }
+  if (lane == 0) atomicAdd(sum, double(total));
+}
+
+__global__ void fill_kernel(__nv_bfloat16* w, long long n) {
+  for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const uint32_t h = uint32_t(i * 2654435761u) >> 16;
+    w[i] = __float2bfloat16(float(h % 2001) / 1000.0f - 1.0f);
+  }
+}
+
+int main() {
+  int sms = 0;
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+  auto time_ms = [&](auto&& launch, int reps) {
+    launch();
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaEventRecord(e0));
+    for (int i = 0; i < reps; ++i) launch();
+    CHECK(cudaEventRecord(e1));
+    CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return double(ms) / reps;
+  };
+
+  // 01
+  unsigned long long* counter;
+  CHECK(cudaMalloc(&counter, 8));
+  CHECK(cudaMemset(counter, 0, 8));
+  const int n_bar = 4000;
+  const double bar_ms = time_ms(
+      [&] {
+        CHECK(cudaMemsetAsync(counter, 0, 8));
+        barrier_kernel<<<sms, kConsumers>>>(counter, n_bar);
+      },
+      3);
+  std::printf("01 grid barrier, %d blocks: %.2f us per barrier\n", sms, bar_ms * 1e3 / n_bar);
+
+  const long long bytes = 1ll << 30, rows = bytes / (kK * 2);
+  __nv_bfloat16* w;
+  float* x;
+  double* sum;
+  CHECK(cudaMalloc(&w, bytes));
+  CHECK(cudaMalloc(&x, kK * 4));
+  CHECK(cudaMalloc(&sum, 8));
+  fill_kernel<<<1024, 256>>>(w, rows * kK);
+  std::vector<float> hx(kK);
+  for (int i = 0; i < kK; ++i) hx[size_t(i)] = float((i * 37) % 101) / 100.0f - 0.5f;
+  CHECK(cudaMemcpy(x, hx.data(), kK * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMemset(sum, 0, 8));
+  reference_kernel<<<sms * 8, 256>>>(w, rows, x, sum);
+  double want = 0;
+  CHECK(cudaMemcpy(&want, sum, 8, cudaMemcpyDeviceToHost));
+
+  auto report = [&](const char* name, int slots, int slot_bytes, auto kernel, int threads, bool compute) {
+    const size_t smem = size_t(slots) * slot_bytes + kK * 4;
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const double ms = time_ms(
+        [&] {
+          CHECK(cudaMemsetAsync(sum, 0, 8));
+          kernel<<<sms, threads, smem>>>(w, rows, x, slots, slot_bytes, sum);
+        },
+        5);
+    double got = 0;
+    CHECK(cudaMemcpy(&got, sum, 8, cudaMemcpyDeviceToHost));
+    const bool ok = !compute || std::fabs(got - want) <= 1e-3 * std::fabs(want) + 1.0;
+    std::printf("%s slots %2d x %3d KiB: %.3f ms, %.2f TB/s = %.2fx 4.3 TB/s%s\n", name, slots, slot_bytes >> 10, ms,
+                bytes / ms / 1e9, bytes / ms / 1e9 / 4.3, ok ? "" : "  CHECK FAILED");
+    return ok;
+  };
+  bool ok = true;
+  for (auto [s, b] : {std::pair{5, 32 << 10}, {10, 16 << 10}, {3, 64 << 10}, {12, 16 << 10}, {6, 32 << 10}})
+    ok &= report("02 bulk ring, no math      ", s, b, ring_kernel<false>, kConsumers, false);
+  for (auto [s, b] : {std::pair{5, 32 << 10}, {10, 16 << 10}, {12, 16 << 10}})
+    ok &= report("03 bulk ring, GEMV math    ", s, b, ring_kernel<true>, kConsumers, true);
+  for (auto [s, b] : {std::pair{5, 32 << 10}, {10, 16 << 10}, {12, 16 << 10}, {20, 8 << 10}})
+    ok &= report("04 producer warp, GEMV math", s, b, producer_kernel, kConsumers + 32, true);
+  ok &= report("05 cp.async ring, GEMV math", 5, 32 << 10, cp_async_kernel<5>, kConsumers, true);
+  ok &= report("05 cp.async ring, GEMV math", 10, 16 << 10, cp_async_kernel<10>, kConsumers, true);
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,257 @@
+// Decode attention for the fused step, split over the keys (split-K, "flash decoding"),
+// shared by the attention kernel (fused_attention.cu) and the persistent decode step
+// (fused_persistent.cu). attention_task(a, g, s) takes kv head g and the s-th chunk of
+// the visible positions, for all the query heads that share g. It first forms what it
+// needs of the new token (its query heads and key after the q/k RMSNorm and RoPE, and the
+// value) from the QKV GEMV's output; the task whose chunk holds the new position also
+// stores its key and value in the cache. The last task of each kv head to finish merges
+// the chunks' softmax partials.
+#pragma once
+
+#include "backend/cuda/fused_common.cuh"
+
+namespace lmx::cuda::fused {
+namespace attention_detail {
+
+constexpr int kThreads = 256;  // threads of a block that runs attention_task
+
+// One head vector x of D values in shared memory, in place: RMSNorm with the staged
+// weights w (optional) then rotate-half RoPE at `pos`, by one warp. With `round`, the
+// result is rounded to bf16 as the cache stores it.
+__device__ inline void norm_rope(float* x, const float* w, float eps, const float* inv_freq, int pos, int d, bool round) {
+  const int lane = threadIdx.x % 32, half = d / 2;
+  float r = 1.0f;
+  if (w) {
+    float ss = 0;
+    for (int i = lane; i < d; i += 32) ss = __fmaf_rn(x[i], x[i], ss);
+    r = rsqrtf(warp_reduce(ss, Sum{}) / float(d) + eps);
+  }
+  for (int i = lane; i < half; i += 32) {
+    float a = x[i] * r, b = x[i + half] * r;
+    if (w) a *= w[i], b *= w[i + half];
+    float s, c;
+    sincosf(float(pos) * inv_freq[i], &s, &c);
+    float lo = a * c - b * s, hi = b * c + a * s;
+    if (round) lo = __bfloat162float(__float2bfloat16_rn(lo)), hi = __bfloat162float(__float2bfloat16_rn(hi));
+    x[i] = lo;
+    x[i + half] = hi;
+  }
+}
+
+// Shared memory of one attention block, in floats: what stage_inputs fills, the scores,
+// then the chunk's keys and values in bf16.
+__host__ __device__ inline size_t attention_smem_floats(int group, int d, int chunk) {
+  return size_t(group) * d + 2 * d + d / 2 + 2 * d + size_t(group) * chunk + size_t(chunk) * d;
+}
+
+// Copies the kv group's query heads, new key and value (f32, from the QKV GEMV), the RoPE
+// frequencies and the q/k norm weights into shared memory, every load of a trip in
+// flight at once: out = [q | k | v | inv_freq | q_norm | k_norm].
+template <bool kCoherent>
+__device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
+  const int d = a.head_dim, nq = group * d;
+  const int n = nq + 2 * d + d / 2 + (a.q_norm ? 2 * d : 0);
+  const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
+  auto source = [&](int i) -> float {
+    if (i < nq) return load_activation<kCoherent>(a.qkv + size_t(g) * nq + i);
+    i -= nq;
+    if (i < d) return load_activation<kCoherent>(a.qkv + size_t(a.n_heads) * d + size_t(g) * d + i);
+    i -= d;
+    if (i < d) return load_activation<kCoherent>(a.qkv + size_t(a.n_heads + a.n_kv_heads) * d + size_t(g) * d + i);
+    i -= d;
+    if (i < d / 2) return a.inv_freq[i];
+    i -= d / 2;
+    return wo + __bfloat162float(i < d ? a.q_norm[i] : a.k_norm[i - d]);
+  };
+  constexpr int V = 8;
+  for (int base = threadIdx.x; base < n; base += kThreads * V) {
+    float v[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      if (base + u * kThreads < n) v[u] = source(base + u * kThreads);
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      if (base + u * kThreads < n) out[base + u * kThreads] = v[u];
+  }
+  __syncthreads();
+}
+
+// Counts a finished block of kv head g; the last one merges the live chunks' partials
+// (m, l, acc) into the attention output and resets the counter for the next step.
+__device__ inline void count_and_merge(const AttentionStep& a, int g, int group, int live) {
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    // The barrier orders the block's partials before this fence, and the fence before the
+    // count (fences are cumulative): the last block sees them all.
+    __threadfence();
+    last = atomicAdd(a.counter + g, 1u) == unsigned(a.splits) - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int d = a.head_dim, stride = d + 2, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Per query head, the overall max and normaliser over the chunks, lanes across chunks.
+  __shared__ float m_all[32], l_all[32];
+  for (int j = warp; j < group; j += kThreads / 32) {
+    const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
+    float m = -INFINITY;
+    for (int s = lane; s < live; s += 32) m = fmaxf(m, __ldcg(part + s * stride));
+    m = warp_reduce(m, Max{});
+    float l = 0;
+    for (int s = lane; s < live; s += 32) l += __ldcg(part + s * stride + 1) * __expf(__ldcg(part + s * stride) - m);
+    l = warp_reduce(l, Sum{});
+    if (lane == 0) m_all[j] = m, l_all[j] = l;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
+    const int j = idx / d, i = idx % d;
+    const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
+    float acc = 0;
+#pragma unroll 4
+    for (int s = 0; s < live; ++s)
+      acc = __fmaf_rn(__expf(__ldcg(part + s * stride) - m_all[j]), __ldcg(part + s * stride + 2 + i), acc);
+    a.out[size_t(g * group + j) * d + i] = acc / l_all[j];
+  }
+  if (threadIdx.x == 0) a.counter[g] = 0;
+}
+
+// One block's share of a layer's attention: kv head g, chunk `split` of the visible
+// positions. `sm` holds attention_smem_floats(...) floats.
+template <bool kCoherent>
+__device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm) {
+  const int d = a.head_dim, chunk = a.chunk;
+  const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
+  float* q = sm;                  // [group, D]
+  float* k_new = q + group * d;   // [D]
+  float* v_new = k_new + d;       // [D]
+  float* freq = v_new + d;        // [D/2]
+  float* q_norm = freq + d / 2;   // [D] (1 + w for Gemma)
+  float* k_norm = q_norm + d;     // [D]
+  float* e = k_norm + d;          // [group, chunk]: scores, then softmax weights
+  bf16* ks = reinterpret_cast<bf16*>(e + group * chunk);  // [chunk, D] the chunk's keys
+  bf16* vs = ks + chunk * d;                              // [chunk, D] and values
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const int pos = a.state[1];
+  const int lo = a.window > 0 ? ::max(0, pos - a.window + 1) : 0;
+  const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
+  const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions
+  if (n == 0) {  // past them: only counted, so that the last block still merges
+    allow_next_kernel();
+    count_and_merge(a, g, group, live);
+    return;
+  }
+
+  stage_inputs<kCoherent>(a, g, group, q);
+  const float* qn = a.q_norm ? q_norm : nullptr;
+  const float* kn = a.k_norm ? k_norm : nullptr;
+  for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
+    if (vec < group)
+      norm_rope(q + vec * d, qn, a.eps, freq, pos, d, false);
+    else if (vec == group)
+      norm_rope(k_new, kn, a.eps, freq, pos, d, true);
+    else
+      for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
+  }
+  // The chunk's cached keys and values, 16 bytes per thread and load, all in flight at once.
+  const size_t head_base = size_t(g) * a.slots * d;
+  const int vecs = d / 8;
+  constexpr int V = 4;  // loads per array per thread and trip, all issued before any store
+  for (int base = threadIdx.x; base < n * vecs; base += kThreads * V) {
+    uint4 kv[V], vv[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int idx = base + u * kThreads, t = idx / vecs, c = idx % vecs * 8;
+      if (idx >= n * vecs || begin + t == pos) continue;  // the new position is filled below
+      const size_t at = head_base + size_t((begin + t) % a.slots) * d + c;
+      kv[u] = *reinterpret_cast<const uint4*>(a.k_cache + at);
+      vv[u] = *reinterpret_cast<const uint4*>(a.v_cache + at);
+    }
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int idx = base + u * kThreads, t = idx / vecs, c = idx % vecs * 8;
+      if (idx >= n * vecs || begin + t == pos) continue;
+      *reinterpret_cast<uint4*>(ks + t * d + c) = kv[u];
+      *reinterpret_cast<uint4*>(vs + t * d + c) = vv[u];
+    }
+  }
+  __syncthreads();
+  if (pos >= begin && pos < end) {  // this block holds the new position: store it
+    const size_t at = head_base + size_t(pos % a.slots) * d;
+    for (int i = threadIdx.x; i < d; i += kThreads) {
+      const bf16 kb = __float2bfloat16_rn(k_new[i]), vb = __float2bfloat16_rn(v_new[i]);
+      a.k_cache[at + i] = kb, a.v_cache[at + i] = vb;
+      ks[(pos - begin) * d + i] = kb, vs[(pos - begin) * d + i] = vb;
+    }
+  }
+  __syncthreads();
+
+  // Scores q·k·scale. Each (query head, key) pair takes `lanes` lanes of a warp, 8
+  // columns per lane and step, so that a warp scores several pairs at once.
+  // At most 8 lanes per pair: wider, each pair's shuffle reduction grows and fewer pairs
+  // run at once.
+  int lanes = 1;
+  while (lanes * 2 <= ::min(8, d / 8)) lanes *= 2;
+  const int per_warp = 32 / lanes;
+  for (int base = warp * per_warp; base < group * n; base += (kThreads / 32) * per_warp) {
+    const int pair = base + lane / lanes, sub = lane % lanes, j = pair / n, t = pair % n;
+    float s = 0;
+    if (pair < group * n)
+      for (int c = sub * 8; c < d; c += lanes * 8)
+        s = dot8(*reinterpret_cast<const uint4*>(ks + t * d + c), q + j * d + c, s);
+    for (int o = lanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (pair < group * n && sub == 0) e[j * chunk + t] = s * a.scale;
+  }
+  __syncthreads();
+
+  // Softmax statistics per query head, one warp each; e becomes exp(s - m).
+  __shared__ float m_head[32], l_head[32];
+  for (int j = warp; j < group; j += kThreads / 32) {
+    float m = -INFINITY;
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, e[j * chunk + i]);
+    m = warp_reduce(m, Max{});
+    float l = 0;
+    for (int i = lane; i < n; i += 32) {
+      const float w = __expf(e[j * chunk + i] - m);
+      e[j * chunk + i] = w;
+      l += w;
+    }
+    l = warp_reduce(l, Sum{});
+    if (lane == 0) m_head[j] = m, l_head[j] = l;
+  }
+  __syncthreads();
+
+  // This chunk's partial: m, l and the unnormalised weighted sum of values.
+  // Each thread owns up to kOuts (query head, column) outputs and runs their sums side by
+  // side: independent chains, so shared-memory latency overlaps.
+  constexpr int kOuts = 8;
+  const int stride = d + 2;
+  for (int base = threadIdx.x; base < group * d; base += kThreads * kOuts) {
+    float acc[kOuts] = {};
+    for (int t = 0; t < n; ++t)
+#pragma unroll
+      for (int u = 0; u < kOuts; ++u) {
+        const int idx = base + u * kThreads;
+        if (idx < group * d)
+          acc[u] = __fmaf_rn(e[idx / d * chunk + t], __bfloat162float(vs[t * d + idx % d]), acc[u]);
+      }
+#pragma unroll
+    for (int u = 0; u < kOuts; ++u) {
+      const int idx = base + u * kThreads, j = idx / d, i = idx % d;
+      if (idx >= group * d) continue;
+      if (a.splits == 1) {
+        a.out[size_t(g * group + j) * d + i] = acc[u] / l_head[j];
+        continue;
+      }
+      float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;
+      part[2 + i] = acc[u];
+      if (i == 0) part[0] = m_head[j], part[1] = l_head[j];
+    }
+  }
+  allow_next_kernel();
+  if (a.splits > 1) count_and_merge(a, g, group, live);
+}
+
+}  // namespace attention_detail
+}  // namespace lmx::cuda::fused
