@@ -308,7 +308,7 @@ int main() {
     ok &= report("02 bulk ring, no math      ", s, b, ring_kernel<false>, kConsumers, false);
   for (auto [s, b] : {std::pair{5, 32 << 10}, {10, 16 << 10}, {12, 16 << 10}})
     ok &= report("03 bulk ring, GEMV math    ", s, b, ring_kernel<true>, kConsumers, true);
-  for (auto [s, b] : {std::pair{5, 32 << 10}, {10, 16 << 10}, {12, 16 << 10}, {20, 8 << 10}})
+  for (auto [s, b] : {std::pair{5, 32 << 10}, {10, 16 << 10}, {12, 16 << 10}, {16, 8 << 10}})
     ok &= report("04 producer warp, GEMV math", s, b, producer_kernel, kConsumers + 32, true);
   ok &= report("05 cp.async ring, GEMV math", 5, 32 << 10, cp_async_kernel<5>, kConsumers, true);
   ok &= report("05 cp.async ring, GEMV math", 10, 16 << 10, cp_async_kernel<10>, kConsumers, true);
