@@ -165,7 +165,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--plain", a->plain, "Decode through the plain ops even where a fused decode step exists");
   cmd->footer("With none of --decode/--prefill/--classify, all three run. Each workload is timed after\n"
               "--warmup runs, with the device synchronised around each run; the median is reported.\n"
-              "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n\nExample:\n"
+              "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n"
+              "On CUDA the JSON's \"path\" says how decode ran: fused-graph (a kernel per phase, replayed\n"
+              "as a CUDA graph), fused-persistent (one kernel per token, LMX_FUSED_PERSISTENT=1,\n"
+              "experimental; LMX_FUSED_PROFILE=1 prints where its time goes) or plain.\n\nExample:\n"
               "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
               "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8");
   cmd->callback([a] { run_bench(*a); });

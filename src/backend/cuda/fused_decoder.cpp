@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/fused_kernels.h"
@@ -346,9 +347,17 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (!persistent_) return;
     std::string why;
     persistent_smem_ = fused::persistent_smem_bytes(plan_, &persistent_vector_, &why);
-    if (persistent_smem_ == 0) return;
-    persistent_blocks_ = fused::persistent_blocks(ctx().sm_count, persistent_smem_);
-    if (persistent_blocks_ == 0) return;
+    if (persistent_smem_ > 0) {
+      persistent_blocks_ = fused::persistent_blocks(ctx().sm_count, persistent_smem_);
+      if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
+    }
+    if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
+      static bool said = false;
+      if (!std::exchange(said, true))
+        std::fprintf(stderr, "lmx: LMX_FUSED_PERSISTENT: not for this model (%s); running a kernel per phase\n",
+                     why.c_str());
+      return;
+    }
     const int64_t bytes = int64_t(plan_.size() * sizeof(fused::StepPhase));
     if (!phases_.valid() || phases_.size() < bytes) phases_ = Array({bytes}, Dtype::u8, Device::cuda(device_));
     const Context& c = ctx();
