@@ -3,6 +3,7 @@
 // a kernel lives on that backend's device and has the shape documented here.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 
 #include "core/array.h"
@@ -23,6 +24,19 @@ class Kernels {
   virtual void upload(const void* host, const Array& dst) = 0;       // dst contiguous
   virtual void download(const Array& src, void* host) = 0;           // src contiguous
   virtual void synchronize() = 0;
+  // Timing of device work: start_timer() marks the device's queue, stop_timer() marks it
+  // again, waits for that mark and returns the seconds between the two (CUDA: events on
+  // the device's stream, so host-side jitter after the work is not counted). The default,
+  // for devices whose work runs on the calling thread, reads the host clock around a
+  // synchronise. One timer per device at a time.
+  virtual void start_timer() {
+    synchronize();
+    timer_start_ = std::chrono::steady_clock::now();
+  }
+  virtual double stop_timer() {
+    synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - timer_start_).count();
+  }
   // Percent of time the device was busy over the driver's last sample window, or -1 where
   // that is not known (the CPU; a GPU without NVML).
   virtual double utilization() { return -1; }
@@ -76,6 +90,9 @@ class Kernels {
   // or nullptr where it has none, or none for these weights: callers then use the plain ops.
   virtual bool has_fused_decoder(Dtype) const { return false; }
   virtual std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights&) { return nullptr; }
+
+ private:
+  std::chrono::steady_clock::time_point timer_start_{};
 };
 
 // The kernels for a device; throws "[device] ..." when its backend is not built or

@@ -1,9 +1,11 @@
 // CUDA-specific checks: the CPU backend is the reference. Bit-exact where the backends
 // share an algorithm (uniform random, categorical), within the CPU libm's rounding for
 // normal random, within dtype tolerance for large products and attention, plus
-// out-of-memory recovery, index errors and memory statistics.
+// out-of-memory recovery, index errors, memory statistics and the device timer.
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "harness.h"
 
@@ -25,6 +27,33 @@ std::vector<uint32_t> f32_bits(const std::vector<float>& v) {
   std::vector<uint32_t> out(v.size());
   std::memcpy(out.data(), v.data(), v.size() * 4);
   return out;
+}
+
+// The timer lmx bench uses: events on the device's stream for CUDA, the host clock on the
+// CPU. Device time between the marks is positive and within the host's wall time around
+// them; the CPU's counts work done on the calling thread.
+TEST(Cuda, DeviceTimerCountsTheQueuedWork) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  detail::Kernels& k = detail::kernels_for(kGpu);
+  const Array a = random_uniform({2048, 2048}, 1, -1, 1, Dtype::bf16, kGpu);
+  k.synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  k.start_timer();
+  Array c = a;
+  for (int i = 0; i < 8; ++i) c = matmul(c, a);  // queued without waiting
+  const double device_s = k.stop_timer();
+  const double host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GT(device_s, 0.0);
+  EXPECT_LE(device_s, host_s);
+}
+
+TEST(Cuda, CpuTimerCountsHostWork) {
+  detail::Kernels& k = detail::kernels_for(Device::cpu());
+  k.start_timer();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const double s = k.stop_timer();
+  EXPECT_GE(s, 0.019);
+  EXPECT_LT(s, 5.0);
 }
 
 TEST(Cuda, RandomUniformIsBitExact) {

@@ -35,11 +35,9 @@ double median_seconds(Device d, int warmup, int repeat, Fn&& fn) {
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> t;
   for (int i = 0; i < std::max(1, repeat); ++i) {
-    k.synchronize();
-    const double t0 = now_s();
+    k.start_timer();  // CUDA events on the device's stream; the host clock on the CPU
     fn();
-    k.synchronize();
-    t.push_back(now_s() - t0);
+    t.push_back(k.stop_timer());
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
@@ -164,7 +162,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", a->json, "Print JSON");
   cmd->add_flag("--plain", a->plain, "Decode through the plain ops even where a fused decode step exists");
   cmd->footer("With none of --decode/--prefill/--classify, all three run. Each workload is timed after\n"
-              "--warmup runs, with the device synchronised around each run; the median is reported.\n"
+              "--warmup runs (CUDA: with events on the device's stream; CPU: with the host clock around\n"
+              "each run); the median is reported.\n"
               "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n"
               "On CUDA the JSON's \"path\" says how decode ran: fused-graph (a kernel per phase, replayed\n"
               "as a CUDA graph), fused-persistent (one kernel per token, LMX_FUSED_PERSISTENT=1,\n"

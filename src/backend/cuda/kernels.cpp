@@ -36,6 +36,21 @@ class CudaKernels final : public detail::Kernels {
     cuda::synchronize(c);
   }
   void synchronize() override { cuda::synchronize(ctx()); }
+  void start_timer() override {
+    const Context& c = ctx();
+    if (!timer_[0])
+      for (cudaEvent_t& e : timer_) check(cudaEventCreate(&e), "cudaEventCreate");
+    check(cudaEventRecord(timer_[0], c.stream), "cudaEventRecord");
+  }
+  double stop_timer() override {
+    LMX_CHECK(timer_[0], "timer", "stop_timer() without start_timer() on cuda:", device_);
+    const Context& c = ctx();
+    check(cudaEventRecord(timer_[1], c.stream), "cudaEventRecord");
+    check(cudaEventSynchronize(timer_[1]), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, timer_[0], timer_[1]), "cudaEventElapsedTime");
+    return double(ms) / 1e3;
+  }
   void fill(const Array& out, double v) override { cuda::fill(ctx(), out, v); }
   void arange(const Array& out, double start, double step) override {
     cuda::arange(ctx(), out, start, step);
@@ -102,6 +117,7 @@ class CudaKernels final : public detail::Kernels {
   // Makes the device current for this thread: outputs and scratch are allocated there.
   const Context& ctx() const { return context(device_); }
   int device_;
+  cudaEvent_t timer_[2] = {nullptr, nullptr};  // start_timer, stop_timer; kept for the process
 };
 
 }  // namespace
