@@ -15,6 +15,10 @@
 #include "ops/kernels.h"
 #include "runtime/generator.h"
 
+#if LMX_HAVE_CUDA
+#include "backend/cuda/fused_kernels.h"
+#endif
+
 namespace lmx {
 namespace {
 
@@ -194,6 +198,61 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
                                            FusedCase{"qwen3_per_phase", kQwen3, false, false},
                                            FusedCase{"gemma3_rotating_per_phase", kGemma3, true, false}),
                          [](const auto& info) { return std::string(info.param.name); });
+
+#if LMX_HAVE_CUDA
+// The persistent step's plan check (host code: runs without a GPU). It accepts a Llama-
+// 3.2-1B-shaped layer within the shared memory an SM has, and refuses what its ring of
+// 32 KiB slots and 16-byte copies cannot carry, saying why.
+namespace persistent {
+
+using cuda::fused::bf16;
+using cuda::fused::Epilogue;
+using cuda::fused::StepPhase;
+
+const bf16* fake_weights(uintptr_t at) { return reinterpret_cast<const bf16*>(at); }
+
+StepPhase gemv(int k, int rows, Epilogue e = Epilogue::plain, uintptr_t at = 0x10000) {
+  StepPhase p;
+  p.in.k = k;
+  p.out.w[0] = fake_weights(at);
+  p.out.rows[0] = rows;
+  p.out.epilogue = e;
+  if (e == Epilogue::glu_silu) p.out.w[1] = fake_weights(at + 0x100000);
+  return p;
+}
+
+std::string refusal(const std::vector<StepPhase>& plan) {
+  unsigned vector = 0;
+  std::string why;
+  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, &vector, &why), 0u);
+  return why;
+}
+
+TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
+  StepPhase attention;
+  attention.kind = StepPhase::Kind::attention;
+  attention.attn.n_heads = 32, attention.attn.n_kv_heads = 8, attention.attn.head_dim = 64, attention.attn.chunk = 32;
+  std::vector<StepPhase> llama{gemv(2048, 3072), attention, gemv(2048, 2048), gemv(2048, 8192, Epilogue::glu_silu),
+                               gemv(8192, 2048), gemv(2048, 128256, Epilogue::logits)};
+  llama[0].in.norm = fake_weights(0x20000);  // x and its norm weights are staged: 2 arrays
+  unsigned vector = 0;
+  std::string why;
+  const size_t smem = cuda::fused::persistent_smem_bytes(llama, &vector, &why);
+  EXPECT_GT(smem, 0u) << why;
+  EXPECT_LE(smem, size_t(227) << 10);
+  EXPECT_GE(vector, 8192u * (4 + 2)) << "the down projection's f32 input and its bf16 copy";
+
+  EXPECT_NE(refusal({gemv(2052, 64)}).find("multiple of 8"), std::string::npos);
+  EXPECT_NE(refusal({gemv(16392, 64)}).find("longer than a slot"), std::string::npos);       // 32.8 KB rows
+  EXPECT_NE(refusal({gemv(8200, 64, Epilogue::glu_silu)}).find("longer"), std::string::npos);  // paired: 2 rows
+  EXPECT_NE(refusal({gemv(2048, 64, Epilogue::plain, 0x10008)}).find("unaligned"), std::string::npos);
+  EXPECT_NE(refusal({gemv(2048, 1 << 22)}).find("too many rows"), std::string::npos);
+  // Long input vectors leave too little shared memory beside the ring.
+  EXPECT_NE(refusal({gemv(16384, 64)}).find("shared memory"), std::string::npos);
+}
+
+}  // namespace persistent
+#endif
 
 // Where the device has no fused path (the CPU), the model says so and the generator
 // keeps to the plain ops.
