@@ -20,17 +20,17 @@ DecoderLayer::DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& att
   }
 }
 
-Array DecoderLayer::forward(const Array& x, nn::LayerCache* cache, const nn::SequenceBatch* batch) const {
+fast::AddNorm DecoderLayer::forward(const Array& x, const Array& x_normed, const nn::RMSNorm& next,
+                                    nn::LayerCache* cache, const nn::SequenceBatch* batch) const {
+  const Array a = self_attn.forward(x_normed, cache, batch);
   if (sandwich_) {
     // Gemma: each sub-block's output is normalised before the residual add.
-    const Array a = self_attn.forward(input_layernorm.forward(x), cache, batch);
-    const Array h = add(x, post_attention_layernorm.forward(a));
-    const Array m = mlp.forward(pre_feedforward_layernorm->forward(h));
-    return add(h, post_feedforward_layernorm->forward(m));
+    const fast::AddNorm h = pre_feedforward_layernorm->after_add(x, a, &post_attention_layernorm);
+    return next.after_add(h.sum, mlp.forward(h.normed), &*post_feedforward_layernorm);
   }
   // Llama/Qwen: pre-norm residual blocks.
-  const Array h = add(x, self_attn.forward(input_layernorm.forward(x), cache, batch));
-  return add(h, mlp.forward(post_attention_layernorm.forward(h)));
+  const fast::AddNorm h = post_attention_layernorm.after_add(x, a);
+  return next.after_add(h.sum, mlp.forward(h.normed));
 }
 
 void DecoderLayer::visit(const std::string& prefix, const nn::ParamVisitor& fn) {
@@ -61,8 +61,13 @@ Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const>
   Array h = embed_tokens_.forward(ids);  // [B, L, H]
   if (spec_.scale_embeddings)
     h = multiply(h, scalar(std::sqrt(double(spec_.hidden_size)), h.dtype(), h.device()));
-  for (size_t i = 0; i < layers_.size(); ++i) h = layers_[i]->forward(h, caches.empty() ? nullptr : caches[i], batch);
-  return norm_.forward(h);
+  if (layers_.empty()) return norm_.forward(h);
+  fast::AddNorm s{h, layers_[0]->input_layernorm.forward(h)};
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const nn::RMSNorm& next = i + 1 < layers_.size() ? layers_[i + 1]->input_layernorm : norm_;
+    s = layers_[i]->forward(s.sum, s.normed, next, caches.empty() ? nullptr : caches[i], batch);
+  }
+  return s.normed;
 }
 
 Array CausalLM::logits(const Array& h) const {

@@ -33,8 +33,11 @@ struct DecoderSpec {
 class DecoderLayer : public nn::Module {
  public:
   DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& attn);
-  // [B, L, H] -> [B, L, H]
-  Array forward(const Array& x, nn::LayerCache* cache, const nn::SequenceBatch* batch) const;
+  // x [B, L, H] and x_normed = input_layernorm(x) -> the layer's output [B, L, H] and
+  // that output under `next` (the next layer's input norm, or the final norm). Each
+  // residual add runs fused with the norm that reads its result.
+  fast::AddNorm forward(const Array& x, const Array& x_normed, const nn::RMSNorm& next, nn::LayerCache* cache,
+                        const nn::SequenceBatch* batch) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
 
   nn::Attention self_attn;

@@ -69,23 +69,19 @@ Attention::Attention(const AttentionSpec& s)
 Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch* batch) const {
   const int64_t b = x.shape(0), l = x.shape(1), hd = spec_.head_dim;
   // [B, L, heads, hd]
-  Array q = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
-  Array k = reshape(k_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
-  const Array v = reshape(v_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
-  if (q_norm) {
-    q = q_norm->forward(q);
-    k = k_norm->forward(k);
-  }
-  // [B, heads, L, hd]
-  q = swapaxes(q, 1, 2);
-  k = swapaxes(k, 1, 2);
-  const Array vt = contiguous(swapaxes(v, 1, 2));
+  const Array q_tok = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
+  const Array k_tok = reshape(k_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
+  const Array v_tok = reshape(v_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
   const Array freqs = inv_freq(x.device());
   auto per_row = [&](int64_t v) { return full({b}, double(v), Dtype::i32, x.device()); };
   // RoPE positions continue from what the cache holds (minus each row's padding).
   const Array pos = batch ? batch->positions : per_row(cache ? cache->next_position() : 0);
-  q = fast::rope(q, freqs, pos);
-  k = fast::rope(k, freqs, pos);
+  // [B, heads, L, hd]: q and k normed per head (Qwen3), rotated and transposed in one pass.
+  const std::optional<fast::HeadNorm> qn = q_norm ? std::optional(q_norm->per_head()) : std::nullopt;
+  const std::optional<fast::HeadNorm> kn = k_norm ? std::optional(k_norm->per_head()) : std::nullopt;
+  const Array q = fast::rope_heads(q_tok, freqs, pos, qn ? &*qn : nullptr);
+  const Array k = fast::rope_heads(k_tok, freqs, pos, kn ? &*kn : nullptr);
+  const Array vt = contiguous(swapaxes(v_tok, 1, 2));
   const LayerCache::View kv = cache ? cache->update(k, vt) : LayerCache::View{k, vt, 0};
   fast::AttentionMask mask;
   mask.causal = !kv.all_visible;

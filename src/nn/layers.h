@@ -42,6 +42,13 @@ class RMSNorm : public Module {
  public:
   RMSNorm(int64_t dim, float eps, fast::RmsNormStyle style) : dim_(dim), eps_(eps), style_(style) {}
   Array forward(const Array& x) const { return fast::rms_norm(x, weight, eps_, style_); }
+  // This norm applied after a residual add, in one pass: {x + y, norm(x + y)}. With
+  // y_norm (Gemma's sandwich norms), y is normalised by it before the add.
+  fast::AddNorm after_add(const Array& x, const Array& y, const RMSNorm* y_norm = nullptr) const {
+    return fast::add_rms_norm(x, y, weight, eps_, style_, y_norm ? &y_norm->weight : nullptr);
+  }
+  // As a per-head norm fused into RoPE (fast::rope_heads).
+  fast::HeadNorm per_head() const { return {weight, eps_, style_}; }
   void visit(const std::string& prefix, const ParamVisitor& fn) override;
   Array weight;  // [dim]
 

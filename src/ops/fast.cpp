@@ -45,6 +45,23 @@ void check_rope_args(const Array& x, const Array& inv_freq, const Array& offsets
   detail::check_same_device(x, offsets, "rope");
 }
 
+// x [B, L, H, D]: the rope checks on the head-major view, plus the norm's.
+void check_rope_heads_args(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm) {
+  detail::check_valid(x, "rope_heads");
+  LMX_CHECK(x.ndim() == 4, "rope_heads", "expects x of shape [B, L, H, D], got ", shape_str(x.shape()));
+  check_rope_args(swapaxes(x, 1, 2), inv_freq, offsets);
+  if (norm) check_norm_args(x, norm->weight, "rope_heads");
+}
+
+void check_add_norm_args(const Array& x, const Array& y, const Array& weight, const Array* y_weight) {
+  check_norm_args(x, weight, "add_rms_norm");
+  check_norm_args(y, weight, "add_rms_norm");
+  if (y_weight) check_norm_args(y, *y_weight, "add_rms_norm");
+  LMX_CHECK(x.shape() == y.shape() && x.dtype() == y.dtype(), "add_rms_norm", "x ", shape_str(x.shape()), " ",
+            dtype_name(x.dtype()), " and y ", shape_str(y.shape()), " ", dtype_name(y.dtype()),
+            " must have one shape and dtype");
+}
+
 // Query-row offsets for the masks: Lk - Lq for every batch row unless given.
 Array resolve_q_offsets(const Array& q, const Array& k, const AttentionMask& mask) {
   const int64_t b = q.shape(0);
@@ -119,6 +136,30 @@ Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   return out;
 }
 
+Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm) {
+  check_rope_heads_args(x, inv_freq, offsets, norm);
+  Array out({x.shape(0), x.shape(2), x.shape(1), x.shape(3)}, x.dtype(), x.device());
+  const Array w = norm ? contiguous(norm->weight) : Array();
+  if (detail::kern(x).rope_heads(contiguous(x), contiguous(inv_freq), contiguous(offsets), norm ? &w : nullptr,
+                                 norm ? norm->eps : 0.0f, norm ? norm->style : RmsNormStyle::llama, out))
+    return out;
+  const Array h = norm ? rms_norm(x, norm->weight, norm->eps, norm->style) : x;
+  return rope(swapaxes(h, 1, 2), inv_freq, offsets);
+}
+
+AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
+                     const Array* y_weight) {
+  check_add_norm_args(x, y, weight, y_weight);
+  AddNorm r{Array(x.shape(), x.dtype(), x.device()), Array(x.shape(), x.dtype(), x.device())};
+  const Array yw = y_weight ? contiguous(*y_weight) : Array();
+  if (detail::kern(x).add_rms_norm(contiguous(x), contiguous(y), y_weight ? &yw : nullptr, contiguous(weight), eps,
+                                   style, r.sum, r.normed))
+    return r;
+  r.sum = add(x, y_weight ? rms_norm(y, *y_weight, eps, style) : y);
+  r.normed = rms_norm(r.sum, weight, eps, style);
+  return r;
+}
+
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
                                    const AttentionMask& mask) {
   check_attention_args(q, k, v, mask);
@@ -172,6 +213,19 @@ Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   const Array x1 = slice_axis(x, 3, 0, half), x2 = slice_axis(x, 3, half, 2 * half);
   const Array rotated = concatenate({neg(x2), x1}, -1);
   return add(multiply(x, c), multiply(rotated, s));
+}
+
+Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm) {
+  check_rope_heads_args(x, inv_freq, offsets, norm);
+  const Array h = norm ? reference::rms_norm(x, norm->weight, norm->eps, norm->style) : x;
+  return reference::rope(swapaxes(h, 1, 2), inv_freq, offsets);
+}
+
+AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
+                     const Array* y_weight) {
+  check_add_norm_args(x, y, weight, y_weight);
+  const Array sum = add(x, y_weight ? reference::rms_norm(y, *y_weight, eps, style) : y);
+  return {sum, reference::rms_norm(sum, weight, eps, style)};
 }
 
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,

@@ -25,6 +25,30 @@ Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>
 // cos/sin are computed in f32 and cast to x's dtype before the rotation, as HF does.
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets);
 
+// A per-head RMSNorm applied before RoPE (Qwen3's q_norm and k_norm).
+struct HeadNorm {
+  Array weight;  // [D]
+  float eps = 1e-6f;
+  RmsNormStyle style = RmsNormStyle::llama;
+};
+
+// RoPE on projections still in token order, writing the head-major layout attention
+// reads: x [B, L, H, D] -> [B, H, L, D]. With `norm`, each head is RMS-normalised first.
+// Equals rope(swapaxes(norm ? rms_norm(x) : x, 1, 2)) with the same roundings, in one
+// pass over x where the composition takes up to four (norm, transpose copy, rotation).
+Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm = nullptr);
+
+// The residual add and the RMSNorm that follows it, in one pass:
+//   sum    = x + (y_weight ? rms_norm(y, *y_weight) : y)   (rounded to the dtype)
+//   normed = rms_norm(sum, weight)
+// x, y [..., D] of one shape and dtype; weight, y_weight [D]. Gemma's sandwich norms
+// pass y_weight (the sub-block's post-norm); both norms share eps and style.
+struct AddNorm {
+  Array sum, normed;
+};
+AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
+                     const Array* y_weight = nullptr);
+
 enum class GluActivation { silu, gelu_tanh };
 
 // Gated MLP activation, act(gate) * up, as HF computes it in the activation dtype:
@@ -52,6 +76,9 @@ Array glu(const Array& gate, const Array& up, GluActivation act);
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style);
 Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets);
+Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm = nullptr);
+AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
+                     const Array* y_weight = nullptr);
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
                                    const AttentionMask& mask);
 }  // namespace reference

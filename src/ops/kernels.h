@@ -86,6 +86,19 @@ class Kernels {
                          int64_t window, const Array& q_offsets, const Array* key_valid,
                          const Array& out) = 0;
 
+  // Optional fusions. A backend without such a kernel, or without one for these shapes,
+  // returns false having done nothing, and the op composes the kernels above instead.
+  // x [B, L, H, D] contiguous -> out [B, H, L, D]; norm_w [D] (per-head RMSNorm) or null.
+  virtual bool rope_heads(const Array& /*x*/, const Array& /*inv_freq*/, const Array& /*offsets*/,
+                          const Array* /*norm_w*/, float /*eps*/, fast::RmsNormStyle, const Array& /*out*/) {
+    return false;
+  }
+  // x, y, sum, normed [R, D] contiguous; w and y_w [D] (y_w may be null).
+  virtual bool add_rms_norm(const Array& /*x*/, const Array& /*y*/, const Array* /*y_w*/, const Array& /*w*/,
+                            float /*eps*/, fast::RmsNormStyle, const Array& /*sum*/, const Array& /*normed*/) {
+    return false;
+  }
+
   // The backend's fused decode step for a model with these weights (ops/fused_decoder.h),
   // or nullptr where it has none, or none for these weights: callers then use the plain ops.
   virtual bool has_fused_decoder(Dtype) const { return false; }

@@ -20,7 +20,11 @@ struct SoftmaxParams {
   const bool* key_valid;     // [B, Lk] or null
 };
 
-// One warp per row of S [B*Hkv, rep*Lq, Lk]: in place, scores become probabilities.
+// One warp per row of S [B*Hkv, rep*Lq, Lk]: in place, scores become probabilities. Each
+// lane keeps its first kKept scores and exponentials in registers, so that for Lk up to
+// 32 * kKept (classification's short prompts) S is read once and exp runs once per score.
+constexpr int kKept = 4;
+
 template <class T>
 __global__ void masked_softmax_kernel(T* s, SoftmaxParams p) {
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -34,18 +38,29 @@ __global__ void masked_softmax_kernel(T* s, SoftmaxParams p) {
     if (p.window > 0 && j <= qpos - p.window) return false;
     return !p.key_valid || p.key_valid[b * p.lk + j];
   };
-  auto score = [&](int64_t j) { return round_to<T>(to_float(x[j]) * p.scale); };
+  // score(j), or -inf where key j is masked
+  auto score = [&](int64_t j) { return visible(j) ? round_to<T>(to_float(x[j]) * p.scale) : -INFINITY; };
+  float kept[kKept];
   float m = -INFINITY;
-  for (int64_t j = lane; j < p.lk; j += 32)
-    if (visible(j)) m = fmaxf(m, score(j));
+  for (int t = 0; t < kKept; ++t) {
+    const int64_t j = lane + 32 * int64_t(t);
+    kept[t] = j < p.lk ? score(j) : -INFINITY;
+    m = fmaxf(m, kept[t]);
+  }
+  for (int64_t j = lane + 32 * kKept; j < p.lk; j += 32) m = fmaxf(m, score(j));
   m = warp_reduce(m, Max{});
-  float sum = 0;
-  for (int64_t j = lane; j < p.lk; j += 32)
-    if (visible(j)) sum += cr_exp(score(j) - m);
-  sum = warp_reduce(sum, Sum{});
   // A row with no visible key gives zeros, as attention.cu does.
-  for (int64_t j = lane; j < p.lk; j += 32)
-    x[j] = from_float<T>(visible(j) && sum > 0 ? cr_exp(score(j) - m) / sum : 0.0f);
+  auto expo = [&](float v) { return v == -INFINITY ? 0.0f : cr_exp(v - m); };
+  float sum = 0;
+  for (int t = 0; t < kKept; ++t) sum += kept[t] = expo(kept[t]);
+  for (int64_t j = lane + 32 * kKept; j < p.lk; j += 32) sum += expo(score(j));
+  sum = warp_reduce(sum, Sum{});
+  auto prob = [&](float e) { return from_float<T>(sum > 0 ? e / sum : 0.0f); };
+  for (int t = 0; t < kKept; ++t) {
+    const int64_t j = lane + 32 * int64_t(t);
+    if (j < p.lk) x[j] = prob(kept[t]);
+  }
+  for (int64_t j = lane + 32 * kKept; j < p.lk; j += 32) x[j] = prob(expo(score(j)));
 }
 
 cudaDataType_t blas_dtype(Dtype t) {

@@ -162,6 +162,27 @@ __device__ __forceinline__ float cr_pow(float a, float b) {
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a < b ? b : a; }
 
+// Elements of T in one 16-byte vector, and such vectors as floats: kernels that stream
+// contiguous rows move 16 bytes per load and store.
+template <class T>
+constexpr int kVecElems = 16 / int(sizeof(T));
+
+template <class T>
+__device__ __forceinline__ void load_vec(const T* p, float (&v)[kVecElems<T>]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&raw);
+  for (int i = 0; i < kVecElems<T>; ++i) v[i] = to_float(e[i]);
+}
+template <class T>
+__device__ __forceinline__ void store_vec(T* p, const float (&v)[kVecElems<T>]) {
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+  for (int i = 0; i < kVecElems<T>; ++i) e[i] = from_float<T>(v[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+inline bool aligned16(const Array& a) { return reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0; }
+
 constexpr int kBlock = 256;
 
 // Blocks for a grid-stride loop over n elements: enough to fill the device, no more.

@@ -39,9 +39,16 @@ void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out);
 void layer_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
                 const Array& out);
+// norm.cu: the residual add fused with the next RMSNorm; false where the vectorised
+// kernel does not apply (the op then composes add and rms_norm).
+bool add_rms_norm(const Context& ctx, const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
+                  fast::RmsNormStyle style, const Array& sum, const Array& normed);
 // rope.cu
 void rope(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets,
           const Array& out);
+// x [B, L, H, D] -> out [B, H, L, D], optionally normed per head; false for head_dim > 256.
+bool rope_heads(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w,
+                float eps, fast::RmsNormStyle style, const Array& out);
 // attention.cu
 void attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale,
                bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,

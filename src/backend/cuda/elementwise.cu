@@ -170,23 +170,39 @@ constexpr void check_traits() {
 #endif
 }
 
-// out = round(act(gate)) * up over contiguous arrays. For 16-bit dtypes the activation
-// runs in plain f32 math: its error is far below the rounding to the dtype that follows,
-// and the double-precision functions of UnaryFn would make this pass compute-bound.
+// round(act(g)) * u. For 16-bit dtypes the activation runs in plain f32 math: its error is
+// far below the rounding to the dtype that follows, and the double-precision functions of
+// UnaryFn would make the pass compute-bound.
 template <class T, UnaryOp Op>
-__global__ void glu_kernel(const T* gate, const T* up, T* out, int64_t n) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const float g = to_float(gate[i]);
-    float a;
-    if constexpr (std::is_same_v<T, float>) {
-      a = UnaryFn<Op>{}(g);
-    } else if constexpr (Op == UnaryOp::silu) {
-      a = g / (1.0f + __expf(-g));
-    } else {
-      a = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
-    }
-    out[i] = from_float<T>(round_to<T>(a) * to_float(up[i]));
+__device__ __forceinline__ float gated(float g, float u) {
+  float a;
+  if constexpr (std::is_same_v<T, float>) {
+    a = UnaryFn<Op>{}(g);
+  } else if constexpr (Op == UnaryOp::silu) {
+    a = g / (1.0f + __expf(-g));
+  } else {
+    a = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
   }
+  return round_to<T>(a) * u;
+}
+
+// out = gated(gate, up) over contiguous arrays, 16 bytes per load where `vectors` (n a
+// whole number of aligned vectors), else one element per trip.
+template <class T, UnaryOp Op>
+__global__ void glu_kernel(const T* gate, const T* up, T* out, int64_t n, bool vectors) {
+  constexpr int kE = kVecElems<T>;
+  if (vectors) {
+    for (int64_t i = global_thread() * kE; i < n; i += grid_threads() * kE) {
+      float g[kE], u[kE];
+      load_vec(gate + i, g);
+      load_vec(up + i, u);
+      for (int e = 0; e < kE; ++e) g[e] = gated<T, Op>(g[e], u[e]);
+      store_vec(out + i, g);
+    }
+    return;
+  }
+  for (int64_t i = global_thread(); i < n; i += grid_threads())
+    out[i] = from_float<T>(gated<T, Op>(to_float(gate[i]), to_float(up[i])));
 }
 
 }  // namespace
@@ -200,10 +216,12 @@ void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const A
       auto* o = static_cast<T*>(out.raw());
       const auto* g = static_cast<const T*>(gate.raw());
       const auto* u = static_cast<const T*>(up.raw());
+      const bool vectors = n % kVecElems<T> == 0 && aligned16(gate) && aligned16(up) && aligned16(out);
+      const unsigned blocks = grid_for(vectors ? n / kVecElems<T> : n);
       if (act == fast::GluActivation::silu)
-        glu_kernel<T, UnaryOp::silu><<<grid_for(n), kBlock, 0, ctx.stream>>>(g, u, o, n);
+        glu_kernel<T, UnaryOp::silu><<<blocks, kBlock, 0, ctx.stream>>>(g, u, o, n, vectors);
       else
-        glu_kernel<T, UnaryOp::gelu_tanh><<<grid_for(n), kBlock, 0, ctx.stream>>>(g, u, o, n);
+        glu_kernel<T, UnaryOp::gelu_tanh><<<blocks, kBlock, 0, ctx.stream>>>(g, u, o, n, vectors);
       check_launch("glu_kernel");
     }
   });

@@ -9,7 +9,6 @@ using namespace attention_detail;
 
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   extern __shared__ float sm[];
-  wait_for_previous_kernel();
   attention_task<false>(a, blockIdx.x, blockIdx.y, sm);
 }
 

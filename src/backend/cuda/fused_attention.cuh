@@ -138,22 +138,12 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
   const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions
   if (n == 0) {  // past them: only counted, so that the last block still merges
+    if constexpr (!kCoherent) wait_for_previous_kernel();
     allow_next_kernel();
     count_and_merge(a, g, group, live);
     return;
   }
 
-  stage_inputs<kCoherent>(a, g, group, q);
-  const float* qn = a.q_norm ? q_norm : nullptr;
-  const float* kn = a.k_norm ? k_norm : nullptr;
-  for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
-    if (vec < group)
-      norm_rope(q + vec * d, qn, a.eps, freq, pos, d, false);
-    else if (vec == group)
-      norm_rope(k_new, kn, a.eps, freq, pos, d, true);
-    else
-      for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
-  }
   // The chunk's cached keys and values, 16 bytes per thread and load, all in flight at once.
   const size_t head_base = size_t(g) * a.slots * d;
   const int vecs = d / 8;
@@ -175,6 +165,21 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
       *reinterpret_cast<uint4*>(ks + t * d + c) = kv[u];
       *reinterpret_cast<uint4*>(vs + t * d + c) = vv[u];
     }
+  }
+  // Everything above reads what earlier steps wrote (the cached positions, state[1]),
+  // which kernels already complete have written: it overlaps the previous kernel's tail.
+  // What follows reads the QKV GEMV's output.
+  if constexpr (!kCoherent) wait_for_previous_kernel();
+  stage_inputs<kCoherent>(a, g, group, q);
+  const float* qn = a.q_norm ? q_norm : nullptr;
+  const float* kn = a.k_norm ? k_norm : nullptr;
+  for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
+    if (vec < group)
+      norm_rope(q + vec * d, qn, a.eps, freq, pos, d, false);
+    else if (vec == group)
+      norm_rope(k_new, kn, a.eps, freq, pos, d, true);
+    else
+      for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }
   __syncthreads();
   if (pos >= begin && pos < end) {  // this block holds the new position: store it

@@ -103,6 +103,14 @@ class CudaKernels final : public detail::Kernels {
             const Array& out) override {
     cuda::rope(ctx(), x, inv_freq, offsets, out);
   }
+  bool rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w, float eps,
+                  fast::RmsNormStyle style, const Array& out) override {
+    return cuda::rope_heads(ctx(), x, inv_freq, offsets, norm_w, eps, style, out);
+  }
+  bool add_rms_norm(const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
+                    fast::RmsNormStyle style, const Array& sum, const Array& normed) override {
+    return cuda::add_rms_norm(ctx(), x, y, y_w, w, eps, style, sum, normed);
+  }
   void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
                  int64_t window, const Array& q_offsets, const Array* key_valid,
                  const Array& out) override {

@@ -1,5 +1,7 @@
 // RMSNorm (Llama and Gemma forms) and LayerNorm over the last axis, one block per row,
-// statistics in f32, with the CPU backend's roundings (backend/cpu/norm.cpp).
+// statistics in f32, with the CPU backend's roundings (backend/cpu/norm.cpp). RMSNorm, and
+// the residual add fused with it, run a vectorised kernel that holds the row in registers
+// wherever the row is whole 16-byte vectors; the generic kernel covers the rest.
 #include "backend/cuda/common.cuh"
 
 namespace lmx::cuda {
@@ -49,6 +51,109 @@ __global__ void norm_kernel(const T* x_all, const W* w, const W* bias, T* out_al
   }
 }
 
+// The RMSNorm of a value v with inverse RMS r, rounded as the CPU backend rounds it.
+template <NormKind kKind, class T>
+__device__ __forceinline__ float rms_scaled(float v, float r, float w) {
+  if constexpr (kKind == NormKind::rms_llama)
+    return round_to<T>(round_to<T>(v * r) * w);  // HF Llama: cast before the weight multiply
+  else
+    return round_to<T>(v * r * (1.0f + w));  // Gemma: all f32, weight offset from one
+}
+
+// The most 16-byte vectors of a row one thread holds.
+constexpr int kMaxVecsPerThread = 4;
+
+// Normalises the row held in v (kC vectors per thread, vector index threadIdx.x + c *
+// blockDim.x, `nvec` vectors in the row) in place with weight w.
+template <NormKind kKind, class T, class W, int kC>
+__device__ __forceinline__ void rms_in_registers(float (&v)[kC][kVecElems<T>], const W* w, int64_t nvec,
+                                                 int64_t d, float eps) {
+  constexpr int kE = kVecElems<T>;
+  float ss = 0;
+  for (int c = 0; c < kC; ++c)
+    if (threadIdx.x + c * blockDim.x < nvec)
+      for (int i = 0; i < kE; ++i) ss += v[c][i] * v[c][i];
+  const float r = 1.0f / ::sqrtf(block_reduce(ss, Sum{}) / float(d) + eps);
+  for (int c = 0; c < kC; ++c) {
+    const int64_t at = (threadIdx.x + c * int64_t(blockDim.x)) * kE;
+    if (at < d)
+      for (int i = 0; i < kE; ++i) v[c][i] = rms_scaled<kKind, T>(v[c][i], r, to_float(w[at + i]));
+  }
+}
+
+// One block per row of D = nvec * kVecElems elements:
+//   s = x + (y_w ? rms(y, y_w) : y)  (written to sum when x is given), normed = rms(s, w).
+// Plain RMSNorm is the case without x and y_w. Each element is loaded and stored once.
+template <NormKind kKind, class T, class W, int kC>
+__global__ void residual_rms_kernel(const T* x_all, const T* y_all, const W* y_w, const W* w, T* sum_all,
+                                    T* normed_all, int64_t d, float eps) {
+  constexpr int kE = kVecElems<T>;
+  const int64_t nvec = d / kE, row = int64_t(blockIdx.x) * d;
+  float v[kC][kE];  // this thread's vectors of the row
+  for (int c = 0; c < kC; ++c) {
+    const int64_t at = (threadIdx.x + c * int64_t(blockDim.x)) * kE;
+    if (at < d) load_vec(y_all + row + at, v[c]);
+  }
+  if (y_w) rms_in_registers<kKind, T>(v, y_w, nvec, d, eps);
+  if (x_all) {
+    for (int c = 0; c < kC; ++c) {
+      const int64_t at = (threadIdx.x + c * int64_t(blockDim.x)) * kE;
+      if (at >= d) continue;
+      float xv[kE];
+      load_vec(x_all + row + at, xv);
+      for (int i = 0; i < kE; ++i) v[c][i] = round_to<T>(xv[i] + v[c][i]);  // the residual add, rounded
+      store_vec(sum_all + row + at, v[c]);
+    }
+  }
+  rms_in_registers<kKind, T>(v, w, nvec, d, eps);
+  for (int c = 0; c < kC; ++c) {
+    const int64_t at = (threadIdx.x + c * int64_t(blockDim.x)) * kE;
+    if (at < d) store_vec(normed_all + row + at, v[c]);
+  }
+}
+
+// The vectorised kernel for rows of whole 16-byte vectors, at most kMaxVecsPerThread per
+// thread; false where it does not apply.
+template <NormKind kKind>
+bool run_residual_rms(const Context& ctx, const Array* x, const Array& y, const Array* y_w, const Array& w,
+                      float eps, const Array* sum, const Array& normed) {
+  const int64_t d = y.ndim() == 0 ? 1 : y.shape(-1);
+  if (d == 0 || y.size() == 0) return true;
+  const int64_t rows = y.size() / d, vec = 16 / int64_t(itemsize(y.dtype()));
+  if (d % vec != 0 || rows > int64_t(INT32_MAX) || !is_float(y.dtype())) return false;
+  for (const Array* a : {x, &y, sum, &normed})
+    if (a && !aligned16(*a)) return false;
+  const int64_t nvec = d / vec;
+  const int threads = nvec >= kBlock ? kBlock : int((nvec + 31) / 32 * 32);
+  const int64_t per_thread = (nvec + threads - 1) / threads;
+  if (per_thread > kMaxVecsPerThread) return false;
+  bool ran = false;
+  visit_device_dtype(y.dtype(), [&](auto yt) {
+    using T = decltype(yt);
+    visit_device_dtype(w.dtype(), [&](auto wt) {
+      using W = decltype(wt);
+      if constexpr (kIsFloat<T> && kIsFloat<W>) {
+        auto launch = [&](auto c_tag) {
+          constexpr int kC = decltype(c_tag)::value;
+          residual_rms_kernel<kKind, T, W, kC><<<unsigned(rows), threads, 0, ctx.stream>>>(
+              x ? static_cast<const T*>(x->raw()) : nullptr, static_cast<const T*>(y.raw()),
+              y_w ? static_cast<const W*>(y_w->raw()) : nullptr, static_cast<const W*>(w.raw()),
+              sum ? static_cast<T*>(sum->raw()) : nullptr, static_cast<T*>(normed.raw()), d, eps);
+          check_launch("residual_rms_kernel");
+          ran = true;
+        };
+        if (per_thread == 1)
+          launch(std::integral_constant<int, 1>{});
+        else if (per_thread == 2)
+          launch(std::integral_constant<int, 2>{});
+        else
+          launch(std::integral_constant<int, kMaxVecsPerThread>{});
+      }
+    });
+  });
+  return ran;
+}
+
 template <NormKind kKind>
 void run_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
               const Array& out) {
@@ -78,10 +183,20 @@ void run_norm(const Context& ctx, const Array& x, const Array& w, const Array* b
 
 void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out) {
-  if (style == fast::RmsNormStyle::gemma)
-    run_norm<NormKind::rms_gemma>(ctx, x, w, nullptr, eps, out);
-  else
+  if (style == fast::RmsNormStyle::gemma) {
+    if (!run_residual_rms<NormKind::rms_gemma>(ctx, nullptr, x, nullptr, w, eps, nullptr, out))
+      run_norm<NormKind::rms_gemma>(ctx, x, w, nullptr, eps, out);
+  } else if (!run_residual_rms<NormKind::rms_llama>(ctx, nullptr, x, nullptr, w, eps, nullptr, out)) {
     run_norm<NormKind::rms_llama>(ctx, x, w, nullptr, eps, out);
+  }
+}
+
+bool add_rms_norm(const Context& ctx, const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
+                  fast::RmsNormStyle style, const Array& sum, const Array& normed) {
+  if (y_w && y_w->dtype() != w.dtype()) return false;
+  if (style == fast::RmsNormStyle::gemma)
+    return run_residual_rms<NormKind::rms_gemma>(ctx, &x, y, y_w, w, eps, &sum, normed);
+  return run_residual_rms<NormKind::rms_llama>(ctx, &x, y, y_w, w, eps, &sum, normed);
 }
 
 void layer_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
