@@ -85,8 +85,10 @@ def main():
 
             def classify():
                 def once():
-                    for _ in range(0, args.prompts, args.classify_batch):
-                        model(ids, logits_to_keep=1).logits.argmax(-1).cpu()
+                    # Every batch is queued before any answer is read back, as lmx bench does.
+                    picks = [model(ids, logits_to_keep=1).logits.argmax(-1)
+                             for _ in range(0, args.prompts, args.classify_batch)]
+                    torch.cat(picks).cpu()
                 return {"peer_prompts_per_s": args.prompts / timed(once, args.warmup, args.repeat)}
             run({"workload": "classify", "batch": args.prompts, "prompt_len": args.classify_len, "peer": peer},
                 classify)

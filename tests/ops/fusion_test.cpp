@@ -90,7 +90,7 @@ TEST_P(RopeHeadsTest, MatchesFormulaAndComposition) {
 
 INSTANTIATE_TEST_SUITE_P(Ops, RopeHeadsTest,
                          ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::Values(1, 5),
-                                            ::testing::Values(2, 66, 128, 256, 258),
+                                            ::testing::Values(2, 66, 96, 128, 256, 258),
                                             ::testing::Values(NormMode::none, NormMode::llama, NormMode::gemma)),
                          [](const auto& info) {
                            return dtype_param_name(std::get<0>(info.param)) + "_h" +

@@ -20,18 +20,21 @@ struct SoftmaxParams {
   const bool* key_valid;     // [B, Lk] or null
 };
 
-// One warp per row of S [B*Hkv, rep*Lq, Lk]: in place, scores become probabilities. Each
-// lane keeps its first kKept scores and exponentials in registers, so that for Lk up to
-// 32 * kKept (classification's short prompts) S is read once and exp runs once per score.
+// Softmax over the rows of S [B*Hkv, rep*Lq, Lk], in place: scores become probabilities.
+// Each row takes `lanes` lanes (a power of two, at most a warp) and each lane keeps its
+// first kKept scores, then their exponentials, in registers: for Lk up to lanes * kKept
+// (classification's short prompts) S is read once, exp runs once per score, and a warp
+// serves several rows, which keeps enough loads in flight.
 constexpr int kKept = 4;
 
 template <class T>
-__global__ void masked_softmax_kernel(T* s, SoftmaxParams p) {
-  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= p.rows) return;
+__global__ void masked_softmax_kernel(T* s, SoftmaxParams p, int lanes) {
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
+  const int sub = threadIdx.x % lanes;
+  const bool active = row < p.rows;  // inactive lanes still join the shuffles
   const int64_t bh = row / (p.rep * p.lq), i = row % p.lq, b = bh / p.hkv;
-  const int64_t qpos = i + p.q_offsets[b];
+  const int64_t qpos = active ? i + p.q_offsets[b] : 0;
+  const int64_t lk = active ? p.lk : 0;
   T* x = s + row * p.lk;
   auto visible = [&](int64_t j) {
     if (p.causal && j > qpos) return false;
@@ -40,27 +43,31 @@ __global__ void masked_softmax_kernel(T* s, SoftmaxParams p) {
   };
   // score(j), or -inf where key j is masked
   auto score = [&](int64_t j) { return visible(j) ? round_to<T>(to_float(x[j]) * p.scale) : -INFINITY; };
+  auto reduce = [&](float v, auto op) {
+    for (int o = lanes / 2; o > 0; o /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+  };
   float kept[kKept];
   float m = -INFINITY;
   for (int t = 0; t < kKept; ++t) {
-    const int64_t j = lane + 32 * int64_t(t);
-    kept[t] = j < p.lk ? score(j) : -INFINITY;
+    const int64_t j = sub + int64_t(lanes) * t;
+    kept[t] = j < lk ? score(j) : -INFINITY;
     m = fmaxf(m, kept[t]);
   }
-  for (int64_t j = lane + 32 * kKept; j < p.lk; j += 32) m = fmaxf(m, score(j));
-  m = warp_reduce(m, Max{});
+  for (int64_t j = sub + int64_t(lanes) * kKept; j < lk; j += lanes) m = fmaxf(m, score(j));
+  m = reduce(m, Max{});
   // A row with no visible key gives zeros, as attention.cu does.
   auto expo = [&](float v) { return v == -INFINITY ? 0.0f : cr_exp(v - m); };
   float sum = 0;
   for (int t = 0; t < kKept; ++t) sum += kept[t] = expo(kept[t]);
-  for (int64_t j = lane + 32 * kKept; j < p.lk; j += 32) sum += expo(score(j));
-  sum = warp_reduce(sum, Sum{});
+  for (int64_t j = sub + int64_t(lanes) * kKept; j < lk; j += lanes) sum += expo(score(j));
+  sum = reduce(sum, Sum{});
   auto prob = [&](float e) { return from_float<T>(sum > 0 ? e / sum : 0.0f); };
   for (int t = 0; t < kKept; ++t) {
-    const int64_t j = lane + 32 * int64_t(t);
-    if (j < p.lk) x[j] = prob(kept[t]);
+    const int64_t j = sub + int64_t(lanes) * t;
+    if (j < lk) x[j] = prob(kept[t]);
   }
-  for (int64_t j = lane + 32 * kKept; j < p.lk; j += 32) x[j] = prob(expo(score(j)));
+  for (int64_t j = sub + int64_t(lanes) * kKept; j < lk; j += lanes) x[j] = prob(expo(score(j)));
 }
 
 cudaDataType_t blas_dtype(Dtype t) {
@@ -96,10 +103,13 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
              "cublasGemmStridedBatchedEx (attention scores)");
   SoftmaxParams p{nb * hkv * m, lq, lk, rep, hkv, scale, causal, window, q_offsets.data<int32_t>(),
                   key_valid ? key_valid->data<bool>() : nullptr};
-  const unsigned blocks = unsigned((p.rows * 32 + kBlock - 1) / kBlock);
+  int lanes = 1;
+  while (lanes < 32 && lanes * kKept < lk) lanes *= 2;
+  const unsigned blocks = unsigned((p.rows * lanes + kBlock - 1) / kBlock);
   visit_device_dtype(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (kIsFloat<T>) masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p);
+    if constexpr (kIsFloat<T>)
+      masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p, lanes);
   });
   check_launch("masked_softmax_kernel");
   // O [m, D] = P·V is Oᵀ [D, m] = Vᵀ·Pᵀ.

@@ -46,7 +46,8 @@ bool add_rms_norm(const Context& ctx, const Array& x, const Array& y, const Arra
 // rope.cu
 void rope(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets,
           const Array& out);
-// x [B, L, H, D] -> out [B, H, L, D], optionally normed per head; false for head_dim > 256.
+// x [B, L, H, D] -> out [B, H, L, D], optionally normed per head; false for head_dim > 256
+// or heads that are not whole 16-byte vectors per half.
 bool rope_heads(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w,
                 float eps, fast::RmsNormStyle style, const Array& out);
 // attention.cu

@@ -229,31 +229,48 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
 
   // This chunk's partial: m, l and the unnormalised weighted sum of values.
   // Each thread owns up to kOuts (query head, column) outputs and runs their sums side by
-  // side: independent chains, so shared-memory latency overlaps.
-  constexpr int kOuts = 8;
+  // side: independent chains, so shared-memory latency overlaps. The outputs' addresses
+  // are worked out once, so that the loop over keys is loads and FMAs only (per key and
+  // output, an index division cost more than the arithmetic).
   const int stride = d + 2;
-  for (int base = threadIdx.x; base < group * d; base += kThreads * kOuts) {
-    float acc[kOuts] = {};
-    for (int t = 0; t < n; ++t)
+  auto weigh = [&](auto outs_tag) {
+    constexpr int kOuts = decltype(outs_tag)::value;
+    for (int base = threadIdx.x; base < group * d; base += kThreads * kOuts) {
+      const float* ew[kOuts];  // the softmax weights of the output's query head
+      const bf16* vc[kOuts];   // the output's column of the chunk's values
+      float acc[kOuts];
 #pragma unroll
       for (int u = 0; u < kOuts; ++u) {
-        const int idx = base + u * kThreads;
-        if (idx < group * d)
-          acc[u] = __fmaf_rn(e[idx / d * chunk + t], __bfloat162float(vs[t * d + idx % d]), acc[u]);
+        const int idx = ::min(base + u * kThreads, group * d - 1);  // past the end: a duplicate, not stored
+        ew[u] = e + idx / d * chunk, vc[u] = vs + idx % d, acc[u] = 0;
       }
+      for (int t = 0; t < n; ++t)
 #pragma unroll
-    for (int u = 0; u < kOuts; ++u) {
-      const int idx = base + u * kThreads, j = idx / d, i = idx % d;
-      if (idx >= group * d) continue;
-      if (a.splits == 1) {
-        a.out[size_t(g * group + j) * d + i] = acc[u] / l_head[j];
-        continue;
+        for (int u = 0; u < kOuts; ++u) acc[u] = __fmaf_rn(ew[u][t], __bfloat162float(vc[u][t * d]), acc[u]);
+#pragma unroll
+      for (int u = 0; u < kOuts; ++u) {
+        const int idx = base + u * kThreads, j = idx / d, i = idx % d;
+        if (idx >= group * d) continue;
+        if (a.splits == 1) {
+          a.out[size_t(g * group + j) * d + i] = acc[u] / l_head[j];
+          continue;
+        }
+        float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;
+        part[2 + i] = acc[u];
+        if (i == 0) part[0] = m_head[j], part[1] = l_head[j];
       }
-      float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;
-      part[2 + i] = acc[u];
-      if (i == 0) part[0] = m_head[j], part[1] = l_head[j];
     }
-  }
+  };
+  // As many outputs per thread as there are, up to 8.
+  const int outs = (group * d + kThreads - 1) / kThreads;
+  if (outs <= 1)
+    weigh(std::integral_constant<int, 1>{});
+  else if (outs <= 2)
+    weigh(std::integral_constant<int, 2>{});
+  else if (outs <= 4)
+    weigh(std::integral_constant<int, 4>{});
+  else
+    weigh(std::integral_constant<int, 8>{});
   allow_next_kernel();
   if (a.splits > 1) count_and_merge(a, g, group, live);
 }

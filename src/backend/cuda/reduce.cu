@@ -63,14 +63,27 @@ __device__ __forceinline__ void better(C& v, int64_t& i, C v2, int64_t i2) {
 }
 
 template <class T>
-__global__ void argmax_kernel(const T* in, int32_t* out, int64_t cols) {
+__global__ void argmax_kernel(const T* in, int32_t* out, int64_t cols, bool vectors) {
   using C = compute_t<T>;
   __shared__ C part_v[32];
   __shared__ int64_t part_i[32];
   const T* x = in + int64_t(blockIdx.x) * cols;
   C v = lowest<C>();
   int64_t at = cols;  // past the end: loses every tie
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) better(v, at, load(x[i]), i);
+  if constexpr (kIsFloat<T>) {
+    // Rows of whole aligned 16-byte vectors (LM-head logits): one load per vector, so
+    // that a block streams a 262K-entry row at the copy rate.
+    constexpr int kE = kVecElems<T>;
+    if (vectors) {
+      for (int64_t i = int64_t(threadIdx.x) * kE; i < cols; i += int64_t(blockDim.x) * kE) {
+        float e[kE];
+        load_vec(x + i, e);
+        for (int k = 0; k < kE; ++k) better(v, at, e[k], i + k);
+      }
+    }
+  }
+  if (!vectors)
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) better(v, at, load(x[i]), i);
   for (int o = 16; o > 0; o >>= 1)
     better(v, at, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, at, o));
   if (threadIdx.x % 32 == 0) {
@@ -139,8 +152,9 @@ void argmax(const Context& ctx, const Array& in, const Array& out) {
   check_rows(rows, "argmax");
   visit_device_dtype(in.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    argmax_kernel<<<unsigned(rows), row_block(cols), 0, ctx.stream>>>(
-        static_cast<const T*>(in.raw()), static_cast<int32_t*>(out.raw()), cols);
+    const bool vectors = kIsFloat<T> && cols % (16 / int64_t(sizeof(T))) == 0 && aligned16(in);
+    argmax_kernel<<<unsigned(rows), vectors ? 1024 : row_block(cols), 0, ctx.stream>>>(
+        static_cast<const T*>(in.raw()), static_cast<int32_t*>(out.raw()), cols, vectors);
     check_launch("argmax_kernel");
   });
 }
