@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <cstdlib>
+#include <span>
 #include <thread>
 
 #include "harness.h"
@@ -145,14 +147,7 @@ struct AttnCase {
   bool causal, padded;
 };
 
-TEST(Cuda, LargeAttentionMatchesTheCpu) {
-  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
-  const AttnCase cases[] = {
-      {1, 4, 2, 300, 300, 64, 0, true, false},   {2, 4, 2, 300, 300, 128, 0, true, true},
-      {1, 2, 1, 300, 300, 256, 64, true, false}, {1, 4, 4, 300, 300, 128, 0, false, false},
-      {2, 8, 2, 1, 1000, 128, 0, true, true},    {1, 8, 1, 1, 4097, 64, 1000, true, false},
-      {1, 3, 1, 33, 97, 33, 0, true, false},     {1, 2, 2, 40, 700, 64, 0, true, false},
-  };
+void expect_attention_matches_cpu(std::span<const AttnCase> cases) {
   for (const AttnCase& c : cases)
     for (Dtype t : kFloatDtypes) {
       const Array q = random_input({c.b, c.hq, c.lq, c.d}, t, 5, -1, 1).array;
@@ -177,6 +172,33 @@ TEST(Cuda, LargeAttentionMatchesTheCpu) {
                       std::string(dtype_name(t)) + " Lq=" + std::to_string(c.lq) +
                           " Lk=" + std::to_string(c.lk) + " D=" + std::to_string(c.d));
     }
+}
+
+TEST(Cuda, LargeAttentionMatchesTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const AttnCase cases[] = {
+      {1, 4, 2, 300, 300, 64, 0, true, false},   {2, 4, 2, 300, 300, 128, 0, true, true},
+      {1, 2, 1, 300, 300, 256, 64, true, false}, {1, 4, 4, 300, 300, 128, 0, false, false},
+      {2, 8, 2, 1, 1000, 128, 0, true, true},    {1, 8, 1, 1, 4097, 64, 1000, true, false},
+      {1, 3, 1, 33, 97, 33, 0, true, false},     {1, 2, 2, 40, 700, 64, 0, true, false},
+  };
+  expect_attention_matches_cpu(cases);
+}
+
+// Long prompts whose score matrix passes the GEMM path's buffer bound run it in bands of
+// query rows, one query head of each group at a time: with the bound lowered to 64 KiB,
+// each query head takes 3 to 24 bands, the last one short.
+TEST(Cuda, AttentionInBandsOfQueryRowsMatchesTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const AttnCase cases[] = {
+      {1, 4, 2, 300, 300, 64, 0, true, false},
+      {2, 4, 2, 300, 300, 128, 0, true, true},
+      {1, 4, 1, 300, 300, 256, 64, true, false},
+      {1, 4, 4, 300, 300, 128, 0, false, false},
+  };
+  ::setenv("LMX_ATTENTION_S_BUDGET", "65536", 1);
+  expect_attention_matches_cpu(cases);
+  ::unsetenv("LMX_ATTENTION_S_BUDGET");
 }
 
 TEST(Cuda, OutOfMemoryIsRecoverable) {

@@ -6,6 +6,9 @@
 //
 // Each GEMM batch is one kv head of one sequence: with GQA the query heads that share it
 // are consecutive in q [B, Hq, Lq, D], so they are one matrix of rep*Lq rows.
+#include <algorithm>
+#include <cstdlib>
+
 #include "backend/cuda/common.cuh"
 
 namespace lmx::cuda {
@@ -18,6 +21,8 @@ struct SoftmaxParams {
   int64_t window;
   const int32_t* q_offsets;  // [B]
   const bool* key_valid;     // [B, Lk] or null
+  int64_t first_row;         // position of the band's row 0 among the query rows
+  int64_t live_rows;         // rows of each (sequence, kv head) matrix filled in this call
 };
 
 // Softmax over the rows of S [B*Hkv, rep*Lq, Lk], in place: scores become probabilities.
@@ -31,9 +36,10 @@ template <class T>
 __global__ void masked_softmax_kernel(T* s, SoftmaxParams p, int lanes) {
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
   const int sub = threadIdx.x % lanes;
-  const bool active = row < p.rows;  // inactive lanes still join the shuffles
   const int64_t bh = row / (p.rep * p.lq), i = row % p.lq, b = bh / p.hkv;
-  const int64_t qpos = active ? i + p.q_offsets[b] : 0;
+  // inactive lanes (past the end, or rows of a band's tail left unfilled) still join the shuffles
+  const bool active = row < p.rows && row % (p.rep * p.lq) < p.live_rows;
+  const int64_t qpos = active ? p.first_row + i + p.q_offsets[b] : 0;
   const int64_t lk = active ? p.lk : 0;
   T* x = s + row * p.lk;
   auto visible = [&](int64_t j) {
@@ -79,45 +85,66 @@ cudaDataType_t blas_dtype(Dtype t) {
 bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
                        int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out) {
   const int64_t nb = q.shape(0), hq = q.shape(1), lq = q.shape(2), d = q.shape(3);
-  const int64_t hkv = k.shape(1), lk = k.shape(2), rep = hq / hkv, m = rep * lq;
-  // Worth it for many query rows; S must fit in a modest buffer; each (sequence, kv head)
-  // must be one stride away from the next so that one strided-batched call covers them.
-  const int64_t s_bytes = nb * hkv * m * lk * int64_t(itemsize(q.dtype()));
-  if (lq < 8 || s_bytes > (int64_t(512) << 20)) return false;
+  const int64_t hkv = k.shape(1), lk = k.shape(2), rep = hq / hkv, item = int64_t(itemsize(q.dtype()));
+  // Worth it for many query rows. Each (sequence, kv head) must be one stride away from the
+  // next so that one strided-batched call covers them.
+  if (lq < 8) return false;
   // The stride from one (sequence, kv head) to the next. With one kv head (Gemma 3) that is
   // the sequence stride: the stride of a dimension of size 1 can be anything.
   const int64_t k_step = hkv == 1 ? k.strides()[0] : k.strides()[1];
   const int64_t v_step = hkv == 1 ? v.strides()[0] : v.strides()[1];
   if (k.strides()[0] != hkv * k_step || v.strides()[0] != hkv * v_step) return false;
   if (k.strides()[3] != 1 || v.strides()[3] != 1 || !q.is_contiguous()) return false;
-  for (int64_t x : {m, lk, d, k.strides()[2], v.strides()[2], nb * hkv})
+  for (int64_t x : {rep * lq, lk, d, k.strides()[2], v.strides()[2], nb * hkv})
     if (x > INT32_MAX) return false;
 
+  // S lives in a buffer of at most 512 MiB. When all query rows fit, one call takes the
+  // rep query heads of each kv head as one matrix of rep * Lq rows. Otherwise (long
+  // prompts: Llama's 4,096 tokens make S 1 GiB) each call takes one query head of each
+  // group and a band of its rows: the band is still one stride from one kv head to the next.
+  // LMX_ATTENTION_S_BUDGET (bytes) lowers the bound, so that tests can reach the bands.
+  const char* env = std::getenv("LMX_ATTENTION_S_BUDGET");
+  const int64_t budget = env ? std::atoll(env) : int64_t(512) << 20, per_row = nb * hkv * lk * item;
+  const bool whole = per_row * rep * lq <= budget;
+  const int64_t band = whole ? lq : std::min(lq, budget / per_row);
+  if (band < 8) return false;
+  const int64_t m = whole ? rep * lq : band;  // rows of S per (sequence, kv head)
   Array s({nb * hkv, m, lk}, q.dtype(), q.device());
   const cudaDataType_t t = blas_dtype(q.dtype());
   const float one = 1.0f, zero = 0.0f;
-  // Row-major X [r, c] is column-major Xᵀ: S [m, Lk] = Q·Kᵀ is Sᵀ [Lk, m] = (Kᵀ)ᵀ·Qᵀ.
-  check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(lk), int(m), int(d), &one, k.raw(), t,
-                                        int(k.strides()[2]), k_step, q.raw(), t, int(d), m * d, &zero, s.raw(),
-                                        t, int(lk), m * lk, int(nb * hkv), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             "cublasGemmStridedBatchedEx (attention scores)");
-  SoftmaxParams p{nb * hkv * m, lq, lk, rep, hkv, scale, causal, window, q_offsets.data<int32_t>(),
-                  key_valid ? key_valid->data<bool>() : nullptr};
+  const int64_t q_step = rep * lq * d;  // from one (sequence, kv head) to the next in q and out
   int lanes = 1;
   while (lanes < 32 && lanes * kKept < lk) lanes *= 2;
-  const unsigned blocks = unsigned((p.rows * lanes + kBlock - 1) / kBlock);
-  visit_device_dtype(q.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (kIsFloat<T>)
-      masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p, lanes);
-  });
-  check_launch("masked_softmax_kernel");
-  // O [m, D] = P·V is Oᵀ [D, m] = Vᵀ·Pᵀ.
-  check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(m), int(lk), &one, v.raw(), t,
-                                        int(v.strides()[2]), v_step, s.raw(), t, int(lk), m * lk, &zero,
-                                        out.raw(), t, int(d), m * d, int(nb * hkv), CUBLAS_COMPUTE_32F,
-                                        CUBLAS_GEMM_DEFAULT),
-             "cublasGemmStridedBatchedEx (attention values)");
+  for (int64_t h = 0; h < (whole ? 1 : rep); ++h)
+    for (int64_t r0 = 0; r0 < lq; r0 += band) {
+      const int64_t rows = whole ? m : std::min(band, lq - r0);
+      const int64_t at = (h * lq + r0) * d * item;  // bytes into q and out
+      const char* qp = static_cast<const char*>(q.raw()) + at;
+      char* op = static_cast<char*>(out.raw()) + at;
+      // Row-major X [r, c] is column-major Xᵀ: S [rows, Lk] = Q·Kᵀ is Sᵀ [Lk, rows] = (Kᵀ)ᵀ·Qᵀ.
+      check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(lk), int(rows), int(d), &one,
+                                            k.raw(), t, int(k.strides()[2]), k_step, qp, t, int(d), q_step, &zero,
+                                            s.raw(), t, int(lk), m * lk, int(nb * hkv), CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmStridedBatchedEx (attention scores)");
+      // Rows of a (sequence, kv head) are (query head, position) when whole, else positions
+      // r0.. of one head; the softmax's row stride through S is m either way.
+      SoftmaxParams p{nb * hkv * m, whole ? lq : m, lk, whole ? rep : 1, hkv, scale, causal, window,
+                      q_offsets.data<int32_t>(), key_valid ? key_valid->data<bool>() : nullptr, r0, rows};
+      const unsigned blocks = unsigned((p.rows * lanes + kBlock - 1) / kBlock);
+      visit_device_dtype(q.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        if constexpr (kIsFloat<T>)
+          masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p, lanes);
+      });
+      check_launch("masked_softmax_kernel");
+      // O [rows, D] = P·V is Oᵀ [D, rows] = Vᵀ·Pᵀ.
+      check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(rows), int(lk), &one,
+                                            v.raw(), t, int(v.strides()[2]), v_step, s.raw(), t, int(lk), m * lk,
+                                            &zero, op, t, int(d), q_step, int(nb * hkv), CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmStridedBatchedEx (attention values)");
+    }
   return true;
 }
 
