@@ -67,21 +67,27 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
 }
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent
-// launch when `pdl` is set.
+// launch when `pdl` is set; launch_with takes any one launch attribute (or none).
 template <class... Params, class... Args>
-void launch(const char* name, void (*kernel)(Params...), cudaStream_t stream, bool pdl, dim3 grid, dim3 block,
-            size_t smem, Args... args) {
+void launch_with(const char* name, void (*kernel)(Params...), cudaStream_t stream, const cudaLaunchAttribute* attr,
+                 dim3 grid, dim3 block, size_t smem, Args... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
+  config.attrs = const_cast<cudaLaunchAttribute*>(attr);
+  config.numAttrs = attr ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, kernel, Params(args)...), name);
+}
+
+template <class... Params, class... Args>
+void launch(const char* name, void (*kernel)(Params...), cudaStream_t stream, bool pdl, dim3 grid, dim3 block,
+            size_t smem, Args... args) {
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attr;
-  config.numAttrs = pdl ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, kernel, Params(args)...), name);
+  launch_with(name, kernel, stream, pdl ? &attr : nullptr, grid, block, smem, args...);
 }
 
 }  // namespace lmx::cuda::fused

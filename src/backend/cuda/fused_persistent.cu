@@ -398,18 +398,12 @@ int persistent_blocks(int sm_count, size_t smem) {
 }
 
 void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned(blocks));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
   // Cooperative: every block is resident at once, which the grid barriers rely on.
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeCooperative;
   attr.val.cooperative = 1;
-  config.attrs = &attr;
-  config.numAttrs = 1;
-  check(cudaLaunchKernelEx(&config, persistent_step_kernel, s), "persistent decode step");
+  launch_with("persistent decode step", persistent_step_kernel, stream, &attr, dim3(unsigned(blocks)), dim3(kThreads),
+              smem, s);
 }
 
 }  // namespace lmx::cuda::fused
