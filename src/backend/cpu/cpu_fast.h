@@ -9,6 +9,11 @@ namespace lmx::cpu {
 void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style, const Array& out);
 void layer_norm(const Array& x, const Array& w, const Array* bias, float eps, const Array& out);
 void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out);
+// The optional fusions of ops/kernels.h; false where they do not apply.
+bool rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w, float eps,
+                fast::RmsNormStyle style, const Array& out);
+bool add_rms_norm(const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
+                  fast::RmsNormStyle style, const Array& sum, const Array& normed);
 void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out);  // elementwise.cpp
 void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
                int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);

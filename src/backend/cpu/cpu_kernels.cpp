@@ -50,6 +50,14 @@ class CpuKernels final : public detail::Kernels {
   void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) override {
     cpu::rope(x, inv_freq, offsets, out);
   }
+  bool rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w, float eps,
+                  fast::RmsNormStyle style, const Array& out) override {
+    return cpu::rope_heads(x, inv_freq, offsets, norm_w, eps, style, out);
+  }
+  bool add_rms_norm(const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
+                    fast::RmsNormStyle style, const Array& sum, const Array& normed) override {
+    return cpu::add_rms_norm(x, y, y_w, w, eps, style, sum, normed);
+  }
   void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal, int64_t window,
                  const Array& q_offsets, const Array* key_valid, const Array& out) override {
     cpu::attention(q, k, v, scale, causal, window, q_offsets, key_valid, out);

@@ -118,6 +118,52 @@ void run_norm(NormKind kind, const Array& x, const Array& w, const Array* bias, 
 
 }  // namespace
 
+bool add_rms_norm(const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
+                  fast::RmsNormStyle style, const Array& sum, const Array& normed) {
+  if (y_w && y_w->dtype() != w.dtype()) return false;
+  const int64_t d = y.ndim() == 0 ? 1 : y.shape(-1);
+  if (d == 0 || y.size() == 0) return true;
+  const int64_t rows = y.size() / d;
+  const bool gemma = style == fast::RmsNormStyle::gemma;
+  bool ran = false;
+  visit_dtype(y.dtype(), [&](auto yt) {
+    using T = decltype(yt);
+    visit_dtype(w.dtype(), [&](auto wt) {
+      using W = decltype(wt);
+      constexpr auto is_f = [](auto v) {
+        using V = decltype(v);
+        return std::is_same_v<V, float> || std::is_same_v<V, bf16_t> || std::is_same_v<V, f16_t>;
+      };
+      if constexpr (is_f(T{}) && is_f(W{})) {
+        const T* xp = x.data<T>();  // x, y, sum, normed [R, D]
+        const T* yp = y.data<T>();
+        T* sp = sum.data<T>();
+        T* np = normed.data<T>();
+        const int64_t grain = std::max<int64_t>(1, 16384 / d);
+        // Row by row, as the ops composed would compute it (norm of y, add, norm), while
+        // the row is still in cache.
+        parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+          std::vector<float> x32(static_cast<size_t>(d));  // one row in f32
+          for (int64_t r = r0; r < r1; ++r) {
+            const T* yr = yp + r * d;
+            T* sr = sp + r * d;
+            if (y_w) {  // sum row <- rms_norm(y, y_w), rounded to T as the op's output
+              const NormRow<T, W> yn{yr, y_w->data<W>(), nullptr, sr, d, eps};
+              gemma ? yn.rms_gemma(x32.data()) : yn.rms_llama(x32.data());
+              yr = sr;
+            }
+            for (int64_t i = 0; i < d; ++i) sr[i] = from_f32<T>(to_f32(xp[r * d + i]) + to_f32(yr[i]));
+            const NormRow<T, W> sn{sr, w.data<W>(), nullptr, np + r * d, d, eps};
+            gemma ? sn.rms_gemma(x32.data()) : sn.rms_llama(x32.data());
+          }
+        });
+        ran = true;
+      }
+    });
+  });
+  return ran;
+}
+
 void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
               const Array& out) {
   run_norm(style == fast::RmsNormStyle::gemma ? NormKind::rms_gemma : NormKind::rms_llama, x, w,

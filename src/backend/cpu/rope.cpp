@@ -25,10 +25,11 @@ void rotate_row(const T* x, const float* cs, const float* sn, int64_t half, T* o
   }
 }
 
+// out [B, H, L, D]; x has out's layout, or [B, L, H, D] when `tokens_first` (rope_heads).
 template <class T>
-void rope_typed(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) {
-  const int64_t nb = x.shape(0), nh = x.shape(1), nl = x.shape(2), d = x.shape(3), half = d / 2;
-  const T* xp = x.data<T>();                     // x [B, H, L, D]
+void rope_typed(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out, bool tokens_first) {
+  const int64_t nb = out.shape(0), nh = out.shape(1), nl = out.shape(2), d = out.shape(3), half = d / 2;
+  const T* xp = x.data<T>();                     // x [B, H, L, D] or [B, L, H, D]
   const float* freq = inv_freq.data<float>();    // inv_freq [D/2]
   const int32_t* off = offsets.data<int32_t>();  // offsets [B]
   T* op = out.data<T>();                         // out [B, H, L, D]
@@ -47,22 +48,40 @@ void rope_typed(const Array& x, const Array& inv_freq, const Array& offsets, con
       }
       for (int64_t h = 0; h < nh; ++h) {
         const int64_t row = ((b * nh + h) * nl + l) * d;
-        rotate_row(xp + row, cs.data(), sn.data(), half, op + row);
+        const int64_t in_row = tokens_first ? ((b * nl + l) * nh + h) * d : row;
+        rotate_row(xp + in_row, cs.data(), sn.data(), half, op + row);
       }
     }
   });
 }
 
+void rope_any(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out, bool tokens_first) {
+  if (x.size() == 0) return;
+  switch (x.dtype()) {
+    case Dtype::f32: return rope_typed<float>(x, inv_freq, offsets, out, tokens_first);
+    case Dtype::bf16: return rope_typed<bf16_t>(x, inv_freq, offsets, out, tokens_first);
+    case Dtype::f16: return rope_typed<f16_t>(x, inv_freq, offsets, out, tokens_first);
+    default: fail("rope", "unsupported dtype ", dtype_name(x.dtype()));
+  }
+}
+
 }  // namespace
 
 void rope(const Array& x, const Array& inv_freq, const Array& offsets, const Array& out) {
-  if (x.size() == 0) return;
-  switch (x.dtype()) {
-    case Dtype::f32: return rope_typed<float>(x, inv_freq, offsets, out);
-    case Dtype::bf16: return rope_typed<bf16_t>(x, inv_freq, offsets, out);
-    case Dtype::f16: return rope_typed<f16_t>(x, inv_freq, offsets, out);
-    default: fail("rope", "unsupported dtype ", dtype_name(x.dtype()));
+  rope_any(x, inv_freq, offsets, out, false);
+}
+
+bool rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w, float eps,
+                fast::RmsNormStyle style, const Array& out) {
+  // The per-head norm is one pass in token order; the rotation reads it there and writes
+  // the head-major layout, so no transposed copy is made.
+  Array src = x;
+  if (norm_w) {
+    src = Array(x.shape(), x.dtype(), x.device());  // [B, L, H, D]
+    rms_norm(x, *norm_w, eps, style, src);
   }
+  rope_any(src, inv_freq, offsets, out, true);
+  return true;
 }
 
 }  // namespace lmx::cpu
