@@ -13,15 +13,6 @@ namespace {
 
 std::string param_name(Dtype t, int64_t n) { return dtype_param_name(t) + "_" + std::to_string(n); }
 
-double round_to(Dtype t, double v) {
-  const float f = float(v);
-  switch (t) {
-    case Dtype::bf16: return to_f32(from_f32<bf16_t>(f));
-    case Dtype::f16: return to_f32(from_f32<f16_t>(f));
-    default: return f;
-  }
-}
-
 // ---------------------------------------------------------------- norms
 
 using NormParam = std::tuple<Dtype, int64_t>;

@@ -10,15 +10,6 @@
 namespace lmx::test {
 namespace {
 
-double round_to(Dtype t, double v) {
-  const float f = float(v);
-  switch (t) {
-    case Dtype::bf16: return to_f32(from_f32<bf16_t>(f));
-    case Dtype::f16: return to_f32(from_f32<f16_t>(f));
-    default: return f;
-  }
-}
-
 std::vector<double> as_doubles(const Array& a) {
   const std::vector<float> f = to_floats(a);
   return {f.begin(), f.end()};

@@ -20,6 +20,16 @@ namespace lmx::test {
 inline constexpr int64_t kAwkwardSizes[] = {1, 31, 32, 33, 4097};
 
 // Unit roundoff of a dtype: the relative error of one rounding.
+// v after one rounding to the dtype t (through f32, as the kernels round).
+inline double round_to(Dtype t, double v) {
+  const float f = float(v);
+  switch (t) {
+    case Dtype::bf16: return to_f32(from_f32<bf16_t>(f));
+    case Dtype::f16: return to_f32(from_f32<f16_t>(f));
+    default: return f;
+  }
+}
+
 inline double unit_roundoff(Dtype t) {
   switch (t) {
     case Dtype::f32: return std::ldexp(1.0, -24);

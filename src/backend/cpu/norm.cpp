@@ -3,6 +3,7 @@
 // partial sums, which lets the compiler vectorise the reductions.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/cpu_fast.h"
@@ -13,6 +14,10 @@ namespace lmx::cpu {
 namespace {
 
 constexpr int kLanes = 16;  // partial sums per reduction
+
+// The element types the norms take (the float dtypes).
+template <class T>
+constexpr bool kFloatType = std::is_same_v<T, float> || std::is_same_v<T, bf16_t> || std::is_same_v<T, f16_t>;
 
 // sum_i f(x[i]) in f32 with kLanes independent partial sums.
 template <class F>
@@ -88,12 +93,10 @@ void run_norm(NormKind kind, const Array& x, const Array& w, const Array* bias, 
   const int64_t rows = x.size() / d;
   visit_dtype(x.dtype(), [&](auto xt) {
     using T = decltype(xt);
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> ||
-                  std::is_same_v<T, f16_t>) {
+    if constexpr (kFloatType<T>) {
       visit_dtype(w.dtype(), [&](auto wt) {
         using W = decltype(wt);
-        if constexpr (std::is_same_v<W, float> || std::is_same_v<W, bf16_t> ||
-                      std::is_same_v<W, f16_t>) {
+        if constexpr (kFloatType<W>) {
           const T* xp = x.data<T>();                       // x [R, D]
           const W* wp = w.data<W>();                       // w [D]
           const W* bp = bias ? bias->data<W>() : nullptr;  // bias [D]
@@ -130,11 +133,7 @@ bool add_rms_norm(const Array& x, const Array& y, const Array* y_w, const Array&
     using T = decltype(yt);
     visit_dtype(w.dtype(), [&](auto wt) {
       using W = decltype(wt);
-      constexpr auto is_f = [](auto v) {
-        using V = decltype(v);
-        return std::is_same_v<V, float> || std::is_same_v<V, bf16_t> || std::is_same_v<V, f16_t>;
-      };
-      if constexpr (is_f(T{}) && is_f(W{})) {
+      if constexpr (kFloatType<T> && kFloatType<W>) {
         const T* xp = x.data<T>();  // x, y, sum, normed [R, D]
         const T* yp = y.data<T>();
         T* sp = sum.data<T>();
