@@ -137,9 +137,10 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   const int lo = a.window > 0 ? ::max(0, pos - a.window + 1) : 0;
   const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
   const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions
+  if (a.early) allow_next_kernel();
   if (n == 0) {  // past them: only counted, so that the last block still merges
     if constexpr (!kCoherent) wait_for_previous_kernel();
-    allow_next_kernel();
+    if (!a.early) allow_next_kernel();
     count_and_merge(a, g, group, live);
     return;
   }
@@ -271,7 +272,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     weigh(std::integral_constant<int, 4>{});
   else
     weigh(std::integral_constant<int, 8>{});
-  allow_next_kernel();
+  if (!a.early) allow_next_kernel();
   if (a.splits > 1) count_and_merge(a, g, group, live);
 }
 

@@ -20,7 +20,7 @@
 // LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out,
 // which gives wrong results but shows what each costs inside the real step;
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
-// LMX_FUSED_BLOCKS_PER_SM and LMX_FUSED_PREFETCH override the GEMV launch choices
+// LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD override the GEMV launch choices
 // (fused_kernels.h, GemvTuning).
 #include <algorithm>
 #include <array>
@@ -70,6 +70,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     tuning_.rows_per_warp = env_int("LMX_FUSED_ROWS", tuning_.rows_per_warp);
     tuning_.blocks_per_sm = std::max(1, env_int("LMX_FUSED_BLOCKS_PER_SM", tuning_.blocks_per_sm));
     tuning_.prefetch = env_int("LMX_FUSED_PREFETCH", tuning_.prefetch);
+    tuning_.early = env_int("LMX_FUSED_EARLY", tuning_.early) != 0;
+    tuning_.preload = env_int("LMX_FUSED_PRELOAD", tuning_.preload) != 0;
     const Device d = Device::cuda(device);
     check_weight(w_.embed, d, "the embedding");
     check_weight(w_.lm_head, d, "the LM head");
@@ -334,8 +336,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const int sms = ctx().sm_count;
     fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_));
     for (const fused::StepPhase& p : plan_) {
-      if (p.kind == fused::StepPhase::Kind::attention)
-        fused::launch_attention(s, pdl_, p.attn);
+      if (p.kind == fused::StepPhase::Kind::attention) {
+        fused::AttentionStep a = p.attn;
+        a.early = tuning_.early;
+        fused::launch_attention(s, pdl_, a);
+      }
       else
         fused::launch_gemv(s, pdl_, p.in, p.out, fused::gemv_shape(p.out, sms, tuning_));
     }
