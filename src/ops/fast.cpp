@@ -62,6 +62,37 @@ void check_add_norm_args(const Array& x, const Array& y, const Array& weight, co
             " must have one shape and dtype");
 }
 
+void check_self_attention_args(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
+  const char* op = "self_attention";
+  detail::check_valid(q, op, "q");
+  detail::check_valid(k, op, "k");
+  detail::check_valid(v, op, "v");
+  LMX_CHECK(q.ndim() == 4 && k.ndim() == 4 && k.shape() == v.shape() && q.shape(0) == k.shape(0) &&
+                q.shape(1) == k.shape(1) && q.shape(3) == k.shape(3),
+            op, "expects q [B, L, Hq, D] and k, v [B, L, Hkv, D], got ", shape_str(q.shape()), ", ",
+            shape_str(k.shape()), ", ", shape_str(v.shape()));
+  LMX_CHECK(k.shape(2) > 0 && q.shape(2) % k.shape(2) == 0, op, "query heads (", q.shape(2),
+            ") must be a multiple of key/value heads (", k.shape(2), ")");
+  LMX_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), op, "q, k and v must share a dtype, got ",
+            dtype_name(q.dtype()), ", ", dtype_name(k.dtype()), ", ", dtype_name(v.dtype()));
+  LMX_CHECK((a.q_norm == nullptr) == (a.k_norm == nullptr), op, "give both q and k norms, or neither");
+  LMX_CHECK(a.window >= 0, op, "window must be >= 0, got ", a.window);
+  check_rope_heads_args(q, a.inv_freq, a.offsets, a.q_norm);
+  check_rope_heads_args(k, a.inv_freq, a.offsets, a.k_norm);
+}
+
+// self_attention as the ops it fuses: the fast ones, or the reference ones.
+Array compose_self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a, bool ref) {
+  Array (*rope)(const Array&, const Array&, const Array&, const HeadNorm*) = ref ? reference::rope_heads : rope_heads;
+  Array (*sdpa)(const Array&, const Array&, const Array&, float, const AttentionMask&) =
+      ref ? reference::scaled_dot_product_attention : scaled_dot_product_attention;
+  AttentionMask mask;
+  mask.window = a.window;
+  const Array o = sdpa(rope(q, a.inv_freq, a.offsets, a.q_norm), rope(k, a.inv_freq, a.offsets, a.k_norm),
+                       contiguous(swapaxes(v, 1, 2)), a.scale, mask);  // [B, Hq, L, D]
+  return swapaxes(o, 1, 2);
+}
+
 // Query-row offsets for the masks: Lk - Lq for every batch row unless given.
 Array resolve_q_offsets(const Array& q, const Array& k, const AttentionMask& mask) {
   const int64_t b = q.shape(0);
@@ -147,6 +178,22 @@ Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, co
   return rope(swapaxes(h, 1, 2), inv_freq, offsets);
 }
 
+Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
+  check_self_attention_args(q, k, v, a);
+  Array out(q.shape(), q.dtype(), q.device());
+  const Array qn = a.q_norm ? contiguous(a.q_norm->weight) : Array();
+  const Array kn = a.k_norm ? contiguous(a.k_norm->weight) : Array();
+  const bool norms_alike = !a.q_norm || (a.q_norm->eps == a.k_norm->eps && a.q_norm->style == a.k_norm->style);
+  if (norms_alike && detail::kern(q).self_attention(contiguous(q), contiguous(k), contiguous(v),
+                                                    contiguous(a.inv_freq), contiguous(a.offsets),
+                                                    a.q_norm ? &qn : nullptr, a.k_norm ? &kn : nullptr,
+                                                    a.q_norm ? a.q_norm->eps : 0.0f,
+                                                    a.q_norm ? a.q_norm->style : RmsNormStyle::llama, a.scale,
+                                                    a.window, out))
+    return out;
+  return compose_self_attention(q, k, v, a, false);
+}
+
 AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
                      const Array* y_weight) {
   check_add_norm_args(x, y, weight, y_weight);
@@ -175,6 +222,11 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
 }
 
 namespace reference {
+
+Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
+  check_self_attention_args(q, k, v, a);
+  return compose_self_attention(q, k, v, a, true);
+}
 
 Array glu(const Array& gate, const Array& up, GluActivation act) {
   check_glu_args(gate, up);

@@ -71,7 +71,26 @@ struct AttentionMask {
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
                                    const AttentionMask& mask = {});
 
+// Causal self-attention of a whole sequence with no cache, straight from the projections
+// in token order: q [B, L, Hq, D], k and v [B, L, Hkv, D] -> [B, L, Hq, D], ready for the
+// output projection. It equals
+//   swapaxes(scaled_dot_product_attention(rope_heads(q, inv_freq, offsets, q_norm),
+//                                         rope_heads(k, inv_freq, offsets, k_norm),
+//                                         swapaxes(v, 1, 2), scale, {causal, window}), 1, 2)
+// with the same roundings. For short sequences (classification, scoring) a backend may
+// run it as one kernel in place of the rotations, transposes, GEMMs and softmax.
+struct SelfAttention {
+  Array inv_freq;  // [D/2] f32
+  Array offsets;   // [B] int32: RoPE position of token 0 of each row
+  const HeadNorm* q_norm = nullptr;  // both norms or neither (Qwen3, Gemma 3)
+  const HeadNorm* k_norm = nullptr;
+  float scale = 0;
+  int64_t window = 0;  // > 0: key j is visible to query i only if j > i - window
+};
+Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);
+
 namespace reference {
+Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);
 Array glu(const Array& gate, const Array& up, GluActivation act);
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style);
 Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);

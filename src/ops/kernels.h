@@ -93,6 +93,14 @@ class Kernels {
                           const Array* /*norm_w*/, float /*eps*/, fast::RmsNormStyle, const Array& /*out*/) {
     return false;
   }
+  // fast::self_attention: q [B, L, Hq, D], k, v [B, L, Hkv, D], out [B, L, Hq, D], all
+  // contiguous; q_norm and k_norm [D] or both null, sharing eps and style.
+  virtual bool self_attention(const Array& /*q*/, const Array& /*k*/, const Array& /*v*/, const Array& /*inv_freq*/,
+                              const Array& /*offsets*/, const Array* /*q_norm*/, const Array* /*k_norm*/,
+                              float /*eps*/, fast::RmsNormStyle, float /*scale*/, int64_t /*window*/,
+                              const Array& /*out*/) {
+    return false;
+  }
   // x, y, sum, normed [R, D] contiguous; w and y_w [D] (y_w may be null).
   virtual bool add_rms_norm(const Array& /*x*/, const Array& /*y*/, const Array* /*y_w*/, const Array& /*w*/,
                             float /*eps*/, fast::RmsNormStyle, const Array& /*sum*/, const Array& /*normed*/) {

@@ -214,6 +214,39 @@ INSTANTIATE_TEST_SUITE_P(Ops, FastRopeTest,
                                   "_d" + std::to_string(std::get<2>(info.param));
                          });
 
+// Rotating (1, ..., 1, 0, ..., 0) gives cos in the first half and sin in the second, with
+// no other rounding. On CUDA the angles must be the dtype's rounding of the correctly
+// rounded f32 cos/sin, exactly, at every position: the kernels take a faster f32 route
+// only where it provably gives the same values. The CPU rounds glibc's cosf/sinf, which
+// are within an ulp of f32 but not always correctly rounded, so there one unit of the
+// dtype is allowed. 4096 positions from two offsets, 64 angles each.
+TEST(FastRopeTest, AnglesAreTheRoundedCorrectValues) {
+  const int64_t b = 2, l = 4096, d = 128, half = d / 2;
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = float(1.0 / std::pow(10000.0, 2.0 * double(i) / double(d)));
+  const std::vector<int32_t> offsets{0, 250000};
+  std::vector<float> x(size_t(b * l * d));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = i % size_t(d) < size_t(half) ? 1.0f : 0.0f;
+  for (Dtype dtype : kFloatDtypes) {
+    std::vector<double> want(x.size());
+    for (int64_t r = 0; r < b * l; ++r)
+      for (int64_t j = 0; j < half; ++j) {
+        const float angle = float(offsets[size_t(r / l)] + r % l) * inv_freq[size_t(j)];
+        want[size_t(r * d + j)] = round_to(dtype, std::cos(double(angle)));
+        want[size_t(r * d + half + j)] = round_to(dtype, std::sin(double(angle)));
+      }
+    for (Device dev : test_devices()) {
+      const Array xa = to_device(astype(from_vector(x, {b, 1, l, d}), dtype), dev);  // [B, H=1, L, D]
+      const Array f = to_device(from_vector(inv_freq, {half}), dev);
+      const Array o = to_device(from_vector(offsets, {b}), dev);
+      const double rtol = dev.type == Device::Type::cpu ? 2 * unit_roundoff(dtype) : 0;
+      const std::string what = std::string(dtype_name(dtype)) + " on " + dev.str();
+      expect_close(fast::rope(xa, f, o), want, rtol, 0, what + ", rope");
+      expect_close(fast::rope_heads(swapaxes(xa, 1, 2), f, o), want, rtol, 0, what + ", rope_heads");
+    }
+  }
+}
+
 // ---------------------------------------------------------------- attention
 
 struct AttnCase {

@@ -1,7 +1,8 @@
 // The layer fusions (rope_heads: per-head norm + RoPE + transpose; add_rms_norm: residual
-// add + RMSNorm) against float64 formulas and against their fast::reference compositions,
-// in every float dtype, at sizes on both sides of the fused kernels' limits (head_dim 256,
-// rows of whole 16-byte vectors, four vectors per thread).
+// add + RMSNorm; self_attention: norm + RoPE + causal attention from token order) against
+// float64 formulas and against their fast::reference compositions, in every float dtype,
+// at sizes on both sides of the fused kernels' limits (head_dim 256, rows of whole 16-byte
+// vectors, four vectors per thread, 128 tokens).
 #include <cmath>
 #include <tuple>
 
@@ -29,6 +30,28 @@ void rms_row(const double* x, const double* w, int64_t n, double eps, bool gemma
 enum class NormMode { none, llama, gemma };
 std::string mode_name(NormMode m) { return m == NormMode::none ? "plain" : m == NormMode::llama ? "llama_norm" : "gemma_norm"; }
 
+std::vector<float> rope_freqs(int64_t d) {  // [D/2], base 10000
+  std::vector<float> f(static_cast<size_t>(d / 2));
+  for (size_t i = 0; i < f.size(); ++i) f[i] = float(1.0 / std::pow(10000.0, 2.0 * double(i) / double(d)));
+  return f;
+}
+
+// One head vector of d values after the optional per-head norm (weights w) and RoPE at
+// `pos`, in float64 with the ops' roundings of the norm and of cos/sin; the rotation
+// itself is not rounded.
+void rotate_row(const double* in, const double* w, NormMode mode, float eps, Dtype t, int64_t pos,
+                const std::vector<float>& inv_freq, int64_t d, double* out) {
+  const int64_t half = d / 2;
+  std::vector<double> row(in, in + d);
+  if (mode != NormMode::none) rms_row(in, w, d, eps, mode == NormMode::gemma, t, row.data());
+  for (int64_t j = 0; j < d; ++j) {
+    const float angle = float(pos) * inv_freq[size_t(j % half)];
+    const double c = round_to(t, std::cos(double(angle))), s = round_to(t, std::sin(double(angle)));
+    const double rot = j < half ? -row[size_t(j + half)] : row[size_t(j - half)];
+    out[j] = row[size_t(j)] * c + rot * s;
+  }
+}
+
 using RopeHeadsParam = std::tuple<Dtype, int64_t, int64_t, NormMode>;  // dtype, H, D, norm
 class RopeHeadsTest : public ::testing::TestWithParam<RopeHeadsParam> {};
 
@@ -37,8 +60,7 @@ TEST_P(RopeHeadsTest, MatchesFormulaAndComposition) {
   const int64_t b = 2, l = 7, half = d / 2;
   const double u = unit_roundoff(dtype);
   const float eps = 1e-6f;
-  std::vector<float> inv_freq(static_cast<size_t>(half));  // [D/2]
-  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = float(1.0 / std::pow(10000.0, 2.0 * double(i) / double(d)));
+  const std::vector<float> inv_freq = rope_freqs(d);  // [D/2]
   const std::vector<int32_t> offsets{0, 4090};  // [B]
   for (Device dev : test_devices()) {
     const Input x = random_input({b, l, h, d}, dtype, 41 + h + d, -3, 3, dev);  // x [B, L, H, D]
@@ -49,23 +71,11 @@ TEST_P(RopeHeadsTest, MatchesFormulaAndComposition) {
     const fast::HeadNorm* np = mode == NormMode::none ? nullptr : &norm;
 
     std::vector<double> want(x.values.size());  // [B, H, L, D]
-    std::vector<double> row(static_cast<size_t>(d));
     for (int64_t bi = 0; bi < b; ++bi)
       for (int64_t li = 0; li < l; ++li)
-        for (int64_t hi = 0; hi < h; ++hi) {
-          const double* in = &x.values[size_t(((bi * l + li) * h + hi) * d)];
-          if (np)
-            rms_row(in, w.values.data(), d, eps, mode == NormMode::gemma, dtype, row.data());
-          else
-            row.assign(in, in + d);
-          double* out = &want[size_t(((bi * h + hi) * l + li) * d)];
-          for (int64_t j = 0; j < d; ++j) {
-            const float angle = float(offsets[size_t(bi)] + li) * inv_freq[size_t(j % half)];
-            const double c = round_to(dtype, std::cos(double(angle))), s = round_to(dtype, std::sin(double(angle)));
-            const double rot = j < half ? -row[size_t(j + half)] : row[size_t(j - half)];
-            out[j] = row[size_t(j)] * c + rot * s;
-          }
-        }
+        for (int64_t hi = 0; hi < h; ++hi)
+          rotate_row(&x.values[size_t(((bi * l + li) * h + hi) * d)], w.values.data(), mode, eps, dtype,
+                     offsets[size_t(bi)] + li, inv_freq, d, &want[size_t(((bi * h + hi) * l + li) * d)]);
 
     const Array got = fast::rope_heads(x.array, f, o, np);
     ASSERT_EQ(got.shape(), Shape({b, h, l, d}));
@@ -162,6 +172,112 @@ TEST(AddNormTest, RejectsMismatchedInputs) {
                   "add_rms_norm");
   expect_op_error([&] { fast::add_rms_norm(zeros({2, 8}), zeros({2, 8}), zeros({4}), 1e-6f, fast::RmsNormStyle::llama); },
                   "add_rms_norm");
+}
+
+// ---------------------------------------------------------------- self_attention
+
+struct Heads {
+  int64_t hq, hkv, d;
+};
+using SelfAttentionParam = std::tuple<Dtype, int64_t, Heads, NormMode, int64_t>;  // dtype, L, heads, norm, window
+class SelfAttentionTest : public ::testing::TestWithParam<SelfAttentionParam> {};
+
+TEST_P(SelfAttentionTest, MatchesFormulaAndComposition) {
+  const auto [dtype, l, heads, mode, window] = GetParam();
+  const auto [hq, hkv, d] = heads;
+  const int64_t b = 2, group = hq / hkv;
+  const double u = unit_roundoff(dtype);
+  const float eps = 1e-6f, scale = float(1.0 / std::sqrt(double(d)));
+  const std::vector<float> inv_freq = rope_freqs(d);
+  const std::vector<int32_t> offsets{0, 37};  // [B]
+  for (Device dev : test_devices()) {
+    const Input q = random_input({b, l, hq, d}, dtype, 61 + l + d, -1, 1, dev);   // [B, L, Hq, D]
+    const Input k = random_input({b, l, hkv, d}, dtype, 62 + l + d, -1, 1, dev);  // [B, L, Hkv, D]
+    const Input v = random_input({b, l, hkv, d}, dtype, 63 + l + d, -1, 1, dev);
+    const Input qw = random_input({d}, dtype, 64 + d, -1.5, 1.5, dev), kw = random_input({d}, dtype, 65 + d, -1.5, 1.5, dev);
+    const fast::RmsNormStyle style = mode == NormMode::gemma ? fast::RmsNormStyle::gemma : fast::RmsNormStyle::llama;
+    const fast::HeadNorm qn{qw.array, eps, style}, kn{kw.array, eps, style};
+    fast::SelfAttention a;
+    a.inv_freq = to_device(from_vector(inv_freq, {d / 2}), dev);
+    a.offsets = to_device(from_vector(offsets, {b}), dev);
+    a.q_norm = mode == NormMode::none ? nullptr : &qn;
+    a.k_norm = mode == NormMode::none ? nullptr : &kn;
+    a.scale = scale;
+    a.window = window;
+
+    // float64: q and k normed, rotated and rounded (the ops keep them in the dtype), then
+    // causal (and windowed) softmax attention with no further rounding.
+    auto rotated = [&](const Input& x, int64_t h, const Input& w) {  // [B, L, h, D]
+      std::vector<double> out(x.values.size());
+      for (int64_t row = 0; row < b * l * h; ++row) {
+        const int64_t pos = offsets[size_t(row / (l * h))] + row / h % l;
+        rotate_row(&x.values[size_t(row * d)], w.values.data(), mode, eps, dtype, pos, inv_freq, d, &out[size_t(row * d)]);
+        for (int64_t j = 0; j < d; ++j) out[size_t(row * d + j)] = round_to(dtype, out[size_t(row * d + j)]);
+      }
+      return out;
+    };
+    const std::vector<double> qr = rotated(q, hq, qw), kr = rotated(k, hkv, kw);
+    std::vector<double> want(q.values.size()), p(static_cast<size_t>(l));
+    for (int64_t bi = 0; bi < b; ++bi)
+      for (int64_t h = 0; h < hq; ++h)
+        for (int64_t i = 0; i < l; ++i) {
+          const double* qi = &qr[size_t(((bi * l + i) * hq + h) * d)];
+          const int64_t first = window > 0 ? std::max<int64_t>(0, i - window + 1) : 0;
+          double m = -INFINITY, sum = 0;
+          for (int64_t t = first; t <= i; ++t) {
+            const double* kt = &kr[size_t(((bi * l + t) * hkv + h / group) * d)];
+            double s = 0;
+            for (int64_t j = 0; j < d; ++j) s += qi[j] * kt[j];
+            p[size_t(t)] = s * scale;
+            m = std::max(m, p[size_t(t)]);
+          }
+          for (int64_t t = first; t <= i; ++t) sum += p[size_t(t)] = std::exp(p[size_t(t)] - m);
+          double* o = &want[size_t(((bi * l + i) * hq + h) * d)];
+          for (int64_t j = 0; j < d; ++j) {
+            double acc = 0;
+            for (int64_t t = first; t <= i; ++t) acc += p[size_t(t)] * v.values[size_t(((bi * l + t) * hkv + h / group) * d + j)];
+            o[j] = acc / sum;
+          }
+        }
+
+    const Array got = fast::self_attention(q.array, k.array, v.array, a);
+    ASSERT_EQ(got.shape(), Shape({b, l, hq, d}));
+    EXPECT_EQ(got.dtype(), dtype);
+    // Scores are rounded twice and probabilities once (each a relative unit, |v| <= 1);
+    // a rotated value one unit away from float64 moves a score by about u * |q| |k|. The
+    // f32 dot products of D terms differ from another summation order by about sqrt(D)
+    // ulps of f32.
+    const double order = 4 * std::sqrt(double(d)) * 0x1p-24;
+    expect_close(got, want, 4 * u, 12 * u + order + 1e-6, "vs float64");
+    const Array ref = fast::reference::self_attention(q.array, k.array, v.array, a);
+    expect_close(got, as_doubles(contiguous(ref)), 2 * u, 6 * u + order, "vs reference");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Ops, SelfAttentionTest,
+    ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::Values(1, 17, 64, 128, 129),
+                       ::testing::Values(Heads{4, 1, 32}, Heads{2, 2, 48}, Heads{4, 2, 128}, Heads{4, 1, 256}),
+                       ::testing::Values(NormMode::none, NormMode::llama, NormMode::gemma), ::testing::Values(0, 5)),
+    [](const auto& info) {
+      const Heads h = std::get<2>(info.param);
+      return dtype_param_name(std::get<0>(info.param)) + "_l" + std::to_string(std::get<1>(info.param)) + "_h" +
+             std::to_string(h.hq) + "x" + std::to_string(h.hkv) + "_d" + std::to_string(h.d) + "_" +
+             mode_name(std::get<3>(info.param)) + (std::get<4>(info.param) ? "_window" : "");
+    });
+
+TEST(SelfAttentionTest, RejectsBadShapes) {
+  fast::SelfAttention a;
+  a.inv_freq = zeros({4});
+  a.offsets = zeros({2}, Dtype::i32);
+  a.scale = 1;
+  const Array q = zeros({2, 3, 4, 8}), kv = zeros({2, 3, 2, 8});
+  expect_op_error([&] { fast::self_attention(q, zeros({2, 3, 3, 8}), zeros({2, 3, 3, 8}), a); }, "self_attention");
+  expect_op_error([&] { fast::self_attention(q, kv, zeros({2, 4, 2, 8}), a); }, "self_attention");
+  expect_op_error([&] { fast::self_attention(q, kv, astype(kv, Dtype::bf16), a); }, "self_attention");
+  const fast::HeadNorm n{zeros({8}), 1e-6f, fast::RmsNormStyle::llama};
+  a.q_norm = &n;  // without k_norm
+  expect_op_error([&] { fast::self_attention(q, kv, kv, a); }, "self_attention");
 }
 
 }  // namespace

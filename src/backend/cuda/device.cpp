@@ -77,6 +77,7 @@ Context& context(int device) {
       check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
       c->sm_count = prop.multiProcessorCount;
       c->total_memory = prop.totalGlobalMem;
+      c->max_smem_per_block = prop.sharedMemPerBlockOptin;
       slot = std::move(c);
     }
     ctx = slot.get();

@@ -27,6 +27,7 @@ struct Context {
   cublasHandle_t blas = nullptr;  // bound to `stream`
   int sm_count = 0;
   size_t total_memory = 0;
+  size_t max_smem_per_block = 0;  // dynamic shared memory a kernel may opt in to
 };
 
 // The context of a device, created on first use; makes the device current for this thread.

@@ -107,6 +107,11 @@ class CudaKernels final : public detail::Kernels {
                   fast::RmsNormStyle style, const Array& out) override {
     return cuda::rope_heads(ctx(), x, inv_freq, offsets, norm_w, eps, style, out);
   }
+  bool self_attention(const Array& q, const Array& k, const Array& v, const Array& inv_freq, const Array& offsets,
+                      const Array* q_norm, const Array* k_norm, float eps, fast::RmsNormStyle style, float scale,
+                      int64_t window, const Array& out) override {
+    return cuda::self_attention(ctx(), q, k, v, inv_freq, offsets, q_norm, k_norm, eps, style, scale, window, out);
+  }
   bool add_rms_norm(const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
                     fast::RmsNormStyle style, const Array& sum, const Array& normed) override {
     return cuda::add_rms_norm(ctx(), x, y, y_w, w, eps, style, sum, normed);

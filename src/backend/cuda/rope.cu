@@ -3,7 +3,7 @@
 // rotate_half(x)*sin each rounded to the dtype before their (rounded) sum.
 #include <algorithm>
 
-#include "backend/cuda/common.cuh"
+#include "backend/cuda/rope.cuh"
 
 namespace lmx::cuda {
 namespace {
@@ -16,10 +16,8 @@ __global__ void rope_kernel(const T* x, const float* inv_freq, const int32_t* of
   for (int64_t e = global_thread(); e < n; e += grid_threads()) {
     const int64_t j = e % half, row = e / half;  // row = (b * H + h) * L + l
     const int64_t l = row % nl, b = row / (nl * nh);
-    const float f = float(int64_t(offsets[b]) + l) * inv_freq[j];
-    // cos/sin in double, rounded once: the correctly rounded f32 values, as glibc gives them.
-    const float cs = round_to<T>(float(::cos(double(f)))),
-                sn = round_to<T>(float(::sin(double(f))));
+    float cs, sn;
+    rope_angle<T>(int64_t(offsets[b]) + l, inv_freq[j], cs, sn);
     const T* xr = x + row * 2 * half;
     T* o = out + row * 2 * half;
     const float x1 = to_float(xr[j]), x2 = to_float(xr[j + half]);
@@ -40,7 +38,8 @@ template <class T, class W, bool kGemmaNorm>
 __global__ void rope_heads_kernel(const T* x, const float* inv_freq, const int32_t* offsets, const W* norm_w,
                                   float eps, T* out, int64_t nl, int64_t nh, int64_t half, int lanes) {
   constexpr int kE = kVecElems<T>;
-  __shared__ float cs[kMaxHalf], sn[kMaxHalf];
+  __shared__ __align__(16) float cs[kMaxHalf];
+  __shared__ __align__(16) float sn[kMaxHalf];
   const int64_t token = blockIdx.x, b = token / nl, l = token % nl, d = 2 * half;
   const int64_t j0 = int64_t(threadIdx.x % lanes) * kE;  // this lane's columns [j0, j0 + kE) of each half
   const int heads_per_pass = int(blockDim.x) / lanes;
@@ -57,42 +56,17 @@ __global__ void rope_heads_kernel(const T* x, const float* inv_freq, const int32
   };
   // The first pass's loads are in flight while the angles are worked out.
   bool live = load_head(threadIdx.x / lanes);
-  for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
-    const float f = float(int64_t(offsets[b]) + l) * inv_freq[j];
-    double sd, cd;
-    ::sincos(double(f), &sd, &cd);  // as rope_kernel: the correctly rounded f32 values
-    cs[j] = round_to<T>(float(cd));
-    sn[j] = round_to<T>(float(sd));
-  }
+  for (int64_t j = threadIdx.x; j < half; j += blockDim.x) rope_angle<T>(int64_t(offsets[b]) + l, inv_freq[j], cs[j], sn[j]);
   __syncthreads();
   // Every lane runs every trip: the norm's shuffles need the whole warp.
   for (int64_t h0 = 0; h0 < nh; h0 += heads_per_pass) {
     const int64_t h = h0 + threadIdx.x / lanes;
     if (h0 > 0) live = load_head(h);
-    if (norm_w) {
-      float ss = 0;
-      for (int i = 0; i < kE; ++i) ss += lo[i] * lo[i] + hi[i] * hi[i];
-      for (int o = lanes / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      const float r = 1.0f / ::sqrtf(ss / float(d) + eps);
-      for (int i = 0; live && i < kE; ++i) {
-        const float w1 = to_float(norm_w[j0 + i]), w2 = to_float(norm_w[half + j0 + i]);
-        if constexpr (kGemmaNorm) {
-          lo[i] = round_to<T>(lo[i] * r * (1.0f + w1)), hi[i] = round_to<T>(hi[i] * r * (1.0f + w2));
-        } else {  // rounded before the weight multiply, as the Llama-style norm
-          lo[i] = round_to<T>(round_to<T>(lo[i] * r) * w1), hi[i] = round_to<T>(round_to<T>(hi[i] * r) * w2);
-        }
-      }
-    }
+    norm_rotate<T, W, kGemmaNorm>(lo, hi, live, j0, half, lanes, norm_w, eps, cs, sn);
     if (!live) continue;
-    float y1[kE], y2[kE];
-    for (int i = 0; i < kE; ++i) {
-      const float c = cs[j0 + i], s = sn[j0 + i];
-      y1[i] = round_to<T>(lo[i] * c) + round_to<T>(-hi[i] * s);  // x1*cos - x2*sin (negation is exact)
-      y2[i] = round_to<T>(hi[i] * c) + round_to<T>(lo[i] * s);   // x2*cos + x1*sin
-    }
     T* o = out + ((b * nh + h) * nl + l) * d;
-    store_vec(o + j0, y1);
-    store_vec(o + half + j0, y2);
+    store_vec(o + j0, lo);
+    store_vec(o + half + j0, hi);
   }
 }
 
@@ -106,8 +80,7 @@ bool rope_heads(const Context& ctx, const Array& x, const Array& inv_freq, const
   if (!is_float(x.dtype()) || half > kMaxHalf || half % vec != 0 || !aligned16(x) || !aligned16(out) ||
       nb * nl > int64_t(INT32_MAX))
     return false;
-  int lanes = 1;
-  while (lanes < half / vec) lanes *= 2;
+  const int lanes = rope_lanes(half, vec);
   const int threads = int(std::min<int64_t>(kBlock, (nh * lanes + 31) / 32 * 32));
   bool ran = false;
   visit_device_dtype(x.dtype(), [&](auto tag) {

@@ -1,0 +1,263 @@
+// Causal self-attention of short sequences with no cache (fast::self_attention), in one
+// kernel where the composition takes seven: two rope_heads passes, a transposed copy of
+// the values, the score GEMM, the masked softmax, the value GEMM and a transposed copy of
+// the output.
+//
+// One block per (batch row, kv head). It reads the kv head's keys and values and the
+// query heads that share them straight from the projections in token order, applies the
+// per-head norm and RoPE, and keeps everything in shared memory: scores and products are
+// 16x16 tensor-core tiles (WMMA, f32 accumulation). The output goes back in token order,
+// ready for the output projection. The roundings are the composition's: q and k rounded
+// after RoPE, scores rounded, scaled and rounded again, the f32 softmax rounded before it
+// multiplies the values.
+//
+// LMX_SELF_ATTENTION_KERNEL=0 turns the kernel off (the op then composes), for measuring
+// what it gains.
+#include <mma.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cuda/rope.cuh"
+
+namespace lmx::cuda {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kTile = 16;       // WMMA tile side
+constexpr int kMaxTokens = 128;  // softmax rows: up to 4 keys per lane
+constexpr int kPad = 8;          // elements added to each 16-bit shared row: rows start in different banks
+
+// Where each array of a block sits in shared memory, in bytes; every array starts on a
+// 128-byte boundary (WMMA wants 32).
+struct SmemPlan {
+  int lp, ld, ls, lpp, la;  // tokens padded to whole tiles; row strides of q/k/v, scores, probabilities, angles
+  size_t q, k, v, angles, scores, probs, stage, bytes;
+  __host__ __device__ SmemPlan(int nl, int d, int group) {
+    lp = (nl + kTile - 1) / kTile * kTile;
+    ld = d + kPad, ls = lp + 4, lpp = lp + kPad, la = d / 2 + 4;
+    auto next = [](size_t at, size_t n) { return (at + n + 127) / 128 * 128; };
+    q = 0;
+    k = next(q, size_t(group) * lp * ld * 2);   // [group, lp, ld] 16-bit
+    v = next(k, size_t(lp) * ld * 2);           // [lp, ld]
+    angles = next(v, size_t(lp) * ld * 2);          // cos [lp, la] then sin [lp, la], f32
+    scores = next(angles, size_t(lp) * la * 8);     // [group, lp, ls] f32
+    probs = next(scores, size_t(group) * lp * ls * 4);  // [group, lp, lpp] 16-bit
+    stage = next(probs, size_t(group) * lp * lpp * 2);  // [warps, 16, 16] f32
+    bytes = next(stage, size_t(kWarps) * kTile * kTile * 4);
+  }
+};
+
+// 16 bytes from global to shared memory without passing through registers (cp.async);
+// complete after cp.async.wait_all.
+__device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {
+  const unsigned dst = unsigned(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+// The WMMA element type of T.
+template <class T>
+using MmaT = std::conditional_t<std::is_same_v<T, bfloat_t>, __nv_bfloat16, __half>;
+
+template <class T, class W, bool kGemmaNorm>
+__global__ void __launch_bounds__(kThreads)
+    self_attention_kernel(const T* q, const T* k, const T* v, const float* inv_freq, const int32_t* offsets,
+                          const W* q_norm, const W* k_norm, float eps, float scale, int window, T* out, int nl,
+                          int hq, int hkv, int d, int lanes) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int kE = kVecElems<T>;
+  const int group = hq / hkv, b = int(blockIdx.x) / hkv, g = int(blockIdx.x) % hkv, half = d / 2;
+  const SmemPlan p(nl, d, group);
+  T* qs = reinterpret_cast<T*>(smem + p.q);
+  T* ks = reinterpret_cast<T*>(smem + p.k);
+  T* vs = reinterpret_cast<T*>(smem + p.v);
+  float* cs = reinterpret_cast<float*>(smem + p.angles);
+  float* sn = cs + p.lp * p.la;
+  float* scores = reinterpret_cast<float*>(smem + p.scores);
+  T* probs = reinterpret_cast<T*>(smem + p.probs);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, lp = p.lp;
+
+  // Rows into shared memory as they are: the group's query heads, then the key, then the
+  // value, 16 bytes per asynchronous copy, all in flight at once; rows past the sequence
+  // are zeros. (Row by row through registers, every row waited out a memory latency.)
+  const int vecs = d / kE, total = (group + 2) * lp;
+  auto row = [&](int kind, int l) {  // kind < group: that query head; group: key; group + 1: value
+    return (kind < group ? qs + size_t(kind) * lp * p.ld : kind == group ? ks : vs) + size_t(l) * p.ld;
+  };
+  for (int idx = int(threadIdx.x); idx < total * vecs; idx += kThreads) {
+    const int r = idx / vecs, c = idx % vecs * kE, kind = r / lp, l = r % lp;
+    T* dst = row(kind, l) + c;
+    if (l >= nl) {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      continue;
+    }
+    const T* src = kind < group ? q + ((int64_t(b) * nl + l) * hq + int64_t(g) * group + kind) * d
+                                : (kind == group ? k : v) + ((int64_t(b) * nl + l) * hkv + g) * d;
+    copy16_async(dst, src + c);
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+  // The angles of every token, once for all heads of the block, while the rows arrive.
+  for (int i = int(threadIdx.x); i < nl * half; i += kThreads) {
+    const int l = i / half, j = i % half;
+    rope_angle<T>(int64_t(offsets[b]) + l, inv_freq[j], cs[l * p.la + j], sn[l * p.la + j]);
+  }
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+  __syncthreads();
+
+  // Query and key rows normed and rotated in place, `lanes` lanes per row. A warp's rows
+  // are all of one kind (lp is a multiple of 16 and a warp holds at most 16 rows), so
+  // norm_rotate's shuffles run on whole warps.
+  const int rows_per_warp = 32 / lanes;
+  const int64_t j0 = int64_t(lane % lanes) * kE;
+  for (int r = warp * rows_per_warp + lane / lanes; r - lane / lanes < (group + 1) * lp;
+       r += kWarps * rows_per_warp) {
+    const int kind = r / lp, l = r % lp;
+    const bool live = l < nl && j0 < half;
+    T* x = row(kind, l);
+    float lo[kE], hi[kE];
+    if (live) {
+      load_vec(x + j0, lo), load_vec(x + half + j0, hi);
+    } else {
+      for (int i = 0; i < kE; ++i) lo[i] = hi[i] = 0;
+    }
+    norm_rotate<T, W, kGemmaNorm>(lo, hi, live, j0, half, lanes, kind < group ? q_norm : k_norm, eps,
+                                  cs + l * p.la, sn + l * p.la);
+    if (live) store_vec(x + j0, lo), store_vec(x + half + j0, hi);
+  }
+  __syncthreads();
+
+  // Scores q·kᵀ, tile by tile: only tiles on or below the diagonal hold visible keys.
+  using MT = MmaT<T>;
+  const int nt = lp / kTile, tri = nt * (nt + 1) / 2;
+  for (int t = warp; t < group * tri; t += kWarps) {
+    const int j = t / tri;
+    int u = t % tri, rt = 0;
+    while (u > rt) u -= ++rt;  // (rt, ct = u) with u <= rt
+    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kk = 0; kk < d; kk += kTile) {
+      wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, MT, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, MT, wmma::col_major> bt;  // kᵀ: k's rows as columns
+      wmma::load_matrix_sync(a, reinterpret_cast<const MT*>(qs + (size_t(j) * lp + rt * kTile) * p.ld + kk), p.ld);
+      wmma::load_matrix_sync(bt, reinterpret_cast<const MT*>(ks + size_t(u) * kTile * p.ld + kk), p.ld);
+      wmma::mma_sync(acc, a, bt, acc);
+    }
+    wmma::store_matrix_sync(scores + (size_t(j) * lp + rt * kTile) * p.ls + u * kTile, acc, p.ls,
+                            wmma::mem_row_major);
+  }
+  __syncthreads();
+
+  // Softmax per query row, one warp per row, a key per lane and chunk. The score is
+  // rounded as the GEMM's output, scaled and rounded again; the probabilities are rounded
+  // to T. Keys past the row (and past the window) get probability zero.
+  const int chunks = lp / 32 + (lp % 32 != 0);
+  for (int row = warp; row < group * lp; row += kWarps) {
+    const int i = row % lp, first = window > 0 ? ::max(0, i - window + 1) : 0;
+    const float* sr = scores + size_t(row) * p.ls;
+    T* pr = probs + size_t(row) * p.lpp;
+    float e[kMaxTokens / 32];
+    float m = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < kMaxTokens / 32; ++c) {
+      const int t = lane + 32 * c;
+      e[c] = -INFINITY;
+      if (c < chunks && i < nl && t >= first && t <= i) e[c] = round_to<T>(round_to<T>(sr[t]) * scale);
+      m = fmaxf(m, e[c]);
+    }
+    m = warp_reduce(m, Max{});
+    float sum = 0;
+#pragma unroll
+    for (int c = 0; c < kMaxTokens / 32; ++c) {
+      if (c < chunks) e[c] = e[c] == -INFINITY ? 0.0f : expf(e[c] - m);
+      sum += c < chunks ? e[c] : 0.0f;
+    }
+    sum = warp_reduce(sum, Sum{});
+#pragma unroll
+    for (int c = 0; c < kMaxTokens / 32; ++c) {
+      const int t = lane + 32 * c;
+      if (c < chunks && t < lp) pr[t] = from_float<T>(e[c] > 0 ? e[c] / sum : 0.0f);
+    }
+  }
+  __syncthreads();
+
+  // Outputs p·v, one 16x16 tile per warp at a time (keys past the diagonal tile have
+  // probability zero), staged in shared memory and stored in token order, 16 bytes a lane.
+  float* stage = reinterpret_cast<float*>(smem + p.stage) + warp * kTile * kTile;
+  const int dt_count = d / kTile;
+  for (int t = warp; t < group * nt * dt_count; t += kWarps) {
+    const int j = t / (nt * dt_count), rt = t / dt_count % nt, dt = t % dt_count;
+    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kt = 0; kt <= rt; ++kt) {
+      wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, MT, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, MT, wmma::row_major> bv;
+      wmma::load_matrix_sync(a, reinterpret_cast<const MT*>(probs + (size_t(j) * lp + rt * kTile) * p.lpp + kt * kTile),
+                             p.lpp);
+      wmma::load_matrix_sync(bv, reinterpret_cast<const MT*>(vs + size_t(kt) * kTile * p.ld + dt * kTile), p.ld);
+      wmma::mma_sync(acc, a, bv, acc);
+    }
+    wmma::store_matrix_sync(stage, acc, kTile, wmma::mem_row_major);
+    __syncwarp();
+    // 16 rows of 16 values: each lane takes half a row (8 values of a 16-bit T = 16 bytes).
+    const int r = lane / 2, c0 = lane % 2 * 8, l = rt * kTile + r;
+    if (l < nl) {
+      T* o = out + ((int64_t(b) * nl + l) * hq + int64_t(g) * group + j) * d + dt * kTile + c0;
+      const float4 lo4 = *reinterpret_cast<const float4*>(stage + r * kTile + c0),
+                   hi4 = *reinterpret_cast<const float4*>(stage + r * kTile + c0 + 4);
+      const float vals[kE] = {lo4.x, lo4.y, lo4.z, lo4.w, hi4.x, hi4.y, hi4.z, hi4.w};
+      store_vec(o, vals);
+    }
+    __syncwarp();
+  }
+}
+
+}  // namespace
+
+bool self_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, const Array& inv_freq,
+                    const Array& offsets, const Array* q_norm, const Array* k_norm, float eps,
+                    fast::RmsNormStyle style, float scale, int64_t window, const Array& out) {
+  const int64_t nb = q.shape(0), nl = q.shape(1), hq = q.shape(2), hkv = k.shape(2), d = q.shape(3);
+  static const bool enabled = [] {
+    const char* v = std::getenv("LMX_SELF_ATTENTION_KERNEL");
+    return !v || std::strcmp(v, "0") != 0;
+  }();
+  if (!enabled) return false;
+  if (q.size() == 0) return true;
+  const bool sixteen_bit = q.dtype() == Dtype::bf16 || q.dtype() == Dtype::f16;
+  // 16-bit elements in 16-byte vectors of 8; a head of at least 32 values keeps a warp's
+  // rows in one kind (see the kernel).
+  const bool norms_alike = (q_norm == nullptr) == (k_norm == nullptr) && (!q_norm || q_norm->dtype() == k_norm->dtype());
+  if (!sixteen_bit || !norms_alike || d % kTile != 0 || d < 32 || d > 256 || nl > kMaxTokens || nb * hkv > int64_t(INT32_MAX) ||
+      !aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out))
+    return false;
+  const SmemPlan plan(int(nl), int(d), int(hq / hkv));
+  if (plan.bytes > size_t(ctx.max_smem_per_block)) return false;
+  const int lanes = rope_lanes(d / 2, 8, 2);
+  bool ran = false;
+  visit_device_dtype(q.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    visit_device_dtype(q_norm ? q_norm->dtype() : q.dtype(), [&](auto wtag) {
+      using W = decltype(wtag);
+      if constexpr ((std::is_same_v<T, bfloat_t> || std::is_same_v<T, half_t>) && kIsFloat<W>) {
+        auto* kernel = style == fast::RmsNormStyle::gemma ? self_attention_kernel<T, W, true>
+                                                          : self_attention_kernel<T, W, false>;
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.bytes)),
+              "cudaFuncSetAttribute");
+        const W* qn = q_norm ? static_cast<const W*>(q_norm->raw()) : nullptr;
+        const W* kn = k_norm ? static_cast<const W*>(k_norm->raw()) : nullptr;
+        kernel<<<unsigned(nb * hkv), kThreads, plan.bytes, ctx.stream>>>(
+            static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()), static_cast<const T*>(v.raw()),
+            inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale, int(std::min<int64_t>(window, nl + 1)),
+            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes);
+        check_launch("self_attention_kernel");
+        ran = true;
+      }
+    });
+  });
+  return ran;
+}
+
+}  // namespace lmx::cuda
