@@ -28,7 +28,7 @@ namespace wmma = nvcuda::wmma;
 
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
 constexpr int kTile = 16;       // WMMA tile side
-constexpr int kMaxTokens = 128;  // softmax rows: up to 4 keys per lane
+constexpr int kMaxTokens = 128;  // bounds shared memory for the longest rows
 constexpr int kPad = 8;          // elements added to each 16-bit shared row: rows start in different banks
 
 // Where each array of a block sits in shared memory, in bytes; every array starts on a
@@ -83,26 +83,33 @@ __global__ void __launch_bounds__(kThreads)
   // Rows into shared memory as they are: the group's query heads, then the key, then the
   // value, 16 bytes per asynchronous copy, all in flight at once; rows past the sequence
   // are zeros. (Row by row through registers, every row waited out a memory latency.)
-  const int vecs = d / kE, total = (group + 2) * lp;
+  // A thread keeps one column of 16 bytes and steps over rows: no index divisions in the
+  // loops, which had cost more instructions than the copies.
   auto row = [&](int kind, int l) {  // kind < group: that query head; group: key; group + 1: value
     return (kind < group ? qs + size_t(kind) * lp * p.ld : kind == group ? ks : vs) + size_t(l) * p.ld;
   };
-  for (int idx = int(threadIdx.x); idx < total * vecs; idx += kThreads) {
-    const int r = idx / vecs, c = idx % vecs * kE, kind = r / lp, l = r % lp;
-    T* dst = row(kind, l) + c;
-    if (l >= nl) {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-      continue;
+  const int vecs = d / kE, rows_per_pass = kThreads / vecs;
+  const int my_row = int(threadIdx.x) / vecs, my_col = int(threadIdx.x) % vecs * kE;
+  for (int kind = 0; my_row < rows_per_pass && kind < group + 2; ++kind) {
+    const bool query = kind < group;
+    const int64_t token_stride = int64_t(query ? hq : hkv) * d;
+    const T* src = (query ? q + (int64_t(b) * nl * hq + int64_t(g) * group + kind) * d
+                          : (kind == group ? k : v) + (int64_t(b) * nl * hkv + g) * d) + my_col;
+    T* dst = row(kind, 0) + my_col;
+    for (int l = my_row; l < lp; l += rows_per_pass) {
+      if (l < nl)
+        copy16_async(dst + l * p.ld, src + l * token_stride);
+      else
+        *reinterpret_cast<uint4*>(dst + l * p.ld) = make_uint4(0, 0, 0, 0);
     }
-    const T* src = kind < group ? q + ((int64_t(b) * nl + l) * hq + int64_t(g) * group + kind) * d
-                                : (kind == group ? k : v) + ((int64_t(b) * nl + l) * hkv + g) * d;
-    copy16_async(dst, src + c);
   }
   asm volatile("cp.async.commit_group;\n" ::);
   // The angles of every token, once for all heads of the block, while the rows arrive.
-  for (int i = int(threadIdx.x); i < nl * half; i += kThreads) {
-    const int l = i / half, j = i % half;
-    rope_angle<T>(int64_t(offsets[b]) + l, inv_freq[j], cs[l * p.la + j], sn[l * p.la + j]);
+  const int angle_steps = kThreads / half, my_j = int(threadIdx.x) % half;
+  if (int(threadIdx.x) / half < angle_steps) {
+    const float freq = inv_freq[my_j];
+    for (int l = int(threadIdx.x) / half; l < nl; l += angle_steps)
+      rope_angle<T>(int64_t(offsets[b]) + l, freq, cs[l * p.la + my_j], sn[l * p.la + my_j]);
   }
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   __syncthreads();
@@ -150,36 +157,29 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // Softmax per query row, one warp per row, a key per lane and chunk. The score is
-  // rounded as the GEMM's output, scaled and rounded again; the probabilities are rounded
-  // to T. Keys past the row (and past the window) get probability zero.
-  const int chunks = lp / 32 + (lp % 32 != 0);
+  // Softmax per query row, one warp per row, a key per lane and pass, in place in the
+  // row of scores. The score is rounded as the GEMM's output, scaled and rounded again;
+  // the probabilities are rounded to T. Keys past the row (and past the window) get
+  // probability zero, as do rows past the sequence.
   for (int row = warp; row < group * lp; row += kWarps) {
     const int i = row % lp, first = window > 0 ? ::max(0, i - window + 1) : 0;
-    const float* sr = scores + size_t(row) * p.ls;
+    float* sr = scores + size_t(row) * p.ls;
     T* pr = probs + size_t(row) * p.lpp;
-    float e[kMaxTokens / 32];
     float m = -INFINITY;
-#pragma unroll
-    for (int c = 0; c < kMaxTokens / 32; ++c) {
-      const int t = lane + 32 * c;
-      e[c] = -INFINITY;
-      if (c < chunks && i < nl && t >= first && t <= i) e[c] = round_to<T>(round_to<T>(sr[t]) * scale);
-      m = fmaxf(m, e[c]);
+    for (int t = lane; t < lp; t += 32) {
+      const float e = i < nl && t >= first && t <= i ? round_to<T>(round_to<T>(sr[t]) * scale) : -INFINITY;
+      sr[t] = e;
+      m = fmaxf(m, e);
     }
     m = warp_reduce(m, Max{});
     float sum = 0;
-#pragma unroll
-    for (int c = 0; c < kMaxTokens / 32; ++c) {
-      if (c < chunks) e[c] = e[c] == -INFINITY ? 0.0f : expf(e[c] - m);
-      sum += c < chunks ? e[c] : 0.0f;
+    for (int t = lane; t < lp; t += 32) {
+      const float e = sr[t] == -INFINITY ? 0.0f : expf(sr[t] - m);
+      sr[t] = e;
+      sum += e;
     }
     sum = warp_reduce(sum, Sum{});
-#pragma unroll
-    for (int c = 0; c < kMaxTokens / 32; ++c) {
-      const int t = lane + 32 * c;
-      if (c < chunks && t < lp) pr[t] = from_float<T>(e[c] > 0 ? e[c] / sum : 0.0f);
-    }
+    for (int t = lane; t < lp; t += 32) pr[t] = from_float<T>(sum > 0 ? sr[t] / sum : 0.0f);
   }
   __syncthreads();
 
