@@ -76,7 +76,6 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
   auto per_row = [&](int64_t v) { return full({b}, double(v), Dtype::i32, x.device()); };
   // RoPE positions continue from what the cache holds (minus each row's padding).
   const Array pos = batch ? batch->positions : per_row(cache ? cache->next_position() : 0);
-  // [B, heads, L, hd]: q and k normed per head (Qwen3), rotated and transposed in one pass.
   const std::optional<fast::HeadNorm> qn = q_norm ? std::optional(q_norm->per_head()) : std::nullopt;
   const std::optional<fast::HeadNorm> kn = k_norm ? std::optional(k_norm->per_head()) : std::nullopt;
   if (!cache && !batch) {  // a whole sequence (classification, scoring): nothing kept for later tokens
@@ -84,6 +83,7 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
     const Array o = fast::self_attention(q_tok, k_tok, v_tok, sa);  // [B, L, H, hd]
     return o_proj.forward(reshape(o, {b, l, spec_.n_heads * hd}));
   }
+  // [B, heads, L, hd]: q and k normed per head (Qwen3), rotated and transposed in one pass.
   const Array q = fast::rope_heads(q_tok, freqs, pos, qn ? &*qn : nullptr);
   const Array k = fast::rope_heads(k_tok, freqs, pos, kn ? &*kn : nullptr);
   const Array vt = contiguous(swapaxes(v_tok, 1, 2));

@@ -20,8 +20,8 @@
 // LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out,
 // which gives wrong results but shows what each costs inside the real step;
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
-// LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD override the GEMV launch choices
-// (fused_kernels.h, GemvTuning).
+// LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
+// override the GEMV launch choices (fused_kernels.h, GemvTuning).
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -334,15 +334,20 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // Enqueues every kernel of one step, one launch per phase.
   void record(cudaStream_t s) {
     const int sms = ctx().sm_count;
+    // The embedding is launched without PDL, so a step starts only once the previous step
+    // has completed. Within a step the early signals (GemvTuning::early) let kernels start
+    // before their predecessors finish, but each still waits for them before reading their
+    // results, and what a kernel reads before that wait (weights; attention's cached
+    // positions) was written by kernels of earlier steps.
     fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_));
     for (const fused::StepPhase& p : plan_) {
       if (p.kind == fused::StepPhase::Kind::attention) {
         fused::AttentionStep a = p.attn;
         a.early = tuning_.early;
         fused::launch_attention(s, pdl_, a);
-      }
-      else
+      } else {
         fused::launch_gemv(s, pdl_, p.in, p.out, fused::gemv_shape(p.out, sms, tuning_));
+      }
     }
   }
 
