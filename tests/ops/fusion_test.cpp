@@ -182,14 +182,15 @@ struct Heads {
 using SelfAttentionParam = std::tuple<Dtype, int64_t, Heads, NormMode, int64_t>;  // dtype, L, heads, norm, window
 class SelfAttentionTest : public ::testing::TestWithParam<SelfAttentionParam> {};
 
-TEST_P(SelfAttentionTest, MatchesFormulaAndComposition) {
-  const auto [dtype, l, heads, mode, window] = GetParam();
+// self_attention of b rows (RoPE offsets 0, 37, 74, ...) against float64 and the composition.
+void check_self_attention(Dtype dtype, int64_t b, int64_t l, Heads heads, NormMode mode, int64_t window) {
   const auto [hq, hkv, d] = heads;
-  const int64_t b = 2, group = hq / hkv;
+  const int64_t group = hq / hkv;
   const double u = unit_roundoff(dtype);
   const float eps = 1e-6f, scale = float(1.0 / std::sqrt(double(d)));
   const std::vector<float> inv_freq = rope_freqs(d);
-  const std::vector<int32_t> offsets{0, 37};  // [B]
+  std::vector<int32_t> offsets(static_cast<size_t>(b));  // [B]
+  for (int64_t i = 0; i < b; ++i) offsets[size_t(i)] = int32_t(37 * i);
   for (Device dev : test_devices()) {
     const Input q = random_input({b, l, hq, d}, dtype, 61 + l + d, -1, 1, dev);   // [B, L, Hq, D]
     const Input k = random_input({b, l, hkv, d}, dtype, 62 + l + d, -1, 1, dev);  // [B, L, Hkv, D]
@@ -252,6 +253,18 @@ TEST_P(SelfAttentionTest, MatchesFormulaAndComposition) {
     const Array ref = fast::reference::self_attention(q.array, k.array, v.array, a);
     expect_close(got, as_doubles(contiguous(ref)), 2 * u, 6 * u + order, "vs reference");
   }
+}
+
+TEST_P(SelfAttentionTest, MatchesFormulaAndComposition) {
+  const auto [dtype, l, heads, mode, window] = GetParam();
+  check_self_attention(dtype, 2, l, heads, mode, window);
+}
+
+// Enough rows that the CUDA kernel keeps a kv head's query heads in one block (with few
+// rows it splits them over blocks to fill the GPU).
+TEST(SelfAttentionTest, ManyRowsMatchFormulaAndComposition) {
+  check_self_attention(Dtype::bf16, 300, 33, Heads{8, 2, 64}, NormMode::llama, 0);
+  check_self_attention(Dtype::f16, 600, 16, Heads{4, 1, 128}, NormMode::gemma, 9);
 }
 
 INSTANTIATE_TEST_SUITE_P(

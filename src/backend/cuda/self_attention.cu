@@ -29,25 +29,28 @@ namespace wmma = nvcuda::wmma;
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
 constexpr int kTile = 16;       // WMMA tile side
 constexpr int kMaxTokens = 128;  // bounds shared memory for the longest rows
+constexpr int kMaxHeadDim = 128;  // see self_attention() below
 constexpr int kPad = 8;          // elements added to each 16-bit shared row: rows start in different banks
 
 // Where each array of a block sits in shared memory, in bytes; every array starts on a
-// 128-byte boundary (WMMA wants 32).
+// 128-byte boundary (WMMA wants 32). Arrays whose lives do not overlap share space, so
+// that more blocks fit on an SM: the angles die with the rotation, before the scores and
+// probabilities are written; the queries die with the scores, before the value tiles are
+// staged.
 struct SmemPlan {
   int lp, ld, ls, lpp, la;  // tokens padded to whole tiles; row strides of q/k/v, scores, probabilities, angles
-  size_t q, k, v, angles, scores, probs, stage, bytes;
+  size_t q, stage, k, v, angles, scores, probs, bytes;
   __host__ __device__ SmemPlan(int nl, int d, int group) {
     lp = (nl + kTile - 1) / kTile * kTile;
     ld = d + kPad, ls = lp + 4, lpp = lp + kPad, la = d / 2 + 4;
     auto next = [](size_t at, size_t n) { return (at + n + 127) / 128 * 128; };
-    q = 0;
-    k = next(q, size_t(group) * lp * ld * 2);   // [group, lp, ld] 16-bit
-    v = next(k, size_t(lp) * ld * 2);           // [lp, ld]
-    angles = next(v, size_t(lp) * ld * 2);          // cos [lp, la] then sin [lp, la], f32
-    scores = next(angles, size_t(lp) * la * 8);     // [group, lp, ls] f32
+    auto larger = [](size_t a, size_t b) { return a > b ? a : b; };
+    q = stage = 0;  // [group, lp, ld] 16-bit, then [warps, 16, 16] f32
+    k = next(q, larger(size_t(group) * lp * ld * 2, size_t(kWarps) * kTile * kTile * 4));
+    v = next(k, size_t(lp) * ld * 2);  // k and v [lp, ld] 16-bit
+    angles = scores = next(v, size_t(lp) * ld * 2);  // cos [lp, la], sin [lp, la] f32, then [group, lp, ls] f32
     probs = next(scores, size_t(group) * lp * ls * 4);  // [group, lp, lpp] 16-bit
-    stage = next(probs, size_t(group) * lp * lpp * 2);  // [warps, 16, 16] f32
-    bytes = next(stage, size_t(kWarps) * kTile * kTile * 4);
+    bytes = larger(next(angles, size_t(lp) * la * 8), next(probs, size_t(group) * lp * lpp * 2));
   }
 };
 
@@ -66,10 +69,13 @@ template <class T, class W, bool kGemmaNorm>
 __global__ void __launch_bounds__(kThreads)
     self_attention_kernel(const T* q, const T* k, const T* v, const float* inv_freq, const int32_t* offsets,
                           const W* q_norm, const W* k_norm, float eps, float scale, int window, T* out, int nl,
-                          int hq, int hkv, int d, int lanes) {
+                          int hq, int hkv, int d, int lanes, int parts) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kE = kVecElems<T>;
-  const int group = hq / hkv, b = int(blockIdx.x) / hkv, g = int(blockIdx.x) % hkv, half = d / 2;
+  // This block: batch row b, kv head g, and `group` of the query heads that share it, from
+  // first_head (the kv head's query heads are split over `parts` blocks).
+  const int group = hq / hkv / parts, part = int(blockIdx.x) % parts, g = int(blockIdx.x) / parts % hkv,
+            b = int(blockIdx.x) / (parts * hkv), first_head = g * (hq / hkv) + part * group, half = d / 2;
   const SmemPlan p(nl, d, group);
   T* qs = reinterpret_cast<T*>(smem + p.q);
   T* ks = reinterpret_cast<T*>(smem + p.k);
@@ -93,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int kind = 0; my_row < rows_per_pass && kind < group + 2; ++kind) {
     const bool query = kind < group;
     const int64_t token_stride = int64_t(query ? hq : hkv) * d;
-    const T* src = (query ? q + (int64_t(b) * nl * hq + int64_t(g) * group + kind) * d
+    const T* src = (query ? q + (int64_t(b) * nl * hq + first_head + kind) * d
                           : (kind == group ? k : v) + (int64_t(b) * nl * hkv + g) * d) + my_col;
     T* dst = row(kind, 0) + my_col;
     for (int l = my_row; l < lp; l += rows_per_pass) {
@@ -204,7 +210,7 @@ __global__ void __launch_bounds__(kThreads)
     // 16 rows of 16 values: each lane takes half a row (8 values of a 16-bit T = 16 bytes).
     const int r = lane / 2, c0 = lane % 2 * 8, l = rt * kTile + r;
     if (l < nl) {
-      T* o = out + ((int64_t(b) * nl + l) * hq + int64_t(g) * group + j) * d + dt * kTile + c0;
+      T* o = out + ((int64_t(b) * nl + l) * hq + first_head + j) * d + dt * kTile + c0;
       const float4 lo4 = *reinterpret_cast<const float4*>(stage + r * kTile + c0),
                    hi4 = *reinterpret_cast<const float4*>(stage + r * kTile + c0 + 4);
       const float vals[kE] = {lo4.x, lo4.y, lo4.z, lo4.w, hi4.x, hi4.y, hi4.z, hi4.w};
@@ -228,13 +234,24 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   if (q.size() == 0) return true;
   const bool sixteen_bit = q.dtype() == Dtype::bf16 || q.dtype() == Dtype::f16;
   // 16-bit elements in 16-byte vectors of 8; a head of at least 32 values keeps a warp's
-  // rows in one kind (see the kernel).
+  // rows in one kind (see the kernel). Heads wider than kMaxHeadDim compose: for Gemma 3's
+  // 256-wide heads the composition measured 1-2% faster in classification.
   const bool norms_alike = (q_norm == nullptr) == (k_norm == nullptr) && (!q_norm || q_norm->dtype() == k_norm->dtype());
-  if (!sixteen_bit || !norms_alike || d % kTile != 0 || d < 32 || d > 256 || nl > kMaxTokens || nb * hkv > int64_t(INT32_MAX) ||
+  if (!sixteen_bit || !norms_alike || d % kTile != 0 || d < 32 || d > kMaxHeadDim || nl > kMaxTokens ||
       !aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out))
     return false;
-  const SmemPlan plan(int(nl), int(d), int(hq / hkv));
-  if (plan.bytes > size_t(ctx.max_smem_per_block)) return false;
+  // The kv head's query heads split over more blocks while that gives an SM at least two
+  // blocks or the grid at least four waves (few rows, or few kv heads with wide queries).
+  const int64_t group = hq / hkv;
+  int64_t parts = 1;
+  auto blocks_per_sm = [&](int64_t n) {
+    return int64_t(ctx.max_smem_per_block) / int64_t(SmemPlan(int(nl), int(d), int(group / n)).bytes + 1024);
+  };
+  while (group % (parts * 2) == 0 &&
+         (blocks_per_sm(parts) < 2 || nb * hkv * parts < 4 * int64_t(ctx.sm_count)))
+    parts *= 2;
+  const SmemPlan plan(int(nl), int(d), int(group / parts));
+  if (plan.bytes > size_t(ctx.max_smem_per_block) || nb * hkv * parts > int64_t(INT32_MAX)) return false;
   const int lanes = rope_lanes(d / 2, 8, 2);
   bool ran = false;
   visit_device_dtype(q.dtype(), [&](auto tag) {
@@ -248,10 +265,10 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
               "cudaFuncSetAttribute");
         const W* qn = q_norm ? static_cast<const W*>(q_norm->raw()) : nullptr;
         const W* kn = k_norm ? static_cast<const W*>(k_norm->raw()) : nullptr;
-        kernel<<<unsigned(nb * hkv), kThreads, plan.bytes, ctx.stream>>>(
+        kernel<<<unsigned(nb * hkv * parts), kThreads, plan.bytes, ctx.stream>>>(
             static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()), static_cast<const T*>(v.raw()),
             inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale, int(std::min<int64_t>(window, nl + 1)),
-            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes);
+            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes, int(parts));
         check_launch("self_attention_kernel");
         ran = true;
       }
