@@ -3,7 +3,8 @@
 // the values, the score GEMM, the masked softmax, the value GEMM and a transposed copy of
 // the output.
 //
-// One block per (batch row, kv head). It reads the kv head's keys and values and the
+// One block per (batch row, kv head), or per part of a kv head's query heads when the grid
+// would be small. It reads the kv head's keys and values and the
 // query heads that share them straight from the projections in token order, applies the
 // per-head norm and RoPE, and keeps everything in shared memory: scores and products are
 // 16x16 tensor-core tiles (WMMA, f32 accumulation). The output goes back in token order,
