@@ -215,11 +215,10 @@ INSTANTIATE_TEST_SUITE_P(Ops, FastRopeTest,
                          });
 
 // Rotating (1, ..., 1, 0, ..., 0) gives cos in the first half and sin in the second, with
-// no other rounding. On CUDA the angles must be the dtype's rounding of the correctly
-// rounded f32 cos/sin, exactly, at every position: the kernels take a faster f32 route
-// only where it provably gives the same values. The CPU rounds glibc's cosf/sinf, which
-// are within an ulp of f32 but not always correctly rounded, so there one unit of the
-// dtype is allowed. 4096 positions from two offsets, 64 angles each.
+// no other rounding: the angles must be the dtype's rounding of the correctly rounded f32
+// cos/sin, exactly, at every position and on every backend (the CUDA kernels take a
+// faster f32 route only where it provably gives the same values; glibc's cosf/sinf would
+// differ now and then). 4096 positions from two offsets, 64 angles each.
 TEST(FastRopeTest, AnglesAreTheRoundedCorrectValues) {
   const int64_t b = 2, l = 4096, d = 128, half = d / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));
@@ -239,10 +238,9 @@ TEST(FastRopeTest, AnglesAreTheRoundedCorrectValues) {
       const Array xa = to_device(astype(from_vector(x, {b, 1, l, d}), dtype), dev);  // [B, H=1, L, D]
       const Array f = to_device(from_vector(inv_freq, {half}), dev);
       const Array o = to_device(from_vector(offsets, {b}), dev);
-      const double rtol = dev.type == Device::Type::cpu ? 2 * unit_roundoff(dtype) : 0;
       const std::string what = std::string(dtype_name(dtype)) + " on " + dev.str();
-      expect_close(fast::rope(xa, f, o), want, rtol, 0, what + ", rope");
-      expect_close(fast::rope_heads(swapaxes(xa, 1, 2), f, o), want, rtol, 0, what + ", rope_heads");
+      expect_close(fast::rope(xa, f, o), want, 0, 0, what + ", rope");
+      expect_close(fast::rope_heads(swapaxes(xa, 1, 2), f, o), want, 0, 0, what + ", rope_heads");
     }
   }
 }

@@ -1,6 +1,7 @@
-// Rotate-half RoPE with HF's roundings: cos/sin computed in f32 from an f32 product
-// position * inv_freq, cast to x's dtype, then x*cos and rotate_half(x)*sin are each
-// rounded to the dtype before their (rounded) sum.
+// Rotate-half RoPE with HF's roundings: cos/sin of an f32 product position * inv_freq,
+// as correctly rounded f32 values (computed in double and rounded once, as the CUDA
+// backend; glibc's cosf/sinf are not always correctly rounded), cast to x's dtype; then
+// x*cos and rotate_half(x)*sin are each rounded to the dtype before their (rounded) sum.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -43,8 +44,8 @@ void rope_typed(const Array& x, const Array& inv_freq, const Array& offsets, con
       for (int64_t i = 0; i < half; ++i) {
         const float f =
             pos * freq[i];  // one f32 product, as HF's f32 matmul of inv_freq and positions
-        cs[size_t(i)] = to_f32(from_f32<T>(std::cos(f)));
-        sn[size_t(i)] = to_f32(from_f32<T>(std::sin(f)));
+        cs[size_t(i)] = to_f32(from_f32<T>(float(std::cos(double(f)))));
+        sn[size_t(i)] = to_f32(from_f32<T>(float(std::sin(double(f)))));
       }
       for (int64_t h = 0; h < nh; ++h) {
         const int64_t row = ((b * nh + h) * nl + l) * d;

@@ -15,8 +15,7 @@ __device__ __forceinline__ bool rounds_alike(float x) {
 }
 
 // cos and sin of the f32 angle pos * inv_freq, rounded to T as HF casts them: the T
-// rounding of the correctly rounded f32 values (the CPU backend's glibc cosf/sinf agree
-// to within an ulp of f32, so the two backends can differ by a unit of T, rarely).
+// rounding of the correctly rounded f32 values, as the CPU backend computes them.
 // f32 sincosf is within 2 ulps of the true values (CUDA's documented bound), so where
 // every float within 4 ulps of its result rounds to one T, that T is the answer; only
 // the rare values near a rounding boundary of T (and f32 itself) take the double
