@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--gen-len", type=int, default=256)
     ap.add_argument("--prompts", type=int, default=1024)
     ap.add_argument("--classify-len", type=int, default=32)
-    ap.add_argument("--classify-batch", type=int, default=256)
+    ap.add_argument("--classify-batch", type=int, default=1024)
     ap.add_argument("--prefill-len", type=int, default=4096)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)

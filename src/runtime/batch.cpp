@@ -53,7 +53,10 @@ std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string
   }
   const std::vector<size_t> order = by_length(ids);
   std::vector<ClassifyResult> out(prompts.size());
-  for (const auto& [b, e] : chunks_by_tokens(ids, order, 8192)) {
+  // 32,768 tokens per pass: on the H200, 1,024 prompts of 32 tokens in one pass ran 3-5%
+  // faster than four passes of 256 (larger GEMMs fill the GPU better), for activations of
+  // about 1 GB on a 1B model.
+  for (const auto& [b, e] : chunks_by_tokens(ids, order, 32768)) {
     // Right padding: with a causal mask, real tokens never see the padding after them,
     // so each row's last real position is exactly what a lone prompt would give.
     size_t longest = 0;

@@ -20,7 +20,7 @@ struct BenchArgs {
   std::string dir, device = "cpu", dtype;
   bool decode = false, classify = false, prefill = false, json = false, plain = false;
   std::vector<int> batch{1};
-  int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024;
+  int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024, chunk = 1024;
 };
 
 double now_s() {
@@ -110,20 +110,22 @@ void run_bench(const BenchArgs& a) {
                        {"lmx_tok_per_s", a.prompt_len / s}, {"peak_mem_bytes", alloc.stats().peak}});
   }
   if (a.classify || all) {
-    const int64_t chunk = std::min<int64_t>(a.prompts, 256);
+    LMX_CHECK(a.chunk > 0, "bench", "--chunk must be positive, got ", a.chunk);
+    const int64_t chunk = std::min<int64_t>(a.prompts, a.chunk);
     const Array ids = random_ids(chunk, a.prompt_len, vocab, 3, dev);
     alloc.reset_peak();
     const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
       // Every chunk is queued before any answer is read back, so the device never waits
       // for the host between chunks (the peer script does the same).
-      std::vector<Array> picks;  // [chunk, 1] int32 each
+      std::vector<Array> picks;  // [n, 1] int32 each
       for (int64_t done = 0; done < a.prompts; done += chunk) {
-        const Array h = model->hidden_states(ids);  // [N, L, H]
+        const int64_t n = std::min(chunk, a.prompts - done);
+        const Array h = model->hidden_states(n == chunk ? ids : slice_axis(ids, 0, 0, n));  // [n, L, H]
         picks.push_back(argmax(model->logits(slice_axis(h, 1, a.prompt_len - 1, a.prompt_len)), -1));
       }
       for (const Array& p : picks) (void)to_vector<int32_t>(p);
     });
-    results.push_back({{"workload", "classify"}, {"batch", a.prompts}, {"prompt_len", a.prompt_len},
+    results.push_back({{"workload", "classify"}, {"batch", a.prompts}, {"prompt_len", a.prompt_len}, {"chunk", chunk},
                        {"lmx_prompts_per_s", a.prompts / s}, {"peak_mem_bytes", alloc.stats().peak}});
   }
   const nlohmann::json out{{"model", a.dir}, {"model_type", model->spec().model_type}, {"device", dev.str()},
@@ -161,6 +163,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt length")->capture_default_str();
   cmd->add_option("--gen-len", a->gen_len, "Tokens to generate")->capture_default_str();
   cmd->add_option("--prompts", a->prompts, "Prompts for --classify")->capture_default_str();
+  cmd->add_option("--chunk", a->chunk, "Prompts per forward pass in --classify (the last pass may be shorter)")
+      ->capture_default_str();
   cmd->add_option("--warmup", a->warmup, "Untimed runs first")->capture_default_str();
   cmd->add_option("--repeat", a->repeat, "Timed runs; the median is reported")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print JSON");

@@ -1,0 +1,214 @@
+// Kernel lab: the classification workload's GEMMs, x·Wᵀ for bf16 x [M, K] and W [N, K]
+// with f32 accumulation, on the projection shapes of one layer of each benchmark model.
+// M is the number of tokens in one forward pass: 8,192 (256 prompts × 32) or 32,768
+// (1,024 × 32). Each variant is checked against a float64 reference on sampled outputs
+// and timed with CUDA events (median of 20 after 3 warm-ups).
+//
+//   nvcc -O3 -std=c++20 -arch=sm_90a -o /tmp/gemm_lab bench/kernels/gemm_lab.cu -lcublasLt -lcublas && /tmp/gemm_lab
+//
+// Variants:
+//   01  one cublasGemmEx per projection (q, k, v, o, gate, up, down), as lmx's matmul
+//   02  q|k|v and gate|up as one GEMM each (their weights stored as one matrix)
+//   03  02 through cuBLASLt, the fastest of the heuristic's first 16 algorithms per shape
+// Prints microseconds per layer, TFLOP/s and the ratio to 790 TFLOP/s; exits 1 if a
+// check fails.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#define CHECK(call)                                                           \
+  do {                                                                        \
+    cudaError_t e_ = (call);                                                  \
+    if (e_ != cudaSuccess) {                                                  \
+      std::fprintf(stderr, "%s failed: %s\n", #call, cudaGetErrorString(e_)); \
+      std::exit(2);                                                           \
+    }                                                                         \
+  } while (0)
+#define CHECK_BLAS(call)                                             \
+  do {                                                               \
+    int s_ = int(call);                                              \
+    if (s_ != 0) {                                                   \
+      std::fprintf(stderr, "%s failed: status %d\n", #call, s_);     \
+      std::exit(2);                                                  \
+    }                                                                \
+  } while (0)
+
+using bf16 = __nv_bfloat16;
+
+struct Model {
+  const char* name;
+  int hidden, q, kv, inter;  // q and kv: heads × head_dim
+};
+constexpr Model kModels[] = {{"llama-3.2-1b", 2048, 2048, 512, 8192},
+                             {"qwen3-0.6b", 1024, 2048, 1024, 3072},
+                             {"gemma3-1b", 1152, 1024, 256, 6912}};
+
+struct Gemm {
+  int n, k;
+};
+
+cublasHandle_t blas;
+cublasLtHandle_t lt;
+void* workspace;
+constexpr size_t kWorkspace = 64 << 20;
+
+// out [M, N] = x [M, K] · w [N, K]ᵀ, as matmul.cpp calls it (column-major: outᵀ = w · xᵀ).
+void gemm_blas(const bf16* x, const bf16* w, bf16* out, int m, int n, int k) {
+  const float alpha = 1, beta = 0;
+  CHECK_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
+                          &beta, out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// The same product through cuBLASLt with a chosen algorithm.
+struct LtPlan {
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulAlgo_t algo;
+};
+LtPlan lt_plan(int m, int n, int k) {
+  LtPlan p;
+  CHECK_BLAS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+  CHECK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+  CHECK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
+  CHECK_BLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, n, k));  // w as stored: [K, N] column-major
+  CHECK_BLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, k));  // x
+  CHECK_BLAS(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, n, m, n));
+  return p;
+}
+void gemm_lt(const LtPlan& p, const cublasLtMatmulAlgo_t* algo, const bf16* x, const bf16* w, bf16* out) {
+  const float alpha = 1, beta = 0;
+  CHECK_BLAS(cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, out, p.c, out, p.c, algo, workspace,
+                            kWorkspace, 0));
+}
+
+template <class F>
+float median_us(F&& f) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) f();
+  std::vector<float> t;
+  for (int i = 0; i < 20; ++i) {
+    CHECK(cudaEventRecord(a));
+    f();
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms * 1000);
+  }
+  std::sort(t.begin(), t.end());
+  CHECK(cudaEventDestroy(a));
+  CHECK(cudaEventDestroy(b));
+  return t[t.size() / 2];
+}
+
+// The fastest of the heuristic's candidates for this shape (one that runs and checks).
+cublasLtMatmulAlgo_t best_lt_algo(const LtPlan& p, const bf16* x, const bf16* w, bf16* out) {
+  cublasLtMatmulPreference_t pref;
+  CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
+  CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
+                                                  sizeof kWorkspace));
+  cublasLtMatmulHeuristicResult_t res[16];
+  int found = 0;
+  CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, 16, res, &found));
+  CHECK_BLAS(cublasLtMatmulPreferenceDestroy(pref));
+  float best = 1e30f;
+  cublasLtMatmulAlgo_t algo = res[0].algo;
+  for (int i = 0; i < found; ++i) {
+    const float us = median_us([&] { gemm_lt(p, &res[i].algo, x, w, out); });
+    if (us < best) best = us, algo = res[i].algo;
+  }
+  return algo;
+}
+
+// Largest relative error of sampled outputs against float64 sums.
+double check(const std::vector<bf16>& hx, const std::vector<bf16>& hw, const bf16* out, int m, int n, int k) {
+  std::mt19937 rng(7);
+  double worst = 0;
+  for (int s = 0; s < 64; ++s) {
+    const int i = int(rng() % m), j = int(rng() % n);
+    double ref = 0, mag = 0;
+    for (int c = 0; c < k; ++c) {
+      const double p = double(__bfloat162float(hx[size_t(i) * k + c])) * __bfloat162float(hw[size_t(j) * k + c]);
+      ref += p, mag += std::fabs(p);
+    }
+    bf16 got;
+    CHECK(cudaMemcpy(&got, out + size_t(i) * n + j, sizeof got, cudaMemcpyDeviceToHost));
+    worst = std::max(worst, std::fabs(double(__bfloat162float(got)) - ref) / (mag + 1e-30));
+  }
+  return worst;
+}
+
+int main() {
+  CHECK_BLAS(cublasCreate(&blas));
+  CHECK_BLAS(cublasLtCreate(&lt));
+  CHECK(cudaMalloc(&workspace, kWorkspace));
+  bool ok = true;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (const Model& md : kModels) {
+    for (int m : {8192, 32768}) {
+      const std::vector<Gemm> separate = {{md.q, md.hidden},     {md.kv, md.hidden},    {md.kv, md.hidden},
+                                          {md.hidden, md.q},     {md.inter, md.hidden}, {md.inter, md.hidden},
+                                          {md.hidden, md.inter}};
+      const std::vector<Gemm> packed = {
+          {md.q + 2 * md.kv, md.hidden}, {md.hidden, md.q}, {2 * md.inter, md.hidden}, {md.hidden, md.inter}};
+      double flops = 0;
+      for (const Gemm& g : separate) flops += 2.0 * m * g.n * g.k;
+      const int max_k = std::max(md.hidden, std::max(md.q, md.inter)), max_n = 2 * md.inter;
+      std::vector<bf16> hx(size_t(m) * max_k), hw(size_t(max_n) * max_k);
+      for (auto& v : hx) v = __float2bfloat16(dist(rng));
+      for (auto& v : hw) v = __float2bfloat16(dist(rng) * 0.05f);
+      bf16 *x, *w, *out;
+      CHECK(cudaMalloc(&x, hx.size() * sizeof(bf16)));
+      CHECK(cudaMalloc(&w, hw.size() * sizeof(bf16)));
+      CHECK(cudaMalloc(&out, size_t(m) * max_n * sizeof(bf16)));
+      CHECK(cudaMemcpy(x, hx.data(), hx.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+      CHECK(cudaMemcpy(w, hw.data(), hw.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+      auto report = [&](const char* variant, const std::vector<Gemm>& gemms, auto&& run) {
+        float total = 0;
+        std::string parts;
+        for (const Gemm& g : gemms) {
+          // x and w are read as [M, K] and [N, K] with this GEMM's own K as the row length.
+          const float us = run(g);
+          const double err = check(hx, hw, out, m, g.n, g.k);
+          if (err > 1e-2) {
+            std::printf("  CHECK FAILED: %s n=%d k=%d relative error %.3g\n", variant, g.n, g.k, err);
+            ok = false;
+          }
+          total += us;
+          parts += " " + std::to_string(int(us + 0.5));
+        }
+        const double tflops = flops / (total * 1e-6) / 1e12;
+        std::printf("%-13s M=%-6d %s %8.1f us/layer  %6.1f TFLOP/s  %.2fx of 790   (per GEMM:%s)\n", md.name, m,
+                    variant, total, tflops, tflops / 790, parts.c_str());
+      };
+      report("01", separate, [&](const Gemm& g) {
+        return median_us([&] { gemm_blas(x, w, out, m, g.n, g.k); });
+      });
+      report("02", packed, [&](const Gemm& g) {
+        return median_us([&] { gemm_blas(x, w, out, m, g.n, g.k); });
+      });
+      report("03", packed, [&](const Gemm& g) {
+        const LtPlan p = lt_plan(m, g.n, g.k);
+        const cublasLtMatmulAlgo_t algo = best_lt_algo(p, x, w, out);
+        return median_us([&] { gemm_lt(p, &algo, x, w, out); });
+      });
+      CHECK(cudaFree(x));
+      CHECK(cudaFree(w));
+      CHECK(cudaFree(out));
+    }
+  }
+  std::printf(ok ? "all checks passed\n" : "some checks FAILED\n");
+  return ok ? 0 : 1;
+}
