@@ -6,16 +6,17 @@
 // One block per (batch row, kv head), or per part of a kv head's query heads when the grid
 // would be small. It reads the kv head's keys and values and the
 // query heads that share them straight from the projections in token order, applies the
-// per-head norm and RoPE, and keeps everything in shared memory: scores and products are
-// 16x16 tensor-core tiles (WMMA, f32 accumulation). The output goes back in token order,
-// ready for the output projection. The roundings are the composition's: q and k rounded
-// after RoPE, scores rounded, scaled and rounded again, the f32 softmax rounded before it
+// per-head norm and RoPE in shared memory. Then each warp takes 16 query rows of one head
+// (and a slice of the head's columns): their scores are tensor-core products (mma.sync,
+// f32 accumulation) held in registers, the softmax runs on those registers, and the
+// probabilities feed the value product straight from them, as in FlashAttention-2; no
+// score or probability touches shared memory. The output goes back in token order, ready
+// for the output projection. The roundings are the composition's: q and k rounded after
+// RoPE, scores rounded, scaled and rounded again, the f32 softmax rounded before it
 // multiplies the values.
 //
 // LMX_SELF_ATTENTION_KERNEL=0 turns the kernel off (the op then composes), for measuring
 // what it gains.
-#include <mma.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -25,35 +26,73 @@
 namespace lmx::cuda {
 namespace {
 
-namespace wmma = nvcuda::wmma;
-
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
-constexpr int kTile = 16;       // WMMA tile side
-constexpr int kMaxTokens = 128;  // bounds shared memory for the longest rows
+constexpr int kTile = 16;         // rows of queries per warp task, and keys per value step
+constexpr int kMaxTokens = 128;   // bounds shared memory and the score registers
 constexpr int kMaxHeadDim = 128;  // see self_attention() below
-constexpr int kPad = 8;          // elements added to each 16-bit shared row: rows start in different banks
+constexpr int kMaxCols = 64;      // output columns per warp task: 32 f32 accumulators a lane
+constexpr int kPad = 8;           // elements added to each 16-bit shared row: ldmatrix rows fall in distinct banks
 
 // Where each array of a block sits in shared memory, in bytes; every array starts on a
-// 128-byte boundary (WMMA wants 32). Arrays whose lives do not overlap share space, so
-// that more blocks fit on an SM: the angles die with the rotation, before the scores and
-// probabilities are written; the queries die with the scores, before the value tiles are
-// staged.
+// 128-byte boundary. The angles die with the rotation, before the warps stage their
+// output tiles, so the two share space.
 struct SmemPlan {
-  int lp, ld, ls, lpp, la;  // tokens padded to whole tiles; row strides of q/k/v, scores, probabilities, angles
-  size_t q, stage, k, v, angles, scores, probs, bytes;
+  int lp, ld, la, lo;  // tokens padded to whole tiles; row strides of q/k/v, angles, output staging
+  size_t q, k, v, angles, stage, bytes;
   __host__ __device__ SmemPlan(int nl, int d, int group) {
     lp = (nl + kTile - 1) / kTile * kTile;
-    ld = d + kPad, ls = lp + 4, lpp = lp + kPad, la = d / 2 + 4;
+    ld = d + kPad, la = d / 2 + 4, lo = kMaxCols + kPad;
     auto next = [](size_t at, size_t n) { return (at + n + 127) / 128 * 128; };
     auto larger = [](size_t a, size_t b) { return a > b ? a : b; };
-    q = stage = 0;  // [group, lp, ld] 16-bit, then [warps, 16, 16] f32
-    k = next(q, larger(size_t(group) * lp * ld * 2, size_t(kWarps) * kTile * kTile * 4));
-    v = next(k, size_t(lp) * ld * 2);  // k and v [lp, ld] 16-bit
-    angles = scores = next(v, size_t(lp) * ld * 2);  // cos [lp, la], sin [lp, la] f32, then [group, lp, ls] f32
-    probs = next(scores, size_t(group) * lp * ls * 4);  // [group, lp, lpp] 16-bit
-    bytes = larger(next(angles, size_t(lp) * la * 8), next(probs, size_t(group) * lp * lpp * 2));
+    q = 0;                                           // [group, lp, ld] 16-bit
+    k = next(q, size_t(group) * lp * ld * 2);        // [lp, ld] 16-bit
+    v = next(k, size_t(lp) * ld * 2);                // [lp, ld] 16-bit
+    angles = stage = next(v, size_t(lp) * ld * 2);   // cos [lp, la], sin [lp, la] f32, then [warps, 16, lo] 16-bit
+    bytes = next(stage, larger(size_t(lp) * la * 8, size_t(kWarps) * kTile * lo * 2));
   }
 };
+
+// Tensor-core pieces (PTX, sm_80+). ldmatrix loads four 8x8 16-bit matrices whose rows
+// the lanes address (lanes 8i..8i+7 give matrix i's rows); lane l receives row l/4,
+// columns 2(l%4) and 2(l%4)+1 of each (with .trans, of the transposed matrix). mma
+// m16n8k16: A 16x16 row-major in 4 registers, B 16x8 in 2, C/D 16x8 f32 in 4 (rows l/4
+// and l/4 + 8, columns 2(l%4) and 2(l%4)+1).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, bfloat_t>)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two floats rounded to T, packed as an mma operand register (lo in the low half).
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, bfloat_t>) {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&p);
+  } else {
+    const __half2 p = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&p);
+  }
+}
 
 // 16 bytes from global to shared memory without passing through registers (cp.async);
 // complete after cp.async.wait_all.
@@ -62,15 +101,113 @@ __device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 
-// The WMMA element type of T.
-template <class T>
-using MmaT = std::conditional_t<std::is_same_v<T, bfloat_t>, __nv_bfloat16, __half>;
+// One warp: rows [16 rt, 16 rt + 16) of one query head attend causally over the keys,
+// output columns [c0, c0 + cols). qh [lp, ld], ks and vs [lp, ld] in shared memory, rotated
+// and rounded; out points at the head's first row in token order (row stride
+// out_stride), `stage` at the warp's [16, lo] staging tile. Scores, probabilities and
+// output sums stay in registers: in the mma layouts a lane holds rows r0 = 16 rt + l/4
+// and r1 = r0 + 8, at columns 2(l%4) and 2(l%4) + 1 of every 8-wide tile.
+template <class T, int kKeyTiles>  // kKeyTiles: 8-key tiles the longest row may see
+__device__ __forceinline__ void attend(const T* qh, const T* ks, const T* vs, int ld, int rt, int c0, int cols,
+                                       int nl, float scale, int window, T* stage, int lo, T* out,
+                                       int64_t out_stride) {
+  const int lane = int(threadIdx.x) % 32, quad = lane % 4, mat = lane / 8, mrow = lane % 8;
+  const int key_tiles = 2 * (rt + 1);  // tiles up to the diagonal: later keys are masked
+  // The scores: 16 rows × key_tiles × 8 keys, summed over the head in steps of 16 columns.
+  float s[kKeyTiles][4];
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0;
+  const int d = ld - kPad;
+  for (int kk = 0; kk < d; kk += kTile) {
+    uint32_t a[4];  // query rows: matrices (rows 0-7, 8-15) × (columns 0-7, 8-15)
+    ldmatrix_x4(a, qh + (rt * kTile + mat % 2 * 8 + mrow) * ld + kk + mat / 2 * 8);
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; n += 2) {
+      if (n >= key_tiles) break;
+      uint32_t kb[4];  // keys as B: matrices (keys 0-7, 8-15 of the pair) × (columns 0-7, 8-15)
+      ldmatrix_x4(kb, ks + (n * 8 + mat / 2 * 8 + mrow) * ld + kk + mat % 2 * 8);
+      mma_16816<T>(s[n], a, kb[0], kb[1]);
+      mma_16816<T>(s[n + 1], a, kb[2], kb[3]);
+    }
+  }
 
-template <class T, class W, bool kGemmaNorm>
+  // Softmax over each row, in place: the four lanes of a quad share a row. The score is
+  // rounded as the GEMM's output, scaled and rounded again; masked keys (later ones, those
+  // out of the window, and rows past the sequence) get probability zero.
+  const int r0 = rt * kTile + lane / 4;
+  float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0, 0};
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + e / 2 * 8, key = n * 8 + quad * 2 + e % 2;
+      const bool seen = n < key_tiles && r < nl && key <= r && (window == 0 || key > r - window);
+      s[n][e] = seen ? round_to<T>(round_to<T>(s[n][e]) * scale) : -INFINITY;
+      m[e / 2] = fmaxf(m[e / 2], s[n][e]);
+    }
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    for (int o = 1; o < 4; o *= 2) m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], o));
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[n][e] = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - m[e / 2]);
+      sum[e / 2] += s[n][e];
+    }
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    for (int o = 1; o < 4; o *= 2) sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], o);
+  // The probabilities rounded to T: tile n's two registers are an A operand's half for
+  // keys [8n, 8n + 8) (rows r0 and r1).
+  uint32_t pr[kKeyTiles][2];
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      pr[n][h] = pack2<T>(sum[h] > 0 ? s[n][2 * h] / sum[h] : 0.0f, sum[h] > 0 ? s[n][2 * h + 1] / sum[h] : 0.0f);
+
+  // Output p·v over 16 keys a step, 16 columns per ldmatrix.
+  float o[kMaxCols / 8][4];
+#pragma unroll
+  for (int c = 0; c < kMaxCols / 8; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0;
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; n += 2) {
+    if (n >= key_tiles) break;
+    const uint32_t a[4] = {pr[n][0], pr[n][1], pr[n + 1][0], pr[n + 1][1]};
+#pragma unroll
+    for (int c = 0; c < kMaxCols / 8; c += 2) {
+      if (c * 8 >= cols) break;
+      uint32_t vb[4];  // values as B, transposed: matrices (columns 0-7, 8-15) × (keys 0-7, 8-15)
+      ldmatrix_x4_trans(vb, vs + (n * 8 + mat % 2 * 8 + mrow) * ld + c0 + c * 8 + mat / 2 * 8);
+      mma_16816<T>(o[c], a, vb[0], vb[1]);
+      mma_16816<T>(o[c + 1], a, vb[2], vb[3]);
+    }
+  }
+
+  // Rounded to T through the warp's staging tile, then to global memory 16 bytes a lane.
+#pragma unroll
+  for (int c = 0; c < kMaxCols / 8; ++c) {
+    if (c * 8 >= cols) break;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<uint32_t*>(stage + (lane / 4 + h * 8) * lo + c * 8 + quad * 2) = pack2<T>(o[c][2 * h], o[c][2 * h + 1]);
+  }
+  __syncwarp();
+  constexpr int kE = kVecElems<T>;
+  const int vecs = cols / kE;
+  for (int i = lane; i < kTile * vecs; i += 32) {
+    const int r = i / vecs, c = i % vecs * kE, l = rt * kTile + r;
+    if (l < nl) *reinterpret_cast<uint4*>(out + l * out_stride + c0 + c) = *reinterpret_cast<const uint4*>(stage + r * lo + c);
+  }
+  __syncwarp();
+}
+
+template <class T, class W, bool kGemmaNorm, int kKeyTiles>
 __global__ void __launch_bounds__(kThreads)
     self_attention_kernel(const T* q, const T* k, const T* v, const float* inv_freq, const int32_t* offsets,
                           const W* q_norm, const W* k_norm, float eps, float scale, int window, T* out, int nl,
-                          int hq, int hkv, int d, int lanes, int parts) {
+                          int hq, int hkv, int d, int lanes, int parts, int splits) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kE = kVecElems<T>;
   // This block: batch row b, kv head g, and `group` of the query heads that share it, from
@@ -83,8 +220,6 @@ __global__ void __launch_bounds__(kThreads)
   T* vs = reinterpret_cast<T*>(smem + p.v);
   float* cs = reinterpret_cast<float*>(smem + p.angles);
   float* sn = cs + p.lp * p.la;
-  float* scores = reinterpret_cast<float*>(smem + p.scores);
-  T* probs = reinterpret_cast<T*>(smem + p.probs);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, lp = p.lp;
 
   // Rows into shared memory as they are: the group's query heads, then the key, then the
@@ -143,82 +278,15 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // Scores q·kᵀ, tile by tile: only tiles on or below the diagonal hold visible keys.
-  using MT = MmaT<T>;
-  const int nt = lp / kTile, tri = nt * (nt + 1) / 2;
-  for (int t = warp; t < group * tri; t += kWarps) {
-    const int j = t / tri;
-    int u = t % tri, rt = 0;
-    while (u > rt) u -= ++rt;  // (rt, ct = u) with u <= rt
-    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int kk = 0; kk < d; kk += kTile) {
-      wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, MT, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, MT, wmma::col_major> bt;  // kᵀ: k's rows as columns
-      wmma::load_matrix_sync(a, reinterpret_cast<const MT*>(qs + (size_t(j) * lp + rt * kTile) * p.ld + kk), p.ld);
-      wmma::load_matrix_sync(bt, reinterpret_cast<const MT*>(ks + size_t(u) * kTile * p.ld + kk), p.ld);
-      wmma::mma_sync(acc, a, bt, acc);
-    }
-    wmma::store_matrix_sync(scores + (size_t(j) * lp + rt * kTile) * p.ls + u * kTile, acc, p.ls,
-                            wmma::mem_row_major);
-  }
-  __syncthreads();
-
-  // Softmax per query row, one warp per row, a key per lane and pass, in place in the
-  // row of scores. The score is rounded as the GEMM's output, scaled and rounded again;
-  // the probabilities are rounded to T. Keys past the row (and past the window) get
-  // probability zero, as do rows past the sequence.
-  for (int row = warp; row < group * lp; row += kWarps) {
-    const int i = row % lp, first = window > 0 ? ::max(0, i - window + 1) : 0;
-    float* sr = scores + size_t(row) * p.ls;
-    T* pr = probs + size_t(row) * p.lpp;
-    float m = -INFINITY;
-    for (int t = lane; t < lp; t += 32) {
-      const float e = i < nl && t >= first && t <= i ? round_to<T>(round_to<T>(sr[t]) * scale) : -INFINITY;
-      sr[t] = e;
-      m = fmaxf(m, e);
-    }
-    m = warp_reduce(m, Max{});
-    float sum = 0;
-    for (int t = lane; t < lp; t += 32) {
-      const float e = sr[t] == -INFINITY ? 0.0f : expf(sr[t] - m);
-      sr[t] = e;
-      sum += e;
-    }
-    sum = warp_reduce(sum, Sum{});
-    for (int t = lane; t < lp; t += 32) pr[t] = from_float<T>(sum > 0 ? sr[t] / sum : 0.0f);
-  }
-  __syncthreads();
-
-  // Outputs p·v, one 16x16 tile per warp at a time (keys past the diagonal tile have
-  // probability zero), staged in shared memory and stored in token order, 16 bytes a lane.
-  float* stage = reinterpret_cast<float*>(smem + p.stage) + warp * kTile * kTile;
-  const int dt_count = d / kTile;
-  for (int t = warp; t < group * nt * dt_count; t += kWarps) {
-    const int j = t / (nt * dt_count), rt = t / dt_count % nt, dt = t % dt_count;
-    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int kt = 0; kt <= rt; ++kt) {
-      wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, MT, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, MT, wmma::row_major> bv;
-      wmma::load_matrix_sync(a, reinterpret_cast<const MT*>(probs + (size_t(j) * lp + rt * kTile) * p.lpp + kt * kTile),
-                             p.lpp);
-      wmma::load_matrix_sync(bv, reinterpret_cast<const MT*>(vs + size_t(kt) * kTile * p.ld + dt * kTile), p.ld);
-      wmma::mma_sync(acc, a, bv, acc);
-    }
-    wmma::store_matrix_sync(stage, acc, kTile, wmma::mem_row_major);
-    __syncwarp();
-    // 16 rows of 16 values: each lane takes half a row (8 values of a 16-bit T = 16 bytes).
-    const int r = lane / 2, c0 = lane % 2 * 8, l = rt * kTile + r;
-    if (l < nl) {
-      T* o = out + ((int64_t(b) * nl + l) * hq + first_head + j) * d + dt * kTile + c0;
-      const float4 lo4 = *reinterpret_cast<const float4*>(stage + r * kTile + c0),
-                   hi4 = *reinterpret_cast<const float4*>(stage + r * kTile + c0 + 4);
-      const float vals[kE] = {lo4.x, lo4.y, lo4.z, lo4.w, hi4.x, hi4.y, hi4.z, hi4.w};
-      store_vec(o, vals);
-    }
-    __syncwarp();
-  }
+  // Each warp task: 16 query rows (row tile rt) of query head j, output columns
+  // [c0, c0 + cols). Tasks of one row tile and head recompute the same scores, a small
+  // product beside the softmax and the values that they split.
+  const int row_tiles = lp / kTile, cols = d / splits;
+  for (int task = warp; task < group * row_tiles * splits; task += kWarps)
+    attend<T, kKeyTiles>(qs + size_t(task / (row_tiles * splits)) * lp * p.ld, ks, vs, p.ld,
+                         task / splits % row_tiles, task % splits * cols, cols, nl, scale, window,
+                         reinterpret_cast<T*>(smem + p.stage) + warp * kTile * p.lo, p.lo,
+                         out + (int64_t(b) * nl * hq + first_head + task / (row_tiles * splits)) * d, int64_t(hq) * d);
 }
 
 }  // namespace
@@ -254,14 +322,24 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   const SmemPlan plan(int(nl), int(d), int(group / parts));
   if (plan.bytes > size_t(ctx.max_smem_per_block) || nb * hkv * parts > int64_t(INT32_MAX)) return false;
   const int lanes = rope_lanes(d / 2, 8, 2);
+  // A warp task's output columns: at most kMaxCols (its accumulators), whole 16-column
+  // steps, and split further while that keeps more of the 8 warps busy.
+  const int64_t row_tiles = (nl + kTile - 1) / kTile, heads = group / parts;
+  int64_t splits = (d + kMaxCols - 1) / kMaxCols;
+  while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps) splits *= 2;
+  if (d % (splits * kTile) != 0) return false;
   bool ran = false;
   visit_device_dtype(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
     visit_device_dtype(q_norm ? q_norm->dtype() : q.dtype(), [&](auto wtag) {
       using W = decltype(wtag);
       if constexpr ((std::is_same_v<T, bfloat_t> || std::is_same_v<T, half_t>) && kIsFloat<W>) {
-        auto* kernel = style == fast::RmsNormStyle::gemma ? self_attention_kernel<T, W, true>
-                                                          : self_attention_kernel<T, W, false>;
+        // Score registers for up to 32 keys (the common short prompt), else for up to 128.
+        auto pick = [&](auto gemma) {
+          return nl <= 32 ? self_attention_kernel<T, W, decltype(gemma)::value, 4>
+                          : self_attention_kernel<T, W, decltype(gemma)::value, kMaxTokens / 8>;
+        };
+        auto* kernel = style == fast::RmsNormStyle::gemma ? pick(std::true_type{}) : pick(std::false_type{});
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.bytes)),
               "cudaFuncSetAttribute");
         const W* qn = q_norm ? static_cast<const W*>(q_norm->raw()) : nullptr;
@@ -269,7 +347,7 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         kernel<<<unsigned(nb * hkv * parts), kThreads, plan.bytes, ctx.stream>>>(
             static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()), static_cast<const T*>(v.raw()),
             inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale, int(std::min<int64_t>(window, nl + 1)),
-            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes, int(parts));
+            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes, int(parts), int(splits));
         check_launch("self_attention_kernel");
         ran = true;
       }
