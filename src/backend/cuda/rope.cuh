@@ -38,6 +38,19 @@ __device__ __forceinline__ void rope_angle(int64_t pos, float inv_freq, float& c
   s = round_to<T>(float(sd));
 }
 
+// a and b each rounded to T (identity for f32), two at a time: one paired conversion
+// where two single ones cost twice the instructions.
+template <class T>
+__device__ __forceinline__ void round_pair(float& a, float& b) {
+  if constexpr (std::is_same_v<T, bfloat_t>) {
+    const float2 f = __bfloat1622float2(__floats2bfloat162_rn(a, b));
+    a = f.x, b = f.y;
+  } else if constexpr (std::is_same_v<T, half_t>) {
+    const float2 f = __half22float2(__floats2half2_rn(a, b));
+    a = f.x, b = f.y;
+  }
+}
+
 // One head vector spread over a group of `lanes` lanes (a power of two): lo and hi are
 // columns [j0, j0 + kE) of its first and second halves, zeros where `live` is false.
 // Applies the optional per-head RMSNorm (weights norm_w [2 * half]), then the rotation
@@ -52,7 +65,10 @@ __device__ __forceinline__ void norm_rotate(float (&lo)[kVecElems<T>], float (&h
   if (norm_w) {
     float ss = 0;
     for (int i = 0; i < kE; ++i) ss += lo[i] * lo[i] + hi[i] * hi[i];
-    for (int o = lanes / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    // Unrolled over every possible group width: no loop with a lane-dependent exit.
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2)
+      if (o < lanes) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     const float r = 1.0f / ::sqrtf(ss / float(2 * half) + eps);
     // The lane's weights, in 16-byte vectors where they have T's width (j0 and half are
     // whole vectors of T).
@@ -63,12 +79,14 @@ __device__ __forceinline__ void norm_rotate(float (&lo)[kVecElems<T>], float (&h
       for (int i = 0; live && i < kE; ++i) w1s[i] = to_float(norm_w[j0 + i]), w2s[i] = to_float(norm_w[half + j0 + i]);
     }
     for (int i = 0; live && i < kE; ++i) {
-      const float w1 = w1s[i], w2 = w2s[i];
       if constexpr (kGemmaNorm) {
-        lo[i] = round_to<T>(lo[i] * r * (1.0f + w1)), hi[i] = round_to<T>(hi[i] * r * (1.0f + w2));
+        lo[i] = lo[i] * r * (1.0f + w1s[i]), hi[i] = hi[i] * r * (1.0f + w2s[i]);
       } else {  // rounded before the weight multiply, as the Llama-style norm
-        lo[i] = round_to<T>(round_to<T>(lo[i] * r) * w1), hi[i] = round_to<T>(round_to<T>(hi[i] * r) * w2);
+        lo[i] *= r, hi[i] *= r;
+        round_pair<T>(lo[i], hi[i]);
+        lo[i] *= w1s[i], hi[i] *= w2s[i];
       }
+      round_pair<T>(lo[i], hi[i]);
     }
   }
   if (!live) return;
@@ -80,8 +98,11 @@ __device__ __forceinline__ void norm_rotate(float (&lo)[kVecElems<T>], float (&h
   }
   for (int i = 0; i < kE; ++i) {
     const float c = ca[i], s = sa[i], x1 = lo[i], x2 = hi[i];
-    lo[i] = round_to<T>(x1 * c) + round_to<T>(-x2 * s);  // x1*cos - x2*sin (negation is exact)
-    hi[i] = round_to<T>(x2 * c) + round_to<T>(x1 * s);   // x2*cos + x1*sin
+    float a = x1 * c, b = -x2 * s, e = x2 * c, f = x1 * s;  // (negation is exact)
+    round_pair<T>(a, b);
+    round_pair<T>(e, f);
+    lo[i] = a + b;  // x1*cos - x2*sin
+    hi[i] = e + f;  // x2*cos + x1*sin
   }
 }
 

@@ -15,8 +15,13 @@
 // RoPE, scores rounded, scaled and rounded again, the f32 softmax rounded before it
 // multiplies the values.
 //
+// The blocks of one batch row run as a thread-block cluster: each computes the RoPE angles
+// of a share of the positions and reads the rest from its peers' shared memory.
+//
 // LMX_SELF_ATTENTION_KERNEL=0 turns the kernel off (the op then composes), for measuring
 // what it gains.
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -159,13 +164,15 @@ __device__ __forceinline__ void attend(const T* qh, const T* ks, const T* vs, in
   for (int h = 0; h < 2; ++h)
     for (int o = 1; o < 4; o *= 2) sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], o);
   // The probabilities rounded to T: tile n's two registers are an A operand's half for
-  // keys [8n, 8n + 8) (rows r0 and r1).
+  // keys [8n, 8n + 8) (rows r0 and r1). Masked keys skip the division: a zero numerator
+  // takes the IEEE division's slow path, which cost 7% of the kernel's instructions.
   uint32_t pr[kKeyTiles][2];
 #pragma unroll
   for (int n = 0; n < kKeyTiles; ++n)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      pr[n][h] = pack2<T>(sum[h] > 0 ? s[n][2 * h] / sum[h] : 0.0f, sum[h] > 0 ? s[n][2 * h + 1] / sum[h] : 0.0f);
+      pr[n][h] = pack2<T>(s[n][2 * h] > 0 ? s[n][2 * h] / sum[h] : 0.0f,
+                          s[n][2 * h + 1] > 0 ? s[n][2 * h + 1] / sum[h] : 0.0f);
 
   // Output p·v over 16 keys a step, 16 columns per ldmatrix.
   float o[kMaxCols / 8][4];
@@ -204,7 +211,7 @@ __device__ __forceinline__ void attend(const T* qh, const T* ks, const T* vs, in
 }
 
 template <class T, class W, bool kGemmaNorm, int kKeyTiles>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
     self_attention_kernel(const T* q, const T* k, const T* v, const float* inv_freq, const int32_t* offsets,
                           const W* q_norm, const W* k_norm, float eps, float scale, int window, T* out, int nl,
                           int hq, int hkv, int d, int lanes, int parts, int splits) {
@@ -246,12 +253,31 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   asm volatile("cp.async.commit_group;\n" ::);
-  // The angles of every token, once for all heads of the block, while the rows arrive.
+  // The angles while the rows arrive: this block's share of the positions (every
+  // csize-th from its rank in the cluster), then the peers' shares from their shared
+  // memory. The cluster's blocks all serve one batch row, so they need the same angles.
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int csize = int(cluster.num_blocks()), crank = int(cluster.block_rank());  // csize: a power of two
   const int angle_steps = kThreads / half, my_j = int(threadIdx.x) % half;
   if (int(threadIdx.x) / half < angle_steps) {
     const float freq = inv_freq[my_j];
-    for (int l = int(threadIdx.x) / half; l < nl; l += angle_steps)
-      rope_angle<T>(int64_t(offsets[b]) + l, freq, cs[l * p.la + my_j], sn[l * p.la + my_j]);
+    const int64_t first = offsets[b];
+    for (int l = crank + int(threadIdx.x) / half * csize; l < nl; l += angle_steps * csize)
+      rope_angle<T>(first + l, freq, cs[l * p.la + my_j], sn[l * p.la + my_j]);
+  }
+  if (csize > 1) {
+    cluster.sync();  // every share written
+    // A thread keeps one float4 column of cos or sin and steps over the rows.
+    const int per_row = half / 2;  // float4 columns of both arrays
+    const int col = int(threadIdx.x) % per_row, step = kThreads / per_row;
+    float* base = (col % 2 ? sn : cs) + col / 2 * 4;
+    for (int l = int(threadIdx.x) / per_row; int(threadIdx.x) < step * per_row && l < nl; l += step) {
+      const int owner = l & (csize - 1);
+      if (owner == crank) continue;
+      float* mine = base + l * p.la;
+      *reinterpret_cast<float4*>(mine) = *reinterpret_cast<const float4*>(cluster.map_shared_rank(mine, owner));
+    }
   }
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   __syncthreads();
@@ -261,22 +287,27 @@ __global__ void __launch_bounds__(kThreads)
   // norm_rotate's shuffles run on whole warps.
   const int rows_per_warp = 32 / lanes;
   const int64_t j0 = int64_t(lane % lanes) * kE;
-  for (int r = warp * rows_per_warp + lane / lanes; r - lane / lanes < (group + 1) * lp;
-       r += kWarps * rows_per_warp) {
-    const int kind = r / lp, l = r % lp;
-    const bool live = l < nl && j0 < half;
-    T* x = row(kind, l);
-    float lo[kE], hi[kE];
-    if (live) {
-      load_vec(x + j0, lo), load_vec(x + half + j0, hi);
-    } else {
-      for (int i = 0; i < kE; ++i) lo[i] = hi[i] = 0;
+  for (int kind = 0; kind < group + 1; ++kind) {
+    const W* norm_w = kind < group ? q_norm : k_norm;
+    for (int l = warp * rows_per_warp + lane / lanes; l - lane / lanes < lp; l += kWarps * rows_per_warp) {
+      const bool live = l < nl && j0 < half;
+      T* x = row(kind, l);
+      float lo[kE], hi[kE];
+      if (live) {
+        load_vec(x + j0, lo), load_vec(x + half + j0, hi);
+      } else {
+        for (int i = 0; i < kE; ++i) lo[i] = hi[i] = 0;
+      }
+      norm_rotate<T, W, kGemmaNorm>(lo, hi, live, j0, half, lanes, norm_w, eps, cs + l * p.la, sn + l * p.la);
+      if (live) store_vec(x + j0, lo), store_vec(x + half + j0, hi);
     }
-    norm_rotate<T, W, kGemmaNorm>(lo, hi, live, j0, half, lanes, kind < group ? q_norm : k_norm, eps,
-                                  cs + l * p.la, sn + l * p.la);
-    if (live) store_vec(x + j0, lo), store_vec(x + half + j0, hi);
   }
-  __syncthreads();
+  // The staging tiles below overwrite the angles: in a cluster, wait until every peer has
+  // copied its share of them.
+  if (csize > 1)
+    cluster.sync();
+  else
+    __syncthreads();
 
   // Each warp task: 16 query rows (row tile rt) of query head j, output columns
   // [c0, c0 + cols). Tasks of one row tile and head recompute the same scores, a small
@@ -328,13 +359,18 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   int64_t splits = (d + kMaxCols - 1) / kMaxCols;
   while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps) splits *= 2;
   if (d % (splits * kTile) != 0) return false;
+  // A row's blocks (hkv × parts consecutive ones) share the angles in clusters of up to 8,
+  // the portable cluster size.
+  int64_t cluster_size = 8;
+  while (hkv * parts % cluster_size != 0) cluster_size /= 2;
   bool ran = false;
   visit_device_dtype(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
     visit_device_dtype(q_norm ? q_norm->dtype() : q.dtype(), [&](auto wtag) {
       using W = decltype(wtag);
       if constexpr ((std::is_same_v<T, bfloat_t> || std::is_same_v<T, half_t>) && kIsFloat<W>) {
-        // Score registers for up to 32 keys (the common short prompt), else for up to 128.
+        // Score registers for up to 32 keys (the common short prompt; 64 registers a thread,
+        // four blocks an SM), else for up to 128.
         auto pick = [&](auto gemma) {
           return nl <= 32 ? self_attention_kernel<T, W, decltype(gemma)::value, 4>
                           : self_attention_kernel<T, W, decltype(gemma)::value, kMaxTokens / 8>;
@@ -342,12 +378,27 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         auto* kernel = style == fast::RmsNormStyle::gemma ? pick(std::true_type{}) : pick(std::false_type{});
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.bytes)),
               "cudaFuncSetAttribute");
+        // All of the SM's unified memory as shared memory: short rows fit four blocks.
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                   int(cudaSharedmemCarveoutMaxShared)),
+              "cudaFuncSetAttribute");
         const W* qn = q_norm ? static_cast<const W*>(q_norm->raw()) : nullptr;
         const W* kn = k_norm ? static_cast<const W*>(k_norm->raw()) : nullptr;
-        kernel<<<unsigned(nb * hkv * parts), kThreads, plan.bytes, ctx.stream>>>(
-            static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()), static_cast<const T*>(v.raw()),
-            inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale, int(std::min<int64_t>(window, nl + 1)),
-            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes, int(parts), int(splits));
+        cudaLaunchConfig_t config{};
+        config.gridDim = dim3(unsigned(nb * hkv * parts));
+        config.blockDim = dim3(kThreads);
+        config.dynamicSmemBytes = plan.bytes;
+        config.stream = ctx.stream;
+        cudaLaunchAttribute cluster;
+        cluster.id = cudaLaunchAttributeClusterDimension;
+        cluster.val.clusterDim.x = unsigned(cluster_size), cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+        config.attrs = &cluster;
+        config.numAttrs = 1;
+        check(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()),
+                                 static_cast<const T*>(v.raw()), inv_freq.data<float>(), offsets.data<int32_t>(), qn,
+                                 kn, eps, scale, int(std::min<int64_t>(window, nl + 1)), static_cast<T*>(out.raw()),
+                                 int(nl), int(hq), int(hkv), int(d), lanes, int(parts), int(splits)),
+              "self_attention_kernel");
         check_launch("self_attention_kernel");
         ran = true;
       }
