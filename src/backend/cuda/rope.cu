@@ -43,15 +43,12 @@ __global__ void rope_heads_kernel(const T* x, const float* inv_freq, const int32
   const int64_t token = blockIdx.x, b = token / nl, l = token % nl, d = 2 * half;
   const int64_t j0 = int64_t(threadIdx.x % lanes) * kE;  // this lane's columns [j0, j0 + kE) of each half
   const int heads_per_pass = int(blockDim.x) / lanes;
-  float lo[kE], hi[kE];  // x[j0 + i] and x[half + j0 + i] of this lane's head
+  uint4 lo, hi;  // x[j0, j0 + kE) and x[half + j0, half + j0 + kE) of this lane's head
   auto load_head = [&](int64_t h) {
     const bool live = h < nh && j0 < half;
     const T* xr = x + (token * nh + h) * d;
-    if (live) {
-      load_vec(xr + j0, lo), load_vec(xr + half + j0, hi);
-    } else {
-      for (int i = 0; i < kE; ++i) lo[i] = hi[i] = 0;
-    }
+    lo = live ? *reinterpret_cast<const uint4*>(xr + j0) : make_uint4(0, 0, 0, 0);
+    hi = live ? *reinterpret_cast<const uint4*>(xr + half + j0) : make_uint4(0, 0, 0, 0);
     return live;
   };
   // The first pass's loads are in flight while the angles are worked out.
@@ -65,8 +62,8 @@ __global__ void rope_heads_kernel(const T* x, const float* inv_freq, const int32
     norm_rotate<T, W, kGemmaNorm>(lo, hi, live, j0, half, lanes, norm_w, eps, cs, sn);
     if (!live) continue;
     T* o = out + ((b * nh + h) * nl + l) * d;
-    store_vec(o + j0, lo);
-    store_vec(o + half + j0, hi);
+    *reinterpret_cast<uint4*>(o + j0) = lo;
+    *reinterpret_cast<uint4*>(o + half + j0) = hi;
   }
 }
 
