@@ -2,7 +2,8 @@
 # The GPU benchmark in one command: builds lmx with CUDA (or takes a build made
 # elsewhere), makes the three benchmark models (real configurations, random bf16 weights),
 # runs `lmx bench` and the transformers peer on every workload of issue F, and writes
-# bench/results/YYYY-MM-DD-h200.json with both in the same run. About 8 minutes on an H200 (476 s on 2026-11-29).
+# bench/results/YYYY-MM-DD-h200.json with both in the same run. About 8 minutes on an H200
+# (476 s on 2026-11-29).
 #
 #   bench/run_gpu.sh
 #   SKIP_BUILD=1 BUILD=build-gpu bench/run_gpu.sh   # a CUDA build made on another machine
