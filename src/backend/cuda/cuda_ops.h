@@ -50,8 +50,9 @@ void rope(const Context& ctx, const Array& x, const Array& inv_freq, const Array
 // or heads that are not whole 16-byte vectors per half.
 bool rope_heads(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w,
                 float eps, fast::RmsNormStyle style, const Array& out);
-// self_attention.cu: fast::self_attention in one kernel for bf16/f16, head_dim 32-128 (a
-// multiple of 16) and up to 128 tokens; false (nothing done) otherwise.
+// self_attention.cu: fast::self_attention in one kernel for bf16/f16, head_dim 32-256 (a
+// multiple of 16) and up to 128 tokens when the shared memory fits; false (nothing done)
+// otherwise.
 bool self_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, const Array& inv_freq,
                     const Array& offsets, const Array* q_norm, const Array* k_norm, float eps,
                     fast::RmsNormStyle style, float scale, int64_t window, const Array& out);
