@@ -388,14 +388,23 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         config.stream = ctx.stream;
         cudaLaunchAttribute cluster;
         cluster.id = cudaLaunchAttributeClusterDimension;
-        cluster.val.clusterDim.x = unsigned(cluster_size), cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+        cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
         config.attrs = &cluster;
         config.numAttrs = 1;
-        check(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()),
-                                 static_cast<const T*>(v.raw()), inv_freq.data<float>(), offsets.data<int32_t>(), qn,
-                                 kn, eps, scale, int(std::min<int64_t>(window, nl + 1)), static_cast<T*>(out.raw()),
-                                 int(nl), int(hq), int(hkv), int(d), lanes, int(parts), int(splits)),
-              "self_attention_kernel");
+        // A GPU (or partition) whose GPCs cannot hold the whole cluster at once gets clusters
+        // of one: each block then works out all of its own angles.
+        cluster.val.clusterDim.x = unsigned(cluster_size);
+        int fits = 0;
+        if (cluster_size > 1 && (cudaOccupancyMaxActiveClusters(&fits, kernel, &config) != cudaSuccess || fits == 0)) {
+          (void)cudaGetLastError();
+          cluster.val.clusterDim.x = 1;
+        }
+        const cudaError_t e = cudaLaunchKernelEx(
+            &config, kernel, static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()),
+            static_cast<const T*>(v.raw()), inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale,
+            int(std::min<int64_t>(window, nl + 1)), static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d),
+            lanes, int(parts), int(splits));
+        check(e, "self_attention_kernel");
         check_launch("self_attention_kernel");
         ran = true;
       }
