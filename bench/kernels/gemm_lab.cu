@@ -24,22 +24,7 @@
 #include <string>
 #include <vector>
 
-#define CHECK(call)                                                           \
-  do {                                                                        \
-    cudaError_t e_ = (call);                                                  \
-    if (e_ != cudaSuccess) {                                                  \
-      std::fprintf(stderr, "%s failed: %s\n", #call, cudaGetErrorString(e_)); \
-      std::exit(2);                                                           \
-    }                                                                         \
-  } while (0)
-#define CHECK_BLAS(call)                                             \
-  do {                                                               \
-    int s_ = int(call);                                              \
-    if (s_ != 0) {                                                   \
-      std::fprintf(stderr, "%s failed: status %d\n", #call, s_);     \
-      std::exit(2);                                                  \
-    }                                                                \
-  } while (0)
+#include "lab.cuh"
 
 using bf16 = __nv_bfloat16;
 
@@ -63,7 +48,7 @@ constexpr size_t kWorkspace = 64 << 20;
 // out [M, N] = x [M, K] · w [N, K]ᵀ, as matmul.cpp calls it (column-major: outᵀ = w · xᵀ).
 void gemm_blas(const bf16* x, const bf16* w, bf16* out, int m, int n, int k) {
   const float alpha = 1, beta = 0;
-  CHECK_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
+  CHECK_STATUS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
                           &beta, out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
@@ -75,18 +60,18 @@ struct LtPlan {
 };
 LtPlan lt_plan(int m, int n, int k) {
   LtPlan p;
-  CHECK_BLAS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  CHECK_STATUS(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-  CHECK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-  CHECK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
-  CHECK_BLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, n, k));  // w as stored: [K, N] column-major
-  CHECK_BLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, k));  // x
-  CHECK_BLAS(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, n, m, n));
+  CHECK_STATUS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+  CHECK_STATUS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
+  CHECK_STATUS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, n, k));  // w as stored: [K, N] column-major
+  CHECK_STATUS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, k));  // x
+  CHECK_STATUS(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, n, m, n));
   return p;
 }
 void gemm_lt(const LtPlan& p, const cublasLtMatmulAlgo_t* algo, const bf16* x, const bf16* w, bf16* out) {
   const float alpha = 1, beta = 0;
-  CHECK_BLAS(cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, out, p.c, out, p.c, algo, workspace,
+  CHECK_STATUS(cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, out, p.c, out, p.c, algo, workspace,
                             kWorkspace, 0));
 }
 
@@ -115,13 +100,13 @@ float median_us(F&& f) {
 // The fastest of the heuristic's candidates for this shape (one that runs and checks).
 cublasLtMatmulAlgo_t best_lt_algo(const LtPlan& p, const bf16* x, const bf16* w, bf16* out) {
   cublasLtMatmulPreference_t pref;
-  CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
-  CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
+  CHECK_STATUS(cublasLtMatmulPreferenceCreate(&pref));
+  CHECK_STATUS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
                                                   sizeof kWorkspace));
   cublasLtMatmulHeuristicResult_t res[16];
   int found = 0;
-  CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, 16, res, &found));
-  CHECK_BLAS(cublasLtMatmulPreferenceDestroy(pref));
+  CHECK_STATUS(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, 16, res, &found));
+  CHECK_STATUS(cublasLtMatmulPreferenceDestroy(pref));
   float best = 1e30f;
   cublasLtMatmulAlgo_t algo = res[0].algo;
   for (int i = 0; i < found; ++i) {
@@ -150,8 +135,8 @@ double check(const std::vector<bf16>& hx, const std::vector<bf16>& hw, const bf1
 }
 
 int main() {
-  CHECK_BLAS(cublasCreate(&blas));
-  CHECK_BLAS(cublasLtCreate(&lt));
+  CHECK_STATUS(cublasCreate(&blas));
+  CHECK_STATUS(cublasLtCreate(&lt));
   CHECK(cudaMalloc(&workspace, kWorkspace));
   bool ok = true;
   std::mt19937 rng(1);

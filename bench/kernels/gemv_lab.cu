@@ -23,14 +23,7 @@
 #include <random>
 #include <vector>
 
-#define CHECK(call)                                                                   \
-  do {                                                                                \
-    cudaError_t e_ = (call);                                                          \
-    if (e_ != cudaSuccess) {                                                          \
-      std::fprintf(stderr, "%s failed: %s\n", #call, cudaGetErrorString(e_));         \
-      std::exit(2);                                                                   \
-    }                                                                                 \
-  } while (0)
+#include "lab.cuh"
 
 using bf16 = __nv_bfloat16;
 constexpr int kThreads = 128, kWarps = kThreads / 32;
