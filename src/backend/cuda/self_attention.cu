@@ -25,6 +25,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "backend/cuda/rope.cuh"
 
@@ -316,6 +319,40 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
                          out + (int64_t(b) * nl * hq + first_head + task / (row_tiles * splits)) * d, int64_t(hq) * d);
 }
 
+// Blocks per cluster for a launch of `kernel` with `config` (no attributes yet): `wanted`,
+// or 1 where the device cannot co-schedule clusters that large (each block then works out
+// all of its own angles). On first use per device and kernel it also opts the kernel in
+// to the device's largest shared memory per block, with all of the SM's unified memory as
+// shared memory (short rows fit four blocks). The driver is asked once per (device,
+// kernel, shared memory, cluster), not on every launch.
+int cluster_blocks(const Context& ctx, const void* kernel, cudaLaunchConfig_t config, int wanted) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, size_t, int>, int> known;
+  std::lock_guard lock(mu);
+  const auto key = std::make_tuple(ctx.device, kernel, config.dynamicSmemBytes, wanted);
+  if (auto it = known.find(key); it != known.end()) return it->second;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(ctx.max_smem_per_block)),
+        "cudaFuncSetAttribute");
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             int(cudaSharedmemCarveoutMaxShared)),
+        "cudaFuncSetAttribute");
+  int blocks = wanted;
+  if (wanted > 1) {
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = unsigned(wanted), cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    int fits = 0;
+    if (cudaOccupancyMaxActiveClusters(&fits, kernel, &config) != cudaSuccess || fits == 0) {
+      (void)cudaGetLastError();
+      blocks = 1;
+    }
+  }
+  known.emplace(key, blocks);
+  return blocks;
+}
+
 }  // namespace
 
 bool self_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, const Array& inv_freq,
@@ -373,12 +410,6 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
                           : self_attention_kernel<T, W, decltype(gemma)::value, kMaxTokens / 8>;
         };
         auto* kernel = style == fast::RmsNormStyle::gemma ? pick(std::true_type{}) : pick(std::false_type{});
-        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.bytes)),
-              "cudaFuncSetAttribute");
-        // All of the SM's unified memory as shared memory: short rows fit four blocks.
-        check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                   int(cudaSharedmemCarveoutMaxShared)),
-              "cudaFuncSetAttribute");
         const W* qn = q_norm ? static_cast<const W*>(q_norm->raw()) : nullptr;
         const W* kn = k_norm ? static_cast<const W*>(k_norm->raw()) : nullptr;
         cudaLaunchConfig_t config{};
@@ -388,17 +419,11 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         config.stream = ctx.stream;
         cudaLaunchAttribute cluster;
         cluster.id = cudaLaunchAttributeClusterDimension;
+        cluster.val.clusterDim.x = unsigned(cluster_blocks(ctx, reinterpret_cast<const void*>(kernel), config,
+                                                           int(cluster_size)));
         cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
         config.attrs = &cluster;
         config.numAttrs = 1;
-        // A GPU (or partition) whose GPCs cannot hold the whole cluster at once gets clusters
-        // of one: each block then works out all of its own angles.
-        cluster.val.clusterDim.x = unsigned(cluster_size);
-        int fits = 0;
-        if (cluster_size > 1 && (cudaOccupancyMaxActiveClusters(&fits, kernel, &config) != cudaSuccess || fits == 0)) {
-          (void)cudaGetLastError();
-          cluster.val.clusterDim.x = 1;
-        }
         const cudaError_t e = cudaLaunchKernelEx(
             &config, kernel, static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()),
             static_cast<const T*>(v.raw()), inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale,
