@@ -21,15 +21,17 @@ DecoderLayer::DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& att
 }
 
 fast::AddNorm DecoderLayer::forward(const Array& x, const Array& x_normed, const nn::RMSNorm& next,
-                                    nn::LayerCache* cache, const nn::SequenceBatch* batch) const {
-  const Array a = self_attn.forward(x_normed, cache, batch);
+                                    nn::LayerCache* cache, const nn::SequenceBatch* batch, const Array& at) const {
+  const Array a = self_attn.forward(x_normed, cache, batch, at);  // [B, L, H], or [R, H] with `at`
+  // Every step below is row by row, so the residual rows that are not read can go too.
+  const Array x_rows = at.valid() ? take(reshape(x, {-1, x.shape(-1)}), at, 0) : x;
   if (sandwich_) {
     // Gemma: each sub-block's output is normalised before the residual add.
-    const fast::AddNorm h = pre_feedforward_layernorm->after_add(x, a, &post_attention_layernorm);
+    const fast::AddNorm h = pre_feedforward_layernorm->after_add(x_rows, a, &post_attention_layernorm);
     return next.after_add(h.sum, mlp.forward(h.normed), &*post_feedforward_layernorm);
   }
   // Llama/Qwen: pre-norm residual blocks.
-  const fast::AddNorm h = post_attention_layernorm.after_add(x, a);
+  const fast::AddNorm h = post_attention_layernorm.after_add(x_rows, a);
   return next.after_add(h.sum, mlp.forward(h.normed));
 }
 
@@ -53,7 +55,7 @@ CausalLM::CausalLM(DecoderSpec spec)
 }
 
 Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches,
-                               const nn::SequenceBatch* batch) const {
+                               const nn::SequenceBatch* batch, const Array& at) const {
   LMX_CHECK(ids.valid() && ids.ndim() == 2 && (ids.dtype() == Dtype::i32 || ids.dtype() == Dtype::u32), "forward",
             "token ids must be an int32 array of shape [batch, length]");
   LMX_CHECK(caches.empty() || int(caches.size()) == num_layers(), "forward", "got ", caches.size(),
@@ -61,11 +63,16 @@ Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const>
   Array h = embed_tokens_.forward(ids);  // [B, L, H]
   if (spec_.scale_embeddings)
     h = multiply(h, scalar(std::sqrt(double(spec_.hidden_size)), h.dtype(), h.device()));
-  if (layers_.empty()) return norm_.forward(h);
+  if (at.valid())
+    LMX_CHECK(at.ndim() == 1 && (at.dtype() == Dtype::i32 || at.dtype() == Dtype::u32), "forward",
+              "the positions to keep must be a 1-D int32 array of indices into batch * length, got ",
+              shape_str(at.shape()), " ", dtype_name(at.dtype()));
+  if (layers_.empty()) return norm_.forward(at.valid() ? take(reshape(h, {-1, h.shape(-1)}), at, 0) : h);
   fast::AddNorm s{h, layers_[0]->input_layernorm.forward(h)};
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const nn::RMSNorm& next = i + 1 < layers_.size() ? layers_[i + 1]->input_layernorm : norm_;
-    s = layers_[i]->forward(s.sum, s.normed, next, caches.empty() ? nullptr : caches[i], batch);
+    const bool last = i + 1 == layers_.size();
+    const nn::RMSNorm& next = last ? norm_ : layers_[i + 1]->input_layernorm;
+    s = layers_[i]->forward(s.sum, s.normed, next, caches.empty() ? nullptr : caches[i], batch, last ? at : Array{});
   }
   return s.normed;
 }
@@ -130,6 +137,12 @@ void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {
     layers_[i]->visit(nn::join_name(model, "layers." + std::to_string(i)), fn);
   norm_.visit(nn::join_name(model, "norm"), fn);
   if (lm_head_) lm_head_->visit(nn::join_name(prefix, "lm_head"), fn);
+}
+
+Array last_positions(int64_t rows, int64_t length, Device device) {
+  std::vector<int32_t> at(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) at[size_t(r)] = int32_t((r + 1) * length - 1);
+  return to_device(from_vector(at, {rows}), device);
 }
 
 }  // namespace lmx::models

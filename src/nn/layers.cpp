@@ -66,8 +66,10 @@ Attention::Attention(const AttentionSpec& s)
   inv_freq_ = from_vector(s.inv_freq, {int64_t(s.inv_freq.size())});
 }
 
-Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch* batch) const {
+Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch* batch, const Array& at) const {
   const int64_t b = x.shape(0), l = x.shape(1), hd = spec_.head_dim;
+  // o [B*L, heads*hd] -> the projected rows that are read: all, or those at `at`.
+  auto project = [&](const Array& o) { return o_proj.forward(at.valid() ? take(o, at, 0) : o); };
   // [B, L, heads, hd]
   const Array q_tok = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
   const Array k_tok = reshape(k_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
@@ -81,7 +83,8 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
   if (!cache && !batch) {  // a whole sequence (classification, scoring): nothing kept for later tokens
     fast::SelfAttention sa{freqs, pos, qn ? &*qn : nullptr, kn ? &*kn : nullptr, spec_.scale, spec_.window};
     const Array o = fast::self_attention(q_tok, k_tok, v_tok, sa);  // [B, L, H, hd]
-    return o_proj.forward(reshape(o, {b, l, spec_.n_heads * hd}));
+    const Array out = project(reshape(o, {b * l, spec_.n_heads * hd}));
+    return at.valid() ? out : reshape(out, {b, l, -1});
   }
   // [B, heads, L, hd]: q and k normed per head (Qwen3), rotated and transposed in one pass.
   const Array q = fast::rope_heads(q_tok, freqs, pos, qn ? &*qn : nullptr);
@@ -94,7 +97,8 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
   mask.q_offsets = per_row(kv.q_offset);
   if (batch) mask.key_valid = batch->key_valid;
   const Array o = fast::scaled_dot_product_attention(q, kv.k, kv.v, spec_.scale, mask);  // [B, H, L, hd]
-  return o_proj.forward(reshape(swapaxes(o, 1, 2), {b, l, spec_.n_heads * hd}));
+  const Array out = project(reshape(swapaxes(o, 1, 2), {b * l, spec_.n_heads * hd}));
+  return at.valid() ? out : reshape(out, {b, l, -1});
 }
 
 Array Attention::inv_freq(Device d) const {

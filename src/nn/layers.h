@@ -117,9 +117,11 @@ struct AttentionSpec {
 class Attention : public Module {
  public:
   explicit Attention(const AttentionSpec& spec);
-  // x [B, L, hidden]; with a cache the new keys are appended, without one the layer
-  // attends causally within x alone.
-  Array forward(const Array& x, LayerCache* cache, const SequenceBatch* batch = nullptr) const;
+  // x [B, L, hidden] -> [B, L, hidden]; with a cache the new keys are appended, without
+  // one the layer attends causally within x alone. With `at` ([R] int32 indices into the
+  // B*L positions), only those positions go through the output projection -> [R, hidden]:
+  // every key and value is still computed, but nothing is spent on outputs nobody reads.
+  Array forward(const Array& x, LayerCache* cache, const SequenceBatch* batch = nullptr, const Array& at = {}) const;
   void visit(const std::string& prefix, const ParamVisitor& fn) override;
   Linear q_proj, k_proj, v_proj, o_proj;
   std::optional<RMSNorm> q_norm, k_norm;  // [head_dim]

@@ -68,8 +68,8 @@ std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string
       std::copy(p.begin(), p.end(), flat.begin() + r * l);
       last[size_t(r)] = int32_t(r * l + int64_t(p.size()) - 1);
     }
-    const Array h = model_->hidden_states(to_device(from_vector(flat, {rows, l}), device_));  // [R, L, H]
-    const Array picked = take(reshape(h, {rows * l, -1}), to_device(from_vector(last, {rows}), device_), 0);
+    const Array picked = model_->hidden_states(to_device(from_vector(flat, {rows, l}), device_), {}, nullptr,
+                                               to_device(from_vector(last, {rows}), device_));  // [R, H]
     const Array logits = astype(model_->logits(picked), Dtype::f32);  // [R, V]
     const std::vector<int32_t> best = to_vector<int32_t>(argmax(logits, -1));
     const std::vector<float> all = to_floats(logits);
@@ -131,9 +131,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   while (generated < o.max_tokens) {
     nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device_),
                             to_device(astype(from_vector(valid, {rows, slots}), Dtype::boolean), device_)};
-    const Array h = model_->hidden_states(x, cache.layers(), &batch);  // [R, L, H]
-    const Array last = slice_axis(h, 1, h.shape(1) - 1, h.shape(1));
-    const std::vector<float> logits = to_floats(astype(model_->logits(last), Dtype::f32));  // [R, V]
+    const Array h = model_->hidden_states(x, cache.layers(), &batch, models::last_positions(rows, x.shape(1), device_));
+    const std::vector<float> logits = to_floats(astype(model_->logits(h), Dtype::f32));  // [R, V]
     const size_t v = size_t(model_->spec().vocab_size);
     std::vector<int32_t> next(static_cast<size_t>(rows));
     for (int64_t r = 0; r < rows; ++r) {

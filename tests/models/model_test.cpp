@@ -86,19 +86,31 @@ void ModelFixtureTest::check_fixture(Device device) {
   const auto model = models::load_causal_lm(dir, opts);
   EXPECT_EQ(model->dtype(), dtype == "f32" ? Dtype::f32 : Dtype::bf16);
 
-  const std::vector<float> got = to_floats(model->forward(g.input_ids));
-  const std::vector<float> want = to_floats(g.logits);
-  ASSERT_EQ(got.size(), want.size());
-  if (dtype == "f32") {
-    // Every position of both rows within 1e-4 of the largest |logit|.
-    double worst = 0;
-    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
-    EXPECT_LE(worst, 1e-4 * max_abs(want)) << family << " worst |diff| " << worst;
-  } else {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < got.size(); ++i) num += std::pow(got[i] - want[i], 2), den += std::pow(want[i], 2);
-    EXPECT_LE(std::sqrt(num / den), 2e-2) << family << " relative L2 error";
-  }
+  auto expect_close = [&](const std::vector<float>& got, const std::vector<float>& want, const char* what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    if (dtype == "f32") {
+      // Every position within 1e-4 of the largest |logit|.
+      double worst = 0;
+      for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
+      EXPECT_LE(worst, 1e-4 * max_abs(want)) << family << " " << what << " worst |diff| " << worst;
+    } else {
+      double num = 0, den = 0;
+      for (size_t i = 0; i < got.size(); ++i) num += std::pow(got[i] - want[i], 2), den += std::pow(want[i], 2);
+      EXPECT_LE(std::sqrt(num / den), 2e-2) << family << " " << what << " relative L2 error";
+    }
+  };
+  const std::vector<float> want = to_floats(g.logits);  // [2, L, V]
+  expect_close(to_floats(model->forward(g.input_ids)), want, "every position");
+
+  // Chosen positions only (the last layer then runs its projections on those rows alone),
+  // out of order and across both rows: the same logits as HF's at those positions.
+  const int64_t l = g.input_ids.shape(1), v = model->spec().vocab_size;
+  const std::vector<int32_t> at{int32_t(2 * l - 1), 0, int32_t(l - 1), int32_t(l + 2)};
+  const Array h = model->hidden_states(g.input_ids, {}, nullptr, to_device(from_vector(at, {4}), device));
+  ASSERT_EQ(h.shape(), Shape({4, model->spec().hidden_size}));
+  std::vector<float> want_at;
+  for (int32_t p : at) want_at.insert(want_at.end(), want.begin() + p * v, want.begin() + (p + 1) * v);
+  expect_close(to_floats(model->logits(h)), want_at, "chosen positions");
   const std::vector<int32_t> want_ids = to_vector<int32_t>(g.greedy_ids);
   const std::vector<int32_t> got_ids = greedy(*model, to_vector<int32_t>(g.greedy_prompt), int(want_ids.size()));
   if (dtype == "f32") {
@@ -142,6 +154,22 @@ TEST_P(KvCacheTest, CachedDecodingEqualsFullRecomputation) {
   double worst = 0;
   for (size_t i = 0; i < full.size(); ++i) worst = std::max(worst, double(std::abs(inc[i] - full[i])));
   EXPECT_LE(worst, 1e-5 * max_abs(full)) << "over " << l << " positions of vocab " << v;
+}
+
+TEST(ChosenPositionsTest, BadIndicesAreRefusedWithTheirReason) {
+  const auto model = models::load_causal_lm(kModels / "llama-f32");
+  const Array ids = from_vector(std::vector<int32_t>{1, 2, 3, 4, 5, 6}, {2, 3});
+  auto expect_error = [&](const Array& at, const std::string& needle) {
+    try {
+      (void)model->hidden_states(ids, {}, nullptr, at);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(from_vector(std::vector<float>{0, 1}, {2}), "int32");
+  expect_error(from_vector(std::vector<int32_t>{0, 1}, {1, 2}), "1-D");
+  expect_error(from_vector(std::vector<int32_t>{2, 6}, {2}), "out of range");  // 6 = batch * length
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, KvCacheTest, ::testing::Values("llama", "qwen3", "gemma3_text"));

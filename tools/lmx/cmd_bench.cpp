@@ -86,8 +86,8 @@ void run_bench(const BenchArgs& a) {
         }
         KVCache cache(model->num_layers(), a.prompt_len + a.gen_len);
         const double t0 = now_s();
-        Array h = model->hidden_states(prompt, cache.layers());
-        Array next = argmax(model->logits(slice_axis(h, 1, a.prompt_len - 1, a.prompt_len)), -1);  // [B, 1]
+        const Array h = model->hidden_states(prompt, cache.layers(), nullptr, models::last_positions(b, a.prompt_len, dev));
+        Array next = reshape(argmax(model->logits(h), -1), {b, 1});  // [B, 1]
         detail::kernels_for(dev).synchronize();
         prefill_s = now_s() - t0;
         for (int i = 1; i < a.gen_len; ++i) next = argmax(model->forward(next, cache.layers()), -1);
@@ -103,8 +103,8 @@ void run_bench(const BenchArgs& a) {
     const Array prompt = random_ids(1, a.prompt_len, vocab, 2, dev);
     alloc.reset_peak();
     const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
-      const Array h = model->hidden_states(prompt);
-      (void)to_floats(model->logits(slice_axis(h, 1, a.prompt_len - 1, a.prompt_len)));
+      const Array h = model->hidden_states(prompt, {}, nullptr, models::last_positions(1, a.prompt_len, dev));
+      (void)to_floats(model->logits(h));
     });
     results.push_back({{"workload", "prefill"}, {"batch", 1}, {"prompt_len", a.prompt_len},
                        {"lmx_tok_per_s", a.prompt_len / s}, {"peak_mem_bytes", alloc.stats().peak}});
@@ -120,8 +120,9 @@ void run_bench(const BenchArgs& a) {
       std::vector<Array> picks;  // [n, 1] int32 each
       for (int64_t done = 0; done < a.prompts; done += chunk) {
         const int64_t n = std::min(chunk, a.prompts - done);
-        const Array h = model->hidden_states(n == chunk ? ids : slice_axis(ids, 0, 0, n));  // [n, L, H]
-        picks.push_back(argmax(model->logits(slice_axis(h, 1, a.prompt_len - 1, a.prompt_len)), -1));
+        const Array h = model->hidden_states(n == chunk ? ids : slice_axis(ids, 0, 0, n), {}, nullptr,
+                                             models::last_positions(n, a.prompt_len, dev));  // [n, H]
+        picks.push_back(argmax(model->logits(h), -1));
       }
       for (const Array& p : picks) (void)to_vector<int32_t>(p);
     });
