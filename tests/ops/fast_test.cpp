@@ -371,6 +371,16 @@ std::vector<AttnCase> attention_cases() {
   cases.push_back({"decode_gqa2", 4, 2, 1, 33, 64, true, 0, false, false, false});
   cases.push_back({"decode_gqa4", 4, 1, 1, 4097, 32, true, 0, false, false, false});
   cases.push_back({"decode_mha_strided", 2, 2, 1, 31, 64, true, 0, false, false, true});
+  // Few query rows (Lq < 8) take CUDA's decode kernels: keys split over blocks, lane groups
+  // of 8 to 32 per key, rows in blocks of 8.
+  cases.push_back({"decode_d128_splits_strided", 8, 2, 1, 1500, 128, true, 0, false, false, true});
+  cases.push_back({"decode_d256_window", 4, 1, 1, 700, 256, true, 512, false, false, false});
+  cases.push_back({"decode_d8", 4, 2, 1, 65, 8, true, 0, false, false, false});
+  cases.push_back({"few_rows_d48_padding_offsets", 6, 2, 3, 70, 48, true, 0, true, true, false});
+  cases.push_back({"few_rows_past_one_block", 16, 1, 2, 200, 64, true, 0, true, false, true});
+  cases.push_back({"few_rows_window_offsets", 4, 2, 7, 300, 64, true, 20, false, true, false});
+  // A block for every SM: up to 256 keys in one kernel.
+  cases.push_back({"decode_many_kv_heads", 72, 72, 1, 200, 16, true, 0, true, false, true});
   cases.push_back({"prefill_cached_strided", 4, 1, 9, 40, 32, true, 0, false, false, true});
   cases.push_back({"prefill_window", 4, 2, 33, 33, 32, true, 8, false, false, false});
   cases.push_back({"decode_window", 4, 2, 1, 40, 32, true, 16, false, false, false});

@@ -2,13 +2,23 @@
 // the dtype, multiplied by the f32 scale and rounded again; softmax in f32;
 // probabilities rounded to the dtype before the value product, which accumulates in f32.
 //
-// Flash-style tiling: a block holds kRows query rows of one kv head (with GQA these are
-// rows of all the query heads that share it) and streams tiles of 32 keys through shared
-// memory. Because the rounded probability needs the row's final max and sum, each
-// block makes two passes: `stats` finds (max, sum) online, `output` recomputes the
-// scores and accumulates p·v. When there are too few blocks to fill the device (decode,
-// Lq == 1) the keys are split across blocks (split-K): each split writes its (max, sum)
-// and its partial p·v, and a last kernel adds the partials.
+// Two families of kernels. Because the rounded probability needs the row's final max and
+// sum, both find those before they form any probability.
+//
+// - Few query rows per kv head (decode, Lq < 8: `decode_kernel` and its split form). A
+//   block holds up to 8 query rows of one kv head. For the scores each thread takes whole
+//   keys; for p·v a group of lanes takes one value row at a time, each lane 16 bytes of
+//   it. Up to 256 keys (or when one split covers them), one kernel does everything.
+//   Longer caches are split across blocks (split-K, "flash decoding"): the first kernel
+//   stores the rounded scores and each split's (max, sum); the second turns its split's
+//   scores into probabilities and sums p·v; a last kernel adds the splits' sums and
+//   rounds once.
+// - Otherwise (`attention_kernel`), flash-style tiling: a block holds kRows query rows of
+//   one kv head (with GQA these are rows of all the query heads that share it) and streams
+//   tiles of 32 keys through shared memory in two passes: `stats` finds (max, sum)
+//   online, `output` recomputes the scores and accumulates p·v.
+#include <algorithm>
+
 #include "backend/cuda/common.cuh"
 
 namespace lmx::cuda {
@@ -226,6 +236,360 @@ void run(const Context& ctx, AttnParams p, dim3 grid) {
   }
 }
 
+// ---- few query rows per kv head (decode) ----
+
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeRows = 8;        // query rows per block
+constexpr int kDecodeMaxSplit = 512;  // keys per block at most: scores of 8 rows in 16 KiB
+constexpr int kDecodeUnroll = 4;      // keys per lane group with loads in flight at once
+// Shared floats of a block: the scores or probabilities [rows][split], later the lane
+// groups' partial sums [groups][rows][D] (groups * D <= threads * 8: a lane holds at most
+// 8 elements of a key).
+constexpr int kDecodeBuf = kDecodeRows * kDecodeThreads * 8;
+static_assert(kDecodeRows * kDecodeMaxSplit <= kDecodeBuf);
+
+struct DecodeParams {
+  const void* q;  // [B, Hq, Lq, D] contiguous
+  const void* k;  // [B, Hkv, Lk, D], last axis dense, rows 16-byte aligned
+  const void* v;
+  void* out;  // [B, Hq, Lq, D] contiguous
+  int64_t k_sb, k_sh, k_sl, v_sb, v_sh, v_sl;
+  const int32_t* q_offsets;  // [B]
+  const bool* key_valid;     // [B, Lk] or null
+  int hq, hkv, lq, rep, row_groups, total_rows;  // total_rows = B * Hq * Lq < 2^31
+  int64_t lk, d;
+  float scale;
+  bool causal;
+  int64_t window;
+  int splits, split_len;
+  float* scores;   // [total_rows, Lk]: rounded scaled scores, -inf where masked (splits > 1)
+  float2* stats;   // [splits, total_rows]: the split's (max, sum of exp(s - max))
+  float* partial;  // [splits, total_rows, D]
+};
+
+// The block's query rows: blockIdx.y = (b * Hkv + kv head) * row_groups + row group.
+// Rows past the last live one repeat it, so that reading theirs is always in bounds.
+struct DecodeRows {
+  int b, kvh, n;                // n live rows, at most kDecodeRows
+  int grow[kDecodeRows];        // row index into q, out, scores and stats
+  int64_t qpos[kDecodeRows];    // the query's position
+  __device__ explicit DecodeRows(const DecodeParams& p) {
+    const int bh = int(blockIdx.y) / p.row_groups, r0 = (int(blockIdx.y) % p.row_groups) * kDecodeRows;
+    b = bh / p.hkv, kvh = bh % p.hkv;
+    n = ::min(kDecodeRows, p.rep * p.lq - r0);
+    const int64_t q_off = p.q_offsets[b];
+    int g = r0 / p.lq, i = r0 % p.lq;  // query head within the group, query index
+#pragma unroll
+    for (int r = 0; r < kDecodeRows; ++r) {
+      grow[r] = (b * p.hq + kvh * p.rep + g) * p.lq + i;
+      qpos[r] = q_off + i;
+      if (r + 1 < n && ++i == p.lq) i = 0, ++g;
+    }
+  }
+};
+
+// Lane layout: groups of G lanes take one key each; lane `slot` of a group holds chunks
+// slot, slot + G, ... (NC of them) of kVecElems<T> elements. Groups of a warp step through
+// the split's keys together so that the shuffles inside a group never diverge.
+template <class T, int G, int NC>
+struct DecodeLanes {
+  static constexpr int E = kVecElems<T>, kGroups = kDecodeThreads / G;
+  int slot, group;
+  __device__ DecodeLanes() : slot(threadIdx.x % G), group(threadIdx.x / G) {}
+  __device__ bool has(int c, int64_t d) const { return (slot + c * G) * E < d; }
+  __device__ int64_t at(int c) const { return int64_t(slot + c * G) * E; }
+  // The NC chunks of a key, value or query row at `base`, zeros past D.
+  __device__ void load(const T* base, int64_t d, float (&x)[NC * E]) const {
+    for (int c = 0; c < NC; ++c) {
+      float v[E];
+      if (has(c, d)) load_vec<T>(base + at(c), v);
+      for (int e = 0; e < E; ++e) x[c * E + e] = has(c, d) ? v[e] : 0.0f;
+    }
+  }
+};
+
+// sc[r][j - lo] = the rounded, scaled score of row r and key j in [lo, hi), or -inf.
+// Each thread takes whole keys: it streams its key in 16-byte loads, four in flight, and
+// reads the block's query rows from shared memory (qs [kDecodeRows][D], f32), so no score
+// needs a reduction across lanes.
+template <class T>
+__device__ __forceinline__ void split_scores(const DecodeParams& p, const DecodeRows& rows, int64_t lo, int64_t hi,
+                                             float* sc, float4* qs) {
+  constexpr int E = kVecElems<T>, kInFlight = 8;
+  const int64_t d = p.d, n = hi - lo, vd = d / E;
+  const T* q = static_cast<const T*>(p.q);
+  float* qf = reinterpret_cast<float*>(qs);
+  for (int e = threadIdx.x; e < rows.n * int(vd); e += kDecodeThreads) {  // at most 2 trips
+    float x[E];
+    load_vec<T>(q + int64_t(rows.grow[e / int(vd)]) * d + (e % int(vd)) * E, x);
+    for (int i = 0; i < E; ++i) qf[e * E + i] = x[i];
+  }
+  __syncthreads();
+  const T* kp = static_cast<const T*>(p.k) + rows.b * p.k_sb + rows.kvh * p.k_sh;
+  const char* vp = static_cast<const char*>(p.v) + (rows.b * p.v_sb + rows.kvh * p.v_sh) * int64_t(sizeof(T));
+  for (int64_t j = lo + threadIdx.x; j < hi; j += kDecodeThreads) {
+    // The value rows are read once the scores are done: ask L2 for them now.
+    for (int64_t b = 0; b < d * int64_t(sizeof(T)); b += 128)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + j * p.v_sl * int64_t(sizeof(T)) + b));
+    const T* kr = kp + j * p.k_sl;
+    float dot[kDecodeRows] = {};
+    for (int64_t c = 0; c < d; c += kInFlight * E) {
+      float kx[kInFlight][E];
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u)
+        if (c + u * E < d) load_vec<T>(kr + c + u * E, kx[u]);
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        if (c + u * E >= d) break;
+#pragma unroll
+        for (int r = 0; r < kDecodeRows; ++r) {
+          if (r >= rows.n) break;
+#pragma unroll
+          for (int h = 0; h < E / 4; ++h) {
+            const float4 x = qs[(r * d + c + u * E) / 4 + h];
+            dot[r] = __fmaf_rn(x.x, kx[u][4 * h], dot[r]);
+            dot[r] = __fmaf_rn(x.y, kx[u][4 * h + 1], dot[r]);
+            dot[r] = __fmaf_rn(x.z, kx[u][4 * h + 2], dot[r]);
+            dot[r] = __fmaf_rn(x.w, kx[u][4 * h + 3], dot[r]);
+          }
+        }
+      }
+    }
+    const bool key_ok = !p.key_valid || p.key_valid[rows.b * p.lk + j];
+#pragma unroll
+    for (int r = 0; r < kDecodeRows; ++r) {
+      if (r >= rows.n) break;
+      const int64_t pos = rows.qpos[r];
+      const bool visible = key_ok && (!p.causal || j <= pos) && (p.window <= 0 || j > pos - p.window);
+      sc[r * n + (j - lo)] = visible ? round_to<T>(round_to<T>(dot[r]) * p.scale) : -INFINITY;
+    }
+  }
+}
+
+// Row r's max m and sum of exp(s - m) over sc[r][0, n), by one warp.
+__device__ inline float2 row_stats(const float* sc, int64_t n) {
+  const int lane = threadIdx.x % 32;
+  float m = -INFINITY;
+  for (int64_t jj = lane; jj < n; jj += 32) m = fmaxf(m, sc[jj]);
+  m = warp_reduce(m, Max{});
+  float l = 0;
+  for (int64_t jj = lane; jj < n; jj += 32)
+    if (sc[jj] != -INFINITY) l += ::expf(sc[jj] - m);
+  return make_float2(m, warp_reduce(l, Sum{}));
+}
+
+// The probability of a score from its row's final max and 1/sum, rounded to T.
+template <class T>
+__device__ __forceinline__ float probability(float s, float m, float inv) {
+  return s == -INFINITY ? 0.0f : round_to<T>(::expf(s - m) * inv);
+}
+
+// Sum over keys [lo, hi) of prob[r][j - lo] * v[j], for every live row: into out (rounded)
+// when the block holds all keys, else into the split's partial sums. buf holds prob and
+// then the lane groups' sums.
+template <class T, int G, int NC>
+__device__ __forceinline__ void split_values(const DecodeParams& p, const DecodeRows& rows, int64_t lo, int64_t hi, float* buf) {
+  using L = DecodeLanes<T, G, NC>;
+  constexpr int E = L::E;
+  const L lanes;
+  const int64_t d = p.d, n = hi - lo;
+  const float* prob = buf;
+  float acc[kDecodeRows][NC * E] = {};
+  const T* vp = static_cast<const T*>(p.v) + rows.b * p.v_sb + rows.kvh * p.v_sh;
+  for (int64_t j0 = lo + lanes.group; j0 < hi; j0 += int64_t(kDecodeUnroll) * L::kGroups) {
+    float vx[kDecodeUnroll][NC * E];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int64_t j = j0 + int64_t(u) * L::kGroups;
+      if (j < hi) lanes.load(vp + j * p.v_sl, d, vx[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int64_t j = j0 + int64_t(u) * L::kGroups;
+      if (j >= hi) break;
+#pragma unroll
+      for (int r = 0; r < kDecodeRows; ++r) {
+        if (r >= rows.n) break;
+        const float pj = prob[r * n + (j - lo)];
+        for (int e = 0; e < NC * E; ++e) acc[r][e] = __fmaf_rn(pj, vx[u][e], acc[r][e]);
+      }
+    }
+  }
+  __syncthreads();  // the probabilities are read; buf now takes the groups' sums [groups][rows][D]
+  float* red = buf;
+#pragma unroll
+  for (int r = 0; r < kDecodeRows; ++r)
+    for (int c = 0; c < NC && r < rows.n; ++c)
+      if (lanes.has(c, d))
+        for (int e = 0; e < E; ++e) red[(lanes.group * kDecodeRows + r) * d + lanes.at(c) + e] = acc[r][c * E + e];
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows.n * int(d); e += kDecodeThreads) {
+    const int r = e / int(d), dd = e % int(d);  // 32-bit: no 64-bit division in the loop
+    float sum = 0;
+    for (int g = 0; g < L::kGroups; ++g) sum += red[(g * kDecodeRows + r) * d + dd];
+    if (p.splits == 1)
+      static_cast<T*>(p.out)[int64_t(rows.grow[r]) * d + dd] = from_float<T>(sum);
+    else
+      p.partial[(int64_t(blockIdx.x) * p.total_rows + rows.grow[r]) * d + dd] = sum;
+  }
+}
+
+// All keys in one block (splits == 1): scores, softmax and p·v in one kernel.
+template <class T, int G, int NC>
+__global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
+  __shared__ float buf[kDecodeBuf];
+  __shared__ float4 qs[kDecodeRows * kMaxHeadDim / 4];
+  __shared__ float2 st[kDecodeRows];  // (max, 1/sum) per row
+  const DecodeRows rows(p);
+  const int64_t n = p.lk;
+  split_scores<T>(p, rows, 0, n, buf, qs);
+  __syncthreads();
+  for (int r = threadIdx.x / 32; r < rows.n; r += kDecodeThreads / 32) {
+    const float2 s = row_stats(buf + r * n, n);
+    if (threadIdx.x % 32 == 0) st[r] = make_float2(s.x, s.y > 0 ? 1.0f / s.y : 0.0f);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows.n * int(n); e += kDecodeThreads)
+    buf[e] = probability<T>(buf[e], st[e / int(n)].x, st[e / int(n)].y);
+  __syncthreads();
+  split_values<T, G, NC>(p, rows, 0, n, buf);
+}
+
+// Split keys, pass 1: the split's scores to global memory and its (max, sum) per row.
+template <class T>
+__global__ void __launch_bounds__(kDecodeThreads) decode_scores_kernel(DecodeParams p) {
+  __shared__ float sc[kDecodeRows * kDecodeMaxSplit];
+  __shared__ float4 qs[kDecodeRows * kMaxHeadDim / 4];
+  const DecodeRows rows(p);
+  const int64_t lo = int64_t(blockIdx.x) * p.split_len, hi = min64(p.lk, lo + p.split_len), n = hi - lo;
+  split_scores<T>(p, rows, lo, hi, sc, qs);
+  __syncthreads();
+  for (int r = threadIdx.x / 32; r < rows.n; r += kDecodeThreads / 32) {
+    const float2 s = row_stats(sc + r * n, n);
+    for (int64_t jj = threadIdx.x % 32; jj < n; jj += 32) p.scores[int64_t(rows.grow[r]) * p.lk + lo + jj] = sc[r * n + jj];
+    if (threadIdx.x % 32 == 0) p.stats[int64_t(blockIdx.x) * p.total_rows + rows.grow[r]] = s;
+  }
+}
+
+// Split keys, pass 2: the split's probabilities from the rows' final (max, sum) over all
+// splits, then their partial sum of p·v.
+template <class T, int G, int NC>
+__global__ void __launch_bounds__(kDecodeThreads) decode_values_kernel(DecodeParams p) {
+  __shared__ float buf[kDecodeBuf];
+  __shared__ float2 st[kDecodeRows];  // (max, 1/sum) per row
+  const DecodeRows rows(p);
+  const int64_t lo = int64_t(blockIdx.x) * p.split_len, hi = min64(p.lk, lo + p.split_len), n = hi - lo;
+  if (threadIdx.x < kDecodeRows) {
+    const int64_t g = rows.grow[threadIdx.x];
+    float m = -INFINITY, l = 0;
+    for (int s = 0; s < p.splits; ++s) m = fmaxf(m, p.stats[s * p.total_rows + g].x);
+    if (m > -INFINITY)
+      for (int s = 0; s < p.splits; ++s) {
+        const float2 x = p.stats[s * p.total_rows + g];
+        if (x.x > -INFINITY) l += x.y * ::expf(x.x - m);
+      }
+    st[threadIdx.x] = make_float2(m, l > 0 ? 1.0f / l : 0.0f);
+  }
+  __syncthreads();
+  // Every score of a thread is loaded before any is used: the loads overlap.
+  constexpr int kPerThread = kDecodeRows * kDecodeMaxSplit / kDecodeThreads;
+  float sv[kPerThread];
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) {
+    const int e = threadIdx.x + u * kDecodeThreads, r = e / int(n);
+    sv[u] = r < rows.n ? p.scores[int64_t(rows.grow[r]) * p.lk + lo + e % int(n)] : -INFINITY;
+  }
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) {
+    const int e = threadIdx.x + u * kDecodeThreads;
+    if (e < kDecodeRows * int(n)) buf[e] = probability<T>(sv[u], st[e / int(n)].x, st[e / int(n)].y);
+  }
+  __syncthreads();
+  split_values<T, G, NC>(p, rows, lo, hi, buf);
+}
+
+template <class T, int G, int NC>
+void run_decode(const Context& ctx, const DecodeParams& p, dim3 grid) {
+  if (p.splits == 1) {
+    decode_kernel<T, G, NC><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
+    check_launch("decode_kernel");
+    return;
+  }
+  decode_scores_kernel<T><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
+  check_launch("decode_scores_kernel");
+  decode_values_kernel<T, G, NC><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
+  check_launch("decode_values_kernel");
+  const int64_t n = int64_t(p.total_rows) * p.d;
+  combine_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(p.partial, static_cast<T*>(p.out), p.splits, n);
+  check_launch("combine_kernel");
+}
+
+// Lanes per key: D / kVecElems chunks, at least 8 lanes (a smaller D leaves some idle) and
+// at most 32 (a larger one gives each lane two chunks).
+template <class T>
+void run_decode_for_head_dim(const Context& ctx, const DecodeParams& p, dim3 grid) {
+  const int64_t chunks = p.d / kVecElems<T>;
+  if (chunks <= 8)
+    run_decode<T, 8, 1>(ctx, p, grid);
+  else if (chunks <= 16)
+    run_decode<T, 16, 1>(ctx, p, grid);
+  else if constexpr (sizeof(T) == 4)  // f32 past D = 128; 16-bit heads stop at 256 = 32 chunks
+    chunks <= 32 ? run_decode<T, 32, 1>(ctx, p, grid) : run_decode<T, 32, 2>(ctx, p, grid);
+  else
+    run_decode<T, 32, 1>(ctx, p, grid);
+}
+
+// The decode kernels, or false (nothing done) where they do not apply: many query rows,
+// or rows that 16-byte loads cannot read.
+bool attention_for_few_rows(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale,
+                            bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
+                            const Array& out) {
+  const int64_t nb = q.shape(0), hq = q.shape(1), lq = q.shape(2), d = q.shape(3);
+  const int64_t hkv = k.shape(1), lk = k.shape(2), e = 16 / int64_t(itemsize(q.dtype()));
+  if (lq >= 8 || lk == 0 || d % e != 0 || d > 64 * e || !q.is_contiguous() || !aligned16(q) || !aligned16(k) ||
+      !aligned16(v) || !aligned16(out))
+    return false;
+  if (k.strides()[3] != 1 || v.strides()[3] != 1) return false;
+  for (int i = 0; i < 3; ++i)
+    if (k.strides()[size_t(i)] % e != 0 || v.strides()[size_t(i)] % e != 0) return false;
+  const int64_t rep = hq / hkv, row_groups = (rep * lq + kDecodeRows - 1) / kDecodeRows;
+  const int64_t blocks = nb * hkv * row_groups, total_rows = nb * hq * lq;
+  if (blocks > 65535 || total_rows > INT32_MAX) return false;
+  DecodeParams p{};
+  p.q = q.raw(), p.k = k.raw(), p.v = v.raw(), p.out = out.raw();
+  p.k_sb = k.strides()[0], p.k_sh = k.strides()[1], p.k_sl = k.strides()[2];
+  p.v_sb = v.strides()[0], p.v_sh = v.strides()[1], p.v_sl = v.strides()[2];
+  p.q_offsets = q_offsets.data<int32_t>();
+  p.key_valid = key_valid ? key_valid->data<bool>() : nullptr;
+  p.hq = int(hq), p.hkv = int(hkv), p.lq = int(lq), p.rep = int(rep), p.row_groups = int(row_groups);
+  p.total_rows = int(total_rows), p.lk = lk, p.d = d;
+  p.scale = scale, p.causal = causal, p.window = window;
+  // With a block for every SM and up to 256 keys, one kernel does it all. Otherwise the
+  // keys are split for two blocks per SM, each split of 64 to 512 keys (one split still
+  // takes the single kernel): a lone block per SM is bound by the latency of its chain of
+  // key and value loads, which shorter chains over more blocks hide.
+  const int64_t want = (2 * int64_t(ctx.sm_count) + blocks - 1) / blocks;
+  const int64_t len = std::clamp<int64_t>(((lk + want - 1) / want + 31) / 32 * 32, 64, kDecodeMaxSplit);
+  p.split_len = int(lk <= 256 && blocks >= ctx.sm_count ? lk : std::min(len, lk));
+  p.splits = int((lk + p.split_len - 1) / p.split_len);
+  Array scores, stats, partial;  // scratch of the split passes
+  if (p.splits > 1) {
+    scores = Array({total_rows * lk}, Dtype::f32, q.device());
+    stats = Array({p.splits * total_rows * 2}, Dtype::f32, q.device());
+    partial = Array({p.splits * total_rows * d}, Dtype::f32, q.device());
+    p.scores = scores.data<float>();
+    p.stats = static_cast<float2*>(stats.raw());
+    p.partial = partial.data<float>();
+  }
+  const dim3 grid(unsigned(p.splits), unsigned(blocks));
+  switch (q.dtype()) {
+    case Dtype::f32: run_decode_for_head_dim<float>(ctx, p, grid); return true;
+    case Dtype::f16: run_decode_for_head_dim<half_t>(ctx, p, grid); return true;
+    case Dtype::bf16: run_decode_for_head_dim<bfloat_t>(ctx, p, grid); return true;
+    default: return false;
+  }
+}
+
 // Lanes hold D / 32 accumulators per row: the smallest of 2, 4 or 8 that fits.
 template <class T>
 void run_for_head_dim(const Context& ctx, const AttnParams& p, dim3 grid) {
@@ -248,6 +612,7 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
   LMX_CHECK(d <= kMaxHeadDim, "scaled_dot_product_attention", "head dimension ", d,
             " is above the CUDA kernel's limit of ", kMaxHeadDim);
   if (attention_by_gemm(ctx, q, k, v, scale, causal, window, q_offsets, key_valid, out)) return;
+  if (attention_for_few_rows(ctx, q, k, v, scale, causal, window, q_offsets, key_valid, out)) return;
   LMX_CHECK(nb * hkv <= 65535, "scaled_dot_product_attention", "batch x kv heads (", nb * hkv,
             ") is above 65535 on cuda");
   AttnParams p{};
