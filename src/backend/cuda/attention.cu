@@ -242,6 +242,7 @@ constexpr int kDecodeThreads = 128;
 constexpr int kDecodeRows = 8;        // query rows per block
 constexpr int kDecodeMaxSplit = 512;  // keys per block at most: scores of 8 rows in 16 KiB
 constexpr int kDecodeUnroll = 4;      // keys per lane group with loads in flight at once
+constexpr int kSingle = 256;         // keys up to which one kernel does everything
 // Shared floats of a block: the scores or probabilities [rows][split], later the lane
 // groups' partial sums [groups][rows][D] (groups * D <= threads * 8: a lane holds at most
 // 8 elements of a key).
@@ -564,13 +565,13 @@ bool attention_for_few_rows(const Context& ctx, const Array& q, const Array& k, 
   p.hq = int(hq), p.hkv = int(hkv), p.lq = int(lq), p.rep = int(rep), p.row_groups = int(row_groups);
   p.total_rows = int(total_rows), p.lk = lk, p.d = d;
   p.scale = scale, p.causal = causal, p.window = window;
-  // With a block for every SM and up to 256 keys, one kernel does it all. Otherwise the
-  // keys are split for two blocks per SM, each split of 64 to 512 keys (one split still
-  // takes the single kernel): a lone block per SM is bound by the latency of its chain of
-  // key and value loads, which shorter chains over more blocks hide.
+  // Up to kSingle keys one kernel does it all, however few the blocks: on the H200 at batch
+  // 8, splitting such short caches over more blocks (two more launches) decoded slower.
+  // Longer, the keys are split for two blocks per SM, each split of 64 to 512 keys (one
+  // split still takes the single kernel).
   const int64_t want = (2 * int64_t(ctx.sm_count) + blocks - 1) / blocks;
   const int64_t len = std::clamp<int64_t>(((lk + want - 1) / want + 31) / 32 * 32, 64, kDecodeMaxSplit);
-  p.split_len = int(lk <= 256 && blocks >= ctx.sm_count ? lk : std::min(len, lk));
+  p.split_len = int(lk <= kSingle ? lk : std::min(len, lk));
   p.splits = int((lk + p.split_len - 1) / p.split_len);
   Array scores, stats, partial;  // scratch of the split passes
   if (p.splits > 1) {
