@@ -46,6 +46,15 @@ void DecoderLayer::visit(const std::string& prefix, const nn::ParamVisitor& fn) 
   }
 }
 
+namespace {
+
+void check_ids(const Array& ids) {
+  LMX_CHECK(ids.valid() && ids.ndim() == 2 && (ids.dtype() == Dtype::i32 || ids.dtype() == Dtype::u32), "forward",
+            "token ids must be an int32 array of shape [batch, length]");
+}
+
+}  // namespace
+
 CausalLM::CausalLM(DecoderSpec spec)
     : spec_(std::move(spec)),
       embed_tokens_(spec_.vocab_size, spec_.hidden_size),
@@ -56,8 +65,7 @@ CausalLM::CausalLM(DecoderSpec spec)
 
 Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches,
                                const nn::SequenceBatch* batch, const Array& at) const {
-  LMX_CHECK(ids.valid() && ids.ndim() == 2 && (ids.dtype() == Dtype::i32 || ids.dtype() == Dtype::u32), "forward",
-            "token ids must be an int32 array of shape [batch, length]");
+  check_ids(ids);
   LMX_CHECK(caches.empty() || int(caches.size()) == num_layers(), "forward", "got ", caches.size(),
             " layer caches for ", num_layers(), " layers");
   Array h = embed_tokens_.forward(ids);  // [B, L, H]
@@ -75,6 +83,16 @@ Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const>
     s = layers_[i]->forward(s.sum, s.normed, next, caches.empty() ? nullptr : caches[i], batch, last ? at : Array{});
   }
   return s.normed;
+}
+
+Array CausalLM::last_hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches,
+                                    const nn::SequenceBatch* batch) const {
+  check_ids(ids);
+  const int64_t rows = ids.shape(0), length = ids.shape(1);
+  if (length == 1) return reshape(hidden_states(ids, caches, batch), {rows, -1});
+  std::vector<int32_t> at(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) at[size_t(r)] = int32_t((r + 1) * length - 1);
+  return hidden_states(ids, caches, batch, to_device(from_vector(at, {rows}), ids.device()));
 }
 
 Array CausalLM::logits(const Array& h) const {
@@ -137,12 +155,6 @@ void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {
     layers_[i]->visit(nn::join_name(model, "layers." + std::to_string(i)), fn);
   norm_.visit(nn::join_name(model, "norm"), fn);
   if (lm_head_) lm_head_->visit(nn::join_name(prefix, "lm_head"), fn);
-}
-
-Array last_positions(int64_t rows, int64_t length, Device device) {
-  std::vector<int32_t> at(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; ++r) at[size_t(r)] = int32_t((r + 1) * length - 1);
-  return to_device(from_vector(at, {rows}), device);
 }
 
 }  // namespace lmx::models

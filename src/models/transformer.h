@@ -63,9 +63,14 @@ class CausalLM : public nn::Module {
   // The final hidden states [B, L, H] (after the last norm), for heads computed elsewhere.
   // With `at` ([R] int32 indices into the B*L positions, e.g. each row's last token) only
   // those positions are returned, [R, H], and the last layer projects and runs its MLP on
-  // them alone: for 32-token prompts that is 1/32 of its work after attention.
+  // them alone: for 32-token prompts that is 1/32 of its work after attention. On CUDA the
+  // indices are range-checked on the host, which waits for the queued work once.
   Array hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches = {},
                       const nn::SequenceBatch* batch = nullptr, const Array& at = {}) const;
+  // The final hidden states at each row's last position, [B, H]: hidden_states with `at`
+  // set to those positions (with one position per row there is nothing to select).
+  Array last_hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches = {},
+                           const nn::SequenceBatch* batch = nullptr) const;
   // h [..., H] -> logits [..., V], softcapping included.
   Array logits(const Array& h) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
@@ -85,9 +90,5 @@ class CausalLM : public nn::Module {
   nn::RMSNorm norm_;                           // [H]
   std::optional<nn::Linear> lm_head_;          // [V, H]; absent when tied
 };
-
-// [rows] int32: the flat index of each row's last position in a [rows, length] batch,
-// the usual `at` for hidden_states.
-Array last_positions(int64_t rows, int64_t length, Device device);
 
 }  // namespace lmx::models

@@ -131,7 +131,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   while (generated < o.max_tokens) {
     nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device_),
                             to_device(astype(from_vector(valid, {rows, slots}), Dtype::boolean), device_)};
-    const Array h = model_->hidden_states(x, cache.layers(), &batch, models::last_positions(rows, x.shape(1), device_));
+    const Array h = model_->last_hidden_states(x, cache.layers(), &batch);  // [R, H]
     const std::vector<float> logits = to_floats(astype(model_->logits(h), Dtype::f32));  // [R, V]
     const size_t v = size_t(model_->spec().vocab_size);
     std::vector<int32_t> next(static_cast<size_t>(rows));

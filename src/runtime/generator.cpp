@@ -70,7 +70,7 @@ std::optional<int32_t> TokenGenerator::fused_step() {
 std::vector<float> TokenGenerator::step(const std::vector<int32_t>& ids) {
   const std::vector<nn::LayerCache*> layers = cache_.layers();
   const Array x = to_device(from_vector(ids, {1, int64_t(ids.size())}), model_.device());
-  const Array h = model_.hidden_states(x, layers, nullptr, models::last_positions(1, x.shape(1), model_.device()));  // [1, H]
+  const Array h = model_.last_hidden_states(x, layers);  // [1, H]
   return to_floats(model_.logits(h));  // [V]
 }
 

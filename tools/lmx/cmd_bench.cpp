@@ -86,7 +86,7 @@ void run_bench(const BenchArgs& a) {
         }
         KVCache cache(model->num_layers(), a.prompt_len + a.gen_len);
         const double t0 = now_s();
-        const Array h = model->hidden_states(prompt, cache.layers(), nullptr, models::last_positions(b, a.prompt_len, dev));
+        const Array h = model->last_hidden_states(prompt, cache.layers());  // [B, H]
         Array next = reshape(argmax(model->logits(h), -1), {b, 1});  // [B, 1]
         detail::kernels_for(dev).synchronize();
         prefill_s = now_s() - t0;
@@ -103,7 +103,7 @@ void run_bench(const BenchArgs& a) {
     const Array prompt = random_ids(1, a.prompt_len, vocab, 2, dev);
     alloc.reset_peak();
     const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
-      const Array h = model->hidden_states(prompt, {}, nullptr, models::last_positions(1, a.prompt_len, dev));
+      const Array h = model->last_hidden_states(prompt);  // [1, H]
       (void)to_floats(model->logits(h));
     });
     results.push_back({{"workload", "prefill"}, {"batch", 1}, {"prompt_len", a.prompt_len},
@@ -120,8 +120,7 @@ void run_bench(const BenchArgs& a) {
       std::vector<Array> picks;  // [n, 1] int32 each
       for (int64_t done = 0; done < a.prompts; done += chunk) {
         const int64_t n = std::min(chunk, a.prompts - done);
-        const Array h = model->hidden_states(n == chunk ? ids : slice_axis(ids, 0, 0, n), {}, nullptr,
-                                             models::last_positions(n, a.prompt_len, dev));  // [n, H]
+        const Array h = model->last_hidden_states(n == chunk ? ids : slice_axis(ids, 0, 0, n));  // [n, H]
         picks.push_back(argmax(model->logits(h), -1));
       }
       for (const Array& p : picks) (void)to_vector<int32_t>(p);
