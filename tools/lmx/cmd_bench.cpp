@@ -117,7 +117,7 @@ void run_bench(const BenchArgs& a) {
     const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
       // Every chunk is queued before any answer is read back, so the device never waits
       // for the host between chunks (the peer script does the same).
-      std::vector<Array> picks;  // [n, 1] int32 each
+      std::vector<Array> picks;  // [n] int32 each
       for (int64_t done = 0; done < a.prompts; done += chunk) {
         const int64_t n = std::min(chunk, a.prompts - done);
         const Array h = model->last_hidden_states(n == chunk ? ids : slice_axis(ids, 0, 0, n));  // [n, H]

@@ -241,8 +241,8 @@ void run(const Context& ctx, AttnParams p, dim3 grid) {
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeRows = 8;        // query rows per block
 constexpr int kDecodeMaxSplit = 512;  // keys per block at most: scores of 8 rows in 16 KiB
-constexpr int kDecodeUnroll = 4;      // keys per lane group with loads in flight at once
-constexpr int kSingle = 256;         // keys up to which one kernel does everything
+constexpr int kDecodeUnroll = 4;      // value rows per lane group with loads in flight at once
+constexpr int kSingle = 256;          // keys up to which one kernel does everything
 // Shared floats of a block: the scores or probabilities [rows][split], later the lane
 // groups' partial sums [groups][rows][D] (groups * D <= threads * 8: a lane holds at most
 // 8 elements of a key).
@@ -289,9 +289,8 @@ struct DecodeRows {
   }
 };
 
-// Lane layout: groups of G lanes take one key each; lane `slot` of a group holds chunks
-// slot, slot + G, ... (NC of them) of kVecElems<T> elements. Groups of a warp step through
-// the split's keys together so that the shuffles inside a group never diverge.
+// Lane layout for the value product: groups of G lanes take one value row each; lane
+// `slot` of a group holds chunks slot, slot + G, ... (NC of them) of kVecElems<T> elements.
 template <class T, int G, int NC>
 struct DecodeLanes {
   static constexpr int E = kVecElems<T>, kGroups = kDecodeThreads / G;
@@ -299,7 +298,7 @@ struct DecodeLanes {
   __device__ DecodeLanes() : slot(threadIdx.x % G), group(threadIdx.x / G) {}
   __device__ bool has(int c, int64_t d) const { return (slot + c * G) * E < d; }
   __device__ int64_t at(int c) const { return int64_t(slot + c * G) * E; }
-  // The NC chunks of a key, value or query row at `base`, zeros past D.
+  // The NC chunks of the row at `base`, zeros past D.
   __device__ void load(const T* base, int64_t d, float (&x)[NC * E]) const {
     for (int c = 0; c < NC; ++c) {
       float v[E];
@@ -310,7 +309,7 @@ struct DecodeLanes {
 };
 
 // sc[r][j - lo] = the rounded, scaled score of row r and key j in [lo, hi), or -inf.
-// Each thread takes whole keys: it streams its key in 16-byte loads, four in flight, and
+// Each thread takes whole keys: it streams its key in 16-byte loads, eight in flight, and
 // reads the block's query rows from shared memory (qs [kDecodeRows][D], f32), so no score
 // needs a reduction across lanes.
 template <class T>
@@ -320,7 +319,7 @@ __device__ __forceinline__ void split_scores(const DecodeParams& p, const Decode
   const int64_t d = p.d, n = hi - lo, vd = d / E;
   const T* q = static_cast<const T*>(p.q);
   float* qf = reinterpret_cast<float*>(qs);
-  for (int e = threadIdx.x; e < rows.n * int(vd); e += kDecodeThreads) {  // at most 2 trips
+  for (int e = threadIdx.x; e < rows.n * int(vd); e += kDecodeThreads) {  // at most 4 trips
     float x[E];
     load_vec<T>(q + int64_t(rows.grow[e / int(vd)]) * d + (e % int(vd)) * E, x);
     for (int i = 0; i < E; ++i) qf[e * E + i] = x[i];
@@ -330,8 +329,8 @@ __device__ __forceinline__ void split_scores(const DecodeParams& p, const Decode
   const char* vp = static_cast<const char*>(p.v) + (rows.b * p.v_sb + rows.kvh * p.v_sh) * int64_t(sizeof(T));
   for (int64_t j = lo + threadIdx.x; j < hi; j += kDecodeThreads) {
     // The value rows are read once the scores are done: ask L2 for them now.
-    for (int64_t b = 0; b < d * int64_t(sizeof(T)); b += 128)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + j * p.v_sl * int64_t(sizeof(T)) + b));
+    for (int64_t off = 0; off < d * int64_t(sizeof(T)); off += 128)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + j * p.v_sl * int64_t(sizeof(T)) + off));
     const T* kr = kp + j * p.k_sl;
     float dot[kDecodeRows] = {};
     for (int64_t c = 0; c < d; c += kInFlight * E) {
@@ -389,7 +388,8 @@ __device__ __forceinline__ float probability(float s, float m, float inv) {
 // when the block holds all keys, else into the split's partial sums. buf holds prob and
 // then the lane groups' sums.
 template <class T, int G, int NC>
-__device__ __forceinline__ void split_values(const DecodeParams& p, const DecodeRows& rows, int64_t lo, int64_t hi, float* buf) {
+__device__ __forceinline__ void split_values(const DecodeParams& p, const DecodeRows& rows, int64_t lo, int64_t hi,
+                                             float* buf) {
   using L = DecodeLanes<T, G, NC>;
   constexpr int E = L::E;
   const L lanes;
@@ -467,7 +467,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_scores_kernel(DecodePar
   __syncthreads();
   for (int r = threadIdx.x / 32; r < rows.n; r += kDecodeThreads / 32) {
     const float2 s = row_stats(sc + r * n, n);
-    for (int64_t jj = threadIdx.x % 32; jj < n; jj += 32) p.scores[int64_t(rows.grow[r]) * p.lk + lo + jj] = sc[r * n + jj];
+    float* out = p.scores + int64_t(rows.grow[r]) * p.lk + lo;
+    for (int64_t jj = threadIdx.x % 32; jj < n; jj += 32) out[jj] = sc[r * n + jj];
     if (threadIdx.x % 32 == 0) p.stats[int64_t(blockIdx.x) * p.total_rows + rows.grow[r]] = s;
   }
 }
