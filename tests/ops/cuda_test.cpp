@@ -209,23 +209,36 @@ TEST(Cuda, OutOfMemoryIsRecoverable) {
   EXPECT_EQ(to_floats(a), std::vector<float>(1000, 3.0f));
 }
 
-TEST(Cuda, TakeRejectsAnOutOfRangeIndex) {
+TEST(Cuda, TakeReportsAnOutOfRangeIndexAtTheNextWait) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
   const Array a = random_uniform({5, 4}, 1, 0, 1, Dtype::f32, kGpu);
-  const Array idx = from_vector<int32_t>({0, 4, 9}, {3}, kGpu);
-  try {
-    take(a, idx, 0);
-    ADD_FAILURE() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("[take] index 9 is out of range", 0), 0u) << e.what();
-  }
-  expect_op_error(
-      [&] {
-        take_along_axis(a, from_vector<int32_t>({0, 1, 2, 7}, {1, 4}, kGpu), 0);
-      },
-      "take_along_axis");
-  // The device is still usable afterwards.
-  EXPECT_EQ(to_floats(take(a, from_vector<int32_t>({4}, {1}, kGpu), 0)).size(), 4u);
+  const std::vector<float> host = to_floats(a);
+  auto expect_fault = [](const Array& out, const std::string& prefix) {
+    try {
+      (void)to_floats(out);
+      ADD_FAILURE() << "expected an error starting with " << prefix;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(prefix, 0), 0u) << e.what();
+    }
+  };
+  // The device checks the indices; the read that waits for it raises the error.
+  const Array bad = take(a, from_vector<int32_t>({0, 4, 9}, {3}, kGpu), 0);
+  expect_fault(bad, "[take] index 9 is out of range for an axis of size 5");
+  // The fault is raised once; the bad index's row is zeros, the others are exact.
+  std::vector<float> want(host.begin(), host.begin() + 4);
+  want.insert(want.end(), host.begin() + 16, host.end());
+  want.insert(want.end(), 4, 0.0f);
+  EXPECT_EQ(to_floats(bad), want);
+  expect_fault(take(a, from_vector<int32_t>({-1}, {1}, kGpu), 0), "[take] index -1 is out of range");
+  expect_fault(take(a, from_vector<uint32_t>({4294967295u}, {1}, kGpu), 1),
+               "[take] index 4294967295 is out of range for an axis of size 4");
+  expect_fault(take_along_axis(a, from_vector<int32_t>({0, 1, 2, 7}, {1, 4}, kGpu), 0),
+               "[take_along_axis] index 7 is out of range for an axis of size 5");
+  // Any wait raises it, not only a read: here the device's synchronise.
+  (void)take(a, from_vector<int32_t>({5}, {1}, kGpu), 0);
+  EXPECT_THROW(detail::kernels_for(kGpu).synchronize(), Error);
+  // The device is still usable afterwards, and good indices gather exactly.
+  EXPECT_EQ(to_floats(take(a, from_vector<int32_t>({4}, {1}, kGpu), 0)), std::vector<float>(host.begin() + 16, host.end()));
 }
 
 TEST(Cuda, MemoryStatsFollowAllocations) {

@@ -78,6 +78,11 @@ Context& context(int device) {
       c->sm_count = prop.multiProcessorCount;
       c->total_memory = prop.totalGlobalMem;
       c->max_smem_per_block = prop.sharedMemPerBlockOptin;
+      if (prop.canMapHostMemory) {
+        void* p = nullptr;
+        check(cudaHostAlloc(&p, sizeof(DeviceFault), cudaHostAllocMapped), "cudaHostAlloc");
+        c->fault = new (p) DeviceFault{};
+      }
       slot = std::move(c);
     }
     ctx = slot.get();
@@ -88,6 +93,18 @@ Context& context(int device) {
 
 void synchronize(const Context& ctx) {
   check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize");
+  raise_fault(ctx);
+}
+
+void raise_fault(const Context& ctx) {
+  if (!ctx.fault || ctx.fault->op == 0) return;
+  const DeviceFault f = *ctx.fault;
+  *ctx.fault = DeviceFault{};
+  const bool is_signed = f.op != kFaultTakeU32 && f.op != kFaultTakeAlongU32;
+  const long long index = is_signed ? (long long)int32_t(f.raw_index) : (long long)f.raw_index;
+  const char* op = f.op == kFaultTakeI32 || f.op == kFaultTakeU32 ? "take" : "take_along_axis";
+  fail(op, "index ", index, " is out of range for an axis of size ", f.bound,
+       " (found on the device and reported at the next wait for it; the output's rows for it are zeros)");
 }
 
 }  // namespace lmx::cuda

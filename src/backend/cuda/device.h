@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <source_location>
 
 namespace lmx::cuda {
@@ -21,6 +22,18 @@ inline void check_launch(const char* kernel,
   check(cudaGetLastError(), kernel, loc);
 }
 
+// A fault a kernel found in its input (an index out of range) and left for the host: the
+// op's name, the offending value and the bound it broke. It lives in mapped pinned host
+// memory, so a kernel records it with plain stores and the host reads it after any wait
+// for the stream, with no copy and no synchronisation of its own. Only the first fault
+// between two waits is kept.
+enum FaultOp : int { kFaultNone = 0, kFaultTakeI32, kFaultTakeU32, kFaultTakeAlongI32, kFaultTakeAlongU32 };
+struct DeviceFault {
+  int op = kFaultNone;
+  uint32_t raw_index = 0;  // the index's 32 bits; op says whether they are signed
+  long long bound = 0;
+};
+
 struct Context {
   int device = 0;
   cudaStream_t stream = nullptr;  // every kernel and copy of this device runs here, in order
@@ -28,6 +41,9 @@ struct Context {
   int sm_count = 0;
   size_t total_memory = 0;
   size_t max_smem_per_block = 0;  // dynamic shared memory a kernel may opt in to
+  // Host-mapped, or null where the device cannot map host memory (then ops that would
+  // record faults check on the host, synchronously).
+  DeviceFault* fault = nullptr;
 };
 
 // The context of a device, created on first use; makes the device current for this thread.
@@ -35,8 +51,12 @@ Context& context(int device);
 // Visible devices; 0 when there is no driver or no GPU (never throws).
 int device_count();
 
-// Blocks until `ctx.stream` has finished its work.
+// Blocks until `ctx.stream` has finished its work, then raises the fault a kernel recorded
+// since the last wait, if any (see DeviceFault).
 void synchronize(const Context& ctx);
+// After any other wait for the stream (an event): raises a recorded fault as lmx::Error,
+// naming the op, and clears it so that the device stays usable.
+void raise_fault(const Context& ctx);
 
 // Percent of time the GPU was busy over NVML's last sample window; -1 without NVML.
 double nvml_utilization(int device);

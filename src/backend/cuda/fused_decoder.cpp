@@ -130,6 +130,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     LMX_CHECK(read_ < queued_, "fused decode", "no token queued");
     const int slot = int(read_++ % kRing);
     check(cudaEventSynchronize(ready_[size_t(slot)]), "cudaEventSynchronize");
+    raise_fault(ctx());
     return pinned_[slot];
   }
 

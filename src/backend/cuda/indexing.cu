@@ -1,6 +1,10 @@
-// Gather kernels: take (rows of an axis by index) and take_along. Indices are copied to
-// the host and checked before any output is written, so a bad index is an lmx::Error
-// and never an out-of-bounds read on the device.
+// Gather kernels: take (rows of an axis by index) and take_along. A bad index is never an
+// out-of-bounds read: the kernel checks every index, writes zeros for a bad one and
+// records it in the context's DeviceFault, which the next wait for the device raises as
+// lmx::Error. The host so never waits for indices that the device computes (a decode
+// loop feeding its argmax back, a selection of positions), where copying them back to
+// check them stalled the queue once per gather. Where the device cannot map host memory,
+// the indices are copied to the host and checked before the launch, as the CPU does.
 #include <vector>
 
 #include "backend/cuda/common.cuh"
@@ -14,17 +18,29 @@ struct Strides3 {
 Strides3 strides3(const Array& a) { return {a.strides()[0], a.strides()[1], a.strides()[2]}; }
 
 // out [P, M, S] contiguous = src [P, N, S] at rows idx [M] (take) or idx [P, M, S] (take_along).
+// An index outside [0, N) gives a zero and, once per warp that meets one, a fault record.
 template <class W, class I, bool kAlong>
-__global__ void gather_kernel(const W* src, Strides3 st, const I* idx, W* out, int64_t m, int64_t s,
-                              int64_t n) {
+__global__ void gather_kernel(const W* src, Strides3 st, int64_t rows, const I* idx, W* out, int64_t m, int64_t s,
+                              int64_t n, DeviceFault* fault, int fault_op) {
   for (int64_t e = global_thread(); e < n; e += grid_threads()) {
     const int64_t si = e % s, mi = (e / s) % m, pi = e / (s * m);
-    const int64_t row = int64_t(idx[kAlong ? e : mi]);
-    out[e] = src[pi * st.s0 + row * st.s1 + si * st.s2];
+    const I raw = idx[kAlong ? e : mi];
+    const int64_t row = int64_t(raw);
+    const bool bad = row < 0 || row >= rows;
+    out[e] = bad ? W{} : src[pi * st.s0 + row * st.s1 + si * st.s2];
+    const unsigned bad_lanes = __ballot_sync(__activemask(), bad);
+    if (bad && fault && (threadIdx.x % 32) == unsigned(__ffs(bad_lanes) - 1)) {
+      // Plain stores to host memory: any bad index will do, so racing writers need no atomics.
+      fault->raw_index = uint32_t(raw);
+      fault->bound = rows;
+      __threadfence_system();
+      fault->op = fault_op;
+    }
   }
 }
 
-// The indices of a contiguous int32/uint32 array on the host, each checked against n.
+// The indices of a contiguous int32/uint32 array on the host, each checked against n
+// (only where the device has no DeviceFault).
 void check_indices(const Context& ctx, const Array& idx, int64_t n, const char* op) {
   std::vector<uint32_t> host(size_t(idx.size()));  // raw 32-bit words of either dtype
   if (host.empty()) return;
@@ -41,13 +57,16 @@ template <bool kAlong>
 void gather(const Context& ctx, const Array& src, const Array& idx, const Array& out) {
   const int64_t total = out.size(), m = out.shape(1), s = out.shape(2);
   if (total == 0) return;
+  const bool u32 = idx.dtype() == Dtype::u32;
+  if (!ctx.fault) check_indices(ctx, idx, src.shape(1), kAlong ? "take_along_axis" : "take");
+  const int fault_op = kAlong ? (u32 ? kFaultTakeAlongU32 : kFaultTakeAlongI32) : (u32 ? kFaultTakeU32 : kFaultTakeI32);
   // Elements move as raw words of their size: a gather never converts.
   auto launch = [&](auto word, auto index) {
     using W = decltype(word);
     using I = decltype(index);
     gather_kernel<W, I, kAlong><<<grid_for(total), kBlock, 0, ctx.stream>>>(
-        static_cast<const W*>(src.raw()), strides3(src), static_cast<const I*>(idx.raw()),
-        static_cast<W*>(out.raw()), m, s, total);
+        static_cast<const W*>(src.raw()), strides3(src), src.shape(1), static_cast<const I*>(idx.raw()),
+        static_cast<W*>(out.raw()), m, s, total, ctx.fault, fault_op);
     check_launch("gather_kernel");
   };
   auto with_index = [&](auto word) {
@@ -67,7 +86,6 @@ void gather(const Context& ctx, const Array& src, const Array& idx, const Array&
 
 void take(const Context& ctx, const Array& src, const Array& idx, const Array& out) {
   // src [P, N, S], idx [M] contiguous -> out [P, M, S]
-  check_indices(ctx, idx, src.shape(1), "take");
   gather<false>(ctx, src, idx, out);
 }
 
@@ -75,7 +93,6 @@ void take_along(const Context& ctx, const Array& src, const Array& idx, const Ar
   // src [P, N, S], idx [P, M, S] (any strides, e.g. broadcast) -> out [P, M, S]
   Array dense(idx.shape(), idx.dtype(), idx.device());  // [P, M, S]
   copy(ctx, idx, dense);
-  check_indices(ctx, dense, src.shape(1), "take_along_axis");
   gather<true>(ctx, src, dense, out);
 }
 

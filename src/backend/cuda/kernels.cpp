@@ -47,6 +47,7 @@ class CudaKernels final : public detail::Kernels {
     const Context& c = ctx();
     check(cudaEventRecord(timer_[1], c.stream), "cudaEventRecord");
     check(cudaEventSynchronize(timer_[1]), "cudaEventSynchronize");
+    raise_fault(c);
     float ms = 0;
     check(cudaEventElapsedTime(&ms, timer_[0], timer_[1]), "cudaEventElapsedTime");
     return double(ms) / 1e3;
