@@ -79,6 +79,10 @@ struct GenerateMetrics {
   size_t peak_memory = 0, active_memory = 0;
   double gpu_utilization = -1;  // percent, from NVML on CUDA; -1 where unavailable
   std::string finish_reason;    // "eos", "stop_token", "stop_string", "length", "context_length", "cancelled", "error"
+  // How the decode steps ran: "plain" (the ops one by one), "fused-graph" (the device's
+  // fused step replayed as a CUDA graph; for batch_generate, its batched step) or
+  // "fused-persistent"; "" when there was no decode step.
+  std::string decode_path;
 };
 
 // Why a stream ended early (err() == {} after a normal stop).

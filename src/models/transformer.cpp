@@ -109,7 +109,7 @@ Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> cache
   return logits(hidden_states(ids, caches, batch));
 }
 
-std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder() const {
+std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder(int rows) const {
   if (const char* v = std::getenv("LMX_FUSED"); v && std::string(v) == "0") return nullptr;
   detail::Kernels& kernels = detail::kernels_for(device());
   if (!kernels.has_fused_decoder(dtype())) return nullptr;  // before anything is allocated
@@ -145,7 +145,7 @@ std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder() const {
     l.scale = s.scale;
     w.layers.push_back(std::move(l));
   }
-  return kernels.fused_decoder(w);
+  return kernels.fused_decoder(w, rows);
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {

@@ -75,10 +75,11 @@ class CausalLM : public nn::Module {
   // h [..., H] -> logits [..., V], softcapping included.
   Array logits(const Array& h) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
-  // The device's fused single-sequence decode step over these weights, or nullptr where
-  // the backend has none for them (then forward() is the way). One per sequence: it holds
-  // that sequence's scratch buffers. LMX_FUSED=0 turns the fused path off.
-  std::unique_ptr<fast::FusedDecoder> fused_decoder() const;
+  // The device's fused decode step over these weights for one sequence, or for a batch
+  // of `rows` (up to 8) that share one cache, or nullptr where the backend has none for
+  // them (then forward() is the way). One per sequence or batch: it holds their scratch
+  // buffers. LMX_FUSED=0 turns the fused path off.
+  std::unique_ptr<fast::FusedDecoder> fused_decoder(int rows = 1) const;
   const DecoderSpec& spec() const { return spec_; }
   int num_layers() const { return int(layers_.size()); }
   Dtype dtype() const { return embed_tokens_.weight.dtype(); }

@@ -42,31 +42,42 @@ struct FusedDecoderWeights {
   float softcap = 0;      // > 0: logits = softcap * tanh(logits / softcap)
 };
 
-// One layer's KV cache as the step sees it: k and v [1, Hkv, slots, D], the token at
+// One layer's KV cache as the step sees it: k and v [rows, Hkv, slots, D], the token at
 // position p in slot p % slots (a contiguous cache has slots > every position; a rotating
 // one holds the last `slots` positions).
 struct FusedCacheView {
   Array k, v;
 };
 
+// A decoder steps `rows` sequences at once (a batch of up to 8, all in one cache array
+// per layer), or one.
 class FusedDecoder {
  public:
   virtual ~FusedDecoder() = default;
-  // Sets the next step's input token and its position in the sequence.
-  virtual void set_input(int32_t token, int64_t pos) = 0;
-  // Enqueues one step: stores the input token's keys and values in `caches` (one per
-  // layer), computes the logits, and makes their argmax the next input at pos + 1. Steps
-  // can thus follow one another without the host (greedy decoding) or after set_input.
+  virtual int rows() const = 0;
+  // Sets the next step's input token of each sequence and the cache slot it goes to.
+  // pads (empty: none) gives each sequence's left padding: its first pads[r] slots hold
+  // no tokens and are never attended to, and its RoPE positions are slots minus pads[r].
+  virtual void set_inputs(std::span<const int32_t> tokens, std::span<const int64_t> slots,
+                          std::span<const int64_t> pads) = 0;
+  void set_input(int32_t token, int64_t pos) { set_inputs({&token, 1}, {&pos, 1}, {}); }
+  // Enqueues one step: stores the input tokens' keys and values in `caches` (one per
+  // layer), computes the logits, and makes each sequence's argmax its next input, at the
+  // next slot. Steps can thus follow one another without the host (greedy decoding) or
+  // after set_inputs.
   virtual void step(std::span<const FusedCacheView> caches) = 0;
-  // The last step's logits [V] f32, on the device (valid until the next step).
+  // The last step's logits [rows, V] f32, on the device (valid until the next step).
   virtual const Array& logits() const = 0;
-  // The argmax of the last `n` steps since set_input, oldest first; synchronises.
+  // The argmax of the last `n` steps since set_inputs, oldest step first, each step's
+  // `rows` tokens together; synchronises.
   virtual std::vector<int32_t> tokens(int n) = 0;
-  // Pipelined reads: queue_token() queues a copy of the last step's argmax to the host, and
-  // wait_token() returns the oldest queued one, waiting only for its own step. A caller can
-  // so queue step n+1 before it reads token n, and the device never waits for the host.
+  // Pipelined reads: queue_token() queues a copy of the last step's argmaxes to the host,
+  // and wait_tokens() returns the oldest queued ones (one per sequence), waiting only for
+  // their own step. A caller can so queue step n+1 before it reads step n's tokens, and
+  // the device never waits for the host.
   virtual void queue_token() = 0;
-  virtual int32_t wait_token() = 0;
+  virtual std::vector<int32_t> wait_tokens() = 0;
+  int32_t wait_token() { return wait_tokens()[0]; }
   // How the backend runs the steps, for reports: on CUDA "persistent" (one kernel per
   // step) or "graph" (a kernel per phase, replayed as a CUDA graph); "" before any step.
   virtual const char* path() const = 0;

@@ -108,9 +108,12 @@ class Kernels {
   }
 
   // The backend's fused decode step for a model with these weights (ops/fused_decoder.h),
-  // or nullptr where it has none, or none for these weights: callers then use the plain ops.
+  // stepping `rows` sequences at once, or nullptr where it has none, or none for these
+  // weights or that many sequences: callers then use the plain ops.
   virtual bool has_fused_decoder(Dtype) const { return false; }
-  virtual std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights&) { return nullptr; }
+  virtual std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights&, int /*rows*/) {
+    return nullptr;
+  }
 
  private:
   std::chrono::steady_clock::time_point timer_start_{};

@@ -38,6 +38,34 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// Greedy steps of the batch through the fused decoder, after the prefill: the first input
+// is `next` at slot `slots` (every row's), each row's left padding is what its prompt
+// lacks of the longest. Up to `steps` steps; one is queued ahead of the one being read.
+// Returns the steps whose tokens were read.
+template <class Accept, class AllDone>
+int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<int32_t>& next, int64_t slots,
+                  const std::vector<std::vector<int32_t>>& ids, int steps, Accept& accept, AllDone& all_done) {
+  const size_t rows = ids.size();
+  std::vector<int64_t> pads;
+  for (const auto& p : ids) pads.push_back(slots - int64_t(p.size()));
+  cache.reserve(slots + steps);  // no reallocation, so the step's graph is recorded once
+  fused.set_inputs(next, std::vector<int64_t>(rows, slots), pads);
+  int queued = 0, read = 0;
+  while (read < steps) {
+    while (queued - read < 2 && queued < steps) {
+      fused.step(cache.fused_views());
+      cache.commit_one();
+      fused.queue_token();
+      ++queued;
+    }
+    const std::vector<int32_t> tokens = fused.wait_tokens();
+    ++read;
+    for (size_t r = 0; r < rows; ++r) accept(r, tokens[r]);
+    if (all_done()) break;
+  }
+  return read;
+}
+
 }  // namespace
 
 std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string> prompts, const GenerateOptions& o) {
@@ -125,9 +153,34 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   const GenerationLimits lim = limits(o);
   std::vector<std::vector<int32_t>> history = ids;
   std::vector<bool> done(size_t(rows), false);
+  auto all_done = [&] { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); };
+  // Row r's next token: kept unless the row has finished (finished rows keep decoding, as
+  // the batch does, and their outputs are ignored).
+  auto accept = [&](size_t r, int32_t token) {
+    if (done[r]) return;
+    history[r].push_back(token);
+    out[r].ids.push_back(token);
+    const bool eos = !lim.ignore_eos && std::count(lim.eos_tokens.begin(), lim.eos_tokens.end(), token);
+    const bool stop = std::count(lim.stop_tokens.begin(), lim.stop_tokens.end(), token) > 0;
+    if (eos || stop) {
+      done[r] = true;
+      out[r].finish_reason = eos ? "eos" : "stop_token";
+    }
+  };
+  // Greedy decoding of up to 8 rows takes the device's batched fused step where it has
+  // one: every step's argmax is fed back on the device, and the host reads each step's
+  // tokens while the next step runs.
+  std::unique_ptr<fast::FusedDecoder> fused;
+  if (samplers[0].greedy() && o.max_tokens > 1) {
+    try {
+      fused = model_->fused_decoder(int(rows));
+    } catch (const OutOfMemory&) {
+      fused = nullptr;  // its scratch is small, but the device may be full: the plain ops remain
+    }
+  }
   Array x = to_device(from_vector(flat, {rows, l}), device_);
   int64_t slots = l;
-  int generated = 0;
+  int generated = 0, fused_steps = 0;
   while (generated < o.max_tokens) {
     nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device_),
                             to_device(astype(from_vector(valid, {rows, slots}), Dtype::boolean), device_)};
@@ -137,21 +190,16 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     std::vector<int32_t> next(static_cast<size_t>(rows));
     for (int64_t r = 0; r < rows; ++r) {
       const size_t i = size_t(r);
-      // Finished rows keep feeding their last token; their outputs are ignored.
-      next[i] = history[i].back();
-      if (done[i]) continue;
-      next[i] = samplers[i].sample(std::span<const float>(logits.data() + i * v, v), history[i]);
-      history[i].push_back(next[i]);
-      out[i].ids.push_back(next[i]);
-      const bool eos = !lim.ignore_eos && std::count(lim.eos_tokens.begin(), lim.eos_tokens.end(), next[i]);
-      const bool stop = std::count(lim.stop_tokens.begin(), lim.stop_tokens.end(), next[i]) > 0;
-      if (eos || stop) {
-        done[i] = true;
-        out[i].finish_reason = eos ? "eos" : "stop_token";
-      }
+      next[i] = done[i] ? history[i].back()
+                        : samplers[i].sample(std::span<const float>(logits.data() + i * v, v), history[i]);
+      accept(i, next[i]);
     }
     ++generated;
-    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+    if (all_done()) break;
+    if (fused) {
+      fused_steps = decode_fused(*fused, cache, next, l, ids, o.max_tokens - generated, accept, all_done);
+      break;
+    }
     // The token fed next goes to slot `slots`; its position skips the row's padding.
     for (int64_t r = 0; r < rows; ++r) pos[size_t(r)] = int32_t(slots - (l - int64_t(ids[size_t(r)].size())));
     // One more valid slot per row for the token fed next.
@@ -174,6 +222,10 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   GenerationTimings t;
   t.prompt_tokens = int(rows * l);
   t.generated_tokens = total_generated;
+  if (fused_steps > 0)
+    t.decode_path = std::string("fused-") + fused->path();
+  else if (generated > 1)
+    t.decode_path = "plain";
   t.decode_s = seconds_since(t0);
   record(t, FinishReason::max_tokens, {}, "");
   return out;

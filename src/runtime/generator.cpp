@@ -103,6 +103,7 @@ std::optional<int32_t> TokenGenerator::next() {
     timings_.time_to_first_token_s = std::chrono::duration<double>(t1 - start_).count();
   } else {
     timings_.decode_s += dt;
+    timings_.decode_path = decode_path();
   }
   tokens_.push_back(tok);
   timings_.generated_tokens = generated + 1;

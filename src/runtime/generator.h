@@ -27,6 +27,7 @@ struct GenerationLimits {
 struct GenerationTimings {
   int prompt_tokens = 0, generated_tokens = 0;
   double prefill_s = 0, decode_s = 0, time_to_first_token_s = 0;
+  std::string decode_path;  // GenerateMetrics::decode_path; "" before any decode step
 };
 
 // Not thread-safe. The model is shared read-only; the cache belongs to this sequence.

@@ -139,6 +139,7 @@ GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device 
   m.peak_memory = s.peak;
   m.active_memory = s.active;
   m.finish_reason = finish_reason_name(r);
+  m.decode_path = t.decode_path;
   if (device.type == Device::Type::cuda) m.gpu_utilization = detail::kernels_for(device).utilization();
   return m;
 }

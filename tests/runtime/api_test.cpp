@@ -158,6 +158,41 @@ TEST(ApiTest, BatchGenerateEqualsOneAtATime) {
   }
 }
 
+// On CUDA in bf16, greedy batch_generate takes the batched fused step (the prefill stays
+// on the plain ops). Its tokens and finish reasons equal those of the plain ops
+// (LMX_FUSED=0) on the fixtures, a stop token that ends one row mid-way included.
+TEST(ApiTest, CudaBatchGenerateOnTheFusedStepEqualsThePlainOps) {
+  const Backend* cuda = get_backend("cuda");
+  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
+  LoadOptions lo;
+  lo.backend = "cuda";
+  lo.dtype = "bf16";
+  const std::vector<std::string> prompts = {"hello", "the quick brown fox jumps", "over the lazy dog. hello world",
+                                            "a", "b c d e f"};
+  for (const char* name : {"llama-f32", "qwen3-f32", "gemma3_text-f32"}) {
+    auto model = load_model(kModels / name, lo);
+    auto run = [&](bool fused, const GenerateOptions& o) {
+      setenv("LMX_FUSED", fused ? "1" : "0", 1);
+      auto out = model->batch_generate(prompts, o);
+      unsetenv("LMX_FUSED");
+      EXPECT_EQ(model->metrics().decode_path, fused ? "fused-graph" : "plain") << name;
+      return out;
+    };
+    GenerateOptions o = greedy(20);
+    const auto plain = run(false, o);
+    ASSERT_EQ(plain.size(), prompts.size());
+    o.stop_tokens = {plain[1].ids[6]};  // ends row 1 at its 7th token at the latest
+    for (const GenerateOptions& opts : {greedy(20), o}) {
+      const auto want = run(false, opts), got = run(true, opts);
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        EXPECT_EQ(got[i].ids, want[i].ids) << name << ": " << prompts[i];
+        EXPECT_EQ(got[i].finish_reason, want[i].finish_reason) << name << ": " << prompts[i];
+      }
+    }
+    EXPECT_EQ(run(true, o)[1].finish_reason, "stop_token");
+  }
+}
+
 TEST(ApiTest, OverTheMemoryLimitEndsTheStreamCleanly) {
   auto model = load("qwen3-f32");
   const std::vector<int32_t> want = ids_of(model->generate_ids({5, 6, 7}, greedy(6)));

@@ -67,8 +67,11 @@ void run_bench(const BenchArgs& a) {
       double prefill_s = 0;
       alloc.reset_peak();
       // One sequence decodes as `lmx generate` does: through the generator, which takes
-      // the device's fused decode step where there is one.
+      // the device's fused decode step where there is one. A batch takes the device's
+      // batched fused step where it has one for that many sequences (as batch_generate's
+      // greedy decoding does), else the plain ops.
       const bool single = b == 1 && !a.plain;
+      const bool batched = b > 1 && !a.plain && model->fused_decoder(b) != nullptr;
       const std::vector<int32_t> prompt_ids = to_vector<int32_t>(prompt);
       std::string path = "plain";
       const double total = median_seconds(dev, a.warmup, a.repeat, [&] {
@@ -88,6 +91,20 @@ void run_bench(const BenchArgs& a) {
         const double t0 = now_s();
         const Array h = model->last_hidden_states(prompt, cache.layers());  // [B, H]
         Array next = reshape(argmax(model->logits(h), -1), {b, 1});  // [B, 1]
+        if (batched) {
+          // Greedy steps chained on the device; the tokens are read once at the end.
+          const auto fused = model->fused_decoder(b);
+          const std::vector<int32_t> first = to_vector<int32_t>(next);
+          prefill_s = now_s() - t0;
+          fused->set_inputs(first, std::vector<int64_t>(size_t(b), a.prompt_len), {});
+          for (int i = 1; i < a.gen_len; ++i) {
+            fused->step(cache.fused_views());
+            cache.commit_one();
+          }
+          (void)fused->tokens(a.gen_len - 1);
+          path = std::string("fused-") + fused->path();
+          return;
+        }
         detail::kernels_for(dev).synchronize();
         prefill_s = now_s() - t0;
         for (int i = 1; i < a.gen_len; ++i) next = argmax(model->forward(next, cache.layers()), -1);
@@ -157,7 +174,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the weights')");
   cmd->add_flag("--decode", a->decode,
                 "Greedy decode after a prompt (tok/s per batch size); batch 1 runs as `lmx generate` does, "
-                "through the device's fused decode step where it has one");
+                "through the device's fused decode step where it has one, and batches of 2-8 through its "
+                "batched fused step (as batch_generate decodes greedily)");
   cmd->add_flag("--prefill", a->prefill, "One prompt of --prompt-len tokens");
   cmd->add_flag("--classify", a->classify, "--prompts prompts of --prompt-len tokens, last-position logits");
   cmd->add_option("--batch", a->batch, "Decode batch sizes (repeatable)")->capture_default_str();

@@ -66,7 +66,9 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
 bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
                        int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
 
-// fused_decoder.cpp: nullptr for weights the fused kernels do not read (not bf16).
-std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w);
+// fused_decoder.cpp: nullptr for weights the fused kernels do not read (not bf16), or for
+// a batch of `rows` sequences they cannot step (more than 8, or shapes the batched GEMV
+// does not take).
+std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w, int rows);
 
 }  // namespace lmx::cuda

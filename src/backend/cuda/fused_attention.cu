@@ -9,12 +9,14 @@ using namespace attention_detail;
 
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   extern __shared__ float sm[];
-  attention_task<false>(a, blockIdx.x, blockIdx.y, sm);
+  attention_task<false>(blockIdx.z == 0 ? a : row_of(a, int(blockIdx.z)), blockIdx.x, blockIdx.y, sm);
 }
 
+// Sequence blockIdx.y's token; state [rows, 3], x [rows, hidden].
 __global__ void embed_kernel(const bf16* embed, const int* state, float scale, int hidden, float* x) {
   wait_for_previous_kernel();
-  const bf16* row = embed + size_t(state[0]) * hidden;
+  x += size_t(blockIdx.y) * hidden;
+  const bf16* row = embed + size_t(state[3 * blockIdx.y]) * hidden;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hidden; i += gridDim.x * blockDim.x) {
     const float v = __bfloat162float(row[i]);
     x[i] = scale > 0 ? v * scale : v;
@@ -42,12 +44,13 @@ void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
     return true;
   }();
   (void)kSized;
-  launch("fused attention", attention_kernel, stream, pdl, dim3(a.n_kv_heads, a.splits), dim3(kThreads), smem, a);
+  launch("fused attention", attention_kernel, stream, pdl, dim3(a.n_kv_heads, a.splits, a.rows), dim3(kThreads),
+         smem, a);
 }
 
 void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
-                  float* x) {
-  launch("fused embedding", embed_kernel, stream, pdl, dim3((hidden + 255) / 256), dim3(256), 0, embed, state,
+                  float* x, int rows) {
+  launch("fused embedding", embed_kernel, stream, pdl, dim3((hidden + 255) / 256, rows), dim3(256), 0, embed, state,
          scale, hidden, x);
 }
 

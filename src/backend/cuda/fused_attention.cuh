@@ -116,6 +116,21 @@ __device__ inline void count_and_merge(const AttentionStep& a, int g, int group,
   if (threadIdx.x == 0) a.counter[g] = 0;
 }
 
+// Sequence r's part of a batched step (AttentionStep::rows): the same step with every
+// array moved to that sequence's block.
+__device__ inline AttentionStep row_of(AttentionStep a, int r) {
+  const size_t d = size_t(a.head_dim), q = size_t(a.n_heads) * d;
+  a.qkv += size_t(r) * (q + 2 * size_t(a.n_kv_heads) * d);
+  a.state += 3 * r;
+  a.k_cache += size_t(r) * a.n_kv_heads * a.slots * d;
+  a.v_cache += size_t(r) * a.n_kv_heads * a.slots * d;
+  a.partial += size_t(r) * a.n_heads * a.splits * (d + 2);
+  a.counter += size_t(r) * a.n_kv_heads;
+  a.out += size_t(r) * q;
+  if (a.pad) a.pad += r;
+  return a;
+}
+
 // One block's share of a layer's attention: kv head g, chunk `split` of the visible
 // positions. `sm` holds attention_smem_floats(...) floats.
 template <bool kCoherent>
@@ -133,8 +148,8 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   bf16* vs = ks + chunk * d;                              // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  const int pos = a.state[1];
-  const int lo = a.window > 0 ? ::max(0, pos - a.window + 1) : 0;
+  const int pos = a.state[1], pad = a.pad ? *a.pad : 0;  // pos: the new token's slot
+  const int lo = ::max(pad, a.window > 0 ? pos - a.window + 1 : 0);
   const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
   const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions
   if (a.early) allow_next_kernel();
@@ -176,9 +191,9 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   const float* kn = a.k_norm ? k_norm : nullptr;
   for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
     if (vec < group)
-      norm_rope(q + vec * d, qn, a.eps, freq, pos, d, false);
+      norm_rope(q + vec * d, qn, a.eps, freq, pos - pad, d, false);
     else if (vec == group)
-      norm_rope(k_new, kn, a.eps, freq, pos, d, true);
+      norm_rope(k_new, kn, a.eps, freq, pos - pad, d, true);
     else
       for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }

@@ -1,11 +1,13 @@
-// The CUDA fused decode step (ops/fused_decoder.h). The step is planned once per set of
-// caches as a list of phases. Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache
+// The CUDA fused decode step (ops/fused_decoder.h), for one sequence or a batch of up to
+// 8 that share the caches. The step is planned once per set of caches as a list of phases. Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache
 // store, split-K, merge), O GEMV, residual+norm+gate/up GEMV with the activation, down
 // GEMV. The residual add of each block happens in the prologue of the next GEMV, which
 // also stores the new residual stream; two f32 residual buffers alternate so that no
 // phase overwrites what its own blocks still read. The LM head GEMV ends the step and
 // feeds its argmax back as the next token, so greedy steps follow one another without
-// the host.
+// the host. A batch runs the same phases with every buffer [rows, ...]: its GEMVs are
+// tensor-core products over all sequences' vectors (fused_gemv_rows.cu), its attention
+// has a block per sequence, kv head and chunk.
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
@@ -14,6 +16,7 @@
 //     that runs every phase with grid barriers between them and streams the weights ahead
 //     through shared memory (fused_persistent.cu). It is correct and tested, and slower so
 //     far (bench/NOTES.md says where its time goes); it is kept as the base of that work.
+//     One sequence only.
 //
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
 // replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off;
@@ -59,9 +62,9 @@ void check_weight(const Array& a, Device d, const char* what) {
 
 class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
-  CudaFusedDecoder(int device, fast::FusedDecoderWeights w)
-      : device_(device), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")), pdl_(env_on("LMX_FUSED_PDL")),
-        persistent_(env_set("LMX_FUSED_PERSISTENT")) {
+  CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
+      : device_(device), rows_(rows), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")),
+        pdl_(env_on("LMX_FUSED_PDL")), persistent_(env_set("LMX_FUSED_PERSISTENT") && rows == 1) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -92,17 +95,24 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       inter = std::max(inter, l.gate.shape(0));
       max_kv_heads_ = std::max(max_kv_heads_, l.n_kv_heads);
     }
-    auto buf = [&](int64_t n, Dtype t = Dtype::f32) { return Array({std::max<int64_t>(n, 1)}, t, d); };
+    // Every per-token buffer holds one block per sequence.
+    auto buf = [&](int64_t n, Dtype t = Dtype::f32) { return Array({std::max<int64_t>(n * rows_, 1)}, t, d); };
     const Context& c = ctx();
     xa_ = buf(hidden_), xb_ = buf(hidden_), o_ = buf(hidden_), mlp_ = buf(hidden_);
-    qkv_ = buf(qkv), attn_ = buf(heads), glu_ = buf(inter), logits_ = buf(vocab_);
-    const fused::GemvShape head = fused::gemv_shape(head_output(), c.sm_count, tuning_);
-    head_partial_ = buf(2 * int64_t(head.blocks));
+    qkv_ = buf(qkv), attn_ = buf(heads), glu_ = buf(inter);
+    logits_ = rows_ == 1 ? buf(vocab_) : Array({rows_, vocab_}, Dtype::f32, d);
+    fused::GemvInput head_in;
+    head_in.k = int(hidden_), head_in.rows = rows_, head_in.norm = bf(w_.final_norm);
+    head_partial_ = buf(2 * int64_t(rows_ == 1 ? fused::gemv_shape(head_output(), c.sm_count, tuning_).blocks
+                                               : fused::gemv_rows_blocks(head_in, c.sm_count)));
     counters_ = buf(max_kv_heads_ + 1, Dtype::u32);
     fill(c, counters_, 0);
     state_ = buf(3, Dtype::i32);
+    pads_ = buf(1, Dtype::i32);
     history_ = buf(kHistory, Dtype::i32);
-    set_input(0, 0);
+    const std::vector<int32_t> zeros(size_t(rows_), 0);
+    const std::vector<int64_t> slots(size_t(rows_), 0);
+    set_inputs(zeros, slots, {});
   }
   ~CudaFusedDecoder() override {
     if (profile_) report_profile();
@@ -111,34 +121,55 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (pinned_) cudaFreeHost(pinned_);
   }
 
+  int rows() const override { return rows_; }
+
   void queue_token() override {
     LMX_CHECK(steps_ > 0 && queued_ - read_ < kRing, "fused decode", "no step to read, or ", kRing,
               " tokens already queued");
     const Context& c = ctx();
     if (!pinned_) {
-      check(cudaMallocHost(reinterpret_cast<void**>(&pinned_), kRing * sizeof(int32_t)), "cudaMallocHost");
+      check(cudaMallocHost(reinterpret_cast<void**>(&pinned_), size_t(kRing) * rows_ * sizeof(int32_t)),
+            "cudaMallocHost");
       ready_.resize(kRing);
       for (cudaEvent_t& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
     }
     const int slot = int(queued_++ % kRing);
+    // Each sequence's token of the last step: one column of the history [rows, kHistory].
     const auto* h = static_cast<const int32_t*>(history_.raw()) + (steps_ - 1) % kHistory;
-    check(cudaMemcpyAsync(pinned_ + slot, h, sizeof(int32_t), cudaMemcpyDeviceToHost, c.stream), "cudaMemcpyAsync");
+    check(cudaMemcpy2DAsync(pinned_ + size_t(slot) * rows_, sizeof(int32_t), h, kHistory * sizeof(int32_t),
+                            sizeof(int32_t), size_t(rows_), cudaMemcpyDeviceToHost, c.stream),
+          "cudaMemcpy2DAsync");
     check(cudaEventRecord(ready_[size_t(slot)], c.stream), "cudaEventRecord");
   }
 
-  int32_t wait_token() override {
+  std::vector<int32_t> wait_tokens() override {
     LMX_CHECK(read_ < queued_, "fused decode", "no token queued");
     const int slot = int(read_++ % kRing);
     check(cudaEventSynchronize(ready_[size_t(slot)]), "cudaEventSynchronize");
     raise_fault(ctx());
-    return pinned_[slot];
+    return std::vector<int32_t>(pinned_ + size_t(slot) * rows_, pinned_ + size_t(slot + 1) * rows_);
   }
 
-  void set_input(int32_t token, int64_t pos) override {
-    LMX_CHECK(pos >= 0 && pos < INT32_MAX, "fused decode", "position ", pos, " is out of range");
-    const int32_t s[3] = {token, int32_t(pos), 0};
+  void set_inputs(std::span<const int32_t> tokens, std::span<const int64_t> slots,
+                  std::span<const int64_t> pads) override {
+    LMX_CHECK(int64_t(tokens.size()) == rows_ && int64_t(slots.size()) == rows_ &&
+                  (pads.empty() || int64_t(pads.size()) == rows_),
+              "fused decode", "expected ", rows_, " tokens, slots and pads (or no pads), got ", tokens.size(), ", ",
+              slots.size(), " and ", pads.size());
+    std::vector<int32_t> state, pad;
+    for (int64_t r = 0; r < rows_; ++r) {
+      const int64_t slot = slots[size_t(r)], p = pads.empty() ? 0 : pads[size_t(r)];
+      LMX_CHECK(slot >= 0 && slot < INT32_MAX && p >= 0 && p <= slot, "fused decode", "sequence ", r, ": slot ",
+                slot, " with ", p, " slots of padding is out of range");
+      state.insert(state.end(), {tokens[size_t(r)], int32_t(slot), 0});
+      pad.push_back(int32_t(p));
+    }
     steps_ = 0;
-    check(cudaMemcpyAsync(state_.raw(), s, sizeof s, cudaMemcpyHostToDevice, ctx().stream), "cudaMemcpyAsync");
+    // Through pageable memory: the copies are staged before these calls return.
+    check(cudaMemcpyAsync(state_.raw(), state.data(), state.size() * 4, cudaMemcpyHostToDevice, ctx().stream),
+          "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(pads_.raw(), pad.data(), pad.size() * 4, cudaMemcpyHostToDevice, ctx().stream),
+          "cudaMemcpyAsync");
   }
 
   void step(std::span<const fast::FusedCacheView> caches) override {
@@ -192,17 +223,23 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   std::vector<int32_t> tokens(int n) override {
     LMX_CHECK(n >= 0 && n <= steps_ && n <= kHistory, "fused decode", "asked for the last ", n,
               " tokens of ", steps_, " steps");
-    // The history is a ring of kHistory tokens: the last n steps are at most two runs of it.
-    std::vector<int32_t> out(static_cast<size_t>(n));
+    // Each sequence's history is a ring of kHistory tokens: the last n steps are at most two
+    // runs of it. by_row [rows, n]; returned step-major.
+    std::vector<int32_t> by_row(size_t(n) * rows_), out(by_row.size());
     const Context& c = ctx();
     const int first = int((steps_ - n) % kHistory), run = std::min(n, kHistory - first);
     const auto* h = static_cast<const int32_t*>(history_.raw());
-    check(cudaMemcpyAsync(out.data(), h + first, size_t(run) * 4, cudaMemcpyDeviceToHost, c.stream),
-          "cudaMemcpyAsync");
-    if (run < n)
-      check(cudaMemcpyAsync(out.data() + run, h, size_t(n - run) * 4, cudaMemcpyDeviceToHost, c.stream),
-            "cudaMemcpyAsync");
+    auto copy = [&](int32_t* dst, const int32_t* src, int len) {
+      if (len > 0)
+        check(cudaMemcpy2DAsync(dst, size_t(n) * 4, src, kHistory * 4, size_t(len) * 4, size_t(rows_),
+                                cudaMemcpyDeviceToHost, c.stream),
+              "cudaMemcpy2DAsync");
+    };
+    copy(by_row.data(), h + first, run);
+    copy(by_row.data() + run, h, n - run);
     synchronize(c);
+    for (int64_t r = 0; r < rows_; ++r)
+      for (int i = 0; i < n; ++i) out[size_t(i) * rows_ + r] = by_row[size_t(r) * n + i];
     return out;
   }
 
@@ -228,11 +265,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     for (size_t i = 0; i < caches.size(); ++i) {
       const fast::FusedLayerWeights& l = w_.layers[i];
       const Array& k = caches[i].k;
-      const Shape want{1, l.n_kv_heads, k.valid() ? k.shape(2) : 0, l.head_dim};
+      const Shape want{rows_, l.n_kv_heads, k.valid() ? k.shape(2) : 0, l.head_dim};
       for (const Array* a : {&caches[i].k, &caches[i].v})
         LMX_CHECK(a->valid() && a->shape() == want && a->dtype() == Dtype::bf16 && a->is_contiguous() &&
                       a->device() == Device::cuda(device_),
-                  "fused decode", "layer ", i, "'s cache must be a contiguous bf16 [1, ", l.n_kv_heads,
+                  "fused decode", "layer ", i, "'s cache must be a contiguous bf16 [", rows_, ", ", l.n_kv_heads,
                   ", slots, ", l.head_dim, "] array on cuda:", device_);
       fused::AttentionStep a;
       a.q_norm = bf(l.q_norm), a.k_norm = bf(l.k_norm);
@@ -246,7 +283,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       a.n_heads = int(l.n_heads), a.n_kv_heads = int(l.n_kv_heads), a.head_dim = int(l.head_dim);
       a.scale = l.scale;
       fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
-      partial = std::max(partial, l.n_heads * a.splits * (l.head_dim + 2));
+      a.rows = int(rows_);
+      a.pad = rows_ > 1 ? static_cast<const int*>(pads_.raw()) : nullptr;
+      partial = std::max(partial, rows_ * l.n_heads * a.splits * (l.head_dim + 2));
       attention_.push_back(a);
     }
     if (!attn_partial_.valid() || attn_partial_.size() < partial)
@@ -268,7 +307,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     };
     auto input = [&](const float* x, int64_t k) {
       fused::GemvInput in;
-      in.x = x, in.k = int(k), in.eps = w_.eps, in.gemma = gemma;
+      in.x = x, in.k = int(k), in.eps = w_.eps, in.gemma = gemma, in.rows = int(rows_);
       return in;
     };
     // `res` holds the residual stream; `pending` is a block output not yet added to it.
@@ -324,7 +363,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     fused::GemvOutput head = head_output();
     head.y = f32(logits_);
     head.partial = static_cast<float2*>(head_partial_.raw());
-    head.counter = static_cast<unsigned*>(counters_.raw()) + max_kv_heads_;
+    head.counter = static_cast<unsigned*>(counters_.raw()) + max_kv_heads_ * rows_;  // after every sequence's attention counters
     head.state = state_i();
     head.history = static_cast<int*>(history_.raw());
     head.history_len = kHistory;
@@ -340,12 +379,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     // before their predecessors finish, but each still waits for them before reading their
     // results, and what a kernel reads before that wait (weights; attention's cached
     // positions) was written by kernels of earlier steps.
-    fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_));
+    fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_), int(rows_));
     for (const fused::StepPhase& p : plan_) {
       if (p.kind == fused::StepPhase::Kind::attention) {
         fused::AttentionStep a = p.attn;
         a.early = tuning_.early;
         fused::launch_attention(s, pdl_, a);
+      } else if (rows_ > 1) {
+        fused::launch_gemv_rows(s, pdl_, p.in, p.out, sms);
       } else {
         fused::launch_gemv(s, pdl_, p.in, p.out, fused::gemv_shape(p.out, sms, tuning_));
       }
@@ -399,6 +440,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   int* state_i() const { return static_cast<int*>(state_.raw()); }
 
   int device_;
+  int64_t rows_;  // sequences stepped together
   fast::FusedDecoderWeights w_;
   bool graphs_, pdl_;
   std::string skip_;
@@ -416,7 +458,10 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   int64_t queued_ = 0, read_ = 0;
   int32_t* pinned_ = nullptr;  // [kRing] host
   std::vector<cudaEvent_t> ready_;
-  Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, history_, attn_partial_;
+  // Per-token buffers, each [rows, ...]; state [rows, 3] (token, slot, count); pads [rows];
+  // history [rows, kHistory].
+  Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, pads_, history_,
+      attn_partial_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
   std::vector<const char*> names_;  // of plan_'s phases
@@ -456,11 +501,21 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
 }  // namespace
 
-std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w) {
+std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w, int rows) {
   // The fused kernels read bf16 weights; other dtypes keep to the plain ops.
-  if (w.embed.dtype() != Dtype::bf16 || w.layers.empty()) return nullptr;
+  if (w.embed.dtype() != Dtype::bf16 || w.layers.empty() || rows < 1 || rows > fused::kMaxStepRows) return nullptr;
+  if (rows > 1) {  // every product must fit the batched GEMV
+    auto fits = [&](int64_t k, bool normed) {  // normed inputs are staged in f32 as well
+      fused::GemvInput in;
+      in.rows = rows, in.k = int(k), in.norm = normed ? bf(w.final_norm) : nullptr;
+      return fused::gemv_rows_unsupported(in, {}).empty();
+    };
+    if (!fits(w.embed.shape(1), true)) return nullptr;
+    for (const fast::FusedLayerWeights& l : w.layers)
+      if (!fits(l.o.shape(1), false) || !fits(l.down.shape(1), false)) return nullptr;
+  }
   context(device);
-  return std::make_unique<CudaFusedDecoder>(device, w);
+  return std::make_unique<CudaFusedDecoder>(device, w, rows);
 }
 
 }  // namespace lmx::cuda

@@ -19,14 +19,6 @@ constexpr bool kGlu = E == Epilogue::glu_silu || E == Epilogue::glu_gelu;
 template <Epilogue E, int R>
 constexpr int kOutsPerWarp = kGlu<E> ? R / 2 : R;
 
-__device__ __forceinline__ const bf16* stacked_row(const GemvOutput& o, int r, int k) {
-  // Spelled out rather than looped: an indexed o.w[s] would put the parameters in local memory.
-  if (r < o.rows[0]) return o.w[0] + size_t(r) * k;
-  r -= o.rows[0];
-  if (r < o.rows[1]) return o.w[1] + size_t(r) * k;
-  return o.w[2] + size_t(r - o.rows[1]) * k;
-}
-
 // This warp's R weight rows for its outputs from `first`: R consecutive rows, or
 // (gate, up) pairs. Rows past the end read the last row again and are never stored.
 template <int R, Epilogue E>

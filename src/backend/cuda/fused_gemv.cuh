@@ -14,6 +14,15 @@ __device__ __forceinline__ float gelu_tanh(float g) {
   return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
 }
 
+// Row r of the stacked matrices of a plain GEMV (GemvOutput: w[0], then w[1], then w[2]).
+__device__ __forceinline__ const bf16* stacked_row(const GemvOutput& o, int r, int k) {
+  // Spelled out rather than looped: an indexed o.w[s] would put the parameters in local memory.
+  if (r < o.rows[0]) return o.w[0] + size_t(r) * k;
+  r -= o.rows[0];
+  if (r < o.rows[1]) return o.w[1] + size_t(r) * k;
+  return o.w[2] + size_t(r - o.rows[1]) * k;
+}
+
 // Floats of shared memory a GEMV needs: the vector, plus staged copies of the inputs its
 // prologue combines.
 __host__ __device__ inline int staged_arrays(const GemvInput& in) {

@@ -23,6 +23,8 @@ using bf16 = __nv_bfloat16;
 //   v = x (+ add, or + RMSNorm(add; add_norm))      the residual update of the last block
 //   x_out = v                                       (block 0 stores it, when x_out is set)
 //   v = RMSNorm(v; norm)                            when norm is set
+// With `rows` > 1 (batched steps, fused_gemv_rows.cu) every array is [rows, K], row-major,
+// and the result is rounded to bf16, as the tensor cores take it.
 struct GemvInput {
   const float* x = nullptr;  // [K]
   const float* add = nullptr;  // [K] or null
@@ -32,6 +34,7 @@ struct GemvInput {
   float eps = 1e-6f;
   bool gemma = false;  // norm weights are (1 + w)
   int k = 0;
+  int rows = 1;  // sequences
 };
 
 enum class Epilogue {
@@ -49,7 +52,8 @@ struct GemvOutput {
   Epilogue epilogue = Epilogue::plain;
   float softcap = 0;
   // logits only: per-block (value, index) partials, the finished-blocks counter (zero
-  // between steps), the state and the token history.
+  // between steps), the state and the token history. With several sequences: partials
+  // [blocks, rows], state [rows, 3], history [rows, history_len], y [rows, N].
   float2* partial = nullptr;
   unsigned* counter = nullptr;
   int* state = nullptr;
@@ -80,10 +84,23 @@ struct GemvTuning {  // defaults; LMX_FUSED_ROWS, _BLOCKS_PER_SM, _PREFETCH, _EA
 GemvShape gemv_shape(const GemvOutput& out, int sm_count, const GemvTuning& t);
 void launch_gemv(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& shape);
 
-// Token embedding: x[h] = embed[state.token, h] * scale (scale 0 = 1).
-void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
-                  float* x);
+// The same products for 2 to kMaxStepRows sequences at once, on tensor cores
+// (fused_gemv_rows.cu): the weights are read once for all of them.
+constexpr int kMaxStepRows = 8;
+// Why these products cannot run batched ("" when they can).
+std::string gemv_rows_unsupported(const GemvInput& in, const GemvOutput& out);
+void launch_gemv_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int sm_count);
+// The most blocks such a launch takes (for the LM head's partials, one per block and sequence).
+int gemv_rows_blocks(const GemvInput& in, int sm_count);
 
+// Token embedding of each sequence: x[r, h] = embed[state[r].token, h] * scale (scale 0 = 1).
+void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
+                  float* x, int rows = 1);
+
+// With several sequences (rows > 1) the arrays hold one block per sequence, each at the
+// stride its size gives (qkv, out, partial, counter, the caches [rows, Hkv, slots, D]),
+// and pad[r] is sequence r's left padding: its first pad[r] slots are not keys, and its
+// RoPE positions are its slots minus pad[r].
 struct AttentionStep {
   const float* qkv = nullptr;  // [Hq*D | Hkv*D | Hkv*D] from the QKV GEMV
   const bf16* q_norm = nullptr;  // [D] or null
@@ -102,6 +119,8 @@ struct AttentionStep {
   unsigned* counter = nullptr;  // [Hkv], zero between steps
   float* out = nullptr;       // [Hq*D]
   bool early = false;         // signal the next kernel at the start (GemvTuning::early)
+  int rows = 1;
+  const int* pad = nullptr;   // [rows], or null: no padding
 };
 // Keys per block and blocks per kv head for a cache of `slots` positions.
 void attention_split(int slots, int kv_heads, int& chunk, int& splits);

@@ -123,8 +123,8 @@ class CudaKernels final : public detail::Kernels {
     cuda::attention(ctx(), q, k, v, scale, causal, window, q_offsets, key_valid, out);
   }
   bool has_fused_decoder(Dtype t) const override { return t == Dtype::bf16; }
-  std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights& w) override {
-    return make_fused_decoder(device_, w);
+  std::unique_ptr<fast::FusedDecoder> fused_decoder(const fast::FusedDecoderWeights& w, int rows) override {
+    return make_fused_decoder(device_, w, rows);
   }
 
  private:

@@ -29,6 +29,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/rope.cuh"
 
 namespace lmx::cuda {
@@ -60,11 +61,9 @@ struct SmemPlan {
   }
 };
 
-// Tensor-core pieces (PTX, sm_80+). ldmatrix loads four 8x8 16-bit matrices whose rows
-// the lanes address (lanes 8i..8i+7 give matrix i's rows); lane l receives row l/4,
-// columns 2(l%4) and 2(l%4)+1 of each (with .trans, of the transposed matrix). mma
-// m16n8k16: A 16x16 row-major in 4 registers, B 16x8 in 2, C/D 16x8 f32 in 4 (rows l/4
-// and l/4 + 8, columns 2(l%4) and 2(l%4)+1).
+// ldmatrix (PTX, sm_80+) loads four 8x8 16-bit matrices whose rows the lanes address
+// (lanes 8i..8i+7 give matrix i's rows); lane l receives row l/4, columns 2(l%4) and
+// 2(l%4)+1 of each (with .trans, of the transposed matrix). mma_16816: mma.cuh.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   const unsigned a = unsigned(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -77,31 +76,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }
-template <class T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, bfloat_t>)
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// Two floats rounded to T, packed as an mma operand register (lo in the low half).
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, bfloat_t>) {
-    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&p);
-  } else {
-    const __half2 p = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&p);
-  }
-}
-
 // 16 bytes from global to shared memory without passing through registers (cp.async);
 // complete after cp.async.wait_all.
 __device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {

@@ -1,0 +1,345 @@
+// The GEMVs of a batched fused decode step: Y [B, N] = V [B, K] · Wᵀ for 2 to 8 sequences
+// (B) and bf16 W [N, K], on tensor cores, so that the weights are read once for all of
+// them. Per sequence this is what fused_gemv.cu does for one: the prologue forms each
+// input vector (residual add, RMSNorms) in every block, and the epilogue turns the dot
+// products into plain outputs, gated activations, or logits and each sequence's argmax.
+//
+// The product is mma m16n8k16 with the weights as A and the vectors as B. A warp's tile is
+// 16 weight rows (8 gate and the 8 matching up rows for the gated activation); lane (g, t)
+// loads 16 bytes of rows g and g+8, columns 8t..8t+7 of a 32-column chunk, straight from
+// memory into registers. A dot product may take its columns in any order as long as both
+// operands agree, so those 8 columns fill the lane's A slots of two mma steps (2t, 2t+1
+// and 2t+8, 2t+9 of each), and one 16-byte load of vector g at the same columns fills its
+// B slots. The vectors sit in shared memory in bf16, rounded after the prologue as the
+// plain path rounds activations. Column n of the product belongs to vector n, so lanes
+// past the last vector load any vector and their outputs are dropped.
+//
+// When a matrix has too few tiles to keep every warp streaming, the warps of a block split
+// a tile's columns and add their sums through shared memory (`ksplit`).
+#include <algorithm>
+
+#include "backend/cuda/fused_gemv.cuh"
+#include "backend/cuda/mma.cuh"
+
+namespace lmx::cuda::fused {
+namespace {
+
+constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kChunk = 32;   // columns of one mma pair: 4 lanes × 8 columns of each row
+constexpr int kUnroll = 8;   // chunks per loop trip: 16 loads of 16 bytes in flight per lane
+constexpr int kPad = 8;      // bf16 elements after each vector, so that the 8 vectors' loads fall in distinct banks
+constexpr int kMaxSmem = 200 * 1024;
+
+template <Epilogue E>
+constexpr bool kGated = E == Epilogue::glu_silu || E == Epilogue::glu_gelu;
+
+// Shared memory of a block, in bytes from the start: the vectors [B, K + kPad] bf16, then
+// (with an add or a norm) the f32 vectors before the norm [B, K], then kWarps × 32 × 4
+// floats for the split tiles' sums and the block's reductions.
+struct RowsSmem {
+  int ld;
+  size_t stage, red, bytes;
+  __host__ __device__ explicit RowsSmem(const GemvInput& in) {
+    ld = in.k + kPad;
+    stage = (size_t(in.rows) * ld * 2 + 15) / 16 * 16;
+    red = stage + (in.add || in.norm ? size_t(in.rows) * in.k * 4 : 0);
+    bytes = red + size_t(kWarps) * 32 * 4 * 4;
+  }
+};
+
+// Sums v[b] over the block for each vector b; every thread gets the totals.
+__device__ inline void block_sums(float (&v)[kMaxStepRows], float* red) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int b = 0; b < kMaxStepRows; ++b) {
+    v[b] = warp_reduce(v[b], Sum{});
+    if (lane == 0) red[warp * kMaxStepRows + b] = v[b];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int b = 0; b < kMaxStepRows; ++b) {
+    float total = 0;
+    for (int w = 0; w < kWarps; ++w) total += red[w * kMaxStepRows + b];
+    v[b] = total;
+  }
+  __syncthreads();  // red is reused
+}
+
+__device__ __forceinline__ float4 add4(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+__device__ __forceinline__ float4 mul4(float4 a, float4 b) { return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w); }
+__device__ __forceinline__ float4 scale4(float4 a, float s) { return make_float4(a.x * s, a.y * s, a.z * s, a.w * s); }
+__device__ __forceinline__ float sumsq4(float4 a, float acc) {
+  return __fmaf_rn(a.w, a.w, __fmaf_rn(a.z, a.z, __fmaf_rn(a.y, a.y, __fmaf_rn(a.x, a.x, acc))));
+}
+__device__ __forceinline__ float4 norm_weights4(const bf16* w, int c, bool gemma) {
+  const uint2 u = *reinterpret_cast<const uint2*>(w + c);
+  const float o = gemma ? 1.0f : 0.0f;
+  return make_float4(o + bf16_lo(u.x), o + bf16_hi(u.x), o + bf16_lo(u.y), o + bf16_hi(u.y));
+}
+__device__ __forceinline__ void store_bf16x4(bf16* p, float4 v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  *reinterpret_cast<uint2*>(p) = make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+
+// Forms the B input vectors (GemvInput) and stores them in bf16 at xs [B, ld]. A thread
+// keeps 4 columns and steps over them for all vectors at once, so that every vector's
+// loads are in flight together and one block reduction serves all of them. The second
+// pass reads back only what the same thread staged, so it needs no barrier before it.
+__device__ inline void form_vectors(const GemvInput& in, bf16* xs, int ld, float* stage, float* red) {
+  const int rows = in.rows, k = in.k;
+  if (!in.add && !in.norm) {
+    for (int c = threadIdx.x * 4; c < k; c += kThreads * 4) {
+      float4 v[kMaxStepRows];
+#pragma unroll
+      for (int b = 0; b < kMaxStepRows; ++b)
+        if (b < rows) v[b] = *reinterpret_cast<const float4*>(in.x + size_t(b) * k + c);
+#pragma unroll
+      for (int b = 0; b < kMaxStepRows; ++b)
+        if (b < rows) store_bf16x4(xs + b * ld + c, v[b]);
+    }
+    __syncthreads();
+    return;
+  }
+  const bool add_norm = in.add && in.add_norm;
+  float add_scale[kMaxStepRows], ss[kMaxStepRows];
+#pragma unroll
+  for (int b = 0; b < kMaxStepRows; ++b) add_scale[b] = 1.0f, ss[b] = 0;
+  if (add_norm) {  // Gemma 3's sandwich: the block output is normed before it is added
+    for (int c = threadIdx.x * 4; c < k; c += kThreads * 4)
+#pragma unroll
+      for (int b = 0; b < kMaxStepRows; ++b)
+        if (b < rows) ss[b] = sumsq4(*reinterpret_cast<const float4*>(in.add + size_t(b) * k + c), ss[b]);
+    block_sums(ss, red);
+#pragma unroll
+    for (int b = 0; b < kMaxStepRows; ++b) add_scale[b] = rsqrtf(ss[b] / float(k) + in.eps), ss[b] = 0;
+  }
+  for (int c = threadIdx.x * 4; c < k; c += kThreads * 4) {
+    const float4 anw = add_norm ? norm_weights4(in.add_norm, c, in.gemma) : float4{};
+    float4 x[kMaxStepRows], a[kMaxStepRows];
+#pragma unroll
+    for (int b = 0; b < kMaxStepRows; ++b) {
+      if (b >= rows) continue;
+      x[b] = *reinterpret_cast<const float4*>(in.x + size_t(b) * k + c);
+      if (in.add) a[b] = *reinterpret_cast<const float4*>(in.add + size_t(b) * k + c);
+    }
+#pragma unroll
+    for (int b = 0; b < kMaxStepRows; ++b) {
+      if (b >= rows) continue;
+      float4 v = x[b];
+      if (in.add) v = add4(v, add_norm ? mul4(scale4(a[b], add_scale[b]), anw) : a[b]);
+      *reinterpret_cast<float4*>(stage + size_t(b) * k + c) = v;
+      if (in.x_out && blockIdx.x == 0) *reinterpret_cast<float4*>(in.x_out + size_t(b) * k + c) = v;
+      ss[b] = sumsq4(v, ss[b]);
+    }
+  }
+  if (in.norm) {
+    block_sums(ss, red);
+#pragma unroll
+    for (int b = 0; b < kMaxStepRows; ++b) ss[b] = rsqrtf(ss[b] / float(k) + in.eps);
+  }
+  for (int c = threadIdx.x * 4; c < k; c += kThreads * 4) {
+    const float4 nw = in.norm ? norm_weights4(in.norm, c, in.gemma) : float4{};
+#pragma unroll
+    for (int b = 0; b < kMaxStepRows; ++b) {
+      if (b >= rows) continue;
+      const float4 v = *reinterpret_cast<const float4*>(stage + size_t(b) * k + c);
+      store_bf16x4(xs + b * ld + c, in.norm ? mul4(scale4(v, ss[b]), nw) : v);
+    }
+  }
+  __syncthreads();
+}
+
+// Each sequence's argmax over the logits: lanes hold the best of vectors 2t and 2t+1 over
+// their rows; the block's best goes to partial[block, b]; the last block to finish makes
+// each sequence's best its next token (state, history) and resets the counter.
+__device__ inline void publish_row_argmax(const GemvOutput& out, int rows, float (&best)[2], int (&idx)[2]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __shared__ float2 wbest[kWarps][kMaxStepRows];
+  __shared__ bool last;
+#pragma unroll
+  for (int e = 0; e < 2; ++e)
+    for (int o = 4; o < 32; o *= 2) {  // lanes of one t: the same two vectors
+      const float v = __shfl_xor_sync(0xffffffffu, best[e], o);
+      const int i = __shfl_xor_sync(0xffffffffu, idx[e], o);
+      if (better(v, i, best[e], idx[e])) best[e] = v, idx[e] = i;
+    }
+  if (lane < 4)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) wbest[warp][2 * lane + e] = make_float2(best[e], __int_as_float(idx[e]));
+  __syncthreads();
+  if (int(threadIdx.x) < rows) {
+    float2 p = wbest[0][threadIdx.x];
+    for (int w = 1; w < kWarps; ++w) {
+      const float2 q = wbest[w][threadIdx.x];
+      if (better(q.x, __float_as_int(q.y), p.x, __float_as_int(p.y))) p = q;
+    }
+    out.partial[size_t(blockIdx.x) * rows + threadIdx.x] = p;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // the partials are visible before the count says so
+    last = atomicAdd(out.counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (warp < rows) {  // warp b finishes sequence b
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for (int blk = lane; blk < int(gridDim.x); blk += 32) {
+      const float2 p = __ldcg(out.partial + size_t(blk) * rows + warp);
+      if (better(p.x, __float_as_int(p.y), bv, bi)) bv = p.x, bi = __float_as_int(p.y);
+    }
+    bv = warp_reduce_argmax(bv, bi);
+    if (lane == 0) {
+      int* state = out.state + 3 * warp;
+      const int count = state[2];
+      out.history[size_t(warp) * out.history_len + count % out.history_len] = bi;
+      state[0] = bi;
+      state[1] += 1;
+      state[2] = count + 1;
+    }
+  }
+  if (threadIdx.x == 0) *out.counter = 0;
+}
+
+template <Epilogue E>
+__global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(GemvInput in, GemvOutput out, int ksplit) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const RowsSmem plan(in);
+  bf16* xs = reinterpret_cast<bf16*>(smem);
+  float* red = reinterpret_cast<float*>(smem + plan.red);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int rows = in.rows, k = in.k;
+  if constexpr (E != Epilogue::logits) allow_next_kernel();  // the LM head ends the step: it signals late
+  wait_for_previous_kernel();
+  form_vectors(in, xs, plan.ld, reinterpret_cast<float*>(smem + plan.stage), red);
+
+  const int n_out = kGated<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
+  constexpr int kTileRows = kGated<E> ? 8 : 16;  // outputs per tile
+  const int tiles = (n_out + kTileRows - 1) / kTileRows, per_round = kWarps / ksplit;
+  const int slot = warp / ksplit, part = warp % ksplit, chunks = k / kChunk;
+  const int c_begin = part * chunks / ksplit, c_end = (part + 1) * chunks / ksplit;
+  const bf16* xv_row = xs + ::min(g, rows - 1) * plan.ld + 8 * t;  // this lane's B operand: vector g
+  float best[2] = {-INFINITY, -INFINITY};  // logits: the best of vectors 2t and 2t+1 so far
+  int best_idx[2] = {INT_MAX, INT_MAX};
+
+  // Rounds of per_round tiles per block; every warp runs every round (the split tiles'
+  // barriers), with no tile past the end.
+  for (int base = int(blockIdx.x) * per_round; base < tiles; base += int(gridDim.x) * per_round) {
+    const int tile = base + slot;
+    float c[4] = {0, 0, 0, 0};  // rows g, g+8 (gated: gate and up of output g) × vectors 2t, 2t+1
+    if (tile < tiles) {
+      const bf16 *ra, *rb;
+      if constexpr (kGated<E>) {
+        const size_t o = size_t(::min(tile * 8 + g, n_out - 1)) * k;
+        ra = out.w[0] + o, rb = out.w[1] + o;
+      } else {
+        ra = stacked_row(out, ::min(tile * 16 + g, n_out - 1), k);
+        rb = stacked_row(out, ::min(tile * 16 + g + 8, n_out - 1), k);
+      }
+      ra += 8 * t, rb += 8 * t;
+      for (int ch = c_begin; ch < c_end; ch += kUnroll) {
+        uint4 wa[kUnroll], wb[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+          if (ch + u < c_end) wa[u] = load_stream(ra + (ch + u) * kChunk), wb[u] = load_stream(rb + (ch + u) * kChunk);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (ch + u >= c_end) continue;
+          const uint4 xv = *reinterpret_cast<const uint4*>(xv_row + (ch + u) * kChunk);
+          const uint32_t a0[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};  // columns 8t..8t+3
+          mma_16816<bfloat_t>(c, a0, xv.x, xv.y);
+          const uint32_t a1[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};  // columns 8t+4..8t+7
+          mma_16816<bfloat_t>(c, a1, xv.z, xv.w);
+        }
+      }
+    }
+    if (ksplit > 1) {  // the tile's warps add their column ranges' sums
+      float* mine = red + (warp * 32 + lane) * 4;
+      *reinterpret_cast<float4*>(mine) = make_float4(c[0], c[1], c[2], c[3]);
+      __syncthreads();
+      if (part == 0)
+        for (int p = 1; p < ksplit; ++p) {
+          const float4 o = *reinterpret_cast<const float4*>(mine + p * 32 * 4);
+          c[0] += o.x, c[1] += o.y, c[2] += o.z, c[3] += o.w;
+        }
+      __syncthreads();
+    }
+    if (part != 0 || tile >= tiles) continue;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int b = 2 * t + e;
+      if (b >= rows) continue;
+      if constexpr (kGated<E>) {
+        const int o = tile * 8 + g;
+        const float gate = c[e], up = c[2 + e];
+        if (o < n_out) out.y[size_t(b) * n_out + o] = (E == Epilogue::glu_silu ? silu(gate) : gelu_tanh(gate)) * up;
+      } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int o = tile * 16 + g + 8 * h;
+          float v = c[2 * h + e];
+          if (o >= n_out) continue;
+          if constexpr (E == Epilogue::logits) {
+            if (out.softcap > 0) v = out.softcap * tanhf(v / out.softcap);
+            if (better(v, o, best[e], best_idx[e])) best[e] = v, best_idx[e] = o;
+          }
+          out.y[size_t(b) * n_out + o] = v;
+        }
+      }
+    }
+  }
+  if constexpr (E == Epilogue::logits) {
+    allow_next_kernel();
+    publish_row_argmax(out, rows, best, best_idx);
+  }
+}
+
+int blocks_per_sm(size_t smem) { return smem + 1024 <= 113 * 1024 ? 2 : 1; }
+
+template <Epilogue E>
+void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int sm_count) {
+  static const bool kSized = [] {
+    check(cudaFuncSetAttribute(gemv_rows_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem),
+          "cudaFuncSetAttribute");
+    return true;
+  }();
+  (void)kSized;
+  const size_t smem = RowsSmem(in).bytes;
+  const int n_out = kGated<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
+  const int tiles = (n_out + (kGated<E> ? 7 : 15)) / (kGated<E> ? 8 : 16);
+  const int resident = blocks_per_sm(smem) * sm_count;
+  // Split tiles over warps only while there are too few tiles for every warp of a full
+  // grid; each split costs a block barrier per round.
+  int ksplit = 1;
+  while (ksplit < kWarps && int64_t(tiles) * ksplit < int64_t(resident) * kWarps) ksplit *= 2;
+  const int per_round = kWarps / ksplit;
+  const int blocks = std::min((tiles + per_round - 1) / per_round, resident);
+  launch("fused gemv (rows)", gemv_rows_kernel<E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out, ksplit);
+}
+
+}  // namespace
+
+std::string gemv_rows_unsupported(const GemvInput& in, const GemvOutput& out) {
+  if (in.rows < 2 || in.rows > kMaxStepRows) return "2 to 8 sequences";
+  if (in.k % kChunk != 0) return "products over a multiple of 32 columns";
+  if (RowsSmem(in).bytes > kMaxSmem) return "inputs that fit in shared memory";
+  (void)out;
+  return "";
+}
+
+int gemv_rows_blocks(const GemvInput& in, int sm_count) { return blocks_per_sm(RowsSmem(in).bytes) * sm_count; }
+
+void launch_gemv_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int sm_count) {
+  const std::string why = gemv_rows_unsupported(in, out);
+  LMX_CHECK(why.empty(), "fused decode", "the batched GEMV takes only ", why);
+  switch (out.epilogue) {
+    case Epilogue::plain: return launch_rows<Epilogue::plain>(stream, pdl, in, out, sm_count);
+    case Epilogue::glu_silu: return launch_rows<Epilogue::glu_silu>(stream, pdl, in, out, sm_count);
+    case Epilogue::glu_gelu: return launch_rows<Epilogue::glu_gelu>(stream, pdl, in, out, sm_count);
+    case Epilogue::logits: return launch_rows<Epilogue::logits>(stream, pdl, in, out, sm_count);
+  }
+}
+
+}  // namespace lmx::cuda::fused
