@@ -613,6 +613,7 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
   const int64_t hkv = k.shape(1), lk = k.shape(2);
   LMX_CHECK(d <= kMaxHeadDim, "scaled_dot_product_attention", "head dimension ", d,
             " is above the CUDA kernel's limit of ", kMaxHeadDim);
+  if (flash_attention(ctx, q, k, v, scale, causal, window, q_offsets, key_valid, out)) return;
   if (attention_by_gemm(ctx, q, k, v, scale, causal, window, q_offsets, key_valid, out)) return;
   if (attention_for_few_rows(ctx, q, k, v, scale, causal, window, q_offsets, key_valid, out)) return;
   LMX_CHECK(nb * hkv <= 65535, "scaled_dot_product_attention", "batch x kv heads (", nb * hkv,

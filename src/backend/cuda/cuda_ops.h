@@ -61,6 +61,10 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
                bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
                const Array& out);
 
+// flash_attention.cu: the same attention for long prompts (64+ query rows, 512+ keys,
+// bf16/f16, head_dim 64 or 128) without storing S; false (nothing done) otherwise.
+bool flash_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                     int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
 // attention_gemm.cu: the same attention through cuBLAS for many query rows; false (and
 // nothing done) where that path does not apply.
 bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,

@@ -1,5 +1,6 @@
-// The tensor-core product m16n8k16 (PTX mma.sync, sm_80+) and its operand packing, shared
-// by the self-attention kernel and the batched GEMVs of the fused decode step.
+// Tensor-core pieces (PTX, sm_80+) shared by the attention kernels and the batched GEMVs of
+// the fused decode step: the product m16n8k16, its operand packing, ldmatrix, and 16-byte
+// asynchronous copies into shared memory.
 //
 // Layouts, for lane l of a warp, g = l/4 and t = l%4: A (16x16, row-major) in 4 registers
 // holds rows g and g+8 at columns 2t, 2t+1 (a0: row g, a1: row g+8) and at 2t+8, 2t+9
@@ -24,6 +25,28 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// ldmatrix loads four 8x8 16-bit matrices whose rows the lanes address
+// (lanes 8i..8i+7 give matrix i's rows); lane l receives row l/4, columns 2(l%4) and
+// 2(l%4)+1 of each (with .trans, of the transposed matrix).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// 16 bytes from global to shared memory without passing through registers (cp.async);
+// complete after cp.async.wait_all.
+__device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {
+  const unsigned dst = unsigned(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
 // Two floats rounded to T, packed as an mma operand register (lo in the low half).
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {

@@ -61,28 +61,6 @@ struct SmemPlan {
   }
 };
 
-// ldmatrix (PTX, sm_80+) loads four 8x8 16-bit matrices whose rows the lanes address
-// (lanes 8i..8i+7 give matrix i's rows); lane l receives row l/4, columns 2(l%4) and
-// 2(l%4)+1 of each (with .trans, of the transposed matrix). mma_16816: mma.cuh.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-  const unsigned a = unsigned(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
-  const unsigned a = unsigned(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-// 16 bytes from global to shared memory without passing through registers (cp.async);
-// complete after cp.async.wait_all.
-__device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {
-  const unsigned dst = unsigned(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-
 // One warp: rows [16 rt, 16 rt + 16) of one query head attend causally over the keys,
 // output columns [c0, c0 + cols). qh [lp, ld], ks and vs [lp, ld] in shared memory, rotated
 // and rounded; out points at the head's first row in token order (row stride
