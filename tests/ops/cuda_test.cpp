@@ -181,8 +181,7 @@ TEST(Cuda, LargeAttentionMatchesTheCpu) {
       {1, 2, 1, 300, 300, 256, 64, true, false}, {1, 4, 4, 300, 300, 128, 0, false, false},
       {2, 8, 2, 1, 1000, 128, 0, true, true},    {1, 8, 1, 1, 4097, 64, 1000, true, false},
       {1, 3, 1, 33, 97, 33, 0, true, false},     {1, 2, 2, 40, 700, 64, 0, true, false},
-      // Key counts that are whole 16-byte vectors take the long-row softmax (f32 already
-      // does at 300 and 700): scores kept in registers up to 4,096 keys, three passes past.
+      // Key counts that are whole 16-byte vectors, up to 4,200 keys.
       {1, 4, 2, 296, 296, 64, 0, true, false},   {2, 4, 2, 520, 520, 128, 0, true, true},
       {1, 2, 1, 264, 264, 256, 64, true, false}, {1, 4, 4, 200, 200, 128, 0, false, false},
       {1, 2, 1, 40, 4200, 64, 0, true, false},   {2, 2, 1, 24, 4096, 64, 300, true, true},
@@ -205,7 +204,7 @@ TEST(Cuda, AttentionInBandsOfQueryRowsMatchesTheCpu) {
       {2, 4, 2, 300, 300, 128, 0, true, true},
       {1, 4, 1, 300, 300, 256, 64, true, false},
       {1, 4, 4, 300, 300, 128, 0, false, false},
-      {2, 4, 2, 296, 296, 64, 0, true, true},  // the long-row softmax
+      {2, 4, 2, 296, 296, 64, 0, true, true},
   };
   ::setenv("LMX_ATTENTION_S_BUDGET", "65536", 1);
   expect_attention_matches_cpu(cases);

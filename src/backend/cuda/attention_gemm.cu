@@ -76,98 +76,6 @@ __global__ void masked_softmax_kernel(T* s, SoftmaxParams p, int lanes) {
   for (int64_t j = sub + int64_t(lanes) * kKept; j < lk; j += lanes) x[j] = prob(expo(score(j)));
 }
 
-// Long rows (prefill): one warp per row, 16-byte vectors. Keys past the causal limit are
-// not read (their probabilities are written as zeros), and each visible score's
-// exponential is computed once: rows of up to kLongCached keys keep their scores in
-// registers and their exponentials in the warp's slice of shared memory, so S is read
-// once and written once. Longer rows read S three times and compute the exponentials
-// twice. The first kernel above took 63 of the 85 ms of Llama's 4,096-token prefill
-// (scalar loads, S read three times, exp twice per score).
-constexpr int kLongWarps = 4, kLongVecs = 16;  // vectors a lane keeps: 4,096 keys of 16 bits
-constexpr int kLongCached = 4096;              // f32 exponentials per warp in shared memory
-
-template <class T>
-__global__ void __launch_bounds__(32 * kLongWarps) masked_softmax_long_kernel(T* s, SoftmaxParams p) {
-  constexpr int E = kVecElems<T>;
-  extern __shared__ float cache_all[];
-  float* cache = cache_all + (threadIdx.x / 32) * kLongCached;
-  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = int(threadIdx.x % 32);
-  if (row >= p.rows || row % (p.rep * p.lq) >= p.live_rows) return;  // the warp's row: uniform
-  const int64_t i = row % p.lq, b = row / (p.rep * p.lq) / p.hkv;
-  const int64_t qpos = p.first_row + i + p.q_offsets[b];
-  T* x = s + row * p.lk;
-  // Visible keys lie in [begin, end); key_valid may mask some of those too.
-  const int64_t end = p.causal ? ::min(p.lk, qpos + 1 > 0 ? qpos + 1 : int64_t(0)) : p.lk;
-  const int64_t begin = p.window > 0 && qpos - p.window + 1 > 0 ? qpos - p.window + 1 : int64_t(0);
-  const bool cached = p.lk <= int64_t(32) * E * kLongVecs && p.lk <= kLongCached;
-  const int64_t step = int64_t(32) * E * kLongVecs;
-  uint4 raw[kLongVecs] = {};
-  auto load = [&](int64_t j0, int v) {
-    if (cached && v >= 0) return raw[v];
-    return j0 < end && j0 + E > begin ? *reinterpret_cast<const uint4*>(x + j0) : make_uint4(0, 0, 0, 0);
-  };
-  auto scores = [&](int64_t j0, uint4 vec, float (&sc)[E]) {
-    const T* e = reinterpret_cast<const T*>(&vec);
-#pragma unroll
-    for (int k = 0; k < E; ++k) {
-      const int64_t j = j0 + k;
-      const bool seen = j >= begin && j < end && (!p.key_valid || p.key_valid[b * p.lk + j]);
-      sc[k] = seen ? round_to<T>(to_float(e[k]) * p.scale) : -INFINITY;
-    }
-  };
-  // Every vector of the row: fn(j0, v) with v its register slot.
-  auto each = [&](auto&& fn) {
-    for (int64_t base = 0; base < p.lk; base += step)
-#pragma unroll
-      for (int v = 0; v < kLongVecs; ++v) {
-        const int64_t j0 = base + (int64_t(v) * 32 + lane) * E;
-        if (j0 < p.lk) fn(j0, v);
-      }
-  };
-  float m = -INFINITY;
-  each([&](int64_t j0, int v) {
-    const uint4 vec = load(j0, -1);
-    if (cached) raw[v] = vec;
-    float sc[E];
-    scores(j0, vec, sc);
-#pragma unroll
-    for (int k = 0; k < E; ++k) m = fmaxf(m, sc[k]);
-  });
-  m = warp_reduce(m, Max{});
-  // A row with no visible key gives zeros, as attention.cu does.
-  auto expo = [&](float v) { return v == -INFINITY ? 0.0f : cr_exp(v - m); };
-  float sum = 0;
-  each([&](int64_t j0, int v) {
-    if (j0 >= end) return;
-    float sc[E];
-    scores(j0, load(j0, v), sc);
-#pragma unroll
-    for (int k = 0; k < E; ++k) {
-      const float e = expo(sc[k]);
-      sum += e;
-      if (cached) cache[j0 + k] = e;
-    }
-  });
-  sum = warp_reduce(sum, Sum{});
-  each([&](int64_t j0, int v) {
-    float pr[E];
-    if (j0 >= end) {
-#pragma unroll
-      for (int k = 0; k < E; ++k) pr[k] = 0;
-    } else {
-      float sc[E];
-      if (!cached) scores(j0, load(j0, v), sc);
-#pragma unroll
-      for (int k = 0; k < E; ++k) {
-        const float e = cached ? cache[j0 + k] : expo(sc[k]);
-        pr[k] = sum > 0 ? e / sum : 0.0f;
-      }
-    }
-    store_vec(x + j0, pr);
-  });
-}
-
 cudaDataType_t blas_dtype(Dtype t) {
   return t == Dtype::f32 ? CUDA_R_32F : t == Dtype::f16 ? CUDA_R_16F : CUDA_R_16BF;
 }
@@ -207,24 +115,6 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
   const int64_t q_step = rep * lq * d;  // from one (sequence, kv head) to the next in q and out
   int lanes = 1;
   while (lanes < 32 && lanes * kKept < lk) lanes *= 2;
-  // Rows longer than a warp's kept scores take the long-row kernel, where S's rows are
-  // whole 16-byte vectors (lk a multiple of 8 sixteen-bit or 4 f32 scores).
-  const bool long_rows = lk > 32 * kKept && lk % (16 / item) == 0;
-  const size_t long_smem = sizeof(float) * kLongCached * kLongWarps;
-  if (long_rows) {
-    static const bool kSized = [&] {  // once, for every dtype
-      for (Dtype d : {Dtype::f32, Dtype::f16, Dtype::bf16})
-        visit_device_dtype(d, [&](auto tag) {
-          using T = decltype(tag);
-          if constexpr (kIsFloat<T>)
-            check(cudaFuncSetAttribute(masked_softmax_long_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       int(long_smem)),
-                  "cudaFuncSetAttribute");
-        });
-      return true;
-    }();
-    (void)kSized;
-  }
   for (int64_t h = 0; h < (whole ? 1 : rep); ++h)
     for (int64_t r0 = 0; r0 < lq; r0 += band) {
       const int64_t rows = whole ? m : std::min(band, lq - r0);
@@ -241,20 +131,13 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
       // r0.. of one head; the softmax's row stride through S is m either way.
       SoftmaxParams p{nb * hkv * m, whole ? lq : m, lk, whole ? rep : 1, hkv, scale, causal, window,
                       q_offsets.data<int32_t>(), key_valid ? key_valid->data<bool>() : nullptr, r0, rows};
+      const unsigned blocks = unsigned((p.rows * lanes + kBlock - 1) / kBlock);
       visit_device_dtype(q.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        if constexpr (kIsFloat<T>) {
-          if (long_rows) {
-            const unsigned blocks = unsigned((p.rows + kLongWarps - 1) / kLongWarps);
-            masked_softmax_long_kernel<T><<<blocks, 32 * kLongWarps, long_smem, ctx.stream>>>(static_cast<T*>(s.raw()), p);
-            check_launch("masked_softmax_long_kernel");
-          } else {
-            const unsigned blocks = unsigned((p.rows * lanes + kBlock - 1) / kBlock);
-            masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p, lanes);
-            check_launch("masked_softmax_kernel");
-          }
-        }
+        if constexpr (kIsFloat<T>)
+          masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p, lanes);
       });
+      check_launch("masked_softmax_kernel");
       // O [rows, D] = P·V is Oᵀ [D, rows] = Vᵀ·Pᵀ.
       check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(rows), int(lk), &one,
                                             v.raw(), t, int(v.strides()[2]), v_step, s.raw(), t, int(lk), m * lk,
