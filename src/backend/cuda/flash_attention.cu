@@ -8,10 +8,14 @@
 // never loaded.
 //
 // Roundings: each score is rounded to the dtype, multiplied by the f32 scale and rounded
-// again, as the composition does; the exponentials (f32 expf) are rounded to the dtype
-// before they multiply the values, and the sum divides once at the end. The composition
-// rounds the normalised probabilities instead: the two differ by a rounding of the
-// dtype's unit, within the tolerance the tests hold every attention path to.
+// again, as the composition does; the exponentials are rounded to the dtype before they
+// multiply the values, and the sum divides once at the end. The composition rounds the
+// normalised probabilities instead: the two differ by a rounding of the dtype's unit,
+// within the tolerance the tests hold every attention path to. The exponentials use the
+// hardware's exp2 (__expf): for softmax arguments (at most 0, rarely below -30) its
+// relative error is around 1e-6, far under the 16-bit unit (4e-3 for bf16) the results
+// are rounded to, and it made the 4,096-token prefill 14% (Llama) and 19% (Qwen3) faster
+// than the correctly rounded expf.
 //
 // Why: the composition (attention_gemm.cu) wrote, normalised and read back S, 1 GiB per
 // layer for Llama's 4,096-token prefill, and its softmax took 63 of that prefill's 85 ms.
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
       mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 2));
       const float m_new = fmaxf(m[hrow], mt[hrow]);
       // Nothing seen yet: nothing to rescale. Still nothing: the row stays at zero.
-      corr[hrow] = m[hrow] == -INFINITY ? 0.0f : expf(m[hrow] - m_new);
+      corr[hrow] = m[hrow] == -INFINITY ? 0.0f : __expf(m[hrow] - m_new);
       m[hrow] = m_new;
       l[hrow] *= corr[hrow];
     }
@@ -196,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const float sv = s[n][2 * hrow + e];
-          e2[e] = sv == -INFINITY ? 0.0f : expf(sv - m[hrow]);
+          e2[e] = sv == -INFINITY ? 0.0f : __expf(sv - m[hrow]);
           l[hrow] += e2[e];
         }
         pr[n][hrow] = pack2<T>(e2[0], e2[1]);
