@@ -253,7 +253,8 @@ TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
   // The same prefill through the plain ops fills both caches (padding slots included:
   // their keys are never read).
   KVCache plain(model->num_layers(), 8), fast(model->num_layers(), 8);  // small: both grow
-  const Array prompt = to_device(from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + rows * l), {rows, l}), gpu);
+  const Array prompt =
+      to_device(from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + rows * l), {rows, l}), gpu);
   const nn::SequenceBatch pre = batch(l, first);
   (void)model->forward(prompt, plain.layers(), &pre);
   (void)model->forward(prompt, fast.layers(), &pre);

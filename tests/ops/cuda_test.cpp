@@ -248,7 +248,8 @@ TEST(Cuda, TakeReportsAnOutOfRangeIndexAtTheNextWait) {
   (void)take(a, from_vector<int32_t>({5}, {1}, kGpu), 0);
   EXPECT_THROW(detail::kernels_for(kGpu).synchronize(), Error);
   // The device is still usable afterwards, and good indices gather exactly.
-  EXPECT_EQ(to_floats(take(a, from_vector<int32_t>({4}, {1}, kGpu), 0)), std::vector<float>(host.begin() + 16, host.end()));
+  EXPECT_EQ(to_floats(take(a, from_vector<int32_t>({4}, {1}, kGpu), 0)),
+            std::vector<float>(host.begin() + 16, host.end()));
 }
 
 TEST(Cuda, MemoryStatsFollowAllocations) {

@@ -67,11 +67,11 @@ GenerateOptions GenerateArgs::options() const {
 void print_metrics(const GenerateMetrics& m, std::FILE* out) {
   std::fprintf(out,
                "[%d prompt tokens (%d cached) in %.3f s, %.1f tok/s | %d tokens in %.3f s, %.1f tok/s | first "
-               "token %.0f ms | peak memory %.1f MiB%s | %s]\n",
+               "token %.0f ms | peak memory %.1f MiB%s%s | %s]\n",
                m.prompt_tokens, m.cached_prompt_tokens, m.prefill_s, m.prefill_tok_per_s, m.generated_tokens,
                m.decode_s, m.decode_tok_per_s, m.time_to_first_token_s * 1000, double(m.peak_memory) / 1048576.0,
                m.gpu_utilization >= 0 ? (" | GPU " + std::to_string(int(m.gpu_utilization)) + "% busy").c_str() : "",
-               m.finish_reason.c_str());
+               m.decode_path.empty() ? "" : (" | decode " + m.decode_path).c_str(), m.finish_reason.c_str());
 }
 
 }  // namespace lmx::cli

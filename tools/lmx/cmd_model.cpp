@@ -127,7 +127,8 @@ void add_model_commands(CLI::App& app) {
                                {"decode_tok_per_s", mt.decode_tok_per_s},
                                {"time_to_first_token_s", mt.time_to_first_token_s},
                                {"peak_memory_bytes", mt.peak_memory},
-                               {"gpu_utilization", mt.gpu_utilization}};
+                               {"gpu_utilization", mt.gpu_utilization},
+                               {"decode_path", mt.decode_path}};
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       } else {
         std::printf("\n");

@@ -1,13 +1,14 @@
 // The CUDA fused decode step (ops/fused_decoder.h), for one sequence or a batch of up to
-// 8 that share the caches. The step is planned once per set of caches as a list of phases. Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache
-// store, split-K, merge), O GEMV, residual+norm+gate/up GEMV with the activation, down
-// GEMV. The residual add of each block happens in the prologue of the next GEMV, which
-// also stores the new residual stream; two f32 residual buffers alternate so that no
-// phase overwrites what its own blocks still read. The LM head GEMV ends the step and
-// feeds its argmax back as the next token, so greedy steps follow one another without
-// the host. A batch runs the same phases with every buffer [rows, ...]: its GEMVs are
-// tensor-core products over all sequences' vectors (fused_gemv_rows.cu), its attention
-// has a block per sequence, kv head and chunk.
+// 8 that share the caches. The step is planned once per set of caches as a list of
+// phases. Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache store, split-K,
+// merge), O GEMV, residual+norm+gate/up GEMV with the activation, down GEMV. The residual
+// add of each block happens in the prologue of the next GEMV, which also stores the new
+// residual stream; two f32 residual buffers alternate so that no phase overwrites what
+// its own blocks still read. The LM head GEMV ends the step and feeds its argmax back as
+// the next token, so greedy steps follow one another without the host. A batch runs the
+// same phases with every buffer [rows, ...]: its GEMVs are tensor-core products over all
+// sequences' vectors (fused_gemv_rows.cu), its attention has a block per sequence, kv
+// head and chunk.
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
@@ -363,7 +364,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     fused::GemvOutput head = head_output();
     head.y = f32(logits_);
     head.partial = static_cast<float2*>(head_partial_.raw());
-    head.counter = static_cast<unsigned*>(counters_.raw()) + max_kv_heads_ * rows_;  // after every sequence's attention counters
+    // The head's counter follows every sequence's attention counters.
+    head.counter = static_cast<unsigned*>(counters_.raw()) + max_kv_heads_ * rows_;
     head.state = state_i();
     head.history = static_cast<int*>(history_.raw());
     head.history_len = kHistory;
