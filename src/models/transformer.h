@@ -64,8 +64,8 @@ class CausalLM : public nn::Module {
   // With `at` ([R] int32 indices into the B*L positions, e.g. each row's last token) only
   // those positions are returned, [R, H], and the last layer projects and runs its MLP on
   // them alone: for 32-token prompts that is 1/32 of its work after attention. The indices
-  // are range-checked by the last layer's two gathers (`take`), on CUDA through the host,
-  // which waits for the work queued before them.
+  // are range-checked by the last layer's two gathers (`take`); on CUDA the check runs on
+  // the device and a bad index is raised at the next wait for it (reading any result).
   Array hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches = {},
                       const nn::SequenceBatch* batch = nullptr, const Array& at = {}) const;
   // The final hidden states at each row's last position, [B, H]: hidden_states with `at`

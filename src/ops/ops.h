@@ -116,6 +116,11 @@ Array argmax(const Array& a, int axis = -1, bool keepdims = false);  // int32; f
 Array softmax(const Array& a, int axis = -1);                        // computed in f32
 
 // ---- indexing ----
+// An index out of range is an lmx::Error naming the op: on the CPU at once; on CUDA, where
+// the device checks the indices itself, at the next wait for the device (any read of a
+// result, or synchronize), with the bad index's entries zeros meanwhile. Arrays written
+// in between from such a result (a KV cache) hold those zeros: validate indices that come
+// from outside before uploading them, as generate does with prompt tokens.
 Array take(const Array& a, const Array& indices, int axis);  // indices int32/uint32, any shape
 Array embedding(const Array& weight, const Array& ids);      // take(weight, ids, 0)
 Array take_along_axis(const Array& a, const Array& indices, int axis);
