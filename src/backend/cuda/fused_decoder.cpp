@@ -162,6 +162,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       const int64_t slot = slots[size_t(r)], p = pads.empty() ? 0 : pads[size_t(r)];
       LMX_CHECK(slot >= 0 && slot < INT32_MAX && p >= 0 && p <= slot, "fused decode", "sequence ", r, ": slot ",
                 slot, " with ", p, " slots of padding is out of range");
+      // One sequence has nothing to pad against; its attention does not read the pads.
+      LMX_CHECK(rows_ > 1 || p == 0, "fused decode", "left padding is for batches; one sequence starts at slot 0");
       state.insert(state.end(), {tokens[size_t(r)], int32_t(slot), 0});
       pad.push_back(int32_t(p));
     }
