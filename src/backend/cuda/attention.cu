@@ -551,9 +551,7 @@ bool attention_for_few_rows(const Context& ctx, const Array& q, const Array& k, 
   if (lq >= 8 || lk == 0 || d % e != 0 || d > 64 * e || !q.is_contiguous() || !aligned16(q) || !aligned16(k) ||
       !aligned16(v) || !aligned16(out))
     return false;
-  if (k.strides()[3] != 1 || v.strides()[3] != 1) return false;
-  for (int i = 0; i < 3; ++i)
-    if (k.strides()[size_t(i)] % e != 0 || v.strides()[size_t(i)] % e != 0) return false;
+  if (!rows_in_vectors(k, e) || !rows_in_vectors(v, e)) return false;
   const int64_t rep = hq / hkv, row_groups = (rep * lq + kDecodeRows - 1) / kDecodeRows;
   const int64_t blocks = nb * hkv * row_groups, total_rows = nb * hq * lq;
   if (blocks > 65535 || total_rows > INT32_MAX) return false;

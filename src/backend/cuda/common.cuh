@@ -182,6 +182,13 @@ __device__ __forceinline__ void store_vec(T* p, const float (&v)[kVecElems<T>]) 
 }
 
 inline bool aligned16(const Array& a) { return reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0; }
+// Whether every row of a 4-D array (its last axis) starts a whole number of 16-byte
+// vectors of `elems` elements after the first: unit stride in the last axis, the others
+// multiples of `elems`. With aligned16, such rows can be read 16 bytes at a time.
+inline bool rows_in_vectors(const Array& a, int64_t elems) {
+  return a.strides()[3] == 1 && a.strides()[0] % elems == 0 && a.strides()[1] % elems == 0 &&
+         a.strides()[2] % elems == 0;
+}
 
 constexpr int kBlock = 256;
 

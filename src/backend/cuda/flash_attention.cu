@@ -259,10 +259,6 @@ void launch(const Context& ctx, const FlashParams& p, int nb) {
   check_launch("flash_attention_kernel");
 }
 
-bool strides_fit(const Array& a) {
-  return a.strides()[3] == 1 && a.strides()[2] % 8 == 0 && a.strides()[1] % 8 == 0 && a.strides()[0] % 8 == 0;
-}
-
 }  // namespace
 
 bool flash_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
@@ -273,7 +269,7 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
   // Long prompts only: shorter ones keep the composition, whose roundings are HF's eager
   // path exactly, and whose S is small.
   if (!sixteen_bit || (d != 64 && d != 128) || lq < kRows || lk < 512) return false;
-  if (!q.is_contiguous() || !out.is_contiguous() || !strides_fit(k) || !strides_fit(v)) return false;
+  if (!q.is_contiguous() || !out.is_contiguous() || !rows_in_vectors(k, 8) || !rows_in_vectors(v, 8)) return false;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
   if (lk > INT32_MAX || lq > INT32_MAX || nb > 65535 || hq > 65535 || window > INT32_MAX) return false;
   FlashParams p{};
