@@ -235,8 +235,8 @@ TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
   ASSERT_NE(fused, nullptr) << "CUDA steps " << rows << " sequences of bf16 " << GetParam().name;
   ASSERT_EQ(fused->rows(), rows);
 
-  std::vector<int64_t> pads;
-  for (int64_t r = 0; r < rows; ++r) pads.push_back((r * 5) % 11);  // 0, 5, 10, 4, ...
+  std::vector<int64_t> pads;  // 0, 5, 10, 4, ...; a lone sequence 4 (the single-sequence step)
+  for (int64_t r = 0; r < rows; ++r) pads.push_back(rows == 1 ? 4 : (r * 5) % 11);
   const int64_t l = 12;  // the padded prompt length
   const std::vector<int32_t> ids = to_vector<int32_t>(
       astype(random_uniform({rows * (l + steps)}, 11, 0, float(vocab) - 1, Dtype::f32), Dtype::i32));
@@ -337,7 +337,8 @@ TEST_P(FusedBatchTest, ChainedStepsEqualSingleStepsAndPipelinedReads) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
-                         ::testing::Values(BatchCase{"llama", kLlamaBatch, 3}, BatchCase{"llama", kLlamaBatch, 8},
+                         ::testing::Values(BatchCase{"llama", kLlamaBatch, 1}, BatchCase{"llama", kLlamaBatch, 3},
+                                           BatchCase{"llama", kLlamaBatch, 8}, BatchCase{"gemma3", kGemma3, 1},
                                            BatchCase{"qwen3", kQwen3Batch, 2}, BatchCase{"qwen3", kQwen3Batch, 5},
                                            BatchCase{"gemma3", kGemma3, 4}, BatchCase{"gemma3", kGemma3, 8}),
                          [](const auto& info) {

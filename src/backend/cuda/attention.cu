@@ -30,14 +30,7 @@ constexpr int kRows = kWarps * kRowsPerWarp;  // query rows per block
 constexpr int kKeys = 32;                     // keys per tile: one per lane
 constexpr int kMaxHeadDim = 256;
 
-struct AttnParams {
-  const void* q;  // [B, Hq, Lq, D] contiguous
-  const void* k;  // [B, Hkv, Lk, D], last axis dense
-  const void* v;
-  void* out;  // [B, Hq, Lq, D] contiguous
-  int64_t k_sb, k_sh, k_sl, v_sb, v_sh, v_sl;
-  const int32_t* q_offsets;  // [B]
-  const bool* key_valid;     // [B, Lk] or null
+struct AttnParams : AttentionOperands {
   int64_t batch, hq, hkv, lq, lk, d;
   int64_t rep;  // Hq / Hkv
   float scale;  // f32 (the product is rounded, the scale is not)
@@ -249,14 +242,7 @@ constexpr int kSingle = 256;          // keys up to which one kernel does everyt
 constexpr int kDecodeBuf = kDecodeRows * kDecodeThreads * 8;
 static_assert(kDecodeRows * kDecodeMaxSplit <= kDecodeBuf);
 
-struct DecodeParams {
-  const void* q;  // [B, Hq, Lq, D] contiguous
-  const void* k;  // [B, Hkv, Lk, D], last axis dense, rows 16-byte aligned
-  const void* v;
-  void* out;  // [B, Hq, Lq, D] contiguous
-  int64_t k_sb, k_sh, k_sl, v_sb, v_sh, v_sl;
-  const int32_t* q_offsets;  // [B]
-  const bool* key_valid;     // [B, Lk] or null
+struct DecodeParams : AttentionOperands {  // k and v rows 16-byte aligned
   int hq, hkv, lq, rep, row_groups, total_rows;  // total_rows = B * Hq * Lq < 2^31
   int64_t lk, d;
   float scale;
@@ -556,11 +542,7 @@ bool attention_for_few_rows(const Context& ctx, const Array& q, const Array& k, 
   const int64_t blocks = nb * hkv * row_groups, total_rows = nb * hq * lq;
   if (blocks > 65535 || total_rows > INT32_MAX) return false;
   DecodeParams p{};
-  p.q = q.raw(), p.k = k.raw(), p.v = v.raw(), p.out = out.raw();
-  p.k_sb = k.strides()[0], p.k_sh = k.strides()[1], p.k_sl = k.strides()[2];
-  p.v_sb = v.strides()[0], p.v_sh = v.strides()[1], p.v_sl = v.strides()[2];
-  p.q_offsets = q_offsets.data<int32_t>();
-  p.key_valid = key_valid ? key_valid->data<bool>() : nullptr;
+  static_cast<AttentionOperands&>(p) = attention_operands(q, k, v, out, q_offsets, key_valid);
   p.hq = int(hq), p.hkv = int(hkv), p.lq = int(lq), p.rep = int(rep), p.row_groups = int(row_groups);
   p.total_rows = int(total_rows), p.lk = lk, p.d = d;
   p.scale = scale, p.causal = causal, p.window = window;
@@ -617,14 +599,7 @@ void attention(const Context& ctx, const Array& q, const Array& k, const Array& 
   LMX_CHECK(nb * hkv <= 65535, "scaled_dot_product_attention", "batch x kv heads (", nb * hkv,
             ") is above 65535 on cuda");
   AttnParams p{};
-  p.q = q.raw();
-  p.k = k.raw();
-  p.v = v.raw();
-  p.out = out.raw();
-  p.k_sb = k.strides()[0], p.k_sh = k.strides()[1], p.k_sl = k.strides()[2];
-  p.v_sb = v.strides()[0], p.v_sh = v.strides()[1], p.v_sl = v.strides()[2];
-  p.q_offsets = q_offsets.data<int32_t>();
-  p.key_valid = key_valid ? key_valid->data<bool>() : nullptr;
+  static_cast<AttentionOperands&>(p) = attention_operands(q, k, v, out, q_offsets, key_valid);
   p.batch = nb, p.hq = hq, p.hkv = hkv, p.lq = lq, p.lk = lk, p.d = d, p.rep = hq / hkv;
   p.causal = causal;
   p.window = window;

@@ -190,6 +190,28 @@ inline bool rows_in_vectors(const Array& a, int64_t elems) {
          a.strides()[2] % elems == 0;
 }
 
+// What every attention kernel reads and writes (the params of attention.cu and
+// flash_attention.cu start with it): q and out [B, Hq, Lq, D] contiguous, k and v
+// [B, Hkv, Lk, D] with a dense last axis and these element strides, each sequence's first
+// query position, and the optional key mask [B, Lk].
+struct AttentionOperands {
+  const void *q, *k, *v;
+  void* out;
+  int64_t k_sb, k_sh, k_sl, v_sb, v_sh, v_sl;
+  const int32_t* q_offsets;  // [B]
+  const bool* key_valid;     // [B, Lk] or null
+};
+inline AttentionOperands attention_operands(const Array& q, const Array& k, const Array& v, const Array& out,
+                                            const Array& q_offsets, const Array* key_valid) {
+  AttentionOperands o{};
+  o.q = q.raw(), o.k = k.raw(), o.v = v.raw(), o.out = out.raw();
+  o.k_sb = k.strides()[0], o.k_sh = k.strides()[1], o.k_sl = k.strides()[2];
+  o.v_sb = v.strides()[0], o.v_sh = v.strides()[1], o.v_sl = v.strides()[2];
+  o.q_offsets = q_offsets.data<int32_t>();
+  o.key_valid = key_valid ? key_valid->data<bool>() : nullptr;
+  return o;
+}
+
 constexpr int kBlock = 256;
 
 // Blocks for a grid-stride loop over n elements: enough to fill the device, no more.

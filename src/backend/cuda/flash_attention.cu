@@ -30,12 +30,7 @@ constexpr int kRows = 16 * kWarps;  // query rows per block
 constexpr int kKeys = 64;           // keys per tile
 constexpr int kPad = 8;             // elements after each shared row: ldmatrix rows in distinct banks
 
-struct FlashParams {
-  const void *q, *k, *v;
-  void* out;
-  int64_t k_sb, k_sh, k_sl, v_sb, v_sh, v_sl;  // element strides of k and v [B, Hkv, Lk, D]
-  const int32_t* q_offsets;                   // [B]: position of each sequence's first query row
-  const bool* key_valid;                      // [B, Lk] or null
+struct FlashParams : AttentionOperands {
   int hq, hkv, lq, lk;
   float scale;
   bool causal;
@@ -273,11 +268,7 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
   if (lk > INT32_MAX || lq > INT32_MAX || nb > 65535 || hq > 65535 || window > INT32_MAX) return false;
   FlashParams p{};
-  p.q = q.raw(), p.k = k.raw(), p.v = v.raw(), p.out = out.raw();
-  p.k_sb = k.strides()[0], p.k_sh = k.strides()[1], p.k_sl = k.strides()[2];
-  p.v_sb = v.strides()[0], p.v_sh = v.strides()[1], p.v_sl = v.strides()[2];
-  p.q_offsets = q_offsets.data<int32_t>();
-  p.key_valid = key_valid ? key_valid->data<bool>() : nullptr;
+  static_cast<AttentionOperands&>(p) = attention_operands(q, k, v, out, q_offsets, key_valid);
   p.hq = int(hq), p.hkv = int(hkv), p.lq = int(lq), p.lk = int(lk);
   p.scale = scale, p.causal = causal, p.window = int(window);
   auto run = [&](auto tag) {

@@ -162,8 +162,6 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       const int64_t slot = slots[size_t(r)], p = pads.empty() ? 0 : pads[size_t(r)];
       LMX_CHECK(slot >= 0 && slot < INT32_MAX && p >= 0 && p <= slot, "fused decode", "sequence ", r, ": slot ",
                 slot, " with ", p, " slots of padding is out of range");
-      // One sequence has nothing to pad against; its attention does not read the pads.
-      LMX_CHECK(rows_ > 1 || p == 0, "fused decode", "left padding is for batches; one sequence starts at slot 0");
       state.insert(state.end(), {tokens[size_t(r)], int32_t(slot), 0});
       pad.push_back(int32_t(p));
     }
@@ -287,7 +285,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       a.scale = l.scale;
       fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
       a.rows = int(rows_);
-      a.pad = rows_ > 1 ? static_cast<const int*>(pads_.raw()) : nullptr;
+      a.pad = static_cast<const int*>(pads_.raw());
       partial = std::max(partial, rows_ * l.n_heads * a.splits * (l.head_dim + 2));
       attention_.push_back(a);
     }

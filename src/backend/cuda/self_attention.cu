@@ -271,6 +271,14 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
                          out + (int64_t(b) * nl * hq + first_head + task / (row_tiles * splits)) * d, int64_t(hq) * d);
 }
 
+// The launch attribute for clusters of `blocks` blocks along x.
+cudaLaunchAttribute cluster_attribute(int blocks) {
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = unsigned(blocks), cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+  return cluster;
+}
+
 // Blocks per cluster for a launch of `kernel` with `config` (no attributes yet): `wanted`,
 // or 1 where the device cannot co-schedule clusters that large (each block then works out
 // all of its own angles). On first use per device and kernel it also opts the kernel in
@@ -290,9 +298,7 @@ int cluster_blocks(const Context& ctx, const void* kernel, cudaLaunchConfig_t co
         "cudaFuncSetAttribute");
   int blocks = wanted;
   if (wanted > 1) {
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = unsigned(wanted), cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+    cudaLaunchAttribute cluster = cluster_attribute(wanted);
     config.attrs = &cluster;
     config.numAttrs = 1;
     int fits = 0;
@@ -369,11 +375,8 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         config.blockDim = dim3(kThreads);
         config.dynamicSmemBytes = plan.bytes;
         config.stream = ctx.stream;
-        cudaLaunchAttribute cluster;
-        cluster.id = cudaLaunchAttributeClusterDimension;
-        cluster.val.clusterDim.x = unsigned(cluster_blocks(ctx, reinterpret_cast<const void*>(kernel), config,
-                                                           int(cluster_size)));
-        cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+        cudaLaunchAttribute cluster =
+            cluster_attribute(cluster_blocks(ctx, reinterpret_cast<const void*>(kernel), config, int(cluster_size)));
         config.attrs = &cluster;
         config.numAttrs = 1;
         const cudaError_t e = cudaLaunchKernelEx(
