@@ -1,0 +1,428 @@
+// Kernel lab: the gated MLP's first half as one GEMM. For bf16 x [M, K] and the gate and
+// up weights wg, wu [N, K]: out [M, N] = act(x·wgᵀ) ⊙ (x·wuᵀ), rounded as HF rounds it
+// (each product to bf16, the activation of the rounded gate to bf16, their product to
+// bf16). In Gemma 3's classification (M = 32,768) the separate activation pass takes
+// 7.9 ms of 77 per 1,024 prompts. A GEMM with the activation in its epilogue removes that
+// pass and writes [M, N] once where the composition writes [M, 2N] and reads it back
+// (bench/NOTES.md: to close Gemma 3's target alone it must reach about 715 TFLOP/s).
+//
+//   nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -o /tmp/glu_gemm_lab bench/kernels/glu_gemm_lab.cu \
+//       -lcublasLt -lcublas && /tmp/glu_gemm_lab
+//
+// (compute_90a: wgmma exists only in the sm_90a target; plain -arch=sm_90a also emits
+// compute_90 PTX, which cannot hold it.)
+//
+// Variants:
+//   01  cublasGemmEx for the gate and for up, then the activation pass (what lmx runs)
+//   02  one persistent kernel: a producer warp loads 128 × 64 tiles of x and of the gate's
+//       and up's rows by TMA into a ring of 4 stages (128-byte swizzle); two consumer
+//       warpgroups each multiply 64 rows by the stage's 256 weight rows with wgmma
+//       m64n256k16 (columns 0-127 the gate, 128-255 the matching up columns), so each
+//       thread holds a gate value and its up value in the same registers' positions, and
+//       the epilogue rounds, activates and stores 128 × 128 outputs straight from them.
+// Each variant is checked on sampled outputs against float64 and 02 against 01 on every
+// output; prints microseconds, TFLOP/s (2·M·2N·K) and the ratio to 790. Exits 1 if a
+// check fails.
+#include <cublas_v2.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "lab.cuh"
+
+using bf16 = __nv_bfloat16;
+
+enum class Act { silu, gelu_tanh };
+
+struct Shape {
+  const char* name;
+  int n, k;  // intermediate and hidden sizes
+  Act act;
+};
+constexpr Shape kShapes[] = {{"gemma3-1b", 6912, 1152, Act::gelu_tanh},
+                             {"llama-3.2-1b", 8192, 2048, Act::silu},
+                             {"qwen3-0.6b", 3072, 1024, Act::silu}};
+constexpr int kM = 32768;  // 1,024 prompts × 32 tokens
+
+__host__ __device__ inline float activate(Act act, float g) {
+  if (act == Act::silu) return g / (1.0f + expf(-g));
+  return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+}
+__host__ __device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+// The HF rounding of one output from the gate's and up's f32 sums.
+__host__ __device__ inline float glu(Act act, float g, float u) {
+  return round_bf16(activate(act, round_bf16(g))) * round_bf16(u);
+}
+
+// ---------------------------------------------------------------- 01: cuBLAS + activation
+
+cublasHandle_t blas;
+
+void gemm_blas(const bf16* x, const bf16* w, bf16* out, int m, int n, int k) {
+  const float alpha = 1, beta = 0;
+  CHECK_STATUS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
+                            &beta, out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// out = act(g) · u over bf16 arrays already rounded, 8 values a thread.
+__global__ void activation_kernel(Act act, const bf16* g, const bf16* u, bf16* out, size_t count) {
+  for (size_t i = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8; i < count; i += size_t(gridDim.x) * blockDim.x * 8) {
+    const uint4 gv = *reinterpret_cast<const uint4*>(g + i), uv = *reinterpret_cast<const uint4*>(u + i);
+    const bf16* ge = reinterpret_cast<const bf16*>(&gv);
+    const bf16* ue = reinterpret_cast<const bf16*>(&uv);
+    uint4 ov;
+    bf16* oe = reinterpret_cast<bf16*>(&ov);
+    for (int e = 0; e < 8; ++e)
+      oe[e] = __float2bfloat16_rn(round_bf16(activate(act, __bfloat162float(ge[e]))) * __bfloat162float(ue[e]));
+    *reinterpret_cast<uint4*>(out + i) = ov;
+  }
+}
+
+// ---------------------------------------------------------------- 02: one wgmma kernel
+
+namespace fused {
+
+constexpr int kBM = 128, kBN = 128, kBK = 64;  // output tile; a k-tile is one 128-byte swizzle row
+constexpr int kStages = 4;
+constexpr int kThreads = 384;                 // warpgroup 0 loads; 1 and 2 multiply 64 rows each
+constexpr int kABytes = kBM * kBK * 2;        // 16 KiB of x
+constexpr int kBBytes = 2 * kBN * kBK * 2;    // 32 KiB: 128 gate rows, then 128 up rows
+constexpr int kStageBytes = kABytes + kBBytes;
+constexpr size_t kSmem = size_t(kStages) * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers, alignment
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void bar_init(uint64_t* b, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count));
+}
+// The producer's arrival, announcing the bytes its copies will complete on the barrier.
+__device__ __forceinline__ void bar_expect(uint64_t* b, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(uint64_t* b) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
+}
+// Waits until the barrier's phase of this parity has completed.
+__device__ __forceinline__ void bar_wait(uint64_t* b, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(smem_addr(b)),
+      "r"(parity)
+      : "memory");
+}
+// A box of the 2-D tensor map at (inner, outer) into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          smem_addr(dst)),
+      "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar))
+      : "memory");
+}
+
+// The shared-memory matrix descriptor of a K-major tile in 128-byte swizzle: rows of 128
+// bytes, 8-row groups 1,024 bytes apart. Adding 2 steps its start by 32 bytes (16 values
+// of K) within the swizzle row.
+__device__ __forceinline__ uint64_t descriptor(const void* tile) {
+  uint64_t d = (smem_addr(tile) & 0x3FFFF) >> 4;
+  d |= uint64_t(1) << 16;            // leading byte offset: unused for swizzled K-major tiles
+  d |= uint64_t(1024 >> 4) << 32;    // stride byte offset
+  d |= uint64_t(1) << 62;            // 128-byte swizzle
+  return d;
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+}
+// Keeps the compiler from moving accesses to the accumulators across a wait.
+__device__ __forceinline__ void hold(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// One wgmma m64n256k16 (bf16 in, f32 accumulate), A and B both K-major in shared memory:
+// d += A·Bᵀ, or d = A·Bᵀ where scale_d is 0. d is the m64n256 accumulator layout: warp w
+// of the warpgroup holds rows 16w + lane/4 (+8), and registers 4j..4j+3 the columns
+// 8j + 2(lane%4) (+1) of those two rows.
+__device__ __forceinline__ void wgmma_256(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+      "%128, %129, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// Tiles of 128 × 128 outputs, in order along N within a row of tiles, taken by the grid in
+// turn (persistent: the producer runs ahead into the next tile while the consumers store).
+__global__ void __launch_bounds__(kThreads, 1)
+    glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
+                    const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
+  extern __shared__ unsigned char smem_raw[];
+  // Swizzled tiles start on 1,024-byte boundaries.
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);  // [kStages]: loaded
+  uint64_t* empty = full + kStages;                                             // [kStages]: consumed
+  const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
+  const int tiles_n = n / kBN, tiles = (m / kBM) * tiles_n, k_tiles = k / kBK;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], 8);  // 8: the consumer warps
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (group == 0) {
+    if (threadIdx.x != 0) return;
+    int stage = 0;
+    unsigned phase = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const int row = t / tiles_n * kBM, col = t % tiles_n * kBN;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        bar_wait(&empty[stage], phase ^ 1);  // the first round finds every slot free
+        unsigned char* s = smem + stage * kStageBytes;
+        bar_expect(&full[stage], kStageBytes);
+        tma_load(s, &tx, &full[stage], kt * kBK, row);
+        tma_load(s + kABytes, &tg, &full[stage], kt * kBK, col);
+        tma_load(s + kABytes + kBBytes / 2, &tu, &full[stage], kt * kBK, col);
+        if (++stage == kStages) stage = 0, phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  const int half = group - 1;  // this warpgroup's 64 rows of the tile
+  float d[128];
+  int stage = 0;
+  unsigned phase = 0;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int row = t / tiles_n * kBM + half * 64, col = t % tiles_n * kBN;
+    int previous = -1;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      bar_wait(&full[stage], phase);
+      unsigned char* s = smem + stage * kStageBytes;
+      const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + kABytes);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk) wgmma_256(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+      wgmma_commit();
+      // One group stays in flight: the previous k-tile's products are done, so its slot is free.
+      wgmma_wait<1>();
+      if (previous >= 0 && lane == 0) bar_arrive(&empty[previous]);
+      previous = stage;
+      if (++stage == kStages) stage = 0, phase ^= 1;
+    }
+    wgmma_wait<0>();
+    hold(d);
+    if (lane == 0) bar_arrive(&empty[previous]);
+
+    // Columns 8j + 2(lane%4) (+1) of the gate (j < 16) and the same columns of up (j + 16).
+    const int r0 = row + warp * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int c = col + 8 * j + 2 * (lane % 4);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float o0 = glu(act, d[4 * j + 2 * h], d[4 * (j + 16) + 2 * h]);
+        const float o1 = glu(act, d[4 * j + 2 * h + 1], d[4 * (j + 16) + 2 * h + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(out + size_t(r0 + 8 * h) * n + c) = __floats2bfloat162_rn(o0, o1);
+      }
+    }
+  }
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found;
+  CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || !fn) {
+    std::fprintf(stderr, "cuTensorMapEncodeTiled is not available from the driver\n");
+    std::exit(2);
+  }
+  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+}
+
+// A row-major bf16 [rows, cols] array read in boxes of `box_rows` × 64, 128-byte swizzled.
+CUtensorMap tensor_map(const bf16* p, int rows, int cols, int box_rows) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * sizeof(bf16)};
+  const cuuint32_t box[2] = {kBK, cuuint32_t(box_rows)}, steps[2] = {1, 1};
+  CHECK_STATUS(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box, steps,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  return map;
+}
+
+// The tensor maps of one problem, built once: x in 128-row boxes, the gate and up in
+// 128-row boxes, each box 64 values of K wide.
+struct Maps {
+  CUtensorMap x, gate, up;
+};
+Maps maps(const bf16* x, const bf16* wg, const bf16* wu, int m, int n, int k) {
+  return {tensor_map(x, m, k, kBM), tensor_map(wg, n, k, kBN), tensor_map(wu, n, k, kBN)};
+}
+
+void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
+  static const bool sized = [] {
+    CHECK(cudaFuncSetAttribute(glu_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)sized;
+  const int tiles = (m / kBM) * (n / kBN);
+  glu_gemm_kernel<<<std::min(tiles, sms), kThreads, kSmem>>>(maps.x, maps.gate, maps.up, act, out, m, n, k);
+  CHECK(cudaGetLastError());
+}
+
+}  // namespace fused
+
+// ---------------------------------------------------------------- checks and timing
+
+template <class F>
+float median_us(F&& f) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) f();
+  std::vector<float> t;
+  for (int i = 0; i < 20; ++i) {
+    CHECK(cudaEventRecord(a));
+    f();
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms * 1000);
+  }
+  std::sort(t.begin(), t.end());
+  CHECK(cudaEventDestroy(a));
+  CHECK(cudaEventDestroy(b));
+  return t[t.size() / 2];
+}
+
+// Largest error of sampled outputs against the float64 formula, in units of the output's
+// bf16 spacing (2^-7 relative at most). The kernel's f32 sums may round the gate or up to
+// the neighbouring bf16 value, which the activation and the product carry into the output:
+// a few units.
+double check(Act act, const std::vector<bf16>& hx, const std::vector<bf16>& hg, const std::vector<bf16>& hu,
+             const std::vector<bf16>& got, int m, int n, int k) {
+  std::mt19937 rng(7);
+  double worst = 0;
+  for (int s = 0; s < 256; ++s) {
+    const int i = int(rng() % m), j = int(rng() % n);
+    double g = 0, u = 0;
+    for (int c = 0; c < k; ++c) {
+      const double xv = __bfloat162float(hx[size_t(i) * k + c]);
+      g += xv * __bfloat162float(hg[size_t(j) * k + c]);
+      u += xv * __bfloat162float(hu[size_t(j) * k + c]);
+    }
+    const double want = round_bf16(float(glu(act, float(g), float(u))));
+    const double unit = std::max(std::fabs(want), 1e-2) * 0x1p-7;
+    worst = std::max(worst, std::fabs(double(__bfloat162float(got[size_t(i) * n + j])) - want) / unit);
+  }
+  return worst;
+}
+
+int main() {
+  CHECK_STATUS(cublasCreate(&blas));
+  int sms = 0;
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  bool ok = true;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (const Shape& sh : kShapes) {
+    const int m = kM, n = sh.n, k = sh.k;
+    if (m % fused::kBM || n % fused::kBN || k % fused::kBK) {
+      std::printf("  %s: 02 needs M, N and K in whole tiles\n", sh.name);
+      ok = false;
+      continue;
+    }
+    std::vector<bf16> hx(size_t(m) * k), hg(size_t(n) * k), hu(size_t(n) * k);
+    for (auto& v : hx) v = __float2bfloat16(dist(rng));
+    for (auto& v : hg) v = __float2bfloat16(dist(rng) * 0.05f);
+    for (auto& v : hu) v = __float2bfloat16(dist(rng) * 0.05f);
+    bf16 *x, *wg, *wu, *g, *u, *out;
+    CHECK(cudaMalloc(&x, hx.size() * sizeof(bf16)));
+    CHECK(cudaMalloc(&wg, hg.size() * sizeof(bf16)));
+    CHECK(cudaMalloc(&wu, hu.size() * sizeof(bf16)));
+    for (bf16** p : {&g, &u, &out}) CHECK(cudaMalloc(p, size_t(m) * n * sizeof(bf16)));
+    CHECK(cudaMemcpy(x, hx.data(), hx.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(wg, hg.data(), hg.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(wu, hu.data(), hu.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    const double flops = 2.0 * m * 2.0 * n * k;
+    std::vector<bf16> first(size_t(m) * n), second(size_t(m) * n);
+    auto report = [&](const char* variant, float us, const std::vector<bf16>& got) {
+      const double err = check(sh.act, hx, hg, hu, got, m, n, k), tflops = flops / (us * 1e-6) / 1e12;
+      std::printf("%-13s %s %8.1f us  %6.1f TFLOP/s  %.2fx of 790  worst sampled error %.2f units\n", sh.name, variant,
+                  us, tflops, tflops / 790, err);
+      if (err > 4) {
+        std::printf("  CHECK FAILED: %s %s\n", sh.name, variant);
+        ok = false;
+      }
+    };
+    const float us1 = median_us([&] {
+      gemm_blas(x, wg, g, m, n, k);
+      gemm_blas(x, wu, u, m, n, k);
+      activation_kernel<<<sms * 8, 256>>>(sh.act, g, u, out, size_t(m) * n);
+    });
+    CHECK(cudaMemcpy(first.data(), out, first.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+    report("01", us1, first);
+    CHECK(cudaMemset(out, 0xff, size_t(m) * n * sizeof(bf16)));  // NaNs where 02 writes nothing
+    const fused::Maps maps = fused::maps(x, wg, wu, m, n, k);
+    const float us2 = median_us([&] { fused::run(maps, sh.act, out, m, n, k, sms); });
+    CHECK(cudaMemcpy(second.data(), out, second.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+    report("02", us2, second);
+    // Every output of 02 against 01: the same roundings from differently ordered f32 sums.
+    size_t off = 0;
+    for (size_t i = 0; i < first.size(); ++i) {
+      const float a = __bfloat162float(first[i]), b = __bfloat162float(second[i]);
+      if (!(std::fabs(a - b) <= std::max(std::fabs(a), 1e-2f) * 0x1p-5f)) ++off;
+    }
+    std::printf("%-13s 02 against 01: %zu of %zu outputs differ by more than 4 units\n", sh.name, off, first.size());
+    if (off > first.size() / 1000) {
+      std::printf("  CHECK FAILED: %s 02 against 01\n", sh.name);
+      ok = false;
+    }
+    for (bf16* p : {x, wg, wu, g, u, out}) CHECK(cudaFree(p));
+  }
+  std::printf(ok ? "all checks passed\n" : "some checks FAILED\n");
+  return ok ? 0 : 1;
+}
