@@ -14,14 +14,17 @@
 //
 // Variants:
 //   01  cublasGemmEx for the gate and for up, then the activation pass (what lmx runs)
-//   02  one persistent kernel: a producer warp loads 128 × 64 tiles of x and of the gate's
+//   02  one persistent kernel: a producer thread loads 128 × 64 tiles of x and of the gate's
 //       and up's rows by TMA into a ring of 4 stages (128-byte swizzle); two consumer
 //       warpgroups each multiply 64 rows by the stage's 256 weight rows with wgmma
 //       m64n256k16 (columns 0-127 the gate, 128-255 the matching up columns), so each
 //       thread holds a gate value and its up value in the same registers' positions, and
 //       the epilogue rounds, activates and stores 128 × 128 outputs straight from them.
-// 02 is first checked at every output of a small problem against float64. Then each
-// variant is checked on sampled outputs against float64, and 02 against 01 on every
+//   03  the same parts with the consumers on alternate tiles of 128 rows × 64 outputs
+//       (two wgmma m64n128k16 a K step, 64 gate and 64 up columns): one warpgroup's
+//       epilogue overlaps the other's products; a ring of 6 stages of 32 KiB.
+// 02 and 03 are first checked at every output of a small problem against float64. Then each
+// variant is checked on sampled outputs against float64, and 02 and 03 against 01 at every
 // output; prints microseconds, TFLOP/s (2·M·2N·K) and the ratio to 790. Exits 1 if a
 // check fails.
 #include <cublas_v2.h>
@@ -86,17 +89,11 @@ __global__ void activation_kernel(Act act, const bf16* g, const bf16* u, bf16* o
   }
 }
 
-// ---------------------------------------------------------------- 02: one wgmma kernel
+// ---------------------------------------------------------------- Hopper helpers (02, 03)
 
-namespace fused {
+namespace hopper {
 
-constexpr int kBM = 128, kBN = 128, kBK = 64;  // output tile; a k-tile is one 128-byte swizzle row
-constexpr int kStages = 4;
-constexpr int kThreads = 384;                 // warpgroup 0 loads; 1 and 2 multiply 64 rows each
-constexpr int kABytes = kBM * kBK * 2;        // 16 KiB of x
-constexpr int kBBytes = 2 * kBN * kBK * 2;    // 32 KiB: 128 gate rows, then 128 up rows
-constexpr int kStageBytes = kABytes + kBBytes;
-constexpr size_t kSmem = size_t(kStages) * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers, alignment
+constexpr int kBK = 64;  // a k-tile: 64 values, one 128-byte swizzle row
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 
@@ -149,9 +146,10 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
 }
 // Keeps the compiler from moving accesses to the accumulators across a wait.
-__device__ __forceinline__ void hold(float (&d)[128]) {
+template <int N>
+__device__ __forceinline__ void hold(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // One wgmma m64n256k16 (bf16 in, f32 accumulate), A and B both K-major in shared memory:
@@ -192,6 +190,76 @@ __device__ __forceinline__ void wgmma_256(float (&d)[128], uint64_t desc_a, uint
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
+
+// The same with N = 128: d is the m64n128 accumulator layout (registers 4j..4j+3: columns
+// 8j + 2(lane%4) (+1)).
+__device__ __forceinline__ void wgmma_128(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found;
+  CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || !fn) {
+    std::fprintf(stderr, "cuTensorMapEncodeTiled is not available from the driver\n");
+    std::exit(2);
+  }
+  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+}
+
+// A row-major bf16 [rows, cols] array read in boxes of `box_rows` × 64, 128-byte swizzled.
+CUtensorMap tensor_map(const bf16* p, int rows, int cols, int box_rows) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * sizeof(bf16)};
+  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(box_rows)}, steps[2] = {1, 1};
+  CHECK_STATUS(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box, steps,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  return map;
+}
+
+// The tensor maps of one problem, built once: x, the gate and up, in boxes of a variant's
+// tile rows by 64 values of K.
+struct Maps {
+  CUtensorMap x, gate, up;
+};
+
+}  // namespace hopper
+
+// ---------------------------------------------------------------- 02: cooperative consumers
+
+namespace cooperative {
+
+using namespace hopper;
+
+constexpr int kBM = 128, kBN = 128;         // output tile
+constexpr int kStages = 4;
+constexpr int kThreads = 384;               // warpgroup 0 loads; 1 and 2 multiply 64 rows each
+constexpr int kABytes = kBM * kBK * 2;      // 16 KiB of x
+constexpr int kBBytes = 2 * kBN * kBK * 2;  // 32 KiB: 128 gate rows, then 128 up rows
+constexpr int kStageBytes = kABytes + kBBytes;
+constexpr size_t kSmem = size_t(kStages) * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers, alignment
 
 // Tiles of 128 × 128 outputs, in order along N within a row of tiles, taken by the grid in
 // turn (persistent: the producer runs ahead into the next tile while the consumers store).
@@ -270,34 +338,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found;
-  CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess || !fn) {
-    std::fprintf(stderr, "cuTensorMapEncodeTiled is not available from the driver\n");
-    std::exit(2);
-  }
-  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-}
-
-// A row-major bf16 [rows, cols] array read in boxes of `box_rows` × 64, 128-byte swizzled.
-CUtensorMap tensor_map(const bf16* p, int rows, int cols, int box_rows) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * sizeof(bf16)};
-  const cuuint32_t box[2] = {kBK, cuuint32_t(box_rows)}, steps[2] = {1, 1};
-  CHECK_STATUS(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box, steps,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
-  return map;
-}
-
-// The tensor maps of one problem, built once: x in 128-row boxes, the gate and up in
-// 128-row boxes, each box 64 values of K wide.
-struct Maps {
-  CUtensorMap x, gate, up;
-};
 Maps maps(const bf16* x, const bf16* wg, const bf16* wu, int m, int n, int k) {
   return {tensor_map(x, m, k, kBM), tensor_map(wg, n, k, kBN), tensor_map(wu, n, k, kBN)};
 }
@@ -313,7 +353,131 @@ void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
   CHECK(cudaGetLastError());
 }
 
-}  // namespace fused
+}  // namespace cooperative
+
+// ---------------------------------------------------------------- 03: ping-pong consumers
+
+// Each consumer warpgroup owns every other tile of the block's list, whole: 128 rows × 64
+// outputs, that is two wgmma m64n128k16 a K step (rows 0-63 and 64-127) against 64 gate
+// rows and the matching 64 up rows. The producer fills the ring in the order the tiles
+// come, so the second warpgroup's products start as the first's run out of stages, and
+// each warpgroup's epilogue overlaps the other's products. Stage g of the block (tile i of
+// its list, k-tile kt: g = i·k_tiles + kt) sits in slot g % kStages, phase g / kStages.
+namespace pingpong {
+
+using namespace hopper;
+
+constexpr int kBM = 128, kBN = 64;          // output tile of one warpgroup
+constexpr int kStages = 6;
+constexpr int kThreads = 384;               // warpgroup 0 loads; 1 and 2 take alternate tiles
+constexpr int kABytes = kBM * kBK * 2;      // 16 KiB of x
+constexpr int kBBytes = 2 * kBN * kBK * 2;  // 16 KiB: 64 gate rows, then 64 up rows
+constexpr int kStageBytes = kABytes + kBBytes;
+constexpr size_t kSmem = size_t(kStages) * kStageBytes + (2 * kStages + 2) * 8 + 1024;
+
+__global__ void __launch_bounds__(kThreads, 1)
+    glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
+                    const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);  // [kStages]: loaded
+  uint64_t* empty = full + kStages;                                             // [kStages]: consumed
+  uint64_t* turn = empty + kStages;  // [2]: turn[c], the other warpgroup has waited out its tile's stages
+  const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
+  const int tiles_n = n / kBN, tiles = (m / kBM) * tiles_n, k_tiles = k / kBK;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], 4);  // 4: one warpgroup's warps
+    bar_init(&turn[0], 1), bar_init(&turn[1], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (group == 0) {
+    if (threadIdx.x != 0) return;
+    int stage = 0;
+    unsigned phase = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const int row = t / tiles_n * kBM, col = t % tiles_n * kBN;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        bar_wait(&empty[stage], phase ^ 1);
+        unsigned char* s = smem + stage * kStageBytes;
+        bar_expect(&full[stage], kStageBytes);
+        tma_load(s, &tx, &full[stage], kt * kBK, row);
+        tma_load(s + kABytes, &tg, &full[stage], kt * kBK, col);
+        tma_load(s + kABytes + kBBytes / 2, &tu, &full[stage], kt * kBK, col);
+        if (++stage == kStages) stage = 0, phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  const int mine = group - 1;  // tiles mine, mine + 2, ... of the block's list
+  float d0[64], d1[64];        // rows 0-63 and 64-127 of the tile
+  for (int i = mine, t = int(blockIdx.x) + mine * int(gridDim.x); t < tiles; i += 2, t += 2 * int(gridDim.x)) {
+    const int row = t / tiles_n * kBM, col = t % tiles_n * kBN;
+    // A stage's barrier tells phases apart only by parity. Waiting for stage g is safe once
+    // the load before it in the same slot (stage g - kStages) has completed; tile i's
+    // stages follow tile i - 1's, which the other warpgroup waits out: its ((i - 1) / 2)-th
+    // signal on turn[mine].
+    if (i > 0) bar_wait(&turn[mine], unsigned((i - 1) / 2) & 1);
+    int previous = -1;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      const int g = i * k_tiles + kt, slot = g % kStages;
+      bar_wait(&full[slot], unsigned(g / kStages) & 1);
+      unsigned char* s = smem + slot * kStageBytes;
+      const uint64_t a0 = descriptor(s), a1 = descriptor(s + 64 * 128), b = descriptor(s + kABytes);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk) {
+        wgmma_128(d0, a0 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+        wgmma_128(d1, a1 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<1>();
+      if (previous >= 0 && lane == 0) bar_arrive(&empty[previous]);
+      previous = slot;
+    }
+    if (threadIdx.x % 128 == 0) bar_arrive(&turn[1 - mine]);  // its loads are all in: the other's turn
+    wgmma_wait<0>();
+    hold(d0);
+    hold(d1);
+    if (lane == 0) bar_arrive(&empty[previous]);
+
+    // Columns 8j + 2(lane%4) (+1) of the gate (j < 8) and the same columns of up (j + 8).
+    // (Each array by reference: chosen through a pointer, it would go to local memory.)
+    auto store = [&](const float (&d)[64], int r0) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int c = col + 8 * j + 2 * (lane % 4);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float o0 = glu(act, d[4 * j + 2 * h], d[4 * (j + 8) + 2 * h]);
+          const float o1 = glu(act, d[4 * j + 2 * h + 1], d[4 * (j + 8) + 2 * h + 1]);
+          *reinterpret_cast<__nv_bfloat162*>(out + size_t(r0 + 8 * h) * n + c) = __floats2bfloat162_rn(o0, o1);
+        }
+      }
+    };
+    store(d0, row + warp * 16 + lane / 4);
+    store(d1, row + 64 + warp * 16 + lane / 4);
+  }
+}
+
+Maps maps(const bf16* x, const bf16* wg, const bf16* wu, int m, int n, int k) {
+  return {tensor_map(x, m, k, kBM), tensor_map(wg, n, k, kBN), tensor_map(wu, n, k, kBN)};
+}
+
+void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
+  static const bool sized = [] {
+    CHECK(cudaFuncSetAttribute(glu_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)sized;
+  const int tiles = (m / kBM) * (n / kBN);
+  glu_gemm_kernel<<<std::min(tiles, sms), kThreads, kSmem>>>(maps.x, maps.gate, maps.up, act, out, m, n, k);
+  CHECK(cudaGetLastError());
+}
+
+}  // namespace pingpong
 
 // ---------------------------------------------------------------- checks and timing
 
@@ -362,12 +526,13 @@ double check(Act act, const std::vector<bf16>& hx, const std::vector<bf16>& hg, 
   return worst;
 }
 
-// 02 on a small problem against float64 at every output: 2 × 2 tiles, K = 512 (8 k-tiles,
-// the ring of 4 stages wraps twice), and two blocks so that each takes two tiles. The
-// first mismatches are printed with their coordinates: a wrong descriptor, swizzle or
-// register mapping shows as a pattern there.
-bool check_small() {
-  const int m = 2 * fused::kBM, n = 2 * fused::kBN, k = 8 * fused::kBK;
+// A wgmma variant on a small problem against float64 at every output: 256 × 256 outputs
+// (2 × 2 tiles for 02, 2 × 4 for 03), K = 512 (8 k-tiles: the rings of 4 and 6 stages
+// wrap), two blocks, so each takes several tiles. The first mismatches are printed with
+// their coordinates: a wrong descriptor, swizzle or register mapping shows as a pattern.
+template <class Run>
+bool check_small(const char* variant, Run&& run) {
+  const int m = 256, n = 256, k = 512;
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> dist(-1, 1);
   std::vector<bf16> hx(size_t(m) * k), hg(size_t(n) * k), hu(size_t(n) * k), got(size_t(m) * n);
@@ -383,7 +548,7 @@ bool check_small() {
   CHECK(cudaMemcpy(wg, hg.data(), hg.size() * sizeof(bf16), cudaMemcpyHostToDevice));
   CHECK(cudaMemcpy(wu, hu.data(), hu.size() * sizeof(bf16), cudaMemcpyHostToDevice));
   CHECK(cudaMemset(out, 0xff, got.size() * sizeof(bf16)));
-  fused::run(fused::maps(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
+  run(x, wg, wu, out, m, n, k);
   CHECK(cudaDeviceSynchronize());
   CHECK(cudaMemcpy(got.data(), out, got.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
   size_t bad = 0;
@@ -398,11 +563,12 @@ bool check_small() {
       const double want = round_bf16(glu(Act::silu, float(g), float(u)));
       const double have = __bfloat162float(got[size_t(i) * n + j]);
       if (!(std::fabs(have - want) <= std::max(std::fabs(want), 1e-2) * 0x1p-5)) {
-        if (bad < 8) std::printf("  small check: out[%d, %d] = %g, want %g\n", i, j, have, want);
+        if (bad < 8) std::printf("  %s small check: out[%d, %d] = %g, want %g\n", variant, i, j, have, want);
         ++bad;
       }
     }
-  std::printf("small check (%d x %d, K %d): %zu of %zu outputs off by more than 4 units\n", m, n, k, bad, got.size());
+  std::printf("%s small check (%d x %d, K %d): %zu of %zu outputs off by more than 4 units\n", variant, m, n, k, bad,
+              got.size());
   for (bf16* p : {x, wg, wu, out}) CHECK(cudaFree(p));
   return bad == 0;
 }
@@ -411,12 +577,17 @@ int main() {
   CHECK_STATUS(cublasCreate(&blas));
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  bool ok = check_small();
+  bool ok = check_small("02", [](const bf16* x, const bf16* wg, const bf16* wu, bf16* out, int m, int n, int k) {
+    cooperative::run(cooperative::maps(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
+  });
+  ok = check_small("03", [](const bf16* x, const bf16* wg, const bf16* wu, bf16* out, int m, int n, int k) {
+    pingpong::run(pingpong::maps(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
+  }) && ok;
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1, 1);
   for (const Shape& sh : kShapes) {
     const int m = kM, n = sh.n, k = sh.k;
-    if (m % fused::kBM || n % fused::kBN || k % fused::kBK) {
+    if (m % cooperative::kBM || n % cooperative::kBN || k % hopper::kBK) {
       std::printf("  %s: 02 needs M, N and K in whole tiles\n", sh.name);
       ok = false;
       continue;
@@ -451,22 +622,28 @@ int main() {
     });
     CHECK(cudaMemcpy(first.data(), out, first.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
     report("01", us1, first);
-    CHECK(cudaMemset(out, 0xff, size_t(m) * n * sizeof(bf16)));  // NaNs where 02 writes nothing
-    const fused::Maps maps = fused::maps(x, wg, wu, m, n, k);
-    const float us2 = median_us([&] { fused::run(maps, sh.act, out, m, n, k, sms); });
-    CHECK(cudaMemcpy(second.data(), out, second.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
-    report("02", us2, second);
-    // Every output of 02 against 01: the same roundings from differently ordered f32 sums.
-    size_t off = 0;
-    for (size_t i = 0; i < first.size(); ++i) {
-      const float a = __bfloat162float(first[i]), b = __bfloat162float(second[i]);
-      if (!(std::fabs(a - b) <= std::max(std::fabs(a), 1e-2f) * 0x1p-5f)) ++off;
-    }
-    std::printf("%-13s 02 against 01: %zu of %zu outputs differ by more than 4 units\n", sh.name, off, first.size());
-    if (off > first.size() / 1000) {
-      std::printf("  CHECK FAILED: %s 02 against 01\n", sh.name);
-      ok = false;
-    }
+    // A wgmma variant: timed, checked against float64 on samples and against 01 everywhere
+    // (the same roundings from differently ordered f32 sums).
+    auto variant = [&](const char* name, auto&& run) {
+      CHECK(cudaMemset(out, 0xff, size_t(m) * n * sizeof(bf16)));  // NaNs where it writes nothing
+      const float us = median_us(run);
+      CHECK(cudaMemcpy(second.data(), out, second.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+      report(name, us, second);
+      size_t off = 0;
+      for (size_t i = 0; i < first.size(); ++i) {
+        const float a = __bfloat162float(first[i]), b = __bfloat162float(second[i]);
+        if (!(std::fabs(a - b) <= std::max(std::fabs(a), 1e-2f) * 0x1p-5f)) ++off;
+      }
+      std::printf("%-13s %s against 01: %zu of %zu outputs differ by more than 4 units\n", sh.name, name, off,
+                  first.size());
+      if (off > first.size() / 1000) {
+        std::printf("  CHECK FAILED: %s %s against 01\n", sh.name, name);
+        ok = false;
+      }
+    };
+    const hopper::Maps cm = cooperative::maps(x, wg, wu, m, n, k), pm = pingpong::maps(x, wg, wu, m, n, k);
+    variant("02", [&] { cooperative::run(cm, sh.act, out, m, n, k, sms); });
+    variant("03", [&] { pingpong::run(pm, sh.act, out, m, n, k, sms); });
     for (bf16* p : {x, wg, wu, g, u, out}) CHECK(cudaFree(p));
   }
   std::printf(ok ? "all checks passed\n" : "some checks FAILED\n");
