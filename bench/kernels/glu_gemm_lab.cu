@@ -437,7 +437,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (previous >= 0 && lane == 0) bar_arrive(&empty[previous]);
       previous = slot;
     }
-    if (threadIdx.x % 128 == 0) bar_arrive(&turn[1 - mine]);  // its loads are all in: the other's turn
+    // Its loads are all in: the other warpgroup's turn. All four warps first, so that none
+    // of them is still before its own turn wait when the other can signal again (a parity
+    // wait would then miss its phase; a model of the barriers found that interleaving).
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + mine) : "memory");
+    if (threadIdx.x % 128 == 0) bar_arrive(&turn[1 - mine]);
     wgmma_wait<0>();
     hold(d0);
     hold(d1);
