@@ -45,13 +45,6 @@ cublasLtHandle_t lt;
 void* workspace;
 constexpr size_t kWorkspace = 64 << 20;
 
-// out [M, N] = x [M, K] · w [N, K]ᵀ, as matmul.cpp calls it (column-major: outᵀ = w · xᵀ).
-void gemm_blas(const bf16* x, const bf16* w, bf16* out, int m, int n, int k) {
-  const float alpha = 1, beta = 0;
-  CHECK_STATUS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
-                          &beta, out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
 // The same product through cuBLASLt with a chosen algorithm.
 struct LtPlan {
   cublasLtMatmulDesc_t desc;
@@ -73,28 +66,6 @@ void gemm_lt(const LtPlan& p, const cublasLtMatmulAlgo_t* algo, const bf16* x, c
   const float alpha = 1, beta = 0;
   CHECK_STATUS(cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, out, p.c, out, p.c, algo, workspace,
                             kWorkspace, 0));
-}
-
-template <class F>
-float median_us(F&& f) {
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < 20; ++i) {
-    CHECK(cudaEventRecord(a));
-    f();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float ms;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000);
-  }
-  std::sort(t.begin(), t.end());
-  CHECK(cudaEventDestroy(a));
-  CHECK(cudaEventDestroy(b));
-  return t[t.size() / 2];
 }
 
 // The fastest of the heuristic's candidates for this shape (one that runs and checks).
@@ -179,10 +150,10 @@ int main() {
                     variant, total, tflops, tflops / 790, parts.c_str());
       };
       report("01", separate, [&](const Gemm& g) {
-        return median_us([&] { gemm_blas(x, w, out, m, g.n, g.k); });
+        return median_us([&] { gemm_blas(blas, x, w, out, m, g.n, g.k); });
       });
       report("02", packed, [&](const Gemm& g) {
-        return median_us([&] { gemm_blas(x, w, out, m, g.n, g.k); });
+        return median_us([&] { gemm_blas(blas, x, w, out, m, g.n, g.k); });
       });
       report("03", packed, [&](const Gemm& g) {
         const LtPlan p = lt_plan(m, g.n, g.k);

@@ -69,12 +69,6 @@ __host__ __device__ inline float glu(Act act, float g, float u) {
 
 cublasHandle_t blas;
 
-void gemm_blas(const bf16* x, const bf16* w, bf16* out, int m, int n, int k) {
-  const float alpha = 1, beta = 0;
-  CHECK_STATUS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
-                            &beta, out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
 // out = act(g) · u over bf16 arrays already rounded, 8 values a thread.
 __global__ void activation_kernel(Act act, const bf16* g, const bf16* u, bf16* out, size_t count) {
   for (size_t i = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8; i < count; i += size_t(gridDim.x) * blockDim.x * 8) {
@@ -485,28 +479,6 @@ void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
 
 // ---------------------------------------------------------------- checks and timing
 
-template <class F>
-float median_us(F&& f) {
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < 20; ++i) {
-    CHECK(cudaEventRecord(a));
-    f();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float ms;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000);
-  }
-  std::sort(t.begin(), t.end());
-  CHECK(cudaEventDestroy(a));
-  CHECK(cudaEventDestroy(b));
-  return t[t.size() / 2];
-}
-
 // Largest error of sampled outputs against the float64 formula, in units of the output's
 // bf16 spacing (2^-7 relative at most). The kernel's f32 sums may round the gate or up to
 // the neighbouring bf16 value, which the activation and the product carry into the output:
@@ -620,8 +592,8 @@ int main() {
       }
     };
     const float us1 = median_us([&] {
-      gemm_blas(x, wg, g, m, n, k);
-      gemm_blas(x, wu, u, m, n, k);
+      gemm_blas(blas, x, wg, g, m, n, k);
+      gemm_blas(blas, x, wu, u, m, n, k);
       activation_kernel<<<sms * 8, 256>>>(sh.act, g, u, out, size_t(m) * n);
     });
     CHECK(cudaMemcpy(first.data(), out, first.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
