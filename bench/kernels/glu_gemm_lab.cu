@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "lab.cuh"
+#include "mbarrier.cuh"
 
 using bf16 = __nv_bfloat16;
 
@@ -89,30 +90,6 @@ namespace hopper {
 
 constexpr int kBK = 64;  // a k-tile: 64 values, one 128-byte swizzle row
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void bar_init(uint64_t* b, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count));
-}
-// The producer's arrival, announcing the bytes its copies will complete on the barrier.
-__device__ __forceinline__ void bar_expect(uint64_t* b, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(uint64_t* b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
-}
-// Waits until the barrier's phase of this parity has completed.
-__device__ __forceinline__ void bar_wait(uint64_t* b, unsigned parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n"
-      "}\n" ::"r"(smem_addr(b)),
-      "r"(parity)
-      : "memory");
-}
 // A box of the 2-D tensor map at (inner, outer) into shared memory, completing on `bar`.
 __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer) {
   asm volatile(
@@ -239,6 +216,80 @@ struct Maps {
   CUtensorMap x, gate, up;
 };
 
+// A variant's geometry: kBM rows of x and kBN rows each of the gate and up a stage (gate
+// rows first), kStages stages, and kTurns extra barriers after the ring's.
+template <int kBM_, int kBN_, int kStages_, int kTurns_>
+struct Layout {
+  static constexpr int kBM = kBM_, kBN = kBN_, kStages = kStages_, kTurns = kTurns_;
+  static constexpr int kThreads = 384;  // warpgroup 0 loads; 1 and 2 multiply
+  static constexpr int kABytes = kBM * kBK * 2;
+  static constexpr int kBBytes = 2 * kBN * kBK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr size_t kSmem = size_t(kStages) * kStageBytes + (2 * kStages + kTurns) * 8 + 1024;  // + alignment
+};
+
+// The block's shared memory: the ring (swizzled tiles start on 1,024-byte boundaries), then
+// full[kStages] (loaded), empty[kStages] (consumed, `consumers` warp arrivals) and the
+// variant's other barriers, set up by thread 0 before any thread goes on.
+template <class L>
+struct Ring {
+  unsigned char* stages;
+  uint64_t *full, *empty, *other;
+  __device__ Ring(unsigned char* raw, unsigned consumers) {
+    stages = raw + ((1024 - (smem_addr(raw) & 1023)) & 1023);
+    full = reinterpret_cast<uint64_t*>(stages + L::kStages * L::kStageBytes);
+    empty = full + L::kStages;
+    other = empty + L::kStages;
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < L::kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], consumers);
+      for (int s = 0; s < L::kTurns; ++s) bar_init(&other[s], 1);
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+  }
+  __device__ unsigned char* stage(int s) const { return stages + s * L::kStageBytes; }
+
+  // The producer (one thread): every k-tile of the block's tiles (blockIdx.x, + gridDim.x,
+  // ...) in order, into the ring's slots in turn.
+  __device__ void produce(const CUtensorMap* tx, const CUtensorMap* tg, const CUtensorMap* tu, int tiles,
+                          int tiles_n, int k_tiles) const {
+    int slot = 0;
+    unsigned phase = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const int row = t / tiles_n * L::kBM, col = t % tiles_n * L::kBN;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        bar_wait(&empty[slot], phase ^ 1);  // the first round finds every slot free
+        unsigned char* s = stage(slot);
+        bar_expect(&full[slot], L::kStageBytes);
+        tma_load(s, tx, &full[slot], kt * kBK, row);
+        tma_load(s + L::kABytes, tg, &full[slot], kt * kBK, col);
+        tma_load(s + L::kABytes + L::kBBytes / 2, tu, &full[slot], kt * kBK, col);
+        if (++slot == L::kStages) slot = 0, phase ^= 1;
+      }
+    }
+  }
+};
+
+template <class L>
+Maps maps(const bf16* x, const bf16* wg, const bf16* wu, int m, int n, int k) {
+  return {tensor_map(x, m, k, L::kBM), tensor_map(wg, n, k, L::kBN), tensor_map(wu, n, k, L::kBN)};
+}
+
+using Kernel = void (*)(CUtensorMap, CUtensorMap, CUtensorMap, Act, bf16*, int, int, int);
+
+// Launches a variant's kernel, persistent: one block per SM, or per tile where fewer.
+template <class L>
+void launch(Kernel kernel, const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
+  static const bool sized = [&] {  // once: one kernel per layout
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kSmem)));
+    return true;
+  }();
+  (void)sized;
+  const int tiles = (m / L::kBM) * (n / L::kBN);
+  kernel<<<std::min(tiles, sms), L::kThreads, L::kSmem>>>(maps.x, maps.gate, maps.up, act, out, m, n, k);
+  CHECK(cudaGetLastError());
+}
+
 }  // namespace hopper
 
 // ---------------------------------------------------------------- 02: cooperative consumers
@@ -247,48 +298,19 @@ namespace cooperative {
 
 using namespace hopper;
 
-constexpr int kBM = 128, kBN = 128;         // output tile
-constexpr int kStages = 4;
-constexpr int kThreads = 384;               // warpgroup 0 loads; 1 and 2 multiply 64 rows each
-constexpr int kABytes = kBM * kBK * 2;      // 16 KiB of x
-constexpr int kBBytes = 2 * kBN * kBK * 2;  // 32 KiB: 128 gate rows, then 128 up rows
-constexpr int kStageBytes = kABytes + kBBytes;
-constexpr size_t kSmem = size_t(kStages) * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers, alignment
+using L = Layout<128, 128, 4, 0>;  // 128 × 128 outputs; stages of 48 KiB: 128 gate rows, then 128 up rows
 
 // Tiles of 128 × 128 outputs, in order along N within a row of tiles, taken by the grid in
 // turn (persistent: the producer runs ahead into the next tile while the consumers store).
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(L::kThreads, 1)
     glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
                     const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
   extern __shared__ unsigned char smem_raw[];
-  // Swizzled tiles start on 1,024-byte boundaries.
-  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);  // [kStages]: loaded
-  uint64_t* empty = full + kStages;                                             // [kStages]: consumed
+  const Ring<L> ring(smem_raw, 8);  // 8: the consumer warps
   const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
-  const int tiles_n = n / kBN, tiles = (m / kBM) * tiles_n, k_tiles = k / kBK;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], 8);  // 8: the consumer warps
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
-
+  const int tiles_n = n / L::kBN, tiles = (m / L::kBM) * tiles_n, k_tiles = k / kBK;
   if (group == 0) {
-    if (threadIdx.x != 0) return;
-    int stage = 0;
-    unsigned phase = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const int row = t / tiles_n * kBM, col = t % tiles_n * kBN;
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        bar_wait(&empty[stage], phase ^ 1);  // the first round finds every slot free
-        unsigned char* s = smem + stage * kStageBytes;
-        bar_expect(&full[stage], kStageBytes);
-        tma_load(s, &tx, &full[stage], kt * kBK, row);
-        tma_load(s + kABytes, &tg, &full[stage], kt * kBK, col);
-        tma_load(s + kABytes + kBBytes / 2, &tu, &full[stage], kt * kBK, col);
-        if (++stage == kStages) stage = 0, phase ^= 1;
-      }
-    }
+    if (threadIdx.x == 0) ring.produce(&tx, &tg, &tu, tiles, tiles_n, k_tiles);
     return;
   }
 
@@ -297,25 +319,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   int stage = 0;
   unsigned phase = 0;
   for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const int row = t / tiles_n * kBM + half * 64, col = t % tiles_n * kBN;
+    const int row = t / tiles_n * L::kBM + half * 64, col = t % tiles_n * L::kBN;
     int previous = -1;
     for (int kt = 0; kt < k_tiles; ++kt) {
-      bar_wait(&full[stage], phase);
-      unsigned char* s = smem + stage * kStageBytes;
-      const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + kABytes);
+      bar_wait(&ring.full[stage], phase);
+      unsigned char* s = ring.stage(stage);
+      const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + L::kABytes);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) wgmma_256(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
       wgmma_commit();
       // One group stays in flight: the previous k-tile's products are done, so its slot is free.
       wgmma_wait<1>();
-      if (previous >= 0 && lane == 0) bar_arrive(&empty[previous]);
+      if (previous >= 0 && lane == 0) bar_arrive(&ring.empty[previous]);
       previous = stage;
-      if (++stage == kStages) stage = 0, phase ^= 1;
+      if (++stage == L::kStages) stage = 0, phase ^= 1;
     }
     wgmma_wait<0>();
     hold(d);
-    if (lane == 0) bar_arrive(&empty[previous]);
+    if (lane == 0) bar_arrive(&ring.empty[previous]);
 
     // Columns 8j + 2(lane%4) (+1) of the gate (j < 16) and the same columns of up (j + 16).
     const int r0 = row + warp * 16 + lane / 4;
@@ -332,19 +354,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-Maps maps(const bf16* x, const bf16* wg, const bf16* wu, int m, int n, int k) {
-  return {tensor_map(x, m, k, kBM), tensor_map(wg, n, k, kBN), tensor_map(wu, n, k, kBN)};
-}
-
 void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
-  static const bool sized = [] {
-    CHECK(cudaFuncSetAttribute(glu_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
-    return true;
-  }();
-  (void)sized;
-  const int tiles = (m / kBM) * (n / kBN);
-  glu_gemm_kernel<<<std::min(tiles, sms), kThreads, kSmem>>>(maps.x, maps.gate, maps.up, act, out, m, n, k);
-  CHECK(cudaGetLastError());
+  launch<L>(glu_gemm_kernel, maps, act, out, m, n, k, sms);
 }
 
 }  // namespace cooperative
@@ -361,65 +372,36 @@ namespace pingpong {
 
 using namespace hopper;
 
-constexpr int kBM = 128, kBN = 64;          // output tile of one warpgroup
-constexpr int kStages = 6;
-constexpr int kThreads = 384;               // warpgroup 0 loads; 1 and 2 take alternate tiles
-constexpr int kABytes = kBM * kBK * 2;      // 16 KiB of x
-constexpr int kBBytes = 2 * kBN * kBK * 2;  // 16 KiB: 64 gate rows, then 64 up rows
-constexpr int kStageBytes = kABytes + kBBytes;
-constexpr size_t kSmem = size_t(kStages) * kStageBytes + (2 * kStages + 2) * 8 + 1024;
+using L = Layout<128, 64, 6, 2>;  // 128 × 64 outputs a warpgroup; stages of 32 KiB: 64 gate rows, then 64 up rows
 
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(L::kThreads, 1)
     glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
                     const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);  // [kStages]: loaded
-  uint64_t* empty = full + kStages;                                             // [kStages]: consumed
-  uint64_t* turn = empty + kStages;  // [2]: turn[c], the other warpgroup has waited out its tile's stages
+  const Ring<L> ring(smem_raw, 4);  // 4: one warpgroup's warps
+  uint64_t* turn = ring.other;      // [2]: turn[c], the other warpgroup has waited out its tile's stages
   const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
-  const int tiles_n = n / kBN, tiles = (m / kBM) * tiles_n, k_tiles = k / kBK;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], 4);  // 4: one warpgroup's warps
-    bar_init(&turn[0], 1), bar_init(&turn[1], 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
-
+  const int tiles_n = n / L::kBN, tiles = (m / L::kBM) * tiles_n, k_tiles = k / kBK;
   if (group == 0) {
-    if (threadIdx.x != 0) return;
-    int stage = 0;
-    unsigned phase = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const int row = t / tiles_n * kBM, col = t % tiles_n * kBN;
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        bar_wait(&empty[stage], phase ^ 1);
-        unsigned char* s = smem + stage * kStageBytes;
-        bar_expect(&full[stage], kStageBytes);
-        tma_load(s, &tx, &full[stage], kt * kBK, row);
-        tma_load(s + kABytes, &tg, &full[stage], kt * kBK, col);
-        tma_load(s + kABytes + kBBytes / 2, &tu, &full[stage], kt * kBK, col);
-        if (++stage == kStages) stage = 0, phase ^= 1;
-      }
-    }
+    if (threadIdx.x == 0) ring.produce(&tx, &tg, &tu, tiles, tiles_n, k_tiles);
     return;
   }
 
   const int mine = group - 1;  // tiles mine, mine + 2, ... of the block's list
   float d0[64], d1[64];        // rows 0-63 and 64-127 of the tile
   for (int i = mine, t = int(blockIdx.x) + mine * int(gridDim.x); t < tiles; i += 2, t += 2 * int(gridDim.x)) {
-    const int row = t / tiles_n * kBM, col = t % tiles_n * kBN;
+    const int row = t / tiles_n * L::kBM, col = t % tiles_n * L::kBN;
     // A stage's barrier tells phases apart only by parity. Waiting for stage g is safe once
-    // the load before it in the same slot (stage g - kStages) has completed; tile i's
+    // the load before it in the same slot (stage g - L::kStages) has completed; tile i's
     // stages follow tile i - 1's, which the other warpgroup waits out: its ((i - 1) / 2)-th
     // signal on turn[mine].
     if (i > 0) bar_wait(&turn[mine], unsigned((i - 1) / 2) & 1);
     int previous = -1;
     for (int kt = 0; kt < k_tiles; ++kt) {
-      const int g = i * k_tiles + kt, slot = g % kStages;
-      bar_wait(&full[slot], unsigned(g / kStages) & 1);
-      unsigned char* s = smem + slot * kStageBytes;
-      const uint64_t a0 = descriptor(s), a1 = descriptor(s + 64 * 128), b = descriptor(s + kABytes);
+      const int g = i * k_tiles + kt, slot = g % L::kStages;
+      bar_wait(&ring.full[slot], unsigned(g / L::kStages) & 1);
+      unsigned char* s = ring.stage(slot);
+      const uint64_t a0 = descriptor(s), a1 = descriptor(s + 64 * 128), b = descriptor(s + L::kABytes);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -428,7 +410,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       wgmma_commit();
       wgmma_wait<1>();
-      if (previous >= 0 && lane == 0) bar_arrive(&empty[previous]);
+      if (previous >= 0 && lane == 0) bar_arrive(&ring.empty[previous]);
       previous = slot;
     }
     // Its loads are all in: the other warpgroup's turn. All four warps first, so that none
@@ -439,7 +421,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<0>();
     hold(d0);
     hold(d1);
-    if (lane == 0) bar_arrive(&empty[previous]);
+    if (lane == 0) bar_arrive(&ring.empty[previous]);
 
     // Columns 8j + 2(lane%4) (+1) of the gate (j < 8) and the same columns of up (j + 8).
     // (Each array by reference: chosen through a pointer, it would go to local memory.)
@@ -460,19 +442,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-Maps maps(const bf16* x, const bf16* wg, const bf16* wu, int m, int n, int k) {
-  return {tensor_map(x, m, k, kBM), tensor_map(wg, n, k, kBN), tensor_map(wu, n, k, kBN)};
-}
-
 void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
-  static const bool sized = [] {
-    CHECK(cudaFuncSetAttribute(glu_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
-    return true;
-  }();
-  (void)sized;
-  const int tiles = (m / kBM) * (n / kBN);
-  glu_gemm_kernel<<<std::min(tiles, sms), kThreads, kSmem>>>(maps.x, maps.gate, maps.up, act, out, m, n, k);
-  CHECK(cudaGetLastError());
+  launch<L>(glu_gemm_kernel, maps, act, out, m, n, k, sms);
 }
 
 }  // namespace pingpong
@@ -554,16 +525,16 @@ int main() {
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   bool ok = check_small("02", [](const bf16* x, const bf16* wg, const bf16* wu, bf16* out, int m, int n, int k) {
-    cooperative::run(cooperative::maps(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
+    cooperative::run(hopper::maps<cooperative::L>(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
   });
   ok = check_small("03", [](const bf16* x, const bf16* wg, const bf16* wu, bf16* out, int m, int n, int k) {
-    pingpong::run(pingpong::maps(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
+    pingpong::run(hopper::maps<pingpong::L>(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
   }) && ok;
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1, 1);
   for (const Shape& sh : kShapes) {
     const int m = kM, n = sh.n, k = sh.k;
-    if (m % cooperative::kBM || n % cooperative::kBN || k % hopper::kBK) {
+    if (m % cooperative::L::kBM || n % cooperative::L::kBN || k % hopper::kBK) {
       std::printf("  %s: 02 needs M, N and K in whole tiles\n", sh.name);
       ok = false;
       continue;
@@ -617,7 +588,8 @@ int main() {
         ok = false;
       }
     };
-    const hopper::Maps cm = cooperative::maps(x, wg, wu, m, n, k), pm = pingpong::maps(x, wg, wu, m, n, k);
+    const hopper::Maps cm = hopper::maps<cooperative::L>(x, wg, wu, m, n, k),
+                      pm = hopper::maps<pingpong::L>(x, wg, wu, m, n, k);
     variant("02", [&] { cooperative::run(cm, sh.act, out, m, n, k, sms); });
     variant("03", [&] { pingpong::run(pm, sh.act, out, m, n, k, sms); });
     for (bf16* p : {x, wg, wu, g, u, out}) CHECK(cudaFree(p));

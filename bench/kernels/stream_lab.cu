@@ -22,28 +22,11 @@
 #include <vector>
 
 #include "lab.cuh"
+#include "mbarrier.cuh"
 
 constexpr int kK = 2048;  // columns of a row
 constexpr int kConsumers = 256;
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(uint64_t* b, unsigned n) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(n));
-}
-__device__ __forceinline__ void mbar_expect(uint64_t* b, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, unsigned parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(smem_addr(b)), "r"(parity)
-                 : "memory");
-}
 __device__ __forceinline__ void bulk(void* dst, const void* src, unsigned bytes, uint64_t* b) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
                    smem_addr(dst)),
@@ -117,11 +100,11 @@ __global__ void ring_kernel(const __nv_bfloat16* w, long long rows_total, const 
     const int slot = int(st % slots);
     const long long r = r0 + st * per;
     const unsigned n = unsigned(::min((long long)per, r1 - r));
-    mbar_expect(&full[slot], n * kK * 2);
+    bar_expect(&full[slot], n * kK * 2);
     bulk(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
   };
   if (threadIdx.x == 0) {
-    for (int i = 0; i < slots; ++i) mbar_init(&full[i], 1);
+    for (int i = 0; i < slots; ++i) bar_init(&full[i], 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     for (int i = 0; i < slots; ++i) issue(i);
   }
@@ -129,7 +112,7 @@ __global__ void ring_kernel(const __nv_bfloat16* w, long long rows_total, const 
   float total = 0;
   for (long long st = 0; st < stages; ++st) {
     const int slot = int(st % slots);
-    mbar_wait(&full[slot], unsigned(st / slots) & 1u);
+    bar_wait(&full[slot], unsigned(st / slots) & 1u);
     const int n = int(::min((long long)per, r1 - (r0 + st * per)));
     if (kCompute) total += rows_dot(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xs);
     __syncthreads();
@@ -148,7 +131,7 @@ __global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, co
   const int per = slot_bytes / (kK * 2);
   const long long stages = (r1 - r0 + per - 1) / per;
   if (threadIdx.x == 0) {
-    for (int i = 0; i < slots; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], kConsumers / 32);
+    for (int i = 0; i < slots; ++i) bar_init(&full[i], 1), bar_init(&empty[i], kConsumers / 32);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   for (int i = threadIdx.x; i < kK; i += blockDim.x) xs[i] = x[i];
@@ -157,10 +140,10 @@ __global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, co
     if (threadIdx.x != kConsumers) return;
     for (long long st = 0; st < stages; ++st) {
       const int slot = int(st % slots);
-      if (st >= slots) mbar_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
+      if (st >= slots) bar_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
       const long long r = r0 + st * per;
       const unsigned n = unsigned(::min((long long)per, r1 - r));
-      mbar_expect(&full[slot], n * kK * 2);
+      bar_expect(&full[slot], n * kK * 2);
       bulk(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
     }
     return;
@@ -168,11 +151,11 @@ __global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, co
   float total = 0;
   for (long long st = 0; st < stages; ++st) {
     const int slot = int(st % slots);
-    mbar_wait(&full[slot], unsigned(st / slots) & 1u);
+    bar_wait(&full[slot], unsigned(st / slots) & 1u);
     const int n = int(::min((long long)per, r1 - (r0 + st * per)));
     total += rows_dot(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xs);
     __syncwarp();
-    if (threadIdx.x % 32 == 0) mbar_arrive(&empty[slot]);
+    if (threadIdx.x % 32 == 0) bar_arrive(&empty[slot]);
   }
   if (threadIdx.x % 32 == 0) atomicAdd(sum, double(total));
 }
