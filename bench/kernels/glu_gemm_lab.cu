@@ -99,6 +99,36 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint
       : "memory");
 }
 
+// The same box into this shared-memory offset of every block in `blocks` (a mask of
+// cluster ranks), each completing on its own barrier at `bar`'s offset.
+__device__ __forceinline__ void tma_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer,
+                                              uint16_t blocks) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, "
+      "%3}], [%4], %5;" ::"r"(smem_addr(dst)),
+      "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar)), "h"(blocks)
+      : "memory");
+}
+
+// An arrival on the barrier at `bar`'s offset in the shared memory of cluster rank `rank`.
+// Release at block scope, as a local arrival: what the consumer did to the slot was read it
+// through wgmma, and a cluster-scope release would also wait for the epilogue's stores.
+__device__ __forceinline__ void bar_arrive_at(uint64_t* bar, unsigned rank) {
+  asm volatile(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(rank)
+      : "memory");
+}
+
+// Every thread of the cluster: what each wrote to shared memory before is visible after.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
 // The shared-memory matrix descriptor of a K-major tile in 128-byte swizzle: rows of 128
 // bytes, 8-row groups 1,024 bytes apart. Adding 2 steps its start by 32 bytes (16 values
 // of K) within the swizzle row.
@@ -187,6 +217,45 @@ __device__ __forceinline__ void wgmma_128(float (&d)[64], uint64_t desc_a, uint6
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
+// act(g) in the epilogue's few instructions: gelu_tanh(g) = ½g(1 + tanh(u)) = g·σ(2u),
+// u = √(2/π)(g + 0.044715g³), and silu(g) = g·σ(g), with the hardware's exp2 and reciprocal.
+// Their error (a few f32 units) is far below the bf16 rounding that follows, and the σ form
+// has no cancellation for negative g, where 1 + tanh(u) loses digits.
+__device__ __forceinline__ float activate_fast(Act act, float g) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float t = act == Act::silu ? g * -kLog2e : g * fmaf(0.044715f * g, g, 1.0f) * (-1.5957691216057308f * kLog2e);
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(t));
+  return __fdividef(g, 1.0f + e);  // 0 (the limit) where e is infinite
+}
+
+// Two neighbouring outputs from their gate and up sums, rounded as glu() rounds them, with
+// the conversions paired.
+__device__ __forceinline__ __nv_bfloat162 glu_pair(Act act, float g0, float g1, float u0, float u1) {
+  const float2 g = __bfloat1622float2(__floats2bfloat162_rn(g0, g1));
+  const float2 u = __bfloat1622float2(__floats2bfloat162_rn(u0, u1));
+  const float2 a = __bfloat1622float2(__floats2bfloat162_rn(activate_fast(act, g.x), activate_fast(act, g.y)));
+  return __floats2bfloat162_rn(a.x * u.x, a.y * u.y);
+}
+
+// Stores one warpgroup's activated outputs from an m64 accumulator: registers 4j..4j+3 hold
+// columns 8j + 2(lane%4) (+1) of rows r0 and r0 + 8, the gate's for j < kJ and up's matching
+// columns at j + kJ. (The array by reference: chosen through a pointer, it would go to local
+// memory.)
+template <int kJ>
+__device__ __forceinline__ void store_glu(const float (&d)[8 * kJ], Act act, bf16* out, int n, int r0, int col,
+                                          int lane) {
+#pragma unroll
+  for (int j = 0; j < kJ; ++j) {
+    const int c = col + 8 * j + 2 * (lane % 4);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = 4 * j + 2 * h, iu = 4 * (j + kJ) + 2 * h;
+      *reinterpret_cast<__nv_bfloat162*>(out + size_t(r0 + 8 * h) * n + c) = glu_pair(act, d[i], d[i + 1], d[iu], d[iu + 1]);
+    }
+  }
+}
+
 PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   void* fn = nullptr;
   cudaDriverEntryPointQueryResult found;
@@ -217,20 +286,39 @@ struct Maps {
 };
 
 // A variant's geometry: kBM rows of x and kBN rows each of the gate and up a stage (gate
-// rows first), kStages stages, and kTurns extra barriers after the ring's.
-template <int kBM_, int kBN_, int kStages_, int kTurns_>
+// rows first), kStages stages, kTurns extra barriers after the ring's, and clusters of
+// kRanks blocks that share each stage's weight rows (1: no cluster).
+template <int kBM_, int kBN_, int kStages_, int kTurns_, int kRanks_>
 struct Layout {
-  static constexpr int kBM = kBM_, kBN = kBN_, kStages = kStages_, kTurns = kTurns_;
+  static constexpr int kBM = kBM_, kBN = kBN_, kStages = kStages_, kTurns = kTurns_, kRanks = kRanks_;
   static constexpr int kThreads = 384;  // warpgroup 0 loads; 1 and 2 multiply
   static constexpr int kABytes = kBM * kBK * 2;
   static constexpr int kBBytes = 2 * kBN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr size_t kSmem = size_t(kStages) * kStageBytes + (2 * kStages + kTurns) * 8 + 1024;  // + alignment
+  static_assert(kRanks == 1 || kRanks == 2, "a cluster's blocks split the weight rows: the gate, and up");
+};
+
+// The block's tiles in order. The blocks of a cluster take the same columns and
+// neighbouring row tiles, so that each stage's weight rows are loaded once for all of them:
+// the cluster's tile t is rows (t / tiles_n · kRanks + rank) · kBM, columns t % tiles_n · kBN.
+template <class L>
+struct Schedule {
+  int tiles_n, count, first, step, rank;
+  __device__ Schedule(int m, int n)
+      : tiles_n(n / L::kBN),
+        count(m / L::kBM / L::kRanks * tiles_n),
+        first(int(blockIdx.x) / L::kRanks),
+        step(int(gridDim.x) / L::kRanks),
+        rank(int(blockIdx.x) % L::kRanks) {}
+  __device__ int row(int t) const { return (t / tiles_n * L::kRanks + rank) * L::kBM; }
+  __device__ int col(int t) const { return t % tiles_n * L::kBN; }
 };
 
 // The block's shared memory: the ring (swizzled tiles start on 1,024-byte boundaries), then
-// full[kStages] (loaded), empty[kStages] (consumed, `consumers` warp arrivals) and the
-// variant's other barriers, set up by thread 0 before any thread goes on.
+// full[kStages] (loaded), empty[kStages] (consumed: `consumers` warp arrivals from each
+// block of the cluster, whose loads write into every block's slot) and the variant's other
+// barriers, set up by thread 0 before any thread of the cluster goes on.
 template <class L>
 struct Ring {
   unsigned char* stages;
@@ -241,29 +329,48 @@ struct Ring {
     empty = full + L::kStages;
     other = empty + L::kStages;
     if (threadIdx.x == 0) {
-      for (int s = 0; s < L::kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], consumers);
+      for (int s = 0; s < L::kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], consumers * L::kRanks);
       for (int s = 0; s < L::kTurns; ++s) bar_init(&other[s], 1);
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncthreads();
+    if (L::kRanks > 1) {
+      cluster_sync();
+    } else {
+      __syncthreads();
+    }
   }
   __device__ unsigned char* stage(int s) const { return stages + s * L::kStageBytes; }
 
-  // The producer (one thread): every k-tile of the block's tiles (blockIdx.x, + gridDim.x,
-  // ...) in order, into the ring's slots in turn.
-  __device__ void produce(const CUtensorMap* tx, const CUtensorMap* tg, const CUtensorMap* tu, int tiles,
-                          int tiles_n, int k_tiles) const {
+  // A consumer warp is done with `slot`: in every block of the cluster, since each block's
+  // producer writes into all of them.
+  __device__ void release(int slot) const {
+    if (L::kRanks == 1) {
+      bar_arrive(&empty[slot]);
+    } else {
+      for (int r = 0; r < L::kRanks; ++r) bar_arrive_at(&empty[slot], unsigned(r));
+    }
+  }
+
+  // The producer (one thread): every k-tile of the block's tiles in order, into the ring's
+  // slots in turn. In a cluster of two, rank 0 loads the gate's rows and rank 1 up's, each
+  // into both blocks.
+  __device__ void produce(const CUtensorMap* tx, const CUtensorMap* tg, const CUtensorMap* tu, const Schedule<L>& s,
+                          int k_tiles) const {
     int slot = 0;
     unsigned phase = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const int row = t / tiles_n * L::kBM, col = t % tiles_n * L::kBN;
+    for (int t = s.first; t < s.count; t += s.step) {
+      const int row = s.row(t), col = s.col(t);
       for (int kt = 0; kt < k_tiles; ++kt) {
         bar_wait(&empty[slot], phase ^ 1);  // the first round finds every slot free
-        unsigned char* s = stage(slot);
+        unsigned char* st = stage(slot);
         bar_expect(&full[slot], L::kStageBytes);
-        tma_load(s, tx, &full[slot], kt * kBK, row);
-        tma_load(s + L::kABytes, tg, &full[slot], kt * kBK, col);
-        tma_load(s + L::kABytes + L::kBBytes / 2, tu, &full[slot], kt * kBK, col);
+        tma_load(st, tx, &full[slot], kt * kBK, row);
+        if (L::kRanks == 1) {
+          tma_load(st + L::kABytes, tg, &full[slot], kt * kBK, col);
+          tma_load(st + L::kABytes + L::kBBytes / 2, tu, &full[slot], kt * kBK, col);
+        } else {
+          tma_multicast(st + L::kABytes + s.rank * L::kBBytes / 2, s.rank ? tu : tg, &full[slot], kt * kBK, col, 3);
+        }
         if (++slot == L::kStages) slot = 0, phase ^= 1;
       }
     }
@@ -277,90 +384,100 @@ Maps maps(const bf16* x, const bf16* wg, const bf16* wu, int m, int n, int k) {
 
 using Kernel = void (*)(CUtensorMap, CUtensorMap, CUtensorMap, Act, bf16*, int, int, int);
 
-// Launches a variant's kernel, persistent: one block per SM, or per tile where fewer.
+// Launches a variant's kernel, persistent: as many blocks (or clusters) as fit at once, or
+// one per tile where fewer.
 template <class L>
 void launch(Kernel kernel, const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
-  static const bool sized = [&] {  // once: one kernel per layout
+  cudaLaunchConfig_t config = {};
+  cudaLaunchAttribute cluster = {};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = L::kRanks, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
+  config.blockDim = dim3(L::kThreads);
+  config.dynamicSmemBytes = L::kSmem;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  static const int resident = [&] {  // once: one kernel per layout
     CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kSmem)));
-    return true;
+    if (L::kRanks == 1) return 1 << 30;  // `sms`
+    int clusters = 0;
+    config.gridDim = dim3(sms / L::kRanks * L::kRanks);
+    CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+    std::printf("  (%d clusters of %d blocks fit at once)\n", clusters, L::kRanks);
+    return clusters * L::kRanks;
   }();
-  (void)sized;
   const int tiles = (m / L::kBM) * (n / L::kBN);
-  kernel<<<std::min(tiles, sms), L::kThreads, L::kSmem>>>(maps.x, maps.gate, maps.up, act, out, m, n, k);
-  CHECK(cudaGetLastError());
+  config.gridDim = dim3(std::min(tiles, std::min(resident, sms)) / L::kRanks * L::kRanks);
+  CHECK(cudaLaunchKernelEx(&config, kernel, maps.x, maps.gate, maps.up, act, out, m, n, k));
 }
 
 }  // namespace hopper
 
-// ---------------------------------------------------------------- 02: cooperative consumers
+// ---------------------------------------------------------------- 02, 04: cooperative consumers
 
+// Tiles of 128 × 128 outputs, in order along N within a row of tiles, taken by the grid in
+// turn (persistent: the producer runs ahead into the next tile while the consumers store).
+// 02 alone; 04 in clusters of two blocks on neighbouring rows, each block loading half of
+// the stage's weight rows for both, so that each block reads 32 KiB a stage from L2 where
+// 02 reads 48.
 namespace cooperative {
 
 using namespace hopper;
 
-using L = Layout<128, 128, 4, 0>;  // 128 × 128 outputs; stages of 48 KiB: 128 gate rows, then 128 up rows
+using L02 = Layout<128, 128, 4, 0, 1>;  // 128 × 128 outputs; stages of 48 KiB: 128 gate rows, then 128 up rows
+using L04 = Layout<128, 128, 4, 0, 2>;
 
-// Tiles of 128 × 128 outputs, in order along N within a row of tiles, taken by the grid in
-// turn (persistent: the producer runs ahead into the next tile while the consumers store).
+template <class L>
 __global__ void __launch_bounds__(L::kThreads, 1)
     glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
                     const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
   extern __shared__ unsigned char smem_raw[];
   const Ring<L> ring(smem_raw, 8);  // 8: the consumer warps
+  const Schedule<L> tiles(m, n);
   const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
-  const int tiles_n = n / L::kBN, tiles = (m / L::kBM) * tiles_n, k_tiles = k / kBK;
+  const int k_tiles = k / kBK;
   if (group == 0) {
-    if (threadIdx.x == 0) ring.produce(&tx, &tg, &tu, tiles, tiles_n, k_tiles);
-    return;
-  }
-
-  const int half = group - 1;  // this warpgroup's 64 rows of the tile
-  float d[128];
-  int stage = 0;
-  unsigned phase = 0;
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const int row = t / tiles_n * L::kBM + half * 64, col = t % tiles_n * L::kBN;
-    int previous = -1;
-    for (int kt = 0; kt < k_tiles; ++kt) {
-      bar_wait(&ring.full[stage], phase);
-      unsigned char* s = ring.stage(stage);
-      const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + L::kABytes);
-      wgmma_fence();
+    if (threadIdx.x == 0) ring.produce(&tx, &tg, &tu, tiles, k_tiles);
+  } else {
+    const int half = group - 1;  // this warpgroup's 64 rows of the tile
+    float d[128];
+    int stage = 0;
+    unsigned phase = 0;
+    for (int t = tiles.first; t < tiles.count; t += tiles.step) {
+      const int row = tiles.row(t) + half * 64, col = tiles.col(t);
+      int previous = -1;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        bar_wait(&ring.full[stage], phase);
+        unsigned char* s = ring.stage(stage);
+        const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + L::kABytes);
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) wgmma_256(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
-      wgmma_commit();
-      // One group stays in flight: the previous k-tile's products are done, so its slot is free.
-      wgmma_wait<1>();
-      if (previous >= 0 && lane == 0) bar_arrive(&ring.empty[previous]);
-      previous = stage;
-      if (++stage == L::kStages) stage = 0, phase ^= 1;
-    }
-    wgmma_wait<0>();
-    hold(d);
-    if (lane == 0) bar_arrive(&ring.empty[previous]);
-
-    // Columns 8j + 2(lane%4) (+1) of the gate (j < 16) and the same columns of up (j + 16).
-    const int r0 = row + warp * 16 + lane / 4;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int c = col + 8 * j + 2 * (lane % 4);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float o0 = glu(act, d[4 * j + 2 * h], d[4 * (j + 16) + 2 * h]);
-        const float o1 = glu(act, d[4 * j + 2 * h + 1], d[4 * (j + 16) + 2 * h + 1]);
-        *reinterpret_cast<__nv_bfloat162*>(out + size_t(r0 + 8 * h) * n + c) = __floats2bfloat162_rn(o0, o1);
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_256(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+        wgmma_commit();
+        // One group stays in flight: the previous k-tile's products are done, so its slot is free.
+        wgmma_wait<1>();
+        if (previous >= 0 && lane == 0) ring.release(previous);
+        previous = stage;
+        if (++stage == L::kStages) stage = 0, phase ^= 1;
       }
+      wgmma_wait<0>();
+      hold(d);
+      if (lane == 0) ring.release(previous);
+
+      store_glu<16>(d, act, out, n, row + warp * 16 + lane / 4, col, lane);
     }
   }
+  // No block leaves while a peer may still write into its ring or arrive on its barriers.
+  if (L::kRanks > 1) cluster_sync();
 }
 
+template <class L>
 void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
-  launch<L>(glu_gemm_kernel, maps, act, out, m, n, k, sms);
+  launch<L>(glu_gemm_kernel<L>, maps, act, out, m, n, k, sms);
 }
 
 }  // namespace cooperative
 
-// ---------------------------------------------------------------- 03: ping-pong consumers
+// ---------------------------------------------------------------- 03, 05: ping-pong consumers
 
 // Each consumer warpgroup owns every other tile of the block's list, whole: 128 rows × 64
 // outputs, that is two wgmma m64n128k16 a K step (rows 0-63 and 64-127) against 64 gate
@@ -368,82 +485,73 @@ void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
 // come, so the second warpgroup's products start as the first's run out of stages, and
 // each warpgroup's epilogue overlaps the other's products. Stage g of the block (tile i of
 // its list, k-tile kt: g = i·k_tiles + kt) sits in slot g % kStages, phase g / kStages.
+// 03 alone; 05 in clusters of two, as 04 (24 KiB a stage from L2 where 03 reads 32).
 namespace pingpong {
 
 using namespace hopper;
 
-using L = Layout<128, 64, 6, 2>;  // 128 × 64 outputs a warpgroup; stages of 32 KiB: 64 gate rows, then 64 up rows
+using L03 = Layout<128, 64, 6, 2, 1>;  // 128 × 64 outputs a warpgroup; stages of 32 KiB: 64 gate rows, then 64 up rows
+using L05 = Layout<128, 64, 6, 2, 2>;
 
+template <class L>
 __global__ void __launch_bounds__(L::kThreads, 1)
     glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
                     const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
   extern __shared__ unsigned char smem_raw[];
   const Ring<L> ring(smem_raw, 4);  // 4: one warpgroup's warps
-  uint64_t* turn = ring.other;      // [2]: turn[c], the other warpgroup has waited out its tile's stages
+  const Schedule<L> tiles(m, n);
+  uint64_t* turn = ring.other;  // [2]: turn[c], the other warpgroup has waited out its tile's stages
   const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
-  const int tiles_n = n / L::kBN, tiles = (m / L::kBM) * tiles_n, k_tiles = k / kBK;
+  const int k_tiles = k / kBK;
   if (group == 0) {
-    if (threadIdx.x == 0) ring.produce(&tx, &tg, &tu, tiles, tiles_n, k_tiles);
-    return;
-  }
-
-  const int mine = group - 1;  // tiles mine, mine + 2, ... of the block's list
-  float d0[64], d1[64];        // rows 0-63 and 64-127 of the tile
-  for (int i = mine, t = int(blockIdx.x) + mine * int(gridDim.x); t < tiles; i += 2, t += 2 * int(gridDim.x)) {
-    const int row = t / tiles_n * L::kBM, col = t % tiles_n * L::kBN;
-    // A stage's barrier tells phases apart only by parity. Waiting for stage g is safe once
-    // the load before it in the same slot (stage g - L::kStages) has completed; tile i's
-    // stages follow tile i - 1's, which the other warpgroup waits out: its ((i - 1) / 2)-th
-    // signal on turn[mine].
-    if (i > 0) bar_wait(&turn[mine], unsigned((i - 1) / 2) & 1);
-    int previous = -1;
-    for (int kt = 0; kt < k_tiles; ++kt) {
-      const int g = i * k_tiles + kt, slot = g % L::kStages;
-      bar_wait(&ring.full[slot], unsigned(g / L::kStages) & 1);
-      unsigned char* s = ring.stage(slot);
-      const uint64_t a0 = descriptor(s), a1 = descriptor(s + 64 * 128), b = descriptor(s + L::kABytes);
-      wgmma_fence();
+    if (threadIdx.x == 0) ring.produce(&tx, &tg, &tu, tiles, k_tiles);
+  } else {
+    const int mine = group - 1;  // tiles mine, mine + 2, ... of the block's list
+    float d0[64], d1[64];        // rows 0-63 and 64-127 of the tile
+    for (int i = mine, t = tiles.first + mine * tiles.step; t < tiles.count; i += 2, t += 2 * tiles.step) {
+      const int row = tiles.row(t), col = tiles.col(t);
+      // A stage's barrier tells phases apart only by parity. Waiting for stage g is safe once
+      // the load before it in the same slot (stage g - L::kStages) has completed; tile i's
+      // stages follow tile i - 1's, which the other warpgroup waits out: its ((i - 1) / 2)-th
+      // signal on turn[mine].
+      if (i > 0) bar_wait(&turn[mine], unsigned((i - 1) / 2) & 1);
+      int previous = -1;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        const int g = i * k_tiles + kt, slot = g % L::kStages;
+        bar_wait(&ring.full[slot], unsigned(g / L::kStages) & 1);
+        unsigned char* s = ring.stage(slot);
+        const uint64_t a0 = descriptor(s), a1 = descriptor(s + 64 * 128), b = descriptor(s + L::kABytes);
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        wgmma_128(d0, a0 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
-        wgmma_128(d1, a1 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<1>();
-      if (previous >= 0 && lane == 0) bar_arrive(&ring.empty[previous]);
-      previous = slot;
-    }
-    // Its loads are all in: the other warpgroup's turn. All four warps first, so that none
-    // of them is still before its own turn wait when the other can signal again (a parity
-    // wait would then miss its phase; a model of the barriers found that interleaving).
-    asm volatile("bar.sync %0, 128;" ::"r"(1 + mine) : "memory");
-    if (threadIdx.x % 128 == 0) bar_arrive(&turn[1 - mine]);
-    wgmma_wait<0>();
-    hold(d0);
-    hold(d1);
-    if (lane == 0) bar_arrive(&ring.empty[previous]);
-
-    // Columns 8j + 2(lane%4) (+1) of the gate (j < 8) and the same columns of up (j + 8).
-    // (Each array by reference: chosen through a pointer, it would go to local memory.)
-    auto store = [&](const float (&d)[64], int r0) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int c = col + 8 * j + 2 * (lane % 4);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float o0 = glu(act, d[4 * j + 2 * h], d[4 * (j + 8) + 2 * h]);
-          const float o1 = glu(act, d[4 * j + 2 * h + 1], d[4 * (j + 8) + 2 * h + 1]);
-          *reinterpret_cast<__nv_bfloat162*>(out + size_t(r0 + 8 * h) * n + c) = __floats2bfloat162_rn(o0, o1);
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+          wgmma_128(d0, a0 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+          wgmma_128(d1, a1 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
         }
+        wgmma_commit();
+        wgmma_wait<1>();
+        if (previous >= 0 && lane == 0) ring.release(previous);
+        previous = slot;
       }
-    };
-    store(d0, row + warp * 16 + lane / 4);
-    store(d1, row + 64 + warp * 16 + lane / 4);
+      // Its loads are all in: the other warpgroup's turn. All four warps first, so that none
+      // of them is still before its own turn wait when the other can signal again (a parity
+      // wait would then miss its phase; a model of the barriers found that interleaving).
+      asm volatile("bar.sync %0, 128;" ::"r"(1 + mine) : "memory");
+      if (threadIdx.x % 128 == 0) bar_arrive(&turn[1 - mine]);
+      wgmma_wait<0>();
+      hold(d0);
+      hold(d1);
+      if (lane == 0) ring.release(previous);
+
+      store_glu<8>(d0, act, out, n, row + warp * 16 + lane / 4, col, lane);
+      store_glu<8>(d1, act, out, n, row + 64 + warp * 16 + lane / 4, col, lane);
+    }
   }
+  if (L::kRanks > 1) cluster_sync();  // as in 04
 }
 
+template <class L>
 void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
-  launch<L>(glu_gemm_kernel, maps, act, out, m, n, k, sms);
+  launch<L>(glu_gemm_kernel<L>, maps, act, out, m, n, k, sms);
 }
 
 }  // namespace pingpong
@@ -478,7 +586,7 @@ double check(Act act, const std::vector<bf16>& hx, const std::vector<bf16>& hg, 
 // wrap), two blocks, so each takes several tiles. The first mismatches are printed with
 // their coordinates: a wrong descriptor, swizzle or register mapping shows as a pattern.
 template <class Run>
-bool check_small(const char* variant, Run&& run) {
+bool check_small(const char* variant, int blocks, Run&& run) {
   const int m = 256, n = 256, k = 512;
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> dist(-1, 1);
@@ -514,8 +622,8 @@ bool check_small(const char* variant, Run&& run) {
         ++bad;
       }
     }
-  std::printf("%s small check (%d x %d, K %d): %zu of %zu outputs off by more than 4 units\n", variant, m, n, k, bad,
-              got.size());
+  std::printf("%s small check (%d x %d, K %d, %d blocks): %zu of %zu outputs off by more than 4 units\n", variant, m,
+              n, k, blocks, bad, got.size());
   for (bf16* p : {x, wg, wu, out}) CHECK(cudaFree(p));
   return bad == 0;
 }
@@ -524,18 +632,26 @@ int main() {
   CHECK_STATUS(cublasCreate(&blas));
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  bool ok = check_small("02", [](const bf16* x, const bf16* wg, const bf16* wu, bf16* out, int m, int n, int k) {
-    cooperative::run(hopper::maps<cooperative::L>(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
-  });
-  ok = check_small("03", [](const bf16* x, const bf16* wg, const bf16* wu, bf16* out, int m, int n, int k) {
-    pingpong::run(hopper::maps<pingpong::L>(x, wg, wu, m, n, k), Act::silu, out, m, n, k, 2);
-  }) && ok;
+  // Two blocks (a cluster of two for 04 and 05), then four (two clusters).
+  bool ok = true;
+  for (int blocks : {2, 4}) {
+    auto small = [&](const char* name, auto run, auto layout) {
+      using L = decltype(layout);
+      ok = check_small(name, blocks, [&](const bf16* x, const bf16* wg, const bf16* wu, bf16* out, int m, int n, int k) {
+        run(hopper::maps<L>(x, wg, wu, m, n, k), Act::silu, out, m, n, k, blocks);
+      }) && ok;
+    };
+    small("02", cooperative::run<cooperative::L02>, cooperative::L02{});
+    small("03", pingpong::run<pingpong::L03>, pingpong::L03{});
+    small("04", cooperative::run<cooperative::L04>, cooperative::L04{});
+    small("05", pingpong::run<pingpong::L05>, pingpong::L05{});
+  }
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1, 1);
   for (const Shape& sh : kShapes) {
     const int m = kM, n = sh.n, k = sh.k;
-    if (m % cooperative::L::kBM || n % cooperative::L::kBN || k % hopper::kBK) {
-      std::printf("  %s: 02 needs M, N and K in whole tiles\n", sh.name);
+    if (m % (2 * cooperative::L04::kBM) || n % cooperative::L04::kBN || k % hopper::kBK) {
+      std::printf("  %s: 04 needs M, N and K in whole tiles\n", sh.name);
       ok = false;
       continue;
     }
@@ -588,10 +704,13 @@ int main() {
         ok = false;
       }
     };
-    const hopper::Maps cm = hopper::maps<cooperative::L>(x, wg, wu, m, n, k),
-                      pm = hopper::maps<pingpong::L>(x, wg, wu, m, n, k);
-    variant("02", [&] { cooperative::run(cm, sh.act, out, m, n, k, sms); });
-    variant("03", [&] { pingpong::run(pm, sh.act, out, m, n, k, sms); });
+    // (02 and 04 share a geometry, and so do 03 and 05: one set of tensor maps each.)
+    const hopper::Maps cm = hopper::maps<cooperative::L02>(x, wg, wu, m, n, k),
+                       pm = hopper::maps<pingpong::L03>(x, wg, wu, m, n, k);
+    variant("02", [&] { cooperative::run<cooperative::L02>(cm, sh.act, out, m, n, k, sms); });
+    variant("03", [&] { pingpong::run<pingpong::L03>(pm, sh.act, out, m, n, k, sms); });
+    variant("04", [&] { cooperative::run<cooperative::L04>(cm, sh.act, out, m, n, k, sms); });
+    variant("05", [&] { pingpong::run<pingpong::L05>(pm, sh.act, out, m, n, k, sms); });
     for (bf16* p : {x, wg, wu, g, u, out}) CHECK(cudaFree(p));
   }
   std::printf(ok ? "all checks passed\n" : "some checks FAILED\n");
