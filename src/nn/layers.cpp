@@ -38,9 +38,11 @@ MLP::MLP(int64_t hidden, int64_t intermediate, Activation act, bool bias)
       act_(act) {}
 
 Array MLP::forward(const Array& x) const {
-  const Array g = gate_proj.forward(x);  // [B, L, I]
   const fast::GluActivation act = act_ == Activation::silu ? fast::GluActivation::silu : fast::GluActivation::gelu_tanh;
-  return down_proj.forward(fast::glu(g, up_proj.forward(x), act));
+  // [B, L, I]: one GEMM with the activation in its epilogue where the backend has one.
+  const Array h = gate_proj.bias ? fast::glu(gate_proj.forward(x), up_proj.forward(x), act)
+                                 : fast::gated_projection(x, gate_proj.weight, up_proj.weight, act);
+  return down_proj.forward(h);
 }
 
 void MLP::visit(const std::string& prefix, const ParamVisitor& fn) {

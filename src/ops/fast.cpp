@@ -30,6 +30,18 @@ void check_glu_args(const Array& gate, const Array& up) {
             " must have one shape and dtype");
 }
 
+void check_gated_projection_args(const Array& x, const Array& w_gate, const Array& w_up) {
+  detail::check_valid(x, "gated_projection");
+  detail::check_valid(w_gate, "gated_projection", "w_gate");
+  detail::check_valid(w_up, "gated_projection", "w_up");
+  detail::check_float(x, "gated_projection");
+  detail::check_same_device(x, w_gate, "gated_projection");
+  detail::check_same_device(x, w_up, "gated_projection");
+  LMX_CHECK(x.ndim() >= 1 && w_gate.ndim() == 2 && w_gate.shape() == w_up.shape() && w_gate.shape(1) == x.shape(-1),
+            "gated_projection", "x ", shape_str(x.shape()), " with weights ", shape_str(w_gate.shape()), " and ",
+            shape_str(w_up.shape()), ": the weights must be [N, K] alike, K the last axis of x");
+}
+
 void check_rope_args(const Array& x, const Array& inv_freq, const Array& offsets) {
   detail::check_valid(x, "rope");
   detail::check_float(x, "rope");
@@ -159,6 +171,21 @@ Array glu(const Array& gate, const Array& up, GluActivation act) {
   return out;
 }
 
+Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act) {
+  check_gated_projection_args(x, w_gate, w_up);
+  if (x.size() > 0 && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
+    const int64_t k = x.shape(-1), n = w_gate.shape(0);
+    const Array rows = contiguous(reshape(x, {-1, k}));  // [R, K]
+    Array out({rows.shape(0), n}, x.dtype(), x.device());  // [R, N]
+    if (detail::kern(x).gated_projection(act, rows, contiguous(w_gate), contiguous(w_up), out)) {
+      Shape shape = x.shape();
+      shape.back() = n;
+      return reshape(out, shape);
+    }
+  }
+  return reference::gated_projection(x, w_gate, w_up, act);
+}
+
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   check_rope_args(x, inv_freq, offsets);
   Array out(x.shape(), x.dtype(), x.device());
@@ -231,6 +258,12 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
 Array glu(const Array& gate, const Array& up, GluActivation act) {
   check_glu_args(gate, up);
   return multiply(act == GluActivation::silu ? silu(gate) : gelu_tanh(gate), up);
+}
+
+// The composition: two GEMMs through transposed views (the weights are not copied), then glu.
+Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act) {
+  check_gated_projection_args(x, w_gate, w_up);
+  return fast::glu(matmul(x, swapaxes(w_gate, 0, 1)), matmul(x, swapaxes(w_up, 0, 1)), act);
 }
 
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style) {

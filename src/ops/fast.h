@@ -56,6 +56,12 @@ enum class GluActivation { silu, gelu_tanh };
 // shape and dtype. One pass instead of two: the MLP's largest element-wise tensors.
 Array glu(const Array& gate, const Array& up, GluActivation act);
 
+// The gated MLP's first half: glu(x·w_gateᵀ, x·w_upᵀ, act) for x [..., K] and the
+// Linear-layout weights w_gate, w_up [N, K] -> [..., N]. A backend may run it as one GEMM
+// with the activation in its epilogue, which never writes the two [..., N] products (same
+// roundings; the activation's own f32 error may move a rare output by one unit).
+Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act);
+
 struct AttentionMask {
   bool causal = true;
   int64_t window = 0;  // > 0: key j is visible to query i only if j > i - window
@@ -92,6 +98,7 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
 namespace reference {
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);
 Array glu(const Array& gate, const Array& up, GluActivation act);
+Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act);
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style);
 Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets);

@@ -101,6 +101,12 @@ class Kernels {
                               const Array& /*out*/) {
     return false;
   }
+  // fast::gated_projection: x [R, K], w_gate and w_up [N, K], out [R, N], all contiguous
+  // and of one float dtype.
+  virtual bool gated_projection(fast::GluActivation, const Array& /*x*/, const Array& /*w_gate*/,
+                                const Array& /*w_up*/, const Array& /*out*/) {
+    return false;
+  }
   // x, y, sum, normed [R, D] contiguous; w and y_w [D] (y_w may be null).
   virtual bool add_rms_norm(const Array& /*x*/, const Array& /*y*/, const Array* /*y_w*/, const Array& /*w*/,
                             float /*eps*/, fast::RmsNormStyle, const Array& /*sum*/, const Array& /*normed*/) {

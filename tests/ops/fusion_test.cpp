@@ -1,5 +1,6 @@
 // The layer fusions (rope_heads: per-head norm + RoPE + transpose; add_rms_norm: residual
-// add + RMSNorm; self_attention: norm + RoPE + causal attention from token order) against
+// add + RMSNorm; self_attention: norm + RoPE + causal attention from token order;
+// gated_projection: the MLP's gate and up GEMMs with the activation) against
 // float64 formulas and against their fast::reference compositions, in every float dtype,
 // at sizes on both sides of the fused kernels' limits (head_dim 256, rows of whole 16-byte
 // vectors, four vectors per thread, 128 tokens).
@@ -7,6 +8,10 @@
 #include <tuple>
 
 #include "harness.h"
+
+#if defined(LMX_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+#endif
 
 namespace lmx::test {
 namespace {
@@ -291,6 +296,96 @@ TEST(SelfAttentionTest, RejectsBadShapes) {
   const fast::HeadNorm n{zeros({8}), 1e-6f, fast::RmsNormStyle::llama};
   a.q_norm = &n;  // without k_norm
   expect_op_error([&] { fast::self_attention(q, kv, kv, a); }, "self_attention");
+}
+
+// ---------------------------------------------------------------- gated_projection
+
+// True where GPU 0 is a Hopper (sm_90), whose backend runs gated_projection as one kernel
+// for bf16 at R >= 256, N % 128 == 0, K % 64 == 0 up to 1,536.
+bool gpu_is_hopper() {
+#if defined(LMX_HAVE_CUDA)
+  cudaDeviceProp p{};
+  return cudaGetDeviceProperties(&p, 0) == cudaSuccess && p.major == 9 && p.minor == 0;
+#else
+  return false;
+#endif
+}
+
+using GatedParam = std::tuple<Dtype, int64_t, int64_t, int64_t>;  // dtype, rows R, K, N
+class GatedProjectionTest : public ::testing::TestWithParam<GatedParam> {};
+
+TEST_P(GatedProjectionTest, MatchesFloat64AndComposition) {
+  const auto [dtype, rows, k, n] = GetParam();
+  const double u = unit_roundoff(dtype);
+  const double w = 3 / std::sqrt(double(k));  // sums of a few units: both activations' curved parts
+  for (Device dev : test_devices()) {
+    const Input x = random_input({rows, k}, dtype, 61 + k, -1, 1, dev);  // [R, K]
+    const Input wg = random_input({n, k}, dtype, 62 + n, -w, w, dev);    // [N, K]
+    const Input wu = random_input({n, k}, dtype, 63 + n, -w, w, dev);    // [N, K]
+    for (auto act : {fast::GluActivation::silu, fast::GluActivation::gelu_tanh}) {
+      // [R, N]: the exact sums, each rounded to the dtype, then glu's two roundings.
+      std::vector<double> want(size_t(rows * n));
+      double largest = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          double g = 0, v = 0;
+          for (int64_t c = 0; c < k; ++c) {
+            g += x.values[size_t(r * k + c)] * wg.values[size_t(j * k + c)];
+            v += x.values[size_t(r * k + c)] * wu.values[size_t(j * k + c)];
+          }
+          g = round_to(dtype, g);
+          const double a = act == fast::GluActivation::silu
+                               ? g / (1 + std::exp(-g))
+                               : 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+          want[size_t(r * n + j)] = round_to(dtype, round_to(dtype, a) * round_to(dtype, v));
+          largest = std::max(largest, std::abs(want[size_t(r * n + j)]));
+        }
+      // f32 sums may round the gate or up to the neighbouring value, the activation's f32
+      // error may move its rounding, and the product rounds once more: a few units. Where
+      // the activation is steep relative to its value (silu, gelu below -2) a unit of the
+      // gate moves the output by several of its own units; such outputs are small, which
+      // the absolute term covers (one unit of the largest output). f32 adds its sums' error.
+      const double rtol = 6 * u, atol = (u + 1e-5) * largest;
+      const Array got = fast::gated_projection(x.array, wg.array, wu.array, act);
+      ASSERT_EQ(got.shape(), (Shape{rows, n}));
+      expect_close(got, want, rtol, atol, "vs float64");
+      expect_close(got, as_doubles(fast::reference::gated_projection(x.array, wg.array, wu.array, act)), rtol, atol,
+                   "vs composition");
+      if (dev.type == Device::Type::cuda && dtype == Dtype::bf16 && rows >= 256 && n % 128 == 0 && k % 64 == 0 &&
+          k <= 1536 && gpu_is_hopper()) {
+        Array out({rows, n}, dtype, dev);
+        ASSERT_TRUE(detail::kernels_for(dev).gated_projection(act, x.array, wg.array, wu.array, out))
+            << "the Hopper kernel declined a shape it takes";
+        expect_close(out, want, rtol, atol, "kernel vs float64");
+      }
+    }
+  }
+}
+
+// Shapes on both sides of the Hopper kernel's limits: a tiny one; rows that end inside a
+// tile pair (300), a ring of 4 stages wrapping within a tile (K 320); more cluster tiles
+// (8 row pairs × 9 columns) than clusters fit at once, so each takes several in turn;
+// and N not a multiple of 128, too few rows or K above 1,536, which it declines.
+INSTANTIATE_TEST_SUITE_P(
+    Ops, GatedProjectionTest,
+    ::testing::Values(GatedParam{Dtype::f32, 3, 8, 5}, GatedParam{Dtype::f16, 3, 8, 5}, GatedParam{Dtype::bf16, 3, 8, 5},
+                      GatedParam{Dtype::f32, 300, 128, 256}, GatedParam{Dtype::bf16, 300, 128, 256},
+                      GatedParam{Dtype::bf16, 512, 320, 384}, GatedParam{Dtype::bf16, 2048, 128, 1152},
+                      GatedParam{Dtype::bf16, 256, 64, 200}, GatedParam{Dtype::bf16, 255, 64, 128},
+                      GatedParam{Dtype::bf16, 256, 1600, 128}),
+    [](const auto& info) {
+      return dtype_param_name(std::get<0>(info.param)) + "_" + std::to_string(std::get<1>(info.param)) + "x" +
+             std::to_string(std::get<2>(info.param)) + "_" + std::to_string(std::get<3>(info.param));
+    });
+
+TEST(GatedProjectionTest, RejectsMismatchedWeights) {
+  expect_op_error([] { fast::gated_projection(zeros({2, 8}), zeros({4, 8}), zeros({5, 8}), fast::GluActivation::silu); },
+                  "gated_projection");
+  expect_op_error([] { fast::gated_projection(zeros({2, 8}), zeros({4, 7}), zeros({4, 7}), fast::GluActivation::silu); },
+                  "gated_projection");
+  expect_op_error(
+      [] { fast::gated_projection(zeros({2, 8}, Dtype::i32), zeros({4, 8}), zeros({4, 8}), fast::GluActivation::silu); },
+      "gated_projection");
 }
 
 }  // namespace

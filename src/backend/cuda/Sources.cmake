@@ -10,7 +10,9 @@ if(LMX_HAVE_CUDA)
   file(GLOB lmx_cuda_srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.cu ${CMAKE_CURRENT_LIST_DIR}/*.cpp)
   list(FILTER lmx_cuda_srcs EXCLUDE REGEX "stub\\.cpp$")
   target_sources(lmx_ops PRIVATE ${lmx_cuda_srcs})
-  set_target_properties(lmx_ops PROPERTIES CUDA_ARCHITECTURES "90-real;90-virtual" CUDA_SEPARABLE_COMPILATION OFF
+  # sm_90a: the Hopper-only instructions (wgmma, TMA multicast) of glu_gemm.cu. The compute_90
+  # PTX keeps the other kernels loadable on later GPUs; there glu_gemm.cu declines at run time.
+  set_target_properties(lmx_ops PROPERTIES CUDA_ARCHITECTURES "90a-real;90-virtual" CUDA_SEPARABLE_COMPILATION OFF
                                            CUDA_STANDARD 20 CUDA_STANDARD_REQUIRED ON)
   # No contraction of a*b+c into FMA: every kernel rounds as the CPU backend's scalar code
   # does, which keeps random() bit-exact and the fused ops within one rounding of the CPU.

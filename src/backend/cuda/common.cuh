@@ -322,4 +322,12 @@ bool is_flat(const Layout<N>& l) {
   return true;
 }
 
+// The launch attribute for clusters of `blocks` blocks along x.
+inline cudaLaunchAttribute cluster_attribute(int blocks) {
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = unsigned(blocks), cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+  return cluster;
+}
+
 }  // namespace lmx::cuda

@@ -78,6 +78,7 @@ Context& context(int device) {
       c->sm_count = prop.multiProcessorCount;
       c->total_memory = prop.totalGlobalMem;
       c->max_smem_per_block = prop.sharedMemPerBlockOptin;
+      c->compute_capability = prop.major * 10 + prop.minor;
       if (prop.canMapHostMemory) {
         void* p = nullptr;
         check(cudaHostAlloc(&p, sizeof(DeviceFault), cudaHostAllocMapped), "cudaHostAlloc");

@@ -41,6 +41,7 @@ struct Context {
   int sm_count = 0;
   size_t total_memory = 0;
   size_t max_smem_per_block = 0;  // dynamic shared memory a kernel may opt in to
+  int compute_capability = 0;     // major · 10 + minor: 90 for the H100 and H200
   // Host-mapped, or null where the device cannot map host memory (then ops that would
   // record faults check on the host, synchronously).
   DeviceFault* fault = nullptr;

@@ -23,6 +23,7 @@
 // compute the dot products, plus the attention phase and each phase's input, which
 // nothing overlaps. The next step is warp specialisation: a producer warp and more
 // consumer warps, synchronised on named barriers.
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
 
@@ -35,34 +36,6 @@ constexpr int kSlots = 5;
 constexpr int kSlotBytes = 32 << 10;
 constexpr int kMaxStageRows = 256;  // rows of one matrix per stage (paired stages hold twice as many)
 constexpr int kStaticSmem = 8 << 10;  // what the kernel's __shared__ variables may take
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void mbarrier_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)));
-}
-// Arms the barrier for `bytes` of copies (the arrival of the one expected thread).
-__device__ __forceinline__ void mbarrier_expect(uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
-        : "memory");
-}
-// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared
-// memory in the background; completion is counted on `bar`.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-}
 
 // Grid-wide barrier on a 64-bit counter that only grows: barrier n of a step waits until
 // base + n·G blocks have arrived. The counter is never reset, so no launch is needed for
@@ -256,8 +229,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   const bool producer_thread = threadIdx.x == kThreads - 32;
   Cursor producer;  // the producer thread's, kSlots stages ahead of the consumers
   if (producer_thread) {
-    for (int i = 0; i < kSlots; ++i) mbarrier_init(&full[i]);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int i = 0; i < kSlots; ++i) mbarrier_init(&full[i], 1);
+    mbarrier_init_fence();
     for (int i = 0; i < kSlots; ++i) issue(table, producer.next(table, s.n_phases), slot_ptr(i), &full[i]);
   }
   __syncthreads();

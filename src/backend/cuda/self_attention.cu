@@ -271,14 +271,6 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
                          out + (int64_t(b) * nl * hq + first_head + task / (row_tiles * splits)) * d, int64_t(hq) * d);
 }
 
-// The launch attribute for clusters of `blocks` blocks along x.
-cudaLaunchAttribute cluster_attribute(int blocks) {
-  cudaLaunchAttribute cluster{};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = unsigned(blocks), cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
-  return cluster;
-}
-
 // Blocks per cluster for a launch of `kernel` with `config` (no attributes yet): `wanted`,
 // or 1 where the device cannot co-schedule clusters that large (each block then works out
 // all of its own angles). On first use per device and kernel it also opts the kernel in

@@ -1,0 +1,294 @@
+// The gated MLP's first half as one GEMM on Hopper (sm_90a): for bf16 x [R, K] and the
+// gate and up weights [N, K], out [R, N] = act(x·gateᵀ) ⊙ (x·upᵀ), rounded as fast::glu
+// rounds it (each product to bf16, the activation to bf16, their product to bf16).
+//
+// Why: composed, two cuBLAS GEMMs write [R, 2N] and the activation pass reads it back and
+// writes [R, N]. In Gemma 3's classification that pass alone took 7.9 of 77 ms. Here the
+// activation runs in the GEMM's epilogue, on registers that hold a gate sum and its up sum
+// at the same positions, and only [R, N] is ever written. bench/kernels/glu_gemm_lab.cu
+// has the variants this one was chosen from (it is the lab's 04) and bench/NOTES.md their
+// figures: 0.86 of the 790 TFLOP/s ceiling on Gemma 3's shape, 12-14% faster than the
+// composition.
+//
+// How (bench/kernels/glu_gemm_lab.cu explains each part at more length):
+//   - persistent: as many blocks as fit, one an SM, in clusters of two; each cluster walks
+//     output tiles of 256 rows (128 a block) × 128 columns, along N first, so that the x
+//     rows a wave needs stay in L2 and every weight row is read from L2, not from memory;
+//   - warpgroup 0's first thread loads, by TMA, 64-wide K slices of the block's 128 x rows
+//     and of 128 gate and 128 up rows into a ring of 4 stages (48 KiB each, 128-byte
+//     swizzle); the cluster's two blocks need the same weight rows, so block 0 loads the
+//     gate's and block 1 up's, each multicast into both (32 KiB a stage from L2, not 48);
+//   - warpgroups 1 and 2 each multiply 64 of the rows by all 256 weight rows with wgmma
+//     m64n256k16: accumulator columns 0-127 are the gate's, 128-255 the matching up's;
+//   - a stage's slot is free again when all 8 consumer warps of both blocks have arrived on
+//     its `empty` barrier (the other block's loads write into it too).
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "backend/cuda/async_copy.cuh"
+#include "backend/cuda/common.cuh"
+
+namespace lmx::cuda {
+namespace {
+
+constexpr int kBM = 128;        // x rows a block: 64 a consumer warpgroup
+constexpr int kBN = 128;        // outputs a tile: 128 gate and 128 up rows a stage
+constexpr int kBK = 64;         // K a stage: one 128-byte swizzle row
+constexpr int kStages = 4;
+constexpr int kRanks = 2;       // blocks a cluster
+constexpr int kThreads = 384;   // warpgroup 0 loads; 1 and 2 multiply
+constexpr int kABytes = kBM * kBK * 2;
+constexpr int kBBytes = 2 * kBN * kBK * 2;
+constexpr int kStageBytes = kABytes + kBBytes;
+constexpr size_t kSmem = size_t(kStages) * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers, alignment
+constexpr int64_t kMinRows = 256;  // below a tile pair, cuBLAS and the activation pass
+// The kernel's products run at about 0.88 of cuBLAS's (its epilogue stalls the tensor
+// cores), and what it saves, the activation pass, is a share of the work that falls as 1/K.
+// Measured in classification (1,024 × 32 tokens): K 1,024 (Qwen3) +2.5%, K 1,152 (Gemma 3)
+// +1.5%, K 2,048 (Llama 3.2 1B) -3%. Above this K the composition is faster.
+constexpr int64_t kMaxK = 1536;
+
+// The device code exists only in the sm_90a build (elsewhere the kernel is an empty shell).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// act(g) in a few instructions: gelu_tanh(g) = ½g(1 + tanh(u)) = g·σ(2u) with
+// u = √(2/π)(g + 0.044715g³), and silu(g) = g·σ(g), from the hardware's exp2 and reciprocal.
+// Their error (a few f32 units) is far below the bf16 rounding that follows, and the σ form
+// has no cancellation for negative g, where 1 + tanh(u) loses digits. The epilogue is
+// bound by instruction issue: tanhf's longer sequence made it a fifth of the kernel's time.
+__device__ __forceinline__ float activate(fast::GluActivation act, float g) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float t = act == fast::GluActivation::silu
+                      ? g * -kLog2e
+                      : g * fmaf(0.044715f * g, g, 1.0f) * (-1.5957691216057308f * kLog2e);
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(t));
+  return __fdividef(g, 1.0f + e);  // 0, the limit, where e is infinite
+}
+
+// Two neighbouring outputs from their f32 gate and up sums, the conversions paired.
+__device__ __forceinline__ __nv_bfloat162 glu_pair(fast::GluActivation act, float g0, float g1, float u0, float u1) {
+  const float2 g = __bfloat1622float2(__floats2bfloat162_rn(g0, g1));
+  const float2 u = __bfloat1622float2(__floats2bfloat162_rn(u0, u1));
+  const float2 a = __bfloat1622float2(__floats2bfloat162_rn(activate(act, g.x), activate(act, g.y)));
+  return __floats2bfloat162_rn(a.x * u.x, a.y * u.y);
+}
+
+// The shared-memory matrix descriptor of a K-major tile in 128-byte swizzle: rows of 128
+// bytes, 8-row groups 1,024 bytes apart. Adding 2 moves its start by 32 bytes (16 values
+// of K) within the swizzle row.
+__device__ __forceinline__ uint64_t descriptor(const void* tile) {
+  uint64_t d = (smem_addr(tile) & 0x3FFFF) >> 4;
+  d |= uint64_t(1) << 16;          // leading byte offset: unused for swizzled K-major tiles
+  d |= uint64_t(1024 >> 4) << 32;  // stride byte offset
+  d |= uint64_t(1) << 62;          // 128-byte swizzle
+  return d;
+}
+
+// d += A·Bᵀ (d = A·Bᵀ where scale_d is 0) for A [64, 16] and B [256, 16], both K-major in
+// shared memory, bf16 in, f32 accumulated. Warp w of the warpgroup holds rows 16w + lane/4
+// and that + 8; registers 4j..4j+3 hold columns 8j + 2(lane%4) and the next, of both rows.
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+#define LMX_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+                  "+f"(d[i + 6]), "+f"(d[i + 7])
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+      "%128, %129, p, 1, 1, 0, 0;\n}\n"
+      : LMX_D8(0), LMX_D8(8), LMX_D8(16), LMX_D8(24), LMX_D8(32), LMX_D8(40), LMX_D8(48), LMX_D8(56), LMX_D8(64),
+        LMX_D8(72), LMX_D8(80), LMX_D8(88), LMX_D8(96), LMX_D8(104), LMX_D8(112), LMX_D8(120)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+#undef LMX_D8
+}
+
+// The cluster's tiles in order: tile t is rows (t / tiles_n · 2 + rank) · kBM of this block,
+// columns t % tiles_n · kBN; both blocks of a cluster take the same columns.
+struct Schedule {
+  int tiles_n, count, first, step, rank;
+  __device__ Schedule(int m, int n)
+      : tiles_n(n / kBN),
+        count((m + kRanks * kBM - 1) / (kRanks * kBM) * tiles_n),
+        first(int(blockIdx.x) / kRanks),
+        step(int(gridDim.x) / kRanks),
+        rank(int(blockIdx.x) % kRanks) {}
+  __device__ int row(int t) const { return (t / tiles_n * kRanks + rank) * kBM; }
+  __device__ int col(int t) const { return t % tiles_n * kBN; }
+};
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// x [m, k], the gate and up [n, k] through their tensor maps; out [m, n] row-major.
+// n a multiple of kBN, k of kBK; rows past m are read as zeros and not stored.
+__global__ void __launch_bounds__(kThreads, 1)
+    glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
+                    const __grid_constant__ CUtensorMap tu, fast::GluActivation act, bfloat_t* out, int m, int n,
+                    int k) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  // The ring (swizzled tiles start on 1,024-byte boundaries), then full[kStages] (loaded)
+  // and empty[kStages] (consumed by the 8 consumer warps of both blocks).
+  unsigned char* ring = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(ring + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) mbarrier_init(&full[s], 1), mbarrier_init(&empty[s], 8 * kRanks);
+    mbarrier_init_fence();
+  }
+  cluster_sync();  // the peer's loads and arrivals may reach these barriers from now on
+  const Schedule tiles(m, n);
+  const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
+  const int k_tiles = k / kBK;
+  if (group == 0) {
+    if (threadIdx.x == 0) {  // the producer: every stage of the block's tiles, in order
+      int slot = 0;
+      unsigned phase = 0;
+      for (int t = tiles.first; t < tiles.count; t += tiles.step)
+        for (int kt = 0; kt < k_tiles; ++kt) {
+          mbarrier_wait(&empty[slot], phase ^ 1);  // the first round finds every slot free
+          unsigned char* s = ring + slot * kStageBytes;
+          mbarrier_expect(&full[slot], kStageBytes);
+          tensor_copy(s, &tx, &full[slot], kt * kBK, tiles.row(t));
+          tensor_multicast(s + kABytes + tiles.rank * kBBytes / 2, tiles.rank ? &tu : &tg, &full[slot], kt * kBK,
+                           tiles.col(t), (1 << kRanks) - 1);
+          if (++slot == kStages) slot = 0, phase ^= 1;
+        }
+    }
+  } else {
+    const int half = group - 1;  // this warpgroup's 64 rows of the block's 128
+    float d[128];                // [64 rows, 128 gate | 128 up] in the m64n256 layout
+    int slot = 0;
+    unsigned phase = 0;
+    auto release = [&](int s) {  // this warp is done with slot s, in both blocks' rings
+      if (lane == 0)
+        for (int r = 0; r < kRanks; ++r) mbarrier_arrive_at(&empty[s], unsigned(r));
+    };
+    for (int t = tiles.first; t < tiles.count; t += tiles.step) {
+      int previous = -1;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        mbarrier_wait(&full[slot], phase);
+        const unsigned char* s = ring + slot * kStageBytes;
+        const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + kABytes);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n256k16(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        // One group stays in flight: the previous stage's products are done, so its slot is free.
+        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        if (previous >= 0) release(previous);
+        previous = slot;
+        if (++slot == kStages) slot = 0, phase ^= 1;
+      }
+      asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+#pragma unroll
+      for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");  // no use of d before the wait
+      release(previous);
+
+      // Rows r0 and r0 + 8; gate columns 8j + 2(lane%4) (+1) in registers 4j.., up's at 4(j + 16)..
+      const int r0 = tiles.row(t) + half * 64 + warp * 16 + lane / 4, col = tiles.col(t);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int c = col + 8 * j + 2 * (lane % 4);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int gi = 4 * j + 2 * h, ui = 4 * (j + 16) + 2 * h;
+          if (r0 + 8 * h < m)
+            *reinterpret_cast<__nv_bfloat162*>(out + size_t(r0 + 8 * h) * n + c) =
+                glu_pair(act, d[gi], d[gi + 1], d[ui], d[ui + 1]);
+        }
+      }
+    }
+  }
+  cluster_sync();  // no block leaves while its peer may still load into its ring or arrive on its barriers
+#else
+  __trap();  // built for sm_90a only; the host never launches it elsewhere
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    (void)cudaGetLastError();
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A row-major bf16 [rows, cols] array read in boxes of `box_rows` × kBK, 128-byte swizzled.
+bool tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int box_rows) {
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(box_rows)}, steps[2] = {1, 1};
+  return encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, steps,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// Blocks that fit at once, in whole clusters; asked of the driver once per device.
+int resident_blocks(const Context& ctx, cudaLaunchConfig_t config) {
+  static std::mutex mu;
+  static int known[64] = {};
+  std::lock_guard lock(mu);
+  int& blocks = known[ctx.device % 64];
+  if (blocks == 0) {
+    const void* kernel = reinterpret_cast<const void*>(glu_gemm_kernel);
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)),
+          "cudaFuncSetAttribute");
+    config.gridDim = dim3(unsigned(ctx.sm_count / kRanks * kRanks));
+    int clusters = 0;
+    check(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config), "cudaOccupancyMaxActiveClusters");
+    blocks = std::max(clusters, 1) * kRanks;
+  }
+  return blocks;
+}
+
+}  // namespace
+
+bool gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
+                      const Array& w_up, const Array& out) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("LMX_GLU_GEMM");
+    return !v || std::strcmp(v, "0") != 0;
+  }();
+  const int64_t m = x.shape(0), k = x.shape(1), n = w_gate.shape(0);
+  auto aligned = [](const Array& a) { return reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0; };
+  if (!enabled || ctx.compute_capability != 90 || size_t(ctx.max_smem_per_block) < kSmem) return false;
+  if (x.dtype() != Dtype::bf16 || w_gate.dtype() != Dtype::bf16 || w_up.dtype() != Dtype::bf16) return false;
+  if (m < kMinRows || m > INT32_MAX || n % kBN != 0 || n > INT32_MAX || k % kBK != 0 || k > kMaxK) return false;
+  if (!aligned(x) || !aligned(w_gate) || !aligned(w_up) || !aligned(out) || !encode_tiled()) return false;
+  CUtensorMap tx, tg, tu;
+  if (!tensor_map(tx, x.raw(), m, k, kBM) || !tensor_map(tg, w_gate.raw(), n, k, kBN) ||
+      !tensor_map(tu, w_up.raw(), n, k, kBN))
+    return false;
+  cudaLaunchConfig_t config{};
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmem;
+  config.stream = ctx.stream;
+  cudaLaunchAttribute cluster = cluster_attribute(kRanks);
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  const int64_t cluster_tiles = (m + kRanks * kBM - 1) / (kRanks * kBM) * (n / kBN);
+  config.gridDim = dim3(unsigned(std::min<int64_t>(cluster_tiles * kRanks, resident_blocks(ctx, config))));
+  check(cudaLaunchKernelEx(&config, glu_gemm_kernel, tx, tg, tu, act, static_cast<bfloat_t*>(out.raw()), int(m),
+                           int(n), int(k)),
+        "glu_gemm_kernel");
+  check_launch("glu_gemm_kernel");
+  return true;
+}
+
+}  // namespace lmx::cuda
