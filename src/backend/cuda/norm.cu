@@ -76,8 +76,16 @@ __device__ __forceinline__ void rms_in_registers(float (&v)[kC][kVecElems<T>], c
   const float r = 1.0f / ::sqrtf(block_reduce(ss, Sum{}) / float(d) + eps);
   for (int c = 0; c < kC; ++c) {
     const int64_t at = (threadIdx.x + c * int64_t(blockDim.x)) * kE;
-    if (at < d)
-      for (int i = 0; i < kE; ++i) v[c][i] = rms_scaled<kKind, T>(v[c][i], r, to_float(w[at + i]));
+    if (at >= d) continue;
+    // The weights as one vector where they share the row's dtype (the usual case): the
+    // kernel is bound by instruction issue, and element loads took one each.
+    float wv[kE];
+    if constexpr (std::is_same_v<W, T>) {
+      load_vec(w + at, wv);
+    } else {
+      for (int i = 0; i < kE; ++i) wv[i] = to_float(w[at + i]);
+    }
+    for (int i = 0; i < kE; ++i) v[c][i] = rms_scaled<kKind, T>(v[c][i], r, wv[i]);
   }
 }
 
@@ -121,7 +129,7 @@ bool run_residual_rms(const Context& ctx, const Array* x, const Array& y, const 
   if (d == 0 || y.size() == 0) return true;
   const int64_t rows = y.size() / d, vec = 16 / int64_t(itemsize(y.dtype()));
   if (d % vec != 0 || rows > int64_t(INT32_MAX) || !is_float(y.dtype())) return false;
-  for (const Array* a : {x, &y, sum, &normed})
+  for (const Array* a : {x, &y, sum, &normed, &w, y_w})  // (the weights are read as vectors too)
     if (a && !aligned16(*a)) return false;
   const int64_t nvec = d / vec;
   const int threads = nvec >= kBlock ? kBlock : int((nvec + 31) / 32 * 32);

@@ -129,40 +129,47 @@ __device__ __forceinline__ void attend(const T* qh, const T* ks, const T* vs, in
       pr[n][h] = pack2<T>(s[n][2 * h] != 0 ? s[n][2 * h] / sum[h] : 0.0f,  // (a NaN still divides)
                           s[n][2 * h + 1] != 0 ? s[n][2 * h + 1] / sum[h] : 0.0f);
 
-  // Output p·v over 16 keys a step, 16 columns per ldmatrix.
-  float o[kMaxCols / 8][4];
+  // Output p·v over 16 keys a step, 16 columns per ldmatrix, kMaxCols columns (the
+  // accumulators) at a time: the scores and probabilities above serve all of the task's
+  // columns, so wide heads do not compute them once per slice.
+  for (int slice = c0; slice < c0 + cols; slice += kMaxCols) {
+    const int width = ::min(kMaxCols, c0 + cols - slice);
+    float o[kMaxCols / 8][4];
 #pragma unroll
-  for (int c = 0; c < kMaxCols / 8; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0;
+    for (int c = 0; c < kMaxCols / 8; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0;
 #pragma unroll
-  for (int n = 0; n < kKeyTiles; n += 2) {
-    if (n >= key_tiles) break;
-    const uint32_t a[4] = {pr[n][0], pr[n][1], pr[n + 1][0], pr[n + 1][1]};
+    for (int n = 0; n < kKeyTiles; n += 2) {
+      if (n >= key_tiles) break;
+      const uint32_t a[4] = {pr[n][0], pr[n][1], pr[n + 1][0], pr[n + 1][1]};
 #pragma unroll
-    for (int c = 0; c < kMaxCols / 8; c += 2) {
-      if (c * 8 >= cols) break;
-      uint32_t vb[4];  // values as B, transposed: matrices (columns 0-7, 8-15) × (keys 0-7, 8-15)
-      ldmatrix_x4_trans(vb, vs + (n * 8 + mat % 2 * 8 + mrow) * ld + c0 + c * 8 + mat / 2 * 8);
-      mma_16816<T>(o[c], a, vb[0], vb[1]);
-      mma_16816<T>(o[c + 1], a, vb[2], vb[3]);
+      for (int c = 0; c < kMaxCols / 8; c += 2) {
+        if (c * 8 >= width) break;
+        uint32_t vb[4];  // values as B, transposed: matrices (columns 0-7, 8-15) × (keys 0-7, 8-15)
+        ldmatrix_x4_trans(vb, vs + (n * 8 + mat % 2 * 8 + mrow) * ld + slice + c * 8 + mat / 2 * 8);
+        mma_16816<T>(o[c], a, vb[0], vb[1]);
+        mma_16816<T>(o[c + 1], a, vb[2], vb[3]);
+      }
     }
-  }
 
-  // Rounded to T through the warp's staging tile, then to global memory 16 bytes a lane.
+    // Rounded to T through the warp's staging tile, then to global memory 16 bytes a lane.
 #pragma unroll
-  for (int c = 0; c < kMaxCols / 8; ++c) {
-    if (c * 8 >= cols) break;
+    for (int c = 0; c < kMaxCols / 8; ++c) {
+      if (c * 8 >= width) break;
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
-      *reinterpret_cast<uint32_t*>(stage + (lane / 4 + h * 8) * lo + c * 8 + quad * 2) = pack2<T>(o[c][2 * h], o[c][2 * h + 1]);
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<uint32_t*>(stage + (lane / 4 + h * 8) * lo + c * 8 + quad * 2) =
+            pack2<T>(o[c][2 * h], o[c][2 * h + 1]);
+    }
+    __syncwarp();
+    constexpr int kE = kVecElems<T>;
+    const int vecs = width / kE;
+    for (int i = lane; i < kTile * vecs; i += 32) {
+      const int r = i / vecs, c = i % vecs * kE, l = rt * kTile + r;
+      if (l < nl)
+        *reinterpret_cast<uint4*>(out + l * out_stride + slice + c) = *reinterpret_cast<const uint4*>(stage + r * lo + c);
+    }
+    __syncwarp();
   }
-  __syncwarp();
-  constexpr int kE = kVecElems<T>;
-  const int vecs = cols / kE;
-  for (int i = lane; i < kTile * vecs; i += 32) {
-    const int r = i / vecs, c = i % vecs * kE, l = rt * kTile + r;
-    if (l < nl) *reinterpret_cast<uint4*>(out + l * out_stride + c0 + c) = *reinterpret_cast<const uint4*>(stage + r * lo + c);
-  }
-  __syncwarp();
 }
 
 template <class T, class W, bool kGemmaNorm, int kKeyTiles>
@@ -337,10 +344,12 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   const SmemPlan plan(int(nl), int(d), int(group / parts));
   if (plan.bytes > size_t(ctx.max_smem_per_block) || nb * hkv * parts > int64_t(INT32_MAX)) return false;
   const int lanes = rope_lanes(d / 2, 8, 2);
-  // A warp task's output columns: at most kMaxCols (its accumulators), whole 16-column
-  // steps, and split further while that keeps more of the 8 warps busy.
+  // A warp task's output columns: the whole head (kMaxCols at a time), split into whole
+  // 16-column steps while that keeps more of the 8 warps busy. Split tasks each compute
+  // the same scores, which for Gemma 3's 256-wide heads had cost most of the kernel: a
+  // task takes the whole width unless the warps would idle.
   const int64_t row_tiles = (nl + kTile - 1) / kTile, heads = group / parts;
-  int64_t splits = (d + kMaxCols - 1) / kMaxCols;
+  int64_t splits = 1;
   while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps) splits *= 2;
   if (d % (splits * kTile) != 0) return false;
   // A row's blocks (hkv × parts consecutive ones) share the angles in clusters of up to 8,
