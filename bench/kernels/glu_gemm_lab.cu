@@ -286,16 +286,19 @@ struct Maps {
 };
 
 // A variant's geometry: kBM rows of x and kBN rows each of the gate and up a stage (gate
-// rows first), kStages stages, kTurns extra barriers after the ring's, and clusters of
-// kRanks blocks that share each stage's weight rows (1: no cluster).
-template <int kBM_, int kBN_, int kStages_, int kTurns_, int kRanks_>
+// rows first), kStages stages, kTurns extra barriers after the ring's, clusters of kRanks
+// blocks that share each stage's weight rows (1: no cluster), and kExtra bytes of shared
+// memory after the ring for the variant's own use.
+template <int kBM_, int kBN_, int kStages_, int kTurns_, int kRanks_, int kExtra_ = 0>
 struct Layout {
   static constexpr int kBM = kBM_, kBN = kBN_, kStages = kStages_, kTurns = kTurns_, kRanks = kRanks_;
+  static constexpr int kExtra = kExtra_;
   static constexpr int kThreads = 384;  // warpgroup 0 loads; 1 and 2 multiply
   static constexpr int kABytes = kBM * kBK * 2;
   static constexpr int kBBytes = 2 * kBN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr size_t kSmem = size_t(kStages) * kStageBytes + (2 * kStages + kTurns) * 8 + 1024;  // + alignment
+  static constexpr size_t kSmem =
+      size_t(kStages) * kStageBytes + kExtra + (2 * kStages + kTurns) * 8 + 1024;  // + alignment
   static_assert(kRanks == 1 || kRanks == 2, "a cluster's blocks split the weight rows: the gate, and up");
 };
 
@@ -325,7 +328,7 @@ struct Ring {
   uint64_t *full, *empty, *other;
   __device__ Ring(unsigned char* raw, unsigned consumers) {
     stages = raw + ((1024 - (smem_addr(raw) & 1023)) & 1023);
-    full = reinterpret_cast<uint64_t*>(stages + L::kStages * L::kStageBytes);
+    full = reinterpret_cast<uint64_t*>(stages + L::kStages * L::kStageBytes + L::kExtra);
     empty = full + L::kStages;
     other = empty + L::kStages;
     if (threadIdx.x == 0) {
@@ -556,6 +559,114 @@ void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
 
 }  // namespace pingpong
 
+// ---------------------------------------------------------------- 06: the epilogue in other warps
+
+// 04 with the activation moved off the warpgroups that own the tensor cores. At a tile's
+// end each consumer thread only rounds its gate and up sums to bf16 and writes the pairs to
+// a staging tile in shared memory, then goes on to the next tile's products; warps 1-3 of
+// warpgroup 0 (idle in 04: only thread 0 loads) activate the staged tile and store it while
+// those products run. In 04 the epilogue (two MUFU operations and about 14 instructions an
+// output) left the tensor cores idle for about a tenth of each tile. The staging tile
+// (128 rows × 64 column pairs × 8 bytes, rows padded by 32 bytes against bank conflicts)
+// leaves room for 3 stages of the ring, not 4.
+namespace staged {
+
+using namespace hopper;
+
+constexpr int kRowBytes = 64 * 8 + 32;                // a staged row: 64 × {gate pair, up pair}, padded
+constexpr int kStagingBytes = 128 * kRowBytes + 16;   // + the two barriers below
+using L06 = Layout<128, 128, 3, 0, 2, kStagingBytes>;
+constexpr int kWorkers = 96;  // warps 1-3
+
+__global__ void __launch_bounds__(L06::kThreads, 1)
+    glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
+                    const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
+  using L = L06;
+  extern __shared__ unsigned char smem_raw[];
+  const Ring<L> ring(smem_raw, 8);
+  unsigned char* staging = ring.stages + L::kStages * L::kStageBytes;
+  // staged: all 256 consumer threads have written the tile; drained: the 96 workers have read it.
+  uint64_t* staged = reinterpret_cast<uint64_t*>(staging + 128 * kRowBytes);
+  uint64_t* drained = staged + 1;
+  if (threadIdx.x == 0) bar_init(staged, 256), bar_init(drained, kWorkers);
+  __syncthreads();
+  const Schedule<L> tiles(m, n);
+  const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
+  const int k_tiles = k / kBK;
+  if (group == 0) {
+    if (threadIdx.x == 0) {
+      ring.produce(&tx, &tg, &tu, tiles, k_tiles);
+    } else if (threadIdx.x >= 32) {
+      // Workers: four pairs (8 outputs, 16 bytes of output) a step, along rows.
+      const int me = int(threadIdx.x) - 32;
+      int i = 0;
+      for (int t = tiles.first; t < tiles.count; t += tiles.step, ++i) {
+        bar_wait(staged, unsigned(i) & 1);
+        const int row = tiles.row(t), col = tiles.col(t);
+        for (int q = me; q < 128 * 16; q += kWorkers) {
+          const int r = q / 16, p = q % 16 * 4;  // row in the tile, first pair
+          const uint4* src = reinterpret_cast<const uint4*>(staging + r * kRowBytes + p * 8);
+          const uint4 a = src[0], b = src[1];  // {g01, u01, g23, u23}, {g45, u45, g67, u67}
+          auto pair = [&](uint32_t g2, uint32_t u2) {
+            const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&g2));
+            const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u2));
+            const float2 a2 = __bfloat1622float2(__floats2bfloat162_rn(activate_fast(act, g.x), activate_fast(act, g.y)));
+            const __nv_bfloat162 o = __floats2bfloat162_rn(a2.x * u.x, a2.y * u.y);
+            return *reinterpret_cast<const uint32_t*>(&o);
+          };
+          const uint4 o = make_uint4(pair(a.x, a.y), pair(a.z, a.w), pair(b.x, b.y), pair(b.z, b.w));
+          if (row + r < m) *reinterpret_cast<uint4*>(out + size_t(row + r) * n + col + 2 * p) = o;
+        }
+        bar_arrive(drained);
+      }
+    }
+  } else {
+    const int half = group - 1;
+    float d[128];
+    int stage = 0, i = 0;
+    unsigned phase = 0;
+    for (int t = tiles.first; t < tiles.count; t += tiles.step, ++i) {
+      int previous = -1;
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        bar_wait(&ring.full[stage], phase);
+        unsigned char* s = ring.stage(stage);
+        const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + L::kABytes);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_256(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+        wgmma_commit();
+        wgmma_wait<1>();
+        if (previous >= 0 && lane == 0) ring.release(previous);
+        previous = stage;
+        if (++stage == L::kStages) stage = 0, phase ^= 1;
+      }
+      wgmma_wait<0>();
+      hold(d);
+      if (lane == 0) ring.release(previous);
+      bar_wait(drained, (unsigned(i) & 1) ^ 1);  // the workers have read the previous tile
+      // Rows r and r + 8 of the tile; gate pair j at registers 4j + 2h, up's at 4(j + 16) + 2h.
+      const int r = half * 64 + warp * 16 + lane / 4;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const __nv_bfloat162 g = __floats2bfloat162_rn(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+          const __nv_bfloat162 u = __floats2bfloat162_rn(d[4 * (j + 16) + 2 * h], d[4 * (j + 16) + 2 * h + 1]);
+          *reinterpret_cast<uint2*>(staging + (r + 8 * h) * kRowBytes + (4 * j + lane % 4) * 8) =
+              make_uint2(*reinterpret_cast<const uint32_t*>(&g), *reinterpret_cast<const uint32_t*>(&u));
+        }
+      bar_arrive(staged);
+    }
+  }
+  cluster_sync();
+}
+
+void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
+  launch<L06>(glu_gemm_kernel, maps, act, out, m, n, k, sms);
+}
+
+}  // namespace staged
+
 // ---------------------------------------------------------------- checks and timing
 
 // Largest error of sampled outputs against the float64 formula, in units of the output's
@@ -645,6 +756,7 @@ int main() {
     small("03", pingpong::run<pingpong::L03>, pingpong::L03{});
     small("04", cooperative::run<cooperative::L04>, cooperative::L04{});
     small("05", pingpong::run<pingpong::L05>, pingpong::L05{});
+    small("06", staged::run, staged::L06{});
   }
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1, 1);
@@ -711,6 +823,7 @@ int main() {
     variant("03", [&] { pingpong::run<pingpong::L03>(pm, sh.act, out, m, n, k, sms); });
     variant("04", [&] { cooperative::run<cooperative::L04>(cm, sh.act, out, m, n, k, sms); });
     variant("05", [&] { pingpong::run<pingpong::L05>(pm, sh.act, out, m, n, k, sms); });
+    variant("06", [&] { staged::run(cm, sh.act, out, m, n, k, sms); });
     for (bf16* p : {x, wg, wu, g, u, out}) CHECK(cudaFree(p));
   }
   std::printf(ok ? "all checks passed\n" : "some checks FAILED\n");

@@ -27,6 +27,9 @@ __device__ __forceinline__ void mbarrier_expect(uint64_t* bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
                : "memory");
 }
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
 // An arrival on the barrier at `bar`'s offset in the shared memory of cluster block `rank`
 // (this block's own included). It releases at block scope: callers use it to free a slot
 // they only read, and a cluster-scope release would also wait for their global stores.
