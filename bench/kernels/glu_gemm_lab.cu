@@ -12,8 +12,8 @@
 // (compute_90a: wgmma exists only in the sm_90a target; plain -arch=sm_90a also emits
 // compute_90 PTX, which cannot hold it.)
 //
-// Variants:
-//   01  cublasGemmEx for the gate and for up, then the activation pass (what lmx runs)
+// Variants (bench/NOTES.md has their figures; src/backend/cuda/glu_gemm.cu is 06):
+//   01  cublasGemmEx for the gate and for up, then the activation pass (the composition)
 //   02  one persistent kernel: a producer thread loads 128 × 64 tiles of x and of the gate's
 //       and up's rows by TMA into a ring of 4 stages (128-byte swizzle); two consumer
 //       warpgroups each multiply 64 rows by the stage's 256 weight rows with wgmma
@@ -23,10 +23,15 @@
 //   03  the same parts with the consumers on alternate tiles of 128 rows × 64 outputs
 //       (two wgmma m64n128k16 a K step, 64 gate and 64 up columns): one warpgroup's
 //       epilogue overlaps the other's products; a ring of 6 stages of 32 KiB.
-// 02 and 03 are first checked at every output of a small problem against float64. Then each
-// variant is checked on sampled outputs against float64, and 02 and 03 against 01 at every
-// output; prints microseconds, TFLOP/s (2·M·2N·K) and the ratio to 790. Exits 1 if a
-// check fails.
+//   04  02 in clusters of two blocks on neighbouring rows: each loads half of a stage's
+//       weight rows (the gate's or up's) by TMA multicast into both.
+//   05  03 in clusters of two, likewise.
+//   06  04 with the epilogue in warps 1-3 of the loading warpgroup: the consumers stage
+//       rounded (gate, up) pairs in shared memory and go on to the next tile.
+// 02-06 are first checked at every output of a small problem against float64, with two
+// blocks and with four. Then each variant is checked on sampled outputs against float64,
+// and 02-06 against 01 at every output; prints microseconds, TFLOP/s (2·M·2N·K) and the
+// ratio to 790. Exits 1 if a check fails.
 #include <cublas_v2.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -693,9 +698,10 @@ double check(Act act, const std::vector<bf16>& hx, const std::vector<bf16>& hg, 
 }
 
 // A wgmma variant on a small problem against float64 at every output: 256 × 256 outputs
-// (2 × 2 tiles for 02, 2 × 4 for 03), K = 512 (8 k-tiles: the rings of 4 and 6 stages
-// wrap), two blocks, so each takes several tiles. The first mismatches are printed with
-// their coordinates: a wrong descriptor, swizzle or register mapping shows as a pattern.
+// (2 × 2 tiles for 02, 04 and 06, 2 × 4 for 03 and 05), K = 512 (8 k-tiles: the rings of
+// 3, 4 and 6 stages wrap), `blocks` blocks, so each takes several tiles. The first
+// mismatches are printed with their coordinates: a wrong descriptor, swizzle or register
+// mapping shows as a pattern.
 template <class Run>
 bool check_small(const char* variant, int blocks, Run&& run) {
   const int m = 256, n = 256, k = 512;
