@@ -176,8 +176,8 @@ Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, G
   if (x.size() > 0 && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
     const int64_t k = x.shape(-1), n = w_gate.shape(0);
     const Array rows = contiguous(reshape(x, {-1, k}));  // [R, K]
-    Array out({rows.shape(0), n}, x.dtype(), x.device());  // [R, N]
-    if (detail::kern(x).gated_projection(act, rows, contiguous(w_gate), contiguous(w_up), out)) {
+    if (const Array out = detail::kern(x).gated_projection(act, rows, contiguous(w_gate), contiguous(w_up));
+        out.valid()) {  // [R, N]
       Shape shape = x.shape();
       shape.back() = n;
       return reshape(out, shape);

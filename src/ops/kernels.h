@@ -101,11 +101,11 @@ class Kernels {
                               const Array& /*out*/) {
     return false;
   }
-  // fast::gated_projection: x [R, K], w_gate and w_up [N, K], out [R, N], all contiguous
-  // and of one float dtype.
-  virtual bool gated_projection(fast::GluActivation, const Array& /*x*/, const Array& /*w_gate*/,
-                                const Array& /*w_up*/, const Array& /*out*/) {
-    return false;
+  // fast::gated_projection: x [R, K], w_gate and w_up [N, K], all contiguous and of one
+  // float dtype -> out [R, N], or an empty Array (nothing allocated) where it declines.
+  virtual Array gated_projection(fast::GluActivation, const Array& /*x*/, const Array& /*w_gate*/,
+                                 const Array& /*w_up*/) {
+    return {};
   }
   // x, y, sum, normed [R, D] contiguous; w and y_w [D] (y_w may be null).
   virtual bool add_rms_norm(const Array& /*x*/, const Array& /*y*/, const Array* /*y_w*/, const Array& /*w*/,

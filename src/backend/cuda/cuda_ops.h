@@ -22,10 +22,10 @@ void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, con
 void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out);
 void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
 // glu_gemm.cu: glu(x·w_gateᵀ, x·w_upᵀ) as one GEMM on sm_90 for bf16 x [R, K] and weights
-// [N, K], all contiguous, where R ≥ 256, N % 128 == 0 and K % 64 == 0 up to 1,536; false
-// (nothing done) otherwise.
-bool gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
-                      const Array& w_up, const Array& out);
+// [N, K], all contiguous, where R ≥ 256, N % 128 == 0 and K % 64 == 0 up to 1,536 -> [R, N];
+// an empty Array (nothing done) otherwise.
+Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
+                       const Array& w_up);
 // matmul.cpp
 void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out);
 // reduce.cu

@@ -272,12 +272,13 @@ bool tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// Blocks that fit at once, in whole clusters; asked of the driver once per device.
+// Blocks that fit at once, in whole clusters (0: none fits); asked of the driver once per
+// device.
 int resident_blocks(const Context& ctx, cudaLaunchConfig_t config) {
   static std::mutex mu;
   static int known[64] = {};
   std::lock_guard lock(mu);
-  int& blocks = known[ctx.device % 64];
+  int& blocks = known[ctx.device % 64];  // -1: asked, and none fits
   if (blocks == 0) {
     const void* kernel = reinterpret_cast<const void*>(glu_gemm_kernel);
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)),
@@ -285,28 +286,31 @@ int resident_blocks(const Context& ctx, cudaLaunchConfig_t config) {
     config.gridDim = dim3(unsigned(ctx.sm_count / kRanks * kRanks));
     int clusters = 0;
     check(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config), "cudaOccupancyMaxActiveClusters");
-    blocks = std::max(clusters, 1) * kRanks;
+    blocks = clusters > 0 ? clusters * kRanks : -1;
   }
-  return blocks;
+  return std::max(blocks, 0);
 }
 
 }  // namespace
 
-bool gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
-                      const Array& w_up, const Array& out) {
+Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
+                       const Array& w_up) {
   static const char* const mode = std::getenv("LMX_GLU_GEMM");  // "0": off; "all": any K
   static const bool enabled = !mode || std::strcmp(mode, "0") != 0, any_k = mode && std::strcmp(mode, "all") == 0;
   const int64_t m = x.shape(0), k = x.shape(1), n = w_gate.shape(0);
   auto aligned = [](const Array& a) { return reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0; };
-  if (!enabled || ctx.compute_capability != 90 || size_t(ctx.max_smem_per_block) < kSmem) return false;
-  if (x.dtype() != Dtype::bf16 || w_gate.dtype() != Dtype::bf16 || w_up.dtype() != Dtype::bf16) return false;
-  if (m < kMinRows || m > INT32_MAX || n % kBN != 0 || n > INT32_MAX || k % kBK != 0 || (k > kMaxK && !any_k))
-    return false;
-  if (!aligned(x) || !aligned(w_gate) || !aligned(w_up) || !aligned(out) || !encode_tiled()) return false;
+  if (!enabled || ctx.compute_capability != 90 || size_t(ctx.max_smem_per_block) < kSmem) return {};
+  if (x.dtype() != Dtype::bf16 || w_gate.dtype() != Dtype::bf16 || w_up.dtype() != Dtype::bf16) return {};
+  // (Row and tile indices are ints in the kernel, with a tile pair of slack past m.)
+  const int64_t cluster_tiles = (m + kRanks * kBM - 1) / (kRanks * kBM) * (n / kBN);
+  if (m < kMinRows || m > INT32_MAX / 2 || n % kBN != 0 || n > INT32_MAX / 2 || k % kBK != 0 ||
+      (k > kMaxK && !any_k) || cluster_tiles > INT32_MAX)
+    return {};
+  if (!aligned(x) || !aligned(w_gate) || !aligned(w_up) || !encode_tiled()) return {};
   CUtensorMap tx, tg, tu;
   if (!tensor_map(tx, x.raw(), m, k, kBM) || !tensor_map(tg, w_gate.raw(), n, k, kBN) ||
       !tensor_map(tu, w_up.raw(), n, k, kBN))
-    return false;
+    return {};
   cudaLaunchConfig_t config{};
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = kSmem;
@@ -314,13 +318,15 @@ bool gated_projection(const Context& ctx, fast::GluActivation act, const Array& 
   cudaLaunchAttribute cluster = cluster_attribute(kRanks);
   config.attrs = &cluster;
   config.numAttrs = 1;
-  const int64_t cluster_tiles = (m + kRanks * kBM - 1) / (kRanks * kBM) * (n / kBN);
-  config.gridDim = dim3(unsigned(std::min<int64_t>(cluster_tiles * kRanks, resident_blocks(ctx, config))));
+  const int resident = resident_blocks(ctx, config);
+  if (resident == 0) return {};
+  Array out({m, n}, Dtype::bf16, x.device());  // [R, N]
+  config.gridDim = dim3(unsigned(std::min<int64_t>(cluster_tiles * kRanks, resident)));
   check(cudaLaunchKernelEx(&config, glu_gemm_kernel, tx, tg, tu, act, static_cast<bfloat_t*>(out.raw()), int(m),
                            int(n), int(k)),
         "glu_gemm_kernel");
   check_launch("glu_gemm_kernel");
-  return true;
+  return out;
 }
 
 }  // namespace lmx::cuda

@@ -100,9 +100,8 @@ class CudaKernels final : public detail::Kernels {
   void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out) override {
     cuda::glu(ctx(), act, gate, up, out);
   }
-  bool gated_projection(fast::GluActivation act, const Array& x, const Array& w_gate, const Array& w_up,
-                        const Array& out) override {
-    return cuda::gated_projection(ctx(), act, x, w_gate, w_up, out);
+  Array gated_projection(fast::GluActivation act, const Array& x, const Array& w_gate, const Array& w_up) override {
+    return cuda::gated_projection(ctx(), act, x, w_gate, w_up);
   }
   void rope(const Array& x, const Array& inv_freq, const Array& offsets,
             const Array& out) override {
