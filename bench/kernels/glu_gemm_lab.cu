@@ -6,7 +6,7 @@
 // pass and writes [M, N] once where the composition writes [M, 2N] and reads it back
 // (bench/NOTES.md: to close Gemma 3's target alone it must reach about 715 TFLOP/s).
 //
-//   nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -o /tmp/glu_gemm_lab bench/kernels/glu_gemm_lab.cu \
+//   nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -Isrc -o /tmp/glu_gemm_lab bench/kernels/glu_gemm_lab.cu \
 //       -lcublasLt -lcublas && /tmp/glu_gemm_lab
 //
 // (compute_90a: wgmma exists only in the sm_90a target; plain -arch=sm_90a also emits
@@ -44,8 +44,13 @@
 #include <random>
 #include <vector>
 
+#include "backend/cuda/async_copy.cuh"
+#include "backend/cuda/wgmma.cuh"
 #include "lab.cuh"
-#include "mbarrier.cuh"
+
+// The library's TMA, mbarrier, cluster and wgmma helpers (the kernel that came out of this
+// lab, src/backend/cuda/glu_gemm.cu, uses the same ones).
+using namespace lmx::cuda;
 
 using bf16 = __nv_bfloat16;
 
@@ -95,111 +100,9 @@ namespace hopper {
 
 constexpr int kBK = 64;  // a k-tile: 64 values, one 128-byte swizzle row
 
-// A box of the 2-D tensor map at (inner, outer) into shared memory, completing on `bar`.
-__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
-          smem_addr(dst)),
-      "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar))
-      : "memory");
-}
-
-// The same box into this shared-memory offset of every block in `blocks` (a mask of
-// cluster ranks), each completing on its own barrier at `bar`'s offset.
-__device__ __forceinline__ void tma_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer,
-                                              uint16_t blocks) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, "
-      "%3}], [%4], %5;" ::"r"(smem_addr(dst)),
-      "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar)), "h"(blocks)
-      : "memory");
-}
-
-// An arrival on the barrier at `bar`'s offset in the shared memory of cluster rank `rank`.
-// Release at block scope, as a local arrival: what the consumer did to the slot was read it
-// through wgmma, and a cluster-scope release would also wait for the epilogue's stores.
-__device__ __forceinline__ void bar_arrive_at(uint64_t* bar, unsigned rank) {
-  asm volatile(
-      "{\n"
-      ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
-      "}\n" ::"r"(smem_addr(bar)),
-      "r"(rank)
-      : "memory");
-}
-
-// Every thread of the cluster: what each wrote to shared memory before is visible after.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
-}
-
-// The shared-memory matrix descriptor of a K-major tile in 128-byte swizzle: rows of 128
-// bytes, 8-row groups 1,024 bytes apart. Adding 2 steps its start by 32 bytes (16 values
-// of K) within the swizzle row.
-__device__ __forceinline__ uint64_t descriptor(const void* tile) {
-  uint64_t d = (smem_addr(tile) & 0x3FFFF) >> 4;
-  d |= uint64_t(1) << 16;            // leading byte offset: unused for swizzled K-major tiles
-  d |= uint64_t(1024 >> 4) << 32;    // stride byte offset
-  d |= uint64_t(1) << 62;            // 128-byte swizzle
-  return d;
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
-}
-// Keeps the compiler from moving accesses to the accumulators across a wait.
-template <int N>
-__device__ __forceinline__ void hold(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// One wgmma m64n256k16 (bf16 in, f32 accumulate), A and B both K-major in shared memory:
-// d += A·Bᵀ, or d = A·Bᵀ where scale_d is 0. d is the m64n256 accumulator layout: warp w
-// of the warpgroup holds rows 16w + lane/4 (+8), and registers 4j..4j+3 the columns
-// 8j + 2(lane%4) (+1) of those two rows.
-__device__ __forceinline__ void wgmma_256(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-      "%128, %129, p, 1, 1, 0, 0;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-
-// The same with N = 128: d is the m64n128 accumulator layout (registers 4j..4j+3: columns
-// 8j + 2(lane%4) (+1)).
-__device__ __forceinline__ void wgmma_128(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+// wgmma_m64n256k16 (wgmma.cuh) with N = 128, which only the lab uses: d is the m64n128
+// accumulator layout (registers 4j..4j+3: columns 8j + 2(lane%4) (+1)).
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
@@ -337,9 +240,9 @@ struct Ring {
     empty = full + L::kStages;
     other = empty + L::kStages;
     if (threadIdx.x == 0) {
-      for (int s = 0; s < L::kStages; ++s) bar_init(&full[s], 1), bar_init(&empty[s], consumers * L::kRanks);
-      for (int s = 0; s < L::kTurns; ++s) bar_init(&other[s], 1);
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+      for (int s = 0; s < L::kStages; ++s) mbarrier_init(&full[s], 1), mbarrier_init(&empty[s], consumers * L::kRanks);
+      for (int s = 0; s < L::kTurns; ++s) mbarrier_init(&other[s], 1);
+      mbarrier_init_fence();
     }
     if (L::kRanks > 1) {
       cluster_sync();
@@ -353,9 +256,9 @@ struct Ring {
   // producer writes into all of them.
   __device__ void release(int slot) const {
     if (L::kRanks == 1) {
-      bar_arrive(&empty[slot]);
+      mbarrier_arrive(&empty[slot]);
     } else {
-      for (int r = 0; r < L::kRanks; ++r) bar_arrive_at(&empty[slot], unsigned(r));
+      for (int r = 0; r < L::kRanks; ++r) mbarrier_arrive_at(&empty[slot], unsigned(r));
     }
   }
 
@@ -369,15 +272,15 @@ struct Ring {
     for (int t = s.first; t < s.count; t += s.step) {
       const int row = s.row(t), col = s.col(t);
       for (int kt = 0; kt < k_tiles; ++kt) {
-        bar_wait(&empty[slot], phase ^ 1);  // the first round finds every slot free
+        mbarrier_wait(&empty[slot], phase ^ 1);  // the first round finds every slot free
         unsigned char* st = stage(slot);
-        bar_expect(&full[slot], L::kStageBytes);
-        tma_load(st, tx, &full[slot], kt * kBK, row);
+        mbarrier_expect(&full[slot], L::kStageBytes);
+        tensor_copy(st, tx, &full[slot], kt * kBK, row);
         if (L::kRanks == 1) {
-          tma_load(st + L::kABytes, tg, &full[slot], kt * kBK, col);
-          tma_load(st + L::kABytes + L::kBBytes / 2, tu, &full[slot], kt * kBK, col);
+          tensor_copy(st + L::kABytes, tg, &full[slot], kt * kBK, col);
+          tensor_copy(st + L::kABytes + L::kBBytes / 2, tu, &full[slot], kt * kBK, col);
         } else {
-          tma_multicast(st + L::kABytes + s.rank * L::kBBytes / 2, s.rank ? tu : tg, &full[slot], kt * kBK, col, 3);
+          tensor_multicast(st + L::kABytes + s.rank * L::kBBytes / 2, s.rank ? tu : tg, &full[slot], kt * kBK, col, 3);
         }
         if (++slot == L::kStages) slot = 0, phase ^= 1;
       }
@@ -434,6 +337,32 @@ using namespace hopper;
 using L02 = Layout<128, 128, 4, 0, 1>;  // 128 × 128 outputs; stages of 48 KiB: 128 gate rows, then 128 up rows
 using L04 = Layout<128, 128, 4, 0, 2>;
 
+// One consumer warpgroup's products for one tile: its 64 rows (`half`) of the stage times
+// all 256 weight rows, over k_tiles stages from ring slot `stage` (its parity `phase`), which
+// it advances; each slot is freed as soon as its products are done.
+template <class L>
+__device__ __forceinline__ void multiply_tile(const Ring<L>& ring, float (&d)[128], int half, int k_tiles, int& stage,
+                                              unsigned& phase, int lane) {
+  int previous = -1;
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    mbarrier_wait(&ring.full[stage], phase);
+    unsigned char* s = ring.stage(stage);
+    const uint64_t a = wgmma_descriptor(s + half * 64 * 128), b = wgmma_descriptor(s + L::kABytes);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n256k16(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+    wgmma_commit();
+    // One group stays in flight: the previous k-tile's products are done, so its slot is free.
+    wgmma_wait<1>();
+    if (previous >= 0 && lane == 0) ring.release(previous);
+    previous = stage;
+    if (++stage == L::kStages) stage = 0, phase ^= 1;
+  }
+  wgmma_wait<0>();
+  wgmma_hold(d);
+  if (lane == 0) ring.release(previous);
+}
+
 template <class L>
 __global__ void __launch_bounds__(L::kThreads, 1)
     glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
@@ -452,25 +381,7 @@ __global__ void __launch_bounds__(L::kThreads, 1)
     unsigned phase = 0;
     for (int t = tiles.first; t < tiles.count; t += tiles.step) {
       const int row = tiles.row(t) + half * 64, col = tiles.col(t);
-      int previous = -1;
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        bar_wait(&ring.full[stage], phase);
-        unsigned char* s = ring.stage(stage);
-        const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + L::kABytes);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_256(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
-        wgmma_commit();
-        // One group stays in flight: the previous k-tile's products are done, so its slot is free.
-        wgmma_wait<1>();
-        if (previous >= 0 && lane == 0) ring.release(previous);
-        previous = stage;
-        if (++stage == L::kStages) stage = 0, phase ^= 1;
-      }
-      wgmma_wait<0>();
-      hold(d);
-      if (lane == 0) ring.release(previous);
-
+      multiply_tile(ring, d, half, k_tiles, stage, phase, lane);
       store_glu<16>(d, act, out, n, row + warp * 16 + lane / 4, col, lane);
     }
   }
@@ -522,18 +433,18 @@ __global__ void __launch_bounds__(L::kThreads, 1)
       // the load before it in the same slot (stage g - L::kStages) has completed; tile i's
       // stages follow tile i - 1's, which the other warpgroup waits out: its ((i - 1) / 2)-th
       // signal on turn[mine].
-      if (i > 0) bar_wait(&turn[mine], unsigned((i - 1) / 2) & 1);
+      if (i > 0) mbarrier_wait(&turn[mine], unsigned((i - 1) / 2) & 1);
       int previous = -1;
       for (int kt = 0; kt < k_tiles; ++kt) {
         const int g = i * k_tiles + kt, slot = g % L::kStages;
-        bar_wait(&ring.full[slot], unsigned(g / L::kStages) & 1);
+        mbarrier_wait(&ring.full[slot], unsigned(g / L::kStages) & 1);
         unsigned char* s = ring.stage(slot);
-        const uint64_t a0 = descriptor(s), a1 = descriptor(s + 64 * 128), b = descriptor(s + L::kABytes);
+        const uint64_t a0 = wgmma_descriptor(s), a1 = wgmma_descriptor(s + 64 * 128), b = wgmma_descriptor(s + L::kABytes);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
-          wgmma_128(d0, a0 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
-          wgmma_128(d1, a1 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+          wgmma_m64n128k16(d0, a0 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
+          wgmma_m64n128k16(d1, a1 + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
         }
         wgmma_commit();
         wgmma_wait<1>();
@@ -544,10 +455,10 @@ __global__ void __launch_bounds__(L::kThreads, 1)
       // of them is still before its own turn wait when the other can signal again (a parity
       // wait would then miss its phase; a model of the barriers found that interleaving).
       asm volatile("bar.sync %0, 128;" ::"r"(1 + mine) : "memory");
-      if (threadIdx.x % 128 == 0) bar_arrive(&turn[1 - mine]);
+      if (threadIdx.x % 128 == 0) mbarrier_arrive(&turn[1 - mine]);
       wgmma_wait<0>();
-      hold(d0);
-      hold(d1);
+      wgmma_hold(d0);
+      wgmma_hold(d1);
       if (lane == 0) ring.release(previous);
 
       store_glu<8>(d0, act, out, n, row + warp * 16 + lane / 4, col, lane);
@@ -593,7 +504,7 @@ __global__ void __launch_bounds__(L06::kThreads, 1)
   // staged: all 256 consumer threads have written the tile; drained: the 96 workers have read it.
   uint64_t* staged = reinterpret_cast<uint64_t*>(staging + 128 * kRowBytes);
   uint64_t* drained = staged + 1;
-  if (threadIdx.x == 0) bar_init(staged, 256), bar_init(drained, kWorkers);
+  if (threadIdx.x == 0) mbarrier_init(staged, 256), mbarrier_init(drained, kWorkers);
   __syncthreads();
   const Schedule<L> tiles(m, n);
   const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
@@ -606,7 +517,7 @@ __global__ void __launch_bounds__(L06::kThreads, 1)
       const int me = int(threadIdx.x) - 32;
       int i = 0;
       for (int t = tiles.first; t < tiles.count; t += tiles.step, ++i) {
-        bar_wait(staged, unsigned(i) & 1);
+        mbarrier_wait(staged, unsigned(i) & 1);
         const int row = tiles.row(t), col = tiles.col(t);
         for (int q = me; q < 128 * 16; q += kWorkers) {
           const int r = q / 16, p = q % 16 * 4;  // row in the tile, first pair
@@ -622,7 +533,7 @@ __global__ void __launch_bounds__(L06::kThreads, 1)
           const uint4 o = make_uint4(pair(a.x, a.y), pair(a.z, a.w), pair(b.x, b.y), pair(b.z, b.w));
           if (row + r < m) *reinterpret_cast<uint4*>(out + size_t(row + r) * n + col + 2 * p) = o;
         }
-        bar_arrive(drained);
+        mbarrier_arrive(drained);
       }
     }
   } else {
@@ -631,24 +542,8 @@ __global__ void __launch_bounds__(L06::kThreads, 1)
     int stage = 0, i = 0;
     unsigned phase = 0;
     for (int t = tiles.first; t < tiles.count; t += tiles.step, ++i) {
-      int previous = -1;
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        bar_wait(&ring.full[stage], phase);
-        unsigned char* s = ring.stage(stage);
-        const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + L::kABytes);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_256(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
-        wgmma_commit();
-        wgmma_wait<1>();
-        if (previous >= 0 && lane == 0) ring.release(previous);
-        previous = stage;
-        if (++stage == L::kStages) stage = 0, phase ^= 1;
-      }
-      wgmma_wait<0>();
-      hold(d);
-      if (lane == 0) ring.release(previous);
-      bar_wait(drained, (unsigned(i) & 1) ^ 1);  // the workers have read the previous tile
+      cooperative::multiply_tile(ring, d, half, k_tiles, stage, phase, lane);
+      mbarrier_wait(drained, (unsigned(i) & 1) ^ 1);  // the workers have read the previous tile
       // Rows r and r + 8 of the tile; gate pair j at registers 4j + 2h, up's at 4(j + 16) + 2h.
       const int r = half * 64 + warp * 16 + lane / 4;
 #pragma unroll
@@ -660,7 +555,7 @@ __global__ void __launch_bounds__(L06::kThreads, 1)
           *reinterpret_cast<uint2*>(staging + (r + 8 * h) * kRowBytes + (4 * j + lane % 4) * 8) =
               make_uint2(*reinterpret_cast<const uint32_t*>(&g), *reinterpret_cast<const uint32_t*>(&u));
         }
-      bar_arrive(staged);
+      mbarrier_arrive(staged);
     }
   }
   cluster_sync();

@@ -1,6 +1,6 @@
 // Kernel lab for the persistent decode step (src/backend/cuda/fused_persistent.cu): how
 // fast one block per SM can stream weights through shared memory, and what a grid-wide
-// barrier costs. Standalone: nvcc -O3 -std=c++20 -arch=sm_90a stream_lab.cu
+// barrier costs. From the repository root: nvcc -O3 -std=c++20 -arch=sm_90a -Isrc bench/kernels/stream_lab.cu
 //
 //   01  grid barrier (64-bit counter that only grows, relaxed polls): µs per barrier
 //   02  ring of bulk async copies (cp.async.bulk + mbarrier), thread 0 refills a slot once
@@ -22,17 +22,12 @@
 #include <vector>
 
 #include "lab.cuh"
-#include "mbarrier.cuh"
+#include "backend/cuda/async_copy.cuh"
+
+using namespace lmx::cuda;  // the library's mbarrier and bulk-copy helpers
 
 constexpr int kK = 2048;  // columns of a row
 constexpr int kConsumers = 256;
-
-__device__ __forceinline__ void bulk(void* dst, const void* src, unsigned bytes, uint64_t* b) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(b))
-               : "memory");
-}
 
 __device__ void grid_barrier(unsigned long long* c, unsigned long long target) {
   __syncthreads();
@@ -100,19 +95,19 @@ __global__ void ring_kernel(const __nv_bfloat16* w, long long rows_total, const 
     const int slot = int(st % slots);
     const long long r = r0 + st * per;
     const unsigned n = unsigned(::min((long long)per, r1 - r));
-    bar_expect(&full[slot], n * kK * 2);
-    bulk(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
+    mbarrier_expect(&full[slot], n * kK * 2);
+    bulk_copy(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
   };
   if (threadIdx.x == 0) {
-    for (int i = 0; i < slots; ++i) bar_init(&full[i], 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1);
+    mbarrier_init_fence();
     for (int i = 0; i < slots; ++i) issue(i);
   }
   load_xs(xs, x);
   float total = 0;
   for (long long st = 0; st < stages; ++st) {
     const int slot = int(st % slots);
-    bar_wait(&full[slot], unsigned(st / slots) & 1u);
+    mbarrier_wait(&full[slot], unsigned(st / slots) & 1u);
     const int n = int(::min((long long)per, r1 - (r0 + st * per)));
     if (kCompute) total += rows_dot(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xs);
     __syncthreads();
@@ -131,8 +126,8 @@ __global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, co
   const int per = slot_bytes / (kK * 2);
   const long long stages = (r1 - r0 + per - 1) / per;
   if (threadIdx.x == 0) {
-    for (int i = 0; i < slots; ++i) bar_init(&full[i], 1), bar_init(&empty[i], kConsumers / 32);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1), mbarrier_init(&empty[i], kConsumers / 32);
+    mbarrier_init_fence();
   }
   for (int i = threadIdx.x; i < kK; i += blockDim.x) xs[i] = x[i];
   __syncthreads();
@@ -140,22 +135,22 @@ __global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, co
     if (threadIdx.x != kConsumers) return;
     for (long long st = 0; st < stages; ++st) {
       const int slot = int(st % slots);
-      if (st >= slots) bar_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
+      if (st >= slots) mbarrier_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
       const long long r = r0 + st * per;
       const unsigned n = unsigned(::min((long long)per, r1 - r));
-      bar_expect(&full[slot], n * kK * 2);
-      bulk(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
+      mbarrier_expect(&full[slot], n * kK * 2);
+      bulk_copy(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
     }
     return;
   }
   float total = 0;
   for (long long st = 0; st < stages; ++st) {
     const int slot = int(st % slots);
-    bar_wait(&full[slot], unsigned(st / slots) & 1u);
+    mbarrier_wait(&full[slot], unsigned(st / slots) & 1u);
     const int n = int(::min((long long)per, r1 - (r0 + st * per)));
     total += rows_dot(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xs);
     __syncwarp();
-    if (threadIdx.x % 32 == 0) bar_arrive(&empty[slot]);
+    if (threadIdx.x % 32 == 0) mbarrier_arrive(&empty[slot]);
   }
   if (threadIdx.x % 32 == 0) atomicAdd(sum, double(total));
 }

@@ -36,6 +36,7 @@
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/wgmma.cuh"
 
 namespace lmx::cuda {
 namespace {
@@ -90,41 +91,6 @@ __device__ __forceinline__ uint32_t glu_pair(fast::GluActivation act, uint32_t g
   const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u2));
   const float2 a = __bfloat1622float2(__floats2bfloat162_rn(activate(act, g.x), activate(act, g.y)));
   return bits(__floats2bfloat162_rn(a.x * u.x, a.y * u.y));
-}
-
-// The shared-memory matrix descriptor of a K-major tile in 128-byte swizzle: rows of 128
-// bytes, 8-row groups 1,024 bytes apart. Adding 2 moves its start by 32 bytes (16 values
-// of K) within the swizzle row.
-__device__ __forceinline__ uint64_t descriptor(const void* tile) {
-  uint64_t d = (smem_addr(tile) & 0x3FFFF) >> 4;
-  d |= uint64_t(1) << 16;          // leading byte offset: unused for swizzled K-major tiles
-  d |= uint64_t(1024 >> 4) << 32;  // stride byte offset
-  d |= uint64_t(1) << 62;          // 128-byte swizzle
-  return d;
-}
-
-// d += A·Bᵀ (d = A·Bᵀ where scale_d is 0) for A [64, 16] and B [256, 16], both K-major in
-// shared memory, bf16 in, f32 accumulated. Warp w of the warpgroup holds rows 16w + lane/4
-// and that + 8; registers 4j..4j+3 hold columns 8j + 2(lane%4) and the next, of both rows.
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-#define LMX_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
-                  "+f"(d[i + 6]), "+f"(d[i + 7])
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-      "%128, %129, p, 1, 1, 0, 0;\n}\n"
-      : LMX_D8(0), LMX_D8(8), LMX_D8(16), LMX_D8(24), LMX_D8(32), LMX_D8(40), LMX_D8(48), LMX_D8(56), LMX_D8(64),
-        LMX_D8(72), LMX_D8(80), LMX_D8(88), LMX_D8(96), LMX_D8(104), LMX_D8(112), LMX_D8(120)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-#undef LMX_D8
 }
 
 // The cluster's tiles in order: tile t is rows (t / tiles_n · 2 + rank) · kBM of this block,
@@ -213,20 +179,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int kt = 0; kt < k_tiles; ++kt) {
         mbarrier_wait(&full[slot], phase);
         const unsigned char* s = ring + slot * kStageBytes;
-        const uint64_t a = descriptor(s + half * 64 * 128), b = descriptor(s + kABytes);
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+        const uint64_t a = wgmma_descriptor(s + half * 64 * 128), b = wgmma_descriptor(s + kABytes);
+        wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n256k16(d, a + 2 * kk, b + 2 * kk, kt > 0 || kk > 0);
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        wgmma_commit();
         // One group stays in flight: the previous stage's products are done, so its slot is free.
-        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        wgmma_wait<1>();
         if (previous >= 0) release(previous);
         previous = slot;
         if (++slot == kStages) slot = 0, phase ^= 1;
       }
-      asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-#pragma unroll
-      for (int j = 0; j < 128; ++j) asm volatile("" : "+f"(d[j])::"memory");  // no use of d before the wait
+      wgmma_wait<0>();
+      wgmma_hold(d);
       release(previous);
 
       // Rows r and r + 8 of the tile: gate pair 4j + lane%4 (columns 8j + 2(lane%4), + 1)
@@ -298,7 +263,6 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
   static const char* const mode = std::getenv("LMX_GLU_GEMM");  // "0": off; "all": any K
   static const bool enabled = !mode || std::strcmp(mode, "0") != 0, any_k = mode && std::strcmp(mode, "all") == 0;
   const int64_t m = x.shape(0), k = x.shape(1), n = w_gate.shape(0);
-  auto aligned = [](const Array& a) { return reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0; };
   if (!enabled || ctx.compute_capability != 90 || size_t(ctx.max_smem_per_block) < kSmem) return {};
   if (x.dtype() != Dtype::bf16 || w_gate.dtype() != Dtype::bf16 || w_up.dtype() != Dtype::bf16) return {};
   // (Row and tile indices are ints in the kernel, with a tile pair of slack past m.)
@@ -306,7 +270,7 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
   if (m < kMinRows || m > INT32_MAX / 2 || n % kBN != 0 || n > INT32_MAX / 2 || k % kBK != 0 ||
       (k > kMaxK && !any_k) || cluster_tiles > INT32_MAX)
     return {};
-  if (!aligned(x) || !aligned(w_gate) || !aligned(w_up) || !encode_tiled()) return {};
+  if (!aligned16(x) || !aligned16(w_gate) || !aligned16(w_up) || !encode_tiled()) return {};
   CUtensorMap tx, tg, tu;
   if (!tensor_map(tx, x.raw(), m, k, kBM) || !tensor_map(tg, w_gate.raw(), n, k, kBN) ||
       !tensor_map(tu, w_up.raw(), n, k, kBN))
