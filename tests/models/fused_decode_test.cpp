@@ -380,8 +380,9 @@ StepPhase gemv(int k, int rows, Epilogue e = Epilogue::plain, uintptr_t at = 0x1
 
 std::string refusal(const std::vector<StepPhase>& plan) {
   unsigned vector = 0;
+  int slots = 0;
   std::string why;
-  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, &vector, &why), 0u);
+  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, &vector, &slots, &why), 0u);
   return why;
 }
 
@@ -393,19 +394,29 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
                                gemv(8192, 2048), gemv(2048, 128256, Epilogue::logits)};
   llama[0].in.norm = fake_weights(0x20000);  // x and its norm weights are staged: 2 arrays
   unsigned vector = 0;
+  int slots = 0;
   std::string why;
-  const size_t smem = cuda::fused::persistent_smem_bytes(llama, &vector, &why);
+  const size_t smem = cuda::fused::persistent_smem_bytes(llama, &vector, &slots, &why);
   EXPECT_GT(smem, 0u) << why;
   EXPECT_LE(smem, size_t(227) << 10);
-  EXPECT_GE(vector, 8192u * (4 + 2)) << "the down projection's f32 input and its bf16 copy";
+  EXPECT_GE(vector, 2048u * (2 * 4 + 2)) << "the QKV input: x and the norm weights in f32, and its bf16 copy";
+  EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
+  EXPECT_EQ(slots, 6) << "32 KiB slots in what the vector leaves of 225 KiB";
+  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 64);
 
+  EXPECT_NE(refusal({gemv(2048, 3072), attention}).find("output projection"), std::string::npos);
+  EXPECT_NE(refusal({attention, gemv(1024, 2048)}).find("output projection"), std::string::npos);
   EXPECT_NE(refusal({gemv(2052, 64)}).find("multiple of 8"), std::string::npos);
   EXPECT_NE(refusal({gemv(16392, 64)}).find("longer than a slot"), std::string::npos);       // 32.8 KB rows
   EXPECT_NE(refusal({gemv(8200, 64, Epilogue::glu_silu)}).find("longer"), std::string::npos);  // paired: 2 rows
   EXPECT_NE(refusal({gemv(2048, 64, Epilogue::plain, 0x10008)}).find("unaligned"), std::string::npos);
   EXPECT_NE(refusal({gemv(2048, 1 << 22)}).find("too many rows"), std::string::npos);
-  // Long input vectors leave too little shared memory beside the ring.
-  EXPECT_NE(refusal({gemv(16384, 64)}).find("shared memory"), std::string::npos);
+  // Long input vectors leave too little shared memory beside the ring: here four staged
+  // f32 arrays and the bf16 copy of 16,384 values, 288 KiB.
+  StepPhase wide = gemv(16384, 64);
+  wide.in.norm = fake_weights(0x20000), wide.in.add_norm = fake_weights(0x30000);
+  wide.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
+  EXPECT_NE(refusal({wide}).find("shared memory"), std::string::npos);
 }
 
 }  // namespace persistent

@@ -238,18 +238,28 @@ __device__ __forceinline__ T warp_reduce(T v, Op op) {
   return v;
 }
 
-// The reduction of v over the block, returned to every thread. blockDim.x is a multiple
-// of 32; the warps' partials are combined in a fixed order, so results are deterministic.
-template <class T, class Op>
-__device__ T block_reduce(T v, Op op) {
+struct SyncBlock {
+  __device__ __forceinline__ void operator()() const { __syncthreads(); }
+};
+
+// The reduction of v over the first `threads` threads of the block (a multiple of 32),
+// which meet at `sync()`, returned to each of them. The warps' partials are combined in a
+// fixed order, so results are deterministic.
+template <class T, class Op, class Sync>
+__device__ T block_reduce(T v, Op op, int threads, Sync sync) {
   __shared__ T part[32];
   v = warp_reduce(v, op);
   if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
-  __syncthreads();
+  sync();
   T r = part[0];
-  for (int w = 1; w < int(blockDim.x / 32); ++w) r = op(r, part[w]);
-  __syncthreads();  // part may be reused by the next call
+  for (int w = 1; w < threads / 32; ++w) r = op(r, part[w]);
+  sync();  // part may be reused by the next call
   return r;
+}
+// The same over the whole block.
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op) {
+  return block_reduce(v, op, int(blockDim.x), SyncBlock{});
 }
 
 struct Sum {

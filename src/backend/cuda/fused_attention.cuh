@@ -13,7 +13,7 @@
 namespace lmx::cuda::fused {
 namespace attention_detail {
 
-constexpr int kThreads = 256;  // threads of a block that runs attention_task
+constexpr int kThreads = kWorkers;  // threads of a block that run attention_task
 
 // One head vector x of D values in shared memory, in place: RMSNorm with the staged
 // weights w (optional) then rotate-half RoPE at `pos`, by one warp. With `round`, the
@@ -38,6 +38,21 @@ __device__ inline void norm_rope(float* x, const float* w, float eps, const floa
   }
 }
 
+// The first slot visible to the token at slot `pos`: past the sequence's left padding,
+// and within the sliding window where the layer has one.
+__device__ __forceinline__ int first_visible(const AttentionStep& a, int pos, int pad) {
+  return ::max(pad, a.window > 0 ? pos - a.window + 1 : 0);
+}
+
+// Whether the persistent step leaves the merge of the chunks' partials to the next GEMV's
+// input, where every block merges them all (fused_persistent.cu, merge_input): where the
+// last block of a kv head would merge more outputs than it has threads (Gemma 3: four
+// query heads of 256), so that one block would hold up the grid. Elsewhere the
+// per-block copies of the merge read more than that block's merge costs.
+__host__ __device__ inline bool merged_by_next_gemv(const AttentionStep& a) {
+  return a.splits > 1 && (a.n_heads / a.n_kv_heads) * a.head_dim > kThreads;
+}
+
 // Shared memory of one attention block, in floats: what stage_inputs fills, the scores,
 // then the chunk's keys and values in bf16.
 __host__ __device__ inline size_t attention_smem_floats(int group, int d, int chunk) {
@@ -47,17 +62,17 @@ __host__ __device__ inline size_t attention_smem_floats(int group, int d, int ch
 // Copies the kv group's query heads, new key and value (f32, from the QKV GEMV), the RoPE
 // frequencies and the q/k norm weights into shared memory, every load of a trip in
 // flight at once: out = [q | k | v | inv_freq | q_norm | k_norm].
-template <bool kCoherent>
+template <bool kPersistent>
 __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
   const int d = a.head_dim, nq = group * d;
   const int n = nq + 2 * d + d / 2 + (a.q_norm ? 2 * d : 0);
   const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
   auto source = [&](int i) -> float {
-    if (i < nq) return load_activation<kCoherent>(a.qkv + size_t(g) * nq + i);
+    if (i < nq) return load_activation<kPersistent>(a.qkv + size_t(g) * nq + i);
     i -= nq;
-    if (i < d) return load_activation<kCoherent>(a.qkv + size_t(a.n_heads) * d + size_t(g) * d + i);
+    if (i < d) return load_activation<kPersistent>(a.qkv + size_t(a.n_heads) * d + size_t(g) * d + i);
     i -= d;
-    if (i < d) return load_activation<kCoherent>(a.qkv + size_t(a.n_heads + a.n_kv_heads) * d + size_t(g) * d + i);
+    if (i < d) return load_activation<kPersistent>(a.qkv + size_t(a.n_heads + a.n_kv_heads) * d + size_t(g) * d + i);
     i -= d;
     if (i < d / 2) return a.inv_freq[i];
     i -= d / 2;
@@ -73,21 +88,22 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
     for (int u = 0; u < V; ++u)
       if (base + u * kThreads < n) out[base + u * kThreads] = v[u];
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
 }
 
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
 // (m, l, acc) into the attention output and resets the counter for the next step.
+template <bool kPersistent>
 __device__ inline void count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
-  __syncthreads();
+  sync_workers<kPersistent>();
   if (threadIdx.x == 0) {
     // The barrier orders the block's partials before this fence, and the fence before the
     // count (fences are cumulative): the last block sees them all.
     __threadfence();
     last = atomicAdd(a.counter + g, 1u) == unsigned(a.splits) - 1;
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
   if (!last) return;
   __threadfence();
   const int d = a.head_dim, stride = d + 2, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -103,7 +119,7 @@ __device__ inline void count_and_merge(const AttentionStep& a, int g, int group,
     l = warp_reduce(l, Sum{});
     if (lane == 0) m_all[j] = m, l_all[j] = l;
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
   for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;
     const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
@@ -133,7 +149,7 @@ __device__ inline AttentionStep row_of(AttentionStep a, int r) {
 
 // One block's share of a layer's attention: kv head g, chunk `split` of the visible
 // positions. `sm` holds attention_smem_floats(...) floats.
-template <bool kCoherent>
+template <bool kPersistent>
 __device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm) {
   const int d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
@@ -149,14 +165,14 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const int pos = a.state[1], pad = a.pad ? *a.pad : 0;  // pos: the new token's slot
-  const int lo = ::max(pad, a.window > 0 ? pos - a.window + 1 : 0);
+  const int lo = first_visible(a, pos, pad);
   const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
   const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions
   if (a.early) allow_next_kernel();
   if (n == 0) {  // past them: only counted, so that the last block still merges
-    if constexpr (!kCoherent) wait_for_previous_kernel();
+    if constexpr (!kPersistent) wait_for_previous_kernel();
     if (!a.early) allow_next_kernel();
-    count_and_merge(a, g, group, live);
+    if (!kPersistent || !merged_by_next_gemv(a)) count_and_merge<kPersistent>(a, g, group, live);
     return;
   }
 
@@ -185,8 +201,8 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   // Everything above reads what earlier steps wrote (the cached positions, state[1]),
   // which kernels already complete have written: it overlaps the previous kernel's tail.
   // What follows reads the QKV GEMV's output.
-  if constexpr (!kCoherent) wait_for_previous_kernel();
-  stage_inputs<kCoherent>(a, g, group, q);
+  if constexpr (!kPersistent) wait_for_previous_kernel();
+  stage_inputs<kPersistent>(a, g, group, q);
   const float* qn = a.q_norm ? q_norm : nullptr;
   const float* kn = a.k_norm ? k_norm : nullptr;
   for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
@@ -197,7 +213,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     else
       for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
   if (pos >= begin && pos < end) {  // this block holds the new position: store it
     const size_t at = head_base + size_t(pos % a.slots) * d;
     for (int i = threadIdx.x; i < d; i += kThreads) {
@@ -206,7 +222,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
       ks[(pos - begin) * d + i] = kb, vs[(pos - begin) * d + i] = vb;
     }
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
 
   // Scores q·k·scale. Each (query head, key) pair takes `lanes` lanes of a warp, 8
   // columns per lane and step, so that a warp scores several pairs at once.
@@ -224,7 +240,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     for (int o = lanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (pair < group * n && sub == 0) e[j * chunk + t] = s * a.scale;
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
 
   // Softmax statistics per query head, one warp each; e becomes exp(s - m).
   __shared__ float m_head[32], l_head[32];
@@ -241,7 +257,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     l = warp_reduce(l, Sum{});
     if (lane == 0) m_head[j] = m, l_head[j] = l;
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
 
   // This chunk's partial: m, l and the unnormalised weighted sum of values.
   // Each thread owns up to kOuts (query head, column) outputs and runs their sums side by
@@ -277,18 +293,17 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
       }
     }
   };
-  // As many outputs per thread as there are, up to 8.
+  // As many outputs per thread as there are, up to 4 (Gemma 3's 4 heads of 256). More
+  // would not fit the persistent step's 168 registers a thread.
   const int outs = (group * d + kThreads - 1) / kThreads;
   if (outs <= 1)
     weigh(std::integral_constant<int, 1>{});
   else if (outs <= 2)
     weigh(std::integral_constant<int, 2>{});
-  else if (outs <= 4)
-    weigh(std::integral_constant<int, 4>{});
   else
-    weigh(std::integral_constant<int, 8>{});
+    weigh(std::integral_constant<int, 4>{});
   if (!a.early) allow_next_kernel();
-  if (a.splits > 1) count_and_merge(a, g, group, live);
+  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) count_and_merge<kPersistent>(a, g, group, live);
 }
 
 }  // namespace attention_detail

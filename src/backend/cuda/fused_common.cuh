@@ -38,6 +38,31 @@ __device__ __forceinline__ T load_activation(const T* p) {
     return *p;
 }
 
+// The persistent step (fused_persistent.cu) runs the shared device code on the first
+// kWorkers threads of its blocks. Its last warp only issues weight copies and never joins
+// their barriers, so that code meets at `sync_workers` and strides by `workers`. Elsewhere
+// (kPersistent false) every thread of the block takes part.
+constexpr int kWorkers = 256;
+template <bool kPersistent>
+__device__ __forceinline__ int workers() {
+  return kPersistent ? kWorkers : int(blockDim.x);
+}
+template <bool kPersistent>
+__device__ __forceinline__ void sync_workers() {
+  if constexpr (kPersistent)
+    asm volatile("bar.sync 1, %0;" ::"n"(kWorkers) : "memory");  // barrier 0 is __syncthreads'
+  else
+    __syncthreads();
+}
+template <bool kPersistent>
+struct SyncWorkers {
+  __device__ __forceinline__ void operator()() const { sync_workers<kPersistent>(); }
+};
+template <bool kPersistent, class T, class Op>
+__device__ __forceinline__ T workers_reduce(T v, Op op) {
+  return block_reduce(v, op, workers<kPersistent>(), SyncWorkers<kPersistent>{});
+}
+
 // bf16 -> f32 is a 16-bit shift.
 __device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }

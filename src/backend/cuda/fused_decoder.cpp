@@ -400,7 +400,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     persistent_blocks_ = 0;
     if (!persistent_) return;
     std::string why;
-    persistent_smem_ = fused::persistent_smem_bytes(plan_, &persistent_vector_, &why);
+    persistent_smem_ = fused::persistent_smem_bytes(plan_, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
       persistent_blocks_ = fused::persistent_blocks(ctx().sm_count, persistent_smem_);
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
@@ -435,6 +435,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     p.embed = bf(w_.embed), p.state = state_i(), p.embed_scale = w_.embed_scale;
     p.hidden = int(hidden_), p.x = f32(xa_);
     p.vector_bytes = persistent_vector_;
+    p.slots = persistent_slots_;
     if (profile_) p.timing = static_cast<unsigned long long*>(timing_.raw());
     fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_);
   }
@@ -484,11 +485,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
         if (it == sums.end()) it = sums.insert(sums.end(), {names_[i], {0, 0, 0, 0, 0, 0, 0, 0}});
         for (int j = 0; j < 8; ++j) it->second[size_t(j)] += double(t[8 * i + size_t(j)]) / 1e3 / double(profiled_steps_);
       }
-      std::fprintf(stderr, "[fused profile] %lld steps, block 0, us per step: phase (of which input, waiting for "
-                   "weights, dots, block sync, issue, epilogue) + barrier\n", (long long)profiled_steps_);
+      std::fprintf(stderr, "[fused profile] %lld steps, block 0's first warp, us per step: phase (of which input, "
+                   "waiting for weights, rows) + barrier\n", (long long)profiled_steps_);
       for (const auto& [name, v] : sums)
-        std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f, %5.1f, %5.1f, %5.1f) + %5.1f\n", name.c_str(), v[0],
-                     v[2], v[3], v[4], v[5], v[6], v[7], v[1]);
+        std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f) + %5.1f\n", name.c_str(), v[0], v[2], v[3], v[4],
+                     v[1]);
     } catch (...) {
     }
   }
@@ -496,6 +497,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs
   size_t persistent_smem_ = 0;
   unsigned persistent_vector_ = 0;
+  int persistent_slots_ = 0;
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   std::vector<const void*> bound_;
   cudaGraphExec_t exec_ = nullptr;

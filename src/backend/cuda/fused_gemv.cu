@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
   if (grp < groups) run_group(grp, preload);
   for (grp += gridDim.x; grp < groups; grp += gridDim.x) run_group(grp, false);
   if (!early) allow_next_kernel();
-  if constexpr (E == Epilogue::logits) publish_argmax(out, best, best_idx);
+  if constexpr (E == Epilogue::logits) publish_argmax<false>(out, best, best_idx);
 }
 
 template <int R, Epilogue E>

@@ -1,8 +1,9 @@
 // Device code shared by the fused GEMV kernels (fused_gemv.cu) and the persistent decode
 // step (fused_persistent.cu): forming a GEMV's input vector in shared memory, the gated
 // activations, and the argmax that ends the LM head. Written for any block size (a
-// multiple of 32). kCoherent: values that other blocks of the same kernel may have written
-// are read through L2 (load_activation).
+// multiple of 32). kPersistent: inside the persistent step, where values that other
+// blocks of the same kernel may have written are read through L2 (load_activation), and
+// only the worker threads take part (sync_workers).
 #pragma once
 
 #include "backend/cuda/fused_common.cuh"
@@ -32,19 +33,19 @@ __host__ __device__ inline int staged_arrays(const GemvInput& in) {
 // Copies the first `k` values of up to four inputs into shared memory, f32, with every
 // load of a trip in flight at once: done one element at a time, each load would wait out
 // the whole memory latency before the next.
-template <bool kCoherent>
+template <bool kPersistent>
 __device__ inline void stage(const float* x, const float* add, const bf16* add_norm, const bf16* norm, bool gemma, int k,
                       float* xs, float* as, float* anw, float* nw) {
-  constexpr int V = 4;  // float4s per array per thread and trip
-  for (int base = threadIdx.x * 4; base < k; base += int(blockDim.x) * 4 * V) {
+  constexpr int V = kPersistent ? 2 : 4;  // float4s per array per thread and trip
+  for (int base = threadIdx.x * 4; base < k; base += workers<kPersistent>() * 4 * V) {
     float4 xv[V], av[V];
     uint2 anv[V], nv[V];
 #pragma unroll
     for (int u = 0; u < V; ++u) {
-      const int i = base + u * int(blockDim.x) * 4;
+      const int i = base + u * workers<kPersistent>() * 4;
       if (i >= k) continue;
-      xv[u] = load_activation<kCoherent>(reinterpret_cast<const float4*>(x + i));
-      if (add) av[u] = load_activation<kCoherent>(reinterpret_cast<const float4*>(add + i));
+      xv[u] = load_activation<kPersistent>(reinterpret_cast<const float4*>(x + i));
+      if (add) av[u] = load_activation<kPersistent>(reinterpret_cast<const float4*>(add + i));
       if (add_norm) anv[u] = *reinterpret_cast<const uint2*>(add_norm + i);
       if (norm) nv[u] = *reinterpret_cast<const uint2*>(norm + i);
     }
@@ -54,7 +55,7 @@ __device__ inline void stage(const float* x, const float* add, const bf16* add_n
     };
 #pragma unroll
     for (int u = 0; u < V; ++u) {
-      const int i = base + u * int(blockDim.x) * 4;
+      const int i = base + u * workers<kPersistent>() * 4;
       if (i >= k) continue;
       *reinterpret_cast<float4*>(xs + i) = xv[u];
       if (add) *reinterpret_cast<float4*>(as + i) = av[u];
@@ -62,27 +63,27 @@ __device__ inline void stage(const float* x, const float* add, const bf16* add_n
       if (norm) *reinterpret_cast<float4*>(nw + i) = weights(nv[u]);
     }
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
 }
 
 // Fills xs[0..K) with the vector the product reads (see GemvInput); the staged inputs
 // follow it in shared memory.
-template <bool kCoherent>
+template <bool kPersistent>
 __device__ inline void form_input(const GemvInput& in, float* xs) {
   const int k = in.k;
   const bool add_norm = in.add && in.add_norm;
   float* as = xs + k;
   float* anw = in.add ? as + k : as;
   float* nw = add_norm ? anw + k : anw;
-  stage<kCoherent>(in.x, in.add, add_norm ? in.add_norm : nullptr, in.norm, in.gemma, k, xs, as, anw, nw);
+  stage<kPersistent>(in.x, in.add, add_norm ? in.add_norm : nullptr, in.norm, in.gemma, k, xs, as, anw, nw);
   float add_scale = 1.0f;
   if (add_norm) {
     float ss = 0;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) ss = __fmaf_rn(as[i], as[i], ss);
-    add_scale = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
+    for (int i = threadIdx.x; i < k; i += workers<kPersistent>()) ss = __fmaf_rn(as[i], as[i], ss);
+    add_scale = rsqrtf(workers_reduce<kPersistent>(ss, Sum{}) / float(k) + in.eps);
   }
   float ss = 0;
-  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+  for (int i = threadIdx.x; i < k; i += workers<kPersistent>()) {
     float v = xs[i];
     if (in.add) v += add_norm ? as[i] * add_scale * anw[i] : as[i];
     xs[i] = v;
@@ -90,10 +91,10 @@ __device__ inline void form_input(const GemvInput& in, float* xs) {
     ss = __fmaf_rn(v, v, ss);
   }
   if (in.norm) {
-    const float r = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
-    for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] *= r * nw[i];
+    const float r = rsqrtf(workers_reduce<kPersistent>(ss, Sum{}) / float(k) + in.eps);
+    for (int i = threadIdx.x; i < k; i += workers<kPersistent>()) xs[i] *= r * nw[i];
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
 }
 
 // The best (value, index) over the warp, in every lane (value returned, index in place).
@@ -108,10 +109,11 @@ __device__ __forceinline__ float warp_reduce_argmax(float best, int& idx) {
 
 // The last block of the LM head: the argmax over every block's partial becomes the next
 // token (state and history), and the counter is reset for the next step.
+template <bool kPersistent>
 __device__ inline void finish_argmax(const GemvOutput& out) {
   float best = -INFINITY;
   int idx = INT_MAX;
-  for (int b = threadIdx.x; b < int(gridDim.x); b += blockDim.x) {
+  for (int b = threadIdx.x; b < int(gridDim.x); b += workers<kPersistent>()) {
     const float2 p = __ldcg(out.partial + b);
     if (better(p.x, __float_as_int(p.y), best, idx)) best = p.x, idx = __float_as_int(p.y);
   }
@@ -119,9 +121,9 @@ __device__ inline void finish_argmax(const GemvOutput& out) {
   __shared__ int wi[32];
   best = warp_reduce_argmax(best, idx);
   if (threadIdx.x % 32 == 0) wv[threadIdx.x / 32] = best, wi[threadIdx.x / 32] = idx;
-  __syncthreads();
+  sync_workers<kPersistent>();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x / 32); ++w)
+    for (int w = 1; w < workers<kPersistent>() / 32; ++w)
       if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
     const int token = wi[0], count = out.state[2];
     out.history[count % out.history_len] = token;
@@ -134,24 +136,25 @@ __device__ inline void finish_argmax(const GemvOutput& out) {
 
 // Every block hands in its best (value, index) of the logits; the last block to do so
 // finishes the argmax. Called by every thread of every block, once per step.
+template <bool kPersistent>
 __device__ inline void publish_argmax(const GemvOutput& out, float best, int best_idx) {
   best = warp_reduce_argmax(best, best_idx);
   __shared__ float wv[32];
   __shared__ int wi[32];
   __shared__ bool last;
   if (threadIdx.x % 32 == 0) wv[threadIdx.x / 32] = best, wi[threadIdx.x / 32] = best_idx;
-  __syncthreads();
+  sync_workers<kPersistent>();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x / 32); ++w)
+    for (int w = 1; w < workers<kPersistent>() / 32; ++w)
       if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
     out.partial[blockIdx.x] = make_float2(wv[0], __int_as_float(wi[0]));
     __threadfence();  // the partial is visible before the count says so
     last = atomicAdd(out.counter, 1u) == gridDim.x - 1;
   }
-  __syncthreads();
+  sync_workers<kPersistent>();
   if (last) {
     __threadfence();
-    finish_argmax(out);
+    finish_argmax<kPersistent>(out);
   }
 }
 

@@ -146,14 +146,17 @@ struct PersistentStep {
   int hidden = 0;
   float* x = nullptr;  // [hidden]
   unsigned vector_bytes = 0;  // shared memory for input vectors (persistent_smem_bytes)
-  // Measurement only, or null: [8 * n_phases] ns summed over steps, per phase as block 0
-  // saw it: the phase, the barrier after it, forming the input, waiting for weights, the
-  // dot products, the block-wide sync after them, issuing copies, the epilogue.
+  int slots = 0;              // of the weight ring (persistent_smem_bytes)
+  // Measurement only, or null: [8 * n_phases] ns summed over steps, per phase as block 0's
+  // thread 0 saw it: the phase, the barrier after it, forming the input, its warp's waits
+  // for weights, its warp's rows (dot products and outputs); the other three are unused.
   unsigned long long* timing = nullptr;
 };
 // Dynamic shared memory the kernel needs for these phases, of which *vector_bytes for
-// input vectors; or 0 (with the reason in *why) when it cannot run them.
-size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector_bytes, std::string* why);
+// input vectors, and the ring's slots; or 0 (with the reason in *why) when it cannot run
+// them.
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector_bytes, int* slots,
+                             std::string* why);
 // Blocks of the cooperative launch (one per SM), or 0 when a block does not fit.
 int persistent_blocks(int sm_count, size_t smem);
 void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem);

@@ -13,16 +13,17 @@
 //
 // Rows of each matrix are split evenly over the blocks: block b owns rows
 // [b·N/G, (b+1)·N/G) of every matrix of N rows. A stage is a run of whole rows of one
-// matrix (for gate/up, the same rows of both) that fits in a slot. The thread that issues
-// copies walks the same sequence of stages as the consumers, kSlots ahead.
+// matrix (for gate/up, the same rows of both) that fits in a slot.
 //
-// Status (bench/NOTES.md): correct, opt-in (LMX_FUSED_PERSISTENT=1), and 6-15% slower than
-// the kernel-per-phase graph on the H200. The weights arrive in time (a block waits for
-// them 1-3% of the step); what costs is the work around each 32 KiB stage (the block-wide
-// sync, the epilogue, the next stage's bookkeeping) done by the same eight warps that
-// compute the dot products, plus the attention phase and each phase's input, which
-// nothing overlaps. The next step is warp specialisation: a producer warp and more
-// consumer warps, synchronised on named barriers.
+// The block is warp-specialised. One warp only issues the copies, walking the same
+// sequence of stages as the workers, as far ahead as the ring allows; the eight worker
+// warps deal each stage's rows out among themselves, a row to one warp, and each frees the
+// slot on its own (an mbarrier that counts the warps). No stage needs a block-wide sync,
+// and issuing copies is off the workers' path. The workers synchronise among themselves on
+// a named barrier (sync_workers), for the phases' inputs, the attention and the grid
+// barrier.
+//
+// Status (bench/NOTES.md): correct, opt-in (LMX_FUSED_PERSISTENT=1).
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
@@ -30,18 +31,18 @@
 namespace lmx::cuda::fused {
 namespace {
 
-constexpr int kThreads = attention_detail::kThreads;  // 256: what attention_task is written for
-constexpr int kWarps = kThreads / 32;
-constexpr int kSlots = 5;
+constexpr int kWorkerWarps = kWorkers / 32;
+constexpr int kThreads = kWorkers + 32;  // the workers, then the copying warp
+constexpr int kMaxSlots = 7;
 constexpr int kSlotBytes = 32 << 10;
 constexpr int kMaxStageRows = 256;  // rows of one matrix per stage (paired stages hold twice as many)
-constexpr int kStaticSmem = 8 << 10;  // what the kernel's __shared__ variables may take
+constexpr int kStaticSmem = 2 << 10;  // what the kernel's __shared__ variables may take (checked at launch)
 
 // Grid-wide barrier on a 64-bit counter that only grows: barrier n of a step waits until
 // base + n·G blocks have arrived. The counter is never reset, so no launch is needed for
 // that; `base` is read at the start of the step (see step_base).
 __device__ __forceinline__ void grid_barrier(unsigned long long* counter, unsigned long long target) {
-  __syncthreads();
+  sync_workers<true>();
   if (threadIdx.x == 0) {
     __threadfence();  // this block's writes are visible before its arrival is
     atomicAdd(counter, 1ull);
@@ -51,7 +52,7 @@ __device__ __forceinline__ void grid_barrier(unsigned long long* counter, unsign
     } while (v < target);
     __threadfence();
   }
-  __syncthreads();
+  sync_workers<true>();
 }
 
 // The counter's value when this step began. Every block reads it before its first
@@ -64,8 +65,20 @@ __device__ __forceinline__ unsigned long long step_base(unsigned long long* coun
     asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
     base = v - v % per_step;
   }
-  __syncthreads();
+  sync_workers<true>();
   return base;
+}
+
+// Whether GEMV phase i takes its input straight into bf16, with no staged f32 copy: the
+// merge of the attention before it (merge_input), or a vector with no residual and no
+// norm (load_plain_input).
+__host__ __device__ inline bool merges_attention(const StepPhase* phases, int i) {
+  return i > 0 && phases[i - 1].kind == StepPhase::Kind::attention &&
+         attention_detail::merged_by_next_gemv(phases[i - 1].attn);
+}
+__host__ __device__ inline bool direct_input(const StepPhase* phases, int i) {
+  const GemvInput& in = phases[i].in;
+  return merges_attention(phases, i) || (!in.add && !in.norm && !in.x_out);
 }
 
 __host__ __device__ inline bool paired(const StepPhase& p) {
@@ -139,14 +152,50 @@ struct Cursor {
   }
 };
 
-// Starts the copies of stage `st` into `slot` (the producer thread only).
+// Starts the copies of stage `st` into `slot`, counted on `bar`.
 __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar) {
-  if (st.n == 0) return;
   const Geometry& g = table[st.phase];
   const unsigned bytes = unsigned(st.n) * unsigned(g.k) * sizeof(bf16);
   mbarrier_expect(bar, g.pair ? 2 * bytes : bytes);
   bulk_copy(slot, g.w[st.seg] + size_t(st.row) * g.k, bytes, bar);
   if (g.pair) bulk_copy(slot + size_t(st.n) * g.k, g.w[1] + size_t(st.row) * g.k, bytes, bar);
+}
+
+__device__ __forceinline__ bf16* slot_at(bf16* ring, int i) { return ring + size_t(i) * (kSlotBytes / sizeof(bf16)); }
+
+// The copying warp's one thread: every stage of the step in order, each into the next
+// slot of the ring once the workers have freed it (all kWorkerWarps of them arrive on
+// `empty` when done reading). It never waits for the workers otherwise, so the copies run
+// on across phase boundaries, barriers and attention, as far as the ring reaches. (Going
+// further through L2 prefetches of the stages beyond the ring lost 4-20%: bench/NOTES.md.)
+__device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slots, uint64_t* full, uint64_t* empty) {
+  Cursor cursor;
+  for (int i = 0;; ++i) {
+    const Stage st = cursor.next(table, n_phases);
+    if (st.n == 0) return;
+    const int slot = i % slots;
+    if (i >= slots) mbarrier_wait(&empty[slot], unsigned(i / slots - 1) & 1u);
+    issue(table, st, slot_at(ring, slot), &full[slot]);
+  }
+}
+
+// A GEMV input with no residual and no norm (the down projection's) straight to bf16, with
+// every load of a thread in flight at once: one round trip to L2, not a staged f32 copy
+// and a rounding pass.
+__device__ __forceinline__ void load_plain_input(const float* x, int k, bf16* xb) {
+  constexpr int V = 4;  // float4s per thread and trip: one trip up to k = 4,096
+  for (int base = threadIdx.x * 4; base < k; base += kWorkers * 4 * V) {
+    float4 v[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      if (base + u * kWorkers * 4 < k) v[u] = __ldcg(reinterpret_cast<const float4*>(x + base + u * kWorkers * 4));
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(xb + base + u * kWorkers * 4);
+      if (base + u * kWorkers * 4 < k) out[0] = __floats2bfloat162_rn(v[u].x, v[u].y), out[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+    }
+  }
+  sync_workers<true>();
 }
 
 // acc + w[0..8)·x[0..8) for bf16 w and x, in f32.
@@ -162,41 +211,109 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, uint4 x, float acc) {
   return acc;
 }
 
-// The dot products of one stage's rows (in `w`, shared memory) with the bf16 vector `xb`,
-// into acc[part·nr + r]: rows split over warps, and a row over several warps when there
-// are fewer rows than warps. The vector is bf16, as the plain path's activations are:
-// with f32 it would take twice the weights' shared-memory bandwidth, and the reads of
-// shared memory, not of DRAM, were what bounded a stage.
-__device__ __forceinline__ void stage_dots(const bf16* w, int nr, int k, const bf16* xb, float* acc, int& parts) {
-  parts = 1;
-  while (parts * 2 * nr <= kWarps && parts * 2 * 256 <= k) parts *= 2;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int u = warp; u < nr * parts; u += kWarps) {
-    const int r = u / parts, part = u % parts;
-    const bf16* row = w + size_t(r) * k;
-    float s0 = 0, s1 = 0;  // two chains: half the dependent FMAs per step
-    int c = (part * 32 + lane) * 8;
-    const int step = parts * 256;
+// The dot products of row `a` (and row `b` when kTwo) of a slot with the bf16 vector `xb`,
+// by one warp, returned to every lane. Lane l takes columns [8l, 8l + 8) of every 256: a
+// warp's 16-byte reads cover 512 contiguous bytes, free of bank conflicts. Two rows at
+// once read the vector once for both. The vector is bf16, as the plain path's activations
+// are; in f32 it would take twice the weights' shared-memory bandwidth.
+template <bool kTwo>
+__device__ __forceinline__ float2 warp_dots(const bf16* a, const bf16* b, const bf16* xb, int k) {
+  auto at = [](const bf16* p, int c) { return *reinterpret_cast<const uint4*>(p + c); };
+  float s0 = 0, s1 = 0, t0 = 0, t1 = 0;  // two chains per row: half the dependent FMAs
+  int c = (threadIdx.x % 32) * 8;
 #pragma unroll 2
-    for (; c + step < k; c += 2 * step) {
-      const uint4 w0 = *reinterpret_cast<const uint4*>(row + c), w1 = *reinterpret_cast<const uint4*>(row + c + step);
-      const uint4 x0 = *reinterpret_cast<const uint4*>(xb + c), x1 = *reinterpret_cast<const uint4*>(xb + c + step);
-      s0 = dot8_bf16(w0, x0, s0);
-      s1 = dot8_bf16(w1, x1, s1);
+  for (; c + 256 < k; c += 512) {
+    const uint4 x0 = at(xb, c), x1 = at(xb, c + 256);
+    s0 = dot8_bf16(at(a, c), x0, s0);
+    s1 = dot8_bf16(at(a, c + 256), x1, s1);
+    if constexpr (kTwo) {
+      t0 = dot8_bf16(at(b, c), x0, t0);
+      t1 = dot8_bf16(at(b, c + 256), x1, t1);
     }
-    if (c < k)
-      s0 = dot8_bf16(*reinterpret_cast<const uint4*>(row + c), *reinterpret_cast<const uint4*>(xb + c), s0);
-    const float sum = warp_reduce(s0 + s1, Sum{});
-    if (lane == 0) acc[part * nr + r] = sum;
   }
+  if (c < k) {
+    const uint4 x0 = at(xb, c);
+    s0 = dot8_bf16(at(a, c), x0, s0);
+    if constexpr (kTwo) t0 = dot8_bf16(at(b, c), x0, t0);
+  }
+  return make_float2(warp_reduce(s0 + s1, Sum{}), kTwo ? warp_reduce(t0 + t1, Sum{}) : 0.0f);
+}
+
+// Output o of a plain or logits GEMV; for logits, also this lane's argmax so far.
+__device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, int o, float v, float& best,
+                                          int& best_idx) {
+  if (e == Epilogue::logits) {
+    if (softcap > 0) v = softcap * tanhf(v / softcap);
+    if (better(v, o, best, best_idx)) best = v, best_idx = o;
+  }
+  y[o] = v;
+}
+
+// The O projection's input after an attention whose chunks were left unmerged
+// (merged_by_next_gemv). Every block merges the chunks' softmax partials (m, l and the
+// weighted sum of values, per query head and chunk) itself, straight into the bf16
+// vector: no fence, no counter, and no single block that the grid waits for. `scratch`
+// holds 2·n_heads·splits floats.
+__device__ void merge_input(const AttentionStep& a, bf16* xb, float* scratch) {
+  const int d = a.head_dim, stride = d + 2, heads = a.n_heads, splits = a.splits;
+  const int pos = a.state[1], pad = a.pad ? *a.pad : 0;
+  const int live = (pos - attention_detail::first_visible(a, pos, pad)) / a.chunk + 1;
+  float* w = scratch;                     // [heads, live]: m, then the chunk's weight
+  float* l = scratch + heads * splits;    // [heads, live]
+  // Every (head, chunk)'s m and l, all loads in flight.
+#pragma unroll 2
+  for (int i = threadIdx.x; i < heads * live; i += kWorkers) {
+    const float* part = a.partial + (size_t(i / live) * splits + i % live) * stride;
+    const float2 ml = __ldcg(reinterpret_cast<const float2*>(part));
+    w[i] = ml.x, l[i] = ml.y;
+  }
+  sync_workers<true>();
+  // Each chunk's weight exp(m_c - M) / L, where M = max m_c and L = sum l_c exp(m_c - M):
+  // a warp per query head, its lanes over the chunks.
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int j = warp; j < heads; j += kWorkerWarps) {
+    float m = -INFINITY;
+    for (int c = lane; c < live; c += 32) m = fmaxf(m, w[j * live + c]);
+    m = warp_reduce(m, Max{});
+    float sum = 0;
+    for (int c = lane; c < live; c += 32) {
+      const float e = __expf(w[j * live + c] - m);
+      w[j * live + c] = e;
+      sum = __fmaf_rn(l[j * live + c], e, sum);
+    }
+    const float inv = 1.0f / warp_reduce(sum, Sum{});
+    for (int c = lane; c < live; c += 32) w[j * live + c] *= inv;
+  }
+  sync_workers<true>();
+  // out[j, i] = sum over chunks of weight[j, c] acc[j, c, i]: pairs of outputs (d + 2 is
+  // even, so a pair is 8-byte aligned), two pairs a thread and pass, eight chunks' loads
+  // of each in flight.
+  auto pair_sum = [&](int o, int c) {
+    const int j = o / d;
+    const float2 v = __ldcg(reinterpret_cast<const float2*>(a.partial + (size_t(j) * splits + c) * stride + 2 + o % d));
+    return make_float2(w[j * live + c] * v.x, w[j * live + c] * v.y);
+  };
+  const int n = heads * d;
+  for (int o = threadIdx.x * 2; o < n; o += 4 * kWorkers) {
+    const int o2 = ::min(o + 2 * kWorkers, n - 2);  // past the end: a duplicate, not stored
+    float2 x = make_float2(0, 0), y = make_float2(0, 0);
+#pragma unroll 8
+    for (int c = 0; c < live; ++c) {
+      const float2 u = pair_sum(o, c), v = pair_sum(o2, c);
+      x.x += u.x, x.y += u.y, y.x += v.x, y.y += v.y;
+    }
+    *reinterpret_cast<__nv_bfloat162*>(xb + o) = __floats2bfloat162_rn(x.x, x.y);
+    if (o + 2 * kWorkers < n) *reinterpret_cast<__nv_bfloat162*>(xb + o2) = __floats2bfloat162_rn(y.x, y.y);
+  }
+  sync_workers<true>();
 }
 
 // The input vector in bf16 (the staged f32 one is rounded once, as the plain path rounds
 // its activations).
 __device__ __forceinline__ void round_input(const float* xs, int k, bf16* xb) {
-  for (int i = threadIdx.x * 2; i < k; i += 2 * kThreads)
+  for (int i = threadIdx.x * 2; i < k; i += 2 * kWorkers)
     *reinterpret_cast<__nv_bfloat162*>(xb + i) = __floats2bfloat162_rn(xs[i], xs[i + 1]);
-  __syncthreads();
+  sync_workers<true>();
 }
 
 __device__ __forceinline__ unsigned long long now_ns() {
@@ -205,8 +322,9 @@ __device__ __forceinline__ unsigned long long now_ns() {
   return t;
 }
 
-// Measurement (PersistentStep::timing): block 0 adds each phase's time from the end of the
-// barrier before it to the start of the barrier after it, then the barrier's own wait.
+// Measurement (PersistentStep::timing): block 0's thread 0 adds each phase's time from the
+// end of the barrier before it to the start of the barrier after it, then the barrier's
+// own wait, and within a GEMV phase the input, its warp's waits for weights and its rows.
 __device__ __forceinline__ void add_time(const PersistentStep& s, int slot, unsigned long long& since) {
   if (!s.timing || blockIdx.x != 0 || threadIdx.x != 0) return;
   const unsigned long long t = now_ns();
@@ -214,26 +332,27 @@ __device__ __forceinline__ void add_time(const PersistentStep& s, int slot, unsi
   since = t;
 }
 
+// Blocks of kWorkers threads that compute, then one warp that issues the weight copies.
+// The workers take a stage's rows warp by warp, a warp's rows whole, so that no stage
+// needs the whole block: each warp frees the slot on its own and goes on to the next.
 __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(PersistentStep s) {
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* slots = reinterpret_cast<bf16*>(smem);                          // [kSlots][kSlotBytes]
-  float* vec = reinterpret_cast<float*>(smem + kSlots * kSlotBytes);    // the input vector / attention scratch
-  Geometry* table = reinterpret_cast<Geometry*>(smem + kSlots * kSlotBytes + s.vector_bytes);  // [n_phases]
-  __shared__ __align__(8) uint64_t full[kSlots];
-  __shared__ float acc[2][2 * kMaxStageRows];
-  auto slot_ptr = [&](int i) { return slots + size_t(i) * (kSlotBytes / sizeof(bf16)); };
+  const int slots = s.slots;
+  bf16* ring = reinterpret_cast<bf16*>(smem);                                       // [slots][kSlotBytes]
+  float* vec = reinterpret_cast<float*>(smem + size_t(slots) * kSlotBytes);         // input vector / attention scratch
+  Geometry* table = reinterpret_cast<Geometry*>(smem + size_t(slots) * kSlotBytes + s.vector_bytes);  // [n_phases]
+  __shared__ __align__(8) uint64_t full[kMaxSlots], empty[kMaxSlots];
 
   load_geometry(s, table);
-  // The thread that issues the copies: lane 0 of the last warp, so that issuing and the
-  // epilogue (the first threads) proceed side by side after each stage.
-  const bool producer_thread = threadIdx.x == kThreads - 32;
-  Cursor producer;  // the producer thread's, kSlots stages ahead of the consumers
-  if (producer_thread) {
-    for (int i = 0; i < kSlots; ++i) mbarrier_init(&full[i], 1);
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1), mbarrier_init(&empty[i], kWorkerWarps);
     mbarrier_init_fence();
-    for (int i = 0; i < kSlots; ++i) issue(table, producer.next(table, s.n_phases), slot_ptr(i), &full[i]);
   }
-  __syncthreads();
+  __syncthreads();  // the last whole-block barrier: from here the copying warp goes its own way
+  if (threadIdx.x >= kWorkers) {
+    if (threadIdx.x == kWorkers) produce(table, s.n_phases, ring, slots, full, empty);
+    return;
+  }
 
   unsigned long long since = now_ns();
   const unsigned long long per_step = (unsigned long long)(s.n_phases) * gridDim.x;
@@ -242,23 +361,29 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   // The embedding: x = embed[token] · scale.
   {
     const bf16* row = s.embed + size_t(s.state[0]) * s.hidden;
-    for (int i = blockIdx.x * kThreads + threadIdx.x; i < s.hidden; i += gridDim.x * kThreads) {
+    for (int i = blockIdx.x * kWorkers + threadIdx.x; i < s.hidden; i += gridDim.x * kWorkers) {
       const float v = __bfloat162float(row[i]);
       s.x[i] = s.embed_scale > 0 ? v * s.embed_scale : v;
     }
   }
   grid_barrier(s.barrier, target += gridDim.x);
 
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Cursor consumer;
   Stage next = consumer.next(table, s.n_phases);
-  int consumed = 0;  // stages so far: slot consumed % kSlots, its use consumed / kSlots
+  int consumed = 0;  // stages so far: slot consumed % slots, its use consumed / slots
+  int dealt = 0;     // items dealt so far, over all stages: item i goes to warp i % kWorkerWarps
   for (int p = 0; p < s.n_phases; ++p) {
+    // The next phase's parameters towards L1 while this one runs: every block reads them
+    // right after the barrier, and from L2 that is a round trip before its input can start.
+    if (p + 1 < s.n_phases && threadIdx.x < int((sizeof(StepPhase) + 127) / 128))
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(reinterpret_cast<const char*>(s.phases + p + 1) + 128 * threadIdx.x));
     // By value: kept in registers, not reloaded from memory after every store.
     if (s.phases[p].kind == StepPhase::Kind::attention) {
       const AttentionStep a = s.phases[p].attn;
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
         attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec);
-        __syncthreads();  // the next task reuses the scratch
+        sync_workers<true>();  // the next task reuses the scratch
       }
     } else {
       const GemvInput in = s.phases[p].in;
@@ -271,47 +396,49 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       const int k = in.k;
       const bool pair = epilogue == Epilogue::glu_silu || epilogue == Epilogue::glu_gelu;
       unsigned long long t0 = s.timing ? now_ns() : 0;
-      form_input<true>(in, vec);
-      bf16* xb = reinterpret_cast<bf16*>(vec + size_t(staged_arrays(in)) * k);  // [k], after the staged inputs
-      round_input(vec, k, xb);
+      const bool direct = direct_input(s.phases, p);
+      bf16* xb = reinterpret_cast<bf16*>(direct ? vec : vec + size_t(staged_arrays(in)) * k);  // [k]
+      if (merges_attention(s.phases, p)) {
+        merge_input(s.phases[p - 1].attn, xb, reinterpret_cast<float*>(xb + k));
+      } else if (direct) {
+        load_plain_input(in.x, k, xb);
+      } else {
+        form_input<true>(in, vec);
+        round_input(vec, k, xb);
+      }
       add_time(s, 8 * p + 2, t0);
-      float best = -INFINITY;  // logits: this thread's argmax so far
+      float best = -INFINITY;  // logits: this lane's argmax so far
       int best_idx = INT_MAX;
       for (; next.n > 0 && next.phase == p; next = consumer.next(table, s.n_phases), ++consumed) {
-        const int slot = consumed % kSlots;
+        const int slot = consumed % slots;
         unsigned long long t1 = s.timing ? now_ns() : 0;
-        mbarrier_wait(&full[slot], unsigned(consumed / kSlots) & 1u);
+        mbarrier_wait(&full[slot], unsigned(consumed / slots) & 1u);
         add_time(s, 8 * p + 3, t1);
-        float* a = acc[consumed & 1];
-        const int nr = next.n * (pair ? 2 : 1);
-        int parts = 1;
-        stage_dots(slot_ptr(slot), nr, k, xb, a, parts);
-        add_time(s, 8 * p + 4, t1);
-        __syncthreads();  // the slot is read and the sums are in `a`
-        add_time(s, 8 * p + 5, t1);
-        if (producer_thread) issue(table, producer.next(table, s.n_phases), slot_ptr(slot), &full[slot]);
-        add_time(s, 8 * p + 6, t1);
-        const int offset = next.seg == 0 ? 0 : next.seg == 1 ? seg1 : seg2;  // the segment's first output
-        for (int i = threadIdx.x; i < next.n; i += kThreads) {
-          float v = 0, u = 0;
-          for (int part = 0; part < parts; ++part) {
-            v += a[part * nr + i];
-            if (pair) u += a[part * nr + next.n + i];
-          }
-          const int o = offset + next.row + i;
-          if (epilogue == Epilogue::plain) {
-            y[o] = v;
-          } else if (pair) {
-            y[o] = (epilogue == Epilogue::glu_silu ? silu(v) : gelu_tanh(v)) * u;
+        const bf16* w = slot_at(ring, slot);
+        const int o = (next.seg == 0 ? 0 : next.seg == 1 ? seg1 : seg2) + next.row;  // the stage's first output
+        // An item is a gate row with its up row, or two rows of a plain matrix.
+        const int items = pair ? next.n : (next.n + 1) / 2;
+        for (int i = (warp - dealt % kWorkerWarps + kWorkerWarps) % kWorkerWarps; i < items; i += kWorkerWarps) {
+          if (pair) {
+            const float2 d = warp_dots<true>(w + size_t(i) * k, w + size_t(next.n + i) * k, xb, k);
+            if (lane == 0) y[o + i] = (epilogue == Epilogue::glu_silu ? silu(d.x) : gelu_tanh(d.x)) * d.y;
+          } else if (2 * i + 1 < next.n) {
+            const float2 d = warp_dots<true>(w + size_t(2 * i) * k, w + size_t(2 * i + 1) * k, xb, k);
+            if (lane == 0) {
+              store_row(epilogue, y, softcap, o + 2 * i, d.x, best, best_idx);
+              store_row(epilogue, y, softcap, o + 2 * i + 1, d.y, best, best_idx);
+            }
           } else {
-            if (softcap > 0) v = softcap * tanhf(v / softcap);
-            y[o] = v;
-            if (better(v, o, best, best_idx)) best = v, best_idx = o;
+            const float2 d = warp_dots<false>(w + size_t(2 * i) * k, nullptr, xb, k);
+            if (lane == 0) store_row(epilogue, y, softcap, o + 2 * i, d.x, best, best_idx);
           }
         }
-        add_time(s, 8 * p + 7, t1);
+        dealt += items;
+        __syncwarp();  // every lane has read the slot
+        if (lane == 0) mbarrier_arrive(&empty[slot]);
+        add_time(s, 8 * p + 4, t1);
       }
-      if (epilogue == Epilogue::logits) publish_argmax(s.phases[p].out, best, best_idx);
+      if (epilogue == Epilogue::logits) publish_argmax<true>(s.phases[p].out, best, best_idx);
     }
     add_time(s, 8 * p, since);
     if (p + 1 < s.n_phases) grid_barrier(s.barrier, target += gridDim.x);
@@ -319,14 +446,19 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   }
 }
 
-// Shared memory beyond the slots: the largest input vector with its staged inputs, or the
-// largest attention scratch.
+// Shared memory beyond the slots: the largest input vector with its staged inputs (and,
+// after an attention, the merge's chunk weights), or the largest attention scratch.
 size_t vector_bytes(const std::vector<StepPhase>& phases) {
   size_t need = 0;
-  for (const StepPhase& p : phases) {
-    if (p.kind == StepPhase::Kind::gemv)
-      need = std::max(need, size_t(p.in.k) * (sizeof(float) * staged_arrays(p.in) + sizeof(bf16)));
-    else if (p.kind == StepPhase::Kind::attention)
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const StepPhase& p = phases[i];
+    if (p.kind == StepPhase::Kind::gemv) {
+      size_t bytes = size_t(p.in.k) * sizeof(bf16);
+      if (!direct_input(phases.data(), int(i))) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
+      if (merges_attention(phases.data(), int(i)))
+        bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
+      need = std::max(need, bytes);
+    } else if (p.kind == StepPhase::Kind::attention)
       need = std::max(need, sizeof(float) * attention_detail::attention_smem_floats(
                                                 p.attn.n_heads / p.attn.n_kv_heads, p.attn.head_dim, p.attn.chunk));
   }
@@ -335,15 +467,20 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
 
 }  // namespace
 
-size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector, std::string* why) {
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector, int* slots, std::string* why) {
   auto refuse = [&](std::string reason) {
     if (why) *why = std::move(reason);
     return size_t(0);
   };
-  for (const StepPhase& p : phases) {
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const StepPhase& p = phases[i];
     if (p.kind == StepPhase::Kind::attention) {
       if (p.attn.n_heads / p.attn.n_kv_heads > 32 || p.attn.head_dim % 8 != 0)
         return refuse("attention shape");
+      // merge_input reads the attention's output as its next GEMV's input
+      if (i + 1 == phases.size() || phases[i + 1].kind != StepPhase::Kind::gemv ||
+          phases[i + 1].in.k != p.attn.n_heads * p.attn.head_dim)
+        return refuse("an attention not followed by its output projection");
       continue;
     }
     if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
@@ -356,12 +493,19 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vec
       if (p.out.w[j] && reinterpret_cast<uintptr_t>(p.out.w[j]) % 16 != 0) return refuse("unaligned weights");
   }
   *vector = unsigned(vector_bytes(phases));
-  const size_t bytes = size_t(kSlots) * kSlotBytes + *vector + phases.size() * sizeof(Geometry);
-  if (bytes + kStaticSmem > 227 * 1024) return refuse("not enough shared memory");
-  return bytes;
+  // As many slots as fit beside the vector: the deeper the ring, the longer a stall
+  // (attention, a barrier, a phase's input) the copies run on through.
+  const size_t rest = *vector + phases.size() * sizeof(Geometry), room = 227 * 1024 - kStaticSmem;
+  *slots = rest >= room ? 0 : int(std::min<size_t>(kMaxSlots, (room - rest) / kSlotBytes));
+  if (*slots < 2) return refuse("not enough shared memory");
+  return size_t(*slots) * kSlotBytes + rest;
 }
 
 int persistent_blocks(int sm_count, size_t smem) {
+  cudaFuncAttributes attributes{};
+  check(cudaFuncGetAttributes(&attributes, persistent_step_kernel), "cudaFuncGetAttributes");
+  LMX_CHECK(attributes.sharedSizeBytes <= size_t(kStaticSmem), "persistent decode step", "the kernel's static shared memory (",
+            attributes.sharedSizeBytes, " bytes) outgrew its reserve of ", kStaticSmem, " bytes");
   check(cudaFuncSetAttribute(persistent_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
         "cudaFuncSetAttribute");
   int per_sm = 0;
