@@ -48,7 +48,8 @@ __device__ __forceinline__ int first_visible(const AttentionStep& a, int pos, in
 // input, where every block merges them all (fused_persistent.cu, merge_input): where the
 // last block of a kv head would merge more outputs than it has threads (Gemma 3: four
 // query heads of 256), so that one block would hold up the grid. Elsewhere the
-// per-block copies of the merge read more than that block's merge costs.
+// per-block copies of the merge cost more than that block's merge: making every shape
+// merge this way lost 4-5% for Llama and Qwen3 (bench/NOTES.md).
 __host__ __device__ inline bool merged_by_next_gemv(const AttentionStep& a) {
   return a.splits > 1 && (a.n_heads / a.n_kv_heads) * a.head_dim > kThreads;
 }
