@@ -15,9 +15,10 @@
 //     graph and replayed per token: the default, and the faster of the two on the H200;
 //   - persistent (LMX_FUSED_PERSISTENT=1, where it fits): one cooperative kernel per step
 //     that runs every phase with grid barriers between them and streams the weights ahead
-//     through shared memory (fused_persistent.cu). It is correct and tested, and slower so
-//     far (bench/NOTES.md says where its time goes); it is kept as the base of that work.
-//     One sequence only.
+//     through shared memory (fused_persistent.cu). It is correct and tested. On the H200,
+//     batch 1, 128 + 256 tokens, it runs Gemma 3 8% faster than the graph, Llama 4% and
+//     Qwen3 8% slower, and long contexts much slower (bench/NOTES.md says where its time
+//     goes), so it is not the default. One sequence only.
 //
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
 // replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off;
@@ -421,7 +422,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     fill(c, barrier_, 0);  // a new plan may have another count of barriers per step
     if (profile_) {
       report_profile();
-      timing_ = Array({int64_t(8 * plan_.size() * 2)}, Dtype::u32, Device::cuda(device_));  // u64 each
+      timing_ = Array({int64_t(fused::kTimes * plan_.size() * 2)}, Dtype::u32, Device::cuda(device_));  // u64 each
       fill(c, timing_, 0);
       profiled_steps_ = 0;
     }
@@ -477,13 +478,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (!timing_.valid() || profiled_steps_ == 0) return;
     try {
       synchronize(ctx());
-      std::vector<unsigned long long> t(plan_.size() * 8);
+      std::vector<unsigned long long> t(plan_.size() * fused::kTimes);
       check(cudaMemcpy(t.data(), timing_.raw(), t.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy");
-      std::vector<std::pair<std::string, std::array<double, 8>>> sums;
+      std::vector<std::pair<std::string, std::array<double, fused::kTimes>>> sums;
       for (size_t i = 0; i < plan_.size(); ++i) {
         auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& e) { return e.first == names_[i]; });
-        if (it == sums.end()) it = sums.insert(sums.end(), {names_[i], {0, 0, 0, 0, 0, 0, 0, 0}});
-        for (int j = 0; j < 8; ++j) it->second[size_t(j)] += double(t[8 * i + size_t(j)]) / 1e3 / double(profiled_steps_);
+        if (it == sums.end()) it = sums.insert(sums.end(), {names_[i], {}});
+        for (int j = 0; j < fused::kTimes; ++j)
+          it->second[size_t(j)] += double(t[fused::kTimes * i + size_t(j)]) / 1e3 / double(profiled_steps_);
       }
       std::fprintf(stderr, "[fused profile] %lld steps, block 0's first warp, us per step: phase (of which input, "
                    "waiting for weights, rows) + barrier\n", (long long)profiled_steps_);

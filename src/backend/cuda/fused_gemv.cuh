@@ -36,7 +36,8 @@ __host__ __device__ inline int staged_arrays(const GemvInput& in) {
 template <bool kPersistent>
 __device__ inline void stage(const float* x, const float* add, const bf16* add_norm, const bf16* norm, bool gemma, int k,
                       float* xs, float* as, float* anw, float* nw) {
-  constexpr int V = kPersistent ? 2 : 4;  // float4s per array per thread and trip
+  // float4s per array per thread and trip (fewer in the persistent step: 168 registers)
+  constexpr int V = kPersistent ? 2 : 4;
   for (int base = threadIdx.x * 4; base < k; base += workers<kPersistent>() * 4 * V) {
     float4 xv[V], av[V];
     uint2 anv[V], nv[V];

@@ -147,11 +147,12 @@ struct PersistentStep {
   float* x = nullptr;  // [hidden]
   unsigned vector_bytes = 0;  // shared memory for input vectors (persistent_smem_bytes)
   int slots = 0;              // of the weight ring (persistent_smem_bytes)
-  // Measurement only, or null: [8 * n_phases] ns summed over steps, per phase as block 0's
-  // thread 0 saw it: the phase, the barrier after it, forming the input, its warp's waits
-  // for weights, its warp's rows (dot products and outputs); the other three are unused.
+  // Measurement only, or null: [kTimes * n_phases] ns summed over steps, per phase as
+  // block 0's thread 0 saw it: the phase, the barrier after it, forming the input, its
+  // warp's waits for weights, its warp's rows (dot products and outputs).
   unsigned long long* timing = nullptr;
 };
+constexpr int kTimes = 5;
 // Dynamic shared memory the kernel needs for these phases, of which *vector_bytes for
 // input vectors, and the ring's slots; or 0 (with the reason in *why) when it cannot run
 // them.
