@@ -85,19 +85,21 @@ class PathChoice {
 
 class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
 
-TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
-  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+// Fed the same tokens, the fused step's logits at each of 64 decode positions are within
+// bf16 tolerance of the plain path's. The fused step's cache starts with `capacity` slots
+// (the plain one with 8; both grow as needed).
+void expect_logits_match_plain(const FusedCase& c, int64_t capacity) {
   const Device gpu = Device::cuda(0);
-  const PathChoice path(GetParam().persistent);
-  const auto model = random_model(GetParam().config, gpu);
+  const PathChoice path(c.persistent);
+  const auto model = random_model(c.config, gpu);
   const auto fused = model->fused_decoder();
-  ASSERT_NE(fused, nullptr) << "CUDA has a fused path for bf16 " << GetParam().name;
+  ASSERT_NE(fused, nullptr) << "CUDA has a fused path for bf16 " << c.name;
 
   const int64_t prompt_len = 20, steps = 64, vocab = model->spec().vocab_size;
   const std::vector<int32_t> ids = to_vector<int32_t>(
       astype(random_uniform({prompt_len + steps}, 7, 0, float(vocab) - 1, Dtype::f32), Dtype::i32));
   // The same prefill through the plain ops fills both caches.
-  KVCache plain(*model, GetParam().rotate, 8), fast(*model, GetParam().rotate, 8);  // small: both grow
+  KVCache plain(*model, c.rotate, 8), fast(*model, c.rotate, capacity);
   const Array prompt = to_device(from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + prompt_len),
                                              {1, prompt_len}), gpu);
   (void)model->forward(prompt, plain.layers());
@@ -114,16 +116,21 @@ TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
     const std::vector<float> got = to_floats(fused->logits());
     ASSERT_EQ(got.size(), want.size());
     if (t == 0) {
-      EXPECT_STREQ(fused->path(), GetParam().persistent ? "persistent" : "graph");
+      EXPECT_STREQ(fused->path(), c.persistent ? "persistent" : "graph");
     }
     const double err = relative_l2(got, want);
     worst = std::max(worst, err);
-    EXPECT_LE(err, 2e-2) << GetParam().name << " decode position " << prompt_len + t;
+    EXPECT_LE(err, 2e-2) << c.name << " decode position " << prompt_len + t;
     const int32_t argmax = int32_t(std::max_element(got.begin(), got.end()) - got.begin());
     EXPECT_EQ(fused->tokens(1)[0], argmax) << "the fused argmax is the argmax of the fused logits";
   }
   EXPECT_EQ(fast.length(), plain.length());
-  std::printf("[ info ] %s: worst relative L2 over %lld positions %.2e\n", GetParam().name, (long long)steps, worst);
+  std::printf("[ info ] %s: worst relative L2 over %lld positions %.2e\n", c.name, (long long)steps, worst);
+}
+
+TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  expect_logits_match_plain(GetParam(), 8);
 }
 
 // Greedy steps replayed back to back (the argmax fed straight back on the device) give
@@ -199,6 +206,16 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
                                            FusedCase{"qwen3_per_phase", kQwen3, false, false},
                                            FusedCase{"gemma3_rotating_per_phase", kGemma3, true, false}),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// A cache with more 32-key chunks than the grid has blocks (Llama's 2 kv heads x 128
+// chunks of 4,096 slots): the persistent step lengthens its chunks so that its attention
+// runs at most a task per block (persistent_attention_split; 64 keys on a 132-SM GPU).
+// Gemma 3's one kv head takes 32-key chunks and the merge in the O projection's input.
+TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  expect_logits_match_plain(FusedCase{"llama_long_cache", kLlama, false, true}, 4096);
+  expect_logits_match_plain(FusedCase{"gemma3_long_cache", kGemma3, false, true}, 4096);
+}
 
 // ---- batches: several sequences stepped together, each with its own left padding ----
 
@@ -424,6 +441,21 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
 
 // Where the device has no fused path (the CPU), the model says so and the generator
 // keeps to the plain ops.
+TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
+  cuda::fused::AttentionStep a;
+  a.n_heads = 32, a.n_kv_heads = 8, a.head_dim = 64;  // Llama-3.2-1B
+  auto split = [&](int slots) {
+    a.slots = slots;
+    cuda::fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
+    cuda::fused::persistent_attention_split(a, 132);
+    return std::pair(a.chunk, a.splits);
+  };
+  EXPECT_EQ(split(384), std::pair(32, 12)) << "short caches keep the default chunk";
+  EXPECT_EQ(split(2304), std::pair(144, 16)) << "8 kv heads x 16 chunks: one task per block of 132";
+  // Longer, the chunk stops where a task's scratch would pass 48 KiB: (544 + 68 c) floats.
+  EXPECT_EQ(split(32768), std::pair(160, 205));
+}
+
 TEST(FusedDecode, CpuHasNoFusedPath) {
   const auto model = random_model(kLlama, Device::cpu());
   EXPECT_EQ(model->fused_decoder(), nullptr);

@@ -9,7 +9,8 @@ using namespace attention_detail;
 
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
   extern __shared__ float sm[];
-  attention_task<false>(blockIdx.z == 0 ? a : row_of(a, int(blockIdx.z)), blockIdx.x, blockIdx.y, sm);
+  const AttentionStep r = blockIdx.z == 0 ? a : row_of(a, int(blockIdx.z));
+  attention_task<false>(r, blockIdx.x, blockIdx.y, sm, r.state[1], r.pad ? *r.pad : 0);
 }
 
 // Sequence blockIdx.y's token; state [rows, 3], x [rows, hidden].

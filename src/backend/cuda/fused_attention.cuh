@@ -149,9 +149,11 @@ __device__ inline AttentionStep row_of(AttentionStep a, int r) {
 }
 
 // One block's share of a layer's attention: kv head g, chunk `split` of the visible
-// positions. `sm` holds attention_smem_floats(...) floats.
+// positions. `sm` holds attention_smem_floats(...) floats. `pos` is the new token's slot
+// (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
+// reads them once per step rather than once per task.
 template <bool kPersistent>
-__device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm) {
+__device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad) {
   const int d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
   float* q = sm;                  // [group, D]
@@ -165,7 +167,6 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   bf16* vs = ks + chunk * d;                              // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  const int pos = a.state[1], pad = a.pad ? *a.pad : 0;  // pos: the new token's slot
   const int lo = first_visible(a, pos, pad);
   const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
   const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions

@@ -401,7 +401,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     persistent_blocks_ = 0;
     if (!persistent_) return;
     std::string why;
-    persistent_smem_ = fused::persistent_smem_bytes(plan_, &persistent_vector_, &persistent_slots_, &why);
+    persistent_plan_ = plan_;
+    for (fused::StepPhase& p : persistent_plan_)
+      if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, ctx().sm_count);
+    persistent_smem_ =
+        fused::persistent_smem_bytes(persistent_plan_, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
       persistent_blocks_ = fused::persistent_blocks(ctx().sm_count, persistent_smem_);
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
@@ -413,10 +417,10 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
                      why.c_str());
       return;
     }
-    const int64_t bytes = int64_t(plan_.size() * sizeof(fused::StepPhase));
+    const int64_t bytes = int64_t(persistent_plan_.size() * sizeof(fused::StepPhase));
     if (!phases_.valid() || phases_.size() < bytes) phases_ = Array({bytes}, Dtype::u8, Device::cuda(device_));
     const Context& c = ctx();
-    check(cudaMemcpyAsync(phases_.raw(), plan_.data(), size_t(bytes), cudaMemcpyHostToDevice, c.stream),
+    check(cudaMemcpyAsync(phases_.raw(), persistent_plan_.data(), size_t(bytes), cudaMemcpyHostToDevice, c.stream),
           "cudaMemcpyAsync");
     if (!barrier_.valid()) barrier_ = Array({2}, Dtype::u32, Device::cuda(device_));  // one u64
     fill(c, barrier_, 0);  // a new plan may have another count of barriers per step
@@ -468,6 +472,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       attn_partial_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
+  std::vector<fused::StepPhase> persistent_plan_;  // plan_ with the persistent kernel's attention chunks
   std::vector<const char*> names_;  // of plan_'s phases
   bool profile_ = env_set("LMX_FUSED_PROFILE");
   Array timing_;

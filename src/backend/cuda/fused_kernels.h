@@ -153,6 +153,9 @@ struct PersistentStep {
   unsigned long long* timing = nullptr;
 };
 constexpr int kTimes = 5;
+// Longer attention chunks where a cache has more of them than the grid has blocks (the
+// persistent kernel runs a block's tasks one after another); at least a.chunk keys.
+void persistent_attention_split(AttentionStep& a, int blocks);
 // Dynamic shared memory the kernel needs for these phases, of which *vector_bytes for
 // input vectors, and the ring's slots; or 0 (with the reason in *why) when it cannot run
 // them.
