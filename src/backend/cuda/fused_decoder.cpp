@@ -16,9 +16,9 @@
 //   - persistent (LMX_FUSED_PERSISTENT=1, where it fits): one cooperative kernel per step
 //     that runs every phase with grid barriers between them and streams the weights ahead
 //     through shared memory (fused_persistent.cu). It is correct and tested. On the H200,
-//     batch 1, 128 + 256 tokens, it runs Gemma 3 8% faster than the graph, Llama 4% and
-//     Qwen3 8% slower, and long contexts much slower (bench/NOTES.md says where its time
-//     goes), so it is not the default. One sequence only.
+//     batch 1, it runs Gemma 3 9-14% faster than the graph, Llama as fast, and Qwen3 6-17%
+//     slower (bench/NOTES.md says where its time goes), so it is not the default. One
+//     sequence only.
 //
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
 // replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off;
