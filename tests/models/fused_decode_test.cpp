@@ -436,11 +436,8 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   EXPECT_NE(refusal({wide}).find("shared memory"), std::string::npos);
 }
 
-}  // namespace persistent
-#endif
-
-// Where the device has no fused path (the CPU), the model says so and the generator
-// keeps to the plain ops.
+// A long cache's attention gets longer chunks, so that the persistent kernel's blocks
+// have at most a task each, within a task's shared-memory scratch.
 TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   cuda::fused::AttentionStep a;
   a.n_heads = 32, a.n_kv_heads = 8, a.head_dim = 64;  // Llama-3.2-1B
@@ -456,6 +453,11 @@ TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   EXPECT_EQ(split(32768), std::pair(160, 205));
 }
 
+}  // namespace persistent
+#endif
+
+// Where the device has no fused path (the CPU), the model says so and the generator
+// keeps to the plain ops.
 TEST(FusedDecode, CpuHasNoFusedPath) {
   const auto model = random_model(kLlama, Device::cpu());
   EXPECT_EQ(model->fused_decoder(), nullptr);
