@@ -44,6 +44,24 @@ __device__ __forceinline__ int first_visible(const AttentionStep& a, int pos, in
   return ::max(pad, a.window > 0 ? pos - a.window + 1 : 0);
 }
 
+// One row of n values in shared memory, by one warp: m = the row's max; the row becomes
+// exp(v - m) in place; sum = the sum of weights[i] * exp(v_i - m) (of exp(v_i - m)
+// without weights). Returns (m, sum) to every lane. A chunk's softmax statistics, and
+// the chunks' merge weights in the persistent step's O input.
+__device__ __forceinline__ float2 warp_exp_row(float* row, int n, const float* weights) {
+  const int lane = threadIdx.x % 32;
+  float m = -INFINITY;
+  for (int i = lane; i < n; i += 32) m = fmaxf(m, row[i]);
+  m = warp_reduce(m, Max{});
+  float sum = 0;
+  for (int i = lane; i < n; i += 32) {
+    const float e = __expf(row[i] - m);
+    row[i] = e;
+    sum = weights ? __fmaf_rn(weights[i], e, sum) : sum + e;
+  }
+  return make_float2(m, warp_reduce(sum, Sum{}));
+}
+
 // Whether the persistent step leaves the merge of the chunks' partials to the next GEMV's
 // input, where every block merges them all (fused_persistent.cu, merge_input): where the
 // last block of a kv head would merge more outputs than it has threads (Gemma 3: four
@@ -247,17 +265,8 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   // Softmax statistics per query head, one warp each; e becomes exp(s - m).
   __shared__ float m_head[32], l_head[32];
   for (int j = warp; j < group; j += kThreads / 32) {
-    float m = -INFINITY;
-    for (int i = lane; i < n; i += 32) m = fmaxf(m, e[j * chunk + i]);
-    m = warp_reduce(m, Max{});
-    float l = 0;
-    for (int i = lane; i < n; i += 32) {
-      const float w = __expf(e[j * chunk + i] - m);
-      e[j * chunk + i] = w;
-      l += w;
-    }
-    l = warp_reduce(l, Sum{});
-    if (lane == 0) m_head[j] = m, l_head[j] = l;
+    const float2 ml = warp_exp_row(e + j * chunk, n, nullptr);
+    if (lane == 0) m_head[j] = ml.x, l_head[j] = ml.y;
   }
   sync_workers<kPersistent>();
 

@@ -279,16 +279,7 @@ __device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb, 
   // a warp per query head, its lanes over the chunks.
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int j = warp; j < heads; j += kWorkerWarps) {
-    float m = -INFINITY;
-    for (int c = lane; c < live; c += 32) m = fmaxf(m, w[j * live + c]);
-    m = warp_reduce(m, Max{});
-    float sum = 0;
-    for (int c = lane; c < live; c += 32) {
-      const float e = __expf(w[j * live + c] - m);
-      w[j * live + c] = e;
-      sum = __fmaf_rn(l[j * live + c], e, sum);
-    }
-    const float inv = 1.0f / warp_reduce(sum, Sum{});
+    const float inv = 1.0f / attention_detail::warp_exp_row(w + j * live, live, l + j * live).y;
     for (int c = lane; c < live; c += 32) w[j * live + c] *= inv;
   }
   sync_workers<true>();
