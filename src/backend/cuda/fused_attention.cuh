@@ -9,6 +9,7 @@
 #pragma once
 
 #include "backend/cuda/fused_common.cuh"
+#include "backend/cuda/mma.cuh"
 
 namespace lmx::cuda::fused {
 namespace attention_detail {
@@ -125,28 +126,40 @@ __device__ inline void count_and_merge(const AttentionStep& a, int g, int group,
   sync_workers<kPersistent>();
   if (!last) return;
   __threadfence();
-  const int d = a.head_dim, stride = d + 2, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Per query head, the overall max and normaliser over the chunks, lanes across chunks.
-  __shared__ float m_all[32], l_all[32];
-  for (int j = warp; j < group; j += kThreads / 32) {
-    const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
-    float m = -INFINITY;
-    for (int s = lane; s < live; s += 32) m = fmaxf(m, __ldcg(part + s * stride));
-    m = warp_reduce(m, Max{});
-    float l = 0;
-    for (int s = lane; s < live; s += 32) l += __ldcg(part + s * stride + 1) * __expf(__ldcg(part + s * stride) - m);
-    l = warp_reduce(l, Sum{});
-    if (lane == 0) m_all[j] = m, l_all[j] = l;
-  }
-  sync_workers<kPersistent>();
+  // Each output merges its chunks on its own, kBatch chunks' (m, l, value) at a time with
+  // every load of a batch in flight, and a running max as in online softmax: one round
+  // trip to L2 per batch. (A pass for the maxima, one for the normalisers and one per four
+  // chunks for the sums took about six, while the grid waited for this block.)
+  constexpr int kBatch = 16;
+  const int d = a.head_dim, stride = d + 2;
   for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;
     const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
-    float acc = 0;
-#pragma unroll 4
-    for (int s = 0; s < live; ++s)
-      acc = __fmaf_rn(__expf(__ldcg(part + s * stride) - m_all[j]), __ldcg(part + s * stride + 2 + i), acc);
-    a.out[size_t(g * group + j) * d + i] = acc / l_all[j];
+    float m = -INFINITY, l = 0, acc = 0;
+    for (int s0 = 0; s0 < live; s0 += kBatch) {
+      float ms[kBatch], ls[kBatch], vs[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const float* p = part + size_t(s0 + u) * stride;
+        const bool in = s0 + u < live;
+        ms[u] = in ? __ldcg(p) : -INFINITY;
+        ls[u] = in ? __ldcg(p + 1) : 0.0f;
+        vs[u] = in ? __ldcg(p + 2 + i) : 0.0f;
+      }
+      float mb = m;  // finite after the first batch: the first chunk always holds keys
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) mb = fmaxf(mb, ms[u]);
+      const float rescale = __expf(m - mb);  // 0 for the first batch (m = -inf)
+      l *= rescale, acc *= rescale;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const float e = __expf(ms[u] - mb);  // 0 past the live chunks
+        l = __fmaf_rn(ls[u], e, l);
+        acc = __fmaf_rn(e, vs[u], acc);
+      }
+      m = mb;
+    }
+    a.out[size_t(g * group + j) * d + i] = acc / l;
   }
   if (threadIdx.x == 0) a.counter[g] = 0;
 }
@@ -166,12 +179,49 @@ __device__ inline AttentionStep row_of(AttentionStep a, int r) {
   return a;
 }
 
+// Where task `split` of a layer's attention lies: positions [begin, begin + n) (n is 0
+// for a chunk past the visible positions), and `live`, the count of chunks that hold
+// visible positions.
+struct ChunkRange {
+  int begin, n, live;
+};
+__device__ __forceinline__ ChunkRange chunk_range(const AttentionStep& a, int split, int pos, int pad) {
+  const int lo = first_visible(a, pos, pad);
+  const int begin = lo + split * a.chunk, end = ::min(begin + a.chunk, pos + 1);
+  return {begin, ::max(0, end - begin), (pos - lo) / a.chunk + 1};
+}
+
+// The chunk's keys [chunk, D] in a task's shared memory `sm` (attention_smem_floats), its
+// values right after them. 16-byte aligned: D is a multiple of 8, the chunk of 16.
+__device__ __forceinline__ bf16* chunk_keys(float* sm, int group, int d, int chunk) {
+  return reinterpret_cast<bf16*>(sm + size_t(group) * d + 2 * d + d / 2 + 2 * d + size_t(group) * chunk);
+}
+
+// Starts copying task (g, r)'s cached keys and values into shared memory, 16 bytes per
+// cp.async, complete after copy_async_wait_all. All but the new position's, which the
+// task stores itself. They read only what earlier steps wrote, so they may start before
+// the QKV GEMV's results are in (before the previous kernel ends, or before the grid
+// barrier of the persistent step).
+__device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, int pos, bf16* ks, bf16* vs) {
+  const int d = a.head_dim, vecs = d / 8;
+  const size_t head_base = size_t(g) * a.slots * d;
+  for (int idx = threadIdx.x; idx < r.n * vecs; idx += kThreads) {
+    const int t = idx / vecs, c = idx % vecs * 8;
+    if (r.begin + t == pos) continue;
+    const size_t at = head_base + size_t((r.begin + t) % a.slots) * d + c;
+    copy16_async(ks + t * d + c, a.k_cache + at);
+    copy16_async(vs + t * d + c, a.v_cache + at);
+  }
+}
+
 // One block's share of a layer's attention: kv head g, chunk `split` of the visible
 // positions. `sm` holds attention_smem_floats(...) floats. `pos` is the new token's slot
 // (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
-// reads them once per step rather than once per task.
+// reads them once per step rather than once per task. `loading`: the chunk's copies
+// (load_chunk) were started already.
 template <bool kPersistent>
-__device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad) {
+__device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
+                                      bool loading = false) {
   const int d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
   float* q = sm;                  // [group, D]
@@ -181,13 +231,12 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   float* q_norm = freq + d / 2;   // [D] (1 + w for Gemma)
   float* k_norm = q_norm + d;     // [D]
   float* e = k_norm + d;          // [group, chunk]: scores, then softmax weights
-  bf16* ks = reinterpret_cast<bf16*>(e + group * chunk);  // [chunk, D] the chunk's keys
-  bf16* vs = ks + chunk * d;                              // [chunk, D] and values
+  bf16* ks = chunk_keys(sm, group, d, chunk);  // [chunk, D] the chunk's keys
+  bf16* vs = ks + chunk * d;                   // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  const int lo = first_visible(a, pos, pad);
-  const int begin = lo + split * chunk, end = ::min(begin + chunk, pos + 1), n = ::max(0, end - begin);
-  const int live = (pos - lo) / chunk + 1;  // chunks that hold visible positions
+  const ChunkRange range = chunk_range(a, split, pos, pad);
+  const int begin = range.begin, end = begin + range.n, n = range.n, live = range.live;
   if (a.early) allow_next_kernel();
   if (n == 0) {  // past them: only counted, so that the last block still merges
     if constexpr (!kPersistent) wait_for_previous_kernel();
@@ -195,29 +244,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     if (!kPersistent || !merged_by_next_gemv(a)) count_and_merge<kPersistent>(a, g, group, live);
     return;
   }
-
-  // The chunk's cached keys and values, 16 bytes per thread and load, all in flight at once.
-  const size_t head_base = size_t(g) * a.slots * d;
-  const int vecs = d / 8;
-  constexpr int V = 4;  // loads per array per thread and trip, all issued before any store
-  for (int base = threadIdx.x; base < n * vecs; base += kThreads * V) {
-    uint4 kv[V], vv[V];
-#pragma unroll
-    for (int u = 0; u < V; ++u) {
-      const int idx = base + u * kThreads, t = idx / vecs, c = idx % vecs * 8;
-      if (idx >= n * vecs || begin + t == pos) continue;  // the new position is filled below
-      const size_t at = head_base + size_t((begin + t) % a.slots) * d + c;
-      kv[u] = *reinterpret_cast<const uint4*>(a.k_cache + at);
-      vv[u] = *reinterpret_cast<const uint4*>(a.v_cache + at);
-    }
-#pragma unroll
-    for (int u = 0; u < V; ++u) {
-      const int idx = base + u * kThreads, t = idx / vecs, c = idx % vecs * 8;
-      if (idx >= n * vecs || begin + t == pos) continue;
-      *reinterpret_cast<uint4*>(ks + t * d + c) = kv[u];
-      *reinterpret_cast<uint4*>(vs + t * d + c) = vv[u];
-    }
-  }
+  if (!loading) load_chunk(a, g, range, pos, ks, vs);
   // Everything above reads what earlier steps wrote (the cached positions, state[1]),
   // which kernels already complete have written: it overlaps the previous kernel's tail.
   // What follows reads the QKV GEMV's output.
@@ -233,9 +260,10 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     else
       for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }
+  copy_async_wait_all();  // the chunk's keys and values: each thread's own copies, then the sync for all
   sync_workers<kPersistent>();
   if (pos >= begin && pos < end) {  // this block holds the new position: store it
-    const size_t at = head_base + size_t(pos % a.slots) * d;
+    const size_t at = (size_t(g) * a.slots + size_t(pos % a.slots)) * d;
     for (int i = threadIdx.x; i < d; i += kThreads) {
       const bf16 kb = __float2bfloat16_rn(k_new[i]), vb = __float2bfloat16_rn(v_new[i]);
       a.k_cache[at + i] = kb, a.v_cache[at + i] = vb;

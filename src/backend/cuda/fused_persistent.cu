@@ -330,6 +330,21 @@ __device__ __forceinline__ void add_time(const PersistentStep& s, int slot, unsi
   since = t;
 }
 
+// Before the grid barrier that precedes an attention phase: starts copying this block's
+// first task's cached keys and values into its scratch (`vec`), so that their trip from
+// memory overlaps the barrier. They do not depend on the QKV phase; the task stores the
+// new position itself. Reads the sequence's padding on the first call (`pad` < 0).
+__device__ __forceinline__ void start_attention(const AttentionStep& a, int pos, int& pad, float* vec) {
+  if (pad < 0) pad = a.pad ? *a.pad : 0;
+  const int t = blockIdx.x, g = t / a.splits;
+  if (t >= a.n_kv_heads * a.splits) return;
+  const attention_detail::ChunkRange r = attention_detail::chunk_range(a, t % a.splits, pos, pad);
+  if (r.n == 0) return;  // the task reads no keys (it will not wait for any copies either)
+  sync_workers<true>();  // every warp is done with the GEMV's input, which shares `vec`
+  bf16* ks = attention_detail::chunk_keys(vec, a.n_heads / a.n_kv_heads, a.head_dim, a.chunk);
+  attention_detail::load_chunk(a, g, r, pos, ks, ks + size_t(a.chunk) * a.head_dim);
+}
+
 // Blocks of kWorkers threads that compute, then one warp that issues the weight copies.
 // The workers take a stage's rows warp by warp, a warp's rows whole, so that no stage
 // needs the whole block: each warp frees the slot on its own and goes on to the next.
@@ -357,7 +372,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   unsigned long long target = step_base(s.barrier, per_step);
   // The token and its slot: fixed until the LM head's last block writes the next ones.
   const int token = s.state[0], pos = s.state[1];
-  int pad = -1;  // the sequence's left padding, read at the first attention
+  int pad = -1;  // the sequence's left padding, read before the first attention
 
   // The embedding: x = embed[token] · scale.
   {
@@ -383,9 +398,9 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
     // By value: kept in registers, not reloaded from memory after every store.
     if (s.phases[p].kind == StepPhase::Kind::attention) {
       const AttentionStep a = s.phases[p].attn;
-      if (pad < 0) pad = a.pad ? *a.pad : 0;
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
-        attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad);
+        // The first task's keys and values were started before the barrier (below).
+        attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x));
         sync_workers<true>();  // the next task reuses the scratch
       }
     } else {
@@ -444,6 +459,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       if (epilogue == Epilogue::logits) publish_argmax<true>(s.phases[p].out, best, best_idx);
     }
     add_time(s, kTimes * p, since);
+    if (p + 1 < s.n_phases && s.phases[p + 1].kind == StepPhase::Kind::attention)
+      start_attention(s.phases[p + 1].attn, pos, pad, vec);
     if (p + 1 < s.n_phases) grid_barrier(s.barrier, target += gridDim.x);
     add_time(s, kTimes * p + 1, since);
   }

@@ -46,6 +46,8 @@ __device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {
   const unsigned dst = unsigned(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
+// Waits for this thread's copy16_async copies (other threads see them after a barrier).
+__device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // Two floats rounded to T, packed as an mma operand register (lo in the low half).
 template <class T>

@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
       *reinterpret_cast<float4*>(mine) = *reinterpret_cast<const float4*>(cluster.map_shared_rank(mine, owner));
     }
   }
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
+  copy_async_wait_all();
   __syncthreads();
 
   // Query and key rows normed and rotated in place, `lanes` lanes per row. A warp's rows
