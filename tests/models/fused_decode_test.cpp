@@ -28,6 +28,16 @@ constexpr const char* kLlama = R"({"model_type": "llama", "vocab_size": 1000, "h
  "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
  "rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
  "original_max_position_embeddings": 64, "rope_type": "llama3"}, "torch_dtype": "bfloat16"})";
+// Wider than the persistent step's inputs held in registers (2,048 values): its QKV and
+// gate/up inputs take the staged form there. Its weights are narrower by sqrt(256 / 2,112)
+// (kLlamaWideSpread), as trained models scale theirs with the width: at ±0.05 its
+// activations grow large enough that bf16 rounding alone passes the tolerance, on either
+// path.
+constexpr const char* kLlamaWide = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 2112,
+ "intermediate_size": 520, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
+constexpr float kLlamaWideSpread = 0.0174f;
 constexpr const char* kQwen3 = R"({"model_type": "qwen3", "vocab_size": 1203, "hidden_size": 264,
  "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
@@ -39,15 +49,16 @@ constexpr const char* kGemma3 = R"({"model_type": "gemma3_text", "vocab_size": 2
  "query_pre_attn_scalar": 256, "sliding_window": 16, "sliding_window_pattern": 4,
  "final_logit_softcapping": 30.0, "torch_dtype": "bfloat16"})";
 
-// A bf16 model on `device` with random weights of a trained model's rough magnitudes.
-std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device device) {
+// A bf16 model on `device` with random weights of a trained model's rough magnitudes:
+// uniform in ±`spread` (norm weights ±0.1 around their centre).
+std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device device, float spread = 0.05f) {
   const io::ModelConfig c = io::parse_model_config(config_json, "test config");
   auto model = std::make_unique<models::CausalLM>(models::build_spec(c, "test config"));
   uint64_t seed = 1;
   model->visit("", [&](const std::string& name, Array& w, const Shape& shape) {
     const bool norm = name.ends_with("norm.weight");
-    const float centre = norm && c.model_type != "gemma3_text" ? 1.0f : 0.0f, spread = norm ? 0.1f : 0.05f;
-    w = to_device(random_uniform(shape, seed++, centre - spread, centre + spread, Dtype::bf16), device);
+    const float centre = norm && c.model_type != "gemma3_text" ? 1.0f : 0.0f, half = norm ? 0.1f : spread;
+    w = to_device(random_uniform(shape, seed++, centre - half, centre + half, Dtype::bf16), device);
   });
   return model;
 }
@@ -72,6 +83,7 @@ struct FusedCase {
   const char* config;
   bool rotate;      // rotating caches on sliding-window layers
   bool persistent;  // the one-kernel step, or a kernel per phase (LMX_FUSED_PERSISTENT=0)
+  float spread = 0.05f;  // random_model's
 };
 
 // Chooses the fused step's way of running for the decoders made while it lives.
@@ -91,7 +103,7 @@ class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
 void expect_logits_match_plain(const FusedCase& c, int64_t capacity) {
   const Device gpu = Device::cuda(0);
   const PathChoice path(c.persistent);
-  const auto model = random_model(c.config, gpu);
+  const auto model = random_model(c.config, gpu, c.spread);
   const auto fused = model->fused_decoder();
   ASSERT_NE(fused, nullptr) << "CUDA has a fused path for bf16 " << c.name;
 
@@ -139,7 +151,7 @@ TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
   const PathChoice path(GetParam().persistent);
-  const auto model = random_model(GetParam().config, gpu);
+  const auto model = random_model(GetParam().config, gpu, GetParam().spread);
   const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
   auto run = [&](bool chained) {
     const auto fused = model->fused_decoder();
@@ -167,7 +179,7 @@ TEST_P(FusedDecodeTest, PipelinedGeneratorEqualsStepByStepDecoding) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
   const PathChoice path(GetParam().persistent);
-  const auto model = random_model(GetParam().config, gpu);
+  const auto model = random_model(GetParam().config, gpu, GetParam().spread);
   const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79, 32, 38};
   const int n = 30;
   KVCache cache(*model, GetParam().rotate, 8);
@@ -200,6 +212,8 @@ TEST_P(FusedDecodeTest, PipelinedGeneratorEqualsStepByStepDecoding) {
 INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
                          ::testing::Values(FusedCase{"llama", kLlama, false, true},
                                            FusedCase{"qwen3", kQwen3, false, true},
+                                           FusedCase{"llama_wide", kLlamaWide, false, true, kLlamaWideSpread},
+                                           FusedCase{"llama_wide_per_phase", kLlamaWide, false, false, kLlamaWideSpread},
                                            FusedCase{"gemma3_rotating", kGemma3, true, true},
                                            FusedCase{"gemma3_contiguous", kGemma3, false, true},
                                            FusedCase{"llama_per_phase", kLlama, false, false},
@@ -215,6 +229,29 @@ TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   expect_logits_match_plain(FusedCase{"llama_long_cache", kLlama, false, true}, 4096);
   expect_logits_match_plain(FusedCase{"gemma3_long_cache", kGemma3, false, true}, 4096);
+}
+
+// Unforced, the persistent step runs where a layer carries at least 40 MiB of weights
+// (Llama-3.2-1B's shape here: 116 MiB) and the kernel-per-phase graph below that.
+TEST(FusedDecodeDefault, PersistentForHeavyLayersGraphForLightOnes) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  unsetenv("LMX_FUSED_PERSISTENT");
+  const Device gpu = Device::cuda(0);
+  auto path_of = [&](const char* config) {
+    const auto model = random_model(config, gpu);
+    const auto fused = model->fused_decoder();
+    KVCache cache(*model, false, 16);
+    (void)model->forward(to_device(from_vector(std::vector<int32_t>{3, 14, 15}, {1, 3}), gpu), cache.layers());
+    fused->set_input(92, 3);
+    fused->step(cache.fused_views());
+    return std::string(fused->path());
+  };
+  constexpr const char* kHeavy = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 2048,
+   "intermediate_size": 8192, "num_hidden_layers": 1, "num_attention_heads": 32, "num_key_value_heads": 8,
+   "head_dim": 64, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+   "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
+  EXPECT_EQ(path_of(kHeavy), "persistent");
+  EXPECT_EQ(path_of(kLlama), "graph");
 }
 
 // ---- batches: several sequences stepped together, each with its own left padding ----
@@ -409,17 +446,22 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   attention.attn.n_heads = 32, attention.attn.n_kv_heads = 8, attention.attn.head_dim = 64, attention.attn.chunk = 32;
   std::vector<StepPhase> llama{gemv(2048, 3072), attention, gemv(2048, 2048), gemv(2048, 8192, Epilogue::glu_silu),
                                gemv(8192, 2048), gemv(2048, 128256, Epilogue::logits)};
-  llama[0].in.norm = fake_weights(0x20000);  // x and its norm weights are staged: 2 arrays
+  llama[0].in.norm = fake_weights(0x20000);  // a norm, so the QKV input is formed (in registers: 2,048 values)
   unsigned vector = 0;
   int slots = 0;
   std::string why;
   const size_t smem = cuda::fused::persistent_smem_bytes(llama, &vector, &slots, &why);
   EXPECT_GT(smem, 0u) << why;
   EXPECT_LE(smem, size_t(227) << 10);
-  EXPECT_GE(vector, 2048u * (2 * 4 + 2)) << "the QKV input: x and the norm weights in f32, and its bf16 copy";
   EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
+  EXPECT_LT(vector, 2048u * (2 * 4 + 2)) << "the QKV input is not staged in shared memory";
   EXPECT_EQ(slots, 5) << "the most 32 KiB slots the ring takes, and they fit beside the vector";
   EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 64);
+  // Past 2,048 values a formed input is staged: x and its norm weights in f32, then bf16.
+  std::vector<StepPhase> wider{gemv(4096, 64)};
+  wider[0].in.norm = fake_weights(0x20000);
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(wider, &vector, &slots, &why), 0u) << why;
+  EXPECT_GE(vector, 4096u * (2 * 4 + 2));
 
   EXPECT_NE(refusal({gemv(2048, 3072), attention}).find("output projection"), std::string::npos);
   EXPECT_NE(refusal({attention, gemv(1024, 2048)}).find("output projection"), std::string::npos);

@@ -130,7 +130,7 @@ __device__ inline void count_and_merge(const AttentionStep& a, int g, int group,
   // every load of a batch in flight, and a running max as in online softmax: one round
   // trip to L2 per batch. (A pass for the maxima, one for the normalisers and one per four
   // chunks for the sums took about six, while the grid waited for this block.)
-  constexpr int kBatch = 16;
+  constexpr int kBatch = 8;
   const int d = a.head_dim, stride = d + 2;
   for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;

@@ -12,13 +12,16 @@
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
-//     graph and replayed per token: the default, and the faster of the two on the H200;
-//   - persistent (LMX_FUSED_PERSISTENT=1, where it fits): one cooperative kernel per step
-//     that runs every phase with grid barriers between them and streams the weights ahead
-//     through shared memory (fused_persistent.cu). It is correct and tested. On the H200,
-//     batch 1, it runs Gemma 3 9-14% faster than the graph, Llama as fast, and Qwen3 6-17%
-//     slower (bench/NOTES.md says where its time goes), so it is not the default. One
-//     sequence only.
+//     graph and replayed per token;
+//   - persistent (one sequence, where it fits): one cooperative kernel per step that runs
+//     every phase with grid barriers between them and streams the weights ahead through
+//     shared memory (fused_persistent.cu).
+// Each phase boundary costs the persistent step more than the graph (a grid barrier and a
+// prologue of its own), while its weights stream without a gap, so it wins where layers
+// carry enough weight: on the H200, batch 1, it runs Llama-3.2-1B (116 MiB a layer) 8%
+// and Gemma3-1B (51 MiB) 14% faster than the graph, and Qwen3-0.6B (29 MiB) 4% slower
+// (bench/NOTES.md). So it is the default from kPersistentLayerBytes of weights a layer
+// up. LMX_FUSED_PERSISTENT=1 or =0 forces the choice.
 //
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
 // replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off;
@@ -54,6 +57,16 @@ bool env_set(const char* name) {  // unset counts as off
   return v && std::strcmp(v, "0") != 0;
 }
 
+// A path taken by default where it pays, or forced on or off by a variable set to 1 or 0.
+enum class Choice { off, on, automatic };
+Choice choice(const char* name) {
+  const char* v = std::getenv(name);
+  return !v ? Choice::automatic : std::strcmp(v, "0") != 0 ? Choice::on : Choice::off;
+}
+
+// Weights a layer from which the persistent step is the default (see above).
+constexpr int64_t kPersistentLayerBytes = int64_t(40) << 20;
+
 const bf16* bf(const Array& a) { return a.valid() ? static_cast<const bf16*>(a.raw()) : nullptr; }
 float* f32(const Array& a) { return static_cast<float*>(a.raw()); }
 
@@ -66,7 +79,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
       : device_(device), rows_(rows), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")),
-        pdl_(env_on("LMX_FUSED_PDL")), persistent_(env_set("LMX_FUSED_PERSISTENT") && rows == 1) {
+        pdl_(env_on("LMX_FUSED_PDL")), persistent_(rows > 1 ? Choice::off : choice("LMX_FUSED_PERSISTENT")) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -399,7 +412,17 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // The persistent kernel for this plan, when it can run it: the phases go to the device.
   void prepare_persistent() {
     persistent_blocks_ = 0;
-    if (!persistent_) return;
+    if (persistent_ == Choice::off) return;
+    if (persistent_ == Choice::automatic) {
+      int64_t bytes = 0;  // the layers' GEMV weights
+      for (const fused::StepPhase& p : plan_) {
+        if (p.kind != fused::StepPhase::Kind::gemv || p.out.epilogue == fused::Epilogue::logits) continue;
+        const bool glu = p.out.epilogue != fused::Epilogue::plain;  // rows[0] rows of gate and of up
+        const int64_t rows = glu ? 2 * int64_t(p.out.rows[0]) : int64_t(p.out.rows[0]) + p.out.rows[1] + p.out.rows[2];
+        bytes += rows * p.in.k * int64_t(sizeof(bf16));
+      }
+      if (bytes < kPersistentLayerBytes * int64_t(w_.layers.size())) return;
+    }
     std::string why;
     persistent_plan_ = plan_;
     for (fused::StepPhase& p : persistent_plan_)
@@ -412,7 +435,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
     if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
       static bool said = false;
-      if (!std::exchange(said, true))
+      if (persistent_ == Choice::on && !std::exchange(said, true))
         std::fprintf(stderr, "lmx: LMX_FUSED_PERSISTENT: not for this model (%s); running a kernel per phase\n",
                      why.c_str());
       return;
@@ -500,7 +523,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     } catch (...) {
     }
   }
-  bool persistent_;
+  Choice persistent_;
   int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs
   size_t persistent_smem_ = 0;
   unsigned persistent_vector_ = 0;

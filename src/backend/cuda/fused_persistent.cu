@@ -86,6 +86,12 @@ __host__ __device__ inline bool direct_input(const StepPhase* phases, int i) {
   const GemvInput& in = phases[i].in;
   return merges_attention(phases, i) || (!in.add && !in.norm && !in.x_out);
 }
+// The longest input with a residual add or a norm that form_input_held takes (8 values a
+// thread); longer ones are staged in shared memory (form_input).
+constexpr int kHeldInput = 8 * kWorkers;
+__host__ __device__ inline bool staged_input(const StepPhase* phases, int i) {
+  return !direct_input(phases, i) && phases[i].in.k > kHeldInput;
+}
 
 __host__ __device__ inline bool paired(const StepPhase& p) {
   return p.out.epilogue == Epilogue::glu_silu || p.out.epilogue == Epilogue::glu_gelu;
@@ -202,6 +208,66 @@ __device__ __forceinline__ void load_plain_input(const float* x, int k, bf16* xb
       out[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
       out[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
     }
+  }
+  sync_workers<true>();
+}
+
+// A GEMV input with a residual add and a norm (GemvInput) of at most kHeldInput values,
+// formed in registers and stored straight to bf16. Each thread holds its values from the
+// load to the store, so the only block-wide steps are the norms' sums: three barriers
+// (five with Gemma's norm of the added vector), where staging the inputs in shared memory
+// and rounding them in a pass of their own takes six to eight. The arithmetic is
+// form_input's; only the order of the sums of squares differs.
+__device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
+  constexpr int V = kHeldInput / (4 * kWorkers);  // float4s a thread
+  const int k = in.k;
+  const float o = in.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
+  auto weights = [o](const bf16* w, int i) {
+    const uint2 u = *reinterpret_cast<const uint2*>(w + i);
+    return make_float4(o + bf16_lo(u.x), o + bf16_hi(u.x), o + bf16_lo(u.y), o + bf16_hi(u.y));
+  };
+  float4 v[V], a[V];
+#pragma unroll
+  for (int u = 0; u < V; ++u) {  // every load in flight at once
+    const int i = (threadIdx.x + u * kWorkers) * 4;
+    if (i >= k) continue;
+    v[u] = __ldcg(reinterpret_cast<const float4*>(in.x + i));
+    if (in.add) a[u] = __ldcg(reinterpret_cast<const float4*>(in.add + i));
+  }
+  auto sumsq = [&](const float4* t) {
+    float ss = 0;
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      if ((threadIdx.x + u * kWorkers) * 4 < k)
+        ss = __fmaf_rn(t[u].w, t[u].w, __fmaf_rn(t[u].z, t[u].z, __fmaf_rn(t[u].y, t[u].y, __fmaf_rn(t[u].x, t[u].x, ss))));
+    return workers_reduce<true>(ss, Sum{});
+  };
+  const float add_scale = in.add && in.add_norm ? rsqrtf(sumsq(a) / float(k) + in.eps) : 1.0f;
+#pragma unroll
+  for (int u = 0; u < V; ++u) {
+    const int i = (threadIdx.x + u * kWorkers) * 4;
+    if (i >= k) continue;
+    if (in.add && in.add_norm) {
+      const float4 w = weights(in.add_norm, i);
+      a[u] = make_float4(a[u].x * add_scale * w.x, a[u].y * add_scale * w.y, a[u].z * add_scale * w.z,
+                         a[u].w * add_scale * w.w);
+    }
+    if (in.add) v[u] = make_float4(v[u].x + a[u].x, v[u].y + a[u].y, v[u].z + a[u].z, v[u].w + a[u].w);
+    if (in.x_out && blockIdx.x == 0) *reinterpret_cast<float4*>(in.x_out + i) = v[u];
+  }
+  const float r = in.norm ? rsqrtf(sumsq(v) / float(k) + in.eps) : 1.0f;
+#pragma unroll
+  for (int u = 0; u < V; ++u) {
+    const int i = (threadIdx.x + u * kWorkers) * 4;
+    if (i >= k) continue;
+    float4 t = v[u];
+    if (in.norm) {
+      const float4 w = weights(in.norm, i);
+      t = make_float4(t.x * (r * w.x), t.y * (r * w.y), t.z * (r * w.z), t.w * (r * w.w));
+    }
+    __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(xb + i);
+    out[0] = __floats2bfloat162_rn(t.x, t.y);
+    out[1] = __floats2bfloat162_rn(t.z, t.w);
   }
   sync_workers<true>();
 }
@@ -414,12 +480,14 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       const int k = in.k;
       const bool pair = epilogue == Epilogue::glu_silu || epilogue == Epilogue::glu_gelu;
       unsigned long long t0 = s.timing ? now_ns() : 0;
-      const bool direct = direct_input(s.phases, p);
-      bf16* xb = reinterpret_cast<bf16*>(direct ? vec : vec + size_t(staged_arrays(in)) * k);  // [k]
+      const bool staged = staged_input(s.phases, p);
+      bf16* xb = reinterpret_cast<bf16*>(staged ? vec + size_t(staged_arrays(in)) * k : vec);  // [k]
       if (merges_attention(s.phases, p)) {
         merge_input(s.phases[p - 1].attn, pos, pad, xb, reinterpret_cast<float*>(xb + k));
-      } else if (direct) {
+      } else if (direct_input(s.phases, p)) {
         load_plain_input(in.x, k, xb);
+      } else if (!staged) {
+        form_input_held(in, xb);
       } else {
         form_input<true>(in, vec);
         round_input(vec, k, xb);
@@ -474,7 +542,7 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
     const StepPhase& p = phases[i];
     if (p.kind == StepPhase::Kind::gemv) {
       size_t bytes = size_t(p.in.k) * sizeof(bf16);
-      if (!direct_input(phases.data(), int(i))) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
+      if (staged_input(phases.data(), int(i))) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
       if (merges_attention(phases.data(), int(i)))
         bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
       need = std::max(need, bytes);
