@@ -117,15 +117,11 @@ template <bool kPersistent>
 __device__ inline void count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
   sync_workers<kPersistent>();
-  if (threadIdx.x == 0) {
-    // The barrier orders the block's partials before this fence, and the fence before the
-    // count (fences are cumulative): the last block sees them all.
-    __threadfence();
-    last = atomicAdd(a.counter + g, 1u) == unsigned(a.splits) - 1;
-  }
+  // The barrier orders the block's partials before the count, which releases them: the
+  // last block sees them all.
+  if (threadIdx.x == 0) last = count_arrival(a.counter + g) == unsigned(a.splits) - 1;
   sync_workers<kPersistent>();
   if (!last) return;
-  __threadfence();
   // Each output merges its chunks on its own, kBatch chunks' (m, l, value) at a time with
   // every load of a batch in flight, and a running max as in online softmax: one round
   // trip to L2 per batch. (A pass for the maxima, one for the normalisers and one per four

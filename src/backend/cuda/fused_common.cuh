@@ -20,6 +20,18 @@ __device__ __forceinline__ void allow_next_kernel() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
 
+// Adds 1 to a counter that the grid's blocks share and returns the old count, as one
+// acquire-release atomic at GPU scope. Called by one thread after a block barrier: the
+// block's earlier writes are visible to whichever block sees the new count, and, after
+// the block's next barrier, what the blocks that counted before it wrote is visible to
+// all its threads. One instruction in place of a full fence, a relaxed atomic and
+// another full fence.
+__device__ __forceinline__ unsigned count_arrival(unsigned* counter) {
+  unsigned old;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(counter) : "memory");
+  return old;
+}
+
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }

@@ -149,14 +149,10 @@ __device__ inline void publish_argmax(const GemvOutput& out, float best, int bes
     for (int w = 1; w < workers<kPersistent>() / 32; ++w)
       if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
     out.partial[blockIdx.x] = make_float2(wv[0], __int_as_float(wi[0]));
-    __threadfence();  // the partial is visible before the count says so
-    last = atomicAdd(out.counter, 1u) == gridDim.x - 1;
+    last = count_arrival(out.counter) == gridDim.x - 1;  // the partial is visible before the count says so
   }
   sync_workers<kPersistent>();
-  if (last) {
-    __threadfence();
-    finish_argmax<kPersistent>(out);
-  }
+  if (last) finish_argmax<kPersistent>(out);
 }
 
 }  // namespace lmx::cuda::fused

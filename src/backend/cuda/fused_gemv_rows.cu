@@ -181,13 +181,9 @@ __device__ inline void publish_row_argmax(const GemvOutput& out, int rows, float
     out.partial[size_t(blockIdx.x) * rows + threadIdx.x] = p;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();  // the partials are visible before the count says so
-    last = atomicAdd(out.counter, 1u) == gridDim.x - 1;
-  }
+  if (threadIdx.x == 0) last = count_arrival(out.counter) == gridDim.x - 1;  // the partials are visible before the count says so
   __syncthreads();
   if (!last) return;
-  __threadfence();
   if (warp < rows) {  // warp b finishes sequence b
     float bv = -INFINITY;
     int bi = INT_MAX;
