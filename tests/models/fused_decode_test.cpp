@@ -456,7 +456,7 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
   EXPECT_LT(vector, 2048u * (2 * 4 + 2)) << "the QKV input is not staged in shared memory";
   EXPECT_EQ(slots, 5) << "the most 32 KiB slots the ring takes, and they fit beside the vector";
-  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 64);
+  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 64 + 2 * sizeof(StepPhase));
   // Past 2,048 values a formed input is staged: x and its norm weights in f32, then bf16.
   std::vector<StepPhase> wider{gemv(4096, 64)};
   wider[0].in.norm = fake_weights(0x20000);

@@ -75,22 +75,29 @@ __device__ __forceinline__ unsigned long long step_base(unsigned long long* coun
   return base;
 }
 
-// Whether GEMV phase i takes its input straight into bf16, with no staged f32 copy: the
-// merge of the attention before it (merge_input), or a vector with no residual and no
-// norm (load_plain_input).
-__host__ __device__ inline bool merges_attention(const StepPhase* phases, int i) {
-  return i > 0 && phases[i - 1].kind == StepPhase::Kind::attention &&
-         attention_detail::merged_by_next_gemv(phases[i - 1].attn);
+// Whether a GEMV phase (after phase `prev`, null for the first) takes its input straight
+// into bf16, with no staged f32 copy: the merge of the attention before it (merge_input),
+// or a vector with no residual and no norm (load_plain_input).
+__host__ __device__ inline bool merges_attention(const StepPhase* prev) {
+  return prev && prev->kind == StepPhase::Kind::attention && attention_detail::merged_by_next_gemv(prev->attn);
 }
-__host__ __device__ inline bool direct_input(const StepPhase* phases, int i) {
-  const GemvInput& in = phases[i].in;
-  return merges_attention(phases, i) || (!in.add && !in.norm && !in.x_out);
+__host__ __device__ inline bool direct_input(const StepPhase* prev, const StepPhase& p) {
+  return merges_attention(prev) || (!p.in.add && !p.in.norm && !p.in.x_out);
 }
 // The longest input with a residual add or a norm that form_input_held takes (8 values a
 // thread); longer ones are staged in shared memory (form_input).
 constexpr int kHeldInput = 8 * kWorkers;
-__host__ __device__ inline bool staged_input(const StepPhase* phases, int i) {
-  return !direct_input(phases, i) && phases[i].in.k > kHeldInput;
+__host__ __device__ inline bool staged_input(const StepPhase* prev, const StepPhase& p) {
+  return !direct_input(prev, p) && p.in.k > kHeldInput;
+}
+
+// Starts copying a phase's parameters into shared memory (cp.async; complete after
+// copy_async_wait_all and a sync). Read from there, they cost no trip to L2 at the start
+// of the phase, when every block needs them at once.
+static_assert(sizeof(StepPhase) % 16 == 0 && sizeof(StepPhase) / 16 <= kWorkers);
+__device__ __forceinline__ void fetch_params(const StepPhase* src, StepPhase* dst) {
+  if (threadIdx.x < sizeof(StepPhase) / 16)
+    copy16_async(reinterpret_cast<uint4*>(dst) + threadIdx.x, reinterpret_cast<const uint4*>(src) + threadIdx.x);
 }
 
 __host__ __device__ inline bool paired(const StepPhase& p) {
@@ -396,17 +403,17 @@ __device__ __forceinline__ void add_time(const PersistentStep& s, int slot, unsi
   since = t;
 }
 
-// Before the grid barrier that precedes an attention phase: starts copying this block's
-// first task's cached keys and values into its scratch (`vec`), so that their trip from
-// memory overlaps the barrier. They do not depend on the QKV phase; the task stores the
-// new position itself. Reads the sequence's padding on the first call (`pad` < 0).
+// Before the grid barrier that precedes an attention phase, once every warp is done with
+// the GEMV's input (which shares `vec`): starts copying this block's first task's cached
+// keys and values into its scratch, so that their trip from memory overlaps the barrier.
+// They do not depend on the QKV phase; the task stores the new position itself. Reads the
+// sequence's padding on the first call (`pad` < 0).
 __device__ __forceinline__ void start_attention(const AttentionStep& a, int pos, int& pad, float* vec) {
   if (pad < 0) pad = a.pad ? *a.pad : 0;
   const int t = blockIdx.x, g = t / a.splits;
   if (t >= a.n_kv_heads * a.splits) return;
   const attention_detail::ChunkRange r = attention_detail::chunk_range(a, t % a.splits, pos, pad);
   if (r.n == 0) return;  // the task reads no keys (it will not wait for any copies either)
-  sync_workers<true>();  // every warp is done with the GEMV's input, which shares `vec`
   bf16* ks = attention_detail::chunk_keys(vec, a.n_heads / a.n_kv_heads, a.head_dim, a.chunk);
   attention_detail::load_chunk(a, g, r, pos, ks, ks + size_t(a.chunk) * a.head_dim);
 }
@@ -420,6 +427,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   bf16* ring = reinterpret_cast<bf16*>(smem);                                       // [slots][kSlotBytes]
   float* vec = reinterpret_cast<float*>(smem + size_t(slots) * kSlotBytes);         // input vector / attention scratch
   Geometry* table = reinterpret_cast<Geometry*>(smem + size_t(slots) * kSlotBytes + s.vector_bytes);  // [n_phases]
+  StepPhase* params = reinterpret_cast<StepPhase*>(table + s.n_phases);  // [2]: phase p's in params[p % 2]
   __shared__ __align__(8) uint64_t full[kMaxSlots], empty[kMaxSlots];
 
   load_geometry(s, table);
@@ -440,6 +448,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   const int token = s.state[0], pos = s.state[1];
   int pad = -1;  // the sequence's left padding, read before the first attention
 
+  fetch_params(s.phases, params);
   // The embedding: x = embed[token] · scale.
   {
     const bf16* row = s.embed + size_t(token) * s.hidden;
@@ -448,6 +457,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       s.x[i] = s.embed_scale > 0 ? v * s.embed_scale : v;
     }
   }
+  copy_async_wait_all();  // the first phase's parameters
   grid_barrier(s.barrier, target += gridDim.x);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -456,35 +466,35 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   int consumed = 0;  // stages so far: slot consumed % slots, its use consumed / slots
   int dealt = 0;     // items dealt so far, over all stages: item i goes to warp i % kWorkerWarps
   for (int p = 0; p < s.n_phases; ++p) {
-    // The next phase's parameters towards L1 while this one runs: every block reads them
-    // right after the barrier, and from L2 that is a round trip before its input can start.
-    if (p + 1 < s.n_phases && threadIdx.x < int((sizeof(StepPhase) + 127) / 128))
-      asm volatile("prefetch.global.L1 [%0];" ::"l"(reinterpret_cast<const char*>(s.phases + p + 1) +
-                                                     128 * threadIdx.x));
-    // By value: kept in registers, not reloaded from memory after every store.
-    if (s.phases[p].kind == StepPhase::Kind::attention) {
-      const AttentionStep a = s.phases[p].attn;
+    const StepPhase& ph = params[p % 2];
+    const StepPhase* prev = p > 0 ? &params[(p - 1) % 2] : nullptr;
+    // The next phase's parameters go to the other buffer, once nothing reads this phase's
+    // predecessor there (merge_input, in a GEMV's input).
+    const StepPhase* const upcoming = p + 1 < s.n_phases ? s.phases + p + 1 : nullptr;
+    if (ph.kind == StepPhase::Kind::attention) {
+      if (upcoming) fetch_params(upcoming, &params[(p + 1) % 2]);
+      const AttentionStep a = ph.attn;  // by value: in registers, not reloaded after every store
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
         // The first task's keys and values were started before the barrier (below).
         attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x));
         sync_workers<true>();  // the next task reuses the scratch
       }
     } else {
-      const GemvInput in = s.phases[p].in;
+      const GemvInput in = ph.in;
       // What the epilogue needs, as scalars: indexing a struct copy at run time would put
       // it in local memory, a round trip on every stage.
-      const Epilogue epilogue = s.phases[p].out.epilogue;
-      float* const y = s.phases[p].out.y;
-      const float softcap = s.phases[p].out.softcap;
-      const int seg1 = s.phases[p].out.rows[0], seg2 = seg1 + s.phases[p].out.rows[1];
+      const Epilogue epilogue = ph.out.epilogue;
+      float* const y = ph.out.y;
+      const float softcap = ph.out.softcap;
+      const int seg1 = ph.out.rows[0], seg2 = seg1 + ph.out.rows[1];
       const int k = in.k;
       const bool pair = epilogue == Epilogue::glu_silu || epilogue == Epilogue::glu_gelu;
       unsigned long long t0 = s.timing ? now_ns() : 0;
-      const bool staged = staged_input(s.phases, p);
+      const bool staged = staged_input(prev, ph);
       bf16* xb = reinterpret_cast<bf16*>(staged ? vec + size_t(staged_arrays(in)) * k : vec);  // [k]
-      if (merges_attention(s.phases, p)) {
-        merge_input(s.phases[p - 1].attn, pos, pad, xb, reinterpret_cast<float*>(xb + k));
-      } else if (direct_input(s.phases, p)) {
+      if (merges_attention(prev)) {
+        merge_input(prev->attn, pos, pad, xb, reinterpret_cast<float*>(xb + k));
+      } else if (direct_input(prev, ph)) {
         load_plain_input(in.x, k, xb);
       } else if (!staged) {
         form_input_held(in, xb);
@@ -493,6 +503,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
         round_input(vec, k, xb);
       }
       add_time(s, kTimes * p + 2, t0);
+      if (upcoming) fetch_params(upcoming, &params[(p + 1) % 2]);
       float best = -INFINITY;  // logits: this lane's argmax so far
       int best_idx = INT_MAX;
       for (; next.n > 0 && next.phase == p; next = consumer.next(table, s.n_phases), ++consumed) {
@@ -524,12 +535,16 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
         if (lane == 0) mbarrier_arrive(&empty[slot]);
         add_time(s, kTimes * p + 4, t1);
       }
-      if (epilogue == Epilogue::logits) publish_argmax<true>(s.phases[p].out, best, best_idx);
+      if (epilogue == Epilogue::logits) publish_argmax<true>(ph.out, best, best_idx);
     }
     add_time(s, kTimes * p, since);
-    if (p + 1 < s.n_phases && s.phases[p + 1].kind == StepPhase::Kind::attention)
-      start_attention(s.phases[p + 1].attn, pos, pad, vec);
-    if (p + 1 < s.n_phases) grid_barrier(s.barrier, target += gridDim.x);
+    if (upcoming) {
+      copy_async_wait_all();  // the next phase's parameters,
+      sync_workers<true>();   // for every worker; and every warp is done with this phase
+      const StepPhase& following = params[(p + 1) % 2];
+      if (following.kind == StepPhase::Kind::attention) start_attention(following.attn, pos, pad, vec);
+      grid_barrier(s.barrier, target += gridDim.x);
+    }
     add_time(s, kTimes * p + 1, since);
   }
 }
@@ -542,8 +557,9 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
     const StepPhase& p = phases[i];
     if (p.kind == StepPhase::Kind::gemv) {
       size_t bytes = size_t(p.in.k) * sizeof(bf16);
-      if (staged_input(phases.data(), int(i))) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
-      if (merges_attention(phases.data(), int(i)))
+      const StepPhase* prev = i > 0 ? &phases[i - 1] : nullptr;
+      if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
+      if (merges_attention(prev))
         bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
       need = std::max(need, bytes);
     } else if (p.kind == StepPhase::Kind::attention)
@@ -598,7 +614,8 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vec
   *vector = unsigned(vector_bytes(phases));
   // As many slots as fit beside the vector, up to kMaxSlots: the deeper the ring, the
   // longer a stall (attention, a barrier, a phase's input) the copies run on through.
-  const size_t rest = *vector + phases.size() * sizeof(Geometry), room = 227 * 1024 - kStaticSmem;
+  const size_t rest = *vector + phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase);
+  const size_t room = 227 * 1024 - kStaticSmem;
   *slots = rest >= room ? 0 : int(std::min<size_t>(kMaxSlots, (room - rest) / kSlotBytes));
   if (*slots < 2) return refuse("not enough shared memory");
   return size_t(*slots) * kSlotBytes + rest;
