@@ -38,6 +38,12 @@ constexpr const char* kLlamaWide = R"({"model_type": "llama", "vocab_size": 1000
  "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
  "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
 constexpr float kLlamaWideSpread = 0.0174f;
+// A vocabulary so small that the LM head's GEMV takes fewer blocks than the persistent
+// step has (one per SM): each block still hands in an argmax partial.
+constexpr const char* kLlamaSmallVocab = R"({"model_type": "llama", "vocab_size": 96, "hidden_size": 256,
+ "intermediate_size": 520, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
 constexpr const char* kQwen3 = R"({"model_type": "qwen3", "vocab_size": 1203, "hidden_size": 264,
  "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
@@ -214,6 +220,7 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
                                            FusedCase{"qwen3", kQwen3, false, true},
                                            FusedCase{"llama_wide", kLlamaWide, false, true, kLlamaWideSpread},
                                            FusedCase{"llama_wide_per_phase", kLlamaWide, false, false, kLlamaWideSpread},
+                                           FusedCase{"llama_small_vocab", kLlamaSmallVocab, false, true},
                                            FusedCase{"gemma3_rotating", kGemma3, true, true},
                                            FusedCase{"gemma3_contiguous", kGemma3, false, true},
                                            FusedCase{"llama_per_phase", kLlama, false, false},
@@ -231,14 +238,12 @@ TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
   expect_logits_match_plain(FusedCase{"gemma3_long_cache", kGemma3, false, true}, 4096);
 }
 
-// Unforced, the persistent step runs where a layer carries at least 40 MiB of weights
-// (Llama-3.2-1B's shape here: 116 MiB) and the kernel-per-phase graph below that.
-TEST(FusedDecodeDefault, PersistentForHeavyLayersGraphForLightOnes) {
+// One sequence runs the persistent step unless LMX_FUSED_PERSISTENT=0 turns it off.
+TEST(FusedDecodeDefault, PersistentUnlessTurnedOff) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
-  unsetenv("LMX_FUSED_PERSISTENT");
   const Device gpu = Device::cuda(0);
-  auto path_of = [&](const char* config) {
-    const auto model = random_model(config, gpu);
+  const auto model = random_model(kLlama, gpu);
+  auto path = [&] {
     const auto fused = model->fused_decoder();
     KVCache cache(*model, false, 16);
     (void)model->forward(to_device(from_vector(std::vector<int32_t>{3, 14, 15}, {1, 3}), gpu), cache.layers());
@@ -246,12 +251,10 @@ TEST(FusedDecodeDefault, PersistentForHeavyLayersGraphForLightOnes) {
     fused->step(cache.fused_views());
     return std::string(fused->path());
   };
-  constexpr const char* kHeavy = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 2048,
-   "intermediate_size": 8192, "num_hidden_layers": 1, "num_attention_heads": 32, "num_key_value_heads": 8,
-   "head_dim": 64, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
-   "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
-  EXPECT_EQ(path_of(kHeavy), "persistent");
-  EXPECT_EQ(path_of(kLlama), "graph");
+  unsetenv("LMX_FUSED_PERSISTENT");
+  EXPECT_EQ(path(), "persistent");
+  const PathChoice off(false);
+  EXPECT_EQ(path(), "graph");
 }
 
 // ---- batches: several sequences stepped together, each with its own left padding ----

@@ -16,17 +16,15 @@
 //   - persistent (one sequence, where it fits): one cooperative kernel per step that runs
 //     every phase with grid barriers between them and streams the weights ahead through
 //     shared memory (fused_persistent.cu).
-// Each phase boundary costs the persistent step more than the graph (a grid barrier and a
-// prologue of its own), while its weights stream without a gap, so it wins where layers
-// carry enough weight: on the H200, batch 1, it runs Llama-3.2-1B (116 MiB a layer) 8%
-// and Gemma3-1B (51 MiB) 14% faster than the graph, and Qwen3-0.6B (29 MiB) 4% slower
-// (bench/NOTES.md). So it is the default from kPersistentLayerBytes of weights a layer
-// up. LMX_FUSED_PERSISTENT=1 or =0 forces the choice.
+// The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 13%,
+// Qwen3-0.6B 4% and Gemma3-1B 20% faster than the graph (bench/NOTES.md).
+// LMX_FUSED_PERSISTENT=0 turns it off.
 //
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
 // replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off;
-// LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out,
-// which gives wrong results but shows what each costs inside the real step;
+// LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out
+// of the kernel-per-phase path, which gives wrong results but shows what each costs
+// inside the real step;
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
 // LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
 // override the GEMV launch choices (fused_kernels.h, GemvTuning).
@@ -57,16 +55,6 @@ bool env_set(const char* name) {  // unset counts as off
   return v && std::strcmp(v, "0") != 0;
 }
 
-// A path taken by default where it pays, or forced on or off by a variable set to 1 or 0.
-enum class Choice { off, on, automatic };
-Choice choice(const char* name) {
-  const char* v = std::getenv(name);
-  return !v ? Choice::automatic : std::strcmp(v, "0") != 0 ? Choice::on : Choice::off;
-}
-
-// Weights a layer from which the persistent step is the default (see above).
-constexpr int64_t kPersistentLayerBytes = int64_t(40) << 20;
-
 const bf16* bf(const Array& a) { return a.valid() ? static_cast<const bf16*>(a.raw()) : nullptr; }
 float* f32(const Array& a) { return static_cast<float*>(a.raw()); }
 
@@ -79,7 +67,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
       : device_(device), rows_(rows), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")),
-        pdl_(env_on("LMX_FUSED_PDL")), persistent_(rows > 1 ? Choice::off : choice("LMX_FUSED_PERSISTENT")) {
+        pdl_(env_on("LMX_FUSED_PDL")), persistent_(env_on("LMX_FUSED_PERSISTENT") && rows == 1) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -118,8 +106,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     logits_ = rows_ == 1 ? buf(vocab_) : Array({rows_, vocab_}, Dtype::f32, d);
     fused::GemvInput head_in;
     head_in.k = int(hidden_), head_in.rows = rows_, head_in.norm = bf(w_.final_norm);
-    head_partial_ = buf(2 * int64_t(rows_ == 1 ? fused::gemv_shape(head_output(), c.sm_count, tuning_).blocks
-                                               : fused::gemv_rows_blocks(head_in, c.sm_count)));
+    // One (value, index) partial per block of the LM head: the graph's GEMV, or the
+    // persistent step's one block per SM (more than the GEMV takes for a small vocabulary).
+    const int64_t head_blocks =
+        rows_ == 1 ? std::max(fused::gemv_shape(head_output(), c.sm_count, tuning_).blocks, c.sm_count)
+                   : fused::gemv_rows_blocks(head_in, c.sm_count);
+    head_partial_ = buf(2 * head_blocks);
     counters_ = buf(max_kv_heads_ + 1, Dtype::u32);
     fill(c, counters_, 0);
     state_ = buf(3, Dtype::i32);
@@ -412,17 +404,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // The persistent kernel for this plan, when it can run it: the phases go to the device.
   void prepare_persistent() {
     persistent_blocks_ = 0;
-    if (persistent_ == Choice::off) return;
-    if (persistent_ == Choice::automatic) {
-      int64_t bytes = 0;  // the layers' GEMV weights
-      for (const fused::StepPhase& p : plan_) {
-        if (p.kind != fused::StepPhase::Kind::gemv || p.out.epilogue == fused::Epilogue::logits) continue;
-        const bool glu = p.out.epilogue != fused::Epilogue::plain;  // rows[0] rows of gate and of up
-        const int64_t rows = glu ? 2 * int64_t(p.out.rows[0]) : int64_t(p.out.rows[0]) + p.out.rows[1] + p.out.rows[2];
-        bytes += rows * p.in.k * int64_t(sizeof(bf16));
-      }
-      if (bytes < kPersistentLayerBytes * int64_t(w_.layers.size())) return;
-    }
+    if (!persistent_) return;
     std::string why;
     persistent_plan_ = plan_;
     for (fused::StepPhase& p : persistent_plan_)
@@ -435,7 +417,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
     if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
       static bool said = false;
-      if (persistent_ == Choice::on && !std::exchange(said, true))
+      if (env_set("LMX_FUSED_PERSISTENT") && !std::exchange(said, true))
         std::fprintf(stderr, "lmx: LMX_FUSED_PERSISTENT: not for this model (%s); running a kernel per phase\n",
                      why.c_str());
       return;
@@ -523,7 +505,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     } catch (...) {
     }
   }
-  Choice persistent_;
+  bool persistent_;
   int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs
   size_t persistent_smem_ = 0;
   unsigned persistent_vector_ = 0;

@@ -23,11 +23,11 @@
 // a named barrier (sync_workers), for the phases' inputs, the attention and the grid
 // barrier.
 //
-// Status (bench/NOTES.md): correct, and opt-in (LMX_FUSED_PERSISTENT=1). Against the
-// kernel-per-phase graph on the H200 (128 + 256 tokens): 1.00x for Llama, 0.94x for Qwen3,
-// 1.09x for Gemma 3.
-// What costs now is not the weight stream but the phase boundaries: each grid barrier
-// (about 2 µs), each phase's input, and the attention.
+// Status (bench/NOTES.md): the default for one sequence (LMX_FUSED_PERSISTENT=0 turns it
+// off). Against the kernel-per-phase graph on the H200 (128 + 256 tokens): 1.13x for
+// Llama, 1.04x for Qwen3, 1.20x for Gemma 3. What costs now is not the weight stream but
+// the phase boundaries: each grid barrier (1.5-2.5 µs), each phase's input, and the
+// attention.
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
