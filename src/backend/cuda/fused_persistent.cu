@@ -25,7 +25,7 @@
 //
 // Status (bench/NOTES.md): the default for one sequence (LMX_FUSED_PERSISTENT=0 turns it
 // off). Against the kernel-per-phase graph on the H200 (128 + 256 tokens): 1.13x for
-// Llama, 1.04x for Qwen3, 1.20x for Gemma 3. What costs now is not the weight stream but
+// Llama, 1.04x for Qwen3, 1.19x for Gemma 3. What costs now is not the weight stream but
 // the phase boundaries: each grid barrier (1.5-2.5 µs), each phase's input, and the
 // attention.
 #include "backend/cuda/async_copy.cuh"
