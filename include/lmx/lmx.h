@@ -79,9 +79,10 @@ struct GenerateMetrics {
   size_t peak_memory = 0, active_memory = 0;
   double gpu_utilization = -1;  // percent, from NVML on CUDA; -1 where unavailable
   std::string finish_reason;    // "eos", "stop_token", "stop_string", "length", "context_length", "cancelled", "error"
-  // How the decode steps ran: "plain" (the ops one by one), "fused-graph" (the device's
-  // fused step replayed as a CUDA graph; for batch_generate, its batched step) or
-  // "fused-persistent"; "" when there was no decode step.
+  // How the decode steps ran: "plain" (the ops one by one), "fused-persistent" (the
+  // device's fused step as one kernel per token: CUDA's default for one sequence) or
+  // "fused-graph" (the fused step as a kernel per phase, replayed as a CUDA graph: batch_generate's
+  // batched step, or LMX_FUSED_PERSISTENT=0); "" when there was no decode step.
   std::string decode_path;
 };
 

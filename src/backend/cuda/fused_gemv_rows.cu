@@ -181,7 +181,8 @@ __device__ inline void publish_row_argmax(const GemvOutput& out, int rows, float
     out.partial[size_t(blockIdx.x) * rows + threadIdx.x] = p;
   }
   __syncthreads();
-  if (threadIdx.x == 0) last = count_arrival(out.counter) == gridDim.x - 1;  // the partials are visible before the count says so
+  // The partials are visible before the count says so.
+  if (threadIdx.x == 0) last = count_arrival(out.counter) == gridDim.x - 1;
   __syncthreads();
   if (!last) return;
   if (warp < rows) {  // warp b finishes sequence b

@@ -245,8 +245,12 @@ __device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
     float ss = 0;
 #pragma unroll
     for (int u = 0; u < V; ++u)
-      if ((threadIdx.x + u * kWorkers) * 4 < k)
-        ss = __fmaf_rn(t[u].w, t[u].w, __fmaf_rn(t[u].z, t[u].z, __fmaf_rn(t[u].y, t[u].y, __fmaf_rn(t[u].x, t[u].x, ss))));
+      if ((threadIdx.x + u * kWorkers) * 4 < k) {
+        ss = __fmaf_rn(t[u].x, t[u].x, ss);
+        ss = __fmaf_rn(t[u].y, t[u].y, ss);
+        ss = __fmaf_rn(t[u].z, t[u].z, ss);
+        ss = __fmaf_rn(t[u].w, t[u].w, ss);
+      }
     return workers_reduce<true>(ss, Sum{});
   };
   const float add_scale = in.add && in.add_norm ? rsqrtf(sumsq(a) / float(k) + in.eps) : 1.0f;
