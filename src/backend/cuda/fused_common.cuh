@@ -93,9 +93,10 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x, float acc) {
   return acc;
 }
 
-__device__ __forceinline__ float norm_weight(const bf16* w, int i, bool gemma) {
-  const float v = __bfloat162float(w[i]);
-  return gemma ? 1.0f + v : v;
+// Four RMSNorm weights, packed bf16, as the norm multiplies by them: 1 + w for Gemma.
+__device__ __forceinline__ float4 norm_weights4(uint2 w, bool gemma) {
+  const float o = gemma ? 1.0f : 0.0f;
+  return make_float4(o + bf16_lo(w.x), o + bf16_hi(w.x), o + bf16_lo(w.y), o + bf16_hi(w.y));
 }
 
 // The argmax order: larger value first, then the smaller index (as torch.argmax).

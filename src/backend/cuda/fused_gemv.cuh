@@ -50,18 +50,14 @@ __device__ inline void stage(const float* x, const float* add, const bf16* add_n
       if (add_norm) anv[u] = *reinterpret_cast<const uint2*>(add_norm + i);
       if (norm) nv[u] = *reinterpret_cast<const uint2*>(norm + i);
     }
-    auto weights = [&](uint2 w) {
-      const float o = gemma ? 1.0f : 0.0f;
-      return make_float4(o + bf16_lo(w.x), o + bf16_hi(w.x), o + bf16_lo(w.y), o + bf16_hi(w.y));
-    };
 #pragma unroll
     for (int u = 0; u < V; ++u) {
       const int i = base + u * workers<kPersistent>() * 4;
       if (i >= k) continue;
       *reinterpret_cast<float4*>(xs + i) = xv[u];
       if (add) *reinterpret_cast<float4*>(as + i) = av[u];
-      if (add_norm) *reinterpret_cast<float4*>(anw + i) = weights(anv[u]);
-      if (norm) *reinterpret_cast<float4*>(nw + i) = weights(nv[u]);
+      if (add_norm) *reinterpret_cast<float4*>(anw + i) = norm_weights4(anv[u], gemma);
+      if (norm) *reinterpret_cast<float4*>(nw + i) = norm_weights4(nv[u], gemma);
     }
   }
   sync_workers<kPersistent>();

@@ -127,9 +127,8 @@ __device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
     const StepPhase& p = s.phases[i];
     Geometry g{};
     if (p.kind == StepPhase::Kind::gemv) {
-      const Epilogue e = p.out.epilogue;
-      g.pair = e == Epilogue::glu_silu || e == Epilogue::glu_gelu;
-      g.segments = e == Epilogue::plain ? 3 : 1;
+      g.pair = paired(p);
+      g.segments = p.out.epilogue == Epilogue::plain ? 3 : 1;
       g.k = p.in.k;
       g.per_stage = rows_per_stage(g.k, g.pair);
       for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
@@ -228,11 +227,7 @@ __device__ __forceinline__ void load_plain_input(const float* x, int k, bf16* xb
 __device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
   constexpr int V = kHeldInput / (4 * kWorkers);  // float4s a thread
   const int k = in.k;
-  const float o = in.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
-  auto weights = [o](const bf16* w, int i) {
-    const uint2 u = *reinterpret_cast<const uint2*>(w + i);
-    return make_float4(o + bf16_lo(u.x), o + bf16_hi(u.x), o + bf16_lo(u.y), o + bf16_hi(u.y));
-  };
+  auto weights = [&](const bf16* w, int i) { return norm_weights4(*reinterpret_cast<const uint2*>(w + i), in.gemma); };
   float4 v[V], a[V];
 #pragma unroll
   for (int u = 0; u < V; ++u) {  // every load in flight at once
@@ -492,7 +487,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       const float softcap = ph.out.softcap;
       const int seg1 = ph.out.rows[0], seg2 = seg1 + ph.out.rows[1];
       const int k = in.k;
-      const bool pair = epilogue == Epilogue::glu_silu || epilogue == Epilogue::glu_gelu;
+      const bool pair = paired(ph);
       unsigned long long t0 = s.timing ? now_ns() : 0;
       const bool staged = staged_input(prev, ph);
       bf16* xb = reinterpret_cast<bf16*>(staged ? vec + size_t(staged_arrays(in)) * k : vec);  // [k]
