@@ -59,6 +59,23 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                : "memory");
 }
 
+// An L2 cache policy for data read once: its lines are the first to go. The persistent
+// decode step streams a token's weights (far more than L2 holds) with it, so that they do
+// not push out what is read again soon: the activations, the norm weights, the cache.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+// bulk_copy with an L2 cache policy (evict_first_policy).
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar, uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
+          smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar)), "l"(policy)
+      : "memory");
+}
+
 // The box of a 2-D tensor map at (inner, outer) into shared memory, counted on `bar`.
 // Parts of the box outside the tensor are filled with zeros and counted all the same.
 __device__ __forceinline__ void tensor_copy(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer) {

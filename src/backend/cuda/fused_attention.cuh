@@ -214,10 +214,15 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 // positions. `sm` holds attention_smem_floats(...) floats. `pos` is the new token's slot
 // (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
 // reads them once per step rather than once per task. `loading`: the chunk's copies
-// (load_chunk) were started already.
-template <bool kPersistent>
+// (load_chunk) were started already. `mark(part)` is called as each part ends, for the
+// persistent step's profile: 0 the new token's query, key and value formed, 1 the
+// chunk's keys and values in, 2 the chunk's partial stored (the merge follows).
+struct NoMarks {
+  __device__ void operator()(int) const {}
+};
+template <bool kPersistent, class Mark = NoMarks>
 __device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
-                                      bool loading = false) {
+                                      bool loading = false, Mark mark = {}) {
   const int d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
   float* q = sm;                  // [group, D]
@@ -256,8 +261,10 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     else
       for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }
+  mark(0);
   copy_async_wait_all();  // the chunk's keys and values: each thread's own copies, then the sync for all
   sync_workers<kPersistent>();
+  mark(1);
   if (pos >= begin && pos < end) {  // this block holds the new position: store it
     const size_t at = (size_t(g) * a.slots + size_t(pos % a.slots)) * d;
     for (int i = threadIdx.x; i < d; i += kThreads) {
@@ -337,6 +344,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
     weigh(std::integral_constant<int, 2>{});
   else
     weigh(std::integral_constant<int, 4>{});
+  mark(2);
   if (!a.early) allow_next_kernel();
   if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) count_and_merge<kPersistent>(a, g, group, live);
 }

@@ -50,13 +50,15 @@ __device__ __forceinline__ void grid_barrier(unsigned long long* counter, unsign
   if (threadIdx.x == 0) {
     // A release reduction: the block's writes (ordered before it by the sync above) are
     // visible before its arrival is, without a full fence. Relaxed polls, then one
-    // acquire fence: acquiring on every poll only slows the poll.
+    // acquire load of the counter. The lab (bench/kernels/exchange_lab.cu: a barrier, then
+    // every block loads a 1,024-float vector) measured 1.33 µs a round this way, 1.58 with
+    // an acquire fence after the polls and 1.40 acquiring on every poll.
     asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(counter) : "memory");
     unsigned long long v = 0;
     do {
       asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
     } while (v < target);
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
   }
   sync_workers<true>();
 }
@@ -170,13 +172,13 @@ struct Cursor {
   }
 };
 
-// Starts the copies of stage `st` into `slot`, counted on `bar`.
-__device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar) {
+// Starts the copies of stage `st` into `slot`, counted on `bar`, with L2 policy `policy`.
+__device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar, uint64_t policy) {
   const Geometry& g = table[st.phase];
   const unsigned bytes = unsigned(st.n) * unsigned(g.k) * sizeof(bf16);
   mbarrier_expect(bar, g.pair ? 2 * bytes : bytes);
-  bulk_copy(slot, g.w[st.seg] + size_t(st.row) * g.k, bytes, bar);
-  if (g.pair) bulk_copy(slot + size_t(st.n) * g.k, g.w[1] + size_t(st.row) * g.k, bytes, bar);
+  bulk_copy(slot, g.w[st.seg] + size_t(st.row) * g.k, bytes, bar, policy);
+  if (g.pair) bulk_copy(slot + size_t(st.n) * g.k, g.w[1] + size_t(st.row) * g.k, bytes, bar, policy);
 }
 
 __device__ __forceinline__ bf16* slot_at(bf16* ring, int i) { return ring + size_t(i) * (kSlotBytes / sizeof(bf16)); }
@@ -187,13 +189,16 @@ __device__ __forceinline__ bf16* slot_at(bf16* ring, int i) { return ring + size
 // on across phase boundaries, barriers and attention, as far as the ring reaches. (Going
 // further through L2 prefetches of the stages beyond the ring lost 4-20%: bench/NOTES.md.)
 __device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slots, uint64_t* full, uint64_t* empty) {
+  // The weights are read once a step, and a step's are several times L2's size: marked
+  // first to go, they leave L2 to what the workers read again (bench/NOTES.md, p15).
+  const uint64_t policy = evict_first_policy();
   Cursor cursor;
   for (int i = 0;; ++i) {
     const Stage st = cursor.next(table, n_phases);
     if (st.n == 0) return;
     const int slot = i % slots;
     if (i >= slots) mbarrier_wait(&empty[slot], unsigned(i / slots - 1) & 1u);
-    issue(table, st, slot_at(ring, slot), &full[slot]);
+    issue(table, st, slot_at(ring, slot), &full[slot], policy);
   }
 }
 
@@ -227,14 +232,16 @@ __device__ __forceinline__ void load_plain_input(const float* x, int k, bf16* xb
 __device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
   constexpr int V = kHeldInput / (4 * kWorkers);  // float4s a thread
   const int k = in.k;
-  auto weights = [&](const bf16* w, int i) { return norm_weights4(*reinterpret_cast<const uint2*>(w + i), in.gemma); };
   float4 v[V], a[V];
+  uint2 wn[V], wa[V];  // the norms' weights: loaded with the values, off the chain after the sums
 #pragma unroll
   for (int u = 0; u < V; ++u) {  // every load in flight at once
     const int i = (threadIdx.x + u * kWorkers) * 4;
     if (i >= k) continue;
     v[u] = __ldcg(reinterpret_cast<const float4*>(in.x + i));
     if (in.add) a[u] = __ldcg(reinterpret_cast<const float4*>(in.add + i));
+    if (in.norm) wn[u] = *reinterpret_cast<const uint2*>(in.norm + i);
+    if (in.add && in.add_norm) wa[u] = *reinterpret_cast<const uint2*>(in.add_norm + i);
   }
   auto sumsq = [&](const float4* t) {
     float ss = 0;
@@ -254,7 +261,7 @@ __device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
     const int i = (threadIdx.x + u * kWorkers) * 4;
     if (i >= k) continue;
     if (in.add && in.add_norm) {
-      const float4 w = weights(in.add_norm, i);
+      const float4 w = norm_weights4(wa[u], in.gemma);
       a[u] = make_float4(a[u].x * add_scale * w.x, a[u].y * add_scale * w.y, a[u].z * add_scale * w.z,
                          a[u].w * add_scale * w.w);
     }
@@ -268,7 +275,7 @@ __device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
     if (i >= k) continue;
     float4 t = v[u];
     if (in.norm) {
-      const float4 w = weights(in.norm, i);
+      const float4 w = norm_weights4(wn[u], in.gemma);
       t = make_float4(t.x * (r * w.x), t.y * (r * w.y), t.z * (r * w.z), t.w * (r * w.w));
     }
     __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(xb + i);
@@ -394,7 +401,8 @@ __device__ __forceinline__ unsigned long long now_ns() {
 
 // Measurement (PersistentStep::timing): block 0's thread 0 adds each phase's time from the
 // end of the barrier before it to the start of the barrier after it, then the barrier's
-// own wait, and within a GEMV phase the input, its warp's waits for weights and its rows.
+// own wait, and within a GEMV phase the input, its warp's waits for weights and its rows;
+// within an attention phase, its tasks' parts (attention_task's marks).
 __device__ __forceinline__ void add_time(const PersistentStep& s, int slot, unsigned long long& since) {
   if (!s.timing || blockIdx.x != 0 || threadIdx.x != 0) return;
   const unsigned long long t = now_ns();
@@ -473,9 +481,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
     if (ph.kind == StepPhase::Kind::attention) {
       if (upcoming) fetch_params(upcoming, &params[(p + 1) % 2]);
       const AttentionStep a = ph.attn;  // by value: in registers, not reloaded after every store
+      unsigned long long t0 = s.timing ? now_ns() : 0;
+      auto mark = [&](int part) { add_time(s, kTimes * p + 2 + part, t0); };
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
         // The first task's keys and values were started before the barrier (below).
-        attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x));
+        attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x),
+                                               mark);
         sync_workers<true>();  // the next task reuses the scratch
       }
     } else {

@@ -1,0 +1,213 @@
+// Kernel lab for the persistent decode step's phase boundaries: what it costs for every
+// block to see a vector that all blocks wrote a part of. A decode step crosses 140 such
+// boundaries (Qwen3: five a layer), and each GEMV input needs the whole of the previous
+// phase's output. From the repository root:
+//   nvcc -O3 -std=c++20 -arch=sm_90a -Isrc bench/kernels/exchange_lab.cu
+//
+// Every variant runs R rounds in one cooperative kernel of one block per SM (256 worker
+// threads). In round r each block writes its share of a 1,024-float vector y_r, then
+// every block reads all of y_r and sums it (the sum of squares an RMSNorm needs), and
+// the next round's values depend on that sum, so the rounds form one dependent chain.
+// The final vector is checked against the host's.
+//
+//   01  grid barrier as the persistent step has it (release reduction, relaxed polls,
+//       one acquire fence), then the vector's loads through L2
+//   02  01 with an acquire load as the last poll in place of the fence
+//   03  tagged words ("LL", as NCCL's low-latency protocol): each value travels with its
+//       round's tag in one 8-byte word, stored and loaded whole, so a reader that sees
+//       the tag sees the value; no barrier, no fence. Two buffers, by round parity.
+//   04  03 with 16-byte loads of two tagged words each
+//   05  02, but every warp polls the counter itself and goes on when it sees the count:
+//       no block barrier after the wait
+//   06  02 with blocks in clusters of two (an SM pair): the pair meets on the cluster
+//       barrier, and only its first block arrives at the counter and polls it
+//   08  every poll an acquire load (02 polls relaxed, then makes one acquire load)
+//   07  02 without the loads and the sum: the barrier alone
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include "lab.cuh"
+
+constexpr int kN = 1024;
+constexpr int kWorkers = 256;
+
+__device__ __forceinline__ void sync_all() { __syncthreads(); }
+
+__device__ float block_sum(float v) {
+  __shared__ float part[kWorkers / 32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  sync_all();
+  float r = 0;
+  for (int w = 0; w < kWorkers / 32; ++w) r += part[w];
+  sync_all();
+  return r;
+}
+
+// Round r+1's value at i from round r's sum: small integers, so every sum is exact.
+__host__ __device__ inline float next_value(float sum, int i) { return float((int(sum) + i) % 7); }
+
+enum class Wait { fence, acquire, acquire_polls, every_warp, pair };
+
+template <Wait kWait>
+__device__ void grid_barrier(unsigned long long* counter, unsigned long long target) {
+  auto poll = [&] {
+    unsigned long long v = 0;
+    if constexpr (kWait == Wait::acquire_polls) {
+      do {
+        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
+      } while (v < target);
+    } else {
+      do {
+        asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
+      } while (v < target);
+      if constexpr (kWait == Wait::fence)
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+      else
+        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
+    }
+  };
+  if constexpr (kWait == Wait::pair) {
+    // Arrive (release) and wait (acquire) at cluster scope: the pair's writes are ordered
+    // before the first block's release at GPU scope, which is cumulative.
+    sync_all();
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+    unsigned rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    if (threadIdx.x == 0 && rank == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(counter) : "memory");
+    if (threadIdx.x == 0) poll();
+    sync_all();
+    return;
+  }
+  sync_all();
+  if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(counter) : "memory");
+  if constexpr (kWait == Wait::every_warp) {
+    if (threadIdx.x % 32 == 0) poll();
+    __syncwarp();
+    return;
+  }
+  if (threadIdx.x == 0) poll();
+  sync_all();
+}
+
+// 01, 02: y in two plain buffers (by round parity), a grid barrier between write and read.
+template <Wait kWait, bool kLoads = true>
+__global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds, float* out) {
+  const unsigned arrivals = kWait == Wait::pair ? gridDim.x / 2 : gridDim.x;
+  const int lo = blockIdx.x * kN / gridDim.x, hi = (blockIdx.x + 1) * kN / gridDim.x;
+  float sum = 0;  // round -1's sum: round 0's values are next_value(0, i)
+  unsigned long long target = 0;
+  for (int r = 0; r < rounds; ++r) {
+    float* buf = y + (r % 2) * kN;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) buf[i] = next_value(sum, i);
+    grid_barrier<kWait>(counter, target += arrivals);
+    if constexpr (!kLoads) continue;
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(buf) + threadIdx.x);
+    sum = block_sum(v.x + v.y + v.z + v.w);
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
+}
+
+__device__ __forceinline__ void store_tagged(unsigned long long* p, float v, unsigned tag) {
+  const unsigned long long w = (static_cast<unsigned long long>(tag) << 32) | __float_as_uint(v);
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
+}
+
+// 03, 04: y as tagged words; a reader spins on its own words until they carry round r's tag.
+template <bool kWide>
+__global__ void tagged_rounds(unsigned long long* y, int rounds, float* out) {
+  const int lo = blockIdx.x * kN / gridDim.x, hi = (blockIdx.x + 1) * kN / gridDim.x;
+  float sum = 0;
+  for (int r = 0; r < rounds; ++r) {
+    unsigned long long* buf = y + (r % 2) * kN;
+    const unsigned tag = unsigned(r + 1);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) store_tagged(buf + i, next_value(sum, i), tag);
+    float s = 0;
+    if constexpr (kWide) {
+      // Two 16-byte loads of two words each: each 8-byte word is read whole.
+      for (int h = 0; h < 2; ++h) {
+        const unsigned long long* p = buf + (threadIdx.x * 2 + h * 2 * kWorkers);
+        unsigned long long a, b;
+        do {
+          asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p) : "memory");
+        } while (unsigned(a >> 32) != tag || unsigned(b >> 32) != tag);
+        s += __uint_as_float(unsigned(a)) + __uint_as_float(unsigned(b));
+      }
+    } else {
+      for (int u = 0; u < 4; ++u) {
+        const unsigned long long* p = buf + threadIdx.x + u * kWorkers;
+        unsigned long long a;
+        do {
+          asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(a) : "l"(p) : "memory");
+        } while (unsigned(a >> 32) != tag);
+        s += __uint_as_float(unsigned(a));
+      }
+    }
+    sum = block_sum(s);
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
+}
+
+int main() {
+  int sms = 0;
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  constexpr int kRounds = 4000;
+  float host_sum = 0;
+  for (int r = 0; r < kRounds; ++r) {
+    float s = 0;
+    for (int i = 0; i < kN; ++i) s += next_value(host_sum, i);
+    host_sum = s;
+  }
+  float *y, *out;
+  unsigned long long *counter, *tagged;
+  CHECK(cudaMalloc(&y, 2 * kN * sizeof(float)));
+  CHECK(cudaMalloc(&tagged, 2 * kN * sizeof(unsigned long long)));
+  CHECK(cudaMalloc(&counter, sizeof(unsigned long long)));
+  CHECK(cudaMalloc(&out, sizeof(float)));
+  int failed = 0;
+  auto run = [&](const char* name, auto launch) {
+    const float us = median_us([&] {
+      CHECK(cudaMemset(counter, 0, sizeof(unsigned long long)));
+      CHECK(cudaMemset(tagged, 0, 2 * kN * sizeof(unsigned long long)));
+      launch();
+    });
+    CHECK(cudaGetLastError());
+    float got = 0;
+    CHECK(cudaMemcpy(&got, out, sizeof(float), cudaMemcpyDeviceToHost));
+    const bool ok = got == host_sum;
+    failed += !ok;
+    std::printf("%s, %d blocks: %.3f us per round%s\n", name, sms, us / kRounds, ok ? "" : "  CHECK FAILED");
+  };
+  // Cooperative launches: every block resident, which the spinning relies on.
+  auto coop = [&](auto kernel, auto... args) {
+    void* params[] = {&args...};
+    CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(sms), dim3(kWorkers), params, 0, 0));
+  };
+  int rounds = kRounds;
+  run("01 grid barrier, then the loads", [&] { coop(barrier_rounds<Wait::fence>, y, counter, rounds, out); });
+  run("02 the same, an acquire load for the fence", [&] { coop(barrier_rounds<Wait::acquire>, y, counter, rounds, out); });
+  run("03 tagged words, 8-byte loads", [&] { coop(tagged_rounds<false>, tagged, rounds, out); });
+  run("04 tagged words, 16-byte loads", [&] { coop(tagged_rounds<true>, tagged, rounds, out); });
+  run("08 acquire polls", [&] { coop(barrier_rounds<Wait::acquire_polls>, y, counter, rounds, out); });
+  run("05 every warp polls", [&] { coop(barrier_rounds<Wait::every_warp>, y, counter, rounds, out); });
+  run("06 pairs of blocks in clusters", [&] {
+    cudaLaunchAttribute attrs[2]{};
+    attrs[0].id = cudaLaunchAttributeCooperative;
+    attrs[0].val.cooperative = 1;
+    attrs[1].id = cudaLaunchAttributeClusterDimension;
+    attrs[1].val.clusterDim.x = 2, attrs[1].val.clusterDim.y = 1, attrs[1].val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(sms), config.blockDim = dim3(kWorkers), config.attrs = attrs, config.numAttrs = 2;
+    CHECK(cudaLaunchKernelEx(&config, barrier_rounds<Wait::pair>, y, counter, rounds, out));
+  });
+  // 07's sum is not the vector's: it reads none (reported, not checked).
+  const float us = median_us([&] {
+    CHECK(cudaMemset(counter, 0, sizeof(unsigned long long)));
+    coop(barrier_rounds<Wait::acquire, false>, y, counter, rounds, out);
+  });
+  std::printf("07 the barrier alone (02's), %d blocks: %.3f us per round\n", sms, us / kRounds);
+  return failed ? 1 : 0;
+}
