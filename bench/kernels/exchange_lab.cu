@@ -22,6 +22,8 @@
 //   06  02 with blocks in clusters of two (an SM pair): the pair meets on the cluster
 //       barrier, and only its first block arrives at the counter and polls it
 //   08  every poll an acquire load (02 polls relaxed, then makes one acquire load)
+//   09  02 with the arrivals spread over 8 counters (block b on counter b % 8, each on
+//       its own 256 bytes); eight lanes poll one each and add them up
 //   07  02 without the loads and the sum: the barrier alone
 #include <cuda_runtime.h>
 
@@ -50,7 +52,8 @@ __device__ float block_sum(float v) {
 // Round r+1's value at i from round r's sum: small integers, so every sum is exact.
 __host__ __device__ inline float next_value(float sum, int i) { return float((int(sum) + i) % 7); }
 
-enum class Wait { fence, acquire, acquire_polls, every_warp, pair };
+enum class Wait { fence, acquire, acquire_polls, every_warp, pair, spread };
+constexpr int kSpread = 8, kCounterStride = 32;  // counters, and u64s between them
 
 template <Wait kWait>
 __device__ void grid_barrier(unsigned long long* counter, unsigned long long target) {
@@ -79,6 +82,26 @@ __device__ void grid_barrier(unsigned long long* counter, unsigned long long tar
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     if (threadIdx.x == 0 && rank == 0) asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(counter) : "memory");
     if (threadIdx.x == 0) poll();
+    sync_all();
+    return;
+  }
+  if constexpr (kWait == Wait::spread) {
+    sync_all();
+    if (threadIdx.x == 0)
+      asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(counter + blockIdx.x % kSpread * kCounterStride)
+                   : "memory");
+    if (threadIdx.x < 32) {
+      const unsigned long long* mine = counter + (threadIdx.x % kSpread) * kCounterStride;
+      unsigned long long total = 0;
+      do {
+        unsigned long long v = 0;
+        if (threadIdx.x < kSpread) asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(mine) : "memory");
+        for (int o = 4; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        total = __shfl_sync(0xffffffffu, v, 0);
+      } while (total < target);
+      unsigned long long v;
+      if (threadIdx.x < kSpread) asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(mine) : "memory");
+    }
     sync_all();
     return;
   }
@@ -165,12 +188,12 @@ int main() {
   unsigned long long *counter, *tagged;
   CHECK(cudaMalloc(&y, 2 * kN * sizeof(float)));
   CHECK(cudaMalloc(&tagged, 2 * kN * sizeof(unsigned long long)));
-  CHECK(cudaMalloc(&counter, sizeof(unsigned long long)));
+  CHECK(cudaMalloc(&counter, kSpread * kCounterStride * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&out, sizeof(float)));
   int failed = 0;
   auto run = [&](const char* name, auto launch) {
     const float us = median_us([&] {
-      CHECK(cudaMemset(counter, 0, sizeof(unsigned long long)));
+      CHECK(cudaMemset(counter, 0, kSpread * kCounterStride * sizeof(unsigned long long)));
       CHECK(cudaMemset(tagged, 0, 2 * kN * sizeof(unsigned long long)));
       launch();
     });
@@ -192,6 +215,7 @@ int main() {
   run("03 tagged words, 8-byte loads", [&] { coop(tagged_rounds<false>, tagged, rounds, out); });
   run("04 tagged words, 16-byte loads", [&] { coop(tagged_rounds<true>, tagged, rounds, out); });
   run("08 acquire polls", [&] { coop(barrier_rounds<Wait::acquire_polls>, y, counter, rounds, out); });
+  run("09 arrivals over 8 counters", [&] { coop(barrier_rounds<Wait::spread>, y, counter, rounds, out); });
   run("05 every warp polls", [&] { coop(barrier_rounds<Wait::every_warp>, y, counter, rounds, out); });
   run("06 pairs of blocks in clusters", [&] {
     cudaLaunchAttribute attrs[2]{};

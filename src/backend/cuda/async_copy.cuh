@@ -64,7 +64,7 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
 // not push out what is read again soon: the activations, the norm weights, the cache.
 __device__ __forceinline__ uint64_t evict_first_policy() {
   uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));  // pure: may be hoisted
   return policy;
 }
 // bulk_copy with an L2 cache policy (evict_first_policy).

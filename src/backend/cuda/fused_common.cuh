@@ -2,6 +2,7 @@
 // loads, bf16 unpacking, and the launch wrapper that sets the PDL attribute.
 #pragma once
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/fused_kernels.h"
 
@@ -36,8 +37,16 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-// 16 bytes of weights through the read-only path (the weights never change during a step).
-__device__ __forceinline__ uint4 load_stream(const bf16* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+// 16 bytes of weights through the read-only path (the weights never change during a step),
+// marked first to leave L2: a step reads each weight once, and far more of them than L2
+// holds, so that they keep no activation or cached key out of it (bench/NOTES.md, p15).
+__device__ __forceinline__ uint4 load_stream(const bf16* p) {
+  uint4 v;
+  asm("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "l"(evict_first_policy()));
+  return v;
+}
 
 // An activation written earlier in the step. Between kernels L1 starts empty, so the
 // kernel-per-phase path may cache it there; inside the persistent kernel another block may
