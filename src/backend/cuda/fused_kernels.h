@@ -150,10 +150,12 @@ struct PersistentStep {
   int slots = 0;              // of the weight ring (persistent_smem_bytes)
   // Measurement only, or null: [kTimes * n_phases] ns summed over steps, per phase as
   // block 0's thread 0 saw it: the phase, the barrier after it, forming the input, its
-  // warp's waits for weights, its warp's rows (dot products and outputs).
+  // warp's waits for weights, its warp's rows (dot products and outputs); then how much
+  // later than block 0 the last block arrived at the barrier, and (scratch, reset every
+  // step) that last arrival's time.
   unsigned long long* timing = nullptr;
 };
-constexpr int kTimes = 5;
+constexpr int kTimes = 7;
 // Longer attention chunks where a cache has more of them than the grid has blocks (the
 // persistent kernel runs a block's tasks one after another); at least a.chunk keys.
 void persistent_attention_split(AttentionStep& a, int blocks);

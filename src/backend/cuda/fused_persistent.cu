@@ -553,7 +553,14 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       sync_workers<true>();   // for every worker; and every warp is done with this phase
       const StepPhase& following = params[(p + 1) % 2];
       if (following.kind == StepPhase::Kind::attention) start_attention(following.attn, pos, pad, vec);
+      unsigned long long arrival = 0;
+      if (s.timing && threadIdx.x == 0) atomicMax(s.timing + kTimes * p + 6, arrival = now_ns());
       grid_barrier(s.barrier, target += gridDim.x);
+      if (s.timing && threadIdx.x == 0 && blockIdx.x == 0) {  // every block's arrival is in: the latest
+        unsigned long long* last = s.timing + kTimes * p + 6;
+        atomicAdd(s.timing + kTimes * p + 5, __ldcg(last) - arrival);
+        *last = 0;
+      }
     }
     add_time(s, kTimes * p + 1, since);
   }
