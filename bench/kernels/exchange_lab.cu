@@ -24,6 +24,9 @@
 //   08  every poll an acquire load (02 polls relaxed, then makes one acquire load)
 //   09  02 with the arrivals spread over 8 counters (block b on counter b % 8, each on
 //       its own 256 bytes); eight lanes poll one each and add them up
+//   10  02 while a copying warp in every block streams 1 GiB through a ring of five 32 KiB
+//       slots with bulk copies (as the decode step's weights stream), at the copy limit
+//   11  04 with the same stream running
 //   07  02 without the loads and the sum: the barrier alone
 #include <cuda_runtime.h>
 
@@ -32,11 +35,52 @@
 #include <vector>
 
 #include "lab.cuh"
+#include "backend/cuda/async_copy.cuh"
 
 constexpr int kN = 1024;
 constexpr int kWorkers = 256;
 
-__device__ __forceinline__ void sync_all() { __syncthreads(); }
+// The worker threads' barrier: a copying warp (10, 11) never joins it.
+__device__ __forceinline__ void sync_all() { asm volatile("bar.sync 1, %0;" ::"n"(kWorkers) : "memory"); }
+
+// 10, 11: the copying warp's one thread streams `src` through the ring until the workers
+// set `done`, then waits for its copies in flight.
+constexpr int kSlots = 5, kSlotBytes = 32 << 10;
+constexpr size_t kStreamBytes = size_t(1) << 30;
+__device__ void stream(const char* src, char* ring, uint64_t* full, volatile int* done) {
+  size_t off = size_t(blockIdx.x) * kSlotBytes;
+  int i = 0;
+  for (; !*done; ++i) {
+    const int slot = i % kSlots;
+    if (i >= kSlots) lmx::cuda::mbarrier_wait(&full[slot], unsigned(i / kSlots - 1) & 1u);
+    lmx::cuda::mbarrier_expect(&full[slot], kSlotBytes);
+    lmx::cuda::bulk_copy(ring + size_t(slot) * kSlotBytes, src + off, kSlotBytes, &full[slot]);
+    off = (off + size_t(gridDim.x) * kSlotBytes) % kStreamBytes;
+  }
+  for (int j = i < kSlots ? 0 : i - kSlots; j < i; ++j) lmx::cuda::mbarrier_wait(&full[j % kSlots], unsigned(j / kSlots) & 1u);
+}
+
+__shared__ int stream_done;  // set by the workers when their rounds are over
+
+// Sets up the ring; true for the copying warp, which has then streamed until the workers
+// were done (end_stream) and must return.
+__device__ bool run_stream(const char* src) {
+  extern __shared__ __align__(128) char ring[];
+  __shared__ __align__(8) uint64_t full[kSlots];
+  if (!src) return false;
+  if (threadIdx.x == 0) {
+    stream_done = 0;
+    for (int i = 0; i < kSlots; ++i) lmx::cuda::mbarrier_init(&full[i], 1);
+    lmx::cuda::mbarrier_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x < kWorkers) return false;
+  if (threadIdx.x == kWorkers) stream(src, ring, full, &stream_done);
+  return true;
+}
+__device__ void end_stream() {
+  if (threadIdx.x == 0) *(volatile int*)&stream_done = 1;
+}
 
 __device__ float block_sum(float v) {
   __shared__ float part[kWorkers / 32];
@@ -118,7 +162,8 @@ __device__ void grid_barrier(unsigned long long* counter, unsigned long long tar
 
 // 01, 02: y in two plain buffers (by round parity), a grid barrier between write and read.
 template <Wait kWait, bool kLoads = true>
-__global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds, float* out) {
+__global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds, float* out, const char* src) {
+  if (run_stream(src)) return;
   const unsigned arrivals = kWait == Wait::pair ? gridDim.x / 2 : gridDim.x;
   const int lo = blockIdx.x * kN / gridDim.x, hi = (blockIdx.x + 1) * kN / gridDim.x;
   float sum = 0;  // round -1's sum: round 0's values are next_value(0, i)
@@ -131,6 +176,7 @@ __global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds
     const float4 v = __ldcg(reinterpret_cast<const float4*>(buf) + threadIdx.x);
     sum = block_sum(v.x + v.y + v.z + v.w);
   }
+  end_stream();
   if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
 }
 
@@ -141,7 +187,8 @@ __device__ __forceinline__ void store_tagged(unsigned long long* p, float v, uns
 
 // 03, 04: y as tagged words; a reader spins on its own words until they carry round r's tag.
 template <bool kWide>
-__global__ void tagged_rounds(unsigned long long* y, int rounds, float* out) {
+__global__ void tagged_rounds(unsigned long long* y, int rounds, float* out, const char* src) {
+  if (run_stream(src)) return;
   const int lo = blockIdx.x * kN / gridDim.x, hi = (blockIdx.x + 1) * kN / gridDim.x;
   float sum = 0;
   for (int r = 0; r < rounds; ++r) {
@@ -171,6 +218,7 @@ __global__ void tagged_rounds(unsigned long long* y, int rounds, float* out) {
     }
     sum = block_sum(s);
   }
+  end_stream();
   if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
 }
 
@@ -205,18 +253,28 @@ int main() {
     std::printf("%s, %d blocks: %.3f us per round%s\n", name, sms, us / kRounds, ok ? "" : "  CHECK FAILED");
   };
   // Cooperative launches: every block resident, which the spinning relies on.
+  // With a stream (10, 11) a copying warp joins the workers, and the ring takes shared memory.
+  const char* no_stream = nullptr;
+  char* weights;
+  CHECK(cudaMalloc(&weights, kStreamBytes));
+  CHECK(cudaMemset(weights, 0, kStreamBytes));
   auto coop = [&](auto kernel, auto... args) {
     void* params[] = {&args...};
-    CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(sms), dim3(kWorkers), params, 0, 0));
+    const bool streaming = *static_cast<const char* const*>(params[sizeof...(args) - 1]) != nullptr;
+    const size_t smem = streaming ? size_t(kSlots) * kSlotBytes : 0;
+    CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(smem)));
+    CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(sms), dim3(kWorkers + (streaming ? 32 : 0)),
+                                      params, smem, 0));
   };
   int rounds = kRounds;
-  run("01 grid barrier, then the loads", [&] { coop(barrier_rounds<Wait::fence>, y, counter, rounds, out); });
-  run("02 the same, an acquire load for the fence", [&] { coop(barrier_rounds<Wait::acquire>, y, counter, rounds, out); });
-  run("03 tagged words, 8-byte loads", [&] { coop(tagged_rounds<false>, tagged, rounds, out); });
-  run("04 tagged words, 16-byte loads", [&] { coop(tagged_rounds<true>, tagged, rounds, out); });
-  run("08 acquire polls", [&] { coop(barrier_rounds<Wait::acquire_polls>, y, counter, rounds, out); });
-  run("09 arrivals over 8 counters", [&] { coop(barrier_rounds<Wait::spread>, y, counter, rounds, out); });
-  run("05 every warp polls", [&] { coop(barrier_rounds<Wait::every_warp>, y, counter, rounds, out); });
+  run("01 grid barrier, then the loads", [&] { coop(barrier_rounds<Wait::fence>, y, counter, rounds, out, no_stream); });
+  run("02 the same, an acquire load for the fence", [&] { coop(barrier_rounds<Wait::acquire>, y, counter, rounds, out, no_stream); });
+  run("03 tagged words, 8-byte loads", [&] { coop(tagged_rounds<false>, tagged, rounds, out, no_stream); });
+  run("04 tagged words, 16-byte loads", [&] { coop(tagged_rounds<true>, tagged, rounds, out, no_stream); });
+  run("08 acquire polls", [&] { coop(barrier_rounds<Wait::acquire_polls>, y, counter, rounds, out, no_stream); });
+  run("09 arrivals over 8 counters", [&] { coop(barrier_rounds<Wait::spread>, y, counter, rounds, out, no_stream); });
+  run("05 every warp polls", [&] { coop(barrier_rounds<Wait::every_warp>, y, counter, rounds, out, no_stream); });
   run("06 pairs of blocks in clusters", [&] {
     cudaLaunchAttribute attrs[2]{};
     attrs[0].id = cudaLaunchAttributeCooperative;
@@ -225,12 +283,15 @@ int main() {
     attrs[1].val.clusterDim.x = 2, attrs[1].val.clusterDim.y = 1, attrs[1].val.clusterDim.z = 1;
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(sms), config.blockDim = dim3(kWorkers), config.attrs = attrs, config.numAttrs = 2;
-    CHECK(cudaLaunchKernelEx(&config, barrier_rounds<Wait::pair>, y, counter, rounds, out));
+    CHECK(cudaLaunchKernelEx(&config, barrier_rounds<Wait::pair>, y, counter, rounds, out, no_stream));
   });
+  const char* src = weights;
+  run("10 02 with the weights streaming", [&] { coop(barrier_rounds<Wait::acquire>, y, counter, rounds, out, src); });
+  run("11 04 with the weights streaming", [&] { coop(tagged_rounds<true>, tagged, rounds, out, src); });
   // 07's sum is not the vector's: it reads none (reported, not checked).
   const float us = median_us([&] {
     CHECK(cudaMemset(counter, 0, sizeof(unsigned long long)));
-    coop(barrier_rounds<Wait::acquire, false>, y, counter, rounds, out);
+    coop(barrier_rounds<Wait::acquire, false>, y, counter, rounds, out, no_stream);
   });
   std::printf("07 the barrier alone (02's), %d blocks: %.3f us per round\n", sms, us / kRounds);
   return failed ? 1 : 0;
