@@ -16,8 +16,8 @@
 //   - persistent (one sequence, where it fits): one cooperative kernel per step that runs
 //     every phase with grid barriers between them and streams the weights ahead through
 //     shared memory (fused_persistent.cu).
-// The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 13%,
-// Qwen3-0.6B 4% and Gemma3-1B 19% faster than the graph (bench/NOTES.md).
+// The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 17%,
+// Qwen3-0.6B 9% and Gemma3-1B 27% faster than the graph (bench/NOTES.md, p15).
 // LMX_FUSED_PERSISTENT=0 turns it off.
 //
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of

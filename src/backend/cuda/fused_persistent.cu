@@ -24,9 +24,9 @@
 // barrier.
 //
 // Status (bench/NOTES.md): the default for one sequence (LMX_FUSED_PERSISTENT=0 turns it
-// off). Against the kernel-per-phase graph on the H200 (128 + 256 tokens): 1.13x for
-// Llama, 1.04x for Qwen3, 1.19x for Gemma 3. What costs now is not the weight stream but
-// the phase boundaries: each grid barrier (1.5-2.5 µs), each phase's input, and the
+// off). Against the kernel-per-phase graph on the H200 (128 + 256 tokens): 1.17x for
+// Llama, 1.09x for Qwen3, 1.27x for Gemma 3. What costs now is not the weight stream but
+// the phase boundaries: each grid barrier (1.1-2.2 µs), each phase's input, and the
 // attention.
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/fused_attention.cuh"
