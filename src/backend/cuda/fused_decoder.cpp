@@ -499,7 +499,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       }
       std::fprintf(stderr, "[fused profile] %lld steps, block 0's first warp, us per step: phase (of which input, "
                    "waiting for weights, rows; for attention: the new token's q, k and v, waiting for the cached "
-                   "keys, scores to partial) + barrier (of which waiting for the last block to arrive)\n",
+                   "keys, scores to partial) + barrier (of which waiting for later blocks to arrive)\n",
                    (long long)profiled_steps_);
       for (const auto& [name, v] : sums)
         std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f) + %5.1f (%5.1f)\n", name.c_str(), v[0], v[2], v[3],
