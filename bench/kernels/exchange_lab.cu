@@ -8,11 +8,11 @@
 // threads). In round r each block writes its share of a 1,024-float vector y_r, then
 // every block reads all of y_r and sums it (the sum of squares an RMSNorm needs), and
 // the next round's values depend on that sum, so the rounds form one dependent chain.
-// The final vector is checked against the host's.
+// The last round's sum is checked against the host's.
 //
-//   01  grid barrier as the persistent step has it (release reduction, relaxed polls,
-//       one acquire fence), then the vector's loads through L2
-//   02  01 with an acquire load as the last poll in place of the fence
+//   01  the grid barrier as the persistent step had it until p15 (release reduction,
+//       relaxed polls, one acquire fence), then the vector's loads through L2
+//   02  01 with an acquire load as the last poll in place of the fence (the step's since)
 //   03  tagged words ("LL", as NCCL's low-latency protocol): each value travels with its
 //       round's tag in one 8-byte word, stored and loaded whole, so a reader that sees
 //       the tag sees the value; no barrier, no fence. Two buffers, by round parity.
