@@ -50,25 +50,26 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned parity) {
         : "memory");
 }
 
-// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared
-// memory; completion is counted on `bar`.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-}
-
-// An L2 cache policy for data read once: its lines are the first to go. The persistent
-// decode step streams a token's weights (far more than L2 holds) with it, so that they do
-// not push out what is read again soon: the activations, the norm weights, the cache.
+// L2 cache policies (createpolicy) for copies and loads. evict_first: for data read once,
+// whose lines are the first to go. The persistent decode step streams a token's weights
+// (far more than L2 holds) with it, so that they do not push out what is read again soon:
+// the activations, the norm weights, the cache. evict_unchanged: no hint. Pure: may be
+// hoisted.
 __device__ __forceinline__ uint64_t evict_first_policy() {
   uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));  // pure: may be hoisted
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   return policy;
 }
-// bulk_copy with an L2 cache policy (evict_first_policy).
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar, uint64_t policy) {
+__device__ __forceinline__ uint64_t evict_unchanged_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_unchanged.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared
+// memory under an L2 policy; completion is counted on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar,
+                                          uint64_t policy = evict_unchanged_policy()) {
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
           smem_addr(dst)),
