@@ -194,6 +194,20 @@ TEST(Cuda, LargeAttentionMatchesTheCpu) {
   expect_attention_matches_cpu(cases);
 }
 
+// Decoding many sequences at once: the decode kernels put 8, 4 or 2 query rows in a block
+// when that still gives the grid two blocks per SM (384 blocks here, for GPUs of up to 192
+// SMs), and fewer rows otherwise, as in the small cases above. Single kernel and split
+// keys (700), GQA of 8 and 4, two query rows a sequence, padding and a window.
+TEST(Cuda, DecodeAttentionOverManySequencesMatchesTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const AttnCase cases[] = {
+      {48, 64, 8, 1, 200, 64, 0, true, false},  {48, 32, 8, 1, 131, 128, 0, true, true},
+      {48, 8, 8, 2, 300, 64, 0, true, false},   {48, 8, 8, 2, 700, 64, 0, true, true},
+      {48, 64, 8, 1, 700, 64, 256, true, true}, {96, 16, 4, 1, 129, 256, 0, true, false},
+  };
+  expect_attention_matches_cpu(cases);
+}
+
 // Long prompts whose score matrix passes the GEMM path's buffer bound run it in bands of
 // query rows, one query head of each group at a time: with the bound lowered to 64 KiB,
 // each query head takes 3 to 24 bands, the last one short.

@@ -6,7 +6,8 @@
 // sum, both find those before they form any probability.
 //
 // - Few query rows per kv head (decode, Lq < 8: `decode_kernel` and its split form). A
-//   block holds up to 8 query rows of one kv head. For the scores each thread takes whole
+//   block holds up to 8 query rows of one kv head (fewer, down to one, where the grid
+//   would otherwise have fewer than two blocks per SM). For the scores each thread takes whole
 //   keys; for p·v a group of lanes takes one value row at a time, each lane 16 bytes of
 //   it. Up to 256 keys (or when one split covers them), one kernel does everything.
 //   Longer caches are split across blocks (split-K, "flash decoding"): the first kernel
@@ -232,18 +233,19 @@ void run(const Context& ctx, AttnParams p, dim3 grid) {
 // ---- few query rows per kv head (decode) ----
 
 constexpr int kDecodeThreads = 128;
-constexpr int kDecodeRows = 8;        // query rows per block
-constexpr int kDecodeMaxSplit = 512;  // keys per block at most: scores of 8 rows in 16 KiB
+constexpr int kDecodeRows = 8;        // query rows per block at most (R, a power of two, is chosen per call)
+constexpr int kDecodeMaxSplit = 512;  // keys per block at most: scores of R rows in R * 2 KiB
 constexpr int kDecodeUnroll = 4;      // value rows per lane group with loads in flight at once
 constexpr int kSingle = 256;          // keys up to which one kernel does everything
-// Shared floats of a block: the scores or probabilities [rows][split], later the lane
-// groups' partial sums [groups][rows][D] (groups * D <= threads * 8: a lane holds at most
-// 8 elements of a key).
-constexpr int kDecodeBuf = kDecodeRows * kDecodeThreads * 8;
-static_assert(kDecodeRows * kDecodeMaxSplit <= kDecodeBuf);
+// Shared floats of a block of R rows: the scores or probabilities [R][split], later the
+// lane groups' partial sums [groups][R][D] (groups * D <= threads * 8: a lane holds at
+// most 8 elements of a key).
+template <int R>
+constexpr int kDecodeBuf = R * kDecodeThreads * 8;
+static_assert(kDecodeMaxSplit <= kDecodeThreads * 8);
 
 struct DecodeParams : AttentionOperands {  // k and v rows 16-byte aligned
-  int hq, hkv, lq, rep, row_groups, total_rows;  // total_rows = B * Hq * Lq < 2^31
+  int hq, hkv, lq, rep, row_groups, total_rows;  // total_rows = B * Hq * Lq < 2^31; row_groups of R rows
   int64_t lk, d;
   float scale;
   bool causal;
@@ -254,20 +256,24 @@ struct DecodeParams : AttentionOperands {  // k and v rows 16-byte aligned
   float* partial;  // [splits, total_rows, D]
 };
 
-// The block's query rows: blockIdx.y = (b * Hkv + kv head) * row_groups + row group.
+// The block's R query rows: blockIdx.y = (b * Hkv + kv head) * row_groups + row group.
 // Rows past the last live one repeat it, so that reading theirs is always in bounds.
+// Fewer rows a block (a smaller R) give more blocks, which read the same keys through L2,
+// and fewer registers a thread: at batch 64 a block for each kv head and 8 rows left the
+// GPU under-filled (Gemma 3 has one kv head) or its blocks short of registers.
+template <int R>
 struct DecodeRows {
-  int b, kvh, n;                // n live rows, at most kDecodeRows
-  int grow[kDecodeRows];        // row index into q, out, scores and stats
-  int64_t qpos[kDecodeRows];    // the query's position
+  int b, kvh, n;        // n live rows, at most R
+  int grow[R];          // row index into q, out, scores and stats
+  int64_t qpos[R];      // the query's position
   __device__ explicit DecodeRows(const DecodeParams& p) {
-    const int bh = int(blockIdx.y) / p.row_groups, r0 = (int(blockIdx.y) % p.row_groups) * kDecodeRows;
+    const int bh = int(blockIdx.y) / p.row_groups, r0 = (int(blockIdx.y) % p.row_groups) * R;
     b = bh / p.hkv, kvh = bh % p.hkv;
-    n = ::min(kDecodeRows, p.rep * p.lq - r0);
+    n = ::min(R, p.rep * p.lq - r0);
     const int64_t q_off = p.q_offsets[b];
     int g = r0 / p.lq, i = r0 % p.lq;  // query head within the group, query index
 #pragma unroll
-    for (int r = 0; r < kDecodeRows; ++r) {
+    for (int r = 0; r < R; ++r) {
       grow[r] = (b * p.hq + kvh * p.rep + g) * p.lq + i;
       qpos[r] = q_off + i;
       if (r + 1 < n && ++i == p.lq) i = 0, ++g;
@@ -296,10 +302,10 @@ struct DecodeLanes {
 
 // sc[r][j - lo] = the rounded, scaled score of row r and key j in [lo, hi), or -inf.
 // Each thread takes whole keys: it streams its key in 16-byte loads, eight in flight, and
-// reads the block's query rows from shared memory (qs [kDecodeRows][D], f32), so no score
+// reads the block's query rows from shared memory (qs [R][D], f32), so no score
 // needs a reduction across lanes.
-template <class T>
-__device__ __forceinline__ void split_scores(const DecodeParams& p, const DecodeRows& rows, int64_t lo, int64_t hi,
+template <class T, int R>
+__device__ __forceinline__ void split_scores(const DecodeParams& p, const DecodeRows<R>& rows, int64_t lo, int64_t hi,
                                              float* sc, float4* qs) {
   constexpr int E = kVecElems<T>, kInFlight = 8;
   const int64_t d = p.d, n = hi - lo, vd = d / E;
@@ -318,7 +324,7 @@ __device__ __forceinline__ void split_scores(const DecodeParams& p, const Decode
     for (int64_t off = 0; off < d * int64_t(sizeof(T)); off += 128)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + j * p.v_sl * int64_t(sizeof(T)) + off));
     const T* kr = kp + j * p.k_sl;
-    float dot[kDecodeRows] = {};
+    float dot[R] = {};
     for (int64_t c = 0; c < d; c += kInFlight * E) {
       float kx[kInFlight][E];
 #pragma unroll
@@ -328,7 +334,7 @@ __device__ __forceinline__ void split_scores(const DecodeParams& p, const Decode
       for (int u = 0; u < kInFlight; ++u) {
         if (c + u * E >= d) break;
 #pragma unroll
-        for (int r = 0; r < kDecodeRows; ++r) {
+        for (int r = 0; r < R; ++r) {
           if (r >= rows.n) break;
 #pragma unroll
           for (int h = 0; h < E / 4; ++h) {
@@ -343,7 +349,7 @@ __device__ __forceinline__ void split_scores(const DecodeParams& p, const Decode
     }
     const bool key_ok = !p.key_valid || p.key_valid[rows.b * p.lk + j];
 #pragma unroll
-    for (int r = 0; r < kDecodeRows; ++r) {
+    for (int r = 0; r < R; ++r) {
       if (r >= rows.n) break;
       const int64_t pos = rows.qpos[r];
       const bool visible = key_ok && (!p.causal || j <= pos) && (p.window <= 0 || j > pos - p.window);
@@ -373,15 +379,15 @@ __device__ __forceinline__ float probability(float s, float m, float inv) {
 // Sum over keys [lo, hi) of prob[r][j - lo] * v[j], for every live row: into out (rounded)
 // when the block holds all keys, else into the split's partial sums. buf holds prob and
 // then the lane groups' sums.
-template <class T, int G, int NC>
-__device__ __forceinline__ void split_values(const DecodeParams& p, const DecodeRows& rows, int64_t lo, int64_t hi,
+template <class T, int G, int NC, int R>
+__device__ __forceinline__ void split_values(const DecodeParams& p, const DecodeRows<R>& rows, int64_t lo, int64_t hi,
                                              float* buf) {
   using L = DecodeLanes<T, G, NC>;
   constexpr int E = L::E;
   const L lanes;
   const int64_t d = p.d, n = hi - lo;
   const float* prob = buf;
-  float acc[kDecodeRows][NC * E] = {};
+  float acc[R][NC * E] = {};
   const T* vp = static_cast<const T*>(p.v) + rows.b * p.v_sb + rows.kvh * p.v_sh;
   for (int64_t j0 = lo + lanes.group; j0 < hi; j0 += int64_t(kDecodeUnroll) * L::kGroups) {
     float vx[kDecodeUnroll][NC * E];
@@ -395,25 +401,25 @@ __device__ __forceinline__ void split_values(const DecodeParams& p, const Decode
       const int64_t j = j0 + int64_t(u) * L::kGroups;
       if (j >= hi) break;
 #pragma unroll
-      for (int r = 0; r < kDecodeRows; ++r) {
+      for (int r = 0; r < R; ++r) {
         if (r >= rows.n) break;
         const float pj = prob[r * n + (j - lo)];
         for (int e = 0; e < NC * E; ++e) acc[r][e] = __fmaf_rn(pj, vx[u][e], acc[r][e]);
       }
     }
   }
-  __syncthreads();  // the probabilities are read; buf now takes the groups' sums [groups][rows][D]
+  __syncthreads();  // the probabilities are read; buf now takes the groups' sums [groups][R][D]
   float* red = buf;
 #pragma unroll
-  for (int r = 0; r < kDecodeRows; ++r)
+  for (int r = 0; r < R; ++r)
     for (int c = 0; c < NC && r < rows.n; ++c)
       if (lanes.has(c, d))
-        for (int e = 0; e < E; ++e) red[(lanes.group * kDecodeRows + r) * d + lanes.at(c) + e] = acc[r][c * E + e];
+        for (int e = 0; e < E; ++e) red[(lanes.group * R + r) * d + lanes.at(c) + e] = acc[r][c * E + e];
   __syncthreads();
   for (int e = threadIdx.x; e < rows.n * int(d); e += kDecodeThreads) {
     const int r = e / int(d), dd = e % int(d);  // 32-bit: no 64-bit division in the loop
     float sum = 0;
-    for (int g = 0; g < L::kGroups; ++g) sum += red[(g * kDecodeRows + r) * d + dd];
+    for (int g = 0; g < L::kGroups; ++g) sum += red[(g * R + r) * d + dd];
     if (p.splits == 1)
       static_cast<T*>(p.out)[int64_t(rows.grow[r]) * d + dd] = from_float<T>(sum);
     else
@@ -422,12 +428,12 @@ __device__ __forceinline__ void split_values(const DecodeParams& p, const Decode
 }
 
 // All keys in one block (splits == 1): scores, softmax and p·v in one kernel.
-template <class T, int G, int NC>
+template <class T, int G, int NC, int R>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
-  __shared__ float buf[kDecodeBuf];
-  __shared__ float4 qs[kDecodeRows * kMaxHeadDim / 4];
-  __shared__ float2 st[kDecodeRows];  // (max, 1/sum) per row
-  const DecodeRows rows(p);
+  __shared__ float buf[kDecodeBuf<R>];
+  __shared__ float4 qs[R * kMaxHeadDim / 4];
+  __shared__ float2 st[R];  // (max, 1/sum) per row
+  const DecodeRows<R> rows(p);
   const int64_t n = p.lk;
   split_scores<T>(p, rows, 0, n, buf, qs);
   __syncthreads();
@@ -439,15 +445,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   for (int e = threadIdx.x; e < rows.n * int(n); e += kDecodeThreads)
     buf[e] = probability<T>(buf[e], st[e / int(n)].x, st[e / int(n)].y);
   __syncthreads();
-  split_values<T, G, NC>(p, rows, 0, n, buf);
+  split_values<T, G, NC, R>(p, rows, 0, n, buf);
 }
 
 // Split keys, pass 1: the split's scores to global memory and its (max, sum) per row.
-template <class T>
+template <class T, int R>
 __global__ void __launch_bounds__(kDecodeThreads) decode_scores_kernel(DecodeParams p) {
-  __shared__ float sc[kDecodeRows * kDecodeMaxSplit];
-  __shared__ float4 qs[kDecodeRows * kMaxHeadDim / 4];
-  const DecodeRows rows(p);
+  __shared__ float sc[R * kDecodeMaxSplit];
+  __shared__ float4 qs[R * kMaxHeadDim / 4];
+  const DecodeRows<R> rows(p);
   const int64_t lo = int64_t(blockIdx.x) * p.split_len, hi = min64(p.lk, lo + p.split_len), n = hi - lo;
   split_scores<T>(p, rows, lo, hi, sc, qs);
   __syncthreads();
@@ -461,13 +467,13 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_scores_kernel(DecodePar
 
 // Split keys, pass 2: the split's probabilities from the rows' final (max, sum) over all
 // splits, then their partial sum of p·v.
-template <class T, int G, int NC>
+template <class T, int G, int NC, int R>
 __global__ void __launch_bounds__(kDecodeThreads) decode_values_kernel(DecodeParams p) {
-  __shared__ float buf[kDecodeBuf];
-  __shared__ float2 st[kDecodeRows];  // (max, 1/sum) per row
-  const DecodeRows rows(p);
+  __shared__ float buf[kDecodeBuf<R>];
+  __shared__ float2 st[R];  // (max, 1/sum) per row
+  const DecodeRows<R> rows(p);
   const int64_t lo = int64_t(blockIdx.x) * p.split_len, hi = min64(p.lk, lo + p.split_len), n = hi - lo;
-  if (threadIdx.x < kDecodeRows) {
+  if (threadIdx.x < R) {
     const int64_t g = rows.grow[threadIdx.x];
     float m = -INFINITY, l = 0;
     for (int s = 0; s < p.splits; ++s) m = fmaxf(m, p.stats[s * p.total_rows + g].x);
@@ -480,7 +486,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_values_kernel(DecodePar
   }
   __syncthreads();
   // Every score of a thread is loaded before any is used: the loads overlap.
-  constexpr int kPerThread = kDecodeRows * kDecodeMaxSplit / kDecodeThreads;
+  constexpr int kPerThread = R * kDecodeMaxSplit / kDecodeThreads;
   float sv[kPerThread];
 #pragma unroll
   for (int u = 0; u < kPerThread; ++u) {
@@ -490,22 +496,22 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_values_kernel(DecodePar
 #pragma unroll
   for (int u = 0; u < kPerThread; ++u) {
     const int e = threadIdx.x + u * kDecodeThreads;
-    if (e < kDecodeRows * int(n)) buf[e] = probability<T>(sv[u], st[e / int(n)].x, st[e / int(n)].y);
+    if (e < R * int(n)) buf[e] = probability<T>(sv[u], st[e / int(n)].x, st[e / int(n)].y);
   }
   __syncthreads();
-  split_values<T, G, NC>(p, rows, lo, hi, buf);
+  split_values<T, G, NC, R>(p, rows, lo, hi, buf);
 }
 
-template <class T, int G, int NC>
+template <class T, int G, int NC, int R>
 void run_decode(const Context& ctx, const DecodeParams& p, dim3 grid) {
   if (p.splits == 1) {
-    decode_kernel<T, G, NC><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
+    decode_kernel<T, G, NC, R><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
     check_launch("decode_kernel");
     return;
   }
-  decode_scores_kernel<T><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
+  decode_scores_kernel<T, R><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
   check_launch("decode_scores_kernel");
-  decode_values_kernel<T, G, NC><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
+  decode_values_kernel<T, G, NC, R><<<grid, kDecodeThreads, 0, ctx.stream>>>(p);
   check_launch("decode_values_kernel");
   const int64_t n = int64_t(p.total_rows) * p.d;
   combine_kernel<<<grid_for(n), kBlock, 0, ctx.stream>>>(p.partial, static_cast<T*>(p.out), p.splits, n);
@@ -514,17 +520,27 @@ void run_decode(const Context& ctx, const DecodeParams& p, dim3 grid) {
 
 // Lanes per key: D / kVecElems chunks, at least 8 lanes (a smaller D leaves some idle) and
 // at most 32 (a larger one gives each lane two chunks).
-template <class T>
+template <class T, int R>
 void run_decode_for_head_dim(const Context& ctx, const DecodeParams& p, dim3 grid) {
   const int64_t chunks = p.d / kVecElems<T>;
   if (chunks <= 8)
-    run_decode<T, 8, 1>(ctx, p, grid);
+    run_decode<T, 8, 1, R>(ctx, p, grid);
   else if (chunks <= 16)
-    run_decode<T, 16, 1>(ctx, p, grid);
+    run_decode<T, 16, 1, R>(ctx, p, grid);
   else if constexpr (sizeof(T) == 4)  // f32 past D = 128; 16-bit heads stop at 256 = 32 chunks
-    chunks <= 32 ? run_decode<T, 32, 1>(ctx, p, grid) : run_decode<T, 32, 2>(ctx, p, grid);
+    chunks <= 32 ? run_decode<T, 32, 1, R>(ctx, p, grid) : run_decode<T, 32, 2, R>(ctx, p, grid);
   else
-    run_decode<T, 32, 1>(ctx, p, grid);
+    run_decode<T, 32, 1, R>(ctx, p, grid);
+}
+
+template <class T>
+void run_decode_for_rows(const Context& ctx, const DecodeParams& p, dim3 grid, int rows) {
+  switch (rows) {
+    case 1: return run_decode_for_head_dim<T, 1>(ctx, p, grid);
+    case 2: return run_decode_for_head_dim<T, 2>(ctx, p, grid);
+    case 4: return run_decode_for_head_dim<T, 4>(ctx, p, grid);
+    default: return run_decode_for_head_dim<T, kDecodeRows>(ctx, p, grid);
+  }
 }
 
 // The decode kernels, or false (nothing done) where they do not apply: many query rows,
@@ -538,8 +554,14 @@ bool attention_for_few_rows(const Context& ctx, const Array& q, const Array& k, 
       !aligned16(v) || !aligned16(out))
     return false;
   if (!rows_in_vectors(k, e) || !rows_in_vectors(v, e)) return false;
-  const int64_t rep = hq / hkv, row_groups = (rep * lq + kDecodeRows - 1) / kDecodeRows;
-  const int64_t blocks = nb * hkv * row_groups, total_rows = nb * hq * lq;
+  // Rows a block (R): all of a kv head's, up to 8, then halved while the grid has fewer
+  // than two blocks per SM.
+  const int64_t rep = hq / hkv, total_rows = nb * hq * lq;
+  auto groups_of = [&](int64_t r) { return (rep * lq + r - 1) / r; };
+  int rows = 1;
+  while (rows < kDecodeRows && rows < rep * lq) rows *= 2;
+  while (rows > 1 && nb * hkv * groups_of(rows) < 2 * int64_t(ctx.sm_count)) rows /= 2;
+  const int64_t row_groups = groups_of(rows), blocks = nb * hkv * row_groups;
   if (blocks > 65535 || total_rows > INT32_MAX) return false;
   DecodeParams p{};
   static_cast<AttentionOperands&>(p) = attention_operands(q, k, v, out, q_offsets, key_valid);
@@ -565,9 +587,9 @@ bool attention_for_few_rows(const Context& ctx, const Array& q, const Array& k, 
   }
   const dim3 grid(unsigned(p.splits), unsigned(blocks));
   switch (q.dtype()) {
-    case Dtype::f32: run_decode_for_head_dim<float>(ctx, p, grid); return true;
-    case Dtype::f16: run_decode_for_head_dim<half_t>(ctx, p, grid); return true;
-    case Dtype::bf16: run_decode_for_head_dim<bfloat_t>(ctx, p, grid); return true;
+    case Dtype::f32: run_decode_for_rows<float>(ctx, p, grid, rows); return true;
+    case Dtype::f16: run_decode_for_rows<half_t>(ctx, p, grid, rows); return true;
+    case Dtype::bf16: run_decode_for_rows<bfloat_t>(ctx, p, grid, rows); return true;
     default: return false;
   }
 }
