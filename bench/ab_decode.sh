@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Decode speed of two or more lmx builds on the same models, for deciding whether a change
+# pays. Within each repetition every binary runs once per model, one after another, so
+# that a machine's drift (clocks, other tenants, the host's speed, which sets batch 64's
+# pace) reaches all of them alike; one run per binary would confuse the change with it.
+# Prints tok/s (`lmx bench --decode`, its median of --repeat timed runs) for every run,
+# then each binary's mean per model and its ratio to the first binary's.
+#
+#   bench/ab_decode.sh MODEL_DIR... -- LMX...
+#   bench/ab_decode.sh /tmp/qwen3-0.6b /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
+#   BATCH=64 REPS=3 bench/ab_decode.sh /tmp/llama-3.2-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
+#
+# Environment: DEVICE (cuda), BATCH (1), PROMPT_LEN (128), GEN_LEN (256), REPS (2),
+# WARMUP (1), REPEAT (3), EXTRA (more `lmx bench` flags, e.g. --plain). A run that fails
+# prints "failed" and counts in no mean; its error is in the file named at the end.
+set -euo pipefail
+
+models=()
+while [[ $# -gt 0 && $1 != -- ]]; do models+=("$1"); shift; done
+[[ $# -gt 0 ]] && shift
+bins=("$@")
+if [[ ${#models[@]} -eq 0 || ${#bins[@]} -eq 0 ]]; then
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+fi
+for b in "${bins[@]}"; do [[ -x $b ]] || { echo "ab_decode: $b is not an executable" >&2; exit 1; }; done
+for m in "${models[@]}"; do [[ -f $m/config.json ]] || { echo "ab_decode: $m has no config.json" >&2; exit 1; }; done
+
+errors=$(mktemp)
+runs=$(mktemp)
+trap 'rm -f "$runs"' EXIT
+# EXTRA as words: none, or several flags
+read -r -a extra <<<"${EXTRA:-}"
+speed() {  # speed LMX MODEL -> tok/s, or "failed"
+  local json
+  if json=$("$1" bench "$2" --device "${DEVICE:-cuda}" --decode --batch "${BATCH:-1}" --prompt-len "${PROMPT_LEN:-128}" \
+       --gen-len "${GEN_LEN:-256}" --warmup "${WARMUP:-1}" --repeat "${REPEAT:-3}" "${extra[@]}" --json 2>>"$errors"); then
+    python3 -c 'import json, sys; print(round(json.load(sys.stdin)["results"][0]["lmx_tok_per_s"], 1))' <<<"$json"
+  else
+    echo failed
+  fi
+}
+
+printf '%-24s %4s' model run
+for i in "${!bins[@]}"; do printf ' %14s' "[$i]"; done
+echo
+for r in $(seq "${REPS:-2}"); do
+  for m in "${models[@]}"; do
+    printf '%-24s %4s' "$(basename "$m")" "$r"
+    for i in "${!bins[@]}"; do
+      s=$(speed "${bins[$i]}" "$m")
+      printf ' %14s' "$s"
+      echo "$(basename "$m") $i $s" >>"$runs"
+    done
+    echo
+  done
+done
+
+# Means per model and binary, and the ratio to binary [0].
+python3 - "$runs" "${#bins[@]}" <<'PY'
+import collections, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    model, i, s = line.split()
+    if s != "failed":
+        runs[(model, int(i))].append(float(s))
+n = int(sys.argv[2])
+print()
+for model in dict.fromkeys(m for m, _ in runs):
+    means = [sum(runs[(model, i)]) / len(runs[(model, i)]) if runs[(model, i)] else None for i in range(n)]
+    cells = []
+    for mean in means:
+        if mean is None:
+            cells.append("%14s" % "-")
+        elif means[0]:
+            cells.append("%7.1f %5.3fx" % (mean, mean / means[0]))
+        else:
+            cells.append("%14.1f" % mean)
+    print("%-24s %4s %s" % (model, "mean", " ".join(cells)))
+PY
+for i in "${!bins[@]}"; do echo "[$i] ${bins[$i]}"; done
+if [[ -s $errors ]]; then echo "errors of failed runs: $errors"; else rm -f "$errors"; fi
