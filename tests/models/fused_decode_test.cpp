@@ -48,6 +48,18 @@ constexpr const char* kQwen3 = R"({"model_type": "qwen3", "vocab_size": 1203, "h
  "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
  "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
+// MLPs wide enough that the persistent step's fused down projection reads several
+// 8-column units a block (persistent_fuse_down): on 132 SMs 8 (1,024 units) and 3 (288);
+// Qwen3's 264 rows take a whole box of 256 and then 8 rows of the next. Weights narrowed by sqrt(520 / 8,192)
+// and sqrt(640 / 2,304), as for kLlamaWide.
+constexpr const char* kLlamaWideMlp = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 256,
+ "intermediate_size": 8192, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
+constexpr const char* kQwen3WideMlp = R"({"model_type": "qwen3", "vocab_size": 1203, "hidden_size": 264,
+ "intermediate_size": 2304, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
+ "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
 constexpr const char* kGemma3 = R"({"model_type": "gemma3_text", "vocab_size": 2048, "hidden_size": 1152,
  "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
  "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 4096,
@@ -221,6 +233,8 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
                                            FusedCase{"llama_wide", kLlamaWide, false, true, kLlamaWideSpread},
                                            FusedCase{"llama_wide_per_phase", kLlamaWide, false, false, kLlamaWideSpread},
                                            FusedCase{"llama_small_vocab", kLlamaSmallVocab, false, true},
+                                           FusedCase{"llama_wide_mlp", kLlamaWideMlp, false, true, 0.0126f},
+                                           FusedCase{"qwen3_wide_mlp", kQwen3WideMlp, false, true, 0.0264f},
                                            FusedCase{"gemma3_rotating", kGemma3, true, true},
                                            FusedCase{"gemma3_contiguous", kGemma3, false, true},
                                            FusedCase{"llama_per_phase", kLlama, false, false},
@@ -459,7 +473,8 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
   EXPECT_LT(vector, 2048u * (2 * 4 + 2)) << "the QKV input is not staged in shared memory";
   EXPECT_EQ(slots, 5) << "the most 32 KiB slots the ring takes, and they fit beside the vector";
-  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 64 + 2 * sizeof(StepPhase));
+  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 80 + 2 * sizeof(StepPhase))
+      << "the ring, the vector, each phase's 80-byte geometry and two phases' parameters";
   // Past 2,048 values a formed input is staged: x and its norm weights in f32, then bf16.
   std::vector<StepPhase> wider{gemv(4096, 64)};
   wider[0].in.norm = fake_weights(0x20000);
@@ -479,6 +494,67 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   wide.in.norm = fake_weights(0x20000), wide.in.add_norm = fake_weights(0x30000);
   wide.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
   EXPECT_NE(refusal({wide}).find("shared memory"), std::string::npos);
+}
+
+// Each down projection joins the gate/up phase before it where a block's share of its
+// columns fits a box of at most 8 units of 8 (odd, or 8, for conflict-free reads); the
+// phase before zeroes its output, and what the fuse cannot carry keeps its own phase.
+TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: tensor maps are encoded by the driver";
+  float* const act = reinterpret_cast<float*>(uintptr_t(0x50000));
+  float* const out = reinterpret_cast<float*>(uintptr_t(0x60000));
+  const void* const maps = reinterpret_cast<const void*>(uintptr_t(0x70000));
+  auto layer = [&](int hidden, int inter) {
+    std::vector<StepPhase> p{gemv(hidden, hidden), gemv(hidden, inter, Epilogue::glu_silu), gemv(inter, hidden),
+                             gemv(hidden, 1000, Epilogue::logits)};
+    p[1].out.y = act, p[2].in.x = act, p[2].out.y = out, p[3].in.add = out;
+    return p;
+  };
+  auto fuse = [&](std::vector<StepPhase>& p, int blocks = 132) {
+    std::vector<const char*> names{"o", "glu", "down", "head"};
+    const size_t maps_made = cuda::fused::persistent_fuse_down(p, names, blocks, maps).size();
+    EXPECT_EQ(names.size(), p.size());
+    if (maps_made == 1) {
+      EXPECT_STREQ(names[1], "glu+down");
+    }
+    return maps_made;
+  };
+  struct Case {
+    int hidden, inter, units, box_rows;
+  };
+  for (const Case c : {Case{2048, 8192, 8, 256}, Case{1024, 3072, 3, 256}, Case{1152, 6912, 7, 256},
+                       Case{64, 520, 1, 64}}) {
+    std::vector<StepPhase> p = layer(c.hidden, c.inter);
+    ASSERT_EQ(fuse(p), 1u) << c.inter;
+    ASSERT_EQ(p.size(), 3u) << "the down phase is gone";
+    EXPECT_EQ(p[1].down_map, maps);
+    EXPECT_EQ(p[1].down_y, out);
+    EXPECT_EQ(p[1].down_rows, c.hidden);
+    EXPECT_EQ(p[1].down_units, c.units) << c.inter;
+    EXPECT_EQ(p[1].down_box_rows, c.box_rows) << c.inter;
+    EXPECT_EQ(p[0].zero, out) << "the phase before zeroes the sums";
+    EXPECT_EQ(p[0].zero_n, c.hidden);
+    unsigned vector = 0;
+    int slots = 0;
+    std::string why;
+    EXPECT_GT(cuda::fused::persistent_smem_bytes(p, &vector, &slots, &why), 0u) << why;
+  }
+  std::vector<StepPhase> p = layer(2048, 16384);  // 16 units a block on 132 SMs
+  EXPECT_EQ(fuse(p), 0u);
+  p = layer(2048, 8192);
+  EXPECT_EQ(fuse(p, 64), 0u) << "16 units a block on 64";
+  p = layer(2048, 8192);
+  p[2].in.add = out;  // a down input that is not the gate/up's output alone
+  EXPECT_EQ(fuse(p), 0u);
+  p = layer(2048, 8192);
+  p[0].in.add = out;  // the phase that would zero the sums reads them
+  EXPECT_EQ(fuse(p), 0u);
+  p = layer(2048, 8196);  // not whole units of 8
+  EXPECT_EQ(fuse(p), 0u);
+  setenv("LMX_FUSED_DOWN", "0", 1);
+  p = layer(2048, 8192);
+  EXPECT_EQ(fuse(p), 0u) << "LMX_FUSED_DOWN=0 turns it off";
+  unsetenv("LMX_FUSED_DOWN");
 }
 
 // A long cache's attention gets longer chunks, so that the persistent kernel's blocks

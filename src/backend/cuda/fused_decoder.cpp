@@ -15,7 +15,8 @@
 //     graph and replayed per token;
 //   - persistent (one sequence, where it fits): one cooperative kernel per step that runs
 //     every phase with grid barriers between them and streams the weights ahead through
-//     shared memory (fused_persistent.cu).
+//     shared memory (fused_persistent.cu). It folds each down GEMV into the gate/up phase
+//     before it (LMX_FUSED_DOWN=0 keeps them apart).
 // The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 17%,
 // Qwen3-0.6B 9% and Gemma3-1B 27% faster than the graph (bench/NOTES.md, p15).
 // LMX_FUSED_PERSISTENT=0 turns it off.
@@ -405,10 +406,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   void prepare_persistent() {
     persistent_blocks_ = 0;
     if (!persistent_) return;
+    if (profile_) report_profile();  // the plan before this one
     std::string why;
-    persistent_plan_ = plan_;
+    persistent_plan_ = plan_, persistent_names_ = names_;
     for (fused::StepPhase& p : persistent_plan_)
       if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, ctx().sm_count);
+    const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
+    if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
+    down_maps_host_ = fused::persistent_fuse_down(persistent_plan_, persistent_names_, ctx().sm_count, down_maps_.raw());
     persistent_smem_ =
         fused::persistent_smem_bytes(persistent_plan_, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
@@ -427,11 +432,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const Context& c = ctx();
     check(cudaMemcpyAsync(phases_.raw(), persistent_plan_.data(), size_t(bytes), cudaMemcpyHostToDevice, c.stream),
           "cudaMemcpyAsync");
+    if (!down_maps_host_.empty())  // the host vector outlives the copy: it is kept until the next plan
+      check(cudaMemcpyAsync(down_maps_.raw(), down_maps_host_.data(), down_maps_host_.size() * sizeof(CUtensorMap),
+                            cudaMemcpyHostToDevice, c.stream),
+            "cudaMemcpyAsync");
     if (!barrier_.valid()) barrier_ = Array({2}, Dtype::u32, Device::cuda(device_));  // one u64
     fill(c, barrier_, 0);  // a new plan may have another count of barriers per step
     if (profile_) {
-      report_profile();
-      timing_ = Array({int64_t(fused::kTimes * plan_.size() * 2)}, Dtype::u32, Device::cuda(device_));  // u64 each
+      timing_ = Array({int64_t(fused::kTimes * persistent_plan_.size() * 2)}, Dtype::u32, Device::cuda(device_));
       fill(c, timing_, 0);
       profiled_steps_ = 0;
     }
@@ -440,7 +448,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   void launch_persistent(cudaStream_t s) {
     fused::PersistentStep p;
     p.phases = static_cast<const fused::StepPhase*>(phases_.raw());
-    p.n_phases = int(plan_.size());
+    p.n_phases = int(persistent_plan_.size());
     p.barrier = static_cast<unsigned long long*>(barrier_.raw());
     p.embed = bf(w_.embed), p.state = state_i(), p.embed_scale = w_.embed_scale;
     p.hidden = int(hidden_), p.x = f32(xa_);
@@ -477,7 +485,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       attn_partial_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
-  std::vector<fused::StepPhase> persistent_plan_;  // plan_ with the persistent kernel's attention chunks
+  // plan_ as the persistent kernel runs it: its attention chunks, the down projections fused
+  // into the gate/up phases where it can (their tensor maps on the device and here)
+  std::vector<fused::StepPhase> persistent_plan_;
+  std::vector<const char*> persistent_names_;
+  Array down_maps_;
+  std::vector<CUtensorMap> down_maps_host_;
   std::vector<const char*> names_;  // of plan_'s phases
   bool profile_ = env_set("LMX_FUSED_PROFILE");
   Array timing_;
@@ -488,12 +501,13 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (!timing_.valid() || profiled_steps_ == 0) return;
     try {
       synchronize(ctx());
-      std::vector<unsigned long long> t(plan_.size() * fused::kTimes);
+      std::vector<unsigned long long> t(persistent_plan_.size() * fused::kTimes);  // u64 each
       check(cudaMemcpy(t.data(), timing_.raw(), t.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy");
       std::vector<std::pair<std::string, std::array<double, fused::kTimes>>> sums;
-      for (size_t i = 0; i < plan_.size(); ++i) {
-        auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& e) { return e.first == names_[i]; });
-        if (it == sums.end()) it = sums.insert(sums.end(), {names_[i], {}});
+      for (size_t i = 0; i < persistent_plan_.size(); ++i) {
+        const char* name = persistent_names_[i];
+        auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& e) { return e.first == name; });
+        if (it == sums.end()) it = sums.insert(sums.end(), {name, {}});
         for (int j = 0; j < fused::kTimes; ++j)
           it->second[size_t(j)] += double(t[fused::kTimes * i + size_t(j)]) / 1e3 / double(profiled_steps_);
       }

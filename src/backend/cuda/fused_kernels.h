@@ -7,6 +7,7 @@
 // argmax there as the next token, advances pos, and appends the token to `history[count]`.
 #pragma once
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <string>
@@ -136,6 +137,17 @@ struct alignas(16) StepPhase {
   GemvInput in;  // gemv
   GemvOutput out;
   AttentionStep attn;  // attention
+  // A gate/up phase with the down projection fused in (persistent_fuse_down; down_map null:
+  // none). Each block multiplies the activations it computed by the same columns of the
+  // down weights and adds the products into down_y, which an earlier phase zeroes.
+  const void* down_map = nullptr;  // CUtensorMap of the down weights [down_rows, out.rows[0]], on the device
+  float* down_y = nullptr;         // [down_rows]
+  int down_rows = 0;
+  int down_units = 0;      // 8-column units of down a block reads (at least its share)
+  int down_box_rows = 0;   // rows of down per stage
+  // Zeroed by this phase, before its input (every block a share): a fused down's output.
+  float* zero = nullptr;
+  int zero_n = 0;
 };
 struct PersistentStep {
   const StepPhase* phases = nullptr;  // on the device
@@ -156,6 +168,13 @@ struct PersistentStep {
   unsigned long long* timing = nullptr;
 };
 constexpr int kTimes = 7;
+// Fuses each down projection into the gate/up phase before it, where the kernel can take
+// it on `blocks` blocks: one grid barrier and one input fewer per layer. The down phase
+// leaves `phases` (and its name `names`); the phase before the gate/up zeroes the
+// output. The fused phases' tensor maps are returned, to be copied to `device_maps` (room
+// for one per layer) before the first step. LMX_FUSED_DOWN=0 turns this off.
+std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
+                                              int blocks, const void* device_maps);
 // Longer attention chunks where a cache has more of them than the grid has blocks (the
 // persistent kernel runs a block's tasks one after another); at least a.chunk keys.
 void persistent_attention_split(AttentionStep& a, int blocks);

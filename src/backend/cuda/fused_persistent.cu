@@ -15,6 +15,13 @@
 // [b·N/G, (b+1)·N/G) of every matrix of N rows. A stage is a run of whole rows of one
 // matrix (for gate/up, the same rows of both) that fits in a slot.
 //
+// The down projection joins the gate/up phase where it fits (persistent_fuse_down): a
+// block's gate/up rows are whole units of 8, and once it has their activations it reads
+// the same columns of down (a tensor-map box of every 256 rows, 16-128 bytes of each)
+// and adds its partial products into the output with vector atomics. That spares a grid
+// barrier and the down's input each layer, at the price of f32 sums whose order varies
+// from run to run.
+//
 // The block is warp-specialised. One warp only issues the copies, walking the same
 // sequence of stages as the workers, as far ahead as the ring allows; the eight worker
 // warps deal each stage's rows out among themselves, a row to one warp, and each frees the
@@ -25,9 +32,13 @@
 //
 // Status (bench/NOTES.md): the default for one sequence (LMX_FUSED_PERSISTENT=0 turns it
 // off). Against the kernel-per-phase graph on the H200 (128 + 256 tokens): 1.17x for
-// Llama, 1.09x for Qwen3, 1.27x for Gemma 3. What costs now is not the weight stream but
-// the phase boundaries: each grid barrier (1.1-2.2 µs), each phase's input, and the
-// attention.
+// Llama, 1.09x for Qwen3, 1.27x for Gemma 3 before the fused down, which added 3.6%, 3.4%
+// and 6.6%. What costs now is not the weight stream but the phase boundaries: each grid
+// barrier (1.1-2.2 µs), each phase's input, and the attention.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
@@ -117,10 +128,12 @@ struct Geometry {
   const bf16* w[3];  // the segments' matrices (for gate/up: gate, up)
   int rows[3];
   int k;
-  int segments;  // matrices whose rows are split over the blocks (0 for attention)
+  int segments;  // matrices whose rows are split over the blocks (0 for attention); a fused down is one more
   int pair;      // gate/up: a stage holds the same rows of w[0] and w[1]
   int per_stage;  // rows of a matrix per stage
-  int pad[2];
+  const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
+  int down_rows, units, box_rows;
+  int pad[1];
 };
 static_assert(sizeof(Geometry) % 16 == 0);
 
@@ -130,7 +143,9 @@ __device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
     Geometry g{};
     if (p.kind == StepPhase::Kind::gemv) {
       g.pair = paired(p);
-      g.segments = p.out.epilogue == Epilogue::plain ? 3 : 1;
+      g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
+      g.down = static_cast<const CUtensorMap*>(p.down_map);
+      g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
       g.k = p.in.k;
       g.per_stage = rows_per_stage(g.k, g.pair);
       for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
@@ -141,25 +156,42 @@ __device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
 }
 
 // One stage: rows [row, row + n) of segment `seg` of phase `phase` (n == 0: none left).
+// A fused down's stage (segment 1 of a gate/up phase) holds those rows of its columns
+// [col, col + 8·units).
 struct Stage {
-  int phase = 0, seg = 0, row = 0, n = 0;
+  int phase = 0, seg = 0, row = 0, n = 0, col = 0;
 };
 
 // Walks this block's stages of the step in order.
 struct Cursor {
   int phase = 0, seg = 0;
   int row = -1, end = 0;  // row -1: the segment's range is not entered yet
+  int col = 0, cols = 0;  // a fused down's: the gate/up rows of this block
 
   __device__ __forceinline__ Stage next(const Geometry* table, int n_phases) {
     while (phase < n_phases) {
       const Geometry& g = table[phase];
       if (seg < g.segments) {
+        const bool down = g.down && seg == 1;
         if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (persistent_smem_bytes)
-          const int rows = g.rows[seg], blocks = int(gridDim.x), b = int(blockIdx.x);
-          row = b * rows / blocks, end = (b + 1) * rows / blocks;
+          const int blocks = int(gridDim.x), b = int(blockIdx.x);
+          if (down) {  // every box of rows of down, in this block's columns (none if it has none)
+            row = 0, end = cols > 0 ? (g.down_rows + g.box_rows - 1) / g.box_rows : 0;
+          } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
+            const int units = g.rows[0] / 8;
+            row = b * units / blocks * 8, end = (b + 1) * units / blocks * 8;
+            col = row, cols = end - row;
+          } else {
+            const int rows = g.rows[seg];
+            row = b * rows / blocks, end = (b + 1) * rows / blocks;
+          }
+        }
+        if (down && row < end) {  // `row` counts boxes here
+          const int first = row++ * g.box_rows;
+          return Stage{phase, seg, first, ::min(g.box_rows, g.down_rows - first), col};
         }
         if (row < end) {
-          const Stage st{phase, seg, row, ::min(g.per_stage, end - row)};
+          const Stage st{phase, seg, row, ::min(g.per_stage, end - row), col};
           row += st.n;
           return st;
         }
@@ -175,6 +207,11 @@ struct Cursor {
 // Starts the copies of stage `st` into `slot`, counted on `bar`, with L2 policy `policy`.
 __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar, uint64_t policy) {
   const Geometry& g = table[st.phase];
+  if (g.down && st.seg == 1) {  // a whole box, rows past the matrix filled with zeros
+    mbarrier_expect(bar, unsigned(g.units) * 16u * unsigned(g.box_rows));
+    tensor_copy(slot, g.down, bar, st.col, st.row, policy);
+    return;
+  }
   const unsigned bytes = unsigned(st.n) * unsigned(g.k) * sizeof(bf16);
   mbarrier_expect(bar, g.pair ? 2 * bytes : bytes);
   bulk_copy(slot, g.w[st.seg] + size_t(st.row) * g.k, bytes, bar, policy);
@@ -334,6 +371,35 @@ __device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, i
     if (better(v, o, best, best_idx)) best = v, best_idx = o;
   }
   y[o] = v;
+}
+
+// A stage of a fused down projection: rows [0, n) of a box of 8·units columns (row-major,
+// 16·units bytes a row), a thread a row, each adding its row's products with the block's
+// activations `act` into `y`. With an odd number of units, eight threads' 16-byte reads
+// of one unit fall in eight different bank groups; with 8 units, every row would fall in
+// the same one, so each thread starts at a different unit.
+__device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, int units, int n, float* y) {
+  const int r = int(threadIdx.x);  // box_rows <= kWorkers
+  const bf16* row = w + size_t(r) * 8 * units;
+  float acc = 0;
+  if (r < n)
+    for (int j = 0; j < units; ++j) {
+      const int u = units == 8 ? (j + r) % 8 : j;
+      acc = dot8_bf16(*reinterpret_cast<const uint4*>(row + 8 * u), *reinterpret_cast<const uint4*>(act + 8 * u), acc);
+    }
+  // Four rows' sums in one vector reduction (16-byte aligned: a stage starts at a multiple
+  // of its 256 rows), a quarter of the atomics at L2. Their order varies from run to run,
+  // so the f32 sums may differ in the last bits.
+  const float a1 = __shfl_down_sync(0xffffffffu, acc, 1), a2 = __shfl_down_sync(0xffffffffu, acc, 2),
+              a3 = __shfl_down_sync(0xffffffffu, acc, 3);
+  if (r % 4 != 0 || r >= n) return;
+  if (r + 3 < n) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y + r), "f"(acc), "f"(a1), "f"(a2), "f"(a3)
+                 : "memory");
+  } else {
+    const float v[4] = {acc, a1, a2, a3};
+    for (int i = 0; r + i < n; ++i) atomicAdd(y + r + i, v[i]);
+  }
 }
 
 // The O projection's input after an attention whose chunks were left unmerged
@@ -502,6 +568,14 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       unsigned long long t0 = s.timing ? now_ns() : 0;
       const bool staged = staged_input(prev, ph);
       bf16* xb = reinterpret_cast<bf16*>(staged ? vec + size_t(staged_arrays(in)) * k : vec);  // [k]
+      // A fused down's input: this block's activations, zero past its own columns (its
+      // stages read whole boxes of 8·units columns). Ordered before the gate/up rows'
+      // stores by the input's barriers.
+      bf16* const act = xb + k;  // [8·units]
+      const int units = ph.down_map ? ph.down_units : 0;
+      for (int i = threadIdx.x; i < 8 * units; i += kWorkers) act[i] = __float2bfloat16_rn(0.0f);
+      if (ph.zero)  // an output that a later phase adds into; no phase reads it until then
+        for (int i = blockIdx.x * kWorkers + threadIdx.x; i < ph.zero_n; i += gridDim.x * kWorkers) ph.zero[i] = 0;
       if (merges_attention(prev)) {
         merge_input(prev->attn, pos, pad, xb, reinterpret_cast<float*>(xb + k));
       } else if (direct_input(prev, ph)) {
@@ -516,19 +590,33 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       if (upcoming) fetch_params(upcoming, &params[(p + 1) % 2]);
       float best = -INFINITY;  // logits: this lane's argmax so far
       int best_idx = INT_MAX;
+      bool down = false;  // in the fused down's stages
       for (; next.n > 0 && next.phase == p; next = consumer.next(table, s.n_phases), ++consumed) {
         const int slot = consumed % slots;
+        if (units > 0 && next.seg == 1 && !down) {  // the first down stage: every activation is in
+          down = true;
+          sync_workers<true>();
+        }
         unsigned long long t1 = s.timing ? now_ns() : 0;
         mbarrier_wait(&full[slot], unsigned(consumed / slots) & 1u);
         add_time(s, kTimes * p + 3, t1);
         const bf16* w = slot_at(ring, slot);
+        if (down) {
+          fused_down_rows(w, act, units, next.n, ph.down_y + next.row);
+          __syncwarp();
+          if (lane == 0) mbarrier_arrive(&empty[slot]);
+          add_time(s, kTimes * p + 4, t1);
+          continue;
+        }
         const int o = (next.seg == 0 ? 0 : next.seg == 1 ? seg1 : seg2) + next.row;  // the stage's first output
         // An item is a gate row with its up row, or two rows of a plain matrix.
         const int items = pair ? next.n : (next.n + 1) / 2;
         for (int i = (warp - dealt % kWorkerWarps + kWorkerWarps) % kWorkerWarps; i < items; i += kWorkerWarps) {
           if (pair) {
             const float2 d = warp_dots<true>(w + size_t(i) * k, w + size_t(next.n + i) * k, xb, k);
-            if (lane == 0) y[o + i] = (epilogue == Epilogue::glu_silu ? silu(d.x) : gelu_tanh(d.x)) * d.y;
+            const float v = (epilogue == Epilogue::glu_silu ? silu(d.x) : gelu_tanh(d.x)) * d.y;
+            if (lane == 0 && units > 0) act[o + i - next.col] = __float2bfloat16_rn(v);  // rounded as the down's input is
+            else if (lane == 0) y[o + i] = v;
           } else if (2 * i + 1 < next.n) {
             const float2 d = warp_dots<true>(w + size_t(2 * i) * k, w + size_t(2 * i + 1) * k, xb, k);
             if (lane == 0) {
@@ -576,6 +664,7 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
       size_t bytes = size_t(p.in.k) * sizeof(bf16);
       const StepPhase* prev = i > 0 ? &phases[i - 1] : nullptr;
       if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
+      if (p.down_map) bytes += 8 * sizeof(bf16) * size_t(p.down_units);
       if (merges_attention(prev))
         bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
       need = std::max(need, bytes);
@@ -603,6 +692,48 @@ void persistent_attention_split(AttentionStep& a, int blocks) {
   a.splits = (a.slots + chunk - 1) / chunk;
 }
 
+std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
+                                              int blocks, const void* device_maps) {
+  std::vector<CUtensorMap> maps;
+  const char* off = std::getenv("LMX_FUSED_DOWN");
+  if ((off && std::strcmp(off, "0") == 0) || blocks < 1) return maps;
+  auto reads = [](const StepPhase& p, const float* y) {
+    return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
+  };
+  for (size_t i = 1; i + 1 < phases.size(); ++i) {
+    StepPhase &before = phases[i - 1], &glu = phases[i], &down = phases[i + 1];
+    if (glu.kind != StepPhase::Kind::gemv || !paired(glu) || down.kind != StepPhase::Kind::gemv) continue;
+    const GemvInput& in = down.in;
+    const int inter = glu.out.rows[0], rows = down.out.rows[0];
+    // down must be a plain product of exactly the gate/up's output, and its output must be
+    // read by nothing between the phase that zeroes it and the gate/up.
+    if (down.out.epilogue != Epilogue::plain || down.out.w[1] || in.x != glu.out.y || in.add || in.norm ||
+        in.x_out || in.k != inter || inter % 8 != 0 || rows < 1 || before.kind != StepPhase::Kind::gemv ||
+        reads(before, down.out.y) || reads(glu, down.out.y) || reinterpret_cast<uintptr_t>(down.out.w[0]) % 16 != 0)
+      continue;
+    // Each block reads whole boxes of `units` 8-column units, at least its share. An odd
+    // count keeps a stage's reads free of bank conflicts (fused_down_rows); so does 8.
+    int units = (inter / 8 + blocks - 1) / blocks;
+    if (units % 2 == 0 && units < 8) ++units;
+    if (units > 8) continue;
+    const int box_rows = std::min({rows, kWorkers, kSlotBytes / (16 * units)});
+    CUtensorMap map;
+    // A box row is at most 128 bytes of a row of down; L2 fetching 128 bytes for it measured
+    // 1-2% faster for Llama than 256 (bench/NOTES.md, p17).
+    if (!bf16_tensor_map(map, down.out.w[0], rows, inter, box_rows, 8 * units, CU_TENSOR_MAP_SWIZZLE_NONE,
+                         CU_TENSOR_MAP_L2_PROMOTION_L2_128B))
+      continue;
+    glu.down_map = static_cast<const CUtensorMap*>(device_maps) + maps.size();
+    glu.down_y = down.out.y, glu.down_rows = rows, glu.down_units = units, glu.down_box_rows = box_rows;
+    before.zero = down.out.y, before.zero_n = rows;
+    maps.push_back(map);
+    names[i] = "glu+down";
+    phases.erase(phases.begin() + std::ptrdiff_t(i) + 1);
+    names.erase(names.begin() + std::ptrdiff_t(i) + 1);
+  }
+  return maps;
+}
+
 size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector, int* slots, std::string* why) {
   auto refuse = [&](std::string reason) {
     if (why) *why = std::move(reason);
@@ -620,6 +751,9 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vec
       continue;
     }
     if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
+    if (p.down_map && (!paired(p) || p.down_units < 1 || p.down_units > 8 || p.down_box_rows < 1 ||
+                       p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes))
+      return refuse("a fused down projection of another shape");
     if (p.in.k % 8 != 0) return refuse("a GEMV width that is not a multiple of 8");
     for (int j = 0; j < 3; ++j)
       if (int64_t(p.out.rows[j]) * 1024 >= (int64_t(1) << 31)) return refuse("a matrix with too many rows");

@@ -214,27 +214,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
-      p = nullptr;
-    (void)cudaGetLastError();
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
 // A row-major bf16 [rows, cols] array read in boxes of `box_rows` × kBK, 128-byte swizzled.
 bool tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int box_rows) {
-  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * 2};
-  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(box_rows)}, steps[2] = {1, 1};
-  return encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, steps,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return bf16_tensor_map(map, p, rows, cols, box_rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 // Blocks that fit at once, in whole clusters (0: none fits); asked of the driver once per
@@ -258,6 +240,26 @@ int resident_blocks(const Context& ctx, cudaLaunchConfig_t config) {
 
 }  // namespace
 
+bool bf16_tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int box_rows, int box_cols,
+                     CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    (void)cudaGetLastError();
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  if (!encode) return false;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)}, steps[2] = {1, 1};
+  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, steps,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
                        const Array& w_up) {
   static const char* const mode = std::getenv("LMX_GLU_GEMM");  // "0": off; "all": any K
@@ -270,7 +272,7 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
   if (m < kMinRows || m > INT32_MAX / 2 || n % kBN != 0 || n > INT32_MAX / 2 || k % kBK != 0 ||
       (k > kMaxK && !any_k) || cluster_tiles > INT32_MAX)
     return {};
-  if (!aligned16(x) || !aligned16(w_gate) || !aligned16(w_up) || !encode_tiled()) return {};
+  if (!aligned16(x) || !aligned16(w_gate) || !aligned16(w_up)) return {};
   CUtensorMap tx, tg, tu;
   if (!tensor_map(tx, x.raw(), m, k, kBM) || !tensor_map(tg, w_gate.raw(), n, k, kBN) ||
       !tensor_map(tu, w_up.raw(), n, k, kBN))
