@@ -62,7 +62,8 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 day=$(date -u +%F)
 out=bench/results/$day-h200.json
-for i in 2 3 4 5 6 7 8 9; do [[ -e $out ]] || break; out=bench/results/$day-h200-$i.json; done
+i=2  # the day's next free name: never overwrite an earlier run's file
+while [[ -e $out ]]; do out=bench/results/$day-h200-$i.json; i=$((i + 1)); done
 $PYTHON bench/merge_results.py --out "$out" --date "$day" --commit "$commit" --gpu "$gpu" --models "$MODELS" "$OUT_DIR"
 cp "$out" "$OUT_DIR/"
 log "wrote $out"
