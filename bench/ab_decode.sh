@@ -9,6 +9,10 @@
 #   bench/ab_decode.sh MODEL_DIR... -- LMX...
 #   bench/ab_decode.sh /tmp/qwen3-0.6b /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
 #   BATCH=64 REPS=3 bench/ab_decode.sh /tmp/llama-3.2-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
+#   bench/ab_decode.sh /tmp/qwen3-0.6b -- "LMX_FUSED_DOWN=0 build-gpu/tools/lmx/lmx" build-gpu/tools/lmx/lmx
+#
+# An LMX may start with NAME=VALUE words, set for its runs only: one binary against
+# itself with a switch turned off.
 #
 # Environment: DEVICE (cuda), BATCH (1), PROMPT_LEN (128), GEN_LEN (256), REPS (2),
 # WARMUP (1), REPEAT (3), EXTRA (more `lmx bench` flags, e.g. --plain). A run that fails
@@ -20,10 +24,17 @@ while [[ $# -gt 0 && $1 != -- ]]; do models+=("$1"); shift; done
 [[ $# -gt 0 ]] && shift
 bins=("$@")
 if [[ ${#models[@]} -eq 0 || ${#bins[@]} -eq 0 ]]; then
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
-for b in "${bins[@]}"; do [[ -x $b ]] || { echo "ab_decode: $b is not an executable" >&2; exit 1; }; done
+for b in "${bins[@]}"; do
+  read -r -a words <<<"$b"
+  [[ ${#words[@]} -gt 0 && -x ${words[-1]} && ! ${words[-1]} =~ = ]] ||
+    { echo "ab_decode: \"$b\" does not end in an executable" >&2; exit 1; }
+  for w in "${words[@]:0:${#words[@]}-1}"; do
+    [[ $w =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || { echo "ab_decode: \"$w\" in \"$b\" is not NAME=VALUE" >&2; exit 1; }
+  done
+done
 for m in "${models[@]}"; do [[ -f $m/config.json ]] || { echo "ab_decode: $m has no config.json" >&2; exit 1; }; done
 
 errors=$(mktemp)
@@ -31,9 +42,10 @@ runs=$(mktemp)
 trap 'rm -f "$runs"' EXIT
 # EXTRA as words: none, or several flags
 read -r -a extra <<<"${EXTRA:-}"
-speed() {  # speed LMX MODEL -> tok/s, or "failed"
-  local json
-  if json=$("$1" bench "$2" --device "${DEVICE:-cuda}" --decode --batch "${BATCH:-1}" --prompt-len "${PROMPT_LEN:-128}" \
+speed() {  # speed LMX MODEL -> tok/s, or "failed"; LMX: [NAME=VALUE...] BINARY
+  local json cmd
+  read -r -a cmd <<<"$1"
+  if json=$(env "${cmd[@]}" bench "$2" --device "${DEVICE:-cuda}" --decode --batch "${BATCH:-1}" --prompt-len "${PROMPT_LEN:-128}" \
        --gen-len "${GEN_LEN:-256}" --warmup "${WARMUP:-1}" --repeat "${REPEAT:-3}" "${extra[@]}" --json 2>>"$errors"); then
     python3 -c 'import json, sys; print(round(json.load(sys.stdin)["results"][0]["lmx_tok_per_s"], 1))' <<<"$json"
   else
