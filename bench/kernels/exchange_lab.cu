@@ -27,6 +27,11 @@
 //   10  02 while a copying warp in every block streams 1 GiB through a ring of five 32 KiB
 //       slots with bulk copies (as the decode step's weights stream), at the copy limit
 //   11  04 with the same stream running
+//   12  02, but each block adds into the whole vector with vector reductions
+//       (red.global.add.v4.f32, a thread 4 values): its own share's values, zeros
+//       elsewhere, as the fused down projection adds its partial sums. The next round's
+//       buffer (of three) is zeroed by its owners before the barrier.
+//   13  12 with the same stream running
 //   07  02 without the loads and the sum: the barrier alone
 #include <cuda_runtime.h>
 
@@ -161,7 +166,8 @@ __device__ void grid_barrier(unsigned long long* counter, unsigned long long tar
 }
 
 // 01, 02: y in two plain buffers (by round parity), a grid barrier between write and read.
-template <Wait kWait, bool kLoads = true>
+// 12, 13 (kReduce): y in three buffers, each zero before its round's reductions.
+template <Wait kWait, bool kLoads = true, bool kReduce = false>
 __global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds, float* out, const char* src) {
   if (run_stream(src)) return;
   const unsigned arrivals = kWait == Wait::pair ? gridDim.x / 2 : gridDim.x;
@@ -169,8 +175,19 @@ __global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds
   float sum = 0;  // round -1's sum: round 0's values are next_value(0, i)
   unsigned long long target = 0;
   for (int r = 0; r < rounds; ++r) {
-    float* buf = y + (r % 2) * kN;
-    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) buf[i] = next_value(sum, i);
+    float* buf = y + (r % (kReduce ? 3 : 2)) * kN;
+    if constexpr (kReduce) {
+      const int i = int(threadIdx.x) * 4;  // kN = 4 kWorkers
+      float v[4];
+      for (int j = 0; j < 4; ++j) v[j] = i + j >= lo && i + j < hi ? next_value(sum, i + j) : 0.0f;
+      asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(buf + i), "f"(v[0]), "f"(v[1]), "f"(v[2]),
+                   "f"(v[3])
+                   : "memory");
+      float* following = y + ((r + 1) % 3) * kN;  // read two rounds ago, added into next round
+      for (int j = lo + int(threadIdx.x); j < hi; j += kWorkers) following[j] = 0;
+    } else {
+      for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) buf[i] = next_value(sum, i);
+    }
     grid_barrier<kWait>(counter, target += arrivals);
     if constexpr (!kLoads) continue;
     const float4 v = __ldcg(reinterpret_cast<const float4*>(buf) + threadIdx.x);
@@ -234,7 +251,7 @@ int main() {
   }
   float *y, *out;
   unsigned long long *counter, *tagged;
-  CHECK(cudaMalloc(&y, 2 * kN * sizeof(float)));
+  CHECK(cudaMalloc(&y, 3 * kN * sizeof(float)));
   CHECK(cudaMalloc(&tagged, 2 * kN * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&counter, kSpread * kCounterStride * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&out, sizeof(float)));
@@ -243,6 +260,7 @@ int main() {
     const float us = median_us([&] {
       CHECK(cudaMemset(counter, 0, kSpread * kCounterStride * sizeof(unsigned long long)));
       CHECK(cudaMemset(tagged, 0, 2 * kN * sizeof(unsigned long long)));
+      CHECK(cudaMemset(y, 0, 3 * kN * sizeof(float)));
       launch();
     });
     CHECK(cudaGetLastError());
@@ -288,6 +306,12 @@ int main() {
   const char* src = weights;
   run("10 02 with the weights streaming", [&] { coop(barrier_rounds<Wait::acquire>, y, counter, rounds, out, src); });
   run("11 04 with the weights streaming", [&] { coop(tagged_rounds<true>, tagged, rounds, out, src); });
+  run("12 02 with vector reductions into the whole vector", [&] {
+    coop(barrier_rounds<Wait::acquire, true, true>, y, counter, rounds, out, no_stream);
+  });
+  run("13 12 with the weights streaming", [&] {
+    coop(barrier_rounds<Wait::acquire, true, true>, y, counter, rounds, out, src);
+  });
   // 07's sum is not the vector's: it reads none (reported, not checked).
   const float us = median_us([&] {
     CHECK(cudaMemset(counter, 0, sizeof(unsigned long long)));
