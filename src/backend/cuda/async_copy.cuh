@@ -77,13 +77,15 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
       : "memory");
 }
 
-// The box of a 2-D tensor map at (inner, outer) into shared memory, counted on `bar`.
-// Parts of the box outside the tensor are filled with zeros and counted all the same.
-__device__ __forceinline__ void tensor_copy(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer) {
+// The box of a 2-D tensor map at (inner, outer) into shared memory, counted on `bar`,
+// under an L2 policy. Parts of the box outside the tensor are filled with zeros and
+// counted all the same.
+__device__ __forceinline__ void tensor_copy(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer,
+                                            uint64_t policy = evict_unchanged_policy()) {
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
-          smem_addr(dst)),
-      "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar))
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3}], [%4], %5;" ::"r"(smem_addr(dst)),
+      "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar)), "l"(policy)
       : "memory");
 }
 // The same box into this offset of every cluster block in `blocks` (a mask of ranks), each
@@ -103,16 +105,6 @@ __device__ __forceinline__ void tensor_multicast(void* dst, const CUtensorMap* m
 bool bf16_tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int box_rows, int box_cols,
                      CUtensorMapSwizzle swizzle,
                      CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
-
-// The same box as tensor_copy under an L2 policy.
-__device__ __forceinline__ void tensor_copy(void* dst, const CUtensorMap* map, uint64_t* bar, int inner, int outer,
-                                            uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
-      "%3}], [%4], %5;" ::"r"(smem_addr(dst)),
-      "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar)), "l"(policy)
-      : "memory");
-}
 
 // Every thread of every block of the cluster: what each wrote before is visible to all after.
 __device__ __forceinline__ void cluster_sync() {
