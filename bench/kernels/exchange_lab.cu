@@ -32,6 +32,10 @@
 //       elsewhere, as the fused down projection adds its partial sums. The next round's
 //       buffer (of three) is zeroed by its owners before the barrier.
 //   13  12 with the same stream running
+//   14  12 into four vectors (block b into vector b % 4), which the readers add up: a
+//       quarter of the reductions on each address, as many per block
+//   15  12, each block adding only into the quarter of the vector that holds its share:
+//       a quarter of the reductions per block, a quarter on each address
 //   07  02 without the loads and the sum: the barrier alone
 #include <cuda_runtime.h>
 
@@ -167,31 +171,44 @@ __device__ void grid_barrier(unsigned long long* counter, unsigned long long tar
 
 // 01, 02: y in two plain buffers (by round parity), a grid barrier between write and read.
 // 12, 13 (kReduce): y in three buffers, each zero before its round's reductions.
-template <Wait kWait, bool kLoads = true, bool kReduce = false>
+// 14: kGroups vectors a round; block b adds into vector b % kGroups, and readers sum them.
+// 15 (kWindow): a block adds only into the 256 floats that hold its share.
+template <Wait kWait, bool kLoads = true, bool kReduce = false, int kGroups = 1, bool kWindow = false>
 __global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds, float* out, const char* src) {
   if (run_stream(src)) return;
   const unsigned arrivals = kWait == Wait::pair ? gridDim.x / 2 : gridDim.x;
   const int lo = blockIdx.x * kN / gridDim.x, hi = (blockIdx.x + 1) * kN / gridDim.x;
   float sum = 0;  // round -1's sum: round 0's values are next_value(0, i)
   unsigned long long target = 0;
+  constexpr int kRoundFloats = kN * kGroups;
   for (int r = 0; r < rounds; ++r) {
-    float* buf = y + (r % (kReduce ? 3 : 2)) * kN;
+    float* buf = y + (r % (kReduce ? 3 : 2)) * kRoundFloats;
     if constexpr (kReduce) {
+      // kWindow: the block's share [lo, hi) lies in one window of 256 floats (it has at
+      // most 8 and the windows' edges fall between shares), a quarter of the threads' work.
+      const bool mine = !kWindow || int(threadIdx.x) / (kWorkers / 4) == lo / (kN / 4);
       const int i = int(threadIdx.x) * 4;  // kN = 4 kWorkers
       float v[4];
       for (int j = 0; j < 4; ++j) v[j] = i + j >= lo && i + j < hi ? next_value(sum, i + j) : 0.0f;
-      asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(buf + i), "f"(v[0]), "f"(v[1]), "f"(v[2]),
-                   "f"(v[3])
-                   : "memory");
-      float* following = y + ((r + 1) % 3) * kN;  // read two rounds ago, added into next round
-      for (int j = lo + int(threadIdx.x); j < hi; j += kWorkers) following[j] = 0;
+      float* dst = buf + (blockIdx.x % kGroups) * kN + i;
+      if (mine)
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v[0]), "f"(v[1]), "f"(v[2]),
+                     "f"(v[3])
+                     : "memory");
+      float* following = y + ((r + 1) % 3) * kRoundFloats;  // read two rounds ago, added into next round
+      for (int g = 0; g < kGroups; ++g)
+        for (int j = lo + int(threadIdx.x); j < hi; j += kWorkers) following[g * kN + j] = 0;
     } else {
       for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) buf[i] = next_value(sum, i);
     }
     grid_barrier<kWait>(counter, target += arrivals);
     if constexpr (!kLoads) continue;
-    const float4 v = __ldcg(reinterpret_cast<const float4*>(buf) + threadIdx.x);
-    sum = block_sum(v.x + v.y + v.z + v.w);
+    float s = 0;
+    for (int g = 0; g < kGroups; ++g) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(buf + g * kN) + threadIdx.x);
+      s += v.x + v.y + v.z + v.w;
+    }
+    sum = block_sum(s);
   }
   end_stream();
   if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
@@ -251,7 +268,7 @@ int main() {
   }
   float *y, *out;
   unsigned long long *counter, *tagged;
-  CHECK(cudaMalloc(&y, 3 * kN * sizeof(float)));
+  CHECK(cudaMalloc(&y, 3 * 4 * kN * sizeof(float)));
   CHECK(cudaMalloc(&tagged, 2 * kN * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&counter, kSpread * kCounterStride * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&out, sizeof(float)));
@@ -260,7 +277,7 @@ int main() {
     const float us = median_us([&] {
       CHECK(cudaMemset(counter, 0, kSpread * kCounterStride * sizeof(unsigned long long)));
       CHECK(cudaMemset(tagged, 0, 2 * kN * sizeof(unsigned long long)));
-      CHECK(cudaMemset(y, 0, 3 * kN * sizeof(float)));
+      CHECK(cudaMemset(y, 0, 3 * 4 * kN * sizeof(float)));
       launch();
     });
     CHECK(cudaGetLastError());
@@ -311,6 +328,12 @@ int main() {
   });
   run("13 12 with the weights streaming", [&] {
     coop(barrier_rounds<Wait::acquire, true, true>, y, counter, rounds, out, src);
+  });
+  run("14 12 into 4 vectors (block b into vector b % 4), readers summing them", [&] {
+    coop(barrier_rounds<Wait::acquire, true, true, 4>, y, counter, rounds, out, no_stream);
+  });
+  run("15 12, each block only into the 256 floats that hold its share", [&] {
+    coop(barrier_rounds<Wait::acquire, true, true, 1, true>, y, counter, rounds, out, no_stream);
   });
   // 07's sum is not the vector's: it reads none (reported, not checked).
   const float us = median_us([&] {

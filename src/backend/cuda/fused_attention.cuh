@@ -301,49 +301,48 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   }
   sync_workers<kPersistent>();
 
-  // This chunk's partial: m, l and the unnormalised weighted sum of values.
-  // Each thread owns up to kOuts (query head, column) outputs and runs their sums side by
-  // side: independent chains, so shared-memory latency overlaps. The outputs' addresses
-  // are worked out once, so that the loop over keys is loads and FMAs only (per key and
-  // output, an index division cost more than the arithmetic).
-  const int stride = d + 2;
-  auto weigh = [&](auto outs_tag) {
-    constexpr int kOuts = decltype(outs_tag)::value;
-    for (int base = threadIdx.x; base < group * d; base += kThreads * kOuts) {
-      const float* ew[kOuts];  // the softmax weights of the output's query head
-      const bf16* vc[kOuts];   // the output's column of the chunk's values
-      float acc[kOuts];
-#pragma unroll
-      for (int u = 0; u < kOuts; ++u) {
-        const int idx = ::min(base + u * kThreads, group * d - 1);  // past the end: a duplicate, not stored
-        ew[u] = e + idx / d * chunk, vc[u] = vs + idx % d, acc[u] = 0;
-      }
-      for (int t = 0; t < n; ++t)
-#pragma unroll
-        for (int u = 0; u < kOuts; ++u) acc[u] = __fmaf_rn(ew[u][t], __bfloat162float(vc[u][t * d]), acc[u]);
-#pragma unroll
-      for (int u = 0; u < kOuts; ++u) {
-        const int idx = base + u * kThreads, j = idx / d, i = idx % d;
-        if (idx >= group * d) continue;
-        if (a.splits == 1) {
-          a.out[size_t(g * group + j) * d + i] = acc[u] / l_head[j];
-          continue;
-        }
-        float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;
-        part[2 + i] = acc[u];
-        if (i == 0) part[0] = m_head[j], part[1] = l_head[j];
-      }
+  // This chunk's partial: m, l and the unnormalised weighted sum of values. A thread
+  // takes 4 neighbouring columns of one query head over every `ways`-th key: per key one
+  // 8-byte load of values and one weight for four outputs. The shared-memory reads, not
+  // the arithmetic, bound this part (a 2-byte value and a weight per output and key took
+  // 4,600 cycles for Gemma 3's 4 x 256 outputs over 16 keys: bench/NOTES.md, p18). The
+  // `ways` threads of a column group are neighbouring lanes, summed by shuffles.
+  const int stride = d + 2, quads = group * d / 4;  // d is a multiple of 8
+  int ways = 1;  // key splits of a column group: a power of two, so a warp holds whole groups
+  while (ways < 32 && quads * ways * 2 <= kThreads) ways *= 2;
+  for (int base = 0; base < quads; base += kThreads / ways) {
+    const int quad = base + int(threadIdx.x) / ways, way = int(threadIdx.x) % ways;
+    const int c = ::min(quad, quads - 1) * 4, j = c / d, i = c % d;  // past the end: a duplicate, not stored
+    const float* ew = e + j * chunk;  // the query head's softmax weights
+    const bf16* vc = vs + i;          // its 4 columns of the chunk's values
+    float4 acc = make_float4(0, 0, 0, 0);  // a struct, not an array: kept in registers
+#pragma unroll 4
+    for (int t = way; t < n; t += ways) {
+      const uint2 v = *reinterpret_cast<const uint2*>(vc + t * d);
+      const float w = ew[t];
+      acc.x = __fmaf_rn(w, bf16_lo(v.x), acc.x);
+      acc.y = __fmaf_rn(w, bf16_hi(v.x), acc.y);
+      acc.z = __fmaf_rn(w, bf16_lo(v.y), acc.z);
+      acc.w = __fmaf_rn(w, bf16_hi(v.y), acc.w);
     }
-  };
-  // As many outputs per thread as there are, up to 4 (Gemma 3's 4 heads of 256). More
-  // would not fit the persistent step's 168 registers a thread.
-  const int outs = (group * d + kThreads - 1) / kThreads;
-  if (outs <= 1)
-    weigh(std::integral_constant<int, 1>{});
-  else if (outs <= 2)
-    weigh(std::integral_constant<int, 2>{});
-  else
-    weigh(std::integral_constant<int, 4>{});
+    for (int o = ways / 2; o > 0; o >>= 1) {
+      acc.x += __shfl_xor_sync(0xffffffffu, acc.x, o);
+      acc.y += __shfl_xor_sync(0xffffffffu, acc.y, o);
+      acc.z += __shfl_xor_sync(0xffffffffu, acc.z, o);
+      acc.w += __shfl_xor_sync(0xffffffffu, acc.w, o);
+    }
+    if (way != 0 || quad >= quads) continue;
+    if (a.splits == 1) {
+      const float inv = 1.0f / l_head[j];
+      *reinterpret_cast<float4*>(a.out + size_t(g * group + j) * d + i) =
+          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+      continue;
+    }
+    float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;  // 8-byte aligned: stride is even
+    *reinterpret_cast<float2*>(part + 2 + i) = make_float2(acc.x, acc.y);
+    *reinterpret_cast<float2*>(part + 4 + i) = make_float2(acc.z, acc.w);
+    if (i == 0) *reinterpret_cast<float2*>(part) = make_float2(m_head[j], l_head[j]);
+  }
   mark(2);
   if (!a.early) allow_next_kernel();
   if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) count_and_merge<kPersistent>(a, g, group, live);
