@@ -127,7 +127,7 @@ __device__ inline void count_and_merge(const AttentionStep& a, int g, int group,
   // trip to L2 per batch. (A pass for the maxima, one for the normalisers and one per four
   // chunks for the sums took about six, while the grid waited for this block.)
   constexpr int kBatch = 8;
-  const int d = a.head_dim, stride = d + 2;
+  const int d = a.head_dim, stride = partial_stride(d);
   for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;
     const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
@@ -140,7 +140,7 @@ __device__ inline void count_and_merge(const AttentionStep& a, int g, int group,
         const bool in = s0 + u < live;
         ms[u] = in ? __ldcg(p) : -INFINITY;
         ls[u] = in ? __ldcg(p + 1) : 0.0f;
-        vs[u] = in ? __ldcg(p + 2 + i) : 0.0f;
+        vs[u] = in ? __ldcg(p + kPartialSums + i) : 0.0f;
       }
       float mb = m;  // finite after the first batch: the first chunk always holds keys
 #pragma unroll
@@ -168,7 +168,7 @@ __device__ inline AttentionStep row_of(AttentionStep a, int r) {
   a.state += 3 * r;
   a.k_cache += size_t(r) * a.n_kv_heads * a.slots * d;
   a.v_cache += size_t(r) * a.n_kv_heads * a.slots * d;
-  a.partial += size_t(r) * a.n_heads * a.splits * (d + 2);
+  a.partial += size_t(r) * a.n_heads * a.splits * partial_stride(a.head_dim);
   a.counter += size_t(r) * a.n_kv_heads;
   a.out += size_t(r) * q;
   if (a.pad) a.pad += r;
@@ -307,7 +307,7 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   // the arithmetic, bound this part (a 2-byte value and a weight per output and key took
   // 4,600 cycles for Gemma 3's 4 x 256 outputs over 16 keys: bench/NOTES.md, p18). The
   // `ways` threads of a column group are neighbouring lanes, summed by shuffles.
-  const int stride = d + 2, quads = group * d / 4;  // d is a multiple of 8
+  const int quads = group * d / 4;  // d is a multiple of 8
   int ways = 1;  // key splits of a column group: a power of two, so a warp holds whole groups
   while (ways < 32 && quads * ways * 2 <= kThreads) ways *= 2;
   for (int base = 0; base < quads; base += kThreads / ways) {
@@ -338,9 +338,8 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
           make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
       continue;
     }
-    float* part = a.partial + (size_t(g * group + j) * a.splits + split) * stride;  // 8-byte aligned: stride is even
-    *reinterpret_cast<float2*>(part + 2 + i) = make_float2(acc.x, acc.y);
-    *reinterpret_cast<float2*>(part + 4 + i) = make_float2(acc.z, acc.w);
+    float* part = a.partial + (size_t(g * group + j) * a.splits + split) * partial_stride(d);
+    *reinterpret_cast<float4*>(part + kPartialSums + i) = acc;
     if (i == 0) *reinterpret_cast<float2*>(part) = make_float2(m_head[j], l_head[j]);
   }
   mark(2);

@@ -293,7 +293,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
       a.rows = int(rows_);
       a.pad = static_cast<const int*>(pads_.raw());
-      partial = std::max(partial, rows_ * l.n_heads * a.splits * (l.head_dim + 2));
+      partial = std::max(partial, rows_ * l.n_heads * a.splits * fused::partial_stride(int(l.head_dim)));
       attention_.push_back(a);
     }
     if (!attn_partial_.valid() || attn_partial_.size() < partial)

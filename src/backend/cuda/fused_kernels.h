@@ -102,6 +102,11 @@ void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* s
 // stride its size gives (qkv, out, partial, counter, the caches [rows, Hkv, slots, D]),
 // and pad[r] is sequence r's left padding: its first pad[r] slots are not keys, and its
 // RoPE positions are its slots minus pad[r].
+// A chunk's softmax partial for one query head: m, l, two unused floats, then the D
+// unnormalised sums, which so start 16 bytes in: read and written as float4.
+constexpr int kPartialSums = 4;
+__host__ __device__ constexpr int partial_stride(int head_dim) { return head_dim + kPartialSums; }
+
 struct AttentionStep {
   const float* qkv = nullptr;  // [Hq*D | Hkv*D | Hkv*D] from the QKV GEMV
   const bf16* q_norm = nullptr;  // [D] or null
@@ -116,7 +121,7 @@ struct AttentionStep {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   float scale = 0;
   int chunk = 0, splits = 0;  // keys per block, blocks per kv head
-  float* partial = nullptr;   // [Hq, splits, D + 2]: m, l, acc
+  float* partial = nullptr;   // [Hq, splits, partial_stride(D)]: m, l, two unused, acc[D]
   unsigned* counter = nullptr;  // [Hkv], zero between steps
   float* out = nullptr;       // [Hq*D]
   bool early = false;         // signal the next kernel at the start (GemvTuning::early)

@@ -408,45 +408,42 @@ __device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, 
 // vector: no fence, no counter, and no single block that the grid waits for. `scratch`
 // holds 2·n_heads·splits floats.
 __device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb, float* scratch) {
-  const int d = a.head_dim, stride = d + 2, heads = a.n_heads, splits = a.splits;
+  const int d = a.head_dim, stride = partial_stride(d), heads = a.n_heads, splits = a.splits;
   const int live = (pos - attention_detail::first_visible(a, pos, pad)) / a.chunk + 1;
   float* w = scratch;                     // [heads, live]: m, then the chunk's weight
   float* l = scratch + heads * splits;    // [heads, live]
-  // Every (head, chunk)'s m and l, all loads in flight.
-#pragma unroll 2
-  for (int i = threadIdx.x; i < heads * live; i += kWorkers) {
-    const float* part = a.partial + (size_t(i / live) * splits + i % live) * stride;
-    const float2 ml = __ldcg(reinterpret_cast<const float2*>(part));
-    w[i] = ml.x, l[i] = ml.y;
-  }
-  sync_workers<true>();
   // Each chunk's weight exp(m_c - M) / L, where M = max m_c and L = sum l_c exp(m_c - M):
-  // a warp per query head, its lanes over the chunks.
+  // a warp per query head, its lanes over the chunks, from the load on (one block sync).
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int j = warp; j < heads; j += kWorkerWarps) {
+    for (int c = lane; c < live; c += 32) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(a.partial + (size_t(j) * splits + c) * stride));
+      w[j * live + c] = ml.x, l[j * live + c] = ml.y;
+    }
+    __syncwarp();
     const float inv = 1.0f / attention_detail::warp_exp_row(w + j * live, live, l + j * live).y;
     for (int c = lane; c < live; c += 32) w[j * live + c] *= inv;
   }
   sync_workers<true>();
-  // out[j, i] = sum over chunks of weight[j, c] acc[j, c, i]: pairs of outputs (d + 2 is
-  // even, so a pair is 8-byte aligned), two pairs a thread and pass, eight chunks' loads
-  // of each in flight.
-  auto pair_sum = [&](int o, int c) {
-    const int j = o / d;
-    const float2 v = __ldcg(reinterpret_cast<const float2*>(a.partial + (size_t(j) * splits + c) * stride + 2 + o % d));
-    return make_float2(w[j * live + c] * v.x, w[j * live + c] * v.y);
-  };
+  // out[j, i] = sum over chunks of weight[j, c] acc[j, c, i]: four outputs a thread, one
+  // 16-byte load per chunk (the loads, not their latency, set the pace: every block reads
+  // every partial), eight chunks' loads in flight.
   const int n = heads * d;
-  for (int o = threadIdx.x * 2; o < n; o += 4 * kWorkers) {
-    const int o2 = ::min(o + 2 * kWorkers, n - 2);  // past the end: a duplicate, not stored
-    float2 x = make_float2(0, 0), y = make_float2(0, 0);
+  for (int o = threadIdx.x * 4; o < n; o += 4 * kWorkers) {
+    const int j = o / d;  // d is a multiple of 8: the four outputs share a head
+    const float* part = a.partial + size_t(j) * splits * stride + kPartialSums + o % d;
+    const float* wj = w + j * live;
+    float4 x = make_float4(0, 0, 0, 0);
 #pragma unroll 8
     for (int c = 0; c < live; ++c) {
-      const float2 u = pair_sum(o, c), v = pair_sum(o2, c);
-      x.x += u.x, x.y += u.y, y.x += v.x, y.y += v.y;
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + size_t(c) * stride));
+      const float wc = wj[c];
+      x.x = __fmaf_rn(wc, v.x, x.x), x.y = __fmaf_rn(wc, v.y, x.y);
+      x.z = __fmaf_rn(wc, v.z, x.z), x.w = __fmaf_rn(wc, v.w, x.w);
     }
-    *reinterpret_cast<__nv_bfloat162*>(xb + o) = __floats2bfloat162_rn(x.x, x.y);
-    if (o + 2 * kWorkers < n) *reinterpret_cast<__nv_bfloat162*>(xb + o2) = __floats2bfloat162_rn(y.x, y.y);
+    __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(xb + o);
+    out[0] = __floats2bfloat162_rn(x.x, x.y);
+    out[1] = __floats2bfloat162_rn(x.z, x.w);
   }
   sync_workers<true>();
 }
