@@ -98,15 +98,15 @@ int gemv_rows_blocks(const GemvInput& in, int sm_count);
 void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
                   float* x, int rows = 1);
 
-// With several sequences (rows > 1) the arrays hold one block per sequence, each at the
-// stride its size gives (qkv, out, partial, counter, the caches [rows, Hkv, slots, D]),
-// and pad[r] is sequence r's left padding: its first pad[r] slots are not keys, and its
-// RoPE positions are its slots minus pad[r].
 // A chunk's softmax partial for one query head: m, l, two unused floats, then the D
 // unnormalised sums, which so start 16 bytes in: read and written as float4.
 constexpr int kPartialSums = 4;
 __host__ __device__ constexpr int partial_stride(int head_dim) { return head_dim + kPartialSums; }
 
+// With several sequences (rows > 1) the arrays hold one block per sequence, each at the
+// stride its size gives (qkv, out, partial, counter, the caches [rows, Hkv, slots, D]),
+// and pad[r] is sequence r's left padding: its first pad[r] slots are not keys, and its
+// RoPE positions are its slots minus pad[r].
 struct AttentionStep {
   const float* qkv = nullptr;  // [Hq*D | Hkv*D | Hkv*D] from the QKV GEMV
   const bf16* q_norm = nullptr;  // [D] or null
