@@ -184,8 +184,9 @@ __global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds
   for (int r = 0; r < rounds; ++r) {
     float* buf = y + (r % (kReduce ? 3 : 2)) * kRoundFloats;
     if constexpr (kReduce) {
-      // kWindow: the block's share [lo, hi) lies in one window of 256 floats (it has at
-      // most 8 and the windows' edges fall between shares), a quarter of the threads' work.
+      // kWindow: the block's share [lo, hi) lies in one window of 256 floats where the
+      // grid is a multiple of 4 blocks (132: the edges fall between shares; elsewhere the
+      // check fails), and a quarter of the threads add.
       const bool mine = !kWindow || int(threadIdx.x) / (kWorkers / 4) == lo / (kN / 4);
       const int i = int(threadIdx.x) * 4;  // kN = 4 kWorkers
       float v[4];
