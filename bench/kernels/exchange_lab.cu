@@ -36,6 +36,11 @@
 //       quarter of the reductions on each address, as many per block
 //   15  12, each block adding only into the quarter of the vector that holds its share:
 //       a quarter of the reductions per block, a quarter on each address
+//   16  02 where each round first takes two 32 KiB stages from a ring that the copying
+//       warp refills only once the workers have freed a slot, as the decode step's phases
+//       do: the exchange's cost beside a stream that the workers pace
+//   17  04 (tagged words) in the same rounds
+//   18  the same rounds' stages alone, with no exchange
 //   07  02 without the loads and the sum: the barrier alone
 #include <cuda_runtime.h>
 
@@ -54,41 +59,74 @@ __device__ __forceinline__ void sync_all() { asm volatile("bar.sync 1, %0;" ::"n
 
 // 10, 11: the copying warp's one thread streams `src` through the ring until the workers
 // set `done`, then waits for its copies in flight.
+// 16-18 (fed): it copies exactly `stages` stages, each into a slot the workers have freed
+// (an "empty" mbarrier that every worker warp arrives on), as the decode step's ring does.
 constexpr int kSlots = 5, kSlotBytes = 32 << 10;
 constexpr size_t kStreamBytes = size_t(1) << 30;
-__device__ void stream(const char* src, char* ring, uint64_t* full, volatile int* done) {
+__device__ void stream(const char* src, char* ring, uint64_t* full, uint64_t* empty, volatile int* done, int stages) {
   size_t off = size_t(blockIdx.x) * kSlotBytes;
   int i = 0;
-  for (; !*done; ++i) {
+  for (; stages > 0 ? i < stages : !*done; ++i) {
     const int slot = i % kSlots;
-    if (i >= kSlots) lmx::cuda::mbarrier_wait(&full[slot], unsigned(i / kSlots - 1) & 1u);
+    if (i >= kSlots) lmx::cuda::mbarrier_wait(stages > 0 ? &empty[slot] : &full[slot], unsigned(i / kSlots - 1) & 1u);
     lmx::cuda::mbarrier_expect(&full[slot], kSlotBytes);
     lmx::cuda::bulk_copy(ring + size_t(slot) * kSlotBytes, src + off, kSlotBytes, &full[slot]);
     off = (off + size_t(gridDim.x) * kSlotBytes) % kStreamBytes;
   }
+  if (stages > 0) return;  // the workers wait for every copy they read
   for (int j = i < kSlots ? 0 : i - kSlots; j < i; ++j) lmx::cuda::mbarrier_wait(&full[j % kSlots], unsigned(j / kSlots) & 1u);
 }
 
 __shared__ int stream_done;  // set by the workers when their rounds are over
+__shared__ __align__(8) uint64_t ring_full[kSlots], ring_empty[kSlots];
 
 // Sets up the ring; true for the copying warp, which has then streamed until the workers
-// were done (end_stream) and must return.
-__device__ bool run_stream(const char* src) {
+// were done (end_stream), or fed its `stages`, and must return.
+__device__ bool run_stream(const char* src, int stages = 0) {
   extern __shared__ __align__(128) char ring[];
-  __shared__ __align__(8) uint64_t full[kSlots];
   if (!src) return false;
   if (threadIdx.x == 0) {
     stream_done = 0;
-    for (int i = 0; i < kSlots; ++i) lmx::cuda::mbarrier_init(&full[i], 1);
+    for (int i = 0; i < kSlots; ++i) {
+      lmx::cuda::mbarrier_init(&ring_full[i], 1);
+      lmx::cuda::mbarrier_init(&ring_empty[i], kWorkers / 32);
+    }
     lmx::cuda::mbarrier_init_fence();
   }
   __syncthreads();
   if (threadIdx.x < kWorkers) return false;
-  if (threadIdx.x == kWorkers) stream(src, ring, full, &stream_done);
+  if (threadIdx.x == kWorkers) stream(src, ring, ring_full, ring_empty, &stream_done, stages);
   return true;
 }
 __device__ void end_stream() {
   if (threadIdx.x == 0) *(volatile int*)&stream_done = 1;
+}
+
+// 16-18: the workers' use of stage `stage` of a fed ring: each thread folds 8 of the
+// slot's 16-byte words (the weights are zeros, so the result is 0, which the compiler
+// cannot know), then each warp frees the slot for the copying warp.
+__device__ unsigned consume_stage(int stage) {
+  extern __shared__ __align__(128) char ring[];
+  const int slot = stage % kSlots;
+  lmx::cuda::mbarrier_wait(&ring_full[slot], unsigned(stage / kSlots) & 1u);
+  const uint4* words = reinterpret_cast<const uint4*>(ring + size_t(slot) * kSlotBytes) + threadIdx.x;
+  unsigned x = 0;
+#pragma unroll
+  for (int u = 0; u < kSlotBytes / 16 / kWorkers; ++u) {
+    const uint4 v = words[u * kWorkers];
+    x ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  __syncwarp();
+  if (threadIdx.x % 32 == 0) lmx::cuda::mbarrier_arrive(&ring_empty[slot]);
+  return x;
+}
+// A round's stages before its exchange, as a phase of the decode step streams its rows:
+// the fold of every stage, as a float to add to the round's sum (0).
+template <int kStages>
+__device__ float consume_round(int round) {
+  unsigned x = 0;
+  for (int s = 0; s < kStages; ++s) x |= consume_stage(round * kStages + s);
+  return float(x);
 }
 
 __device__ float block_sum(float v) {
@@ -173,15 +211,17 @@ __device__ void grid_barrier(unsigned long long* counter, unsigned long long tar
 // 12, 13 (kReduce): y in three buffers, each zero before its round's reductions.
 // 14: kGroups vectors a round; block b adds into vector b % kGroups, and readers sum them.
 // 15 (kWindow): a block adds only into the 256 floats that hold its share.
-template <Wait kWait, bool kLoads = true, bool kReduce = false, int kGroups = 1, bool kWindow = false>
+// 16 (kStages > 0): each round first consumes kStages stages of a fed ring.
+template <Wait kWait, bool kLoads = true, bool kReduce = false, int kGroups = 1, bool kWindow = false, int kStages = 0>
 __global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds, float* out, const char* src) {
-  if (run_stream(src)) return;
+  if (run_stream(src, rounds * kStages)) return;
   const unsigned arrivals = kWait == Wait::pair ? gridDim.x / 2 : gridDim.x;
   const int lo = blockIdx.x * kN / gridDim.x, hi = (blockIdx.x + 1) * kN / gridDim.x;
   float sum = 0;  // round -1's sum: round 0's values are next_value(0, i)
   unsigned long long target = 0;
   constexpr int kRoundFloats = kN * kGroups;
   for (int r = 0; r < rounds; ++r) {
+    if constexpr (kStages > 0) sum += consume_round<kStages>(r);
     float* buf = y + (r % (kReduce ? 3 : 2)) * kRoundFloats;
     if constexpr (kReduce) {
       // kWindow: the block's share [lo, hi) lies in one window of 256 floats where the
@@ -221,12 +261,14 @@ __device__ __forceinline__ void store_tagged(unsigned long long* p, float v, uns
 }
 
 // 03, 04: y as tagged words; a reader spins on its own words until they carry round r's tag.
-template <bool kWide>
+// 17 (kStages > 0): each round first consumes kStages stages of a fed ring.
+template <bool kWide, int kStages = 0>
 __global__ void tagged_rounds(unsigned long long* y, int rounds, float* out, const char* src) {
-  if (run_stream(src)) return;
+  if (run_stream(src, rounds * kStages)) return;
   const int lo = blockIdx.x * kN / gridDim.x, hi = (blockIdx.x + 1) * kN / gridDim.x;
   float sum = 0;
   for (int r = 0; r < rounds; ++r) {
+    if constexpr (kStages > 0) sum += consume_round<kStages>(r);
     unsigned long long* buf = y + (r % 2) * kN;
     const unsigned tag = unsigned(r + 1);
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) store_tagged(buf + i, next_value(sum, i), tag);
@@ -254,6 +296,15 @@ __global__ void tagged_rounds(unsigned long long* y, int rounds, float* out, con
     sum = block_sum(s);
   }
   end_stream();
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
+}
+
+// 18: a fed ring's stages alone, kStages a round, with no exchange: the stream's own pace.
+template <int kStages>
+__global__ void fed_rounds(int rounds, float* out, const char* src) {
+  if (run_stream(src, rounds * kStages)) return;
+  float sum = 0;
+  for (int r = 0; r < rounds; ++r) sum += consume_round<kStages>(r);
   if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
 }
 
@@ -336,6 +387,19 @@ int main() {
   run("15 12, each block only into the 256 floats that hold its share", [&] {
     coop(barrier_rounds<Wait::acquire, true, true, 1, true>, y, counter, rounds, out, no_stream);
   });
+  // 16-18: the decode step's shape, a phase of two 32 KiB stages a block (Qwen3's phases
+  // have one to three), then the exchange.
+  constexpr int kPhaseStages = 2;
+  run("16 02 after each round's two stages of a fed ring", [&] {
+    coop(barrier_rounds<Wait::acquire, true, false, 1, false, kPhaseStages>, y, counter, rounds, out, src);
+  });
+  run("17 04 after each round's two stages of a fed ring", [&] {
+    coop(tagged_rounds<true, kPhaseStages>, tagged, rounds, out, src);
+  });
+  {  // 18's sum is the stages' fold, 0 (reported, not checked)
+    const float us = median_us([&] { coop(fed_rounds<kPhaseStages>, rounds, out, src); });
+    std::printf("18 the two stages a round alone, no exchange, %d blocks: %.3f us per round\n", sms, us / kRounds);
+  }
   // 07's sum is not the vector's: it reads none (reported, not checked).
   const float us = median_us([&] {
     CHECK(cudaMemset(counter, 0, sizeof(unsigned long long)));
