@@ -49,9 +49,9 @@ constexpr const char* kQwen3 = R"({"model_type": "qwen3", "vocab_size": 1203, "h
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
  "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
 // MLPs wide enough that the persistent step's fused down projection reads several
-// 8-column units a block (persistent_fuse_down): on 132 SMs 8 (1,024 units) and 3 (288);
-// Qwen3's 264 rows take a whole box of 256 and then 8 rows of the next. Weights narrowed by sqrt(520 / 8,192)
-// and sqrt(640 / 2,304), as for kLlamaWide.
+// 8-column units a block (persistent_fuse_down): on 132 SMs 8 (1,024 units) and 3 (288).
+// Qwen3's 264 rows take a whole box of 256 and then 8 rows of the next. Weights narrowed
+// by sqrt(520 / 8,192) and sqrt(640 / 2,304), as for kLlamaWide.
 constexpr const char* kLlamaWideMlp = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 256,
  "intermediate_size": 8192, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
  "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
