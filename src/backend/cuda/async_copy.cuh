@@ -99,13 +99,6 @@ __device__ __forceinline__ void tensor_multicast(void* dst, const CUtensorMap* m
       : "memory");
 }
 
-// A tensor map of a row-major bf16 [rows, cols] array in boxes of box_rows × box_cols, its
-// rows box_cols · 2 bytes apart in shared memory unless swizzled; false where the driver
-// cannot encode it (glu_gemm.cu).
-bool bf16_tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int box_rows, int box_cols,
-                     CUtensorMapSwizzle swizzle,
-                     CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
-
 // Every thread of every block of the cluster: what each wrote before is visible to all after.
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release;\n barrier.cluster.wait.acquire;" ::: "memory");

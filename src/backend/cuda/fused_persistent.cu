@@ -40,6 +40,7 @@
 #include <cstring>
 
 #include "backend/cuda/async_copy.cuh"
+#include "backend/cuda/tensor_map.h"
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
 
