@@ -453,7 +453,7 @@ std::string refusal(const std::vector<StepPhase>& plan) {
   unsigned vector = 0;
   int slots = 0;
   std::string why;
-  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, &vector, &slots, &why), 0u);
+  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, 0, &vector, &slots, &why), 0u);
   return why;
 }
 
@@ -467,18 +467,18 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   unsigned vector = 0;
   int slots = 0;
   std::string why;
-  const size_t smem = cuda::fused::persistent_smem_bytes(llama, &vector, &slots, &why);
+  const size_t smem = cuda::fused::persistent_smem_bytes(llama, 600, &vector, &slots, &why);
   EXPECT_GT(smem, 0u) << why;
   EXPECT_LE(smem, size_t(227) << 10);
   EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
   EXPECT_LT(vector, 2048u * (2 * 4 + 2)) << "the QKV input is not staged in shared memory";
   EXPECT_EQ(slots, 5) << "the most 32 KiB slots the ring takes, and they fit beside the vector";
-  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 80 + 2 * sizeof(StepPhase))
-      << "the ring, the vector, each phase's 80-byte geometry and two phases' parameters";
+  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 80 + 2 * sizeof(StepPhase) + 600 * 8)
+      << "the ring, the vector, each phase's 80-byte geometry, two phases' parameters and 600 8-byte stages";
   // Past 2,048 values a formed input is staged: x and its norm weights in f32, then bf16.
   std::vector<StepPhase> wider{gemv(4096, 64)};
   wider[0].in.norm = fake_weights(0x20000);
-  EXPECT_GT(cuda::fused::persistent_smem_bytes(wider, &vector, &slots, &why), 0u) << why;
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(wider, 0, &vector, &slots, &why), 0u) << why;
   EXPECT_GE(vector, 4096u * (2 * 4 + 2));
 
   EXPECT_NE(refusal({gemv(2048, 3072), attention}).find("output projection"), std::string::npos);
@@ -494,6 +494,71 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   wide.in.norm = fake_weights(0x20000), wide.in.add_norm = fake_weights(0x30000);
   wide.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
   EXPECT_NE(refusal({wide}).find("shared memory"), std::string::npos);
+}
+
+// Every block's list of stages: in the plan's order, each a run of whole rows that fits a
+// slot, and over all blocks every row of every matrix exactly once (a fused down's boxes:
+// every box of rows, in each block that has gate/up rows).
+TEST(PersistentPlan, ListsEachBlocksStagesSoThatTheGridCoversEveryRowOnce) {
+  StepPhase attention;
+  attention.kind = StepPhase::Kind::attention;
+  StepPhase qkv = gemv(2048, 2048);
+  qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = 512;
+  qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = 512;
+  StepPhase glu = gemv(2048, 8192, Epilogue::glu_silu);
+  glu.down_map = reinterpret_cast<const void*>(uintptr_t(0x70000));
+  glu.down_rows = 2048, glu.down_units = 8, glu.down_box_rows = 256;
+  const std::vector<StepPhase> plan{qkv, attention, gemv(2048, 2048), glu, gemv(2048, 128256, Epilogue::logits)};
+  constexpr int kBlocks = 132;
+  int per_block = 0;
+  const std::vector<cuda::fused::PlannedStage> all = cuda::fused::persistent_stage_lists(plan, kBlocks, &per_block);
+  ASSERT_EQ(all.size(), size_t(kBlocks) * size_t(per_block));
+  EXPECT_EQ(per_block % 2, 0) << "copied 16 bytes at a time";
+  // covered[phase][segment]: how often each row was taken
+  std::vector<std::vector<std::vector<int>>> covered(plan.size(), std::vector<std::vector<int>>(3));
+  for (size_t i = 0; i < plan.size(); ++i)
+    for (int seg = 0; seg < 3; ++seg) covered[i][size_t(seg)].assign(size_t(plan[i].out.rows[seg]), 0);
+  covered[3][1].assign(2048, 0);  // the fused down's rows
+  int blocks_with_glu_rows = 0;
+  for (int b = 0; b < kBlocks; ++b) {
+    int last_phase = 0, n_stages = 0;
+    bool glu_rows = false, ended = false;
+    for (int i = 0; i < per_block && !ended; ++i) {
+      const cuda::fused::PlannedStage st = all[size_t(b) * size_t(per_block) + size_t(i)];
+      const int phase = int(st.packed >> 11), seg = int(st.packed >> 9 & 3u), n = int(st.packed & 511u);
+      if (n == 0) {
+        EXPECT_EQ(phase, int(plan.size())) << "block " << b << ": the end names no phase";
+        ended = true;
+        break;
+      }
+      ++n_stages;
+      ASSERT_LT(phase, int(plan.size()));
+      EXPECT_GE(phase, last_phase) << "block " << b << ": in the plan's order";
+      EXPECT_NE(phase, 1) << "the attention has no weights";
+      last_phase = phase;
+      const bool pair = phase == 3 && seg == 0, down = phase == 3 && seg == 1;
+      const int64_t row_bytes = down ? 8 * 8 * 2 : int64_t(plan[size_t(phase)].in.k) * 2 * (pair ? 2 : 1);
+      EXPECT_LE(n * row_bytes, 32 << 10) << "block " << b << ": a stage fits a slot";
+      if (pair) glu_rows = true;
+      std::vector<int>& rows = covered[size_t(phase)][size_t(seg)];
+      ASSERT_LE(size_t(st.row) + size_t(n), rows.size());
+      for (int r = st.row; r < st.row + n; ++r) ++rows[size_t(r)];
+      if (down) {
+        EXPECT_EQ(st.row % 256, 0) << "a down stage is a whole box of rows";
+      }
+    }
+    EXPECT_TRUE(ended) << "block " << b << "'s list ends";
+    EXPECT_GT(n_stages, 0);
+    blocks_with_glu_rows += glu_rows;
+  }
+  for (size_t i = 0; i < plan.size(); ++i)
+    for (int seg = 0; seg < 3; ++seg) {
+      const int want = i == 3 && seg == 1 ? blocks_with_glu_rows : 1;
+      const std::vector<int>& rows = covered[i][size_t(seg)];
+      for (size_t r = 0; r < rows.size(); ++r)
+        ASSERT_EQ(rows[r], want) << "phase " << i << ", segment " << seg << ", row " << r;
+    }
+  EXPECT_EQ(blocks_with_glu_rows, kBlocks) << "1,024 units of 8 rows over 132 blocks: 7 or 8 each";
 }
 
 // Each down projection joins the gate/up phase before it where a block's share of its
@@ -537,7 +602,7 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
     unsigned vector = 0;
     int slots = 0;
     std::string why;
-    EXPECT_GT(cuda::fused::persistent_smem_bytes(p, &vector, &slots, &why), 0u) << why;
+    EXPECT_GT(cuda::fused::persistent_smem_bytes(p, 0, &vector, &slots, &why), 0u) << why;
   }
   std::vector<StepPhase> p = layer(2048, 16384);  // 16 units a block on 132 SMs
   EXPECT_EQ(fuse(p), 0u);

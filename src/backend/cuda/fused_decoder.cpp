@@ -414,8 +414,10 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
     if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
     down_maps_host_ = fused::persistent_fuse_down(persistent_plan_, persistent_names_, ctx().sm_count, down_maps_.raw());
+    int per_block = 0;
+    stages_host_ = fused::persistent_stage_lists(persistent_plan_, ctx().sm_count, &per_block);
     persistent_smem_ =
-        fused::persistent_smem_bytes(persistent_plan_, &persistent_vector_, &persistent_slots_, &why);
+        fused::persistent_smem_bytes(persistent_plan_, per_block, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
       persistent_blocks_ = fused::persistent_blocks(ctx().sm_count, persistent_smem_);
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
@@ -432,6 +434,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const Context& c = ctx();
     check(cudaMemcpyAsync(phases_.raw(), persistent_plan_.data(), size_t(bytes), cudaMemcpyHostToDevice, c.stream),
           "cudaMemcpyAsync");
+    const int64_t stage_bytes = int64_t(stages_host_.size() * sizeof(fused::PlannedStage));
+    if (!stages_.valid() || stages_.size() < stage_bytes) stages_ = Array({stage_bytes}, Dtype::u8, Device::cuda(device_));
+    check(cudaMemcpyAsync(stages_.raw(), stages_host_.data(), size_t(stage_bytes), cudaMemcpyHostToDevice, c.stream),
+          "cudaMemcpyAsync");  // as the maps below: the host vector is kept until the next plan
+    persistent_stages_per_block_ = per_block;
     if (!down_maps_host_.empty())  // the host vector outlives the copy: it is kept until the next plan
       check(cudaMemcpyAsync(down_maps_.raw(), down_maps_host_.data(), down_maps_host_.size() * sizeof(CUtensorMap),
                             cudaMemcpyHostToDevice, c.stream),
@@ -454,6 +461,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     p.hidden = int(hidden_), p.x = f32(xa_);
     p.vector_bytes = persistent_vector_;
     p.slots = persistent_slots_;
+    p.stages = static_cast<const fused::PlannedStage*>(stages_.raw());
+    p.stages_per_block = persistent_stages_per_block_;
     if (profile_) p.timing = static_cast<unsigned long long*>(timing_.raw());
     fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_);
   }
@@ -491,6 +500,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   std::vector<const char*> persistent_names_;
   Array down_maps_;
   std::vector<CUtensorMap> down_maps_host_;
+  Array stages_;  // every block's planned stages (fused::persistent_stage_lists)
+  std::vector<fused::PlannedStage> stages_host_;
   std::vector<const char*> names_;  // of plan_'s phases
   bool profile_ = env_set("LMX_FUSED_PROFILE");
   Array timing_;
@@ -526,6 +537,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   size_t persistent_smem_ = 0;
   unsigned persistent_vector_ = 0;
   int persistent_slots_ = 0;
+  int persistent_stages_per_block_ = 0;
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   std::vector<const void*> bound_;
   cudaGraphExec_t exec_ = nullptr;

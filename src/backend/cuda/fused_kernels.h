@@ -10,6 +10,7 @@
 #include <cuda.h>
 #include <cuda_bf16.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -165,6 +166,8 @@ struct PersistentStep {
   float* x = nullptr;  // [hidden]
   unsigned vector_bytes = 0;  // shared memory for input vectors (persistent_smem_bytes)
   int slots = 0;              // of the weight ring (persistent_smem_bytes)
+  const struct PlannedStage* stages = nullptr;  // [blocks, stages_per_block] (persistent_stage_lists)
+  int stages_per_block = 0;
   // Measurement only, or null: [kTimes * n_phases] ns summed over steps, per phase as
   // block 0's thread 0 saw it: the phase, the barrier after it, forming the input, its
   // warp's waits for weights, its warp's rows (dot products and outputs); then how much
@@ -180,14 +183,26 @@ constexpr int kTimes = 7;
 // for one per layer) before the first step. LMX_FUSED_DOWN=0 turns this off.
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps);
+// A stage of one block's walk through the step, as its workers take them: rows
+// [row, row + n) of segment `seg` (for gate/up with a fused down: 1 is the down) of phase
+// `phase`. n == 0 ends a block's list.
+struct PlannedStage {
+  int32_t row;
+  uint32_t packed;  // phase << 11 | seg << 9 | n (n <= 256)
+};
+// Every block's stages for a grid of `blocks`: [blocks, *per_block], each block's list
+// ending in an entry with n == 0. The walk has divisions and a chain of dependent loads
+// (about 0.35 µs a stage, bench/NOTES.md p19); done once per plan here, it costs the workers
+// one shared-memory load a stage. The copying warp walks on its own, ahead of them.
+std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block);
 // Longer attention chunks where a cache has more of them than the grid has blocks (the
 // persistent kernel runs a block's tasks one after another); at least a.chunk keys.
 void persistent_attention_split(AttentionStep& a, int blocks);
-// Dynamic shared memory the kernel needs for these phases, of which *vector_bytes for
-// input vectors, and the ring's slots; or 0 (with the reason in *why) when it cannot run
-// them.
-size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector_bytes, int* slots,
-                             std::string* why);
+// Dynamic shared memory the kernel needs for these phases and `stages_per_block` planned
+// stages, of which *vector_bytes for input vectors, and the ring's slots; or 0 (with the
+// reason in *why) when it cannot run them.
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_per_block, unsigned* vector_bytes,
+                             int* slots, std::string* why);
 // Blocks of the cooperative launch (one per SM), or 0 when a block does not fit.
 int persistent_blocks(int sm_count, size_t smem);
 void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem);

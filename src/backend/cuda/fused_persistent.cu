@@ -123,8 +123,8 @@ __host__ __device__ inline int rows_per_stage(int k, bool pair) {
 }
 
 // What the stage walk needs of a phase. The kernel copies it for every phase into shared
-// memory once: the producer and the consumers consult it at every stage, and reading the
-// phases themselves there would cost a round trip to L2 each time.
+// memory once: the copying warp consults it at every stage, and reading the phases
+// themselves there would cost a round trip to L2 each time.
 struct Geometry {
   const bf16* w[3];  // the segments' matrices (for gate/up: gate, up)
   int rows[3];
@@ -138,21 +138,22 @@ struct Geometry {
 };
 static_assert(sizeof(Geometry) % 16 == 0);
 
-__device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
-  for (int i = threadIdx.x; i < s.n_phases; i += blockDim.x) {
-    const StepPhase& p = s.phases[i];
-    Geometry g{};
-    if (p.kind == StepPhase::Kind::gemv) {
-      g.pair = paired(p);
-      g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
-      g.down = static_cast<const CUtensorMap*>(p.down_map);
-      g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
-      g.k = p.in.k;
-      g.per_stage = rows_per_stage(g.k, g.pair);
-      for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
-    }
-    table[i] = g;
+__host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
+  Geometry g{};
+  if (p.kind == StepPhase::Kind::gemv) {
+    g.pair = paired(p);
+    g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
+    g.down = static_cast<const CUtensorMap*>(p.down_map);
+    g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
+    g.k = p.in.k;
+    g.per_stage = rows_per_stage(g.k, g.pair);
+    for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
   }
+  return g;
+}
+
+__device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
+  for (int i = threadIdx.x; i < s.n_phases; i += blockDim.x) table[i] = geometry_of(s.phases[i]);
   __syncthreads();
 }
 
@@ -163,19 +164,21 @@ struct Stage {
   int phase = 0, seg = 0, row = 0, n = 0, col = 0;
 };
 
-// Walks this block's stages of the step in order.
+// Walks block b's stages of the step in order, of a grid of `blocks`: on the device for
+// the copying warp, and on the host for the workers' lists (persistent_stage_lists).
 struct Cursor {
+  int blocks, b;
   int phase = 0, seg = 0;
   int row = -1, end = 0;  // row -1: the segment's range is not entered yet
   int col = 0, cols = 0;  // a fused down's: the gate/up rows of this block
 
-  __device__ __forceinline__ Stage next(const Geometry* table, int n_phases) {
+  __host__ __device__ Cursor(int blocks, int b) : blocks(blocks), b(b) {}
+  __host__ __device__ __forceinline__ Stage next(const Geometry* table, int n_phases) {
     while (phase < n_phases) {
       const Geometry& g = table[phase];
       if (seg < g.segments) {
         const bool down = g.down && seg == 1;
         if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (persistent_smem_bytes)
-          const int blocks = int(gridDim.x), b = int(blockIdx.x);
           if (down) {  // every box of rows of down, in this block's columns (none if it has none)
             row = 0, end = cols > 0 ? (g.down_rows + g.box_rows - 1) / g.box_rows : 0;
           } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
@@ -205,6 +208,13 @@ struct Cursor {
   }
 };
 
+__host__ __device__ inline PlannedStage planned(const Stage& st) {
+  return {st.row, uint32_t(st.phase) << 11 | uint32_t(st.seg) << 9 | uint32_t(st.n)};
+}
+__device__ __forceinline__ Stage unplanned(PlannedStage p) {
+  return Stage{int(p.packed >> 11), int(p.packed >> 9 & 3u), p.row, int(p.packed & 511u)};
+}
+
 // Starts the copies of stage `st` into `slot`, counted on `bar`, with L2 policy `policy`.
 __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar, uint64_t policy) {
   const Geometry& g = table[st.phase];
@@ -230,7 +240,7 @@ __device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slo
   // The weights are read once a step, and a step's are several times L2's size: marked
   // first to go, they leave L2 to what the workers read again (bench/NOTES.md, p15).
   const uint64_t policy = evict_first_policy();
-  Cursor cursor;
+  Cursor cursor(int(gridDim.x), int(blockIdx.x));
   for (int i = 0;; ++i) {
     const Stage st = cursor.next(table, n_phases);
     if (st.n == 0) return;
@@ -499,6 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   float* vec = reinterpret_cast<float*>(smem + size_t(slots) * kSlotBytes);         // input vector / attention scratch
   Geometry* table = reinterpret_cast<Geometry*>(smem + size_t(slots) * kSlotBytes + s.vector_bytes);  // [n_phases]
   StepPhase* params = reinterpret_cast<StepPhase*>(table + s.n_phases);  // [2]: phase p's in params[p % 2]
+  PlannedStage* plan = reinterpret_cast<PlannedStage*>(params + 2);      // [stages_per_block]: this block's
   __shared__ __align__(8) uint64_t full[kMaxSlots], empty[kMaxSlots];
 
   load_geometry(s, table);
@@ -520,6 +531,11 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   int pad = -1;  // the sequence's left padding, read before the first attention
 
   fetch_params(s.phases, params);
+  {  // the workers' stages, in by the first barrier (a multiple of 16 bytes)
+    const uint4* from = reinterpret_cast<const uint4*>(s.stages + size_t(blockIdx.x) * s.stages_per_block);
+    for (int i = threadIdx.x; i < s.stages_per_block / 2; i += kWorkers)
+      copy16_async(reinterpret_cast<uint4*>(plan) + i, from + i);
+  }
   // The embedding: x = embed[token] · scale.
   {
     const bf16* row = s.embed + size_t(token) * s.hidden;
@@ -528,13 +544,14 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       s.x[i] = s.embed_scale > 0 ? v * s.embed_scale : v;
     }
   }
-  copy_async_wait_all();  // the first phase's parameters
+  copy_async_wait_all();  // the first phase's parameters and the stages
   grid_barrier(s.barrier, target += gridDim.x);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  Cursor consumer;
-  Stage next = consumer.next(table, s.n_phases);
-  int consumed = 0;  // stages so far: slot consumed % slots, its use consumed / slots
+  int consumed = 0;     // stages so far: plan[consumed] is the next
+  int slot = 0;         // its slot of the ring, consumed % slots,
+  unsigned parity = 0;  // and the parity of that slot's use, (consumed / slots) % 2
+  Stage next = unplanned(plan[0]);
   int dealt = 0;     // items dealt so far, over all stages: item i goes to warp i % kWorkerWarps
   for (int p = 0; p < s.n_phases; ++p) {
     const StepPhase& ph = params[p % 2];
@@ -589,14 +606,15 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       float best = -INFINITY;  // logits: this lane's argmax so far
       int best_idx = INT_MAX;
       bool down = false;  // in the fused down's stages
-      for (; next.n > 0 && next.phase == p; next = consumer.next(table, s.n_phases), ++consumed) {
-        const int slot = consumed % slots;
+      const int col = next.row;  // a fused down's first column: the block's first gate/up row
+      for (; next.n > 0 && next.phase == p; next = unplanned(plan[++consumed]),
+                                            slot = slot + 1 == slots ? 0 : slot + 1, parity ^= unsigned(slot == 0)) {
         if (units > 0 && next.seg == 1 && !down) {  // the first down stage: every activation is in
           down = true;
           sync_workers<true>();
         }
         unsigned long long t1 = s.timing ? now_ns() : 0;
-        mbarrier_wait(&full[slot], unsigned(consumed / slots) & 1u);
+        mbarrier_wait(&full[slot], parity);
         add_time(s, kTimes * p + 3, t1);
         const bf16* w = slot_at(ring, slot);
         if (down) {
@@ -613,7 +631,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
           if (pair) {
             const float2 d = warp_dots<true>(w + size_t(i) * k, w + size_t(next.n + i) * k, xb, k);
             const float v = (epilogue == Epilogue::glu_silu ? silu(d.x) : gelu_tanh(d.x)) * d.y;
-            if (lane == 0 && units > 0) act[o + i - next.col] = __float2bfloat16_rn(v);  // rounded as the down's input is
+            if (lane == 0 && units > 0) act[o + i - col] = __float2bfloat16_rn(v);  // rounded as the down's input is
             else if (lane == 0) y[o + i] = v;
           } else if (2 * i + 1 < next.n) {
             const float2 d = warp_dots<true>(w + size_t(2 * i) * k, w + size_t(2 * i + 1) * k, xb, k);
@@ -690,6 +708,26 @@ void persistent_attention_split(AttentionStep& a, int blocks) {
   a.splits = (a.slots + chunk - 1) / chunk;
 }
 
+std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block) {
+  std::vector<Geometry> table;
+  for (const StepPhase& p : phases) table.push_back(geometry_of(p));
+  const int n_phases = int(phases.size());
+  LMX_CHECK(n_phases < (1 << 20), "persistent decode step", "a plan of ", n_phases, " phases");
+  std::vector<std::vector<PlannedStage>> lists(size_t(std::max(blocks, 0)));
+  size_t most = 0;
+  for (int b = 0; b < blocks; ++b) {
+    Cursor cursor(blocks, b);
+    for (Stage st = cursor.next(table.data(), n_phases); st.n > 0; st = cursor.next(table.data(), n_phases))
+      lists[size_t(b)].push_back(planned(st));
+    most = std::max(most, lists[size_t(b)].size() + 1);  // and the end
+  }
+  *per_block = int((most + 1) / 2 * 2);  // copied 16 bytes at a time
+  const PlannedStage end = planned(Stage{n_phases, 0, 0, 0});
+  std::vector<PlannedStage> all(size_t(std::max(blocks, 0)) * size_t(*per_block), end);
+  for (size_t b = 0; b < lists.size(); ++b) std::copy(lists[b].begin(), lists[b].end(), all.begin() + ptrdiff_t(b * size_t(*per_block)));
+  return all;
+}
+
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps) {
   std::vector<CUtensorMap> maps;
@@ -732,7 +770,8 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
   return maps;
 }
 
-size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vector, int* slots, std::string* why) {
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_per_block, unsigned* vector, int* slots,
+                             std::string* why) {
   auto refuse = [&](std::string reason) {
     if (why) *why = std::move(reason);
     return size_t(0);
@@ -763,7 +802,8 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, unsigned* vec
   *vector = unsigned(vector_bytes(phases));
   // As many slots as fit beside the vector, up to kMaxSlots: the deeper the ring, the
   // longer a stall (attention, a barrier, a phase's input) the copies run on through.
-  const size_t rest = *vector + phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase);
+  const size_t rest = *vector + phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase) +
+                      size_t(stages_per_block) * sizeof(PlannedStage);
   const size_t room = 227 * 1024 - kStaticSmem;
   *slots = rest >= room ? 0 : int(std::min<size_t>(kMaxSlots, (room - rest) / kSlotBytes));
   if (*slots < 2) return refuse("not enough shared memory");
