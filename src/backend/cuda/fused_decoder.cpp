@@ -435,7 +435,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     check(cudaMemcpyAsync(phases_.raw(), persistent_plan_.data(), size_t(bytes), cudaMemcpyHostToDevice, c.stream),
           "cudaMemcpyAsync");
     const int64_t stage_bytes = int64_t(stages_host_.size() * sizeof(fused::PlannedStage));
-    if (!stages_.valid() || stages_.size() < stage_bytes) stages_ = Array({stage_bytes}, Dtype::u8, Device::cuda(device_));
+    if (!stages_.valid() || stages_.size() < stage_bytes)
+      stages_ = Array({stage_bytes}, Dtype::u8, Device::cuda(device_));
     check(cudaMemcpyAsync(stages_.raw(), stages_host_.data(), size_t(stage_bytes), cudaMemcpyHostToDevice, c.stream),
           "cudaMemcpyAsync");  // as the maps below: the host vector is kept until the next plan
     persistent_stages_per_block_ = per_block;

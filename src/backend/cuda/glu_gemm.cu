@@ -33,8 +33,8 @@
 #include <mutex>
 
 #include "backend/cuda/async_copy.cuh"
-#include "backend/cuda/tensor_map.h"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/tensor_map.h"
 #include "backend/cuda/wgmma.cuh"
 
 namespace lmx::cuda {
