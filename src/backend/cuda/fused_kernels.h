@@ -133,10 +133,11 @@ struct AttentionStep {
 void attention_split(int slots, int kv_heads, int& chunk, int& splits);
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
 
-// The persistent step (fused_persistent.cu): the same GEMVs and attention as phases of one
-// cooperative kernel with one block per SM, a grid-wide barrier between phases. The step
-// starts with the embedding of state[0] into x; the phases follow. Aligned so that the
-// kernel can copy a phase to shared memory 16 bytes at a time.
+// The persistent step (fused_persistent.cu; its host side in fused_persistent_plan.cu):
+// the same GEMVs and attention as phases of one cooperative kernel with one block per SM,
+// a grid-wide barrier between phases. The step starts with the embedding of state[0] into
+// x; the phases follow. Aligned so that the kernel can copy a phase to shared memory 16
+// bytes at a time.
 struct alignas(16) StepPhase {
   enum class Kind : int { gemv, attention };
   Kind kind = Kind::gemv;

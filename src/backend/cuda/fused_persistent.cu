@@ -37,24 +37,20 @@
 // Llama, 1.09x for Qwen3, 1.27x for Gemma 3 before the fused down, which added 3.6%, 3.4%
 // and 6.6%. What costs now is not the weight stream but the phase boundaries: each grid
 // barrier (1.1-2.2 µs), each phase's input, and the attention.
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
-
+//
+// The plan the kernel walks (the block's shape, the stages) is in fused_persistent_plan.cuh;
+// the host code that fits, sizes and lists it, in fused_persistent_plan.cu.
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
-#include "backend/cuda/tensor_map.h"
+#include "backend/cuda/fused_persistent_plan.cuh"
 
 namespace lmx::cuda::fused {
+
+using namespace step_plan;
+
 namespace {
 
-constexpr int kWorkerWarps = kWorkers / 32;
-constexpr int kThreads = kWorkers + 32;  // the workers, then the copying warp
-constexpr int kMaxSlots = 5;  // 6 fit for the three models, and measured no faster (Qwen3 2% slower)
-constexpr int kSlotBytes = 32 << 10;
-constexpr int kMaxStageRows = 256;  // rows of one matrix per stage (paired stages hold twice as many)
-constexpr int kStaticSmem = 2 << 10;  // what the kernel's __shared__ variables may take (checked at launch)
 
 // Grid-wide barrier on a 64-bit counter that only grows: barrier n of a step waits until
 // base + n·G blocks have arrived. The counter is never reset, so no launch is needed for
@@ -91,21 +87,6 @@ __device__ __forceinline__ unsigned long long step_base(unsigned long long* coun
   return base;
 }
 
-// Whether a GEMV phase (after phase `prev`, null for the first) takes its input straight
-// into bf16, with no staged f32 copy: the merge of the attention before it (merge_input),
-// or a vector with no residual and no norm (load_plain_input).
-__host__ __device__ inline bool merges_attention(const StepPhase* prev) {
-  return prev && prev->kind == StepPhase::Kind::attention && attention_detail::merged_by_next_gemv(prev->attn);
-}
-__host__ __device__ inline bool direct_input(const StepPhase* prev, const StepPhase& p) {
-  return merges_attention(prev) || (!p.in.add && !p.in.norm && !p.in.x_out);
-}
-// The longest input with a residual add or a norm that form_input_held takes (8 values a
-// thread); longer ones are staged in shared memory (form_input).
-constexpr int kHeldInput = 8 * kWorkers;
-__host__ __device__ inline bool staged_input(const StepPhase* prev, const StepPhase& p) {
-  return !direct_input(prev, p) && p.in.k > kHeldInput;
-}
 
 // Starts copying a phase's parameters into shared memory (cp.async; complete after
 // copy_async_wait_all and a sync). Read from there, they cost no trip to L2 at the start
@@ -116,106 +97,11 @@ __device__ __forceinline__ void fetch_params(const StepPhase* src, StepPhase* ds
     copy16_async(reinterpret_cast<uint4*>(dst) + threadIdx.x, reinterpret_cast<const uint4*>(src) + threadIdx.x);
 }
 
-__host__ __device__ inline bool paired(const StepPhase& p) {
-  return p.out.epilogue == Epilogue::glu_silu || p.out.epilogue == Epilogue::glu_gelu;
-}
-__host__ __device__ inline int rows_per_stage(int k, bool pair) {
-  const int per_row = k * int(sizeof(bf16)) * (pair ? 2 : 1);
-  return ::max(1, ::min(kMaxStageRows, kSlotBytes / per_row));
-}
-
-// What the stage walk needs of a phase. The kernel copies it for every phase into shared
-// memory once: the copying warp consults it at every stage, and reading the phases
-// themselves there would cost a round trip to L2 each time.
-struct Geometry {
-  const bf16* w[3];  // the segments' matrices (for gate/up: gate, up)
-  int rows[3];
-  int k;
-  int segments;  // matrices whose rows are split over the blocks (0 for attention); a fused down is one more
-  int pair;      // gate/up: a stage holds the same rows of w[0] and w[1]
-  int per_stage;  // rows of a matrix per stage
-  const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
-  int down_rows, units, box_rows;
-  int pad[1];
-};
-static_assert(sizeof(Geometry) % 16 == 0);
-
-__host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
-  Geometry g{};
-  if (p.kind == StepPhase::Kind::gemv) {
-    g.pair = paired(p);
-    g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
-    g.down = static_cast<const CUtensorMap*>(p.down_map);
-    g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
-    g.k = p.in.k;
-    g.per_stage = rows_per_stage(g.k, g.pair);
-    for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
-  }
-  return g;
-}
-
 __device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
   for (int i = threadIdx.x; i < s.n_phases; i += blockDim.x) table[i] = geometry_of(s.phases[i]);
   __syncthreads();
 }
 
-// One stage: rows [row, row + n) of segment `seg` of phase `phase` (n == 0: none left).
-// A fused down's stage (segment 1 of a gate/up phase) holds those rows of its columns
-// [col, col + 8·units).
-struct Stage {
-  int phase = 0, seg = 0, row = 0, n = 0, col = 0;
-};
-
-// Walks block b's stages of the step in order, of a grid of `blocks`: on the device for
-// the copying warp, and on the host for the workers' lists (persistent_stage_lists).
-struct Cursor {
-  int blocks, b;
-  int phase = 0, seg = 0;
-  int row = -1, end = 0;  // row -1: the segment's range is not entered yet
-  int col = 0, cols = 0;  // a fused down's: the gate/up rows of this block
-
-  __host__ __device__ Cursor(int blocks, int b) : blocks(blocks), b(b) {}
-  __host__ __device__ __forceinline__ Stage next(const Geometry* table, int n_phases) {
-    while (phase < n_phases) {
-      const Geometry& g = table[phase];
-      if (seg < g.segments) {
-        const bool down = g.down && seg == 1;
-        if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (persistent_smem_bytes)
-          if (down) {  // every box of rows of down, in this block's columns (none if it has none)
-            row = 0, end = cols > 0 ? (g.down_rows + g.box_rows - 1) / g.box_rows : 0;
-          } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
-            const int units = g.rows[0] / 8;
-            row = b * units / blocks * 8, end = (b + 1) * units / blocks * 8;
-            col = row, cols = end - row;
-          } else {
-            const int rows = g.rows[seg];
-            row = b * rows / blocks, end = (b + 1) * rows / blocks;
-          }
-        }
-        if (down && row < end) {  // `row` counts boxes here
-          const int first = row++ * g.box_rows;
-          return Stage{phase, seg, first, ::min(g.box_rows, g.down_rows - first), col};
-        }
-        if (row < end) {
-          const Stage st{phase, seg, row, ::min(g.per_stage, end - row), col};
-          row += st.n;
-          return st;
-        }
-        ++seg, row = -1;
-        continue;
-      }
-      ++phase, seg = 0, row = -1;
-    }
-    return Stage{phase, 0, 0, 0};
-  }
-};
-
-__host__ __device__ inline PlannedStage planned(const Stage& st) {
-  return {st.row, uint32_t(st.phase) << 11 | uint32_t(st.seg) << 9 | uint32_t(st.n)};
-}
-__device__ __forceinline__ Stage unplanned(PlannedStage p) {
-  return Stage{int(p.packed >> 11), int(p.packed >> 9 & 3u), p.row, int(p.packed & 511u)};
-}
 
 // Starts the copies of stage `st` into `slot`, counted on `bar`, with L2 policy `policy`.
 __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar, uint64_t policy) {
@@ -672,146 +558,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   }
 }
 
-// Shared memory beyond the slots: the largest input vector with its staged inputs (and,
-// after an attention, the merge's chunk weights), or the largest attention scratch.
-size_t vector_bytes(const std::vector<StepPhase>& phases) {
-  size_t need = 0;
-  for (size_t i = 0; i < phases.size(); ++i) {
-    const StepPhase& p = phases[i];
-    if (p.kind == StepPhase::Kind::gemv) {
-      size_t bytes = size_t(p.in.k) * sizeof(bf16);
-      const StepPhase* prev = i > 0 ? &phases[i - 1] : nullptr;
-      if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
-      if (p.down_map) bytes += 8 * sizeof(bf16) * size_t(p.down_units);
-      if (merges_attention(prev))
-        bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
-      need = std::max(need, bytes);
-    } else if (p.kind == StepPhase::Kind::attention)
-      need = std::max(need, sizeof(float) * attention_detail::attention_smem_floats(
-                                                p.attn.n_heads / p.attn.n_kv_heads, p.attn.head_dim, p.attn.chunk));
-  }
-  return (need + 1023) / 1024 * 1024;
-}
-
 }  // namespace
-
-void persistent_attention_split(AttentionStep& a, int blocks) {
-  // Up to one task per block: the default 16- or 32-key chunks give a long cache more tasks
-  // than blocks, and a block runs its tasks one after another (Llama at 2,048 tokens: four
-  // in each block, 0.64x the graph path's speed). Longer chunks take more shared memory,
-  // so they stop where a task's scratch would pass 48 KiB.
-  constexpr size_t kMaxScratch = 48 << 10;
-  const int group = a.n_heads / a.n_kv_heads, per_head = std::max(1, blocks / a.n_kv_heads);
-  int chunk = std::max(a.chunk, ((a.slots + per_head - 1) / per_head + 15) / 16 * 16);
-  while (chunk > a.chunk &&
-         sizeof(float) * attention_detail::attention_smem_floats(group, a.head_dim, chunk) > kMaxScratch)
-    chunk -= 16;
-  a.chunk = chunk;
-  a.splits = (a.slots + chunk - 1) / chunk;
-}
-
-std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block) {
-  std::vector<Geometry> table;
-  for (const StepPhase& p : phases) table.push_back(geometry_of(p));
-  const int n_phases = int(phases.size());
-  LMX_CHECK(n_phases < (1 << 20), "persistent decode step", "a plan of ", n_phases, " phases");
-  std::vector<std::vector<PlannedStage>> lists(size_t(std::max(blocks, 0)));
-  size_t most = 0;
-  for (int b = 0; b < blocks; ++b) {
-    Cursor cursor(blocks, b);
-    for (Stage st = cursor.next(table.data(), n_phases); st.n > 0; st = cursor.next(table.data(), n_phases))
-      lists[size_t(b)].push_back(planned(st));
-    most = std::max(most, lists[size_t(b)].size() + 1);  // and the end
-  }
-  *per_block = int((most + 1) / 2 * 2);  // copied 16 bytes at a time
-  const PlannedStage end = planned(Stage{n_phases, 0, 0, 0});
-  std::vector<PlannedStage> all(size_t(std::max(blocks, 0)) * size_t(*per_block), end);
-  for (size_t b = 0; b < lists.size(); ++b)
-    std::copy(lists[b].begin(), lists[b].end(), all.begin() + ptrdiff_t(b * size_t(*per_block)));
-  return all;
-}
-
-std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
-                                              int blocks, const void* device_maps) {
-  std::vector<CUtensorMap> maps;
-  const char* off = std::getenv("LMX_FUSED_DOWN");
-  if ((off && std::strcmp(off, "0") == 0) || blocks < 1) return maps;
-  auto reads = [](const StepPhase& p, const float* y) {
-    return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
-  };
-  for (size_t i = 1; i + 1 < phases.size(); ++i) {
-    StepPhase &before = phases[i - 1], &glu = phases[i], &down = phases[i + 1];
-    if (glu.kind != StepPhase::Kind::gemv || !paired(glu) || down.kind != StepPhase::Kind::gemv) continue;
-    const GemvInput& in = down.in;
-    const int inter = glu.out.rows[0], rows = down.out.rows[0];
-    // down must be a plain product of exactly the gate/up's output, and its output must be
-    // read by nothing between the phase that zeroes it and the gate/up.
-    if (down.out.epilogue != Epilogue::plain || down.out.w[1] || in.x != glu.out.y || in.add || in.norm ||
-        in.x_out || in.k != inter || inter % 8 != 0 || rows < 1 || before.kind != StepPhase::Kind::gemv ||
-        reads(before, down.out.y) || reads(glu, down.out.y) || reinterpret_cast<uintptr_t>(down.out.w[0]) % 16 != 0)
-      continue;
-    // Each block reads whole boxes of `units` 8-column units, at least its share. An odd
-    // count keeps a stage's reads free of bank conflicts (fused_down_rows); so does 8.
-    int units = (inter / 8 + blocks - 1) / blocks;
-    if (units % 2 == 0 && units < 8) ++units;
-    if (units > 8) continue;
-    const int box_rows = std::min({rows, kWorkers, kSlotBytes / (16 * units)});
-    CUtensorMap map;
-    // A box row is at most 128 bytes of a row of down; L2 fetching 128 bytes for it measured
-    // 1-2% faster for Llama than 256 (bench/NOTES.md, p17).
-    if (!bf16_tensor_map(map, down.out.w[0], rows, inter, box_rows, 8 * units, CU_TENSOR_MAP_SWIZZLE_NONE,
-                         CU_TENSOR_MAP_L2_PROMOTION_L2_128B))
-      continue;
-    glu.down_map = static_cast<const CUtensorMap*>(device_maps) + maps.size();
-    glu.down_y = down.out.y, glu.down_rows = rows, glu.down_units = units, glu.down_box_rows = box_rows;
-    before.zero = down.out.y, before.zero_n = rows;
-    maps.push_back(map);
-    names[i] = "glu+down";
-    phases.erase(phases.begin() + std::ptrdiff_t(i) + 1);
-    names.erase(names.begin() + std::ptrdiff_t(i) + 1);
-  }
-  return maps;
-}
-
-size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_per_block, unsigned* vector, int* slots,
-                             std::string* why) {
-  auto refuse = [&](std::string reason) {
-    if (why) *why = std::move(reason);
-    return size_t(0);
-  };
-  for (size_t i = 0; i < phases.size(); ++i) {
-    const StepPhase& p = phases[i];
-    if (p.kind == StepPhase::Kind::attention) {
-      if (p.attn.n_heads / p.attn.n_kv_heads > 32 || p.attn.head_dim % 8 != 0)
-        return refuse("attention shape");
-      // merge_input reads the attention's output as its next GEMV's input
-      if (i + 1 == phases.size() || phases[i + 1].kind != StepPhase::Kind::gemv ||
-          phases[i + 1].in.k != p.attn.n_heads * p.attn.head_dim)
-        return refuse("an attention not followed by its output projection");
-      continue;
-    }
-    if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
-    if (p.down_map && (!paired(p) || p.down_units < 1 || p.down_units > 8 || p.down_box_rows < 1 ||
-                       p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes))
-      return refuse("a fused down projection of another shape");
-    if (p.in.k % 8 != 0) return refuse("a GEMV width that is not a multiple of 8");
-    for (int j = 0; j < 3; ++j)
-      if (int64_t(p.out.rows[j]) * 1024 >= (int64_t(1) << 31)) return refuse("a matrix with too many rows");
-    if (size_t(p.in.k) * sizeof(bf16) * (paired(p) ? 2 : 1) > size_t(kSlotBytes))
-      return refuse("a weight row longer than a slot");
-    for (int j = 0; j < 3; ++j)
-      if (p.out.w[j] && reinterpret_cast<uintptr_t>(p.out.w[j]) % 16 != 0) return refuse("unaligned weights");
-  }
-  *vector = unsigned(vector_bytes(phases));
-  // As many slots as fit beside the vector, up to kMaxSlots: the deeper the ring, the
-  // longer a stall (attention, a barrier, a phase's input) the copies run on through.
-  const size_t rest = *vector + phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase) +
-                      size_t(stages_per_block) * sizeof(PlannedStage);
-  const size_t room = 227 * 1024 - kStaticSmem;
-  *slots = rest >= room ? 0 : int(std::min<size_t>(kMaxSlots, (room - rest) / kSlotBytes));
-  if (*slots < 2) return refuse("not enough shared memory");
-  return size_t(*slots) * kSlotBytes + rest;
-}
 
 int persistent_blocks(int sm_count, size_t smem) {
   cudaFuncAttributes attributes{};

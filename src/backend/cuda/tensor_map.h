@@ -1,7 +1,7 @@
 // Tensor maps (the TMA's descriptors of a global array and the box it copies), encoded on
 // the host through the driver, for the kernels that copy boxes of weights into shared
 // memory: the gate/up GEMM (glu_gemm.cu) and the persistent decode step's fused down
-// projection (fused_persistent.cu).
+// projection (fused_persistent_plan.cu encodes its maps).
 #pragma once
 
 #include <cuda.h>

@@ -1,0 +1,159 @@
+// The host side of the persistent decode step (fused_persistent.cu): the attention's
+// chunks sized to the grid, the down projections folded into their gate/up phases, every
+// block's list of stages, and the shared memory all of it takes.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cuda/fused_gemv.cuh"
+#include "backend/cuda/fused_persistent_plan.cuh"
+#include "backend/cuda/tensor_map.h"
+
+namespace lmx::cuda::fused {
+
+using namespace step_plan;
+
+namespace {
+
+// Shared memory beyond the slots: the largest input vector with its staged inputs (and,
+// after an attention, the merge's chunk weights), or the largest attention scratch.
+size_t vector_bytes(const std::vector<StepPhase>& phases) {
+  size_t need = 0;
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const StepPhase& p = phases[i];
+    if (p.kind == StepPhase::Kind::gemv) {
+      size_t bytes = size_t(p.in.k) * sizeof(bf16);
+      const StepPhase* prev = i > 0 ? &phases[i - 1] : nullptr;
+      if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
+      if (p.down_map) bytes += 8 * sizeof(bf16) * size_t(p.down_units);
+      if (merges_attention(prev))
+        bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
+      need = std::max(need, bytes);
+    } else if (p.kind == StepPhase::Kind::attention)
+      need = std::max(need, sizeof(float) * attention_detail::attention_smem_floats(
+                                                p.attn.n_heads / p.attn.n_kv_heads, p.attn.head_dim, p.attn.chunk));
+  }
+  return (need + 1023) / 1024 * 1024;
+}
+
+}  // namespace
+
+void persistent_attention_split(AttentionStep& a, int blocks) {
+  // Up to one task per block: the default 16- or 32-key chunks give a long cache more tasks
+  // than blocks, and a block runs its tasks one after another (Llama at 2,048 tokens: four
+  // in each block, 0.64x the graph path's speed). Longer chunks take more shared memory,
+  // so they stop where a task's scratch would pass 48 KiB.
+  constexpr size_t kMaxScratch = 48 << 10;
+  const int group = a.n_heads / a.n_kv_heads, per_head = std::max(1, blocks / a.n_kv_heads);
+  int chunk = std::max(a.chunk, ((a.slots + per_head - 1) / per_head + 15) / 16 * 16);
+  while (chunk > a.chunk &&
+         sizeof(float) * attention_detail::attention_smem_floats(group, a.head_dim, chunk) > kMaxScratch)
+    chunk -= 16;
+  a.chunk = chunk;
+  a.splits = (a.slots + chunk - 1) / chunk;
+}
+
+std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block) {
+  std::vector<Geometry> table;
+  for (const StepPhase& p : phases) table.push_back(geometry_of(p));
+  const int n_phases = int(phases.size());
+  LMX_CHECK(n_phases < (1 << 20), "persistent decode step", "a plan of ", n_phases, " phases");
+  std::vector<std::vector<PlannedStage>> lists(size_t(std::max(blocks, 0)));
+  size_t most = 0;
+  for (int b = 0; b < blocks; ++b) {
+    Cursor cursor(blocks, b);
+    for (Stage st = cursor.next(table.data(), n_phases); st.n > 0; st = cursor.next(table.data(), n_phases))
+      lists[size_t(b)].push_back(planned(st));
+    most = std::max(most, lists[size_t(b)].size() + 1);  // and the end
+  }
+  *per_block = int((most + 1) / 2 * 2);  // copied 16 bytes at a time
+  const PlannedStage end = planned(Stage{n_phases, 0, 0, 0});
+  std::vector<PlannedStage> all(size_t(std::max(blocks, 0)) * size_t(*per_block), end);
+  for (size_t b = 0; b < lists.size(); ++b)
+    std::copy(lists[b].begin(), lists[b].end(), all.begin() + ptrdiff_t(b * size_t(*per_block)));
+  return all;
+}
+
+std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
+                                              int blocks, const void* device_maps) {
+  std::vector<CUtensorMap> maps;
+  const char* off = std::getenv("LMX_FUSED_DOWN");
+  if ((off && std::strcmp(off, "0") == 0) || blocks < 1) return maps;
+  auto reads = [](const StepPhase& p, const float* y) {
+    return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
+  };
+  for (size_t i = 1; i + 1 < phases.size(); ++i) {
+    StepPhase &before = phases[i - 1], &glu = phases[i], &down = phases[i + 1];
+    if (glu.kind != StepPhase::Kind::gemv || !paired(glu) || down.kind != StepPhase::Kind::gemv) continue;
+    const GemvInput& in = down.in;
+    const int inter = glu.out.rows[0], rows = down.out.rows[0];
+    // down must be a plain product of exactly the gate/up's output, and its output must be
+    // read by nothing between the phase that zeroes it and the gate/up.
+    if (down.out.epilogue != Epilogue::plain || down.out.w[1] || in.x != glu.out.y || in.add || in.norm ||
+        in.x_out || in.k != inter || inter % 8 != 0 || rows < 1 || before.kind != StepPhase::Kind::gemv ||
+        reads(before, down.out.y) || reads(glu, down.out.y) || reinterpret_cast<uintptr_t>(down.out.w[0]) % 16 != 0)
+      continue;
+    // Each block reads whole boxes of `units` 8-column units, at least its share. An odd
+    // count keeps a stage's reads free of bank conflicts (fused_down_rows); so does 8.
+    int units = (inter / 8 + blocks - 1) / blocks;
+    if (units % 2 == 0 && units < 8) ++units;
+    if (units > 8) continue;
+    const int box_rows = std::min({rows, kWorkers, kSlotBytes / (16 * units)});
+    CUtensorMap map;
+    // A box row is at most 128 bytes of a row of down; L2 fetching 128 bytes for it measured
+    // 1-2% faster for Llama than 256 (bench/NOTES.md, p17).
+    if (!bf16_tensor_map(map, down.out.w[0], rows, inter, box_rows, 8 * units, CU_TENSOR_MAP_SWIZZLE_NONE,
+                         CU_TENSOR_MAP_L2_PROMOTION_L2_128B))
+      continue;
+    glu.down_map = static_cast<const CUtensorMap*>(device_maps) + maps.size();
+    glu.down_y = down.out.y, glu.down_rows = rows, glu.down_units = units, glu.down_box_rows = box_rows;
+    before.zero = down.out.y, before.zero_n = rows;
+    maps.push_back(map);
+    names[i] = "glu+down";
+    phases.erase(phases.begin() + std::ptrdiff_t(i) + 1);
+    names.erase(names.begin() + std::ptrdiff_t(i) + 1);
+  }
+  return maps;
+}
+
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_per_block, unsigned* vector, int* slots,
+                             std::string* why) {
+  auto refuse = [&](std::string reason) {
+    if (why) *why = std::move(reason);
+    return size_t(0);
+  };
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const StepPhase& p = phases[i];
+    if (p.kind == StepPhase::Kind::attention) {
+      if (p.attn.n_heads / p.attn.n_kv_heads > 32 || p.attn.head_dim % 8 != 0)
+        return refuse("attention shape");
+      // merge_input reads the attention's output as its next GEMV's input
+      if (i + 1 == phases.size() || phases[i + 1].kind != StepPhase::Kind::gemv ||
+          phases[i + 1].in.k != p.attn.n_heads * p.attn.head_dim)
+        return refuse("an attention not followed by its output projection");
+      continue;
+    }
+    if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
+    if (p.down_map && (!paired(p) || p.down_units < 1 || p.down_units > 8 || p.down_box_rows < 1 ||
+                       p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes))
+      return refuse("a fused down projection of another shape");
+    if (p.in.k % 8 != 0) return refuse("a GEMV width that is not a multiple of 8");
+    for (int j = 0; j < 3; ++j)
+      if (int64_t(p.out.rows[j]) * 1024 >= (int64_t(1) << 31)) return refuse("a matrix with too many rows");
+    if (size_t(p.in.k) * sizeof(bf16) * (paired(p) ? 2 : 1) > size_t(kSlotBytes))
+      return refuse("a weight row longer than a slot");
+    for (int j = 0; j < 3; ++j)
+      if (p.out.w[j] && reinterpret_cast<uintptr_t>(p.out.w[j]) % 16 != 0) return refuse("unaligned weights");
+  }
+  *vector = unsigned(vector_bytes(phases));
+  // As many slots as fit beside the vector, up to kMaxSlots: the deeper the ring, the
+  // longer a stall (attention, a barrier, a phase's input) the copies run on through.
+  const size_t rest = *vector + phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase) +
+                      size_t(stages_per_block) * sizeof(PlannedStage);
+  const size_t room = 227 * 1024 - kStaticSmem;
+  *slots = rest >= room ? 0 : int(std::min<size_t>(kMaxSlots, (room - rest) / kSlotBytes));
+  if (*slots < 2) return refuse("not enough shared memory");
+  return size_t(*slots) * kSlotBytes + rest;
+}
+
+}  // namespace lmx::cuda::fused

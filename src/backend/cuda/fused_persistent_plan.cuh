@@ -1,0 +1,130 @@
+// The persistent decode step's plan, shared by its kernel (fused_persistent.cu) and the
+// host code that fits, sizes and lists it (fused_persistent_plan.cu): the block's shape,
+// how each phase forms its input, and the walk over every block's stages of weights.
+#pragma once
+
+#include "backend/cuda/fused_attention.cuh"
+#include "backend/cuda/fused_kernels.h"
+
+namespace lmx::cuda::fused::step_plan {
+
+constexpr int kWorkerWarps = kWorkers / 32;
+constexpr int kThreads = kWorkers + 32;  // the workers, then the copying warp
+constexpr int kMaxSlots = 5;  // 6 fit for the three models, and measured no faster (Qwen3 2% slower)
+constexpr int kSlotBytes = 32 << 10;
+constexpr int kMaxStageRows = 256;  // rows of one matrix per stage (paired stages hold twice as many)
+constexpr int kStaticSmem = 2 << 10;  // what the kernel's __shared__ variables may take (checked at launch)
+
+// Whether a GEMV phase (after phase `prev`, null for the first) takes its input straight
+// into bf16, with no staged f32 copy: the merge of the attention before it (merge_input),
+// or a vector with no residual and no norm (load_plain_input).
+__host__ __device__ inline bool merges_attention(const StepPhase* prev) {
+  return prev && prev->kind == StepPhase::Kind::attention && attention_detail::merged_by_next_gemv(prev->attn);
+}
+__host__ __device__ inline bool direct_input(const StepPhase* prev, const StepPhase& p) {
+  return merges_attention(prev) || (!p.in.add && !p.in.norm && !p.in.x_out);
+}
+// The longest input with a residual add or a norm that form_input_held takes (8 values a
+// thread); longer ones are staged in shared memory (form_input).
+constexpr int kHeldInput = 8 * kWorkers;
+__host__ __device__ inline bool staged_input(const StepPhase* prev, const StepPhase& p) {
+  return !direct_input(prev, p) && p.in.k > kHeldInput;
+}
+
+__host__ __device__ inline bool paired(const StepPhase& p) {
+  return p.out.epilogue == Epilogue::glu_silu || p.out.epilogue == Epilogue::glu_gelu;
+}
+__host__ __device__ inline int rows_per_stage(int k, bool pair) {
+  const int per_row = k * int(sizeof(bf16)) * (pair ? 2 : 1);
+  return ::max(1, ::min(kMaxStageRows, kSlotBytes / per_row));
+}
+
+// What the stage walk needs of a phase. The kernel copies it for every phase into shared
+// memory once: the copying warp consults it at every stage, and reading the phases
+// themselves there would cost a round trip to L2 each time.
+struct Geometry {
+  const bf16* w[3];  // the segments' matrices (for gate/up: gate, up)
+  int rows[3];
+  int k;
+  int segments;  // matrices whose rows are split over the blocks (0 for attention); a fused down is one more
+  int pair;      // gate/up: a stage holds the same rows of w[0] and w[1]
+  int per_stage;  // rows of a matrix per stage
+  const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
+  int down_rows, units, box_rows;
+  int pad[1];
+};
+static_assert(sizeof(Geometry) % 16 == 0);
+
+__host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
+  Geometry g{};
+  if (p.kind == StepPhase::Kind::gemv) {
+    g.pair = paired(p);
+    g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
+    g.down = static_cast<const CUtensorMap*>(p.down_map);
+    g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
+    g.k = p.in.k;
+    g.per_stage = rows_per_stage(g.k, g.pair);
+    for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
+  }
+  return g;
+}
+
+// One stage: rows [row, row + n) of segment `seg` of phase `phase` (n == 0: none left).
+// A fused down's stage (segment 1 of a gate/up phase) holds those rows of its columns
+// [col, col + 8·units).
+struct Stage {
+  int phase = 0, seg = 0, row = 0, n = 0, col = 0;
+};
+
+// Walks block b's stages of the step in order, of a grid of `blocks`: on the device for
+// the copying warp, and on the host for the workers' lists (persistent_stage_lists).
+struct Cursor {
+  int blocks, b;
+  int phase = 0, seg = 0;
+  int row = -1, end = 0;  // row -1: the segment's range is not entered yet
+  int col = 0, cols = 0;  // a fused down's: the gate/up rows of this block
+
+  __host__ __device__ Cursor(int blocks, int b) : blocks(blocks), b(b) {}
+  __host__ __device__ __forceinline__ Stage next(const Geometry* table, int n_phases) {
+    while (phase < n_phases) {
+      const Geometry& g = table[phase];
+      if (seg < g.segments) {
+        const bool down = g.down && seg == 1;
+        if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (persistent_smem_bytes)
+          if (down) {  // every box of rows of down, in this block's columns (none if it has none)
+            row = 0, end = cols > 0 ? (g.down_rows + g.box_rows - 1) / g.box_rows : 0;
+          } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
+            const int units = g.rows[0] / 8;
+            row = b * units / blocks * 8, end = (b + 1) * units / blocks * 8;
+            col = row, cols = end - row;
+          } else {
+            const int rows = g.rows[seg];
+            row = b * rows / blocks, end = (b + 1) * rows / blocks;
+          }
+        }
+        if (down && row < end) {  // `row` counts boxes here
+          const int first = row++ * g.box_rows;
+          return Stage{phase, seg, first, ::min(g.box_rows, g.down_rows - first), col};
+        }
+        if (row < end) {
+          const Stage st{phase, seg, row, ::min(g.per_stage, end - row), col};
+          row += st.n;
+          return st;
+        }
+        ++seg, row = -1;
+        continue;
+      }
+      ++phase, seg = 0, row = -1;
+    }
+    return Stage{phase, 0, 0, 0};
+  }
+};
+
+__host__ __device__ inline PlannedStage planned(const Stage& st) {
+  return {st.row, uint32_t(st.phase) << 11 | uint32_t(st.seg) << 9 | uint32_t(st.n)};
+}
+__device__ __forceinline__ Stage unplanned(PlannedStage p) {
+  return Stage{int(p.packed >> 11), int(p.packed >> 9 & 3u), p.row, int(p.packed & 511u)};
+}
+
+}  // namespace lmx::cuda::fused::step_plan
