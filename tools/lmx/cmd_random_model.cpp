@@ -24,6 +24,13 @@ constexpr Preset kPresets[] = {
  "tie_word_embeddings": true, "rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
  "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
  "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "torch_dtype": "bfloat16"})"},
+    {"llama-3.1-8b",
+     R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+ "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+ "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
+ "tie_word_embeddings": false, "rope_theta": 500000.0, "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0,
+ "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+ "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "torch_dtype": "bfloat16"})"},
     {"qwen3-0.6b",
      R"({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024,
  "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
@@ -84,7 +91,7 @@ void add_random_model_command(CLI::App& app) {
   auto preset = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
   auto seed = std::make_shared<uint64_t>(0);
-  cmd->add_option("PRESET", *preset, "llama-3.2-1b, qwen3-0.6b or gemma3-1b")->required();
+  cmd->add_option("PRESET", *preset, "llama-3.2-1b, llama-3.1-8b (16 GB), qwen3-0.6b or gemma3-1b")->required();
   cmd->add_option("OUT_DIR", *out, "Folder to write config.json and model.safetensors into")->required();
   cmd->add_option("--seed", *seed, "Seed of the random weights");
   cmd->footer("The weights are random: use it to measure speed and memory, not quality.\n\n"

@@ -181,6 +181,29 @@ __device__ __forceinline__ void store_vec(T* p, const float (&v)[kVecElems<T>]) 
   *reinterpret_cast<uint4*>(p) = raw;
 }
 
+// Two values of a 16-bit T in one register, the operand of the paired instructions. For
+// bf16 and f16 these round exactly as f32 math rounded to T does: the product of two T
+// values is exact in f32, and a sum of two rounded to f32 and then to T is the sum's
+// correct rounding (f32 carries more than 2p + 2 bits, which makes the double rounding
+// innocuous).
+template <class T>
+using Pair = std::conditional_t<std::is_same_v<T, bfloat_t>, __nv_bfloat162, __half2>;
+
+template <class T>
+__device__ __forceinline__ Pair<T> to_pair(float a, float b) {  // each rounded to T
+  if constexpr (std::is_same_v<T, bfloat_t>)
+    return __floats2bfloat162_rn(a, b);
+  else
+    return __floats2half2_rn(a, b);
+}
+template <class T>
+__device__ __forceinline__ float2 from_pair(Pair<T> p) {
+  if constexpr (std::is_same_v<T, bfloat_t>)
+    return __bfloat1622float2(p);
+  else
+    return __half22float2(p);
+}
+
 inline bool aligned16(const Array& a) { return reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0; }
 // Whether every row of a 4-D array (its last axis) starts a whole number of 16-byte
 // vectors of `elems` elements after the first: unit stride in the last axis, the others

@@ -185,16 +185,22 @@ constexpr int kTimes = 7;
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps);
 // A stage of one block's walk through the step, as its workers take them: rows
-// [row, row + n) of segment `seg` (for gate/up with a fused down: 1 is the down) of phase
-// `phase`. n == 0 ends a block's list.
+// [row, row + n) of segment `seg` (for gate/up with a fused down: 1 is the down), in four
+// bytes, so that a larger model's list does not cost the ring a slot (Llama-3.1-8B's
+// shapes: 3,668 stages a block). n == 0 ends a phase's stages. row < 2^21 holds because
+// persistent_smem_bytes refuses larger matrices; n <= 256.
 struct PlannedStage {
-  int32_t row;
-  uint32_t packed;  // phase << 11 | seg << 9 | n (n <= 256)
+  uint32_t packed;  // row << 11 | seg << 9 | n
+  __host__ __device__ int row() const { return int(packed >> 11); }
+  __host__ __device__ int seg() const { return int(packed >> 9 & 3u); }
+  __host__ __device__ int n() const { return int(packed & 511u); }
 };
-// Every block's stages for a grid of `blocks`: [blocks, *per_block], each block's list
-// ending in an entry with n == 0. The walk has divisions and a chain of dependent loads
-// (about 0.35 µs a stage, bench/NOTES.md p19); done once per plan here, it costs the workers
-// one shared-memory load a stage. The copying warp walks on its own, ahead of them.
+// Every block's stages for a grid of `blocks`: [blocks, *per_block], each phase's stages
+// (none for an attention) followed by an entry with n == 0, and one more such entry after
+// the last phase's, which the workers read ahead. The walk has divisions and a chain of
+// dependent loads (about 0.35 µs a stage, bench/NOTES.md p19); done once per plan here, it
+// costs the workers one shared-memory load a stage. The copying warp walks on its own,
+// ahead of them.
 std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block);
 // Longer attention chunks where a cache has more of them than the grid has blocks (the
 // persistent kernel runs a block's tasks one after another); at least a.chunk keys.

@@ -421,7 +421,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   fetch_params(s.phases, params);
   {  // the workers' stages, in by the first barrier (a multiple of 16 bytes)
     const uint4* from = reinterpret_cast<const uint4*>(s.stages + size_t(blockIdx.x) * s.stages_per_block);
-    for (int i = threadIdx.x; i < s.stages_per_block / 2; i += kWorkers)
+    for (int i = threadIdx.x; i < s.stages_per_block / 4; i += kWorkers)
       copy16_async(reinterpret_cast<uint4*>(plan) + i, from + i);
   }
   // The embedding: x = embed[token] · scale.
@@ -436,9 +436,9 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   grid_barrier(s.barrier, target += gridDim.x);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int consumed = 0;     // stages so far: plan[consumed] is the next
-  int slot = 0;         // its slot of the ring, consumed % slots,
-  unsigned parity = 0;  // and the parity of that slot's use, (consumed / slots) % 2
+  int read = 0;         // plan[read] is the next stage, or the end of this phase's
+  int slot = 0;         // the next stage's slot of the ring, (stages so far) % slots,
+  unsigned parity = 0;  // and the parity of that slot's use, (stages so far / slots) % 2
   Stage next = unplanned(plan[0]);
   int dealt = 0;     // items dealt so far, over all stages: item i goes to warp i % kWorkerWarps
   for (int p = 0; p < s.n_phases; ++p) {
@@ -495,7 +495,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       int best_idx = INT_MAX;
       bool down = false;  // in the fused down's stages
       const int col = next.row;  // a fused down's first column: the block's first gate/up row
-      for (; next.n > 0 && next.phase == p; next = unplanned(plan[++consumed]),
+      for (; next.n > 0; next = unplanned(plan[++read]),
                                             slot = slot + 1 == slots ? 0 : slot + 1, parity ^= unsigned(slot == 0)) {
         if (units > 0 && next.seg == 1 && !down) {  // the first down stage: every activation is in
           down = true;
@@ -539,6 +539,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       }
       if (epilogue == Epilogue::logits) publish_argmax<true>(ph.out, best, best_idx);
     }
+    next = unplanned(plan[++read]);  // past the end of this phase's stages
     add_time(s, kTimes * p, since);
     if (upcoming) {
       copy_async_wait_all();  // the next phase's parameters,

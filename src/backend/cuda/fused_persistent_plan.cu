@@ -57,17 +57,20 @@ std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& p
   std::vector<Geometry> table;
   for (const StepPhase& p : phases) table.push_back(geometry_of(p));
   const int n_phases = int(phases.size());
-  LMX_CHECK(n_phases < (1 << 20), "persistent decode step", "a plan of ", n_phases, " phases");
   std::vector<std::vector<PlannedStage>> lists(size_t(std::max(blocks, 0)));
   size_t most = 0;
+  const PlannedStage end{0};  // n == 0: the end of a phase's stages
   for (int b = 0; b < blocks; ++b) {
+    std::vector<PlannedStage>& list = lists[size_t(b)];
     Cursor cursor(blocks, b);
-    for (Stage st = cursor.next(table.data(), n_phases); st.n > 0; st = cursor.next(table.data(), n_phases))
-      lists[size_t(b)].push_back(planned(st));
-    most = std::max(most, lists[size_t(b)].size() + 1);  // and the end
+    Stage st = cursor.next(table.data(), n_phases);
+    for (int p = 0; p < n_phases; ++p) {
+      for (; st.n > 0 && st.phase == p; st = cursor.next(table.data(), n_phases)) list.push_back(planned(st));
+      list.push_back(end);
+    }
+    most = std::max(most, list.size() + 1);  // the workers read one entry past the last phase's end
   }
-  *per_block = int((most + 1) / 2 * 2);  // copied 16 bytes at a time
-  const PlannedStage end = planned(Stage{n_phases, 0, 0, 0});
+  *per_block = int((most + 3) / 4 * 4);  // copied 16 bytes at a time
   std::vector<PlannedStage> all(size_t(std::max(blocks, 0)) * size_t(*per_block), end);
   for (size_t b = 0; b < lists.size(); ++b)
     std::copy(lists[b].begin(), lists[b].end(), all.begin() + ptrdiff_t(b * size_t(*per_block)));
@@ -135,7 +138,8 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
     }
     if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
     if (p.down_map && (!paired(p) || p.down_units < 1 || p.down_units > 8 || p.down_box_rows < 1 ||
-                       p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes))
+                       p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes ||
+                       int64_t(p.down_rows) * 1024 >= (int64_t(1) << 31)))
       return refuse("a fused down projection of another shape");
     if (p.in.k % 8 != 0) return refuse("a GEMV width that is not a multiple of 8");
     for (int j = 0; j < 3; ++j)

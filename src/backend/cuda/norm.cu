@@ -89,12 +89,92 @@ __device__ __forceinline__ void rms_in_registers(float (&v)[kC][kVecElems<T>], c
   }
 }
 
+// The 16-bit form of residual_rms_kernel: a row held as pairs of T, the residual add and
+// Llama's weight multiply as paired instructions (they round as the f32 forms do: see
+// Pair), and two roundings in one conversion. The f32 form took three times the
+// instructions, and the kernel was bound by issuing them (bench/NOTES.md, classification).
+template <class T, int kC>
+struct PairedRow {
+  static constexpr int kP = kVecElems<T> / 2;  // pairs in a 16-byte vector
+  Pair<T> v[kC][kP];
+
+  __device__ static int64_t at(int c) { return (threadIdx.x + c * int64_t(blockDim.x)) * kVecElems<T>; }
+  __device__ static void load(const T* p, Pair<T> (&out)[kP]) {
+    *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(p);
+  }
+  __device__ void store(T* row, int64_t d) const {
+    for (int c = 0; c < kC; ++c)
+      if (at(c) < d) *reinterpret_cast<uint4*>(row + at(c)) = *reinterpret_cast<const uint4*>(v[c]);
+  }
+  // v = rms(v, w), summing the squares in the order the f32 form does.
+  template <NormKind kKind, class W>
+  __device__ void normalise(const W* w, int64_t d, float eps) {
+    float ss = 0;
+    for (int c = 0; c < kC; ++c)
+      if (at(c) < d)
+        for (int k = 0; k < kP; ++k) {
+          const float2 f = from_pair<T>(v[c][k]);
+          ss += f.x * f.x;
+          ss += f.y * f.y;
+        }
+    const float r = 1.0f / ::sqrtf(block_reduce(ss, Sum{}) / float(d) + eps);
+    for (int c = 0; c < kC; ++c) {
+      if (at(c) >= d) continue;
+      if constexpr (kKind == NormKind::rms_llama && std::is_same_v<W, T>) {  // round(round(v r) w)
+        Pair<T> wp[kP];
+        load(w + at(c), wp);
+        for (int k = 0; k < kP; ++k) {
+          const float2 f = from_pair<T>(v[c][k]);
+          v[c][k] = __hmul2_rn(to_pair<T>(f.x * r, f.y * r), wp[k]);
+        }
+      } else {
+        float wv[kVecElems<T>];
+        if constexpr (std::is_same_v<W, T>) {
+          load_vec(w + at(c), wv);
+        } else {
+          for (int i = 0; i < kVecElems<T>; ++i) wv[i] = to_float(w[at(c) + i]);
+        }
+        for (int k = 0; k < kP; ++k) {
+          const float2 f = from_pair<T>(v[c][k]);
+          v[c][k] = to_pair<T>(rms_scaled<kKind, T>(f.x, r, wv[2 * k]), rms_scaled<kKind, T>(f.y, r, wv[2 * k + 1]));
+        }
+      }
+    }
+  }
+};
+
+template <NormKind kKind, class T, class W, int kC>
+__device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_all, const W* y_w, const W* w,
+                                                   T* sum_all, T* normed_all, int64_t d, float eps) {
+  using Row = PairedRow<T, kC>;
+  const int64_t row = int64_t(blockIdx.x) * d;
+  Row v;
+  for (int c = 0; c < kC; ++c)
+    if (Row::at(c) < d) Row::load(y_all + row + Row::at(c), v.v[c]);
+  if (y_w) v.template normalise<kKind>(y_w, d, eps);
+  if (x_all) {
+    for (int c = 0; c < kC; ++c) {
+      if (Row::at(c) >= d) continue;
+      Pair<T> xv[Row::kP];
+      Row::load(x_all + row + Row::at(c), xv);
+      for (int k = 0; k < Row::kP; ++k) v.v[c][k] = __hadd2_rn(xv[k], v.v[c][k]);  // the residual add, rounded
+    }
+    v.store(sum_all + row, d);
+  }
+  v.template normalise<kKind>(w, d, eps);
+  v.store(normed_all + row, d);
+}
+
 // One block per row of D = nvec * kVecElems elements:
 //   s = x + (y_w ? rms(y, y_w) : y)  (written to sum when x is given), normed = rms(s, w).
 // Plain RMSNorm is the case without x and y_w. Each element is loaded and stored once.
 template <NormKind kKind, class T, class W, int kC>
 __global__ void residual_rms_kernel(const T* x_all, const T* y_all, const W* y_w, const W* w, T* sum_all,
                                     T* normed_all, int64_t d, float eps) {
+  if constexpr (sizeof(T) == 2) {
+    residual_rms_pairs<kKind, T, W, kC>(x_all, y_all, y_w, w, sum_all, normed_all, d, eps);
+    return;
+  }
   constexpr int kE = kVecElems<T>;
   const int64_t nvec = d / kE, row = int64_t(blockIdx.x) * d;
   float v[kC][kE];  // this thread's vectors of the row

@@ -38,25 +38,6 @@ __device__ __forceinline__ void rope_angle(int64_t pos, float inv_freq, float& c
   s = round_to<T>(float(sd));
 }
 
-// Two values of a 16-bit T in one register, the operand of the paired instructions.
-template <class T>
-using Pair = std::conditional_t<std::is_same_v<T, bfloat_t>, __nv_bfloat162, __half2>;
-
-template <class T>
-__device__ __forceinline__ Pair<T> to_pair(float a, float b) {  // each rounded to T
-  if constexpr (std::is_same_v<T, bfloat_t>)
-    return __floats2bfloat162_rn(a, b);
-  else
-    return __floats2half2_rn(a, b);
-}
-template <class T>
-__device__ __forceinline__ float2 from_pair(Pair<T> p) {
-  if constexpr (std::is_same_v<T, bfloat_t>)
-    return __bfloat1622float2(p);
-  else
-    return __half22float2(p);
-}
-
 // One head vector spread over a group of `lanes` lanes (a power of two): lo and hi hold
 // columns [j0, j0 + kE) of its first and second halves as 16-byte vectors of T, zeros
 // where `live` is false. Applies the optional per-head RMSNorm (weights norm_w
