@@ -266,6 +266,30 @@ TEST(Cuda, TakeReportsAnOutOfRangeIndexAtTheNextWait) {
             std::vector<float>(host.begin() + 16, host.end()));
 }
 
+// take moves rows of whole 16-byte words as such words (an embedding's lookup); rows of
+// other widths, misaligned views and strided ones go element by element. Either way the
+// result is the CPU's, exactly.
+TEST(Cuda, TakeOfRowsMatchesTheCpuInEveryLayout) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const Array ids = from_vector<int32_t>({6, 0, 3, 3, 5}, {5});
+  // view(src on a device) is the array taken from, made on each device from the same values.
+  auto same = [&](const Array& cpu_src, int axis, const char* what, auto view) {
+    const Array want = take(view(cpu_src), ids, axis);
+    const Array gpu_src = to_device(cpu_src, kGpu);
+    const Array got = take(view(gpu_src), to_device(ids, kGpu), axis);
+    EXPECT_EQ(to_floats(got), to_floats(want)) << what;
+  };
+  auto whole = [](const Array& a) { return a; };
+  const Array wide = random_uniform({7, 32}, 3, -1, 1, Dtype::bf16);
+  same(wide, 0, "bf16 rows of 64 bytes", whole);
+  same(random_uniform({7, 20}, 4, -1, 1, Dtype::bf16), 0, "bf16 rows of 40 bytes", whole);
+  same(wide, 0, "a view 16 bytes into each row", [](const Array& a) { return slice(a, {0, 8}, {7, 24}); });
+  same(wide, 0, "a view 8 bytes into each row", [](const Array& a) { return slice(a, {0, 4}, {7, 20}); });
+  same(wide, 0, "every other column", [](const Array& a) { return slice(a, {0, 0}, {7, 32}, {1, 2}); });
+  same(random_uniform({2, 7, 8}, 5, -1, 1, Dtype::bf16), 1, "the middle axis of [2, 7, 8]", whole);
+  same(random_uniform({7, 4}, 6, -1, 1, Dtype::f32), 0, "f32 rows of 16 bytes", whole);
+}
+
 TEST(Cuda, MemoryStatsFollowAllocations) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
   Allocator& alloc = allocator_for(kGpu);
