@@ -41,7 +41,16 @@
 //       do: the exchange's cost beside a stream that the workers pace
 //   17  04 (tagged words) in the same rounds
 //   18  the same rounds' stages alone, with no exchange
+//   19  the exchange inside clusters of 2 blocks through distributed shared memory: each
+//       block writes its share of the vector into its own shared memory, the cluster
+//       meets on its hardware barrier, and every block reads the whole vector from its
+//       peers' shared memory. No grid-wide step: each cluster runs the chain alone, as a
+//       decode step would for the work of one cluster (a kv head's QKV rows and its
+//       attention). Also prints how many clusters of each size one block per SM allows.
+//   20  19 with clusters of 8 (128 blocks)
+//   21  19 with clusters of 16 (128 blocks; a size beyond the portable 8)
 //   07  02 without the loads and the sum: the barrier alone
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -299,6 +308,28 @@ __global__ void tagged_rounds(unsigned long long* y, int rounds, float* out, con
   if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
 }
 
+// 19-21: y in each block's shared memory (by round parity), its share [lo, hi) of the
+// cluster's vector; the cluster's barrier between write and read. A block may only write
+// buffer r % 2 once every peer is past round r - 2's reads, which the barrier of round
+// r - 1 ensures; the last barrier keeps each block's shared memory alive for its peers.
+template <int kCluster>
+__global__ void cluster_rounds(int rounds, float* out) {
+  __shared__ __align__(16) float vec[2][kN];
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int rank = int(cluster.block_rank()), share = kN / kCluster;  // 64 or more: whole float4s
+  float sum = 0;
+  for (int r = 0; r < rounds; ++r) {
+    float* mine = vec[r % 2];
+    for (int i = rank * share + int(threadIdx.x); i < (rank + 1) * share; i += kWorkers) mine[i] = next_value(sum, i);
+    cluster.sync();
+    const int i = int(threadIdx.x) * 4;  // kN = 4 kWorkers: four floats a thread, all of one peer's share
+    const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(mine, unsigned(i / share)) + i);
+    sum = block_sum(v.x + v.y + v.z + v.w);
+  }
+  cluster.sync();
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
+}
+
 // 18: a fed ring's stages alone, kStages a round, with no exchange: the stream's own pace.
 template <int kStages>
 __global__ void fed_rounds(int rounds, float* out, const char* src) {
@@ -325,7 +356,7 @@ int main() {
   CHECK(cudaMalloc(&counter, kSpread * kCounterStride * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&out, sizeof(float)));
   int failed = 0;
-  auto run = [&](const char* name, auto launch) {
+  auto run = [&](const char* name, auto launch, int blocks = 0) {
     const float us = median_us([&] {
       CHECK(cudaMemset(counter, 0, kSpread * kCounterStride * sizeof(unsigned long long)));
       CHECK(cudaMemset(tagged, 0, 2 * kN * sizeof(unsigned long long)));
@@ -337,7 +368,8 @@ int main() {
     CHECK(cudaMemcpy(&got, out, sizeof(float), cudaMemcpyDeviceToHost));
     const bool ok = got == host_sum;
     failed += !ok;
-    std::printf("%s, %d blocks: %.3f us per round%s\n", name, sms, us / kRounds, ok ? "" : "  CHECK FAILED");
+    std::printf("%s, %d blocks: %.3f us per round%s\n", name, blocks ? blocks : sms, us / kRounds,
+                ok ? "" : "  CHECK FAILED");
   };
   // Cooperative launches: every block resident, which the spinning relies on.
   // With a stream (10, 11) a copying warp joins the workers, and the ring takes shared memory.
@@ -400,6 +432,43 @@ int main() {
     const float us = median_us([&] { coop(fed_rounds<kPhaseStages>, rounds, out, src); });
     std::printf("18 the two stages a round alone, no exchange, %d blocks: %.3f us per round\n", sms, us / kRounds);
   }
+  // 19-21: clusters, each on its own chain (not cooperative: no block waits for another
+  // cluster). First, how many clusters of each size fit with one block per SM.
+  {
+    const size_t one_per_sm = 200 << 10;
+    CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(cluster_rounds<16>),
+                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    for (int size : {2, 4, 8, 16}) {
+      auto fit = [&](auto kernel) {  // one block an SM: the decode step's blocks take 200-227 KiB
+        CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   int(one_per_sm)));
+        cudaLaunchAttribute attr{};
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = unsigned(size), attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+        cudaLaunchConfig_t config{};
+        config.gridDim = dim3(unsigned(sms / size * size)), config.blockDim = dim3(kWorkers);
+        config.dynamicSmemBytes = one_per_sm, config.attrs = &attr, config.numAttrs = 1;
+        int clusters = 0;
+        CHECK(cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config));
+        std::printf("19-21: clusters of %d with one block an SM: %d resident (%d blocks)\n", size, clusters,
+                    clusters * size);
+        CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, 0));
+      };
+      fit(cluster_rounds<16>);  // (the query takes the cluster's size from the configuration)
+    }
+  }
+  auto clustered = [&](auto kernel, int size) {
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = unsigned(size), attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(sms / size * size)), config.blockDim = dim3(kWorkers);
+    config.attrs = &attr, config.numAttrs = 1;
+    CHECK(cudaLaunchKernelEx(&config, kernel, rounds, out));
+  };
+  run("19 clusters of 2, shared memory across the cluster", [&] { clustered(cluster_rounds<2>, 2); }, sms / 2 * 2);
+  run("20 clusters of 8", [&] { clustered(cluster_rounds<8>, 8); }, sms / 8 * 8);
+  run("21 clusters of 16", [&] { clustered(cluster_rounds<16>, 16); }, sms / 16 * 16);
   // 07's sum is not the vector's: it reads none (reported, not checked).
   const float us = median_us([&] {
     CHECK(cudaMemset(counter, 0, sizeof(unsigned long long)));
