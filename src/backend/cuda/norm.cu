@@ -149,9 +149,9 @@ __device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_al
   using Row = PairedRow<T, kC>;
   const int64_t row = int64_t(blockIdx.x) * d;
   Row v, x;
-  // x is loaded with y: after y's own norm (Gemma's sandwich) its load would wait out a
-  // memory latency of its own behind the block's reduction (2.7 TB/s where the plain
-  // add reached 4.3).
+  // x is loaded with y, before the reductions, so that no load waits behind one. (For
+  // Gemma 3's sandwich norms this measured no faster: they stay at 2.7 TB/s, where the
+  // plain residual norm reaches 4.3; bench/NOTES.md, classification step 15.)
   for (int c = 0; c < kC; ++c)
     if (Row::at(c) < d) {
       Row::load(y_all + row + Row::at(c), v.v[c]);
