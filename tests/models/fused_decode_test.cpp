@@ -473,8 +473,10 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
   EXPECT_LT(vector, 2048u * (2 * 4 + 2)) << "the QKV input is not staged in shared memory";
   EXPECT_EQ(slots, 5) << "the most 32 KiB slots the ring takes, and they fit beside the vector";
-  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 80 + 2 * sizeof(StepPhase) + 600 * 4)
-      << "the ring, the vector, each phase's 80-byte geometry, two phases' parameters and 600 4-byte stages";
+  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 80 + 2 * sizeof(StepPhase) +
+                      600 * 4)
+      << "the ring, the vector, each phase's 80-byte geometry, two phases' parameters and 600 "
+         "4-byte stages";
   // Past 2,048 values a formed input is staged: x and its norm weights in f32, then bf16.
   std::vector<StepPhase> wider{gemv(4096, 64)};
   wider[0].in.norm = fake_weights(0x20000);
@@ -502,20 +504,25 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
 TEST(PersistentPlan, ListsALlama8BsStagesAndKeepsFourSlots) {
   StepPhase attention;
   attention.kind = StepPhase::Kind::attention;
-  attention.attn.n_heads = 32, attention.attn.n_kv_heads = 8, attention.attn.head_dim = 128, attention.attn.chunk = 32;
+  attention.attn.n_heads = 32, attention.attn.n_kv_heads = 8, attention.attn.head_dim = 128,
+  attention.attn.chunk = 32;
   std::vector<StepPhase> plan;
   for (int layer = 0; layer < 32; ++layer) {
     StepPhase qkv = gemv(4096, 4096), glu = gemv(4096, 14336, Epilogue::glu_silu);
-    qkv.in.norm = glu.in.norm = fake_weights(0x20000);  // with the residual add: staged inputs, 56 KiB
+    qkv.in.norm = glu.in.norm =
+        fake_weights(0x20000);  // with the residual add: staged inputs, 56 KiB
     qkv.in.add = glu.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
     qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = 1024;
     qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = 1024;
-    for (const StepPhase& p : {qkv, attention, gemv(4096, 4096), glu, gemv(14336, 4096)}) plan.push_back(p);
+    for (const StepPhase& p : {qkv, attention, gemv(4096, 4096), glu, gemv(14336, 4096)})
+      plan.push_back(p);
   }
   plan.push_back(gemv(4096, 128256, Epilogue::logits));
   int per_block = 0;
-  const std::vector<cuda::fused::PlannedStage> all = cuda::fused::persistent_stage_lists(plan, 132, &per_block);
-  EXPECT_GE(per_block, 3668 + int(plan.size()) + 1) << "every stage, every phase's end and the entry past it";
+  const std::vector<cuda::fused::PlannedStage> all =
+      cuda::fused::persistent_stage_lists(plan, 132, &per_block);
+  EXPECT_GE(per_block, 3668 + int(plan.size()) + 1)
+      << "every stage, every phase's end and the entry past it";
   EXPECT_LE(per_block, 3668 + int(plan.size()) + 4);
   unsigned vector = 0;
   int slots = 0;
@@ -549,7 +556,8 @@ TEST(PersistentPlan, ListsEachBlocksStagesSoThatTheGridCoversEveryRowOnce) {
   covered[3][1].assign(2048, 0);  // the fused down's rows
   int blocks_with_glu_rows = 0;
   for (int b = 0; b < kBlocks; ++b) {
-    int phase = 0, n_stages = 0, i = 0;  // the list is read as the workers read it: a phase's stages, its end
+    int phase = 0, n_stages = 0,
+        i = 0;  // the list is read as the workers read it: a phase's stages, its end
     bool glu_rows = false, ended = false;
     for (; i < per_block && !ended; ++i) {
       const cuda::fused::PlannedStage st = all[size_t(b) * size_t(per_block) + size_t(i)];
@@ -572,7 +580,8 @@ TEST(PersistentPlan, ListsEachBlocksStagesSoThatTheGridCoversEveryRowOnce) {
         EXPECT_EQ(st.row() % 256, 0) << "a down stage is a whole box of rows";
       }
     }
-    EXPECT_LT(i, per_block) << "block " << b << ": the entry past the last end, which the workers read, is in";
+    EXPECT_LT(i, per_block) << "block " << b
+                            << ": the entry past the last end, which the workers read, is in";
     EXPECT_TRUE(ended) << "block " << b << "'s list ends";
     EXPECT_GT(n_stages, 0);
     blocks_with_glu_rows += glu_rows;

@@ -283,9 +283,15 @@ TEST(Cuda, TakeOfRowsMatchesTheCpuInEveryLayout) {
   const Array wide = random_uniform({7, 32}, 3, -1, 1, Dtype::bf16);
   same(wide, 0, "bf16 rows of 64 bytes", whole);
   same(random_uniform({7, 20}, 4, -1, 1, Dtype::bf16), 0, "bf16 rows of 40 bytes", whole);
-  same(wide, 0, "a view 16 bytes into each row", [](const Array& a) { return slice(a, {0, 8}, {7, 24}); });
-  same(wide, 0, "a view 8 bytes into each row", [](const Array& a) { return slice(a, {0, 4}, {7, 20}); });
-  same(wide, 0, "every other column", [](const Array& a) { return slice(a, {0, 0}, {7, 32}, {1, 2}); });
+  same(wide, 0, "a view 16 bytes into each row", [](const Array& a) {
+    return slice(a, {0, 8}, {7, 24});
+  });
+  same(wide, 0, "a view 8 bytes into each row", [](const Array& a) {
+    return slice(a, {0, 4}, {7, 20});
+  });
+  same(wide, 0, "every other column", [](const Array& a) {
+    return slice(a, {0, 0}, {7, 32}, {1, 2});
+  });
   same(random_uniform({2, 7, 8}, 5, -1, 1, Dtype::bf16), 1, "the middle axis of [2, 7, 8]", whole);
   same(random_uniform({7, 4}, 6, -1, 1, Dtype::f32), 0, "f32 rows of 16 bytes", whole);
 }

@@ -91,7 +91,8 @@ void add_random_model_command(CLI::App& app) {
   auto preset = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
   auto seed = std::make_shared<uint64_t>(0);
-  cmd->add_option("PRESET", *preset, "llama-3.2-1b, llama-3.1-8b (16 GB), qwen3-0.6b or gemma3-1b")->required();
+  cmd->add_option("PRESET", *preset, "llama-3.2-1b, llama-3.1-8b (16 GB), qwen3-0.6b or gemma3-1b")
+      ->required();
   cmd->add_option("OUT_DIR", *out, "Folder to write config.json and model.safetensors into")->required();
   cmd->add_option("--seed", *seed, "Seed of the random weights");
   cmd->footer("The weights are random: use it to measure speed and memory, not quality.\n\n"

@@ -495,8 +495,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       int best_idx = INT_MAX;
       bool down = false;  // in the fused down's stages
       const int col = next.row;  // a fused down's first column: the block's first gate/up row
-      for (; next.n > 0; next = unplanned(plan[++read]),
-                                            slot = slot + 1 == slots ? 0 : slot + 1, parity ^= unsigned(slot == 0)) {
+      for (; next.n > 0; next = unplanned(plan[++read]), slot = slot + 1 == slots ? 0 : slot + 1,
+                         parity ^= unsigned(slot == 0)) {
         if (units > 0 && next.seg == 1 && !down) {  // the first down stage: every activation is in
           down = true;
           sync_workers<true>();

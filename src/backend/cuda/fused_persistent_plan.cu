@@ -65,7 +65,8 @@ std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& p
     Cursor cursor(blocks, b);
     Stage st = cursor.next(table.data(), n_phases);
     for (int p = 0; p < n_phases; ++p) {
-      for (; st.n > 0 && st.phase == p; st = cursor.next(table.data(), n_phases)) list.push_back(planned(st));
+      for (; st.n > 0 && st.phase == p; st = cursor.next(table.data(), n_phases))
+        list.push_back(planned(st));
       list.push_back(end);
     }
     most = std::max(most, list.size() + 1);  // the workers read one entry past the last phase's end
@@ -137,9 +138,10 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
       continue;
     }
     if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
-    if (p.down_map && (!paired(p) || p.down_units < 1 || p.down_units > 8 || p.down_box_rows < 1 ||
-                       p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes ||
-                       int64_t(p.down_rows) * 1024 >= (int64_t(1) << 31)))
+    if (p.down_map &&
+        (!paired(p) || p.down_units < 1 || p.down_units > 8 || p.down_box_rows < 1 ||
+         p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes ||
+         int64_t(p.down_rows) * 1024 >= (int64_t(1) << 31)))
       return refuse("a fused down projection of another shape");
     if (p.in.k % 8 != 0) return refuse("a GEMV width that is not a multiple of 8");
     for (int j = 0; j < 3; ++j)

@@ -124,7 +124,10 @@ __host__ __device__ inline PlannedStage planned(const Stage& st) {
   return {uint32_t(st.row) << 11 | uint32_t(st.seg) << 9 | uint32_t(st.n)};
 }
 // The workers' stage (its phase is the one they are in: the list does not say it).
-__device__ __forceinline__ Stage unplanned(PlannedStage p) { return Stage{0, p.seg(), p.row(), p.n()}; }
-static_assert(kMaxStageRows < 512 && kWorkers < 512, "a stage's row count takes 9 bits of PlannedStage");
+__device__ __forceinline__ Stage unplanned(PlannedStage p) {
+  return Stage{0, p.seg(), p.row(), p.n()};
+}
+static_assert(kMaxStageRows < 512 && kWorkers < 512,
+              "a stage's row count takes 9 bits of PlannedStage");
 
 }  // namespace lmx::cuda::fused::step_plan

@@ -66,15 +66,16 @@ void gather(const Context& ctx, const Array& src, const Array& idx, const Array&
   // ran at 0.6 TB/s (Llama's 32,768 embedding rows, 448 µs).
   const Strides3 st = strides3(src);
   const int64_t per = 16 / int64_t(itemsize(src.dtype()));
-  const bool words16 = !kAlong && st.s2 == 1 && s % per == 0 && st.s1 % per == 0 && st.s0 % per == 0 &&
-                       aligned16(src) && aligned16(out);
+  const bool words16 = !kAlong && st.s2 == 1 && s % per == 0 && st.s1 % per == 0 &&
+                       st.s0 % per == 0 && aligned16(src) && aligned16(out);
   auto launch = [&](auto word, auto index) {
     using W = decltype(word);
     using I = decltype(index);
     const int64_t k = int64_t(sizeof(W)) / int64_t(itemsize(src.dtype()));  // elements a word
     gather_kernel<W, I, kAlong><<<grid_for(total / k), kBlock, 0, ctx.stream>>>(
-        static_cast<const W*>(src.raw()), k == 1 ? st : Strides3{st.s0 / k, st.s1 / k, 1}, src.shape(1),
-        static_cast<const I*>(idx.raw()), static_cast<W*>(out.raw()), m, s / k, total / k, ctx.fault, fault_op);
+        static_cast<const W*>(src.raw()), k == 1 ? st : Strides3{st.s0 / k, st.s1 / k, 1},
+        src.shape(1), static_cast<const I*>(idx.raw()), static_cast<W*>(out.raw()), m, s / k,
+        total / k, ctx.fault, fault_op);
     check_launch("gather_kernel");
   };
   auto with_index = [&](auto word) {

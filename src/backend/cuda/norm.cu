@@ -98,7 +98,9 @@ struct PairedRow {
   static constexpr int kP = kVecElems<T> / 2;  // pairs in a 16-byte vector
   Pair<T> v[kC][kP];
 
-  __device__ static int64_t at(int c) { return (threadIdx.x + c * int64_t(blockDim.x)) * kVecElems<T>; }
+  __device__ static int64_t at(int c) {
+    return (threadIdx.x + c * int64_t(blockDim.x)) * kVecElems<T>;
+  }
   __device__ static void load(const T* p, Pair<T> (&out)[kP]) {
     *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(p);
   }
@@ -136,7 +138,8 @@ struct PairedRow {
         }
         for (int k = 0; k < kP; ++k) {
           const float2 f = from_pair<T>(v[c][k]);
-          v[c][k] = to_pair<T>(rms_scaled<kKind, T>(f.x, r, wv[2 * k]), rms_scaled<kKind, T>(f.y, r, wv[2 * k + 1]));
+          v[c][k] = to_pair<T>(rms_scaled<kKind, T>(f.x, r, wv[2 * k]),
+                               rms_scaled<kKind, T>(f.y, r, wv[2 * k + 1]));
         }
       }
     }
@@ -144,8 +147,9 @@ struct PairedRow {
 };
 
 template <NormKind kKind, class T, class W, int kC>
-__device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_all, const W* y_w, const W* w,
-                                                   T* sum_all, T* normed_all, int64_t d, float eps) {
+__device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_all, const W* y_w,
+                                                   const W* w, T* sum_all, T* normed_all, int64_t d,
+                                                   float eps) {
   using Row = PairedRow<T, kC>;
   const int64_t row = int64_t(blockIdx.x) * d;
   Row v, x;
@@ -161,7 +165,8 @@ __device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_al
   if (x_all) {
     for (int c = 0; c < kC; ++c)
       if (Row::at(c) < d)
-        for (int k = 0; k < Row::kP; ++k) v.v[c][k] = __hadd2_rn(x.v[c][k], v.v[c][k]);  // the residual add, rounded
+        for (int k = 0; k < Row::kP; ++k)
+          v.v[c][k] = __hadd2_rn(x.v[c][k], v.v[c][k]);  // the residual add, rounded
     v.store(sum_all + row, d);
   }
   v.template normalise<kKind>(w, d, eps);
