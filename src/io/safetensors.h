@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -100,5 +101,19 @@ std::vector<std::byte> serialize_safetensors(const std::vector<NamedTensor>& ten
 // failed write never leaves a half-written file under the final name.
 void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// A tensor whose bytes are made when the writer reaches it: `fill` gets exactly
+// st_nbytes(dtype, shape) bytes to write into. For files larger than memory (`lmx
+// random-model llama-3.1-8b` writes 16 GB holding one tensor at a time).
+struct DeferredTensor {
+  std::string name;
+  StDtype dtype = StDtype::F32;
+  std::vector<int64_t> shape;
+  std::function<void(std::span<std::byte>)> fill;
+};
+// write_safetensors for deferred tensors: the same layout and the same bytes as writing
+// the filled tensors at once.
+void write_safetensors_streamed(const std::filesystem::path& path, const std::vector<DeferredTensor>& tensors,
+                                const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace lmx::io

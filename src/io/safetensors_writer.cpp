@@ -17,37 +17,43 @@ namespace {
 
 constexpr std::string_view kWhere = "safetensors";
 
-struct Layout {
-  std::string header;                    // JSON padded with spaces to a multiple of 8
-  std::vector<const NamedTensor*> order;  // tensors in data order
+// What the layout needs of a tensor, eager or deferred.
+struct Entry {
+  const std::string* name;
+  StDtype dtype;
+  const std::vector<int64_t>* shape;
+  size_t nbytes;
 };
 
-Layout plan(const std::vector<NamedTensor>& tensors, const std::map<std::string, std::string>& metadata,
+struct Layout {
+  std::string header;         // JSON padded with spaces to a multiple of 8
+  std::vector<size_t> order;  // indices of the tensors in data order
+};
+
+Layout plan(const std::vector<Entry>& tensors, const std::map<std::string, std::string>& metadata,
             const std::string& file) {
   Layout l;
   std::set<std::string_view> names;
-  for (const auto& t : tensors) {
-    if (t.name == "__metadata__") fail(kWhere, file, ": '__metadata__' cannot be used as a tensor name");
-    if (!names.insert(t.name).second) fail(kWhere, file, ": tensor '", t.name, "' is given twice");
-    auto need = st_nbytes(t.dtype, t.shape);
-    if (!need || *need != t.bytes.size())
-      fail(kWhere, file, ": tensor '", t.name, "' has ", t.bytes.size(), " bytes of data but its dtype ",
-           st_dtype_name(t.dtype), " and shape need ", need ? std::to_string(*need) : "an invalid size");
-    l.order.push_back(&t);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Entry& t = tensors[i];
+    if (*t.name == "__metadata__") fail(kWhere, file, ": '__metadata__' cannot be used as a tensor name");
+    if (!names.insert(*t.name).second) fail(kWhere, file, ": tensor '", *t.name, "' is given twice");
+    l.order.push_back(i);
   }
   // Largest elements first keeps every tensor aligned to its element size when the
   // header is padded to 8 bytes, as the HF writer does.
-  std::sort(l.order.begin(), l.order.end(), [](const NamedTensor* a, const NamedTensor* b) {
-    uint32_t ba = st_dtype_bits(a->dtype), bb = st_dtype_bits(b->dtype);
-    return ba != bb ? ba > bb : a->name < b->name;
+  std::sort(l.order.begin(), l.order.end(), [&](size_t a, size_t b) {
+    uint32_t ba = st_dtype_bits(tensors[a].dtype), bb = st_dtype_bits(tensors[b].dtype);
+    return ba != bb ? ba > bb : *tensors[a].name < *tensors[b].name;
   });
 
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
   if (!metadata.empty()) h["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const NamedTensor* t : l.order) {
-    uint64_t end = offset + t->bytes.size();
-    h[t->name] = {{"dtype", st_dtype_name(t->dtype)}, {"shape", t->shape}, {"data_offsets", {offset, end}}};
+  for (size_t i : l.order) {
+    const Entry& t = tensors[i];
+    uint64_t end = offset + t.nbytes;
+    h[*t.name] = {{"dtype", st_dtype_name(t.dtype)}, {"shape", *t.shape}, {"data_offsets", {offset, end}}};
     offset = end;
   }
   l.header = h.dump();
@@ -55,32 +61,28 @@ Layout plan(const std::vector<NamedTensor>& tensors, const std::map<std::string,
   return l;
 }
 
-void put_u64_le(std::byte* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out[i] = std::byte((v >> (8 * i)) & 0xff);
-}
-
-}  // namespace
-
-std::vector<std::byte> serialize_safetensors(const std::vector<NamedTensor>& tensors,
-                                             const std::map<std::string, std::string>& metadata) {
-  Layout l = plan(tensors, metadata, "<memory>");
-  size_t total = 8 + l.header.size();
-  for (const NamedTensor* t : l.order) total += t->bytes.size();
-  std::vector<std::byte> out(total);
-  put_u64_le(out.data(), l.header.size());
-  std::memcpy(out.data() + 8, l.header.data(), l.header.size());
-  size_t pos = 8 + l.header.size();
-  for (const NamedTensor* t : l.order) {
-    if (!t->bytes.empty()) std::memcpy(out.data() + pos, t->bytes.data(), t->bytes.size());
-    pos += t->bytes.size();
+std::vector<Entry> entries(const std::vector<NamedTensor>& tensors, const std::string& file) {
+  std::vector<Entry> out;
+  for (const NamedTensor& t : tensors) {
+    auto need = st_nbytes(t.dtype, t.shape);
+    if (!need || *need != t.bytes.size())
+      fail(kWhere, file, ": tensor '", t.name, "' has ", t.bytes.size(), " bytes of data but its dtype ",
+           st_dtype_name(t.dtype), " and shape need ", need ? std::to_string(*need) : "an invalid size");
+    out.push_back({&t.name, t.dtype, &t.shape, t.bytes.size()});
   }
   return out;
 }
 
-void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+void put_u64_le(std::byte* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = std::byte((v >> (8 * i)) & 0xff);
+}
+
+// Writes the header, then each tensor in layout order through write(index, stream), to
+// a temporary file renamed at the end, so a failed write never leaves a half-written file
+// under the final name.
+template <class Write>
+void write_file(const std::filesystem::path& path, const Layout& l, Write&& write) {
   const std::string file = path.string();
-  Layout l = plan(tensors, metadata, file);
   const std::filesystem::path tmp = path.string() + ".partial";
   {
     std::ofstream os(tmp, std::ios::binary | std::ios::trunc);
@@ -89,8 +91,14 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
     put_u64_le(len, l.header.size());
     os.write(reinterpret_cast<const char*>(len), 8);
     os.write(l.header.data(), std::streamsize(l.header.size()));
-    for (const NamedTensor* t : l.order)
-      os.write(reinterpret_cast<const char*>(t->bytes.data()), std::streamsize(t->bytes.size()));
+    try {
+      for (size_t i : l.order) write(i, os);
+    } catch (...) {  // a deferred tensor's fill failed: leave nothing behind
+      os.close();
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+      throw;
+    }
     os.flush();
     if (!os) {
       std::error_code ec;
@@ -105,6 +113,52 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
     std::filesystem::remove(tmp, ec);
     fail(kWhere, file, ": cannot move the finished file into place: ", why);
   }
+}
+
+}  // namespace
+
+std::vector<std::byte> serialize_safetensors(const std::vector<NamedTensor>& tensors,
+                                             const std::map<std::string, std::string>& metadata) {
+  Layout l = plan(entries(tensors, "<memory>"), metadata, "<memory>");
+  size_t total = 8 + l.header.size();
+  for (size_t i : l.order) total += tensors[i].bytes.size();
+  std::vector<std::byte> out(total);
+  put_u64_le(out.data(), l.header.size());
+  std::memcpy(out.data() + 8, l.header.data(), l.header.size());
+  size_t pos = 8 + l.header.size();
+  for (size_t i : l.order) {
+    const NamedTensor& t = tensors[i];
+    if (!t.bytes.empty()) std::memcpy(out.data() + pos, t.bytes.data(), t.bytes.size());
+    pos += t.bytes.size();
+  }
+  return out;
+}
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  const Layout l = plan(entries(tensors, path.string()), metadata, path.string());
+  write_file(path, l, [&](size_t i, std::ofstream& os) {
+    os.write(reinterpret_cast<const char*>(tensors[i].bytes.data()), std::streamsize(tensors[i].bytes.size()));
+  });
+}
+
+void write_safetensors_streamed(const std::filesystem::path& path, const std::vector<DeferredTensor>& tensors,
+                                const std::map<std::string, std::string>& metadata) {
+  const std::string file = path.string();
+  std::vector<Entry> es;
+  for (const DeferredTensor& t : tensors) {
+    auto need = st_nbytes(t.dtype, t.shape);
+    if (!need) fail(kWhere, file, ": tensor '", t.name, "' has a shape whose size is invalid");
+    if (!t.fill) fail(kWhere, file, ": tensor '", t.name, "' has nothing to fill it");
+    es.push_back({&t.name, t.dtype, &t.shape, size_t(*need)});
+  }
+  const Layout l = plan(es, metadata, file);
+  std::vector<std::byte> buffer;
+  write_file(path, l, [&](size_t i, std::ofstream& os) {
+    buffer.assign(es[i].nbytes, std::byte{0});
+    tensors[i].fill(buffer);
+    os.write(reinterpret_cast<const char*>(buffer.data()), std::streamsize(buffer.size()));
+  });
 }
 
 }  // namespace lmx::io

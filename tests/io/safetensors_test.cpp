@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <numeric>
+#include <stdexcept>
 
 #include "io/io_test_util.h"
 
@@ -145,6 +147,49 @@ TEST(SafetensorsRoundTrip, WriterRejectsBadInput) {
   TempDir dir;
   msg = error_of([&] { write_safetensors(dir / "no/such/dir/x.safetensors", {{"x", StDtype::F32, {1}, b}}); });
   expect_contains(msg, {"[safetensors]", "x.safetensors", "cannot create"});
+}
+
+// The streamed writer makes each tensor's bytes when it reaches it, and writes the file
+// the in-memory serializer would: the same header, order and data, byte for byte. A fill
+// that fails leaves no file behind, and neither does an invalid shape.
+TEST(SafetensorsRoundTrip, StreamedWriterMatchesTheSerializer) {
+  const std::vector<std::vector<int64_t>> shapes = {{3, 4}, {5}, {}, {0, 2}};
+  const std::vector<StDtype> dtypes = {StDtype::BF16, StDtype::F32, StDtype::F64, StDtype::U8};
+  const std::vector<std::string> names = {"w.bf16", "b.f32", "s.f64", "e.u8"};
+  std::vector<std::vector<std::byte>> data;
+  std::vector<NamedTensor> eager;
+  std::vector<DeferredTensor> deferred;
+  int filled = 0;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    data.push_back(pattern_bytes(*st_nbytes(dtypes[i], shapes[i]), int(i) + 7));
+    eager.push_back({names[i], dtypes[i], shapes[i], data.back()});
+  }
+  for (size_t i = 0; i < shapes.size(); ++i)
+    deferred.push_back({names[i], dtypes[i], shapes[i], [&, i](std::span<std::byte> out) {
+                          ASSERT_EQ(out.size(), data[i].size());
+                          std::copy(data[i].begin(), data[i].end(), out.begin());
+                          ++filled;
+                        }});
+  TempDir dir;
+  const auto path = dir / "streamed.safetensors";
+  write_safetensors_streamed(path, deferred, {{"format", "pt"}});
+  EXPECT_EQ(filled, 4);
+  EXPECT_FALSE(std::filesystem::exists(path.string() + ".partial"));
+  const std::vector<std::byte> want = serialize_safetensors(eager, {{"format", "pt"}});
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), [](std::byte a, char b) { return a == std::byte(b); }));
+
+  const auto failed = dir / "failed.safetensors";
+  deferred[1].fill = [](std::span<std::byte>) { throw std::runtime_error("out of randomness"); };
+  EXPECT_THROW(write_safetensors_streamed(failed, deferred), std::runtime_error);
+  EXPECT_FALSE(std::filesystem::exists(failed));
+  EXPECT_FALSE(std::filesystem::exists(failed.string() + ".partial"));
+  const auto msg = error_of(
+      [&] { write_safetensors_streamed(failed, {{"x", StDtype::F32, {-1}, [](std::span<std::byte>) {}}}); });
+  expect_contains(msg, {"[safetensors]", "tensor 'x'", "invalid"});
+  EXPECT_FALSE(std::filesystem::exists(failed));
 }
 
 // MLX writes the header without padding, so data starts at an odd address; the reader

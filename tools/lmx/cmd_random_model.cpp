@@ -1,6 +1,7 @@
 // `lmx random-model`: writes a model folder with a real architecture's config and
 // random weights, for benchmarks and load tests where real weights are unavailable.
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "commands.h"
@@ -57,28 +58,28 @@ void write_random_model(const std::string& preset, const std::filesystem::path& 
   }
   const io::ModelConfig config = io::parse_model_config(p->config, preset + " preset");
   models::CausalLM model(models::build_spec(config, preset));
-  std::vector<std::string> names;
-  std::vector<Array> arrays;
-  uint64_t n = 0;
+  // Each tensor is made when the writer reaches it, so memory holds one at a time (the
+  // 8B preset's largest is 1 GB of its 16).
+  std::vector<io::DeferredTensor> tensors;
+  uint64_t n = 0, bytes = 0;
   model.visit("", [&](const std::string& name, Array&, const Shape& shape) {
     // Norm weights near their identity (1 for Llama/Qwen, 0 for Gemma's 1 + w form),
     // everything else small and uniform, as a trained model's magnitudes roughly are.
     const bool norm = name.ends_with("norm.weight");
     const float centre = norm && config.model_type != "gemma3_text" ? 1.0f : 0.0f;
     const float spread = norm ? 0.1f : 0.035f;
-    arrays.push_back(random_uniform(shape, seed + n++, centre - spread, centre + spread, Dtype::bf16));
-    names.push_back(name);
+    const uint64_t tensor_seed = seed + n++;
+    tensors.push_back({name, io::StDtype::BF16, shape, [=](std::span<std::byte> to) {
+                         const Array a = random_uniform(shape, tensor_seed, centre - spread, centre + spread,
+                                                        Dtype::bf16);
+                         LMX_CHECK(a.nbytes() == to.size(), "random-model", "tensor '", name, "' made ",
+                                   a.nbytes(), " bytes where its file slot holds ", to.size());
+                         std::memcpy(to.data(), a.raw(), to.size());
+                       }});
+    bytes += uint64_t(numel(shape)) * 2;
   });
-  std::vector<io::NamedTensor> tensors;
-  uint64_t bytes = 0;
-  for (size_t i = 0; i < arrays.size(); ++i) {
-    const Array& a = arrays[i];
-    tensors.push_back({names[i], io::StDtype::BF16, a.shape(),
-                       std::span<const std::byte>(static_cast<const std::byte*>(a.raw()), a.nbytes())});
-    bytes += a.nbytes();
-  }
   std::filesystem::create_directories(out);
-  io::write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}});
+  io::write_safetensors_streamed(out / "model.safetensors", tensors, {{"format", "pt"}});
   std::ofstream(out / "config.json") << p->config << "\n";
   std::printf("wrote %s: %zu tensors, %.2f GB of bf16 weights\n", out.string().c_str(), tensors.size(),
               double(bytes) / 1e9);
