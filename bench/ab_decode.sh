@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Decode speed of two or more lmx builds on the same models, for deciding whether a change
-# pays. Within each repetition every binary runs once per model, one after another, so
-# that a machine's drift (clocks, other tenants, the host's speed, which sets batch 64's
-# pace) reaches all of them alike; one run per binary would confuse the change with it.
-# Prints tok/s (`lmx bench --decode`, its median of --repeat timed runs) for every run,
-# then each binary's mean per model and its ratio to the first binary's.
+# Decode speed (or classification's) of two or more lmx builds on the same models, for
+# deciding whether a change pays. Within each repetition every binary runs once per model,
+# one after another, so that a machine's drift (clocks, other tenants, the host's speed,
+# which sets batch 64's pace) reaches all of them alike; one run per binary would confuse
+# the change with it. Prints the throughput (`lmx bench`, its median of --repeat timed
+# runs) for every run, then each binary's mean per model and its ratio to the first's.
 #
 #   bench/ab_decode.sh MODEL_DIR... -- LMX...
 #   bench/ab_decode.sh /tmp/qwen3-0.6b /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
 #   BATCH=64 REPS=3 bench/ab_decode.sh /tmp/llama-3.2-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
 #   bench/ab_decode.sh /tmp/qwen3-0.6b -- "LMX_FUSED_DOWN=0 build-gpu/tools/lmx/lmx" build-gpu/tools/lmx/lmx
+#   WORKLOAD=classify REPS=3 bench/ab_decode.sh /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
 #
 # An LMX may start with NAME=VALUE words, set for its runs only: one binary against
 # itself with a switch turned off.
 #
-# Environment: DEVICE (cuda), BATCH (1), PROMPT_LEN (128), GEN_LEN (256), REPS (2),
+# Environment: WORKLOAD (decode: tok/s; classify: prompts/s), DEVICE (cuda), BATCH (1),
+# PROMPT_LEN (128; 32 for classify), GEN_LEN (256), PROMPTS (1,024, classify), REPS (2),
 # WARMUP (1), REPEAT (3), EXTRA (more `lmx bench` flags, e.g. --plain). A run that fails
 # prints "failed" and counts in no mean; its error is in the file named at the end.
 set -euo pipefail
@@ -42,12 +44,19 @@ runs=$(mktemp)
 trap 'rm -f "$runs"' EXIT
 # EXTRA as words: none, or several flags
 read -r -a extra <<<"${EXTRA:-}"
-speed() {  # speed LMX MODEL -> tok/s, or "failed"; LMX: [NAME=VALUE...] BINARY
+case ${WORKLOAD:-decode} in
+  decode) work=(--decode --batch "${BATCH:-1}" --prompt-len "${PROMPT_LEN:-128}" --gen-len "${GEN_LEN:-256}")
+    key=lmx_tok_per_s ;;
+  classify) work=(--classify --prompts "${PROMPTS:-1024}" --prompt-len "${PROMPT_LEN:-32}")
+    key=lmx_prompts_per_s ;;
+  *) echo "ab_decode: WORKLOAD must be decode or classify, not \"$WORKLOAD\"" >&2; exit 2 ;;
+esac
+speed() {  # speed LMX MODEL -> throughput, or "failed"; LMX: [NAME=VALUE...] BINARY
   local json cmd
   read -r -a cmd <<<"$1"
-  if json=$(env "${cmd[@]}" bench "$2" --device "${DEVICE:-cuda}" --decode --batch "${BATCH:-1}" --prompt-len "${PROMPT_LEN:-128}" \
-       --gen-len "${GEN_LEN:-256}" --warmup "${WARMUP:-1}" --repeat "${REPEAT:-3}" "${extra[@]}" --json 2>>"$errors"); then
-    python3 -c 'import json, sys; print(round(json.load(sys.stdin)["results"][0]["lmx_tok_per_s"], 1))' <<<"$json"
+  if json=$(env "${cmd[@]}" bench "$2" --device "${DEVICE:-cuda}" "${work[@]}" --warmup "${WARMUP:-1}" \
+       --repeat "${REPEAT:-3}" "${extra[@]}" --json 2>>"$errors"); then
+    KEY=$key python3 -c 'import json, os, sys; print(round(json.load(sys.stdin)["results"][0][os.environ["KEY"]], 1))' <<<"$json"
   else
     echo failed
   fi
