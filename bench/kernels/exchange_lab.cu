@@ -433,37 +433,34 @@ int main() {
     std::printf("18 the two stages a round alone, no exchange, %d blocks: %.3f us per round\n", sms, us / kRounds);
   }
   // 19-21: clusters, each on its own chain (not cooperative: no block waits for another
-  // cluster). First, how many clusters of each size fit with one block per SM.
-  {
-    const size_t one_per_sm = 200 << 10;
-    CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(cluster_rounds<16>),
-                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    for (int size : {2, 4, 8, 16}) {
-      auto fit = [&](auto kernel) {  // one block an SM: the decode step's blocks take 200-227 KiB
-        CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   int(one_per_sm)));
-        cudaLaunchAttribute attr{};
-        attr.id = cudaLaunchAttributeClusterDimension;
-        attr.val.clusterDim.x = unsigned(size), attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
-        cudaLaunchConfig_t config{};
-        config.gridDim = dim3(unsigned(sms / size * size)), config.blockDim = dim3(kWorkers);
-        config.dynamicSmemBytes = one_per_sm, config.attrs = &attr, config.numAttrs = 1;
-        int clusters = 0;
-        CHECK(cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config));
-        std::printf("19-21: clusters of %d with one block an SM: %d resident (%d blocks)\n", size, clusters,
-                    clusters * size);
-        CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, 0));
-      };
-      fit(cluster_rounds<16>);  // (the query takes the cluster's size from the configuration)
-    }
-  }
-  auto clustered = [&](auto kernel, int size) {
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = unsigned(size), attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+  // cluster), over as many whole clusters as the SMs hold.
+  cudaLaunchAttribute cluster_attr{};
+  cluster_attr.id = cudaLaunchAttributeClusterDimension;
+  auto cluster_config = [&](int size, size_t smem) {
+    cluster_attr.val.clusterDim.x = unsigned(size), cluster_attr.val.clusterDim.y = 1;
+    cluster_attr.val.clusterDim.z = 1;
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(unsigned(sms / size * size)), config.blockDim = dim3(kWorkers);
-    config.attrs = &attr, config.numAttrs = 1;
+    config.dynamicSmemBytes = smem, config.attrs = &cluster_attr, config.numAttrs = 1;
+    return config;
+  };
+  {  // First, how many clusters of each size fit with one block an SM (the decode step's
+     // blocks take 200-227 KiB). The query takes the cluster's size from the configuration.
+    const void* kernel = reinterpret_cast<const void*>(cluster_rounds<16>);
+    const int one_per_sm = 200 << 10;
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, one_per_sm));
+    for (int size : {2, 4, 8, 16}) {
+      const cudaLaunchConfig_t config = cluster_config(size, one_per_sm);
+      int clusters = 0;
+      CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+      std::printf("19-21: clusters of %d with one block an SM: %d resident (%d blocks)\n", size, clusters,
+                  clusters * size);
+    }
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 0));
+  }
+  auto clustered = [&](auto kernel, int size) {
+    const cudaLaunchConfig_t config = cluster_config(size, 0);
     CHECK(cudaLaunchKernelEx(&config, kernel, rounds, out));
   };
   run("19 clusters of 2, shared memory across the cluster", [&] { clustered(cluster_rounds<2>, 2); }, sms / 2 * 2);
