@@ -449,6 +449,13 @@ StepPhase gemv(int k, int rows, Epilogue e = Epilogue::plain, uintptr_t at = 0x1
   return p;
 }
 
+StepPhase attention_phase(int heads = 32, int kv_heads = 8, int head_dim = 64) {
+  StepPhase p;
+  p.kind = StepPhase::Kind::attention;
+  p.attn.n_heads = heads, p.attn.n_kv_heads = kv_heads, p.attn.head_dim = head_dim, p.attn.chunk = 32;
+  return p;
+}
+
 std::string refusal(const std::vector<StepPhase>& plan) {
   unsigned vector = 0;
   int slots = 0;
@@ -458,9 +465,7 @@ std::string refusal(const std::vector<StepPhase>& plan) {
 }
 
 TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
-  StepPhase attention;
-  attention.kind = StepPhase::Kind::attention;
-  attention.attn.n_heads = 32, attention.attn.n_kv_heads = 8, attention.attn.head_dim = 64, attention.attn.chunk = 32;
+  const StepPhase attention = attention_phase();
   std::vector<StepPhase> llama{gemv(2048, 3072), attention, gemv(2048, 2048), gemv(2048, 8192, Epilogue::glu_silu),
                                gemv(8192, 2048), gemv(2048, 128256, Epilogue::logits)};
   llama[0].in.norm = fake_weights(0x20000);  // a norm, so the QKV input is formed (in registers: 2,048 values)
@@ -502,10 +507,7 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
 // (32 layers, 4,096 wide, MLP 14,336, whose down is too wide to fuse) list 3,668 stages a
 // block on 132 blocks, which at 8 bytes a stage left 3 slots.
 TEST(PersistentPlan, ListsALlama8BsStagesAndKeepsFourSlots) {
-  StepPhase attention;
-  attention.kind = StepPhase::Kind::attention;
-  attention.attn.n_heads = 32, attention.attn.n_kv_heads = 8, attention.attn.head_dim = 128,
-  attention.attn.chunk = 32;
+  const StepPhase attention = attention_phase(32, 8, 128);
   std::vector<StepPhase> plan;
   for (int layer = 0; layer < 32; ++layer) {
     StepPhase qkv = gemv(4096, 4096), glu = gemv(4096, 14336, Epilogue::glu_silu);
@@ -535,8 +537,7 @@ TEST(PersistentPlan, ListsALlama8BsStagesAndKeepsFourSlots) {
 // slot, and over all blocks every row of every matrix exactly once (a fused down's boxes:
 // every box of rows, in each block that has gate/up rows).
 TEST(PersistentPlan, ListsEachBlocksStagesSoThatTheGridCoversEveryRowOnce) {
-  StepPhase attention;
-  attention.kind = StepPhase::Kind::attention;
+  const StepPhase attention = attention_phase();
   StepPhase qkv = gemv(2048, 2048);
   qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = 512;
   qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = 512;
