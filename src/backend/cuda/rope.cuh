@@ -42,7 +42,9 @@ __device__ __forceinline__ void rope_angle(int64_t pos, float inv_freq, float& c
 // columns [j0, j0 + kE) of its first and second halves as 16-byte vectors of T, zeros
 // where `live` is false. Applies the optional per-head RMSNorm (weights norm_w
 // [2 * half]), then the rotation with the rounded angles cs[j], sn[j] of the vector's
-// position (16-byte aligned arrays); the results replace lo and hi.
+// position (16-byte aligned arrays); the results replace lo and hi. The angles are f32
+// holding T values, or (A = T) the T values themselves, which the 16-bit arithmetic takes
+// as they are.
 // The norm's shuffles span the group, so every lane of the warp must call this together.
 //
 // For 16-bit T the arithmetic runs on pairs of neighbouring columns. The product of two
@@ -50,10 +52,10 @@ __device__ __forceinline__ void rope_angle(int64_t pos, float inv_freq, float& c
 // the sum of two rounded products rounded to T is the paired add's (RN, no contraction:
 // the _rn forms): the same values as HF's f32 arithmetic with roundings, in a fraction of
 // the instructions.
-template <class T, class W, bool kGemmaNorm>
+template <class T, class W, bool kGemmaNorm, class A = float>
 __device__ __forceinline__ void norm_rotate(uint4& lo_raw, uint4& hi_raw, bool live, int64_t j0, int64_t half,
-                                            int lanes, const W* norm_w, float eps, const float* cs,
-                                            const float* sn) {
+                                            int lanes, const W* norm_w, float eps, const A* cs, const A* sn) {
+  static_assert(std::is_same_v<A, float> || (std::is_same_v<A, T> && sizeof(T) == 2), "angles: f32, or 16-bit T");
   constexpr int kE = kVecElems<T>;
   float ca[kE], sa[kE];  // cos and sin of the lane's columns (cs and sn are 16-byte aligned, j0 a multiple of 4)
   auto load_angles = [&] {
@@ -142,12 +144,18 @@ __device__ __forceinline__ void norm_rotate(uint4& lo_raw, uint4& hi_raw, bool l
       }
     }
     if (!live) return;
-    load_angles();
+    P c[kP], s[kP];  // exact: T values
+    if constexpr (std::is_same_v<A, T>) {
+      const uint4 cr = *reinterpret_cast<const uint4*>(cs + j0), sr = *reinterpret_cast<const uint4*>(sn + j0);
+      for (int k = 0; k < kP; ++k) c[k] = reinterpret_cast<const P*>(&cr)[k], s[k] = reinterpret_cast<const P*>(&sr)[k];
+    } else {
+      load_angles();
+      for (int k = 0; k < kP; ++k) c[k] = to_pair<T>(ca[2 * k], ca[2 * k + 1]), s[k] = to_pair<T>(sa[2 * k], sa[2 * k + 1]);
+    }
     for (int k = 0; k < kP; ++k) {
-      const P c = to_pair<T>(ca[2 * k], ca[2 * k + 1]), s = to_pair<T>(sa[2 * k], sa[2 * k + 1]);  // exact: T values
       const P x1 = lo[k], x2 = hi[k];
-      lo[k] = __hsub2_rn(__hmul2_rn(x1, c), __hmul2_rn(x2, s));  // x1*cos - x2*sin
-      hi[k] = __hadd2_rn(__hmul2_rn(x2, c), __hmul2_rn(x1, s));  // x2*cos + x1*sin
+      lo[k] = __hsub2_rn(__hmul2_rn(x1, c[k]), __hmul2_rn(x2, s[k]));  // x1*cos - x2*sin
+      hi[k] = __hadd2_rn(__hmul2_rn(x2, c[k]), __hmul2_rn(x1, s[k]));  // x2*cos + x1*sin
     }
   }
 }

@@ -15,19 +15,21 @@
 // RoPE, scores rounded, scaled and rounded again, the f32 softmax rounded before it
 // multiplies the values.
 //
-// The blocks of one batch row run as a thread-block cluster: each computes the RoPE angles
-// of a share of the positions and reads the rest from its peers' shared memory.
+// The RoPE angles, rounded to T as HF rounds them, come from a table of [L, D] (cos of
+// the half's columns, then sin) that a small kernel computes once per call for row 0's
+// positions; a block copies it with its rows. Only a block whose row starts at another
+// position computes its own. (The angles had been computed in every block, shared by
+// thread-block clusters: 8% of the kernel's instructions, and the clusters' exchange and
+// syncs more.)
 //
 // LMX_SELF_ATTENTION_KERNEL=0 turns the kernel off (the op then composes), for measuring
 // what it gains.
-#include <cooperative_groups.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
-#include <tuple>
+#include <set>
+#include <utility>
 
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/rope.cuh"
@@ -38,6 +40,7 @@ namespace {
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
 constexpr int kTile = 16;         // rows of queries per warp task, and keys per value step
 constexpr int kMaxTokens = 128;   // bounds shared memory and the score registers
+constexpr int kShortTokens = 32;  // up to this many, a kernel with fewer score registers: 4 blocks an SM
 constexpr int kMaxHeadDim = 256;  // wider heads compose; see self_attention() below
 constexpr int kMaxCols = 64;      // output columns per warp task: 32 f32 accumulators a lane
 constexpr int kPad = 8;           // elements added to each 16-bit shared row: ldmatrix rows fall in distinct banks
@@ -46,18 +49,18 @@ constexpr int kPad = 8;           // elements added to each 16-bit shared row: l
 // 128-byte boundary. The angles die with the rotation, before the warps stage their
 // output tiles, so the two share space.
 struct SmemPlan {
-  int lp, ld, la, lo;  // tokens padded to whole tiles; row strides of q/k/v, angles, output staging
+  int lp, ld, lo;  // tokens padded to whole tiles; row strides of q/k/v and the angles, output staging
   size_t q, k, v, angles, stage, bytes;
   __host__ __device__ SmemPlan(int nl, int d, int group) {
     lp = (nl + kTile - 1) / kTile * kTile;
-    ld = d + kPad, la = d / 2 + 4, lo = kMaxCols + kPad;
+    ld = d + kPad, lo = kMaxCols + kPad;
     auto next = [](size_t at, size_t n) { return (at + n + 127) / 128 * 128; };
     auto larger = [](size_t a, size_t b) { return a > b ? a : b; };
     q = 0;                                           // [group, lp, ld] 16-bit
     k = next(q, size_t(group) * lp * ld * 2);        // [lp, ld] 16-bit
     v = next(k, size_t(lp) * ld * 2);                // [lp, ld] 16-bit
-    angles = stage = next(v, size_t(lp) * ld * 2);   // cos [lp, la], sin [lp, la] f32, then [warps, 16, lo] 16-bit
-    bytes = next(stage, larger(size_t(lp) * la * 8, size_t(kWarps) * kTile * lo * 2));
+    angles = stage = next(v, size_t(lp) * ld * 2);   // [lp, ld] 16-bit (cos [D/2], sin [D/2]), then [warps, 16, lo] 16-bit
+    bytes = next(stage, larger(size_t(lp) * ld * 2, size_t(kWarps) * kTile * lo * 2));
   }
 };
 
@@ -172,10 +175,21 @@ __device__ __forceinline__ void attend(const T* qh, const T* ks, const T* vs, in
   }
 }
 
+// table [nl, 2 half]: the angles of positions offsets[0] + l, cos then sin, rounded to T.
+template <class T>
+__global__ void rope_table_kernel(const float* inv_freq, const int32_t* offsets, int nl, int half, T* table) {
+  const int i = int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x), l = i / half, j = i % half;
+  if (l >= nl) return;
+  float c, s;
+  rope_angle<T>(int64_t(offsets[0]) + l, inv_freq[j], c, s);
+  table[l * 2 * half + j] = from_float<T>(c);
+  table[l * 2 * half + half + j] = from_float<T>(s);
+}
+
 template <class T, class W, bool kGemmaNorm, int kKeyTiles>
 __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
-    self_attention_kernel(const T* q, const T* k, const T* v, const float* inv_freq, const int32_t* offsets,
-                          const W* q_norm, const W* k_norm, float eps, float scale, int window, T* out, int nl,
+    self_attention_kernel(const T* q, const T* k, const T* v, const T* table, const float* inv_freq,
+                          const int32_t* offsets, const W* q_norm, const W* k_norm, float eps, float scale, int window, T* out, int nl,
                           int hq, int hkv, int d, int lanes, int parts, int splits) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kE = kVecElems<T>;
@@ -187,25 +201,28 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
   T* qs = reinterpret_cast<T*>(smem + p.q);
   T* ks = reinterpret_cast<T*>(smem + p.k);
   T* vs = reinterpret_cast<T*>(smem + p.v);
-  float* cs = reinterpret_cast<float*>(smem + p.angles);
-  float* sn = cs + p.lp * p.la;
+  T* angles = reinterpret_cast<T*>(smem + p.angles);  // row l: cos [half], sin [half]
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, lp = p.lp;
 
-  // Rows into shared memory as they are: the group's query heads, then the key, then the
-  // value, 16 bytes per asynchronous copy, all in flight at once; rows past the sequence
-  // are zeros. (Row by row through registers, every row waited out a memory latency.)
-  // A thread keeps one column of 16 bytes and steps over rows: no index divisions in the
-  // loops, which had cost more instructions than the copies.
-  auto row = [&](int kind, int l) {  // kind < group: that query head; group: key; group + 1: value
-    return (kind < group ? qs + size_t(kind) * lp * p.ld : kind == group ? ks : vs) + size_t(l) * p.ld;
+  // Rows into shared memory as they are: the group's query heads, the key, the value and
+  // the angles, 16 bytes per asynchronous copy, all in flight at once; rows past the
+  // sequence are zeros. (Row by row through registers, every row waited out a memory
+  // latency.) A thread keeps one column of 16 bytes and steps over rows: no index
+  // divisions in the loops, which had cost more instructions than the copies.
+  auto row = [&](int kind, int l) {  // kind < group: that query head; group: key; group + 1: value; group + 2: angles
+    return (kind < group ? qs + size_t(kind) * lp * p.ld : kind == group ? ks : kind == group + 1 ? vs : angles) +
+           size_t(l) * p.ld;
   };
+  const bool own_angles = offsets[b] != offsets[0];  // the table holds row 0's positions
   const int vecs = d / kE, rows_per_pass = kThreads / vecs;
   const int my_row = int(threadIdx.x) / vecs, my_col = int(threadIdx.x) % vecs * kE;
-  for (int kind = 0; my_row < rows_per_pass && kind < group + 2; ++kind) {
+  for (int kind = 0; my_row < rows_per_pass && kind < group + (own_angles ? 2 : 3); ++kind) {
     const bool query = kind < group;
-    const int64_t token_stride = int64_t(query ? hq : hkv) * d;
-    const T* src = (query ? q + (int64_t(b) * nl * hq + first_head + kind) * d
-                          : (kind == group ? k : v) + (int64_t(b) * nl * hkv + g) * d) + my_col;
+    const int64_t token_stride = kind == group + 2 ? d : int64_t(query ? hq : hkv) * d;
+    const T* src = (query             ? q + (int64_t(b) * nl * hq + first_head + kind) * d
+                    : kind == group + 2 ? table
+                                        : (kind == group ? k : v) + (int64_t(b) * nl * hkv + g) * d) +
+                   my_col;
     T* dst = row(kind, 0) + my_col;
     for (int l = my_row; l < lp; l += rows_per_pass) {
       if (l < nl)
@@ -215,32 +232,14 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
     }
   }
   asm volatile("cp.async.commit_group;\n" ::);
-  // The angles while the rows arrive: this block's share of the positions (every
-  // csize-th from its rank in the cluster), then the peers' shares from their shared
-  // memory. The cluster's blocks all serve one batch row, so they need the same angles.
-  namespace cg = cooperative_groups;
-  const cg::cluster_group cluster = cg::this_cluster();
-  const int csize = int(cluster.num_blocks()), crank = int(cluster.block_rank());  // csize: a power of two
-  const int angle_steps = kThreads / half, my_j = int(threadIdx.x) % half;
-  if (int(threadIdx.x) / half < angle_steps) {
-    const float freq = inv_freq[my_j];
-    const int64_t first = offsets[b];
-    for (int l = crank + int(threadIdx.x) / half * csize; l < nl; l += angle_steps * csize)
-      rope_angle<T>(first + l, freq, cs[l * p.la + my_j], sn[l * p.la + my_j]);
-  }
-  if (csize > 1) {
-    cluster.sync();  // every share written
-    // A thread keeps one float4 column of cos or sin and steps over the rows.
-    const int per_row = half / 2;  // float4 columns of both arrays
-    const int col = int(threadIdx.x) % per_row, step = kThreads / per_row;
-    float* base = (col % 2 ? sn : cs) + col / 2 * 4;
-    for (int l = int(threadIdx.x) / per_row; int(threadIdx.x) < step * per_row && l < nl; l += step) {
-      const int owner = l & (csize - 1);
-      if (owner == crank) continue;
-      float* mine = base + l * p.la;
-      *reinterpret_cast<float4*>(mine) = *reinterpret_cast<const float4*>(cluster.map_shared_rank(mine, owner));
+  if (own_angles)  // while the rows arrive
+    for (int i = int(threadIdx.x); i < nl * half; i += kThreads) {
+      const int l = i / half, j = i % half;
+      float c, s;
+      rope_angle<T>(int64_t(offsets[b]) + l, inv_freq[j], c, s);
+      angles[l * p.ld + j] = from_float<T>(c);
+      angles[l * p.ld + half + j] = from_float<T>(s);
     }
-  }
   copy_async_wait_all();
   __syncthreads();
 
@@ -256,16 +255,12 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
       T* x = row(kind, l);
       uint4 lo = live ? *reinterpret_cast<const uint4*>(x + j0) : make_uint4(0, 0, 0, 0);
       uint4 hi = live ? *reinterpret_cast<const uint4*>(x + half + j0) : make_uint4(0, 0, 0, 0);
-      norm_rotate<T, W, kGemmaNorm>(lo, hi, live, j0, half, lanes, norm_w, eps, cs + l * p.la, sn + l * p.la);
+      const T* cs = angles + l * p.ld;
+      norm_rotate<T, W, kGemmaNorm, T>(lo, hi, live, j0, half, lanes, norm_w, eps, cs, cs + half);
       if (live) *reinterpret_cast<uint4*>(x + j0) = lo, *reinterpret_cast<uint4*>(x + half + j0) = hi;
     }
   }
-  // The staging tiles below overwrite the angles: in a cluster, wait until every peer has
-  // copied its share of them.
-  if (csize > 1)
-    cluster.sync();
-  else
-    __syncthreads();
+  __syncthreads();  // the staging tiles below overwrite the angles
 
   // Each warp task: 16 query rows (row tile rt) of query head j, output columns
   // [c0, c0 + cols). Tasks of one row tile and head recompute the same scores, a small
@@ -278,36 +273,19 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
                          out + (int64_t(b) * nl * hq + first_head + task / (row_tiles * splits)) * d, int64_t(hq) * d);
 }
 
-// Blocks per cluster for a launch of `kernel` with `config` (no attributes yet): `wanted`,
-// or 1 where the device cannot co-schedule clusters that large (each block then works out
-// all of its own angles). On first use per device and kernel it also opts the kernel in
-// to the device's largest shared memory per block, with all of the SM's unified memory as
-// shared memory (short rows fit four blocks). The driver is asked once per (device,
-// kernel, shared memory, cluster), not on every launch.
-int cluster_blocks(const Context& ctx, const void* kernel, cudaLaunchConfig_t config, int wanted) {
+// On first use per device and kernel, opts the kernel in to the device's largest shared
+// memory per block, with all of the SM's unified memory as shared memory (short rows fit
+// four blocks); the driver is asked once, not on every launch.
+void opt_in_to_shared_memory(const Context& ctx, const void* kernel) {
   static std::mutex mu;
-  static std::map<std::tuple<int, const void*, size_t, int>, int> known;
+  static std::set<std::pair<int, const void*>> done;
   std::lock_guard lock(mu);
-  const auto key = std::make_tuple(ctx.device, kernel, config.dynamicSmemBytes, wanted);
-  if (auto it = known.find(key); it != known.end()) return it->second;
+  if (!done.emplace(ctx.device, kernel).second) return;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(ctx.max_smem_per_block)),
         "cudaFuncSetAttribute");
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                              int(cudaSharedmemCarveoutMaxShared)),
         "cudaFuncSetAttribute");
-  int blocks = wanted;
-  if (wanted > 1) {
-    cudaLaunchAttribute cluster = cluster_attribute(wanted);
-    config.attrs = &cluster;
-    config.numAttrs = 1;
-    int fits = 0;
-    if (cudaOccupancyMaxActiveClusters(&fits, kernel, &config) != cudaSuccess || fits == 0) {
-      (void)cudaGetLastError();
-      blocks = 1;
-    }
-  }
-  known.emplace(key, blocks);
-  return blocks;
 }
 
 }  // namespace
@@ -345,17 +323,18 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   if (plan.bytes > size_t(ctx.max_smem_per_block) || nb * hkv * parts > int64_t(INT32_MAX)) return false;
   const int lanes = rope_lanes(d / 2, 8, 2);
   // A warp task's output columns: the whole head (kMaxCols at a time), split into whole
-  // 16-column steps while that keeps more of the 8 warps busy. Split tasks each compute
-  // the same scores, which for Gemma 3's 256-wide heads had cost most of the kernel: a
-  // task takes the whole width unless the warps would idle.
+  // 16-column steps only while an SM would have fewer than 16 warps with a task. Split
+  // tasks each compute the same scores and softmax, and the kernel is bound by issuing
+  // instructions: at 4 blocks an SM and 4 tasks a block, Qwen3's classification ran it in
+  // 293 us a layer whole and 328 split; at 2 blocks, Gemma 3's in 189 whole and 181 split.
   const int64_t row_tiles = (nl + kTile - 1) / kTile, heads = group / parts;
+  const int64_t resident = std::min<int64_t>(blocks_per_sm(parts), nl <= kShortTokens ? 4 : 1);  // see pick below
   int64_t splits = 1;
-  while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps) splits *= 2;
+  while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps &&
+         resident * heads * row_tiles * splits < 16)
+    splits *= 2;
   if (d % (splits * kTile) != 0) return false;
-  // A row's blocks (hkv × parts consecutive ones) share the angles in clusters of up to 8,
-  // the portable cluster size.
-  int64_t cluster_size = 8;
-  while (hkv * parts % cluster_size != 0) cluster_size /= 2;
+  const Array table({nl, d}, q.dtype(), q.device());  // [L, D]: cos [D/2], sin [D/2] of row 0's positions
   bool ran = false;
   visit_device_dtype(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -365,27 +344,21 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         // Score registers for up to 32 keys (the common short prompt; 64 registers a thread,
         // four blocks an SM), else for up to 128.
         auto pick = [&](auto gemma) {
-          return nl <= 32 ? self_attention_kernel<T, W, decltype(gemma)::value, 4>
+          return nl <= kShortTokens ? self_attention_kernel<T, W, decltype(gemma)::value, 4>
                           : self_attention_kernel<T, W, decltype(gemma)::value, kMaxTokens / 8>;
         };
         auto* kernel = style == fast::RmsNormStyle::gemma ? pick(std::true_type{}) : pick(std::false_type{});
         const W* qn = q_norm ? static_cast<const W*>(q_norm->raw()) : nullptr;
         const W* kn = k_norm ? static_cast<const W*>(k_norm->raw()) : nullptr;
-        cudaLaunchConfig_t config{};
-        config.gridDim = dim3(unsigned(nb * hkv * parts));
-        config.blockDim = dim3(kThreads);
-        config.dynamicSmemBytes = plan.bytes;
-        config.stream = ctx.stream;
-        cudaLaunchAttribute cluster =
-            cluster_attribute(cluster_blocks(ctx, reinterpret_cast<const void*>(kernel), config, int(cluster_size)));
-        config.attrs = &cluster;
-        config.numAttrs = 1;
-        const cudaError_t e = cudaLaunchKernelEx(
-            &config, kernel, static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()),
-            static_cast<const T*>(v.raw()), inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale,
-            int(std::min<int64_t>(window, nl + 1)), static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d),
-            lanes, int(parts), int(splits));
-        check(e, "self_attention_kernel");
+        T* angles = static_cast<T*>(table.raw());
+        rope_table_kernel<T><<<grid_for(nl * d / 2), kBlock, 0, ctx.stream>>>(
+            inv_freq.data<float>(), offsets.data<int32_t>(), int(nl), int(d / 2), angles);
+        check_launch("rope_table_kernel");
+        opt_in_to_shared_memory(ctx, reinterpret_cast<const void*>(kernel));
+        kernel<<<unsigned(nb * hkv * parts), kThreads, plan.bytes, ctx.stream>>>(
+            static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()), static_cast<const T*>(v.raw()), angles,
+            inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale, int(std::min<int64_t>(window, nl + 1)),
+            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes, int(parts), int(splits));
         check_launch("self_attention_kernel");
         ran = true;
       }
