@@ -187,15 +187,17 @@ struct Heads {
 using SelfAttentionParam = std::tuple<Dtype, int64_t, Heads, NormMode, int64_t>;  // dtype, L, heads, norm, window
 class SelfAttentionTest : public ::testing::TestWithParam<SelfAttentionParam> {};
 
-// self_attention of b rows (RoPE offsets 0, 37, 74, ...) against float64 and the composition.
-void check_self_attention(Dtype dtype, int64_t b, int64_t l, Heads heads, NormMode mode, int64_t window) {
+// self_attention of b rows (RoPE offsets first, first + step, first + 2 step, ...) against
+// float64 and the composition.
+void check_self_attention(Dtype dtype, int64_t b, int64_t l, Heads heads, NormMode mode, int64_t window,
+                          int32_t first = 0, int32_t step = 37) {
   const auto [hq, hkv, d] = heads;
   const int64_t group = hq / hkv;
   const double u = unit_roundoff(dtype);
   const float eps = 1e-6f, scale = float(1.0 / std::sqrt(double(d)));
   const std::vector<float> inv_freq = rope_freqs(d);
   std::vector<int32_t> offsets(static_cast<size_t>(b));  // [B]
-  for (int64_t i = 0; i < b; ++i) offsets[size_t(i)] = int32_t(37 * i);
+  for (int64_t i = 0; i < b; ++i) offsets[size_t(i)] = first + step * int32_t(i);
   for (Device dev : test_devices()) {
     const Input q = random_input({b, l, hq, d}, dtype, 61 + l + d, -1, 1, dev);   // [B, L, Hq, D]
     const Input k = random_input({b, l, hkv, d}, dtype, 62 + l + d, -1, 1, dev);  // [B, L, Hkv, D]
@@ -270,6 +272,14 @@ TEST_P(SelfAttentionTest, MatchesFormulaAndComposition) {
 TEST(SelfAttentionTest, ManyRowsMatchFormulaAndComposition) {
   check_self_attention(Dtype::bf16, 300, 33, Heads{8, 2, 64}, NormMode::llama, 0);
   check_self_attention(Dtype::f16, 600, 16, Heads{4, 1, 128}, NormMode::gemma, 9);
+}
+
+// Every row at the same positions, as in classification: the CUDA kernel's blocks all take
+// their angles from one table (rows at other positions work out their own).
+TEST(SelfAttentionTest, RowsAtOnePositionMatchFormulaAndComposition) {
+  check_self_attention(Dtype::bf16, 300, 32, Heads{4, 2, 128}, NormMode::llama, 0, 0, 0);
+  check_self_attention(Dtype::bf16, 40, 29, Heads{4, 1, 256}, NormMode::gemma, 7, 1000, 0);
+  check_self_attention(Dtype::f16, 64, 100, Heads{8, 2, 64}, NormMode::none, 0, 5, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(
