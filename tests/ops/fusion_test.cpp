@@ -119,13 +119,13 @@ class AddNormTest : public ::testing::TestWithParam<AddNormParam> {};
 
 TEST_P(AddNormTest, MatchesFormulaAndComposition) {
   const auto [dtype, d, gemma, sandwich] = GetParam();
-  const int64_t rows = 3;
+  const int64_t rows = 7;  // (the CUDA kernel's rows of a warp each come 4 a block: one whole block, one not)
   const double u = unit_roundoff(dtype);
   const float eps = 1e-5f;
   const fast::RmsNormStyle style = gemma ? fast::RmsNormStyle::gemma : fast::RmsNormStyle::llama;
   for (Device dev : test_devices()) {
-    const Input x = random_input({rows, d}, dtype, 51 + d, -3, 3, dev);   // residual [3, D]
-    const Input y = random_input({rows, d}, dtype, 52 + d, -3, 3, dev);   // sub-block output [3, D]
+    const Input x = random_input({rows, d}, dtype, 51 + d, -3, 3, dev);   // residual [7, D]
+    const Input y = random_input({rows, d}, dtype, 52 + d, -3, 3, dev);   // sub-block output [7, D]
     const Input w = random_input({d}, dtype, 53 + d, -1.5, 1.5, dev);     // next norm [D]
     const Input yw = random_input({d}, dtype, 54 + d, -1.5, 1.5, dev);    // y's own norm [D]
     std::vector<double> want_sum(x.values.size()), want_norm(x.values.size()), yn(static_cast<size_t>(d));

@@ -60,8 +60,9 @@ __device__ __forceinline__ float rms_scaled(float v, float r, float w) {
     return round_to<T>(v * r * (1.0f + w));  // Gemma: all f32, weight offset from one
 }
 
-// The most 16-byte vectors of a row one thread holds.
+// The most 16-byte vectors of a row one thread holds; in a row a warp holds, each lane's.
 constexpr int kMaxVecsPerThread = 4;
+constexpr int kWarpRowVecs = 5;
 
 // Normalises the row held in v (kC vectors per thread, vector index threadIdx.x + c *
 // blockDim.x, `nvec` vectors in the row) in place with weight w.
@@ -93,13 +94,22 @@ __device__ __forceinline__ void rms_in_registers(float (&v)[kC][kVecElems<T>], c
 // Llama's weight multiply as paired instructions (they round as the f32 forms do: see
 // Pair), and two roundings in one conversion. The f32 form took three times the
 // instructions, and the kernel was bound by issuing them (bench/NOTES.md, classification).
-template <class T, int kC>
+// A row's threads are the block, or (kWarpRow) one warp, whose sums need no block-wide
+// reduction.
+template <class T, int kC, bool kWarpRow>
 struct PairedRow {
   static constexpr int kP = kVecElems<T> / 2;  // pairs in a 16-byte vector
   Pair<T> v[kC][kP];
 
   __device__ static int64_t at(int c) {
-    return (threadIdx.x + c * int64_t(blockDim.x)) * kVecElems<T>;
+    const int threads = kWarpRow ? 32 : int(blockDim.x), tid = kWarpRow ? int(threadIdx.x) % 32 : int(threadIdx.x);
+    return (tid + c * int64_t(threads)) * kVecElems<T>;
+  }
+  __device__ static float row_sum(float v) {
+    if constexpr (kWarpRow)
+      return warp_reduce(v, Sum{});
+    else
+      return block_reduce(v, Sum{});
   }
   __device__ static void load(const T* p, Pair<T> (&out)[kP]) {
     *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(p);
@@ -119,7 +129,7 @@ struct PairedRow {
           ss += f.x * f.x;
           ss += f.y * f.y;
         }
-    const float r = 1.0f / ::sqrtf(block_reduce(ss, Sum{}) / float(d) + eps);
+    const float r = 1.0f / ::sqrtf(row_sum(ss) / float(d) + eps);
     for (int c = 0; c < kC; ++c) {
       if (at(c) >= d) continue;
       if constexpr (kKind == NormKind::rms_llama && std::is_same_v<W, T>) {  // round(round(v r) w)
@@ -138,20 +148,25 @@ struct PairedRow {
         }
         for (int k = 0; k < kP; ++k) {
           const float2 f = from_pair<T>(v[c][k]);
-          v[c][k] = to_pair<T>(rms_scaled<kKind, T>(f.x, r, wv[2 * k]),
-                               rms_scaled<kKind, T>(f.y, r, wv[2 * k + 1]));
+          if constexpr (kKind == NormKind::rms_gemma)  // round(v r (1 + w)): the pair's conversion is the rounding
+            v[c][k] = to_pair<T>(f.x * r * (1.0f + wv[2 * k]), f.y * r * (1.0f + wv[2 * k + 1]));
+          else
+            v[c][k] = to_pair<T>(rms_scaled<kKind, T>(f.x, r, wv[2 * k]),
+                                 rms_scaled<kKind, T>(f.y, r, wv[2 * k + 1]));
         }
       }
     }
   }
 };
 
-template <NormKind kKind, class T, class W, int kC>
+template <NormKind kKind, class T, class W, int kC, bool kWarpRow>
 __device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_all, const W* y_w,
                                                    const W* w, T* sum_all, T* normed_all, int64_t d,
-                                                   float eps) {
-  using Row = PairedRow<T, kC>;
-  const int64_t row = int64_t(blockIdx.x) * d;
+                                                   int64_t rows, float eps) {
+  using Row = PairedRow<T, kC, kWarpRow>;
+  const int64_t index = kWarpRow ? int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
+  if (index >= rows) return;  // (a whole warp)
+  const int64_t row = index * d;
   Row v, x;
   // x is loaded with y, before the reductions, so that no load waits behind one. (For
   // Gemma 3's sandwich norms this measured no faster: they stay at 2.7 TB/s, where the
@@ -173,14 +188,14 @@ __device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_al
   v.store(normed_all + row, d);
 }
 
-// One block per row of D = nvec * kVecElems elements:
+// One block per row of D = nvec * kVecElems elements (or, kWarpRow with 16-bit T, one warp):
 //   s = x + (y_w ? rms(y, y_w) : y)  (written to sum when x is given), normed = rms(s, w).
 // Plain RMSNorm is the case without x and y_w. Each element is loaded and stored once.
-template <NormKind kKind, class T, class W, int kC>
+template <NormKind kKind, class T, class W, int kC, bool kWarpRow = false>
 __global__ void residual_rms_kernel(const T* x_all, const T* y_all, const W* y_w, const W* w, T* sum_all,
-                                    T* normed_all, int64_t d, float eps) {
+                                    T* normed_all, int64_t d, int64_t rows, float eps) {
   if constexpr (sizeof(T) == 2) {
-    residual_rms_pairs<kKind, T, W, kC>(x_all, y_all, y_w, w, sum_all, normed_all, d, eps);
+    residual_rms_pairs<kKind, T, W, kC, kWarpRow>(x_all, y_all, y_w, w, sum_all, normed_all, d, rows, eps);
     return;
   }
   constexpr int kE = kVecElems<T>;
@@ -223,27 +238,45 @@ bool run_residual_rms(const Context& ctx, const Array* x, const Array& y, const 
   const int threads = nvec >= kBlock ? kBlock : int((nvec + 31) / 32 * 32);
   const int64_t per_thread = (nvec + threads - 1) / threads;
   if (per_thread > kMaxVecsPerThread) return false;
+  // Two norms a row (Gemma 3's sandwich norms) of 97 to 160 vectors (its 1,152 16-bit
+  // values) take a warp a row, 4 or 5 vectors a lane, where a block of 5 warps spent a
+  // third of its instructions on the two block-wide reductions and their index arithmetic:
+  // ncu, classification, 102 -> 75 us a call, from 2.7 TB/s to the copy limit. A single
+  // norm (Qwen3's 1,024 values) was at the copy limit already, and a warp a row measured
+  // 3% slower there.
+  const bool warp_rows = y_w && vec == 8 && nvec > 3 * 32 && nvec <= kWarpRowVecs * 32;
   bool ran = false;
   visit_device_dtype(y.dtype(), [&](auto yt) {
     using T = decltype(yt);
     visit_device_dtype(w.dtype(), [&](auto wt) {
       using W = decltype(wt);
       if constexpr (kIsFloat<T> && kIsFloat<W>) {
-        auto launch = [&](auto c_tag) {
+        auto launch = [&](auto c_tag, auto warp_tag) {
           constexpr int kC = decltype(c_tag)::value;
-          residual_rms_kernel<kKind, T, W, kC><<<unsigned(rows), threads, 0, ctx.stream>>>(
+          constexpr bool kWarpRow = decltype(warp_tag)::value;
+          constexpr int kRowsPerBlock = 4;
+          const unsigned grid = kWarpRow ? unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock) : unsigned(rows);
+          residual_rms_kernel<kKind, T, W, kC, kWarpRow><<<grid, kWarpRow ? 32 * kRowsPerBlock : threads, 0,
+                                                            ctx.stream>>>(
               x ? static_cast<const T*>(x->raw()) : nullptr, static_cast<const T*>(y.raw()),
               y_w ? static_cast<const W*>(y_w->raw()) : nullptr, static_cast<const W*>(w.raw()),
-              sum ? static_cast<T*>(sum->raw()) : nullptr, static_cast<T*>(normed.raw()), d, eps);
+              sum ? static_cast<T*>(sum->raw()) : nullptr, static_cast<T*>(normed.raw()), d, rows, eps);
           check_launch("residual_rms_kernel");
           ran = true;
         };
+        if constexpr (sizeof(T) == 2) {
+          if (warp_rows) {
+            launch(std::integral_constant<int, kWarpRowVecs>{}, std::true_type{});
+            return;
+          }
+        }
+        auto launch_block_row = [&](auto c_tag) { launch(c_tag, std::false_type{}); };
         if (per_thread == 1)
-          launch(std::integral_constant<int, 1>{});
+          launch_block_row(std::integral_constant<int, 1>{});
         else if (per_thread == 2)
-          launch(std::integral_constant<int, 2>{});
+          launch_block_row(std::integral_constant<int, 2>{});
         else
-          launch(std::integral_constant<int, kMaxVecsPerThread>{});
+          launch_block_row(std::integral_constant<int, kMaxVecsPerThread>{});
       }
     });
   });

@@ -31,7 +31,6 @@
 #include <set>
 #include <utility>
 
-#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/rope.cuh"
 
@@ -51,7 +50,7 @@ constexpr int kPad = 8;           // elements added to each 16-bit shared row: l
 // output tiles, so the two share space.
 struct SmemPlan {
   int lp, ld, lo;  // tokens padded to whole tiles; row strides of q/k/v and the angles, output staging
-  size_t q, k, v, angles, stage, bar, bytes;
+  size_t q, k, v, angles, stage, bytes;
   __host__ __device__ SmemPlan(int nl, int d, int group) {
     lp = (nl + kTile - 1) / kTile * kTile;
     ld = d + kPad, lo = kMaxCols + kPad;
@@ -61,8 +60,7 @@ struct SmemPlan {
     k = next(q, size_t(group) * lp * ld * 2);        // [lp, ld] 16-bit
     v = next(k, size_t(lp) * ld * 2);                // [lp, ld] 16-bit
     angles = stage = next(v, size_t(lp) * ld * 2);   // [lp, ld] 16-bit (cos [D/2], sin [D/2]), then [warps, 16, lo] 16-bit
-    bar = next(stage, larger(size_t(lp) * ld * 2, size_t(kWarps) * kTile * lo * 2));  // the rows' mbarrier
-    bytes = bar + 8;
+    bytes = next(stage, larger(size_t(lp) * ld * 2, size_t(kWarps) * kTile * lo * 2));
   }
 };
 
@@ -207,34 +205,33 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, lp = p.lp;
 
   // Rows into shared memory as they are: the group's query heads, the key, the value and
-  // the angles, a bulk copy (TMA) per row, all in flight at once and counted on one
-  // mbarrier; rows past the sequence are zeros. (16-byte copies had cost every thread
-  // ten, with their address arithmetic: a sixth of the kernel's instructions.)
+  // the angles, 16 bytes per asynchronous copy, all in flight at once; rows past the
+  // sequence are zeros. (Row by row through registers, every row waited out a memory
+  // latency.) A thread keeps one column of 16 bytes and steps over rows: no index
+  // divisions in the loops, which had cost more instructions than the copies.
   auto row = [&](int kind, int l) {  // kind < group: that query head; group: key; group + 1: value; group + 2: angles
     return (kind < group ? qs + size_t(kind) * lp * p.ld : kind == group ? ks : kind == group + 1 ? vs : angles) +
            size_t(l) * p.ld;
   };
-  uint64_t* rows_in = reinterpret_cast<uint64_t*>(smem + p.bar);
   const bool own_angles = offsets[b] != offsets[0];  // the table holds row 0's positions
-  const int kinds = group + (own_angles ? 2 : 3);
-  if (threadIdx.x == 0) {
-    mbarrier_init(rows_in, 1);
-    mbarrier_init_fence();
+  const int vecs = d / kE, rows_per_pass = kThreads / vecs;
+  const int my_row = int(threadIdx.x) / vecs, my_col = int(threadIdx.x) % vecs * kE;
+  for (int kind = 0; my_row < rows_per_pass && kind < group + (own_angles ? 2 : 3); ++kind) {
+    const bool query = kind < group;
+    const int64_t token_stride = kind == group + 2 ? d : int64_t(query ? hq : hkv) * d;
+    const T* src = (query             ? q + (int64_t(b) * nl * hq + first_head + kind) * d
+                    : kind == group + 2 ? table
+                                        : (kind == group ? k : v) + (int64_t(b) * nl * hkv + g) * d) +
+                   my_col;
+    T* dst = row(kind, 0) + my_col;
+    for (int l = my_row; l < lp; l += rows_per_pass) {
+      if (l < nl)
+        copy16_async(dst + l * p.ld, src + l * token_stride);
+      else
+        *reinterpret_cast<uint4*>(dst + l * p.ld) = make_uint4(0, 0, 0, 0);
+    }
   }
-  __syncthreads();
-  // The arrival may come after some copies have landed: the phase waits for it all the same.
-  if (threadIdx.x == 0) mbarrier_expect(rows_in, unsigned(kinds * nl * d * int(sizeof(T))));
-  for (int r = int(threadIdx.x); r < kinds * nl; r += kThreads) {
-    const int kind = r / nl, l = r % nl;
-    const T* src = kind < group        ? q + ((int64_t(b) * nl + l) * hq + first_head + kind) * d
-                   : kind == group + 2 ? table + int64_t(l) * d
-                                       : (kind == group ? k : v) + ((int64_t(b) * nl + l) * hkv + g) * d;
-    bulk_copy(row(kind, l), src, unsigned(d * int(sizeof(T))), rows_in);
-  }
-  const int vecs = d / kE, pad_rows = lp - nl;
-  for (int i = int(threadIdx.x); i < kinds * pad_rows * vecs; i += kThreads)
-    *reinterpret_cast<uint4*>(row(i / (pad_rows * vecs), nl + i / vecs % pad_rows) + i % vecs * kE) =
-        make_uint4(0, 0, 0, 0);
+  asm volatile("cp.async.commit_group;\n" ::);
   if (own_angles)  // while the rows arrive
     for (int i = int(threadIdx.x); i < nl * half; i += kThreads) {
       const int l = i / half, j = i % half;
@@ -243,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
       angles[l * p.ld + j] = from_float<T>(c);
       angles[l * p.ld + half + j] = from_float<T>(s);
     }
-  mbarrier_wait(rows_in, 0);
+  copy_async_wait_all();
   __syncthreads();
 
   // Query and key rows normed and rotated in place, `lanes` lanes per row. A warp's rows
