@@ -119,7 +119,8 @@ class AddNormTest : public ::testing::TestWithParam<AddNormParam> {};
 
 TEST_P(AddNormTest, MatchesFormulaAndComposition) {
   const auto [dtype, d, gemma, sandwich] = GetParam();
-  const int64_t rows = 7;  // (the CUDA kernel's rows of a warp each come 4 a block: one whole block, one not)
+  const int64_t rows =
+      7;  // (the CUDA kernel's rows of a warp each come 4 a block: one whole block, one not)
   const double u = unit_roundoff(dtype);
   const float eps = 1e-5f;
   const fast::RmsNormStyle style = gemma ? fast::RmsNormStyle::gemma : fast::RmsNormStyle::llama;
@@ -189,8 +190,8 @@ class SelfAttentionTest : public ::testing::TestWithParam<SelfAttentionParam> {}
 
 // self_attention of b rows (RoPE offsets first, first + step, first + 2 step, ...) against
 // float64 and the composition.
-void check_self_attention(Dtype dtype, int64_t b, int64_t l, Heads heads, NormMode mode, int64_t window,
-                          int32_t first = 0, int32_t step = 37) {
+void check_self_attention(Dtype dtype, int64_t b, int64_t l, Heads heads, NormMode mode,
+                          int64_t window, int32_t first = 0, int32_t step = 37) {
   const auto [hq, hkv, d] = heads;
   const int64_t group = hq / hkv;
   const double u = unit_roundoff(dtype);

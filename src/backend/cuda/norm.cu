@@ -102,7 +102,8 @@ struct PairedRow {
   Pair<T> v[kC][kP];
 
   __device__ static int64_t at(int c) {
-    const int threads = kWarpRow ? 32 : int(blockDim.x), tid = kWarpRow ? int(threadIdx.x) % 32 : int(threadIdx.x);
+    const int threads = kWarpRow ? 32 : int(blockDim.x),
+              tid = kWarpRow ? int(threadIdx.x) % 32 : int(threadIdx.x);
     return (tid + c * int64_t(threads)) * kVecElems<T>;
   }
   __device__ static float row_sum(float v) {
@@ -148,7 +149,8 @@ struct PairedRow {
         }
         for (int k = 0; k < kP; ++k) {
           const float2 f = from_pair<T>(v[c][k]);
-          if constexpr (kKind == NormKind::rms_gemma)  // round(v r (1 + w)): the pair's conversion is the rounding
+          // Gemma: round(v r (1 + w)), the pair's conversion being the one rounding.
+          if constexpr (kKind == NormKind::rms_gemma)
             v[c][k] = to_pair<T>(f.x * r * (1.0f + wv[2 * k]), f.y * r * (1.0f + wv[2 * k + 1]));
           else
             v[c][k] = to_pair<T>(rms_scaled<kKind, T>(f.x, r, wv[2 * k]),
@@ -164,7 +166,8 @@ __device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_al
                                                    const W* w, T* sum_all, T* normed_all, int64_t d,
                                                    int64_t rows, float eps) {
   using Row = PairedRow<T, kC, kWarpRow>;
-  const int64_t index = kWarpRow ? int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
+  const int64_t index =
+      kWarpRow ? int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
   if (index >= rows) return;  // (a whole warp)
   const int64_t row = index * d;
   Row v, x;
@@ -192,10 +195,11 @@ __device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_al
 //   s = x + (y_w ? rms(y, y_w) : y)  (written to sum when x is given), normed = rms(s, w).
 // Plain RMSNorm is the case without x and y_w. Each element is loaded and stored once.
 template <NormKind kKind, class T, class W, int kC, bool kWarpRow = false>
-__global__ void residual_rms_kernel(const T* x_all, const T* y_all, const W* y_w, const W* w, T* sum_all,
-                                    T* normed_all, int64_t d, int64_t rows, float eps) {
+__global__ void residual_rms_kernel(const T* x_all, const T* y_all, const W* y_w, const W* w,
+                                    T* sum_all, T* normed_all, int64_t d, int64_t rows, float eps) {
   if constexpr (sizeof(T) == 2) {
-    residual_rms_pairs<kKind, T, W, kC, kWarpRow>(x_all, y_all, y_w, w, sum_all, normed_all, d, rows, eps);
+    residual_rms_pairs<kKind, T, W, kC, kWarpRow>(x_all, y_all, y_w, w, sum_all, normed_all, d,
+                                                  rows, eps);
     return;
   }
   constexpr int kE = kVecElems<T>;
@@ -255,12 +259,14 @@ bool run_residual_rms(const Context& ctx, const Array* x, const Array& y, const 
           constexpr int kC = decltype(c_tag)::value;
           constexpr bool kWarpRow = decltype(warp_tag)::value;
           constexpr int kRowsPerBlock = 4;
-          const unsigned grid = kWarpRow ? unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock) : unsigned(rows);
-          residual_rms_kernel<kKind, T, W, kC, kWarpRow><<<grid, kWarpRow ? 32 * kRowsPerBlock : threads, 0,
-                                                            ctx.stream>>>(
-              x ? static_cast<const T*>(x->raw()) : nullptr, static_cast<const T*>(y.raw()),
-              y_w ? static_cast<const W*>(y_w->raw()) : nullptr, static_cast<const W*>(w.raw()),
-              sum ? static_cast<T*>(sum->raw()) : nullptr, static_cast<T*>(normed.raw()), d, rows, eps);
+          const unsigned grid =
+              kWarpRow ? unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock) : unsigned(rows);
+          residual_rms_kernel<kKind, T, W, kC, kWarpRow>
+              <<<grid, kWarpRow ? 32 * kRowsPerBlock : threads, 0, ctx.stream>>>(
+                  x ? static_cast<const T*>(x->raw()) : nullptr, static_cast<const T*>(y.raw()),
+                  y_w ? static_cast<const W*>(y_w->raw()) : nullptr, static_cast<const W*>(w.raw()),
+                  sum ? static_cast<T*>(sum->raw()) : nullptr, static_cast<T*>(normed.raw()), d,
+                  rows, eps);
           check_launch("residual_rms_kernel");
           ran = true;
         };

@@ -53,9 +53,11 @@ __device__ __forceinline__ void rope_angle(int64_t pos, float inv_freq, float& c
 // the _rn forms): the same values as HF's f32 arithmetic with roundings, in a fraction of
 // the instructions.
 template <class T, class W, bool kGemmaNorm, class A = float>
-__device__ __forceinline__ void norm_rotate(uint4& lo_raw, uint4& hi_raw, bool live, int64_t j0, int64_t half,
-                                            int lanes, const W* norm_w, float eps, const A* cs, const A* sn) {
-  static_assert(std::is_same_v<A, float> || (std::is_same_v<A, T> && sizeof(T) == 2), "angles: f32, or 16-bit T");
+__device__ __forceinline__ void norm_rotate(uint4& lo_raw, uint4& hi_raw, bool live, int64_t j0,
+                                            int64_t half, int lanes, const W* norm_w, float eps,
+                                            const A* cs, const A* sn) {
+  static_assert(std::is_same_v<A, float> || (std::is_same_v<A, T> && sizeof(T) == 2),
+                "angles: f32, or 16-bit T");
   constexpr int kE = kVecElems<T>;
   float ca[kE], sa[kE];  // cos and sin of the lane's columns (cs and sn are 16-byte aligned, j0 a multiple of 4)
   auto load_angles = [&] {
@@ -146,11 +148,14 @@ __device__ __forceinline__ void norm_rotate(uint4& lo_raw, uint4& hi_raw, bool l
     if (!live) return;
     P c[kP], s[kP];  // exact: T values
     if constexpr (std::is_same_v<A, T>) {
-      const uint4 cr = *reinterpret_cast<const uint4*>(cs + j0), sr = *reinterpret_cast<const uint4*>(sn + j0);
-      for (int k = 0; k < kP; ++k) c[k] = reinterpret_cast<const P*>(&cr)[k], s[k] = reinterpret_cast<const P*>(&sr)[k];
+      const uint4 cr = *reinterpret_cast<const uint4*>(cs + j0),
+                  sr = *reinterpret_cast<const uint4*>(sn + j0);
+      for (int k = 0; k < kP; ++k)
+        c[k] = reinterpret_cast<const P*>(&cr)[k], s[k] = reinterpret_cast<const P*>(&sr)[k];
     } else {
       load_angles();
-      for (int k = 0; k < kP; ++k) c[k] = to_pair<T>(ca[2 * k], ca[2 * k + 1]), s[k] = to_pair<T>(sa[2 * k], sa[2 * k + 1]);
+      for (int k = 0; k < kP; ++k)
+        c[k] = to_pair<T>(ca[2 * k], ca[2 * k + 1]), s[k] = to_pair<T>(sa[2 * k], sa[2 * k + 1]);
     }
     for (int k = 0; k < kP; ++k) {
       const P x1 = lo[k], x2 = hi[k];

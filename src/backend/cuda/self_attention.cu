@@ -40,7 +40,8 @@ namespace {
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
 constexpr int kTile = 16;         // rows of queries per warp task, and keys per value step
 constexpr int kMaxTokens = 128;   // bounds shared memory and the score registers
-constexpr int kShortTokens = 32;  // up to this many, a kernel with fewer score registers: 4 blocks an SM
+// Up to this many tokens, a kernel with fewer score registers: 4 blocks an SM.
+constexpr int kShortTokens = 32;
 constexpr int kMaxHeadDim = 256;  // wider heads compose; see self_attention() below
 constexpr int kMaxCols = 64;      // output columns per warp task: 32 f32 accumulators a lane
 constexpr int kPad = 8;           // elements added to each 16-bit shared row: ldmatrix rows fall in distinct banks
@@ -49,7 +50,8 @@ constexpr int kPad = 8;           // elements added to each 16-bit shared row: l
 // 128-byte boundary. The angles die with the rotation, before the warps stage their
 // output tiles, so the two share space.
 struct SmemPlan {
-  int lp, ld, lo;  // tokens padded to whole tiles; row strides of q/k/v and the angles, output staging
+  // Tokens padded to whole tiles; row strides of q/k/v and the angles, of the output staging.
+  int lp, ld, lo;
   size_t q, k, v, angles, stage, bytes;
   __host__ __device__ SmemPlan(int nl, int d, int group) {
     lp = (nl + kTile - 1) / kTile * kTile;
@@ -59,7 +61,8 @@ struct SmemPlan {
     q = 0;                                           // [group, lp, ld] 16-bit
     k = next(q, size_t(group) * lp * ld * 2);        // [lp, ld] 16-bit
     v = next(k, size_t(lp) * ld * 2);                // [lp, ld] 16-bit
-    angles = stage = next(v, size_t(lp) * ld * 2);   // [lp, ld] 16-bit (cos [D/2], sin [D/2]), then [warps, 16, lo] 16-bit
+    // [lp, ld] 16-bit angles (cos [D/2], sin [D/2]), then the staging [warps, 16, lo] 16-bit
+    angles = stage = next(v, size_t(lp) * ld * 2);
     bytes = next(stage, larger(size_t(lp) * ld * 2, size_t(kWarps) * kTile * lo * 2));
   }
 };
@@ -177,7 +180,8 @@ __device__ __forceinline__ void attend(const T* qh, const T* ks, const T* vs, in
 
 // table [nl, 2 half]: the angles of positions offsets[0] + l, cos then sin, rounded to T.
 template <class T>
-__global__ void rope_table_kernel(const float* inv_freq, const int32_t* offsets, int nl, int half, T* table) {
+__global__ void rope_table_kernel(const float* inv_freq, const int32_t* offsets, int nl, int half,
+                                  T* table) {
   const int i = int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x), l = i / half, j = i % half;
   if (l >= nl) return;
   float c, s;
@@ -189,8 +193,9 @@ __global__ void rope_table_kernel(const float* inv_freq, const int32_t* offsets,
 template <class T, class W, bool kGemmaNorm, int kKeyTiles>
 __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
     self_attention_kernel(const T* q, const T* k, const T* v, const T* table, const float* inv_freq,
-                          const int32_t* offsets, const W* q_norm, const W* k_norm, float eps, float scale, int window, T* out, int nl,
-                          int hq, int hkv, int d, int lanes, int parts, int splits) {
+                          const int32_t* offsets, const W* q_norm, const W* k_norm, float eps,
+                          float scale, int window, T* out, int nl, int hq, int hkv, int d,
+                          int lanes, int parts, int splits) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kE = kVecElems<T>;
   // This block: batch row b, kv head g, and `group` of the query heads that share it, from
@@ -209,8 +214,12 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
   // sequence are zeros. (Row by row through registers, every row waited out a memory
   // latency.) A thread keeps one column of 16 bytes and steps over rows: no index
   // divisions in the loops, which had cost more instructions than the copies.
-  auto row = [&](int kind, int l) {  // kind < group: that query head; group: key; group + 1: value; group + 2: angles
-    return (kind < group ? qs + size_t(kind) * lp * p.ld : kind == group ? ks : kind == group + 1 ? vs : angles) +
+  // kind < group: that query head; group: the key; group + 1: the value; group + 2: the angles.
+  auto row = [&](int kind, int l) {
+    return (kind < group        ? qs + size_t(kind) * lp * p.ld
+            : kind == group     ? ks
+            : kind == group + 1 ? vs
+                                : angles) +
            size_t(l) * p.ld;
   };
   const bool own_angles = offsets[b] != offsets[0];  // the table holds row 0's positions
@@ -219,10 +228,11 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
   for (int kind = 0; my_row < rows_per_pass && kind < group + (own_angles ? 2 : 3); ++kind) {
     const bool query = kind < group;
     const int64_t token_stride = kind == group + 2 ? d : int64_t(query ? hq : hkv) * d;
-    const T* src = (query             ? q + (int64_t(b) * nl * hq + first_head + kind) * d
-                    : kind == group + 2 ? table
-                                        : (kind == group ? k : v) + (int64_t(b) * nl * hkv + g) * d) +
-                   my_col;
+    const T* src =
+        (query               ? q + (int64_t(b) * nl * hq + first_head + kind) * d
+         : kind == group + 2 ? table
+                             : (kind == group ? k : v) + (int64_t(b) * nl * hkv + g) * d) +
+        my_col;
     T* dst = row(kind, 0) + my_col;
     for (int l = my_row; l < lp; l += rows_per_pass) {
       if (l < nl)
@@ -328,13 +338,14 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   // instructions: at 4 blocks an SM and 4 tasks a block, Qwen3's classification ran it in
   // 293 us a layer whole and 328 split; at 2 blocks, Gemma 3's in 189 whole and 181 split.
   const int64_t row_tiles = (nl + kTile - 1) / kTile, heads = group / parts;
-  const int64_t resident = std::min<int64_t>(blocks_per_sm(parts), nl <= kShortTokens ? 4 : 1);  // see pick below
+  const int64_t resident = std::min<int64_t>(blocks_per_sm(parts), nl <= kShortTokens ? 4 : 1);  // see pick
   int64_t splits = 1;
   while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps &&
          resident * heads * row_tiles * splits < 16)
     splits *= 2;
   if (d % (splits * kTile) != 0) return false;
-  const Array table({nl, d}, q.dtype(), q.device());  // [L, D]: cos [D/2], sin [D/2] of row 0's positions
+  // [L, D]: cos [D/2], sin [D/2] of row 0's positions
+  const Array table({nl, d}, q.dtype(), q.device());
   bool ran = false;
   visit_device_dtype(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -344,8 +355,9 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         // Score registers for up to 32 keys (the common short prompt; 64 registers a thread,
         // four blocks an SM), else for up to 128.
         auto pick = [&](auto gemma) {
-          return nl <= kShortTokens ? self_attention_kernel<T, W, decltype(gemma)::value, 4>
-                          : self_attention_kernel<T, W, decltype(gemma)::value, kMaxTokens / 8>;
+          return nl <= kShortTokens
+                     ? self_attention_kernel<T, W, decltype(gemma)::value, 4>
+                     : self_attention_kernel<T, W, decltype(gemma)::value, kMaxTokens / 8>;
         };
         auto* kernel = style == fast::RmsNormStyle::gemma ? pick(std::true_type{}) : pick(std::false_type{});
         const W* qn = q_norm ? static_cast<const W*>(q_norm->raw()) : nullptr;
@@ -356,9 +368,10 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         check_launch("rope_table_kernel");
         opt_in_to_shared_memory(ctx, reinterpret_cast<const void*>(kernel));
         kernel<<<unsigned(nb * hkv * parts), kThreads, plan.bytes, ctx.stream>>>(
-            static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()), static_cast<const T*>(v.raw()), angles,
-            inv_freq.data<float>(), offsets.data<int32_t>(), qn, kn, eps, scale, int(std::min<int64_t>(window, nl + 1)),
-            static_cast<T*>(out.raw()), int(nl), int(hq), int(hkv), int(d), lanes, int(parts), int(splits));
+            static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()),
+            static_cast<const T*>(v.raw()), angles, inv_freq.data<float>(), offsets.data<int32_t>(),
+            qn, kn, eps, scale, int(std::min<int64_t>(window, nl + 1)), static_cast<T*>(out.raw()),
+            int(nl), int(hq), int(hkv), int(d), lanes, int(parts), int(splits));
         check_launch("self_attention_kernel");
         ran = true;
       }
