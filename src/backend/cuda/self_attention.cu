@@ -338,7 +338,8 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   // instructions: at 4 blocks an SM and 4 tasks a block, Qwen3's classification ran it in
   // 293 us a layer whole and 328 split; at 2 blocks, Gemma 3's in 189 whole and 181 split.
   const int64_t row_tiles = (nl + kTile - 1) / kTile, heads = group / parts;
-  // Blocks an SM: by shared memory, and at most 4 (short rows) or 1 by registers (see pick).
+  // Blocks an SM: by shared memory, at most the 4 that short rows' kernel is built for (see
+  // pick); taken as 1 for longer rows, whose kernel may use all of a block's registers.
   const int64_t resident = std::min<int64_t>(blocks_per_sm(parts), nl <= kShortTokens ? 4 : 1);
   int64_t splits = 1;
   while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps &&
