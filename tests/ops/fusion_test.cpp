@@ -119,8 +119,8 @@ class AddNormTest : public ::testing::TestWithParam<AddNormParam> {};
 
 TEST_P(AddNormTest, MatchesFormulaAndComposition) {
   const auto [dtype, d, gemma, sandwich] = GetParam();
-  const int64_t rows =
-      7;  // (the CUDA kernel's rows of a warp each come 4 a block: one whole block, one not)
+  // CUDA takes some rows a warp each, 4 a block: 7 rows make one whole block and one part.
+  const int64_t rows = 7;
   const double u = unit_roundoff(dtype);
   const float eps = 1e-5f;
   const fast::RmsNormStyle style = gemma ? fast::RmsNormStyle::gemma : fast::RmsNormStyle::llama;

@@ -172,8 +172,8 @@ __device__ __forceinline__ void residual_rms_pairs(const T* x_all, const T* y_al
   const int64_t row = index * d;
   Row v, x;
   // x is loaded with y, before the reductions, so that no load waits behind one. (For
-  // Gemma 3's sandwich norms this measured no faster: they stay at 2.7 TB/s, where the
-  // plain residual norm reaches 4.1; bench/NOTES.md, classification step 15.)
+  // Gemma 3's sandwich norms in blocks this measured no faster; a warp a row brought them
+  // from 2.7 TB/s to the copy limit: bench/NOTES.md, classification steps 15 and 16.)
   for (int c = 0; c < kC; ++c)
     if (Row::at(c) < d) {
       Row::load(y_all + row + Row::at(c), v.v[c]);
