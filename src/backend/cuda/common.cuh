@@ -17,20 +17,27 @@ namespace lmx::cuda {
 using half_t = __half;
 using bfloat_t = __nv_bfloat16;
 
+// The type kernels use for values stored as host type T: CUDA's own 16-bit floats in
+// place of core/dtype.h's storage structs, the rest as they are.
+template <class T>
+struct DeviceType {
+  using type = T;
+};
+template <>
+struct DeviceType<f16_t> {
+  using type = half_t;
+};
+template <>
+struct DeviceType<bf16_t> {
+  using type = bfloat_t;
+};
+
 // Calls f(T{}) with the device type that stores dtype t.
 template <class F>
 decltype(auto) visit_device_dtype(Dtype t, F&& f) {
-  switch (t) {
-    case Dtype::f32: return f(float{});
-    case Dtype::f16: return f(half_t{});
-    case Dtype::bf16: return f(bfloat_t{});
-    case Dtype::i32: return f(int32_t{});
-    case Dtype::u32: return f(uint32_t{});
-    case Dtype::u8: return f(uint8_t{});
-    case Dtype::i8: return f(int8_t{});
-    case Dtype::boolean: return f(bool{});
-  }
-  return f(float{});
+  return visit_dtype(t, [&](auto host) -> decltype(auto) {
+    return f(typename DeviceType<decltype(host)>::type{});
+  });
 }
 
 template <class T>
