@@ -40,8 +40,10 @@ namespace {
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
 constexpr int kTile = 16;         // rows of queries per warp task, and keys per value step
 constexpr int kMaxTokens = 128;   // bounds shared memory and the score registers
-// Up to this many tokens, a kernel with fewer score registers: 4 blocks an SM.
+// Up to this many tokens, a kernel with fewer score registers (8-key tiles), built for
+// kShortBlocksPerSm blocks an SM.
 constexpr int kShortTokens = 32;
+constexpr int kShortBlocksPerSm = 4;
 constexpr int kMaxHeadDim = 256;  // wider heads compose; see self_attention() below
 constexpr int kMaxCols = 64;      // output columns per warp task: 32 f32 accumulators a lane
 constexpr int kPad = 8;           // elements added to each 16-bit shared row: ldmatrix rows fall in distinct banks
@@ -191,7 +193,7 @@ __global__ void rope_table_kernel(const float* inv_freq, const int32_t* offsets,
 }
 
 template <class T, class W, bool kGemmaNorm, int kKeyTiles>
-__global__ void __launch_bounds__(kThreads, kKeyTiles <= 4 ? 4 : 1)
+__global__ void __launch_bounds__(kThreads, kKeyTiles <= kShortTokens / 8 ? kShortBlocksPerSm : 1)
     self_attention_kernel(const T* q, const T* k, const T* v, const T* table, const float* inv_freq,
                           const int32_t* offsets, const W* q_norm, const W* k_norm, float eps,
                           float scale, int window, T* out, int nl, int hq, int hkv, int d,
@@ -340,7 +342,7 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
   const int64_t row_tiles = (nl + kTile - 1) / kTile, heads = group / parts;
   // Blocks an SM: by shared memory, at most the 4 that short rows' kernel is built for (see
   // pick); taken as 1 for longer rows, whose kernel may use all of a block's registers.
-  const int64_t resident = std::min<int64_t>(blocks_per_sm(parts), nl <= kShortTokens ? 4 : 1);
+  const int64_t resident = std::min<int64_t>(blocks_per_sm(parts), nl <= kShortTokens ? kShortBlocksPerSm : 1);
   int64_t splits = 1;
   while (d % (splits * 2 * kTile) == 0 && heads * row_tiles * splits * 2 <= kWarps &&
          resident * heads * row_tiles * splits < 16)
@@ -358,7 +360,7 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         // four blocks an SM), else for up to 128.
         auto pick = [&](auto gemma) {
           return nl <= kShortTokens
-                     ? self_attention_kernel<T, W, decltype(gemma)::value, 4>
+                     ? self_attention_kernel<T, W, decltype(gemma)::value, kShortTokens / 8>
                      : self_attention_kernel<T, W, decltype(gemma)::value, kMaxTokens / 8>;
         };
         auto* kernel = style == fast::RmsNormStyle::gemma ? pick(std::true_type{}) : pick(std::false_type{});
