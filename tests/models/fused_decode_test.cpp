@@ -38,6 +38,13 @@ constexpr const char* kLlamaWide = R"({"model_type": "llama", "vocab_size": 1000
  "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
  "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
 constexpr float kLlamaWideSpread = 0.0174f;
+// Llama-3.1-8B's attention in small: 4 query heads of 128 per kv head, so that the last
+// block of each kv head merges 512 outputs, two a thread (count_and_merge), in the
+// persistent step as in the kernel per phase.
+constexpr const char* kLlamaWideHeads = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 256,
+ "intermediate_size": 520, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
 // A vocabulary so small that the LM head's GEMV takes fewer blocks than the persistent
 // step has (one per SM): each block still hands in an argmax partial.
 constexpr const char* kLlamaSmallVocab = R"({"model_type": "llama", "vocab_size": 96, "hidden_size": 256,
@@ -232,6 +239,8 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
                                            FusedCase{"qwen3", kQwen3, false, true},
                                            FusedCase{"llama_wide", kLlamaWide, false, true, kLlamaWideSpread},
                                            FusedCase{"llama_wide_per_phase", kLlamaWide, false, false, kLlamaWideSpread},
+                                           FusedCase{"llama_wide_heads", kLlamaWideHeads, false, true},
+                                           FusedCase{"llama_wide_heads_per_phase", kLlamaWideHeads, false, false},
                                            FusedCase{"llama_small_vocab", kLlamaSmallVocab, false, true},
                                            FusedCase{"llama_wide_mlp", kLlamaWideMlp, false, true, 0.0126f},
                                            FusedCase{"qwen3_wide_mlp", kQwen3WideMlp, false, true, 0.0264f},
@@ -249,6 +258,7 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
 TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   expect_logits_match_plain(FusedCase{"llama_long_cache", kLlama, false, true}, 4096);
+  expect_logits_match_plain(FusedCase{"llama_wide_heads_long_cache", kLlamaWideHeads, false, true}, 4096);
   expect_logits_match_plain(FusedCase{"gemma3_long_cache", kGemma3, false, true}, 4096);
 }
 

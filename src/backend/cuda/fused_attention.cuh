@@ -64,13 +64,15 @@ __device__ __forceinline__ float2 warp_exp_row(float* row, int n, const float* w
 }
 
 // Whether the persistent step leaves the merge of the chunks' partials to the next GEMV's
-// input, where every block merges them all (fused_persistent.cu, merge_input): where the
-// last block of a kv head would merge more outputs than it has threads (Gemma 3: four
-// query heads of 256), so that one block would hold up the grid. Elsewhere the
-// per-block copies of the merge cost more than that block's merge: making every shape
-// merge this way lost 4-5% for Llama and Qwen3 (bench/NOTES.md).
+// input, where every block merges them all (fused_persistent.cu, merge_input), rather
+// than to the last block of each kv head (count_and_merge). That block reads its kv
+// head's share of the partials, 1 / n_kv_heads of what every block reads in the other
+// merge, while the grid waits for it. With one kv head (Gemma 3) the shares are equal,
+// and the counter adds a trip: there every block merges. Elsewhere the per-block copies
+// cost more: every block merging lost 4-5% for Llama-3.2-1B and Qwen3 and 4% for
+// Llama-3.1-8B (bench/NOTES.md).
 __host__ __device__ inline bool merged_by_next_gemv(const AttentionStep& a) {
-  return a.splits > 1 && (a.n_heads / a.n_kv_heads) * a.head_dim > kThreads;
+  return a.splits > 1 && a.n_kv_heads == 1;
 }
 
 // Shared memory of one attention block, in floats: what stage_inputs fills, the scores,
