@@ -158,6 +158,26 @@ TEST(ApiTest, BatchGenerateEqualsOneAtATime) {
   }
 }
 
+// Sampled rows take the host sampler over each row's logits (greedy ones take the argmax
+// on the device): row r draws as generate() does with seed + r.
+TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
+  auto model = load("qwen3-f32");
+  const std::vector<std::string> prompts = {"hello", "the quick brown fox jumps", "over the lazy dog. hello world"};
+  GenerateOptions o = greedy(10);
+  o.temperature = 1.5f;  // flat enough that the rows' draws differ from the argmax
+  o.seed = 11;
+  const auto batch = model->batch_generate(prompts, o);
+  ASSERT_EQ(batch.size(), prompts.size());
+  bool differs_from_greedy = false;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateOptions one = o;
+    one.seed = *o.seed + i;
+    EXPECT_EQ(batch[i].ids, ids_of(model->generate(prompts[i], one))) << prompts[i];
+    differs_from_greedy |= batch[i].ids != ids_of(model->generate(prompts[i], greedy(10)));
+  }
+  EXPECT_TRUE(differs_from_greedy) << "the sampled rows should not all be the greedy ones";
+}
+
 // On CUDA in bf16, greedy batch_generate takes the batched fused step (the prefill stays
 // on the plain ops). What the runtime adds to the step is checked here: every row decodes
 // to its length, and a stop token ends each row exactly where it first appears, the other
