@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 
 namespace lmx {
 namespace {
@@ -23,6 +24,38 @@ uint64_t mix(uint64_t seed, uint64_t i) {  // splitmix64 over (seed, counter)
 
 int32_t argmax(std::span<const float> v) {
   return int32_t(std::max_element(v.begin(), v.end()) - v.begin());  // first of ties, like torch
+}
+
+// The largest value. A plain loop, which the compiler vectorises: std::max_element
+// tracks a position and took 0.46 ms over 152K values.
+float largest(const std::vector<float>& v) {
+  float m = kNegInf;
+  for (float e : v) m = std::max(m, e);
+  return m;
+}
+
+// exp(x_i - max) / sum in f32, 0 where x_i is -inf, the sum taken in f64. A vocabulary of
+// 152K took a millisecond on one thread, once or twice a token, so chunks of kChunk
+// values run on the pool's threads. Each chunk sums in order and the chunks' sums add in
+// order: the result is the same for any count of threads.
+std::vector<float> softmax(const std::vector<float>& x) {
+  constexpr int64_t kChunk = 16384;
+  const int64_t n = int64_t(x.size()), chunks = (n + kChunk - 1) / kChunk;
+  const float m = largest(x);
+  std::vector<float> p(x.size());
+  std::vector<double> sums(static_cast<size_t>(chunks));
+  parallel_for(chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      double s = 0;
+      for (size_t i = size_t(c * kChunk); i < size_t(std::min(n, (c + 1) * kChunk)); ++i)
+        s += p[i] = std::isinf(x[i]) ? 0.0f : std::exp(x[i] - m);
+      sums[size_t(c)] = s;
+    }
+  });
+  // A multiply by the reciprocal (a division per value cost as much as the exponentials).
+  const double inv = 1.0 / std::accumulate(sums.begin(), sums.end(), 0.0);
+  for (float& q : p) q = float(double(q) * inv);
+  return p;
 }
 
 }  // namespace
@@ -61,7 +94,8 @@ std::vector<float> Sampler::process(std::span<const float> logits, std::span<con
     }
   }
   if (opts_.temperature == 0) return x;
-  for (float& l : x) l /= opts_.temperature;
+  const float temperature = opts_.temperature;  // a local: the loop then vectorises
+  for (float& l : x) l /= temperature;
   if (opts_.top_k > 0 && opts_.top_k < v) {
     // HF TopK: keep everything >= the k-th largest value (ties at the threshold stay).
     std::vector<float> sorted = x;
@@ -71,30 +105,44 @@ std::vector<float> Sampler::process(std::span<const float> logits, std::span<con
       if (l < kth) l = kNegInf;
   }
   if (opts_.top_p < 1 || opts_.min_p > 0) {
-    const float m = *std::max_element(x.begin(), x.end());
-    std::vector<float> p(x.size());
-    double total = 0;
-    for (size_t i = 0; i < x.size(); ++i) total += p[i] = std::exp(x[i] - m);
-    for (float& q : p) q = float(q / total);
+    const std::vector<float> p = softmax(x);
     if (opts_.top_p < 1) {
       // HF TopP: sort ascending, drop the tokens whose cumulative mass is <= 1 - top_p;
-      // the most likely token always stays.
-      std::vector<int32_t> order(x.size());
-      std::iota(order.begin(), order.end(), 0);
+      // the most likely token always stays. Only the tokens past the cut need an order:
+      // the candidates are those with p >= t, and every other token lies below them in
+      // the ascending order. Once their mass (`outside`) is at most 1 - top_p, all of
+      // them go whatever their order, and only the candidates are sorted. t falls until
+      // that holds (a flat distribution ends with every token a candidate). Sorting the
+      // whole vocabulary took 20 ms a token for 152K tokens.
+      const double cut = 1.0 - opts_.top_p;
+      std::vector<int32_t> order;
+      double outside = 0;
+      float t = largest(p) * 1e-4f;
+      for (;; t = t > 1e-30f ? t * 1e-4f : 0.0f) {
+        order.clear();
+        outside = 0;
+        for (size_t i = 0; i < p.size(); ++i) {
+          if (p[i] >= t) order.push_back(int32_t(i));
+          else outside += p[i];
+        }
+        if (outside <= cut || t == 0) break;
+      }
+      for (size_t i = 0; i < p.size(); ++i)
+        if (p[i] < t) x[i] = kNegInf;
       // Among equal logits the lower id counts as more likely, as argmax does.
       std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
         return x[size_t(a)] != x[size_t(b)] ? x[size_t(a)] < x[size_t(b)] : a > b;
       });
-      double cum = 0;
+      double cum = outside;
       for (size_t r = 0; r + 1 < order.size(); ++r) {
         cum += p[size_t(order[r])];
-        if (cum <= 1.0 - opts_.top_p) x[size_t(order[r])] = kNegInf;
+        if (cum <= cut) x[size_t(order[r])] = kNegInf;
         else break;
       }
     }
     if (opts_.min_p > 0) {
       // HF MinP: drop tokens whose probability is below min_p times the top probability.
-      const float top = *std::max_element(p.begin(), p.end());
+      const float top = largest(p);
       for (size_t i = 0; i < x.size(); ++i)
         if (p[i] < opts_.min_p * top) x[i] = kNegInf;
     }
@@ -104,16 +152,12 @@ std::vector<float> Sampler::process(std::span<const float> logits, std::span<con
 
 std::vector<float> Sampler::probabilities(std::span<const float> logits, std::span<const int32_t> history) const {
   std::vector<float> x = process(logits, history);
-  std::vector<float> p(x.size(), 0.0f);
   if (opts_.temperature == 0) {
+    std::vector<float> p(x.size(), 0.0f);
     p[size_t(argmax(x))] = 1;
     return p;
   }
-  const float m = *std::max_element(x.begin(), x.end());
-  double total = 0;
-  for (size_t i = 0; i < x.size(); ++i) total += p[i] = std::isinf(x[i]) ? 0.0f : std::exp(x[i] - m);
-  for (float& q : p) q = float(q / total);
-  return p;
+  return softmax(x);
 }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {

@@ -105,6 +105,57 @@ TEST(SamplerTest, TopPKeepsTheSmallestSetWithTheMass) {
   expect_draws_follow(s, want);
 }
 
+// A vocabulary of Qwen3's size, where the sampler sorts only the tokens above a cut: the
+// kept set and its distribution are the full sort's (HF's definition, in f64), for peaked
+// and flat distributions, with ties, and after top-k.
+TEST(SamplerTest, TopPOnALargeVocabularyMatchesTheFullSort) {
+  std::vector<float> logits(151936);
+  uint64_t z = 12345;
+  for (float& l : logits) {  // a fixed pseudo-random stream, then every 97th value repeated
+    z = z * 6364136223846793005ull + 1442695040888963407ull;
+    l = float(int(z >> 40) % 20000) / 1000.0f - 10.0f;
+  }
+  for (size_t i = 97; i < logits.size(); i += 97) logits[i] = logits[i - 1];
+  struct Case {
+    float temperature, top_p;
+    int top_k;
+  };
+  for (const Case c : {Case{0.3f, 0.9f, 0}, Case{1.0f, 0.5f, 0}, Case{3.0f, 0.95f, 0}, Case{50.0f, 0.99f, 0},
+                       Case{1.0f, 0.8f, 5000}}) {
+    SamplingOptions o;
+    o.temperature = c.temperature, o.top_p = c.top_p, o.top_k = c.top_k;
+    const std::vector<float> got = Sampler(o).probabilities(logits, {});
+    std::vector<double> x(logits.begin(), logits.end());
+    for (double& v : x) v = double(float(v) / c.temperature);  // the sampler divides in f32
+    if (c.top_k > 0) {
+      std::vector<double> sorted = x;
+      std::sort(sorted.begin(), sorted.end(), std::greater<>());
+      for (double& v : x)
+        if (v < sorted[size_t(c.top_k - 1)]) v = -INFINITY;
+    }
+    const std::vector<double> p = softmax(x);
+    std::vector<size_t> order(p.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return x[a] > x[b]; });
+    double before = 0;
+    int kept = 0;
+    for (size_t i : order) {
+      if (before >= c.top_p) x[i] = -INFINITY;
+      else ++kept;
+      before += p[i];
+    }
+    const std::vector<double> want = softmax(x);
+    int got_kept = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i] > 0, want[i] > 0) << "token " << i << ", temperature " << c.temperature;
+      got_kept += got[i] > 0;
+      ASSERT_NEAR(got[i], want[i], 1e-6) << "token " << i;
+    }
+    EXPECT_EQ(got_kept, kept);
+    EXPECT_GT(kept, 1) << "temperature " << c.temperature;
+  }
+}
+
 TEST(SamplerTest, MinPDropsUnlikelyTokens) {
   SamplingOptions o;
   o.temperature = 1;
