@@ -1,6 +1,7 @@
 #include "runtime/sampler.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -67,29 +68,29 @@ std::vector<float> softmax(const std::vector<float>& x) {
 void apply_top_p(std::vector<float>& x, const std::vector<float>& p, float top_p) {
   constexpr int kBuckets = 4096;
   const double cut = 1.0 - double(top_p);
-  float lo = std::numeric_limits<float>::infinity(), hi = kNegInf;
-  size_t top = 0;  // the most likely token: the largest logit, the lowest id among equals
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (x[i] == kNegInf) continue;
-    lo = std::min(lo, x[i]);
-    if (x[i] > hi) hi = x[i], top = i;
-  }
+  const float hi = largest(x);
+  float lo = hi;
+  for (float v : x) lo = std::min(lo, v == kNegInf ? hi : v);  // the smallest finite logit
+  // The most likely token: the largest logit, the lowest id among equals.
+  const size_t top = size_t(std::find(x.begin(), x.end(), hi) - x.begin());
   const float scale = hi > lo ? float(kBuckets) / (hi - lo) : 0.0f;
-  auto bucket = [&](float v) { return std::min(kBuckets - 1, int((v - lo) * scale)); };
-  std::vector<double> mass(kBuckets, 0.0);
-  for (size_t i = 0; i < x.size(); ++i)
-    if (x[i] != kNegInf) mass[size_t(bucket(x[i]))] += p[i];
+  std::vector<uint16_t> bucket(x.size());  // kBuckets for -inf: removed already
+  std::vector<double> mass(kBuckets + 1, 0.0);
+  for (size_t i = 0; i < x.size(); ++i) {
+    bucket[i] = x[i] == kNegInf ? uint16_t(kBuckets) : uint16_t(std::min(kBuckets - 1, int((x[i] - lo) * scale)));
+    mass[bucket[i]] += p[i];
+  }
   double cum = 0;
   int first = 0;  // the bucket the walk starts in; every token below it goes
   for (; first < kBuckets - 1 && cum + mass[size_t(first)] <= cut; ++first) cum += mass[size_t(first)];
-  for (float& v : x)
-    if (v != kNegInf && bucket(v) < first) v = kNegInf;
   std::vector<int32_t> order;
   bool stopped = false;
   for (int b = first; !stopped && b < kBuckets; ++b) {  // past `first` only where sums round apart
     order.clear();
-    for (size_t i = 0; i < x.size(); ++i)
-      if (x[i] != kNegInf && bucket(x[i]) == b) order.push_back(int32_t(i));
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (b == first && bucket[i] < first) x[i] = kNegInf;
+      if (bucket[i] == b) order.push_back(int32_t(i));
+    }
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t c) {
       return x[size_t(a)] != x[size_t(c)] ? x[size_t(a)] < x[size_t(c)] : a > c;
     });
