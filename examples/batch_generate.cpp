@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
     lmx::GenerateOptions opts;
     opts.max_tokens = argc > 3 ? std::stoi(argv[3]) : 64;
     opts.temperature = argc > 4 ? std::stof(argv[4]) : 0;  // 0: greedy
-    opts.seed = 42;  // row r samples with seed 42 + r
+    opts.seed = 42;                                        // row r samples with seed 42 + r
     opts.ignore_eos = true;  // every row runs to max_tokens, so the figure counts them all
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<lmx::BatchResult> out = model->batch_generate(prompts, opts);
@@ -29,9 +29,10 @@ int main(int argc, char** argv) {
     size_t tokens = 0;
     for (const lmx::BatchResult& r : out) tokens += r.ids.size();
     std::cout << "row 0: " << out[0].text << "\n";
-    std::cerr << out.size() << " rows, " << tokens << " tokens in " << s << " s (prefill included): "
-              << double(tokens) / s << " tok/s, decoded by the " << model->metrics().decode_path << " path\n";
-  } catch (const std::exception& e) {  // bad model folder, missing tokenizer, prompt past the context, ...
+    std::cerr << out.size() << " rows, " << tokens << " tokens in " << s
+              << " s (prefill included): " << double(tokens) / s << " tok/s, decoded by the "
+              << model->metrics().decode_path << " path\n";
+  } catch (const std::exception& e) {  // bad model folder, missing tokenizer, long prompt, ...
     std::cerr << e.what() << "\n";
     return 1;
   }

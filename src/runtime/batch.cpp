@@ -202,7 +202,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
       parallel_for(rows, 1, [&](int64_t lo, int64_t hi) {
         for (size_t i = size_t(lo); i < size_t(hi); ++i)
           next[i] = done[i] ? history[i].back()
-                            : samplers[i].sample(std::span<const float>(logits.data() + i * v, v), history[i]);
+                            : samplers[i].sample(std::span<const float>(logits.data() + i * v, v),
+                                                 history[i]);
       });
     }
     for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i]);

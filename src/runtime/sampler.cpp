@@ -1,8 +1,8 @@
 #include "runtime/sampler.h"
 
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -77,12 +77,14 @@ void apply_top_p(std::vector<float>& x, const std::vector<float>& p, float top_p
   std::vector<uint16_t> bucket(x.size());  // kBuckets for -inf: removed already
   std::vector<double> mass(kBuckets + 1, 0.0);
   for (size_t i = 0; i < x.size(); ++i) {
-    bucket[i] = x[i] == kNegInf ? uint16_t(kBuckets) : uint16_t(std::min(kBuckets - 1, int((x[i] - lo) * scale)));
+    bucket[i] = x[i] == kNegInf ? uint16_t(kBuckets)
+                                : uint16_t(std::min(kBuckets - 1, int((x[i] - lo) * scale)));
     mass[bucket[i]] += p[i];
   }
   double cum = 0;
   int first = 0;  // the bucket the walk starts in; every token below it goes
-  for (; first < kBuckets - 1 && cum + mass[size_t(first)] <= cut; ++first) cum += mass[size_t(first)];
+  for (; first < kBuckets - 1 && cum + mass[size_t(first)] <= cut; ++first)
+    cum += mass[size_t(first)];
   std::vector<int32_t> order;
   bool stopped = false;
   for (int b = first; !stopped && b < kBuckets; ++b) {  // past `first` only where sums round apart

@@ -234,22 +234,23 @@ TEST_P(FusedDecodeTest, PipelinedGeneratorEqualsStepByStepDecoding) {
   EXPECT_EQ(got, want);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
-                         ::testing::Values(FusedCase{"llama", kLlama, false, true},
-                                           FusedCase{"qwen3", kQwen3, false, true},
-                                           FusedCase{"llama_wide", kLlamaWide, false, true, kLlamaWideSpread},
-                                           FusedCase{"llama_wide_per_phase", kLlamaWide, false, false, kLlamaWideSpread},
-                                           FusedCase{"llama_wide_heads", kLlamaWideHeads, false, true},
-                                           FusedCase{"llama_wide_heads_per_phase", kLlamaWideHeads, false, false},
-                                           FusedCase{"llama_small_vocab", kLlamaSmallVocab, false, true},
-                                           FusedCase{"llama_wide_mlp", kLlamaWideMlp, false, true, 0.0126f},
-                                           FusedCase{"qwen3_wide_mlp", kQwen3WideMlp, false, true, 0.0264f},
-                                           FusedCase{"gemma3_rotating", kGemma3, true, true},
-                                           FusedCase{"gemma3_contiguous", kGemma3, false, true},
-                                           FusedCase{"llama_per_phase", kLlama, false, false},
-                                           FusedCase{"qwen3_per_phase", kQwen3, false, false},
-                                           FusedCase{"gemma3_rotating_per_phase", kGemma3, true, false}),
-                         [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(
+    Families, FusedDecodeTest,
+    ::testing::Values(FusedCase{"llama", kLlama, false, true},
+                      FusedCase{"qwen3", kQwen3, false, true},
+                      FusedCase{"llama_wide", kLlamaWide, false, true, kLlamaWideSpread},
+                      FusedCase{"llama_wide_per_phase", kLlamaWide, false, false, kLlamaWideSpread},
+                      FusedCase{"llama_wide_heads", kLlamaWideHeads, false, true},
+                      FusedCase{"llama_wide_heads_per_phase", kLlamaWideHeads, false, false},
+                      FusedCase{"llama_small_vocab", kLlamaSmallVocab, false, true},
+                      FusedCase{"llama_wide_mlp", kLlamaWideMlp, false, true, 0.0126f},
+                      FusedCase{"qwen3_wide_mlp", kQwen3WideMlp, false, true, 0.0264f},
+                      FusedCase{"gemma3_rotating", kGemma3, true, true},
+                      FusedCase{"gemma3_contiguous", kGemma3, false, true},
+                      FusedCase{"llama_per_phase", kLlama, false, false},
+                      FusedCase{"qwen3_per_phase", kQwen3, false, false},
+                      FusedCase{"gemma3_rotating_per_phase", kGemma3, true, false}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 // A cache with more 32-key chunks than the grid has blocks (Llama's 2 kv heads x 128
 // chunks of 4,096 slots): the persistent step lengthens its chunks so that its attention
@@ -258,7 +259,8 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedDecodeTest,
 TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   expect_logits_match_plain(FusedCase{"llama_long_cache", kLlama, false, true}, 4096);
-  expect_logits_match_plain(FusedCase{"llama_wide_heads_long_cache", kLlamaWideHeads, false, true}, 4096);
+  expect_logits_match_plain(FusedCase{"llama_wide_heads_long_cache", kLlamaWideHeads, false, true},
+                            4096);
   expect_logits_match_plain(FusedCase{"gemma3_long_cache", kGemma3, false, true}, 4096);
 }
 

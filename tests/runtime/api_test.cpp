@@ -162,7 +162,8 @@ TEST(ApiTest, BatchGenerateEqualsOneAtATime) {
 // on the device): row r draws as generate() does with seed + r.
 TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
   auto model = load("qwen3-f32");
-  const std::vector<std::string> prompts = {"hello", "the quick brown fox jumps", "over the lazy dog. hello world"};
+  const std::vector<std::string> prompts = {"hello", "the quick brown fox jumps",
+                                            "over the lazy dog. hello world"};
   GenerateOptions o = greedy(10);
   o.temperature = 1.5f;  // flat enough that the rows' draws differ from the argmax
   o.seed = 11;

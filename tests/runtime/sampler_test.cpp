@@ -120,8 +120,8 @@ TEST(SamplerTest, TopPOnALargeVocabularyMatchesTheFullSort) {
     float temperature, top_p;
     int top_k;
   };
-  for (const Case c : {Case{0.3f, 0.9f, 0}, Case{1.0f, 0.5f, 0}, Case{3.0f, 0.95f, 0}, Case{50.0f, 0.99f, 0},
-                       Case{1.0f, 0.8f, 5000}}) {
+  for (const Case c : {Case{0.3f, 0.9f, 0}, Case{1.0f, 0.5f, 0}, Case{3.0f, 0.95f, 0},
+                       Case{50.0f, 0.99f, 0}, Case{1.0f, 0.8f, 5000}}) {
     SamplingOptions o;
     o.temperature = c.temperature, o.top_p = c.top_p, o.top_k = c.top_k;
     const std::vector<float> got = Sampler(o).probabilities(logits, {});
@@ -140,8 +140,10 @@ TEST(SamplerTest, TopPOnALargeVocabularyMatchesTheFullSort) {
     double before = 0;
     int kept = 0;
     for (size_t i : order) {
-      if (before >= c.top_p) x[i] = -INFINITY;
-      else ++kept;
+      if (before >= c.top_p)
+        x[i] = -INFINITY;
+      else
+        ++kept;
       before += p[i];
     }
     const std::vector<double> want = softmax(x);
