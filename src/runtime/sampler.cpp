@@ -27,12 +27,23 @@ int32_t argmax(std::span<const float> v) {
   return int32_t(std::max_element(v.begin(), v.end()) - v.begin());  // first of ties, like torch
 }
 
-// The largest value. A plain loop, which the compiler vectorises: std::max_element
-// tracks a position and took 0.46 ms over 152K values.
+// f folded over v from `init` in 8 running values, merged at the end: for max and min,
+// where the order does not matter, so that each step need not wait for the one before.
+// std::max_element tracks a position and took 0.46 ms over 152K values.
+template <class F>
+float fold8(const std::vector<float>& v, float init, F f) {
+  float lane[8];
+  std::fill(lane, lane + 8, init);
+  size_t i = 0;
+  for (; i + 8 <= v.size(); i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] = f(lane[j], v[i + size_t(j)]);
+  for (; i < v.size(); ++i) lane[0] = f(lane[0], v[i]);
+  for (int j = 1; j < 8; ++j) lane[0] = f(lane[0], lane[j]);
+  return lane[0];
+}
+
 float largest(const std::vector<float>& v) {
-  float m = kNegInf;
-  for (float e : v) m = std::max(m, e);
-  return m;
+  return fold8(v, kNegInf, [](float a, float b) { return std::max(a, b); });
 }
 
 // exp(x_i - max) / sum in f32, 0 where x_i is -inf, the sum taken in f64. A vocabulary of
@@ -69,8 +80,9 @@ void apply_top_p(std::vector<float>& x, const std::vector<float>& p, float top_p
   constexpr int kBuckets = 4096;
   const double cut = 1.0 - double(top_p);
   const float hi = largest(x);
-  float lo = hi;
-  for (float v : x) lo = std::min(lo, v == kNegInf ? hi : v);  // the smallest finite logit
+  // The smallest finite logit.
+  const float lo =
+      fold8(x, hi, [&](float a, float b) { return std::min(a, b == kNegInf ? hi : b); });
   // The most likely token: the largest logit, the lowest id among equals.
   const size_t top = size_t(std::find(x.begin(), x.end(), hi) - x.begin());
   const float scale = hi > lo ? float(kBuckets) / (hi - lo) : 0.0f;
