@@ -1,7 +1,8 @@
 // Generates from many prompts in one batch and reports the throughput: the batch API in
 // about 40 lines.
 //   batch_generate /models/Qwen3-0.6B 64          # 64 prompts, 64 new tokens each
-//   batch_generate /models/Qwen3-0.6B 64 256 0.7  # 256 tokens each, sampled at 0.7
+//   batch_generate /models/Qwen3-0.6B 64 256 0.7     # 256 tokens each, sampled at 0.7
+//   batch_generate /models/Qwen3-0.6B 64 256 0.7 20  # ... from the 20 most likely
 #include <lmx/lmx.h>
 
 #include <chrono>
@@ -10,7 +11,7 @@
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: batch_generate MODEL_DIR PROMPTS [MAX_TOKENS [TEMPERATURE]]\n";
+    std::cerr << "usage: batch_generate MODEL_DIR PROMPTS [MAX_TOKENS [TEMPERATURE [TOP_K]]]\n";
     return 2;
   }
   try {
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
     lmx::GenerateOptions opts;
     opts.max_tokens = argc > 3 ? std::stoi(argv[3]) : 64;
     opts.temperature = argc > 4 ? std::stof(argv[4]) : 0;  // 0: greedy
+    opts.top_k = argc > 5 ? std::stoi(argv[5]) : 0;        // 0: every token
     opts.seed = 42;                                        // row r samples with seed 42 + r
     opts.ignore_eos = true;  // every row runs to max_tokens, so the figure counts them all
     const auto t0 = std::chrono::steady_clock::now();

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 
 namespace lmx {
 
@@ -50,7 +51,7 @@ std::optional<int32_t> TokenGenerator::fused_step() {
   };
   if (!sampler_.greedy()) {
     if (!launch(true)) return std::nullopt;
-    return sampler_.sample(to_floats(fused_->logits()), tokens_);
+    return sample(fused_->logits());
   }
   // Greedy decoding reads back only the argmax, and the step for the token after it is
   // queued before it is read, so the device never waits for the host. When that token
@@ -67,11 +68,49 @@ std::optional<int32_t> TokenGenerator::fused_step() {
   return fused_->wait_token();
 }
 
-std::vector<float> TokenGenerator::step(const std::vector<int32_t>& ids) {
+Array TokenGenerator::step(const std::vector<int32_t>& ids) {
   const std::vector<nn::LayerCache*> layers = cache_.layers();
   const Array x = to_device(from_vector(ids, {1, int64_t(ids.size())}), model_.device());
   const Array h = model_.last_hidden_states(x, layers);  // [1, H]
-  return to_floats(model_.logits(h));  // [V]
+  return model_.logits(h);                               // [1, V]
+}
+
+int32_t TokenGenerator::sample(const Array& logits) {
+  return sample_rows({&sampler_, 1}, reshape(logits, {1, -1}), {&tokens_, 1}, {false})[0];
+}
+
+std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logits,
+                                 std::span<const std::vector<int32_t>> histories,
+                                 const std::vector<bool>& skip) {
+  const int64_t rows = logits.shape(0), v = logits.shape(1);
+  LMX_CHECK(logits.ndim() == 2 && int64_t(samplers.size()) == rows &&
+                int64_t(histories.size()) == rows && int64_t(skip.size()) == rows,
+            "sample", "logits [", rows, ", V] need a sampler, a history and a skip flag per row");
+  std::vector<int32_t> out(static_cast<size_t>(rows), -1);
+  std::vector<bool> pending(skip.size());
+  for (size_t r = 0; r < skip.size(); ++r) pending[r] = !skip[r];
+  const int k = rows > 0 ? samplers[0].candidates(v) : 0;
+  if (k > 0 && logits.device().type != Device::Type::cpu) {
+    const auto [top, at] = topk(logits, k + 1);  // [R, k + 1], largest first
+    const std::vector<float> x = to_floats(top);
+    const std::vector<int32_t> ids = to_vector<int32_t>(at);
+    const size_t n = size_t(k) + 1;
+    for (size_t r = 0; r < size_t(rows); ++r) {
+      if (!pending[r]) continue;
+      const std::optional<int32_t> t =
+          samplers[r].sample_top({ids.data() + r * n, n}, {x.data() + r * n, n});
+      if (t) out[r] = *t, pending[r] = false;  // else a tie at the k-th: every logit is needed
+    }
+  }
+  if (std::find(pending.begin(), pending.end(), true) == pending.end()) return out;
+  const std::vector<float> all = to_floats(logits);  // [R, V]
+  // Rows on the host's threads: each row's sampler draws on its own.
+  parallel_for(rows, 1, [&](int64_t lo, int64_t hi) {
+    for (size_t r = size_t(lo); r < size_t(hi); ++r)
+      if (pending[r])
+        out[r] = samplers[r].sample({all.data() + r * size_t(v), size_t(v)}, histories[r]);
+  });
+  return out;
 }
 
 std::optional<int32_t> TokenGenerator::next() {
@@ -94,7 +133,7 @@ std::optional<int32_t> TokenGenerator::next() {
     tok = *fused;
   } else {
     const std::vector<int32_t> rest(tokens_.begin() + cache_.length(), tokens_.end());
-    tok = sampler_.sample(step(rest), tokens_);
+    tok = sample(step(rest));
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();

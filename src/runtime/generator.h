@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,15 @@ struct GenerationTimings {
   std::string decode_path;  // GenerateMetrics::decode_path; "" before any decode step
 };
 
+// One draw per row of `logits` [R, V] (on any device), by samplers[r] with histories[r];
+// rows where skip[r] get -1 and take no draw. The rows share their options but the seed.
+// Where those allow it (Sampler::candidates) and the logits are on a GPU, only each row's
+// k + 1 largest come back to the host, not V (152K for Qwen3: the copy and a draw over all
+// of them cost several times the decode step).
+std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logits,
+                                 std::span<const std::vector<int32_t>> histories,
+                                 const std::vector<bool>& skip);
+
 // Not thread-safe. The model is shared read-only; the cache belongs to this sequence.
 class TokenGenerator {
  public:
@@ -52,7 +62,8 @@ class TokenGenerator {
   }
 
  private:
-  std::vector<float> step(const std::vector<int32_t>& ids);  // -> last-position logits [V]
+  Array step(const std::vector<int32_t>& ids);  // -> last-position logits [1, V]
+  int32_t sample(const Array& logits);          // sampler_'s draw from logits [1, V] or [V]
   // One decode step of the last token through the fused decoder; nullopt where the cache
   // cannot serve it (then step() runs instead).
   std::optional<int32_t> fused_step();

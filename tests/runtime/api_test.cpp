@@ -179,6 +179,36 @@ TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
   EXPECT_TRUE(differs_from_greedy) << "the sampled rows should not all be the greedy ones";
 }
 
+// On CUDA, top-k sampling reads back only each row's top_k + 1 logits (sample_rows). A
+// logit bias of 0 changes nothing but makes the sampler ask for every logit: both must
+// draw the same tokens, in generate() and in batch_generate() (more rows than the fused
+// step takes, so the plain ops run).
+TEST(ApiTest, CudaTopKSamplingReadsBackTheTopAndDrawsAsOverEveryLogit) {
+  const Backend* cuda = get_backend("cuda");
+  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
+  LoadOptions lo;
+  lo.backend = "cuda";
+  lo.dtype = "bf16";
+  std::vector<std::string> prompts;
+  for (int i = 0; i < 10; ++i)
+    prompts.push_back("prompt " + std::to_string(i) + " the quick brown fox");
+  for (const char* name : {"llama-f32", "qwen3-f32"}) {
+    auto model = load_model(kModels / name, lo);
+    GenerateOptions o = greedy(24);
+    o.temperature = 1.2f, o.top_k = 20, o.top_p = 0.95f, o.seed = 5;
+    GenerateOptions every = o;
+    every.logit_bias = {{0, 0.0f}};
+    const std::vector<int32_t> got = ids_of(model->generate(prompts[0], o));
+    EXPECT_EQ(got, ids_of(model->generate(prompts[0], every))) << name;
+    EXPECT_NE(got, ids_of(model->generate(prompts[0], greedy(24))))
+        << name << ": the draws should not be greedy";
+    const auto rows = model->batch_generate(prompts, o),
+               rows_every = model->batch_generate(prompts, every);
+    for (size_t i = 0; i < prompts.size(); ++i)
+      EXPECT_EQ(rows[i].ids, rows_every[i].ids) << name << " row " << i;
+  }
+}
+
 // On CUDA in bf16, greedy batch_generate takes the batched fused step (the prefill stays
 // on the plain ops). What the runtime adds to the step is checked here: every row decodes
 // to its length, and a stop token ends each row exactly where it first appears, the other

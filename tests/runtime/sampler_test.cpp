@@ -158,6 +158,56 @@ TEST(SamplerTest, TopPOnALargeVocabularyMatchesTheFullSort) {
   }
 }
 
+// A caller with the logits on a GPU reads back only the top_k + 1 largest and calls
+// sample_top: the draws are the very ones sample() makes over the whole vocabulary (5,000
+// logits: one chunk of the softmax's sum, so the two sums agree to the last bit).
+TEST(SamplerTest, SampleTopDrawsAsSampleOverTheWholeVocabulary) {
+  std::vector<float> logits(5000);
+  uint64_t z = 777;
+  for (float& l : logits) {
+    z = z * 6364136223846793005ull + 1442695040888963407ull;
+    l = float(int(z >> 40) % 100000) / 10000.0f - 5.0f;
+  }
+  std::vector<int32_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  for (const float top_p : {1.0f, 0.9f, 0.3f}) {
+    SamplingOptions o;
+    o.temperature = 0.8f, o.top_k = 40, o.top_p = top_p, o.min_p = top_p < 0.5f ? 0.05f : 0.0f,
+    o.seed = 21;
+    Sampler whole(o), top(o);
+    ASSERT_EQ(top.candidates(int64_t(logits.size())), 40);
+    std::vector<int32_t> ids(order.begin(), order.begin() + 41);
+    std::vector<float> x;
+    for (int32_t i : ids) x.push_back(logits[size_t(i)]);
+    for (int i = 0; i < 300; ++i) {
+      const std::optional<int32_t> t = top.sample_top(ids, x);
+      ASSERT_TRUE(t.has_value());
+      ASSERT_EQ(*t, whole.sample(logits, {})) << "draw " << i << ", top_p " << top_p;
+    }
+  }
+  // The 41st tying the 40th: top-k keeps both, which the 41 given cannot say.
+  SamplingOptions o;
+  o.temperature = 1, o.top_k = 40, o.seed = 1;
+  Sampler s(o);
+  std::vector<int32_t> ids(41);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::vector<float> tied(41, 1.0f);
+  EXPECT_FALSE(s.sample_top(ids, tied).has_value());
+  // Options under which a draw needs every logit.
+  o.top_k = 0;
+  EXPECT_EQ(Sampler(o).candidates(5000), 0);
+  o.top_k = 5000;
+  EXPECT_EQ(Sampler(o).candidates(5000), 0);
+  o.top_k = 40, o.repetition_penalty = 1.1f;
+  EXPECT_EQ(Sampler(o).candidates(5000), 0);
+  o.repetition_penalty = 1, o.logit_bias = {{3, 0.0f}};
+  EXPECT_EQ(Sampler(o).candidates(5000), 0);
+  o.logit_bias = {}, o.temperature = 0;
+  EXPECT_EQ(Sampler(o).candidates(5000), 0);
+}
+
 TEST(SamplerTest, MinPDropsUnlikelyTokens) {
   SamplingOptions o;
   o.temperature = 1;
