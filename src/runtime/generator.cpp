@@ -72,7 +72,8 @@ Array TokenGenerator::step(const std::vector<int32_t>& ids) {
   const std::vector<nn::LayerCache*> layers = cache_.layers();
   const Array x = to_device(from_vector(ids, {1, int64_t(ids.size())}), model_.device());
   const Array h = model_.last_hidden_states(x, layers);  // [1, H]
-  return model_.logits(h);                               // [1, V]
+  const Array logits = model_.logits(h);                 // [1, V]
+  return logits;
 }
 
 int32_t TokenGenerator::sample(const Array& logits) {

@@ -111,6 +111,30 @@ TEST(Cuda, CategoricalDrawsMatchTheCpu) {
     }
 }
 
+// sort, argsort and topk on the device give the CPU's results exactly, ties (many, in bf16)
+// kept in index order: one row (the device-wide radix sort, as a sampled decode step's
+// top-k over a vocabulary takes it) and several (the segmented sort).
+TEST(Cuda, SortArgsortTopkMatchTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  for (int64_t rows : {int64_t(1), int64_t(3)})
+    for (int64_t v : {int64_t(7), int64_t(4097), int64_t(151936)}) {
+      const Array x = astype(random_normal({rows, v}, 5 + uint64_t(v), 0, 3), Dtype::bf16);
+      const Array xg = to_device(x, kGpu);
+      for (bool descending : {false, true}) {
+        EXPECT_EQ(to_vector<int32_t>(argsort(x, descending)),
+                  to_vector<int32_t>(argsort(xg, descending)))
+            << rows << " x " << v << (descending ? " descending" : "");
+        EXPECT_EQ(to_floats(sort(x, descending)), to_floats(sort(xg, descending)))
+            << rows << " x " << v;
+      }
+      const int k = int(std::min<int64_t>(v, 51));
+      const auto [cv, ci] = topk(x, k);
+      const auto [gv, gi] = topk(xg, k);
+      EXPECT_EQ(to_vector<int32_t>(ci), to_vector<int32_t>(gi)) << rows << " x " << v;
+      EXPECT_EQ(to_floats(cv), to_floats(gv)) << rows << " x " << v;
+    }
+}
+
 // |got - want| <= tol * (|want| + scale), element-wise, on the host.
 void expect_near_cpu(const Array& gpu, const Array& cpu, double tol, double scale,
                      const std::string& what) {

@@ -1,8 +1,9 @@
 // Sorting (sort, argsort and topk share one kernel) and categorical sampling.
-// Rows are sorted with CUB's stable segmented sort on (key, column) pairs, so ties keep
-// the lower index first in both directions, as on the CPU. categorical draws the same
-// random number per row as the CPU backend and inverts the same CDF.
+// Rows are sorted with CUB's stable segmented sort on (key, column) pairs (one row with its
+// stable radix sort), so ties keep the lower index first in both directions, as on the CPU.
+// categorical draws the same random number per row as the CPU backend and inverts the same CDF.
 #include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_sort.cuh>
 
 #include "backend/cuda/common.cuh"
@@ -134,7 +135,16 @@ void sort(const Context& ctx, const Array& in, bool descending, int k, const Arr
     prepare_kernel<<<grid_for(n + rows + 1), kBlock, 0, ctx.stream>>>(
         static_cast<const T*>(in.raw()), kp, cols_idx.data<int32_t>(), off, rows, cols);
     check_launch("prepare_kernel");
+    // One row takes the device-wide radix sort (stable too): the segmented sort gives a
+    // segment one block, and took most of a sampled decode step for one row of 152K logits.
     auto run = [&](void* tmp, size_t& bytes) {
+      if (rows == 1)
+        return descending ? cub::DeviceRadixSort::SortPairsDescending(
+                                tmp, bytes, kp, kop, cols_idx.data<int32_t>(),
+                                order.data<int32_t>(), n, 0, int(sizeof(K) * 8), ctx.stream)
+                          : cub::DeviceRadixSort::SortPairs(
+                                tmp, bytes, kp, kop, cols_idx.data<int32_t>(),
+                                order.data<int32_t>(), n, 0, int(sizeof(K) * 8), ctx.stream);
       return descending ? cub::DeviceSegmentedSort::StableSortPairsDescending(
                               tmp, bytes, kp, kop, cols_idx.data<int32_t>(), order.data<int32_t>(),
                               n, rows, off, off + 1, ctx.stream)
@@ -143,9 +153,9 @@ void sort(const Context& ctx, const Array& in, bool descending, int k, const Arr
                               n, rows, off, off + 1, ctx.stream);
     };
     size_t tmp_bytes = 0;
-    check(run(nullptr, tmp_bytes), "cub::DeviceSegmentedSort (size query)");
+    check(run(nullptr, tmp_bytes), "cub sort (size query)");
     Array tmp({int64_t(std::max<size_t>(tmp_bytes, 1))}, Dtype::u8, dev);
-    check(run(tmp.raw(), tmp_bytes), "cub::DeviceSegmentedSort");
+    check(run(tmp.raw(), tmp_bytes), "cub sort");
     const int64_t nk = rows * k;
     select_kernel<<<grid_for(nk), kBlock, 0, ctx.stream>>>(
         static_cast<const T*>(in.raw()), order.data<int32_t>(),
