@@ -28,6 +28,18 @@ std::vector<int32_t> ids_of(Stream s) {
   return out;
 }
 
+bool cuda_visible() {
+  const Backend* cuda = get_backend("cuda");
+  return cuda && cuda->available();
+}
+
+LoadOptions cuda_bf16() {
+  LoadOptions lo;
+  lo.backend = "cuda";
+  lo.dtype = "bf16";
+  return lo;
+}
+
 GenerateOptions greedy(int n) {
   GenerateOptions o;
   o.max_tokens = n;
@@ -184,11 +196,8 @@ TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
 // draw the same tokens, in generate() and in batch_generate() (more rows than the fused
 // step takes, so the plain ops run).
 TEST(ApiTest, CudaTopKSamplingReadsBackTheTopAndDrawsAsOverEveryLogit) {
-  const Backend* cuda = get_backend("cuda");
-  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
-  LoadOptions lo;
-  lo.backend = "cuda";
-  lo.dtype = "bf16";
+  if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
+  const LoadOptions lo = cuda_bf16();
   std::vector<std::string> prompts;
   for (int i = 0; i < 10; ++i)
     prompts.push_back("prompt " + std::to_string(i) + " the quick brown fox");
@@ -217,11 +226,8 @@ TEST(ApiTest, CudaTopKSamplingReadsBackTheTopAndDrawsAsOverEveryLogit) {
 // since the fixtures' weights (initializer_range 0.02) leave near-ties that bf16 rounding
 // differences flip.
 TEST(ApiTest, CudaBatchGenerateRunsOnTheFusedStepAndStopsRowsAtTheirStopToken) {
-  const Backend* cuda = get_backend("cuda");
-  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
-  LoadOptions lo;
-  lo.backend = "cuda";
-  lo.dtype = "bf16";
+  if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
+  const LoadOptions lo = cuda_bf16();
   const std::vector<std::string> prompts = {"hello", "the quick brown fox jumps", "over the lazy dog. hello world",
                                             "a", "b c d e f"};
   for (const char* name : {"llama-f32", "qwen3-f32", "gemma3_text-f32"}) {
