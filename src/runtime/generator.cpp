@@ -83,9 +83,11 @@ int32_t TokenGenerator::sample(const Array& logits) {
 std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logits,
                                  std::span<const std::vector<int32_t>> histories,
                                  const std::vector<bool>& skip) {
+  LMX_CHECK(logits.ndim() == 2, "sample", "logits must be [rows, V], got ",
+            shape_str(logits.shape()));
   const int64_t rows = logits.shape(0), v = logits.shape(1);
-  LMX_CHECK(logits.ndim() == 2 && int64_t(samplers.size()) == rows &&
-                int64_t(histories.size()) == rows && int64_t(skip.size()) == rows,
+  LMX_CHECK(int64_t(samplers.size()) == rows && int64_t(histories.size()) == rows &&
+                int64_t(skip.size()) == rows,
             "sample", "logits [", rows, ", V] need a sampler, a history and a skip flag per row");
   std::vector<int32_t> out(static_cast<size_t>(rows), -1);
   std::vector<bool> pending(skip.size());
