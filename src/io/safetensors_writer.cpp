@@ -61,14 +61,22 @@ Layout plan(const std::vector<Entry>& tensors, const std::map<std::string, std::
   return l;
 }
 
+// A tensor's entry, its size from its dtype and shape.
+Entry entry(const std::string& name, StDtype dtype, const std::vector<int64_t>& shape,
+            const std::string& file) {
+  const auto need = st_nbytes(dtype, shape);
+  if (!need) fail(kWhere, file, ": tensor '", name, "' has a shape whose size is invalid");
+  return {&name, dtype, &shape, size_t(*need)};
+}
+
 std::vector<Entry> entries(const std::vector<NamedTensor>& tensors, const std::string& file) {
   std::vector<Entry> out;
   for (const NamedTensor& t : tensors) {
-    auto need = st_nbytes(t.dtype, t.shape);
-    if (!need || *need != t.bytes.size())
-      fail(kWhere, file, ": tensor '", t.name, "' has ", t.bytes.size(), " bytes of data but its dtype ",
-           st_dtype_name(t.dtype), " and shape need ", need ? std::to_string(*need) : "an invalid size");
-    out.push_back({&t.name, t.dtype, &t.shape, t.bytes.size()});
+    out.push_back(entry(t.name, t.dtype, t.shape, file));
+    if (out.back().nbytes != t.bytes.size())
+      fail(kWhere, file, ": tensor '", t.name, "' has ", t.bytes.size(),
+           " bytes of data but its dtype ", st_dtype_name(t.dtype), " and shape need ",
+           out.back().nbytes);
   }
   return out;
 }
@@ -147,10 +155,8 @@ void write_safetensors_streamed(const std::filesystem::path& path, const std::ve
   const std::string file = path.string();
   std::vector<Entry> es;
   for (const DeferredTensor& t : tensors) {
-    auto need = st_nbytes(t.dtype, t.shape);
-    if (!need) fail(kWhere, file, ": tensor '", t.name, "' has a shape whose size is invalid");
     if (!t.fill) fail(kWhere, file, ": tensor '", t.name, "' has nothing to fill it");
-    es.push_back({&t.name, t.dtype, &t.shape, size_t(*need)});
+    es.push_back(entry(t.name, t.dtype, t.shape, file));
   }
   const Layout l = plan(es, metadata, file);
   std::vector<std::byte> buffer;
