@@ -180,16 +180,23 @@ __device__ __forceinline__ void attend(const T* qh, const T* ks, const T* vs, in
   }
 }
 
-// table [nl, 2 half]: the angles of positions offsets[0] + l, cos then sin, rounded to T.
+// Column j of a row of angles at position pos (cos of the half's columns, then sin),
+// rounded to T as HF rounds them.
+template <class T>
+__device__ __forceinline__ void put_angle(int64_t pos, float freq, int j, int half, T* row) {
+  float c, s;
+  rope_angle<T>(pos, freq, c, s);
+  row[j] = from_float<T>(c);
+  row[half + j] = from_float<T>(s);
+}
+
+// table [nl, 2 half]: the angles of positions offsets[0] + l.
 template <class T>
 __global__ void rope_table_kernel(const float* inv_freq, const int32_t* offsets, int nl, int half,
                                   T* table) {
   const int i = int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x), l = i / half, j = i % half;
   if (l >= nl) return;
-  float c, s;
-  rope_angle<T>(int64_t(offsets[0]) + l, inv_freq[j], c, s);
-  table[l * 2 * half + j] = from_float<T>(c);
-  table[l * 2 * half + half + j] = from_float<T>(s);
+  put_angle<T>(int64_t(offsets[0]) + l, inv_freq[j], j, half, table + l * 2 * half);
 }
 
 template <class T, class W, bool kGemmaNorm, int kKeyTiles>
@@ -247,10 +254,7 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= kShortTokens / 8 ? kSho
   if (own_angles)  // while the rows arrive
     for (int i = int(threadIdx.x); i < nl * half; i += kThreads) {
       const int l = i / half, j = i % half;
-      float c, s;
-      rope_angle<T>(int64_t(offsets[b]) + l, inv_freq[j], c, s);
-      angles[l * p.ld + j] = from_float<T>(c);
-      angles[l * p.ld + half + j] = from_float<T>(s);
+      put_angle<T>(int64_t(offsets[b]) + l, inv_freq[j], j, half, angles + l * p.ld);
     }
   copy_async_wait_all();
   __syncthreads();
