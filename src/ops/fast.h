@@ -2,7 +2,9 @@
 // which the tests compare against at awkward sizes.
 #pragma once
 
+#include <cstdint>
 #include <optional>
+#include <span>
 
 #include "ops/ops.h"
 
@@ -94,6 +96,20 @@ struct SelfAttention {
   int64_t window = 0;  // > 0: key j is visible to query i only if j > i - window
 };
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);
+
+// Sampling without the processors that need the history (penalties, logit bias): HF's
+// temperature, then top-k, top-p and min-p, and one draw a row that inverts the CDF in id
+// order at u = (bits >> 11) · 2⁻⁵³. That is runtime::Sampler's draw for the same options
+// and random word, computed where the logits are, so that a GPU hands back ids rather
+// than logits. It has no fallback of plain ops; the CPU kernel is the reference.
+struct SampleFilter {
+  float temperature = 1;  // > 0
+  int top_k = 0;          // 0 = off
+  float top_p = 1;        // in (0, 1]; 1 = off
+  float min_p = 0;        // in [0, 1]; 0 = off
+};
+// logits [R, V] float; bits: one random word a row -> [R] int32 on the logits' device.
+Array sample_tokens(const Array& logits, std::span<const uint64_t> bits, const SampleFilter& filter);
 
 namespace reference {
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);

@@ -44,7 +44,10 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 // Returns the steps whose tokens were read.
 template <class Accept, class AllDone>
 int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<int32_t>& next, int64_t slots,
-                  const std::vector<std::vector<int32_t>>& ids, int steps, Accept& accept, AllDone& all_done) {
+                  const std::vector<std::vector<int32_t>>& ids, int steps, std::span<Sampler> samplers,
+                  Accept& accept, AllDone& all_done) {
+  // Sampled rows draw on the device (samplers share their filter; greedy rows have none).
+  const std::optional<fast::SampleFilter> filter = samplers[0].filter();
   const size_t rows = ids.size();
   std::vector<int64_t> pads;
   for (const auto& p : ids) pads.push_back(slots - int64_t(p.size()));
@@ -55,6 +58,11 @@ int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<in
     while (queued - read < 2 && queued < steps) {
       fused.step(cache.fused_views());
       cache.commit_one();
+      if (filter) {  // every row draws, finished ones too: their tokens are ignored
+        std::vector<uint64_t> words;
+        for (Sampler& s : samplers) words.push_back(s.take_word());
+        fused.set_tokens(fast::sample_tokens(fused.logits(), words, *filter));
+      }
       fused.queue_token();
       ++queued;
     }
@@ -167,12 +175,12 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
       out[r].finish_reason = eos ? "eos" : "stop_token";
     }
   };
-  // Greedy decoding of up to 8 rows takes the device's batched fused step where it has
-  // one: every step's argmax is fed back on the device, and the host reads each step's
-  // tokens while the next step runs.
+  // Up to 8 rows take the device's batched fused step where it has one, when a draw
+  // needs no history (greedy, or sampling without penalties or bias): every step's tokens
+  // are fed back on the device, and the host reads them while the next step runs.
   const bool greedy = samplers[0].greedy();  // the rows share their options but the seed
   std::unique_ptr<fast::FusedDecoder> fused;
-  if (greedy && o.max_tokens > 1) {
+  if ((greedy || samplers[0].filter()) && o.max_tokens > 1) {
     try {
       fused = model_->fused_decoder(int(rows));
     } catch (const OutOfMemory&) {
@@ -202,7 +210,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     ++generated;
     if (all_done()) break;
     if (fused) {
-      fused_steps = decode_fused(*fused, cache, next, l, ids, o.max_tokens - generated, accept, all_done);
+      fused_steps = decode_fused(*fused, cache, next, l, ids, o.max_tokens - generated, samplers, accept, all_done);
       break;
     }
     // The token fed next goes to slot `slots`; its position skips the row's padding.

@@ -39,24 +39,31 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 }
 
 std::optional<int32_t> TokenGenerator::fused_step() {
+  // Without penalties or bias a draw needs only the logits, so it is made on the device
+  // (fast::sample_tokens) and becomes the next step's input there, as the argmax does.
+  const std::optional<fast::SampleFilter> filter = sampler_.filter();
   // Queues one step; with `feed`, its input is the last token on the host, else the
-  // previous step's argmax, still on the device.
+  // previous step's token, still on the device.
   auto launch = [&](bool feed) {
     const std::vector<fast::FusedCacheView> views = cache_.fused_views();
     if (views.empty()) return false;
     if (feed) fused_->set_input(tokens_.back(), cache_.length());
     fused_->step(views);
     cache_.commit_one();
+    if (filter) {
+      const uint64_t word = sampler_.take_word();
+      fused_->set_tokens(fast::sample_tokens(reshape(fused_->logits(), {1, -1}), {&word, 1}, *filter));
+    }
     return true;
   };
-  if (!sampler_.greedy()) {
+  if (!sampler_.greedy() && !filter) {  // the draw needs the history: on the host
     if (!launch(true)) return std::nullopt;
     return sample(fused_->logits());
   }
-  // Greedy decoding reads back only the argmax, and the step for the token after it is
-  // queued before it is read, so the device never waits for the host. When that token
-  // turns out to be the last, the extra step has only stored its keys and values: the
-  // cache then holds every token, which is still a prefix of the sequence.
+  // Only the token comes back, and the step for the token after it is queued before it
+  // is read, so the device never waits for the host. When that token turns out to be the
+  // last, the extra step has only stored its keys and values (and taken a random word):
+  // the cache then holds every token, which is still a prefix of the sequence.
   if (!inflight_) {
     if (!launch(true)) return std::nullopt;
     fused_->queue_token();
@@ -92,18 +99,17 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
   std::vector<int32_t> out(static_cast<size_t>(rows), -1);
   std::vector<bool> pending(skip.size());
   for (size_t r = 0; r < skip.size(); ++r) pending[r] = !skip[r];
-  const int k = rows > 0 ? samplers[0].candidates(v) : 0;
-  if (k > 0 && logits.device().type != Device::Type::cpu) {
-    const auto [top, at] = topk(logits, k + 1);  // [R, k + 1], largest first
-    const std::vector<float> x = to_floats(top);
-    const std::vector<int32_t> ids = to_vector<int32_t>(at);
-    const size_t n = size_t(k) + 1;
-    for (size_t r = 0; r < size_t(rows); ++r) {
-      if (!pending[r]) continue;
-      const std::optional<int32_t> t =
-          samplers[r].sample_top({ids.data() + r * n, n}, {x.data() + r * n, n});
-      if (t) out[r] = *t, pending[r] = false;  // else a tie at the k-th: every logit is needed
-    }
+  const std::optional<fast::SampleFilter> filter = rows > 0 ? samplers[0].filter() : std::nullopt;
+  if (filter && logits.device().type != Device::Type::cpu) {
+    // The draws where the logits are: one id a row comes back. A row that takes no draw
+    // takes no random word either.
+    std::vector<uint64_t> words(static_cast<size_t>(rows), 0);
+    for (size_t r = 0; r < size_t(rows); ++r)
+      if (pending[r]) words[r] = samplers[r].take_word();
+    const std::vector<int32_t> ids = to_vector<int32_t>(fast::sample_tokens(logits, words, *filter));
+    for (size_t r = 0; r < size_t(rows); ++r)
+      if (pending[r]) out[r] = ids[r];
+    return out;
   }
   if (std::find(pending.begin(), pending.end(), true) == pending.end()) return out;
   const std::vector<float> all = to_floats(logits);  // [R, V]

@@ -194,35 +194,17 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   return draw(probabilities(logits, history));
 }
 
-int Sampler::candidates(int64_t vocab) const {
-  const bool plain = opts_.logit_bias.empty() && opts_.repetition_penalty == 1 &&
-                     opts_.presence_penalty == 0 && opts_.frequency_penalty == 0;
-  return opts_.temperature > 0 && plain && opts_.top_k > 0 && opts_.top_k < vocab ? opts_.top_k : 0;
+std::optional<fast::SampleFilter> Sampler::filter() const {
+  const bool plain = opts_.logit_bias.empty() && opts_.repetition_penalty == 1 && opts_.presence_penalty == 0 &&
+                     opts_.frequency_penalty == 0;
+  if (opts_.temperature <= 0 || !plain) return std::nullopt;
+  return fast::SampleFilter{opts_.temperature, opts_.top_k, opts_.top_p, opts_.min_p};
 }
 
-std::optional<int32_t> Sampler::sample_top(std::span<const int32_t> ids,
-                                           std::span<const float> logits) {
-  const size_t k = size_t(std::max(opts_.top_k, 0));
-  LMX_CHECK(k > 0 && ids.size() == k + 1 && logits.size() == k + 1, "sampler",
-            "sample_top takes the top_k + 1 = ", k + 1, " most likely tokens, got ", ids.size(),
-            " ids and ", logits.size(), " logits");
-  for (size_t i = 1; i <= k; ++i)
-    LMX_CHECK(logits[i] <= logits[i - 1], "sampler", "sample_top's logits must come largest first");
-  // HF TopK keeps every token at or above the k-th largest logit after the temperature.
-  if (logits[k] / opts_.temperature == logits[k - 1] / opts_.temperature) return std::nullopt;
-  // The k candidates as a vocabulary of their own, in the order of their ids: ties and the
-  // draw's walk go by id as over the whole vocabulary, where the other tokens count 0.
-  std::vector<size_t> order(k);
-  std::iota(order.begin(), order.end(), size_t(0));
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a] < ids[b]; });
-  std::vector<float> x(k);
-  for (size_t i = 0; i < k; ++i) x[i] = logits[order[i]];
-  return ids[order[size_t(draw(probabilities(x, {})))]];  // top-k keeps all k: k is this
-                                                          // vocabulary's size
-}
+uint64_t Sampler::take_word() { return mix(seed_, draws_++); }
 
 int32_t Sampler::draw(const std::vector<float>& p) {
-  const double u = double(mix(seed_, draws_++) >> 11) * 0x1p-53;
+  const double u = double(take_word() >> 11) * 0x1p-53;
   double cum = 0;
   int32_t last = 0;
   for (size_t i = 0; i < p.size(); ++i) {

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "ops/fast.h"
+
 namespace lmx {
 
 struct SamplingOptions {
@@ -35,16 +37,13 @@ class Sampler {
   const SamplingOptions& options() const { return opts_; }
   // Plain argmax of the raw logits: no temperature, penalty or bias.
   bool greedy() const;
-  // k where a draw picks among the k most likely raw logits only (top-k with no penalty or
-  // bias, which could move a token across the k-th), so that a caller with the logits on
-  // a device may read back the top k + 1 and call sample_top; 0 where a draw needs every
-  // logit (sample).
-  int candidates(int64_t vocab) const;
-  // sample() over a vocabulary whose tokens other than `ids` have logits too small to
-  // matter: ids and logits are the candidates(V) + 1 most likely, largest first. nullopt
-  // (and no draw taken) where the last ties the k-th after the temperature: top-k then
-  // keeps more than k tokens, and the caller must call sample() with every logit.
-  std::optional<int32_t> sample_top(std::span<const int32_t> ids, std::span<const float> logits);
+  // The options as a fast::SampleFilter where a draw needs neither the history nor a
+  // bias (no penalty, no logit_bias, temperature > 0), so that it can run where the
+  // logits are: fast::sample_tokens(logits, {take_word()}, filter) draws as sample()
+  // does. nullopt otherwise.
+  std::optional<fast::SampleFilter> filter() const;
+  // The random word of the next draw, for a draw made elsewhere (fast::sample_tokens).
+  uint64_t take_word();
 
  private:
   std::vector<float> process(std::span<const float> logits, std::span<const int32_t> history) const;

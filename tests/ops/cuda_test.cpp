@@ -135,6 +135,42 @@ TEST(Cuda, SortArgsortTopkMatchTheCpu) {
     }
 }
 
+// fast::sample_tokens: the device's radix selects and block scans draw what the CPU
+// kernel's sorts and sums in id order draw, for the same random words. bf16 logits tie
+// often, which tests the top-p walk's order among equal values.
+TEST(Cuda, SampleTokensMatchTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  auto random_word = [](uint64_t i) {  // splitmix64
+    uint64_t z = (i + 1) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  struct Case {
+    float temperature, top_p, min_p;
+    int top_k;
+  };
+  const Case cases[] = {{0.7f, 1, 0, 0},   {1.0f, 0.9f, 0, 0},    {0.6f, 0.95f, 0, 20}, {0.8f, 0.3f, 0.05f, 40},
+                        {1.5f, 1, 0.1f, 0}, {1.0f, 0.999f, 0, 0}, {2.0f, 1, 0, 3000},   {0.01f, 0.5f, 0, 0}};
+  for (Dtype t : {Dtype::f32, Dtype::bf16})
+    for (int64_t rows : {int64_t(1), int64_t(4)})
+      for (int64_t v : {int64_t(7), int64_t(4097), int64_t(151936)}) {
+        const Array x = astype(random_normal({rows, v}, 9 + uint64_t(v), 0, 3), t);
+        const Array xg = to_device(x, kGpu);
+        for (const Case c : cases) {
+          const fast::SampleFilter f{c.temperature, c.top_k, c.top_p, c.min_p};
+          for (int i = 0; i < 20; ++i) {
+            std::vector<uint64_t> words;
+            for (int64_t r = 0; r < rows; ++r) words.push_back(random_word(uint64_t(1000 * i + r)));
+            ASSERT_EQ(to_vector<int32_t>(fast::sample_tokens(x, words, f)),
+                      to_vector<int32_t>(fast::sample_tokens(xg, words, f)))
+                << dtype_name(t) << " " << rows << " x " << v << ", draw " << i << ", temperature "
+                << c.temperature << ", top_p " << c.top_p << ", min_p " << c.min_p << ", top_k " << c.top_k;
+          }
+        }
+      }
+}
+
 // |got - want| <= tol * (|want| + scale), element-wise, on the host.
 void expect_near_cpu(const Array& gpu, const Array& cpu, double tol, double scale,
                      const std::string& what) {

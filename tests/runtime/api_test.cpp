@@ -191,11 +191,13 @@ TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
   EXPECT_TRUE(differs_from_greedy) << "the sampled rows should not all be the greedy ones";
 }
 
-// On CUDA, top-k sampling reads back only each row's top_k + 1 logits (sample_rows). A
-// logit bias of 0 changes nothing but makes the sampler ask for every logit: both must
-// draw the same tokens, in generate() and in batch_generate() (more rows than the fused
-// step takes, so the plain ops run).
-TEST(ApiTest, CudaTopKSamplingReadsBackTheTopAndDrawsAsOverEveryLogit) {
+// On CUDA, a draw that needs no history is made on the device (fast::sample_tokens), and
+// in generate() it becomes the next fused step's input there. A logit bias of 0 changes
+// nothing but sends the draw to the host's sampler, over every logit: both must draw the
+// same tokens, in generate() and in batch_generate() (more rows than the fused step takes,
+// so the plain ops run). With up to 8 rows, sampled batch_generate takes the batched fused
+// step: reproducible for a seed, and not greedy.
+TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
   if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
   const LoadOptions lo = cuda_bf16();
   std::vector<std::string> prompts;
@@ -204,17 +206,31 @@ TEST(ApiTest, CudaTopKSamplingReadsBackTheTopAndDrawsAsOverEveryLogit) {
   for (const char* name : {"llama-f32", "qwen3-f32"}) {
     auto model = load_model(kModels / name, lo);
     GenerateOptions o = greedy(24);
-    o.temperature = 1.2f, o.top_k = 20, o.top_p = 0.95f, o.seed = 5;
-    GenerateOptions every = o;
-    every.logit_bias = {{0, 0.0f}};
-    const std::vector<int32_t> got = ids_of(model->generate(prompts[0], o));
-    EXPECT_EQ(got, ids_of(model->generate(prompts[0], every))) << name;
-    EXPECT_NE(got, ids_of(model->generate(prompts[0], greedy(24))))
-        << name << ": the draws should not be greedy";
-    const auto rows = model->batch_generate(prompts, o),
-               rows_every = model->batch_generate(prompts, every);
-    for (size_t i = 0; i < prompts.size(); ++i)
-      EXPECT_EQ(rows[i].ids, rows_every[i].ids) << name << " row " << i;
+    o.seed = 5;
+    for (int variant = 0; variant < 3; ++variant) {
+      if (variant == 0) o.temperature = 1.2f, o.top_k = 20, o.top_p = 0.95f;
+      if (variant == 1) o.temperature = 0.8f, o.top_k = 0, o.top_p = 1;
+      if (variant == 2) o.temperature = 1.0f, o.top_p = 0.9f, o.min_p = 0.05f;
+      GenerateOptions every = o;
+      every.logit_bias = {{0, 0.0f}};
+      const std::vector<int32_t> got = ids_of(model->generate(prompts[0], o));
+      EXPECT_EQ(model->metrics().decode_path, "fused-persistent") << name;
+      EXPECT_EQ(got, ids_of(model->generate(prompts[0], every))) << name << ", variant " << variant;
+      EXPECT_NE(got, ids_of(model->generate(prompts[0], greedy(24))))
+          << name << ": the draws should not be greedy";
+      const auto rows = model->batch_generate(prompts, o),
+                 rows_every = model->batch_generate(prompts, every);
+      for (size_t i = 0; i < prompts.size(); ++i)
+        EXPECT_EQ(rows[i].ids, rows_every[i].ids) << name << " row " << i << ", variant " << variant;
+      const std::span<const std::string> few(prompts.data(), 5);
+      const auto fused = model->batch_generate(few, o);
+      EXPECT_EQ(model->metrics().decode_path, "fused-graph") << name;
+      const auto again = model->batch_generate(few, o), plain = model->batch_generate(few, greedy(24));
+      for (size_t i = 0; i < few.size(); ++i) {
+        EXPECT_EQ(fused[i].ids, again[i].ids) << name << " row " << i << ", variant " << variant;
+        EXPECT_NE(fused[i].ids, plain[i].ids) << name << " row " << i << ": the draws should not be greedy";
+      }
+    }
   }
 }
 

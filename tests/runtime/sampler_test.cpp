@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "ops/ops.h"
 #include "runtime/sampler.h"
 #include "runtime/stop_strings.h"
 
@@ -158,54 +159,62 @@ TEST(SamplerTest, TopPOnALargeVocabularyMatchesTheFullSort) {
   }
 }
 
-// A caller with the logits on a GPU reads back only the top_k + 1 largest and calls
-// sample_top: the draws are the very ones sample() makes over the whole vocabulary (5,000
-// logits: one chunk of the softmax's sum, so the two sums agree to the last bit).
-TEST(SamplerTest, SampleTopDrawsAsSampleOverTheWholeVocabulary) {
-  std::vector<float> logits(5000);
+// fast::sample_tokens (here its CPU kernel, the reference for the device's) takes the
+// draws sample() makes from the same random words, over 40,000 logits (more than one
+// chunk of the sampler's sum) with many ties (values rounded to bf16), three rows at once.
+TEST(SamplerTest, SampleTokensDrawsAsSample) {
+  const int64_t v = 40000, rows = 3;
+  std::vector<float> logits(size_t(rows * v));
   uint64_t z = 777;
   for (float& l : logits) {
     z = z * 6364136223846793005ull + 1442695040888963407ull;
-    l = float(int(z >> 40) % 100000) / 10000.0f - 5.0f;
+    l = bf16_to_f32(f32_to_bf16(float(int(z >> 40) % 100000) / 10000.0f - 5.0f));
   }
-  std::vector<int32_t> order(logits.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  for (const float top_p : {1.0f, 0.9f, 0.3f}) {
+  const Array x = from_vector(logits, {rows, v});
+  struct Case {
+    float temperature, top_p, min_p;
+    int top_k;
+  };
+  for (const Case c : {Case{0.7f, 1, 0, 0}, Case{1.0f, 0.9f, 0, 0}, Case{0.6f, 0.95f, 0, 20}, Case{0.8f, 0.3f, 0.05f, 40},
+                       Case{1.5f, 1, 0.1f, 0}, Case{1.0f, 0.999f, 0, 0}, Case{2.0f, 1, 0, 3000}}) {
     SamplingOptions o;
-    o.temperature = 0.8f, o.top_k = 40, o.top_p = top_p, o.min_p = top_p < 0.5f ? 0.05f : 0.0f,
-    o.seed = 21;
-    Sampler whole(o), top(o);
-    ASSERT_EQ(top.candidates(int64_t(logits.size())), 40);
-    std::vector<int32_t> ids(order.begin(), order.begin() + 41);
-    std::vector<float> x;
-    for (int32_t i : ids) x.push_back(logits[size_t(i)]);
-    for (int i = 0; i < 300; ++i) {
-      const std::optional<int32_t> t = top.sample_top(ids, x);
-      ASSERT_TRUE(t.has_value());
-      ASSERT_EQ(*t, whole.sample(logits, {})) << "draw " << i << ", top_p " << top_p;
+    o.temperature = c.temperature, o.top_p = c.top_p, o.min_p = c.min_p, o.top_k = c.top_k;
+    std::vector<Sampler> host, device;
+    for (int64_t r = 0; r < rows; ++r) {
+      o.seed = 21 + uint64_t(r);
+      host.emplace_back(o), device.emplace_back(o);
+    }
+    const std::optional<fast::SampleFilter> f = device[0].filter();
+    ASSERT_TRUE(f.has_value());
+    for (int i = 0; i < 100; ++i) {
+      std::vector<uint64_t> words;
+      for (Sampler& s : device) words.push_back(s.take_word());
+      const std::vector<int32_t> got = to_vector<int32_t>(fast::sample_tokens(x, words, *f));
+      for (size_t r = 0; r < size_t(rows); ++r)
+        ASSERT_EQ(got[r], host[r].sample({logits.data() + r * size_t(v), size_t(v)}, {}))
+            << "draw " << i << ", row " << r << ", temperature " << c.temperature << ", top_p " << c.top_p
+            << ", min_p " << c.min_p << ", top_k " << c.top_k;
     }
   }
-  // The 41st tying the 40th: top-k keeps both, which the 41 given cannot say.
+  // Bad arguments: a clear error, no draw.
+  const std::vector<uint64_t> two = {1, 2}, three = {1, 2, 3};
+  EXPECT_THROW(fast::sample_tokens(x, two, {}), Error);  // a word per row
+  EXPECT_THROW(fast::sample_tokens(x, three, {0.0f}), Error);
+  EXPECT_THROW(fast::sample_tokens(x, three, {1.0f, -1}), Error);
+  EXPECT_THROW(fast::sample_tokens(x, three, {1.0f, 0, 0.0f}), Error);
+  EXPECT_THROW(fast::sample_tokens(x, three, {1.0f, 0, 1, 1.5f}), Error);
+  EXPECT_THROW(fast::sample_tokens(reshape(x, {-1}), {two.data(), 1}, {}), Error);
+  EXPECT_THROW(fast::sample_tokens(astype(x, Dtype::i32), three, {}), Error);
+  // Options under which a draw needs the history, a bias or nothing random.
   SamplingOptions o;
-  o.temperature = 1, o.top_k = 40, o.seed = 1;
-  Sampler s(o);
-  std::vector<int32_t> ids(41);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::vector<float> tied(41, 1.0f);
-  EXPECT_FALSE(s.sample_top(ids, tied).has_value());
-  // Options under which a draw needs every logit.
-  o.top_k = 0;
-  EXPECT_EQ(Sampler(o).candidates(5000), 0);
-  o.top_k = 5000;
-  EXPECT_EQ(Sampler(o).candidates(5000), 0);
-  o.top_k = 40, o.repetition_penalty = 1.1f;
-  EXPECT_EQ(Sampler(o).candidates(5000), 0);
+  o.temperature = 1, o.repetition_penalty = 1.1f;
+  EXPECT_FALSE(Sampler(o).filter().has_value());
   o.repetition_penalty = 1, o.logit_bias = {{3, 0.0f}};
-  EXPECT_EQ(Sampler(o).candidates(5000), 0);
-  o.logit_bias = {}, o.temperature = 0;
-  EXPECT_EQ(Sampler(o).candidates(5000), 0);
+  EXPECT_FALSE(Sampler(o).filter().has_value());
+  o.logit_bias = {}, o.frequency_penalty = 0.5f;
+  EXPECT_FALSE(Sampler(o).filter().has_value());
+  o.frequency_penalty = 0, o.temperature = 0;
+  EXPECT_FALSE(Sampler(o).filter().has_value());
 }
 
 TEST(SamplerTest, MinPDropsUnlikelyTokens) {

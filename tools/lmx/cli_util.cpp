@@ -26,17 +26,15 @@ std::unique_ptr<TextModel> ModelArgs::load() const {
 void GenerateArgs::add(CLI::App* cmd, bool chat) {
   cmd->add_option("--max-tokens", max_tokens, "Most tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", temperature, "0 = greedy; 0.7 is a common choice")->capture_default_str();
-  cmd->add_option(
-      "--top-k", top_k,
-      "Keep only the k most likely tokens (0 = off); on a GPU, sampling with it (and no "
-      "penalty or bias) reads back k + 1 logits a token, not the vocabulary, and runs "
-      "near greedy speed");
+  cmd->add_option("--top-k", top_k, "Keep only the k most likely tokens (0 = off)");
   cmd->add_option("--top-p", top_p, "Keep the smallest set of tokens with this probability mass (1 = off)");
   cmd->add_option("--min-p", min_p, "Drop tokens below min_p x the top token's probability (0 = off)");
   cmd->add_option("--repeat-penalty", repeat_penalty, "HF repetition penalty, e.g. 1.1 (1 = off)");
   cmd->add_option("--presence-penalty", presence_penalty, "Subtract this from every token seen so far");
   cmd->add_option("--frequency-penalty", frequency_penalty, "Subtract this times each token's count so far");
-  cmd->add_option("--seed", seed, "Seed for reproducible sampling");
+  cmd->add_option("--seed", seed,
+                  "Seed for reproducible sampling. On a GPU, sampling without penalties or bias draws on the "
+                  "device, so that only the token comes back each step");
   cmd->add_option("--stop-token", stop_tokens, "Also stop after this token id (repeatable)");
   cmd->add_option("--stop", stop_strings, "Stop before this text (repeatable); it is not printed");
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep generating past end-of-sequence tokens");

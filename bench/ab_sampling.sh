@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Sampled decoding speed of one or more lmx builds: `lmx generate` of one sequence under
+# several sampling settings (greedy first, for reference), each binary in turn within a
+# repetition, as bench/ab_decode.sh alternates them. Prints the decode tok/s of every
+# run (`--json`'s decode_tok_per_s: the new tokens after the first over their
+# time, streamed to the caller), then each binary's mean per model and setting.
+#
+#   bench/ab_sampling.sh MODEL_DIR... -- LMX...
+#   bench/ab_sampling.sh /tmp/qwen3-0.6b /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
+#
+# The model folders need a tokenizer.json (random-weight models: copy one in). The text is
+# random with random weights, so --ignore-eos keeps every run at GEN_LEN tokens.
+# Environment: GEN_LEN (256), REPS (2), SETTINGS (a ';'-separated list of `lmx generate`
+# sampling flags; the default below).
+set -euo pipefail
+
+models=()
+while [[ $# -gt 0 && $1 != -- ]]; do models+=("$1"); shift; done
+[[ $# -gt 0 ]] && shift
+bins=("$@")
+if [[ ${#models[@]} -eq 0 || ${#bins[@]} -eq 0 ]]; then
+  awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+fi
+for b in "${bins[@]}"; do [[ -x $b ]] || { echo "ab_sampling: $b is not an executable" >&2; exit 1; }; done
+for m in "${models[@]}"; do
+  [[ -f $m/config.json && -f $m/tokenizer.json ]] || { echo "ab_sampling: $m lacks config.json or tokenizer.json" >&2; exit 1; }
+done
+IFS=';' read -r -a settings <<<"${SETTINGS:---temperature 0;--temperature 0.7;--temperature 0.7 --top-p 0.9;--temperature 0.7 --top-k 50;--temperature 0.6 --top-k 20 --top-p 0.95;--temperature 1.0 --min-p 0.05}"
+
+runs=$(mktemp)
+errors=$(mktemp)
+trap 'rm -f "$runs"' EXIT
+speed() {  # speed LMX MODEL FLAGS -> decode tok/s, or "failed"
+  local json flags
+  read -r -a flags <<<"$3"
+  if json=$("$1" generate "$2" --device cuda --prompt "Once upon a time there was a" --max-tokens "${GEN_LEN:-256}" \
+       --ignore-eos --seed 1 "${flags[@]}" --json 2>>"$errors"); then
+    python3 -c 'import json, sys; print(round(json.loads(sys.stdin.read().strip().splitlines()[-1])["decode_tok_per_s"], 1))' <<<"$json"
+  else
+    echo failed
+  fi
+}
+
+for r in $(seq "${REPS:-2}"); do
+  for m in "${models[@]}"; do
+    for s in "${settings[@]}"; do
+      printf '%-16s %-44s %2s' "$(basename "$m")" "$s" "$r"
+      for i in "${!bins[@]}"; do
+        v=$(speed "${bins[$i]}" "$m" "$s")
+        printf ' %10s' "$v"
+        printf '%s\t%s\t%s\t%s\n' "$(basename "$m")" "$s" "$i" "$v" >>"$runs"
+      done
+      echo
+    done
+  done
+done
+
+python3 - "$runs" "${#bins[@]}" <<'PY'
+import collections, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    model, setting, i, v = line.rstrip("\n").split("\t")
+    if v != "failed":
+        runs[(model, setting, int(i))].append(float(v))
+n = int(sys.argv[2])
+print()
+for model, setting in dict.fromkeys((m, s) for m, s, _ in runs):
+    means = [sum(runs[(model, setting, i)]) / len(runs[(model, setting, i)]) if runs[(model, setting, i)] else None
+             for i in range(n)]
+    cells = ["%10s" % "-" if v is None else "%10.1f" % v for v in means]
+    if means[0] and means[-1]:
+        cells.append("%6.2fx" % (means[-1] / means[0]))
+    print("%-16s %-44s %s" % (model, setting, " ".join(cells)))
+PY
+for i in "${!bins[@]}"; do echo "[$i] ${bins[$i]}"; done
+if [[ -s $errors ]]; then echo "errors of failed runs: $errors"; tail -5 "$errors"; else rm -f "$errors"; fi
