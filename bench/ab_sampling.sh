@@ -29,7 +29,8 @@ done
 IFS=';' read -r -a settings <<<"${SETTINGS:---temperature 0;--temperature 0.7;--temperature 0.7 --top-p 0.9;--temperature 0.7 --top-k 50;--temperature 0.6 --top-k 20 --top-p 0.95;--temperature 1.0 --min-p 0.05}"
 
 runs=$(mktemp)
-errors=$(mktemp)
+errors=$(mktemp)  # the runs' stderr (their timings, and the errors of failed runs)
+failures=0
 trap 'rm -f "$runs"' EXIT
 speed() {  # speed LMX MODEL FLAGS -> decode tok/s, or "failed"
   local json flags
@@ -48,6 +49,7 @@ for r in $(seq "${REPS:-2}"); do
       printf '%-16s %-44s %2s' "$(basename "$m")" "$s" "$r"
       for i in "${!bins[@]}"; do
         v=$(speed "${bins[$i]}" "$m" "$s")
+        [[ $v == failed ]] && failures=1
         printf ' %10s' "$v"
         printf '%s\t%s\t%s\t%s\n' "$(basename "$m")" "$s" "$i" "$v" >>"$runs"
       done
@@ -74,4 +76,4 @@ for model, setting in dict.fromkeys((m, s) for m, s, _ in runs):
     print("%-16s %-44s %s" % (model, setting, " ".join(cells)))
 PY
 for i in "${!bins[@]}"; do echo "[$i] ${bins[$i]}"; done
-if [[ -s $errors ]]; then echo "errors of failed runs: $errors"; tail -5 "$errors"; else rm -f "$errors"; fi
+if [[ $failures == 1 ]]; then echo "some runs failed; their errors are in $errors"; else rm -f "$errors"; fi

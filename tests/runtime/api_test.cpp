@@ -222,6 +222,8 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
                  rows_every = model->batch_generate(prompts, every);
       for (size_t i = 0; i < prompts.size(); ++i)
         EXPECT_EQ(rows[i].ids, rows_every[i].ids) << name << " row " << i << ", variant " << variant;
+      const std::vector<BatchResult> one = model->batch_generate(std::span<const std::string>(prompts.data(), 1), o);
+      EXPECT_EQ(one[0].ids.size(), 24u) << name;  // one row: the single-sequence step, its logits [V]
       const std::span<const std::string> few(prompts.data(), 5);
       const auto fused = model->batch_generate(few, o);
       EXPECT_EQ(model->metrics().decode_path, "fused-graph") << name;

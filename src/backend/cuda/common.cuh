@@ -292,6 +292,22 @@ __device__ T block_reduce(T v, Op op) {
   return block_reduce(v, op, int(blockDim.x), SyncBlock{});
 }
 
+// One thread's side of a grid-wide barrier on a counter that only grows: arrive, then wait
+// until it reaches `target` (every block's arrival). The block syncs around the call. A
+// release reduction makes the block's writes (ordered before it by that sync) visible
+// before its arrival is, without a full fence; relaxed polls, then one acquire load. The
+// lab (bench/kernels/exchange_lab.cu: a barrier, then every block loads a 1,024-float
+// vector) measured 1.33 µs a round this way, 1.58 with an acquire fence after the polls
+// and 1.40 acquiring on every poll.
+__device__ __forceinline__ void arrive_and_wait(unsigned long long* counter, unsigned long long target) {
+  asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(counter) : "memory");
+  unsigned long long v = 0;
+  do {
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
+  } while (v < target);
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
+}
+
 struct Sum {
   template <class T>
   __device__ T operator()(T a, T b) const {

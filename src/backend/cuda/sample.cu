@@ -2,19 +2,26 @@
 // draw per row, so that a sampled decode step sends the host one id a row instead of its
 // logits (600 KB a step for Qwen3's 152K tokens, then the host's passes over them).
 //
-// One block per row, and nothing is sorted. Top-k's k-th largest value and top-p's cut
-// are found by a radix select over the values' order-preserving bit patterns: three
-// digits (11, 11 and 10 bits), each one pass that builds a histogram of the elements
-// still in the running (counts for top-k, probability mass for top-p) and walks it in
-// order. The draw inverts the CDF in id order as Sampler::draw does: each thread sums
-// the probabilities of a contiguous run of ids, a block scan places the runs, and the
-// thread whose run holds u walks it.
+// One cooperative kernel (every block resident). Each row is spread over `per_row` blocks (for one row, every
+// SM: one block of a row computing alone took about 40 µs a pass over 152K values, its
+// divisions and exponentials being arithmetic-bound on one SM), and the passes over the
+// row follow one another through grid-wide syncs. Nothing is sorted. Top-k's k-th largest
+// value and top-p's cut come from a radix select over the values' order-preserving bit
+// patterns: three digits (11, 11 and 10 bits), each a pass that adds the elements still
+// in the running into a histogram (counts for top-k; for top-p, probability mass in fixed
+// point, so that the sums are exact and their order does not matter), then a walk of the
+// histogram in order that every block makes alike. The draw inverts the CDF in id order
+// as Sampler::draw does: each block takes a contiguous range of ids, each thread a run of
+// it, the blocks' sums place the ranges, a block scan places the runs, and the thread whose
+// run holds u walks it.
 //
-// The arithmetic is Sampler::process's: x = logit / T in f32; exp(x - max) in f32; sums in
-// f64; p = f32(q · (1 / Z)). CUDA's expf is within 2 ulp where glibc's is within 1 (the
-// correctly rounded exp through double, cr_exp, costs a block about 35 µs a pass over
-// 152K values in f64 arithmetic), and the f64 sums run in another order: a draw can differ
-// from the host's only where u or a top-p cut falls within that rounding of a boundary.
+// The arithmetic is Sampler::process's: x = logit / T in f32; exp(x - max) rounded to f32
+// (through double, correctly rounded as glibc's expf is in nearly all cases: with CUDA's
+// expf, 2 ulp off, one draw in about 600 over 152K tokens differed from the CPU's in a
+// test); sums in f64; p = f32(q · (1 / Z)). Only the order of the f64 sums differs, so
+// a draw can differ from the host's only where u or a top-p cut falls within that
+// rounding of a boundary.
+#include <algorithm>
 #include <climits>
 
 #include <cub/block/block_scan.cuh>
@@ -24,17 +31,60 @@
 namespace lmx::cuda {
 namespace {
 
-constexpr int kThreads = 1024;
-constexpr int kMaxBins = 2048;  // the widest digit: 11 bits
+constexpr int kThreads = 512;
+constexpr int kBins = 2048;           // the widest digit: 11 bits
+constexpr int kSelects = 3;           // top-k, top-p, and top-p's ties by id
+constexpr double kFixed = 0x1p62;     // probability mass in fixed point: at most 1, so it fits
 
-using Scan = cub::BlockScan<double, kThreads>;
+using u64 = unsigned long long;
 
-struct Shared {
-  typename Scan::TempStorage scan;
-  double hist[kMaxBins];
-  double before;  // select: the weight walked before the chosen digit
-  int place;      // select: the chosen digit's place in the walk, or kMaxBins where the walk never passes
-  long long pick;  // the draw
+// Global scratch of one row: a histogram per select and digit, and every block's partials
+// (each array written once a launch, so that no block overwrites what another still reads).
+struct RowScratch {
+  static constexpr int64_t kHist = int64_t(kSelects) * 3 * kBins;
+  static constexpr int kPartials = 6;
+  __host__ __device__ static int64_t length(int per_row) { return kHist + kPartials * int64_t(per_row) + 1; }  // in u64
+  u64* hist;          // [kSelects][3][kBins], zero at the start
+  float* maxima;      // [per_row]
+  double* z;          // [per_row]: the normaliser of top-k's survivors
+  double* z_kept;     // [per_row]: the normaliser of the kept tokens
+  double* totals;     // [per_row]: the kept mass of each block's range of ids
+  long long* ties;    // [per_row]
+  long long* last;    // [per_row]: each range's last token with mass
+  long long* pick;    // [1]
+  __device__ RowScratch(u64* p, int per_row)
+      : hist(p), maxima(reinterpret_cast<float*>(p + kHist)), z(reinterpret_cast<double*>(p + kHist + per_row)),
+        z_kept(reinterpret_cast<double*>(p + kHist + 2 * per_row)),
+        totals(reinterpret_cast<double*>(p + kHist + 3 * per_row)),
+        ties(reinterpret_cast<long long*>(p + kHist + 4 * per_row)),
+        last(reinterpret_cast<long long*>(p + kHist + 5 * per_row)),
+        pick(reinterpret_cast<long long*>(p + kHist + 6 * per_row)) {}
+};
+
+using SelectScan = cub::BlockScan<u64, kThreads>;
+using DrawScan = cub::BlockScan<double, kThreads>;
+// A block's shared memory: the selects' and the draw's, never in use at once.
+union Shared {
+  struct {
+    typename SelectScan::TempStorage scan;
+    u64 local[kBins];  // this block's histogram of a digit
+    int place;
+    u64 before;
+  } select;
+  typename DrawScan::TempStorage draw;
+};
+
+// The grid-wide barrier between passes: a counter zeroed before the launch, which the
+// n-th barrier waits to see at n · gridDim.x.
+struct GridSync {
+  unsigned long long* counter;
+  unsigned long long target = 0;
+  __device__ void sync() {
+    target += gridDim.x;
+    __syncthreads();
+    if (threadIdx.x == 0) arrive_and_wait(counter, target);
+    __syncthreads();
+  }
 };
 
 // An order-preserving key: larger floats have larger keys. -0 counts as +0 (they tie).
@@ -46,88 +96,116 @@ __device__ __forceinline__ float key_value(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? k & 0x7fffffffu : ~k);
 }
 
+// What every block of a row computes alike from the row's partials, after a grid sync.
+template <class T, class Op>
+__device__ T combine(const T* partial, int n, T init, Op op) {
+  T v = init;
+  for (int b = threadIdx.x; b < n; b += kThreads) v = op(v, __ldcg(partial + b));
+  return block_reduce(v, op);
+}
+
+struct Row {
+  int64_t cols, first, step;  // the row's length; this block's first element and stride
+  int block, per_row;         // this block's place among the row's blocks
+};
+
 // The key at which a walk over the taking-part elements in key order (largest first when
 // `descending`) first carries its running weight past `target`; `before` is the weight
 // of the elements walked before that key. `elem(i, key, w)` says whether element i takes
 // part, with its key and weight. False where the whole walk stays at or under target.
+// Integer weights: the sums are exact, the same in every block and in any order. Every
+// row's blocks take the same grid syncs, found or not: the syncs are grid-wide.
 template <class Elem>
-__device__ bool select_key(Shared& sh, int64_t n, bool descending, double target, Elem elem, uint32_t& key,
-                           double& before) {
+__device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist, bool descending, u64 target,
+                           Elem elem, uint32_t& key, u64& before) {
+  u64* local = sh.select.local;
+  int& place_s = sh.select.place;
+  u64& before_s = sh.select.before;
   constexpr int kShifts[3] = {21, 10, 0};
   uint32_t prefix = 0;  // the key's digits chosen so far
+  bool found = true;
   before = 0;
-  for (const int shift : kShifts) {
-    const int width = shift == 0 ? 10 : 11, bins = 1 << width, high = shift + width;
-    for (int b = threadIdx.x; b < bins; b += kThreads) sh.hist[b] = 0;
+  for (int d = 0; d < 3; ++d) {
+    const int shift = kShifts[d], width = shift == 0 ? 10 : 11, bins = 1 << width, high = shift + width;
+    u64* h = hist + d * kBins;
+    for (int b = threadIdx.x; b < bins; b += kThreads) local[b] = 0;
     __syncthreads();
-    // Neighbouring elements of a thread often share a digit (the first digit holds the
-    // sign, the exponent and two bits): their weights are summed before the atomic.
-    int run = -1;
-    double acc = 0;
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+    for (int64_t i = row.first; i < row.cols; i += row.step) {
       uint32_t k;
-      double w;
-      if (!elem(i, k, w) || (high < 32 && (k >> high) != prefix)) continue;
-      const int d = int((k >> shift) & uint32_t(bins - 1));
-      if (d != run) {
-        if (run >= 0) atomicAdd(&sh.hist[run], acc);
-        run = d, acc = 0;
-      }
-      acc += w;
+      u64 w;
+      if (elem(i, k, w) && (high == 32 || (k >> high) == prefix)) atomicAdd(&local[(k >> shift) & uint32_t(bins - 1)], w);
     }
-    if (run >= 0) atomicAdd(&sh.hist[run], acc);
-    if (threadIdx.x == 0) sh.place = kMaxBins;
     __syncthreads();
-    // The walk: thread t takes places 2t and 2t + 1 of the walk's order.
-    auto bin_at = [&](int j) { return descending ? bins - 1 - j : j; };
-    const int j0 = 2 * int(threadIdx.x);
-    const double h0 = j0 < bins ? sh.hist[bin_at(j0)] : 0, h1 = j0 + 1 < bins ? sh.hist[bin_at(j0 + 1)] : 0;
-    double pre;
-    Scan(sh.scan).ExclusiveSum(h0 + h1, pre);
-    // The first place whose running weight passes target. (A scan's sums need not grow
-    // by exactly each place's weight, so two threads might both see a crossing: the
-    // first place wins, and its thread alone writes what was walked before it.)
-    const double at0 = before + pre, at1 = at0 + h0;
-    const bool cross0 = j0 < bins && at0 <= target && at0 + h0 > target;
-    const bool cross1 = !cross0 && j0 + 1 < bins && at1 <= target && at1 + h1 > target;
-    if (cross0 || cross1) atomicMin(&sh.place, cross0 ? j0 : j0 + 1);
+    for (int b = threadIdx.x; b < bins; b += kThreads)
+      if (local[b]) atomicAdd(&h[b], local[b]);
+    grid.sync();
+    // The walk: thread t takes the places [4t, 4t + 4) of the walk's order.
+    constexpr int kPer = kBins / kThreads;
+    u64 w[kPer], own = 0;
+    for (int j = 0; j < kPer; ++j) {
+      const int at = kPer * int(threadIdx.x) + j, b = descending ? bins - 1 - at : at;
+      w[j] = at < bins ? __ldcg(h + b) : 0;
+      own += w[j];
+    }
+    u64 pre;
+    if (threadIdx.x == 0) place_s = -1;
+    SelectScan(sh.select.scan).ExclusiveSum(own, pre);  // its barriers order place_s's reset before the writes below
+    u64 cum = before + pre;
+    for (int j = 0; j < kPer; ++j) {
+      if (w[j] > 0 && cum <= target && target < cum + w[j]) {  // exact sums: one place only
+        const int at = kPer * int(threadIdx.x) + j;
+        place_s = descending ? bins - 1 - at : at;
+        before_s = cum;
+      }
+      cum += w[j];
+    }
     __syncthreads();
-    const int place = sh.place;
-    if (place == kMaxBins) return false;
-    if (place == j0 || place == j0 + 1) sh.before = place == j0 ? at0 : at1;
-    __syncthreads();
-    before = sh.before;
-    prefix = (prefix << width) | uint32_t(bin_at(place));
-    __syncthreads();  // sh is reused by the next digit
+    found = found && place_s >= 0;
+    if (found) prefix = (prefix << width) | uint32_t(place_s), before = before_s;
+    __syncthreads();  // the shared arrays are reused by the next digit
   }
   key = prefix;
-  return true;
+  return found;
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    sample_kernel(const T* logits, int64_t cols, const unsigned long long* bits, fast::SampleFilter f, int32_t* out) {
+__global__ void __launch_bounds__(kThreads) sample_kernel(const T* logits, int64_t cols, int rows, int per_row,
+                                                          const u64* bits, fast::SampleFilter f, u64* scratch,
+                                                          unsigned long long* barrier, int32_t* out) {
+  GridSync grid{barrier};
   __shared__ Shared sh;
-  const T* row = logits + int64_t(blockIdx.x) * cols;
-  auto value = [&](int64_t i) { return __fdiv_rn(to_float(row[i]), f.temperature); };
+  const int r = int(blockIdx.x) / per_row;
+  const bool live = r < rows;  // spare blocks past the last row still take every sync
+  const Row row{live ? cols : 0, int64_t(blockIdx.x % per_row) * kThreads + threadIdx.x, int64_t(per_row) * kThreads,
+                int(blockIdx.x % per_row), per_row};
+  const RowScratch s(scratch + int64_t(live ? r : 0) * RowScratch::length(per_row), per_row);
+  const T* x_in = logits + int64_t(live ? r : 0) * cols;
+  auto value = [&](int64_t i) { return __fdiv_rn(to_float(x_in[i]), f.temperature); };
+  if (live) {
+    for (int64_t i = row.first; i < RowScratch::kHist; i += row.step) s.hist[i] = 0;
+    if (row.block == 0 && threadIdx.x == 0) *s.pick = LLONG_MAX;
+  }
 
   float m = -INFINITY;  // NaN never wins: fmaxf drops it
-  for (int64_t i = threadIdx.x; i < cols; i += kThreads) m = fmaxf(m, value(i));
+  for (int64_t i = row.first; i < row.cols; i += row.step) m = fmaxf(m, value(i));
   m = block_reduce(m, Max{});
-  auto weight = [&](float x) { return isinf(x) || isnan(x) ? 0.0f : expf(x - m); };
+  if (threadIdx.x == 0 && live) s.maxima[row.block] = m;
+  grid.sync();
+  m = live ? combine(s.maxima, per_row, -INFINITY, Max{}) : 0.0f;
+  auto weight = [&](float x) { return isinf(x) || isnan(x) ? 0.0f : cr_exp(x - m); };
 
   // Top-k: keep every value at or above the k-th largest.
   uint32_t kth = 0;
+  u64 skipped;
   if (f.top_k > 0 && f.top_k < cols) {
-    double before;
     select_key(
-        sh, cols, true, double(f.top_k - 1),
-        [&](int64_t i, uint32_t& k, double& w) {
+        sh, grid, row, s.hist, true, u64(f.top_k - 1),
+        [&](int64_t i, uint32_t& k, u64& w) {
           const float x = value(i);
           k = order_key(x), w = 1;
           return !isnan(x);
         },
-        kth, before);
+        kth, skipped);
   }
   auto in_top_k = [&](float x) { return !isnan(x) && order_key(x) >= kth; };
 
@@ -135,11 +213,14 @@ __global__ void __launch_bounds__(kThreads)
   double inv = 0;
   if (f.top_p < 1 || f.min_p > 0) {
     double z = 0;
-    for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
+    for (int64_t i = row.first; i < row.cols; i += row.step) {
       const float x = value(i);
       if (in_top_k(x)) z += weight(x);
     }
-    inv = 1.0 / block_reduce(z, Sum{});
+    z = block_reduce(z, Sum{});
+    if (threadIdx.x == 0 && live) s.z[row.block] = z;
+    grid.sync();
+    inv = live ? 1.0 / combine(s.z, per_row, 0.0, Sum{}) : 0.0;
   }
   auto prob = [&](float x) { return float(double(weight(x)) * inv); };
 
@@ -150,12 +231,12 @@ __global__ void __launch_bounds__(kThreads)
   long long cut_id = LLONG_MAX;
   if (f.top_p < 1) {
     const double limit = 1.0 - double(f.top_p);
-    double below;
+    u64 below = 0;
     const bool found = select_key(
-        sh, cols, false, limit,
-        [&](int64_t i, uint32_t& k, double& w) {
+        sh, grid, row, s.hist + 3 * kBins, false, u64(limit * kFixed),
+        [&](int64_t i, uint32_t& k, u64& w) {
           const float x = value(i);
-          k = order_key(x), w = prob(x);
+          k = order_key(x), w = u64(double(prob(x)) * kFixed);
           return in_top_k(x);
         },
         cut, below);
@@ -164,30 +245,33 @@ __global__ void __launch_bounds__(kThreads)
     // Ties at the cut go in descending id order, each while the running mass stays <=
     // limit, and never the most likely token (the lowest id at the maximum, walked last).
     long long ties = 0;
-    for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
+    for (int64_t i = row.first; i < row.cols; i += row.step) {
       const float x = value(i);
       ties += in_top_k(x) && order_key(x) == cut;
     }
     ties = block_reduce(ties, Sum{});
+    if (threadIdx.x == 0 && live) s.ties[row.block] = ties;
+    grid.sync();
+    ties = live ? combine(s.ties, per_row, 0LL, Sum{}) : 0;
     const double p_cut = double(prob(key_value(cut)));
     const long long most = cut == top ? ties - 1 : ties;
-    const double fits = !found || p_cut <= 0 ? double(most) : floor((limit - below) / p_cut);
+    const double fits = !found || p_cut <= 0 ? double(most) : floor((limit - double(below) / kFixed) / p_cut);
     const long long gone = fits <= 0 ? 0 : fits >= double(most) ? most : (long long)fits;
-    if (gone >= ties) {
-      cut_id = -1;
-    } else if (gone > 0) {  // the `gone` largest ids at the cut go: find the smallest of them
-      uint32_t id = 0;
-      double skipped;
-      select_key(
-          sh, cols, true, double(gone - 1),
-          [&](int64_t i, uint32_t& k, double& w) {
-            const float x = value(i);
-            k = uint32_t(i), w = 1;
-            return in_top_k(x) && order_key(x) == cut;
-          },
-          id, skipped);
-      cut_id = id;
-    }
+    // Where some but not all ties go, the `gone` largest ids at the cut go: the smallest
+    // of them is found. Every row takes this select's syncs; rows that need none of it
+    // walk an empty histogram.
+    const bool split = gone > 0 && gone < ties;
+    uint32_t id = 0;
+    select_key(
+        sh, grid, row, s.hist + 6 * kBins, true, u64(split ? gone - 1 : 0),
+        [&](int64_t i, uint32_t& k, u64& w) {
+          const float x = value(i);
+          k = uint32_t(i), w = 1;
+          return split && in_top_k(x) && order_key(x) == cut;
+        },
+        id, skipped);
+    if (gone >= ties) cut_id = -1;
+    else if (split) cut_id = id;
   }
   // Min-p (HF): tokens whose probability is under min_p times the largest go.
   const float floor_p = f.min_p * float(inv);  // the largest probability: exp(0) · (1 / Z)
@@ -202,46 +286,74 @@ __global__ void __launch_bounds__(kThreads)
 
   // The draw: the kept tokens' softmax, and the CDF in id order inverted at u.
   double z = 0;
-  for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
+  for (int64_t i = row.first; i < row.cols; i += row.step) {
     const float x = value(i);
     if (kept(i, x)) z += weight(x);
   }
-  const double inv_kept = 1.0 / block_reduce(z, Sum{});
+  z = block_reduce(z, Sum{});
+  if (threadIdx.x == 0 && live) s.z_kept[row.block] = z;
+  grid.sync();
+  const double inv_kept = live ? 1.0 / combine(s.z_kept, per_row, 0.0, Sum{}) : 0.0;
   auto p_kept = [&](int64_t i) {
     const float x = value(i);
     return kept(i, x) ? float(double(weight(x)) * inv_kept) : 0.0f;
   };
-  const int64_t per = (cols + kThreads - 1) / kThreads, lo = min64(cols, per * threadIdx.x),
-                hi = min64(cols, lo + per);
+  // This block's contiguous range of ids, and this thread's run of it.
+  const int64_t span = (row.cols + per_row - 1) / per_row, lo_b = min64(row.cols, span * row.block),
+                hi_b = min64(row.cols, lo_b + span), run = (hi_b - lo_b + kThreads - 1) / kThreads,
+                lo = min64(hi_b, lo_b + run * threadIdx.x), hi = min64(hi_b, lo + run);
   double own = 0;
-  long long last = -1;  // this run's last token with mass
+  long long last = -1;  // the last token with mass
   for (int64_t i = lo; i < hi; ++i) {
     const float p = p_kept(i);
     if (p > 0) own += p, last = i;
   }
-  double pre;
-  if (threadIdx.x == 0) sh.pick = LLONG_MAX;
-  Scan(sh.scan).ExclusiveSum(own, pre);
-  const double u = double(bits[blockIdx.x] >> 11) * 0x1p-53, target = u - pre;
-  if (target >= 0 && target < own) {  // u falls in this run: the same sums again, up to it
-    double cum = 0;
-    for (int64_t i = lo; i < hi; ++i) {
-      const float p = p_kept(i);
-      if (p <= 0) continue;
-      cum += p;
-      if (target < cum) {
-        atomicMin(&sh.pick, (long long)i);
-        break;
+  double pre, block_total;
+  __syncthreads();  // the selects' shared memory is done with
+  DrawScan(sh.draw).ExclusiveSum(own, pre, block_total);
+  last = block_reduce(last, Max{});
+  if (threadIdx.x == 0 && live) s.totals[row.block] = block_total, s.last[row.block] = last;
+  grid.sync();
+  if (live) {
+    // The ranges before this block, summed in block order: the same sums in every block.
+    double before = 0;
+    for (int b = 0; b < row.block; ++b) before += __ldcg(s.totals + b);
+    const double u = double(bits[r] >> 11) * 0x1p-53, target = u - before - pre;
+    if (target >= 0 && target < own) {  // u falls in this run: the same sums again, up to it
+      double cum = 0;
+      for (int64_t i = lo; i < hi; ++i) {
+        const float p = p_kept(i);
+        if (p <= 0) continue;
+        cum += p;
+        if (target < cum) {
+          atomicMin(s.pick, (long long)i);
+          break;
+        }
       }
     }
   }
-  last = block_reduce(last, Max{});
-  if (threadIdx.x == 0) {
+  grid.sync();
+  if (live && row.block == 0 && threadIdx.x == 0) {
     // No run holds u only where rounding left it at or past the total: the last token
     // with mass, as on the host.
-    const long long pick = sh.pick != LLONG_MAX ? sh.pick : last >= 0 ? last : 0;
-    out[blockIdx.x] = int32_t(pick);
+    long long last_all = -1, pick = __ldcg(s.pick);
+    for (int b = 0; b < per_row; ++b) {
+      const long long l = __ldcg(s.last + b);
+      last_all = l > last_all ? l : last_all;
+    }
+    pick = pick != LLONG_MAX ? pick : last_all >= 0 ? last_all : 0;
+    out[r] = int32_t(pick);
   }
+}
+
+// Blocks of sample_kernel<T> that can be resident at once (a cooperative launch needs them all).
+template <class T>
+int resident_blocks(const Context& ctx) {
+  static int per_sm = -1;  // per process: one kind of GPU at a time is the case here
+  if (per_sm < 0)
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sample_kernel<T>, kThreads, 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return per_sm * ctx.sm_count;
 }
 
 }  // namespace
@@ -251,15 +363,34 @@ void sample_tokens(const Context& ctx, const Array& logits, const Array& bits, c
   // logits [R, V] contiguous, bits [R, 2] u32 (one 64-bit word a row) -> out [R] int32
   const int64_t rows = logits.shape(0), cols = logits.shape(1);
   if (rows == 0) return;
-  LMX_CHECK(rows <= int64_t(INT32_MAX) && cols < int64_t(INT32_MAX), "sample_tokens", "logits [", rows, ", ", cols,
-            "] are too large for one launch on cuda");
+  LMX_CHECK(cols < int64_t(INT32_MAX), "sample_tokens", "rows of ", cols, " logits are too long for cuda");
   visit_device_dtype(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (kIsFloat<T>) {
-      sample_kernel<<<unsigned(rows), kThreads, 0, ctx.stream>>>(
-          static_cast<const T*>(logits.raw()), cols, static_cast<const unsigned long long*>(bits.raw()), filter,
-          out.data<int32_t>());
-      check_launch("sample_kernel");
+      const int resident = resident_blocks<T>(ctx);
+      LMX_CHECK(resident > 0, "sample_tokens", "the kernel cannot be resident on this GPU");
+      // Rows in launches of at most `resident` blocks; each row over as many blocks as
+      // share the GPU evenly, at most one per kThreads logits.
+      // A row takes at most one block an SM: more blocks make each grid sync slower.
+      const int64_t per_launch = std::min<int64_t>(rows, resident);
+      const int per_row = int(std::clamp<int64_t>(
+          std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1, ctx.sm_count));
+      Array scratch({per_launch * RowScratch::length(per_row) * 2}, Dtype::i32, logits.device());  // u64s
+      Array barrier({2}, Dtype::i32, logits.device());  // a u64 counter
+      for (int64_t r0 = 0; r0 < rows; r0 += per_launch) {
+        const T* x = static_cast<const T*>(logits.raw()) + r0 * cols;
+        int n = int(std::min(per_launch, rows - r0)), pr = per_row;
+        const u64* b = static_cast<const u64*>(bits.raw()) + r0;
+        u64* sc = static_cast<u64*>(scratch.raw());
+        int32_t* o = out.data<int32_t>() + r0;
+        auto* counter = static_cast<unsigned long long*>(barrier.raw());
+        check(cudaMemsetAsync(counter, 0, sizeof(*counter), ctx.stream), "cudaMemsetAsync");
+        void* args[] = {&x, const_cast<int64_t*>(&cols), &n, &pr, &b, const_cast<fast::SampleFilter*>(&filter), &sc,
+                        &counter, &o};
+        check(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(sample_kernel<T>), dim3(unsigned(n * per_row)),
+                                          dim3(kThreads), args, 0, ctx.stream),
+              "sample_kernel");
+      }
     } else {
       fail("sample_tokens", "expects floating-point logits, got ", dtype_name(logits.dtype()));
     }
