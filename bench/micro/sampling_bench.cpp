@@ -52,7 +52,8 @@ void BM_sample_tokens_cuda(benchmark::State& state) {
   }
   const int64_t rows = state.range(0), vocab = 151936;
   const Array x = to_device(random_normal({rows, vocab}, 9, 0, 3), Device::cuda(0));  // [R, V] f32
-  const fast::SampleFilter settings[] = {{0.7f}, {0.7f, 0, 0.9f}, {0.6f, 20, 0.95f}, {1.0f, 0, 1, 0.05f}};
+  const fast::SampleFilter settings[] = {
+      {0.7f}, {0.7f, 0, 0.9f}, {0.6f, 20, 0.95f}, {1.0f, 0, 1, 0.05f}};
   const fast::SampleFilter f = settings[state.range(1)];
   std::vector<uint64_t> words(static_cast<size_t>(rows));
   uint64_t n = 0;

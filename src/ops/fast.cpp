@@ -251,13 +251,14 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
 Array sample_tokens(const Array& logits, std::span<const uint64_t> bits, const SampleFilter& f) {
   detail::check_valid(logits, "sample_tokens");
   detail::check_float(logits, "sample_tokens");
-  LMX_CHECK(logits.ndim() == 2 && logits.shape(1) > 0, "sample_tokens", "expects logits [rows, V] with V > 0, got ",
-            shape_str(logits.shape()));
-  LMX_CHECK(int64_t(bits.size()) == logits.shape(0), "sample_tokens", "needs one random word per row: ",
-            logits.shape(0), " rows, ", bits.size(), " words");
-  LMX_CHECK(f.temperature > 0 && std::isfinite(f.temperature) && f.top_k >= 0 && f.top_p > 0 && f.top_p <= 1 &&
-                f.min_p >= 0 && f.min_p <= 1,
-            "sample_tokens", "needs temperature > 0, top_k >= 0, top_p in (0, 1] and min_p in [0, 1]; got ",
+  LMX_CHECK(logits.ndim() == 2 && logits.shape(1) > 0, "sample_tokens",
+            "expects logits [rows, V] with V > 0, got ", shape_str(logits.shape()));
+  LMX_CHECK(int64_t(bits.size()) == logits.shape(0), "sample_tokens",
+            "needs one random word per row: ", logits.shape(0), " rows, ", bits.size(), " words");
+  LMX_CHECK(f.temperature > 0 && std::isfinite(f.temperature) && f.top_k >= 0 && f.top_p > 0 &&
+                f.top_p <= 1 && f.min_p >= 0 && f.min_p <= 1,
+            "sample_tokens",
+            "needs temperature > 0, top_k >= 0, top_p in (0, 1] and min_p in [0, 1]; got ",
             f.temperature, ", ", f.top_k, ", ", f.top_p, " and ", f.min_p);
   std::vector<uint32_t> words;
   for (const uint64_t b : bits) words.insert(words.end(), {uint32_t(b), uint32_t(b >> 32)});

@@ -109,7 +109,8 @@ struct SampleFilter {
   float min_p = 0;        // in [0, 1]; 0 = off
 };
 // logits [R, V] float; bits: one random word a row -> [R] int32 on the logits' device.
-Array sample_tokens(const Array& logits, std::span<const uint64_t> bits, const SampleFilter& filter);
+Array sample_tokens(const Array& logits, std::span<const uint64_t> bits,
+                    const SampleFilter& filter);
 
 namespace reference {
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);

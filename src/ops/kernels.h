@@ -73,8 +73,8 @@ class Kernels {
   virtual void categorical(const Array& logits, uint64_t seed, const Array& out) = 0;
   // fast::sample_tokens: logits [R, V] contiguous float, bits [R, 2] u32 (a 64-bit word a
   // row, low half first) -> out [R] int32.
-  virtual void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& filter,
-                             const Array& out) = 0;
+  virtual void sample_tokens(const Array& logits, const Array& bits,
+                             const fast::SampleFilter& filter, const Array& out) = 0;
 
   // Fused ops; inputs contiguous, outputs contiguous and shaped like x / q.
   virtual void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,

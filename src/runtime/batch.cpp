@@ -43,9 +43,9 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 // lacks of the longest. Up to `steps` steps; one is queued ahead of the one being read.
 // Returns the steps whose tokens were read.
 template <class Accept, class AllDone>
-int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<int32_t>& next, int64_t slots,
-                  const std::vector<std::vector<int32_t>>& ids, int steps, std::span<Sampler> samplers,
-                  Accept& accept, AllDone& all_done) {
+int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<int32_t>& next,
+                 int64_t slots, const std::vector<std::vector<int32_t>>& ids, int steps,
+                 std::span<Sampler> samplers, Accept& accept, AllDone& all_done) {
   // Sampled rows draw on the device (samplers share their filter; greedy rows have none).
   const std::optional<fast::SampleFilter> filter = samplers[0].filter();
   const size_t rows = ids.size();
@@ -61,7 +61,8 @@ int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<in
       if (filter) {  // every row draws, finished ones too: their tokens are ignored
         std::vector<uint64_t> words;
         for (Sampler& s : samplers) words.push_back(s.take_word());
-        fused.set_tokens(fast::sample_tokens(reshape(fused.logits(), {int64_t(rows), -1}), words, *filter));
+        fused.set_tokens(
+            fast::sample_tokens(reshape(fused.logits(), {int64_t(rows), -1}), words, *filter));
       }
       fused.queue_token();
       ++queued;
@@ -210,7 +211,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     ++generated;
     if (all_done()) break;
     if (fused) {
-      fused_steps = decode_fused(*fused, cache, next, l, ids, o.max_tokens - generated, samplers, accept, all_done);
+      fused_steps = decode_fused(*fused, cache, next, l, ids, o.max_tokens - generated, samplers,
+                                 accept, all_done);
       break;
     }
     // The token fed next goes to slot `slots`; its position skips the row's padding.

@@ -52,7 +52,8 @@ std::optional<int32_t> TokenGenerator::fused_step() {
     cache_.commit_one();
     if (filter) {
       const uint64_t word = sampler_.take_word();
-      fused_->set_tokens(fast::sample_tokens(reshape(fused_->logits(), {1, -1}), {&word, 1}, *filter));
+      fused_->set_tokens(
+          fast::sample_tokens(reshape(fused_->logits(), {1, -1}), {&word, 1}, *filter));
     }
     return true;
   };
@@ -106,7 +107,8 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
     std::vector<uint64_t> words(static_cast<size_t>(rows), 0);
     for (size_t r = 0; r < size_t(rows); ++r)
       if (pending[r]) words[r] = samplers[r].take_word();
-    const std::vector<int32_t> ids = to_vector<int32_t>(fast::sample_tokens(logits, words, *filter));
+    const std::vector<int32_t> ids =
+        to_vector<int32_t>(fast::sample_tokens(logits, words, *filter));
     for (size_t r = 0; r < size_t(rows); ++r)
       if (pending[r]) out[r] = ids[r];
     return out;

@@ -195,8 +195,8 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
 }
 
 std::optional<fast::SampleFilter> Sampler::filter() const {
-  const bool plain = opts_.logit_bias.empty() && opts_.repetition_penalty == 1 && opts_.presence_penalty == 0 &&
-                     opts_.frequency_penalty == 0;
+  const bool plain = opts_.logit_bias.empty() && opts_.repetition_penalty == 1 &&
+                     opts_.presence_penalty == 0 && opts_.frequency_penalty == 0;
   if (opts_.temperature <= 0 || !plain) return std::nullopt;
   return fast::SampleFilter{opts_.temperature, opts_.top_k, opts_.top_p, opts_.min_p};
 }

@@ -150,8 +150,9 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
     float temperature, top_p, min_p;
     int top_k;
   };
-  const Case cases[] = {{0.7f, 1, 0, 0},   {1.0f, 0.9f, 0, 0},    {0.6f, 0.95f, 0, 20}, {0.8f, 0.3f, 0.05f, 40},
-                        {1.5f, 1, 0.1f, 0}, {1.0f, 0.999f, 0, 0}, {2.0f, 1, 0, 3000},   {0.01f, 0.5f, 0, 0}};
+  const Case cases[] = {{0.7f, 1, 0, 0},         {1.0f, 0.9f, 0, 0}, {0.6f, 0.95f, 0, 20},
+                        {0.8f, 0.3f, 0.05f, 40}, {1.5f, 1, 0.1f, 0}, {1.0f, 0.999f, 0, 0},
+                        {2.0f, 1, 0, 3000},      {0.01f, 0.5f, 0, 0}};
   for (Dtype t : {Dtype::f32, Dtype::bf16})
     for (int64_t rows : {int64_t(1), int64_t(4)})
       for (int64_t v : {int64_t(7), int64_t(4097), int64_t(151936)}) {
@@ -165,7 +166,8 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
             ASSERT_EQ(to_vector<int32_t>(fast::sample_tokens(x, words, f)),
                       to_vector<int32_t>(fast::sample_tokens(xg, words, f)))
                 << dtype_name(t) << " " << rows << " x " << v << ", draw " << i << ", temperature "
-                << c.temperature << ", top_p " << c.top_p << ", min_p " << c.min_p << ", top_k " << c.top_k;
+                << c.temperature << ", top_p " << c.top_p << ", min_p " << c.min_p << ", top_k "
+                << c.top_k;
           }
         }
       }

@@ -221,16 +221,21 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
       const auto rows = model->batch_generate(prompts, o),
                  rows_every = model->batch_generate(prompts, every);
       for (size_t i = 0; i < prompts.size(); ++i)
-        EXPECT_EQ(rows[i].ids, rows_every[i].ids) << name << " row " << i << ", variant " << variant;
-      const std::vector<BatchResult> one = model->batch_generate(std::span<const std::string>(prompts.data(), 1), o);
-      EXPECT_EQ(one[0].ids.size(), 24u) << name;  // one row: the single-sequence step, its logits [V]
+        EXPECT_EQ(rows[i].ids, rows_every[i].ids)
+            << name << " row " << i << ", variant " << variant;
+      const std::vector<BatchResult> one =
+          model->batch_generate(std::span<const std::string>(prompts.data(), 1), o);
+      EXPECT_EQ(one[0].ids.size(), 24u)
+          << name;  // one row: the single-sequence step, its logits [V]
       const std::span<const std::string> few(prompts.data(), 5);
       const auto fused = model->batch_generate(few, o);
       EXPECT_EQ(model->metrics().decode_path, "fused-graph") << name;
-      const auto again = model->batch_generate(few, o), plain = model->batch_generate(few, greedy(24));
+      const auto again = model->batch_generate(few, o),
+                 plain = model->batch_generate(few, greedy(24));
       for (size_t i = 0; i < few.size(); ++i) {
         EXPECT_EQ(fused[i].ids, again[i].ids) << name << " row " << i << ", variant " << variant;
-        EXPECT_NE(fused[i].ids, plain[i].ids) << name << " row " << i << ": the draws should not be greedy";
+        EXPECT_NE(fused[i].ids, plain[i].ids)
+            << name << " row " << i << ": the draws should not be greedy";
       }
     }
   }

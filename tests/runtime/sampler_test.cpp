@@ -1,5 +1,7 @@
 // Samplers against reference distributions written here from HF's definitions, then
 // seeded draws against those distributions (chi-square), and stop strings.
+#include "runtime/sampler.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,7 +11,6 @@
 
 #include "core/error.h"
 #include "ops/ops.h"
-#include "runtime/sampler.h"
 #include "runtime/stop_strings.h"
 
 namespace lmx {
@@ -175,8 +176,9 @@ TEST(SamplerTest, SampleTokensDrawsAsSample) {
     float temperature, top_p, min_p;
     int top_k;
   };
-  for (const Case c : {Case{0.7f, 1, 0, 0}, Case{1.0f, 0.9f, 0, 0}, Case{0.6f, 0.95f, 0, 20}, Case{0.8f, 0.3f, 0.05f, 40},
-                       Case{1.5f, 1, 0.1f, 0}, Case{1.0f, 0.999f, 0, 0}, Case{2.0f, 1, 0, 3000}}) {
+  for (const Case c : {Case{0.7f, 1, 0, 0}, Case{1.0f, 0.9f, 0, 0}, Case{0.6f, 0.95f, 0, 20},
+                       Case{0.8f, 0.3f, 0.05f, 40}, Case{1.5f, 1, 0.1f, 0},
+                       Case{1.0f, 0.999f, 0, 0}, Case{2.0f, 1, 0, 3000}}) {
     SamplingOptions o;
     o.temperature = c.temperature, o.top_p = c.top_p, o.min_p = c.min_p, o.top_k = c.top_k;
     std::vector<Sampler> host, device;
@@ -192,8 +194,8 @@ TEST(SamplerTest, SampleTokensDrawsAsSample) {
       const std::vector<int32_t> got = to_vector<int32_t>(fast::sample_tokens(x, words, *f));
       for (size_t r = 0; r < size_t(rows); ++r)
         ASSERT_EQ(got[r], host[r].sample({logits.data() + r * size_t(v), size_t(v)}, {}))
-            << "draw " << i << ", row " << r << ", temperature " << c.temperature << ", top_p " << c.top_p
-            << ", min_p " << c.min_p << ", top_k " << c.top_k;
+            << "draw " << i << ", row " << r << ", temperature " << c.temperature << ", top_p "
+            << c.top_p << ", min_p " << c.min_p << ", top_k " << c.top_k;
     }
   }
   // Bad arguments: a clear error, no draw.

@@ -32,9 +32,10 @@ void GenerateArgs::add(CLI::App* cmd, bool chat) {
   cmd->add_option("--repeat-penalty", repeat_penalty, "HF repetition penalty, e.g. 1.1 (1 = off)");
   cmd->add_option("--presence-penalty", presence_penalty, "Subtract this from every token seen so far");
   cmd->add_option("--frequency-penalty", frequency_penalty, "Subtract this times each token's count so far");
-  cmd->add_option("--seed", seed,
-                  "Seed for reproducible sampling. On a GPU, sampling without penalties or bias draws on the "
-                  "device, so that only the token comes back each step");
+  cmd->add_option(
+      "--seed", seed,
+      "Seed for reproducible sampling. On a GPU, sampling without penalties or bias draws on the "
+      "device, so that only the token comes back each step");
   cmd->add_option("--stop-token", stop_tokens, "Also stop after this token id (repeatable)");
   cmd->add_option("--stop", stop_strings, "Stop before this text (repeatable); it is not printed");
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep generating past end-of-sequence tokens");

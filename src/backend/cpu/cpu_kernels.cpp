@@ -38,7 +38,8 @@ class CpuKernels final : public detail::Kernels {
   void categorical(const Array& logits, uint64_t seed, const Array& out) override {
     cpu::categorical(logits, seed, out);
   }
-  void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f, const Array& out) override {
+  void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
+                     const Array& out) override {
     cpu::sample_tokens(logits, bits, f, out);
   }
   void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style, const Array& out) override {

@@ -29,7 +29,8 @@ void take_along(const Array& src, const Array& idx, const Array& out);
 void sort(const Array& in, bool descending, int k, const Array& values, const Array& indices);
 void categorical(const Array& logits, uint64_t seed, const Array& out);
 // sample.cpp
-void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& filter, const Array& out);
+void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& filter,
+                   const Array& out);
 
 // Counter-based random bits shared by random() and categorical(): depends only on (seed, i).
 uint64_t random_bits(uint64_t seed, uint64_t i);

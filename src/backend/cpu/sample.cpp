@@ -20,7 +20,8 @@ constexpr float kGone = -std::numeric_limits<float>::infinity();
 int64_t probabilities(const std::vector<float>& x, std::vector<float>& p) {
   const int64_t top = std::max_element(x.begin(), x.end()) - x.begin();  // the first of equals
   double z = 0;
-  for (size_t i = 0; i < x.size(); ++i) z += p[i] = std::isinf(x[i]) ? 0.0f : std::exp(x[i] - x[size_t(top)]);
+  for (size_t i = 0; i < x.size(); ++i)
+    z += p[i] = std::isinf(x[i]) ? 0.0f : std::exp(x[i] - x[size_t(top)]);
   const double inv = 1.0 / z;
   for (float& q : p) q = float(double(q) * inv);
   return top;
@@ -31,7 +32,8 @@ int32_t sample_row(std::vector<float>& x, const fast::SampleFilter& f, uint64_t 
   std::vector<float> p(n);
   if (f.top_k > 0 && size_t(f.top_k) < n) {  // every value at or above the k-th largest stays
     std::vector<float> sorted = x;
-    std::nth_element(sorted.begin(), sorted.begin() + (f.top_k - 1), sorted.end(), std::greater<>());
+    std::nth_element(sorted.begin(), sorted.begin() + (f.top_k - 1), sorted.end(),
+                     std::greater<>());
     const float kth = sorted[size_t(f.top_k - 1)];
     for (float& v : x) v = v < kth ? kGone : v;
   }
@@ -44,8 +46,9 @@ int32_t sample_row(std::vector<float>& x, const fast::SampleFilter& f, uint64_t 
       std::vector<int32_t> order;
       for (size_t i = 0; i < n; ++i)
         if (x[i] != kGone) order.push_back(int32_t(i));
-      std::sort(order.begin(), order.end(),
-                [&](int32_t a, int32_t b) { return x[size_t(a)] != x[size_t(b)] ? x[size_t(a)] < x[size_t(b)] : a > b; });
+      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        return x[size_t(a)] != x[size_t(b)] ? x[size_t(a)] < x[size_t(b)] : a > b;
+      });
       double mass = 0;
       for (int32_t i : order) {
         mass += p[size_t(i)];
@@ -72,7 +75,8 @@ int32_t sample_row(std::vector<float>& x, const fast::SampleFilter& f, uint64_t 
 
 }  // namespace
 
-void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f, const Array& out) {
+void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
+                   const Array& out) {
   const int64_t rows = logits.shape(0), cols = logits.shape(1);
   const uint32_t* words = bits.data<uint32_t>();
   visit_dtype(logits.dtype(), [&](auto tag) {

@@ -40,8 +40,8 @@ void sort(const Context& ctx, const Array& in, bool descending, int k, const Arr
           const Array& indices);
 void categorical(const Context& ctx, const Array& logits, uint64_t seed, const Array& out);
 // sample.cu
-void sample_tokens(const Context& ctx, const Array& logits, const Array& bits, const fast::SampleFilter& filter,
-                   const Array& out);
+void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
+                   const fast::SampleFilter& filter, const Array& out);
 // norm.cu
 void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out);

@@ -226,14 +226,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   void set_tokens(const Array& ids) override {
     LMX_CHECK(steps_ > 0 && ids.valid() && ids.dtype() == Dtype::i32 && ids.size() == rows_ &&
                   ids.device() == Device::cuda(device_) && ids.is_contiguous(),
-              "fused decode", "set_tokens needs a step before it and ", rows_, " contiguous int32 ids on cuda:",
-              device_);
+              "fused decode", "set_tokens needs a step before it and ", rows_,
+              " contiguous int32 ids on cuda:", device_);
     // state [rows, 3] holds each sequence's next input in column 0; history [rows, kHistory]
     // the last step's tokens in column (steps - 1) % kHistory.
     const Context& c = ctx();
     auto column = [&](const Array& to, int64_t col, int64_t stride) {
-      check(cudaMemcpy2DAsync(static_cast<int32_t*>(to.raw()) + col, size_t(stride) * 4, ids.raw(), 4, 4,
-                              size_t(rows_), cudaMemcpyDeviceToDevice, c.stream),
+      check(cudaMemcpy2DAsync(static_cast<int32_t*>(to.raw()) + col, size_t(stride) * 4, ids.raw(),
+                              4, 4, size_t(rows_), cudaMemcpyDeviceToDevice, c.stream),
             "cudaMemcpy2DAsync");
     };
     column(state_, 0, 3);

@@ -89,7 +89,8 @@ class CudaKernels final : public detail::Kernels {
   void categorical(const Array& logits, uint64_t seed, const Array& out) override {
     cuda::categorical(ctx(), logits, seed, out);
   }
-  void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f, const Array& out) override {
+  void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
+                     const Array& out) override {
     cuda::sample_tokens(ctx(), logits, bits, f, out);
   }
   void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,

@@ -2,8 +2,8 @@
 // draw per row, so that a sampled decode step sends the host one id a row instead of its
 // logits (600 KB a step for Qwen3's 152K tokens, then the host's passes over them).
 //
-// One cooperative kernel (every block resident). Each row is spread over `per_row` blocks (for one row, every
-// SM: one block of a row computing alone took about 40 µs a pass over 152K values, its
+// One cooperative kernel (every block resident). Each row is spread over `per_row` blocks (for one
+// row, every SM: one block of a row computing alone took about 40 µs a pass over 152K values, its
 // divisions and exponentials being arithmetic-bound on one SM), and the passes over the
 // row follow one another through grid-wide syncs. Nothing is sorted. Top-k's k-th largest
 // value and top-p's cut come from a radix select over the values' order-preserving bit
@@ -23,7 +23,6 @@
 // rounding of a boundary.
 #include <algorithm>
 #include <climits>
-
 #include <cub/block/block_scan.cuh>
 
 #include "backend/cuda/common.cuh"
@@ -32,9 +31,9 @@ namespace lmx::cuda {
 namespace {
 
 constexpr int kThreads = 512;
-constexpr int kBins = 2048;           // the widest digit: 11 bits
-constexpr int kSelects = 3;           // top-k, top-p, and top-p's ties by id
-constexpr double kFixed = 0x1p62;     // probability mass in fixed point: at most 1, so it fits
+constexpr int kBins = 2048;        // the widest digit: 11 bits
+constexpr int kSelects = 3;        // top-k, top-p, and top-p's ties by id
+constexpr double kFixed = 0x1p62;  // probability mass in fixed point: at most 1, so it fits
 
 using u64 = unsigned long long;
 
@@ -43,17 +42,21 @@ using u64 = unsigned long long;
 struct RowScratch {
   static constexpr int64_t kHist = int64_t(kSelects) * 3 * kBins;
   static constexpr int kPartials = 6;
-  __host__ __device__ static int64_t length(int per_row) { return kHist + kPartials * int64_t(per_row) + 1; }  // in u64
-  u64* hist;          // [kSelects][3][kBins], zero at the start
-  float* maxima;      // [per_row]
-  double* z;          // [per_row]: the normaliser of top-k's survivors
-  double* z_kept;     // [per_row]: the normaliser of the kept tokens
-  double* totals;     // [per_row]: the kept mass of each block's range of ids
-  long long* ties;    // [per_row]
-  long long* last;    // [per_row]: each range's last token with mass
-  long long* pick;    // [1]
+  __host__ __device__ static int64_t length(int per_row) {
+    return kHist + kPartials * int64_t(per_row) + 1;
+  }                 // in u64
+  u64* hist;        // [kSelects][3][kBins], zero at the start
+  float* maxima;    // [per_row]
+  double* z;        // [per_row]: the normaliser of top-k's survivors
+  double* z_kept;   // [per_row]: the normaliser of the kept tokens
+  double* totals;   // [per_row]: the kept mass of each block's range of ids
+  long long* ties;  // [per_row]
+  long long* last;  // [per_row]: each range's last token with mass
+  long long* pick;  // [1]
   __device__ RowScratch(u64* p, int per_row)
-      : hist(p), maxima(reinterpret_cast<float*>(p + kHist)), z(reinterpret_cast<double*>(p + kHist + per_row)),
+      : hist(p),
+        maxima(reinterpret_cast<float*>(p + kHist)),
+        z(reinterpret_cast<double*>(p + kHist + per_row)),
         z_kept(reinterpret_cast<double*>(p + kHist + 2 * per_row)),
         totals(reinterpret_cast<double*>(p + kHist + 3 * per_row)),
         ties(reinterpret_cast<long long*>(p + kHist + 4 * per_row)),
@@ -116,8 +119,8 @@ struct Row {
 // Integer weights: the sums are exact, the same in every block and in any order. Every
 // row's blocks take the same grid syncs, found or not: the syncs are grid-wide.
 template <class Elem>
-__device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist, bool descending, u64 target,
-                           Elem elem, uint32_t& key, u64& before) {
+__device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist, bool descending,
+                           u64 target, Elem elem, uint32_t& key, u64& before) {
   u64* local = sh.select.local;
   int& place_s = sh.select.place;
   u64& before_s = sh.select.before;
@@ -126,14 +129,16 @@ __device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist
   bool found = true;
   before = 0;
   for (int d = 0; d < 3; ++d) {
-    const int shift = kShifts[d], width = shift == 0 ? 10 : 11, bins = 1 << width, high = shift + width;
+    const int shift = kShifts[d], width = shift == 0 ? 10 : 11, bins = 1 << width,
+              high = shift + width;
     u64* h = hist + d * kBins;
     for (int b = threadIdx.x; b < bins; b += kThreads) local[b] = 0;
     __syncthreads();
     for (int64_t i = row.first; i < row.cols; i += row.step) {
       uint32_t k;
       u64 w;
-      if (elem(i, k, w) && (high == 32 || (k >> high) == prefix)) atomicAdd(&local[(k >> shift) & uint32_t(bins - 1)], w);
+      if (elem(i, k, w) && (high == 32 || (k >> high) == prefix))
+        atomicAdd(&local[(k >> shift) & uint32_t(bins - 1)], w);
     }
     __syncthreads();
     for (int b = threadIdx.x; b < bins; b += kThreads)
@@ -149,7 +154,8 @@ __device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist
     }
     u64 pre;
     if (threadIdx.x == 0) place_s = -1;
-    SelectScan(sh.select.scan).ExclusiveSum(own, pre);  // its barriers order place_s's reset before the writes below
+    SelectScan(sh.select.scan)
+        .ExclusiveSum(own, pre);  // its barriers order place_s's reset before the writes below
     u64 cum = before + pre;
     for (int j = 0; j < kPer; ++j) {
       if (w[j] > 0 && cum <= target && target < cum + w[j]) {  // exact sums: one place only
@@ -169,15 +175,15 @@ __device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) sample_kernel(const T* logits, int64_t cols, int rows, int per_row,
-                                                          const u64* bits, fast::SampleFilter f, u64* scratch,
-                                                          unsigned long long* barrier, int32_t* out) {
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(const T* logits, int64_t cols, int rows, int per_row, const u64* bits,
+                  fast::SampleFilter f, u64* scratch, unsigned long long* barrier, int32_t* out) {
   GridSync grid{barrier};
   __shared__ Shared sh;
   const int r = int(blockIdx.x) / per_row;
   const bool live = r < rows;  // spare blocks past the last row still take every sync
-  const Row row{live ? cols : 0, int64_t(blockIdx.x % per_row) * kThreads + threadIdx.x, int64_t(per_row) * kThreads,
-                int(blockIdx.x % per_row), per_row};
+  const Row row{live ? cols : 0, int64_t(blockIdx.x % per_row) * kThreads + threadIdx.x,
+                int64_t(per_row) * kThreads, int(blockIdx.x % per_row), per_row};
   const RowScratch s(scratch + int64_t(live ? r : 0) * RowScratch::length(per_row), per_row);
   const T* x_in = logits + int64_t(live ? r : 0) * cols;
   auto value = [&](int64_t i) { return __fdiv_rn(to_float(x_in[i]), f.temperature); };
@@ -255,7 +261,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* logits, int64
     ties = live ? combine(s.ties, per_row, 0LL, Sum{}) : 0;
     const double p_cut = double(prob(key_value(cut)));
     const long long most = cut == top ? ties - 1 : ties;
-    const double fits = !found || p_cut <= 0 ? double(most) : floor((limit - double(below) / kFixed) / p_cut);
+    const double fits =
+        !found || p_cut <= 0 ? double(most) : floor((limit - double(below) / kFixed) / p_cut);
     const long long gone = fits <= 0 ? 0 : fits >= double(most) ? most : (long long)fits;
     // Where some but not all ties go, the `gone` largest ids at the cut go: the smallest
     // of them is found. Every row takes this select's syncs; rows that need none of it
@@ -270,8 +277,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* logits, int64
           return split && in_top_k(x) && order_key(x) == cut;
         },
         id, skipped);
-    if (gone >= ties) cut_id = -1;
-    else if (split) cut_id = id;
+    if (gone >= ties)
+      cut_id = -1;
+    else if (split)
+      cut_id = id;
   }
   // Min-p (HF): tokens whose probability is under min_p times the largest go.
   const float floor_p = f.min_p * float(inv);  // the largest probability: exp(0) · (1 / Z)
@@ -358,12 +367,13 @@ int resident_blocks(const Context& ctx) {
 
 }  // namespace
 
-void sample_tokens(const Context& ctx, const Array& logits, const Array& bits, const fast::SampleFilter& filter,
-                   const Array& out) {
+void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
+                   const fast::SampleFilter& filter, const Array& out) {
   // logits [R, V] contiguous, bits [R, 2] u32 (one 64-bit word a row) -> out [R] int32
   const int64_t rows = logits.shape(0), cols = logits.shape(1);
   if (rows == 0) return;
-  LMX_CHECK(cols < int64_t(INT32_MAX), "sample_tokens", "rows of ", cols, " logits are too long for cuda");
+  LMX_CHECK(cols < int64_t(INT32_MAX), "sample_tokens", "rows of ", cols,
+            " logits are too long for cuda");
   visit_device_dtype(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (kIsFloat<T>) {
@@ -374,8 +384,10 @@ void sample_tokens(const Context& ctx, const Array& logits, const Array& bits, c
       // A row takes at most one block an SM: more blocks make each grid sync slower.
       const int64_t per_launch = std::min<int64_t>(rows, resident);
       const int per_row = int(std::clamp<int64_t>(
-          std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1, ctx.sm_count));
-      Array scratch({per_launch * RowScratch::length(per_row) * 2}, Dtype::i32, logits.device());  // u64s
+          std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
+          ctx.sm_count));
+      Array scratch({per_launch * RowScratch::length(per_row) * 2}, Dtype::i32,
+                    logits.device());                   // u64s
       Array barrier({2}, Dtype::i32, logits.device());  // a u64 counter
       for (int64_t r0 = 0; r0 < rows; r0 += per_launch) {
         const T* x = static_cast<const T*>(logits.raw()) + r0 * cols;
@@ -385,10 +397,14 @@ void sample_tokens(const Context& ctx, const Array& logits, const Array& bits, c
         int32_t* o = out.data<int32_t>() + r0;
         auto* counter = static_cast<unsigned long long*>(barrier.raw());
         check(cudaMemsetAsync(counter, 0, sizeof(*counter), ctx.stream), "cudaMemsetAsync");
-        void* args[] = {&x, const_cast<int64_t*>(&cols), &n, &pr, &b, const_cast<fast::SampleFilter*>(&filter), &sc,
-                        &counter, &o};
-        check(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(sample_kernel<T>), dim3(unsigned(n * per_row)),
-                                          dim3(kThreads), args, 0, ctx.stream),
+        void* args[] = {&x,  const_cast<int64_t*>(&cols),
+                        &n,  &pr,
+                        &b,  const_cast<fast::SampleFilter*>(&filter),
+                        &sc, &counter,
+                        &o};
+        check(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(sample_kernel<T>),
+                                          dim3(unsigned(n * per_row)), dim3(kThreads), args, 0,
+                                          ctx.stream),
               "sample_kernel");
       }
     } else {
