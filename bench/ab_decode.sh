@@ -21,14 +21,8 @@
 # prints "failed" and counts in no mean; its error is in the file named at the end.
 set -euo pipefail
 
-models=()
-while [[ $# -gt 0 && $1 != -- ]]; do models+=("$1"); shift; done
-[[ $# -gt 0 ]] && shift
-bins=("$@")
-if [[ ${#models[@]} -eq 0 || ${#bins[@]} -eq 0 ]]; then
-  awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-fi
+source "$(dirname "$0")/ab_lib.sh"
+ab_split_args "$@"
 for b in "${bins[@]}"; do
   read -r -a words <<<"$b"
   [[ ${#words[@]} -gt 0 && -x ${words[-1]} && ! ${words[-1]} =~ = ]] ||
@@ -71,33 +65,12 @@ for r in $(seq "${REPS:-2}"); do
     for i in "${!bins[@]}"; do
       s=$(speed "${bins[$i]}" "$m")
       printf ' %14s' "$s"
-      echo "$(basename "$m") $i $s" >>"$runs"
+      printf '%s\t%s\t%s\n' "$(basename "$m")" "$i" "$s" >>"$runs"
     done
     echo
   done
 done
 
-# Means per model and binary, and the ratio to binary [0].
-python3 - "$runs" "${#bins[@]}" <<'PY'
-import collections, sys
-runs = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    model, i, s = line.split()
-    if s != "failed":
-        runs[(model, int(i))].append(float(s))
-n = int(sys.argv[2])
-print()
-for model in dict.fromkeys(m for m, _ in runs):
-    means = [sum(runs[(model, i)]) / len(runs[(model, i)]) if runs[(model, i)] else None for i in range(n)]
-    cells = []
-    for mean in means:
-        if mean is None:
-            cells.append("%14s" % "-")
-        elif means[0]:
-            cells.append("%7.1f %5.3fx" % (mean, mean / means[0]))
-        else:
-            cells.append("%14.1f" % mean)
-    print("%-24s %4s %s" % (model, "mean", " ".join(cells)))
-PY
+ab_means "$runs" "${#bins[@]}" 24
 for i in "${!bins[@]}"; do echo "[$i] ${bins[$i]}"; done
 if [[ -s $errors ]]; then echo "errors of failed runs: $errors"; else rm -f "$errors"; fi

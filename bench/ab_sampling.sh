@@ -3,7 +3,8 @@
 # several sampling settings (greedy first, for reference), each binary in turn within a
 # repetition, as bench/ab_decode.sh alternates them. Prints the decode tok/s of every
 # run (`--json`'s decode_tok_per_s: the new tokens after the first over their
-# time, streamed to the caller), then each binary's mean per model and setting.
+# time, streamed to the caller), then each binary's mean per model and setting, and its
+# ratio to the first binary's.
 #
 #   bench/ab_sampling.sh MODEL_DIR... -- LMX...
 #   bench/ab_sampling.sh /tmp/qwen3-0.6b /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
@@ -14,14 +15,8 @@
 # sampling flags; the default below).
 set -euo pipefail
 
-models=()
-while [[ $# -gt 0 && $1 != -- ]]; do models+=("$1"); shift; done
-[[ $# -gt 0 ]] && shift
-bins=("$@")
-if [[ ${#models[@]} -eq 0 || ${#bins[@]} -eq 0 ]]; then
-  awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-fi
+source "$(dirname "$0")/ab_lib.sh"
+ab_split_args "$@"
 for b in "${bins[@]}"; do [[ -x $b ]] || { echo "ab_sampling: $b is not an executable" >&2; exit 1; }; done
 for m in "${models[@]}"; do
   [[ -f $m/config.json && -f $m/tokenizer.json ]] || { echo "ab_sampling: $m lacks config.json or tokenizer.json" >&2; exit 1; }
@@ -58,22 +53,6 @@ for r in $(seq "${REPS:-2}"); do
   done
 done
 
-python3 - "$runs" "${#bins[@]}" <<'PY'
-import collections, sys
-runs = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    model, setting, i, v = line.rstrip("\n").split("\t")
-    if v != "failed":
-        runs[(model, setting, int(i))].append(float(v))
-n = int(sys.argv[2])
-print()
-for model, setting in dict.fromkeys((m, s) for m, s, _ in runs):
-    means = [sum(runs[(model, setting, i)]) / len(runs[(model, setting, i)]) if runs[(model, setting, i)] else None
-             for i in range(n)]
-    cells = ["%10s" % "-" if v is None else "%10.1f" % v for v in means]
-    if means[0] and means[-1]:
-        cells.append("%6.2fx" % (means[-1] / means[0]))
-    print("%-16s %-44s %s" % (model, setting, " ".join(cells)))
-PY
+ab_means "$runs" "${#bins[@]}" 62
 for i in "${!bins[@]}"; do echo "[$i] ${bins[$i]}"; done
 if [[ $failures == 1 ]]; then echo "some runs failed; their errors are in $errors"; else rm -f "$errors"; fi
