@@ -131,10 +131,12 @@ Sampler::Sampler(SamplingOptions o) : opts_(std::move(o)) {
   seed_ = opts_.seed ? *opts_.seed : std::random_device{}();
 }
 
-bool Sampler::greedy() const {
-  return opts_.temperature == 0 && opts_.logit_bias.empty() && opts_.repetition_penalty == 1 &&
-         opts_.presence_penalty == 0 && opts_.frequency_penalty == 0;
+bool Sampler::plain() const {
+  return opts_.logit_bias.empty() && opts_.repetition_penalty == 1 && opts_.presence_penalty == 0 &&
+         opts_.frequency_penalty == 0;
 }
+
+bool Sampler::greedy() const { return opts_.temperature == 0 && plain(); }
 
 std::vector<float> Sampler::process(std::span<const float> logits, std::span<const int32_t> history) const {
   std::vector<float> x(logits.begin(), logits.end());
@@ -195,9 +197,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
 }
 
 std::optional<fast::SampleFilter> Sampler::filter() const {
-  const bool plain = opts_.logit_bias.empty() && opts_.repetition_penalty == 1 &&
-                     opts_.presence_penalty == 0 && opts_.frequency_penalty == 0;
-  if (opts_.temperature <= 0 || !plain) return std::nullopt;
+  if (opts_.temperature <= 0 || !plain()) return std::nullopt;
   return fast::SampleFilter{opts_.temperature, opts_.top_k, opts_.top_p, opts_.min_p};
 }
 

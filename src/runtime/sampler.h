@@ -46,6 +46,7 @@ class Sampler {
   uint64_t take_word();
 
  private:
+  bool plain() const;  // no penalty and no bias: a draw needs neither the history nor the host
   std::vector<float> process(std::span<const float> logits, std::span<const int32_t> history) const;
   int32_t draw(const std::vector<float>& p);  // inverts the CDF of p at the stream's next number
   SamplingOptions opts_;
