@@ -23,14 +23,7 @@ set -euo pipefail
 
 source "$(dirname "$0")/ab_lib.sh"
 ab_split_args "$@"
-for b in "${bins[@]}"; do
-  read -r -a words <<<"$b"
-  [[ ${#words[@]} -gt 0 && -x ${words[-1]} && ! ${words[-1]} =~ = ]] ||
-    { echo "ab_decode: \"$b\" does not end in an executable" >&2; exit 1; }
-  for w in "${words[@]:0:${#words[@]}-1}"; do
-    [[ $w =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || { echo "ab_decode: \"$w\" in \"$b\" is not NAME=VALUE" >&2; exit 1; }
-  done
-done
+ab_check_bins ab_decode
 for m in "${models[@]}"; do [[ -f $m/config.json ]] || { echo "ab_decode: $m has no config.json" >&2; exit 1; }; done
 
 errors=$(mktemp)

@@ -13,6 +13,20 @@ ab_split_args() {
   fi
 }
 
+# ab_check_bins NAME: every entry of `bins` is "[NAME=VALUE...] EXECUTABLE" (the variables
+# are set for that binary's runs only), or NAME (the calling script) says which is not.
+ab_check_bins() {
+  local b w words
+  for b in "${bins[@]}"; do
+    read -r -a words <<<"$b"
+    [[ ${#words[@]} -gt 0 && -x ${words[-1]} && ! ${words[-1]} =~ = ]] ||
+      { echo "$1: \"$b\" does not end in an executable" >&2; exit 1; }
+    for w in "${words[@]:0:${#words[@]}-1}"; do
+      [[ $w =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || { echo "$1: \"$w\" in \"$b\" is not NAME=VALUE" >&2; exit 1; }
+    done
+  done
+}
+
 # ab_means RUNS N KEY_WIDTH: each key's mean per binary and its ratio to binary [0]'s. RUNS
 # holds one run a line, "KEY<TAB>BINARY<TAB>VALUE" (a KEY may hold tabs; "failed" values
 # count in no mean); N is the number of binaries.

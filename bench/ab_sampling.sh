@@ -8,7 +8,9 @@
 #
 #   bench/ab_sampling.sh MODEL_DIR... -- LMX...
 #   bench/ab_sampling.sh /tmp/qwen3-0.6b /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
+#   bench/ab_sampling.sh /tmp/qwen3-0.6b -- build-gpu/tools/lmx/lmx "LMX_SAMPLE_BLOCKS=32 build-gpu/tools/lmx/lmx"
 #
+# An LMX may start with NAME=VALUE words, set for its runs only (as in ab_decode.sh).
 # The model folders need a tokenizer.json (random-weight models: copy one in). The text is
 # random with random weights, so --ignore-eos keeps every run at GEN_LEN tokens.
 # Environment: GEN_LEN (256), REPS (2), SETTINGS (a ';'-separated list of `lmx generate`
@@ -17,7 +19,7 @@ set -euo pipefail
 
 source "$(dirname "$0")/ab_lib.sh"
 ab_split_args "$@"
-for b in "${bins[@]}"; do [[ -x $b ]] || { echo "ab_sampling: $b is not an executable" >&2; exit 1; }; done
+ab_check_bins ab_sampling
 for m in "${models[@]}"; do
   [[ -f $m/config.json && -f $m/tokenizer.json ]] || { echo "ab_sampling: $m lacks config.json or tokenizer.json" >&2; exit 1; }
 done
@@ -27,10 +29,11 @@ runs=$(mktemp)
 errors=$(mktemp)  # the runs' stderr (their timings, and the errors of failed runs)
 failures=0
 trap 'rm -f "$runs"' EXIT
-speed() {  # speed LMX MODEL FLAGS -> decode tok/s, or "failed"
-  local json flags
+speed() {  # speed LMX MODEL FLAGS -> decode tok/s, or "failed"; LMX: [NAME=VALUE...] BINARY
+  local json flags cmd
+  read -r -a cmd <<<"$1"
   read -r -a flags <<<"$3"
-  if json=$("$1" generate "$2" --device cuda --prompt "Once upon a time there was a" --max-tokens "${GEN_LEN:-256}" \
+  if json=$(env "${cmd[@]}" generate "$2" --device cuda --prompt "Once upon a time there was a" --max-tokens "${GEN_LEN:-256}" \
        --ignore-eos --seed 1 "${flags[@]}" --json 2>>"$errors"); then
     python3 -c 'import json, sys; print(round(json.loads(sys.stdin.read().strip().splitlines()[-1])["decode_tok_per_s"], 1))' <<<"$json"
   else

@@ -23,6 +23,7 @@
 // rounding of a boundary.
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <cub/block/block_scan.cuh>
 
 #include "backend/cuda/common.cuh"
@@ -382,10 +383,15 @@ void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
       // Rows in launches of at most `resident` blocks; each row over as many blocks as
       // share the GPU evenly, at most one per kThreads logits.
       // A row takes at most one block an SM: more blocks make each grid sync slower.
+      // LMX_SAMPLE_BLOCKS lowers that cap, for measurement.
+      static const int cap = [] {
+        const char* v = std::getenv("LMX_SAMPLE_BLOCKS");
+        return v ? std::max(1, std::atoi(v)) : INT_MAX;
+      }();
       const int64_t per_launch = std::min<int64_t>(rows, resident);
-      const int per_row = int(std::clamp<int64_t>(
-          std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
-          ctx.sm_count));
+      const int per_row = int(
+          std::clamp<int64_t>(std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
+                              std::min(ctx.sm_count, cap)));
       Array scratch({per_launch * RowScratch::length(per_row) * 2}, Dtype::i32,
                     logits.device());                   // u64s
       Array barrier({2}, Dtype::i32, logits.device());  // a u64 counter
