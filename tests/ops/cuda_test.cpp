@@ -4,10 +4,11 @@
 // out-of-memory recovery, index errors, memory statistics and the device timer.
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <span>
 #include <thread>
+#include <tuple>
 
 #include "harness.h"
 
@@ -154,23 +155,29 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
                         {0.8f, 0.3f, 0.05f, 40}, {1.5f, 1, 0.1f, 0}, {1.0f, 0.999f, 0, 0},
                         {2.0f, 1, 0, 3000},      {0.01f, 0.5f, 0, 0}};
   for (Dtype t : {Dtype::f32, Dtype::bf16})
-    for (int64_t rows : {int64_t(1), int64_t(4)})
-      for (int64_t v : {int64_t(7), int64_t(4097), int64_t(151936)}) {
-        const Array x = astype(random_normal({rows, v}, 9 + uint64_t(v), 0, 3), t);
-        const Array xg = to_device(x, kGpu);
-        for (const Case c : cases) {
-          const fast::SampleFilter f{c.temperature, c.top_k, c.top_p, c.min_p};
-          for (int i = 0; i < 20; ++i) {
-            std::vector<uint64_t> words;
-            for (int64_t r = 0; r < rows; ++r) words.push_back(random_word(uint64_t(1000 * i + r)));
-            ASSERT_EQ(to_vector<int32_t>(fast::sample_tokens(x, words, f)),
-                      to_vector<int32_t>(fast::sample_tokens(xg, words, f)))
-                << dtype_name(t) << " " << rows << " x " << v << ", draw " << i << ", temperature "
-                << c.temperature << ", top_p " << c.top_p << ", min_p " << c.min_p << ", top_k "
-                << c.top_k;
-          }
+    // 300 rows: more than one launch holds (one block a row, a block an SM).
+    for (const auto [rows, v, draws] : {std::tuple<int64_t, int64_t, int>{1, 7, 20},
+                                        {1, 4097, 20},
+                                        {1, 151936, 20},
+                                        {4, 7, 20},
+                                        {4, 4097, 20},
+                                        {4, 151936, 20},
+                                        {300, 1000, 2}}) {
+      const Array x = astype(random_normal({rows, v}, 9 + uint64_t(v), 0, 3), t);
+      const Array xg = to_device(x, kGpu);
+      for (const Case c : cases) {
+        const fast::SampleFilter f{c.temperature, c.top_k, c.top_p, c.min_p};
+        for (int i = 0; i < draws; ++i) {
+          std::vector<uint64_t> words;
+          for (int64_t r = 0; r < rows; ++r) words.push_back(random_word(uint64_t(1000 * i + r)));
+          ASSERT_EQ(to_vector<int32_t>(fast::sample_tokens(x, words, f)),
+                    to_vector<int32_t>(fast::sample_tokens(xg, words, f)))
+              << dtype_name(t) << " " << rows << " x " << v << ", draw " << i << ", temperature "
+              << c.temperature << ", top_p " << c.top_p << ", min_p " << c.min_p << ", top_k "
+              << c.top_k;
         }
       }
+    }
 }
 
 // |got - want| <= tol * (|want| + scale), element-wise, on the host.
