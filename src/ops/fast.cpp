@@ -2,7 +2,9 @@
 // define what each fused kernel must compute.
 #include "ops/fast.h"
 
+#include <climits>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "ops/op_util.h"
@@ -265,6 +267,46 @@ Array sample_tokens(const Array& logits, std::span<const uint64_t> bits, const S
   const Array w = from_vector(words, {logits.shape(0), 2}, logits.device());
   Array out({logits.shape(0)}, Dtype::i32, logits.device());
   detail::kern(logits).sample_tokens(contiguous(logits), w, f, out);
+  return out;
+}
+
+Array edit_logits(const Array& logits, std::span<const int64_t> starts,
+                  std::span<const LogitEdit> edits, const Penalties& p) {
+  detail::check_valid(logits, "edit_logits");
+  detail::check_float(logits, "edit_logits");
+  LMX_CHECK(logits.ndim() == 2, "edit_logits", "expects logits [rows, V], got ",
+            shape_str(logits.shape()));
+  const int64_t rows = logits.shape(0), v = logits.shape(1);
+  LMX_CHECK(int64_t(starts.size()) == rows + 1 && starts.front() == 0 &&
+                starts.back() == int64_t(edits.size()),
+            "edit_logits", "needs rows + 1 = ", rows + 1, " starts from 0 to the ", edits.size(),
+            " edits, got ", starts.size());
+  LMX_CHECK(p.repetition > 0, "edit_logits", "the repetition penalty must be > 0, got ",
+            p.repetition);
+  std::vector<int32_t> packed, bounds;
+  for (int64_t r = 0; r < rows; ++r) {
+    LMX_CHECK(starts[size_t(r)] <= starts[size_t(r + 1)], "edit_logits",
+              "starts must not decrease");
+    for (int64_t e = starts[size_t(r)]; e < starts[size_t(r + 1)]; ++e) {
+      const LogitEdit& d = edits[size_t(e)];
+      LMX_CHECK(d.id >= 0 && d.id < v && d.count >= 0, "edit_logits", "row ", r, ": token ", d.id,
+                " is outside the vocabulary of ", v, ", or its count ", d.count, " is negative");
+      const LogitEdit* before = e == starts[size_t(r)] ? nullptr : &edits[size_t(e - 1)];
+      LMX_CHECK(!before || before->id < d.id || (before->id == d.id && before->count == d.count),
+                "edit_logits", "row ", r,
+                ": the edits must be sorted by id, each id's entries with one count");
+      uint32_t bits = 0;
+      std::memcpy(&bits, &d.bias, 4);
+      packed.insert(packed.end(), {d.id, d.count, int32_t(bits), int32_t(d.has_bias)});
+    }
+  }
+  for (const int64_t b : starts) bounds.push_back(int32_t(b));
+  LMX_CHECK(edits.size() < size_t(INT32_MAX), "edit_logits", edits.size(), " edits are too many");
+  Array out = logits.dtype() == Dtype::f32 ? copy(logits) : astype(logits, Dtype::f32);
+  if (edits.empty()) return out;
+  detail::kern(logits).edit_logits(out, from_vector(bounds, {rows + 1}, logits.device()),
+                                   from_vector(packed, {int64_t(edits.size()), 4}, logits.device()),
+                                   p);
   return out;
 }
 

@@ -112,6 +112,26 @@ struct SampleFilter {
 Array sample_tokens(const Array& logits, std::span<const uint64_t> bits,
                     const SampleFilter& filter);
 
+// The processors that need the history, where the logits are: HF's logit bias, then its
+// repetition penalty and the presence and frequency penalties (runtime/sampler.h). Row r's
+// edits are entries [starts[r], starts[r + 1]) of `edits`, sorted by id; the entries of
+// one id apply in order: each adds its bias, then a count > 0 (the token's count in the
+// row's history) applies x = x < 0 ? x · repetition : x / repetition and
+// x -= presence + frequency · count. Several entries of one id: a bias listed more than
+// once, added as the host adds it, one after another.
+struct LogitEdit {
+  int32_t id = 0;
+  int32_t count = 0;  // the same on every entry of an id
+  float bias = 0;
+  bool has_bias = false;
+};
+struct Penalties {
+  float repetition = 1, presence = 0, frequency = 0;
+};
+// logits [R, V] float -> [R, V] f32: a copy with the edits made.
+Array edit_logits(const Array& logits, std::span<const int64_t> starts,
+                  std::span<const LogitEdit> edits, const Penalties& penalties);
+
 namespace reference {
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);
 Array glu(const Array& gate, const Array& up, GluActivation act);

@@ -76,6 +76,11 @@ class Kernels {
   virtual void sample_tokens(const Array& logits, const Array& bits,
                              const fast::SampleFilter& filter, const Array& out) = 0;
 
+  // fast::edit_logits in place: x [R, V] f32 contiguous, starts [R + 1] i32, edits [E, 4]
+  // i32 (id, count, the bias's bits, has_bias).
+  virtual void edit_logits(const Array& x, const Array& starts, const Array& edits,
+                           const fast::Penalties& penalties) = 0;
+
   // Fused ops; inputs contiguous, outputs contiguous and shaped like x / q.
   virtual void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
                         const Array& out) = 0;

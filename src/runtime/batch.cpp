@@ -181,7 +181,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   // are fed back on the device, and the host reads them while the next step runs.
   const bool greedy = samplers[0].greedy();  // the rows share their options but the seed
   std::unique_ptr<fast::FusedDecoder> fused;
-  if ((greedy || samplers[0].filter()) && o.max_tokens > 1) {
+  if (!samplers[0].needs_edits() && o.max_tokens > 1) {
     try {
       fused = model_->fused_decoder(int(rows));
     } catch (const OutOfMemory&) {

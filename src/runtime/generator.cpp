@@ -41,7 +41,8 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 std::optional<int32_t> TokenGenerator::fused_step() {
   // Without penalties or bias a draw needs only the logits, so it is made on the device
   // (fast::sample_tokens) and becomes the next step's input there, as the argmax does.
-  const std::optional<fast::SampleFilter> filter = sampler_.filter();
+  const bool ahead = !sampler_.needs_edits();
+  const std::optional<fast::SampleFilter> filter = ahead ? sampler_.filter() : std::nullopt;
   // Queues one step; with `feed`, its input is the last token on the host, else the
   // previous step's token, still on the device.
   auto launch = [&](bool feed) {
@@ -57,7 +58,7 @@ std::optional<int32_t> TokenGenerator::fused_step() {
     }
     return true;
   };
-  if (!sampler_.greedy() && !filter) {  // the draw needs the history: on the host
+  if (!ahead) {  // the draw needs the history, which the host holds: one step at a time
     if (!launch(true)) return std::nullopt;
     return sample(fused_->logits());
   }
@@ -100,15 +101,29 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
   std::vector<int32_t> out(static_cast<size_t>(rows), -1);
   std::vector<bool> pending(skip.size());
   for (size_t r = 0; r < skip.size(); ++r) pending[r] = !skip[r];
-  const std::optional<fast::SampleFilter> filter = rows > 0 ? samplers[0].filter() : std::nullopt;
-  if (filter && logits.device().type != Device::Type::cpu) {
-    // The draws where the logits are: one id a row comes back. A row that takes no draw
-    // takes no random word either.
-    std::vector<uint64_t> words(static_cast<size_t>(rows), 0);
-    for (size_t r = 0; r < size_t(rows); ++r)
-      if (pending[r]) words[r] = samplers[r].take_word();
-    const std::vector<int32_t> ids =
-        to_vector<int32_t>(fast::sample_tokens(logits, words, *filter));
+  if (rows > 0 && logits.device().type != Device::Type::cpu) {
+    // The draws where the logits are (Sampler: "a draw where the logits are"): one id a
+    // row comes back. A row that takes no draw takes no edits and no random word.
+    Array x = logits;
+    const Sampler& first = samplers[0];
+    if (first.needs_edits()) {
+      std::vector<int64_t> starts = {0};
+      std::vector<fast::LogitEdit> edits;
+      for (size_t r = 0; r < size_t(rows); ++r) {
+        if (pending[r]) samplers[r].edits(histories[r], v, edits);
+        starts.push_back(int64_t(edits.size()));
+      }
+      x = fast::edit_logits(logits, starts, edits, first.penalties());
+    }
+    std::vector<int32_t> ids;
+    if (const std::optional<fast::SampleFilter> filter = first.filter()) {
+      std::vector<uint64_t> words(static_cast<size_t>(rows), 0);
+      for (size_t r = 0; r < size_t(rows); ++r)
+        if (pending[r]) words[r] = samplers[r].take_word();
+      ids = to_vector<int32_t>(fast::sample_tokens(x, words, *filter));
+    } else {
+      ids = to_vector<int32_t>(argmax(x, -1));  // the first of ties, as the host's
+    }
     for (size_t r = 0; r < size_t(rows); ++r)
       if (pending[r]) out[r] = ids[r];
     return out;

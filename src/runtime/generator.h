@@ -33,9 +33,9 @@ struct GenerationTimings {
 
 // One draw per row of `logits` [R, V] (on any device), by samplers[r] with histories[r];
 // rows where skip[r] get -1 and take no draw. The rows share their options but the seed.
-// Where those allow it (Sampler::filter) and the logits are on a GPU, the draws are made
-// there and only the ids come back, not [R, V] logits (152K a row for Qwen3: the copy
-// and a draw over all of them on the host cost several times the decode step).
+// Where the logits are on a GPU, the draws are made there (penalties and bias included)
+// and only the ids come back, not [R, V] logits (152K a row for Qwen3: the copy and a
+// draw over all of them on the host cost several times the decode step).
 std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logits,
                                  std::span<const std::vector<int32_t>> histories,
                                  const std::vector<bool>& skip);

@@ -131,12 +131,45 @@ Sampler::Sampler(SamplingOptions o) : opts_(std::move(o)) {
   seed_ = opts_.seed ? *opts_.seed : std::random_device{}();
 }
 
-bool Sampler::plain() const {
-  return opts_.logit_bias.empty() && opts_.repetition_penalty == 1 && opts_.presence_penalty == 0 &&
-         opts_.frequency_penalty == 0;
+bool Sampler::penalised() const {
+  return opts_.repetition_penalty != 1 || opts_.presence_penalty != 0 ||
+         opts_.frequency_penalty != 0;
 }
 
-bool Sampler::greedy() const { return opts_.temperature == 0 && plain(); }
+bool Sampler::needs_edits() const { return !opts_.logit_bias.empty() || penalised(); }
+
+bool Sampler::greedy() const { return opts_.temperature == 0 && !needs_edits(); }
+
+void Sampler::edits(std::span<const int32_t> history, int64_t vocab,
+                    std::vector<fast::LogitEdit>& out) const {
+  // The bias entries in their order and the counted tokens, then sorted by id, stably: the
+  // entries of an id keep process()'s order.
+  const size_t first = out.size();
+  for (const auto& [id, bias] : opts_.logit_bias) {
+    LMX_CHECK(id >= 0 && id < vocab, "sampler", "logit_bias token ", id,
+              " is outside the vocabulary of ", vocab);
+    out.push_back({id, 0, bias, true});
+  }
+  std::unordered_map<int32_t, int> counts;
+  if (penalised())
+    for (int32_t t : history)
+      if (t >= 0 && t < vocab) ++counts[t];
+  for (const auto& [t, n] : counts) out.push_back({t, n, 0.0f, false});
+  const auto begin = out.begin() + std::ptrdiff_t(first);
+  std::stable_sort(begin, out.end(),
+                   [](const fast::LogitEdit& a, const fast::LogitEdit& b) { return a.id < b.id; });
+  // Every entry of an id carries its count.
+  for (auto it = begin; it != out.end();) {
+    auto end = it;
+    int32_t n = 0;
+    for (; end != out.end() && end->id == it->id; ++end) n = std::max(n, end->count);
+    for (; it != end; ++it) it->count = n;
+  }
+}
+
+fast::Penalties Sampler::penalties() const {
+  return {opts_.repetition_penalty, opts_.presence_penalty, opts_.frequency_penalty};
+}
 
 std::vector<float> Sampler::process(std::span<const float> logits, std::span<const int32_t> history) const {
   std::vector<float> x(logits.begin(), logits.end());
@@ -145,7 +178,7 @@ std::vector<float> Sampler::process(std::span<const float> logits, std::span<con
     LMX_CHECK(id >= 0 && id < v, "sampler", "logit_bias token ", id, " is outside the vocabulary of ", v);
     x[size_t(id)] += bias;
   }
-  if (opts_.repetition_penalty != 1 || opts_.presence_penalty != 0 || opts_.frequency_penalty != 0) {
+  if (penalised()) {
     std::unordered_map<int32_t, int> counts;
     for (int32_t t : history)
       if (t >= 0 && t < v) ++counts[t];
@@ -197,7 +230,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
 }
 
 std::optional<fast::SampleFilter> Sampler::filter() const {
-  if (opts_.temperature <= 0 || !plain()) return std::nullopt;
+  if (opts_.temperature <= 0) return std::nullopt;
   return fast::SampleFilter{opts_.temperature, opts_.top_k, opts_.top_p, opts_.min_p};
 }
 

@@ -37,16 +37,24 @@ class Sampler {
   const SamplingOptions& options() const { return opts_; }
   // Plain argmax of the raw logits: no temperature, penalty or bias.
   bool greedy() const;
-  // The options as a fast::SampleFilter where a draw needs neither the history nor a
-  // bias (no penalty, no logit_bias, temperature > 0), so that it can run where the
-  // logits are: fast::sample_tokens(logits, {take_word()}, filter) draws as sample()
-  // does. nullopt otherwise.
+  // A draw where the logits are (a GPU), as sample() draws:
+  //   x = needs_edits() ? fast::edit_logits(logits, [0, n], edits(history), penalties()) : logits
+  //   filter() ? fast::sample_tokens(x, {take_word()}, *filter()) : argmax(x)
+  // Whether the logits need edits first: a logit bias or a penalty, which look at the
+  // history. Without them a draw needs nothing from the host but its random word.
+  bool needs_edits() const;
+  // Appends a row's edits (fast::edit_logits's entries, sorted by id) for `history`, over
+  // a vocabulary of `vocab`.
+  void edits(std::span<const int32_t> history, int64_t vocab,
+             std::vector<fast::LogitEdit>& out) const;
+  fast::Penalties penalties() const;
+  // The draw's options after the edits; nullopt at temperature 0 (the argmax).
   std::optional<fast::SampleFilter> filter() const;
   // The random word of the next draw, for a draw made elsewhere (fast::sample_tokens).
   uint64_t take_word();
 
  private:
-  bool plain() const;  // no penalty and no bias: a draw needs neither the history nor the host
+  bool penalised() const;  // a repetition, presence or frequency penalty: the history counts
   std::vector<float> process(std::span<const float> logits, std::span<const int32_t> history) const;
   int32_t draw(const std::vector<float>& p);  // inverts the CDF of p at the stream's next number
   SamplingOptions opts_;

@@ -2,6 +2,7 @@
 // share an algorithm (uniform random, categorical), within the CPU libm's rounding for
 // normal random, within dtype tolerance for large products and attention, plus
 // out-of-memory recovery, index errors, memory statistics and the device timer.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -178,6 +179,33 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
         }
       }
     }
+}
+
+// fast::edit_logits: the device's edits equal the CPU kernel's, bit for bit: biases in
+// their order (one id twice), then the penalties, on f32 and bf16 logits of 3 rows.
+TEST(Cuda, EditLogitsMatchTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const int64_t rows = 3, v = 151936;
+  std::vector<int64_t> starts = {0};
+  std::vector<fast::LogitEdit> edits;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int32_t id = 1; id < 2000; id += 3 + int32_t(r))
+      edits.push_back({id, 1 + id % 4, 0.0f, false});
+    edits.push_back({2000, 0, 1.5f, true});  // a bias listed twice
+    edits.push_back({2000, 0, -0.25f, true});
+    edits.push_back({int32_t(v) - 1, 2, 0.5f, true});  // a bias on a counted token
+    std::stable_sort(
+        edits.begin() + starts.back(), edits.end(),
+        [](const fast::LogitEdit& a, const fast::LogitEdit& b) { return a.id < b.id; });
+    starts.push_back(int64_t(edits.size()));
+  }
+  for (Dtype t : {Dtype::f32, Dtype::bf16}) {
+    const Array x = astype(random_normal({rows, v}, 31, 0, 3), t);
+    const fast::Penalties p{1.3f, 0.4f, 0.1f};
+    EXPECT_EQ(f32_bits(to_floats(fast::edit_logits(x, starts, edits, p))),
+              f32_bits(to_floats(fast::edit_logits(to_device(x, kGpu), starts, edits, p))))
+        << dtype_name(t);
+  }
 }
 
 // |got - want| <= tol * (|want| + scale), element-wise, on the host.

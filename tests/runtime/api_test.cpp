@@ -191,12 +191,14 @@ TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
   EXPECT_TRUE(differs_from_greedy) << "the sampled rows should not all be the greedy ones";
 }
 
-// On CUDA, a draw that needs no history is made on the device (fast::sample_tokens), and
-// in generate() it becomes the next fused step's input there. A logit bias of 0 changes
-// nothing but sends the draw to the host's sampler, over every logit: both must draw the
-// same tokens, in generate() and in batch_generate() (more rows than the fused step takes,
-// so the plain ops run). With up to 8 rows, sampled batch_generate takes the batched fused
-// step: reproducible for a seed, and not greedy.
+// On CUDA every draw is made on the device (the ops' tests hold the device's draws to the
+// host sampler's). Without penalties or bias, generate() feeds each drawn token to the
+// next fused step on the device and runs a step ahead; a logit bias of 0 changes nothing
+// but makes each draw wait for the host's history (fast::edit_logits first): both must
+// draw the same tokens, in generate() and in batch_generate() (more rows than the fused
+// step takes, so the plain ops run). With up to 8 rows, sampled batch_generate takes the
+// batched fused step: reproducible for a seed, and not greedy. A repetition penalty
+// changes the draws.
 TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
   if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
   const LoadOptions lo = cuda_bf16();
@@ -207,14 +209,19 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
     auto model = load_model(kModels / name, lo);
     GenerateOptions o = greedy(24);
     o.seed = 5;
-    for (int variant = 0; variant < 3; ++variant) {
+    std::vector<int32_t> unpenalised;
+    for (int variant = 0; variant < 4; ++variant) {
       if (variant == 0) o.temperature = 1.2f, o.top_k = 20, o.top_p = 0.95f;
       if (variant == 1) o.temperature = 0.8f, o.top_k = 0, o.top_p = 1;
       if (variant == 2) o.temperature = 1.0f, o.top_p = 0.9f, o.min_p = 0.05f;
+      if (variant == 3) o.repeat_penalty = 1.5f;
       GenerateOptions every = o;
       every.logit_bias = {{0, 0.0f}};
       const std::vector<int32_t> got = ids_of(model->generate(prompts[0], o));
       EXPECT_EQ(model->metrics().decode_path, "fused-persistent") << name;
+      if (variant == 2) unpenalised = got;
+      if (variant == 3)
+        EXPECT_NE(got, unpenalised) << name << ": the penalty should change the draws";
       EXPECT_EQ(got, ids_of(model->generate(prompts[0], every))) << name << ", variant " << variant;
       EXPECT_NE(got, ids_of(model->generate(prompts[0], greedy(24))))
           << name << ": the draws should not be greedy";
@@ -223,6 +230,7 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
       for (size_t i = 0; i < prompts.size(); ++i)
         EXPECT_EQ(rows[i].ids, rows_every[i].ids)
             << name << " row " << i << ", variant " << variant;
+      if (variant == 3) continue;  // the batched fused step takes no penalties
       const std::vector<BatchResult> one =
           model->batch_generate(std::span<const std::string>(prompts.data(), 1), o);
       EXPECT_EQ(one[0].ids.size(), 24u)

@@ -207,16 +207,97 @@ TEST(SamplerTest, SampleTokensDrawsAsSample) {
   EXPECT_THROW(fast::sample_tokens(x, three, {1.0f, 0, 1, 1.5f}), Error);
   EXPECT_THROW(fast::sample_tokens(reshape(x, {-1}), {two.data(), 1}, {}), Error);
   EXPECT_THROW(fast::sample_tokens(astype(x, Dtype::i32), three, {}), Error);
-  // Options under which a draw needs the history, a bias or nothing random.
+  // Options under which a draw needs the history or a bias (edits), or nothing random.
   SamplingOptions o;
-  o.temperature = 1, o.repetition_penalty = 1.1f;
-  EXPECT_FALSE(Sampler(o).filter().has_value());
+  o.temperature = 1;
+  EXPECT_FALSE(Sampler(o).needs_edits());
+  o.repetition_penalty = 1.1f;
+  EXPECT_TRUE(Sampler(o).needs_edits());
   o.repetition_penalty = 1, o.logit_bias = {{3, 0.0f}};
-  EXPECT_FALSE(Sampler(o).filter().has_value());
+  EXPECT_TRUE(Sampler(o).needs_edits());
   o.logit_bias = {}, o.frequency_penalty = 0.5f;
-  EXPECT_FALSE(Sampler(o).filter().has_value());
+  EXPECT_TRUE(Sampler(o).needs_edits());
+  EXPECT_TRUE(Sampler(o).filter().has_value());
   o.frequency_penalty = 0, o.temperature = 0;
   EXPECT_FALSE(Sampler(o).filter().has_value());
+}
+
+// With a logit bias and the penalties, fast::edit_logits then fast::sample_tokens (or the
+// argmax at temperature 0), the CPU kernels, draw what sample() draws: over 40,000 logits
+// with ties, three rows with their own histories (repeated tokens, and one outside the
+// vocabulary, which the penalties skip), a bias listed twice for one token, and negative
+// logits under the repetition penalty.
+TEST(SamplerTest, EditLogitsThenSampleTokensDrawAsSample) {
+  const int64_t v = 40000, rows = 3;
+  std::vector<float> logits(size_t(rows * v));
+  uint64_t z = 99;
+  for (float& l : logits) {
+    z = z * 6364136223846793005ull + 1442695040888963407ull;
+    l = bf16_to_f32(f32_to_bf16(float(int(z >> 40) % 100000) / 10000.0f - 5.0f));
+  }
+  const Array x = from_vector(logits, {rows, v});
+  std::vector<std::vector<int32_t>> history(rows);
+  for (size_t r = 0; r < size_t(rows); ++r)
+    for (int i = 0; i < 300; ++i) {
+      z = z * 6364136223846793005ull + 1442695040888963407ull;
+      history[r].push_back(int32_t((z >> 33) % 500) *
+                           int32_t(r + 1));  // repeats, and some ids > 500
+    }
+  history[0].push_back(int32_t(v) + 7);  // outside the vocabulary: no penalty
+  struct Case {
+    float temperature, repetition, presence, frequency, top_p;
+  };
+  for (const Case c :
+       {Case{0.8f, 1.3f, 0, 0, 1}, Case{1.0f, 1, 0.5f, 0.1f, 0.9f},
+        Case{0.7f, 1.2f, 0.3f, 0.05f, 1}, Case{0, 1.5f, 0, 0, 1}, Case{0, 1, 0, 0, 1}}) {
+    SamplingOptions o;
+    o.temperature = c.temperature, o.repetition_penalty = c.repetition,
+    o.presence_penalty = c.presence, o.frequency_penalty = c.frequency, o.top_p = c.top_p;
+    o.logit_bias = {{5, 2.5f}, {17, -100.0f}, {5, 0.75f}, {1234, 3.0f}};
+    std::vector<Sampler> host, device;
+    for (int64_t r = 0; r < rows; ++r) {
+      o.seed = 7 + uint64_t(r);
+      host.emplace_back(o), device.emplace_back(o);
+    }
+    ASSERT_TRUE(device[0].needs_edits());
+    for (int i = 0; i < 50; ++i) {
+      std::vector<int64_t> starts = {0};
+      std::vector<fast::LogitEdit> edits;
+      for (size_t r = 0; r < size_t(rows); ++r) {
+        device[r].edits(history[r], v, edits);
+        starts.push_back(int64_t(edits.size()));
+      }
+      const Array edited = fast::edit_logits(x, starts, edits, device[0].penalties());
+      std::vector<int32_t> got;
+      if (const std::optional<fast::SampleFilter> f = device[0].filter()) {
+        std::vector<uint64_t> words;
+        for (Sampler& s : device) words.push_back(s.take_word());
+        got = to_vector<int32_t>(fast::sample_tokens(edited, words, *f));
+      } else {
+        got = to_vector<int32_t>(argmax(edited, -1));
+      }
+      for (size_t r = 0; r < size_t(rows); ++r) {
+        const int32_t want = host[r].sample({logits.data() + r * size_t(v), size_t(v)}, history[r]);
+        ASSERT_EQ(got[r], want) << "draw " << i << ", row " << r << ", temperature "
+                                << c.temperature << ", repetition " << c.repetition;
+        history[r].push_back(want);  // the draws move the penalties
+      }
+    }
+  }
+  // Bad edits: a clear error.
+  const std::vector<fast::LogitEdit> outside = {{int32_t(v), 1, 0, false}},
+                                     unsorted = {{9, 1, 0, false}, {3, 1, 0, false}};
+  const std::vector<int64_t> one = {0, 1, 1, 1}, two = {0, 2, 2, 2};
+  EXPECT_THROW(fast::edit_logits(x, one, outside, {}), Error);
+  EXPECT_THROW(fast::edit_logits(x, two, unsorted, {}), Error);
+  const std::vector<fast::LogitEdit> counts = {{3, 1, 0, false},
+                                               {3, 2, 1.0f, true}};  // one id, two counts
+  EXPECT_THROW(fast::edit_logits(x, two, counts, {}), Error);
+  EXPECT_THROW(fast::edit_logits(x, std::vector<int64_t>{0, 1}, outside, {}), Error);
+  SamplingOptions bad;
+  bad.logit_bias = {{int32_t(v), 1.0f}};
+  std::vector<fast::LogitEdit> e;
+  EXPECT_THROW(Sampler(bad).edits({}, v, e), Error);
 }
 
 TEST(SamplerTest, MinPDropsUnlikelyTokens) {

@@ -38,6 +38,10 @@ class CpuKernels final : public detail::Kernels {
   void categorical(const Array& logits, uint64_t seed, const Array& out) override {
     cpu::categorical(logits, seed, out);
   }
+  void edit_logits(const Array& x, const Array& starts, const Array& edits,
+                   const fast::Penalties& p) override {
+    cpu::edit_logits(x, starts, edits, p);
+  }
   void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
                      const Array& out) override {
     cpu::sample_tokens(logits, bits, f, out);

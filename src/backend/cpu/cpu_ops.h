@@ -29,6 +29,7 @@ void take_along(const Array& src, const Array& idx, const Array& out);
 void sort(const Array& in, bool descending, int k, const Array& values, const Array& indices);
 void categorical(const Array& logits, uint64_t seed, const Array& out);
 // sample.cpp
+void edit_logits(const Array& x, const Array& starts, const Array& edits, const fast::Penalties& p);
 void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& filter,
                    const Array& out);
 

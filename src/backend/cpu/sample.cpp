@@ -1,7 +1,8 @@
-// fast::sample_tokens on the CPU, the reference for the device kernels. It takes the
-// steps of Sampler::process and Sampler::draw (runtime/sampler.cpp) in their plainest
+// fast::sample_tokens and fast::edit_logits on the CPU, the references for the device kernels. It
+// takes the steps of Sampler::process and Sampler::draw (runtime/sampler.cpp) in their plainest
 // form: top-k by nth_element, top-p by sorting the survivors, every sum in id order.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -74,6 +75,24 @@ int32_t sample_row(std::vector<float>& x, const fast::SampleFilter& f, uint64_t 
 }
 
 }  // namespace
+
+void edit_logits(const Array& x, const Array& starts, const Array& edits,
+                 const fast::Penalties& p) {
+  const int64_t v = x.shape(1);
+  const int32_t* s = starts.data<int32_t>();
+  const int32_t* e = edits.data<int32_t>();  // [E, 4]: id, count, the bias's bits, has_bias
+  for (int64_t r = 0; r + 1 < starts.size(); ++r)
+    for (int32_t i = s[r]; i < s[r + 1]; ++i) {
+      float& l = x.data<float>()[r * v + e[4 * i]];
+      if (e[4 * i + 3]) l += std::bit_cast<float>(e[4 * i + 2]);
+      // The penalties once an id, after its biases (its last entry).
+      const bool last = i + 1 == s[r + 1] || e[4 * (i + 1)] != e[4 * i];
+      if (last && e[4 * i + 1] > 0) {
+        if (p.repetition != 1) l = l < 0 ? l * p.repetition : l / p.repetition;
+        l -= p.presence + p.frequency * float(e[4 * i + 1]);
+      }
+    }
+}
 
 void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
                    const Array& out) {

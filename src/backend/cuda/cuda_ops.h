@@ -40,6 +40,8 @@ void sort(const Context& ctx, const Array& in, bool descending, int k, const Arr
           const Array& indices);
 void categorical(const Context& ctx, const Array& logits, uint64_t seed, const Array& out);
 // sample.cu
+void edit_logits(const Context& ctx, const Array& x, const Array& starts, const Array& edits,
+                 const fast::Penalties& p);
 void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
                    const fast::SampleFilter& filter, const Array& out);
 // norm.cu

@@ -89,6 +89,10 @@ class CudaKernels final : public detail::Kernels {
   void categorical(const Array& logits, uint64_t seed, const Array& out) override {
     cuda::categorical(ctx(), logits, seed, out);
   }
+  void edit_logits(const Array& x, const Array& starts, const Array& edits,
+                   const fast::Penalties& p) override {
+    cuda::edit_logits(ctx(), x, starts, edits, p);
+  }
   void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
                      const Array& out) override {
     cuda::sample_tokens(ctx(), logits, bits, f, out);

@@ -1,6 +1,7 @@
-// fast::sample_tokens on the device: HF's temperature, top-k, top-p and min-p, then one
-// draw per row, so that a sampled decode step sends the host one id a row instead of its
-// logits (600 KB a step for Qwen3's 152K tokens, then the host's passes over them).
+// fast::sample_tokens on the device (and fast::edit_logits, the processors before it): HF's
+// temperature, top-k, top-p and min-p, then one draw per row, so that a sampled decode step sends
+// the host one id a row instead of its logits (600 KB a step for Qwen3's 152K tokens, then the
+// host's passes over them).
 //
 // One cooperative kernel (every block resident). Each row is spread over `per_row` blocks (for one
 // row, every SM: one block of a row computing alone took about 40 µs a pass over 152K values, its
@@ -356,6 +357,26 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// fast::edit_logits: a block a row, a thread an id (the first of its entries), which adds
+// the id's biases in order and then applies its penalties, as Sampler::process does.
+__global__ void edit_logits_kernel(float* x, int64_t cols, const int32_t* starts, const int4* edits,
+                                   fast::Penalties p) {
+  const int lo = starts[blockIdx.x], hi = starts[blockIdx.x + 1];
+  for (int i = lo + int(threadIdx.x); i < hi; i += int(blockDim.x)) {
+    const int id = edits[i].x, count = edits[i].y;
+    if (i > lo && edits[i - 1].x == id) continue;  // the id's first entry applies them all
+    float* at = x + int64_t(blockIdx.x) * cols + id;
+    float l = *at;
+    for (int j = i; j < hi && edits[j].x == id; ++j)
+      if (edits[j].w) l += __int_as_float(edits[j].z);
+    if (count > 0) {
+      if (p.repetition != 1) l = l < 0 ? l * p.repetition : l / p.repetition;
+      l -= p.presence + p.frequency * float(count);
+    }
+    *at = l;
+  }
+}
+
 // Blocks of sample_kernel<T> that can be resident at once (a cooperative launch needs them all).
 template <class T>
 int resident_blocks(const Context& ctx) {
@@ -367,6 +388,19 @@ int resident_blocks(const Context& ctx) {
 }
 
 }  // namespace
+
+void edit_logits(const Context& ctx, const Array& x, const Array& starts, const Array& edits,
+                 const fast::Penalties& p) {
+  // x [R, V] f32 contiguous, starts [R + 1], edits [E, 4] int32
+  const int64_t rows = x.shape(0);
+  if (rows == 0) return;
+  LMX_CHECK(rows <= int64_t(INT32_MAX), "edit_logits", rows,
+            " rows are too many for one launch on cuda");
+  edit_logits_kernel<<<unsigned(rows), kBlock, 0, ctx.stream>>>(
+      x.data<float>(), x.shape(1), starts.data<int32_t>(), static_cast<const int4*>(edits.raw()),
+      p);
+  check_launch("edit_logits_kernel");
+}
 
 void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
                    const fast::SampleFilter& filter, const Array& out) {
@@ -389,9 +423,9 @@ void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
         return v ? std::max(1, std::atoi(v)) : INT_MAX;
       }();
       const int64_t per_launch = std::min<int64_t>(rows, resident);
-      const int per_row = int(
-          std::clamp<int64_t>(std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
-                              std::min(ctx.sm_count, cap)));
+      const int per_row = int(std::clamp<int64_t>(
+          std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
+          std::min(ctx.sm_count, cap)));
       Array scratch({per_launch * RowScratch::length(per_row) * 2}, Dtype::i32,
                     logits.device());                   // u64s
       Array barrier({2}, Dtype::i32, logits.device());  // a u64 counter
