@@ -160,17 +160,25 @@ TEST(SamplerTest, TopPOnALargeVocabularyMatchesTheFullSort) {
   }
 }
 
+uint64_t next_random(uint64_t& z) {  // a 64-bit LCG
+  return z = z * 6364136223846793005ull + 1442695040888963407ull;
+}
+
+// n logits in [-5, 5) rounded to bf16: many ties.
+std::vector<float> tied_logits(size_t n, uint64_t& z) {
+  std::vector<float> logits(n);
+  for (float& l : logits)
+    l = bf16_to_f32(f32_to_bf16(float(int(next_random(z) >> 40) % 100000) / 10000.0f - 5.0f));
+  return logits;
+}
+
 // fast::sample_tokens (here its CPU kernel, the reference for the device's) takes the
 // draws sample() makes from the same random words, over 40,000 logits (more than one
 // chunk of the sampler's sum) with many ties (values rounded to bf16), three rows at once.
 TEST(SamplerTest, SampleTokensDrawsAsSample) {
   const int64_t v = 40000, rows = 3;
-  std::vector<float> logits(size_t(rows * v));
   uint64_t z = 777;
-  for (float& l : logits) {
-    z = z * 6364136223846793005ull + 1442695040888963407ull;
-    l = bf16_to_f32(f32_to_bf16(float(int(z >> 40) % 100000) / 10000.0f - 5.0f));
-  }
+  const std::vector<float> logits = tied_logits(size_t(rows * v), z);
   const Array x = from_vector(logits, {rows, v});
   struct Case {
     float temperature, top_p, min_p;
@@ -229,19 +237,15 @@ TEST(SamplerTest, SampleTokensDrawsAsSample) {
 // logits under the repetition penalty.
 TEST(SamplerTest, EditLogitsThenSampleTokensDrawAsSample) {
   const int64_t v = 40000, rows = 3;
-  std::vector<float> logits(size_t(rows * v));
   uint64_t z = 99;
-  for (float& l : logits) {
-    z = z * 6364136223846793005ull + 1442695040888963407ull;
-    l = bf16_to_f32(f32_to_bf16(float(int(z >> 40) % 100000) / 10000.0f - 5.0f));
-  }
+  const std::vector<float> logits = tied_logits(size_t(rows * v), z);
   const Array x = from_vector(logits, {rows, v});
   std::vector<std::vector<int32_t>> history(rows);
   for (size_t r = 0; r < size_t(rows); ++r)
     for (int i = 0; i < 300; ++i) {
-      z = z * 6364136223846793005ull + 1442695040888963407ull;
-      history[r].push_back(int32_t((z >> 33) % 500) *
-                           int32_t(r + 1));  // repeats, and some ids > 500
+      history[r].push_back(
+          int32_t((next_random(z) >> 33) % 500) *
+          int32_t(r + 1));  // repeats, ids past 500  // repeats, and some ids > 500
     }
   history[0].push_back(int32_t(v) + 7);  // outside the vocabulary: no penalty
   struct Case {
