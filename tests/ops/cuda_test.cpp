@@ -157,13 +157,13 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
                         {2.0f, 1, 0, 3000},      {0.01f, 0.5f, 0, 0}};
   for (Dtype t : {Dtype::f32, Dtype::bf16})
     // 300 rows: more than one launch holds (one block a row, a block an SM).
-    for (const auto [rows, v, draws] : {std::tuple<int64_t, int64_t, int>{1, 7, 20},
-                                        {1, 4097, 20},
-                                        {1, 151936, 20},
-                                        {4, 7, 20},
-                                        {4, 4097, 20},
-                                        {4, 151936, 20},
-                                        {300, 1000, 2}}) {
+    for (const auto& [rows, v, draws] : {std::tuple<int64_t, int64_t, int>{1, 7, 20},
+                                         {1, 4097, 20},
+                                         {1, 151936, 20},
+                                         {4, 7, 20},
+                                         {4, 4097, 20},
+                                         {4, 151936, 20},
+                                         {300, 1000, 2}}) {
       const Array x = astype(random_normal({rows, v}, 9 + uint64_t(v), 0, 3), t);
       const Array xg = to_device(x, kGpu);
       for (const Case c : cases) {

@@ -220,8 +220,9 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
       const std::vector<int32_t> got = ids_of(model->generate(prompts[0], o));
       EXPECT_EQ(model->metrics().decode_path, "fused-persistent") << name;
       if (variant == 2) unpenalised = got;
-      if (variant == 3)
+      if (variant == 3) {
         EXPECT_NE(got, unpenalised) << name << ": the penalty should change the draws";
+      }
       EXPECT_EQ(got, ids_of(model->generate(prompts[0], every))) << name << ", variant " << variant;
       EXPECT_NE(got, ids_of(model->generate(prompts[0], greedy(24))))
           << name << ": the draws should not be greedy";
