@@ -40,8 +40,7 @@ struct GenerateOptions {
   int max_tokens = 256;
   float temperature = 0;  // 0 = greedy
   float top_p = 1, min_p = 0;
-  int top_k = 0;  // 0 = off. On a GPU, with no penalty or bias, only k + 1 logits a token
-                  // come back to the host: sampling then runs near greedy speed
+  int top_k = 0;  // 0 = off. On a GPU every draw is made there: only the token comes back
   float repeat_penalty = 1;  // HF repetition_penalty
   float presence_penalty = 0, frequency_penalty = 0;
   std::vector<std::pair<int32_t, float>> logit_bias;

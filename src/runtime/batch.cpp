@@ -178,8 +178,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   };
   // Up to 8 rows take the device's batched fused step where it has one, when a draw
   // needs no history (greedy, or sampling without penalties or bias): every step's tokens
-  // are fed back on the device, and the host reads them while the next step runs.
-  const bool greedy = samplers[0].greedy();  // the rows share their options but the seed
+  // are fed back on the device, and the host reads them while the next step runs. (The
+  // rows share their options but the seed.)
   std::unique_ptr<fast::FusedDecoder> fused;
   if (!samplers[0].needs_edits() && o.max_tokens > 1) {
     try {
@@ -195,18 +195,12 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device_),
                             to_device(astype(from_vector(valid, {rows, slots}), Dtype::boolean), device_)};
     const Array h = model_->last_hidden_states(x, cache.layers(), &batch);  // [R, H]
-    std::vector<int32_t> next(static_cast<size_t>(rows));
-    if (greedy) {
-      // The argmax on the device (first of ties, as the sampler's): [R] ids come back,
-      // where the logits were [R, V] (at 64 rows and a 152K vocabulary, 39 MB a step,
-      // then scanned on the host, which took longer than the step itself).
-      const std::vector<int32_t> best = to_vector<int32_t>(argmax(model_->logits(h), -1));  // [R]
-      for (size_t i = 0; i < size_t(rows); ++i) next[i] = done[i] ? history[i].back() : best[i];
-    } else {
-      next = sample_rows(samplers, model_->logits(h), history, done);
-      for (size_t i = 0; i < size_t(rows); ++i)
-        if (done[i]) next[i] = history[i].back();
-    }
+    // On a GPU the argmax or the draw is made there and [R] ids come back, where the
+    // logits were [R, V] (at 64 rows and a 152K vocabulary, 39 MB a step, then scanned on
+    // the host, which took longer than the step itself).
+    std::vector<int32_t> next = sample_rows(samplers, model_->logits(h), history, done);
+    for (size_t i = 0; i < size_t(rows); ++i)
+      if (done[i]) next[i] = history[i].back();
     for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i]);
     ++generated;
     if (all_done()) break;

@@ -81,8 +81,7 @@ Array TokenGenerator::step(const std::vector<int32_t>& ids) {
   const std::vector<nn::LayerCache*> layers = cache_.layers();
   const Array x = to_device(from_vector(ids, {1, int64_t(ids.size())}), model_.device());
   const Array h = model_.last_hidden_states(x, layers);  // [1, H]
-  const Array logits = model_.logits(h);                 // [1, V]
-  return logits;
+  return model_.logits(h);                               // [1, V]
 }
 
 int32_t TokenGenerator::sample(const Array& logits) {
@@ -101,9 +100,10 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
   std::vector<int32_t> out(static_cast<size_t>(rows), -1);
   std::vector<bool> pending(skip.size());
   for (size_t r = 0; r < skip.size(); ++r) pending[r] = !skip[r];
-  if (rows > 0 && logits.device().type != Device::Type::cpu) {
+  if (rows > 0 && (logits.device().type != Device::Type::cpu || samplers[0].greedy())) {
     // The draws where the logits are (Sampler: "a draw where the logits are"): one id a
-    // row comes back. A row that takes no draw takes no edits and no random word.
+    // row comes back (on the CPU, greedy rows take the argmax op and copy nothing). A row
+    // that takes no draw takes no edits and no random word.
     Array x = logits;
     const Sampler& first = samplers[0];
     if (first.needs_edits()) {
