@@ -262,11 +262,8 @@ Array sample_tokens(const Array& logits, std::span<const uint64_t> bits, const S
             "sample_tokens",
             "needs temperature > 0, top_k >= 0, top_p in (0, 1] and min_p in [0, 1]; got ",
             f.temperature, ", ", f.top_k, ", ", f.top_p, " and ", f.min_p);
-  std::vector<uint32_t> words;
-  for (const uint64_t b : bits) words.insert(words.end(), {uint32_t(b), uint32_t(b >> 32)});
-  const Array w = from_vector(words, {logits.shape(0), 2}, logits.device());
   Array out({logits.shape(0)}, Dtype::i32, logits.device());
-  detail::kern(logits).sample_tokens(contiguous(logits), w, f, out);
+  detail::kern(logits).sample_tokens(contiguous(logits), bits, f, out);
   return out;
 }
 

@@ -68,11 +68,11 @@ class FusedDecoder {
   virtual void step(std::span<const FusedCacheView> caches) = 0;
   // The last step's logits [rows, V] f32, on the device (valid until the next step).
   virtual const Array& logits() const = 0;
-  // Makes ids [rows] (int32, on the decoder's device) the last step's tokens in place of
-  // its argmax: the next step's inputs, and what queue_token and tokens read. A sampled
-  // step's draw (fast::sample_tokens on logits()) so stays on the device, as greedy
-  // decoding's argmax does.
-  virtual void set_tokens(const Array& ids) = 0;
+  // Draws the last step's tokens from its logits (fast::sample_tokens's draw, with
+  // words[r] the random word of sequence r) in place of its argmax: the next step's
+  // inputs, and what queue_token and tokens read. A sampled step's draw so stays on the
+  // device, as greedy decoding's argmax does.
+  virtual void draw(const fast::SampleFilter& filter, std::span<const uint64_t> words) = 0;
   // The argmax of the last `n` steps since set_inputs, oldest step first, each step's
   // `rows` tokens together; synchronises.
   virtual std::vector<int32_t> tokens(int n) = 0;

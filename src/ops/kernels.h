@@ -71,9 +71,9 @@ class Kernels {
                     const Array& indices) = 0;
   // logits [R, V] contiguous -> out [R] int32, one draw per row.
   virtual void categorical(const Array& logits, uint64_t seed, const Array& out) = 0;
-  // fast::sample_tokens: logits [R, V] contiguous float, bits [R, 2] u32 (a 64-bit word a
-  // row, low half first) -> out [R] int32.
-  virtual void sample_tokens(const Array& logits, const Array& bits,
+  // fast::sample_tokens: logits [R, V] contiguous float and a random word a row -> out [R]
+  // int32.
+  virtual void sample_tokens(const Array& logits, std::span<const uint64_t> words,
                              const fast::SampleFilter& filter, const Array& out) = 0;
 
   // fast::edit_logits in place: x [R, V] f32 contiguous, starts [R + 1] i32, edits [E, 4]

@@ -61,8 +61,7 @@ int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<in
       if (filter) {  // every row draws, finished ones too: their tokens are ignored
         std::vector<uint64_t> words;
         for (Sampler& s : samplers) words.push_back(s.take_word());
-        fused.set_tokens(
-            fast::sample_tokens(reshape(fused.logits(), {int64_t(rows), -1}), words, *filter));
+        fused.draw(*filter, words);
       }
       fused.queue_token();
       ++queued;

@@ -53,8 +53,7 @@ std::optional<int32_t> TokenGenerator::fused_step() {
     cache_.commit_one();
     if (filter) {
       const uint64_t word = sampler_.take_word();
-      fused_->set_tokens(
-          fast::sample_tokens(reshape(fused_->logits(), {1, -1}), {&word, 1}, *filter));
+      fused_->draw(*filter, {&word, 1});
     }
     return true;
   };

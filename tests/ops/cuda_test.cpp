@@ -179,6 +179,22 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
         }
       }
     }
+  // Every logit equal: top-p's cut falls among ties, which go by id (the select that a
+  // one-row launch takes only then).
+  for (const int64_t rows : {1, 3})
+    for (const float top_p : {0.3f, 0.999f}) {
+      const Array x = full({rows, 1000}, 0.25);
+      const fast::SampleFilter f{1.0f, 0, top_p, 0};
+      for (int i = 0; i < 20; ++i) {
+        std::vector<uint64_t> words;
+        for (int64_t r = 0; r < rows; ++r) words.push_back(random_word(uint64_t(77 * i + r)));
+        const std::vector<int32_t> want = to_vector<int32_t>(fast::sample_tokens(x, words, f));
+        ASSERT_EQ(want, to_vector<int32_t>(fast::sample_tokens(to_device(x, kGpu), words, f)))
+            << rows << " rows, top_p " << top_p << ", draw " << i;
+        for (const int32_t id : want)
+          ASSERT_LE(id, top_p < 0.5f ? 310 : 998);  // the lowest ids stay
+      }
+    }
 }
 
 // fast::edit_logits: the device's edits equal the CPU kernel's, bit for bit: biases in

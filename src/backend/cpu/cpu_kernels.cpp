@@ -42,9 +42,9 @@ class CpuKernels final : public detail::Kernels {
                    const fast::Penalties& p) override {
     cpu::edit_logits(x, starts, edits, p);
   }
-  void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
-                     const Array& out) override {
-    cpu::sample_tokens(logits, bits, f, out);
+  void sample_tokens(const Array& logits, std::span<const uint64_t> words,
+                     const fast::SampleFilter& f, const Array& out) override {
+    cpu::sample_tokens(logits, words, f, out);
   }
   void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style, const Array& out) override {
     cpu::rms_norm(x, w, eps, style, out);

@@ -30,8 +30,8 @@ void sort(const Array& in, bool descending, int k, const Array& values, const Ar
 void categorical(const Array& logits, uint64_t seed, const Array& out);
 // sample.cpp
 void edit_logits(const Array& x, const Array& starts, const Array& edits, const fast::Penalties& p);
-void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& filter,
-                   const Array& out);
+void sample_tokens(const Array& logits, std::span<const uint64_t> words,
+                   const fast::SampleFilter& filter, const Array& out);
 
 // Counter-based random bits shared by random() and categorical(): depends only on (seed, i).
 uint64_t random_bits(uint64_t seed, uint64_t i);

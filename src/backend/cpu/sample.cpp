@@ -94,10 +94,9 @@ void edit_logits(const Array& x, const Array& starts, const Array& edits,
     }
 }
 
-void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
-                   const Array& out) {
+void sample_tokens(const Array& logits, std::span<const uint64_t> words,
+                   const fast::SampleFilter& f, const Array& out) {
   const int64_t rows = logits.shape(0), cols = logits.shape(1);
-  const uint32_t* words = bits.data<uint32_t>();
   visit_dtype(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same_v<compute_t<T>, float>) {
@@ -109,8 +108,7 @@ void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFil
             const float v = to_f32(row[i]) / f.temperature;
             x[size_t(i)] = std::isnan(v) ? kGone : v;
           }
-          const uint64_t word = uint64_t(words[2 * r]) | uint64_t(words[2 * r + 1]) << 32;
-          out.data<int32_t>()[r] = sample_row(x, f, word);
+          out.data<int32_t>()[r] = sample_row(x, f, words[size_t(r)]);
         }
       });
     }

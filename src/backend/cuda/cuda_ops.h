@@ -42,8 +42,17 @@ void categorical(const Context& ctx, const Array& logits, uint64_t seed, const A
 // sample.cu
 void edit_logits(const Context& ctx, const Array& x, const Array& starts, const Array& edits,
                  const fast::Penalties& p);
-void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
-                   const fast::SampleFilter& filter, const Array& out);
+// One draw a row of logits [R, V] (contiguous, float), with words[r] its random word, into
+// out[r · stride] int32 on the device, and also into also[r · also_stride] where `also`
+// is set.
+struct DrawTargets {
+  int32_t* out = nullptr;
+  int64_t stride = 1;
+  int32_t* also = nullptr;
+  int64_t also_stride = 0;
+};
+void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint64_t> words,
+                   const fast::SampleFilter& filter, const DrawTargets& to);
 // norm.cu
 void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out);

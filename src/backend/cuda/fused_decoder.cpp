@@ -223,21 +223,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   const Array& logits() const override { return logits_; }
 
-  void set_tokens(const Array& ids) override {
-    LMX_CHECK(steps_ > 0 && ids.valid() && ids.dtype() == Dtype::i32 && ids.size() == rows_ &&
-                  ids.device() == Device::cuda(device_) && ids.is_contiguous(),
-              "fused decode", "set_tokens needs a step before it and ", rows_,
-              " contiguous int32 ids on cuda:", device_);
+  void draw(const fast::SampleFilter& filter, std::span<const uint64_t> words) override {
+    LMX_CHECK(steps_ > 0 && int64_t(words.size()) == rows_, "fused decode",
+              "a draw needs a step before it and ", rows_, " random words, got ", words.size());
     // state [rows, 3] holds each sequence's next input in column 0; history [rows, kHistory]
-    // the last step's tokens in column (steps - 1) % kHistory.
-    const Context& c = ctx();
-    auto column = [&](const Array& to, int64_t col, int64_t stride) {
-      check(cudaMemcpy2DAsync(static_cast<int32_t*>(to.raw()) + col, size_t(stride) * 4, ids.raw(),
-                              4, 4, size_t(rows_), cudaMemcpyDeviceToDevice, c.stream),
-            "cudaMemcpy2DAsync");
-    };
-    column(state_, 0, 3);
-    column(history_, (steps_ - 1) % kHistory, kHistory);
+    // the last step's tokens in column (steps - 1) % kHistory. The kernel writes both.
+    cuda::sample_tokens(
+        ctx(), reshape(logits_, {rows_, vocab_}), words, filter,
+        {state_i(), 3, static_cast<int32_t*>(history_.raw()) + (steps_ - 1) % kHistory, kHistory});
   }
 
   const char* path() const override {

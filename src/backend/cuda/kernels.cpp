@@ -93,9 +93,9 @@ class CudaKernels final : public detail::Kernels {
                    const fast::Penalties& p) override {
     cuda::edit_logits(ctx(), x, starts, edits, p);
   }
-  void sample_tokens(const Array& logits, const Array& bits, const fast::SampleFilter& f,
-                     const Array& out) override {
-    cuda::sample_tokens(ctx(), logits, bits, f, out);
+  void sample_tokens(const Array& logits, std::span<const uint64_t> words,
+                     const fast::SampleFilter& f, const Array& out) override {
+    cuda::sample_tokens(ctx(), logits, words, f, {out.data<int32_t>(), 1});
   }
   void rms_norm(const Array& x, const Array& w, float eps, fast::RmsNormStyle style,
                 const Array& out) override {

@@ -26,6 +26,8 @@
 #include <climits>
 #include <cstdlib>
 #include <cub/block/block_scan.cuh>
+#include <map>
+#include <mutex>
 
 #include "backend/cuda/common.cuh"
 
@@ -45,7 +47,7 @@ struct RowScratch {
   static constexpr int64_t kHist = int64_t(kSelects) * 3 * kBins;
   static constexpr int kPartials = 6;
   __host__ __device__ static int64_t length(int per_row) {
-    return kHist + kPartials * int64_t(per_row) + 1;
+    return kHist + kPartials * int64_t(per_row);
   }                 // in u64
   u64* hist;        // [kSelects][3][kBins], zero at the start
   float* maxima;    // [per_row]
@@ -54,7 +56,6 @@ struct RowScratch {
   double* totals;   // [per_row]: the kept mass of each block's range of ids
   long long* ties;  // [per_row]
   long long* last;  // [per_row]: each range's last token with mass
-  long long* pick;  // [1]
   __device__ RowScratch(u64* p, int per_row)
       : hist(p),
         maxima(reinterpret_cast<float*>(p + kHist)),
@@ -62,8 +63,7 @@ struct RowScratch {
         z_kept(reinterpret_cast<double*>(p + kHist + 2 * per_row)),
         totals(reinterpret_cast<double*>(p + kHist + 3 * per_row)),
         ties(reinterpret_cast<long long*>(p + kHist + 4 * per_row)),
-        last(reinterpret_cast<long long*>(p + kHist + 5 * per_row)),
-        pick(reinterpret_cast<long long*>(p + kHist + 6 * per_row)) {}
+        last(reinterpret_cast<long long*>(p + kHist + 5 * per_row)) {}
 };
 
 using SelectScan = cub::BlockScan<u64, kThreads>;
@@ -76,11 +76,14 @@ union Shared {
     int place;
     u64 before;
   } select;
-  typename DrawScan::TempStorage draw;
+  struct {
+    typename DrawScan::TempStorage scan;
+    double before;  // the mass of the row's ranges before this block's
+  } draw;
 };
 
-// The grid-wide barrier between passes: a counter zeroed before the launch, which the
-// n-th barrier waits to see at n · gridDim.x.
+// The grid-wide barrier between passes, on a counter that is zero at the launch; the n-th
+// barrier waits to see it at n · gridDim.x.
 struct GridSync {
   unsigned long long* counter;
   unsigned long long target = 0;
@@ -90,6 +93,13 @@ struct GridSync {
     if (threadIdx.x == 0) arrive_and_wait(counter, target);
     __syncthreads();
   }
+};
+
+// The random words of a launch's rows, passed with the launch: no copy to the device
+// before it.
+constexpr int kMaxLaunchRows = 256;
+struct Words {
+  u64 w[kMaxLaunchRows];
 };
 
 // An order-preserving key: larger floats have larger keys. -0 counts as +0 (they tie).
@@ -178,8 +188,9 @@ __device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist
 
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    sample_kernel(const T* logits, int64_t cols, int rows, int per_row, const u64* bits,
-                  fast::SampleFilter f, u64* scratch, unsigned long long* barrier, int32_t* out) {
+    sample_kernel(const T* logits, int64_t cols, int rows, int per_row, Words words,
+                  fast::SampleFilter f, u64* scratch, unsigned long long* barrier,
+                  unsigned long long* spare, DrawTargets out) {
   GridSync grid{barrier};
   __shared__ Shared sh;
   const int r = int(blockIdx.x) / per_row;
@@ -189,10 +200,18 @@ __global__ void __launch_bounds__(kThreads)
   const RowScratch s(scratch + int64_t(live ? r : 0) * RowScratch::length(per_row), per_row);
   const T* x_in = logits + int64_t(live ? r : 0) * cols;
   auto value = [&](int64_t i) { return __fdiv_rn(to_float(x_in[i]), f.temperature); };
+  // Zeroed here, the outputs take the draw's atomicMin after the syncs below.
+  int32_t* const out_r = out.out + (live ? r : 0) * out.stride;
+  int32_t* const also_r = out.also ? out.also + (live ? r : 0) * out.also_stride : nullptr;
   if (live) {
     for (int64_t i = row.first; i < RowScratch::kHist; i += row.step) s.hist[i] = 0;
-    if (row.block == 0 && threadIdx.x == 0) *s.pick = LLONG_MAX;
+    if (row.block == 0 && threadIdx.x == 0) {
+      *out_r = INT_MAX;
+      if (also_r) *also_r = INT_MAX;
+    }
   }
+  // The other counter, which the launch before this one used: the next launch's.
+  if (blockIdx.x == 0 && threadIdx.x == 0) *spare = 0;
 
   float m = -INFINITY;  // NaN never wins: fmaxf drops it
   for (int64_t i = row.first; i < row.cols; i += row.step) m = fmaxf(m, value(i));
@@ -267,18 +286,20 @@ __global__ void __launch_bounds__(kThreads)
         !found || p_cut <= 0 ? double(most) : floor((limit - double(below) / kFixed) / p_cut);
     const long long gone = fits <= 0 ? 0 : fits >= double(most) ? most : (long long)fits;
     // Where some but not all ties go, the `gone` largest ids at the cut go: the smallest
-    // of them is found. Every row takes this select's syncs; rows that need none of it
-    // walk an empty histogram.
+    // of them is found. Every row of a launch takes this select's syncs (rows that need
+    // none of it walk an empty histogram), unless the launch has one row: then all its
+    // blocks agree on `split`, and most draws skip the select's three syncs.
     const bool split = gone > 0 && gone < ties;
     uint32_t id = 0;
-    select_key(
-        sh, grid, row, s.hist + 6 * kBins, true, u64(split ? gone - 1 : 0),
-        [&](int64_t i, uint32_t& k, u64& w) {
-          const float x = value(i);
-          k = uint32_t(i), w = 1;
-          return split && in_top_k(x) && order_key(x) == cut;
-        },
-        id, skipped);
+    if (split || rows > 1)
+      select_key(
+          sh, grid, row, s.hist + 6 * kBins, true, u64(split ? gone - 1 : 0),
+          [&](int64_t i, uint32_t& k, u64& w) {
+            const float x = value(i);
+            k = uint32_t(i), w = 1;
+            return split && in_top_k(x) && order_key(x) == cut;
+          },
+          id, skipped);
     if (gone >= ties)
       cut_id = -1;
     else if (split)
@@ -321,40 +342,43 @@ __global__ void __launch_bounds__(kThreads)
   }
   double pre, block_total;
   __syncthreads();  // the selects' shared memory is done with
-  DrawScan(sh.draw).ExclusiveSum(own, pre, block_total);
+  DrawScan(sh.draw.scan).ExclusiveSum(own, pre, block_total);
   last = block_reduce(last, Max{});
   if (threadIdx.x == 0 && live) s.totals[row.block] = block_total, s.last[row.block] = last;
   grid.sync();
-  if (live) {
-    // The ranges before this block, summed in block order: the same sums in every block.
-    double before = 0;
-    for (int b = 0; b < row.block; ++b) before += __ldcg(s.totals + b);
-    const double u = double(bits[r] >> 11) * 0x1p-53, target = u - before - pre;
-    if (target >= 0 && target < own) {  // u falls in this run: the same sums again, up to it
-      double cum = 0;
-      for (int64_t i = lo; i < hi; ++i) {
-        const float p = p_kept(i);
-        if (p <= 0) continue;
-        cum += p;
-        if (target < cum) {
-          atomicMin(s.pick, (long long)i);
-          break;
-        }
+  if (!live) return;
+  // Where this block's range starts: the ranges' masses in block order, through one scan
+  // that every block makes alike, all the loads at once. (A loop over them in the last
+  // block made a trip to L2 a range.)
+  const int t = int(threadIdx.x);
+  const double total = t < per_row ? __ldcg(s.totals + t) : 0.0;
+  long long last_all = t < per_row ? __ldcg(s.last + t) : -1;
+  double start;
+  __syncthreads();  // the scan's storage is reused
+  DrawScan(sh.draw.scan).ExclusiveSum(total, start);
+  if (t == row.block) sh.draw.before = start;
+  last_all = block_reduce(last_all, Max{});  // its syncs publish `before`
+  const double u = double(words.w[r] >> 11) * 0x1p-53, target = u - sh.draw.before - pre;
+  auto take = [&](int32_t id) {
+    atomicMin(out_r, id);
+    if (also_r) atomicMin(also_r, id);
+  };
+  if (target >= 0 && target < own) {  // u falls in this run: the same sums again, up to it
+    double cum = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const float p = p_kept(i);
+      if (p <= 0) continue;
+      cum += p;
+      if (target < cum) {
+        take(int32_t(i));
+        break;
       }
     }
   }
-  grid.sync();
-  if (live && row.block == 0 && threadIdx.x == 0) {
-    // No run holds u only where rounding left it at or past the total: the last token
-    // with mass, as on the host.
-    long long last_all = -1, pick = __ldcg(s.pick);
-    for (int b = 0; b < per_row; ++b) {
-      const long long l = __ldcg(s.last + b);
-      last_all = l > last_all ? l : last_all;
-    }
-    pick = pick != LLONG_MAX ? pick : last_all >= 0 ? last_all : 0;
-    out[r] = int32_t(pick);
-  }
+  // No run holds u only where rounding left it at or past the total: then the last token
+  // with mass, as on the host. A run's draw always comes before that token, so the smaller
+  // of the two is the draw either way, and no sync has to wait for the runs.
+  if (row.block == 0 && t == 0) take(last_all >= 0 ? int32_t(last_all) : 0);
 }
 
 // fast::edit_logits: a block a row, a thread an id (the first of its entries), which adds
@@ -387,6 +411,27 @@ int resident_blocks(const Context& ctx) {
   return per_sm * ctx.sm_count;
 }
 
+// Two grid-barrier counters of a device, taken in turns: a launch syncs on one and zeroes
+// the other, which the launch before it used and every block of it has left (the stream
+// runs launches in order). That spares a reset of the counter before each launch. The
+// mutex keeps the turns in the stream's order where threads share a device.
+struct BarrierPair {
+  unsigned long long* counters = nullptr;  // [2]
+  unsigned turn = 0;
+};
+std::mutex barrier_mutex;
+BarrierPair& barrier_pair(const Context& ctx) {  // under barrier_mutex
+  static std::map<int, BarrierPair> pairs;       // never freed: 16 bytes a device
+  BarrierPair& p = pairs[ctx.device];
+  if (!p.counters) {
+    void* c = nullptr;
+    check(cudaMalloc(&c, 2 * sizeof(unsigned long long)), "cudaMalloc");
+    check(cudaMemsetAsync(c, 0, 2 * sizeof(unsigned long long), ctx.stream), "cudaMemsetAsync");
+    p.counters = static_cast<unsigned long long*>(c);
+  }
+  return p;
+}
+
 }  // namespace
 
 void edit_logits(const Context& ctx, const Array& x, const Array& starts, const Array& edits,
@@ -402,9 +447,9 @@ void edit_logits(const Context& ctx, const Array& x, const Array& starts, const 
   check_launch("edit_logits_kernel");
 }
 
-void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
-                   const fast::SampleFilter& filter, const Array& out) {
-  // logits [R, V] contiguous, bits [R, 2] u32 (one 64-bit word a row) -> out [R] int32
+void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint64_t> words,
+                   const fast::SampleFilter& filter, const DrawTargets& to) {
+  // logits [R, V] contiguous -> one id a row
   const int64_t rows = logits.shape(0), cols = logits.shape(1);
   if (rows == 0) return;
   LMX_CHECK(cols < int64_t(INT32_MAX), "sample_tokens", "rows of ", cols,
@@ -422,30 +467,35 @@ void sample_tokens(const Context& ctx, const Array& logits, const Array& bits,
         const char* v = std::getenv("LMX_SAMPLE_BLOCKS");
         return v ? std::max(1, std::atoi(v)) : INT_MAX;
       }();
-      const int64_t per_launch = std::min<int64_t>(rows, resident);
+      const int64_t per_launch = std::min<int64_t>({rows, resident, kMaxLaunchRows});
       const int per_row = int(std::clamp<int64_t>(
           std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
-          std::min(ctx.sm_count, cap)));
+          std::min({ctx.sm_count, cap, kThreads})));  // the draw's scan: a block's range a thread
       Array scratch({per_launch * RowScratch::length(per_row) * 2}, Dtype::i32,
-                    logits.device());                   // u64s
-      Array barrier({2}, Dtype::i32, logits.device());  // a u64 counter
+                    logits.device());  // u64s
+      std::lock_guard lock(barrier_mutex);
+      BarrierPair& pair = barrier_pair(ctx);
       for (int64_t r0 = 0; r0 < rows; r0 += per_launch) {
         const T* x = static_cast<const T*>(logits.raw()) + r0 * cols;
         int n = int(std::min(per_launch, rows - r0)), pr = per_row;
-        const u64* b = static_cast<const u64*>(bits.raw()) + r0;
+        Words w{};
+        std::copy(words.begin() + r0, words.begin() + r0 + n, w.w);
         u64* sc = static_cast<u64*>(scratch.raw());
-        int32_t* o = out.data<int32_t>() + r0;
-        auto* counter = static_cast<unsigned long long*>(barrier.raw());
-        check(cudaMemsetAsync(counter, 0, sizeof(*counter), ctx.stream), "cudaMemsetAsync");
-        void* args[] = {&x,  const_cast<int64_t*>(&cols),
-                        &n,  &pr,
-                        &b,  const_cast<fast::SampleFilter*>(&filter),
-                        &sc, &counter,
-                        &o};
+        unsigned long long* counter = pair.counters + pair.turn;
+        unsigned long long* spare = pair.counters + (pair.turn ^ 1u);
+        DrawTargets t = to;
+        t.out += r0 * to.stride;
+        if (t.also) t.also += r0 * to.also_stride;
+        void* args[] = {&x,     const_cast<int64_t*>(&cols),
+                        &n,     &pr,
+                        &w,     const_cast<fast::SampleFilter*>(&filter),
+                        &sc,    &counter,
+                        &spare, &t};
         check(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(sample_kernel<T>),
                                           dim3(unsigned(n * per_row)), dim3(kThreads), args, 0,
                                           ctx.stream),
               "sample_kernel");
+        pair.turn ^= 1u;
       }
     } else {
       fail("sample_tokens", "expects floating-point logits, got ", dtype_name(logits.dtype()));
