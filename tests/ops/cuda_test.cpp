@@ -179,22 +179,33 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
         }
       }
     }
-  // Every logit equal: top-p's cut falls among ties, which go by id (the select that a
-  // one-row launch takes only then).
-  for (const int64_t rows : {1, 3})
-    for (const float top_p : {0.3f, 0.999f}) {
-      const Array x = full({rows, 1000}, 0.25);
-      const fast::SampleFilter f{1.0f, 0, top_p, 0};
-      for (int i = 0; i < 20; ++i) {
-        std::vector<uint64_t> words;
-        for (int64_t r = 0; r < rows; ++r) words.push_back(random_word(uint64_t(77 * i + r)));
-        const std::vector<int32_t> want = to_vector<int32_t>(fast::sample_tokens(x, words, f));
-        ASSERT_EQ(want, to_vector<int32_t>(fast::sample_tokens(to_device(x, kGpu), words, f)))
-            << rows << " rows, top_p " << top_p << ", draw " << i;
-        for (const int32_t id : want)
-          ASSERT_LE(id, top_p < 0.5f ? 310 : 998);  // the lowest ids stay
-      }
+  // Ties. Rows of one value, where top-p's cut and top-k's survivors fall among ties,
+  // which go by id; and rows of 50 levels, whose top level holds 20 ids. Top-k's survivors
+  // fit the device's short list (one thread's draw) in the second kind, not in the first; a
+  // launch with both takes the full walk for both.
+  struct TieCase {
+    std::vector<int> kinds;  // a row each: 0 one value, 1 fifty levels
+    int top_k;
+    float top_p;
+  };
+  const TieCase ties[] = {{{0}, 0, 0.3f}, {{0, 0, 0}, 0, 0.999f}, {{1}, 5, 0.5f},
+                          {{1}, 5, 1.0f}, {{0}, 5, 0.5f},         {{1, 0}, 5, 0.5f}};
+  for (const TieCase& c : ties) {
+    const int64_t rows = int64_t(c.kinds.size()), v = 1000;
+    std::vector<float> values;
+    for (const int kind : c.kinds)
+      for (int64_t i = 0; i < v; ++i) values.push_back(kind == 0 ? 0.25f : float(i % 50) / 8);
+    const Array x = from_vector(values, {rows, v});
+    const fast::SampleFilter f{1.0f, c.top_k, c.top_p, 0};
+    for (int i = 0; i < 20; ++i) {
+      std::vector<uint64_t> words;
+      for (int64_t r = 0; r < rows; ++r) words.push_back(random_word(uint64_t(77 * i + r)));
+      ASSERT_EQ(to_vector<int32_t>(fast::sample_tokens(x, words, f)),
+                to_vector<int32_t>(fast::sample_tokens(to_device(x, kGpu), words, f)))
+          << rows << " rows, kind " << c.kinds[0] << ", top_k " << c.top_k << ", top_p " << c.top_p
+          << ", draw " << i;
     }
+  }
 }
 
 // fast::edit_logits: the device's edits equal the CPU kernel's, bit for bit: biases in

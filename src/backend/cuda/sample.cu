@@ -38,6 +38,7 @@ constexpr int kThreads = 512;
 constexpr int kBins = 2048;        // the widest digit: 11 bits
 constexpr int kSelects = 3;        // top-k, top-p, and top-p's ties by id
 constexpr double kFixed = 0x1p62;  // probability mass in fixed point: at most 1, so it fits
+constexpr int kListMax = 128;      // top-k survivors that one block draws among (draw_among)
 
 using u64 = unsigned long long;
 
@@ -47,7 +48,7 @@ struct RowScratch {
   static constexpr int64_t kHist = int64_t(kSelects) * 3 * kBins;
   static constexpr int kPartials = 6;
   __host__ __device__ static int64_t length(int per_row) {
-    return kHist + kPartials * int64_t(per_row);
+    return kHist + kPartials * int64_t(per_row) + 1 + kListMax / 2;
   }                 // in u64
   u64* hist;        // [kSelects][3][kBins], zero at the start
   float* maxima;    // [per_row]
@@ -56,6 +57,8 @@ struct RowScratch {
   double* totals;   // [per_row]: the kept mass of each block's range of ids
   long long* ties;  // [per_row]
   long long* last;  // [per_row]: each range's last token with mass
+  u64* count;       // [1]: top-k's survivors, zero at the start
+  int32_t* list;    // [kListMax]: their ids, in no order
   __device__ RowScratch(u64* p, int per_row)
       : hist(p),
         maxima(reinterpret_cast<float*>(p + kHist)),
@@ -63,7 +66,19 @@ struct RowScratch {
         z_kept(reinterpret_cast<double*>(p + kHist + 2 * per_row)),
         totals(reinterpret_cast<double*>(p + kHist + 3 * per_row)),
         ties(reinterpret_cast<long long*>(p + kHist + 4 * per_row)),
-        last(reinterpret_cast<long long*>(p + kHist + 5 * per_row)) {}
+        last(reinterpret_cast<long long*>(p + kHist + 5 * per_row)),
+        count(p + kHist + 6 * per_row),
+        list(reinterpret_cast<int32_t*>(p + kHist + 6 * per_row + 1)) {}
+};
+
+// draw_among's, in shared memory.
+struct ListScratch {
+  int32_t ids[kListMax];  // ascending
+  int32_t unsorted[kListMax];
+  float x[kListMax], p[kListMax];
+  uint8_t order[kListMax], gone[kListMax];
+  double inv;
+  int32_t drawn;
 };
 
 using SelectScan = cub::BlockScan<u64, kThreads>;
@@ -80,6 +95,7 @@ union Shared {
     typename DrawScan::TempStorage scan;
     double before;  // the mass of the row's ranges before this block's
   } draw;
+  ListScratch list;
 };
 
 // The grid-wide barrier between passes, on a counter that is zero at the launch; the n-th
@@ -186,6 +202,81 @@ __device__ bool select_key(Shared& sh, GridSync& grid, const Row& row, u64* hist
   return found;
 }
 
+// p[j] = f32(exp(x[j] - x[top]) / Z) for the list's n values in id order, Z their f64 sum
+// in that order (one thread's loop); returns top, the first of the largest
+// (backend/cpu/sample.cpp's probabilities). Every thread of the block calls it.
+__device__ int softmax_listed(ListScratch& l, int n) {
+  const int t = int(threadIdx.x);
+  const float most = block_reduce(t < n ? l.x[t] : -INFINITY, Max{});
+  const int top = block_reduce(t < n && l.x[t] == most ? t : INT_MAX, Min{});
+  if (t < n) l.p[t] = isinf(l.x[t]) ? 0.0f : cr_exp(l.x[t] - l.x[top]);
+  __syncthreads();
+  if (t == 0) {
+    double z = 0;
+    for (int j = 0; j < n; ++j) z += l.p[j];
+    l.inv = 1.0 / z;
+  }
+  __syncthreads();
+  if (t < n) l.p[t] = float(double(l.p[t]) * l.inv);
+  __syncthreads();
+  return top;
+}
+
+// The draw among a row's top-k survivors, by one block, where they are at most kListMax:
+// the CPU kernel's sample_row (backend/cpu/sample.cpp) on those tokens alone, every sum in
+// its order. The other tokens carry no mass there, so the draw is the same; this spares the
+// row top-p's selects and the draw's grid syncs. l.ids [n] ascending and l.x their values
+// (edited in place) on entry. Every thread of the block calls it; thread 0's loops make
+// the sums.
+__device__ int32_t draw_among(ListScratch& l, int n, const fast::SampleFilter& f, u64 word) {
+  const int t = int(threadIdx.x);
+  if (t < n) l.gone[t] = 0;
+  if (f.top_p < 1 || f.min_p > 0) {
+    const int top = softmax_listed(l, n);  // its syncs order the resets above
+    if (f.top_p < 1) {
+      // Ascending, the higher id first among equal values (each token's place by counting
+      // those before it); tokens go while the running mass stays <= 1 - top_p, and the
+      // most likely token stays.
+      const bool in = t < n && l.x[t] != -INFINITY;
+      if (in) {
+        int at = 0;
+        for (int j = 0; j < n; ++j)
+          at += l.x[j] != -INFINITY && (l.x[j] < l.x[t] || (l.x[j] == l.x[t] && j > t));
+        l.order[at] = uint8_t(t);
+      }
+      const int m = block_reduce(int(in), Sum{});  // its syncs publish the order
+      if (t == 0) {
+        double mass = 0;
+        for (int a = 0; a < m; ++a) {
+          const int j = l.order[a];
+          mass += l.p[j];
+          if (j == top || mass > 1.0 - double(f.top_p)) break;
+          l.gone[j] = 1;
+        }
+      }
+      __syncthreads();
+    }
+    // Top-p and min-p judge the same probabilities.
+    if (t < n && (l.gone[t] || (f.min_p > 0 && l.p[t] < f.min_p * l.p[top]))) l.x[t] = -INFINITY;
+    __syncthreads();
+  }
+  softmax_listed(l, n);
+  if (t == 0) {
+    const double u = double(word >> 11) * 0x1p-53;
+    double cdf = 0;
+    l.drawn = -1;
+    int32_t last = 0;
+    for (int j = 0; j < n && l.drawn < 0; ++j) {
+      if (l.p[j] <= 0) continue;
+      cdf += l.p[j], last = l.ids[j];
+      if (u < cdf) l.drawn = l.ids[j];
+    }
+    if (l.drawn < 0) l.drawn = last;  // rounding left u at or past the total
+  }
+  __syncthreads();
+  return l.drawn;
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(const T* logits, int64_t cols, int rows, int per_row, Words words,
@@ -210,8 +301,13 @@ __global__ void __launch_bounds__(kThreads)
       if (also_r) *also_r = INT_MAX;
     }
   }
-  // The other counter, which the launch before this one used: the next launch's.
-  if (blockIdx.x == 0 && threadIdx.x == 0) *spare = 0;
+  if (live && row.block == 0 && threadIdx.x == 0) *s.count = 0;
+  // Past the rows' scratch: how many top-k survivors overflowed the rows' lists.
+  u64* const overflow = scratch + int64_t(rows) * RowScratch::length(per_row);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *overflow = 0;
+    *spare = 0;  // the other counter, which the launch before this one used: the next launch's
+  }
 
   float m = -INFINITY;  // NaN never wins: fmaxf drops it
   for (int64_t i = row.first; i < row.cols; i += row.step) m = fmaxf(m, value(i));
@@ -235,6 +331,42 @@ __global__ void __launch_bounds__(kThreads)
         kth, skipped);
   }
   auto in_top_k = [&](float x) { return !isnan(x) && order_key(x) >= kth; };
+
+  // Where top-k leaves few tokens, the row's first block draws among them (draw_among) and
+  // the row needs no more syncs. A launch's rows take the same syncs, so the lists serve where
+  // every row's fits (ties at the k-th value can overflow one).
+  if (f.top_k > 0 && f.top_k <= kListMax && f.top_k < cols) {
+    for (int64_t i = row.first; i < row.cols; i += row.step)
+      if (in_top_k(value(i))) {
+        const u64 at = atomicAdd(s.count, 1ull);
+        if (at < kListMax)
+          s.list[at] = int32_t(i);
+        else
+          atomicAdd(overflow, 1ull);
+      }
+    grid.sync();
+    if (__ldcg(overflow) == 0) {
+      if (live && row.block == 0) {
+        ListScratch& l = sh.list;
+        const int n = int(__ldcg(s.count)), t = int(threadIdx.x);
+        if (t < n) l.unsorted[t] = __ldcg(s.list + t);
+        __syncthreads();
+        if (t < n) {  // in id order: each id's place by counting the smaller ones
+          const int32_t id = l.unsorted[t];
+          int at = 0;
+          for (int j = 0; j < n; ++j) at += l.unsorted[j] < id;
+          l.ids[at] = id, l.x[at] = value(id);
+        }
+        __syncthreads();
+        const int32_t id = n > 0 ? draw_among(l, n, f, words.w[r]) : 0;  // n = 0: only NaN, no mass
+        if (t == 0) {
+          *out_r = id;
+          if (also_r) *also_r = id;
+        }
+      }
+      return;
+    }
+  }
 
   // The softmax of what top-k kept, for top-p and min-p.
   double inv = 0;
@@ -471,8 +603,8 @@ void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint
       const int per_row = int(std::clamp<int64_t>(
           std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
           std::min({ctx.sm_count, cap, kThreads})));  // the draw's scan: a block's range a thread
-      Array scratch({per_launch * RowScratch::length(per_row) * 2}, Dtype::i32,
-                    logits.device());  // u64s
+      Array scratch({(per_launch * RowScratch::length(per_row) + 1) * 2}, Dtype::i32,
+                    logits.device());  // u64s: the rows', then the launch's overflow count
       std::lock_guard lock(barrier_mutex);
       BarrierPair& pair = barrier_pair(ctx);
       for (int64_t r0 = 0; r0 < rows; r0 += per_launch) {
