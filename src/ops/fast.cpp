@@ -267,13 +267,8 @@ Array sample_tokens(const Array& logits, std::span<const uint64_t> bits, const S
   return out;
 }
 
-Array edit_logits(const Array& logits, std::span<const int64_t> starts,
-                  std::span<const LogitEdit> edits, const Penalties& p) {
-  detail::check_valid(logits, "edit_logits");
-  detail::check_float(logits, "edit_logits");
-  LMX_CHECK(logits.ndim() == 2, "edit_logits", "expects logits [rows, V], got ",
-            shape_str(logits.shape()));
-  const int64_t rows = logits.shape(0), v = logits.shape(1);
+PackedEdits pack_edits(int64_t rows, int64_t v, std::span<const int64_t> starts,
+                       std::span<const LogitEdit> edits, const Penalties& p, Device device) {
   LMX_CHECK(int64_t(starts.size()) == rows + 1 && starts.front() == 0 &&
                 starts.back() == int64_t(edits.size()),
             "edit_logits", "needs rows + 1 = ", rows + 1, " starts from 0 to the ", edits.size(),
@@ -299,11 +294,22 @@ Array edit_logits(const Array& logits, std::span<const int64_t> starts,
   }
   for (const int64_t b : starts) bounds.push_back(int32_t(b));
   LMX_CHECK(edits.size() < size_t(INT32_MAX), "edit_logits", edits.size(), " edits are too many");
+  PackedEdits out{from_vector(bounds, {rows + 1}, device), Array()};
+  if (!edits.empty()) out.entries = from_vector(packed, {int64_t(edits.size()), 4}, device);
+  return out;
+}
+
+Array edit_logits(const Array& logits, std::span<const int64_t> starts,
+                  std::span<const LogitEdit> edits, const Penalties& p) {
+  detail::check_valid(logits, "edit_logits");
+  detail::check_float(logits, "edit_logits");
+  LMX_CHECK(logits.ndim() == 2, "edit_logits", "expects logits [rows, V], got ",
+            shape_str(logits.shape()));
+  const PackedEdits packed =
+      pack_edits(logits.shape(0), logits.shape(1), starts, edits, p, logits.device());
   Array out = logits.dtype() == Dtype::f32 ? copy(logits) : astype(logits, Dtype::f32);
   if (edits.empty()) return out;
-  detail::kern(logits).edit_logits(out, from_vector(bounds, {rows + 1}, logits.device()),
-                                   from_vector(packed, {int64_t(edits.size()), 4}, logits.device()),
-                                   p);
+  detail::kern(logits).edit_logits(out, packed.starts, packed.entries, p);
   return out;
 }
 

@@ -131,6 +131,14 @@ struct Penalties {
 // logits [R, V] float -> [R, V] f32: a copy with the edits made.
 Array edit_logits(const Array& logits, std::span<const int64_t> starts,
                   std::span<const LogitEdit> edits, const Penalties& penalties);
+// The edits of `rows` rows over V tokens as the kernels take them, checked as
+// edit_logits checks them: starts [rows + 1] and entries [E, 4] int32 (id, count, the
+// bias's bits, has_bias), on `device`.
+struct PackedEdits {
+  Array starts, entries;  // entries is not valid() where there are none
+};
+PackedEdits pack_edits(int64_t rows, int64_t v, std::span<const int64_t> starts,
+                       std::span<const LogitEdit> edits, const Penalties& penalties, Device device);
 
 namespace reference {
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -69,10 +70,19 @@ class FusedDecoder {
   // The last step's logits [rows, V] f32, on the device (valid until the next step).
   virtual const Array& logits() const = 0;
   // Draws the last step's tokens from its logits (fast::sample_tokens's draw, with
-  // words[r] the random word of sequence r) in place of its argmax: the next step's
-  // inputs, and what queue_token and tokens read. A sampled step's draw so stays on the
-  // device, as greedy decoding's argmax does.
-  virtual void draw(const fast::SampleFilter& filter, std::span<const uint64_t> words) = 0;
+  // words[r] the random word of sequence r; without a filter, the argmax) in place of the
+  // step's argmax: the next step's inputs, and what queue_token and tokens read. The
+  // logits take the edits of set_edits first, if any. A sampled step's draw so stays on
+  // the device, as greedy decoding's argmax does.
+  virtual void draw(const std::optional<fast::SampleFilter>& filter,
+                    std::span<const uint64_t> words) = 0;
+  // The edits the draws make from now on (fast::edit_logits's: a logit bias and the
+  // penalties), with the counts of each sequence's tokens kept on the device: `edits`, as
+  // Sampler::edits gives them for the history so far (sequence r's in [starts[r],
+  // starts[r + 1])), set them, and every draw after the first adds the previous one.
+  // Empty starts: no edits. set_inputs clears them (the counts would lack its tokens).
+  virtual void set_edits(std::span<const int64_t> starts, std::span<const fast::LogitEdit> edits,
+                         const fast::Penalties& penalties) = 0;
   // The argmax of the last `n` steps since set_inputs, oldest step first, each step's
   // `rows` tokens together; synchronises.
   virtual std::vector<int32_t> tokens(int n) = 0;

@@ -38,30 +38,45 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-// Greedy steps of the batch through the fused decoder, after the prefill: the first input
-// is `next` at slot `slots` (every row's), each row's left padding is what its prompt
-// lacks of the longest. Up to `steps` steps; one is queued ahead of the one being read.
-// Returns the steps whose tokens were read.
+// The batch's steps through the fused decoder, after the prefill: the first input is
+// `next` at slot `slots` (every row's), each row's left padding is what its prompt lacks of
+// the longest; `history` is each row's tokens so far, `next` included. Up to `steps`
+// steps; one is queued ahead of the one being read. Returns the steps whose tokens were
+// read.
 template <class Accept, class AllDone>
 int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<int32_t>& next,
-                 int64_t slots, const std::vector<std::vector<int32_t>>& ids, int steps,
+                 int64_t slots, const std::vector<std::vector<int32_t>>& ids,
+                 const std::vector<std::vector<int32_t>>& history, int steps,
                  std::span<Sampler> samplers, Accept& accept, AllDone& all_done) {
-  // Sampled rows draw on the device (samplers share their filter; greedy rows have none).
+  // Every draw is made on the device, after the edits of a logit bias or penalties where
+  // the samplers have them (they share their options but the seed; greedy rows have no
+  // filter, and without edits they keep the step's own argmax).
   const std::optional<fast::SampleFilter> filter = samplers[0].filter();
+  const bool edits = samplers[0].needs_edits();
   const size_t rows = ids.size();
   std::vector<int64_t> pads;
   for (const auto& p : ids) pads.push_back(slots - int64_t(p.size()));
   cache.reserve(slots + steps);  // no reallocation, so the step's graph is recorded once
   fused.set_inputs(next, std::vector<int64_t>(rows, slots), pads);
+  if (edits) {
+    std::vector<int64_t> starts = {0};
+    std::vector<fast::LogitEdit> e;
+    for (size_t r = 0; r < rows; ++r) {
+      samplers[r].edits(history[r], fused.logits().size() / int64_t(rows), e);
+      starts.push_back(int64_t(e.size()));
+    }
+    fused.set_edits(starts, e, samplers[0].penalties());
+  }
   int queued = 0, read = 0;
   while (read < steps) {
     while (queued - read < 2 && queued < steps) {
       fused.step(cache.fused_views());
       cache.commit_one();
-      if (filter) {  // every row draws, finished ones too: their tokens are ignored
+      if (filter || edits) {  // every row draws, finished ones too: their tokens are ignored
         std::vector<uint64_t> words;
-        for (Sampler& s : samplers) words.push_back(s.take_word());
-        fused.draw(*filter, words);
+        if (filter)
+          for (Sampler& s : samplers) words.push_back(s.take_word());
+        fused.draw(filter, words);
       }
       fused.queue_token();
       ++queued;
@@ -175,12 +190,11 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
       out[r].finish_reason = eos ? "eos" : "stop_token";
     }
   };
-  // Up to 8 rows take the device's batched fused step where it has one, when a draw
-  // needs no history (greedy, or sampling without penalties or bias): every step's tokens
-  // are fed back on the device, and the host reads them while the next step runs. (The
-  // rows share their options but the seed.)
+  // Up to 8 rows take the device's batched fused step where it has one: every step's
+  // tokens are drawn and fed back on the device, and the host reads them while the next
+  // step runs. (The rows share their options but the seed.)
   std::unique_ptr<fast::FusedDecoder> fused;
-  if (!samplers[0].needs_edits() && o.max_tokens > 1) {
+  if (o.max_tokens > 1) {
     try {
       fused = model_->fused_decoder(int(rows));
     } catch (const OutOfMemory&) {
@@ -204,8 +218,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     ++generated;
     if (all_done()) break;
     if (fused) {
-      fused_steps = decode_fused(*fused, cache, next, l, ids, o.max_tokens - generated, samplers,
-                                 accept, all_done);
+      fused_steps = decode_fused(*fused, cache, next, l, ids, history, o.max_tokens - generated,
+                                 samplers, accept, all_done);
       break;
     }
     // The token fed next goes to slot `slots`; its position skips the row's padding.

@@ -39,28 +39,34 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 }
 
 std::optional<int32_t> TokenGenerator::fused_step() {
-  // Without penalties or bias a draw needs only the logits, so it is made on the device
-  // (fast::sample_tokens) and becomes the next step's input there, as the argmax does.
-  const bool ahead = !sampler_.needs_edits();
-  const std::optional<fast::SampleFilter> filter = ahead ? sampler_.filter() : std::nullopt;
+  // Every draw is made on the device (fast::sample_tokens, or the argmax) and becomes the
+  // next step's input there, as the step's own argmax does. A logit bias and penalties
+  // edit the logits first, there too: the decoder keeps the history's token counts
+  // (set_edits), so these draws need nothing from the host either.
+  const std::optional<fast::SampleFilter> filter = sampler_.filter();
+  const bool edits = sampler_.needs_edits();
   // Queues one step; with `feed`, its input is the last token on the host, else the
   // previous step's token, still on the device.
   auto launch = [&](bool feed) {
     const std::vector<fast::FusedCacheView> views = cache_.fused_views();
     if (views.empty()) return false;
-    if (feed) fused_->set_input(tokens_.back(), cache_.length());
+    if (feed) {
+      fused_->set_input(tokens_.back(), cache_.length());
+      if (edits) {  // the counts of every token so far, the input included
+        std::vector<fast::LogitEdit> e;
+        sampler_.edits(tokens_, fused_->logits().size(), e);
+        const int64_t starts[] = {0, int64_t(e.size())};
+        fused_->set_edits(starts, e, sampler_.penalties());
+      }
+    }
     fused_->step(views);
     cache_.commit_one();
-    if (filter) {
-      const uint64_t word = sampler_.take_word();
-      fused_->draw(*filter, {&word, 1});
+    if (filter || edits) {
+      const uint64_t word = filter ? sampler_.take_word() : 0;
+      fused_->draw(filter, {&word, filter ? 1u : 0u});
     }
     return true;
   };
-  if (!ahead) {  // the draw needs the history, which the host holds: one step at a time
-    if (!launch(true)) return std::nullopt;
-    return sample(fused_->logits());
-  }
   // Only the token comes back, and the step for the token after it is queued before it
   // is read, so the device never waits for the host. When that token turns out to be the
   // last, the extra step has only stored its keys and values (and taken a random word):

@@ -197,6 +197,55 @@ TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
   EXPECT_EQ(run(true), run(false));
 }
 
+// Draws after a logit bias and penalties, the token counts kept on the device (set_edits
+// once, then each draw counting the previous one) and each draw fed straight back, are the
+// draws that the host's own edits make from the same logits (Sampler::edits over the
+// history, fast::edit_logits, then the same draw): sampled with top-p, and greedy.
+TEST_P(FusedDecodeTest, ChainedEditedDrawsEqualTheHostsDraws) {
+  if (!have_cuda())
+    GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  const PathChoice path(GetParam().persistent);
+  const auto model = random_model(GetParam().config, gpu, GetParam().spread);
+  const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
+  for (const float temperature : {0.0f, 1.0f}) {
+    SamplingOptions so;
+    so.temperature = temperature, so.top_p = 0.9f, so.seed = 9;
+    so.repetition_penalty = 1.3f, so.presence_penalty = 0.2f, so.frequency_penalty = 0.1f;
+    so.logit_bias = {{5, 1.5f}, {14, -2.0f}, {5, 0.25f}};
+    Sampler sampler(so);
+    const std::optional<fast::SampleFilter> filter = sampler.filter();
+    const auto fused = model->fused_decoder();
+    KVCache cache(*model, GetParam().rotate, 64);
+    const int64_t n =
+        int64_t(prompt.size()) - 1;  // the last prompt token is the first step's input
+    (void)model->forward(
+        to_device(from_vector(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {1, n}), gpu),
+        cache.layers());
+    std::vector<int32_t> history = prompt;
+    for (int i = 0; i < 40; ++i) {
+      std::vector<fast::LogitEdit> e;
+      sampler.edits(history, fused->logits().size(), e);
+      const int64_t starts[] = {0, int64_t(e.size())};
+      if (i == 0) {
+        fused->set_input(history.back(), n);
+        fused->set_edits(starts, e, sampler.penalties());
+      }
+      fused->step(cache.fused_views());
+      cache.commit_one();
+      const Array logits = copy(reshape(fused->logits(), {1, -1}));
+      const uint64_t word = filter ? sampler.take_word() : 0;
+      fused->draw(filter, {&word, filter ? 1u : 0u});
+      const int32_t got = fused->tokens(1)[0];
+      const Array x = fast::edit_logits(logits, starts, e, sampler.penalties());
+      const int32_t want = to_vector<int32_t>(filter ? fast::sample_tokens(x, {&word, 1}, *filter)
+                                                     : argmax(x, -1))[0];
+      ASSERT_EQ(got, want) << "temperature " << temperature << ", step " << i;
+      history.push_back(got);
+    }
+  }
+}
+
 // The generator's greedy path queues step n+1 before it reads token n back. Its tokens
 // must be those of the fused decoder driven one step at a time, and its cache must hold
 // a prefix of the sequence afterwards (here: every token, the last one's keys included).

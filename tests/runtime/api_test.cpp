@@ -192,13 +192,13 @@ TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
 }
 
 // On CUDA every draw is made on the device (the ops' tests hold the device's draws to the
-// host sampler's). Without penalties or bias, generate() feeds each drawn token to the
-// next fused step on the device and runs a step ahead; a logit bias of 0 changes nothing
-// but makes each draw wait for the host's history (fast::edit_logits first): both must
+// host sampler's). generate() feeds each drawn token to the next fused step on the device
+// and runs a step ahead, with a logit bias and penalties too (the decoder keeps the
+// history's counts). A logit bias of 0 changes nothing but takes the edits: both must
 // draw the same tokens, in generate() and in batch_generate() (more rows than the fused
-// step takes, so the plain ops run). With up to 8 rows, sampled batch_generate takes the
-// batched fused step: reproducible for a seed, and not greedy. A repetition penalty
-// changes the draws.
+// step takes, so the plain ops run and each draw's edits come from the host). With up to
+// 8 rows, sampled batch_generate takes the batched fused step: reproducible for a seed,
+// and not greedy. A repetition penalty changes the draws.
 TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
   if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
   const LoadOptions lo = cuda_bf16();
@@ -231,7 +231,6 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
       for (size_t i = 0; i < prompts.size(); ++i)
         EXPECT_EQ(rows[i].ids, rows_every[i].ids)
             << name << " row " << i << ", variant " << variant;
-      if (variant == 3) continue;  // the batched fused step takes no penalties
       const std::vector<BatchResult> one =
           model->batch_generate(std::span<const std::string>(prompts.data(), 1), o);
       EXPECT_EQ(one[0].ids.size(), 24u)

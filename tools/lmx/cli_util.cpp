@@ -34,8 +34,8 @@ void GenerateArgs::add(CLI::App* cmd, bool chat) {
   cmd->add_option("--frequency-penalty", frequency_penalty, "Subtract this times each token's count so far");
   cmd->add_option(
       "--seed", seed,
-      "Seed for reproducible sampling. On a GPU, sampling without penalties or bias draws on the "
-      "device, so that only the token comes back each step");
+      "Seed for reproducible sampling. On a GPU every draw (penalties and bias included) is made "
+      "on the device, so that only the token comes back each step");
   cmd->add_option("--stop-token", stop_tokens, "Also stop after this token id (repeatable)");
   cmd->add_option("--stop", stop_strings, "Stop before this text (repeatable); it is not printed");
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep generating past end-of-sequence tokens");

@@ -53,6 +53,18 @@ struct DrawTargets {
 };
 void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint64_t> words,
                    const fast::SampleFilter& filter, const DrawTargets& to);
+// ids [R] int32 on the device into `to`.
+void put_tokens(const Context& ctx, const Array& ids, const DrawTargets& to);
+// fast::edit_logits's edits with each row's token counts kept on the device, for draws
+// queued one after another. set_counts: counts [R, V] int32 zeroed, then each entry's count
+// (starts [R + 1] and entries [E, 4] as edit_logits takes them; entries may be invalid where
+// E = 0). edit_counted: x [R, V] f32 -> out [R, V] with the entries' biases and the
+// penalties of the counts, after adding each row's previous draw, prev[r · prev_stride],
+// to its counts where prev is set.
+void set_counts(const Context& ctx, const Array& counts, const Array& starts, const Array& entries);
+void edit_counted(const Context& ctx, const Array& x, const Array& out, const Array& counts,
+                  const int32_t* prev, int64_t prev_stride, const Array& starts,
+                  const Array& entries, const fast::Penalties& p);
 // norm.cu
 void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out);

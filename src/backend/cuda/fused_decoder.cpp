@@ -173,6 +173,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       pad.push_back(int32_t(p));
     }
     steps_ = 0;
+    edits_ = {};  // their counts lack the new inputs: set_edits again
     // Through pageable memory: the copies are staged before these calls return.
     check(cudaMemcpyAsync(state_.raw(), state.data(), state.size() * 4, cudaMemcpyHostToDevice, ctx().stream),
           "cudaMemcpyAsync");
@@ -223,14 +224,47 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   const Array& logits() const override { return logits_; }
 
-  void draw(const fast::SampleFilter& filter, std::span<const uint64_t> words) override {
-    LMX_CHECK(steps_ > 0 && int64_t(words.size()) == rows_, "fused decode",
+  void draw(const std::optional<fast::SampleFilter>& filter,
+            std::span<const uint64_t> words) override {
+    LMX_CHECK(steps_ > 0 && (!filter || int64_t(words.size()) == rows_), "fused decode",
               "a draw needs a step before it and ", rows_, " random words, got ", words.size());
+    const Context& c = ctx();
+    Array x = reshape(logits_, {rows_, vocab_});
     // state [rows, 3] holds each sequence's next input in column 0; history [rows, kHistory]
-    // the last step's tokens in column (steps - 1) % kHistory. The kernel writes both.
-    cuda::sample_tokens(
-        ctx(), reshape(logits_, {rows_, vocab_}), words, filter,
-        {state_i(), 3, static_cast<int32_t*>(history_.raw()) + (steps_ - 1) % kHistory, kHistory});
+    // the last step's tokens in column (steps - 1) % kHistory. The draw writes both.
+    auto* history = static_cast<int32_t*>(history_.raw());
+    if (edits_.starts.valid()) {
+      // The previous draw (the column before) counts from the second draw on.
+      const int32_t* prev = count_prev_ ? history + (steps_ - 2) % kHistory : nullptr;
+      cuda::edit_counted(c, x, edited_, counts_, prev, kHistory, edits_.starts, edits_.entries,
+                         penalties_);
+      count_prev_ = true;
+      x = edited_;
+    }
+    const DrawTargets to{state_i(), 3, history + (steps_ - 1) % kHistory, kHistory};
+    if (filter) {
+      cuda::sample_tokens(c, x, words, *filter, to);
+    } else {
+      Array ids({rows_}, Dtype::i32, Device::cuda(device_));
+      cuda::argmax(c, x, ids);
+      cuda::put_tokens(c, ids, to);
+    }
+  }
+
+  void set_edits(std::span<const int64_t> starts, std::span<const fast::LogitEdit> edits,
+                 const fast::Penalties& penalties) override {
+    if (starts.empty()) {
+      edits_ = {};
+      return;
+    }
+    edits_ = fast::pack_edits(rows_, vocab_, starts, edits, penalties, Device::cuda(device_));
+    penalties_ = penalties;
+    if (!counts_.valid()) {
+      counts_ = Array({rows_, vocab_}, Dtype::i32, Device::cuda(device_));
+      edited_ = Array({rows_, vocab_}, Dtype::f32, Device::cuda(device_));
+    }
+    cuda::set_counts(ctx(), counts_, edits_.starts, edits_.entries);
+    count_prev_ = false;
   }
 
   const char* path() const override {
@@ -501,6 +535,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   std::vector<cudaEvent_t> ready_;
   // Per-token buffers, each [rows, ...]; state [rows, 3] (token, slot, count); pads [rows];
   // history [rows, kHistory].
+  // set_edits: the entries, each sequence's token counts and the edited logits [rows, V];
+  // whether the next draw adds the previous one to the counts.
+  fast::PackedEdits edits_;
+  fast::Penalties penalties_;
+  Array counts_, edited_;
+  bool count_prev_ = false;
   Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, pads_, history_,
       attn_partial_;
   std::vector<fused::AttentionStep> attention_;

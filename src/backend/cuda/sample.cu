@@ -533,6 +533,50 @@ __global__ void edit_logits_kernel(float* x, int64_t cols, const int32_t* starts
   }
 }
 
+// fast::edit_logits's edits from counts kept on the device (edit_counted): a thread an id,
+// whose biases (found by a binary search of the row's entries, sorted by id) it adds in
+// order; then the row's previous draw counts, and a counted id takes the penalties.
+__global__ void edit_counted_kernel(const float* x, float* out, int64_t cols, int32_t* counts,
+                                    const int32_t* prev, int64_t prev_stride, const int32_t* starts,
+                                    const int4* entries, fast::Penalties p) {
+  const int64_t id = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, r = blockIdx.y;
+  if (id >= cols) return;
+  float l = x[r * cols + id];
+  int lo = starts[r], hi = starts[r + 1];
+  while (lo < hi) {  // the first entry of this id or past it
+    const int mid = (lo + hi) / 2;
+    if (entries[mid].x < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (int j = lo; j < starts[r + 1] && entries[j].x == id; ++j)
+    if (entries[j].w) l += __int_as_float(entries[j].z);
+  int32_t* count = counts + r * cols + id;
+  int c = *count;
+  if (prev && prev[r * prev_stride] == id) *count = ++c;
+  if (c > 0) {
+    if (p.repetition != 1) l = l < 0 ? l * p.repetition : l / p.repetition;
+    l -= p.presence + p.frequency * float(c);
+  }
+  out[r * cols + id] = l;
+}
+
+__global__ void set_counts_kernel(int32_t* counts, int64_t cols, const int32_t* starts,
+                                  const int4* entries) {
+  for (int j = starts[blockIdx.x] + int(threadIdx.x); j < starts[blockIdx.x + 1];
+       j += int(blockDim.x))
+    counts[int64_t(blockIdx.x) * cols + entries[j].x] =
+        entries[j].y;  // an id's entries share its count
+}
+
+__global__ void put_tokens_kernel(const int32_t* ids, int rows, DrawTargets to) {
+  const int r = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (r >= rows) return;
+  to.out[r * to.stride] = ids[r];
+  if (to.also) to.also[r * to.also_stride] = ids[r];
+}
+
 // Blocks of sample_kernel<T> that can be resident at once (a cooperative launch needs them all).
 template <class T>
 int resident_blocks(const Context& ctx) {
@@ -577,6 +621,36 @@ void edit_logits(const Context& ctx, const Array& x, const Array& starts, const 
       x.data<float>(), x.shape(1), starts.data<int32_t>(), static_cast<const int4*>(edits.raw()),
       p);
   check_launch("edit_logits_kernel");
+}
+
+void put_tokens(const Context& ctx, const Array& ids, const DrawTargets& to) {
+  const int rows = int(ids.size());
+  put_tokens_kernel<<<grid_for(rows), kBlock, 0, ctx.stream>>>(ids.data<int32_t>(), rows, to);
+  check_launch("put_tokens_kernel");
+}
+
+void set_counts(const Context& ctx, const Array& counts, const Array& starts,
+                const Array& entries) {
+  // counts [R, V] int32 contiguous
+  check(cudaMemsetAsync(counts.raw(), 0, size_t(counts.size()) * 4, ctx.stream), "cudaMemsetAsync");
+  if (!entries.valid()) return;
+  set_counts_kernel<<<unsigned(counts.shape(0)), kBlock, 0, ctx.stream>>>(
+      counts.data<int32_t>(), counts.shape(1), starts.data<int32_t>(),
+      static_cast<const int4*>(entries.raw()));
+  check_launch("set_counts_kernel");
+}
+
+void edit_counted(const Context& ctx, const Array& x, const Array& out, const Array& counts,
+                  const int32_t* prev, int64_t prev_stride, const Array& starts,
+                  const Array& entries, const fast::Penalties& p) {
+  // x, out [R, V] f32 and counts [R, V] int32, contiguous
+  const int64_t rows = x.shape(0), cols = x.shape(1);
+  const dim3 grid(grid_for(cols), unsigned(rows));
+  edit_counted_kernel<<<grid, kBlock, 0, ctx.stream>>>(
+      x.data<float>(), out.data<float>(), cols, counts.data<int32_t>(), prev, prev_stride,
+      starts.data<int32_t>(), entries.valid() ? static_cast<const int4*>(entries.raw()) : nullptr,
+      p);
+  check_launch("edit_counted_kernel");
 }
 
 void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint64_t> words,
