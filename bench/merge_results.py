@@ -78,8 +78,10 @@ def main():
         lmx_files = sorted(glob.glob(os.path.join(args.inputs, f"{model}.lmx-*.json")))
         if not lmx_files:
             continue
-        peer_path = os.path.join(args.inputs, f"{model}.peer.json")
-        peer = json.load(open(peer_path)) if os.path.exists(peer_path) else {"results": []}
+        # MODEL.peer.json, and MODEL.peer-*.json for runs with other options (sampled decode)
+        peer = {"results": []}
+        for path in sorted(glob.glob(os.path.join(args.inputs, f"{model}.peer*.json"))):
+            peer["results"] += json.load(open(path))["results"]
         for path in lmx_files:
             for r in json.load(open(path))["results"]:
                 row = {"model": model, **{k: v for k, v in r.items()}}
@@ -90,7 +92,7 @@ def main():
                 if "peer_" + key in row:
                     row["ratio_to_peer"] = round(row["lmx_" + key] / row["peer_" + key], 2)
                 decode_limit, classify_limit = limits(os.path.join(args.models, model), row["prompt_len"])
-                if row["workload"] == "decode" and row["batch"] == 1:
+                if row["workload"] in ("decode", "decode_sampled") and row["batch"] == 1:
                     budget = decode_memory_budget(os.path.join(args.models, model), row["prompt_len"] + row["gen_len"])
                     row["peak_mem_budget_bytes"] = budget
                     row["peak_mem_ok"] = row["peak_mem_bytes"] <= budget
@@ -111,10 +113,10 @@ def main():
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    print(f"{'model':14} {'workload':9} {'batch':>5} {'lmx':>10} {'peer':>10} {'x peer':>7} {'x limit':>7} target")
+    print(f"{'model':14} {'workload':14} {'batch':>5} {'lmx':>10} {'peer':>10} {'x peer':>7} {'x limit':>7} target")
     for r in results:
         key = "tok_per_s" if "lmx_tok_per_s" in r else "prompts_per_s"
-        print(f"{r['model']:14} {r['workload']:9} {r['batch']:>5} {r['lmx_' + key]:>10.1f} "
+        print(f"{r['model']:14} {r['workload']:14} {r['batch']:>5} {r['lmx_' + key]:>10.1f} "
               f"{r.get('peer_' + key, float('nan')):>10.1f} {r.get('ratio_to_peer', float('nan')):>7} "
               f"{r.get('ratio_to_limit', ''):>7} {('met' if r['target_met'] else 'NOT met') if 'target' in r else ''}")
 

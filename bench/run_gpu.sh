@@ -19,6 +19,7 @@ MODELS=${MODELS:-/tmp/lmx-bench-models}
 OUT_DIR=${OUT_DIR:-${OUT:-/tmp/lmx-bench-out}}
 ONLY=${ONLY:-llama-3.2-1b qwen3-0.6b gemma3-1b}
 PYTHON=${PYTHON:-python3}
+SAMPLING="--temperature 0.6 --top-k 20 --top-p 0.95"
 t0=$(date +%s)
 log() { echo "[run_gpu $(( $(date +%s) - t0 ))s] $*" >&2; }
 mkdir -p "$OUT_DIR" "$MODELS"
@@ -44,17 +45,21 @@ done
 
 for m in $ONLY; do
   dir=$MODELS/$m
-  log "$m: lmx decode (batch 1, 8, 64)"
+  log "$m: lmx decode (batch 1, 8, 64; sampled at batch 1)"
   "$LMX" bench "$dir" --device cuda --decode --batch 1 --prompt-len 128 --gen-len 256 --warmup 1 --repeat 3 --json \
     > "$OUT_DIR/$m.lmx-decode1.json"
   "$LMX" bench "$dir" --device cuda --decode --batch 8 --batch 64 --prompt-len 128 --gen-len 256 --warmup 1 --repeat 2 \
     --json > "$OUT_DIR/$m.lmx-decode-batch.json"
+  # Sampled decode (no target): Qwen3's recommended options, the same for every model.
+  "$LMX" bench "$dir" --device cuda --decode --batch 1 --prompt-len 128 --gen-len 256 --warmup 1 --repeat 3 \
+    $SAMPLING --json > "$OUT_DIR/$m.lmx-decode-sampled.json"
   log "$m: lmx classify and prefill"
   "$LMX" bench "$dir" --device cuda --classify --prompts 1024 --prompt-len 32 --json > "$OUT_DIR/$m.lmx-classify.json"
   "$LMX" bench "$dir" --device cuda --prefill --prompt-len 4096 --json > "$OUT_DIR/$m.lmx-prefill.json"
   log "$m: transformers"
   $PYTHON bench/peers/hf_transformers.py "$dir" --decode --batch 1 8 64 --classify --prefill --repeat 3 \
     > "$OUT_DIR/$m.peer.json"
+  $PYTHON bench/peers/hf_transformers.py "$dir" --decode --batch 1 --repeat 3 $SAMPLING > "$OUT_DIR/$m.peer-sampled.json"
 done
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)

@@ -3,7 +3,9 @@
 
 decode:   batch B, a prompt of --prompt-len random ids, --gen-len greedy tokens with a
           static KV cache (generate(cache_implementation="static")), timed with CUDA events;
-          the prompt's forward pass alone gives the time to first token.
+          the prompt's forward pass alone gives the time to first token. With --temperature
+          above 0 or a --repetition-penalty, the workload is decode_sampled (as `lmx bench
+          --decode` with the same options): generate() draws with those options.
 classify: --prompts prompts of --classify-len tokens, last-position logits only
           (logits_to_keep=1), batches of --classify-batch.
 prefill:  one prompt of --prefill-len tokens, last-position logits only.
@@ -50,7 +52,18 @@ def main():
     ap.add_argument("--prefill-len", type=int, default=4096)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--min-p", type=float, default=0.0)
+    ap.add_argument("--repetition-penalty", type=float, default=1.0)
     args = ap.parse_args()
+    sampled = args.temperature > 0 or args.repetition_penalty != 1
+    # Every option given explicitly, so that the model's generation_config.json decides nothing.
+    sampling = dict(do_sample=args.temperature > 0, repetition_penalty=args.repetition_penalty)
+    if args.temperature > 0:
+        sampling.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        min_p=args.min_p if args.min_p > 0 else None)
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda")
     model.eval()
     vocab = model.config.vocab_size
@@ -73,13 +86,16 @@ def main():
 
                 def decode():
                     gen = lambda: model.generate(ids, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
-                                                 do_sample=False, cache_implementation="static", pad_token_id=0)
+                                                 cache_implementation="static", pad_token_id=0, **sampling)
                     total = timed(gen, args.warmup, args.repeat)
                     prefill = timed(lambda: model(ids, logits_to_keep=1), args.warmup, args.repeat)
                     return {"peer_tok_per_s": b * (args.gen_len - 1) / max(total - prefill, 1e-9),
                             "peer_time_to_first_token_s": prefill}
-                run({"workload": "decode", "batch": b, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
-                     "peer": peer + " (static cache)"}, decode)
+                entry = {"workload": "decode_sampled" if sampled else "decode", "batch": b,
+                         "prompt_len": args.prompt_len, "gen_len": args.gen_len, "peer": peer + " (static cache)"}
+                if sampled:
+                    entry["peer_sampling"] = {k: v for k, v in sampling.items() if k != "do_sample"}
+                run(entry, decode)
         if args.classify:
             ids = torch.randint(0, vocab, (args.classify_batch, args.classify_len), device="cuda", generator=g)
 

@@ -2,8 +2,8 @@
 // random token ids, timed after a warm-up, median of the repeats, as a table or JSON.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
-
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -21,6 +21,9 @@ struct BenchArgs {
   bool decode = false, classify = false, prefill = false, json = false, plain = false;
   std::vector<int> batch{1};
   int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024, chunk = 1024;
+  SamplingOptions sampling;  // decode's: greedy by default, seed 1 (add_bench_command)
+  // Sampled decode is its own workload, so that result files keep it apart from greedy.
+  bool sampled() const { return !Sampler(sampling).greedy(); }
 };
 
 double now_s() {
@@ -80,40 +83,95 @@ void run_bench(const BenchArgs& a) {
           GenerationLimits limits;
           limits.max_tokens = a.gen_len;
           limits.ignore_eos = true;
-          TokenGenerator gen(*model, prompt_ids, SamplingOptions{}, limits, cache);
+          TokenGenerator gen(*model, prompt_ids, a.sampling, limits, cache);
           while (gen.next()) {
           }
           prefill_s = gen.timings().prefill_s;
           path = gen.decode_path();
           return;
         }
+        // A sampler a row, each with its own seed, and the rows' tokens so far.
+        std::vector<Sampler> samplers;
+        std::vector<std::vector<int32_t>> history;
+        for (int r = 0; r < b; ++r) {
+          SamplingOptions s = a.sampling;
+          s.seed = s.seed.value_or(1) + uint64_t(r);
+          samplers.emplace_back(s);
+          history.emplace_back(prompt_ids.begin() + int64_t(r) * a.prompt_len,
+                               prompt_ids.begin() + int64_t(r + 1) * a.prompt_len);
+        }
+        const std::vector<bool> all_rows(size_t(b), false);  // no row skips its draw
+        auto draw = [&](const Array& logits) {               // [B, V] -> the rows' next tokens
+          const std::vector<int32_t> t = sample_rows(samplers, logits, history, all_rows);
+          for (int r = 0; r < b; ++r) history[size_t(r)].push_back(t[size_t(r)]);
+          return t;
+        };
         KVCache cache(model->num_layers(), a.prompt_len + a.gen_len);
         const double t0 = now_s();
         const Array h = model->last_hidden_states(prompt, cache.layers());  // [B, H]
-        Array next = reshape(argmax(model->logits(h), -1), {b, 1});  // [B, 1]
+        std::vector<int32_t> next = draw(model->logits(h));
+        prefill_s = now_s() - t0;
         if (batched) {
-          // Greedy steps chained on the device; the tokens are read once at the end.
+          // Steps chained on the device, the draws too; the tokens are read once at the end.
           const auto fused = model->fused_decoder(b);
-          const std::vector<int32_t> first = to_vector<int32_t>(next);
-          prefill_s = now_s() - t0;
-          fused->set_inputs(first, std::vector<int64_t>(size_t(b), a.prompt_len), {});
+          fused->set_inputs(next, std::vector<int64_t>(size_t(b), a.prompt_len), {});
+          const std::optional<fast::SampleFilter> filter = samplers[0].filter();
+          const bool edits = samplers[0].needs_edits();
+          if (edits) {
+            std::vector<int64_t> starts = {0};
+            std::vector<fast::LogitEdit> e;
+            for (int r = 0; r < b; ++r) {
+              samplers[size_t(r)].edits(history[size_t(r)], vocab, e);
+              starts.push_back(int64_t(e.size()));
+            }
+            fused->set_edits(starts, e, samplers[0].penalties());
+          }
+          std::vector<uint64_t> words;
           for (int i = 1; i < a.gen_len; ++i) {
             fused->step(cache.fused_views());
             cache.commit_one();
+            if (!filter && !edits) continue;
+            words.clear();
+            if (filter)
+              for (Sampler& s : samplers) words.push_back(s.take_word());
+            fused->draw(filter, words);
           }
           (void)fused->tokens(a.gen_len - 1);
           path = std::string("fused-") + fused->path();
           return;
         }
-        detail::kernels_for(dev).synchronize();
-        prefill_s = now_s() - t0;
-        for (int i = 1; i < a.gen_len; ++i) next = argmax(model->forward(next, cache.layers()), -1);
-        (void)to_vector<int32_t>(next);
+        if (!a.sampled()) {  // greedy: the argmax stays on the device, read once at the end
+          Array ids = to_device(from_vector(next, {int64_t(b), 1}), dev);
+          for (int i = 1; i < a.gen_len; ++i) ids = argmax(model->forward(ids, cache.layers()), -1);
+          (void)to_vector<int32_t>(ids);
+          return;
+        }
+        for (int i = 1; i < a.gen_len; ++i) {  // each draw made where the logits are, read back
+          const Array x = to_device(from_vector(next, {int64_t(b), 1}), dev);
+          next = draw(reshape(model->forward(x, cache.layers()), {b, -1}));
+        }
       });
       const double decode_s = total - prefill_s;
-      results.push_back({{"workload", "decode"}, {"path", path}, {"batch", b}, {"prompt_len", a.prompt_len}, {"gen_len", a.gen_len},
+      nlohmann::json row{{"workload", a.sampled() ? "decode_sampled" : "decode"},
+                         {"path", path},
+                         {"batch", b},
+                         {"prompt_len", a.prompt_len},
+                         {"gen_len", a.gen_len},
                          {"lmx_tok_per_s", double(b) * (a.gen_len - 1) / decode_s},
-                         {"time_to_first_token_s", prefill_s}, {"peak_mem_bytes", alloc.stats().peak}});
+                         {"time_to_first_token_s", prefill_s},
+                         {"peak_mem_bytes", alloc.stats().peak}};
+      if (a.sampled()) {
+        const SamplingOptions& s = a.sampling;
+        auto tidy = [](float v) {
+          return std::round(double(v) * 1e6) / 1e6;
+        };  // 0.7, not 0.699999988
+        row["sampling"] = {{"temperature", tidy(s.temperature)},
+                           {"top_k", s.top_k},
+                           {"top_p", tidy(s.top_p)},
+                           {"min_p", tidy(s.min_p)},
+                           {"repetition_penalty", tidy(s.repetition_penalty)}};
+      }
+      results.push_back(row);
     }
   }
   if (a.prefill || all) {
@@ -168,13 +226,25 @@ void run_bench(const BenchArgs& a) {
 void add_bench_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Measure decode, prefill and classification throughput");
   auto a = std::make_shared<BenchArgs>();
+  a->sampling.seed = 1;
   cmd->add_option("MODEL", a->dir, "Model folder")->required();
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the weights')");
-  cmd->add_flag("--decode", a->decode,
-                "Greedy decode after a prompt (tok/s per batch size); batch 1 runs as `lmx generate` does, "
-                "through the device's fused decode step where it has one, and batches of 2-8 through its "
-                "batched fused step (as batch_generate decodes greedily)");
+  cmd->add_flag(
+      "--decode", a->decode,
+      "Decode after a prompt (tok/s per batch size), greedy unless the sampling options below say "
+      "otherwise; batch 1 runs as `lmx generate` does, through the device's fused decode step "
+      "where "
+      "it has one, and batches of 2-8 through its batched fused step (as batch_generate does)");
+  cmd->add_option("--temperature", a->sampling.temperature,
+                  "Decode: sampling temperature (0 = greedy)")
+      ->capture_default_str();
+  cmd->add_option("--top-k", a->sampling.top_k, "Decode: top-k (0 = off)")->capture_default_str();
+  cmd->add_option("--top-p", a->sampling.top_p, "Decode: top-p (1 = off)")->capture_default_str();
+  cmd->add_option("--min-p", a->sampling.min_p, "Decode: min-p (0 = off)")->capture_default_str();
+  cmd->add_option("--repeat-penalty", a->sampling.repetition_penalty,
+                  "Decode: HF repetition penalty (1 = off)")
+      ->capture_default_str();
   cmd->add_flag("--prefill", a->prefill, "One prompt of --prompt-len tokens");
   cmd->add_flag("--classify", a->classify, "--prompts prompts of --prompt-len tokens, last-position logits");
   cmd->add_option("--batch", a->batch, "Decode batch sizes (repeatable)")->capture_default_str();
@@ -187,18 +257,24 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--repeat", a->repeat, "Timed runs; the median is reported")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print JSON");
   cmd->add_flag("--plain", a->plain, "Decode through the plain ops even where a fused decode step exists");
-  cmd->footer("With none of --decode/--prefill/--classify, all three run. Each workload is timed after\n"
-              "--warmup runs (CUDA: with events on the device's stream; CPU: with the host clock around\n"
-              "each run); the median is reported.\n"
-              "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n"
-              "On CUDA the JSON's \"path\" says how decode ran: fused-persistent (one kernel per token,\n"
-              "the default at batch 1; LMX_FUSED_PERSISTENT=0 turns it off, LMX_FUSED_PROFILE=1 prints\n"
-              "where its time goes), fused-graph (a kernel per phase, replayed as a CUDA graph: batches\n"
-              "of 2 to 8) or plain (the ops one by one). The persistent kernel adds the down projection's\n"
-              "sums with float atomics, so their last bits vary between runs; LMX_FUSED_DOWN=0 keeps the\n"
-              "down projection in a phase of its own, which makes the step deterministic.\n\nExample:\n"
-              "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
-              "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8");
+  cmd->footer(
+      "With none of --decode/--prefill/--classify, all three run. Each workload is timed after\n"
+      "--warmup runs (CUDA: with events on the device's stream; CPU: with the host clock around\n"
+      "each run); the median is reported.\n"
+      "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n"
+      "On CUDA the JSON's \"path\" says how decode ran: fused-persistent (one kernel per token,\n"
+      "the default at batch 1; LMX_FUSED_PERSISTENT=0 turns it off, LMX_FUSED_PROFILE=1 prints\n"
+      "where its time goes), fused-graph (a kernel per phase, replayed as a CUDA graph: batches\n"
+      "of 2 to 8) or plain (the ops one by one). The persistent kernel adds the down projection's\n"
+      "sums with float atomics, so their last bits vary between runs; LMX_FUSED_DOWN=0 keeps the\n"
+      "down projection in a phase of its own, which makes the step deterministic.\n\nExample:\n"
+      "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
+      "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8\n"
+      "  lmx bench /tmp/llama-1b --decode --temperature 0.6 --top-k 20 --top-p 0.95   # "
+      "decode_sampled\n"
+      "Sampled decode reports its own workload, decode_sampled, with the options; row r of a "
+      "batch\n"
+      "draws with seed 1 + r.");
   cmd->callback([a] { run_bench(*a); });
 }
 
