@@ -179,22 +179,24 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
         }
       }
     }
-  // Ties. Rows of one value, where top-p's cut and top-k's survivors fall among ties,
-  // which go by id; and rows of 50 levels, whose top level holds 20 ids. Top-k's survivors
-  // fit the device's short list (one thread's draw) in the second kind, not in the first; a
-  // launch with both takes the full walk for both.
+  // Ties, which go by id. Kind 0: rows of one value (top-p's cut and top-k's survivors
+  // fall among ties). Kind 1: fifty levels, the top one 20 ids. Kind 2: 4,097 values, every
+  // 20th id (205 of them) on top. For top-k the device lists the survivors to draw among
+  // them where they are few: kind 1 fits the list, kinds 0 and 2 overflow it. A launch that
+  // mixes rows that fit with rows that do not takes the full walk for all.
   struct TieCase {
-    std::vector<int> kinds;  // a row each: 0 one value, 1 fifty levels
+    std::vector<int> kinds;  // a row each
     int top_k;
     float top_p;
   };
-  const TieCase ties[] = {{{0}, 0, 0.3f}, {{0, 0, 0}, 0, 0.999f}, {{1}, 5, 0.5f},
-                          {{1}, 5, 1.0f}, {{0}, 5, 0.5f},         {{1, 0}, 5, 0.5f}};
+  const TieCase ties[] = {{{0}, 0, 0.3f}, {{0, 0, 0}, 0, 0.999f}, {{1}, 5, 0.5f}, {{1}, 5, 1.0f},
+                          {{0}, 5, 0.5f}, {{1, 0}, 5, 0.5f},      {{2}, 5, 0.9f}, {{2, 1}, 5, 0.9f}};
   for (const TieCase& c : ties) {
-    const int64_t rows = int64_t(c.kinds.size()), v = 1000;
+    const int64_t rows = int64_t(c.kinds.size()), v = c.kinds[0] == 2 ? 4097 : 1000;
     std::vector<float> values;
     for (const int kind : c.kinds)
-      for (int64_t i = 0; i < v; ++i) values.push_back(kind == 0 ? 0.25f : float(i % 50) / 8);
+      for (int64_t i = 0; i < v; ++i)
+        values.push_back(kind == 0 ? 0.25f : kind == 1 ? float(i % 50) / 8 : i % 20 == 0 ? 1.0f : float(i % 7) / 8);
     const Array x = from_vector(values, {rows, v});
     const fast::SampleFilter f{1.0f, c.top_k, c.top_p, 0};
     for (int i = 0; i < 20; ++i) {
