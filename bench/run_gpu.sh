@@ -3,7 +3,9 @@
 # elsewhere), makes the three benchmark models (real configurations, random bf16 weights),
 # runs `lmx bench` and the transformers peer on every workload of issue F, and writes
 # bench/results/YYYY-MM-DD-h200.json with both in the same run. About 8 minutes on an H200
-# (476 s on 2026-11-29).
+# (476 s on 2026-11-29, before the sampled decode was added; with the peer's sampled decode
+# in a process of its own, a model took 155-192 s in all and the run did not finish in 530
+# s, so the peer now runs it in the same process as the rest).
 #
 #   bench/run_gpu.sh
 #   SKIP_BUILD=1 BUILD=build-gpu bench/run_gpu.sh   # a CUDA build made on another machine
@@ -57,9 +59,8 @@ for m in $ONLY; do
   "$LMX" bench "$dir" --device cuda --classify --prompts 1024 --prompt-len 32 --json > "$OUT_DIR/$m.lmx-classify.json"
   "$LMX" bench "$dir" --device cuda --prefill --prompt-len 4096 --json > "$OUT_DIR/$m.lmx-prefill.json"
   log "$m: transformers"
-  $PYTHON bench/peers/hf_transformers.py "$dir" --decode --batch 1 8 64 --classify --prefill --repeat 3 \
-    > "$OUT_DIR/$m.peer.json"
-  $PYTHON bench/peers/hf_transformers.py "$dir" --decode --batch 1 --repeat 3 $SAMPLING > "$OUT_DIR/$m.peer-sampled.json"
+  $PYTHON bench/peers/hf_transformers.py "$dir" --decode --batch 1 8 64 --sampled-batch 1 $SAMPLING --classify \
+    --prefill --repeat 3 > "$OUT_DIR/$m.peer.json"
 done
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)

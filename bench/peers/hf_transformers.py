@@ -3,9 +3,11 @@
 
 decode:   batch B, a prompt of --prompt-len random ids, --gen-len greedy tokens with a
           static KV cache (generate(cache_implementation="static")), timed with CUDA events;
-          the prompt's forward pass alone gives the time to first token. With --temperature
-          above 0 or a --repetition-penalty, the workload is decode_sampled (as `lmx bench
-          --decode` with the same options): generate() draws with those options.
+          the prompt's forward pass alone gives the time to first token. --sampled-batch B...
+          adds decode_sampled at those batch sizes, the same with generate() drawing with
+          --temperature, --top-k, --top-p, --min-p and --repetition-penalty (as `lmx bench
+          --decode` with those options), in the same process (a second process would load
+          and compile the model again).
 classify: --prompts prompts of --classify-len tokens, last-position logits only
           (logits_to_keep=1), batches of --classify-batch.
 prefill:  one prompt of --prefill-len tokens, last-position logits only.
@@ -57,9 +59,12 @@ def main():
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--min-p", type=float, default=0.0)
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--sampled-batch", type=int, nargs="*", default=[])
     args = ap.parse_args()
-    sampled = args.temperature > 0 or args.repetition_penalty != 1
+    if args.sampled_batch and args.temperature <= 0 and args.repetition_penalty == 1:
+        ap.error("--sampled-batch needs --temperature above 0 or a --repetition-penalty")
     # Every option given explicitly, so that the model's generation_config.json decides nothing.
+    greedy = dict(do_sample=False)
     sampling = dict(do_sample=args.temperature > 0, repetition_penalty=args.repetition_penalty)
     if args.temperature > 0:
         sampling.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -81,19 +86,20 @@ def main():
 
     with torch.inference_mode():
         if args.decode:
-            for b in args.batch:
+            runs = [(b, greedy) for b in args.batch] + [(b, sampling) for b in args.sampled_batch]
+            for b, options in runs:
                 ids = torch.randint(0, vocab, (b, args.prompt_len), device="cuda", generator=g)
 
                 def decode():
                     gen = lambda: model.generate(ids, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
-                                                 cache_implementation="static", pad_token_id=0, **sampling)
+                                                 cache_implementation="static", pad_token_id=0, **options)
                     total = timed(gen, args.warmup, args.repeat)
                     prefill = timed(lambda: model(ids, logits_to_keep=1), args.warmup, args.repeat)
                     return {"peer_tok_per_s": b * (args.gen_len - 1) / max(total - prefill, 1e-9),
                             "peer_time_to_first_token_s": prefill}
-                entry = {"workload": "decode_sampled" if sampled else "decode", "batch": b,
+                entry = {"workload": "decode" if options is greedy else "decode_sampled", "batch": b,
                          "prompt_len": args.prompt_len, "gen_len": args.gen_len, "peer": peer + " (static cache)"}
-                if sampled:
+                if options is sampling:
                     entry["peer_sampling"] = {k: v for k, v in sampling.items() if k != "do_sample"}
                 run(entry, decode)
         if args.classify:
