@@ -14,7 +14,13 @@
 // histogram in order that every block makes alike. The draw inverts the CDF in id order
 // as Sampler::draw does: each block takes a contiguous range of ids, each thread a run of
 // it, the blocks' sums place the ranges, a block scan places the runs, and the thread whose
-// run holds u walks it.
+// run holds u walks it. Where top-k leaves at most kListMax tokens, the row's first block
+// draws among them instead (draw_among), as the CPU kernel does: that spares top-p's selects
+// and the draw's syncs.
+//
+// A grid sync costs about 1.5-2 µs with its partials' trips to L2, and the syncs, not the
+// passes, set the kernel's time: 16.7 µs at temperature alone, 30-40 µs with top-k or top-p
+// (bench/NOTES.md). Fewer blocks make the passes slower than the syncs they save.
 //
 // The arithmetic is Sampler::process's: x = logit / T in f32; exp(x - max) rounded to f32
 // (through double, correctly rounded as glibc's expf is in nearly all cases: with CUDA's
