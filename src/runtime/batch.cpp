@@ -48,36 +48,18 @@ int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<in
                  int64_t slots, const std::vector<std::vector<int32_t>>& ids,
                  const std::vector<std::vector<int32_t>>& history, int steps,
                  std::span<Sampler> samplers, Accept& accept, AllDone& all_done) {
-  // Every draw is made on the device, after the edits of a logit bias or penalties where
-  // the samplers have them (they share their options but the seed; greedy rows have no
-  // filter, and without edits they keep the step's own argmax).
-  const std::optional<fast::SampleFilter> filter = samplers[0].filter();
-  const bool edits = samplers[0].needs_edits();
   const size_t rows = ids.size();
   std::vector<int64_t> pads;
   for (const auto& p : ids) pads.push_back(slots - int64_t(p.size()));
   cache.reserve(slots + steps);  // no reallocation, so the step's graph is recorded once
   fused.set_inputs(next, std::vector<int64_t>(rows, slots), pads);
-  if (edits) {
-    std::vector<int64_t> starts = {0};
-    std::vector<fast::LogitEdit> e;
-    for (size_t r = 0; r < rows; ++r) {
-      samplers[r].edits(history[r], fused.logits().size() / int64_t(rows), e);
-      starts.push_back(int64_t(e.size()));
-    }
-    fused.set_edits(starts, e, samplers[0].penalties());
-  }
+  set_fused_edits(fused, samplers, history);  // every draw is made on the device
   int queued = 0, read = 0;
   while (read < steps) {
     while (queued - read < 2 && queued < steps) {
       fused.step(cache.fused_views());
       cache.commit_one();
-      if (filter || edits) {  // every row draws, finished ones too: their tokens are ignored
-        std::vector<uint64_t> words;
-        if (filter)
-          for (Sampler& s : samplers) words.push_back(s.take_word());
-        fused.draw(filter, words);
-      }
+      fused_draw(fused, samplers);  // finished rows draw too: their tokens are ignored
       fused.queue_token();
       ++queued;
     }

@@ -43,8 +43,6 @@ std::optional<int32_t> TokenGenerator::fused_step() {
   // next step's input there, as the step's own argmax does. A logit bias and penalties
   // edit the logits first, there too: the decoder keeps the history's token counts
   // (set_edits), so these draws need nothing from the host either.
-  const std::optional<fast::SampleFilter> filter = sampler_.filter();
-  const bool edits = sampler_.needs_edits();
   // Queues one step; with `feed`, its input is the last token on the host, else the
   // previous step's token, still on the device.
   auto launch = [&](bool feed) {
@@ -52,19 +50,11 @@ std::optional<int32_t> TokenGenerator::fused_step() {
     if (views.empty()) return false;
     if (feed) {
       fused_->set_input(tokens_.back(), cache_.length());
-      if (edits) {  // the counts of every token so far, the input included
-        std::vector<fast::LogitEdit> e;
-        sampler_.edits(tokens_, fused_->logits().size(), e);
-        const int64_t starts[] = {0, int64_t(e.size())};
-        fused_->set_edits(starts, e, sampler_.penalties());
-      }
+      set_fused_edits(*fused_, {&sampler_, 1}, {&tokens_, 1});  // every token so far, the input too
     }
     fused_->step(views);
     cache_.commit_one();
-    if (filter || edits) {
-      const uint64_t word = filter ? sampler_.take_word() : 0;
-      fused_->draw(filter, {&word, filter ? 1u : 0u});
-    }
+    fused_draw(*fused_, {&sampler_, 1});
     return true;
   };
   // Only the token comes back, and the step for the token after it is queued before it
@@ -93,6 +83,33 @@ int32_t TokenGenerator::sample(const Array& logits) {
   return sample_rows({&sampler_, 1}, reshape(logits, {1, -1}), {&tokens_, 1}, {false})[0];
 }
 
+RowEdits row_edits(std::span<const Sampler> samplers,
+                   std::span<const std::vector<int32_t>> histories, int64_t vocab,
+                   const std::vector<bool>& skip) {
+  RowEdits out;
+  for (size_t r = 0; r < samplers.size(); ++r) {
+    if (skip.empty() || !skip[r]) samplers[r].edits(histories[r], vocab, out.edits);
+    out.starts.push_back(int64_t(out.edits.size()));
+  }
+  return out;
+}
+
+void set_fused_edits(fast::FusedDecoder& fused, std::span<const Sampler> samplers,
+                     std::span<const std::vector<int32_t>> histories) {
+  if (!samplers[0].needs_edits()) return;
+  const RowEdits e = row_edits(samplers, histories, fused.logits().size() / fused.rows());
+  fused.set_edits(e.starts, e.edits, samplers[0].penalties());
+}
+
+void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers) {
+  const std::optional<fast::SampleFilter> filter = samplers[0].filter();
+  if (!filter && !samplers[0].needs_edits()) return;
+  std::vector<uint64_t> words;
+  if (filter)
+    for (Sampler& s : samplers) words.push_back(s.take_word());
+  fused.draw(filter, words);
+}
+
 std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logits,
                                  std::span<const std::vector<int32_t>> histories,
                                  const std::vector<bool>& skip) {
@@ -112,13 +129,8 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
     Array x = logits;
     const Sampler& first = samplers[0];
     if (first.needs_edits()) {
-      std::vector<int64_t> starts = {0};
-      std::vector<fast::LogitEdit> edits;
-      for (size_t r = 0; r < size_t(rows); ++r) {
-        if (pending[r]) samplers[r].edits(histories[r], v, edits);
-        starts.push_back(int64_t(edits.size()));
-      }
-      x = fast::edit_logits(logits, starts, edits, first.penalties());
+      const RowEdits e = row_edits(samplers, histories, v, skip);
+      x = fast::edit_logits(logits, e.starts, e.edits, first.penalties());
     }
     std::vector<int32_t> ids;
     if (const std::optional<fast::SampleFilter> filter = first.filter()) {

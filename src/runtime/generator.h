@@ -40,6 +40,25 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
                                  std::span<const std::vector<int32_t>> histories,
                                  const std::vector<bool>& skip);
 
+// Each row's Sampler::edits for histories[r] over `vocab` tokens, rows in order, as
+// fast::edit_logits and FusedDecoder::set_edits take them; a row where skip[r] (when skip
+// is given) takes none.
+struct RowEdits {
+  std::vector<int64_t> starts{0};
+  std::vector<fast::LogitEdit> edits;
+};
+RowEdits row_edits(std::span<const Sampler> samplers,
+                   std::span<const std::vector<int32_t>> histories, int64_t vocab,
+                   const std::vector<bool>& skip = {});
+
+// A fused decode's draws, one sampler a sequence (they share their options but the seed).
+// set_fused_edits, after set_inputs: the edits for the histories so far, where the
+// samplers have a logit bias or penalties. fused_draw, after each step: every sequence's
+// draw, unless the samplers are greedy (the step's own argmax stands).
+void set_fused_edits(fast::FusedDecoder& fused, std::span<const Sampler> samplers,
+                     std::span<const std::vector<int32_t>> histories);
+void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers);
+
 // Not thread-safe. The model is shared read-only; the cache belongs to this sequence.
 class TokenGenerator {
  public:

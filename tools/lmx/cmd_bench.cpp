@@ -115,26 +115,11 @@ void run_bench(const BenchArgs& a) {
           // Steps chained on the device, the draws too; the tokens are read once at the end.
           const auto fused = model->fused_decoder(b);
           fused->set_inputs(next, std::vector<int64_t>(size_t(b), a.prompt_len), {});
-          const std::optional<fast::SampleFilter> filter = samplers[0].filter();
-          const bool edits = samplers[0].needs_edits();
-          if (edits) {
-            std::vector<int64_t> starts = {0};
-            std::vector<fast::LogitEdit> e;
-            for (int r = 0; r < b; ++r) {
-              samplers[size_t(r)].edits(history[size_t(r)], vocab, e);
-              starts.push_back(int64_t(e.size()));
-            }
-            fused->set_edits(starts, e, samplers[0].penalties());
-          }
-          std::vector<uint64_t> words;
+          set_fused_edits(*fused, samplers, history);
           for (int i = 1; i < a.gen_len; ++i) {
             fused->step(cache.fused_views());
             cache.commit_one();
-            if (!filter && !edits) continue;
-            words.clear();
-            if (filter)
-              for (Sampler& s : samplers) words.push_back(s.take_word());
-            fused->draw(filter, words);
+            fused_draw(*fused, samplers);
           }
           (void)fused->tokens(a.gen_len - 1);
           path = std::string("fused-") + fused->path();

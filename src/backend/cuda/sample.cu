@@ -519,8 +519,21 @@ __global__ void __launch_bounds__(kThreads)
   if (row.block == 0 && t == 0) take(last_all >= 0 ? int32_t(last_all) : 0);
 }
 
-// fast::edit_logits: a block a row, a thread an id (the first of its entries), which adds
-// the id's biases in order and then applies its penalties, as Sampler::process does.
+// Logit l of token `id` edited as Sampler::process edits it: the biases of its entries,
+// entries[j, end) while they are the id's, in order; then the penalties where its count
+// is above 0.
+__device__ __forceinline__ float edit_one(float l, const int4* entries, int j, int end, int id,
+                                          int count, const fast::Penalties& p) {
+  for (; j < end && entries[j].x == id; ++j)
+    if (entries[j].w) l += __int_as_float(entries[j].z);
+  if (count > 0) {
+    if (p.repetition != 1) l = l < 0 ? l * p.repetition : l / p.repetition;
+    l -= p.presence + p.frequency * float(count);
+  }
+  return l;
+}
+
+// fast::edit_logits: a block a row, a thread an id (the first of its entries).
 __global__ void edit_logits_kernel(float* x, int64_t cols, const int32_t* starts, const int4* edits,
                                    fast::Penalties p) {
   const int lo = starts[blockIdx.x], hi = starts[blockIdx.x + 1];
@@ -528,26 +541,18 @@ __global__ void edit_logits_kernel(float* x, int64_t cols, const int32_t* starts
     const int id = edits[i].x, count = edits[i].y;
     if (i > lo && edits[i - 1].x == id) continue;  // the id's first entry applies them all
     float* at = x + int64_t(blockIdx.x) * cols + id;
-    float l = *at;
-    for (int j = i; j < hi && edits[j].x == id; ++j)
-      if (edits[j].w) l += __int_as_float(edits[j].z);
-    if (count > 0) {
-      if (p.repetition != 1) l = l < 0 ? l * p.repetition : l / p.repetition;
-      l -= p.presence + p.frequency * float(count);
-    }
-    *at = l;
+    *at = edit_one(*at, edits, i, hi, id, count, p);
   }
 }
 
 // fast::edit_logits's edits from counts kept on the device (edit_counted): a thread an id,
-// whose biases (found by a binary search of the row's entries, sorted by id) it adds in
-// order; then the row's previous draw counts, and a counted id takes the penalties.
+// its entries found by a binary search of the row's (sorted by id); the row's previous
+// draw counts first.
 __global__ void edit_counted_kernel(const float* x, float* out, int64_t cols, int32_t* counts,
                                     const int32_t* prev, int64_t prev_stride, const int32_t* starts,
                                     const int4* entries, fast::Penalties p) {
   const int64_t id = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, r = blockIdx.y;
   if (id >= cols) return;
-  float l = x[r * cols + id];
   int lo = starts[r], hi = starts[r + 1];
   while (lo < hi) {  // the first entry of this id or past it
     const int mid = (lo + hi) / 2;
@@ -556,16 +561,10 @@ __global__ void edit_counted_kernel(const float* x, float* out, int64_t cols, in
     else
       hi = mid;
   }
-  for (int j = lo; j < starts[r + 1] && entries[j].x == id; ++j)
-    if (entries[j].w) l += __int_as_float(entries[j].z);
   int32_t* count = counts + r * cols + id;
   int c = *count;
   if (prev && prev[r * prev_stride] == id) *count = ++c;
-  if (c > 0) {
-    if (p.repetition != 1) l = l < 0 ? l * p.repetition : l / p.repetition;
-    l -= p.presence + p.frequency * float(c);
-  }
-  out[r * cols + id] = l;
+  out[r * cols + id] = edit_one(x[r * cols + id], entries, lo, starts[r + 1], int(id), c, p);
 }
 
 __global__ void set_counts_kernel(int32_t* counts, int64_t cols, const int32_t* starts,
