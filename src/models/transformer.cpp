@@ -21,8 +21,9 @@ DecoderLayer::DecoderLayer(const DecoderSpec& spec, const nn::AttentionSpec& att
 }
 
 fast::AddNorm DecoderLayer::forward(const Array& x, const Array& x_normed, const nn::RMSNorm& next,
-                                    nn::LayerCache* cache, const nn::SequenceBatch* batch, const Array& at) const {
-  const Array a = self_attn.forward(x_normed, cache, batch, at);  // [B, L, H], or [R, H] with `at`
+                                    nn::LayerCache* cache, const nn::SequenceBatch* batch, const Array& at,
+                                    nn::RowValues* rows) const {
+  const Array a = self_attn.forward(x_normed, cache, batch, at, rows);  // [B, L, H], or [R, H] with `at`
   // Every step below is row by row, so the residual rows that are not read can go too.
   const Array x_rows = at.valid() ? take(reshape(x, {-1, x.shape(-1)}), at, 0) : x;
   if (sandwich_) {
@@ -77,10 +78,12 @@ Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const>
               shape_str(at.shape()), " ", dtype_name(at.dtype()));
   if (layers_.empty()) return norm_.forward(at.valid() ? take(reshape(h, {-1, h.shape(-1)}), at, 0) : h);
   fast::AddNorm s{h, layers_[0]->input_layernorm.forward(h)};
+  nn::RowValues rows(h.shape(0), h.device());  // positions and offsets, made once for all layers
   for (size_t i = 0; i < layers_.size(); ++i) {
     const bool last = i + 1 == layers_.size();
     const nn::RMSNorm& next = last ? norm_ : layers_[i + 1]->input_layernorm;
-    s = layers_[i]->forward(s.sum, s.normed, next, caches.empty() ? nullptr : caches[i], batch, last ? at : Array{});
+    s = layers_[i]->forward(s.sum, s.normed, next, caches.empty() ? nullptr : caches[i], batch, last ? at : Array{},
+                            &rows);
   }
   return s.normed;
 }

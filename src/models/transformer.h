@@ -38,7 +38,7 @@ class DecoderLayer : public nn::Module {
   // residual add runs fused with the norm that reads its result. With `at` ([R] int32
   // indices into the B*L positions) only those positions leave the layer: [R, H] each.
   fast::AddNorm forward(const Array& x, const Array& x_normed, const nn::RMSNorm& next, nn::LayerCache* cache,
-                        const nn::SequenceBatch* batch, const Array& at = {}) const;
+                        const nn::SequenceBatch* batch, const Array& at = {}, nn::RowValues* rows = nullptr) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
 
   nn::Attention self_attn;

@@ -68,16 +68,29 @@ Attention::Attention(const AttentionSpec& s)
   inv_freq_ = from_vector(s.inv_freq, {int64_t(s.inv_freq.size())});
 }
 
-Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch* batch, const Array& at) const {
+const Array& RowValues::of(int64_t value) {
+  for (const auto& [v, a] : made_)
+    if (v == value) return a;
+  made_.emplace_back(value, full({rows_}, double(value), Dtype::i32, device_));
+  return made_.back().second;
+}
+
+Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch* batch, const Array& at,
+                         RowValues* rows) const {
   const int64_t b = x.shape(0), l = x.shape(1), hd = spec_.head_dim;
+  LMX_CHECK(!rows || rows->rows() == b, "attention", "per-row values for ", rows ? rows->rows() : 0,
+            " rows, but x has ", b);
   // o [B*L, heads*hd] -> the projected rows that are read: all, or those at `at`.
   auto project = [&](const Array& o) { return o_proj.forward(at.valid() ? take(o, at, 0) : o); };
   // [B, L, heads, hd]
   const Array q_tok = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
-  const Array k_tok = reshape(k_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
-  const Array v_tok = reshape(v_proj.forward(x), {b, l, spec_.n_kv_heads, hd});
+  // k and v: one launch for both where the backend pairs them (decode steps).
+  const auto [k_rows, v_rows] = k_proj.bias ? std::pair{k_proj.forward(x), v_proj.forward(x)}
+                                            : fast::linear_pair(x, k_proj.weight, v_proj.weight);
+  const Array k_tok = reshape(k_rows, {b, l, spec_.n_kv_heads, hd});
+  const Array v_tok = reshape(v_rows, {b, l, spec_.n_kv_heads, hd});
   const Array freqs = inv_freq(x.device());
-  auto per_row = [&](int64_t v) { return full({b}, double(v), Dtype::i32, x.device()); };
+  auto per_row = [&](int64_t v) { return rows ? rows->of(v) : full({b}, double(v), Dtype::i32, x.device()); };
   // RoPE positions continue from what the cache holds (minus each row's padding).
   const Array pos = batch ? batch->positions : per_row(cache ? cache->next_position() : 0);
   const std::optional<fast::HeadNorm> qn = q_norm ? std::optional(q_norm->per_head()) : std::nullopt;

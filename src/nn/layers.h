@@ -103,6 +103,22 @@ struct SequenceBatch {
   Array key_valid;  // [B, Lk] bool over every cache slot, new tokens included: false = padding
 };
 
+// Per-row int32 arrays that the layers of one forward pass share. In a decode step every
+// layer asks for the same RoPE positions and query offsets; making each once saves a fill
+// kernel per layer and array, where the plain step at large batches is paced by its
+// launches. Local to one forward call (not thread-safe).
+class RowValues {
+ public:
+  RowValues(int64_t rows, Device device) : rows_(rows), device_(device) {}
+  const Array& of(int64_t value);  // [rows] int32, every element `value`
+  int64_t rows() const { return rows_; }
+
+ private:
+  int64_t rows_;
+  Device device_;
+  std::vector<std::pair<int64_t, Array>> made_;
+};
+
 struct AttentionSpec {
   int64_t hidden = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   bool bias = false;
@@ -121,7 +137,9 @@ class Attention : public Module {
   // one the layer attends causally within x alone. With `at` ([R] int32 indices into the
   // B*L positions), only those positions go through the output projection -> [R, hidden]:
   // every key and value is still computed, but nothing is spent on outputs nobody reads.
-  Array forward(const Array& x, LayerCache* cache, const SequenceBatch* batch = nullptr, const Array& at = {}) const;
+  // `rows`, where given, makes the per-row positions and offsets (shared by the layers).
+  Array forward(const Array& x, LayerCache* cache, const SequenceBatch* batch = nullptr, const Array& at = {},
+                RowValues* rows = nullptr) const;
   void visit(const std::string& prefix, const ParamVisitor& fn) override;
   Linear q_proj, k_proj, v_proj, o_proj;
   std::optional<RMSNorm> q_norm, k_norm;  // [head_dim]

@@ -44,6 +44,18 @@ void check_gated_projection_args(const Array& x, const Array& w_gate, const Arra
             shape_str(w_up.shape()), ": the weights must be [N, K] alike, K the last axis of x");
 }
 
+void check_linear_pair_args(const Array& x, const Array& w0, const Array& w1) {
+  detail::check_valid(x, "linear_pair");
+  detail::check_valid(w0, "linear_pair", "w0");
+  detail::check_valid(w1, "linear_pair", "w1");
+  detail::check_float(x, "linear_pair");
+  detail::check_same_device(x, w0, "linear_pair");
+  detail::check_same_device(x, w1, "linear_pair");
+  LMX_CHECK(x.ndim() >= 1 && w0.ndim() == 2 && w0.shape() == w1.shape() && w0.shape(1) == x.shape(-1),
+            "linear_pair", "x ", shape_str(x.shape()), " with weights ", shape_str(w0.shape()), " and ",
+            shape_str(w1.shape()), ": the weights must be [N, K] alike, K the last axis of x");
+}
+
 void check_rope_args(const Array& x, const Array& inv_freq, const Array& offsets) {
   detail::check_valid(x, "rope");
   detail::check_float(x, "rope");
@@ -188,6 +200,24 @@ Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, G
   return reference::gated_projection(x, w_gate, w_up, act);
 }
 
+std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1) {
+  check_linear_pair_args(x, w0, w1);
+  if (x.size() > 0 && x.dtype() == w0.dtype() && x.dtype() == w1.dtype()) {
+    const int64_t k = x.shape(-1), n = w0.shape(0);
+    const Array rows = contiguous(reshape(x, {-1, k}));  // [R, K]
+    const int64_t r = rows.shape(0);
+    Array both({2, r, n}, x.dtype(), x.device());  // [2, R, N]
+    const int first = detail::kern(x).linear_pair(rows, contiguous(w0), contiguous(w1), both);
+    if (first >= 0) {
+      Shape shape = x.shape();
+      shape.back() = n;
+      auto part = [&](int i) { return reshape(slice_axis(both, 0, i, i + 1), shape); };
+      return {part(first), part(1 - first)};
+    }
+  }
+  return reference::linear_pair(x, w0, w1);
+}
+
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   check_rope_args(x, inv_freq, offsets);
   Array out(x.shape(), x.dtype(), x.device());
@@ -323,6 +353,11 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
 Array glu(const Array& gate, const Array& up, GluActivation act) {
   check_glu_args(gate, up);
   return multiply(act == GluActivation::silu ? silu(gate) : gelu_tanh(gate), up);
+}
+
+std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1) {
+  check_linear_pair_args(x, w0, w1);
+  return {matmul(x, swapaxes(w0, 0, 1)), matmul(x, swapaxes(w1, 0, 1))};
 }
 
 // The composition: two GEMMs through transposed views (the weights are not copied), then glu.

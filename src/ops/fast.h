@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <utility>
 
 #include "ops/ops.h"
 
@@ -117,6 +118,12 @@ Array sample_tokens(const Array& logits, std::span<const uint64_t> bits,
 // edits are entries [starts[r], starts[r + 1]) of `edits`, sorted by id; the entries of
 // one id apply in order: each adds its bias, then a count > 0 (the token's count in the
 // row's history) applies x = x < 0 ? x · repetition : x / repetition and
+// Two projections of one input through Linear-layout weights alike (an attention's k and
+// v): x [..., K], w0 and w1 [N, K] -> {x·w0ᵀ, x·w1ᵀ}, each [..., N]. A backend may run
+// both GEMMs in one launch where they are small (decode steps, each paced by its latency
+// more than by its weights); each product is a matmul's, summed in f32, rounded once.
+std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1);
+
 // x -= presence + frequency · count. Several entries of one id: a bias listed more than
 // once, added as the host adds it, one after another.
 struct LogitEdit {
@@ -144,6 +151,7 @@ namespace reference {
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);
 Array glu(const Array& gate, const Array& up, GluActivation act);
 Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act);
+std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1);
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style);
 Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets);

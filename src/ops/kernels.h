@@ -116,6 +116,12 @@ class Kernels {
                                  const Array& /*w_up*/) {
     return {};
   }
+  // fast::linear_pair: x [R, K], w0 and w1 [N, K], out [2, R, N], all contiguous and of
+  // one float dtype. Returns the slot of out that holds x·w0ᵀ (the other holds x·w1ᵀ), or
+  // -1 where it declines (nothing written).
+  virtual int linear_pair(const Array& /*x*/, const Array& /*w0*/, const Array& /*w1*/, const Array& /*out*/) {
+    return -1;
+  }
   // x, y, sum, normed [R, D] contiguous; w and y_w [D] (y_w may be null).
   virtual bool add_rms_norm(const Array& /*x*/, const Array& /*y*/, const Array* /*y_w*/, const Array& /*w*/,
                             float /*eps*/, fast::RmsNormStyle, const Array& /*sum*/, const Array& /*normed*/) {

@@ -312,7 +312,8 @@ TEST(SelfAttentionTest, RejectsBadShapes) {
 // ---------------------------------------------------------------- gated_projection
 
 // True where GPU 0 is a Hopper (sm_90), whose backend runs gated_projection as one kernel
-// for bf16 at R >= 256, N % 128 == 0, K % 64 == 0 up to 1,536.
+// for bf16 at R >= 256, N % 128 == 0, K % 64 == 0 up to 1,536. (Below 256 rows any GPU
+// runs it as two GEMMs in one launch and the activation.)
 bool gpu_is_hopper() {
 #if defined(LMX_HAVE_CUDA)
   cudaDeviceProp p{};
@@ -368,6 +369,17 @@ TEST_P(GatedProjectionTest, MatchesFloat64AndComposition) {
         ASSERT_TRUE(out.valid()) << "the Hopper kernel declined a shape it takes";
         expect_close(out, want, rtol, atol, "kernel vs float64");
       }
+      if (dev.type == Device::Type::cuda && rows < 256) {
+        // Both GEMMs in one batched launch, stepping from one weight to the other: with the
+        // weights in either order of address.
+        const Array out = detail::kernels_for(dev).gated_projection(act, x.array, wg.array, wu.array);
+        ASSERT_TRUE(out.valid()) << "the paired GEMMs declined " << rows << " rows";
+        expect_close(out, want, rtol, atol, "paired GEMMs vs float64");
+        const Array swapped = detail::kernels_for(dev).gated_projection(act, x.array, wu.array, wg.array);
+        ASSERT_TRUE(swapped.valid());
+        expect_close(swapped, as_doubles(fast::reference::gated_projection(x.array, wu.array, wg.array, act)), rtol,
+                     atol, "paired GEMMs, weights swapped, vs composition");
+      }
     }
   }
 }
@@ -387,6 +399,72 @@ INSTANTIATE_TEST_SUITE_P(
       return dtype_param_name(std::get<0>(info.param)) + "_" + std::to_string(std::get<1>(info.param)) + "x" +
              std::to_string(std::get<2>(info.param)) + "_" + std::to_string(std::get<3>(info.param));
     });
+
+// ---------------------------------------------------------------- linear_pair
+
+using PairParam = std::tuple<Dtype, int64_t, int64_t, int64_t>;  // dtype, rows R, K, N
+class LinearPairTest : public ::testing::TestWithParam<PairParam> {};
+
+TEST_P(LinearPairTest, MatchesFloat64) {
+  const auto [dtype, rows, k, n] = GetParam();
+  const double u = unit_roundoff(dtype);
+  for (Device dev : test_devices()) {
+    const Input x = random_input({rows, k}, dtype, 71 + k, -1, 1, dev);  // [R, K]
+    const Input w0 = random_input({n, k}, dtype, 72 + n, -1, 1, dev);   // [N, K]
+    const Input w1 = random_input({n, k}, dtype, 73 + n, -1, 1, dev);   // [N, K]
+    // [R, N] each: the exact sums, rounded once to the dtype (f32 adds its sums' error).
+    auto exact = [&](const Input& w) {
+      std::vector<double> out(size_t(rows * n));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (int64_t c = 0; c < k; ++c) s += x.values[size_t(r * k + c)] * w.values[size_t(j * k + c)];
+          out[size_t(r * n + j)] = round_to(dtype, s);
+        }
+      return out;
+    };
+    const std::vector<double> want0 = exact(w0), want1 = exact(w1);
+    const double rtol = 2 * u, atol = 4e-7 * double(k);  // f32 sums: a few units of their terms
+    // As a [2, R/2, K] batch too (the layers' [B, L, K]): the same rows, the same products.
+    for (const Shape& shape : {Shape{rows, k}, Shape{2, rows / 2, k}}) {
+      const Array in = reshape(x.array, shape);
+      Shape out_shape = shape;
+      out_shape.back() = n;
+      // Both orders of the weights: a backend that steps from one to the other by address
+      // must hand each product back in its place.
+      const auto [a, b] = fast::linear_pair(in, w0.array, w1.array);
+      ASSERT_EQ(a.shape(), out_shape);
+      ASSERT_EQ(b.shape(), out_shape);
+      expect_close(reshape(a, {rows, n}), want0, rtol, atol, "x·w0ᵀ");
+      expect_close(reshape(b, {rows, n}), want1, rtol, atol, "x·w1ᵀ");
+      const auto [c, d] = fast::linear_pair(in, w1.array, w0.array);
+      expect_close(reshape(c, {rows, n}), want1, rtol, atol, "x·w1ᵀ, swapped");
+      expect_close(reshape(d, {rows, n}), want0, rtol, atol, "x·w0ᵀ, swapped");
+    }
+    if (dev.type == Device::Type::cuda && rows < 256) {
+      Array both({2, rows, n}, dtype, dev);
+      EXPECT_GE(detail::kernels_for(dev).linear_pair(x.array, w0.array, w1.array, both), 0)
+          << "the paired GEMMs declined " << rows << " rows";
+    }
+  }
+}
+
+// Rows a decode step has (paired on CUDA) and a prefill's (two GEMMs).
+INSTANTIATE_TEST_SUITE_P(
+    Ops, LinearPairTest,
+    ::testing::Values(PairParam{Dtype::f32, 4, 8, 5}, PairParam{Dtype::bf16, 4, 8, 5},
+                      PairParam{Dtype::bf16, 64, 256, 128}, PairParam{Dtype::f16, 64, 96, 40},
+                      PairParam{Dtype::bf16, 300, 64, 48}),
+    [](const auto& info) {
+      return dtype_param_name(std::get<0>(info.param)) + "_" + std::to_string(std::get<1>(info.param)) + "x" +
+             std::to_string(std::get<2>(info.param)) + "_" + std::to_string(std::get<3>(info.param));
+    });
+
+TEST(LinearPairTest, RejectsMismatchedWeights) {
+  expect_op_error([] { fast::linear_pair(zeros({2, 8}), zeros({4, 8}), zeros({5, 8})); }, "linear_pair");
+  expect_op_error([] { fast::linear_pair(zeros({2, 8}), zeros({4, 7}), zeros({4, 7})); }, "linear_pair");
+  expect_op_error([] { fast::linear_pair(zeros({2, 8}, Dtype::i32), zeros({4, 8}), zeros({4, 8})); }, "linear_pair");
+}
 
 TEST(GatedProjectionTest, RejectsMismatchedWeights) {
   expect_op_error([] { fast::gated_projection(zeros({2, 8}), zeros({4, 8}), zeros({5, 8}), fast::GluActivation::silu); },

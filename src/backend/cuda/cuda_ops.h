@@ -21,13 +21,22 @@ void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out);
 void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, const Array& out);
 void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out);
 void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
-// glu_gemm.cu: glu(x·w_gateᵀ, x·w_upᵀ) as one GEMM on sm_90 for bf16 x [R, K] and weights
-// [N, K], all contiguous, where R ≥ 256, N % 128 == 0 and K % 64 == 0 up to 1,536 -> [R, N];
+// glu_gemm.cu: glu(x·w_gateᵀ, x·w_upᵀ) for x [R, K] and weights [N, K], all contiguous ->
+// [R, N]. As one GEMM on sm_90 for bf16 where R ≥ 256, N % 128 == 0 and K % 64 == 0 up to
+// 1,536; below 256 rows, both GEMMs in one launch (matmul_pair) and then the activation;
 // an empty Array (nothing done) otherwise.
 Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
                        const Array& w_up);
 // matmul.cpp
 void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out);
+// out [2, M, N] = x [M, K] times two separately stored weights [N, K] (transposed), as one
+// batched GEMM whose batch stride is the distance between the weights. Returns the slot of
+// out that holds x·w0ᵀ (the lower address comes first), or -1 where the distance is no
+// whole number of elements (nothing done). All contiguous, one dtype.
+int matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1, const Array& out);
+// Products of fewer rows than this (decode steps) take matmul_pair where two GEMMs share an
+// input: each is paced by its launch and latency more than by its weights.
+constexpr int64_t kPairedRowsBelow = 256;
 // reduce.cu
 void reduce(const Context& ctx, detail::ReduceOp op, const Array& in, const Array& out);
 void argmax(const Context& ctx, const Array& in, const Array& out);

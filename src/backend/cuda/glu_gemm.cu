@@ -244,6 +244,17 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
   static const char* const mode = std::getenv("LMX_GLU_GEMM");  // "0": off; "all": any K
   static const bool enabled = !mode || std::strcmp(mode, "0") != 0, any_k = mode && std::strcmp(mode, "all") == 0;
   const int64_t m = x.shape(0), k = x.shape(1), n = w_gate.shape(0);
+  if (m < kPairedRowsBelow && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
+    // Decode steps: two small GEMMs, each paced by its latency more than by its weights, in
+    // one launch side by side; then the activation, as the composition rounds it.
+    Array both({2, m, n}, x.dtype(), x.device());  // [2, R, N]
+    const int gate = matmul_pair(ctx, x, w_gate, w_up, both);
+    if (gate < 0) return {};
+    Array out({m, n}, x.dtype(), x.device());  // [R, N]
+    glu(ctx, act, reshape(slice_axis(both, 0, gate, gate + 1), {m, n}),
+        reshape(slice_axis(both, 0, 1 - gate, 2 - gate), {m, n}), out);
+    return out;
+  }
   if (!enabled || ctx.compute_capability != 90 || size_t(ctx.max_smem_per_block) < kSmem) return {};
   if (x.dtype() != Dtype::bf16 || w_gate.dtype() != Dtype::bf16 || w_up.dtype() != Dtype::bf16) return {};
   // (Row and tile indices are ints in the kernel, with a tile pair of slack past m.)

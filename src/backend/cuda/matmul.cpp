@@ -2,6 +2,8 @@
 // accumulation (never TF32), one rounding to the output dtype. Transposes and
 // broadcast batches come from the strides; other layouts are copied dense first.
 #include <algorithm>
+#include <cstddef>
+#include <cstdlib>
 #include <optional>
 
 #include "backend/cuda/cuda_ops.h"
@@ -89,6 +91,25 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
                  int(ob.view.ld), stride_b, oa.data.raw(), t, int(oa.view.ld), stride_a, &beta,
                  out.raw(), t, int(n), m * n, int(nb), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmStridedBatchedEx");
+}
+
+int matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1, const Array& out) {
+  // x [M, K], w0 and w1 [N, K], out [2, M, N], all contiguous and of one dtype
+  const int64_t m = x.shape(0), k = x.shape(1), n = w0.shape(0);
+  for (int64_t v : {m, n, k}) check_int(v, "a dimension");
+  const std::ptrdiff_t bytes = static_cast<const char*>(w1.raw()) - static_cast<const char*>(w0.raw());
+  const std::ptrdiff_t item = std::ptrdiff_t(itemsize(x.dtype()));
+  if (bytes == 0 || bytes % item != 0) return -1;
+  // The batch steps from the weight at the lower address to the other: a stride of 0 or
+  // less is not one cuBLAS documents.
+  const Array& lo = bytes > 0 ? w0 : w1;
+  const cudaDataType_t t = blas_type(x.dtype());
+  const float alpha = 1.0f, beta = 0.0f;
+  check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
+                                        lo.raw(), t, int(k), std::abs(bytes) / item, x.raw(), t, int(k), 0, &beta,
+                                        out.raw(), t, int(n), m * n, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmStridedBatchedEx");
+  return bytes > 0 ? 0 : 1;
 }
 
 }  // namespace lmx::cuda
