@@ -68,7 +68,7 @@ Attention::Attention(const AttentionSpec& s)
   inv_freq_ = from_vector(s.inv_freq, {int64_t(s.inv_freq.size())});
 }
 
-const Array& RowValues::of(int64_t value) {
+Array RowValues::of(int64_t value) {
   for (const auto& [v, a] : made_)
     if (v == value) return a;
   made_.emplace_back(value, full({rows_}, double(value), Dtype::i32, device_));

@@ -110,7 +110,7 @@ struct SequenceBatch {
 class RowValues {
  public:
   RowValues(int64_t rows, Device device) : rows_(rows), device_(device) {}
-  const Array& of(int64_t value);  // [rows] int32, every element `value`
+  Array of(int64_t value);  // [rows] int32, every element `value`
   int64_t rows() const { return rows_; }
 
  private:

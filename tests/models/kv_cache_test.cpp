@@ -1,11 +1,13 @@
 // KV caches on the Gemma 3 fixture (sliding window 8): rotating caches for the sliding
 // layers must give the logits of a full recomputation with the sliding mask, over
-// sequences much longer than the window, with chunked prefills as well as decoding.
+// sequences much longer than the window, with chunked prefills as well as decoding. (Its
+// layers ask for two query offsets in each decode step, which nn::RowValues makes once each.)
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "models/loader.h"
+#include "nn/layers.h"
 #include "ops/ops.h"
 #include "runtime/kv_cache.h"
 
@@ -62,6 +64,18 @@ TEST(RotatingCacheTest, EqualsFullAttentionWithTheSlidingMask) {
     if (auto* r = dynamic_cast<RotatingLayerCache*>(l)) {
       EXPECT_EQ(r->slots(), 8);
     }
+}
+
+TEST(RowValuesTest, MakesEachValueOnceAndKeepsIt) {
+  nn::RowValues rows(3, Device::cpu());
+  const Array a = rows.of(7);
+  const Array b = rows.of(-2);
+  EXPECT_EQ(a.shape(), (Shape{3}));
+  EXPECT_EQ(a.dtype(), Dtype::i32);
+  EXPECT_EQ(to_vector<int32_t>(a), (std::vector<int32_t>{7, 7, 7}));
+  EXPECT_EQ(to_vector<int32_t>(b), (std::vector<int32_t>{-2, -2, -2}));
+  EXPECT_EQ(rows.of(7).raw(), a.raw());  // the same array, not a second fill
+  EXPECT_NE(rows.of(-2).raw(), a.raw());
 }
 
 TEST(RotatingCacheTest, TruncateKeepsOnlyConsistentCuts) {
