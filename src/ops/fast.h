@@ -65,6 +65,12 @@ Array glu(const Array& gate, const Array& up, GluActivation act);
 // roundings; the activation's own f32 error may move a rare output by one unit).
 Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act);
 
+// Two projections of one input through Linear-layout weights alike (an attention's k and
+// v): x [..., K], w0 and w1 [N, K] -> {x·w0ᵀ, x·w1ᵀ}, each [..., N]. A backend may run
+// both GEMMs in one launch where they are small (decode steps, each paced by its latency
+// more than by its weights); each product is a matmul's, summed in f32, rounded once.
+std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1);
+
 struct AttentionMask {
   bool causal = true;
   int64_t window = 0;  // > 0: key j is visible to query i only if j > i - window
@@ -118,12 +124,6 @@ Array sample_tokens(const Array& logits, std::span<const uint64_t> bits,
 // edits are entries [starts[r], starts[r + 1]) of `edits`, sorted by id; the entries of
 // one id apply in order: each adds its bias, then a count > 0 (the token's count in the
 // row's history) applies x = x < 0 ? x · repetition : x / repetition and
-// Two projections of one input through Linear-layout weights alike (an attention's k and
-// v): x [..., K], w0 and w1 [N, K] -> {x·w0ᵀ, x·w1ᵀ}, each [..., N]. A backend may run
-// both GEMMs in one launch where they are small (decode steps, each paced by its latency
-// more than by its weights); each product is a matmul's, summed in f32, rounded once.
-std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1);
-
 // x -= presence + frequency · count. Several entries of one id: a bias listed more than
 // once, added as the host adds it, one after another.
 struct LogitEdit {
