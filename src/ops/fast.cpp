@@ -32,28 +32,26 @@ void check_glu_args(const Array& gate, const Array& up) {
             " must have one shape and dtype");
 }
 
+// x [..., K] and two Linear-layout weights [N, K] alike (gated_projection, linear_pair).
+void check_weight_pair(const Array& x, const Array& w0, const Array& w1, const char* op, const char* name0,
+                       const char* name1) {
+  detail::check_valid(x, op);
+  detail::check_valid(w0, op, name0);
+  detail::check_valid(w1, op, name1);
+  detail::check_float(x, op);
+  detail::check_same_device(x, w0, op);
+  detail::check_same_device(x, w1, op);
+  LMX_CHECK(x.ndim() >= 1 && w0.ndim() == 2 && w0.shape() == w1.shape() && w0.shape(1) == x.shape(-1), op, "x ",
+            shape_str(x.shape()), " with weights ", shape_str(w0.shape()), " and ", shape_str(w1.shape()),
+            ": the weights must be [N, K] alike, K the last axis of x");
+}
+
 void check_gated_projection_args(const Array& x, const Array& w_gate, const Array& w_up) {
-  detail::check_valid(x, "gated_projection");
-  detail::check_valid(w_gate, "gated_projection", "w_gate");
-  detail::check_valid(w_up, "gated_projection", "w_up");
-  detail::check_float(x, "gated_projection");
-  detail::check_same_device(x, w_gate, "gated_projection");
-  detail::check_same_device(x, w_up, "gated_projection");
-  LMX_CHECK(x.ndim() >= 1 && w_gate.ndim() == 2 && w_gate.shape() == w_up.shape() && w_gate.shape(1) == x.shape(-1),
-            "gated_projection", "x ", shape_str(x.shape()), " with weights ", shape_str(w_gate.shape()), " and ",
-            shape_str(w_up.shape()), ": the weights must be [N, K] alike, K the last axis of x");
+  check_weight_pair(x, w_gate, w_up, "gated_projection", "w_gate", "w_up");
 }
 
 void check_linear_pair_args(const Array& x, const Array& w0, const Array& w1) {
-  detail::check_valid(x, "linear_pair");
-  detail::check_valid(w0, "linear_pair", "w0");
-  detail::check_valid(w1, "linear_pair", "w1");
-  detail::check_float(x, "linear_pair");
-  detail::check_same_device(x, w0, "linear_pair");
-  detail::check_same_device(x, w1, "linear_pair");
-  LMX_CHECK(x.ndim() >= 1 && w0.ndim() == 2 && w0.shape() == w1.shape() && w0.shape(1) == x.shape(-1),
-            "linear_pair", "x ", shape_str(x.shape()), " with weights ", shape_str(w0.shape()), " and ",
-            shape_str(w1.shape()), ": the weights must be [N, K] alike, K the last axis of x");
+  check_weight_pair(x, w0, w1, "linear_pair", "w0", "w1");
 }
 
 void check_rope_args(const Array& x, const Array& inv_freq, const Array& offsets) {
