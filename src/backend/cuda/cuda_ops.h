@@ -32,7 +32,7 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
 // out [2, M, N] = x [M, K] times two separately stored weights [N, K] (transposed), as one
 // batched GEMM whose batch stride is the distance between the weights. Returns the slot of
 // out that holds x·w0ᵀ (the lower address comes first), or -1 where the distance is no
-// whole number of elements (nothing done). All contiguous, one dtype.
+// whole number of elements or past 2^31 of them (nothing done). All contiguous, one dtype.
 int matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1, const Array& out);
 // Products of fewer rows than this (decode steps) take matmul_pair where two GEMMs share an
 // input: each is paced by its launch and latency more than by its weights.

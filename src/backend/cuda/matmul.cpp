@@ -99,7 +99,9 @@ int matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array
   for (int64_t v : {m, n, k}) check_int(v, "a dimension");
   const std::ptrdiff_t bytes = static_cast<const char*>(w1.raw()) - static_cast<const char*>(w0.raw());
   const std::ptrdiff_t item = std::ptrdiff_t(itemsize(x.dtype()));
-  if (bytes == 0 || bytes % item != 0) return -1;
+  // The stride is 64-bit in cuBLAS's interface; a layer's weights lie near one another, and
+  // a distance past 2^31 elements (never seen) takes the two GEMMs rather than the pair.
+  if (bytes == 0 || bytes % item != 0 || std::abs(bytes) / item > INT32_MAX) return -1;
   // The batch steps from the weight at the lower address to the other: a stride of 0 or
   // less is not one cuBLAS documents.
   const Array& lo = bytes > 0 ? w0 : w1;
