@@ -2,10 +2,11 @@
 # The GPU benchmark in one command: builds lmx with CUDA (or takes a build made
 # elsewhere), makes the three benchmark models (real configurations, random bf16 weights),
 # runs `lmx bench` and the transformers peer on every workload of issue F, and writes
-# bench/results/YYYY-MM-DD-h200.json with both in the same run. About 8 minutes on an H200
-# (476 s on 2026-11-29, before the sampled decode was added; with the peer's sampled decode
-# in a process of its own, a model took 155-192 s in all and the run did not finish in 530
-# s, so the peer now runs it in the same process as the rest).
+# bench/results/YYYY-MM-DD-h200.json with both in the same run. 7-10 minutes on an H200:
+# 432 s on 2026-11-30 with the sampled decode; three quarters of it is the peer (82, 131 and
+# 177 s for the three models there, mostly compiling each decode shape), and a slower machine
+# took 106 and 164 s for the first two. (With the peer's sampled decode in a process of its
+# own, which loaded and compiled each model again, the run did not finish in 530 s.)
 #
 #   bench/run_gpu.sh
 #   SKIP_BUILD=1 BUILD=build-gpu bench/run_gpu.sh   # a CUDA build made on another machine
