@@ -23,7 +23,7 @@ void where(const Context& ctx, const Array& cond, const Array& a, const Array& b
 void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
 // glu_gemm.cu: glu(x·w_gateᵀ, x·w_upᵀ) for x [R, K] and weights [N, K], all contiguous ->
 // [R, N]. As one GEMM on sm_90 for bf16 where R ≥ 256, N % 128 == 0 and K % 64 == 0 up to
-// 1,536; below 256 rows, both GEMMs in one launch (matmul_pair) and then the activation;
+// 1,536; up to 64 rows, both GEMMs in one launch (matmul_pair) and then the activation;
 // an empty Array (nothing done) otherwise.
 Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
                        const Array& w_up);
@@ -34,9 +34,10 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
 // out that holds x·w0ᵀ (the lower address comes first), or -1 where the distance is no
 // whole number of elements or past 2^31 of them (nothing done). All contiguous, one dtype.
 int matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1, const Array& out);
-// Products of fewer rows than this (decode steps) take matmul_pair where two GEMMs share an
-// input: each is paced by its launch and latency more than by its weights.
-constexpr int64_t kPairedRowsBelow = 256;
+// Products of at most this many rows (decode steps) take matmul_pair where two GEMMs share
+// an input: each is paced by its launch and latency more than by its weights. Measured at
+// 16 and 64 rows; a 128-token prompt's prefill keeps two GEMMs.
+constexpr int64_t kPairedRowsUpTo = 64;
 // reduce.cu
 void reduce(const Context& ctx, detail::ReduceOp op, const Array& in, const Array& out);
 void argmax(const Context& ctx, const Array& in, const Array& out);

@@ -244,7 +244,7 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
   static const char* const mode = std::getenv("LMX_GLU_GEMM");  // "0": off; "all": any K
   static const bool enabled = !mode || std::strcmp(mode, "0") != 0, any_k = mode && std::strcmp(mode, "all") == 0;
   const int64_t m = x.shape(0), k = x.shape(1), n = w_gate.shape(0);
-  if (m < kPairedRowsBelow && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
+  if (m <= kPairedRowsUpTo && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
     // Decode steps: two small GEMMs, each paced by its latency more than by its weights, in
     // one launch side by side; then the activation, as the composition rounds it.
     Array both({2, m, n}, x.dtype(), x.device());  // [2, R, N]

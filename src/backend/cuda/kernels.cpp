@@ -113,7 +113,7 @@ class CudaKernels final : public detail::Kernels {
   }
   int linear_pair(const Array& x, const Array& w0, const Array& w1, const Array& out) override {
     // Decode steps' few rows only: larger products keep cuBLAS's pick for each GEMM.
-    return x.shape(0) < kPairedRowsBelow ? cuda::matmul_pair(ctx(), x, w0, w1, out) : -1;
+    return x.shape(0) <= kPairedRowsUpTo ? cuda::matmul_pair(ctx(), x, w0, w1, out) : -1;
   }
   void rope(const Array& x, const Array& inv_freq, const Array& offsets,
             const Array& out) override {
