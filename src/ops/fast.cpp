@@ -203,14 +203,10 @@ std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array
   if (x.size() > 0 && x.dtype() == w0.dtype() && x.dtype() == w1.dtype()) {
     const int64_t k = x.shape(-1), n = w0.shape(0);
     const Array rows = contiguous(reshape(x, {-1, k}));  // [R, K]
-    const int64_t r = rows.shape(0);
-    Array both({2, r, n}, x.dtype(), x.device());  // [2, R, N]
-    const int first = detail::kern(x).linear_pair(rows, contiguous(w0), contiguous(w1), both);
-    if (first >= 0) {
-      Shape shape = x.shape();
+    if (const auto [a, b] = detail::kern(x).linear_pair(rows, contiguous(w0), contiguous(w1)); a.valid()) {
+      Shape shape = x.shape();  // [..., N]
       shape.back() = n;
-      auto part = [&](int i) { return reshape(slice_axis(both, 0, i, i + 1), shape); };
-      return {part(first), part(1 - first)};
+      return {reshape(a, shape), reshape(b, shape)};
     }
   }
   return reference::linear_pair(x, w0, w1);

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <utility>
 
 #include "core/array.h"
 #include "ops/fast.h"
@@ -116,11 +117,10 @@ class Kernels {
                                  const Array& /*w_up*/) {
     return {};
   }
-  // fast::linear_pair: x [R, K], w0 and w1 [N, K], out [2, R, N], all contiguous and of
-  // one float dtype. Returns the slot of out that holds x·w0ᵀ (the other holds x·w1ᵀ), or
-  // -1 where it declines (nothing written).
-  virtual int linear_pair(const Array& /*x*/, const Array& /*w0*/, const Array& /*w1*/, const Array& /*out*/) {
-    return -1;
+  // fast::linear_pair: x [R, K], w0 and w1 [N, K], all contiguous and of one float dtype
+  // -> {x·w0ᵀ, x·w1ᵀ} [R, N] each, or two empty Arrays (nothing allocated) where it declines.
+  virtual std::pair<Array, Array> linear_pair(const Array& /*x*/, const Array& /*w0*/, const Array& /*w1*/) {
+    return {};
   }
   // x, y, sum, normed [R, D] contiguous; w and y_w [D] (y_w may be null).
   virtual bool add_rms_norm(const Array& /*x*/, const Array& /*y*/, const Array* /*y_w*/, const Array& /*w*/,

@@ -29,11 +29,11 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
                        const Array& w_up);
 // matmul.cpp
 void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out);
-// out [2, M, N] = x [M, K] times two separately stored weights [N, K] (transposed), as one
-// batched GEMM whose batch stride is the distance between the weights. Returns the slot of
-// out that holds x·w0ᵀ (the lower address comes first), or -1 where the distance is no
-// whole number of elements or past 2^31 of them (nothing done). All contiguous, one dtype.
-int matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1, const Array& out);
+// {x·w0ᵀ, x·w1ᵀ} [M, N] each for x [M, K] and two separately stored weights [N, K], as one
+// batched GEMM whose batch stride is the distance between the weights; two empty Arrays
+// (nothing done) where the distance is no whole number of elements or past 2^31 of them.
+// All contiguous, one dtype.
+std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1);
 // Products of at most this many rows (decode steps) take matmul_pair where two GEMMs share
 // an input: each is paced by its launch and latency more than by its weights. Measured at
 // 16 and 64 rows; a 128-token prompt's prefill keeps two GEMMs.

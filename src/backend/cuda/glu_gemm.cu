@@ -247,12 +247,10 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
   if (m <= kPairedRowsUpTo && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
     // Decode steps: two small GEMMs, each paced by its latency more than by its weights, in
     // one launch side by side; then the activation, as the composition rounds it.
-    Array both({2, m, n}, x.dtype(), x.device());  // [2, R, N]
-    const int gate = matmul_pair(ctx, x, w_gate, w_up, both);
-    if (gate < 0) return {};
+    const auto [gate, up] = matmul_pair(ctx, x, w_gate, w_up);  // [R, N] each
+    if (!gate.valid()) return {};
     Array out({m, n}, x.dtype(), x.device());  // [R, N]
-    glu(ctx, act, reshape(slice_axis(both, 0, gate, gate + 1), {m, n}),
-        reshape(slice_axis(both, 0, 1 - gate, 2 - gate), {m, n}), out);
+    glu(ctx, act, gate, up, out);
     return out;
   }
   if (!enabled || ctx.compute_capability != 90 || size_t(ctx.max_smem_per_block) < kSmem) return {};

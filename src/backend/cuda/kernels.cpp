@@ -111,9 +111,10 @@ class CudaKernels final : public detail::Kernels {
   Array gated_projection(fast::GluActivation act, const Array& x, const Array& w_gate, const Array& w_up) override {
     return cuda::gated_projection(ctx(), act, x, w_gate, w_up);
   }
-  int linear_pair(const Array& x, const Array& w0, const Array& w1, const Array& out) override {
+  std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1) override {
     // Decode steps' few rows only: larger products keep cuBLAS's pick for each GEMM.
-    return x.shape(0) <= kPairedRowsUpTo ? cuda::matmul_pair(ctx(), x, w0, w1, out) : -1;
+    if (x.shape(0) > kPairedRowsUpTo) return {};
+    return cuda::matmul_pair(ctx(), x, w0, w1);
   }
   void rope(const Array& x, const Array& inv_freq, const Array& offsets,
             const Array& out) override {

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <optional>
+#include <utility>
 
 #include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
@@ -93,25 +94,27 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
              "cublasGemmStridedBatchedEx");
 }
 
-int matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1, const Array& out) {
-  // x [M, K], w0 and w1 [N, K], out [2, M, N], all contiguous and of one dtype
+std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1) {
+  // x [M, K], w0 and w1 [N, K], all contiguous and of one dtype
   const int64_t m = x.shape(0), k = x.shape(1), n = w0.shape(0);
   for (int64_t v : {m, n, k}) check_int(v, "a dimension");
   const std::ptrdiff_t bytes = static_cast<const char*>(w1.raw()) - static_cast<const char*>(w0.raw());
   const std::ptrdiff_t item = std::ptrdiff_t(itemsize(x.dtype()));
   // The stride is 64-bit in cuBLAS's interface; a layer's weights lie near one another, and
   // a distance past 2^31 elements (never seen) takes the two GEMMs rather than the pair.
-  if (bytes == 0 || bytes % item != 0 || std::abs(bytes) / item > INT32_MAX) return -1;
+  if (bytes == 0 || bytes % item != 0 || std::abs(bytes) / item > INT32_MAX) return {};
   // The batch steps from the weight at the lower address to the other: a stride of 0 or
   // less is not one cuBLAS documents.
   const Array& lo = bytes > 0 ? w0 : w1;
+  Array out({2, m, n}, x.dtype(), x.device());  // [2, M, N]: the lower address's product first
   const cudaDataType_t t = blas_type(x.dtype());
   const float alpha = 1.0f, beta = 0.0f;
   check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
                                         lo.raw(), t, int(k), std::abs(bytes) / item, x.raw(), t, int(k), 0, &beta,
                                         out.raw(), t, int(n), m * n, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmStridedBatchedEx");
-  return bytes > 0 ? 0 : 1;
+  auto part = [&](int64_t i) { return reshape(slice_axis(out, 0, i, i + 1), {m, n}); };
+  return bytes > 0 ? std::pair{part(0), part(1)} : std::pair{part(1), part(0)};
 }
 
 }  // namespace lmx::cuda
