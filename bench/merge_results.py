@@ -78,7 +78,7 @@ def main():
         lmx_files = sorted(glob.glob(os.path.join(args.inputs, f"{model}.lmx-*.json")))
         if not lmx_files:
             continue
-        # MODEL.peer.json, and MODEL.peer-*.json for runs with other options (sampled decode)
+        # MODEL.peer.json, and any MODEL.peer-*.json (a peer run of its own with other options)
         peer = {"results": []}
         for path in sorted(glob.glob(os.path.join(args.inputs, f"{model}.peer*.json"))):
             peer["results"] += json.load(open(path))["results"]

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -219,8 +220,8 @@ void add_bench_command(CLI::App& app) {
       "--decode", a->decode,
       "Decode after a prompt (tok/s per batch size), greedy unless the sampling options below say "
       "otherwise; batch 1 runs as `lmx generate` does, through the device's fused decode step "
-      "where "
-      "it has one, and batches of 2-8 through its batched fused step (as batch_generate does)");
+      "where it has one, and batches of 2-8 through its batched fused step (as batch_generate "
+      "does)");
   cmd->add_option("--temperature", a->sampling.temperature,
                   "Decode: sampling temperature (0 = greedy)")
       ->capture_default_str();
@@ -255,11 +256,9 @@ void add_bench_command(CLI::App& app) {
       "down projection in a phase of its own, which makes the step deterministic.\n\nExample:\n"
       "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
       "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8\n"
-      "  lmx bench /tmp/llama-1b --decode --temperature 0.6 --top-k 20 --top-p 0.95   # "
-      "decode_sampled\n"
-      "Sampled decode reports its own workload, decode_sampled, with the options; row r of a "
-      "batch\n"
-      "draws with seed 1 + r.");
+      "  lmx bench /tmp/llama-1b --decode --temperature 0.6 --top-k 20 --top-p 0.95\n"
+      "Sampled decode reports its own workload, decode_sampled, with the options; row r of a\n"
+      "batch draws with seed 1 + r.");
   cmd->callback([a] { run_bench(*a); });
 }
 
