@@ -2,11 +2,10 @@
 # The GPU benchmark in one command: builds lmx with CUDA (or takes a build made
 # elsewhere), makes the three benchmark models (real configurations, random bf16 weights),
 # runs `lmx bench` and the transformers peer on every workload of issue F, and writes
-# bench/results/YYYY-MM-DD-h200.json with both in the same run. 7-10 minutes on an H200:
-# 432 s on 2026-11-30 with the sampled decode; three quarters of it is the peer (82, 131 and
-# 177 s for the three models there, mostly compiling each decode shape), and a slower machine
-# took 106 and 164 s for the first two. (With the peer's sampled decode in a process of its
-# own, which loaded and compiled each model again, the run did not finish in 530 s.)
+# bench/results/YYYY-MM-DD-h200.json with both in the same run. Most of the time is the
+# peer's compilation of each decode shape: run one model after another, it took 432 s on a
+# fast machine and 559 s on a slow one (the peer 119, 183 and 207 s there). The three peer
+# processes now compile side by side and time one at a time.
 #
 #   bench/run_gpu.sh
 #   SKIP_BUILD=1 BUILD=build-gpu bench/run_gpu.sh   # a CUDA build made on another machine
@@ -59,10 +58,34 @@ for m in $ONLY; do
   log "$m: lmx classify and prefill"
   "$LMX" bench "$dir" --device cuda --classify --prompts 1024 --prompt-len 32 --json > "$OUT_DIR/$m.lmx-classify.json"
   "$LMX" bench "$dir" --device cuda --prefill --prompt-len 4096 --json > "$OUT_DIR/$m.lmx-prefill.json"
-  log "$m: transformers"
-  $PYTHON bench/peers/hf_transformers.py "$dir" --decode --batch 1 8 64 --sampled-batch 1 $SAMPLING --classify \
-    --prefill --repeat 3 > "$OUT_DIR/$m.peer.json"
 done
+
+# The peer: one process per model, all at once. They compile every shape side by side (most
+# of their time), then meet and time one at a time under a lock (hf_transformers.py
+# --rendezvous), so no timed pass shares the GPU. A process that ends early is marked ready
+# here, so that the others do not wait for it.
+meet=$OUT_DIR/peer-rendezvous
+rm -rf "$meet" && mkdir -p "$meet"
+declare -A pid
+for m in $ONLY; do
+  log "$m: transformers (compiling beside the others, timed alone)"
+  ( rc=0
+    $PYTHON bench/peers/hf_transformers.py "$MODELS/$m" --decode --batch 1 8 64 --sampled-batch 1 $SAMPLING \
+      --classify --prefill --repeat 3 --rendezvous "$meet" --processes $(wc -w <<< "$ONLY") \
+      > "$OUT_DIR/$m.peer.json" 2> "$OUT_DIR/$m.peer.log" || rc=$?
+    touch "$meet/ready.$m"
+    exit $rc ) &
+  pid[$m]=$!
+done
+failed=0
+for m in $ONLY; do
+  if wait "${pid[$m]}"; then
+    log "$m: transformers done"
+  else
+    log "$m: transformers failed; the end of its log:"; tail -5 "$OUT_DIR/$m.peer.log" >&2; failed=1
+  fi
+done
+[[ $failed == 0 ]] || exit 1
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 # COMMIT names the measured code where the checkout's git metadata may be stale or absent.

@@ -14,11 +14,23 @@ prefill:  one prompt of --prefill-len tokens, last-position logits only.
 Each workload is warmed up, then timed --repeat times; the median is reported. A workload
 that fails records its error instead of ending the run. Prints one JSON object.
 
+--rendezvous DIR --processes N lets N of these processes (one per model) share the GPU
+without disturbing each other's timings: each first runs every workload once (for decode,
+torch.compile of each shape, most of the peer's time), then marks DIR/ready.NAME, waits
+until N processes are marked, and times its workloads holding an exclusive lock on
+DIR/lock. Only the compilation overlaps; every timed pass runs alone and is warmed up again
+just before it. (A process that dies early must be marked by its caller, as
+bench/run_gpu.sh does.)
+
   python3 bench/peers/hf_transformers.py /tmp/lmx-bench-models/llama-3.2-1b --decode --classify --prefill
 """
 import argparse
+import fcntl
 import json
+import os
 import statistics
+import sys
+import time
 
 import torch
 import transformers
@@ -37,6 +49,24 @@ def timed(fn, warmup, repeat):
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return statistics.median(times)
+
+
+def rendezvous(folder, name, processes, timeout_s=900):
+    """Marks this process warm, waits for all `processes` marks, then takes the timing lock.
+
+    Returns the lock's open file; the lock is held until the process ends."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, f"ready.{name}"), "w").close()
+    deadline = time.monotonic() + timeout_s
+    while sum(f.startswith("ready.") for f in os.listdir(folder)) < processes:
+        if time.monotonic() > deadline:  # a peer that never marked: time anyway, say so
+            print(f"hf_transformers.py: {processes} processes expected in {folder}, not all came; timing anyway",
+                  file=sys.stderr)
+            break
+        time.sleep(0.2)
+    lock = open(os.path.join(folder, "lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
 
 
 def main():
@@ -60,6 +90,8 @@ def main():
     ap.add_argument("--min-p", type=float, default=0.0)
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--sampled-batch", type=int, nargs="*", default=[])
+    ap.add_argument("--rendezvous", metavar="DIR", help="compile alongside other processes, time alone (above)")
+    ap.add_argument("--processes", type=int, default=1, help="how many processes meet at --rendezvous")
     args = ap.parse_args()
     if args.sampled_batch and args.temperature <= 0 and args.repetition_penalty == 1:
         ap.error("--sampled-batch needs --temperature above 0 or a --repetition-penalty")
@@ -84,43 +116,63 @@ def main():
         results.append(entry)
         torch.cuda.empty_cache()
 
+    jobs = []  # (entry, measure, the calls it times): measure() returns the entry's figures
+
     with torch.inference_mode():
         if args.decode:
             runs = [(b, greedy) for b in args.batch] + [(b, sampling) for b in args.sampled_batch]
             for b, options in runs:
                 ids = torch.randint(0, vocab, (b, args.prompt_len), device="cuda", generator=g)
 
-                def decode():
-                    gen = lambda: model.generate(ids, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
-                                                 cache_implementation="static", pad_token_id=0, **options)
+                def gen(ids=ids, options=options):
+                    return model.generate(ids, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
+                                          cache_implementation="static", pad_token_id=0, **options)
+
+                def first(ids=ids):  # the prompt's forward pass: the time to first token
+                    return model(ids, logits_to_keep=1)
+
+                def decode(b=b, gen=gen, first=first):
                     total = timed(gen, args.warmup, args.repeat)
-                    prefill = timed(lambda: model(ids, logits_to_keep=1), args.warmup, args.repeat)
+                    prefill = timed(first, args.warmup, args.repeat)
                     return {"peer_tok_per_s": b * (args.gen_len - 1) / max(total - prefill, 1e-9),
                             "peer_time_to_first_token_s": prefill}
                 entry = {"workload": "decode" if options is greedy else "decode_sampled", "batch": b,
                          "prompt_len": args.prompt_len, "gen_len": args.gen_len, "peer": peer + " (static cache)"}
                 if options is sampling:
                     entry["peer_sampling"] = {k: v for k, v in sampling.items() if k != "do_sample"}
-                run(entry, decode)
+                jobs.append((entry, decode, [gen, first]))
         if args.classify:
             ids = torch.randint(0, vocab, (args.classify_batch, args.classify_len), device="cuda", generator=g)
 
-            def classify():
-                def once():
-                    # Every batch is queued before any answer is read back, as lmx bench does.
-                    picks = [model(ids, logits_to_keep=1).logits.argmax(-1)
-                             for _ in range(0, args.prompts, args.classify_batch)]
-                    torch.cat(picks).cpu()
-                return {"peer_prompts_per_s": args.prompts / timed(once, args.warmup, args.repeat)}
-            run({"workload": "classify", "batch": args.prompts, "prompt_len": args.classify_len, "peer": peer},
-                classify)
+            def classify_once(ids=ids):
+                # Every batch is queued before any answer is read back, as lmx bench does.
+                picks = [model(ids, logits_to_keep=1).logits.argmax(-1)
+                         for _ in range(0, args.prompts, args.classify_batch)]
+                torch.cat(picks).cpu()
+            jobs.append(({"workload": "classify", "batch": args.prompts, "prompt_len": args.classify_len, "peer": peer},
+                         lambda: {"peer_prompts_per_s": args.prompts / timed(classify_once, args.warmup, args.repeat)},
+                         [classify_once]))
         if args.prefill:
             ids = torch.randint(0, vocab, (1, args.prefill_len), device="cuda", generator=g)
 
-            def prefill():
-                s = timed(lambda: model(ids, logits_to_keep=1).logits.argmax(-1).cpu(), args.warmup, args.repeat)
-                return {"peer_tok_per_s": args.prefill_len / s}
-            run({"workload": "prefill", "batch": 1, "prompt_len": args.prefill_len, "peer": peer}, prefill)
+            def prefill_once(ids=ids):
+                return model(ids, logits_to_keep=1).logits.argmax(-1).cpu()
+            jobs.append(({"workload": "prefill", "batch": 1, "prompt_len": args.prefill_len, "peer": peer},
+                         lambda: {"peer_tok_per_s": args.prefill_len / timed(prefill_once, args.warmup, args.repeat)},
+                         [prefill_once]))
+
+        lock = None
+        if args.rendezvous:  # compile every shape now, beside the other processes
+            for _, _, calls in jobs:
+                for call in calls:
+                    try:
+                        call()
+                    except Exception:  # the timed pass meets it again and records it
+                        pass
+                torch.cuda.empty_cache()
+            lock = rendezvous(args.rendezvous, os.path.basename(os.path.normpath(args.model)), args.processes)
+        for entry, measure, _ in jobs:
+            run(entry, measure)
     print(json.dumps({"model": args.model, "gpu": torch.cuda.get_device_name(), "peer": peer, "results": results}))
 
 
