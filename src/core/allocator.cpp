@@ -19,7 +19,7 @@ class CpuAllocator final : public Allocator {
   const char* device_name() const override { return "cpu"; }
 };
 
-Allocator* g_allocators[2] = {nullptr, nullptr};
+AllocatorOf g_allocators[2] = {nullptr, nullptr};
 
 std::string mib(size_t b) { return detail::cat(b / (1024 * 1024), " MiB"); }
 
@@ -114,12 +114,12 @@ Allocator& allocator_for(Device d) {
     return a;
   }();
   if (d.type == Device::Type::cpu) return *cpu;
-  Allocator* a = g_allocators[int(d.type)];
-  LMX_CHECK(a != nullptr, "memory", "no allocator for ", d.str(),
+  const AllocatorOf of = g_allocators[int(d.type)];
+  LMX_CHECK(of != nullptr, "memory", "no allocator for ", d.str(),
             ": this build of lmx has no CUDA backend (rebuild with -DLMX_CUDA=ON)");
-  return *a;
+  return of(d.index);
 }
 
-void register_allocator(Device::Type t, Allocator* a) { g_allocators[int(t)] = a; }
+void register_allocator(Device::Type t, AllocatorOf of) { g_allocators[int(t)] = of; }
 
 }  // namespace lmx

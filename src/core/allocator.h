@@ -43,8 +43,12 @@ class Allocator {
   MemoryStats st_;
 };
 
-// The allocator for a device type. The CPU one always exists; a GPU backend registers its own.
+// The allocator of a device: one for the CPU, one for each GPU (its own cache, counts and
+// limit, so that no block freed on one GPU is handed out on another). The CPU's always
+// exists; a GPU backend registers the function that gives each of its devices' allocators,
+// which throws for a device that does not exist.
 Allocator& allocator_for(Device d);
-void register_allocator(Device::Type t, Allocator* a);
+using AllocatorOf = Allocator& (*)(int device_index);
+void register_allocator(Device::Type t, AllocatorOf of);
 
 }  // namespace lmx

@@ -94,9 +94,9 @@ double relative_l2(const std::vector<float>& got, const std::vector<float>& want
   return std::sqrt(num / den);
 }
 
-bool have_cuda() {
+bool have_cuda(int index = 0) {
   try {
-    detail::kernels_for(Device::cuda(0));
+    detail::kernels_for(Device::cuda(index));
     return true;
   } catch (const Error&) {
     return false;
@@ -125,8 +125,7 @@ class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
 // Fed the same tokens, the fused step's logits at each of 64 decode positions are within
 // bf16 tolerance of the plain path's. The fused step's cache starts with `capacity` slots
 // (the plain one with 8; both grow as needed).
-void expect_logits_match_plain(const FusedCase& c, int64_t capacity) {
-  const Device gpu = Device::cuda(0);
+void expect_logits_match_plain(const FusedCase& c, int64_t capacity, Device gpu = Device::cuda(0)) {
   const PathChoice path(c.persistent);
   const auto model = random_model(c.config, gpu, c.spread);
   const auto fused = model->fused_decoder();
@@ -168,6 +167,20 @@ void expect_logits_match_plain(const FusedCase& c, int64_t capacity) {
 TEST_P(FusedDecodeTest, LogitsMatchThePlainPathFor64Positions) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   expect_logits_match_plain(GetParam(), 8);
+}
+
+// A process that decodes on one GPU and then on another: the kernels' shared-memory
+// opt-ins, the persistent step's occupancy and the memory are each device's own, so the
+// second device's fused steps (both ways of running) match its plain path as the first's do.
+TEST(FusedDecodeTwoDevices, EachDevicesFusedStepMatchesItsPlainPath) {
+  if (!have_cuda(1)) GTEST_SKIP() << "fewer than two CUDA devices visible";
+  for (const bool persistent : {true, false})
+    for (const FusedCase& c : {FusedCase{"llama", kLlama, false, persistent},
+                               FusedCase{"gemma3", kGemma3, true, persistent}})
+      for (const int d : {0, 1}) {
+        SCOPED_TRACE(detail::cat(c.name, persistent ? " persistent" : " graph", " on cuda:", d));
+        expect_logits_match_plain(c, 8, Device::cuda(d));
+      }
 }
 
 // Greedy steps replayed back to back (the argmax fed straight back on the device) give

@@ -18,9 +18,9 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-bool have_cuda() {
+bool have_cuda(int index = 0) {
   try {
-    detail::kernels_for(kGpu);
+    detail::kernels_for(Device::cuda(index));
     return true;
   } catch (const Error&) {
     return false;
@@ -445,6 +445,42 @@ TEST(Cuda, MemoryStatsFollowAllocations) {
   }
   alloc.clear_cache();
   EXPECT_EQ(memory_stats(kGpu).cached, 0u);
+}
+
+// Two GPUs in one process. Each has its own allocator: a block freed on one is never
+// handed out on the other, and its counts are its own. The kernels' shared-memory opt-ins
+// are made on each device: the attention over a long prompt (flash attention, above 48 KiB
+// of shared memory for 256-wide heads) gives on the second GPU what it gives on the first.
+TEST(Cuda, TwoDevicesKeepTheirOwnMemoryAndKernelSettings) {
+  if (!have_cuda(1)) GTEST_SKIP() << "fewer than two CUDA devices visible";
+  const Device gpu0 = Device::cuda(0), gpu1 = Device::cuda(1);
+  detail::kernels_for(gpu0).synchronize();
+  detail::kernels_for(gpu1).synchronize();
+  allocator_for(gpu0).clear_cache();
+  allocator_for(gpu1).clear_cache();
+  const size_t bytes = size_t(32) << 20;
+  const MemoryStats before0 = memory_stats(gpu0);
+  { const Array a({int64_t(bytes / 4)}, Dtype::f32, gpu1); }  // freed on gpu1: cached there
+  EXPECT_GE(memory_stats(gpu1).cached, bytes);
+  EXPECT_EQ(memory_stats(gpu0).cached, before0.cached) << "a block freed on cuda:1 sits in cuda:0's cache";
+  // The same size on gpu0 is new memory there, and its contents stay its own.
+  const Array x = random_uniform({int64_t(bytes / 4)}, 3, -1, 1, Dtype::f32);
+  const Array on0 = to_device(x, gpu0), on1 = to_device(x, gpu1);
+  EXPECT_EQ(f32_bits(to_vector<float>(on0)), f32_bits(to_vector<float>(x)));
+  EXPECT_EQ(f32_bits(to_vector<float>(on1)), f32_bits(to_vector<float>(x)));
+
+  const Array q = random_uniform({1, 2, 300, 256}, 4, -1, 1, Dtype::bf16);  // [B, H, L, D]
+  const Array k = random_uniform({1, 2, 300, 256}, 5, -1, 1, Dtype::bf16);
+  const Array v = random_uniform({1, 2, 300, 256}, 6, -1, 1, Dtype::bf16);
+  fast::AttentionMask causal;
+  causal.causal = true;
+  auto attend = [&](Device d) {
+    return to_vector<float>(astype(
+        fast::scaled_dot_product_attention(to_device(q, d), to_device(k, d), to_device(v, d), 0.0625f, causal),
+        Dtype::f32));
+  };
+  const std::vector<float> first = attend(gpu0), second = attend(gpu1);
+  EXPECT_EQ(f32_bits(second), f32_bits(first)) << "the same kernels on the same kind of GPU";
 }
 
 }  // namespace

@@ -1,5 +1,11 @@
-// The CUDA allocator: cudaMalloc/cudaFree behind the caching logic of lmx::Allocator.
+// The CUDA allocators, one per device: cudaMalloc/cudaFree behind the caching logic of
+// lmx::Allocator.
 #include "core/allocator.h"
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
@@ -7,14 +13,37 @@
 namespace lmx::cuda {
 namespace {
 
-// Allocates on the calling thread's current device; the backend makes a device current
-// before it allocates outputs or scratch.
+// Makes `device` current for its lifetime, then makes the previous one current again, so
+// that an allocation on one GPU leaves the caller's choice of device as it was.
+class OnDevice {
+ public:
+  explicit OnDevice(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ == device) previous_ = -1;
+    else check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~OnDevice() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+// One device's memory: cudaMalloc/cudaFree on that device behind lmx::Allocator's cache.
 class CudaAllocator final : public Allocator {
+ public:
+  explicit CudaAllocator(int device) : device_(device), name_(detail::cat("cuda:", device)) {
+    // Keep freed blocks for reuse without a bound of its own: when the device is full the
+    // allocator gives the whole cache back and retries before it reports OutOfMemory.
+    set_cache_limit(~size_t(0));
+  }
+
  protected:
   void* raw_alloc(size_t bytes) override {
-    // Without a device cudaMalloc reports only a driver error; say what is missing.
-    LMX_CHECK(device_count() > 0, "memory", "cannot allocate on cuda: no CUDA device is visible "
-              "(no NVIDIA driver or GPU, or CUDA_VISIBLE_DEVICES hides them)");
+    const OnDevice on(device_);
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, bytes);
     if (e == cudaErrorMemoryAllocation) {
@@ -27,21 +56,35 @@ class CudaAllocator final : public Allocator {
   // cudaFree waits for the device, so a block still read by a queued kernel is never
   // handed back early. Blocks reused from the cache are safe too: all work of a device
   // runs in order on its one stream.
-  void raw_free(void* p, size_t) override { check(cudaFree(p), "cudaFree"); }
-  const char* device_name() const override { return "cuda"; }
+  void raw_free(void* p, size_t) override {
+    const OnDevice on(device_);
+    check(cudaFree(p), "cudaFree");
+  }
+  const char* device_name() const override { return name_.c_str(); }
+
+ private:
+  int device_;
+  std::string name_;
 };
+
+Allocator& allocator_of(int device) {
+  static std::mutex mu;
+  // Never destroyed: arrays may outlive static destructors.
+  static auto& allocators = *new std::vector<std::unique_ptr<CudaAllocator>>();
+  // Without a device cudaMalloc reports only a driver error; say what is missing.
+  LMX_CHECK(device_count() > 0, "memory", "cannot allocate on cuda: no CUDA device is visible "
+            "(no NVIDIA driver or GPU, or CUDA_VISIBLE_DEVICES hides them)");
+  LMX_CHECK(device >= 0 && device < device_count(), "memory", "no device cuda:", device, " (", device_count(),
+            " visible)");
+  std::lock_guard lock(mu);
+  if (allocators.empty()) allocators.resize(size_t(device_count()));
+  auto& a = allocators[size_t(device)];
+  if (!a) a.reset(new CudaAllocator(device));
+  return *a;
+}
 
 }  // namespace
 
-void register_cuda_allocator() {
-  static CudaAllocator* a = [] {
-    auto* p = new CudaAllocator();  // never destroyed: arrays may outlive static destructors
-    // Keep freed blocks for reuse without a bound of its own: when the device is full the
-    // allocator gives the whole cache back and retries before it reports OutOfMemory.
-    p->set_cache_limit(~size_t(0));
-    return p;
-  }();
-  register_allocator(Device::Type::cuda, a);
-}
+void register_cuda_allocator() { register_allocator(Device::Type::cuda, allocator_of); }
 
 }  // namespace lmx::cuda

@@ -210,10 +210,7 @@ template <class T, int kChunks, Pass kPass>
 void launch_pass(const Context& ctx, const AttnParams& p, dim3 grid) {
   const size_t smem = shared_bytes(p.d);
   // Above 48 KiB a kernel must opt in to more shared memory (per kernel and device).
-  if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(attention_kernel<T, kChunks, kPass>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-          "cudaFuncSetAttribute");
+  if (smem > 48 * 1024) allow_shared_memory(attention_kernel<T, kChunks, kPass>, smem);
   attention_kernel<T, kChunks, kPass><<<grid, kWarps * 32, smem, ctx.stream>>>(p);
   check_launch("attention_kernel");
 }

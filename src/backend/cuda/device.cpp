@@ -1,7 +1,9 @@
 #include "backend/cuda/device.h"
 
+#include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -34,6 +36,40 @@ void check_blas(cublasStatus_t s, const char* call, std::source_location loc) {
                                       cublasGetStatusString(s), ") at ", where(loc));
   if (s == CUBLAS_STATUS_ALLOC_FAILED) throw OutOfMemory(msg);
   throw Error(msg);
+}
+
+void allow_shared_memory(const void* kernel, size_t bytes, bool all_shared) {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, size_t> granted;  // per device and kernel
+  std::lock_guard lock(mu);
+  const auto [it, first] = granted.try_emplace({device, kernel}, 0);
+  if (bytes > it->second) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+          "cudaFuncSetAttribute");
+    it->second = bytes;
+  }
+  if (first && all_shared)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               int(cudaSharedmemCarveoutMaxShared)),
+          "cudaFuncSetAttribute");
+}
+
+int per_device(const Context& ctx, const void* kernel, int (*ask)(const Context&)) {
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, int> known;
+  std::lock_guard lock(mu);
+  const auto [it, first] = known.try_emplace({ctx.device, kernel}, 0);
+  if (first) {
+    try {
+      it->second = ask(ctx);
+    } catch (...) {
+      known.erase(it);  // asked again next time
+      throw;
+    }
+  }
+  return it->second;
 }
 
 int device_count() {

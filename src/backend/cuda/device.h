@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <source_location>
 
@@ -58,6 +59,22 @@ void synchronize(const Context& ctx);
 // After any other wait for the stream (an event): raises a recorded fault as lmx::Error,
 // naming the op, and clears it so that the device stays usable.
 void raise_fault(const Context& ctx);
+
+// Lets `kernel` launch with up to `bytes` of dynamic shared memory on the current device,
+// and with `all_shared` prefer all of the SM's unified memory as shared memory. These
+// attributes belong to a device's context: a process that runs on two GPUs must set them on
+// each, or a launch above 48 KiB fails on the second. The driver is asked only where the
+// kernel needs more on this device than it has been given, never for less, so that threads
+// launching one kernel with different sizes do not undercut each other.
+void allow_shared_memory(const void* kernel, size_t bytes, bool all_shared = false);
+template <class Kernel>
+void allow_shared_memory(Kernel* kernel, size_t bytes, bool all_shared = false) {
+  allow_shared_memory(reinterpret_cast<const void*>(kernel), bytes, all_shared);
+}
+
+// What the driver says about `kernel` on ctx's device (say, how many of its blocks fit at
+// once), asked once per device and kernel and kept: the answer holds only for that GPU.
+int per_device(const Context& ctx, const void* kernel, int (*ask)(const Context&));
 
 // Percent of time the GPU was busy over NVML's last sample window; -1 without NVML.
 double nvml_utilization(int device);

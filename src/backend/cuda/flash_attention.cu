@@ -242,13 +242,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
 template <class T, int D>
 void launch(const Context& ctx, const FlashParams& p, int nb) {
   constexpr size_t smem = smem_bytes<D>();
-  static const bool kSized = [] {
-    check(cudaFuncSetAttribute(flash_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(smem)),
-          "cudaFuncSetAttribute");
-    return true;
-  }();
-  (void)kSized;
+  allow_shared_memory(flash_attention_kernel<T, D>, smem);
   const dim3 grid(unsigned((p.lq + kRows - 1) / kRows), unsigned(p.hq), unsigned(nb));
   flash_attention_kernel<T, D><<<grid, kThreads, smem, ctx.stream>>>(p);
   check_launch("flash_attention_kernel");

@@ -39,12 +39,7 @@ void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
   const size_t smem = sizeof(float) * attention_smem_floats(group, a.head_dim, a.chunk);
   LMX_CHECK(smem <= 96 * 1024 && group <= 32 && a.head_dim % 8 == 0, "fused decode",
             "attention with ", group, " query heads per kv head and head_dim ", a.head_dim, " is not supported");
-  static const bool kSized = [] {
-    check(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
-          "cudaFuncSetAttribute");
-    return true;
-  }();
-  (void)kSized;
+  allow_shared_memory(attention_kernel, 96 * 1024);
   launch("fused attention", attention_kernel, stream, pdl, dim3(a.n_kv_heads, a.splits, a.rows), dim3(kThreads),
          smem, a);
 }

@@ -164,12 +164,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput in, GemvOutput
 template <int R, Epilogue E>
 void launch_one(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, const GemvShape& s) {
   const size_t smem = size_t(in.k) * sizeof(float) * staged_arrays(in);
-  static const bool kSized = [] {  // up to 96 KiB of shared memory
-    check(cudaFuncSetAttribute(gemv_kernel<R, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 * 1024),
-          "cudaFuncSetAttribute");
-    return true;
-  }();
-  (void)kSized;
+  allow_shared_memory(gemv_kernel<R, E>, 96 * 1024);
   launch("fused gemv", gemv_kernel<R, E>, stream, pdl, dim3(s.blocks), dim3(kThreads), smem, in, out, s);
 }
 

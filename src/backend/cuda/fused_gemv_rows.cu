@@ -302,12 +302,7 @@ int blocks_per_sm(size_t smem) { return smem + 1024 <= 113 * 1024 ? 2 : 1; }
 
 template <Epilogue E>
 void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int sm_count) {
-  static const bool kSized = [] {
-    check(cudaFuncSetAttribute(gemv_rows_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem),
-          "cudaFuncSetAttribute");
-    return true;
-  }();
-  (void)kSized;
+  allow_shared_memory(gemv_rows_kernel<E>, kMaxSmem);
   const size_t smem = RowsSmem(in).bytes;
   const int n_out = kGated<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
   const int tiles = (n_out + (kGated<E> ? 7 : 15)) / (kGated<E> ? 8 : 16);

@@ -555,8 +555,7 @@ int persistent_blocks(int sm_count, size_t smem) {
   LMX_CHECK(attributes.sharedSizeBytes <= size_t(kStaticSmem), "persistent decode step",
             "the kernel's static shared memory (", attributes.sharedSizeBytes, " bytes) outgrew its reserve of ",
             kStaticSmem, " bytes");
-  check(cudaFuncSetAttribute(persistent_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-        "cudaFuncSetAttribute");
+  allow_shared_memory(persistent_step_kernel, smem);
   int per_sm = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_step_kernel, kThreads, smem),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");

@@ -30,7 +30,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/common.cuh"
@@ -218,23 +217,32 @@ bool tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int
   return bf16_tensor_map(map, p, rows, cols, box_rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
+// The kernel's launch on ctx's stream, in clusters of kRanks (`cluster` holds the attribute).
+cudaLaunchConfig_t launch_config(const Context& ctx, cudaLaunchAttribute& cluster) {
+  cudaLaunchConfig_t config{};
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmem;
+  config.stream = ctx.stream;
+  cluster = cluster_attribute(kRanks);
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  return config;
+}
+
 // Blocks that fit at once, in whole clusters (0: none fits); asked of the driver once per
 // device.
-int resident_blocks(const Context& ctx, cudaLaunchConfig_t config) {
-  static std::mutex mu;
-  static int known[64] = {};
-  std::lock_guard lock(mu);
-  int& blocks = known[ctx.device % 64];  // -1: asked, and none fits
-  if (blocks == 0) {
+int resident_blocks(const Context& ctx) {
+  const void* kernel = reinterpret_cast<const void*>(glu_gemm_kernel);
+  return per_device(ctx, kernel, [](const Context& c) {
     const void* kernel = reinterpret_cast<const void*>(glu_gemm_kernel);
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)),
-          "cudaFuncSetAttribute");
-    config.gridDim = dim3(unsigned(ctx.sm_count / kRanks * kRanks));
+    allow_shared_memory(kernel, kSmem);
+    cudaLaunchAttribute cluster;
+    cudaLaunchConfig_t config = launch_config(c, cluster);
+    config.gridDim = dim3(unsigned(c.sm_count / kRanks * kRanks));
     int clusters = 0;
     check(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config), "cudaOccupancyMaxActiveClusters");
-    blocks = clusters > 0 ? clusters * kRanks : -1;
-  }
-  return std::max(blocks, 0);
+    return std::max(clusters, 0) * kRanks;
+  });
 }
 
 }  // namespace
@@ -265,15 +273,10 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
   if (!tensor_map(tx, x.raw(), m, k, kBM) || !tensor_map(tg, w_gate.raw(), n, k, kBN) ||
       !tensor_map(tu, w_up.raw(), n, k, kBN))
     return {};
-  cudaLaunchConfig_t config{};
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmem;
-  config.stream = ctx.stream;
-  cudaLaunchAttribute cluster = cluster_attribute(kRanks);
-  config.attrs = &cluster;
-  config.numAttrs = 1;
-  const int resident = resident_blocks(ctx, config);
+  const int resident = resident_blocks(ctx);
   if (resident == 0) return {};
+  cudaLaunchAttribute cluster;
+  cudaLaunchConfig_t config = launch_config(ctx, cluster);
   Array out({m, n}, Dtype::bf16, x.device());  // [R, N]
   config.gridDim = dim3(unsigned(std::min<int64_t>(cluster_tiles * kRanks, resident)));
   check(cudaLaunchKernelEx(&config, glu_gemm_kernel, tx, tg, tu, act, static_cast<bfloat_t*>(out.raw()), int(m),

@@ -585,10 +585,12 @@ __global__ void put_tokens_kernel(const int32_t* ids, int rows, DrawTargets to) 
 // Blocks of sample_kernel<T> that can be resident at once (a cooperative launch needs them all).
 template <class T>
 int resident_blocks(const Context& ctx) {
-  static int per_sm = -1;  // per process: one kind of GPU at a time is the case here
-  if (per_sm < 0)
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sample_kernel<T>, kThreads, 0),
+  const int per_sm = per_device(ctx, reinterpret_cast<const void*>(sample_kernel<T>), [](const Context&) {
+    int n = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, sample_kernel<T>, kThreads, 0),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return n;
+  });
   return per_sm * ctx.sm_count;
 }
 

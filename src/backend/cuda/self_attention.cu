@@ -27,8 +27,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <set>
 #include <utility>
 
 #include "backend/cuda/mma.cuh"
@@ -289,21 +287,6 @@ __global__ void __launch_bounds__(kThreads, kKeyTiles <= kShortTokens / 8 ? kSho
                          out + (int64_t(b) * nl * hq + first_head + task / (row_tiles * splits)) * d, int64_t(hq) * d);
 }
 
-// On first use per device and kernel, opts the kernel in to the device's largest shared
-// memory per block, with all of the SM's unified memory as shared memory (short rows fit
-// four blocks); the driver is asked once, not on every launch.
-void opt_in_to_shared_memory(const Context& ctx, const void* kernel) {
-  static std::mutex mu;
-  static std::set<std::pair<int, const void*>> done;
-  std::lock_guard lock(mu);
-  if (!done.emplace(ctx.device, kernel).second) return;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(ctx.max_smem_per_block)),
-        "cudaFuncSetAttribute");
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                             int(cudaSharedmemCarveoutMaxShared)),
-        "cudaFuncSetAttribute");
-}
-
 }  // namespace
 
 bool self_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, const Array& inv_freq,
@@ -374,7 +357,9 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
         rope_table_kernel<T><<<grid_for(nl * d / 2), kBlock, 0, ctx.stream>>>(
             inv_freq.data<float>(), offsets.data<int32_t>(), int(nl), int(d / 2), angles);
         check_launch("rope_table_kernel");
-        opt_in_to_shared_memory(ctx, reinterpret_cast<const void*>(kernel));
+        // The device's largest shared memory per block, with all of the SM's unified memory
+        // as shared memory: short rows fit four blocks.
+        allow_shared_memory(kernel, size_t(ctx.max_smem_per_block), /*all_shared=*/true);
         kernel<<<unsigned(nb * hkv * parts), kThreads, plan.bytes, ctx.stream>>>(
             static_cast<const T*>(q.raw()), static_cast<const T*>(k.raw()),
             static_cast<const T*>(v.raw()), angles, inv_freq.data<float>(), offsets.data<int32_t>(),
