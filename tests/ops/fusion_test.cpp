@@ -323,6 +323,13 @@ bool gpu_is_hopper() {
 #endif
 }
 
+// Copies of two [N, K] weights one after the other in one block, as a loaded layer's
+// usually lie: a backend that pairs the two products by their distance can always reach.
+std::pair<Array, Array> adjacent(const Array& a, const Array& b) {
+  const Array both = concatenate({expand_dims(a, 0), expand_dims(b, 0)}, 0);  // [2, N, K]
+  return {squeeze(slice_axis(both, 0, 0, 1), {0}), squeeze(slice_axis(both, 0, 1, 2), {0})};
+}
+
 using GatedParam = std::tuple<Dtype, int64_t, int64_t, int64_t>;  // dtype, rows R, K, N
 class GatedProjectionTest : public ::testing::TestWithParam<GatedParam> {};
 
@@ -371,11 +378,13 @@ TEST_P(GatedProjectionTest, MatchesFloat64AndComposition) {
       }
       if (dev.type == Device::Type::cuda && rows <= 64) {
         // Both GEMMs in one batched launch, stepping from one weight to the other: with the
-        // weights in either order of address.
-        const Array out = detail::kernels_for(dev).gated_projection(act, x.array, wg.array, wu.array);
+        // weights in either order of address. They lie in one block here, so the pair is
+        // always within reach (two separate allocations may lie farther apart than it takes).
+        const auto [g, up] = adjacent(wg.array, wu.array);
+        const Array out = detail::kernels_for(dev).gated_projection(act, x.array, g, up);
         ASSERT_TRUE(out.valid()) << "the paired GEMMs declined " << rows << " rows";
         expect_close(out, want, rtol, atol, "paired GEMMs vs float64");
-        const Array swapped = detail::kernels_for(dev).gated_projection(act, x.array, wu.array, wg.array);
+        const Array swapped = detail::kernels_for(dev).gated_projection(act, x.array, up, g);
         ASSERT_TRUE(swapped.valid());
         expect_close(swapped, as_doubles(fast::reference::gated_projection(x.array, wu.array, wg.array, act)), rtol,
                      atol, "paired GEMMs, weights swapped, vs composition");
@@ -442,7 +451,8 @@ TEST_P(LinearPairTest, MatchesFloat64) {
       expect_close(reshape(d, {rows, n}), want0, rtol, atol, "x·w0ᵀ, swapped");
     }
     if (dev.type == Device::Type::cuda && rows <= 64) {
-      EXPECT_TRUE(detail::kernels_for(dev).linear_pair(x.array, w0.array, w1.array).first.valid())
+      const auto [a0, a1] = adjacent(w0.array, w1.array);
+      EXPECT_TRUE(detail::kernels_for(dev).linear_pair(x.array, a0, a1).first.valid())
           << "the paired GEMMs declined " << rows << " rows";
     }
   }
