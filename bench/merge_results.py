@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import struct
+import sys
 
 COPY_BANDWIDTH = 4.3e12   # bytes/s, measured on this H200
 BF16_GEMM = 790e12        # FLOP/s, measured on this H200
@@ -78,16 +79,25 @@ def main():
         lmx_files = sorted(glob.glob(os.path.join(args.inputs, f"{model}.lmx-*.json")))
         if not lmx_files:
             continue
-        # MODEL.peer.json, and any MODEL.peer-*.json (a peer run of its own with other options)
+        # MODEL.peer.json, and any MODEL.peer-*.json (a peer run of its own with other options).
+        # A peer file that a failed run left empty or cut short costs the peer's figures, not
+        # lmx's: its rows say why the peer is missing.
         peer = {"results": []}
+        peer_error = None
         for path in sorted(glob.glob(os.path.join(args.inputs, f"{model}.peer*.json"))):
-            peer["results"] += json.load(open(path))["results"]
+            try:
+                peer["results"] += json.load(open(path))["results"]
+            except (ValueError, KeyError, TypeError) as e:
+                peer_error = f"{os.path.basename(path)} unreadable ({type(e).__name__}: {e})"[:300]
+                print(f"merge_results.py: {peer_error}; {model}'s rows go without the peer", file=sys.stderr)
         for path in lmx_files:
             for r in json.load(open(path))["results"]:
                 row = {"model": model, **{k: v for k, v in r.items()}}
                 match = [p for p in peer["results"] if p["workload"] == r["workload"] and p["batch"] == r["batch"]]
                 if match:
                     row.update({k: v for k, v in match[0].items() if k.startswith("peer") or k == "error"})
+                elif peer_error:
+                    row["peer_error"] = peer_error
                 key = "tok_per_s" if "lmx_tok_per_s" in row else "prompts_per_s"
                 if "peer_" + key in row:
                     row["ratio_to_peer"] = round(row["lmx_" + key] / row["peer_" + key], 2)
