@@ -463,6 +463,43 @@ INSTANTIATE_TEST_SUITE_P(Ops, GemvTest,
                            return param_name(std::get<0>(info.param), std::get<1>(info.param));
                          });
 
+// Up to kGemvMaxRows rows of bf16 or f16 (a batch's decode step, a short prompt) read W
+// once for all rows; each row's outputs are within f32 accumulation of float64 and have
+// the bits they have when that row is computed alone. One row more goes to sgemm.
+TEST(GemvTest, FewRowsOf16BitFloatsMatchFloat64AndTheirRowsAlone) {
+  for (const Dtype dtype : {Dtype::bf16, Dtype::f16}) {
+    const double u = unit_roundoff(dtype);
+    for (const int64_t m : {int64_t(2), int64_t(5), cpu::kGemvMaxRows, cpu::kGemvMaxRows + 1})
+      for (const int64_t k : {int64_t(67), int64_t(300)}) {
+        const int64_t n = 37;
+        const Input a = random_input({1, m, k}, dtype, 61 + m, -1, 1);  // a [1, M, K]
+        const Input w = random_input({n, k}, dtype, 62 + k, -1, 1);     // w [N, K], row-major
+        const Array b = expand_dims(transpose(w.array), 0);              // b [1, K, N]
+        Array out(Shape{1, m, n}, dtype);
+        ASSERT_EQ(cpu::gemv(a.array, b, out), m <= cpu::kGemvMaxRows) << m << " rows";
+        const Array got = m <= cpu::kGemvMaxRows ? out : matmul(a.array, b);
+        const std::vector<float> g = to_floats(got);
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t j = 0; j < n; ++j) {
+            double s = 0, abs_s = 0;
+            for (int64_t t = 0; t < k; ++t) {
+              const double p = a.values[size_t(r * k + t)] * w.values[size_t(j * k + t)];
+              s += p;
+              abs_s += std::abs(p);
+            }
+            ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - s), 1e-6 * abs_s + u * std::abs(s) + 1e-7)
+                << dtype_name(dtype) << " m=" << m << " k=" << k << " row " << r << " column " << j;
+          }
+          if (m > cpu::kGemvMaxRows) continue;
+          Array alone(Shape{1, 1, n}, dtype);
+          ASSERT_TRUE(cpu::gemv(slice(a.array, {0, r, 0}, {1, r + 1, k}), b, alone));
+          EXPECT_EQ(to_floats(alone), to_floats(slice(out, {0, r, 0}, {1, r + 1, n})))
+              << dtype_name(dtype) << " m=" << m << " k=" << k << ": row " << r << " differs from itself alone";
+        }
+      }
+  }
+}
+
 TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
   const Array a = zeros({1, 2, 8}, Dtype::f32);  // two query rows: not a matrix-vector product
   const Array w = zeros({4, 8}, Dtype::f32);     // w [N, K]

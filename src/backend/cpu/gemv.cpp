@@ -80,45 +80,53 @@ HWY_INLINE void dot_rows(const float* HWY_RESTRICT aw, const T* HWY_RESTRICT a,
   }
 }
 
-// out[n] for n in [n0, n1): four W rows at a time (four streams keep the memory system
-// busy), then the leftover rows one by one. Rounded once to T.
+// out[r, n] for the m rows of `a` (a row every a_stride elements; out's every out_stride)
+// and n in [n0, n1): four W rows at a time (four streams keep the memory system busy),
+// then the leftover rows one by one, each W block against every row of `a` while it is in
+// cache, so that W is read from memory once for all rows. Each output is dot_rows' sum of
+// its own row and W row, whatever m is: a sequence decoded in a batch gets the bits it
+// gets alone. Rounded once to T.
 template <class T>
-void gemv_range(const T* a, const T* w, T* out, int64_t n0, int64_t n1, int64_t k) {
+void gemv_range(const T* a, int64_t a_stride, int64_t m, const T* w, T* out, int64_t out_stride, int64_t n0,
+                int64_t n1, int64_t k) {
   const DF df;
-  const int64_t lanes = int64_t(hn::Lanes(df)), step = 2 * lanes;
-  // a widened once per range, so the inner loop only widens W. [K rounded down to step]
-  std::vector<float> aw(static_cast<size_t>(k / step * step));
-  for (int64_t i = 0; i + step <= k; i += step) {
-    VF lo, hi;
-    load_widened(df, a + i, lo, hi);
-    hn::StoreU(lo, df, aw.data() + i);
-    hn::StoreU(hi, df, aw.data() + i + lanes);
-  }
+  const int64_t lanes = int64_t(hn::Lanes(df)), step = 2 * lanes, kw = k / step * step;
+  // a widened once per range, so the inner loop only widens W. [m, K rounded down to step]
+  std::vector<float> aw(static_cast<size_t>(m * kw));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t i = 0; i + step <= k; i += step) {
+      VF lo, hi;
+      load_widened(df, a + r * a_stride + i, lo, hi);
+      hn::StoreU(lo, df, aw.data() + r * kw + i);
+      hn::StoreU(hi, df, aw.data() + r * kw + i + lanes);
+    }
   constexpr int kBlock = 4;
   float sums[kBlock];
   int64_t n = n0;
-  for (; n + kBlock <= n1; n += kBlock) {
-    dot_rows<kBlock>(aw.data(), a, w + n * k, k, sums);
-    for (int r = 0; r < kBlock; ++r) out[n + r] = from_f32<T>(sums[r]);
-  }
-  for (; n < n1; ++n) {
-    dot_rows<1>(aw.data(), a, w + n * k, k, sums);
-    out[n] = from_f32<T>(sums[0]);
-  }
+  for (; n + kBlock <= n1; n += kBlock)
+    for (int64_t r = 0; r < m; ++r) {
+      dot_rows<kBlock>(aw.data() + r * kw, a + r * a_stride, w + n * k, k, sums);
+      for (int j = 0; j < kBlock; ++j) out[r * out_stride + n + j] = from_f32<T>(sums[j]);
+    }
+  for (; n < n1; ++n)
+    for (int64_t r = 0; r < m; ++r) {
+      dot_rows<1>(aw.data() + r * kw, a + r * a_stride, w + n * k, k, sums);
+      out[r * out_stride + n] = from_f32<T>(sums[0]);
+    }
 }
 
-void gemv_rows(Dtype dtype, const void* a, const void* w, void* out, int64_t n0, int64_t n1,
-               int64_t k) {
+void gemv_rows(Dtype dtype, const void* a, int64_t a_stride, int64_t m, const void* w, void* out,
+               int64_t out_stride, int64_t n0, int64_t n1, int64_t k) {
   switch (dtype) {
     case Dtype::f32:
-      return gemv_range(static_cast<const float*>(a), static_cast<const float*>(w),
-                        static_cast<float*>(out), n0, n1, k);
+      return gemv_range(static_cast<const float*>(a), a_stride, m, static_cast<const float*>(w),
+                        static_cast<float*>(out), out_stride, n0, n1, k);
     case Dtype::bf16:
-      return gemv_range(static_cast<const bf16_t*>(a), static_cast<const bf16_t*>(w),
-                        static_cast<bf16_t*>(out), n0, n1, k);
+      return gemv_range(static_cast<const bf16_t*>(a), a_stride, m, static_cast<const bf16_t*>(w),
+                        static_cast<bf16_t*>(out), out_stride, n0, n1, k);
     case Dtype::f16:
-      return gemv_range(static_cast<const f16_t*>(a), static_cast<const f16_t*>(w),
-                        static_cast<f16_t*>(out), n0, n1, k);
+      return gemv_range(static_cast<const f16_t*>(a), a_stride, m, static_cast<const f16_t*>(w),
+                        static_cast<f16_t*>(out), out_stride, n0, n1, k);
     default: return;
   }
 }
@@ -142,13 +150,18 @@ bool gemv(const Array& a, const Array& b, const Array& out) {
   if (dt != b.dtype() || dt != out.dtype() ||
       !(dt == Dtype::f32 || dt == Dtype::bf16 || dt == Dtype::f16))
     return false;
-  const int64_t nb = a.shape(0), k = a.shape(2), n = b.shape(2);
-  if (a.shape(1) != 1 || b.shape(1) != k || out.shape(0) != nb || out.shape(2) != n || k == 0)
+  const int64_t nb = a.shape(0), m = a.shape(1), k = a.shape(2), n = b.shape(2);
+  if (m < 1 || m > kGemvMaxRows || b.shape(1) != k || out.shape(0) != nb || out.shape(1) != m ||
+      out.shape(2) != n || k == 0)
     return false;
-  // W must be the row-major [N, K] storage (b = Wᵀ), `a` dense along K, out contiguous.
+  // W must be the row-major [N, K] storage (b = Wᵀ), `a`'s rows dense along K, out contiguous.
   if ((n > 1 && b.strides()[2] != k) || (k > 1 && b.strides()[1] != 1)) return false;
   if (k > 1 && a.strides()[2] != 1) return false;
   if (!out.is_contiguous()) return false;
+  // 16-bit weights for a few rows: converting W to f32 for sgemm would cost more than the
+  // products (three times W's bytes written and read again, every call). f32 from 2 rows
+  // goes to sgemm, which reads W once and multiplies faster.
+  if (dt == Dtype::f32 && m > 1) return false;
 
   const size_t es = itemsize(dt);
   const auto* a0 = static_cast<const char*>(a.raw());
@@ -158,12 +171,13 @@ bool gemv(const Array& a, const Array& b, const Array& out) {
   // balance the threads.
   const int64_t grain =
       std::max<int64_t>(16, (int64_t(1) << 16) / std::max<int64_t>(1, k * int64_t(es)));
+  const int64_t a_stride = m > 1 ? a.strides()[1] : k;
   for (int64_t i = 0; i < nb; ++i) {
     const void* ai = a0 + size_t(i * a.strides()[0]) * es;
     const void* wi = w0 + size_t(i * b.strides()[0]) * es;
-    void* oi = o0 + size_t(i * n) * es;
+    void* oi = o0 + size_t(i * m * n) * es;
     parallel_for(n, grain, [&](int64_t n_begin, int64_t n_end) {
-      HWY_DYNAMIC_DISPATCH(gemv_rows)(dt, ai, wi, oi, n_begin, n_end, k);
+      HWY_DYNAMIC_DISPATCH(gemv_rows)(dt, ai, a_stride, m, wi, oi, n, n_begin, n_end, k);
     });
   }
   return true;

@@ -1,5 +1,5 @@
 // Batched matmul: OpenBLAS sgemm for f32; 16-bit floats go through the SIMD
-// matrix-vector kernel for decode shapes and through f32 sgemm otherwise.
+// matrix-vector kernel for up to kGemvMaxRows rows and through f32 sgemm otherwise.
 #include <cblas.h>
 
 #include <vector>
