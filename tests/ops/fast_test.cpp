@@ -421,6 +421,21 @@ TEST(FastAttentionTest, ScaleIsAppliedInF32) {
 
 // ---------------------------------------------------------------- gemv
 
+// Row r of a (rows of K) times row j of w [N, K] in float64, and what f32 accumulation
+// and one rounding to a dtype of unit roundoff u may move it by.
+struct ExactDot {
+  double value, bound;
+};
+ExactDot exact_dot(const Input& a, int64_t r, const Input& w, int64_t j, int64_t k, double u) {
+  double s = 0, abs_s = 0;
+  for (int64_t t = 0; t < k; ++t) {
+    const double p = a.values[size_t(r * k + t)] * w.values[size_t(j * k + t)];
+    s += p;
+    abs_s += std::abs(p);
+  }
+  return {s, 1e-6 * abs_s + u * std::abs(s) + 1e-7};
+}
+
 using GemvParam = std::tuple<Dtype, int64_t>;
 class GemvTest : public ::testing::TestWithParam<GemvParam> {};
 
@@ -435,15 +450,9 @@ TEST_P(GemvTest, MatchesFloat64) {
     std::vector<double> want(size_t(2 * n)), bound(size_t(2 * n));
     for (int64_t bi = 0; bi < 2; ++bi)
       for (int64_t r = 0; r < n; ++r) {
-        double s = 0, abs_s = 0;
-        for (int64_t t = 0; t < k; ++t) {
-          const double p = a.values[size_t(bi * k + t)] * w.values[size_t(r * k + t)];
-          s += p;
-          abs_s += std::abs(p);
-        }
-        want[size_t(bi * n + r)] = s;
-        // f32 accumulation error, then one rounding of the result.
-        bound[size_t(bi * n + r)] = 1e-6 * abs_s + u * std::abs(s) + 1e-7;
+        const ExactDot d = exact_dot(a, bi, w, r, k, u);
+        want[size_t(bi * n + r)] = d.value;
+        bound[size_t(bi * n + r)] = d.bound;
       }
     Array out(Shape{2, 1, n}, dtype);
     ASSERT_TRUE(cpu::gemv(a.array, b, out)) << "the decode shape must take the gemv path";
@@ -481,13 +490,8 @@ TEST(GemvTest, FewRowsOf16BitFloatsMatchFloat64AndTheirRowsAlone) {
         const std::vector<float> g = to_floats(got);
         for (int64_t r = 0; r < m; ++r) {
           for (int64_t j = 0; j < n; ++j) {
-            double s = 0, abs_s = 0;
-            for (int64_t t = 0; t < k; ++t) {
-              const double p = a.values[size_t(r * k + t)] * w.values[size_t(j * k + t)];
-              s += p;
-              abs_s += std::abs(p);
-            }
-            ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - s), 1e-6 * abs_s + u * std::abs(s) + 1e-7)
+            const ExactDot d = exact_dot(a, r, w, j, k, u);
+            ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
                 << dtype_name(dtype) << " m=" << m << " k=" << k << " row " << r << " column " << j;
           }
           if (m > cpu::kGemvMaxRows) continue;
