@@ -92,7 +92,10 @@ void gemv_range(const T* a, int64_t a_stride, int64_t m, const T* w, T* out, int
   const DF df;
   const int64_t lanes = int64_t(hn::Lanes(df)), step = 2 * lanes, kw = k / step * step;
   // a widened once per range, so the inner loop only widens W. [m, K rounded down to step]
-  std::vector<float> aw(static_cast<size_t>(m * kw));
+  // Kept per thread: at 64 rows it is hundreds of KiB, which a fresh vector would map and
+  // fault in for every range.
+  thread_local std::vector<float> aw;
+  aw.resize(static_cast<size_t>(m * kw));
   for (int64_t r = 0; r < m; ++r)
     for (int64_t i = 0; i + step <= k; i += step) {
       VF lo, hi;
