@@ -175,13 +175,12 @@ bool gemv(const Array& a, const Array& b, const Array& out) {
   // balance the threads.
   const int64_t grain =
       std::max<int64_t>(16, (int64_t(1) << 16) / std::max<int64_t>(1, k * int64_t(es)));
-  const int64_t a_stride = m > 1 ? a.strides()[1] : k;
   for (int64_t i = 0; i < nb; ++i) {
     const void* ai = a0 + size_t(i * a.strides()[0]) * es;
     const void* wi = w0 + size_t(i * b.strides()[0]) * es;
     void* oi = o0 + size_t(i * m * n) * es;
     parallel_for(n, grain, [&](int64_t n_begin, int64_t n_end) {
-      HWY_DYNAMIC_DISPATCH(gemv_rows)(dt, ai, a_stride, m, wi, oi, n, n_begin, n_end, k);
+      HWY_DYNAMIC_DISPATCH(gemv_rows)(dt, ai, a.strides()[1], m, wi, oi, n, n_begin, n_end, k);
     });
   }
   return true;
