@@ -101,11 +101,21 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
     const Array out = project(reshape(o, {b * l, spec_.n_heads * hd}));
     return at.valid() ? out : reshape(out, {b, l, -1});
   }
-  // [B, heads, L, hd]: q and k normed per head (Qwen3), rotated and transposed in one pass.
-  const Array q = fast::rope_heads(q_tok, freqs, pos, qn ? &*qn : nullptr);
-  const Array k = fast::rope_heads(k_tok, freqs, pos, kn ? &*kn : nullptr);
-  const Array vt = contiguous(swapaxes(v_tok, 1, 2));
-  const LayerCache::View kv = cache ? cache->update(k, vt) : LayerCache::View{k, vt, 0};
+  // q [B, heads, L, hd]: normed per head (Qwen3), rotated and transposed in one pass; k too.
+  // Where the cache has room in place, k and v go straight into it in the same launch.
+  Array q;
+  LayerCache::View kv;
+  const fast::CacheSlots slots =
+      cache ? cache->slots({b, spec_.n_kv_heads, l, hd}, k_tok.dtype(), k_tok.device()) : fast::CacheSlots{};
+  if (slots.k.valid()) {
+    q = fast::rope_to_cache(q_tok, k_tok, v_tok, freqs, pos, qn ? &*qn : nullptr, kn ? &*kn : nullptr, slots);
+    kv = cache->stored(l);
+  } else {
+    q = fast::rope_heads(q_tok, freqs, pos, qn ? &*qn : nullptr);
+    const Array k = fast::rope_heads(k_tok, freqs, pos, kn ? &*kn : nullptr);
+    const Array vt = contiguous(swapaxes(v_tok, 1, 2));
+    kv = cache ? cache->update(k, vt) : LayerCache::View{k, vt, 0};
+  }
   fast::AttentionMask mask;
   mask.causal = !kv.all_visible;
   mask.window = kv.all_visible ? 0 : spec_.window;

@@ -82,12 +82,18 @@ class LayerCache {
   // [B, Hkv, Lk, D] each, plus where the first new token sits among those Lk keys.
   struct View {
     Array k, v;
-    int64_t q_offset;
+    int64_t q_offset = 0;
     // A rotating cache returns keys out of order; they are then all visible to the
     // (single) new token and no causal or window mask applies.
     bool all_visible = false;
   };
   virtual View update(const Array& k, const Array& v) = 0;
+  // For a caller that writes the next l tokens' keys and values in place (fast::rope_to_cache):
+  // their slots, [B, Hkv, l, D] views of the cache for keys of `shape` [B, Hkv, l, D], room
+  // made as update() makes it. Then stored(l) counts them and returns what update() would
+  // have. Empty arrays where this cache cannot take them so; then call update().
+  virtual fast::CacheSlots slots(const Shape& /*shape*/, Dtype, Device) { return {}; }
+  virtual View stored(int64_t l) = 0;
   // For fused decode steps, which store the new token's keys and values themselves: the
   // whole buffers [B, Hkv, slots, D], with a slot free for next_position() (the token at
   // position p goes to slot p % slots). Empty arrays where the cache cannot serve so

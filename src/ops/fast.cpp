@@ -77,6 +77,31 @@ void check_rope_heads_args(const Array& x, const Array& inv_freq, const Array& o
   if (norm) check_norm_args(x, norm->weight, "rope_heads");
 }
 
+void check_rope_to_cache_args(const Array& q, const Array& k, const Array& v, const Array& inv_freq,
+                              const Array& offsets, const HeadNorm* q_norm, const HeadNorm* k_norm,
+                              const CacheSlots& slots) {
+  const char* op = "rope_to_cache";
+  check_rope_heads_args(q, inv_freq, offsets, q_norm);
+  check_rope_heads_args(k, inv_freq, offsets, k_norm);
+  detail::check_valid(v, op, "v");
+  detail::check_valid(slots.k, op, "k slots");
+  detail::check_valid(slots.v, op, "v slots");
+  LMX_CHECK((q_norm == nullptr) == (k_norm == nullptr), op, "give both q and k norms, or neither");
+  LMX_CHECK(k.shape() == v.shape() && q.shape(0) == k.shape(0) && q.shape(1) == k.shape(1) &&
+                q.shape(3) == k.shape(3),
+            op, "expects q [B, L, Hq, D] and k, v [B, L, Hkv, D], got ", shape_str(q.shape()), ", ",
+            shape_str(k.shape()), ", ", shape_str(v.shape()));
+  const Shape want{k.shape(0), k.shape(2), k.shape(1), k.shape(3)};
+  for (const Array* a : {&k, &v, &slots.k, &slots.v})
+    LMX_CHECK(a->dtype() == q.dtype(), op, "q, k, v and the slots must share a dtype, got ",
+              dtype_name(q.dtype()), " and ", dtype_name(a->dtype()));
+  for (const Array* a : {&v, &slots.k, &slots.v}) detail::check_same_device(q, *a, op);
+  LMX_CHECK(slots.k.shape() == want && slots.v.shape() == want, op, "slots of shape ", shape_str(slots.k.shape()),
+            " and ", shape_str(slots.v.shape()), " for keys [B, Hkv, L, D] = ", shape_str(want));
+  LMX_CHECK(!slots.k.storage()->keep && !slots.v.storage()->keep, op,
+            "the slots borrow read-only memory (e.g. mapped weights)");
+}
+
 void check_add_norm_args(const Array& x, const Array& y, const Array& weight, const Array* y_weight) {
   check_norm_args(x, weight, "add_rms_norm");
   check_norm_args(y, weight, "add_rms_norm");
@@ -229,6 +254,24 @@ Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, co
     return out;
   const Array h = norm ? rms_norm(x, norm->weight, norm->eps, norm->style) : x;
   return rope(swapaxes(h, 1, 2), inv_freq, offsets);
+}
+
+Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array& inv_freq, const Array& offsets,
+                    const HeadNorm* q_norm, const HeadNorm* k_norm, const CacheSlots& slots) {
+  check_rope_to_cache_args(q, k, v, inv_freq, offsets, q_norm, k_norm, slots);
+  Array q_out({q.shape(0), q.shape(2), q.shape(1), q.shape(3)}, q.dtype(), q.device());
+  const Array qn = q_norm ? contiguous(q_norm->weight) : Array();
+  const Array kn = k_norm ? contiguous(k_norm->weight) : Array();
+  const bool norms_alike = !q_norm || (q_norm->eps == k_norm->eps && q_norm->style == k_norm->style);
+  if (norms_alike && detail::kern(q).rope_to_cache(contiguous(q), contiguous(k), contiguous(v), contiguous(inv_freq),
+                                                   contiguous(offsets), q_norm ? &qn : nullptr,
+                                                   k_norm ? &kn : nullptr, q_norm ? q_norm->eps : 0.0f,
+                                                   q_norm ? q_norm->style : RmsNormStyle::llama, q_out, slots.k,
+                                                   slots.v))
+    return q_out;
+  assign(slots.k, rope_heads(k, inv_freq, offsets, k_norm));
+  assign(slots.v, swapaxes(v, 1, 2));
+  return rope_heads(q, inv_freq, offsets, q_norm);
 }
 
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
@@ -398,6 +441,14 @@ Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, co
   check_rope_heads_args(x, inv_freq, offsets, norm);
   const Array h = norm ? reference::rms_norm(x, norm->weight, norm->eps, norm->style) : x;
   return reference::rope(swapaxes(h, 1, 2), inv_freq, offsets);
+}
+
+Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array& inv_freq, const Array& offsets,
+                    const HeadNorm* q_norm, const HeadNorm* k_norm, const CacheSlots& slots) {
+  check_rope_to_cache_args(q, k, v, inv_freq, offsets, q_norm, k_norm, slots);
+  assign(slots.k, reference::rope_heads(k, inv_freq, offsets, k_norm));
+  assign(slots.v, swapaxes(v, 1, 2));
+  return reference::rope_heads(q, inv_freq, offsets, q_norm);
 }
 
 AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,

@@ -41,6 +41,24 @@ struct HeadNorm {
 // pass over x where the composition takes up to four (norm, transpose copy, rotation).
 Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm = nullptr);
 
+// Where a step's new keys and values go: [B, Hkv, L, D] views with a contiguous last
+// axis, usually slices of a KV cache's buffers (nn::LayerCache::slots).
+struct CacheSlots {
+  Array k, v;
+};
+
+// A step's attention inputs with a KV cache: q [B, L, Hq, D] rotated (after its optional
+// per-head norm) into a new [B, Hq, L, D] array, which is returned; k [B, L, Hkv, D]
+// rotated and v [B, L, Hkv, D] copied straight into `slots`. It equals
+//   assign(slots.k, rope_heads(k, inv_freq, offsets, k_norm));
+//   assign(slots.v, swapaxes(v, 1, 2));
+//   return rope_heads(q, inv_freq, offsets, q_norm);
+// with the same roundings, in one launch where that takes four: a decode step of many
+// sequences is paced by its launches more than by these bytes. q_norm and k_norm are
+// both given or neither.
+Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array& inv_freq, const Array& offsets,
+                    const HeadNorm* q_norm, const HeadNorm* k_norm, const CacheSlots& slots);
+
 // The residual add and the RMSNorm that follows it, in one pass:
 //   sum    = x + (y_weight ? rms_norm(y, *y_weight) : y)   (rounded to the dtype)
 //   normed = rms_norm(sum, weight)
@@ -156,6 +174,8 @@ Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle styl
 Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps);
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets);
 Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm = nullptr);
+Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array& inv_freq, const Array& offsets,
+                    const HeadNorm* q_norm, const HeadNorm* k_norm, const CacheSlots& slots);
 AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
                      const Array* y_weight = nullptr);
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,

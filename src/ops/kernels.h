@@ -103,6 +103,15 @@ class Kernels {
                           const Array* /*norm_w*/, float /*eps*/, fast::RmsNormStyle, const Array& /*out*/) {
     return false;
   }
+  // fast::rope_to_cache: q [B, L, Hq, D], k and v [B, L, Hkv, D] contiguous -> q_out
+  // [B, Hq, L, D] contiguous, k_out and v_out [B, Hkv, L, D] with a contiguous last axis;
+  // q_norm and k_norm [D] or both null, sharing eps and style.
+  virtual bool rope_to_cache(const Array& /*q*/, const Array& /*k*/, const Array& /*v*/, const Array& /*inv_freq*/,
+                             const Array& /*offsets*/, const Array* /*q_norm*/, const Array* /*k_norm*/,
+                             float /*eps*/, fast::RmsNormStyle, const Array& /*q_out*/, const Array& /*k_out*/,
+                             const Array& /*v_out*/) {
+    return false;
+  }
   // fast::self_attention: q [B, L, Hq, D], k, v [B, L, Hkv, D], out [B, L, Hq, D], all
   // contiguous; q_norm and k_norm [D] or both null, sharing eps and style.
   virtual bool self_attention(const Array& /*q*/, const Array& /*k*/, const Array& /*v*/, const Array& /*inv_freq*/,

@@ -5,18 +5,20 @@
 namespace lmx {
 namespace {
 
-void check_like(const Array& stored, const Array& k) {
-  LMX_CHECK(!stored.valid() || (k.shape(0) == stored.shape(0) && k.shape(1) == stored.shape(1) &&
-                                k.shape(3) == stored.shape(3) && k.dtype() == stored.dtype()),
-            "kv_cache", "new keys ", shape_str(k.shape()), " do not match the cache ", shape_str(stored.shape()));
+void check_like(const Array& stored, const Shape& k, Dtype dtype, Device device) {
+  LMX_CHECK(k.size() == 4, "kv_cache", "new keys must be [B, Hkv, L, D], got ", shape_str(k));
+  LMX_CHECK(!stored.valid() || (k[0] == stored.shape(0) && k[1] == stored.shape(1) && k[3] == stored.shape(3) &&
+                                dtype == stored.dtype() && device == stored.device()),
+            "kv_cache", "new keys ", shape_str(k), " ", dtype_name(dtype), " do not match the cache ",
+            shape_str(stored.shape()), " ", dtype_name(stored.dtype()));
 }
 
 }  // namespace
 
-void ContiguousLayerCache::reserve(const Array& like, int64_t capacity) {
+void ContiguousLayerCache::reserve(const Shape& like, Dtype dtype, Device device, int64_t capacity) {
   // like [B, Hkv, L, D]; growth keeps what is stored so far.
-  const Shape shape{like.shape(0), like.shape(1), capacity, like.shape(3)};
-  Array k(shape, like.dtype(), like.device()), v(shape, like.dtype(), like.device());
+  const Shape shape{like[0], like[1], capacity, like[3]};
+  Array k(shape, dtype, device), v(shape, dtype, device);
   if (length_ > 0) {
     assign(slice_axis(k, 2, 0, length_), slice_axis(k_, 2, 0, length_));
     assign(slice_axis(v, 2, 0, length_), slice_axis(v_, 2, 0, length_));
@@ -28,29 +30,40 @@ void ContiguousLayerCache::reserve(const Array& like, int64_t capacity) {
 
 void ContiguousLayerCache::reserve_positions(int64_t n) {
   if (!k_.valid()) capacity_ = std::max(capacity_, n);
-  else if (n > capacity_) reserve(k_, n);
+  else if (n > capacity_) reserve(k_.shape(), k_.dtype(), k_.device(), n);
 }
 
 fast::FusedCacheView ContiguousLayerCache::fused_view() {
   if (!k_.valid()) return {};
-  if (length_ + 1 > capacity_) reserve(k_, capacity_ * 2);
+  if (length_ + 1 > capacity_) reserve(k_.shape(), k_.dtype(), k_.device(), capacity_ * 2);
   return {k_, v_};
 }
 
-nn::LayerCache::View ContiguousLayerCache::update(const Array& k, const Array& v) {
-  check_like(k_, k);
-  const int64_t l = k.shape(2);
+fast::CacheSlots ContiguousLayerCache::slots(const Shape& shape, Dtype dtype, Device device) {
+  check_like(k_, shape, dtype, device);
+  const int64_t l = shape[2];
   if (!k_.valid() || length_ + l > capacity_) {
     // Grow geometrically so that a long generation reallocates only a few times.
     int64_t cap = std::max<int64_t>(capacity_, 16);
     while (cap < length_ + l) cap *= 2;
-    reserve(k, cap);
+    reserve(shape, dtype, device, cap);
   }
-  assign(slice_axis(k_, 2, length_, length_ + l), k);
-  assign(slice_axis(v_, 2, length_, length_ + l), v);
+  return {slice_axis(k_, 2, length_, length_ + l), slice_axis(v_, 2, length_, length_ + l)};
+}
+
+nn::LayerCache::View ContiguousLayerCache::stored(int64_t l) {
+  LMX_CHECK(k_.valid() && l >= 0 && length_ + l <= capacity_, "kv_cache", "stored(", l,
+            ") without slots for them (ask slots() first)");
   const int64_t start = length_;
   length_ += l;
   return {slice_axis(k_, 2, 0, length_), slice_axis(v_, 2, 0, length_), start};
+}
+
+nn::LayerCache::View ContiguousLayerCache::update(const Array& k, const Array& v) {
+  const fast::CacheSlots s = slots(k.shape(), k.dtype(), k.device());
+  assign(s.k, k);
+  assign(s.v, v);
+  return stored(k.shape(2));
 }
 
 Array RotatingLayerCache::read(const Array& ring, int64_t first, int64_t count) const {
@@ -65,21 +78,34 @@ void RotatingLayerCache::write(const Array& ring, int64_t first, const Array& sr
   if (n1 < count) assign(slice_axis(ring, 2, 0, count - n1), slice_axis(src, 2, n1, count));
 }
 
+fast::CacheSlots RotatingLayerCache::slots(const Shape& shape, Dtype dtype, Device device) {
+  check_like(k_, shape, dtype, device);
+  if (shape[2] != 1 || pos_ < 1 || !k_.valid()) return {};
+  const int64_t s = pos_ % window_;
+  return {slice_axis(k_, 2, s, s + 1), slice_axis(v_, 2, s, s + 1)};
+}
+
+nn::LayerCache::View RotatingLayerCache::stored(int64_t l) {
+  LMX_CHECK(l == 1 && pos_ >= 1 && k_.valid(), "kv_cache", "a rotating cache stores in place only one decode "
+            "token at a time, after the prompt (ask slots() first)");
+  // The new token sees every held position (at most window - 1 before it).
+  ++pos_;
+  const int64_t held = std::min(pos_, window_);
+  return {slice_axis(k_, 2, 0, held), slice_axis(v_, 2, 0, held), held - 1, true};
+}
+
 nn::LayerCache::View RotatingLayerCache::update(const Array& k, const Array& v) {
-  check_like(k_, k);
+  check_like(k_, k.shape(), k.dtype(), k.device());
   const int64_t l = k.shape(2);
   if (!k_.valid()) {
     const Shape shape{k.shape(0), k.shape(1), window_, k.shape(3)};
     k_ = Array(shape, k.dtype(), k.device());
     v_ = Array(shape, v.dtype(), v.device());
   }
-  if (l == 1 && pos_ >= 1) {
-    // Decode: the new token sees every held position (at most window - 1 before it).
-    write(k_, pos_, k);
-    write(v_, pos_, v);
-    ++pos_;
-    const int64_t held = std::min(pos_, window_);
-    return {slice_axis(k_, 2, 0, held), slice_axis(v_, 2, 0, held), held - 1, true};
+  if (const fast::CacheSlots s = slots(k.shape(), k.dtype(), k.device()); s.k.valid()) {  // decode
+    assign(s.k, k);
+    assign(s.v, v);
+    return stored(1);
   }
   // Prefill: attend over the held tail plus the new chunk, in order, with the usual
   // causal and window masks; then keep the last `window` positions.

@@ -17,6 +17,8 @@ class ContiguousLayerCache final : public nn::LayerCache {
   explicit ContiguousLayerCache(int64_t capacity) : capacity_(capacity) {}
   int64_t next_position() const override { return length_; }
   View update(const Array& k, const Array& v) override;
+  fast::CacheSlots slots(const Shape& shape, Dtype dtype, Device device) override;
+  View stored(int64_t l) override;
   void truncate(int64_t n) { length_ = std::min(length_, std::max<int64_t>(0, n)); }
   // Makes room for n positions in all, now or at the first update.
   void reserve_positions(int64_t n);
@@ -24,7 +26,8 @@ class ContiguousLayerCache final : public nn::LayerCache {
   void commit_one() override { ++length_; }
 
  private:
-  void reserve(const Array& like, int64_t capacity);
+  // Buffers of `capacity` positions for keys like `shape` [B, Hkv, L, D], keeping what is stored.
+  void reserve(const Shape& shape, Dtype dtype, Device device, int64_t capacity);
   Array k_, v_;  // [B, Hkv, capacity, D]
   int64_t capacity_;
   int64_t length_ = 0;
@@ -38,6 +41,9 @@ class RotatingLayerCache final : public nn::LayerCache {
   explicit RotatingLayerCache(int64_t window) : window_(window) {}
   int64_t next_position() const override { return pos_; }
   View update(const Array& k, const Array& v) override;
+  // Decode steps only (one token, something held): its slot p % window.
+  fast::CacheSlots slots(const Shape& shape, Dtype dtype, Device device) override;
+  View stored(int64_t l) override;
   // Positions past the window are gone and slots get reused, so the only cuts that
   // keep the ring consistent are "nothing" and "everything".
   bool can_truncate(int64_t n) const { return n >= pos_ || n == 0; }

@@ -1,4 +1,5 @@
-// The layer fusions (rope_heads: per-head norm + RoPE + transpose; add_rms_norm: residual
+// The layer fusions (rope_heads: per-head norm + RoPE + transpose; rope_to_cache: that for
+// q and k with k and v written into cache slots; add_rms_norm: residual
 // add + RMSNorm; self_attention: norm + RoPE + causal attention from token order;
 // gated_projection: the MLP's gate and up GEMMs with the activation) against
 // float64 formulas and against their fast::reference compositions, in every float dtype,
@@ -110,6 +111,82 @@ TEST(RopeHeadsTest, RejectsBadShapes) {
   expect_op_error([&] { fast::rope_heads(zeros({2, 3, 1, 6}), f, o); }, "rope");  // inv_freq for D = 8
   const fast::HeadNorm n{zeros({4}), 1e-6f, fast::RmsNormStyle::llama};
   expect_op_error([&] { fast::rope_heads(zeros({2, 3, 1, 8}), f, o, &n); }, "rope_heads");  // norm weight [4]
+}
+
+// ---------------------------------------------------------------- rope_to_cache
+
+using RopeToCacheParam = std::tuple<Dtype, int64_t, NormMode, int64_t>;  // dtype, D, norm, L
+class RopeToCacheTest : public ::testing::TestWithParam<RopeToCacheParam> {};
+
+// The fused form must give the composition's values, in the slots and nowhere else of
+// the caches: the kernel where it runs (whole 16-byte vectors a half, D <= 256), the
+// composition where it declines (D = 66 in 16-bit types, 258).
+TEST_P(RopeToCacheTest, WritesTheCompositionIntoTheSlotsAlone) {
+  const auto [dtype, d, mode, l] = GetParam();
+  const int64_t b = 2, hq = 6, hkv = 2, capacity = 9, first = 3;  // the new tokens go to [3, 3 + L)
+  const double u = unit_roundoff(dtype);
+  const std::vector<float> inv_freq = rope_freqs(d);  // [D/2]
+  const std::vector<int32_t> offsets{first, 4090};     // [B]
+  for (Device dev : test_devices()) {
+    const Input q = random_input({b, l, hq, d}, dtype, 71 + d, -3, 3, dev);          // [B, L, Hq, D]
+    const Input k = random_input({b, l, hkv, d}, dtype, 72 + d, -3, 3, dev);         // [B, L, Hkv, D]
+    const Input v = random_input({b, l, hkv, d}, dtype, 73 + d, -3, 3, dev);         // [B, L, Hkv, D]
+    const Input held = random_input({b, hkv, capacity, d}, dtype, 74 + d, -3, 3, dev);  // the caches before
+    const Input wq = random_input({d}, dtype, 75 + d, -1.5, 1.5, dev), wk = random_input({d}, dtype, 76 + d, -1.5, 1.5, dev);
+    const Array f = to_device(from_vector(inv_freq, {d / 2}), dev);
+    const Array o = to_device(from_vector(offsets, {b}), dev);
+    const fast::RmsNormStyle style = mode == NormMode::gemma ? fast::RmsNormStyle::gemma : fast::RmsNormStyle::llama;
+    const fast::HeadNorm qn{wq.array, 1e-6f, style}, kn{wk.array, 1e-6f, style};
+    const fast::HeadNorm* qp = mode == NormMode::none ? nullptr : &qn;
+    const fast::HeadNorm* kp = mode == NormMode::none ? nullptr : &kn;
+    // Caches [B, Hkv, 9, D] holding other values; the slots are positions [3, 3 + L).
+    auto slots_of = [&](const Array& kc, const Array& vc) {
+      return fast::CacheSlots{slice_axis(kc, 2, first, first + l), slice_axis(vc, 2, first, first + l)};
+    };
+    const Array k_cache = copy(held.array), v_cache = copy(held.array);
+    const Array got_q = fast::rope_to_cache(q.array, k.array, v.array, f, o, qp, kp, slots_of(k_cache, v_cache));
+    ASSERT_EQ(got_q.shape(), Shape({b, hq, l, d}));
+    EXPECT_EQ(to_floats(got_q), to_floats(fast::rope_heads(q.array, f, o, qp))) << "q";
+    EXPECT_EQ(to_floats(slots_of(k_cache, v_cache).k), to_floats(fast::rope_heads(k.array, f, o, kp))) << "k slots";
+    EXPECT_EQ(to_floats(slots_of(k_cache, v_cache).v), to_floats(swapaxes(v.array, 1, 2))) << "v slots";
+    for (const Array& cache : {k_cache, v_cache})
+      for (const auto& [lo, hi] : {std::pair{int64_t(0), first}, std::pair{first + l, capacity}})
+        EXPECT_EQ(to_floats(slice_axis(cache, 2, lo, hi)), to_floats(slice_axis(held.array, 2, lo, hi)))
+            << "positions " << lo << " to " << hi << " must be left alone";
+    // And the reference composition, within the rope_heads test's bounds.
+    const Array k_ref = copy(held.array), v_ref = copy(held.array);
+    const Array ref_q = fast::reference::rope_to_cache(q.array, k.array, v.array, f, o, qp, kp, slots_of(k_ref, v_ref));
+    const double rtol = 2 * u, atol = qp ? 12 * u + 1e-6 : 2 * u + 1e-6;
+    expect_close(got_q, as_doubles(ref_q), rtol, atol, "q vs reference");
+    expect_close(k_cache, as_doubles(k_ref), rtol, atol, "k cache vs reference");
+    expect_close(v_cache, as_doubles(v_ref), 0, 0, "v cache vs reference");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, RopeToCacheTest,
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::Values(64, 66, 128, 256, 258),
+                                            ::testing::Values(NormMode::none, NormMode::llama, NormMode::gemma),
+                                            ::testing::Values(1, 5)),
+                         [](const auto& info) {
+                           return dtype_param_name(std::get<0>(info.param)) + "_d" + std::to_string(std::get<1>(info.param)) +
+                                  "_" + mode_name(std::get<2>(info.param)) + "_l" + std::to_string(std::get<3>(info.param));
+                         });
+
+TEST(RopeToCacheTest, RejectsBadArgumentsAndWritesNothing) {
+  const Array f = zeros({4}, Dtype::f32), o = zeros({2}, Dtype::i32);
+  const Array q = ones({2, 1, 4, 8}), k = ones({2, 1, 2, 8});
+  const Array kc = zeros({2, 2, 5, 8}), vc = zeros({2, 2, 5, 8});
+  const fast::CacheSlots slots{slice_axis(kc, 2, 1, 2), slice_axis(vc, 2, 1, 2)};
+  const fast::HeadNorm n{ones({8}), 1e-6f, fast::RmsNormStyle::llama};
+  expect_op_error([&] { fast::rope_to_cache(q, k, ones({2, 1, 3, 8}), f, o, nullptr, nullptr, slots); }, "rope_to_cache");
+  expect_op_error([&] { fast::rope_to_cache(q, k, k, f, o, &n, nullptr, slots); }, "rope_to_cache");  // one norm
+  expect_op_error([&] { fast::rope_to_cache(q, k, k, f, o, nullptr, nullptr, {slice_axis(kc, 2, 1, 3), slots.v}); },
+                  "rope_to_cache");  // slots for two positions, one token
+  expect_op_error([&] { fast::rope_to_cache(q, k, astype(k, Dtype::bf16), f, o, nullptr, nullptr, slots); },
+                  "rope_to_cache");
+  expect_op_error([&] { fast::rope_to_cache(q, k, k, zeros({3}, Dtype::f32), o, nullptr, nullptr, slots); }, "rope");
+  EXPECT_EQ(to_floats(kc), std::vector<float>(size_t(kc.size()), 0.0f));
+  EXPECT_EQ(to_floats(vc), std::vector<float>(size_t(vc.size()), 0.0f));
 }
 
 // ---------------------------------------------------------------- add_rms_norm

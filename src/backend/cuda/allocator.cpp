@@ -3,7 +3,6 @@
 #include "core/allocator.h"
 
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -68,19 +67,20 @@ class CudaAllocator final : public Allocator {
 };
 
 Allocator& allocator_of(int device) {
-  static std::mutex mu;
-  // Never destroyed: arrays may outlive static destructors.
-  static auto& allocators = *new std::vector<std::unique_ptr<CudaAllocator>>();
   // Without a device cudaMalloc reports only a driver error; say what is missing.
   LMX_CHECK(device_count() > 0, "memory", "cannot allocate on cuda: no CUDA device is visible "
             "(no NVIDIA driver or GPU, or CUDA_VISIBLE_DEVICES hides them)");
   LMX_CHECK(device >= 0 && device < device_count(), "memory", "no device cuda:", device, " (", device_count(),
             " visible)");
-  std::lock_guard lock(mu);
-  if (allocators.empty()) allocators.resize(size_t(device_count()));
-  auto& a = allocators[size_t(device)];
-  if (!a) a.reset(new CudaAllocator(device));
-  return *a;
+  // One per visible device, all made at the first allocation (a thread-safe static; the
+  // constructor touches no device), so that the lookup on every allocation takes no lock.
+  // Never destroyed: arrays may outlive static destructors.
+  static const auto& allocators = *[] {
+    auto* all = new std::vector<std::unique_ptr<CudaAllocator>>();
+    for (int d = 0; d < device_count(); ++d) all->emplace_back(new CudaAllocator(d));
+    return all;
+  }();
+  return *allocators[size_t(device)];
 }
 
 }  // namespace

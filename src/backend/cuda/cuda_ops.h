@@ -91,6 +91,11 @@ void rope(const Context& ctx, const Array& x, const Array& inv_freq, const Array
 // or heads that are not whole 16-byte vectors per half.
 bool rope_heads(const Context& ctx, const Array& x, const Array& inv_freq, const Array& offsets, const Array* norm_w,
                 float eps, fast::RmsNormStyle style, const Array& out);
+// fast::rope_to_cache in one kernel, under rope_heads's limits and with slots whose strides
+// are whole 16-byte vectors; false (nothing done) otherwise.
+bool rope_to_cache(const Context& ctx, const Array& q, const Array& k, const Array& v, const Array& inv_freq,
+                   const Array& offsets, const Array* q_norm, const Array* k_norm, float eps,
+                   fast::RmsNormStyle style, const Array& q_out, const Array& k_out, const Array& v_out);
 // self_attention.cu: fast::self_attention in one kernel for bf16/f16, head_dim 32-256 (a
 // multiple of 16) and up to 128 tokens when the shared memory fits; false (nothing done)
 // otherwise.

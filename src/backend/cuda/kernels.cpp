@@ -124,6 +124,11 @@ class CudaKernels final : public detail::Kernels {
                   fast::RmsNormStyle style, const Array& out) override {
     return cuda::rope_heads(ctx(), x, inv_freq, offsets, norm_w, eps, style, out);
   }
+  bool rope_to_cache(const Array& q, const Array& k, const Array& v, const Array& inv_freq, const Array& offsets,
+                     const Array* q_norm, const Array* k_norm, float eps, fast::RmsNormStyle style,
+                     const Array& q_out, const Array& k_out, const Array& v_out) override {
+    return cuda::rope_to_cache(ctx(), q, k, v, inv_freq, offsets, q_norm, k_norm, eps, style, q_out, k_out, v_out);
+  }
   bool self_attention(const Array& q, const Array& k, const Array& v, const Array& inv_freq, const Array& offsets,
                       const Array* q_norm, const Array* k_norm, float eps, fast::RmsNormStyle style, float scale,
                       int64_t window, const Array& out) override {
