@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Decode GEMV bandwidth against memcpy bandwidth on this CPU.
+# Decode GEMV bandwidth against memcpy bandwidth on this CPU: one W read again and again
+# (BM_gemv), and the shapes of a decode step over weights larger than the caches
+# (BM_gemv_streamed).
 #
 # The decode step's matrix-vector products read each weight once, so the bytes of W read
 # per second, divided by the bytes (read + write) a large memcpy moves per second, says
@@ -27,8 +29,13 @@ copy1 = memcpy.get("one thread", 0.0)
 copyn = memcpy.get("threads", 0.0)
 print(f"memcpy 256 MiB, read+write:  one thread {copy1 / 1e9:6.1f} GB/s   all threads {copyn / 1e9:6.1f} GB/s")
 for (name, label), v in sorted(best.items()):
-    if not name.startswith("BM_gemv"):
+    if name.startswith("BM_gemv_streamed"):  # BM_gemv_streamed/N/K/real_time: W from memory
+        n, k = name.split("/")[1:3]
+        shape, label = f"[1,{k}]x[{n},{k}]^T", "bfloat16, streamed"
+    elif name.startswith("BM_gemv"):  # one 32 MiB W again and again
+        shape = "[1,2048]x[8192,2048]^T"
+    else:
         continue
-    print(f"gemv [1,2048]x[8192,2048]^T {label:9s} W read {v / 1e9:6.1f} GB/s   "
+    print(f"gemv {shape:24s} {label:18s} W read {v / 1e9:6.1f} GB/s   "
           f"ratio to memcpy: one thread {v / copy1:5.2f}   all threads {v / copyn:5.2f}")
 PY

@@ -1,6 +1,7 @@
 // Matrix products through ops::matmul, and the memory bandwidth they are measured
 // against: decode's matrix-vector product only streams its weight once, so its bytes
 // per second should approach what a large memcpy achieves.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -38,6 +39,28 @@ BENCHMARK(BM_gemv)
     ->Arg(int(Dtype::f32))
     ->Arg(int(Dtype::bf16))
     ->Arg(int(Dtype::f16))
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// Decode GEMV as a step meets it: [1, K] x [N, K]ᵀ over 512 MiB of distinct weights in
+// turn, so that every product reads its W from memory, not from a cache that the
+// benchmark above (one 32 MiB W, again and again) may partly hit. Args: N, K (bf16).
+void BM_gemv_streamed(benchmark::State& state) {
+  const int64_t n = state.range(0), k = state.range(1);
+  const int64_t count = std::max<int64_t>(2, (int64_t(512) << 20) / (n * k * 2));
+  const Array a = astype(random_normal({1, k}, 3), Dtype::bf16);  // a [1, K]
+  std::vector<Array> wt;                                         // count × [K, N] views
+  for (int64_t i = 0; i < count; ++i) wt.push_back(transpose(astype(random_normal({n, k}, 4 + uint64_t(i)), Dtype::bf16)));
+  size_t i = 0;
+  for (auto _ : state) wait(matmul(a, wt[i++ % wt.size()]));
+  set_rates(state, double(n * k) * 2.0, 2.0 * double(n * k));
+}
+BENCHMARK(BM_gemv_streamed)
+    ->Args({2048, 1024})
+    ->Args({3072, 1024})
+    ->Args({1024, 3072})
+    ->Args({8192, 2048})
+    ->Args({151936, 1024})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

@@ -25,9 +25,6 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-// How far ahead of each W stream to prefetch.
-constexpr int64_t kPrefetchBytes = 1024;
-
 // Loads 2 * Lanes(df) consecutive elements of p as two f32 vectors. The lane order is
 // only the same for `a` and `W` (which is all a dot product needs): bf16 pairs are split
 // into even and odd elements, which avoids lane-crossing shuffles.
@@ -66,9 +63,12 @@ HWY_INLINE void dot_rows(const float* HWY_RESTRICT aw, const T* HWY_RESTRICT a,
     const VF a0 = hn::LoadU(df, aw + i), a1 = hn::LoadU(df, aw + i + lanes);
     for (int r = 0; r < kRows; ++r) {
       VF w0, w1;
-      // The hardware prefetcher alone leaves bandwidth unused with several streams
-      // (measured: +10-15% with this hint). Prefetching never faults, also past the end.
-      hwy::Prefetch(reinterpret_cast<const char*>(w + r * k + i) + kPrefetchBytes);
+      // The hardware prefetcher alone leaves bandwidth unused with several streams. The
+      // hint asks for the same columns one block on (kRows rows: the block gemv_range
+      // reads next), a distance that grows with the rows' length; a fixed 1 KiB ahead of
+      // each stream was too short for rows of a few KiB (bench/NOTES.md, CPU section).
+      // Prefetching never faults, also past the end.
+      hwy::Prefetch(w + (r + kRows) * k + i);
       load_widened(df, w + r * k + i, w0, w1);
       acc0[r] = hn::MulAdd(w0, a0, acc0[r]);
       acc1[r] = hn::MulAdd(w1, a1, acc1[r]);
