@@ -2,10 +2,12 @@
 // layers must give the logits of a full recomputation with the sliding mask, over
 // sequences much longer than the window, with chunked prefills as well as decoding. (Its
 // layers ask for two query offsets in each decode step, which nn::RowValues makes once each.)
+// Also the caches' in-place slots.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
+#include "core/error.h"
 #include "models/loader.h"
 #include "nn/layers.h"
 #include "ops/ops.h"
@@ -103,6 +105,49 @@ TEST(ContiguousCacheTest, TruncateThenContinueEqualsFreshRun) {
   const std::vector<float> got = to_floats(model->forward(from_vector(tail, {1, 10}), reused.layers()));
   const std::vector<float> want_tail(want.end() - long(got.size()), want.end());
   EXPECT_LE(max_rel_diff(got, want_tail), 1e-5);
+}
+
+// The in-place protocol (slots, then stored) that fast::rope_to_cache writes through: the
+// slots are the positions update() would fill, room is made as update() makes it, and
+// stored() refuses to count what no slots were asked for.
+TEST(ContiguousCacheTest, SlotsAreTheNextPositionsAndStoredCountsThem) {
+  ContiguousLayerCache cache(4);
+  const Array k = full({1, 2, 3, 8}, 1.0), v = full({1, 2, 3, 8}, 2.0);  // [B, Hkv, L, D]
+  EXPECT_THROW(cache.stored(1), Error);                                   // nothing asked for yet
+  nn::LayerCache::View first = cache.update(k, v);
+  EXPECT_EQ(first.k.shape(), Shape({1, 2, 3, 8}));
+  const fast::CacheSlots s = cache.slots({1, 2, 2, 8}, Dtype::f32, Device::cpu());  // 3 + 2 > 4: grows
+  ASSERT_EQ(s.k.shape(), Shape({1, 2, 2, 8}));
+  assign(s.k, full({1, 2, 2, 8}, 3.0));
+  assign(s.v, full({1, 2, 2, 8}, 4.0));
+  EXPECT_EQ(cache.next_position(), 3);  // not counted until stored()
+  const nn::LayerCache::View view = cache.stored(2);
+  EXPECT_EQ(view.q_offset, 3);
+  EXPECT_EQ(cache.next_position(), 5);
+  const std::vector<float> keys = to_floats(view.k), values = to_floats(view.v);  // [1, 2, 5, 8]
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t p = 0; p < 5; ++p) {
+      EXPECT_EQ(keys[size_t((h * 5 + p) * 8)], p < 3 ? 1.0f : 3.0f) << "head " << h << ", position " << p;
+      EXPECT_EQ(values[size_t((h * 5 + p) * 8)], p < 3 ? 2.0f : 4.0f) << "head " << h << ", position " << p;
+    }
+  EXPECT_THROW(cache.slots({1, 3, 1, 8}, Dtype::f32, Device::cpu()), Error);   // another kv-head count
+  EXPECT_THROW(cache.slots({1, 2, 1, 8}, Dtype::bf16, Device::cpu()), Error);  // another dtype
+  EXPECT_EQ(cache.next_position(), 5);
+}
+
+TEST(RotatingCacheTest, SlotsOnlyForDecodeSteps) {
+  RotatingLayerCache cache(4);
+  EXPECT_FALSE(cache.slots({1, 2, 1, 8}, Dtype::f32, Device::cpu()).k.valid());  // nothing held: update()
+  cache.update(full({1, 2, 6, 8}, 1.0), full({1, 2, 6, 8}, 1.0));                // positions 0-5
+  EXPECT_FALSE(cache.slots({1, 2, 2, 8}, Dtype::f32, Device::cpu()).k.valid());  // a chunk: update()
+  const fast::CacheSlots s = cache.slots({1, 2, 1, 8}, Dtype::f32, Device::cpu());
+  ASSERT_TRUE(s.k.valid());
+  assign(s.k, full({1, 2, 1, 8}, 9.0));
+  const nn::LayerCache::View view = cache.stored(1);  // position 6 in slot 6 % 4 = 2
+  EXPECT_TRUE(view.all_visible);
+  EXPECT_EQ(view.q_offset, 3);
+  EXPECT_EQ(to_floats(slice_axis(view.k, 2, 2, 3)), std::vector<float>(16, 9.0f));
+  EXPECT_THROW(cache.stored(2), Error);
 }
 
 }  // namespace
