@@ -504,6 +504,35 @@ TEST(GemvTest, FewRowsOf16BitFloatsMatchFloat64AndTheirRowsAlone) {
   }
 }
 
+// A decode step of several sequences multiplies [B, M, K] by one W broadcast over the
+// batch; the kernel then takes the B·M rows as one product (W read once). Whatever the
+// rows' spacing, each output is the row's own product, bit for bit.
+TEST(GemvTest, BatchesSharingOneWeightAreTheirRowsAlone) {
+  const int64_t k = 300, n = 37, b = 4;
+  const Input w = random_input({n, k}, Dtype::bf16, 71, -1, 1);  // w [N, K], row-major
+  const Array wt = transpose(w.array);                              // [K, N]
+  // rows (M) of each batch, and the rows held per batch (more: a's batches have gaps)
+  for (const auto& [m, held] : {std::pair{int64_t(1), int64_t(1)}, std::pair{int64_t(1), int64_t(6)},
+                                std::pair{int64_t(3), int64_t(3)}, std::pair{int64_t(3), int64_t(5)},
+                                std::pair{int64_t(16), int64_t(16)}}) {
+    const Input full = random_input({b, held, k}, Dtype::bf16, 72 + m + held, -1, 1);  // [B, held, K]
+    const Array a = slice(full.array, {0, held - m, 0}, {b, held, k});                 // [B, M, K]: the last M rows
+    const Array bw = broadcast_to(expand_dims(wt, 0), {b, k, n});                      // [B, K, N], batch stride 0
+    Array out(Shape{b, m, n}, Dtype::bf16);
+    ASSERT_TRUE(cpu::gemv(a, bw, out)) << "m=" << m << " held=" << held;
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t r = 0; r < m; ++r) {
+        Array alone(Shape{1, 1, n}, Dtype::bf16);
+        ASSERT_TRUE(cpu::gemv(slice(a, {i, r, 0}, {i + 1, r + 1, k}), expand_dims(wt, 0), alone));
+        EXPECT_EQ(to_floats(alone), to_floats(slice(out, {i, r, 0}, {i + 1, r + 1, n})))
+            << "m=" << m << " held=" << held << ": batch " << i << " row " << r << " differs from itself alone";
+        const std::vector<float> g = to_floats(alone);
+        const ExactDot d = exact_dot(full, i * held + held - m + r, w, 0, k, unit_roundoff(Dtype::bf16));
+        EXPECT_LE(std::abs(double(g[0]) - d.value), d.bound) << "m=" << m << " batch " << i << " row " << r;
+      }
+  }
+}
+
 TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
   const Array a = zeros({1, 2, 8}, Dtype::f32);  // two query rows: not a matrix-vector product
   const Array w = zeros({4, 8}, Dtype::f32);     // w [N, K]

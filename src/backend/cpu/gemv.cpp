@@ -158,10 +158,21 @@ bool gemv(const Array& a, const Array& b, const Array& out) {
   if (dt != b.dtype() || dt != out.dtype() ||
       !(dt == Dtype::f32 || dt == Dtype::bf16 || dt == Dtype::f16))
     return false;
-  const int64_t nb = a.shape(0), m = a.shape(1), k = a.shape(2), n = b.shape(2);
+  int64_t nb = a.shape(0), m = a.shape(1);
+  const int64_t k = a.shape(2), n = b.shape(2);
   if (m < 1 || m > kGemvMaxRows || b.shape(1) != k || out.shape(0) != nb || out.shape(1) != m ||
       out.shape(2) != n || k == 0)
     return false;
+  int64_t a_row = a.strides()[1];  // from one row of `a` to the next
+  // A batch of rows times one shared W (a decode step of several sequences: [B, 1, K] · Wᵀ)
+  // is one product of B·M rows where a's batches follow one another at one stride: W is
+  // then read once, not B times. Not for f32, which takes sgemm from two rows up.
+  if (dt != Dtype::f32 && nb > 1 && b.strides()[0] == 0 && nb * m <= kGemvMaxRows &&
+      (m == 1 || a.strides()[0] == m * a.strides()[1])) {
+    if (m == 1) a_row = a.strides()[0];
+    m *= nb;
+    nb = 1;
+  }
   // W must be the row-major [N, K] storage (b = Wᵀ), `a`'s rows dense along K, out contiguous.
   if ((n > 1 && b.strides()[2] != k) || (k > 1 && b.strides()[1] != 1)) return false;
   if (k > 1 && a.strides()[2] != 1) return false;
@@ -184,7 +195,7 @@ bool gemv(const Array& a, const Array& b, const Array& out) {
     const void* wi = w0 + size_t(i * b.strides()[0]) * es;
     void* oi = o0 + size_t(i * m * n) * es;
     parallel_for(n, grain, [&](int64_t n_begin, int64_t n_end) {
-      HWY_DYNAMIC_DISPATCH(gemv_rows)(dt, ai, a.strides()[1], m, wi, oi, n, n_begin, n_end, k);
+      HWY_DYNAMIC_DISPATCH(gemv_rows)(dt, ai, a_row, m, wi, oi, n, n_begin, n_end, k);
     });
   }
   return true;
