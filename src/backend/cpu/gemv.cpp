@@ -88,7 +88,7 @@ HWY_INLINE void dot_rows(const float* HWY_RESTRICT aw, const T* HWY_RESTRICT a,
 // for four products), then the leftover rows one by one, each W block against every row
 // of `a` while it is in cache, so that W is read from memory once for all rows. For one
 // row, W row by row: a single stream through memory, which the prefetchers follow best
-// (1.2-1.4x the four interleaved streams' bandwidth in BM_gemv_streamed). Each output is
+// (1.3-1.45x the four interleaved streams' bandwidth in BM_gemv_streamed). Each output is
 // dot_rows' sum of its own row and W row, whatever m and the block are: a sequence decoded
 // in a batch gets the bits it gets alone. Rounded once to T.
 template <class T>
