@@ -21,7 +21,8 @@ void attention(const Array& q, const Array& k, const Array& v, float scale, bool
 // out [B, M, N] = a [B, M, K] · b [B, K, N] when b is a transposed row-major weight
 // (b.strides() for the last two axes == {1, K}), with f32 accumulation: one row of f32,
 // or up to kGemvMaxRows of bf16 or f16 (decode steps of a batch, short prompts), which
-// read W once for all rows. Each output row has the bits it has when computed alone.
+// read W once for all rows; a batch whose elements share W (b's batch stride 0) counts
+// its rows together. Each output row has the bits it has when computed alone.
 // Returns false, doing nothing, when the shapes or strides do not fit.
 constexpr int64_t kGemvMaxRows = 64;
 bool gemv(const Array& a, const Array& b, const Array& out);

@@ -1,8 +1,8 @@
 // Matrix-vector product for decode: out[b, r, n] = sum_k a[b, r, k] * W[n, k] for one row
 // r of `a`, or a few (a batch's decode step, a short prompt), with W the row-major [N, K]
 // storage of a transposed weight view. Decode is bound by reading W once, so the kernel
-// streams several W rows at a time against each `a` row, widens 16-bit values to f32 in
-// registers and keeps independent accumulators per row.
+// streams W (row by row for one `a` row, four rows at a time against each of several),
+// widens 16-bit values to f32 in registers and keeps independent accumulators per row.
 // Highway compiles it for each x86 target; the best one is chosen at run time.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backend/cpu/gemv.cpp"
