@@ -749,6 +749,29 @@ TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   EXPECT_EQ(split(32768), std::pair(160, 205));
 }
 
+// A count of the attention's finished outputs in place of the grid barrier after it
+// (persistent_attention_handoff): taken for Llama-3.2-1B's shapes, a barrier fewer a layer;
+// declined with no attention, where an attention comes right before the last phase (whose
+// grid barrier the reset of the count needs), and under LMX_FUSED_HANDOFF=0.
+TEST(PersistentPlan, HandsTheAttentionsOutputsOnThroughACount) {
+  std::vector<StepPhase> llama;
+  for (int layer = 0; layer < 2; ++layer)
+    for (const StepPhase& p : {gemv(2048, 3072), attention_phase(), gemv(2048, 2048),
+                               gemv(2048, 8192, Epilogue::glu_silu), gemv(8192, 2048)})
+      llama.push_back(p);
+  llama.push_back(gemv(2048, 128256, Epilogue::logits));
+  unsetenv("LMX_FUSED_HANDOFF");
+  EXPECT_TRUE(cuda::fused::persistent_attention_handoff(llama));
+  EXPECT_EQ(cuda::fused::persistent_barriers(llama, true), int(llama.size()) - 2);
+  EXPECT_EQ(cuda::fused::persistent_barriers(llama, false), int(llama.size()));
+  EXPECT_FALSE(cuda::fused::persistent_attention_handoff({gemv(2048, 2048), gemv(2048, 1000, Epilogue::logits)}));
+  EXPECT_FALSE(cuda::fused::persistent_attention_handoff(
+      {gemv(2048, 3072), attention_phase(), gemv(2048, 1000, Epilogue::logits)}));
+  setenv("LMX_FUSED_HANDOFF", "0", 1);
+  EXPECT_FALSE(cuda::fused::persistent_attention_handoff(llama));
+  unsetenv("LMX_FUSED_HANDOFF");
+}
+
 }  // namespace persistent
 #endif
 

@@ -309,6 +309,21 @@ __device__ __forceinline__ void arrive_and_wait(unsigned long long* counter,
   asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
 }
 
+// A counter that one block's threads hand on to another's: add `n` with release
+// semantics (the adding thread's block syncs before the call, so the writes of all its
+// threads are visible first), and wait until it reaches `target` (relaxed polls, then one
+// acquire load, as arrive_and_wait; the block syncs after the call).
+__device__ __forceinline__ void release_add(unsigned* counter, unsigned n) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(counter), "r"(n) : "memory");
+}
+__device__ __forceinline__ void wait_until_count(const unsigned* counter, unsigned target) {
+  unsigned v = 0;
+  do {
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+  } while (v < target);
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+}
+
 struct Sum {
   template <class T>
   __device__ T operator()(T a, T b) const {

@@ -114,16 +114,17 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
 }
 
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
-// (m, l, acc) into the attention output and resets the counter for the next step.
+// (m, l, acc) into the attention output, resets the counter for the next step and
+// returns true (every worker of that block, once the merge is stored or under way).
 template <bool kPersistent>
-__device__ inline void count_and_merge(const AttentionStep& a, int g, int group, int live) {
+__device__ inline bool count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
   sync_workers<kPersistent>();
   // The barrier orders the block's partials before the count, which releases them: the
   // last block sees them all.
   if (threadIdx.x == 0) last = count_arrival(a.counter + g) == unsigned(a.splits) - 1;
   sync_workers<kPersistent>();
-  if (!last) return;
+  if (!last) return false;
   // Each output merges its chunks on its own, kBatch chunks' (m, l, value) at a time with
   // every load of a batch in flight, and a running max as in online softmax: one round
   // trip to L2 per batch. (A pass for the maxima, one for the normalisers and one per four
@@ -160,6 +161,14 @@ __device__ inline void count_and_merge(const AttentionStep& a, int g, int group,
     a.out[size_t(g * group + j) * d + i] = acc / l;
   }
   if (threadIdx.x == 0) a.counter[g] = 0;
+  return true;
+}
+
+// How many of a layer's attention tasks return true from attention_task<true>: those that
+// leave a finished output behind (a kv head's merge, or a chunk's partial where the next
+// GEMV merges, or a whole head's output where there is one chunk).
+__host__ __device__ inline int finished_outputs(const AttentionStep& a) {
+  return a.splits == 1 || merged_by_next_gemv(a) ? a.n_kv_heads * a.splits : a.n_kv_heads;
 }
 
 // Sequence r's part of a batched step (AttentionStep::rows): the same step with every
@@ -222,8 +231,9 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 struct NoMarks {
   __device__ void operator()(int) const {}
 };
+// Returns whether the task left a finished output behind (finished_outputs).
 template <bool kPersistent, class Mark = NoMarks>
-__device__ inline void attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
+__device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
                                       bool loading = false, Mark mark = {}) {
   const int d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
@@ -244,8 +254,8 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   if (n == 0) {  // past them: only counted, so that the last block still merges
     if constexpr (!kPersistent) wait_for_previous_kernel();
     if (!a.early) allow_next_kernel();
-    if (!kPersistent || !merged_by_next_gemv(a)) count_and_merge<kPersistent>(a, g, group, live);
-    return;
+    if (!kPersistent || !merged_by_next_gemv(a)) return count_and_merge<kPersistent>(a, g, group, live);
+    return true;
   }
   if (!loading) load_chunk(a, g, range, pos, ks, vs);
   // Everything above reads what earlier steps wrote (the cached positions, state[1]),
@@ -346,7 +356,8 @@ __device__ inline void attention_task(const AttentionStep& a, int g, int split, 
   }
   mark(2);
   if (!a.early) allow_next_kernel();
-  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) count_and_merge<kPersistent>(a, g, group, live);
+  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) return count_and_merge<kPersistent>(a, g, group, live);
+  return true;
 }
 
 }  // namespace attention_detail

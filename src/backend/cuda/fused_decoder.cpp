@@ -16,7 +16,9 @@
 //   - persistent (one sequence, where it fits): one cooperative kernel per step that runs
 //     every phase with grid barriers between them and streams the weights ahead through
 //     shared memory (fused_persistent.cu). It folds each down GEMV into the gate/up phase
-//     before it (LMX_FUSED_DOWN=0 keeps them apart).
+//     before it (LMX_FUSED_DOWN=0 keeps them apart), and hands each attention's outputs
+//     to the next phase through a count rather than a grid barrier (LMX_FUSED_HANDOFF=0
+//     puts the barrier back).
 // The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 17%,
 // Qwen3-0.6B 9% and Gemma3-1B 27% faster than the graph (bench/NOTES.md, p15).
 // LMX_FUSED_PERSISTENT=0 turns it off.
@@ -490,6 +492,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
             "cudaMemcpyAsync");
     if (!barrier_.valid()) barrier_ = Array({2}, Dtype::u32, Device::cuda(device_));  // one u64
     fill(c, barrier_, 0);  // a new plan may have another count of barriers per step
+    handoff_ = fused::persistent_attention_handoff(persistent_plan_);
+    if (handoff_ && !attention_done_.valid()) attention_done_ = Array({1}, Dtype::u32, Device::cuda(device_));
+    if (handoff_) fill(c, attention_done_, 0);
     if (profile_) {
       timing_ = Array({int64_t(fused::kTimes * persistent_plan_.size() * 2)}, Dtype::u32, Device::cuda(device_));
       fill(c, timing_, 0);
@@ -502,6 +507,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     p.phases = static_cast<const fused::StepPhase*>(phases_.raw());
     p.n_phases = int(persistent_plan_.size());
     p.barrier = static_cast<unsigned long long*>(barrier_.raw());
+    p.barriers = fused::persistent_barriers(persistent_plan_, handoff_);
+    if (handoff_) p.attention_done = static_cast<unsigned*>(attention_done_.raw());
     p.embed = bf(w_.embed), p.state = state_i(), p.embed_scale = w_.embed_scale;
     p.hidden = int(hidden_), p.x = f32(xa_);
     p.vector_bytes = persistent_vector_;
@@ -590,6 +597,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   int persistent_slots_ = 0;
   int persistent_stages_per_block_ = 0;
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
+  bool handoff_ = false;    // fused::persistent_attention_handoff
+  Array attention_done_;    // its count
   std::vector<const void*> bound_;
   cudaGraphExec_t exec_ = nullptr;
 };

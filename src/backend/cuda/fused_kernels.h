@@ -160,6 +160,10 @@ struct PersistentStep {
   const StepPhase* phases = nullptr;  // on the device
   int n_phases = 0;
   unsigned long long* barrier = nullptr;  // zero before the first step; only grows
+  int barriers = 0;  // grid barriers a step (persistent_barriers)
+  // The attention outputs finished so far in the step, counted in place of a grid barrier
+  // after each attention (persistent_attention_handoff), or null; zero between steps.
+  unsigned* attention_done = nullptr;
   const bf16* embed = nullptr;
   const int* state = nullptr;
   float embed_scale = 0;
@@ -177,6 +181,15 @@ struct PersistentStep {
   unsigned long long* timing = nullptr;
 };
 constexpr int kTimes = 7;
+// Whether the persistent kernel can hand the next GEMV each attention's outputs through a
+// count of them (PersistentStep::attention_done) rather than a grid barrier: the blocks
+// with no attention task go on to that GEMV and wait there for the count, and only the
+// blocks that finish an output (finished_outputs) arrive. It needs a grid barrier before
+// the last phase, where the count is reset. LMX_FUSED_HANDOFF=0 turns it off.
+bool persistent_attention_handoff(const std::vector<StepPhase>& phases);
+// Grid barriers a step: one after the embedding and one between phases, less one after
+// each attention with the handoff.
+int persistent_barriers(const std::vector<StepPhase>& phases, bool handoff);
 // Fuses each down projection into the gate/up phase before it, where the kernel can take
 // it on `blocks` blocks: one grid barrier and one input fewer per layer. The down phase
 // leaves `phases` (and its name `names`); the phase before the gate/up zeroes the

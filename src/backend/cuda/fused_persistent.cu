@@ -22,6 +22,12 @@
 // barrier and the down's input each layer, at the price of f32 sums whose order varies
 // from run to run.
 //
+// After each attention a counter takes the grid barrier's place where the plan allows
+// (persistent_attention_handoff): each finished output (a kv head's merge) is counted, and
+// the next phase waits for the count. The blocks with no attention task go straight on to
+// that phase, and the handful that merge are all that arrive (1.0-1.1x the barrier's
+// speed; bench/NOTES.md, p22).
+//
 // The block is warp-specialised. One warp only issues the copies, walking the same
 // sequence of stages as the workers, as far ahead as the ring allows; the eight worker
 // warps deal each stage's rows out among themselves, a row to one warp, and each frees the
@@ -375,6 +381,12 @@ __device__ __forceinline__ void start_attention(const AttentionStep& a, int pos,
   attention_detail::load_chunk(a, g, r, pos, ks, ks + size_t(a.chunk) * a.head_dim);
 }
 
+// Waits, with the whole block, until `counter` reaches `target` (PersistentStep::attention_done).
+__device__ __forceinline__ void wait_for_count(const unsigned* counter, unsigned target) {
+  if (threadIdx.x == 0) wait_until_count(counter, target);
+  sync_workers<true>();
+}
+
 // Blocks of kWorkers threads that compute, then one warp that issues the weight copies.
 // The workers take a stage's rows warp by warp, a warp's rows whole, so that no stage
 // needs the whole block: each warp frees the slot on its own and goes on to the next.
@@ -400,7 +412,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   }
 
   unsigned long long since = now_ns();
-  const unsigned long long per_step = (unsigned long long)(s.n_phases) * gridDim.x;
+  const unsigned long long per_step = (unsigned long long)(s.barriers) * gridDim.x;
   unsigned long long target = step_base(s.barrier, per_step);
   // The token and its slot: fixed until the LM head's last block writes the next ones.
   const int token = s.state[0], pos = s.state[1];
@@ -429,9 +441,13 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   unsigned parity = 0;  // and the parity of that slot's use, (stages so far / slots) % 2
   Stage next = unplanned(plan[0]);
   int dealt = 0;     // items dealt so far, over all stages: item i goes to warp i % kWorkerWarps
+  unsigned outputs_done = 0;  // with the handoff: the count once this step's attentions so far are done
   for (int p = 0; p < s.n_phases; ++p) {
     const StepPhase& ph = params[p % 2];
     const StepPhase* prev = p > 0 ? &params[(p - 1) % 2] : nullptr;
+    // The last phase follows a grid barrier, past every wait on the count: it is reset for
+    // the next step here.
+    if (s.attention_done && p == s.n_phases - 1 && blockIdx.x == 0 && threadIdx.x == 0) *s.attention_done = 0;
     // The next phase's parameters go to the other buffer, once nothing reads this phase's
     // predecessor there (merge_input, in a GEMV's input).
     const StepPhase* const upcoming = p + 1 < s.n_phases ? s.phases + p + 1 : nullptr;
@@ -442,10 +458,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       auto mark = [&](int part) { add_time(s, kTimes * p + 2 + part, t0); };
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
         // The first task's keys and values were started before the barrier (below).
-        attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x),
-                                               mark);
-        sync_workers<true>();  // the next task reuses the scratch
+        const bool finished = attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad,
+                                                                     t == int(blockIdx.x), mark);
+        sync_workers<true>();  // the next task reuses the scratch; its output is stored
+        if (s.attention_done && finished && threadIdx.x == 0) release_add(s.attention_done, 1);
       }
+      if (s.attention_done) outputs_done += unsigned(attention_detail::finished_outputs(a));
     } else {
       const GemvInput in = ph.in;
       // What the epilogue needs, as scalars: indexing a struct copy at run time would put
@@ -457,6 +475,10 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       const int k = in.k;
       const bool pair = paired(ph);
       unsigned long long t0 = s.timing ? now_ns() : 0;
+      // After an attention with the handoff: its outputs must all be in. (A grid barrier
+      // preceded the attention, so no block still reads what this phase zeroes.)
+      if (s.attention_done && prev && prev->kind == StepPhase::Kind::attention)
+        wait_for_count(s.attention_done, outputs_done);
       const bool staged = staged_input(prev, ph);
       bf16* xb = reinterpret_cast<bf16*>(staged ? vec + size_t(staged_arrays(in)) * k : vec);  // [k]
       // A fused down's input: this block's activations, zero past its own columns (its
@@ -534,13 +556,15 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       sync_workers<true>();   // for every worker; and every warp is done with this phase
       const StepPhase& following = params[(p + 1) % 2];
       if (following.kind == StepPhase::Kind::attention) start_attention(following.attn, pos, pad, vec);
-      unsigned long long arrival = 0;
-      if (s.timing && threadIdx.x == 0) atomicMax(s.timing + kTimes * p + 6, arrival = now_ns());
-      grid_barrier(s.barrier, target += gridDim.x);
-      if (s.timing && threadIdx.x == 0 && blockIdx.x == 0) {  // every block's arrival is in: the latest
-        unsigned long long* last = s.timing + kTimes * p + 6;
-        atomicAdd(s.timing + kTimes * p + 5, __ldcg(last) - arrival);
-        *last = 0;
+      if (!s.attention_done || ph.kind != StepPhase::Kind::attention) {
+        unsigned long long arrival = 0;
+        if (s.timing && threadIdx.x == 0) atomicMax(s.timing + kTimes * p + 6, arrival = now_ns());
+        grid_barrier(s.barrier, target += gridDim.x);
+        if (s.timing && threadIdx.x == 0 && blockIdx.x == 0) {  // every block's arrival is in: the latest
+          unsigned long long* last = s.timing + kTimes * p + 6;
+          atomicAdd(s.timing + kTimes * p + 5, __ldcg(last) - arrival);
+          *last = 0;
+        }
       }
     }
     add_time(s, kTimes * p + 1, since);

@@ -53,6 +53,22 @@ void persistent_attention_split(AttentionStep& a, int blocks) {
   a.splits = (a.slots + chunk - 1) / chunk;
 }
 
+bool persistent_attention_handoff(const std::vector<StepPhase>& phases) {
+  const char* off = std::getenv("LMX_FUSED_HANDOFF");
+  if ((off && std::strcmp(off, "0") == 0) || phases.size() < 2 ||
+      phases[phases.size() - 2].kind == StepPhase::Kind::attention)
+    return false;
+  return std::any_of(phases.begin(), phases.end(),
+                     [](const StepPhase& p) { return p.kind == StepPhase::Kind::attention; });
+}
+
+int persistent_barriers(const std::vector<StepPhase>& phases, bool handoff) {
+  int n = int(phases.size());
+  if (handoff)
+    for (const StepPhase& p : phases) n -= p.kind == StepPhase::Kind::attention ? 1 : 0;
+  return n;
+}
+
 std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block) {
   std::vector<Geometry> table;
   for (const StepPhase& p : phases) table.push_back(geometry_of(p));
