@@ -362,6 +362,7 @@ struct BatchCase {
   const char* name;
   const char* config;
   int rows;
+  int64_t slots = 8;  // the caches' first size (they grow); a long one takes longer attention chunks
 };
 
 class FusedBatchTest : public ::testing::TestWithParam<BatchCase> {};
@@ -397,7 +398,7 @@ TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
   };
   // The same prefill through the plain ops fills both caches (padding slots included:
   // their keys are never read).
-  KVCache plain(model->num_layers(), 8), fast(model->num_layers(), 8);  // small: both grow
+  KVCache plain(model->num_layers(), GetParam().slots), fast(model->num_layers(), GetParam().slots);
   const Array prompt =
       to_device(from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + rows * l), {rows, l}), gpu);
   const nn::SequenceBatch pre = batch(l, first);
@@ -485,7 +486,11 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                          ::testing::Values(BatchCase{"llama", kLlamaBatch, 1}, BatchCase{"llama", kLlamaBatch, 3},
                                            BatchCase{"llama", kLlamaBatch, 8}, BatchCase{"gemma3", kGemma3, 1},
                                            BatchCase{"qwen3", kQwen3Batch, 2}, BatchCase{"qwen3", kQwen3Batch, 5},
-                                           BatchCase{"gemma3", kGemma3, 4}, BatchCase{"gemma3", kGemma3, 8}),
+                                           BatchCase{"gemma3", kGemma3, 4}, BatchCase{"gemma3", kGemma3, 8},
+                                           // 1,024 slots: 64-key chunks for 8 rows of 2 kv heads,
+                                           // 48 for 5 (fit_attention_split, on 132 SMs)
+                                           BatchCase{"llama_long_cache", kLlamaBatch, 8, 1024},
+                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 5, 1024}),
                          [](const auto& info) {
                            return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
                          });
@@ -747,6 +752,26 @@ TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   EXPECT_EQ(split(2304), std::pair(144, 16)) << "8 kv heads x 16 chunks: one task per block of 132";
   // Longer, the chunk stops where a task's scratch would pass 48 KiB: (544 + 68 c) floats.
   EXPECT_EQ(split(32768), std::pair(160, 205));
+}
+
+// A batch's attention (the kernel per phase) aims at about two blocks an SM in all: 8
+// sequences of Qwen3's 8 kv heads and 384 slots take 96-key chunks (4 a kv head, 256 blocks
+// on 132 SMs), 4 sequences 48; Gemma 3's one kv head keeps its 16-key chunks, and a long
+// cache stops where a block's scratch would pass 64 KiB.
+TEST(PersistentPlan, BatchedAttentionChunksAimAtTwoBlocksAnSm) {
+  cuda::fused::AttentionStep a;
+  auto split = [&](int heads, int kv_heads, int head_dim, int slots, int rows) {
+    a.n_heads = heads, a.n_kv_heads = kv_heads, a.head_dim = head_dim, a.slots = slots;
+    cuda::fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
+    cuda::fused::fit_attention_split(a, 2 * 132 / rows, 64 << 10);
+    return std::pair(a.chunk, a.splits);
+  };
+  EXPECT_EQ(split(16, 8, 128, 384, 8), std::pair(96, 4));
+  EXPECT_EQ(split(16, 8, 128, 384, 4), std::pair(48, 8));
+  EXPECT_EQ(split(16, 8, 128, 384, 2), std::pair(32, 12)) << "never shorter than the default";
+  EXPECT_EQ(split(4, 1, 256, 384, 8), std::pair(16, 24));
+  // Qwen3 at 4,096 slots: (832 + 130 c) floats of scratch stop at 112 keys.
+  EXPECT_EQ(split(16, 8, 128, 4096, 8), std::pair(112, 37));
 }
 
 // A count of the attention's finished outputs in place of the grid barrier after it

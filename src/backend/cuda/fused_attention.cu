@@ -1,5 +1,7 @@
 // The kernels of the fused step that are not GEMVs: attention (fused_attention.cuh) and
 // the token embedding.
+#include <algorithm>
+
 #include "backend/cuda/fused_attention.cuh"
 
 namespace lmx::cuda::fused {
@@ -32,6 +34,14 @@ void attention_split(int slots, int kv_heads, int& chunk, int& splits) {
   // shared memory for head_dim 256. Blocks past the live positions return at once.
   chunk = kv_heads >= 4 ? 32 : 16;
   splits = (slots + chunk - 1) / chunk;
+}
+
+void fit_attention_split(AttentionStep& a, int tasks, size_t max_scratch) {
+  const int group = a.n_heads / a.n_kv_heads, per_head = std::max(1, tasks / a.n_kv_heads);
+  int chunk = std::max(a.chunk, ((a.slots + per_head - 1) / per_head + 15) / 16 * 16);
+  while (chunk > a.chunk && sizeof(float) * attention_smem_floats(group, a.head_dim, chunk) > max_scratch) chunk -= 16;
+  a.chunk = chunk;
+  a.splits = (a.slots + chunk - 1) / chunk;
 }
 
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {

@@ -337,6 +337,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       a.n_heads = int(l.n_heads), a.n_kv_heads = int(l.n_kv_heads), a.head_dim = int(l.head_dim);
       a.scale = l.scale;
       fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
+      // A batch multiplies the blocks: with the short chunks a batch of 8 gave 768 blocks of
+      // about 32 keys for Qwen3's 384 slots. About two blocks an SM in all measured best
+      // (batch 8: 1.06x for Llama, 1.13x for Qwen3; bench/NOTES.md).
+      if (rows_ > 1 && env_on("LMX_FUSED_BATCH_SPLIT"))  // =0: the short chunks
+        fused::fit_attention_split(a, int(2 * ctx().sm_count / rows_), 64 << 10);
       a.rows = int(rows_);
       a.pad = static_cast<const int*>(pads_.raw());
       partial = std::max(partial, rows_ * l.n_heads * a.splits * fused::partial_stride(int(l.head_dim)));

@@ -131,6 +131,10 @@ struct AttentionStep {
 };
 // Keys per block and blocks per kv head for a cache of `slots` positions.
 void attention_split(int slots, int kv_heads, int& chunk, int& splits);
+// Longer chunks than a.chunk where a sequence's attention would take more than `tasks`
+// blocks (kv heads x chunks), as long as a block's scratch stays within `max_scratch`
+// bytes; never shorter ones.
+void fit_attention_split(AttentionStep& a, int tasks, size_t max_scratch);
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
 
 // The persistent step (fused_persistent.cu; its host side in fused_persistent_plan.cu):

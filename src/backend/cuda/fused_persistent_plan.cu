@@ -43,14 +43,7 @@ void persistent_attention_split(AttentionStep& a, int blocks) {
   // than blocks, and a block runs its tasks one after another (Llama at 2,048 tokens: four
   // in each block, 0.64x the graph path's speed). Longer chunks take more shared memory,
   // so they stop where a task's scratch would pass 48 KiB.
-  constexpr size_t kMaxScratch = 48 << 10;
-  const int group = a.n_heads / a.n_kv_heads, per_head = std::max(1, blocks / a.n_kv_heads);
-  int chunk = std::max(a.chunk, ((a.slots + per_head - 1) / per_head + 15) / 16 * 16);
-  while (chunk > a.chunk &&
-         sizeof(float) * attention_detail::attention_smem_floats(group, a.head_dim, chunk) > kMaxScratch)
-    chunk -= 16;
-  a.chunk = chunk;
-  a.splits = (a.slots + chunk - 1) / chunk;
+  fit_attention_split(a, blocks, 48 << 10);
 }
 
 bool persistent_attention_handoff(const std::vector<StepPhase>& phases) {
