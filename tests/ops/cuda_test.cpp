@@ -11,6 +11,7 @@
 #include <thread>
 #include <tuple>
 
+#include "cuda_available.h"
 #include "harness.h"
 
 namespace lmx::test {
@@ -18,14 +19,6 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-bool have_cuda(int index = 0) {
-  try {
-    detail::kernels_for(Device::cuda(index));
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
 
 std::vector<uint32_t> f32_bits(const std::vector<float>& v) {
   std::vector<uint32_t> out(v.size());

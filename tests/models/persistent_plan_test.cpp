@@ -1,0 +1,314 @@
+// The persistent decode step's plan (backend/cuda/fused_persistent_plan.cu) and the
+// attention splits: host code, checked without a GPU where lmx is built with CUDA.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda_available.h"
+
+#if LMX_HAVE_CUDA
+#include "backend/cuda/fused_kernels.h"
+
+namespace lmx {
+namespace {
+
+using test::have_cuda;
+
+// The persistent step's plan check (host code: runs without a GPU). It accepts a Llama-
+// 3.2-1B-shaped layer within the shared memory an SM has, and refuses what its ring of
+// 32 KiB slots and 16-byte copies cannot carry, saying why.
+namespace persistent {
+
+using cuda::fused::bf16;
+using cuda::fused::Epilogue;
+using cuda::fused::StepPhase;
+
+const bf16* fake_weights(uintptr_t at) { return reinterpret_cast<const bf16*>(at); }
+
+StepPhase gemv(int k, int rows, Epilogue e = Epilogue::plain, uintptr_t at = 0x10000) {
+  StepPhase p;
+  p.in.k = k;
+  p.out.w[0] = fake_weights(at);
+  p.out.rows[0] = rows;
+  p.out.epilogue = e;
+  if (e == Epilogue::glu_silu) p.out.w[1] = fake_weights(at + 0x100000);
+  return p;
+}
+
+StepPhase attention_phase(int heads = 32, int kv_heads = 8, int head_dim = 64) {
+  StepPhase p;
+  p.kind = StepPhase::Kind::attention;
+  p.attn.n_heads = heads, p.attn.n_kv_heads = kv_heads, p.attn.head_dim = head_dim, p.attn.chunk = 32;
+  return p;
+}
+
+std::string refusal(const std::vector<StepPhase>& plan) {
+  unsigned vector = 0;
+  int slots = 0;
+  std::string why;
+  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, 0, &vector, &slots, &why), 0u);
+  return why;
+}
+
+TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
+  const StepPhase attention = attention_phase();
+  std::vector<StepPhase> llama{gemv(2048, 3072), attention, gemv(2048, 2048), gemv(2048, 8192, Epilogue::glu_silu),
+                               gemv(8192, 2048), gemv(2048, 128256, Epilogue::logits)};
+  llama[0].in.norm = fake_weights(0x20000);  // a norm, so the QKV input is formed (in registers: 2,048 values)
+  unsigned vector = 0;
+  int slots = 0;
+  std::string why;
+  const size_t smem = cuda::fused::persistent_smem_bytes(llama, 600, &vector, &slots, &why);
+  EXPECT_GT(smem, 0u) << why;
+  EXPECT_LE(smem, size_t(227) << 10);
+  EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
+  EXPECT_LT(vector, 2048u * (2 * 4 + 2)) << "the QKV input is not staged in shared memory";
+  EXPECT_EQ(slots, 5) << "the most 32 KiB slots the ring takes, and they fit beside the vector";
+  EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 80 + 2 * sizeof(StepPhase) +
+                      600 * 4)
+      << "the ring, the vector, each phase's 80-byte geometry, two phases' parameters and 600 "
+         "4-byte stages";
+  // Past 2,048 values a formed input is staged: x and its norm weights in f32, then bf16.
+  std::vector<StepPhase> wider{gemv(4096, 64)};
+  wider[0].in.norm = fake_weights(0x20000);
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(wider, 0, &vector, &slots, &why), 0u) << why;
+  EXPECT_GE(vector, 4096u * (2 * 4 + 2));
+
+  EXPECT_NE(refusal({gemv(2048, 3072), attention}).find("output projection"), std::string::npos);
+  EXPECT_NE(refusal({attention, gemv(1024, 2048)}).find("output projection"), std::string::npos);
+  EXPECT_NE(refusal({gemv(2052, 64)}).find("multiple of 8"), std::string::npos);
+  EXPECT_NE(refusal({gemv(16392, 64)}).find("longer than a slot"), std::string::npos);       // 32.8 KB rows
+  EXPECT_NE(refusal({gemv(8200, 64, Epilogue::glu_silu)}).find("longer"), std::string::npos);  // paired: 2 rows
+  EXPECT_NE(refusal({gemv(2048, 64, Epilogue::plain, 0x10008)}).find("unaligned"), std::string::npos);
+  EXPECT_NE(refusal({gemv(2048, 1 << 22)}).find("too many rows"), std::string::npos);
+  // Long input vectors leave too little shared memory beside the ring: here four staged
+  // f32 arrays and the bf16 copy of 16,384 values, 288 KiB.
+  StepPhase wide = gemv(16384, 64);
+  wide.in.norm = fake_weights(0x20000), wide.in.add_norm = fake_weights(0x30000);
+  wide.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
+  EXPECT_NE(refusal({wide}).find("shared memory"), std::string::npos);
+}
+
+// A larger model's list of stages must not cost the ring its slots: Llama-3.1-8B's shapes
+// (32 layers, 4,096 wide, MLP 14,336, whose down is too wide to fuse) list 3,668 stages a
+// block on 132 blocks, which at 8 bytes a stage left 3 slots.
+TEST(PersistentPlan, ListsALlama8BsStagesAndKeepsFourSlots) {
+  const StepPhase attention = attention_phase(32, 8, 128);
+  std::vector<StepPhase> plan;
+  for (int layer = 0; layer < 32; ++layer) {
+    StepPhase qkv = gemv(4096, 4096), glu = gemv(4096, 14336, Epilogue::glu_silu);
+    qkv.in.norm = glu.in.norm =
+        fake_weights(0x20000);  // with the residual add: staged inputs, 56 KiB
+    qkv.in.add = glu.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
+    qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = 1024;
+    qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = 1024;
+    for (const StepPhase& p : {qkv, attention, gemv(4096, 4096), glu, gemv(14336, 4096)})
+      plan.push_back(p);
+  }
+  plan.push_back(gemv(4096, 128256, Epilogue::logits));
+  int per_block = 0;
+  const std::vector<cuda::fused::PlannedStage> all =
+      cuda::fused::persistent_stage_lists(plan, 132, &per_block);
+  EXPECT_GE(per_block, 3668 + int(plan.size()) + 1)
+      << "every stage, every phase's end and the entry past it";
+  EXPECT_LE(per_block, 3668 + int(plan.size()) + 4);
+  unsigned vector = 0;
+  int slots = 0;
+  std::string why;
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, per_block, &vector, &slots, &why), 0u) << why;
+  EXPECT_EQ(slots, 4);
+}
+
+// Every block's list of stages: in the plan's order, each a run of whole rows that fits a
+// slot, and over all blocks every row of every matrix exactly once (a fused down's boxes:
+// every box of rows, in each block that has gate/up rows).
+TEST(PersistentPlan, ListsEachBlocksStagesSoThatTheGridCoversEveryRowOnce) {
+  const StepPhase attention = attention_phase();
+  StepPhase qkv = gemv(2048, 2048);
+  qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = 512;
+  qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = 512;
+  StepPhase glu = gemv(2048, 8192, Epilogue::glu_silu);
+  glu.down_map = reinterpret_cast<const void*>(uintptr_t(0x70000));
+  glu.down_rows = 2048, glu.down_units = 8, glu.down_box_rows = 256;
+  const std::vector<StepPhase> plan{qkv, attention, gemv(2048, 2048), glu, gemv(2048, 128256, Epilogue::logits)};
+  constexpr int kBlocks = 132;
+  int per_block = 0;
+  const std::vector<cuda::fused::PlannedStage> all = cuda::fused::persistent_stage_lists(plan, kBlocks, &per_block);
+  ASSERT_EQ(all.size(), size_t(kBlocks) * size_t(per_block));
+  EXPECT_EQ(per_block % 4, 0) << "copied 16 bytes at a time";
+  // covered[phase][segment]: how often each row was taken
+  std::vector<std::vector<std::vector<int>>> covered(plan.size(), std::vector<std::vector<int>>(3));
+  for (size_t i = 0; i < plan.size(); ++i)
+    for (int seg = 0; seg < 3; ++seg) covered[i][size_t(seg)].assign(size_t(plan[i].out.rows[seg]), 0);
+  covered[3][1].assign(2048, 0);  // the fused down's rows
+  int blocks_with_glu_rows = 0;
+  for (int b = 0; b < kBlocks; ++b) {
+    int phase = 0, n_stages = 0,
+        i = 0;  // the list is read as the workers read it: a phase's stages, its end
+    bool glu_rows = false, ended = false;
+    for (; i < per_block && !ended; ++i) {
+      const cuda::fused::PlannedStage st = all[size_t(b) * size_t(per_block) + size_t(i)];
+      const int seg = st.seg(), n = st.n();
+      if (n == 0) {
+        EXPECT_EQ(st.packed, 0u) << "block " << b << ": an end is all zero";
+        ended = ++phase == int(plan.size());
+        continue;
+      }
+      ++n_stages;
+      EXPECT_NE(phase, 1) << "the attention has no weights";
+      const bool pair = phase == 3 && seg == 0, down = phase == 3 && seg == 1;
+      const int64_t row_bytes = down ? 8 * 8 * 2 : int64_t(plan[size_t(phase)].in.k) * 2 * (pair ? 2 : 1);
+      EXPECT_LE(n * row_bytes, 32 << 10) << "block " << b << ": a stage fits a slot";
+      if (pair) glu_rows = true;
+      std::vector<int>& rows = covered[size_t(phase)][size_t(seg)];
+      ASSERT_LE(size_t(st.row()) + size_t(n), rows.size()) << "block " << b << ", phase " << phase;
+      for (int r = st.row(); r < st.row() + n; ++r) ++rows[size_t(r)];
+      if (down) {
+        EXPECT_EQ(st.row() % 256, 0) << "a down stage is a whole box of rows";
+      }
+    }
+    EXPECT_LT(i, per_block) << "block " << b
+                            << ": the entry past the last end, which the workers read, is in";
+    EXPECT_TRUE(ended) << "block " << b << "'s list ends";
+    EXPECT_GT(n_stages, 0);
+    blocks_with_glu_rows += glu_rows;
+  }
+  for (size_t i = 0; i < plan.size(); ++i)
+    for (int seg = 0; seg < 3; ++seg) {
+      const int want = i == 3 && seg == 1 ? blocks_with_glu_rows : 1;
+      const std::vector<int>& rows = covered[i][size_t(seg)];
+      for (size_t r = 0; r < rows.size(); ++r)
+        ASSERT_EQ(rows[r], want) << "phase " << i << ", segment " << seg << ", row " << r;
+    }
+  EXPECT_EQ(blocks_with_glu_rows, kBlocks) << "1,024 units of 8 rows over 132 blocks: 7 or 8 each";
+}
+
+// Each down projection joins the gate/up phase before it where a block's share of its
+// columns fits a box of at most 8 units of 8 (odd, or 8, for conflict-free reads); the
+// phase before zeroes its output, and what the fuse cannot carry keeps its own phase.
+TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: tensor maps are encoded by the driver";
+  float* const act = reinterpret_cast<float*>(uintptr_t(0x50000));
+  float* const out = reinterpret_cast<float*>(uintptr_t(0x60000));
+  const void* const maps = reinterpret_cast<const void*>(uintptr_t(0x70000));
+  auto layer = [&](int hidden, int inter) {
+    std::vector<StepPhase> p{gemv(hidden, hidden), gemv(hidden, inter, Epilogue::glu_silu), gemv(inter, hidden),
+                             gemv(hidden, 1000, Epilogue::logits)};
+    p[1].out.y = act, p[2].in.x = act, p[2].out.y = out, p[3].in.add = out;
+    return p;
+  };
+  auto fuse = [&](std::vector<StepPhase>& p, int blocks = 132) {
+    std::vector<const char*> names{"o", "glu", "down", "head"};
+    const size_t maps_made = cuda::fused::persistent_fuse_down(p, names, blocks, maps).size();
+    EXPECT_EQ(names.size(), p.size());
+    if (maps_made == 1) {
+      EXPECT_STREQ(names[1], "glu+down");
+    }
+    return maps_made;
+  };
+  struct Case {
+    int hidden, inter, units, box_rows;
+  };
+  for (const Case c : {Case{2048, 8192, 8, 256}, Case{1024, 3072, 3, 256}, Case{1152, 6912, 7, 256},
+                       Case{64, 520, 1, 64}}) {
+    std::vector<StepPhase> p = layer(c.hidden, c.inter);
+    ASSERT_EQ(fuse(p), 1u) << c.inter;
+    ASSERT_EQ(p.size(), 3u) << "the down phase is gone";
+    EXPECT_EQ(p[1].down_map, maps);
+    EXPECT_EQ(p[1].down_y, out);
+    EXPECT_EQ(p[1].down_rows, c.hidden);
+    EXPECT_EQ(p[1].down_units, c.units) << c.inter;
+    EXPECT_EQ(p[1].down_box_rows, c.box_rows) << c.inter;
+    EXPECT_EQ(p[0].zero, out) << "the phase before zeroes the sums";
+    EXPECT_EQ(p[0].zero_n, c.hidden);
+    unsigned vector = 0;
+    int slots = 0;
+    std::string why;
+    EXPECT_GT(cuda::fused::persistent_smem_bytes(p, 0, &vector, &slots, &why), 0u) << why;
+  }
+  std::vector<StepPhase> p = layer(2048, 16384);  // 16 units a block on 132 SMs
+  EXPECT_EQ(fuse(p), 0u);
+  p = layer(2048, 8192);
+  EXPECT_EQ(fuse(p, 64), 0u) << "16 units a block on 64";
+  p = layer(2048, 8192);
+  p[2].in.add = out;  // a down input that is not the gate/up's output alone
+  EXPECT_EQ(fuse(p), 0u);
+  p = layer(2048, 8192);
+  p[0].in.add = out;  // the phase that would zero the sums reads them
+  EXPECT_EQ(fuse(p), 0u);
+  p = layer(2048, 8196);  // not whole units of 8
+  EXPECT_EQ(fuse(p), 0u);
+  setenv("LMX_FUSED_DOWN", "0", 1);
+  p = layer(2048, 8192);
+  EXPECT_EQ(fuse(p), 0u) << "LMX_FUSED_DOWN=0 turns it off";
+  unsetenv("LMX_FUSED_DOWN");
+}
+
+// A long cache's attention gets longer chunks, so that the persistent kernel's blocks
+// have at most a task each, within a task's shared-memory scratch.
+TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
+  cuda::fused::AttentionStep a;
+  a.n_heads = 32, a.n_kv_heads = 8, a.head_dim = 64;  // Llama-3.2-1B
+  auto split = [&](int slots) {
+    a.slots = slots;
+    cuda::fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
+    cuda::fused::persistent_attention_split(a, 132);
+    return std::pair(a.chunk, a.splits);
+  };
+  EXPECT_EQ(split(384), std::pair(32, 12)) << "short caches keep the default chunk";
+  EXPECT_EQ(split(2304), std::pair(144, 16)) << "8 kv heads x 16 chunks: one task per block of 132";
+  // Longer, the chunk stops where a task's scratch would pass 48 KiB: (544 + 68 c) floats.
+  EXPECT_EQ(split(32768), std::pair(160, 205));
+}
+
+// A batch's attention (the kernel per phase) aims at about two blocks an SM in all: 8
+// sequences of Qwen3's 8 kv heads and 384 slots take 96-key chunks (4 a kv head, 256 blocks
+// on 132 SMs), 4 sequences 48; Gemma 3's one kv head keeps its 16-key chunks, and a long
+// cache stops where a block's scratch would pass 64 KiB.
+TEST(PersistentPlan, BatchedAttentionChunksAimAtTwoBlocksAnSm) {
+  cuda::fused::AttentionStep a;
+  auto split = [&](int heads, int kv_heads, int head_dim, int slots, int rows) {
+    a.n_heads = heads, a.n_kv_heads = kv_heads, a.head_dim = head_dim, a.slots = slots;
+    cuda::fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
+    cuda::fused::fit_attention_split(a, 2 * 132 / rows, 64 << 10);
+    return std::pair(a.chunk, a.splits);
+  };
+  EXPECT_EQ(split(16, 8, 128, 384, 8), std::pair(96, 4));
+  EXPECT_EQ(split(16, 8, 128, 384, 4), std::pair(48, 8));
+  EXPECT_EQ(split(16, 8, 128, 384, 2), std::pair(32, 12)) << "never shorter than the default";
+  EXPECT_EQ(split(4, 1, 256, 384, 8), std::pair(16, 24));
+  // Qwen3 at 4,096 slots: (832 + 130 c) floats of scratch stop at 112 keys.
+  EXPECT_EQ(split(16, 8, 128, 4096, 8), std::pair(112, 37));
+}
+
+// A count of the attention's finished outputs in place of the grid barrier after it
+// (persistent_attention_handoff): taken for Llama-3.2-1B's shapes, a barrier fewer a layer;
+// declined with no attention, where an attention comes right before the last phase (whose
+// grid barrier the reset of the count needs), and under LMX_FUSED_HANDOFF=0.
+TEST(PersistentPlan, HandsTheAttentionsOutputsOnThroughACount) {
+  std::vector<StepPhase> llama;
+  for (int layer = 0; layer < 2; ++layer)
+    for (const StepPhase& p : {gemv(2048, 3072), attention_phase(), gemv(2048, 2048),
+                               gemv(2048, 8192, Epilogue::glu_silu), gemv(8192, 2048)})
+      llama.push_back(p);
+  llama.push_back(gemv(2048, 128256, Epilogue::logits));
+  unsetenv("LMX_FUSED_HANDOFF");
+  EXPECT_TRUE(cuda::fused::persistent_attention_handoff(llama));
+  EXPECT_EQ(cuda::fused::persistent_barriers(llama, true), int(llama.size()) - 2);
+  EXPECT_EQ(cuda::fused::persistent_barriers(llama, false), int(llama.size()));
+  EXPECT_FALSE(cuda::fused::persistent_attention_handoff({gemv(2048, 2048), gemv(2048, 1000, Epilogue::logits)}));
+  EXPECT_FALSE(cuda::fused::persistent_attention_handoff(
+      {gemv(2048, 3072), attention_phase(), gemv(2048, 1000, Epilogue::logits)}));
+  setenv("LMX_FUSED_HANDOFF", "0", 1);
+  EXPECT_FALSE(cuda::fused::persistent_attention_handoff(llama));
+  unsetenv("LMX_FUSED_HANDOFF");
+}
+
+}  // namespace persistent
+
+}  // namespace
+}  // namespace lmx
+#endif
