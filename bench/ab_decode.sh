@@ -11,14 +11,16 @@
 #   BATCH=64 REPS=3 bench/ab_decode.sh /tmp/llama-3.2-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
 #   bench/ab_decode.sh /tmp/qwen3-0.6b -- "LMX_FUSED_DOWN=0 build-gpu/tools/lmx/lmx" build-gpu/tools/lmx/lmx
 #   WORKLOAD=classify REPS=3 bench/ab_decode.sh /tmp/gemma3-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
+#   WORKLOAD=prefill bench/ab_decode.sh /tmp/llama-3.2-1b -- /tmp/lmx-before build-gpu/tools/lmx/lmx
 #
 # An LMX may start with NAME=VALUE words, set for its runs only: one binary against
 # itself with a switch turned off.
 #
-# Environment: WORKLOAD (decode: tok/s; classify: prompts/s), DEVICE (cuda), BATCH (1),
-# PROMPT_LEN (128; 32 for classify), GEN_LEN (256), PROMPTS (1,024, classify), REPS (2),
-# WARMUP (1), REPEAT (3), EXTRA (more `lmx bench` flags, e.g. --plain). A run that fails
-# prints "failed" and counts in no mean; its error is in the file named at the end.
+# Environment: WORKLOAD (decode: tok/s; classify: prompts/s; prefill: tok/s of one prompt),
+# DEVICE (cuda), BATCH (1), PROMPT_LEN (128; 32 for classify, 4,096 for prefill), GEN_LEN
+# (256), PROMPTS (1,024, classify), REPS (2), WARMUP (1), REPEAT (3), EXTRA (more `lmx
+# bench` flags, e.g. --plain). A run that fails prints "failed" and counts in no mean; its
+# error is in the file named at the end.
 set -euo pipefail
 
 source "$(dirname "$0")/ab_lib.sh"
@@ -36,7 +38,9 @@ case ${WORKLOAD:-decode} in
     key=lmx_tok_per_s ;;
   classify) work=(--classify --prompts "${PROMPTS:-1024}" --prompt-len "${PROMPT_LEN:-32}")
     key=lmx_prompts_per_s ;;
-  *) echo "ab_decode: WORKLOAD must be decode or classify, not \"$WORKLOAD\"" >&2; exit 2 ;;
+  prefill) work=(--prefill --prompt-len "${PROMPT_LEN:-4096}")
+    key=lmx_tok_per_s ;;
+  *) echo "ab_decode: WORKLOAD must be decode, classify or prefill, not \"$WORKLOAD\"" >&2; exit 2 ;;
 esac
 speed() {  # speed LMX MODEL -> throughput, or "failed"; LMX: [NAME=VALUE...] BINARY
   local json cmd

@@ -12,13 +12,21 @@
 // multiply the values, and the sum divides once at the end. The composition rounds the
 // normalised probabilities instead: the two differ by a rounding of the dtype's unit,
 // within the tolerance the tests hold every attention path to. The exponentials use the
-// hardware's exp2 (__expf): for softmax arguments (at most 0, rarely below -30) its
-// relative error is around 1e-6, far under the 16-bit unit (4e-3 for bf16) the results
-// are rounded to, and it made the 4,096-token prefill 14% (Llama) and 19% (Qwen3) faster
-// than the correctly rounded expf.
+// hardware's exp2: for softmax arguments (at most 0, rarely below -30) its relative error
+// is around 1e-6, far under the 16-bit unit (4e-3 for bf16) the results are rounded to,
+// and it made the 4,096-token prefill 14% (Llama) and 19% (Qwen3) faster than the
+// correctly rounded expf.
+//
+// The softmax, not the products, paces the kernel: conversions and exponentials run at a
+// quarter of the arithmetic rate, and per score they took as long as its two products or
+// longer. Hence the packed roundings, the exponent folded into one
+// fused multiply-add, no rescaling while a warp's maxima stand still, and the longest
+// blocks first (bench/NOTES.md, prefill).
 //
 // Why: the composition (attention_gemm.cu) wrote, normalised and read back S, 1 GiB per
 // layer for Llama's 4,096-token prefill, and its softmax took 63 of that prefill's 85 ms.
+#include <cmath>
+
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
 
@@ -29,11 +37,20 @@ constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kRows = 16 * kWarps;  // query rows per block
 constexpr int kKeys = 64;           // keys per tile
 constexpr int kPad = 8;             // elements after each shared row: ldmatrix rows in distinct banks
+constexpr float kLog2e = 1.4426950408889634f;
+
+// The hardware's 2^x (relative error about 2^-22; subnormal results flush to zero).
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 struct FlashParams : AttentionOperands {
   int hq, hkv, lq, lk;
   float scale;
   bool causal;
+  bool exact_scale;  // a rounded score times the scale needs no second rounding (bf16, a power of two)
   int window;  // 0: none
 };
 
@@ -42,8 +59,15 @@ constexpr size_t smem_bytes() {
   return size_t(kRows + 4 * kKeys) * (D + kPad) * 2 + 2 * kKeys;
 }
 
+// Blocks an SM must hold, which caps a thread's registers. Left alone, the compiler took
+// 166 for 64-wide heads: three blocks an SM, where four (128 registers, 20 bytes spilled
+// outside the loop) prefilled Llama 1% faster. For 128-wide heads it takes 240 (two
+// blocks); three (168 registers, 48 bytes spilled) made Qwen3's prefill 4% slower.
+template <int D>
+constexpr int kBlocksPerSm = D == 64 ? 4 : 1;
+
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm<D>) flash_attention_kernel(FlashParams p) {
   constexpr int ld = D + kPad, kE = kVecElems<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);  // [kRows, ld]; the output's staging at the end
@@ -51,7 +75,12 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
   bool* valid = reinterpret_cast<bool*>(kv + 4 * kKeys * ld);  // [2][kKeys]
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, quad = lane % 4, mat = lane / 8,
             mrow = lane % 8;
-  const int row0 = int(blockIdx.x) * kRows, h = int(blockIdx.y), b = int(blockIdx.z), g = h / (p.hq / p.hkv);
+  // The heads vary fastest and the row blocks run from the last: under a causal mask the
+  // last rows see the most keys, so the longest blocks start first and the shortest fill
+  // the tail (in row order the tail was the last head's longest blocks). Neighbouring
+  // blocks are the query heads of one kv head, which read the same keys.
+  const int row0 = int(gridDim.y - 1 - blockIdx.y) * kRows, h = int(blockIdx.x), b = int(blockIdx.z),
+            g = h / (p.hq / p.hkv);
   const int64_t qoff = p.q_offsets[b];
   const T* q = static_cast<const T*>(p.q) + ((int64_t(b) * p.hq + h) * p.lq + row0) * D;
   const T* kb = static_cast<const T*>(p.k) + b * p.k_sb + g * p.k_sh;
@@ -141,23 +170,24 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
         mma_16816<T>(s[n + 1], qa[kk], kf[2], kf[3]);
       }
 
-    // Masked, rounded and scaled; the rows' new maxima over the quad that shares them.
-    // Most tiles are seen whole by every row of the block (before the causal diagonal,
-    // inside the window, no padding): those skip the per-score mask. Rows past the end
-    // are not stored, so what they compute does not matter.
+    // Rounded and scaled, masked; the rows' new maxima over the quad that shares them. A
+    // row's two neighbouring scores go through one packed conversion, twice (once when the
+    // scale is a power of two: in bf16 the product is then exact). Most tiles are seen whole
+    // by every row of the block (before the causal diagonal, inside the window, no
+    // padding): those skip the per-score mask. Rows past the end are not stored, so what
+    // they compute does not matter.
     const int key0 = tile * kKeys;
     const bool whole = key0 + kKeys <= p.lk && !p.key_valid && (!p.causal || key0 + kKeys - 1 <= qoff + row0) &&
                        (p.window == 0 || key0 > qoff + last_row - p.window);
-    float mt[2] = {-INFINITY, -INFINITY};
-    if (whole) {
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
+    for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[n][e] = round_to<T>(round_to<T>(s[n][e]) * p.scale);
-          mt[e / 2] = fmaxf(mt[e / 2], s[n][e]);
-        }
-    } else {
+      for (int e = 0; e < 4; e += 2) {
+        round2_to<T>(s[n][e], s[n][e + 1]);
+        s[n][e] *= p.scale, s[n][e + 1] *= p.scale;
+        if (!p.exact_scale) round2_to<T>(s[n][e], s[n][e + 1]);
+      }
+    if (!whole) {
 #pragma unroll
       for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
@@ -165,11 +195,15 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
           const int hrow = e / 2, j = n * 8 + quad * 2 + e % 2;
           const int64_t key = key0 + j, qp = pos[hrow];
           const bool seen = live[hrow] && ok[j] && (!p.causal || key <= qp) && (p.window == 0 || key > qp - p.window);
-          s[n][e] = seen ? round_to<T>(round_to<T>(s[n][e]) * p.scale) : -INFINITY;
-          mt[hrow] = fmaxf(mt[hrow], s[n][e]);
+          if (!seen) s[n][e] = -INFINITY;
         }
     }
-    float corr[2];
+    float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mt[e / 2] = fmaxf(mt[e / 2], s[n][e]);
+    float corr[2], mb[2];
 #pragma unroll
     for (int hrow = 0; hrow < 2; ++hrow) {
       mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 1));
@@ -179,13 +213,22 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
       corr[hrow] = m[hrow] == -INFINITY ? 0.0f : __expf(m[hrow] - m_new);
       m[hrow] = m_new;
       l[hrow] *= corr[hrow];
+      // The maximum in base 2; 0 while the row has seen nothing, so that its -inf scores
+      // give exp2(-inf) = 0 rather than NaN.
+      mb[hrow] = m_new == -INFINITY ? 0.0f : m_new * kLog2e;
     }
+    // Once a row's maximum settles, most tiles leave it alone: the warp then skips the
+    // rescaling (a product by exactly 1).
+    if (!__all_sync(0xffffffffu, corr[0] == 1.0f && corr[1] == 1.0f)) {
 #pragma unroll
-    for (int c = 0; c < D / 8; ++c)
+      for (int c = 0; c < D / 8; ++c)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[c][e] *= corr[e / 2];
-    // Exponentials, summed per lane (the quad's sums are added at the end), and rounded
-    // into the value product's A operand: tile n's two registers hold keys 8n..8n+7.
+        for (int e = 0; e < 4; ++e) o[c][e] *= corr[e / 2];
+    }
+    // Exponentials as exp2(s·log2 e − m·log2 e), one fused multiply-add before the
+    // hardware's exp2 (masked scores are -inf and give 0), summed per lane (the quad's sums
+    // are added at the end), and rounded into the value product's A operand: tile n's two
+    // registers hold keys 8n..8n+7.
     uint32_t pr[kKeys / 8][2];
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n)
@@ -194,8 +237,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(FlashParams p
         float e2[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const float sv = s[n][2 * hrow + e];
-          e2[e] = sv == -INFINITY ? 0.0f : __expf(sv - m[hrow]);
+          e2[e] = exp2_approx(fmaf(s[n][2 * hrow + e], kLog2e, -mb[hrow]));
           l[hrow] += e2[e];
         }
         pr[n][hrow] = pack2<T>(e2[0], e2[1]);
@@ -243,7 +285,7 @@ template <class T, int D>
 void launch(const Context& ctx, const FlashParams& p, int nb) {
   constexpr size_t smem = smem_bytes<D>();
   allow_shared_memory(flash_attention_kernel<T, D>, smem);
-  const dim3 grid(unsigned((p.lq + kRows - 1) / kRows), unsigned(p.hq), unsigned(nb));
+  const dim3 grid(unsigned(p.hq), unsigned((p.lq + kRows - 1) / kRows), unsigned(nb));
   flash_attention_kernel<T, D><<<grid, kThreads, smem, ctx.stream>>>(p);
   check_launch("flash_attention_kernel");
 }
@@ -260,11 +302,14 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
   if (!sixteen_bit || (d != 64 && d != 128) || lq < kRows || lk < 512) return false;
   if (!q.is_contiguous() || !out.is_contiguous() || !rows_in_vectors(k, 8) || !rows_in_vectors(v, 8)) return false;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
-  if (lk > INT32_MAX || lq > INT32_MAX || nb > 65535 || hq > 65535 || window > INT32_MAX) return false;
+  if (lk > INT32_MAX || (lq + kRows - 1) / kRows > 65535 || nb > 65535 || hq > 65535 || window > INT32_MAX)
+    return false;
   FlashParams p{};
   static_cast<AttentionOperands&>(p) = attention_operands(q, k, v, out, q_offsets, key_valid);
   p.hq = int(hq), p.hkv = int(hkv), p.lq = int(lq), p.lk = int(lk);
   p.scale = scale, p.causal = causal, p.window = int(window);
+  int exponent = 0;
+  p.exact_scale = q.dtype() == Dtype::bf16 && std::frexp(scale, &exponent) == 0.5f;
   auto run = [&](auto tag) {
     using T = decltype(tag);
     if (d == 64)

@@ -60,5 +60,18 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     return *reinterpret_cast<const uint32_t*>(&p);
   }
 }
+// Two floats each rounded to T, as round_to does, through one packed conversion (the
+// conversion unit, not the arithmetic, limits the softmax of long rows).
+template <class T>
+__device__ __forceinline__ void round2_to(float& lo, float& hi) {
+  const uint32_t p = pack2<T>(lo, hi);
+  if constexpr (std::is_same_v<T, bfloat_t>) {
+    lo = __uint_as_float(p << 16);
+    hi = __uint_as_float(p & 0xffff0000u);
+  } else {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&p));
+    lo = f.x, hi = f.y;
+  }
+}
 
 }  // namespace lmx::cuda
