@@ -26,6 +26,8 @@
 // Why: the composition (attention_gemm.cu) wrote, normalised and read back S, 1 GiB per
 // layer for Llama's 4,096-token prefill, and its softmax took 63 of that prefill's 85 ms.
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
@@ -34,9 +36,8 @@ namespace lmx::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kRows = 16 * kWarps;  // query rows per block
-constexpr int kKeys = 64;           // keys per tile
-constexpr int kPad = 8;             // elements after each shared row: ldmatrix rows in distinct banks
+constexpr int kKeys = 64;  // keys per tile
+constexpr int kPad = 8;    // elements after each shared row: ldmatrix rows in distinct banks
 constexpr float kLog2e = 1.4426950408889634f;
 
 // The hardware's 2^x (relative error about 2^-22; subnormal results flush to zero).
@@ -54,21 +55,33 @@ struct FlashParams : AttentionOperands {
   int window;  // 0: none
 };
 
-template <int D>
+// A warp owns G groups of 16 query rows. Every key and value fragment it reads from shared
+// memory then feeds G products: with one group the ldmatrix traffic outran the tensor
+// cores (64 loads of 512 bytes for 128 products a tile, 128-wide heads).
+template <int G>
+constexpr int kRowsPerBlock = 16 * G * kWarps;
+
+// 128-wide heads with two groups read the queries from shared memory at every tile rather
+// than hold them: 64 registers that would not fit beside the output sums' 128.
+template <int D, int G>
+constexpr bool kQueriesInRegisters = D * G <= 128;
+
+template <int D, int G>
 constexpr size_t smem_bytes() {
-  return size_t(kRows + 4 * kKeys) * (D + kPad) * 2 + 2 * kKeys;
+  return size_t(kRowsPerBlock<G> + 4 * kKeys) * (D + kPad) * 2 + 2 * kKeys;
 }
 
-// Blocks an SM must hold, which caps a thread's registers. Left alone, the compiler took
-// 166 for 64-wide heads: three blocks an SM, where four (128 registers, 20 bytes spilled
-// outside the loop) prefilled Llama 1% faster. For 128-wide heads it takes 240 (two
-// blocks); three (168 registers, 48 bytes spilled) made Qwen3's prefill 4% slower.
-template <int D>
-constexpr int kBlocksPerSm = D == 64 ? 4 : 1;
+// Blocks an SM must hold, which caps a thread's registers. With one group, left alone, the
+// compiler took 166 for 64-wide heads: three blocks an SM, where four (128 registers, 20
+// bytes spilled outside the loop) prefilled Llama 1% faster. For 128-wide heads it takes
+// 240 (two blocks); three (168 registers, 48 bytes spilled) made Qwen3's prefill 4% slower.
+template <int D, int G>
+constexpr int kBlocksPerSm = D == 64 && G == 1 ? 4 : 1;
 
-template <class T, int D>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm<D>) flash_attention_kernel(FlashParams p) {
-  constexpr int ld = D + kPad, kE = kVecElems<T>;
+template <class T, int D, int G>
+__global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attention_kernel(FlashParams p) {
+  constexpr int ld = D + kPad, kE = kVecElems<T>, kRows = kRowsPerBlock<G>;
+  constexpr bool q_in_registers = kQueriesInRegisters<D, G>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);  // [kRows, ld]; the output's staging at the end
   T* kv = qs + kRows * ld;             // [2 buffers][k, v][kKeys, ld]
@@ -128,20 +141,36 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm<D>) flash_attention_ker
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");  // the queries (and the first tile)
   __syncthreads();
 
-  // The warp's query rows as A operands, all of D: D/16 steps of 4 registers.
-  uint32_t qa[D / 16][4];
+  // Group j of this warp: block rows [16 (G warp + j), + 16). Its query rows as A operands,
+  // 16 columns a step; held in registers, or loaded at each step.
+  const T* qw = qs + (warp * G * 16 + mat % 2 * 8 + mrow) * ld + mat / 2 * 8;
+  uint32_t qa[q_in_registers ? G : 1][q_in_registers ? D / 16 : 1][4];
+  if constexpr (q_in_registers) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(qa[kk], qs + (warp * 16 + mat % 2 * 8 + mrow) * ld + kk * 16 + mat / 2 * 8);
-  // This lane's rows: r0 and r0 + 8 of the block; their positions.
-  const int r0 = warp * 16 + lane / 4;
-  const int64_t pos[2] = {qoff + row0 + r0, qoff + row0 + r0 + 8};
-  const bool live[2] = {row0 + r0 < p.lq, row0 + r0 + 8 < p.lq};
+    for (int j = 0; j < G; ++j)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[j][kk], qw + j * 16 * ld + kk * 16);
+  }
+  // This lane's rows in group j: r and r + 8 (r = 16 (G warp + j) + lane / 4); their positions.
+  int64_t pos[G][2];
+  bool live[G][2];
+#pragma unroll
+  for (int j = 0; j < G; ++j)
+#pragma unroll
+    for (int hrow = 0; hrow < 2; ++hrow) {
+      const int r = (warp * G + j) * 16 + lane / 4 + hrow * 8;
+      pos[j][hrow] = qoff + row0 + r;
+      live[j][hrow] = row0 + r < p.lq;
+    }
 
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
-  float o[D / 8][4];
+  float m[G][2], l[G][2];
+  float o[G][D / 8][4];
 #pragma unroll
-  for (int c = 0; c < D / 8; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0;
+  for (int j = 0; j < G; ++j) {
+    m[j][0] = m[j][1] = -INFINITY, l[j][0] = l[j][1] = 0;
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c) o[j][c][0] = o[j][c][1] = o[j][c][2] = o[j][c][3] = 0;
+  }
 
   for (int tile = first_tile; tile < end_tile; ++tile) {
     const int buf = (tile - first_tile) % 2;
@@ -156,19 +185,36 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm<D>) flash_attention_ker
     const T* vs = ks + kKeys * ld;
     const bool* ok = valid + buf * kKeys;
 
-    // Scores of the warp's 16 rows against the tile's 64 keys: 8 tiles of 8 keys.
-    float s[kKeys / 8][4];
+    // Scores of the warp's rows against the tile's 64 keys: 8 tiles of 8 keys a group.
+    float s[G][kKeys / 8][4];
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0;
+    for (int j = 0; j < G; ++j)
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
+      for (int n = 0; n < kKeys / 8; ++n) s[j][n][0] = s[j][n][1] = s[j][n][2] = s[j][n][3] = 0;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qf[q_in_registers ? 1 : G][4];
+      if constexpr (!q_in_registers) {
+#pragma unroll
+        for (int j = 0; j < G; ++j) ldmatrix_x4(qf[j], qw + j * 16 * ld + kk * 16);
+      }
 #pragma unroll
       for (int n = 0; n < kKeys / 8; n += 2) {
         uint32_t kf[4];  // keys as B: matrices (keys 0-7, 8-15 of the pair) × (columns 0-7, 8-15)
         ldmatrix_x4(kf, ks + (n * 8 + mat / 2 * 8 + mrow) * ld + kk * 16 + mat % 2 * 8);
-        mma_16816<T>(s[n], qa[kk], kf[0], kf[1]);
-        mma_16816<T>(s[n + 1], qa[kk], kf[2], kf[3]);
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+          const uint32_t(&a)[4] = [&]() -> const uint32_t(&)[4] {
+            if constexpr (q_in_registers)
+              return qa[j][kk];
+            else
+              return qf[j];
+          }();
+          mma_16816<T>(s[j][n], a, kf[0], kf[1]);
+          mma_16816<T>(s[j][n + 1], a, kf[2], kf[3]);
+        }
       }
+    }
 
     // Rounded and scaled, masked; the rows' new maxima over the quad that shares them. A
     // row's two neighbouring scores go through one packed conversion, twice (once when the
@@ -179,115 +225,138 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm<D>) flash_attention_ker
     const int key0 = tile * kKeys;
     const bool whole = key0 + kKeys <= p.lk && !p.key_valid && (!p.causal || key0 + kKeys - 1 <= qoff + row0) &&
                        (p.window == 0 || key0 > qoff + last_row - p.window);
+    float corr[G][2], mb[G][2];
+    bool settled = true;
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) {
-        round2_to<T>(s[n][e], s[n][e + 1]);
-        s[n][e] *= p.scale, s[n][e + 1] *= p.scale;
-        if (!p.exact_scale) round2_to<T>(s[n][e], s[n][e + 1]);
-      }
-    if (!whole) {
+    for (int j = 0; j < G; ++j) {
 #pragma unroll
       for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int hrow = e / 2, j = n * 8 + quad * 2 + e % 2;
-          const int64_t key = key0 + j, qp = pos[hrow];
-          const bool seen = live[hrow] && ok[j] && (!p.causal || key <= qp) && (p.window == 0 || key > qp - p.window);
-          if (!seen) s[n][e] = -INFINITY;
+        for (int e = 0; e < 4; e += 2) {
+          round2_to<T>(s[j][n][e], s[j][n][e + 1]);
+          s[j][n][e] *= p.scale, s[j][n][e + 1] *= p.scale;
+          if (!p.exact_scale) round2_to<T>(s[j][n][e], s[j][n][e + 1]);
         }
-    }
-    float mt[2] = {-INFINITY, -INFINITY};
+      if (!whole) {
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
+        for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) mt[e / 2] = fmaxf(mt[e / 2], s[n][e]);
-    float corr[2], mb[2];
+          for (int e = 0; e < 4; ++e) {
+            const int hrow = e / 2, k = n * 8 + quad * 2 + e % 2;
+            const int64_t key = key0 + k, qp = pos[j][hrow];
+            const bool seen =
+                live[j][hrow] && ok[k] && (!p.causal || key <= qp) && (p.window == 0 || key > qp - p.window);
+            if (!seen) s[j][n][e] = -INFINITY;
+          }
+      }
+      float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int hrow = 0; hrow < 2; ++hrow) {
-      mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 1));
-      mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 2));
-      const float m_new = fmaxf(m[hrow], mt[hrow]);
-      // Nothing seen yet: nothing to rescale. Still nothing: the row stays at zero.
-      corr[hrow] = m[hrow] == -INFINITY ? 0.0f : __expf(m[hrow] - m_new);
-      m[hrow] = m_new;
-      l[hrow] *= corr[hrow];
-      // The maximum in base 2; 0 while the row has seen nothing, so that its -inf scores
-      // give exp2(-inf) = 0 rather than NaN.
-      mb[hrow] = m_new == -INFINITY ? 0.0f : m_new * kLog2e;
+      for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mt[e / 2] = fmaxf(mt[e / 2], s[j][n][e]);
+#pragma unroll
+      for (int hrow = 0; hrow < 2; ++hrow) {
+        mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 1));
+        mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 2));
+        const float m_new = fmaxf(m[j][hrow], mt[hrow]);
+        // Nothing seen yet: nothing to rescale. Still nothing: the row stays at zero.
+        corr[j][hrow] = m[j][hrow] == -INFINITY ? 0.0f : __expf(m[j][hrow] - m_new);
+        m[j][hrow] = m_new;
+        l[j][hrow] *= corr[j][hrow];
+        // The maximum in base 2; 0 while the row has seen nothing, so that its -inf scores
+        // give exp2(-inf) = 0 rather than NaN.
+        mb[j][hrow] = m_new == -INFINITY ? 0.0f : m_new * kLog2e;
+        settled = settled && corr[j][hrow] == 1.0f;
+      }
     }
     // Once a row's maximum settles, most tiles leave it alone: the warp then skips the
     // rescaling (a product by exactly 1).
-    if (!__all_sync(0xffffffffu, corr[0] == 1.0f && corr[1] == 1.0f)) {
+    if (!__all_sync(0xffffffffu, settled)) {
 #pragma unroll
-      for (int c = 0; c < D / 8; ++c)
+      for (int j = 0; j < G; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[c][e] *= corr[e / 2];
+        for (int c = 0; c < D / 8; ++c)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[j][c][e] *= corr[j][e / 2];
     }
     // Exponentials as exp2(s·log2 e − m·log2 e), one fused multiply-add before the
     // hardware's exp2 (masked scores are -inf and give 0), summed per lane (the quad's sums
     // are added at the end), and rounded into the value product's A operand: tile n's two
     // registers hold keys 8n..8n+7.
-    uint32_t pr[kKeys / 8][2];
+    uint32_t pr[G][kKeys / 8][2];
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
+    for (int j = 0; j < G; ++j)
 #pragma unroll
-      for (int hrow = 0; hrow < 2; ++hrow) {
-        float e2[2];
+      for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          e2[e] = exp2_approx(fmaf(s[n][2 * hrow + e], kLog2e, -mb[hrow]));
-          l[hrow] += e2[e];
+        for (int hrow = 0; hrow < 2; ++hrow) {
+          float e2[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            e2[e] = exp2_approx(fmaf(s[j][n][2 * hrow + e], kLog2e, -mb[j][hrow]));
+            l[j][hrow] += e2[e];
+          }
+          pr[j][n][hrow] = pack2<T>(e2[0], e2[1]);
         }
-        pr[n][hrow] = pack2<T>(e2[0], e2[1]);
-      }
     // Output sums: 16 keys a step, 16 columns per ldmatrix.
 #pragma unroll
     for (int n = 0; n < kKeys / 8; n += 2) {
-      const uint32_t a[4] = {pr[n][0], pr[n][1], pr[n + 1][0], pr[n + 1][1]};
 #pragma unroll
       for (int c = 0; c < D / 8; c += 2) {
         uint32_t vf[4];  // values as B, transposed: matrices (columns 0-7, 8-15) × (keys 0-7, 8-15)
         ldmatrix_x4_trans(vf, vs + (n * 8 + mat % 2 * 8 + mrow) * ld + c * 8 + mat / 2 * 8);
-        mma_16816<T>(o[c], a, vf[0], vf[1]);
-        mma_16816<T>(o[c + 1], a, vf[2], vf[3]);
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+          const uint32_t a[4] = {pr[j][n][0], pr[j][n][1], pr[j][n + 1][0], pr[j][n + 1][1]};
+          mma_16816<T>(o[j][c], a, vf[0], vf[1]);
+          mma_16816<T>(o[j][c + 1], a, vf[2], vf[3]);
+        }
       }
     }
     __syncthreads();  // the buffer is refilled two tiles on
   }
 
   // Normalised, rounded, staged in the warp's query rows and stored 16 bytes a lane.
+  T* stage = qs + warp * G * 16 * ld;
 #pragma unroll
-  for (int hrow = 0; hrow < 2; ++hrow) {
-    l[hrow] += __shfl_xor_sync(0xffffffffu, l[hrow], 1);
-    l[hrow] += __shfl_xor_sync(0xffffffffu, l[hrow], 2);
-  }
-  T* stage = qs + warp * 16 * ld;
-#pragma unroll
-  for (int c = 0; c < D / 8; ++c)
+  for (int j = 0; j < G; ++j)
 #pragma unroll
     for (int hrow = 0; hrow < 2; ++hrow) {
-      const float inv = l[hrow] > 0 ? 1.0f / l[hrow] : 0.0f;
-      *reinterpret_cast<uint32_t*>(stage + (lane / 4 + hrow * 8) * ld + c * 8 + quad * 2) =
-          pack2<T>(o[c][2 * hrow] * inv, o[c][2 * hrow + 1] * inv);
+      float sum = l[j][hrow];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+#pragma unroll
+      for (int c = 0; c < D / 8; ++c)
+        *reinterpret_cast<uint32_t*>(stage + (j * 16 + lane / 4 + hrow * 8) * ld + c * 8 + quad * 2) =
+            pack2<T>(o[j][c][2 * hrow] * inv, o[j][c][2 * hrow + 1] * inv);
     }
   __syncwarp();
-  T* out = static_cast<T*>(p.out) + ((int64_t(b) * p.hq + h) * p.lq + row0 + warp * 16) * D;
-  for (int i = lane; i < 16 * vecs; i += 32) {
+  T* out = static_cast<T*>(p.out) + ((int64_t(b) * p.hq + h) * p.lq + row0 + warp * G * 16) * D;
+  for (int i = lane; i < G * 16 * vecs; i += 32) {
     const int r = i / vecs, c = i % vecs * kE;
-    if (row0 + warp * 16 + r < p.lq)
+    if (row0 + warp * G * 16 + r < p.lq)
       *reinterpret_cast<uint4*>(out + int64_t(r) * D + c) = *reinterpret_cast<const uint4*>(stage + r * ld + c);
   }
 }
 
-template <class T, int D>
+template <class T, int D, int G>
 void launch(const Context& ctx, const FlashParams& p, int nb) {
-  constexpr size_t smem = smem_bytes<D>();
-  allow_shared_memory(flash_attention_kernel<T, D>, smem);
-  const dim3 grid(unsigned(p.hq), unsigned((p.lq + kRows - 1) / kRows), unsigned(nb));
-  flash_attention_kernel<T, D><<<grid, kThreads, smem, ctx.stream>>>(p);
+  constexpr size_t smem = smem_bytes<D, G>();
+  constexpr int rows = kRowsPerBlock<G>;
+  allow_shared_memory(flash_attention_kernel<T, D, G>, smem);
+  const dim3 grid(unsigned(p.hq), unsigned((p.lq + rows - 1) / rows), unsigned(nb));
+  flash_attention_kernel<T, D, G><<<grid, kThreads, smem, ctx.stream>>>(p);
   check_launch("flash_attention_kernel");
+}
+
+// Row groups a warp takes: LMX_FLASH_GROUPS=1 keeps one (for measuring against).
+int row_groups() {
+  static const int groups = [] {
+    const char* v = std::getenv("LMX_FLASH_GROUPS");
+    return v && std::string_view(v) == "1" ? 1 : 2;
+  }();
+  return groups;
 }
 
 }  // namespace
@@ -299,10 +368,11 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
   const bool sixteen_bit = q.dtype() == Dtype::bf16 || q.dtype() == Dtype::f16;
   // Long prompts only: shorter ones keep the composition, whose roundings are HF's eager
   // path exactly, and whose S is small.
-  if (!sixteen_bit || (d != 64 && d != 128) || lq < kRows || lk < 512) return false;
+  if (!sixteen_bit || (d != 64 && d != 128) || lq < kRowsPerBlock<1> || lk < 512) return false;
   if (!q.is_contiguous() || !out.is_contiguous() || !rows_in_vectors(k, 8) || !rows_in_vectors(v, 8)) return false;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
-  if (lk > INT32_MAX || (lq + kRows - 1) / kRows > 65535 || nb > 65535 || hq > 65535 || window > INT32_MAX)
+  if (lk > INT32_MAX || lq > INT32_MAX || (lq + kRowsPerBlock<1> - 1) / kRowsPerBlock<1> > 65535 || nb > 65535 ||
+      hq > 65535 || window > INT32_MAX)
     return false;
   FlashParams p{};
   static_cast<AttentionOperands&>(p) = attention_operands(q, k, v, out, q_offsets, key_valid);
@@ -310,12 +380,13 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
   p.scale = scale, p.causal = causal, p.window = int(window);
   int exponent = 0;
   p.exact_scale = q.dtype() == Dtype::bf16 && std::frexp(scale, &exponent) == 0.5f;
+  const bool two_groups = row_groups() == 2;
   auto run = [&](auto tag) {
     using T = decltype(tag);
     if (d == 64)
-      launch<T, 64>(ctx, p, int(nb));
+      two_groups ? launch<T, 64, 2>(ctx, p, int(nb)) : launch<T, 64, 1>(ctx, p, int(nb));
     else
-      launch<T, 128>(ctx, p, int(nb));
+      two_groups ? launch<T, 128, 2>(ctx, p, int(nb)) : launch<T, 128, 1>(ctx, p, int(nb));
   };
   if (q.dtype() == Dtype::bf16)
     run(bfloat_t{});
