@@ -1,6 +1,7 @@
 // Attention for long prompts (prefill), FlashAttention-2 style: S = Q·Kᵀ is never stored.
-// A block takes 64 query rows of one query head; each of its 4 warps owns 16 of them and
-// walks the visible keys in tiles of 64, double-buffered in shared memory by cp.async.
+// A block takes 128 query rows of one query head; each of its 4 warps owns two groups of 16
+// of them and walks the visible keys in tiles of 64, double-buffered in shared memory by
+// cp.async.
 // Scores are tensor-core products held in registers (mma m16n8k16, the layouts of
 // mma.cuh); the softmax runs online on them (a running max and sum per row, the output
 // sums rescaled when the max grows), and the exponentials feed the value product straight
@@ -57,7 +58,9 @@ struct FlashParams : AttentionOperands {
 
 // A warp owns G groups of 16 query rows. Every key and value fragment it reads from shared
 // memory then feeds G products: with one group the ldmatrix traffic outran the tensor
-// cores (64 loads of 512 bytes for 128 products a tile, 128-wide heads).
+// cores (64 loads of 512 bytes for 128 products a tile, 128-wide heads). Two groups
+// prefilled 4,096 tokens 1.014× (Llama) and 1.087× (Qwen3) as fast as one, 16,384 tokens
+// 1.079× and 1.189×, at two blocks an SM (255 registers).
 template <int G>
 constexpr int kRowsPerBlock = 16 * G * kWarps;
 
