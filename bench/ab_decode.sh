@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Decode speed (or classification's) of two or more lmx builds on the same models, for
-# deciding whether a change pays. Within each repetition every binary runs once per model,
-# one after another, so that a machine's drift (clocks, other tenants, the host's speed,
-# which sets batch 64's pace) reaches all of them alike; one run per binary would confuse
-# the change with it. Prints the throughput (`lmx bench`, its median of --repeat timed
+# Decode speed (or classification's, or one long prompt's prefill) of two or more lmx
+# builds on the same models, for deciding whether a change pays. Within each repetition
+# every binary runs once per model, one after another, so that a machine's drift (clocks,
+# other tenants, the host's speed, which sets batch 64's pace) reaches all of them alike;
+# one run per binary would confuse the change with it. Prints the throughput (`lmx bench`, its median of --repeat timed
 # runs) for every run, then each binary's mean per model and its ratio to the first's.
 #
 #   bench/ab_decode.sh MODEL_DIR... -- LMX...

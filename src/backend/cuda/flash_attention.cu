@@ -18,11 +18,12 @@
 // and it made the 4,096-token prefill 14% (Llama) and 19% (Qwen3) faster than the
 // correctly rounded expf.
 //
-// The softmax, not the products, paces the kernel: conversions and exponentials run at a
-// quarter of the arithmetic rate, and per score they took as long as its two products or
-// longer. Hence the packed roundings, the exponent folded into one
-// fused multiply-add, no rescaling while a warp's maxima stand still, and the longest
-// blocks first (bench/NOTES.md, prefill).
+// The softmax and the shared-memory reads, more than the products, pace the kernel:
+// conversions and exponentials run at a quarter of the arithmetic rate, and per score they
+// took as long as its two products or longer. Hence the packed roundings, the exponent
+// folded into one fused multiply-add, no rescaling while a warp's maxima stand still, two
+// groups of rows a warp (each fragment read feeds two products) and the longest blocks
+// first (bench/NOTES.md, prefill).
 //
 // Why: the composition (attention_gemm.cu) wrote, normalised and read back S, 1 GiB per
 // layer for Llama's 4,096-token prefill, and its softmax took 63 of that prefill's 85 ms.
