@@ -309,6 +309,9 @@ TEST(Cuda, LargeAttentionMatchesTheCpu) {
       // padding, no causal mask.
       {1, 8, 2, 100, 700, 64, 0, true, false},   {2, 4, 1, 600, 600, 128, 200, true, true},
       {1, 4, 4, 64, 1024, 128, 0, false, false}, {1, 2, 1, 520, 520, 64, 0, true, false},
+      // The same kernel with 256-wide heads (one group of rows a warp, 32-key tiles).
+      {2, 4, 1, 600, 600, 256, 200, true, true}, {1, 2, 1, 100, 700, 256, 0, true, false},
+      {1, 2, 2, 64, 1024, 256, 0, false, false},
   };
   expect_attention_matches_cpu(cases);
 }

@@ -1,7 +1,7 @@
 // Attention for long prompts (prefill), FlashAttention-2 style: S = Q·Kᵀ is never stored.
 // A block takes 128 query rows of one query head; each of its 4 warps owns two groups of 16
 // of them and walks the visible keys in tiles of 64, double-buffered in shared memory by
-// cp.async.
+// cp.async (256-wide heads: 64 rows, one group a warp, tiles of 32 keys).
 // Scores are tensor-core products held in registers (mma m16n8k16, the layouts of
 // mma.cuh); the softmax runs online on them (a running max and sum per row, the output
 // sums rescaled when the max grows), and the exponentials feed the value product straight
@@ -27,6 +27,8 @@
 //
 // Why: the composition (attention_gemm.cu) wrote, normalised and read back S, 1 GiB per
 // layer for Llama's 4,096-token prefill, and its softmax took 63 of that prefill's 85 ms.
+// It also computes every score of a sliding window's layer, where this kernel loads only
+// the tiles the window reaches (Gemma 3: five layers in six, 512 keys).
 #include <cmath>
 #include <cstdlib>
 #include <string_view>
@@ -38,8 +40,7 @@ namespace lmx::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kKeys = 64;  // keys per tile
-constexpr int kPad = 8;    // elements after each shared row: ldmatrix rows in distinct banks
+constexpr int kPad = 8;  // elements after each shared row: ldmatrix rows in distinct banks
 constexpr float kLog2e = 1.4426950408889634f;
 
 // The hardware's 2^x (relative error about 2^-22; subnormal results flush to zero).
@@ -70,9 +71,14 @@ constexpr int kRowsPerBlock = 16 * G * kWarps;
 template <int D, int G>
 constexpr bool kQueriesInRegisters = D * G <= 128;
 
+// Keys per tile. 256-wide heads take 32: two buffers of 64 keys and values would make a
+// block 169 KiB, one an SM; with 32, 101 KiB, two.
+template <int D>
+constexpr int kKeysPerTile = D == 256 ? 32 : 64;
+
 template <int D, int G>
 constexpr size_t smem_bytes() {
-  return size_t(kRowsPerBlock<G> + 4 * kKeys) * (D + kPad) * 2 + 2 * kKeys;
+  return size_t(kRowsPerBlock<G> + 4 * kKeysPerTile<D>) * (D + kPad) * 2 + 2 * kKeysPerTile<D>;
 }
 
 // Blocks an SM must hold, which caps a thread's registers. With one group, left alone, the
@@ -84,7 +90,7 @@ constexpr int kBlocksPerSm = D == 64 && G == 1 ? 4 : 1;
 
 template <class T, int D, int G>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attention_kernel(FlashParams p) {
-  constexpr int ld = D + kPad, kE = kVecElems<T>, kRows = kRowsPerBlock<G>;
+  constexpr int ld = D + kPad, kE = kVecElems<T>, kRows = kRowsPerBlock<G>, kKeys = kKeysPerTile<D>;
   constexpr bool q_in_registers = kQueriesInRegisters<D, G>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);  // [kRows, ld]; the output's staging at the end
@@ -189,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attentio
     const T* vs = ks + kKeys * ld;
     const bool* ok = valid + buf * kKeys;
 
-    // Scores of the warp's rows against the tile's 64 keys: 8 tiles of 8 keys a group.
+    // Scores of the warp's rows against the tile's keys, in tiles of 8 keys, per group.
     float s[G][kKeys / 8][4];
 #pragma unroll
     for (int j = 0; j < G; ++j)
@@ -372,7 +378,7 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
   const bool sixteen_bit = q.dtype() == Dtype::bf16 || q.dtype() == Dtype::f16;
   // Long prompts only: shorter ones keep the composition, whose roundings are HF's eager
   // path exactly, and whose S is small.
-  if (!sixteen_bit || (d != 64 && d != 128) || lq < kRowsPerBlock<1> || lk < 512) return false;
+  if (!sixteen_bit || (d != 64 && d != 128 && d != 256) || lq < kRowsPerBlock<1> || lk < 512) return false;
   if (!q.is_contiguous() || !out.is_contiguous() || !rows_in_vectors(k, 8) || !rows_in_vectors(v, 8)) return false;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
   if (lk > INT32_MAX || lq > INT32_MAX || (lq + kRowsPerBlock<1> - 1) / kRowsPerBlock<1> > 65535 || nb > 65535 ||
@@ -389,8 +395,10 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
     using T = decltype(tag);
     if (d == 64)
       two_groups ? launch<T, 64, 2>(ctx, p, int(nb)) : launch<T, 64, 1>(ctx, p, int(nb));
-    else
+    else if (d == 128)
       two_groups ? launch<T, 128, 2>(ctx, p, int(nb)) : launch<T, 128, 1>(ctx, p, int(nb));
+    else
+      launch<T, 256, 1>(ctx, p, int(nb));  // the output sums of one group take 128 registers
   };
   if (q.dtype() == Dtype::bf16)
     run(bfloat_t{});
