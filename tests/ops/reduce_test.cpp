@@ -84,15 +84,20 @@ class MatmulTest : public ::testing::TestWithParam<MatmulParam> {};
 
 TEST_P(MatmulTest, MatchesFloat64Reference) {
   const auto [dtype, k, variant] = GetParam();
-  const int64_t b = 2, m = variant == 2 ? 1 : 5, n = 7;
+  // variant 0: plain B; 1: B given as a transposed [N, K] weight; 2: decode-shaped
+  // GEMV with a transposed weight shared by the batch (broadcast, no copy); 3 and 4: 0
+  // and 1 with more rows than the CPU's 16-bit GEMV takes (sgemm on f32 copies, B's in
+  // the layout it has); 5: 4 with A given transposed.
+  const int64_t b = 2, m = variant == 2 ? 1 : variant >= 3 ? 70 : 5, n = 7;
+  const bool plain_b = variant == 0 || variant == 3;
   for (Device dev : test_devices()) {
     const Input a = random_input({b, m, k}, dtype, 3 + k, -1, 1, dev);
-    // variant 0: plain B; 1: B given as a transposed [N, K] weight; 2: decode-shaped
-    // GEMV with a transposed weight shared by the batch (broadcast, no copy).
-    const Shape wshape = variant == 0 ? Shape{b, k, n} : variant == 1 ? Shape{b, n, k} : Shape{n, k};
+    const Shape wshape = plain_b ? Shape{b, k, n} : variant == 2 ? Shape{n, k} : Shape{b, n, k};
     const Input w = random_input(wshape, dtype, 5 + k, -1, 1, dev);
-    const Array rhs = variant == 0 ? w.array : swapaxes(w.array, -1, -2);
-    const Array got = matmul(a.array, rhs);
+    const Array rhs = plain_b ? w.array : swapaxes(w.array, -1, -2);
+    // A transposed view of the same values: [B, K, M] storage read as [B, M, K].
+    const Array lhs = variant == 5 ? swapaxes(contiguous(swapaxes(a.array, -1, -2)), -1, -2) : a.array;
+    const Array got = matmul(lhs, rhs);
     ASSERT_EQ(got.shape(), (Shape{b, m, n}));
     std::vector<double> want(size_t(b * m * n));
     double scale = 0;
@@ -102,9 +107,9 @@ TEST_P(MatmulTest, MatchesFloat64Reference) {
           double acc = 0, mag = 0;
           for (int64_t t = 0; t < k; ++t) {
             const double x = a.values[size_t((bi * m + i) * k + t)];
-            const size_t wi = variant == 0   ? size_t((bi * k + t) * n + j)
-                              : variant == 1 ? size_t((bi * n + j) * k + t)
-                                             : size_t(j * k + t);
+            const size_t wi = plain_b        ? size_t((bi * k + t) * n + j)
+                              : variant == 2 ? size_t(j * k + t)
+                                             : size_t((bi * n + j) * k + t);
             acc += x * w.values[wi];
             mag += std::abs(x * w.values[wi]);
           }
@@ -119,7 +124,7 @@ TEST_P(MatmulTest, MatchesFloat64Reference) {
 
 INSTANTIATE_TEST_SUITE_P(Ops, MatmulTest,
                          ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::ValuesIn(kAwkwardSizes),
-                                            ::testing::Values(0, 1, 2)),
+                                            ::testing::Values(0, 1, 2, 3, 4, 5)),
                          [](const auto& info) {
                            return dtype_param_name(std::get<0>(info.param)) + "_k" +
                                   std::to_string(std::get<1>(info.param)) + "_v" +
