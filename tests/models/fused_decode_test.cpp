@@ -14,7 +14,6 @@
 #include "cuda_available.h"
 #include "io/config.h"
 #include "models/registry.h"
-#include "ops/kernels.h"
 #include "runtime/generator.h"
 
 namespace lmx {

@@ -19,7 +19,6 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-
 std::vector<uint32_t> f32_bits(const std::vector<float>& v) {
   std::vector<uint32_t> out(v.size());
   std::memcpy(out.data(), v.data(), v.size() * 4);

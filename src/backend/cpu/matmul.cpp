@@ -34,8 +34,9 @@ F32Matrix to_f32_matrix(const Array& x, int64_t batch) {
     if constexpr (std::is_same_v<compute_t<T>, float>) {
       const T* p = static_cast<const T*>(x.raw()) + batch * x.strides()[0];
       // Storage BLAS reads as it is (row-major, or a row-major W seen as Wᵀ, the weights'
-      // case) is converted in place order, one contiguous stream. Converting Wᵀ row by row
-      // instead read W a column at a time: a 128-token prompt took 2.7 s on two cores.
+      // case) is converted in storage order, one contiguous stream, and keeps its view.
+      // Converting Wᵀ row by row read W a column at a time: a 128-token prompt took 2.7 s
+      // on two cores.
       const auto view = blas_view(r, c, rs, cs);
       const int64_t span = !view ? 0 : view->trans == CblasNoTrans ? (r - 1) * view->ld + c : (c - 1) * view->ld + r;
       if (view && span <= 2 * r * c) {
