@@ -8,15 +8,7 @@
 // from the score registers. Tiles past a block's causal limit or before its window are
 // never loaded.
 //
-// Roundings: each score is rounded to the dtype, multiplied by the f32 scale and rounded
-// again, as the composition does; the exponentials are rounded to the dtype before they
-// multiply the values, and the sum divides once at the end. The composition rounds the
-// normalised probabilities instead: the two differ by a rounding of the dtype's unit,
-// within the tolerance the tests hold every attention path to. The exponentials use the
-// hardware's exp2: for softmax arguments (at most 0, rarely below -30) its relative error
-// is around 1e-6, far under the 16-bit unit (4e-3 for bf16) the results are rounded to,
-// and it made the 4,096-token prefill 14% (Llama) and 19% (Qwen3) faster than the
-// correctly rounded expf.
+// Roundings and the online softmax: flash_softmax.cuh, which flash_wgmma.cu shares.
 //
 // The softmax and the shared-memory reads, more than the products, pace the kernel:
 // conversions and exponentials run at a quarter of the arithmetic rate, and per score they
@@ -34,29 +26,14 @@
 #include <string_view>
 
 #include "backend/cuda/cuda_ops.h"
-#include "backend/cuda/mma.cuh"
+#include "backend/cuda/flash_softmax.cuh"
 
 namespace lmx::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kPad = 8;  // elements after each shared row: ldmatrix rows in distinct banks
-constexpr float kLog2e = 1.4426950408889634f;
-
-// The hardware's 2^x (relative error about 2^-22; subnormal results flush to zero).
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-struct FlashParams : AttentionOperands {
-  int hq, hkv, lq, lk;
-  float scale;
-  bool causal;
-  bool exact_scale;  // a rounded score times the scale needs no second rounding (bf16, a power of two)
-  int window;  // 0: none
-};
+using namespace flash;
 
 // A warp owns G groups of 16 query rows. Every key and value fragment it reads from shared
 // memory then feeds G products: with one group the ldmatrix traffic outran the tensor
@@ -226,58 +203,15 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attentio
       }
     }
 
-    // Rounded and scaled, masked; the rows' new maxima over the quad that shares them. A
-    // row's two neighbouring scores go through one packed conversion, twice (once when the
-    // scale is a power of two: in bf16 the product is then exact). Most tiles are seen whole
-    // by every row of the block (before the causal diagonal, inside the window, no
-    // padding): those skip the per-score mask. Rows past the end are not stored, so what
-    // they compute does not matter.
+    // Rounded, scaled and masked (flash_softmax.cuh); the rows' new maxima.
     const int key0 = tile * kKeys;
-    const bool whole = key0 + kKeys <= p.lk && !p.key_valid && (!p.causal || key0 + kKeys - 1 <= qoff + row0) &&
-                       (p.window == 0 || key0 > qoff + last_row - p.window);
+    const bool whole = tile_whole(p, key0, kKeys, qoff + row0, qoff + last_row);
     float corr[G][2], mb[G][2];
     bool settled = true;
 #pragma unroll
     for (int j = 0; j < G; ++j) {
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-          round2_to<T>(s[j][n][e], s[j][n][e + 1]);
-          s[j][n][e] *= p.scale, s[j][n][e + 1] *= p.scale;
-          if (!p.exact_scale) round2_to<T>(s[j][n][e], s[j][n][e + 1]);
-        }
-      if (!whole) {
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int hrow = e / 2, k = n * 8 + quad * 2 + e % 2;
-            const int64_t key = key0 + k, qp = pos[j][hrow];
-            const bool seen =
-                live[j][hrow] && ok[k] && (!p.causal || key <= qp) && (p.window == 0 || key > qp - p.window);
-            if (!seen) s[j][n][e] = -INFINITY;
-          }
-      }
-      float mt[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) mt[e / 2] = fmaxf(mt[e / 2], s[j][n][e]);
-#pragma unroll
-      for (int hrow = 0; hrow < 2; ++hrow) {
-        mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 1));
-        mt[hrow] = fmaxf(mt[hrow], __shfl_xor_sync(0xffffffffu, mt[hrow], 2));
-        const float m_new = fmaxf(m[j][hrow], mt[hrow]);
-        // Nothing seen yet: nothing to rescale. Still nothing: the row stays at zero.
-        corr[j][hrow] = m[j][hrow] == -INFINITY ? 0.0f : __expf(m[j][hrow] - m_new);
-        m[j][hrow] = m_new;
-        l[j][hrow] *= corr[j][hrow];
-        // The maximum in base 2; 0 while the row has seen nothing, so that its -inf scores
-        // give exp2(-inf) = 0 rather than NaN.
-        mb[j][hrow] = m_new == -INFINITY ? 0.0f : m_new * kLog2e;
-        settled = settled && corr[j][hrow] == 1.0f;
-      }
+      prepare_scores<T>(s[j], p, whole, key0, pos[j], live[j], ok);
+      settled = update_maxima(s[j], m[j], l[j], corr[j], mb[j]) && settled;
     }
     // Once a row's maximum settles, most tiles leave it alone: the warp then skips the
     // rescaling (a product by exactly 1).
@@ -289,25 +223,9 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attentio
 #pragma unroll
           for (int e = 0; e < 4; ++e) o[j][c][e] *= corr[j][e / 2];
     }
-    // Exponentials as exp2(s·log2 e − m·log2 e), one fused multiply-add before the
-    // hardware's exp2 (masked scores are -inf and give 0), summed per lane (the quad's sums
-    // are added at the end), and rounded into the value product's A operand: tile n's two
-    // registers hold keys 8n..8n+7.
     uint32_t pr[G][kKeys / 8][2];
 #pragma unroll
-    for (int j = 0; j < G; ++j)
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-        for (int hrow = 0; hrow < 2; ++hrow) {
-          float e2[2];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            e2[e] = exp2_approx(fmaf(s[j][n][2 * hrow + e], kLog2e, -mb[j][hrow]));
-            l[j][hrow] += e2[e];
-          }
-          pr[j][n][hrow] = pack2<T>(e2[0], e2[1]);
-        }
+    for (int j = 0; j < G; ++j) exponentials<T>(s[j], mb[j], l[j], pr[j]);
     // Output sums: 16 keys a step, 16 columns per ldmatrix.
 #pragma unroll
     for (int n = 0; n < kKeys / 8; n += 2) {
@@ -329,18 +247,16 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attentio
   // Normalised, rounded, staged in the warp's query rows and stored 16 bytes a lane.
   T* stage = qs + warp * G * 16 * ld;
 #pragma unroll
-  for (int j = 0; j < G; ++j)
+  for (int j = 0; j < G; ++j) {
+    float inv[2];
+    row_inverses(l[j], inv);
 #pragma unroll
-    for (int hrow = 0; hrow < 2; ++hrow) {
-      float sum = l[j][hrow];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+    for (int hrow = 0; hrow < 2; ++hrow)
 #pragma unroll
       for (int c = 0; c < D / 8; ++c)
         *reinterpret_cast<uint32_t*>(stage + (j * 16 + lane / 4 + hrow * 8) * ld + c * 8 + quad * 2) =
-            pack2<T>(o[j][c][2 * hrow] * inv, o[j][c][2 * hrow + 1] * inv);
-    }
+            pack2<T>(o[j][c][2 * hrow] * inv[hrow], o[j][c][2 * hrow + 1] * inv[hrow]);
+  }
   __syncwarp();
   T* out = static_cast<T*>(p.out) + ((int64_t(b) * p.hq + h) * p.lq + row0 + warp * G * 16) * D;
   for (int i = lane; i < G * 16 * vecs; i += 32) {
@@ -390,6 +306,7 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
   p.scale = scale, p.causal = causal, p.window = int(window);
   int exponent = 0;
   p.exact_scale = q.dtype() == Dtype::bf16 && std::frexp(scale, &exponent) == 0.5f;
+  if (flash_wgmma(ctx, p, q.dtype(), d, nb)) return true;
   const bool two_groups = row_groups() == 2;
   auto run = [&](auto tag) {
     using T = decltype(tag);
