@@ -88,6 +88,16 @@ __device__ __forceinline__ void tensor_copy(void* dst, const CUtensorMap* map, u
       "l"(map), "r"(inner), "r"(outer), "r"(smem_addr(bar)), "l"(policy)
       : "memory");
 }
+// The box of a 4-D tensor map at (c0, c1, c2, c3), innermost first, into shared memory,
+// counted on `bar` (zeros where the box passes the tensor's end, counted all the same).
+__device__ __forceinline__ void tensor_copy_4d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
+                                               int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];" ::"r"(smem_addr(dst)),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_addr(bar))
+      : "memory");
+}
 // The same box into this offset of every cluster block in `blocks` (a mask of ranks), each
 // counting it on its own barrier at `bar`'s offset.
 __device__ __forceinline__ void tensor_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int inner,

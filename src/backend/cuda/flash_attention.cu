@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attentio
     bool settled = true;
 #pragma unroll
     for (int j = 0; j < G; ++j) {
-      prepare_scores<T>(s[j], p, whole, key0, pos[j], live[j], ok);
+      prepare_scores<T>(s[j], p, whole, key0, pos[j], live[j], [&](int k, int64_t) { return ok[k]; });
       settled = update_maxima(s[j], m[j], l[j], corr[j], mb[j]) && settled;
     }
     // Once a row's maximum settles, most tiles leave it alone: the warp then skips the

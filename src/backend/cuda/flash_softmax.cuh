@@ -55,11 +55,12 @@ __device__ __forceinline__ bool tile_whole(const FlashParams& p, int64_t key0, i
 // A lane's scores rounded, scaled and rounded again (once when the scale is a power of two:
 // in bf16 the product is then exact), each pair through one packed conversion; then, unless
 // the tile is whole, -inf where the row does not see the key. pos and live: the lane's two
-// rows' positions and whether they exist; ok: the tile's keys that are not padding. Rows past
-// the end are not stored, so what they compute does not matter.
-template <class T, int kN>
+// rows' positions and whether they exist; key_ok(k, key): whether the tile's k-th key (key,
+// counted from 0) exists and is not padding. Rows past the end are not stored, so what they
+// compute does not matter.
+template <class T, int kN, class KeyOk>
 __device__ __forceinline__ void prepare_scores(float (&s)[kN][4], const FlashParams& p, bool whole, int64_t key0,
-                                               const int64_t (&pos)[2], const bool (&live)[2], const bool* ok) {
+                                               const int64_t (&pos)[2], const bool (&live)[2], KeyOk key_ok) {
   const int quad = int(threadIdx.x) % 4;
 #pragma unroll
   for (int n = 0; n < kN; ++n)
@@ -76,7 +77,8 @@ __device__ __forceinline__ void prepare_scores(float (&s)[kN][4], const FlashPar
     for (int e = 0; e < 4; ++e) {
       const int hrow = e / 2, k = n * 8 + quad * 2 + e % 2;
       const int64_t key = key0 + k, qp = pos[hrow];
-      const bool seen = live[hrow] && ok[k] && (!p.causal || key <= qp) && (p.window == 0 || key > qp - p.window);
+      const bool seen =
+          live[hrow] && key_ok(k, key) && (!p.causal || key <= qp) && (p.window == 0 || key > qp - p.window);
       if (!seen) s[n][e] = -INFINITY;
     }
 }

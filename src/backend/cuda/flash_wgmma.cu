@@ -1,7 +1,10 @@
 // Attention for long prompts on Hopper (sm_90a): flash_attention.cu's algorithm with the
 // products on wgmma, the warpgroup-wide tensor-core instruction. A block takes 128 query rows
 // of one query head, 64 for each of its two warpgroups, and walks the visible keys in tiles
-// of 64, double-buffered in shared memory by cp.async.
+// of 64, double-buffered in shared memory. One thread loads the queries once and each tile's
+// keys and values by TMA (tensor maps of the [B, H, L, D] arrays, whatever their strides),
+// counted on an mbarrier per buffer; the copies of 16 bytes a thread had been a quarter of
+// the kernel's instructions (ncu's SASS profile).
 //
 // Per tile, a warpgroup:
 //   - S [64, 64] = Q·Kᵀ: D/16 wgmma m64n64k16, both operands in shared memory (K-major);
@@ -23,6 +26,7 @@
 #include <string_view>
 
 #include "backend/cuda/flash_softmax.cuh"
+#include "backend/cuda/tensor_map.h"
 #include "backend/cuda/wgmma.cuh"
 
 namespace lmx::cuda {
@@ -44,39 +48,30 @@ struct TileLayout {
   static constexpr size_t kv_block = size_t(kKeys) * kSwizzleRow;   // [kKeys, 64]
   // The queries first, [kBlocks][kRows, 64]; then the keys and values:
   static constexpr size_t kv = kBlocks * q_block;                   // [2 buffers][k, v][kBlocks][kKeys, 64]
-  static constexpr size_t valid = kv + 4 * kBlocks * kv_block;      // [2][kKeys] bool
-  static constexpr size_t bytes = valid + 2 * kKeys + 1024;         // + alignment of the dynamic base
+  static constexpr size_t bars = kv + 4 * kBlocks * kv_block;       // full[2], queries: mbarriers
+  static constexpr size_t bytes = bars + 3 * 8 + 1024;              // + alignment of the dynamic base
 };
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the device code exists only in the sm_90a build
-
-// Where chunk c (16 bytes) of row r of a swizzled column block lies.
-__device__ __forceinline__ uint32_t swizzled(int r, int c) { return uint32_t(r * kSwizzleRow + ((c ^ (r & 7)) << 4)); }
-
-// Copies issued by all threads become visible to the wgmma's reads (the async proxy) after
-// the barrier that follows.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-#endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // Two blocks an SM (128 registers a thread; 128-wide heads spill 24 bytes outside the loop):
 // one block of 165 registers prefilled Qwen3's 4,096 tokens 0.97× as fast.
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads, 2) flash_wgmma_kernel(FlashParams p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__global__ void __launch_bounds__(kThreads, 2)
+    flash_wgmma_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+                       const __grid_constant__ CUtensorMap tv, FlashParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the device code exists only in the sm_90a build
   using L = TileLayout<D>;
   constexpr int kChunks = D / 8;  // 16-byte chunks a row
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  bool* valid = reinterpret_cast<bool*>(smem + L::valid);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::bars);  // [2]: a buffer's keys and values are in
+  uint64_t* queries = full + 2;
   const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) / 32 % 4, lane = int(threadIdx.x) % 32;
   // As in flash_attention.cu: heads fastest, the longest (last) row blocks first.
   const int row0 = int(gridDim.y - 1 - blockIdx.y) * kRows, h = int(blockIdx.x), b = int(blockIdx.z),
             g = h / (p.hq / p.hkv);
   const int64_t qoff = p.q_offsets[b];
-  const T* q = static_cast<const T*>(p.q) + ((int64_t(b) * p.hq + h) * p.lq + row0) * D;
-  const T* kb = static_cast<const T*>(p.k) + b * p.k_sb + g * p.k_sh;
-  const T* vb = static_cast<const T*>(p.v) + b * p.v_sb + g * p.v_sh;
+  const bool* key_valid = p.key_valid ? p.key_valid + int64_t(b) * p.lk : nullptr;  // [Lk] or null
 
   // The keys any row of this block sees: [lo, hi), in whole tiles.
   const int last_row = ::min(row0 + kRows, p.lq) - 1;
@@ -85,39 +80,32 @@ __global__ void __launch_bounds__(kThreads, 2) flash_wgmma_kernel(FlashParams p)
   if (p.window > 0) lo = ::max(int64_t(0), qoff + row0 - p.window + 1);
   const int first_tile = int(lo / kKeys), end_tile = int((hi + kKeys - 1) / kKeys);
 
-  // Query rows (zeros past the end), then each tile's keys and values, 16 bytes per cp.async.
-  for (int i = int(threadIdx.x); i < kRows * kChunks; i += kThreads) {
-    const int r = i / kChunks, c = i % kChunks;
-    unsigned char* dst = smem + c / 8 * L::q_block + swizzled(r, c % 8);
-    if (row0 + r < p.lq)
-      copy16_async(dst, q + int64_t(r) * D + c * 8);
-    else
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-  }
-  asm volatile("cp.async.commit_group;\n" ::);
+  // Boxes of 64 rows × 64 values, swizzled as the descriptors read them; rows past the
+  // arrays' ends arrive as zeros.
   auto keys_at = [&](int buf) { return smem + L::kv + size_t(buf) * 2 * L::kBlocks * L::kv_block; };
   auto load_tile = [&](int tile, int buf) {
     unsigned char* ks = keys_at(buf);
-    unsigned char* vs = ks + L::kBlocks * L::kv_block;
-    const int key0 = tile * kKeys;
-    for (int i = int(threadIdx.x); i < kKeys * kChunks; i += kThreads) {
-      const int r = i / kChunks, c = i % kChunks, key = key0 + r;
-      const uint32_t at = uint32_t(c / 8 * L::kv_block) + swizzled(r, c % 8);
-      if (key < p.lk) {
-        copy16_async(ks + at, kb + key * p.k_sl + c * 8);
-        copy16_async(vs + at, vb + key * p.v_sl + c * 8);
-      } else {
-        *reinterpret_cast<uint4*>(ks + at) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(vs + at) = make_uint4(0, 0, 0, 0);
-      }
+    mbarrier_expect(&full[buf], unsigned(2 * L::kBlocks * L::kv_block));
+#pragma unroll
+    for (int cb = 0; cb < L::kBlocks; ++cb) {
+      tensor_copy_4d(ks + cb * L::kv_block, &tk, &full[buf], cb * 64, tile * kKeys, g, b);
+      tensor_copy_4d(ks + (L::kBlocks + cb) * L::kv_block, &tv, &full[buf], cb * 64, tile * kKeys, g, b);
     }
-    for (int r = int(threadIdx.x); r < kKeys; r += kThreads) {
-      const int key = key0 + r;
-      valid[buf * kKeys + r] = key < p.lk && (!p.key_valid || p.key_valid[int64_t(b) * p.lk + key]);
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
   };
-  if (first_tile < end_tile) load_tile(first_tile, 0);
+  if (threadIdx.x == 0) {
+    mbarrier_init(&full[0], 1);
+    mbarrier_init(&full[1], 1);
+    mbarrier_init(queries, 1);
+    mbarrier_init_fence();
+    mbarrier_expect(queries, unsigned(L::kBlocks * L::q_block));
+#pragma unroll
+    for (int cb = 0; cb < L::kBlocks; ++cb)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        tensor_copy_4d(smem + cb * L::q_block + half * 64 * kSwizzleRow, &tq, queries, cb * 64, row0 + half * 64, h, b);
+    if (first_tile < end_tile) load_tile(first_tile, 0);
+  }
+  __syncthreads();  // the barriers' initialisation
 
   // This lane's rows r and r + 8 (r = 64 wg + 16 warp + lane / 4) and their positions.
   int64_t pos[2];
@@ -134,28 +122,29 @@ __global__ void __launch_bounds__(kThreads, 2) flash_wgmma_kernel(FlashParams p)
   for (int c = 0; c < D / 8; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0;
   const unsigned char* qw = smem + size_t(wg) * 64 * kSwizzleRow;  // the warpgroup's 64 rows
 
-  for (int tile = first_tile; tile < end_tile; ++tile) {
-    const int buf = (tile - first_tile) % 2;
-    if (tile + 1 < end_tile) {
-      load_tile(tile + 1, buf ^ 1);
-      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-    } else {
-      asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-    }
-    fence_proxy_async();
-    __syncthreads();
-    const unsigned char* ks = keys_at(buf);
-    const unsigned char* vs = ks + L::kBlocks * L::kv_block;
+  // Descriptors: +1 moves 16 bytes. The warpgroup's queries, each buffer's keys and values.
+  const uint64_t dq = wgmma_descriptor(qw);
+  // Buffer 1's are buffer 0's moved by its size (computed, not indexed: an indexed pair of
+  // descriptors went to local memory).
+  const uint64_t dk0 = wgmma_descriptor(keys_at(0)),
+                 dv0 = wgmma_descriptor_mn(keys_at(0) + L::kBlocks * L::kv_block, uint32_t(L::kv_block));
+  constexpr uint64_t kBufferStep = 2 * L::kBlocks * L::kv_block >> 4;
+  mbarrier_wait(queries, 0);
 
-    // S = Q·Kᵀ over the head, 16 columns a product; +2 in a descriptor moves 32 bytes along a
-    // swizzled row.
+  for (int tile = first_tile; tile < end_tile; ++tile) {
+    const int i = tile - first_tile, buf = i % 2;
+    // The other buffer was last read in the previous tile, which every thread has left.
+    if (threadIdx.x == 0 && tile + 1 < end_tile) load_tile(tile + 1, buf ^ 1);
+    mbarrier_wait(&full[buf], unsigned(i / 2) & 1u);
+
+    // S = Q·Kᵀ over the head, 16 columns a product.
     float s[kKeys / 8][4];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t da = wgmma_descriptor(qw + kk / 4 * L::q_block) + 2 * (kk % 4);
-      const uint64_t db = wgmma_descriptor(ks + kk / 4 * L::kv_block) + 2 * (kk % 4);
-      wgmma_m64n64k16_ss<T>(s, da, db, kk > 0);
+      const uint64_t step = kk % 4 * 2;  // 32 bytes along the swizzled rows
+      wgmma_m64n64k16_ss<T>(s, dq + kk / 4 * (L::q_block >> 4) + step, dk0 + buf * kBufferStep + kk / 4 * (L::kv_block >> 4) + step,
+                            kk > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -163,7 +152,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_wgmma_kernel(FlashParams p)
 
     const int key0 = tile * kKeys;
     const bool whole = tile_whole(p, key0, kKeys, qoff + row0, qoff + last_row);
-    prepare_scores<T>(s, p, whole, key0, pos, live, valid + buf * kKeys);
+    prepare_scores<T>(s, p, whole, key0, pos, live,
+                      [&](int, int64_t key) { return key < p.lk && (!key_valid || key_valid[key]); });
     float corr[2], mb[2];
     if (!update_maxima(s, m, l, corr, mb)) {
 #pragma unroll
@@ -180,7 +170,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_wgmma_kernel(FlashParams p)
 #pragma unroll
     for (int st = 0; st < kKeys / 16; ++st) {
       const uint32_t a[4] = {pr[2 * st][0], pr[2 * st][1], pr[2 * st + 1][0], pr[2 * st + 1][1]};
-      wgmma_m64k16_rs<T, D>(o, a, wgmma_descriptor_mn(vs + st * 16 * kSwizzleRow, uint32_t(L::kv_block)));
+      wgmma_m64k16_rs<T, D>(o, a, dv0 + buf * kBufferStep + st * (16 * kSwizzleRow >> 4));
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -214,12 +204,25 @@ __global__ void __launch_bounds__(kThreads, 2) flash_wgmma_kernel(FlashParams p)
 #endif
 }
 
+// A tensor map of [B, H, L, D] (element strides sb, sh, sl; D contiguous) in boxes of 64
+// rows × 64 values, 128-byte swizzled.
+bool head_map(CUtensorMap& map, const void* base, bool bf16, int64_t nb, int64_t nh, int64_t nl, int64_t d,
+              int64_t sb, int64_t sh, int64_t sl) {
+  const int64_t dims[4] = {d, nl, nh, nb};
+  int64_t strides[3] = {sl * 2, sh * 2, sb * 2};
+  // A dimension of one is never stepped over: any valid stride serves (a broadcast one is 0).
+  if (nh == 1) strides[1] = strides[0] * nl;
+  if (nb == 1) strides[2] = strides[1] * nh;
+  const int box[4] = {64, kKeys, 1, 1};
+  return tensor_map_16bit(map, base, bf16, 4, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
+}
+
 template <class T, int D>
-void launch(const Context& ctx, const FlashParams& p, int nb) {
+void launch(const Context& ctx, const CUtensorMap (&maps)[3], const FlashParams& p, int nb) {
   constexpr size_t smem = TileLayout<D>::bytes;
   allow_shared_memory(flash_wgmma_kernel<T, D>, smem);
   const dim3 grid(unsigned(p.hq), unsigned((p.lq + kRows - 1) / kRows), unsigned(nb));
-  flash_wgmma_kernel<T, D><<<grid, kThreads, smem, ctx.stream>>>(p);
+  flash_wgmma_kernel<T, D><<<grid, kThreads, smem, ctx.stream>>>(maps[0], maps[1], maps[2], p);
   check_launch("flash_wgmma_kernel");
 }
 
@@ -232,11 +235,17 @@ bool flash_wgmma(const Context& ctx, const FlashParams& p, Dtype dtype, int64_t 
   }();
   if (!enabled || ctx.compute_capability != 90 || (d != 64 && d != 128)) return false;
   if (size_t(ctx.max_smem_per_block) < (d == 64 ? TileLayout<64>::bytes : TileLayout<128>::bytes)) return false;
+  const bool bf16 = dtype == Dtype::bf16;
+  CUtensorMap maps[3];  // q, k, v
+  if (!head_map(maps[0], p.q, bf16, nb, p.hq, p.lq, d, int64_t(p.hq) * p.lq * d, int64_t(p.lq) * d, d) ||
+      !head_map(maps[1], p.k, bf16, nb, p.hkv, p.lk, d, p.k_sb, p.k_sh, p.k_sl) ||
+      !head_map(maps[2], p.v, bf16, nb, p.hkv, p.lk, d, p.v_sb, p.v_sh, p.v_sl))
+    return false;
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    d == 64 ? launch<T, 64>(ctx, p, int(nb)) : launch<T, 128>(ctx, p, int(nb));
+    d == 64 ? launch<T, 64>(ctx, maps, p, int(nb)) : launch<T, 128>(ctx, maps, p, int(nb));
   };
-  if (dtype == Dtype::bf16)
+  if (bf16)
     run(bfloat_t{});
   else
     run(half_t{});

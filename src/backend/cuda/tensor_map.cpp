@@ -5,8 +5,9 @@
 
 namespace lmx::cuda {
 
-bool bf16_tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int box_rows, int box_cols,
-                     CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
+bool tensor_map_16bit(CUtensorMap& map, const void* p, bool bf16, int rank, const int64_t* dims,
+                      const int64_t* strides, const int* box, CUtensorMapSwizzle swizzle,
+                      CUtensorMapL2promotion promotion) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* f = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -17,12 +18,25 @@ bool bf16_tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols
     (void)cudaGetLastError();
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
   }();
-  if (!encode) return false;
-  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * 2};
-  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)}, steps[2] = {1, 1};
-  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, steps,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
+  constexpr int kMaxRank = 5;
+  if (!encode || rank < 1 || rank > kMaxRank) return false;
+  cuuint64_t d[kMaxRank], st[kMaxRank];
+  cuuint32_t bx[kMaxRank], steps[kMaxRank];
+  for (int i = 0; i < rank; ++i) {
+    if (dims[i] <= 0 || box[i] <= 0 || (i + 1 < rank && (strides[i] <= 0 || strides[i] % 16 != 0))) return false;
+    d[i] = cuuint64_t(dims[i]), bx[i] = cuuint32_t(box[i]), steps[i] = 1;
+    if (i + 1 < rank) st[i] = cuuint64_t(strides[i]);
+  }
+  return encode(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, cuuint32_t(rank),
+                const_cast<void*>(p), d, st, bx, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+bool bf16_tensor_map(CUtensorMap& map, const void* p, int64_t rows, int64_t cols, int box_rows, int box_cols,
+                     CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
+  const int64_t dims[2] = {cols, rows}, strides[1] = {cols * 2};
+  const int box[2] = {box_cols, box_rows};
+  return tensor_map_16bit(map, p, true, 2, dims, strides, box, swizzle, promotion);
 }
 
 }  // namespace lmx::cuda
