@@ -34,38 +34,54 @@ namespace {
 
 using namespace flash;
 
-constexpr int kThreads = 256;  // two warpgroups
-constexpr int kRows = 128;     // query rows a block: 64 a warpgroup
-constexpr int kKeys = 64;      // keys a tile
+constexpr int kKeys = 64;  // keys a tile
 constexpr int kSwizzleRow = 128;
+
+// Per head dim: warpgroups a block (64 query rows each), key buffers (stages), blocks an SM,
+// and whether a warpgroup's softmax overlaps its own value product (below). The overlap holds
+// two tiles' exponentials: 120 registers for 64-wide heads, 167 for 128-wide ones, which then
+// fit one block of three warpgroups an SM; that prefilled Qwen3's 4,096 tokens 0.88× as fast
+// as two blocks of two warpgroups without it (ncu: 221 against 164 us a layer). 64-wide
+// heads gained 4% at 16,384 tokens (Llama), nothing at 4,096.
+template <int D>
+struct Config;
+template <>
+struct Config<64> {
+  static constexpr int kGroups = 2, kStages = 3, kMinBlocks = 2;
+  static constexpr bool kOverlap = true;
+};
+template <>
+struct Config<128> {
+  static constexpr int kGroups = 2, kStages = 2, kMinBlocks = 2;
+  static constexpr bool kOverlap = false;
+};
 
 // Byte offsets in a block's shared memory (1,024-aligned: the swizzle repeats every 1,024
 // bytes, and the descriptors assume the pattern starts there).
 template <int D>
 struct TileLayout {
-  static constexpr int kBlocks = D / 64;                            // column blocks of 64 values
-  static constexpr size_t q_block = size_t(kRows) * kSwizzleRow;    // [kRows, 64] of one column block
-  static constexpr size_t kv_block = size_t(kKeys) * kSwizzleRow;   // [kKeys, 64]
-  // The queries first, [kBlocks][kRows, 64]; then the keys and values:
-  static constexpr size_t kv = kBlocks * q_block;                   // [2 buffers][k, v][kBlocks][kKeys, 64]
-  static constexpr size_t bars = kv + 4 * kBlocks * kv_block;       // full[2], queries: mbarriers
-  static constexpr size_t bytes = bars + 3 * 8 + 1024;              // + alignment of the dynamic base
+  static constexpr int kBlocks = D / 64;  // column blocks of 64 values
+  static constexpr int kRows = 64 * Config<D>::kGroups, kStages = Config<D>::kStages;
+  static constexpr size_t q_block = size_t(kRows) * kSwizzleRow;   // [kRows, 64] of one column block
+  static constexpr size_t kv_block = size_t(kKeys) * kSwizzleRow;  // [kKeys, 64]
+  static constexpr size_t stage = 2 * kBlocks * kv_block;          // k, v: [kBlocks][kKeys, 64] each
+  // The queries first, [kBlocks][kRows, 64]; then the stages; then full[kStages], queries: mbarriers.
+  static constexpr size_t kv = kBlocks * q_block;
+  static constexpr size_t bars = kv + kStages * stage;
+  static constexpr size_t bytes = bars + (kStages + 1) * 8 + 1024;  // + alignment of the dynamic base
 };
 
-
-// Two blocks an SM (128 registers a thread; 128-wide heads spill 24 bytes outside the loop):
-// one block of 165 registers prefilled Qwen3's 4,096 tokens 0.97× as fast.
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(128 * Config<D>::kGroups, Config<D>::kMinBlocks)
     flash_wgmma_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                        const __grid_constant__ CUtensorMap tv, FlashParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the device code exists only in the sm_90a build
   using L = TileLayout<D>;
-  constexpr int kChunks = D / 8;  // 16-byte chunks a row
+  constexpr int kRows = L::kRows, kStages = L::kStages, kChunks = D / 8;  // 16-byte chunks a row
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::bars);  // [2]: a buffer's keys and values are in
-  uint64_t* queries = full + 2;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::bars);  // [kStages]: a stage's keys and values are in
+  uint64_t* queries = full + kStages;
   const int wg = int(threadIdx.x) / 128, warp = int(threadIdx.x) / 32 % 4, lane = int(threadIdx.x) % 32;
   // As in flash_attention.cu: heads fastest, the longest (last) row blocks first.
   const int row0 = int(gridDim.y - 1 - blockIdx.y) * kRows, h = int(blockIdx.x), b = int(blockIdx.z),
@@ -78,32 +94,33 @@ __global__ void __launch_bounds__(kThreads, 2)
   int64_t hi = p.lk, lo = 0;
   if (p.causal) hi = ::min(hi, ::max(qoff + last_row + 1, int64_t(0)));
   if (p.window > 0) lo = ::max(int64_t(0), qoff + row0 - p.window + 1);
-  const int first_tile = int(lo / kKeys), end_tile = int((hi + kKeys - 1) / kKeys);
+  const int first_tile = int(lo / kKeys), tiles = ::max(int((hi + kKeys - 1) / kKeys) - first_tile, 0);
 
   // Boxes of 64 rows × 64 values, swizzled as the descriptors read them; rows past the
-  // arrays' ends arrive as zeros.
-  auto keys_at = [&](int buf) { return smem + L::kv + size_t(buf) * 2 * L::kBlocks * L::kv_block; };
-  auto load_tile = [&](int tile, int buf) {
-    unsigned char* ks = keys_at(buf);
-    mbarrier_expect(&full[buf], unsigned(2 * L::kBlocks * L::kv_block));
+  // arrays' ends arrive as zeros. Tile i (from first_tile) goes to stage i % kStages.
+  auto load_tile = [&](int i) {
+    const int st = i % kStages;
+    unsigned char* ks = smem + L::kv + st * L::stage;
+    mbarrier_expect(&full[st], unsigned(L::stage));
+    const int key0 = (first_tile + i) * kKeys;
 #pragma unroll
     for (int cb = 0; cb < L::kBlocks; ++cb) {
-      tensor_copy_4d(ks + cb * L::kv_block, &tk, &full[buf], cb * 64, tile * kKeys, g, b);
-      tensor_copy_4d(ks + (L::kBlocks + cb) * L::kv_block, &tv, &full[buf], cb * 64, tile * kKeys, g, b);
+      tensor_copy_4d(ks + cb * L::kv_block, &tk, &full[st], cb * 64, key0, g, b);
+      tensor_copy_4d(ks + (L::kBlocks + cb) * L::kv_block, &tv, &full[st], cb * 64, key0, g, b);
     }
   };
   if (threadIdx.x == 0) {
-    mbarrier_init(&full[0], 1);
-    mbarrier_init(&full[1], 1);
+    for (int st = 0; st < kStages; ++st) mbarrier_init(&full[st], 1);
     mbarrier_init(queries, 1);
     mbarrier_init_fence();
     mbarrier_expect(queries, unsigned(L::kBlocks * L::q_block));
 #pragma unroll
     for (int cb = 0; cb < L::kBlocks; ++cb)
 #pragma unroll
-      for (int half = 0; half < 2; ++half)
-        tensor_copy_4d(smem + cb * L::q_block + half * 64 * kSwizzleRow, &tq, queries, cb * 64, row0 + half * 64, h, b);
-    if (first_tile < end_tile) load_tile(first_tile, 0);
+      for (int part = 0; part < Config<D>::kGroups; ++part)
+        tensor_copy_4d(smem + cb * L::q_block + part * 64 * kSwizzleRow, &tq, queries, cb * 64, row0 + part * 64, h,
+                       b);
+    for (int i = 0; i < kStages && i < tiles; ++i) load_tile(i);
   }
   __syncthreads();  // the barriers' initialisation
 
@@ -120,62 +137,143 @@ __global__ void __launch_bounds__(kThreads, 2)
   float o[D / 8][4];
 #pragma unroll
   for (int c = 0; c < D / 8; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0;
-  const unsigned char* qw = smem + size_t(wg) * 64 * kSwizzleRow;  // the warpgroup's 64 rows
 
-  // Descriptors: +1 moves 16 bytes. The warpgroup's queries, each buffer's keys and values.
-  const uint64_t dq = wgmma_descriptor(qw);
-  // Buffer 1's are buffer 0's moved by its size (computed, not indexed: an indexed pair of
-  // descriptors went to local memory).
-  const uint64_t dk0 = wgmma_descriptor(keys_at(0)),
-                 dv0 = wgmma_descriptor_mn(keys_at(0) + L::kBlocks * L::kv_block, uint32_t(L::kv_block));
-  constexpr uint64_t kBufferStep = 2 * L::kBlocks * L::kv_block >> 4;
+  // Descriptors: +1 moves 16 bytes. The warpgroup's 64 queries; stage 0's keys and values (a
+  // stage's are those moved by its offset: computed, not indexed, which went to local memory).
+  const uint64_t dq = wgmma_descriptor(smem + size_t(wg) * 64 * kSwizzleRow),
+                 dk0 = wgmma_descriptor(smem + L::kv),
+                 dv0 = wgmma_descriptor_mn(smem + L::kv + L::kBlocks * L::kv_block, uint32_t(L::kv_block));
+  constexpr uint64_t kStageStep = L::stage >> 4;
+  // O += P·V for tile i's values, 16 keys a product: V's 8-key row groups are 1,024 bytes
+  // apart, its column blocks kv_block apart.
+  auto add_values = [&](uint32_t(&pr)[kKeys / 8][2], int i) {
+#pragma unroll
+    for (int kt = 0; kt < kKeys / 16; ++kt) {
+      const uint32_t a[4] = {pr[2 * kt][0], pr[2 * kt][1], pr[2 * kt + 1][0], pr[2 * kt + 1][1]};
+      wgmma_m64k16_rs<T, D>(o, a, dv0 + i % kStages * kStageStep + kt * (16 * kSwizzleRow >> 4));
+    }
+    wgmma_commit();
+  };
   mbarrier_wait(queries, 0);
 
-  for (int tile = first_tile; tile < end_tile; ++tile) {
-    const int i = tile - first_tile, buf = i % 2;
-    // The other buffer was last read in the previous tile, which every thread has left.
-    if (threadIdx.x == 0 && tile + 1 < end_tile) load_tile(tile + 1, buf ^ 1);
-    mbarrier_wait(&full[buf], unsigned(i / 2) & 1u);
-
-    // S = Q·Kᵀ over the head, 16 columns a product.
-    float s[kKeys / 8][4];
+  // S(i) = Q·Kᵀ for tile i, 16 columns a product, issued and committed.
+  // Every register a product reads, pr included, must be defined before the fence that
+  // precedes it: a move or a definition between them (here, pr's copy, which the compiler sank
+  // to its use) makes ptxas serialise the products. s is "defined" as anything: its first
+  // product overwrites it.
+  auto define = [&](float(&s)[kKeys / 8][4], uint32_t(&pr)[kKeys / 8][2]) {
+    wgmma_hold(s);
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) asm volatile("" : "+r"(pr[n][0]), "+r"(pr[n][1]));
+  };
+  auto issue_scores = [&](int i, float(&s)[kKeys / 8][4]) {
+    const int st = i % kStages;
+    mbarrier_wait(&full[st], unsigned(i / kStages) & 1u);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint64_t step = kk % 4 * 2;  // 32 bytes along the swizzled rows
-      wgmma_m64n64k16_ss<T>(s, dq + kk / 4 * (L::q_block >> 4) + step, dk0 + buf * kBufferStep + kk / 4 * (L::kv_block >> 4) + step,
-                            kk > 0);
+      wgmma_m64n64k16_ss<T>(s, dq + kk / 4 * (L::q_block >> 4) + step,
+                            dk0 + st * kStageStep + kk / 4 * (L::kv_block >> 4) + step, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_hold(s);
-
-    const int key0 = tile * kKeys;
+  };
+  // The online softmax of S(i) (flash_softmax.cuh) into the next product's operand; false
+  // where O must be rescaled by corr.
+  auto softmax = [&](int i, float(&s)[kKeys / 8][4], uint32_t(&next)[kKeys / 8][2], float(&corr)[2]) {
+    const int key0 = (first_tile + i) * kKeys;
     const bool whole = tile_whole(p, key0, kKeys, qoff + row0, qoff + last_row);
     prepare_scores<T>(s, p, whole, key0, pos, live,
                       [&](int, int64_t key) { return key < p.lk && (!key_valid || key_valid[key]); });
-    float corr[2], mb[2];
-    if (!update_maxima(s, m, l, corr, mb)) {
+    float mb[2];
+    const bool settled = update_maxima(s, m, l, corr, mb);
+    exponentials<T>(s, mb, l, next);
+    return settled;
+  };
+  // Every warpgroup is done with tile `done`'s stage: tile done + kStages goes there. (A
+  // refill issued a tile late, as the overlap's order first had it for two stages, cost 2-4%.)
+  auto refill = [&](int done) {
+    __syncthreads();
+    if (threadIdx.x == 0 && done >= 0 && done + kStages < tiles) load_tile(done + kStages);
+  };
+
+  // Tile i's scores are computed while tile i - 1's values are added: S(i), then PV(i - 1),
+  // are issued, and the softmax of S(i) runs as the tensor cores work on PV(i - 1). So the
+  // exponentials of two tiles are live at once (pr for PV(i - 1), next for PV(i)), and O is
+  // rescaled once PV(i - 1) is done.
+  auto step = [&](int i, uint32_t(&pr)[kKeys / 8][2], uint32_t(&next)[kKeys / 8][2]) {
+    float s[kKeys / 8][4], corr[2];
+    define(s, pr);
+    issue_scores(i, s);  // its fence serves PV(i - 1) too
+    add_values(pr, i - 1);
+    wgmma_wait<1>();
+    wgmma_hold(s);
+    const bool settled = softmax(i, s, next, corr);
+    wgmma_wait<0>();
+    wgmma_hold(o);
+    // pr was the running product's operand: kept in its registers until it is done.
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) asm volatile("" ::"r"(pr[n][0]), "r"(pr[n][1]));
+    if (!settled) {
 #pragma unroll
       for (int c = 0; c < D / 8; ++c)
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[c][e] *= corr[e / 2];
     }
-    uint32_t pr[kKeys / 8][2];
-    exponentials<T>(s, mb, l, pr);
-
-    // O += P·V, 16 keys a product: V's 8-key row groups are 1,024 bytes apart, its column
-    // blocks kv_block apart.
+    refill(i - 1);  // PV(i - 1) is done
+  };
+  auto last_values = [&](uint32_t(&pr)[kKeys / 8][2]) {
+    float s[kKeys / 8][4];
+    define(s, pr);
     wgmma_fence();
-#pragma unroll
-    for (int st = 0; st < kKeys / 16; ++st) {
-      const uint32_t a[4] = {pr[2 * st][0], pr[2 * st][1], pr[2 * st + 1][0], pr[2 * st + 1][1]};
-      wgmma_m64k16_rs<T, D>(o, a, dv0 + buf * kBufferStep + st * (16 * kSwizzleRow >> 4));
-    }
-    wgmma_commit();
+    add_values(pr, tiles - 1);
     wgmma_wait<0>();
     wgmma_hold(o);
-    __syncthreads();  // the buffer is refilled two tiles on
+  };
+  if constexpr (!Config<D>::kOverlap) {
+    for (int i = 0; i < tiles; ++i) {
+      float s[kKeys / 8][4], corr[2];
+      uint32_t pr[kKeys / 8][2];
+      wgmma_hold(s);
+      issue_scores(i, s);
+      wgmma_wait<0>();
+      wgmma_hold(s);
+      if (!softmax(i, s, pr, corr)) {
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[c][e] *= corr[e / 2];
+      }
+      wgmma_fence();
+      add_values(pr, i);
+      wgmma_wait<0>();
+      wgmma_hold(o);
+      refill(i);
+    }
+  } else if (tiles > 0) {
+    // The first tile is peeled, and the loop takes two tiles a turn, the two operand arrays
+    // swapping roles: a branch in the loop, or a copy of next into pr, put instructions
+    // between the fence and the products that ptxas answered by serialising them.
+    uint32_t p0[kKeys / 8][2], p1[kKeys / 8][2];
+    {
+      float s[kKeys / 8][4], corr[2];
+      wgmma_hold(s);
+      issue_scores(0, s);
+      wgmma_wait<0>();
+      wgmma_hold(s);
+      softmax(0, s, p0, corr);  // O is still zero: nothing to rescale
+    }
+    int i = 1;
+    for (; i + 1 < tiles; i += 2) {
+      step(i, p0, p1);
+      step(i + 1, p1, p0);
+    }
+    if (i < tiles) {
+      step(i, p0, p1);
+      last_values(p1);
+    } else {
+      last_values(p0);
+    }
   }
 
   // Normalised, rounded, staged in the (now free) key buffers as plain rows, and stored 16
@@ -220,9 +318,12 @@ bool head_map(CUtensorMap& map, const void* base, bool bf16, int64_t nb, int64_t
 template <class T, int D>
 void launch(const Context& ctx, const CUtensorMap (&maps)[3], const FlashParams& p, int nb) {
   constexpr size_t smem = TileLayout<D>::bytes;
+  // The overlap frees a stage one tile later, so it needs a third to keep a tile in flight.
+  static_assert(!Config<D>::kOverlap || Config<D>::kStages >= 3);
   allow_shared_memory(flash_wgmma_kernel<T, D>, smem);
-  const dim3 grid(unsigned(p.hq), unsigned((p.lq + kRows - 1) / kRows), unsigned(nb));
-  flash_wgmma_kernel<T, D><<<grid, kThreads, smem, ctx.stream>>>(maps[0], maps[1], maps[2], p);
+  constexpr int rows = TileLayout<D>::kRows;
+  const dim3 grid(unsigned(p.hq), unsigned((p.lq + rows - 1) / rows), unsigned(nb));
+  flash_wgmma_kernel<T, D><<<grid, 128 * Config<D>::kGroups, smem, ctx.stream>>>(maps[0], maps[1], maps[2], p);
   check_launch("flash_wgmma_kernel");
 }
 
