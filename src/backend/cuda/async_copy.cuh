@@ -1,6 +1,6 @@
 // Shared memory filled in the background: mbarriers, bulk and tensor (TMA) copies, and the
 // cluster-wide barrier, for the kernels that stream their operands through a ring of
-// shared-memory slots (fused_persistent.cu, glu_gemm.cu).
+// shared-memory slots (fused_persistent.cu, glu_gemm.cu) or tiles (flash_wgmma.cu).
 //
 // An mbarrier's phase completes when its expected arrivals and its expected transaction
 // bytes are all in; a copy counts its bytes on the barrier as they land. Waits name the

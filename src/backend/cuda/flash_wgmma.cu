@@ -1,10 +1,10 @@
 // Attention for long prompts on Hopper (sm_90a): flash_attention.cu's algorithm with the
 // products on wgmma, the warpgroup-wide tensor-core instruction. A block takes 128 query rows
 // of one query head, 64 for each of its two warpgroups, and walks the visible keys in tiles
-// of 64, double-buffered in shared memory. One thread loads the queries once and each tile's
-// keys and values by TMA (tensor maps of the [B, H, L, D] arrays, whatever their strides),
-// counted on an mbarrier per buffer; the copies of 16 bytes a thread had been a quarter of
-// the kernel's instructions (ncu's SASS profile).
+// of 64 through two or three buffers (stages) of shared memory. One thread loads the queries
+// once and each tile's keys and values by TMA (tensor maps of the [B, H, L, D] arrays,
+// whatever their strides), counted on an mbarrier per stage; the copies of 16 bytes a thread
+// had been a quarter of the kernel's instructions (ncu's SASS profile).
 //
 // Per tile, a warpgroup:
 //   - S [64, 64] = Q·Kᵀ: D/16 wgmma m64n64k16, both operands in shared memory (K-major);
@@ -42,7 +42,7 @@ constexpr int kSwizzleRow = 128;
 // two tiles' exponentials: 120 registers for 64-wide heads, 167 for 128-wide ones, which then
 // fit one block of three warpgroups an SM; that prefilled Qwen3's 4,096 tokens 0.88× as fast
 // as two blocks of two warpgroups without it (ncu: 221 against 164 us a layer). 64-wide
-// heads gained 4% at 16,384 tokens (Llama), nothing at 4,096.
+// heads gained 2.3% at 16,384 tokens (Llama), nothing at 4,096.
 template <int D>
 struct Config;
 template <>
@@ -276,8 +276,10 @@ __global__ void __launch_bounds__(128 * Config<D>::kGroups, Config<D>::kMinBlock
     }
   }
 
-  // Normalised, rounded, staged in the (now free) key buffers as plain rows, and stored 16
-  // bytes a lane.
+  // Normalised, rounded, staged in the key buffers as plain rows, and stored 16 bytes a lane.
+  // The buffers are free once every warpgroup is past its last product: with the overlap,
+  // the other warpgroup may still be adding its last tile's values.
+  __syncthreads();
   constexpr int ld = D + 8;
   T* stage = reinterpret_cast<T*>(smem + L::kv) + (wg * 64 + warp * 16) * ld;
   float inv[2];

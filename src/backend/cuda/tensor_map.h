@@ -1,7 +1,8 @@
 // Tensor maps (the TMA's descriptors of a global array and the box it copies), encoded on
-// the host through the driver, for the kernels that copy boxes of weights into shared
-// memory: the gate/up GEMM (glu_gemm.cu) and the persistent decode step's fused down
-// projection (fused_persistent_plan.cu encodes its maps).
+// the host through the driver, for the kernels that copy boxes into shared memory: the
+// gate/up GEMM (glu_gemm.cu), the persistent decode step's fused down projection
+// (fused_persistent_plan.cu encodes its maps) and the Hopper flash attention
+// (flash_wgmma.cu: queries, keys and values).
 #pragma once
 
 #include <cuda.h>
