@@ -263,14 +263,19 @@ TEST(Cuda, LargeMatmulMatchesTheCpu) {
 struct AttnCase {
   int64_t b, hq, hkv, lq, lk, d, window;
   bool causal, padded;
+  // Keys and values as the first lk positions of a cache of this many (0: lk), as prefill
+  // reads them: the heads then lie capacity positions apart.
+  int64_t capacity = 0;
 };
 
 void expect_attention_matches_cpu(std::span<const AttnCase> cases) {
   for (const AttnCase& c : cases)
     for (Dtype t : kFloatDtypes) {
       const Array q = random_input({c.b, c.hq, c.lq, c.d}, t, 5, -1, 1).array;
-      const Array k = random_input({c.b, c.hkv, c.lk, c.d}, t, 6, -1, 1).array;
-      const Array v = random_input({c.b, c.hkv, c.lk, c.d}, t, 7, -1, 1).array;
+      const int64_t cap = std::max(c.capacity, c.lk);
+      const Array k_cache = random_input({c.b, c.hkv, cap, c.d}, t, 6, -1, 1).array;
+      const Array v_cache = random_input({c.b, c.hkv, cap, c.d}, t, 7, -1, 1).array;
+      const Array k = slice_axis(k_cache, 2, 0, c.lk), v = slice_axis(v_cache, 2, 0, c.lk);
       fast::AttentionMask mask;
       mask.causal = c.causal;
       mask.window = c.window;
@@ -283,8 +288,9 @@ void expect_attention_matches_cpu(std::span<const AttnCase> cases) {
       const Array want = fast::reference::scaled_dot_product_attention(q, k, v, scale, mask);
       fast::AttentionMask gmask = mask;
       if (mask.key_valid) gmask.key_valid = to_device(*mask.key_valid, kGpu);
-      const Array got = fast::scaled_dot_product_attention(to_device(q, kGpu), to_device(k, kGpu),
-                                                           to_device(v, kGpu), scale, gmask);
+      const Array got = fast::scaled_dot_product_attention(
+          to_device(q, kGpu), slice_axis(to_device(k_cache, kGpu), 2, 0, c.lk),
+          slice_axis(to_device(v_cache, kGpu), 2, 0, c.lk), scale, gmask);
       const double u = t == Dtype::f32 ? 2e-6 : unit_roundoff(t);
       expect_near_cpu(got, want, 8 * u, 1.0,
                       std::string(dtype_name(t)) + " Lq=" + std::to_string(c.lq) +
@@ -311,6 +317,9 @@ TEST(Cuda, LargeAttentionMatchesTheCpu) {
       // The same kernel with 256-wide heads (one group of rows a warp, 32-key tiles).
       {2, 4, 1, 600, 600, 256, 200, true, true}, {1, 2, 1, 100, 700, 256, 0, true, false},
       {1, 2, 2, 64, 1024, 256, 0, false, false},
+      // Keys and values read from a cache of 1,024 positions (strided heads), with padding.
+      {2, 4, 2, 200, 700, 64, 0, true, true, 1024},   {2, 4, 2, 200, 700, 128, 0, true, true, 1024},
+      {2, 2, 1, 100, 600, 256, 0, true, true, 1024},
   };
   expect_attention_matches_cpu(cases);
 }
