@@ -156,7 +156,6 @@ __global__ void __launch_bounds__(128 * Config<D>::kGroups, Config<D>::kMinBlock
   };
   mbarrier_wait(queries, 0);
 
-  // S(i) = Q·Kᵀ for tile i, 16 columns a product, issued and committed.
   // Every register a product reads, pr included, must be defined before the fence that
   // precedes it: a move or a definition between them (here, pr's copy, which the compiler sank
   // to its use) makes ptxas serialise the products. s is "defined" as anything: its first
@@ -166,6 +165,7 @@ __global__ void __launch_bounds__(128 * Config<D>::kGroups, Config<D>::kMinBlock
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n) asm volatile("" : "+r"(pr[n][0]), "+r"(pr[n][1]));
   };
+  // S(i) = Q·Kᵀ for tile i, 16 columns a product, issued and committed.
   auto issue_scores = [&](int i, float(&s)[kKeys / 8][4]) {
     const int st = i % kStages;
     mbarrier_wait(&full[st], unsigned(i / kStages) & 1u);
@@ -190,8 +190,8 @@ __global__ void __launch_bounds__(128 * Config<D>::kGroups, Config<D>::kMinBlock
     exponentials<T>(s, mb, l, next);
     return settled;
   };
-  // Every warpgroup is done with tile `done`'s stage: tile done + kStages goes there. (A
-  // refill issued a tile late, as the overlap's order first had it for two stages, cost 2-4%.)
+  // Every warpgroup is done with tile `done`'s stage: tile done + kStages goes there. (Tile
+  // done + kStages - 1, a tile later than the stage allows, cost the plain order 2-4%.)
   auto refill = [&](int done) {
     __syncthreads();
     if (threadIdx.x == 0 && done >= 0 && done + kStages < tiles) load_tile(done + kStages);
