@@ -18,7 +18,7 @@ namespace lmx::cli {
 namespace {
 
 struct BenchArgs {
-  std::string dir, device = "cpu", dtype;
+  std::string dir, device, dtype;  // device "": cuda where a GPU is visible, else cpu
   bool decode = false, classify = false, prefill = false, json = false, plain = false;
   std::vector<int> batch{1};
   int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024, chunk = 1024;
@@ -52,9 +52,21 @@ Array random_ids(int64_t rows, int64_t len, int64_t vocab, uint64_t seed, Device
   return to_device(astype(u, Dtype::i32), d);
 }
 
+// The device to measure: the one named, else the first GPU where one can run lmx's kernels,
+// as the other commands choose (a GPU machine's bench had measured the CPU unless told).
+Device bench_device(const std::string& name) {
+  if (!name.empty()) return Device::parse(name);
+  try {
+    detail::kernels_for(Device::cuda(0));
+    return Device::cuda(0);
+  } catch (const Error&) {
+    return Device::cpu();
+  }
+}
+
 void run_bench(const BenchArgs& a) {
   models::ModelLoadOptions o;
-  o.device = Device::parse(a.device);
+  o.device = bench_device(a.device);
   if (!a.dtype.empty()) o.dtype = parse_dtype(a.dtype);
   const double t_load = now_s();
   const auto model = models::load_causal_lm(a.dir, o);
@@ -214,7 +226,7 @@ void add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   a->sampling.seed = 1;
   cmd->add_option("MODEL", a->dir, "Model folder")->required();
-  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default: cuda where a GPU is visible, else cpu)");
   cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the weights')");
   cmd->add_flag(
       "--decode", a->decode,
