@@ -52,16 +52,13 @@ Array random_ids(int64_t rows, int64_t len, int64_t vocab, uint64_t seed, Device
   return to_device(astype(u, Dtype::i32), d);
 }
 
-// The device to measure: the one named, else the first GPU where one can run lmx's kernels,
-// as the other commands choose (a GPU machine's bench had measured the CPU unless told).
+// The device to measure: the one named, else the first GPU where the cuda backend is
+// available, as load_model chooses for the other commands (a GPU machine's bench had
+// measured the CPU unless told).
 Device bench_device(const std::string& name) {
   if (!name.empty()) return Device::parse(name);
-  try {
-    detail::kernels_for(Device::cuda(0));
-    return Device::cuda(0);
-  } catch (const Error&) {
-    return Device::cpu();
-  }
+  const Backend* cuda = get_backend("cuda");
+  return cuda && cuda->available() ? Device::cuda(0) : Device::cpu();
 }
 
 void run_bench(const BenchArgs& a) {
