@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "lmx/lmx.h"
 #include "core/error.h"
 #include "models/loader.h"
 #include "ops/kernels.h"
