@@ -7,7 +7,10 @@
 // running). Accumulator registers must not be touched between an issue and its wait.
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/async_copy.cuh"
 
@@ -81,7 +84,7 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t de
                "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " LMX_R32 ", %32, %33, p, 1, 1, 0, 0;\n}\n" \
                : LMX_T32                                                                                  \
                : "l"(desc_a), "l"(desc_b), "r"(scale_d))
-  if constexpr (std::is_same_v<T, bfloat_t>)
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
     LMX_SS("bf16");
   else
     LMX_SS("f16");
@@ -98,7 +101,7 @@ __device__ __forceinline__ void wgmma_m64k16_rs(float (&d)[N / 8][4], const uint
                " " R ", " OPS ", p, 1, 1, 1;\n}\n"                                                                \
                : TT                                                                                              \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1))
-  constexpr bool bf16 = std::is_same_v<T, bfloat_t>;
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   if constexpr (N == 64 && bf16)
     LMX_RS("m64n64k16", "bf16", LMX_R32, LMX_T32, "{%32, %33, %34, %35}, %36", "%37");
   else if constexpr (N == 64)
