@@ -86,12 +86,10 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<D, G>)) flash_attentio
   const T* kb = static_cast<const T*>(p.k) + b * p.k_sb + g * p.k_sh;
   const T* vb = static_cast<const T*>(p.v) + b * p.v_sb + g * p.v_sh;
 
-  // The keys any row of this block sees: [lo, hi), in whole tiles.
+  // The key tiles any row of this block sees.
   const int last_row = ::min(row0 + kRows, p.lq) - 1;
-  int64_t hi = p.lk, lo = 0;
-  if (p.causal) hi = ::min(hi, ::max(qoff + last_row + 1, int64_t(0)));
-  if (p.window > 0) lo = ::max(int64_t(0), qoff + row0 - p.window + 1);
-  const int first_tile = int(lo / kKeys), end_tile = int((hi + kKeys - 1) / kKeys);
+  const KeyTiles visible = visible_tiles(p, qoff, row0, last_row, kKeys);
+  const int first_tile = visible.first, end_tile = visible.end;
 
   // Query rows, then each tile's keys and values, 16 bytes per cp.async; rows past the
   // end are zeros.

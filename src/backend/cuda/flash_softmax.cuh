@@ -43,6 +43,20 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
+// The tiles of `tile_keys` keys that some row of a block (rows row0..last_row, positions
+// from qoff on) sees: [first, end), empty where end <= first. Causal rows see no key past
+// their own position, and a window's rows none `window` or more before it.
+struct KeyTiles {
+  int first, end;
+};
+__device__ __forceinline__ KeyTiles visible_tiles(const FlashParams& p, int64_t qoff, int row0, int last_row,
+                                                  int tile_keys) {
+  int64_t hi = p.lk, lo = 0;
+  if (p.causal) hi = ::min(hi, ::max(qoff + last_row + 1, int64_t(0)));
+  if (p.window > 0) lo = ::max(int64_t(0), qoff + row0 - p.window + 1);
+  return {int(lo / tile_keys), int((hi + tile_keys - 1) / tile_keys)};
+}
+
 // Whether every row of a block (positions first_pos..last_pos) sees all of the tile's keys
 // [key0, key0 + keys): before the causal diagonal, inside the window, no padding. Most tiles
 // are, and they skip the per-score mask.

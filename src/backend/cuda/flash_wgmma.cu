@@ -89,12 +89,10 @@ __global__ void __launch_bounds__(128 * Config<D>::kGroups, Config<D>::kMinBlock
   const int64_t qoff = p.q_offsets[b];
   const bool* key_valid = p.key_valid ? p.key_valid + int64_t(b) * p.lk : nullptr;  // [Lk] or null
 
-  // The keys any row of this block sees: [lo, hi), in whole tiles.
+  // The key tiles any row of this block sees.
   const int last_row = ::min(row0 + kRows, p.lq) - 1;
-  int64_t hi = p.lk, lo = 0;
-  if (p.causal) hi = ::min(hi, ::max(qoff + last_row + 1, int64_t(0)));
-  if (p.window > 0) lo = ::max(int64_t(0), qoff + row0 - p.window + 1);
-  const int first_tile = int(lo / kKeys), tiles = ::max(int((hi + kKeys - 1) / kKeys) - first_tile, 0);
+  const KeyTiles visible = visible_tiles(p, qoff, row0, last_row, kKeys);
+  const int first_tile = visible.first, tiles = ::max(visible.end - visible.first, 0);
 
   // Boxes of 64 rows × 64 values, swizzled as the descriptors read them; rows past the
   // arrays' ends arrive as zeros. Tile i (from first_tile) goes to stage i % kStages.
