@@ -27,10 +27,13 @@
 //       weight rows (the gate's or up's) by TMA multicast into both.
 //   05  03 in clusters of two, likewise.
 //   06  04 with the epilogue in warps 1-3 of the loading warpgroup: the consumers stage
-//       rounded (gate, up) pairs in shared memory and go on to the next tile.
-// 02-06 are first checked at every output of a small problem against float64, with two
+//       rounded (gate, up) pairs in shared memory and go on to the next tile (3 stages).
+//   07  06 with a staging tile of half the size, which the two consumer warpgroups take in
+//       turn: 4 stages, as 04 has. Slower than 06 on all three shapes (7-13%): the turns
+//       cost more than the stage gains.
+// 02-07 are first checked at every output of a small problem against float64, with two
 // blocks and with four. Then each variant is checked on sampled outputs against float64,
-// and 02-06 against 01 at every output; prints microseconds, TFLOP/s (2·M·2N·K) and the
+// and 02-07 against 01 at every output; prints microseconds, TFLOP/s (2·M·2N·K) and the
 // ratio to 790. Exits 1 if a check fails.
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -475,36 +478,54 @@ void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
 
 }  // namespace pingpong
 
-// ---------------------------------------------------------------- 06: the epilogue in other warps
+// ---------------------------------------------------------------- 06, 07: the epilogue in other warps
 
 // 04 with the activation moved off the warpgroups that own the tensor cores. At a tile's
 // end each consumer thread only rounds its gate and up sums to bf16 and writes the pairs to
 // a staging tile in shared memory, then goes on to the next tile's products; warps 1-3 of
 // warpgroup 0 (idle in 04: only thread 0 loads) activate the staged tile and store it while
 // those products run. In 04 the epilogue (two MUFU operations and about 14 instructions an
-// output) left the tensor cores idle for about a tenth of each tile. The staging tile
-// (128 rows × 64 column pairs × 8 bytes, rows padded by 32 bytes against bank conflicts)
-// leaves room for 3 stages of the ring, not 4.
+// output) left the tensor cores idle for about a tenth of each tile.
+//   06: the staging tile holds the block's 128 rows (64 column pairs × 8 bytes a row, rows
+//       padded by 32 bytes against bank conflicts), which leaves room for 3 ring stages.
+//   07: it holds one warpgroup's 64 rows, unpadded: the 8-byte slots of row r are XORed
+//       with 4·(r % 4), which spreads a half-warp's four rows over distinct banks. The ring
+//       has 4 stages again. The warpgroups take turns: the first stages its rows once the
+//       workers have drained the second's of the tile before, the second once they have
+//       drained the first's; meanwhile the one not staging runs its next products alone.
 namespace staged {
 
 using namespace hopper;
 
-constexpr int kRowBytes = 64 * 8 + 32;                // a staged row: 64 × {gate pair, up pair}, padded
-constexpr int kStagingBytes = 128 * kRowBytes + 16;   // + the two barriers below
-using L06 = Layout<128, 128, 3, 0, 2, kStagingBytes>;
+template <bool kHalf>
+struct Geometry {
+  static constexpr int kRows = kHalf ? 64 : 128;           // rows a staging tile holds
+  static constexpr int kRowBytes = 64 * 8 + (kHalf ? 0 : 32);  // 64 × {gate pair, up pair}
+  static constexpr int kBarriers = kHalf ? 4 : 2;           // staged and drained, per half in 07
+  static constexpr int kStagingBytes = kRows * kRowBytes + kBarriers * 8;
+  using L = Layout<128, 128, kHalf ? 4 : 3, 0, 2, kStagingBytes>;
+  // Where 8-byte slot s of staged row r lies.
+  static __device__ __forceinline__ int slot(int r, int s) { return kHalf ? s ^ ((r & 3) << 2) : s; }
+};
+using L06 = Geometry<false>::L;
+using L07 = Geometry<true>::L;
 constexpr int kWorkers = 96;  // warps 1-3
 
+template <bool kHalf>
 __global__ void __launch_bounds__(L06::kThreads, 1)
     glu_gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tg,
                     const __grid_constant__ CUtensorMap tu, Act act, bf16* out, int m, int n, int k) {
-  using L = L06;
+  using G = Geometry<kHalf>;
+  using L = typename G::L;
   extern __shared__ unsigned char smem_raw[];
   const Ring<L> ring(smem_raw, 8);
   unsigned char* staging = ring.stages + L::kStages * L::kStageBytes;
-  // staged: all 256 consumer threads have written the tile; drained: the 96 workers have read it.
-  uint64_t* staged = reinterpret_cast<uint64_t*>(staging + 128 * kRowBytes);
-  uint64_t* drained = staged + 1;
-  if (threadIdx.x == 0) mbarrier_init(staged, 256), mbarrier_init(drained, kWorkers);
+  // staged[h]: the 128 threads of consumer warpgroup h have written their rows (06: one
+  // barrier for all 256); drained[h]: the 96 workers have read them.
+  uint64_t* staged = reinterpret_cast<uint64_t*>(staging + G::kRows * G::kRowBytes);
+  uint64_t* drained = staged + G::kBarriers / 2;
+  if (threadIdx.x == 0)
+    for (int h = 0; h < G::kBarriers / 2; ++h) mbarrier_init(&staged[h], kHalf ? 128 : 256), mbarrier_init(&drained[h], kWorkers);
   __syncthreads();
   const Schedule<L> tiles(m, n);
   const int group = int(threadIdx.x) / 128, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) % 128 / 32;
@@ -516,25 +537,27 @@ __global__ void __launch_bounds__(L06::kThreads, 1)
       // Workers: four pairs (8 outputs, 16 bytes of output) a step, along rows.
       const int me = int(threadIdx.x) - 32;
       int i = 0;
-      for (int t = tiles.first; t < tiles.count; t += tiles.step, ++i) {
-        mbarrier_wait(staged, unsigned(i) & 1);
-        const int row = tiles.row(t), col = tiles.col(t);
-        for (int q = me; q < 128 * 16; q += kWorkers) {
-          const int r = q / 16, p = q % 16 * 4;  // row in the tile, first pair
-          const uint4* src = reinterpret_cast<const uint4*>(staging + r * kRowBytes + p * 8);
-          const uint4 a = src[0], b = src[1];  // {g01, u01, g23, u23}, {g45, u45, g67, u67}
-          auto pair = [&](uint32_t g2, uint32_t u2) {
-            const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&g2));
-            const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u2));
-            const float2 a2 = __bfloat1622float2(__floats2bfloat162_rn(activate_fast(act, g.x), activate_fast(act, g.y)));
-            const __nv_bfloat162 o = __floats2bfloat162_rn(a2.x * u.x, a2.y * u.y);
-            return *reinterpret_cast<const uint32_t*>(&o);
-          };
-          const uint4 o = make_uint4(pair(a.x, a.y), pair(a.z, a.w), pair(b.x, b.y), pair(b.z, b.w));
-          if (row + r < m) *reinterpret_cast<uint4*>(out + size_t(row + r) * n + col + 2 * p) = o;
+      for (int t = tiles.first; t < tiles.count; t += tiles.step, ++i)
+        for (int h = 0; h < G::kBarriers / 2; ++h) {
+          mbarrier_wait(&staged[h], unsigned(i) & 1);
+          const int row = tiles.row(t) + h * G::kRows, col = tiles.col(t);
+          for (int q = me; q < G::kRows * 16; q += kWorkers) {
+            const int r = q / 16, p = q % 16 * 4;  // row in the staging tile, first pair
+            const uint4* src = reinterpret_cast<const uint4*>(staging + r * G::kRowBytes + G::slot(r, p) * 8);
+            const uint4 a = src[0], b = src[1];  // {g01, u01, g23, u23}, {g45, u45, g67, u67}
+            auto pair = [&](uint32_t g2, uint32_t u2) {
+              const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&g2));
+              const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u2));
+              const float2 a2 =
+                  __bfloat1622float2(__floats2bfloat162_rn(activate_fast(act, g.x), activate_fast(act, g.y)));
+              const __nv_bfloat162 o = __floats2bfloat162_rn(a2.x * u.x, a2.y * u.y);
+              return *reinterpret_cast<const uint32_t*>(&o);
+            };
+            const uint4 o = make_uint4(pair(a.x, a.y), pair(a.z, a.w), pair(b.x, b.y), pair(b.z, b.w));
+            if (row + r < m) *reinterpret_cast<uint4*>(out + size_t(row + r) * n + col + 2 * p) = o;
+          }
+          mbarrier_arrive(&drained[h]);
         }
-        mbarrier_arrive(drained);
-      }
     }
   } else {
     const int half = group - 1;
@@ -543,26 +566,39 @@ __global__ void __launch_bounds__(L06::kThreads, 1)
     unsigned phase = 0;
     for (int t = tiles.first; t < tiles.count; t += tiles.step, ++i) {
       cooperative::multiply_tile(ring, d, half, k_tiles, stage, phase, lane);
-      mbarrier_wait(drained, (unsigned(i) & 1) ^ 1);  // the workers have read the previous tile
-      // Rows r and r + 8 of the tile; gate pair j at registers 4j + 2h, up's at 4(j + 16) + 2h.
-      const int r = half * 64 + warp * 16 + lane / 4;
+      // The staging tile's last user is done: in 06 the workers' read of the previous tile;
+      // in 07, for the first warpgroup, their read of the second's rows of the previous tile
+      // (at least i drains of them, and at most i have happened), for the second, of the
+      // first's rows of this tile (at least i + 1, at most i + 1: the first cannot stage
+      // again before the second has).
+      if (!kHalf || half == 0) {
+        mbarrier_wait(&drained[G::kBarriers / 2 - 1], (unsigned(i) & 1) ^ 1);
+      } else {
+        mbarrier_wait(&drained[0], unsigned(i) & 1);
+      }
+      // Rows r and r + 8 of the staging tile; gate pair j at registers 4j + 2h, up's at
+      // 4(j + 16) + 2h, in slot 4j + lane % 4 (07: 4(j ^ (r % 4)) + lane % 4; r % 4 is the
+      // same for both rows).
+      const int r = (kHalf ? 0 : half * 64) + warp * 16 + lane / 4, swizzle = kHalf ? (r & 3) * 32 : 0;
+      unsigned char* base = staging + r * G::kRowBytes + lane % 4 * 8;
 #pragma unroll
       for (int j = 0; j < 16; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const __nv_bfloat162 g = __floats2bfloat162_rn(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
           const __nv_bfloat162 u = __floats2bfloat162_rn(d[4 * (j + 16) + 2 * h], d[4 * (j + 16) + 2 * h + 1]);
-          *reinterpret_cast<uint2*>(staging + (r + 8 * h) * kRowBytes + (4 * j + lane % 4) * 8) =
+          *reinterpret_cast<uint2*>(base + 8 * h * G::kRowBytes + ((32 * j) ^ swizzle)) =
               make_uint2(*reinterpret_cast<const uint32_t*>(&g), *reinterpret_cast<const uint32_t*>(&u));
         }
-      mbarrier_arrive(staged);
+      mbarrier_arrive(&staged[kHalf ? half : 0]);
     }
   }
   cluster_sync();
 }
 
+template <bool kHalf>
 void run(const Maps& maps, Act act, bf16* out, int m, int n, int k, int sms) {
-  launch<L06>(glu_gemm_kernel, maps, act, out, m, n, k, sms);
+  launch<typename Geometry<kHalf>::L>(glu_gemm_kernel<kHalf>, maps, act, out, m, n, k, sms);
 }
 
 }  // namespace staged
@@ -657,7 +693,8 @@ int main() {
     small("03", pingpong::run<pingpong::L03>, pingpong::L03{});
     small("04", cooperative::run<cooperative::L04>, cooperative::L04{});
     small("05", pingpong::run<pingpong::L05>, pingpong::L05{});
-    small("06", staged::run, staged::L06{});
+    small("06", staged::run<false>, staged::L06{});
+    small("07", staged::run<true>, staged::L07{});
   }
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1, 1);
@@ -724,7 +761,8 @@ int main() {
     variant("03", [&] { pingpong::run<pingpong::L03>(pm, sh.act, out, m, n, k, sms); });
     variant("04", [&] { cooperative::run<cooperative::L04>(cm, sh.act, out, m, n, k, sms); });
     variant("05", [&] { pingpong::run<pingpong::L05>(pm, sh.act, out, m, n, k, sms); });
-    variant("06", [&] { staged::run(cm, sh.act, out, m, n, k, sms); });
+    variant("06", [&] { staged::run<false>(cm, sh.act, out, m, n, k, sms); });
+    variant("07", [&] { staged::run<true>(cm, sh.act, out, m, n, k, sms); });
     for (bf16* p : {x, wg, wu, g, u, out}) CHECK(cudaFree(p));
   }
   std::printf(ok ? "all checks passed\n" : "some checks FAILED\n");
