@@ -41,6 +41,12 @@ class Kernels {
   // Percent of time the device was busy over the driver's last sample window, or -1 where
   // that is not known (the CPU; a GPU without NVML).
   virtual double utilization() { return -1; }
+  // The device's clock (MHz) and power draw (W) now, false where not known. A GPU held at
+  // its power cap runs below its top clock, and its speed follows (lmx bench reports both).
+  virtual bool clock_and_power(double& mhz, double& watts) {
+    (void)mhz, (void)watts;
+    return false;
+  }
 
   virtual void fill(const Array& out, double value) = 0;                 // out contiguous
   virtual void arange(const Array& out, double start, double step) = 0;  // out contiguous 1-D

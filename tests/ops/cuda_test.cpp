@@ -52,6 +52,20 @@ TEST(Cuda, CpuTimerCountsHostWork) {
   EXPECT_LT(s, 5.0);
 }
 
+// The readings lmx bench reports beside its timings: none on the CPU; on a GPU with NVML
+// an SM clock and a power draw in a range any current GPU falls in (a driver without the
+// entry points reports none, and the test says so).
+TEST(Cuda, ClockAndPowerReadings) {
+  double mhz = -1, watts = -1;
+  EXPECT_FALSE(detail::kernels_for(Device::cpu()).clock_and_power(mhz, watts));
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  if (!detail::kernels_for(kGpu).clock_and_power(mhz, watts)) GTEST_SKIP() << "NVML gives no clock or power here";
+  EXPECT_GE(mhz, 100.0);
+  EXPECT_LE(mhz, 4000.0);
+  EXPECT_GT(watts, 1.0);
+  EXPECT_LT(watts, 2000.0);
+}
+
 TEST(Cuda, RandomUniformIsBitExact) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
   for (Dtype t : kFloatDtypes)

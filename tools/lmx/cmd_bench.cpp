@@ -1,9 +1,11 @@
 // `lmx bench MODEL`: end-to-end throughput of decode, prefill and classification on
 // random token ids, timed after a warm-up, median of the repeats, as a table or JSON.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -32,18 +34,64 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Runs fn `warmup` times, then `repeat` times, and returns the median duration. The
-// device is synchronised around each run so that asynchronous work is counted.
+// The device's SM clock and power draw, read every 5 ms on a thread of its own while the
+// timed runs go. A GPU held at its power cap runs below its top clock (an H200 in
+// classification: about 1,500 of 1,980 MHz at 700 W), and the same build then measures
+// differently from one machine to the next; the readings say when that is so. Nothing is
+// read where the device reports neither (the CPU, a GPU without NVML).
+class DeviceReadings {
+ public:
+  explicit DeviceReadings(detail::Kernels& k) : k_(k) {
+    double mhz, watts;
+    if (!k_.clock_and_power(mhz, watts)) return;
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        double mhz, watts;
+        if (k_.clock_and_power(mhz, watts)) mhz_ += mhz, watts_ += watts, min_mhz_ = std::min(min_mhz_, mhz), ++n_;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  ~DeviceReadings() { stop(); }
+  DeviceReadings(const DeviceReadings&) = delete;
+  DeviceReadings& operator=(const DeviceReadings&) = delete;
+
+  // Stops the readings and adds their means (and the lowest clock) to `row`.
+  void add_to(nlohmann::json& row) {
+    stop();
+    if (n_ == 0) return;
+    row["sm_clock_mhz"] = std::round(mhz_ / n_);
+    row["sm_clock_min_mhz"] = min_mhz_;
+    row["power_w"] = std::round(watts_ / n_ * 10) / 10;
+  }
+
+ private:
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  detail::Kernels& k_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  double mhz_ = 0, watts_ = 0, min_mhz_ = INFINITY;  // the thread's alone until it is joined
+  int n_ = 0;
+};
+
+// Runs fn `warmup` times, then `repeat` times, and returns the median duration; the device's
+// clock and power over the timed runs go into `row`. The device is synchronised around each
+// run so that asynchronous work is counted.
 template <class Fn>
-double median_seconds(Device d, int warmup, int repeat, Fn&& fn) {
+double median_seconds(Device d, int warmup, int repeat, nlohmann::json& row, Fn&& fn) {
   auto& k = detail::kernels_for(d);
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> t;
+  DeviceReadings readings(k);
   for (int i = 0; i < std::max(1, repeat); ++i) {
     k.start_timer();  // CUDA events on the device's stream; the host clock on the CPU
     fn();
     t.push_back(k.stop_timer());
   }
+  readings.add_to(row);
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
@@ -88,7 +136,8 @@ void run_bench(const BenchArgs& a) {
       const bool batched = b > 1 && !a.plain && model->fused_decoder(b) != nullptr;
       const std::vector<int32_t> prompt_ids = to_vector<int32_t>(prompt);
       std::string path = "plain";
-      const double total = median_seconds(dev, a.warmup, a.repeat, [&] {
+      nlohmann::json readings = nlohmann::json::object();
+      const double total = median_seconds(dev, a.warmup, a.repeat, readings, [&] {
         if (single) {
           KVCache cache(*model, true, a.prompt_len + a.gen_len);
           GenerationLimits limits;
@@ -156,6 +205,7 @@ void run_bench(const BenchArgs& a) {
                          {"lmx_tok_per_s", double(b) * (a.gen_len - 1) / decode_s},
                          {"time_to_first_token_s", prefill_s},
                          {"peak_mem_bytes", alloc.stats().peak}};
+      row.update(readings);
       if (a.sampled()) {
         const SamplingOptions& s = a.sampling;
         auto tidy = [](float v) {
@@ -173,19 +223,22 @@ void run_bench(const BenchArgs& a) {
   if (a.prefill || all) {
     const Array prompt = random_ids(1, a.prompt_len, vocab, 2, dev);
     alloc.reset_peak();
-    const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
+    nlohmann::json row = nlohmann::json::object();
+    const double s = median_seconds(dev, a.warmup, a.repeat, row, [&] {
       const Array h = model->last_hidden_states(prompt);  // [1, H]
       (void)to_floats(model->logits(h));
     });
-    results.push_back({{"workload", "prefill"}, {"batch", 1}, {"prompt_len", a.prompt_len},
-                       {"lmx_tok_per_s", a.prompt_len / s}, {"peak_mem_bytes", alloc.stats().peak}});
+    row.update({{"workload", "prefill"}, {"batch", 1}, {"prompt_len", a.prompt_len},
+                {"lmx_tok_per_s", a.prompt_len / s}, {"peak_mem_bytes", alloc.stats().peak}});
+    results.push_back(row);
   }
   if (a.classify || all) {
     LMX_CHECK(a.chunk > 0, "bench", "--chunk must be positive, got ", a.chunk);
     const int64_t chunk = std::min<int64_t>(a.prompts, a.chunk);
     const Array ids = random_ids(chunk, a.prompt_len, vocab, 3, dev);
     alloc.reset_peak();
-    const double s = median_seconds(dev, a.warmup, a.repeat, [&] {
+    nlohmann::json row = nlohmann::json::object();
+    const double s = median_seconds(dev, a.warmup, a.repeat, row, [&] {
       // Every chunk is queued before any answer is read back (the peer script does the
       // same); the index checks of `take` run on the device, so nothing waits in between.
       std::vector<Array> picks;  // [n] int32 each
@@ -196,8 +249,9 @@ void run_bench(const BenchArgs& a) {
       }
       for (const Array& p : picks) (void)to_vector<int32_t>(p);
     });
-    results.push_back({{"workload", "classify"}, {"batch", a.prompts}, {"prompt_len", a.prompt_len}, {"chunk", chunk},
-                       {"lmx_prompts_per_s", a.prompts / s}, {"peak_mem_bytes", alloc.stats().peak}});
+    row.update({{"workload", "classify"}, {"batch", a.prompts}, {"prompt_len", a.prompt_len}, {"chunk", chunk},
+                {"lmx_prompts_per_s", a.prompts / s}, {"peak_mem_bytes", alloc.stats().peak}});
+    results.push_back(row);
   }
   const nlohmann::json out{{"model", a.dir}, {"model_type", model->spec().model_type}, {"device", dev.str()},
                            {"dtype", dtype_name(model->dtype())}, {"load_s", load_s}, {"results", results}};
@@ -210,10 +264,14 @@ void run_bench(const BenchArgs& a) {
   std::printf("%-9s %6s %7s %6s %14s %12s\n", "workload", "batch", "prompt", "gen", "throughput", "peak MiB");
   for (const auto& r : results) {
     const bool prompts = r.contains("lmx_prompts_per_s");
-    std::printf("%-9s %6d %7d %6s %10.1f %s %12.1f\n", r["workload"].get<std::string>().c_str(), r["batch"].get<int>(),
+    std::printf("%-9s %6d %7d %6s %10.1f %s %12.1f", r["workload"].get<std::string>().c_str(), r["batch"].get<int>(),
                 r["prompt_len"].get<int>(), r.contains("gen_len") ? std::to_string(r["gen_len"].get<int>()).c_str() : "-",
                 prompts ? r["lmx_prompts_per_s"].get<double>() : r["lmx_tok_per_s"].get<double>(),
                 prompts ? "p/s" : "t/s", double(r["peak_mem_bytes"].get<size_t>()) / 1048576.0);
+    if (r.contains("sm_clock_mhz"))  // the timed runs' means
+      std::printf("   SM %.0f MHz (lowest %.0f), %.0f W", r["sm_clock_mhz"].get<double>(),
+                  r["sm_clock_min_mhz"].get<double>(), r["power_w"].get<double>());
+    std::printf("\n");
   }
 }
 

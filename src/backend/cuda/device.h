@@ -78,5 +78,8 @@ int per_device(const Context& ctx, const void* kernel, int (*ask)(const Context&
 
 // Percent of time the GPU was busy over NVML's last sample window; -1 without NVML.
 double nvml_utilization(int device);
+// The SM clock now (MHz) and the board's power draw (W: now where the driver reports it,
+// else its mean over the last second); false without NVML.
+bool nvml_clock_and_power(int device, double& sm_mhz, double& watts);
 
 }  // namespace lmx::cuda

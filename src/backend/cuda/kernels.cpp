@@ -22,6 +22,7 @@ class CudaKernels final : public detail::Kernels {
   explicit CudaKernels(int device) : device_(device) {}
 
   double utilization() override { return nvml_utilization(device_); }
+  bool clock_and_power(double& mhz, double& watts) override { return nvml_clock_and_power(device_, mhz, watts); }
 
   void upload(const void* host, const Array& dst) override {
     const Context& c = ctx();
