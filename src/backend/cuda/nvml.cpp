@@ -1,5 +1,6 @@
-// GPU utilisation, SM clock and power through NVML, loaded at run time: a build with CUDA must still start
-// on machines without the NVIDIA driver (CI), so nothing links libnvidia-ml directly.
+// GPU utilisation, SM clock and power through NVML, loaded at run time: a build with CUDA
+// must still start on machines without the NVIDIA driver (CI), so nothing links
+// libnvidia-ml directly.
 #include <dlfcn.h>
 
 #include <mutex>
