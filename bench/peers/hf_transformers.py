@@ -12,7 +12,10 @@ classify: --prompts prompts of --classify-len tokens, last-position logits only
           (logits_to_keep=1), batches of --classify-batch.
 prefill:  one prompt of --prefill-len tokens, last-position logits only.
 Each workload is warmed up, then timed --repeat times; the median is reported. A workload
-that fails records its error instead of ending the run. Prints one JSON object.
+that fails records its error instead of ending the run. Prints one JSON object. Where NVML
+answers, each entry also has the GPU's SM clock and power over its timed runs
+(peer_sm_clock_mhz, peer_sm_clock_min_mhz, peer_power_w), as lmx bench reports its own: at
+the board's power cap the clock, and with it the speed, falls.
 
 --rendezvous DIR --processes N lets N of these processes (one per model) share the GPU
 without disturbing each other's timings: each first runs every workload once (for decode,
@@ -25,29 +28,101 @@ bench/run_gpu.sh does.)
   python3 bench/peers/hf_transformers.py /tmp/lmx-bench-models/llama-3.2-1b --decode --classify --prefill
 """
 import argparse
+import ctypes
 import fcntl
 import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 import torch
 import transformers
 
 
+class Readings:
+    """The GPU's SM clock and power, read through NVML every 5 ms by a thread while timed runs
+    go (`with READINGS:`), summed until take() hands their means over. Reads nothing where
+    NVML is missing. The NVML calls go through ctypes, which lets go of the interpreter lock
+    while they run, so the timed work is not held up."""
+
+    POWER_NOW = 186  # NVML_FI_DEV_POWER_INSTANT, milliwatts
+
+    class Field(ctypes.Structure):  # nvmlFieldValue_t
+        _fields_ = [("id", ctypes.c_uint), ("scope", ctypes.c_uint), ("timestamp", ctypes.c_longlong),
+                    ("latency_us", ctypes.c_longlong), ("type", ctypes.c_int), ("result", ctypes.c_int),
+                    ("value", ctypes.c_ulonglong)]
+
+    def __init__(self):
+        self.nvml = self.handle = None
+        self.samples = []
+        try:
+            nvml = ctypes.CDLL("libnvidia-ml.so.1")
+            handle = ctypes.c_void_p()
+            # NVML numbers GPUs as the driver does; the peer runs on the first visible one.
+            if nvml.nvmlInit_v2() == 0 and nvml.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(handle)) == 0:
+                self.nvml, self.handle = nvml, handle
+        except OSError:
+            pass
+
+    def read(self):
+        mhz, mw = ctypes.c_uint(), ctypes.c_uint()
+        if self.nvml.nvmlDeviceGetClockInfo(self.handle, 1, ctypes.byref(mhz)) != 0:  # NVML_CLOCK_SM
+            return None
+        f = self.Field(id=self.POWER_NOW)
+        if self.nvml.nvmlDeviceGetFieldValues(self.handle, 1, ctypes.byref(f)) == 0 and f.result == 0 and f.type == 1:
+            watts = (f.value & 0xFFFFFFFF) / 1000  # an unsigned int in the value union
+        elif self.nvml.nvmlDeviceGetPowerUsage(self.handle, ctypes.byref(mw)) == 0:  # a second's mean
+            watts = mw.value / 1000
+        else:
+            return None
+        return mhz.value, watts
+
+    def __enter__(self):
+        self.stop = threading.Event()
+        if self.nvml is not None:
+            def loop():
+                while not self.stop.is_set():
+                    r = self.read()
+                    if r:
+                        self.samples.append(r)
+                    self.stop.wait(0.005)
+            self.thread = threading.Thread(target=loop, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.nvml is not None:
+            self.thread.join()
+
+    def take(self):
+        """The means since the last take(), as peer_* fields; none without samples."""
+        samples, self.samples = self.samples, []
+        if not samples:
+            return {}
+        return {"peer_sm_clock_mhz": round(sum(m for m, _ in samples) / len(samples)),
+                "peer_sm_clock_min_mhz": min(m for m, _ in samples),
+                "peer_power_w": round(sum(w for _, w in samples) / len(samples), 1)}
+
+
+READINGS = Readings()
+
+
 def timed(fn, warmup, repeat):
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
+    with READINGS:
+        for _ in range(repeat):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
     return statistics.median(times)
 
 
@@ -109,8 +184,10 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(0)
 
     def run(entry, fn):
+        READINGS.take()  # none left over from the compilation passes
         try:
             entry.update(fn())
+            entry.update(READINGS.take())
         except Exception as e:  # one failing workload (say, out of memory) must not end the run
             entry["error"] = f"{type(e).__name__}: {e}"[:300]
         results.append(entry)
