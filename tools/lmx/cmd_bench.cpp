@@ -314,7 +314,10 @@ void add_bench_command(CLI::App& app) {
   cmd->footer(
       "With none of --decode/--prefill/--classify, all three run. Each workload is timed after\n"
       "--warmup runs (CUDA: with events on the device's stream; CPU: with the host clock around\n"
-      "each run); the median is reported.\n"
+      "each run); the median is reported. On a GPU with NVML each row also gives the SM clock\n"
+      "and power over its timed runs (sm_clock_mhz, sm_clock_min_mhz, power_w): a GPU at its\n"
+      "power cap runs below its top clock, which is why one build measures differently from one\n"
+      "machine to the next.\n"
       "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n"
       "On CUDA the JSON's \"path\" says how decode ran: fused-persistent (one kernel per token,\n"
       "the default at batch 1; LMX_FUSED_PERSISTENT=0 turns it off, LMX_FUSED_PROFILE=1 prints\n"
