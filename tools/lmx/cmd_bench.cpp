@@ -136,8 +136,8 @@ void run_bench(const BenchArgs& a) {
       const bool batched = b > 1 && !a.plain && model->fused_decoder(b) != nullptr;
       const std::vector<int32_t> prompt_ids = to_vector<int32_t>(prompt);
       std::string path = "plain";
-      nlohmann::json readings = nlohmann::json::object();
-      const double total = median_seconds(dev, a.warmup, a.repeat, readings, [&] {
+      nlohmann::json row = nlohmann::json::object();
+      const double total = median_seconds(dev, a.warmup, a.repeat, row, [&] {
         if (single) {
           KVCache cache(*model, true, a.prompt_len + a.gen_len);
           GenerationLimits limits;
@@ -197,15 +197,14 @@ void run_bench(const BenchArgs& a) {
         }
       });
       const double decode_s = total - prefill_s;
-      nlohmann::json row{{"workload", a.sampled() ? "decode_sampled" : "decode"},
-                         {"path", path},
-                         {"batch", b},
-                         {"prompt_len", a.prompt_len},
-                         {"gen_len", a.gen_len},
-                         {"lmx_tok_per_s", double(b) * (a.gen_len - 1) / decode_s},
-                         {"time_to_first_token_s", prefill_s},
-                         {"peak_mem_bytes", alloc.stats().peak}};
-      row.update(readings);
+      row.update({{"workload", a.sampled() ? "decode_sampled" : "decode"},
+                  {"path", path},
+                  {"batch", b},
+                  {"prompt_len", a.prompt_len},
+                  {"gen_len", a.gen_len},
+                  {"lmx_tok_per_s", double(b) * (a.gen_len - 1) / decode_s},
+                  {"time_to_first_token_s", prefill_s},
+                  {"peak_mem_bytes", alloc.stats().peak}});
       if (a.sampled()) {
         const SamplingOptions& s = a.sampling;
         auto tidy = [](float v) {
