@@ -247,6 +247,31 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
   unsetenv("LMX_FUSED_DOWN");
 }
 
+// The grid shrinks only where every block can then take the same whole-slot share of the
+// fused down projection, and LMX_FUSED_GRID overrides it.
+TEST(PersistentPlan, GridEvensOutTheFusedDownsWholeSlotShares) {
+  auto layer = [](int hidden, int inter) {
+    return std::vector<StepPhase>{gemv(hidden, hidden), gemv(hidden, inter, Epilogue::glu_silu), gemv(inter, hidden),
+                                  gemv(hidden, 1000, Epilogue::logits)};
+  };
+  using cuda::fused::persistent_grid;
+  EXPECT_EQ(persistent_grid(layer(2048, 8192), 132), 128) << "Llama-3.2-1B: 1,024 units, 8 a block";
+  EXPECT_EQ(persistent_grid(layer(1024, 3072), 132), 132) << "Qwen3-0.6B: 3 units a block, not whole slots";
+  EXPECT_EQ(persistent_grid(layer(1152, 6912), 132), 132) << "Gemma3-1B: 864 units, 7 a block, no even split";
+  EXPECT_EQ(persistent_grid(layer(2048, 8192), 128), 128);
+  EXPECT_EQ(persistent_grid(layer(2048, 8200), 132), 132) << "1,025 units: no even split with 8 a block";
+  EXPECT_EQ(persistent_grid(layer(2048, 8196), 132), 132) << "not whole units: no fused down";
+  EXPECT_EQ(persistent_grid({gemv(2048, 2048)}, 132), 132) << "no gate/up phase";
+  setenv("LMX_FUSED_DOWN", "0", 1);
+  EXPECT_EQ(persistent_grid(layer(2048, 8192), 132), 132) << "no fused down";
+  unsetenv("LMX_FUSED_DOWN");
+  setenv("LMX_FUSED_GRID", "120", 1);
+  EXPECT_EQ(persistent_grid(layer(1024, 3072), 132), 120);
+  setenv("LMX_FUSED_GRID", "999", 1);
+  EXPECT_EQ(persistent_grid(layer(1024, 3072), 132), 132) << "never past the SMs";
+  unsetenv("LMX_FUSED_GRID");
+}
+
 // A long cache's attention gets longer chunks, so that the persistent kernel's blocks
 // have at most a task each, within a task's shared-memory scratch.
 TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {

@@ -113,28 +113,36 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-// Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent
-// launch when `pdl` is set; launch_with takes any one launch attribute (or none).
+// The launch attribute that lets a kernel start while the one before it finishes
+// (programmatic dependent launch; see wait_for_previous_kernel).
+inline cudaLaunchAttribute pdl_attribute() {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  return attr;
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) with the launch attributes
+// attrs[0, n) (none when n is 0).
 template <class... Params, class... Args>
-void launch_with(const char* name, void (*kernel)(Params...), cudaStream_t stream, const cudaLaunchAttribute* attr,
-                 dim3 grid, dim3 block, size_t smem, Args... args) {
+void launch_with(const char* name, void (*kernel)(Params...), cudaStream_t stream, const cudaLaunchAttribute* attrs,
+                 int n, dim3 grid, dim3 block, size_t smem, Args... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  config.attrs = const_cast<cudaLaunchAttribute*>(attr);
-  config.numAttrs = attr ? 1 : 0;
+  config.attrs = const_cast<cudaLaunchAttribute*>(attrs);
+  config.numAttrs = unsigned(n);
   check(cudaLaunchKernelEx(&config, kernel, Params(args)...), name);
 }
 
+// The same, as a programmatic dependent launch when `pdl` is set.
 template <class... Params, class... Args>
 void launch(const char* name, void (*kernel)(Params...), cudaStream_t stream, bool pdl, dim3 grid, dim3 block,
             size_t smem, Args... args) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  launch_with(name, kernel, stream, pdl ? &attr : nullptr, grid, block, smem, args...);
+  const cudaLaunchAttribute attr = pdl_attribute();
+  launch_with(name, kernel, stream, &attr, pdl ? 1 : 0, grid, block, smem, args...);
 }
 
 }  // namespace lmx::cuda::fused

@@ -23,8 +23,15 @@
 // Qwen3-0.6B 9% and Gemma3-1B 27% faster than the graph (bench/NOTES.md, p15).
 // LMX_FUSED_PERSISTENT=0 turns it off.
 //
+// Each persistent step is a programmatic dependent launch of the one before, so that its
+// blocks start as that step's exit, and the tokens for the host are copied on a stream of
+// their own, since a copy between two steps would keep them apart: 0.9-1.2% together
+// (bench/NOTES.md, p23).
+//
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
-// replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off;
+// replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off (for both
+// paths); LMX_FUSED_TOKEN_STREAM=0 copies the tokens on the compute stream;
+// LMX_FUSED_GRID sets the persistent kernel's blocks (persistent_grid);
 // LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out
 // of the kernel-per-phase path, which gives wrong results but shows what each costs
 // inside the real step;
@@ -128,7 +135,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   ~CudaFusedDecoder() override {
     if (profile_) report_profile();
     if (exec_) cudaGraphExecDestroy(exec_);
+    if (copies_) cudaStreamSynchronize(copies_), cudaStreamDestroy(copies_);
     for (cudaEvent_t e : ready_) cudaEventDestroy(e);
+    for (cudaEvent_t e : stepped_) cudaEventDestroy(e);
     if (pinned_) cudaFreeHost(pinned_);
   }
 
@@ -141,16 +150,36 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (!pinned_) {
       check(cudaMallocHost(reinterpret_cast<void**>(&pinned_), size_t(kRing) * rows_ * sizeof(int32_t)),
             "cudaMallocHost");
-      ready_.resize(kRing);
+      ready_.resize(kRing), stepped_.resize(kRing);
       for (cudaEvent_t& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+      for (cudaEvent_t& e : stepped_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
     }
     const int slot = int(queued_++ % kRing);
     // Each sequence's token of the last step: one column of the history [rows, kHistory].
     const auto* h = static_cast<const int32_t*>(history_.raw()) + (steps_ - 1) % kHistory;
+    // The copy runs on a stream of its own, after the step: on the compute stream it would
+    // stand between this step and the next, which could then not start as this one ends.
+    cudaStream_t on = c.stream;
+    if (token_stream_) {
+      if (!copies_) check(cudaStreamCreateWithFlags(&copies_, cudaStreamNonBlocking), "cudaStreamCreate");
+      check(cudaEventRecord(stepped_[size_t(slot)], c.stream), "cudaEventRecord");
+      check(cudaStreamWaitEvent(copies_, stepped_[size_t(slot)], 0), "cudaStreamWaitEvent");
+      on = copies_;
+    }
     check(cudaMemcpy2DAsync(pinned_ + size_t(slot) * rows_, sizeof(int32_t), h, kHistory * sizeof(int32_t),
-                            sizeof(int32_t), size_t(rows_), cudaMemcpyDeviceToHost, c.stream),
+                            sizeof(int32_t), size_t(rows_), cudaMemcpyDeviceToHost, on),
           "cudaMemcpy2DAsync");
-    check(cudaEventRecord(ready_[size_t(slot)], c.stream), "cudaEventRecord");
+    check(cudaEventRecord(ready_[size_t(slot)], on), "cudaEventRecord");
+    copied_[size_t(slot)] = (steps_ - 1) % kHistory;
+  }
+
+  // Before a step writes its history column: a copy still queued from that column (an
+  // earlier step's, kHistory steps or a set_inputs ago) must be done first.
+  void guard_history(cudaStream_t s) {
+    for (int64_t i = read_; i < queued_; ++i) {
+      const size_t slot = size_t(i % kRing);
+      if (copied_[slot] == (steps_ - 1) % kHistory) check(cudaStreamWaitEvent(s, ready_[slot], 0), "cudaStreamWaitEvent");
+    }
   }
 
   std::vector<int32_t> wait_tokens() override {
@@ -191,6 +220,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     for (const fast::FusedCacheView& v : caches) bound.insert(bound.end(), {v.k.raw(), v.v.raw()});
     const Context& c = ctx();
     ++steps_;
+    if (copies_) guard_history(c.stream);
     if (bound != bound_) {  // new caches (or the first step): a new plan
       prepare(caches);
       plan_ = plan();
@@ -461,17 +491,18 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (profile_) report_profile();  // the plan before this one
     std::string why;
     persistent_plan_ = plan_, persistent_names_ = names_;
+    const int grid = fused::persistent_grid(persistent_plan_, ctx().sm_count);
     for (fused::StepPhase& p : persistent_plan_)
-      if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, ctx().sm_count);
+      if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, grid);
     const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
     if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
-    down_maps_host_ = fused::persistent_fuse_down(persistent_plan_, persistent_names_, ctx().sm_count, down_maps_.raw());
+    down_maps_host_ = fused::persistent_fuse_down(persistent_plan_, persistent_names_, grid, down_maps_.raw());
     int per_block = 0;
-    stages_host_ = fused::persistent_stage_lists(persistent_plan_, ctx().sm_count, &per_block);
+    stages_host_ = fused::persistent_stage_lists(persistent_plan_, grid, &per_block);
     persistent_smem_ =
         fused::persistent_smem_bytes(persistent_plan_, per_block, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
-      persistent_blocks_ = fused::persistent_blocks(ctx().sm_count, persistent_smem_);
+      persistent_blocks_ = fused::persistent_blocks(grid, persistent_smem_);
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
     }
     if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
@@ -522,7 +553,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     p.stages = static_cast<const fused::PlannedStage*>(stages_.raw());
     p.stages_per_block = persistent_stages_per_block_;
     if (profile_) p.timing = static_cast<unsigned long long*>(timing_.raw());
-    fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_);
+    fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_, pdl_);
   }
 
   int* state_i() const { return static_cast<int*>(state_.raw()); }
@@ -545,7 +576,10 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   int64_t steps_ = 0;  // since set_input
   int64_t queued_ = 0, read_ = 0;
   int32_t* pinned_ = nullptr;  // [kRing] host
-  std::vector<cudaEvent_t> ready_;
+  std::vector<cudaEvent_t> ready_, stepped_;  // [kRing]: a queued token copied; its step done
+  int64_t copied_[kRing] = {};                 // the history column each slot copies
+  cudaStream_t copies_ = nullptr;              // the token copies' stream
+  bool token_stream_ = env_on("LMX_FUSED_TOKEN_STREAM");
   // Per-token buffers, each [rows, ...]; state [rows, 3] (token, slot, count); pads [rows];
   // history [rows, kHistory].
   // set_edits: the entries, each sequence's token counts and the edited logits [rows, V];

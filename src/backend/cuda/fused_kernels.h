@@ -219,6 +219,9 @@ struct PlannedStage {
 // costs the workers one shared-memory load a stage. The copying warp walks on its own,
 // ahead of them.
 std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block);
+// The persistent kernel's grid: `sm_count` blocks, or fewer where that gives every block
+// the same share of a fused down projection's whole-slot stages (LMX_FUSED_GRID sets it).
+int persistent_grid(const std::vector<StepPhase>& phases, int sm_count);
 // Longer attention chunks where a cache has more of them than the grid has blocks (the
 // persistent kernel runs a block's tasks one after another); at least a.chunk keys.
 void persistent_attention_split(AttentionStep& a, int blocks);
@@ -229,6 +232,8 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
                              int* slots, std::string* why);
 // Blocks of the cooperative launch (one per SM), or 0 when a block does not fit.
 int persistent_blocks(int sm_count, size_t smem);
-void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem);
+// `pdl`: as a programmatic dependent launch, whose blocks start as the previous kernel's
+// exit (the persistent kernel waits before it reads anything a kernel writes).
+void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem, bool pdl);
 
 }  // namespace lmx::cuda::fused

@@ -400,6 +400,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   PlannedStage* plan = reinterpret_cast<PlannedStage*>(params + 2);      // [stages_per_block]: this block's
   __shared__ __align__(8) uint64_t full[kMaxSlots], empty[kMaxSlots];
 
+  // Launched as a programmatic dependent (launch_persistent), the next step's kernel may
+  // be scheduled from here on: its blocks take an SM only as this step's block there
+  // exits, so what overlaps is the launch and each block's setup, up to the wait below.
+  allow_next_kernel();
+  // The plan (the phases, the stage lists) is written before the first step and never by
+  // a step, so it is read before the wait.
   load_geometry(s, table);
   if (threadIdx.x == 0) {
     for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1), mbarrier_init(&empty[i], kWorkerWarps);
@@ -407,16 +413,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   }
   __syncthreads();  // the last whole-block barrier: from here the copying warp goes its own way
   if (threadIdx.x >= kWorkers) {
+    // The weights too are never written by a step, but the kernel before this one need
+    // not be a step (starting them before the wait measured within 0.2%: bench/NOTES.md).
+    wait_for_previous_kernel();
     if (threadIdx.x == kWorkers) produce(table, s.n_phases, ring, slots, full, empty);
     return;
   }
-
-  unsigned long long since = now_ns();
-  const unsigned long long per_step = (unsigned long long)(s.barriers) * gridDim.x;
-  unsigned long long target = step_base(s.barrier, per_step);
-  // The token and its slot: fixed until the LM head's last block writes the next ones.
-  const int token = s.state[0], pos = s.state[1];
-  int pad = -1;  // the sequence's left padding, read before the first attention
 
   fetch_params(s.phases, params);
   {  // the workers' stages, in by the first barrier (a multiple of 16 bytes)
@@ -424,6 +426,13 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
     for (int i = threadIdx.x; i < s.stages_per_block / 4; i += kWorkers)
       copy16_async(reinterpret_cast<uint4*>(plan) + i, from + i);
   }
+  wait_for_previous_kernel();  // the token, the counters, the cache and x are its
+  unsigned long long since = now_ns();
+  const unsigned long long per_step = (unsigned long long)(s.barriers) * gridDim.x;
+  unsigned long long target = step_base(s.barrier, per_step);
+  // The token and its slot: fixed until the LM head's last block writes the next ones.
+  const int token = s.state[0], pos = s.state[1];
+  int pad = -1;  // the sequence's left padding, read before the first attention
   // The embedding: x = embed[token] · scale.
   {
     const bf16* row = s.embed + size_t(token) * s.hidden;
@@ -586,13 +595,13 @@ int persistent_blocks(int sm_count, size_t smem) {
   return per_sm >= 1 ? sm_count : 0;
 }
 
-void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem) {
+void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem, bool pdl) {
   // Cooperative: every block is resident at once, which the grid barriers rely on.
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeCooperative;
-  attr.val.cooperative = 1;
-  launch_with("persistent decode step", persistent_step_kernel, stream, &attr, dim3(unsigned(blocks)), dim3(kThreads),
-              smem, s);
+  cudaLaunchAttribute attrs[2] = {{}, pdl_attribute()};
+  attrs[0].id = cudaLaunchAttributeCooperative;
+  attrs[0].val.cooperative = 1;
+  launch_with("persistent decode step", persistent_step_kernel, stream, attrs, pdl ? 2 : 1, dim3(unsigned(blocks)),
+              dim3(kThreads), smem, s);
 }
 
 }  // namespace lmx::cuda::fused
