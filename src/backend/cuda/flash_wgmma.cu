@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(128 * Config<D>::kGroups, Config<D>::kMinBlock
   // done + kStages - 1, a tile later than the stage allows, cost the plain order 2-4%.)
   auto refill = [&](int done) {
     __syncthreads();
-    if (threadIdx.x == 0 && done >= 0 && done + kStages < tiles) load_tile(done + kStages);
+    if (threadIdx.x == 0 && done + kStages < tiles) load_tile(done + kStages);
   };
 
   // Tile i's scores are computed while tile i - 1's values are added: S(i), then PV(i - 1),
