@@ -10,6 +10,12 @@
 //   01  one cublasGemmEx per projection (q, k, v, o, gate, up, down), as lmx's matmul
 //   02  q|k|v and gate|up as one GEMM each (their weights stored as one matrix)
 //   03  02 through cuBLASLt, the fastest of the heuristic's first 16 algorithms per shape
+//   04  (with --sustained MODEL: only this, at M = 32,768) 01's GEMMs, and every candidate
+//       of the heuristic's first 16 for each, each timed after running back to back for
+//       300 ms: in classification the board sits at its power cap, with the SM clock
+//       lowered, and an algorithm that spends less energy per product may then be faster
+//       though it is not at full clocks. Prints each GEMM's 01 time and its candidates'.
+//       LAB_SUSTAIN_MS sets the 300 ms (0: each timed from a cool board, at full clocks).
 // Prints microseconds per layer, TFLOP/s and the ratio to 790 TFLOP/s; exits 1 if a
 // check fails.
 #include <cublasLt.h>
@@ -87,6 +93,64 @@ cublasLtMatmulAlgo_t best_lt_algo(const LtPlan& p, const bf16* x, const bf16* w,
   return algo;
 }
 
+// median_us after `f` has run back to back for `ms` milliseconds (04).
+template <class F>
+float sustained_us(F&& f, float ms = std::getenv("LAB_SUSTAIN_MS") ? std::atof(std::getenv("LAB_SUSTAIN_MS")) : 300) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  CHECK(cudaEventRecord(a));
+  for (float spent = 0; spent < ms;) {
+    for (int i = 0; i < 16; ++i) f();
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    CHECK(cudaEventElapsedTime(&spent, a, b));
+  }
+  CHECK(cudaEventDestroy(a));
+  CHECK(cudaEventDestroy(b));
+  return median_us(f);
+}
+
+// 04: for each of the layer's GEMMs, cublasGemmEx and every heuristic candidate, sustained.
+void sustained(const Model& md, const bf16* x, const bf16* w, bf16* out, int m, const std::vector<Gemm>& gemms) {
+  float gemmex_total = 0, best_total = 0;
+  for (const Gemm& g : gemms) {
+    const float ex = sustained_us([&] { gemm_blas(blas, x, w, out, m, g.n, g.k); });
+    const LtPlan p = lt_plan(m, g.n, g.k);
+    cublasLtMatmulPreference_t pref;
+    CHECK_STATUS(cublasLtMatmulPreferenceCreate(&pref));
+    CHECK_STATUS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
+                                                    sizeof kWorkspace));
+    cublasLtMatmulHeuristicResult_t res[16];
+    int found = 0;
+    CHECK_STATUS(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, 16, res, &found));
+    CHECK_STATUS(cublasLtMatmulPreferenceDestroy(pref));
+    std::printf("%s n=%d k=%d: cublasGemmEx %.1f us sustained, %.1f alone; candidates (sustained / alone, then\n"
+                "  cuBLASLt's ids of algorithm, tile, stages, cluster shape, split-K, swizzle, custom option):\n",
+                md.name, g.n, g.k, ex, median_us([&] { gemm_blas(blas, x, w, out, m, g.n, g.k); }));
+    float best = 1e30f;
+    for (int i = 0; i < found; ++i) {
+      const float us = sustained_us([&] { gemm_lt(p, &res[i].algo, x, w, out); });
+      const float alone = median_us([&] { gemm_lt(p, &res[i].algo, x, w, out); });
+      auto id = [&](cublasLtMatmulAlgoConfigAttributes_t a) {
+        uint32_t v = 0;
+        size_t got = 0;
+        return cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, a, &v, sizeof v, &got) ==
+                       CUBLAS_STATUS_SUCCESS ? int(v) : -1;
+      };
+      std::printf("  %2d: %7.1f / %7.1f   algo %d tile %d stages %d cluster %d split %d swizzle %d custom %d\n", i,
+                  us, alone, id(CUBLASLT_ALGO_CONFIG_ID), id(CUBLASLT_ALGO_CONFIG_TILE_ID), id(CUBLASLT_ALGO_CONFIG_STAGES_ID),
+                  id(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID), id(CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+                  id(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING), id(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION));
+      best = std::min(best, us);
+    }
+    std::printf("  best %.3fx of cublasGemmEx, sustained\n", best / ex);
+    gemmex_total += ex, best_total += best;
+  }
+  std::printf("%s M=%d sustained: cublasGemmEx %.1f us/layer, the best candidates %.1f (%.3fx)\n", md.name, m,
+              gemmex_total, best_total, best_total / gemmex_total);
+}
+
 // Largest relative error of sampled outputs against float64 sums.
 double check(const std::vector<bf16>& hx, const std::vector<bf16>& hw, const bf16* out, int m, int n, int k) {
   std::mt19937 rng(7);
@@ -105,7 +169,8 @@ double check(const std::vector<bf16>& hx, const std::vector<bf16>& hw, const bf1
   return worst;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  const char* only = argc == 3 && std::string(argv[1]) == "--sustained" ? argv[2] : nullptr;
   CHECK_STATUS(cublasCreate(&blas));
   CHECK_STATUS(cublasLtCreate(&lt));
   CHECK(cudaMalloc(&workspace, kWorkspace));
@@ -113,7 +178,9 @@ int main() {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1, 1);
   for (const Model& md : kModels) {
+    if (only && std::string(only) != md.name) continue;
     for (int m : {8192, 32768}) {
+      if (only && m != 32768) continue;
       const std::vector<Gemm> separate = {{md.q, md.hidden},     {md.kv, md.hidden},    {md.kv, md.hidden},
                                           {md.hidden, md.q},     {md.inter, md.hidden}, {md.inter, md.hidden},
                                           {md.hidden, md.inter}};
@@ -131,6 +198,13 @@ int main() {
       CHECK(cudaMalloc(&out, size_t(m) * max_n * sizeof(bf16)));
       CHECK(cudaMemcpy(x, hx.data(), hx.size() * sizeof(bf16), cudaMemcpyHostToDevice));
       CHECK(cudaMemcpy(w, hw.data(), hw.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+      if (only) {
+        sustained(md, x, w, out, m, separate);
+        CHECK(cudaFree(x));
+        CHECK(cudaFree(w));
+        CHECK(cudaFree(out));
+        continue;
+      }
       auto report = [&](const char* variant, const std::vector<Gemm>& gemms, auto&& run) {
         float total = 0;
         std::string parts;
