@@ -14,6 +14,10 @@
 #include "cuda_available.h"
 #include "harness.h"
 
+#if LMX_HAVE_CUDA
+#include "backend/cuda/cuda_ops.h"
+#endif
+
 namespace lmx::test {
 namespace {
 
@@ -273,6 +277,43 @@ TEST(Cuda, LargeMatmulMatchesTheCpu) {
                     std::string("strided ") + std::string(dtype_name(t)));
   }
 }
+
+#if LMX_HAVE_CUDA
+// Llama-3.2-1B's gate/up product at a classification pass's rows runs through cuBLASLt at
+// the tile measured fastest for it on Hopper (gemm_tiles.cpp). Its rows match the CPU's,
+// and so do those of the same product through cuBLAS's own pick (LMX_GEMM_TILES=0); the
+// two GPU results agree to the last bit or within one rounding.
+TEST(Cuda, GemmAtThePreferredTileMatchesTheCpu) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const int64_t m = 8192, n = 8192, k = 2048;
+  const Array x = random_uniform({m, k}, 21, -1, 1, Dtype::bf16, kGpu);
+  const Array w = random_uniform({n, k}, 22, -1, 1, Dtype::bf16, kGpu);
+  const int64_t before = cuda::tuned_gemms();
+  const Array tiled = matmul(x, transpose(w));  // [M, N]
+  const bool hopper = cuda::context(0).compute_capability == 90;
+  EXPECT_EQ(cuda::tuned_gemms(), before + (hopper ? 1 : 0)) << "the table's shape takes the tile on Hopper only";
+  setenv("LMX_GEMM_TILES", "0", 1);
+  const Array plain = matmul(x, transpose(w));
+  unsetenv("LMX_GEMM_TILES");
+  EXPECT_EQ(cuda::tuned_gemms(), before + (hopper ? 1 : 0)) << "LMX_GEMM_TILES=0 turns the table off";
+  const Array w_cpu = to_device(w, Device::cpu());
+  const double u = unit_roundoff(Dtype::bf16), scale = std::sqrt(double(k));
+  for (int64_t r0 : {int64_t(0), m - 64}) {  // 64 rows at each end
+    const Array want = matmul(to_device(slice_axis(x, 0, r0, r0 + 64), Device::cpu()), transpose(w_cpu));
+    expect_near_cpu(slice_axis(tiled, 0, r0, r0 + 64), want, 4 * u, scale, "the preferred tile");
+    expect_near_cpu(slice_axis(plain, 0, r0, r0 + 64), want, 4 * u, scale, "cuBLAS's pick");
+  }
+  const std::vector<float> a = to_floats(tiled), b = to_floats(plain);
+  int64_t differ = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) {
+      ++differ;
+      EXPECT_LE(std::fabs(a[i] - b[i]), 2 * u * (std::fabs(b[i]) + 1)) << "element " << i;
+      if (differ > 8) break;
+    }
+  RecordProperty("differing_elements", std::to_string(differ));
+}
+#endif
 
 struct AttnCase {
   int64_t b, hq, hkv, lq, lk, d, window;

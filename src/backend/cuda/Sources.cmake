@@ -19,7 +19,7 @@ if(LMX_HAVE_CUDA)
   # Host-side warnings of the .cu files count as errors-to-fix like the C++ ones.
   target_compile_options(lmx_ops PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--fmad=false -Xcompiler=-Wall,-Wextra>)
   target_compile_definitions(lmx_ops PUBLIC LMX_HAVE_CUDA=1)
-  target_link_libraries(lmx_ops PUBLIC CUDA::cudart CUDA::cublas)
+  target_link_libraries(lmx_ops PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt)
 else()
   target_sources(lmx_ops PRIVATE ${CMAKE_CURRENT_LIST_DIR}/stub.cpp)
 endif()

@@ -1,4 +1,5 @@
-// Batched matmul through cublasGemmStridedBatchedEx: f32, f16 and bf16 inputs, f32
+// Batched matmul through cublasGemmStridedBatchedEx (or, for a few large bf16 shapes,
+// cuBLASLt at a measured tile: gemm_tiles.cpp): f32, f16 and bf16 inputs, f32
 // accumulation (never TF32), one rounding to the output dtype. Transposes and
 // broadcast batches come from the strides; other layouts are copied dense first.
 #include <algorithm>
@@ -83,6 +84,9 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
   check_int(oa.view.ld, "a leading dimension");
   check_int(ob.view.ld, "a leading dimension");
   const cudaDataType_t t = blas_type(a.dtype());
+  if (nb == 1 && t == CUDA_R_16BF && ob.view.op == CUBLAS_OP_T && oa.view.op == CUBLAS_OP_N &&
+      gemm_at_preferred_tile(ctx, ob.data.raw(), ob.view.ld, oa.data.raw(), oa.view.ld, out.raw(), m, n, k))
+    return;
   const float alpha = 1.0f, beta = 0.0f;
   // A batch of one has no stride to speak of; broadcast batches have stride 0.
   const int64_t stride_a = nb == 1 ? 0 : oa.data.strides()[0],

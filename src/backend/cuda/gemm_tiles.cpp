@@ -1,0 +1,137 @@
+// Large bf16 GEMMs at a tile measured faster than cuBLAS's own pick (cuBLASLt).
+//
+// Why: a classification pass holds the H200 at its 700 W power cap, the SM clock near
+// 1,500-1,600 MHz, and there the time of a GEMM follows what it spends, not what it would
+// take at full clocks. cuBLAS picks its kernel for full clocks. For Llama-3.2-1B's gate and
+// up products (32,768 × 8,192 × 2,048) the heuristic's 176 × 128 tile ran the whole
+// classification 3.5% faster than cuBLAS's pick (three alternating runs; its 168 × 128
+// tile 2.7%, and the heuristic's first, 192 × 192, through this same path 0.2%):
+// bench/NOTES.md, "cuBLASLt's candidates under the power cap". Why that tile spends less
+// is not established, so the table below holds only shapes measured in the pipeline.
+//
+// The tile changes how the output is cut into blocks, not the order of any sum: every
+// candidate taken here has no split-K, so each output is summed over K in the same order
+// and rounded once. LMX_GEMM_TILES=0 turns the table off.
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+
+#include "backend/cuda/cuda_ops.h"
+
+namespace lmx::cuda {
+namespace {
+
+struct Preferred {
+  int64_t n, k;  // outputs and inputs of the product
+  int tile;      // cublasLtMatmulTile_t
+};
+// Hopper (sm_90), bf16, at least kMinRows rows (a classification pass or a long prompt).
+constexpr Preferred kPreferred[] = {
+    {8192, 2048, CUBLASLT_MATMUL_TILE_176x128},  // Llama-3.2-1B's gate and up
+};
+constexpr int64_t kMinRows = 8192;
+
+int preferred_tile(const Context& ctx, int64_t m, int64_t n, int64_t k) {
+  if (ctx.compute_capability != 90 || m < kMinRows) return 0;
+  const char* off = std::getenv("LMX_GEMM_TILES");  // read each time: a GEMM this large takes milliseconds
+  if (off && std::strcmp(off, "0") == 0) return 0;
+  for (const Preferred& p : kPreferred)
+    if (p.n == n && p.k == k) return p.tile;
+  return 0;
+}
+
+// One shape's descriptors and the chosen algorithm; `found` is false where the heuristic
+// did not offer the tile (then cuBLAS's own pick runs).
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t w = nullptr, x = nullptr, out = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  size_t workspace = 0;
+  bool found = false;
+  ~Plan() {
+    for (cublasLtMatrixLayout_t l : {w, x, out})
+      if (l) cublasLtMatrixLayoutDestroy(l);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+uint32_t config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t what) {
+  uint32_t v = 0;
+  size_t got = 0;
+  return cublasLtMatmulAlgoConfigGetAttribute(&algo, what, &v, sizeof v, &got) == CUBLAS_STATUS_SUCCESS ? v : 0;
+}
+
+// out [M, N] = x [M, K] · w [N, K]ᵀ, row-major with leading dimensions ldx and ldw; in
+// cuBLASLt's column-major terms outᵀ = wᵀ-as-stored (op T) · xᵀ (op N), as matmul's call.
+std::unique_ptr<Plan> make_plan(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int64_t ldw, int64_t ldx,
+                                int tile) {
+  auto p = std::make_unique<Plan>();
+  const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+  check_blas(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+  check_blas(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t),
+             "cublasLtMatmulDescSetAttribute");
+  check_blas(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn),
+             "cublasLtMatmulDescSetAttribute");
+  check_blas(cublasLtMatrixLayoutCreate(&p->w, CUDA_R_16BF, uint64_t(k), uint64_t(n), ldw), "cublasLtMatrixLayoutCreate");
+  check_blas(cublasLtMatrixLayoutCreate(&p->x, CUDA_R_16BF, uint64_t(k), uint64_t(m), ldx), "cublasLtMatrixLayoutCreate");
+  check_blas(cublasLtMatrixLayoutCreate(&p->out, CUDA_R_16BF, uint64_t(n), uint64_t(m), n),
+             "cublasLtMatrixLayoutCreate");
+  cublasLtMatmulPreference_t pref = nullptr;
+  check_blas(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  const size_t most = size_t(64) << 20;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &most, sizeof most);
+  cublasLtMatmulHeuristicResult_t res[16];
+  int found = 0;
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->w, p->x, p->out, p->out, pref, 16, res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (s != CUBLAS_STATUS_SUCCESS) return p;
+  for (int i = 0; i < found && !p->found; ++i)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS && int(config(res[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID)) == tile &&
+        config(res[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) <= 1)
+      p->algo = res[i].algo, p->workspace = res[i].workspaceSize, p->found = true;
+  return p;
+}
+
+std::mutex plans_mutex;  // the plans and the handles, shared by the threads of a process
+std::atomic<int64_t> tuned{0};
+
+}  // namespace
+
+int64_t tuned_gemms() { return tuned.load(); }
+
+bool gemm_at_preferred_tile(const Context& ctx, const void* w, int64_t ldw, const void* x, int64_t ldx, void* out,
+                            int64_t m, int64_t n, int64_t k) {
+  const int tile = preferred_tile(ctx, m, n, k);
+  if (tile == 0) return false;
+  static std::map<int, cublasLtHandle_t> handles;  // per device, for the process's life
+  static std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans;
+  cublasLtHandle_t lt = nullptr;
+  const Plan* plan = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(plans_mutex);
+    cublasLtHandle_t& h = handles[ctx.device];
+    if (!h) check_blas(cublasLtCreate(&h), "cublasLtCreate");
+    lt = h;
+    std::unique_ptr<Plan>& p = plans[{ctx.device, m, n, k, ldw, ldx}];
+    if (!p) p = make_plan(lt, m, n, k, ldw, ldx, tile);
+    plan = p.get();
+  }
+  if (!plan->found) return false;
+  // From the caching allocator, in stream order, like any other array of the op.
+  const Array workspace({int64_t(std::max<size_t>(plan->workspace, 1))}, Dtype::u8, Device::cuda(ctx.device));
+  const float alpha = 1.0f, beta = 0.0f;
+  check_blas(cublasLtMatmul(lt, plan->desc, &alpha, w, plan->w, x, plan->x, &beta, out, plan->out, out, plan->out,
+                            &plan->algo, workspace.raw(), plan->workspace, ctx.stream),
+             "cublasLtMatmul");
+  tuned.fetch_add(1);
+  return true;
+}
+
+}  // namespace lmx::cuda
