@@ -2,12 +2,13 @@
 //
 // Why: a classification pass holds the H200 at its 700 W power cap, the SM clock near
 // 1,500-1,600 MHz, and there the time of a GEMM follows what it spends, not what it would
-// take at full clocks. cuBLAS picks its kernel for full clocks. For Llama-3.2-1B's gate and
-// up products (32,768 × 8,192 × 2,048) the heuristic's 176 × 128 tile ran the whole
-// classification 3.5% faster than cuBLAS's pick (three alternating runs; its 168 × 128
-// tile 2.7%, and the heuristic's first, 192 × 192, through this same path 0.2%):
-// bench/NOTES.md, "cuBLASLt's candidates under the power cap". Why that tile spends less
-// is not established, so the table below holds only shapes measured in the pipeline.
+// take at full clocks. cuBLAS picks its kernel for full clocks. With Llama-3.2-1B's gate
+// and up products (8,192 × 2,048) at the heuristic's 176 × 128 tile, its classification
+// of 1,024 × 32 ran 1.2% and 3.5% faster than with cuBLAS's pick on two machines, 256 × 32
+// 3.1% and a 16,384-token prefill 1.6% (alternating runs; the heuristic's first tile,
+// 192 × 192, through this same path: 0.2%): bench/NOTES.md, "cuBLASLt's candidates under
+// the power cap". Why that tile spends less is not established, so the table below holds
+// only shapes measured in the pipeline.
 //
 // The tile changes how the output is cut into blocks, not the order of any sum: every
 // candidate taken here has no split-K, so each output is summed over K in the same order
