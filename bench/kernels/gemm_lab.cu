@@ -74,16 +74,22 @@ void gemm_lt(const LtPlan& p, const cublasLtMatmulAlgo_t* algo, const bf16* x, c
                             kWorkspace, 0));
 }
 
-// The fastest of the heuristic's candidates for this shape (one that runs and checks).
-cublasLtMatmulAlgo_t best_lt_algo(const LtPlan& p, const bf16* x, const bf16* w, bf16* out) {
+// The heuristic's first 16 candidates for this shape (fewer where it has fewer): their count.
+int lt_candidates(const LtPlan& p, cublasLtMatmulHeuristicResult_t (&res)[16]) {
   cublasLtMatmulPreference_t pref;
   CHECK_STATUS(cublasLtMatmulPreferenceCreate(&pref));
   CHECK_STATUS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
                                                   sizeof kWorkspace));
-  cublasLtMatmulHeuristicResult_t res[16];
   int found = 0;
   CHECK_STATUS(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, 16, res, &found));
   CHECK_STATUS(cublasLtMatmulPreferenceDestroy(pref));
+  return found;
+}
+
+// The fastest of the heuristic's candidates for this shape (one that runs and checks).
+cublasLtMatmulAlgo_t best_lt_algo(const LtPlan& p, const bf16* x, const bf16* w, bf16* out) {
+  cublasLtMatmulHeuristicResult_t res[16];
+  const int found = lt_candidates(p, res);
   float best = 1e30f;
   cublasLtMatmulAlgo_t algo = res[0].algo;
   for (int i = 0; i < found; ++i) {
@@ -117,14 +123,8 @@ void sustained(const Model& md, const bf16* x, const bf16* w, bf16* out, int m, 
   for (const Gemm& g : gemms) {
     const float ex = sustained_us([&] { gemm_blas(blas, x, w, out, m, g.n, g.k); });
     const LtPlan p = lt_plan(m, g.n, g.k);
-    cublasLtMatmulPreference_t pref;
-    CHECK_STATUS(cublasLtMatmulPreferenceCreate(&pref));
-    CHECK_STATUS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
-                                                    sizeof kWorkspace));
     cublasLtMatmulHeuristicResult_t res[16];
-    int found = 0;
-    CHECK_STATUS(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, 16, res, &found));
-    CHECK_STATUS(cublasLtMatmulPreferenceDestroy(pref));
+    const int found = lt_candidates(p, res);
     std::printf("%s n=%d k=%d: cublasGemmEx %.1f us sustained, %.1f alone; candidates (sustained / alone, then\n"
                 "  cuBLASLt's ids of algorithm, tile, stages, cluster shape, split-K, swizzle, custom option):\n",
                 md.name, g.n, g.k, ex, median_us([&] { gemm_blas(blas, x, w, out, m, g.n, g.k); }));
