@@ -303,6 +303,13 @@ TEST(Cuda, GemmAtThePreferredTileMatchesTheCpu) {
     expect_near_cpu(slice_axis(tiled, 0, r0, r0 + 64), want, 4 * u, scale, "the preferred tile");
     expect_near_cpu(slice_axis(plain, 0, r0, r0 + 64), want, 4 * u, scale, "cuBLAS's pick");
   }
+  // x as a view 16 bytes into the rows of a wider array (a leading dimension of K + 8 and
+  // pointers aligned to 16 bytes only): the heuristic is told, and the rows still match.
+  const Array wide = random_uniform({m, k + 8}, 23, -1, 1, Dtype::bf16, kGpu);
+  const Array view = slice(wide, {0, 8}, {m, k + 8});
+  const Array from_view = matmul(view, transpose(w));
+  const Array want = matmul(to_device(slice(wide, {0, 8}, {64, k + 8}), Device::cpu()), transpose(w_cpu));
+  expect_near_cpu(slice_axis(from_view, 0, 0, 64), want, 4 * u, scale, "a view aligned to 16 bytes");
   const std::vector<float> a = to_floats(tiled), b = to_floats(plain);
   int64_t differ = 0;
   for (size_t i = 0; i < a.size(); ++i)

@@ -71,8 +71,15 @@ uint32_t config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttrib
 
 // out [M, N] = x [M, K] · w [N, K]ᵀ, row-major with leading dimensions ldx and ldw; in
 // cuBLASLt's column-major terms outᵀ = wᵀ-as-stored (op T) · xᵀ (op N), as matmul's call.
+// The alignment, up to 256 bytes, that the heuristic may count on for a pointer: it takes
+// 256 unless told less, and an algorithm chosen for more than a pointer has may fail on it.
+uint32_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  return uint32_t(std::min<uintptr_t>(256, a & (~a + 1)));
+}
+
 std::unique_ptr<Plan> make_plan(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int64_t ldw, int64_t ldx,
-                                int tile) {
+                                const uint32_t (&aligned)[3], int tile) {
   auto p = std::make_unique<Plan>();
   const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
   check_blas(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
@@ -88,6 +95,10 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t lt, int64_t m, int64_t n, int64
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   const size_t most = size_t(64) << 20;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &most, sizeof most);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aligned[0], sizeof aligned[0]);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &aligned[1], sizeof aligned[1]);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &aligned[2], sizeof aligned[2]);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &aligned[2], sizeof aligned[2]);
   cublasLtMatmulHeuristicResult_t res[16];
   int found = 0;
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->w, p->x, p->out, p->out, pref, 16, res, &found);
@@ -112,7 +123,10 @@ bool gemm_at_preferred_tile(const Context& ctx, const void* w, int64_t ldw, cons
   const int tile = preferred_tile(ctx, m, n, k);
   if (tile == 0) return false;
   static std::map<int, cublasLtHandle_t> handles;  // per device, for the process's life
-  static std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans;
+  static std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>,
+                  std::unique_ptr<Plan>>
+      plans;
+  const uint32_t aligned[3] = {alignment(w), alignment(x), alignment(out)};
   cublasLtHandle_t lt = nullptr;
   const Plan* plan = nullptr;
   {
@@ -120,8 +134,8 @@ bool gemm_at_preferred_tile(const Context& ctx, const void* w, int64_t ldw, cons
     cublasLtHandle_t& h = handles[ctx.device];
     if (!h) check_blas(cublasLtCreate(&h), "cublasLtCreate");
     lt = h;
-    std::unique_ptr<Plan>& p = plans[{ctx.device, m, n, k, ldw, ldx}];
-    if (!p) p = make_plan(lt, m, n, k, ldw, ldx, tile);
+    std::unique_ptr<Plan>& p = plans[{ctx.device, m, n, k, ldw, ldx, aligned[0], aligned[1], aligned[2]}];
+    if (!p) p = make_plan(lt, m, n, k, ldw, ldx, aligned, tile);
     plan = p.get();
   }
   if (!plan->found) return false;
