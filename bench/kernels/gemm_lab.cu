@@ -139,9 +139,10 @@ void sustained(const Model& md, const bf16* x, const bf16* w, bf16* out, int m, 
                        CUBLAS_STATUS_SUCCESS ? int(v) : -1;
       };
       std::printf("  %2d: %7.1f / %7.1f   algo %d tile %d stages %d cluster %d split %d swizzle %d custom %d\n", i,
-                  us, alone, id(CUBLASLT_ALGO_CONFIG_ID), id(CUBLASLT_ALGO_CONFIG_TILE_ID), id(CUBLASLT_ALGO_CONFIG_STAGES_ID),
-                  id(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID), id(CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
-                  id(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING), id(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION));
+                  us, alone, id(CUBLASLT_ALGO_CONFIG_ID), id(CUBLASLT_ALGO_CONFIG_TILE_ID),
+                  id(CUBLASLT_ALGO_CONFIG_STAGES_ID), id(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+                  id(CUBLASLT_ALGO_CONFIG_SPLITK_NUM), id(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+                  id(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION));
       best = std::min(best, us);
     }
     std::printf("  best %.3fx of cublasGemmEx, sustained\n", best / ex);

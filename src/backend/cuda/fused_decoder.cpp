@@ -178,7 +178,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   void guard_history(cudaStream_t s) {
     for (int64_t i = read_; i < queued_; ++i) {
       const size_t slot = size_t(i % kRing);
-      if (copied_[slot] == (steps_ - 1) % kHistory) check(cudaStreamWaitEvent(s, ready_[slot], 0), "cudaStreamWaitEvent");
+      if (copied_[slot] == (steps_ - 1) % kHistory)
+        check(cudaStreamWaitEvent(s, ready_[slot], 0), "cudaStreamWaitEvent");
     }
   }
 

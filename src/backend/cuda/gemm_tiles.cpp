@@ -87,21 +87,25 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t lt, int64_t m, int64_t n, int64
              "cublasLtMatmulDescSetAttribute");
   check_blas(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn),
              "cublasLtMatmulDescSetAttribute");
-  check_blas(cublasLtMatrixLayoutCreate(&p->w, CUDA_R_16BF, uint64_t(k), uint64_t(n), ldw), "cublasLtMatrixLayoutCreate");
-  check_blas(cublasLtMatrixLayoutCreate(&p->x, CUDA_R_16BF, uint64_t(k), uint64_t(m), ldx), "cublasLtMatrixLayoutCreate");
+  check_blas(cublasLtMatrixLayoutCreate(&p->w, CUDA_R_16BF, uint64_t(k), uint64_t(n), ldw),
+             "cublasLtMatrixLayoutCreate");
+  check_blas(cublasLtMatrixLayoutCreate(&p->x, CUDA_R_16BF, uint64_t(k), uint64_t(m), ldx),
+             "cublasLtMatrixLayoutCreate");
   check_blas(cublasLtMatrixLayoutCreate(&p->out, CUDA_R_16BF, uint64_t(n), uint64_t(m), n),
              "cublasLtMatrixLayoutCreate");
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   const size_t most = size_t(64) << 20;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &most, sizeof most);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aligned[0], sizeof aligned[0]);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &aligned[1], sizeof aligned[1]);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &aligned[2], sizeof aligned[2]);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &aligned[2], sizeof aligned[2]);
+  const cublasLtMatmulPreferenceAttributes_t of[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  const uint32_t bytes[4] = {aligned[0], aligned[1], aligned[2], aligned[2]};  // w, x, then out twice
+  for (int i = 0; i < 4; ++i) cublasLtMatmulPreferenceSetAttribute(pref, of[i], &bytes[i], sizeof bytes[i]);
   cublasLtMatmulHeuristicResult_t res[16];
   int found = 0;
-  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->w, p->x, p->out, p->out, pref, 16, res, &found);
+  const cublasStatus_t s =
+      cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->w, p->x, p->out, p->out, pref, 16, res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (s != CUBLAS_STATUS_SUCCESS) return p;
   for (int i = 0; i < found && !p->found; ++i)
