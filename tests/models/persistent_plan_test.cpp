@@ -262,6 +262,7 @@ TEST(PersistentPlan, GridEvensOutTheFusedDownsWholeSlotShares) {
   EXPECT_EQ(persistent_grid(layer(2048, 8200), 132), 132) << "1,025 units: no even split with 8 a block";
   EXPECT_EQ(persistent_grid(layer(2048, 8196), 132), 132) << "not whole units: no fused down";
   EXPECT_EQ(persistent_grid({gemv(2048, 2048)}, 132), 132) << "no gate/up phase";
+  EXPECT_EQ(persistent_grid(layer(2048, 0), 132), 132) << "an empty gate/up phase";
   setenv("LMX_FUSED_DOWN", "0", 1);
   EXPECT_EQ(persistent_grid(layer(2048, 8192), 132), 132) << "no fused down";
   unsetenv("LMX_FUSED_DOWN");

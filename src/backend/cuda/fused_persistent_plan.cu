@@ -102,7 +102,7 @@ int persistent_grid(const std::vector<StepPhase>& phases, int sm_count) {
   for (size_t i = 0; i + 1 < phases.size(); ++i) {
     const StepPhase& glu = phases[i];
     if (glu.kind != StepPhase::Kind::gemv || !paired(glu) || phases[i + 1].kind != StepPhase::Kind::gemv ||
-        glu.out.rows[0] % 8 != 0)
+        glu.out.rows[0] % 8 != 0 || glu.out.rows[0] < 8 || sm_count < 1)
       continue;
     const int units = glu.out.rows[0] / 8, most = (units + sm_count - 1) / sm_count;
     const int fewest = (units + most - 1) / most;
