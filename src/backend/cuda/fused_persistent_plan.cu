@@ -15,6 +15,12 @@ using namespace step_plan;
 
 namespace {
 
+// Whether the measurement switch `name` is set to 0 (each of the plan's choices has one).
+bool switched_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "0") == 0;
+}
+
 // Shared memory beyond the slots: the largest input vector with its staged inputs (and,
 // after an attention, the merge's chunk weights), or the largest attention scratch.
 size_t vector_bytes(const std::vector<StepPhase>& phases) {
@@ -47,8 +53,7 @@ void persistent_attention_split(AttentionStep& a, int blocks) {
 }
 
 bool persistent_attention_handoff(const std::vector<StepPhase>& phases) {
-  const char* off = std::getenv("LMX_FUSED_HANDOFF");
-  if ((off && std::strcmp(off, "0") == 0) || phases.size() < 2 ||
+  if (switched_off("LMX_FUSED_HANDOFF") || phases.size() < 2 ||
       phases[phases.size() - 2].kind == StepPhase::Kind::attention)
     return false;
   return std::any_of(phases.begin(), phases.end(),
@@ -89,8 +94,7 @@ std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& p
 
 int persistent_grid(const std::vector<StepPhase>& phases, int sm_count) {
   if (const char* v = std::getenv("LMX_FUSED_GRID")) return std::clamp(std::atoi(v), 1, sm_count);
-  const char* off = std::getenv("LMX_FUSED_DOWN");
-  if (off && std::strcmp(off, "0") == 0) return sm_count;
+  if (switched_off("LMX_FUSED_DOWN")) return sm_count;
   // A gate/up phase that will take its down projection in (persistent_fuse_down): its
   // `inter` / 8 units are dealt out whole, up to `most` a block. Where the fewest blocks
   // that keep `most` can take exactly `most` each, only they run: in the sm_count grid the
@@ -115,8 +119,7 @@ int persistent_grid(const std::vector<StepPhase>& phases, int sm_count) {
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps) {
   std::vector<CUtensorMap> maps;
-  const char* off = std::getenv("LMX_FUSED_DOWN");
-  if ((off && std::strcmp(off, "0") == 0) || blocks < 1) return maps;
+  if (switched_off("LMX_FUSED_DOWN") || blocks < 1) return maps;
   auto reads = [](const StepPhase& p, const float* y) {
     return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
   };
