@@ -320,6 +320,30 @@ TEST(Cuda, GemmAtThePreferredTileMatchesTheCpu) {
     }
   RecordProperty("differing_elements", std::to_string(differ));
 }
+
+// Prompts of many lengths past the table's row minimum each need a plan (found or not:
+// the heuristic offers the tile for some row counts only): the cache keeps the ones used
+// last, and a shape whose plan was evicted is planned again, to the same result.
+TEST(Cuda, GemmTilePlansStayBounded) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  if (cuda::context(0).compute_capability != 90) GTEST_SKIP() << "the tile table is for Hopper only";
+  const int64_t n = 8192, k = 2048, shapes = 40;
+  const Array x = random_uniform({8192 + 16 * shapes, k}, 24, -1, 1, Dtype::bf16, kGpu);
+  const Array w = random_uniform({n, k}, 25, -1, 1, Dtype::bf16, kGpu);
+  const int64_t before = cuda::tuned_gemms();
+  const std::vector<float> first = to_floats(slice_axis(matmul(slice_axis(x, 0, 0, 8192), transpose(w)), 0, 0, 64));
+  EXPECT_EQ(cuda::tuned_gemms(), before + 1) << "8,192 rows take the table's tile";
+  for (int64_t i = 1; i < shapes; ++i) {
+    (void)matmul(slice_axis(x, 0, 0, 8192 + 16 * i), transpose(w));
+    EXPECT_LE(cuda::gemm_tile_plans(), size_t(32)) << "after " << i + 1 << " row counts";
+  }
+  EXPECT_EQ(cuda::gemm_tile_plans(), size_t(32)) << "40 row counts planned, the last 32 kept";
+  // 8,192 rows again: its plan was evicted 39 row counts ago.
+  const int64_t again_before = cuda::tuned_gemms();
+  const std::vector<float> again = to_floats(slice_axis(matmul(slice_axis(x, 0, 0, 8192), transpose(w)), 0, 0, 64));
+  EXPECT_EQ(cuda::tuned_gemms(), again_before + 1) << "planned again, and at the tile again";
+  EXPECT_EQ(first, again) << "the same shape planned again multiplies to the same bits";
+}
 #endif
 
 struct AttnCase {

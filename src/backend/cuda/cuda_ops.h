@@ -40,10 +40,12 @@ std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Ar
 constexpr int64_t kPairedRowsUpTo = 64;
 // gemm_tiles.cpp: out [M, N] = x [M, K] · w [N, K]ᵀ in bf16 (rows dense, leading dimensions
 // ldx and ldw) through cuBLASLt at the tile measured fastest for this shape, where one is
-// known; false (nothing done) otherwise. tuned_gemms() counts the products it ran.
+// known; false (nothing done) otherwise. tuned_gemms() counts the products it ran, and
+// gemm_tile_plans() the plans kept (at most 32, the ones used last).
 bool gemm_at_preferred_tile(const Context& ctx, const void* w, int64_t ldw, const void* x, int64_t ldx, void* out,
                             int64_t m, int64_t n, int64_t k);
 int64_t tuned_gemms();
+size_t gemm_tile_plans();
 // reduce.cu
 void reduce(const Context& ctx, detail::ReduceOp op, const Array& in, const Array& out);
 void argmax(const Context& ctx, const Array& in, const Array& out);

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <tuple>
 
 #include "backend/cuda/cuda_ops.h"
@@ -115,39 +116,65 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t lt, int64_t m, int64_t n, int64
   return p;
 }
 
-std::mutex plans_mutex;  // the plans and the handles, shared by the threads of a process
+// The plans, one per (device, shape, leading dimensions, alignments), shared by the
+// threads of a process. Prompts of many lengths past kMinRows would each add one, so the
+// cache keeps the kMaxPlans used last; a plan is held by shared_ptr, so one evicted while
+// another thread multiplies with it lives until that call returns.
+using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
+struct Cached {
+  std::shared_ptr<const Plan> plan;
+  uint64_t used = 0;  // the lookup that last returned it
+};
+constexpr size_t kMaxPlans = 32;
+std::mutex plans_mutex;  // guards the three below
+std::map<int, cublasLtHandle_t> handles;  // per device, for the process's life
+std::map<PlanKey, Cached> plans;
+uint64_t lookups = 0;
 std::atomic<int64_t> tuned{0};
+
+std::shared_ptr<const Plan> plan_for(const Context& ctx, cublasLtHandle_t& lt, const PlanKey& key, int tile) {
+  std::lock_guard<std::mutex> lock(plans_mutex);
+  cublasLtHandle_t& h = handles[ctx.device];
+  if (!h) check_blas(cublasLtCreate(&h), "cublasLtCreate");
+  lt = h;
+  if (auto it = plans.find(key); it != plans.end()) {
+    it->second.used = ++lookups;
+    return it->second.plan;
+  }
+  if (plans.size() >= kMaxPlans)
+    plans.erase(std::min_element(plans.begin(), plans.end(),
+                                 [](const auto& a, const auto& b) { return a.second.used < b.second.used; }));
+  const auto [device, m, n, k, ldw, ldx, a0, a1, a2] = key;
+  const uint32_t aligned[3] = {a0, a1, a2};
+  std::shared_ptr<const Plan> plan = make_plan(lt, m, n, k, ldw, ldx, aligned, tile);
+  plans[key] = {plan, ++lookups};
+  return plan;
+}
 
 }  // namespace
 
 int64_t tuned_gemms() { return tuned.load(); }
 
+size_t gemm_tile_plans() {
+  std::lock_guard<std::mutex> lock(plans_mutex);
+  return plans.size();
+}
+
 bool gemm_at_preferred_tile(const Context& ctx, const void* w, int64_t ldw, const void* x, int64_t ldx, void* out,
                             int64_t m, int64_t n, int64_t k) {
   const int tile = preferred_tile(ctx, m, n, k);
   if (tile == 0) return false;
-  static std::map<int, cublasLtHandle_t> handles;  // per device, for the process's life
-  static std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>,
-                  std::unique_ptr<Plan>>
-      plans;
-  const uint32_t aligned[3] = {alignment(w), alignment(x), alignment(out)};
   cublasLtHandle_t lt = nullptr;
-  const Plan* plan = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(plans_mutex);
-    cublasLtHandle_t& h = handles[ctx.device];
-    if (!h) check_blas(cublasLtCreate(&h), "cublasLtCreate");
-    lt = h;
-    std::unique_ptr<Plan>& p = plans[{ctx.device, m, n, k, ldw, ldx, aligned[0], aligned[1], aligned[2]}];
-    if (!p) p = make_plan(lt, m, n, k, ldw, ldx, aligned, tile);
-    plan = p.get();
-  }
+  const std::shared_ptr<const Plan> plan =
+      plan_for(ctx, lt, {ctx.device, m, n, k, ldw, ldx, alignment(w), alignment(x), alignment(out)}, tile);
   if (!plan->found) return false;
-  // From the caching allocator, in stream order, like any other array of the op.
-  const Array workspace({int64_t(std::max<size_t>(plan->workspace, 1))}, Dtype::u8, Device::cuda(ctx.device));
+  // From the caching allocator, in stream order, like any other array of the op; none
+  // where the algorithm needs none.
+  std::optional<Array> workspace;
+  if (plan->workspace > 0) workspace.emplace(Shape{int64_t(plan->workspace)}, Dtype::u8, Device::cuda(ctx.device));
   const float alpha = 1.0f, beta = 0.0f;
   check_blas(cublasLtMatmul(lt, plan->desc, &alpha, w, plan->w, x, plan->x, &beta, out, plan->out, out, plan->out,
-                            &plan->algo, workspace.raw(), plan->workspace, ctx.stream),
+                            &plan->algo, workspace ? workspace->raw() : nullptr, plan->workspace, ctx.stream),
              "cublasLtMatmul");
   tuned.fetch_add(1);
   return true;
