@@ -61,6 +61,12 @@ struct LoadOptions {
   std::string dtype;    // "" = the weights' dtype; "f32", "bf16", "f16"
   int context_len = 0;  // 0 = the model's max_position_embeddings
   std::string adapter_path;  // LoRA adapter (not yet supported)
+  // The same bits, and so the same tokens, on every run of a request on the same device
+  // and build. Off by default: CUDA's one-sequence decode step then adds its down
+  // projections' partial sums with f32 atomics, a few percent faster on the H200, whose
+  // order varies from run to run, so that a near tie between two tokens may go either way.
+  // This changes only that step.
+  bool deterministic = false;
 };
 
 struct ModelInfo {

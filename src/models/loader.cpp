@@ -48,6 +48,7 @@ std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& dir, const
   }
 
   auto model = std::make_unique<CausalLM>(spec);
+  model->set_deterministic(options.deterministic);
   model->visit("", [&](const std::string& name, Array& param, const Shape& shape) {
     LMX_CHECK(weights.find(name) != nullptr, "load", dir.string(), ": tensor '", name,
               "' is missing from the weights (model_type ", spec.model_type, ", expected shape ", shape_str(shape),

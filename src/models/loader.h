@@ -15,6 +15,7 @@ struct ModelLoadOptions {
   std::optional<Dtype> dtype;  // compute dtype; default: the weights' own (f32 stays f32)
   Device device = Device::cpu();
   std::string config_file = "config.json";  // another name lets tests load alternative forms
+  bool deterministic = false;  // CausalLM::set_deterministic
 };
 
 // Throws lmx::Error naming the file and tensor on any problem; nothing is returned

@@ -125,6 +125,7 @@ std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder(int rows) const {
   w.gelu = spec_.activation == nn::Activation::gelu_tanh;
   w.sandwich = spec_.sandwich_norms;
   w.softcap = spec_.final_logit_softcapping;
+  w.deterministic = deterministic_;
   // The embedding scale is rounded to the weights' dtype first, as the plain path does.
   if (spec_.scale_embeddings) w.embed_scale = to_floats(scalar(std::sqrt(double(spec_.hidden_size)), dtype()))[0];
   for (const auto& layer : layers_) {

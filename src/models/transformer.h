@@ -80,6 +80,10 @@ class CausalLM : public nn::Module {
   // them (then forward() is the way). One per sequence or batch: it holds their scratch
   // buffers. LMX_FUSED=0 turns the fused path off.
   std::unique_ptr<fast::FusedDecoder> fused_decoder(int rows = 1) const;
+  // Whether fused_decoder's steps must give the same bits on every run
+  // (fast::FusedDecoderWeights::deterministic; ModelLoadOptions::deterministic).
+  void set_deterministic(bool on) { deterministic_ = on; }
+  bool deterministic() const { return deterministic_; }
   const DecoderSpec& spec() const { return spec_; }
   int num_layers() const { return int(layers_.size()); }
   Dtype dtype() const { return embed_tokens_.weight.dtype(); }
@@ -91,6 +95,7 @@ class CausalLM : public nn::Module {
   std::vector<std::unique_ptr<DecoderLayer>> layers_;
   nn::RMSNorm norm_;                           // [H]
   std::optional<nn::Linear> lm_head_;          // [V, H]; absent when tied
+  bool deterministic_ = false;
 };
 
 }  // namespace lmx::models

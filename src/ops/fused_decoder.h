@@ -41,6 +41,10 @@ struct FusedDecoderWeights {
   bool sandwich = false;  // Gemma 3: norms after attention and around the MLP
   float embed_scale = 0;  // > 0: embeddings are multiplied by it
   float softcap = 0;      // > 0: logits = softcap * tanh(logits / softcap)
+  // The same bits on every run: no step adds into a sum in an order that varies with the
+  // timing of the device's blocks (on CUDA, the persistent step keeps each down projection
+  // a phase of its own rather than folding it into gate/up with f32 atomics).
+  bool deterministic = false;
 };
 
 // One layer's KV cache as the step sees it: k and v [rows, Hkv, slots, D], the token at

@@ -159,6 +159,7 @@ LocalTextModel::LocalTextModel(const std::filesystem::path& dir, const LoadOptio
   }
   LMX_CHECK(options.adapter_path.empty(), "load", "LoRA adapters are not supported yet (adapter_path = ",
             options.adapter_path, ")");
+  mo.deterministic = options.deterministic;
   model_ = models::load_causal_lm(dir, mo);
   if (std::filesystem::exists(dir / "tokenizer.json")) tokenizer_.emplace(Tokenizer::from_dir(dir));
   context_len_ = options.context_len > 0 ? options.context_len : model_->spec().max_position_embeddings;

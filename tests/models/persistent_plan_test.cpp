@@ -200,9 +200,9 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
     p[1].out.y = act, p[2].in.x = act, p[2].out.y = out, p[3].in.add = out;
     return p;
   };
-  auto fuse = [&](std::vector<StepPhase>& p, int blocks = 132) {
+  auto fuse = [&](std::vector<StepPhase>& p, int blocks = 132, bool allowed = true) {
     std::vector<const char*> names{"o", "glu", "down", "head"};
-    const size_t maps_made = cuda::fused::persistent_fuse_down(p, names, blocks, maps).size();
+    const size_t maps_made = cuda::fused::persistent_fuse_down(p, names, blocks, maps, allowed).size();
     EXPECT_EQ(names.size(), p.size());
     if (maps_made == 1) {
       EXPECT_STREQ(names[1], "glu+down");
@@ -241,6 +241,9 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
   EXPECT_EQ(fuse(p), 0u);
   p = layer(2048, 8196);  // not whole units of 8
   EXPECT_EQ(fuse(p), 0u);
+  p = layer(2048, 8192);
+  EXPECT_EQ(fuse(p, 132, false), 0u) << "a deterministic step has no fused down";
+  EXPECT_EQ(p.size(), 4u);
   setenv("LMX_FUSED_DOWN", "0", 1);
   p = layer(2048, 8192);
   EXPECT_EQ(fuse(p), 0u) << "LMX_FUSED_DOWN=0 turns it off";
@@ -263,6 +266,7 @@ TEST(PersistentPlan, GridEvensOutTheFusedDownsWholeSlotShares) {
   EXPECT_EQ(persistent_grid(layer(2048, 8196), 132), 132) << "not whole units: no fused down";
   EXPECT_EQ(persistent_grid({gemv(2048, 2048)}, 132), 132) << "no gate/up phase";
   EXPECT_EQ(persistent_grid(layer(2048, 0), 132), 132) << "an empty gate/up phase";
+  EXPECT_EQ(persistent_grid(layer(2048, 8192), 132, /*fuse_down=*/false), 132) << "a deterministic step";
   setenv("LMX_FUSED_DOWN", "0", 1);
   EXPECT_EQ(persistent_grid(layer(2048, 8192), 132), 132) << "no fused down";
   unsetenv("LMX_FUSED_DOWN");

@@ -191,6 +191,26 @@ TEST(ApiTest, BatchGenerateSamplesEachRowAsGenerateDoes) {
   EXPECT_TRUE(differs_from_greedy) << "the sampled rows should not all be the greedy ones";
 }
 
+// LoadOptions::deterministic: the same tokens on every run. On the CPU it changes nothing;
+// on CUDA the one-sequence step still runs fused and persistent, and three runs agree.
+TEST(ApiTest, DeterministicLoadsRepeatTheirTokens) {
+  LoadOptions cpu;
+  cpu.backend = "cpu";
+  cpu.deterministic = true;
+  const std::string prompt = "the quick brown fox";
+  EXPECT_EQ(ids_of(load_model(kModels / "qwen3-f32", cpu)->generate(prompt, greedy(16))),
+            ids_of(load("qwen3-f32")->generate(prompt, greedy(16))));
+  if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
+  LoadOptions lo = cuda_bf16();
+  lo.deterministic = true;
+  for (const char* name : {"llama-f32", "qwen3-f32", "gemma3_text-f32"}) {
+    auto model = load_model(kModels / name, lo);
+    const std::vector<int32_t> first = ids_of(model->generate(prompt, greedy(48)));
+    EXPECT_EQ(model->metrics().decode_path, "fused-persistent") << name;
+    for (int run = 0; run < 2; ++run) EXPECT_EQ(ids_of(model->generate(prompt, greedy(48))), first) << name;
+  }
+}
+
 // On CUDA every draw is made on the device (the ops' tests hold the device's draws to the
 // host sampler's). generate() feeds each drawn token to the next fused step on the device
 // and runs a step ahead, with a logit bias and penalties too (the decoder keeps the

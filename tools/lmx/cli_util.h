@@ -12,6 +12,7 @@ namespace lmx::cli {
 struct ModelArgs {
   std::string dir, device, dtype, backend;
   int context = 0;
+  bool deterministic = false;
   void add(CLI::App* cmd);
   std::unique_ptr<TextModel> load() const;
 };

@@ -22,7 +22,7 @@ namespace {
 
 struct BenchArgs {
   std::string dir, device, dtype;  // device "": cuda where a GPU is visible, else cpu
-  bool decode = false, classify = false, prefill = false, json = false, plain = false;
+  bool decode = false, classify = false, prefill = false, json = false, plain = false, deterministic = false;
   std::vector<int> batch{1};
   int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024, chunk = 1024;
   SamplingOptions sampling;  // decode's: greedy by default, seed 1 (add_bench_command)
@@ -114,6 +114,7 @@ void run_bench(const BenchArgs& a) {
   models::ModelLoadOptions o;
   o.device = bench_device(a.device);
   if (!a.dtype.empty()) o.dtype = parse_dtype(a.dtype);
+  o.deterministic = a.deterministic;
   const double t_load = now_s();
   const auto model = models::load_causal_lm(a.dir, o);
   const double load_s = now_s() - t_load;
@@ -253,7 +254,8 @@ void run_bench(const BenchArgs& a) {
     results.push_back(row);
   }
   const nlohmann::json out{{"model", a.dir}, {"model_type", model->spec().model_type}, {"device", dev.str()},
-                           {"dtype", dtype_name(model->dtype())}, {"load_s", load_s}, {"results", results}};
+                           {"dtype", dtype_name(model->dtype())}, {"deterministic", a.deterministic},
+                           {"load_s", load_s}, {"results", results}};
   if (a.json) {
     std::printf("%s\n", out.dump(2).c_str());
     return;
@@ -283,6 +285,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("MODEL", a->dir, "Model folder")->required();
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default: cuda where a GPU is visible, else cpu)");
   cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the weights')");
+  cmd->add_flag("--deterministic", a->deterministic,
+                "Load as `--deterministic` does for generate: the decode step without its f32 atomics");
   cmd->add_flag(
       "--decode", a->decode,
       "Decode after a prompt (tok/s per batch size), greedy unless the sampling options below say "

@@ -16,7 +16,8 @@
 //   - persistent (one sequence, where it fits): one cooperative kernel per step that runs
 //     every phase with grid barriers between them and streams the weights ahead through
 //     shared memory (fused_persistent.cu). It folds each down GEMV into the gate/up phase
-//     before it (LMX_FUSED_DOWN=0 keeps them apart), and hands each attention's outputs
+//     before it (not in a deterministic step, whose sums must not depend on the order of
+//     f32 atomics; LMX_FUSED_DOWN=0 keeps them apart too), and hands each attention's outputs
 //     to the next phase through a count rather than a grid barrier (LMX_FUSED_HANDOFF=0
 //     puts the barrier back).
 // The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 17%,
@@ -492,12 +493,13 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (profile_) report_profile();  // the plan before this one
     std::string why;
     persistent_plan_ = plan_, persistent_names_ = names_;
-    const int grid = fused::persistent_grid(persistent_plan_, ctx().sm_count);
+    const int grid = fused::persistent_grid(persistent_plan_, ctx().sm_count, !w_.deterministic);
     for (fused::StepPhase& p : persistent_plan_)
       if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, grid);
     const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
     if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
-    down_maps_host_ = fused::persistent_fuse_down(persistent_plan_, persistent_names_, grid, down_maps_.raw());
+    down_maps_host_ =
+        fused::persistent_fuse_down(persistent_plan_, persistent_names_, grid, down_maps_.raw(), !w_.deterministic);
     int per_block = 0;
     stages_host_ = fused::persistent_stage_lists(persistent_plan_, grid, &per_block);
     persistent_smem_ =

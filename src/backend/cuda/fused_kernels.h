@@ -198,9 +198,11 @@ int persistent_barriers(const std::vector<StepPhase>& phases, bool handoff);
 // it on `blocks` blocks: one grid barrier and one input fewer per layer. The down phase
 // leaves `phases` (and its name `names`); the phase before the gate/up zeroes the
 // output. The fused phases' tensor maps are returned, to be copied to `device_maps` (room
-// for one per layer) before the first step. LMX_FUSED_DOWN=0 turns this off.
+// for one per layer) before the first step. `fuse` false (a deterministic step: the fused
+// down's f32 atomics add in an order that varies from run to run) or LMX_FUSED_DOWN=0
+// turns this off.
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
-                                              int blocks, const void* device_maps);
+                                              int blocks, const void* device_maps, bool fuse = true);
 // A stage of one block's walk through the step, as its workers take them: rows
 // [row, row + n) of segment `seg` (for gate/up with a fused down: 1 is the down), in four
 // bytes, so that a larger model's list does not cost the ring a slot (Llama-3.1-8B's
@@ -221,7 +223,8 @@ struct PlannedStage {
 std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& phases, int blocks, int* per_block);
 // The persistent kernel's grid: `sm_count` blocks, or fewer where that gives every block
 // the same share of a fused down projection's whole-slot stages (LMX_FUSED_GRID sets it).
-int persistent_grid(const std::vector<StepPhase>& phases, int sm_count);
+// `fuse_down`: as persistent_fuse_down's `fuse`.
+int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fuse_down = true);
 // Longer attention chunks where a cache has more of them than the grid has blocks (the
 // persistent kernel runs a block's tasks one after another); at least a.chunk keys.
 void persistent_attention_split(AttentionStep& a, int blocks);

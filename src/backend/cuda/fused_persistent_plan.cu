@@ -92,9 +92,9 @@ std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& p
   return all;
 }
 
-int persistent_grid(const std::vector<StepPhase>& phases, int sm_count) {
+int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fuse_down) {
   if (const char* v = std::getenv("LMX_FUSED_GRID")) return std::clamp(std::atoi(v), 1, sm_count);
-  if (switched_off("LMX_FUSED_DOWN")) return sm_count;
+  if (!fuse_down || switched_off("LMX_FUSED_DOWN")) return sm_count;
   // A gate/up phase that will take its down projection in (persistent_fuse_down): its
   // `inter` / 8 units are dealt out whole, up to `most` a block. Where the fewest blocks
   // that keep `most` can take exactly `most` each, only they run: in the sm_count grid the
@@ -117,9 +117,9 @@ int persistent_grid(const std::vector<StepPhase>& phases, int sm_count) {
 }
 
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
-                                              int blocks, const void* device_maps) {
+                                              int blocks, const void* device_maps, bool fuse) {
   std::vector<CUtensorMap> maps;
-  if (switched_off("LMX_FUSED_DOWN") || blocks < 1) return maps;
+  if (!fuse || switched_off("LMX_FUSED_DOWN") || blocks < 1) return maps;
   auto reads = [](const StepPhase& p, const float* y) {
     return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
   };
