@@ -70,6 +70,29 @@ constexpr const char* kGemma3 = R"({"model_type": "gemma3_text", "vocab_size": 2
  "query_pre_attn_scalar": 256, "sliding_window": 16, "sliding_window_pattern": 4,
  "final_logit_softcapping": 30.0, "torch_dtype": "bfloat16"})";
 
+// The widths and heads of the next models up, in two layers with a small vocabulary:
+// Llama-3.2-3B (24 heads of 128, 8 kv heads, 8 units of down a block), Qwen3-4B (32 heads
+// of 128, 8 kv heads; 9.2 units a block, past the fused down's 8) and Gemma-3-4B's text
+// model (8 heads of 256, 4 kv heads, a sliding layer then a global one with linear RoPE
+// scaling). Every input of theirs is wider than the 2,048 values held in registers, so
+// the persistent step stages them all, Gemma's sandwich norms included. Weights narrowed by
+// sqrt(256 / hidden), as for kLlamaWide.
+constexpr const char* kLlama3B = R"({"model_type": "llama", "vocab_size": 2048, "hidden_size": 3072,
+ "intermediate_size": 8192, "num_hidden_layers": 2, "num_attention_heads": 24, "num_key_value_heads": 8,
+ "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+ "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "torch_dtype": "bfloat16"})";
+constexpr const char* kQwen3_4B = R"({"model_type": "qwen3", "vocab_size": 2048, "hidden_size": 2560,
+ "intermediate_size": 9728, "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 8,
+ "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": true,
+ "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
+constexpr const char* kGemma3_4B = R"({"model_type": "gemma3_text", "vocab_size": 2048, "hidden_size": 2560,
+ "intermediate_size": 10240, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4,
+ "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 4096,
+ "rms_norm_eps": 1e-06, "tie_word_embeddings": true, "rope_theta": 1000000, "rope_local_base_freq": 10000,
+ "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "query_pre_attn_scalar": 256, "sliding_window": 16,
+ "sliding_window_pattern": 2, "torch_dtype": "bfloat16"})";
+
 // A bf16 model on `device` with random weights of a trained model's rough magnitudes:
 // uniform in ±`spread` (norm weights ±0.1 around their centre).
 std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device device, float spread = 0.05f) {
@@ -352,7 +375,11 @@ INSTANTIATE_TEST_SUITE_P(
                       FusedCase{"gemma3_contiguous", kGemma3, false, true},
                       FusedCase{"llama_per_phase", kLlama, false, false},
                       FusedCase{"qwen3_per_phase", kQwen3, false, false},
-                      FusedCase{"gemma3_rotating_per_phase", kGemma3, true, false}),
+                      FusedCase{"gemma3_rotating_per_phase", kGemma3, true, false},
+                      FusedCase{"llama_3b_shapes", kLlama3B, false, true, 0.0144f},
+                      FusedCase{"qwen3_4b_shapes", kQwen3_4B, false, true, 0.0158f},
+                      FusedCase{"gemma3_4b_shapes", kGemma3_4B, true, true, 0.0158f},
+                      FusedCase{"gemma3_4b_shapes_per_phase", kGemma3_4B, true, false, 0.0158f}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // A cache with more 32-key chunks than the grid has blocks (Llama's 2 kv heads x 128

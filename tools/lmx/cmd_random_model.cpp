@@ -32,9 +32,22 @@ constexpr Preset kPresets[] = {
  "tie_word_embeddings": false, "rope_theta": 500000.0, "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0,
  "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
  "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "torch_dtype": "bfloat16"})"},
+    {"llama-3.2-3b",
+     R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 3072,
+ "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24, "num_key_value_heads": 8,
+ "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
+ "tie_word_embeddings": true, "rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
+ "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+ "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "torch_dtype": "bfloat16"})"},
     {"qwen3-0.6b",
      R"({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024,
  "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+ "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 40960, "rms_norm_eps": 1e-06,
+ "tie_word_embeddings": true, "rope_theta": 1000000, "attention_bias": false, "bos_token_id": 151643,
+ "eos_token_id": 151645, "torch_dtype": "bfloat16"})"},
+    {"qwen3-4b",
+     R"({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 2560,
+ "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
  "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 40960, "rms_norm_eps": 1e-06,
  "tie_word_embeddings": true, "rope_theta": 1000000, "attention_bias": false, "bos_token_id": 151643,
  "eos_token_id": 151645, "torch_dtype": "bfloat16"})"},
@@ -45,6 +58,15 @@ constexpr Preset kPresets[] = {
  "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "tie_word_embeddings": true, "rope_theta": 1000000,
  "rope_local_base_freq": 10000, "query_pre_attn_scalar": 256, "sliding_window": 512,
  "sliding_window_pattern": 6, "bos_token_id": 2, "eos_token_id": [1, 106], "torch_dtype": "bfloat16"})"},
+    // Gemma-3-4B's text model (its checkpoint's text_config), on its own.
+    {"gemma3-4b",
+     R"({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": 262208,
+ "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34, "num_attention_heads": 8,
+ "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+ "max_position_embeddings": 131072, "rms_norm_eps": 1e-06, "tie_word_embeddings": true, "rope_theta": 1000000,
+ "rope_local_base_freq": 10000, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+ "query_pre_attn_scalar": 256, "sliding_window": 1024, "sliding_window_pattern": 6, "bos_token_id": 2,
+ "eos_token_id": [1, 106], "torch_dtype": "bfloat16"})"},
 };
 
 void write_random_model(const std::string& preset, const std::filesystem::path& out, uint64_t seed) {
@@ -92,7 +114,9 @@ void add_random_model_command(CLI::App& app) {
   auto preset = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
   auto seed = std::make_shared<uint64_t>(0);
-  cmd->add_option("PRESET", *preset, "llama-3.2-1b, llama-3.1-8b (16 GB), qwen3-0.6b or gemma3-1b")
+  cmd->add_option("PRESET", *preset,
+                  "llama-3.2-1b, llama-3.2-3b (6.4 GB), llama-3.1-8b (16 GB), qwen3-0.6b, qwen3-4b (8.0 GB), "
+                  "gemma3-1b or gemma3-4b (7.8 GB)")
       ->required();
   cmd->add_option("OUT_DIR", *out, "Folder to write config.json and model.safetensors into")->required();
   cmd->add_option("--seed", *seed, "Seed of the random weights");
