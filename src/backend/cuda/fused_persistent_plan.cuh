@@ -14,6 +14,10 @@ constexpr int kMaxSlots = 5;  // 6 fit for the three models, and measured no fas
 constexpr int kSlotBytes = 32 << 10;
 constexpr int kMaxStageRows = 256;  // rows of one matrix per stage (paired stages hold twice as many)
 constexpr int kStaticSmem = 2 << 10;  // what the kernel's __shared__ variables may take (checked at launch)
+// The most 8-column units of a fused down projection a block reads. On the H200, 11 (Qwen3-4B
+// and Gemma-3-4B: 9.2 and 9.7 a block, made odd) decoded 1.2% and 2.5% faster than the down
+// as a phase of its own; Llama-3.1-8B's 15 was 1.4% slower (bench/NOTES.md).
+constexpr int kMaxDownUnits = 11;
 
 // Whether a GEMV phase (after phase `prev`, null for the first) takes its input straight
 // into bf16, with no staged f32 copy: the merge of the attention before it (merge_input),
