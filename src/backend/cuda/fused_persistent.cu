@@ -269,20 +269,21 @@ __device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, i
 // A stage of a fused down projection: rows [0, n) of a box of 8·units columns (row-major,
 // 16·units bytes a row), a thread a row, each adding its row's products with the block's
 // activations `act` into `y`. With an odd number of units, eight threads' 16-byte reads
-// of one unit fall in eight different bank groups; with 8 units (or 16), every row would
-// fall in the same one, so each thread starts at a different unit.
+// of one unit fall in eight different bank groups; with 8 units, every row would fall in
+// the same one, so each thread starts at a different unit.
 __device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, int units, int n, float* y) {
   const int r = int(threadIdx.x);  // box_rows <= kWorkers
   const bf16* row = w + size_t(r) * 8 * units;
   float acc = 0;
-  // The first unit: r mod units where that is 8 or 16 (a power of two), else 0.
+  // The first unit: r mod units where units is a multiple of 8 (8 itself, up to
+  // kMaxDownUnits: a power of two), else 0.
   int u = units % 8 == 0 ? r & (units - 1) : 0;
   if (r < n)
     for (int j = 0; j < units; ++j, u = u + 1 == units ? 0 : u + 1)
       acc = dot8_bf16(*reinterpret_cast<const uint4*>(row + 8 * u), *reinterpret_cast<const uint4*>(act + 8 * u), acc);
   // Four rows' sums in one vector reduction (16-byte aligned: a stage starts at a multiple
-  // of 4 rows, persistent_fuse_down), a quarter of the atomics at L2. Their order varies from run to run,
-  // so the f32 sums may differ in the last bits.
+  // of 4 rows, persistent_fuse_down), a quarter of the atomics at L2. Their order varies
+  // from run to run, so the f32 sums may differ in the last bits.
   const float a1 = __shfl_down_sync(0xffffffffu, acc, 1), a2 = __shfl_down_sync(0xffffffffu, acc, 2),
               a3 = __shfl_down_sync(0xffffffffu, acc, 3);
   if (r % 4 != 0 || r >= n) return;
