@@ -70,13 +70,14 @@ constexpr const char* kGemma3 = R"({"model_type": "gemma3_text", "vocab_size": 2
  "query_pre_attn_scalar": 256, "sliding_window": 16, "sliding_window_pattern": 4,
  "final_logit_softcapping": 30.0, "torch_dtype": "bfloat16"})";
 
-// The widths and heads of the next models up, in two layers with a small vocabulary:
-// Llama-3.2-3B (24 heads of 128, 8 kv heads, 8 units of down a block), Qwen3-4B (32 heads
-// of 128, 8 kv heads; 9.2 units a block, made 11, in boxes of 184 rows) and Gemma-3-4B's
-// text model (8 heads of 256, 4 kv heads, a sliding layer then a global one with linear
-// RoPE scaling; 9.7 units, made 11). Every input of theirs is wider than the 2,048 values held in registers, so
-// the persistent step stages them all, Gemma's sandwich norms included. Weights narrowed by
-// sqrt(256 / hidden), as for kLlamaWide.
+// The widths and heads of the next models up, in two layers with a small vocabulary (units
+// of the fused down as on 132 SMs): Llama-3.2-3B (24 heads of 128, 8 kv heads, 8 units of
+// down a block), Qwen3-4B (32 heads of 128, 8 kv heads; 9.2 units a block, made 11, in
+// boxes of 184 rows) and Gemma-3-4B's text model (8 heads of 256, 4 kv heads, a sliding
+// layer then a global one with linear RoPE scaling; 9.7 units, made 11). Every input of
+// theirs is wider than the 2,048 values held in registers, so the persistent step stages
+// them all, Gemma's sandwich norms included. Weights narrowed by sqrt(256 / hidden), as
+// for kLlamaWide.
 constexpr const char* kLlama3B = R"({"model_type": "llama", "vocab_size": 2048, "hidden_size": 3072,
  "intermediate_size": 8192, "num_hidden_layers": 2, "num_attention_heads": 24, "num_key_value_heads": 8,
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
