@@ -326,7 +326,7 @@ void add_bench_command(CLI::App& app) {
       "the default at batch 1; LMX_FUSED_PERSISTENT=0 turns it off, LMX_FUSED_PROFILE=1 prints\n"
       "where its time goes), fused-graph (a kernel per phase, replayed as a CUDA graph: batches\n"
       "of 2 to 8) or plain (the ops one by one). The persistent kernel adds the down projection's\n"
-      "sums with float atomics, so their last bits vary between runs; LMX_FUSED_DOWN=0 keeps the\n"
+      "sums with float atomics, so their last bits vary between runs; --deterministic keeps the\n"
       "down projection in a phase of its own, which makes the step deterministic.\n\nExample:\n"
       "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"
       "  lmx bench /tmp/llama-1b --decode --prompt-len 128 --gen-len 64 --batch 1 --batch 8\n"

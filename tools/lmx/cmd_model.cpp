@@ -102,8 +102,8 @@ void add_model_commands(CLI::App& app) {
         "Text streams to stdout; timings and memory go to stderr.\n"
         "On CUDA, one sequence decodes through one kernel per token that adds the MLP's down\n"
         "projection with float atomics: their order, and so the sums' last bits, vary between\n"
-        "runs, and where two logits nearly tie greedy tokens may too. LMX_FUSED_DOWN=0 makes\n"
-        "the step deterministic and costs 3-6% of its speed (bench/NOTES.md, p17).\n\n"
+        "runs, and where two logits nearly tie greedy tokens may too. --deterministic makes the\n"
+        "step deterministic and costs 3-7% of its batch-1 speed on the H200 (bench/NOTES.md).\n\n"
         "Examples:\n  lmx generate ~/models/Llama-3.2-1B-Instruct --prompt \"The capital of France is\"\n"
         "  lmx generate MODEL --prompt \"Once upon\" --temperature 0.8 --top-p 0.95 --seed 7\n"
         "  lmx generate tests/fixtures/models/qwen3-f32 --prompt-ids 1,2,3 --max-tokens 20 --temperature 0 --json");
