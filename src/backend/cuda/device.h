@@ -8,9 +8,18 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <source_location>
 
 namespace lmx::cuda {
+
+// The backend's measurement switches (LMX_FUSED_DOWN, LMX_GEMM_TILES, ...): on unless the
+// environment variable is set to "0".
+inline bool switch_on(const char* name) {
+  const char* v = std::getenv(name);
+  return !v || std::strcmp(v, "0") != 0;
+}
 
 // Throws "[cuda] <call> failed: <error string> at file:line" unless `e` is cudaSuccess.
 void check(cudaError_t e, const char* call,

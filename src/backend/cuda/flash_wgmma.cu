@@ -22,8 +22,6 @@
 // Shared memory holds the rows in the layout the wgmma descriptors read: 128-byte swizzle,
 // 64 values a 128-byte row (a 128-wide head is two such column blocks), the 16-byte chunk c
 // of row r at chunk c ^ (r % 8).
-#include <cstdlib>
-#include <string_view>
 
 #include "backend/cuda/flash_softmax.cuh"
 #include "backend/cuda/tensor_map.h"
@@ -330,10 +328,7 @@ void launch(const Context& ctx, const CUtensorMap (&maps)[3], const FlashParams&
 }  // namespace
 
 bool flash_wgmma(const Context& ctx, const FlashParams& p, Dtype dtype, int64_t d, int64_t nb) {
-  static const bool enabled = [] {
-    const char* v = std::getenv("LMX_FLASH_WGMMA");
-    return !v || std::string_view(v) != "0";
-  }();
+  static const bool enabled = switch_on("LMX_FLASH_WGMMA");
   if (!enabled || ctx.compute_capability != 90 || (d != 64 && d != 128)) return false;
   if (size_t(ctx.max_smem_per_block) < (d == 64 ? TileLayout<64>::bytes : TileLayout<128>::bytes)) return false;
   const bool bf16 = dtype == Dtype::bf16;

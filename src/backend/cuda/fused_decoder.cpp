@@ -58,10 +58,6 @@ namespace {
 
 using fused::bf16;
 
-bool env_on(const char* name) {  // unset counts as on
-  const char* v = std::getenv(name);
-  return !v || std::strcmp(v, "0") != 0;
-}
 bool env_set(const char* name) {  // unset counts as off
   const char* v = std::getenv(name);
   return v && std::strcmp(v, "0") != 0;
@@ -78,8 +74,8 @@ void check_weight(const Array& a, Device d, const char* what) {
 class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
-      : device_(device), rows_(rows), w_(std::move(w)), graphs_(env_on("LMX_FUSED_GRAPH")),
-        pdl_(env_on("LMX_FUSED_PDL")), persistent_(env_on("LMX_FUSED_PERSISTENT") && rows == 1) {
+      : device_(device), rows_(rows), w_(std::move(w)), graphs_(switch_on("LMX_FUSED_GRAPH")),
+        pdl_(switch_on("LMX_FUSED_PDL")), persistent_(switch_on("LMX_FUSED_PERSISTENT") && rows == 1) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -373,7 +369,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       // A batch multiplies the blocks: with the short chunks a batch of 8 gave 768 blocks of
       // about 32 keys for Qwen3's 384 slots. About two blocks an SM in all measured best
       // (batch 8: 1.06x for Llama, 1.13x for Qwen3; bench/NOTES.md).
-      if (rows_ > 1 && env_on("LMX_FUSED_BATCH_SPLIT"))  // =0: the short chunks
+      if (rows_ > 1 && switch_on("LMX_FUSED_BATCH_SPLIT"))  // =0: the short chunks
         fused::fit_attention_split(a, int(2 * ctx().sm_count / rows_), 64 << 10);
       a.rows = int(rows_);
       a.pad = static_cast<const int*>(pads_.raw());
@@ -582,7 +578,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   std::vector<cudaEvent_t> ready_, stepped_;  // [kRing]: a queued token copied; its step done
   int64_t copied_[kRing] = {};                 // the history column each slot copies
   cudaStream_t copies_ = nullptr;              // the token copies' stream
-  bool token_stream_ = env_on("LMX_FUSED_TOKEN_STREAM");
+  bool token_stream_ = switch_on("LMX_FUSED_TOKEN_STREAM");
   // Per-token buffers, each [rows, ...]; state [rows, 3] (token, slot, count); pads [rows];
   // history [rows, kHistory].
   // set_edits: the entries, each sequence's token counts and the edited logits [rows, V];

@@ -3,7 +3,6 @@
 // block's list of stages, and the shared memory all of it takes.
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 
 #include "backend/cuda/fused_gemv.cuh"
 #include "backend/cuda/fused_persistent_plan.cuh"
@@ -14,12 +13,6 @@ namespace lmx::cuda::fused {
 using namespace step_plan;
 
 namespace {
-
-// Whether the measurement switch `name` is set to 0 (each of the plan's choices has one).
-bool switched_off(const char* name) {
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "0") == 0;
-}
 
 // Shared memory beyond the slots: the largest input vector with its staged inputs (and,
 // after an attention, the merge's chunk weights), or the largest attention scratch.
@@ -53,7 +46,7 @@ void persistent_attention_split(AttentionStep& a, int blocks) {
 }
 
 bool persistent_attention_handoff(const std::vector<StepPhase>& phases) {
-  if (switched_off("LMX_FUSED_HANDOFF") || phases.size() < 2 ||
+  if (!switch_on("LMX_FUSED_HANDOFF") || phases.size() < 2 ||
       phases[phases.size() - 2].kind == StepPhase::Kind::attention)
     return false;
   return std::any_of(phases.begin(), phases.end(),
@@ -94,7 +87,7 @@ std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& p
 
 int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fuse_down) {
   if (const char* v = std::getenv("LMX_FUSED_GRID")) return std::clamp(std::atoi(v), 1, sm_count);
-  if (!fuse_down || switched_off("LMX_FUSED_DOWN")) return sm_count;
+  if (!fuse_down || !switch_on("LMX_FUSED_DOWN")) return sm_count;
   // A gate/up phase that will take its down projection in (persistent_fuse_down): its
   // `inter` / 8 units are dealt out whole, up to `most` a block. Where the fewest blocks
   // that keep `most` can take exactly `most` each, only they run: in the sm_count grid the
@@ -119,7 +112,7 @@ int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fus
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps, bool fuse) {
   std::vector<CUtensorMap> maps;
-  if (!fuse || switched_off("LMX_FUSED_DOWN") || blocks < 1) return maps;
+  if (!fuse || !switch_on("LMX_FUSED_DOWN") || blocks < 1) return maps;
   auto reads = [](const StepPhase& p, const float* y) {
     return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
   };
@@ -144,8 +137,8 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
     // 16-byte vectors (fused_down_rows): 11 units' 186 rows a slot become 184.
     if (box_rows < rows) box_rows -= box_rows % 4;
     CUtensorMap map;
-    // A box row is at most 128 bytes of a row of down; L2 fetching 128 bytes for it measured
-    // 1-2% faster for Llama than 256 (bench/NOTES.md, p17).
+    // A box row is 16-176 bytes of a row of down; L2 fetching 128 bytes for it measured 1-2%
+    // faster for Llama (128-byte rows) than 256 (bench/NOTES.md, p17).
     if (!bf16_tensor_map(map, down.out.w[0], rows, inter, box_rows, 8 * units, CU_TENSOR_MAP_SWIZZLE_NONE,
                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B))
       continue;

@@ -17,8 +17,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,8 +40,7 @@ constexpr int64_t kMinRows = 8192;
 
 int preferred_tile(const Context& ctx, int64_t m, int64_t n, int64_t k) {
   if (ctx.compute_capability != 90 || m < kMinRows) return 0;
-  const char* off = std::getenv("LMX_GEMM_TILES");  // read each time: a GEMM this large takes milliseconds
-  if (off && std::strcmp(off, "0") == 0) return 0;
+  if (!switch_on("LMX_GEMM_TILES")) return 0;  // read each time: a GEMM this large takes milliseconds
   for (const Preferred& p : kPreferred)
     if (p.n == n && p.k == k) return p.tile;
   return 0;
