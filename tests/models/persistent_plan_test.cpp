@@ -294,8 +294,15 @@ TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   };
   EXPECT_EQ(split(384), std::pair(32, 12)) << "short caches keep the default chunk";
   EXPECT_EQ(split(2304), std::pair(144, 16)) << "8 kv heads x 16 chunks: one task per block of 132";
-  // Longer, the chunk stops where a task's scratch would pass 48 KiB: (544 + 68 c) floats.
-  EXPECT_EQ(split(32768), std::pair(160, 205));
+  // Longer, the chunk stops where a task's scratch would pass 80 KiB: (544 + 68 c) floats.
+  EXPECT_EQ(split(32768), std::pair(288, 114));
+  // Qwen3 (2 query heads of 128 a kv head): (832 + 130 c) floats. Up to 48 KiB, 80-key
+  // chunks would take two rounds of tasks at 2,304 slots (29 a kv head); the scratch grows
+  // past it to take one.
+  a.n_heads = 16, a.head_dim = 128;
+  EXPECT_EQ(split(384), std::pair(32, 12));
+  EXPECT_EQ(split(2304), std::pair(144, 16));
+  EXPECT_EQ(split(4096), std::pair(144, 29)) << "at most 80 KiB";
 }
 
 // A batch's attention (the kernel per phase) aims at about two blocks an SM in all: 8

@@ -227,7 +227,8 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 // reads them once per step rather than once per task. `loading`: the chunk's copies
 // (load_chunk) were started already. `mark(part)` is called as each part ends, for the
 // persistent step's profile: 0 the new token's query, key and value formed, 1 the
-// chunk's keys and values in, 2 the chunk's partial stored (the merge follows).
+// chunk's keys and values in, 2 the scores, 3 the softmax statistics, 4 the chunk's
+// partial stored (the merge follows).
 struct NoMarks {
   __device__ void operator()(int) const {}
 };
@@ -288,22 +289,40 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   sync_workers<kPersistent>();
 
   // Scores q·k·scale. Each (query head, key) pair takes `lanes` lanes of a warp, 8
-  // columns per lane and step, so that a warp scores several pairs at once.
-  // At most 8 lanes per pair: wider, each pair's shuffle reduction grows and fewer pairs
-  // run at once.
+  // columns per lane and step: as many lanes as still let one pass of the block cover
+  // every pair, and no more than 8 (wider, each pair's shuffle reduction grows). A pass
+  // costs about the same whatever its lanes, so more pairs take fewer lanes each, down
+  // to a lane a pair (bench/NOTES.md, p24). Where a pair's lanes need several steps to
+  // cover a key, each pair starts at a step of its own (by key), so that the eight lanes
+  // of a shared-memory phase read different banks.
+  const int pairs = group * n;
   int lanes = 1;
   while (lanes * 2 <= ::min(8, d / 8)) lanes *= 2;
-  const int per_warp = 32 / lanes;
-  for (int base = warp * per_warp; base < group * n; base += (kThreads / 32) * per_warp) {
+  while (lanes > 1 && pairs * lanes > kThreads) lanes /= 2;
+  const int per_warp = 32 / lanes, steps = d / (8 * lanes);
+  for (int base = warp * per_warp; base < pairs; base += (kThreads / 32) * per_warp) {
     const int pair = base + lane / lanes, sub = lane % lanes, j = pair / n, t = pair % n;
-    float s = 0;
-    if (pair < group * n)
-      for (int c = sub * 8; c < d; c += lanes * 8)
-        s = dot8(*reinterpret_cast<const uint4*>(ks + t * d + c), q + j * d + c, s);
+    float s0 = 0, s1 = 0;  // two chains: half the dependent multiply-adds
+    if (pair < pairs) {
+      const bf16* key = ks + t * d + sub * 8;
+      const float* qj = q + j * d + sub * 8;
+      const int width = lanes * 8;  // columns a step
+      for (int i = 0, step = t % steps; i < steps; i += 2) {
+        const int c0 = step * width;
+        step = step + 1 == steps ? 0 : step + 1;
+        s0 = dot8(*reinterpret_cast<const uint4*>(key + c0), qj + c0, s0);
+        if (i + 1 == steps) break;
+        const int c1 = step * width;
+        step = step + 1 == steps ? 0 : step + 1;
+        s1 = dot8(*reinterpret_cast<const uint4*>(key + c1), qj + c1, s1);
+      }
+    }
+    float s = s0 + s1;
     for (int o = lanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (pair < group * n && sub == 0) e[j * chunk + t] = s * a.scale;
+    if (pair < pairs && sub == 0) e[j * chunk + t] = s * a.scale;
   }
   sync_workers<kPersistent>();
+  mark(2);
 
   // Softmax statistics per query head, one warp each; e becomes exp(s - m).
   __shared__ float m_head[32], l_head[32];
@@ -312,6 +331,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
     if (lane == 0) m_head[j] = ml.x, l_head[j] = ml.y;
   }
   sync_workers<kPersistent>();
+  mark(3);
 
   // This chunk's partial: m, l and the unnormalised weighted sum of values. A thread
   // takes 4 neighbouring columns of one query head over every `ways`-th key: per key one
@@ -354,7 +374,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
     *reinterpret_cast<float4*>(part + kPartialSums + i) = acc;
     if (i == 0) *reinterpret_cast<float2*>(part) = make_float2(m_head[j], l_head[j]);
   }
-  mark(2);
+  mark(4);
   if (!a.early) allow_next_kernel();
   if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) return count_and_merge<kPersistent>(a, g, group, live);
   return true;

@@ -181,10 +181,13 @@ struct PersistentStep {
   // block 0's thread 0 saw it: the phase, the barrier after it, forming the input, its
   // warp's waits for weights, its warp's rows (dot products and outputs); then how much
   // later than block 0 the last block arrived at the barrier, and (scratch, reset every
-  // step) that last arrival's time.
+  // step) that last arrival's time. An attention phase's tasks put their parts where a
+  // GEMV's input, waits and rows go, and two more after those seven (attention_part_time).
   unsigned long long* timing = nullptr;
 };
-constexpr int kTimes = 7;
+constexpr int kTimes = 9;
+// Where an attention task's part (attention_task's marks 0-4) goes among a phase's kTimes.
+__host__ __device__ constexpr int attention_part_time(int part) { return part < 3 ? 2 + part : 4 + part; }
 // Whether the persistent kernel can hand the next GEMV each attention's outputs through a
 // count of them (PersistentStep::attention_done) rather than a grid barrier: the blocks
 // with no attention task go on to that GEMV and wait there for the count, and only the

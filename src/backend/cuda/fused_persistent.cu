@@ -465,7 +465,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       if (upcoming) fetch_params(upcoming, &params[(p + 1) % 2]);
       const AttentionStep a = ph.attn;  // by value: in registers, not reloaded after every store
       unsigned long long t0 = s.timing ? now_ns() : 0;
-      auto mark = [&](int part) { add_time(s, kTimes * p + 2 + part, t0); };
+      auto mark = [&](int part) { add_time(s, kTimes * p + attention_part_time(part), t0); };
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
         // The first task's keys and values were started before the barrier (below).
         const bool finished = attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad,

@@ -40,9 +40,13 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
 void persistent_attention_split(AttentionStep& a, int blocks) {
   // Up to one task per block: the default 16- or 32-key chunks give a long cache more tasks
   // than blocks, and a block runs its tasks one after another (Llama at 2,048 tokens: four
-  // in each block, 0.64x the graph path's speed). Longer chunks take more shared memory,
-  // so they stop where a task's scratch would pass 48 KiB.
+  // in each block, 0.64x the graph path's speed). Longer chunks take more shared memory:
+  // up to 48 KiB a task's scratch leaves the ring its five slots; where that still gives
+  // more tasks than blocks, up to 80 KiB, which takes a slot (Qwen3 at 2,048 tokens: 29
+  // chunks of 80 keys a kv head in two rounds, or 16 of 144 in one, 1.25x as fast:
+  // bench/NOTES.md, p24).
   fit_attention_split(a, blocks, 48 << 10);
+  if (a.n_kv_heads * a.splits > blocks) fit_attention_split(a, blocks, 80 << 10);
 }
 
 bool persistent_attention_handoff(const std::vector<StepPhase>& phases) {
