@@ -83,7 +83,6 @@ class CausalLM : public nn::Module {
   // Whether fused_decoder's steps must give the same bits on every run
   // (fast::FusedDecoderWeights::deterministic; ModelLoadOptions::deterministic).
   void set_deterministic(bool on) { deterministic_ = on; }
-  bool deterministic() const { return deterministic_; }
   const DecoderSpec& spec() const { return spec_; }
   int num_layers() const { return int(layers_.size()); }
   Dtype dtype() const { return embed_tokens_.weight.dtype(); }

@@ -35,6 +35,10 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
   return (need + 1023) / 1024 * 1024;
 }
 
+// Whether a persistent step folds its down projections into the gate/up phases: not in a
+// deterministic one (`fuse` false), nor with LMX_FUSED_DOWN=0.
+bool down_fusion_on(bool fuse) { return fuse && switch_on("LMX_FUSED_DOWN"); }
+
 }  // namespace
 
 void persistent_attention_split(AttentionStep& a, int blocks) {
@@ -91,7 +95,7 @@ std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& p
 
 int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fuse_down) {
   if (const char* v = std::getenv("LMX_FUSED_GRID")) return std::clamp(std::atoi(v), 1, sm_count);
-  if (!fuse_down || !switch_on("LMX_FUSED_DOWN")) return sm_count;
+  if (!down_fusion_on(fuse_down)) return sm_count;
   // A gate/up phase that will take its down projection in (persistent_fuse_down): its
   // `inter` / 8 units are dealt out whole, up to `most` a block. Where the fewest blocks
   // that keep `most` can take exactly `most` each, only they run: in the sm_count grid the
@@ -116,7 +120,7 @@ int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fus
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps, bool fuse) {
   std::vector<CUtensorMap> maps;
-  if (!fuse || !switch_on("LMX_FUSED_DOWN") || blocks < 1) return maps;
+  if (!down_fusion_on(fuse) || blocks < 1) return maps;
   auto reads = [](const StepPhase& p, const float* y) {
     return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
   };

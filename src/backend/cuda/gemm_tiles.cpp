@@ -67,8 +67,6 @@ uint32_t config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttrib
   return cublasLtMatmulAlgoConfigGetAttribute(&algo, what, &v, sizeof v, &got) == CUBLAS_STATUS_SUCCESS ? v : 0;
 }
 
-// out [M, N] = x [M, K] · w [N, K]ᵀ, row-major with leading dimensions ldx and ldw; in
-// cuBLASLt's column-major terms outᵀ = wᵀ-as-stored (op T) · xᵀ (op N), as matmul's call.
 // The alignment, up to 256 bytes, that the heuristic may count on for a pointer: it takes
 // 256 unless told less, and an algorithm chosen for more than a pointer has may fail on it.
 uint32_t alignment(const void* p) {
@@ -76,6 +74,8 @@ uint32_t alignment(const void* p) {
   return uint32_t(std::min<uintptr_t>(256, a & (~a + 1)));
 }
 
+// out [M, N] = x [M, K] · w [N, K]ᵀ, row-major with leading dimensions ldx and ldw; in
+// cuBLASLt's column-major terms outᵀ = wᵀ-as-stored (op T) · xᵀ (op N), as matmul's call.
 std::unique_ptr<Plan> make_plan(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int64_t ldw, int64_t ldx,
                                 const uint32_t (&aligned)[3], int tile) {
   auto p = std::make_unique<Plan>();
