@@ -17,9 +17,10 @@ namespace attention_detail {
 constexpr int kThreads = kWorkers;  // threads of a block that run attention_task
 
 // One head vector x of D values in shared memory, in place: RMSNorm with the staged
-// weights w (optional) then rotate-half RoPE at `pos`, by one warp. With `round`, the
-// result is rounded to bf16 as the cache stores it.
-__device__ inline void norm_rope(float* x, const float* w, float eps, const float* inv_freq, int pos, int d, bool round) {
+// weights w (optional; wo + w, as Gemma's norms take 1 + w) then rotate-half RoPE at
+// `pos`, by one warp. With `round`, the result is rounded to bf16 as the cache stores it.
+__device__ inline void norm_rope(float* x, const bf16* w, float wo, float eps, const float* inv_freq, int pos, int d,
+                                 bool round) {
   const int lane = threadIdx.x % 32, half = d / 2;
   float r = 1.0f;
   if (w) {
@@ -29,7 +30,7 @@ __device__ inline void norm_rope(float* x, const float* w, float eps, const floa
   }
   for (int i = lane; i < half; i += 32) {
     float a = x[i] * r, b = x[i + half] * r;
-    if (w) a *= w[i], b *= w[i + half];
+    if (w) a *= wo + __bfloat162float(w[i]), b *= wo + __bfloat162float(w[i + half]);
     float s, c;
     sincosf(float(pos) * inv_freq[i], &s, &c);
     float lo = a * c - b * s, hi = b * c + a * s;
@@ -76,19 +77,49 @@ __host__ __device__ inline bool merged_by_next_gemv(const AttentionStep& a) {
 }
 
 // Shared memory of one attention block, in floats: what stage_inputs fills, the scores,
-// then the chunk's keys and values in bf16.
+// then the chunk's keys and values in bf16. (The q/k norms' 2·D bf16 weights keep 2·D
+// floats: the chunks planned before they were stored in bf16 stay as they were.)
 __host__ __device__ inline size_t attention_smem_floats(int group, int d, int chunk) {
   return size_t(group) * d + 2 * d + d / 2 + 2 * d + size_t(group) * chunk + size_t(chunk) * d;
 }
 
-// Copies the kv group's query heads, new key and value (f32, from the QKV GEMV), the RoPE
-// frequencies and the q/k norm weights into shared memory, every load of a trip in
-// flight at once: out = [q | k | v | inv_freq | q_norm | k_norm].
+// The layer's constants in a task's scratch `sm` (after the group's q and the new k and
+// v): the RoPE frequencies [D/2] (f32), then the q and k norms' weights [D] each (bf16).
+// They depend neither on the step nor on the kv head.
+__device__ __forceinline__ float* attention_constants(float* sm, int group, int d) { return sm + size_t(group + 2) * d; }
+
+// Starts copying the layer's constants into a task's scratch (cp.async, in a closed group:
+// complete after copy_async_wait_groups, which does not wait for copies started after
+// this). The persistent step starts them before the grid barrier that precedes the
+// attention, beside the first task's keys: that barrier's wait then hides their trip,
+// where stage_inputs' loads would add it to the task's. D is a multiple of 8, and the
+// arrays are 16-byte aligned (AttentionStep). Not inlined: inlined into the persistent
+// step, it made the compiler spill registers there (168 a thread, its limit).
+__device__ __noinline__ inline void copy_constants(const AttentionStep& a, float* sm, int group) {
+  const int d = a.head_dim, vecs = d / 8;  // 16-byte pieces of each array
+  float* freq = attention_constants(sm, group, d);
+  bf16* norms = reinterpret_cast<bf16*>(freq + d / 2);
+  const int n = a.q_norm ? 3 * vecs : vecs;
+  // From the last warp down: warp 0's first thread goes on to arrive at the grid barrier.
+  for (int i = kThreads - 1 - int(threadIdx.x); i < n; i += kThreads) {
+    if (i < vecs)
+      copy16_async(freq + 4 * i, a.inv_freq + 4 * i);
+    else if (i < 2 * vecs)
+      copy16_async(norms + 8 * (i - vecs), a.q_norm + 8 * (i - vecs));
+    else
+      copy16_async(norms + d + 8 * (i - 2 * vecs), a.k_norm + 8 * (i - 2 * vecs));
+  }
+  copy_async_close_group();
+}
+
+// Copies the kv group's query heads, new key and value (f32, from the QKV GEMV) into
+// shared memory, and with them the layer's constants unless `constants` (copy_constants
+// started them): every load of a trip in flight at once.
 template <bool kPersistent>
-__device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
+__device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out, bool constants) {
   const int d = a.head_dim, nq = group * d;
-  const int n = nq + 2 * d + d / 2 + (a.q_norm ? 2 * d : 0);
-  const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
+  const int nf = nq + 2 * d + (constants ? 0 : d / 2);      // floats: q, k, v, then the frequencies
+  const int n = nf + (constants || !a.q_norm ? 0 : 2 * d);  // then the norms' weights, in bf16
   auto source = [&](int i) -> float {
     if (i < nq) return load_activation<kPersistent>(a.qkv + size_t(g) * nq + i);
     i -= nq;
@@ -98,8 +129,9 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
     i -= d;
     if (i < d / 2) return a.inv_freq[i];
     i -= d / 2;
-    return wo + __bfloat162float(i < d ? a.q_norm[i] : a.k_norm[i - d]);
+    return __bfloat162float(i < d ? a.q_norm[i] : a.k_norm[i - d]);
   };
+  bf16* norms = reinterpret_cast<bf16*>(out + nf);  // [2·D], right after the floats
   constexpr int V = 8;
   for (int base = threadIdx.x; base < n; base += kThreads * V) {
     float v[V];
@@ -108,8 +140,15 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
       if (base + u * kThreads < n) v[u] = source(base + u * kThreads);
 #pragma unroll
     for (int u = 0; u < V; ++u)
-      if (base + u * kThreads < n) out[base + u * kThreads] = v[u];
+      if (base + u * kThreads < nf) out[base + u * kThreads] = v[u];
+    if (base + (V - 1) * kThreads < nf) continue;  // the usual case: no norm weights in this trip
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int i = base + u * kThreads;
+      if (i >= nf && i < n) norms[i - nf] = __float2bfloat16_rn(v[u]);  // exact: v came from a bf16
+    }
   }
+  if (constants) copy_async_wait_groups();
   sync_workers<kPersistent>();
 }
 
@@ -225,7 +264,8 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 // positions. `sm` holds attention_smem_floats(...) floats. `pos` is the new token's slot
 // (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
 // reads them once per step rather than once per task. `loading`: the chunk's copies
-// (load_chunk) were started already. `mark(part)` is called as each part ends, for the
+// (load_chunk) were started already; `constants`: the layer's (copy_constants), in this
+// block's scratch since an earlier task or started before it. `mark(part)` is called as each part ends, for the
 // persistent step's profile: 0 the new token's query, key and value formed, 1 the
 // chunk's keys and values in, 2 the scores, 3 the softmax statistics, 4 the chunk's
 // partial stored (the merge follows).
@@ -235,16 +275,16 @@ struct NoMarks {
 // Returns whether the task left a finished output behind (finished_outputs).
 template <bool kPersistent, class Mark = NoMarks>
 __device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
-                                      bool loading = false, Mark mark = {}) {
+                                      bool loading = false, bool constants = false, Mark mark = {}) {
   const int d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
   float* q = sm;                  // [group, D]
   float* k_new = q + group * d;   // [D]
   float* v_new = k_new + d;       // [D]
-  float* freq = v_new + d;        // [D/2]
-  float* q_norm = freq + d / 2;   // [D] (1 + w for Gemma)
-  float* k_norm = q_norm + d;     // [D]
-  float* e = k_norm + d;          // [group, chunk]: scores, then softmax weights
+  float* freq = attention_constants(sm, group, d);  // [D/2]
+  const bf16* q_norm = reinterpret_cast<const bf16*>(freq + d / 2);  // [D]
+  const bf16* k_norm = q_norm + d;                                   // [D]
+  float* e = freq + d / 2 + 2 * d;  // [group, chunk]: scores, then softmax weights
   bf16* ks = chunk_keys(sm, group, d, chunk);  // [chunk, D] the chunk's keys
   bf16* vs = ks + chunk * d;                   // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -253,6 +293,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   const int begin = range.begin, end = begin + range.n, n = range.n, live = range.live;
   if (a.early) allow_next_kernel();
   if (n == 0) {  // past them: only counted, so that the last block still merges
+    if (constants) copy_async_wait_groups();  // copies into the scratch must not outlive the task
     if constexpr (!kPersistent) wait_for_previous_kernel();
     if (!a.early) allow_next_kernel();
     if (!kPersistent || !merged_by_next_gemv(a)) return count_and_merge<kPersistent>(a, g, group, live);
@@ -263,14 +304,15 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   // which kernels already complete have written: it overlaps the previous kernel's tail.
   // What follows reads the QKV GEMV's output.
   if constexpr (!kPersistent) wait_for_previous_kernel();
-  stage_inputs<kPersistent>(a, g, group, q);
-  const float* qn = a.q_norm ? q_norm : nullptr;
-  const float* kn = a.k_norm ? k_norm : nullptr;
+  stage_inputs<kPersistent>(a, g, group, q, constants);
+  const bf16* qn = a.q_norm ? q_norm : nullptr;
+  const bf16* kn = a.k_norm ? k_norm : nullptr;
+  const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
   for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
     if (vec < group)
-      norm_rope(q + vec * d, qn, a.eps, freq, pos - pad, d, false);
+      norm_rope(q + vec * d, qn, wo, a.eps, freq, pos - pad, d, false);
     else if (vec == group)
-      norm_rope(k_new, kn, a.eps, freq, pos - pad, d, true);
+      norm_rope(k_new, kn, wo, a.eps, freq, pos - pad, d, true);
     else
       for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }

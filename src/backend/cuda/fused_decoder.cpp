@@ -52,6 +52,7 @@
 #include "backend/cuda/fused_kernels.h"
 #include "core/error.h"
 #include "ops/fused_decoder.h"
+#include "ops/ops.h"
 
 namespace lmx::cuda {
 namespace {
@@ -106,6 +107,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       inter = std::max(inter, l.gate.shape(0));
       max_kv_heads_ = std::max(max_kv_heads_, l.n_kv_heads);
     }
+    // The persistent step copies the RoPE frequencies and the q/k norms' weights with 16-byte
+    // cp.async (copy_constants): an array off that alignment (a view) gets a copy of its own.
+    for (fast::FusedLayerWeights& l : w_.layers)
+      for (Array* a : {&l.inv_freq, &l.q_norm, &l.k_norm})
+        if (a->valid() && reinterpret_cast<uintptr_t>(a->raw()) % 16 != 0) *a = lmx::copy(*a);
     // Every per-token buffer holds one block per sequence.
     auto buf = [&](int64_t n, Dtype t = Dtype::f32) { return Array({std::max<int64_t>(n * rows_, 1)}, t, d); };
     const Context& c = ctx();

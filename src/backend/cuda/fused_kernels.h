@@ -110,8 +110,8 @@ __host__ __device__ constexpr int partial_stride(int head_dim) { return head_dim
 // RoPE positions are its slots minus pad[r].
 struct AttentionStep {
   const float* qkv = nullptr;  // [Hq*D | Hkv*D | Hkv*D] from the QKV GEMV
-  const bf16* q_norm = nullptr;  // [D] or null
-  const bf16* k_norm = nullptr;
+  const bf16* q_norm = nullptr;  // [D] or null; 16-byte aligned, as inv_freq (CudaFusedDecoder
+  const bf16* k_norm = nullptr;  // makes them so): the persistent step copies them with cp.async
   bool gemma = false;
   float eps = 1e-6f;
   const float* inv_freq = nullptr;  // [D/2]

@@ -368,17 +368,19 @@ __device__ __forceinline__ void add_time(const PersistentStep& s, int slot, unsi
 }
 
 // Before the grid barrier that precedes an attention phase, once every warp is done with
-// the GEMV's input (which shares `vec`): starts copying this block's first task's cached
-// keys and values into its scratch, so that their trip from memory overlaps the barrier.
-// They do not depend on the QKV phase; the task stores the new position itself. Reads the
+// the GEMV's input (which shares `vec`): starts copying the layer's constants (the RoPE
+// frequencies, the q/k norms' weights) and this block's first task's cached keys and
+// values into its scratch, so that their trip from memory overlaps the barrier. They do
+// not depend on the QKV phase; the task stores the new position itself. Reads the
 // sequence's padding on the first call (`pad` < 0).
 __device__ __forceinline__ void start_attention(const AttentionStep& a, int pos, int& pad, float* vec) {
   if (pad < 0) pad = a.pad ? *a.pad : 0;
-  const int t = blockIdx.x, g = t / a.splits;
+  const int t = blockIdx.x, g = t / a.splits, group = a.n_heads / a.n_kv_heads;
   if (t >= a.n_kv_heads * a.splits) return;
+  attention_detail::copy_constants(a, vec, group);
   const attention_detail::ChunkRange r = attention_detail::chunk_range(a, t % a.splits, pos, pad);
   if (r.n == 0) return;  // the task reads no keys (it will not wait for any copies either)
-  bf16* ks = attention_detail::chunk_keys(vec, a.n_heads / a.n_kv_heads, a.head_dim, a.chunk);
+  bf16* ks = attention_detail::chunk_keys(vec, group, a.head_dim, a.chunk);
   attention_detail::load_chunk(a, g, r, pos, ks, ks + size_t(a.chunk) * a.head_dim);
 }
 
@@ -466,10 +468,11 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       const AttentionStep a = ph.attn;  // by value: in registers, not reloaded after every store
       unsigned long long t0 = s.timing ? now_ns() : 0;
       auto mark = [&](int part) { add_time(s, kTimes * p + attention_part_time(part), t0); };
+      // The constants and the first task's keys and values were started before the barrier
+      // (below); the constants stay in the scratch for the block's later tasks.
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
-        // The first task's keys and values were started before the barrier (below).
         const bool finished = attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad,
-                                                                     t == int(blockIdx.x), mark);
+                                                                     t == int(blockIdx.x), true, mark);
         sync_workers<true>();  // the next task reuses the scratch; its output is stored
         if (s.attention_done && finished && threadIdx.x == 0) release_add(s.attention_done, 1);
       }

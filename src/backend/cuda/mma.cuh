@@ -48,6 +48,10 @@ __device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {
 }
 // Waits for this thread's copy16_async copies (other threads see them after a barrier).
 __device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// Closes a group of this thread's copies so far; copy_async_wait_groups waits for every
+// closed group and not for copies issued after the last close.
+__device__ __forceinline__ void copy_async_close_group() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void copy_async_wait_groups() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Two floats rounded to T, packed as an mma operand register (lo in the low half).
 template <class T>
