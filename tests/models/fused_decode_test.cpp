@@ -388,11 +388,14 @@ INSTANTIATE_TEST_SUITE_P(
 // runs at most a task per block (persistent_attention_split; 64 keys on a 132-SM GPU).
 // Gemma 3's one kv head takes 32-key chunks and the merge in the O projection's input.
 // Qwen3's 2 kv heads of 128 at 8,192 slots take 128-key chunks, whose 68 KiB of scratch
-// a task cost the ring a slot (past 48 KiB), and the scores a lane a pair.
+// a task cost the ring a slot (past 48 KiB), and the scores a lane a pair. At 16,384 slots
+// 144-key chunks in 80 KiB would take two rounds; the scratch grows to 133 KiB (256-key
+// chunks) and leaves the ring two slots.
 TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   expect_logits_match_plain(FusedCase{"llama_long_cache", kLlama, false, true}, 4096);
   expect_logits_match_plain(FusedCase{"qwen3_long_cache", kQwen3, false, true}, 8192);
+  expect_logits_match_plain(FusedCase{"qwen3_wide_scratch", kQwen3, false, true}, 16384);
   expect_logits_match_plain(FusedCase{"llama_wide_heads_long_cache", kLlamaWideHeads, false, true},
                             4096);
   expect_logits_match_plain(FusedCase{"gemma3_long_cache", kGemma3, false, true}, 4096);

@@ -286,10 +286,11 @@ TEST(PersistentPlan, GridEvensOutTheFusedDownsWholeSlotShares) {
 TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   cuda::fused::AttentionStep a;
   a.n_heads = 32, a.n_kv_heads = 8, a.head_dim = 64;  // Llama-3.2-1B
+  size_t largest = 80 << 10;  // the first rules' cap, then a plan's two-slot limit
   auto split = [&](int slots) {
     a.slots = slots;
     cuda::fused::attention_split(a.slots, a.n_kv_heads, a.chunk, a.splits);
-    cuda::fused::persistent_attention_split(a, 132);
+    cuda::fused::persistent_attention_split(a, 132, largest);
     return std::pair(a.chunk, a.splits);
   };
   EXPECT_EQ(split(384), std::pair(32, 12)) << "short caches keep the default chunk";
@@ -303,6 +304,45 @@ TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   EXPECT_EQ(split(384), std::pair(32, 12));
   EXPECT_EQ(split(2304), std::pair(144, 16));
   EXPECT_EQ(split(4096), std::pair(144, 29)) << "at most 80 KiB";
+  // Past 80 KiB, up to what leaves the ring two slots (150 KiB here, 38,400 floats):
+  // Qwen3 at 4,096 + 256 tokens in one round of 272-key chunks; Llama at 32,768 slots in
+  // the longest chunks that fit, 544 keys.
+  largest = 150 << 10;
+  EXPECT_EQ(split(4352), std::pair(272, 16));
+  EXPECT_EQ(split(2304), std::pair(144, 16)) << "one round in 80 KiB: no more";
+  a.n_heads = 32, a.head_dim = 64;
+  EXPECT_EQ(split(32768), std::pair(544, 61));
+  EXPECT_EQ(split(8448), std::pair(528, 16)) << "8,192 + 256 tokens";
+}
+
+// The two-slot limit holds for the largest stage lists: Llama-3.1-8B's shapes with a
+// 32,768-slot cache take the chunks it allows and keep two slots of the ring.
+TEST(PersistentPlan, AttentionScratchLeavesTheRingTwoSlots) {
+  std::vector<StepPhase> plan;
+  for (int layer = 0; layer < 32; ++layer) {
+    StepPhase qkv = gemv(4096, 4096), glu = gemv(4096, 14336, Epilogue::glu_silu);
+    StepPhase attention = attention_phase(32, 8, 128);
+    qkv.in.norm = glu.in.norm = fake_weights(0x20000);
+    qkv.in.add = glu.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
+    qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = 1024;
+    qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = 1024;
+    attention.attn.slots = 32768;
+    cuda::fused::attention_split(attention.attn.slots, 8, attention.attn.chunk, attention.attn.splits);
+    for (const StepPhase& p : {qkv, attention, gemv(4096, 4096), glu, gemv(14336, 4096)}) plan.push_back(p);
+  }
+  plan.push_back(gemv(4096, 128256, Epilogue::logits));
+  int per_block = 0;
+  (void)cuda::fused::persistent_stage_lists(plan, 132, &per_block);
+  const size_t largest = cuda::fused::persistent_scratch_limit(plan, per_block);
+  EXPECT_GT(largest, size_t(80 << 10));
+  for (StepPhase& p : plan)
+    if (p.kind == StepPhase::Kind::attention) cuda::fused::persistent_attention_split(p.attn, 132, largest);
+  unsigned vector = 0;
+  int slots = 0;
+  std::string why;
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, per_block, &vector, &slots, &why), 0u) << why;
+  EXPECT_EQ(slots, 2);
+  EXPECT_GT(vector, 80u << 10) << "the chunks grew past 80 KiB";
 }
 
 // A batch's attention (the kernel per phase) aims at about two blocks an SM in all: 8

@@ -496,14 +496,16 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     std::string why;
     persistent_plan_ = plan_, persistent_names_ = names_;
     const int grid = fused::persistent_grid(persistent_plan_, ctx().sm_count, !w_.deterministic);
-    for (fused::StepPhase& p : persistent_plan_)
-      if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, grid);
     const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
     if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
     down_maps_host_ =
         fused::persistent_fuse_down(persistent_plan_, persistent_names_, grid, down_maps_.raw(), !w_.deterministic);
     int per_block = 0;
     stages_host_ = fused::persistent_stage_lists(persistent_plan_, grid, &per_block);
+    // The attention's chunks last: how much scratch a task may take depends on the lists.
+    const size_t largest = fused::persistent_scratch_limit(persistent_plan_, per_block);
+    for (fused::StepPhase& p : persistent_plan_)
+      if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, grid, largest);
     persistent_smem_ =
         fused::persistent_smem_bytes(persistent_plan_, per_block, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {

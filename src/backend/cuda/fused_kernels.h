@@ -229,8 +229,12 @@ std::vector<PlannedStage> persistent_stage_lists(const std::vector<StepPhase>& p
 // `fuse_down`: as persistent_fuse_down's `fuse`.
 int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fuse_down = true);
 // Longer attention chunks where a cache has more of them than the grid has blocks (the
-// persistent kernel runs a block's tasks one after another); at least a.chunk keys.
-void persistent_attention_split(AttentionStep& a, int blocks);
+// persistent kernel runs a block's tasks one after another); at least a.chunk keys, and a
+// task's scratch at most `largest` bytes (persistent_scratch_limit).
+void persistent_attention_split(AttentionStep& a, int blocks, size_t largest);
+// The most shared memory an attention task may take in a plan of these phases and
+// `stages_per_block` planned stages while the weight ring keeps two slots.
+size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages_per_block);
 // Dynamic shared memory the kernel needs for these phases and `stages_per_block` planned
 // stages, of which *vector_bytes for input vectors, and the ring's slots; or 0 (with the
 // reason in *why) when it cannot run them.

@@ -35,22 +35,40 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
   return (need + 1023) / 1024 * 1024;
 }
 
+// The kernel's dynamic shared memory: the ring, the input vector (or attention scratch),
+// then what beside_vector counts.
+constexpr size_t kRoom = 227 * 1024 - kStaticSmem;
+// The phases' geometry, two phases' parameters and a block's stage list.
+size_t beside_vector(const std::vector<StepPhase>& phases, int stages_per_block) {
+  return phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase) + size_t(stages_per_block) * sizeof(PlannedStage);
+}
+
 // Whether a persistent step folds its down projections into the gate/up phases: not in a
 // deterministic one (`fuse` false), nor with LMX_FUSED_DOWN=0.
 bool down_fusion_on(bool fuse) { return fuse && switch_on("LMX_FUSED_DOWN"); }
 
 }  // namespace
 
-void persistent_attention_split(AttentionStep& a, int blocks) {
+void persistent_attention_split(AttentionStep& a, int blocks, size_t largest) {
   // Up to one task per block: the default 16- or 32-key chunks give a long cache more tasks
   // than blocks, and a block runs its tasks one after another (Llama at 2,048 tokens: four
   // in each block, 0.64x the graph path's speed). Longer chunks take more shared memory:
   // up to 48 KiB a task's scratch leaves the ring its five slots; where that still gives
   // more tasks than blocks, up to 80 KiB, which takes a slot (Qwen3 at 2,048 tokens: 29
   // chunks of 80 keys a kv head in two rounds, or 16 of 144 in one, 1.25x as fast:
-  // bench/NOTES.md, p24).
+  // bench/NOTES.md, p24). Where even that gives more, up to `largest`, which leaves the
+  // ring two slots: a task's keys not fetched during the barrier, and its q, k and v formed
+  // again, cost more than the slots (Qwen3 at 4,096 + 256 tokens 1.24x as fast, at 8,192
+  // 1.44x; Llama at 8,192 1.05x; bench/NOTES.md, p25). Not a size between: three slots
+  // and still two rounds lost (Llama at 8,192: 0.93x).
   fit_attention_split(a, blocks, 48 << 10);
   if (a.n_kv_heads * a.splits > blocks) fit_attention_split(a, blocks, 80 << 10);
+  if (a.n_kv_heads * a.splits > blocks && largest > (80 << 10)) fit_attention_split(a, blocks, largest);
+}
+
+size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages_per_block) {
+  const size_t taken = beside_vector(phases, stages_per_block) + 2 * size_t(kSlotBytes);
+  return taken >= kRoom ? 0 : kRoom - taken;
 }
 
 bool persistent_attention_handoff(const std::vector<StepPhase>& phases) {
@@ -196,9 +214,7 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
   *vector = unsigned(vector_bytes(phases));
   // As many slots as fit beside the vector, up to kMaxSlots: the deeper the ring, the
   // longer a stall (attention, a barrier, a phase's input) the copies run on through.
-  const size_t rest = *vector + phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase) +
-                      size_t(stages_per_block) * sizeof(PlannedStage);
-  const size_t room = 227 * 1024 - kStaticSmem;
+  const size_t rest = *vector + beside_vector(phases, stages_per_block), room = kRoom;
   *slots = rest >= room ? 0 : int(std::min<size_t>(kMaxSlots, (room - rest) / kSlotBytes));
   if (*slots < 2) return refuse("not enough shared memory");
   return size_t(*slots) * kSlotBytes + rest;
