@@ -2,6 +2,7 @@
 // attention splits: host code, checked without a GPU where lmx is built with CUDA.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -315,34 +316,58 @@ TEST(PersistentPlan, AttentionChunksGrowToFitTheGrid) {
   EXPECT_EQ(split(8448), std::pair(528, 16)) << "8,192 + 256 tokens";
 }
 
-// The two-slot limit holds for the largest stage lists: Llama-3.1-8B's shapes with a
-// 32,768-slot cache take the chunks it allows and keep two slots of the ring.
+// The two-slot limit holds whatever the cache: the attention's scratch, rounded up to
+// whole KiB in the kernel's shared memory, never leaves the ring fewer than two slots (a
+// plan with one is refused, and the step falls back to a kernel per phase). Llama-3.2-1B's,
+// Qwen3-0.6B's and Llama-3.1-8B's shapes (the largest stage lists) on four grids, every 16
+// slots from 2,304 to 16,640, so that the chunks pass through every size up to the limit.
 TEST(PersistentPlan, AttentionScratchLeavesTheRingTwoSlots) {
-  std::vector<StepPhase> plan;
-  for (int layer = 0; layer < 32; ++layer) {
-    StepPhase qkv = gemv(4096, 4096), glu = gemv(4096, 14336, Epilogue::glu_silu);
-    StepPhase attention = attention_phase(32, 8, 128);
-    qkv.in.norm = glu.in.norm = fake_weights(0x20000);
-    qkv.in.add = glu.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
-    qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = 1024;
-    qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = 1024;
-    attention.attn.slots = 32768;
-    cuda::fused::attention_split(attention.attn.slots, 8, attention.attn.chunk, attention.attn.splits);
-    for (const StepPhase& p : {qkv, attention, gemv(4096, 4096), glu, gemv(14336, 4096)}) plan.push_back(p);
+  struct Shape {
+    int layers, hidden, heads, kv_heads, head_dim, inter, vocab;
+  };
+  for (const Shape m : {Shape{16, 2048, 32, 8, 64, 8192, 128256}, Shape{28, 1024, 16, 8, 128, 3072, 151936},
+                        Shape{32, 4096, 32, 8, 128, 14336, 128256}}) {
+    std::vector<StepPhase> plan;
+    const int q = m.heads * m.head_dim, kv = m.kv_heads * m.head_dim;
+    for (int layer = 0; layer < m.layers; ++layer) {
+      StepPhase qkv = gemv(m.hidden, q), glu = gemv(m.hidden, m.inter, Epilogue::glu_silu);
+      qkv.in.norm = glu.in.norm = fake_weights(0x20000);
+      qkv.in.add = glu.in.add = reinterpret_cast<const float*>(uintptr_t(0x40000));
+      qkv.out.w[1] = fake_weights(0x200000), qkv.out.rows[1] = kv;
+      qkv.out.w[2] = fake_weights(0x300000), qkv.out.rows[2] = kv;
+      for (const StepPhase& p : {qkv, attention_phase(m.heads, m.kv_heads, m.head_dim), gemv(q, m.hidden), glu,
+                                 gemv(m.inter, m.hidden)})
+        plan.push_back(p);
+    }
+    plan.push_back(gemv(m.hidden, m.vocab, Epilogue::logits));
+    // Other grids give other stage lists, and so other limits.
+    for (const int blocks : {132, 128, 120, 114}) {
+      int per_block = 0;
+      (void)cuda::fused::persistent_stage_lists(plan, blocks, &per_block);
+      const size_t largest = cuda::fused::persistent_scratch_limit(plan, per_block);
+      unsigned grown = 0;
+      for (int cache = 2304; cache <= 16640; cache += 16) {
+        std::vector<StepPhase> long_cache = plan;
+        for (StepPhase& p : long_cache) {
+          if (p.kind != StepPhase::Kind::attention) continue;
+          p.attn.slots = cache;
+          cuda::fused::attention_split(cache, m.kv_heads, p.attn.chunk, p.attn.splits);
+          cuda::fused::persistent_attention_split(p.attn, blocks, largest);
+        }
+        unsigned vector = 0;
+        int slots = 0;
+        std::string why;
+        const size_t bytes = cuda::fused::persistent_smem_bytes(long_cache, per_block, &vector, &slots, &why);
+        const std::string at = "hidden " + std::to_string(m.hidden) + ", " + std::to_string(blocks) + " blocks, " +
+                               std::to_string(cache) + " slots";
+        ASSERT_GT(bytes, 0u) << at << ": " << why;
+        ASSERT_GE(slots, 2) << at;
+        ASSERT_LE(vector, largest) << at;
+        grown = std::max(grown, vector);
+      }
+      EXPECT_GT(grown, 100u << 10) << "hidden " << m.hidden << ": the chunks grew past 80 KiB";
+    }
   }
-  plan.push_back(gemv(4096, 128256, Epilogue::logits));
-  int per_block = 0;
-  (void)cuda::fused::persistent_stage_lists(plan, 132, &per_block);
-  const size_t largest = cuda::fused::persistent_scratch_limit(plan, per_block);
-  EXPECT_GT(largest, size_t(80 << 10));
-  for (StepPhase& p : plan)
-    if (p.kind == StepPhase::Kind::attention) cuda::fused::persistent_attention_split(p.attn, 132, largest);
-  unsigned vector = 0;
-  int slots = 0;
-  std::string why;
-  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, per_block, &vector, &slots, &why), 0u) << why;
-  EXPECT_EQ(slots, 2);
-  EXPECT_GT(vector, 80u << 10) << "the chunks grew past 80 KiB";
 }
 
 // A batch's attention (the kernel per phase) aims at about two blocks an SM in all: 8

@@ -68,7 +68,10 @@ void persistent_attention_split(AttentionStep& a, int blocks, size_t largest) {
 
 size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages_per_block) {
   const size_t taken = beside_vector(phases, stages_per_block) + 2 * size_t(kSlotBytes);
-  return taken >= kRoom ? 0 : kRoom - taken;
+  // Whole KiB, as vector_bytes rounds the scratch up to: a byte over and the ring keeps
+  // one slot, which persistent_smem_bytes refuses (Qwen3 at 8,192 + 256 tokens fell back
+  // to the kernel per phase).
+  return taken >= kRoom ? 0 : (kRoom - taken) / 1024 * 1024;
 }
 
 bool persistent_attention_handoff(const std::vector<StepPhase>& phases) {
