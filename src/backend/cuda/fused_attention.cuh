@@ -265,10 +265,10 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 // (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
 // reads them once per step rather than once per task. `loading`: the chunk's copies
 // (load_chunk) were started already; `constants`: the layer's (copy_constants), in this
-// block's scratch since an earlier task or started before it. `mark(part)` is called as each part ends, for the
-// persistent step's profile: 0 the new token's query, key and value formed, 1 the
-// chunk's keys and values in, 2 the scores, 3 the softmax statistics, 4 the chunk's
-// partial stored (the merge follows).
+// block's scratch since an earlier task or started before it. `mark(part)` is called as
+// each part ends, for the persistent step's profile: 0 the new token's query, key and
+// value formed, 1 the chunk's keys and values in, 2 the scores, 3 the softmax statistics,
+// 4 the chunk's partial stored (the merge follows).
 struct NoMarks {
   __device__ void operator()(int) const {}
 };

@@ -59,7 +59,7 @@ void persistent_attention_split(AttentionStep& a, int blocks, size_t largest) {
   // bench/NOTES.md, p24). Where even that gives more, up to `largest`, which leaves the
   // ring two slots: a task's keys not fetched during the barrier, and its q, k and v formed
   // again, cost more than the slots (Qwen3 at 4,096 + 256 tokens 1.24x as fast, at 8,192
-  // 1.44x; Llama at 8,192 1.05x; bench/NOTES.md, p25). Not a size between: three slots
+  // 1.44x; Llama at 8,192 1.05x; bench/NOTES.md, p26). Not a size between: three slots
   // and still two rounds lost (Llama at 8,192: 0.93x).
   fit_attention_split(a, blocks, 48 << 10);
   if (a.n_kv_heads * a.splits > blocks) fit_attention_split(a, blocks, 80 << 10);
