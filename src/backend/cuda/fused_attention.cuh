@@ -87,6 +87,10 @@ __host__ __device__ inline size_t attention_smem_floats(int group, int d, int ch
 // v): the RoPE frequencies [D/2] (f32), then the q and k norms' weights [D] each (bf16).
 // They depend neither on the step nor on the kv head.
 __device__ __forceinline__ float* attention_constants(float* sm, int group, int d) { return sm + size_t(group + 2) * d; }
+// After them, the scores [group, chunk], then the chunk's keys (chunk_keys).
+__device__ __forceinline__ float* attention_scores(float* sm, int group, int d) {
+  return sm + size_t(group) * d + 2 * d + d / 2 + 2 * d;
+}
 
 // Starts copying the layer's constants into a task's scratch (cp.async, in a closed group:
 // complete after copy_async_wait_groups, which does not wait for copies started after
@@ -113,10 +117,12 @@ __device__ __noinline__ inline void copy_constants(const AttentionStep& a, float
 }
 
 // Copies the kv group's query heads, new key and value (f32, from the QKV GEMV) into
-// shared memory, and with them the layer's constants unless `constants` (copy_constants
-// started them): every load of a trip in flight at once.
+// shared memory, every load of a trip in flight at once; and with them, in the kernel per
+// phase, the layer's constants. The persistent step started those before its barrier
+// (copy_constants), and they stay in the scratch for a block's later tasks.
 template <bool kPersistent>
-__device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out, bool constants) {
+__device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
+  constexpr bool constants = kPersistent;  // already copied
   const int d = a.head_dim, nq = group * d;
   const int nf = nq + 2 * d + (constants ? 0 : d / 2);      // floats: q, k, v, then the frequencies
   const int n = nf + (constants || !a.q_norm ? 0 : 2 * d);  // then the norms' weights, in bf16
@@ -240,7 +246,7 @@ __device__ __forceinline__ ChunkRange chunk_range(const AttentionStep& a, int sp
 // The chunk's keys [chunk, D] in a task's shared memory `sm` (attention_smem_floats), its
 // values right after them. 16-byte aligned: D is a multiple of 8, the chunk of 16.
 __device__ __forceinline__ bf16* chunk_keys(float* sm, int group, int d, int chunk) {
-  return reinterpret_cast<bf16*>(sm + size_t(group) * d + 2 * d + d / 2 + 2 * d + size_t(group) * chunk);
+  return reinterpret_cast<bf16*>(attention_scores(sm, group, d) + size_t(group) * chunk);
 }
 
 // Starts copying task (g, r)'s cached keys and values into shared memory, 16 bytes per
@@ -264,9 +270,9 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 // positions. `sm` holds attention_smem_floats(...) floats. `pos` is the new token's slot
 // (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
 // reads them once per step rather than once per task. `loading`: the chunk's copies
-// (load_chunk) were started already; `constants`: the layer's (copy_constants), in this
-// block's scratch since an earlier task or started before it. `mark(part)` is called as
-// each part ends, for the persistent step's profile: 0 the new token's query, key and
+// (load_chunk) were started already; in the persistent step, the layer's constants too
+// (copy_constants, in the block's scratch since its first task). `mark(part)` is called
+// as each part ends, for the persistent step's profile: 0 the new token's query, key and
 // value formed, 1 the chunk's keys and values in, 2 the scores, 3 the softmax statistics,
 // 4 the chunk's partial stored (the merge follows).
 struct NoMarks {
@@ -275,7 +281,7 @@ struct NoMarks {
 // Returns whether the task left a finished output behind (finished_outputs).
 template <bool kPersistent, class Mark = NoMarks>
 __device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
-                                      bool loading = false, bool constants = false, Mark mark = {}) {
+                                      bool loading = false, Mark mark = {}) {
   const int d = a.head_dim, chunk = a.chunk;
   const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
   float* q = sm;                  // [group, D]
@@ -284,7 +290,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   float* freq = attention_constants(sm, group, d);  // [D/2]
   const bf16* q_norm = reinterpret_cast<const bf16*>(freq + d / 2);  // [D]
   const bf16* k_norm = q_norm + d;                                   // [D]
-  float* e = freq + d / 2 + 2 * d;  // [group, chunk]: scores, then softmax weights
+  float* e = freq + d / 2 + 2 * d;  // [group, chunk]: scores, then softmax weights (attention_scores)
   bf16* ks = chunk_keys(sm, group, d, chunk);  // [chunk, D] the chunk's keys
   bf16* vs = ks + chunk * d;                   // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -293,7 +299,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   const int begin = range.begin, end = begin + range.n, n = range.n, live = range.live;
   if (a.early) allow_next_kernel();
   if (n == 0) {  // past them: only counted, so that the last block still merges
-    if (constants) copy_async_wait_groups();  // copies into the scratch must not outlive the task
+    if constexpr (kPersistent) copy_async_wait_groups();  // the constants' copies must not outlive the task
     if constexpr (!kPersistent) wait_for_previous_kernel();
     if (!a.early) allow_next_kernel();
     if (!kPersistent || !merged_by_next_gemv(a)) return count_and_merge<kPersistent>(a, g, group, live);
@@ -304,7 +310,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   // which kernels already complete have written: it overlaps the previous kernel's tail.
   // What follows reads the QKV GEMV's output.
   if constexpr (!kPersistent) wait_for_previous_kernel();
-  stage_inputs<kPersistent>(a, g, group, q, constants);
+  stage_inputs<kPersistent>(a, g, group, q);
   const bf16* qn = a.q_norm ? q_norm : nullptr;
   const bf16* kn = a.k_norm ? k_norm : nullptr;
   const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w

@@ -472,7 +472,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       // (below); the constants stay in the scratch for the block's later tasks.
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
         const bool finished = attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad,
-                                                                     t == int(blockIdx.x), true, mark);
+                                                                     t == int(blockIdx.x), mark);
         sync_workers<true>();  // the next task reuses the scratch; its output is stored
         if (s.attention_done && finished && threadIdx.x == 0) release_add(s.attention_done, 1);
       }

@@ -217,8 +217,8 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
   *vector = unsigned(vector_bytes(phases));
   // As many slots as fit beside the vector, up to kMaxSlots: the deeper the ring, the
   // longer a stall (attention, a barrier, a phase's input) the copies run on through.
-  const size_t rest = *vector + beside_vector(phases, stages_per_block), room = kRoom;
-  *slots = rest >= room ? 0 : int(std::min<size_t>(kMaxSlots, (room - rest) / kSlotBytes));
+  const size_t rest = *vector + beside_vector(phases, stages_per_block);
+  *slots = rest >= kRoom ? 0 : int(std::min<size_t>(kMaxSlots, (kRoom - rest) / kSlotBytes));
   if (*slots < 2) return refuse("not enough shared memory");
   return size_t(*slots) * kSlotBytes + rest;
 }
