@@ -41,6 +41,12 @@ constexpr const char* kLlamaWideHeads = R"({"model_type": "llama", "vocab_size":
  "intermediate_size": 520, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
  "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
+// Llama-3.2-1B's attention in small (4 query heads of 64 per kv head): the persistent
+// kernel's form compiled for that shape (persistent_kernel) runs it.
+constexpr const char* kLlama1BHeads = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 256,
+ "intermediate_size": 520, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 64, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
 // A vocabulary so small that the LM head's GEMV takes fewer blocks than the persistent
 // step has (one per SM): each block still hands in an argmax partial.
 constexpr const char* kLlamaSmallVocab = R"({"model_type": "llama", "vocab_size": 96, "hidden_size": 256,
@@ -369,6 +375,7 @@ INSTANTIATE_TEST_SUITE_P(
                       FusedCase{"llama_wide_per_phase", kLlamaWide, false, false, kLlamaWideSpread},
                       FusedCase{"llama_wide_heads", kLlamaWideHeads, false, true},
                       FusedCase{"llama_wide_heads_per_phase", kLlamaWideHeads, false, false},
+                      FusedCase{"llama_1b_heads", kLlama1BHeads, false, true},
                       FusedCase{"llama_small_vocab", kLlamaSmallVocab, false, true},
                       FusedCase{"llama_wide_mlp", kLlamaWideMlp, false, true, 0.0126f},
                       FusedCase{"qwen3_wide_mlp", kQwen3WideMlp, false, true, 0.0264f},

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -411,6 +412,41 @@ TEST(PersistentPlan, HandsTheAttentionsOutputsOnThroughACount) {
   setenv("LMX_FUSED_HANDOFF", "0", 1);
   EXPECT_FALSE(cuda::fused::persistent_attention_handoff(llama));
   unsetenv("LMX_FUSED_HANDOFF");
+}
+
+// The persistent kernel's form: the one compiled for a plan's attention shape where it
+// lacks nothing the plan needs (the merge of one kv head's chunks in the O input, staged
+// inputs), else the general one; always the general one under LMX_FUSED_SPECIALISED=0.
+TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
+  auto layer = [](int hidden, int heads, int kv_heads, int head_dim, int splits) {
+    StepPhase qkv = gemv(hidden, (heads + 2 * kv_heads) * head_dim);
+    qkv.in.norm = fake_weights(0x20000);  // a norm: held in registers up to 2,048 values, else staged
+    StepPhase a = attention_phase(heads, kv_heads, head_dim);
+    a.attn.splits = splits;
+    return std::vector<StepPhase>{qkv, a, gemv(heads * head_dim, hidden)};
+  };
+  auto form = [](const std::vector<StepPhase>& plan) {
+    const cuda::fused::PersistentKernel k = cuda::fused::persistent_kernel(plan);
+    return std::tuple(k.head_dim, k.group, k.merge_input, k.staged);
+  };
+  const auto general = std::tuple(0, 0, true, true);
+  unsetenv("LMX_FUSED_SPECIALISED");
+  EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), std::tuple(64, 4, false, false)) << "Llama-3.2-1B";
+  EXPECT_EQ(form(layer(1024, 16, 8, 128, 12)), std::tuple(128, 2, false, false)) << "Qwen3-0.6B";
+  EXPECT_EQ(form(layer(1152, 4, 1, 256, 24)), std::tuple(256, 4, true, false)) << "Gemma-3-1B: every block merges";
+  EXPECT_EQ(form(layer(1152, 4, 1, 256, 1)), std::tuple(256, 4, true, false)) << "one chunk: no merge, same form";
+  EXPECT_EQ(form(layer(4096, 32, 8, 128, 12)), std::tuple(128, 4, false, true)) << "Llama-3.1-8B: staged inputs";
+  EXPECT_EQ(form(layer(2048, 32, 8, 128, 12)), std::tuple(128, 4, false, true)) << "a form with more than needed";
+  EXPECT_EQ(form(layer(4096, 16, 8, 128, 12)), general) << "Qwen3's heads with staged inputs: no such form";
+  EXPECT_EQ(form(layer(2048, 4, 1, 64, 24)), general) << "Llama's heads, one kv head: the merge is not compiled in";
+  EXPECT_EQ(form(layer(3072, 24, 8, 128, 12)), general) << "Llama-3.2-3B: 3 query heads a kv head";
+  std::vector<StepPhase> mixed = layer(2048, 32, 8, 64, 12);
+  for (const StepPhase& p : layer(2048, 16, 8, 128, 12)) mixed.push_back(p);
+  EXPECT_EQ(form(mixed), general) << "attentions of two shapes";
+  EXPECT_EQ(form({gemv(2048, 2048), gemv(2048, 1000, Epilogue::logits)}), general) << "no attention";
+  setenv("LMX_FUSED_SPECIALISED", "0", 1);
+  EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), general);
+  unsetenv("LMX_FUSED_SPECIALISED");
 }
 
 }  // namespace persistent

@@ -16,6 +16,19 @@ namespace attention_detail {
 
 constexpr int kThreads = kWorkers;  // threads of a block that run attention_task
 
+// A head's width and the query heads per kv head: kD and kGroup where a kernel fixes them
+// at compile time (the persistent step specialised to a model's shape, fused_persistent.cu),
+// else the step's. Fixed, the loops over a head have known bounds and the kernel's code
+// shrinks (bench/NOTES.md, p27).
+template <int kD>
+__device__ __forceinline__ int head_dim_of(const AttentionStep& a) {
+  return kD > 0 ? kD : a.head_dim;
+}
+template <int kGroup>
+__device__ __forceinline__ int group_of(const AttentionStep& a) {
+  return kGroup > 0 ? kGroup : a.n_heads / a.n_kv_heads;
+}
+
 // One head vector x of D values in shared memory, in place: RMSNorm with the staged
 // weights w (optional; wo + w, as Gemma's norms take 1 + w) then rotate-half RoPE at
 // `pos`, by one warp. With `round`, the result is rounded to bf16 as the cache stores it.
@@ -120,10 +133,10 @@ __device__ __noinline__ inline void copy_constants(const AttentionStep& a, float
 // shared memory, every load of a trip in flight at once; and with them, in the kernel per
 // phase, the layer's constants. The persistent step started those before its barrier
 // (copy_constants), and they stay in the scratch for a block's later tasks.
-template <bool kPersistent>
+template <bool kPersistent, int kD>
 __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
   constexpr bool constants = kPersistent;  // already copied
-  const int d = a.head_dim, nq = group * d;
+  const int d = head_dim_of<kD>(a), nq = group * d;
   const int nf = nq + 2 * d + (constants ? 0 : d / 2);      // floats: q, k, v, then the frequencies
   const int n = nf + (constants || !a.q_norm ? 0 : 2 * d);  // then the norms' weights, in bf16
   auto source = [&](int i) -> float {
@@ -161,7 +174,7 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
 // (m, l, acc) into the attention output, resets the counter for the next step and
 // returns true (every worker of that block, once the merge is stored or under way).
-template <bool kPersistent>
+template <bool kPersistent, int kD>
 __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
   sync_workers<kPersistent>();
@@ -175,7 +188,7 @@ __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group,
   // trip to L2 per batch. (A pass for the maxima, one for the normalisers and one per four
   // chunks for the sums took about six, while the grid waited for this block.)
   constexpr int kBatch = 8;
-  const int d = a.head_dim, stride = partial_stride(d);
+  const int d = head_dim_of<kD>(a), stride = partial_stride(d);
   for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;
     const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
@@ -254,8 +267,9 @@ __device__ __forceinline__ bf16* chunk_keys(float* sm, int group, int d, int chu
 // task stores itself. They read only what earlier steps wrote, so they may start before
 // the QKV GEMV's results are in (before the previous kernel ends, or before the grid
 // barrier of the persistent step).
+template <int kD = 0>
 __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, int pos, bf16* ks, bf16* vs) {
-  const int d = a.head_dim, vecs = d / 8;
+  const int d = head_dim_of<kD>(a), vecs = d / 8;
   const size_t head_base = size_t(g) * a.slots * d;
   for (int idx = threadIdx.x; idx < r.n * vecs; idx += kThreads) {
     const int t = idx / vecs, c = idx % vecs * 8;
@@ -278,12 +292,13 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 struct NoMarks {
   __device__ void operator()(int) const {}
 };
-// Returns whether the task left a finished output behind (finished_outputs).
-template <bool kPersistent, class Mark = NoMarks>
+// Returns whether the task left a finished output behind (finished_outputs). kD and
+// kGroup: head_dim_of's and group_of's.
+template <bool kPersistent, int kD = 0, int kGroup = 0, class Mark = NoMarks>
 __device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
                                       bool loading = false, Mark mark = {}) {
-  const int d = a.head_dim, chunk = a.chunk;
-  const int group = a.n_heads / a.n_kv_heads;  // query heads per kv head
+  const int d = head_dim_of<kD>(a), chunk = a.chunk;
+  const int group = group_of<kGroup>(a);  // query heads per kv head
   float* q = sm;                  // [group, D]
   float* k_new = q + group * d;   // [D]
   float* v_new = k_new + d;       // [D]
@@ -302,15 +317,15 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
     if constexpr (kPersistent) copy_async_wait_groups();  // the constants' copies must not outlive the task
     if constexpr (!kPersistent) wait_for_previous_kernel();
     if (!a.early) allow_next_kernel();
-    if (!kPersistent || !merged_by_next_gemv(a)) return count_and_merge<kPersistent>(a, g, group, live);
+    if (!kPersistent || !merged_by_next_gemv(a)) return count_and_merge<kPersistent, kD>(a, g, group, live);
     return true;
   }
-  if (!loading) load_chunk(a, g, range, pos, ks, vs);
+  if (!loading) load_chunk<kD>(a, g, range, pos, ks, vs);
   // Everything above reads what earlier steps wrote (the cached positions, state[1]),
   // which kernels already complete have written: it overlaps the previous kernel's tail.
   // What follows reads the QKV GEMV's output.
   if constexpr (!kPersistent) wait_for_previous_kernel();
-  stage_inputs<kPersistent>(a, g, group, q);
+  stage_inputs<kPersistent, kD>(a, g, group, q);
   const bf16* qn = a.q_norm ? q_norm : nullptr;
   const bf16* kn = a.k_norm ? k_norm : nullptr;
   const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
@@ -424,7 +439,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   }
   mark(4);
   if (!a.early) allow_next_kernel();
-  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) return count_and_merge<kPersistent>(a, g, group, live);
+  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) return count_and_merge<kPersistent, kD>(a, g, group, live);
   return true;
 }
 

@@ -509,7 +509,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     persistent_smem_ =
         fused::persistent_smem_bytes(persistent_plan_, per_block, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
-      persistent_blocks_ = fused::persistent_blocks(grid, persistent_smem_);
+      persistent_kernel_ = fused::persistent_kernel(persistent_plan_);
+      persistent_blocks_ = fused::persistent_blocks(grid, persistent_smem_, persistent_kernel_);
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
     }
     if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
@@ -560,7 +561,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     p.stages = static_cast<const fused::PlannedStage*>(stages_.raw());
     p.stages_per_block = persistent_stages_per_block_;
     if (profile_) p.timing = static_cast<unsigned long long*>(timing_.raw());
-    fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_, pdl_);
+    fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_, pdl_, persistent_kernel_);
   }
 
   int* state_i() const { return static_cast<int*>(state_.raw()); }
@@ -642,6 +643,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
   bool persistent_;
   int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs
+  fused::PersistentKernel persistent_kernel_;  // the form that runs the plan
   size_t persistent_smem_ = 0;
   unsigned persistent_vector_ = 0;
   int persistent_slots_ = 0;

@@ -240,10 +240,23 @@ size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages
 // reason in *why) when it cannot run them.
 size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_per_block, unsigned* vector_bytes,
                              int* slots, std::string* why);
+// A form of the persistent kernel: compiled for one attention shape (head_dim, and query
+// heads a kv head: `group`), or for any (0, 0); with the merge of one kv head's chunks in
+// the next GEMV's input (merged_by_next_gemv) and inputs wider than it holds in registers
+// (staged_input), or without. A form without what it need not run is smaller code: the
+// general kernel is 167 KB, more than an SM's instruction cache (bench/NOTES.md, p27).
+struct PersistentKernel {
+  int head_dim = 0, group = 0;
+  bool merge_input = true, staged = true;
+};
+// The form that runs these phases (their attention's chunks planned): the first
+// specialised one that fits them, else the general one (also with LMX_FUSED_SPECIALISED=0).
+PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases);
 // Blocks of the cooperative launch (one per SM), or 0 when a block does not fit.
-int persistent_blocks(int sm_count, size_t smem);
+int persistent_blocks(int sm_count, size_t smem, const PersistentKernel& kernel);
 // `pdl`: as a programmatic dependent launch, whose blocks start as the previous kernel's
 // exit (the persistent kernel waits before it reads anything a kernel writes).
-void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem, bool pdl);
+void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem, bool pdl,
+                       const PersistentKernel& kernel);
 
 }  // namespace lmx::cuda::fused

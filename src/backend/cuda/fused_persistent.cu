@@ -300,9 +300,10 @@ __device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, 
 // (merged_by_next_gemv). Every block merges the chunks' softmax partials (m, l and the
 // weighted sum of values, per query head and chunk) itself, straight into the bf16
 // vector: no fence, no counter, and no single block that the grid waits for. `scratch`
-// holds 2·n_heads·splits floats.
+// holds 2·n_heads·splits floats. kD: head_dim_of's.
+template <int kD>
 __device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb, float* scratch) {
-  const int d = a.head_dim, stride = partial_stride(d), heads = a.n_heads, splits = a.splits;
+  const int d = attention_detail::head_dim_of<kD>(a), stride = partial_stride(d), heads = a.n_heads, splits = a.splits;
   const int live = (pos - attention_detail::first_visible(a, pos, pad)) / a.chunk + 1;
   float* w = scratch;                     // [heads, live]: m, then the chunk's weight
   float* l = scratch + heads * splits;    // [heads, live]
@@ -372,16 +373,18 @@ __device__ __forceinline__ void add_time(const PersistentStep& s, int slot, unsi
 // frequencies, the q/k norms' weights) and this block's first task's cached keys and
 // values into its scratch, so that their trip from memory overlaps the barrier. They do
 // not depend on the QKV phase; the task stores the new position itself. Reads the
-// sequence's padding on the first call (`pad` < 0).
+// sequence's padding on the first call (`pad` < 0). kD and kGroup: attention_task's.
+template <int kD, int kGroup>
 __device__ __forceinline__ void start_attention(const AttentionStep& a, int pos, int& pad, float* vec) {
   if (pad < 0) pad = a.pad ? *a.pad : 0;
-  const int t = blockIdx.x, g = t / a.splits, group = a.n_heads / a.n_kv_heads;
+  const int t = blockIdx.x, g = t / a.splits, group = attention_detail::group_of<kGroup>(a);
+  const int d = attention_detail::head_dim_of<kD>(a);
   if (t >= a.n_kv_heads * a.splits) return;
   attention_detail::copy_constants(a, vec, group);
   const attention_detail::ChunkRange r = attention_detail::chunk_range(a, t % a.splits, pos, pad);
   if (r.n == 0) return;  // the task reads no keys (it will not wait for any copies either)
-  bf16* ks = attention_detail::chunk_keys(vec, group, a.head_dim, a.chunk);
-  attention_detail::load_chunk(a, g, r, pos, ks, ks + size_t(a.chunk) * a.head_dim);
+  bf16* ks = attention_detail::chunk_keys(vec, group, d, a.chunk);
+  attention_detail::load_chunk<kD>(a, g, r, pos, ks, ks + size_t(a.chunk) * d);
 }
 
 // Waits, with the whole block, until `counter` reaches `target` (PersistentStep::attention_done).
@@ -393,6 +396,12 @@ __device__ __forceinline__ void wait_for_count(const unsigned* counter, unsigned
 // Blocks of kWorkers threads that compute, then one warp that issues the weight copies.
 // The workers take a stage's rows warp by warp, a warp's rows whole, so that no stage
 // needs the whole block: each warp frees the slot on its own and goes on to the next.
+//
+// The template fixes what a model's plan needs (persistent_kernel): its attention's head
+// width and query heads per kv head (kD, kGroup; 0 reads them from the step), whether any
+// GEMV input merges an attention's chunks (kMergeInput) and whether any input is wider
+// than the registers hold (kStaged). What a plan does not need is not compiled in.
+template <int kD, int kGroup, bool kMergeInput, bool kStaged>
 __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(PersistentStep s) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int slots = s.slots;
@@ -471,8 +480,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       // The constants and the first task's keys and values were started before the barrier
       // (below); the constants stay in the scratch for the block's later tasks.
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
-        const bool finished = attention_detail::attention_task<true>(a, t / a.splits, t % a.splits, vec, pos, pad,
-                                                                     t == int(blockIdx.x), mark);
+        const bool finished = attention_detail::attention_task<true, kD, kGroup>(
+            a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x), mark);
         sync_workers<true>();  // the next task reuses the scratch; its output is stored
         if (s.attention_done && finished && threadIdx.x == 0) release_add(s.attention_done, 1);
       }
@@ -492,7 +501,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       // preceded the attention, so no block still reads what this phase zeroes.)
       if (s.attention_done && prev && prev->kind == StepPhase::Kind::attention)
         wait_for_count(s.attention_done, outputs_done);
-      const bool staged = staged_input(prev, ph);
+      const bool staged = kStaged && staged_input(prev, ph);
       bf16* xb = reinterpret_cast<bf16*>(staged ? vec + size_t(staged_arrays(in)) * k : vec);  // [k]
       // A fused down's input: this block's activations, zero past its own columns (its
       // stages read whole boxes of 8·units columns). Ordered before the gate/up rows'
@@ -502,11 +511,11 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       for (int i = threadIdx.x; i < 8 * units; i += kWorkers) act[i] = __float2bfloat16_rn(0.0f);
       if (ph.zero)  // an output that a later phase adds into; no phase reads it until then
         for (int i = blockIdx.x * kWorkers + threadIdx.x; i < ph.zero_n; i += gridDim.x * kWorkers) ph.zero[i] = 0;
-      if (merges_attention(prev)) {
-        merge_input(prev->attn, pos, pad, xb, reinterpret_cast<float*>(xb + k));
+      if (kMergeInput && merges_attention(prev)) {
+        merge_input<kD>(prev->attn, pos, pad, xb, reinterpret_cast<float*>(xb + k));
       } else if (direct_input(prev, ph)) {
         load_plain_input(in.x, k, xb);
-      } else if (!staged) {
+      } else if (!kStaged || !staged) {
         form_input_held(in, xb);
       } else {
         form_input<true>(in, vec);
@@ -568,7 +577,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       copy_async_wait_all();  // the next phase's parameters,
       sync_workers<true>();   // for every worker; and every warp is done with this phase
       const StepPhase& following = params[(p + 1) % 2];
-      if (following.kind == StepPhase::Kind::attention) start_attention(following.attn, pos, pad, vec);
+      if (following.kind == StepPhase::Kind::attention) start_attention<kD, kGroup>(following.attn, pos, pad, vec);
       if (!s.attention_done || ph.kind != StepPhase::Kind::attention) {
         unsigned long long arrival = 0;
         if (s.timing && threadIdx.x == 0) atomicMax(s.timing + kTimes * p + 6, arrival = now_ns());
@@ -584,27 +593,81 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   }
 }
 
+using KernelFn = void (*)(PersistentStep);
+
+// The kernel's forms: one for any plan, then one per attention shape of the models it is
+// measured on (bench/NOTES.md, p27). The first that fits a plan runs it.
+struct KernelForm {
+  PersistentKernel shape;
+  KernelFn fn;
+};
+const KernelForm kForms[] = {
+    {{0, 0, true, true}, persistent_step_kernel<0, 0, true, true>},
+    {{64, 4, false, false}, persistent_step_kernel<64, 4, false, false>},      // Llama-3.2-1B
+    {{128, 2, false, false}, persistent_step_kernel<128, 2, false, false>},    // Qwen3-0.6B and 1.7B
+    {{256, 4, true, false}, persistent_step_kernel<256, 4, true, false>},      // Gemma-3-1B
+    {{128, 4, false, true}, persistent_step_kernel<128, 4, false, true>},      // Llama-3.1-8B, Qwen3-4B and 8B
+};
+
+bool same(const PersistentKernel& a, const PersistentKernel& b) {
+  return a.head_dim == b.head_dim && a.group == b.group && a.merge_input == b.merge_input && a.staged == b.staged;
+}
+
+KernelFn kernel_of(const PersistentKernel& k) {
+  for (const KernelForm& f : kForms)
+    if (same(f.shape, k)) return f.fn;
+  throw Error("persistent decode step: no kernel form for head_dim " + std::to_string(k.head_dim) + " and " +
+              std::to_string(k.group) + " query heads a kv head (persistent_kernel chooses among them)");
+}
+
 }  // namespace
 
-int persistent_blocks(int sm_count, size_t smem) {
+PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases) {
+  PersistentKernel need{-1, -1, false, false};  // -1: no attention seen yet
+  bool mixed = false;  // attentions of more than one shape
+  const StepPhase* prev = nullptr;
+  for (const StepPhase& p : phases) {
+    if (p.kind == StepPhase::Kind::attention) {
+      const int d = p.attn.head_dim, group = p.attn.n_heads / p.attn.n_kv_heads;
+      mixed = mixed || (need.head_dim >= 0 && (need.head_dim != d || need.group != group));
+      need.head_dim = d, need.group = group;
+    } else {
+      need.merge_input = need.merge_input || merges_attention(prev);
+      need.staged = need.staged || staged_input(prev, p);
+    }
+    prev = &p;
+  }
+  if (switch_on("LMX_FUSED_SPECIALISED") && !mixed)
+    for (const KernelForm& f : kForms) {
+      const PersistentKernel& k = f.shape;
+      if (k.head_dim > 0 && k.head_dim == need.head_dim && k.group == need.group &&
+          (k.merge_input || !need.merge_input) && (k.staged || !need.staged))
+        return k;
+    }
+  return kForms[0].shape;
+}
+
+int persistent_blocks(int sm_count, size_t smem, const PersistentKernel& kernel) {
+  const KernelFn fn = kernel_of(kernel);
   cudaFuncAttributes attributes{};
-  check(cudaFuncGetAttributes(&attributes, persistent_step_kernel), "cudaFuncGetAttributes");
+  check(cudaFuncGetAttributes(&attributes, fn), "cudaFuncGetAttributes");
   LMX_CHECK(attributes.sharedSizeBytes <= size_t(kStaticSmem), "persistent decode step",
             "the kernel's static shared memory (", attributes.sharedSizeBytes, " bytes) outgrew its reserve of ",
             kStaticSmem, " bytes");
-  allow_shared_memory(persistent_step_kernel, smem);
+  allow_shared_memory(fn, smem);
   int per_sm = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_step_kernel, kThreads, smem),
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kThreads, smem),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   return per_sm >= 1 ? sm_count : 0;
 }
 
-void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem, bool pdl) {
+void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem, bool pdl,
+                       const PersistentKernel& kernel) {
   // Cooperative: every block is resident at once, which the grid barriers rely on.
   cudaLaunchAttribute attrs[2] = {{}, pdl_attribute()};
   attrs[0].id = cudaLaunchAttributeCooperative;
   attrs[0].val.cooperative = 1;
-  launch_with("persistent decode step", persistent_step_kernel, stream, attrs, pdl ? 2 : 1, dim3(unsigned(blocks)),
+  launch_with("persistent decode step", kernel_of(kernel), stream, attrs, pdl ? 2 : 1, dim3(unsigned(blocks)),
               dim3(kThreads), smem, s);
 }
 
