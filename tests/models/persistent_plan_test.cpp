@@ -439,7 +439,9 @@ TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
   EXPECT_EQ(form(layer(2048, 32, 8, 128, 12)), std::tuple(128, 4, false, true)) << "a form with more than needed";
   EXPECT_EQ(form(layer(4096, 16, 8, 128, 12)), general) << "Qwen3's heads with staged inputs: no such form";
   EXPECT_EQ(form(layer(2048, 4, 1, 64, 24)), general) << "Llama's heads, one kv head: the merge is not compiled in";
-  EXPECT_EQ(form(layer(3072, 24, 8, 128, 12)), general) << "Llama-3.2-3B: 3 query heads a kv head";
+  EXPECT_EQ(form(layer(3072, 24, 8, 128, 12)), std::tuple(128, 3, false, true)) << "Llama-3.2-3B";
+  EXPECT_EQ(form(layer(2560, 8, 4, 256, 12)), std::tuple(256, 2, false, true)) << "Gemma-3-4B";
+  EXPECT_EQ(form(layer(3072, 24, 8, 64, 12)), general) << "3 query heads of 64 a kv head: no such form";
   std::vector<StepPhase> mixed = layer(2048, 32, 8, 64, 12);
   for (const StepPhase& p : layer(2048, 16, 8, 128, 12)) mixed.push_back(p);
   EXPECT_EQ(form(mixed), general) << "attentions of two shapes";

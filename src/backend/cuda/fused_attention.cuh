@@ -280,23 +280,12 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
   }
 }
 
-// One block's share of a layer's attention: kv head g, chunk `split` of the visible
-// positions. `sm` holds attention_smem_floats(...) floats. `pos` is the new token's slot
-// (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
-// reads them once per step rather than once per task. `loading`: the chunk's copies
-// (load_chunk) were started already; in the persistent step, the layer's constants too
-// (copy_constants, in the block's scratch since its first task). `mark(part)` is called
-// as each part ends, for the persistent step's profile: 0 the new token's query, key and
-// value formed, 1 the chunk's keys and values in, 2 the scores, 3 the softmax statistics,
-// 4 the chunk's partial stored (the merge follows).
-struct NoMarks {
-  __device__ void operator()(int) const {}
-};
-// Returns whether the task left a finished output behind (finished_outputs). kD and
-// kGroup: head_dim_of's and group_of's.
-template <bool kPersistent, int kD = 0, int kGroup = 0, class Mark = NoMarks>
-__device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
-                                      bool loading = false, Mark mark = {}) {
+// The part of attention_task for a chunk that holds visible positions (`range`, n > 0):
+// the new token's q, k and v formed, the chunk's scores, softmax and weighted values, and
+// its partial (or, with one chunk, the output) stored.
+template <bool kPersistent, int kD, int kGroup, class Mark>
+__device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
+                                              ChunkRange range, bool loading, Mark mark) {
   const int d = head_dim_of<kD>(a), chunk = a.chunk;
   const int group = group_of<kGroup>(a);  // query heads per kv head
   float* q = sm;                  // [group, D]
@@ -310,16 +299,7 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   bf16* vs = ks + chunk * d;                   // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  const ChunkRange range = chunk_range(a, split, pos, pad);
-  const int begin = range.begin, end = begin + range.n, n = range.n, live = range.live;
-  if (a.early) allow_next_kernel();
-  if (n == 0) {  // past them: only counted, so that the last block still merges
-    if constexpr (kPersistent) copy_async_wait_groups();  // the constants' copies must not outlive the task
-    if constexpr (!kPersistent) wait_for_previous_kernel();
-    if (!a.early) allow_next_kernel();
-    if (!kPersistent || !merged_by_next_gemv(a)) return count_and_merge<kPersistent, kD>(a, g, group, live);
-    return true;
-  }
+  const int begin = range.begin, end = begin + range.n, n = range.n;
   if (!loading) load_chunk<kD>(a, g, range, pos, ks, vs);
   // Everything above reads what earlier steps wrote (the cached positions, state[1]),
   // which kernels already complete have written: it overlaps the previous kernel's tail.
@@ -330,10 +310,8 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   const bf16* kn = a.k_norm ? k_norm : nullptr;
   const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
   for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
-    if (vec < group)
-      norm_rope(q + vec * d, qn, wo, a.eps, freq, pos - pad, d, false);
-    else if (vec == group)
-      norm_rope(k_new, kn, wo, a.eps, freq, pos - pad, d, true);
+    if (vec <= group)  // one call for q and k: inlined once, 3-10 KB less code (bench/NOTES.md, p27)
+      norm_rope(vec < group ? q + vec * d : k_new, vec < group ? qn : kn, wo, a.eps, freq, pos - pad, d, vec == group);
     else
       for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
   }
@@ -439,7 +417,39 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   }
   mark(4);
   if (!a.early) allow_next_kernel();
-  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))) return count_and_merge<kPersistent, kD>(a, g, group, live);
+}
+
+// One block's share of a layer's attention: kv head g, chunk `split` of the visible
+// positions. `sm` holds attention_smem_floats(...) floats. `pos` is the new token's slot
+// (a.state[1]) and `pad` the sequence's left padding (*a.pad, or 0): the persistent step
+// reads them once per step rather than once per task. `loading`: the chunk's copies
+// (load_chunk) were started already; in the persistent step, the layer's constants too
+// (copy_constants, in the block's scratch since its first task). `mark(part)` is called
+// as each part ends, for the persistent step's profile: 0 the new token's query, key and
+// value formed, 1 the chunk's keys and values in, 2 the scores, 3 the softmax statistics,
+// 4 the chunk's partial stored (the merge follows).
+struct NoMarks {
+  __device__ void operator()(int) const {}
+};
+// Returns whether the task left a finished output behind (finished_outputs). kD and
+// kGroup: head_dim_of's and group_of's.
+template <bool kPersistent, int kD = 0, int kGroup = 0, class Mark = NoMarks>
+__device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
+                                      bool loading = false, Mark mark = {}) {
+  const ChunkRange range = chunk_range(a, split, pos, pad);
+  if (a.early) allow_next_kernel();
+  if (range.n > 0) {
+    chunk_partial<kPersistent, kD, kGroup>(a, g, split, sm, pos, pad, range, loading, mark);
+  } else {  // past them: only counted, so that the last block still merges
+    if constexpr (kPersistent) copy_async_wait_groups();  // the constants' copies must not outlive the task
+    if constexpr (!kPersistent) wait_for_previous_kernel();
+    if (!a.early) allow_next_kernel();
+  }
+  // One merge for both: called from each, it was inlined twice, 10 KB more of the
+  // persistent kernel's code (bench/NOTES.md, p27). (A chunk past the visible positions
+  // implies more than one.)
+  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a)))
+    return count_and_merge<kPersistent, kD>(a, g, group_of<kGroup>(a), range.live);
   return true;
 }
 

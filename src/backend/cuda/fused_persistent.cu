@@ -607,6 +607,8 @@ const KernelForm kForms[] = {
     {{128, 2, false, false}, persistent_step_kernel<128, 2, false, false>},    // Qwen3-0.6B and 1.7B
     {{256, 4, true, false}, persistent_step_kernel<256, 4, true, false>},      // Gemma-3-1B
     {{128, 4, false, true}, persistent_step_kernel<128, 4, false, true>},      // Llama-3.1-8B, Qwen3-4B and 8B
+    {{128, 3, false, true}, persistent_step_kernel<128, 3, false, true>},      // Llama-3.2-3B
+    {{256, 2, false, true}, persistent_step_kernel<256, 2, false, true>},      // Gemma-3-4B
 };
 
 bool same(const PersistentKernel& a, const PersistentKernel& b) {
