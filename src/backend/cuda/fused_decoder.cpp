@@ -633,6 +633,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
                    "keys, scores, softmax statistics, values to partial) + barrier (of which waiting for later "
                    "blocks to arrive)\n",
                    (long long)profiled_steps_);
+      const fused::PersistentKernel& k = persistent_kernel_;
+      if (k.head_dim > 0)
+        std::fprintf(stderr, "  kernel form: head_dim %d, %d query heads a kv head%s%s\n", k.head_dim, k.group,
+                     k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "");
+      else
+        std::fprintf(stderr, "  kernel form: general\n");
       for (const auto& [name, v] : sums) {
         std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f", name.c_str(), v[0], v[2], v[3], v[4]);
         if (v[7] + v[8] > 0) std::fprintf(stderr, ", %5.1f, %5.1f", v[7], v[8]);
