@@ -89,20 +89,33 @@ __host__ __device__ inline bool merged_by_next_gemv(const AttentionStep& a) {
   return a.splits > 1 && a.n_kv_heads == 1;
 }
 
-// Shared memory of one attention block, in floats: what stage_inputs fills, the scores,
-// then the chunk's keys and values in bf16. (The q/k norms' 2·D bf16 weights keep 2·D
-// floats: the chunks planned before they were stored in bf16 stay as they were.)
-__host__ __device__ inline size_t attention_smem_floats(int group, int d, int chunk) {
-  return size_t(group) * d + 2 * d + d / 2 + 2 * d + size_t(group) * chunk + size_t(chunk) * d;
+// A task's scratch (one attention block's shared memory), in floats from its start: the
+// group's q [group, D] and the new k and v [D] each, as stage_inputs fills them; the
+// layer's constants, the RoPE frequencies [D/2] (f32) and the q and k norms' weights [D]
+// each (bf16, in 2·D floats' room: the chunks planned before they were stored in bf16 stay
+// as they were); the scores [group, chunk]; then the chunk's keys and values [chunk, D]
+// each (bf16). One layout for the host's plan and the device's pointers.
+struct ScratchLayout {
+  size_t constants, scores, keys, floats;  // where each part starts; the whole
+};
+__host__ __device__ inline ScratchLayout scratch_layout(int group, int d, int chunk) {
+  // `scores` is constants + D/2 + 2·D, summed in this order: summed from `constants`, the
+  // kernels' code changes.
+  const size_t constants = size_t(group + 2) * d, scores = size_t(group) * d + 2 * d + d / 2 + 2 * d;
+  const size_t keys = scores + size_t(group) * chunk;
+  return {constants, scores, keys, keys + size_t(chunk) * d};
 }
-
-// The layer's constants in a task's scratch `sm` (after the group's q and the new k and
-// v): the RoPE frequencies [D/2] (f32), then the q and k norms' weights [D] each (bf16).
-// They depend neither on the step nor on the kv head.
-__device__ __forceinline__ float* attention_constants(float* sm, int group, int d) { return sm + size_t(group + 2) * d; }
-// After them, the scores [group, chunk], then the chunk's keys (chunk_keys).
+__host__ __device__ inline size_t attention_smem_floats(int group, int d, int chunk) {
+  return scratch_layout(group, d, chunk).floats;
+}
+// The layer's constants in a task's scratch `sm`. They depend neither on the step nor on
+// the kv head.
+__device__ __forceinline__ float* attention_constants(float* sm, int group, int d) {
+  return sm + scratch_layout(group, d, 0).constants;
+}
+// The scores [group, chunk].
 __device__ __forceinline__ float* attention_scores(float* sm, int group, int d) {
-  return sm + size_t(group) * d + 2 * d + d / 2 + 2 * d;
+  return sm + scratch_layout(group, d, 0).scores;
 }
 
 // Starts copying the layer's constants into a task's scratch (cp.async, in a closed group:
@@ -259,7 +272,7 @@ __device__ __forceinline__ ChunkRange chunk_range(const AttentionStep& a, int sp
 // The chunk's keys [chunk, D] in a task's shared memory `sm` (attention_smem_floats), its
 // values right after them. 16-byte aligned: D is a multiple of 8, the chunk of 16.
 __device__ __forceinline__ bf16* chunk_keys(float* sm, int group, int d, int chunk) {
-  return reinterpret_cast<bf16*>(attention_scores(sm, group, d) + size_t(group) * chunk);
+  return reinterpret_cast<bf16*>(sm + scratch_layout(group, d, chunk).keys);
 }
 
 // Starts copying task (g, r)'s cached keys and values into shared memory, 16 bytes per
@@ -294,7 +307,9 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
   float* freq = attention_constants(sm, group, d);  // [D/2]
   const bf16* q_norm = reinterpret_cast<const bf16*>(freq + d / 2);  // [D]
   const bf16* k_norm = q_norm + d;                                   // [D]
-  float* e = freq + d / 2 + 2 * d;  // [group, chunk]: scores, then softmax weights (attention_scores)
+  // [group, chunk]: the scores, then the softmax weights. attention_scores(sm, group, d), but
+  // spelled from freq: that call changed the kernel's code (bench/NOTES.md, p26).
+  float* e = freq + d / 2 + 2 * d;
   bf16* ks = chunk_keys(sm, group, d, chunk);  // [chunk, D] the chunk's keys
   bf16* vs = ks + chunk * d;                   // [chunk, D] and values
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
