@@ -61,8 +61,8 @@ __device__ __forceinline__ int first_visible(const AttentionStep& a, int pos, in
 
 // One row of n values in shared memory, by one warp: m = the row's max; the row becomes
 // exp(v - m) in place; sum = the sum of weights[i] * exp(v_i - m) (of exp(v_i - m)
-// without weights). Returns (m, sum) to every lane. A chunk's softmax statistics, and
-// the chunks' merge weights in the persistent step's O input.
+// without weights). Returns (m, sum) to every lane. The chunks' merge weights in the
+// persistent step's O input (merge_input).
 __device__ __forceinline__ float2 warp_exp_row(float* row, int n, const float* weights) {
   const int lane = threadIdx.x % 32;
   float m = -INFINITY;
@@ -380,40 +380,41 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
   sync_workers<kPersistent>();
   mark(2);
 
-  // Softmax statistics per query head, one warp each; e becomes exp(s - m).
-  __shared__ float m_head[32], l_head[32];
-  for (int j = warp; j < group; j += kThreads / 32) {
-    const float2 ml = warp_exp_row(e + j * chunk, n, nullptr);
-    if (lane == 0) m_head[j] = ml.x, l_head[j] = ml.y;
-  }
-  sync_workers<kPersistent>();
-  mark(3);
 
   // This chunk's partial: m, l and the unnormalised weighted sum of values. A thread
   // takes 4 neighbouring columns of one query head over every `ways`-th key: per key one
   // 8-byte load of values and one weight for four outputs. The shared-memory reads, not
   // the arithmetic, bound this part (a 2-byte value and a weight per output and key took
   // 4,600 cycles for Gemma 3's 4 x 256 outputs over 16 keys: bench/NOTES.md, p18). The
-  // `ways` threads of a column group are neighbouring lanes, summed by shuffles.
+  // `ways` threads of a column group are neighbouring lanes, summed by shuffles. They also
+  // form the head's softmax statistics from its scores, each over its own keys and then
+  // across the ways, so that every column group of a head finds the same max m: a pass of
+  // a warp per head and a block sync fewer (bench/NOTES.md, p27).
   const int quads = group * d / 4;  // d is a multiple of 8
   int ways = 1;  // key splits of a column group: a power of two, so a warp holds whole groups
   while (ways < 32 && quads * ways * 2 <= kThreads) ways *= 2;
   for (int base = 0; base < quads; base += kThreads / ways) {
     const int quad = base + int(threadIdx.x) / ways, way = int(threadIdx.x) % ways;
     const int c = ::min(quad, quads - 1) * 4, j = c / d, i = c % d;  // past the end: a duplicate, not stored
-    const float* ew = e + j * chunk;  // the query head's softmax weights
+    const float* ew = e + j * chunk;  // the query head's scores
     const bf16* vc = vs + i;          // its 4 columns of the chunk's values
+    float m = -INFINITY;
+    for (int t = way; t < n; t += ways) m = fmaxf(m, ew[t]);
+    for (int o = ways / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float4 acc = make_float4(0, 0, 0, 0);  // a struct, not an array: kept in registers
+    float l = 0;
 #pragma unroll 4
     for (int t = way; t < n; t += ways) {
       const uint2 v = *reinterpret_cast<const uint2*>(vc + t * d);
-      const float w = ew[t];
+      const float w = __expf(ew[t] - m);
+      l += w;
       acc.x = __fmaf_rn(w, bf16_lo(v.x), acc.x);
       acc.y = __fmaf_rn(w, bf16_hi(v.x), acc.y);
       acc.z = __fmaf_rn(w, bf16_lo(v.y), acc.z);
       acc.w = __fmaf_rn(w, bf16_hi(v.y), acc.w);
     }
     for (int o = ways / 2; o > 0; o >>= 1) {
+      l += __shfl_xor_sync(0xffffffffu, l, o);
       acc.x += __shfl_xor_sync(0xffffffffu, acc.x, o);
       acc.y += __shfl_xor_sync(0xffffffffu, acc.y, o);
       acc.z += __shfl_xor_sync(0xffffffffu, acc.z, o);
@@ -421,16 +422,16 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
     }
     if (way != 0 || quad >= quads) continue;
     if (a.splits == 1) {
-      const float inv = 1.0f / l_head[j];
+      const float inv = 1.0f / l;
       *reinterpret_cast<float4*>(a.out + size_t(g * group + j) * d + i) =
           make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
       continue;
     }
     float* part = a.partial + (size_t(g * group + j) * a.splits + split) * partial_stride(d);
     *reinterpret_cast<float4*>(part + kPartialSums + i) = acc;
-    if (i == 0) *reinterpret_cast<float2*>(part) = make_float2(m_head[j], l_head[j]);
+    if (i == 0) *reinterpret_cast<float2*>(part) = make_float2(m, l);
   }
-  mark(4);
+  mark(3);
   if (!a.early) allow_next_kernel();
 }
 
@@ -441,8 +442,8 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
 // (load_chunk) were started already; in the persistent step, the layer's constants too
 // (copy_constants, in the block's scratch since its first task). `mark(part)` is called
 // as each part ends, for the persistent step's profile: 0 the new token's query, key and
-// value formed, 1 the chunk's keys and values in, 2 the scores, 3 the softmax statistics,
-// 4 the chunk's partial stored (the merge follows).
+// value formed, 1 the chunk's keys and values in, 2 the scores, 3 the softmax and the
+// chunk's partial stored (the merge follows).
 struct NoMarks {
   __device__ void operator()(int) const {}
 };

@@ -630,7 +630,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       }
       std::fprintf(stderr, "[fused profile] %lld steps, block 0's first warp, us per step: phase (of which input, "
                    "waiting for weights, rows; for attention: the new token's q, k and v, waiting for the cached "
-                   "keys, scores, softmax statistics, values to partial) + barrier (of which waiting for later "
+                   "keys, scores, softmax and values to partial) + barrier (of which waiting for later "
                    "blocks to arrive)\n",
                    (long long)profiled_steps_);
       const fused::PersistentKernel& k = persistent_kernel_;
@@ -641,7 +641,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
         std::fprintf(stderr, "  kernel form: general\n");
       for (const auto& [name, v] : sums) {
         std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f", name.c_str(), v[0], v[2], v[3], v[4]);
-        if (v[7] + v[8] > 0) std::fprintf(stderr, ", %5.1f, %5.1f", v[7], v[8]);
+        if (v[7] > 0) std::fprintf(stderr, ", %5.1f", v[7]);
         std::fprintf(stderr, ") + %5.1f (%5.1f)\n", v[1], v[5]);
       }
     } catch (...) {

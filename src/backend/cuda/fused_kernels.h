@@ -182,12 +182,12 @@ struct PersistentStep {
   // warp's waits for weights, its warp's rows (dot products and outputs); then how much
   // later than block 0 the last block arrived at the barrier, and (scratch, reset every
   // step) that last arrival's time. An attention phase's tasks put their parts where a
-  // GEMV's input, waits and rows go, and two more after those seven (attention_part_time).
+  // GEMV's input, waits and rows go, and one more after those seven (attention_part_time).
   unsigned long long* timing = nullptr;
 };
-constexpr int kTimes = 9;
-// Where an attention task's part (attention_task's marks 0-4) goes among a phase's kTimes.
-__host__ __device__ constexpr int attention_part_time(int part) { return part < 3 ? 2 + part : 4 + part; }
+constexpr int kTimes = 8;
+// Where an attention task's part (attention_task's marks 0-3) goes among a phase's kTimes.
+__host__ __device__ constexpr int attention_part_time(int part) { return part < 3 ? 2 + part : 7; }
 // Whether the persistent kernel can hand the next GEMV each attention's outputs through a
 // count of them (PersistentStep::attention_done) rather than a grid barrier: the blocks
 // with no attention task go on to that GEMV and wait there for the count, and only the
