@@ -62,7 +62,8 @@ __device__ __forceinline__ int first_visible(const AttentionStep& a, int pos, in
 // One row of n values in shared memory, by one warp: m = the row's max; the row becomes
 // exp(v - m) in place; sum = the sum of weights[i] * exp(v_i - m) (of exp(v_i - m)
 // without weights). Returns (m, sum) to every lane. The chunks' merge weights in the
-// persistent step's O input (merge_input).
+// persistent step's O input (merge_input), which passes weights. (The form without them
+// stays: dropping it changes the kernel's code, which was measured with it.)
 __device__ __forceinline__ float2 warp_exp_row(float* row, int n, const float* weights) {
   const int lane = threadIdx.x % 32;
   float m = -INFINITY;
@@ -307,8 +308,8 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
   float* freq = attention_constants(sm, group, d);  // [D/2]
   const bf16* q_norm = reinterpret_cast<const bf16*>(freq + d / 2);  // [D]
   const bf16* k_norm = q_norm + d;                                   // [D]
-  // [group, chunk]: the scores, then the softmax weights. attention_scores(sm, group, d), but
-  // spelled from freq: that call changed the kernel's code (bench/NOTES.md, p26).
+  // [group, chunk]: the scores. attention_scores(sm, group, d), but spelled from freq: that
+  // call changed the kernel's code (bench/NOTES.md, p26).
   float* e = freq + d / 2 + 2 * d;
   bf16* ks = chunk_keys(sm, group, d, chunk);  // [chunk, D] the chunk's keys
   bf16* vs = ks + chunk * d;                   // [chunk, D] and values
@@ -379,7 +380,6 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
   }
   sync_workers<kPersistent>();
   mark(2);
-
 
   // This chunk's partial: m, l and the unnormalised weighted sum of values. A thread
   // takes 4 neighbouring columns of one query head over every `ways`-th key: per key one

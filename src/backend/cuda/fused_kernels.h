@@ -244,7 +244,8 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
 // heads a kv head: `group`), or for any (0, 0); with the merge of one kv head's chunks in
 // the next GEMV's input (merged_by_next_gemv) and inputs wider than it holds in registers
 // (staged_input), or without. A form without what it need not run is smaller code: the
-// general kernel is 167 KB, more than an SM's instruction cache (bench/NOTES.md, p27).
+// general kernel's is 153 KB, more than an SM's instruction cache; the forms of the three
+// models measured most, 111-131 KB (bench/NOTES.md, p27).
 struct PersistentKernel {
   int head_dim = 0, group = 0;
   bool merge_input = true, staged = true;
