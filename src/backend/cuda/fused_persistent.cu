@@ -41,8 +41,10 @@
 // Status (bench/NOTES.md): the default for one sequence (LMX_FUSED_PERSISTENT=0 turns it
 // off). Against the kernel-per-phase graph on the H200 (128 + 256 tokens): 1.17x for
 // Llama, 1.09x for Qwen3, 1.27x for Gemma 3 before the fused down, which added 3.6%, 3.4%
-// and 6.6%. What costs now is not the weight stream but the phase boundaries: each grid
-// barrier (1.1-2.2 µs), each phase's input, and the attention.
+// and 6.6%. Compiled per attention shape (the kernel's forms, below), 1.03-1.07x more. What
+// costs now is not the weight stream but the phase boundaries: each grid barrier (2-5 µs
+// in the step, most of it the release of a block's arrival waiting for its writes), each
+// phase's input, and the attention.
 //
 // The plan the kernel walks (the block's shape, the stages) is in fused_persistent_plan.cuh;
 // the host code that fits, sizes and lists it, in fused_persistent_plan.cu.
