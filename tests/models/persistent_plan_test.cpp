@@ -431,6 +431,8 @@ TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
   };
   const auto general = std::tuple(0, 0, true, true);
   unsetenv("LMX_FUSED_SPECIALISED");
+  EXPECT_GT(cuda::fused::persistent_kernel(layer(2048, 32, 8, 64, 12)).form, 0) << "a specialised form's place";
+  EXPECT_EQ(cuda::fused::persistent_kernel(layer(2048, 32, 8, 32, 12)).form, 0) << "the general form's place";
   EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), std::tuple(64, 4, false, false)) << "Llama-3.2-1B";
   EXPECT_EQ(form(layer(1024, 16, 8, 128, 12)), std::tuple(128, 2, false, false)) << "Qwen3-0.6B";
   EXPECT_EQ(form(layer(1152, 4, 1, 256, 24)), std::tuple(256, 4, true, false)) << "Gemma-3-1B: every block merges";

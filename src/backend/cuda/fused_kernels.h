@@ -249,6 +249,7 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
 struct PersistentKernel {
   int head_dim = 0, group = 0;
   bool merge_input = true, staged = true;
+  int form = 0;  // its place among the kernel's forms (the general one: 0), for the launch
 };
 // The form that runs these phases (their attention's chunks planned): the first
 // specialised one that fits them, else the general one (also with LMX_FUSED_SPECIALISED=0).

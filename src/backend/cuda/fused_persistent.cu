@@ -48,6 +48,8 @@
 //
 // The plan the kernel walks (the block's shape, the stages) is in fused_persistent_plan.cuh;
 // the host code that fits, sizes and lists it, in fused_persistent_plan.cu.
+#include <iterator>
+
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
@@ -598,30 +600,30 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
 using KernelFn = void (*)(PersistentStep);
 
 // The kernel's forms: one for any plan, then one per attention shape of the models it is
-// measured on (bench/NOTES.md, p27). The first that fits a plan runs it.
+// measured on (bench/NOTES.md, p27). The first that fits a plan runs it (persistent_kernel,
+// which also sets the form's place here).
 struct KernelForm {
   PersistentKernel shape;
   KernelFn fn;
 };
+template <int kD, int kGroup, bool kMergeInput, bool kStaged>
+constexpr KernelForm form() {
+  return {{kD, kGroup, kMergeInput, kStaged}, persistent_step_kernel<kD, kGroup, kMergeInput, kStaged>};
+}
 const KernelForm kForms[] = {
-    {{0, 0, true, true}, persistent_step_kernel<0, 0, true, true>},
-    {{64, 4, false, false}, persistent_step_kernel<64, 4, false, false>},      // Llama-3.2-1B
-    {{128, 2, false, false}, persistent_step_kernel<128, 2, false, false>},    // Qwen3-0.6B and 1.7B
-    {{256, 4, true, false}, persistent_step_kernel<256, 4, true, false>},      // Gemma-3-1B
-    {{128, 4, false, true}, persistent_step_kernel<128, 4, false, true>},      // Llama-3.1-8B, Qwen3-4B and 8B
-    {{128, 3, false, true}, persistent_step_kernel<128, 3, false, true>},      // Llama-3.2-3B
-    {{256, 2, false, true}, persistent_step_kernel<256, 2, false, true>},      // Gemma-3-4B
+    form<0, 0, true, true>(),
+    form<64, 4, false, false>(),   // Llama-3.2-1B
+    form<128, 2, false, false>(),  // Qwen3-0.6B and 1.7B
+    form<256, 4, true, false>(),   // Gemma-3-1B
+    form<128, 4, false, true>(),   // Llama-3.1-8B, Qwen3-4B and 8B
+    form<128, 3, false, true>(),   // Llama-3.2-3B
+    form<256, 2, false, true>(),   // Gemma-3-4B
 };
 
-bool same(const PersistentKernel& a, const PersistentKernel& b) {
-  return a.head_dim == b.head_dim && a.group == b.group && a.merge_input == b.merge_input && a.staged == b.staged;
-}
-
 KernelFn kernel_of(const PersistentKernel& k) {
-  for (const KernelForm& f : kForms)
-    if (same(f.shape, k)) return f.fn;
-  throw Error("persistent decode step: no kernel form for head_dim " + std::to_string(k.head_dim) + " and " +
-              std::to_string(k.group) + " query heads a kv head (persistent_kernel chooses among them)");
+  LMX_CHECK(k.form >= 0 && size_t(k.form) < std::size(kForms), "persistent decode step", "no kernel form ", k.form,
+            " (persistent_kernel chooses one)");
+  return kForms[k.form].fn;
 }
 
 }  // namespace
@@ -642,11 +644,13 @@ PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases) {
     prev = &p;
   }
   if (switch_on("LMX_FUSED_SPECIALISED") && !mixed)
-    for (const KernelForm& f : kForms) {
-      const PersistentKernel& k = f.shape;
-      if (k.head_dim > 0 && k.head_dim == need.head_dim && k.group == need.group &&
-          (k.merge_input || !need.merge_input) && (k.staged || !need.staged))
+    for (size_t i = 1; i < std::size(kForms); ++i) {
+      PersistentKernel k = kForms[i].shape;
+      if (k.head_dim == need.head_dim && k.group == need.group && (k.merge_input || !need.merge_input) &&
+          (k.staged || !need.staged)) {
+        k.form = int(i);
         return k;
+      }
     }
   return kForms[0].shape;
 }
