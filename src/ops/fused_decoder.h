@@ -73,6 +73,11 @@ class FusedDecoder {
   virtual void step(std::span<const FusedCacheView> caches) = 0;
   // The last step's logits [rows, V] f32, on the device (valid until the next step).
   virtual const Array& logits() const = 0;
+  // Whether the steps from now on need leave only their argmax exact (greedy decoding,
+  // with no draw): a backend may then find it without every logit (on CUDA, the persistent
+  // step's filtered LM head, head_filter.cuh), and neither logits() nor draw() may follow
+  // such a step. Off until set; a backend may ignore it.
+  virtual void set_argmax_only(bool) {}
   // Draws the last step's tokens from its logits (fast::sample_tokens's draw, with
   // words[r] the random word of sequence r; without a filter, the argmax) in place of the
   // step's argmax: the next step's inputs, and what queue_token and tokens read. The

@@ -31,6 +31,8 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
   cache_.reserve(std::min<int64_t>(limits_.context_length, int64_t(tokens_.size()) + limits_.max_tokens));
   try {
     fused_ = model.fused_decoder();
+    // A greedy draw with no edits reads no logit: the decoder's argmax is the token.
+    if (fused_) fused_->set_argmax_only(!sampler_.filter() && !sampler_.needs_edits());
   } catch (const OutOfMemory&) {
     // Its scratch is small, but the device may be full: the plain ops still work, within
     // whatever memory is left.

@@ -427,6 +427,103 @@ TEST(FusedDecodeDefault, PersistentUnlessTurnedOff) {
   EXPECT_EQ(path(), "graph");
 }
 
+// ---- the greedy LM head's filter (set_argmax_only; head_filter.cuh) ----
+
+// `n` greedy steps chained on the device after the same prompt, the decoder told that only
+// their argmax is read (`argmax_only`) or not; `filtered`: whether its last step then kept
+// no logits (the filtered head ran).
+std::vector<int32_t> greedy_tokens(const models::CausalLM& model, bool argmax_only, int n, bool* filtered) {
+  const auto fused = model.fused_decoder();
+  fused->set_argmax_only(argmax_only);
+  KVCache cache(model, false, 64);
+  const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
+  const int64_t p = int64_t(prompt.size()) - 1;
+  (void)model.forward(
+      to_device(from_vector(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {1, p}), model.device()),
+      cache.layers());
+  fused->set_input(prompt.back(), p);
+  for (int i = 0; i < n; ++i) {
+    fused->step(cache.fused_views());
+    cache.commit_one();
+  }
+  *filtered = false;
+  try {
+    (void)fused->logits();
+  } catch (const Error&) {
+    *filtered = true;
+  }
+  return fused->tokens(n);
+}
+
+// The filtered head's tokens are the exact head's, step for step, where it runs (widths
+// of whole 16-code runs up to 4,096, no softcap); elsewhere the exact head runs.
+TEST(FusedHeadFilter, GreedyTokensAreTheExactHeads) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const PathChoice path(true);
+  struct Case {
+    const char* name;
+    const char* config;
+    float spread;
+    bool filters;
+  };
+  for (const Case& c : {Case{"llama", kLlama, 0.05f, true}, Case{"llama_1b_heads", kLlama1BHeads, 0.05f, true},
+                        Case{"llama_wide (staged input)", kLlamaWide, kLlamaWideSpread, true},
+                        Case{"llama_small_vocab", kLlamaSmallVocab, 0.05f, true},
+                        Case{"qwen3_4b_shapes", kQwen3_4B, 0.0158f, true},
+                        Case{"qwen3 (264 wide)", kQwen3, 0.05f, false},
+                        Case{"gemma3 (softcap)", kGemma3, 0.05f, false}}) {
+    SCOPED_TRACE(c.name);
+    const auto model = random_model(c.config, Device::cuda(0), c.spread);
+    bool filtered = false, exact_filtered = true;
+    const std::vector<int32_t> got = greedy_tokens(*model, true, 64, &filtered);
+    EXPECT_EQ(got, greedy_tokens(*model, false, 64, &exact_filtered));
+    EXPECT_EQ(filtered, c.filters);
+    EXPECT_FALSE(exact_filtered);
+  }
+}
+
+// Rows that tie or nearly tie at the top. In kLlama's tied head, rows 10 and 500 are six
+// times row 7, rows 20 and 600 minus six times it, and rows 700 and 800 copies of 10 and
+// 20 with their first weight one bf16 ulp lower and higher: one group or the other holds
+// most steps' maxima. The exact head takes 10 over 500 and 20 over 600 (the lower index),
+// and 700 or 800 over them where that ulp tips the product (with the vector's first value
+// negative for 700, positive for 800); the filter must pick the same.
+TEST(FusedHeadFilter, TiesAndHairsGoAsTheExactHeadSends) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const PathChoice path(true);
+  const auto model = random_model(kLlama, Device::cuda(0));
+  bool edited = false;
+  model->visit("", [&](const std::string& name, Array& w, const Shape& shape) {
+    if (name != "model.embed_tokens.weight") return;
+    std::vector<float> e = to_floats(w);
+    const int64_t h = shape[1];
+    auto row = [&](int64_t r) { return e.begin() + r * h; };
+    for (int64_t i = 0; i < h; ++i) {
+      const float base = row(7)[i] == 0 ? 0.01f : row(7)[i];
+      row(10)[i] = row(500)[i] = row(700)[i] = 6 * base;
+      row(20)[i] = row(600)[i] = row(800)[i] = -6 * base;
+    }
+    row(10)[0] = row(500)[0] = 0.25f, row(700)[0] = 0.25f - 0x1p-10f;  // 0.25 and the bf16 below it
+    row(20)[0] = row(600)[0] = -0.25f, row(800)[0] = -0.25f + 0x1p-10f;  // -0.25 and the bf16 above it
+    w = to_device(astype(from_vector(e, shape), Dtype::bf16), w.device());
+    edited = true;
+  });
+  ASSERT_TRUE(edited);
+  bool filtered = false, exact_filtered = true;
+  const std::vector<int32_t> got = greedy_tokens(*model, true, 64, &filtered);
+  const std::vector<int32_t> want = greedy_tokens(*model, false, 64, &exact_filtered);
+  EXPECT_TRUE(filtered);
+  EXPECT_EQ(got, want);
+  int ties = 0, hairs = 0;
+  for (const int32_t t : want) {
+    ties += t == 10 || t == 20;
+    hairs += t == 700 || t == 800;
+    EXPECT_TRUE(t != 500 && t != 600) << "a tie goes to the lower index";
+  }
+  std::printf("[ info ] head filter: of 64 steps, %d took a tied row and %d the row an ulp above\n", ties, hairs);
+  EXPECT_GT(ties + hairs, 0) << "the edited rows never held the maximum: the test tested nothing";
+}
+
 // ---- batches: several sequences stepped together, each with its own left padding ----
 
 // Widths that are multiples of 32 (the batched GEMV's chunk) but not of 256, so that the

@@ -336,7 +336,9 @@ void launch_gemv_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const 
     case Epilogue::glu_silu: return launch_rows<Epilogue::glu_silu>(stream, pdl, in, out, sm_count);
     case Epilogue::glu_gelu: return launch_rows<Epilogue::glu_gelu>(stream, pdl, in, out, sm_count);
     case Epilogue::logits: return launch_rows<Epilogue::logits>(stream, pdl, in, out, sm_count);
+    case Epilogue::argmax: break;  // the persistent step's only
   }
+  fail("fused decode", "the filtered argmax head runs only in the persistent step");
 }
 
 }  // namespace lmx::cuda::fused

@@ -44,6 +44,11 @@ enum class Epilogue {
   glu_silu,   // y[r] = silu(Wa[r]·v) * (Wb[r]·v)
   glu_gelu,   // y[r] = gelu_tanh(Wa[r]·v) * (Wb[r]·v)
   logits,     // y[r] = softcap(W[r]·v), then the argmax of y advances `state`
+  // The persistent step's greedy LM head (no softcap): the argmax of W[r]·v advances
+  // `state` as with logits, found by reading the one-byte copy of W in `filter`
+  // (head_filter.cu) and only the rows that may hold the maximum from W itself. y[r] then
+  // holds W[r]·v at those rows, and elsewhere only a bound above it.
+  argmax,
 };
 
 struct GemvOutput {
@@ -61,7 +66,19 @@ struct GemvOutput {
   int* state = nullptr;
   int* history = nullptr;
   int history_len = 0;
+  // argmax only: the rows of W in one byte a weight (head_filter_bytes, made by
+  // prepare_head_filter).
+  const uint8_t* filter = nullptr;
 };
+
+// The greedy LM head's filter (head_filter.cuh): a copy of the head W [rows, k] (k a
+// multiple of 16) in int8 codes with a scale per row, and per row the bounds on how far
+// the products it gives can lie from W's own, so that one pass over half the bytes, and
+// W's rows only where the bound leaves a doubt, find W·v's argmax exactly as W gives it.
+// Each row takes head_filter_row_bytes(k): 16 bytes of constants, then the k codes.
+__host__ __device__ constexpr int64_t head_filter_row_bytes(int64_t k) { return 16 + k; }
+// Writes the copy of w to `filter` ([rows, head_filter_row_bytes(k)] bytes on the device).
+void prepare_head_filter(cudaStream_t stream, const bf16* w, int64_t rows, int k, uint8_t* filter);
 
 // Launch sizes for a GEMV, and how many columns of each of its rows a warp asks L2 to
 // fetch ahead (while the previous kernel finishes, and for the next group of rows).

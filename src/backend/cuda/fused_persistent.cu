@@ -54,6 +54,7 @@
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
 #include "backend/cuda/fused_persistent_plan.cuh"
+#include "backend/cuda/head_filter.cuh"
 
 namespace lmx::cuda::fused {
 
@@ -109,10 +110,11 @@ __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slo
     tensor_copy(slot, g.down, bar, st.col, st.row, policy);
     return;
   }
-  const unsigned bytes = unsigned(st.n) * unsigned(g.k) * sizeof(bf16);
+  const unsigned bytes = unsigned(st.n) * unsigned(g.row_bytes);
   mbarrier_expect(bar, g.pair ? 2 * bytes : bytes);
-  bulk_copy(slot, g.w[st.seg] + size_t(st.row) * g.k, bytes, bar, policy);
-  if (g.pair) bulk_copy(slot + size_t(st.n) * g.k, g.w[1] + size_t(st.row) * g.k, bytes, bar, policy);
+  auto rows = [&](const bf16* w) { return reinterpret_cast<const char*>(w) + size_t(st.row) * g.row_bytes; };
+  bulk_copy(slot, rows(g.w[st.seg]), bytes, bar, policy);
+  if (g.pair) bulk_copy(slot + size_t(st.n) * g.k, rows(g.w[1]), bytes, bar, policy);
 }
 
 __device__ __forceinline__ bf16* slot_at(bf16* ring, int i) { return ring + size_t(i) * (kSlotBytes / sizeof(bf16)); }
@@ -297,6 +299,66 @@ __device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, 
   } else {
     const float v[4] = {acc, a1, a2, a3};
     for (int i = 0; r + i < n; ++i) atomicAdd(y + r + i, v[i]);
+  }
+}
+
+// The argmax head's filter (head_filter.cuh): the vector's two int8 levels into v1 and
+// v2 (k each), and their scales and norms, the same in every thread.
+__device__ head_filter::VectorCodes vector_codes(const bf16* xb, int k, int8_t* v1, int8_t* v2) {
+  float largest = 0, ss = 0;
+  for (int i = threadIdx.x; i < k; i += kWorkers) {
+    const float x = __bfloat162float(xb[i]);
+    largest = fmaxf(largest, fabsf(x));
+    ss = __fmaf_rn(x, x, ss);
+  }
+  head_filter::VectorCodes c;
+  largest = workers_reduce<true>(largest, Max{});
+  c.norm_v = sqrtf(workers_reduce<true>(ss, Sum{}));
+  c.valid = largest == 0 || (largest >= 0x1p-100f && largest <= 0x1p100f);  // NaN: not valid
+  int e = 0;
+  frexpf(largest, &e);  // largest < 2^e
+  c.s1 = ldexpf(1.0f, e - 6), c.s2 = ldexpf(1.0f, e - 13);  // |v / s1| < 64, |rest / s2| <= 64
+  float rr = 0;
+  for (int i = threadIdx.x; i < k; i += kWorkers) {
+    const float x = __bfloat162float(xb[i]);
+    const float a = rintf(x / c.s1), rest = x - c.s1 * a;
+    const float b = rintf(rest / c.s2), left = rest - c.s2 * b;
+    v1[i] = int8_t(a), v2[i] = int8_t(b);
+    rr = __fmaf_rn(left, left, rr);
+  }
+  c.norm_rem = sqrtf(workers_reduce<true>(rr, Sum{}));  // also orders the codes' stores before the rows
+  return c;
+}
+
+// A filtered row: its integer products d1 and d2 scaled by the row's constants, which
+// precede its codes in the slot. y takes the bound above the row's product; `lower`, the
+// largest bound below of the warp's rows.
+__device__ __forceinline__ void filtered_row(const int8_t* row, int d1, int d2, const head_filter::VectorCodes& v,
+                                             float* y, float& lower) {
+  const head_filter::RowConstants c = *reinterpret_cast<const head_filter::RowConstants*>(row);
+  const float s_hat = c.scale * (v.s1 * float(d1) + v.s2 * float(d2)), m = head_filter::margin(c, v, d1, d2, s_hat);
+  *y = s_hat + m;
+  lower = fmaxf(lower, s_hat - m);
+}
+
+// The argmax head's second pass, over this block's rows (the Cursor's share: [b·V/G,
+// (b+1)·V/G)): each row whose bound above (in y) reaches the largest bound below of them
+// all is recomputed from W exactly as the logits epilogue computes it, into y and the
+// lane's argmax. A warp takes 32 rows at a time. Where that largest bound is not finite,
+// or the vector's levels are not `valid`, every row is recomputed.
+__device__ void filtered_candidates(const GemvOutput& out, const bf16* xb, int k, float lower, bool valid,
+                                    float& best, int& best_idx) {
+  float l = workers_reduce<true>(lower, Max{});  // also orders the warps' stores to y before the loads below
+  if (!isfinite(l) || !valid) l = -INFINITY;
+  const int rows = out.rows[0], lane = threadIdx.x % 32;
+  const int first = int(blockIdx.x) * rows / int(gridDim.x), end = (int(blockIdx.x) + 1) * rows / int(gridDim.x);
+  for (int base = first + int(threadIdx.x / 32) * 32; base < end; base += kWorkers) {
+    const int r = base + lane;
+    for (unsigned doubt = __ballot_sync(0xffffffffu, r < end && !(out.y[r] < l)); doubt; doubt &= doubt - 1) {
+      const int o = base + __ffs(int(doubt)) - 1;
+      const float v = warp_dots<false>(out.w[0] + size_t(o) * k, nullptr, xb, k).x;
+      if (lane == 0) store_row(Epilogue::logits, out.y, 0.0f, o, v, best, best_idx);
+    }
   }
 }
 
@@ -525,6 +587,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
         form_input<true>(in, vec);
         round_input(vec, k, xb);
       }
+      // The argmax head's filter (head_filter.cuh): the vector's int8 levels [2][k] after
+      // xb, and the largest lower bound of this warp's rows so far.
+      int8_t* const levels = reinterpret_cast<int8_t*>(xb + k);
+      head_filter::VectorCodes codes{};
+      if (epilogue == Epilogue::argmax) codes = vector_codes(xb, k, levels, levels + k);
+      float lower = -INFINITY;
       add_time(s, kTimes * p + 2, t0);
       if (upcoming) fetch_params(upcoming, &params[(p + 1) % 2]);
       float best = -INFINITY;  // logits: this lane's argmax so far
@@ -557,6 +625,16 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
             const float v = (epilogue == Epilogue::glu_silu ? silu(d.x) : gelu_tanh(d.x)) * d.y;
             if (lane == 0 && units > 0) act[o + i - col] = __float2bfloat16_rn(v);  // rounded as the down's input is
             else if (lane == 0) y[o + i] = v;
+          } else if (epilogue == Epilogue::argmax) {
+            const int stride = int(head_filter_row_bytes(k));
+            const int8_t* a = reinterpret_cast<const int8_t*>(w) + size_t(2 * i) * stride;
+            const bool two = 2 * i + 1 < next.n;
+            const int8_t* b = two ? a + stride : a;  // an odd last row: its products twice
+            const int4 d = head_filter::warp_dots_codes(a + 16, b + 16, levels, levels + k, k);
+            if (lane == 0) {
+              filtered_row(a, d.x, d.y, codes, y + o + 2 * i, lower);
+              if (two) filtered_row(b, d.z, d.w, codes, y + o + 2 * i + 1, lower);
+            }
           } else if (2 * i + 1 < next.n) {
             const float2 d = warp_dots<true>(w + size_t(2 * i) * k, w + size_t(2 * i + 1) * k, xb, k);
             if (lane == 0) {
@@ -573,7 +651,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
         if (lane == 0) mbarrier_arrive(&empty[slot]);
         add_time(s, kTimes * p + 4, t1);
       }
-      if (epilogue == Epilogue::logits) publish_argmax<true>(ph.out, best, best_idx);
+      if (epilogue == Epilogue::argmax) filtered_candidates(ph.out, xb, k, lower, codes.valid, best, best_idx);
+      if (epilogue == Epilogue::logits || epilogue == Epilogue::argmax) publish_argmax<true>(ph.out, best, best_idx);
     }
     next = unplanned(plan[++read]);  // past the end of this phase's stages
     add_time(s, kTimes * p, since);

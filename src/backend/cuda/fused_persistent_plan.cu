@@ -25,6 +25,7 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
       const StepPhase* prev = i > 0 ? &phases[i - 1] : nullptr;
       if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
       if (p.down_map) bytes += 8 * sizeof(bf16) * size_t(p.down_units);
+      if (p.out.epilogue == Epilogue::argmax) bytes += 2 * size_t(p.in.k);  // the vector's int8 levels
       if (merges_attention(prev))
         bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
       need = std::max(need, bytes);
@@ -207,6 +208,8 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
          int64_t(p.down_rows) * 1024 >= (int64_t(1) << 31)))
       return refuse("a fused down projection of another shape");
     if (p.in.k % 8 != 0) return refuse("a GEMV width that is not a multiple of 8");
+    if (p.out.epilogue == Epilogue::argmax && (!p.out.filter || p.out.softcap > 0 || p.in.k % 16 != 0))
+      return refuse("a filtered argmax head without its filter, with a softcap, or of a width off 16");
     for (int j = 0; j < 3; ++j)
       if (int64_t(p.out.rows[j]) * 1024 >= (int64_t(1) << 31)) return refuse("a matrix with too many rows");
     if (size_t(p.in.k) * sizeof(bf16) * (paired(p) ? 2 : 1) > size_t(kSlotBytes))

@@ -38,9 +38,8 @@ __host__ __device__ inline bool staged_input(const StepPhase* prev, const StepPh
 __host__ __device__ inline bool paired(const StepPhase& p) {
   return p.out.epilogue == Epilogue::glu_silu || p.out.epilogue == Epilogue::glu_gelu;
 }
-__host__ __device__ inline int rows_per_stage(int k, bool pair) {
-  const int per_row = k * int(sizeof(bf16)) * (pair ? 2 : 1);
-  return ::max(1, ::min(kMaxStageRows, kSlotBytes / per_row));
+__host__ __device__ inline int rows_per_stage(int row_bytes, bool pair) {
+  return ::max(1, ::min(kMaxStageRows, kSlotBytes / (row_bytes * (pair ? 2 : 1))));
 }
 
 // What the stage walk needs of a phase. The kernel copies it for every phase into shared
@@ -55,7 +54,7 @@ struct Geometry {
   int per_stage;  // rows of a matrix per stage
   const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
   int down_rows, units, box_rows;
-  int pad[1];
+  int row_bytes;  // of a row of w: 2k, or for the argmax head's filter head_filter_row_bytes(k)
 };
 static_assert(sizeof(Geometry) % 16 == 0);
 
@@ -67,8 +66,11 @@ __host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
     g.down = static_cast<const CUtensorMap*>(p.down_map);
     g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
     g.k = p.in.k;
-    g.per_stage = rows_per_stage(g.k, g.pair);
+    const bool filter = p.out.epilogue == Epilogue::argmax;  // the copy is what streams
+    g.row_bytes = filter ? int(head_filter_row_bytes(g.k)) : g.k * int(sizeof(bf16));
+    g.per_stage = rows_per_stage(g.row_bytes, g.pair);
     for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
+    if (filter) g.w[0] = reinterpret_cast<const bf16*>(p.out.filter);
   }
   return g;
 }
