@@ -484,44 +484,48 @@ TEST(FusedHeadFilter, GreedyTokensAreTheExactHeads) {
 
 // Rows that tie or nearly tie at the top. In kLlama's tied head, rows 10 and 500 are six
 // times row 7, rows 20 and 600 minus six times it, and rows 700 and 800 copies of 10 and
-// 20 with their first weight one bf16 ulp lower and higher: one group or the other holds
-// most steps' maxima. The exact head takes 10 over 500 and 20 over 600 (the lower index),
-// and 700 or 800 over them where that ulp tips the product (with the vector's first value
-// negative for 700, positive for 800); the filter must pick the same.
+// 20 with their first weight one bf16 ulp apart (lower, then higher; the other way in the
+// second run): one group or the other holds most steps' maxima. The exact head takes 10
+// over 500 and 20 over 600 (the lower index), and 700 or 800 over them where that ulp tips
+// the product; the filter must pick the same.
 TEST(FusedHeadFilter, TiesAndHairsGoAsTheExactHeadSends) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const PathChoice path(true);
-  const auto model = random_model(kLlama, Device::cuda(0));
-  bool edited = false;
-  model->visit("", [&](const std::string& name, Array& w, const Shape& shape) {
-    if (name != "model.embed_tokens.weight") return;
-    std::vector<float> e = to_floats(w);
-    const int64_t h = shape[1];
-    auto row = [&](int64_t r) { return e.begin() + r * h; };
-    for (int64_t i = 0; i < h; ++i) {
-      const float base = row(7)[i] == 0 ? 0.01f : row(7)[i];
-      row(10)[i] = row(500)[i] = row(700)[i] = 6 * base;
-      row(20)[i] = row(600)[i] = row(800)[i] = -6 * base;
+  for (const float side : {-1.0f, 1.0f}) {
+    const auto model = random_model(kLlama, Device::cuda(0));
+    bool edited = false;
+    model->visit("", [&](const std::string& name, Array& w, const Shape& shape) {
+      if (name != "model.embed_tokens.weight") return;
+      std::vector<float> e = to_floats(w);
+      const int64_t h = shape[1];
+      auto row = [&](int64_t r) { return e.begin() + r * h; };
+      for (int64_t i = 0; i < h; ++i) {
+        const float base = row(7)[i] == 0 ? 0.01f : row(7)[i];
+        row(10)[i] = row(500)[i] = row(700)[i] = 6 * base;
+        row(20)[i] = row(600)[i] = row(800)[i] = -6 * base;
+      }
+      // 0.25 and the bf16 below (2^-10 away) or above (2^-9) it; -0.25 and the bf16 above or below it.
+      row(10)[0] = row(500)[0] = 0.25f, row(700)[0] = side < 0 ? 0.25f - 0x1p-10f : 0.25f + 0x1p-9f;
+      row(20)[0] = row(600)[0] = -0.25f, row(800)[0] = side < 0 ? -0.25f + 0x1p-10f : -0.25f - 0x1p-9f;
+      w = to_device(astype(from_vector(e, shape), Dtype::bf16), w.device());
+      edited = true;
+    });
+    ASSERT_TRUE(edited);
+    bool filtered = false, exact_filtered = true;
+    const std::vector<int32_t> got = greedy_tokens(*model, true, 64, &filtered);
+    const std::vector<int32_t> want = greedy_tokens(*model, false, 64, &exact_filtered);
+    EXPECT_TRUE(filtered);
+    EXPECT_EQ(got, want);
+    int ties = 0, hairs = 0;
+    for (const int32_t t : want) {
+      ties += t == 10 || t == 20;
+      hairs += t == 700 || t == 800;
+      EXPECT_TRUE(t != 500 && t != 600) << "a tie goes to the lower index";
     }
-    row(10)[0] = row(500)[0] = 0.25f, row(700)[0] = 0.25f - 0x1p-10f;  // 0.25 and the bf16 below it
-    row(20)[0] = row(600)[0] = -0.25f, row(800)[0] = -0.25f + 0x1p-10f;  // -0.25 and the bf16 above it
-    w = to_device(astype(from_vector(e, shape), Dtype::bf16), w.device());
-    edited = true;
-  });
-  ASSERT_TRUE(edited);
-  bool filtered = false, exact_filtered = true;
-  const std::vector<int32_t> got = greedy_tokens(*model, true, 64, &filtered);
-  const std::vector<int32_t> want = greedy_tokens(*model, false, 64, &exact_filtered);
-  EXPECT_TRUE(filtered);
-  EXPECT_EQ(got, want);
-  int ties = 0, hairs = 0;
-  for (const int32_t t : want) {
-    ties += t == 10 || t == 20;
-    hairs += t == 700 || t == 800;
-    EXPECT_TRUE(t != 500 && t != 600) << "a tie goes to the lower index";
+    std::printf("[ info ] head filter, run %d: of 64 steps, %d took a tied row and %d a row an ulp off it\n",
+                side < 0 ? 1 : 2, ties, hairs);
+    EXPECT_GT(ties + hairs, 0) << "the edited rows never held the maximum: the test tested nothing";
   }
-  std::printf("[ info ] head filter: of 64 steps, %d took a tied row and %d the row an ulp above\n", ties, hairs);
-  EXPECT_GT(ties + hairs, 0) << "the edited rows never held the maximum: the test tested nothing";
 }
 
 // ---- batches: several sequences stepped together, each with its own left padding ----

@@ -66,7 +66,7 @@ struct GemvOutput {
   int* state = nullptr;
   int* history = nullptr;
   int history_len = 0;
-  // argmax only: the rows of W in one byte a weight (head_filter_bytes, made by
+  // argmax only: the rows of W in one byte a weight (head_filter_row_bytes, made by
   // prepare_head_filter).
   const uint8_t* filter = nullptr;
 };
