@@ -5,12 +5,12 @@
 // rows that could still win, return exactly the same token faster, or does its arithmetic
 // bound it instead? Shapes: the tied heads of the three benchmark models. From this folder,
 // one command line (bench/kernels/run.sh builds every lab so):
-//   nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -lineinfo -I../../src -o /tmp/head_lab
-//        head_lab.cu -lcublasLt -lcublas && /tmp/head_lab
+//   nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -lineinfo -I../../src -I../../include
+//        -o /tmp/head_lab head_lab.cu -lcublasLt -lcublas && /tmp/head_lab
 //
 // Variants (each a grid of SMs × occupancy blocks of 256 threads, row pairs dealt to warps):
-//   01  exact: two bf16 rows a warp with fused_persistent.cu's warp_dots (the same summation
-//       order, so the same f32 dot products as the decoder), argmax finished by the last block
+//   01  exact: two bf16 rows a warp with the decoder's own warp_dots (fused_gemv.cuh: the same
+//       f32 dot products as the decoder's), argmax finished by the last block
 //   02  e4m3 filter. Pass 1 reads q [V, K] in fp8 e4m3 with a power-of-two scale s_r a row,
 //       converts pairs with the hardware's e4m3x2 → f16x2, then to f32 for FMAs against x
 //       in f32 (a weight: ½ cvt + 1 f16 → f32 + 1 FMA). It writes each row's upper bound
@@ -86,6 +86,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/cuda/fused_gemv.cuh"
 #include "lab.cuh"
 
 using bf16 = __nv_bfloat16;
@@ -110,65 +111,24 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// As src/backend/cuda/fused_common.cuh: larger value first, then the smaller index; NaN never wins.
-__device__ __forceinline__ bool better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
-__device__ __forceinline__ float warp_argmax(float best, int& idx) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v = __shfl_xor_sync(0xffffffffu, best, o);
-    const int i = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (better(v, i, best, idx)) best = v, idx = i;
-  }
-  return best;
-}
+// The decoder's own pieces (fused_gemv.cuh, fused_common.cuh): `better` (larger value first,
+// then the smaller index; NaN never wins), the warp's argmax, the arrival count, bf16
+// unpacking, and warp_dots, the persistent step's dot of two rows with the vector (01 reads
+// its rows from global memory through it: the same operations in the same order, so a row's
+// value is the decoder's whether it comes alone or in a pair).
+using lmx::cuda::fused::bf16_hi;
+using lmx::cuda::fused::bf16_lo;
+using lmx::cuda::fused::better;
+using lmx::cuda::fused::count_arrival;
+using lmx::cuda::fused::warp_dots;
+using lmx::cuda::fused::warp_reduce_argmax;
+
 // Signed-int order equals float order (non-NaN): negative floats get their magnitude bits flipped.
 __device__ __forceinline__ int order_key(float f) {
   const int b = __float_as_int(f);
   return b >= 0 ? b : b ^ 0x7fffffff;
 }
 __device__ __forceinline__ float key_float(int k) { return __int_as_float(k >= 0 ? k : k ^ 0x7fffffff); }
-__device__ __forceinline__ unsigned count_arrival(unsigned* counter) {  // as fused_common.cuh
-  unsigned old;
-  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(counter) : "memory");
-  return old;
-}
-
-__device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
-__device__ __forceinline__ float dot8_bf16(uint4 w, uint4 x, float acc) {  // as fused_persistent.cu's
-  const uint32_t a[4] = {w.x, w.y, w.z, w.w}, b[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    acc = __fmaf_rn(bf16_lo(a[j]), bf16_lo(b[j]), acc);
-    acc = __fmaf_rn(bf16_hi(a[j]), bf16_hi(b[j]), acc);
-  }
-  return acc;
-}
-// fused_persistent.cu's warp_dots with rows read from global memory: the same operations in
-// the same order, so a row's value is the decoder's whether it comes alone or in a pair.
-template <bool kTwo>
-__device__ __forceinline__ float2 exact_dots(const bf16* a, const bf16* b, const bf16* xb, int k) {
-  auto ldw = [](const bf16* p, int c) { return __ldg(reinterpret_cast<const uint4*>(p + c)); };
-  auto ldx = [](const bf16* p, int c) { return *reinterpret_cast<const uint4*>(p + c); };
-  float s0 = 0, s1 = 0, t0 = 0, t1 = 0;
-  int c = (threadIdx.x % 32) * 8;
-#pragma unroll 2
-  for (; c + 256 < k; c += 512) {
-    const uint4 x0 = ldx(xb, c), x1 = ldx(xb, c + 256);
-    s0 = dot8_bf16(ldw(a, c), x0, s0);
-    s1 = dot8_bf16(ldw(a, c + 256), x1, s1);
-    if constexpr (kTwo) {
-      t0 = dot8_bf16(ldw(b, c), x0, t0);
-      t1 = dot8_bf16(ldw(b, c + 256), x1, t1);
-    }
-  }
-  if (c < k) {
-    const uint4 x0 = ldx(xb, c);
-    s0 = dot8_bf16(ldw(a, c), x0, s0);
-    if constexpr (kTwo) t0 = dot8_bf16(ldw(b, c), x0, t0);
-  }
-  return make_float2(warp_sum(s0 + s1), kTwo ? warp_sum(t0 + t1) : 0.0f);
-}
-
 __device__ void stage_x(const bf16* x, bf16* xs, int k) {
   for (int i = threadIdx.x * 8; i < k; i += kThreads * 8)
     *reinterpret_cast<uint4*>(xs + i) = *reinterpret_cast<const uint4*>(x + i);
@@ -182,7 +142,7 @@ __device__ void publish(const Head& h, float best, int idx, int cand) {
   __shared__ int wi[kWarps], wc[kWarps];
   __shared__ bool last;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  best = warp_argmax(best, idx);
+  best = warp_reduce_argmax(best, idx);
   if (lane == 0) wv[warp] = best, wi[warp] = idx, wc[warp] = cand;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -201,7 +161,7 @@ __device__ void publish(const Head& h, float best, int idx, int cand) {
     const float2 p = __ldcg(h.partial + b);
     if (better(p.x, __float_as_int(p.y), best, idx)) best = p.x, idx = __float_as_int(p.y);
   }
-  best = warp_argmax(best, idx);
+  best = warp_reduce_argmax(best, idx);
   if (lane == 0) wv[warp] = best, wi[warp] = idx;  // thread 0 read them before the barrier above
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -225,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) head_exact(const bf16* w, const bf16
     const int r = 2 * i;
     const bf16* a = w + size_t(r) * k;
     const bool two = r + 1 < n;
-    const float2 d = two ? exact_dots<true>(a, a + k, xs, k) : exact_dots<false>(a, nullptr, xs, k);
+    const float2 d = two ? warp_dots<true>(a, a + k, xs, k) : warp_dots<false>(a, nullptr, xs, k);
     if (threadIdx.x % 32 == 0) {
       h.logits[r] = d.x;
       if (two) h.logits[r + 1] = d.y;
@@ -478,7 +438,7 @@ __global__ void __launch_bounds__(kThreads) filter_pass2(const bf16* w, const bf
     const bool cand = r < end && !(__ldcg(h.logits + r) < lstar);
     for (unsigned mask = __ballot_sync(0xffffffffu, cand); mask; mask &= mask - 1, ++count) {
       const int row = base + __ffs(mask) - 1;
-      const float v = exact_dots<false>(w + size_t(row) * k, nullptr, xs, k).x;
+      const float v = warp_dots<false>(w + size_t(row) * k, nullptr, xs, k).x;
       if (better(v, row, best, idx)) best = v, idx = row;
     }
   }

@@ -8,6 +8,6 @@ out=${1:-/tmp/lmx-kernel-lab}
 mkdir -p "$out"
 for src in *.cu; do
   # -I../../src: the labs share the library's TMA, mbarrier and wgmma helpers.
-  nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -lineinfo -I../../src -o "$out/${src%.cu}" "$src" -lcublasLt -lcublas
+  nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -lineinfo -I../../src -I../../include -o "$out/${src%.cu}" "$src" -lcublasLt -lcublas
 done
 for src in *.cu; do "$out/${src%.cu}"; done

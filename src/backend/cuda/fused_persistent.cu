@@ -221,47 +221,6 @@ __device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
   sync_workers<true>();
 }
 
-// acc + w[0..8)·x[0..8) for bf16 w and x, in f32.
-__device__ __forceinline__ float dot8_bf16(uint4 w, uint4 x, float acc) {
-  acc = __fmaf_rn(bf16_lo(w.x), bf16_lo(x.x), acc);
-  acc = __fmaf_rn(bf16_hi(w.x), bf16_hi(x.x), acc);
-  acc = __fmaf_rn(bf16_lo(w.y), bf16_lo(x.y), acc);
-  acc = __fmaf_rn(bf16_hi(w.y), bf16_hi(x.y), acc);
-  acc = __fmaf_rn(bf16_lo(w.z), bf16_lo(x.z), acc);
-  acc = __fmaf_rn(bf16_hi(w.z), bf16_hi(x.z), acc);
-  acc = __fmaf_rn(bf16_lo(w.w), bf16_lo(x.w), acc);
-  acc = __fmaf_rn(bf16_hi(w.w), bf16_hi(x.w), acc);
-  return acc;
-}
-
-// The dot products of row `a` (and row `b` when kTwo) of a slot with the bf16 vector `xb`,
-// by one warp, returned to every lane. Lane l takes columns [8l, 8l + 8) of every 256: a
-// warp's 16-byte reads cover 512 contiguous bytes, free of bank conflicts. Two rows at
-// once read the vector once for both. The vector is bf16, as the plain path's activations
-// are; in f32 it would take twice the weights' shared-memory bandwidth.
-template <bool kTwo>
-__device__ __forceinline__ float2 warp_dots(const bf16* a, const bf16* b, const bf16* xb, int k) {
-  auto at = [](const bf16* p, int c) { return *reinterpret_cast<const uint4*>(p + c); };
-  float s0 = 0, s1 = 0, t0 = 0, t1 = 0;  // two chains per row: half the dependent FMAs
-  int c = (threadIdx.x % 32) * 8;
-#pragma unroll 2
-  for (; c + 256 < k; c += 512) {
-    const uint4 x0 = at(xb, c), x1 = at(xb, c + 256);
-    s0 = dot8_bf16(at(a, c), x0, s0);
-    s1 = dot8_bf16(at(a, c + 256), x1, s1);
-    if constexpr (kTwo) {
-      t0 = dot8_bf16(at(b, c), x0, t0);
-      t1 = dot8_bf16(at(b, c + 256), x1, t1);
-    }
-  }
-  if (c < k) {
-    const uint4 x0 = at(xb, c);
-    s0 = dot8_bf16(at(a, c), x0, s0);
-    if constexpr (kTwo) t0 = dot8_bf16(at(b, c), x0, t0);
-  }
-  return make_float2(warp_reduce(s0 + s1, Sum{}), kTwo ? warp_reduce(t0 + t1, Sum{}) : 0.0f);
-}
-
 // Output o of a plain or logits GEMV; for logits, also this lane's argmax so far.
 __device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, int o, float v, float& best,
                                           int& best_idx) {
