@@ -46,7 +46,7 @@ enum class Epilogue {
   logits,     // y[r] = softcap(W[r]·v), then the argmax of y advances `state`
   // The persistent step's greedy LM head (no softcap): the argmax of W[r]·v advances
   // `state` as with logits, found by reading the one-byte copy of W in `filter`
-  // (head_filter.cu) and only the rows that may hold the maximum from W itself. y[r] then
+  // (head_filter.cuh) and only the rows that may hold the maximum from W itself. y[r] then
   // holds W[r]·v at those rows, and elsewhere only a bound above it.
   argmax,
 };

@@ -273,7 +273,8 @@ __device__ head_filter::VectorCodes vector_codes(const bf16* xb, int k, int8_t* 
   head_filter::VectorCodes c;
   largest = workers_reduce<true>(largest, Max{});
   c.norm_v = sqrtf(workers_reduce<true>(ss, Sum{}));
-  c.valid = largest == 0 || (largest >= 0x1p-100f && largest <= 0x1p100f);  // NaN: not valid
+  // (A NaN in the vector passes fmaxf by, but makes every margin NaN: every row a candidate.)
+  c.valid = largest == 0 || (largest >= 0x1p-100f && largest <= 0x1p100f);
   int e = 0;
   frexpf(largest, &e);  // largest < 2^e
   c.s1 = ldexpf(1.0f, e - 6), c.s2 = ldexpf(1.0f, e - 13);  // |v / s1| < 64, |rest / s2| <= 64
