@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 out=${1:-/tmp/lmx-kernel-lab}
 mkdir -p "$out"
 for src in *.cu; do
-  # -I../../src: the labs share the library's TMA, mbarrier and wgmma helpers.
+  # -I../../src: the labs share the library's TMA, mbarrier and wgmma helpers (and the head lab its dot
+  # products and argmax, whose headers need ../../include).
   nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a -lineinfo -I../../src -I../../include -o "$out/${src%.cu}" "$src" -lcublasLt -lcublas
 done
 for src in *.cu; do "$out/${src%.cu}"; done
