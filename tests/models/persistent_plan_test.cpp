@@ -188,6 +188,55 @@ TEST(PersistentPlan, ListsEachBlocksStagesSoThatTheGridCoversEveryRowOnce) {
   EXPECT_EQ(blocks_with_glu_rows, kBlocks) << "1,024 units of 8 rows over 132 blocks: 7 or 8 each";
 }
 
+// The filtered greedy head (Epilogue::argmax) streams its one-byte copy: rows of 16 bytes
+// of constants and k codes, so a stage of Llama-3.2-1B's head holds 15 of them where the
+// bf16 head's held 8, and the grid still takes every row once. Its input keeps room for
+// the vector's two int8 levels; without its copy, with a softcap or at a width off 16 the
+// plan refuses it.
+TEST(PersistentPlan, FilteredArgmaxHeadStreamsItsOneByteCopy) {
+  StepPhase head = gemv(2048, 128256, Epilogue::argmax);
+  head.out.filter = reinterpret_cast<const uint8_t*>(uintptr_t(0x400000));
+  const std::vector<StepPhase> plan{gemv(2048, 2048), head};
+  unsigned vector = 0;
+  int slots = 0;
+  std::string why;
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, 0, &vector, &slots, &why), 0u) << why;
+  EXPECT_GE(vector, 2048u * 2 + 2 * 2048) << "the bf16 vector and its two int8 levels";
+  constexpr int kBlocks = 132;
+  int per_block = 0;
+  const std::vector<cuda::fused::PlannedStage> all = cuda::fused::persistent_stage_lists(plan, kBlocks, &per_block);
+  const int64_t row_bytes = cuda::fused::head_filter_row_bytes(2048);
+  ASSERT_EQ(row_bytes, 2064);
+  std::vector<int> covered(128256, 0);
+  int largest = 0;
+  for (int b = 0; b < kBlocks; ++b) {
+    int phase = 0;
+    for (int i = 0; i < per_block && phase < 2; ++i) {
+      const cuda::fused::PlannedStage st = all[size_t(b) * size_t(per_block) + size_t(i)];
+      if (st.n() == 0) {
+        ++phase;
+        continue;
+      }
+      if (phase != 1) continue;
+      EXPECT_LE(st.n() * row_bytes, 32 << 10) << "block " << b << ": a stage of the copy fits a slot";
+      largest = std::max(largest, st.n());
+      for (int r = st.row(); r < st.row() + st.n(); ++r) ++covered[size_t(r)];
+    }
+  }
+  EXPECT_EQ(largest, (32 << 10) / 2064) << "whole slots of the copy's rows";
+  for (size_t r = 0; r < covered.size(); ++r) ASSERT_EQ(covered[r], 1) << "row " << r;
+
+  StepPhase no_copy = head;
+  no_copy.out.filter = nullptr;
+  EXPECT_NE(refusal({no_copy}).find("filtered argmax head"), std::string::npos);
+  StepPhase capped = head;
+  capped.out.softcap = 30;
+  EXPECT_NE(refusal({capped}).find("softcap"), std::string::npos);
+  StepPhase odd = head;
+  odd.in.k = 2056;  // a multiple of 8, not of 16
+  EXPECT_NE(refusal({odd}).find("width off 16"), std::string::npos);
+}
+
 // Each down projection joins the gate/up phase before it where a block's share of its
 // columns fits a box of at most 8 units of 8 (odd, or 8, for conflict-free reads); the
 // phase before zeroes its output, and what the fuse cannot carry keeps its own phase.
