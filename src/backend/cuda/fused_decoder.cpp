@@ -262,7 +262,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
 
   const Array& logits() const override {
-    LMX_CHECK(!filtered_, "fused decode", "the last step kept only its argmax (set_argmax_only): no logits to read");
+    LMX_CHECK(!filtered(), "fused decode", "the last step kept only its argmax (set_argmax_only): no logits to read");
     return logits_;
   }
 
@@ -276,7 +276,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
             std::span<const uint64_t> words) override {
     LMX_CHECK(steps_ > 0 && (!filter || int64_t(words.size()) == rows_), "fused decode",
               "a draw needs a step before it and ", rows_, " random words, got ", words.size());
-    LMX_CHECK(!filtered_, "fused decode", "the last step kept only its argmax (set_argmax_only): nothing to draw from");
+    LMX_CHECK(!filtered(), "fused decode", "the last step kept only its argmax (set_argmax_only): nothing to draw from");
     const Context& c = ctx();
     Array x = reshape(logits_, {rows_, vocab_});
     // state [rows, 3] holds each sequence's next input in column 0; history [rows, kHistory]
@@ -503,13 +503,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // The persistent kernel for this plan, when it can run it: the phases go to the device.
   void prepare_persistent() {
     persistent_blocks_ = 0;
-    filtered_ = false;
     if (!persistent_) return;
     if (profile_) report_profile();  // the plan before this one
     std::string why;
     persistent_plan_ = plan_, persistent_names_ = names_;
-    filtered_ = argmax_only_ && !persistent_names_.empty() && persistent_names_.back() == std::string_view("head") &&
-                filter_head(persistent_plan_.back());
+    if (argmax_only_ && !persistent_names_.empty() && persistent_names_.back() == std::string_view("head"))
+      filter_head(persistent_plan_.back());
     const int grid = fused::persistent_grid(persistent_plan_, ctx().sm_count, !w_.deterministic);
     const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
     if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
@@ -529,7 +528,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
     }
     if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
-      filtered_ = false;  // the kernel per phase runs plan_, whose head keeps every logit
+      filter_ = Array();  // the kernel per phase runs plan_, whose head keeps every logit
       static bool said = false;
       if (env_set("LMX_FUSED_PERSISTENT") && !std::exchange(said, true))
         std::fprintf(stderr, "lmx: LMX_FUSED_PERSISTENT: not for this model (%s); running a kernel per phase\n",
@@ -582,6 +581,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   int* state_i() const { return static_cast<int*>(state_.raw()); }
 
+  // Whether the planned step runs the filtered head (and so keeps no logits).
+  bool filtered() const {
+    return persistent_blocks_ > 0 && !persistent_plan_.empty() &&
+           persistent_plan_.back().out.epilogue == fused::Epilogue::argmax;
+  }
+
   // The persistent step's LM head as the filtered argmax (Epilogue::argmax), where it
   // applies: no softcap (the filter bounds the products, not what a softcap makes of
   // them), a width of whole 16-byte code runs, at most 4,096 (the margins' f32 slack
@@ -591,22 +596,21 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // Gemma-3-4B's head would take 675 MB (and gained 4.2%), Llama-3.1-8B's 527 MB.
   // LMX_FUSED_HEAD_FILTER=0 keeps the exact head.
   static constexpr int64_t kMaxFilterBytes = int64_t(384) << 20;
-  bool filter_head(fused::StepPhase& head) {
+  void filter_head(fused::StepPhase& head) {
     if (!switch_on("LMX_FUSED_HEAD_FILTER") || w_.softcap > 0 || hidden_ % 16 != 0 || hidden_ > 4096 ||
         vocab_ * fused::head_filter_row_bytes(hidden_) > kMaxFilterBytes)
-      return false;
+      return;
     if (!filter_.valid()) {
       try {
         filter_ = Array({vocab_ * fused::head_filter_row_bytes(hidden_)}, Dtype::u8, Device::cuda(device_));
       } catch (const OutOfMemory&) {
-        return false;
+        return;
       }
       fused::prepare_head_filter(ctx().stream, bf(w_.lm_head), vocab_, int(hidden_),
                                  static_cast<uint8_t*>(filter_.raw()));
     }
     head.out.epilogue = fused::Epilogue::argmax;
     head.out.filter = static_cast<const uint8_t*>(filter_.raw());
-    return true;
   }
 
   int device_;
@@ -641,9 +645,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   bool count_prev_ = false;
   Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, pads_, history_,
       attn_partial_;
-  // set_argmax_only; whether the planned persistent step runs the filtered head, and its
-  // copy of the LM head (fused::prepare_head_filter).
-  bool argmax_only_ = false, filtered_ = false;
+  // set_argmax_only, and the filtered head's copy of the LM head (fused::prepare_head_filter).
+  bool argmax_only_ = false;
   Array filter_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
