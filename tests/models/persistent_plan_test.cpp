@@ -51,7 +51,7 @@ std::string refusal(const std::vector<StepPhase>& plan) {
   unsigned vector = 0;
   int slots = 0;
   std::string why;
-  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, 0, &vector, &slots, &why), 0u);
+  EXPECT_EQ(cuda::fused::persistent_smem_bytes(plan, 132, 0, &vector, &slots, &why), 0u);
   return why;
 }
 
@@ -63,20 +63,24 @@ TEST(PersistentPlan, FitsALlamaLayerAndRefusesWhatItCannotCarry) {
   unsigned vector = 0;
   int slots = 0;
   std::string why;
-  const size_t smem = cuda::fused::persistent_smem_bytes(llama, 600, &vector, &slots, &why);
+  const size_t smem = cuda::fused::persistent_smem_bytes(llama, 128, 600, &vector, &slots, &why);
   EXPECT_GT(smem, 0u) << why;
   EXPECT_LE(smem, size_t(227) << 10);
   EXPECT_GE(vector, 8192u * 2) << "the down projection's input, straight to bf16";
   EXPECT_LT(vector, 2048u * (2 * 4 + 2)) << "the QKV input is not staged in shared memory";
-  EXPECT_EQ(slots, 5) << "the most 32 KiB slots the ring takes, and they fit beside the vector";
+  EXPECT_EQ(slots, 6) << "a block streams 950 KiB of the layer: six 32 KiB slots, and they fit beside the vector";
   EXPECT_EQ(smem, size_t(slots) * (32 << 10) + vector + llama.size() * 80 + 2 * sizeof(StepPhase) +
                       600 * 4)
       << "the ring, the vector, each phase's 80-byte geometry, two phases' parameters and 600 "
          "4-byte stages";
+  // Twice the blocks stream half as much each (475 KiB): five slots (ring_slots).
+  const size_t fewer = cuda::fused::persistent_smem_bytes(llama, 256, 600, &vector, &slots, &why);
+  EXPECT_EQ(slots, 5);
+  EXPECT_EQ(fewer, smem - (32 << 10));
   // Past 2,048 values a formed input is staged: x and its norm weights in f32, then bf16.
   std::vector<StepPhase> wider{gemv(4096, 64)};
   wider[0].in.norm = fake_weights(0x20000);
-  EXPECT_GT(cuda::fused::persistent_smem_bytes(wider, 0, &vector, &slots, &why), 0u) << why;
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(wider, 132, 0, &vector, &slots, &why), 0u) << why;
   EXPECT_GE(vector, 4096u * (2 * 4 + 2));
 
   EXPECT_NE(refusal({gemv(2048, 3072), attention}).find("output projection"), std::string::npos);
@@ -120,7 +124,7 @@ TEST(PersistentPlan, ListsALlama8BsStagesAndKeepsFourSlots) {
   unsigned vector = 0;
   int slots = 0;
   std::string why;
-  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, per_block, &vector, &slots, &why), 0u) << why;
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, 132, per_block, &vector, &slots, &why), 0u) << why;
   EXPECT_EQ(slots, 4);
 }
 
@@ -200,7 +204,7 @@ TEST(PersistentPlan, FilteredArgmaxHeadStreamsItsOneByteCopy) {
   unsigned vector = 0;
   int slots = 0;
   std::string why;
-  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, 0, &vector, &slots, &why), 0u) << why;
+  EXPECT_GT(cuda::fused::persistent_smem_bytes(plan, 132, 0, &vector, &slots, &why), 0u) << why;
   EXPECT_GE(vector, 2048u * 2 + 2 * 2048) << "the bf16 vector and its two int8 levels";
   constexpr int kBlocks = 132;
   int per_block = 0;
@@ -280,7 +284,7 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
     unsigned vector = 0;
     int slots = 0;
     std::string why;
-    EXPECT_GT(cuda::fused::persistent_smem_bytes(p, 0, &vector, &slots, &why), 0u) << why;
+    EXPECT_GT(cuda::fused::persistent_smem_bytes(p, 132, 0, &vector, &slots, &why), 0u) << why;
   }
   std::vector<StepPhase> p = layer(4096, 14336);  // Llama-3.1-8B: 13.6 units a block, made 15
   EXPECT_EQ(fuse(p), 0u);
@@ -407,7 +411,7 @@ TEST(PersistentPlan, AttentionScratchLeavesTheRingTwoSlots) {
         unsigned vector = 0;
         int slots = 0;
         std::string why;
-        const size_t bytes = cuda::fused::persistent_smem_bytes(long_cache, per_block, &vector, &slots, &why);
+        const size_t bytes = cuda::fused::persistent_smem_bytes(long_cache, blocks, per_block, &vector, &slots, &why);
         const std::string at = "hidden " + std::to_string(m.hidden) + ", " + std::to_string(blocks) + " blocks, " +
                                std::to_string(cache) + " slots";
         ASSERT_GT(bytes, 0u) << at << ": " << why;

@@ -32,7 +32,8 @@
 // For measurement: LMX_FUSED_GRAPH=0 launches the per-phase kernels one by one instead of
 // replaying a graph; LMX_FUSED_PDL=0 turns programmatic dependent launch off (for both
 // paths); LMX_FUSED_TOKEN_STREAM=0 copies the tokens on the compute stream;
-// LMX_FUSED_GRID sets the persistent kernel's blocks (persistent_grid);
+// LMX_FUSED_GRID sets the persistent kernel's blocks (persistent_grid), LMX_FUSED_SLOTS
+// the most slots of its ring (persistent_smem_bytes);
 // LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out
 // of the kernel-per-phase path, which gives wrong results but shows what each costs
 // inside the real step;
@@ -521,7 +522,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     for (fused::StepPhase& p : persistent_plan_)
       if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, grid, largest);
     persistent_smem_ =
-        fused::persistent_smem_bytes(persistent_plan_, per_block, &persistent_vector_, &persistent_slots_, &why);
+        fused::persistent_smem_bytes(persistent_plan_, grid, per_block, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
       persistent_kernel_ = fused::persistent_kernel(persistent_plan_);
       persistent_blocks_ = fused::persistent_blocks(grid, persistent_smem_, persistent_kernel_);
@@ -684,11 +685,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
                    "blocks to arrive)\n",
                    (long long)profiled_steps_);
       const fused::PersistentKernel& k = persistent_kernel_;
+      std::fprintf(stderr, "  %d blocks, a ring of %d slots; kernel form: ", persistent_blocks_, persistent_slots_);
       if (k.head_dim > 0)
-        std::fprintf(stderr, "  kernel form: head_dim %d, %d query heads a kv head%s%s\n", k.head_dim, k.group,
+        std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s\n", k.head_dim, k.group,
                      k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "");
       else
-        std::fprintf(stderr, "  kernel form: general\n");
+        std::fprintf(stderr, "general\n");
       for (const auto& [name, v] : sums) {
         std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f", name.c_str(), v[0], v[2], v[3], v[4]);
         if (v[7] > 0) std::fprintf(stderr, ", %5.1f", v[7]);

@@ -252,11 +252,11 @@ void persistent_attention_split(AttentionStep& a, int blocks, size_t largest);
 // The most shared memory an attention task may take in a plan of these phases and
 // `stages_per_block` planned stages while the weight ring keeps two slots.
 size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages_per_block);
-// Dynamic shared memory the kernel needs for these phases and `stages_per_block` planned
-// stages, of which *vector_bytes for input vectors, and the ring's slots; or 0 (with the
-// reason in *why) when it cannot run them.
-size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_per_block, unsigned* vector_bytes,
-                             int* slots, std::string* why);
+// Dynamic shared memory the kernel needs for these phases on `blocks` blocks with
+// `stages_per_block` planned stages, of which *vector_bytes for input vectors, and the
+// ring's slots; or 0 (with the reason in *why) when it cannot run them.
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, int stages_per_block,
+                             unsigned* vector_bytes, int* slots, std::string* why);
 // A form of the persistent kernel: compiled for one attention shape (head_dim, and query
 // heads a kv head: `group`), or for any (0, 0); with the merge of one kv head's chunks in
 // the next GEMV's input (merged_by_next_gemv) and inputs wider than it holds in registers

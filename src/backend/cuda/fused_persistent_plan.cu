@@ -44,6 +44,27 @@ size_t beside_vector(const std::vector<StepPhase>& phases, int stages_per_block)
   return phases.size() * sizeof(Geometry) + 2 * sizeof(StepPhase) + size_t(stages_per_block) * sizeof(PlannedStage);
 }
 
+// The slots the ring takes where they fit. The deeper the ring, the further the copies run
+// on through what stalls the workers (the attention, the barriers, a phase's input), but
+// copies in flight also slow those parts, which are bound by L2's latency (bench/NOTES.md,
+// p19). A sixth slot pays where a block streams much of a layer's weights after them:
+// Llama-3.2-1B (950 KiB a block a layer on 128 blocks) decoded 1.015x and 1.009x as fast
+// with six; Gemma3-1B (407 KiB) 0.996x and 0.995x, Qwen3-0.6B (238 KiB) 1.000x and 1.002x
+// (bench/NOTES.md, p29). Six from 640 KiB a block a layer up.
+int ring_slots(const std::vector<StepPhase>& phases, int blocks) {
+  double bytes = 0;  // the layers' weights: every GEMV but the LM head
+  int layers = 0;
+  for (const StepPhase& p : phases) {
+    layers += p.kind == StepPhase::Kind::attention ? 1 : 0;
+    if (p.kind != StepPhase::Kind::gemv || p.out.epilogue == Epilogue::logits || p.out.epilogue == Epilogue::argmax)
+      continue;
+    bytes += 2.0 * p.in.k * (p.out.rows[0] + p.out.rows[1] + p.out.rows[2]) * (paired(p) ? 2 : 1);
+    if (p.down_map) bytes += 2.0 * p.down_rows * p.out.rows[0];
+  }
+  const double per_block = bytes / std::max(layers, 1) / std::max(blocks, 1);
+  return per_block >= 640 * 1024 ? 6 : 5;
+}
+
 // Whether a persistent step folds its down projections into the gate/up phases: not in a
 // deterministic one (`fuse` false), nor with LMX_FUSED_DOWN=0.
 bool down_fusion_on(bool fuse) { return fuse && switch_on("LMX_FUSED_DOWN"); }
@@ -183,8 +204,8 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
   return maps;
 }
 
-size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_per_block, unsigned* vector, int* slots,
-                             std::string* why) {
+size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, int stages_per_block, unsigned* vector,
+                             int* slots, std::string* why) {
   auto refuse = [&](std::string reason) {
     if (why) *why = std::move(reason);
     return size_t(0);
@@ -218,10 +239,12 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int stages_pe
       if (p.out.w[j] && reinterpret_cast<uintptr_t>(p.out.w[j]) % 16 != 0) return refuse("unaligned weights");
   }
   *vector = unsigned(vector_bytes(phases));
-  // As many slots as fit beside the vector, up to kMaxSlots: the deeper the ring, the
-  // longer a stall (attention, a barrier, a phase's input) the copies run on through.
+  // As many slots as fit beside the vector, up to ring_slots' count (LMX_FUSED_SLOTS sets
+  // it, for measurement).
   const size_t rest = *vector + beside_vector(phases, stages_per_block);
-  *slots = rest >= kRoom ? 0 : int(std::min<size_t>(kMaxSlots, (kRoom - rest) / kSlotBytes));
+  int most = ring_slots(phases, blocks);
+  if (const char* v = std::getenv("LMX_FUSED_SLOTS")) most = std::clamp(std::atoi(v), 2, kMaxSlots);
+  *slots = rest >= kRoom ? 0 : int(std::min<size_t>(size_t(most), (kRoom - rest) / kSlotBytes));
   if (*slots < 2) return refuse("not enough shared memory");
   return size_t(*slots) * kSlotBytes + rest;
 }

@@ -10,7 +10,7 @@ namespace lmx::cuda::fused::step_plan {
 
 constexpr int kWorkerWarps = kWorkers / 32;
 constexpr int kThreads = kWorkers + 32;  // the workers, then the copying warp
-constexpr int kMaxSlots = 5;  // 6 fit for the three models, and measured no faster (Qwen3 2% slower)
+constexpr int kMaxSlots = 6;  // the most the ring takes (ring_slots in fused_persistent_plan.cu)
 constexpr int kSlotBytes = 32 << 10;
 constexpr int kMaxStageRows = 256;  // rows of one matrix per stage (paired stages hold twice as many)
 constexpr int kStaticSmem = 2 << 10;  // what the kernel's __shared__ variables may take (checked at launch)
