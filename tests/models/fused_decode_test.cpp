@@ -114,6 +114,18 @@ std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device d
   return model;
 }
 
+// The prompt of the chained-step cases. prefill_all_but_last runs all of it but the last
+// token through the plain forward into `cache` and returns that token's position: the
+// first step's input.
+const std::vector<int32_t> kChainPrompt{3, 14, 15, 92, 65, 35, 89, 79};
+int64_t prefill_all_but_last(const models::CausalLM& model, KVCache& cache, const std::vector<int32_t>& prompt) {
+  const int64_t n = int64_t(prompt.size()) - 1;
+  (void)model.forward(
+      to_device(from_vector(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {1, n}), model.device()),
+      cache.layers());
+  return n;
+}
+
 double relative_l2(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
   for (size_t i = 0; i < got.size(); ++i) num += std::pow(got[i] - want[i], 2), den += std::pow(want[i], 2);
@@ -211,15 +223,12 @@ TEST_P(FusedDecodeTest, ChainedGreedyStepsEqualSingleSteps) {
   const Device gpu = Device::cuda(0);
   const PathChoice path(GetParam().persistent);
   const auto model = random_model(GetParam().config, gpu, GetParam().spread);
-  const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
   auto run = [&](bool chained) {
     const auto fused = model->fused_decoder();
     KVCache cache(*model, GetParam().rotate, 64);
-    const int64_t n = int64_t(prompt.size()) - 1;  // the last prompt token is the first step's input
-    (void)model->forward(to_device(from_vector(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {1, n}), gpu),
-                         cache.layers());
+    const int64_t n = prefill_all_but_last(*model, cache, kChainPrompt);
     std::vector<int32_t> out;
-    int32_t tok = prompt.back();
+    int32_t tok = kChainPrompt.back();
     for (int i = 0; i < 40; ++i) {
       if (!chained || i == 0) fused->set_input(tok, n + i);
       fused->step(cache.fused_views());
@@ -241,7 +250,7 @@ TEST_P(FusedDecodeTest, ChainedEditedDrawsEqualTheHostsDraws) {
   const Device gpu = Device::cuda(0);
   const PathChoice path(GetParam().persistent);
   const auto model = random_model(GetParam().config, gpu, GetParam().spread);
-  const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
+  const std::vector<int32_t>& prompt = kChainPrompt;
   for (const float temperature : {0.0f, 1.0f}) {
     SamplingOptions so;
     so.temperature = temperature, so.top_p = 0.9f, so.seed = 9;
@@ -251,11 +260,7 @@ TEST_P(FusedDecodeTest, ChainedEditedDrawsEqualTheHostsDraws) {
     const std::optional<fast::SampleFilter> filter = sampler.filter();
     const auto fused = model->fused_decoder();
     KVCache cache(*model, GetParam().rotate, 64);
-    const int64_t n =
-        int64_t(prompt.size()) - 1;  // the last prompt token is the first step's input
-    (void)model->forward(
-        to_device(from_vector(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {1, n}), gpu),
-        cache.layers());
+    const int64_t n = prefill_all_but_last(*model, cache, prompt);
     std::vector<int32_t> history = prompt;
     for (int i = 0; i < 40; ++i) {
       std::vector<fast::LogitEdit> e;
@@ -436,12 +441,7 @@ std::vector<int32_t> greedy_tokens(const models::CausalLM& model, bool argmax_on
   const auto fused = model.fused_decoder();
   fused->set_argmax_only(argmax_only);
   KVCache cache(model, false, 64);
-  const std::vector<int32_t> prompt{3, 14, 15, 92, 65, 35, 89, 79};
-  const int64_t p = int64_t(prompt.size()) - 1;
-  (void)model.forward(
-      to_device(from_vector(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {1, p}), model.device()),
-      cache.layers());
-  fused->set_input(prompt.back(), p);
+  fused->set_input(kChainPrompt.back(), prefill_all_but_last(model, cache, kChainPrompt));
   for (int i = 0; i < n; ++i) {
     fused->step(cache.fused_views());
     cache.commit_one();
