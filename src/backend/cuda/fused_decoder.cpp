@@ -277,7 +277,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
             std::span<const uint64_t> words) override {
     LMX_CHECK(steps_ > 0 && (!filter || int64_t(words.size()) == rows_), "fused decode",
               "a draw needs a step before it and ", rows_, " random words, got ", words.size());
-    LMX_CHECK(!filtered(), "fused decode", "the last step kept only its argmax (set_argmax_only): nothing to draw from");
+    LMX_CHECK(!filtered(), "fused decode",
+              "the last step kept only its argmax (set_argmax_only): nothing to draw from");
     const Context& c = ctx();
     Array x = reshape(logits_, {rows_, vocab_});
     // state [rows, 3] holds each sequence's next input in column 0; history [rows, kHistory]
