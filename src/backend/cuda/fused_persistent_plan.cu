@@ -47,10 +47,11 @@ size_t beside_vector(const std::vector<StepPhase>& phases, int stages_per_block)
 // The slots the ring takes where they fit. The deeper the ring, the further the copies run
 // on through what stalls the workers (the attention, the barriers, a phase's input), but
 // copies in flight also slow those parts, which are bound by L2's latency (bench/NOTES.md,
-// p19). A sixth slot pays where a block streams much of a layer's weights after them:
-// Llama-3.2-1B (950 KiB a block a layer on 128 blocks) decoded 1.015x and 1.009x as fast
-// with six; Gemma3-1B (407 KiB) 0.996x and 0.995x, Qwen3-0.6B (238 KiB) 1.000x and 1.002x
-// (bench/NOTES.md, p29). Six from 640 KiB a block a layer up.
+// p19). So the depth follows how much of a layer's weights a block streams. Measured
+// against five slots (bench/NOTES.md, p29): Llama-3.2-1B (950 KiB a block a layer on 128
+// blocks) 1.015x, 1.009x and 1.012x with six; Gemma3-1B (407 KiB) 0.996x and 0.995x with
+// six, 0.992x with four; Qwen3-0.6B (238 KiB) 1.000x with six and with four, 1.009x and
+// 1.010x with three. Six from 640 KiB up, three under 320 KiB, five between.
 int ring_slots(const std::vector<StepPhase>& phases, int blocks) {
   double bytes = 0;  // the layers' weights: every GEMV but the LM head
   int layers = 0;
@@ -62,7 +63,7 @@ int ring_slots(const std::vector<StepPhase>& phases, int blocks) {
     if (p.down_map) bytes += 2.0 * p.down_rows * p.out.rows[0];
   }
   const double per_block = bytes / std::max(layers, 1) / std::max(blocks, 1);
-  return per_block >= 640 * 1024 ? 6 : 5;
+  return per_block >= 640 * 1024 ? 6 : per_block < 320 * 1024 ? 3 : 5;
 }
 
 // Whether a persistent step folds its down projections into the gate/up phases: not in a
