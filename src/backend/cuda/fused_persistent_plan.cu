@@ -76,8 +76,9 @@ void persistent_attention_split(AttentionStep& a, int blocks, size_t largest) {
   // Up to one task per block: the default 16- or 32-key chunks give a long cache more tasks
   // than blocks, and a block runs its tasks one after another (Llama at 2,048 tokens: four
   // in each block, 0.64x the graph path's speed). Longer chunks take more shared memory:
-  // up to 48 KiB a task's scratch leaves the ring its five slots; where that still gives
-  // more tasks than blocks, up to 80 KiB, which takes a slot (Qwen3 at 2,048 tokens: 29
+  // up to 48 KiB a task's scratch, which left a ring of five slots whole when measured
+  // (ring_slots sets the depth now); where that still gives more tasks than blocks, up to
+  // 80 KiB, which took a slot (Qwen3 at 2,048 tokens: 29
   // chunks of 80 keys a kv head in two rounds, or 16 of 144 in one, 1.25x as fast:
   // bench/NOTES.md, p24). Where even that gives more, up to `largest`, which leaves the
   // ring two slots: a task's keys not fetched during the barrier, and its q, k and v formed
