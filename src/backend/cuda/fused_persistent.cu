@@ -301,8 +301,8 @@ __device__ __forceinline__ void filtered_row(const int8_t* row, int d1, int d2, 
   lower = fmaxf(lower, s_hat - m);
 }
 
-// The argmax head's second pass, over this block's rows (the Cursor's share: [b·V/G,
-// (b+1)·V/G)): each row whose bound above (in y) reaches the largest bound below of them
+// The argmax head's second pass, over this block's rows (the Cursor's share,
+// share_start): each row whose bound above (in y) reaches the largest bound below of them
 // all is recomputed from W exactly as the logits epilogue computes it, into y and the
 // lane's argmax. A warp takes 32 rows at a time. Where that largest bound is not finite,
 // or the vector's levels are not `valid`, every row is recomputed.
@@ -311,7 +311,8 @@ __device__ void filtered_candidates(const GemvOutput& out, const bf16* xb, int k
   float l = workers_reduce<true>(lower, Max{});  // also orders the warps' stores to y before the loads below
   if (!isfinite(l) || !valid) l = -INFINITY;
   const int rows = out.rows[0], lane = threadIdx.x % 32;
-  const int first = int(blockIdx.x) * rows / int(gridDim.x), end = (int(blockIdx.x) + 1) * rows / int(gridDim.x);
+  const int first = share_start(int(blockIdx.x), rows, int(gridDim.x));
+  const int end = share_start(int(blockIdx.x) + 1, rows, int(gridDim.x));
   for (int base = first + int(threadIdx.x / 32) * 32; base < end; base += kWorkers) {
     const int r = base + lane;
     for (unsigned doubt = __ballot_sync(0xffffffffu, r < end && !(out.y[r] < l)); doubt; doubt &= doubt - 1) {

@@ -42,6 +42,11 @@ __host__ __device__ inline int rows_per_stage(int row_bytes, bool pair) {
   return ::max(1, ::min(kMaxStageRows, kSlotBytes / (row_bytes * (pair ? 2 : 1))));
 }
 
+// Where block b's share of n rows starts, of `blocks` blocks (it ends where block b + 1's
+// starts): the stage walk's split of a matrix, which the argmax head's second pass
+// (filtered_candidates) follows too. 32-bit products: n * blocks < 2^31.
+__host__ __device__ inline int share_start(int b, int n, int blocks) { return b * n / blocks; }
+
 // What the stage walk needs of a phase. The kernel copies it for every phase into shared
 // memory once: the copying warp consults it at every stage, and reading the phases
 // themselves there would cost a round trip to L2 each time.
@@ -105,7 +110,7 @@ struct Cursor {
             col = row, cols = end - row;
           } else {
             const int rows = g.rows[seg];
-            row = b * rows / blocks, end = (b + 1) * rows / blocks;
+            row = share_start(b, rows, blocks), end = share_start(b + 1, rows, blocks);
           }
         }
         if (down && row < end) {  // `row` counts boxes here
