@@ -115,7 +115,7 @@ Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> cache
 std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder(int rows) const {
   if (const char* v = std::getenv("LMX_FUSED"); v && std::string(v) == "0") return nullptr;
   detail::Kernels& kernels = detail::kernels_for(device());
-  if (!kernels.has_fused_decoder(dtype())) return nullptr;  // before anything is allocated
+  if (!kernels.has_fused_decoder(dtype()) || quantized()) return nullptr;  // before anything is allocated
   fast::FusedDecoderWeights w;
   w.embed = embed_tokens_.weight;
   w.lm_head = lm_head_ ? lm_head_->weight : embed_tokens_.weight;
@@ -150,6 +150,18 @@ std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder(int rows) const {
     w.layers.push_back(std::move(l));
   }
   return kernels.fused_decoder(w, rows);
+}
+
+bool CausalLM::quantized() const {
+  bool any = embed_tokens_.is_quantized() || (lm_head_ && lm_head_->is_quantized());
+  for (const auto& l : layers_) {
+    const nn::Attention& a = l->self_attn;
+    const nn::MLP& m = l->mlp;
+    any = any || a.q_proj.is_quantized() || a.k_proj.is_quantized() || a.v_proj.is_quantized() ||
+          a.o_proj.is_quantized() || m.gate_proj.is_quantized() || m.up_proj.is_quantized() ||
+          m.down_proj.is_quantized();
+  }
+  return any;
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {

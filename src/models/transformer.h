@@ -85,8 +85,10 @@ class CausalLM : public nn::Module {
   void set_deterministic(bool on) { deterministic_ = on; }
   const DecoderSpec& spec() const { return spec_; }
   int num_layers() const { return int(layers_.size()); }
-  Dtype dtype() const { return embed_tokens_.weight.dtype(); }
-  Device device() const { return embed_tokens_.weight.device(); }
+  Dtype dtype() const { return embed_tokens_.dtype(); }
+  Device device() const { return embed_tokens_.device(); }
+  // Whether any weight matrix is MLX-quantized (kept packed: the CPU's plain path).
+  bool quantized() const;
 
  private:
   DecoderSpec spec_;

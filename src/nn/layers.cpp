@@ -6,29 +6,42 @@ namespace lmx::nn {
 
 Array Linear::forward(const Array& x) const {
   // x·Wᵀ through a transposed view: the weight is never copied.
-  Array y = matmul(x, swapaxes(weight, 0, 1));
+  Array y = is_quantized() ? fast::quantized_matmul(x, quantized) : matmul(x, swapaxes(weight, 0, 1));
   if (bias) y = add(y, *bias);
   return y;
 }
 
 void Linear::visit(const std::string& prefix, const ParamVisitor& fn) {
-  fn(join_name(prefix, "weight"), weight, {out_, in_});
+  fn(join_name(prefix, "weight"), weight, {out_, in_}, &quantized);  // the loader fills one of the two
   if (has_bias_) {
     if (!bias) bias.emplace();
-    fn(join_name(prefix, "bias"), *bias, {out_});
+    fn(join_name(prefix, "bias"), *bias, {out_}, nullptr);
   }
 }
 
-Array Embedding::forward(const Array& ids) const { return embedding(weight, ids); }
+Array Embedding::forward(const Array& ids) const {
+  if (!is_quantized()) return embedding(weight, ids);
+  // Only the rows looked up are dequantized: [n] ids -> [n, dim] in the scales' dtype.
+  const Array flat = reshape(ids, {-1});
+  fast::QuantizedMatrix rows = quantized;
+  rows.packed = take(quantized.packed, flat, 0);
+  rows.scales = take(quantized.scales, flat, 0);
+  rows.biases = take(quantized.biases, flat, 0);
+  Shape shape = ids.shape();
+  shape.push_back(dim_);
+  return reshape(fast::dequantize(rows, quantized.scales.dtype()), shape);
+}
 
-Array Embedding::as_linear(const Array& x) const { return matmul(x, swapaxes(weight, 0, 1)); }
+Array Embedding::as_linear(const Array& x) const {
+  return is_quantized() ? fast::quantized_matmul(x, quantized) : matmul(x, swapaxes(weight, 0, 1));
+}
 
 void Embedding::visit(const std::string& prefix, const ParamVisitor& fn) {
-  fn(join_name(prefix, "weight"), weight, {vocab_, dim_});
+  fn(join_name(prefix, "weight"), weight, {vocab_, dim_}, &quantized);
 }
 
 void RMSNorm::visit(const std::string& prefix, const ParamVisitor& fn) {
-  fn(join_name(prefix, "weight"), weight, {dim_});
+  fn(join_name(prefix, "weight"), weight, {dim_}, nullptr);
 }
 
 MLP::MLP(int64_t hidden, int64_t intermediate, Activation act, bool bias)
@@ -40,8 +53,9 @@ MLP::MLP(int64_t hidden, int64_t intermediate, Activation act, bool bias)
 Array MLP::forward(const Array& x) const {
   const fast::GluActivation act = act_ == Activation::silu ? fast::GluActivation::silu : fast::GluActivation::gelu_tanh;
   // [B, L, I]: one GEMM with the activation in its epilogue where the backend has one.
-  const Array h = gate_proj.bias ? fast::glu(gate_proj.forward(x), up_proj.forward(x), act)
-                                 : fast::gated_projection(x, gate_proj.weight, up_proj.weight, act);
+  const bool separate = gate_proj.bias || gate_proj.is_quantized() || up_proj.is_quantized();
+  const Array h = separate ? fast::glu(gate_proj.forward(x), up_proj.forward(x), act)
+                           : fast::gated_projection(x, gate_proj.weight, up_proj.weight, act);
   return down_proj.forward(h);
 }
 
@@ -85,8 +99,9 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
   // [B, L, heads, hd]
   const Array q_tok = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
   // k and v: one launch for both where the backend pairs them (decode steps).
-  const auto [k_rows, v_rows] = k_proj.bias ? std::pair{k_proj.forward(x), v_proj.forward(x)}
-                                            : fast::linear_pair(x, k_proj.weight, v_proj.weight);
+  const bool separate = k_proj.bias || k_proj.is_quantized() || v_proj.is_quantized();
+  const auto [k_rows, v_rows] = separate ? std::pair{k_proj.forward(x), v_proj.forward(x)}
+                                         : fast::linear_pair(x, k_proj.weight, v_proj.weight);
   const Array k_tok = reshape(k_rows, {b, l, spec_.n_kv_heads, hd});
   const Array v_tok = reshape(v_rows, {b, l, spec_.n_kv_heads, hd});
   const Array freqs = inv_freq(x.device());

@@ -18,8 +18,10 @@ class Linear : public Module {
   Linear(int64_t in, int64_t out, bool bias) : in_(in), out_(out), has_bias_(bias) {}
   Array forward(const Array& x) const;  // x [..., in] -> [..., out]
   void visit(const std::string& prefix, const ParamVisitor& fn) override;
-  Array weight;               // [out, in]
+  Array weight;               // [out, in]; empty when the weight is quantized
   std::optional<Array> bias;  // [out]
+  fast::QuantizedMatrix quantized;  // an MLX-quantized weight [out, in] (CPU), else empty
+  bool is_quantized() const { return quantized.packed.valid(); }
 
  private:
   int64_t in_, out_;
@@ -32,7 +34,13 @@ class Embedding : public Module {
   Array forward(const Array& ids) const;     // ids [...] int32 -> [..., dim]
   Array as_linear(const Array& x) const;     // x [..., dim] -> logits [..., vocab] (tied head)
   void visit(const std::string& prefix, const ParamVisitor& fn) override;
-  Array weight;  // [vocab, dim]
+  Array weight;  // [vocab, dim]; empty when the table is quantized
+  // An MLX-quantized table [vocab, dim] (CPU): rows are dequantized as they are looked up,
+  // and a tied head multiplies by the packed codes.
+  fast::QuantizedMatrix quantized;
+  bool is_quantized() const { return quantized.packed.valid(); }
+  Dtype dtype() const { return is_quantized() ? quantized.scales.dtype() : weight.dtype(); }
+  Device device() const { return is_quantized() ? quantized.packed.device() : weight.device(); }
 
  private:
   int64_t vocab_, dim_;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "ops/ops.h"
@@ -89,6 +90,29 @@ Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, G
 // more than by its weights); each product is a matmul's, summed in f32, rounded once.
 std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1);
 
+// An MLX affine-quantized matrix (spec §2), the layout mlx-lm writes: each row's codes
+// packed LSB first into u32 words (code c of a row in bits [c·bits, c·bits + bits) of the
+// row's bitstream), and a scale and an offset for each group of `group_size` consecutive
+// columns: w[n, k] = scales[n, k / group_size] · q[n, k] + biases[n, k / group_size].
+struct QuantizedMatrix {
+  Array packed;  // [N, K · bits / 32] u32
+  Array scales;  // [N, K / group_size] float
+  Array biases;  // [N, K / group_size], the scales' dtype
+  int bits = 4;
+  int group_size = 64;
+  int64_t rows() const { return packed.shape(0); }                                  // N
+  int64_t cols() const { return packed.shape(1) * 32 / bits; }                      // K
+};
+// Checks that w's arrays agree with each other and with bits and group_size (bits in
+// {2, 3, 4, 5, 6, 8}, group_size in {32, 64, 128}); throws "[op] ..." naming `what`.
+void check_quantized(const QuantizedMatrix& w, const char* op, const std::string& what);
+// w -> [N, K] in `dtype` (float): each element scale · q + bias in f32, rounded once.
+Array dequantize(const QuantizedMatrix& w, Dtype dtype);
+// x [..., K] · dequantize(w)ᵀ -> [..., N] in x's dtype, summed in f32 and rounded once
+// (a quantized Linear). The kernel reads the packed codes, not a dequantized copy: for
+// one row (a decode step) it is a quarter of a bf16 weight's bytes at 4 bits.
+Array quantized_matmul(const Array& x, const QuantizedMatrix& w);
+
 struct AttentionMask {
   bool causal = true;
   int64_t window = 0;  // > 0: key j is visible to query i only if j > i - window
@@ -166,6 +190,7 @@ PackedEdits pack_edits(int64_t rows, int64_t v, std::span<const int64_t> starts,
                        std::span<const LogitEdit> edits, const Penalties& penalties, Device device);
 
 namespace reference {
+Array quantized_matmul(const Array& x, const QuantizedMatrix& w);
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a);
 Array glu(const Array& gate, const Array& up, GluActivation act);
 Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act);

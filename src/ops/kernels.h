@@ -143,6 +143,16 @@ class Kernels {
     return false;
   }
 
+  // fast::dequantize: w's arrays contiguous on this device -> out [N, K] contiguous float.
+  // false where the backend has no kernel: the op then dequantizes on the CPU.
+  virtual bool dequantize(const fast::QuantizedMatrix& /*w*/, const Array& /*out*/) { return false; }
+  // fast::quantized_matmul: x [R, K] contiguous float, w's arrays contiguous -> out [R, N]
+  // contiguous in x's dtype. false where it declines: the op then multiplies by
+  // dequantize(w) (correct, and as slow as a dequantized copy every call).
+  virtual bool quantized_matmul(const Array& /*x*/, const fast::QuantizedMatrix& /*w*/, const Array& /*out*/) {
+    return false;
+  }
+
   // The backend's fused decode step for a model with these weights (ops/fused_decoder.h),
   // stepping `rows` sequences at once, or nullptr where it has none, or none for these
   // weights or that many sequences: callers then use the plain ops.

@@ -266,7 +266,12 @@ ModelInfo LocalTextModel::info() const {
   i.num_kv_heads = config_.num_key_value_heads;
   i.head_dim = config_.head_dim;
   i.context_length = context_len_;
-  model_->visit("", [&](const std::string&, Array& p, const Shape&) {
+  model_->visit("", [&](const std::string&, Array& p, const Shape&, fast::QuantizedMatrix* q) {
+    if (q && q->packed.valid()) {  // kept packed: the matrix's elements, the codes' and groups' bytes
+      i.parameters += q->rows() * q->cols();
+      i.weight_bytes += int64_t(q->packed.nbytes() + q->scales.nbytes() + q->biases.nbytes());
+      return;
+    }
     i.parameters += p.size();
     i.weight_bytes += int64_t(p.nbytes());
   });

@@ -106,7 +106,7 @@ std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device d
   const io::ModelConfig c = io::parse_model_config(config_json, "test config");
   auto model = std::make_unique<models::CausalLM>(models::build_spec(c, "test config"));
   uint64_t seed = 1;
-  model->visit("", [&](const std::string& name, Array& w, const Shape& shape) {
+  model->visit("", [&](const std::string& name, Array& w, const Shape& shape, fast::QuantizedMatrix*) {
     const bool norm = name.ends_with("norm.weight");
     const float centre = norm && c.model_type != "gemma3_text" ? 1.0f : 0.0f, half = norm ? 0.1f : spread;
     w = to_device(random_uniform(shape, seed++, centre - half, centre + half, Dtype::bf16), device);
@@ -494,7 +494,7 @@ TEST(FusedHeadFilter, TiesAndHairsGoAsTheExactHeadSends) {
   for (const float side : {-1.0f, 1.0f}) {
     const auto model = random_model(kLlama, Device::cuda(0));
     bool edited = false;
-    model->visit("", [&](const std::string& name, Array& w, const Shape& shape) {
+    model->visit("", [&](const std::string& name, Array& w, const Shape& shape, fast::QuantizedMatrix*) {
       if (name != "model.embed_tokens.weight") return;
       std::vector<float> e = to_floats(w);
       const int64_t h = shape[1];

@@ -84,7 +84,7 @@ void write_random_model(const std::string& preset, const std::filesystem::path& 
   // 8B preset's largest is 1 GB of its 16).
   std::vector<io::DeferredTensor> tensors;
   uint64_t n = 0, bytes = 0;
-  model.visit("", [&](const std::string& name, Array&, const Shape& shape) {
+  model.visit("", [&](const std::string& name, Array&, const Shape& shape, fast::QuantizedMatrix*) {
     // Norm weights near their identity (1 for Llama/Qwen, 0 for Gemma's 1 + w form),
     // everything else small and uniform, as a trained model's magnitudes roughly are.
     const bool norm = name.ends_with("norm.weight");

@@ -18,6 +18,10 @@ void glu(fast::GluActivation act, const Array& gate, const Array& up, const Arra
 void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
                int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
 
+// fast::dequantize and fast::quantized_matmul (ops/kernels.h), in quantized.cpp.
+void dequantize(const fast::QuantizedMatrix& w, const Array& out);
+bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Array& out);
+
 // out [B, M, N] = a [B, M, K] · b [B, K, N] when b is a transposed row-major weight
 // (b.strides() for the last two axes == {1, K}), with f32 accumulation: one row of f32,
 // or up to kGemvMaxRows of bf16 or f16 (decode steps of a batch, short prompts), which

@@ -70,6 +70,13 @@ class CpuKernels final : public detail::Kernels {
                  const Array& q_offsets, const Array* key_valid, const Array& out) override {
     cpu::attention(q, k, v, scale, causal, window, q_offsets, key_valid, out);
   }
+  bool dequantize(const fast::QuantizedMatrix& w, const Array& out) override {
+    cpu::dequantize(w, out);
+    return true;
+  }
+  bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Array& out) override {
+    return cpu::quantized_matmul(x, w, out);
+  }
 };
 
 }  // namespace
