@@ -64,6 +64,38 @@ BENCHMARK(BM_gemv_streamed)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
+// The decode GEMV of an MLX-quantized weight (fast::quantized_matmul, one row), streamed
+// as above over 512 MiB of distinct codes. "bytes" counts the codes, scales and biases read;
+// FLOP/s / 2 is weights per second, to set against BM_gemv_streamed's bf16 at the same
+// shape. Args: N, K, bits, group size.
+void BM_quantized_gemv_streamed(benchmark::State& state) {
+  const int64_t n = state.range(0), k = state.range(1);
+  const int bits = int(state.range(2)), group = int(state.range(3));
+  const int64_t words = k * bits / 32, groups = k / group;
+  const int64_t count = std::max<int64_t>(2, (int64_t(512) << 20) / (n * words * 4));
+  const Array x = astype(random_normal({1, k}, 3), Dtype::bf16);  // x [1, K]
+  std::vector<fast::QuantizedMatrix> w;
+  for (int64_t i = 0; i < count; ++i) {
+    std::vector<uint32_t> bits_of(size_t(n * words));  // any bits are valid codes
+    uint32_t h = 2166136261u + uint32_t(i);
+    for (uint32_t& b : bits_of) b = h = h * 1664525u + 1013904223u;
+    const Array codes = from_vector(bits_of, {n, words});
+    w.push_back({codes, astype(random_uniform({n, groups}, 6, 0.001f, 0.002f, Dtype::f32), Dtype::bf16),
+                 astype(random_uniform({n, groups}, 7, -0.1f, 0.1f, Dtype::f32), Dtype::bf16), bits, group});
+  }
+  size_t i = 0;
+  for (auto _ : state) wait(fast::quantized_matmul(x, w[i++ % w.size()]));
+  state.SetLabel(std::to_string(bits) + "-bit, groups of " + std::to_string(group));
+  set_rates(state, double(n * words * 4 + n * groups * 4), 2.0 * double(n * k));
+}
+BENCHMARK(BM_quantized_gemv_streamed)
+    ->Args({8192, 2048, 4, 64})
+    ->Args({8192, 2048, 8, 64})
+    ->Args({3072, 1024, 4, 64})
+    ->Args({151936, 1024, 4, 64})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
 // memcpy of 256 MiB: "bytes" counts reads plus writes. Arg 0: one thread (plain
 // memcpy); arg 1: split over the library's thread pool, like the kernels.
 void BM_memcpy(benchmark::State& state) {

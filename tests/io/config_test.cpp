@@ -53,6 +53,8 @@ const std::filesystem::path kFixtures = std::filesystem::path(LMX_FIXTURES_DIR) 
 TEST(ConfigFixtures, TransformersV4AndV5FormsAgree) {
   int n = 0;
   for (const auto& e : std::filesystem::directory_iterator(kFixtures)) {
+    // The float fixtures come in both forms; the MLX-quantized ones, as mlx_lm writes them.
+    if (!std::filesystem::exists(e.path() / "config_v4.json")) continue;
     SCOPED_TRACE(e.path().string());
     const auto v5 = load_model_config(e.path());
     const auto v4 = load_model_config(e.path(), "config_v4.json");

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "core/error.h"
@@ -69,7 +70,35 @@ constexpr Preset kPresets[] = {
  "eos_token_id": [1, 106], "torch_dtype": "bfloat16"})"},
 };
 
-void write_random_model(const std::string& preset, const std::filesystem::path& out, uint64_t seed) {
+// Random MLX affine codes for a quantized [out, in] matrix (spec §2): uniform codes, and
+// per group the scale and offset that map them onto ±spread, as the float weights are.
+void add_quantized(std::vector<io::DeferredTensor>& tensors, const std::string& module, const Shape& shape,
+                   float spread, int bits, int group, uint64_t seed, uint64_t& bytes) {
+  const int64_t out = shape[0], in = shape[1];
+  LMX_CHECK(in % group == 0, "random-model", "'", module, "' has ", in, " inputs, not a multiple of group size ",
+            group);
+  tensors.push_back({module + ".weight", io::StDtype::U32, {out, in * bits / 32}, [=](std::span<std::byte> to) {
+                       // splitmix64: any bits are valid codes.
+                       uint64_t x = seed;
+                       for (size_t i = 0; i + 4 <= to.size(); i += 4) {
+                         uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+                         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+                         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+                         const uint32_t word = uint32_t(z ^ (z >> 31));
+                         std::memcpy(to.data() + i, &word, 4);
+                       }
+                     }});
+  const float scale = 2 * spread / float((1 << bits) - 1);
+  for (const auto& [name, value] : {std::pair{".scales", scale}, std::pair{".biases", -spread}})
+    tensors.push_back({module + name, io::StDtype::BF16, {out, in / group}, [value](std::span<std::byte> to) {
+                         const bf16_t v = f32_to_bf16(value);
+                         for (size_t i = 0; i + 2 <= to.size(); i += 2) std::memcpy(to.data() + i, &v, 2);
+                       }});
+  bytes += uint64_t(out * in) * uint64_t(bits) / 8 + uint64_t(out * (in / group)) * 4;
+}
+
+void write_random_model(const std::string& preset, const std::filesystem::path& out, uint64_t seed, int bits,
+                        int group) {
   const Preset* p = nullptr;
   for (const Preset& x : kPresets)
     if (preset == x.name) p = &x;
@@ -78,19 +107,30 @@ void write_random_model(const std::string& preset, const std::filesystem::path& 
     for (const Preset& x : kPresets) names += std::string(names.empty() ? "" : ", ") + x.name;
     fail("random-model", "unknown preset '", preset, "'; choose one of ", names);
   }
-  const io::ModelConfig config = io::parse_model_config(p->config, preset + " preset");
+  if (bits != 0 && bits != 2 && bits != 3 && bits != 4 && bits != 5 && bits != 6 && bits != 8)
+    fail("random-model", "--bits ", bits, " is not an MLX affine width; choose 2, 3, 4, 5, 6 or 8");
+  if (group != 32 && group != 64 && group != 128)
+    fail("random-model", "--group-size ", group, " is not 32, 64 or 128");
+  nlohmann::json config_json = nlohmann::json::parse(p->config);
+  if (bits) {  // as mlx_lm.convert writes it
+    config_json["quantization"] = {{"group_size", group}, {"bits", bits}, {"mode", "affine"}};
+    config_json["quantization_config"] = config_json["quantization"];
+  }
+  const io::ModelConfig config = io::parse_model_config(config_json.dump(), preset + " preset");
   models::CausalLM model(models::build_spec(config, preset));
   // Each tensor is made when the writer reaches it, so memory holds one at a time (the
   // 8B preset's largest is 1 GB of its 16).
   std::vector<io::DeferredTensor> tensors;
   uint64_t n = 0, bytes = 0;
-  model.visit("", [&](const std::string& name, Array&, const Shape& shape, fast::QuantizedMatrix*) {
+  model.visit("", [&](const std::string& name, Array&, const Shape& shape, fast::QuantizedMatrix* quantizable) {
     // Norm weights near their identity (1 for Llama/Qwen, 0 for Gemma's 1 + w form),
     // everything else small and uniform, as a trained model's magnitudes roughly are.
     const bool norm = name.ends_with("norm.weight");
     const float centre = norm && config.model_type != "gemma3_text" ? 1.0f : 0.0f;
     const float spread = norm ? 0.1f : 0.035f;
     const uint64_t tensor_seed = seed + n++;
+    if (bits && quantizable)
+      return add_quantized(tensors, name.substr(0, name.rfind('.')), shape, spread, bits, group, tensor_seed, bytes);
     tensors.push_back({name, io::StDtype::BF16, shape, [=](std::span<std::byte> to) {
                          const Array a = random_uniform(shape, tensor_seed, centre - spread, centre + spread,
                                                         Dtype::bf16);
@@ -101,10 +141,12 @@ void write_random_model(const std::string& preset, const std::filesystem::path& 
     bytes += uint64_t(numel(shape)) * 2;
   });
   std::filesystem::create_directories(out);
-  io::write_safetensors_streamed(out / "model.safetensors", tensors, {{"format", "pt"}});
-  std::ofstream(out / "config.json") << p->config << "\n";
-  std::printf("wrote %s: %zu tensors, %.2f GB of bf16 weights\n", out.string().c_str(), tensors.size(),
-              double(bytes) / 1e9);
+  io::write_safetensors_streamed(out / "model.safetensors", tensors, {{"format", bits ? "mlx" : "pt"}});
+  std::ofstream(out / "config.json") << config_json.dump(1) << "\n";
+  std::printf("wrote %s: %zu tensors, %.2f GB of weights (%s)\n", out.string().c_str(), tensors.size(),
+              double(bytes) / 1e9,
+              bits ? ("MLX affine, " + std::to_string(bits) + " bits, groups of " + std::to_string(group)).c_str()
+                   : "bf16");
 }
 
 }  // namespace
@@ -120,9 +162,16 @@ void add_random_model_command(CLI::App& app) {
       ->required();
   cmd->add_option("OUT_DIR", *out, "Folder to write config.json and model.safetensors into")->required();
   cmd->add_option("--seed", *seed, "Seed of the random weights");
+  auto bits = std::make_shared<int>(0);
+  auto group = std::make_shared<int>(64);
+  cmd->add_option("--bits", *bits,
+                  "Write an MLX affine-quantized checkpoint with codes of this many bits (2, 3, 4, 5, 6 or 8), "
+                  "as mlx_lm.convert -q lays it out; default: bf16 weights");
+  cmd->add_option("--group-size", *group, "Columns that share a scale and an offset when quantized (32, 64, 128)");
   cmd->footer("The weights are random: use it to measure speed and memory, not quality.\n\n"
-              "Example:\n  lmx random-model llama-3.2-1b /tmp/llama-1b && lmx generate /tmp/llama-1b --prompt-ids 1,2,3");
-  cmd->callback([=] { write_random_model(*preset, *out, *seed); });
+              "Examples:\n  lmx random-model llama-3.2-1b /tmp/llama-1b && lmx generate /tmp/llama-1b --prompt-ids 1,2,3\n"
+              "  lmx random-model qwen3-0.6b /tmp/qwen3-4bit --bits 4   # MLX 4-bit, groups of 64");
+  cmd->callback([=] { write_random_model(*preset, *out, *seed, *bits, *group); });
 }
 
 }  // namespace lmx::cli
