@@ -119,12 +119,20 @@ TEST(QuantizedMatmul, OneRowAndManyRowsMatchTheFloat64Sum) {
           for (int64_t rows : {1, 3, 17}) check_matmul(d, xd, rows, 33, bits, group, 3);
 }
 
-TEST(QuantizedMatmul, AwkwardRowCountsAndLongRows) {
+TEST(QuantizedMatmul, AwkwardSizesPromptsAndLongRows) {
   for (Device d : test_devices())
     for (int64_t n : {1, 31, 32, 4097}) {
       check_matmul(d, Dtype::bf16, 1, n, 4, 64, 5);
       check_matmul(d, Dtype::f32, 2, n, 8, 32, 2);
     }
+  // Past 32 rows (prompts): tiles dequantized for sgemm, in the SIMD order at 2, 4 and 8
+  // bits, in column order at 3, 5 and 6.
+  for (Device d : test_devices())
+    for (int bits : kBits)
+      for (int group : kGroups) check_matmul(d, Dtype::bf16, 40, 37, bits, group, 2);
+  // Enough weight rows that the pool's threads each dequantize part of a tile.
+  check_matmul(Device::cpu(), Dtype::f32, 40, 4097, 4, 64, 2);
+  check_matmul(Device::cpu(), Dtype::bf16, 33, 4097, 6, 32, 4);
   // A row of 4,096 inputs (64 groups): the decode kernel's sums over many groups.
   check_matmul(Device::cpu(), Dtype::bf16, 1, 67, 4, 64, 64);
 }
