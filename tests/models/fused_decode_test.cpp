@@ -11,6 +11,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "compare.h"
 #include "cuda_available.h"
 #include "io/config.h"
 #include "models/registry.h"
@@ -126,13 +127,8 @@ int64_t prefill_all_but_last(const models::CausalLM& model, KVCache& cache, cons
   return n;
 }
 
-double relative_l2(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) num += std::pow(got[i] - want[i], 2), den += std::pow(want[i], 2);
-  return std::sqrt(num / den);
-}
-
 using test::have_cuda;
+using test::relative_l2;
 
 struct FusedCase {
   const char* name;

@@ -12,6 +12,7 @@
 #include "models/loader.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
+#include "compare.h"
 #include "runtime/generator.h"
 
 namespace lmx {
@@ -19,6 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 const fs::path kModels = fs::path(LMX_FIXTURES_DIR) / "models";
+using test::greedy, test::max_abs;
 
 struct Golden {
   Array input_ids, logits, greedy_prompt, greedy_ids;
@@ -33,22 +35,6 @@ Golden read_golden(const fs::path& dir) {
     return from_host(bytes.data(), Shape(t->shape.begin(), t->shape.end()), *io::to_lmx_dtype(t->dtype));
   };
   return {get("input_ids"), get("logits"), get("greedy_prompt"), get("greedy_ids")};
-}
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0;
-  for (float x : v) m = std::max(m, double(std::abs(x)));
-  return m;
-}
-
-std::vector<int32_t> greedy(const models::CausalLM& m, const std::vector<int32_t>& prompt, int n) {
-  KVCache cache(m.num_layers());
-  GenerationLimits limits;
-  limits.max_tokens = n;
-  TokenGenerator gen(m, prompt, SamplingOptions{}, limits, cache);
-  std::vector<int32_t> out;
-  while (auto t = gen.next()) out.push_back(*t);
-  return out;
 }
 
 using FixtureParam = std::tuple<std::string, std::string, std::string>;  // family, dtype, config file

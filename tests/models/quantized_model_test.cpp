@@ -15,42 +15,18 @@
 #include "models/loader.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
-#include "runtime/generator.h"
+#include "compare.h"
 
 namespace lmx {
 namespace {
 
 namespace fs = std::filesystem;
 const fs::path kModels = fs::path(LMX_FIXTURES_DIR) / "models";
+using test::greedy, test::max_abs, test::relative_l2;
 
 // Two rows of 12 ids below the fixtures' vocabulary of 512.
 const std::vector<int32_t> kIds{1,  17, 300, 42, 7,  99,  256, 3,   11, 500, 64, 128,
                                 2,  5,  8,   13, 21, 34,  55,  89,  144, 233, 377, 0};
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0;
-  for (float x : v) m = std::max(m, double(std::abs(x)));
-  return m;
-}
-
-double relative_l2(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / den);
-}
-
-std::vector<int32_t> greedy(const models::CausalLM& m, const std::vector<int32_t>& prompt, int n) {
-  KVCache cache(m.num_layers());
-  GenerationLimits limits;
-  limits.max_tokens = n;
-  TokenGenerator gen(m, prompt, SamplingOptions{}, limits, cache);
-  std::vector<int32_t> out;
-  while (auto t = gen.next()) out.push_back(*t);
-  return out;
-}
 
 std::vector<float> logits_of(const models::CausalLM& m, Device d) {
   return to_floats(m.forward(to_device(from_vector(kIds, {2, 12}), d)));
