@@ -1,6 +1,7 @@
 #include "models/loader.h"
 
 #include <cstdint>
+#include <functional>
 
 #include "core/error.h"
 #include "io/config.h"
@@ -71,6 +72,24 @@ fast::QuantizedMatrix quantized_matrix(const io::WeightSet& ws, const io::ModelC
   return m;
 }
 
+// Where a checkpoint keeps the text model's tensors. A text model's names are the
+// model's own ("model.layers.0...", "lm_head.weight"); Gemma 3's multimodal checkpoints
+// (Gemma3ForConditionalGeneration, 4B and up) keep them beside the vision tower's, as
+// "language_model.model..." (transformers 4.x, and mlx-vlm's conversions) or
+// "model.language_model..." (transformers 5.x). Returns the name in the checkpoint.
+std::function<std::string(const std::string&)> stored_names(const io::WeightSet& ws) {
+  auto has_embedding = [&](const std::string& prefix) {
+    return ws.find(prefix + "embed_tokens.weight") != nullptr;
+  };
+  if (has_embedding("model.") || !(has_embedding("language_model.model.") || has_embedding("model.language_model.")))
+    return [](const std::string& name) { return name; };
+  if (has_embedding("language_model.model."))
+    return [](const std::string& name) { return "language_model." + name; };
+  return [](const std::string& name) {
+    return name.starts_with("model.") ? "model.language_model." + name.substr(6) : name;
+  };
+}
+
 }  // namespace
 
 std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& dir, const ModelLoadOptions& options) {
@@ -78,10 +97,12 @@ std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& dir, const
   const DecoderSpec spec = build_spec(config, (dir / options.config_file).string());
   const io::WeightSet weights = io::WeightSet::open_dir(dir);
 
+  const auto stored = stored_names(weights);
+
   // The compute dtype: asked for, else the embedding's stored dtype (its scales' when it
   // is quantized).
-  const io::TensorInfo* embed = weights.find("model.embed_tokens.scales");
-  if (!embed) embed = weights.find("model.embed_tokens.weight");
+  const io::TensorInfo* embed = weights.find(stored("model.embed_tokens.scales"));
+  if (!embed) embed = weights.find(stored("model.embed_tokens.weight"));
   Dtype compute = Dtype::f32;
   if (options.dtype) {
     compute = *options.dtype;
@@ -92,7 +113,9 @@ std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& dir, const
 
   auto model = std::make_unique<CausalLM>(spec);
   model->set_deterministic(options.deterministic);
-  model->visit("", [&](const std::string& name, Array& param, const Shape& shape, fast::QuantizedMatrix* quant) {
+  model->visit("", [&](const std::string& param_name, Array& param, const Shape& shape,
+                       fast::QuantizedMatrix* quant) {
+    const std::string name = stored(param_name);
     LMX_CHECK(weights.find(name) != nullptr, "load", dir.string(), ": tensor '", name,
               "' is missing from the weights (model_type ", spec.model_type, ", expected shape ", shape_str(shape),
               "); the checkpoint is incomplete or does not match config.json");
