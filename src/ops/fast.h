@@ -100,8 +100,8 @@ struct QuantizedMatrix {
   Array biases;  // [N, K / group_size], the scales' dtype
   int bits = 4;
   int group_size = 64;
-  int64_t rows() const { return packed.shape(0); }                                  // N
-  int64_t cols() const { return packed.shape(1) * 32 / bits; }                      // K
+  int64_t rows() const { return packed.shape(0); }              // N
+  int64_t cols() const { return packed.shape(1) * 32 / bits; }  // K
 };
 // Checks that w's arrays agree with each other and with bits and group_size (bits in
 // {2, 3, 4, 5, 6, 8}, group_size in {32, 64, 128}); throws "[op] ..." naming `what`.

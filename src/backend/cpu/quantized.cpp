@@ -1,15 +1,17 @@
 // MLX affine-quantized matrices on the CPU (spec §2): dequantization, and the product of
-// a few rows with a quantized weight.
+// rows of x with a quantized weight.
 //
-// One row (a decode step) reads the packed codes straight into the dot product: at 4 bits
-// that is a quarter of a bf16 weight's bytes, plus a scale and an offset per group. With
-// y = Σ_g s_g·Σ_{k∈g} q_k·x_k + b_g·Σ_{k∈g} x_k, the offsets cost one product per group
-// against x's group sums. For 2, 4 and 8 bits a vector of V words holds V·(32/bits) codes;
-// shifting it by bits·j and masking gives the codes j, j + 32/bits, ... of those words,
-// which meet x permuted to that order once per call. Several rows (a prompt, a batch's
-// step) dequantize the weight a tile of rows at a time into f32 and multiply with sgemm,
-// so the weight is unpacked once per call whatever the rows. Highway compiles the one-row
-// kernel for each x86 target; the best one is chosen at run time.
+// Up to 32 rows (decode steps, short prompts) read the packed codes straight into the dot
+// products: at 4 bits a quarter of a bf16 weight's bytes, plus a scale and an offset per
+// group. With y = Σ_g s_g·Σ_{k∈g} q_k·x_k + b_g·Σ_{k∈g} x_k, the offsets cost one product
+// per group against x's group sums. For 2, 4 and 8 bits a vector of V words holds
+// V·(32/bits) codes; shifting it by bits·j and masking gives the codes j, j + 32/bits, ...
+// of those words, which meet x permuted to that order once per call; the codes decoded
+// once serve up to eight rows. Longer prompts dequantize the weight a tile of rows at a
+// time into f32 (in the same permuted order, x permuted alike) and multiply with sgemm,
+// so the weight is unpacked once per call whatever the rows. 3, 5 and 6 bits take a
+// scalar bitstream reader and sgemm. Highway compiles the SIMD kernels for each x86
+// target; the best one is chosen at run time.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backend/cpu/quantized.cpp"
 #include <hwy/foreach_target.h>  // must come before highway.h
