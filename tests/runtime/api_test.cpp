@@ -343,6 +343,17 @@ TEST(ApiTest, InfoDescribesTheModel) {
   EXPECT_EQ(i.quant_bits, 0);
 }
 
+TEST(ApiTest, InfoOfAQuantizedModelCountsItsPackedBytes) {
+  const ModelInfo q = load("qwen3-mlx-q8")->info(), f = load("qwen3-bf16")->info();
+  EXPECT_EQ(q.quant_bits, 8);
+  EXPECT_EQ(q.quant_group_size, 64);
+  EXPECT_EQ(q.dtype, "bfloat16");  // the scales' dtype
+  EXPECT_EQ(q.parameters, f.parameters);
+  // Every matrix at one byte a weight plus two bf16 values per 64; the norms as they are.
+  EXPECT_LT(q.weight_bytes, f.weight_bytes * 6 / 10);
+  EXPECT_GT(q.weight_bytes, f.weight_bytes / 2);
+}
+
 TEST(DiscoverTest, ListsModelsAndExplainsBrokenFolders) {
   const fs::path root = fs::temp_directory_path() / ("lmx_discover_" + std::to_string(::getpid()));
   fs::remove_all(root);
