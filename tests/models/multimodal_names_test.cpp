@@ -25,7 +25,8 @@ struct Layout {
   const char* vision;       // a vision-tower tensor the loader must ignore
 };
 constexpr Layout kLayouts[] = {
-    {"transformers4", "language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.post_layernorm.weight"},
+    {"transformers4", "language_model.model.", "language_model.lm_head.",
+     "vision_tower.vision_model.post_layernorm.weight"},
     {"transformers5", "model.language_model.", "lm_head.", "model.vision_tower.vision_model.post_layernorm.weight"},
 };
 

@@ -74,10 +74,11 @@ TEST_P(QuantizedModelTest, CachedDecodingEqualsFullRecomputation) {
   const std::vector<float> full = to_floats(model->forward(from_vector(row, {1, 12})));  // [1, 12, V]
   KVCache cache(model->num_layers());
   const std::vector<nn::LayerCache*> layers = cache.layers();
-  std::vector<float> inc = to_floats(model->forward(from_vector(std::vector<int32_t>(row.begin(), row.begin() + 4),
-                                                                {1, 4}), layers));
+  const Array prompt = from_vector(std::vector<int32_t>(row.begin(), row.begin() + 4), {1, 4});
+  std::vector<float> inc = to_floats(model->forward(prompt, layers));
   for (size_t t = 4; t < row.size(); ++t) {
-    const std::vector<float> step = to_floats(model->forward(from_vector(std::vector<int32_t>{row[t]}, {1, 1}), layers));
+    const Array id = from_vector(std::vector<int32_t>{row[t]}, {1, 1});
+    const std::vector<float> step = to_floats(model->forward(id, layers));
     inc.insert(inc.end(), step.begin(), step.end());
   }
   ASSERT_EQ(inc.size(), full.size());

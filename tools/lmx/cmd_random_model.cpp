@@ -169,7 +169,8 @@ void add_random_model_command(CLI::App& app) {
                   "as mlx_lm.convert -q lays it out; default: bf16 weights");
   cmd->add_option("--group-size", *group, "Columns that share a scale and an offset when quantized (32, 64, 128)");
   cmd->footer("The weights are random: use it to measure speed and memory, not quality.\n\n"
-              "Examples:\n  lmx random-model llama-3.2-1b /tmp/llama-1b && lmx generate /tmp/llama-1b --prompt-ids 1,2,3\n"
+              "Examples:\n"
+              "  lmx random-model llama-3.2-1b /tmp/llama-1b && lmx generate /tmp/llama-1b --prompt-ids 1,2,3\n"
               "  lmx random-model qwen3-0.6b /tmp/qwen3-4bit --bits 4   # MLX 4-bit, groups of 64");
   cmd->callback([=] { write_random_model(*preset, *out, *seed, *bits, *group); });
 }
