@@ -52,7 +52,9 @@ Array dequantize(const QuantizedMatrix& w, Dtype dtype) {
   Array out({w.rows(), w.cols()}, dtype, d);
   if (w.rows() == 0 || w.cols() == 0) return out;
   if (detail::kernels_for(d).dequantize(contiguous_on(w, d), out)) return out;
-  // A device without the kernel: unpack on the CPU (a load-time path, not a per-step one).
+  // A device without the kernel: unpack on the CPU (a load-time path, not a per-step one),
+  // with the declined output freed first, so that the device never holds two copies.
+  out = Array();
   Array host({w.rows(), w.cols()}, dtype, Device::cpu());
   LMX_CHECK(detail::kernels_for(Device::cpu()).dequantize(contiguous_on(w, Device::cpu()), host), "dequantize",
             "the CPU backend has no dequantize kernel");
@@ -69,8 +71,8 @@ Array quantized_matmul(const Array& x, const QuantizedMatrix& w) {
   Shape shape = x.shape();  // [..., N]
   shape.back() = w.rows();
   const Array rows = contiguous(reshape(x, {-1, w.cols()}));  // [R, K]
+  if (rows.size() == 0 || w.rows() == 0) return full(shape, 0.0, x.dtype(), x.device());
   Array out({rows.shape(0), w.rows()}, x.dtype(), x.device());
-  if (rows.size() == 0 || out.size() == 0) return reshape(full(out.shape(), 0.0, x.dtype(), x.device()), shape);
   if (detail::kern(x).quantized_matmul(rows, contiguous_on(w, x.device()), out)) return reshape(out, shape);
   return reference::quantized_matmul(x, w);
 }

@@ -95,6 +95,16 @@ void permute_rows(const float* x, int64_t m, int64_t k, int64_t v, int64_t group
   }
 }
 
+// Codes j, j + 32/kBits, ... of the words in `words` (one a lane), as f32 lanes: exact,
+// since a code has at most 8 bits.
+template <int kBits, class DF, class VU>
+HWY_INLINE hn::Vec<DF> codes_at(DF df, VU words, int j) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  return hn::ConvertTo(df, hn::BitCast(di, hn::And(hn::ShiftRightSame(words, j * kBits),
+                                                   hn::Set(du, (1u << kBits) - 1))));
+}
+
 // out[r·N + n] = x[r] · W row n for kRows rows of x (xp and xsum as permute_rows makes
 // them, row stride K and groups) and n in [n0, n1). kBits in {2, 4, 8}; kCap lanes divide
 // the words of a group, so a vector never spans two groups. The codes are decoded once
@@ -105,11 +115,9 @@ void dot_rows(const quant::Rows& w, const float* xp, const float* xsum, int64_t 
               int64_t n_all) {
   const hn::CappedTag<float, kCap> df;
   const hn::RebindToUnsigned<decltype(df)> du;
-  const hn::RebindToSigned<decltype(df)> di;
   using V = decltype(hn::Zero(df));
   constexpr int kPer = 32 / kBits;  // codes a word
   const int64_t v = int64_t(hn::Lanes(df)), k = w.words * kPer, group_words = w.group_size / kPer;
-  const auto mask = hn::Set(du, (1u << kBits) - 1);
   for (int64_t n = n0; n < n1; ++n) {
     const uint32_t* row = w.packed + n * w.words;
     V acc[kRows];
@@ -122,7 +130,7 @@ void dot_rows(const quant::Rows& w, const float* xp, const float* xsum, int64_t 
         const auto words = hn::LoadU(du, row + w0);
         const float* xb = xp + w0 * kPer;
         for (int j = 0; j < kPer; ++j) {
-          const V q = hn::ConvertTo(df, hn::BitCast(di, hn::And(hn::ShiftRightSame(words, j * kBits), mask)));
+          const V q = codes_at<kBits>(df, words, j);
           for (int r = 0; r < kRows; ++r) dot[r] = hn::MulAdd(q, hn::LoadU(df, xb + r * k + j * v), dot[r]);
         }
       }
@@ -170,10 +178,8 @@ template <int kBits, size_t kCap>
 void dequantize_permuted(const quant::Rows& w, int64_t n0, int64_t n1, float* out) {
   const hn::CappedTag<float, kCap> df;
   const hn::RebindToUnsigned<decltype(df)> du;
-  const hn::RebindToSigned<decltype(df)> di;
   constexpr int kPer = 32 / kBits;
   const int64_t v = int64_t(hn::Lanes(df)), k = w.words * kPer, group_words = w.group_size / kPer;
-  const auto mask = hn::Set(du, (1u << kBits) - 1);
   for (int64_t n = n0; n < n1; ++n) {
     const uint32_t* row = w.packed + n * w.words;
     float* o = out + (n - n0) * k;
@@ -183,8 +189,7 @@ void dequantize_permuted(const quant::Rows& w, int64_t n0, int64_t n1, float* ou
       for (int64_t w0 = g * group_words; w0 < (g + 1) * group_words; w0 += v) {
         const auto words = hn::LoadU(du, row + w0);
         for (int j = 0; j < kPer; ++j) {
-          const auto q = hn::ConvertTo(df, hn::BitCast(di, hn::And(hn::ShiftRightSame(words, j * kBits), mask)));
-          hn::StoreU(hn::MulAdd(q, scale, bias), df, o + w0 * kPer + j * v);
+          hn::StoreU(hn::MulAdd(codes_at<kBits>(df, words, j), scale, bias), df, o + w0 * kPer + j * v);
         }
       }
     }
@@ -235,7 +240,7 @@ HWY_AFTER_NAMESPACE();
 #include <memory>
 #include <vector>
 
-#include "backend/cpu/strided.h"
+#include "backend/cpu/cpu_ops.h"
 #include "core/thread_pool.h"
 
 namespace lmx::cpu {
@@ -255,40 +260,17 @@ quant::Rows rows_of(const fast::QuantizedMatrix& w) {
           w.packed.shape(1), w.scales.shape(1)};
 }
 
-// f32 values of `src` (contiguous, any float dtype).
-std::vector<float> floats_of(const Array& src) {
-  std::vector<float> f(size_t(src.size()));
-  visit_dtype(src.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (std::is_same_v<compute_t<T>, float>) {
-      const T* p = src.data<T>();
-      for (int64_t i = 0; i < src.size(); ++i) f[size_t(i)] = to_f32(p[i]);
-    }
-  });
-  return f;
-}
-
-// count f32 values rounded into dst, of float dtype t.
-void store_floats(const float* f, int64_t count, Dtype t, void* dst) {
-  visit_dtype(t, [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (std::is_same_v<compute_t<T>, float>) {
-      T* p = static_cast<T*>(dst);
-      for (int64_t i = 0; i < count; ++i) p[i] = from_f32<T>(f[i]);
-    }
-  });
-}
-
 }  // namespace
 
 void dequantize(const fast::QuantizedMatrix& w, const Array& out) {
   const quant::Rows r = rows_of(w);
   const int64_t k = w.cols();
+  const bool f32 = out.dtype() == Dtype::f32;
   parallel_for(w.rows(), std::max<int64_t>(1, 16384 / k), [&](int64_t n0, int64_t n1) {
-    std::vector<float> row(static_cast<size_t>(k));
+    std::vector<float> row(f32 ? 0 : static_cast<size_t>(k));  // f32 output: written in place
     for (int64_t n = n0; n < n1; ++n) {
-      quant::dequantize_row(r, n, row.data());
-      store_floats(row.data(), k, out.dtype(), static_cast<char*>(out.raw()) + size_t(n * k) * itemsize(out.dtype()));
+      quant::dequantize_row(r, n, f32 ? out.data<float>() + n * k : row.data());
+      if (!f32) copy(Array::borrow(row.data(), {k}, Dtype::f32, nullptr), out.view({k}, {1}, out.offset() + n * k));
     }
   });
 }
@@ -296,18 +278,22 @@ void dequantize(const fast::QuantizedMatrix& w, const Array& out) {
 bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Array& out) {
   const quant::Rows r = rows_of(w);
   const int64_t m = x.shape(0), n = w.rows(), k = w.cols();
-  const std::vector<float> xf = floats_of(x);  // [M, K]
-  // [M, N] f32: the output itself where it is f32. Left uninitialised: every element is
-  // written (sgemm with beta 0 reads none).
-  std::unique_ptr<float[]> y_scratch;
-  float* y = out.dtype() == Dtype::f32 ? out.data<float>() : (y_scratch = std::make_unique_for_overwrite<float[]>(
-                                                                  size_t(m * n))).get();
+  // x [M, K] and y [M, N] in f32: x itself and the output itself where they are f32.
+  // Left uninitialised: every element is written (sgemm with beta 0 reads none).
+  std::unique_ptr<float[]> x_scratch, y_scratch;
+  if (x.dtype() != Dtype::f32) {
+    x_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * k));
+    copy(x, Array::borrow(x_scratch.get(), {m, k}, Dtype::f32, nullptr));
+  }
+  if (out.dtype() != Dtype::f32) y_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * n));
+  const float* xf = x_scratch ? x_scratch.get() : x.data<float>();
+  float* y = y_scratch ? y_scratch.get() : out.data<float>();
   const bool simd = w.bits == 2 || w.bits == 4 || w.bits == 8;
   if (m <= kCodeRowsMax && simd) {
     // About 32 KiB of codes per chunk, as the dense GEMV takes 64 KiB of bf16.
     const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 15) / std::max<int64_t>(1, r.words * 4));
     parallel_for(n, grain, [&](int64_t n0, int64_t n1) {
-      HWY_DYNAMIC_DISPATCH(quantized_dot_rows)(r, xf.data(), m, n0, n1, y, n);
+      HWY_DYNAMIC_DISPATCH(quantized_dot_rows)(r, xf, m, n0, n1, y, n);
     });
   } else {
     // Tiles of up to 16 MiB of f32 rows (a whole layer matrix of a 1B model in one or a
@@ -317,9 +303,9 @@ bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Arra
     // (and x's) take the SIMD kernels' order.
     std::vector<float> xp;
     if (simd) {
-      xp.resize(xf.size());
+      xp.resize(size_t(m * k));
       parallel_for(m, std::max<int64_t>(1, 16384 / k), [&](int64_t r0, int64_t r1) {
-        HWY_DYNAMIC_DISPATCH(quantized_permute)(r, xf.data() + r0 * k, r1 - r0, xp.data() + r0 * k);
+        HWY_DYNAMIC_DISPATCH(quantized_permute)(r, xf + r0 * k, r1 - r0, xp.data() + r0 * k);
       });
     }
     const int64_t tile = std::clamp<int64_t>((int64_t(1) << 22) / k, 16, n);
@@ -333,10 +319,10 @@ bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Arra
         for (int64_t i = i0; i < i1; ++i) quant::dequantize_row(r, t0 + i, wt + i * k);
       });
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(rows), int(k), 1.0f,
-                  simd ? xp.data() : xf.data(), int(k), wt, int(k), 0.0f, y + t0, int(n));
+                  simd ? xp.data() : xf, int(k), wt, int(k), 0.0f, y + t0, int(n));
     }
   }
-  if (y_scratch) store_floats(y, m * n, out.dtype(), out.raw());
+  if (y_scratch) copy(Array::borrow(y, {m, n}, Dtype::f32, nullptr), out);
   return true;
 }
 
