@@ -1,5 +1,6 @@
 #include "models/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -112,8 +113,25 @@ Array CausalLM::forward(const Array& ids, std::span<nn::LayerCache* const> cache
   return logits(hidden_states(ids, caches, batch));
 }
 
+namespace {
+bool reuse_decoders() {
+  const char* v = std::getenv("LMX_FUSED_REUSE");
+  return !v || std::string(v) != "0";
+}
+}  // namespace
+
 std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder(int rows) const {
   if (const char* v = std::getenv("LMX_FUSED"); v && std::string(v) == "0") return nullptr;
+  if (reuse_decoders()) {
+    std::lock_guard lock(decoders_->mutex);
+    std::vector<std::unique_ptr<fast::FusedDecoder>>& idle = decoders_->idle;
+    for (auto it = idle.begin(); it != idle.end(); ++it)
+      if ((*it)->rows() == rows) {
+        std::unique_ptr<fast::FusedDecoder> d = std::move(*it);
+        idle.erase(it);
+        return d;
+      }
+  }
   detail::Kernels& kernels = detail::kernels_for(device());
   if (!kernels.has_fused_decoder(dtype()) || quantized()) return nullptr;  // before anything is allocated
   fast::FusedDecoderWeights w;
@@ -152,6 +170,32 @@ std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder(int rows) const {
   return kernels.fused_decoder(w, rows);
 }
 
+void CausalLM::recycle_fused_decoder(std::unique_ptr<fast::FusedDecoder> decoder) const noexcept {
+  if (!decoder || !reuse_decoders()) return;
+  try {
+    decoder->reset();
+  } catch (...) {
+    return;  // a decoder that cannot be reset (a device fault) is not worth keeping
+  }
+  std::lock_guard lock(decoders_->mutex);
+  std::vector<std::unique_ptr<fast::FusedDecoder>>& idle = decoders_->idle;
+  const bool have = std::any_of(idle.begin(), idle.end(), [&](const auto& d) { return d->rows() == decoder->rows(); });
+  if (!have) idle.push_back(std::move(decoder));
+}
+
+void CausalLM::drop_fused_decoders() {
+  std::vector<std::unique_ptr<fast::FusedDecoder>> idle;
+  if (reuse_decoders()) {
+    std::lock_guard lock(decoders_->mutex);
+    idle.swap(decoders_->idle);
+  }
+}  // destroyed outside the lock: a decoder's destructor waits for its device
+
+void CausalLM::set_deterministic(bool on) {
+  deterministic_ = on;
+  drop_fused_decoders();
+}
+
 bool CausalLM::quantized() const {
   bool any = embed_tokens_.is_quantized() || (lm_head_ && lm_head_->is_quantized());
   for (const auto& l : layers_) {
@@ -165,6 +209,7 @@ bool CausalLM::quantized() const {
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {
+  drop_fused_decoders();  // the visitor may replace the weights they were built from
   const std::string model = nn::join_name(prefix, "model");
   embed_tokens_.visit(nn::join_name(model, "embed_tokens"), fn);
   for (size_t i = 0; i < layers_.size(); ++i)

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -78,11 +79,19 @@ class CausalLM : public nn::Module {
   // The device's fused decode step over these weights for one sequence, or for a batch
   // of `rows` (up to 8) that share one cache, or nullptr where the backend has none for
   // them (then forward() is the way). One per sequence or batch: it holds their scratch
-  // buffers. LMX_FUSED=0 turns the fused path off.
+  // buffers. A decoder handed back by recycle_fused_decoder is given out again before a
+  // new one is made. LMX_FUSED=0 turns the fused path off.
   std::unique_ptr<fast::FusedDecoder> fused_decoder(int rows = 1) const;
+  // Keeps a decoder that its caller is done with (after FusedDecoder::reset) for the next
+  // fused_decoder(rows): one per batch size at most. A decoder costs a few milliseconds to
+  // set up (its buffers, its plan, the CUDA LM head's filtered copy), which every
+  // generation would otherwise pay again. visit() and set_deterministic() drop the kept
+  // ones, since they are built from the weights and that setting. LMX_FUSED_REUSE=0
+  // keeps none.
+  void recycle_fused_decoder(std::unique_ptr<fast::FusedDecoder> decoder) const noexcept;
   // Whether fused_decoder's steps must give the same bits on every run
   // (fast::FusedDecoderWeights::deterministic; ModelLoadOptions::deterministic).
-  void set_deterministic(bool on) { deterministic_ = on; }
+  void set_deterministic(bool on);
   const DecoderSpec& spec() const { return spec_; }
   int num_layers() const { return int(layers_.size()); }
   Dtype dtype() const { return embed_tokens_.dtype(); }
@@ -97,6 +106,13 @@ class CausalLM : public nn::Module {
   nn::RMSNorm norm_;                           // [H]
   std::optional<nn::Linear> lm_head_;          // [V, H]; absent when tied
   bool deterministic_ = false;
+  // recycle_fused_decoder's decoders, by batch size: the model is shared between threads.
+  struct DecoderPool {
+    std::mutex mutex;
+    std::vector<std::unique_ptr<fast::FusedDecoder>> idle;
+  };
+  std::unique_ptr<DecoderPool> decoders_ = std::make_unique<DecoderPool>();
+  void drop_fused_decoders();
 };
 
 }  // namespace lmx::models

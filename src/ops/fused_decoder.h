@@ -105,6 +105,11 @@ class FusedDecoder {
   // How the backend runs the steps, for reports: on CUDA "persistent" (one kernel per
   // step) or "graph" (a kernel per phase, replayed as a CUDA graph); "" before any step.
   virtual const char* path() const = 0;
+  // Makes the decoder ready for another caller (models::CausalLM::recycle_fused_decoder):
+  // tokens queued and never read are dropped, and the next step needs set_inputs first.
+  // What it keeps is for speed alone: its buffers, and its plan while the caches are the
+  // same arrays.
+  virtual void reset() {}
 };
 
 }  // namespace lmx::fast

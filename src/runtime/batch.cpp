@@ -231,6 +231,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   else if (generated > 1)
     t.decode_path = "plain";
   t.decode_s = seconds_since(t0);
+  model_->recycle_fused_decoder(std::move(fused));  // for the next batch of as many rows
   record(t, FinishReason::max_tokens, {}, "");
   return out;
 }

@@ -40,6 +40,8 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
   }
 }
 
+TokenGenerator::~TokenGenerator() { model_.recycle_fused_decoder(std::move(fused_)); }
+
 std::optional<int32_t> TokenGenerator::fused_step() {
   // Every draw is made on the device (fast::sample_tokens, or the argmax) and becomes the
   // next step's input there, as the step's own argmax does. A logit bias and penalties

@@ -66,6 +66,8 @@ class TokenGenerator {
   // prefilled. It must outlive the generator.
   TokenGenerator(const models::CausalLM& model, std::vector<int32_t> prompt, SamplingOptions sampling,
                  GenerationLimits limits, KVCache& cache);
+  TokenGenerator(TokenGenerator&&) = default;
+  ~TokenGenerator();  // hands the fused decoder back to the model, for the next generation
   // The next token, or nullopt once generation has finished. finish_reason() is set as
   // soon as the returned token is the last one (EOS, stop id, length or context).
   std::optional<int32_t> next();

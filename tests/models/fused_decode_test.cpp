@@ -685,6 +685,56 @@ TEST(FusedBatch, DeclinesWhatItCannotStep) {
   EXPECT_EQ(random_model(kLlamaBatch, Device::cpu())->fused_decoder(4), nullptr);
 }
 
+// Greedy tokens of one generation through TokenGenerator, with a cache of `capacity` slots.
+std::vector<int32_t> generate_greedy(const models::CausalLM& model, int capacity) {
+  KVCache cache(model, false, capacity);
+  GenerationLimits limits;
+  limits.max_tokens = 40;
+  limits.ignore_eos = true;
+  TokenGenerator gen(model, {3, 14, 15, 92, 65, 35, 89, 79, 32, 38}, SamplingOptions{}, limits, cache);
+  std::vector<int32_t> got;
+  while (auto t = gen.next()) got.push_back(*t);
+  return got;
+}
+
+// A generator hands its decoder back to the model (recycle_fused_decoder), and the next
+// one decodes with it as a fresh decoder would: over the same caches, over caches of
+// another length (a new plan), and after a change of weights, which drops it (its
+// filtered LM head copies the old head). Deterministic steps, so that tokens compare.
+TEST(FusedDecode, RecycledDecodersDecodeAsFreshOnes) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const auto model = random_model(kLlama, Device::cuda(0));
+  model->set_deterministic(true);
+  const std::vector<int32_t> first = generate_greedy(*model, 8);
+  ASSERT_EQ(first.size(), 40u);
+  std::unique_ptr<fast::FusedDecoder> kept = model->fused_decoder();
+  const fast::FusedDecoder* address = kept.get();
+  model->recycle_fused_decoder(std::move(kept));
+  EXPECT_EQ(model->fused_decoder().get(), address) << "the kept decoder is given out again";
+  EXPECT_EQ(generate_greedy(*model, 8), first);
+  EXPECT_EQ(generate_greedy(*model, 8), first);
+  EXPECT_EQ(generate_greedy(*model, 300), first);
+  {  // the greedy generator filtered the LM head; the next caller's steps keep every logit
+    auto next = model->fused_decoder();
+    KVCache cache(*model, false, 8);
+    next->set_input(kChainPrompt.back(), prefill_all_but_last(*model, cache, kChainPrompt));
+    next->step(cache.fused_views());
+    EXPECT_NO_THROW((void)next->logits());
+    model->recycle_fused_decoder(std::move(next));
+  }
+
+  // The head's sign flipped through visit: the kept decoder must go with the old weights.
+  model->visit("", [](const std::string& name, Array& w, const Shape&, fast::QuantizedMatrix*) {
+    if (name == "model.embed_tokens.weight") w = multiply(w, -1.0);
+  });
+  const std::vector<int32_t> flipped = generate_greedy(*model, 8);
+  EXPECT_NE(flipped, first);
+  ASSERT_EQ(setenv("LMX_FUSED_REUSE", "0", 1), 0);
+  const std::vector<int32_t> fresh = generate_greedy(*model, 8);  // a decoder of its own
+  unsetenv("LMX_FUSED_REUSE");
+  EXPECT_EQ(flipped, fresh);
+}
+
 // Where the device has no fused path (the CPU), the model says so and the generator
 // keeps to the plain ops.
 TEST(FusedDecode, CpuHasNoFusedPath) {

@@ -134,7 +134,12 @@ void run_bench(const BenchArgs& a) {
       // batched fused step where it has one for that many sequences (as batch_generate's
       // greedy decoding does), else the plain ops.
       const bool single = b == 1 && !a.plain;
-      const bool batched = b > 1 && !a.plain && model->fused_decoder(b) != nullptr;
+      bool batched = false;
+      if (b > 1 && !a.plain) {  // a decoder made to ask is kept for the runs
+        auto probe = model->fused_decoder(b);
+        batched = probe != nullptr;
+        model->recycle_fused_decoder(std::move(probe));
+      }
       const std::vector<int32_t> prompt_ids = to_vector<int32_t>(prompt);
       std::string path = "plain";
       nlohmann::json row = nlohmann::json::object();
@@ -174,7 +179,7 @@ void run_bench(const BenchArgs& a) {
         prefill_s = now_s() - t0;
         if (batched) {
           // Steps chained on the device, the draws too; the tokens are read once at the end.
-          const auto fused = model->fused_decoder(b);
+          auto fused = model->fused_decoder(b);
           fused->set_inputs(next, std::vector<int64_t>(size_t(b), a.prompt_len), {});
           set_fused_edits(*fused, samplers, history);
           for (int i = 1; i < a.gen_len; ++i) {
@@ -184,6 +189,7 @@ void run_bench(const BenchArgs& a) {
           }
           (void)fused->tokens(a.gen_len - 1);
           path = std::string("fused-") + fused->path();
+          model->recycle_fused_decoder(std::move(fused));  // as batch_generate does
           return;
         }
         if (!a.sampled()) {  // greedy: the argmax stays on the device, read once at the end

@@ -189,6 +189,16 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
   }
 
+  void reset() override {
+    // A copy still queued writes only its own pinned slot, in order on its stream; waiting
+    // for it keeps the ring's slots plain to reason about.
+    if (copies_) check(cudaStreamSynchronize(copies_), "cudaStreamSynchronize");
+    read_ = queued_;
+    steps_ = 0;
+    edits_ = {};
+    argmax_only_ = false;  // as a new decoder; the plan stays until a step needs another
+  }
+
   std::vector<int32_t> wait_tokens() override {
     LMX_CHECK(read_ < queued_, "fused decode", "no token queued");
     const int slot = int(read_++ % kRing);
@@ -223,17 +233,21 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   void step(std::span<const fast::FusedCacheView> caches) override {
     LMX_CHECK(caches.size() == w_.layers.size(), "fused decode", "got ", caches.size(), " layer caches for ",
               w_.layers.size(), " layers");
+    // The caches by address and length: a recycled decoder (reset) may be handed caches
+    // that the allocator placed where the last ones were, with other lengths.
     std::vector<const void*> bound;
-    for (const fast::FusedCacheView& v : caches) bound.insert(bound.end(), {v.k.raw(), v.v.raw()});
+    for (const fast::FusedCacheView& v : caches)
+      bound.insert(bound.end(), {v.k.raw(), v.v.raw(), reinterpret_cast<const void*>(uintptr_t(v.k.shape(2)))});
     const Context& c = ctx();
     ++steps_;
     if (copies_) guard_history(c.stream);
-    if (bound != bound_) {  // new caches (or the first step): a new plan
+    if (bound != bound_ || argmax_only_ != planned_argmax_only_) {  // new caches or head (or the first step)
       prepare(caches);
       plan_ = plan();
       prepare_persistent();
       if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
       bound_ = bound;
+      planned_argmax_only_ = argmax_only_;
     }
     if (persistent_blocks_ > 0) {
       profiled_steps_ += profile_;
@@ -268,9 +282,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
 
   void set_argmax_only(bool on) override {
-    if (on == argmax_only_) return;
-    argmax_only_ = on;
-    bound_.clear();  // the next step plans anew, with or without the filtered head
+    argmax_only_ = on;  // the next step plans anew where its plan was made the other way
   }
 
   void draw(const std::optional<fast::SampleFilter>& filter,
@@ -648,7 +660,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, pads_, history_,
       attn_partial_;
   // set_argmax_only, and the filtered head's copy of the LM head (fused::prepare_head_filter).
-  bool argmax_only_ = false;
+  bool argmax_only_ = false, planned_argmax_only_ = false;  // set_argmax_only's; the plan's
   Array filter_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
