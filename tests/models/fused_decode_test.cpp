@@ -716,6 +716,7 @@ TEST(FusedDecode, RecycledDecodersDecodeAsFreshOnes) {
   EXPECT_EQ(generate_greedy(*model, 300), first);
   {  // the greedy generator filtered the LM head; the next caller's steps keep every logit
     auto next = model->fused_decoder();
+    EXPECT_NO_THROW((void)next->logits().size());  // as set_fused_edits asks, before a step
     KVCache cache(*model, false, 8);
     next->set_input(kChainPrompt.back(), prefill_all_but_last(*model, cache, kChainPrompt));
     next->step(cache.fused_views());

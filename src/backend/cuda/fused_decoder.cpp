@@ -197,6 +197,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     steps_ = 0;
     edits_ = {};
     argmax_only_ = false;  // as a new decoder; the plan stays until a step needs another
+    last_filtered_ = false;
   }
 
   std::vector<int32_t> wait_tokens() override {
@@ -249,6 +250,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       bound_ = bound;
       planned_argmax_only_ = argmax_only_;
     }
+    last_filtered_ = filtered();
     if (persistent_blocks_ > 0) {
       profiled_steps_ += profile_;
       return launch_persistent(c.stream);
@@ -277,7 +279,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
 
   const Array& logits() const override {
-    LMX_CHECK(!filtered(), "fused decode", "the last step kept only its argmax (set_argmax_only): no logits to read");
+    LMX_CHECK(!last_filtered_, "fused decode",
+              "the last step kept only its argmax (set_argmax_only): no logits to read");
     return logits_;
   }
 
@@ -289,7 +292,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
             std::span<const uint64_t> words) override {
     LMX_CHECK(steps_ > 0 && (!filter || int64_t(words.size()) == rows_), "fused decode",
               "a draw needs a step before it and ", rows_, " random words, got ", words.size());
-    LMX_CHECK(!filtered(), "fused decode",
+    LMX_CHECK(!last_filtered_, "fused decode",
               "the last step kept only its argmax (set_argmax_only): nothing to draw from");
     const Context& c = ctx();
     Array x = reshape(logits_, {rows_, vocab_});
@@ -661,6 +664,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       attn_partial_;
   // set_argmax_only, and the filtered head's copy of the LM head (fused::prepare_head_filter).
   bool argmax_only_ = false, planned_argmax_only_ = false;  // set_argmax_only's; the plan's
+  bool last_filtered_ = false;  // whether the last step since reset ran the filtered head (no logits)
   Array filter_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
