@@ -105,12 +105,9 @@ __device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
 // Starts the copies of stage `st` into `slot`, counted on `bar`, with L2 policy `policy`.
 __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar, uint64_t policy) {
   const Geometry& g = table[st.phase];
-  if (g.down && st.seg == 1) {  // whole boxes, one after another, rows past the matrix filled with zeros
-    const int boxes = (st.n + g.box_rows - 1) / g.box_rows;
-    const unsigned box_bytes = unsigned(g.units) * 16u * unsigned(g.box_rows);
-    mbarrier_expect(bar, unsigned(boxes) * box_bytes);
-    for (int b = 0; b < boxes; ++b)
-      tensor_copy(slot + size_t(b) * (box_bytes / sizeof(bf16)), g.down, bar, st.col, st.row + b * g.box_rows, policy);
+  if (g.down && st.seg == 1) {  // a whole box, rows past the matrix filled with zeros
+    mbarrier_expect(bar, unsigned(g.units) * 16u * unsigned(g.box_rows));
+    tensor_copy(slot, g.down, bar, st.col, st.row, policy);
     return;
   }
   const unsigned bytes = unsigned(st.n) * unsigned(g.row_bytes);
@@ -234,36 +231,33 @@ __device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, i
   y[o] = v;
 }
 
-// A stage of a fused down projection: rows [0, n) of boxes of 8·units columns (row-major,
-// 16·units bytes a row, the boxes one after another), a thread a row, each adding its
-// row's products with the block's activations `act` into `y`. With an odd number of units,
-// eight threads' 16-byte reads of one unit fall in eight different bank groups; with 8
-// units, every row would fall in the same one, so each thread starts at a different unit.
+// A stage of a fused down projection: rows [0, n) of a box of 8·units columns (row-major,
+// 16·units bytes a row), a thread a row, each adding its row's products with the block's
+// activations `act` into `y`. With an odd number of units, eight threads' 16-byte reads
+// of one unit fall in eight different bank groups; with 8 units, every row would fall in
+// the same one, so each thread starts at a different unit.
 __device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, int units, int n, float* y) {
-  for (int r = int(threadIdx.x); r - int(threadIdx.x) < n; r += kWorkers) {  // n <= kMaxDownStageRows
-    const bf16* row = w + size_t(r) * 8 * units;
-    float acc = 0;
-    // The first unit: r mod units where units is a multiple of 8 (8 itself, up to
-    // kMaxDownUnits: a power of two), else 0.
-    int u = units % 8 == 0 ? r & (units - 1) : 0;
-    if (r < n)
-      for (int j = 0; j < units; ++j, u = u + 1 == units ? 0 : u + 1)
-        acc = dot8_bf16(*reinterpret_cast<const uint4*>(row + 8 * u), *reinterpret_cast<const uint4*>(act + 8 * u),
-                        acc);
-    // Four rows' sums in one vector reduction (16-byte aligned: a stage starts at a multiple
-    // of 4 rows, persistent_fuse_down), a quarter of the atomics at L2. Their order varies
-    // from run to run, so the f32 sums may differ in the last bits.
-    const float a1 = __shfl_down_sync(0xffffffffu, acc, 1), a2 = __shfl_down_sync(0xffffffffu, acc, 2),
-                a3 = __shfl_down_sync(0xffffffffu, acc, 3);
-    if (r % 4 != 0 || r >= n) continue;
-    if (r + 3 < n) {
-      asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y + r), "f"(acc), "f"(a1), "f"(a2),
-                   "f"(a3)
-                   : "memory");
-    } else {
-      const float v[4] = {acc, a1, a2, a3};
-      for (int i = 0; r + i < n; ++i) atomicAdd(y + r + i, v[i]);
-    }
+  const int r = int(threadIdx.x);  // box_rows <= kWorkers
+  const bf16* row = w + size_t(r) * 8 * units;
+  float acc = 0;
+  // The first unit: r mod units where units is a multiple of 8 (8 itself, up to
+  // kMaxDownUnits: a power of two), else 0.
+  int u = units % 8 == 0 ? r & (units - 1) : 0;
+  if (r < n)
+    for (int j = 0; j < units; ++j, u = u + 1 == units ? 0 : u + 1)
+      acc = dot8_bf16(*reinterpret_cast<const uint4*>(row + 8 * u), *reinterpret_cast<const uint4*>(act + 8 * u), acc);
+  // Four rows' sums in one vector reduction (16-byte aligned: a stage starts at a multiple
+  // of 4 rows, persistent_fuse_down), a quarter of the atomics at L2. Their order varies
+  // from run to run, so the f32 sums may differ in the last bits.
+  const float a1 = __shfl_down_sync(0xffffffffu, acc, 1), a2 = __shfl_down_sync(0xffffffffu, acc, 2),
+              a3 = __shfl_down_sync(0xffffffffu, acc, 3);
+  if (r % 4 != 0 || r >= n) return;
+  if (r + 3 < n) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y + r), "f"(acc), "f"(a1), "f"(a2), "f"(a3)
+                 : "memory");
+  } else {
+    const float v[4] = {acc, a1, a2, a3};
+    for (int i = 0; r + i < n; ++i) atomicAdd(y + r + i, v[i]);
   }
 }
 
