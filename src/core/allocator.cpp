@@ -3,6 +3,7 @@
 #include <bit>
 #include <cstdlib>
 #include <limits>
+#include <vector>
 
 #include "core/error.h"
 
@@ -21,6 +22,29 @@ class CpuAllocator final : public Allocator {
 
 AllocatorOf g_allocators[2] = {nullptr, nullptr};
 
+struct Reclaimers {
+  std::mutex mu;
+  std::vector<std::weak_ptr<const Reclaim>> fns;
+};
+Reclaimers& reclaimers() {
+  static auto* r = new Reclaimers();  // never destroyed, as the CPU allocator
+  return *r;
+}
+
+// Calls every registered function, outside the registry's lock (each may free arrays, or
+// end its own registration); returns whether there was any.
+bool reclaim() {
+  std::vector<std::shared_ptr<const Reclaim>> live;
+  {
+    Reclaimers& r = reclaimers();
+    std::lock_guard lock(r.mu);
+    for (const auto& w : r.fns)
+      if (auto f = w.lock()) live.push_back(std::move(f));
+  }
+  for (const auto& f : live) (*f)();
+  return !live.empty();
+}
+
 std::string mib(size_t b) { return detail::cat(b / (1024 * 1024), " MiB"); }
 
 }  // namespace
@@ -34,12 +58,21 @@ size_t Allocator::round_size(size_t bytes) {
 
 void* Allocator::allocate(size_t bytes) {
   const size_t size = round_size(bytes);
-  std::lock_guard lock(mu_);
-  if (st_.limit && st_.active + size > st_.limit) {
+  void* p = take(size);
+  if (!p && reclaim()) p = take(size);  // memory kept to spare work goes before failing
+  if (p) return p;
+  const MemoryStats st = stats();
+  if (st.limit && st.active + size > st.limit)
     throw OutOfMemory(detail::cat("[memory] allocating ", bytes, " bytes on ", device_name(),
-                                  " would pass the memory limit of ", mib(st_.limit), " (", mib(st_.active),
+                                  " would pass the memory limit of ", mib(st.limit), " (", mib(st.active),
                                   " in use); use a smaller batch or context, or raise the limit"));
-  }
+  throw OutOfMemory(detail::cat("[memory] out of memory on ", device_name(), " allocating ", bytes, " bytes (",
+                                mib(st.active), " in use); use a smaller batch or context"));
+}
+
+void* Allocator::take(size_t size) {
+  std::lock_guard lock(mu_);
+  if (st_.limit && st_.active + size > st_.limit) return nullptr;
   void* p = nullptr;
   if (auto it = cache_.find(size); it != cache_.end()) {
     p = it->second;
@@ -51,11 +84,7 @@ void* Allocator::allocate(size_t bytes) {
       trim_cache_locked(0);
       p = raw_alloc(size);
     }
-    if (!p) {
-      throw OutOfMemory(detail::cat("[memory] out of memory on ", device_name(), " allocating ",
-                                    bytes, " bytes (", mib(st_.active),
-                                    " in use); use a smaller batch or context"));
-    }
+    if (!p) return nullptr;
   }
   st_.active += size;
   st_.peak = std::max(st_.peak, st_.active);
@@ -99,6 +128,7 @@ void Allocator::set_cache_limit(size_t bytes) {
   trim_cache_locked(bytes);
 }
 void Allocator::clear_cache() {
+  reclaim();  // what it frees comes back to this cache first
   std::lock_guard lock(mu_);
   trim_cache_locked(0);
 }
@@ -121,5 +151,14 @@ Allocator& allocator_for(Device d) {
 }
 
 void register_allocator(Device::Type t, AllocatorOf of) { g_allocators[int(t)] = of; }
+
+std::shared_ptr<const Reclaim> on_memory_pressure(Reclaim fn) {
+  auto f = std::make_shared<const Reclaim>(std::move(fn));
+  Reclaimers& r = reclaimers();
+  std::lock_guard lock(r.mu);
+  std::erase_if(r.fns, [](const std::weak_ptr<const Reclaim>& w) { return w.expired(); });
+  r.fns.push_back(f);
+  return f;
+}
 
 }  // namespace lmx

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 
 #include "core/device.h"
@@ -37,6 +39,7 @@ class Allocator {
   virtual const char* device_name() const = 0;
 
  private:
+  void* take(size_t size);  // nullptr where the limit or the device refuses
   void trim_cache_locked(size_t target);
   mutable std::mutex mu_;
   std::multimap<size_t, void*> cache_;  // rounded size -> free block
@@ -50,5 +53,12 @@ class Allocator {
 Allocator& allocator_for(Device d);
 using AllocatorOf = Allocator& (*)(int device_index);
 void register_allocator(Device::Type t, AllocatorOf of);
+
+// Memory held only to spare work later (a model's idle fused decoders: CausalLM::
+// recycle_fused_decoder) is registered with a function that lets it go. An allocator that
+// cannot serve a request calls every such function, then tries once more before it throws
+// OutOfMemory; clear_cache calls them too. The registration lasts as long as the handle.
+using Reclaim = std::function<void()>;
+[[nodiscard]] std::shared_ptr<const Reclaim> on_memory_pressure(Reclaim fn);
 
 }  // namespace lmx

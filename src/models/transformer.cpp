@@ -63,6 +63,9 @@ CausalLM::CausalLM(DecoderSpec spec)
       norm_(spec_.hidden_size, spec_.rms_norm_eps, spec_.norm_style) {
   for (const nn::AttentionSpec& a : spec_.layers) layers_.push_back(std::make_unique<DecoderLayer>(spec_, a));
   if (!spec_.tie_word_embeddings) lm_head_.emplace(spec_.hidden_size, spec_.vocab_size, false);
+  reclaim_decoders_ = on_memory_pressure([pool = std::weak_ptr<DecoderPool>(decoders_)] {
+    if (const auto p = pool.lock()) p->drop();
+  });
 }
 
 Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const> caches,
@@ -183,11 +186,11 @@ void CausalLM::recycle_fused_decoder(std::unique_ptr<fast::FusedDecoder> decoder
   if (!have) idle.push_back(std::move(decoder));
 }
 
-void CausalLM::drop_fused_decoders() {
-  std::vector<std::unique_ptr<fast::FusedDecoder>> idle;
-  if (reuse_decoders()) {
-    std::lock_guard lock(decoders_->mutex);
-    idle.swap(decoders_->idle);
+void CausalLM::DecoderPool::drop() {
+  std::vector<std::unique_ptr<fast::FusedDecoder>> gone;
+  {
+    std::lock_guard lock(mutex);
+    gone.swap(idle);
   }
 }  // destroyed outside the lock: a decoder's destructor waits for its device
 

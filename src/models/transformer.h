@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/allocator.h"
 #include "nn/layers.h"
 #include "ops/fused_decoder.h"
 
@@ -107,12 +108,16 @@ class CausalLM : public nn::Module {
   std::optional<nn::Linear> lm_head_;          // [V, H]; absent when tied
   bool deterministic_ = false;
   // recycle_fused_decoder's decoders, by batch size: the model is shared between threads.
+  // An allocation that would fail lets them go first (on_memory_pressure), through a
+  // handle that shares the pool, so that it may outlive the model while it runs.
   struct DecoderPool {
     std::mutex mutex;
     std::vector<std::unique_ptr<fast::FusedDecoder>> idle;
+    void drop();
   };
-  std::unique_ptr<DecoderPool> decoders_ = std::make_unique<DecoderPool>();
-  void drop_fused_decoders();
+  std::shared_ptr<DecoderPool> decoders_ = std::make_shared<DecoderPool>();
+  std::shared_ptr<const Reclaim> reclaim_decoders_;
+  void drop_fused_decoders() { decoders_->drop(); }
 };
 
 }  // namespace lmx::models

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "core/allocator.h"
 #include "core/array.h"
@@ -136,6 +137,31 @@ TEST(AllocatorTest, MemoryLimitThrowsAndLeavesStateUnchanged) {
   EXPECT_EQ(a.stats().active, before);
   Array ok({1 << 20}, Dtype::f32);  // still usable
   a.set_memory_limit(0);
+}
+
+// Memory kept only to spare work (on_memory_pressure) goes before an allocation fails,
+// and with clear_cache; once its handle is gone, nothing is asked of it.
+TEST(AllocatorTest, MemoryKeptToSpareWorkGoesBeforeAnAllocationFails) {
+  Allocator& a = allocator_for(Device::cpu());
+  std::optional<Array> kept = Array({2 << 20}, Dtype::f32);  // 8 MiB
+  int asked = 0;
+  auto handle = on_memory_pressure([&] {
+    ++asked;
+    kept.reset();
+  });
+  a.set_memory_limit(a.stats().active + (4u << 20));
+  EXPECT_NO_THROW(Array({2 << 20}, Dtype::f32)) << "the kept 8 MiB make room for these";
+  EXPECT_EQ(asked, 1);
+  EXPECT_FALSE(kept.has_value());
+  EXPECT_THROW(Array({4 << 20}, Dtype::f32), OutOfMemory) << "nothing left to give back";
+  a.set_memory_limit(0);
+  kept = Array({1 << 10}, Dtype::f32);
+  a.clear_cache();
+  EXPECT_FALSE(kept.has_value()) << "clear_cache lets kept memory go too";
+  handle.reset();
+  kept = Array({1 << 10}, Dtype::f32);
+  a.clear_cache();
+  EXPECT_TRUE(kept.has_value()) << "a registration ends with its handle";
 }
 
 TEST(AllocatorTest, CacheLimitBoundsTheCache) {
