@@ -197,7 +197,6 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     steps_ = 0;
     edits_ = {};
     argmax_only_ = false;  // as a new decoder; the plan stays until a step needs another
-    last_filtered_ = false;
   }
 
   std::vector<int32_t> wait_tokens() override {
@@ -236,9 +235,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
               w_.layers.size(), " layers");
     // The caches by address and length: a recycled decoder (reset) may be handed caches
     // that the allocator placed where the last ones were, with other lengths.
-    std::vector<const void*> bound;
-    for (const fast::FusedCacheView& v : caches)
-      bound.insert(bound.end(), {v.k.raw(), v.v.raw(), reinterpret_cast<const void*>(uintptr_t(v.k.shape(2)))});
+    std::vector<BoundCache> bound;
+    for (const fast::FusedCacheView& v : caches) bound.push_back({v.k.raw(), v.v.raw(), v.k.shape(2)});
     const Context& c = ctx();
     ++steps_;
     if (copies_) guard_history(c.stream);
@@ -250,7 +248,6 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       bound_ = bound;
       planned_argmax_only_ = argmax_only_;
     }
-    last_filtered_ = filtered();
     if (persistent_blocks_ > 0) {
       profiled_steps_ += profile_;
       return launch_persistent(c.stream);
@@ -279,7 +276,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
 
   const Array& logits() const override {
-    LMX_CHECK(!last_filtered_, "fused decode",
+    LMX_CHECK(!filtered_step(), "fused decode",
               "the last step kept only its argmax (set_argmax_only): no logits to read");
     return logits_;
   }
@@ -292,7 +289,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
             std::span<const uint64_t> words) override {
     LMX_CHECK(steps_ > 0 && (!filter || int64_t(words.size()) == rows_), "fused decode",
               "a draw needs a step before it and ", rows_, " random words, got ", words.size());
-    LMX_CHECK(!last_filtered_, "fused decode",
+    LMX_CHECK(!filtered_step(), "fused decode",
               "the last step kept only its argmax (set_argmax_only): nothing to draw from");
     const Context& c = ctx();
     Array x = reshape(logits_, {rows_, vocab_});
@@ -603,6 +600,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     return persistent_blocks_ > 0 && !persistent_plan_.empty() &&
            persistent_plan_.back().out.epilogue == fused::Epilogue::argmax;
   }
+  // Whether the last step ran it: a plan changes only in step(), and reset and set_inputs
+  // count the steps from 0 (a recycled decoder's logits are read before its first step).
+  bool filtered_step() const { return steps_ > 0 && filtered(); }
 
   // The persistent step's LM head as the filtered argmax (Epilogue::argmax), where it
   // applies: no softcap (the filter bounds the products, not what a softcap makes of
@@ -664,7 +664,6 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       attn_partial_;
   // set_argmax_only, and the filtered head's copy of the LM head (fused::prepare_head_filter).
   bool argmax_only_ = false, planned_argmax_only_ = false;  // set_argmax_only's; the plan's
-  bool last_filtered_ = false;  // whether the last step since reset ran the filtered head (no logits)
   Array filter_;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
@@ -726,7 +725,13 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   bool handoff_ = false;    // fused::persistent_attention_handoff
   Array attention_done_;    // its count
-  std::vector<const void*> bound_;
+  struct BoundCache {  // a layer's cache as the plan binds it
+    const void* k;
+    const void* v;
+    int64_t slots;
+    bool operator==(const BoundCache&) const = default;
+  };
+  std::vector<BoundCache> bound_;
   cudaGraphExec_t exec_ = nullptr;
 };
 
