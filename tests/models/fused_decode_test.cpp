@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "compare.h"
 #include "cuda_available.h"
@@ -734,6 +735,34 @@ TEST(FusedDecode, RecycledDecodersDecodeAsFreshOnes) {
   const std::vector<int32_t> fresh = generate_greedy(*model, 8);  // a decoder of its own
   unsetenv("LMX_FUSED_REUSE");
   EXPECT_EQ(flipped, fresh);
+}
+
+// A kept decoder holds device memory only to spare work (its buffers, the filtered head's
+// copy): clear_cache lets it go, and so does an allocation that would otherwise pass the
+// memory limit. The next generation builds a decoder anew and decodes the same tokens.
+TEST(FusedDecode, KeptDecodersGoUnderMemoryPressure) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const auto model = random_model(kLlama, Device::cuda(0));
+  model->set_deterministic(true);
+  Allocator& a = allocator_for(Device::cuda(0));
+  const std::vector<int32_t> first = generate_greedy(*model, 8);
+  const size_t kept = a.stats().active;  // the weights and the kept decoder (the cache is freed)
+  a.clear_cache();
+  const size_t dropped = a.stats().active;
+  ASSERT_LT(dropped, kept) << "clear_cache lets the kept decoder go";
+  EXPECT_EQ(generate_greedy(*model, 8), first);
+
+  // The decoder is kept again. A request that fits under the limit only once it is gone:
+  const size_t decoder = kept - dropped, held = a.stats().active, limit = a.stats().limit;
+  ASSERT_EQ(held, kept);
+  a.set_memory_limit(held + decoder / 2);
+  const size_t bytes = decoder * 3 / 4;
+  void* p = nullptr;
+  EXPECT_NO_THROW(p = a.allocate(bytes)) << "the kept decoder goes before the allocation fails";
+  EXPECT_EQ(a.stats().active, dropped + Allocator::round_size(bytes));
+  a.release(p, bytes);
+  a.set_memory_limit(limit);
+  EXPECT_EQ(generate_greedy(*model, 8), first);
 }
 
 // Where the device has no fused path (the CPU), the model says so and the generator

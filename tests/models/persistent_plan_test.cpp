@@ -268,12 +268,12 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
     return maps_made;
   };
   struct Case {
-    int hidden, inter, units, box_rows;
+    int hidden, inter, units, box_rows, boxes;
   };
-  // Llama-3.2-1B, Qwen3-0.6B, Gemma3-1B, small; Qwen3-4B (9.2 units a block, made 11: box
-  // rows a multiple of 4) and Gemma-3-4B (9.7, made 11).
-  for (const Case c : {Case{2048, 8192, 8, 256}, Case{1024, 3072, 3, 256}, Case{1152, 6912, 7, 256},
-                       Case{64, 520, 1, 64}, Case{2560, 9728, 11, 184}, Case{2560, 10240, 11, 184}}) {
+  // Llama-3.2-1B, Qwen3-0.6B (12 KiB boxes: two a stage), Gemma3-1B, small; Qwen3-4B (9.2
+  // units a block, made 11: box rows a multiple of 4) and Gemma-3-4B (9.7, made 11).
+  for (const Case c : {Case{2048, 8192, 8, 256, 1}, Case{1024, 3072, 3, 256, 2}, Case{1152, 6912, 7, 256, 1},
+                       Case{64, 520, 1, 64, 1}, Case{2560, 9728, 11, 184, 1}, Case{2560, 10240, 11, 184, 1}}) {
     std::vector<StepPhase> p = layer(c.hidden, c.inter);
     ASSERT_EQ(fuse(p), 1u) << c.inter;
     ASSERT_EQ(p.size(), 3u) << "the down phase is gone";
@@ -282,6 +282,7 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
     EXPECT_EQ(p[1].down_rows, c.hidden);
     EXPECT_EQ(p[1].down_units, c.units) << c.inter;
     EXPECT_EQ(p[1].down_box_rows, c.box_rows) << c.inter;
+    EXPECT_EQ(p[1].down_boxes, c.boxes) << c.inter;
     EXPECT_EQ(p[0].zero, out) << "the phase before zeroes the sums";
     EXPECT_EQ(p[0].zero_n, c.hidden);
     unsigned vector = 0;
@@ -310,6 +311,27 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
   p = layer(2048, 8192);
   EXPECT_EQ(fuse(p), 0u) << "LMX_FUSED_DOWN=0 turns it off";
   unsetenv("LMX_FUSED_DOWN");
+  setenv("LMX_FUSED_DOWN_BOXES", "1", 1);
+  p = layer(1024, 3072);
+  EXPECT_EQ(fuse(p), 1u);
+  EXPECT_EQ(p[1].down_boxes, 1) << "LMX_FUSED_DOWN_BOXES=1: a box a stage";
+  unsetenv("LMX_FUSED_DOWN_BOXES");
+  p = layer(1024, 3072);
+  ASSERT_EQ(fuse(p), 1u);
+  // Qwen3-0.6B's down stages: two boxes of 256 rows each, whole stages of 512 rows.
+  int per_block = 0;
+  const std::vector<cuda::fused::PlannedStage> all = cuda::fused::persistent_stage_lists(p, 132, &per_block);
+  std::vector<int> starts;
+  for (int i = 0, phase = 0; i < per_block && phase < 2; ++i) {  // block 0's list, to the gate/up phase's end
+    const cuda::fused::PlannedStage st = all[size_t(i)];
+    if (st.n() == 0) {
+      ++phase;
+    } else if (phase == 1 && st.seg() == 1) {
+      starts.push_back(st.row());
+      EXPECT_EQ(st.n(), 512);
+    }
+  }
+  EXPECT_EQ(starts, (std::vector<int>{0, 512}));
 }
 
 // The grid shrinks only where every block can then take the same whole-slot share of the
@@ -483,27 +505,38 @@ TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
   };
   auto form = [](const std::vector<StepPhase>& plan) {
     const cuda::fused::PersistentKernel k = cuda::fused::persistent_kernel(plan);
-    return std::tuple(k.head_dim, k.group, k.merge_input, k.staged);
+    return std::tuple(k.head_dim, k.group, k.merge_input, k.staged, k.two_boxes);
   };
-  const auto general = std::tuple(0, 0, true, true);
+  const auto general = std::tuple(0, 0, true, true, true);
   unsetenv("LMX_FUSED_SPECIALISED");
   EXPECT_GT(cuda::fused::persistent_kernel(layer(2048, 32, 8, 64, 12)).form, 0) << "a specialised form's place";
   EXPECT_EQ(cuda::fused::persistent_kernel(layer(2048, 32, 8, 32, 12)).form, 0) << "the general form's place";
-  EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), std::tuple(64, 4, false, false)) << "Llama-3.2-1B";
-  EXPECT_EQ(form(layer(1024, 16, 8, 128, 12)), std::tuple(128, 2, false, false)) << "Qwen3-0.6B";
-  EXPECT_EQ(form(layer(1152, 4, 1, 256, 24)), std::tuple(256, 4, true, false)) << "Gemma-3-1B: every block merges";
-  EXPECT_EQ(form(layer(1152, 4, 1, 256, 1)), std::tuple(256, 4, true, false)) << "one chunk: no merge, same form";
-  EXPECT_EQ(form(layer(4096, 32, 8, 128, 12)), std::tuple(128, 4, false, true)) << "Llama-3.1-8B: staged inputs";
-  EXPECT_EQ(form(layer(2048, 32, 8, 128, 12)), std::tuple(128, 4, false, true)) << "a form with more than needed";
+  EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), std::tuple(64, 4, false, false, false)) << "Llama-3.2-1B";
+  EXPECT_EQ(form(layer(1024, 16, 8, 128, 12)), std::tuple(128, 2, false, false, true)) << "Qwen3-0.6B";
+  EXPECT_EQ(form(layer(1152, 4, 1, 256, 24)), std::tuple(256, 4, true, false, false))
+      << "Gemma-3-1B: every block merges";
+  EXPECT_EQ(form(layer(1152, 4, 1, 256, 1)), std::tuple(256, 4, true, false, false))
+      << "one chunk: no merge, same form";
+  EXPECT_EQ(form(layer(4096, 32, 8, 128, 12)), std::tuple(128, 4, false, true, false)) << "Llama-3.1-8B: staged inputs";
+  EXPECT_EQ(form(layer(2048, 32, 8, 128, 12)), std::tuple(128, 4, false, true, false))
+      << "a form with more than needed";
   EXPECT_EQ(form(layer(4096, 16, 8, 128, 12)), general) << "Qwen3's heads with staged inputs: no such form";
   EXPECT_EQ(form(layer(2048, 4, 1, 64, 24)), general) << "Llama's heads, one kv head: the merge is not compiled in";
-  EXPECT_EQ(form(layer(3072, 24, 8, 128, 12)), std::tuple(128, 3, false, true)) << "Llama-3.2-3B";
-  EXPECT_EQ(form(layer(2560, 8, 4, 256, 12)), std::tuple(256, 2, false, true)) << "Gemma-3-4B";
+  EXPECT_EQ(form(layer(3072, 24, 8, 128, 12)), std::tuple(128, 3, false, true, false)) << "Llama-3.2-3B";
+  EXPECT_EQ(form(layer(2560, 8, 4, 256, 12)), std::tuple(256, 2, false, true, false)) << "Gemma-3-4B";
   EXPECT_EQ(form(layer(3072, 24, 8, 64, 12)), general) << "3 query heads of 64 a kv head: no such form";
   std::vector<StepPhase> mixed = layer(2048, 32, 8, 64, 12);
   for (const StepPhase& p : layer(2048, 16, 8, 128, 12)) mixed.push_back(p);
   EXPECT_EQ(form(mixed), general) << "attentions of two shapes";
   EXPECT_EQ(form({gemv(2048, 2048), gemv(2048, 1000, Epilogue::logits)}), general) << "no attention";
+  // A fused down of two boxes a stage (Qwen3-0.6B's 12 KiB boxes): only Qwen3's form and
+  // the general one compile it.
+  auto two_boxes = [&](std::vector<StepPhase> plan) {
+    plan.back().down_boxes = 2;
+    return plan;
+  };
+  EXPECT_EQ(form(two_boxes(layer(1024, 16, 8, 128, 12))), std::tuple(128, 2, false, false, true)) << "Qwen3-0.6B";
+  EXPECT_EQ(form(two_boxes(layer(2048, 32, 8, 64, 12))), general) << "Llama's heads: two boxes not compiled in";
   setenv("LMX_FUSED_SPECIALISED", "0", 1);
   EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), general);
   unsetenv("LMX_FUSED_SPECIALISED");

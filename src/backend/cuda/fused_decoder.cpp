@@ -703,8 +703,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       const fused::PersistentKernel& k = persistent_kernel_;
       std::fprintf(stderr, "  %d blocks, a ring of %d slots; kernel form: ", persistent_blocks_, persistent_slots_);
       if (k.head_dim > 0)
-        std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s\n", k.head_dim, k.group,
-                     k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "");
+        std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s%s\n", k.head_dim, k.group,
+                     k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "",
+                     k.two_boxes ? ", two-box down stages" : "");
       else
         std::fprintf(stderr, "general\n");
       for (const auto& [name, v] : sums) {

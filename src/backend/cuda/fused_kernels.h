@@ -172,7 +172,8 @@ struct alignas(16) StepPhase {
   float* down_y = nullptr;         // [down_rows]
   int down_rows = 0;
   int down_units = 0;      // 8-column units of down a block reads (at least its share)
-  int down_box_rows = 0;   // rows of down per stage
+  int down_box_rows = 0;   // rows of down per tensor-map box
+  int down_boxes = 1;      // boxes per stage: down_box_rows * down_boxes rows (at most kMaxDownStageRows)
   // Zeroed by this phase, before its input (every block a share): a fused down's output.
   float* zero = nullptr;
   int zero_n = 0;
@@ -229,10 +230,10 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
 // shapes: 3,668 stages a block). n == 0 ends a phase's stages. row < 2^21 holds because
 // persistent_smem_bytes refuses larger matrices; n <= 256.
 struct PlannedStage {
-  uint32_t packed;  // row << 11 | seg << 9 | n
-  __host__ __device__ int row() const { return int(packed >> 11); }
-  __host__ __device__ int seg() const { return int(packed >> 9 & 3u); }
-  __host__ __device__ int n() const { return int(packed & 511u); }
+  uint32_t packed;  // row << 12 | seg << 10 | n
+  __host__ __device__ int row() const { return int(packed >> 12); }
+  __host__ __device__ int seg() const { return int(packed >> 10 & 3u); }
+  __host__ __device__ int n() const { return int(packed & 1023u); }
 };
 // Every block's stages for a grid of `blocks`: [blocks, *per_block], each phase's stages
 // (none for an attention) followed by an entry with n == 0, and one more such entry after
@@ -266,6 +267,7 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, i
 struct PersistentKernel {
   int head_dim = 0, group = 0;
   bool merge_input = true, staged = true;
+  bool two_boxes = true;  // a fused down's stage of two boxes (StepPhase::down_boxes)
   int form = 0;  // its place among the kernel's forms (the general one: 0), for the launch
 };
 // The form that runs these phases (their attention's chunks planned): the first

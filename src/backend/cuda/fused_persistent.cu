@@ -103,11 +103,16 @@ __device__ inline void load_geometry(const PersistentStep& s, Geometry* table) {
 
 
 // Starts the copies of stage `st` into `slot`, counted on `bar`, with L2 policy `policy`.
+// kTwoBoxes: a fused down's stage may hold two tensor-map boxes (persistent_fuse_down).
+template <bool kTwoBoxes>
 __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar, uint64_t policy) {
   const Geometry& g = table[st.phase];
-  if (g.down && st.seg == 1) {  // a whole box, rows past the matrix filled with zeros
-    mbarrier_expect(bar, unsigned(g.units) * 16u * unsigned(g.box_rows));
+  if (g.down && st.seg == 1) {  // whole boxes, one after another, rows past the matrix filled with zeros
+    const unsigned box_bytes = unsigned(g.units) * 16u * unsigned(g.box_rows);
+    const bool two = kTwoBoxes && st.n > g.box_rows;
+    mbarrier_expect(bar, two ? 2 * box_bytes : box_bytes);
     tensor_copy(slot, g.down, bar, st.col, st.row, policy);
+    if (two) tensor_copy(slot + box_bytes / sizeof(bf16), g.down, bar, st.col, st.row + g.box_rows, policy);
     return;
   }
   const unsigned bytes = unsigned(st.n) * unsigned(g.row_bytes);
@@ -124,6 +129,7 @@ __device__ __forceinline__ bf16* slot_at(bf16* ring, int i) { return ring + size
 // `empty` when done reading). It never waits for the workers otherwise, so the copies run
 // on across phase boundaries, barriers and attention, as far as the ring reaches. (Going
 // further through L2 prefetches of the stages beyond the ring lost 4-20%: bench/NOTES.md.)
+template <bool kTwoBoxes>
 __device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slots, uint64_t* full, uint64_t* empty) {
   // The weights are read once a step, and a step's are several times L2's size: marked
   // first to go, they leave L2 to what the workers read again (bench/NOTES.md, p15).
@@ -134,7 +140,7 @@ __device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slo
     if (st.n == 0) return;
     const int slot = i % slots;
     if (i >= slots) mbarrier_wait(&empty[slot], unsigned(i / slots - 1) & 1u);
-    issue(table, st, slot_at(ring, slot), &full[slot], policy);
+    issue<kTwoBoxes>(table, st, slot_at(ring, slot), &full[slot], policy);
   }
 }
 
@@ -231,13 +237,12 @@ __device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, i
   y[o] = v;
 }
 
-// A stage of a fused down projection: rows [0, n) of a box of 8·units columns (row-major,
-// 16·units bytes a row), a thread a row, each adding its row's products with the block's
-// activations `act` into `y`. With an odd number of units, eight threads' 16-byte reads
-// of one unit fall in eight different bank groups; with 8 units, every row would fall in
-// the same one, so each thread starts at a different unit.
-__device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, int units, int n, float* y) {
-  const int r = int(threadIdx.x);  // box_rows <= kWorkers
+// Row r of a fused down's stage of n rows: boxes of 8·units columns (row-major, 16·units
+// bytes a row, the boxes one after another), a thread a row, each adding its row's
+// products with the block's activations `act` into `y`. With an odd number of units,
+// eight threads' 16-byte reads of one unit fall in eight different bank groups; with 8
+// units, every row would fall in the same one, so each thread starts at a different unit.
+__device__ __forceinline__ void fused_down_row(const bf16* w, const bf16* act, int units, int n, float* y, int r) {
   const bf16* row = w + size_t(r) * 8 * units;
   float acc = 0;
   // The first unit: r mod units where units is a multiple of 8 (8 itself, up to
@@ -259,6 +264,15 @@ __device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, 
     const float v[4] = {acc, a1, a2, a3};
     for (int i = 0; r + i < n; ++i) atomicAdd(y + r + i, v[i]);
   }
+}
+
+// A fused down's stage: n <= kWorkers rows, or with kTwoBoxes up to kMaxDownStageRows.
+// (Only the forms whose plans take two boxes compile the second pass: in the others, the
+// code alone cost Gemma 3 1.4% of its speed, bench/NOTES.md, p30.)
+template <bool kTwoBoxes>
+__device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, int units, int n, float* y) {
+  fused_down_row(w, act, units, n, y, int(threadIdx.x));
+  if (kTwoBoxes && n > kWorkers) fused_down_row(w, act, units, n, y, int(threadIdx.x) + kWorkers);
 }
 
 // The argmax head's filter (head_filter.cuh): the vector's two int8 levels into v1 and
@@ -427,8 +441,9 @@ __device__ __forceinline__ void wait_for_count(const unsigned* counter, unsigned
 // The template fixes what a model's plan needs (persistent_kernel): its attention's head
 // width and query heads per kv head (kD, kGroup; 0 reads them from the step), whether any
 // GEMV input merges an attention's chunks (kMergeInput) and whether any input is wider
-// than the registers hold (kStaged). What a plan does not need is not compiled in.
-template <int kD, int kGroup, bool kMergeInput, bool kStaged>
+// than the registers hold (kStaged), and whether a fused down's stage may take two boxes
+// (kTwoBoxes). What a plan does not need is not compiled in.
+template <int kD, int kGroup, bool kMergeInput, bool kStaged, bool kTwoBoxes>
 __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(PersistentStep s) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int slots = s.slots;
@@ -455,7 +470,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
     // The weights too are never written by a step, but the kernel before this one need
     // not be a step (starting them before the wait measured within 0.2%: bench/NOTES.md).
     wait_for_previous_kernel();
-    if (threadIdx.x == kWorkers) produce(table, s.n_phases, ring, slots, full, empty);
+    if (threadIdx.x == kWorkers) produce<kTwoBoxes>(table, s.n_phases, ring, slots, full, empty);
     return;
   }
 
@@ -571,7 +586,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
         add_time(s, kTimes * p + 3, t1);
         const bf16* w = slot_at(ring, slot);
         if (down) {
-          fused_down_rows(w, act, units, next.n, ph.down_y + next.row);
+          fused_down_rows<kTwoBoxes>(w, act, units, next.n, ph.down_y + next.row);
           __syncwarp();
           if (lane == 0) mbarrier_arrive(&empty[slot]);
           add_time(s, kTimes * p + 4, t1);
@@ -646,18 +661,19 @@ struct KernelForm {
   PersistentKernel shape;
   KernelFn fn;
 };
-template <int kD, int kGroup, bool kMergeInput, bool kStaged>
+template <int kD, int kGroup, bool kMergeInput, bool kStaged, bool kTwoBoxes>
 constexpr KernelForm form() {
-  return {{kD, kGroup, kMergeInput, kStaged}, persistent_step_kernel<kD, kGroup, kMergeInput, kStaged>};
+  return {{kD, kGroup, kMergeInput, kStaged, kTwoBoxes},
+          persistent_step_kernel<kD, kGroup, kMergeInput, kStaged, kTwoBoxes>};
 }
 const KernelForm kForms[] = {
-    form<0, 0, true, true>(),
-    form<64, 4, false, false>(),   // Llama-3.2-1B
-    form<128, 2, false, false>(),  // Qwen3-0.6B and 1.7B
-    form<256, 4, true, false>(),   // Gemma-3-1B
-    form<128, 4, false, true>(),   // Llama-3.1-8B, Qwen3-4B and 8B
-    form<128, 3, false, true>(),   // Llama-3.2-3B
-    form<256, 2, false, true>(),   // Gemma-3-4B
+    form<0, 0, true, true, true>(),
+    form<64, 4, false, false, false>(),   // Llama-3.2-1B
+    form<128, 2, false, false, true>(),   // Qwen3-0.6B (two boxes a down stage) and 1.7B
+    form<256, 4, true, false, false>(),   // Gemma-3-1B
+    form<128, 4, false, true, false>(),   // Llama-3.1-8B, Qwen3-4B and 8B
+    form<128, 3, false, true, false>(),   // Llama-3.2-3B
+    form<256, 2, false, true, false>(),   // Gemma-3-4B
 };
 
 KernelFn kernel_of(const PersistentKernel& k) {
@@ -669,7 +685,7 @@ KernelFn kernel_of(const PersistentKernel& k) {
 }  // namespace
 
 PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases) {
-  PersistentKernel need{-1, -1, false, false};  // -1: no attention seen yet
+  PersistentKernel need{-1, -1, false, false, false};  // -1: no attention seen yet
   bool mixed = false;  // attentions of more than one shape
   const StepPhase* prev = nullptr;
   for (const StepPhase& p : phases) {
@@ -680,6 +696,7 @@ PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases) {
     } else {
       need.merge_input = need.merge_input || merges_attention(prev);
       need.staged = need.staged || staged_input(prev, p);
+      need.two_boxes = need.two_boxes || p.down_boxes > 1;
     }
     prev = &p;
   }
@@ -687,7 +704,7 @@ PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases) {
     for (size_t i = 1; i < std::size(kForms); ++i) {
       PersistentKernel k = kForms[i].shape;
       if (k.head_dim == need.head_dim && k.group == need.group && (k.merge_input || !need.merge_input) &&
-          (k.staged || !need.staged)) {
+          (k.staged || !need.staged) && (k.two_boxes || !need.two_boxes)) {
         k.form = int(i);
         return k;
       }

@@ -189,6 +189,11 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
     // Every stage but the last starts at a multiple of 4 rows, so that its sums go to L2 as
     // 16-byte vectors (fused_down_rows): 11 units' 186 rows a slot become 184.
     if (box_rows < rows) box_rows -= box_rows % 4;
+    // Where a box fills at most half a slot (Qwen3-0.6B's 3 units: 12 KiB), a stage takes
+    // two: half the trips through the ring (bench/NOTES.md, p30). LMX_FUSED_DOWN_BOXES=1
+    // keeps one.
+    int boxes = std::min({2, kSlotBytes / (16 * units * box_rows), (rows + box_rows - 1) / box_rows});
+    if (const char* v = std::getenv("LMX_FUSED_DOWN_BOXES")) boxes = std::clamp(std::atoi(v), 1, boxes);
     CUtensorMap map;
     // A box row is 16-176 bytes of a row of down; L2 fetching 128 bytes for it measured 1-2%
     // faster for Llama (128-byte rows) than 256 (bench/NOTES.md, p17).
@@ -197,6 +202,7 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
       continue;
     glu.down_map = static_cast<const CUtensorMap*>(device_maps) + maps.size();
     glu.down_y = down.out.y, glu.down_rows = rows, glu.down_units = units, glu.down_box_rows = box_rows;
+    glu.down_boxes = boxes;
     before.zero = down.out.y, before.zero_n = rows;
     maps.push_back(map);
     names[i] = "glu+down";
@@ -226,15 +232,17 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, i
     if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
     if (p.down_map &&
         (!paired(p) || p.down_units < 1 || p.down_units > kMaxDownUnits || p.down_box_rows < 1 ||
-         p.down_box_rows > kWorkers || 16 * p.down_units * p.down_box_rows > kSlotBytes ||
+         p.down_box_rows > kWorkers || p.down_boxes < 1 || p.down_box_rows * p.down_boxes > kMaxDownStageRows ||
+         16 * p.down_units * p.down_box_rows * p.down_boxes > kSlotBytes ||
+         (p.down_boxes > 1 && 16 * p.down_units * p.down_box_rows % 128 != 0) ||  // a box's copy: 128-byte aligned
          (p.down_box_rows % 4 != 0 && p.down_box_rows < p.down_rows) ||
-         int64_t(p.down_rows) * 1024 >= (int64_t(1) << 31)))
+         p.down_rows >= kMaxPlannedRows))
       return refuse("a fused down projection of another shape");
     if (p.in.k % 8 != 0) return refuse("a GEMV width that is not a multiple of 8");
     if (p.out.epilogue == Epilogue::argmax && (!p.out.filter || p.out.softcap > 0 || p.in.k % 16 != 0))
       return refuse("a filtered argmax head without its filter, with a softcap, or of a width off 16");
     for (int j = 0; j < 3; ++j)
-      if (int64_t(p.out.rows[j]) * 1024 >= (int64_t(1) << 31)) return refuse("a matrix with too many rows");
+      if (p.out.rows[j] >= kMaxPlannedRows) return refuse("a matrix with too many rows");
     if (size_t(p.in.k) * sizeof(bf16) * (paired(p) ? 2 : 1) > size_t(kSlotBytes))
       return refuse("a weight row longer than a slot");
     for (int j = 0; j < 3; ++j)

@@ -13,6 +13,9 @@ constexpr int kThreads = kWorkers + 32;  // the workers, then the copying warp
 constexpr int kMaxSlots = 6;  // the most the ring takes (ring_slots in fused_persistent_plan.cu)
 constexpr int kSlotBytes = 32 << 10;
 constexpr int kMaxStageRows = 256;  // rows of one matrix per stage (paired stages hold twice as many)
+// Rows of a fused down's stage: whole boxes of at most kWorkers rows (a thread a row, a
+// box at a time: fused_down_rows), two boxes at most (persistent_fuse_down).
+constexpr int kMaxDownStageRows = 2 * kWorkers;
 constexpr int kStaticSmem = 2 << 10;  // what the kernel's __shared__ variables may take (checked at launch)
 // The most 8-column units of a fused down projection a block reads. On the H200, 11 (Qwen3-4B
 // and Gemma-3-4B: 9.2 and 9.7 a block, made odd) decoded 1.2% and 2.5% faster than the down
@@ -52,16 +55,17 @@ __host__ __device__ inline int share_start(int b, int n, int blocks) { return b 
 // themselves there would cost a round trip to L2 each time.
 struct Geometry {
   const bf16* w[3];  // the segments' matrices (for gate/up: gate, up)
+  const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
   int rows[3];
   int k;
   int segments;  // matrices whose rows are split over the blocks (0 for attention); a fused down is one more
   int pair;      // gate/up: a stage holds the same rows of w[0] and w[1]
   int per_stage;  // rows of a matrix per stage
-  const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
   int down_rows, units, box_rows;
+  int down_stage_rows;  // a fused down's rows per stage: box_rows times its boxes a stage
   int row_bytes;  // of a row of w: 2k, or for the argmax head's filter head_filter_row_bytes(k)
 };
-static_assert(sizeof(Geometry) % 16 == 0);
+static_assert(sizeof(Geometry) == 80);
 
 __host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
   Geometry g{};
@@ -70,6 +74,7 @@ __host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
     g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
     g.down = static_cast<const CUtensorMap*>(p.down_map);
     g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
+    g.down_stage_rows = p.down_box_rows * p.down_boxes;
     g.k = p.in.k;
     const bool filter = p.out.epilogue == Epilogue::argmax;  // the copy is what streams
     g.row_bytes = filter ? int(head_filter_row_bytes(g.k)) : g.k * int(sizeof(bf16));
@@ -101,9 +106,9 @@ struct Cursor {
       const Geometry& g = table[phase];
       if (seg < g.segments) {
         const bool down = g.down && seg == 1;
-        if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (persistent_smem_bytes)
+        if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (kMaxPlannedRows)
           if (down) {  // every box of rows of down, in this block's columns (none if it has none)
-            row = 0, end = cols > 0 ? (g.down_rows + g.box_rows - 1) / g.box_rows : 0;
+            row = 0, end = cols > 0 ? (g.down_rows + g.down_stage_rows - 1) / g.down_stage_rows : 0;
           } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
             const int units = g.rows[0] / 8;
             row = b * units / blocks * 8, end = (b + 1) * units / blocks * 8;
@@ -113,9 +118,9 @@ struct Cursor {
             row = share_start(b, rows, blocks), end = share_start(b + 1, rows, blocks);
           }
         }
-        if (down && row < end) {  // `row` counts boxes here
-          const int first = row++ * g.box_rows;
-          return Stage{phase, seg, first, ::min(g.box_rows, g.down_rows - first), col};
+        if (down && row < end) {  // `row` counts stages here
+          const int first = row++ * g.down_stage_rows;
+          return Stage{phase, seg, first, ::min(g.down_stage_rows, g.down_rows - first), col};
         }
         if (row < end) {
           const Stage st{phase, seg, row, ::min(g.per_stage, end - row), col};
@@ -132,13 +137,16 @@ struct Cursor {
 };
 
 __host__ __device__ inline PlannedStage planned(const Stage& st) {
-  return {uint32_t(st.row) << 11 | uint32_t(st.seg) << 9 | uint32_t(st.n)};
+  return {uint32_t(st.row) << 12 | uint32_t(st.seg) << 10 | uint32_t(st.n)};
 }
 // The workers' stage (its phase is the one they are in: the list does not say it).
 __device__ __forceinline__ Stage unplanned(PlannedStage p) {
   return Stage{0, p.seg(), p.row(), p.n()};
 }
-static_assert(kMaxStageRows < 512 && kWorkers < 512,
-              "a stage's row count takes 9 bits of PlannedStage");
+static_assert(kMaxStageRows < 1024 && kMaxDownStageRows < 1024,
+              "a stage's row count takes 10 bits of PlannedStage");
+// A stage's first row takes the other 20 (persistent_smem_bytes refuses larger matrices);
+// rows * blocks then stays within 31 bits for up to 2,048 blocks (Cursor).
+constexpr int kMaxPlannedRows = 1 << 20;
 
 }  // namespace lmx::cuda::fused::step_plan
