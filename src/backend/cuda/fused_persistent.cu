@@ -108,7 +108,8 @@ template <bool kTwoBoxes>
 __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slot, uint64_t* bar, uint64_t policy) {
   const Geometry& g = table[st.phase];
   if (g.down && st.seg == 1) {  // whole boxes, one after another, rows past the matrix filled with zeros
-    const unsigned box_bytes = unsigned(g.units) * 16u * unsigned(g.box_rows);
+    // (A form without two boxes reads only stage_rows, which is then the box's rows.)
+    const unsigned box_bytes = unsigned(g.units) * 16u * unsigned(kTwoBoxes ? g.box_rows : g.stage_rows);
     const bool two = kTwoBoxes && st.n > g.box_rows;
     mbarrier_expect(bar, two ? 2 * box_bytes : box_bytes);
     tensor_copy(slot, g.down, bar, st.col, st.row, policy);

@@ -55,14 +55,15 @@ __host__ __device__ inline int share_start(int b, int n, int blocks) { return b 
 // themselves there would cost a round trip to L2 each time.
 struct Geometry {
   const bf16* w[3];  // the segments' matrices (for gate/up: gate, up)
-  const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
   int rows[3];
   int k;
   int segments;  // matrices whose rows are split over the blocks (0 for attention); a fused down is one more
   int pair;      // gate/up: a stage holds the same rows of w[0] and w[1]
   int per_stage;  // rows of a matrix per stage
-  int down_rows, units, box_rows;
-  int down_stage_rows;  // a fused down's rows per stage: box_rows times its boxes a stage
+  int box_rows;   // a fused down's rows per tensor-map box (read only where a stage takes two)
+  const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
+  int down_rows, units;
+  int stage_rows;  // a fused down's rows per stage: box_rows times its boxes a stage
   int row_bytes;  // of a row of w: 2k, or for the argmax head's filter head_filter_row_bytes(k)
 };
 static_assert(sizeof(Geometry) == 80);
@@ -74,7 +75,7 @@ __host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
     g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
     g.down = static_cast<const CUtensorMap*>(p.down_map);
     g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
-    g.down_stage_rows = p.down_box_rows * p.down_boxes;
+    g.stage_rows = p.down_box_rows * p.down_boxes;
     g.k = p.in.k;
     const bool filter = p.out.epilogue == Epilogue::argmax;  // the copy is what streams
     g.row_bytes = filter ? int(head_filter_row_bytes(g.k)) : g.k * int(sizeof(bf16));
@@ -108,7 +109,7 @@ struct Cursor {
         const bool down = g.down && seg == 1;
         if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (kMaxPlannedRows)
           if (down) {  // every box of rows of down, in this block's columns (none if it has none)
-            row = 0, end = cols > 0 ? (g.down_rows + g.down_stage_rows - 1) / g.down_stage_rows : 0;
+            row = 0, end = cols > 0 ? (g.down_rows + g.stage_rows - 1) / g.stage_rows : 0;
           } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
             const int units = g.rows[0] / 8;
             row = b * units / blocks * 8, end = (b + 1) * units / blocks * 8;
@@ -119,8 +120,8 @@ struct Cursor {
           }
         }
         if (down && row < end) {  // `row` counts stages here
-          const int first = row++ * g.down_stage_rows;
-          return Stage{phase, seg, first, ::min(g.down_stage_rows, g.down_rows - first), col};
+          const int first = row++ * g.stage_rows;
+          return Stage{phase, seg, first, ::min(g.stage_rows, g.down_rows - first), col};
         }
         if (row < end) {
           const Stage st{phase, seg, row, ::min(g.per_stage, end - row), col};
