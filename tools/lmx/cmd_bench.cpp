@@ -271,8 +271,9 @@ void run_bench(const BenchArgs& a) {
   std::printf("%-9s %6s %7s %6s %14s %12s\n", "workload", "batch", "prompt", "gen", "throughput", "peak MiB");
   for (const auto& r : results) {
     const bool prompts = r.contains("lmx_prompts_per_s");
+    const std::string gen = r.contains("gen_len") ? std::to_string(r["gen_len"].get<int>()) : "-";
     std::printf("%-9s %6d %7d %6s %10.1f %s %12.1f", r["workload"].get<std::string>().c_str(), r["batch"].get<int>(),
-                r["prompt_len"].get<int>(), r.contains("gen_len") ? std::to_string(r["gen_len"].get<int>()).c_str() : "-",
+                r["prompt_len"].get<int>(), gen.c_str(),
                 prompts ? r["lmx_prompts_per_s"].get<double>() : r["lmx_tok_per_s"].get<double>(),
                 prompts ? "p/s" : "t/s", double(r["peak_mem_bytes"].get<size_t>()) / 1048576.0);
     if (r.contains("sm_clock_mhz"))  // the timed runs' means
