@@ -227,8 +227,9 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
 // A stage of one block's walk through the step, as its workers take them: rows
 // [row, row + n) of segment `seg` (for gate/up with a fused down: 1 is the down), in four
 // bytes, so that a larger model's list does not cost the ring a slot (Llama-3.1-8B's
-// shapes: 3,668 stages a block). n == 0 ends a phase's stages. row < 2^21 holds because
-// persistent_smem_bytes refuses larger matrices; n <= 256.
+// shapes: 3,668 stages a block). n == 0 ends a phase's stages. row < 2^20 holds because
+// persistent_smem_bytes refuses larger matrices (kMaxPlannedRows); n <= 512 (a fused
+// down's stage of two boxes, kMaxDownStageRows).
 struct PlannedStage {
   uint32_t packed;  // row << 12 | seg << 10 | n
   __host__ __device__ int row() const { return int(packed >> 12); }
