@@ -167,27 +167,9 @@ __device__ __forceinline__ void store_glu(const float (&d)[8 * kJ], Act act, bf1
   }
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found;
-  CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess || !fn) {
-    std::fprintf(stderr, "cuTensorMapEncodeTiled is not available from the driver\n");
-    std::exit(2);
-  }
-  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-}
-
 // A row-major bf16 [rows, cols] array read in boxes of `box_rows` × 64, 128-byte swizzled.
 CUtensorMap tensor_map(const bf16* p, int rows, int cols, int box_rows) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * sizeof(bf16)};
-  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(box_rows)}, steps[2] = {1, 1};
-  CHECK_STATUS(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box, steps,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
-  return map;
+  return bf16_box_map(p, rows, cols, box_rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 // The tensor maps of one problem, built once: x, the gate and up, in boxes of a variant's

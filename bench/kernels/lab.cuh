@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -62,4 +64,26 @@ inline void gemm_blas(cublasHandle_t blas, const __nv_bfloat16* x, const __nv_bf
   const float alpha = 1, beta = 0;
   CHECK_STATUS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
                             &beta, out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// A row-major bf16 [rows, cols] array read in boxes of box_rows × box_cols (the driver's
+// cuTensorMapEncodeTiled, found through the runtime: the labs do not link libcuda).
+inline CUtensorMap bf16_box_map(const void* p, int rows, int cols, int box_rows, int box_cols,
+                                CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || !fn) {
+      std::fprintf(stderr, "cuTensorMapEncodeTiled is not available from the driver\n");
+      std::exit(2);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)}, steps[2] = {1, 1};
+  CHECK_STATUS(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, steps,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  return map;
 }
