@@ -18,6 +18,7 @@ class CpuAllocator final : public Allocator {
   }
   void raw_free(void* p, size_t) override { std::free(p); }
   const char* device_name() const override { return "cpu"; }
+  Device device() const override { return Device::cpu(); }
 };
 
 AllocatorOf g_allocators[2] = {nullptr, nullptr};
@@ -31,9 +32,13 @@ Reclaimers& reclaimers() {
   return *r;
 }
 
+std::string mib(size_t b) { return detail::cat(b / (1024 * 1024), " MiB"); }
+
+}  // namespace
+
 // Calls every registered function, outside the registry's lock (each may free arrays, or
-// end its own registration); returns whether there was any.
-bool reclaim() {
+// end its own registration).
+bool release_kept_memory(Device d) {
   std::vector<std::shared_ptr<const Reclaim>> live;
   {
     Reclaimers& r = reclaimers();
@@ -41,13 +46,9 @@ bool reclaim() {
     for (const auto& w : r.fns)
       if (auto f = w.lock()) live.push_back(std::move(f));
   }
-  for (const auto& f : live) (*f)();
+  for (const auto& f : live) (*f)(d);
   return !live.empty();
 }
-
-std::string mib(size_t b) { return detail::cat(b / (1024 * 1024), " MiB"); }
-
-}  // namespace
 
 size_t Allocator::round_size(size_t bytes) {
   if (bytes <= 256) return 256;
@@ -59,7 +60,7 @@ size_t Allocator::round_size(size_t bytes) {
 void* Allocator::allocate(size_t bytes) {
   const size_t size = round_size(bytes);
   void* p = take(size);
-  if (!p && reclaim()) p = take(size);  // memory kept to spare work goes before failing
+  if (!p && release_kept_memory(device())) p = take(size);  // memory kept to spare work goes before failing
   if (p) return p;
   const MemoryStats st = stats();
   if (st.limit && st.active + size > st.limit)
@@ -128,7 +129,7 @@ void Allocator::set_cache_limit(size_t bytes) {
   trim_cache_locked(bytes);
 }
 void Allocator::clear_cache() {
-  reclaim();  // what it frees comes back to this cache first
+  release_kept_memory(device());  // what it frees comes back to this cache first
   std::lock_guard lock(mu_);
   trim_cache_locked(0);
 }

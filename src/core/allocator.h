@@ -37,6 +37,7 @@ class Allocator {
   virtual void* raw_alloc(size_t bytes) = 0;  // nullptr when the device is full
   virtual void raw_free(void* p, size_t bytes) = 0;
   virtual const char* device_name() const = 0;
+  virtual Device device() const = 0;  // whose memory this is: a shortage asks holders there to let go
 
  private:
   void* take(size_t size);  // nullptr where the limit or the device refuses
@@ -55,10 +56,13 @@ using AllocatorOf = Allocator& (*)(int device_index);
 void register_allocator(Device::Type t, AllocatorOf of);
 
 // Memory held only to spare work later (a model's idle fused decoders: CausalLM::
-// recycle_fused_decoder) is registered with a function that lets it go. An allocator that
-// cannot serve a request calls every such function, then tries once more before it throws
-// OutOfMemory; clear_cache calls them too. The registration lasts as long as the handle.
-using Reclaim = std::function<void()>;
+// recycle_fused_decoder) is registered with a function that lets go of what it keeps on a
+// device. An allocator that cannot serve a request calls every such function with its own
+// device, then tries once more before it throws OutOfMemory; clear_cache calls them too.
+// The registration lasts as long as the handle.
+using Reclaim = std::function<void(Device)>;
 [[nodiscard]] std::shared_ptr<const Reclaim> on_memory_pressure(Reclaim fn);
+// Asks every registered holder to let go of what it keeps on `d`; whether any is registered.
+bool release_kept_memory(Device d);
 
 }  // namespace lmx

@@ -63,8 +63,8 @@ CausalLM::CausalLM(DecoderSpec spec)
       norm_(spec_.hidden_size, spec_.rms_norm_eps, spec_.norm_style) {
   for (const nn::AttentionSpec& a : spec_.layers) layers_.push_back(std::make_unique<DecoderLayer>(spec_, a));
   if (!spec_.tie_word_embeddings) lm_head_.emplace(spec_.hidden_size, spec_.vocab_size, false);
-  reclaim_decoders_ = on_memory_pressure([pool = std::weak_ptr<DecoderPool>(decoders_)] {
-    if (const auto p = pool.lock()) p->drop();
+  reclaim_decoders_ = on_memory_pressure([pool = std::weak_ptr<DecoderPool>(decoders_)](Device d) {
+    if (const auto p = pool.lock()) p->drop(d);
   });
 }
 
@@ -181,16 +181,17 @@ void CausalLM::recycle_fused_decoder(std::unique_ptr<fast::FusedDecoder> decoder
     return;  // a decoder that cannot be reset (a device fault) is not worth keeping
   }
   std::lock_guard lock(decoders_->mutex);
+  decoders_->device = device();
   std::vector<std::unique_ptr<fast::FusedDecoder>>& idle = decoders_->idle;
   const bool have = std::any_of(idle.begin(), idle.end(), [&](const auto& d) { return d->rows() == decoder->rows(); });
   if (!have) idle.push_back(std::move(decoder));
 }
 
-void CausalLM::DecoderPool::drop() {
+void CausalLM::DecoderPool::drop(std::optional<Device> on) {
   std::vector<std::unique_ptr<fast::FusedDecoder>> gone;
   {
     std::lock_guard lock(mutex);
-    gone.swap(idle);
+    if (!on || *on == device) gone.swap(idle);
   }
 }  // destroyed outside the lock: a decoder's destructor waits for its device
 

@@ -108,12 +108,13 @@ class CausalLM : public nn::Module {
   std::optional<nn::Linear> lm_head_;          // [V, H]; absent when tied
   bool deterministic_ = false;
   // recycle_fused_decoder's decoders, by batch size: the model is shared between threads.
-  // An allocation that would fail lets them go first (on_memory_pressure), through a
-  // handle that shares the pool, so that it may outlive the model while it runs.
+  // An allocation that would fail on their device lets them go first (on_memory_pressure),
+  // through a handle that shares the pool, so that it may outlive the model while it runs.
   struct DecoderPool {
     std::mutex mutex;
     std::vector<std::unique_ptr<fast::FusedDecoder>> idle;
-    void drop();
+    Device device = Device::cpu();  // the model's, where the idle decoders hold memory
+    void drop(std::optional<Device> on = std::nullopt);  // all, or only if they are on `on`
   };
   std::shared_ptr<DecoderPool> decoders_ = std::make_shared<DecoderPool>();
   std::shared_ptr<const Reclaim> reclaim_decoders_;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "core/allocator.h"
 #include "core/array.h"
@@ -140,18 +141,25 @@ TEST(AllocatorTest, MemoryLimitThrowsAndLeavesStateUnchanged) {
 }
 
 // Memory kept only to spare work (on_memory_pressure) goes before an allocation fails,
-// and with clear_cache; once its handle is gone, nothing is asked of it.
+// and with clear_cache, each asked of the allocator's own device; once its handle is gone,
+// nothing is asked of it.
 TEST(AllocatorTest, MemoryKeptToSpareWorkGoesBeforeAnAllocationFails) {
   Allocator& a = allocator_for(Device::cpu());
   std::optional<Array> kept = Array({2 << 20}, Dtype::f32);  // 8 MiB
   int asked = 0;
-  auto handle = on_memory_pressure([&] {
+  std::vector<Device> devices;
+  auto handle = on_memory_pressure([&](Device d) {
     ++asked;
-    kept.reset();
+    devices.push_back(d);
+    if (d == Device::cpu()) kept.reset();
   });
+  EXPECT_TRUE(release_kept_memory(Device::cuda(1)));
+  EXPECT_TRUE(kept.has_value()) << "asked for another device's memory";
+  asked = 0;
   a.set_memory_limit(a.stats().active + (4u << 20));
   EXPECT_NO_THROW(Array({2 << 20}, Dtype::f32)) << "the kept 8 MiB make room for these";
   EXPECT_EQ(asked, 1);
+  EXPECT_EQ(devices, (std::vector<Device>{Device::cuda(1), Device::cpu()}));
   EXPECT_FALSE(kept.has_value());
   EXPECT_THROW(Array({4 << 20}, Dtype::f32), OutOfMemory) << "nothing left to give back";
   a.set_memory_limit(0);

@@ -60,6 +60,7 @@ class CudaAllocator final : public Allocator {
     check(cudaFree(p), "cudaFree");
   }
   const char* device_name() const override { return name_.c_str(); }
+  Device device() const override { return Device::cuda(device_); }
 
  private:
   int device_;
