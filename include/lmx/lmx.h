@@ -198,7 +198,7 @@ std::vector<DiscoveredModel> discover(const std::filesystem::path& dir);
 // Memory control per device ("cpu", "cuda:0"); "" means the default device of the best
 // backend (the first GPU when one is visible, else the CPU). What a loaded model keeps only
 // to spare work between calls (its idle fused decoders: on CUDA, with the LM head's int8
-// copy) is let go by clear_cache, and before any allocation would fail.
+// copy) is let go by clear_cache of its device, and before an allocation there would fail.
 void set_cache_limit(size_t bytes, std::string_view device = "");
 void set_memory_limit(size_t bytes, std::string_view device = "");  // 0 = no limit
 size_t active_memory(std::string_view device = "");
