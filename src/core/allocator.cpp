@@ -17,7 +17,6 @@ class CpuAllocator final : public Allocator {
     return std::aligned_alloc(64, bytes);
   }
   void raw_free(void* p, size_t) override { std::free(p); }
-  const char* device_name() const override { return "cpu"; }
   Device device() const override { return Device::cpu(); }
 };
 
@@ -64,10 +63,10 @@ void* Allocator::allocate(size_t bytes) {
   if (p) return p;
   const MemoryStats st = stats();
   if (st.limit && st.active + size > st.limit)
-    throw OutOfMemory(detail::cat("[memory] allocating ", bytes, " bytes on ", device_name(),
+    throw OutOfMemory(detail::cat("[memory] allocating ", bytes, " bytes on ", device().str(),
                                   " would pass the memory limit of ", mib(st.limit), " (", mib(st.active),
                                   " in use); use a smaller batch or context, or raise the limit"));
-  throw OutOfMemory(detail::cat("[memory] out of memory on ", device_name(), " allocating ", bytes, " bytes (",
+  throw OutOfMemory(detail::cat("[memory] out of memory on ", device().str(), " allocating ", bytes, " bytes (",
                                 mib(st.active), " in use); use a smaller batch or context"));
 }
 

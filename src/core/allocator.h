@@ -36,8 +36,7 @@ class Allocator {
  protected:
   virtual void* raw_alloc(size_t bytes) = 0;  // nullptr when the device is full
   virtual void raw_free(void* p, size_t bytes) = 0;
-  virtual const char* device_name() const = 0;
-  virtual Device device() const = 0;  // whose memory this is: a shortage asks holders there to let go
+  virtual Device device() const = 0;  // whose memory this is (errors name it; a shortage asks holders there)
 
  private:
   void* take(size_t size);  // nullptr where the limit or the device refuses

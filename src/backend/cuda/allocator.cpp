@@ -34,7 +34,7 @@ class OnDevice {
 // One device's memory: cudaMalloc/cudaFree on that device behind lmx::Allocator's cache.
 class CudaAllocator final : public Allocator {
  public:
-  explicit CudaAllocator(int device) : device_(device), name_(detail::cat("cuda:", device)) {
+  explicit CudaAllocator(int device) : device_(device) {
     // Keep freed blocks for reuse without a bound of its own: when the device is full the
     // allocator gives the whole cache back and retries before it reports OutOfMemory.
     set_cache_limit(~size_t(0));
@@ -59,12 +59,10 @@ class CudaAllocator final : public Allocator {
     const OnDevice on(device_);
     check(cudaFree(p), "cudaFree");
   }
-  const char* device_name() const override { return name_.c_str(); }
   Device device() const override { return Device::cuda(device_); }
 
  private:
   int device_;
-  std::string name_;
 };
 
 Allocator& allocator_of(int device) {
