@@ -10,6 +10,9 @@
 //   08  the block's 24 columns as 24 contiguous rows of a transposed copy ([3,072, 1,024]
 //       a layer): bulk copies of 12 rows (24 KiB) a stage, two stages a layer
 //   09  08 with stages of 16 rows (a whole slot) and 8
+//   10  07's boxes as a tiled copy: each block's 24 columns of a layer stored contiguously
+//       ([128][1,024][24] a layer), so that a stage of two boxes is one 24 KiB bulk copy
+//       and lands in shared memory as 07's boxes do
 //
 // The workers only add up the bits of every value they are handed (as integers, so the
 // sum does not depend on the order), and each variant's sum is checked against the host's.
@@ -35,8 +38,8 @@ constexpr int kBoxRows = 256;
 // What a variant's block copies: `stages` stages a layer, stage s holding `rows[s]` rows of
 // `row_bytes` each (a box row of 48 bytes, or a transposed row of 2 KiB).
 struct Plan {
-  bool boxes;         // tensor-map boxes of W (06, 07), else bulk copies of the transposed T
-  int per_stage;      // boxes a stage (06, 07), or transposed rows a stage (08, 09)
+  enum class Source { boxes, transposed, tiled } source;  // W's boxes (06, 07), T's rows (08, 09), Y (10)
+  int per_stage;      // boxes a stage (06, 07, 10), or transposed rows a stage (08, 09)
   int stages;         // a layer
   int last;           // rows of the last stage of a layer (08, 09)
 };
@@ -47,7 +50,7 @@ __device__ __forceinline__ unsigned long long add_bits(uint4 v) {
 }
 
 __global__ void __launch_bounds__(kWorkers + 32, 1)
-    down_kernel(const __grid_constant__ CUtensorMap map, const __nv_bfloat16* t, Plan plan,
+    down_kernel(const __grid_constant__ CUtensorMap map, const __nv_bfloat16* t, const __nv_bfloat16* y, Plan plan,
                 unsigned long long* sum) {
   extern __shared__ __align__(128) unsigned char sm[];
   __shared__ __align__(8) uint64_t full[kSlots], empty[kSlots];
@@ -60,7 +63,7 @@ __global__ void __launch_bounds__(kWorkers + 32, 1)
   const int total = kLayers * plan.stages;
   // Bytes of stage s of a layer.
   auto bytes_of = [&](int s) {
-    if (plan.boxes) return unsigned(plan.per_stage * kBoxRows * kBlockCols * 2);
+    if (plan.source != Plan::Source::transposed) return unsigned(plan.per_stage * kBoxRows * kBlockCols * 2);
     return unsigned((s + 1 < plan.stages ? plan.per_stage : plan.last) * kRows * 2);
   };
   if (threadIdx.x >= kWorkers) {  // the copying warp's first thread
@@ -71,10 +74,13 @@ __global__ void __launch_bounds__(kWorkers + 32, 1)
       if (i >= kSlots) mbarrier_wait(&empty[slot], unsigned(i / kSlots - 1) & 1u);
       unsigned char* dst = sm + size_t(slot) * kSlotBytes;
       mbarrier_expect(&full[slot], bytes_of(s));
-      if (plan.boxes) {
+      if (plan.source == Plan::Source::boxes) {
         for (int k = 0; k < plan.per_stage; ++k)
           tensor_copy(dst + size_t(k) * kBoxRows * kBlockCols * 2, &map, &full[slot], b * kBlockCols,
                       layer * kRows + (s * plan.per_stage + k) * kBoxRows, policy);
+      } else if (plan.source == Plan::Source::tiled) {
+        const size_t row = (size_t(layer) * kBlocks + b) * kRows + size_t(s) * plan.per_stage * kBoxRows;
+        bulk_copy(dst, y + row * kBlockCols, bytes_of(s), &full[slot], policy);
       } else {
         const size_t row = size_t(layer) * kCols + size_t(b) * kBlockCols + size_t(s) * plan.per_stage;
         bulk_copy(dst, t + row * kRows, bytes_of(s), &full[slot], policy);
@@ -97,7 +103,7 @@ __global__ void __launch_bounds__(kWorkers + 32, 1)
 
 int main() {
   const size_t n = size_t(kLayers) * kRows * kCols;
-  std::vector<uint16_t> w(n), tr(n);
+  std::vector<uint16_t> w(n), tr(n), tiled(n);
   std::mt19937 rng(7);
   unsigned long long expected = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -110,13 +116,21 @@ int main() {
     for (int r = 0; r < kRows; ++r)
       for (int c = 0; c < kCols; ++c)
         tr[(size_t(l) * kCols + c) * kRows + r] = w[(size_t(l) * kRows + r) * kCols + c];
-  __nv_bfloat16 *dw, *dt;
+  for (int l = 0; l < kLayers; ++l)  // Y_l[b][r][j] = W_l[r][24·b + j]
+    for (int b = 0; b < kBlocks; ++b)
+      for (int r = 0; r < kRows; ++r)
+        for (int j = 0; j < kBlockCols; ++j)
+          tiled[((size_t(l) * kBlocks + b) * kRows + r) * kBlockCols + j] =
+              w[(size_t(l) * kRows + r) * kCols + b * kBlockCols + j];
+  __nv_bfloat16 *dw, *dt, *dy;
   unsigned long long* dsum;
   CHECK(cudaMalloc(&dw, n * 2));
   CHECK(cudaMalloc(&dt, n * 2));
+  CHECK(cudaMalloc(&dy, n * 2));
   CHECK(cudaMalloc(&dsum, sizeof(unsigned long long)));
   CHECK(cudaMemcpy(dw, w.data(), n * 2, cudaMemcpyHostToDevice));
   CHECK(cudaMemcpy(dt, tr.data(), n * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dy, tiled.data(), n * 2, cudaMemcpyHostToDevice));
   // Down as the step maps it: the layers stacked along the rows, boxes of 256 rows × 24
   // columns, 128-byte L2 promotion (persistent_fuse_down).
   const CUtensorMap map = bf16_box_map(dw, kLayers * kRows, kCols, kBoxRows, kBlockCols, CU_TENSOR_MAP_SWIZZLE_NONE,
@@ -128,15 +142,16 @@ int main() {
     Plan plan;
   };
   const Variant variants[] = {
-      {"06 boxes of 256 rows x 48 B, one a stage", {true, 1, kRows / kBoxRows, 0}},
-      {"07 the same, two a stage", {true, 2, kRows / kBoxRows / 2, 0}},
-      {"08 transposed rows, 12 a stage (24 KiB)", {false, 12, 2, 12}},
-      {"09 transposed rows, 16 then 8 a stage", {false, 16, 2, 8}},
+      {"06 boxes of 256 rows x 48 B, one a stage", {Plan::Source::boxes, 1, kRows / kBoxRows, 0}},
+      {"07 the same, two a stage", {Plan::Source::boxes, 2, kRows / kBoxRows / 2, 0}},
+      {"08 transposed rows, 12 a stage (24 KiB)", {Plan::Source::transposed, 12, 2, 12}},
+      {"09 transposed rows, 16 then 8 a stage", {Plan::Source::transposed, 16, 2, 8}},
+      {"10 07's boxes from a tiled copy (24 KiB)", {Plan::Source::tiled, 2, kRows / kBoxRows / 2, 0}},
   };
   int failed = 0;
   const double bytes = double(n) * 2;
   for (const Variant& v : variants) {
-    auto run = [&] { down_kernel<<<kBlocks, kWorkers + 32, smem>>>(map, dt, v.plan, dsum); };
+    auto run = [&] { down_kernel<<<kBlocks, kWorkers + 32, smem>>>(map, dt, dy, v.plan, dsum); };
     CHECK(cudaMemset(dsum, 0, sizeof(unsigned long long)));
     run();
     CHECK(cudaDeviceSynchronize());

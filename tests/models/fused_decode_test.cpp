@@ -765,6 +765,38 @@ TEST(FusedDecode, KeptDecodersGoUnderMemoryPressure) {
   EXPECT_EQ(generate_greedy(*model, 8), first);
 }
 
+// Where a fused down's stages take two boxes (kQwen3WideMlp: 3 units of 8 columns a block on
+// 132 SMs, 264 rows: a box of 256, then 8 rows of the next), the persistent step reads them
+// from a tiled copy of down that its decoder holds (persistent_tile_down); with
+// LMX_FUSED_DOWN_TILES=0, from the tensor map's boxes. Both match the plain path, and the
+// copy takes at least down's bytes.
+TEST(FusedDecode, TwoBoxDownStagesReadTheTiledCopyOrTheBoxes) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const FusedCase c{"qwen3_wide_mlp", kQwen3WideMlp, false, true, 0.0264f};
+  Allocator& a = allocator_for(Device::cuda(0));
+  const auto model = random_model(c.config, Device::cuda(0), c.spread);
+  auto held = [&](bool tiles) {  // the device's active bytes while a decoder that has stepped lives
+    if (!tiles) {
+      EXPECT_EQ(setenv("LMX_FUSED_DOWN_TILES", "0", 1), 0);
+    }
+    size_t active = 0;
+    {
+      KVCache cache(*model, false, 8);
+      const auto fused = model->fused_decoder();
+      fused->set_input(kChainPrompt.back(), prefill_all_but_last(*model, cache, kChainPrompt));
+      fused->step(cache.fused_views());
+      EXPECT_STREQ(fused->path(), "persistent");
+      (void)fused->logits();
+      active = a.stats().active;
+    }
+    expect_logits_match_plain(c, 8);
+    unsetenv("LMX_FUSED_DOWN_TILES");
+    return active;
+  };
+  const size_t boxes = held(false), tiled = held(true);
+  EXPECT_GE(tiled, boxes + 2 * 264 * 2304 * sizeof(uint16_t)) << "two layers' down, tiled";
+}
+
 // Where the device has no fused path (the CPU), the model says so and the generator
 // keeps to the plain ops.
 TEST(FusedDecode, CpuHasNoFusedPath) {

@@ -290,6 +290,22 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
     std::string why;
     EXPECT_GT(cuda::fused::persistent_smem_bytes(p, 132, 0, &vector, &slots, &why), 0u) << why;
   }
+  // Where a stage takes two boxes, the step reads them from a tiled copy of down: each of
+  // the 132 blocks' 24 columns of its 1,024 rows (Qwen3-0.6B), or of 264 rows made two
+  // whole boxes of 256. The other shapes read the boxes.
+  for (const auto& [hidden, inter, bytes] : {std::tuple{1024, 3072, 132 * 1024 * 24 * 2},
+                                             std::tuple{264, 2304, 132 * 512 * 24 * 2},
+                                             std::tuple{2048, 8192, 0}, std::tuple{1152, 6912, 0}}) {
+    std::vector<StepPhase> p = layer(hidden, inter);
+    ASSERT_EQ(fuse(p), 1u);
+    EXPECT_EQ(p[1].down_w, fake_weights(0x10000)) << "the down weights the tiles copy";
+    EXPECT_EQ(cuda::fused::persistent_down_tile_bytes(p, 132), size_t(bytes)) << hidden << " x " << inter;
+    p.insert(p.end(), p.begin(), p.end());  // two layers: the second's tiles follow the first's
+    bf16* const tiles = reinterpret_cast<bf16*>(uintptr_t(0x80000));
+    cuda::fused::persistent_tile_down(nullptr, p, 132, tiles, false);
+    EXPECT_EQ(p[1].down_tiles, bytes ? tiles : nullptr);
+    EXPECT_EQ(p[4].down_tiles, bytes ? tiles + bytes / 2 : nullptr);
+  }
   std::vector<StepPhase> p = layer(4096, 14336);  // Llama-3.1-8B: 13.6 units a block, made 15
   EXPECT_EQ(fuse(p), 0u);
   p = layer(2048, 8192);

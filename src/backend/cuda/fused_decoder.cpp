@@ -528,6 +528,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
     down_maps_host_ =
         fused::persistent_fuse_down(persistent_plan_, persistent_names_, grid, down_maps_.raw(), !w_.deterministic);
+    tile_down(grid);
     int per_block = 0;
     stages_host_ = fused::persistent_stage_lists(persistent_plan_, grid, &per_block);
     // The attention's chunks last: how much scratch a task may take depends on the lists.
@@ -542,7 +543,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
     }
     if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
-      filter_ = Array();  // the kernel per phase runs plan_, whose head keeps every logit
+      filter_ = Array(), tiles_ = Array();  // the kernel per phase runs plan_: its head keeps every logit
       static bool said = false;
       if (env_set("LMX_FUSED_PERSISTENT") && !std::exchange(said, true))
         std::fprintf(stderr, "lmx: LMX_FUSED_PERSISTENT: not for this model (%s); running a kernel per phase\n",
@@ -609,13 +610,13 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // them), a width of whole 16-byte code runs, at most 4,096 (the margins' f32 slack
   // covers the sums' rounding up to there), and memory for the copy, made on first use
   // (one byte a weight and 16 a row; without room the exact head runs). The copy is at
-  // most kMaxFilterBytes, so that decoding stays within its weights, its cache and 512 MiB:
+  // most kMaxCopyBytes, so that decoding stays within its weights, its cache and 512 MiB:
   // Gemma-3-4B's head would take 675 MB (and gained 4.2%), Llama-3.1-8B's 527 MB.
   // LMX_FUSED_HEAD_FILTER=0 keeps the exact head.
-  static constexpr int64_t kMaxFilterBytes = int64_t(384) << 20;
+  static constexpr int64_t kMaxCopyBytes = int64_t(384) << 20;  // the filter's and the down's tiles together
   void filter_head(fused::StepPhase& head) {
     if (!switch_on("LMX_FUSED_HEAD_FILTER") || w_.softcap > 0 || hidden_ % 16 != 0 || hidden_ > 4096 ||
-        vocab_ * fused::head_filter_row_bytes(hidden_) > kMaxFilterBytes)
+        vocab_ * fused::head_filter_row_bytes(hidden_) > kMaxCopyBytes)
       return;
     if (!filter_.valid()) {
       try {
@@ -628,6 +629,30 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
     head.out.epilogue = fused::Epilogue::argmax;
     head.out.filter = static_cast<const uint8_t*>(filter_.raw());
+  }
+
+  // The fused downs whose stages take two boxes read a tiled copy of their columns
+  // (fused::persistent_tile_down), made on first use, where it fits beside the head's
+  // filter within kMaxCopyBytes (Qwen3-0.6B's: 182 MB on 132 SMs) and memory allows.
+  // LMX_FUSED_DOWN_TILES=0 keeps the tensor-map boxes.
+  void tile_down(int grid) {
+    const int64_t bytes = int64_t(fused::persistent_down_tile_bytes(persistent_plan_, grid));
+    const int64_t filter = filter_.valid() ? filter_.size() : 0;
+    if (bytes == 0 || !switch_on("LMX_FUSED_DOWN_TILES") || bytes + filter > kMaxCopyBytes) {
+      tiles_ = Array();
+      return;
+    }
+    const bool fresh = !tiles_.valid() || tiles_grid_ != grid || tiles_.size() != bytes;
+    if (fresh) {
+      try {
+        tiles_ = Array({bytes}, Dtype::u8, Device::cuda(device_));
+      } catch (const OutOfMemory&) {
+        tiles_ = Array();
+        return;
+      }
+      tiles_grid_ = grid;
+    }
+    fused::persistent_tile_down(ctx().stream, persistent_plan_, grid, static_cast<bf16*>(tiles_.raw()), fresh);
   }
 
   int device_;
@@ -665,6 +690,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // set_argmax_only, and the filtered head's copy of the LM head (fused::prepare_head_filter).
   bool argmax_only_ = false, planned_argmax_only_ = false;  // set_argmax_only's; the plan's
   Array filter_;
+  Array tiles_;  // the fused downs' tiled copies (tile_down) for a grid of tiles_grid_
+  int tiles_grid_ = 0;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
   // plan_ as the persistent kernel runs it: its attention chunks, the down projections fused

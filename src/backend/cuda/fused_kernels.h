@@ -174,6 +174,10 @@ struct alignas(16) StepPhase {
   int down_units = 0;      // 8-column units of down a block reads (at least its share)
   int down_box_rows = 0;   // rows of down per tensor-map box
   int down_boxes = 1;      // boxes per stage: down_box_rows * down_boxes rows (at most kMaxDownStageRows)
+  const bf16* down_w = nullptr;  // the weights the map reads
+  // Where a stage takes two boxes: the same boxes from a copy that holds each block's
+  // columns of down contiguously (persistent_tile_down), or null.
+  const bf16* down_tiles = nullptr;
   // Zeroed by this phase, before its input (every block a share): a fused down's output.
   float* zero = nullptr;
   int zero_n = 0;
@@ -224,6 +228,17 @@ int persistent_barriers(const std::vector<StepPhase>& phases, bool handoff);
 // turns this off.
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps, bool fuse = true);
+// Narrow boxes stream slowly: Qwen3-0.6B's 48 bytes of each row of down reached 2.0 TB/s
+// over the grid where the same bytes read contiguously reached 2.6 (bench/NOTES.md, p31).
+// So where a fused down's stage takes two boxes (the narrow ones), its weights can be read
+// from a tiled copy: block b's boxes one after another, rows [0, down_rows rounded up to
+// whole boxes) of its 8·down_units columns (zeros past the matrix), which a stage's one
+// bulk copy lays out in shared memory as its boxes' copies do. The bytes the copies of
+// these phases on `blocks` blocks take (0: none applies):
+size_t persistent_down_tile_bytes(const std::vector<StepPhase>& phases, int blocks);
+// Points those phases at their copies in `tiles` (persistent_down_tile_bytes of them),
+// and with `fill` makes the copies on `stream`.
+void persistent_tile_down(cudaStream_t stream, std::vector<StepPhase>& phases, int blocks, bf16* tiles, bool fill);
 // A stage of one block's walk through the step, as its workers take them: rows
 // [row, row + n) of segment `seg` (for gate/up with a fused down: 1 is the down), in four
 // bytes, so that a larger model's list does not cost the ring a slot (Llama-3.1-8B's

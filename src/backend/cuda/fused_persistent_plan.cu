@@ -202,7 +202,7 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
       continue;
     glu.down_map = static_cast<const CUtensorMap*>(device_maps) + maps.size();
     glu.down_y = down.out.y, glu.down_rows = rows, glu.down_units = units, glu.down_box_rows = box_rows;
-    glu.down_boxes = boxes;
+    glu.down_boxes = boxes, glu.down_w = down.out.w[0];
     before.zero = down.out.y, before.zero_n = rows;
     maps.push_back(map);
     names[i] = "glu+down";
@@ -210,6 +210,53 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
     names.erase(names.begin() + std::ptrdiff_t(i) + 1);
   }
   return maps;
+}
+
+namespace {
+
+// The rows of a block's tile of a fused down: whole boxes.
+int tile_rows(const StepPhase& p) { return (p.down_rows + p.down_box_rows - 1) / p.down_box_rows * p.down_box_rows; }
+size_t tile_values(const StepPhase& p) { return size_t(tile_rows(p)) * 8 * size_t(p.down_units); }
+bool tiled(const StepPhase& p) { return p.down_map && p.down_boxes > 1; }
+
+// tiles[b][r][c] = w[r][first(b) + c] for the 8·units columns c of block b's boxes
+// (first(b): the first column of block b's gate/up rows, as Cursor deals them), zero past
+// w's rows and columns; a thread 8 values (16 bytes).
+__global__ void tile_down_kernel(const bf16* w, int rows, int cols, int units, int blocks, int rows_out,
+                                 bf16* tiles) {
+  const size_t n = size_t(blocks) * size_t(rows_out) * size_t(units);
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const int u = int(i % size_t(units)), r = int(i / size_t(units) % size_t(rows_out));
+    const int b = int(i / (size_t(units) * size_t(rows_out)));
+    const int col = b * (cols / 8) / blocks * 8 + 8 * u;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < rows && col < cols) v = *reinterpret_cast<const uint4*>(w + size_t(r) * size_t(cols) + size_t(col));
+    reinterpret_cast<uint4*>(tiles)[i] = v;
+  }
+}
+
+}  // namespace
+
+size_t persistent_down_tile_bytes(const std::vector<StepPhase>& phases, int blocks) {
+  size_t values = 0;
+  for (const StepPhase& p : phases)
+    if (tiled(p)) values += size_t(std::max(blocks, 0)) * tile_values(p);
+  return values * sizeof(bf16);
+}
+
+void persistent_tile_down(cudaStream_t stream, std::vector<StepPhase>& phases, int blocks, bf16* tiles, bool fill) {
+  for (StepPhase& p : phases) {
+    if (!tiled(p)) continue;
+    p.down_tiles = tiles;
+    if (fill) {
+      const size_t pieces = size_t(blocks) * tile_values(p) / 8;
+      const unsigned grid = unsigned(std::min<size_t>((pieces + 255) / 256, 4096));
+      tile_down_kernel<<<grid, 256, 0, stream>>>(p.down_w, p.down_rows, p.out.rows[0], p.down_units, blocks,
+                                                 tile_rows(p), tiles);
+      check(cudaGetLastError(), "fused down's tiled copy");
+    }
+    tiles += size_t(blocks) * tile_values(p);
+  }
 }
 
 size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, int stages_per_block, unsigned* vector,

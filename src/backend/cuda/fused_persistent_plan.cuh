@@ -54,7 +54,7 @@ __host__ __device__ inline int share_start(int b, int n, int blocks) { return b 
 // memory once: the copying warp consults it at every stage, and reading the phases
 // themselves there would cost a round trip to L2 each time.
 struct Geometry {
-  const bf16* w[3];  // the segments' matrices (for gate/up: gate, up)
+  const bf16* w[3];  // the segments' matrices (for gate/up: gate, up, and a fused down's tiled copy or null)
   int rows[3];
   int k;
   int segments;  // matrices whose rows are split over the blocks (0 for attention); a fused down is one more
@@ -81,6 +81,7 @@ __host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
     g.row_bytes = filter ? int(head_filter_row_bytes(g.k)) : g.k * int(sizeof(bf16));
     g.per_stage = rows_per_stage(g.row_bytes, g.pair);
     for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
+    if (p.down_map) g.w[2] = p.down_tiles;  // gate/up has two segments: the third's matrix is free
     if (filter) g.w[0] = reinterpret_cast<const bf16*>(p.out.filter);
   }
   return g;
