@@ -516,9 +516,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   // The persistent kernel for this plan, when it can run it: the phases go to the device.
   void prepare_persistent() {
+    if (profile_) report_profile();  // the plan before this one, with its grid
     persistent_blocks_ = 0;
     if (!persistent_) return;
-    if (profile_) report_profile();  // the plan before this one
     std::string why;
     persistent_plan_ = plan_, persistent_names_ = names_;
     if (argmax_only_ && !persistent_names_.empty() && persistent_names_.back() == std::string_view("head"))
@@ -709,7 +709,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   // LMX_FUSED_PROFILE=1: per kind of phase, the mean µs per step that block 0 of the
   // persistent kernel spent in it and in the barrier after it, printed to stderr.
   void report_profile() noexcept {
-    if (!timing_.valid() || profiled_steps_ == 0) return;
+    if (!timing_.valid() || profiled_steps_ == 0 || persistent_blocks_ == 0) return;
     try {
       synchronize(ctx());
       std::vector<unsigned long long> t(persistent_plan_.size() * fused::kTimes);  // u64 each
