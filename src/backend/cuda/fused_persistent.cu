@@ -113,8 +113,7 @@ __device__ __forceinline__ void issue(const Geometry* table, Stage st, bf16* slo
     const bool two = kTwoBoxes && st.n > g.box_rows;
     mbarrier_expect(bar, two ? 2 * box_bytes : box_bytes);
     if (kTwoBoxes && g.w[2]) {  // the tiled copy (persistent_tile_down): this block's boxes one after another
-      const int tile_rows = (g.down_rows + g.box_rows - 1) / g.box_rows * g.box_rows;
-      const size_t row = size_t(blockIdx.x) * unsigned(tile_rows) + unsigned(st.row);
+      const size_t row = size_t(blockIdx.x) * unsigned(down_tile_rows(g.down_rows, g.box_rows)) + unsigned(st.row);
       const bf16* boxes = g.w[2] + row * 8u * unsigned(g.units);
       bulk_copy(slot, boxes, two ? 2 * box_bytes : box_bytes, bar, policy);
       return;

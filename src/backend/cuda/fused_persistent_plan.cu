@@ -214,9 +214,8 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
 
 namespace {
 
-// The rows of a block's tile of a fused down: whole boxes.
-int tile_rows(const StepPhase& p) { return (p.down_rows + p.down_box_rows - 1) / p.down_box_rows * p.down_box_rows; }
-size_t tile_values(const StepPhase& p) { return size_t(tile_rows(p)) * 8 * size_t(p.down_units); }
+int tile_rows(const StepPhase& p) { return down_tile_rows(p.down_rows, p.down_box_rows); }
+size_t tile_values(const StepPhase& p) { return size_t(tile_rows(p)) * 8 * size_t(p.down_units); }  // a block's
 bool tiled(const StepPhase& p) { return p.down_map && p.down_boxes > 1; }
 
 // tiles[b][r][c] = w[r][first(b) + c] for the 8·units columns c of block b's boxes

@@ -38,6 +38,11 @@ __host__ __device__ inline bool staged_input(const StepPhase* prev, const StepPh
   return !direct_input(prev, p) && p.in.k > kHeldInput;
 }
 
+// The rows of each block's part of a fused down's tiled copy (persistent_tile_down): whole boxes.
+__host__ __device__ inline int down_tile_rows(int rows, int box_rows) {
+  return (rows + box_rows - 1) / box_rows * box_rows;
+}
+
 __host__ __device__ inline bool paired(const StepPhase& p) {
   return p.out.epilogue == Epilogue::glu_silu || p.out.epilogue == Epilogue::glu_gelu;
 }
