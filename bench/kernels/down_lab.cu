@@ -6,7 +6,8 @@
 // filled by a copying warp, as the step's blocks do.
 //
 //   06  tensor-map boxes of 256 rows × 48 bytes, one box a stage (four stages a layer)
-//   07  the same, two boxes a stage (the step's choice for Qwen3-0.6B since p31)
+//   07  the same, two boxes a stage (the step's stages for Qwen3-0.6B since p31, which it
+//       reads as 10 does since p32)
 //   08  the block's 24 columns as 24 contiguous rows of a transposed copy ([3,072, 1,024]
 //       a layer): bulk copies of 12 rows (24 KiB) a stage, two stages a layer
 //   09  08 with stages of 16 rows (a whole slot) and 8

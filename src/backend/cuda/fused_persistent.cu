@@ -17,7 +17,8 @@
 //
 // The down projection joins the gate/up phase where it fits (persistent_fuse_down): a
 // block's gate/up rows are whole units of 8, and once it has their activations it reads
-// the same columns of down (a tensor-map box of every 256 rows, 16-128 bytes of each)
+// the same columns of down (a tensor-map box of every 256 rows, 16-128 bytes of each;
+// where a stage takes two boxes, the same bytes from a tiled copy, persistent_tile_down)
 // and adds its partial products into the output with vector atomics. That spares a grid
 // barrier and the down's input each layer, at the price of f32 sums whose order varies
 // from run to run.
