@@ -1,0 +1,187 @@
+// The fused decode step over batches of sequences (ops/fused_decoder.h, batch_generate's
+// path for 2-8 rows) against the plain ops on the same device, row by row: each row's
+// logits within bf16 tolerance of forward()'s, with each row's own left padding, and
+// chained steps equal to single ones. The single-sequence cases are fused_decode_test.cpp.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "compare.h"
+#include "cuda_available.h"
+#include "fused_models.h"
+
+namespace lmx {
+namespace {
+
+using test::have_cuda;
+using test::kGemma3;
+using test::kLlama;
+using test::random_model;
+using test::relative_l2;
+
+// ---- batches: several sequences stepped together, each with its own left padding ----
+
+// Widths that are multiples of 32 (the batched GEMV's chunk) but not of 256, so that the
+// column loop's tails run: Llama's MLP has 17 chunks, Qwen3's hidden size 9.
+constexpr const char* kLlamaBatch = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 256,
+ "intermediate_size": 544, "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
+constexpr const char* kQwen3Batch = R"({"model_type": "qwen3", "vocab_size": 1203, "hidden_size": 288,
+ "intermediate_size": 640, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
+ "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
+
+struct BatchCase {
+  const char* name;
+  const char* config;
+  int rows;
+  int64_t slots = 8;  // the caches' first size (they grow); a long one takes longer attention chunks
+};
+
+class FusedBatchTest : public ::testing::TestWithParam<BatchCase> {};
+
+// The batch's prompts are left-padded to one length, as batch_generate pads them: the plain
+// path masks the padding (key_valid) and starts each row's positions after it, the fused
+// step is told each row's padding. Fed the same tokens, each row's logits stay within bf16
+// tolerance of forward()'s for 40 positions (past Gemma 3's 16-key window), and each
+// row's argmax is that of its fused logits.
+TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  const auto model = random_model(GetParam().config, gpu);
+  const int64_t rows = GetParam().rows, steps = 40, vocab = model->spec().vocab_size;
+  const auto fused = model->fused_decoder(int(rows));
+  ASSERT_NE(fused, nullptr) << "CUDA steps " << rows << " sequences of bf16 " << GetParam().name;
+  ASSERT_EQ(fused->rows(), rows);
+
+  std::vector<int64_t> pads;  // 0, 5, 10, 4, ...; a lone sequence 4 (the single-sequence step)
+  for (int64_t r = 0; r < rows; ++r) pads.push_back(rows == 1 ? 4 : (r * 5) % 11);
+  const int64_t l = 12;  // the padded prompt length
+  const std::vector<int32_t> ids = to_vector<int32_t>(
+      astype(random_uniform({rows * (l + steps)}, 11, 0, float(vocab) - 1, Dtype::f32), Dtype::i32));
+  std::vector<uint8_t> valid;
+  std::vector<int32_t> first;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t s = 0; s < l; ++s) valid.push_back(s >= pads[size_t(r)]);
+    first.push_back(int32_t(-pads[size_t(r)]));
+  }
+  auto batch = [&](int64_t slots, const std::vector<int32_t>& pos) {
+    return nn::SequenceBatch{to_device(from_vector(pos, {rows}), gpu),
+                             to_device(astype(from_vector(valid, {rows, slots}), Dtype::boolean), gpu)};
+  };
+  // The same prefill through the plain ops fills both caches (padding slots included:
+  // their keys are never read).
+  KVCache plain(model->num_layers(), GetParam().slots), fast(model->num_layers(), GetParam().slots);
+  const Array prompt =
+      to_device(from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + rows * l), {rows, l}), gpu);
+  const nn::SequenceBatch pre = batch(l, first);
+  (void)model->forward(prompt, plain.layers(), &pre);
+  (void)model->forward(prompt, fast.layers(), &pre);
+
+  double worst = 0;
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t slot = l + t;
+    std::vector<int32_t> toks(ids.begin() + rows * (l + t), ids.begin() + rows * (l + t + 1)), pos;
+    std::vector<uint8_t> grown;
+    for (int64_t r = 0; r < rows; ++r) {
+      grown.insert(grown.end(), valid.begin() + r * slot, valid.begin() + (r + 1) * slot);
+      grown.push_back(1);
+      pos.push_back(int32_t(slot - pads[size_t(r)]));
+    }
+    valid.swap(grown);
+    const nn::SequenceBatch step = batch(slot + 1, pos);
+    const std::vector<float> want =
+        to_floats(model->forward(to_device(from_vector(toks, {rows, 1}), gpu), plain.layers(), &step));
+    fused->set_inputs(toks, std::vector<int64_t>(size_t(rows), slot), pads);
+    fused->step(fast.fused_views());
+    fast.commit_one();
+    const std::vector<float> got = to_floats(fused->logits());
+    ASSERT_EQ(got.size(), want.size());
+    const std::vector<int32_t> argmax = fused->tokens(1);
+    ASSERT_EQ(int64_t(argmax.size()), rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      const std::vector<float> g(got.begin() + r * vocab, got.begin() + (r + 1) * vocab),
+          w(want.begin() + r * vocab, want.begin() + (r + 1) * vocab);
+      const double err = relative_l2(g, w);
+      worst = std::max(worst, err);
+      EXPECT_LE(err, 2e-2) << GetParam().name << " row " << r << " slot " << slot;
+      EXPECT_EQ(argmax[size_t(r)], int32_t(std::max_element(g.begin(), g.end()) - g.begin())) << "row " << r;
+    }
+  }
+  EXPECT_EQ(fast.length(), plain.length());
+  std::printf("[ info ] %s, %lld rows: worst relative L2 over %lld positions %.2e\n", GetParam().name,
+              (long long)rows, (long long)steps, worst);
+}
+
+// Greedy steps chained on the device give, row by row, the tokens of single steps fed back
+// from the host; the pipelined reads (queue_token, wait_tokens) return them in order.
+TEST_P(FusedBatchTest, ChainedStepsEqualSingleStepsAndPipelinedReads) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  const auto model = random_model(GetParam().config, gpu);
+  const int64_t rows = GetParam().rows, n = 7;
+  std::vector<int32_t> prompt;
+  for (int64_t i = 0; i < rows * n; ++i) prompt.push_back(int32_t((i * 37 + 5) % 997));
+  auto run = [&](int mode) {  // 0: chained, read at the end; 1: single steps; 2: chained, pipelined reads
+    const auto fused = model->fused_decoder(int(rows));
+    KVCache cache(model->num_layers(), 64);
+    (void)model->forward(to_device(from_vector(prompt, {rows, n}), gpu), cache.layers());
+    std::vector<int32_t> tok(size_t(rows), 3), out;
+    for (int i = 0; i < 24; ++i) {
+      if (mode == 1 || i == 0) fused->set_inputs(tok, std::vector<int64_t>(size_t(rows), n + i), {});
+      fused->step(cache.fused_views());
+      cache.commit_one();
+      if (mode == 1) {
+        tok = fused->tokens(1);
+        out.insert(out.end(), tok.begin(), tok.end());
+      }
+      if (mode == 2) {
+        fused->queue_token();
+        if (i > 0) {
+          const std::vector<int32_t> t = fused->wait_tokens();
+          out.insert(out.end(), t.begin(), t.end());
+        }
+      }
+    }
+    if (mode == 2) {
+      const std::vector<int32_t> t = fused->wait_tokens();
+      out.insert(out.end(), t.begin(), t.end());
+    }
+    return mode == 0 ? fused->tokens(24) : out;
+  };
+  const std::vector<int32_t> single = run(1);
+  ASSERT_EQ(int64_t(single.size()), 24 * rows);
+  EXPECT_EQ(run(0), single);
+  EXPECT_EQ(run(2), single);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
+                         ::testing::Values(BatchCase{"llama", kLlamaBatch, 1}, BatchCase{"llama", kLlamaBatch, 3},
+                                           BatchCase{"llama", kLlamaBatch, 8}, BatchCase{"gemma3", kGemma3, 1},
+                                           BatchCase{"qwen3", kQwen3Batch, 2}, BatchCase{"qwen3", kQwen3Batch, 5},
+                                           BatchCase{"gemma3", kGemma3, 4}, BatchCase{"gemma3", kGemma3, 8},
+                                           // 1,024 slots: 64-key chunks for 8 rows of 2 kv heads,
+                                           // 48 for 5 (fit_attention_split, on 132 SMs)
+                                           BatchCase{"llama_long_cache", kLlamaBatch, 8, 1024},
+                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 5, 1024}),
+                         [](const auto& info) {
+                           return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
+                         });
+
+// What the batched step cannot take, CUDA declines (the caller keeps to the plain ops):
+// more than 8 sequences, or widths that are not multiples of 32.
+TEST(FusedBatch, DeclinesWhatItCannotStep) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  EXPECT_EQ(random_model(kLlamaBatch, gpu)->fused_decoder(9), nullptr);
+  EXPECT_EQ(random_model(kLlama, gpu)->fused_decoder(2), nullptr);  // intermediate_size 520
+  EXPECT_NE(random_model(kLlama, gpu)->fused_decoder(1), nullptr);
+  EXPECT_EQ(random_model(kLlamaBatch, Device::cpu())->fused_decoder(4), nullptr);
+}
+
+}  // namespace
+}  // namespace lmx
