@@ -227,7 +227,7 @@ __global__ void tile_down_kernel(const bf16* w, int rows, int cols, int units, i
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const int u = int(i % size_t(units)), r = int(i / size_t(units) % size_t(rows_out));
     const int b = int(i / (size_t(units) * size_t(rows_out)));
-    const int col = b * (cols / 8) / blocks * 8 + 8 * u;
+    const int col = (share_start(b, cols / 8, blocks) + u) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r < rows && col < cols) v = *reinterpret_cast<const uint4*>(w + size_t(r) * size_t(cols) + size_t(col));
     reinterpret_cast<uint4*>(tiles)[i] = v;

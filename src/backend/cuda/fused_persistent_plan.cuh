@@ -118,7 +118,7 @@ struct Cursor {
             row = 0, end = cols > 0 ? (g.down_rows + g.stage_rows - 1) / g.stage_rows : 0;
           } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
             const int units = g.rows[0] / 8;
-            row = b * units / blocks * 8, end = (b + 1) * units / blocks * 8;
+            row = share_start(b, units, blocks) * 8, end = share_start(b + 1, units, blocks) * 8;
             col = row, cols = end - row;
           } else {
             const int rows = g.rows[seg];
