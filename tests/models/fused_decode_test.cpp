@@ -613,6 +613,20 @@ TEST(FusedDecode, TwoBoxDownStagesReadTheTiledCopyOrTheBoxes) {
   EXPECT_GE(tiled, boxes + 2 * 264 * 2304 * sizeof(uint16_t)) << "two layers' down, tiled";
 }
 
+// However far past the workers' phase the copies may run (persistent_lookahead: none, the
+// default half ring, or the whole ring), the persistent step matches the plain path: the
+// copying warp waits only on what the workers reach without it.
+TEST(FusedDecode, CopiesPastTheWorkersPhaseChangeNoResult) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  for (const char* lookahead : {"0", "1", "6"}) {
+    SCOPED_TRACE(std::string("LMX_FUSED_LOOKAHEAD=") + lookahead);
+    ASSERT_EQ(setenv("LMX_FUSED_LOOKAHEAD", lookahead, 1), 0);
+    for (const FusedCase& c : {FusedCase{"llama", kLlama, false, true}, FusedCase{"gemma3", kGemma3, true, true}})
+      expect_logits_match_plain(c, 96);
+  }
+  unsetenv("LMX_FUSED_LOOKAHEAD");
+}
+
 // Where the device has no fused path (the CPU), the model says so and the generator
 // keeps to the plain ops.
 TEST(FusedDecode, CpuHasNoFusedPath) {

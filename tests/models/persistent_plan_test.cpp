@@ -511,6 +511,22 @@ TEST(PersistentPlan, HandsTheAttentionsOutputsOnThroughACount) {
 // The persistent kernel's form: the one compiled for a plan's attention shape where it
 // lacks nothing the plan needs (the merge of one kv head's chunks in the O input, staged
 // inputs), else the general one; always the general one under LMX_FUSED_SPECIALISED=0.
+// The copies may run half the ring past the workers' phase (at least a stage), or what
+// LMX_FUSED_LOOKAHEAD says, up to the whole ring.
+TEST(PersistentPlan, CopiesRunHalfTheRingPastTheWorkersPhase) {
+  using cuda::fused::persistent_lookahead;
+  unsetenv("LMX_FUSED_LOOKAHEAD");
+  EXPECT_EQ(persistent_lookahead(2), 1);
+  EXPECT_EQ(persistent_lookahead(3), 1) << "Qwen3-0.6B's ring";
+  EXPECT_EQ(persistent_lookahead(5), 2) << "Gemma-3-1B's";
+  EXPECT_EQ(persistent_lookahead(6), 3) << "Llama-3.2-1B's";
+  ASSERT_EQ(setenv("LMX_FUSED_LOOKAHEAD", "0", 1), 0);
+  EXPECT_EQ(persistent_lookahead(6), 0);
+  ASSERT_EQ(setenv("LMX_FUSED_LOOKAHEAD", "9", 1), 0);
+  EXPECT_EQ(persistent_lookahead(6), 6) << "the whole ring at most";
+  unsetenv("LMX_FUSED_LOOKAHEAD");
+}
+
 TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
   auto layer = [](int hidden, int heads, int kv_heads, int head_dim, int splits) {
     StepPhase qkv = gemv(hidden, (heads + 2 * kv_heads) * head_dim);

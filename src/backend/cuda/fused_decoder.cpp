@@ -538,6 +538,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     persistent_smem_ =
         fused::persistent_smem_bytes(persistent_plan_, grid, per_block, &persistent_vector_, &persistent_slots_, &why);
     if (persistent_smem_ > 0) {
+      persistent_lookahead_ = fused::persistent_lookahead(persistent_slots_);
       persistent_kernel_ = fused::persistent_kernel(persistent_plan_);
       persistent_blocks_ = fused::persistent_blocks(grid, persistent_smem_, persistent_kernel_);
       if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
@@ -588,6 +589,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     p.hidden = int(hidden_), p.x = f32(xa_);
     p.vector_bytes = persistent_vector_;
     p.slots = persistent_slots_;
+    p.lookahead = persistent_lookahead_;
     p.stages = static_cast<const fused::PlannedStage*>(stages_.raw());
     p.stages_per_block = persistent_stages_per_block_;
     if (profile_) p.timing = static_cast<unsigned long long*>(timing_.raw());
@@ -728,7 +730,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
                    "blocks to arrive)\n",
                    (long long)profiled_steps_);
       const fused::PersistentKernel& k = persistent_kernel_;
-      std::fprintf(stderr, "  %d blocks, a ring of %d slots; kernel form: ", persistent_blocks_, persistent_slots_);
+      std::fprintf(stderr, "  %d blocks, a ring of %d slots (%d past the workers' phase); kernel form: ",
+                   persistent_blocks_, persistent_slots_, persistent_lookahead_);
       if (k.head_dim > 0)
         std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s%s\n", k.head_dim, k.group,
                      k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "",
@@ -749,6 +752,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   size_t persistent_smem_ = 0;
   unsigned persistent_vector_ = 0;
   int persistent_slots_ = 0;
+  int persistent_lookahead_ = 0;  // fused::persistent_lookahead of the slots
   int persistent_stages_per_block_ = 0;
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   bool handoff_ = false;    // fused::persistent_attention_handoff

@@ -197,6 +197,7 @@ struct PersistentStep {
   float* x = nullptr;  // [hidden]
   unsigned vector_bytes = 0;  // shared memory for input vectors (persistent_smem_bytes)
   int slots = 0;              // of the weight ring (persistent_smem_bytes)
+  int lookahead = 0;          // stages the copies may run past the workers' phase (persistent_lookahead)
   const struct PlannedStage* stages = nullptr;  // [blocks, stages_per_block] (persistent_stage_lists)
   int stages_per_block = 0;
   // Measurement only, or null: [kTimes * n_phases] ns summed over steps, per phase as
@@ -274,6 +275,12 @@ size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages
 // ring's slots; or 0 (with the reason in *why) when it cannot run them.
 size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, int stages_per_block,
                              unsigned* vector_bytes, int* slots, std::string* why);
+// How many stages of the phases after the one its workers are in a block's copying warp
+// may have issued: half the ring's `slots` (at least one), or LMX_FUSED_LOOKAHEAD's count
+// (`slots` and up: as far as the ring reaches). The copies in flight at a phase boundary
+// slow the grid barrier's and the next input's trips to L2 more than they save once the
+// workers reach them (bench/NOTES.md, p33).
+int persistent_lookahead(int slots);
 // A form of the persistent kernel: compiled for one attention shape (head_dim, and query
 // heads a kv head: `group`), or for any (0, 0); with the merge of one kv head's chunks in
 // the next GEMV's input (merged_by_next_gemv) and inputs wider than it holds in registers

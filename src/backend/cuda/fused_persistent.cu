@@ -134,11 +134,16 @@ __device__ __forceinline__ bf16* slot_at(bf16* ring, int i) { return ring + size
 
 // The copying warp's one thread: every stage of the step in order, each into the next
 // slot of the ring once the workers have freed it (all kWorkerWarps of them arrive on
-// `empty` when done reading). It never waits for the workers otherwise, so the copies run
-// on across phase boundaries, barriers and attention, as far as the ring reaches. (Going
-// further through L2 prefetches of the stages beyond the ring lost 4-20%: bench/NOTES.md.)
+// `empty` when done reading). Within the workers' phase (`workers_at`, which their first
+// thread sets as each phase starts) it runs as far ahead as the ring reaches; of the
+// phases after it, only `lookahead` stages. Copies in flight at a phase boundary slow
+// every trip to L2 of the grid barrier and of the next phase's input, and a whole ring of
+// them cost more there than they saved later: half a ring measured 1.05-1.10x the whole
+// (bench/NOTES.md, p33). (Going past the ring through L2 prefetches lost 4-20%.)
+// `phases` ([slots], shared) holds the phase of each slot's latest stage.
 template <bool kTwoBoxes>
-__device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slots, uint64_t* full, uint64_t* empty) {
+__device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slots, uint64_t* full, uint64_t* empty,
+                        int lookahead, const int* workers_at, int* phases) {
   // The weights are read once a step, and a step's are several times L2's size: marked
   // first to go, they leave L2 to what the workers read again (bench/NOTES.md, p15).
   const uint64_t policy = evict_first_policy();
@@ -148,6 +153,17 @@ __device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slo
     if (st.n == 0) return;
     const int slot = i % slots;
     if (i >= slots) mbarrier_wait(&empty[slot], unsigned(i / slots - 1) & 1u);
+    // The stages past the workers' phase are among the last `slots` issued (the workers
+    // have not reached them), and stage i - slots is done: at most slots - 1 of them.
+    for (;;) {
+      const int at = *reinterpret_cast<const volatile int*>(workers_at);
+      if (st.phase <= at) break;
+      int past = 0;
+      for (int j = 0; j < slots; ++j) past += j != slot && phases[j] > at;
+      if (past < lookahead) break;
+      __nanosleep(32);
+    }
+    phases[slot] = st.phase;
     issue<kTwoBoxes>(table, st, slot_at(ring, slot), &full[slot], policy);
   }
 }
@@ -461,6 +477,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   StepPhase* params = reinterpret_cast<StepPhase*>(table + s.n_phases);  // [2]: phase p's in params[p % 2]
   PlannedStage* plan = reinterpret_cast<PlannedStage*>(params + 2);      // [stages_per_block]: this block's
   __shared__ __align__(8) uint64_t full[kMaxSlots], empty[kMaxSlots];
+  __shared__ int workers_at, slot_phases[kMaxSlots];  // produce's
 
   // Launched as a programmatic dependent (launch_persistent), the next step's kernel may
   // be scheduled from here on: its blocks take an SM only as this step's block there
@@ -472,13 +489,15 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   if (threadIdx.x == 0) {
     for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1), mbarrier_init(&empty[i], kWorkerWarps);
     mbarrier_init_fence();
+    workers_at = 0;
+    for (int i = 0; i < kMaxSlots; ++i) slot_phases[i] = 0;
   }
   __syncthreads();  // the last whole-block barrier: from here the copying warp goes its own way
   if (threadIdx.x >= kWorkers) {
     // The weights too are never written by a step, but the kernel before this one need
     // not be a step (starting them before the wait measured within 0.2%: bench/NOTES.md).
     wait_for_previous_kernel();
-    if (threadIdx.x == kWorkers) produce<kTwoBoxes>(table, s.n_phases, ring, slots, full, empty);
+    if (threadIdx.x == kWorkers) produce<kTwoBoxes>(table, s.n_phases, ring, slots, full, empty, s.lookahead, &workers_at, slot_phases);
     return;
   }
 
@@ -514,6 +533,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   int dealt = 0;     // items dealt so far, over all stages: item i goes to warp i % kWorkerWarps
   unsigned outputs_done = 0;  // with the handoff: the count once this step's attentions so far are done
   for (int p = 0; p < s.n_phases; ++p) {
+    if (threadIdx.x == 0) *reinterpret_cast<volatile int*>(&workers_at) = p;  // the copies may go on (produce)
     const StepPhase& ph = params[p % 2];
     const StepPhase* prev = p > 0 ? &params[(p - 1) % 2] : nullptr;
     // The last phase follows a grid barrier, past every wait on the count: it is reset for

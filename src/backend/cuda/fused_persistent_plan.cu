@@ -305,4 +305,9 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, i
   return size_t(*slots) * kSlotBytes + rest;
 }
 
+int persistent_lookahead(int slots) {
+  if (const char* v = std::getenv("LMX_FUSED_LOOKAHEAD")) return std::clamp(std::atoi(v), 0, slots);
+  return std::max(1, slots / 2);
+}
+
 }  // namespace lmx::cuda::fused
