@@ -140,13 +140,17 @@ __device__ __forceinline__ bf16* slot_at(bf16* ring, int i) { return ring + size
 // every trip to L2 of the grid barrier and of the next phase's input, and a whole ring of
 // them cost more there than they saved later: half a ring measured 1.05-1.10x the whole
 // (bench/NOTES.md, p33). (Going past the ring through L2 prefetches lost 4-20%.)
-// `phases` ([slots], shared) holds the phase of each slot's latest stage.
 template <bool kTwoBoxes>
 __device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slots, uint64_t* full, uint64_t* empty,
-                        int lookahead, const int* workers_at, int* phases) {
+                        int lookahead, const int* workers_at) {
   // The weights are read once a step, and a step's are several times L2's size: marked
   // first to go, they leave L2 to what the workers read again (bench/NOTES.md, p15).
   const uint64_t policy = evict_first_policy();
+  // The phase of each slot's latest stage, in registers (indexed only by unrolled loops):
+  // the count below delays every copy past the workers' phase. In a trial build that
+  // counted through memory, a limit that never bound (three stages of Qwen3-0.6B's three
+  // slots) cost 4%.
+  int phases[kMaxSlots] = {};
   Cursor cursor(int(gridDim.x), int(blockIdx.x));
   for (int i = 0;; ++i) {
     const Stage st = cursor.next(table, n_phases);
@@ -159,11 +163,13 @@ __device__ void produce(const Geometry* table, int n_phases, bf16* ring, int slo
       const int at = *reinterpret_cast<const volatile int*>(workers_at);
       if (st.phase <= at) break;
       int past = 0;
-      for (int j = 0; j < slots; ++j) past += j != slot && phases[j] > at;
+#pragma unroll
+      for (int j = 0; j < kMaxSlots; ++j) past += j != slot && phases[j] > at;  // unused slots hold phase 0
       if (past < lookahead) break;
       __nanosleep(32);
     }
-    phases[slot] = st.phase;
+#pragma unroll
+    for (int j = 0; j < kMaxSlots; ++j) phases[j] = j == slot ? st.phase : phases[j];
     issue<kTwoBoxes>(table, st, slot_at(ring, slot), &full[slot], policy);
   }
 }
@@ -477,7 +483,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   StepPhase* params = reinterpret_cast<StepPhase*>(table + s.n_phases);  // [2]: phase p's in params[p % 2]
   PlannedStage* plan = reinterpret_cast<PlannedStage*>(params + 2);      // [stages_per_block]: this block's
   __shared__ __align__(8) uint64_t full[kMaxSlots], empty[kMaxSlots];
-  __shared__ int workers_at, slot_phases[kMaxSlots];  // produce's
+  __shared__ int workers_at;  // the phase the workers are in (produce)
 
   // Launched as a programmatic dependent (launch_persistent), the next step's kernel may
   // be scheduled from here on: its blocks take an SM only as this step's block there
@@ -490,14 +496,13 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
     for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1), mbarrier_init(&empty[i], kWorkerWarps);
     mbarrier_init_fence();
     workers_at = 0;
-    for (int i = 0; i < kMaxSlots; ++i) slot_phases[i] = 0;
   }
   __syncthreads();  // the last whole-block barrier: from here the copying warp goes its own way
   if (threadIdx.x >= kWorkers) {
     // The weights too are never written by a step, but the kernel before this one need
     // not be a step (starting them before the wait measured within 0.2%: bench/NOTES.md).
     wait_for_previous_kernel();
-    if (threadIdx.x == kWorkers) produce<kTwoBoxes>(table, s.n_phases, ring, slots, full, empty, s.lookahead, &workers_at, slot_phases);
+    if (threadIdx.x == kWorkers) produce<kTwoBoxes>(table, s.n_phases, ring, slots, full, empty, s.lookahead, &workers_at);
     return;
   }
 
