@@ -9,7 +9,8 @@
 // its share of every weight matrix of the step, in order, through a ring of shared-memory
 // slots filled by bulk asynchronous copies (cp.async.bulk, completed on an mbarrier). The
 // ring runs ahead of the computation across phase boundaries: while a block waits at a
-// barrier, the next phase's weights are already arriving.
+// barrier, the next phase's first weights are already arriving (half a ring of them: more
+// in flight there slows the barrier's own trips, produce).
 //
 // Rows of each matrix are split evenly over the blocks: block b owns rows
 // [b·N/G, (b+1)·N/G) of every matrix of N rows. A stage is a run of whole rows of one
