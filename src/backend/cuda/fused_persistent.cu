@@ -503,7 +503,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
     // The weights too are never written by a step, but the kernel before this one need
     // not be a step (starting them before the wait measured within 0.2%: bench/NOTES.md).
     wait_for_previous_kernel();
-    if (threadIdx.x == kWorkers) produce<kTwoBoxes>(table, s.n_phases, ring, slots, full, empty, s.lookahead, &workers_at);
+    if (threadIdx.x == kWorkers)
+      produce<kTwoBoxes>(table, s.n_phases, ring, slots, full, empty, s.lookahead, &workers_at);
     return;
   }
 
