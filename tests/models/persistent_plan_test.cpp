@@ -508,9 +508,6 @@ TEST(PersistentPlan, HandsTheAttentionsOutputsOnThroughACount) {
   unsetenv("LMX_FUSED_HANDOFF");
 }
 
-// The persistent kernel's form: the one compiled for a plan's attention shape where it
-// lacks nothing the plan needs (the merge of one kv head's chunks in the O input, staged
-// inputs), else the general one; always the general one under LMX_FUSED_SPECIALISED=0.
 // The copies may run half the ring past the workers' phase (at least a stage), or what
 // LMX_FUSED_LOOKAHEAD says, up to the whole ring.
 TEST(PersistentPlan, CopiesRunHalfTheRingPastTheWorkersPhase) {
@@ -527,6 +524,9 @@ TEST(PersistentPlan, CopiesRunHalfTheRingPastTheWorkersPhase) {
   unsetenv("LMX_FUSED_LOOKAHEAD");
 }
 
+// The persistent kernel's form: the one compiled for a plan's attention shape where it
+// lacks nothing the plan needs (the merge of one kv head's chunks in the O input, staged
+// inputs), else the general one; always the general one under LMX_FUSED_SPECIALISED=0.
 TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
   auto layer = [](int hidden, int heads, int kv_heads, int head_dim, int splits) {
     StepPhase qkv = gemv(hidden, (heads + 2 * kv_heads) * head_dim);
