@@ -371,46 +371,51 @@ __device__ void filtered_candidates(const GemvOutput& out, const bf16* xb, int k
 // The O projection's input after an attention whose chunks were left unmerged
 // (merged_by_next_gemv). Every block merges the chunks' softmax partials (m, l and the
 // weighted sum of values, per query head and chunk) itself, straight into the bf16
-// vector: no fence, no counter, and no single block that the grid waits for. `scratch`
-// holds 2·n_heads·splits floats. kD: head_dim_of's.
+// vector: no fence, no counter, and no single block that the grid waits for. A thread
+// takes four outputs of one head and kBatch chunks at a time, each chunk's m, l and four
+// sums loaded together, every load of a batch in flight, with a running max as in online
+// softmax: one round trip to L2 per batch and no block-wide step. (Weights formed first
+// by a warp per head, then the sums, took a trip and a block sync more.) kD: head_dim_of's.
 template <int kD>
-__device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb, float* scratch) {
-  const int d = attention_detail::head_dim_of<kD>(a), stride = partial_stride(d), heads = a.n_heads, splits = a.splits;
+__device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb) {
+  constexpr int kBatch = 8;
+  const int d = attention_detail::head_dim_of<kD>(a), stride = partial_stride(d), splits = a.splits;
   const int live = (pos - attention_detail::first_visible(a, pos, pad)) / a.chunk + 1;
-  float* w = scratch;                     // [heads, live]: m, then the chunk's weight
-  float* l = scratch + heads * splits;    // [heads, live]
-  // Each chunk's weight exp(m_c - M) / L, where M = max m_c and L = sum l_c exp(m_c - M):
-  // a warp per query head, its lanes over the chunks, from the load on (one block sync).
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int j = warp; j < heads; j += kWorkerWarps) {
-    for (int c = lane; c < live; c += 32) {
-      const float2 ml = __ldcg(reinterpret_cast<const float2*>(a.partial + (size_t(j) * splits + c) * stride));
-      w[j * live + c] = ml.x, l[j * live + c] = ml.y;
-    }
-    __syncwarp();
-    const float inv = 1.0f / attention_detail::warp_exp_row(w + j * live, live, l + j * live).y;
-    for (int c = lane; c < live; c += 32) w[j * live + c] *= inv;
-  }
-  sync_workers<true>();
-  // out[j, i] = sum over chunks of weight[j, c] acc[j, c, i]: four outputs a thread, one
-  // 16-byte load per chunk (the loads, not their latency, set the pace: every block reads
-  // every partial), eight chunks' loads in flight.
-  const int n = heads * d;
+  const int n = a.n_heads * d;
   for (int o = threadIdx.x * 4; o < n; o += 4 * kWorkers) {
     const int j = o / d;  // d is a multiple of 8: the four outputs share a head
-    const float* part = a.partial + size_t(j) * splits * stride + kPartialSums + o % d;
-    const float* wj = w + j * live;
+    const float* part = a.partial + size_t(j) * splits * stride;
+    float m = -INFINITY, l = 0;
     float4 x = make_float4(0, 0, 0, 0);
-#pragma unroll 8
-    for (int c = 0; c < live; ++c) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + size_t(c) * stride));
-      const float wc = wj[c];
-      x.x = __fmaf_rn(wc, v.x, x.x), x.y = __fmaf_rn(wc, v.y, x.y);
-      x.z = __fmaf_rn(wc, v.z, x.z), x.w = __fmaf_rn(wc, v.w, x.w);
+    for (int c0 = 0; c0 < live; c0 += kBatch) {
+      float2 ml[kBatch];
+      float4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const float* p = part + size_t(c0 + u) * stride;
+        const bool in = c0 + u < live;
+        ml[u] = in ? __ldcg(reinterpret_cast<const float2*>(p)) : make_float2(-INFINITY, 0.0f);
+        v[u] = in ? __ldcg(reinterpret_cast<const float4*>(p + kPartialSums + o % d)) : make_float4(0, 0, 0, 0);
+      }
+      float mb = m;  // finite after the first batch: the first chunk always holds keys
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) mb = fmaxf(mb, ml[u].x);
+      const float rescale = __expf(m - mb);  // 0 for the first batch (m = -inf)
+      l *= rescale;
+      x = make_float4(x.x * rescale, x.y * rescale, x.z * rescale, x.w * rescale);
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const float e = __expf(ml[u].x - mb);  // 0 past the live chunks
+        l = __fmaf_rn(ml[u].y, e, l);
+        x.x = __fmaf_rn(e, v[u].x, x.x), x.y = __fmaf_rn(e, v[u].y, x.y);
+        x.z = __fmaf_rn(e, v[u].z, x.z), x.w = __fmaf_rn(e, v[u].w, x.w);
+      }
+      m = mb;
     }
+    const float inv = 1.0f / l;
     __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(xb + o);
-    out[0] = __floats2bfloat162_rn(x.x, x.y);
-    out[1] = __floats2bfloat162_rn(x.z, x.w);
+    out[0] = __floats2bfloat162_rn(x.x * inv, x.y * inv);
+    out[1] = __floats2bfloat162_rn(x.z * inv, x.w * inv);
   }
   sync_workers<true>();
 }
@@ -589,7 +594,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       if (ph.zero)  // an output that a later phase adds into; no phase reads it until then
         for (int i = blockIdx.x * kWorkers + threadIdx.x; i < ph.zero_n; i += gridDim.x * kWorkers) ph.zero[i] = 0;
       if (kMergeInput && merges_attention(prev)) {
-        merge_input<kD>(prev->attn, pos, pad, xb, reinterpret_cast<float*>(xb + k));
+        merge_input<kD>(prev->attn, pos, pad, xb);
       } else if (direct_input(prev, ph)) {
         load_plain_input(in.x, k, xb);
       } else if (!kStaged || !staged) {

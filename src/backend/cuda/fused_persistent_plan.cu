@@ -14,8 +14,8 @@ using namespace step_plan;
 
 namespace {
 
-// Shared memory beyond the slots: the largest input vector with its staged inputs (and,
-// after an attention, the merge's chunk weights), or the largest attention scratch.
+// Shared memory beyond the slots: the largest input vector with its staged inputs, or the
+// largest attention scratch.
 size_t vector_bytes(const std::vector<StepPhase>& phases) {
   size_t need = 0;
   for (size_t i = 0; i < phases.size(); ++i) {
@@ -26,8 +26,6 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
       if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
       if (p.down_map) bytes += 8 * sizeof(bf16) * size_t(p.down_units);
       if (p.out.epilogue == Epilogue::argmax) bytes += 2 * size_t(p.in.k);  // the vector's int8 levels
-      if (merges_attention(prev))
-        bytes += 2 * sizeof(float) * size_t(phases[i - 1].attn.n_heads) * size_t(phases[i - 1].attn.splits);
       need = std::max(need, bytes);
     } else if (p.kind == StepPhase::Kind::attention)
       need = std::max(need, sizeof(float) * attention_detail::attention_smem_floats(
@@ -51,7 +49,9 @@ size_t beside_vector(const std::vector<StepPhase>& phases, int stages_per_block)
 // against five slots (bench/NOTES.md, p29): Llama-3.2-1B (950 KiB a block a layer on 128
 // blocks) 1.015x, 1.009x and 1.012x with six; Gemma3-1B (407 KiB) 0.996x and 0.995x with
 // six, 0.992x with four; Qwen3-0.6B (238 KiB) 1.000x with six and with four, 1.009x and
-// 1.010x with three. Six from 640 KiB up, three under 320 KiB, five between.
+// 1.010x with three. Since the copies past the workers' phase are held to half the ring
+// (persistent_lookahead, p33), Qwen3-0.6B runs 1.011x with four against three (p34). Six
+// from 640 KiB up, four under 320 KiB, five between.
 int ring_slots(const std::vector<StepPhase>& phases, int blocks) {
   double bytes = 0;  // the layers' weights: every GEMV but the LM head
   int layers = 0;
@@ -63,7 +63,7 @@ int ring_slots(const std::vector<StepPhase>& phases, int blocks) {
     if (p.down_map) bytes += 2.0 * p.down_rows * p.out.rows[0];
   }
   const double per_block = bytes / std::max(layers, 1) / std::max(blocks, 1);
-  return per_block >= 640 * 1024 ? 6 : per_block < 320 * 1024 ? 3 : 5;
+  return per_block >= 640 * 1024 ? 6 : per_block < 320 * 1024 ? 4 : 5;
 }
 
 // Whether a persistent step folds its down projections into the gate/up phases: not in a
