@@ -59,25 +59,6 @@ __device__ __forceinline__ int first_visible(const AttentionStep& a, int pos, in
   return ::max(pad, a.window > 0 ? pos - a.window + 1 : 0);
 }
 
-// One row of n values in shared memory, by one warp: m = the row's max; the row becomes
-// exp(v - m) in place; sum = the sum of weights[i] * exp(v_i - m) (of exp(v_i - m)
-// without weights). Returns (m, sum) to every lane. The chunks' merge weights in the
-// persistent step's O input (merge_input), which passes weights. (The form without them
-// stays: dropping it changes the kernel's code, which was measured with it.)
-__device__ __forceinline__ float2 warp_exp_row(float* row, int n, const float* weights) {
-  const int lane = threadIdx.x % 32;
-  float m = -INFINITY;
-  for (int i = lane; i < n; i += 32) m = fmaxf(m, row[i]);
-  m = warp_reduce(m, Max{});
-  float sum = 0;
-  for (int i = lane; i < n; i += 32) {
-    const float e = __expf(row[i] - m);
-    row[i] = e;
-    sum = weights ? __fmaf_rn(weights[i], e, sum) : sum + e;
-  }
-  return make_float2(m, warp_reduce(sum, Sum{}));
-}
-
 // Whether the persistent step leaves the merge of the chunks' partials to the next GEMV's
 // input, where every block merges them all (fused_persistent.cu, merge_input), rather
 // than to the last block of each kv head (count_and_merge). That block reads its kv

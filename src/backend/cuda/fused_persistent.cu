@@ -374,8 +374,9 @@ __device__ void filtered_candidates(const GemvOutput& out, const bf16* xb, int k
 // vector: no fence, no counter, and no single block that the grid waits for. A thread
 // takes four outputs of one head and kBatch chunks at a time, each chunk's m, l and four
 // sums loaded together, every load of a batch in flight, with a running max as in online
-// softmax: one round trip to L2 per batch and no block-wide step. (Weights formed first
-// by a warp per head, then the sums, took a trip and a block sync more.) kD: head_dim_of's.
+// softmax: one round trip to L2 per batch and no block-wide step. Weights formed first by
+// a warp per head, then the sums, took a trip and a block sync more: Gemma 3's O input
+// took 79.7 µs a token that way, 64.6 this way (bench/NOTES.md, p34). kD: head_dim_of's.
 template <int kD>
 __device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb) {
   constexpr int kBatch = 8;
