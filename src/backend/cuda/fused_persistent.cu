@@ -379,9 +379,7 @@ __device__ void filtered_candidates(const GemvOutput& out, const bf16* xb, int k
 // took 79.7 µs a token that way, 64.6 this way (bench/NOTES.md, p34). kD: head_dim_of's.
 template <int kD>
 __device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb) {
-  // Gemma 3's 24 chunks in two trips; the general form keeps eight chunks a trip, as more
-  // made it spill (ptxas: 92 bytes with 12).
-  constexpr int kBatch = kD == 256 ? 12 : 8;
+  constexpr int kBatch = 8;
   const int d = attention_detail::head_dim_of<kD>(a), stride = partial_stride(d), splits = a.splits;
   const int live = (pos - attention_detail::first_visible(a, pos, pad)) / a.chunk + 1;
   const int n = a.n_heads * d;
