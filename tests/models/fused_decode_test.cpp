@@ -129,16 +129,16 @@ class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
 
 // Fed the same tokens, the fused step's logits at each of 64 decode positions are within
 // bf16 tolerance of the plain path's. The fused step's cache starts with `capacity` slots
-// (the plain one with 8; both grow as needed).
+// (the plain one with 8; both grow as needed). Both prefill `prompt_len` tokens first.
 void expect_logits_match_plain(const FusedCase& c, int64_t capacity, Device gpu = Device::cuda(0),
-                               bool deterministic = false) {
+                               bool deterministic = false, int64_t prompt_len = 20) {
   const PathChoice path(c.persistent);
   const auto model = random_model(c.config, gpu, c.spread);
   model->set_deterministic(deterministic);
   const auto fused = model->fused_decoder();
   ASSERT_NE(fused, nullptr) << "CUDA has a fused path for bf16 " << c.name;
 
-  const int64_t prompt_len = 20, steps = 64, vocab = model->spec().vocab_size;
+  const int64_t steps = 64, vocab = model->spec().vocab_size;
   const std::vector<int32_t> ids = to_vector<int32_t>(
       astype(random_uniform({prompt_len + steps}, 7, 0, float(vocab) - 1, Dtype::f32), Dtype::i32));
   // The same prefill through the plain ops fills both caches.
@@ -385,6 +385,18 @@ TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
   expect_logits_match_plain(FusedCase{"llama_wide_heads_long_cache", kLlamaWideHeads, false, true},
                             4096);
   expect_logits_match_plain(FusedCase{"gemma3_long_cache", kGemma3, false, true}, 4096);
+}
+
+// Past 128 visible positions the 16-key chunks of these models' attention outnumber the 8
+// that a trip of either merge loads: up to 17 at 200 + 64 positions, three trips, each
+// rescaling what the trips before summed. Qwen3's 2 kv heads merge in the last block of
+// each (count_and_merge); Gemma 3's one kv head in every block's O input (merge_input),
+// on its global layer (its sliding-window layers see 16 positions).
+TEST(FusedDecodeLongPrompt, MergesOfSeveralTripsMatchThePlainPath) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  expect_logits_match_plain(FusedCase{"qwen3_long_prompt", kQwen3, false, true}, 8, gpu, false, 200);
+  expect_logits_match_plain(FusedCase{"gemma3_long_prompt", kGemma3, false, true}, 8, gpu, false, 200);
 }
 
 // One sequence runs the persistent step unless LMX_FUSED_PERSISTENT=0 turns it off.
