@@ -350,95 +350,6 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
   EXPECT_EQ(starts, (std::vector<int>{0, 512}));
 }
 
-// The output projection read by columns (persistent_o_by_columns): its columns in groups
-// of 64 (8 units), each group's rows split over blocks / groups blocks, in boxes of 128
-// bytes a row and at most a block's share of rows; the attention only counts its tasks,
-// and the QKV phase zeroes O's output. Every row of every group is one block's, once; the
-// blocks past the last group read no stage. Refused where O is more than the attention's
-// output, where the QKV phase zeroes something already, in a deterministic step and under
-// LMX_FUSED_O_COLUMNS=0.
-TEST(PersistentPlan, ReadsTheOutputProjectionByColumns) {
-  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: tensor maps are encoded by the driver";
-  float* const attn_out = reinterpret_cast<float*>(uintptr_t(0x50000));
-  float* const o_out = reinterpret_cast<float*>(uintptr_t(0x60000));
-  const void* const maps = reinterpret_cast<const void*>(uintptr_t(0x70000));
-  auto layer = [&](int hidden, int heads, int kv_heads, int head_dim) {
-    std::vector<StepPhase> p{gemv(hidden, (heads + 2 * kv_heads) * head_dim), attention_phase(heads, kv_heads, head_dim),
-                             gemv(heads * head_dim, hidden), gemv(hidden, 1000, Epilogue::logits)};
-    p[1].attn.out = attn_out, p[2].in.x = attn_out, p[2].out.y = o_out, p[3].in.add = o_out;
-    return p;
-  };
-  auto by_columns = [&](std::vector<StepPhase>& p, int blocks = 132, bool allowed = true) {
-    std::vector<CUtensorMap> made(1);  // a map made before: the new one's device copy follows it
-    cuda::fused::persistent_o_by_columns(p, blocks, maps, made, allowed);
-    if (made.size() == 2) {
-      EXPECT_EQ(p[2].down_map, static_cast<const CUtensorMap*>(maps) + 1);
-    }
-    return made.size() - 1;
-  };
-  struct Case {
-    int hidden, heads, kv_heads, head_dim, blocks, box_rows, stages_a_block;
-  };
-  // Qwen3-0.6B (32 groups, 4 blocks each), Llama-3.2-1B on its grid of 128 (the same, two
-  // stages a block), Gemma3-1B (16 groups of 8 blocks, 144 rows each).
-  for (const Case c : {Case{1024, 16, 8, 128, 132, 256, 1}, Case{2048, 32, 8, 64, 128, 256, 2},
-                       Case{1152, 4, 1, 256, 132, 144, 1}}) {
-    std::vector<StepPhase> p = layer(c.hidden, c.heads, c.kv_heads, c.head_dim);
-    ASSERT_EQ(by_columns(p, c.blocks), 1u) << c.hidden;
-    EXPECT_TRUE(p[1].attn.columns);
-    EXPECT_EQ(p[2].down_y, o_out);
-    EXPECT_EQ(p[2].down_rows, c.hidden);
-    EXPECT_EQ(p[2].down_units, 8) << c.hidden;
-    EXPECT_EQ(p[2].down_box_rows, c.box_rows) << c.hidden;
-    EXPECT_EQ(p[2].down_boxes, 1);
-    EXPECT_EQ(p[0].zero, o_out) << "the QKV phase zeroes the sums";
-    EXPECT_EQ(p[0].zero_n, c.hidden);
-    EXPECT_EQ(cuda::fused::persistent_down_tile_bytes(p, c.blocks), 0u) << "a box a stage: no tiled copy";
-    unsigned vector = 0;
-    int slots = 0;
-    std::string why;
-    EXPECT_GT(cuda::fused::persistent_smem_bytes(p, c.blocks, 0, &vector, &slots, &why), 0u) << why;
-    int per_block = 0;
-    const std::vector<cuda::fused::PlannedStage> all = cuda::fused::persistent_stage_lists(p, c.blocks, &per_block);
-    const int groups = c.heads * c.head_dim / 64, per_group = c.blocks / groups;
-    std::vector<std::vector<int>> covered(size_t(groups), std::vector<int>(size_t(c.hidden), 0));
-    for (int b = 0; b < c.blocks; ++b) {
-      int stages = 0;
-      for (int i = 0, phase = 0; i < per_block && phase < 3; ++i) {
-        const cuda::fused::PlannedStage st = all[size_t(b) * size_t(per_block) + size_t(i)];
-        if (st.n() == 0) {
-          ++phase;
-          continue;
-        }
-        if (phase != 2) continue;
-        ++stages;
-        EXPECT_EQ(st.seg(), 1) << "block " << b << ": no rows of O's own, only its columns";
-        EXPECT_EQ(st.row() % c.box_rows, 0);
-        ASSERT_LT(b / per_group, groups) << "block " << b << " past the last group reads no stage";
-        for (int r = st.row(); r < st.row() + st.n(); ++r) ++covered[size_t(b / per_group)][size_t(r)];
-      }
-      if (b < groups * per_group) {
-        EXPECT_EQ(stages, c.stages_a_block) << "block " << b;
-      }
-    }
-    for (int g = 0; g < groups; ++g)
-      for (int r = 0; r < c.hidden; ++r) ASSERT_EQ(covered[size_t(g)][size_t(r)], 1) << "group " << g << ", row " << r;
-  }
-  std::vector<StepPhase> p = layer(1024, 16, 8, 128);
-  p[2].in.add = o_out;  // O's input is more than the attention's output
-  EXPECT_EQ(by_columns(p), 0u);
-  EXPECT_FALSE(p[1].attn.columns);
-  p = layer(1024, 16, 8, 128);
-  p[0].zero = attn_out;  // the QKV phase zeroes something already
-  EXPECT_EQ(by_columns(p), 0u);
-  p = layer(1024, 16, 8, 128);
-  EXPECT_EQ(by_columns(p, 132, false), 0u) << "a deterministic step";
-  setenv("LMX_FUSED_O_COLUMNS", "0", 1);
-  p = layer(1024, 16, 8, 128);
-  EXPECT_EQ(by_columns(p), 0u) << "LMX_FUSED_O_COLUMNS=0 turns it off";
-  unsetenv("LMX_FUSED_O_COLUMNS");
-}
-
 // The grid shrinks only where every block can then take the same whole-slot share of the
 // fused down projection, and LMX_FUSED_GRID overrides it.
 TEST(PersistentPlan, GridEvensOutTheFusedDownsWholeSlotShares) {
@@ -615,61 +526,48 @@ TEST(PersistentPlan, CopiesRunHalfTheRingPastTheWorkersPhase) {
 
 // The persistent kernel's form: the one compiled for a plan's attention shape where it
 // lacks nothing the plan needs (the merge of one kv head's chunks in the O input, staged
-// inputs) and reads its attentions as the plan does (by columns, or for the three measured
-// models' shapes also not), else the general one; always the general one under
-// LMX_FUSED_SPECIALISED=0.
+// inputs), else the general one; always the general one under LMX_FUSED_SPECIALISED=0.
 TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
-  auto layer = [](int hidden, int heads, int kv_heads, int head_dim, int splits, bool columns = true) {
+  auto layer = [](int hidden, int heads, int kv_heads, int head_dim, int splits) {
     StepPhase qkv = gemv(hidden, (heads + 2 * kv_heads) * head_dim);
     qkv.in.norm = fake_weights(0x20000);  // a norm: held in registers up to 2,048 values, else staged
     StepPhase a = attention_phase(heads, kv_heads, head_dim);
-    a.attn.splits = splits, a.attn.columns = columns;
+    a.attn.splits = splits;
     return std::vector<StepPhase>{qkv, a, gemv(heads * head_dim, hidden)};
   };
   auto form = [](const std::vector<StepPhase>& plan) {
     const cuda::fused::PersistentKernel k = cuda::fused::persistent_kernel(plan);
-    return std::tuple(k.head_dim, k.group, k.merge_input, k.staged, k.two_boxes, k.columns);
+    return std::tuple(k.head_dim, k.group, k.merge_input, k.staged, k.two_boxes);
   };
-  const auto general = std::tuple(0, 0, true, true, true, false);
+  const auto general = std::tuple(0, 0, true, true, true);
   unsetenv("LMX_FUSED_SPECIALISED");
   EXPECT_GT(cuda::fused::persistent_kernel(layer(2048, 32, 8, 64, 12)).form, 0) << "a specialised form's place";
   EXPECT_EQ(cuda::fused::persistent_kernel(layer(2048, 32, 8, 32, 12)).form, 0) << "the general form's place";
-  EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), std::tuple(64, 4, false, false, false, true)) << "Llama-3.2-1B";
-  EXPECT_EQ(form(layer(1024, 16, 8, 128, 12)), std::tuple(128, 2, false, false, true, true)) << "Qwen3-0.6B";
-  EXPECT_EQ(form(layer(1152, 4, 1, 256, 24)), std::tuple(256, 4, false, false, false, true)) << "Gemma-3-1B";
-  // Not by columns: Gemma 3's every block merges its one kv head in the O input.
-  EXPECT_EQ(form(layer(2048, 32, 8, 64, 12, false)), std::tuple(64, 4, false, false, false, false));
-  EXPECT_EQ(form(layer(1024, 16, 8, 128, 12, false)), std::tuple(128, 2, false, false, true, false));
-  EXPECT_EQ(form(layer(1152, 4, 1, 256, 24, false)), std::tuple(256, 4, true, false, false, false))
+  EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), std::tuple(64, 4, false, false, false)) << "Llama-3.2-1B";
+  EXPECT_EQ(form(layer(1024, 16, 8, 128, 12)), std::tuple(128, 2, false, false, true)) << "Qwen3-0.6B";
+  EXPECT_EQ(form(layer(1152, 4, 1, 256, 24)), std::tuple(256, 4, true, false, false))
       << "Gemma-3-1B: every block merges";
-  EXPECT_EQ(form(layer(1152, 4, 1, 256, 1, false)), std::tuple(256, 4, true, false, false, false))
+  EXPECT_EQ(form(layer(1152, 4, 1, 256, 1)), std::tuple(256, 4, true, false, false))
       << "one chunk: no merge, same form";
-  EXPECT_EQ(form(layer(4096, 32, 8, 128, 12)), std::tuple(128, 4, false, true, false, true))
-      << "Llama-3.1-8B: staged inputs";
-  EXPECT_EQ(form(layer(2048, 32, 8, 128, 12)), std::tuple(128, 4, false, true, false, true))
+  EXPECT_EQ(form(layer(4096, 32, 8, 128, 12)), std::tuple(128, 4, false, true, false)) << "Llama-3.1-8B: staged inputs";
+  EXPECT_EQ(form(layer(2048, 32, 8, 128, 12)), std::tuple(128, 4, false, true, false))
       << "a form with more than needed";
-  EXPECT_EQ(form(layer(4096, 32, 8, 128, 12, false)), general) << "the larger models' shapes: by columns only";
   EXPECT_EQ(form(layer(4096, 16, 8, 128, 12)), general) << "Qwen3's heads with staged inputs: no such form";
-  EXPECT_EQ(form(layer(2048, 4, 1, 64, 24, false)), general)
-      << "Llama's heads, one kv head: the merge is not compiled in";
-  EXPECT_EQ(form(layer(3072, 24, 8, 128, 12)), std::tuple(128, 3, false, true, false, true)) << "Llama-3.2-3B";
-  EXPECT_EQ(form(layer(2560, 8, 4, 256, 12)), std::tuple(256, 2, false, true, false, true)) << "Gemma-3-4B";
+  EXPECT_EQ(form(layer(2048, 4, 1, 64, 24)), general) << "Llama's heads, one kv head: the merge is not compiled in";
+  EXPECT_EQ(form(layer(3072, 24, 8, 128, 12)), std::tuple(128, 3, false, true, false)) << "Llama-3.2-3B";
+  EXPECT_EQ(form(layer(2560, 8, 4, 256, 12)), std::tuple(256, 2, false, true, false)) << "Gemma-3-4B";
   EXPECT_EQ(form(layer(3072, 24, 8, 64, 12)), general) << "3 query heads of 64 a kv head: no such form";
   std::vector<StepPhase> mixed = layer(2048, 32, 8, 64, 12);
   for (const StepPhase& p : layer(2048, 16, 8, 128, 12)) mixed.push_back(p);
   EXPECT_EQ(form(mixed), general) << "attentions of two shapes";
-  mixed = layer(2048, 32, 8, 64, 12);
-  for (const StepPhase& p : layer(2048, 32, 8, 64, 12, false)) mixed.push_back(p);
-  EXPECT_EQ(form(mixed), general) << "attentions read by columns and not";
   EXPECT_EQ(form({gemv(2048, 2048), gemv(2048, 1000, Epilogue::logits)}), general) << "no attention";
-  // A fused down of two boxes a stage (Qwen3-0.6B's 12 KiB boxes): only Qwen3's forms and
+  // A fused down of two boxes a stage (Qwen3-0.6B's 12 KiB boxes): only Qwen3's form and
   // the general one compile it.
   auto two_boxes = [&](std::vector<StepPhase> plan) {
     plan.back().down_boxes = 2;
     return plan;
   };
-  EXPECT_EQ(form(two_boxes(layer(1024, 16, 8, 128, 12))), std::tuple(128, 2, false, false, true, true))
-      << "Qwen3-0.6B";
+  EXPECT_EQ(form(two_boxes(layer(1024, 16, 8, 128, 12))), std::tuple(128, 2, false, false, true)) << "Qwen3-0.6B";
   EXPECT_EQ(form(two_boxes(layer(2048, 32, 8, 64, 12))), general) << "Llama's heads: two boxes not compiled in";
   setenv("LMX_FUSED_SPECIALISED", "0", 1);
   EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), general);

@@ -66,10 +66,9 @@ __device__ __forceinline__ int first_visible(const AttentionStep& a, int pos, in
 // merge, while the grid waits for it. With one kv head (Gemma 3) the shares are equal,
 // and the counter adds a trip: there every block merges. Elsewhere the per-block copies
 // cost more: every block merging lost 4-5% for Llama-3.2-1B and Qwen3 and 4% for
-// Llama-3.1-8B (bench/NOTES.md). Neither applies where the projection reads the attention
-// by columns (AttentionStep::columns).
+// Llama-3.1-8B (bench/NOTES.md).
 __host__ __device__ inline bool merged_by_next_gemv(const AttentionStep& a) {
-  return a.splits > 1 && a.n_kv_heads == 1 && !a.columns;
+  return a.splits > 1 && a.n_kv_heads == 1;
 }
 
 // A task's scratch (one attention block's shared memory), in floats from its start: the
@@ -169,20 +168,11 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
 
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
 // (m, l, acc) into the attention output, resets the counter for the next step and
-// returns true (every worker of that block, once the merge is stored or under way). Read
-// by columns (AttentionStep::columns), the block only counts: the projection's blocks
-// merge, and the persistent step resets the counter once they all have. kColumns: 1 where
-// every attention of the kernel is read by columns (the merge is not compiled in), 0
-// where none is, -1 to read AttentionStep::columns.
-template <bool kPersistent, int kD, int kColumns = -1>
+// returns true (every worker of that block, once the merge is stored or under way).
+template <bool kPersistent, int kD>
 __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
   sync_workers<kPersistent>();
-  if (kColumns > 0 || (kColumns < 0 && a.columns)) {
-    if (threadIdx.x == 0) release_add(a.counter + g, 1);  // after the barrier: every thread's partial
-    return false;
-  }
-  if constexpr (kColumns > 0) return false;  // the merge below is not compiled in
   // The barrier orders the block's partials before the count, which releases them: the
   // last block sees them all.
   if (threadIdx.x == 0) last = count_arrival(a.counter + g) == unsigned(a.splits) - 1;
@@ -230,9 +220,7 @@ __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group,
 // How many of a layer's attention tasks return true from attention_task<true>: those that
 // leave a finished output behind (a kv head's merge, or a chunk's partial where the next
 // GEMV merges, or a whole head's output where there is one chunk).
-// None where the next GEMV reads the attention by columns: it waits on the kv heads' counters.
 __host__ __device__ inline int finished_outputs(const AttentionStep& a) {
-  if (a.columns) return 0;
   return a.splits == 1 || merged_by_next_gemv(a) ? a.n_kv_heads * a.splits : a.n_kv_heads;
 }
 
@@ -414,7 +402,7 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
       acc.w += __shfl_xor_sync(0xffffffffu, acc.w, o);
     }
     if (way != 0 || quad >= quads) continue;
-    if (a.splits == 1 && !a.columns) {  // the output itself (read by columns, a partial as any other)
+    if (a.splits == 1) {
       const float inv = 1.0f / l;
       *reinterpret_cast<float4*>(a.out + size_t(g * group + j) * d + i) =
           make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
@@ -441,8 +429,8 @@ struct NoMarks {
   __device__ void operator()(int) const {}
 };
 // Returns whether the task left a finished output behind (finished_outputs). kD and
-// kGroup: head_dim_of's and group_of's; kColumns: count_and_merge's.
-template <bool kPersistent, int kD = 0, int kGroup = 0, int kColumns = -1, class Mark = NoMarks>
+// kGroup: head_dim_of's and group_of's.
+template <bool kPersistent, int kD = 0, int kGroup = 0, class Mark = NoMarks>
 __device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
                                       bool loading = false, Mark mark = {}) {
   const ChunkRange range = chunk_range(a, split, pos, pad);
@@ -457,8 +445,8 @@ __device__ inline bool attention_task(const AttentionStep& a, int g, int split, 
   // One merge for both: called from each, it was inlined twice, 10 KB more of the
   // persistent kernel's code (bench/NOTES.md, p27). (A chunk past the visible positions
   // implies more than one.)
-  if ((kColumns < 0 ? a.columns : kColumns > 0) || (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a))))
-    return count_and_merge<kPersistent, kD, kColumns>(a, g, group_of<kGroup>(a), range.live);
+  if (a.splits > 1 && !(kPersistent && merged_by_next_gemv(a)))
+    return count_and_merge<kPersistent, kD>(a, g, group_of<kGroup>(a), range.live);
   return true;
 }
 

@@ -17,11 +17,9 @@
 //     every phase with grid barriers between them and streams the weights ahead through
 //     shared memory (fused_persistent.cu). It folds each down GEMV into the gate/up phase
 //     before it (not in a deterministic step, whose sums must not depend on the order of
-//     f32 atomics; LMX_FUSED_DOWN=0 keeps them apart too), reads each output projection
-//     by columns, each block merging its own columns of the attention's output (the same
-//     exceptions; LMX_FUSED_O_COLUMNS=0), and hands each attention's outputs to the next
-//     phase through counts rather than a grid barrier (LMX_FUSED_HANDOFF=0 puts the
-//     barrier back).
+//     f32 atomics; LMX_FUSED_DOWN=0 keeps them apart too), and hands each attention's outputs
+//     to the next phase through a count rather than a grid barrier (LMX_FUSED_HANDOFF=0
+//     puts the barrier back).
 // The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 17%,
 // Qwen3-0.6B 9% and Gemma3-1B 27% faster than the graph (bench/NOTES.md, p15).
 // LMX_FUSED_PERSISTENT=0 turns it off.
@@ -526,12 +524,10 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (argmax_only_ && !persistent_names_.empty() && persistent_names_.back() == std::string_view("head"))
       filter_head(persistent_plan_.back());
     const int grid = fused::persistent_grid(persistent_plan_, ctx().sm_count, !w_.deterministic);
-    // Two maps a layer at most: its down's and its output projection's.
-    const int64_t map_bytes = int64_t(2 * w_.layers.size() * sizeof(CUtensorMap));
+    const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
     if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
     down_maps_host_ =
         fused::persistent_fuse_down(persistent_plan_, persistent_names_, grid, down_maps_.raw(), !w_.deterministic);
-    fused::persistent_o_by_columns(persistent_plan_, grid, down_maps_.raw(), down_maps_host_, !w_.deterministic);
     tile_down(grid);
     int per_block = 0;
     stages_host_ = fused::persistent_stage_lists(persistent_plan_, grid, &per_block);
@@ -737,9 +733,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       std::fprintf(stderr, "  %d blocks, a ring of %d slots (%d past the workers' phase); kernel form: ",
                    persistent_blocks_, persistent_slots_, persistent_lookahead_);
       if (k.head_dim > 0)
-        std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s%s%s\n", k.head_dim, k.group,
+        std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s%s\n", k.head_dim, k.group,
                      k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "",
-                     k.two_boxes ? ", two-box down stages" : "", k.columns ? ", O read by columns" : "");
+                     k.two_boxes ? ", two-box down stages" : "");
       else
         std::fprintf(stderr, "general\n");
       for (const auto& [name, v] : sums) {

@@ -143,10 +143,6 @@ struct AttentionStep {
   unsigned* counter = nullptr;  // [Hkv], zero between steps
   float* out = nullptr;       // [Hq*D]
   bool early = false;         // signal the next kernel at the start (GemvTuning::early)
-  // The persistent step's output projection reads this attention by columns
-  // (persistent_o_by_columns): every task stores its chunk's partial and counts it on its
-  // kv head's counter, and no task merges; the projection's blocks merge their own columns.
-  bool columns = false;
   int rows = 1;
   const int* pad = nullptr;   // [rows], or null: no padding
 };
@@ -233,17 +229,6 @@ int persistent_barriers(const std::vector<StepPhase>& phases, bool handoff);
 // turns this off.
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps, bool fuse = true);
-// Makes each attention's output projection read its weights by columns, where the kernel
-// can: block b merges only its share of the attention's output columns (those of a kv
-// head whose tasks are all counted, AttentionStep::columns), multiplies them by the same
-// columns of O, and adds the products into O's output, which the QKV phase zeroes. The
-// attention's merge then leaves the chain between the attention and O: no block merges a
-// whole kv head while the others wait for it, and no count of merged heads is waited for.
-// The maps are appended to `maps` (the device's copy at `device_maps`, room for them
-// after the ones there). `fuse` false (a deterministic step) or LMX_FUSED_O_COLUMNS=0
-// turns this off.
-void persistent_o_by_columns(std::vector<StepPhase>& phases, int blocks, const void* device_maps,
-                             std::vector<CUtensorMap>& maps, bool fuse = true);
 // Narrow boxes stream slowly: Qwen3-0.6B's 48 bytes of each row of down reached 2.0 TB/s
 // over the grid where the same bytes read contiguously reached 2.6 (bench/NOTES.md, p31).
 // So where a fused down's stage takes two boxes (the narrow ones), its weights can be read
@@ -306,7 +291,6 @@ struct PersistentKernel {
   int head_dim = 0, group = 0;
   bool merge_input = true, staged = true;
   bool two_boxes = true;  // a fused down's stage of two boxes (StepPhase::down_boxes)
-  bool columns = false;   // its attentions read by columns (AttentionStep::columns), all of them
   int form = 0;  // its place among the kernel's forms (the general one: 0), for the launch
 };
 // The form that runs these phases (their attention's chunks planned): the first

@@ -421,63 +421,6 @@ __device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb) 
   sync_workers<true>();
 }
 
-// The input of an output projection read by columns (by_columns): this block's columns
-// [col, col + cols) of the attention's output, in bf16, into `act`. It waits until every
-// task of their kv heads is counted, then merges each column's chunks: `lanes` threads a
-// column, each taking every lanes-th chunk, kBatch chunks' (m, l, sum) loaded at a time
-// with a running max, then the lanes combined by shuffles. Up to lanes * kBatch live
-// chunks (32 for 64 columns) that is one round trip to L2.
-template <int kD>
-__device__ void merge_columns(const AttentionStep& a, int pos, int pad, int col, int cols, bf16* act) {
-  constexpr int kBatch = 8;
-  const int d = attention_detail::head_dim_of<kD>(a), stride = partial_stride(d), splits = a.splits;
-  const int live = (pos - attention_detail::first_visible(a, pos, pad)) / a.chunk + 1;
-  if (cols > 0 && threadIdx.x == 0) {
-    const int per_kv = a.n_heads / a.n_kv_heads * d;  // columns of a kv head
-    for (int g = col / per_kv; g <= (col + cols - 1) / per_kv; ++g) wait_until_count(a.counter + g, unsigned(splits));
-  }
-  sync_workers<true>();
-  int lanes = 32;  // a power of two: a column's lanes lie in one warp
-  while (lanes > 1 && cols * lanes > kWorkers) lanes /= 2;
-  const int c = int(threadIdx.x) / lanes, lane = int(threadIdx.x) % lanes;
-  float m = -INFINITY, l = 0, acc = 0;
-  if (c < cols) {
-    const int j = (col + c) / d, i = (col + c) % d;  // query head and its column
-    const float* part = a.partial + size_t(j) * splits * stride;
-    for (int t0 = lane; t0 < live; t0 += lanes * kBatch) {
-      float ms[kBatch], ls[kBatch], vs[kBatch];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {  // every load of the batch in flight at once
-        const int t = t0 + u * lanes;
-        const float* q = part + size_t(t) * stride;
-        ms[u] = t < live ? __ldcg(q) : -INFINITY;
-        ls[u] = t < live ? __ldcg(q + 1) : 0.0f;
-        vs[u] = t < live ? __ldcg(q + kPartialSums + i) : 0.0f;
-      }
-      float mb = m;  // finite: the batch's first chunk (t0 < live) holds keys
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) mb = fmaxf(mb, ms[u]);
-      const float r = __expf(m - mb);  // 0 for the first batch (m = -inf)
-      l *= r, acc *= r;
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const float e = __expf(ms[u] - mb);  // 0 past the live chunks
-        l = __fmaf_rn(ls[u], e, l), acc = __fmaf_rn(vs[u], e, acc);
-      }
-      m = mb;
-    }
-  }
-  for (int o = lanes / 2; o > 0; o >>= 1) {  // lanes with no chunk hold m = -inf and add nothing
-    const float mo = __shfl_xor_sync(0xffffffffu, m, o), lo = __shfl_xor_sync(0xffffffffu, l, o),
-                ao = __shfl_xor_sync(0xffffffffu, acc, o);
-    const float mb = fmaxf(m, mo);
-    const float r = m == -INFINITY ? 0.0f : __expf(m - mb), ro = mo == -INFINITY ? 0.0f : __expf(mo - mb);
-    l = l * r + lo * ro, acc = acc * r + ao * ro, m = mb;
-  }
-  if (c < cols && lane == 0) act[c] = __float2bfloat16_rn(acc / l);
-  sync_workers<true>();
-}
-
 // The input vector in bf16 (the staged f32 one is rounded once, as the plain path rounds
 // its activations).
 __device__ __forceinline__ void round_input(const float* xs, int k, bf16* xb) {
@@ -536,12 +479,9 @@ __device__ __forceinline__ void wait_for_count(const unsigned* counter, unsigned
 // width and query heads per kv head (kD, kGroup; 0 reads them from the step), whether any
 // GEMV input merges an attention's chunks (kMergeInput) and whether any input is wider
 // than the registers hold (kStaged), and whether a fused down's stage may take two boxes
-// (kTwoBoxes), and whether its attentions are read by columns (kColumns: all of them in a
-// specialised form, none where false; the general form reads each step's flag). What a
-// plan does not need is not compiled in.
-template <int kD, int kGroup, bool kMergeInput, bool kStaged, bool kTwoBoxes, bool kColumns>
+// (kTwoBoxes). What a plan does not need is not compiled in.
+template <int kD, int kGroup, bool kMergeInput, bool kStaged, bool kTwoBoxes>
 __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(PersistentStep s) {
-  constexpr bool kAnyColumns = kColumns || kD == 0;  // the general form takes either
   extern __shared__ __align__(128) unsigned char smem[];
   const int slots = s.slots;
   bf16* ring = reinterpret_cast<bf16*>(smem);                                       // [slots][kSlotBytes]
@@ -609,11 +549,6 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
     if (threadIdx.x == 0) *reinterpret_cast<volatile int*>(&workers_at) = p;  // the copies may go on (produce)
     const StepPhase& ph = params[p % 2];
     const StepPhase* prev = p > 0 ? &params[(p - 1) % 2] : nullptr;
-    // A grid barrier follows a projection read by columns: every wait on its attention's
-    // kv-head counters is past, and block 0 resets them (the projection holds a copy of
-    // its attention's step for this).
-    if (kAnyColumns && prev && by_columns(*prev) && blockIdx.x == 0 && int(threadIdx.x) < prev->attn.n_kv_heads)
-      prev->attn.counter[threadIdx.x] = 0;
     // The last phase follows a grid barrier, past every wait on the count: it is reset for
     // the next step here.
     if (s.attention_done && p == s.n_phases - 1 && blockIdx.x == 0 && threadIdx.x == 0) *s.attention_done = 0;
@@ -628,8 +563,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       // The constants and the first task's keys and values were started before the barrier
       // (below); the constants stay in the scratch for the block's later tasks.
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
-        constexpr int kCounts = kD == 0 ? -1 : kColumns ? 1 : 0;  // attention_task's kColumns
-        const bool finished = attention_detail::attention_task<true, kD, kGroup, kCounts>(
+        const bool finished = attention_detail::attention_task<true, kD, kGroup>(
             a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x), mark);
         sync_workers<true>();  // the next task reuses the scratch; its output is stored
         if (s.attention_done && finished && threadIdx.x == 0) release_add(s.attention_done, 1);
@@ -648,7 +582,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       unsigned long long t0 = s.timing ? now_ns() : 0;
       // After an attention with the handoff: its outputs must all be in. (A grid barrier
       // preceded the attention, so no block still reads what this phase zeroes.)
-      if (s.attention_done && prev && prev->kind == StepPhase::Kind::attention && !prev->attn.columns)
+      if (s.attention_done && prev && prev->kind == StepPhase::Kind::attention)
         wait_for_count(s.attention_done, outputs_done);
       const bool staged = kStaged && staged_input(prev, ph);
       bf16* xb = reinterpret_cast<bf16*>(staged ? vec + size_t(staged_arrays(in)) * k : vec);  // [k]
@@ -660,11 +594,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       for (int i = threadIdx.x; i < 8 * units; i += kWorkers) act[i] = __float2bfloat16_rn(0.0f);
       if (ph.zero)  // an output that a later phase adds into; no phase reads it until then
         for (int i = blockIdx.x * kWorkers + threadIdx.x; i < ph.zero_n; i += gridDim.x * kWorkers) ph.zero[i] = 0;
-      if (kAnyColumns && by_columns(ph)) {  // after its attention (persistent_o_by_columns)
-        const int stages = (ph.down_rows + ph.down_box_rows * ph.down_boxes - 1) / (ph.down_box_rows * ph.down_boxes);
-        const ColumnShare share = column_share(k, units, stages, int(gridDim.x), int(blockIdx.x));
-        merge_columns<kD>(prev->attn, pos, pad, share.col, share.cols, act);
-      } else if (kMergeInput && merges_attention(prev)) {
+      if (kMergeInput && merges_attention(prev)) {
         merge_input<kD>(prev->attn, pos, pad, xb);
       } else if (direct_input(prev, ph)) {
         load_plain_input(in.x, k, xb);
@@ -772,24 +702,19 @@ struct KernelForm {
   PersistentKernel shape;
   KernelFn fn;
 };
-template <int kD, int kGroup, bool kMergeInput, bool kStaged, bool kTwoBoxes, bool kColumns>
+template <int kD, int kGroup, bool kMergeInput, bool kStaged, bool kTwoBoxes>
 constexpr KernelForm form() {
-  return {{kD, kGroup, kMergeInput, kStaged, kTwoBoxes, kColumns},
-          persistent_step_kernel<kD, kGroup, kMergeInput, kStaged, kTwoBoxes, kColumns>};
+  return {{kD, kGroup, kMergeInput, kStaged, kTwoBoxes},
+          persistent_step_kernel<kD, kGroup, kMergeInput, kStaged, kTwoBoxes>};
 }
-// Each shape with its output projections read by columns (the default), and the three
-// measured models' shapes also without (a deterministic step, LMX_FUSED_O_COLUMNS=0).
 const KernelForm kForms[] = {
-    form<0, 0, true, true, true, false>(),
-    form<64, 4, false, false, false, true>(),   // Llama-3.2-1B
-    form<128, 2, false, false, true, true>(),   // Qwen3-0.6B (two boxes a down stage) and 1.7B
-    form<256, 4, false, false, false, true>(),  // Gemma-3-1B
-    form<128, 4, false, true, false, true>(),   // Llama-3.1-8B, Qwen3-4B and 8B
-    form<128, 3, false, true, false, true>(),   // Llama-3.2-3B
-    form<256, 2, false, true, false, true>(),   // Gemma-3-4B
-    form<64, 4, false, false, false, false>(),
-    form<128, 2, false, false, true, false>(),
-    form<256, 4, true, false, false, false>(),
+    form<0, 0, true, true, true>(),
+    form<64, 4, false, false, false>(),   // Llama-3.2-1B
+    form<128, 2, false, false, true>(),   // Qwen3-0.6B (two boxes a down stage) and 1.7B
+    form<256, 4, true, false, false>(),   // Gemma-3-1B
+    form<128, 4, false, true, false>(),   // Llama-3.1-8B, Qwen3-4B and 8B
+    form<128, 3, false, true, false>(),   // Llama-3.2-3B
+    form<256, 2, false, true, false>(),   // Gemma-3-4B
 };
 
 KernelFn kernel_of(const PersistentKernel& k) {
@@ -801,15 +726,14 @@ KernelFn kernel_of(const PersistentKernel& k) {
 }  // namespace
 
 PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases) {
-  PersistentKernel need{-1, -1, false, false, false, false};  // -1: no attention seen yet
-  bool mixed = false;  // attentions of more than one shape, or some read by columns and some not
+  PersistentKernel need{-1, -1, false, false, false};  // -1: no attention seen yet
+  bool mixed = false;  // attentions of more than one shape
   const StepPhase* prev = nullptr;
   for (const StepPhase& p : phases) {
     if (p.kind == StepPhase::Kind::attention) {
       const int d = p.attn.head_dim, group = p.attn.n_heads / p.attn.n_kv_heads;
-      mixed = mixed || (need.head_dim >= 0 && (need.head_dim != d || need.group != group ||
-                                                need.columns != p.attn.columns));
-      need.head_dim = d, need.group = group, need.columns = p.attn.columns;
+      mixed = mixed || (need.head_dim >= 0 && (need.head_dim != d || need.group != group));
+      need.head_dim = d, need.group = group;
     } else {
       need.merge_input = need.merge_input || merges_attention(prev);
       need.staged = need.staged || staged_input(prev, p);
@@ -821,7 +745,7 @@ PersistentKernel persistent_kernel(const std::vector<StepPhase>& phases) {
     for (size_t i = 1; i < std::size(kForms); ++i) {
       PersistentKernel k = kForms[i].shape;
       if (k.head_dim == need.head_dim && k.group == need.group && (k.merge_input || !need.merge_input) &&
-          (k.staged || !need.staged) && (k.two_boxes || !need.two_boxes) && k.columns == need.columns) {
+          (k.staged || !need.staged) && (k.two_boxes || !need.two_boxes)) {
         k.form = int(i);
         return k;
       }

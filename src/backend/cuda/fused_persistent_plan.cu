@@ -60,7 +60,7 @@ int ring_slots(const std::vector<StepPhase>& phases, int blocks) {
     if (p.kind != StepPhase::Kind::gemv || p.out.epilogue == Epilogue::logits || p.out.epilogue == Epilogue::argmax)
       continue;
     bytes += 2.0 * p.in.k * (p.out.rows[0] + p.out.rows[1] + p.out.rows[2]) * (paired(p) ? 2 : 1);
-    if (p.down_map && !by_columns(p)) bytes += 2.0 * p.down_rows * p.out.rows[0];  // by_columns: its own, counted
+    if (p.down_map) bytes += 2.0 * p.down_rows * p.out.rows[0];
   }
   const double per_block = bytes / std::max(layers, 1) / std::max(blocks, 1);
   return per_block >= 640 * 1024 ? 6 : per_block < 320 * 1024 ? 4 : 5;
@@ -162,41 +162,13 @@ int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fus
   return grid;
 }
 
-namespace {
-
-// Points phase p at a tensor map (into `map`, whose device copy will be at `device_map`)
-// of w [rows, cols] read by columns, as a fused down reads them: boxes of 8·units columns
-// and up to `most_rows` rows, up to `most_boxes` boxes a stage, the products added into
-// y. False where the shape does not fit a stage or a map.
-bool read_by_columns(StepPhase& p, CUtensorMap& map, const CUtensorMap* device_map, const bf16* w, int rows, int cols,
-                     int units, int most_rows, int most_boxes, float* y) {
-  if (units > kMaxDownUnits || rows < 1 || cols % 8 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) return false;
-  int box_rows = std::min({rows, most_rows, kWorkers, kSlotBytes / (16 * units)});
-  // Every stage but the last starts at a multiple of 4 rows, so that its sums go to L2 as
-  // 16-byte vectors (fused_down_rows): 11 units' 186 rows a slot become 184.
-  if (box_rows < rows) box_rows -= box_rows % 4;
-  const int boxes = std::min({most_boxes, kSlotBytes / (16 * units * box_rows), (rows + box_rows - 1) / box_rows});
-  // A box row is 16-176 bytes of a row of w; L2 fetching 128 bytes for it measured 1-2%
-  // faster for Llama's down (128-byte rows) than 256 (bench/NOTES.md, p17).
-  if (!bf16_tensor_map(map, w, rows, cols, box_rows, 8 * units, CU_TENSOR_MAP_SWIZZLE_NONE,
-                       CU_TENSOR_MAP_L2_PROMOTION_L2_128B))
-    return false;
-  p.down_map = device_map;
-  p.down_y = y, p.down_rows = rows, p.down_units = units, p.down_box_rows = box_rows;
-  p.down_boxes = boxes, p.down_w = w;
-  return true;
-}
-
-bool reads(const StepPhase& p, const float* y) {
-  return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
-}
-
-}  // namespace
-
 std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, std::vector<const char*>& names,
                                               int blocks, const void* device_maps, bool fuse) {
   std::vector<CUtensorMap> maps;
   if (!down_fusion_on(fuse) || blocks < 1) return maps;
+  auto reads = [](const StepPhase& p, const float* y) {
+    return p.kind == StepPhase::Kind::gemv && (p.in.x == y || p.in.add == y);
+  };
   for (size_t i = 1; i + 1 < phases.size(); ++i) {
     StepPhase &before = phases[i - 1], &glu = phases[i], &down = phases[i + 1];
     if (glu.kind != StepPhase::Kind::gemv || !paired(glu) || down.kind != StepPhase::Kind::gemv) continue;
@@ -205,22 +177,32 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
     // down must be a plain product of exactly the gate/up's output, and its output must be
     // read by nothing between the phase that zeroes it and the gate/up.
     if (down.out.epilogue != Epilogue::plain || down.out.w[1] || in.x != glu.out.y || in.add || in.norm ||
-        in.x_out || in.k != inter || before.kind != StepPhase::Kind::gemv || before.zero || reads(before, down.out.y) ||
-        reads(glu, down.out.y))
+        in.x_out || in.k != inter || inter % 8 != 0 || rows < 1 || before.kind != StepPhase::Kind::gemv ||
+        reads(before, down.out.y) || reads(glu, down.out.y) || reinterpret_cast<uintptr_t>(down.out.w[0]) % 16 != 0)
       continue;
     // Each block reads whole boxes of `units` 8-column units, at least its share. An odd
     // count keeps a stage's reads free of bank conflicts (fused_down_rows); so does 8.
     int units = (inter / 8 + blocks - 1) / blocks;
     if (units % 2 == 0 && units % 8 != 0) ++units;
+    if (units > kMaxDownUnits) continue;
+    int box_rows = std::min({rows, kWorkers, kSlotBytes / (16 * units)});
+    // Every stage but the last starts at a multiple of 4 rows, so that its sums go to L2 as
+    // 16-byte vectors (fused_down_rows): 11 units' 186 rows a slot become 184.
+    if (box_rows < rows) box_rows -= box_rows % 4;
     // Where a box fills at most half a slot (Qwen3-0.6B's 3 units: 12 KiB), a stage takes
     // two: half the trips through the ring (bench/NOTES.md, p30). LMX_FUSED_DOWN_BOXES=1
     // keeps one.
-    int boxes = 2;
+    int boxes = std::min({2, kSlotBytes / (16 * units * box_rows), (rows + box_rows - 1) / box_rows});
     if (const char* v = std::getenv("LMX_FUSED_DOWN_BOXES")) boxes = std::clamp(std::atoi(v), 1, boxes);
     CUtensorMap map;
-    if (!read_by_columns(glu, map, static_cast<const CUtensorMap*>(device_maps) + maps.size(), down.out.w[0], rows,
-                         inter, units, rows, boxes, down.out.y))
+    // A box row is 16-176 bytes of a row of down; L2 fetching 128 bytes for it measured 1-2%
+    // faster for Llama (128-byte rows) than 256 (bench/NOTES.md, p17).
+    if (!bf16_tensor_map(map, down.out.w[0], rows, inter, box_rows, 8 * units, CU_TENSOR_MAP_SWIZZLE_NONE,
+                         CU_TENSOR_MAP_L2_PROMOTION_L2_128B))
       continue;
+    glu.down_map = static_cast<const CUtensorMap*>(device_maps) + maps.size();
+    glu.down_y = down.out.y, glu.down_rows = rows, glu.down_units = units, glu.down_box_rows = box_rows;
+    glu.down_boxes = boxes, glu.down_w = down.out.w[0];
     before.zero = down.out.y, before.zero_n = rows;
     maps.push_back(map);
     names[i] = "glu+down";
@@ -228,44 +210,6 @@ std::vector<CUtensorMap> persistent_fuse_down(std::vector<StepPhase>& phases, st
     names.erase(names.begin() + std::ptrdiff_t(i) + 1);
   }
   return maps;
-}
-
-void persistent_o_by_columns(std::vector<StepPhase>& phases, int blocks, const void* device_maps,
-                             std::vector<CUtensorMap>& maps, bool fuse) {
-  if (!fuse || !switch_on("LMX_FUSED_O_COLUMNS") || blocks < 1) return;
-  for (size_t i = 1; i + 1 < phases.size(); ++i) {
-    StepPhase &qkv = phases[i - 1], &attn = phases[i], &o = phases[i + 1];
-    if (attn.kind != StepPhase::Kind::attention || o.kind != StepPhase::Kind::gemv || qkv.kind != StepPhase::Kind::gemv)
-      continue;
-    const AttentionStep& a = attn.attn;
-    const GemvInput& in = o.in;
-    const int cols = a.n_heads * a.head_dim, rows = o.out.rows[0];
-    // O must be a plain product of exactly the attention's output; the QKV phase zeroes
-    // its output, which nothing from there to O reads.
-    if (o.out.epilogue != Epilogue::plain || o.out.w[1] || o.out.w[2] || o.down_map || in.x != a.out || in.add ||
-        in.norm || in.x_out || in.k != cols || a.rows != 1 || qkv.zero || reads(qkv, o.out.y))
-      continue;
-    // Groups of 64 columns (8 units: 128-byte box rows, which stream at the copy limit and
-    // keep the stage's reads free of bank conflicts, fused_down_rows), or of the widest
-    // power of two that divides the columns; each group's rows split over blocks / groups
-    // blocks (column_share) in boxes of at most their share. Qwen3-0.6B: 32 groups, 4 blocks
-    // a group, a 32 KiB stage each; Llama-3.2-1B on 128 blocks: the same, two stages each;
-    // Gemma3-1B: 16 groups, 8 blocks a group, 144 rows each.
-    if (cols % 8 != 0) continue;
-    int units = 8;
-    while (cols % (8 * units) != 0) units /= 2;
-    const int groups = cols / (8 * units);
-    if (groups > blocks) continue;
-    const int share = (rows + blocks / groups - 1) / (blocks / groups);
-    CUtensorMap map;
-    if (!read_by_columns(o, map, static_cast<const CUtensorMap*>(device_maps) + maps.size(), o.out.w[0], rows, cols,
-                         units, std::max(4, (share + 3) / 4 * 4), 1, o.out.y))
-      continue;
-    attn.attn.columns = true;
-    o.attn = attn.attn;  // for its counters, which the kernel resets after O (its chunks are fitted later)
-    qkv.zero = o.out.y, qkv.zero_n = rows;
-    maps.push_back(map);
-  }
 }
 
 namespace {
@@ -333,7 +277,7 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, i
     }
     if (p.kind != StepPhase::Kind::gemv) return refuse("a phase the kernel does not run");
     if (p.down_map &&
-        (p.down_units < 1 || p.down_units > kMaxDownUnits || p.down_box_rows < 1 ||
+        (!paired(p) || p.down_units < 1 || p.down_units > kMaxDownUnits || p.down_box_rows < 1 ||
          p.down_box_rows > kWorkers || p.down_boxes < 1 || p.down_box_rows * p.down_boxes > kMaxDownStageRows ||
          16 * p.down_units * p.down_box_rows * p.down_boxes > kSlotBytes ||
          (p.down_boxes > 1 && 16 * p.down_units * p.down_box_rows % 128 != 0) ||  // a box's copy: 128-byte aligned

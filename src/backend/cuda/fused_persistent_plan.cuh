@@ -46,10 +46,6 @@ __host__ __device__ inline int down_tile_rows(int rows, int box_rows) {
 __host__ __device__ inline bool paired(const StepPhase& p) {
   return p.out.epilogue == Epilogue::glu_silu || p.out.epilogue == Epilogue::glu_gelu;
 }
-// An output projection read by columns (persistent_o_by_columns): a phase with a tensor
-// map that is not a gate/up. It streams none of its rows, only its columns, as a fused
-// down does.
-__host__ __device__ inline bool by_columns(const StepPhase& p) { return p.down_map && !paired(p); }
 __host__ __device__ inline int rows_per_stage(int row_bytes, bool pair) {
   return ::max(1, ::min(kMaxStageRows, kSlotBytes / (row_bytes * (pair ? 2 : 1))));
 }
@@ -58,23 +54,6 @@ __host__ __device__ inline int rows_per_stage(int row_bytes, bool pair) {
 // starts): the stage walk's split of a matrix, which the argmax head's second pass
 // (filtered_candidates) follows too. 32-bit products: n * blocks < 2^31.
 __host__ __device__ inline int share_start(int b, int n, int blocks) { return b * n / blocks; }
-
-// Block b's share of a projection read by columns (by_columns): the columns [col, col +
-// cols) of one group of 8·units (cols 0: none), and of that group's rows, the stages
-// [first, end) of `stages` (each of whole boxes). Each group's rows are split over
-// blocks / groups blocks, so that a block's boxes stay as wide as a group (128 bytes a row
-// for 8 units) rather than narrowing to its own share of the columns: boxes of 16 or 32
-// bytes a row stream slowly. The blocks past the last group's take none. groups <= blocks
-// (persistent_o_by_columns).
-struct ColumnShare {
-  int col, cols, first, end;
-};
-__host__ __device__ inline ColumnShare column_share(int k, int units, int stages, int blocks, int b) {
-  const int width = 8 * units, groups = k / width, per_group = ::max(1, blocks / groups);
-  const int group = b / per_group, part = b % per_group;
-  if (group >= groups) return {0, 0, 0, 0};
-  return {group * width, width, share_start(part, stages, per_group), share_start(part + 1, stages, per_group)};
-}
 
 // What the stage walk needs of a phase. The kernel copies it for every phase into shared
 // memory once: the copying warp consults it at every stage, and reading the phases
@@ -85,10 +64,10 @@ struct Geometry {
   int k;
   int segments;  // matrices whose rows are split over the blocks (0 for attention); a fused down is one more
   int pair;      // gate/up: a stage holds the same rows of w[0] and w[1]
-  int per_stage;  // rows of a matrix per stage; 0 where a phase reads only columns (by_columns)
+  int per_stage;  // rows of a matrix per stage
   int box_rows;   // a fused down's rows per tensor-map box (read only where a stage takes two)
   const CUtensorMap* down;  // a fused down projection (StepPhase::down_map), or null
-  int down_rows, units;     // (by_columns: the projection's own map, rows and units)
+  int down_rows, units;
   int stage_rows;  // a fused down's rows per stage: box_rows times its boxes a stage
   int row_bytes;  // of a row of w: 2k, or for the argmax head's filter head_filter_row_bytes(k)
 };
@@ -98,7 +77,7 @@ __host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
   Geometry g{};
   if (p.kind == StepPhase::Kind::gemv) {
     g.pair = paired(p);
-    g.segments = p.down_map ? 2 : p.out.epilogue == Epilogue::plain ? 3 : 1;
+    g.segments = p.out.epilogue == Epilogue::plain ? 3 : p.down_map ? 2 : 1;
     g.down = static_cast<const CUtensorMap*>(p.down_map);
     g.down_rows = p.down_rows, g.units = p.down_units, g.box_rows = p.down_box_rows;
     g.stage_rows = p.down_box_rows * p.down_boxes;
@@ -108,15 +87,14 @@ __host__ __device__ inline Geometry geometry_of(const StepPhase& p) {
     g.per_stage = rows_per_stage(g.row_bytes, g.pair);
     for (int j = 0; j < 3; ++j) g.w[j] = p.out.w[j], g.rows[j] = p.out.rows[j];
     if (p.down_map) g.w[2] = p.down_tiles;  // gate/up has two segments: the third's matrix is free
-    if (by_columns(p)) g.per_stage = 0;  // no rows of its own: only down's stages (column_share)
     if (filter) g.w[0] = reinterpret_cast<const bf16*>(p.out.filter);
   }
   return g;
 }
 
 // One stage: rows [row, row + n) of segment `seg` of phase `phase` (n == 0: none left).
-// A fused down's stage (segment 1 of a gate/up phase, or of a phase read by columns)
-// holds those rows of its columns [col, col + 8·units).
+// A fused down's stage (segment 1 of a gate/up phase) holds those rows of its columns
+// [col, col + 8·units).
 struct Stage {
   int phase = 0, seg = 0, row = 0, n = 0, col = 0;
 };
@@ -128,7 +106,6 @@ struct Cursor {
   int phase = 0, seg = 0;
   int row = -1, end = 0;  // row -1: the segment's range is not entered yet
   int col = 0, cols = 0;  // a fused down's: the gate/up rows of this block
-  int first = 0, last = 0;  // the stages of down (or of a share read by columns) this block reads
 
   __host__ __device__ Cursor(int blocks, int b) : blocks(blocks), b(b) {}
   __host__ __device__ __forceinline__ Stage next(const Geometry* table, int n_phases) {
@@ -137,26 +114,20 @@ struct Cursor {
       if (seg < g.segments) {
         const bool down = g.down && seg == 1;
         if (row < 0) {  // 32-bit products: rows * blocks < 2^31 (kMaxPlannedRows)
-          if (down) {  // boxes of rows of down, in this block's columns (none if it has none)
-            row = first, end = cols > 0 ? last : 0;
-          } else if (g.down) {
-            const int stages = (g.down_rows + g.stage_rows - 1) / g.stage_rows;
-            if (g.per_stage == 0) {  // by_columns: its share's columns and rows, no rows of its own
-              const ColumnShare share = column_share(g.k, g.units, stages, blocks, b);
-              col = share.col, cols = share.cols, first = share.first, last = share.end, row = end = 0;
-            } else {  // gate/up rows in whole units of 8: the columns of down it reads, every row of them
-              const int units = g.rows[0] / 8;
-              row = share_start(b, units, blocks) * 8, end = share_start(b + 1, units, blocks) * 8;
-              col = row, cols = end - row, first = 0, last = stages;
-            }
+          if (down) {  // every box of rows of down, in this block's columns (none if it has none)
+            row = 0, end = cols > 0 ? (g.down_rows + g.stage_rows - 1) / g.stage_rows : 0;
+          } else if (g.down) {  // gate/up rows in whole units of 8: the columns of down it reads
+            const int units = g.rows[0] / 8;
+            row = share_start(b, units, blocks) * 8, end = share_start(b + 1, units, blocks) * 8;
+            col = row, cols = end - row;
           } else {
             const int rows = g.rows[seg];
             row = share_start(b, rows, blocks), end = share_start(b + 1, rows, blocks);
           }
         }
         if (down && row < end) {  // `row` counts stages here
-          const int r0 = row++ * g.stage_rows;
-          return Stage{phase, seg, r0, ::min(g.stage_rows, g.down_rows - r0), col};
+          const int first = row++ * g.stage_rows;
+          return Stage{phase, seg, first, ::min(g.stage_rows, g.down_rows - first), col};
         }
         if (row < end) {
           const Stage st{phase, seg, row, ::min(g.per_stage, end - row), col};
