@@ -78,7 +78,7 @@ class CausalLM : public nn::Module {
   Array logits(const Array& h) const;
   void visit(const std::string& prefix, const nn::ParamVisitor& fn) override;
   // The device's fused decode step over these weights for one sequence, or for a batch
-  // of `rows` (up to 8) that share one cache, or nullptr where the backend has none for
+  // of `rows` that share one cache, or nullptr where the backend has none for
   // them (then forward() is the way). One per sequence or batch: it holds their scratch
   // buffers. A decoder handed back by recycle_fused_decoder is given out again before a
   // new one is made. LMX_FUSED=0 turns the fused path off.

@@ -54,8 +54,8 @@ struct FusedCacheView {
   Array k, v;
 };
 
-// A decoder steps `rows` sequences at once (a batch of up to 8, all in one cache array
-// per layer), or one.
+// A decoder steps `rows` sequences at once (a batch, all in one cache array per layer),
+// or one.
 class FusedDecoder {
  public:
   virtual ~FusedDecoder() = default;

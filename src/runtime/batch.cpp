@@ -172,7 +172,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
       out[r].finish_reason = eos ? "eos" : "stop_token";
     }
   };
-  // Up to 8 rows take the device's batched fused step where it has one: every step's
+  // The rows take the device's batched fused step where it has one: every step's
   // tokens are drawn and fed back on the device, and the host reads them while the next
   // step runs. (The rows share their options but the seed.)
   std::unique_ptr<fast::FusedDecoder> fused;

@@ -1,7 +1,8 @@
 // The fused decode step over batches of sequences (ops/fused_decoder.h, batch_generate's
-// path for 2-8 rows) against the plain ops on the same device, row by row: each row's
-// logits within bf16 tolerance of forward()'s, with each row's own left padding, and
-// chained steps equal to single ones. The single-sequence cases are fused_decode_test.cpp.
+// path for batches: tensor-core GEMVs up to 8 rows, cuBLAS GEMMs past them) against the
+// plain ops on the same device, row by row: each row's logits within bf16 tolerance of
+// forward()'s, with each row's own left padding, and chained steps equal to single ones.
+// The single-sequence cases are fused_decode_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -167,18 +168,23 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                                            // 1,024 slots: 64-key chunks for 8 rows of 2 kv heads,
                                            // 48 for 5 (fit_attention_split, on 132 SMs)
                                            BatchCase{"llama_long_cache", kLlamaBatch, 8, 1024},
-                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 5, 1024}),
+                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 5, 1024},
+                                           // past 8 rows: each product a GEMM (launch_gemm_rows)
+                                           BatchCase{"llama", kLlamaBatch, 9}, BatchCase{"qwen3", kQwen3Batch, 16},
+                                           BatchCase{"gemma3", kGemma3, 12}, BatchCase{"llama", kLlama, 33},
+                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 24, 1024}),
                          [](const auto& info) {
                            return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
                          });
 
 // What the batched step cannot take, CUDA declines (the caller keeps to the plain ops):
-// more than 8 sequences, or widths that are not multiples of 32.
+// up to 8 sequences, widths that are not multiples of 32 (past 8, each product is a GEMM,
+// which takes them).
 TEST(FusedBatch, DeclinesWhatItCannotStep) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
-  EXPECT_EQ(random_model(kLlamaBatch, gpu)->fused_decoder(9), nullptr);
   EXPECT_EQ(random_model(kLlama, gpu)->fused_decoder(2), nullptr);  // intermediate_size 520
+  EXPECT_NE(random_model(kLlama, gpu)->fused_decoder(9), nullptr);
   EXPECT_NE(random_model(kLlama, gpu)->fused_decoder(1), nullptr);
   EXPECT_EQ(random_model(kLlamaBatch, Device::cpu())->fused_decoder(4), nullptr);
 }

@@ -298,7 +298,7 @@ void add_bench_command(CLI::App& app) {
       "--decode", a->decode,
       "Decode after a prompt (tok/s per batch size), greedy unless the sampling options below say "
       "otherwise; batch 1 runs as `lmx generate` does, through the device's fused decode step "
-      "where it has one, and batches of 2-8 through its batched fused step (as batch_generate "
+      "where it has one, and larger batches through its batched fused step (as batch_generate "
       "does)");
   cmd->add_option("--temperature", a->sampling.temperature,
                   "Decode: sampling temperature (0 = greedy)")
@@ -332,7 +332,8 @@ void add_bench_command(CLI::App& app) {
       "On CUDA the JSON's \"path\" says how decode ran: fused-persistent (one kernel per token,\n"
       "the default at batch 1; LMX_FUSED_PERSISTENT=0 turns it off, LMX_FUSED_PROFILE=1 prints\n"
       "where its time goes), fused-graph (a kernel per phase, replayed as a CUDA graph: batches\n"
-      "of 2 to 8) or plain (the ops one by one). The persistent kernel adds the down projection's\n"
+      "of 2 to 8), fused-gemm-graph (the same with each product a cuBLAS GEMM: batches of more\n"
+      "than 8) or plain (the ops one by one). The persistent kernel adds the down projection's\n"
       "sums with float atomics, so their last bits vary between runs; --deterministic keeps the\n"
       "down projection in a phase of its own, which makes the step deterministic.\n\nExample:\n"
       "  lmx random-model llama-3.2-1b /tmp/llama-1b\n"

@@ -113,6 +113,16 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
+// A sequence's next token, once its argmax is known: the input of the next step, one
+// position on, and the token history's next entry. state [3]: token, position, count.
+__device__ __forceinline__ void advance_sequence(int* state, int* history, int history_len, int token) {
+  const int count = state[2];
+  history[count % history_len] = token;
+  state[0] = token;
+  state[1] += 1;
+  state[2] = count + 1;
+}
+
 // The launch attribute that lets a kernel start while the one before it finishes
 // (programmatic dependent launch; see wait_for_previous_kernel).
 inline cudaLaunchAttribute pdl_attribute() {

@@ -1,5 +1,5 @@
-// The CUDA fused decode step (ops/fused_decoder.h), for one sequence or a batch of up to
-// 8 that share the caches. The step is planned once per set of caches as a list of
+// The CUDA fused decode step (ops/fused_decoder.h), for one sequence or a batch that
+// shares the caches. The step is planned once per set of caches as a list of
 // phases. Per layer: norm+QKV GEMV, attention (q/k norm, RoPE, cache store, split-K,
 // merge), O GEMV, residual+norm+gate/up GEMV with the activation, down GEMV. The residual
 // add of each block happens in the prologue of the next GEMV, which also stores the new
@@ -7,8 +7,8 @@
 // its own blocks still read. The LM head GEMV ends the step and feeds its argmax back as
 // the next token, so greedy steps follow one another without the host. A batch runs the
 // same phases with every buffer [rows, ...]: its GEMVs are tensor-core products over all
-// sequences' vectors (fused_gemv_rows.cu), its attention has a block per sequence, kv
-// head and chunk.
+// sequences' vectors (fused_gemv_rows.cu; past 8 sequences, cuBLAS GEMMs), its attention
+// has a block per sequence, kv head and chunk.
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
@@ -62,6 +62,15 @@ namespace {
 
 using fused::bf16;
 
+// From how many sequences a batched step runs each product as a cuBLAS GEMM
+// (fused::launch_gemm_rows) rather than as the tensor-core GEMV of fused_gemv_rows.cu,
+// which takes at most kMaxStepRows. LMX_FUSED_WIDE_FROM sets it (2 to kMaxStepRows + 1).
+int wide_from() {
+  const char* v = std::getenv("LMX_FUSED_WIDE_FROM");
+  const int n = v ? std::atoi(v) : fused::kMaxStepRows + 1;
+  return std::clamp(n, 2, fused::kMaxStepRows + 1);
+}
+
 bool env_set(const char* name) {  // unset counts as off
   const char* v = std::getenv(name);
   return v && std::strcmp(v, "0") != 0;
@@ -79,7 +88,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
       : device_(device), rows_(rows), w_(std::move(w)), graphs_(switch_on("LMX_FUSED_GRAPH")),
-        pdl_(switch_on("LMX_FUSED_PDL")), persistent_(switch_on("LMX_FUSED_PERSISTENT") && rows == 1) {
+        pdl_(switch_on("LMX_FUSED_PDL")), persistent_(switch_on("LMX_FUSED_PERSISTENT") && rows == 1),
+        wide_rows_(rows > 1 && rows >= wide_from()) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -121,6 +131,10 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     xa_ = buf(hidden_), xb_ = buf(hidden_), o_ = buf(hidden_), mlp_ = buf(hidden_);
     qkv_ = buf(qkv), attn_ = buf(heads), glu_ = buf(inter);
     logits_ = rows_ == 1 ? buf(vocab_) : Array({rows_, vocab_}, Dtype::f32, d);
+    if (wide_rows_) {  // the GEMMs' inputs for the widest product, and the up projection's outputs
+      wide_vectors_ = buf(std::max({hidden_, heads, inter}), Dtype::bf16), wide_gated_ = buf(2 * inter);
+      wide_.vectors = static_cast<bf16*>(wide_vectors_.raw()), wide_.gated = f32(wide_gated_);
+    }
     fused::GemvInput head_in;
     head_in.k = int(hidden_), head_in.rows = rows_, head_in.norm = bf(w_.final_norm);
     // One (value, index) partial per block of the LM head: the graph's GEMV, or the
@@ -332,7 +346,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   const char* path() const override {
     if (plan_.empty()) return "";
-    return persistent_blocks_ > 0 ? "persistent" : graphs_ ? "graph" : "kernels";
+    if (persistent_blocks_ > 0) return "persistent";
+    if (wide_rows_) return graphs_ ? "gemm-graph" : "gemm-kernels";
+    return graphs_ ? "graph" : "kernels";
   }
 
   std::vector<int32_t> tokens(int n) override {
@@ -401,8 +417,10 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       // A batch multiplies the blocks: with the short chunks a batch of 8 gave 768 blocks of
       // about 32 keys for Qwen3's 384 slots. About two blocks an SM in all measured best
       // (batch 8: 1.06x for Llama, 1.13x for Qwen3; bench/NOTES.md).
+      // Past 8 rows, the longest chunks the kernel takes (96 KiB of scratch) measured best at
+      // batch 64: 1.05x for Qwen3 and 1.02x for Llama over 64 KiB, 0.80x and 0.94x at 32 KiB.
       if (rows_ > 1 && switch_on("LMX_FUSED_BATCH_SPLIT"))  // =0: the short chunks
-        fused::fit_attention_split(a, int(2 * ctx().sm_count / rows_), 64 << 10);
+        fused::fit_attention_split(a, int(2 * ctx().sm_count / rows_), size_t(wide_rows_ ? 96 : 64) << 10);
       a.rows = int(rows_);
       a.pad = static_cast<const int*>(pads_.raw());
       partial = std::max(partial, rows_ * l.n_heads * a.splits * fused::partial_stride(int(l.head_dim)));
@@ -501,11 +519,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     // results, and what a kernel reads before that wait (weights; attention's cached
     // positions) was written by kernels of earlier steps.
     fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_), int(rows_));
+    wide_.formed = nullptr;
     for (const fused::StepPhase& p : plan_) {
       if (p.kind == fused::StepPhase::Kind::attention) {
         fused::AttentionStep a = p.attn;
         a.early = tuning_.early;
         fused::launch_attention(s, pdl_, a);
+      } else if (wide_rows_) {
+        fused::launch_gemm_rows(ctx(), pdl_, p.in, p.out, wide_);
       } else if (rows_ > 1) {
         fused::launch_gemv_rows(s, pdl_, p.in, p.out, sms);
       } else {
@@ -747,6 +768,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
   }
   bool persistent_;
+  bool wide_rows_;  // each product a GEMM (wide_from)
+  fused::WideScratch wide_;
+  Array wide_vectors_, wide_gated_;
   int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs
   fused::PersistentKernel persistent_kernel_;  // the form that runs the plan
   size_t persistent_smem_ = 0;
@@ -771,12 +795,12 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
 std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::FusedDecoderWeights& w, int rows) {
   // The fused kernels read bf16 weights; other dtypes keep to the plain ops.
-  if (w.embed.dtype() != Dtype::bf16 || w.layers.empty() || rows < 1 || rows > fused::kMaxStepRows) return nullptr;
-  if (rows > 1) {  // every product must fit the batched GEMV
+  if (w.embed.dtype() != Dtype::bf16 || w.layers.empty() || rows < 1) return nullptr;
+  if (rows > 1) {  // every product must fit the batched GEMV, or the GEMMs' input kernel
     auto fits = [&](int64_t k, bool normed) {  // normed inputs are staged in f32 as well
       fused::GemvInput in;
       in.rows = rows, in.k = int(k), in.norm = normed ? bf(w.final_norm) : nullptr;
-      return fused::gemv_rows_unsupported(in, {}).empty();
+      return (rows >= wide_from() ? fused::gemm_rows_unsupported(in) : fused::gemv_rows_unsupported(in, {})).empty();
     };
     if (!fits(w.embed.shape(1), true)) return nullptr;
     for (const fast::FusedLayerWeights& l : w.layers)

@@ -164,11 +164,7 @@ __device__ inline void finish_argmax(const GemvOutput& out) {
   if (threadIdx.x == 0) {
     for (int w = 1; w < workers<kPersistent>() / 32; ++w)
       if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
-    const int token = wi[0], count = out.state[2];
-    out.history[count % out.history_len] = token;
-    out.state[0] = token;
-    out.state[1] += 1;
-    out.state[2] = count + 1;
+    advance_sequence(out.state, out.history, out.history_len, wi[0]);
     *out.counter = 0;
   }
 }

@@ -16,6 +16,8 @@
 //
 // When a matrix has too few tiles to keep every warp streaming, the warps of a block split
 // a tile's columns and add their sums through shared memory (`ksplit`).
+//
+// Wider batches (launch_gemm_rows, at the end) run each product as a cuBLAS GEMM.
 #include <algorithm>
 
 #include "backend/cuda/fused_gemv.cuh"
@@ -90,7 +92,7 @@ __device__ __forceinline__ void store_bf16x4(bf16* p, float4 v) {
 // keeps 4 columns and steps over them for all vectors at once, so that every vector's
 // loads are in flight together and one block reduction serves all of them. The second
 // pass reads back only what the same thread staged, so it needs no barrier before it.
-__device__ inline void form_vectors(const GemvInput& in, bf16* xs, int ld, float* stage, float* red) {
+__device__ inline void form_vectors(const GemvInput& in, bf16* xs, int ld, float* stage, float* red, bool store_x) {
   const int rows = in.rows, k = in.k;
   if (!in.add && !in.norm) {
     for (int c = threadIdx.x * 4; c < k; c += kThreads * 4) {
@@ -133,7 +135,7 @@ __device__ inline void form_vectors(const GemvInput& in, bf16* xs, int ld, float
       float4 v = x[b];
       if (in.add) v = add4(v, add_norm ? mul4(scale4(a[b], add_scale[b]), anw) : a[b]);
       *reinterpret_cast<float4*>(stage + size_t(b) * k + c) = v;
-      if (in.x_out && blockIdx.x == 0) *reinterpret_cast<float4*>(in.x_out + size_t(b) * k + c) = v;
+      if (in.x_out && store_x) *reinterpret_cast<float4*>(in.x_out + size_t(b) * k + c) = v;
       ss[b] = sumsq4(v, ss[b]);
     }
   }
@@ -193,14 +195,8 @@ __device__ inline void publish_row_argmax(const GemvOutput& out, int rows, float
       if (better(p.x, __float_as_int(p.y), bv, bi)) bv = p.x, bi = __float_as_int(p.y);
     }
     bv = warp_reduce_argmax(bv, bi);
-    if (lane == 0) {
-      int* state = out.state + 3 * warp;
-      const int count = state[2];
-      out.history[size_t(warp) * out.history_len + count % out.history_len] = bi;
-      state[0] = bi;
-      state[1] += 1;
-      state[2] = count + 1;
-    }
+    if (lane == 0)
+      advance_sequence(out.state + 3 * warp, out.history + size_t(warp) * out.history_len, out.history_len, bi);
   }
   if (threadIdx.x == 0) *out.counter = 0;
 }
@@ -215,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(GemvInput in, Ge
   const int rows = in.rows, k = in.k;
   if constexpr (E != Epilogue::logits) allow_next_kernel();  // the LM head ends the step: it signals late
   wait_for_previous_kernel();
-  form_vectors(in, xs, plan.ld, reinterpret_cast<float*>(smem + plan.stage), red);
+  form_vectors(in, xs, plan.ld, reinterpret_cast<float*>(smem + plan.stage), red, blockIdx.x == 0);
 
   const int n_out = kGated<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
   constexpr int kTileRows = kGated<E> ? 8 : 16;  // outputs per tile
@@ -316,7 +312,167 @@ void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvO
   launch("fused gemv (rows)", gemv_rows_kernel<E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out, ksplit);
 }
 
+// ---- Wide batches: more sequences than the tiles above take (kMaxStepRows) ----
+//
+// Past 8 sequences the vectors no longer fit a block's shared memory beside its work, and
+// a product over 16 to hundreds of vectors is a GEMM: cuBLAS runs it. A phase is then a
+// kernel that forms the vectors (form_vectors, kWideRowsPerBlock sequences a block) into
+// bf16 [B, K] in memory, the GEMMs into f32 [B, N] (two matrices of one shape in one
+// strided launch), and, for the gated activation and the LM head, a kernel that finishes
+// the outputs. The gated activation writes the down projection's vectors itself.
+constexpr int kWideRowsPerBlock = 2;
+constexpr int kArgmaxThreads = 1024;
+
+// Shared memory of a forming block: the block's sums, then its vectors before the norm.
+size_t wide_form_smem(const GemvInput& in) {
+  return size_t(kWarps) * kMaxStepRows * 4 +
+         (in.add || in.norm ? size_t(kWideRowsPerBlock) * in.k * 4 : 0);
+}
+
+__global__ void __launch_bounds__(kThreads) form_wide_kernel(GemvInput in, bf16* xs) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  wait_for_previous_kernel();
+  const int first = int(blockIdx.x) * kWideRowsPerBlock;
+  const size_t at = size_t(first) * in.k;  // its sequences' start in every [B, K] array
+  GemvInput mine = in;
+  mine.rows = ::min(kWideRowsPerBlock, in.rows - first);
+  mine.x += at;
+  if (in.add) mine.add += at;
+  if (in.x_out) mine.x_out += at;
+  float* red = reinterpret_cast<float*>(smem);
+  form_vectors(mine, xs + at, in.k, red + kWarps * kMaxStepRows, red, true);
+}
+
+// xs [n] = bf16(act(gate) * up), over every sequence's outputs at once.
+template <Epilogue E>
+__global__ void __launch_bounds__(kThreads)
+    glu_wide_kernel(const float* gate, const float* up, bf16* xs, int64_t n) {
+  wait_for_previous_kernel();
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * kThreads) {
+    const float g = gate[i];
+    xs[i] = __float2bfloat16((E == Epilogue::glu_silu ? silu(g) : gelu_tanh(g)) * up[i]);
+  }
+}
+
+// Block b: sequence b's logits y [b, n] (softcapped in place where asked), their argmax
+// and the sequence's next token (state, history).
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_wide_kernel(GemvOutput out, int n) {
+  wait_for_previous_kernel();
+  float* y = out.y + size_t(blockIdx.x) * n;
+  float best = -INFINITY;
+  int idx = INT_MAX;
+  auto see = [&](float v, int i) {
+    if (out.softcap > 0) y[i] = v = out.softcap * tanhf(v / out.softcap);
+    if (better(v, i, best, idx)) best = v, idx = i;
+  };
+  const int vec = n % 4 == 0 ? n : 0;  // rows of a multiple of 4 floats are 16-byte aligned
+  for (int i = int(threadIdx.x) * 4; i < vec; i += kArgmaxThreads * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(y + i);
+    see(v.x, i), see(v.y, i + 1), see(v.z, i + 2), see(v.w, i + 3);
+  }
+  for (int i = vec + int(threadIdx.x); i < n; i += kArgmaxThreads) see(y[i], i);
+  best = warp_reduce_argmax(best, idx);
+  constexpr int kArgmaxWarps = kArgmaxThreads / 32;
+  __shared__ float wv[kArgmaxWarps];
+  __shared__ int wi[kArgmaxWarps];
+  if (threadIdx.x % 32 == 0) wv[threadIdx.x / 32] = best, wi[threadIdx.x / 32] = idx;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int w = 1; w < kArgmaxWarps; ++w)
+    if (better(wv[w], wi[w], wv[0], wi[0])) wv[0] = wv[w], wi[0] = wi[w];
+  advance_sequence(out.state + 3 * blockIdx.x, out.history + size_t(blockIdx.x) * out.history_len,
+                   out.history_len, wi[0]);
+}
+
+// y [rows, ldy] (its first n columns) = x [rows, k] · w [n, k]ᵀ, f32 sums of bf16. With
+// `other` (a matrix of w's shape) and `y_other`, the same for it, in one launch where the
+// two addresses step by strides that cuBLAS takes (positive), else in two.
+void gemm_wide(const Context& c, const bf16* x, const bf16* w, int rows, int n, int k, float* y,
+               int ldy, const bf16* other = nullptr, float* y_other = nullptr) {
+  const float one = 1.0f, zero = 0.0f;  // column-major: yᵀ [n, rows] = w · xᵀ
+  if (other) {
+    const bool ordered = other > w;
+    const bf16* lo = ordered ? w : other;
+    float* ylo = ordered ? y : y_other;
+    const long long ws = ordered ? other - w : w - other, ys = ordered ? y_other - y : y - y_other;
+    if (ys > 0) {
+      check_blas(cublasGemmStridedBatchedEx(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &one, lo,
+                                            CUDA_R_16BF, k, ws, x, CUDA_R_16BF, k, 0, &zero, ylo,
+                                            CUDA_R_32F, ldy, ys, 2, CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmStridedBatchedEx (fused wide step)");
+      return;
+    }
+    gemm_wide(c, x, other, rows, n, k, y_other, ldy);
+  }
+  check_blas(cublasGemmEx(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &one, w, CUDA_R_16BF, k, x,
+                          CUDA_R_16BF, k, &zero, y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
+                          CUBLAS_GEMM_DEFAULT),
+             "cublasGemmEx (fused wide step)");
+}
+
+int grid_for(int64_t n) { return int(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096)); }
+
 }  // namespace
+
+std::string gemm_rows_unsupported(const GemvInput& in) {
+  if (in.rows < 1) return "at least one sequence";
+  if (in.k % 4 != 0) return "products over a multiple of 4 columns";
+  if (wide_form_smem(in) > kMaxSmem) return "inputs that fit in shared memory";
+  return "";
+}
+
+void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const GemvOutput& out,
+                      WideScratch& s) {
+  const std::string why = gemm_rows_unsupported(in);
+  LMX_CHECK(why.empty(), "fused decode", "the wide batched step takes only ", why);
+  const int rows = in.rows, k = in.k;
+  // The gated activation before this product wrote its vectors already (s.formed).
+  if (in.x != s.formed || in.add || in.norm) {
+    allow_shared_memory(form_wide_kernel, kMaxSmem);
+    launch("fused wide inputs", form_wide_kernel, c.stream, pdl,
+           dim3((rows + kWideRowsPerBlock - 1) / kWideRowsPerBlock), dim3(kThreads),
+           wide_form_smem(in), in, s.vectors);
+  }
+  s.formed = nullptr;
+  switch (out.epilogue) {
+    case Epilogue::plain: {  // the stacked matrices side by side in y [rows, n]
+      const int n = out.rows[0] + out.rows[1] + out.rows[2];
+      gemm_wide(c, s.vectors, out.w[0], rows, out.rows[0], k, out.y, n);
+      if (out.rows[1] > 0 && out.rows[1] == out.rows[2])  // k and v
+        gemm_wide(c, s.vectors, out.w[1], rows, out.rows[1], k, out.y + out.rows[0], n, out.w[2],
+                  out.y + out.rows[0] + out.rows[1]);
+      else
+        for (int m = 1, at = out.rows[0]; m < 3; at += out.rows[m++])
+          if (out.rows[m] > 0)
+            gemm_wide(c, s.vectors, out.w[m], rows, out.rows[m], k, out.y + at, n);
+      return;
+    }
+    case Epilogue::glu_silu:
+    case Epilogue::glu_gelu: {  // gate and up [2, rows, n] in s.gated, then the down's vectors
+      const int n = out.rows[0];
+      const int64_t all = int64_t(rows) * n;
+      // The lower address's product first, so that one strided launch takes both.
+      float* gate = out.w[0] < out.w[1] ? s.gated : s.gated + all;
+      float* up = gate == s.gated ? s.gated + all : s.gated;
+      gemm_wide(c, s.vectors, out.w[0], rows, n, k, gate, n, out.w[1], up);
+      auto glu = out.epilogue == Epilogue::glu_silu ? glu_wide_kernel<Epilogue::glu_silu>
+                                                    : glu_wide_kernel<Epilogue::glu_gelu>;
+      launch("fused wide glu", glu, c.stream, pdl, dim3(grid_for(all)), dim3(kThreads), 0, gate, up,
+             s.vectors, all);
+      s.formed = out.y;
+      return;
+    }
+    case Epilogue::logits:
+      gemm_wide(c, s.vectors, out.w[0], rows, out.rows[0], k, out.y, out.rows[0]);
+      launch("fused wide argmax", argmax_wide_kernel, c.stream, pdl, dim3(rows),
+             dim3(kArgmaxThreads), 0, out, out.rows[0]);
+      return;
+    case Epilogue::argmax: break;  // the persistent step's only
+  }
+  fail("fused decode", "the filtered argmax head runs only in the persistent step");
+}
 
 std::string gemv_rows_unsupported(const GemvInput& in, const GemvOutput& out) {
   if (in.rows < 2 || in.rows > kMaxStepRows) return "2 to 8 sequences";

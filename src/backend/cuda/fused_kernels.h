@@ -112,6 +112,20 @@ void launch_gemv_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const 
 // The most blocks such a launch takes (for the LM head's partials, one per block and sequence).
 int gemv_rows_blocks(const GemvInput& in, int sm_count);
 
+// The same products for any number of sequences, each as a cuBLAS GEMM between a kernel
+// that forms the vectors and one that finishes the gated activation or the argmax
+// (fused_gemv_rows.cu). The scratch: the vectors [rows, K] bf16 for the largest K, and
+// the gate and up projections' outputs [2, rows, intermediate] f32. `formed` is the input
+// whose vectors are already there (the gated activation writes the down's): a step's
+// phases are launched in order, starting from null.
+struct WideScratch {
+  bf16* vectors = nullptr;
+  float* gated = nullptr;
+  const float* formed = nullptr;
+};
+std::string gemm_rows_unsupported(const GemvInput& in);
+void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const GemvOutput& out, WideScratch& s);
+
 // Token embedding of each sequence: x[r, h] = embed[state[r].token, h] * scale (scale 0 = 1).
 void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
                   float* x, int rows = 1);
