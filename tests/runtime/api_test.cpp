@@ -215,9 +215,10 @@ TEST(ApiTest, DeterministicLoadsRepeatTheirTokens) {
 // host sampler's). generate() feeds each drawn token to the next fused step on the device
 // and runs a step ahead, with a logit bias and penalties too (the decoder keeps the
 // history's counts). A logit bias of 0 changes nothing but takes the edits: both must
-// draw the same tokens, in generate() and in batch_generate() (more rows than the fused
-// step takes, so the plain ops run and each draw's edits come from the host). With up to
-// 8 rows, sampled batch_generate takes the batched fused step: reproducible for a seed,
+// draw the same tokens, in generate() and in batch_generate(): with 10 rows through the
+// batched step on GEMMs (the decoder keeps each row's counts), and through the plain ops
+// (LMX_FUSED=0), where each draw's edits come from the host. With up to 8 rows, sampled
+// batch_generate takes the batched step on tensor-core GEMVs: reproducible for a seed,
 // and not greedy. A repetition penalty changes the draws.
 TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
   if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
@@ -248,9 +249,18 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
           << name << ": the draws should not be greedy";
       const auto rows = model->batch_generate(prompts, o),
                  rows_every = model->batch_generate(prompts, every);
-      for (size_t i = 0; i < prompts.size(); ++i)
+      EXPECT_EQ(model->metrics().decode_path, "fused-gemm-graph") << name;
+      setenv("LMX_FUSED", "0", 1);
+      const auto plain_rows = model->batch_generate(prompts, o),
+                 plain_every = model->batch_generate(prompts, every);
+      EXPECT_EQ(model->metrics().decode_path, "plain") << name;
+      unsetenv("LMX_FUSED");
+      for (size_t i = 0; i < prompts.size(); ++i) {
         EXPECT_EQ(rows[i].ids, rows_every[i].ids)
             << name << " row " << i << ", variant " << variant;
+        EXPECT_EQ(plain_rows[i].ids, plain_every[i].ids)
+            << name << " row " << i << ", variant " << variant << ", plain ops";
+      }
       const std::vector<BatchResult> one =
           model->batch_generate(std::span<const std::string>(prompts.data(), 1), o);
       EXPECT_EQ(one[0].ids.size(), 24u)
