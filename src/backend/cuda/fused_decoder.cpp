@@ -45,7 +45,6 @@
 // LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
 // override the GEMV launch choices (fused_kernels.h, GemvTuning).
 #include <algorithm>
-#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -520,19 +519,20 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     // results, and what a kernel reads before that wait (weights; attention's cached
     // positions) was written by kernels of earlier steps.
     fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_), int(rows_));
-    wide_.formed = nullptr;
+    const fused::StepPhase* before = nullptr;
     for (const fused::StepPhase& p : plan_) {
       if (p.kind == fused::StepPhase::Kind::attention) {
         fused::AttentionStep a = p.attn;
         a.early = tuning_.early;
         fused::launch_attention(s, pdl_, a);
       } else if (wide_rows_) {
-        fused::launch_gemm_rows(ctx(), pdl_, p.in, p.out, wide_);
+        fused::launch_gemm_rows(ctx(), pdl_, p.in, p.out, wide_, fused::wide_input_formed(before, p));
       } else if (rows_ > 1) {
         fused::launch_gemv_rows(s, pdl_, p.in, p.out, sms);
       } else {
         fused::launch_gemv(s, pdl_, p.in, p.out, fused::gemv_shape(p.out, sms, tuning_));
       }
+      before = &p;
     }
   }
 
@@ -730,41 +730,15 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   bool profile_ = env_set("LMX_FUSED_PROFILE");
   Array timing_;
   int64_t profiled_steps_ = 0;
-  // LMX_FUSED_PROFILE=1: per kind of phase, the mean µs per step that block 0 of the
-  // persistent kernel spent in it and in the barrier after it, printed to stderr.
+  // LMX_FUSED_PROFILE=1: where the last plan's steps went (fused::report_persistent_profile).
   void report_profile() noexcept {
     if (!timing_.valid() || profiled_steps_ == 0 || persistent_blocks_ == 0) return;
     try {
       synchronize(ctx());
       std::vector<unsigned long long> t(persistent_plan_.size() * fused::kTimes);  // u64 each
       check(cudaMemcpy(t.data(), timing_.raw(), t.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy");
-      std::vector<std::pair<std::string, std::array<double, fused::kTimes>>> sums;
-      for (size_t i = 0; i < persistent_plan_.size(); ++i) {
-        const char* name = persistent_names_[i];
-        auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& e) { return e.first == name; });
-        if (it == sums.end()) it = sums.insert(sums.end(), {name, {}});
-        for (int j = 0; j < fused::kTimes; ++j)
-          it->second[size_t(j)] += double(t[fused::kTimes * i + size_t(j)]) / 1e3 / double(profiled_steps_);
-      }
-      std::fprintf(stderr, "[fused profile] %lld steps, block 0's first warp, us per step: phase (of which input, "
-                   "waiting for weights, rows; for attention: the new token's q, k and v, waiting for the cached "
-                   "keys, scores, softmax and values to partial) + barrier (of which waiting for later "
-                   "blocks to arrive)\n",
-                   (long long)profiled_steps_);
-      const fused::PersistentKernel& k = persistent_kernel_;
-      std::fprintf(stderr, "  %d blocks, a ring of %d slots (%d past the workers' phase); kernel form: ",
-                   persistent_blocks_, persistent_slots_, persistent_lookahead_);
-      if (k.head_dim > 0)
-        std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s%s\n", k.head_dim, k.group,
-                     k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "",
-                     k.two_boxes ? ", two-box down stages" : "");
-      else
-        std::fprintf(stderr, "general\n");
-      for (const auto& [name, v] : sums) {
-        std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f", name.c_str(), v[0], v[2], v[3], v[4]);
-        if (v[7] > 0) std::fprintf(stderr, ", %5.1f", v[7]);
-        std::fprintf(stderr, ") + %5.1f (%5.1f)\n", v[1], v[5]);
-      }
+      fused::report_persistent_profile(t, profiled_steps_, persistent_names_, persistent_kernel_, persistent_blocks_,
+                                       persistent_slots_, persistent_lookahead_);
     } catch (...) {
     }
   }

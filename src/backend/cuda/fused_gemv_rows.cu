@@ -424,18 +424,16 @@ std::string gemm_rows_unsupported(const GemvInput& in) {
 }
 
 void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const GemvOutput& out,
-                      WideScratch& s) {
+                      const WideScratch& s, bool formed) {
   const std::string why = gemm_rows_unsupported(in);
   LMX_CHECK(why.empty(), "fused decode", "the wide batched step takes only ", why);
   const int rows = in.rows, k = in.k;
-  // The gated activation before this product wrote its vectors already (s.formed).
-  if (in.x != s.formed || in.add || in.norm) {
+  if (!formed) {
     allow_shared_memory(form_wide_kernel, kMaxSmem);
     launch("fused wide inputs", form_wide_kernel, c.stream, pdl,
            dim3((rows + kWideRowsPerBlock - 1) / kWideRowsPerBlock), dim3(kThreads),
            wide_form_smem(in), in, s.vectors);
   }
-  s.formed = nullptr;
   switch (out.epilogue) {
     case Epilogue::plain: {  // the stacked matrices side by side in y [rows, n]
       const int n = out.rows[0] + out.rows[1] + out.rows[2];
@@ -461,7 +459,6 @@ void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const Gem
                                                     : glu_wide_kernel<Epilogue::glu_gelu>;
       launch("fused wide glu", glu, c.stream, pdl, dim3(grid_for(all)), dim3(kThreads), 0, gate, up,
              s.vectors, all);
-      s.formed = out.y;
       return;
     }
     case Epilogue::logits:

@@ -115,16 +115,15 @@ int gemv_rows_blocks(const GemvInput& in, int sm_count);
 // The same products for any number of sequences, each as a cuBLAS GEMM between a kernel
 // that forms the vectors and one that finishes the gated activation or the argmax
 // (fused_gemv_rows.cu). The scratch: the vectors [rows, K] bf16 for the largest K, and
-// the gate and up projections' outputs [2, rows, intermediate] f32. `formed` is the input
-// whose vectors are already there (the gated activation writes the down's): a step's
-// phases are launched in order, starting from null.
+// the gate and up projections' outputs [2, rows, intermediate] f32. `formed`: the vectors
+// are there already (wide_input_formed), and no kernel forms them.
 struct WideScratch {
   bf16* vectors = nullptr;
   float* gated = nullptr;
-  const float* formed = nullptr;
 };
 std::string gemm_rows_unsupported(const GemvInput& in);
-void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const GemvOutput& out, WideScratch& s);
+void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const GemvOutput& out, const WideScratch& s,
+                      bool formed);
 
 // Token embedding of each sequence: x[r, h] = embed[state[r].token, h] * scale (scale 0 = 1).
 void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
@@ -196,6 +195,15 @@ struct alignas(16) StepPhase {
   float* zero = nullptr;
   int zero_n = 0;
 };
+
+// Whether a phase of a step on GEMMs (launch_gemm_rows) finds its vectors formed: the
+// gated activation before it writes them, in bf16, for the product that reads its output
+// (the down projection), where that product adds and norms nothing.
+inline bool wide_input_formed(const StepPhase* before, const StepPhase& p) {
+  const bool gated = before && before->kind == StepPhase::Kind::gemv &&
+                     (before->out.epilogue == Epilogue::glu_silu || before->out.epilogue == Epilogue::glu_gelu);
+  return gated && before->out.y == p.in.x && !p.in.add && !p.in.norm;
+}
 struct PersistentStep {
   const StepPhase* phases = nullptr;  // on the device
   int n_phases = 0;
@@ -316,5 +324,10 @@ int persistent_blocks(int sm_count, size_t smem, const PersistentKernel& kernel)
 // exit (the persistent kernel waits before it reads anything a kernel writes).
 void launch_persistent(cudaStream_t stream, const PersistentStep& s, int blocks, size_t smem, bool pdl,
                        const PersistentKernel& kernel);
+// Prints (stderr) where the profiled steps' time went: per kind of phase, block 0's mean µs
+// (PersistentStep::timing, copied to the host: kTimes sums a phase).
+void report_persistent_profile(const std::vector<unsigned long long>& times, int64_t steps,
+                               const std::vector<const char*>& names, const PersistentKernel& k, int blocks,
+                               int slots, int lookahead);
 
 }  // namespace lmx::cuda::fused

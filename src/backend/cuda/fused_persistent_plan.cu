@@ -2,7 +2,11 @@
 // chunks sized to the grid, the down projections folded into their gate/up phases, every
 // block's list of stages, and the shared memory all of it takes.
 #include <algorithm>
+#include <array>
+#include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <utility>
 
 #include "backend/cuda/fused_gemv.cuh"
 #include "backend/cuda/fused_persistent_plan.cuh"
@@ -308,6 +312,40 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, i
 int persistent_lookahead(int slots) {
   if (const char* v = std::getenv("LMX_FUSED_LOOKAHEAD")) return std::clamp(std::atoi(v), 0, slots);
   return std::max(1, slots / 2);
+}
+
+// LMX_FUSED_PROFILE=1: per kind of phase, the mean µs per step that block 0 of the
+// persistent kernel spent in it and in the barrier after it, printed to stderr. `times`
+// holds kTimes ns sums per phase over `steps` steps; `names` names the phases.
+void report_persistent_profile(const std::vector<unsigned long long>& times, int64_t steps,
+                               const std::vector<const char*>& names, const PersistentKernel& k, int blocks,
+                               int slots, int lookahead) {
+  std::vector<std::pair<std::string, std::array<double, kTimes>>> sums;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const char* name = names[i];
+    auto it = std::find_if(sums.begin(), sums.end(), [&](const auto& e) { return e.first == name; });
+    if (it == sums.end()) it = sums.insert(sums.end(), {name, {}});
+    for (int j = 0; j < kTimes; ++j)
+      it->second[size_t(j)] += double(times[kTimes * i + size_t(j)]) / 1e3 / double(steps);
+  }
+  std::fprintf(stderr, "[fused profile] %lld steps, block 0's first warp, us per step: phase (of which input, "
+               "waiting for weights, rows; for attention: the new token's q, k and v, waiting for the cached "
+               "keys, scores, softmax and values to partial) + barrier (of which waiting for later "
+               "blocks to arrive)\n",
+               (long long)steps);
+  std::fprintf(stderr, "  %d blocks, a ring of %d slots (%d past the workers' phase); kernel form: ", blocks, slots,
+               lookahead);
+  if (k.head_dim > 0)
+    std::fprintf(stderr, "head_dim %d, %d query heads a kv head%s%s%s\n", k.head_dim, k.group,
+                 k.merge_input ? ", merge in the next input" : "", k.staged ? ", staged inputs" : "",
+                 k.two_boxes ? ", two-box down stages" : "");
+  else
+    std::fprintf(stderr, "general\n");
+  for (const auto& [name, v] : sums) {
+    std::fprintf(stderr, "  %-10s %7.1f (%5.1f, %5.1f, %5.1f", name.c_str(), v[0], v[2], v[3], v[4]);
+    if (v[7] > 0) std::fprintf(stderr, ", %5.1f", v[7]);
+    std::fprintf(stderr, ") + %5.1f (%5.1f)\n", v[1], v[5]);
+  }
 }
 
 }  // namespace lmx::cuda::fused
