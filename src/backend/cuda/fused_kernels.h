@@ -204,6 +204,7 @@ inline bool wide_input_formed(const StepPhase* before, const StepPhase& p) {
                      (before->out.epilogue == Epilogue::glu_silu || before->out.epilogue == Epilogue::glu_gelu);
   return gated && before->out.y == p.in.x && !p.in.add && !p.in.norm;
 }
+
 struct PersistentStep {
   const StepPhase* phases = nullptr;  // on the device
   int n_phases = 0;
