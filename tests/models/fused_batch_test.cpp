@@ -1,7 +1,8 @@
 // The fused decode step over batches of sequences (ops/fused_decoder.h, batch_generate's
-// path for batches: tensor-core GEMVs up to 8 rows, cuBLAS GEMMs past them) against the
-// plain ops on the same device, row by row: each row's logits within bf16 tolerance of
-// forward()'s, with each row's own left padding, and chained steps equal to single ones.
+// path for batches: tensor-core GEMVs up to 8 rows, cuBLAS GEMMs and the streamed attention
+// past them) against the plain ops on the same device, row by row: each row's logits within
+// bf16 tolerance of forward()'s, with each row's own left padding, and chained steps equal
+// to single ones.
 // The single-sequence cases are fused_decode_test.cpp.
 #include <gtest/gtest.h>
 
@@ -172,7 +173,10 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                                            // past 8 rows: each product a GEMM (launch_gemm_rows)
                                            BatchCase{"llama", kLlamaBatch, 9}, BatchCase{"qwen3", kQwen3Batch, 16},
                                            BatchCase{"gemma3", kGemma3, 12}, BatchCase{"llama", kLlama, 33},
-                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 24, 1024}),
+                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 24, 1024},
+                                           // 29 shares of the keys a kv head (2 blocks an SM, 132 SMs):
+                                           // more than the sliding layers' 16 visible keys
+                                           BatchCase{"gemma3_long_cache", kGemma3, 9, 1024}),
                          [](const auto& info) {
                            return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
                          });

@@ -166,6 +166,25 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
   sync_workers<kPersistent>();
 }
 
+// The new token's query heads and key after their RMSNorm (where the model has one) and
+// RoPE at position `rope_pos`, the key and the value rounded to bf16 as the cache keeps
+// them; in place in a task's scratch as stage_inputs fills it, a warp a vector. The
+// queries stay in f32.
+__device__ __forceinline__ void form_new_token(const AttentionStep& a, float* q, float* k_new, float* v_new,
+                                               const float* freq, const bf16* q_norm, const bf16* k_norm, int group,
+                                               int d, int rope_pos) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bf16* qn = a.q_norm ? q_norm : nullptr;
+  const bf16* kn = a.k_norm ? k_norm : nullptr;
+  const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
+  for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
+    if (vec <= group)  // one call for q and k: inlined once, 3-10 KB less code (bench/NOTES.md, p27)
+      norm_rope(vec < group ? q + vec * d : k_new, vec < group ? qn : kn, wo, a.eps, freq, rope_pos, d, vec == group);
+    else
+      for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
+  }
+}
+
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
 // (m, l, acc) into the attention output, resets the counter for the next step and
 // returns true (every worker of that block, once the merge is stored or under way).
@@ -303,15 +322,7 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
   // What follows reads the QKV GEMV's output.
   if constexpr (!kPersistent) wait_for_previous_kernel();
   stage_inputs<kPersistent, kD>(a, g, group, q);
-  const bf16* qn = a.q_norm ? q_norm : nullptr;
-  const bf16* kn = a.k_norm ? k_norm : nullptr;
-  const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
-  for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
-    if (vec <= group)  // one call for q and k: inlined once, 3-10 KB less code (bench/NOTES.md, p27)
-      norm_rope(vec < group ? q + vec * d : k_new, vec < group ? qn : kn, wo, a.eps, freq, pos - pad, d, vec == group);
-    else
-      for (int i = lane; i < d; i += 32) v_new[i] = __bfloat162float(__float2bfloat16_rn(v_new[i]));
-  }
+  form_new_token(a, q, k_new, v_new, freq, q_norm, k_norm, group, d, pos - pad);
   mark(0);
   copy_async_wait_all();  // the chunk's keys and values: each thread's own copies, then the sync for all
   sync_workers<kPersistent>();

@@ -41,6 +41,8 @@
 // (filter_head);
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
+// LMX_FUSED_STREAM_FROM=N streams their attention's keys from N sequences on (stream_from),
+// LMX_FUSED_STREAM_BLOCKS=N plans N of its blocks an SM;
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
 // LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
 // override the GEMV launch choices (fused_kernels.h, GemvTuning).
@@ -65,11 +67,15 @@ using fused::bf16;
 // From how many sequences a batched step runs each product as a cuBLAS GEMM
 // (fused::launch_gemm_rows) rather than as the tensor-core GEMV of fused_gemv_rows.cu,
 // which takes at most kMaxStepRows. LMX_FUSED_WIDE_FROM sets it (2 to kMaxStepRows + 1).
-int wide_from() {
-  const char* v = std::getenv("LMX_FUSED_WIDE_FROM");
-  const int n = v ? std::atoi(v) : fused::kMaxStepRows + 1;
-  return std::clamp(n, 2, fused::kMaxStepRows + 1);
+int rows_from(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return std::max(2, v ? std::atoi(v) : fallback);
 }
+int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxStepRows + 1), fused::kMaxStepRows + 1); }
+// From how many sequences a batched step's attention streams each share of the keys from
+// the cache (fused::launch_stream_attention) rather than staging chunks of them
+// (fused::launch_attention). LMX_FUSED_STREAM_FROM sets it.
+int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", fused::kMaxStepRows + 1); }
 
 bool env_set(const char* name) {  // unset counts as off
   const char* v = std::getenv(name);
@@ -89,7 +95,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
       : device_(device), rows_(rows), w_(std::move(w)), graphs_(switch_on("LMX_FUSED_GRAPH")),
         pdl_(switch_on("LMX_FUSED_PDL")), persistent_(switch_on("LMX_FUSED_PERSISTENT") && rows == 1),
-        wide_rows_(rows > 1 && rows >= wide_from()) {
+        wide_rows_(rows > 1 && rows >= wide_from()), stream_attention_(rows > 1 && rows >= stream_from()) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -100,6 +106,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     tuning_.prefetch = env_int("LMX_FUSED_PREFETCH", tuning_.prefetch);
     tuning_.early = env_int("LMX_FUSED_EARLY", tuning_.early) != 0;
     tuning_.preload = env_int("LMX_FUSED_PRELOAD", tuning_.preload) != 0;
+    stream_blocks_ = std::max(1, env_int("LMX_FUSED_STREAM_BLOCKS", stream_blocks_));
     const Device d = Device::cuda(device);
     check_weight(w_.embed, d, "the embedding");
     check_weight(w_.lm_head, d, "the LM head");
@@ -119,6 +126,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       heads = std::max(heads, l.n_heads * l.head_dim);
       inter = std::max(inter, l.gate.shape(0));
       max_kv_heads_ = std::max(max_kv_heads_, l.n_kv_heads);
+      stream_attention_ &= fused::stream_attention_supported(int(l.n_heads), int(l.n_kv_heads), int(l.head_dim));
     }
     // The persistent step copies the RoPE frequencies and the q/k norms' weights with 16-byte
     // cp.async (copy_constants): an array off that alignment (a view) gets a copy of its own.
@@ -419,7 +427,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       // (batch 8: 1.06x for Llama, 1.13x for Qwen3; bench/NOTES.md).
       // Past 8 rows, the longest chunks the kernel takes (96 KiB of scratch) measured best at
       // batch 64: 1.05x for Qwen3 and 1.02x for Llama over 64 KiB, 0.80x and 0.94x at 32 KiB.
-      if (rows_ > 1 && switch_on("LMX_FUSED_BATCH_SPLIT"))  // =0: the short chunks
+      if (stream_attention_)
+        a.splits = fused::stream_attention_splits(int(rows_), a.n_kv_heads, stream_blocks_ * ctx().sm_count, a.slots);
+      else if (rows_ > 1 && switch_on("LMX_FUSED_BATCH_SPLIT"))  // =0: the short chunks
         fused::fit_attention_split(a, int(2 * ctx().sm_count / rows_), size_t(wide_rows_ ? 96 : 64) << 10);
       a.rows = int(rows_);
       a.pad = static_cast<const int*>(pads_.raw());
@@ -524,7 +534,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       if (p.kind == fused::StepPhase::Kind::attention) {
         fused::AttentionStep a = p.attn;
         a.early = tuning_.early;
-        fused::launch_attention(s, pdl_, a);
+        (stream_attention_ ? fused::launch_stream_attention : fused::launch_attention)(s, pdl_, a);
       } else if (wide_rows_) {
         fused::launch_gemm_rows(ctx(), pdl_, p.in, p.out, wide_, fused::wide_input_formed(before, p));
       } else if (rows_ > 1) {
@@ -744,6 +754,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
   bool persistent_;
   bool wide_rows_;  // each product a GEMM (wide_from)
+  bool stream_attention_;  // stream_from, where every layer's heads allow it
+  int stream_blocks_ = 2;  // its blocks planned an SM
   fused::WideScratch wide_;
   Array wide_vectors_, wide_gated_;
   int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs

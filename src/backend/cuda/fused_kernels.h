@@ -166,6 +166,13 @@ void attention_split(int slots, int kv_heads, int& chunk, int& splits);
 // bytes; never shorter ones.
 void fit_attention_split(AttentionStep& a, int tasks, size_t max_scratch);
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
+// The same attention for batched steps, each block streaming its share of the keys from
+// the cache (stream_attention.cu): a.splits shares per kv head, each a split of the step's
+// visible positions; a.chunk is not read.
+bool stream_attention_supported(int n_heads, int n_kv_heads, int head_dim);
+// Shares per kv head for about `blocks` blocks in all.
+int stream_attention_splits(int rows, int kv_heads, int blocks, int slots);
+void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
 
 // The persistent step (fused_persistent.cu; its host side in fused_persistent_plan.cu):
 // the same GEMVs and attention as phases of one cooperative kernel with one block per SM,

@@ -1,0 +1,285 @@
+// Decode attention for the batched fused step, streamed: a block takes one sequence, one kv
+// head and one share of the visible positions, and its warps read the keys and values
+// straight from the cache into registers, a few keys' loads in flight at once, with an
+// online softmax. attention_task (fused_attention.cuh) copies a whole chunk of keys and
+// values into shared memory before it computes anything; with many sequences its blocks
+// (up to 96 KiB of scratch, two an SM) took about half of a Qwen3-0.6B step at batch 64
+// (bench/NOTES.md). Here a block needs a few KiB, and the loads of the next keys overlap
+// the arithmetic of the last ones.
+//
+// The shares are the visible positions of the step split evenly (the position is read on
+// the device, so one recorded graph serves every step), not fixed chunks of the cache's
+// slots: every block that runs has keys. With several shares per kv head the last block
+// to finish merges their partials (count_and_merge), as attention_task's do.
+#include <algorithm>
+#include <utility>
+
+#include "backend/cuda/fused_attention.cuh"
+
+namespace lmx::cuda::fused {
+namespace {
+
+using namespace attention_detail;
+
+constexpr int kWarps = kThreads / 32;
+constexpr int kUnroll = 4;  // a warp's key steps whose loads are issued together
+
+// acc + the bf16 w[0..8) · x[0..8) with x in registers.
+__device__ __forceinline__ float dot8_regs(uint4 w, const float (&x)[8], float acc) {
+  acc = __fmaf_rn(bf16_lo(w.x), x[0], acc);
+  acc = __fmaf_rn(bf16_hi(w.x), x[1], acc);
+  acc = __fmaf_rn(bf16_lo(w.y), x[2], acc);
+  acc = __fmaf_rn(bf16_hi(w.y), x[3], acc);
+  acc = __fmaf_rn(bf16_lo(w.z), x[4], acc);
+  acc = __fmaf_rn(bf16_hi(w.z), x[5], acc);
+  acc = __fmaf_rn(bf16_lo(w.w), x[6], acc);
+  acc = __fmaf_rn(bf16_hi(w.w), x[7], acc);
+  return acc;
+}
+__device__ __forceinline__ void unpack8(uint4 v, float (&out)[8]) {
+  out[0] = bf16_lo(v.x), out[1] = bf16_hi(v.x), out[2] = bf16_lo(v.y), out[3] = bf16_hi(v.y);
+  out[4] = bf16_lo(v.z), out[5] = bf16_hi(v.z), out[6] = bf16_lo(v.w), out[7] = bf16_hi(v.w);
+}
+
+// A softmax partial of kG query heads over some keys, for the 8 columns a lane holds: the
+// running max m, the sum of weights l and the weighted sum of values acc, per head.
+template <int kG>
+struct Partial {
+  float m[kG], l[kG], acc[kG][8];
+
+  __device__ void clear() {
+#pragma unroll
+    for (int j = 0; j < kG; ++j) {
+      m[j] = -INFINITY, l[j] = 0;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[j][c] = 0;
+    }
+  }
+  // What head j's sums take on when its max becomes `mx` (finite): 0 while it has no key.
+  __device__ __forceinline__ float rescale(int j, float mx) const { return m[j] == -INFINITY ? 0.0f : __expf(m[j] - mx); }
+  // Adds the partial held by the lane `offset` lanes away (xor), which covers the same columns.
+  __device__ void merge_lane(int offset) {
+#pragma unroll
+    for (int j = 0; j < kG; ++j) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[j], offset), lo = __shfl_xor_sync(0xffffffffu, l[j], offset);
+      const float mx = fmaxf(m[j], mo);
+      const float ra = rescale(j, mx), rb = mo == -INFINITY ? 0.0f : __expf(mo - mx);
+      l[j] = l[j] * ra + lo * rb;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[j][c] = acc[j][c] * ra + __shfl_xor_sync(0xffffffffu, acc[j][c], offset) * rb;
+      m[j] = mx;
+    }
+  }
+};
+
+// Adds kUnroll keys to the partial: scores s [kUnroll][kG] (scaled; -inf for a key not
+// taken) and values v [kUnroll] (this lane's 8 columns). One rescale a head for them all.
+template <int kG>
+__device__ __forceinline__ void add_keys(Partial<kG>& p, const float (&s)[kUnroll][kG], const uint4 (&v)[kUnroll]) {
+#pragma unroll
+  for (int j = 0; j < kG; ++j) {
+    float mx = p.m[j];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) mx = fmaxf(mx, s[u][j]);
+    if (mx == -INFINITY) continue;  // no key yet: nothing to add (uniform across the key's lanes)
+    const float r = p.rescale(j, mx);
+    p.l[j] *= r;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) p.acc[j][c] *= r;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const float e = __expf(s[u][j] - mx);  // 0 for a key not taken
+      float vf[8];
+      unpack8(v[u], vf);
+      p.l[j] += e;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) p.acc[j][c] = __fmaf_rn(e, vf[c], p.acc[j][c]);
+    }
+    p.m[j] = mx;
+  }
+}
+
+// Scratch of a block, in floats: stage_inputs' q [G, D], k and v [D] and the layer's
+// constants; then the new key and value in bf16 [2, D]; then each warp's partial, m and l
+// [G] each and acc [G, D].
+__host__ __device__ inline size_t stream_new_kv(int group, int d) { return scratch_layout(group, d, 0).scores; }
+__host__ __device__ inline size_t stream_partials(int group, int d) { return stream_new_kv(group, d) + d; }
+__host__ __device__ inline size_t stream_smem_floats(int group, int d) {
+  return stream_partials(group, d) + size_t(kWarps) * group * (d + 2);
+}
+
+// Grid (kv heads, shares, sequences); kThreads threads. kD: the head's width (8 to 256
+// columns, a key's 16-byte pieces spread over kD / 8 lanes); kG: query heads per kv head.
+template <int kD, int kG>
+__global__ void __launch_bounds__(kThreads, 2) stream_attention_kernel(AttentionStep a0) {
+  extern __shared__ float sm[];
+  constexpr int kLanes = kD / 8;        // lanes a key
+  constexpr int kKeys = 32 / kLanes;    // keys a warp step
+  constexpr int kStride = kWarps * kKeys;  // keys a step of the whole block
+  const AttentionStep a = blockIdx.z == 0 ? a0 : row_of(a0, int(blockIdx.z));
+  const int g = blockIdx.x, split = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane % kLanes, kk = lane / kLanes;  // the lane's 8 columns, and its key of a warp step
+
+  // The cached positions and the step's position were written by earlier steps: a share
+  // knows its keys before the kernel before it ends.
+  const int pos = a.state[1], pad = a.pad ? *a.pad : 0;
+  const int lo = first_visible(a, pos, pad), visible = pos - lo + 1;
+  const int per = (visible + a.splits - 1) / a.splits, live = (visible + per - 1) / per;
+  const int begin = lo + split * per, end = ::min(begin + per, pos + 1);  // [begin, end); pos is the new key
+  if (a.early) allow_next_kernel();
+
+  // Warp w's key-step covers keys begin + (w + kWarps * step) * kKeys + kk. The first trip's
+  // cached keys and values are asked for before anything else: they overlap the wait for
+  // the kernel before and the forming of the new token, which a short share would
+  // otherwise wait out. The new key (pos) comes from kv_new once formed.
+  const size_t head = size_t(g) * a.slots * kD;
+  auto issue = [&](int t0, uint4(&kr)[kUnroll], uint4(&vr)[kUnroll]) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kStride + kk;
+      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      if (t >= end || t == pos) continue;
+      const size_t at = head + size_t(t % a.slots) * kD + sub * 8;
+      kr[u] = load_stream(a.k_cache + at);
+      vr[u] = load_stream(a.v_cache + at);
+    }
+  };
+  uint4 kr[kUnroll], vr[kUnroll];
+  int t0 = begin + warp * kKeys;
+  if (t0 < end) issue(t0, kr, vr);
+  wait_for_previous_kernel();
+  if (begin > pos) {  // no keys for this share (fewer visible positions than shares): only counted
+    if (!a.early) allow_next_kernel();
+    count_and_merge<false, kD>(a, g, kG, live);
+    return;
+  }
+
+  // The new token's query heads, key and value, formed as attention_task forms them.
+  float* q = sm;  // [G, D], then k_new and v_new [D] each
+  stage_inputs<false, kD>(a, g, kG, q);
+  const float* freq = attention_constants(sm, kG, kD);             // [D/2]
+  const bf16* q_norm = reinterpret_cast<const bf16*>(freq + kD / 2);  // [D], then k_norm [D]
+  form_new_token(a, q, q + kG * kD, q + (kG + 1) * kD, freq, q_norm, q_norm + kD, kG, kD, pos - pad);
+  __syncthreads();
+  bf16* kv_new = reinterpret_cast<bf16*>(sm + stream_new_kv(kG, kD));  // [2, D]
+  const bool holds_new = end == pos + 1;
+  if (holds_new) {
+    const float* k_new = q + kG * kD;
+    const size_t at = (size_t(g) * a.slots + size_t(pos % a.slots)) * kD;
+    for (int i = threadIdx.x; i < kD; i += kThreads) {
+      const bf16 kb = __float2bfloat16_rn(k_new[i]), vb = __float2bfloat16_rn(k_new[kD + i]);
+      a.k_cache[at + i] = kb, a.v_cache[at + i] = vb;
+      kv_new[i] = kb, kv_new[kD + i] = vb;
+    }
+  }
+  float qr[kG][8];
+#pragma unroll
+  for (int j = 0; j < kG; ++j)
+#pragma unroll
+    for (int c = 0; c < 8; ++c) qr[j][c] = q[j * kD + sub * 8 + c];
+  __syncthreads();  // kv_new
+
+  Partial<kG> p;
+  p.clear();
+  for (; t0 < end; t0 += kStride * kUnroll) {
+    bool take[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kStride + kk;
+      take[u] = t < end;
+      if (t == pos) {
+        kr[u] = *reinterpret_cast<const uint4*>(kv_new + sub * 8);
+        vr[u] = *reinterpret_cast<const uint4*>(kv_new + kD + sub * 8);
+      }
+    }
+    float s[kUnroll][kG];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int j = 0; j < kG; ++j) {
+        float v = dot8_regs(kr[u], qr[j], 0.0f);
+#pragma unroll
+        for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        s[u][j] = take[u] ? v * a.scale : -INFINITY;
+      }
+    add_keys(p, s, vr);
+    if (t0 + kStride * kUnroll < end) issue(t0 + kStride * kUnroll, kr, vr);
+  }
+
+  // The warp's key lanes into one partial, then the warps' through shared memory.
+#pragma unroll
+  for (int o = kLanes; o < 32; o <<= 1) p.merge_lane(o);
+  float* wm = sm + stream_partials(kG, kD);  // [warps, G] m, then [warps, G] l, then [warps, G, D] acc
+  float* wl = wm + kWarps * kG;
+  float* wacc = wl + kWarps * kG;
+  if (kk == 0) {
+#pragma unroll
+    for (int j = 0; j < kG; ++j) {
+#pragma unroll
+      for (int c = 0; c < 8; ++c) wacc[(warp * kG + j) * kD + sub * 8 + c] = p.acc[j][c];
+      if (sub == 0) wm[warp * kG + j] = p.m[j], wl[warp * kG + j] = p.l[j];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kG * kD; idx += kThreads) {
+    const int j = idx / kD, i = idx % kD;
+    float m = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kG + j]);  // finite: the share has keys
+    float l = 0, acc = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const float e = wm[w * kG + j] == -INFINITY ? 0.0f : __expf(wm[w * kG + j] - m);
+      l = __fmaf_rn(wl[w * kG + j], e, l);
+      acc = __fmaf_rn(wacc[(w * kG + j) * kD + i], e, acc);
+    }
+    if (a.splits == 1) {
+      a.out[size_t(g * kG + j) * kD + i] = acc / l;
+      continue;
+    }
+    float* part = a.partial + (size_t(g * kG + j) * a.splits + split) * partial_stride(kD);
+    part[kPartialSums + i] = acc;
+    if (i == 0) part[0] = m, part[1] = l;
+  }
+  if (!a.early) allow_next_kernel();
+  if (a.splits > 1) count_and_merge<false, kD>(a, g, kG, live);
+}
+
+// The kernel for this head width and a's query heads per kv head, one of kGroups.
+template <int kD, int... kGroups>
+void launch_for_group(cudaStream_t stream, bool pdl, const AttentionStep& a, size_t smem,
+                      std::integer_sequence<int, kGroups...>) {
+  const dim3 grid(a.n_kv_heads, a.splits, a.rows);
+  const int group = a.n_heads / a.n_kv_heads;
+  ((group == kGroups ? launch("fused streamed attention", stream_attention_kernel<kD, kGroups>, stream, pdl, grid,
+                              dim3(kThreads), smem, a)
+                     : void()),
+   ...);
+}
+
+}  // namespace
+
+bool stream_attention_supported(int n_heads, int n_kv_heads, int head_dim) {
+  const int d = head_dim, group = n_kv_heads > 0 ? n_heads / n_kv_heads : 0;
+  return (d == 32 || d == 64 || d == 128 || d == 256) && group >= 1 && group <= 4 && group * n_kv_heads == n_heads;
+}
+
+int stream_attention_splits(int rows, int kv_heads, int blocks, int slots) {
+  // As many shares as keep the grid within `blocks` (one wave where that is what fits at
+  // once), and none planned shorter than 32 of the cache's slots.
+  const int want = blocks / (rows * kv_heads);
+  return std::max(1, std::min(want, slots / 32));
+}
+
+void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
+  LMX_CHECK(stream_attention_supported(a.n_heads, a.n_kv_heads, a.head_dim), "fused decode", "the streamed attention takes head_dim 32, 64, 128 or 256 ",
+            "and up to 4 query heads per kv head, not ", a.head_dim, " and ", a.n_heads, "/", a.n_kv_heads);
+  const size_t smem = sizeof(float) * stream_smem_floats(a.n_heads / a.n_kv_heads, a.head_dim);
+  constexpr std::integer_sequence<int, 1, 2, 3, 4> groups;  // stream_attention_supported's
+  switch (a.head_dim) {
+    case 32: return launch_for_group<32>(stream, pdl, a, smem, groups);
+    case 64: return launch_for_group<64>(stream, pdl, a, smem, groups);
+    case 128: return launch_for_group<128>(stream, pdl, a, smem, groups);
+    default: return launch_for_group<256>(stream, pdl, a, smem, groups);
+  }
+}
+
+}  // namespace lmx::cuda::fused
