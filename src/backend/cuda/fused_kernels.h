@@ -170,7 +170,7 @@ void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
 // the cache (stream_attention.cu): a.splits shares per kv head, each a split of the step's
 // visible positions; a.chunk is not read.
 bool stream_attention_supported(int n_heads, int n_kv_heads, int head_dim);
-// Shares per kv head for about `blocks` blocks in all.
+// Shares per kv head that keep the grid within `blocks` blocks (at least one share).
 int stream_attention_splits(int rows, int kv_heads, int blocks, int slots);
 void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
 
