@@ -49,6 +49,7 @@ void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
   const size_t smem = sizeof(float) * attention_smem_floats(group, a.head_dim, a.chunk);
   LMX_CHECK(smem <= 96 * 1024 && group <= 32 && a.head_dim % 8 == 0, "fused decode",
             "attention with ", group, " query heads per kv head and head_dim ", a.head_dim, " is not supported");
+  LMX_CHECK(!a.out_bf16, "fused decode", "the chunked attention writes an f32 output only");
   allow_shared_memory(attention_kernel, 96 * 1024);
   launch("fused attention", attention_kernel, stream, pdl, dim3(a.n_kv_heads, a.splits, a.rows), dim3(kThreads),
          smem, a);

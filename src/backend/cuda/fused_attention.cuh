@@ -185,6 +185,14 @@ __device__ __forceinline__ void form_new_token(const AttentionStep& a, float* q,
   }
 }
 
+// Output `at` of the attention: f32, or bf16 where the step asks for it (out_bf16).
+__device__ __forceinline__ void store_output(const AttentionStep& a, size_t at, float v) {
+  if (a.out_bf16)
+    a.out_bf16[at] = __float2bfloat16_rn(v);
+  else
+    a.out[at] = v;
+}
+
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
 // (m, l, acc) into the attention output, resets the counter for the next step and
 // returns true (every worker of that block, once the merge is stored or under way).
@@ -230,7 +238,10 @@ __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group,
       }
       m = mb;
     }
-    a.out[size_t(g * group + j) * d + i] = acc / l;
+    if (kPersistent)  // never a bf16 output: the branch stays out of the persistent kernel
+      a.out[size_t(g * group + j) * d + i] = acc / l;
+    else
+      store_output(a, size_t(g * group + j) * d + i, acc / l);
   }
   if (threadIdx.x == 0) a.counter[g] = 0;
   return true;
@@ -254,6 +265,7 @@ __device__ inline AttentionStep row_of(AttentionStep a, int r) {
   a.partial += size_t(r) * a.n_heads * a.splits * partial_stride(a.head_dim);
   a.counter += size_t(r) * a.n_kv_heads;
   a.out += size_t(r) * q;
+  if (a.out_bf16) a.out_bf16 += size_t(r) * q;
   if (a.pad) a.pad += r;
   return a;
 }

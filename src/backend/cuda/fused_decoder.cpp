@@ -8,7 +8,7 @@
 // the next token, so greedy steps follow one another without the host. A batch runs the
 // same phases with every buffer [rows, ...]: its GEMVs are tensor-core products over all
 // sequences' vectors (fused_gemv_rows.cu; past 8 sequences, cuBLAS GEMMs), its attention
-// has a block per sequence, kv head and chunk.
+// a block per sequence, kv head and chunk (past 8, a share of the positions streamed).
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
@@ -111,8 +111,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     check_weight(w_.embed, d, "the embedding");
     check_weight(w_.lm_head, d, "the LM head");
     check_weight(w_.final_norm, d, "the final norm");
-    hidden_ = w_.embed.shape(1);
-    vocab_ = w_.lm_head.shape(0);
+    hidden_ = w_.embed.shape(1), vocab_ = w_.lm_head.shape(0);
     int64_t qkv = 0, heads = 0, inter = 0;
     for (const fast::FusedLayerWeights& l : w_.layers) {
       for (const Array* a : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.input_norm, &l.post_attention_norm})
@@ -153,8 +152,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     head_partial_ = buf(2 * head_blocks);
     counters_ = buf(max_kv_heads_ + 1, Dtype::u32);
     fill(c, counters_, 0);
-    state_ = buf(3, Dtype::i32);
-    pads_ = buf(1, Dtype::i32);
+    state_ = buf(3, Dtype::i32), pads_ = buf(1, Dtype::i32);
     history_ = buf(kHistory, Dtype::i32);
     const std::vector<int32_t> zeros(size_t(rows_), 0);
     const std::vector<int64_t> slots(size_t(rows_), 0);
@@ -484,6 +482,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       attn.attn = attention_[i];
       attn.attn.qkv = f32(qkv_), attn.attn.state = state_i(), attn.attn.partial = f32(attn_partial_);
       attn.attn.counter = static_cast<unsigned*>(counters_.raw()), attn.attn.out = f32(attn_);
+      // On GEMMs, the streamed attention writes the O product's vectors itself (bf16).
+      if (wide_rows_ && stream_attention_) attn.attn.out_bf16 = wide_.vectors;
       if (!skipped("attention")) phases.push_back(attn), names_.push_back("attention");
 
       fused::GemvOutput o;

@@ -155,6 +155,9 @@ struct AttentionStep {
   float* partial = nullptr;   // [Hq, splits, partial_stride(D)]: m, l, two unused, acc[D]
   unsigned* counter = nullptr;  // [Hkv], zero between steps
   float* out = nullptr;       // [Hq*D]
+  // Or, where set, the output in bf16 in place of `out` (the streamed attention only): a
+  // step on GEMMs reads it as the O product's vectors, formed (wide_input_formed).
+  bf16* out_bf16 = nullptr;
   bool early = false;         // signal the next kernel at the start (GemvTuning::early)
   int rows = 1;
   const int* pad = nullptr;   // [rows], or null: no padding
@@ -205,11 +208,13 @@ struct alignas(16) StepPhase {
 
 // Whether a phase of a step on GEMMs (launch_gemm_rows) finds its vectors formed: the
 // gated activation before it writes them, in bf16, for the product that reads its output
-// (the down projection), where that product adds and norms nothing.
+// (the down projection), and so does an attention with a bf16 output for the O
+// projection, where that product adds and norms nothing.
 inline bool wide_input_formed(const StepPhase* before, const StepPhase& p) {
-  const bool gated = before && before->kind == StepPhase::Kind::gemv &&
-                     (before->out.epilogue == Epilogue::glu_silu || before->out.epilogue == Epilogue::glu_gelu);
-  return gated && before->out.y == p.in.x && !p.in.add && !p.in.norm;
+  if (!before || p.in.add || p.in.norm) return false;
+  if (before->kind == StepPhase::Kind::attention) return before->attn.out_bf16 && before->attn.out == p.in.x;
+  const bool gated = before->out.epilogue == Epilogue::glu_silu || before->out.epilogue == Epilogue::glu_gelu;
+  return gated && before->out.y == p.in.x;
 }
 
 struct PersistentStep {

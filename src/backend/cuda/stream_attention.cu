@@ -56,7 +56,9 @@ struct Partial {
     }
   }
   // What head j's sums take on when its max becomes `mx` (finite): 0 while it has no key.
-  __device__ __forceinline__ float rescale(int j, float mx) const { return m[j] == -INFINITY ? 0.0f : __expf(m[j] - mx); }
+  __device__ __forceinline__ float rescale(int j, float mx) const {
+    return m[j] == -INFINITY ? 0.0f : __expf(m[j] - mx);
+  }
   // Adds the partial held by the lane `offset` lanes away (xor), which covers the same columns.
   __device__ void merge_lane(int offset) {
 #pragma unroll
@@ -232,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, 2) stream_attention_kernel(Attention
       acc = __fmaf_rn(wacc[(w * kG + j) * kD + i], e, acc);
     }
     if (a.splits == 1) {
-      a.out[size_t(g * kG + j) * kD + i] = acc / l;
+      store_output(a, size_t(g * kG + j) * kD + i, acc / l);
       continue;
     }
     float* part = a.partial + (size_t(g * kG + j) * a.splits + split) * partial_stride(kD);
@@ -270,8 +272,9 @@ int stream_attention_splits(int rows, int kv_heads, int blocks, int slots) {
 }
 
 void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
-  LMX_CHECK(stream_attention_supported(a.n_heads, a.n_kv_heads, a.head_dim), "fused decode", "the streamed attention takes head_dim 32, 64, 128 or 256 ",
-            "and up to 4 query heads per kv head, not ", a.head_dim, " and ", a.n_heads, "/", a.n_kv_heads);
+  LMX_CHECK(stream_attention_supported(a.n_heads, a.n_kv_heads, a.head_dim), "fused decode",
+            "the streamed attention takes head_dim 32, 64, 128 or 256 and up to 4 query heads per kv head, not ",
+            a.head_dim, " and ", a.n_heads, "/", a.n_kv_heads);
   const size_t smem = sizeof(float) * stream_smem_floats(a.n_heads / a.n_kv_heads, a.head_dim);
   constexpr std::integer_sequence<int, 1, 2, 3, 4> groups;  // stream_attention_supported's
   switch (a.head_dim) {
