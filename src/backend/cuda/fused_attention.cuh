@@ -127,8 +127,9 @@ __device__ __noinline__ inline void copy_constants(const AttentionStep& a, float
 // Copies the kv group's query heads, new key and value (f32, from the QKV GEMV) into
 // shared memory, every load of a trip in flight at once; and with them, in the kernel per
 // phase, the layer's constants. The persistent step started those before its barrier
-// (copy_constants), and they stay in the scratch for a block's later tasks.
-template <bool kPersistent, int kD>
+// (copy_constants), and they stay in the scratch for a block's later tasks. kBlock: the
+// threads that take part (here and below; fewer in the streamed attention's small blocks).
+template <bool kPersistent, int kD, int kBlock = kThreads>
 __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
   constexpr bool constants = kPersistent;  // already copied
   const int d = head_dim_of<kD>(a), nq = group * d;
@@ -147,18 +148,18 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
   };
   bf16* norms = reinterpret_cast<bf16*>(out + nf);  // [2·D], right after the floats
   constexpr int V = 8;
-  for (int base = threadIdx.x; base < n; base += kThreads * V) {
+  for (int base = threadIdx.x; base < n; base += kBlock * V) {
     float v[V];
 #pragma unroll
     for (int u = 0; u < V; ++u)
-      if (base + u * kThreads < n) v[u] = source(base + u * kThreads);
+      if (base + u * kBlock < n) v[u] = source(base + u * kBlock);
 #pragma unroll
     for (int u = 0; u < V; ++u)
-      if (base + u * kThreads < nf) out[base + u * kThreads] = v[u];
-    if (base + (V - 1) * kThreads < nf) continue;  // the usual case: no norm weights in this trip
+      if (base + u * kBlock < nf) out[base + u * kBlock] = v[u];
+    if (base + (V - 1) * kBlock < nf) continue;  // the usual case: no norm weights in this trip
 #pragma unroll
     for (int u = 0; u < V; ++u) {
-      const int i = base + u * kThreads;
+      const int i = base + u * kBlock;
       if (i >= nf && i < n) norms[i - nf] = __float2bfloat16_rn(v[u]);  // exact: v came from a bf16
     }
   }
@@ -170,6 +171,7 @@ __device__ inline void stage_inputs(const AttentionStep& a, int g, int group, fl
 // RoPE at position `rope_pos`, the key and the value rounded to bf16 as the cache keeps
 // them; in place in a task's scratch as stage_inputs fills it, a warp a vector. The
 // queries stay in f32.
+template <int kBlock = kThreads>
 __device__ __forceinline__ void form_new_token(const AttentionStep& a, float* q, float* k_new, float* v_new,
                                                const float* freq, const bf16* q_norm, const bf16* k_norm, int group,
                                                int d, int rope_pos) {
@@ -177,7 +179,7 @@ __device__ __forceinline__ void form_new_token(const AttentionStep& a, float* q,
   const bf16* qn = a.q_norm ? q_norm : nullptr;
   const bf16* kn = a.k_norm ? k_norm : nullptr;
   const float wo = a.gemma ? 1.0f : 0.0f;  // Gemma's norm weights are 1 + w
-  for (int vec = warp; vec < group + 2; vec += kThreads / 32) {
+  for (int vec = warp; vec < group + 2; vec += kBlock / 32) {
     if (vec <= group)  // one call for q and k: inlined once, 3-10 KB less code (bench/NOTES.md, p27)
       norm_rope(vec < group ? q + vec * d : k_new, vec < group ? qn : kn, wo, a.eps, freq, rope_pos, d, vec == group);
     else
@@ -196,7 +198,7 @@ __device__ __forceinline__ void store_output(const AttentionStep& a, size_t at, 
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
 // (m, l, acc) into the attention output, resets the counter for the next step and
 // returns true (every worker of that block, once the merge is stored or under way).
-template <bool kPersistent, int kD>
+template <bool kPersistent, int kD, int kBlock = kThreads>
 __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
   sync_workers<kPersistent>();
@@ -211,7 +213,7 @@ __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group,
   // chunks for the sums took about six, while the grid waited for this block.)
   constexpr int kBatch = 8;
   const int d = head_dim_of<kD>(a), stride = partial_stride(d);
-  for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < group * d; idx += kBlock) {
     const int j = idx / d, i = idx % d;
     const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
     float m = -INFINITY, l = 0, acc = 0;

@@ -42,7 +42,7 @@
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
 // LMX_FUSED_STREAM_FROM=N streams their attention's keys from N sequences on (stream_from),
-// LMX_FUSED_STREAM_BLOCKS=N plans N of its blocks an SM;
+// LMX_FUSED_STREAM_BLOCKS=N plans N of its blocks an SM (LMX_FUSED_STREAM_THREADS, their size);
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
 // LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
 // override the GEMV launch choices (fused_kernels.h, GemvTuning).
@@ -72,9 +72,8 @@ int rows_from(const char* name, int fallback) {
   return std::max(2, v ? std::atoi(v) : fallback);
 }
 int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxStepRows + 1), fused::kMaxStepRows + 1); }
-// From how many sequences a batched step's attention streams each share of the keys from
-// the cache (fused::launch_stream_attention) rather than staging chunks of them
-// (fused::launch_attention). LMX_FUSED_STREAM_FROM sets it.
+// From how many sequences a batched step's attention streams shares of the keys from the
+// cache (fused::launch_stream_attention), not chunks (LMX_FUSED_STREAM_FROM sets it).
 int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", fused::kMaxStepRows + 1); }
 
 bool env_set(const char* name) {  // unset counts as off
@@ -534,7 +533,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       if (p.kind == fused::StepPhase::Kind::attention) {
         fused::AttentionStep a = p.attn;
         a.early = tuning_.early;
-        (stream_attention_ ? fused::launch_stream_attention : fused::launch_attention)(s, pdl_, a);
+        stream_attention_ ? fused::launch_stream_attention(s, pdl_, a, stream_blocks_ * sms)
+                          : fused::launch_attention(s, pdl_, a);
       } else if (wide_rows_) {
         fused::launch_gemm_rows(ctx(), pdl_, p.in, p.out, wide_, fused::wide_input_formed(before, p));
       } else if (rows_ > 1) {

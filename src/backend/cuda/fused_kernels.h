@@ -175,7 +175,8 @@ void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
 bool stream_attention_supported(int n_heads, int n_kv_heads, int head_dim);
 // Shares per kv head that keep the grid within `blocks` blocks (at least one share).
 int stream_attention_splits(int rows, int kv_heads, int blocks, int slots);
-void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
+// `resident`: blocks of kThreads threads that run at once; a larger grid takes blocks of half that.
+void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a, int resident);
 
 // The persistent step (fused_persistent.cu; its host side in fused_persistent_plan.cu):
 // the same GEMVs and attention as phases of one cooperative kernel with one block per SM,

@@ -12,6 +12,7 @@
 // slots: every block that runs has keys. With several shares per kv head the last block
 // to finish merges their partials (count_and_merge), as attention_task's do.
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 #include "backend/cuda/fused_attention.cuh"
@@ -21,7 +22,6 @@ namespace {
 
 using namespace attention_detail;
 
-constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;  // a warp's key steps whose loads are issued together
 
 // acc + the bf16 w[0..8) · x[0..8) with x in registers.
@@ -106,15 +106,18 @@ __device__ __forceinline__ void add_keys(Partial<kG>& p, const float (&s)[kUnrol
 // [G] each and acc [G, D].
 __host__ __device__ inline size_t stream_new_kv(int group, int d) { return scratch_layout(group, d, 0).scores; }
 __host__ __device__ inline size_t stream_partials(int group, int d) { return stream_new_kv(group, d) + d; }
-__host__ __device__ inline size_t stream_smem_floats(int group, int d) {
-  return stream_partials(group, d) + size_t(kWarps) * group * (d + 2);
+__host__ __device__ inline size_t stream_smem_floats(int group, int d, int warps) {
+  return stream_partials(group, d) + size_t(warps) * group * (d + 2);
 }
 
-// Grid (kv heads, shares, sequences); kThreads threads. kD: the head's width (8 to 256
-// columns, a key's 16-byte pieces spread over kD / 8 lanes); kG: query heads per kv head.
-template <int kD, int kG>
-__global__ void __launch_bounds__(kThreads, 2) stream_attention_kernel(AttentionStep a0) {
+// Grid (kv heads, shares, sequences); kBlock threads (kThreads, or half as many with twice
+// the blocks an SM: the same warps on an SM, in blocks that each wait out their fixed costs
+// once). kD: the head's width (8 to 256 columns, a key's 16-byte pieces spread over kD / 8
+// lanes); kG: query heads per kv head.
+template <int kD, int kG, int kBlock>
+__global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attention_kernel(AttentionStep a0) {
   extern __shared__ float sm[];
+  constexpr int kWarps = kBlock / 32;
   constexpr int kLanes = kD / 8;        // lanes a key
   constexpr int kKeys = 32 / kLanes;    // keys a warp step
   constexpr int kStride = kWarps * kKeys;  // keys a step of the whole block
@@ -152,23 +155,23 @@ __global__ void __launch_bounds__(kThreads, 2) stream_attention_kernel(Attention
   wait_for_previous_kernel();
   if (begin > pos) {  // no keys for this share (fewer visible positions than shares): only counted
     if (!a.early) allow_next_kernel();
-    count_and_merge<false, kD>(a, g, kG, live);
+    count_and_merge<false, kD, kBlock>(a, g, kG, live);
     return;
   }
 
   // The new token's query heads, key and value, formed as attention_task forms them.
   float* q = sm;  // [G, D], then k_new and v_new [D] each
-  stage_inputs<false, kD>(a, g, kG, q);
+  stage_inputs<false, kD, kBlock>(a, g, kG, q);
   const float* freq = attention_constants(sm, kG, kD);             // [D/2]
   const bf16* q_norm = reinterpret_cast<const bf16*>(freq + kD / 2);  // [D], then k_norm [D]
-  form_new_token(a, q, q + kG * kD, q + (kG + 1) * kD, freq, q_norm, q_norm + kD, kG, kD, pos - pad);
+  form_new_token<kBlock>(a, q, q + kG * kD, q + (kG + 1) * kD, freq, q_norm, q_norm + kD, kG, kD, pos - pad);
   __syncthreads();
   bf16* kv_new = reinterpret_cast<bf16*>(sm + stream_new_kv(kG, kD));  // [2, D]
   const bool holds_new = end == pos + 1;
   if (holds_new) {
     const float* k_new = q + kG * kD;
     const size_t at = (size_t(g) * a.slots + size_t(pos % a.slots)) * kD;
-    for (int i = threadIdx.x; i < kD; i += kThreads) {
+    for (int i = threadIdx.x; i < kD; i += kBlock) {
       const bf16 kb = __float2bfloat16_rn(k_new[i]), vb = __float2bfloat16_rn(k_new[kD + i]);
       a.k_cache[at + i] = kb, a.v_cache[at + i] = vb;
       kv_new[i] = kb, kv_new[kD + i] = vb;
@@ -223,7 +226,7 @@ __global__ void __launch_bounds__(kThreads, 2) stream_attention_kernel(Attention
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < kG * kD; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < kG * kD; idx += kBlock) {
     const int j = idx / kD, i = idx % kD;
     float m = -INFINITY;
     for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kG + j]);  // finite: the share has keys
@@ -242,19 +245,25 @@ __global__ void __launch_bounds__(kThreads, 2) stream_attention_kernel(Attention
     if (i == 0) part[0] = m, part[1] = l;
   }
   if (!a.early) allow_next_kernel();
-  if (a.splits > 1) count_and_merge<false, kD>(a, g, kG, live);
+  if (a.splits > 1) count_and_merge<false, kD, kBlock>(a, g, kG, live);
 }
 
 // The kernel for this head width and a's query heads per kv head, one of kGroups.
-template <int kD, int... kGroups>
-void launch_for_group(cudaStream_t stream, bool pdl, const AttentionStep& a, size_t smem,
-                      std::integer_sequence<int, kGroups...>) {
+template <int kD, int kBlock, int... kGroups>
+void launch_for_group(cudaStream_t stream, bool pdl, const AttentionStep& a, std::integer_sequence<int, kGroups...>) {
   const dim3 grid(a.n_kv_heads, a.splits, a.rows);
   const int group = a.n_heads / a.n_kv_heads;
-  ((group == kGroups ? launch("fused streamed attention", stream_attention_kernel<kD, kGroups>, stream, pdl, grid,
-                              dim3(kThreads), smem, a)
+  const size_t smem = sizeof(float) * stream_smem_floats(group, kD, kBlock / 32);
+  ((group == kGroups ? launch("fused streamed attention", stream_attention_kernel<kD, kGroups, kBlock>, stream, pdl,
+                              grid, dim3(kBlock), smem, a)
                      : void()),
    ...);
+}
+template <int kD>
+void launch_for_width(cudaStream_t stream, bool pdl, const AttentionStep& a, bool small) {
+  constexpr std::integer_sequence<int, 1, 2, 3, 4> groups;  // stream_attention_supported's
+  if (small) return launch_for_group<kD, kThreads / 2>(stream, pdl, a, groups);
+  launch_for_group<kD, kThreads>(stream, pdl, a, groups);
 }
 
 }  // namespace
@@ -271,17 +280,19 @@ int stream_attention_splits(int rows, int kv_heads, int blocks, int slots) {
   return std::max(1, std::min(want, slots / 32));
 }
 
-void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
+void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a, int resident) {
   LMX_CHECK(stream_attention_supported(a.n_heads, a.n_kv_heads, a.head_dim), "fused decode",
             "the streamed attention takes head_dim 32, 64, 128 or 256 and up to 4 query heads per kv head, not ",
             a.head_dim, " and ", a.n_heads, "/", a.n_kv_heads);
-  const size_t smem = sizeof(float) * stream_smem_floats(a.n_heads / a.n_kv_heads, a.head_dim);
-  constexpr std::integer_sequence<int, 1, 2, 3, 4> groups;  // stream_attention_supported's
+  // Past one wave of full blocks, half blocks, twice as many at once (LMX_FUSED_STREAM_THREADS
+  // = 128 or 256 sets the block).
+  bool small = int64_t(a.n_kv_heads) * a.splits * a.rows > resident;
+  if (const char* v = std::getenv("LMX_FUSED_STREAM_THREADS")) small = std::atoi(v) == kThreads / 2;
   switch (a.head_dim) {
-    case 32: return launch_for_group<32>(stream, pdl, a, smem, groups);
-    case 64: return launch_for_group<64>(stream, pdl, a, smem, groups);
-    case 128: return launch_for_group<128>(stream, pdl, a, smem, groups);
-    default: return launch_for_group<256>(stream, pdl, a, smem, groups);
+    case 32: return launch_for_width<32>(stream, pdl, a, small);
+    case 64: return launch_for_width<64>(stream, pdl, a, small);
+    case 128: return launch_for_width<128>(stream, pdl, a, small);
+    default: return launch_for_width<256>(stream, pdl, a, small);
   }
 }
 
