@@ -172,11 +172,14 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                                            BatchCase{"qwen3_long_cache", kQwen3Batch, 5, 1024},
                                            // past 8 rows: each product a GEMM (launch_gemm_rows)
                                            BatchCase{"llama", kLlamaBatch, 9}, BatchCase{"qwen3", kQwen3Batch, 16},
-                                           BatchCase{"gemma3", kGemma3, 12}, BatchCase{"llama", kLlama, 33},
+                                           BatchCase{"gemma3", kGemma3, 12},
                                            BatchCase{"qwen3_long_cache", kQwen3Batch, 24, 1024},
-                                           // 29 shares of the keys a kv head (2 blocks an SM, 132 SMs):
-                                           // more than the sliding layers' 16 visible keys
-                                           BatchCase{"gemma3_long_cache", kGemma3, 9, 1024}),
+                                           BatchCase{"gemma3_long_cache", kGemma3, 9, 1024},
+                                           // 64 sequences x kv heads and more: the streamed attention
+                                           // (stream_attention.cu), 128-thread blocks past 264
+                                           BatchCase{"llama", kLlama, 33},
+                                           BatchCase{"qwen3_long_cache", kQwen3Batch, 32, 1024},
+                                           BatchCase{"gemma3", kGemma3, 64}, BatchCase{"qwen3", kQwen3Batch, 140}),
                          [](const auto& info) {
                            return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
                          });

@@ -187,18 +187,10 @@ __device__ __forceinline__ void form_new_token(const AttentionStep& a, float* q,
   }
 }
 
-// Output `at` of the attention: f32, or bf16 where the step asks for it (out_bf16).
-__device__ __forceinline__ void store_output(const AttentionStep& a, size_t at, float v) {
-  if (a.out_bf16)
-    a.out_bf16[at] = __float2bfloat16_rn(v);
-  else
-    a.out[at] = v;
-}
-
 // Counts a finished block of kv head g; the last one merges the live chunks' partials
 // (m, l, acc) into the attention output, resets the counter for the next step and
 // returns true (every worker of that block, once the merge is stored or under way).
-template <bool kPersistent, int kD, int kBlock = kThreads>
+template <bool kPersistent, int kD>
 __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group, int live) {
   __shared__ bool last;
   sync_workers<kPersistent>();
@@ -213,7 +205,7 @@ __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group,
   // chunks for the sums took about six, while the grid waited for this block.)
   constexpr int kBatch = 8;
   const int d = head_dim_of<kD>(a), stride = partial_stride(d);
-  for (int idx = threadIdx.x; idx < group * d; idx += kBlock) {
+  for (int idx = threadIdx.x; idx < group * d; idx += kThreads) {
     const int j = idx / d, i = idx % d;
     const float* part = a.partial + size_t(g * group + j) * a.splits * stride;
     float m = -INFINITY, l = 0, acc = 0;
@@ -240,10 +232,7 @@ __device__ inline bool count_and_merge(const AttentionStep& a, int g, int group,
       }
       m = mb;
     }
-    if (kPersistent)  // never a bf16 output: the branch stays out of the persistent kernel
-      a.out[size_t(g * group + j) * d + i] = acc / l;
-    else
-      store_output(a, size_t(g * group + j) * d + i, acc / l);
+    a.out[size_t(g * group + j) * d + i] = acc / l;
   }
   if (threadIdx.x == 0) a.counter[g] = 0;
   return true;

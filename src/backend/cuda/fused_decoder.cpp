@@ -8,7 +8,8 @@
 // the next token, so greedy steps follow one another without the host. A batch runs the
 // same phases with every buffer [rows, ...]: its GEMVs are tensor-core products over all
 // sequences' vectors (fused_gemv_rows.cu; past 8 sequences, cuBLAS GEMMs), its attention
-// a block per sequence, kv head and chunk (or, asked for, a share of the positions streamed).
+// a block per sequence, kv head and chunk (past 8, often a block per sequence and kv head
+// that streams the keys).
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
@@ -42,7 +43,8 @@
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
 // LMX_FUSED_STREAM_FROM=N streams their attention's keys from N sequences on (stream_from),
-// LMX_FUSED_STREAM_BLOCKS=N plans N of its blocks an SM (LMX_FUSED_STREAM_THREADS, their size);
+// LMX_FUSED_STREAM_MIN=N where sequences x kv heads reach N (stream_min_blocks),
+// LMX_FUSED_STREAM_THREADS=128 or 256 sets its block;
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
 // LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
 // override the GEMV launch choices (fused_kernels.h, GemvTuning).
@@ -72,10 +74,16 @@ int rows_from(const char* name, int fallback) {
   return std::max(2, v ? std::atoi(v) : fallback);
 }
 int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxStepRows + 1), fused::kMaxStepRows + 1); }
-// From how many sequences a batched step's attention streams shares of the keys from the
-// cache (fused::launch_stream_attention), not chunks (LMX_FUSED_STREAM_FROM sets it). Off
-// unless set: FusedBatchTest finds NaN logits in some rows with it on the H200 (bench/NOTES.md).
-int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", 1 << 30); }
+// From how many sequences a batched step's attention streams each sequence's keys from the
+// cache (fused::launch_stream_attention), not chunks (LMX_FUSED_STREAM_FROM sets it) ...
+int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", fused::kMaxStepRows + 1); }
+// ... where its blocks, one per sequence and kv head, number at least this many: fewer left
+// SMs idle (Gemma3-1B's one kv head: 0.93x at batch 16, 0.95x at 32, 1.05x at 64 against
+// the chunks, which split the positions; Qwen3-0.6B's eight: 1.20x at 16; bench/NOTES.md).
+int stream_min_blocks() {
+  const char* v = std::getenv("LMX_FUSED_STREAM_MIN");
+  return v ? std::atoi(v) : 64;
+}
 
 bool env_set(const char* name) {  // unset counts as off
   const char* v = std::getenv(name);
@@ -106,7 +114,6 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     tuning_.prefetch = env_int("LMX_FUSED_PREFETCH", tuning_.prefetch);
     tuning_.early = env_int("LMX_FUSED_EARLY", tuning_.early) != 0;
     tuning_.preload = env_int("LMX_FUSED_PRELOAD", tuning_.preload) != 0;
-    stream_blocks_ = std::max(1, env_int("LMX_FUSED_STREAM_BLOCKS", stream_blocks_));
     const Device d = Device::cuda(device);
     check_weight(w_.embed, d, "the embedding");
     check_weight(w_.lm_head, d, "the LM head");
@@ -125,7 +132,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       heads = std::max(heads, l.n_heads * l.head_dim);
       inter = std::max(inter, l.gate.shape(0));
       max_kv_heads_ = std::max(max_kv_heads_, l.n_kv_heads);
-      stream_attention_ &= fused::stream_attention_supported(int(l.n_heads), int(l.n_kv_heads), int(l.head_dim));
+      stream_attention_ &= fused::stream_attention_supported(int(l.n_heads), int(l.n_kv_heads), int(l.head_dim)) &&
+                           rows_ * l.n_kv_heads >= stream_min_blocks();
     }
     // The persistent step copies the RoPE frequencies and the q/k norms' weights with 16-byte
     // cp.async (copy_constants): an array off that alignment (a view) gets a copy of its own.
@@ -426,7 +434,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       // Past 8 rows, the longest chunks the kernel takes (96 KiB of scratch) measured best at
       // batch 64: 1.05x for Qwen3 and 1.02x for Llama over 64 KiB, 0.80x and 0.94x at 32 KiB.
       if (stream_attention_)
-        a.splits = fused::stream_attention_splits(int(rows_), a.n_kv_heads, stream_blocks_ * ctx().sm_count, a.slots);
+        a.splits = 1;  // a block per sequence and kv head, no merge (stream_attention.cu)
       else if (rows_ > 1 && switch_on("LMX_FUSED_BATCH_SPLIT"))  // =0: the short chunks
         fused::fit_attention_split(a, int(2 * ctx().sm_count / rows_), size_t(wide_rows_ ? 96 : 64) << 10);
       a.rows = int(rows_);
@@ -534,7 +542,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
       if (p.kind == fused::StepPhase::Kind::attention) {
         fused::AttentionStep a = p.attn;
         a.early = tuning_.early;
-        stream_attention_ ? fused::launch_stream_attention(s, pdl_, a, stream_blocks_ * sms)
+        stream_attention_ ? fused::launch_stream_attention(s, pdl_, a, 2 * sms)
                           : fused::launch_attention(s, pdl_, a);
       } else if (wide_rows_) {
         fused::launch_gemm_rows(ctx(), pdl_, p.in, p.out, wide_, fused::wide_input_formed(before, p));
@@ -756,7 +764,6 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   bool persistent_;
   bool wide_rows_;  // each product a GEMM (wide_from)
   bool stream_attention_;  // stream_from, where every layer's heads allow it
-  int stream_blocks_ = 2;  // its blocks planned an SM
   fused::WideScratch wide_;
   Array wide_vectors_, wide_gated_;
   int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs

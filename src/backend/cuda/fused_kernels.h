@@ -169,12 +169,10 @@ void attention_split(int slots, int kv_heads, int& chunk, int& splits);
 // bytes; never shorter ones.
 void fit_attention_split(AttentionStep& a, int tasks, size_t max_scratch);
 void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a);
-// The same attention for batched steps, each block streaming its share of the keys from
-// the cache (stream_attention.cu): a.splits shares per kv head, each a split of the step's
-// visible positions; a.chunk is not read.
+// The same attention for batched steps, a block per sequence and kv head streaming all its
+// visible keys from the cache (stream_attention.cu); a.chunk, a.splits, a.partial and
+// a.counter are not read.
 bool stream_attention_supported(int n_heads, int n_kv_heads, int head_dim);
-// Shares per kv head that keep the grid within `blocks` blocks (at least one share).
-int stream_attention_splits(int rows, int kv_heads, int blocks, int slots);
 // `resident`: blocks of kThreads threads that run at once; a larger grid takes blocks of half that.
 void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a, int resident);
 

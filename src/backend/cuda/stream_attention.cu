@@ -1,16 +1,16 @@
-// Decode attention for the batched fused step, streamed: a block takes one sequence, one kv
-// head and one share of the visible positions, and its warps read the keys and values
-// straight from the cache into registers, a few keys' loads in flight at once, with an
-// online softmax. attention_task (fused_attention.cuh) copies a whole chunk of keys and
-// values into shared memory before it computes anything; with many sequences its blocks
-// (up to 96 KiB of scratch, two an SM) took about half of a Qwen3-0.6B step at batch 64
-// (bench/NOTES.md). Here a block needs a few KiB, and the loads of the next keys overlap
-// the arithmetic of the last ones.
+// Decode attention for the batched fused step, streamed: a block takes one sequence and
+// one kv head, and its warps read the keys and values straight from the cache into
+// registers, a few keys' loads in flight at once, with an online softmax. attention_task
+// (fused_attention.cuh) copies a whole chunk of keys and values into shared memory before
+// it computes anything; with many sequences its blocks (up to 96 KiB of scratch, two an
+// SM) took about half of a Qwen3-0.6B step at batch 64 (bench/NOTES.md). Here a block
+// needs a few KiB, and the loads of the next keys overlap the arithmetic of the last ones.
 //
-// The shares are the visible positions of the step split evenly (the position is read on
-// the device, so one recorded graph serves every step), not fixed chunks of the cache's
-// slots: every block that runs has keys. With several shares per kv head the last block
-// to finish merges their partials (count_and_merge), as attention_task's do.
+// A block covers every visible position of its sequence and kv head, so the output needs
+// no merge: the sequences' kv heads are the parallelism, and the decoder streams only where
+// they give enough blocks (fused_decoder.cpp, stream_min_blocks). Shares of the positions merged
+// by the last block (count_and_merge) gave some rows wrong or NaN outputs on the H200
+// (bench/NOTES.md), and were dropped.
 #include <algorithm>
 #include <cstdlib>
 #include <utility>
@@ -110,7 +110,7 @@ __host__ __device__ inline size_t stream_smem_floats(int group, int d, int warps
   return stream_partials(group, d) + size_t(warps) * group * (d + 2);
 }
 
-// Grid (kv heads, shares, sequences); kBlock threads (kThreads, or half as many with twice
+// Grid (kv heads, 1, sequences); kBlock threads (kThreads, or half as many with twice
 // the blocks an SM: the same warps on an SM, in blocks that each wait out their fixed costs
 // once). kD: the head's width (8 to 256 columns, a key's 16-byte pieces spread over kD / 8
 // lanes); kG: query heads per kv head.
@@ -122,20 +122,18 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   constexpr int kKeys = 32 / kLanes;    // keys a warp step
   constexpr int kStride = kWarps * kKeys;  // keys a step of the whole block
   const AttentionStep a = blockIdx.z == 0 ? a0 : row_of(a0, int(blockIdx.z));
-  const int g = blockIdx.x, split = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane % kLanes, kk = lane / kLanes;  // the lane's 8 columns, and its key of a warp step
 
-  // The cached positions and the step's position were written by earlier steps: a share
+  // The cached positions and the step's position were written by earlier steps: a block
   // knows its keys before the kernel before it ends.
   const int pos = a.state[1], pad = a.pad ? *a.pad : 0;
-  const int lo = first_visible(a, pos, pad), visible = pos - lo + 1;
-  const int per = (visible + a.splits - 1) / a.splits, live = (visible + per - 1) / per;
-  const int begin = lo + split * per, end = ::min(begin + per, pos + 1);  // [begin, end); pos is the new key
+  const int begin = first_visible(a, pos, pad), end = pos + 1;  // [begin, end); pos is the new key
   if (a.early) allow_next_kernel();
 
   // Warp w's key-step covers keys begin + (w + kWarps * step) * kKeys + kk. The first trip's
   // cached keys and values are asked for before anything else: they overlap the wait for
-  // the kernel before and the forming of the new token, which a short share would
+  // the kernel before and the forming of the new token, which a short range would
   // otherwise wait out. The new key (pos) comes from kv_new once formed.
   const size_t head = size_t(g) * a.slots * kD;
   auto issue = [&](int t0, uint4(&kr)[kUnroll], uint4(&vr)[kUnroll]) {
@@ -153,11 +151,6 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   int t0 = begin + warp * kKeys;
   if (t0 < end) issue(t0, kr, vr);
   wait_for_previous_kernel();
-  if (begin > pos) {  // no keys for this share (fewer visible positions than shares): only counted
-    if (!a.early) allow_next_kernel();
-    count_and_merge<false, kD, kBlock>(a, g, kG, live);
-    return;
-  }
 
   // The new token's query heads, key and value, formed as attention_task forms them.
   float* q = sm;  // [G, D], then k_new and v_new [D] each
@@ -167,8 +160,7 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   form_new_token<kBlock>(a, q, q + kG * kD, q + (kG + 1) * kD, freq, q_norm, q_norm + kD, kG, kD, pos - pad);
   __syncthreads();
   bf16* kv_new = reinterpret_cast<bf16*>(sm + stream_new_kv(kG, kD));  // [2, D]
-  const bool holds_new = end == pos + 1;
-  if (holds_new) {
+  {
     const float* k_new = q + kG * kD;
     const size_t at = (size_t(g) * a.slots + size_t(pos % a.slots)) * kD;
     for (int i = threadIdx.x; i < kD; i += kBlock) {
@@ -229,29 +221,26 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   for (int idx = threadIdx.x; idx < kG * kD; idx += kBlock) {
     const int j = idx / kD, i = idx % kD;
     float m = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kG + j]);  // finite: the share has keys
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kG + j]);  // finite: warp 0 has the key `begin`
     float l = 0, acc = 0;
     for (int w = 0; w < kWarps; ++w) {
       const float e = wm[w * kG + j] == -INFINITY ? 0.0f : __expf(wm[w * kG + j] - m);
       l = __fmaf_rn(wl[w * kG + j], e, l);
       acc = __fmaf_rn(wacc[(w * kG + j) * kD + i], e, acc);
     }
-    if (a.splits == 1) {
-      store_output(a, size_t(g * kG + j) * kD + i, acc / l);
-      continue;
-    }
-    float* part = a.partial + (size_t(g * kG + j) * a.splits + split) * partial_stride(kD);
-    part[kPartialSums + i] = acc;
-    if (i == 0) part[0] = m, part[1] = l;
+    const size_t at = size_t(g * kG + j) * kD + i;
+    if (a.out_bf16)  // the O product's vectors (a step on GEMMs)
+      a.out_bf16[at] = __float2bfloat16_rn(acc / l);
+    else
+      a.out[at] = acc / l;
   }
   if (!a.early) allow_next_kernel();
-  if (a.splits > 1) count_and_merge<false, kD, kBlock>(a, g, kG, live);
 }
 
 // The kernel for this head width and a's query heads per kv head, one of kGroups.
 template <int kD, int kBlock, int... kGroups>
 void launch_for_group(cudaStream_t stream, bool pdl, const AttentionStep& a, std::integer_sequence<int, kGroups...>) {
-  const dim3 grid(a.n_kv_heads, a.splits, a.rows);
+  const dim3 grid(a.n_kv_heads, 1, a.rows);
   const int group = a.n_heads / a.n_kv_heads;
   const size_t smem = sizeof(float) * stream_smem_floats(group, kD, kBlock / 32);
   ((group == kGroups ? launch("fused streamed attention", stream_attention_kernel<kD, kGroups, kBlock>, stream, pdl,
@@ -273,20 +262,13 @@ bool stream_attention_supported(int n_heads, int n_kv_heads, int head_dim) {
   return (d == 32 || d == 64 || d == 128 || d == 256) && group >= 1 && group <= 4 && group * n_kv_heads == n_heads;
 }
 
-int stream_attention_splits(int rows, int kv_heads, int blocks, int slots) {
-  // As many shares as keep the grid within `blocks` (one wave where that is what fits at
-  // once), and none planned shorter than 32 of the cache's slots.
-  const int want = blocks / (rows * kv_heads);
-  return std::max(1, std::min(want, slots / 32));
-}
-
 void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a, int resident) {
   LMX_CHECK(stream_attention_supported(a.n_heads, a.n_kv_heads, a.head_dim), "fused decode",
             "the streamed attention takes head_dim 32, 64, 128 or 256 and up to 4 query heads per kv head, not ",
             a.head_dim, " and ", a.n_heads, "/", a.n_kv_heads);
   // Past one wave of full blocks, half blocks, twice as many at once (LMX_FUSED_STREAM_THREADS
   // = 128 or 256 sets the block).
-  bool small = int64_t(a.n_kv_heads) * a.splits * a.rows > resident;
+  bool small = int64_t(a.n_kv_heads) * a.rows > resident;
   if (const char* v = std::getenv("LMX_FUSED_STREAM_THREADS")) small = std::atoi(v) == kThreads / 2;
   switch (a.head_dim) {
     case 32: return launch_for_width<32>(stream, pdl, a, small);
