@@ -74,16 +74,12 @@ int rows_from(const char* name, int fallback) {
   return std::max(2, v ? std::atoi(v) : fallback);
 }
 int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxStepRows + 1), fused::kMaxStepRows + 1); }
-// From how many sequences a batched step's attention streams each sequence's keys from the
-// cache (fused::launch_stream_attention), not chunks (LMX_FUSED_STREAM_FROM sets it) ...
+// From how many sequences a batched step's attention streams the keys from the cache
+// (fused::launch_stream_attention), not chunks, where its blocks (a sequence's kv head
+// each) reach stream_min_blocks: fewer leave SMs idle (Gemma3-1B's one kv head, 0.93x the
+// chunks at batch 16, 1.05x at 64; Qwen3-0.6B's eight, 1.20x at 16; bench/NOTES.md).
 int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", fused::kMaxStepRows + 1); }
-// ... where its blocks, one per sequence and kv head, number at least this many: fewer left
-// SMs idle (Gemma3-1B's one kv head: 0.93x at batch 16, 0.95x at 32, 1.05x at 64 against
-// the chunks, which split the positions; Qwen3-0.6B's eight: 1.20x at 16; bench/NOTES.md).
-int stream_min_blocks() {
-  const char* v = std::getenv("LMX_FUSED_STREAM_MIN");
-  return v ? std::atoi(v) : 64;
-}
+int stream_min_blocks() { return rows_from("LMX_FUSED_STREAM_MIN", 64); }
 
 bool env_set(const char* name) {  // unset counts as off
   const char* v = std::getenv(name);

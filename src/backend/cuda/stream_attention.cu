@@ -8,9 +8,9 @@
 //
 // A block covers every visible position of its sequence and kv head, so the output needs
 // no merge: the sequences' kv heads are the parallelism, and the decoder streams only where
-// they give enough blocks (fused_decoder.cpp, stream_min_blocks). Shares of the positions merged
-// by the last block (count_and_merge) gave some rows wrong or NaN outputs on the H200
-// (bench/NOTES.md), and were dropped.
+// they give enough blocks (fused_decoder.cpp, stream_min_blocks). Shares of the positions
+// merged by the last block (count_and_merge) gave some rows wrong or NaN outputs on the
+// H200 (bench/NOTES.md), and were dropped.
 #include <algorithm>
 #include <cstdlib>
 #include <utility>
