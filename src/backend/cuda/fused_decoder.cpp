@@ -8,8 +8,7 @@
 // the next token, so greedy steps follow one another without the host. A batch runs the
 // same phases with every buffer [rows, ...]: its GEMVs are tensor-core products over all
 // sequences' vectors (fused_gemv_rows.cu; past 8 sequences, cuBLAS GEMMs), its attention
-// a block per sequence, kv head and chunk (past 8, often a block per sequence and kv head
-// that streams the keys).
+// a block per sequence, kv head and chunk (or one streaming all the keys, stream_from).
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
@@ -42,9 +41,8 @@
 // (filter_head);
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
-// LMX_FUSED_STREAM_FROM=N streams their attention's keys from N sequences on (stream_from),
-// LMX_FUSED_STREAM_MIN=N where sequences x kv heads reach N (stream_min_blocks),
-// LMX_FUSED_STREAM_THREADS=128 or 256 sets its block;
+// LMX_FUSED_STREAM_FROM, LMX_FUSED_STREAM_MIN (stream_from) and LMX_FUSED_STREAM_THREADS
+// (128 or 256) say where and in what blocks their attention streams the keys;
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
 // LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
 // override the GEMV launch choices (fused_kernels.h, GemvTuning).
@@ -74,10 +72,9 @@ int rows_from(const char* name, int fallback) {
   return std::max(2, v ? std::atoi(v) : fallback);
 }
 int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxStepRows + 1), fused::kMaxStepRows + 1); }
-// From how many sequences a batched step's attention streams the keys from the cache
-// (fused::launch_stream_attention), not chunks, where its blocks (a sequence's kv head
-// each) reach stream_min_blocks: fewer leave SMs idle (Gemma3-1B's one kv head, 0.93x the
-// chunks at batch 16, 1.05x at 64; Qwen3-0.6B's eight, 1.20x at 16; bench/NOTES.md).
+// From how many sequences a batched step's attention streams the keys (launch_stream_attention),
+// not chunks, where its blocks (a sequence's kv head each) reach stream_min_blocks: fewer idle SMs
+// (Gemma3-1B's one kv head: 0.93x the chunks at batch 16, 1.05x at 64; Qwen3's eight: 1.20x at 16).
 int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", fused::kMaxStepRows + 1); }
 int stream_min_blocks() { return rows_from("LMX_FUSED_STREAM_MIN", 64); }
 
@@ -158,9 +155,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     fill(c, counters_, 0);
     state_ = buf(3, Dtype::i32), pads_ = buf(1, Dtype::i32);
     history_ = buf(kHistory, Dtype::i32);
-    const std::vector<int32_t> zeros(size_t(rows_), 0);
-    const std::vector<int64_t> slots(size_t(rows_), 0);
-    set_inputs(zeros, slots, {});
+    set_inputs(std::vector<int32_t>(size_t(rows_), 0), std::vector<int64_t>(size_t(rows_), 0), {});
   }
   ~CudaFusedDecoder() override {
     if (profile_) report_profile();

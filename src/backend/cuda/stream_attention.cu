@@ -268,8 +268,11 @@ void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep&
             a.head_dim, " and ", a.n_heads, "/", a.n_kv_heads);
   // Past one wave of full blocks, half blocks, twice as many at once (LMX_FUSED_STREAM_THREADS
   // = 128 or 256 sets the block).
-  bool small = int64_t(a.n_kv_heads) * a.rows > resident;
-  if (const char* v = std::getenv("LMX_FUSED_STREAM_THREADS")) small = std::atoi(v) == kThreads / 2;
+  static const int forced = [] {  // read once: a step without the graph launches this every layer
+    const char* v = std::getenv("LMX_FUSED_STREAM_THREADS");
+    return v ? std::atoi(v) : 0;
+  }();
+  const bool small = forced ? forced == kThreads / 2 : int64_t(a.n_kv_heads) * a.rows > resident;
   switch (a.head_dim) {
     case 32: return launch_for_width<32>(stream, pdl, a, small);
     case 64: return launch_for_width<64>(stream, pdl, a, small);
