@@ -19,7 +19,8 @@
 //     before it (not in a deterministic step, whose sums must not depend on the order of
 //     f32 atomics; LMX_FUSED_DOWN=0 keeps them apart too), and hands each attention's outputs
 //     to the next phase through a count rather than a grid barrier (LMX_FUSED_HANDOFF=0
-//     puts the barrier back).
+//     puts the barrier back). Its host side (that plan, its arrays, the launch) is
+//     fused_persistent_runner.cpp.
 // The persistent step is the default: on the H200, batch 1, it runs Llama-3.2-1B 17%,
 // Qwen3-0.6B 9% and Gemma3-1B 27% faster than the graph (bench/NOTES.md, p15).
 // LMX_FUSED_PERSISTENT=0 turns it off.
@@ -38,7 +39,7 @@
 // of the kernel-per-phase path, which gives wrong results but shows what each costs
 // inside the real step;
 // LMX_FUSED_HEAD_FILTER=0 keeps the exact LM head where set_argmax_only would filter it
-// (filter_head);
+// (PersistentRunner::filter_head);
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
 // LMX_FUSED_STREAM_FROM, LMX_FUSED_STREAM_MIN (stream_from) and LMX_FUSED_STREAM_THREADS
@@ -55,6 +56,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/fused_kernels.h"
+#include "backend/cuda/fused_persistent_runner.h"
 #include "core/error.h"
 #include "ops/fused_decoder.h"
 #include "ops/ops.h"
@@ -78,11 +80,6 @@ int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxSt
 int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", fused::kMaxStepRows + 1); }
 int stream_min_blocks() { return rows_from("LMX_FUSED_STREAM_MIN", 64); }
 
-bool env_set(const char* name) {  // unset counts as off
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "0") != 0;
-}
-
 const bf16* bf(const Array& a) { return a.valid() ? static_cast<const bf16*>(a.raw()) : nullptr; }
 float* f32(const Array& a) { return static_cast<float*>(a.raw()); }
 
@@ -95,7 +92,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
  public:
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
       : device_(device), rows_(rows), w_(std::move(w)), graphs_(switch_on("LMX_FUSED_GRAPH")),
-        pdl_(switch_on("LMX_FUSED_PDL")), persistent_(switch_on("LMX_FUSED_PERSISTENT") && rows == 1),
+        pdl_(switch_on("LMX_FUSED_PDL")),
         wide_rows_(rows > 1 && rows >= wide_from()), stream_attention_(rows > 1 && rows >= stream_from()) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
@@ -156,9 +153,11 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     state_ = buf(3, Dtype::i32), pads_ = buf(1, Dtype::i32);
     history_ = buf(kHistory, Dtype::i32);
     set_inputs(std::vector<int32_t>(size_t(rows_), 0), std::vector<int64_t>(size_t(rows_), 0), {});
+    if (rows == 1 && switch_on("LMX_FUSED_PERSISTENT"))
+      persistent_ = std::make_unique<fused::PersistentRunner>(fused::PersistentModel{
+          device, w_.lm_head, hidden_, vocab_, w_.softcap, int64_t(w_.layers.size()), w_.deterministic});
   }
   ~CudaFusedDecoder() override {
-    if (profile_) report_profile();
     if (exec_) cudaGraphExecDestroy(exec_);
     if (copies_) cudaStreamSynchronize(copies_), cudaStreamDestroy(copies_);
     for (cudaEvent_t e : ready_) cudaEventDestroy(e);
@@ -262,14 +261,16 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (bound != bound_ || argmax_only_ != planned_argmax_only_) {  // new caches or head (or the first step)
       prepare(caches);
       plan_ = plan();
-      prepare_persistent();
+      if (persistent_) persistent_->prepare(c.stream, plan_, names_, argmax_only_);
       if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
       bound_ = bound;
       planned_argmax_only_ = argmax_only_;
     }
-    if (persistent_blocks_ > 0) {
-      profiled_steps_ += profile_;
-      return launch_persistent(c.stream);
+    if (persistent_runs()) {
+      fused::PersistentStep p;
+      p.embed = bf(w_.embed), p.state = state_i(), p.embed_scale = w_.embed_scale;
+      p.hidden = int(hidden_), p.x = f32(xa_);
+      return persistent_->launch(c.stream, p, pdl_);
     }
     if (graphs_ && exec_) {
       check(cudaGraphLaunch(exec_, c.stream), "cudaGraphLaunch");
@@ -351,7 +352,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   const char* path() const override {
     if (plan_.empty()) return "";
-    if (persistent_blocks_ > 0) return "persistent";
+    if (persistent_runs()) return "persistent";
     if (wide_rows_) return graphs_ ? "gemm-graph" : "gemm-kernels";
     return graphs_ ? "graph" : "kernels";
   }
@@ -430,7 +431,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
         fused::fit_attention_split(a, int(2 * ctx().sm_count / rows_), size_t(wide_rows_ ? 96 : 64) << 10);
       a.rows = int(rows_);
       a.pad = static_cast<const int*>(pads_.raw());
-      partial = std::max(partial, rows_ * l.n_heads * a.splits * fused::partial_stride(int(l.head_dim)));
+      if (a.splits > 1)  // one chunk writes its output directly
+        partial = std::max(partial, rows_ * l.n_heads * a.splits * fused::partial_stride(int(l.head_dim)));
       attention_.push_back(a);
     }
     if (!attn_partial_.valid() || attn_partial_.size() < partial)
@@ -546,148 +548,14 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
   }
 
-  // The persistent kernel for this plan, when it can run it: the phases go to the device.
-  void prepare_persistent() {
-    if (profile_) report_profile();  // the plan before this one, with its grid
-    persistent_blocks_ = 0;
-    if (!persistent_) return;
-    std::string why;
-    persistent_plan_ = plan_, persistent_names_ = names_;
-    if (argmax_only_ && !persistent_names_.empty() && persistent_names_.back() == std::string_view("head"))
-      filter_head(persistent_plan_.back());
-    const int grid = fused::persistent_grid(persistent_plan_, ctx().sm_count, !w_.deterministic);
-    const int64_t map_bytes = int64_t(w_.layers.size() * sizeof(CUtensorMap));
-    if (!down_maps_.valid()) down_maps_ = Array({map_bytes}, Dtype::u8, Device::cuda(device_));
-    down_maps_host_ =
-        fused::persistent_fuse_down(persistent_plan_, persistent_names_, grid, down_maps_.raw(), !w_.deterministic);
-    tile_down(grid);
-    int per_block = 0;
-    stages_host_ = fused::persistent_stage_lists(persistent_plan_, grid, &per_block);
-    // The attention's chunks last: how much scratch a task may take depends on the lists.
-    const size_t largest = fused::persistent_scratch_limit(persistent_plan_, per_block);
-    for (fused::StepPhase& p : persistent_plan_)
-      if (p.kind == fused::StepPhase::Kind::attention) fused::persistent_attention_split(p.attn, grid, largest);
-    persistent_smem_ =
-        fused::persistent_smem_bytes(persistent_plan_, grid, per_block, &persistent_vector_, &persistent_slots_, &why);
-    if (persistent_smem_ > 0) {
-      persistent_lookahead_ = fused::persistent_lookahead(persistent_slots_);
-      persistent_kernel_ = fused::persistent_kernel(persistent_plan_);
-      persistent_blocks_ = fused::persistent_blocks(grid, persistent_smem_, persistent_kernel_);
-      if (persistent_blocks_ == 0) why = "a block does not fit on an SM";
-    }
-    if (persistent_blocks_ == 0) {  // asked for by name: say (once) why it does not run
-      filter_ = Array(), tiles_ = Array();  // the kernel per phase runs plan_: its head keeps every logit
-      static bool said = false;
-      if (env_set("LMX_FUSED_PERSISTENT") && !std::exchange(said, true))
-        std::fprintf(stderr, "lmx: LMX_FUSED_PERSISTENT: not for this model (%s); running a kernel per phase\n",
-                     why.c_str());
-      return;
-    }
-    const int64_t bytes = int64_t(persistent_plan_.size() * sizeof(fused::StepPhase));
-    if (!phases_.valid() || phases_.size() < bytes) phases_ = Array({bytes}, Dtype::u8, Device::cuda(device_));
-    const Context& c = ctx();
-    check(cudaMemcpyAsync(phases_.raw(), persistent_plan_.data(), size_t(bytes), cudaMemcpyHostToDevice, c.stream),
-          "cudaMemcpyAsync");
-    const int64_t stage_bytes = int64_t(stages_host_.size() * sizeof(fused::PlannedStage));
-    if (!stages_.valid() || stages_.size() < stage_bytes)
-      stages_ = Array({stage_bytes}, Dtype::u8, Device::cuda(device_));
-    check(cudaMemcpyAsync(stages_.raw(), stages_host_.data(), size_t(stage_bytes), cudaMemcpyHostToDevice, c.stream),
-          "cudaMemcpyAsync");  // as the maps below: the host vector is kept until the next plan
-    persistent_stages_per_block_ = per_block;
-    if (!down_maps_host_.empty())  // the host vector outlives the copy: it is kept until the next plan
-      check(cudaMemcpyAsync(down_maps_.raw(), down_maps_host_.data(), down_maps_host_.size() * sizeof(CUtensorMap),
-                            cudaMemcpyHostToDevice, c.stream),
-            "cudaMemcpyAsync");
-    if (!barrier_.valid()) barrier_ = Array({2}, Dtype::u32, Device::cuda(device_));  // one u64
-    fill(c, barrier_, 0);  // a new plan may have another count of barriers per step
-    handoff_ = fused::persistent_attention_handoff(persistent_plan_);
-    if (handoff_ && !attention_done_.valid()) attention_done_ = Array({1}, Dtype::u32, Device::cuda(device_));
-    if (handoff_) fill(c, attention_done_, 0);
-    if (profile_) {
-      timing_ = Array({int64_t(fused::kTimes * persistent_plan_.size() * 2)}, Dtype::u32, Device::cuda(device_));
-      fill(c, timing_, 0);
-      profiled_steps_ = 0;
-    }
-  }
-
-  void launch_persistent(cudaStream_t s) {
-    fused::PersistentStep p;
-    p.phases = static_cast<const fused::StepPhase*>(phases_.raw());
-    p.n_phases = int(persistent_plan_.size());
-    p.barrier = static_cast<unsigned long long*>(barrier_.raw());
-    p.barriers = fused::persistent_barriers(persistent_plan_, handoff_);
-    if (handoff_) p.attention_done = static_cast<unsigned*>(attention_done_.raw());
-    p.embed = bf(w_.embed), p.state = state_i(), p.embed_scale = w_.embed_scale;
-    p.hidden = int(hidden_), p.x = f32(xa_);
-    p.vector_bytes = persistent_vector_;
-    p.slots = persistent_slots_;
-    p.lookahead = persistent_lookahead_;
-    p.stages = static_cast<const fused::PlannedStage*>(stages_.raw());
-    p.stages_per_block = persistent_stages_per_block_;
-    if (profile_) p.timing = static_cast<unsigned long long*>(timing_.raw());
-    fused::launch_persistent(s, p, persistent_blocks_, persistent_smem_, pdl_, persistent_kernel_);
-  }
-
   int* state_i() const { return static_cast<int*>(state_.raw()); }
 
   // Whether the planned step runs the filtered head (and so keeps no logits).
-  bool filtered() const {
-    return persistent_blocks_ > 0 && !persistent_plan_.empty() &&
-           persistent_plan_.back().out.epilogue == fused::Epilogue::argmax;
-  }
+  bool filtered() const { return persistent_runs() && persistent_->filtered(); }
+  bool persistent_runs() const { return persistent_ && persistent_->runs(); }
   // Whether the last step ran it: a plan changes only in step(), and reset and set_inputs
   // count the steps from 0 (a recycled decoder's logits are read before its first step).
   bool filtered_step() const { return steps_ > 0 && filtered(); }
-
-  // The persistent step's LM head as the filtered argmax (Epilogue::argmax), where it
-  // applies: no softcap (the filter bounds the products, not what a softcap makes of
-  // them), a width of whole 16-byte code runs, at most 4,096 (the margins' f32 slack
-  // covers the sums' rounding up to there), and memory for the copy, made on first use
-  // (one byte a weight and 16 a row; without room the exact head runs). The copy is at
-  // most kMaxCopyBytes, so that decoding stays within its weights, its cache and 512 MiB:
-  // Gemma-3-4B's head would take 675 MB (and gained 4.2%), Llama-3.1-8B's 527 MB.
-  // LMX_FUSED_HEAD_FILTER=0 keeps the exact head.
-  static constexpr int64_t kMaxCopyBytes = int64_t(384) << 20;  // the filter's and the down's tiles together
-  void filter_head(fused::StepPhase& head) {
-    if (!switch_on("LMX_FUSED_HEAD_FILTER") || w_.softcap > 0 || hidden_ % 16 != 0 || hidden_ > 4096 ||
-        vocab_ * fused::head_filter_row_bytes(hidden_) > kMaxCopyBytes)
-      return;
-    if (!filter_.valid()) {
-      try {
-        filter_ = Array({vocab_ * fused::head_filter_row_bytes(hidden_)}, Dtype::u8, Device::cuda(device_));
-      } catch (const OutOfMemory&) {
-        return;
-      }
-      fused::prepare_head_filter(ctx().stream, bf(w_.lm_head), vocab_, int(hidden_),
-                                 static_cast<uint8_t*>(filter_.raw()));
-    }
-    head.out.epilogue = fused::Epilogue::argmax;
-    head.out.filter = static_cast<const uint8_t*>(filter_.raw());
-  }
-
-  // The fused downs whose stages take two boxes read a tiled copy of their columns
-  // (fused::persistent_tile_down), made on first use, where it fits beside the head's
-  // filter within kMaxCopyBytes (Qwen3-0.6B's: 182 MB on 132 SMs) and memory allows.
-  // LMX_FUSED_DOWN_TILES=0 keeps the tensor-map boxes.
-  void tile_down(int grid) {
-    const int64_t bytes = int64_t(fused::persistent_down_tile_bytes(persistent_plan_, grid));
-    const int64_t filter = filter_.valid() ? filter_.size() : 0;
-    if (bytes == 0 || !switch_on("LMX_FUSED_DOWN_TILES") || bytes + filter > kMaxCopyBytes) {
-      tiles_ = Array();
-      return;
-    }
-    const bool fresh = !tiles_.valid() || tiles_grid_ != grid || tiles_.size() != bytes;
-    if (fresh) {
-      try {
-        tiles_ = Array({bytes}, Dtype::u8, Device::cuda(device_));
-      } catch (const OutOfMemory&) {
-        tiles_ = Array();
-        return;
-      }
-      tiles_grid_ = grid;
-    }
-    fused::persistent_tile_down(ctx().stream, persistent_plan_, grid, static_cast<bf16*>(tiles_.raw()), fresh);
-  }
 
   int device_;
   int64_t rows_;  // sequences stepped together
@@ -721,52 +589,16 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   bool count_prev_ = false;
   Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, pads_, history_,
       attn_partial_;
-  // set_argmax_only, and the filtered head's copy of the LM head (fused::prepare_head_filter).
   bool argmax_only_ = false, planned_argmax_only_ = false;  // set_argmax_only's; the plan's
-  Array filter_;
-  Array tiles_;  // the fused downs' tiled copies (tile_down) for a grid of tiles_grid_
-  int tiles_grid_ = 0;
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
-  // plan_ as the persistent kernel runs it: its attention chunks, the down projections fused
-  // into the gate/up phases where it can (their tensor maps on the device and here)
-  std::vector<fused::StepPhase> persistent_plan_;
-  std::vector<const char*> persistent_names_;
-  Array down_maps_;
-  std::vector<CUtensorMap> down_maps_host_;
-  Array stages_;  // every block's planned stages (fused::persistent_stage_lists)
-  std::vector<fused::PlannedStage> stages_host_;
   std::vector<const char*> names_;  // of plan_'s phases
-  bool profile_ = env_set("LMX_FUSED_PROFILE");
-  Array timing_;
-  int64_t profiled_steps_ = 0;
-  // LMX_FUSED_PROFILE=1: where the last plan's steps went (fused::report_persistent_profile).
-  void report_profile() noexcept {
-    if (!timing_.valid() || profiled_steps_ == 0 || persistent_blocks_ == 0) return;
-    try {
-      synchronize(ctx());
-      std::vector<unsigned long long> t(persistent_plan_.size() * fused::kTimes);  // u64 each
-      check(cudaMemcpy(t.data(), timing_.raw(), t.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy");
-      fused::report_persistent_profile(t, profiled_steps_, persistent_names_, persistent_kernel_, persistent_blocks_,
-                                       persistent_slots_, persistent_lookahead_);
-    } catch (...) {
-    }
-  }
-  bool persistent_;
   bool wide_rows_;  // each product a GEMM (wide_from)
   bool stream_attention_;  // stream_from, where every layer's heads allow it
   fused::WideScratch wide_;
   Array wide_vectors_, wide_gated_;
-  int persistent_blocks_ = 0;  // 0: the kernel-per-phase path runs
-  fused::PersistentKernel persistent_kernel_;  // the form that runs the plan
-  size_t persistent_smem_ = 0;
-  unsigned persistent_vector_ = 0;
-  int persistent_slots_ = 0;
-  int persistent_lookahead_ = 0;  // fused::persistent_lookahead of the slots
-  int persistent_stages_per_block_ = 0;
-  Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
-  bool handoff_ = false;    // fused::persistent_attention_handoff
-  Array attention_done_;    // its count
+  // One sequence: the persistent step, where it runs the plan (else the kernel per phase).
+  std::unique_ptr<fused::PersistentRunner> persistent_;
   struct BoundCache {  // a layer's cache as the plan binds it
     const void* k;
     const void* v;
