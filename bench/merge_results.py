@@ -53,14 +53,15 @@ def limits(model_dir, prompt_len):
     return COPY_BANDWIDTH / weight_bytes, BF16_GEMM / flops_per_prompt
 
 
-def decode_memory_budget(model_dir, positions):
-    """Issue F's bound on peak decode memory: weights + KV cache + 512 MiB. Sliding-window
-    layers hold a ring of `sliding_window` slots; counting it for every layer when it is
-    larger than `positions` keeps the bound on the generous side."""
+def decode_memory_budget(model_dir, positions, batch=1):
+    """Issue F's bound on peak decode memory: weights + KV cache (`batch` sequences of
+    `positions`) + 512 MiB. Sliding-window layers hold a ring of `sliding_window` slots;
+    counting it for every layer when it is larger than `positions` keeps the bound on the
+    generous side."""
     c = json.load(open(os.path.join(model_dir, "config.json")))
     head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     slots = max(positions, c.get("sliding_window") or 0)
-    kv = c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * head_dim * 2 * slots
+    kv = batch * c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * head_dim * 2 * slots
     return sum(b for _, _, b in tensors(model_dir)) + kv + (512 << 20)
 
 
@@ -102,10 +103,12 @@ def main():
                 if "peer_" + key in row:
                     row["ratio_to_peer"] = round(row["lmx_" + key] / row["peer_" + key], 2)
                 decode_limit, classify_limit = limits(os.path.join(args.models, model), row["prompt_len"])
-                if row["workload"] in ("decode", "decode_sampled") and row["batch"] == 1:
-                    budget = decode_memory_budget(os.path.join(args.models, model), row["prompt_len"] + row["gen_len"])
+                if row["workload"] in ("decode", "decode_sampled"):
+                    budget = decode_memory_budget(os.path.join(args.models, model), row["prompt_len"] + row["gen_len"],
+                                                  row["batch"])
                     row["peak_mem_budget_bytes"] = budget
                     row["peak_mem_ok"] = row["peak_mem_bytes"] <= budget
+                if row["workload"] in ("decode", "decode_sampled") and row["batch"] == 1:
                     row["limit_tok_per_s"] = round(decode_limit)
                     row["ratio_to_limit"] = round(row["lmx_tok_per_s"] / decode_limit, 2)
                 if row["workload"] == "classify":
@@ -123,12 +126,15 @@ def main():
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    print(f"{'model':14} {'workload':14} {'batch':>5} {'lmx':>10} {'peer':>10} {'x peer':>7} {'x limit':>7} target")
+    print(f"{'model':14} {'workload':14} {'batch':>5} {'lmx':>10} {'peer':>10} {'x peer':>7} {'x limit':>7} "
+          f"{'memory':>6} target")
     for r in results:
         key = "tok_per_s" if "lmx_tok_per_s" in r else "prompts_per_s"
+        memory = ("ok" if r["peak_mem_ok"] else "OVER") if "peak_mem_ok" in r else ""  # against the decode bound
         print(f"{r['model']:14} {r['workload']:14} {r['batch']:>5} {r['lmx_' + key]:>10.1f} "
               f"{r.get('peer_' + key, float('nan')):>10.1f} {r.get('ratio_to_peer', float('nan')):>7} "
-              f"{r.get('ratio_to_limit', ''):>7} {('met' if r['target_met'] else 'NOT met') if 'target' in r else ''}")
+              f"{r.get('ratio_to_limit', ''):>7} {memory:>6} "
+              f"{('met' if r['target_met'] else 'NOT met') if 'target' in r else ''}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 #include "nn/layers.h"
 #include "ops/ops.h"
 #include "runtime/kv_cache.h"
+#include "runtime/prefill.h"
 
 namespace lmx {
 namespace {
@@ -150,5 +151,52 @@ TEST(RotatingCacheTest, SlotsOnlyForDecodeSteps) {
   EXPECT_THROW(cache.stored(2), Error);
 }
 
+// A batch's prefill in passes of a few positions (runtime::prefill_rows): rows of other
+// lengths, left-padded, the padding skipped by the mask and by RoPE. Each row's last hidden
+// state, and the logits of one decode step through the caches after it, must be those of
+// the row's prompt run alone, with no padding and in one pass.
+TEST(PrefillRowsTest, EachRowMatchesItsPromptAloneInAnyPasses) {
+  const auto model = models::load_causal_lm(kGemma);
+  const int64_t rows = 3, len = 12;  // longer than the sliding window (8)
+  const std::vector<int64_t> pads{0, 3, 7};
+  const std::vector<int32_t> next{7, 8, 9};
+  std::vector<int32_t> ids(size_t(rows * len), 0);
+  std::vector<float> alone;  // per row: its last hidden state [H], then the next step's logits [V]
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<int32_t> prompt;
+    for (int64_t s = pads[size_t(r)]; s < len; ++s)
+      prompt.push_back(ids[size_t(r * len + s)] = int32_t((r * 131 + s * 37 + 5) % 512));
+    KVCache cache(model->num_layers(), len + 1);
+    const std::vector<float> h =
+        to_floats(model->last_hidden_states(from_vector(prompt, {1, int64_t(prompt.size())}), cache.layers()));
+    const std::vector<float> l = to_floats(model->forward(from_vector(std::vector<int32_t>{next[size_t(r)]}, {1, 1}),
+                                                          cache.layers()));
+    alone.insert(alone.end(), h.begin(), h.end());
+    alone.insert(alone.end(), l.begin(), l.end());
+  }
+  auto batched = [&](int64_t budget) {  // the same, rows together: [rows, H] then [rows, 1, V], row by row
+    KVCache cache(model->num_layers(), len + 1);
+    const std::vector<float> h = to_floats(
+        runtime::prefill_rows(*model, ids, rows, len, cache.layers(), pads, Device::cpu(), budget));
+    std::vector<int32_t> pos;  // slot len of every row, at RoPE position len - pad
+    std::vector<uint8_t> valid;
+    for (int64_t r = 0; r < rows; ++r) {
+      pos.push_back(int32_t(len - pads[size_t(r)]));
+      for (int64_t s = 0; s <= len; ++s) valid.push_back(s >= pads[size_t(r)]);
+    }
+    const nn::SequenceBatch batch{from_vector(pos, {rows}),
+                                  astype(from_vector(valid, {rows, len + 1}), Dtype::boolean)};
+    const std::vector<float> l = to_floats(model->forward(from_vector(next, {rows, 1}), cache.layers(), &batch));
+    const size_t hidden = h.size() / size_t(rows), vocab = l.size() / size_t(rows);
+    std::vector<float> out;
+    for (size_t r = 0; r < size_t(rows); ++r) {
+      out.insert(out.end(), h.begin() + long(r * hidden), h.begin() + long((r + 1) * hidden));
+      out.insert(out.end(), l.begin() + long(r * vocab), l.begin() + long((r + 1) * vocab));
+    }
+    return out;
+  };
+  for (int64_t budget : {int64_t(1), rows * 2, rows * 5, rows * len})  // 1, 2, 5 and 12 positions a pass
+    EXPECT_LE(max_rel_diff(batched(budget), alone), 1e-5) << budget << " tokens a pass";
+}
 }  // namespace
 }  // namespace lmx

@@ -16,6 +16,7 @@
 #include "ops/kernels.h"
 #include "runtime/generator.h"
 #include "runtime/kv_cache.h"
+#include "runtime/prefill.h"
 
 namespace lmx::cli {
 namespace {
@@ -174,7 +175,8 @@ void run_bench(const BenchArgs& a) {
         };
         KVCache cache(model->num_layers(), a.prompt_len + a.gen_len);
         const double t0 = now_s();
-        const Array h = model->last_hidden_states(prompt, cache.layers());  // [B, H]
+        // The prompts in passes of at most kPrefillTokens tokens, as batch_generate's.
+        const Array h = runtime::prefill_rows(*model, prompt_ids, b, a.prompt_len, cache.layers(), {}, dev);  // [B, H]
         std::vector<int32_t> next = draw(model->logits(h));
         prefill_s = now_s() - t0;
         if (batched) {

@@ -1,0 +1,43 @@
+#include "runtime/prefill.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lmx::runtime {
+
+Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
+                   std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
+                   int64_t budget) {
+  LMX_CHECK(rows > 0 && len > 0 && int64_t(ids.size()) == rows * len && (pads.empty() || int64_t(pads.size()) == rows),
+            "prefill", "expected ", rows, " rows of ", len, " ids and ", rows, " pads (or none), got ", ids.size(),
+            " ids and ", pads.size(), " pads");
+  const int64_t step = std::max<int64_t>(1, budget / rows);  // positions a pass
+  Array h;
+  for (int64_t begin = 0; begin < len; begin += step) {
+    const int64_t end = std::min(len, begin + step), n = end - begin;
+    std::vector<int32_t> piece(size_t(rows * n));  // [rows, n]: positions [begin, end) of every row
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(ids.begin() + r * len + begin, n, piece.begin() + r * n);
+    const Array x = to_device(from_vector(piece, {rows, n}), device);
+    if (pads.empty()) {
+      h = model.last_hidden_states(x, caches);
+      continue;
+    }
+    // Each row's first new token at RoPE position begin - pad; every slot up to `end`
+    // valid from the row's first real token on.
+    std::vector<int32_t> pos(static_cast<size_t>(rows));
+    std::vector<uint8_t> valid(size_t(rows * end));
+    for (int64_t r = 0; r < rows; ++r) {
+      pos[size_t(r)] = int32_t(begin - pads[size_t(r)]);
+      for (int64_t s = 0; s < end; ++s) valid[size_t(r * end + s)] = s >= pads[size_t(r)];
+    }
+    const nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device),
+                                  to_device(astype(from_vector(valid, {rows, end}), Dtype::boolean), device)};
+    h = model.last_hidden_states(x, caches, &batch);
+  }
+  return h;  // [rows, H] of the last pass: each row's last position
+}
+
+}  // namespace lmx::runtime

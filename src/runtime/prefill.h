@@ -1,0 +1,28 @@
+// A batch's prompts into its cache, in passes of a bounded number of tokens.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "models/transformer.h"
+#include "nn/layers.h"
+
+namespace lmx::runtime {
+
+// Tokens per pass of a batch's prefill. One pass over 64 prompts of 128 tokens held
+// Llama-3.2-1B's peak decode memory about 620 MB above its weights and cache (its MLP's
+// activations for 8,192 tokens), past the 512 MiB that decoding may add to them.
+constexpr int64_t kPrefillTokens = 4096;
+
+// The final hidden states at each row's last prompt position, [rows, H]: `ids` [rows, len]
+// (row-major, on the host) run through `model` into `caches` (one a layer, empty before)
+// in passes of whole positions, each at most `budget` tokens (rows x positions; at least
+// one position). `pads` (empty: none) gives each row's left padding: those slots are
+// never attended to, and RoPE positions skip them, as SequenceBatch says. The hidden
+// states and the caches are one pass's up to rounding (the products' shapes differ).
+Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
+                   std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
+                   int64_t budget = kPrefillTokens);
+
+}  // namespace lmx::runtime
