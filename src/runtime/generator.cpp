@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "runtime/prefill.h"
 
 namespace lmx {
 
@@ -78,9 +79,9 @@ std::optional<int32_t> TokenGenerator::fused_step() {
 
 Array TokenGenerator::step(const std::vector<int32_t>& ids) {
   const std::vector<nn::LayerCache*> layers = cache_.layers();
-  const Array x = to_device(from_vector(ids, {1, int64_t(ids.size())}), model_.device());
-  const Array h = model_.last_hidden_states(x, layers);  // [1, H]
-  return model_.logits(h);                               // [1, V]
+  // A long prompt in passes of at most kPrefillTokens: its activations stay bounded.
+  const Array h = runtime::prefill_rows(model_, ids, 1, int64_t(ids.size()), layers, {}, model_.device());  // [1, H]
+  return model_.logits(h);  // [1, V]
 }
 
 int32_t TokenGenerator::sample(const Array& logits) {

@@ -10,17 +10,20 @@
 
 namespace lmx::runtime {
 
-// Tokens per pass of a batch's prefill. One pass over 64 prompts of 128 tokens held
-// Llama-3.2-1B's peak decode memory about 620 MB above its weights and cache (its MLP's
-// activations for 8,192 tokens), past the 512 MiB that decoding may add to them.
+// Tokens per pass of a prefill. One pass over 64 prompts of 128 tokens held Llama-3.2-1B's
+// peak decode memory about 620 MB above its weights and cache (its MLP's activations for
+// 8,192 tokens), past the 512 MiB that decoding may add to them; one pass over a prompt of
+// 16,384 tokens would hold about 1 GB. Chunked prefill in vLLM and llama.cpp's batches
+// bound it the same way.
 constexpr int64_t kPrefillTokens = 4096;
 
 // The final hidden states at each row's last prompt position, [rows, H]: `ids` [rows, len]
-// (row-major, on the host) run through `model` into `caches` (one a layer, empty before)
-// in passes of whole positions, each at most `budget` tokens (rows x positions; at least
-// one position). `pads` (empty: none) gives each row's left padding: those slots are
-// never attended to, and RoPE positions skip them, as SequenceBatch says. The hidden
-// states and the caches are one pass's up to rounding (the products' shapes differ).
+// (row-major, on the host) run through `model` into `caches` (one a layer) in passes of
+// whole positions, each at most `budget` tokens (rows x positions; at least one
+// position). The passes continue what the caches hold. `pads` (empty: none; only with
+// empty caches) gives each row's left padding: those slots are never attended to, and
+// RoPE positions skip them, as SequenceBatch says. The hidden states and the caches are
+// one pass's up to rounding (the products' shapes differ).
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
                    int64_t budget = kPrefillTokens);

@@ -198,5 +198,21 @@ TEST(PrefillRowsTest, EachRowMatchesItsPromptAloneInAnyPasses) {
   for (int64_t budget : {int64_t(1), rows * 2, rows * 5, rows * len})  // 1, 2, 5 and 12 positions a pass
     EXPECT_LE(max_rel_diff(batched(budget), alone), 1e-5) << budget << " tokens a pass";
 }
+// Without padding the passes continue what the cache holds (a prompt-cache hit, then the
+// rest of the prompt): the last hidden state is the whole sequence's in one pass.
+TEST(PrefillRowsTest, PassesContinueTheCache) {
+  const auto model = models::load_causal_lm(kGemma);
+  const std::vector<int32_t> t = tokens(21);  // past the sliding window (8) twice over
+  const std::vector<float> whole = to_floats(model->last_hidden_states(from_vector(t, {1, 21})));
+  for (int64_t budget : {1, 3, 64}) {
+    KVCache cache(model->num_layers(), 4);  // grows during the passes
+    model->last_hidden_states(from_vector(std::vector<int32_t>(t.begin(), t.begin() + 4), {1, 4}), cache.layers());
+    const std::vector<int32_t> rest(t.begin() + 4, t.end());
+    const std::vector<float> h = to_floats(
+        runtime::prefill_rows(*model, rest, 1, int64_t(rest.size()), cache.layers(), {}, Device::cpu(), budget));
+    EXPECT_LE(max_rel_diff(h, whole), 1e-5) << budget << " tokens a pass";
+  }
+}
+
 }  // namespace
 }  // namespace lmx

@@ -176,7 +176,8 @@ bool stream_attention_supported(int n_heads, int n_kv_heads, int head_dim);
 // `resident`: blocks of kThreads threads that run at once; a larger grid takes blocks of half that.
 void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep& a, int resident);
 
-// The persistent step (fused_persistent.cu; its host side in fused_persistent_plan.cu):
+// The persistent step (fused_persistent.cu; its planning in fused_persistent_plan.cu, which
+// fused_persistent_runner.cpp runs for the decoder):
 // the same GEMVs and attention as phases of one cooperative kernel with one block per SM,
 // a grid-wide barrier between phases. The step starts with the embedding of state[0] into
 // x; the phases follow. Aligned so that the kernel can copy a phase to shared memory 16
