@@ -189,7 +189,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   int generated = 0, fused_steps = 0;
   while (generated < o.max_tokens) {
     Array h;  // [R, H]
-    if (generated == 0) {  // the prompts, in passes of at most kPrefillTokens
+    if (generated == 0) {  // the prompts, in passes of at most prefill_tokens()
       h = prefill_rows(*model_, flat, rows, l, cache.layers(), pads, device_);
     } else {
       const nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device_),

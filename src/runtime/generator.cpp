@@ -79,7 +79,7 @@ std::optional<int32_t> TokenGenerator::fused_step() {
 
 Array TokenGenerator::step(const std::vector<int32_t>& ids) {
   const std::vector<nn::LayerCache*> layers = cache_.layers();
-  // A long prompt in passes of at most kPrefillTokens: its activations stay bounded.
+  // A long prompt in passes of at most prefill_tokens(): its activations stay bounded.
   const Array h = runtime::prefill_rows(model_, ids, 1, int64_t(ids.size()), layers, {}, model_.device());  // [1, H]
   return model_.logits(h);  // [1, V]
 }

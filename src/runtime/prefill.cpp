@@ -1,11 +1,20 @@
 #include "runtime/prefill.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "ops/ops.h"
 
 namespace lmx::runtime {
+
+int64_t prefill_tokens() {
+  static const int64_t tokens = [] {
+    const char* v = std::getenv("LMX_PREFILL_TOKENS");
+    return v ? std::max<int64_t>(1, std::atoll(v)) : kPrefillTokens;
+  }();
+  return tokens;
+}
 
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,

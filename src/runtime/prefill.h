@@ -12,10 +12,13 @@ namespace lmx::runtime {
 
 // Tokens per pass of a prefill. One pass over 64 prompts of 128 tokens held Llama-3.2-1B's
 // peak decode memory about 620 MB above its weights and cache (its MLP's activations for
-// 8,192 tokens), past the 512 MiB that decoding may add to them; one pass over a prompt of
-// 16,384 tokens would hold about 1 GB. Chunked prefill in vLLM and llama.cpp's batches
-// bound it the same way.
+// 8,192 tokens), past the 512 MiB that decoding may add to them; over one prompt of 16,384
+// tokens, 869 MB more than passes of 4,096 did, which took 4% longer to the first token
+// (H200, bench/NOTES.md). Passes of 2,048 saved another 150 MB at 3-25% more.
 constexpr int64_t kPrefillTokens = 4096;
+// kPrefillTokens, or LMX_PREFILL_TOKENS where set (at least 1): fewer take less memory and
+// more time to the first token.
+int64_t prefill_tokens();
 
 // The final hidden states at each row's last prompt position, [rows, H]: `ids` [rows, len]
 // (row-major, on the host) run through `model` into `caches` (one a layer) in passes of
@@ -26,6 +29,6 @@ constexpr int64_t kPrefillTokens = 4096;
 // one pass's up to rounding (the products' shapes differ).
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
-                   int64_t budget = kPrefillTokens);
+                   int64_t budget = prefill_tokens());
 
 }  // namespace lmx::runtime

@@ -175,7 +175,7 @@ void run_bench(const BenchArgs& a) {
         };
         KVCache cache(model->num_layers(), a.prompt_len + a.gen_len);
         const double t0 = now_s();
-        // The prompts in passes of at most kPrefillTokens tokens, as batch_generate's.
+        // The prompts in passes of at most prefill_tokens() tokens, as batch_generate's.
         const Array h = runtime::prefill_rows(*model, prompt_ids, b, a.prompt_len, cache.layers(), {}, dev);  // [B, H]
         std::vector<int32_t> next = draw(model->logits(h));
         prefill_s = now_s() - t0;
@@ -331,6 +331,8 @@ void add_bench_command(CLI::App& app) {
       "power cap runs below its top clock, which is why one build measures differently from one\n"
       "machine to the next.\n"
       "LMX_FUSED=0 turns the fused decode step off everywhere (as --plain does here).\n"
+      "Decode prefills its prompts in passes of at most 4,096 tokens (LMX_PREFILL_TOKENS sets\n"
+      "the count: fewer hold less memory and take longer to the first token).\n"
       "On CUDA the JSON's \"path\" says how decode ran: fused-persistent (one kernel per token,\n"
       "the default at batch 1; LMX_FUSED_PERSISTENT=0 turns it off, LMX_FUSED_PROFILE=1 prints\n"
       "where its time goes), fused-graph (a kernel per phase, replayed as a CUDA graph: batches\n"
