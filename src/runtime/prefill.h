@@ -14,7 +14,7 @@ namespace lmx::runtime {
 // peak decode memory about 620 MB above its weights and cache (its MLP's activations for
 // 8,192 tokens), past the 512 MiB that decoding may add to them; over one prompt of 16,384
 // tokens, 869 MB more than passes of 4,096 did, which took 4% longer to the first token
-// (H200, bench/NOTES.md). Passes of 2,048 saved another 150 MB at 3-25% more.
+// (H200, bench/NOTES.md). Passes of 2,048 saved 59-151 MB more at 3-26% more.
 constexpr int64_t kPrefillTokens = 4096;
 // kPrefillTokens, or LMX_PREFILL_TOKENS where set (at least 1): fewer take less memory and
 // more time to the first token.
