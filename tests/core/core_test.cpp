@@ -180,12 +180,16 @@ TEST(AllocatorTest, CacheLimitBoundsTheCache) {
   a.set_cache_limit(size_t(1) << 30);
 }
 
-TEST(AllocatorTest, RoundSizeWastesAtMostAnEighth) {
-  for (size_t b : {1ul, 255ul, 257ul, 1000ul, 4097ul, 1234567ul, 99999999ul}) {
+TEST(AllocatorTest, RoundSizeWastesAtMostAnEighthAndTwoMiB) {
+  for (size_t b : {1ul, 255ul, 257ul, 1000ul, 4097ul, 1234567ul, 33619968ul, 99999999ul, 311164928ul}) {
     const size_t r = Allocator::round_size(b);
     EXPECT_GE(r, b);
-    EXPECT_LE(r, std::max<size_t>(256, b + b / 8 + 256));
+    EXPECT_EQ(r % 256, 0u) << b;  // every block keeps 256-byte alignment
+    EXPECT_LE(r, std::max<size_t>(256, b + b / 8 + 256)) << b;
+    EXPECT_LT(r - b, size_t(2) << 20) << b;
   }
+  // Sizes that differ by less than the granularity share a size, so one's freed block serves the other.
+  EXPECT_EQ(Allocator::round_size(33619968), Allocator::round_size(33619968 + 4096));
 }
 
 TEST(ArrayTest, ViewsShareStorage) {
