@@ -79,9 +79,12 @@ std::optional<int32_t> TokenGenerator::fused_step() {
 
 Array TokenGenerator::step(const std::vector<int32_t>& ids) {
   const std::vector<nn::LayerCache*> layers = cache_.layers();
-  // A long prompt in passes of at most prefill_tokens(): its activations stay bounded.
-  const Array h = runtime::prefill_rows(model_, ids, 1, int64_t(ids.size()), layers, {}, model_.device());  // [1, H]
-  return model_.logits(h);  // [1, V]
+  // A long prompt in passes (runtime::prefill_tokens() tokens each, unless the limits say):
+  // its activations stay bounded, and a stop is seen between two of them.
+  const int64_t budget = limits_.prefill_tokens > 0 ? limits_.prefill_tokens : runtime::prefill_tokens();
+  const Array h = runtime::prefill_rows(model_, ids, 1, int64_t(ids.size()), layers, {}, model_.device(), budget,
+                                        [this] { return stop_.stop_requested(); });  // [1, H]
+  return h.valid() ? model_.logits(h) : Array();  // [1, V]
 }
 
 int32_t TokenGenerator::sample(const Array& logits) {
@@ -181,7 +184,12 @@ std::optional<int32_t> TokenGenerator::next() {
     tok = *fused;
   } else {
     const std::vector<int32_t> rest(tokens_.begin() + cache_.length(), tokens_.end());
-    tok = sample(step(rest));
+    const Array logits = step(rest);
+    if (!logits.valid()) {  // stopped between two passes of the prompt
+      reason_ = FinishReason::cancelled;
+      return std::nullopt;
+    }
+    tok = sample(logits);
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <optional>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@ struct GenerationLimits {
   std::vector<int32_t> stop_tokens;  // extra ids from the caller
   bool ignore_eos = false;
   int64_t context_length = 0;        // 0 = the model's max_position_embeddings
+  int64_t prefill_tokens = 0;        // tokens a prefill pass; 0 = runtime::prefill_tokens()
 };
 
 struct GenerationTimings {
@@ -73,6 +75,10 @@ class TokenGenerator {
   std::optional<int32_t> next();
   FinishReason finish_reason() const { return reason_; }
   void cancel() { reason_ = FinishReason::cancelled; }
+  // A stop asked for here (from any thread) ends the prefill between two of its passes:
+  // next() returns nullopt with FinishReason::cancelled, and the cache keeps the prompt's
+  // positions prefilled so far (a prefix, which prompt-cache reuse can continue).
+  void set_stop(std::stop_token stop) { stop_ = std::move(stop); }
   const GenerationTimings& timings() const { return timings_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
   // How decode steps ran: "plain" (the ops one by one), or the fused step's path
@@ -83,7 +89,7 @@ class TokenGenerator {
   }
 
  private:
-  Array step(const std::vector<int32_t>& ids);  // -> last-position logits [1, V]
+  Array step(const std::vector<int32_t>& ids);  // -> last-position logits [1, V]; invalid once stopped
   int32_t sample(const Array& logits);          // sampler_'s draw from logits [1, V] or [V]
   // One decode step of the last token through the fused decoder; nullopt where the cache
   // cannot serve it (then step() runs instead).
@@ -99,6 +105,7 @@ class TokenGenerator {
   FinishReason reason_ = FinishReason::none;
   GenerationTimings timings_;
   std::chrono::steady_clock::time_point start_;
+  std::stop_token stop_;
 };
 
 }  // namespace lmx

@@ -18,13 +18,14 @@ int64_t prefill_tokens() {
 
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
-                   int64_t budget) {
+                   int64_t budget, const std::function<bool()>& stop) {
   LMX_CHECK(rows > 0 && len > 0 && int64_t(ids.size()) == rows * len && (pads.empty() || int64_t(pads.size()) == rows),
             "prefill", "expected ", rows, " rows of ", len, " ids and ", rows, " pads (or none), got ", ids.size(),
             " ids and ", pads.size(), " pads");
   const int64_t step = std::max<int64_t>(1, budget / rows);  // positions a pass
   Array h;
   for (int64_t begin = 0; begin < len; begin += step) {
+    if (begin > 0 && stop && stop()) return Array();
     const int64_t end = std::min(len, begin + step), n = end - begin;
     std::vector<int32_t> piece(size_t(rows * n));  // [rows, n]: positions [begin, end) of every row
     for (int64_t r = 0; r < rows; ++r)

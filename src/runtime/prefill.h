@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -26,9 +27,11 @@ int64_t prefill_tokens();
 // position). The passes continue what the caches hold. `pads` (empty: none; only with
 // empty caches) gives each row's left padding: those slots are never attended to, and
 // RoPE positions skip them, as SequenceBatch says. The hidden states and the caches are
-// one pass's up to rounding (the products' shapes differ).
+// one pass's up to rounding (the products' shapes differ). `stop`, where given, is asked
+// before every pass but the first: true ends the prefill there, with the caches holding
+// the positions before that pass, and an invalid Array returned.
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
-                   int64_t budget = prefill_tokens());
+                   int64_t budget = prefill_tokens(), const std::function<bool()>& stop = {});
 
 }  // namespace lmx::runtime

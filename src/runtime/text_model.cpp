@@ -23,6 +23,7 @@ class GenerationSource final : public Stream::Source {
         gen_(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache()),
         stops_(o.stop_strings) {
     cached_ = int(cached);
+    gen_.set_stop(stop_);  // a long prompt's prefill stops between its passes
     if (m.has_tokenizer()) decoder_.emplace(m.tokenizer(), o.skip_special_tokens);
   }
   ~GenerationSource() override { finish(); }

@@ -11,6 +11,7 @@
 #include "models/loader.h"
 #include "nn/layers.h"
 #include "ops/ops.h"
+#include "runtime/generator.h"
 #include "runtime/kv_cache.h"
 #include "runtime/prefill.h"
 
@@ -212,6 +213,36 @@ TEST(PrefillRowsTest, PassesContinueTheCache) {
         runtime::prefill_rows(*model, rest, 1, int64_t(rest.size()), cache.layers(), {}, Device::cpu(), budget));
     EXPECT_LE(max_rel_diff(h, whole), 1e-5) << budget << " tokens a pass";
   }
+}
+
+// A stop asked for during a prompt's prefill ends it between two passes: the generation
+// is cancelled with the cache holding whole passes of the prompt, and a generation that
+// continues from that cache (prompt-cache reuse) gives the uninterrupted one's tokens.
+TEST(PrefillRowsTest, AStopEndsThePrefillBetweenPassesAndTheCacheContinues) {
+  const auto model = models::load_causal_lm(kGemma);
+  const std::vector<int32_t> prompt = tokens(21);
+  GenerationLimits limits;
+  limits.max_tokens = 4, limits.ignore_eos = true, limits.prefill_tokens = 5;
+  auto run = [&](KVCache& cache) {
+    std::vector<int32_t> out;
+    TokenGenerator g(*model, prompt, SamplingOptions{}, limits, cache);  // greedy
+    while (const std::optional<int32_t> t = g.next()) out.push_back(*t);
+    return out;
+  };
+  KVCache whole(model->num_layers());
+  const std::vector<int32_t> want = run(whole);
+  ASSERT_EQ(want.size(), 4u);
+  KVCache cache(model->num_layers());
+  {
+    std::stop_source stop;
+    stop.request_stop();  // before the first pass: the first pass still runs
+    TokenGenerator g(*model, prompt, SamplingOptions{}, limits, cache);
+    g.set_stop(stop.get_token());
+    EXPECT_FALSE(g.next().has_value());
+    EXPECT_EQ(g.finish_reason(), FinishReason::cancelled);
+  }
+  EXPECT_EQ(cache.length(), 5);  // the first pass's positions
+  EXPECT_EQ(run(cache), want);
 }
 
 }  // namespace
