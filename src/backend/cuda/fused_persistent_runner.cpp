@@ -3,8 +3,6 @@
 #include "backend/cuda/fused_persistent_runner.h"
 
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -15,11 +13,6 @@
 namespace lmx::cuda::fused {
 namespace {
 
-bool env_set(const char* name) {  // unset counts as off
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "0") != 0;
-}
-
 // The copies made for the plan (the filtered head and the fused downs' tiles) take at most
 // this much together, so that decoding stays within its weights, its cache and 512 MiB:
 // Gemma-3-4B's head would take 675 MB (and gained 4.2%), Llama-3.1-8B's 527 MB.
@@ -27,7 +20,7 @@ constexpr int64_t kMaxCopyBytes = int64_t(384) << 20;
 
 }  // namespace
 
-PersistentRunner::PersistentRunner(PersistentModel m) : m_(std::move(m)), profile_(env_set("LMX_FUSED_PROFILE")) {}
+PersistentRunner::PersistentRunner(PersistentModel m) : m_(std::move(m)), profile_(switch_set("LMX_FUSED_PROFILE")) {}
 
 PersistentRunner::~PersistentRunner() { report_profile(); }
 
@@ -60,7 +53,7 @@ bool PersistentRunner::prepare(cudaStream_t stream, const std::vector<StepPhase>
   if (blocks_ == 0) {  // asked for by name: say (once) why it does not run
     filter_ = Array(), tiles_ = Array();  // the kernel per phase runs the decoder's plan, whole head and all
     static bool said = false;
-    if (env_set("LMX_FUSED_PERSISTENT") && !std::exchange(said, true))
+    if (switch_set("LMX_FUSED_PERSISTENT") && !std::exchange(said, true))
       std::fprintf(stderr, "lmx: LMX_FUSED_PERSISTENT: not for this model (%s); running a kernel per phase\n",
                    why.c_str());
     return false;

@@ -293,10 +293,7 @@ bool self_attention(const Context& ctx, const Array& q, const Array& k, const Ar
                     const Array& offsets, const Array* q_norm, const Array* k_norm, float eps,
                     fast::RmsNormStyle style, float scale, int64_t window, const Array& out) {
   const int64_t nb = q.shape(0), nl = q.shape(1), hq = q.shape(2), hkv = k.shape(2), d = q.shape(3);
-  static const bool enabled = [] {
-    const char* v = std::getenv("LMX_SELF_ATTENTION_KERNEL");
-    return !v || std::strcmp(v, "0") != 0;
-  }();
+  static const bool enabled = switch_on("LMX_SELF_ATTENTION_KERNEL");
   if (!enabled) return false;
   if (q.size() == 0) return true;
   const bool sixteen_bit = q.dtype() == Dtype::bf16 || q.dtype() == Dtype::f16;
