@@ -90,6 +90,9 @@ class CausalLM : public nn::Module {
   // ones, since they are built from the weights and that setting. LMX_FUSED_REUSE=0
   // keeps none.
   void recycle_fused_decoder(std::unique_ptr<fast::FusedDecoder> decoder) const noexcept;
+  // Lets the kept decoders go now, e.g. before a long prompt's prefill, whose activations
+  // need the memory more than the next generation needs the few milliseconds.
+  void drop_fused_decoders() const { decoders_->drop(); }
   // Whether fused_decoder's steps must give the same bits on every run
   // (fast::FusedDecoderWeights::deterministic; ModelLoadOptions::deterministic).
   void set_deterministic(bool on);
@@ -118,7 +121,6 @@ class CausalLM : public nn::Module {
   };
   std::shared_ptr<DecoderPool> decoders_ = std::make_shared<DecoderPool>();
   std::shared_ptr<const Reclaim> reclaim_decoders_;
-  void drop_fused_decoders() { decoders_->drop(); }
 };
 
 }  // namespace lmx::models

@@ -94,9 +94,11 @@ class TokenGenerator {
   // One decode step of the last token through the fused decoder; nullopt where the cache
   // cannot serve it (then step() runs instead).
   std::optional<int32_t> fused_step();
+  void take_fused_decoder();  // fused_ from the model, once the prompt is prefilled
   const models::CausalLM& model_;
   KVCache& cache_;
   std::unique_ptr<fast::FusedDecoder> fused_;  // null where the device has no fused path
+  bool fused_taken_ = false;                   // take_fused_decoder() has run
   bool inflight_ = false;  // a greedy fused step for the next token is queued already
   Sampler sampler_;
   GenerationLimits limits_;

@@ -9,6 +9,9 @@
 #include "core/array.h"
 #include "io/config.h"
 #include "models/registry.h"
+#include "ops/ops.h"
+#include "runtime/generator.h"
+#include "runtime/kv_cache.h"
 
 namespace lmx {
 namespace {
@@ -23,7 +26,8 @@ std::unique_ptr<models::CausalLM> tiny_model() {
   return std::make_unique<models::CausalLM>(models::build_spec(c, "test config"));
 }
 
-// A decoder that only holds `bytes` of CPU memory, says when it is reset and destroyed.
+// A decoder that only holds `bytes` of CPU memory, says when it is reset and destroyed,
+// and whose every step's token is 3.
 class HeldDecoder final : public fast::FusedDecoder {
  public:
   HeldDecoder(int rows, size_t bytes, int* resets, int* destroyed)
@@ -37,7 +41,7 @@ class HeldDecoder final : public fast::FusedDecoder {
   void set_edits(std::span<const int64_t>, std::span<const fast::LogitEdit>, const fast::Penalties&) override {}
   std::vector<int32_t> tokens(int) override { return {}; }
   void queue_token() override {}
-  std::vector<int32_t> wait_tokens() override { return {}; }
+  std::vector<int32_t> wait_tokens() override { return {3}; }
   const char* path() const override { return "held"; }
   void reset() override { ++*resets_; }
 
@@ -82,6 +86,41 @@ TEST(DecoderPool, KeptDecodersGoWithTheWeightsAndUnderMemoryPressure) {
   EXPECT_NO_THROW(Array({8 << 20}, Dtype::u8));
   a.set_memory_limit(0);
   EXPECT_EQ(destroyed, 3);
+}
+
+// A generation takes its decoder once the prompt is prefilled, and a prompt of several
+// prefill passes lets the kept ones go first: their memory is the passes' then.
+TEST(DecoderPool, AGenerationTakesItsDecoderAfterThePrefillAndALongPromptLetsItGo) {
+  const auto model = tiny_model();
+  uint64_t seed = 1;
+  model->visit("", [&](const std::string&, Array& w, const Shape& shape, fast::QuantizedMatrix*) {
+    w = random_uniform(shape, seed++, -0.1f, 0.1f, Dtype::f32);
+  });
+  int resets = 0, destroyed = 0;
+  GenerationLimits limits;
+  limits.max_tokens = 3, limits.ignore_eos = true, limits.prefill_tokens = 4;
+  // -> the decoders destroyed by the first token, and how the decode steps ran
+  auto generate = [&](int prompt_len) {
+    KVCache cache(model->num_layers());
+    TokenGenerator g(*model, std::vector<int32_t>(size_t(prompt_len), 7), SamplingOptions{}, limits, cache);
+    EXPECT_TRUE(g.next().has_value());  // the prompt's prefill and the first token
+    const int destroyed_by_then = destroyed;
+    while (g.next()) {
+    }
+    return std::pair(destroyed_by_then, g.decode_path());
+  };
+  model->recycle_fused_decoder(std::make_unique<HeldDecoder>(1, 1024, &resets, &destroyed));
+  {
+    KVCache cache(model->num_layers());
+    const TokenGenerator g(*model, {7, 7}, SamplingOptions{}, limits, cache);
+    auto kept = model->fused_decoder(1);
+    EXPECT_NE(kept, nullptr) << "a generator made, not yet prefilled, has not taken it";
+    model->recycle_fused_decoder(std::move(kept));
+  }
+  EXPECT_EQ(generate(4), std::pair(0, std::string("fused-held"))) << "a prompt of one pass takes the kept decoder";
+  EXPECT_EQ(resets, 3) << "handed back after the generation";
+  EXPECT_EQ(generate(9), std::pair(1, std::string("plain")))
+      << "a prompt of three passes lets it go before them (and the CPU has no fused step)";
 }
 
 }  // namespace
