@@ -176,14 +176,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   // The rows take the device's batched fused step where it has one: every step's
   // tokens are drawn and fed back on the device, and the host reads them while the next
   // step runs. (The rows share their options but the seed.)
+  // (Taken after the prefill, which may let the model's kept decoders go: prefill_rows.)
   std::unique_ptr<fast::FusedDecoder> fused;
-  if (o.max_tokens > 1) {
-    try {
-      fused = model_->fused_decoder(int(rows));
-    } catch (const OutOfMemory&) {
-      fused = nullptr;  // its scratch is small, but the device may be full: the plain ops remain
-    }
-  }
   Array x;  // the plain steps' input tokens [R, 1]
   int64_t slots = l;
   int generated = 0, fused_steps = 0;
@@ -205,6 +199,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i]);
     ++generated;
     if (all_done()) break;
+    if (generated == 1 && o.max_tokens > 1) fused = fused_decoder_or_none(*model_, int(rows));
     if (fused) {
       fused_steps = decode_fused(*fused, cache, next, l, ids, history, o.max_tokens - generated,
                                  samplers, accept, all_done);

@@ -37,13 +37,16 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 // 1B models) serve only the decode steps, and the prefill's activations need the memory.
 void TokenGenerator::take_fused_decoder() {
   fused_taken_ = true;
+  fused_ = fused_decoder_or_none(model_, 1);
+  // A greedy draw with no edits reads no logit: the decoder's argmax is the token.
+  if (fused_) fused_->set_argmax_only(!sampler_.filter() && !sampler_.needs_edits());
+}
+
+std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM& model, int rows) {
   try {
-    fused_ = model_.fused_decoder();
-    // A greedy draw with no edits reads no logit: the decoder's argmax is the token.
-    if (fused_) fused_->set_argmax_only(!sampler_.filter() && !sampler_.needs_edits());
+    return model.fused_decoder(rows);
   } catch (const OutOfMemory&) {
-    // The device may be full: the plain ops still work, within whatever memory is left.
-    fused_ = nullptr;
+    return nullptr;  // the device may be full: the plain ops still work, within what is left
   }
 }
 
@@ -88,9 +91,6 @@ Array TokenGenerator::step(const std::vector<int32_t>& ids) {
   // A long prompt in passes (runtime::prefill_tokens() tokens each, unless the limits say):
   // its activations stay bounded, and a stop is seen between two of them.
   const int64_t budget = limits_.prefill_tokens > 0 ? limits_.prefill_tokens : runtime::prefill_tokens();
-  // A prompt of several passes has the model's kept decoders let go first: otherwise their
-  // memory stays held through the passes, to save the few milliseconds of making one after.
-  if (int64_t(ids.size()) > budget) model_.drop_fused_decoders();
   const Array h = runtime::prefill_rows(model_, ids, 1, int64_t(ids.size()), layers, {}, model_.device(), budget,
                                         [this] { return stop_.stop_requested(); });  // [1, H]
   return h.valid() ? model_.logits(h) : Array();  // [1, V]

@@ -60,6 +60,8 @@ RowEdits row_edits(std::span<const Sampler> samplers,
 void set_fused_edits(fast::FusedDecoder& fused, std::span<const Sampler> samplers,
                      std::span<const std::vector<int32_t>> histories);
 void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers);
+// model.fused_decoder(rows), or nullptr where the device has no memory left for one.
+std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM& model, int rows);
 
 // Not thread-safe. The model is shared read-only; the cache belongs to this sequence.
 class TokenGenerator {
