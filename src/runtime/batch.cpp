@@ -141,13 +141,11 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
 
   // Left padding: every row's last prompt token sits in the same slot, so one decode
   // step serves all rows. Padding is masked out and RoPE positions skip it.
-  std::vector<int32_t> flat(size_t(rows * l), 0), pos(static_cast<size_t>(rows));
-  std::vector<uint8_t> valid(size_t(rows * l), 0);
+  std::vector<int32_t> flat(size_t(rows * l), 0);
   std::vector<int64_t> pads(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t pad = pads[size_t(r)] = l - int64_t(ids[size_t(r)].size());
     std::copy(ids[size_t(r)].begin(), ids[size_t(r)].end(), flat.begin() + r * l + pad);
-    std::fill(valid.begin() + r * l + pad, valid.begin() + (r + 1) * l, 1);
   }
   KVCache cache(model_->num_layers(), l + o.max_tokens);
   std::vector<Sampler> samplers;
@@ -185,9 +183,8 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     Array h;  // [R, H]
     if (generated == 0) {  // the prompts, in passes of at most prefill_tokens()
       h = prefill_rows(*model_, flat, rows, l, cache.layers(), pads, device_);
-    } else {
-      const nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device_),
-                                    to_device(astype(from_vector(valid, {rows, slots}), Dtype::boolean), device_)};
+    } else {  // the token fed last, in slot slots - 1
+      const nn::SequenceBatch batch = padded_rows(pads, slots - 1, slots, device_);
       h = model_->last_hidden_states(x, cache.layers(), &batch);
     }
     // On a GPU the argmax or the draw is made there and [R] ids come back, where the
@@ -205,16 +202,7 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
                                  samplers, accept, all_done);
       break;
     }
-    // The token fed next goes to slot `slots`; its position skips the row's padding.
-    for (int64_t r = 0; r < rows; ++r) pos[size_t(r)] = int32_t(slots - (l - int64_t(ids[size_t(r)].size())));
-    // One more valid slot per row for the token fed next.
-    std::vector<uint8_t> grown(size_t(rows * (slots + 1)));
-    for (int64_t r = 0; r < rows; ++r) {
-      std::copy(valid.begin() + r * slots, valid.begin() + (r + 1) * slots, grown.begin() + r * (slots + 1));
-      grown[size_t(r * (slots + 1) + slots)] = 1;
-    }
-    valid.swap(grown);
-    ++slots;
+    ++slots;  // the token fed next goes to the next slot
     x = to_device(from_vector(next, {rows, 1}), device_);
   }
   int total_generated = 0;

@@ -16,6 +16,18 @@ int64_t prefill_tokens() {
   return tokens;
 }
 
+nn::SequenceBatch padded_rows(std::span<const int64_t> pads, int64_t begin, int64_t end, Device device) {
+  const int64_t rows = int64_t(pads.size());
+  std::vector<int32_t> pos(static_cast<size_t>(rows));
+  std::vector<uint8_t> valid(size_t(rows * end));  // [rows, end]
+  for (int64_t r = 0; r < rows; ++r) {
+    pos[size_t(r)] = int32_t(begin - pads[size_t(r)]);
+    for (int64_t s = 0; s < end; ++s) valid[size_t(r * end + s)] = s >= pads[size_t(r)];
+  }
+  return {to_device(from_vector(pos, {rows}), device),
+          to_device(astype(from_vector(valid, {rows, end}), Dtype::boolean), device)};
+}
+
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
                    int64_t budget, const std::function<bool()>& stop) {
@@ -39,16 +51,7 @@ Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, 
       h = model.last_hidden_states(x, caches);
       continue;
     }
-    // Each row's first new token at RoPE position begin - pad; every slot up to `end`
-    // valid from the row's first real token on.
-    std::vector<int32_t> pos(static_cast<size_t>(rows));
-    std::vector<uint8_t> valid(size_t(rows * end));
-    for (int64_t r = 0; r < rows; ++r) {
-      pos[size_t(r)] = int32_t(begin - pads[size_t(r)]);
-      for (int64_t s = 0; s < end; ++s) valid[size_t(r * end + s)] = s >= pads[size_t(r)];
-    }
-    const nn::SequenceBatch batch{to_device(from_vector(pos, {rows}), device),
-                                  to_device(astype(from_vector(valid, {rows, end}), Dtype::boolean), device)};
+    const nn::SequenceBatch batch = padded_rows(pads, begin, end, device);
     h = model.last_hidden_states(x, caches, &batch);
   }
   return h;  // [rows, H] of the last pass: each row's last position

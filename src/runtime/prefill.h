@@ -21,6 +21,11 @@ constexpr int64_t kPrefillTokens = 4096;
 // more time to the first token.
 int64_t prefill_tokens();
 
+// A left-padded batch's slots [begin, end) as SequenceBatch describes them: row r's first
+// new token at RoPE position begin - pads[r], and each of its slots up to `end` a key from
+// its first real token (slot pads[r]) on.
+nn::SequenceBatch padded_rows(std::span<const int64_t> pads, int64_t begin, int64_t end, Device device);
+
 // The final hidden states at each row's last prompt position, [rows, H]: `ids` [rows, len]
 // (row-major, on the host) run through `model` into `caches` (one a layer) in passes of
 // whole positions, each at most `budget` tokens (rows x positions; at least one
