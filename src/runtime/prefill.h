@@ -34,9 +34,9 @@ nn::SequenceBatch padded_rows(std::span<const int64_t> pads, int64_t begin, int6
 // RoPE positions skip them, as SequenceBatch says. The hidden states and the caches are
 // one pass's up to rounding (the products' shapes differ). `stop`, where given, is asked
 // before every pass but the first: true ends the prefill there, with the caches holding
-// the positions before that pass, and an invalid Array returned. A prefill of several
-// passes lets the model's kept fused decoders go first (CausalLM::drop_fused_decoders), so
-// callers take theirs after it.
+// the positions before that pass, and an invalid Array returned. A prefill of more than
+// budget / 4 tokens lets the model's kept fused decoders go first (CausalLM::
+// drop_fused_decoders), so callers take theirs after it.
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
                    int64_t budget = prefill_tokens(), const std::function<bool()>& stop = {});

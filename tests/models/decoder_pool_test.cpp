@@ -88,8 +88,8 @@ TEST(DecoderPool, KeptDecodersGoWithTheWeightsAndUnderMemoryPressure) {
   EXPECT_EQ(destroyed, 3);
 }
 
-// A generation takes its decoder once the prompt is prefilled, and a prompt of several
-// prefill passes lets the kept ones go first: their memory is the passes' then.
+// A generation takes its decoder once the prompt is prefilled, and a prompt of more than a
+// quarter of a prefill pass lets the kept ones go first: their memory is the activations' then.
 TEST(DecoderPool, AGenerationTakesItsDecoderAfterThePrefillAndALongPromptLetsItGo) {
   const auto model = tiny_model();
   uint64_t seed = 1;
@@ -98,7 +98,7 @@ TEST(DecoderPool, AGenerationTakesItsDecoderAfterThePrefillAndALongPromptLetsItG
   });
   int resets = 0, destroyed = 0;
   GenerationLimits limits;
-  limits.max_tokens = 3, limits.ignore_eos = true, limits.prefill_tokens = 4;
+  limits.max_tokens = 3, limits.ignore_eos = true, limits.prefill_tokens = 16;
   // -> the decoders destroyed by the first token, and how the decode steps ran
   auto generate = [&](int prompt_len) {
     KVCache cache(model->num_layers());
@@ -117,10 +117,10 @@ TEST(DecoderPool, AGenerationTakesItsDecoderAfterThePrefillAndALongPromptLetsItG
     EXPECT_NE(kept, nullptr) << "a generator made, not yet prefilled, has not taken it";
     model->recycle_fused_decoder(std::move(kept));
   }
-  EXPECT_EQ(generate(4), std::pair(0, std::string("fused-held"))) << "a prompt of one pass takes the kept decoder";
+  EXPECT_EQ(generate(4), std::pair(0, std::string("fused-held"))) << "a quarter of a pass takes the kept decoder";
   EXPECT_EQ(resets, 3) << "handed back after the generation";
-  EXPECT_EQ(generate(9), std::pair(1, std::string("plain")))
-      << "a prompt of three passes lets it go before them (and the CPU has no fused step)";
+  EXPECT_EQ(generate(5), std::pair(1, std::string("plain")))
+      << "a token more lets it go before the prefill (and the CPU has no fused step)";
 }
 
 }  // namespace
