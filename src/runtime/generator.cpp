@@ -36,7 +36,6 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 // CUDA backend the LM head's int8 copy and a tiled down projection, 0.15-0.35 GB on the
 // 1B models) serve only the decode steps, and the prefill's activations need the memory.
 void TokenGenerator::take_fused_decoder() {
-  fused_taken_ = true;
   fused_ = fused_decoder_or_none(model_, 1);
   // A greedy draw with no edits reads no logit: the decoder's argmax is the token.
   if (fused_) fused_->set_argmax_only(!sampler_.filter() && !sampler_.needs_edits());
@@ -189,7 +188,7 @@ std::optional<int32_t> TokenGenerator::next() {
   if (generated == 0) {
     start_ = t0;
   } else {
-    if (!fused_taken_) take_fused_decoder();
+    if (generated == 1 && !fused_) take_fused_decoder();  // the first decode step
     if (fused_) fused = fused_step();
   }
   int32_t tok;

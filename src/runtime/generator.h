@@ -100,7 +100,6 @@ class TokenGenerator {
   const models::CausalLM& model_;
   KVCache& cache_;
   std::unique_ptr<fast::FusedDecoder> fused_;  // null where the device has no fused path
-  bool fused_taken_ = false;                   // take_fused_decoder() has run
   bool inflight_ = false;  // a greedy fused step for the next token is queued already
   Sampler sampler_;
   GenerationLimits limits_;
