@@ -526,6 +526,36 @@ std::vector<int32_t> generate_greedy(const models::CausalLM& model, int capacity
   return got;
 }
 
+// A model whose every logit is NaN (its final norm's weights are NaN, as from weights that
+// overflowed): no decode step can choose a token, and the argmax keeps its INT_MAX start.
+// That id went into the next step's embedding, an illegal address that left the device
+// unusable to the process. Now the embedding reads row 0 in its place and the host refuses
+// the id: the generation stops with a clear error on either fused path, and the device
+// decodes the next model as before.
+TEST(FusedDecode, NaNLogitsStopTheGenerationWithAClearError) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  for (const bool persistent : {true, false}) {
+    SCOPED_TRACE(persistent ? "persistent step" : "kernel per phase");
+    const PathChoice path(persistent);
+    const auto model = random_model(kLlama, Device::cuda(0));
+    bool poisoned = false;
+    model->visit("", [&](const std::string& name, Array& w, const Shape& shape, fast::QuantizedMatrix*) {
+      if (name != "model.norm.weight") return;
+      w = to_device(astype(from_vector(std::vector<float>(size_t(shape[0]), NAN), shape), Dtype::bf16), w.device());
+      poisoned = true;
+    });
+    ASSERT_TRUE(poisoned);
+    std::string error;
+    try {
+      generate_greedy(*model, 64);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    EXPECT_NE(error.find("chose no token: every logit was NaN"), std::string::npos) << "error: " << error;
+    EXPECT_EQ(generate_greedy(*random_model(kLlama, Device::cuda(0)), 64).size(), 40u);
+  }
+}
+
 // A generator hands its decoder back to the model (recycle_fused_decoder), and the next
 // one decodes with it as a fresh decoder would: over the same caches, over caches of
 // another length (a new plan), and after a change of weights, which drops it (its

@@ -16,10 +16,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionStep a) {
 }
 
 // Sequence blockIdx.y's token; state [rows, 3], x [rows, hidden].
-__global__ void embed_kernel(const bf16* embed, const int* state, float scale, int hidden, float* x) {
+__global__ void embed_kernel(const bf16* embed, int vocab, const int* state, float scale, int hidden, float* x) {
   wait_for_previous_kernel();
   x += size_t(blockIdx.y) * hidden;
-  const bf16* row = embed + size_t(state[3 * blockIdx.y]) * hidden;
+  const bf16* row = embed_row(embed, state[3 * blockIdx.y], vocab, hidden);
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hidden; i += gridDim.x * blockDim.x) {
     const float v = __bfloat162float(row[i]);
     x[i] = scale > 0 ? v * scale : v;
@@ -55,10 +55,10 @@ void launch_attention(cudaStream_t stream, bool pdl, const AttentionStep& a) {
          smem, a);
 }
 
-void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
-                  float* x, int rows) {
-  launch("fused embedding", embed_kernel, stream, pdl, dim3((hidden + 255) / 256, rows), dim3(256), 0, embed, state,
-         scale, hidden, x);
+void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, int vocab, const int* state, float scale,
+                  int hidden, float* x, int rows) {
+  launch("fused embedding", embed_kernel, stream, pdl, dim3((hidden + 255) / 256, rows), dim3(256), 0, embed, vocab,
+         state, scale, hidden, x);
 }
 
 }  // namespace lmx::cuda::fused

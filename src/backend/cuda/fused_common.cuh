@@ -113,6 +113,15 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
+// The embedding row [hidden] of `token`, one of `vocab`. A step whose logits were all NaN
+// chooses no token: its argmax keeps its INT_MAX start (better() never takes a NaN), and a
+// draw may find no token either. Row 0 is read in its place, so that the next step reads
+// nothing out of bounds; the host refuses such an id with a clear error
+// (CudaFusedDecoder::checked), and the generation stops there.
+__device__ __forceinline__ const bf16* embed_row(const bf16* embed, int token, int vocab, int hidden) {
+  return embed + size_t(unsigned(token) < unsigned(vocab) ? token : 0) * size_t(hidden);
+}
+
 // A sequence's next token, once its argmax is known: the input of the next step, one
 // position on, and the token history's next entry. state [3]: token, position, count.
 __device__ __forceinline__ void advance_sequence(int* state, int* history, int history_len, int token) {

@@ -222,7 +222,16 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const int slot = int(read_++ % kRing);
     check(cudaEventSynchronize(ready_[size_t(slot)]), "cudaEventSynchronize");
     raise_fault(ctx());
-    return std::vector<int32_t>(pinned_ + size_t(slot) * rows_, pinned_ + size_t(slot + 1) * rows_);
+    return checked(std::vector<int32_t>(pinned_ + size_t(slot) * rows_, pinned_ + size_t(slot + 1) * rows_));
+  }
+
+  // A step's ids, refused where a sequence's step chose none (fused_common.cuh, embed_row).
+  std::vector<int32_t> checked(std::vector<int32_t> ids) const {
+    for (const int32_t id : ids)
+      LMX_CHECK(id >= 0 && id < vocab_, "fused decode",
+                "a decode step chose no token: every logit was NaN. The model's weights or activations are not "
+                "finite; float16 weights can overflow where bfloat16 keeps its range");
+    return ids;
   }
 
   void set_inputs(std::span<const int32_t> tokens, std::span<const int64_t> slots,
@@ -268,7 +277,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
     if (persistent_runs()) {
       fused::PersistentStep p;
-      p.embed = bf(w_.embed), p.state = state_i(), p.embed_scale = w_.embed_scale;
+      p.embed = bf(w_.embed), p.vocab = int(w_.embed.shape(0)), p.state = state_i(), p.embed_scale = w_.embed_scale;
       p.hidden = int(hidden_), p.x = f32(xa_);
       return persistent_->launch(c.stream, p, pdl_);
     }
@@ -377,7 +386,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     synchronize(c);
     for (int64_t r = 0; r < rows_; ++r)
       for (int i = 0; i < n; ++i) out[size_t(i) * rows_ + r] = by_row[size_t(r) * n + i];
-    return out;
+    return checked(std::move(out));
   }
 
  private:
@@ -529,7 +538,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     // before their predecessors finish, but each still waits for them before reading their
     // results, and what a kernel reads before that wait (weights; attention's cached
     // positions) was written by kernels of earlier steps.
-    fused::launch_embed(s, false, bf(w_.embed), state_i(), w_.embed_scale, int(hidden_), f32(xa_), int(rows_));
+    fused::launch_embed(s, false, bf(w_.embed), int(w_.embed.shape(0)), state_i(), w_.embed_scale, int(hidden_),
+                        f32(xa_), int(rows_));
     const fused::StepPhase* before = nullptr;
     for (const fused::StepPhase& p : plan_) {
       if (p.kind == fused::StepPhase::Kind::attention) {

@@ -125,9 +125,10 @@ std::string gemm_rows_unsupported(const GemvInput& in);
 void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const GemvOutput& out, const WideScratch& s,
                       bool formed);
 
-// Token embedding of each sequence: x[r, h] = embed[state[r].token, h] * scale (scale 0 = 1).
-void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, const int* state, float scale, int hidden,
-                  float* x, int rows = 1);
+// Token embedding of each sequence: x[r, h] = embed[state[r].token, h] * scale (scale 0 = 1);
+// embed [vocab, hidden], and a token outside it takes row 0 (embed_row).
+void launch_embed(cudaStream_t stream, bool pdl, const bf16* embed, int vocab, const int* state, float scale,
+                  int hidden, float* x, int rows = 1);
 
 // A chunk's softmax partial for one query head: m, l, two unused floats, then the D
 // unnormalised sums, which so start 16 bytes in: read and written as float4.
@@ -228,6 +229,7 @@ struct PersistentStep {
   const bf16* embed = nullptr;
   const int* state = nullptr;
   float embed_scale = 0;
+  int vocab = 0;  // rows of embed (embed_row)
   int hidden = 0;
   float* x = nullptr;  // [hidden]
   unsigned vector_bytes = 0;  // shared memory for input vectors (persistent_smem_bytes)

@@ -529,7 +529,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   int pad = -1;  // the sequence's left padding, read before the first attention
   // The embedding: x = embed[token] · scale.
   {
-    const bf16* row = s.embed + size_t(token) * s.hidden;
+    const bf16* row = embed_row(s.embed, token, s.vocab, s.hidden);
     for (int i = blockIdx.x * kWorkers + threadIdx.x; i < s.hidden; i += gridDim.x * kWorkers) {
       const float v = __bfloat162float(row[i]);
       s.x[i] = s.embed_scale > 0 ? v * s.embed_scale : v;
