@@ -334,6 +334,13 @@ Array sample_tokens(const Array& logits, std::span<const uint64_t> bits, const S
   return out;
 }
 
+void check_chosen(std::span<const int32_t> ids, int64_t vocab, const char* where) {
+  for (const int32_t id : ids)
+    LMX_CHECK(id >= 0 && id < vocab, where,
+              "no token can be chosen: every logit is NaN (or, for a draw, NaN or -inf). The model's weights or "
+              "activations are not finite; float16 weights can overflow where bfloat16 keeps its range");
+}
+
 PackedEdits pack_edits(int64_t rows, int64_t v, std::span<const int64_t> starts,
                        std::span<const LogitEdit> edits, const Penalties& p, Device device) {
   LMX_CHECK(int64_t(starts.size()) == rows + 1 && starts.front() == 0 &&

@@ -158,8 +158,13 @@ struct SampleFilter {
   float min_p = 0;        // in [0, 1]; 0 = off
 };
 // logits [R, V] float; bits: one random word a row -> [R] int32 on the logits' device.
+// NaN is never drawn; a row with no token left to draw (every logit NaN or -inf) gives -1.
 Array sample_tokens(const Array& logits, std::span<const uint64_t> bits,
                     const SampleFilter& filter);
+// An lmx::Error naming `where` unless every id is a token of a vocabulary of `vocab`: a
+// chosen id of -1 (argmax's or sample_tokens's where no token can be chosen), or one out of
+// range from a fused decode step, means the logits were NaN, and the caller stops there.
+void check_chosen(std::span<const int32_t> ids, int64_t vocab, const char* where);
 
 // The processors that need the history, where the logits are: HF's logit bias, then its
 // repetition penalty and the presence and frequency penalties (runtime/sampler.h). Row r's

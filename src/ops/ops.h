@@ -112,8 +112,10 @@ Array mean(const Array& a, std::vector<int> axes = {}, bool keepdims = false);
 Array max(const Array& a, std::vector<int> axes = {}, bool keepdims = false);
 Array min(const Array& a, std::vector<int> axes = {}, bool keepdims = false);
 Array logsumexp(const Array& a, std::vector<int> axes = {}, bool keepdims = false);
-Array argmax(const Array& a, int axis = -1, bool keepdims = false);  // int32; first max wins
-Array softmax(const Array& a, int axis = -1);                        // computed in f32
+// int32; the first of equal maxima wins. NaN never wins (as numpy's nanargmax), and a row
+// with nothing but NaN gives -1, where torch.argmax would give a NaN's index.
+Array argmax(const Array& a, int axis = -1, bool keepdims = false);
+Array softmax(const Array& a, int axis = -1);  // computed in f32
 
 // ---- indexing ----
 // An index out of range is an lmx::Error naming the op: on the CPU at once; on CUDA, where

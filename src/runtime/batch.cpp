@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "ops/fast.h"
 #include "runtime/prefill.h"
 #include "runtime/text_model.h"
 
@@ -106,6 +107,7 @@ std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string
                                                to_device(from_vector(last, {rows}), device_));  // [R, H]
     const Array logits = astype(model_->logits(picked), Dtype::f32);  // [R, V]
     const std::vector<int32_t> best = to_vector<int32_t>(argmax(logits, -1));
+    fast::check_chosen(best, model_->spec().vocab_size, "classify");  // -1: a row of NaN logits
     const std::vector<float> all = to_floats(logits);
     const size_t v = size_t(model_->spec().vocab_size);
     for (int64_t r = 0; r < rows; ++r) {

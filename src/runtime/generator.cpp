@@ -138,6 +138,14 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
   std::vector<int32_t> out(static_cast<size_t>(rows), -1);
   std::vector<bool> pending(skip.size());
   for (size_t r = 0; r < skip.size(); ++r) pending[r] = !skip[r];
+  // A draw of -1 (no token: the row's logits were NaN) stops the generation with an error.
+  auto checked = [&] {
+    std::vector<int32_t> drawn;
+    for (size_t r = 0; r < out.size(); ++r)
+      if (pending[r]) drawn.push_back(out[r]);
+    fast::check_chosen(drawn, v, "generate");
+    return out;
+  };
   if (rows > 0 && (logits.device().type != Device::Type::cpu || samplers[0].greedy())) {
     // The draws where the logits are (Sampler: "a draw where the logits are"): one id a
     // row comes back (on the CPU, greedy rows take the argmax op and copy nothing). A row
@@ -159,7 +167,7 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
     }
     for (size_t r = 0; r < size_t(rows); ++r)
       if (pending[r]) out[r] = ids[r];
-    return out;
+    return checked();
   }
   if (std::find(pending.begin(), pending.end(), true) == pending.end()) return out;
   const std::vector<float> all = to_floats(logits);  // [R, V]
@@ -169,7 +177,7 @@ std::vector<int32_t> sample_rows(std::span<Sampler> samplers, const Array& logit
       if (pending[r])
         out[r] = samplers[r].sample({all.data() + r * size_t(v), size_t(v)}, histories[r]);
   });
-  return out;
+  return checked();
 }
 
 std::optional<int32_t> TokenGenerator::next() {

@@ -23,8 +23,13 @@ uint64_t mix(uint64_t seed, uint64_t i) {  // splitmix64 over (seed, counter)
   return z ^ (z >> 31);
 }
 
+// The first of equal maxima, like torch; NaN never wins, and a row of nothing else gives -1,
+// as the argmax op does.
 int32_t argmax(std::span<const float> v) {
-  return int32_t(std::max_element(v.begin(), v.end()) - v.begin());  // first of ties, like torch
+  int32_t best = -1;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isnan(v[i]) && (best < 0 || v[i] > v[size_t(best)])) best = int32_t(i);
+  return best;
 }
 
 // f folded over v from `init` in 8 running values, merged at the end: for max and min,
@@ -46,9 +51,9 @@ float largest(const std::vector<float>& v) {
   return fold8(v, kNegInf, [](float a, float b) { return std::max(a, b); });
 }
 
-// exp(x_i - max) / sum in f32, 0 where x_i is -inf, the sum taken in f64. A vocabulary of
-// 152K took a millisecond on one thread, once or twice a token, so chunks of kChunk
-// values run on the pool's threads. Each chunk sums in order and the chunks' sums add in
+// exp(x_i - max) / sum in f32, 0 where x_i is -inf (all 0 where every x_i is), the sum
+// taken in f64. A vocabulary of 152K took a millisecond on one thread, once or twice a
+// token, so chunks of kChunk values run on the pool's threads. Each chunk sums in order and the chunks' sums add in
 // order: the result is the same for any count of threads.
 std::vector<float> softmax(const std::vector<float>& x) {
   constexpr int64_t kChunk = 16384;
@@ -65,7 +70,8 @@ std::vector<float> softmax(const std::vector<float>& x) {
     }
   });
   // A multiply by the reciprocal (a division per value cost as much as the exponentials).
-  const double inv = 1.0 / std::accumulate(sums.begin(), sums.end(), 0.0);
+  const double total = std::accumulate(sums.begin(), sums.end(), 0.0);
+  const double inv = total > 0 ? 1.0 / total : 0.0;
   for (float& q : p) q = float(double(q) * inv);
   return p;
 }
@@ -190,8 +196,9 @@ std::vector<float> Sampler::process(std::span<const float> logits, std::span<con
     }
   }
   if (opts_.temperature == 0) return x;
+  // NaN is never drawn (as fast::sample_tokens): it goes where removed tokens go.
   const float temperature = opts_.temperature;  // a local: the loop then vectorises
-  for (float& l : x) l /= temperature;
+  for (float& l : x) l = std::isnan(l) ? kNegInf : l / temperature;
   if (opts_.top_k > 0 && opts_.top_k < v) {
     // HF TopK: keep everything >= the k-th largest value (ties at the threshold stay).
     std::vector<float> sorted = x;
@@ -217,7 +224,7 @@ std::vector<float> Sampler::probabilities(std::span<const float> logits, std::sp
   std::vector<float> x = process(logits, history);
   if (opts_.temperature == 0) {
     std::vector<float> p(x.size(), 0.0f);
-    p[size_t(argmax(x))] = 1;
+    if (const int32_t top = argmax(x); top >= 0) p[size_t(top)] = 1;
     return p;
   }
   return softmax(x);
@@ -239,7 +246,7 @@ uint64_t Sampler::take_word() { return mix(seed_, draws_++); }
 int32_t Sampler::draw(const std::vector<float>& p) {
   const double u = double(take_word() >> 11) * 0x1p-53;
   double cum = 0;
-  int32_t last = 0;
+  int32_t last = -1;  // no token with mass: every logit NaN or -inf
   for (size_t i = 0; i < p.size(); ++i) {
     if (p[i] <= 0) continue;
     last = int32_t(i);

@@ -29,7 +29,8 @@ class Sampler {
  public:
   explicit Sampler(SamplingOptions options);
   // logits [V] in f32; `history` is every token so far (prompt included), which the
-  // penalties look at as HF's processors do.
+  // penalties look at as HF's processors do. NaN logits are never drawn; -1 where no token
+  // can be (every logit NaN, or for a draw NaN or -inf), as fast::sample_tokens and argmax.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
   // The processed distribution the next draw would use, [V], zeros for removed tokens
   // (for tests and for clients that want probabilities).

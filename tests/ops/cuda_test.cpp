@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <thread>
 #include <tuple>
@@ -216,6 +217,40 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
                 to_vector<int32_t>(fast::sample_tokens(to_device(x, kGpu), words, f)))
           << rows << " rows, kind " << c.kinds[0] << ", top_k " << c.top_k << ", top_p " << c.top_p
           << ", draw " << i;
+    }
+  }
+}
+
+// NaN logits: the device never draws one, and a row with no token to draw (every logit
+// NaN, or NaN and -inf) gives -1, as the CPU kernel does. Rows of one launch mix the three
+// kinds, through the draw among top-k's few survivors and through the full walk.
+TEST(Cuda, SampleTokensNeverDrawNaNAndGiveMinusOneWhereNoTokenIs) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (const int64_t v : {int64_t(7), int64_t(4097), int64_t(151936)}) {
+    std::vector<float> values = to_floats(random_normal({3, v}, 31 + uint64_t(v), 0, 2));
+    for (int64_t i = 0; i < v; ++i) {
+      if (i % 3 != 1) values[size_t(i)] = nan;           // row 0: two of three NaN
+      values[size_t(v + i)] = nan;                        // row 1: all NaN
+      values[size_t(2 * v + i)] = i % 2 ? nan : -inf;     // row 2: NaN and -inf
+    }
+    // Three rows, then the first two alone: row 2's -inf overflow top-k's list of survivors,
+    // so only the launch without it draws among them.
+    for (const int64_t rows : {int64_t(3), int64_t(2)}) {
+      const Array x = from_vector(std::vector<float>(values.begin(), values.begin() + rows * v), {rows, v});
+      const Array xg = to_device(x, kGpu);
+      for (const fast::SampleFilter f : {fast::SampleFilter{1.0f, 0, 1, 0}, fast::SampleFilter{0.8f, 20, 1, 0},
+                                         fast::SampleFilter{1.0f, 0, 0.9f, 0.05f}}) {
+        for (uint64_t i = 0; i < 10; ++i) {
+          const std::vector<uint64_t> all = {0x9e3779b97f4a7c15ull * (i + 1), 7 * i + 1, 11 * i + 2};
+          const std::span<const uint64_t> words(all.data(), size_t(rows));
+          const std::vector<int32_t> got = to_vector<int32_t>(fast::sample_tokens(xg, words, f));
+          ASSERT_EQ(got, to_vector<int32_t>(fast::sample_tokens(x, words, f)))
+              << rows << " rows of " << v << " logits, draw " << i;
+          ASSERT_EQ(got[0] % 3, 1) << "a NaN was drawn";
+          for (int64_t r = 1; r < rows; ++r) ASSERT_EQ(got[size_t(r)], -1) << "row " << r;
+        }
+      }
     }
   }
 }

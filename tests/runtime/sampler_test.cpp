@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 
@@ -302,6 +303,53 @@ TEST(SamplerTest, EditLogitsThenSampleTokensDrawAsSample) {
   bad.logit_bias = {{int32_t(v), 1.0f}};
   std::vector<fast::LogitEdit> e;
   EXPECT_THROW(Sampler(bad).edits({}, v, e), Error);
+}
+
+// NaN logits are never drawn, greedy or sampled, by the host sampler or by
+// fast::sample_tokens; where no token can be (every logit NaN, or for a draw NaN or
+// -inf) both give -1, which decoding turns into a clear error.
+TEST(SamplerTest, NaNIsNeverDrawnAndARowWithoutATokenGivesMinusOne) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::vector<float>> rows = {
+      {nan, 0.5f, nan, 0.25f, nan, 0.5f, nan, 0},  // NaN where the mass would be
+      {nan, nan, nan, nan, nan, nan, nan, nan},
+      {-inf, nan, -inf, -inf, nan, -inf, -inf, -inf},
+      {-inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf}};
+  const std::vector<int32_t> greedy_want = {1, -1, 0, 0};  // -inf is a value, NaN none
+  struct Case {
+    float temperature, top_p, min_p;
+    int top_k;
+  };
+  for (const Case c : {Case{0, 1, 0, 0}, Case{1.0f, 1, 0, 0}, Case{0.7f, 0.8f, 0, 0}, Case{1.0f, 1, 0, 3},
+                       Case{1.0f, 0.9f, 0.1f, 5}}) {
+    SamplingOptions o;
+    o.temperature = c.temperature, o.top_p = c.top_p, o.min_p = c.min_p, o.top_k = c.top_k, o.seed = 5;
+    Sampler host(o), device(o);
+    const std::optional<fast::SampleFilter> f = device.filter();
+    for (int i = 0; i < 200; ++i)
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const int32_t got = host.sample(rows[r], {});
+        SCOPED_TRACE("row " + std::to_string(r) + ", temperature " + std::to_string(c.temperature) +
+                     ", top_k " + std::to_string(c.top_k));
+        if (!f) {
+          ASSERT_EQ(got, greedy_want[r]);
+          continue;
+        }
+        const std::vector<uint64_t> word = {device.take_word()};
+        ASSERT_EQ(got, to_vector<int32_t>(fast::sample_tokens(from_vector(rows[r], {1, 8}), word, *f))[0]);
+        if (r == 0)
+          ASSERT_TRUE(got == 1 || got == 3 || got == 5 || got == 7) << got;
+        else
+          ASSERT_EQ(got, -1);
+      }
+    if (!f) {
+      EXPECT_EQ(host.probabilities(rows[1], {}), std::vector<float>(8, 0.0f));
+    } else {
+      const std::vector<float> p = host.probabilities(rows[0], {});
+      EXPECT_TRUE(p[0] == 0 && p[2] == 0 && p[4] == 0 && p[6] == 0);
+      EXPECT_EQ(host.probabilities(rows[3], {}), std::vector<float>(8, 0.0f));
+    }
+  }
 }
 
 TEST(SamplerTest, MinPDropsUnlikelyTokens) {

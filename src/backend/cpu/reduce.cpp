@@ -64,11 +64,12 @@ void argmax(const Array& in, const Array& out) {
   visit_dtype(in.dtype(), [&](auto tag) {
     using T = decltype(tag);
     for_rows<T>(in, [&](int64_t r, const T* x, int64_t n) {
-      int64_t best = 0;
-      auto bv = load(x[0]);
-      for (int64_t i = 1; i < n; ++i) {
+      // NaN never wins (v != v holds only for NaN), and a row of nothing else has no index.
+      int64_t best = -1;
+      decltype(load(x[0])) bv{};
+      for (int64_t i = 0; i < n; ++i) {
         const auto v = load(x[i]);
-        if (v > bv) {
+        if (v == v && (best < 0 || v > bv)) {
           bv = v;
           best = i;
         }

@@ -16,14 +16,14 @@ namespace {
 
 constexpr float kGone = -std::numeric_limits<float>::infinity();
 
-// p = exp(x - max) / Z in f32 with Z summed in f64, 0 for removed tokens; and the most
-// likely token (the lowest id at the maximum).
+// p = exp(x - max) / Z in f32 with Z summed in f64, 0 for removed tokens (all 0 where
+// every token is removed); and the most likely token (the lowest id at the maximum).
 int64_t probabilities(const std::vector<float>& x, std::vector<float>& p) {
   const int64_t top = std::max_element(x.begin(), x.end()) - x.begin();  // the first of equals
   double z = 0;
   for (size_t i = 0; i < x.size(); ++i)
     z += p[i] = std::isinf(x[i]) ? 0.0f : std::exp(x[i] - x[size_t(top)]);
-  const double inv = 1.0 / z;
+  const double inv = z > 0 ? 1.0 / z : 0.0;
   for (float& q : p) q = float(double(q) * inv);
   return top;
 }
@@ -65,7 +65,7 @@ int32_t sample_row(std::vector<float>& x, const fast::SampleFilter& f, uint64_t 
   probabilities(x, p);
   const double u = double(word >> 11) * 0x1p-53;
   double cdf = 0;
-  int32_t last = 0;
+  int32_t last = -1;  // no token with mass: every logit NaN or -inf
   for (size_t i = 0; i < n; ++i) {
     if (p[i] <= 0) continue;
     cdf += p[i], last = int32_t(i);

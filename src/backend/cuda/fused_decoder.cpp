@@ -227,10 +227,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   // A step's ids, refused where a sequence's step chose none (fused_common.cuh, embed_row).
   std::vector<int32_t> checked(std::vector<int32_t> ids) const {
-    for (const int32_t id : ids)
-      LMX_CHECK(id >= 0 && id < vocab_, "fused decode",
-                "a decode step chose no token: every logit was NaN. The model's weights or activations are not "
-                "finite; float16 weights can overflow where bfloat16 keeps its range");
+    fast::check_chosen(ids, vocab_, "fused decode");
     return ids;
   }
 

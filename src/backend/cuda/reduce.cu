@@ -95,7 +95,7 @@ __global__ void argmax_kernel(const T* in, int32_t* out, int64_t cols, bool vect
     C best = part_v[0];
     int64_t best_at = part_i[0];
     for (int w = 1; w < int(blockDim.x / 32); ++w) better(best, best_at, part_v[w], part_i[w]);
-    out[blockIdx.x] = int32_t(best_at < cols ? best_at : 0);  // a row of NaNs gives 0
+    out[blockIdx.x] = int32_t(best_at < cols ? best_at : -1);  // a row of NaNs has no index
   }
 }
 

@@ -141,6 +141,10 @@ __device__ T combine(const T* partial, int n, T init, Op op) {
   return block_reduce(v, op);
 }
 
+// 1 / z, or 0 where z = 0 (every logit NaN or -inf): the row's values then carry no mass,
+// where 0 · (1 / 0) would make them NaN.
+__device__ __forceinline__ double reciprocal_or_zero(double z) { return z > 0 ? 1.0 / z : 0.0; }
+
 struct Row {
   int64_t cols, first, step;  // the row's length; this block's first element and stride
   int block, per_row;         // this block's place among the row's blocks
@@ -220,7 +224,7 @@ __device__ int softmax_listed(ListScratch& l, int n) {
   if (t == 0) {
     double z = 0;
     for (int j = 0; j < n; ++j) z += l.p[j];
-    l.inv = 1.0 / z;
+    l.inv = reciprocal_or_zero(z);
   }
   __syncthreads();
   if (t < n) l.p[t] = float(double(l.p[t]) * l.inv);
@@ -271,7 +275,7 @@ __device__ int32_t draw_among(ListScratch& l, int n, const fast::SampleFilter& f
     const double u = double(word >> 11) * 0x1p-53;
     double cdf = 0;
     l.drawn = -1;
-    int32_t last = 0;
+    int32_t last = -1;  // no token with mass: every value -inf
     for (int j = 0; j < n && l.drawn < 0; ++j) {
       if (l.p[j] <= 0) continue;
       cdf += l.p[j], last = l.ids[j];
@@ -364,7 +368,7 @@ __global__ void __launch_bounds__(kThreads)
           l.ids[at] = id, l.x[at] = value(id);
         }
         __syncthreads();
-        const int32_t id = n > 0 ? draw_among(l, n, f, words.w[r]) : 0;  // n = 0: only NaN, no mass
+        const int32_t id = n > 0 ? draw_among(l, n, f, words.w[r]) : -1;  // n = 0: only NaN, no mass
         if (t == 0) {
           *out_r = id;
           if (also_r) *also_r = id;
@@ -385,7 +389,7 @@ __global__ void __launch_bounds__(kThreads)
     z = block_reduce(z, Sum{});
     if (threadIdx.x == 0 && live) s.z[row.block] = z;
     grid.sync();
-    inv = live ? 1.0 / combine(s.z, per_row, 0.0, Sum{}) : 0.0;
+    inv = live ? reciprocal_or_zero(combine(s.z, per_row, 0.0, Sum{})) : 0.0;
   }
   auto prob = [&](float x) { return float(double(weight(x)) * inv); };
 
@@ -463,7 +467,7 @@ __global__ void __launch_bounds__(kThreads)
   z = block_reduce(z, Sum{});
   if (threadIdx.x == 0 && live) s.z_kept[row.block] = z;
   grid.sync();
-  const double inv_kept = live ? 1.0 / combine(s.z_kept, per_row, 0.0, Sum{}) : 0.0;
+  const double inv_kept = live ? reciprocal_or_zero(combine(s.z_kept, per_row, 0.0, Sum{})) : 0.0;
   auto p_kept = [&](int64_t i) {
     const float x = value(i);
     return kept(i, x) ? float(double(weight(x)) * inv_kept) : 0.0f;
@@ -515,8 +519,9 @@ __global__ void __launch_bounds__(kThreads)
   }
   // No run holds u only where rounding left it at or past the total: then the last token
   // with mass, as on the host. A run's draw always comes before that token, so the smaller
-  // of the two is the draw either way, and no sync has to wait for the runs.
-  if (row.block == 0 && t == 0) take(last_all >= 0 ? int32_t(last_all) : 0);
+  // of the two is the draw either way, and no sync has to wait for the runs. A row with no
+  // token with mass (every logit NaN or -inf) draws -1, as the CPU kernel does.
+  if (row.block == 0 && t == 0) take(last_all >= 0 ? int32_t(last_all) : -1);
 }
 
 // Logit l of token `id` edited as Sampler::process edits it: the biases of its entries,
