@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
-#include <limits>
 #include <thread>
 
+#include "fixture_copy.h"
 #include "io/safetensors.h"
 #include "lmx/lmx.h"
 #include "ops/ops.h"
@@ -330,39 +330,15 @@ TEST(ApiTest, OverTheMemoryLimitEndsTheStreamCleanly) {
   EXPECT_EQ(ids_of(model->generate_ids({5, 6, 7}, greedy(6))), want);  // still usable
 }
 
-// A copy of the fixture `name` whose final norm's weights are NaN, as from weights that
-// overflowed: every logit of every step is NaN.
-fs::path nan_logits_copy(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("lmx_nan_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  for (const auto& f : fs::directory_iterator(kModels / name))
-    if (f.path().filename() != "model.safetensors") fs::copy_file(f.path(), dir / f.path().filename());
-  const io::SafetensorsFile file = io::SafetensorsFile::open(kModels / name / "model.safetensors");
-  std::vector<io::NamedTensor> tensors;
-  std::vector<float> nan;
-  bool poisoned = false;
-  for (const io::TensorInfo& t : file.tensors()) {
-    tensors.push_back({t.name, t.dtype, t.shape, file.data(t)});
-    if (t.name == "model.norm.weight" && t.dtype == io::StDtype::F32) {
-      nan.assign(size_t(t.nbytes() / 4), std::numeric_limits<float>::quiet_NaN());
-      tensors.back().bytes = std::as_bytes(std::span<const float>(nan));
-      poisoned = true;
-    }
-  }
-  EXPECT_TRUE(poisoned) << "no f32 model.norm.weight in " << name;
-  io::write_safetensors(dir / "model.safetensors", tensors);
-  return dir;
-}
-
 // With every logit NaN, no token can be chosen. The stream ends at once with an error that
 // says why, greedy or sampled, and classify refuses. The plain paths took token 0 (the argmax
 // op) or the last id (the host's draw) there, and went on with tokens that meant nothing.
 TEST(ApiTest, NaNLogitsEndTheStreamWithAClearError) {
-  const fs::path dir = nan_logits_copy("qwen3-f32");
+  const test::FixtureCopy copy("qwen3-f32", "nan");
+  copy.fill_nan("model.norm.weight");
   LoadOptions lo;
   lo.backend = "cpu";
-  auto model = load_model(dir, lo);
+  auto model = load_model(copy.dir(), lo);
   GenerateOptions sampled = greedy(6);
   sampled.temperature = 0.8f;
   sampled.top_p = 0.9f;
@@ -380,7 +356,6 @@ TEST(ApiTest, NaNLogitsEndTheStreamWithAClearError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("[classify] no token can be chosen"), std::string::npos) << e.what();
   }
-  fs::remove_all(dir);
 }
 
 TEST(ApiTest, PromptPastTheContextIsRejected) {

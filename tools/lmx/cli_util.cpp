@@ -1,8 +1,17 @@
 #include "cli_util.h"
 
 #include "core/error.h"
+#include "text/unicode.h"
 
 namespace lmx::cli {
+
+void warn_if_not_utf8(std::string_view text, const char* what) {
+  if (!detail::is_valid_utf8(text))
+    std::fprintf(stderr,
+                 "lmx: warning: %s is not valid UTF-8; each invalid byte sequence is read as U+FFFD, as HF "
+                 "tokenizers reads bytes decoded with errors=\"replace\"\n",
+                 what);
+}
 
 void ModelArgs::add(CLI::App* cmd) {
   cmd->add_option("MODEL", dir, "Model folder (config.json, *.safetensors, tokenizer.json)")->required();

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
+#include <string_view>
 
 #include "lmx/lmx.h"
 
@@ -28,6 +29,11 @@ struct GenerateArgs {
   void add(CLI::App* cmd, bool chat);
   GenerateOptions options() const;
 };
+
+// A warning on stderr where `text` (the user's `what`) is not valid UTF-8. The tokenizer
+// reads each invalid sequence as U+FFFD, as HF does with bytes decoded with
+// errors="replace", so the model sees other text than was given; the user should know.
+void warn_if_not_utf8(std::string_view text, const char* what);
 
 // One line of timings and memory, e.g. for stderr after a reply.
 void print_metrics(const GenerateMetrics& m, std::FILE* out);

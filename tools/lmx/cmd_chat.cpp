@@ -59,6 +59,7 @@ void run_chat(const ModelArgs& args, const GenerateArgs& gen, std::string system
       std::printf("(system prompt set; history cleared)\n");
       continue;
     }
+    warn_if_not_utf8(line, "this message");
     history.push_back({"user", line});
     std::string reply;
     g_interrupted = false;

@@ -111,6 +111,7 @@ void add_model_commands(CLI::App& app) {
       LMX_CHECK(!prompt->empty() || !prompt_ids->empty(), "cli", "give --prompt TEXT or --prompt-ids 1,2,3");
       auto model = m->load();
       const GenerateOptions opts = g->options();
+      warn_if_not_utf8(*prompt, "the prompt");
       Stream s = prompt_ids->empty() ? model->generate(*prompt, opts)
                                      : model->generate_ids(parse_ids(*prompt_ids, "--prompt-ids"), opts);
       std::vector<int32_t> ids;
@@ -122,23 +123,24 @@ void add_model_commands(CLI::App& app) {
       }
       const GenerateMetrics mt = model->metrics();
       if (*json) {
-        const nlohmann::json j{{"ids", ids},
-                               {"text", text},
-                               {"finish_reason", mt.finish_reason},
-                               {"prompt_tokens", mt.prompt_tokens},
-                               {"generated_tokens", mt.generated_tokens},
-                               {"prefill_tok_per_s", mt.prefill_tok_per_s},
-                               {"decode_tok_per_s", mt.decode_tok_per_s},
-                               {"time_to_first_token_s", mt.time_to_first_token_s},
-                               {"peak_memory_bytes", mt.peak_memory},
-                               {"gpu_utilization", mt.gpu_utilization},
-                               {"decode_path", mt.decode_path}};
+        nlohmann::json j{{"ids", ids},
+                         {"text", text},
+                         {"finish_reason", mt.finish_reason},
+                         {"prompt_tokens", mt.prompt_tokens},
+                         {"generated_tokens", mt.generated_tokens},
+                         {"prefill_tok_per_s", mt.prefill_tok_per_s},
+                         {"decode_tok_per_s", mt.decode_tok_per_s},
+                         {"time_to_first_token_s", mt.time_to_first_token_s},
+                         {"peak_memory_bytes", mt.peak_memory},
+                         {"gpu_utilization", mt.gpu_utilization},
+                         {"decode_path", mt.decode_path}};
+        if (model->err()) j["error"] = model->err_message();  // why the finish_reason is "error"
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       } else {
         std::printf("\n");
       }
       print_metrics(mt, stderr);
-      if (model->err()) throw Error("[generate] " + model->err_message());
+      if (model->err()) throw Error(model->err_message());  // it names its op, e.g. "[generate] ..."
     });
   }
 }

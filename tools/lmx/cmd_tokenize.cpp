@@ -7,6 +7,7 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "core/error.h"
 #include "text/jinja/jinja.h"
@@ -28,6 +29,7 @@ void run_tokenize(const std::string& dir, const std::optional<std::string>& text
   if (!jsonl) {
     const std::string input =
         text ? *text : std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    warn_if_not_utf8(input, "the text");
     std::printf("%s\n", dump(tok.encode(input, !no_special)).c_str());
     return;
   }

@@ -1,0 +1,166 @@
+// The lmx command line, run as a user runs it: every command's --help, the errors for bad
+// model folders (each names the file and says what to do, on stderr, with nothing on
+// stdout and a failing exit status), and generate/tokenize agreeing with the library.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <functional>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <sys/wait.h>
+
+#include "fixture_copy.h"
+#include "lmx/lmx.h"
+
+namespace lmx {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int status = -1;  // the exit status
+  std::string out, err;
+};
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// `lmx ARGS` through /bin/sh (ARGS quoted as a shell would take them), stdin from `input`.
+Result lmx(const std::string& args, const std::string& input = "") {
+  const fs::path base = fs::temp_directory_path() / ("lmx_cli_" + std::to_string(::getpid()));
+  std::ofstream(base.string() + ".in", std::ios::binary) << input;
+  const std::string cmd = std::string("'") + LMX_CLI + "' " + args + " < '" + base.string() + ".in' > '" +
+                          base.string() + ".out' 2> '" + base.string() + ".err'";
+  const int raw = std::system(cmd.c_str());
+  Result r{WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_all(base.string() + ".out"), read_all(base.string() + ".err")};
+  for (const char* ext : {".in", ".out", ".err"}) fs::remove(base.string() + ext);
+  return r;
+}
+
+TEST(CliTest, EveryCommandsHelpTeaches) {
+  const Result top = lmx("--help");
+  EXPECT_EQ(top.status, 0);
+  for (const char* cmd : {"selfcheck", "tokenize", "detokenize", "template", "logits", "generate", "random-model",
+                          "chat", "bench", "classify", "discover", "info"}) {
+    EXPECT_NE(top.out.find(cmd), std::string::npos) << cmd << " is missing from lmx --help";
+    const Result r = lmx(std::string(cmd) + " --help");
+    EXPECT_EQ(r.status, 0) << cmd;
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << cmd << ":\n" << r.out;
+  }
+  const Result wrong = lmx("generate --no-such-flag");
+  EXPECT_NE(wrong.status, 0);
+  EXPECT_NE(wrong.err.find("--help"), std::string::npos) << wrong.err;
+}
+
+// Each broken folder: the exit status fails, stdout stays empty, and stderr has one line
+// that names the file and the way out.
+TEST(CliTest, BadModelFoldersGetAnErrorThatNamesTheFileAndTheRemedy) {
+  struct Case {
+    std::string what;
+    std::function<void(const test::FixtureCopy&)> breakage;
+    std::string file, remedy;  // file "": the folder is named
+  };
+  const Case cases[] = {
+      {"truncated weights", [](const test::FixtureCopy& c) { fs::resize_file(c.file("model.safetensors"), 5000); },
+       "model.safetensors", "truncated or corrupt; re-download it"},
+      {"malformed config", [](const test::FixtureCopy& c) { std::ofstream(c.file("config.json")) << "{oops"; },
+       "config.json", "malformed JSON"},
+      {"unknown model_type",
+       [](const test::FixtureCopy& c) {
+         auto j = nlohmann::json::parse(read_all(c.file("config.json")));
+         j["model_type"] = "mamba";
+         std::ofstream(c.file("config.json")) << j.dump();
+       },
+       "config.json", "unknown model_type 'mamba'; this build of lmx runs"},
+      {"missing config", [](const test::FixtureCopy& c) { fs::remove(c.file("config.json")); }, "config.json",
+       "not found"},
+      {"missing weights", [](const test::FixtureCopy& c) { fs::remove(c.file("model.safetensors")); },
+       "", "no weights found: expected model.safetensors"},
+  };
+  for (const Case& c : cases) {
+    const test::FixtureCopy copy("qwen3-f32", "cli_bad");
+    c.breakage(copy);
+    const Result r = lmx("generate '" + copy.dir().string() + "' --device cpu --prompt hi --max-tokens 2");
+    EXPECT_EQ(r.status, 1) << c.what;
+    EXPECT_TRUE(r.out.empty()) << c.what << ": " << r.out;
+    EXPECT_EQ(r.err.rfind("lmx: error: [", 0), 0u) << c.what << ": " << r.err;
+    const fs::path named = c.file.empty() ? copy.dir() : copy.dir() / c.file;  // the file, or the folder
+    EXPECT_NE(r.err.find(named.string()), std::string::npos) << c.what << ": " << r.err;
+    EXPECT_NE(r.err.find(c.remedy), std::string::npos) << c.what << ": " << r.err;
+  }
+}
+
+TEST(CliTest, GenerateJsonGivesTheLibrarysTokens) {
+  const fs::path dir = test::kFixtureModels / "qwen3-f32";
+  const Result r =
+      lmx("generate '" + dir.string() + "' --device cpu --prompt-ids 5,6,7 --max-tokens 8 --ignore-eos --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  LoadOptions o;
+  o.backend = "cpu";
+  GenerateOptions g;
+  g.max_tokens = 8;
+  g.ignore_eos = true;
+  const auto model = load_model(dir, o);  // a stream needs its model alive
+  std::vector<int32_t> want;
+  for (const Token& t : model->generate_ids({5, 6, 7}, g)) want.push_back(t.id);
+  EXPECT_EQ(j.at("ids").get<std::vector<int32_t>>(), want);
+  EXPECT_EQ(j.at("finish_reason"), "length");
+  EXPECT_FALSE(j.contains("error"));
+}
+
+// A prompt past the context, and a model whose logits are all NaN: the exit status fails
+// and the error says why; with --json the object carries it too.
+TEST(CliTest, GenerationErrorsFailTheCommandAndSayWhy) {
+  const fs::path dir = test::kFixtureModels / "qwen3-f32";
+  const Result past = lmx("generate '" + dir.string() + "' --device cpu --prompt-ids 1,2,3,4,5,6,7,8,9 --context 8");
+  EXPECT_EQ(past.status, 1);
+  EXPECT_NE(past.err.find("lmx: error: [generate] the prompt has 9 tokens, more than the context length of 8; "
+                          "shorten it or raise the context length"),
+            std::string::npos)
+      << past.err;
+  const test::FixtureCopy copy("qwen3-f32", "cli_nan");
+  copy.fill_nan("model.norm.weight");
+  const Result nan = lmx("generate '" + copy.dir().string() + "' --device cpu --prompt hi --json");
+  EXPECT_EQ(nan.status, 1);
+  EXPECT_NE(nan.err.find("lmx: error: [generate] no token can be chosen: every logit is NaN"), std::string::npos)
+      << nan.err;
+  const auto j = nlohmann::json::parse(nan.out);
+  EXPECT_EQ(j.at("finish_reason"), "error");
+  EXPECT_NE(j.at("error").get<std::string>().find("every logit is NaN"), std::string::npos) << nan.out;
+}
+
+// Invalid UTF-8 is read as HF reads it (U+FFFD), and the command says so on stderr.
+TEST(CliTest, InvalidUtf8IsReadAsReplacementCharactersWithAWarning) {
+  const fs::path dir = test::kFixtureModels / "qwen3-f32";
+  const std::string bad = "\"$(printf 'caf\\303(')\"", good = "'caf\xEF\xBF\xBD('";
+  const Result tok_bad = lmx("tokenize '" + dir.string() + "' " + bad);
+  const Result tok_good = lmx("tokenize '" + dir.string() + "' " + good);
+  ASSERT_EQ(tok_bad.status, 0) << tok_bad.err;
+  EXPECT_EQ(tok_bad.out, tok_good.out);
+  EXPECT_NE(tok_bad.err.find("lmx: warning: the text is not valid UTF-8"), std::string::npos) << tok_bad.err;
+  EXPECT_EQ(tok_good.err, "");
+  const Result gen = lmx("generate '" + dir.string() + "' --device cpu --max-tokens 2 --prompt " + bad);
+  EXPECT_EQ(gen.status, 0) << gen.err;
+  EXPECT_NE(gen.err.find("lmx: warning: the prompt is not valid UTF-8"), std::string::npos) << gen.err;
+}
+
+TEST(CliTest, TokenizeAndDetokenizeAgreeWithTheLibrary) {
+  const fs::path dir = test::kFixtureModels / "qwen3-f32";
+  const Result tok = lmx("tokenize '" + dir.string() + "' 'Hello, world'");
+  ASSERT_EQ(tok.status, 0) << tok.err;
+  LoadOptions o;
+  o.backend = "cpu";
+  const auto model = load_model(dir, o);
+  const std::vector<int32_t> ids = model->tokenize("Hello, world");
+  EXPECT_EQ(nlohmann::json::parse(tok.out).get<std::vector<int32_t>>(), ids);
+  const Result detok = lmx("detokenize '" + dir.string() + "'", nlohmann::json(ids).dump() + "\n");
+  ASSERT_EQ(detok.status, 0) << detok.err;
+  EXPECT_EQ(nlohmann::json::parse(detok.out).get<std::string>(), model->detokenize(ids));
+}
+
+}  // namespace
+}  // namespace lmx
