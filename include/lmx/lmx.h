@@ -7,6 +7,8 @@
 //
 // Thread-safety: one TextModel runs one request at a time; use one TextModel per
 // thread, or serialise calls. Streams must be consumed on the thread that made them.
+// A new request on a model ends the stream still open on it (that stream then gives no
+// more tokens, and finishes as cancelled), and so does the model's end.
 #pragma once
 
 #include <cstdint>

@@ -76,6 +76,7 @@ int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<in
 }  // namespace
 
 std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string> prompts, const GenerateOptions& o) {
+  end_open_stream();
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::vector<int32_t>> ids;
   int total = 0;
@@ -127,6 +128,7 @@ std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string
 
 std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::string> prompts,
                                                         const GenerateOptions& o) {
+  end_open_stream();
   const auto t0 = std::chrono::steady_clock::now();
   LMX_CHECK(o.temperature == 0 || o.seed, "batch_generate", "sampling with temperature > 0 needs a seed so that "
             "rows are reproducible");

@@ -1,6 +1,7 @@
 #include "runtime/text_model.h"
 
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "core/allocator.h"
 #include "core/error.h"
@@ -13,27 +14,38 @@ namespace lmx::runtime {
 namespace {
 
 // One streamed generation: token ids from the TokenGenerator, text from the streaming
-// detokenizer, stop strings held back, errors turned into err() codes.
-class GenerationSource final : public Stream::Source {
+// detokenizer, stop strings held back, errors turned into err() codes. It shares the
+// model's prompt cache, so the model ends it (end_for_model) before another request, and
+// before the model itself goes: after that the stream gives no more tokens and never
+// touches the model again.
+class GenerationSource final : public Stream::Source, public OpenStream {
  public:
   GenerationSource(LocalTextModel& m, std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop,
                    int64_t cached)
-      : m_(m),
-        stop_(std::move(stop)),
-        gen_(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache()),
-        stops_(o.stop_strings) {
+      : m_(&m), stop_(std::move(stop)), stops_(o.stop_strings) {
+    gen_.emplace(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache());
     cached_ = int(cached);
-    gen_.set_stop(stop_);  // a long prompt's prefill stops between its passes
+    gen_->set_stop(stop_);  // a long prompt's prefill stops between its passes
     if (m.has_tokenizer()) decoder_.emplace(m.tokenizer(), o.skip_special_tokens);
+    m.set_open_stream(this);
   }
-  ~GenerationSource() override { finish(); }
+  ~GenerationSource() override {
+    finish();
+    if (m_) m_->set_open_stream(nullptr);
+  }
+
+  void end_for_model() override {
+    cancel();
+    gen_.reset();  // its decoder goes back to the model, which is still whole
+    m_ = nullptr;
+  }
 
   std::optional<Token> next() override {
     if (finished_) return std::nullopt;
-    if (stop_.stop_requested()) gen_.cancel();
+    if (stop_.stop_requested()) gen_->cancel();
     std::optional<int32_t> id;
     try {
-      id = gen_.next();
+      id = gen_->next();
     } catch (const OutOfMemory& e) {
       fail_with(Errc::out_of_memory, e.what());
       return std::nullopt;
@@ -45,13 +57,13 @@ class GenerationSource final : public Stream::Source {
       finish();
       return std::nullopt;
     }
-    const FinishReason why = gen_.finish_reason();
+    const FinishReason why = gen_->finish_reason();
     const bool control = why == FinishReason::eos || why == FinishReason::stop_token;
     const std::string piece = decoder_ && !control ? decoder_->push(*id) : std::string();
     StopStringMatcher::Result r = stops_.push(piece);
     std::string text = std::move(r.emit);
     if (r.stopped) {
-      gen_.cancel();
+      gen_->cancel();
       stopped_by_string_ = true;
     } else if (why != FinishReason::none) {
       // The last token: release what the detokenizer and the matcher still hold.
@@ -60,12 +72,13 @@ class GenerationSource final : public Stream::Source {
       if (tail.stopped) stopped_by_string_ = true;
       else text += stops_.flush();
     }
-    if (gen_.finish_reason() != FinishReason::none || stopped_by_string_) finish();
+    if (gen_->finish_reason() != FinishReason::none || stopped_by_string_) finish();
     return Token{*id, text};
   }
 
   void cancel() override {
-    gen_.cancel();
+    if (finished_) return;
+    gen_->cancel();
     finish();
   }
 
@@ -80,29 +93,29 @@ class GenerationSource final : public Stream::Source {
   void finish() {
     if (finished_) return;
     finished_ = true;
-    FinishReason r = gen_.finish_reason();
+    FinishReason r = gen_->finish_reason();
     if (stopped_by_string_) r = FinishReason::stop_string;
     if (failed_) r = FinishReason::error;
     std::error_code err = err_;
     if (!failed_ && r == FinishReason::cancelled) err = make_error_code(Errc::cancelled);
     // The cache holds every token fed to the model: all but the last one sampled. After
     // a failure its contents are unknown, so it is dropped.
-    std::vector<int32_t>& cached = m_.cached_tokens();
+    std::vector<int32_t>& cached = m_->cached_tokens();
     if (failed_) {
-      m_.prompt_cache().truncate(0);
+      m_->prompt_cache().truncate(0);
       cached.clear();
     } else {
-      const auto& t = gen_.tokens();
-      cached.assign(t.begin(), t.begin() + m_.prompt_cache().length());
+      const auto& t = gen_->tokens();
+      cached.assign(t.begin(), t.begin() + m_->prompt_cache().length());
     }
-    GenerationTimings tm = gen_.timings();
-    m_.record(tm, r, err, msg_);
-    m_.set_cached_prompt_tokens(cached_);
+    GenerationTimings tm = gen_->timings();
+    m_->record(tm, r, err, msg_);
+    m_->set_cached_prompt_tokens(cached_);
   }
 
-  LocalTextModel& m_;
+  LocalTextModel* m_;  // null once the model has ended this stream
   std::stop_token stop_;
-  TokenGenerator gen_;
+  std::optional<TokenGenerator> gen_;  // empty once the model has ended this stream
   std::optional<StreamDecoder> decoder_;
   StopStringMatcher stops_;
   bool finished_ = false, failed_ = false, stopped_by_string_ = false;
@@ -193,7 +206,14 @@ void LocalTextModel::record(const GenerationTimings& t, FinishReason r, std::err
   err_message_ = err ? (message.empty() ? err.message() : std::move(message)) : std::string();
 }
 
+LocalTextModel::~LocalTextModel() { end_open_stream(); }
+
+void LocalTextModel::end_open_stream() {
+  if (OpenStream* s = std::exchange(open_, nullptr)) s->end_for_model();
+}
+
 Stream LocalTextModel::start(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop) {
+  end_open_stream();  // before the prompt cache is looked at: that stream was using it
   // Prompt-cache reuse: keep the KV of the longest common prefix, but always leave at
   // least one prompt token to run, since its logits pick the first new token.
   size_t common = 0;

@@ -13,9 +13,19 @@
 
 namespace lmx::runtime {
 
+// A stream that its model must end before it serves another request, or goes away.
+class OpenStream {
+ public:
+  virtual void end_for_model() = 0;  // ends it (as cancelled); it never touches the model again
+
+ protected:
+  ~OpenStream() = default;
+};
+
 class LocalTextModel final : public TextModel {
  public:
   LocalTextModel(const std::filesystem::path& dir, const LoadOptions& options, Device device, std::string backend);
+  ~LocalTextModel() override;  // ends the open stream
 
   Stream generate(std::string_view prompt, const GenerateOptions& o, std::stop_token stop) override;
   Stream generate_ids(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop) override;
@@ -40,6 +50,10 @@ class LocalTextModel final : public TextModel {
   void record(const GenerationTimings& t, FinishReason r, std::error_code err, std::string message);
   KVCache& prompt_cache() { return cache_; }
   std::vector<int32_t>& cached_tokens() { return cached_; }
+  // One request at a time: a new one (and the model's end) first ends the stream still
+  // open, which shares the prompt cache; two streams would overwrite each other's keys.
+  void set_open_stream(OpenStream* s) { open_ = s; }
+  void end_open_stream();
 
  private:
   Stream start(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop);
@@ -57,6 +71,7 @@ class LocalTextModel final : public TextModel {
   GenerateMetrics metrics_;
   std::error_code err_;
   std::string err_message_;
+  OpenStream* open_ = nullptr;
 };
 
 // The sampler settings of the public options.

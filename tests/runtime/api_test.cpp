@@ -358,6 +358,33 @@ TEST(ApiTest, NaNLogitsEndTheStreamWithAClearError) {
   }
 }
 
+// A TextModel runs one request at a time. A new request ends the stream still open (as
+// cancelled), so that two streams never share the model's cache, and a stream that outlives
+// its model ends, where it read freed memory before.
+TEST(ApiTest, ANewRequestEndsTheOpenStreamAndAStreamOutlivingItsModelEnds) {
+  auto model = load("qwen3-f32");
+  const std::vector<int32_t> want = ids_of(model->generate_ids({5, 6, 7}, greedy(6)));
+  const std::vector<int32_t> other = ids_of(model->generate_ids({9, 8}, greedy(6)));
+  for (const bool classify_between : {false, true}) {
+    Stream first = model->generate_ids({5, 6, 7}, greedy(6));
+    const std::optional<Token> t = first.next();
+    ASSERT_TRUE(t.has_value());
+    EXPECT_EQ(t->id, want[0]);
+    if (classify_between) {
+      const std::vector<std::string> prompts = {"hello"};
+      (void)model->classify(prompts);
+    } else {
+      EXPECT_EQ(ids_of(model->generate_ids({9, 8}, greedy(6))), other);
+    }
+    EXPECT_FALSE(first.next().has_value()) << "the open stream goes on after another request";
+    EXPECT_EQ(ids_of(model->generate_ids({5, 6, 7}, greedy(6))), want);
+  }
+  Stream orphan = model->generate_ids({5, 6, 7}, greedy(6));
+  ASSERT_TRUE(orphan.next().has_value());
+  model.reset();
+  EXPECT_FALSE(orphan.next().has_value());
+}
+
 TEST(ApiTest, PromptPastTheContextIsRejected) {
   LoadOptions o;
   o.backend = "cpu";
