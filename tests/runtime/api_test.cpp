@@ -41,6 +41,18 @@ LoadOptions cuda_bf16() {
   return lo;
 }
 
+// The CPU, and where a GPU is visible CUDA in bf16 with deterministic steps (tokens that
+// compare across runs).
+std::vector<LoadOptions> cpu_and_cuda() {
+  std::vector<LoadOptions> loads(1);
+  loads[0].backend = "cpu";
+  if (cuda_visible()) {
+    loads.push_back(cuda_bf16());
+    loads.back().deterministic = true;
+  }
+  return loads;
+}
+
 GenerateOptions greedy(int n) {
   GenerateOptions o;
   o.max_tokens = n;
@@ -336,25 +348,27 @@ TEST(ApiTest, OverTheMemoryLimitEndsTheStreamCleanly) {
 TEST(ApiTest, NaNLogitsEndTheStreamWithAClearError) {
   const test::FixtureCopy copy("qwen3-f32", "nan");
   copy.fill_nan("model.norm.weight");
-  LoadOptions lo;
-  lo.backend = "cpu";
-  auto model = load_model(copy.dir(), lo);
-  GenerateOptions sampled = greedy(6);
-  sampled.temperature = 0.8f;
-  sampled.top_p = 0.9f;
-  for (const GenerateOptions& o : {greedy(6), sampled}) {
-    EXPECT_TRUE(ids_of(model->generate_ids({5, 6, 7}, o)).empty());
-    EXPECT_EQ(model->err(), make_error_code(Errc::failed));
-    EXPECT_NE(model->err_message().find("no token can be chosen: every logit is NaN"), std::string::npos)
-        << model->err_message();
-    EXPECT_EQ(model->metrics().finish_reason, "error");
-  }
-  const std::vector<std::string> prompts = {"hello", "world"};
-  try {
-    (void)model->classify(prompts);
-    ADD_FAILURE() << "classify returned tokens from NaN logits";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[classify] no token can be chosen"), std::string::npos) << e.what();
+  for (const LoadOptions& lo : cpu_and_cuda()) {
+    SCOPED_TRACE(lo.backend);
+    auto model = load_model(copy.dir(), lo);
+    GenerateOptions sampled = greedy(6);
+    sampled.temperature = 0.8f;
+    sampled.top_p = 0.9f;
+    sampled.seed = 3;
+    for (const GenerateOptions& o : {greedy(6), sampled}) {
+      EXPECT_TRUE(ids_of(model->generate_ids({5, 6, 7}, o)).empty());
+      EXPECT_EQ(model->err(), make_error_code(Errc::failed));
+      EXPECT_NE(model->err_message().find("no token can be chosen: every logit is NaN"), std::string::npos)
+          << model->err_message();
+      EXPECT_EQ(model->metrics().finish_reason, "error");
+    }
+    const std::vector<std::string> prompts = {"hello", "world"};
+    try {
+      (void)model->classify(prompts);
+      ADD_FAILURE() << "classify returned tokens from NaN logits";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[classify] no token can be chosen"), std::string::npos) << e.what();
+    }
   }
 }
 
@@ -362,13 +376,7 @@ TEST(ApiTest, NaNLogitsEndTheStreamWithAClearError) {
 // cancelled), so that two streams never share the model's cache, and a stream that outlives
 // its model ends, where it read freed memory before.
 TEST(ApiTest, ANewRequestEndsTheOpenStreamAndAStreamOutlivingItsModelEnds) {
-  std::vector<LoadOptions> loads(1);
-  loads[0].backend = "cpu";
-  if (cuda_visible()) {  // there the streams decode through the fused step, in flight when ended
-    loads.push_back(cuda_bf16());
-    loads.back().deterministic = true;  // tokens that compare across runs
-  }
-  for (const LoadOptions& lo : loads) {
+  for (const LoadOptions& lo : cpu_and_cuda()) {  // on CUDA a fused step is in flight when a stream ends
     SCOPED_TRACE(lo.backend);
     auto model = load_model(kModels / "qwen3-f32", lo);
     const std::vector<int32_t> want = ids_of(model->generate_ids({5, 6, 7}, greedy(6)));
