@@ -196,5 +196,44 @@ TEST(FusedBatch, DeclinesWhatItCannotStep) {
   EXPECT_EQ(random_model(kLlamaBatch, Device::cpu())->fused_decoder(4), nullptr);
 }
 
+// Every logit NaN (the final norm's weights NaN): each batched path's argmax chooses no
+// token, reading the step's tokens refuses with the clear error, and the device then steps
+// a healthy model as before.
+TEST(FusedBatch, NaNLogitsAreRefusedOnEveryBatchedPath) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const Device gpu = Device::cuda(0);
+  // Tensor-core GEMVs; GEMMs; GEMMs with the streamed attention (33 rows × 2 kv heads).
+  for (const int rows : {3, 16, 33}) {
+    for (const bool poisoned : {true, false}) {
+      SCOPED_TRACE(std::to_string(rows) + (poisoned ? " rows, NaN logits" : " rows, a healthy model"));
+      const auto model = random_model(kLlamaBatch, gpu);
+      if (poisoned) {
+        ASSERT_TRUE(test::poison_final_norm(*model));
+      }
+      const auto fused = model->fused_decoder(rows);
+      ASSERT_NE(fused, nullptr);
+      const int64_t n = 4;
+      std::vector<int32_t> prompt;
+      for (int64_t i = 0; i < rows * n; ++i) prompt.push_back(int32_t((i * 37 + 5) % 997));
+      KVCache cache(model->num_layers(), 64);
+      (void)model->forward(to_device(from_vector(prompt, {int64_t(rows), n}), gpu), cache.layers());
+      fused->set_inputs(std::vector<int32_t>(size_t(rows), 3), std::vector<int64_t>(size_t(rows), n), {});
+      fused->step(cache.fused_views());
+      cache.commit_one();
+      if (!poisoned) {
+        for (const int32_t t : fused->tokens(1)) EXPECT_TRUE(t >= 0 && t < 1000) << t;
+        continue;
+      }
+      try {
+        (void)fused->tokens(1);
+        ADD_FAILURE() << "tokens came back from NaN logits";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("no token can be chosen: every logit is NaN"), std::string::npos)
+            << e.what();
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lmx

@@ -538,13 +538,7 @@ TEST(FusedDecode, NaNLogitsStopTheGenerationWithAClearError) {
     SCOPED_TRACE(persistent ? "persistent step" : "kernel per phase");
     const PathChoice path(persistent);
     const auto model = random_model(kLlama, Device::cuda(0));
-    bool poisoned = false;
-    model->visit("", [&](const std::string& name, Array& w, const Shape& shape, fast::QuantizedMatrix*) {
-      if (name != "model.norm.weight") return;
-      w = to_device(astype(from_vector(std::vector<float>(size_t(shape[0]), NAN), shape), Dtype::bf16), w.device());
-      poisoned = true;
-    });
-    ASSERT_TRUE(poisoned);
+    ASSERT_TRUE(test::poison_final_norm(*model));
     std::string error;
     try {
       generate_greedy(*model, 64);

@@ -3,8 +3,10 @@
 // and random bf16 weights of a trained model's rough magnitudes.
 #pragma once
 
+#include <cmath>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "io/config.h"
 #include "models/registry.h"
@@ -35,6 +37,18 @@ inline std::unique_ptr<models::CausalLM> random_model(const char* config_json, D
     w = to_device(random_uniform(shape, seed++, centre - half, centre + half, Dtype::bf16), device);
   });
   return model;
+}
+
+// Sets the final norm's weights to NaN, as from weights that overflowed: every logit of
+// every step is then NaN. False where the model has no final norm.
+inline bool poison_final_norm(models::CausalLM& model) {
+  bool poisoned = false;
+  model.visit("", [&](const std::string& name, Array& w, const Shape& shape, fast::QuantizedMatrix*) {
+    if (name != "model.norm.weight") return;
+    w = to_device(astype(from_vector(std::vector<float>(size_t(shape[0]), NAN), shape), Dtype::bf16), w.device());
+    poisoned = true;
+  });
+  return poisoned;
 }
 
 }  // namespace lmx::test
