@@ -162,5 +162,51 @@ TEST(CliTest, TokenizeAndDetokenizeAgreeWithTheLibrary) {
   EXPECT_EQ(nlohmann::json::parse(detok.out).get<std::string>(), model->detokenize(ids));
 }
 
+// classify reads JSONL (a string or {"prompt": ...} a line) and writes one result a prompt,
+// in order, as the library classifies; a malformed line is an error that names its line,
+// and no output file is made.
+TEST(CliTest, ClassifyWritesTheLibrarysResultsAndRefusesABadLineWithoutOutput) {
+  const fs::path dir = test::kFixtureModels / "qwen3-f32";
+  const fs::path tmp = fs::temp_directory_path() / ("lmx_cli_classify_" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  std::ofstream(tmp / "in.jsonl") << "\"The sky is\"\n{\"prompt\": \"2+2=\"}\n\n\"hello\"\n";
+  const Result r = lmx("classify '" + dir.string() + "' --device cpu --input '" + (tmp / "in.jsonl").string() +
+                       "' --output '" + (tmp / "out.jsonl").string() + "'");
+  ASSERT_EQ(r.status, 0) << r.err;
+  LoadOptions o;
+  o.backend = "cpu";
+  const std::vector<std::string> prompts = {"The sky is", "2+2=", "hello"};
+  const std::vector<ClassifyResult> want = load_model(dir, o)->classify(prompts);
+  std::ifstream out(tmp / "out.jsonl");
+  std::string line;
+  size_t n = 0;
+  for (; std::getline(out, line); ++n) {
+    ASSERT_LT(n, want.size()) << line;
+    EXPECT_EQ(nlohmann::json::parse(line).at("token").get<int32_t>(), want[n].token) << "prompt " << n;
+  }
+  EXPECT_EQ(n, want.size());
+  std::ofstream(tmp / "bad.jsonl") << "\"ok\"\nnot json\n";
+  const Result bad = lmx("classify '" + dir.string() + "' --device cpu --input '" + (tmp / "bad.jsonl").string() +
+                         "' --output '" + (tmp / "bad_out.jsonl").string() + "'");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("bad.jsonl:2: expected a JSON string or {\"prompt\": ...} per line"), std::string::npos)
+      << bad.err;
+  EXPECT_FALSE(fs::exists(tmp / "bad_out.jsonl"));
+  fs::remove_all(tmp);
+}
+
+// info describes the model; chat takes lines on stdin until /quit and answers each.
+TEST(CliTest, InfoAndChatOnTheFixture) {
+  const fs::path dir = test::kFixtureModels / "qwen3-f32";
+  const Result info = lmx("info '" + dir.string() + "' --device cpu");
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_NE(info.out.find("Qwen3ForCausalLM"), std::string::npos) << info.out;
+  const Result chat = lmx("chat '" + dir.string() + "' --device cpu --max-tokens 3", "hello\n/quit\n");
+  EXPECT_EQ(chat.status, 0) << chat.err;
+  EXPECT_EQ(chat.out.rfind("lmx chat: qwen3 (float32 on cpu).", 0), 0u) << chat.out;
+  EXPECT_NE(chat.err.find("| length]"), std::string::npos) << "a reply of --max-tokens tokens: " << chat.err;
+}
+
 }  // namespace
 }  // namespace lmx
