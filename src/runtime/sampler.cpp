@@ -53,8 +53,8 @@ float largest(const std::vector<float>& v) {
 
 // exp(x_i - max) / sum in f32, 0 where x_i is -inf (all 0 where every x_i is), the sum
 // taken in f64. A vocabulary of 152K took a millisecond on one thread, once or twice a
-// token, so chunks of kChunk values run on the pool's threads. Each chunk sums in order and the chunks' sums add in
-// order: the result is the same for any count of threads.
+// token, so chunks of kChunk values run on the pool's threads. Each chunk sums in order
+// and the chunks' sums add in order: the result is the same for any count of threads.
 std::vector<float> softmax(const std::vector<float>& x) {
   constexpr int64_t kChunk = 16384;
   const int64_t n = int64_t(x.size()), chunks = (n + kChunk - 1) / kChunk;

@@ -72,26 +72,25 @@ TEST(ReduceTest, ArgmaxTakesTheFirstOfTies) {
 // NaN never wins, on every device and float dtype; a row of nothing but NaN has no index
 // (-1), which decoding turns into a clear error. A row of -inf has its first index.
 TEST(ReduceTest, ArgmaxSkipsNaNAndGivesMinusOneForARowOfNaN) {
+  // Each row's argmax on every device and float dtype.
+  auto expect_argmax = [](const Array& rows, const std::vector<int32_t>& want) {
+    for (Device dev : test_devices())
+      for (Dtype t : kFloatDtypes)
+        EXPECT_EQ(to_vector<int32_t>(argmax(to_device(astype(rows, t), dev), -1)), want)
+            << dtype_name(t) << (dev.type == Device::Type::cpu ? " on the CPU" : " on CUDA");
+  };
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-  const Array rows = from_floats({nan, 1, 3, 3, 2,  //
-                                  nan, nan, nan, nan, nan,  //
-                                  1, nan, 1, 0, nan,  //
-                                  -inf, -inf, nan, -inf, nan,  //
-                                  -2, -1, nan, inf, nan},
-                                 {5, 5});
-  for (Device dev : test_devices())
-    for (Dtype t : kFloatDtypes)
-      EXPECT_EQ(to_vector<int32_t>(argmax(to_device(astype(rows, t), dev), -1)),
-                (std::vector<int32_t>{2, -1, 0, 0, 3}))
-          << dtype_name(t) << (dev.type == Device::Type::cpu ? " on the CPU" : " on CUDA");
+  expect_argmax(from_floats({nan, 1, 3, 3, 2,  //
+                             nan, nan, nan, nan, nan,  //
+                             1, nan, 1, 0, nan,  //
+                             -inf, -inf, nan, -inf, nan,  //
+                             -2, -1, nan, inf, nan},
+                            {5, 5}),
+                {2, -1, 0, 0, 3});
   // Rows of whole 16-byte vectors, which the CUDA kernel loads a vector at a time.
   std::vector<float> wide(2 * 4096, nan);
   wide[4096 + 4000] = 1;
-  for (Device dev : test_devices())
-    for (Dtype t : kFloatDtypes)
-      EXPECT_EQ(to_vector<int32_t>(argmax(to_device(astype(from_vector(wide, {2, 4096}), t), dev), -1)),
-                (std::vector<int32_t>{-1, 4000}))
-          << dtype_name(t) << (dev.type == Device::Type::cpu ? " on the CPU" : " on CUDA");
+  expect_argmax(from_vector(wide, {2, 4096}), {-1, 4000});
 }
 
 TEST(ReduceTest, RejectsBadAxesAndDtypes) {
