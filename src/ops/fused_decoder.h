@@ -73,11 +73,13 @@ class FusedDecoder {
   virtual void step(std::span<const FusedCacheView> caches) = 0;
   // The last step's logits [rows, V] f32, on the device (valid until the next step).
   virtual const Array& logits() const = 0;
-  // Whether the steps from now on need leave only their argmax exact (greedy decoding,
-  // with no draw): a backend may then find it without every logit (on CUDA, the persistent
-  // step's filtered LM head, head_filter.cuh), and neither logits() nor draw() may follow
-  // such a step. Off until set; a backend may ignore it.
-  virtual void set_argmax_only(bool) {}
+  // Which logits the steps from now on must leave exact: 0, every one (until set); 1, only
+  // the argmax (greedy decoding, with no draw), and neither logits() nor draw() may follow
+  // such a step; n > 1, the n largest (a draw whose top-k keeps at most n tokens, after no
+  // edits), and others may be -inf: logits() may not follow, nor a draw that would keep
+  // more. A backend may then find them without every product (on CUDA, the persistent
+  // step's filtered LM head, head_filter.cuh), or ignore this.
+  virtual void set_logits_needed(int) {}
   // Draws the last step's tokens from its logits (fast::sample_tokens's draw, with
   // words[r] the random word of sequence r; without a filter, the argmax) in place of the
   // step's argmax: the next step's inputs, and what queue_token and tokens read. The

@@ -37,8 +37,11 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 // 1B models) serve only the decode steps, and the prefill's activations need the memory.
 void TokenGenerator::take_fused_decoder() {
   fused_ = fused_decoder_or_none(model_, 1);
-  // A greedy draw with no edits reads no logit: the decoder's argmax is the token.
-  if (fused_) fused_->set_argmax_only(!sampler_.filter() && !sampler_.needs_edits());
+  // A greedy draw with no edits reads no logit: the decoder's argmax is the token. A
+  // top-k draw with no edits reads only the k largest.
+  if (!fused_ || sampler_.needs_edits()) return;
+  const std::optional<fast::SampleFilter> filter = sampler_.filter();
+  fused_->set_logits_needed(!filter ? 1 : filter->top_k);
 }
 
 std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM& model, int rows) {

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <set>
 
 #include "core/allocator.h"
 #include "core/error.h"
@@ -418,14 +419,14 @@ TEST(FusedDecodeDefault, PersistentUnlessTurnedOff) {
   EXPECT_EQ(path(), "graph");
 }
 
-// ---- the greedy LM head's filter (set_argmax_only; head_filter.cuh) ----
+// ---- the LM head's filter (set_logits_needed; head_filter.cuh) ----
 
 // `n` greedy steps chained on the device after the same prompt, the decoder told that only
 // their argmax is read (`argmax_only`) or not; `filtered`: whether its last step then kept
 // no logits (the filtered head ran).
 std::vector<int32_t> greedy_tokens(const models::CausalLM& model, bool argmax_only, int n, bool* filtered) {
   const auto fused = model.fused_decoder();
-  fused->set_argmax_only(argmax_only);
+  fused->set_logits_needed(argmax_only ? 1 : 0);
   KVCache cache(model, false, 64);
   fused->set_input(kChainPrompt.back(), prefill_all_but_last(model, cache, kChainPrompt));
   for (int i = 0; i < n; ++i) {
@@ -512,6 +513,95 @@ TEST(FusedHeadFilter, TiesAndHairsGoAsTheExactHeadSends) {
                 side < 0 ? 1 : 2, ties, hairs);
     EXPECT_GT(ties + hairs, 0) << "the edited rows never held the maximum: the test tested nothing";
   }
+}
+
+// A vocabulary large enough that every block of the persistent step holds more rows of
+// the head than a draw's top-k keeps (248 a block on 132 SMs), so that the sampled head's
+// threshold (top_threshold) leaves rows out.
+constexpr const char* kLlamaLargeVocab = R"({"model_type": "llama", "vocab_size": 32768, "hidden_size": 256,
+ "intermediate_size": 520, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
+
+// `n` draws through `filter` chained on the device after the same prompt, each with its
+// own random word (the same words every call), the decoder told that the `needed` largest
+// logits are read (0: every one); `filtered`: whether its last step then kept no logits.
+std::vector<int32_t> drawn_tokens(const models::CausalLM& model, int needed, const fast::SampleFilter& filter, int n,
+                                  bool* filtered) {
+  const auto fused = model.fused_decoder();
+  fused->set_logits_needed(needed);
+  KVCache cache(model, false, 64);
+  fused->set_input(kChainPrompt.back(), prefill_all_but_last(model, cache, kChainPrompt));
+  for (int i = 0; i < n; ++i) {
+    fused->step(cache.fused_views());
+    cache.commit_one();
+    const uint64_t word = 0x9e3779b97f4a7c15ull * uint64_t(i + 1);
+    fused->draw(filter, {&word, 1});
+  }
+  *filtered = false;
+  try {
+    (void)fused->logits();
+  } catch (const Error&) {
+    *filtered = true;
+  }
+  return fused->tokens(n);
+}
+
+// A draw whose top-k keeps at most the `top` largest logits draws the exact head's token
+// where the filtered head kept only those exact (and the others -inf): the same tokens
+// survive, with the same logits, at every temperature, with top-p and min-p after the
+// top-k, and with a top-k below the `top` planned. Where every block holds fewer rows than
+// `top` (the 1,000-token vocabulary), every row is recomputed; with a softcap, the exact
+// head runs.
+TEST(FusedHeadFilter, TopKDrawsAreTheExactHeads) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const PathChoice path(true);
+  struct Case {
+    const char* name;
+    const char* config;
+    int top;
+    fast::SampleFilter filter;
+    bool filters;
+  };
+  const fast::SampleFilter k20{0.6f, 20, 0.95f, 0.0f};
+  for (const Case& c : {Case{"large vocab, top-k 20", kLlamaLargeVocab, 20, k20, true},
+                        Case{"large vocab, top-k 2 at temperature 2", kLlamaLargeVocab, 2, {2.0f, 2, 1.0f, 0.0f}, true},
+                        Case{"large vocab, top-k 64 with min-p", kLlamaLargeVocab, 64, {1.0f, 64, 1.0f, 0.05f}, true},
+                        Case{"large vocab, top-k 256 planned, 100 drawn", kLlamaLargeVocab, 256,
+                             {1.5f, 100, 1.0f, 0.0f}, true},
+                        Case{"small vocab (every row recomputed)", kLlama, 20, k20, true},
+                        Case{"gemma3 (softcap)", kGemma3, 20, k20, false}}) {
+    SCOPED_TRACE(c.name);
+    const auto model = random_model(c.config, Device::cuda(0));
+    bool filtered = false, exact_filtered = true;
+    const std::vector<int32_t> got = drawn_tokens(*model, c.top, c.filter, 64, &filtered);
+    const std::vector<int32_t> want = drawn_tokens(*model, 0, c.filter, 64, &exact_filtered);
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(filtered, c.filters);
+    EXPECT_FALSE(exact_filtered);
+    std::set<int32_t> distinct(want.begin(), want.end());
+    EXPECT_GT(distinct.size(), 8u) << "the draws barely varied: the test tested little";
+  }
+}
+
+// After a step that kept only its 20 largest logits, a draw that would keep more, a draw
+// with no top-k and a greedy draw are refused, and so is reading the logits.
+TEST(FusedHeadFilter, DrawsThatNeedMoreLogitsAreRefused) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
+  const PathChoice path(true);
+  const auto model = random_model(kLlamaLargeVocab, Device::cuda(0));
+  const auto fused = model->fused_decoder();
+  fused->set_logits_needed(20);
+  KVCache cache(*model, false, 64);
+  fused->set_input(kChainPrompt.back(), prefill_all_but_last(*model, cache, kChainPrompt));
+  fused->step(cache.fused_views());
+  const uint64_t word = 7;
+  using Filter = std::optional<fast::SampleFilter>;
+  for (const Filter& f : {Filter{{1.0f, 21, 1.0f, 0.0f}}, Filter{{1.0f, 0, 0.9f, 0.0f}}, Filter{}})
+    EXPECT_THROW(fused->draw(f, {&word, f ? 1u : 0u}), Error);
+  EXPECT_THROW((void)fused->logits(), Error);
+  EXPECT_NO_THROW(fused->draw(fast::SampleFilter{1.0f, 20, 1.0f, 0.0f}, {&word, 1}));
+  EXPECT_EQ(fused->tokens(1).size(), 1u);
 }
 
 // Greedy tokens of one generation through TokenGenerator, with a cache of `capacity` slots.

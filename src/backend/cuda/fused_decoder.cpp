@@ -38,7 +38,7 @@
 // LMX_FUSED_SKIP (a list of qkv, attention, o, glu, down, head) leaves those phases out
 // of the kernel-per-phase path, which gives wrong results but shows what each costs
 // inside the real step;
-// LMX_FUSED_HEAD_FILTER=0 keeps the exact LM head where set_argmax_only would filter it
+// LMX_FUSED_HEAD_FILTER=0 keeps the exact LM head where set_logits_needed would filter it
 // (PersistentRunner::filter_head);
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
@@ -214,7 +214,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     read_ = queued_;
     steps_ = 0;
     edits_ = {};
-    argmax_only_ = false;  // as a new decoder; the plan stays until a step needs another
+    needed_ = 0;  // as a new decoder; the plan stays until a step needs another
   }
 
   std::vector<int32_t> wait_tokens() override {
@@ -264,13 +264,13 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     const Context& c = ctx();
     ++steps_;
     if (copies_) guard_history(c.stream);
-    if (bound != bound_ || argmax_only_ != planned_argmax_only_) {  // new caches or head (or the first step)
+    if (bound != bound_ || needed_ != planned_needed_) {  // new caches or head (or the first step)
       prepare(caches);
       plan_ = plan();
-      if (persistent_) persistent_->prepare(c.stream, plan_, names_, argmax_only_);
+      if (persistent_) persistent_->prepare(c.stream, plan_, names_, needed_);
       if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
       bound_ = bound;
-      planned_argmax_only_ = argmax_only_;
+      planned_needed_ = needed_;
     }
     if (persistent_runs()) {
       fused::PersistentStep p;
@@ -302,21 +302,28 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   }
 
   const Array& logits() const override {
-    LMX_CHECK(!filtered_step(), "fused decode",
-              "the last step kept only its argmax (set_argmax_only): no logits to read");
+    LMX_CHECK(!filtered_step(), "fused decode", "the last step kept only its ", kept(),
+              " (set_logits_needed): no logits to read");
     return logits_;
   }
 
-  void set_argmax_only(bool on) override {
-    argmax_only_ = on;  // the next step plans anew where its plan was made the other way
+  void set_logits_needed(int top) override {
+    LMX_CHECK(top >= 0, "fused decode", "set_logits_needed(", top, "): the count of logits needed is 0 or more");
+    needed_ = top;  // the next step plans anew where its plan was made for another count
   }
 
   void draw(const std::optional<fast::SampleFilter>& filter,
             std::span<const uint64_t> words) override {
     LMX_CHECK(steps_ > 0 && (!filter || int64_t(words.size()) == rows_), "fused decode",
               "a draw needs a step before it and ", rows_, " random words, got ", words.size());
-    LMX_CHECK(!filtered_step(), "fused decode",
-              "the last step kept only its argmax (set_argmax_only): nothing to draw from");
+    // A step that kept its `top` largest logits exact (and the others -inf) serves a draw
+    // that keeps no more of them, with no edits before it: the same tokens survive its
+    // top-k, with the same logits.
+    const int top = filtered_step() ? filtered() : 0;
+    LMX_CHECK(top == 0 || (top > 1 && filter && filter->top_k >= 1 && filter->top_k <= top &&
+                           !edits_.starts.valid()),
+              "fused decode", "the last step kept only its ", kept(), " (set_logits_needed): a draw from it needs ",
+              top > 1 ? "a top-k no larger and no logit edits" : "more logits");
     const Context& c = ctx();
     Array x = reshape(logits_, {rows_, vocab_});
     // state [rows, 3] holds each sequence's next input in column 0; history [rows, kHistory]
@@ -557,12 +564,16 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
 
   int* state_i() const { return static_cast<int*>(state_.raw()); }
 
-  // Whether the planned step runs the filtered head (and so keeps no logits).
-  bool filtered() const { return persistent_runs() && persistent_->filtered(); }
+  // How many of the largest logits the planned step keeps exact, where it runs the
+  // filtered head (and so keeps no others); 0 where it keeps them all.
+  int filtered() const { return persistent_runs() ? persistent_->filtered() : 0; }
+  std::string kept() const {
+    return filtered() == 1 ? "argmax" : std::to_string(filtered()) + " largest logits";
+  }
   bool persistent_runs() const { return persistent_ && persistent_->runs(); }
   // Whether the last step ran it: a plan changes only in step(), and reset and set_inputs
   // count the steps from 0 (a recycled decoder's logits are read before its first step).
-  bool filtered_step() const { return steps_ > 0 && filtered(); }
+  bool filtered_step() const { return steps_ > 0 && filtered() > 0; }
 
   int device_;
   int64_t rows_;  // sequences stepped together
@@ -596,7 +607,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   bool count_prev_ = false;
   Array xa_, xb_, o_, mlp_, qkv_, attn_, glu_, logits_, head_partial_, counters_, state_, pads_, history_,
       attn_partial_;
-  bool argmax_only_ = false, planned_argmax_only_ = false;  // set_argmax_only's; the plan's
+  int needed_ = 0, planned_needed_ = 0;  // set_logits_needed's; the plan's
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
   std::vector<const char*> names_;  // of plan_'s phases

@@ -47,7 +47,9 @@ enum class Epilogue {
   // The persistent step's greedy LM head (no softcap): the argmax of W[r]·v advances
   // `state` as with logits, found by reading the one-byte copy of W in `filter`
   // (head_filter.cuh) and only the rows that may hold the maximum from W itself. y[r] then
-  // holds W[r]·v at those rows, and elsewhere only a bound above it.
+  // holds W[r]·v at those rows, and elsewhere only a bound above it. With `top` > 1 (a
+  // draw that keeps at most `top` tokens follows), y[r] holds W[r]·v at every row that may
+  // be among the `top` largest, and -inf at the others.
   argmax,
 };
 
@@ -67,8 +69,9 @@ struct GemvOutput {
   int* history = nullptr;
   int history_len = 0;
   // argmax only: the rows of W in one byte a weight (head_filter_row_bytes, made by
-  // prepare_head_filter).
+  // prepare_head_filter), and how many of the largest logits must be exact (1: the argmax).
   const uint8_t* filter = nullptr;
+  int top = 1;
 };
 
 // The greedy LM head's filter (head_filter.cuh): a copy of the head W [rows, k] (k a
@@ -226,6 +229,9 @@ struct PersistentStep {
   // The attention outputs finished so far in the step, counted in place of a grid barrier
   // after each attention (persistent_attention_handoff), or null; zero between steps.
   unsigned* attention_done = nullptr;
+  // A head with Epilogue::argmax and top > 1: the blocks counted so far and the largest of
+  // their thresholds (top_threshold); the step zeroes it at its start.
+  unsigned* head_exchange = nullptr;
   const bf16* embed = nullptr;
   const int* state = nullptr;
   float embed_scale = 0;

@@ -56,7 +56,7 @@
 #include "backend/cuda/fused_attention.cuh"
 #include "backend/cuda/fused_gemv.cuh"
 #include "backend/cuda/fused_persistent_plan.cuh"
-#include "backend/cuda/head_filter.cuh"
+#include "backend/cuda/persistent_head.cuh"
 
 namespace lmx::cuda::fused {
 
@@ -258,16 +258,6 @@ __device__ __forceinline__ void form_input_held(const GemvInput& in, bf16* xb) {
   sync_workers<true>();
 }
 
-// Output o of a plain or logits GEMV; for logits, also this lane's argmax so far.
-__device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, int o, float v, float& best,
-                                          int& best_idx) {
-  if (e == Epilogue::logits) {
-    if (softcap > 0) v = softcap * tanhf(v / softcap);
-    if (better(v, o, best, best_idx)) best = v, best_idx = o;
-  }
-  y[o] = v;
-}
-
 // Row r of a fused down's stage of n rows: boxes of 8·units columns (row-major, 16·units
 // bytes a row, the boxes one after another), a thread a row, each adding its row's
 // products with the block's activations `act` into `y`. With an odd number of units,
@@ -304,68 +294,6 @@ template <bool kTwoBoxes>
 __device__ __forceinline__ void fused_down_rows(const bf16* w, const bf16* act, int units, int n, float* y) {
   fused_down_row(w, act, units, n, y, int(threadIdx.x));
   if (kTwoBoxes && n > kWorkers) fused_down_row(w, act, units, n, y, int(threadIdx.x) + kWorkers);
-}
-
-// The argmax head's filter (head_filter.cuh): the vector's two int8 levels into v1 and
-// v2 (k each), and their scales and norms, the same in every thread.
-__device__ head_filter::VectorCodes vector_codes(const bf16* xb, int k, int8_t* v1, int8_t* v2) {
-  float largest = 0, ss = 0;
-  for (int i = threadIdx.x; i < k; i += kWorkers) {
-    const float x = __bfloat162float(xb[i]);
-    largest = fmaxf(largest, fabsf(x));
-    ss = __fmaf_rn(x, x, ss);
-  }
-  head_filter::VectorCodes c;
-  largest = workers_reduce<true>(largest, Max{});
-  c.norm_v = sqrtf(workers_reduce<true>(ss, Sum{}));
-  // (A NaN in the vector passes fmaxf by, but makes every margin NaN: every row a candidate.)
-  c.valid = largest == 0 || (largest >= 0x1p-100f && largest <= 0x1p100f);
-  int e = 0;
-  frexpf(largest, &e);  // largest < 2^e
-  c.s1 = ldexpf(1.0f, e - 6), c.s2 = ldexpf(1.0f, e - 13);  // |v / s1| < 64, |rest / s2| <= 64
-  float rr = 0;
-  for (int i = threadIdx.x; i < k; i += kWorkers) {
-    const float x = __bfloat162float(xb[i]);
-    const float a = rintf(x / c.s1), rest = x - c.s1 * a;
-    const float b = rintf(rest / c.s2), left = rest - c.s2 * b;
-    v1[i] = int8_t(a), v2[i] = int8_t(b);
-    rr = __fmaf_rn(left, left, rr);
-  }
-  c.norm_rem = sqrtf(workers_reduce<true>(rr, Sum{}));  // also orders the codes' stores before the rows
-  return c;
-}
-
-// A filtered row: its integer products d1 and d2 scaled by the row's constants, which
-// precede its codes in the slot. y takes the bound above the row's product; `lower`, the
-// largest bound below of the warp's rows.
-__device__ __forceinline__ void filtered_row(const int8_t* row, int d1, int d2, const head_filter::VectorCodes& v,
-                                             float* y, float& lower) {
-  const head_filter::RowConstants c = *reinterpret_cast<const head_filter::RowConstants*>(row);
-  const float s_hat = c.scale * (v.s1 * float(d1) + v.s2 * float(d2)), m = head_filter::margin(c, v, d1, d2, s_hat);
-  *y = s_hat + m;
-  lower = fmaxf(lower, s_hat - m);
-}
-
-// The argmax head's second pass, over this block's rows (the Cursor's share,
-// share_start): each row whose bound above (in y) reaches the largest bound below of them
-// all is recomputed from W exactly as the logits epilogue computes it, into y and the
-// lane's argmax. A warp takes 32 rows at a time. Where that largest bound is not finite,
-// or the vector's levels are not `valid`, every row is recomputed.
-__device__ void filtered_candidates(const GemvOutput& out, const bf16* xb, int k, float lower, bool valid,
-                                    float& best, int& best_idx) {
-  float l = workers_reduce<true>(lower, Max{});  // also orders the warps' stores to y before the loads below
-  if (!isfinite(l) || !valid) l = -INFINITY;
-  const int rows = out.rows[0], lane = threadIdx.x % 32;
-  const int first = share_start(int(blockIdx.x), rows, int(gridDim.x));
-  const int end = share_start(int(blockIdx.x) + 1, rows, int(gridDim.x));
-  for (int base = first + int(threadIdx.x / 32) * 32; base < end; base += kWorkers) {
-    const int r = base + lane;
-    for (unsigned doubt = __ballot_sync(0xffffffffu, r < end && !(out.y[r] < l)); doubt; doubt &= doubt - 1) {
-      const int o = base + __ffs(int(doubt)) - 1;
-      const float v = warp_dots<false>(out.w[0] + size_t(o) * k, nullptr, xb, k).x;
-      if (lane == 0) store_row(Epilogue::logits, out.y, 0.0f, o, v, best, best_idx);
-    }
-  }
 }
 
 // The O projection's input after an attention whose chunks were left unmerged
@@ -521,6 +449,9 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       copy16_async(reinterpret_cast<uint4*>(plan) + i, from + i);
   }
   wait_for_previous_kernel();  // the token, the counters, the cache and x are its
+  // The sampled head's exchange, for this step: no block reaches it before the first grid
+  // barrier, and the last step's blocks are done with it.
+  if (s.head_exchange && blockIdx.x == 0 && threadIdx.x == 0) s.head_exchange[0] = s.head_exchange[1] = 0;
   unsigned long long since = now_ns();
   const unsigned long long per_step = (unsigned long long)(s.barriers) * gridDim.x;
   unsigned long long target = step_base(s.barrier, per_step);
@@ -610,6 +541,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       head_filter::VectorCodes codes{};
       if (epilogue == Epilogue::argmax) codes = vector_codes(xb, k, levels, levels + k);
       float lower = -INFINITY;
+      // With top > 1, this block's rows' bounds below (by row from its first) and
+      // top_threshold's histograms, after the levels (head_lows_bytes).
+      const int top = epilogue == Epilogue::argmax ? ph.out.top : 1;
+      float* const lows = reinterpret_cast<float*>(levels + 2 * ((k + 7) / 8 * 8));
+      const int first_row = share_start(int(blockIdx.x), seg1, int(gridDim.x));
+      const int n_rows = share_start(int(blockIdx.x) + 1, seg1, int(gridDim.x)) - first_row;
       add_time(s, kTimes * p + 2, t0);
       if (upcoming) fetch_params(upcoming, &params[(p + 1) % 2]);
       float best = -INFINITY;  // logits: this lane's argmax so far
@@ -649,8 +586,9 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
             const int8_t* b = two ? a + stride : a;  // an odd last row: its products twice
             const int4 d = head_filter::warp_dots_codes(a + 16, b + 16, levels, levels + k, k);
             if (lane == 0) {
-              filtered_row(a, d.x, d.y, codes, y + o + 2 * i, lower);
-              if (two) filtered_row(b, d.z, d.w, codes, y + o + 2 * i + 1, lower);
+              float* const low = top > 1 ? lows + (o + 2 * i - first_row) : nullptr;
+              filtered_row(a, d.x, d.y, codes, y + o + 2 * i, lower, low);
+              if (two) filtered_row(b, d.z, d.w, codes, y + o + 2 * i + 1, lower, low ? low + 1 : nullptr);
             }
           } else if (2 * i + 1 < next.n) {
             const float2 d = warp_dots<true>(w + size_t(2 * i) * k, w + size_t(2 * i + 1) * k, xb, k);
@@ -668,7 +606,11 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
         if (lane == 0) mbarrier_arrive(&empty[slot]);
         add_time(s, kTimes * p + 4, t1);
       }
-      if (epilogue == Epilogue::argmax) filtered_candidates(ph.out, xb, k, lower, codes.valid, best, best_idx);
+      if (epilogue == Epilogue::argmax) {
+        if (top > 1)
+          lower = top_threshold(s.head_exchange, lows, n_rows, top, reinterpret_cast<unsigned*>(lows + n_rows));
+        filtered_candidates(ph.out, xb, k, lower, codes.valid, top > 1, best, best_idx);
+      }
       if (epilogue == Epilogue::logits || epilogue == Epilogue::argmax) publish_argmax<true>(ph.out, best, best_idx);
     }
     next = unplanned(plan[++read]);  // past the end of this phase's stages

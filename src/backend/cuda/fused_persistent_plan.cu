@@ -20,7 +20,7 @@ namespace {
 
 // Shared memory beyond the slots: the largest input vector with its staged inputs, or the
 // largest attention scratch.
-size_t vector_bytes(const std::vector<StepPhase>& phases) {
+size_t vector_bytes(const std::vector<StepPhase>& phases, int blocks) {
   size_t need = 0;
   for (size_t i = 0; i < phases.size(); ++i) {
     const StepPhase& p = phases[i];
@@ -30,6 +30,9 @@ size_t vector_bytes(const std::vector<StepPhase>& phases) {
       if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
       if (p.down_map) bytes += 8 * sizeof(bf16) * size_t(p.down_units);
       if (p.out.epilogue == Epilogue::argmax) bytes += 2 * size_t(p.in.k);  // the vector's int8 levels
+      // With top > 1, a block's rows' bounds below and top_threshold's two histograms.
+      if (p.out.epilogue == Epilogue::argmax && p.out.top > 1)
+        bytes += sizeof(float) * size_t((p.out.rows[0] + blocks - 1) / blocks) + 2 * 256 * sizeof(unsigned);
       need = std::max(need, bytes);
     } else if (p.kind == StepPhase::Kind::attention)
       need = std::max(need, sizeof(float) * attention_detail::attention_smem_floats(
@@ -298,7 +301,7 @@ size_t persistent_smem_bytes(const std::vector<StepPhase>& phases, int blocks, i
     for (int j = 0; j < 3; ++j)
       if (p.out.w[j] && reinterpret_cast<uintptr_t>(p.out.w[j]) % 16 != 0) return refuse("unaligned weights");
   }
-  *vector = unsigned(vector_bytes(phases));
+  *vector = unsigned(vector_bytes(phases, blocks));
   // As many slots as fit beside the vector, up to ring_slots' count (LMX_FUSED_SLOTS sets
   // it, for measurement).
   const size_t rest = *vector + beside_vector(phases, stages_per_block);

@@ -25,12 +25,12 @@ PersistentRunner::PersistentRunner(PersistentModel m) : m_(std::move(m)), profil
 PersistentRunner::~PersistentRunner() { report_profile(); }
 
 bool PersistentRunner::prepare(cudaStream_t stream, const std::vector<StepPhase>& plan,
-                               const std::vector<const char*>& names, bool argmax_only) {
+                               const std::vector<const char*>& names, int top) {
   report_profile();  // the plan before this one, with its grid
   blocks_ = 0;
   std::string why;
   plan_ = plan, names_ = names;
-  if (argmax_only && !names_.empty() && names_.back() == std::string_view("head")) filter_head(stream, plan_.back());
+  if (top > 0 && !names_.empty() && names_.back() == std::string_view("head")) filter_head(stream, plan_.back(), top);
   const int sms = context(m_.device).sm_count;
   const int grid = persistent_grid(plan_, sms, !m_.deterministic);
   const Device d = Device::cuda(m_.device);
@@ -76,6 +76,7 @@ bool PersistentRunner::prepare(cudaStream_t stream, const std::vector<StepPhase>
   handoff_ = persistent_attention_handoff(plan_);
   if (handoff_ && !attention_done_.valid()) attention_done_ = Array({1}, Dtype::u32, d);
   if (handoff_) fill(c, attention_done_, 0);
+  if (filtered() > 1 && !head_exchange_.valid()) head_exchange_ = Array({2}, Dtype::u32, d);
   if (profile_) {
     timing_ = Array({int64_t(kTimes * plan_.size() * 2)}, Dtype::u32, d);
     fill(c, timing_, 0);
@@ -90,6 +91,7 @@ void PersistentRunner::launch(cudaStream_t stream, PersistentStep p, bool pdl) {
   p.barrier = static_cast<unsigned long long*>(barrier_.raw());
   p.barriers = persistent_barriers(plan_, handoff_);
   if (handoff_) p.attention_done = static_cast<unsigned*>(attention_done_.raw());
+  if (filtered() > 1) p.head_exchange = static_cast<unsigned*>(head_exchange_.raw());
   p.vector_bytes = vector_bytes_;
   p.slots = slots_;
   p.lookahead = lookahead_;
@@ -103,12 +105,15 @@ void PersistentRunner::launch(cudaStream_t stream, PersistentStep p, bool pdl) {
 // filter bounds the products, not what a softcap makes of them), a width of whole 16-byte
 // code runs, at most 4,096 (the margins' f32 slack covers the sums' rounding up to there),
 // and memory for the copy, made on first use (one byte a weight and 16 a row; without
-// room the exact head runs), within kMaxCopyBytes. LMX_FUSED_HEAD_FILTER=0 keeps the exact
-// head.
-void PersistentRunner::filter_head(cudaStream_t stream, StepPhase& head) {
+// room the exact head runs), within kMaxCopyBytes. For a draw's `top` largest, at most
+// kMaxTop of them: a block recomputes at least as many rows as its share of `top`, and
+// every one of its rows where `top` exceeds them (top_threshold). LMX_FUSED_HEAD_FILTER=0
+// keeps the exact head.
+void PersistentRunner::filter_head(cudaStream_t stream, StepPhase& head, int top) {
+  constexpr int kMaxTop = 256;
   const int64_t bytes = m_.vocab * head_filter_row_bytes(m_.hidden);
   if (!switch_on("LMX_FUSED_HEAD_FILTER") || m_.softcap > 0 || m_.hidden % 16 != 0 || m_.hidden > 4096 ||
-      bytes > kMaxCopyBytes)
+      bytes > kMaxCopyBytes || top > kMaxTop)
     return;
   if (!filter_.valid()) {
     try {
@@ -121,6 +126,7 @@ void PersistentRunner::filter_head(cudaStream_t stream, StepPhase& head) {
   }
   head.out.epilogue = Epilogue::argmax;
   head.out.filter = static_cast<const uint8_t*>(filter_.raw());
+  head.out.top = top;
 }
 
 // The fused downs whose stages take two boxes read a tiled copy of their columns

@@ -29,20 +29,24 @@ class PersistentRunner {
   PersistentRunner(const PersistentRunner&) = delete;
   PersistentRunner& operator=(const PersistentRunner&) = delete;
 
-  // Plans the kernel for the decoder's `plan` (`names`: its phases'), with the greedy LM
-  // head filtered where `argmax_only` allows, and copies the plan to the device on
-  // `stream`. Returns whether the kernel runs it; where it cannot, the decoder's kernel per
-  // phase does (and where LMX_FUSED_PERSISTENT asked for it, stderr says why, once).
+  // Plans the kernel for the decoder's `plan` (`names`: its phases'), with the LM head
+  // filtered where `top` (FusedDecoder::set_logits_needed's: 0 every logit, else how many
+  // of the largest must be exact) allows, and copies the plan to the device on `stream`.
+  // Returns whether the kernel runs it; where it cannot, the decoder's kernel per phase
+  // does (and where LMX_FUSED_PERSISTENT asked for it, stderr says why, once).
   bool prepare(cudaStream_t stream, const std::vector<StepPhase>& plan, const std::vector<const char*>& names,
-               bool argmax_only);
+               int top);
   bool runs() const { return blocks_ > 0; }
-  // Whether the plan's head keeps only the argmax (Epilogue::argmax): no logits.
-  bool filtered() const { return runs() && !plan_.empty() && plan_.back().out.epilogue == Epilogue::argmax; }
+  // How many of the largest logits the plan's head keeps exact (Epilogue::argmax), the
+  // others a bound or -inf; 0 where it keeps every logit.
+  int filtered() const {
+    return runs() && !plan_.empty() && plan_.back().out.epilogue == Epilogue::argmax ? plan_.back().out.top : 0;
+  }
   // One step. `step` holds the decoder's part (embedding, state, x); the rest is filled here.
   void launch(cudaStream_t stream, PersistentStep step, bool pdl);
 
  private:
-  void filter_head(cudaStream_t stream, StepPhase& head);
+  void filter_head(cudaStream_t stream, StepPhase& head, int top);
   void tile_down(cudaStream_t stream, int grid);
   void report_profile() noexcept;
 
@@ -59,6 +63,7 @@ class PersistentRunner {
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   bool handoff_ = false;    // persistent_attention_handoff
   Array attention_done_;    // its count
+  Array head_exchange_;     // PersistentStep::head_exchange, for a head with top > 1
   // The fused downs' tensor maps (on the device and here) and their tiled copies for a grid
   // of tiles_grid_; every block's planned stages. The host vectors outlive their copies.
   Array down_maps_, tiles_, stages_;
