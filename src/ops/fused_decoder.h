@@ -76,7 +76,7 @@ class FusedDecoder {
   // Which logits the steps from now on must leave exact: 0, every one (until set); 1, only
   // the argmax (greedy decoding, with no draw), and neither logits() nor draw() may follow
   // such a step; n > 1, the n largest (a draw whose top-k keeps at most n tokens, after no
-  // edits), and others may be -inf: logits() may not follow, nor a draw that would keep
+  // edits), and others only below them: logits() may not follow, nor a draw that would keep
   // more. A backend may then find them without every product (on CUDA, the persistent
   // step's filtered LM head, head_filter.cuh), or ignore this.
   virtual void set_logits_needed(int) {}

@@ -316,7 +316,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
             std::span<const uint64_t> words) override {
     LMX_CHECK(steps_ > 0 && (!filter || int64_t(words.size()) == rows_), "fused decode",
               "a draw needs a step before it and ", rows_, " random words, got ", words.size());
-    // A step that kept its `top` largest logits exact (and the others -inf) serves a draw
+    // A step that kept its `top` largest logits exact (the others below them) serves a draw
     // that keeps no more of them, with no edits before it: the same tokens survive its
     // top-k, with the same logits.
     const int top = filtered_step() ? filtered() : 0;

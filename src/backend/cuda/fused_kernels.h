@@ -49,7 +49,7 @@ enum class Epilogue {
   // (head_filter.cuh) and only the rows that may hold the maximum from W itself. y[r] then
   // holds W[r]·v at those rows, and elsewhere only a bound above it. With `top` > 1 (a
   // draw that keeps at most `top` tokens follows), y[r] holds W[r]·v at every row that may
-  // be among the `top` largest, and -inf at the others.
+  // be among the `top` largest, and at the others a bound above it that lies below them.
   argmax,
 };
 
