@@ -421,17 +421,23 @@ TEST(FusedDecodeDefault, PersistentUnlessTurnedOff) {
 
 // ---- the LM head's filter (set_logits_needed; head_filter.cuh) ----
 
-// `n` greedy steps chained on the device after the same prompt, the decoder told that only
-// their argmax is read (`argmax_only`) or not; `filtered`: whether its last step then kept
-// no logits (the filtered head ran).
-std::vector<int32_t> greedy_tokens(const models::CausalLM& model, bool argmax_only, int n, bool* filtered) {
+// `n` steps chained on the device after the same prompt, the decoder told that the
+// `needed` largest logits are read (0: every one), each step's token its argmax or, with
+// `filter`, a draw with its own random word (the same words every call); `filtered`:
+// whether its last step then kept no logits (the filtered head ran). With draws the model
+// must be deterministic (set_deterministic): else the fused down's f32 sums differ from
+// run to run in the last bits, and now and then a draw with them.
+std::vector<int32_t> chained_tokens(const models::CausalLM& model, int needed,
+                                    const std::optional<fast::SampleFilter>& filter, int n, bool* filtered) {
   const auto fused = model.fused_decoder();
-  fused->set_logits_needed(argmax_only ? 1 : 0);
+  fused->set_logits_needed(needed);
   KVCache cache(model, false, 64);
   fused->set_input(kChainPrompt.back(), prefill_all_but_last(model, cache, kChainPrompt));
   for (int i = 0; i < n; ++i) {
     fused->step(cache.fused_views());
     cache.commit_one();
+    const uint64_t word = 0x9e3779b97f4a7c15ull * uint64_t(i + 1);
+    if (filter) fused->draw(filter, {&word, 1});
   }
   *filtered = false;
   try {
@@ -440,6 +446,9 @@ std::vector<int32_t> greedy_tokens(const models::CausalLM& model, bool argmax_on
     *filtered = true;
   }
   return fused->tokens(n);
+}
+std::vector<int32_t> greedy_tokens(const models::CausalLM& model, bool argmax_only, int n, bool* filtered) {
+  return chained_tokens(model, argmax_only ? 1 : 0, std::nullopt, n, filtered);
 }
 
 // The filtered head's tokens are the exact head's, step for step, where it runs (widths
@@ -523,32 +532,6 @@ constexpr const char* kLlamaLargeVocab = R"({"model_type": "llama", "vocab_size"
  "head_dim": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
  "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
 
-// `n` draws through `filter` chained on the device after the same prompt, each with its
-// own random word (the same words every call), the decoder told that the `needed` largest
-// logits are read (0: every one); `filtered`: whether its last step then kept no logits.
-// The model must be deterministic (set_deterministic): else the fused down's f32 sums
-// differ from run to run in the last bits, and now and then a draw with them.
-std::vector<int32_t> drawn_tokens(const models::CausalLM& model, int needed, const fast::SampleFilter& filter, int n,
-                                  bool* filtered) {
-  const auto fused = model.fused_decoder();
-  fused->set_logits_needed(needed);
-  KVCache cache(model, false, 64);
-  fused->set_input(kChainPrompt.back(), prefill_all_but_last(model, cache, kChainPrompt));
-  for (int i = 0; i < n; ++i) {
-    fused->step(cache.fused_views());
-    cache.commit_one();
-    const uint64_t word = 0x9e3779b97f4a7c15ull * uint64_t(i + 1);
-    fused->draw(filter, {&word, 1});
-  }
-  *filtered = false;
-  try {
-    (void)fused->logits();
-  } catch (const Error&) {
-    *filtered = true;
-  }
-  return fused->tokens(n);
-}
-
 // A draw whose top-k keeps at most the `top` largest logits draws the exact head's token
 // where the filtered head kept only those exact (and the others below them): the same tokens
 // survive, with the same logits, at every temperature, with top-p and min-p after the
@@ -577,8 +560,8 @@ TEST(FusedHeadFilter, TopKDrawsAreTheExactHeads) {
     const auto model = random_model(c.config, Device::cuda(0));
     model->set_deterministic(true);
     bool filtered = false, exact_filtered = true;
-    const std::vector<int32_t> got = drawn_tokens(*model, c.top, c.filter, 64, &filtered);
-    const std::vector<int32_t> want = drawn_tokens(*model, 0, c.filter, 64, &exact_filtered);
+    const std::vector<int32_t> got = chained_tokens(*model, c.top, c.filter, 64, &filtered);
+    const std::vector<int32_t> want = chained_tokens(*model, 0, c.filter, 64, &exact_filtered);
     EXPECT_EQ(got, want);
     EXPECT_EQ(filtered, c.filters);
     EXPECT_FALSE(exact_filtered);
