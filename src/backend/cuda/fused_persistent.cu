@@ -542,9 +542,10 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       if (epilogue == Epilogue::argmax) codes = vector_codes(xb, k, levels, levels + k);
       float lower = -INFINITY;
       // With top > 1, this block's rows' bounds below (by row from its first) and
-      // top_threshold's histograms, after the levels (head_lows_bytes).
+      // top_threshold's histograms, after the levels (as vector_bytes counts them; the
+      // filtered head's k is a multiple of 16, so they are aligned).
       const int top = epilogue == Epilogue::argmax ? ph.out.top : 1;
-      float* const lows = reinterpret_cast<float*>(levels + 2 * ((k + 7) / 8 * 8));
+      float* const lows = reinterpret_cast<float*>(levels + 2 * k);
       const int first_row = share_start(int(blockIdx.x), seg1, int(gridDim.x));
       const int n_rows = share_start(int(blockIdx.x) + 1, seg1, int(gridDim.x)) - first_row;
       add_time(s, kTimes * p + 2, t0);

@@ -32,7 +32,7 @@ __device__ __forceinline__ void store_row(Epilogue e, float* y, float softcap, i
 
 // The argmax head's filter (head_filter.cuh): the vector's two int8 levels into v1 and
 // v2 (k each), and their scales and norms, the same in every thread.
-__device__ head_filter::VectorCodes vector_codes(const bf16* xb, int k, int8_t* v1, int8_t* v2) {
+__device__ inline head_filter::VectorCodes vector_codes(const bf16* xb, int k, int8_t* v1, int8_t* v2) {
   float largest = 0, ss = 0;
   for (int i = threadIdx.x; i < k; i += kWorkers) {
     const float x = __bfloat162float(xb[i]);
@@ -75,10 +75,10 @@ __device__ __forceinline__ void filtered_row(const int8_t* row, int d1, int d2, 
 // share_start): each row whose bound above (in y) reaches the largest bound below of them
 // all (`lower` of each warp), or with `top`, the grid's threshold `lower`
 // (top_threshold), is recomputed from W exactly as the logits epilogue computes it, into
-// y and the lane's argmax. A warp takes 32 rows at a time. Where that bound is not finite, or the vector's levels are not `valid`, every row
-// is recomputed.
-__device__ void filtered_candidates(const GemvOutput& out, const bf16* xb, int k, float lower, bool valid, bool top,
-                                    float& best, int& best_idx) {
+// y and the lane's argmax. A warp takes 32 rows at a time. Where that bound is not
+// finite, or the vector's levels are not `valid`, every row is recomputed.
+__device__ inline void filtered_candidates(const GemvOutput& out, const bf16* xb, int k, float lower, bool valid,
+                                           bool top, float& best, int& best_idx) {
   // (The reduction, or top_threshold's syncs, also order the warps' stores to y before
   // the loads below.)
   float l = top ? lower : workers_reduce<true>(lower, Max{});
@@ -119,7 +119,7 @@ __device__ __forceinline__ float key_float(unsigned key) {
 // where no block has `top` rows. The value returned is lowered by 2^-20 of itself (and
 // 2^-100) so that no row left out (its bound above below that) can tie with a kept one
 // once the draw divides the logits by its temperature.
-__device__ float top_threshold(unsigned* exchange, const float* lows, int n, int top, unsigned* hist) {
+__device__ inline float top_threshold(unsigned* exchange, const float* lows, int n, int top, unsigned* hist) {
   __shared__ unsigned picked[2], grid_key;  // a digit and the rows still needed below it; the grid's key
   static_assert(kWorkers == 256, "a thread a histogram bin");
   unsigned prefix = 0;
