@@ -221,6 +221,64 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
   }
 }
 
+// cuda::sample_tokens with a filtered head's listed rows (ListedRows): one row, with the
+// rows' logits exact and every other below the top-k's k-th largest, is drawn among them
+// alone, and where they do not serve (more than the list holds, ties past 128 survivors,
+// fewer than k numbers), over the whole row.
+TEST(Cuda, SampleTokensDrawAmongAFilteredHeadsListedRows) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const int64_t v = 151936;
+  const std::vector<float> normal = to_floats(random_normal({1, v}, 5, 0, 3));
+  auto draw = [&](const std::vector<float>& logits, const std::vector<int32_t>* listed, unsigned count,
+                  const fast::SampleFilter& f, uint64_t word) {
+    const Array x = from_vector(logits, {1, v}, kGpu);
+    const Array ids = from_vector(listed ? *listed : std::vector<int32_t>{0}, {listed ? int64_t(listed->size()) : 1},
+                                  kGpu);
+    const Array n = from_vector(std::vector<uint32_t>{count}, {1}, kGpu);
+    const Array out({1}, Dtype::i32, kGpu);
+    const cuda::ListedRows rows{listed ? ids.data<int32_t>() : nullptr, n.data<uint32_t>(), 2048};
+    cuda::sample_tokens(cuda::context(0), x, {&word, 1}, f, {out.data<int32_t>(), 1, nullptr, 0}, rows);
+    return to_vector<int32_t>(out)[0];
+  };
+  // The 40 largest logits and 1,000 others listed, the rest lowered below every listed one.
+  std::vector<int32_t> order(static_cast<size_t>(v));
+  for (int64_t i = 0; i < v; ++i) order[size_t(i)] = int32_t(i);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return normal[size_t(a)] > normal[size_t(b)]; });
+  std::vector<int32_t> listed(order.begin(), order.begin() + 40);
+  for (int64_t i = 0; i < 1000; ++i) listed.push_back(order[size_t(40 + 97 * i)]);
+  std::vector<float> filtered(normal.size(), -20.0f);
+  for (const int32_t id : listed) filtered[size_t(id)] = normal[size_t(id)];
+  const fast::SampleFilter filters[] = {{0.6f, 20, 0.95f, 0}, {2.0f, 2, 1, 0}, {1.0f, 40, 1, 0.05f}, {1.5f, 128, 1, 0}};
+  for (const fast::SampleFilter& f : filters)
+    for (uint64_t w = 0; w < 20; ++w) {
+      const uint64_t word = 0x9e3779b97f4a7c15ull * (w + 1);
+      ASSERT_EQ(draw(filtered, &listed, unsigned(listed.size()), f, word), draw(filtered, nullptr, 0, f, word))
+          << "top_k " << f.top_k << ", word " << w;
+    }
+  // The list is what is read: with the 40 largest left off it (and so not below the listed
+  // ones, as a filtered head would leave them), every draw is a listed row; over the whole
+  // row, none is.
+  const std::vector<int32_t> others(listed.begin() + 40, listed.end());
+  const fast::SampleFilter k5{1.0f, 5, 1, 0};
+  for (uint64_t w = 0; w < 10; ++w) {
+    const int32_t got = draw(normal, &others, unsigned(others.size()), k5, w * 977 + 1);
+    EXPECT_NE(std::find(others.begin(), others.end(), got), others.end()) << "draw " << w;
+    const int32_t whole = draw(normal, nullptr, 0, k5, w * 977 + 1);
+    EXPECT_EQ(std::find(others.begin(), others.end(), whole), others.end()) << "draw " << w;
+  }
+  // Where the list cannot serve, the whole row is drawn from: a count past the list's
+  // 2,048; 200 listed ties at the top (top-k keeps them all, past the 128 drawn among); 3
+  // listed numbers for a top-k of 5.
+  std::vector<float> tied = filtered;
+  for (int i = 0; i < 200; ++i) tied[size_t(listed[size_t(40 + i)])] = 30.0f;
+  const std::vector<int32_t> three(others.begin(), others.begin() + 3);
+  for (uint64_t w = 0; w < 10; ++w) {
+    EXPECT_EQ(draw(normal, &others, 2049, k5, w), draw(normal, nullptr, 0, k5, w)) << "draw " << w;
+    EXPECT_EQ(draw(tied, &listed, unsigned(listed.size()), k5, w), draw(tied, nullptr, 0, k5, w)) << "draw " << w;
+    EXPECT_EQ(draw(normal, &three, 3, k5, w), draw(normal, nullptr, 0, k5, w)) << "draw " << w;
+  }
+}
+
 // NaN logits: the device never draws one, and a row with no token to draw (every logit
 // NaN, or NaN and -inf) gives -1, as the CPU kernel does. Rows of one launch mix the three
 // kinds, through the draw among top-k's few survivors and through the full walk.

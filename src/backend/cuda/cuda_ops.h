@@ -69,8 +69,17 @@ struct DrawTargets {
   int32_t* also = nullptr;
   int64_t also_stride = 0;
 };
+// The rows of a single row of logits that a filtered LM head left exact (the fused
+// decoder's, HeadExchange): ids[0, *count) where *count <= cap, in no order; every other
+// logit lies below the row's top-k largest. With them, a draw whose top-k keeps at most
+// 128 tokens takes one block and no grid sync.
+struct ListedRows {
+  const int32_t* ids = nullptr;
+  const unsigned* count = nullptr;
+  int cap = 0;
+};
 void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint64_t> words,
-                   const fast::SampleFilter& filter, const DrawTargets& to);
+                   const fast::SampleFilter& filter, const DrawTargets& to, const ListedRows& listed = {});
 // ids [R] int32 on the device into `to`.
 void put_tokens(const Context& ctx, const Array& ids, const DrawTargets& to);
 // fast::edit_logits's edits with each row's token counts kept on the device, for draws

@@ -339,7 +339,9 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     }
     const DrawTargets to{state_i(), 3, history + (steps_ - 1) % kHistory, kHistory};
     if (filter) {
-      cuda::sample_tokens(c, x, words, *filter, to);
+      // A filtered head lists the rows it left exact: the draw takes them alone.
+      const fused::HeadExchange head = top > 1 ? persistent_->head_exchange() : fused::HeadExchange{};
+      cuda::sample_tokens(c, x, words, *filter, to, {head.listed, head.counts ? head.counts + 1 : nullptr, fused::kHeadListed});
     } else {
       Array ids({rows_}, Dtype::i32, Device::cuda(device_));
       cuda::argmax(c, x, ids);

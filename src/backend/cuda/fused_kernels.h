@@ -74,6 +74,18 @@ struct GemvOutput {
   int top = 1;
 };
 
+// What the blocks of a sampled head (Epilogue::argmax with top > 1) exchange in a step
+// (persistent_head.cuh's top_threshold), and what the draw reads after it: the rows
+// whose logits the step left exact, a superset of the `top` largest. counts[1] may pass
+// kHeadListed; then only the first kHeadListed rows are listed.
+constexpr int kHeadOffer = 8;     // the most bounds below a block offers the grid
+constexpr int kHeadListed = 2048;  // the rows listed at most
+struct HeadExchange {
+  unsigned* counts = nullptr;  // [2]: blocks that have offered, rows listed; the step zeroes them at its start
+  float* offers = nullptr;     // [blocks, min(top, kHeadOffer)]
+  int* listed = nullptr;       // [kHeadListed], in no order
+};
+
 // The greedy LM head's filter (head_filter.cuh): a copy of the head W [rows, k] (k a
 // multiple of 16) in int8 codes with a scale per row, and per row the bounds on how far
 // the products it gives can lie from W's own, so that one pass over half the bytes, and
@@ -229,9 +241,8 @@ struct PersistentStep {
   // The attention outputs finished so far in the step, counted in place of a grid barrier
   // after each attention (persistent_attention_handoff), or null; zero between steps.
   unsigned* attention_done = nullptr;
-  // A head with Epilogue::argmax and top > 1: the blocks counted so far and the largest of
-  // their thresholds (top_threshold); the step zeroes it at its start.
-  unsigned* head_exchange = nullptr;
+  // A head with Epilogue::argmax and top > 1 (top_threshold), or nulls.
+  HeadExchange head;
   const bf16* embed = nullptr;
   const int* state = nullptr;
   float embed_scale = 0;

@@ -451,7 +451,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
   wait_for_previous_kernel();  // the token, the counters, the cache and x are its
   // The sampled head's exchange, for this step: no block reaches it before the first grid
   // barrier, and the last step's blocks are done with it.
-  if (s.head_exchange && blockIdx.x == 0 && threadIdx.x == 0) s.head_exchange[0] = s.head_exchange[1] = 0;
+  if (s.head.counts && blockIdx.x == 0 && threadIdx.x == 0) s.head.counts[0] = s.head.counts[1] = 0;
   unsigned long long since = now_ns();
   const unsigned long long per_step = (unsigned long long)(s.barriers) * gridDim.x;
   unsigned long long target = step_base(s.barrier, per_step);
@@ -608,9 +608,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
         add_time(s, kTimes * p + 4, t1);
       }
       if (epilogue == Epilogue::argmax) {
+        // The offers' keys go where the levels and the bounds below were (the second pass
+        // reads neither).
         if (top > 1)
-          lower = top_threshold(s.head_exchange, lows, n_rows, top, reinterpret_cast<unsigned*>(lows + n_rows));
-        filtered_candidates(ph.out, xb, k, lower, codes.valid, top > 1, best, best_idx);
+          lower = top_threshold(s.head, lows, n_rows, top, reinterpret_cast<unsigned*>(lows + n_rows),
+                                reinterpret_cast<unsigned*>(levels), (2 * k) / 4 + n_rows);
+        filtered_candidates(ph.out, xb, k, lower, codes.valid, top > 1, s.head, best, best_idx);
       }
       if (epilogue == Epilogue::logits || epilogue == Epilogue::argmax) publish_argmax<true>(ph.out, best, best_idx);
     }

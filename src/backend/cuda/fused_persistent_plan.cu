@@ -30,9 +30,9 @@ size_t vector_bytes(const std::vector<StepPhase>& phases, int blocks) {
       if (staged_input(prev, p)) bytes += size_t(p.in.k) * sizeof(float) * staged_arrays(p.in);
       if (p.down_map) bytes += 8 * sizeof(bf16) * size_t(p.down_units);
       if (p.out.epilogue == Epilogue::argmax) bytes += 2 * size_t(p.in.k);  // the vector's int8 levels
-      // With top > 1, a block's rows' bounds below and top_threshold's two histograms.
+      // With top > 1, a block's rows' bounds below and top_threshold's three histograms.
       if (p.out.epilogue == Epilogue::argmax && p.out.top > 1)
-        bytes += sizeof(float) * size_t((p.out.rows[0] + blocks - 1) / blocks) + 2 * 256 * sizeof(unsigned);
+        bytes += sizeof(float) * size_t((p.out.rows[0] + blocks - 1) / blocks) + 3 * 256 * sizeof(unsigned);
       need = std::max(need, bytes);
     } else if (p.kind == StepPhase::Kind::attention)
       need = std::max(need, sizeof(float) * attention_detail::attention_smem_floats(

@@ -76,7 +76,9 @@ bool PersistentRunner::prepare(cudaStream_t stream, const std::vector<StepPhase>
   handoff_ = persistent_attention_handoff(plan_);
   if (handoff_ && !attention_done_.valid()) attention_done_ = Array({1}, Dtype::u32, d);
   if (handoff_) fill(c, attention_done_, 0);
-  if (filtered() > 1 && !head_exchange_.valid()) head_exchange_ = Array({2}, Dtype::u32, d);
+  // HeadExchange's arrays: counts, listed, then every block's offers.
+  if (filtered() > 1 && (!head_exchange_.valid() || head_exchange_.size() < 2 + kHeadListed + blocks_ * kHeadOffer))
+    head_exchange_ = Array({2 + kHeadListed + blocks_ * kHeadOffer}, Dtype::u32, d);
   if (profile_) {
     timing_ = Array({int64_t(kTimes * plan_.size() * 2)}, Dtype::u32, d);
     fill(c, timing_, 0);
@@ -85,13 +87,19 @@ bool PersistentRunner::prepare(cudaStream_t stream, const std::vector<StepPhase>
   return true;
 }
 
+HeadExchange PersistentRunner::head_exchange() const {
+  if (filtered() <= 1) return {};
+  auto* base = static_cast<unsigned*>(head_exchange_.raw());
+  return {base, reinterpret_cast<float*>(base + 2 + kHeadListed), reinterpret_cast<int*>(base + 2)};
+}
+
 void PersistentRunner::launch(cudaStream_t stream, PersistentStep p, bool pdl) {
   p.phases = static_cast<const StepPhase*>(phases_.raw());
   p.n_phases = int(plan_.size());
   p.barrier = static_cast<unsigned long long*>(barrier_.raw());
   p.barriers = persistent_barriers(plan_, handoff_);
   if (handoff_) p.attention_done = static_cast<unsigned*>(attention_done_.raw());
-  if (filtered() > 1) p.head_exchange = static_cast<unsigned*>(head_exchange_.raw());
+  p.head = head_exchange();
   p.vector_bytes = vector_bytes_;
   p.slots = slots_;
   p.lookahead = lookahead_;
@@ -161,6 +169,11 @@ void PersistentRunner::report_profile() noexcept {
     std::vector<unsigned long long> t(plan_.size() * kTimes);  // u64 each
     check(cudaMemcpy(t.data(), timing_.raw(), t.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy");
     report_persistent_profile(t, profiled_steps_, names_, kernel_, blocks_, slots_, lookahead_);
+    if (filtered() > 1) {  // how tight top_threshold was: the draw takes these rows alone
+      unsigned listed = 0;
+      check(cudaMemcpy(&listed, head_exchange().counts + 1, 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
+      std::fprintf(stderr, "  the head's last step left %u rows exact for a top-%d draw\n", listed, filtered());
+    }
   } catch (...) {
   }
 }

@@ -38,10 +38,13 @@ class PersistentRunner {
                int top);
   bool runs() const { return blocks_ > 0; }
   // How many of the largest logits the plan's head keeps exact (Epilogue::argmax), the
-  // others a bound or -inf; 0 where it keeps every logit.
+  // others a bound above; 0 where it keeps every logit.
   int filtered() const {
     return runs() && !plan_.empty() && plan_.back().out.epilogue == Epilogue::argmax ? plan_.back().out.top : 0;
   }
+  // Where a head with filtered() > 1 lists the rows it left exact (HeadExchange), valid
+  // until the next step; nulls for other heads.
+  HeadExchange head_exchange() const;
   // One step. `step` holds the decoder's part (embedding, state, x); the rest is filled here.
   void launch(cudaStream_t stream, PersistentStep step, bool pdl);
 
@@ -63,7 +66,7 @@ class PersistentRunner {
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   bool handoff_ = false;    // persistent_attention_handoff
   Array attention_done_;    // its count
-  Array head_exchange_;     // PersistentStep::head_exchange, for a head with top > 1
+  Array head_exchange_;     // head_exchange()'s arrays
   // The fused downs' tensor maps (on the device and here) and their tiled copies for a grid
   // of tiles_grid_; every block's planned stages. The host vectors outlive their copies.
   Array down_maps_, tiles_, stages_;

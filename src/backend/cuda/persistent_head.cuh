@@ -15,6 +15,7 @@
 #include "backend/cuda/fused_gemv.cuh"
 #include "backend/cuda/fused_persistent_plan.cuh"
 #include "backend/cuda/head_filter.cuh"
+#include "backend/cuda/radix_select.cuh"
 
 namespace lmx::cuda::fused {
 
@@ -74,11 +75,11 @@ __device__ __forceinline__ void filtered_row(const int8_t* row, int d1, int d2, 
 // The argmax head's second pass, over this block's rows (the Cursor's share,
 // share_start): each row whose bound above (in y) reaches the largest bound below of them
 // all (`lower` of each warp), or with `top`, the grid's threshold `lower`
-// (top_threshold), is recomputed from W exactly as the logits epilogue computes it, into
+// (top_threshold), is recomputed (and, with `top`, listed) from W exactly as the logits epilogue computes it, into
 // y and the lane's argmax. A warp takes 32 rows at a time. Where that bound is not
 // finite, or the vector's levels are not `valid`, every row is recomputed.
 __device__ inline void filtered_candidates(const GemvOutput& out, const bf16* xb, int k, float lower, bool valid,
-                                           bool top, float& best, int& best_idx) {
+                                           bool top, HeadExchange ex, float& best, int& best_idx) {
   // (The reduction, or top_threshold's syncs, also order the warps' stores to y before
   // the loads below.)
   float l = top ? lower : workers_reduce<true>(lower, Max{});
@@ -89,14 +90,20 @@ __device__ inline void filtered_candidates(const GemvOutput& out, const bf16* xb
   for (int base = first + int(threadIdx.x / 32) * 32; base < end; base += kWorkers) {
     const int r = base + lane;
     const bool in = r < end && !(out.y[r] < l);
-    for (unsigned doubt = __ballot_sync(0xffffffffu, in); doubt; doubt &= doubt - 1) {
+    const unsigned all = __ballot_sync(0xffffffffu, in);
+    if (top && all) {  // the sampled head lists its exact rows for the draw (HeadExchange::listed)
+      unsigned at = 0;
+      if (lane == 0) at = atomicAdd(ex.counts + 1, unsigned(__popc(all)));
+      at = __shfl_sync(0xffffffffu, at, 0) + unsigned(__popc(all & ((1u << lane) - 1)));
+      if (in && at < unsigned(kHeadListed)) ex.listed[at] = r;
+    }
+    for (unsigned doubt = all; doubt; doubt &= doubt - 1) {
       const int o = base + __ffs(int(doubt)) - 1;
       const float v = warp_dots<false>(out.w[0] + size_t(o) * k, nullptr, xb, k).x;
       if (lane == 0) store_row(Epilogue::logits, out.y, 0.0f, o, v, best, best_idx);
     }
   }
 }
-
 
 // Order-preserving keys of floats: of two floats, the larger has the larger key (a NaN
 // with its sign bit clear, above every number). key_float inverts it.
@@ -110,65 +117,66 @@ __device__ __forceinline__ float key_float(unsigned key) {
 
 // The sampled head's threshold (GemvOutput::top > 1): a value at or below the top-th
 // largest exact logit, so that a row whose bound above lies below it is not among the
-// `top` largest. Each block takes the top-th largest of its own rows' bounds below
-// (`lows`, n of them) to the first 16 bits of its key: two 8-bit digits of a radix select
-// over a histogram (`hist`, [2][256] in shared memory), a value at most 2^-7 of itself
-// below the exact one. At least `top` rows lie at or above it, so at least `top` exact
-// logits do too. The grid takes the largest of the blocks' values: one exchange, a count
-// of the blocks on `exchange` ([2]: count, key; zero at the start of the step). -inf
-// where no block has `top` rows. The value returned is lowered by 2^-20 of itself (and
-// 2^-100) so that no row left out (its bound above below that) can tie with a kept one
-// once the draw divides the logits by its temperature.
-__device__ inline float top_threshold(unsigned* exchange, const float* lows, int n, int top, unsigned* hist) {
-  __shared__ unsigned picked[2], grid_key;  // a digit and the rows still needed below it; the grid's key
-  static_assert(kWorkers == 256, "a thread a histogram bin");
-  unsigned prefix = 0;
-  unsigned need = unsigned(top);
-  if (n >= top) {  // the same in every thread of the block
-    for (int pass = 0; pass < 2; ++pass) {
-      const int shift = 24 - 8 * pass;
-      unsigned* h = hist + 256 * pass;
-      h[threadIdx.x] = 0;
-      sync_workers<true>();
-      for (int i = threadIdx.x; i < n; i += kWorkers) {
-        const unsigned key = order_key(lows[i]);
-        if (pass == 0 || key >> 24 == prefix >> 24) atomicAdd(&h[(key >> shift) & 255u], 1u);
-      }
-      sync_workers<true>();
-      if (threadIdx.x < 32) {  // lane j: digits 255 - 8j down to 248 - 8j; counts summed from the top
-        const int lane = int(threadIdx.x);
-        unsigned c[8], sum = 0;
-#pragma unroll
-        for (int u = 0; u < 8; ++u) sum += c[u] = h[255 - 8 * lane - u];
-        unsigned above = sum;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-          const unsigned t = __shfl_up_sync(0xffffffffu, above, o);
-          if (lane >= o) above += t;
-        }
-        // The rows in the running number at least `need`, so some lane's count reaches it.
-        const int owner = __ffs(int(__ballot_sync(0xffffffffu, above >= need))) - 1;
-        if (lane == owner) {
-          unsigned before = above - sum;
-          int u = 0;
-          while (before + c[u] < need) before += c[u++];
-          picked[0] = unsigned(255 - 8 * lane - u), picked[1] = need - before;
-        }
-      }
-      sync_workers<true>();
-      prefix |= picked[0] << shift;
-      need = picked[1];
+// `top` largest. Any `top` rows' bounds below give one: the top-th largest of them. The
+// tightest would be the top-th largest of all rows' (a grid-wide select); this takes it
+// among each block's m = min(top, kHeadOffer) largest, which is the same value unless a
+// block holds more than m of the top largest bounds:
+// - each block selects its own m largest bounds below (`lows`, n of them: two 8-bit digits
+//   of a radix select, then the rows above that bucket and enough of the bucket's) and
+//   offers them to the grid (HeadExchange::offers; -inf fills a block's unused places);
+// - one exchange, a count of the blocks (HeadExchange::counts[0], zero at the start of
+//   the step);
+// - every block takes the top-th largest of the offers alike, to 24 bits of its key: a
+//   value at most 2^-15 of itself below the exact one.
+// (The first version took only the largest of the blocks' own top-th bounds: with top 20
+// of Llama's 972 rows a block, that lies far down the grid's order, and a build that raised
+// it by 2^-6 of itself still drew the same tokens.) The value returned is lowered by 2^-20
+// of itself (and 2^-100) so that no row left out (its bound above below that) can tie with
+// a kept one once the draw divides the logits by its temperature. -inf where the offers
+// are fewer than `top` (or more than `room`, the keys that fit in `keys`, which may
+// overlap `lows`).
+__device__ inline float top_threshold(HeadExchange ex, const float* lows, int n, int top, unsigned* hist,
+                                     unsigned* keys, int room) {
+  __shared__ unsigned offered;
+  const int m = top < kHeadOffer ? top : kHeadOffer;
+  float* const mine = ex.offers + size_t(blockIdx.x) * m;
+  if (threadIdx.x == 0) offered = 0;
+  if (n > m) {
+    unsigned in_bucket = 0;
+    const unsigned p = select_prefix<kWorkers, 2>([&](int i, bool&) { return order_key(lows[i]); }, n, unsigned(m),
+                                                  hist, &in_bucket, SyncWorkers<true>{});
+    // Every row above the bucket (m - in_bucket of them), then the bucket's first comers.
+    for (int i = threadIdx.x; i < n; i += kWorkers) {
+      const unsigned k = order_key(lows[i]);
+      if (k >> 16 > p >> 16) mine[atomicAdd(&offered, 1u)] = lows[i];
     }
+    sync_workers<true>();
+    for (int i = threadIdx.x; i < n; i += kWorkers)
+      if (order_key(lows[i]) >> 16 == p >> 16) {
+        const unsigned at = atomicAdd(&offered, 1u);
+        if (at < unsigned(m)) mine[at] = lows[i];
+      }
+  } else {
+    for (int i = threadIdx.x; i < m; i += kWorkers) mine[i] = i < n ? lows[i] : -INFINITY;
   }
+  sync_workers<true>();  // the offers are stored
   if (threadIdx.x == 0) {
-    if (n >= top) atomicMax(exchange + 1, prefix);
-    release_add(exchange, 1);  // after the maximum: the count says it is in
-    wait_until_count(exchange, gridDim.x);
-    grid_key = __ldcg(exchange + 1);
+    release_add(ex.counts, 1);
+    wait_until_count(ex.counts, gridDim.x);
   }
   sync_workers<true>();
-  if (grid_key == 0) return -INFINITY;
-  const float t = key_float(grid_key);
+  const int all = int(gridDim.x) * m;
+  if (all < top || all > room) return -INFINITY;
+  // The offers' keys into shared memory, every load issued before any is used (a select
+  // that read them from L2 took a trip a key, several in a row for each thread).
+#pragma unroll 4
+  for (int i = threadIdx.x; i < all; i += kWorkers) keys[i] = order_key(__ldcg(ex.offers + i));
+  sync_workers<true>();
+  unsigned in_last = 0;
+  const unsigned key = select_prefix<kWorkers, 3>([&](int i, bool&) { return keys[i]; }, all, unsigned(top), hist,
+                                                  &in_last, SyncWorkers<true>{});
+  const float t = key_float(key);
+  if (!(t > -INFINITY)) return -INFINITY;  // -inf among the top-th largest offers, or NaN
   return t - fabsf(t) * 0x1p-20f - 0x1p-100f;
 }
 

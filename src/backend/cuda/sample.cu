@@ -36,6 +36,7 @@
 #include <mutex>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/radix_select.cuh"
 
 namespace lmx::cuda {
 namespace {
@@ -45,6 +46,7 @@ constexpr int kBins = 2048;        // the widest digit: 11 bits
 constexpr int kSelects = 3;        // top-k, top-p, and top-p's ties by id
 constexpr double kFixed = 0x1p62;  // probability mass in fixed point: at most 1, so it fits
 constexpr int kListMax = 128;      // top-k survivors that one block draws among (draw_among)
+constexpr int kListedMax = 2048;   // a filtered head's listed rows that one block draws among (draw_listed)
 
 using u64 = unsigned long long;
 
@@ -87,6 +89,15 @@ struct ListScratch {
   int32_t drawn;
 };
 
+// draw_listed's: the listed rows' keys (0: NaN) and ids, its select's histograms.
+struct ListedScratch {
+  ListScratch list;
+  uint32_t key[kListedMax];
+  int32_t id[kListedMax];
+  unsigned hist[4 * 256];
+  unsigned survivors;
+};
+
 using SelectScan = cub::BlockScan<u64, kThreads>;
 using DrawScan = cub::BlockScan<double, kThreads>;
 // A block's shared memory: the selects' and the draw's, never in use at once.
@@ -102,6 +113,7 @@ union Shared {
     double before;  // the mass of the row's ranges before this block's
   } draw;
   ListScratch list;
+  ListedScratch listed;
 };
 
 // The grid-wide barrier between passes, on a counter that is zero at the launch; the n-th
@@ -287,11 +299,72 @@ __device__ int32_t draw_among(ListScratch& l, int n, const fast::SampleFilter& f
   return l.drawn;
 }
 
+// The draw among n top-k survivors, their ids in l.unsorted (in no order): in id order,
+// each id's place by counting the smaller ones, then draw_among. -1 where n = 0 (only NaN:
+// no mass). Every thread of the block calls it.
+template <class Value>
+__device__ int32_t draw_unsorted(ListScratch& l, int n, Value value, const fast::SampleFilter& f, u64 word) {
+  const int t = int(threadIdx.x);
+  if (t < n) {
+    const int32_t id = l.unsorted[t];
+    int at = 0;
+    for (int j = 0; j < n; ++j) at += l.unsorted[j] < id;
+    l.ids[at] = id, l.x[at] = value(id);
+  }
+  __syncthreads();
+  return n > 0 ? draw_among(l, n, f, word) : -1;
+}
+
+struct BlockSync {
+  __device__ __forceinline__ void operator()() const { __syncthreads(); }
+};
+
+// The draw of one row from the rows that a filtered LM head listed (ListedRows), by one
+// block with no grid sync. Their logits are exact and every other logit lies below the
+// row's k-th largest, so the k-th largest among them is the row's, and top-k keeps the
+// same tokens with the same values: draw_among then draws what the whole row's draw
+// would. False where it cannot: more rows listed than it holds, fewer than k that are not
+// NaN, or more survivors than kListMax (ties); the caller then takes the whole row.
+// Every thread of the block calls it.
+template <class Value>
+__device__ bool draw_listed(ListedScratch& sh, const ListedRows& rows, Value value, const fast::SampleFilter& f,
+                            u64 word, int32_t& drawn) {
+  const unsigned count = __ldcg(rows.count);
+  if (count > unsigned(rows.cap < kListedMax ? rows.cap : kListedMax)) return false;
+  const int n = int(count), t = int(threadIdx.x);
+  int numbers = 0;
+  for (int i = t; i < n; i += kThreads) {
+    const int32_t id = __ldcg(rows.ids + i);
+    const float x = value(id);
+    sh.id[i] = id, sh.key[i] = isnan(x) ? 0u : order_key(x);  // no number's key is 0
+    numbers += !isnan(x);
+  }
+  if (t == 0) sh.survivors = 0;
+  if (block_reduce(numbers, Sum{}) < f.top_k) return false;  // its syncs publish the keys
+  unsigned in_last = 0;
+  const uint32_t kth = select_prefix<kThreads, 4>(
+      [&](int i, bool& in) {
+        in = sh.key[i] != 0;
+        return sh.key[i];
+      },
+      n, unsigned(f.top_k), sh.hist, &in_last, BlockSync{});
+  for (int i = t; i < n; i += kThreads)
+    if (sh.key[i] != 0 && sh.key[i] >= kth) {
+      const unsigned at = atomicAdd(&sh.survivors, 1u);
+      if (at < unsigned(kListMax)) sh.list.unsorted[at] = sh.id[i];
+    }
+  __syncthreads();
+  const unsigned survivors = sh.survivors;
+  if (survivors > unsigned(kListMax)) return false;
+  drawn = draw_unsorted(sh.list, int(survivors), value, f, word);
+  return true;
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(const T* logits, int64_t cols, int rows, int per_row, Words words,
                   fast::SampleFilter f, u64* scratch, unsigned long long* barrier,
-                  unsigned long long* spare, DrawTargets out) {
+                  unsigned long long* spare, DrawTargets out, ListedRows listed) {
   GridSync grid{barrier};
   __shared__ Shared sh;
   const int r = int(blockIdx.x) / per_row;
@@ -304,6 +377,18 @@ __global__ void __launch_bounds__(kThreads)
   // Zeroed here, the outputs take the draw's atomicMin after the syncs below.
   int32_t* const out_r = out.out + (live ? r : 0) * out.stride;
   int32_t* const also_r = out.also ? out.also + (live ? r : 0) * out.also_stride : nullptr;
+  int32_t listed_id = -1;
+  if (listed.ids) {  // one row, one block (sample_tokens): no sync, so the counter stays 0
+    if (draw_listed(sh.listed, listed, value, f, words.w[0], listed_id)) {
+      if (threadIdx.x == 0) {
+        *out_r = listed_id;
+        if (also_r) *also_r = listed_id;
+        *spare = 0;  // the next launch's counter, as below
+      }
+      return;
+    }
+    __syncthreads();  // the shared memory is reused
+  }
   if (live) {
     for (int64_t i = row.first; i < RowScratch::kHist; i += row.step) s.hist[i] = 0;
     if (row.block == 0 && threadIdx.x == 0) {
@@ -361,14 +446,7 @@ __global__ void __launch_bounds__(kThreads)
         const int n = int(__ldcg(s.count)), t = int(threadIdx.x);
         if (t < n) l.unsorted[t] = __ldcg(s.list + t);
         __syncthreads();
-        if (t < n) {  // in id order: each id's place by counting the smaller ones
-          const int32_t id = l.unsorted[t];
-          int at = 0;
-          for (int j = 0; j < n; ++j) at += l.unsorted[j] < id;
-          l.ids[at] = id, l.x[at] = value(id);
-        }
-        __syncthreads();
-        const int32_t id = n > 0 ? draw_among(l, n, f, words.w[r]) : -1;  // n = 0: only NaN, no mass
+        const int32_t id = draw_unsorted(l, n, value, f, words.w[r]);
         if (t == 0) {
           *out_r = id;
           if (also_r) *also_r = id;
@@ -666,7 +744,7 @@ void edit_counted(const Context& ctx, const Array& x, const Array& out, const Ar
 }
 
 void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint64_t> words,
-                   const fast::SampleFilter& filter, const DrawTargets& to) {
+                   const fast::SampleFilter& filter, const DrawTargets& to, const ListedRows& listed) {
   // logits [R, V] contiguous -> one id a row
   const int64_t rows = logits.shape(0), cols = logits.shape(1);
   if (rows == 0) return;
@@ -686,9 +764,16 @@ void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint
         return v ? std::max(1, std::atoi(v)) : INT_MAX;
       }();
       const int64_t per_launch = std::min<int64_t>({rows, resident, kMaxLaunchRows});
-      const int per_row = int(std::clamp<int64_t>(
+      // A filtered head's listed rows serve one row whose top-k keeps at most kListMax
+      // tokens: one block draws among them (draw_listed), and takes the whole row alone in
+      // the rare case that they do not serve.
+      const bool use_listed = listed.ids && rows == 1 && filter.top_k >= 1 && filter.top_k <= kListMax &&
+                              filter.top_k < cols;
+      const ListedRows none{};
+      const int spread = int(std::clamp<int64_t>(
           std::min<int64_t>(resident / per_launch, (cols + kThreads - 1) / kThreads), 1,
           std::min({ctx.sm_count, cap, kThreads})));  // the draw's scan: a block's range a thread
+      const int per_row = use_listed ? 1 : spread;
       Array scratch({(per_launch * RowScratch::length(per_row) + 1) * 2}, Dtype::i32,
                     logits.device());  // u64s: the rows', then the launch's overflow count
       std::lock_guard lock(barrier_mutex);
@@ -708,7 +793,8 @@ void sample_tokens(const Context& ctx, const Array& logits, std::span<const uint
                         &n,     &pr,
                         &w,     const_cast<fast::SampleFilter*>(&filter),
                         &sc,    &counter,
-                        &spare, &t};
+                        &spare, &t,
+                        const_cast<ListedRows*>(use_listed ? &listed : &none)};
         check(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(sample_kernel<T>),
                                           dim3(unsigned(n * per_row)), dim3(kThreads), args, 0,
                                           ctx.stream),
