@@ -21,10 +21,7 @@ inline bool switch_on(const char* name) {
   return !v || std::strcmp(v, "0") != 0;
 }
 // The same for switches that are off unless set (LMX_FUSED_PROFILE, ...).
-inline bool switch_set(const char* name) {
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "0") != 0;
-}
+inline bool switch_set(const char* name) { return std::getenv(name) && switch_on(name); }
 
 // Throws "[cuda] <call> failed: <error string> at file:line" unless `e` is cudaSuccess.
 void check(cudaError_t e, const char* call,

@@ -341,7 +341,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
     if (filter) {
       // A filtered head lists the rows it left exact: the draw takes them alone.
       const fused::HeadExchange head = top > 1 ? persistent_->head_exchange() : fused::HeadExchange{};
-      cuda::sample_tokens(c, x, words, *filter, to, {head.listed, head.counts ? head.counts + 1 : nullptr, fused::kHeadListed});
+      const ListedRows listed{head.listed, head.counts ? head.counts + 1 : nullptr, fused::kHeadListed};
+      cuda::sample_tokens(c, x, words, *filter, to, listed);
     } else {
       Array ids({rows_}, Dtype::i32, Device::cuda(device_));
       cuda::argmax(c, x, ids);

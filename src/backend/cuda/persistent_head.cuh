@@ -75,9 +75,10 @@ __device__ __forceinline__ void filtered_row(const int8_t* row, int d1, int d2, 
 // The argmax head's second pass, over this block's rows (the Cursor's share,
 // share_start): each row whose bound above (in y) reaches the largest bound below of them
 // all (`lower` of each warp), or with `top`, the grid's threshold `lower`
-// (top_threshold), is recomputed (and, with `top`, listed) from W exactly as the logits epilogue computes it, into
-// y and the lane's argmax. A warp takes 32 rows at a time. Where that bound is not
-// finite, or the vector's levels are not `valid`, every row is recomputed.
+// (top_threshold), is recomputed from W exactly as the logits epilogue computes it, into
+// y and the lane's argmax, and with `top` listed in `ex` for the draw. A warp takes 32
+// rows at a time. Where that bound is not finite, or the vector's levels are not `valid`,
+// every row is recomputed.
 __device__ inline void filtered_candidates(const GemvOutput& out, const bf16* xb, int k, float lower, bool valid,
                                            bool top, HeadExchange ex, float& best, int& best_idx) {
   // (The reduction, or top_threshold's syncs, also order the warps' stores to y before
@@ -91,7 +92,7 @@ __device__ inline void filtered_candidates(const GemvOutput& out, const bf16* xb
     const int r = base + lane;
     const bool in = r < end && !(out.y[r] < l);
     const unsigned all = __ballot_sync(0xffffffffu, in);
-    if (top && all) {  // the sampled head lists its exact rows for the draw (HeadExchange::listed)
+    if (top && all) {  // the rows listed from a common count, a warp's in one atomic
       unsigned at = 0;
       if (lane == 0) at = atomicAdd(ex.counts + 1, unsigned(__popc(all)));
       at = __shfl_sync(0xffffffffu, at, 0) + unsigned(__popc(all & ((1u << lane) - 1)));
@@ -129,12 +130,12 @@ __device__ __forceinline__ float key_float(unsigned key) {
 // - every block takes the top-th largest of the offers alike, to 24 bits of its key: a
 //   value at most 2^-15 of itself below the exact one.
 // (The first version took only the largest of the blocks' own top-th bounds: with top 20
-// of Llama's 972 rows a block, that lies far down the grid's order, and a build that raised
-// it by 2^-6 of itself still drew the same tokens.) The value returned is lowered by 2^-20
-// of itself (and 2^-100) so that no row left out (its bound above below that) can tie with
-// a kept one once the draw divides the logits by its temperature. -inf where the offers
-// are fewer than `top` (or more than `room`, the keys that fit in `keys`, which may
-// overlap `lows`).
+// of Llama's 972 rows a block, that lies far down the grid's order, by estimate about
+// 1,500 rows; this one leaves 40-80 on the 1B models, bench/NOTES.md p38.)
+// The value returned is lowered by 2^-20 of itself (and 2^-100) so that no row left out
+// (its bound above below that) can tie with a kept one once the draw divides the logits
+// by its temperature. -inf where the offers are fewer than `top` (or more than `room`,
+// the keys that fit in `keys`, which may overlap `lows`).
 __device__ inline float top_threshold(HeadExchange ex, const float* lows, int n, int top, unsigned* hist,
                                      unsigned* keys, int room) {
   __shared__ unsigned offered;

@@ -16,7 +16,9 @@
 // it, the blocks' sums place the ranges, a block scan places the runs, and the thread whose
 // run holds u walks it. Where top-k leaves at most kListMax tokens, the row's first block
 // draws among them instead (draw_among), as the CPU kernel does: that spares top-p's selects
-// and the draw's syncs.
+// and the draw's syncs. A row whose logits come from the fused decoder's filtered LM head
+// comes with the rows that head left exact (ListedRows, a few times k): one block then
+// draws among those alone (draw_listed), with no grid sync at all.
 //
 // A grid sync costs about 1.5-2 µs with its partials' trips to L2, and the syncs, not the
 // passes, set the kernel's time: 16.7 µs at temperature alone, 30-40 µs with top-k or top-p
