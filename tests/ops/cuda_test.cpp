@@ -221,6 +221,7 @@ TEST(Cuda, SampleTokensMatchTheCpu) {
   }
 }
 
+#if LMX_HAVE_CUDA  // the backend's own call, which a build without CUDA lacks
 // cuda::sample_tokens with a filtered head's listed rows (ListedRows): one row, with the
 // rows' logits exact and every other below the top-k's k-th largest, is drawn among them
 // alone, and where they do not serve (more than the list holds, ties past 128 survivors,
@@ -278,6 +279,7 @@ TEST(Cuda, SampleTokensDrawAmongAFilteredHeadsListedRows) {
     EXPECT_EQ(draw(normal, &three, 3, k5, w), draw(normal, nullptr, 0, k5, w)) << "draw " << w;
   }
 }
+#endif
 
 // NaN logits: the device never draws one, and a row with no token to draw (every logit
 // NaN, or NaN and -inf) gives -1, as the CPU kernel does. Rows of one launch mix the three
