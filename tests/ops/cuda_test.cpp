@@ -249,7 +249,8 @@ TEST(Cuda, SampleTokensDrawAmongAFilteredHeadsListedRows) {
   for (int64_t i = 0; i < 1000; ++i) listed.push_back(order[size_t(40 + 97 * i)]);
   std::vector<float> filtered(normal.size(), -20.0f);
   for (const int32_t id : listed) filtered[size_t(id)] = normal[size_t(id)];
-  const fast::SampleFilter filters[] = {{0.6f, 20, 0.95f, 0}, {2.0f, 2, 1, 0}, {1.0f, 40, 1, 0.05f}, {1.5f, 128, 1, 0}};
+  const fast::SampleFilter filters[] = {
+      {0.6f, 20, 0.95f, 0}, {2.0f, 2, 1, 0}, {1.0f, 40, 1, 0.05f}, {1.5f, 128, 1, 0}};
   for (const fast::SampleFilter& f : filters)
     for (uint64_t w = 0; w < 20; ++w) {
       const uint64_t word = 0x9e3779b97f4a7c15ull * (w + 1);

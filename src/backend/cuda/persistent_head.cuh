@@ -144,8 +144,8 @@ __device__ inline float top_threshold(HeadExchange ex, const float* lows, int n,
   if (threadIdx.x == 0) offered = 0;
   if (n > m) {
     unsigned in_bucket = 0;
-    const unsigned p = select_prefix<kWorkers, 2>([&](int i, bool&) { return order_key(lows[i]); }, n, unsigned(m),
-                                                  hist, &in_bucket, SyncWorkers<true>{});
+    const unsigned p = select_prefix<kWorkers, 2>([&](int i) { return order_key(lows[i]); }, n, unsigned(m), hist,
+                                                  SyncWorkers<true>{}, &in_bucket);
     // Every row above the bucket (m - in_bucket of them), then the bucket's first comers.
     for (int i = threadIdx.x; i < n; i += kWorkers) {
       const unsigned k = order_key(lows[i]);
@@ -173,9 +173,8 @@ __device__ inline float top_threshold(HeadExchange ex, const float* lows, int n,
 #pragma unroll 4
   for (int i = threadIdx.x; i < all; i += kWorkers) keys[i] = order_key(__ldcg(ex.offers + i));
   sync_workers<true>();
-  unsigned in_last = 0;
-  const unsigned key = select_prefix<kWorkers, 3>([&](int i, bool&) { return keys[i]; }, all, unsigned(top), hist,
-                                                  &in_last, SyncWorkers<true>{});
+  const unsigned key =
+      select_prefix<kWorkers, 3>([&](int i) { return keys[i]; }, all, unsigned(top), hist, SyncWorkers<true>{});
   const float t = key_float(key);
   if (!(t > -INFINITY)) return -INFINITY;  // -inf among the top-th largest offers, or NaN
   return t - fabsf(t) * 0x1p-20f - 0x1p-100f;

@@ -1,20 +1,22 @@
 // A block's radix select over the caller's order-preserving keys of floats, in shared
 // memory: the sampled LM head's threshold (persistent_head.cuh) and the draw among a
-// filtered head's listed rows (sample.cu). Nothing is sorted: each 8-bit digit, from the top, is a
-// histogram of the keys still in the running and a walk of it from the largest bin.
+// filtered head's listed rows (sample.cu). Nothing is sorted: each 8-bit digit, from the
+// top, is a histogram of the keys still in the running and a walk of it from the largest
+// bin.
 #pragma once
 
 #include <cstdint>
 
 namespace lmx::cuda {
 
-// Of n keys (key(i, in); those whose `in` it sets false are left out), the prefix of kDigits 8-bit
-// digits, from the top, at which the `need`-th largest lies: at least `need` keys are at or
-// above it, where at least `need` take part. *in_last takes how many of those `need` lie
-// within the last digit's bucket (the rest lie above it). kThreads threads of the block
-// call it alike, meeting at sync(); hist: [kDigits][256] in shared memory.
+// Of n keys (key(i), n >= need), the prefix of kDigits 8-bit digits, from the top, at
+// which the `need`-th largest lies: at least `need` keys are at or above it. Where set,
+// *in_last takes how many of those `need` lie within the last digit's bucket (the rest
+// lie above it). kThreads threads of the block call it alike, meeting at sync(); hist:
+// [kDigits][256] in shared memory.
 template <int kThreads, int kDigits, class Sync, class Key>
-__device__ unsigned select_prefix(Key key, int n, unsigned need, unsigned* hist, unsigned* in_last, Sync sync) {
+__device__ unsigned select_prefix(Key key, int n, unsigned need, unsigned* hist, Sync sync,
+                                  unsigned* in_last = nullptr) {
   static_assert(kThreads >= 256, "a thread a bin");
   __shared__ unsigned picked[2];  // a digit and the keys still needed within it
   unsigned prefix = 0;
@@ -24,9 +26,8 @@ __device__ unsigned select_prefix(Key key, int n, unsigned need, unsigned* hist,
     if (threadIdx.x < 256) h[threadIdx.x] = 0;
     sync();
     for (int i = threadIdx.x; i < n; i += kThreads) {
-      bool in = true;
-      const unsigned k = key(i, in);
-      if (in && (pass == 0 || k >> (shift + 8) == prefix >> (shift + 8))) atomicAdd(&h[(k >> shift) & 255u], 1u);
+      const unsigned k = key(i);
+      if (pass == 0 || k >> (shift + 8) == prefix >> (shift + 8)) atomicAdd(&h[(k >> shift) & 255u], 1u);
     }
     sync();
     if (threadIdx.x < 32) {  // lane j: digits 255 - 8j down to 248 - 8j; counts summed from the top
@@ -40,24 +41,20 @@ __device__ unsigned select_prefix(Key key, int n, unsigned need, unsigned* hist,
         const unsigned t = __shfl_up_sync(0xffffffffu, above, o);
         if (lane >= o) above += t;
       }
-      // The keys in the running number at least `need`, so some lane's count reaches it
-      // (none where fewer take part: then the prefix stays as it is).
-      const unsigned reach = __ballot_sync(0xffffffffu, above >= need);
-      const int owner = reach ? __ffs(int(reach)) - 1 : -1;
+      // The keys in the running number at least `need`, so some lane's count reaches it.
+      const int owner = __ffs(int(__ballot_sync(0xffffffffu, above >= need))) - 1;
       if (lane == owner) {
         unsigned before = above - sum;
         int u = 0;
         while (before + c[u] < need) before += c[u++];
         picked[0] = unsigned(255 - 8 * lane - u), picked[1] = need - before;
-      } else if (lane == 0 && !reach) {
-        picked[0] = 0, picked[1] = need;
       }
     }
     sync();
     prefix |= picked[0] << shift;
     need = picked[1];  // (read before the next pass's second sync, after which it is written)
   }
-  *in_last = need;
+  if (in_last) *in_last = need;
   return prefix;
 }
 

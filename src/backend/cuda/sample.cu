@@ -343,15 +343,11 @@ __device__ bool draw_listed(ListedScratch& sh, const ListedRows& rows, Value val
   }
   if (t == 0) sh.survivors = 0;
   if (block_reduce(numbers, Sum{}) < f.top_k) return false;  // its syncs publish the keys
-  unsigned in_last = 0;
-  const uint32_t kth = select_prefix<kThreads, 4>(
-      [&](int i, bool& in) {
-        in = sh.key[i] != 0;
-        return sh.key[i];
-      },
-      n, unsigned(f.top_k), sh.hist, &in_last, BlockSync{});
+  // At least k numbers, whose keys lie above NaN's 0: the k-th largest key is a number's.
+  const uint32_t kth =
+      select_prefix<kThreads, 4>([&](int i) { return sh.key[i]; }, n, unsigned(f.top_k), sh.hist, BlockSync{});
   for (int i = t; i < n; i += kThreads)
-    if (sh.key[i] != 0 && sh.key[i] >= kth) {
+    if (sh.key[i] >= kth) {
       const unsigned at = atomicAdd(&sh.survivors, 1u);
       if (at < unsigned(kListMax)) sh.list.unsorted[at] = sh.id[i];
     }
@@ -379,8 +375,8 @@ __global__ void __launch_bounds__(kThreads)
   // Zeroed here, the outputs take the draw's atomicMin after the syncs below.
   int32_t* const out_r = out.out + (live ? r : 0) * out.stride;
   int32_t* const also_r = out.also ? out.also + (live ? r : 0) * out.also_stride : nullptr;
-  int32_t listed_id = -1;
   if (listed.ids) {  // one row, one block (sample_tokens): no sync, so the counter stays 0
+    int32_t listed_id = -1;
     if (draw_listed(sh.listed, listed, value, f, words.w[0], listed_id)) {
       if (threadIdx.x == 0) {
         *out_r = listed_id;
