@@ -19,6 +19,7 @@
 //
 // Wider batches (launch_gemm_rows, at the end) run each product as a cuBLAS GEMM.
 #include <algorithm>
+#include <cstdlib>
 
 #include "backend/cuda/fused_gemv.cuh"
 #include "backend/cuda/mma.cuh"
@@ -35,17 +36,26 @@ constexpr int kMaxSmem = 200 * 1024;
 template <Epilogue E>
 constexpr bool kGated = E == Epilogue::glu_silu || E == Epilogue::glu_gelu;
 
+int blocks_per_sm(size_t smem) { return smem + 1024 <= 113 * 1024 ? 2 : 1; }
+
 // Shared memory of a block, in bytes from the start: the vectors [B, K + kPad] bf16, then
 // (with an add or a norm) the f32 vectors before the norm [B, K], then kWarps × 32 × 4
-// floats for the split tiles' sums and the block's reductions.
+// floats for the split tiles' sums and the block's reductions, then the weights that the
+// lanes copy before the wait for the previous kernel: `held` chunks of the first trip,
+// [held, 2 rows, kThreads lanes] 16-byte pieces, as many as fit without costing the block
+// count an SM takes (blocks_per_sm).
 struct RowsSmem {
-  int ld;
-  size_t stage, red, bytes;
-  __host__ __device__ explicit RowsSmem(const GemvInput& in) {
+  int ld, held;
+  size_t stage, red, early, bytes;
+  __host__ __device__ explicit RowsSmem(const GemvInput& in, int max_held = kUnroll) {
     ld = in.k + kPad;
     stage = (size_t(in.rows) * ld * 2 + 15) / 16 * 16;
     red = stage + (in.add || in.norm ? size_t(in.rows) * in.k * 4 : 0);
-    bytes = red + size_t(kWarps) * 32 * 4 * 4;
+    early = red + size_t(kWarps) * 32 * 4 * 4;
+    const size_t chunk = size_t(kThreads) * 2 * 16;
+    const size_t room = early + 1024 <= 113 * 1024 ? 112 * 1024 - early : early <= kMaxSmem ? kMaxSmem - early : 0;
+    held = room / chunk < size_t(max_held) ? int(room / chunk) : max_held;
+    bytes = early + size_t(held) * chunk;
   }
 };
 
@@ -202,22 +212,67 @@ __device__ inline void publish_row_argmax(const GemvOutput& out, int rows, float
 }
 
 template <Epilogue E>
-__global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(GemvInput in, GemvOutput out, int ksplit) {
+__global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(GemvInput in, GemvOutput out, int ksplit, int max_held) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const RowsSmem plan(in);
+  const RowsSmem plan(in, max_held);
   bf16* xs = reinterpret_cast<bf16*>(smem);
   float* red = reinterpret_cast<float*>(smem + plan.red);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int rows = in.rows, k = in.k;
-  if constexpr (E != Epilogue::logits) allow_next_kernel();  // the LM head ends the step: it signals late
+  constexpr int kTileRows = kGated<E> ? 8 : 16;  // outputs per tile
+  // The warp's walk over the tiles: its first tile, and its chunks of a tile's columns.
+  // Formed where used: values held across form_vectors made the LM head's form spill.
+  struct Walk {
+    int n_out, tiles, per_round, slot, part, c_begin, c_end;
+  };
+  auto walk = [&] {
+    Walk w;
+    w.n_out = kGated<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
+    w.tiles = (w.n_out + kTileRows - 1) / kTileRows, w.per_round = kWarps / ksplit;
+    w.slot = warp / ksplit, w.part = warp % ksplit;
+    const int chunks = k / kChunk;
+    w.c_begin = w.part * chunks / ksplit, w.c_end = (w.part + 1) * chunks / ksplit;
+    return w;
+  };
+  // This lane's 16 bytes of tile `tile`'s rows g and g+8 (gated: gate and up row g), at
+  // column 8t of each chunk.
+  auto lane_rows = [&](int tile, int n_out, const bf16*& ra, const bf16*& rb) {
+    if constexpr (kGated<E>) {
+      const size_t o = size_t(::min(tile * 8 + g, n_out - 1)) * k;
+      ra = out.w[0] + o, rb = out.w[1] + o;
+    } else {
+      ra = stacked_row(out, ::min(tile * 16 + g, n_out - 1), k);
+      rb = stacked_row(out, ::min(tile * 16 + g + 8, n_out - 1), k);
+    }
+    ra += 8 * t, rb += 8 * t;
+  };
+  // The weights depend on no kernel: each lane copies its first chunks of its first tile
+  // into shared memory before the wait, so that they stream while the kernel before ends
+  // and the vectors are formed (registers held across the prologue spilled: bench/NOTES.md).
+  // Piece (u, row) of this lane: a warp's 32 lanes side by side, so that its reads fall in
+  // distinct banks. (Not in the LM head: a trip is nothing of its stream, and its argmax's
+  // registers leave none for the copies' addresses.)
+  uint4* early = reinterpret_cast<uint4*>(smem + plan.early);
+  auto early_at = [&](int u, int row) { return (u * 2 + row) * kThreads + int(threadIdx.x); };
+  int held = 0;
+  if constexpr (E != Epilogue::logits) {
+    const Walk w = walk();
+    const int first = int(blockIdx.x) * w.per_round + w.slot;
+    if (first < w.tiles) held = ::min(plan.held, w.c_end - w.c_begin);
+    if (held > 0) {
+      const bf16 *ra, *rb;
+      lane_rows(first, w.n_out, ra, rb);
+      for (int u = 0; u < held; ++u) {
+        copy16_async(early + early_at(u, 0), ra + (w.c_begin + u) * kChunk);
+        copy16_async(early + early_at(u, 1), rb + (w.c_begin + u) * kChunk);
+      }
+    }
+    allow_next_kernel();  // the LM head ends the step: it signals late
+  }
   wait_for_previous_kernel();
   form_vectors(in, xs, plan.ld, reinterpret_cast<float*>(smem + plan.stage), red, blockIdx.x == 0);
-
-  const int n_out = kGated<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
-  constexpr int kTileRows = kGated<E> ? 8 : 16;  // outputs per tile
-  const int tiles = (n_out + kTileRows - 1) / kTileRows, per_round = kWarps / ksplit;
-  const int slot = warp / ksplit, part = warp % ksplit, chunks = k / kChunk;
-  const int c_begin = part * chunks / ksplit, c_end = (part + 1) * chunks / ksplit;
+  if (held > 0) copy_async_wait_all();  // this lane's own copies: it alone reads them
+  const auto [n_out, tiles, per_round, slot, part, c_begin, c_end] = walk();
   const bf16* xv_row = xs + ::min(g, rows - 1) * plan.ld + 8 * t;  // this lane's B operand: vector g
   float best[2] = {-INFINITY, -INFINITY};  // logits: the best of vectors 2t and 2t+1 so far
   int best_idx[2] = {INT_MAX, INT_MAX};
@@ -229,28 +284,27 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(GemvInput in, Ge
     float c[4] = {0, 0, 0, 0};  // rows g, g+8 (gated: gate and up of output g) × vectors 2t, 2t+1
     if (tile < tiles) {
       const bf16 *ra, *rb;
-      if constexpr (kGated<E>) {
-        const size_t o = size_t(::min(tile * 8 + g, n_out - 1)) * k;
-        ra = out.w[0] + o, rb = out.w[1] + o;
-      } else {
-        ra = stacked_row(out, ::min(tile * 16 + g, n_out - 1), k);
-        rb = stacked_row(out, ::min(tile * 16 + g + 8, n_out - 1), k);
-      }
-      ra += 8 * t, rb += 8 * t;
-      for (int ch = c_begin; ch < c_end; ch += kUnroll) {
+      lane_rows(tile, n_out, ra, rb);
+      // One chunk's products: lane (g, t)'s columns 8t..8t+3 of rows g and g+8, then 8t+4..8t+7.
+      auto product = [&](uint4 wa, uint4 wb, int ch) {
+        const uint4 xv = *reinterpret_cast<const uint4*>(xv_row + ch * kChunk);
+        const uint32_t a0[4] = {wa.x, wb.x, wa.y, wb.y};
+        mma_16816<bfloat_t>(c, a0, xv.x, xv.y);
+        const uint32_t a1[4] = {wa.z, wb.z, wa.w, wb.w};
+        mma_16816<bfloat_t>(c, a1, xv.z, xv.w);
+      };
+      for (int ch = c_begin + held; ch < c_end || held > 0; ch += kUnroll) {
         uint4 wa[kUnroll], wb[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u)
           if (ch + u < c_end) wa[u] = load_stream(ra + (ch + u) * kChunk), wb[u] = load_stream(rb + (ch + u) * kChunk);
+        // The chunks copied before the wait come first (the order of the sums is the
+        // same either way), while the loads above are under way.
+        for (int h = 0; h < held; ++h) product(early[early_at(h, 0)], early[early_at(h, 1)], c_begin + h);
+        held = 0;
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if (ch + u >= c_end) continue;
-          const uint4 xv = *reinterpret_cast<const uint4*>(xv_row + (ch + u) * kChunk);
-          const uint32_t a0[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};  // columns 8t..8t+3
-          mma_16816<bfloat_t>(c, a0, xv.x, xv.y);
-          const uint32_t a1[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};  // columns 8t+4..8t+7
-          mma_16816<bfloat_t>(c, a1, xv.z, xv.w);
-        }
+        for (int u = 0; u < kUnroll; ++u)
+          if (ch + u < c_end) product(wa[u], wb[u], ch + u);
       }
     }
     if (ksplit > 1) {  // the tile's warps add their column ranges' sums
@@ -294,12 +348,17 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(GemvInput in, Ge
   }
 }
 
-int blocks_per_sm(size_t smem) { return smem + 1024 <= 113 * 1024 ? 2 : 1; }
-
 template <Epilogue E>
 void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvOutput& out, int sm_count) {
+  // Two chunks a lane (16 KiB a block) copied before the wait: 1.02-1.32x at 2-8
+  // sequences against none, where a whole trip (8) lost up to 14% at 4 (bench/NOTES.md,
+  // p40). LMX_FUSED_ROWS_HELD sets it (0 to 8).
+  static const int cap = [] {
+    const char* v = std::getenv("LMX_FUSED_ROWS_HELD");
+    return v ? std::clamp(std::atoi(v), 0, kUnroll) : 2;
+  }();
   allow_shared_memory(gemv_rows_kernel<E>, kMaxSmem);
-  const size_t smem = RowsSmem(in).bytes;
+  const size_t smem = RowsSmem(in, cap).bytes;
   const int n_out = kGated<E> ? out.rows[0] : out.rows[0] + out.rows[1] + out.rows[2];
   const int tiles = (n_out + (kGated<E> ? 7 : 15)) / (kGated<E> ? 8 : 16);
   const int resident = blocks_per_sm(smem) * sm_count;
@@ -309,7 +368,7 @@ void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvO
   while (ksplit < kWarps && int64_t(tiles) * ksplit < int64_t(resident) * kWarps) ksplit *= 2;
   const int per_round = kWarps / ksplit;
   const int blocks = std::min((tiles + per_round - 1) / per_round, resident);
-  launch("fused gemv (rows)", gemv_rows_kernel<E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out, ksplit);
+  launch("fused gemv (rows)", gemv_rows_kernel<E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out, ksplit, cap);
 }
 
 // ---- Wide batches: more sequences than the tiles above take (kMaxStepRows) ----
