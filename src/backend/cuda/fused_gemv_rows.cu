@@ -36,7 +36,9 @@ constexpr int kMaxSmem = 200 * 1024;
 template <Epilogue E>
 constexpr bool kGated = E == Epilogue::glu_silu || E == Epilogue::glu_gelu;
 
-int blocks_per_sm(size_t smem) { return smem + 1024 <= 113 * 1024 ? 2 : 1; }
+// Two blocks an SM where each takes at most this much (an SM has 228 KiB, 1 KiB a block reserved).
+constexpr size_t kTwoBlocks = 112 * 1024;
+int blocks_per_sm(size_t smem) { return smem <= kTwoBlocks ? 2 : 1; }
 
 // Shared memory of a block, in bytes from the start: the vectors [B, K + kPad] bf16, then
 // (with an add or a norm) the f32 vectors before the norm [B, K], then kWarps × 32 × 4
@@ -53,7 +55,7 @@ struct RowsSmem {
     red = stage + (in.add || in.norm ? size_t(in.rows) * in.k * 4 : 0);
     early = red + size_t(kWarps) * 32 * 4 * 4;
     const size_t chunk = size_t(kThreads) * 2 * 16;
-    const size_t room = early + 1024 <= 113 * 1024 ? 112 * 1024 - early : early <= kMaxSmem ? kMaxSmem - early : 0;
+    const size_t room = early <= kTwoBlocks ? kTwoBlocks - early : early <= kMaxSmem ? kMaxSmem - early : 0;
     held = room / chunk < size_t(max_held) ? int(room / chunk) : max_held;
     bytes = early + size_t(held) * chunk;
   }
@@ -212,7 +214,8 @@ __device__ inline void publish_row_argmax(const GemvOutput& out, int rows, float
 }
 
 template <Epilogue E>
-__global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(GemvInput in, GemvOutput out, int ksplit, int max_held) {
+__global__ void __launch_bounds__(kThreads, 2)
+    gemv_rows_kernel(GemvInput in, GemvOutput out, int ksplit, int max_held) {
   extern __shared__ __align__(16) unsigned char smem[];
   const RowsSmem plan(in, max_held);
   bf16* xs = reinterpret_cast<bf16*>(smem);
@@ -368,7 +371,8 @@ void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvO
   while (ksplit < kWarps && int64_t(tiles) * ksplit < int64_t(resident) * kWarps) ksplit *= 2;
   const int per_round = kWarps / ksplit;
   const int blocks = std::min((tiles + per_round - 1) / per_round, resident);
-  launch("fused gemv (rows)", gemv_rows_kernel<E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out, ksplit, cap);
+  launch("fused gemv (rows)", gemv_rows_kernel<E>, stream, pdl, dim3(blocks), dim3(kThreads), smem, in, out, ksplit,
+         cap);
 }
 
 // ---- Wide batches: more sequences than the tiles above take (kMaxStepRows) ----
