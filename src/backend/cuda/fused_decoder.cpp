@@ -41,6 +41,8 @@
 // LMX_FUSED_HEAD_FILTER=0 keeps the exact LM head where set_logits_needed would filter it
 // (PersistentRunner::filter_head);
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
+// LMX_FUSED_ROWS_HELD=N copies N chunks of a batched GEMV's first weights before its wait
+// (fused_gemv_rows.cu; 2 by default, 0 none);
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
 // LMX_FUSED_STREAM_FROM, LMX_FUSED_STREAM_MIN (stream_from) and LMX_FUSED_STREAM_THREADS
 // (128 or 256) say where and in what blocks their attention streams the keys;
