@@ -45,11 +45,12 @@ int blocks_per_sm(size_t smem) { return smem <= kTwoBlocks ? 2 : 1; }
 // floats for the split tiles' sums and the block's reductions, then the weights that the
 // lanes copy before the wait for the previous kernel: `held` chunks of the first trip,
 // [held, 2 rows, kThreads lanes] 16-byte pieces, as many as fit without costing the block
-// count an SM takes (blocks_per_sm).
+// count an SM takes (blocks_per_sm), and at most max_held (0 by default: the footprint
+// that the block count and the support check go by; the held chunks never change them).
 struct RowsSmem {
   int ld, held;
   size_t stage, red, early, bytes;
-  __host__ __device__ explicit RowsSmem(const GemvInput& in, int max_held = kUnroll) {
+  __host__ __device__ explicit RowsSmem(const GemvInput& in, int max_held = 0) {
     ld = in.k + kPad;
     stage = (size_t(in.rows) * ld * 2 + 15) / 16 * 16;
     red = stage + (in.add || in.norm ? size_t(in.rows) * in.k * 4 : 0);
