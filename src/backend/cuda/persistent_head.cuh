@@ -106,16 +106,6 @@ __device__ inline void filtered_candidates(const GemvOutput& out, const bf16* xb
   }
 }
 
-// Order-preserving keys of floats: of two floats, the larger has the larger key (a NaN
-// with its sign bit clear, above every number). key_float inverts it.
-__device__ __forceinline__ unsigned order_key(float f) {
-  const unsigned u = __float_as_uint(f);
-  return u & 0x80000000u ? ~u : u | 0x80000000u;
-}
-__device__ __forceinline__ float key_float(unsigned key) {
-  return __uint_as_float(key & 0x80000000u ? key & 0x7fffffffu : ~key);
-}
-
 // The sampled head's threshold (GemvOutput::top > 1): a value at or below the top-th
 // largest exact logit, so that a row whose bound above lies below it is not among the
 // `top` largest. Any `top` rows' bounds below give one: the top-th largest of them. The
@@ -175,7 +165,7 @@ __device__ inline float top_threshold(HeadExchange ex, const float* lows, int n,
   sync_workers<true>();
   const unsigned key =
       select_prefix<kWorkers, 3>([&](int i) { return keys[i]; }, all, unsigned(top), hist, SyncWorkers<true>{});
-  const float t = key_float(key);
+  const float t = key_value(key);
   if (!(t > -INFINITY)) return -INFINITY;  // -inf among the top-th largest offers, or NaN
   return t - fabsf(t) * 0x1p-20f - 0x1p-100f;
 }

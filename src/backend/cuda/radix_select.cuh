@@ -9,6 +9,17 @@
 
 namespace lmx::cuda {
 
+// Order-preserving keys of floats: of two floats, the larger has the larger key (a NaN
+// with its sign bit clear lies above every number). -0 takes +0's key: they compare equal
+// as floats, so a threshold or a tie between them is one value. key_value inverts it.
+__device__ __forceinline__ uint32_t order_key(float x) {
+  const uint32_t b = __float_as_uint(x == 0.0f ? 0.0f : x);
+  return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+__device__ __forceinline__ float key_value(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? k & 0x7fffffffu : ~k);
+}
+
 // Of n keys (key(i), n >= need), the prefix of kDigits 8-bit digits, from the top, at
 // which the `need`-th largest lies: at least `need` keys are at or above it. Where set,
 // *in_last takes how many of those `need` lie within the last digit's bucket (the rest

@@ -138,15 +138,6 @@ struct Words {
   u64 w[kMaxLaunchRows];
 };
 
-// An order-preserving key: larger floats have larger keys. -0 counts as +0 (they tie).
-__device__ __forceinline__ uint32_t order_key(float x) {
-  const uint32_t b = __float_as_uint(x == 0.0f ? 0.0f : x);
-  return (b & 0x80000000u) ? ~b : b | 0x80000000u;
-}
-__device__ __forceinline__ float key_value(uint32_t k) {
-  return __uint_as_float((k & 0x80000000u) ? k & 0x7fffffffu : ~k);
-}
-
 // What every block of a row computes alike from the row's partials, after a grid sync.
 template <class T, class Op>
 __device__ T combine(const T* partial, int n, T init, Op op) {
