@@ -129,14 +129,16 @@ __device__ __noinline__ inline void copy_constants(const AttentionStep& a, float
 // phase, the layer's constants. The persistent step started those before its barrier
 // (copy_constants), and they stay in the scratch for a block's later tasks. kBlock: the
 // threads that take part (here and below; fewer in the streamed attention's small blocks).
+// q_first: the first of the `group` query heads staged (the streamed attention's split
+// blocks take part of a kv head's); -1: kv head g's first.
 template <bool kPersistent, int kD, int kBlock = kThreads>
-__device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out) {
+__device__ inline void stage_inputs(const AttentionStep& a, int g, int group, float* out, int q_first = -1) {
   constexpr bool constants = kPersistent;  // already copied
   const int d = head_dim_of<kD>(a), nq = group * d;
   const int nf = nq + 2 * d + (constants ? 0 : d / 2);      // floats: q, k, v, then the frequencies
   const int n = nf + (constants || !a.q_norm ? 0 : 2 * d);  // then the norms' weights, in bf16
   auto source = [&](int i) -> float {
-    if (i < nq) return load_activation<kPersistent>(a.qkv + size_t(g) * nq + i);
+    if (i < nq) return load_activation<kPersistent>(a.qkv + (q_first < 0 ? size_t(g) * nq : size_t(q_first) * d) + i);
     i -= nq;
     if (i < d) return load_activation<kPersistent>(a.qkv + size_t(a.n_heads) * d + size_t(g) * d + i);
     i -= d;

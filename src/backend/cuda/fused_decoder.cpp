@@ -45,7 +45,8 @@
 // (fused_gemv_rows.cu; 2 by default, 0 none);
 // LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
 // LMX_FUSED_STREAM_FROM, LMX_FUSED_STREAM_MIN (stream_from) and LMX_FUSED_STREAM_THREADS
-// (128 or 256) say where and in what blocks their attention streams the keys;
+// (128 or 256) say where and in what blocks their attention streams the keys, and
+// LMX_FUSED_STREAM_SPLIT=1, 2 or 4 caps the blocks a kv head takes (4 by default);
 // LMX_FUSED_PROFILE=1 prints where the persistent kernel's time goes. LMX_FUSED_ROWS,
 // LMX_FUSED_BLOCKS_PER_SM, LMX_FUSED_PREFETCH, LMX_FUSED_EARLY and LMX_FUSED_PRELOAD
 // override the GEMV launch choices (fused_kernels.h, GemvTuning).

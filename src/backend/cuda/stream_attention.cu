@@ -110,11 +110,13 @@ __host__ __device__ inline size_t stream_smem_floats(int group, int d, int warps
   return stream_partials(group, d) + size_t(warps) * group * (d + 2);
 }
 
-// Grid (kv heads, 1, sequences); kBlock threads (kThreads, or half as many with twice
-// the blocks an SM: the same warps on an SM, in blocks that each wait out their fixed costs
-// once). kD: the head's width (8 to 256 columns, a key's 16-byte pieces spread over kD / 8
-// lanes); kG: query heads per kv head.
-template <int kD, int kG, int kBlock>
+// Grid (kv heads × kSplit, 1, sequences); kBlock threads (kThreads, or half as many with
+// twice the blocks an SM: the same warps on an SM, in blocks that each wait out their
+// fixed costs once). kD: the head's width (8 to 256 columns, a key's 16-byte pieces spread
+// over kD / 8 lanes); kG: query heads a block takes, kSplit blocks a kv head (where
+// sequences × kv heads leave SMs idle, as Gemma 3's one kv head does: each block streams
+// the same keys for fewer query heads, bench/NOTES.md p40).
+template <int kD, int kG, int kBlock, int kSplit = 1>
 __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attention_kernel(AttentionStep a0) {
   extern __shared__ float sm[];
   constexpr int kWarps = kBlock / 32;
@@ -122,7 +124,8 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   constexpr int kKeys = 32 / kLanes;    // keys a warp step
   constexpr int kStride = kWarps * kKeys;  // keys a step of the whole block
   const AttentionStep a = blockIdx.z == 0 ? a0 : row_of(a0, int(blockIdx.z));
-  const int g = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = blockIdx.x / kSplit, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int q_first = (g * kSplit + int(blockIdx.x) % kSplit) * kG;  // this block's first query head
   const int sub = lane % kLanes, kk = lane / kLanes;  // the lane's 8 columns, and its key of a warp step
 
   // The cached positions and the step's position were written by earlier steps: a block
@@ -154,7 +157,7 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
 
   // The new token's query heads, key and value, formed as attention_task forms them.
   float* q = sm;  // [G, D], then k_new and v_new [D] each
-  stage_inputs<false, kD, kBlock>(a, g, kG, q);
+  stage_inputs<false, kD, kBlock>(a, g, kG, q, q_first);
   const float* freq = attention_constants(sm, kG, kD);             // [D/2]
   const bf16* q_norm = reinterpret_cast<const bf16*>(freq + kD / 2);  // [D], then k_norm [D]
   form_new_token<kBlock>(a, q, q + kG * kD, q + (kG + 1) * kD, freq, q_norm, q_norm + kD, kG, kD, pos - pad);
@@ -163,9 +166,10 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   {
     const float* k_new = q + kG * kD;
     const size_t at = (size_t(g) * a.slots + size_t(pos % a.slots)) * kD;
+    const bool stores = int(blockIdx.x) % kSplit == 0;  // one block of a kv head writes its cache
     for (int i = threadIdx.x; i < kD; i += kBlock) {
       const bf16 kb = __float2bfloat16_rn(k_new[i]), vb = __float2bfloat16_rn(k_new[kD + i]);
-      a.k_cache[at + i] = kb, a.v_cache[at + i] = vb;
+      if (stores) a.k_cache[at + i] = kb, a.v_cache[at + i] = vb;
       kv_new[i] = kb, kv_new[kD + i] = vb;
     }
   }
@@ -228,7 +232,7 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
       l = __fmaf_rn(wl[w * kG + j], e, l);
       acc = __fmaf_rn(wacc[(w * kG + j) * kD + i], e, acc);
     }
-    const size_t at = size_t(g * kG + j) * kD + i;
+    const size_t at = size_t(q_first + j) * kD + i;
     if (a.out_bf16)  // the O product's vectors (a step on GEMMs)
       a.out_bf16[at] = __float2bfloat16_rn(acc / l);
     else
@@ -237,22 +241,26 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   if (!a.early) allow_next_kernel();
 }
 
-// The kernel for this head width and a's query heads per kv head, one of kGroups.
-template <int kD, int kBlock, int... kGroups>
+// The kernel for this head width and a's query heads per kv head, one of kGroups, in
+// kSplit blocks a kv head.
+template <int kD, int kBlock, int kSplit, int... kGroups>
 void launch_for_group(cudaStream_t stream, bool pdl, const AttentionStep& a, std::integer_sequence<int, kGroups...>) {
-  const dim3 grid(a.n_kv_heads, 1, a.rows);
+  const dim3 grid(a.n_kv_heads * kSplit, 1, a.rows);
   const int group = a.n_heads / a.n_kv_heads;
-  const size_t smem = sizeof(float) * stream_smem_floats(group, kD, kBlock / 32);
-  ((group == kGroups ? launch("fused streamed attention", stream_attention_kernel<kD, kGroups, kBlock>, stream, pdl,
-                              grid, dim3(kBlock), smem, a)
-                     : void()),
+  const size_t smem = sizeof(float) * stream_smem_floats(group / kSplit, kD, kBlock / 32);
+  ((group == kGroups * kSplit
+        ? launch("fused streamed attention", stream_attention_kernel<kD, kGroups, kBlock, kSplit>, stream, pdl, grid,
+                 dim3(kBlock), smem, a)
+        : void()),
    ...);
 }
 template <int kD>
-void launch_for_width(cudaStream_t stream, bool pdl, const AttentionStep& a, bool small) {
+void launch_for_width(cudaStream_t stream, bool pdl, const AttentionStep& a, bool small, int split) {
   constexpr std::integer_sequence<int, 1, 2, 3, 4> groups;  // stream_attention_supported's
-  if (small) return launch_for_group<kD, kThreads / 2>(stream, pdl, a, groups);
-  launch_for_group<kD, kThreads>(stream, pdl, a, groups);
+  if (split == 4) return launch_for_group<kD, kThreads, 4>(stream, pdl, a, std::integer_sequence<int, 1>{});
+  if (split == 2) return launch_for_group<kD, kThreads, 2>(stream, pdl, a, std::integer_sequence<int, 1, 2>{});
+  if (small) return launch_for_group<kD, kThreads / 2, 1>(stream, pdl, a, groups);
+  launch_for_group<kD, kThreads, 1>(stream, pdl, a, groups);
 }
 
 }  // namespace
@@ -273,11 +281,24 @@ void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep&
     return v ? std::atoi(v) : 0;
   }();
   const bool small = forced ? forced == kThreads / 2 : int64_t(a.n_kv_heads) * a.rows > resident;
+  // Where one block a kv head would leave resident room idle (Gemma 3's one kv head), 4 or
+  // 2 blocks a kv head, each with a share of its query heads: the most that still fit in
+  // one wave. Gemma3-1B at 64 sequences: 4 blocks 1.118x, 2 blocks 1.110x; at 128: 2 blocks
+  // 1.060x, 4 (two waves) 0.968x (bench/NOTES.md p41). LMX_FUSED_STREAM_SPLIT caps it (1: never).
+  static const int most = [] {
+    const char* v = std::getenv("LMX_FUSED_STREAM_SPLIT");
+    return v ? std::atoi(v) : 4;
+  }();
+  const int group = a.n_heads / a.n_kv_heads;
+  int split = 1;
+  for (const int s : {4, 2})
+    if (split == 1 && !small && s <= most && group % s == 0 && int64_t(a.n_kv_heads) * a.rows * s <= resident)
+      split = s;
   switch (a.head_dim) {
-    case 32: return launch_for_width<32>(stream, pdl, a, small);
-    case 64: return launch_for_width<64>(stream, pdl, a, small);
-    case 128: return launch_for_width<128>(stream, pdl, a, small);
-    default: return launch_for_width<256>(stream, pdl, a, small);
+    case 32: return launch_for_width<32>(stream, pdl, a, small, split);
+    case 64: return launch_for_width<64>(stream, pdl, a, small, split);
+    case 128: return launch_for_width<128>(stream, pdl, a, small, split);
+    default: return launch_for_width<256>(stream, pdl, a, small, split);
   }
 }
 
