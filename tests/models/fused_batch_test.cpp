@@ -37,6 +37,13 @@ constexpr const char* kQwen3Batch = R"({"model_type": "qwen3", "vocab_size": 120
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
  "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
 
+// A hidden size that is not a multiple of 32, on the wide step (past 8 sequences each
+// product is a GEMM, which takes such widths; the batched GEMVs decline them).
+constexpr const char* kLlamaWide1000 = R"({"model_type": "llama", "vocab_size": 1000, "hidden_size": 1000,
+ "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+ "head_dim": 64, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+ "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
+
 struct BatchCase {
   const char* name;
   const char* config;
@@ -175,6 +182,7 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                                            BatchCase{"gemma3", kGemma3, 12},
                                            BatchCase{"qwen3_long_cache", kQwen3Batch, 24, 1024},
                                            BatchCase{"gemma3_long_cache", kGemma3, 9, 1024},
+                                           BatchCase{"llama_wide_1000", kLlamaWide1000, 12},
                                            // 64 sequences x kv heads and more: the streamed attention
                                            // (stream_attention.cu), 128-thread blocks past 264
                                            BatchCase{"llama", kLlama, 33},
