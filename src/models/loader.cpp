@@ -133,6 +133,7 @@ std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& dir, const
       param = to_device(fast::dequantize(m, compute), options.device);
     }
   });
+  model->pack_attention_inputs();
   return model;
 }
 

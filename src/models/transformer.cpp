@@ -4,7 +4,9 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "core/allocator.h"
 #include "core/error.h"
+#include "ops/ops.h"
 #include "ops/kernels.h"
 
 namespace lmx::models {
@@ -198,6 +200,35 @@ void CausalLM::DecoderPool::drop(std::optional<Device> on) {
 void CausalLM::set_deterministic(bool on) {
   deterministic_ = on;
   drop_fused_decoders();
+}
+
+void CausalLM::pack_attention_inputs() {
+  Device device = Device::cpu();
+  for (auto& l : layers_) {
+    nn::Attention& a = l->self_attn;
+    Array& q = a.q_proj.weight;
+    Array& k = a.k_proj.weight;
+    Array& v = a.v_proj.weight;
+    if (!q.valid() || !k.valid() || !v.valid() || q.device() == Device::cpu()) continue;
+    if (k.device() != q.device() || v.device() != q.device() || k.dtype() != q.dtype() || v.dtype() != q.dtype())
+      continue;
+    if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || k.shape(1) != q.shape(1) || v.shape(1) != q.shape(1))
+      continue;
+    // Each view keeps a fresh allocation's 256-byte alignment, which TMA descriptors and
+    // cuBLAS's kernel choice count on.
+    if (q.nbytes() % 256 != 0 || k.nbytes() % 256 != 0) continue;
+    const int64_t in = q.shape(1), nq = q.shape(0), nk = k.shape(0), nv = v.shape(0);
+    const Array packed = concatenate({q, k, v}, 0);  // [nq + nk + nv, in]
+    const int64_t at = packed.offset();
+    q = packed.view({nq, in}, {in, 1}, at);
+    k = packed.view({nk, in}, {in, 1}, at + nq * in);
+    v = packed.view({nv, in}, {in, 1}, at + (nq + nk) * in);
+    device = q.device();
+  }
+  drop_fused_decoders();  // built from the old addresses
+  // The separate matrices' blocks go back to the device, not to the cache: no later
+  // request of this model has their sizes.
+  if (device != Device::cpu()) allocator_for(device).clear_cache();
 }
 
 bool CausalLM::quantized() const {

@@ -93,6 +93,12 @@ class CausalLM : public nn::Module {
   // Lets the kept decoders go now, e.g. before a long prompt's prefill, whose activations
   // need the memory more than the next generation needs the few milliseconds.
   void drop_fused_decoders() const { decoders_->drop(); }
+  // Stores each layer's q, k and v weights side by side in one allocation ([q; k; v] rows,
+  // each matrix a view of it) on a GPU, so that the wide batched decode step runs the three
+  // products as one GEMM: each GEMM there costs a fixed 3.6-4.5 µs however few bytes it
+  // reads (bench/NOTES.md p41). Every other path reads the same matrices. The loader calls
+  // it; weights on the CPU, or of different dtypes or widths, stay as they are.
+  void pack_attention_inputs();
   // Whether fused_decoder's steps must give the same bits on every run
   // (fast::FusedDecoderWeights::deterministic; ModelLoadOptions::deterministic).
   void set_deterministic(bool on);

@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "compare.h"
@@ -58,6 +60,7 @@ struct BatchCase {
   const char* config;
   int rows;
   int64_t slots = 8;  // the caches' first size (they grow); a long one takes longer attention chunks
+  bool packed = true;  // q, k and v in one allocation, as loaded (one GEMM on the wide step)
 };
 
 class FusedBatchTest : public ::testing::TestWithParam<BatchCase> {};
@@ -70,7 +73,7 @@ class FusedBatchTest : public ::testing::TestWithParam<BatchCase> {};
 TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
-  const auto model = random_model(GetParam().config, gpu);
+  const auto model = random_model(GetParam().config, gpu, 0.05f, GetParam().packed);
   const int64_t rows = GetParam().rows, steps = 40, vocab = model->spec().vocab_size;
   const auto fused = model->fused_decoder(int(rows));
   ASSERT_NE(fused, nullptr) << "CUDA steps " << rows << " sequences of bf16 " << GetParam().name;
@@ -140,7 +143,7 @@ TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
 TEST_P(FusedBatchTest, ChainedStepsEqualSingleStepsAndPipelinedReads) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
-  const auto model = random_model(GetParam().config, gpu);
+  const auto model = random_model(GetParam().config, gpu, 0.05f, GetParam().packed);
   const int64_t rows = GetParam().rows, n = 7;
   std::vector<int32_t> prompt;
   for (int64_t i = 0; i < rows * n; ++i) prompt.push_back(int32_t((i * 37 + 5) % 997));
@@ -188,6 +191,7 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                                            BatchCase{"qwen3_long_cache", kQwen3Batch, 5, 1024},
                                            // past 8 rows: each product a GEMM (launch_gemm_rows)
                                            BatchCase{"llama", kLlamaBatch, 9}, BatchCase{"qwen3", kQwen3Batch, 16},
+                                           BatchCase{"qwen3_unpacked", kQwen3Batch, 16, 8, false},
                                            BatchCase{"gemma3", kGemma3, 12},
                                            BatchCase{"qwen3_long_cache", kQwen3Batch, 24, 1024},
                                            BatchCase{"gemma3_long_cache", kGemma3, 9, 1024},
@@ -200,6 +204,30 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                          [](const auto& info) {
                            return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
                          });
+
+// The loader's packing (CausalLM::pack_attention_inputs) moves q, k and v into one
+// allocation, one after the other, and changes no value: the plain path's logits keep
+// their bits.
+TEST(FusedBatch, PackedAttentionInputsLieSideBySideAndKeepTheBits) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the packing applies to GPU weights";
+  const Device gpu = Device::cuda(0);
+  const auto packed = random_model(kQwen3Batch, gpu);
+  const auto apart = random_model(kQwen3Batch, gpu, 0.05f, false);
+  std::vector<std::pair<const std::byte*, size_t>> qkv;  // each layer's q, k and v: address, bytes
+  packed->visit("", [&](const std::string& name, Array& w, const Shape&, fast::QuantizedMatrix*) {
+    if (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight"))
+      qkv.emplace_back(static_cast<const std::byte*>(w.raw()), w.nbytes());
+  });
+  ASSERT_EQ(qkv.size(), size_t(3 * packed->num_layers()));
+  for (size_t i = 0; i < qkv.size(); i += 3) {
+    EXPECT_EQ(qkv[i + 1].first, qkv[i].first + qkv[i].second) << "layer " << i / 3 << ": k follows q";
+    EXPECT_EQ(qkv[i + 2].first, qkv[i + 1].first + qkv[i + 1].second) << "layer " << i / 3 << ": v follows k";
+  }
+  const std::vector<int32_t> ids = {5, 17, 300, 42, 999, 7, 8, 1200};
+  const Array prompt = to_device(from_vector(ids, {2, 4}), gpu);
+  KVCache a(packed->num_layers()), b(apart->num_layers());
+  EXPECT_EQ(to_floats(packed->forward(prompt, a.layers())), to_floats(apart->forward(prompt, b.layers())));
+}
 
 // What the batched step cannot take, CUDA declines (the caller keeps to the plain ops):
 // up to 8 sequences, widths that are not multiples of 32 (past 8, each product is a GEMM,

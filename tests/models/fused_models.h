@@ -27,7 +27,10 @@ constexpr const char* kGemma3 = R"({"model_type": "gemma3_text", "vocab_size": 2
 
 // A bf16 model on `device` with random weights of a trained model's rough magnitudes:
 // uniform in ±`spread` (norm weights ±0.1 around their centre).
-inline std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device device, float spread = 0.05f) {
+// `packed`: q, k and v side by side on a GPU, as the loader leaves them
+// (CausalLM::pack_attention_inputs); false keeps three allocations.
+inline std::unique_ptr<models::CausalLM> random_model(const char* config_json, Device device, float spread = 0.05f,
+                                                      bool packed = true) {
   const io::ModelConfig c = io::parse_model_config(config_json, "test config");
   auto model = std::make_unique<models::CausalLM>(models::build_spec(c, "test config"));
   uint64_t seed = 1;
@@ -36,6 +39,7 @@ inline std::unique_ptr<models::CausalLM> random_model(const char* config_json, D
     const float centre = norm && c.model_type != "gemma3_text" ? 1.0f : 0.0f, half = norm ? 0.1f : spread;
     w = to_device(random_uniform(shape, seed++, centre - half, centre + half, Dtype::bf16), device);
   });
+  if (packed) model->pack_attention_inputs();
   return model;
 }
 

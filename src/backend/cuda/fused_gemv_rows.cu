@@ -501,6 +501,11 @@ void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const Gem
   switch (out.epilogue) {
     case Epilogue::plain: {  // the stacked matrices side by side in y [rows, n]
       const int n = out.rows[0] + out.rows[1] + out.rows[2];
+      // Matrices that lie one after the other in memory (CausalLM::pack_attention_inputs'
+      // q, k and v) are one matrix of n rows: one GEMM, where each costs a fixed few µs.
+      if (out.rows[1] > 0 && out.w[1] == out.w[0] + size_t(out.rows[0]) * k &&
+          (out.rows[2] == 0 || out.w[2] == out.w[1] + size_t(out.rows[1]) * k))
+        return gemm_wide(c, s.vectors, out.w[0], rows, n, k, out.y, n);
       gemm_wide(c, s.vectors, out.w[0], rows, out.rows[0], k, out.y, n);
       if (out.rows[1] > 0 && out.rows[1] == out.rows[2])  // k and v
         gemm_wide(c, s.vectors, out.w[1], rows, out.rows[1], k, out.y + out.rows[0], n, out.w[2],
