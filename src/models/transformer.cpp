@@ -6,8 +6,8 @@
 
 #include "core/allocator.h"
 #include "core/error.h"
-#include "ops/ops.h"
 #include "ops/kernels.h"
+#include "ops/ops.h"
 
 namespace lmx::models {
 

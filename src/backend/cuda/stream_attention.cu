@@ -115,7 +115,7 @@ __host__ __device__ inline size_t stream_smem_floats(int group, int d, int warps
 // fixed costs once). kD: the head's width (8 to 256 columns, a key's 16-byte pieces spread
 // over kD / 8 lanes); kG: query heads a block takes, kSplit blocks a kv head (where
 // sequences × kv heads leave SMs idle, as Gemma 3's one kv head does: each block streams
-// the same keys for fewer query heads, bench/NOTES.md p40).
+// the same keys for fewer query heads, bench/NOTES.md p41).
 template <int kD, int kG, int kBlock, int kSplit = 1>
 __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attention_kernel(AttentionStep a0) {
   extern __shared__ float sm[];
