@@ -10,8 +10,10 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <vector>
 
 #define CHECK(call)                                                                    \
@@ -86,4 +88,23 @@ inline CUtensorMap bf16_box_map(const void* p, int rows, int cols, int box_rows,
   CHECK_STATUS(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, steps,
                       CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
   return map;
+}
+
+// The largest error of 64 sampled outputs of x [m, k] · w [n, k]ᵀ against float64 sums,
+// relative to the sum of the terms' magnitudes; got(i, j) reads output [i, j].
+template <class Got>
+double sampled_gemm_error(const std::vector<__nv_bfloat16>& hx, const std::vector<__nv_bfloat16>& hw, int m, int n,
+                          int k, Got&& got) {
+  std::mt19937 rng(7);
+  double worst = 0;
+  for (int s = 0; s < 64; ++s) {
+    const int i = int(rng() % m), j = int(rng() % n);
+    double ref = 0, mag = 0;
+    for (int c = 0; c < k; ++c) {
+      const double p = double(__bfloat162float(hx[size_t(i) * k + c])) * __bfloat162float(hw[size_t(j) * k + c]);
+      ref += p, mag += std::fabs(p);
+    }
+    worst = std::max(worst, std::fabs(double(got(i, j)) - ref) / (mag + 1e-30));
+  }
+  return worst;
 }

@@ -85,18 +85,7 @@ float graph_us(Run&& run, int copies) {
 double check(const std::vector<bf16>& hx, const std::vector<bf16>& hw, const float* y, int m, int n, int k) {
   std::vector<float> got(size_t(m) * n);
   CHECK(cudaMemcpy(got.data(), y, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  std::mt19937 rng(7);
-  double worst = 0;
-  for (int s = 0; s < 64; ++s) {
-    const int i = int(rng() % m), j = int(rng() % n);
-    double ref = 0, mag = 0;
-    for (int c = 0; c < k; ++c) {
-      const double p = double(__bfloat162float(hx[size_t(i) * k + c])) * __bfloat162float(hw[size_t(j) * k + c]);
-      ref += p, mag += std::fabs(p);
-    }
-    worst = std::max(worst, std::fabs(got[size_t(i) * n + j] - ref) / (mag + 1e-30));
-  }
-  return worst;
+  return sampled_gemm_error(hx, hw, m, n, k, [&](int i, int j) { return got[size_t(i) * n + j]; });
 }
 
 }  // namespace
