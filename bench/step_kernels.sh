@@ -10,9 +10,12 @@
 #   bench/step_kernels.sh /tmp/gemma3-1b 64
 #
 # Environment: LMX (build-gpu/tools/lmx/lmx), PROMPT_LEN (128), SHORT (4) and LONG (12)
-# tokens generated, EXTRA (more `lmx bench` flags, e.g. "--temperature 0.6 --top-k 20").
+# tokens generated, EXTRA (more `lmx bench` flags, e.g. "--temperature 0.6 --top-k 20"),
+# NCU_FLAGS (more ncu flags). By default ncu flushes the caches before each kernel, so a
+# small kernel's inputs come from DRAM where in a step they are in L2: NCU_FLAGS="--cache-control
+# none --clock-control none" times each kernel with warm caches at the board's own clocks.
 set -euo pipefail
-[[ $# -ge 1 && -f $1/config.json ]] || { sed -n '2,13p' "$0" >&2; exit 1; }
+[[ $# -ge 1 && -f $1/config.json ]] || { sed -n '2,16p' "$0" >&2; exit 1; }
 command -v ncu >/dev/null || { echo "step_kernels: ncu (Nsight Compute) is not on PATH" >&2; exit 1; }
 model=$1 batch=${2:-1}
 lmx=${LMX:-build-gpu/tools/lmx/lmx}
@@ -20,8 +23,9 @@ short=${SHORT:-4} long=${LONG:-12}
 (( long > short )) || { echo "step_kernels: LONG must exceed SHORT" >&2; exit 1; }
 dir=$(mktemp -d)
 read -r -a extra <<<"${EXTRA:-}"
+read -r -a ncu_flags <<<"${NCU_FLAGS:-}"
 for n in "$short" "$long"; do
-  ncu --metrics gpu__time_duration.sum --csv "$lmx" bench "$model" --device cuda --decode --batch "$batch" \
+  ncu "${ncu_flags[@]}" --metrics gpu__time_duration.sum --csv "$lmx" bench "$model" --device cuda --decode --batch "$batch" \
     --prompt-len "${PROMPT_LEN:-128}" --gen-len "$n" --warmup 0 --repeat 1 "${extra[@]}" >"$dir/$n.csv" \
     2>"$dir/$n.log" || { echo "step_kernels: ncu failed; see $dir/$n.log" >&2; exit 1; }
 done
