@@ -3,8 +3,8 @@
 # table). ncu times every kernel of two `lmx bench --decode` runs that differ only in the
 # tokens they generate; step_kernels.py takes the difference per kernel and divides it by
 # the extra steps, so that the load, the prefill and the setup cancel. ncu runs each kernel
-# alone at its own clocks, so the sums exceed what a step takes: they say where the time
-# goes, not how long a step is (lmx bench says that).
+# alone (at base clocks unless told otherwise), so the sums exceed what a step takes: they
+# say where the time goes, not how long a step is (lmx bench says that).
 #
 #   bench/step_kernels.sh MODEL_DIR [BATCH]
 #   bench/step_kernels.sh /tmp/gemma3-1b 64
