@@ -218,7 +218,12 @@ void CausalLM::pack_attention_inputs() {
     // cuBLAS's kernel choice count on.
     if (q.nbytes() % 256 != 0 || k.nbytes() % 256 != 0) continue;
     const int64_t in = q.shape(1), nq = q.shape(0), nk = k.shape(0), nv = v.shape(0);
-    const Array packed = concatenate({q, k, v}, 0);  // [nq + nk + nv, in]
+    Array packed;  // [nq + nk + nv, in]
+    try {
+      packed = concatenate({q, k, v}, 0);
+    } catch (const OutOfMemory&) {
+      break;  // a layer's copy did not fit beside the weights: the rest stay apart, as they work
+    }
     const int64_t at = packed.offset();
     q = packed.view({nq, in}, {in, 1}, at);
     k = packed.view({nk, in}, {in, 1}, at + nq * in);
