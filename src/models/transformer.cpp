@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 
 #include "core/allocator.h"
@@ -217,6 +218,8 @@ void CausalLM::pack_attention_inputs() {
     // Each view keeps a fresh allocation's 256-byte alignment, which TMA descriptors and
     // cuBLAS's kernel choice count on.
     if (q.nbytes() % 256 != 0 || k.nbytes() % 256 != 0) continue;
+    const auto* at_q = static_cast<const std::byte*>(q.raw());
+    if (k.raw() == at_q + q.nbytes() && v.raw() == at_q + q.nbytes() + k.nbytes()) continue;  // packed already
     const int64_t in = q.shape(1), nq = q.shape(0), nk = k.shape(0), nv = v.shape(0);
     Array packed;  // [nq + nk + nv, in]
     try {
@@ -230,10 +233,11 @@ void CausalLM::pack_attention_inputs() {
     v = packed.view({nv, in}, {in, 1}, at + (nq + nk) * in);
     device = q.device();
   }
+  if (device == Device::cpu()) return;  // nothing moved
   drop_fused_decoders();  // built from the old addresses
   // The separate matrices' blocks go back to the device, not to the cache: no later
   // request of this model has their sizes.
-  if (device != Device::cpu()) allocator_for(device).clear_cache();
+  allocator_for(device).clear_cache();
 }
 
 bool CausalLM::quantized() const {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "compare.h"
+#include "core/allocator.h"
 #include "cuda_available.h"
 #include "fused_models.h"
 
@@ -205,6 +206,31 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                            return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
                          });
 
+// Each layer's q, k and v weights: address and bytes, in that order.
+std::vector<std::pair<const std::byte*, size_t>> attention_inputs(models::CausalLM& model) {
+  std::vector<std::pair<const std::byte*, size_t>> qkv;
+  model.visit("", [&](const std::string& name, Array& w, const Shape&, fast::QuantizedMatrix*) {
+    if (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight"))
+      qkv.emplace_back(static_cast<const std::byte*>(w.raw()), w.nbytes());
+  });
+  return qkv;
+}
+
+// Whether every layer's k follows its q in memory, and its v its k.
+bool side_by_side(const std::vector<std::pair<const std::byte*, size_t>>& qkv) {
+  for (size_t i = 0; i + 2 < qkv.size(); i += 3)
+    if (qkv[i + 1].first != qkv[i].first + qkv[i].second || qkv[i + 2].first != qkv[i + 1].first + qkv[i + 1].second)
+      return false;
+  return !qkv.empty();
+}
+
+// The plain path's logits of a fixed two-sequence prompt.
+std::vector<float> plain_logits(const models::CausalLM& model, Device gpu) {
+  const std::vector<int32_t> ids = {5, 17, 300, 42, 999, 7, 8, 1200};
+  KVCache cache(model.num_layers());
+  return to_floats(model.forward(to_device(from_vector(ids, {2, 4}), gpu), cache.layers()));
+}
+
 // The loader's packing (CausalLM::pack_attention_inputs) moves q, k and v into one
 // allocation, one after the other, and changes no value: the plain path's logits keep
 // their bits.
@@ -213,20 +239,33 @@ TEST(FusedBatch, PackedAttentionInputsLieSideBySideAndKeepTheBits) {
   const Device gpu = Device::cuda(0);
   const auto packed = random_model(kQwen3Batch, gpu);
   const auto apart = random_model(kQwen3Batch, gpu, 0.05f, false);
-  std::vector<std::pair<const std::byte*, size_t>> qkv;  // each layer's q, k and v: address, bytes
-  packed->visit("", [&](const std::string& name, Array& w, const Shape&, fast::QuantizedMatrix*) {
-    if (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight"))
-      qkv.emplace_back(static_cast<const std::byte*>(w.raw()), w.nbytes());
-  });
+  const auto qkv = attention_inputs(*packed);
   ASSERT_EQ(qkv.size(), size_t(3 * packed->num_layers()));
-  for (size_t i = 0; i < qkv.size(); i += 3) {
-    EXPECT_EQ(qkv[i + 1].first, qkv[i].first + qkv[i].second) << "layer " << i / 3 << ": k follows q";
-    EXPECT_EQ(qkv[i + 2].first, qkv[i + 1].first + qkv[i + 1].second) << "layer " << i / 3 << ": v follows k";
-  }
-  const std::vector<int32_t> ids = {5, 17, 300, 42, 999, 7, 8, 1200};
-  const Array prompt = to_device(from_vector(ids, {2, 4}), gpu);
-  KVCache a(packed->num_layers()), b(apart->num_layers());
-  EXPECT_EQ(to_floats(packed->forward(prompt, a.layers())), to_floats(apart->forward(prompt, b.layers())));
+  EXPECT_TRUE(side_by_side(qkv));
+  EXPECT_FALSE(side_by_side(attention_inputs(*apart)));
+  EXPECT_EQ(plain_logits(*packed, gpu), plain_logits(*apart, gpu));
+  packed->pack_attention_inputs();  // a second call finds them packed and moves nothing
+  EXPECT_EQ(attention_inputs(*packed), qkv);
+}
+
+// Where a layer's packed copy does not fit under the device's memory limit, the packing
+// leaves the weights where they are and the model works as before; once it fits, it packs.
+TEST(FusedBatch, PackingThatDoesNotFitLeavesTheWeightsApart) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the packing applies to GPU weights";
+  const Device gpu = Device::cuda(0);
+  const auto model = random_model(kQwen3Batch, gpu, 0.05f, false);
+  const auto before = attention_inputs(*model);
+  const std::vector<float> want = plain_logits(*model, gpu);
+  Allocator& a = allocator_for(gpu);
+  const size_t limit = a.stats().limit;
+  a.set_memory_limit(a.stats().active + before[0].second);  // q alone fits, q, k and v do not
+  EXPECT_NO_THROW(model->pack_attention_inputs());
+  a.set_memory_limit(limit);
+  EXPECT_EQ(attention_inputs(*model), before);
+  EXPECT_EQ(plain_logits(*model, gpu), want);
+  model->pack_attention_inputs();
+  EXPECT_TRUE(side_by_side(attention_inputs(*model)));
+  EXPECT_EQ(plain_logits(*model, gpu), want);
 }
 
 // What the batched step cannot take, CUDA declines (the caller keeps to the plain ops):
