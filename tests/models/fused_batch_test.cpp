@@ -62,6 +62,7 @@ struct BatchCase {
   int rows;
   int64_t slots = 8;  // the caches' first size (they grow); a long one takes longer attention chunks
   bool packed = true;  // q, k and v in one allocation, as loaded (one GEMM on the wide step)
+  int64_t prompt = 12;  // the padded prompt's length
 };
 
 class FusedBatchTest : public ::testing::TestWithParam<BatchCase> {};
@@ -82,7 +83,7 @@ TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
 
   std::vector<int64_t> pads;  // 0, 5, 10, 4, ...; a lone sequence 4 (the single-sequence step)
   for (int64_t r = 0; r < rows; ++r) pads.push_back(rows == 1 ? 4 : (r * 5) % 11);
-  const int64_t l = 12;  // the padded prompt length
+  const int64_t l = GetParam().prompt;  // the padded prompt length
   const std::vector<int32_t> ids = to_vector<int32_t>(
       astype(random_uniform({rows * (l + steps)}, 11, 0, float(vocab) - 1, Dtype::f32), Dtype::i32));
   std::vector<uint8_t> valid;
@@ -201,7 +202,12 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                                            // (stream_attention.cu), 128-thread blocks past 264
                                            BatchCase{"llama", kLlama, 33},
                                            BatchCase{"qwen3_long_cache", kQwen3Batch, 32, 1024},
-                                           BatchCase{"gemma3", kGemma3, 64}, BatchCase{"qwen3", kQwen3Batch, 140}),
+                                           BatchCase{"gemma3", kGemma3, 64}, BatchCase{"qwen3", kQwen3Batch, 140},
+                                           // More kv heads' blocks than a wave of full ones on the H200:
+                                           // the streamed attention on the tensor cores (128- and
+                                           // 64-wide heads), past its ring's stages.
+                                           BatchCase{"qwen3_long_prompt", kQwen3Batch, 140, 8, true, 300},
+                                           BatchCase{"llama_wide_1000_long_prompt", kLlamaWide1000, 140, 8, true, 200}),
                          [](const auto& info) {
                            return std::string(info.param.name) + "_" + std::to_string(info.param.rows) + "_rows";
                          });
