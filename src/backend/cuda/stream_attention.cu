@@ -519,7 +519,7 @@ void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep&
   // The tensor cores' form for 64- and 128-wide heads where the grid passes a wave of full
   // blocks: there the lanes' own products held the SMs' issue. Below that, the SMs have
   // issue to spare, and full blocks keep more keys in flight (Qwen3-0.6B at 16 sequences:
-  // 0.82x in the mma form; bench/NOTES.md p44). LMX_FUSED_STREAM_MMA=0: never, 1: always.
+  // 0.94x in the mma form; bench/NOTES.md p44). LMX_FUSED_STREAM_MMA=0: never, 1: always.
   static const int mma_forced = [] {
     const char* v = std::getenv("LMX_FUSED_STREAM_MMA");
     return v ? std::atoi(v) : -1;
