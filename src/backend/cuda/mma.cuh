@@ -28,17 +28,32 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // ldmatrix loads four 8x8 16-bit matrices whose rows the lanes address
 // (lanes 8i..8i+7 give matrix i's rows); lane l receives row l/4, columns 2(l%4) and
 // 2(l%4)+1 of each (with .trans, of the transposed matrix).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+// The row's shared-memory address may be given as a 32-bit offset, which keeps a loop's
+// addresses out of 64-bit registers.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
+               : "r"(row));
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
-  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
+               : "r"(row));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  ldmatrix_x4(r, unsigned(__cvta_generic_to_shared(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  ldmatrix_x4_trans(r, unsigned(__cvta_generic_to_shared(row)));
+}
+// Rows 0-7 of D [16, 8] += A [16, 8] · B [8, 8] (m16n8k8, bf16 products summed in f32)
+// where A's rows 8-15 are zero: a0 is A's row g at columns 2t and 2t + 1, b0 B's column g
+// at rows 2t and 2t + 1, d row g's columns 2t and 2t + 1. Rows 8-15 take no registers.
+__device__ __forceinline__ void mma_1688_top(float (&d)[2], uint32_t a0, uint32_t b0) {
+  [[maybe_unused]] float unused0, unused1;
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%9};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(unused0), "=f"(unused1)
+      : "r"(a0), "r"(0u), "r"(b0), "f"(d[0]), "f"(d[1]), "f"(0.0f));
 }
 // 16 bytes from global to shared memory without passing through registers (cp.async);
 // complete after cp.async.wait_all.

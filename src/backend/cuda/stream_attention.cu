@@ -278,28 +278,6 @@ __host__ __device__ constexpr size_t mma_stage_bytes(int d) { return size_t(2) *
 // once the ring is done with, lie at its start.
 __host__ __device__ inline size_t mma_ring(int group, int d) { return (stream_partials(group, d) + 31) / 32 * 32; }
 
-// Rows 0-7 of O [16, 8] += P [16, 8] · V [8, 8], bf16 products summed in f32, where P's
-// rows 8-15 are zero: d holds row g's columns 2t and 2t + 1; rows 8-15 take no registers.
-__device__ __forceinline__ void mma_1688_top(float (&d)[2], uint32_t a0, uint32_t b0) {
-  [[maybe_unused]] float unused0, unused1;
-  asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%9};\n"
-               : "=f"(d[0]), "=f"(d[1]), "=f"(unused0), "=f"(unused1)
-               : "r"(a0), "r"(0u), "r"(b0), "f"(d[0]), "f"(d[1]), "f"(0.0f));
-}
-
-// ldmatrix (mma.cuh's) from a shared-memory address: 32-bit offsets from one base keep the
-// tile loop's addresses out of 64-bit registers.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // Grid (kv heads × kSplit, 1, sequences), kMmaWarps warps. Lane l of a warp holds query
 // head l/4 (rows past kG are zero) and, of each 8 keys, keys 2(l%4) and 2(l%4) + 1.
 template <int kD, int kG, int kSplit>
@@ -395,7 +373,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 4) stream_attention_mma_kernel
 #pragma unroll
       for (int j = 0; j < kD / 32; ++j) {
         uint32_t kb[4];
-        ldsm_x4(kb, k_at + j * 64);
+        ldmatrix_x4(kb, k_at + j * 64);
         mma_16816<bfloat_t>(s, {qa[2 * j][0], 0u, qa[2 * j][1], 0u}, kb[0], kb[1]);
         mma_16816<bfloat_t>(s, {qa[2 * j + 1][0], 0u, qa[2 * j + 1][1], 0u}, kb[2], kb[3]);
       }
@@ -416,7 +394,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 4) stream_attention_mma_kernel
 #pragma unroll
       for (int j = 0; j < kD / 32; ++j) {
         uint32_t vb[4];
-        ldsm_x4_trans(vb, v_at + j * 64);
+        ldmatrix_x4_trans(vb, v_at + j * 64);
 #pragma unroll
         for (int q = 0; q < 4; ++q) mma_1688_top(o[4 * j + q], pa, vb[q]);
       }
