@@ -61,12 +61,27 @@ __device__ __forceinline__ void copy16_async(void* smem_dst, const void* src) {
   const unsigned dst = unsigned(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
+// The same to a 32-bit shared-memory address, under an L2 policy (createpolicy).
+__device__ __forceinline__ void copy16_async(uint32_t smem_dst, const void* src, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_dst), "l"(src), "l"(policy)
+               : "memory");
+}
 // Waits for this thread's copy16_async copies (other threads see them after a barrier).
 __device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 // Closes a group of this thread's copies so far; copy_async_wait_groups waits for every
 // closed group and not for copies issued after the last close.
 __device__ __forceinline__ void copy_async_close_group() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void copy_async_wait_groups() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Waits for every closed group but the last `pending` (0 to 4; the count is an immediate).
+__device__ __forceinline__ void copy_async_wait_groups_but(int pending) {
+  switch (pending) {
+    case 4: asm volatile("cp.async.wait_group 4;\n" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  }
+}
 
 // Two floats rounded to T, packed as an mma operand register (lo in the low half).
 template <class T>

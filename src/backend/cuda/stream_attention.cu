@@ -117,6 +117,14 @@ __host__ __device__ inline size_t stream_smem_floats(int group, int d, int warps
   return stream_partials(group, d) + size_t(warps) * group * (d + 2);
 }
 
+// The warps' partials in a block's scratch, from sm + stream_partials: m [warps, G], then
+// l [warps, G], then acc [warps, G, D].
+struct WarpPartials {
+  float *m, *l, *acc;
+  __device__ WarpPartials(float* sm, int group, int d, int warps)
+      : m(sm + stream_partials(group, d)), l(m + warps * group), acc(l + warps * group) {}
+};
+
 // The new token's query heads in f32 at sm [G, D], its key and value in bf16 at kv_new
 // [2, D] (one block of a kv head also writes them to the cache), with the block synced.
 template <int kD, int kG, int kBlock, int kSplit>
@@ -140,15 +148,13 @@ __device__ __forceinline__ void form_step_inputs(const AttentionStep& a, int g, 
   __syncthreads();
 }
 
-// The output of the block's query heads from its warps' partials at
-// sm + stream_partials: m [warps, G], l [warps, G], acc [warps, G, D]. Warp 0 holds the
-// first visible key, so every head's largest m is finite.
+// The output of the block's query heads from its warps' partials (WarpPartials). Warp 0
+// holds the first visible key, so every head's largest m is finite.
 template <int kD, int kG, int kBlock>
-__device__ __forceinline__ void merge_warps(const AttentionStep& a, const float* sm, int q_first) {
+__device__ __forceinline__ void merge_warps(const AttentionStep& a, float* sm, int q_first) {
   constexpr int kWarps = kBlock / 32;
-  const float* wm = sm + stream_partials(kG, kD);
-  const float* wl = wm + kWarps * kG;
-  const float* wacc = wl + kWarps * kG;
+  const WarpPartials parts(sm, kG, kD, kWarps);
+  const float *wm = parts.m, *wl = parts.l, *wacc = parts.acc;
   for (int idx = threadIdx.x; idx < kG * kD; idx += kBlock) {
     const int j = idx / kD, i = idx % kD;
     float m = -INFINITY;
@@ -251,9 +257,8 @@ __global__ void __launch_bounds__(kBlock, 2 * kThreads / kBlock) stream_attentio
   // The warp's key lanes into one partial, then the warps' through shared memory.
 #pragma unroll
   for (int o = kLanes; o < 32; o <<= 1) p.merge_lane(o);
-  float* wm = sm + stream_partials(kG, kD);  // [warps, G] m, then [warps, G] l, then [warps, G, D] acc
-  float* wl = wm + kWarps * kG;
-  float* wacc = wl + kWarps * kG;
+  const WarpPartials parts(sm, kG, kD, kWarps);
+  float *wm = parts.m, *wl = parts.l, *wacc = parts.acc;
   if (kk == 0) {
 #pragma unroll
     for (int j = 0; j < kG; ++j) {
@@ -311,12 +316,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 4) stream_attention_mma_kernel
       const int slot = first + row < a.slots ? first + row : first + row - a.slots;
       const size_t at = head + size_t(slot) * kD + piece * 8;
       const uint32_t dst = stage + uint32_t(row * kRow + piece * 8) * 2;
-      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst),
-                   "l"(a.k_cache + at), "l"(policy)
-                   : "memory");
-      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst + kMmaKeys * kRow * 2),
-                   "l"(a.v_cache + at), "l"(policy)
-                   : "memory");
+      copy16_async(dst, a.k_cache + at, policy);
+      copy16_async(dst + kMmaKeys * kRow * 2, a.v_cache + at, policy);
     }
     copy_async_close_group();
   };
@@ -342,13 +343,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 4) stream_attention_mma_kernel
   for (int i = 0; i < tiles; ++i) {
     // Stage i is in once its group is (stages - 2 later ones may be under way); the
     // barrier makes every thread's pieces visible, and frees the stage tile i - 1 used.
-    switch (stages) {  // the count is an immediate
-      case 6: asm volatile("cp.async.wait_group 4;\n" ::: "memory"); break;
-      case 5: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
-      case 4: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-      case 3: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-      default: asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-    }
+    copy_async_wait_groups_but(stages - 2);
     __syncthreads();
     issue(i + stages - 1);
     bf16* kt = ring + size_t(i % stages) * 2 * kMmaKeys * kRow + warp * 8 * kRow;  // the warp's 8 keys
@@ -406,9 +401,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 4) stream_attention_mma_kernel
   __syncthreads();
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
-  float* wm = sm + stream_partials(kG, kD);
-  float* wl = wm + kMmaWarps * kG;
-  float* wacc = wl + kMmaWarps * kG;
+  const WarpPartials parts(sm, kG, kD, kMmaWarps);
+  float *wm = parts.m, *wl = parts.l, *wacc = parts.acc;
   if (r < kG) {
     if (c == 0) wm[warp * kG + r] = m, wl[warp * kG + r] = l;
 #pragma unroll
@@ -454,14 +448,17 @@ void launch_mma(cudaStream_t stream, bool pdl, const AttentionStep& a, int sms,
   };
   ((group == kGroups * kSplit ? run(stream_attention_mma_kernel<kD, kGroups, kSplit>) : void()), ...);
 }
-template <int kD, bool kMma = kD == 64 || kD == 128>
-void launch_for_width(cudaStream_t stream, bool pdl, const AttentionStep& a, bool small, int split, int sms) {
+// mma: the tensor cores' form (64- and 128-wide heads only).
+template <int kD>
+void launch_for_width(cudaStream_t stream, bool pdl, const AttentionStep& a, bool small, bool mma, int split,
+                      int sms) {
   constexpr std::integer_sequence<int, 1, 2, 3, 4> groups;  // stream_attention_supported's
-  if constexpr (kMma) {
-    if (split == 4) return launch_mma<kD, 4>(stream, pdl, a, sms, std::integer_sequence<int, 1>{});
-    if (split == 2) return launch_mma<kD, 2>(stream, pdl, a, sms, std::integer_sequence<int, 1, 2>{});
-    return launch_mma<kD, 1>(stream, pdl, a, sms, groups);
-  }
+  if constexpr (kD == 64 || kD == 128)
+    if (mma) {
+      if (split == 4) return launch_mma<kD, 4>(stream, pdl, a, sms, std::integer_sequence<int, 1>{});
+      if (split == 2) return launch_mma<kD, 2>(stream, pdl, a, sms, std::integer_sequence<int, 1, 2>{});
+      return launch_mma<kD, 1>(stream, pdl, a, sms, groups);
+    }
   if (split == 4) return launch_for_group<kD, kThreads, 4>(stream, pdl, a, std::integer_sequence<int, 1>{});
   if (split == 2) return launch_for_group<kD, kThreads, 2>(stream, pdl, a, std::integer_sequence<int, 1, 2>{});
   if (small) return launch_for_group<kD, kThreads / 2, 1>(stream, pdl, a, groups);
@@ -509,15 +506,11 @@ void launch_stream_attention(cudaStream_t stream, bool pdl, const AttentionStep&
     if (split == 1 && (mma || !small) && s <= most && group % s == 0 &&
         int64_t(a.n_kv_heads) * a.rows * s <= (mma ? 2 * resident : resident))
       split = s;
-  if (!mma && (a.head_dim == 64 || a.head_dim == 128)) {
-    if (a.head_dim == 64) return launch_for_width<64, false>(stream, pdl, a, small, split, resident / 2);
-    return launch_for_width<128, false>(stream, pdl, a, small, split, resident / 2);
-  }
   switch (a.head_dim) {
-    case 32: return launch_for_width<32>(stream, pdl, a, small, split, resident / 2);
-    case 64: return launch_for_width<64>(stream, pdl, a, small, split, resident / 2);
-    case 128: return launch_for_width<128>(stream, pdl, a, small, split, resident / 2);
-    default: return launch_for_width<256>(stream, pdl, a, small, split, resident / 2);
+    case 32: return launch_for_width<32>(stream, pdl, a, small, mma, split, resident / 2);
+    case 64: return launch_for_width<64>(stream, pdl, a, small, mma, split, resident / 2);
+    case 128: return launch_for_width<128>(stream, pdl, a, small, mma, split, resident / 2);
+    default: return launch_for_width<256>(stream, pdl, a, small, mma, split, resident / 2);
   }
 }
 
