@@ -56,6 +56,13 @@ constexpr const char* kLlamaWide2048 = R"({"model_type": "llama", "vocab_size": 
  "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
  "rope_theta": 500000.0, "torch_dtype": "bfloat16"})";
 
+// Eight kv heads, as Llama-3.2-1B and Qwen3-0.6B have: at 8 sequences, 64 blocks of the
+// streamed attention beside the tensor-core GEMVs (stream_from).
+constexpr const char* kQwen3KvHeads8 = R"({"model_type": "qwen3", "vocab_size": 1203, "hidden_size": 288,
+ "intermediate_size": 640, "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 8,
+ "head_dim": 64, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "tie_word_embeddings": false,
+ "rope_theta": 1000000, "torch_dtype": "bfloat16"})";
+
 struct BatchCase {
   const char* name;
   const char* config;
@@ -191,6 +198,11 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                                            // 48 for 5 (fit_attention_split, on 132 SMs)
                                            BatchCase{"llama_long_cache", kLlamaBatch, 8, 1024},
                                            BatchCase{"qwen3_long_cache", kQwen3Batch, 5, 1024},
+                                           // 8 rows x 8 kv heads: the streamed attention, GEMVs
+                                           // on tensor cores; 4 rows keep the chunks
+                                           BatchCase{"qwen3_kv8", kQwen3KvHeads8, 8},
+                                           BatchCase{"qwen3_kv8_long_prompt", kQwen3KvHeads8, 8, 8, true, 300},
+                                           BatchCase{"qwen3_kv8", kQwen3KvHeads8, 4},
                                            // past 8 rows: each product a GEMM (launch_gemm_rows)
                                            BatchCase{"llama", kLlamaBatch, 9}, BatchCase{"qwen3", kQwen3Batch, 16},
                                            BatchCase{"qwen3_unpacked", kQwen3Batch, 16, 8, false},

@@ -8,7 +8,8 @@
 // the next token, so greedy steps follow one another without the host. A batch runs the
 // same phases with every buffer [rows, ...]: its GEMVs are tensor-core products over all
 // sequences' vectors (fused_gemv_rows.cu; past 8 sequences, cuBLAS GEMMs), its attention
-// a block per sequence, kv head and chunk (or one streaming all the keys, stream_from).
+// a block per sequence, kv head and chunk, or where sequences × kv heads reach 64, one
+// streaming all the keys (stream_from).
 //
 // Two ways to run the plan:
 //   - a kernel per phase (fused_gemv.cu, fused_attention.cu), recorded once into a CUDA
@@ -80,7 +81,11 @@ int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxSt
 // From how many sequences a batched step's attention streams the keys (launch_stream_attention),
 // not chunks, where its blocks (a sequence's kv head each) reach stream_min_blocks: fewer idle SMs
 // (Gemma3-1B's one kv head: 0.93x the chunks at batch 16, 1.05x at 64; Qwen3's eight: 1.20x at 16).
-int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", fused::kMaxStepRows + 1); }
+// That holds on the tensor-core GEMVs' batches too: at 8 sequences (64 blocks) Qwen3-0.6B ran
+// 1.08x with 128-token prompts and 1.09x with 1,024, Llama-3.2-1B 1.05x and 1.12x. Below 64
+// blocks the chunks stay: 32 blocks gained 2-4% with short prompts and lost 3-27% with 1,024
+// tokens, where each block streams a long cache alone (bench/NOTES.md, p45).
+int stream_from() { return rows_from("LMX_FUSED_STREAM_FROM", 2); }
 int stream_min_blocks() { return rows_from("LMX_FUSED_STREAM_MIN", 64); }
 
 const bf16* bf(const Array& a) { return a.valid() ? static_cast<const bf16*>(a.raw()) : nullptr; }
