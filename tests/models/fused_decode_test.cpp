@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <set>
+#include <string>
+#include <string_view>
 
 #include "core/allocator.h"
 #include "core/error.h"
@@ -391,13 +393,21 @@ TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
 // Past 128 visible positions the 16-key chunks of these models' attention outnumber the 8
 // that a trip of either merge loads: up to 17 at 200 + 64 positions, three trips, each
 // rescaling what the trips before summed. Qwen3's 2 kv heads merge in the last block of
-// each (count_and_merge); Gemma 3's one kv head in every block's O input (merge_input),
-// on its global layer (its sliding-window layers see 16 positions).
-TEST(FusedDecodeLongPrompt, MergesOfSeveralTripsMatchThePlainPath) {
+// each (count_and_merge). Gemma 3's one kv head, on its global layer (its sliding-window
+// layers see 16 positions), sums its chunks against one reference by default
+// (summed_chunks); with LMX_FUSED_SUMS=0 every block's O input merges them (merge_input),
+// and so it does where a headroom no score can keep makes every chunk raise the sums' flag
+// and add nothing to them.
+TEST(FusedDecodeLongPrompt, SumsAndMergesOfSeveralTripsMatchThePlainPath) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
-  expect_logits_match_plain(FusedCase{"qwen3_long_prompt", kQwen3, false, true}, 8, gpu, false, 200);
-  expect_logits_match_plain(FusedCase{"gemma3_long_prompt", kGemma3, false, true}, 8, gpu, false, 200);
+  for (const char* setting : {"", "LMX_FUSED_SUMS", "LMX_FUSED_SUMS_HEADROOM"}) {
+    SCOPED_TRACE(*setting ? setting : "the sums");
+    if (*setting) ASSERT_EQ(setenv(setting, std::string_view(setting).ends_with("SUMS") ? "0" : "-1e30", 1), 0);
+    expect_logits_match_plain(FusedCase{"qwen3_long_prompt", kQwen3, false, true}, 8, gpu, false, 200);
+    expect_logits_match_plain(FusedCase{"gemma3_long_prompt", kGemma3, false, true}, 8, gpu, false, 200);
+    if (*setting) unsetenv(setting);
+  }
 }
 
 // One sequence runs the persistent step unless LMX_FUSED_PERSISTENT=0 turns it off.

@@ -508,6 +508,40 @@ TEST(PersistentPlan, HandsTheAttentionsOutputsOnThroughACount) {
   unsetenv("LMX_FUSED_HANDOFF");
 }
 
+// Each attention whose chunks the next GEMV's input would merge (one kv head, more than
+// one chunk) gets sums of its own (summed_chunks), which the GEMV before it zeroes: [Hq·D]
+// values, [Hq] weights and the flag, to 16 bytes. Not where one chunk needs no merge, nor
+// for several kv heads (their last block merges), nor in a deterministic step, nor with
+// LMX_FUSED_SUMS=0.
+TEST(PersistentPlan, SumsTheChunksThatEveryBlockWouldMerge) {
+  namespace fused = cuda::fused;
+  auto layer = [](int splits, int kv_heads = 1) {
+    StepPhase a = attention_phase(4, kv_heads, 256);  // Gemma3-1B's heads
+    a.attn.splits = splits;
+    return std::vector<StepPhase>{gemv(1152, 1536), a, gemv(1024, 1152)};
+  };
+  std::vector<StepPhase> plan = layer(24);
+  for (const StepPhase& p : layer(1)) plan.push_back(p);
+  for (const StepPhase& p : layer(24)) plan.push_back(p);
+  const size_t per_layer = (4 * 256 + 4 + 1 + 3) / 4 * 4;
+  unsetenv("LMX_FUSED_SUMS");
+  EXPECT_EQ(fused::persistent_sums_floats(plan, false), 0u) << "deterministic";
+  ASSERT_EQ(fused::persistent_sums_floats(plan), 2 * per_layer) << "the two layers of 24 chunks";
+  std::vector<float> sums(2 * per_layer);
+  fused::persistent_sum_chunks(plan, sums.data());
+  EXPECT_EQ(plan[1].attn.sums, sums.data());
+  EXPECT_EQ(plan[0].zero, sums.data());
+  EXPECT_EQ(plan[0].zero_n, int(per_layer));
+  EXPECT_EQ(plan[4].attn.sums, nullptr) << "one chunk";
+  EXPECT_EQ(plan[3].zero, nullptr);
+  EXPECT_EQ(plan[7].attn.sums, sums.data() + per_layer);
+  EXPECT_EQ(plan[6].zero, plan[7].attn.sums);
+  EXPECT_EQ(fused::persistent_sums_floats(layer(12, 2)), 0u) << "two kv heads";
+  ASSERT_EQ(setenv("LMX_FUSED_SUMS", "0", 1), 0);
+  EXPECT_EQ(fused::persistent_sums_floats(layer(24)), 0u);
+  unsetenv("LMX_FUSED_SUMS");
+}
+
 // The copies may run half the ring past the workers' phase (at least a stage), or what
 // LMX_FUSED_LOOKAHEAD says, up to the whole ring.
 TEST(PersistentPlan, CopiesRunHalfTheRingPastTheWorkersPhase) {

@@ -71,6 +71,29 @@ __host__ __device__ inline bool merged_by_next_gemv(const AttentionStep& a) {
   return a.splits > 1 && a.n_kv_heads == 1;
 }
 
+// Where the next GEMV's input would merge the chunks (one kv head: Gemma 3), whether the
+// persistent step sums them instead (AttentionStep::sums, persistent_sum_chunks). A merge
+// needs each chunk's max first, and every block merging reads every chunk's partial
+// (Gemma3-1B: 24 chunks of 4 × 256 values, three trips to L2). Against one fixed reference
+// the chunks' weights and weighted values simply add: each task adds its own into the sums
+// at L2 (no round trip to wait for), and each block's input divides, in one trip
+// (bench/NOTES.md, p45). The reference is 0: a chunk weighs its keys by e^s, not e^(s - m).
+// That is exact where no chunk's max m lies above sums_headroom (64: e^64 times a chunk's
+// weights stays far below f32's range) and none below kSumsFloor (-60: what underflows
+// then lies more than e^-27 below that chunk's own max, where the max would lose it too);
+// the scores of real models lie well within. A chunk past either raises the flag (as do
+// sums past kSumsLargest, and NaN), and the partials, stored as before, are merged instead.
+// (A reference every task forms alike, the new token's own score, cost the tasks more than
+// it saved; so did the sums for several kv heads, whose last block merges: 0.98-0.99x.)
+__host__ __device__ inline bool summed_chunks(const AttentionStep& a) { return a.sums && merged_by_next_gemv(a); }
+// The lowest max a chunk may have against the sums' reference 0 (summed_chunks).
+constexpr float kSumsFloor = -60.0f;
+// The largest a task's weighted value sum may add: with up to 2^7 chunks the sums stay below 2^127.
+constexpr float kSumsLargest = 0x1p120f;
+// Where the flag lies in `sums`, and the floats a layer's sums take (16-byte multiples).
+__host__ __device__ inline int sums_flag(const AttentionStep& a) { return a.n_heads * a.head_dim + a.n_heads; }
+__host__ __device__ inline int sums_floats(const AttentionStep& a) { return (sums_flag(a) + 1 + 3) / 4 * 4; }
+
 // A task's scratch (one attention block's shared memory), in floats from its start: the
 // group's q [group, D] and the new k and v [D] each, as stage_inputs fills them; the
 // layer's constants, the RoPE frequencies [D/2] (f32) and the q and k norms' weights [D]
@@ -302,7 +325,7 @@ __device__ inline void load_chunk(const AttentionStep& a, int g, ChunkRange r, i
 // The part of attention_task for a chunk that holds visible positions (`range`, n > 0):
 // the new token's q, k and v formed, the chunk's scores, softmax and weighted values, and
 // its partial (or, with one chunk, the output) stored.
-template <bool kPersistent, int kD, int kGroup, class Mark>
+template <bool kPersistent, int kD, int kGroup, bool kSums, class Mark>
 __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
                                               ChunkRange range, bool loading, Mark mark) {
   const int d = head_dim_of<kD>(a), chunk = a.chunk;
@@ -427,6 +450,18 @@ __device__ __forceinline__ void chunk_partial(const AttentionStep& a, int g, int
     float* part = a.partial + (size_t(g * group + j) * a.splits + split) * partial_stride(d);
     *reinterpret_cast<float4*>(part + kPartialSums + i) = acc;
     if (i == 0) *reinterpret_cast<float2*>(part) = make_float2(m, l);
+    if (kSums && summed_chunks(a)) {  // against the reference 0, into the sums
+      const float f = __expf(m);
+      const float4 add = make_float4(acc.x * f, acc.y * f, acc.z * f, acc.w * f);
+      const float largest = fmaxf(fmaxf(fabsf(add.x), fabsf(add.y)), fmaxf(fabsf(add.z), fabsf(add.w)));
+      // (A NaN anywhere fails the test: the merge then meets it as it would without the sums.)
+      if (m <= a.sums_headroom && m >= kSumsFloor && largest < kSumsLargest) {
+        add_at_l2(a.sums + size_t(g * group + j) * d + i, add);
+        if (i == 0) atomicAdd(a.sums + a.n_heads * d + g * group + j, l * f);
+      } else {  // the sums go unread: nothing more is added
+        *reinterpret_cast<volatile unsigned*>(a.sums + sums_flag(a)) = 1u;
+      }
+    }
   }
   mark(3);
   if (!a.early) allow_next_kernel();
@@ -445,14 +480,14 @@ struct NoMarks {
   __device__ void operator()(int) const {}
 };
 // Returns whether the task left a finished output behind (finished_outputs). kD and
-// kGroup: head_dim_of's and group_of's.
-template <bool kPersistent, int kD = 0, int kGroup = 0, class Mark = NoMarks>
+// kGroup: head_dim_of's and group_of's; kSums: the sums' code compiled in (summed_chunks).
+template <bool kPersistent, int kD = 0, int kGroup = 0, bool kSums = false, class Mark = NoMarks>
 __device__ inline bool attention_task(const AttentionStep& a, int g, int split, float* sm, int pos, int pad,
                                       bool loading = false, Mark mark = {}) {
   const ChunkRange range = chunk_range(a, split, pos, pad);
   if (a.early) allow_next_kernel();
   if (range.n > 0) {
-    chunk_partial<kPersistent, kD, kGroup>(a, g, split, sm, pos, pad, range, loading, mark);
+    chunk_partial<kPersistent, kD, kGroup, kSums>(a, g, split, sm, pos, pad, range, loading, mark);
   } else {  // past them: only counted, so that the last block still merges
     if constexpr (kPersistent) copy_async_wait_groups();  // the constants' copies must not outlive the task
     if constexpr (!kPersistent) wait_for_previous_kernel();

@@ -33,6 +33,13 @@ __device__ __forceinline__ unsigned count_arrival(unsigned* counter) {
   return old;
 }
 
+// Adds four floats into p (16-byte aligned) as one reduction at L2: no round trip to
+// wait for, a quarter of the atomics of four scalar adds.
+__device__ __forceinline__ void add_at_l2(float* p, float4 v) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+}
+
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }

@@ -174,6 +174,12 @@ struct AttentionStep {
   // Or, where set, the output in bf16 in place of `out` (the streamed attention only): a
   // step on GEMMs reads it as the O product's vectors, formed (wide_input_formed).
   bf16* out_bf16 = nullptr;
+  // The persistent step's chunks summed, not merged in the next input (persistent_sum_chunks),
+  // or null: [Hq*D] every chunk's weighted values and [Hq] its weights, each against the
+  // reference 0, then a u32 flag, raised by a chunk whose max lies too far from it (the
+  // next GEMV's input then merges the partials). Zeroed by the phase before.
+  float* sums = nullptr;
+  float sums_headroom = 64;  // the highest max a chunk may have (summed_chunks)
   bool early = false;         // signal the next kernel at the start (GemvTuning::early)
   int rows = 1;
   const int* pad = nullptr;   // [rows], or null: no padding
@@ -321,6 +327,15 @@ int persistent_grid(const std::vector<StepPhase>& phases, int sm_count, bool fus
 // persistent kernel runs a block's tasks one after another); at least a.chunk keys, and a
 // task's scratch at most `largest` bytes (persistent_scratch_limit).
 void persistent_attention_split(AttentionStep& a, int blocks, size_t largest);
+// The floats that the sums of these phases' attentions take where their chunks are summed
+// rather than merged (summed_chunks): each attention whose chunks the next GEMV's input
+// would merge (one kv head), after a GEMV that zeroes nothing else. 0 in a deterministic
+// step (`on` false: the sums' f32 reductions add in an order that varies from run to run)
+// and with LMX_FUSED_SUMS=0.
+size_t persistent_sums_floats(const std::vector<StepPhase>& phases, bool on = true);
+// Points each such attention at its own sums in `sums` (persistent_sums_floats of them),
+// which the GEMV before it zeroes every step.
+void persistent_sum_chunks(std::vector<StepPhase>& phases, float* sums);
 // The most shared memory an attention task may take in a plan of these phases and
 // `stages_per_block` planned stages while the weight ring keeps two slots.
 size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages_per_block);

@@ -279,8 +279,7 @@ __device__ __forceinline__ void fused_down_row(const bf16* w, const bf16* act, i
               a3 = __shfl_down_sync(0xffffffffu, acc, 3);
   if (r % 4 != 0 || r >= n) return;
   if (r + 3 < n) {
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y + r), "f"(acc), "f"(a1), "f"(a2), "f"(a3)
-                 : "memory");
+    add_at_l2(y + r, make_float4(acc, a1, a2, a3));
   } else {
     const float v[4] = {acc, a1, a2, a3};
     for (int i = 0; r + i < n; ++i) atomicAdd(y + r + i, v[i]);
@@ -347,6 +346,40 @@ __device__ void merge_input(const AttentionStep& a, int pos, int pad, bf16* xb) 
     out[1] = __floats2bfloat162_rn(x.z * inv, x.w * inv);
   }
   sync_workers<true>();
+}
+
+// The O projection's input after an attention whose chunks were summed (summed_chunks),
+// in place of merge_input: each output is its head's weighted values over its weights,
+// the sums, the weights and the flag all loaded in one trip to L2. Where a chunk raised
+// the flag it returns false, and the chunks' partials are to be merged (merge_input).
+template <int kD>
+__device__ bool summed_input(const AttentionStep& a, bf16* xb) {
+  constexpr int V = 1;  // float4s per thread and trip: one trip up to 1,024 outputs
+  const int d = attention_detail::head_dim_of<kD>(a), n = a.n_heads * d;
+  const float* l = a.sums + n;
+  const unsigned raised = __ldcg(reinterpret_cast<const unsigned*>(a.sums + attention_detail::sums_flag(a)));
+  for (int base = threadIdx.x * 4; base < n; base += kWorkers * 4 * V) {
+    float4 v[V];
+    float w[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int i = base + u * kWorkers * 4;
+      if (i < n) v[u] = __ldcg(reinterpret_cast<const float4*>(a.sums + i)), w[u] = __ldcg(l + i / d);
+    }
+    if (raised) break;  // the same in every thread: the count's acquire ordered the flag
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int i = base + u * kWorkers * 4;
+      if (i >= n) continue;
+      const float inv = 1.0f / w[u];
+      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(xb + i);
+      out[0] = __floats2bfloat162_rn(v[u].x * inv, v[u].y * inv);
+      out[1] = __floats2bfloat162_rn(v[u].z * inv, v[u].w * inv);
+    }
+  }
+  if (raised) return false;
+  sync_workers<true>();
+  return true;
 }
 
 // The input vector in bf16 (the staged f32 one is rounded once, as the plain path rounds
@@ -494,7 +527,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       // The constants and the first task's keys and values were started before the barrier
       // (below); the constants stay in the scratch for the block's later tasks.
       for (int t = blockIdx.x; t < a.n_kv_heads * a.splits; t += gridDim.x) {
-        const bool finished = attention_detail::attention_task<true, kD, kGroup>(
+        const bool finished = attention_detail::attention_task<true, kD, kGroup, kMergeInput>(
             a, t / a.splits, t % a.splits, vec, pos, pad, t == int(blockIdx.x), mark);
         sync_workers<true>();  // the next task reuses the scratch; its output is stored
         if (s.attention_done && finished && threadIdx.x == 0) release_add(s.attention_done, 1);
@@ -526,7 +559,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Persistent
       if (ph.zero)  // an output that a later phase adds into; no phase reads it until then
         for (int i = blockIdx.x * kWorkers + threadIdx.x; i < ph.zero_n; i += gridDim.x * kWorkers) ph.zero[i] = 0;
       if (kMergeInput && merges_attention(prev)) {
-        merge_input<kD>(prev->attn, pos, pad, xb);
+        if (!prev->attn.sums || !summed_input<kD>(prev->attn, xb)) merge_input<kD>(prev->attn, pos, pad, xb);
       } else if (direct_input(prev, ph)) {
         load_plain_input(in.x, k, xb);
       } else if (!kStaged || !staged) {

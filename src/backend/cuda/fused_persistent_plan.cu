@@ -97,6 +97,39 @@ void persistent_attention_split(AttentionStep& a, int blocks, size_t largest) {
   if (a.n_kv_heads * a.splits > blocks && largest > (80 << 10)) fit_attention_split(a, blocks, largest);
 }
 
+namespace {
+
+// Whether phase i's chunks may be summed (persistent_sum_chunks): an attention whose
+// chunks the next GEMV's input would merge, after a GEMV that zeroes nothing yet.
+bool summable(const std::vector<StepPhase>& phases, size_t i) {
+  const StepPhase& p = phases[i];
+  return i > 0 && p.kind == StepPhase::Kind::attention && attention_detail::merged_by_next_gemv(p.attn) &&
+         phases[i - 1].kind == StepPhase::Kind::gemv && !phases[i - 1].zero;
+}
+
+}  // namespace
+
+size_t persistent_sums_floats(const std::vector<StepPhase>& phases, bool on) {
+  size_t floats = 0;
+  if (on && switch_on("LMX_FUSED_SUMS"))
+    for (size_t i = 0; i < phases.size(); ++i)
+      if (summable(phases, i)) floats += size_t(attention_detail::sums_floats(phases[i].attn));
+  return floats;
+}
+
+void persistent_sum_chunks(std::vector<StepPhase>& phases, float* sums) {
+  // For tests: a headroom below any score's (-1e30) makes every chunk raise the flag.
+  const char* headroom = std::getenv("LMX_FUSED_SUMS_HEADROOM");
+  for (size_t i = 0; i < phases.size(); ++i) {
+    if (!summable(phases, i)) continue;
+    AttentionStep& a = phases[i].attn;
+    a.sums = sums;
+    if (headroom) a.sums_headroom = std::strtof(headroom, nullptr);
+    phases[i - 1].zero = sums, phases[i - 1].zero_n = attention_detail::sums_floats(a);
+    sums += attention_detail::sums_floats(a);
+  }
+}
+
 size_t persistent_scratch_limit(const std::vector<StepPhase>& phases, int stages_per_block) {
   const size_t taken = beside_vector(phases, stages_per_block) + 2 * size_t(kSlotBytes);
   // Whole KiB, as vector_bytes rounds the scratch up to: a byte over and the ring keeps

@@ -23,8 +23,9 @@ constexpr int kStaticSmem = 2 << 10;  // what the kernel's __shared__ variables 
 constexpr int kMaxDownUnits = 11;
 
 // Whether a GEMV phase (after phase `prev`, null for the first) takes its input straight
-// into bf16, with no staged f32 copy: the merge of the attention before it (merge_input),
-// or a vector with no residual and no norm (load_plain_input).
+// into bf16, with no staged f32 copy: the merge of the attention before it (merge_input,
+// or from its sums, summed_input), or a vector with no residual and no norm
+// (load_plain_input).
 __host__ __device__ inline bool merges_attention(const StepPhase* prev) {
   return prev && prev->kind == StepPhase::Kind::attention && attention_detail::merged_by_next_gemv(prev->attn);
 }

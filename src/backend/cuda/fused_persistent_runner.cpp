@@ -43,6 +43,10 @@ bool PersistentRunner::prepare(cudaStream_t stream, const std::vector<StepPhase>
   const size_t largest = persistent_scratch_limit(plan_, per_block);
   for (StepPhase& p : plan_)
     if (p.kind == StepPhase::Kind::attention) persistent_attention_split(p.attn, grid, largest);
+  if (const size_t sums = persistent_sums_floats(plan_, !m_.deterministic); sums > 0) {
+    if (!sums_.valid() || sums_.size() < int64_t(sums)) sums_ = Array({int64_t(sums)}, Dtype::f32, d);
+    persistent_sum_chunks(plan_, static_cast<float*>(sums_.raw()));
+  }
   smem_ = persistent_smem_bytes(plan_, grid, per_block, &vector_bytes_, &slots_, &why);
   if (smem_ > 0) {
     lookahead_ = persistent_lookahead(slots_);

@@ -66,6 +66,7 @@ class PersistentRunner {
   Array phases_, barrier_;  // the plan on the device; the grid barrier's counter
   bool handoff_ = false;    // persistent_attention_handoff
   Array attention_done_;    // its count
+  Array sums_;              // the attentions' summed chunks (persistent_sum_chunks)
   Array head_exchange_;     // head_exchange()'s arrays
   // The fused downs' tensor maps (on the device and here) and their tiled copies for a grid
   // of tiles_grid_; every block's planned stages. The host vectors outlive their copies.
