@@ -17,6 +17,7 @@
 
 #if LMX_HAVE_CUDA
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/gemm.h"
 #endif
 
 namespace lmx::test {
@@ -376,7 +377,7 @@ TEST(Cuda, LargeMatmulMatchesTheCpu) {
 
 #if LMX_HAVE_CUDA
 // Llama-3.2-1B's gate/up product at a classification pass's rows runs through cuBLASLt at
-// the tile measured fastest for it on Hopper (gemm_tiles.cpp). Its rows match the CPU's,
+// the tile measured fastest for it on Hopper (gemm.cpp). Its rows match the CPU's,
 // and so do those of the same product through cuBLAS's own pick (LMX_GEMM_TILES=0); the
 // two GPU results agree to the last bit or within one rounding.
 TEST(Cuda, GemmAtThePreferredTileMatchesTheCpu) {
@@ -417,27 +418,66 @@ TEST(Cuda, GemmAtThePreferredTileMatchesTheCpu) {
   RecordProperty("differing_elements", std::to_string(differ));
 }
 
-// Prompts of many lengths past the table's row minimum each need a plan (found or not:
-// the heuristic offers the tile for some row counts only): the cache keeps the ones used
-// last, and a shape whose plan was evicted is planned again, to the same result.
-TEST(Cuda, GemmTilePlansStayBounded) {
+// Small products (a short prompt's, a decode step's) run through a cuBLASLt plan kept per
+// shape: the same products through cuBLAS's own call (LMX_GEMM_PLANS=0) agree within a
+// rounding, for a plain product, a batch of them with a broadcast operand, and the paired
+// k/v product with its batch stride from one weight to the other.
+TEST(Cuda, SmallGemmsThroughKeptPlansMatchCublas) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
-  if (cuda::context(0).compute_capability != 90) GTEST_SKIP() << "the tile table is for Hopper only";
-  const int64_t n = 8192, k = 2048, shapes = 40;
-  const Array x = random_uniform({8192 + 16 * shapes, k}, 24, -1, 1, Dtype::bf16, kGpu);
-  const Array w = random_uniform({n, k}, 25, -1, 1, Dtype::bf16, kGpu);
-  const int64_t before = cuda::tuned_gemms();
-  const std::vector<float> first = to_floats(slice_axis(matmul(slice_axis(x, 0, 0, 8192), transpose(w)), 0, 0, 64));
-  EXPECT_EQ(cuda::tuned_gemms(), before + 1) << "8,192 rows take the table's tile";
-  for (int64_t i = 1; i < shapes; ++i) {
-    (void)matmul(slice_axis(x, 0, 0, 8192 + 16 * i), transpose(w));
-    EXPECT_LE(cuda::gemm_tile_plans(), size_t(32)) << "after " << i + 1 << " row counts";
+  const Array x = random_uniform({128, 1024}, 31, -1, 1, Dtype::bf16, kGpu);
+  const Array kv = random_uniform({2, 512, 1024}, 32, -1, 1, Dtype::bf16, kGpu);
+  const Array k = slice_axis(kv, 0, 0, 1), v = slice_axis(kv, 0, 1, 2);
+  const Array batch = random_uniform({4, 128, 1024}, 33, -1, 1, Dtype::bf16, kGpu);
+  auto products = [&] {
+    std::vector<Array> out;
+    const Array w = reshape(k, {512, 1024});
+    out.push_back(matmul(x, transpose(w)));      // [128, 512]
+    out.push_back(matmul(batch, transpose(w)));  // a batch of 4 as one product of 512 rows
+    out.push_back(matmul(batch, swapaxes(batch, 1, 2)));  // [4, 128, 128]: a strided batch
+    const auto [kp, vp] = fast::linear_pair(slice_axis(x, 0, 0, 16), reshape(k, {512, 1024}), reshape(v, {512, 1024}));
+    out.push_back(kp), out.push_back(vp);
+    return out;
+  };
+  const int64_t before = cuda::planned_gemms();
+  const std::vector<Array> planned = products();
+  EXPECT_EQ(cuda::planned_gemms(), before + 4) << "each of the four GEMMs took a kept plan";
+  setenv("LMX_GEMM_PLANS", "0", 1);
+  const int64_t off_before = cuda::planned_gemms();
+  const std::vector<Array> plain = products();
+  EXPECT_EQ(cuda::planned_gemms(), off_before) << "LMX_GEMM_PLANS=0 takes cuBLAS's own call";
+  unsetenv("LMX_GEMM_PLANS");
+  const double u = unit_roundoff(Dtype::bf16);
+  for (size_t i = 0; i < planned.size(); ++i) {
+    ASSERT_EQ(planned[i].shape(), plain[i].shape()) << "product " << i;
+    const std::vector<float> a = to_floats(planned[i]), b = to_floats(plain[i]);
+    for (size_t j = 0; j < a.size(); ++j)
+      ASSERT_LE(std::fabs(a[j] - b[j]), 2 * u * (std::fabs(b[j]) + 1)) << "product " << i << ", element " << j;
   }
-  EXPECT_EQ(cuda::gemm_tile_plans(), size_t(32)) << "40 row counts planned, the last 32 kept";
-  // 8,192 rows again: its plan was evicted 39 row counts ago.
-  const int64_t again_before = cuda::tuned_gemms();
-  const std::vector<float> again = to_floats(slice_axis(matmul(slice_axis(x, 0, 0, 8192), transpose(w)), 0, 0, 64));
-  EXPECT_EQ(cuda::tuned_gemms(), again_before + 1) << "planned again, and at the tile again";
+  // And against the CPU: the plain product's first 16 rows.
+  const Array want = matmul(to_device(slice_axis(x, 0, 0, 16), Device::cpu()),
+                            transpose(to_device(reshape(k, {512, 1024}), Device::cpu())));
+  expect_near_cpu(slice_axis(planned[0], 0, 0, 16), want, 4 * u, std::sqrt(1024.0), "a planned product");
+}
+
+// Prompts of many lengths each need plans: the cache keeps the ones used last, and a shape
+// whose plan was evicted is planned again, to the same result.
+TEST(Cuda, GemmPlansStayBounded) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
+  const int64_t shapes = int64_t(cuda::kGemmPlansKept) + 8, k = 64;
+  const Array x = random_uniform({shapes, k}, 24, -1, 1, Dtype::bf16, kGpu);
+  const Array w = random_uniform({64, k}, 25, -1, 1, Dtype::bf16, kGpu);
+  const int64_t before = cuda::planned_gemms();
+  const std::vector<float> first = to_floats(matmul(slice_axis(x, 0, 0, 1), transpose(w)));
+  ASSERT_EQ(cuda::planned_gemms(), before + 1) << "one row takes a plan";
+  for (int64_t rows = 2; rows <= shapes; ++rows) {
+    (void)matmul(slice_axis(x, 0, 0, rows), transpose(w));
+    ASSERT_LE(cuda::gemm_plans(), cuda::kGemmPlansKept) << "after " << rows << " row counts";
+  }
+  EXPECT_EQ(cuda::gemm_plans(), cuda::kGemmPlansKept) << "the last ones kept";
+  // One row again: its plan was evicted many row counts ago.
+  const int64_t again_before = cuda::planned_gemms();
+  const std::vector<float> again = to_floats(matmul(slice_axis(x, 0, 0, 1), transpose(w)));
+  EXPECT_EQ(cuda::planned_gemms(), again_before + 1) << "planned again, and run through its plan";
   EXPECT_EQ(first, again) << "the same shape planned again multiplies to the same bits";
 }
 #endif

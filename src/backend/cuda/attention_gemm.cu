@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/gemm.h"
 
 namespace lmx::cuda {
 namespace {
@@ -111,7 +112,6 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
   const int64_t m = whole ? rep * lq : band;  // rows of S per (sequence, kv head)
   Array s({nb * hkv, m, lk}, q.dtype(), q.device());
   const cudaDataType_t t = blas_dtype(q.dtype());
-  const float one = 1.0f, zero = 0.0f;
   const int64_t q_step = rep * lq * d;  // from one (sequence, kv head) to the next in q and out
   int lanes = 1;
   while (lanes < 32 && lanes * kKept < lk) lanes *= 2;
@@ -122,11 +122,13 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
       const char* qp = static_cast<const char*>(q.raw()) + at;
       char* op = static_cast<char*>(out.raw()) + at;
       // Row-major X [r, c] is column-major Xᵀ: S [rows, Lk] = Q·Kᵀ is Sᵀ [Lk, rows] = (Kᵀ)ᵀ·Qᵀ.
-      check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(lk), int(rows), int(d), &one,
-                                            k.raw(), t, int(k.strides()[2]), k_step, qp, t, int(d), q_step, &zero,
-                                            s.raw(), t, int(lk), m * lk, int(nb * hkv), CUBLAS_COMPUTE_32F,
-                                            CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmStridedBatchedEx (attention scores)");
+      Gemm scores;
+      scores.op_a = CUBLAS_OP_T, scores.op_b = CUBLAS_OP_N, scores.m = lk, scores.n = rows, scores.k = d;
+      scores.batch = nb * hkv, scores.type = t;
+      scores.a = k.raw(), scores.lda = k.strides()[2], scores.stride_a = k_step;
+      scores.b = qp, scores.ldb = d, scores.stride_b = q_step;
+      scores.c = s.raw(), scores.ldc = lk, scores.stride_c = m * lk;
+      gemm(ctx, scores, "attention scores");
       // Rows of a (sequence, kv head) are (query head, position) when whole, else positions
       // r0.. of one head; the softmax's row stride through S is m either way.
       SoftmaxParams p{nb * hkv * m, whole ? lq : m, lk, whole ? rep : 1, hkv, scale, causal, window,
@@ -139,11 +141,13 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
       });
       check_launch("masked_softmax_kernel");
       // O [rows, D] = P·V is Oᵀ [D, rows] = Vᵀ·Pᵀ.
-      check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(rows), int(lk), &one,
-                                            v.raw(), t, int(v.strides()[2]), v_step, s.raw(), t, int(lk), m * lk,
-                                            &zero, op, t, int(d), q_step, int(nb * hkv), CUBLAS_COMPUTE_32F,
-                                            CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmStridedBatchedEx (attention values)");
+      Gemm values;
+      values.op_a = CUBLAS_OP_N, values.op_b = CUBLAS_OP_N, values.m = d, values.n = rows, values.k = lk;
+      values.batch = nb * hkv, values.type = t;
+      values.a = v.raw(), values.lda = v.strides()[2], values.stride_a = v_step;
+      values.b = s.raw(), values.ldb = lk, values.stride_b = m * lk;
+      values.c = op, values.ldc = d, values.stride_c = q_step;
+      gemm(ctx, values, "attention values");
     }
   return true;
 }

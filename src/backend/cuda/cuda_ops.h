@@ -23,8 +23,8 @@ void where(const Context& ctx, const Array& cond, const Array& a, const Array& b
 void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
 // glu_gemm.cu: glu(x·w_gateᵀ, x·w_upᵀ) for x [R, K] and weights [N, K], all contiguous ->
 // [R, N]. As one GEMM on sm_90 for bf16 where R ≥ 256, N % 128 == 0 and K % 64 == 0 up to
-// 1,536; up to 64 rows, both GEMMs in one launch (matmul_pair) and then the activation;
-// an empty Array (nothing done) otherwise.
+// 1,536; otherwise, up to kPairedRowsUpTo rows, both GEMMs in one launch (matmul_pair) and
+// then the activation; an empty Array (nothing done) otherwise.
 Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
                        const Array& w_up);
 // matmul.cpp
@@ -34,18 +34,11 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
 // (nothing done) where the distance is no whole number of elements or past 2^31 of them.
 // All contiguous, one dtype.
 std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1);
-// Products of at most this many rows (decode steps) take matmul_pair where two GEMMs share
-// an input: each is paced by its launch and latency more than by its weights. Measured at
-// 16 and 64 rows; a 128-token prompt's prefill keeps two GEMMs.
-constexpr int64_t kPairedRowsUpTo = 64;
-// gemm_tiles.cpp: out [M, N] = x [M, K] · w [N, K]ᵀ in bf16 (rows dense, leading dimensions
-// ldx and ldw) through cuBLASLt at the tile measured fastest for this shape, where one is
-// known; false (nothing done) otherwise. tuned_gemms() counts the products it ran, and
-// gemm_tile_plans() the plans kept (at most 32, the ones used last).
-bool gemm_at_preferred_tile(const Context& ctx, const void* w, int64_t ldw, const void* x, int64_t ldx, void* out,
-                            int64_t m, int64_t n, int64_t k);
-int64_t tuned_gemms();
-size_t gemm_tile_plans();
+// Products of at most this many rows (decode steps, short prompts) take matmul_pair where
+// two GEMMs share an input (k and v; gate and up below glu_gemm.cu's rows): each is paced by
+// its launch more than by its weights, and on the host each GEMM call costs about 11 µs.
+// Measured at 16 and 64 rows, then at 128 and 512 (bench/NOTES.md, "The first token").
+constexpr int64_t kPairedRowsUpTo = 512;
 // reduce.cu
 void reduce(const Context& ctx, detail::ReduceOp op, const Array& in, const Array& out);
 void argmax(const Context& ctx, const Array& in, const Array& out);

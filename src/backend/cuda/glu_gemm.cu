@@ -245,22 +245,11 @@ int resident_blocks(const Context& ctx) {
   });
 }
 
-}  // namespace
-
-Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
-                       const Array& w_up) {
+// The one kernel, where its shape, dtype and GPU allow it; an empty Array otherwise.
+Array glu_gemm(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate, const Array& w_up) {
   static const char* const mode = std::getenv("LMX_GLU_GEMM");  // "0": off; "all": any K
   static const bool enabled = !mode || std::strcmp(mode, "0") != 0, any_k = mode && std::strcmp(mode, "all") == 0;
   const int64_t m = x.shape(0), k = x.shape(1), n = w_gate.shape(0);
-  if (m <= kPairedRowsUpTo && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
-    // Decode steps: two small GEMMs, each paced by its latency more than by its weights, in
-    // one launch side by side; then the activation, as the composition rounds it.
-    const auto [gate, up] = matmul_pair(ctx, x, w_gate, w_up);  // [R, N] each
-    if (!gate.valid()) return {};
-    Array out({m, n}, x.dtype(), x.device());  // [R, N]
-    glu(ctx, act, gate, up, out);
-    return out;
-  }
   if (!enabled || ctx.compute_capability != 90 || size_t(ctx.max_smem_per_block) < kSmem) return {};
   if (x.dtype() != Dtype::bf16 || w_gate.dtype() != Dtype::bf16 || w_up.dtype() != Dtype::bf16) return {};
   // (Row and tile indices are ints in the kernel, with a tile pair of slack past m.)
@@ -283,6 +272,22 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
                            int(n), int(k)),
         "glu_gemm_kernel");
   check_launch("glu_gemm_kernel");
+  return out;
+}
+
+}  // namespace
+
+Array gated_projection(const Context& ctx, fast::GluActivation act, const Array& x, const Array& w_gate,
+                       const Array& w_up) {
+  if (Array out = glu_gemm(ctx, act, x, w_gate, w_up); out.valid()) return out;
+  const int64_t m = x.shape(0), n = w_gate.shape(0);
+  if (m > kPairedRowsUpTo || x.dtype() != w_gate.dtype() || x.dtype() != w_up.dtype()) return {};
+  // Decode steps and short prompts: two small GEMMs, each paced by its launch more than by
+  // its weights, in one launch side by side; then the activation, as the composition rounds it.
+  const auto [gate, up] = matmul_pair(ctx, x, w_gate, w_up);  // [R, N] each
+  if (!gate.valid()) return {};
+  Array out({m, n}, x.dtype(), x.device());  // [R, N]
+  glu(ctx, act, gate, up, out);
   return out;
 }
 

@@ -113,7 +113,7 @@ class CudaKernels final : public detail::Kernels {
     return cuda::gated_projection(ctx(), act, x, w_gate, w_up);
   }
   std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1) override {
-    // Decode steps' few rows only: larger products keep cuBLAS's pick for each GEMM.
+    // Decode steps and short prompts only: longer ones keep a GEMM for each weight.
     if (x.shape(0) > kPairedRowsUpTo) return {};
     return cuda::matmul_pair(ctx(), x, w0, w1);
   }

@@ -1,6 +1,5 @@
-// Batched matmul through cublasGemmStridedBatchedEx (or, for a few large bf16 shapes,
-// cuBLASLt at a measured tile: gemm_tiles.cpp): f32, f16 and bf16 inputs, f32
-// accumulation (never TF32), one rounding to the output dtype. Transposes and
+// Batched matmul through the backend's GEMM (gemm.cpp: cuBLASLt plans or cuBLAS): f32, f16
+// and bf16 inputs, f32 accumulation (never TF32), one rounding to the output dtype. Transposes and
 // broadcast batches come from the strides; other layouts are copied dense first.
 #include <algorithm>
 #include <cstddef>
@@ -9,6 +8,7 @@
 #include <utility>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/gemm.h"
 #include "core/error.h"
 
 namespace lmx::cuda {
@@ -51,11 +51,6 @@ Operand operand(const Context& ctx, const Array& x) {
   return {dense, *gemm_view(r, c, c, 1)};
 }
 
-void check_int(int64_t v, const char* what) {
-  LMX_CHECK(v <= int64_t(INT32_MAX), "matmul", what, " of ", v,
-            " is too large for cuBLAS; split the product");
-}
-
 }  // namespace
 
 void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out) {
@@ -80,28 +75,19 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
       nb = 1;
     }
   }
-  for (int64_t v : {nb, m, n, k}) check_int(v, "a dimension");
-  check_int(oa.view.ld, "a leading dimension");
-  check_int(ob.view.ld, "a leading dimension");
-  const cudaDataType_t t = blas_type(a.dtype());
-  if (nb == 1 && t == CUDA_R_16BF && ob.view.op == CUBLAS_OP_T && oa.view.op == CUBLAS_OP_N &&
-      gemm_at_preferred_tile(ctx, ob.data.raw(), ob.view.ld, oa.data.raw(), oa.view.ld, out.raw(), m, n, k))
-    return;
-  const float alpha = 1.0f, beta = 0.0f;
   // A batch of one has no stride to speak of; broadcast batches have stride 0.
-  const int64_t stride_a = nb == 1 ? 0 : oa.data.strides()[0],
-                stride_b = nb == 1 ? 0 : ob.data.strides()[0];
-  check_blas(cublasGemmStridedBatchedEx(
-                 ctx.blas, ob.view.op, oa.view.op, int(n), int(m), int(k), &alpha, ob.data.raw(), t,
-                 int(ob.view.ld), stride_b, oa.data.raw(), t, int(oa.view.ld), stride_a, &beta,
-                 out.raw(), t, int(n), m * n, int(nb), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             "cublasGemmStridedBatchedEx");
+  Gemm g;
+  g.op_a = ob.view.op, g.op_b = oa.view.op, g.m = n, g.n = m, g.k = k, g.batch = nb;
+  g.a = ob.data.raw(), g.lda = ob.view.ld, g.stride_a = nb == 1 ? 0 : ob.data.strides()[0];
+  g.b = oa.data.raw(), g.ldb = oa.view.ld, g.stride_b = nb == 1 ? 0 : oa.data.strides()[0];
+  g.c = out.raw(), g.ldc = n, g.stride_c = m * n;
+  g.type = blas_type(a.dtype());
+  gemm(ctx, g, "matmul");
 }
 
 std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1) {
   // x [M, K], w0 and w1 [N, K], all contiguous and of one dtype
   const int64_t m = x.shape(0), k = x.shape(1), n = w0.shape(0);
-  for (int64_t v : {m, n, k}) check_int(v, "a dimension");
   const std::ptrdiff_t bytes = static_cast<const char*>(w1.raw()) - static_cast<const char*>(w0.raw());
   const std::ptrdiff_t item = std::ptrdiff_t(itemsize(x.dtype()));
   // The stride is 64-bit in cuBLAS's interface; a layer's weights lie near one another, and
@@ -111,12 +97,13 @@ std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Ar
   // less is not one cuBLAS documents.
   const Array& lo = bytes > 0 ? w0 : w1;
   Array out({2, m, n}, x.dtype(), x.device());  // [2, M, N]: the lower address's product first
-  const cudaDataType_t t = blas_type(x.dtype());
-  const float alpha = 1.0f, beta = 0.0f;
-  check_blas(cublasGemmStridedBatchedEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
-                                        lo.raw(), t, int(k), std::abs(bytes) / item, x.raw(), t, int(k), 0, &beta,
-                                        out.raw(), t, int(n), m * n, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             "cublasGemmStridedBatchedEx");
+  Gemm g;
+  g.op_a = CUBLAS_OP_T, g.op_b = CUBLAS_OP_N, g.m = n, g.n = m, g.k = k, g.batch = 2;
+  g.a = lo.raw(), g.lda = k, g.stride_a = std::abs(bytes) / item;
+  g.b = x.raw(), g.ldb = k, g.stride_b = 0;
+  g.c = out.raw(), g.ldc = n, g.stride_c = m * n;
+  g.type = blas_type(x.dtype());
+  gemm(ctx, g, "matmul (a pair of weights)");
   auto part = [&](int64_t i) { return reshape(slice_axis(out, 0, i, i + 1), {m, n}); };
   return bytes > 0 ? std::pair{part(0), part(1)} : std::pair{part(1), part(0)};
 }
