@@ -420,8 +420,9 @@ TEST(Cuda, GemmAtThePreferredTileMatchesTheCpu) {
 
 // Small products (a short prompt's, a decode step's) run through a cuBLASLt plan kept per
 // shape: the same products through cuBLAS's own call (LMX_GEMM_PLANS=0) agree within a
-// rounding, for a plain product, a batch of them with a broadcast operand, and the paired
-// k/v product with its batch stride from one weight to the other.
+// rounding, for a plain product, a batch folded into one product over a shared weight, a
+// strided batch, and the paired k/v product with its batch stride from one weight to the
+// other and its input shared (stride 0).
 TEST(Cuda, SmallGemmsThroughKeptPlansMatchCublas) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible";
   const Array x = random_uniform({128, 1024}, 31, -1, 1, Dtype::bf16, kGpu);

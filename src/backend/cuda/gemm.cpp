@@ -1,13 +1,15 @@
-// Every GEMM of the backend's ops (matmul, the paired k/v product, the attention's scores and
+// Every GEMM of the backend's ops (matmul, the paired projections, the attention's scores and
 // values): through cuBLASLt with a plan kept per shape, or through cublasGemmStridedBatchedEx.
 //
-// Why plans: cublasGemmStridedBatchedEx spends about 12 µs of host time a call on the H200's
-// host (it plans the call every time), while a 128-token prompt's products take 2-7 µs each
-// on the GPU. A prompt of Qwen3-0.6B makes 252 of them, so its prefill waited on the host:
-// about 3 ms of an 8 ms first token (bench/NOTES.md, "The first token"). cublasLtMatmul
-// with the descriptors and the algorithm kept costs a fraction of that. Products of up to
-// kPlannedFlops take a plan; larger ones keep cuBLAS's own call, whose host time their GPU
-// time hides, and whose pick the classification and long-prompt figures were measured with.
+// Why plans: a short prompt's prefill waits on the host, not the GPU. A 128-token prompt of
+// Qwen3-0.6B makes 252 products that take 2-7 µs each on the GPU, and cuBLAS's call cost
+// about 12.5 µs of host time each on the H200 machine: about 3 ms of its first token
+// (bench/NOTES.md p46). cublasLtMatmul with the descriptors and the algorithm kept per shape
+// measured 11.3 µs there (the same kernels: the heuristic's first is cuBLAS's pick), a
+// smaller gain than expected; fewer products did more (matmul_pair up to kPairedRowsUpTo
+// rows). Products of up to kPlannedFlops take a plan; larger ones keep cuBLAS's own call,
+// whose host time their GPU time hides, and with which the classification and long-prompt
+// figures were measured.
 //
 // Why a tile table: a classification pass holds the H200 at its 700 W power cap, the SM
 // clock near 1,500-1,600 MHz, and there the time of a GEMM follows what it spends, not what
