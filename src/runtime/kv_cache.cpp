@@ -78,16 +78,34 @@ void RotatingLayerCache::write(const Array& ring, int64_t first, const Array& sr
   if (n1 < count) assign(slice_axis(ring, 2, 0, count - n1), slice_axis(src, 2, n1, count));
 }
 
+void RotatingLayerCache::hold(const Shape& like, Dtype dtype, Device device) {
+  if (k_.valid()) return;
+  const Shape shape{like[0], like[1], window_, like[3]};  // [B, Hkv, window, D]
+  k_ = Array(shape, dtype, device);
+  v_ = Array(shape, dtype, device);
+}
+
+bool RotatingLayerCache::first_prompt_fits(int64_t l) const { return pos_ == 0 && l >= 1 && l <= window_; }
+
 fast::CacheSlots RotatingLayerCache::slots(const Shape& shape, Dtype dtype, Device device) {
   check_like(k_, shape, dtype, device);
-  if (shape[2] != 1 || pos_ < 1 || !k_.valid()) return {};
+  const int64_t l = shape[2];
+  if (first_prompt_fits(l)) {  // positions 0..l-1 in slots 0..l-1: as write() would place them
+    hold(shape, dtype, device);
+    return {slice_axis(k_, 2, 0, l), slice_axis(v_, 2, 0, l)};
+  }
+  if (l != 1 || pos_ < 1 || !k_.valid()) return {};
   const int64_t s = pos_ % window_;
   return {slice_axis(k_, 2, s, s + 1), slice_axis(v_, 2, s, s + 1)};
 }
 
 nn::LayerCache::View RotatingLayerCache::stored(int64_t l) {
-  LMX_CHECK(l == 1 && pos_ >= 1 && k_.valid(), "kv_cache", "a rotating cache stores in place only one decode "
-            "token at a time, after the prompt (ask slots() first)");
+  if (k_.valid() && first_prompt_fits(l)) {  // the first prompt, in place: causal and window masks
+    pos_ = l;
+    return {slice_axis(k_, 2, 0, l), slice_axis(v_, 2, 0, l), 0, false};
+  }
+  LMX_CHECK(l == 1 && pos_ >= 1 && k_.valid(), "kv_cache", "a rotating cache stores in place only a first "
+            "prompt within its window, or one decode token at a time after it (ask slots() first)");
   // The new token sees every held position (at most window - 1 before it).
   ++pos_;
   const int64_t held = std::min(pos_, window_);
@@ -97,18 +115,15 @@ nn::LayerCache::View RotatingLayerCache::stored(int64_t l) {
 nn::LayerCache::View RotatingLayerCache::update(const Array& k, const Array& v) {
   check_like(k_, k.shape(), k.dtype(), k.device());
   const int64_t l = k.shape(2);
-  if (!k_.valid()) {
-    const Shape shape{k.shape(0), k.shape(1), window_, k.shape(3)};
-    k_ = Array(shape, k.dtype(), k.device());
-    v_ = Array(shape, v.dtype(), v.device());
-  }
-  if (const fast::CacheSlots s = slots(k.shape(), k.dtype(), k.device()); s.k.valid()) {  // decode
+  hold(k.shape(), k.dtype(), k.device());
+  if (const fast::CacheSlots s = slots(k.shape(), k.dtype(), k.device()); s.k.valid()) {  // in place
     assign(s.k, k);
     assign(s.v, v);
-    return stored(1);
+    return stored(l);
   }
-  // Prefill: attend over the held tail plus the new chunk, in order, with the usual
-  // causal and window masks; then keep the last `window` positions.
+  // A later prompt, or a first one past the window: attend over the held tail plus the new
+  // chunk, in order, with the usual causal and window masks; then keep the last `window`
+  // positions.
   const int64_t kept = std::min(pos_, window_ - 1);
   const Array keys = kept ? concatenate({read(k_, pos_ - kept, kept), k}, 2) : k;
   const Array vals = kept ? concatenate({read(v_, pos_ - kept, kept), v}, 2) : v;

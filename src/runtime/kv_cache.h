@@ -41,7 +41,9 @@ class RotatingLayerCache final : public nn::LayerCache {
   explicit RotatingLayerCache(int64_t window) : window_(window) {}
   int64_t next_position() const override { return pos_; }
   View update(const Array& k, const Array& v) override;
-  // Decode steps only (one token, something held): its slot p % window.
+  // Decode steps (one token, something held): its slot p % window. And a first prompt
+  // that fits the window: slots 0..L-1, so that its keys and values go straight into the
+  // ring (one launch with the RoPE, not two copies after it; bench/NOTES.md p46).
   fast::CacheSlots slots(const Shape& shape, Dtype dtype, Device device) override;
   View stored(int64_t l) override;
   // Positions past the window are gone and slots get reused, so the only cuts that
@@ -53,6 +55,8 @@ class RotatingLayerCache final : public nn::LayerCache {
   void commit_one() override { ++pos_; }
 
  private:
+  void hold(const Shape& like, Dtype dtype, Device device);  // the ring, made at the first keys
+  bool first_prompt_fits(int64_t l) const;
   Array read(const Array& ring, int64_t first, int64_t count) const;  // chronological [B, H, count, D]
   void write(const Array& ring, int64_t first, const Array& src);     // src chronological
   Array k_, v_;  // [B, Hkv, window, D]

@@ -63,6 +63,11 @@ TEST(RotatingCacheTest, EqualsFullAttentionWithTheSlidingMask) {
   // Prefill chunks longer than the window between decode steps.
   KVCache chunks(*model, true);
   EXPECT_LE(max_rel_diff(chunked_logits(*model, chunks, t, {3, 20, 1, 1, 13, 1, 30, 11}), full), 1e-5);
+  // A first prompt of exactly the window, stored in place, then one past it.
+  KVCache window(*model, true);
+  EXPECT_LE(max_rel_diff(chunked_logits(*model, window, t, {8, 1, 1, 30, 40}), full), 1e-5);
+  KVCache past(*model, true);
+  EXPECT_LE(max_rel_diff(chunked_logits(*model, past, t, {9, 71}), full), 1e-5);
   // Memory stays bounded: sliding layers hold exactly `window` slots.
   for (nn::LayerCache* l : decode.layers())
     if (auto* r = dynamic_cast<RotatingLayerCache*>(l)) {
@@ -137,11 +142,28 @@ TEST(ContiguousCacheTest, SlotsAreTheNextPositionsAndStoredCountsThem) {
   EXPECT_EQ(cache.next_position(), 5);
 }
 
-TEST(RotatingCacheTest, SlotsOnlyForDecodeSteps) {
+// A rotating cache's in-place slots: a first prompt that fits the window goes straight to
+// slots 0..L-1 (where update() would write it); a later chunk, or a first prompt past the
+// window, takes update(); a decode step its slot p % window.
+TEST(RotatingCacheTest, SlotsForAFirstPromptInTheWindowAndForDecodeSteps) {
   RotatingLayerCache cache(4);
-  EXPECT_FALSE(cache.slots({1, 2, 1, 8}, Dtype::f32, Device::cpu()).k.valid());  // nothing held: update()
-  cache.update(full({1, 2, 6, 8}, 1.0), full({1, 2, 6, 8}, 1.0));                // positions 0-5
-  EXPECT_FALSE(cache.slots({1, 2, 2, 8}, Dtype::f32, Device::cpu()).k.valid());  // a chunk: update()
+  EXPECT_THROW(cache.stored(1), Error);  // nothing asked for yet
+  EXPECT_FALSE(cache.slots({1, 2, 5, 8}, Dtype::f32, Device::cpu()).k.valid());  // past the window: update()
+  const fast::CacheSlots first = cache.slots({1, 2, 3, 8}, Dtype::f32, Device::cpu());
+  ASSERT_TRUE(first.k.valid());
+  ASSERT_EQ(first.k.shape(), Shape({1, 2, 3, 8}));
+  assign(first.k, full({1, 2, 3, 8}, 5.0));
+  assign(first.v, full({1, 2, 3, 8}, 6.0));
+  EXPECT_EQ(cache.next_position(), 0);  // not counted until stored()
+  const nn::LayerCache::View prompt = cache.stored(3);
+  EXPECT_FALSE(prompt.all_visible);  // the causal and window masks apply
+  EXPECT_EQ(prompt.q_offset, 0);
+  EXPECT_EQ(cache.next_position(), 3);
+  EXPECT_EQ(to_floats(prompt.k), std::vector<float>(48, 5.0f));
+  EXPECT_EQ(to_floats(prompt.v), std::vector<float>(48, 6.0f));
+  EXPECT_EQ(cache.slots(), 4);
+  EXPECT_FALSE(cache.slots({1, 2, 2, 8}, Dtype::f32, Device::cpu()).k.valid());  // a later chunk: update()
+  cache.update(full({1, 2, 3, 8}, 1.0), full({1, 2, 3, 8}, 1.0));                // positions 3-5
   const fast::CacheSlots s = cache.slots({1, 2, 1, 8}, Dtype::f32, Device::cpu());
   ASSERT_TRUE(s.k.valid());
   assign(s.k, full({1, 2, 1, 8}, 9.0));
@@ -150,6 +172,11 @@ TEST(RotatingCacheTest, SlotsOnlyForDecodeSteps) {
   EXPECT_EQ(view.q_offset, 3);
   EXPECT_EQ(to_floats(slice_axis(view.k, 2, 2, 3)), std::vector<float>(16, 9.0f));
   EXPECT_THROW(cache.stored(2), Error);
+  // update() of a first prompt in the window stores it in place too.
+  RotatingLayerCache fresh(4);
+  const nn::LayerCache::View whole = fresh.update(full({1, 2, 4, 8}, 2.0), full({1, 2, 4, 8}, 3.0));
+  EXPECT_EQ(fresh.next_position(), 4);
+  EXPECT_EQ(to_floats(whole.k), std::vector<float>(64, 2.0f));
 }
 
 // A batch's prefill in passes of a few positions (runtime::prefill_rows): rows of other
