@@ -10,9 +10,11 @@
 // Variants:
 //   01  cublasGemmEx with CUBLAS_GEMM_DEFAULT, the step's call
 //   02  cuBLASLt, every one of the heuristic's first 16 candidates; the fastest is printed
-//       with its ids (algorithm, tile, stages, split-K)
-// Prints µs per product, the weights' TB/s and its ratio to 4.3 TB/s, and the ratio of 02
-// to 01; exits 1 if a variant's sampled outputs stray from float64 sums.
+//       with its ids (tile, split-K)
+//   03  02 among the candidates that need no reduction kernel after them: no split-K, or
+//       split-K parts summed in place in the output (CUBLASLT_REDUCTION_SCHEME_INPLACE)
+// Prints µs per product, the weights' TB/s and its ratio to 4.3 TB/s, and the ratios of 02
+// and 03 to 01; exits 1 if a variant's sampled outputs stray from float64 sums.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -105,8 +107,8 @@ int main() {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1, 1);
   bool ok = true;
-  std::printf("%-13s %-10s %5s %5s %4s | %8s %6s | %8s %6s %6s  the fastest candidate\n", "model", "product", "N", "K",
-              "M", "01 us", "TB/s", "02 us", "TB/s", "02/01");
+  std::printf("%-13s %-10s %5s %5s %4s | %8s %6s | %8s %6s %6s | %8s %6s  the fastest candidates\n", "model",
+              "product", "N", "K", "M", "01 us", "TB/s", "02 us", "TB/s", "02/01", "03 us", "03/01");
   for (const Shape& s : kShapes) {
     const size_t wbytes = size_t(s.n) * s.k * sizeof(bf16);
     const int copies = int(kPool / wbytes);
@@ -132,7 +134,8 @@ int main() {
         std::printf("  CHECK FAILED: 01 %s %s M=%d relative error %.3g\n", s.model, s.what, m, e);
         ok = false;
       }
-      // 02: the same product through cuBLASLt, each candidate.
+      // 02: the same product through cuBLASLt, each candidate; 03: only the candidates that
+      // sum split-K parts inside the GEMM (or do not split), so that no reduction kernel follows.
       cublasLtMatmulDesc_t desc;
       cublasLtMatrixLayout_t la, lb, lc;
       CHECK_STATUS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -142,41 +145,54 @@ int main() {
       CHECK_STATUS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.k, s.n, s.k));
       CHECK_STATUS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, s.k, m, s.k));
       CHECK_STATUS(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, s.n, m, s.n));
-      cublasLtMatmulPreference_t pref;
-      CHECK_STATUS(cublasLtMatmulPreferenceCreate(&pref));
-      CHECK_STATUS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
-                                                      sizeof kWorkspace));
-      cublasLtMatmulHeuristicResult_t res[16];
-      int found = 0;
-      CHECK_STATUS(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 16, res, &found));
-      float best = 1e30f;
-      int best_i = -1;
-      for (int i = 0; i < found; ++i) {
-        auto run = [&](int c) {
-          CHECK_STATUS(cublasLtMatmul(lt, desc, &one, w_of(c), la, x, lb, &zero, y, lc, y, lc, &res[i].algo,
-                                      workspace, kWorkspace, stream));
-        };
-        const float us = graph_us(run, copies);
-        CHECK(cudaStreamSynchronize(stream));
-        if (const double e = check(hx, hw, y, m, s.n, s.k); e > 1e-4) {
-          std::printf("  CHECK FAILED: 02 candidate %d %s %s M=%d relative error %.3g\n", i, s.model, s.what, m, e);
-          ok = false;
+      struct Best {
+        float us = 1e30f;
+        int i = -1, found = 0;
+        cublasLtMatmulAlgo_t algo{};
+      };
+      auto fastest = [&](uint32_t reduction_mask, const char* variant) {
+        cublasLtMatmulPreference_t pref;
+        CHECK_STATUS(cublasLtMatmulPreferenceCreate(&pref));
+        CHECK_STATUS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
+                                                        sizeof kWorkspace));
+        CHECK_STATUS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                        &reduction_mask, sizeof reduction_mask));
+        cublasLtMatmulHeuristicResult_t res[16];
+        Best best;
+        CHECK_STATUS(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 16, res, &best.found));
+        for (int i = 0; i < best.found; ++i) {
+          auto run = [&](int c) {
+            CHECK_STATUS(cublasLtMatmul(lt, desc, &one, w_of(c), la, x, lb, &zero, y, lc, y, lc, &res[i].algo,
+                                        workspace, kWorkspace, stream));
+          };
+          const float us = graph_us(run, copies);
+          CHECK(cudaStreamSynchronize(stream));
+          if (const double e = check(hx, hw, y, m, s.n, s.k); e > 1e-4) {
+            std::printf("  CHECK FAILED: %s candidate %d %s %s M=%d relative error %.3g\n", variant, i, s.model,
+                        s.what, m, e);
+            ok = false;
+          }
+          if (us < best.us) best.us = us, best.i = i, best.algo = res[i].algo;
         }
-        if (us < best) best = us, best_i = i;
-      }
-      auto id = [&](cublasLtMatmulAlgoConfigAttributes_t a) {
+        CHECK_STATUS(cublasLtMatmulPreferenceDestroy(pref));
+        return best;
+      };
+      const Best any = fastest(CUBLASLT_REDUCTION_SCHEME_MASK, "02");
+      const Best inplace = fastest(CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE, "03");
+      auto id = [](const Best& b, cublasLtMatmulAlgoConfigAttributes_t a) {
         uint32_t v = 0;
         size_t got = 0;
-        return cublasLtMatmulAlgoConfigGetAttribute(&res[best_i].algo, a, &v, sizeof v, &got) ==
-                       CUBLAS_STATUS_SUCCESS ? int(v) : -1;
+        return b.i >= 0 && cublasLtMatmulAlgoConfigGetAttribute(&b.algo, a, &v, sizeof v, &got) ==
+                               CUBLAS_STATUS_SUCCESS ? int(v) : -1;
       };
       const double tb = double(wbytes) / 1e12;
-      std::printf("%-13s %-10s %5d %5d %4d | %8.2f %6.2f | %8.2f %6.2f %6.3f  #%d of %d: algo %d tile %d stages %d "
-                  "split %d\n",
-                  s.model, s.what, s.n, s.k, m, ex, tb / (ex * 1e-6), best, tb / (best * 1e-6), best / ex, best_i,
-                  found, id(CUBLASLT_ALGO_CONFIG_ID), id(CUBLASLT_ALGO_CONFIG_TILE_ID),
-                  id(CUBLASLT_ALGO_CONFIG_STAGES_ID), id(CUBLASLT_ALGO_CONFIG_SPLITK_NUM));
-      CHECK_STATUS(cublasLtMatmulPreferenceDestroy(pref));
+      std::printf("%-13s %-10s %5d %5d %4d | %8.2f %6.2f | %8.2f %6.2f %6.3f | %8.2f %6.3f  02: #%d of %d, tile %d "
+                  "split %d; 03: #%d of %d, tile %d split %d scheme %d\n",
+                  s.model, s.what, s.n, s.k, m, ex, tb / (ex * 1e-6), any.us, tb / (any.us * 1e-6), any.us / ex,
+                  inplace.us, inplace.us / ex, any.i, any.found, id(any, CUBLASLT_ALGO_CONFIG_TILE_ID),
+                  id(any, CUBLASLT_ALGO_CONFIG_SPLITK_NUM), inplace.i, inplace.found,
+                  id(inplace, CUBLASLT_ALGO_CONFIG_TILE_ID), id(inplace, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+                  id(inplace, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME));
       for (cublasLtMatrixLayout_t l : {la, lb, lc}) CHECK_STATUS(cublasLtMatrixLayoutDestroy(l));
       CHECK_STATUS(cublasLtMatmulDescDestroy(desc));
     }

@@ -380,31 +380,75 @@ void launch_rows(cudaStream_t stream, bool pdl, const GemvInput& in, const GemvO
 //
 // Past 8 sequences the vectors no longer fit a block's shared memory beside its work, and
 // a product over 16 to hundreds of vectors is a GEMM: cuBLAS runs it. A phase is then a
-// kernel that forms the vectors (form_vectors, kWideRowsPerBlock sequences a block) into
-// bf16 [B, K] in memory, the GEMMs into f32 [B, N] (two matrices of one shape in one
-// strided launch), and, for the gated activation and the LM head, a kernel that finishes
-// the outputs. The gated activation writes the down projection's vectors itself.
-constexpr int kWideRowsPerBlock = 2;
+// kernel that forms the vectors into bf16 [B, K] in memory (form_wide_kernel), the GEMMs
+// into f32 [B, N] (two matrices of one shape in one strided launch), and, for the gated
+// activation and the LM head, a kernel that finishes the outputs. The gated activation
+// writes the down projection's vectors itself.
 constexpr int kArgmaxThreads = 1024;
+// The forming kernel: a block per sequence, each thread up to kFormPer 4-column groups.
+constexpr int kFormMaxThreads = 1024, kFormPer = 4;
+constexpr int kFormMaxK = kFormMaxThreads * kFormPer * 4;
 
-// Shared memory of a forming block: the block's sums, then its vectors before the norm.
-size_t wide_form_smem(const GemvInput& in) {
-  return size_t(kWarps) * kMaxStepRows * 4 +
-         (in.add || in.norm ? size_t(kWideRowsPerBlock) * in.k * 4 : 0);
+// Threads of a forming block for K columns: one 4-column group each where K allows.
+int form_threads(int k) { return std::clamp((k / 4 + 31) / 32 * 32, 64, kFormMaxThreads); }
+
+// The sum of v over the block, in every thread; red holds a float a warp.
+__device__ inline float block_total(float v, float* red) {
+  v = warp_reduce(v, Sum{});
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0;
+  for (int w = 0; w < int(blockDim.x / 32); ++w) total += red[w];
+  return total;
 }
 
-__global__ void __launch_bounds__(kThreads) form_wide_kernel(GemvInput in, bf16* xs) {
-  extern __shared__ __align__(16) unsigned char smem[];
+// Sequence b's vector (GemvInput: residual add, Gemma 3's norm of the addend, RMSNorm) into
+// xs [b, K] in bf16. Every load of the sequence (x, the addend, both norms' weights) is
+// issued at once and the values stay in registers: one trip to memory and one or two block
+// sums, where forming several sequences a block (form_vectors) made three passes over
+// memory with a block sum between them.
+__global__ void __launch_bounds__(kFormMaxThreads) form_wide_kernel(GemvInput in, bf16* xs) {
+  __shared__ float red[2][32];
   wait_for_previous_kernel();
-  const int first = int(blockIdx.x) * kWideRowsPerBlock;
-  const size_t at = size_t(first) * in.k;  // its sequences' start in every [B, K] array
-  GemvInput mine = in;
-  mine.rows = ::min(kWideRowsPerBlock, in.rows - first);
-  mine.x += at;
-  if (in.add) mine.add += at;
-  if (in.x_out) mine.x_out += at;
-  float* red = reinterpret_cast<float*>(smem);
-  form_vectors(mine, xs + at, in.k, red + kWarps * kMaxStepRows, red, true);
+  const int k = in.k;
+  const size_t at = size_t(blockIdx.x) * k;  // the sequence's start in every [B, K] array
+  const bool add_norm = in.add && in.add_norm;
+  float4 v[kFormPer], a[kFormPer], anw[kFormPer], nw[kFormPer];
+  float ss = 0;
+#pragma unroll
+  for (int i = 0; i < kFormPer; ++i) {
+    const int c = (int(threadIdx.x) + i * int(blockDim.x)) * 4;
+    if (c >= k) continue;
+    v[i] = *reinterpret_cast<const float4*>(in.x + at + c);
+    if (in.add) a[i] = *reinterpret_cast<const float4*>(in.add + at + c);
+    if (add_norm) anw[i] = norm_weights4(in.add_norm, c, in.gemma);
+    if (in.norm) nw[i] = norm_weights4(in.norm, c, in.gemma);
+    if (add_norm) ss = sumsq4(a[i], ss);
+  }
+  if (in.add) {
+    // Gemma 3's sandwich: the block output is normed before it is added.
+    const float scale = add_norm ? rsqrtf(block_total(ss, red[0]) / float(k) + in.eps) : 1.0f;
+    ss = 0;
+#pragma unroll
+    for (int i = 0; i < kFormPer; ++i) {
+      const int c = (int(threadIdx.x) + i * int(blockDim.x)) * 4;
+      if (c >= k) continue;
+      v[i] = add4(v[i], add_norm ? mul4(scale4(a[i], scale), anw[i]) : a[i]);
+      if (in.x_out) *reinterpret_cast<float4*>(in.x_out + at + c) = v[i];
+    }
+  }
+  float scale = 1.0f;
+  if (in.norm) {
+#pragma unroll
+    for (int i = 0; i < kFormPer; ++i)
+      if ((int(threadIdx.x) + i * int(blockDim.x)) * 4 < k) ss = sumsq4(v[i], ss);
+    scale = rsqrtf(block_total(ss, red[1]) / float(k) + in.eps);
+  }
+#pragma unroll
+  for (int i = 0; i < kFormPer; ++i) {
+    const int c = (int(threadIdx.x) + i * int(blockDim.x)) * 4;
+    if (c < k) store_bf16x4(xs + at + c, in.norm ? mul4(scale4(v[i], scale), nw[i]) : v[i]);
+  }
 }
 
 // xs [n] = bf16(act(gate) * up), over every sequence's outputs at once.
@@ -483,7 +527,7 @@ int grid_for(int64_t n) { return int(std::min<int64_t>((n + kThreads - 1) / kThr
 std::string gemm_rows_unsupported(const GemvInput& in) {
   if (in.rows < 1) return "at least one sequence";
   if (in.k % 4 != 0) return "products over a multiple of 4 columns";
-  if (wide_form_smem(in) > kMaxSmem) return "inputs that fit in shared memory";
+  if (in.k > kFormMaxK) return "inputs of at most 16,384 columns";
   return "";
 }
 
@@ -493,10 +537,8 @@ void launch_gemm_rows(const Context& c, bool pdl, const GemvInput& in, const Gem
   LMX_CHECK(why.empty(), "fused decode", "the wide batched step takes only ", why);
   const int rows = in.rows, k = in.k;
   if (!formed) {
-    allow_shared_memory(form_wide_kernel, kMaxSmem);
-    launch("fused wide inputs", form_wide_kernel, c.stream, pdl,
-           dim3((rows + kWideRowsPerBlock - 1) / kWideRowsPerBlock), dim3(kThreads),
-           wide_form_smem(in), in, s.vectors);
+    launch("fused wide inputs", form_wide_kernel, c.stream, pdl, dim3(rows), dim3(form_threads(k)), 0, in,
+           s.vectors);
   }
   switch (out.epilogue) {
     case Epilogue::plain: {  // the stacked matrices side by side in y [rows, n]
