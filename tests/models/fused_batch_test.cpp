@@ -70,7 +70,22 @@ struct BatchCase {
   int64_t slots = 8;  // the caches' first size (they grow); a long one takes longer attention chunks
   bool packed = true;  // q, k and v in one allocation, as loaded (one GEMM on the wide step)
   int64_t prompt = 12;  // the padded prompt's length
+  // LMX_FUSED_WIDE_FROM while the decoder is made (0: the step's own choice), and the path
+  // it must then take (null: not checked).
+  int wide_from = 0;
+  const char* path = nullptr;
 };
+
+// The case's decoder, made under its LMX_FUSED_WIDE_FROM, on the path it names.
+std::unique_ptr<fast::FusedDecoder> batch_decoder(const models::CausalLM& model, const BatchCase& c, int rows) {
+  if (c.wide_from > 0) setenv("LMX_FUSED_WIDE_FROM", std::to_string(c.wide_from).c_str(), 1);
+  auto fused = model.fused_decoder(rows);
+  unsetenv("LMX_FUSED_WIDE_FROM");
+  if (fused && c.path) {
+    EXPECT_STREQ(fused->path(), c.path) << c.name << ", " << rows << " rows";
+  }
+  return fused;
+}
 
 class FusedBatchTest : public ::testing::TestWithParam<BatchCase> {};
 
@@ -84,7 +99,7 @@ TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
   const Device gpu = Device::cuda(0);
   const auto model = random_model(GetParam().config, gpu, 0.05f, GetParam().packed);
   const int64_t rows = GetParam().rows, steps = 40, vocab = model->spec().vocab_size;
-  const auto fused = model->fused_decoder(int(rows));
+  const auto fused = batch_decoder(*model, GetParam(), int(rows));
   ASSERT_NE(fused, nullptr) << "CUDA steps " << rows << " sequences of bf16 " << GetParam().name;
   ASSERT_EQ(fused->rows(), rows);
 
@@ -157,7 +172,7 @@ TEST_P(FusedBatchTest, ChainedStepsEqualSingleStepsAndPipelinedReads) {
   std::vector<int32_t> prompt;
   for (int64_t i = 0; i < rows * n; ++i) prompt.push_back(int32_t((i * 37 + 5) % 997));
   auto run = [&](int mode) {  // 0: chained, read at the end; 1: single steps; 2: chained, pipelined reads
-    const auto fused = model->fused_decoder(int(rows));
+    const auto fused = batch_decoder(*model, GetParam(), int(rows));
     KVCache cache(model->num_layers(), 64);
     (void)model->forward(to_device(from_vector(prompt, {rows, n}), gpu), cache.layers());
     std::vector<int32_t> tok(size_t(rows), 3), out;
@@ -193,7 +208,11 @@ INSTANTIATE_TEST_SUITE_P(Families, FusedBatchTest,
                          ::testing::Values(BatchCase{"llama", kLlamaBatch, 1}, BatchCase{"llama", kLlamaBatch, 3},
                                            BatchCase{"llama", kLlamaBatch, 8}, BatchCase{"gemma3", kGemma3, 1},
                                            BatchCase{"qwen3", kQwen3Batch, 2}, BatchCase{"qwen3", kQwen3Batch, 5},
-                                           BatchCase{"gemma3", kGemma3, 4}, BatchCase{"gemma3", kGemma3, 8},
+                                           // Gemma 3's sandwich norms take the GEMMs from 2 rows
+                                           // (wide_step); its GEMVs are kept for LMX_FUSED_WIDE_FROM
+                                           BatchCase{"gemma3", kGemma3, 4, 8, true, 12, 0, "gemm-graph"},
+                                           BatchCase{"gemma3_gemv", kGemma3, 4, 8, true, 12, 9, "graph"},
+                                           BatchCase{"gemma3_gemv", kGemma3, 8, 8, true, 12, 9, "graph"},
                                            // 1,024 slots: 64-key chunks for 8 rows of 2 kv heads,
                                            // 48 for 5 (fit_attention_split, on 132 SMs)
                                            BatchCase{"llama_long_cache", kLlamaBatch, 8, 1024},

@@ -44,7 +44,7 @@
 // LMX_FUSED_BATCH_SPLIT=0 gives a batch's attention the single sequence's short chunks;
 // LMX_FUSED_ROWS_HELD=N copies N chunks of a batched GEMV's first weights before its wait
 // (fused_gemv_rows.cu; 2 by default, 0 none);
-// LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_from);
+// LMX_FUSED_WIDE_FROM=N runs batches of N or more sequences on cuBLAS GEMMs (wide_step);
 // LMX_FUSED_STREAM_FROM, LMX_FUSED_STREAM_MIN (stream_from) and LMX_FUSED_STREAM_THREADS
 // (128 or 256) say where and in what blocks their attention streams the keys, and
 // LMX_FUSED_STREAM_SPLIT=1, 2 or 4 caps the blocks a kv head takes (4 by default);
@@ -70,14 +70,27 @@ namespace {
 
 using fused::bf16;
 
-// From how many sequences a batched step runs each product as a cuBLAS GEMM
-// (fused::launch_gemm_rows) rather than as the tensor-core GEMV of fused_gemv_rows.cu,
-// which takes at most kMaxStepRows. LMX_FUSED_WIDE_FROM sets it (2 to kMaxStepRows + 1).
 int rows_from(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return std::max(2, v ? std::atoi(v) : fallback);
 }
-int wide_from() { return std::min(rows_from("LMX_FUSED_WIDE_FROM", fused::kMaxStepRows + 1), fused::kMaxStepRows + 1); }
+// Whether a batched step runs each product as a cuBLAS GEMM (fused::launch_gemm_rows) rather
+// than as the tensor-core GEMV of fused_gemv_rows.cu, which takes at most kMaxStepRows.
+// Measured with 128 + 256 tokens (bench/NOTES.md p47), the GEMMs against the GEMV:
+// Gemma3-1B 1.09x at 2 and 3 sequences, 1.10x at 4, 1.35x at 6, 1.06x at 8: the GEMV forms
+// its sandwich-normed inputs in every block, in three passes. Llama-3.2-1B 0.98x at 2, 1.00x
+// at 4, 1.29x at 6, 1.26x at 8: every block of the GEMV reads all [rows, intermediate] of
+// the down projection's inputs. Qwen3-0.6B 0.84x at 4, 0.87x at 6, 0.98x at 8: its products
+// are small, and each GEMM has a fixed cost of a few µs. So the GEMMs take sandwich norms,
+// and rows × intermediate from kWideDownInputs (Llama from 5 sequences, Qwen3 never below
+// 9). LMX_FUSED_WIDE_FROM=N: the GEMMs from N sequences (2 to kMaxStepRows + 1), any model.
+constexpr int64_t kWideDownInputs = 40960;
+bool wide_step(const fast::FusedDecoderWeights& w, int rows) {
+  if (rows < 2) return false;
+  if (std::getenv("LMX_FUSED_WIDE_FROM"))
+    return rows >= std::min(rows_from("LMX_FUSED_WIDE_FROM", 0), fused::kMaxStepRows + 1);
+  return rows > fused::kMaxStepRows || w.sandwich || rows * w.layers[0].down.shape(1) >= kWideDownInputs;
+}
 // From how many sequences a batched step's attention streams the keys (launch_stream_attention),
 // not chunks, where its blocks (a sequence's kv head each) reach stream_min_blocks: fewer idle SMs
 // (Gemma3-1B's one kv head: 0.93x the chunks at batch 16, 1.05x at 64; Qwen3's eight: 1.20x at 16).
@@ -101,7 +114,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
       : device_(device), rows_(rows), w_(std::move(w)), graphs_(switch_on("LMX_FUSED_GRAPH")),
         pdl_(switch_on("LMX_FUSED_PDL")),
-        wide_rows_(rows > 1 && rows >= wide_from()), stream_attention_(rows > 1 && rows >= stream_from()) {
+        wide_rows_(wide_step(w, rows)), stream_attention_(rows > 1 && rows >= stream_from()) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
@@ -622,7 +635,7 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   std::vector<fused::AttentionStep> attention_;
   std::vector<fused::StepPhase> plan_;
   std::vector<const char*> names_;  // of plan_'s phases
-  bool wide_rows_;  // each product a GEMM (wide_from)
+  bool wide_rows_;  // each product a GEMM (wide_step)
   bool stream_attention_;  // stream_from, where every layer's heads allow it
   fused::WideScratch wide_;
   Array wide_vectors_, wide_gated_;
@@ -647,7 +660,7 @@ std::unique_ptr<fast::FusedDecoder> make_fused_decoder(int device, const fast::F
     auto fits = [&](int64_t k, bool normed) {  // normed inputs are staged in f32 as well
       fused::GemvInput in;
       in.rows = rows, in.k = int(k), in.norm = normed ? bf(w.final_norm) : nullptr;
-      return (rows >= wide_from() ? fused::gemm_rows_unsupported(in) : fused::gemv_rows_unsupported(in, {})).empty();
+      return (wide_step(w, rows) ? fused::gemm_rows_unsupported(in) : fused::gemv_rows_unsupported(in, {})).empty();
     };
     if (!fits(w.embed.shape(1), true)) return nullptr;
     for (const fast::FusedLayerWeights& l : w.layers)
