@@ -114,7 +114,8 @@ class CudaFusedDecoder final : public fast::FusedDecoder {
   CudaFusedDecoder(int device, fast::FusedDecoderWeights w, int rows)
       : device_(device), rows_(rows), w_(std::move(w)), graphs_(switch_on("LMX_FUSED_GRAPH")),
         pdl_(switch_on("LMX_FUSED_PDL")),
-        wide_rows_(wide_step(w, rows)), stream_attention_(rows > 1 && rows >= stream_from()) {
+        wide_rows_(wide_step(w_, rows)),  // w_: w is moved from by now
+        stream_attention_(rows > 1 && rows >= stream_from()) {
     if (const char* skip = std::getenv("LMX_FUSED_SKIP")) skip_ = skip;
     auto env_int = [](const char* name, int fallback) {
       const char* v = std::getenv(name);
