@@ -71,20 +71,24 @@ struct BatchCase {
   bool packed = true;  // q, k and v in one allocation, as loaded (one GEMM on the wide step)
   int64_t prompt = 12;  // the padded prompt's length
   // LMX_FUSED_WIDE_FROM while the decoder is made (0: the step's own choice), and the path
-  // it must then take (null: not checked).
+  // its steps must take (null: not checked).
   int wide_from = 0;
   const char* path = nullptr;
 };
 
-// The case's decoder, made under its LMX_FUSED_WIDE_FROM, on the path it names.
+// The case's decoder, made under its LMX_FUSED_WIDE_FROM.
 std::unique_ptr<fast::FusedDecoder> batch_decoder(const models::CausalLM& model, const BatchCase& c, int rows) {
   if (c.wide_from > 0) setenv("LMX_FUSED_WIDE_FROM", std::to_string(c.wide_from).c_str(), 1);
   auto fused = model.fused_decoder(rows);
   unsetenv("LMX_FUSED_WIDE_FROM");
-  if (fused && c.path) {
-    EXPECT_STREQ(fused->path(), c.path) << c.name << ", " << rows << " rows";
-  }
   return fused;
+}
+
+// After a step: the path the case names, where it names one.
+void expect_path(const fast::FusedDecoder& fused, const BatchCase& c) {
+  if (c.path) {
+    EXPECT_STREQ(fused.path(), c.path) << c.name << ", " << c.rows << " rows";
+  }
 }
 
 class FusedBatchTest : public ::testing::TestWithParam<BatchCase> {};
@@ -158,6 +162,7 @@ TEST_P(FusedBatchTest, EachRowsLogitsMatchThePlainPath) {
     }
   }
   EXPECT_EQ(fast.length(), plain.length());
+  expect_path(*fused, GetParam());
   std::printf("[ info ] %s, %lld rows: worst relative L2 over %lld positions %.2e\n", GetParam().name,
               (long long)rows, (long long)steps, worst);
 }
@@ -196,6 +201,7 @@ TEST_P(FusedBatchTest, ChainedStepsEqualSingleStepsAndPipelinedReads) {
       const std::vector<int32_t> t = fused->wait_tokens();
       out.insert(out.end(), t.begin(), t.end());
     }
+    expect_path(*fused, GetParam());
     return mode == 0 ? fused->tokens(24) : out;
   };
   const std::vector<int32_t> single = run(1);
