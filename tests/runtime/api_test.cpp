@@ -299,10 +299,10 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
 // On CUDA in bf16, greedy batch_generate takes the batched fused step (the prefill stays
 // on the plain ops): tensor-core GEMVs, or GEMMs for Gemma 3's sandwich norms. What the
 // runtime adds to the step is checked here: every row decodes to its length, and a stop
-// token ends each row exactly where it first appears, the other rows unchanged. The step's numbers are FusedBatchTest's (each row's logits against the
-// plain ops, left padding included); its tokens are not compared with the plain ops' here,
-// since the fixtures' weights (initializer_range 0.02) leave near-ties that bf16 rounding
-// differences flip.
+// token ends each row exactly where it first appears, the other rows unchanged. The step's
+// numbers are FusedBatchTest's (each row's logits against the plain ops, left padding
+// included); its tokens are not compared with the plain ops' here, since the fixtures'
+// weights (initializer_range 0.02) leave near-ties that bf16 rounding differences flip.
 TEST(ApiTest, CudaBatchGenerateRunsOnTheFusedStepAndStopsRowsAtTheirStopToken) {
   if (!cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
   const LoadOptions lo = cuda_bf16();
