@@ -1,6 +1,6 @@
 // Kernel lab for the persistent decode step (src/backend/cuda/fused_persistent.cu): how
 // fast one block per SM can stream weights through shared memory, and what a grid-wide
-// barrier costs. From the repository root: nvcc -O3 -std=c++20 -arch=sm_90a -Isrc bench/kernels/stream_lab.cu
+// barrier costs. From the repository root: nvcc -O3 -std=c++20 -arch=sm_90a -Isrc -Iinclude bench/kernels/stream_lab.cu
 //
 //   01  grid barrier (64-bit counter that only grows, relaxed polls): µs per barrier
 //   02  ring of bulk async copies (cp.async.bulk + mbarrier), thread 0 refills a slot once
@@ -9,6 +9,12 @@
 //   04  03 with a producer warp: consumers free slots on an "empty" mbarrier and never
 //       wait for the refill
 //   05  cp.async (16 bytes per thread) ring, all threads copy, with the arithmetic
+//   06  04 for B = 1, 2, 4 or 8 vectors on the tensor cores, as a batched persistent step
+//       would take them: mma m16n8k16 with the vectors (bf16, shared memory) as A's rows
+//       and a stage's 8 weight rows as B's columns; the 8 consumer warps split each stage's
+//       columns and add their 8 x B sums through shared memory once a stage (a named
+//       barrier), as a step's outputs need. Does the ring still stream at the copy limit
+//       with B times the arithmetic and a reduction a stage?
 //
 // Each streaming variant reads the same 1 GiB of bf16 rows of 2048 columns (1 GiB is far
 // beyond L2, as a decode step's weights are) and, where it computes, checks its sum of
@@ -23,6 +29,7 @@
 
 #include "lab.cuh"
 #include "backend/cuda/async_copy.cuh"
+#include "backend/cuda/mma.cuh"
 
 using namespace lmx::cuda;  // the library's mbarrier and bulk-copy helpers
 
@@ -192,6 +199,77 @@ __global__ void cp_async_kernel(const __nv_bfloat16* w, long long rows_total, co
   if (threadIdx.x % 32 == 0) atomicAdd(sum, double(total));
 }
 
+// ---------------------------------------------------------------- 06 producer warp, mma over B vectors
+// Shared memory: the ring, then the vectors [kB, kK] bf16, then two sets of the warps' sums
+// [2][kConsumers / 32][64] (a stage's set alternates, so one barrier a stage suffices).
+template <int kB>
+__global__ void mma_rows_kernel(const __nv_bfloat16* w, long long rows_total, const __nv_bfloat16* x, int slots,
+                                int slot_bytes, double* sum) {
+  constexpr int kWarps = kConsumers / 32;
+  extern __shared__ __align__(128) unsigned char sm[];
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(sm + size_t(slots) * slot_bytes);
+  float* red = reinterpret_cast<float*>(xs + size_t(kB) * kK);
+  __shared__ uint64_t full[16], empty[16];
+  const long long r0 = blockIdx.x * rows_total / gridDim.x, r1 = (blockIdx.x + 1) * rows_total / gridDim.x;
+  const int per = slot_bytes / (kK * 2);  // rows a stage: 8 for 32 KiB
+  const long long stages = (r1 - r0 + per - 1) / per;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1), mbarrier_init(&empty[i], kWarps);
+    mbarrier_init_fence();
+  }
+  for (int i = threadIdx.x * 8; i < kB * kK; i += blockDim.x * 8)
+    *reinterpret_cast<uint4*>(xs + i) = *reinterpret_cast<const uint4*>(x + i);
+  __syncthreads();
+  if (threadIdx.x >= kConsumers) {  // the producer warp
+    if (threadIdx.x != kConsumers) return;
+    for (long long st = 0; st < stages; ++st) {
+      const int slot = int(st % slots);
+      if (st >= slots) mbarrier_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
+      const long long r = r0 + st * per;
+      const unsigned n = unsigned(::min((long long)per, r1 - r));
+      mbarrier_expect(&full[slot], n * kK * 2);
+      bulk_copy(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
+    }
+    return;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // Lane (g, t): vector g (A's row g; rows g + 8 are zero) and weight row g (B's column g),
+  // columns 8t..8t+7 of each 32-column chunk: two k-steps' operands from one 16-byte load
+  // of each (a dot product takes its columns in any order if both operands agree).
+  const __nv_bfloat16* xrow = xs + size_t(g % kB) * kK;
+  float total = 0;
+  for (long long st = 0; st < stages; ++st) {
+    const int slot = int(st % slots);
+    mbarrier_wait(&full[slot], unsigned(st / slots) & 1u);
+    const int n = int(::min((long long)per, r1 - (r0 + st * per)));
+    const __nv_bfloat16* stage = reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes);
+    const __nv_bfloat16* wrow = stage + size_t(g < n ? g : 0) * kK;
+    float c[4] = {0, 0, 0, 0};
+    constexpr int kCols = kK / kWarps;  // a warp's columns of the stage
+#pragma unroll 4
+    for (int c0 = warp * kCols; c0 < (warp + 1) * kCols; c0 += 32) {
+      const uint4 wv = *reinterpret_cast<const uint4*>(wrow + c0 + 8 * t);
+      const uint4 xv = *reinterpret_cast<const uint4*>(xrow + c0 + 8 * t);
+      const uint32_t a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
+      mma_16816<bfloat_t>(c, a0, wv.x, wv.y);
+      mma_16816<bfloat_t>(c, a1, wv.z, wv.w);
+    }
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(&empty[slot]);
+    // c0, c1: vector g against weight rows 2t and 2t + 1 over this warp's columns.
+    float* mine = red + (size_t(st & 1) * kWarps + warp) * 64;
+    mine[g * 8 + 2 * t] = c[0], mine[g * 8 + 2 * t + 1] = c[1];
+    asm volatile("bar.sync 1, %0;" ::"n"(kConsumers));
+    if (threadIdx.x < 64) {  // output (vector v, row r) summed over the warps
+      const int v = threadIdx.x / 8, r = threadIdx.x % 8;
+      float o = 0;
+      for (int k = 0; k < kWarps; ++k) o += red[(size_t(st & 1) * kWarps + k) * 64 + threadIdx.x];
+      if (v < kB && r < n) total += o;
+    }
+  }
+  if (threadIdx.x < 64) atomicAdd(sum, double(total));
+}
+
 __global__ void reference_kernel(const __nv_bfloat16* w, long long rows_total, const float* x, double* sum) {
   float total = 0;
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
@@ -283,5 +361,44 @@ int main() {
     ok &= report("04 producer warp, GEMV math", s, b, producer_kernel, kConsumers + 32, true);
   ok &= report("05 cp.async ring, GEMV math", 5, 32 << 10, cp_async_kernel<5>, kConsumers, true);
   ok &= report("05 cp.async ring, GEMV math", 10, 16 << 10, cp_async_kernel<10>, kConsumers, true);
+  // 06: the same weights against kB bf16 vectors; the check is the sum over vectors and
+  // rows, that is every row against the vectors' sum.
+  __nv_bfloat16* xb;
+  CHECK(cudaMalloc(&xb, size_t(8) * kK * 2));
+  auto report_mma = [&](int b, auto kernel) {
+    std::vector<__nv_bfloat16> hb(size_t(b) * kK);
+    std::vector<float> xsum(kK, 0.0f);
+    for (int v = 0; v < b; ++v)
+      for (int i = 0; i < kK; ++i) {
+        hb[size_t(v) * kK + i] = __float2bfloat16(float((i * 37 + v * 11) % 101) / 100.0f - 0.5f);
+        xsum[size_t(i)] += __bfloat162float(hb[size_t(v) * kK + i]);
+      }
+    CHECK(cudaMemcpy(xb, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(x, xsum.data(), kK * 4, cudaMemcpyHostToDevice));
+    CHECK(cudaMemset(sum, 0, 8));
+    reference_kernel<<<sms * 8, 256>>>(w, rows, x, sum);
+    double want_b = 0;
+    CHECK(cudaMemcpy(&want_b, sum, 8, cudaMemcpyDeviceToHost));
+    const int slots = 5, slot_bytes = 32 << 10;
+    const size_t smem = size_t(slots) * slot_bytes + size_t(b) * kK * 2 + 2 * (kConsumers / 32) * 64 * 4;
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const double ms = time_ms(
+        [&] {
+          CHECK(cudaMemsetAsync(sum, 0, 8));
+          kernel<<<sms, kConsumers + 32, smem>>>(w, rows, xb, slots, slot_bytes, sum);
+        },
+        5);
+    double got = 0;
+    CHECK(cudaMemcpy(&got, sum, 8, cudaMemcpyDeviceToHost));
+    const bool good = std::fabs(got - want_b) <= 1e-3 * std::fabs(want_b) + 1.0;
+    std::printf("06 producer warp, mma, %d vectors, slots %d x %d KiB: %.3f ms, %.2f TB/s = %.2fx 4.3 TB/s%s\n", b,
+                slots, slot_bytes >> 10, ms, bytes / ms / 1e9, bytes / ms / 1e9 / 4.3,
+                good ? "" : "  CHECK FAILED");
+    return good;
+  };
+  ok &= report_mma(1, mma_rows_kernel<1>);
+  ok &= report_mma(2, mma_rows_kernel<2>);
+  ok &= report_mma(4, mma_rows_kernel<4>);
+  ok &= report_mma(8, mma_rows_kernel<8>);
   return ok ? 0 : 1;
 }
