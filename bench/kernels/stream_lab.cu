@@ -124,6 +124,22 @@ __global__ void ring_kernel(const __nv_bfloat16* w, long long rows_total, const 
 }
 
 // ---------------------------------------------------------------- 04 producer warp
+// The producer warp's loop (04, 06): rows [r0, r1) in stages of a slot each, a stage
+// issued once its slot's consumers have freed it.
+__device__ void produce(const __nv_bfloat16* w, unsigned char* sm, int slots, int slot_bytes, long long r0,
+                        long long r1, uint64_t* full, uint64_t* empty) {
+  const int per = slot_bytes / (kK * 2);
+  const long long stages = (r1 - r0 + per - 1) / per;
+  for (long long st = 0; st < stages; ++st) {
+    const int slot = int(st % slots);
+    if (st >= slots) mbarrier_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
+    const long long r = r0 + st * per;
+    const unsigned n = unsigned(::min((long long)per, r1 - r));
+    mbarrier_expect(&full[slot], n * kK * 2);
+    bulk_copy(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
+  }
+}
+
 __global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, const float* x, int slots, int slot_bytes,
                                 double* sum) {
   extern __shared__ __align__(128) unsigned char sm[];
@@ -140,14 +156,7 @@ __global__ void producer_kernel(const __nv_bfloat16* w, long long rows_total, co
   __syncthreads();
   if (threadIdx.x >= kConsumers) {  // the producer warp
     if (threadIdx.x != kConsumers) return;
-    for (long long st = 0; st < stages; ++st) {
-      const int slot = int(st % slots);
-      if (st >= slots) mbarrier_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
-      const long long r = r0 + st * per;
-      const unsigned n = unsigned(::min((long long)per, r1 - r));
-      mbarrier_expect(&full[slot], n * kK * 2);
-      bulk_copy(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
-    }
+    produce(w, sm, slots, slot_bytes, r0, r1, full, empty);
     return;
   }
   float total = 0;
@@ -222,14 +231,7 @@ __global__ void mma_rows_kernel(const __nv_bfloat16* w, long long rows_total, co
   __syncthreads();
   if (threadIdx.x >= kConsumers) {  // the producer warp
     if (threadIdx.x != kConsumers) return;
-    for (long long st = 0; st < stages; ++st) {
-      const int slot = int(st % slots);
-      if (st >= slots) mbarrier_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
-      const long long r = r0 + st * per;
-      const unsigned n = unsigned(::min((long long)per, r1 - r));
-      mbarrier_expect(&full[slot], n * kK * 2);
-      bulk_copy(sm + size_t(slot) * slot_bytes, w + r * kK, n * kK * 2, &full[slot]);
-    }
+    produce(w, sm, slots, slot_bytes, r0, r1, full, empty);
     return;
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
