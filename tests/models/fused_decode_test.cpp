@@ -401,12 +401,19 @@ TEST(FusedDecodeLongCache, PersistentLogitsMatchThePlainPath) {
 TEST(FusedDecodeLongPrompt, SumsAndMergesOfSeveralTripsMatchThePlainPath) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   const Device gpu = Device::cuda(0);
-  for (const char* setting : {"", "LMX_FUSED_SUMS", "LMX_FUSED_SUMS_HEADROOM"}) {
-    SCOPED_TRACE(*setting ? setting : "the sums");
-    if (*setting) ASSERT_EQ(setenv(setting, std::string_view(setting).ends_with("SUMS") ? "0" : "-1e30", 1), 0);
+  struct Setting {
+    const char* name;  // null: the defaults
+    const char* value;
+  };
+  for (const Setting& s : {Setting{nullptr, nullptr}, Setting{"LMX_FUSED_SUMS", "0"},
+                           Setting{"LMX_FUSED_SUMS_HEADROOM", "-1e30"}}) {
+    SCOPED_TRACE(s.name ? s.name : "the sums");
+    if (s.name) {
+      ASSERT_EQ(setenv(s.name, s.value, 1), 0);
+    }
     expect_logits_match_plain(FusedCase{"qwen3_long_prompt", kQwen3, false, true}, 8, gpu, false, 200);
     expect_logits_match_plain(FusedCase{"gemma3_long_prompt", kGemma3, false, true}, 8, gpu, false, 200);
-    if (*setting) unsetenv(setting);
+    if (s.name) unsetenv(s.name);
   }
 }
 
