@@ -393,23 +393,12 @@ constexpr int kFormMaxK = kFormMaxThreads * kFormPer * 4;
 // Threads of a forming block for K columns: one 4-column group each where K allows.
 int form_threads(int k) { return std::clamp((k / 4 + 31) / 32 * 32, 64, kFormMaxThreads); }
 
-// The sum of v over the block, in every thread; red holds a float a warp.
-__device__ inline float block_total(float v, float* red) {
-  v = warp_reduce(v, Sum{});
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0;
-  for (int w = 0; w < int(blockDim.x / 32); ++w) total += red[w];
-  return total;
-}
-
 // Sequence b's vector (GemvInput: residual add, Gemma 3's norm of the addend, RMSNorm) into
 // xs [b, K] in bf16. Every load of the sequence (x, the addend, both norms' weights) is
 // issued at once and the values stay in registers: one trip to memory and one or two block
 // sums, where forming several sequences a block (form_vectors) made three passes over
 // memory with a block sum between them.
 __global__ void __launch_bounds__(kFormMaxThreads) form_wide_kernel(GemvInput in, bf16* xs) {
-  __shared__ float red[2][32];
   wait_for_previous_kernel();
   const int k = in.k;
   const size_t at = size_t(blockIdx.x) * k;  // the sequence's start in every [B, K] array
@@ -428,7 +417,7 @@ __global__ void __launch_bounds__(kFormMaxThreads) form_wide_kernel(GemvInput in
   }
   if (in.add) {
     // Gemma 3's sandwich: the block output is normed before it is added.
-    const float scale = add_norm ? rsqrtf(block_total(ss, red[0]) / float(k) + in.eps) : 1.0f;
+    const float scale = add_norm ? rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps) : 1.0f;
     ss = 0;
 #pragma unroll
     for (int i = 0; i < kFormPer; ++i) {
@@ -443,7 +432,7 @@ __global__ void __launch_bounds__(kFormMaxThreads) form_wide_kernel(GemvInput in
 #pragma unroll
     for (int i = 0; i < kFormPer; ++i)
       if ((int(threadIdx.x) + i * int(blockDim.x)) * 4 < k) ss = sumsq4(v[i], ss);
-    scale = rsqrtf(block_total(ss, red[1]) / float(k) + in.eps);
+    scale = rsqrtf(block_reduce(ss, Sum{}) / float(k) + in.eps);
   }
 #pragma unroll
   for (int i = 0; i < kFormPer; ++i) {
@@ -528,7 +517,7 @@ int grid_for(int64_t n) { return int(std::min<int64_t>((n + kThreads - 1) / kThr
 std::string gemm_rows_unsupported(const GemvInput& in) {
   if (in.rows < 1) return "at least one sequence";
   if (in.k % 4 != 0) return "products over a multiple of 4 columns";
-  if (in.k > kFormMaxK) return "inputs of at most 16,384 columns";
+  if (in.k > kFormMaxK) return "inputs of at most " + std::to_string(kFormMaxK) + " columns";
   return "";
 }
 
