@@ -15,6 +15,12 @@
 //       columns and add their 8 x B sums through shared memory once a stage (a named
 //       barrier), as a step's outputs need. Does the ring still stream at the copy limit
 //       with B times the arithmetic and a reduction a stage?
+//   07  06 as a chain of phases, the skeleton of a batched persistent step's GEMV phases:
+//       each phase's B input vectors are the phase before's outputs (f32, written by every
+//       block), RMS-normed and rounded to bf16 by every block, and a grid barrier follows
+//       each phase. Phases of 2,048 rows x 2,048 columns (8 MiB, about a quarter of a
+//       Qwen3-0.6B layer), 112 of them (28 such layers). Against 06's chain with neither
+//       inputs nor barriers: what does a phase boundary cost with B vectors, next to one?
 //
 // Each streaming variant reads the same 1 GiB of bf16 rows of 2048 columns (1 GiB is far
 // beyond L2, as a decode step's weights are) and, where it computes, checks its sum of
@@ -272,6 +278,175 @@ __global__ void mma_rows_kernel(const __nv_bfloat16* w, long long rows_total, co
   if (threadIdx.x < 64) atomicAdd(sum, double(total));
 }
 
+// ---------------------------------------------------------------- 07 a chain of phases, B vectors
+constexpr int kPhaseRows = 2048;  // rows a phase: its outputs are the next phase's kK inputs
+
+// The consumers' own barrier (the producer warp never joins it).
+__device__ __forceinline__ void sync_consumers() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers)); }
+
+// x [kB, kK] f32 from L2 (every block's outputs of the phase before), each vector RMS-normed
+// (weights nw) and rounded into xs [kB, kK] bf16. sq: [kConsumers / 32][8] floats.
+template <int kB>
+__device__ void form_inputs(const float* x, const __nv_bfloat16* nw, __nv_bfloat16* xs, float* sq) {
+  constexpr int V = kK / (4 * kConsumers);  // float4s a vector and thread
+  float4 v[kB][V];
+  float ss[kB];
+#pragma unroll
+  for (int b = 0; b < kB; ++b) {
+    ss[b] = 0;
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      v[b][u] = __ldcg(reinterpret_cast<const float4*>(x + size_t(b) * kK + (threadIdx.x + u * kConsumers) * 4));
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < kB; ++b) {
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      ss[b] += v[b][u].x * v[b][u].x + v[b][u].y * v[b][u].y + v[b][u].z * v[b][u].z + v[b][u].w * v[b][u].w;
+    for (int o = 16; o > 0; o >>= 1) ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], o);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0)
+#pragma unroll
+    for (int b = 0; b < kB; ++b) sq[warp * 8 + b] = ss[b];
+  sync_consumers();
+#pragma unroll
+  for (int b = 0; b < kB; ++b) {
+    float t = 0;
+    for (int w = 0; w < kConsumers / 32; ++w) t += sq[w * 8 + b];
+    const float r = rsqrtf(t / kK + 1e-6f);
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int c = (threadIdx.x + u * kConsumers) * 4;
+      const float4 a = v[b][u];
+      __nv_bfloat16* out = xs + size_t(b) * kK + c;
+      out[0] = __float2bfloat16(a.x * r * __bfloat162float(nw[c]));
+      out[1] = __float2bfloat16(a.y * r * __bfloat162float(nw[c + 1]));
+      out[2] = __float2bfloat16(a.z * r * __bfloat162float(nw[c + 2]));
+      out[3] = __float2bfloat16(a.w * r * __bfloat162float(nw[c + 3]));
+    }
+  }
+  sync_consumers();  // xs is formed; sq may be reused
+}
+
+// The producer warp's loop for 07: every phase's share of rows of this block, in order.
+__device__ void produce_phases(const __nv_bfloat16* w, unsigned char* sm, int slots, int slot_bytes, int phases,
+                               uint64_t* full, uint64_t* empty) {
+  const int per = slot_bytes / (kK * 2);
+  const int r0 = blockIdx.x * kPhaseRows / gridDim.x, r1 = (blockIdx.x + 1) * kPhaseRows / gridDim.x;
+  long long st = 0;
+  for (int p = 0; p < phases; ++p)
+    for (int r = r0; r < r1; r += per, ++st) {
+      const int slot = int(st % slots);
+      if (st >= slots) mbarrier_wait(&empty[slot], unsigned(st / slots - 1) & 1u);
+      const unsigned n = unsigned(::min(per, r1 - r));
+      mbarrier_expect(&full[slot], n * kK * 2);
+      bulk_copy(sm + size_t(slot) * slot_bytes, w + (size_t(p) * kPhaseRows + r) * kK, n * kK * 2, &full[slot]);
+    }
+}
+
+// act [2][kB][kK]: phase p reads act[p % 2] and writes act[(p + 1) % 2] (where kExchange).
+// kExchange false: the inputs are formed once, and only with kBarrier does a grid barrier
+// separate the phases (06's stream, in phases).
+template <int kB, bool kExchange, bool kBarrier = kExchange>
+__global__ void phase_chain_kernel(const __nv_bfloat16* w, int phases, float* act, const __nv_bfloat16* nw,
+                                   unsigned long long* counter, int slots, int slot_bytes) {
+  constexpr int kWarps = kConsumers / 32;
+  extern __shared__ __align__(128) unsigned char sm[];
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(sm + size_t(slots) * slot_bytes);
+  float* red = reinterpret_cast<float*>(xs + size_t(kB) * kK);  // [2][kWarps][64]
+  float* sq = red + 2 * kWarps * 64;                              // [kWarps][8]
+  __shared__ uint64_t full[16], empty[16];
+  const int per = slot_bytes / (kK * 2);
+  const int r0 = blockIdx.x * kPhaseRows / gridDim.x, r1 = (blockIdx.x + 1) * kPhaseRows / gridDim.x;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < slots; ++i) mbarrier_init(&full[i], 1), mbarrier_init(&empty[i], kWarps);
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x >= kConsumers) {
+    if (threadIdx.x == kConsumers) produce_phases(w, sm, slots, slot_bytes, phases, full, empty);
+    return;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const __nv_bfloat16* xrow = xs + size_t(g % kB) * kK;
+  if (!kExchange) form_inputs<kB>(act, nw, xs, sq);
+  unsigned long long target = 0;
+  long long st = 0;
+  for (int p = 0; p < phases; ++p) {
+    if (kExchange) form_inputs<kB>(act + size_t(p % 2) * kB * kK, nw, xs, sq);
+    float* out = act + size_t((p + 1) % 2) * kB * kK;
+    for (int r = r0; r < r1; r += per, ++st) {
+      const int slot = int(st % slots), n = ::min(per, r1 - r);
+      mbarrier_wait(&full[slot], unsigned(st / slots) & 1u);
+      const __nv_bfloat16* wrow = reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes) +
+                                  size_t(g < n ? g : 0) * kK;
+      float c[4] = {0, 0, 0, 0};
+      constexpr int kCols = kK / kWarps;
+#pragma unroll 4
+      for (int c0 = warp * kCols; c0 < (warp + 1) * kCols; c0 += 32) {
+        const uint4 wv = *reinterpret_cast<const uint4*>(wrow + c0 + 8 * t);
+        const uint4 xv = *reinterpret_cast<const uint4*>(xrow + c0 + 8 * t);
+        const uint32_t a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
+        mma_16816<bfloat_t>(c, a0, wv.x, wv.y);
+        mma_16816<bfloat_t>(c, a1, wv.z, wv.w);
+      }
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(&empty[slot]);
+      float* mine = red + (size_t(st & 1) * kWarps + warp) * 64;
+      mine[g * 8 + 2 * t] = c[0], mine[g * 8 + 2 * t + 1] = c[1];
+      sync_consumers();
+      if (threadIdx.x < 64) {  // output (vector v, row r + j) summed over the warps
+        const int v = threadIdx.x / 8, j = threadIdx.x % 8;
+        float o = 0;
+        for (int k = 0; k < kWarps; ++k) o += red[(size_t(st & 1) * kWarps + k) * 64 + threadIdx.x];
+        if (v < kB && j < n && (kExchange || p == phases - 1)) out[size_t(v) * kK + r + j] = o;
+      }
+    }
+    if (kBarrier) {  // every block's outputs in before any block forms the next inputs
+      sync_consumers();
+      if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(counter, 1ull);
+        target += gridDim.x;
+        unsigned long long v;
+        do asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
+        while (v < target);
+        __threadfence();
+      }
+      sync_consumers();
+    }
+  }
+}
+
+// 07's reference, a phase in two plain launches: each vector normed and rounded as
+// form_inputs does, then a warp a (vector, row) in f32.
+__global__ void reference_norm(const float* x, const __nv_bfloat16* nw, __nv_bfloat16* xs) {
+  const float* v = x + size_t(blockIdx.x) * kK;
+  __shared__ float part[32];
+  float ss = 0;
+  for (int i = threadIdx.x; i < kK; i += blockDim.x) ss += v[i] * v[i];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float t = 0;
+  for (int w = 0; w < int(blockDim.x / 32); ++w) t += part[w];
+  const float r = rsqrtf(t / kK + 1e-6f);
+  for (int i = threadIdx.x; i < kK; i += blockDim.x)
+    xs[size_t(blockIdx.x) * kK + i] = __float2bfloat16(v[i] * r * __bfloat162float(nw[i]));
+}
+__global__ void reference_rows(const __nv_bfloat16* w, const __nv_bfloat16* xs, int vectors, float* y) {
+  const int item = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (item >= vectors * kPhaseRows) return;
+  const int v = item / kPhaseRows, r = item % kPhaseRows;
+  float s = 0;
+  for (int c = lane; c < kK; c += 32)
+    s = fmaf(__bfloat162float(w[size_t(r) * kK + c]), __bfloat162float(xs[size_t(v) * kK + c]), s);
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) y[size_t(v) * kK + r] = s;
+}
+
 __global__ void reference_kernel(const __nv_bfloat16* w, long long rows_total, const float* x, double* sum) {
   float total = 0;
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
@@ -402,5 +577,64 @@ int main() {
   ok &= report_mma(2, mma_rows_kernel<2>);
   ok &= report_mma(4, mma_rows_kernel<4>);
   ok &= report_mma(8, mma_rows_kernel<8>);
+
+  // 07: the chain of phases, first checked over 6 phases against the plain launches
+  // (relative L2 of the last outputs), then timed over 112.
+  float *act, *ref;
+  __nv_bfloat16 *nw, *ref_xs;
+  unsigned long long* phase_counter;
+  CHECK(cudaMalloc(&act, size_t(2) * 8 * kK * 4));
+  CHECK(cudaMalloc(&ref, size_t(2) * 8 * kK * 4));
+  CHECK(cudaMalloc(&nw, kK * 2));
+  CHECK(cudaMalloc(&ref_xs, size_t(8) * kK * 2));
+  CHECK(cudaMalloc(&phase_counter, 8));
+  std::vector<__nv_bfloat16> hnw(kK);
+  for (int i = 0; i < kK; ++i) hnw[size_t(i)] = __float2bfloat16(0.5f + float(i % 7) / 7.0f);
+  CHECK(cudaMemcpy(nw, hnw.data(), kK * 2, cudaMemcpyHostToDevice));
+  std::vector<float> hx0(size_t(8) * kK);
+  for (size_t i = 0; i < hx0.size(); ++i) hx0[i] = float((i * 37 + 11) % 101) / 50.0f - 1.0f;
+  const int slots7 = 5, slot_bytes7 = 32 << 10;
+  auto chain = [&](int b, auto kernel, int phases) {
+    const size_t smem = size_t(slots7) * slot_bytes7 + size_t(b) * kK * 2 + 2 * (kConsumers / 32) * 64 * 4 +
+                        (kConsumers / 32) * 8 * 4;
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CHECK(cudaMemcpyAsync(act, hx0.data(), size_t(b) * kK * 4, cudaMemcpyHostToDevice));
+    CHECK(cudaMemsetAsync(phase_counter, 0, 8));
+    kernel<<<sms, kConsumers + 32, smem>>>(w, phases, act, nw, phase_counter, slots7, slot_bytes7);
+  };
+  auto report_chain = [&](int b, auto exchange, auto barrier, auto plain) {
+    const int check_phases = 6;
+    chain(b, exchange, check_phases);
+    CHECK(cudaMemcpy(ref, hx0.data(), size_t(b) * kK * 4, cudaMemcpyHostToDevice));
+    for (int p = 0; p < check_phases; ++p) {
+      reference_norm<<<b, 256>>>(ref + size_t(p % 2) * 8 * kK, nw, ref_xs);
+      reference_rows<<<(b * kPhaseRows * 32 + 255) / 256, 256>>>(w + size_t(p) * kPhaseRows * kK, ref_xs, b,
+                                                                 ref + size_t((p + 1) % 2) * 8 * kK);
+    }
+    std::vector<float> got(size_t(b) * kK), want_c(size_t(b) * kK);
+    CHECK(cudaMemcpy(got.data(), act + size_t(check_phases % 2) * 8 * kK, got.size() * 4, cudaMemcpyDeviceToHost));
+    CHECK(cudaMemcpy(want_c.data(), ref + size_t(check_phases % 2) * 8 * kK, got.size() * 4,
+                     cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) num += double(got[i] - want_c[i]) * (got[i] - want_c[i]),
+                                             den += double(want_c[i]) * want_c[i];
+    const double rel = std::sqrt(num / den);
+    const int phases = 112;
+    const double bytes7 = double(phases) * kPhaseRows * kK * 2;
+    const double ms_x = time_ms([&] { chain(b, exchange, phases); }, 5);
+    const double ms_p = time_ms([&] { chain(b, plain, phases); }, 5);
+    const double ms_b = time_ms([&] { chain(b, barrier, phases); }, 5);
+    const bool good = rel <= 1e-2;
+    std::printf("07 %d vectors, %d phases of 8 MiB: with inputs and barriers %.1f us a phase (%.2f TB/s); "
+                "barriers alone %.1f us; neither %.1f us (%.2f TB/s); a boundary %.2f us; check rel. L2 %.1e over %d "
+                "phases%s\n",
+                b, phases, ms_x * 1e3 / phases, bytes7 / ms_x / 1e9, ms_b * 1e3 / phases, ms_p * 1e3 / phases,
+                bytes7 / ms_p / 1e9, (ms_x - ms_p) * 1e3 / phases, rel, check_phases, good ? "" : "  CHECK FAILED");
+    return good;
+  };
+  ok &= report_chain(1, phase_chain_kernel<1, true>, phase_chain_kernel<1, false, true>, phase_chain_kernel<1, false>);
+  ok &= report_chain(2, phase_chain_kernel<2, true>, phase_chain_kernel<2, false, true>, phase_chain_kernel<2, false>);
+  ok &= report_chain(4, phase_chain_kernel<4, true>, phase_chain_kernel<4, false, true>, phase_chain_kernel<4, false>);
+  ok &= report_chain(8, phase_chain_kernel<8, true>, phase_chain_kernel<8, false, true>, phase_chain_kernel<8, false>);
   return ok ? 0 : 1;
 }
