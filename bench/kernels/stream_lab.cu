@@ -1,6 +1,7 @@
 // Kernel lab for the persistent decode step (src/backend/cuda/fused_persistent.cu): how
 // fast one block per SM can stream weights through shared memory, and what a grid-wide
-// barrier costs. From the repository root: nvcc -O3 -std=c++20 -arch=sm_90a -Isrc -Iinclude bench/kernels/stream_lab.cu -lcublas
+// barrier costs. From the repository root:
+//   nvcc -O3 -std=c++20 -arch=sm_90a -Isrc -Iinclude bench/kernels/stream_lab.cu -lcublas
 //
 //   01  grid barrier (64-bit counter that only grows, relaxed polls): µs per barrier
 //   02  ring of bulk async copies (cp.async.bulk + mbarrier), thread 0 refills a slot once
