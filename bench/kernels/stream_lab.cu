@@ -22,6 +22,10 @@
 //       each phase. Phases of 2,048 rows x 2,048 columns (8 MiB, about a quarter of a
 //       Qwen3-0.6B layer), 112 of them (28 such layers). Against 06's chain with neither
 //       inputs nor barriers: what does a phase boundary cost with B vectors, next to one?
+//   08  07 with each phase's outputs stored in bf16, and their sums of squares added up
+//       across the grid as they are made (an atomic a vector and stage): the next inputs
+//       need half the bytes and no block-wide sum. (Each value is rounded twice, before
+//       and after its norm: the reference rounds so too.)
 //
 // Each streaming variant reads the same 1 GiB of bf16 rows of 2048 columns (1 GiB is far
 // beyond L2, as a decode step's weights are) and, where it computes, checks its sum of
@@ -331,6 +335,36 @@ __device__ void form_inputs(const float* x, const __nv_bfloat16* nw, __nv_bfloat
   sync_consumers();  // xs is formed; sq may be reused
 }
 
+// 08's inputs: x [kB, kK] in bf16 and each vector's sum of squares ss [kB], already summed.
+template <int kB>
+__device__ void form_inputs_half(const __nv_bfloat16* x, const float* ss, const __nv_bfloat16* nw,
+                                 __nv_bfloat16* xs) {
+  constexpr int V = kK / (4 * kConsumers);
+  uint2 v[kB][V];
+  float r[kB];
+#pragma unroll
+  for (int b = 0; b < kB; ++b) {
+    r[b] = __ldcg(ss + b);
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      v[b][u] = __ldcg(reinterpret_cast<const uint2*>(x + size_t(b) * kK + (threadIdx.x + u * kConsumers) * 4));
+  }
+#pragma unroll
+  for (int b = 0; b < kB; ++b) {
+    const float scale = rsqrtf(r[b] / kK + 1e-6f);
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const int c = (threadIdx.x + u * kConsumers) * 4;
+      const float a[4] = {__uint_as_float(v[b][u].x << 16), __uint_as_float(v[b][u].x & 0xffff0000u),
+                          __uint_as_float(v[b][u].y << 16), __uint_as_float(v[b][u].y & 0xffff0000u)};
+      __nv_bfloat16* out = xs + size_t(b) * kK + c;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) out[i] = __float2bfloat16(a[i] * scale * __bfloat162float(nw[c + i]));
+    }
+  }
+  sync_consumers();
+}
+
 // The producer warp's loop for 07: every phase's share of rows of this block, in order.
 __device__ void produce_phases(const __nv_bfloat16* w, unsigned char* sm, int slots, int slot_bytes, int phases,
                                uint64_t* full, uint64_t* empty) {
@@ -349,10 +383,13 @@ __device__ void produce_phases(const __nv_bfloat16* w, unsigned char* sm, int sl
 
 // act [2][kB][kK]: phase p reads act[p % 2] and writes act[(p + 1) % 2] (where kExchange).
 // kExchange false: the inputs are formed once, and only with kBarrier does a grid barrier
-// separate the phases (06's stream, in phases).
-template <int kB, bool kExchange, bool kBarrier = kExchange>
+// separate the phases (06's stream, in phases). kHalf (08): the same in bf16 through half
+// [2][kB][kK], with the sums of squares in ss [3][8] (phase p adds into ss[(p + 1) % 3] and
+// block 0 zeroes ss[(p + 2) % 3], which phase p - 1 read).
+template <int kB, bool kExchange, bool kBarrier = kExchange, bool kHalf = false>
 __global__ void phase_chain_kernel(const __nv_bfloat16* w, int phases, float* act, const __nv_bfloat16* nw,
-                                   unsigned long long* counter, int slots, int slot_bytes) {
+                                   unsigned long long* counter, int slots, int slot_bytes, __nv_bfloat16* half,
+                                   float* ss) {
   constexpr int kWarps = kConsumers / 32;
   extern __shared__ __align__(128) unsigned char sm[];
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(sm + size_t(slots) * slot_bytes);
@@ -372,11 +409,16 @@ __global__ void phase_chain_kernel(const __nv_bfloat16* w, int phases, float* ac
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const __nv_bfloat16* xrow = xs + size_t(g % kB) * kK;
-  if (!kExchange) form_inputs<kB>(act, nw, xs, sq);
+  if (!kExchange && !kHalf) form_inputs<kB>(act, nw, xs, sq);
   unsigned long long target = 0;
   long long st = 0;
   for (int p = 0; p < phases; ++p) {
-    if (kExchange) form_inputs<kB>(act + size_t(p % 2) * kB * kK, nw, xs, sq);
+    if (kHalf) {
+      if (blockIdx.x == 0 && threadIdx.x < 8) ss[(p + 2) % 3 * 8 + threadIdx.x] = 0;
+      form_inputs_half<kB>(half + size_t(p % 2) * kB * kK, ss + p % 3 * 8, nw, xs);
+    } else if (kExchange) {
+      form_inputs<kB>(act + size_t(p % 2) * kB * kK, nw, xs, sq);
+    }
     float* out = act + size_t((p + 1) % 2) * kB * kK;
     for (int r = r0; r < r1; r += per, ++st) {
       const int slot = int(st % slots), n = ::min(per, r1 - r);
@@ -403,6 +445,12 @@ __global__ void phase_chain_kernel(const __nv_bfloat16* w, int phases, float* ac
         float o = 0;
         for (int k = 0; k < kWarps; ++k) o += red[(size_t(st & 1) * kWarps + k) * 64 + threadIdx.x];
         if (v < kB && j < n && (kExchange || p == phases - 1)) out[size_t(v) * kK + r + j] = o;
+        if (kHalf) {
+          if (v < kB && j < n) half[size_t((p + 1) % 2) * kB * kK + size_t(v) * kK + r + j] = __float2bfloat16(o);
+          float q = v < kB && j < n ? o * o : 0.0f;  // the 8 lanes of vector v
+          for (int m = 4; m > 0; m >>= 1) q += __shfl_xor_sync(0xffffffffu, q, m);
+          if (j == 0 && v < kB) atomicAdd(ss + (p + 1) % 3 * 8 + v, q);
+        }
       }
     }
     if (kBarrier) {  // every block's outputs in before any block forms the next inputs
@@ -422,8 +470,8 @@ __global__ void phase_chain_kernel(const __nv_bfloat16* w, int phases, float* ac
 }
 
 // 07's reference, a phase in two plain launches: each vector normed and rounded as
-// form_inputs does, then a warp a (vector, row) in f32.
-__global__ void reference_norm(const float* x, const __nv_bfloat16* nw, __nv_bfloat16* xs) {
+// form_inputs does (with `rounded`, as form_inputs_half does), then a warp a (vector, row) in f32.
+__global__ void reference_norm(const float* x, const __nv_bfloat16* nw, __nv_bfloat16* xs, bool rounded) {
   const float* v = x + size_t(blockIdx.x) * kK;
   __shared__ float part[32];
   float ss = 0;
@@ -435,7 +483,8 @@ __global__ void reference_norm(const float* x, const __nv_bfloat16* nw, __nv_bfl
   for (int w = 0; w < int(blockDim.x / 32); ++w) t += part[w];
   const float r = rsqrtf(t / kK + 1e-6f);
   for (int i = threadIdx.x; i < kK; i += blockDim.x)
-    xs[size_t(blockIdx.x) * kK + i] = __float2bfloat16(v[i] * r * __bfloat162float(nw[i]));
+    xs[size_t(blockIdx.x) * kK + i] =
+        __float2bfloat16((rounded ? __bfloat162float(__float2bfloat16(v[i])) : v[i]) * r * __bfloat162float(nw[i]));
 }
 __global__ void reference_rows(const __nv_bfloat16* w, const __nv_bfloat16* xs, int vectors, float* y) {
   const int item = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
@@ -584,6 +633,10 @@ int main() {
   float *act, *ref;
   __nv_bfloat16 *nw, *ref_xs;
   unsigned long long* phase_counter;
+  __nv_bfloat16* half8;  // 08's outputs [2][8][kK], and their sums of squares [3][8]
+  float* ss8;
+  CHECK(cudaMalloc(&half8, size_t(2) * 8 * kK * 2));
+  CHECK(cudaMalloc(&ss8, 3 * 8 * 4));
   CHECK(cudaMalloc(&act, size_t(2) * 8 * kK * 4));
   CHECK(cudaMalloc(&ref, size_t(2) * 8 * kK * 4));
   CHECK(cudaMalloc(&nw, kK * 2));
@@ -593,7 +646,13 @@ int main() {
   for (int i = 0; i < kK; ++i) hnw[size_t(i)] = __float2bfloat16(0.5f + float(i % 7) / 7.0f);
   CHECK(cudaMemcpy(nw, hnw.data(), kK * 2, cudaMemcpyHostToDevice));
   std::vector<float> hx0(size_t(8) * kK);
-  for (size_t i = 0; i < hx0.size(); ++i) hx0[i] = float((i * 37 + 11) % 101) / 50.0f - 1.0f;
+  std::vector<__nv_bfloat16> hx0b(hx0.size());
+  std::vector<float> hss(3 * 8, 0.0f);
+  for (size_t i = 0; i < hx0.size(); ++i) {
+    hx0[i] = float((i * 37 + 11) % 101) / 50.0f - 1.0f;
+    hx0b[i] = __float2bfloat16(hx0[i]);
+    hss[i / kK] += hx0[i] * hx0[i];
+  }
   const int slots7 = 5, slot_bytes7 = 32 << 10;
   auto chain = [&](int b, auto kernel, int phases) {
     const size_t smem = size_t(slots7) * slot_bytes7 + size_t(b) * kK * 2 + 2 * (kConsumers / 32) * 64 * 4 +
@@ -601,41 +660,56 @@ int main() {
     CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     CHECK(cudaMemcpyAsync(act, hx0.data(), size_t(b) * kK * 4, cudaMemcpyHostToDevice));
     CHECK(cudaMemsetAsync(phase_counter, 0, 8));
-    kernel<<<sms, kConsumers + 32, smem>>>(w, phases, act, nw, phase_counter, slots7, slot_bytes7);
+    CHECK(cudaMemcpyAsync(half8, hx0b.data(), size_t(b) * kK * 2, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpyAsync(ss8, hss.data(), hss.size() * 4, cudaMemcpyHostToDevice));
+    kernel<<<sms, kConsumers + 32, smem>>>(w, phases, act, nw, phase_counter, slots7, slot_bytes7, half8, ss8);
   };
-  auto report_chain = [&](int b, auto exchange, auto barrier, auto plain) {
-    const int check_phases = 6;
-    chain(b, exchange, check_phases);
+  // The relative L2 of the last outputs after `phases` against the plain launches'.
+  auto check_chain = [&](int b, auto kernel, int phases, bool rounded) {
+    chain(b, kernel, phases);
     CHECK(cudaMemcpy(ref, hx0.data(), size_t(b) * kK * 4, cudaMemcpyHostToDevice));
-    for (int p = 0; p < check_phases; ++p) {
-      reference_norm<<<b, 256>>>(ref + size_t(p % 2) * 8 * kK, nw, ref_xs);
+    for (int p = 0; p < phases; ++p) {
+      reference_norm<<<b, 256>>>(ref + size_t(p % 2) * 8 * kK, nw, ref_xs, rounded);
       reference_rows<<<(b * kPhaseRows * 32 + 255) / 256, 256>>>(w + size_t(p) * kPhaseRows * kK, ref_xs, b,
                                                                  ref + size_t((p + 1) % 2) * 8 * kK);
     }
     std::vector<float> got(size_t(b) * kK), want_c(size_t(b) * kK);
-    CHECK(cudaMemcpy(got.data(), act + size_t(check_phases % 2) * 8 * kK, got.size() * 4, cudaMemcpyDeviceToHost));
-    CHECK(cudaMemcpy(want_c.data(), ref + size_t(check_phases % 2) * 8 * kK, got.size() * 4,
-                     cudaMemcpyDeviceToHost));
+    CHECK(cudaMemcpy(got.data(), act + size_t(phases % 2) * 8 * kK, got.size() * 4, cudaMemcpyDeviceToHost));
+    CHECK(cudaMemcpy(want_c.data(), ref + size_t(phases % 2) * 8 * kK, got.size() * 4, cudaMemcpyDeviceToHost));
     double num = 0, den = 0;
     for (size_t i = 0; i < got.size(); ++i) num += double(got[i] - want_c[i]) * (got[i] - want_c[i]),
                                              den += double(want_c[i]) * want_c[i];
-    const double rel = std::sqrt(num / den);
+    return std::sqrt(num / den);
+  };
+  auto report_chain = [&](int b, auto exchange, auto barrier, auto plain, auto halves) {
+    const int check_phases = 6;
+    const double rel = check_chain(b, exchange, check_phases, false);
+    const double rel8 = check_chain(b, halves, check_phases, true);
     const int phases = 112;
     const double bytes7 = double(phases) * kPhaseRows * kK * 2;
     const double ms_x = time_ms([&] { chain(b, exchange, phases); }, 5);
     const double ms_p = time_ms([&] { chain(b, plain, phases); }, 5);
     const double ms_b = time_ms([&] { chain(b, barrier, phases); }, 5);
-    const bool good = rel <= 1e-2;
+    const double ms_h = time_ms([&] { chain(b, halves, phases); }, 5);
+    const bool good = rel <= 1e-2, good8 = rel8 <= 1e-2;
     std::printf("07 %d vectors, %d phases of 8 MiB: with inputs and barriers %.1f us a phase (%.2f TB/s); "
                 "barriers alone %.1f us; neither %.1f us (%.2f TB/s); a boundary %.2f us; check rel. L2 %.1e over %d "
                 "phases%s\n",
                 b, phases, ms_x * 1e3 / phases, bytes7 / ms_x / 1e9, ms_b * 1e3 / phases, ms_p * 1e3 / phases,
                 bytes7 / ms_p / 1e9, (ms_x - ms_p) * 1e3 / phases, rel, check_phases, good ? "" : "  CHECK FAILED");
-    return good;
+    std::printf("08 %d vectors, %d phases of 8 MiB, bf16 outputs and summed squares: %.1f us a phase (%.2f TB/s); a "
+                "boundary %.2f us; check rel. L2 %.1e over %d phases%s\n",
+                b, phases, ms_h * 1e3 / phases, bytes7 / ms_h / 1e9, (ms_h - ms_p) * 1e3 / phases, rel8, check_phases,
+                good8 ? "" : "  CHECK FAILED");
+    return good && good8;
   };
-  ok &= report_chain(1, phase_chain_kernel<1, true>, phase_chain_kernel<1, false, true>, phase_chain_kernel<1, false>);
-  ok &= report_chain(2, phase_chain_kernel<2, true>, phase_chain_kernel<2, false, true>, phase_chain_kernel<2, false>);
-  ok &= report_chain(4, phase_chain_kernel<4, true>, phase_chain_kernel<4, false, true>, phase_chain_kernel<4, false>);
-  ok &= report_chain(8, phase_chain_kernel<8, true>, phase_chain_kernel<8, false, true>, phase_chain_kernel<8, false>);
+  // The kernels of 07 (inputs and barriers, barriers alone, neither) and 08, for B vectors.
+#define CHAIN(B)                                                                                          \
+  report_chain(B, phase_chain_kernel<B, true>, phase_chain_kernel<B, false, true>, phase_chain_kernel<B, false>, \
+               phase_chain_kernel<B, false, true, true>)
+  ok &= CHAIN(1);
+  ok &= CHAIN(2);
+  ok &= CHAIN(4);
+  ok &= CHAIN(8);
   return ok ? 0 : 1;
 }
