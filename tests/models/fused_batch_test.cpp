@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -76,11 +78,17 @@ struct BatchCase {
   const char* path = nullptr;
 };
 
-// The case's decoder, made under its LMX_FUSED_WIDE_FROM.
+// The case's decoder, made under its LMX_FUSED_WIDE_FROM; the variable is then as it was.
 std::unique_ptr<fast::FusedDecoder> batch_decoder(const models::CausalLM& model, const BatchCase& c, int rows) {
-  if (c.wide_from > 0) setenv("LMX_FUSED_WIDE_FROM", std::to_string(c.wide_from).c_str(), 1);
+  if (c.wide_from == 0) return model.fused_decoder(rows);
+  const char* was = std::getenv("LMX_FUSED_WIDE_FROM");
+  const std::optional<std::string> saved = was ? std::optional<std::string>(was) : std::nullopt;
+  setenv("LMX_FUSED_WIDE_FROM", std::to_string(c.wide_from).c_str(), 1);
   auto fused = model.fused_decoder(rows);
-  unsetenv("LMX_FUSED_WIDE_FROM");
+  if (saved)
+    setenv("LMX_FUSED_WIDE_FROM", saved->c_str(), 1);
+  else
+    unsetenv("LMX_FUSED_WIDE_FROM");
   return fused;
 }
 

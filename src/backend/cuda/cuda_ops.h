@@ -31,8 +31,8 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
 void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out);
 // {x·w0ᵀ, x·w1ᵀ} [M, N] each for x [M, K] and two separately stored weights [N, K], as one
 // batched GEMM whose batch stride is the distance between the weights; two empty Arrays
-// (nothing done) where the distance is no whole number of elements or past 2^31 of them.
-// All contiguous, one dtype.
+// (nothing done) past kPairedRowsUpTo rows, or where the distance is no whole number of
+// elements or past 2^31 of them. All contiguous, one dtype.
 std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1);
 // Products of at most this many rows (decode steps, short prompts) take matmul_pair where
 // two GEMMs share an input (k and v; gate and up below glu_gemm.cu's rows): each is paced by

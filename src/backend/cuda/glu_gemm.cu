@@ -281,9 +281,10 @@ Array gated_projection(const Context& ctx, fast::GluActivation act, const Array&
                        const Array& w_up) {
   if (Array out = glu_gemm(ctx, act, x, w_gate, w_up); out.valid()) return out;
   const int64_t m = x.shape(0), n = w_gate.shape(0);
-  if (m > kPairedRowsUpTo || x.dtype() != w_gate.dtype() || x.dtype() != w_up.dtype()) return {};
-  // Decode steps and short prompts: two small GEMMs, each paced by its launch more than by
-  // its weights, in one launch side by side; then the activation, as the composition rounds it.
+  if (x.dtype() != w_gate.dtype() || x.dtype() != w_up.dtype()) return {};
+  // Decode steps and short prompts (up to kPairedRowsUpTo rows): two small GEMMs, each paced by
+  // its launch more than by its weights, in one launch side by side; then the activation, as
+  // the composition rounds it.
   const auto [gate, up] = matmul_pair(ctx, x, w_gate, w_up);  // [R, N] each
   if (!gate.valid()) return {};
   Array out({m, n}, x.dtype(), x.device());  // [R, N]

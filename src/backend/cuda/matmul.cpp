@@ -88,6 +88,7 @@ void matmul(const Context& ctx, const Array& a, const Array& b, const Array& out
 std::pair<Array, Array> matmul_pair(const Context& ctx, const Array& x, const Array& w0, const Array& w1) {
   // x [M, K], w0 and w1 [N, K], all contiguous and of one dtype
   const int64_t m = x.shape(0), k = x.shape(1), n = w0.shape(0);
+  if (m > kPairedRowsUpTo) return {};  // longer prompts: a GEMM for each weight
   const std::ptrdiff_t bytes = static_cast<const char*>(w1.raw()) - static_cast<const char*>(w0.raw());
   const std::ptrdiff_t item = std::ptrdiff_t(itemsize(x.dtype()));
   // The stride is 64-bit in cuBLAS's interface; a layer's weights lie near one another, and
