@@ -220,6 +220,39 @@ __global__ void cp_async_kernel(const __nv_bfloat16* w, long long rows_total, co
 }
 
 // ---------------------------------------------------------------- 06 producer warp, mma over B vectors
+// A stage of n ≤ 8 weight rows (06, 07) against the vectors xs [kB, kK] (lane (g, t) of each
+// warp reads vector g of them, xrow: A's row g, rows g + 8 zero) on the tensor cores: weight
+// row g is B's column g (row 0 past the stage's n), columns 8t..8t+7 of each 32 of the warp's
+// share. The warp then frees the slot (`empty`), the warps' sums meet in red's half for stage
+// st behind one named barrier, and threads 0-63 return output (vector threadIdx.x / 8, row
+// threadIdx.x % 8) summed over the warps (the others 0).
+__device__ float stage_products(const __nv_bfloat16* stage, int n, const __nv_bfloat16* xrow, float* red,
+                                long long st, uint64_t* empty) {
+  constexpr int kWarps = kConsumers / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const __nv_bfloat16* wrow = stage + size_t(g < n ? g : 0) * kK;
+  float c[4] = {0, 0, 0, 0};
+  constexpr int kCols = kK / kWarps;  // a warp's columns of the stage
+#pragma unroll 4
+  for (int c0 = warp * kCols; c0 < (warp + 1) * kCols; c0 += 32) {
+    const uint4 wv = *reinterpret_cast<const uint4*>(wrow + c0 + 8 * t);
+    const uint4 xv = *reinterpret_cast<const uint4*>(xrow + c0 + 8 * t);
+    const uint32_t a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
+    mma_16816<bfloat_t>(c, a0, wv.x, wv.y);
+    mma_16816<bfloat_t>(c, a1, wv.z, wv.w);
+  }
+  __syncwarp();
+  if (lane == 0) mbarrier_arrive(empty);
+  // c0, c1: vector g against weight rows 2t and 2t + 1 over this warp's columns.
+  float* mine = red + (size_t(st & 1) * kWarps + warp) * 64;
+  mine[g * 8 + 2 * t] = c[0], mine[g * 8 + 2 * t + 1] = c[1];
+  asm volatile("bar.sync 1, %0;" ::"n"(kConsumers));
+  float o = 0;
+  if (threadIdx.x < 64)
+    for (int k = 0; k < kWarps; ++k) o += red[(size_t(st & 1) * kWarps + k) * 64 + threadIdx.x];
+  return o;
+}
+
 // Shared memory: the ring, then the vectors [kB, kK] bf16, then two sets of the warps' sums
 // [2][kConsumers / 32][64] (a stage's set alternates, so one barrier a stage suffices).
 template <int kB>
@@ -245,10 +278,9 @@ __global__ void mma_rows_kernel(const __nv_bfloat16* w, long long rows_total, co
     produce(w, sm, slots, slot_bytes, r0, r1, full, empty);
     return;
   }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  // Lane (g, t): vector g (A's row g; rows g + 8 are zero) and weight row g (B's column g),
-  // columns 8t..8t+7 of each 32-column chunk: two k-steps' operands from one 16-byte load
-  // of each (a dot product takes its columns in any order if both operands agree).
+  // Lane (g, t) reads vector g (stage_products: two k-steps' operands from one 16-byte load
+  // of each; a dot product takes its columns in any order if both operands agree).
+  const int g = threadIdx.x % 32 / 4;
   const __nv_bfloat16* xrow = xs + size_t(g % kB) * kK;
   float total = 0;
   for (long long st = 0; st < stages; ++st) {
@@ -256,29 +288,8 @@ __global__ void mma_rows_kernel(const __nv_bfloat16* w, long long rows_total, co
     mbarrier_wait(&full[slot], unsigned(st / slots) & 1u);
     const int n = int(::min((long long)per, r1 - (r0 + st * per)));
     const __nv_bfloat16* stage = reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes);
-    const __nv_bfloat16* wrow = stage + size_t(g < n ? g : 0) * kK;
-    float c[4] = {0, 0, 0, 0};
-    constexpr int kCols = kK / kWarps;  // a warp's columns of the stage
-#pragma unroll 4
-    for (int c0 = warp * kCols; c0 < (warp + 1) * kCols; c0 += 32) {
-      const uint4 wv = *reinterpret_cast<const uint4*>(wrow + c0 + 8 * t);
-      const uint4 xv = *reinterpret_cast<const uint4*>(xrow + c0 + 8 * t);
-      const uint32_t a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
-      mma_16816<bfloat_t>(c, a0, wv.x, wv.y);
-      mma_16816<bfloat_t>(c, a1, wv.z, wv.w);
-    }
-    __syncwarp();
-    if (lane == 0) mbarrier_arrive(&empty[slot]);
-    // c0, c1: vector g against weight rows 2t and 2t + 1 over this warp's columns.
-    float* mine = red + (size_t(st & 1) * kWarps + warp) * 64;
-    mine[g * 8 + 2 * t] = c[0], mine[g * 8 + 2 * t + 1] = c[1];
-    asm volatile("bar.sync 1, %0;" ::"n"(kConsumers));
-    if (threadIdx.x < 64) {  // output (vector v, row r) summed over the warps
-      const int v = threadIdx.x / 8, r = threadIdx.x % 8;
-      float o = 0;
-      for (int k = 0; k < kWarps; ++k) o += red[(size_t(st & 1) * kWarps + k) * 64 + threadIdx.x];
-      if (v < kB && r < n) total += o;
-    }
+    const float o = stage_products(stage, n, xrow, red, st, &empty[slot]);
+    if (threadIdx.x < 64 && threadIdx.x / 8 < kB && threadIdx.x % 8 < n) total += o;
   }
   if (threadIdx.x < 64) atomicAdd(sum, double(total));
 }
@@ -407,7 +418,7 @@ __global__ void phase_chain_kernel(const __nv_bfloat16* w, int phases, float* ac
     if (threadIdx.x == kConsumers) produce_phases(w, sm, slots, slot_bytes, phases, full, empty);
     return;
   }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int g = threadIdx.x % 32 / 4;  // the vector that stage_products has each lane read
   const __nv_bfloat16* xrow = xs + size_t(g % kB) * kK;
   if (!kExchange && !kHalf) form_inputs<kB>(act, nw, xs, sq);
   unsigned long long target = 0;
@@ -423,27 +434,10 @@ __global__ void phase_chain_kernel(const __nv_bfloat16* w, int phases, float* ac
     for (int r = r0; r < r1; r += per, ++st) {
       const int slot = int(st % slots), n = ::min(per, r1 - r);
       mbarrier_wait(&full[slot], unsigned(st / slots) & 1u);
-      const __nv_bfloat16* wrow = reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes) +
-                                  size_t(g < n ? g : 0) * kK;
-      float c[4] = {0, 0, 0, 0};
-      constexpr int kCols = kK / kWarps;
-#pragma unroll 4
-      for (int c0 = warp * kCols; c0 < (warp + 1) * kCols; c0 += 32) {
-        const uint4 wv = *reinterpret_cast<const uint4*>(wrow + c0 + 8 * t);
-        const uint4 xv = *reinterpret_cast<const uint4*>(xrow + c0 + 8 * t);
-        const uint32_t a0[4] = {xv.x, 0u, xv.y, 0u}, a1[4] = {xv.z, 0u, xv.w, 0u};
-        mma_16816<bfloat_t>(c, a0, wv.x, wv.y);
-        mma_16816<bfloat_t>(c, a1, wv.z, wv.w);
-      }
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(&empty[slot]);
-      float* mine = red + (size_t(st & 1) * kWarps + warp) * 64;
-      mine[g * 8 + 2 * t] = c[0], mine[g * 8 + 2 * t + 1] = c[1];
-      sync_consumers();
-      if (threadIdx.x < 64) {  // output (vector v, row r + j) summed over the warps
+      const float o = stage_products(reinterpret_cast<const __nv_bfloat16*>(sm + size_t(slot) * slot_bytes), n, xrow,
+                                     red, st, &empty[slot]);
+      if (threadIdx.x < 64) {  // output (vector v, row r + j)
         const int v = threadIdx.x / 8, j = threadIdx.x % 8;
-        float o = 0;
-        for (int k = 0; k < kWarps; ++k) o += red[(size_t(st & 1) * kWarps + k) * 64 + threadIdx.x];
         if (v < kB && j < n && (kExchange || p == phases - 1)) out[size_t(v) * kK + r + j] = o;
         if (kHalf) {
           if (v < kB && j < n) half[size_t((p + 1) % 2) * kB * kK + size_t(v) * kK + r + j] = __float2bfloat16(o);
