@@ -9,8 +9,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdio>
-#include <cstdlib>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +16,7 @@
 #include "compare.h"
 #include "core/allocator.h"
 #include "cuda_available.h"
+#include "scoped_env.h"
 #include "fused_models.h"
 
 namespace lmx {
@@ -78,18 +77,11 @@ struct BatchCase {
   const char* path = nullptr;
 };
 
-// The case's decoder, made under its LMX_FUSED_WIDE_FROM; the variable is then as it was.
+// The case's decoder, made under its LMX_FUSED_WIDE_FROM.
 std::unique_ptr<fast::FusedDecoder> batch_decoder(const models::CausalLM& model, const BatchCase& c, int rows) {
   if (c.wide_from == 0) return model.fused_decoder(rows);
-  const char* was = std::getenv("LMX_FUSED_WIDE_FROM");
-  const std::optional<std::string> saved = was ? std::optional<std::string>(was) : std::nullopt;
-  setenv("LMX_FUSED_WIDE_FROM", std::to_string(c.wide_from).c_str(), 1);
-  auto fused = model.fused_decoder(rows);
-  if (saved)
-    setenv("LMX_FUSED_WIDE_FROM", saved->c_str(), 1);
-  else
-    unsetenv("LMX_FUSED_WIDE_FROM");
-  return fused;
+  const test::ScopedEnv wide("LMX_FUSED_WIDE_FROM", std::to_string(c.wide_from).c_str());
+  return model.fused_decoder(rows);
 }
 
 // After a step: the path the case names, where it names one.

@@ -8,15 +8,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
+#include <optional>
 #include <set>
 #include <string>
-#include <string_view>
+#include <utility>
 
 #include "core/allocator.h"
 #include "core/error.h"
 #include "compare.h"
 #include "cuda_available.h"
+#include "scoped_env.h"
 #include "fused_models.h"
 #include "runtime/generator.h"
 
@@ -120,12 +121,9 @@ struct FusedCase {
 };
 
 // Chooses the fused step's way of running for the decoders made while it lives.
-class PathChoice {
+class PathChoice : test::ScopedEnv {
  public:
-  explicit PathChoice(bool persistent) { setenv("LMX_FUSED_PERSISTENT", persistent ? "1" : "0", 1); }
-  ~PathChoice() { unsetenv("LMX_FUSED_PERSISTENT"); }
-  PathChoice(const PathChoice&) = delete;
-  PathChoice& operator=(const PathChoice&) = delete;
+  explicit PathChoice(bool persistent) : ScopedEnv("LMX_FUSED_PERSISTENT", persistent ? "1" : "0") {}
 };
 
 class FusedDecodeTest : public ::testing::TestWithParam<FusedCase> {};
@@ -408,12 +406,10 @@ TEST(FusedDecodeLongPrompt, SumsAndMergesOfSeveralTripsMatchThePlainPath) {
   for (const Setting& s : {Setting{nullptr, nullptr}, Setting{"LMX_FUSED_SUMS", "0"},
                            Setting{"LMX_FUSED_SUMS_HEADROOM", "-1e30"}}) {
     SCOPED_TRACE(s.name ? s.name : "the sums");
-    if (s.name) {
-      ASSERT_EQ(setenv(s.name, s.value, 1), 0);
-    }
+    const std::optional<test::ScopedEnv> set =
+        s.name ? std::optional<test::ScopedEnv>(std::in_place, s.name, s.value) : std::nullopt;
     expect_logits_match_plain(FusedCase{"qwen3_long_prompt", kQwen3, false, true}, 8, gpu, false, 200);
     expect_logits_match_plain(FusedCase{"gemma3_long_prompt", kGemma3, false, true}, 8, gpu, false, 200);
-    if (s.name) unsetenv(s.name);
   }
 }
 
@@ -430,8 +426,10 @@ TEST(FusedDecodeDefault, PersistentUnlessTurnedOff) {
     fused->step(cache.fused_views());
     return std::string(fused->path());
   };
-  unsetenv("LMX_FUSED_PERSISTENT");
-  EXPECT_EQ(path(), "persistent");
+  {
+    const test::ScopedEnv unset("LMX_FUSED_PERSISTENT", nullptr);
+    EXPECT_EQ(path(), "persistent");
+  }
   const PathChoice off(false);
   EXPECT_EQ(path(), "graph");
 }
@@ -677,9 +675,10 @@ TEST(FusedDecode, RecycledDecodersDecodeAsFreshOnes) {
   });
   const std::vector<int32_t> flipped = generate_greedy(*model, 8);
   EXPECT_NE(flipped, first);
-  ASSERT_EQ(setenv("LMX_FUSED_REUSE", "0", 1), 0);
-  const std::vector<int32_t> fresh = generate_greedy(*model, 8);  // a decoder of its own
-  unsetenv("LMX_FUSED_REUSE");
+  const std::vector<int32_t> fresh = [&] {  // a decoder of its own
+    const test::ScopedEnv no_reuse("LMX_FUSED_REUSE", "0");
+    return generate_greedy(*model, 8);
+  }();
   EXPECT_EQ(flipped, fresh);
 }
 
@@ -722,9 +721,8 @@ TEST(FusedDecode, TwoBoxDownStagesReadTheTiledCopyOrTheBoxes) {
   Allocator& a = allocator_for(Device::cuda(0));
   const auto model = random_model(c.config, Device::cuda(0), c.spread);
   auto held = [&](bool tiles) {  // the device's active bytes while a decoder that has stepped lives
-    if (!tiles) {
-      EXPECT_EQ(setenv("LMX_FUSED_DOWN_TILES", "0", 1), 0);
-    }
+    const std::optional<test::ScopedEnv> boxes =
+        tiles ? std::nullopt : std::optional<test::ScopedEnv>(std::in_place, "LMX_FUSED_DOWN_TILES", "0");
     size_t active = 0;
     {
       KVCache cache(*model, false, 8);
@@ -736,7 +734,6 @@ TEST(FusedDecode, TwoBoxDownStagesReadTheTiledCopyOrTheBoxes) {
       active = a.stats().active;
     }
     expect_logits_match_plain(c, 8);
-    unsetenv("LMX_FUSED_DOWN_TILES");
     return active;
   };
   const size_t boxes = held(false), tiled = held(true);
@@ -750,11 +747,10 @@ TEST(FusedDecode, CopiesPastTheWorkersPhaseChangeNoResult) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused decode step runs on CUDA only";
   for (const char* lookahead : {"0", "1", "6"}) {
     SCOPED_TRACE(std::string("LMX_FUSED_LOOKAHEAD=") + lookahead);
-    ASSERT_EQ(setenv("LMX_FUSED_LOOKAHEAD", lookahead, 1), 0);
+    const test::ScopedEnv set("LMX_FUSED_LOOKAHEAD", lookahead);
     for (const FusedCase& c : {FusedCase{"llama", kLlama, false, true}, FusedCase{"gemma3", kGemma3, true, true}})
       expect_logits_match_plain(c, 96);
   }
-  unsetenv("LMX_FUSED_LOOKAHEAD");
 }
 
 // Where the device has no fused path (the CPU), the model says so and the generator

@@ -3,13 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #include "cuda_available.h"
+#include "scoped_env.h"
 
 #if LMX_HAVE_CUDA
 #include "backend/cuda/fused_kernels.h"
@@ -323,15 +324,17 @@ TEST(PersistentPlan, FusesTheDownProjectionIntoTheGateUpPhase) {
   p = layer(2048, 8192);
   EXPECT_EQ(fuse(p, 132, false), 0u) << "a deterministic step has no fused down";
   EXPECT_EQ(p.size(), 4u);
-  setenv("LMX_FUSED_DOWN", "0", 1);
-  p = layer(2048, 8192);
-  EXPECT_EQ(fuse(p), 0u) << "LMX_FUSED_DOWN=0 turns it off";
-  unsetenv("LMX_FUSED_DOWN");
-  setenv("LMX_FUSED_DOWN_BOXES", "1", 1);
-  p = layer(1024, 3072);
-  EXPECT_EQ(fuse(p), 1u);
-  EXPECT_EQ(p[1].down_boxes, 1) << "LMX_FUSED_DOWN_BOXES=1: a box a stage";
-  unsetenv("LMX_FUSED_DOWN_BOXES");
+  {
+    const test::ScopedEnv off("LMX_FUSED_DOWN", "0");
+    p = layer(2048, 8192);
+    EXPECT_EQ(fuse(p), 0u) << "LMX_FUSED_DOWN=0 turns it off";
+  }
+  {
+    const test::ScopedEnv one_box("LMX_FUSED_DOWN_BOXES", "1");
+    p = layer(1024, 3072);
+    EXPECT_EQ(fuse(p), 1u);
+    EXPECT_EQ(p[1].down_boxes, 1) << "LMX_FUSED_DOWN_BOXES=1: a box a stage";
+  }
   p = layer(1024, 3072);
   ASSERT_EQ(fuse(p), 1u);
   // Qwen3-0.6B's down stages: two boxes of 256 rows each, whole stages of 512 rows.
@@ -367,14 +370,16 @@ TEST(PersistentPlan, GridEvensOutTheFusedDownsWholeSlotShares) {
   EXPECT_EQ(persistent_grid({gemv(2048, 2048)}, 132), 132) << "no gate/up phase";
   EXPECT_EQ(persistent_grid(layer(2048, 0), 132), 132) << "an empty gate/up phase";
   EXPECT_EQ(persistent_grid(layer(2048, 8192), 132, /*fuse_down=*/false), 132) << "a deterministic step";
-  setenv("LMX_FUSED_DOWN", "0", 1);
-  EXPECT_EQ(persistent_grid(layer(2048, 8192), 132), 132) << "no fused down";
-  unsetenv("LMX_FUSED_DOWN");
-  setenv("LMX_FUSED_GRID", "120", 1);
-  EXPECT_EQ(persistent_grid(layer(1024, 3072), 132), 120);
-  setenv("LMX_FUSED_GRID", "999", 1);
+  {
+    const test::ScopedEnv off("LMX_FUSED_DOWN", "0");
+    EXPECT_EQ(persistent_grid(layer(2048, 8192), 132), 132) << "no fused down";
+  }
+  {
+    const test::ScopedEnv grid("LMX_FUSED_GRID", "120");
+    EXPECT_EQ(persistent_grid(layer(1024, 3072), 132), 120);
+  }
+  const test::ScopedEnv grid("LMX_FUSED_GRID", "999");
   EXPECT_EQ(persistent_grid(layer(1024, 3072), 132), 132) << "never past the SMs";
-  unsetenv("LMX_FUSED_GRID");
 }
 
 // A long cache's attention gets longer chunks, so that the persistent kernel's blocks
@@ -496,16 +501,15 @@ TEST(PersistentPlan, HandsTheAttentionsOutputsOnThroughACount) {
                                gemv(2048, 8192, Epilogue::glu_silu), gemv(8192, 2048)})
       llama.push_back(p);
   llama.push_back(gemv(2048, 128256, Epilogue::logits));
-  unsetenv("LMX_FUSED_HANDOFF");
+  std::optional<test::ScopedEnv> handoff(std::in_place, "LMX_FUSED_HANDOFF", nullptr);
   EXPECT_TRUE(cuda::fused::persistent_attention_handoff(llama));
   EXPECT_EQ(cuda::fused::persistent_barriers(llama, true), int(llama.size()) - 2);
   EXPECT_EQ(cuda::fused::persistent_barriers(llama, false), int(llama.size()));
   EXPECT_FALSE(cuda::fused::persistent_attention_handoff({gemv(2048, 2048), gemv(2048, 1000, Epilogue::logits)}));
   EXPECT_FALSE(cuda::fused::persistent_attention_handoff(
       {gemv(2048, 3072), attention_phase(), gemv(2048, 1000, Epilogue::logits)}));
-  setenv("LMX_FUSED_HANDOFF", "0", 1);
+  handoff.emplace("LMX_FUSED_HANDOFF", "0");
   EXPECT_FALSE(cuda::fused::persistent_attention_handoff(llama));
-  unsetenv("LMX_FUSED_HANDOFF");
 }
 
 // Each attention whose chunks the next GEMV's input would merge (one kv head, more than
@@ -524,7 +528,7 @@ TEST(PersistentPlan, SumsTheChunksThatEveryBlockWouldMerge) {
   for (const StepPhase& p : layer(1)) plan.push_back(p);
   for (const StepPhase& p : layer(24)) plan.push_back(p);
   const size_t per_layer = (4 * 256 + 4 + 1 + 3) / 4 * 4;
-  unsetenv("LMX_FUSED_SUMS");
+  std::optional<test::ScopedEnv> sums_env(std::in_place, "LMX_FUSED_SUMS", nullptr);
   EXPECT_EQ(fused::persistent_sums_floats(plan, false), 0u) << "deterministic";
   ASSERT_EQ(fused::persistent_sums_floats(plan), 2 * per_layer) << "the two layers of 24 chunks";
   std::vector<float> sums(2 * per_layer);
@@ -537,25 +541,23 @@ TEST(PersistentPlan, SumsTheChunksThatEveryBlockWouldMerge) {
   EXPECT_EQ(plan[7].attn.sums, sums.data() + per_layer);
   EXPECT_EQ(plan[6].zero, plan[7].attn.sums);
   EXPECT_EQ(fused::persistent_sums_floats(layer(12, 2)), 0u) << "two kv heads";
-  ASSERT_EQ(setenv("LMX_FUSED_SUMS", "0", 1), 0);
+  sums_env.emplace("LMX_FUSED_SUMS", "0");
   EXPECT_EQ(fused::persistent_sums_floats(layer(24)), 0u);
-  unsetenv("LMX_FUSED_SUMS");
 }
 
 // The copies may run half the ring past the workers' phase (at least a stage), or what
 // LMX_FUSED_LOOKAHEAD says, up to the whole ring.
 TEST(PersistentPlan, CopiesRunHalfTheRingPastTheWorkersPhase) {
   using cuda::fused::persistent_lookahead;
-  unsetenv("LMX_FUSED_LOOKAHEAD");
+  std::optional<test::ScopedEnv> lookahead(std::in_place, "LMX_FUSED_LOOKAHEAD", nullptr);
   EXPECT_EQ(persistent_lookahead(2), 1);
   EXPECT_EQ(persistent_lookahead(3), 1) << "Qwen3-0.6B's ring";
   EXPECT_EQ(persistent_lookahead(5), 2) << "Gemma-3-1B's";
   EXPECT_EQ(persistent_lookahead(6), 3) << "Llama-3.2-1B's";
-  ASSERT_EQ(setenv("LMX_FUSED_LOOKAHEAD", "0", 1), 0);
+  lookahead.emplace("LMX_FUSED_LOOKAHEAD", "0");
   EXPECT_EQ(persistent_lookahead(6), 0);
-  ASSERT_EQ(setenv("LMX_FUSED_LOOKAHEAD", "9", 1), 0);
+  lookahead.emplace("LMX_FUSED_LOOKAHEAD", "9");
   EXPECT_EQ(persistent_lookahead(6), 6) << "the whole ring at most";
-  unsetenv("LMX_FUSED_LOOKAHEAD");
 }
 
 // The persistent kernel's form: the one compiled for a plan's attention shape where it
@@ -574,7 +576,7 @@ TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
     return std::tuple(k.head_dim, k.group, k.merge_input, k.staged, k.two_boxes);
   };
   const auto general = std::tuple(0, 0, true, true, true);
-  unsetenv("LMX_FUSED_SPECIALISED");
+  std::optional<test::ScopedEnv> specialised(std::in_place, "LMX_FUSED_SPECIALISED", nullptr);
   EXPECT_GT(cuda::fused::persistent_kernel(layer(2048, 32, 8, 64, 12)).form, 0) << "a specialised form's place";
   EXPECT_EQ(cuda::fused::persistent_kernel(layer(2048, 32, 8, 32, 12)).form, 0) << "the general form's place";
   EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), std::tuple(64, 4, false, false, false)) << "Llama-3.2-1B";
@@ -603,9 +605,8 @@ TEST(PersistentPlan, PicksTheKernelFormCompiledForTheModelsShape) {
   };
   EXPECT_EQ(form(two_boxes(layer(1024, 16, 8, 128, 12))), std::tuple(128, 2, false, false, true)) << "Qwen3-0.6B";
   EXPECT_EQ(form(two_boxes(layer(2048, 32, 8, 64, 12))), general) << "Llama's heads: two boxes not compiled in";
-  setenv("LMX_FUSED_SPECIALISED", "0", 1);
+  specialised.emplace("LMX_FUSED_SPECIALISED", "0");
   EXPECT_EQ(form(layer(2048, 32, 8, 64, 12)), general);
-  unsetenv("LMX_FUSED_SPECIALISED");
 }
 
 }  // namespace persistent

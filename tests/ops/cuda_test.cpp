@@ -14,6 +14,7 @@
 
 #include "cuda_available.h"
 #include "harness.h"
+#include "scoped_env.h"
 
 #if LMX_HAVE_CUDA
 #include "backend/cuda/cuda_ops.h"
@@ -389,9 +390,10 @@ TEST(Cuda, GemmAtThePreferredTileMatchesTheCpu) {
   const Array tiled = matmul(x, transpose(w));  // [M, N]
   const bool hopper = cuda::context(0).compute_capability == 90;
   EXPECT_EQ(cuda::tuned_gemms(), before + (hopper ? 1 : 0)) << "the table's shape takes the tile on Hopper only";
-  setenv("LMX_GEMM_TILES", "0", 1);
-  const Array plain = matmul(x, transpose(w));
-  unsetenv("LMX_GEMM_TILES");
+  const Array plain = [&] {
+    const ScopedEnv off("LMX_GEMM_TILES", "0");
+    return matmul(x, transpose(w));
+  }();
   EXPECT_EQ(cuda::tuned_gemms(), before + (hopper ? 1 : 0)) << "LMX_GEMM_TILES=0 turns the table off";
   const Array w_cpu = to_device(w, Device::cpu());
   const double u = unit_roundoff(Dtype::bf16), scale = std::sqrt(double(k));
@@ -442,11 +444,13 @@ TEST(Cuda, SmallGemmsThroughKeptPlansMatchCublas) {
   const int64_t before = cuda::planned_gemms();
   const std::vector<Array> planned = products();
   EXPECT_EQ(cuda::planned_gemms(), before + 4) << "each of the four GEMMs took a kept plan";
-  setenv("LMX_GEMM_PLANS", "0", 1);
-  const int64_t off_before = cuda::planned_gemms();
-  const std::vector<Array> plain = products();
-  EXPECT_EQ(cuda::planned_gemms(), off_before) << "LMX_GEMM_PLANS=0 takes cuBLAS's own call";
-  unsetenv("LMX_GEMM_PLANS");
+  std::vector<Array> plain;  // the same products through cuBLAS's own call
+  {
+    const ScopedEnv off("LMX_GEMM_PLANS", "0");
+    const int64_t off_before = cuda::planned_gemms();
+    plain = products();
+    EXPECT_EQ(cuda::planned_gemms(), off_before) << "LMX_GEMM_PLANS=0 takes cuBLAS's own call";
+  }
   const double u = unit_roundoff(Dtype::bf16);
   for (size_t i = 0; i < planned.size(); ++i) {
     ASSERT_EQ(planned[i].shape(), plain[i].shape()) << "product " << i;
@@ -573,9 +577,8 @@ TEST(Cuda, AttentionInBandsOfQueryRowsMatchesTheCpu) {
       {1, 4, 4, 300, 300, 128, 0, false, false},
       {2, 4, 2, 296, 296, 64, 0, true, true},
   };
-  ::setenv("LMX_ATTENTION_S_BUDGET", "65536", 1);
+  const ScopedEnv budget("LMX_ATTENTION_S_BUDGET", "65536");
   expect_attention_matches_cpu(cases);
-  ::unsetenv("LMX_ATTENTION_S_BUDGET");
 }
 
 TEST(Cuda, OutOfMemoryIsRecoverable) {

@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <optional>
 #include <thread>
+#include <utility>
 
 #include "fixture_copy.h"
+#include "scoped_env.h"
 #include "io/safetensors.h"
 #include "lmx/lmx.h"
 #include "ops/ops.h"
@@ -267,11 +270,11 @@ TEST(ApiTest, CudaSamplingOnTheDeviceDrawsAsTheHostSampler) {
       const auto rows = model->batch_generate(prompts, o),
                  rows_every = model->batch_generate(prompts, every);
       EXPECT_EQ(model->metrics().decode_path, "fused-gemm-graph") << name;
-      setenv("LMX_FUSED", "0", 1);
+      std::optional<test::ScopedEnv> plain_ops(std::in_place, "LMX_FUSED", "0");
       const auto plain_rows = model->batch_generate(prompts, o),
                  plain_every = model->batch_generate(prompts, every);
       EXPECT_EQ(model->metrics().decode_path, "plain") << name;
-      unsetenv("LMX_FUSED");
+      plain_ops.reset();
       for (size_t i = 0; i < prompts.size(); ++i) {
         EXPECT_EQ(rows[i].ids, rows_every[i].ids)
             << name << " row " << i << ", variant " << variant;
@@ -327,10 +330,9 @@ TEST(ApiTest, CudaBatchGenerateRunsOnTheFusedStepAndStopsRowsAtTheirStopToken) {
     }
     EXPECT_LE(stopped[1].ids.size(), 7u);
     // The plain ops still serve it when asked to.
-    setenv("LMX_FUSED", "0", 1);
+    const test::ScopedEnv plain_ops("LMX_FUSED", "0");
     EXPECT_EQ(model->batch_generate(prompts, greedy(3)).size(), prompts.size());
     EXPECT_EQ(model->metrics().decode_path, "plain") << name;
-    unsetenv("LMX_FUSED");
   }
 }
 

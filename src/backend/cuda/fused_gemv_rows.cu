@@ -106,7 +106,8 @@ __device__ __forceinline__ void store_bf16x4(bf16* p, float4 v) {
 // keeps 4 columns and steps over them for all vectors at once, so that every vector's
 // loads are in flight together and one block reduction serves all of them. The second
 // pass reads back only what the same thread staged, so it needs no barrier before it.
-__device__ inline void form_vectors(const GemvInput& in, bf16* xs, int ld, float* stage, float* red, bool store_x) {
+// Block 0 alone stores the summed x_out, which every block forms alike.
+__device__ inline void form_vectors(const GemvInput& in, bf16* xs, int ld, float* stage, float* red) {
   const int rows = in.rows, k = in.k;
   if (!in.add && !in.norm) {
     for (int c = threadIdx.x * 4; c < k; c += kThreads * 4) {
@@ -149,7 +150,7 @@ __device__ inline void form_vectors(const GemvInput& in, bf16* xs, int ld, float
       float4 v = x[b];
       if (in.add) v = add4(v, add_norm ? mul4(scale4(a[b], add_scale[b]), anw) : a[b]);
       *reinterpret_cast<float4*>(stage + size_t(b) * k + c) = v;
-      if (in.x_out && store_x) *reinterpret_cast<float4*>(in.x_out + size_t(b) * k + c) = v;
+      if (in.x_out && blockIdx.x == 0) *reinterpret_cast<float4*>(in.x_out + size_t(b) * k + c) = v;
       ss[b] = sumsq4(v, ss[b]);
     }
   }
@@ -275,7 +276,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     allow_next_kernel();  // the LM head ends the step: it signals late
   }
   wait_for_previous_kernel();
-  form_vectors(in, xs, plan.ld, reinterpret_cast<float*>(smem + plan.stage), red, blockIdx.x == 0);
+  form_vectors(in, xs, plan.ld, reinterpret_cast<float*>(smem + plan.stage), red);
   if (held > 0) copy_async_wait_all();  // this lane's own copies: it alone reads them
   const auto [n_out, tiles, per_round, slot, part, c_begin, c_end] = walk();
   const bf16* xv_row = xs + ::min(g, rows - 1) * plan.ld + 8 * t;  // this lane's B operand: vector g
