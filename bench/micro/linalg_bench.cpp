@@ -23,6 +23,19 @@ void BM_matmul_f32_prefill(benchmark::State& state) {
 }
 BENCHMARK(BM_matmul_f32_prefill)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Prefill-like bf16 products past the GEMV's rows: [M, 1024] x [3072, 1024]ᵀ (Qwen3-0.6B's
+// gate), M = 128 or 512. They take gemm_bf16 where the CPU has AVX512_BF16
+// (LMX_CPU_BF16_GEMM=0: sgemm on f32 copies).
+void BM_matmul_bf16_prefill(benchmark::State& state) {
+  const int64_t m = state.range(0), k = 1024, n = 3072;
+  const Array a = astype(random_normal({m, k}, 5), Dtype::bf16);  // a [M, K]
+  const Array w = astype(random_normal({n, k}, 6), Dtype::bf16);  // w [N, K]
+  const Array wt = transpose(w);                                   // [K, N] view
+  for (auto _ : state) wait(matmul(a, wt));
+  set_rates(state, double(m * k + n * k + m * n) * 2, 2.0 * double(m * n * k));
+}
+BENCHMARK(BM_matmul_bf16_prefill)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // Decode GEMV: [1, 2048] x [8192, 2048]ᵀ (Llama-3.2-1B's MLP up projection). "bytes"
 // counts the weight only: it is what bounds the speed.
 void BM_gemv(benchmark::State& state) {

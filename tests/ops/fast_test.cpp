@@ -1,12 +1,14 @@
 // Fused ops (rms_norm, layer_norm, glu, rope, scaled_dot_product_attention) and the CPU
 // matrix-vector kernel against float64 references written from the formulas, and the
-// fused ops against their fast::reference fallbacks, at awkward sizes in every float dtype.
+// fused ops against their fast::reference fallbacks, at awkward sizes in every float dtype;
+// the bf16 matrix product past the GEMV's rows against float64.
 #include <algorithm>
 #include <cmath>
 #include <tuple>
 
 #include "backend/cpu/cpu_fast.h"
 #include "harness.h"
+#include "scoped_env.h"
 
 namespace lmx::test {
 namespace {
@@ -544,6 +546,77 @@ TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
   EXPECT_FALSE(cpu::gemv(a1, expand_dims(zeros({8, 4}, Dtype::f32), 0), out1));  // b not transposed
   EXPECT_FALSE(cpu::gemv(astype(a1, Dtype::bf16), b, out1));                     // mixed dtypes
   EXPECT_TRUE(cpu::gemv(a1, b, out1));
+}
+
+// ---------------------------------------------------------------- gemm_bf16
+
+// Past kGemvMaxRows, bf16 products take gemm_bf16 where the CPU has AVX512_BF16. Every
+// output is within f32 accumulation of float64: rows past one chunk of 256, K past one
+// stretch of 1,024 and not a multiple of 32, N not a multiple of the 4-row tile. And a row's
+// outputs have the same bits whatever rows share the product: here, the rows shifted by one.
+TEST(GemmBf16Test, ManyRowsMatchFloat64AndEachRowItsOwnBits) {
+  if (!cpu::gemm_bf16_available()) GTEST_SKIP() << "this CPU has no AVX512_BF16: these products take sgemm";
+  const ScopedEnv on("LMX_CPU_BF16_GEMM", nullptr);
+  const double u = unit_roundoff(Dtype::bf16);
+  for (const auto& [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{65, 67, 37}, {130, 1100, 5}, {300, 300, 38},
+                                {70, 2080, 4}}) {
+    const Input a = random_input({1, m + 1, k}, Dtype::bf16, 81 + m, -1, 1);  // a [1, M + 1, K]
+    const Input w = random_input({n, k}, Dtype::bf16, 82 + k, -1, 1);         // w [N, K], row-major
+    const Array b = expand_dims(transpose(w.array), 0);                        // b [1, K, N]
+    Array first(Shape{1, m, n}, Dtype::bf16), shifted(Shape{1, m, n}, Dtype::bf16);
+    ASSERT_TRUE(cpu::gemm_bf16(slice(a.array, {0, 0, 0}, {1, m, k}), b, first)) << m << " rows";
+    ASSERT_TRUE(cpu::gemm_bf16(slice(a.array, {0, 1, 0}, {1, m + 1, k}), b, shifted)) << m << " rows";
+    const std::vector<float> g = to_floats(first), h = to_floats(shifted);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const ExactDot d = exact_dot(a, r, w, j, k, u);
+        ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
+            << "m=" << m << " k=" << k << " row " << r << " column " << j;
+        if (r > 0) {
+          ASSERT_EQ(g[size_t(r * n + j)], h[size_t((r - 1) * n + j)])
+              << "m=" << m << " k=" << k << ": row " << r << " column " << j << " changed with its neighbours";
+        }
+      }
+  }
+}
+
+// Batches sharing one W fold into one product where a's batches follow one another, and run
+// one by one where they have gaps: the same bits either way as the rows in one batch.
+TEST(GemmBf16Test, BatchesSharingOneWeightAreTheirRowsInOneBatch) {
+  if (!cpu::gemm_bf16_available()) GTEST_SKIP() << "this CPU has no AVX512_BF16: these products take sgemm";
+  const ScopedEnv on("LMX_CPU_BF16_GEMM", nullptr);
+  const int64_t bs = 3, m = 40, k = 300, n = 37;
+  const Input w = random_input({n, k}, Dtype::bf16, 91, -1, 1);                 // w [N, K], row-major
+  const Array wt = transpose(w.array);                                            // [K, N]
+  for (const int64_t held : {m, m + 2}) {                                         // rows held a batch: gaps past m
+    const Input full = random_input({bs, held, k}, Dtype::bf16, 92 + held, -1, 1);  // [B, held, K]
+    const Array a = slice(full.array, {0, 0, 0}, {bs, m, k});                       // [B, M, K]
+    Array out(Shape{bs, m, n}, Dtype::bf16), rows(Shape{1, bs * m, n}, Dtype::bf16);
+    ASSERT_TRUE(cpu::gemm_bf16(a, broadcast_to(expand_dims(wt, 0), {bs, k, n}), out)) << "held=" << held;
+    ASSERT_TRUE(cpu::gemm_bf16(reshape(contiguous(a), {1, bs * m, k}), expand_dims(wt, 0), rows));
+    EXPECT_EQ(to_floats(out), to_floats(rows)) << "held=" << held;
+  }
+}
+
+// The switch hands these products back to sgemm, which still meets the same bound; other
+// dtypes and layouts are declined.
+TEST(GemmBf16Test, DeclinesWhatItDoesNotTakeAndTheSwitchTurnsItOff) {
+  const int64_t m = 70, k = 96, n = 8;
+  const Input a = random_input({1, m, k}, Dtype::bf16, 95, -1, 1);  // a [1, M, K]
+  const Input w = random_input({n, k}, Dtype::bf16, 96, -1, 1);     // w [N, K], row-major
+  const Array b = expand_dims(transpose(w.array), 0);              // b [1, K, N]
+  Array out(Shape{1, m, n}, Dtype::bf16);
+  EXPECT_FALSE(cpu::gemm_bf16(astype(a.array, Dtype::f16), astype(b, Dtype::f16), Array(Shape{1, m, n}, Dtype::f16)));
+  EXPECT_FALSE(cpu::gemm_bf16(a.array, contiguous(b), out));  // b a row-major [K, N], not W transposed
+  EXPECT_EQ(cpu::gemm_bf16(a.array, b, out), cpu::gemm_bf16_available());
+  const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
+  EXPECT_FALSE(cpu::gemm_bf16(a.array, b, out));
+  const std::vector<float> g = to_floats(matmul(a.array, b));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      const ExactDot d = exact_dot(a, r, w, j, k, unit_roundoff(Dtype::bf16));
+      ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound) << "sgemm: row " << r << " column " << j;
+    }
 }
 
 // ---------------------------------------------------------------- argument errors

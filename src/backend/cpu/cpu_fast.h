@@ -2,6 +2,8 @@
 // the contracts). CpuKernels forwards to these.
 #pragma once
 
+#include <optional>
+
 #include "ops/kernels.h"
 
 namespace lmx::cpu {
@@ -30,5 +32,23 @@ bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Arra
 // Returns false, doing nothing, when the shapes or strides do not fit.
 constexpr int64_t kGemvMaxRows = 64;
 bool gemv(const Array& a, const Array& b, const Array& out);
+
+// out [B, M, N] = a [B, M, K] · b [B, K, N] for bf16 past kGemvMaxRows rows (prompts, large
+// batches) where the CPU has AVX512_BF16 (gemm_bf16.cpp), W laid out as gemv takes it: W read
+// as stored, two products an instruction, f32 sums rounded once. Each output depends only on
+// its row of `a` and of W. LMX_CPU_BF16_GEMM=0 leaves these products to sgemm.
+// Returns false, doing nothing, where the CPU, the dtypes or the layout do not fit.
+bool gemm_bf16(const Array& a, const Array& b, const Array& out);
+bool gemm_bf16_available();  // the CPU has the instructions (whatever LMX_CPU_BF16_GEMM says)
+
+// The product both take: b a row-major W [N, K] seen transposed (its last two strides
+// {1, K}), a's rows dense along K, out contiguous. Where b's batches share one W (batch
+// stride 0) and a's follow one another at one stride, the B·M rows fold into one batch if
+// they number at most fold_rows. nullopt where the shapes or strides do not fit.
+struct WeightProduct {
+  int64_t batches, rows, k, n;
+  int64_t a_row;  // elements from one row of `a` to the next
+};
+std::optional<WeightProduct> weight_product(const Array& a, const Array& b, const Array& out, int64_t fold_rows);
 
 }  // namespace lmx::cpu

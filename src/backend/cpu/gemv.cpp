@@ -152,31 +152,35 @@ namespace lmx::cpu {
 
 HWY_EXPORT(gemv_rows);
 
-bool gemv(const Array& a, const Array& b, const Array& out) {
-  const Dtype dt = a.dtype();
-  if (a.ndim() != 3 || b.ndim() != 3 || out.ndim() != 3) return false;
-  if (dt != b.dtype() || dt != out.dtype() ||
-      !(dt == Dtype::f32 || dt == Dtype::bf16 || dt == Dtype::f16))
-    return false;
-  int64_t nb = a.shape(0), m = a.shape(1);
-  const int64_t k = a.shape(2), n = b.shape(2);
-  if (m < 1 || m > kGemvMaxRows || b.shape(1) != k || out.shape(0) != nb || out.shape(1) != m ||
-      out.shape(2) != n || k == 0)
-    return false;
-  int64_t a_row = a.strides()[1];  // from one row of `a` to the next
+std::optional<WeightProduct> weight_product(const Array& a, const Array& b, const Array& out, int64_t fold_rows) {
+  if (a.ndim() != 3 || b.ndim() != 3 || out.ndim() != 3) return std::nullopt;
+  WeightProduct p{a.shape(0), a.shape(1), a.shape(2), b.shape(2), a.strides()[1]};
+  const int64_t nb = p.batches, m = p.rows, k = p.k, n = p.n;
+  if (m < 1 || b.shape(1) != k || out.shape(0) != nb || out.shape(1) != m || out.shape(2) != n || k == 0)
+    return std::nullopt;
   // A batch of rows times one shared W (a decode step of several sequences: [B, 1, K] · Wᵀ)
   // is one product of B·M rows where a's batches follow one another at one stride: W is
-  // then read once, not B times. Not for f32, which takes sgemm from two rows up.
-  if (dt != Dtype::f32 && nb > 1 && b.strides()[0] == 0 && nb * m <= kGemvMaxRows &&
-      (m == 1 || a.strides()[0] == m * a.strides()[1])) {
-    if (m == 1) a_row = a.strides()[0];
-    m *= nb;
-    nb = 1;
+  // then read once, not B times.
+  if (nb > 1 && b.strides()[0] == 0 && nb * m <= fold_rows && (m == 1 || a.strides()[0] == m * a.strides()[1])) {
+    if (m == 1) p.a_row = a.strides()[0];
+    p.rows = m * nb;
+    p.batches = 1;
   }
   // W must be the row-major [N, K] storage (b = Wᵀ), `a`'s rows dense along K, out contiguous.
-  if ((n > 1 && b.strides()[2] != k) || (k > 1 && b.strides()[1] != 1)) return false;
-  if (k > 1 && a.strides()[2] != 1) return false;
-  if (!out.is_contiguous()) return false;
+  if ((n > 1 && b.strides()[2] != k) || (k > 1 && b.strides()[1] != 1)) return std::nullopt;
+  if (k > 1 && a.strides()[2] != 1) return std::nullopt;
+  if (!out.is_contiguous()) return std::nullopt;
+  return p;
+}
+
+bool gemv(const Array& a, const Array& b, const Array& out) {
+  const Dtype dt = a.dtype();
+  if (dt != b.dtype() || dt != out.dtype() || !(dt == Dtype::f32 || dt == Dtype::bf16 || dt == Dtype::f16))
+    return false;
+  // f32 does not fold: it takes sgemm from two rows up.
+  const auto p = weight_product(a, b, out, dt == Dtype::f32 ? 1 : kGemvMaxRows);
+  if (!p || p->rows > kGemvMaxRows) return false;
+  const int64_t nb = p->batches, m = p->rows, k = p->k, n = p->n, a_row = p->a_row;
   // 16-bit weights for a few rows: converting W to f32 for sgemm would cost more than the
   // products (three times W's bytes written and read again, every call). f32 from 2 rows
   // goes to sgemm, which reads W once and multiplies faster.
