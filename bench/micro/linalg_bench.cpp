@@ -23,18 +23,25 @@ void BM_matmul_f32_prefill(benchmark::State& state) {
 }
 BENCHMARK(BM_matmul_f32_prefill)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// Prefill-like bf16 products past the GEMV's rows: [M, 1024] x [3072, 1024]ᵀ (Qwen3-0.6B's
-// gate), M = 128 or 512. They take gemm_bf16 where the CPU has AVX512_BF16
-// (LMX_CPU_BF16_GEMM=0: sgemm on f32 copies).
+// Prefill-like bf16 products past the GEMV's rows, [M, K] x [N, K]ᵀ, over 256 MiB of distinct
+// weights in turn (each read from memory, as a prompt's layers meet them). Args: M, N, K.
+// They take gemm_bf16 where the CPU has AVX512_BF16 (LMX_CPU_BF16_GEMM=0: sgemm on f32 copies).
 void BM_matmul_bf16_prefill(benchmark::State& state) {
-  const int64_t m = state.range(0), k = 1024, n = 3072;
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const int64_t count = std::max<int64_t>(2, (int64_t(256) << 20) / (n * k * 2));
   const Array a = astype(random_normal({m, k}, 5), Dtype::bf16);  // a [M, K]
-  const Array w = astype(random_normal({n, k}, 6), Dtype::bf16);  // w [N, K]
-  const Array wt = transpose(w);                                   // [K, N] view
-  for (auto _ : state) wait(matmul(a, wt));
+  std::vector<Array> wt;                                           // count × [K, N] views
+  for (int64_t i = 0; i < count; ++i) wt.push_back(transpose(astype(random_normal({n, k}, 6 + uint64_t(i)), Dtype::bf16)));
+  size_t i = 0;
+  for (auto _ : state) wait(matmul(a, wt[i++ % wt.size()]));
   set_rates(state, double(m * k + n * k + m * n) * 2, 2.0 * double(m * n * k));
 }
-BENCHMARK(BM_matmul_bf16_prefill)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_matmul_bf16_prefill)
+    ->Args({128, 3072, 1024})
+    ->Args({512, 3072, 1024})
+    ->Args({128, 1024, 3072})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // Decode GEMV: [1, 2048] x [8192, 2048]ᵀ (Llama-3.2-1B's MLP up projection). "bytes"
 // counts the weight only: it is what bounds the speed.
