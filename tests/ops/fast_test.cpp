@@ -550,10 +550,11 @@ TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
 
 // ---------------------------------------------------------------- gemm_bf16
 
-// Past kGemvMaxRows, bf16 products take gemm_bf16 where the CPU has AVX512_BF16. Every
-// output is within f32 accumulation of float64: rows past one chunk of 256, K past one
-// stretch of 1,024 and not a multiple of 32, N not a multiple of the 4-row tile. And a row's
-// outputs have the same bits whatever rows share the product: here, the rows shifted by one.
+// bf16 products take gemm_bf16 where the CPU has AVX512_BF16. Every output is within f32
+// accumulation of float64: rows past one chunk of 256, K past one stretch of 1,024 and not a
+// multiple of 32, N not a multiple of the 4-row tile. And a row's outputs have the same bits
+// whatever rows share the product: the rows shifted by one, and a row alone (a decode step's
+// one-row path, W streamed row by row).
 TEST(GemmBf16Test, ManyRowsMatchFloat64AndEachRowItsOwnBits) {
   if (!cpu::gemm_bf16_available()) GTEST_SKIP() << "this CPU has no AVX512_BF16: these products take sgemm";
   const ScopedEnv on("LMX_CPU_BF16_GEMM", nullptr);
@@ -577,6 +578,12 @@ TEST(GemmBf16Test, ManyRowsMatchFloat64AndEachRowItsOwnBits) {
               << "m=" << m << " k=" << k << ": row " << r << " column " << j << " changed with its neighbours";
         }
       }
+    for (const int64_t r : {int64_t(0), m / 2, m - 1}) {
+      Array alone(Shape{1, 1, n}, Dtype::bf16);
+      ASSERT_TRUE(cpu::gemm_bf16(slice(a.array, {0, r, 0}, {1, r + 1, k}), b, alone));
+      EXPECT_EQ(to_floats(alone), to_floats(slice(first, {0, r, 0}, {1, r + 1, n})))
+          << "m=" << m << " k=" << k << ": row " << r << " alone differs from itself among the others";
+    }
   }
 }
 

@@ -33,10 +33,11 @@ bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Arra
 constexpr int64_t kGemvMaxRows = 64;
 bool gemv(const Array& a, const Array& b, const Array& out);
 
-// out [B, M, N] = a [B, M, K] · b [B, K, N] for bf16 past kGemvMaxRows rows (prompts, large
-// batches) where the CPU has AVX512_BF16 (gemm_bf16.cpp), W laid out as gemv takes it: W read
-// as stored, two products an instruction, f32 sums rounded once. Each output depends only on
-// its row of `a` and of W. LMX_CPU_BF16_GEMM=0 leaves these products to sgemm.
+// out [B, M, N] = a [B, M, K] · b [B, K, N] for bf16 at any row count where the CPU has
+// AVX512_BF16 (gemm_bf16.cpp), W laid out as gemv takes it: W read as stored, two products an
+// instruction, f32 sums rounded once. Each output depends only on its row of `a` and of W and
+// K, so a row has the same bits alone, in a batch's decode step or in a prompt. matmul tries
+// it before gemv; LMX_CPU_BF16_GEMM=0 leaves bf16 to gemv and sgemm.
 // Returns false, doing nothing, where the CPU, the dtypes or the layout do not fit.
 bool gemm_bf16(const Array& a, const Array& b, const Array& out);
 bool gemm_bf16_available();  // the CPU has the instructions (whatever LMX_CPU_BF16_GEMM says)

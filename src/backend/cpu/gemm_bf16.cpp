@@ -21,6 +21,7 @@
 // GCC 12's shuffle intrinsics start from _mm512_undefined_ps(), a self-initialised
 // variable that -Wuninitialized reports at every use.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace lmx::cpu {
@@ -55,6 +56,15 @@ LMX_BF16_TARGET inline __m512 sum_lanes(const __m512 v[16]) {
                        _mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(3, 2, 3, 2)));
 }
 
+// One vector's lanes summed in the pairs sum_lanes takes for each of its sixteen: the
+// same bits as that vector's lane there.
+LMX_BF16_TARGET inline float sum_lanes(__m512 v) {
+  const __m512 u = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(3, 2, 3, 2)));  // blocks 0+2, 1+3
+  const __m512 x = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, _MM_SHUFFLE(1, 1, 1, 1)));  // block 0: all four
+  const __m512 y = _mm512_add_ps(x, _mm512_shuffle_ps(x, x, _MM_SHUFFLE(1, 0, 3, 2)));      // lanes 0+2, 1+3
+  return _mm512_cvtss_f32(y) + _mm512_cvtss_f32(_mm512_shuffle_ps(y, y, _MM_SHUFFLE(1, 1, 1, 1)));
+}
+
 // Where the sums of output u = TW·i + j (row i of `a`, row j of W) are kept: sum_lanes puts
 // the sums of v[4r + q] in lane 4q + r, so keeping u's in v[4(u % 4) + u / 4] brings lane u
 // out as output u.
@@ -71,8 +81,12 @@ LMX_BF16_TARGET inline void dot_step(__m512 acc[16], const __m512bh av[TA], cons
 
 // sums[TW·i + j] += a[i][0, len) · w[j][0, len), for TA rows of `a` and TW of W (bf16 bits),
 // TA·TW = 16 vectors of sums.
+// With `ahead`, each step also prefetches the same columns of TW more W rows (the stretch that
+// comes after this one): in step with the stream, where a burst of them at once overflows
+// the loads in flight.
 template <int TA, int TW>
-LMX_BF16_TARGET void tile(const uint16_t* const a[TA], const uint16_t* const w[TW], int64_t len, float* sums) {
+LMX_BF16_TARGET void tile(const uint16_t* const a[TA], const uint16_t* const w[TW], int64_t len, float* sums,
+                          const uint16_t* const* ahead) {
   static_assert(TA * TW == 16);
   __m512 acc[16];  // acc[slot(TW·i + j)]: 16 lanes of row i of `a` times row j of W
 #pragma GCC unroll 16
@@ -81,6 +95,10 @@ LMX_BF16_TARGET void tile(const uint16_t* const a[TA], const uint16_t* const w[T
   // nothing): a second path for it kept the sums in memory around both.
   for (int64_t t = 0; t < len; t += 32) {
     const __mmask32 mask = len - t >= 32 ? ~__mmask32(0) : _cvtu32_mask32(uint32_t((uint64_t(1) << (len - t)) - 1));
+    if (ahead) {
+#pragma GCC unroll 8
+      for (int j = 0; j < TW; ++j) __builtin_prefetch(ahead[j] + t, 0, 3);
+    }
     __m512bh av[TA], wv[TW];
 #pragma GCC unroll 8
     for (int i = 0; i < TA; ++i) av[i] = (__m512bh)_mm512_maskz_loadu_epi16(mask, a[i] + t);
@@ -109,34 +127,53 @@ void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int
         const uint16_t* wt[TW];
         for (int j = 0; j < TW; ++j) wt[j] = wr[j] + t0;
         // The W stretch after this one (this tile's next, or the next tile's first), brought
-        // in a few lines an `a` tile while this one is multiplied: from memory it would
+        // in by the first `a` tile while this one is multiplied: from memory it would
         // otherwise stall the first tile that reads it.
-        const uint16_t* next[TW] = {};
-        int64_t next_len = 0;
+        const uint16_t* next[TW];
+        bool has_next = true;
         if (t0 + kDepth < k) {
           for (int j = 0; j < TW; ++j) next[j] = wr[j] + t0 + kDepth;
-          next_len = std::min(kDepth, k - t0 - kDepth);
         } else if (c0 + TW < c_end) {
           for (int j = 0; j < TW; ++j) next[j] = w + std::min(c0 + TW + j, n - 1) * k;
-          next_len = std::min(kDepth, k);
+        } else {
+          has_next = false;
         }
-        const int64_t row_lines = (next_len * 2 + 63) / 64;
-        const int64_t per_tile = (TW * row_lines + tiles - 1) / tiles;  // lines to prefetch an `a` tile
-        int64_t pj = 0, pl = 0;                                          // the next line: W row, line in it
         for (int64_t i0 = 0; i0 < rows; i0 += TA) {
           const uint16_t* at[TA];
           for (int i = 0; i < TA; ++i) at[i] = a + std::min(r0 + i0 + i, m - 1) * a_row + t0;
-          for (int64_t l = 0; l < per_tile && pj < TW; ++l) {
-            __builtin_prefetch(next[pj] + pl * 32, 0, 3);
-            if (++pl == row_lines) pl = 0, ++pj;
-          }
-          tile<TA, TW>(at, wt, len, sums + i0 * TW);
+          tile<TA, TW>(at, wt, len, sums + i0 * TW, i0 == 0 && has_next ? next : nullptr);
         }
       }
       const int64_t cols = std::min<int64_t>(TW, c_end - c0);
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < cols; ++j) out[(r0 + i) * n + c0 + j] = f32_to_bf16(sums[i * TW + j]).bits;
     }
+  }
+}
+
+// out[c] for one row of `a` (a decode step's) and W's rows c in [c_begin, c_end): W read
+// row after row, one stream through memory (a tile's rows side by side made four, which
+// read it at about 0.6 of this), with the same sums as a tile's, step for step and lane for
+// lane. Each row's sums are one chain of dependent instructions; the next row's overlap it.
+LMX_BF16_TARGET void row_product(const uint16_t* a, const uint16_t* w, int64_t k, uint16_t* out, int64_t n,
+                                 int64_t c_begin, int64_t c_end) {
+  const int64_t ahead = 4 * k;  // prefetch the same columns four rows on
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const uint16_t* wr = w + c * k;
+    float sum = 0;
+    for (int64_t t0 = 0; t0 < k; t0 += kDepth) {
+      const int64_t len = std::min(kDepth, k - t0);
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t t = t0; t < t0 + len; t += 32) {
+        const __mmask32 mask =
+            t0 + len - t >= 32 ? ~__mmask32(0) : _cvtu32_mask32(uint32_t((uint64_t(1) << (t0 + len - t)) - 1));
+        if (c + 4 < n) __builtin_prefetch(wr + ahead + t, 0, 3);
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(mask, a + t),
+                               (__m512bh)_mm512_maskz_loadu_epi16(mask, wr + t));
+      }
+      sum += sum_lanes(acc);
+    }
+    out[c] = f32_to_bf16(sum).bits;
   }
 }
 
@@ -167,6 +204,12 @@ bool gemm_bf16(const Array& a, const Array& b, const Array& out) {
     const uint16_t* ai = a0 + i * a.strides()[0];
     const uint16_t* wi = w0 + i * b.strides()[0];
     uint16_t* oi = o0 + i * m * n;
+    if (m == 1) {  // about 64 KiB of W a chunk of work, as the GEMV's
+      parallel_for(n, std::max<int64_t>(16, (int64_t(1) << 15) / k), [&](int64_t c_begin, int64_t c_end) {
+        row_product(ai, wi, k, oi, n, c_begin, c_end);
+      });
+      continue;
+    }
     parallel_for(tiles, grain, [&](int64_t t_begin, int64_t t_end) {
       product<kRowsA, kRowsW>(ai, p->a_row, m, wi, k, oi, n, t_begin * kRowsW, std::min(n, t_end * kRowsW));
     });

@@ -1,6 +1,6 @@
-// Batched matmul: OpenBLAS sgemm for f32; 16-bit floats go through the SIMD
-// matrix-vector kernel for up to kGemvMaxRows rows, bf16 past them through gemm_bf16 where
-// the CPU has AVX512_BF16, and the rest through f32 sgemm.
+// Batched matmul: bf16 through gemm_bf16 at any row count where the CPU has AVX512_BF16;
+// otherwise 16-bit floats through the SIMD matrix-vector kernel for up to kGemvMaxRows rows;
+// OpenBLAS sgemm for f32 and for the rest.
 #include <cblas.h>
 
 #include <vector>
@@ -72,7 +72,7 @@ void matmul(const Array& a, const Array& b, const Array& out) {
     fill(out, 0);
     return;
   }
-  if (gemv(a, b, out) || gemm_bf16(a, b, out)) return;
+  if (gemm_bf16(a, b, out) || gemv(a, b, out)) return;
   if (a.dtype() == Dtype::f32) {
     const auto va = blas_view(m, k, a.strides()[1], a.strides()[2]);
     const auto vb = blas_view(k, n, b.strides()[1], b.strides()[2]);
