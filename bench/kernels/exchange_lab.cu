@@ -49,10 +49,20 @@
 //       attention). Also prints how many clusters of each size one block per SM allows.
 //   20  19 with clusters of 8 (128 blocks)
 //   21  19 with clusters of 16 (128 blocks; a size beyond the portable 8)
+//   22-25  the fused down's partial sums for B = 1, 2, 4 or 8 sequences: every block adds
+//       B vectors of 2,048 floats (Llama-3.2-1B's hidden size) into L2 with vector
+//       reductions, its own share's values and zeros elsewhere as 12 does; 02's barrier;
+//       then every block reads the B vectors back and sums them (the next norm's input).
+//       At B = 8: 4,096 reductions a block a round, 540 K over 132 blocks, what a Llama
+//       layer's fused down makes for 8 sequences
+//   26  25 with the weights streaming; 27 22 with them
+//   28  25's rounds with plain stores of each block's share and no reductions (a down
+//       projection as a phase of its own, whose outputs each have one writer)
 //   07  02 without the loads and the sum: the barrier alone
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <vector>
@@ -264,6 +274,48 @@ __global__ void barrier_rounds(float* y, unsigned long long* counter, int rounds
   if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
 }
 
+// 22-28: B vectors of kHidden floats a round, added into by every block (or stored by
+// their owners, kPlain), then read back by every block and summed.
+constexpr int kHidden = 2048, kMaxVectors = 8;
+template <int kVectors, bool kPlain = false>
+__global__ void partial_rounds(float* y, unsigned long long* counter, int rounds, float* out, const char* src) {
+  if (run_stream(src)) return;
+  constexpr int kFloats = kVectors * kHidden;  // a round's vectors, side by side
+  // The block's share of each vector.
+  const int lo = blockIdx.x * kHidden / gridDim.x, hi = (blockIdx.x + 1) * kHidden / gridDim.x;
+  float sum = 0;
+  unsigned long long target = 0;
+  for (int r = 0; r < rounds; ++r) {
+    float* buf = y + (r % 3) * kFloats;
+    if constexpr (kPlain) {
+      for (int v = 0; v < kVectors; ++v)
+        for (int i = lo + int(threadIdx.x); i < hi; i += kWorkers) buf[v * kHidden + i] = next_value(sum, v * kHidden + i);
+    } else {
+      for (int q = int(threadIdx.x); q < kFloats / 4; q += kWorkers) {  // four floats a reduction
+        const int i = q * 4, e = i % kHidden;                          // e: the place in its vector
+        float x[4];
+        for (int j = 0; j < 4; ++j) x[j] = e + j >= lo && e + j < hi ? next_value(sum, i + j) : 0.0f;
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(buf + i), "f"(x[0]), "f"(x[1]), "f"(x[2]),
+                     "f"(x[3])
+                     : "memory");
+      }
+      // The buffer after this round's was read two rounds ago; its owners zero it for the next.
+      float* following = y + ((r + 1) % 3) * kFloats;
+      for (int v = 0; v < kVectors; ++v)
+        for (int i = lo + int(threadIdx.x); i < hi; i += kWorkers) following[v * kHidden + i] = 0;
+    }
+    grid_barrier<Wait::acquire>(counter, target += gridDim.x);
+    float s = 0;
+    for (int q = int(threadIdx.x); q < kFloats / 4; q += kWorkers) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(buf) + q);
+      s += v.x + v.y + v.z + v.w;
+    }
+    sum = block_sum(s);
+  }
+  end_stream();
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = sum;
+}
+
 __device__ __forceinline__ void store_tagged(unsigned long long* p, float v, unsigned tag) {
   const unsigned long long w = (static_cast<unsigned long long>(tag) << 32) | __float_as_uint(v);
   asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
@@ -343,30 +395,36 @@ int main() {
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   constexpr int kRounds = 4000;
-  float host_sum = 0;
-  for (int r = 0; r < kRounds; ++r) {
-    float s = 0;
-    for (int i = 0; i < kN; ++i) s += next_value(host_sum, i);
-    host_sum = s;
-  }
+  auto chain_sum = [&](int elements) {  // the last round's sum over `elements` values a round
+    float sum = 0;
+    for (int r = 0; r < kRounds; ++r) {
+      float s = 0;
+      for (int i = 0; i < elements; ++i) s += next_value(sum, i);
+      sum = s;
+    }
+    return sum;
+  };
+  const float host_sum = chain_sum(kN);
   float *y, *out;
   unsigned long long *counter, *tagged;
-  CHECK(cudaMalloc(&y, 3 * 4 * kN * sizeof(float)));
+  const size_t y_floats = 3 * size_t(std::max(4 * kN, kMaxVectors * kHidden));
+  CHECK(cudaMalloc(&y, y_floats * sizeof(float)));
   CHECK(cudaMalloc(&tagged, 2 * kN * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&counter, kSpread * kCounterStride * sizeof(unsigned long long)));
   CHECK(cudaMalloc(&out, sizeof(float)));
   int failed = 0;
-  auto run = [&](const char* name, auto launch, int blocks = 0) {
+  // want: the last round's sum where the rounds' vectors are not kN floats (22-28)
+  auto run = [&](const char* name, auto launch, int blocks = 0, float want = -1) {
     const float us = median_us([&] {
       CHECK(cudaMemset(counter, 0, kSpread * kCounterStride * sizeof(unsigned long long)));
       CHECK(cudaMemset(tagged, 0, 2 * kN * sizeof(unsigned long long)));
-      CHECK(cudaMemset(y, 0, 3 * 4 * kN * sizeof(float)));
+      CHECK(cudaMemset(y, 0, y_floats * sizeof(float)));
       launch();
     });
     CHECK(cudaGetLastError());
     float got = 0;
     CHECK(cudaMemcpy(&got, out, sizeof(float), cudaMemcpyDeviceToHost));
-    const bool ok = got == host_sum;
+    const bool ok = got == (want >= 0 ? want : host_sum);
     failed += !ok;
     std::printf("%s, %d blocks: %.3f us per round%s\n", name, blocks ? blocks : sms, us / kRounds,
                 ok ? "" : "  CHECK FAILED");
@@ -419,6 +477,17 @@ int main() {
   run("15 12, each block only into the 256 floats that hold its share", [&] {
     coop(barrier_rounds<Wait::acquire, true, true, 1, true>, y, counter, rounds, out, no_stream);
   });
+  // 22-28: the fused down's reductions for 1-8 sequences.
+  const auto partial = [&](const char* name, auto kernel, int vectors, const char* stream) {
+    run(name, [&] { coop(kernel, y, counter, rounds, out, stream); }, 0, chain_sum(vectors * kHidden));
+  };
+  partial("22 1 vector of 2,048 floats, every block's reductions into it", partial_rounds<1>, 1, no_stream);
+  partial("23 2 vectors", partial_rounds<2>, 2, no_stream);
+  partial("24 4 vectors", partial_rounds<4>, 4, no_stream);
+  partial("25 8 vectors", partial_rounds<8>, 8, no_stream);
+  partial("26 25 with the weights streaming", partial_rounds<8>, 8, src);
+  partial("27 22 with the weights streaming", partial_rounds<1>, 1, src);
+  partial("28 8 vectors, each block storing its share, no reductions", partial_rounds<8, true>, 8, no_stream);
   // 16-18: the decode step's shape, a phase of two 32 KiB stages a block (Qwen3's phases
   // have one to three), then the exchange.
   constexpr int kPhaseStages = 2;

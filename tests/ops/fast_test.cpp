@@ -160,6 +160,23 @@ INSTANTIATE_TEST_SUITE_P(Ops, FastGluTest,
                            return param_name(std::get<0>(info.param), std::get<1>(info.param));
                          });
 
+// The CPU's SIMD glu takes the last elements through a padded vector: an element's bits
+// do not depend on where it lies (a row alone or in a batch, in the tail or not).
+TEST(FastGluTest, EachElementHasItsOwnBitsWhereverItLies) {
+  for (const Dtype dtype : {Dtype::bf16, Dtype::f32})
+    for (auto act : {fast::GluActivation::silu, fast::GluActivation::gelu_tanh}) {
+      const int64_t n = 1000, m = 37;
+      const Input gate = random_input({n}, dtype, 31, -8, 8), up = random_input({n}, dtype, 32, -2, 2);
+      const std::vector<float> all = to_floats(fast::glu(gate.array, up.array, act));
+      for (const int64_t at : {int64_t(0), int64_t(5), n - m}) {
+        const Array part = fast::glu(contiguous(slice(gate.array, {at}, {at + m})),
+                                     contiguous(slice(up.array, {at}, {at + m})), act);
+        EXPECT_EQ(to_floats(part), std::vector<float>(all.begin() + at, all.begin() + at + m))
+            << dtype_name(dtype) << " from " << at;
+      }
+    }
+}
+
 TEST(FastGluTest, RejectsMismatchedGateAndUp) {
   expect_op_error([] { fast::glu(zeros({2, 8}), zeros({2, 9}), fast::GluActivation::silu); }, "glu");
   expect_op_error([] { fast::glu(zeros({2, 8}), zeros({2, 8}, Dtype::bf16), fast::GluActivation::silu); }, "glu");

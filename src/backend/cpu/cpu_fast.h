@@ -17,6 +17,8 @@ bool rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, con
 bool add_rms_norm(const Array& x, const Array& y, const Array* y_w, const Array& w, float eps,
                   fast::RmsNormStyle style, const Array& sum, const Array& normed);
 void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out);  // elementwise.cpp
+// glu on SIMD vectors for contiguous bf16 or f32 (glu.cpp); false, doing nothing, otherwise.
+bool glu_contiguous(fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
 void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
                int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
 

@@ -111,6 +111,7 @@ void binary(BinaryOp op, const Array& a, const Array& b, const Array& out) {
 }
 
 void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out) {
+  if (glu_contiguous(act, gate, up, out)) return;
   visit_dtype(gate.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same_v<compute_t<T>, float>) {
