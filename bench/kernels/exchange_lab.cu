@@ -289,7 +289,8 @@ __global__ void partial_rounds(float* y, unsigned long long* counter, int rounds
     float* buf = y + (r % 3) * kFloats;
     if constexpr (kPlain) {
       for (int v = 0; v < kVectors; ++v)
-        for (int i = lo + int(threadIdx.x); i < hi; i += kWorkers) buf[v * kHidden + i] = next_value(sum, v * kHidden + i);
+        for (int i = lo + int(threadIdx.x); i < hi; i += kWorkers)
+          buf[v * kHidden + i] = next_value(sum, v * kHidden + i);
     } else {
       for (int q = int(threadIdx.x); q < kFloats / 4; q += kWorkers) {  // four floats a reduction
         const int i = q * 4, e = i % kHidden;                          // e: the place in its vector

@@ -36,7 +36,8 @@ HWY_INLINE VF activation(DF df, VF x, bool gelu) {
   const VF one = hn::Set(df, 1.0f);
   VF t = hn::Neg(x);  // silu: e^-x
   if (gelu) {         // gelu_tanh: e^-2z
-    const VF z = hn::Mul(hn::Set(df, 0.7978845608028654f), hn::MulAdd(hn::Mul(hn::Set(df, 0.044715f), x), hn::Mul(x, x), x));
+    const VF cube = hn::Mul(hn::Set(df, 0.044715f), hn::Mul(hn::Mul(x, x), x));
+    const VF z = hn::Mul(hn::Set(df, 0.7978845608028654f), hn::Add(x, cube));
     t = hn::Mul(hn::Set(df, -2.0f), z);
   }
   return hn::Div(x, hn::Add(one, hn::Exp(df, t)));
@@ -44,7 +45,7 @@ HWY_INLINE VF activation(DF df, VF x, bool gelu) {
 
 // f32 bits rounded to bf16 (to nearest, ties to even; a NaN quiet, its sign kept), left in
 // the upper 16 bits with the lower ones zero: f32_to_bf16 in every lane.
-HWY_INLINE VU round_bf16(DF df, VF v) {
+HWY_INLINE VU round_bf16(VF v) {
   const DU du;
   const VU bits = hn::BitCast(du, v);
   const VU bias = hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u)));
@@ -73,8 +74,8 @@ HWY_INLINE void glu_vectors(const T* gate, const T* up, T* out, int64_t n, bool 
       for (int h = 0; h < 2; ++h) {  // 0: even elements, 1: odd
         const VF x = hn::BitCast(df, h == 0 ? hn::ShiftLeft<16>(gp) : hn::And(gp, high));
         const VF y = hn::BitCast(df, h == 0 ? hn::ShiftLeft<16>(up_pairs) : hn::And(up_pairs, high));
-        const VF act = hn::BitCast(df, round_bf16(df, activation(df, x, gelu)));
-        halves[h] = round_bf16(df, hn::Mul(act, y));
+        const VF act = hn::BitCast(df, round_bf16(activation(df, x, gelu)));
+        halves[h] = round_bf16(hn::Mul(act, y));
       }
       hn::StoreU(hn::Or(hn::ShiftRight<16>(halves[0]), halves[1]), du, o + i);
     }
