@@ -568,8 +568,8 @@ TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
 // ---------------------------------------------------------------- gemm_bf16
 
 // bf16 products take gemm_bf16 where the CPU has AVX512_BF16. Every output is within f32
-// accumulation of float64: rows past one chunk of 256, K past one stretch of 1,024 and not a
-// multiple of 32, N not a multiple of the 4-row tile. And a row's outputs have the same bits
+// accumulation of float64: rows past one chunk of 256, K in more than one stretch (2,080: two
+// of 1,056) and not a multiple of 32, N not a multiple of the 4-row tile. And a row's outputs have the same bits
 // whatever rows share the product: the rows shifted by one, and a row alone (a decode step's
 // one-row path, W streamed row by row).
 TEST(GemmBf16Test, ManyRowsMatchFloat64AndEachRowItsOwnBits) {

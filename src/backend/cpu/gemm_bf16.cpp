@@ -1,14 +1,16 @@
-// bf16 products of many rows (prompts, batches past the GEMV's rows) on x86 CPUs with
-// AVX512_BF16. VDPBF16PS multiplies 32 bf16 pairs into 16 f32 sums in one instruction, twice
-// the products of f32 FMAs, and W is read as it is stored, where the sgemm path converts
-// every weight to f32 first (2 bytes read, 4 written and read again, on every call).
+// bf16 products by a weight on x86 CPUs with AVX512_BF16, at every row count: prompts,
+// batches' decode steps and single decode steps. VDPBF16PS multiplies 32 bf16 pairs into 16
+// f32 sums in one instruction, twice the products of f32 FMAs, and W is read as it is stored,
+// where the sgemm path converts every weight to f32 first (2 bytes read, 4 written and read
+// again, on every call).
 //
 // The form is inner products: a tile of 4 rows of `a` by 4 rows of W keeps 16 vectors of
-// partial sums over a stretch of K, then sums each vector's lanes. No operand is packed, a
-// last stretch shorter than 32 columns is a masked load of zeros, and each output's sum
-// depends only on its two rows and K: a row's outputs have the same bits whatever rows
-// share its product. The instruction treats subnormal inputs as zeros and flushes subnormal
-// sums (below 1.2e-38, far under what a bf16 model's activations and weights carry).
+// partial sums over a stretch of K (at most 1,536 columns), then sums each vector's lanes.
+// No operand is packed, a step of fewer than 32 columns is a masked load of zeros, and each
+// output's sum depends only on its two rows and K: a row's outputs have the same bits
+// whatever rows share its product (one row alone takes its own form with the same sums).
+// The instruction treats subnormal inputs as zeros and flushes subnormal sums (below
+// 1.2e-38, far under what a bf16 model's activations and weights carry).
 #include <cstdlib>
 #include <cstring>
 
@@ -31,10 +33,17 @@ namespace {
 
 #define LMX_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
-// Columns per stretch: a W tile's rows of it (16 KiB at 8 rows) stay in L1 while the rows of
-// `a` pass one tile after another beside them.
-constexpr int64_t kDepth = 1024;
-// Rows of `a` per pass over W: their stretch (up to 512 KiB) stays in L2 for every W tile.
+// Columns per stretch, a function of K alone (each output's sum may depend on nothing else):
+// K in equal stretches of at most kMaxDepth, in whole steps of 32. A tile's 8 rows of one (at
+// most 24 KiB) stay in L1 while the rows of `a` pass beside the same W rows, and no short
+// last stretch pays a whole stretch's lane sums for a few steps (Gemma 3's K of 1,152 was
+// 1,024 and 128).
+constexpr int64_t kMaxDepth = 1536;
+inline int64_t stretch(int64_t k) {
+  const int64_t count = (k + kMaxDepth - 1) / kMaxDepth;
+  return ((k + count - 1) / count + 31) / 32 * 32;
+}
+// Rows of `a` per pass over W: their stretch (at most 768 KiB) stays in L2 for every W tile.
 constexpr int64_t kChunkRows = 256;
 
 // Lane 4q + r of the result is the sum of v[4r + q]'s lanes: sixteen horizontal sums in 15
@@ -115,6 +124,7 @@ template <int TA, int TW>
 void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int64_t k, uint16_t* out, int64_t n,
              int64_t c_begin, int64_t c_end) {
   alignas(64) float sums[(kChunkRows + TA) * TW];  // [row of the chunk][W row of the tile]
+  const int64_t depth = stretch(k);
   for (int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
     const int64_t rows = std::min(kChunkRows, m - r0), tiles = (rows + TA - 1) / TA;
     for (int64_t c0 = c_begin; c0 < c_end; c0 += TW) {
@@ -122,8 +132,8 @@ void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int
       const uint16_t* wr[TW];
       for (int j = 0; j < TW; ++j) wr[j] = w + std::min(c0 + j, n - 1) * k;
       std::memset(sums, 0, sizeof(float) * size_t(tiles * TA * TW));
-      for (int64_t t0 = 0; t0 < k; t0 += kDepth) {
-        const int64_t len = std::min(kDepth, k - t0);
+      for (int64_t t0 = 0; t0 < k; t0 += depth) {
+        const int64_t len = std::min(depth, k - t0);
         const uint16_t* wt[TW];
         for (int j = 0; j < TW; ++j) wt[j] = wr[j] + t0;
         // The W stretch after this one (this tile's next, or the next tile's first), brought
@@ -131,8 +141,8 @@ void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int
         // otherwise stall the first tile that reads it.
         const uint16_t* next[TW];
         bool has_next = true;
-        if (t0 + kDepth < k) {
-          for (int j = 0; j < TW; ++j) next[j] = wr[j] + t0 + kDepth;
+        if (t0 + depth < k) {
+          for (int j = 0; j < TW; ++j) next[j] = wr[j] + t0 + depth;
         } else if (c0 + TW < c_end) {
           for (int j = 0; j < TW; ++j) next[j] = w + std::min(c0 + TW + j, n - 1) * k;
         } else {
@@ -157,12 +167,12 @@ void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int
 // lane. Each row's sums are one chain of dependent instructions; the next row's overlap it.
 LMX_BF16_TARGET void row_product(const uint16_t* a, const uint16_t* w, int64_t k, uint16_t* out, int64_t n,
                                  int64_t c_begin, int64_t c_end) {
-  const int64_t ahead = 4 * k;  // prefetch the same columns four rows on
+  const int64_t ahead = 4 * k, depth = stretch(k);  // prefetch the same columns four rows on
   for (int64_t c = c_begin; c < c_end; ++c) {
     const uint16_t* wr = w + c * k;
     float sum = 0;
-    for (int64_t t0 = 0; t0 < k; t0 += kDepth) {
-      const int64_t len = std::min(kDepth, k - t0);
+    for (int64_t t0 = 0; t0 < k; t0 += depth) {
+      const int64_t len = std::min(depth, k - t0);
       __m512 acc = _mm512_setzero_ps();
       for (int64_t t = t0; t < t0 + len; t += 32) {
         const __mmask32 mask =
