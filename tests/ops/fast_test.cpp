@@ -632,7 +632,10 @@ TEST(GemmBf16Test, DeclinesWhatItDoesNotTakeAndTheSwitchTurnsItOff) {
   Array out(Shape{1, m, n}, Dtype::bf16);
   EXPECT_FALSE(cpu::gemm_bf16(astype(a.array, Dtype::f16), astype(b, Dtype::f16), Array(Shape{1, m, n}, Dtype::f16)));
   EXPECT_FALSE(cpu::gemm_bf16(a.array, contiguous(b), out));  // b a row-major [K, N], not W transposed
-  EXPECT_EQ(cpu::gemm_bf16(a.array, b, out), cpu::gemm_bf16_available());
+  {
+    const ScopedEnv on("LMX_CPU_BF16_GEMM", nullptr);
+    EXPECT_EQ(cpu::gemm_bf16(a.array, b, out), cpu::gemm_bf16_available());
+  }
   const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
   EXPECT_FALSE(cpu::gemm_bf16(a.array, b, out));
   const std::vector<float> g = to_floats(matmul(a.array, b));
@@ -641,6 +644,25 @@ TEST(GemmBf16Test, DeclinesWhatItDoesNotTakeAndTheSwitchTurnsItOff) {
       const ExactDot d = exact_dot(a, r, w, j, k, unit_roundoff(Dtype::bf16));
       ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound) << "sgemm: row " << r << " column " << j;
     }
+}
+
+// Past the GEMV's rows, f16 (and bf16 without AVX512_BF16) go to sgemm on f32 copies, a
+// weight converted a panel of its rows at a time (here 255 rows of K = 4,097: three panels,
+// the last one short). Every output within f32 accumulation of float64.
+TEST(SgemmPathTest, AWeightConvertedInPanelsMatchesFloat64) {
+  const int64_t m = 70, k = 4097, n = 600;
+  for (const Dtype dtype : {Dtype::f16, Dtype::bf16}) {
+    const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
+    const Input a = random_input({1, m, k}, dtype, 97, -1, 1);  // a [1, M, K]
+    const Input w = random_input({n, k}, dtype, 98, -1, 1);     // w [N, K], row-major
+    const std::vector<float> g = to_floats(matmul(a.array, expand_dims(transpose(w.array), 0)));
+    for (int64_t r = 0; r < m; r += 23)
+      for (int64_t j = 0; j < n; ++j) {
+        const ExactDot d = exact_dot(a, r, w, j, k, unit_roundoff(dtype));
+        ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
+            << dtype_name(dtype) << " row " << r << " column " << j;
+      }
+  }
 }
 
 // ---------------------------------------------------------------- argument errors

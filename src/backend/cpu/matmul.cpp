@@ -59,9 +59,11 @@ F32Matrix to_f32_matrix(const Array& x, int64_t batch) {
   return m;
 }
 
-void sgemm(const float* a, BlasView va, const float* b, BlasView vb, float* c, int64_t m, int64_t n, int64_t k) {
+// c [M, N] (rows ldc apart, ldc = N where not given) = a · b.
+void sgemm(const float* a, BlasView va, const float* b, BlasView vb, float* c, int64_t m, int64_t n, int64_t k,
+           int64_t ldc = 0) {
   cblas_sgemm(CblasRowMajor, va.trans, vb.trans, int(m), int(n), int(k), 1.0f, a, int(va.ld), b, int(vb.ld), 0.0f,
-              c, int(n));
+              c, int(ldc ? ldc : n));
 }
 
 }  // namespace
@@ -83,11 +85,21 @@ void matmul(const Array& a, const Array& b, const Array& out) {
       return;
     }
   }
-  // General path: f32 copies of each batch element, sgemm, one rounding at the end.
+  // General path: f32 copies of each batch element, sgemm, one rounding at the end. A weight
+  // (b a row-major W seen transposed) is converted a panel of W's rows at a time, into a few
+  // MiB that the allocator hands out again: a whole f32 copy (64 MiB for Llama-3.2-1B's MLP)
+  // was fresh memory on every call, and zeroing and faulting it in took 60% of a prompt.
+  const auto vb = blas_view(k, n, b.strides()[1], b.strides()[2]);
+  const int64_t panel = vb && vb->trans == CblasTrans ? std::max<int64_t>(64, (int64_t(1) << 20) / k) : n;
   std::vector<float> c(static_cast<size_t>(m * n));
   for (int64_t i = 0; i < nb; ++i) {
-    const F32Matrix fa = to_f32_matrix(a, i), fb = to_f32_matrix(b, i);
-    sgemm(fa.data.data(), fa.view, fb.data.data(), fb.view, c.data(), m, n, k);
+    const F32Matrix fa = to_f32_matrix(a, i);
+    for (int64_t n0 = 0; n0 < n; n0 += panel) {
+      const int64_t cols = std::min(panel, n - n0);  // b's columns [n0, n0 + cols): W's rows
+      const Array part = cols == n ? b : b.view({nb, k, cols}, b.strides(), b.offset() + n0 * b.strides()[2]);
+      const F32Matrix fb = to_f32_matrix(part, i);
+      sgemm(fa.data.data(), fa.view, fb.data.data(), fb.view, c.data() + n0, m, cols, k, n);
+    }
     const Array src = Array::borrow(c.data(), {m, n}, Dtype::f32, nullptr);
     copy(src, out.view({m, n}, {n, 1}, out.offset() + i * m * n));
   }
