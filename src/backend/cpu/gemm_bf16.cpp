@@ -13,6 +13,7 @@
 // 1.2e-38, far under what a bf16 model's activations and weights carry).
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "backend/cpu/cpu_fast.h"
 #include "core/thread_pool.h"
@@ -74,6 +75,11 @@ LMX_BF16_TARGET inline float sum_lanes(__m512 v) {
   return _mm512_cvtss_f32(y) + _mm512_cvtss_f32(_mm512_shuffle_ps(y, y, _MM_SHUFFLE(1, 1, 1, 1)));
 }
 
+// The lanes of a step of 32 columns that lie before the end, `left` columns on.
+LMX_BF16_TARGET inline __mmask32 step_mask(int64_t left) {
+  return left >= 32 ? ~__mmask32(0) : _cvtu32_mask32(uint32_t((uint64_t(1) << left) - 1));
+}
+
 // Where the sums of output u = TW·i + j (row i of `a`, row j of W) are kept: sum_lanes puts
 // the sums of v[4r + q] in lane 4q + r, so keeping u's in v[4(u % 4) + u / 4] brings lane u
 // out as output u.
@@ -103,7 +109,7 @@ LMX_BF16_TARGET void tile(const uint16_t* const a[TA], const uint16_t* const w[T
   // One loop for every stretch of 32 columns, the last one masked (zeros past the end add
   // nothing): a second path for it kept the sums in memory around both.
   for (int64_t t = 0; t < len; t += 32) {
-    const __mmask32 mask = len - t >= 32 ? ~__mmask32(0) : _cvtu32_mask32(uint32_t((uint64_t(1) << (len - t)) - 1));
+    const __mmask32 mask = step_mask(len - t);
     if (ahead) {
 #pragma GCC unroll 8
       for (int j = 0; j < TW; ++j) __builtin_prefetch(ahead[j] + t, 0, 3);
@@ -175,8 +181,7 @@ LMX_BF16_TARGET void row_product(const uint16_t* a, const uint16_t* w, int64_t k
       const int64_t len = std::min(depth, k - t0);
       __m512 acc = _mm512_setzero_ps();
       for (int64_t t = t0; t < t0 + len; t += 32) {
-        const __mmask32 mask =
-            t0 + len - t >= 32 ? ~__mmask32(0) : _cvtu32_mask32(uint32_t((uint64_t(1) << (t0 + len - t)) - 1));
+        const __mmask32 mask = step_mask(t0 + len - t);
         if (c + 4 < n) __builtin_prefetch(wr + ahead + t, 0, 3);
         acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(mask, a + t),
                                (__m512bh)_mm512_maskz_loadu_epi16(mask, wr + t));
