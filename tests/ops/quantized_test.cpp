@@ -7,8 +7,10 @@
 #include <cmath>
 #include <random>
 
+#include "backend/cpu/cpu_fast.h"
 #include "ops/fast.h"
 #include "harness.h"
+#include "scoped_env.h"
 
 namespace lmx::test {
 namespace {
@@ -84,9 +86,10 @@ TEST(Dequantize, EveryWidthGroupAndScaleDtypeIsScaleTimesCodePlusBias) {
 }
 
 // x [rows, K] times the quantized [N, K]ᵀ against the float64 sum of x · (s·q + b).
-void check_matmul(Device d, Dtype xd, int64_t rows, int64_t n, int bits, int group, int64_t k_groups) {
+void check_matmul(Device d, Dtype xd, int64_t rows, int64_t n, int bits, int group, int64_t k_groups,
+                  Dtype scale_dtype = Dtype::bf16) {
   const int64_t k = k_groups * group;
-  const Quantized q = make_quantized(n, k, bits, group, Dtype::bf16, uint64_t(rows * 7 + n + bits * 100 + group));
+  const Quantized q = make_quantized(n, k, bits, group, scale_dtype, uint64_t(rows * 7 + n + bits * 100 + group));
   const Input x = random_input({rows, k}, xd, uint64_t(rows + k), -1, 1, d);
   std::vector<double> want(size_t(rows * n)), mag(size_t(rows * n));
   for (int64_t r = 0; r < rows; ++r)
@@ -108,7 +111,8 @@ void check_matmul(Device d, Dtype xd, int64_t rows, int64_t n, int bits, int gro
   for (size_t i = 0; i < want.size(); ++i)
     ASSERT_LE(std::abs(g[i] - want[i]), 2 * std::sqrt(double(k)) * u32 * mag[i] + uo * std::abs(want[i]) + 1e-30)
         << d.str() << " " << dtype_name(xd) << " rows " << rows << " N " << n << " bits " << bits << " group "
-        << group << " K " << k << " at " << i << ": got " << g[i] << ", want " << want[i];
+        << group << " K " << k << " " << dtype_name(scale_dtype) << " scales at " << i << ": got " << g[i]
+        << ", want " << want[i];
 }
 
 TEST(QuantizedMatmul, OneRowAndManyRowsMatchTheFloat64Sum) {
@@ -135,6 +139,43 @@ TEST(QuantizedMatmul, AwkwardSizesPromptsAndLongRows) {
   check_matmul(Device::cpu(), Dtype::bf16, 33, 4097, 6, 32, 4);
   // A row of 4,096 inputs (64 groups): the decode kernel's sums over many groups.
   check_matmul(Device::cpu(), Dtype::bf16, 1, 67, 4, 64, 64);
+}
+
+// bf16 rows times 4- and 8-bit codes take the VDPBF16PS kernel where the CPU has it, and the
+// f32 kernels with LMX_CPU_BF16_GEMM=0: both against float64 for every scale dtype, groups
+// whose rows end in half a unit of 64 codes (K = 96 and 160), one row to past a tile of 8
+// (8 + 8 + 2 + 1), and a prompt's 40 (sgemm's on the f32 side).
+TEST(QuantizedMatmul, Bf16RowsOfFourAndEightBitsEitherKernel) {
+  for (const char* setting : {static_cast<const char*>(nullptr), "0"}) {
+    const ScopedEnv env("LMX_CPU_BF16_GEMM", setting);
+    for (Dtype sd : kFloatDtypes)
+      for (int bits : {4, 8})
+        for (int group : kGroups)
+          for (int64_t rows : {1, 19, 40}) {
+            SCOPED_TRACE(setting ? "LMX_CPU_BF16_GEMM=0" : "default kernels");
+            check_matmul(Device::cpu(), Dtype::bf16, rows, 21, bits, group, group == 32 ? 5 : 2, sd);
+          }
+  }
+}
+
+// A bf16 row's outputs have the same bits alone and among other rows, at every row count
+// (decode steps of a batch, prompts), where the VDPBF16PS kernel takes them.
+TEST(QuantizedMatmul, ABf16RowHasItsBitsAloneAndInABatch) {
+  if (!cpu::gemm_bf16_available()) GTEST_SKIP() << "this CPU has no AVX512_BF16: the f32 kernels take these rows";
+  const ScopedEnv on("LMX_CPU_BF16_GEMM", nullptr);
+  for (int bits : {4, 8})
+    for (int group : kGroups) {
+      const int64_t k = group * (group == 32 ? 5 : 3), rows = 45, n = 37;
+      const Quantized q = make_quantized(n, k, bits, group, Dtype::bf16, uint64_t(bits + group));
+      const Array x = random_input({rows, k}, Dtype::bf16, uint64_t(k), -1, 1).array;  // x [45, K]
+      const std::vector<float> all = to_floats(fast::quantized_matmul(x, q.w));
+      for (int64_t r : {int64_t(0), int64_t(9), int64_t(17), int64_t(18), rows - 1}) {
+        const std::vector<float> alone = to_floats(fast::quantized_matmul(slice(x, {r, 0}, {r + 1, k}), q.w));
+        for (int64_t j = 0; j < n; ++j)
+          ASSERT_EQ(alone[size_t(j)], all[size_t(r * n + j)])
+              << bits << " bits, group " << group << ": row " << r << " column " << j << " differs alone";
+      }
+    }
 }
 
 TEST(QuantizedMatmul, LeadingAxesAreKept) {

@@ -25,6 +25,13 @@ void attention(const Array& q, const Array& k, const Array& v, float scale, bool
 // fast::dequantize and fast::quantized_matmul (ops/kernels.h), in quantized.cpp.
 void dequantize(const fast::QuantizedMatrix& w, const Array& out);
 bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Array& out);
+namespace quant {
+struct Rows;
+}
+// out [M, N] (f32) = x [M, K] (bf16 bits, contiguous) times W's 4- or 8-bit codes, on
+// VDPBF16PS (quantized_bf16.cpp); each row's outputs have the bits they have alone. False,
+// doing nothing, for other widths, CPUs without AVX512_BF16, or LMX_CPU_BF16_GEMM=0.
+bool quantized_bf16(const quant::Rows& w, const uint16_t* x, int64_t m, int64_t n, float* out);
 
 // out [B, M, N] = a [B, M, K] · b [B, K, N] when b is a transposed row-major weight
 // (b.strides() for the last two axes == {1, K}), with f32 accumulation: one row of f32,

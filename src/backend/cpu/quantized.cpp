@@ -1,17 +1,19 @@
 // MLX affine-quantized matrices on the CPU (spec §2): dequantization, and the product of
 // rows of x with a quantized weight.
 //
-// Up to 32 rows (decode steps, short prompts) read the packed codes straight into the dot
-// products: at 4 bits a quarter of a bf16 weight's bytes, plus a scale and an offset per
-// group. With y = Σ_g s_g·Σ_{k∈g} q_k·x_k + b_g·Σ_{k∈g} x_k, the offsets cost one product
-// per group against x's group sums. For 2, 4 and 8 bits a vector of V words holds
-// V·(32/bits) codes; shifting it by bits·j and masking gives the codes j, j + 32/bits, ...
-// of those words, which meet x permuted to that order once per call; the codes decoded
-// once serve up to eight rows. Longer prompts dequantize the weight a tile of rows at a
-// time into f32 (in the same permuted order, x permuted alike) and multiply with sgemm,
-// so the weight is unpacked once per call whatever the rows. 3, 5 and 6 bits take a
-// scalar bitstream reader and sgemm. Highway compiles the SIMD kernels for each x86
-// target; the best one is chosen at run time.
+// bf16 rows times 4- or 8-bit codes take quantized_bf16.cpp's VDPBF16PS kernel, at every
+// row count, where the CPU has AVX512_BF16. Otherwise (f32 or f16 rows, other widths, other
+// CPUs, LMX_CPU_BF16_GEMM=0), up to 32 rows (decode steps, short prompts) read the packed
+// codes straight into the dot products: at 4 bits a quarter of a bf16 weight's bytes, plus
+// a scale and an offset per group. With y = Σ_g s_g·Σ_{k∈g} q_k·x_k + b_g·Σ_{k∈g} x_k, the
+// offsets cost one product per group against x's group sums. For 2, 4 and 8 bits a vector
+// of V words holds V·(32/bits) codes; shifting it by bits·j and masking gives the codes j,
+// j + 32/bits, ... of those words, which meet x permuted to that order once per call; the
+// codes decoded once serve up to eight rows. Longer prompts dequantize the weight a tile of
+// rows at a time into f32 (in the same permuted order, x permuted alike) and multiply with
+// sgemm, so the weight is unpacked once per call whatever the rows. 3, 5 and 6 bits take a
+// scalar bitstream reader and sgemm. Highway compiles the SIMD kernels for each x86 target;
+// the best one is chosen at run time.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backend/cpu/quantized.cpp"
 #include <hwy/foreach_target.h>  // must come before highway.h
@@ -22,54 +24,8 @@
 #include <vector>
 
 #include "backend/cpu/cpu_fast.h"
+#include "backend/cpu/quantized_rows.h"
 #include "core/dtype.h"
-
-#ifndef LMX_CPU_QUANTIZED_SHARED
-#define LMX_CPU_QUANTIZED_SHARED
-namespace lmx::cpu::quant {
-
-// The pieces of a quantized product that every target shares: raw pointers and sizes.
-struct Rows {
-  const uint32_t* packed;  // [N, words]
-  const void* scales;      // [N, groups]
-  const void* biases;
-  Dtype scale_dtype;
-  int bits, group_size;
-  int64_t words, groups;  // per row
-};
-
-inline float scale_at(const void* p, Dtype t, int64_t i) {
-  switch (t) {
-    case Dtype::bf16: return bf16_to_f32(static_cast<const bf16_t*>(p)[i]);
-    case Dtype::f16: return f16_to_f32(static_cast<const f16_t*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
-  }
-}
-
-// Code c of a row's bitstream; 3, 5 and 6 bits may straddle two words.
-inline uint32_t code_at(const uint32_t* row, int64_t c, int bits) {
-  const int64_t bit = c * bits;
-  const uint32_t* p = row + (bit >> 5);
-  const int shift = int(bit & 31);
-  uint64_t v = uint64_t(p[0]) >> shift;
-  if (shift + bits > 32) v |= uint64_t(p[1]) << (32 - shift);
-  return uint32_t(v) & ((1u << bits) - 1);
-}
-
-// Row n dequantized into out[0, K) in f32: scale · q + bias, where scale · q is exact
-// (a 16-bit scale times a code of at most 8 bits), so the add is the one rounding.
-inline void dequantize_row(const Rows& w, int64_t n, float* out) {
-  const uint32_t* row = w.packed + n * w.words;
-  for (int64_t g = 0; g < w.groups; ++g) {
-    const float s = scale_at(w.scales, w.scale_dtype, n * w.groups + g);
-    const float b = scale_at(w.biases, w.scale_dtype, n * w.groups + g);
-    const int64_t c0 = g * w.group_size;
-    for (int64_t c = c0; c < c0 + w.group_size; ++c) out[c] = s * float(code_at(row, c, w.bits)) + b;
-  }
-}
-
-}  // namespace lmx::cpu::quant
-#endif
 
 HWY_BEFORE_NAMESPACE();
 namespace lmx::cpu {
@@ -281,13 +237,19 @@ bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Arra
   // x [M, K] and y [M, N] in f32: x itself and the output itself where they are f32.
   // Left uninitialised: every element is written (sgemm with beta 0 reads none).
   std::unique_ptr<float[]> x_scratch, y_scratch;
+  if (out.dtype() != Dtype::f32) y_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * n));
+  float* y = y_scratch ? y_scratch.get() : out.data<float>();
+  // bf16 rows times 4- or 8-bit codes: VDPBF16PS at every row count, where the CPU has it.
+  const auto* x16 = static_cast<const uint16_t*>(x.raw());
+  if (x.dtype() == Dtype::bf16 && quantized_bf16(r, x16, m, n, y)) {
+    if (y_scratch) copy(Array::borrow(y, {m, n}, Dtype::f32, nullptr), out);
+    return true;
+  }
   if (x.dtype() != Dtype::f32) {
     x_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * k));
     copy(x, Array::borrow(x_scratch.get(), {m, k}, Dtype::f32, nullptr));
   }
-  if (out.dtype() != Dtype::f32) y_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * n));
   const float* xf = x_scratch ? x_scratch.get() : x.data<float>();
-  float* y = y_scratch ? y_scratch.get() : out.data<float>();
   const bool simd = w.bits == 2 || w.bits == 4 || w.bits == 8;
   if (m <= kCodeRowsMax && simd) {
     // About 32 KiB of codes per chunk, as the dense GEMV takes 64 KiB of bf16.
