@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -13,6 +14,31 @@ namespace lmx {
 namespace {
 
 thread_local bool t_in_pool_task = false;
+
+// How long a thread polls for the next job, or for the workers' last chunks, before it sleeps
+// on a condition variable. A decode step runs a few hundred parallel ops a token, a few tens
+// of microseconds each, back to back: a sleep and a wake-up between two of them (a futex
+// call each way, longer under a hypervisor) would cost as much as a small op itself.
+std::chrono::microseconds spin_time() {
+  static const std::chrono::microseconds t{[] {
+    const char* s = std::getenv("LMX_POOL_SPIN_US");
+    return s ? std::max(0, std::atoi(s)) : 200;
+  }()};
+  return t;
+}
+
+// Polls done() until it holds or spin_time() has passed; whether it holds.
+template <class Done>
+bool spin_until(Done&& done) {
+  const auto end = std::chrono::steady_clock::now() + spin_time();
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 63 && std::chrono::steady_clock::now() >= end) return done();
+  }
+}
 
 // A fixed set of workers that all take chunks of the current job from one atomic counter.
 class Pool {
@@ -30,20 +56,24 @@ class Pool {
 
   void run(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
     std::unique_lock job_lock(job_mu_);  // one job at a time
+    bool wake = false;
     {
       std::lock_guard lock(mu_);
       fn_ = &fn;
       n_ = n;
       chunk_ = chunk;
       next_.store(0);
-      pending_ = int(workers_.size());
+      pending_.store(int(workers_.size()));
       error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);  // polling workers start here
+      wake = sleepers_ > 0;  // a worker sleeps only after seeing, under mu_, no new generation
     }
-    cv_.notify_all();
+    if (wake) cv_.notify_all();
     run_chunks();
-    std::unique_lock lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock lock(mu_);
+      done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -67,15 +97,23 @@ class Pool {
   void work() {
     uint64_t seen = 0;
     for (;;) {
-      {
+      const auto started = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      if (!spin_until(started)) {
         std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+        ++sleepers_;
+        cv_.wait(lock, [&] { return stopping_ || started(); });
+        --sleepers_;
+      }
+      {
+        std::lock_guard lock(mu_);  // the job's fields, written under mu_, are complete
         if (stopping_) return;
-        seen = generation_;
+        seen = generation_.load(std::memory_order_relaxed);
       }
       run_chunks();
-      std::lock_guard lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard lock(mu_);  // a caller past its polls checks pending_ under mu_
+        done_cv_.notify_one();
+      }
     }
   }
 
@@ -83,6 +121,7 @@ class Pool {
     {
       std::lock_guard lock(mu_);
       stopping_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -95,8 +134,9 @@ class Pool {
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunk_ = 1;
   std::atomic<int64_t> next_{0};
-  int pending_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  int sleepers_ = 0;  // workers waiting on cv_, under mu_
   bool stopping_ = false;
   std::exception_ptr error_;
 };
