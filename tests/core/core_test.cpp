@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "core/allocator.h"
@@ -230,6 +232,28 @@ TEST(ThreadPoolTest, CoversTheRangeOnceAndRethrows) {
   int nested = 0;
   parallel_for(4, 1, [&](int64_t, int64_t) { parallel_for(2, 1, [&](int64_t, int64_t) {}); });
   (void)nested;
+}
+
+// Jobs back to back (the workers still polling), and jobs after pauses past the pool's 200 us
+// of polling (the workers asleep on the condition variable): every job covers its range once,
+// whichever way the workers wait, and an error after a pause still reaches the caller.
+TEST(ThreadPoolTest, JobsAfterPollingAndAfterSleepingEachRunOnce) {
+  const int threads = num_threads();
+  set_num_threads(3);
+  for (int job = 0; job < 60; ++job) {
+    if (job % 3 == 0) std::this_thread::sleep_for(std::chrono::microseconds(job % 2 ? 300 : 1000));
+    std::vector<std::atomic<int>> hits(size_t(97 + job));
+    parallel_for(int64_t(hits.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+    });
+    for (size_t i = 0; i < hits.size(); ++i) ASSERT_EQ(hits[i].load(), 1) << "job " << job << " item " << i;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_THROW(parallel_for(64, 1, [](int64_t, int64_t e) {
+                 if (e == 64) fail("test", "late");
+               }),
+               Error);
+  set_num_threads(threads);
 }
 
 TEST(ErrorTest, CheckFormatsThePrefix) {
