@@ -8,10 +8,13 @@ into one result file, bench/results/YYYY-MM-DD-h200.json:
 
 Each result also gets its ratio to the peer and to the hardware limit (weight bytes at
 4.3 TB/s for batch-1 decode, FLOPs at 790 TFLOP/s for classification), and the issue's
-target where there is one. Prints a summary table.
+target where there is one. Prints a summary table. With --cpu in place of --gpu (a CPU run,
+bench/run_cpu.sh) the file names the CPU and the threads, and the H200's limits, the
+targets and the GPU memory bound are left out.
 
   bench/merge_results.py --out FILE --commit abc1234 --gpu "NVIDIA H200" \\
       --models /tmp/lmx-bench-models DIR_WITH_JSON
+  bench/merge_results.py --out FILE --commit abc1234 --cpu "AMD EPYC 9654" --threads 16 ...
 """
 import argparse
 import glob
@@ -65,12 +68,20 @@ def decode_memory_budget(model_dir, positions, batch=1):
     return sum(b for _, _, b in tensors(model_dir)) + kv + (512 << 20)
 
 
+def rounded(row):
+    """The row with its throughputs to one decimal."""
+    return {k: round(v, 1) if k.endswith("_per_s") and isinstance(v, float) else v for k, v in row.items()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--date", required=True)
     ap.add_argument("--commit", required=True)
-    ap.add_argument("--gpu", required=True)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gpu")
+    where.add_argument("--cpu")
+    ap.add_argument("--threads", type=int, help="with --cpu: the threads both sides ran with")
     ap.add_argument("--models", required=True, help="folder of the bench model folders")
     ap.add_argument("inputs", help="folder with MODEL.lmx-*.json and MODEL.peer.json")
     args = ap.parse_args()
@@ -102,6 +113,9 @@ def main():
                 key = "tok_per_s" if "lmx_tok_per_s" in row else "prompts_per_s"
                 if "peer_" + key in row:
                     row["ratio_to_peer"] = round(row["lmx_" + key] / row["peer_" + key], 2)
+                if args.cpu:  # no H200 limits, targets or GPU memory bound on a CPU
+                    results.append(rounded(row))
+                    continue
                 decode_limit, classify_limit = limits(os.path.join(args.models, model), row["prompt_len"])
                 if row["workload"] in ("decode", "decode_sampled"):
                     budget = decode_memory_budget(os.path.join(args.models, model), row["prompt_len"] + row["gen_len"],
@@ -118,11 +132,9 @@ def main():
                 if target:
                     row["target"] = target
                     row["target_met"] = row["lmx_" + key] >= target
-                for k, v in row.items():
-                    if k.endswith("_per_s") and isinstance(v, float):
-                        row[k] = round(v, 1)
-                results.append(row)
-    doc = {"date": args.date, "commit": args.commit, "gpu": args.gpu, "results": results}
+                results.append(rounded(row))
+    where = {"gpu": args.gpu} if args.gpu else {"cpu": args.cpu, "threads": args.threads}
+    doc = {"date": args.date, "commit": args.commit, **where, "results": results}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The peer: the same workloads as `lmx bench`, through HF transformers on the same GPU.
+"""The peer: the same workloads as `lmx bench`, through HF transformers on the same GPU
+(or, with --device cpu, on the same CPU as `lmx bench --device cpu`).
 
 decode:   batch B, a prompt of --prompt-len random ids, --gen-len greedy tokens with a
           static KV cache (generate(cache_implementation="static")), timed with CUDA events;
@@ -25,13 +26,19 @@ DIR/lock. Only the compilation overlaps; every timed pass runs alone and is warm
 just before it. (A process that dies early must be marked by its caller, as
 bench/run_gpu.sh does.)
 
+--device cpu runs the model on the CPU in bf16 with torch's threads, times with the wall
+clock, and decodes with transformers' default (dynamic) cache: a static cache there means
+torch.compile's C++ build, which is not what a CPU user of transformers runs.
+
   python3 bench/peers/hf_transformers.py /tmp/lmx-bench-models/llama-3.2-1b --decode --classify --prefill
+  python3 bench/peers/hf_transformers.py /tmp/lmx-bench-models/qwen3-0.6b --device cpu --decode --prompt-len 128 --gen-len 64
 """
 import argparse
 import ctypes
 import fcntl
 import json
 import os
+import platform
 import statistics
 import sys
 import threading
@@ -108,12 +115,19 @@ class Readings:
 
 
 READINGS = Readings()
+ON_CUDA = True  # main() sets it from --device: CUDA events, or the wall clock on the CPU
 
 
 def timed(fn, warmup, repeat):
     for _ in range(warmup):
         fn()
     times = []
+    if not ON_CUDA:  # the CPU: the wall clock around each call
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
     with READINGS:
         for _ in range(repeat):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -147,6 +161,7 @@ def rendezvous(folder, name, processes, timeout_s=900):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--decode", action="store_true")
     ap.add_argument("--classify", action="store_true")
     ap.add_argument("--prefill", action="store_true")
@@ -176,12 +191,16 @@ def main():
     if args.temperature > 0:
         sampling.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         min_p=args.min_p if args.min_p > 0 else None)
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda")
+    global ON_CUDA
+    dev = args.device
+    ON_CUDA = dev == "cuda"
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map=dev)
     model.eval()
     vocab = model.config.vocab_size
     peer = f"transformers {transformers.__version__}"
+    cache = dict(cache_implementation="static") if dev == "cuda" else {}
     results = []
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(0)
 
     def run(entry, fn):
         READINGS.take()  # none left over from the compilation passes
@@ -191,7 +210,8 @@ def main():
         except Exception as e:  # one failing workload (say, out of memory) must not end the run
             entry["error"] = f"{type(e).__name__}: {e}"[:300]
         results.append(entry)
-        torch.cuda.empty_cache()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
 
     jobs = []  # (entry, measure, the calls it times): measure() returns the entry's figures
 
@@ -199,11 +219,11 @@ def main():
         if args.decode:
             runs = [(b, greedy) for b in args.batch] + [(b, sampling) for b in args.sampled_batch]
             for b, options in runs:
-                ids = torch.randint(0, vocab, (b, args.prompt_len), device="cuda", generator=g)
+                ids = torch.randint(0, vocab, (b, args.prompt_len), device=dev, generator=g)
 
                 def gen(ids=ids, options=options):
                     return model.generate(ids, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
-                                          cache_implementation="static", pad_token_id=0, **options)
+                                          pad_token_id=0, **cache, **options)
 
                 def first(ids=ids):  # the prompt's forward pass: the time to first token
                     return model(ids, logits_to_keep=1)
@@ -214,12 +234,13 @@ def main():
                     return {"peer_tok_per_s": b * (args.gen_len - 1) / max(total - prefill, 1e-9),
                             "peer_time_to_first_token_s": prefill}
                 entry = {"workload": "decode" if options is greedy else "decode_sampled", "batch": b,
-                         "prompt_len": args.prompt_len, "gen_len": args.gen_len, "peer": peer + " (static cache)"}
+                         "prompt_len": args.prompt_len, "gen_len": args.gen_len,
+                         "peer": peer + (" (static cache)" if cache else " (dynamic cache)")}
                 if options is sampling:
                     entry["peer_sampling"] = {k: v for k, v in sampling.items() if k != "do_sample"}
                 jobs.append((entry, decode, [gen, first]))
         if args.classify:
-            ids = torch.randint(0, vocab, (args.classify_batch, args.classify_len), device="cuda", generator=g)
+            ids = torch.randint(0, vocab, (args.classify_batch, args.classify_len), device=dev, generator=g)
 
             def classify_once(ids=ids):
                 # Every batch is queued before any answer is read back, as lmx bench does.
@@ -230,7 +251,7 @@ def main():
                          lambda: {"peer_prompts_per_s": args.prompts / timed(classify_once, args.warmup, args.repeat)},
                          [classify_once]))
         if args.prefill:
-            ids = torch.randint(0, vocab, (1, args.prefill_len), device="cuda", generator=g)
+            ids = torch.randint(0, vocab, (1, args.prefill_len), device=dev, generator=g)
 
             def prefill_once(ids=ids):
                 return model(ids, logits_to_keep=1).logits.argmax(-1).cpu()
@@ -246,11 +267,25 @@ def main():
                         call()
                     except Exception:  # the timed pass meets it again and records it
                         pass
-                torch.cuda.empty_cache()
+                if dev == "cuda":
+                    torch.cuda.empty_cache()
             lock = rendezvous(args.rendezvous, os.path.basename(os.path.normpath(args.model)), args.processes)
         for entry, measure, _ in jobs:
             run(entry, measure)
-    print(json.dumps({"model": args.model, "gpu": torch.cuda.get_device_name(), "peer": peer, "results": results}))
+    where = ({"gpu": torch.cuda.get_device_name()} if dev == "cuda" else
+             {"cpu": cpu_name(), "threads": torch.get_num_threads()})
+    print(json.dumps({"model": args.model, **where, "peer": peer, "results": results}))
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":
