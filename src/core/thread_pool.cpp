@@ -51,7 +51,10 @@ class Pool {
   void resize(int threads) {
     stop();
     stopping_ = false;
-    for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this] { work(); });
+    // New workers start from the current generation: none runs a pass over a finished job,
+    // which would count it as done for the next one.
+    const uint64_t now = generation_.load();
+    for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, now] { work(now); });
   }
 
   void run(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
@@ -94,8 +97,7 @@ class Pool {
     t_in_pool_task = false;
   }
 
-  void work() {
-    uint64_t seen = 0;
+  void work(uint64_t seen) {
     for (;;) {
       const auto started = [&] { return generation_.load(std::memory_order_acquire) != seen; };
       if (!spin_until(started)) {
