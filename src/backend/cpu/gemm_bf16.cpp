@@ -11,6 +11,7 @@
 // whatever rows share its product (one row alone takes its own form with the same sums).
 // The instruction treats subnormal inputs as zeros and flushes subnormal sums (below
 // 1.2e-38, far under what a bf16 model's activations and weights carry).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -209,12 +210,16 @@ bool gemm_bf16(const Array& a, const Array& b, const Array& out) {
   const auto* a0 = static_cast<const uint16_t*>(a.raw());
   const auto* w0 = static_cast<const uint16_t*>(b.raw());
   auto* o0 = static_cast<uint16_t*>(out.raw());
-  // W rows per chunk of work: about 4 M multiply-adds, enough to amortise scheduling. The
-  // tile of 4 rows by 4 and the one of 2 `a` rows by 8 W rows measured alike (0.8 of the
+  // W tiles per chunk of work: about 4 M multiply-adds, enough to amortise scheduling, but
+  // no more than leaves every thread four chunks, down to 256 K (about a microsecond on a
+  // core): a batch's decode step (8 rows by a 1,024 x 1,024 W) was otherwise two chunks, two
+  // threads busy of sixteen, while the attention's small products stay on the calling thread.
+  // The tile of 4 rows by 4 and the one of 2 `a` rows by 8 W rows measured alike (0.8 of the
   // instruction's peak on one core, W from memory); 8 by 2 about 0.6 of the others.
   constexpr int kRowsA = 4, kRowsW = 4;
-  const int64_t tiles = (n + kRowsW - 1) / kRowsW;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, m * k * kRowsW));
+  const int64_t tiles = (n + kRowsW - 1) / kRowsW, tile_work = std::max<int64_t>(1, m * k * kRowsW);
+  const int64_t grain = std::max(std::max<int64_t>(1, (int64_t(1) << 18) / tile_work),
+                                 std::min((int64_t(1) << 22) / tile_work, tiles / (4 * num_threads())));
   for (int64_t i = 0; i < p->batches; ++i) {
     const uint16_t* ai = a0 + i * a.strides()[0];
     const uint16_t* wi = w0 + i * b.strides()[0];

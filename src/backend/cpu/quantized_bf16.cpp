@@ -12,6 +12,7 @@
 // Every output depends only on its rows of x and W: a row has the same bits alone or among
 // others. The instruction treats subnormal inputs as zeros (below 1.2e-38, far under what a
 // bf16 model's activations carry).
+#include <algorithm>
 #include <bit>
 #include <cstdlib>
 #include <cstring>
@@ -171,17 +172,15 @@ LMX_BF16_TARGET void rows_product(const Inputs& in, int64_t row, int64_t n0, int
   }
 }
 
-// Every row of x in tiles of 8, 4, 2 and 1, for W's rows [n0, n1). Past 8 rows of x (a
-// prompt) each tile reads the chunk of W again from cache and the products bound the time:
-// W's rows go in pairs that share x's loads (1.2-1.3× for 128- and 512-token prompts). Up to
-// 8 (decode steps) W streams from memory once, and one row at a time measured faster (pairs:
-// 0.94× at 8 rows).
+// Every row of x in tiles of 8, 4, 2 and 1, for W's rows [n0, n1): in pairs that share x's
+// loads where x has more than one row (batch 8's decode 1.05-1.10×, 128-token prompts
+// 1.26-1.31×); a decode step's one row streams W one row at a time (pairs there: 0.86-0.89×).
 template <int kBits, bool kHalfGroups>
 void all_rows(const Inputs& in, int64_t m, int64_t n0, int64_t n1, float* out, int64_t n_all) {
   thread_local std::vector<float> scales;  // two rows', in f32
   scales.resize(size_t(2 * in.gp));
   float* s = scales.data();
-  const int64_t pairs_end = m > 8 ? n0 + (n1 - n0) / 2 * 2 : n0;
+  const int64_t pairs_end = m > 1 ? n0 + (n1 - n0) / 2 * 2 : n0;
   auto tile = [&]<int kRows>(int64_t r) {
     if (pairs_end > n0) rows_product<kBits, kRows, 2, kHalfGroups>(in, r, n0, pairs_end, out, n_all, s);
     if (pairs_end < n1) rows_product<kBits, kRows, 1, kHalfGroups>(in, r, pairs_end, n1, out, n_all, s);
@@ -225,8 +224,11 @@ bool quantized_bf16(const quant::Rows& w, const uint16_t* x, int64_t m, int64_t 
   }
   const Inputs in{w, xp.data(), xsum.data(), kp, gp};
   const bool half = w.group_size == 32;
-  // About 32 KiB of codes a chunk of work, as quantized.cpp's kernels take.
-  const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 15) / std::max<int64_t>(1, w.words * 4));
+  // About 32 KiB of codes a chunk of work, as quantized.cpp's kernels take, but no more than
+  // leaves every thread four chunks (a 1,024-row W at 4 bits was 16 chunks of 64 rows: one a
+  // thread on sixteen, however unevenly they ran), and at least 16 rows.
+  const int64_t grain = std::max<int64_t>(
+      16, std::min<int64_t>((int64_t(1) << 15) / std::max<int64_t>(1, w.words * 4), n / (4 * num_threads())));
   parallel_for(n, grain, [&](int64_t n0, int64_t n1) {
     if (w.bits == 4) return half ? all_rows<4, true>(in, m, n0, n1, out, n) : all_rows<4, false>(in, m, n0, n1, out, n);
     return half ? all_rows<8, true>(in, m, n0, n1, out, n) : all_rows<8, false>(in, m, n0, n1, out, n);
