@@ -50,6 +50,9 @@ bool gemv(const Array& a, const Array& b, const Array& out);
 // Returns false, doing nothing, where the CPU, the dtypes or the layout do not fit.
 bool gemm_bf16(const Array& a, const Array& b, const Array& out);
 bool gemm_bf16_available();  // the CPU has the instructions (whatever LMX_CPU_BF16_GEMM says)
+// The VDPBF16PS kernels (gemm_bf16, quantized_bf16) run: the CPU has the instructions and
+// LMX_CPU_BF16_GEMM is not 0 (read on every call, so that tests can switch it).
+bool bf16_kernels_on();
 
 // The product both take: b a row-major W [N, K] seen transposed (its last two strides
 // {1, K}), a's rows dense along K, out contiguous. Where b's batches share one W (batch

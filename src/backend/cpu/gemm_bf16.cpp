@@ -200,10 +200,14 @@ bool gemm_bf16_available() {
   return has;
 }
 
+bool bf16_kernels_on() {
+  if (const char* s = std::getenv("LMX_CPU_BF16_GEMM"); s && std::strcmp(s, "0") == 0) return false;
+  return gemm_bf16_available();
+}
+
 bool gemm_bf16(const Array& a, const Array& b, const Array& out) {
   if (a.dtype() != Dtype::bf16 || b.dtype() != Dtype::bf16 || out.dtype() != Dtype::bf16) return false;
-  if (!gemm_bf16_available()) return false;
-  if (const char* s = std::getenv("LMX_CPU_BF16_GEMM"); s && std::strcmp(s, "0") == 0) return false;
+  if (!bf16_kernels_on()) return false;
   const auto p = weight_product(a, b, out, std::numeric_limits<int64_t>::max());
   if (!p) return false;
   const int64_t m = p->rows, k = p->k, n = p->n;
@@ -240,6 +244,7 @@ bool gemm_bf16(const Array& a, const Array& b, const Array& out) {
 #else  // no AVX512_BF16 kernel on this architecture or compiler: sgemm takes these products
 
 bool gemm_bf16_available() { return false; }
+bool bf16_kernels_on() { return false; }
 bool gemm_bf16(const Array&, const Array&, const Array&) { return false; }
 
 #endif

@@ -231,26 +231,19 @@ void dequantize(const fast::QuantizedMatrix& w, const Array& out) {
   });
 }
 
-bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Array& out) {
-  const quant::Rows r = rows_of(w);
-  const int64_t m = x.shape(0), n = w.rows(), k = w.cols();
-  // x [M, K] and y [M, N] in f32: x itself and the output itself where they are f32.
-  // Left uninitialised: every element is written (sgemm with beta 0 reads none).
-  std::unique_ptr<float[]> x_scratch, y_scratch;
-  if (out.dtype() != Dtype::f32) y_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * n));
-  float* y = y_scratch ? y_scratch.get() : out.data<float>();
-  // bf16 rows times 4- or 8-bit codes: VDPBF16PS at every row count, where the CPU has it.
-  const auto* x16 = static_cast<const uint16_t*>(x.raw());
-  if (x.dtype() == Dtype::bf16 && quantized_bf16(r, x16, m, n, y)) {
-    if (y_scratch) copy(Array::borrow(y, {m, n}, Dtype::f32, nullptr), out);
-    return true;
-  }
+namespace {
+
+// y [M, N] = x [M, K] times W's codes on the f32 kernels: x's rows converted to f32, up to
+// kCodeRowsMax of them against the codes directly, more against dequantized tiles by sgemm.
+void f32_product(const quant::Rows& r, const Array& x, int64_t m, int64_t n, int64_t k, float* y) {
+  // Left uninitialised: every element is written.
+  std::unique_ptr<float[]> x_scratch;
   if (x.dtype() != Dtype::f32) {
     x_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * k));
     copy(x, Array::borrow(x_scratch.get(), {m, k}, Dtype::f32, nullptr));
   }
   const float* xf = x_scratch ? x_scratch.get() : x.data<float>();
-  const bool simd = w.bits == 2 || w.bits == 4 || w.bits == 8;
+  const bool simd = r.bits == 2 || r.bits == 4 || r.bits == 8;
   if (m <= kCodeRowsMax && simd) {
     // About 32 KiB of codes per chunk, as the dense GEMV takes 64 KiB of bf16.
     const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 15) / std::max<int64_t>(1, r.words * 4));
@@ -284,6 +277,21 @@ bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Arra
                   simd ? xp.data() : xf, int(k), wt, int(k), 0.0f, y + t0, int(n));
     }
   }
+}
+
+}  // namespace
+
+bool quantized_matmul(const Array& x, const fast::QuantizedMatrix& w, const Array& out) {
+  const quant::Rows r = rows_of(w);
+  const int64_t m = x.shape(0), n = w.rows(), k = w.cols();
+  // y [M, N] in f32: the output itself where it is f32. Left uninitialised: every element
+  // is written (sgemm with beta 0 reads none).
+  std::unique_ptr<float[]> y_scratch;
+  if (out.dtype() != Dtype::f32) y_scratch = std::make_unique_for_overwrite<float[]>(size_t(m * n));
+  float* y = y_scratch ? y_scratch.get() : out.data<float>();
+  // bf16 rows times 4- or 8-bit codes: VDPBF16PS at every row count, where the CPU has it.
+  if (x.dtype() != Dtype::bf16 || !quantized_bf16(r, static_cast<const uint16_t*>(x.raw()), m, n, y))
+    f32_product(r, x, m, n, k, y);
   if (y_scratch) copy(Array::borrow(y, {m, n}, Dtype::f32, nullptr), out);
   return true;
 }

@@ -14,8 +14,6 @@
 // bf16 model's activations carry).
 #include <algorithm>
 #include <bit>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "backend/cpu/cpu_fast.h"
@@ -202,8 +200,7 @@ void all_rows(const Inputs& in, int64_t m, int64_t n0, int64_t n1, float* out, i
 
 bool quantized_bf16(const quant::Rows& w, const uint16_t* x, int64_t m, int64_t n, float* out) {
   if (w.bits != 4 && w.bits != 8) return false;
-  if (!gemm_bf16_available()) return false;
-  if (const char* s = std::getenv("LMX_CPU_BF16_GEMM"); s && std::strcmp(s, "0") == 0) return false;
+  if (!bf16_kernels_on()) return false;
   const int64_t k = w.words * 32 / w.bits, units = (k + kUnit - 1) / kUnit;
   const int64_t kp = units * kUnit, gp = (w.groups + 15) / 16 * 16;
   // x in the units' order, and its group sums (column order, f32), both zero-padded.
