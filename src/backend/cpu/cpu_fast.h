@@ -54,6 +54,14 @@ bool gemm_bf16_available();  // the CPU has the instructions (whatever LMX_CPU_B
 // LMX_CPU_BF16_GEMM is not 0 (read on every call, so that tests can switch it).
 bool bf16_kernels_on();
 
+// out [M, N] (bf16) = a's M rows (a_row elements apart) times a row-major W [N, K]ᵀ on AMX
+// tiles (gemm_amx.cpp), for K a multiple of 32 and N of 16; each output depends only on its
+// rows of `a` and W and on K. False, doing nothing, where the shape does not fit, the CPU or
+// Linux gives no tiles, or LMX_CPU_AMX=0 (read on every call).
+bool gemm_amx(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int64_t k, uint16_t* out, int64_t n);
+bool amx_available();  // the CPU has AMX-BF16 and this process may use the tiles
+bool amx_on();         // amx_available() and LMX_CPU_AMX is not 0
+
 // The product both take: b a row-major W [N, K] seen transposed (its last two strides
 // {1, K}), a's rows dense along K, out contiguous. Where b's batches share one W (batch
 // stride 0) and a's follow one another at one stride, the B·M rows fold into one batch if

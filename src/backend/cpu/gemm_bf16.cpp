@@ -228,6 +228,7 @@ bool gemm_bf16(const Array& a, const Array& b, const Array& out) {
     const uint16_t* ai = a0 + i * a.strides()[0];
     const uint16_t* wi = w0 + i * b.strides()[0];
     uint16_t* oi = o0 + i * m * n;
+    if (gemm_amx(ai, p->a_row, m, wi, k, oi, n)) continue;  // by K and N alone: the same form at every m
     if (m == 1) {  // about 64 KiB of W a chunk of work, as the GEMV's
       parallel_for(n, std::max<int64_t>(16, (int64_t(1) << 15) / k), [&](int64_t c_begin, int64_t c_end) {
         row_product(ai, wi, k, oi, n, c_begin, c_end);
