@@ -249,15 +249,15 @@ bool gemm_amx(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, in
   const Plan p = plan(m, k, n);
   // One row is its own B tile (a tile of one column: pair r at elements 2r and 2r + 1);
   // more are packed, by the calling thread's buffer, in parallel.
+  // (The workers reach the buffer through `xp`: the name `packed` is each thread's own.)
   const uint16_t* xp = a;
   thread_local std::vector<uint16_t> packed;
   if (m > 1) {
     packed.resize(size_t(p.groups * p.steps * kStep * p.cols));
+    uint16_t* dst = packed.data();
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (p.steps * kStep * p.cols));
-    parallel_for(p.groups, grain, [&](int64_t g0, int64_t g1) {
-      pack_groups(a, a_row, m, p.steps, p.cols, g0, g1, packed.data());
-    });
-    xp = packed.data();
+    parallel_for(p.groups, grain, [&](int64_t g0, int64_t g1) { pack_groups(a, a_row, m, p.steps, p.cols, g0, g1, dst); });
+    xp = dst;
   }
   const int64_t w_tasks = (p.w_tiles + p.w_block - 1) / p.w_block;
   const int64_t x_tasks = (p.groups + p.x_block - 1) / p.x_block;
