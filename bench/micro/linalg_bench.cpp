@@ -25,7 +25,8 @@ BENCHMARK(BM_matmul_f32_prefill)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Prefill-like bf16 products past the GEMV's rows, [M, K] x [N, K]ᵀ, over 256 MiB of distinct
 // weights in turn (each read from memory, as a prompt's layers meet them). Args: M, N, K.
-// They take gemm_bf16 where the CPU has AVX512_BF16 (LMX_CPU_BF16_GEMM=0: sgemm on f32 copies).
+// They take gemm_bf16 where the CPU has AVX512_BF16 (LMX_CPU_BF16_GEMM=0: sgemm on f32 copies), and
+// its AMX tiles where it has them (LMX_CPU_AMX=0: VDPBF16PS).
 void BM_matmul_bf16_prefill(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
   const int64_t count = std::max<int64_t>(2, (int64_t(256) << 20) / (n * k * 2));
@@ -40,6 +41,8 @@ BENCHMARK(BM_matmul_bf16_prefill)
     ->Args({128, 3072, 1024})
     ->Args({512, 3072, 1024})
     ->Args({128, 1024, 3072})
+    ->Args({512, 8192, 2048})
+    ->Args({512, 2048, 8192})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

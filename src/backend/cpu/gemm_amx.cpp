@@ -106,12 +106,12 @@ struct Run {
   bool fresh;  // the sums start from zeros, not from c
 };
 
-// Adds the products of `steps` steps to the sums. W tiles come from memory in a decode step,
-// so their rows' lines `ahead` steps on are fetched as each step starts.
+// Adds the products of `steps` steps to the sums. (In a decode step the W tiles come from
+// memory; fetching their rows' lines 3 to 24 steps ahead in software made it 0.65x as fast.)
 // The tile intrinsics' asm names no memory, so the compiler is told at both ends that any may
 // have been read or written: the sums stored here are read back in plain C++.
 template <int TW, int TG>
-LMX_AMX_TARGET void run_steps(const Run& r, int64_t ahead) {
+LMX_AMX_TARGET void run_steps(const Run& r) {
   asm volatile("" ::: "memory");
   if (r.fresh) {
     _tile_zero(0);
@@ -127,9 +127,6 @@ LMX_AMX_TARGET void run_steps(const Run& r, int64_t ahead) {
   const int64_t w_tile = 16 * (r.w_row_bytes / 2);  // elements from one W tile to the next
   for (int64_t s = 0; s < r.steps; ++s) {
     const uint16_t* w = r.w + s * kStep;
-    if (ahead > 0 && s + ahead < r.steps) {
-      for (int i = 0; i < 16 * TW; ++i) __builtin_prefetch(w + i * (r.w_row_bytes / 2) + ahead * kStep, 0, 0);
-    }
     const uint16_t* x = r.x + s * r.x_step;
     _tile_loadd(4, w, r.w_row_bytes);
     _tile_loadd(6, x, r.x_row_bytes);
@@ -157,17 +154,12 @@ LMX_AMX_TARGET void run_steps(const Run& r, int64_t ahead) {
 LMX_AMX_TARGET void load_config(const TileConfig& c) { asm volatile("ldtilecfg %0" ::"m"(c)); }
 LMX_AMX_TARGET void release_tiles() { _tile_release(); }
 
-int64_t env_or(const char* name, int64_t fallback) {
-  const char* s = std::getenv(name);
-  return s && *s ? std::atoll(s) : fallback;
-}
-
 // How a product is cut: W blocks of w_block tiles by x blocks of x_block groups, one task
 // each; each task walks K in chunks of `chunk` steps, x's groups in pairs, and within them
 // the block's W tiles in pairs.
 struct Plan {
   int64_t m, k, n, steps, cols, groups, w_tiles;
-  int64_t w_block, x_block, chunk, ahead;
+  int64_t w_block, x_block, chunk;
 };
 
 Plan plan(int64_t m, int64_t k, int64_t n) {
@@ -181,16 +173,17 @@ Plan plan(int64_t m, int64_t k, int64_t n) {
     p.w_block = std::clamp<int64_t>(p.w_tiles / (4 * threads) / 2 * 2, 2, 16);
     p.x_block = p.groups;
     p.chunk = p.steps;
-    p.ahead = env_or("LMX_AMX_AHEAD", 8);
   } else {
-    // A prompt: a block of 128 W rows stays in L2 while every x group of the task passes
-    // beside it a chunk of K at a time; x is cut only where W alone leaves threads idle.
-    p.w_block = env_or("LMX_AMX_WBLOCK", 8);
+    // A prompt: a block of W rows stays in L2 while every x group of the task passes beside
+    // it a chunk of 16 steps (512 columns) at a time; x is cut only where W alone leaves
+    // threads idle. On 16 threads of a Xeon, chunks of 8 steps ran 0.72-0.94x as fast, of 32
+    // or 64 0.83-1.23x (no clear gain); blocks of 64 W rows beat 128 by 1.16-1.45x where K
+    // was 3,072 or 8,192, and lost by 0.93-0.94x where it was 1,024 or 2,048.
+    p.w_block = k >= 3072 ? 4 : 8;
     const int64_t w_tasks = (p.w_tiles + p.w_block - 1) / p.w_block;
     const int64_t x_cuts = std::clamp<int64_t>((2 * threads + w_tasks - 1) / w_tasks, 1, (p.groups + 1) / 2);
     p.x_block = ((p.groups + x_cuts - 1) / x_cuts + 1) / 2 * 2;
-    p.chunk = std::min(p.steps, env_or("LMX_AMX_CHUNK", 16));
-    p.ahead = 0;
+    p.chunk = std::min<int64_t>(p.steps, 16);
   }
   return p;
 }
@@ -213,10 +206,10 @@ void run_task(const Plan& p, const uint16_t* w, const uint16_t* xp, uint16_t* ou
         r.c[1] = tg == 2 ? sums(t, g + 1) : nullptr;
         r.c[2] = tw == 2 ? sums(t + 1, g) : nullptr;
         r.c[3] = tw == 2 && tg == 2 ? sums(t + 1, g + 1) : nullptr;
-        if (tw == 2 && tg == 2) run_steps<2, 2>(r, p.ahead);
-        else if (tw == 2) run_steps<2, 1>(r, p.ahead);
-        else if (tg == 2) run_steps<1, 2>(r, p.ahead);
-        else run_steps<1, 1>(r, p.ahead);
+        if (tw == 2 && tg == 2) run_steps<2, 2>(r);
+        else if (tw == 2) run_steps<2, 1>(r);
+        else if (tg == 2) run_steps<1, 2>(r);
+        else run_steps<1, 1>(r);
       }
     }
   }
