@@ -435,6 +435,32 @@ TEST(FastAttentionTest, ScaleIsAppliedInF32) {
                16 * u);
 }
 
+// A bf16 query row's output on the CPU has the same bits in a prompt, whatever block of rows
+// it falls in, and as a decode step's one row over the same keys (causal, no window): the
+// rows of a block are cut by head and by row, and a decode step is a block of one row. (Its
+// reach is the rows' data, not the scores' order of summation: on these inputs the scores on
+// VDPBF16PS and as widened f32 dots gave the same bits everywhere.)
+TEST(FastAttentionTest, ABf16RowHasTheSameBitsInAPromptAndAsADecodeStep) {
+  const int64_t hq = 4, hkv = 2, l = 240, d = 128;
+  const Input q = random_input({1, hq, l, d}, Dtype::bf16, 61, -2, 2);   // q [1, Hq, L, D]
+  const Input kr = random_input({1, hkv, l, d}, Dtype::bf16, 62, -2, 2);  // k [1, Hkv, L, D]
+  const Array& k = kr.array;
+  const Input v = random_input({1, hkv, l, d}, Dtype::bf16, 63, -2, 2);  // v [1, Hkv, L, D]
+  const float scale = 0.125f;
+  const std::vector<float> prompt = to_floats(fast::scaled_dot_product_attention(q.array, k, v.array, scale));
+  for (int64_t i = 0; i < l; ++i) {
+    fast::AttentionMask mask;
+    mask.q_offsets = from_vector(std::vector<int32_t>{int32_t(i)}, {1});
+    const Array qi = slice(q.array, {0, 0, i, 0}, {1, hq, i + 1, d});  // [1, Hq, 1, D]
+    const Array ki = slice(k, {0, 0, 0, 0}, {1, hkv, i + 1, d});  // the keys so far
+    const Array vi = slice(v.array, {0, 0, 0, 0}, {1, hkv, i + 1, d});
+    const std::vector<float> step = to_floats(fast::scaled_dot_product_attention(qi, ki, vi, scale, mask));
+    for (int64_t h = 0; h < hq; ++h)
+      for (int64_t t = 0; t < d; ++t)
+        ASSERT_EQ(step[size_t(h * d + t)], prompt[size_t((h * l + i) * d + t)]) << "row " << i << " head " << h;
+  }
+}
+
 // ---------------------------------------------------------------- argument errors
 
 TEST(FastErrorsTest, RejectBadShapesAndDtypes) {

@@ -150,17 +150,36 @@ void attend(const Block& a) {
   const int64_t lanes = int64_t(hn::Lanes(df));
   // Score rows are padded to whole vectors; the padding holds -inf and so adds nothing.
   const int64_t padded = (span + lanes - 1) / lanes * lanes;
-  std::vector<float> qf(size_t(nrows * d));          // qf [R, D]
   std::vector<float> kvf(static_cast<size_t>(d));    // one key or value row [D]
   std::vector<float> probs(size_t(nrows * padded));  // scores, then probabilities [R, padded]
   std::vector<float> acc(size_t(nrows * d), 0.0f);   // acc [R, D]
-  for (int64_t r = 0; r < nrows; ++r)
-    widen_row(static_cast<const T*>(a.q) + q_index(r), &qf[size_t(r * d)], d);
 
-  for (int64_t j = j0; j < j1; ++j) {
-    widen_row(k + j * a.k_stride[2], kvf.data(), d);
+  // bf16 q·kᵀ on VDPBF16PS where the CPU has it, a head's rows by the span's keys at a time:
+  // four times fewer instructions a score than widened f32 dots with a lane sum each. Each
+  // score is rounded to bf16, as HF's product is, and its sum depends only on its q row, its
+  // key row and D, so a query row's scores do not depend on the block it falls in.
+  bool scored = false;
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    std::vector<bf16_t> scores(size_t(rows_per_head * span));  // one head's [rows, span]
+    const auto* keys = reinterpret_cast<const uint16_t*>(k + j0 * a.k_stride[2]);
+    scored = span > 0;
+    for (int64_t h = 0; scored && h < rep; ++h) {
+      const auto* qh = reinterpret_cast<const uint16_t*>(static_cast<const T*>(a.q) + q_index(h * rows_per_head));
+      scored = bf16_rows_product(qh, d, rows_per_head, keys, a.k_stride[2], d,
+                                 reinterpret_cast<uint16_t*>(scores.data()), span);
+      for (int64_t i = 0; scored && i < rows_per_head; ++i)
+        widen_row(&scores[size_t(i * span)], &probs[size_t((h * rows_per_head + i) * padded)], span);
+    }
+  }
+  if (!scored) {
+    std::vector<float> qf(size_t(nrows * d));  // qf [R, D]
     for (int64_t r = 0; r < nrows; ++r)
-      probs[size_t(r * padded + j - j0)] = dot(&qf[size_t(r * d)], kvf.data(), d);
+      widen_row(static_cast<const T*>(a.q) + q_index(r), &qf[size_t(r * d)], d);
+    for (int64_t j = j0; j < j1; ++j) {
+      widen_row(k + j * a.k_stride[2], kvf.data(), d);
+      for (int64_t r = 0; r < nrows; ++r)
+        probs[size_t(r * padded + j - j0)] = dot(&qf[size_t(r * d)], kvf.data(), d);
+    }
   }
 
   const float neg_inf = -std::numeric_limits<float>::infinity();

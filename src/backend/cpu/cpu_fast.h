@@ -54,6 +54,13 @@ bool gemm_bf16_available();  // the CPU has the instructions (whatever LMX_CPU_B
 // LMX_CPU_BF16_GEMM is not 0 (read on every call, so that tests can switch it).
 bool bf16_kernels_on();
 
+// out [M, N] (bf16, rows N apart) = a's M rows (a_row elements apart) times W's N rows (w_row
+// apart), K columns each, on the calling thread and VDPBF16PS: the sums gemm_bf16 makes for
+// the same rows, each depending only on its two rows and K (the attention's q·kᵀ takes it).
+// False, doing nothing, where bf16_kernels_on() is false.
+bool bf16_rows_product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int64_t w_row, int64_t k,
+                       uint16_t* out, int64_t n);
+
 // out [M, N] (bf16) = a's M rows (a_row elements apart) times a row-major W [N, K]ᵀ on AMX
 // tiles (gemm_amx.cpp), for K a multiple of 32 and N of 16; each output depends only on its
 // rows of `a` and W and on K. False, doing nothing, where the shape does not fit, the CPU or

@@ -125,11 +125,12 @@ LMX_BF16_TARGET void tile(const uint16_t* const a[TA], const uint16_t* const w[T
   _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_loadu_ps(sums), sum_lanes(acc)));
 }
 
-// out[r, c] for every row r < m of `a` and W's rows c in [c_begin, c_end): a pass over
-// those W rows per chunk of `a`'s rows, each W tile (TW rows) beside all of the chunk's rows.
+// out[r, c] for every row r < m of `a` and W's rows c in [c_begin, c_end) (w_row elements
+// apart): a pass over those W rows per chunk of `a`'s rows, each W tile (TW rows) beside all
+// of the chunk's rows.
 template <int TA, int TW>
-void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int64_t k, uint16_t* out, int64_t n,
-             int64_t c_begin, int64_t c_end) {
+void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int64_t w_row, int64_t k,
+             uint16_t* out, int64_t n, int64_t c_begin, int64_t c_end) {
   alignas(64) float sums[(kChunkRows + TA) * TW];  // [row of the chunk][W row of the tile]
   const int64_t depth = stretch(k);
   for (int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
@@ -137,7 +138,7 @@ void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int
     for (int64_t c0 = c_begin; c0 < c_end; c0 += TW) {
       // A tile past the last row (of `a` or W) repeats that row; its sums are not stored.
       const uint16_t* wr[TW];
-      for (int j = 0; j < TW; ++j) wr[j] = w + std::min(c0 + j, n - 1) * k;
+      for (int j = 0; j < TW; ++j) wr[j] = w + std::min(c0 + j, n - 1) * w_row;
       std::memset(sums, 0, sizeof(float) * size_t(tiles * TA * TW));
       for (int64_t t0 = 0; t0 < k; t0 += depth) {
         const int64_t len = std::min(depth, k - t0);
@@ -151,7 +152,7 @@ void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int
         if (t0 + depth < k) {
           for (int j = 0; j < TW; ++j) next[j] = wr[j] + t0 + depth;
         } else if (c0 + TW < c_end) {
-          for (int j = 0; j < TW; ++j) next[j] = w + std::min(c0 + TW + j, n - 1) * k;
+          for (int j = 0; j < TW; ++j) next[j] = w + std::min(c0 + TW + j, n - 1) * w_row;
         } else {
           has_next = false;
         }
@@ -172,11 +173,11 @@ void product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int
 // row after row, one stream through memory (a tile's rows side by side made four, which
 // read it at about 0.6 of this), with the same sums as a tile's, step for step and lane for
 // lane. Each row's sums are one chain of dependent instructions; the next row's overlap it.
-LMX_BF16_TARGET void row_product(const uint16_t* a, const uint16_t* w, int64_t k, uint16_t* out, int64_t n,
-                                 int64_t c_begin, int64_t c_end) {
-  const int64_t ahead = 4 * k, depth = stretch(k);  // prefetch the same columns four rows on
+LMX_BF16_TARGET void row_product(const uint16_t* a, const uint16_t* w, int64_t w_row, int64_t k, uint16_t* out,
+                                 int64_t n, int64_t c_begin, int64_t c_end) {
+  const int64_t ahead = 4 * w_row, depth = stretch(k);  // prefetch the same columns four rows on
   for (int64_t c = c_begin; c < c_end; ++c) {
-    const uint16_t* wr = w + c * k;
+    const uint16_t* wr = w + c * w_row;
     float sum = 0;
     for (int64_t t0 = 0; t0 < k; t0 += depth) {
       const int64_t len = std::min(depth, k - t0);
@@ -231,19 +232,33 @@ bool gemm_bf16(const Array& a, const Array& b, const Array& out) {
     if (gemm_amx(ai, p->a_row, m, wi, k, oi, n)) continue;  // by K and N alone: the same form at every m
     if (m == 1) {  // about 64 KiB of W a chunk of work, as the GEMV's
       parallel_for(n, std::max<int64_t>(16, (int64_t(1) << 15) / k), [&](int64_t c_begin, int64_t c_end) {
-        row_product(ai, wi, k, oi, n, c_begin, c_end);
+        row_product(ai, wi, k, k, oi, n, c_begin, c_end);
       });
       continue;
     }
     parallel_for(tiles, grain, [&](int64_t t_begin, int64_t t_end) {
-      product<kRowsA, kRowsW>(ai, p->a_row, m, wi, k, oi, n, t_begin * kRowsW, std::min(n, t_end * kRowsW));
+      product<kRowsA, kRowsW>(ai, p->a_row, m, wi, k, k, oi, n, t_begin * kRowsW, std::min(n, t_end * kRowsW));
     });
+  }
+  return true;
+}
+
+bool bf16_rows_product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int64_t w_row, int64_t k,
+                       uint16_t* out, int64_t n) {
+  if (!bf16_kernels_on() || m < 1 || n < 1 || k < 1) return false;
+  if (m == 1) {
+    row_product(a, w, w_row, k, out, n, 0, n);
+  } else {
+    product<4, 4>(a, a_row, m, w, w_row, k, out, n, 0, n);
   }
   return true;
 }
 
 #else  // no AVX512_BF16 kernel on this architecture or compiler: sgemm takes these products
 
+bool bf16_rows_product(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, uint16_t*, int64_t) {
+  return false;
+}
 bool gemm_bf16_available() { return false; }
 bool bf16_kernels_on() { return false; }
 bool gemm_bf16(const Array&, const Array&, const Array&) { return false; }
