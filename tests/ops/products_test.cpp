@@ -142,6 +142,24 @@ TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
 
 // ---------------------------------------------------------------- gemm_bf16
 
+// g [M, N]: the product of rows [0, M) of a [1, M + 1, K] by w [N, K]ᵀ, h that of rows
+// [1, M + 1). Every output is within f32 accumulation of float64, and each row has the same
+// bits shifted by one among the others.
+void expect_near_float64_and_shifted_alike(const Input& a, const Input& w, int64_t m, int64_t k, int64_t n,
+                                           const std::vector<float>& g, const std::vector<float>& h) {
+  const double u = unit_roundoff(Dtype::bf16);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      const ExactDot d = exact_dot(a, r, w, j, k, u);
+      ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
+          << "m=" << m << " k=" << k << " row " << r << " column " << j;
+      if (r > 0) {
+        ASSERT_EQ(g[size_t(r * n + j)], h[size_t((r - 1) * n + j)])
+            << "m=" << m << " k=" << k << ": row " << r << " column " << j << " changed with its neighbours";
+      }
+    }
+}
+
 // bf16 products take gemm_bf16 where the CPU has AVX512_BF16. Every output is within f32
 // accumulation of float64: rows past one chunk of 256, K in more than one stretch (2,080: two
 // of 1,056) and not a multiple of 32, N not a multiple of the 4-row tile. And a row's outputs have the same bits
@@ -150,7 +168,6 @@ TEST(GemvTest, DeclinesShapesItDoesNotHandle) {
 TEST(GemmBf16Test, ManyRowsMatchFloat64AndEachRowItsOwnBits) {
   if (!cpu::gemm_bf16_available()) GTEST_SKIP() << "this CPU has no AVX512_BF16: these products take sgemm";
   const ScopedEnv on("LMX_CPU_BF16_GEMM", nullptr);
-  const double u = unit_roundoff(Dtype::bf16);
   for (const auto& [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{65, 67, 37}, {130, 1100, 5}, {300, 300, 38},
                                 {70, 2080, 4}}) {
     const Input a = random_input({1, m + 1, k}, Dtype::bf16, 81 + m, -1, 1);  // a [1, M + 1, K]
@@ -160,16 +177,7 @@ TEST(GemmBf16Test, ManyRowsMatchFloat64AndEachRowItsOwnBits) {
     ASSERT_TRUE(cpu::gemm_bf16(slice(a.array, {0, 0, 0}, {1, m, k}), b, first)) << m << " rows";
     ASSERT_TRUE(cpu::gemm_bf16(slice(a.array, {0, 1, 0}, {1, m + 1, k}), b, shifted)) << m << " rows";
     const std::vector<float> g = to_floats(first), h = to_floats(shifted);
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < n; ++j) {
-        const ExactDot d = exact_dot(a, r, w, j, k, u);
-        ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
-            << "m=" << m << " k=" << k << " row " << r << " column " << j;
-        if (r > 0) {
-          ASSERT_EQ(g[size_t(r * n + j)], h[size_t((r - 1) * n + j)])
-              << "m=" << m << " k=" << k << ": row " << r << " column " << j << " changed with its neighbours";
-        }
-      }
+    expect_near_float64_and_shifted_alike(a, w, m, k, n, g, h);
     for (const int64_t r : {int64_t(0), m / 2, m - 1}) {
       Array alone(Shape{1, 1, n}, Dtype::bf16);
       ASSERT_TRUE(cpu::gemm_bf16(slice(a.array, {0, r, 0}, {1, r + 1, k}), b, alone));
@@ -251,7 +259,6 @@ TEST(SgemmPathTest, AWeightConvertedInPanelsMatchesFloat64) {
 TEST(GemmAmxTest, EveryRowCountMatchesFloat64AndEachRowItsOwnBits) {
   if (!cpu::amx_available()) GTEST_SKIP() << "this CPU or kernel gives no AMX tiles: gemm_bf16 takes these products";
   const ScopedEnv on("LMX_CPU_AMX", nullptr), bf16("LMX_CPU_BF16_GEMM", nullptr);
-  const double u = unit_roundoff(Dtype::bf16);
   for (const auto& [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 16}, {5, 96, 48}, {16, 1024, 32},
                                 {17, 2048, 48}, {40, 544, 80}, {300, 576, 144}, {70, 8192, 32}}) {
     const Input a = random_input({1, m + 1, k}, Dtype::bf16, 181 + m, -1, 1);  // a [1, M + 1, K]
@@ -268,16 +275,7 @@ TEST(GemmAmxTest, EveryRowCountMatchesFloat64AndEachRowItsOwnBits) {
                               static_cast<const uint16_t*>(w.array.raw()), k,
                               static_cast<uint16_t*>(direct.raw()), n));
     ASSERT_EQ(to_floats(direct), g) << "m=" << m << " k=" << k << ": gemm_bf16 did not take the tiles";
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < n; ++j) {
-        const ExactDot d = exact_dot(a, r, w, j, k, u);
-        ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
-            << "m=" << m << " k=" << k << " row " << r << " column " << j;
-        if (r > 0) {
-          ASSERT_EQ(g[size_t(r * n + j)], h[size_t((r - 1) * n + j)])
-              << "m=" << m << " k=" << k << ": row " << r << " column " << j << " changed with its neighbours";
-        }
-      }
+    expect_near_float64_and_shifted_alike(a, w, m, k, n, g, h);
     for (const int64_t r : {int64_t(0), m / 2, m - 1}) {
       const std::vector<float> alone = product(r, 1);
       EXPECT_TRUE(std::equal(alone.begin(), alone.end(), g.begin() + r * n))
