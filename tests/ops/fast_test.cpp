@@ -436,12 +436,13 @@ TEST(FastAttentionTest, ScaleIsAppliedInF32) {
 }
 
 // A bf16 query row's output on the CPU has the same bits in a prompt, whatever block of rows
-// it falls in, and as a decode step's one row over the same keys (causal, no window): the
-// rows of a block are cut by head and by row, and a decode step is a block of one row. (Its
-// reach is the rows' data, not the scores' order of summation: on these inputs the scores on
-// VDPBF16PS and as widened f32 dots gave the same bits everywhere.)
+// it falls in, and as a decode step's one row over the same keys (causal, no window). With
+// three query heads a kv head, p·v pairs a row with other rows in a prompt than in a decode
+// step: a build whose pairs of rows summed their keys in reverse failed here. (The scores'
+// order of summation it does not see: on these inputs the scores on VDPBF16PS and as widened
+// f32 dots gave the same bits everywhere.)
 TEST(FastAttentionTest, ABf16RowHasTheSameBitsInAPromptAndAsADecodeStep) {
-  const int64_t hq = 4, hkv = 2, l = 240, d = 128;
+  const int64_t hq = 6, hkv = 2, l = 240, d = 128;  // three query heads a kv head: rows pair differently
   const Input q = random_input({1, hq, l, d}, Dtype::bf16, 61, -2, 2);   // q [1, Hq, L, D]
   const Input kr = random_input({1, hkv, l, d}, Dtype::bf16, 62, -2, 2);  // k [1, Hkv, L, D]
   const Array& k = kr.array;

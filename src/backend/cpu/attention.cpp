@@ -215,7 +215,19 @@ void attend(const Block& a) {
       hn::StoreU(round_to<T>(df, hn::Mul(hn::LoadU(df, p + t), inv)), df, p + t);
   }
 
-  for (int64_t j = j0; j < j1; ++j) {
+  // bf16 p·v on VDPBF16PS where the CPU has it: each row adds its keys [j0, hi) in pairs, in
+  // order, so its bits depend on its own probabilities and keys alone, as the axpys' below do.
+  bool weighed = false;
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    if (span > 0) {
+      std::vector<int64_t> keys(static_cast<size_t>(nrows));
+      for (int64_t r = 0; r < nrows; ++r) keys[size_t(r)] = std::clamp<int64_t>(hi(a.i0 + r % rows_per_head) - j0, 0, span);
+      weighed = bf16_weighted_rows(probs.data(), padded, nrows, keys.data(),
+                                   reinterpret_cast<const uint16_t*>(v + j0 * a.v_stride[2]), a.v_stride[2],
+                                   valid ? valid + j0 : nullptr, span, d, acc.data());
+    }
+  }
+  for (int64_t j = j0; j < j1 && !weighed; ++j) {
     widen_row(v + j * a.v_stride[2], kvf.data(), d);
     for (int64_t r = 0; r < nrows; ++r) {
       const float p = probs[size_t(r * padded + j - j0)];

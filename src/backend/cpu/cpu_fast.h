@@ -61,6 +61,14 @@ bool bf16_kernels_on();
 bool bf16_rows_product(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, int64_t w_row, int64_t k,
                        uint16_t* out, int64_t n);
 
+// out [M, D] (f32) = p · v for the attention, on VDPBF16PS: row r of p (p_row apart, bf16
+// values held as f32) weighs v's rows [0, keys[r]) (v_row apart, n rows in all; a row with
+// `valid` false counts as zeros). Each output adds the keys in pairs, in order, so a row's
+// bits depend only on its own probabilities, the values and keys[r]. False, doing nothing,
+// where bf16_kernels_on() is false or D is not a multiple of 32 up to 256.
+bool bf16_weighted_rows(const float* p, int64_t p_row, int64_t m, const int64_t* keys, const uint16_t* v,
+                        int64_t v_row, const bool* valid, int64_t n, int64_t d, float* out);
+
 // out [M, N] (bf16) = a's M rows (a_row elements apart) times a row-major W [N, K]ᵀ on AMX
 // tiles (gemm_amx.cpp), for K a multiple of 32 and N of 16; each output depends only on its
 // rows of `a` and W and on K. False, doing nothing, where the shape does not fit, the CPU or

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "backend/cpu/cpu_fast.h"
 #include "core/thread_pool.h"
@@ -254,7 +255,91 @@ bool bf16_rows_product(const uint16_t* a, int64_t a_row, int64_t m, const uint16
   return true;
 }
 
+namespace {
+
+// vp [pair][D pairs]: keys 2·pair and 2·pair + 1 of v side by side as VDPBF16PS takes them, 32
+// columns a chunk as two vectors: unpacklo's lane 4L + q holds column 8L + q of the chunk,
+// unpackhi's column 8L + 4 + q. A key past n, or one `valid` marks false, is zeros: a masked
+// key's probability is zero, and its values must not turn that into a NaN.
+LMX_BF16_TARGET void interleave_keys(const uint16_t* v, int64_t v_row, const bool* valid, int64_t n, int64_t d,
+                                     uint16_t* vp) {
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t pair = 0; 2 * pair < n; ++pair) {
+    const int64_t j = 2 * pair;
+    const bool has0 = !valid || valid[j], has1 = j + 1 < n && (!valid || valid[j + 1]);
+    for (int64_t c = 0; c < d; c += 32) {
+      const __m512i a = has0 ? _mm512_loadu_si512(v + j * v_row + c) : zero;
+      const __m512i b = has1 ? _mm512_loadu_si512(v + (j + 1) * v_row + c) : zero;
+      _mm512_storeu_si512(vp + pair * 2 * d + 2 * c, _mm512_unpacklo_epi16(a, b));
+      _mm512_storeu_si512(vp + pair * 2 * d + 2 * c + 32, _mm512_unpackhi_epi16(a, b));
+    }
+  }
+}
+
+// out[r][0, D) = Σ_{j < keys[r]} p[r][j] · v[j] for R rows, D ≤ 256: each output lane adds the
+// keys' pairs in order, the pair's second product then its first, whatever rows run beside it.
+template <int R>
+LMX_BF16_TARGET void weigh_rows(const uint32_t* const pp[R], const int64_t keys[R], const uint16_t* vp, int64_t d,
+                                float* const out[R]) {
+  __m512 acc[R][16];
+  const int64_t vectors = d / 16;
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < vectors; ++c) acc[r][c] = _mm512_setzero_ps();
+  const int64_t pairs = (std::max(keys[0], keys[R - 1]) + 1) / 2;
+  for (int64_t pair = 0; pair < pairs; ++pair) {
+    __m512bh w[R];  // a row past its own keys weighs them by zero, which adds nothing
+    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_set1_epi32(int(pp[r][pair]));
+    const uint16_t* x = vp + pair * 2 * d;
+#pragma GCC unroll 16
+    for (int64_t c = 0; c < vectors; ++c) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + 32 * c);
+      for (int r = 0; r < R; ++r) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], xv, w[r]);
+    }
+  }
+  alignas(64) float lanes[16];
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < vectors; ++c) {
+      _mm512_store_ps(lanes, acc[r][c]);
+      const int64_t base = 32 * (c / 2) + (c % 2) * 4;  // c even: unpacklo's columns, odd: unpackhi's
+      for (int i = 0; i < 16; ++i) out[r][base + 8 * (i / 4) + i % 4] = lanes[i];
+    }
+}
+
+}  // namespace
+
+bool bf16_weighted_rows(const float* p, int64_t p_row, int64_t m, const int64_t* keys, const uint16_t* v,
+                        int64_t v_row, const bool* valid, int64_t n, int64_t d, float* out) {
+  if (!bf16_kernels_on() || d % 32 != 0 || d > 256 || n < 1) return false;
+  thread_local std::vector<uint16_t> vp, pairs;
+  vp.resize(size_t((n + 1) / 2 * 2 * d));
+  interleave_keys(v, v_row, valid, n, d, vp.data());
+  const int64_t half = (n + 1) / 2;
+  pairs.assign(size_t(m * half * 2), 0);  // each row's probabilities as bf16, zeros past its keys
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < std::min(keys[r], n); ++j) pairs[size_t(r * half * 2 + j)] = f32_to_bf16(p[r * p_row + j]).bits;
+  auto row_pairs = [&](int64_t r) { return reinterpret_cast<const uint32_t*>(pairs.data() + r * half * 2); };
+  int64_t r = 0;
+  for (; r + 2 <= m; r += 2) {
+    const uint32_t* pp[2] = {row_pairs(r), row_pairs(r + 1)};
+    const int64_t k2[2] = {std::min(keys[r], n), std::min(keys[r + 1], n)};
+    float* o[2] = {out + r * d, out + (r + 1) * d};
+    weigh_rows<2>(pp, k2, vp.data(), d, o);
+  }
+  if (r < m) {
+    const uint32_t* pp[1] = {row_pairs(r)};
+    const int64_t k1[1] = {std::min(keys[r], n)};
+    float* o[1] = {out + r * d};
+    weigh_rows<1>(pp, k1, vp.data(), d, o);
+  }
+  return true;
+}
+
 #else  // no AVX512_BF16 kernel on this architecture or compiler: sgemm takes these products
+
+bool bf16_weighted_rows(const float*, int64_t, int64_t, const int64_t*, const uint16_t*, int64_t, const bool*, int64_t,
+                        int64_t, float*) {
+  return false;
+}
 
 bool bf16_rows_product(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, uint16_t*, int64_t) {
   return false;
