@@ -279,7 +279,7 @@ LMX_BF16_TARGET void interleave_keys(const uint16_t* v, int64_t v_row, const boo
 // out[r][0, D) = Σ_{j < keys[r]} p[r][j] · v[j] for R rows, D ≤ 256: each output lane adds the
 // keys' pairs in order, the pair's second product then its first, whatever rows run beside it.
 template <int R>
-LMX_BF16_TARGET void weigh_rows(const uint32_t* const pp[R], const int64_t keys[R], const uint16_t* vp, int64_t d,
+LMX_BF16_TARGET void weigh_rows(const uint16_t* const pp[R], const int64_t keys[R], const uint16_t* vp, int64_t d,
                                 float* const out[R]) {
   __m512 acc[R][16];
   const int64_t vectors = d / 16;
@@ -288,7 +288,11 @@ LMX_BF16_TARGET void weigh_rows(const uint32_t* const pp[R], const int64_t keys[
   const int64_t pairs = (std::max(keys[0], keys[R - 1]) + 1) / 2;
   for (int64_t pair = 0; pair < pairs; ++pair) {
     __m512bh w[R];  // a row past its own keys weighs them by zero, which adds nothing
-    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_set1_epi32(int(pp[r][pair]));
+    for (int r = 0; r < R; ++r) {
+      int32_t both;  // the pair's two bf16 probabilities, as one lane of VDPBF16PS takes them
+      std::memcpy(&both, pp[r] + 2 * pair, sizeof both);
+      w[r] = (__m512bh)_mm512_set1_epi32(both);
+    }
     const uint16_t* x = vp + pair * 2 * d;
 #pragma GCC unroll 16
     for (int64_t c = 0; c < vectors; ++c) {
@@ -317,16 +321,16 @@ bool bf16_weighted_rows(const float* p, int64_t p_row, int64_t m, const int64_t*
   pairs.assign(size_t(m * half * 2), 0);  // each row's probabilities as bf16, zeros past its keys
   for (int64_t r = 0; r < m; ++r)
     for (int64_t j = 0; j < std::min(keys[r], n); ++j) pairs[size_t(r * half * 2 + j)] = f32_to_bf16(p[r * p_row + j]).bits;
-  auto row_pairs = [&](int64_t r) { return reinterpret_cast<const uint32_t*>(pairs.data() + r * half * 2); };
+  auto row_pairs = [&](int64_t r) { return pairs.data() + r * half * 2; };
   int64_t r = 0;
   for (; r + 2 <= m; r += 2) {
-    const uint32_t* pp[2] = {row_pairs(r), row_pairs(r + 1)};
+    const uint16_t* pp[2] = {row_pairs(r), row_pairs(r + 1)};
     const int64_t k2[2] = {std::min(keys[r], n), std::min(keys[r + 1], n)};
     float* o[2] = {out + r * d, out + (r + 1) * d};
     weigh_rows<2>(pp, k2, vp.data(), d, o);
   }
   if (r < m) {
-    const uint32_t* pp[1] = {row_pairs(r)};
+    const uint16_t* pp[1] = {row_pairs(r)};
     const int64_t k1[1] = {std::min(keys[r], n)};
     float* o[1] = {out + r * d};
     weigh_rows<1>(pp, k1, vp.data(), d, o);
