@@ -264,6 +264,7 @@ bool gemm_amx(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, in
     }
     release_tiles();
   });
+  if (packed.capacity() > (size_t(1) << 23)) std::vector<uint16_t>().swap(packed);  // at most 16 MiB kept
   return true;
 }
 

@@ -335,6 +335,10 @@ bool bf16_weighted_rows(const float* p, int64_t p_row, int64_t m, const int64_t*
     float* o[1] = {out + r * d};
     weigh_rows<1>(pp, k1, vp.data(), d, o);
   }
+  // Each thread keeps its buffers for the next block, up to 8 MiB each: a long prompt's span
+  // (32 K keys of 256 columns: 16 MiB) would otherwise stay with every worker.
+  for (std::vector<uint16_t>* b : {&vp, &pairs})
+    if (b->capacity() > (size_t(1) << 22)) std::vector<uint16_t>().swap(*b);
   return true;
 }
 
