@@ -221,7 +221,8 @@ void attend(const Block& a) {
   if constexpr (std::is_same_v<T, bf16_t>) {
     if (span > 0) {
       std::vector<int64_t> keys(static_cast<size_t>(nrows));
-      for (int64_t r = 0; r < nrows; ++r) keys[size_t(r)] = std::clamp<int64_t>(hi(a.i0 + r % rows_per_head) - j0, 0, span);
+      for (int64_t r = 0; r < nrows; ++r)
+        keys[size_t(r)] = std::clamp<int64_t>(hi(a.i0 + r % rows_per_head) - j0, 0, span);
       weighed = bf16_weighted_rows(probs.data(), padded, nrows, keys.data(),
                                    reinterpret_cast<const uint16_t*>(v + j0 * a.v_stride[2]), a.v_stride[2],
                                    valid ? valid + j0 : nullptr, span, d, acc.data());

@@ -249,7 +249,8 @@ bool gemm_amx(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* w, in
     packed.resize(size_t(p.groups * p.steps * kStep * p.cols));
     uint16_t* dst = packed.data();
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / (p.steps * kStep * p.cols));
-    parallel_for(p.groups, grain, [&](int64_t g0, int64_t g1) { pack_groups(a, a_row, m, p.steps, p.cols, g0, g1, dst); });
+    parallel_for(p.groups, grain,
+                 [&](int64_t g0, int64_t g1) { pack_groups(a, a_row, m, p.steps, p.cols, g0, g1, dst); });
     xp = dst;
   }
   const int64_t w_tasks = (p.w_tiles + p.w_block - 1) / p.w_block;

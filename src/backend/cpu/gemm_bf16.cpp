@@ -320,7 +320,8 @@ bool bf16_weighted_rows(const float* p, int64_t p_row, int64_t m, const int64_t*
   const int64_t half = (n + 1) / 2;
   pairs.assign(size_t(m * half * 2), 0);  // each row's probabilities as bf16, zeros past its keys
   for (int64_t r = 0; r < m; ++r)
-    for (int64_t j = 0; j < std::min(keys[r], n); ++j) pairs[size_t(r * half * 2 + j)] = f32_to_bf16(p[r * p_row + j]).bits;
+    for (int64_t j = 0; j < std::min(keys[r], n); ++j)
+      pairs[size_t(r * half * 2 + j)] = f32_to_bf16(p[r * p_row + j]).bits;
   auto row_pairs = [&](int64_t r) { return pairs.data() + r * half * 2; };
   int64_t r = 0;
   for (; r + 2 <= m; r += 2) {
