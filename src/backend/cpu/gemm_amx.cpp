@@ -93,16 +93,15 @@ void pack_groups(const uint16_t* a, int64_t a_row, int64_t m, int64_t steps, int
 }
 
 // The operands of one run of steps: TW W tiles (w, and w + 16 rows) by TG x groups (x, and
-// x + x_group), their sums in c[2w + g] (rows c_row bytes apart).
+// x + x_group), their sums in c[2w + g].
 struct Run {
   const uint16_t* w;
   int64_t w_row_bytes;  // K·2: from one W row to the next
   const uint16_t* x;
   int64_t x_group, x_step;  // elements from one group's tiles to the next's, one step's to the next
-  int64_t x_row_bytes;      // 4·cols: from one pair row of a B tile to the next
+  int64_t row_bytes;        // 4·cols: from one row of a B tile (pairs) or of sums to the next
   int64_t steps;
   float* c[4];
-  int64_t c_row_bytes;
   bool fresh;  // the sums start from zeros, not from c
 };
 
@@ -119,20 +118,20 @@ LMX_AMX_TARGET void run_steps(const Run& r) {
     if constexpr (TW == 2) _tile_zero(2);
     if constexpr (TW == 2 && TG == 2) _tile_zero(3);
   } else {
-    _tile_loadd(0, r.c[0], r.c_row_bytes);
-    if constexpr (TG == 2) _tile_loadd(1, r.c[1], r.c_row_bytes);
-    if constexpr (TW == 2) _tile_loadd(2, r.c[2], r.c_row_bytes);
-    if constexpr (TW == 2 && TG == 2) _tile_loadd(3, r.c[3], r.c_row_bytes);
+    _tile_loadd(0, r.c[0], r.row_bytes);
+    if constexpr (TG == 2) _tile_loadd(1, r.c[1], r.row_bytes);
+    if constexpr (TW == 2) _tile_loadd(2, r.c[2], r.row_bytes);
+    if constexpr (TW == 2 && TG == 2) _tile_loadd(3, r.c[3], r.row_bytes);
   }
   const int64_t w_tile = 16 * (r.w_row_bytes / 2);  // elements from one W tile to the next
   for (int64_t s = 0; s < r.steps; ++s) {
     const uint16_t* w = r.w + s * kStep;
     const uint16_t* x = r.x + s * r.x_step;
     _tile_loadd(4, w, r.w_row_bytes);
-    _tile_loadd(6, x, r.x_row_bytes);
+    _tile_loadd(6, x, r.row_bytes);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (TG == 2) {
-      _tile_loadd(7, x + r.x_group, r.x_row_bytes);
+      _tile_loadd(7, x + r.x_group, r.row_bytes);
       _tile_dpbf16ps(1, 4, 7);
     }
     if constexpr (TW == 2) {
@@ -141,10 +140,10 @@ LMX_AMX_TARGET void run_steps(const Run& r) {
       if constexpr (TG == 2) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  _tile_stored(0, r.c[0], r.c_row_bytes);
-  if constexpr (TG == 2) _tile_stored(1, r.c[1], r.c_row_bytes);
-  if constexpr (TW == 2) _tile_stored(2, r.c[2], r.c_row_bytes);
-  if constexpr (TW == 2 && TG == 2) _tile_stored(3, r.c[3], r.c_row_bytes);
+  _tile_stored(0, r.c[0], r.row_bytes);
+  if constexpr (TG == 2) _tile_stored(1, r.c[1], r.row_bytes);
+  if constexpr (TW == 2) _tile_stored(2, r.c[2], r.row_bytes);
+  if constexpr (TW == 2 && TG == 2) _tile_stored(3, r.c[3], r.row_bytes);
   asm volatile("" ::: "memory");
 }
 
@@ -201,7 +200,7 @@ void run_task(const Plan& p, const uint16_t* w, const uint16_t* xp, uint16_t* ou
       for (int64_t t = t0; t < t1; t += 2) {
         const int64_t tw = std::min<int64_t>(2, t1 - t);
         Run r{w + t * 16 * p.k + s0 * kStep, 2 * p.k, xp + (g * p.steps + s0) * x_tile, p.steps * x_tile,
-              x_tile, 4 * p.cols, len, {}, 4 * p.cols, s0 == 0};
+              x_tile, 4 * p.cols, len, {}, s0 == 0};
         r.c[0] = sums(t, g);
         r.c[1] = tg == 2 ? sums(t, g + 1) : nullptr;
         r.c[2] = tw == 2 ? sums(t + 1, g) : nullptr;

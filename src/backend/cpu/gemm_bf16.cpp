@@ -318,21 +318,22 @@ bool bf16_weighted_rows(const float* p, int64_t p_row, int64_t m, const int64_t*
   vp.resize(size_t((n + 1) / 2 * 2 * d));
   interleave_keys(v, v_row, valid, n, d, vp.data());
   const int64_t half = (n + 1) / 2;
+  auto own = [&](int64_t r) { return std::clamp<int64_t>(keys[r], 0, n); };  // row r's keys
   pairs.assign(size_t(m * half * 2), 0);  // each row's probabilities as bf16, zeros past its keys
   for (int64_t r = 0; r < m; ++r)
-    for (int64_t j = 0; j < std::min(keys[r], n); ++j)
+    for (int64_t j = 0; j < own(r); ++j)
       pairs[size_t(r * half * 2 + j)] = f32_to_bf16(p[r * p_row + j]).bits;
   auto row_pairs = [&](int64_t r) { return pairs.data() + r * half * 2; };
   int64_t r = 0;
   for (; r + 2 <= m; r += 2) {
     const uint16_t* pp[2] = {row_pairs(r), row_pairs(r + 1)};
-    const int64_t k2[2] = {std::min(keys[r], n), std::min(keys[r + 1], n)};
+    const int64_t k2[2] = {own(r), own(r + 1)};
     float* o[2] = {out + r * d, out + (r + 1) * d};
     weigh_rows<2>(pp, k2, vp.data(), d, o);
   }
   if (r < m) {
     const uint16_t* pp[1] = {row_pairs(r)};
-    const int64_t k1[1] = {std::min(keys[r], n)};
+    const int64_t k1[1] = {own(r)};
     float* o[1] = {out + r * d};
     weigh_rows<1>(pp, k1, vp.data(), d, o);
   }
