@@ -1,5 +1,7 @@
 #include "core/thread_pool.h"
 
+#include "core/error.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -46,15 +48,20 @@ class Pool {
   explicit Pool(int threads) { resize(threads); }
   ~Pool() { stop(); }
 
-  int size() const { return int(workers_.size()) + 1; }
+  int size() const { return size_.load(std::memory_order_relaxed); }
 
+  // Waits for the running job, if any: callers on other threads may be inside run().
   void resize(int threads) {
+    LMX_CHECK(!t_in_pool_task, "set_num_threads", "called from inside a parallel_for task, which would wait for "
+              "itself; set the thread count between jobs");
+    std::lock_guard job_lock(job_mu_);
     stop();
     stopping_ = false;
     // New workers start from the current generation: none runs a pass over a finished job,
     // which would count it as done for the next one.
     const uint64_t now = generation_.load();
     for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, now] { work(now); });
+    size_.store(int(workers_.size()) + 1, std::memory_order_relaxed);
   }
 
   void run(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
@@ -138,6 +145,7 @@ class Pool {
   std::atomic<int64_t> next_{0};
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};
+  std::atomic<int> size_{1};  // workers + the caller; read without job_mu_ by parallel_for
   int sleepers_ = 0;  // workers waiting on cv_, under mu_
   bool stopping_ = false;
   std::exception_ptr error_;

@@ -13,6 +13,8 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 
 // Threads used by parallel_for (default: hardware threads, or LMX_NUM_THREADS).
 int num_threads();
+// Safe from any thread: it waits for the job running then. Not from inside a job (an
+// lmx::Error, as that would wait for itself). n < 1 means one thread, the caller.
 void set_num_threads(int n);
 
 }  // namespace lmx

@@ -256,6 +256,36 @@ TEST(ThreadPoolTest, JobsAfterPollingAndAfterSleepingEachRunOnce) {
   set_num_threads(threads);
 }
 
+// An embedding program may set the thread count while other threads run jobs: the resize
+// waits for the job in flight, two resizes do not meet, and every job still covers its range
+// once. From inside a job it is an error, not a wait on itself.
+TEST(ThreadPoolTest, ResizesWhileOtherThreadsRunJobs) {
+  const int threads = num_threads();
+  std::atomic<bool> done{false}, bad{false};
+  auto jobs = [&] {
+    for (int job = 0; !done.load() || job < 20; ++job) {
+      std::vector<std::atomic<int>> hits(size_t(61 + job % 40));
+      parallel_for(int64_t(hits.size()), 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+      });
+      for (auto& h : hits) bad = bad || h.load() != 1;
+    }
+  };
+  auto resizes = [&](int first) {
+    for (int i = 0; i < 40; ++i) set_num_threads(first + i % 3);
+  };
+  std::thread a(jobs), b(jobs), c(resizes, 1), d(resizes, 2);
+  c.join(), d.join();
+  done = true;
+  a.join(), b.join();
+  EXPECT_FALSE(bad.load()) << "a job missed or repeated an item";
+  EXPECT_GE(num_threads(), 1);
+  set_num_threads(2);
+  EXPECT_THROW(parallel_for(2, 1, [](int64_t, int64_t) { set_num_threads(3); }), Error);
+  EXPECT_EQ(num_threads(), 2);
+  set_num_threads(threads);
+}
+
 TEST(ErrorTest, CheckFormatsThePrefix) {
   try {
     LMX_CHECK(1 == 2, "matmul", "inner dimensions differ: ", 64, " vs ", 65);
