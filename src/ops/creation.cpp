@@ -54,8 +54,10 @@ Array random_normal(const Shape& shape, uint64_t seed, float mean, float stddev,
 
 Array copy(const Array& a) {
   detail::check_valid(a, "copy");
+  const detail::OpRecord record;
   Array out(a.shape(), a.dtype(), a.device());
   kern(a).copy(a, out);
+  if (is_float(a.dtype())) record(detail::Step::copy, {a}, out);
   return out;
 }
 

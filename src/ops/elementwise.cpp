@@ -48,9 +48,10 @@ Array unary(UnaryOp op, const Array& a) {
   } else {
     LMX_CHECK(a.dtype() != Dtype::boolean, name, "is not defined for bool arrays");
   }
+  const detail::OpRecord record;
   Array out(a.shape(), a.dtype(), a.device());
   detail::kern(a).unary(op, a, out);
-  // tape: record(op, {a}, out)
+  if (is_float(a.dtype())) record(detail::Step::unary, {a}, out, int(op));
   return out;
 }
 
@@ -70,11 +71,12 @@ Array binary(BinaryOp op, const Array& a, const Array& b) {
   } else if (!is_comparison(op)) {
     LMX_CHECK(t != Dtype::boolean, name, "is not defined for bool arrays; cast them first");
   }
+  const detail::OpRecord record;
   const Array ab = broadcast_to(astype(a, t), shape);
   const Array bb = broadcast_to(astype(b, t), shape);
   Array out(shape, is_comparison(op) ? Dtype::boolean : t, a.device());
   detail::kern(a).binary(op, ab, bb, out);
-  // tape: record(op, {a, b}, out)
+  if (is_float(t) && !is_comparison(op)) record(detail::Step::binary, {a, b}, out, int(op));
   return out;
 }
 
@@ -125,17 +127,21 @@ Array where(const Array& cond, const Array& a, const Array& b) {
   detail::check_same_device(a, b, "where");
   const Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   const Dtype t = detail::promote(a.dtype(), b.dtype());
+  const detail::OpRecord record;
   Array out(shape, t, a.device());
   detail::kern(a).where(broadcast_to(cond, shape), broadcast_to(astype(a, t), shape),
                         broadcast_to(astype(b, t), shape), out);
+  if (is_float(t)) record(detail::Step::where, {cond, a, b}, out);
   return out;
 }
 
 Array astype(const Array& a, Dtype dtype) {
   detail::check_valid(a, "astype");
   if (a.dtype() == dtype) return a;
+  const detail::OpRecord record;
   Array out(a.shape(), dtype, a.device());
   detail::kern(a).copy(a, out);
+  if (is_float(a.dtype()) && is_float(dtype)) record(detail::Step::astype, {a}, out);
   return out;
 }
 

@@ -183,16 +183,18 @@ void check_attention_args(const Array& q, const Array& k, const Array& v, const 
 
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style) {
   check_norm_args(x, weight, "rms_norm");
+  // Under a gradient tape the fused ops run as their compositions, whose steps each have a gradient.
+  if (detail::any_tracked({&x, &weight})) return reference::rms_norm(x, weight, eps, style);
   const Array xc = contiguous(x);
   Array out(x.shape(), x.dtype(), x.device());
   detail::kern(x).rms_norm(xc, contiguous(weight), eps, style, out);
-  // tape: record(rms_norm, {x, weight}, out)
   return out;
 }
 
 Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>& bias, float eps) {
   check_norm_args(x, weight, "layer_norm");
   if (bias) check_norm_args(x, *bias, "layer_norm");
+  if (detail::any_tracked({&x, &weight, bias ? &*bias : nullptr})) return reference::layer_norm(x, weight, bias, eps);
   Array out(x.shape(), x.dtype(), x.device());
   // The kernel reads bias in the weight's dtype.
   const Array b = bias ? contiguous(astype(*bias, weight.dtype())) : Array();
@@ -202,15 +204,15 @@ Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>
 
 Array glu(const Array& gate, const Array& up, GluActivation act) {
   check_glu_args(gate, up);
+  if (detail::any_tracked({&gate, &up})) return reference::glu(gate, up, act);
   Array out(gate.shape(), gate.dtype(), gate.device());
   detail::kern(gate).glu(act, contiguous(gate), contiguous(up), out);
-  // tape: record(glu, {gate, up}, out)
   return out;
 }
 
 Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act) {
   check_gated_projection_args(x, w_gate, w_up);
-  if (x.size() > 0 && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
+  if (x.size() > 0 && !detail::any_tracked({&x, &w_gate, &w_up}) && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
     const int64_t k = x.shape(-1), n = w_gate.shape(0);
     const Array rows = contiguous(reshape(x, {-1, k}));  // [R, K]
     if (const Array out = detail::kern(x).gated_projection(act, rows, contiguous(w_gate), contiguous(w_up));
@@ -225,7 +227,7 @@ Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, G
 
 std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array& w1) {
   check_linear_pair_args(x, w0, w1);
-  if (x.size() > 0 && x.dtype() == w0.dtype() && x.dtype() == w1.dtype()) {
+  if (x.size() > 0 && !detail::any_tracked({&x, &w0, &w1}) && x.dtype() == w0.dtype() && x.dtype() == w1.dtype()) {
     const int64_t k = x.shape(-1), n = w0.shape(0);
     const Array rows = contiguous(reshape(x, {-1, k}));  // [R, K]
     if (const auto [a, b] = detail::kern(x).linear_pair(rows, contiguous(w0), contiguous(w1)); a.valid()) {
@@ -239,14 +241,15 @@ std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array
 
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   check_rope_args(x, inv_freq, offsets);
+  if (detail::any_tracked({&x})) return reference::rope(x, inv_freq, offsets);
   Array out(x.shape(), x.dtype(), x.device());
   detail::kern(x).rope(contiguous(x), contiguous(inv_freq), contiguous(offsets), out);
-  // tape: record(rope, {x}, out)
   return out;
 }
 
 Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm) {
   check_rope_heads_args(x, inv_freq, offsets, norm);
+  if (detail::any_tracked({&x, norm ? &norm->weight : nullptr})) return reference::rope_heads(x, inv_freq, offsets, norm);
   Array out({x.shape(0), x.shape(2), x.shape(1), x.shape(3)}, x.dtype(), x.device());
   const Array w = norm ? contiguous(norm->weight) : Array();
   if (detail::kern(x).rope_heads(contiguous(x), contiguous(inv_freq), contiguous(offsets), norm ? &w : nullptr,
@@ -276,6 +279,8 @@ Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array&
 
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
   check_self_attention_args(q, k, v, a);
+  if (detail::any_tracked({&q, &k, &v, a.q_norm ? &a.q_norm->weight : nullptr, a.k_norm ? &a.k_norm->weight : nullptr}))
+    return compose_self_attention(q, k, v, a, true);
   Array out(q.shape(), q.dtype(), q.device());
   const Array qn = a.q_norm ? contiguous(a.q_norm->weight) : Array();
   const Array kn = a.k_norm ? contiguous(a.k_norm->weight) : Array();
@@ -293,6 +298,7 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
 AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
                      const Array* y_weight) {
   check_add_norm_args(x, y, weight, y_weight);
+  if (detail::any_tracked({&x, &y, &weight, y_weight})) return reference::add_rms_norm(x, y, weight, eps, style, y_weight);
   AddNorm r{Array(x.shape(), x.dtype(), x.device()), Array(x.shape(), x.dtype(), x.device())};
   const Array yw = y_weight ? contiguous(*y_weight) : Array();
   if (detail::kern(x).add_rms_norm(contiguous(x), contiguous(y), y_weight ? &yw : nullptr, contiguous(weight), eps,
@@ -306,6 +312,7 @@ AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float 
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
                                    const AttentionMask& mask) {
   check_attention_args(q, k, v, mask);
+  if (detail::any_tracked({&q, &k, &v})) return reference::scaled_dot_product_attention(q, k, v, scale, mask);
   const Array q_off = contiguous(resolve_q_offsets(q, k, mask));
   Array out(q.shape(), q.dtype(), q.device());
   // k and v may be views into a larger preallocated cache: only the last axis must be dense.
@@ -313,7 +320,6 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
   const Array kv_valid = mask.key_valid ? contiguous(*mask.key_valid) : Array();
   detail::kern(q).attention(contiguous(q), dense_last(k), dense_last(v), scale, mask.causal, mask.window, q_off,
                             mask.key_valid ? &kv_valid : nullptr, out);
-  // tape: record(attention, {q, k, v}, out)
   return out;
 }
 

@@ -13,13 +13,14 @@ Array take(const Array& a, const Array& indices, int axis) {
   for (int i = 0; i < ax; ++i) p *= a.shape()[i];
   for (int i = ax + 1; i < a.ndim(); ++i) s *= a.shape()[i];
   const int64_t n = a.shape()[ax], m = indices.size();
+  const detail::OpRecord record;
   Shape shape(a.shape().begin(), a.shape().begin() + ax);
   shape.insert(shape.end(), indices.shape().begin(), indices.shape().end());
   shape.insert(shape.end(), a.shape().begin() + ax + 1, a.shape().end());
   Array out(shape, a.dtype(), a.device());
   if (out.size())
     detail::kern(a).take(reshape(a, {p, n, s}), reshape(indices, {m}), reshape(out, {p, m, s}));
-  // tape: record(take, {a}, out)
+  if (is_float(a.dtype())) record(detail::Step::take, {a, indices}, out, 0, {ax});
   return out;
 }
 
@@ -36,6 +37,7 @@ Array take_along_axis(const Array& a, const Array& indices, int axis) {
   LMX_CHECK(indices.ndim() == a.ndim(), "take_along_axis", "indices have rank ", indices.ndim(),
             ", the array has rank ", a.ndim());
   const int ax = normalize_axis(axis, a.ndim(), "take_along_axis");
+  const detail::OpRecord record;
   Shape idx_shape = a.shape();
   idx_shape[ax] = indices.shape()[ax];
   const Array idx = broadcast_to(indices, broadcast_shapes(indices.shape(), idx_shape, "take_along_axis"));
@@ -48,6 +50,7 @@ Array take_along_axis(const Array& a, const Array& indices, int axis) {
   if (out.size())
     detail::kern(a).take_along(reshape(a, {p, a.shape()[ax], s}), reshape(idx, {p, idx_shape[ax], s}),
                                reshape(out, {p, idx_shape[ax], s}));
+  if (is_float(a.dtype())) record(detail::Step::take_along_axis, {a, idx}, out, 0, {ax});
   return out;
 }
 

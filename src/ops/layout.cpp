@@ -27,9 +27,12 @@ Array reshape(const Array& a, Shape shape) {
   }
   LMX_CHECK(numel(shape) == a.size(), "reshape", "cannot reshape ", shape_str(a.shape()), " (", a.size(),
             " elements) into ", shape_str(shape));
+  const detail::OpRecord record;
   const Array src = contiguous(a);
   Strides st = row_major_strides(shape);
-  return src.view(std::move(shape), std::move(st), src.offset());
+  const Array out = src.view(std::move(shape), std::move(st), src.offset());
+  record(detail::Step::reshape, {a}, out);
+  return out;
 }
 
 Array flatten(const Array& a) { return reshape(a, {-1}); }
@@ -45,14 +48,18 @@ Array transpose(const Array& a, std::vector<int> perm) {
   std::vector<bool> seen(n, false);
   Shape shape(n);
   Strides st(n);
+  std::vector<int64_t> axes(n);
   for (int i = 0; i < n; ++i) {
     const int p = normalize_axis(perm[i], n, "transpose");
     LMX_CHECK(!seen[p], "transpose", "axis ", p, " appears twice in the permutation");
     seen[p] = true;
+    axes[i] = p;
     shape[i] = a.shape()[p];
     st[i] = a.strides()[p];
   }
-  return a.view(std::move(shape), std::move(st), a.offset());
+  const Array out = a.view(std::move(shape), std::move(st), a.offset());
+  if (detail::recorder()) detail::OpRecord()(detail::Step::transpose, {a}, out, 0, std::move(axes));
+  return out;
 }
 
 Array swapaxes(const Array& a, int axis1, int axis2) {
@@ -81,7 +88,9 @@ Array squeeze(const Array& a, std::vector<int> axes) {
     shape.push_back(a.shape()[i]);
     st.push_back(a.strides()[i]);
   }
-  return a.view(std::move(shape), std::move(st), a.offset());
+  const Array out = a.view(std::move(shape), std::move(st), a.offset());
+  if (detail::recorder()) detail::OpRecord()(detail::Step::reshape, {a}, out);
+  return out;
 }
 
 Array expand_dims(const Array& a, int axis) {
@@ -91,7 +100,9 @@ Array expand_dims(const Array& a, int axis) {
   Strides st = a.strides();
   shape.insert(shape.begin() + i, 1);
   st.insert(st.begin() + i, 0);
-  return a.view(std::move(shape), std::move(st), a.offset());
+  const Array out = a.view(std::move(shape), std::move(st), a.offset());
+  if (detail::recorder()) detail::OpRecord()(detail::Step::reshape, {a}, out);
+  return out;
 }
 
 Array broadcast_to(const Array& a, const Shape& shape) {
@@ -107,8 +118,22 @@ Array broadcast_to(const Array& a, const Shape& shape) {
               shape_str(shape));
     st[lead + i] = d == 1 ? 0 : a.strides()[i];
   }
-  return a.view(shape, std::move(st), a.offset());
+  const Array out = a.view(shape, std::move(st), a.offset());
+  if (detail::recorder()) detail::OpRecord()(detail::Step::broadcast_to, {a}, out);
+  return out;
 }
+
+namespace {
+// A slice's bounds as the tape keeps them: {n, start[n], stop[n], step[n]} (steps of 1 filled in).
+std::vector<int64_t> slice_args(const std::vector<int64_t>& start, const std::vector<int64_t>& stop,
+                                const std::vector<int64_t>& step) {
+  std::vector<int64_t> args{int64_t(start.size())};
+  args.insert(args.end(), start.begin(), start.end());
+  args.insert(args.end(), stop.begin(), stop.end());
+  for (size_t i = 0; i < start.size(); ++i) args.push_back(step.empty() ? 1 : step[i]);
+  return args;
+}
+}  // namespace
 
 Array slice(const Array& a, std::vector<int64_t> start, std::vector<int64_t> stop, std::vector<int64_t> step) {
   detail::check_valid(a, "slice");
@@ -136,7 +161,9 @@ Array slice(const Array& a, std::vector<int64_t> start, std::vector<int64_t> sto
     if (len > 0) offset += b * a.strides()[i];
     st[i] = a.strides()[i] * s;
   }
-  return a.view(std::move(shape), std::move(st), offset);
+  const Array out = a.view(std::move(shape), std::move(st), offset);
+  if (detail::any_tracked({&a})) detail::OpRecord()(detail::Step::slice, {a}, out, 0, slice_args(start, stop, step));
+  return out;
 }
 
 Array slice_axis(const Array& a, int axis, int64_t start, int64_t stop) {
@@ -159,11 +186,14 @@ void assign(const Array& dst, const Array& src) {
 
 Array slice_update(const Array& a, const Array& update, std::vector<int64_t> start, std::vector<int64_t> stop,
                    std::vector<int64_t> step) {
+  const detail::OpRecord record;
+  std::vector<int64_t> args = slice_args(start, stop, step);
   Array out = copy(a);
   const Array target = slice(out, std::move(start), std::move(stop), std::move(step));
   LMX_CHECK(broadcast_shapes(update.shape(), target.shape(), "slice_update") == target.shape(), "slice_update",
             "update of shape ", shape_str(update.shape()), " does not fit the slice ", shape_str(target.shape()));
   assign(target, update);
+  if (is_float(out.dtype())) record(detail::Step::slice_update, {a, update}, out, 0, std::move(args));
   return out;
 }
 
@@ -186,6 +216,7 @@ Array concatenate(const std::vector<Array>& arrays, int axis) {
     shape[ax] += x.shape()[ax];
     t = detail::promote(t, x.dtype());
   }
+  const detail::OpRecord record;
   Array out(shape, t, first.device());
   int64_t at = 0;
   for (const Array& x : arrays) {
@@ -193,6 +224,7 @@ Array concatenate(const std::vector<Array>& arrays, int axis) {
     if (len) detail::kern(out).copy(x, slice_axis(out, ax, at, at + len));
     at += len;
   }
+  if (is_float(t)) record(detail::Step::concatenate, arrays, out, 0, {ax});
   return out;
 }
 

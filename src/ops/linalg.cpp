@@ -11,6 +11,7 @@ Array matmul(const Array& a_in, const Array& b_in) {
   LMX_CHECK(is_float(a_in.dtype()) && a_in.dtype() == b_in.dtype(), "matmul",
             "expects two floating-point arrays of the same dtype, got ", dtype_name(a_in.dtype()), " and ",
             dtype_name(b_in.dtype()));
+  const detail::OpRecord record;
   // Vectors become matrices as in NumPy; the added axis is dropped again at the end.
   const Array a = a_in.ndim() == 1 ? expand_dims(a_in, 0) : a_in;
   const Array b = b_in.ndim() == 1 ? expand_dims(b_in, 1) : b_in;
@@ -44,11 +45,12 @@ Array matmul(const Array& a_in, const Array& b_in) {
   };
   Array out({nb, m, n}, a.dtype(), a.device());
   if (out.size()) detail::kern(out).matmul(to3(a, m, k), to3(b, k, n), out);
-  // tape: record(matmul, {a_in, b_in}, out)
   Shape shape = batch;
   if (a_in.ndim() > 1) shape.push_back(m);
   if (b_in.ndim() > 1) shape.push_back(n);
-  return reshape(out, shape);
+  const Array result = reshape(out, shape);
+  record(detail::Step::matmul, {a_in, b_in}, result);
+  return result;
 }
 
 }  // namespace lmx

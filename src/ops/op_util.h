@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "ops/kernels.h"
+#include "ops/tape.h"
 
 namespace lmx::detail {
 

@@ -5,9 +5,9 @@
 // data, then hands the work to its device's kernels (ops/kernels.h). Floating-point
 // math accumulates in f32 whatever the storage dtype; results are rounded once.
 //
-// Autodiff: op signatures stay as they are when training records a tape. Each op
-// will call the tape's record hook (one line, where "tape:" comments stand) with its
-// inputs, output and VJP; nothing else changes.
+// Autodiff: op signatures stay as they are when a gradient tape records (src/autograd).
+// Each differentiable op reports what it computed from what through ops/tape.h, and
+// fast:: ops whose inputs the tape tracks run as their compositions.
 #pragma once
 
 #include <cstdint>

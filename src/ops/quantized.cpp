@@ -70,11 +70,20 @@ Array quantized_matmul(const Array& x, const QuantizedMatrix& w) {
             " times a quantized [", w.rows(), ", ", w.cols(), "] weight: the last axis of x must be ", w.cols());
   Shape shape = x.shape();  // [..., N]
   shape.back() = w.rows();
+  // One step for the tape whichever path runs: its gradient needs the codes, not a
+  // dequantized copy kept until the backward pass.
+  const detail::OpRecord record;
   const Array rows = contiguous(reshape(x, {-1, w.cols()}));  // [R, K]
-  if (rows.size() == 0 || w.rows() == 0) return full(shape, 0.0, x.dtype(), x.device());
-  Array out({rows.shape(0), w.rows()}, x.dtype(), x.device());
-  if (detail::kern(x).quantized_matmul(rows, contiguous_on(w, x.device()), out)) return reshape(out, shape);
-  return reference::quantized_matmul(x, w);
+  Array result;
+  if (rows.size() == 0 || w.rows() == 0) {
+    result = full(shape, 0.0, x.dtype(), x.device());
+  } else {
+    Array out({rows.shape(0), w.rows()}, x.dtype(), x.device());
+    result = detail::kern(x).quantized_matmul(rows, contiguous_on(w, x.device()), out) ? reshape(out, shape)
+                                                                                        : reference::quantized_matmul(x, w);
+  }
+  record(detail::Step::quantized_matmul, {x, w.packed, w.scales, w.biases}, result, 0, {w.bits, w.group_size});
+  return result;
 }
 
 namespace reference {

@@ -54,8 +54,12 @@ Array reduce(detail::ReduceOp op, const Array& a, std::vector<int> axes, bool ke
   const bool needs_elems = op != detail::ReduceOp::sum;
   LMX_CHECK(!needs_elems || p.rows.shape(1) > 0 || p.rows.shape(0) == 0, name, "reduction over an empty axis");
   Array out({p.rows.shape(0)}, a.dtype(), a.device());
-  detail::kern(a).reduce(op, p.rows, out);
-  // tape: record(reduce, {a}, out)
+  {
+    // The plan's transpose and reshape report themselves; the step is the rows' reduction.
+    const detail::OpRecord record;
+    detail::kern(a).reduce(op, p.rows, out);
+    if (is_float(a.dtype())) record(detail::Step::reduce_rows, {p.rows}, out, int(op));
+  }
   return reshape(out, p.out_shape);
 }
 
@@ -81,7 +85,12 @@ Array mean(const Array& a, std::vector<int> axes, bool keepdims) {
   LMX_CHECK(p.rows.shape(1) > 0, "mean", "mean over an empty axis");
   // Sum in f32 and divide once, so that a bf16 mean is not the rounding of a bf16 sum.
   Array s({p.rows.shape(0)}, Dtype::f32, a.device());
-  detail::kern(a).reduce(detail::ReduceOp::sum, astype(p.rows, Dtype::f32), s);
+  const Array rows32 = astype(p.rows, Dtype::f32);
+  {
+    const detail::OpRecord record;
+    detail::kern(a).reduce(detail::ReduceOp::sum, rows32, s);
+    record(detail::Step::reduce_rows, {rows32}, s, int(detail::ReduceOp::sum));
+  }
   const Array m = multiply(s, 1.0 / double(p.rows.shape(1)));
   return reshape(astype(m, a.dtype()), p.out_shape);
 }
@@ -105,8 +114,11 @@ Array softmax(const Array& a, int axis) {
   const Array moved = contiguous(swapaxes(a, ax, -1));
   const Array rows = reshape(moved, {-1, moved.shape(-1)});
   Array out(rows.shape(), a.dtype(), a.device());
-  detail::kern(a).softmax(rows, out);
-  // tape: record(softmax, {a}, out)
+  {
+    const detail::OpRecord record;
+    detail::kern(a).softmax(rows, out);
+    record(detail::Step::softmax_rows, {rows}, out);
+  }
   return swapaxes(reshape(out, moved.shape()), ax, -1);
 }
 

@@ -1,0 +1,229 @@
+// One vector-Jacobian product per step kind. Each rule computes in f32 from the step's
+// inputs and rounds once to the input's dtype, so that a bf16 model's gradients are not
+// the product of several bf16 roundings.
+#include "autograd/vjp.h"
+
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "ops/fast.h"
+#include "ops/kernels.h"
+
+namespace lmx::autograd {
+namespace {
+
+using detail::Step;
+
+Array f32(const Array& a) { return astype(a, Dtype::f32); }
+Array lit(double v, const Array& like) { return scalar(v, Dtype::f32, like.device()); }
+// A bool array as 1.0 and 0.0.
+Array indicator(const Array& cond) { return astype(cond, Dtype::f32); }
+// The gradient for an input `in`: summed back to its shape, in its dtype; none for integers.
+Array to_input(const Array& grad, const Array& in) {
+  if (!is_float(in.dtype())) return {};
+  return astype(unbroadcast(grad, in.shape()), in.dtype());
+}
+
+Array unary_vjp(UnaryOp op, const Array& x_in, const Array& g_in) {
+  const Array x = f32(x_in), g = f32(g_in);
+  switch (op) {
+    case UnaryOp::neg: return neg(g);
+    case UnaryOp::abs: return multiply(g, subtract(indicator(greater(x, lit(0, x))), indicator(less(x, lit(0, x)))));
+    case UnaryOp::exp: return multiply(g, exp(x));
+    case UnaryOp::log: return divide(g, x);
+    case UnaryOp::sqrt: return divide(multiply(g, 0.5), sqrt(x));
+    case UnaryOp::rsqrt: return multiply(multiply(g, -0.5), divide(rsqrt(x), x));  // -x^(-3/2) / 2
+    case UnaryOp::tanh: return multiply(g, subtract(lit(1, x), square(tanh(x))));
+    case UnaryOp::sigmoid: {
+      const Array s = sigmoid(x);
+      return multiply(g, multiply(s, subtract(lit(1, x), s)));
+    }
+    case UnaryOp::silu: {  // d/dx x·s(x) = s·(1 + x·(1 - s))
+      const Array s = sigmoid(x);
+      return multiply(g, multiply(s, add(multiply(x, subtract(lit(1, x), s)), 1.0)));
+    }
+    case UnaryOp::gelu_tanh: {  // 0.5·(1 + t) + 0.5·x·(1 - t²)·c·(1 + 3a·x²), t = tanh(c·(x + a·x³))
+      const double c = std::sqrt(2.0 / M_PI), a = 0.044715;
+      const Array x2 = square(x);
+      const Array t = tanh(multiply(multiply(x, add(multiply(x2, a), 1.0)), c));
+      const Array du = multiply(add(multiply(x2, 3 * a), 1.0), c);
+      const Array d = add(multiply(add(t, 1.0), 0.5), multiply(multiply(multiply(x, 0.5), subtract(lit(1, x), square(t))), du));
+      return multiply(g, d);
+    }
+    case UnaryOp::square: return multiply(g, multiply(x, 2.0));
+    case UnaryOp::sin: return multiply(g, cos(x));
+    case UnaryOp::cos: return neg(multiply(g, sin(x)));
+    case UnaryOp::logical_not: break;
+  }
+  fail("value_and_grad", "no gradient for unary op ", int(op));
+}
+
+std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in, const Array& out, const Array& g_in) {
+  const Array a = f32(a_in), b = f32(b_in), g = f32(g_in);
+  Array ga, gb;
+  switch (op) {
+    case BinaryOp::add: ga = g, gb = g; break;
+    case BinaryOp::sub: ga = g, gb = neg(g); break;
+    case BinaryOp::mul: ga = multiply(g, b), gb = multiply(g, a); break;
+    case BinaryOp::div:
+      ga = divide(g, b);
+      gb = neg(divide(multiply(ga, a), b));  // -g·a/b²
+      break;
+    case BinaryOp::pow: {
+      ga = multiply(multiply(g, b), power(a, subtract(b, lit(1, b))));
+      // d/db a^b = a^b·log(a), taken as 0 where a <= 0 (no real logarithm).
+      const Array positive = greater(a, lit(0, a));
+      gb = where(positive, multiply(multiply(g, f32(out)), log(where(positive, a, lit(1, a)))), lit(0, a));
+      break;
+    }
+    case BinaryOp::maximum:
+    case BinaryOp::minimum: {
+      // The larger (smaller) operand takes the gradient; a tie splits it evenly, as PyTorch does.
+      const Array a_wins = op == BinaryOp::maximum ? greater(a, b) : less(a, b);
+      const Array half = multiply(multiply(g, indicator(equal(a, b))), 0.5);
+      ga = add(multiply(g, indicator(a_wins)), half);
+      gb = add(multiply(g, indicator(logical_not(logical_or(a_wins, equal(a, b))))), half);
+      break;
+    }
+    default: fail("value_and_grad", "no gradient for binary op ", int(op));
+  }
+  return {to_input(ga, a_in), to_input(gb, b_in)};
+}
+
+std::vector<Array> matmul_vjp(const Array& a_in, const Array& b_in, const Array& g_in) {
+  // As matrices: a [..., M, K], b [..., K, N], g [..., M, N] (a vector operand's axis restored).
+  const Array a = a_in.ndim() == 1 ? expand_dims(a_in, 0) : a_in;
+  const Array b = b_in.ndim() == 1 ? expand_dims(b_in, 1) : b_in;
+  Array g = g_in;
+  if (a_in.ndim() == 1) g = expand_dims(g, g.ndim() - (b_in.ndim() == 1 ? 0 : 1));
+  if (b_in.ndim() == 1) g = expand_dims(g, g.ndim());
+  g = astype(g, a.dtype());
+  const Array ga = matmul(g, swapaxes(b, -1, -2));  // [..., M, K]
+  const Array gb = matmul(swapaxes(a, -1, -2), g);  // [..., K, N]
+  return {reshape(unbroadcast(ga, a.shape()), a_in.shape()), reshape(unbroadcast(gb, b.shape()), b_in.shape())};
+}
+
+Array reduce_rows_vjp(detail::ReduceOp op, const Array& x_in, const Array& out, const Array& g_in) {
+  // x [R, C] -> out [R]
+  const Array x = f32(x_in), g = reshape(f32(g_in), {-1, 1});
+  const Array o = reshape(f32(out), {-1, 1});
+  switch (op) {
+    case detail::ReduceOp::sum: return astype(broadcast_to(g, x.shape()), x_in.dtype());
+    case detail::ReduceOp::max:
+    case detail::ReduceOp::min: {  // shared evenly among the tied extremes
+      const Array hit = indicator(equal(x, o));
+      return astype(multiply(g, divide(hit, sum(hit, {-1}, true))), x_in.dtype());
+    }
+    case detail::ReduceOp::logsumexp: return astype(multiply(g, exp(subtract(x, o))), x_in.dtype());
+  }
+  fail("value_and_grad", "no gradient for reduction ", int(op));
+}
+
+Array softmax_rows_vjp(const Array& x_in, const Array& g_in) {
+  const Array s = softmax(f32(x_in), -1), g = f32(g_in);  // [R, C], recomputed in f32
+  return astype(multiply(s, subtract(g, sum(multiply(g, s), {-1}, true))), x_in.dtype());
+}
+
+// a [P, N, S] indexed along N by idx [M] (take) -> the gradient [P, N, S] of g [P, M, S]:
+// each row of g added to the row it was read from, as a product with a one-hot matrix.
+Array take_vjp(const Array& a, const Array& indices, int axis, const Array& g_in) {
+  int64_t p = 1, s = 1;
+  for (int i = 0; i < axis; ++i) p *= a.shape(i);
+  for (int i = axis + 1; i < a.ndim(); ++i) s *= a.shape(i);
+  const int64_t n = a.shape(axis), m = indices.size();
+  const Array ids = reshape(astype(indices, Dtype::i32), {m, 1});
+  const Array one_hot = indicator(equal(ids, reshape(arange(0, double(n), 1, Dtype::i32, a.device()), {1, n})));
+  const Array g = reshape(f32(g_in), {p, m, s});
+  return astype(reshape(matmul(swapaxes(one_hot, 0, 1), g), a.shape()), a.dtype());  // [N, M]·[P, M, S]
+}
+
+// a [P, N, S], idx and g [P, K, S] (take_along_axis) -> [P, N, S].
+Array take_along_vjp(const Array& a, const Array& idx, int axis, const Array& g_in) {
+  int64_t p = 1, s = 1;
+  for (int i = 0; i < axis; ++i) p *= a.shape(i);
+  for (int i = axis + 1; i < a.ndim(); ++i) s *= a.shape(i);
+  const int64_t n = a.shape(axis), k = idx.shape(axis);
+  const Array ids = reshape(astype(idx, Dtype::i32), {p, k, 1, s});
+  const Array hit = equal(ids, reshape(arange(0, double(n), 1, Dtype::i32, a.device()), {1, 1, n, 1}));
+  const Array g = reshape(f32(g_in), {p, k, 1, s});
+  return astype(reshape(sum(where(hit, g, lit(0, g)), {1}), a.shape()), a.dtype());  // [P, K, N, S] -> [P, N, S]
+}
+
+struct SliceBounds {
+  std::vector<int64_t> start, stop, step;
+};
+SliceBounds slice_bounds(const std::vector<int64_t>& args) {
+  const auto n = size_t(args.at(0));
+  auto part = [&](size_t i) { return std::vector<int64_t>(args.begin() + 1 + i * n, args.begin() + 1 + (i + 1) * n); };
+  return {part(0), part(1), part(2)};
+}
+
+}  // namespace
+
+Array unbroadcast(const Array& g, const Shape& shape) {
+  if (g.shape() == shape) return g;
+  const int lead = g.ndim() - int(shape.size());
+  LMX_CHECK(lead >= 0, "value_and_grad", "a gradient of shape ", shape_str(g.shape()), " cannot sum to ",
+            shape_str(shape));
+  std::vector<int> axes;
+  for (int i = 0; i < g.ndim(); ++i)
+    if (i < lead || (shape[size_t(i - lead)] == 1 && g.shape(i) != 1)) axes.push_back(i);
+  const Array summed = axes.empty() ? g : sum(g, axes, true);
+  return reshape(summed, shape);
+}
+
+std::vector<Array> vjp(const detail::StepRecord& st, const Array& g) {
+  const std::vector<Array>& in = st.inputs;
+  switch (st.step) {
+    case Step::unary: return {astype(unary_vjp(UnaryOp(st.code), in[0], g), in[0].dtype())};
+    case Step::binary: return binary_vjp(BinaryOp(st.code), in[0], in[1], st.output, g);
+    case Step::where: {
+      const Array zero = lit(0, g), g32 = f32(g);
+      return {Array(), to_input(where(in[0], g32, zero), in[1]), to_input(where(in[0], zero, g32), in[2])};
+    }
+    case Step::astype:
+    case Step::copy: return {astype(g, in[0].dtype())};
+    case Step::matmul: return matmul_vjp(in[0], in[1], g);
+    case Step::reduce_rows: return {reduce_rows_vjp(detail::ReduceOp(st.code), in[0], st.output, g)};
+    case Step::softmax_rows: return {softmax_rows_vjp(in[0], g)};
+    case Step::take: return {take_vjp(in[0], in[1], int(st.args.at(0)), g), Array()};
+    case Step::take_along_axis: return {take_along_vjp(in[0], in[1], int(st.args.at(0)), g), Array()};
+    case Step::reshape: return {reshape(g, in[0].shape())};
+    case Step::transpose: {
+      std::vector<int> inverse(st.args.size());
+      for (size_t i = 0; i < st.args.size(); ++i) inverse[size_t(st.args[i])] = int(i);
+      return {transpose(g, inverse)};
+    }
+    case Step::broadcast_to: return {unbroadcast(g, in[0].shape())};
+    case Step::slice: {
+      const SliceBounds s = slice_bounds(st.args);
+      return {slice_update(zeros(in[0].shape(), g.dtype(), g.device()), g, s.start, s.stop, s.step)};
+    }
+    case Step::slice_update: {
+      const SliceBounds s = slice_bounds(st.args);
+      const Array ga = slice_update(g, scalar(0, g.dtype(), g.device()), s.start, s.stop, s.step);
+      return {to_input(ga, in[0]), to_input(slice(g, s.start, s.stop, s.step), in[1])};
+    }
+    case Step::concatenate: {
+      const int axis = int(st.args.at(0));
+      std::vector<Array> out;
+      int64_t at = 0;
+      for (const Array& a : in) {
+        const int64_t len = a.shape(axis);
+        out.push_back(is_float(a.dtype()) ? astype(slice_axis(g, axis, at, at + len), a.dtype()) : Array());
+        at += len;
+      }
+      return out;
+    }
+    case Step::quantized_matmul: {
+      // x [..., K]·Wᵀ -> g [..., N]: dx = g·W with W dequantized for this product only.
+      const fast::QuantizedMatrix w{in[1], in[2], in[3], int(st.args.at(0)), int(st.args.at(1))};
+      const Array gx = matmul(f32(g), fast::dequantize(w, Dtype::f32));
+      return {astype(gx, in[0].dtype()), Array(), Array(), Array()};
+    }
+  }
+  fail("value_and_grad", "no gradient rule for step ", int(st.step));
+}
+
+}  // namespace lmx::autograd
