@@ -25,8 +25,9 @@
 namespace lmx::autograd {
 
 struct ValueAndGrad {
-  Array value;               // what fn returned
-  std::vector<Array> grads;  // d value / d params[i], contiguous; zeros where value does not depend on it
+  Array value;  // what fn returned
+  std::vector<Array>
+      grads;  // d value / d params[i], contiguous; zeros where value does not depend on it
 };
 
 // fn must return one floating-point element (a loss). Errors in fn propagate; no tape

@@ -26,10 +26,13 @@ struct Key {
   Strides strides;
   Dtype dtype;
   bool operator<(const Key& o) const {
-    return std::tie(storage, offset, shape, strides, dtype) < std::tie(o.storage, o.offset, o.shape, o.strides, o.dtype);
+    return std::tie(storage, offset, shape, strides, dtype) <
+           std::tie(o.storage, o.offset, o.shape, o.strides, o.dtype);
   }
 };
-Key key_of(const Array& a) { return {a.storage().get(), a.offset(), a.shape(), a.strides(), a.dtype()}; }
+Key key_of(const Array& a) {
+  return {a.storage().get(), a.offset(), a.shape(), a.strides(), a.dtype()};
+}
 
 // Installs a recorder for a scope, and puts back the one before it (also on an exception).
 class Recording {
@@ -47,7 +50,8 @@ class Tape : public detail::Recorder {
  public:
   // The parameters: the values gradients are taken with respect to.
   void watch(const Array& a) {
-    LMX_CHECK(a.valid() && is_float(a.dtype()), "value_and_grad", "parameters must be floating-point arrays, got ",
+    LMX_CHECK(a.valid() && is_float(a.dtype()), "value_and_grad",
+              "parameters must be floating-point arrays, got ",
               a.valid() ? dtype_name(a.dtype()) : "an empty array");
     known_.insert(key_of(a));
     leaves_.push_back(a);
@@ -87,12 +91,14 @@ class Tape : public detail::Recorder {
         continue;
       }
       const std::vector<Array> in_grads = vjp(node.step, g);
-      for (size_t j = 0; j < node.step.inputs.size(); ++j) accumulate(grads, node.step.inputs[j], in_grads[j]);
+      for (size_t j = 0; j < node.step.inputs.size(); ++j)
+        accumulate(grads, node.step.inputs[j], in_grads[j]);
     }
     std::vector<Array> out;
     for (const Array& a : wrt) {
       const auto it = grads.find(key_of(a));
-      out.push_back(it == grads.end() ? zeros(a.shape(), a.dtype(), a.device()) : contiguous(it->second));
+      out.push_back(it == grads.end() ? zeros(a.shape(), a.dtype(), a.device())
+                                      : contiguous(it->second));
     }
     return out;
   }
@@ -106,8 +112,8 @@ class Tape : public detail::Recorder {
   void accumulate(std::map<Key, Array>& grads, const Array& input, const Array& g) const {
     if (!g.valid() || !tracks(input)) return;
     LMX_CHECK(g.shape() == input.shape() && g.dtype() == input.dtype(), "value_and_grad",
-              "a gradient rule returned ", shape_str(g.shape()), " ", dtype_name(g.dtype()), " for an input ",
-              shape_str(input.shape()), " ", dtype_name(input.dtype()));
+              "a gradient rule returned ", shape_str(g.shape()), " ", dtype_name(g.dtype()),
+              " for an input ", shape_str(input.shape()), " ", dtype_name(input.dtype()));
     auto [it, fresh] = grads.try_emplace(key_of(input), g);
     if (!fresh) it->second = lmx::add(it->second, g);
   }
@@ -125,9 +131,10 @@ class Tape : public detail::Recorder {
       const Recording on(&inner);
       out = node.replay(node.step.inputs);
     }
-    LMX_CHECK(out.shape() == node.step.output.shape() && out.dtype() == node.step.output.dtype(), "checkpoint",
-              "the block returned ", shape_str(out.shape()), " ", dtype_name(out.dtype()), " when run again, ",
-              shape_str(node.step.output.shape()), " ", dtype_name(node.step.output.dtype()), " the first time");
+    LMX_CHECK(out.shape() == node.step.output.shape() && out.dtype() == node.step.output.dtype(),
+              "checkpoint", "the block returned ", shape_str(out.shape()), " ",
+              dtype_name(out.dtype()), " when run again, ", shape_str(node.step.output.shape()),
+              " ", dtype_name(node.step.output.dtype()), " the first time");
     const std::vector<Array> got = inner.backward(out, g, wrt);
     for (size_t j = 0; j < wrt.size(); ++j) accumulate(grads, wrt[j], got[j]);
   }
@@ -149,7 +156,8 @@ ValueAndGrad value_and_grad(const std::function<Array()>& fn, std::span<const Ar
   }
   LMX_CHECK(value.valid() && value.size() == 1 && is_float(value.dtype()), "value_and_grad",
             "the function must return one floating-point element (a loss), got ",
-            value.valid() ? shape_str(value.shape()) + " " + std::string(dtype_name(value.dtype())) : std::string("nothing"));
+            value.valid() ? shape_str(value.shape()) + " " + std::string(dtype_name(value.dtype()))
+                          : std::string("nothing"));
   const Array seed = ones(value.shape(), value.dtype(), value.device());
   return {value, tape.backward(value, seed, params)};
 }
@@ -168,7 +176,8 @@ Array checkpoint(const Function& fn, const std::vector<Array>& inputs) {
     const Recording on(&scratch);
     out = fn(inputs);
   }
-  if (!tape->tracks(out)) tape->add_replay(inputs, out, fn);  // (a block that returns an input is that input)
+  if (!tape->tracks(out))
+    tape->add_replay(inputs, out, fn);  // (a block that returns an input is that input)
   return out;
 }
 

@@ -29,7 +29,8 @@ Array unary_vjp(UnaryOp op, const Array& x_in, const Array& g_in) {
   const Array x = f32(x_in), g = f32(g_in);
   switch (op) {
     case UnaryOp::neg: return neg(g);
-    case UnaryOp::abs: return multiply(g, subtract(indicator(greater(x, lit(0, x))), indicator(less(x, lit(0, x)))));
+    case UnaryOp::abs:
+      return multiply(g, subtract(indicator(greater(x, lit(0, x))), indicator(less(x, lit(0, x)))));
     case UnaryOp::exp: return multiply(g, exp(x));
     case UnaryOp::log: return divide(g, x);
     case UnaryOp::sqrt: return divide(multiply(g, 0.5), sqrt(x));
@@ -43,12 +44,14 @@ Array unary_vjp(UnaryOp op, const Array& x_in, const Array& g_in) {
       const Array s = sigmoid(x);
       return multiply(g, multiply(s, add(multiply(x, subtract(lit(1, x), s)), 1.0)));
     }
-    case UnaryOp::gelu_tanh: {  // 0.5·(1 + t) + 0.5·x·(1 - t²)·c·(1 + 3a·x²), t = tanh(c·(x + a·x³))
+    case UnaryOp::gelu_tanh: {  // 0.5·(1 + t) + 0.5·x·(1 - t²)·c·(1 + 3a·x²), t = tanh(c·(x +
+                                // a·x³))
       const double c = std::sqrt(2.0 / M_PI), a = 0.044715;
       const Array x2 = square(x);
       const Array t = tanh(multiply(multiply(x, add(multiply(x2, a), 1.0)), c));
       const Array du = multiply(add(multiply(x2, 3 * a), 1.0), c);
-      const Array d = add(multiply(add(t, 1.0), 0.5), multiply(multiply(multiply(x, 0.5), subtract(lit(1, x), square(t))), du));
+      const Array d = add(multiply(add(t, 1.0), 0.5),
+                          multiply(multiply(multiply(x, 0.5), subtract(lit(1, x), square(t))), du));
       return multiply(g, d);
     }
     case UnaryOp::square: return multiply(g, multiply(x, 2.0));
@@ -59,7 +62,8 @@ Array unary_vjp(UnaryOp op, const Array& x_in, const Array& g_in) {
   fail("value_and_grad", "no gradient for unary op ", int(op));
 }
 
-std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in, const Array& out, const Array& g_in) {
+std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in, const Array& out,
+                              const Array& g_in) {
   const Array a = f32(a_in), b = f32(b_in), g = f32(g_in);
   Array ga, gb;
   switch (op) {
@@ -74,7 +78,8 @@ std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in,
       ga = multiply(multiply(g, b), power(a, subtract(b, lit(1, b))));
       // d/db a^b = a^b·log(a), taken as 0 where a <= 0 (no real logarithm).
       const Array positive = greater(a, lit(0, a));
-      gb = where(positive, multiply(multiply(g, f32(out)), log(where(positive, a, lit(1, a)))), lit(0, a));
+      gb = where(positive, multiply(multiply(g, f32(out)), log(where(positive, a, lit(1, a)))),
+                 lit(0, a));
       break;
     }
     case BinaryOp::maximum:
@@ -101,7 +106,8 @@ std::vector<Array> matmul_vjp(const Array& a_in, const Array& b_in, const Array&
   g = astype(g, a.dtype());
   const Array ga = matmul(g, swapaxes(b, -1, -2));  // [..., M, K]
   const Array gb = matmul(swapaxes(a, -1, -2), g);  // [..., K, N]
-  return {reshape(unbroadcast(ga, a.shape()), a_in.shape()), reshape(unbroadcast(gb, b.shape()), b_in.shape())};
+  return {reshape(unbroadcast(ga, a.shape()), a_in.shape()),
+          reshape(unbroadcast(gb, b.shape()), b_in.shape())};
 }
 
 Array reduce_rows_vjp(detail::ReduceOp op, const Array& x_in, const Array& out, const Array& g_in) {
@@ -133,9 +139,11 @@ Array take_vjp(const Array& a, const Array& indices, int axis, const Array& g_in
   for (int i = axis + 1; i < a.ndim(); ++i) s *= a.shape(i);
   const int64_t n = a.shape(axis), m = indices.size();
   const Array ids = reshape(astype(indices, Dtype::i32), {m, 1});
-  const Array one_hot = indicator(equal(ids, reshape(arange(0, double(n), 1, Dtype::i32, a.device()), {1, n})));
+  const Array one_hot =
+      indicator(equal(ids, reshape(arange(0, double(n), 1, Dtype::i32, a.device()), {1, n})));
   const Array g = reshape(f32(g_in), {p, m, s});
-  return astype(reshape(matmul(swapaxes(one_hot, 0, 1), g), a.shape()), a.dtype());  // [N, M]·[P, M, S]
+  return astype(reshape(matmul(swapaxes(one_hot, 0, 1), g), a.shape()),
+                a.dtype());  // [N, M]·[P, M, S]
 }
 
 // a [P, N, S], idx and g [P, K, S] (take_along_axis) -> [P, N, S].
@@ -145,9 +153,11 @@ Array take_along_vjp(const Array& a, const Array& idx, int axis, const Array& g_
   for (int i = axis + 1; i < a.ndim(); ++i) s *= a.shape(i);
   const int64_t n = a.shape(axis), k = idx.shape(axis);
   const Array ids = reshape(astype(idx, Dtype::i32), {p, k, 1, s});
-  const Array hit = equal(ids, reshape(arange(0, double(n), 1, Dtype::i32, a.device()), {1, 1, n, 1}));
+  const Array hit =
+      equal(ids, reshape(arange(0, double(n), 1, Dtype::i32, a.device()), {1, 1, n, 1}));
   const Array g = reshape(f32(g_in), {p, k, 1, s});
-  return astype(reshape(sum(where(hit, g, lit(0, g)), {1}), a.shape()), a.dtype());  // [P, K, N, S] -> [P, N, S]
+  return astype(reshape(sum(where(hit, g, lit(0, g)), {1}), a.shape()),
+                a.dtype());  // [P, K, N, S] -> [P, N, S]
 }
 
 struct SliceBounds {
@@ -155,7 +165,9 @@ struct SliceBounds {
 };
 SliceBounds slice_bounds(const std::vector<int64_t>& args) {
   const auto n = size_t(args.at(0));
-  auto part = [&](size_t i) { return std::vector<int64_t>(args.begin() + 1 + i * n, args.begin() + 1 + (i + 1) * n); };
+  auto part = [&](size_t i) {
+    return std::vector<int64_t>(args.begin() + 1 + i * n, args.begin() + 1 + (i + 1) * n);
+  };
   return {part(0), part(1), part(2)};
 }
 
@@ -164,8 +176,8 @@ SliceBounds slice_bounds(const std::vector<int64_t>& args) {
 Array unbroadcast(const Array& g, const Shape& shape) {
   if (g.shape() == shape) return g;
   const int lead = g.ndim() - int(shape.size());
-  LMX_CHECK(lead >= 0, "value_and_grad", "a gradient of shape ", shape_str(g.shape()), " cannot sum to ",
-            shape_str(shape));
+  LMX_CHECK(lead >= 0, "value_and_grad", "a gradient of shape ", shape_str(g.shape()),
+            " cannot sum to ", shape_str(shape));
   std::vector<int> axes;
   for (int i = 0; i < g.ndim(); ++i)
     if (i < lead || (shape[size_t(i - lead)] == 1 && g.shape(i) != 1)) axes.push_back(i);
@@ -180,15 +192,18 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g) {
     case Step::binary: return binary_vjp(BinaryOp(st.code), in[0], in[1], st.output, g);
     case Step::where: {
       const Array zero = lit(0, g), g32 = f32(g);
-      return {Array(), to_input(where(in[0], g32, zero), in[1]), to_input(where(in[0], zero, g32), in[2])};
+      return {Array(), to_input(where(in[0], g32, zero), in[1]),
+              to_input(where(in[0], zero, g32), in[2])};
     }
     case Step::astype:
     case Step::copy: return {astype(g, in[0].dtype())};
     case Step::matmul: return matmul_vjp(in[0], in[1], g);
-    case Step::reduce_rows: return {reduce_rows_vjp(detail::ReduceOp(st.code), in[0], st.output, g)};
+    case Step::reduce_rows:
+      return {reduce_rows_vjp(detail::ReduceOp(st.code), in[0], st.output, g)};
     case Step::softmax_rows: return {softmax_rows_vjp(in[0], g)};
     case Step::take: return {take_vjp(in[0], in[1], int(st.args.at(0)), g), Array()};
-    case Step::take_along_axis: return {take_along_vjp(in[0], in[1], int(st.args.at(0)), g), Array()};
+    case Step::take_along_axis:
+      return {take_along_vjp(in[0], in[1], int(st.args.at(0)), g), Array()};
     case Step::reshape: return {reshape(g, in[0].shape())};
     case Step::transpose: {
       std::vector<int> inverse(st.args.size());
@@ -198,7 +213,8 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g) {
     case Step::broadcast_to: return {unbroadcast(g, in[0].shape())};
     case Step::slice: {
       const SliceBounds s = slice_bounds(st.args);
-      return {slice_update(zeros(in[0].shape(), g.dtype(), g.device()), g, s.start, s.stop, s.step)};
+      return {
+          slice_update(zeros(in[0].shape(), g.dtype(), g.device()), g, s.start, s.stop, s.step)};
     }
     case Step::slice_update: {
       const SliceBounds s = slice_bounds(st.args);
@@ -211,7 +227,8 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g) {
       int64_t at = 0;
       for (const Array& a : in) {
         const int64_t len = a.shape(axis);
-        out.push_back(is_float(a.dtype()) ? astype(slice_axis(g, axis, at, at + len), a.dtype()) : Array());
+        out.push_back(is_float(a.dtype()) ? astype(slice_axis(g, axis, at, at + len), a.dtype())
+                                          : Array());
         at += len;
       }
       return out;

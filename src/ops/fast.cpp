@@ -212,7 +212,8 @@ Array glu(const Array& gate, const Array& up, GluActivation act) {
 
 Array gated_projection(const Array& x, const Array& w_gate, const Array& w_up, GluActivation act) {
   check_gated_projection_args(x, w_gate, w_up);
-  if (x.size() > 0 && !detail::any_tracked({&x, &w_gate, &w_up}) && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
+  const bool tracked = detail::any_tracked({&x, &w_gate, &w_up});
+  if (x.size() > 0 && !tracked && x.dtype() == w_gate.dtype() && x.dtype() == w_up.dtype()) {
     const int64_t k = x.shape(-1), n = w_gate.shape(0);
     const Array rows = contiguous(reshape(x, {-1, k}));  // [R, K]
     if (const Array out = detail::kern(x).gated_projection(act, rows, contiguous(w_gate), contiguous(w_up));
@@ -249,7 +250,8 @@ Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
 
 Array rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm) {
   check_rope_heads_args(x, inv_freq, offsets, norm);
-  if (detail::any_tracked({&x, norm ? &norm->weight : nullptr})) return reference::rope_heads(x, inv_freq, offsets, norm);
+  if (detail::any_tracked({&x, norm ? &norm->weight : nullptr}))
+    return reference::rope_heads(x, inv_freq, offsets, norm);
   Array out({x.shape(0), x.shape(2), x.shape(1), x.shape(3)}, x.dtype(), x.device());
   const Array w = norm ? contiguous(norm->weight) : Array();
   if (detail::kern(x).rope_heads(contiguous(x), contiguous(inv_freq), contiguous(offsets), norm ? &w : nullptr,
@@ -298,7 +300,8 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
 AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
                      const Array* y_weight) {
   check_add_norm_args(x, y, weight, y_weight);
-  if (detail::any_tracked({&x, &y, &weight, y_weight})) return reference::add_rms_norm(x, y, weight, eps, style, y_weight);
+  if (detail::any_tracked({&x, &y, &weight, y_weight}))
+    return reference::add_rms_norm(x, y, weight, eps, style, y_weight);
   AddNorm r{Array(x.shape(), x.dtype(), x.device()), Array(x.shape(), x.dtype(), x.device())};
   const Array yw = y_weight ? contiguous(*y_weight) : Array();
   if (detail::kern(x).add_rms_norm(contiguous(x), contiguous(y), y_weight ? &yw : nullptr, contiguous(weight), eps,

@@ -79,8 +79,8 @@ Array quantized_matmul(const Array& x, const QuantizedMatrix& w) {
     result = full(shape, 0.0, x.dtype(), x.device());
   } else {
     Array out({rows.shape(0), w.rows()}, x.dtype(), x.device());
-    result = detail::kern(x).quantized_matmul(rows, contiguous_on(w, x.device()), out) ? reshape(out, shape)
-                                                                                        : reference::quantized_matmul(x, w);
+    const bool done = detail::kern(x).quantized_matmul(rows, contiguous_on(w, x.device()), out);
+    result = done ? reshape(out, shape) : reference::quantized_matmul(x, w);
   }
   record(detail::Step::quantized_matmul, {x, w.packed, w.scales, w.biases}, result, 0, {w.bits, w.group_size});
   return result;

@@ -20,18 +20,18 @@ namespace lmx::detail {
 
 // Which rule differentiates a recorded step (src/autograd/vjp.cpp holds one for each).
 enum class Step : uint8_t {
-  unary,             // code: UnaryOp
-  binary,            // code: BinaryOp (arithmetic only: comparisons carry no gradient)
-  where,             // inputs: cond, a, b
+  unary,   // code: UnaryOp
+  binary,  // code: BinaryOp (arithmetic only: comparisons carry no gradient)
+  where,   // inputs: cond, a, b
   astype,
-  copy,              // copy, contiguous, to_device: the values unchanged
+  copy,  // copy, contiguous, to_device: the values unchanged
   matmul,
-  reduce_rows,       // code: ReduceOp; [R, C] -> [R]
-  softmax_rows,      // [R, C] -> [R, C]
-  take,              // inputs: a, indices; args: {axis}
-  take_along_axis,   // inputs: a, indices; args: {axis}
-  reshape,           // reshape, squeeze, expand_dims, flatten
-  transpose,         // args: the permutation
+  reduce_rows,      // code: ReduceOp; [R, C] -> [R]
+  softmax_rows,     // [R, C] -> [R, C]
+  take,             // inputs: a, indices; args: {axis}
+  take_along_axis,  // inputs: a, indices; args: {axis}
+  reshape,          // reshape, squeeze, expand_dims, flatten
+  transpose,        // args: the permutation
   broadcast_to,
   slice,             // args: {n, start[n], stop[n], step[n]}
   slice_update,      // inputs: a, update; args as slice

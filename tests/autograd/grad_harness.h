@@ -29,7 +29,8 @@ inline std::vector<int64_t> row_strides(const Shape& s) {
 }
 
 // Calls fn(index, flat) for every element of `shape` in row-major order.
-inline void for_each_index(const Shape& shape, const std::function<void(const std::vector<int64_t>&, int64_t)>& fn) {
+inline void for_each_index(const Shape& shape,
+                           const std::function<void(const std::vector<int64_t>&, int64_t)>& fn) {
   const int64_t n = numel(shape);
   std::vector<int64_t> idx(shape.size(), 0);
   for (int64_t flat = 0; flat < n; ++flat) {
@@ -130,7 +131,8 @@ inline void check_gradients(const GradCase& c, uint64_t seed = 7) {
     for (size_t j = 0; j < out.v.size(); ++j) s += out.v[j] * rf[j];
     return s;
   };
-  EXPECT_NEAR(item(value), loss(host), 1e-4 * (1 + std::abs(loss(host)))) << "the forward values differ";
+  EXPECT_NEAR(item(value), loss(host), 1e-4 * (1 + std::abs(loss(host))))
+      << "the forward values differ";
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (!c.differentiable.empty() && !c.differentiable[i]) continue;
     const std::vector<float> got = to_floats(grads[i]);

@@ -1,0 +1,114 @@
+// The tape's own behaviour: which values get gradients, how they add up, checkpointed
+// blocks, dtypes, and errors.
+#include "ops/tape.h"
+
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+
+#include "autograd/autograd.h"
+#include "core/allocator.h"
+#include "core/error.h"
+
+namespace lmx::autograd {
+namespace {
+
+std::vector<float> floats(const Array& a) { return to_floats(a); }
+
+TEST(TapeTest, UsesAddUpAndUnusedParametersGetZeros) {
+  const Array x = from_floats({1, -2, 3}, {3}), unused = from_floats({5, 6}, {2});
+  // x used three times: d/dx Σ (x·x + x) = 2x + 1.
+  const auto [value, grads] =
+      value_and_grad([&] { return sum(add(multiply(x, x), x)); }, std::vector{x, unused});
+  EXPECT_FLOAT_EQ(item(value), 1 + 4 + 9 + 1 - 2 + 3);
+  EXPECT_EQ(floats(grads[0]), (std::vector<float>{3, -3, 7}));
+  EXPECT_EQ(floats(grads[1]), (std::vector<float>{0, 0}));
+  EXPECT_EQ(detail::recorder(), nullptr) << "the tape is gone once value_and_grad returns";
+}
+
+TEST(TapeTest, StopGradientCutsThePath) {
+  const Array x = from_floats({2, 3}, {2});
+  const auto [value, grads] =
+      value_and_grad([&] { return sum(multiply(x, stop_gradient(x))); }, std::vector{x});
+  EXPECT_EQ(floats(grads[0]), (std::vector<float>{2, 3}));  // x·c, c = x held fixed
+}
+
+// A stack of blocks h = tanh(h·W_i) whose loss is mean(h²), with and without checkpointing:
+// the same gradients, bit for bit, and the checkpointed pass holds less memory at its peak.
+TEST(TapeTest, CheckpointedBlocksGiveTheSameGradientsWithLessMemory) {
+  const int blocks = 6;
+  std::vector<Array> weights;
+  for (int i = 0; i < blocks; ++i) weights.push_back(random_uniform({64, 64}, 10 + i, -0.2f, 0.2f));
+  const Array x = random_uniform({256, 64}, 3, -1, 1);
+  auto run = [&](bool checkpointed) {
+    Allocator& cpu = allocator_for(Device::cpu());
+    cpu.reset_peak();
+    const size_t before = cpu.stats().active;
+    auto loss = [&] {
+      Array h = x;
+      for (int i = 0; i < blocks; ++i) {
+        auto block = [&, i](const std::vector<Array>& in) {
+          return tanh(matmul(exp(multiply(in[0], 0.5)), weights[size_t(i)]));
+        };
+        h = checkpointed ? checkpoint(block, {h}) : block({h});
+      }
+      return mean(square(h));
+    };
+    ValueAndGrad r = value_and_grad(loss, weights);
+    return std::pair{std::move(r), cpu.stats().peak - before};
+  };
+  const auto [plain, plain_peak] = run(false);
+  const auto [saved, saved_peak] = run(true);
+  EXPECT_EQ(item(plain.value), item(saved.value));
+  for (int i = 0; i < blocks; ++i)
+    EXPECT_EQ(floats(plain.grads[size_t(i)]), floats(saved.grads[size_t(i)])) << i;
+  EXPECT_LT(saved_peak, plain_peak * 3 / 4)
+      << "peak bytes " << saved_peak << " checkpointed, " << plain_peak << " not";
+}
+
+TEST(TapeTest, LowPrecisionParametersGetGradientsOfTheirDtype) {
+  const Array w32 = random_uniform({8, 16}, 5, -1, 1);
+  const Array w16 = astype(w32, Dtype::bf16);
+  const Array x16 = astype(random_uniform({4, 8}, 6, -1, 1), Dtype::bf16);
+  auto loss = [&](const Array& w, const Array& x) {
+    return [&] { return sum(astype(silu(matmul(x, w)), Dtype::f32)); };
+  };
+  const ValueAndGrad low = value_and_grad(loss(w16, x16), std::vector{w16});
+  const Array w = astype(w16, Dtype::f32), x = astype(x16, Dtype::f32);
+  const ValueAndGrad full = value_and_grad(loss(w, x), std::vector{w});
+  ASSERT_EQ(low.grads[0].dtype(), Dtype::bf16);
+  const std::vector<float> a = floats(low.grads[0]), b = floats(full.grads[0]);
+  // One bf16 rounding of the product and of the gradient each: a few units of 2^-8.
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 0.03 * (std::abs(b[i]) + 0.1)) << i;
+}
+
+TEST(TapeTest, ClearErrorsAndNoTapeLeftBehind) {
+  const Array x = from_floats({1, 2}, {2});
+  try {
+    value_and_grad([&] { return multiply(x, x); }, std::vector{x});
+    ADD_FAILURE() << "a loss of two elements was taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "[value_and_grad] the function must return one floating-point element"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(value_and_grad([&] { return sum(x); },
+                              std::vector{from_vector(std::vector<int32_t>{1}, {1})}),
+               Error);
+  EXPECT_THROW(
+      value_and_grad([&]() -> Array { throw std::runtime_error("inside"); }, std::vector{x}),
+      std::runtime_error);
+  EXPECT_EQ(detail::recorder(), nullptr);
+  // A block that is not the same when run again is an error in the backward pass, not a wrong
+  // gradient.
+  int runs = 0;
+  auto changing = [&](const std::vector<Array>& in) { return ++runs == 1 ? sum(in[0]) : in[0]; };
+  EXPECT_THROW(
+      value_and_grad([&] { return checkpoint(changing, {multiply(x, 2.0)}); }, std::vector{x}),
+      Error);
+  EXPECT_EQ(detail::recorder(), nullptr);
+}
+
+}  // namespace
+}  // namespace lmx::autograd
