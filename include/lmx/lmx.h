@@ -62,7 +62,9 @@ struct LoadOptions {
   std::string device;   // "" = the backend's default, or "cpu", "cuda:N"
   std::string dtype;    // "" = the weights' dtype; "f32", "bf16", "f16"
   int context_len = 0;  // 0 = the model's max_position_embeddings
-  std::string adapter_path;  // LoRA adapter (not yet supported)
+  // A LoRA adapter folder in PEFT's layout (adapter_config.json, adapter_model.safetensors),
+  // e.g. what `lmx lora` writes. Its products run beside the weights (no fused decode step).
+  std::string adapter_path;
   // The same bits, and so the same tokens, on every run of a request on the same device
   // and build. Off by default: CUDA's one-sequence decode step then adds its down
   // projections' partial sums with f32 atomics, a few percent faster on the H200, whose

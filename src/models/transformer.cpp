@@ -5,10 +5,12 @@
 #include <cstddef>
 #include <cstdlib>
 
+#include "autograd/autograd.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
+#include "ops/tape.h"
 
 namespace lmx::models {
 
@@ -84,6 +86,23 @@ Array CausalLM::hidden_states(const Array& ids, std::span<nn::LayerCache* const>
               "the positions to keep must be a 1-D int32 array of indices into batch * length, got ",
               shape_str(at.shape()), " ", dtype_name(at.dtype()));
   if (layers_.empty()) return norm_.forward(at.valid() ? take(reshape(h, {-1, h.shape(-1)}), at, 0) : h);
+  if (checkpoint_layers_ && detail::recorder() && caches.empty() && !batch) {
+    // Training: each layer a checkpointed block from its input to its output. A block
+    // applies its own input norm (the plain path gets it fused into the add before), so
+    // that only each layer's input stays for the backward pass.
+    Array x = h;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const bool last = i + 1 == layers_.size();
+      auto block = [this, i, last, at](const std::vector<Array>& in) {
+        const DecoderLayer& layer = *layers_[i];
+        const nn::RMSNorm& next = last ? norm_ : layers_[i + 1]->input_layernorm;
+        const Array normed = layer.input_layernorm.forward(in[0]);
+        return layer.forward(in[0], normed, next, nullptr, nullptr, last ? at : Array{}).sum;
+      };
+      x = autograd::checkpoint(block, {x});
+    }
+    return norm_.forward(x);
+  }
   fast::AddNorm s{h, layers_[0]->input_layernorm.forward(h)};
   nn::RowValues rows(h.shape(0), h.device());  // positions and offsets, made once for all layers
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -139,7 +158,8 @@ std::unique_ptr<fast::FusedDecoder> CausalLM::fused_decoder(int rows) const {
       }
   }
   detail::Kernels& kernels = detail::kernels_for(device());
-  if (!kernels.has_fused_decoder(dtype()) || quantized()) return nullptr;  // before anything is allocated
+  // before anything is allocated; adapters are outside the fused kernels' weights
+  if (!kernels.has_fused_decoder(dtype()) || quantized() || has_adapters()) return nullptr;
   fast::FusedDecoderWeights w;
   w.embed = embed_tokens_.weight;
   w.lm_head = lm_head_ ? lm_head_->weight : embed_tokens_.weight;
@@ -250,6 +270,30 @@ bool CausalLM::quantized() const {
           m.down_proj.is_quantized();
   }
   return any;
+}
+
+void CausalLM::for_each_linear(const std::function<void(const std::string&, nn::Linear&)>& fn) {
+  drop_fused_decoders();
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const std::string layer = "model.layers." + std::to_string(i);
+    nn::Attention& a = layers_[i]->self_attn;
+    nn::MLP& m = layers_[i]->mlp;
+    for (auto [name, linear] : {std::pair{"self_attn.q_proj", &a.q_proj}, {"self_attn.k_proj", &a.k_proj},
+                                {"self_attn.v_proj", &a.v_proj}, {"self_attn.o_proj", &a.o_proj},
+                                {"mlp.gate_proj", &m.gate_proj}, {"mlp.up_proj", &m.up_proj},
+                                {"mlp.down_proj", &m.down_proj}})
+      fn(layer + "." + name, *linear);
+  }
+}
+
+bool CausalLM::has_adapters() const {
+  for (const auto& l : layers_) {
+    const nn::Attention& a = l->self_attn;
+    const nn::MLP& m = l->mlp;
+    for (const nn::Linear* x : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj})
+      if (x->lora) return true;
+  }
+  return false;
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {

@@ -2,6 +2,7 @@
 // config.json into a DecoderSpec; this file owns the forward pass that all of them run.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -108,6 +109,15 @@ class CausalLM : public nn::Module {
   Device device() const { return embed_tokens_.device(); }
   // Whether any weight matrix is MLX-quantized (kept packed: the CPU's plain path).
   bool quantized() const;
+  // Calls fn(name, layer) for every projection of every decoder layer, named as its weight
+  // is without ".weight" ("model.layers.0.self_attn.q_proj"): where adapters attach. The
+  // kept fused decoders are dropped first, as fn may change the layers.
+  void for_each_linear(const std::function<void(const std::string& name, nn::Linear& layer)>& fn);
+  // Whether any projection carries an adapter (then decoding runs unfused).
+  bool has_adapters() const;
+  // Each decoder layer run under autograd::checkpoint while a gradient tape records, so that
+  // training keeps one layer's activations at a time rather than every layer's.
+  void set_gradient_checkpointing(bool on) { checkpoint_layers_ = on; }
 
  private:
   DecoderSpec spec_;
@@ -116,6 +126,7 @@ class CausalLM : public nn::Module {
   nn::RMSNorm norm_;                           // [H]
   std::optional<nn::Linear> lm_head_;          // [V, H]; absent when tied
   bool deterministic_ = false;
+  bool checkpoint_layers_ = false;
   // recycle_fused_decoder's decoders, by batch size: the model is shared between threads.
   // An allocation that would fail on their device lets them go first (on_memory_pressure),
   // through a handle that shares the pool, so that it may outlive the model while it runs.

@@ -8,7 +8,21 @@ Array Linear::forward(const Array& x) const {
   // x·Wᵀ through a transposed view: the weight is never copied.
   Array y = is_quantized() ? fast::quantized_matmul(x, quantized) : matmul(x, swapaxes(weight, 0, 1));
   if (bias) y = add(y, *bias);
+  if (lora) {  // [..., r] then [..., out], scaled in the adapter's dtype and added, as PEFT does
+    const Array low = matmul(matmul(x, swapaxes(lora->a, 0, 1)), swapaxes(lora->b, 0, 1));
+    y = add(y, multiply(low, scalar(lora->scale, low.dtype(), low.device())));
+  }
   return y;
+}
+
+void Linear::fuse_lora() {
+  if (!lora) return;
+  LMX_CHECK(!is_quantized() && weight.valid(), "fuse_lora", "an adapter cannot be folded into a quantized weight [",
+            out_, ", ", in_, "]; load the base model unquantized to fuse it");
+  const Array delta = matmul(astype(lora->b, Dtype::f32), astype(lora->a, Dtype::f32));  // [out, in]
+  const Array w = add(astype(weight, Dtype::f32), multiply(delta, scalar(lora->scale, Dtype::f32, delta.device())));
+  weight = astype(w, weight.dtype());
+  lora.reset();
 }
 
 void Linear::visit(const std::string& prefix, const ParamVisitor& fn) {
@@ -53,7 +67,8 @@ MLP::MLP(int64_t hidden, int64_t intermediate, Activation act, bool bias)
 Array MLP::forward(const Array& x) const {
   const fast::GluActivation act = act_ == Activation::silu ? fast::GluActivation::silu : fast::GluActivation::gelu_tanh;
   // [B, L, I]: one GEMM with the activation in its epilogue where the backend has one.
-  const bool separate = gate_proj.bias || gate_proj.is_quantized() || up_proj.is_quantized();
+  const bool separate =
+      gate_proj.bias || gate_proj.is_quantized() || up_proj.is_quantized() || gate_proj.lora || up_proj.lora;
   const Array h = separate ? fast::glu(gate_proj.forward(x), up_proj.forward(x), act)
                            : fast::gated_projection(x, gate_proj.weight, up_proj.weight, act);
   return down_proj.forward(h);
@@ -99,7 +114,7 @@ Array Attention::forward(const Array& x, LayerCache* cache, const SequenceBatch*
   // [B, L, heads, hd]
   const Array q_tok = reshape(q_proj.forward(x), {b, l, spec_.n_heads, hd});
   // k and v: one launch for both where the backend pairs them (decode steps).
-  const bool separate = k_proj.bias || k_proj.is_quantized() || v_proj.is_quantized();
+  const bool separate = k_proj.bias || k_proj.is_quantized() || v_proj.is_quantized() || k_proj.lora || v_proj.lora;
   const auto [k_rows, v_rows] = separate ? std::pair{k_proj.forward(x), v_proj.forward(x)}
                                          : fast::linear_pair(x, k_proj.weight, v_proj.weight);
   const Array k_tok = reshape(k_rows, {b, l, spec_.n_kv_heads, hd});

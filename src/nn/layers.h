@@ -13,6 +13,13 @@
 
 namespace lmx::nn {
 
+// A low-rank adapter on a Linear (LoRA, in PEFT's layout): y = x·Wᵀ + scale·(x·Aᵀ)·Bᵀ.
+struct LoRA {
+  Array a;          // [r, in]: PEFT's lora_A.weight
+  Array b;          // [out, r]: lora_B.weight
+  float scale = 1;  // lora_alpha / r (PEFT's scaling)
+};
+
 class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, bool bias) : in_(in), out_(out), has_bias_(bias) {}
@@ -22,6 +29,14 @@ class Linear : public Module {
   std::optional<Array> bias;  // [out]
   fast::QuantizedMatrix quantized;  // an MLX-quantized weight [out, in] (CPU), else empty
   bool is_quantized() const { return quantized.packed.valid(); }
+  // An adapter, added to the layer's output; the weight itself stays as loaded. A layer
+  // with one runs unfused (no paired or gated products over its bare weight).
+  std::optional<LoRA> lora;
+  // Folds the adapter into the weight, W + scale·B·A summed in f32 and rounded once to W's
+  // dtype, and removes it. A quantized weight cannot take it (an lmx::Error).
+  void fuse_lora();
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
 
  private:
   int64_t in_, out_;

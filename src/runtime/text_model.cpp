@@ -6,6 +6,7 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "models/loader.h"
+#include "models/lora.h"
 #include "ops/kernels.h"
 #include "runtime/stop_strings.h"
 #include "text/jinja/jinja.h"
@@ -171,10 +172,9 @@ LocalTextModel::LocalTextModel(const std::filesystem::path& dir, const LoadOptio
     mo.dtype = parse_dtype(options.dtype);
     LMX_CHECK(mo.dtype && is_float(*mo.dtype), "load", "dtype must be f32, bf16 or f16, got '", options.dtype, "'");
   }
-  LMX_CHECK(options.adapter_path.empty(), "load", "LoRA adapters are not supported yet (adapter_path = ",
-            options.adapter_path, ")");
   mo.deterministic = options.deterministic;
   model_ = models::load_causal_lm(dir, mo);
+  if (!options.adapter_path.empty()) models::load_lora(*model_, options.adapter_path);
   if (std::filesystem::exists(dir / "tokenizer.json")) tokenizer_.emplace(Tokenizer::from_dir(dir));
   context_len_ = options.context_len > 0 ? options.context_len : model_->spec().max_position_embeddings;
   eos_ = model_->spec().eos_token_ids;

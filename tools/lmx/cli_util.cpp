@@ -19,6 +19,7 @@ void ModelArgs::add(CLI::App* cmd) {
   cmd->add_option("--backend", backend, "cpu or cuda (default: the best available)");
   cmd->add_option("--dtype", dtype, "Compute dtype: f32, bf16 or f16 (default: the weights' dtype)");
   cmd->add_option("--context", context, "Context length (default: the model's max_position_embeddings)");
+  cmd->add_option("--adapter", adapter, "A LoRA adapter folder (PEFT's layout, as `lmx lora` writes it)");
   cmd->add_flag("--deterministic", deterministic,
                 "The same tokens on every run: CUDA's decode step leaves out its f32 atomics (a few percent slower)");
 }
@@ -32,6 +33,7 @@ std::unique_ptr<TextModel> ModelArgs::load() const {
   o.dtype = dtype;
   o.context_len = context;
   o.deterministic = deterministic;
+  o.adapter_path = adapter;
   return load_model(dir, o);
 }
 

@@ -11,7 +11,7 @@
 namespace lmx::cli {
 
 struct ModelArgs {
-  std::string dir, device, dtype, backend;
+  std::string dir, device, dtype, backend, adapter;
   int context = 0;
   bool deterministic = false;
   void add(CLI::App* cmd);

@@ -1,0 +1,190 @@
+// LoRA adapters on the fixture models: what a fresh one changes (nothing), where its
+// gradients go, PEFT files written and read back, fusing, checkpointed layers, bad folders.
+#include "models/lora.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "autograd/autograd.h"
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "models/loader.h"
+#include "train/loss.h"
+
+namespace lmx::models {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kModels = fs::path(LMX_FIXTURES_DIR) / "models";
+
+const Array kIds = from_vector(std::vector<int32_t>{5, 17, 300, 42, 9, 255, 1, 77}, {1, 8});
+const Array kTargets = from_vector(std::vector<int32_t>{17, 300, 42, 9, 255, 1, 77, 3}, {1, 8});
+
+std::vector<Array> params_of(CausalLM& m) {
+  std::vector<Array> out;
+  for (const auto& [name, a] : lora_parameters(m)) out.push_back(*a);
+  return out;
+}
+
+// Gives every B a random value, so that the adapters change the model.
+void randomise_b(CausalLM& m) {
+  uint64_t seed = 1;
+  for (const auto& [name, a] : lora_parameters(m))
+    if (name.ends_with("lora_B.weight"))
+      *a = astype(random_uniform(a->shape(), ++seed, -0.05f, 0.05f), a->dtype());
+}
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path d =
+      fs::temp_directory_path() / ("lmx-lora-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  return d;
+}
+
+class LoraTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::unique_ptr<CausalLM> load() const { return load_causal_lm(kModels / (GetParam() + "-f32")); }
+};
+
+TEST_P(LoraTest, AFreshAdapterChangesNothingAndOnlyBLearnsFirst) {
+  const auto base = load(), model = load();
+  const LoraConfig config{4, 8, {"q_proj", "v_proj", "down_proj"}};
+  attach_lora(*model, config, 3);
+  EXPECT_TRUE(model->has_adapters());
+  EXPECT_EQ(to_floats(model->forward(kIds)), to_floats(base->forward(kIds)))
+      << "B = 0: the same logits";
+  const auto named = lora_parameters(*model);
+  ASSERT_EQ(named.size(), size_t(model->num_layers() * 3 * 2));
+  EXPECT_EQ(named[0].first, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+  const std::vector<Array> params = params_of(*model);
+  const auto r = autograd::value_and_grad(
+      [&] { return train::cross_entropy(model->forward(kIds), kTargets); }, params);
+  for (size_t i = 0; i < params.size(); ++i) {
+    double norm = 0;
+    for (const float v : to_floats(r.grads[i])) norm += double(v) * v;
+    // With B = 0, d/dA = Bᵀ·(...) is zero; B's gradient is not.
+    if (named[i].first.ends_with("lora_A.weight"))
+      EXPECT_EQ(norm, 0.0) << named[i].first;
+    else
+      EXPECT_GT(norm, 0.0) << named[i].first;
+  }
+}
+
+TEST_P(LoraTest, GradientsMatchCentralDifferencesAndCheckpointingChangesNone) {
+  const auto model = load();
+  attach_lora(*model, {4, 8}, 5);
+  randomise_b(*model);
+  const std::vector<Array> params = params_of(*model);
+  auto loss = [&] { return train::cross_entropy(model->forward(kIds), kTargets); };
+  const auto plain = autograd::value_and_grad(loss, params);
+  model->set_gradient_checkpointing(true);
+  const auto saved = autograd::value_and_grad(loss, params);
+  model->set_gradient_checkpointing(false);
+  EXPECT_EQ(item(plain.value), item(saved.value));
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_EQ(to_floats(plain.grads[i]), to_floats(saved.grads[i]))
+        << "checkpointed layers, parameter " << i;
+  // Along the gradient: the loss moves by |g| per unit step (f32 forward, central differences).
+  double g2 = 0;
+  for (const Array& g : plain.grads)
+    for (const float v : to_floats(g)) g2 += double(v) * v;
+  const double gnorm = std::sqrt(g2), t = 0.01 / gnorm;
+  auto moved = [&](double s) {
+    std::vector<Array*> slots;
+    for (const auto& [name, a] : lora_parameters(*model)) slots.push_back(a);
+    for (size_t i = 0; i < params.size(); ++i)
+      *slots[i] = add(params[i], multiply(plain.grads[i], s / gnorm));
+    const double v = item(loss());
+    for (size_t i = 0; i < params.size(); ++i) *slots[i] = params[i];
+    return v;
+  };
+  EXPECT_NEAR((moved(t) - moved(-t)) / (2 * t), gnorm, 1e-3 * gnorm);
+}
+
+TEST_P(LoraTest, SavedAdaptersLoadBackAndFuseIntoTheWeights) {
+  const auto model = load();
+  const LoraConfig config{4, 16, {"k_proj", "o_proj", "gate_proj", "up_proj"}, true};
+  attach_lora(*model, config, 7);
+  randomise_b(*model);
+  const std::vector<float> want = to_floats(model->forward(kIds));
+  const fs::path dir = temp_dir(GetParam());
+  save_lora(*model, config, dir, "test-base");
+  ASSERT_TRUE(fs::exists(dir / "adapter_config.json"));
+
+  const auto again = load();
+  const LoraConfig read = load_lora(*again, dir);
+  EXPECT_EQ(read.rank, 4);
+  EXPECT_EQ(read.alpha, 16);
+  EXPECT_TRUE(read.use_rslora);
+  EXPECT_EQ(read.target_modules,
+            (std::vector<std::string>{"gate_proj", "k_proj", "o_proj", "up_proj"}));
+  EXPECT_EQ(to_floats(again->forward(kIds)), want) << "the same adapters, the same logits";
+
+  fuse_lora(*again);
+  EXPECT_FALSE(again->has_adapters());
+  const std::vector<float> fused = to_floats(again->forward(kIds));
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    worst = std::max(worst, double(std::abs(fused[i] - want[i])));
+    scale = std::max(scale, double(std::abs(want[i])));
+  }
+  EXPECT_LE(worst, 1e-5 * scale) << "W + scale·B·A in f32 against the adapter beside W";
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LoraTest, ::testing::Values("llama", "qwen3", "gemma3_text"));
+
+// A broken adapter folder is an error that names the file (and tensor), and attaches nothing.
+TEST(LoraFilesTest, BrokenFoldersAreRefusedAndAttachNothing) {
+  const auto model = load_causal_lm(kModels / "qwen3-f32");
+  attach_lora(*model, {2, 4, {"q_proj"}}, 1);
+  const fs::path good = temp_dir("good");
+  save_lora(*model, {2, 4, {"q_proj"}}, good);
+  const auto fresh = load_causal_lm(kModels / "qwen3-f32");
+  auto expect_error = [&](const fs::path& dir, const std::string& needle) {
+    try {
+      load_lora(*fresh, dir);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fresh->has_adapters()) << needle;
+  };
+  expect_error(temp_dir("missing"), "adapter_config.json does not exist");
+  auto variant = [&](const std::string& name, const std::string& config_text) {
+    const fs::path d = temp_dir(name);
+    fs::create_directories(d);
+    fs::copy_file(good / "adapter_model.safetensors", d / "adapter_model.safetensors");
+    std::ofstream(d / "adapter_config.json") << config_text;
+    return d;
+  };
+  expect_error(variant("ia3", R"({"peft_type": "IA3", "r": 2})"), "is not LORA");
+  expect_error(variant("dora", R"({"peft_type": "LORA", "r": 2, "use_dora": true})"), "DoRA");
+  expect_error(variant("rank", R"({"peft_type": "LORA", "r": 3, "lora_alpha": 4})"),
+               " where r = 3");
+  expect_error(variant("json", R"({"peft_type": "LORA", "r": )"), "adapter_config.json");
+  // Tensors for a projection the model lacks, and an A without its B.
+  const fs::path odd = variant("odd", R"({"peft_type": "LORA", "r": 2})");
+  const std::vector<float> zeros_a(2 * 64, 0.0f);
+  const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(zeros_a.data()),
+                                         zeros_a.size() * 4);
+  io::write_safetensors(odd / "adapter_model.safetensors",
+                        {{"base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight",
+                          io::StDtype::F32,
+                          {2, 64},
+                          bytes}});
+  expect_error(odd, "has no projection model.layers.9.self_attn.q_proj");
+  io::write_safetensors(odd / "adapter_model.safetensors",
+                        {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                          io::StDtype::F32,
+                          {2, 64},
+                          bytes}});
+  expect_error(odd, "has only one of lora_A and lora_B");
+  for (const char* n : {"good", "ia3", "dora", "rank", "json", "odd"}) fs::remove_all(temp_dir(n));
+}
+
+}  // namespace
+}  // namespace lmx::models
