@@ -239,9 +239,13 @@ Stream LocalTextModel::generate_ids(std::vector<int32_t> prompt, const GenerateO
 }
 
 std::string LocalTextModel::render_chat(std::span<const Message> messages, const GenerateOptions& o) const {
-  const Tokenizer& tok = tokenizer();
+  return runtime::render_chat(tokenizer(), messages, o, dir_.string());
+}
+
+std::string render_chat(const Tokenizer& tok, std::span<const Message> messages, const GenerateOptions& o,
+                        const std::string& where) {
   const std::string& tmpl = tok.config().chat_template;
-  LMX_CHECK(!tmpl.empty(), "chat", dir_.string(), " has no chat template (tokenizer_config.json or chat_template.jinja)");
+  LMX_CHECK(!tmpl.empty(), "chat", where, " has no chat template (tokenizer_config.json or chat_template.jinja)");
   nlohmann::ordered_json ctx;
   ctx["messages"] = nlohmann::ordered_json::array();
   for (const Message& m : messages) ctx["messages"].push_back({{"role", m.role}, {"content", m.content}});

@@ -77,6 +77,11 @@ class LocalTextModel final : public TextModel {
 // The sampler settings of the public options.
 SamplingOptions sampling_options(const GenerateOptions& o);
 
+// HF apply_chat_template(messages, tokenize=False) with the tokenizer's template; errors
+// name `where` (the model folder) when there is no template.
+std::string render_chat(const Tokenizer& tok, std::span<const Message> messages, const GenerateOptions& o,
+                        const std::string& where);
+
 // Fills TextModel metrics from a finished generation.
 GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device device);
 

@@ -44,7 +44,7 @@ TEST(CliTest, EveryCommandsHelpTeaches) {
   const Result top = lmx("--help");
   EXPECT_EQ(top.status, 0);
   for (const char* cmd : {"selfcheck", "tokenize", "detokenize", "template", "logits", "generate", "random-model",
-                          "chat", "bench", "classify", "discover", "info"}) {
+                          "chat", "bench", "classify", "discover", "info", "lora", "fuse"}) {
     EXPECT_NE(top.out.find(cmd), std::string::npos) << cmd << " is missing from lmx --help";
     const Result r = lmx(std::string(cmd) + " --help");
     EXPECT_EQ(r.status, 0) << cmd;
@@ -110,6 +110,59 @@ TEST(CliTest, GenerateJsonGivesTheLibrarysTokens) {
   EXPECT_EQ(j.at("ids").get<std::vector<int32_t>>(), want);
   EXPECT_EQ(j.at("finish_reason"), "length");
   EXPECT_FALSE(j.contains("error"));
+}
+
+// `lmx lora` trains adapters whose loss falls; `generate --adapter` gives the library's
+// tokens with LoadOptions::adapter_path; `lmx fuse` writes a model that generates them too.
+TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
+  const fs::path model = test::kFixtureModels / "qwen3-f32";
+  const fs::path work = fs::temp_directory_path() / ("lmx_cli_lora_" + std::to_string(::getpid()));
+  fs::remove_all(work);
+  fs::create_directories(work);
+  {
+    std::ofstream data(work / "train.jsonl");
+    for (int i = 0; i < 6; ++i) data << R"({"text": "The answer number )" << i << R"( is always forty two."})" << "\n";
+  }
+  const Result trained = lmx("lora '" + model.string() + "' --data '" + (work / "train.jsonl").string() +
+                             "' --iters 30 --batch-size 3 --learning-rate 1e-2 --report-every 10 --adapter-path '" +
+                             (work / "ad").string() + "'");
+  ASSERT_EQ(trained.status, 0) << trained.err;
+  std::vector<double> losses;
+  std::istringstream lines(trained.out);
+  for (std::string line; std::getline(lines, line);)
+    if (const size_t at = line.find(" loss "); line.rfind("step", 0) == 0 && at != std::string::npos)
+      losses.push_back(std::stod(line.substr(at + 6)));
+  ASSERT_EQ(losses.size(), 3u) << trained.out;
+  EXPECT_LT(losses.back(), 0.6 * losses.front()) << trained.out;
+  ASSERT_TRUE(fs::exists(work / "ad" / "adapter_model.safetensors"));
+
+  const std::string gen = " --device cpu --prompt-ids 5,6,7 --max-tokens 8 --ignore-eos --json";
+  const Result with = lmx("generate '" + model.string() + "' --adapter '" + (work / "ad").string() + "'" + gen);
+  ASSERT_EQ(with.status, 0) << with.err;
+  LoadOptions o;
+  o.backend = "cpu";
+  o.adapter_path = (work / "ad").string();
+  GenerateOptions g;
+  g.max_tokens = 8;
+  g.ignore_eos = true;
+  std::vector<int32_t> want;
+  {
+    const auto m = load_model(model, o);
+    for (const Token& t : m->generate_ids({5, 6, 7}, g)) want.push_back(t.id);
+  }
+  const auto ids = nlohmann::json::parse(with.out).at("ids").get<std::vector<int32_t>>();
+  EXPECT_EQ(ids, want);
+  const Result plain = lmx("generate '" + model.string() + "'" + gen);
+  const auto plain_ids = nlohmann::json::parse(plain.out).at("ids").get<std::vector<int32_t>>();
+  EXPECT_NE(plain_ids, want) << "the adapter changed nothing";
+
+  const Result fused = lmx("fuse '" + model.string() + "' --adapter '" + (work / "ad").string() + "' --out '" +
+                           (work / "fused").string() + "'");
+  ASSERT_EQ(fused.status, 0) << fused.err;
+  const Result from_fused = lmx("generate '" + (work / "fused").string() + "'" + gen);
+  ASSERT_EQ(from_fused.status, 0) << from_fused.err;
+  EXPECT_EQ(nlohmann::json::parse(from_fused.out).at("ids").get<std::vector<int32_t>>(), want);
+  fs::remove_all(work);
 }
 
 // A prompt past the context, and a model whose logits are all NaN: the exit status fails

@@ -1,13 +1,18 @@
 // Losses and the optimizer against float64, and a fixture model learning a sequence.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <fstream>
 
 #include "autograd/autograd.h"
 #include "core/error.h"
 #include "models/loader.h"
+#include "text/tokenizer.h"
+#include "train/dataset.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
+#include "train/trainer.h"
 
 namespace lmx::train {
 namespace {
@@ -129,6 +134,110 @@ TEST(TrainingTest, AFixtureModelLearnsASequence) {
   }
   EXPECT_GT(first, 5.0f) << "a random model starts near log(512) = 6.2";
   EXPECT_LT(last, 0.1f * first) << "from " << first;
+}
+
+const std::filesystem::path kQwen =
+    std::filesystem::path(LMX_FIXTURES_DIR) / "models" / "qwen3-f32";
+
+std::filesystem::path write_lines(const std::string& name, const std::vector<std::string>& lines) {
+  const auto p = std::filesystem::temp_directory_path() /
+                 ("lmx-data-" + name + "-" + std::to_string(::getpid()) + ".jsonl");
+  std::ofstream f(p);
+  for (const std::string& l : lines) f << l << "\n";
+  return p;
+}
+
+// Each form's tokens are the tokenizer's (and the chat template's), and with mask_prompt
+// the targets start at the last message.
+TEST(DatasetTest, EachFormTokenizesAsTheModelWouldAndMasksThePrompt) {
+  const Tokenizer tok = Tokenizer::from_dir(kQwen);
+  const auto path = write_lines(
+      "forms",
+      {R"({"text": "hello world"})", "",
+       R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})",
+       R"({"prompt": "2+2?", "completion": "4"})"});
+  const Dataset plain = read_jsonl(path, tok, {false, 2048}, kQwen.string());
+  const Dataset masked = read_jsonl(path, tok, {true, 2048}, kQwen.string());
+  ASSERT_EQ(plain.examples.size(), 3u);
+  EXPECT_EQ(plain.examples[0].tokens, tok.encode("hello world", true));
+  const std::string chat = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n";
+  EXPECT_EQ(plain.examples[1].tokens, tok.encode(chat, false));
+  EXPECT_EQ(plain.examples[1].first_target, 1);
+  EXPECT_EQ(
+      masked.examples[1].first_target,
+      int32_t(tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", false).size()));
+  EXPECT_EQ(
+      masked.examples[2].tokens,
+      tok.encode("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n", false));
+  EXPECT_EQ(masked.examples[0].first_target, 1) << "text lines have no prompt";
+  // A batch: right padding, targets shifted by one, context and padding ignored.
+  const Batch b = make_batch({&masked.examples[0], &masked.examples[1]});
+  const auto& t0 = masked.examples[0].tokens;
+  const auto& t1 = masked.examples[1].tokens;
+  EXPECT_EQ(b.length, int64_t(std::max(t0.size(), t1.size())) - 1);
+  EXPECT_EQ(b.ids[0], t0[0]);
+  EXPECT_EQ(b.targets[0], t0[1]);
+  EXPECT_EQ(b.targets[size_t(t0.size() - 1)], kIgnoreIndex) << "padding";
+  const int64_t first = masked.examples[1].first_target;
+  EXPECT_EQ(b.targets[size_t(b.length + first - 2)], kIgnoreIndex) << "the prompt";
+  EXPECT_EQ(b.targets[size_t(b.length + first - 1)], t1[size_t(first)]);
+  EXPECT_EQ(b.counted, int64_t(t0.size() - 1) + int64_t(t1.size()) - first);
+  std::filesystem::remove(path);
+}
+
+TEST(DatasetTest, BadLinesNameTheFileAndLine) {
+  const Tokenizer tok = Tokenizer::from_dir(kQwen);
+  auto expect_error = [&](const std::vector<std::string>& lines, const std::string& needle) {
+    const auto path = write_lines("bad", lines);
+    try {
+      read_jsonl(path, tok, {true, 2048}, kQwen.string());
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    std::filesystem::remove(path);
+  };
+  expect_error({R"({"text": "ok"})", R"({"txt": "no"})"}, ".jsonl:2: expected {\"text\": ...}");
+  expect_error({"{not json"}, ".jsonl:1");
+  expect_error({R"({"messages": [{"role": "user"}]})"}, "\"content\" must be a string");
+  expect_error({R"({"text": ""})"}, "leave nothing to learn");
+  expect_error({}, "holds no examples");
+}
+
+TEST(TrainerTest, AdaptersLearnAndAreWritten) {
+  const auto model = models::load_causal_lm(kQwen);
+  const Tokenizer tok = Tokenizer::from_dir(kQwen);
+  std::vector<std::string> lines;
+  for (int i = 0; i < 6; ++i)
+    lines.push_back(R"({"text": "The answer number )" + std::to_string(i) +
+                    R"( is always forty two."})");
+  const auto path = write_lines("train", lines);
+  const Dataset data = read_jsonl(path, tok, {}, kQwen.string());
+  const models::LoraConfig lora{4, 8};
+  models::attach_lora(*model, lora, 1);
+  TrainOptions o;
+  o.iters = 40;
+  o.batch_size = 3;
+  o.learning_rate = 1e-2f;
+  o.report_every = 20;
+  o.warmup = 5;
+  o.cosine = true;
+  o.adapter_path =
+      std::filesystem::temp_directory_path() / ("lmx-trainer-" + std::to_string(::getpid()));
+  const double before = evaluate(*model, data, 4);
+  std::vector<TrainReport> reports;
+  train_lora(*model, lora, data, &data, o, [&](const TrainReport& r) { reports.push_back(r); });
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[1].step, 40);
+  EXPECT_LT(reports[1].valid_loss, 0.5 * before) << "from " << before;
+  EXPECT_NEAR(reports[1].valid_loss, evaluate(*model, data, 2), 1e-5)
+      << "the report's validation is evaluate()'s";
+  EXPECT_TRUE(std::filesystem::exists(o.adapter_path / "adapter_model.safetensors"));
+  // The schedule: a linear warm-up, then a cosine to a tenth at the last step.
+  EXPECT_DOUBLE_EQ(learning_rate_at(o, 1), 1e-2f / 5.0);
+  EXPECT_NEAR(learning_rate_at(o, 40), 1e-3, 1e-9);
+  std::filesystem::remove_all(o.adapter_path);
+  std::filesystem::remove(path);
 }
 
 }  // namespace

@@ -13,5 +13,6 @@ void add_random_model_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_tool_commands(CLI::App& app);        // classify, discover, info
+void add_lora_commands(CLI::App& app);        // lora, fuse
 
 }  // namespace lmx::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   lmx::cli::add_chat_command(app);
   lmx::cli::add_bench_command(app);
   lmx::cli::add_tool_commands(app);
+  lmx::cli::add_lora_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
