@@ -90,7 +90,9 @@ class Tape : public detail::Recorder {
         replay(node, g, grads);
         continue;
       }
-      const std::vector<Array> in_grads = vjp(node.step, g);
+      std::vector<bool> need;
+      for (const Array& a : node.step.inputs) need.push_back(a.valid() && tracks(a));
+      const std::vector<Array> in_grads = vjp(node.step, g, need);
       for (size_t j = 0; j < node.step.inputs.size(); ++j)
         accumulate(grads, node.step.inputs[j], in_grads[j]);
     }

@@ -63,7 +63,7 @@ Array unary_vjp(UnaryOp op, const Array& x_in, const Array& g_in) {
 }
 
 std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in, const Array& out,
-                              const Array& g_in) {
+                              const Array& g_in, const std::vector<bool>& need) {
   const Array a = f32(a_in), b = f32(b_in), g = f32(g_in);
   Array ga, gb;
   switch (op) {
@@ -93,10 +93,13 @@ std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in,
     }
     default: fail("value_and_grad", "no gradient for binary op ", int(op));
   }
-  return {to_input(ga, a_in), to_input(gb, b_in)};
+  return {need[0] ? to_input(ga, a_in) : Array(), need[1] ? to_input(gb, b_in) : Array()};
 }
 
-std::vector<Array> matmul_vjp(const Array& a_in, const Array& b_in, const Array& g_in) {
+// Only the products asked for: a frozen weight's gradient is as large as the weight and as
+// costly as the forward product.
+std::vector<Array> matmul_vjp(const Array& a_in, const Array& b_in, const Array& g_in,
+                              const std::vector<bool>& need) {
   // As matrices: a [..., M, K], b [..., K, N], g [..., M, N] (a vector operand's axis restored).
   const Array a = a_in.ndim() == 1 ? expand_dims(a_in, 0) : a_in;
   const Array b = b_in.ndim() == 1 ? expand_dims(b_in, 1) : b_in;
@@ -104,10 +107,14 @@ std::vector<Array> matmul_vjp(const Array& a_in, const Array& b_in, const Array&
   if (a_in.ndim() == 1) g = expand_dims(g, g.ndim() - (b_in.ndim() == 1 ? 0 : 1));
   if (b_in.ndim() == 1) g = expand_dims(g, g.ndim());
   g = astype(g, a.dtype());
-  const Array ga = matmul(g, swapaxes(b, -1, -2));  // [..., M, K]
-  const Array gb = matmul(swapaxes(a, -1, -2), g);  // [..., K, N]
-  return {reshape(unbroadcast(ga, a.shape()), a_in.shape()),
-          reshape(unbroadcast(gb, b.shape()), b_in.shape())};
+  std::vector<Array> out(2);
+  if (need[0])
+    out[0] = reshape(unbroadcast(matmul(g, swapaxes(b, -1, -2)), a.shape()),
+                     a_in.shape());  // [..., M, K]
+  if (need[1])
+    out[1] = reshape(unbroadcast(matmul(swapaxes(a, -1, -2), g), b.shape()),
+                     b_in.shape());  // [..., K, N]
+  return out;
 }
 
 Array reduce_rows_vjp(detail::ReduceOp op, const Array& x_in, const Array& out, const Array& g_in) {
@@ -185,19 +192,20 @@ Array unbroadcast(const Array& g, const Shape& shape) {
   return reshape(summed, shape);
 }
 
-std::vector<Array> vjp(const detail::StepRecord& st, const Array& g) {
+std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,
+                       const std::vector<bool>& need) {
   const std::vector<Array>& in = st.inputs;
   switch (st.step) {
     case Step::unary: return {astype(unary_vjp(UnaryOp(st.code), in[0], g), in[0].dtype())};
-    case Step::binary: return binary_vjp(BinaryOp(st.code), in[0], in[1], st.output, g);
+    case Step::binary: return binary_vjp(BinaryOp(st.code), in[0], in[1], st.output, g, need);
     case Step::where: {
       const Array zero = lit(0, g), g32 = f32(g);
-      return {Array(), to_input(where(in[0], g32, zero), in[1]),
-              to_input(where(in[0], zero, g32), in[2])};
+      return {Array(), need[1] ? to_input(where(in[0], g32, zero), in[1]) : Array(),
+              need[2] ? to_input(where(in[0], zero, g32), in[2]) : Array()};
     }
     case Step::astype:
     case Step::copy: return {astype(g, in[0].dtype())};
-    case Step::matmul: return matmul_vjp(in[0], in[1], g);
+    case Step::matmul: return matmul_vjp(in[0], in[1], g, need);
     case Step::reduce_rows:
       return {reduce_rows_vjp(detail::ReduceOp(st.code), in[0], st.output, g)};
     case Step::softmax_rows: return {softmax_rows_vjp(in[0], g)};
@@ -218,17 +226,20 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g) {
     }
     case Step::slice_update: {
       const SliceBounds s = slice_bounds(st.args);
-      const Array ga = slice_update(g, scalar(0, g.dtype(), g.device()), s.start, s.stop, s.step);
-      return {to_input(ga, in[0]), to_input(slice(g, s.start, s.stop, s.step), in[1])};
+      std::vector<Array> out(2);
+      if (need[0])
+        out[0] = to_input(
+            slice_update(g, scalar(0, g.dtype(), g.device()), s.start, s.stop, s.step), in[0]);
+      if (need[1]) out[1] = to_input(slice(g, s.start, s.stop, s.step), in[1]);
+      return out;
     }
     case Step::concatenate: {
       const int axis = int(st.args.at(0));
       std::vector<Array> out;
       int64_t at = 0;
-      for (const Array& a : in) {
-        const int64_t len = a.shape(axis);
-        out.push_back(is_float(a.dtype()) ? astype(slice_axis(g, axis, at, at + len), a.dtype())
-                                          : Array());
+      for (size_t i = 0; i < in.size(); ++i) {
+        const int64_t len = in[i].shape(axis);
+        out.push_back(need[i] ? astype(slice_axis(g, axis, at, at + len), in[i].dtype()) : Array());
         at += len;
       }
       return out;

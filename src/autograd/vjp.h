@@ -7,10 +7,12 @@
 
 namespace lmx::autograd {
 
-// g: the gradient of the loss with respect to step.output (its shape and dtype). Returns
-// one array per input of the step: the gradient with respect to it, in its shape and
-// dtype, or an empty array for inputs without one (indices, conditions, integers).
-std::vector<Array> vjp(const detail::StepRecord& step, const Array& g);
+// g: the gradient of the loss with respect to step.output (its shape and dtype); need[i]:
+// whether input i's gradient is wanted (the tape tracks it). Returns one array per input:
+// the gradient with respect to it, in its shape and dtype, or an empty array where not
+// needed or not defined (indices, conditions, integers).
+std::vector<Array> vjp(const detail::StepRecord& step, const Array& g,
+                       const std::vector<bool>& need);
 
 // g [...] summed over the axes that broadcasting added or stretched, back to `shape`.
 Array unbroadcast(const Array& g, const Shape& shape);

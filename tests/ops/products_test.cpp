@@ -248,6 +248,26 @@ TEST(SgemmPathTest, AWeightConvertedInPanelsMatchesFloat64) {
   }
 }
 
+// A row-major b [K, N] (a gradient times a weight, g·W) goes to sgemm a panel of its rows at
+// a time, each panel's sums added into the output (here K = 4,097 in panels of 1,747 rows).
+TEST(SgemmPathTest, ARowMajorRightOperandInPanelsOfKMatchesFloat64) {
+  const int64_t m = 70, k = 4097, n = 600;
+  for (const Dtype dtype : {Dtype::f16, Dtype::bf16}) {
+    const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
+    const Input a = random_input({1, m, k}, dtype, 97, -1, 1);  // a [1, M, K]
+    const Input w = random_input({n, k}, dtype, 98, -1, 1);     // w [N, K]; b = wᵀ stored row-major
+    const Array b = expand_dims(contiguous(transpose(w.array)), 0);
+    ASSERT_TRUE(b.is_contiguous());
+    const std::vector<float> g = to_floats(matmul(a.array, b));
+    for (int64_t r = 0; r < m; r += 23)
+      for (int64_t j = 0; j < n; ++j) {
+        const ExactDot d = exact_dot(a, r, w, j, k, unit_roundoff(dtype));
+        ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
+            << dtype_name(dtype) << " row " << r << " column " << j;
+      }
+  }
+}
+
 // ---------------------------------------------------------------- gemm_amx
 
 // On a CPU with AMX tiles, bf16 products whose K is a multiple of 32 and N of 16 take them,
