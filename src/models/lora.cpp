@@ -203,6 +203,13 @@ LoraConfig load_lora(CausalLM& model, const fs::path& dir) {
 }
 
 void fuse_lora(CausalLM& model) {
+  // Every layer checked before any is changed: a model with some quantized projections
+  // (MLX's mixed recipes) must not be left half fused.
+  model.for_each_linear([](const std::string& name, nn::Linear& layer) {
+    LMX_CHECK(!layer.lora || !layer.is_quantized(), "fuse_lora", name,
+              " is quantized: an adapter folds only into 16- or 32-bit weights; load the base model unquantized "
+              "to fuse, or keep the adapter beside the weights");
+  });
   model.for_each_linear([](const std::string&, nn::Linear& layer) { layer.fuse_lora(); });
 }
 

@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "models/loader.h"
 #include "train/loss.h"
+#include "train/optimizer.h"
 
 namespace lmx::models {
 namespace {
@@ -136,6 +137,27 @@ TEST_P(LoraTest, SavedAdaptersLoadBackAndFuseIntoTheWeights) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LoraTest, ::testing::Values("llama", "qwen3", "gemma3_text"));
+
+// QLoRA: adapters on an MLX 8-bit model learn through the packed codes (the gradient for x
+// dequantizes each weight for its product only), and fusing into the codes is refused.
+TEST(LoraFilesTest, AdaptersOnAQuantizedModelLearnAndDoNotFuse) {
+  const auto model = load_causal_lm(kModels / "qwen3-mlx-q8");
+  ASSERT_TRUE(model->quantized());
+  attach_lora(*model, {4, 8}, 2);
+  std::vector<Array> params;
+  for (const auto& [name, a] : lora_parameters(*model)) params.push_back(*a = copy(*a));
+  EXPECT_EQ(params[0].dtype(), Dtype::bf16) << "the adapters take the model's dtype";
+  train::AdamW opt(params, {1e-2f, 0.9f, 0.999f, 1e-8f, 0});
+  float first = 0, last = 0;
+  for (int step = 0; step < 25; ++step) {
+    const auto r =
+        autograd::value_and_grad([&] { return train::cross_entropy(model->forward(kIds), kTargets); }, params);
+    opt.step(r.grads);
+    (step == 0 ? first : last) = item(r.value);
+  }
+  EXPECT_LT(last, 0.5f * first) << "from " << first;
+  EXPECT_THROW(fuse_lora(*model), Error);
+}
 
 // A broken adapter folder is an error that names the file (and tensor), and attaches nothing.
 TEST(LoraFilesTest, BrokenFoldersAreRefusedAndAttachNothing) {
