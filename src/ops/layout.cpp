@@ -181,6 +181,9 @@ void assign(const Array& dst, const Array& src) {
   detail::check_valid(src, "assign", "source");
   detail::check_same_device(dst, src, "assign");
   LMX_CHECK(!dst.storage()->keep, "assign", "destination borrows read-only memory (e.g. mapped weights)");
+  // A write into a buffer hides where its values came from: no gradient could follow them.
+  LMX_CHECK(!detail::any_tracked({&src}), "assign", "the value written depends on what a gradient tape tracks, and a ",
+            "gradient cannot flow through a buffer written in place (a KV cache); run the forward pass without caches");
   detail::kern(dst).copy(broadcast_to(src, broadcast_shapes(src.shape(), dst.shape(), "assign")), dst);
 }
 

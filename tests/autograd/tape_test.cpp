@@ -100,6 +100,9 @@ TEST(TapeTest, ClearErrorsAndNoTapeLeftBehind) {
       value_and_grad([&]() -> Array { throw std::runtime_error("inside"); }, std::vector{x}),
       std::runtime_error);
   EXPECT_EQ(detail::recorder(), nullptr);
+  // An in-place write of a tracked value (a KV cache's) would cut the gradient silently.
+  const Array buffer = zeros({2});
+  EXPECT_THROW(value_and_grad([&] { assign(buffer, multiply(x, x)); return sum(buffer); }, std::vector{x}), Error);
   // A block that is not the same when run again is an error in the backward pass, not a wrong
   // gradient.
   int runs = 0;
