@@ -1,0 +1,78 @@
+// lmx: the public fine-tuning API. LoRA adapters are trained on JSON Lines data and written
+// in PEFT's layout; LoadOptions::adapter_path loads them, and fuse_lora folds them into a
+// model folder of its own.
+//
+//   lmx::LoraOptions o;
+//   o.iters = 600;
+//   o.learning_rate = 1e-4f;
+//   o.adapter_path = "adapters";
+//   lmx::train_lora("/models/Qwen3-0.6B", "data/train.jsonl", "data/valid.jsonl", o,
+//                   [](const lmx::TrainProgress& p) { std::printf("%d %.3f\n", p.step, p.train_loss); });
+//   auto model = lmx::load_model("/models/Qwen3-0.6B", {.adapter_path = "adapters"});
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace lmx {
+
+struct LoraOptions {
+  // The adapters.
+  int rank = 8;
+  float alpha = 16;  // the adapter's output is scaled by alpha / rank (alpha / sqrt(rank) with rslora)
+  bool rslora = false;
+  // Projections to adapt, by their last name; empty = all seven (q, k, v, o, gate, up, down).
+  std::vector<std::string> targets;
+  std::filesystem::path resume_adapter;  // continue training these instead of fresh ones
+  // The data. Each line: {"text": ...}, {"messages": [...]} or {"prompt": ..., "completion": ...}.
+  int max_seq_len = 2048;    // longer examples are cut
+  bool mask_prompt = false;  // learn only each example's last message (or completion)
+  // The optimisation: AdamW, a linear warm-up, then constant or a cosine to a tenth.
+  int iters = 100, batch_size = 4;
+  float learning_rate = 1e-5f, weight_decay = 0;
+  int warmup = 0;
+  bool cosine = false;
+  bool grad_checkpoint = false;  // less memory, each layer computed twice
+  uint64_t seed = 0;
+  int report_every = 10, eval_every = 0, save_every = 0;  // 0: at the end only
+  // Where: "" = the CPU; "cuda:N" is not yet tested. dtype "" = the weights'.
+  std::string device, dtype;
+  std::filesystem::path adapter_path = "adapters";
+};
+
+struct TrainProgress {
+  int step = 0, iters = 0;
+  double train_loss = -1;  // mean since the last report
+  double valid_loss = -1;  // -1 where validation did not run at this step
+  double learning_rate = 0, tokens_per_s = 0;
+  int64_t tokens = 0;       // targets trained on so far
+  size_t peak_memory = 0;   // bytes on the model's device
+};
+
+struct TrainSummary {
+  size_t train_examples = 0, valid_examples = 0;
+  int64_t train_tokens = 0;
+  int truncated = 0;              // examples cut to max_seq_len
+  int64_t trainable_parameters = 0;
+  std::string dtype, device;
+};
+
+// Trains adapters on `model_dir` (which needs tokenizer.json, and a chat template for chat
+// data) and writes them to options.adapter_path. valid_data may be empty. `started` hears
+// what is about to run, `progress` each report. Errors are lmx::Error naming the file,
+// line or option.
+void train_lora(const std::filesystem::path& model_dir, const std::filesystem::path& train_data,
+                const std::filesystem::path& valid_data, const LoraOptions& options,
+                const std::function<void(const TrainProgress&)>& progress = {},
+                const std::function<void(const TrainSummary&)>& started = {});
+
+// Writes out_dir: model_dir's config and tokenizer files, and its weights with the adapter
+// folded in (W + scale·B·A in f32, rounded once to `dtype`, "" = the weights' own). A quantized
+// model is refused. Returns the bytes of weights written.
+uint64_t fuse_lora(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
+                   const std::filesystem::path& out_dir, const std::string& dtype = "");
+
+}  // namespace lmx

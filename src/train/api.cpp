@@ -1,0 +1,93 @@
+// The public fine-tuning API (include/lmx/train.h) over the trainer and the adapters.
+#include <cstring>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "lmx/train.h"
+#include "models/loader.h"
+#include "models/lora.h"
+#include "text/tokenizer.h"
+#include "train/trainer.h"
+
+namespace lmx {
+namespace fs = std::filesystem;
+namespace {
+
+std::unique_ptr<models::CausalLM> load_for(const fs::path& dir, const std::string& device, const std::string& dtype,
+                                           const char* op) {
+  models::ModelLoadOptions o;
+  o.device = device.empty() ? Device::cpu() : Device::parse(device);
+  if (!dtype.empty()) {
+    o.dtype = parse_dtype(dtype);
+    LMX_CHECK(o.dtype && is_float(*o.dtype), op, "dtype must be f32, bf16 or f16, got '", dtype, "'");
+  }
+  return models::load_causal_lm(dir, o);
+}
+
+}  // namespace
+
+void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs::path& valid_data,
+                const LoraOptions& o, const std::function<void(const TrainProgress&)>& progress,
+                const std::function<void(const TrainSummary&)>& started) {
+  const auto model = load_for(model_dir, o.device, o.dtype, "train");
+  LMX_CHECK(fs::exists(model_dir / "tokenizer.json"), "train", model_dir.string(),
+            " has no tokenizer.json: training reads text, which needs the model's tokenizer");
+  const Tokenizer tok = Tokenizer::from_dir(model_dir);
+  const train::DatasetOptions dopt{o.mask_prompt, o.max_seq_len};
+  const train::Dataset train = train::read_jsonl(train_data, tok, dopt, model_dir.string());
+  std::optional<train::Dataset> valid;
+  if (!valid_data.empty()) valid = train::read_jsonl(valid_data, tok, dopt, model_dir.string());
+
+  models::LoraConfig lora{o.rank, o.alpha, o.targets, o.rslora};
+  if (lora.target_modules.empty()) lora.target_modules = models::LoraConfig{}.target_modules;
+  if (!o.resume_adapter.empty()) {
+    lora = models::load_lora(*model, o.resume_adapter);
+  } else {
+    models::attach_lora(*model, lora, o.seed);
+  }
+  TrainSummary s{train.examples.size(), valid ? valid->examples.size() : 0, train.tokens, train.truncated, 0,
+                 std::string(dtype_name(model->dtype())), model->device().str()};
+  for (const auto& [name, p] : models::lora_parameters(*model)) s.trainable_parameters += p->size();
+  if (started) started(s);
+
+  train::TrainOptions t;
+  t.iters = o.iters, t.batch_size = o.batch_size, t.learning_rate = o.learning_rate, t.warmup = o.warmup;
+  t.cosine = o.cosine, t.weight_decay = o.weight_decay, t.report_every = o.report_every;
+  t.eval_every = o.eval_every, t.save_every = o.save_every, t.grad_checkpoint = o.grad_checkpoint;
+  t.seed = o.seed, t.adapter_path = o.adapter_path, t.base_model = model_dir.string();
+  train::train_lora(*model, lora, train, valid ? &*valid : nullptr, t, [&](const train::TrainReport& r) {
+    if (progress)
+      progress({r.step, o.iters, r.train_loss, r.valid_loss, r.learning_rate, r.tokens_per_s, r.tokens,
+                r.peak_memory});
+  });
+}
+
+uint64_t fuse_lora(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& out_dir,
+                   const std::string& dtype) {
+  LMX_CHECK(fs::weakly_canonical(out_dir) != fs::weakly_canonical(model_dir), "fuse",
+            "the output folder must be a new one, not the model's own (", out_dir.string(), ")");
+  const auto model = load_for(model_dir, "", dtype, "fuse");
+  models::load_lora(*model, adapter_dir);
+  LMX_CHECK(!model->quantized(), "fuse", model_dir.string(), " is quantized: an adapter folds only into 16- or ",
+            "32-bit weights; fuse into the unquantized model, or keep the adapter beside the weights");
+  models::fuse_lora(*model);
+  std::vector<io::DeferredTensor> tensors;
+  uint64_t bytes = 0;
+  model->visit("", [&](const std::string& name, Array& p, const Shape&, fast::QuantizedMatrix*) {
+    if (!p.valid()) return;
+    const Array a = contiguous(p);
+    tensors.push_back({name, io::to_st_dtype(a.dtype()), a.shape(),
+                       [a](std::span<std::byte> to) { std::memcpy(to.data(), a.raw(), to.size()); }});
+    bytes += a.nbytes();
+  });
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  LMX_CHECK(!ec, "fuse", out_dir.string(), ": cannot create the folder: ", ec.message());
+  io::write_safetensors_streamed(out_dir / "model.safetensors", tensors, {{"format", "pt"}});
+  for (const char* f : {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                        "special_tokens_map.json", "chat_template.jinja"})
+    if (fs::exists(model_dir / f)) fs::copy_file(model_dir / f, out_dir / f, fs::copy_options::overwrite_existing);
+  return bytes;
+}
+
+}  // namespace lmx
