@@ -90,8 +90,8 @@ HT sdpa_ref(const HT& q, const HT& k, const HT& v, double scale, int64_t window 
   return out;
 }
 
-Array inv_freq() { return from_vector(kInvFreq, {2}); }
-Array offsets() { return from_vector(kOffsets, {2}); }
+Array inv_freq(Device d) { return to_device(from_vector(kInvFreq, {2}), d); }
+Array offsets(Device d) { return to_device(from_vector(kOffsets, {2}), d); }
 
 TEST(FastGradTest, RmsNormInBothStyles) {
   for (const bool gemma : {false, true}) {
@@ -183,20 +183,22 @@ TEST(FastGradTest, GatedActivationsAndTheirProjections) {
 }
 
 TEST(FastGradTest, RopeAndHeadNormedRope) {
-  check_gradients(
-      {"rope",
-       {{2, 3, 5, 4}},
-       -2,
-       2,
-       [](const std::vector<Array>& x) { return fast::rope(x[0], inv_freq(), offsets()); },
-       [](const std::vector<HT>& x) { return rope_ref(x[0]); }});
+  check_gradients({"rope",
+                   {{2, 3, 5, 4}},
+                   -2,
+                   2,
+                   [](const std::vector<Array>& x) {
+                     return fast::rope(x[0], inv_freq(x[0].device()), offsets(x[0].device()));
+                   },
+                   [](const std::vector<HT>& x) { return rope_ref(x[0]); }});
   check_gradients({"rope_heads with a norm",
                    {{2, 5, 3, 4}, {4}},
                    -2,
                    2,
                    [](const std::vector<Array>& x) {
                      const fast::HeadNorm norm{x[1], 1e-6f, fast::RmsNormStyle::llama};
-                     return fast::rope_heads(x[0], inv_freq(), offsets(), &norm);
+                     return fast::rope_heads(x[0], inv_freq(x[0].device()), offsets(x[0].device()),
+                                             &norm);
                    },
                    [](const std::vector<HT>& x) {
                      return rope_ref(swap12(rms_ref(x[0], x[1], double(1e-6f), false)));
@@ -238,7 +240,8 @@ TEST(FastGradTest, SelfAttentionWithQkNorms) {
                    [](const std::vector<Array>& x) {
                      const fast::HeadNorm qn{x[3], 1e-6f, fast::RmsNormStyle::llama};
                      const fast::HeadNorm kn{x[4], 1e-6f, fast::RmsNormStyle::llama};
-                     const fast::SelfAttention a{inv_freq(), offsets(), &qn, &kn, 0.5f, 0};
+                     const fast::SelfAttention a{
+                         inv_freq(x[0].device()), offsets(x[0].device()), &qn, &kn, 0.5f, 0};
                      return fast::self_attention(x[0], x[1], x[2], a);
                    },
                    [](const std::vector<HT>& x) {
@@ -268,7 +271,12 @@ TEST(FastGradTest, QuantizedMatmulGivesTheInputItsGradient) {
                    {{2, k}},
                    -1,
                    1,
-                   [&](const std::vector<Array>& x) { return fast::quantized_matmul(x[0], w); },
+                   [&](const std::vector<Array>& x) {
+                     const fast::QuantizedMatrix on{
+                         to_device(w.packed, x[0].device()), to_device(w.scales, x[0].device()),
+                         to_device(w.biases, x[0].device()), w.bits, w.group_size};
+                     return fast::quantized_matmul(x[0], on);
+                   },
                    [&](const std::vector<HT>& x) { return matmul_ref(x[0], wt); }});
 }
 

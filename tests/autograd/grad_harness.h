@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "autograd/autograd.h"
+#include "ops/harness.h"
 
 namespace lmx::test {
 
@@ -108,49 +109,63 @@ struct GradCase {
   std::vector<bool> differentiable = {};  // all by default
 };
 
-// Checks the tape's gradients of every input of `c` against float64 central differences.
+// Checks the tape's gradients of every input of `c` against float64 central differences, on
+// every device this build can reach (the ops' constants must follow their inputs' device).
 inline void check_gradients(const GradCase& c, uint64_t seed = 7) {
   SCOPED_TRACE(c.name);
-  std::vector<Array> inputs;
   std::vector<HT> host;
+  std::vector<Array> on_cpu;
   for (size_t i = 0; i < c.shapes.size(); ++i) {
     const Array a = random_uniform(c.shapes[i], seed + i, float(c.lo), float(c.hi));
     const std::vector<float> f = to_floats(a);
-    inputs.push_back(a);
+    on_cpu.push_back(a);
     host.push_back({c.shapes[i], std::vector<double>(f.begin(), f.end())});
   }
-  const Array probe = c.op(inputs);
-  const Array r = random_uniform(probe.shape(), seed + 100, -1, 1);
-  const std::vector<float> rf = to_floats(r);
-  const auto [value, grads] =
-      autograd::value_and_grad([&] { return sum(multiply(c.op(inputs), r)); }, inputs);
+  const Shape out_shape = c.op(on_cpu).shape();
+  const Array r_cpu = random_uniform(out_shape, seed + 100, -1, 1);
+  const std::vector<float> rf = to_floats(r_cpu);
   auto loss = [&](const std::vector<HT>& x) {
     const HT out = c.ref(x);
-    EXPECT_EQ(out.shape, probe.shape()) << "the float64 forward's shape";
+    EXPECT_EQ(out.shape, out_shape) << "the float64 forward's shape";
     double s = 0;
     for (size_t j = 0; j < out.v.size(); ++j) s += out.v[j] * rf[j];
     return s;
   };
-  EXPECT_NEAR(item(value), loss(host), 1e-4 * (1 + std::abs(loss(host))))
-      << "the forward values differ";
-  for (size_t i = 0; i < inputs.size(); ++i) {
+  // The float64 gradients, once for all devices.
+  std::vector<std::vector<double>> want(host.size());
+  std::vector<double> scale(host.size(), 0.0);
+  for (size_t i = 0; i < host.size(); ++i) {
     if (!c.differentiable.empty() && !c.differentiable[i]) continue;
-    const std::vector<float> got = to_floats(grads[i]);
-    ASSERT_EQ(grads[i].shape(), inputs[i].shape());
-    std::vector<double> want(host[i].v.size());
-    double scale = 0;
-    for (size_t j = 0; j < want.size(); ++j) {
+    want[i].resize(host[i].v.size());
+    for (size_t j = 0; j < want[i].size(); ++j) {
       std::vector<HT> x = host;
       const double h = 1e-6 * std::max(1.0, std::abs(x[i].v[j]));
       x[i].v[j] = host[i].v[j] + h;
       const double up = loss(x);
       x[i].v[j] = host[i].v[j] - h;
-      want[j] = (up - loss(x)) / (2 * h);
-      scale = std::max(scale, std::abs(want[j]));
+      want[i][j] = (up - loss(x)) / (2 * h);
+      scale[i] = std::max(scale[i], std::abs(want[i][j]));
     }
-    for (size_t j = 0; j < want.size(); ++j)
-      ASSERT_NEAR(got[j], want[j], 1e-6 + 2e-5 * scale + 1e-4 * std::abs(want[j]))
-          << "input " << i << " " << shape_str(inputs[i].shape()) << ", element " << j;
+  }
+  const double value = loss(host);
+  for (const Device d : test_devices()) {
+    SCOPED_TRACE(d.str());
+    std::vector<Array> inputs;
+    for (const Array& a : on_cpu) inputs.push_back(to_device(a, d));
+    const Array r = to_device(r_cpu, d);
+    const auto [got_value, grads] =
+        autograd::value_and_grad([&] { return sum(multiply(c.op(inputs), r)); }, inputs);
+    EXPECT_NEAR(item(got_value), value, 1e-4 * (1 + std::abs(value)))
+        << "the forward values differ";
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (want[i].empty()) continue;
+      ASSERT_EQ(grads[i].shape(), inputs[i].shape());
+      ASSERT_EQ(grads[i].device(), d);
+      const std::vector<float> got = to_floats(grads[i]);
+      for (size_t j = 0; j < got.size(); ++j)
+        ASSERT_NEAR(got[j], want[i][j], 1e-6 + 2e-5 * scale[i] + 1e-4 * std::abs(want[i][j]))
+            << "input " << i << " " << shape_str(inputs[i].shape()) << ", element " << j;
+    }
   }
 }
 

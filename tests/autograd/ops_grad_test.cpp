@@ -70,21 +70,22 @@ TEST(OpGradTest, BinaryOpsBroadcastBackToEachShape) {
 }
 
 TEST(OpGradTest, WhereSendsEachSideItsOwnPart) {
-  check_gradients(
-      {"where",
-       {{3, 4}, {4}, {3, 1}},
-       -2,
-       2,
-       [](const std::vector<Array>& x) { return where(greater(x[0], scalar(0)), x[1], x[2]); },
-       [](const std::vector<HT>& x) {
-         HT out{{3, 4}, {}};
-         for_each_index(out.shape, [&](const std::vector<int64_t>& i, int64_t) {
-           out.v.push_back(at_broadcast(x[0], i) > 0 ? at_broadcast(x[1], i)
-                                                     : at_broadcast(x[2], i));
-         });
-         return out;
-       },
-       {false, true, true}});
+  check_gradients({"where",
+                   {{3, 4}, {4}, {3, 1}},
+                   -2,
+                   2,
+                   [](const std::vector<Array>& x) {
+                     return where(greater(x[0], scalar(0, Dtype::f32, x[0].device())), x[1], x[2]);
+                   },
+                   [](const std::vector<HT>& x) {
+                     HT out{{3, 4}, {}};
+                     for_each_index(out.shape, [&](const std::vector<int64_t>& i, int64_t) {
+                       out.v.push_back(at_broadcast(x[0], i) > 0 ? at_broadcast(x[1], i)
+                                                                 : at_broadcast(x[2], i));
+                     });
+                     return out;
+                   },
+                   {false, true, true}});
 }
 
 TEST(OpGradTest, MatmulWithBatchesAndVectors) {
@@ -233,34 +234,37 @@ TEST(OpGradTest, SoftmaxOnEitherAxis) {
 
 TEST(OpGradTest, TakeAddsBackRepeatedRows) {
   const std::vector<int32_t> ids{2, 0, 2, 3, 2};
-  check_gradients(
-      {"take axis 1",
-       {{2, 4, 3}},
-       -2,
-       2,
-       [&](const std::vector<Array>& x) { return take(x[0], from_vector(ids, {5}), 1); },
-       [&](const std::vector<HT>& x) {
-         HT out{{2, 5, 3}, {}};
-         for (int64_t i = 0; i < 2; ++i)
-           for (const int32_t id : ids)
-             for (int64_t k = 0; k < 3; ++k) out.v.push_back(x[0].v[size_t((i * 4 + id) * 3 + k)]);
-         return out;
-       }});
-  // A cross-entropy's pick of each row's target.
-  const std::vector<int32_t> targets{1, 4, 0};
-  check_gradients({"take_along_axis",
-                   {{3, 5}},
+  check_gradients({"take axis 1",
+                   {{2, 4, 3}},
                    -2,
                    2,
                    [&](const std::vector<Array>& x) {
-                     return take_along_axis(x[0], from_vector(targets, {3, 1}), 1);
+                     return take(x[0], to_device(from_vector(ids, {5}), x[0].device()), 1);
                    },
                    [&](const std::vector<HT>& x) {
-                     HT out{{3, 1}, {}};
-                     for (int64_t r = 0; r < 3; ++r)
-                       out.v.push_back(x[0].v[size_t(r * 5 + targets[size_t(r)])]);
+                     HT out{{2, 5, 3}, {}};
+                     for (int64_t i = 0; i < 2; ++i)
+                       for (const int32_t id : ids)
+                         for (int64_t k = 0; k < 3; ++k)
+                           out.v.push_back(x[0].v[size_t((i * 4 + id) * 3 + k)]);
                      return out;
                    }});
+  // A cross-entropy's pick of each row's target.
+  const std::vector<int32_t> targets{1, 4, 0};
+  check_gradients(
+      {"take_along_axis",
+       {{3, 5}},
+       -2,
+       2,
+       [&](const std::vector<Array>& x) {
+         return take_along_axis(x[0], to_device(from_vector(targets, {3, 1}), x[0].device()), 1);
+       },
+       [&](const std::vector<HT>& x) {
+         HT out{{3, 1}, {}};
+         for (int64_t r = 0; r < 3; ++r)
+           out.v.push_back(x[0].v[size_t(r * 5 + targets[size_t(r)])]);
+         return out;
+       }});
 }
 
 TEST(OpGradTest, LayoutOpsMoveTheGradientBack) {

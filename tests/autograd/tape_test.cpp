@@ -102,7 +102,13 @@ TEST(TapeTest, ClearErrorsAndNoTapeLeftBehind) {
   EXPECT_EQ(detail::recorder(), nullptr);
   // An in-place write of a tracked value (a KV cache's) would cut the gradient silently.
   const Array buffer = zeros({2});
-  EXPECT_THROW(value_and_grad([&] { assign(buffer, multiply(x, x)); return sum(buffer); }, std::vector{x}), Error);
+  EXPECT_THROW(value_and_grad(
+                   [&] {
+                     assign(buffer, multiply(x, x));
+                     return sum(buffer);
+                   },
+                   std::vector{x}),
+               Error);
   // A block that is not the same when run again is an error in the backward pass, not a wrong
   // gradient.
   int runs = 0;

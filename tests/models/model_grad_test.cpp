@@ -9,6 +9,7 @@
 
 #include "autograd/autograd.h"
 #include "models/loader.h"
+#include "ops/harness.h"
 #include "ops/ops.h"
 
 namespace lmx {
@@ -32,10 +33,22 @@ double dot(const std::vector<Array>& a, const std::vector<Array>& b) {
   return s;
 }
 
+void check_model(const std::string& family, Device d);
+
 class ModelGradTest : public ::testing::TestWithParam<std::string> {};
 
+// On every device this build reaches (CUDA cases skip with a message where no GPU is visible).
 TEST_P(ModelGradTest, EveryWeightGetsTheGradientTheLossFollows) {
-  const auto model = models::load_causal_lm(kModels / (GetParam() + "-f32"));
+  for (const Device d : test::test_devices()) {
+    SCOPED_TRACE(d.str());
+    check_model(GetParam(), d);
+  }
+}
+
+void check_model(const std::string& family, Device d) {
+  models::ModelLoadOptions o;
+  o.device = d;
+  const auto model = models::load_causal_lm(kModels / (family + "-f32"), o);
   // The weights as arrays of their own (the loaded ones are read-only maps of the file),
   // so that a step along a direction can be written into them.
   std::vector<Array> params;
@@ -48,9 +61,9 @@ TEST_P(ModelGradTest, EveryWeightGetsTheGradientTheLossFollows) {
   });
   const std::vector<int32_t> tokens{5, 17, 300, 42, 9, 255, 1, 77, 128, 3};
   const int64_t l = int64_t(tokens.size()) - 1;
-  const Array ids = from_vector(std::vector<int32_t>(tokens.begin(), tokens.end() - 1), {1, l});
+  const Array ids = to_device(from_vector(std::vector<int32_t>(tokens.begin(), tokens.end() - 1), {1, l}), d);
   const Array targets =
-      from_vector(std::vector<int32_t>(tokens.begin() + 1, tokens.end()), {1, l, 1});
+      to_device(from_vector(std::vector<int32_t>(tokens.begin() + 1, tokens.end()), {1, l, 1}), d);
   auto loss = [&] { return cross_entropy(*model, ids, targets); };
 
   const float plain = item(loss());  // the fused kernels, nothing tracked
@@ -67,7 +80,7 @@ TEST_P(ModelGradTest, EveryWeightGetsTheGradientTheLossFollows) {
   // Directions: the gradient itself, and a random one.
   std::vector<Array> random;
   for (size_t i = 0; i < params.size(); ++i)
-    random.push_back(random_normal(params[i].shape(), 50 + i));
+    random.push_back(random_normal(params[i].shape(), 50 + i, 0, 1, Dtype::f32, d));
   const double gnorm = std::sqrt(dot(r.grads, r.grads));
   for (const auto& [what, dir] : {std::pair{"gradient", r.grads}, std::pair{"random", random}}) {
     const double dnorm = std::sqrt(dot(dir, dir));
