@@ -28,7 +28,7 @@ struct LoraOptions {
   std::vector<std::string> targets;
   std::filesystem::path resume_adapter;  // continue training these instead of fresh ones
   // The data. Each line: {"text": ...}, {"messages": [...]} or {"prompt": ..., "completion": ...}.
-  int max_seq_len = 2048;    // longer examples are cut
+  int max_seq_len = 2048;    // longer examples are cut (to the model's context too)
   bool mask_prompt = false;  // learn only each example's last message (or completion)
   // The optimisation: AdamW, a linear warm-up, then constant or a cosine to a tenth.
   int iters = 100, batch_size = 4;
@@ -55,7 +55,8 @@ struct TrainProgress {
 struct TrainSummary {
   size_t train_examples = 0, valid_examples = 0;
   int64_t train_tokens = 0;
-  int truncated = 0;              // examples cut to max_seq_len
+  int truncated = 0;              // examples cut to max_length tokens
+  int max_length = 0;             // max_seq_len, or the model's context where that is shorter
   int64_t trainable_parameters = 0;
   std::string dtype, device;
 };

@@ -1,4 +1,5 @@
 // The public fine-tuning API (include/lmx/train.h) over the trainer and the adapters.
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -33,7 +34,10 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   LMX_CHECK(fs::exists(model_dir / "tokenizer.json"), "train", model_dir.string(),
             " has no tokenizer.json: training reads text, which needs the model's tokenizer");
   const Tokenizer tok = Tokenizer::from_dir(model_dir);
-  const train::DatasetOptions dopt{o.mask_prompt, o.max_seq_len};
+  // Examples are cut to the model's context as well: positions past it were never trained.
+  const int64_t context = model->spec().max_position_embeddings;
+  const int max_len = context > 0 ? int(std::min<int64_t>(o.max_seq_len, context)) : o.max_seq_len;
+  const train::DatasetOptions dopt{o.mask_prompt, max_len};
   const train::Dataset train = train::read_jsonl(train_data, tok, dopt, model_dir.string());
   std::optional<train::Dataset> valid;
   if (!valid_data.empty()) valid = train::read_jsonl(valid_data, tok, dopt, model_dir.string());
@@ -45,7 +49,9 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   } else {
     models::attach_lora(*model, lora, o.seed);
   }
-  TrainSummary s{train.examples.size(), valid ? valid->examples.size() : 0, train.tokens, train.truncated, 0,
+  TrainSummary s{train.examples.size(),  valid ? valid->examples.size() : 0,
+                 train.tokens,           train.truncated,
+                 max_len,                0,
                  std::string(dtype_name(model->dtype())), model->device().str()};
   for (const auto& [name, p] : models::lora_parameters(*model)) s.trainable_parameters += p->size();
   if (started) started(s);

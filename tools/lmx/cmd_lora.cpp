@@ -46,7 +46,7 @@ void run_lora(LoraArgs& a) {
       [&](const TrainSummary& s) {
         std::printf("%s: %zu training examples (%lld tokens", train_file.string().c_str(), s.train_examples,
                     (long long)s.train_tokens);
-        if (s.truncated) std::printf(", %d cut to --max-seq-len", s.truncated);
+        if (s.truncated) std::printf(", %d cut to %d tokens", s.truncated, s.max_length);
         std::printf(")");
         if (s.valid_examples) std::printf(", %zu validation examples", s.valid_examples);
         std::printf("\nLoRA r %d, alpha %g: %lld trainable parameters (%s, %s)\n", a.o.rank, double(a.o.alpha),
