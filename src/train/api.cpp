@@ -49,10 +49,14 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   } else {
     models::attach_lora(*model, lora, o.seed);
   }
-  TrainSummary s{train.examples.size(),  valid ? valid->examples.size() : 0,
-                 train.tokens,           train.truncated,
-                 max_len,                0,
-                 std::string(dtype_name(model->dtype())), model->device().str()};
+  TrainSummary s;
+  s.train_examples = train.examples.size();
+  s.valid_examples = valid ? valid->examples.size() : 0;
+  s.train_tokens = train.tokens;
+  s.truncated = train.truncated;
+  s.max_length = max_len;
+  s.dtype = dtype_name(model->dtype());
+  s.device = model->device().str();
   for (const auto& [name, p] : models::lora_parameters(*model)) s.trainable_parameters += p->size();
   if (started) started(s);
 
