@@ -268,6 +268,33 @@ TEST(SgemmPathTest, ARowMajorRightOperandInPanelsOfKMatchesFloat64) {
   }
 }
 
+// bf16 a times a row-major b [K, N] (a gradient times a frozen weight) on VDPBF16PS where the
+// CPU has it: odd K (a last element paired with zero), K past one panel of 512 rows, N and M
+// past one task's 64 columns and 128 rows and short of them, a batch sharing one b. Every
+// output within f32 accumulation of float64.
+TEST(GemmBf16KnTest, RowMajorRightOperandsMatchFloat64) {
+  if (!cpu::gemm_bf16_available()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  const std::vector<std::tuple<int64_t, int64_t, int64_t>> shapes{{3, 7, 5}, {130, 1025, 70}, {1, 2, 64}};
+  for (const auto& [m, k, n] : shapes) {
+    const Input a = random_input({2, m, k}, Dtype::bf16, 97, -1, 1);
+    const Input w = random_input({n, k}, Dtype::bf16, 98, -1, 1);  // b = wᵀ stored row-major [K, N]
+    const Array b = broadcast_to(expand_dims(contiguous(transpose(w.array)), 0), {2, k, n});
+    Array out({2, m, n}, Dtype::bf16);
+    ASSERT_TRUE(cpu::gemm_bf16_kn(a.array, b, out)) << m << " " << k << " " << n;
+    const std::vector<float> g = to_floats(out);
+    for (int64_t bt = 0; bt < 2; ++bt)
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          const ExactDot d = exact_dot(a, bt * m + r, w, j, k, unit_roundoff(Dtype::bf16));
+          ASSERT_LE(std::abs(double(g[size_t((bt * m + r) * n + j)]) - d.value), d.bound)
+              << "[" << m << ", " << k << ", " << n << "] batch " << bt << " row " << r << " column " << j;
+        }
+  }
+  const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
+  Array out({1, 2, 3}, Dtype::bf16);
+  EXPECT_FALSE(cpu::gemm_bf16_kn(zeros({1, 2, 4}, Dtype::bf16), zeros({1, 4, 3}, Dtype::bf16), out));
+}
+
 // ---------------------------------------------------------------- gemm_amx
 
 // On a CPU with AMX tiles, bf16 products whose K is a multiple of 32 and N of 16 take them,

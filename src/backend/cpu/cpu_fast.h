@@ -49,6 +49,10 @@ bool gemv(const Array& a, const Array& b, const Array& out);
 // it before gemv; LMX_CPU_BF16_GEMM=0 leaves bf16 to gemv and sgemm.
 // Returns false, doing nothing, where the CPU, the dtypes or the layout do not fit.
 bool gemm_bf16(const Array& a, const Array& b, const Array& out);
+// bf16 a [B, M, K] times a row-major b [B, K, N] (rows dense, any row stride of at least N;
+// batch stride 0 allowed), out contiguous bf16: f32 sums over K in order, rounded once. false
+// where it does not apply (dtypes, layout, no AVX512_BF16 or LMX_CPU_BF16_GEMM=0).
+bool gemm_bf16_kn(const Array& a, const Array& b, const Array& out);
 bool gemm_bf16_available();  // the CPU has the instructions (whatever LMX_CPU_BF16_GEMM says)
 // The VDPBF16PS kernels (gemm_bf16, quantized_bf16) run: the CPU has the instructions and
 // LMX_CPU_BF16_GEMM is not 0 (read on every call, so that tests can switch it).

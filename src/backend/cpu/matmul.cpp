@@ -1,4 +1,5 @@
-// Batched matmul: bf16 through gemm_bf16 at any row count where the CPU has AVX512_BF16;
+// Batched matmul: bf16 through gemm_bf16 at any row count where the CPU has AVX512_BF16 (and
+// through gemm_bf16_kn where b is a row-major [K, N], as a gradient times a weight is);
 // otherwise 16-bit floats through the SIMD matrix-vector kernel for up to kGemvMaxRows rows;
 // OpenBLAS sgemm for f32 and for the rest.
 #include <cblas.h>
@@ -74,7 +75,7 @@ void matmul(const Array& a, const Array& b, const Array& out) {
     fill(out, 0);
     return;
   }
-  if (gemm_bf16(a, b, out) || gemv(a, b, out)) return;
+  if (gemm_bf16(a, b, out) || gemv(a, b, out) || gemm_bf16_kn(a, b, out)) return;
   if (a.dtype() == Dtype::f32) {
     const auto va = blas_view(m, k, a.strides()[1], a.strides()[2]);
     const auto vb = blas_view(k, n, b.strides()[1], b.strides()[2]);
