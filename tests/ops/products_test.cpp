@@ -229,43 +229,27 @@ TEST(GemmBf16Test, DeclinesWhatItDoesNotTakeAndTheSwitchTurnsItOff) {
     }
 }
 
-// Past the GEMV's rows, f16 (and bf16 without AVX512_BF16) go to sgemm on f32 copies, a
-// weight converted a panel of its rows at a time (here 255 rows of K = 4,097: three panels,
-// the last one short). Every output within f32 accumulation of float64.
-TEST(SgemmPathTest, AWeightConvertedInPanelsMatchesFloat64) {
+// Past the GEMV's rows, f16 (and bf16 without AVX512_BF16) go to sgemm on f32 copies, in
+// panels: a weight seen transposed a panel of its rows at a time (here 255 rows of K = 4,097:
+// three panels, the last one short), and a row-major b [K, N] (a gradient times a weight, g·W)
+// a panel of K at a time, each panel's sums added into the output (1,747 rows a panel). Every
+// output within f32 accumulation of float64.
+TEST(SgemmPathTest, RightOperandsConvertedInPanelsMatchFloat64) {
   const int64_t m = 70, k = 4097, n = 600;
-  for (const Dtype dtype : {Dtype::f16, Dtype::bf16}) {
-    const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
-    const Input a = random_input({1, m, k}, dtype, 97, -1, 1);  // a [1, M, K]
-    const Input w = random_input({n, k}, dtype, 98, -1, 1);     // w [N, K], row-major
-    const std::vector<float> g = to_floats(matmul(a.array, expand_dims(transpose(w.array), 0)));
-    for (int64_t r = 0; r < m; r += 23)
-      for (int64_t j = 0; j < n; ++j) {
-        const ExactDot d = exact_dot(a, r, w, j, k, unit_roundoff(dtype));
-        ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
-            << dtype_name(dtype) << " row " << r << " column " << j;
-      }
-  }
-}
-
-// A row-major b [K, N] (a gradient times a weight, g·W) goes to sgemm a panel of its rows at
-// a time, each panel's sums added into the output (here K = 4,097 in panels of 1,747 rows).
-TEST(SgemmPathTest, ARowMajorRightOperandInPanelsOfKMatchesFloat64) {
-  const int64_t m = 70, k = 4097, n = 600;
-  for (const Dtype dtype : {Dtype::f16, Dtype::bf16}) {
-    const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
-    const Input a = random_input({1, m, k}, dtype, 97, -1, 1);  // a [1, M, K]
-    const Input w = random_input({n, k}, dtype, 98, -1, 1);     // w [N, K]; b = wᵀ stored row-major
-    const Array b = expand_dims(contiguous(transpose(w.array)), 0);
-    ASSERT_TRUE(b.is_contiguous());
-    const std::vector<float> g = to_floats(matmul(a.array, b));
-    for (int64_t r = 0; r < m; r += 23)
-      for (int64_t j = 0; j < n; ++j) {
-        const ExactDot d = exact_dot(a, r, w, j, k, unit_roundoff(dtype));
-        ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
-            << dtype_name(dtype) << " row " << r << " column " << j;
-      }
-  }
+  for (const bool row_major_b : {false, true})
+    for (const Dtype dtype : {Dtype::f16, Dtype::bf16}) {
+      const ScopedEnv off("LMX_CPU_BF16_GEMM", "0");
+      const Input a = random_input({1, m, k}, dtype, 97, -1, 1);  // a [1, M, K]
+      const Input w = random_input({n, k}, dtype, 98, -1, 1);     // w [N, K], row-major
+      const Array wt = row_major_b ? contiguous(transpose(w.array)) : transpose(w.array);  // [K, N]
+      const std::vector<float> g = to_floats(matmul(a.array, expand_dims(wt, 0)));
+      for (int64_t r = 0; r < m; r += 23)
+        for (int64_t j = 0; j < n; ++j) {
+          const ExactDot d = exact_dot(a, r, w, j, k, unit_roundoff(dtype));
+          ASSERT_LE(std::abs(double(g[size_t(r * n + j)]) - d.value), d.bound)
+              << dtype_name(dtype) << (row_major_b ? " row-major b" : " weight") << " row " << r << " column " << j;
+        }
+    }
 }
 
 // bf16 a times a row-major b [K, N] (a gradient times a frozen weight) on VDPBF16PS where the
