@@ -32,6 +32,7 @@ struct LoraOptions {
   bool mask_prompt = false;  // learn only each example's last message (or completion)
   // The optimisation: AdamW, a linear warm-up, then constant or a cosine to a tenth.
   int iters = 100, batch_size = 4;
+  int grad_accumulation = 1;  // micro-batches of batch_size a step, their gradients averaged
   float learning_rate = 1e-5f, weight_decay = 0;
   int warmup = 0;
   bool cosine = false;
@@ -50,6 +51,7 @@ struct TrainProgress {
   double learning_rate = 0, tokens_per_s = 0;
   int64_t tokens = 0;       // targets trained on so far
   size_t peak_memory = 0;   // bytes on the model's device
+  double elapsed_s = 0, eta_s = 0;  // since the first step, and to the last at the pace so far
 };
 
 struct TrainSummary {

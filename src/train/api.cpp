@@ -61,14 +61,15 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   if (started) started(s);
 
   train::TrainOptions t;
-  t.iters = o.iters, t.batch_size = o.batch_size, t.learning_rate = o.learning_rate, t.warmup = o.warmup;
+  t.iters = o.iters, t.batch_size = o.batch_size, t.grad_accumulation = o.grad_accumulation;
+  t.learning_rate = o.learning_rate, t.warmup = o.warmup;
   t.cosine = o.cosine, t.weight_decay = o.weight_decay, t.report_every = o.report_every;
   t.eval_every = o.eval_every, t.save_every = o.save_every, t.grad_checkpoint = o.grad_checkpoint;
   t.seed = o.seed, t.adapter_path = o.adapter_path, t.base_model = model_dir.string();
   train::train_lora(*model, lora, train, valid ? &*valid : nullptr, t, [&](const train::TrainReport& r) {
     if (progress)
       progress({r.step, o.iters, r.train_loss, r.valid_loss, r.learning_rate, r.tokens_per_s, r.tokens,
-                r.peak_memory});
+                r.peak_memory, r.elapsed_s, r.eta_s});
   });
 }
 

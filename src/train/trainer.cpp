@@ -48,9 +48,9 @@ double evaluate(const models::CausalLM& model, const Dataset& data, int batch_si
 void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const Dataset& train,
                 const Dataset* valid, const TrainOptions& o,
                 const std::function<void(const TrainReport&)>& report) {
-  LMX_CHECK(o.iters > 0 && o.batch_size > 0 && o.learning_rate >= 0 && o.warmup >= 0 &&
+  LMX_CHECK(o.iters > 0 && o.batch_size > 0 && o.grad_accumulation > 0 && o.learning_rate >= 0 && o.warmup >= 0 &&
                 o.report_every > 0 && o.eval_every >= 0 && o.save_every >= 0,
-            "train", "needs iters > 0, batch_size > 0, learning_rate >= 0 and report_every > 0");
+            "train", "needs iters > 0, batch_size > 0, grad_accumulation > 0, learning_rate >= 0 and report_every > 0");
   LMX_CHECK(!train.examples.empty(), "train", "no training examples");
   std::vector<Array*> slots;
   std::vector<Array> params;
@@ -90,18 +90,34 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
   int loss_steps = 0;
   int64_t window_tokens = 0;
   auto started = std::chrono::steady_clock::now();
+  const auto first = std::chrono::steady_clock::now();
   for (int step = 1; step <= o.iters; ++step) {
-    const Batch b = take_batch();
-    const auto [ids, targets] = upload(b, model.device());
-    const autograd::ValueAndGrad g = autograd::value_and_grad(
-        [&] { return cross_entropy(model.forward(ids), targets); }, params);
+    // The step's gradient: the mean of its micro-batches' (each the gradient of a mean loss), in f32.
+    std::vector<Array> grads;
+    double loss = 0;
+    for (int micro = 0; micro < o.grad_accumulation; ++micro) {
+      const Batch b = take_batch();
+      const auto [ids, targets] = upload(b, model.device());
+      const autograd::ValueAndGrad g =
+          autograd::value_and_grad([&] { return cross_entropy(model.forward(ids), targets); }, params);
+      for (size_t i = 0; i < g.grads.size(); ++i) {
+        const Array part = astype(g.grads[i], Dtype::f32);
+        if (micro == 0) {
+          grads.push_back(part);
+        } else {
+          grads[i] = add(grads[i], part);
+        }
+      }
+      loss += item(g.value) / o.grad_accumulation;
+      window_tokens += b.counted, r.tokens += b.counted;
+    }
+    if (o.grad_accumulation > 1)
+      for (Array& g : grads) g = multiply(g, 1.0 / o.grad_accumulation);
     r.learning_rate = learning_rate_at(o, step);
-    opt.step(g.grads, float(r.learning_rate));
-    const double loss = item(g.value);
+    opt.step(grads, float(r.learning_rate));
     LMX_CHECK(std::isfinite(loss), "train", "the loss is ", loss, " at step ", step,
               ": lower the learning rate, or check the data for empty or overlong examples");
     loss_sum += loss, ++loss_steps;
-    window_tokens += b.counted, r.tokens += b.counted;
     const bool last = step == o.iters;
     const bool eval = valid && ((o.eval_every > 0 && step % o.eval_every == 0) || last);
     if (step % o.report_every == 0 || eval || last) {
@@ -112,6 +128,8 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
       r.tokens_per_s = double(window_tokens) / std::max(seconds, 1e-9);
       r.valid_loss = eval ? evaluate(model, *valid, o.batch_size) : -1;
       r.peak_memory = memory.stats().peak;
+      r.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - first).count();
+      r.eta_s = r.elapsed_s / step * (o.iters - step);
       report(r);
       loss_sum = 0, loss_steps = 0, window_tokens = 0;
       started = std::chrono::steady_clock::now();

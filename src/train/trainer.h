@@ -14,7 +14,8 @@ namespace lmx::train {
 
 struct TrainOptions {
   int iters = 100;     // optimizer steps
-  int batch_size = 4;  // examples a step
+  int batch_size = 4;  // examples a micro-batch
+  int grad_accumulation = 1;  // micro-batches a step, their gradients averaged
   float learning_rate = 1e-5f;
   int warmup = 0;       // steps of linear warm-up from 0
   bool cosine = false;  // then a cosine decay to a tenth of the rate at the last step
@@ -36,6 +37,8 @@ struct TrainReport {
   double tokens_per_s = 0;  // targets a second over the steps since the last report
   int64_t tokens = 0;       // targets trained on so far
   size_t peak_memory = 0;   // bytes, the model's device
+  double elapsed_s = 0;     // since the first step began
+  double eta_s = 0;         // to the last step, at the pace so far
 };
 
 // The learning rate at step (1-based) of `iters`.

@@ -240,5 +240,35 @@ TEST(TrainerTest, AdaptersLearnAndAreWritten) {
   std::filesystem::remove(path);
 }
 
+// Two micro-batches of one example a step give the step of one batch of two, where the
+// examples have as many targets each (the mean of the means is the mean).
+TEST(TrainerTest, AccumulatedMicroBatchesStepAsOneBatch) {
+  const Tokenizer tok = Tokenizer::from_dir(kQwen);
+  const auto path =
+      write_lines("accum", {R"({"text": "one two three four five six"})", R"({"text": "six five four three two one"})"});
+  const Dataset data = read_jsonl(path, tok, {}, kQwen.string());
+  ASSERT_EQ(data.examples[0].tokens.size(), data.examples[1].tokens.size());
+  auto after = [&](int batch, int accumulation) {
+    const auto model = models::load_causal_lm(kQwen);
+    const models::LoraConfig lora{4, 8};
+    models::attach_lora(*model, lora, 1);
+    for (const auto& [name, a] : models::lora_parameters(*model))  // B too, so that A's gradient is not zero
+      if (name.ends_with("lora_B.weight")) *a = random_uniform(a->shape(), 9, -0.05f, 0.05f);
+    TrainOptions o;
+    o.iters = 1;
+    o.batch_size = batch;
+    o.grad_accumulation = accumulation;
+    o.learning_rate = 1e-3f;
+    o.adapter_path = std::filesystem::temp_directory_path() / ("lmx-accum-" + std::to_string(::getpid()));
+    train_lora(*model, lora, data, nullptr, o, [](const TrainReport&) {});
+    std::filesystem::remove_all(o.adapter_path);
+    return evaluate(*model, data, 2);
+  };
+  const double one = after(2, 1), two = after(1, 2);
+  EXPECT_NEAR(two, one, 1e-6 * one);
+  EXPECT_NE(one, after(1, 1)) << "a step over one example differs";
+  std::filesystem::remove(path);
+}
+
 }  // namespace
 }  // namespace lmx::train

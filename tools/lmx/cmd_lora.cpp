@@ -27,6 +27,19 @@ std::vector<std::string> split_targets(const std::string& list) {
   return out;
 }
 
+// 75 s -> "1:15", 3,700 s -> "1:01:40".
+std::string hms(double seconds) {
+  const auto s = int64_t(seconds + 0.5);
+  char out[32];
+  if (s >= 3600) {
+    std::snprintf(out, sizeof out, "%lld:%02lld:%02lld", (long long)(s / 3600), (long long)(s / 60 % 60),
+                  (long long)(s % 60));
+  } else {
+    std::snprintf(out, sizeof out, "%lld:%02lld", (long long)(s / 60), (long long)(s % 60));
+  }
+  return out;
+}
+
 void run_lora(LoraArgs& a) {
   fs::path train_file = a.data, valid_file = a.valid;
   if (fs::is_directory(train_file)) {  // mlx-lm's layout: DIR/train.jsonl, DIR/valid.jsonl
@@ -39,8 +52,11 @@ void run_lora(LoraArgs& a) {
       [&](const TrainProgress& p) {
         std::printf("step %5d/%d  loss %.4f", p.step, p.iters, p.train_loss);
         if (p.valid_loss >= 0) std::printf("  valid %.4f", p.valid_loss);
-        std::printf("  lr %.2e  %.0f tok/s  peak %.2f GiB\n", p.learning_rate, p.tokens_per_s,
-                    double(p.peak_memory) / double(size_t(1) << 30));
+        const double mib = double(p.peak_memory) / double(1 << 20);
+        std::printf("  lr %.2e  %.0f tok/s  peak %.*f %s  %s", p.learning_rate, p.tokens_per_s, mib < 1024 ? 0 : 2,
+                    mib < 1024 ? mib : mib / 1024, mib < 1024 ? "MiB" : "GiB", hms(p.elapsed_s).c_str());
+        if (p.step < p.iters) std::printf(" (eta %s)", hms(p.eta_s).c_str());
+        std::printf("\n");
         std::fflush(stdout);
       },
       [&](const TrainSummary& s) {
@@ -69,7 +85,11 @@ void add_lora_commands(CLI::App& app) {
   cmd->add_option("--valid", a->valid,
                   "Validation JSONL (default: valid.jsonl beside train.jsonl, if any)");
   cmd->add_option("--iters", a->o.iters, "Optimizer steps")->capture_default_str();
-  cmd->add_option("--batch-size", a->o.batch_size, "Examples a step")->capture_default_str();
+  cmd->add_option("--batch-size", a->o.batch_size, "Examples a micro-batch")->capture_default_str();
+  cmd->add_option("--grad-accumulation", a->o.grad_accumulation,
+                  "Micro-batches a step, their gradients averaged: batch-size x this examples a step in "
+                  "the memory of one micro-batch")
+      ->capture_default_str();
   cmd->add_option("--learning-rate", a->o.learning_rate, "Peak learning rate (AdamW)")
       ->capture_default_str();
   cmd->add_option("--warmup", a->o.warmup, "Steps of linear warm-up")->capture_default_str();
