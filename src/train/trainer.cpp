@@ -52,16 +52,19 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
                 o.report_every > 0 && o.eval_every >= 0 && o.save_every >= 0,
             "train", "needs iters > 0, batch_size > 0, grad_accumulation > 0, learning_rate >= 0 and report_every > 0");
   LMX_CHECK(!train.examples.empty(), "train", "no training examples");
-  std::vector<Array*> slots;
   std::vector<Array> params;
   for (const auto& [name, a] : models::lora_parameters(model)) {
     *a = copy(*a);  // arrays of their own: the optimizer writes into them
-    slots.push_back(a);
     params.push_back(*a);
   }
   LMX_CHECK(!params.empty(), "train",
             "the model has no adapters to train (attach or load them first)");
   AdamW opt(params, {o.learning_rate, 0.9f, 0.999f, 1e-8f, o.weight_decay});
+  // On for this call only, errors included.
+  struct Checkpointing {
+    models::CausalLM& model;
+    ~Checkpointing() { model.set_gradient_checkpointing(false); }
+  } checkpointing{model};
   model.set_gradient_checkpointing(o.grad_checkpoint);
 
   // The examples in a new random order each pass over the data.
@@ -113,10 +116,11 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
     }
     if (o.grad_accumulation > 1)
       for (Array& g : grads) g = multiply(g, 1.0 / o.grad_accumulation);
-    r.learning_rate = learning_rate_at(o, step);
-    opt.step(grads, float(r.learning_rate));
+    // Before the update: a step from a NaN gradient would leave the adapters NaN.
     LMX_CHECK(std::isfinite(loss), "train", "the loss is ", loss, " at step ", step,
               ": lower the learning rate, or check the data for empty or overlong examples");
+    r.learning_rate = learning_rate_at(o, step);
+    opt.step(grads, float(r.learning_rate));
     loss_sum += loss, ++loss_steps;
     const bool last = step == o.iters;
     const bool eval = valid && ((o.eval_every > 0 && step % o.eval_every == 0) || last);
@@ -137,7 +141,6 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
     if ((o.save_every > 0 && step % o.save_every == 0) || last)
       models::save_lora(model, lora, o.adapter_path, o.base_model);
   }
-  model.set_gradient_checkpointing(false);
 }
 
 }  // namespace lmx::train
