@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdlib>
+#include <utility>
 
 #include "autograd/autograd.h"
 #include "core/allocator.h"
@@ -260,40 +261,41 @@ void CausalLM::pack_attention_inputs() {
   allocator_for(device).clear_cache();
 }
 
+namespace {
+
+// fn(name, projection) for a decoder layer's seven projections, named as their weights are
+// without ".weight" (DecoderLayer is `const` or not, and so are the projections handed out).
+template <class Layer, class Fn>
+void each_projection(Layer& l, Fn&& fn) {
+  auto& a = l.self_attn;
+  auto& m = l.mlp;
+  fn("self_attn.q_proj", a.q_proj), fn("self_attn.k_proj", a.k_proj), fn("self_attn.v_proj", a.v_proj);
+  fn("self_attn.o_proj", a.o_proj), fn("mlp.gate_proj", m.gate_proj), fn("mlp.up_proj", m.up_proj);
+  fn("mlp.down_proj", m.down_proj);
+}
+
+}  // namespace
+
 bool CausalLM::quantized() const {
   bool any = embed_tokens_.is_quantized() || (lm_head_ && lm_head_->is_quantized());
-  for (const auto& l : layers_) {
-    const nn::Attention& a = l->self_attn;
-    const nn::MLP& m = l->mlp;
-    any = any || a.q_proj.is_quantized() || a.k_proj.is_quantized() || a.v_proj.is_quantized() ||
-          a.o_proj.is_quantized() || m.gate_proj.is_quantized() || m.up_proj.is_quantized() ||
-          m.down_proj.is_quantized();
-  }
+  for (const auto& l : layers_)
+    each_projection(std::as_const(*l), [&](const char*, const nn::Linear& p) { any = any || p.is_quantized(); });
   return any;
 }
 
 void CausalLM::for_each_linear(const std::function<void(const std::string&, nn::Linear&)>& fn) {
   drop_fused_decoders();
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const std::string layer = "model.layers." + std::to_string(i);
-    nn::Attention& a = layers_[i]->self_attn;
-    nn::MLP& m = layers_[i]->mlp;
-    for (auto [name, linear] : {std::pair{"self_attn.q_proj", &a.q_proj}, {"self_attn.k_proj", &a.k_proj},
-                                {"self_attn.v_proj", &a.v_proj}, {"self_attn.o_proj", &a.o_proj},
-                                {"mlp.gate_proj", &m.gate_proj}, {"mlp.up_proj", &m.up_proj},
-                                {"mlp.down_proj", &m.down_proj}})
-      fn(layer + "." + name, *linear);
+    const std::string layer = "model.layers." + std::to_string(i) + ".";
+    each_projection(*layers_[i], [&](const char* name, nn::Linear& p) { fn(layer + name, p); });
   }
 }
 
 bool CausalLM::has_adapters() const {
-  for (const auto& l : layers_) {
-    const nn::Attention& a = l->self_attn;
-    const nn::MLP& m = l->mlp;
-    for (const nn::Linear* x : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj})
-      if (x->lora) return true;
-  }
-  return false;
+  bool any = false;
+  for (const auto& l : layers_)
+    each_projection(std::as_const(*l), [&](const char*, const nn::Linear& p) { any = any || p.lora.has_value(); });
+  return any;
 }
 
 void CausalLM::visit(const std::string& prefix, const nn::ParamVisitor& fn) {
