@@ -137,4 +137,11 @@ std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& dir, const
   return model;
 }
 
+std::optional<Dtype> compute_dtype(std::string_view name, const char* op) {
+  if (name.empty()) return std::nullopt;
+  const std::optional<Dtype> d = parse_dtype(name);
+  LMX_CHECK(d && is_float(*d), op, "dtype must be f32, bf16 or f16, got '", name, "'");
+  return d;
+}
+
 }  // namespace lmx::models

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "models/transformer.h"
 
@@ -17,6 +18,10 @@ struct ModelLoadOptions {
   std::string config_file = "config.json";  // another name lets tests load alternative forms
   bool deterministic = false;  // CausalLM::set_deterministic
 };
+
+// The compute dtype a user named: "f32", "bf16" or "f16"; empty for the weights' own
+// (nullopt). Anything else is an lmx::Error from `op` that quotes what was given.
+std::optional<Dtype> compute_dtype(std::string_view name, const char* op);
 
 // Throws lmx::Error naming the file and tensor on any problem; nothing is returned
 // half-loaded. Weights stored in the compute dtype are used in place (zero-copy mmap).

@@ -168,10 +168,7 @@ LocalTextModel::LocalTextModel(const std::filesystem::path& dir, const LoadOptio
       cache_(0) {
   models::ModelLoadOptions mo;
   mo.device = device;
-  if (!options.dtype.empty()) {
-    mo.dtype = parse_dtype(options.dtype);
-    LMX_CHECK(mo.dtype && is_float(*mo.dtype), "load", "dtype must be f32, bf16 or f16, got '", options.dtype, "'");
-  }
+  mo.dtype = models::compute_dtype(options.dtype, "load");
   mo.deterministic = options.deterministic;
   model_ = models::load_causal_lm(dir, mo);
   if (!options.adapter_path.empty()) models::load_lora(*model_, options.adapter_path);

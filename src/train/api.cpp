@@ -18,10 +18,7 @@ std::unique_ptr<models::CausalLM> load_for(const fs::path& dir, const std::strin
                                            const char* op) {
   models::ModelLoadOptions o;
   o.device = device.empty() ? Device::cpu() : Device::parse(device);
-  if (!dtype.empty()) {
-    o.dtype = parse_dtype(dtype);
-    LMX_CHECK(o.dtype && is_float(*o.dtype), op, "dtype must be f32, bf16 or f16, got '", dtype, "'");
-  }
+  o.dtype = models::compute_dtype(dtype, op);
   return models::load_causal_lm(dir, o);
 }
 

@@ -59,7 +59,7 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
   }
   LMX_CHECK(!params.empty(), "train",
             "the model has no adapters to train (attach or load them first)");
-  AdamW opt(params, {o.learning_rate, 0.9f, 0.999f, 1e-8f, o.weight_decay});
+  AdamW opt(params, {o.learning_rate, 0.9f, 0.999f, o.adam_epsilon, o.weight_decay});
   // On for this call only, errors included.
   struct Checkpointing {
     models::CausalLM& model;

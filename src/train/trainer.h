@@ -20,6 +20,7 @@ struct TrainOptions {
   int warmup = 0;       // steps of linear warm-up from 0
   bool cosine = false;  // then a cosine decay to a tenth of the rate at the last step
   float weight_decay = 0;
+  float adam_epsilon = 1e-8f;  // PyTorch's; where it is not far below |g|, a step's size follows g's scale
   int report_every = 10;
   int eval_every = 0;  // validation loss every this many steps (0: at the end only)
   int save_every = 0;  // adapters written every this many steps (0: at the end only)

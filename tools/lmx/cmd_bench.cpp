@@ -1,5 +1,6 @@
-// `lmx bench MODEL`: end-to-end throughput of decode, prefill and classification on
-// random token ids, timed after a warm-up, median of the repeats, as a table or JSON.
+// `lmx bench MODEL`: end-to-end throughput of decode, prefill, classification and LoRA
+// training steps on random token ids, timed after a warm-up, median of the repeats, as a
+// table or JSON.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -11,12 +12,16 @@
 
 #include "commands.h"
 #include "lmx/lmx.h"
+#include "autograd/autograd.h"
 #include "core/error.h"
 #include "models/loader.h"
+#include "models/lora.h"
 #include "ops/kernels.h"
 #include "runtime/generator.h"
 #include "runtime/kv_cache.h"
 #include "runtime/prefill.h"
+#include "train/loss.h"
+#include "train/optimizer.h"
 
 namespace lmx::cli {
 namespace {
@@ -24,6 +29,8 @@ namespace {
 struct BenchArgs {
   std::string dir, device, dtype;  // device "": cuda where a GPU is visible, else cpu
   bool decode = false, classify = false, prefill = false, json = false, plain = false, deterministic = false;
+  bool lora = false, grad_checkpoint = false;
+  int lora_rank = 8;
   std::vector<int> batch{1};
   int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024, chunk = 1024;
   SamplingOptions sampling;  // decode's: greedy by default, seed 1 (add_bench_command)
@@ -114,7 +121,7 @@ Device bench_device(const std::string& name) {
 void run_bench(const BenchArgs& a) {
   models::ModelLoadOptions o;
   o.device = bench_device(a.device);
-  if (!a.dtype.empty()) o.dtype = parse_dtype(a.dtype);
+  o.dtype = models::compute_dtype(a.dtype, "bench");
   o.deterministic = a.deterministic;
   const double t_load = now_s();
   const auto model = models::load_causal_lm(a.dir, o);
@@ -122,7 +129,7 @@ void run_bench(const BenchArgs& a) {
   const int64_t vocab = model->spec().vocab_size;
   const Device dev = o.device;
   nlohmann::json results = nlohmann::json::array();
-  const bool all = !a.decode && !a.classify && !a.prefill;
+  const bool all = !a.decode && !a.classify && !a.prefill && !a.lora;
   Allocator& alloc = allocator_for(dev);
 
   if (a.decode || all) {
@@ -267,6 +274,35 @@ void run_bench(const BenchArgs& a) {
                 {"lmx_prompts_per_s", a.prompts / s}, {"peak_mem_bytes", alloc.stats().peak}});
     results.push_back(row);
   }
+  if (a.lora) {
+    // Adapters of rank r (alpha 2r) on every projection, B random so that every product of
+    // the backward pass is a real one; the last workload, since it changes the model.
+    models::attach_lora(*model, {a.lora_rank, 2.0f * float(a.lora_rank)}, 1);
+    std::vector<Array> params;
+    for (const auto& [name, p] : models::lora_parameters(*model)) {
+      if (name.ends_with("lora_B.weight")) *p = random_uniform(p->shape(), 2, -0.01f, 0.01f, p->dtype(), dev);
+      params.push_back(*p = copy(*p));  // arrays of their own: the optimizer writes into them
+    }
+    train::AdamW opt(params, {1e-5f, 0.9f, 0.999f, 1e-8f, 0});
+    model->set_gradient_checkpointing(a.grad_checkpoint);
+    for (int b : a.batch) {
+      const Array ids = random_ids(b, a.prompt_len + 1, vocab, 4, dev);  // [B, L + 1]
+      const Array x = slice(ids, {0, 0}, {b, a.prompt_len}), t = slice(ids, {0, 1}, {b, a.prompt_len + 1});
+      alloc.reset_peak();
+      nlohmann::json row = nlohmann::json::object();
+      double loss = 0;
+      const double s = median_seconds(dev, a.warmup, a.repeat, row, [&] {  // one optimizer step
+        const auto r = autograd::value_and_grad([&] { return train::cross_entropy(model->forward(x), t); }, params);
+        opt.step(r.grads);
+        loss = item(r.value);
+      });
+      row.update({{"workload", "lora_train"}, {"batch", b}, {"prompt_len", a.prompt_len}, {"rank", a.lora_rank},
+                  {"grad_checkpoint", a.grad_checkpoint}, {"loss", loss},
+                  {"lmx_tok_per_s", double(b) * a.prompt_len / s}, {"peak_mem_bytes", alloc.stats().peak}});
+      results.push_back(row);
+    }
+    model->set_gradient_checkpointing(false);
+  }
   const nlohmann::json out{{"model", a.dir}, {"model_type", model->spec().model_type}, {"device", dev.str()},
                            {"dtype", dtype_name(model->dtype())}, {"deterministic", a.deterministic},
                            {"load_s", load_s}, {"results", results}};
@@ -294,7 +330,7 @@ void run_bench(const BenchArgs& a) {
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bench", "Measure decode, prefill and classification throughput");
+  auto* cmd = app.add_subcommand("bench", "Measure decode, prefill, classification and LoRA training throughput");
   auto a = std::make_shared<BenchArgs>();
   a->sampling.seed = 1;
   cmd->add_option("MODEL", a->dir, "Model folder")->required();
@@ -319,7 +355,12 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--prefill", a->prefill, "One prompt of --prompt-len tokens");
   cmd->add_flag("--classify", a->classify, "--prompts prompts of --prompt-len tokens, last-position logits");
-  cmd->add_option("--batch", a->batch, "Decode batch sizes (repeatable)")->capture_default_str();
+  cmd->add_flag("--lora", a->lora,
+                "LoRA training steps (forward, backward, AdamW) on --batch rows of --prompt-len tokens, "
+                "adapters on every projection; tok/s counts the rows' tokens");
+  cmd->add_option("--lora-rank", a->lora_rank, "--lora: the adapters' rank")->capture_default_str();
+  cmd->add_flag("--grad-checkpoint", a->grad_checkpoint, "--lora: each layer checkpointed");
+  cmd->add_option("--batch", a->batch, "Decode (and --lora) batch sizes (repeatable)")->capture_default_str();
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt length")->capture_default_str();
   cmd->add_option("--gen-len", a->gen_len, "Tokens to generate")->capture_default_str();
   cmd->add_option("--prompts", a->prompts, "Prompts for --classify")->capture_default_str();

@@ -42,10 +42,7 @@ struct LowLevelModelFlags {
   std::unique_ptr<models::CausalLM> load() const {
     models::ModelLoadOptions o;
     o.device = Device::parse(device);
-    if (!dtype.empty()) {
-      o.dtype = parse_dtype(dtype);
-      LMX_CHECK(o.dtype && is_float(*o.dtype), "cli", "--dtype must be f32, bf16 or f16, got '", dtype, "'");
-    }
+    o.dtype = models::compute_dtype(dtype, "cli");
     return models::load_causal_lm(dir, o);
   }
 };
