@@ -3,6 +3,7 @@
 // stdout and a failing exit status), and generate/tokenize agreeing with the library.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <functional>
 #include <fstream>
@@ -110,6 +111,29 @@ TEST(CliTest, GenerateJsonGivesTheLibrarysTokens) {
   EXPECT_EQ(j.at("ids").get<std::vector<int32_t>>(), want);
   EXPECT_EQ(j.at("finish_reason"), "length");
   EXPECT_FALSE(j.contains("error"));
+}
+
+// `lmx bench --lora` times training steps and reports a row for each batch, and a dtype
+// that is not a float is refused before anything runs.
+TEST(CliTest, BenchTimesLoraStepsAndRefusesAnIntegerDtype) {
+  const std::string dir = (test::kFixtureModels / "qwen3-f32").string();
+  const Result r = lmx("bench '" + dir + "' --device cpu --lora --lora-rank 4 --batch 1 --batch 2 --prompt-len 6 " +
+                       "--warmup 0 --repeat 2 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto rows = nlohmann::json::parse(r.out).at("results");
+  ASSERT_EQ(rows.size(), 2u) << "only the --lora workload: " << r.out;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i].at("workload"), "lora_train");
+    EXPECT_EQ(rows[i].at("batch"), int(i + 1));
+    EXPECT_EQ(rows[i].at("rank"), 4);
+    EXPECT_GT(rows[i].at("lmx_tok_per_s").get<double>(), 0);
+    const double loss = rows[i].at("loss").get<double>();
+    EXPECT_TRUE(std::isfinite(loss) && loss > 0) << loss;
+  }
+  const Result bad = lmx("bench '" + dir + "' --device cpu --lora --dtype i32");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_TRUE(bad.out.empty()) << bad.out;
+  EXPECT_NE(bad.err.find("dtype must be f32, bf16 or f16, got 'i32'"), std::string::npos) << bad.err;
 }
 
 // `lmx lora` trains adapters whose loss falls; `generate --adapter` gives the library's
