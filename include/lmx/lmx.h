@@ -186,6 +186,9 @@ Backend* get_backend(std::string_view name);
 std::vector<std::string> list_backends();
 // Loads a model folder on the best available backend (or LoadOptions::backend).
 std::unique_ptr<TextModel> load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
+// The device work goes to when none is named: "cuda:0" where the cuda backend is
+// available (a GPU is visible to a CUDA build), else "cpu".
+std::string default_device();
 
 struct DiscoveredModel {
   std::filesystem::path path;

@@ -131,6 +131,11 @@ std::unique_ptr<TextModel> load_model(const std::filesystem::path& dir, const Lo
   return b->load_model(dir, options);
 }
 
+std::string default_device() {
+  const Backend* cuda = get_backend("cuda");
+  return cuda && cuda->available() ? "cuda:0" : "cpu";
+}
+
 static Allocator& allocator_of(std::string_view device) {
   if (!device.empty()) return allocator_for(Device::parse(device));
   const Backend* b = best_backend();

@@ -109,18 +109,9 @@ Array random_ids(int64_t rows, int64_t len, int64_t vocab, uint64_t seed, Device
   return to_device(astype(u, Dtype::i32), d);
 }
 
-// The device to measure: the one named, else the first GPU where the cuda backend is
-// available, as load_model chooses for the other commands (a GPU machine's bench had
-// measured the CPU unless told).
-Device bench_device(const std::string& name) {
-  if (!name.empty()) return Device::parse(name);
-  const Backend* cuda = get_backend("cuda");
-  return cuda && cuda->available() ? Device::cuda(0) : Device::cpu();
-}
-
 void run_bench(const BenchArgs& a) {
   models::ModelLoadOptions o;
-  o.device = bench_device(a.device);
+  o.device = Device::parse(a.device.empty() ? default_device() : a.device);  // as load_model chooses
   o.dtype = models::compute_dtype(a.dtype, "bench");
   o.deterministic = a.deterministic;
   const double t_load = now_s();
