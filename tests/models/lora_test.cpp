@@ -12,6 +12,8 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "models/loader.h"
+#include "ops/harness.h"
+#include "compare.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
 
@@ -134,6 +136,55 @@ TEST_P(LoraTest, SavedAdaptersLoadBackAndFuseIntoTheWeights) {
   }
   EXPECT_LE(worst, 1e-5 * scale) << "W + scale·B·A in f32 against the adapter beside W";
   fs::remove_all(dir);
+}
+
+// PEFT's own numbers (tools/reference/make_lora_fixtures.py: r 4, alpha 8, every projection,
+// random A and B, a masked prompt and masked padding): its adapter folder loaded here gives
+// its logits, its loss and the gradient of every adapter tensor, on every device.
+TEST_P(LoraTest, PeftAdaptersGiveTransformersLogitsLossAndGradients) {
+  const fs::path dir = fs::path(LMX_FIXTURES_DIR) / "lora" / GetParam();
+  const io::SafetensorsFile golden = io::SafetensorsFile::open(dir / "golden.safetensors");
+  auto get = [&](const std::string& name) {
+    const io::TensorInfo* t = golden.find(name);
+    if (!t) throw Error("golden tensor missing: " + name);
+    const auto bytes = golden.data(*t);
+    return from_host(bytes.data(), Shape(t->shape.begin(), t->shape.end()), *io::to_lmx_dtype(t->dtype));
+  };
+  const Array ids = get("input_ids"), labels = get("labels");  // [2, L] int32, -100 where ignored
+  const int64_t l = ids.shape()[1];
+  // HF shifts inside its loss: position t is scored against labels[t + 1], the last against none.
+  const Array targets =
+      concatenate({slice(labels, {0, 1}, {2, l}), full({2, 1}, train::kIgnoreIndex, Dtype::i32)}, 1);
+  for (const Device d : test::test_devices()) {
+    SCOPED_TRACE(d.str());
+    ModelLoadOptions o;
+    o.device = d;
+    const auto model = load_causal_lm(kModels / (GetParam() + "-f32"), o);
+    const LoraConfig config = load_lora(*model, dir);
+    EXPECT_EQ(config.rank, 4);
+    EXPECT_EQ(config.alpha, 8);
+    const auto named = lora_parameters(*model);
+    ASSERT_EQ(named.size(), size_t(model->num_layers() * 7 * 2));
+    std::vector<Array> params;
+    for (const auto& [name, a] : named) params.push_back(*a);
+
+    const Array x = to_device(ids, d), t = to_device(targets, d);
+    const std::vector<float> want = to_floats(get("logits")), got = to_floats(model->forward(x));
+    ASSERT_EQ(got.size(), want.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
+    EXPECT_LE(worst, 1e-4 * test::max_abs(want)) << "logits, worst |diff| " << worst;
+
+    const auto r = autograd::value_and_grad([&] { return train::cross_entropy(model->forward(x), t); }, params);
+    const float loss = item(get("loss"));
+    EXPECT_NEAR(item(r.value), loss, 1e-5 * loss);
+    for (size_t i = 0; i < params.size(); ++i) {
+      // f32 sums in another order: each tensor within 1e-4 of its norm (relative L2).
+      const std::vector<float> g = to_floats(r.grads[i]), w = to_floats(get("grad." + named[i].first));
+      ASSERT_EQ(g.size(), w.size()) << named[i].first;
+      EXPECT_LE(test::relative_l2(g, w), 1e-4) << named[i].first;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LoraTest, ::testing::Values("llama", "qwen3", "gemma3_text"));
