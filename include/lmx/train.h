@@ -39,7 +39,7 @@ struct LoraOptions {
   bool grad_checkpoint = false;  // less memory, each layer computed twice
   uint64_t seed = 0;
   int report_every = 10, eval_every = 0, save_every = 0;  // 0: at the end only
-  // Where: "" = the CPU; "cuda:N" is not yet tested. dtype "" = the weights'.
+  // Where: "" = default_device() (the GPU where one is visible); dtype "" = the weights'.
   std::string device, dtype;
   std::filesystem::path adapter_path = "adapters";
 };

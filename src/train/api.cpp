@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "lmx/lmx.h"
 #include "lmx/train.h"
 #include "models/loader.h"
 #include "models/lora.h"
@@ -17,7 +18,7 @@ namespace {
 std::unique_ptr<models::CausalLM> load_for(const fs::path& dir, const std::string& device, const std::string& dtype,
                                            const char* op) {
   models::ModelLoadOptions o;
-  o.device = device.empty() ? Device::cpu() : Device::parse(device);
+  o.device = Device::parse(device.empty() ? default_device() : device);
   o.dtype = models::compute_dtype(dtype, op);
   return models::load_causal_lm(dir, o);
 }
@@ -74,7 +75,7 @@ uint64_t fuse_lora(const fs::path& model_dir, const fs::path& adapter_dir, const
                    const std::string& dtype) {
   LMX_CHECK(fs::weakly_canonical(out_dir) != fs::weakly_canonical(model_dir), "fuse",
             "the output folder must be a new one, not the model's own (", out_dir.string(), ")");
-  const auto model = load_for(model_dir, "", dtype, "fuse");
+  const auto model = load_for(model_dir, "cpu", dtype, "fuse");  // W + scale·B·A once, then to disk
   models::load_lora(*model, adapter_dir);
   LMX_CHECK(!model->quantized(), "fuse", model_dir.string(), " is quantized: an adapter folds only into 16- or ",
             "32-bit weights; fuse into the unquantized model, or keep the adapter beside the weights");

@@ -124,7 +124,7 @@ void add_lora_commands(CLI::App& app) {
                   "Steps between writes of the adapters (0: at the end)");
   cmd->add_option("--seed", a->o.seed,
                   "Seed of the adapters' initialisation and the examples' order");
-  cmd->add_option("--device", a->o.device, "cpu (default), or cuda:N (not yet tested)");
+  cmd->add_option("--device", a->o.device, "cpu, cuda or cuda:N (default: the GPU where one is visible, else cpu)");
   cmd->add_option("--dtype", a->o.dtype, "Compute dtype: f32, bf16 or f16 (default: the weights')");
   cmd->footer(
       "Each line of the data is {\"text\": ...}, {\"messages\": [{\"role\": ..., \"content\": "
@@ -132,8 +132,9 @@ void add_lora_commands(CLI::App& app) {
       "by the model's chat template) or {\"prompt\": ..., \"completion\": ...}. The adapters are "
       "written in PEFT's\n"
       "layout: `lmx generate MODEL --adapter DIR` uses them, and so do transformers + PEFT.\n"
-      "Gradients flow through the model's plain ops (not the fused decode kernels); CUDA training "
-      "is untested.\n\n"
+      "Gradients flow through the model's plain ops (not the fused decode kernels). On an H100, a\n"
+      "batch of 4 x 512 tokens of Qwen3-0.6B takes about 3.5 times PEFT's memory at 0.3 of its\n"
+      "speed (bench/NOTES.md); --grad-checkpoint trades a second forward pass for memory.\n\n"
       "Examples:\n"
       "  lmx lora /models/Qwen3-0.6B --data data/ --iters 600 --batch-size 4 --learning-rate 1e-4\n"
       "  lmx lora /models/Llama-3.2-1B --data chats.jsonl --mask-prompt --targets q_proj,v_proj "
