@@ -59,6 +59,7 @@ class Tape : public detail::Recorder {
   const std::vector<Array>& leaves() const { return leaves_; }
 
   bool tracks(const Array& a) const override { return known_.count(key_of(a)) > 0; }
+  Array recomputed(const Block& fn, const std::vector<Array>& inputs) override { return checkpoint(fn, inputs); }
 
   void add(detail::StepRecord step) override {
     if (!known_.insert(key_of(step.output)).second) return;  // a value known already
@@ -124,10 +125,13 @@ class Tape : public detail::Recorder {
   // parameter; their gradients join this pass's.
   void replay(const Node& node, const Array& g, std::map<Key, Array>& grads) const {
     Tape inner;
-    std::vector<Array> wrt;
+    std::vector<Array> wrt;  // each value once: an input may be a parameter itself
+    auto want = [&](const Array& a) {
+      if (!inner.tracks(a)) inner.watch(a), wrt.push_back(a);
+    };
     for (const Array& a : node.step.inputs)
-      if (tracks(a)) inner.watch(a), wrt.push_back(a);
-    for (const Array& p : leaves_) inner.watch(p), wrt.push_back(p);
+      if (tracks(a)) want(a);
+    for (const Array& p : leaves_) want(p);
     Array out;
     {
       const Recording on(&inner);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "ops/op_util.h"
 
@@ -281,8 +282,19 @@ Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array&
 
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
   check_self_attention_args(q, k, v, a);
-  if (detail::any_tracked({&q, &k, &v, a.q_norm ? &a.q_norm->weight : nullptr, a.k_norm ? &a.k_norm->weight : nullptr}))
-    return compose_self_attention(q, k, v, a, true);
+  if (detail::any_tracked({&q, &k, &v, a.q_norm ? &a.q_norm->weight : nullptr, a.k_norm ? &a.k_norm->weight : nullptr})) {
+    // The composition as a block the backward pass runs again: its [B, H, L, L] scores and
+    // the norms' and RoPE's intermediates then live for one layer at a time, where they were
+    // a third of a 512-token training step's tape (bench/NOTES.md). It owns copies of the norms.
+    const auto own = [](const HeadNorm* n) { return n ? std::optional<HeadNorm>(*n) : std::nullopt; };
+    auto block = [a, qn = own(a.q_norm), kn = own(a.k_norm)](const std::vector<Array>& in) {
+      SelfAttention b = a;
+      b.q_norm = qn ? &*qn : nullptr;
+      b.k_norm = kn ? &*kn : nullptr;
+      return compose_self_attention(in[0], in[1], in[2], b, true);
+    };
+    return detail::recorder()->recomputed(block, {q, k, v});
+  }
   Array out(q.shape(), q.dtype(), q.device());
   const Array qn = a.q_norm ? contiguous(a.q_norm->weight) : Array();
   const Array kn = a.k_norm ? contiguous(a.k_norm->weight) : Array();

@@ -26,6 +26,18 @@ TEST(TapeTest, UsesAddUpAndUnusedParametersGetZeros) {
   EXPECT_EQ(detail::recorder(), nullptr) << "the tape is gone once value_and_grad returns";
 }
 
+// A block whose input is a parameter itself (fast::self_attention's tracked form takes q, k
+// and v as a block's inputs, and a test differentiates them as parameters): its gradient
+// counted once, not once as an input and again as a parameter.
+TEST(TapeTest, ABlockOverAParameterCountsItsGradientOnce) {
+  const Array x = from_floats({1, -2, 3}, {3}), w = from_floats({2, 2, 2}, {3});
+  const Function block = [&](const std::vector<Array>& in) { return multiply(multiply(in[0], in[0]), w); };
+  const auto [value, grads] =
+      value_and_grad([&] { return sum(checkpoint(block, {x})); }, std::vector{x, w});
+  EXPECT_EQ(floats(grads[0]), (std::vector<float>{4, -8, 12}));  // d/dx Σ w·x² = 2·w·x
+  EXPECT_EQ(floats(grads[1]), (std::vector<float>{1, 4, 9}));
+}
+
 TEST(TapeTest, StopGradientCutsThePath) {
   const Array x = from_floats({2, 3}, {2});
   const auto [value, grads] =
