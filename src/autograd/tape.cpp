@@ -6,6 +6,7 @@
 // keeps every array it names alive, so no storage it knows is freed and reused while it
 // records. A step whose output is a view the tape knows already (contiguous() of a
 // contiguous array, an identity transpose) is that value: it is not recorded again.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <set>
@@ -63,6 +64,14 @@ class Tape : public detail::Recorder {
 
   void add(detail::StepRecord step) override {
     if (!known_.insert(key_of(step.output)).second) return;  // a value known already
+    // An untracked input whose values the rule does not read is kept as its shape alone, so
+    // that the tape does not hold it alive (a frozen projection's output beside its adapter's
+    // in a sum). Tracked inputs are other steps' outputs, kept by those steps anyway.
+    std::vector<bool> need;
+    for (const Array& a : step.inputs) need.push_back(a.valid() && tracks(a));
+    for (size_t i = 0; i < step.inputs.size(); ++i)
+      if (!need[i] && step.inputs[i].valid() && !vjp_reads(step, i, need))
+        step.inputs[i] = shape_only(step.inputs[i]);
     steps_.push_back({std::move(step), nullptr});
   }
 
@@ -72,8 +81,9 @@ class Tape : public detail::Recorder {
     steps_.push_back({{detail::Step::copy, 0, std::move(inputs), output, {}}, std::move(fn)});
   }
 
-  // d output / d each of `wrt`, given seed = d loss / d output. Steps are let go as they are
-  // passed, and each gradient once its value's last use (in the reverse order) is behind.
+  // d output / d each of `wrt`, given seed = d loss / d output; an empty array for one the
+  // output does not depend on. Steps are let go as they are passed, and each gradient once
+  // its value's last use (in the reverse order) is behind.
   std::vector<Array> backward(const Array& output, const Array& seed, std::span<const Array> wrt) {
     const Recording off(nullptr);  // nothing the backward pass computes is recorded
     std::map<Key, Array> grads;
@@ -100,8 +110,7 @@ class Tape : public detail::Recorder {
     std::vector<Array> out;
     for (const Array& a : wrt) {
       const auto it = grads.find(key_of(a));
-      out.push_back(it == grads.end() ? zeros(a.shape(), a.dtype(), a.device())
-                                      : contiguous(it->second));
+      out.push_back(it == grads.end() ? Array() : contiguous(it->second));
     }
     return out;
   }
@@ -111,6 +120,16 @@ class Tape : public detail::Recorder {
     detail::StepRecord step;
     Function replay;  // set for a checkpointed block
   };
+
+  // a's shape and dtype over one element: a view with zero strides, never read.
+  Array shape_only(const Array& a) {
+    auto it = std::find_if(units_.begin(), units_.end(), [&](const Array& u) {
+      return u.dtype() == a.dtype() && u.device() == a.device();
+    });
+    if (it == units_.end()) it = units_.insert(units_.end(), Array(Shape{}, a.dtype(), a.device()));
+    const Recording off(nullptr);
+    return broadcast_to(*it, a.shape());
+  }
 
   void accumulate(std::map<Key, Array>& grads, const Array& input, const Array& g) const {
     if (!g.valid() || !tracks(input)) return;
@@ -141,11 +160,14 @@ class Tape : public detail::Recorder {
               "checkpoint", "the block returned ", shape_str(out.shape()), " ",
               dtype_name(out.dtype()), " when run again, ", shape_str(node.step.output.shape()),
               " ", dtype_name(node.step.output.dtype()), " the first time");
+    // Only what the block reached joins: a replayed layer touches a few of the model's
+    // parameters, and adding zeros for the rest cost a launch each on a GPU.
     const std::vector<Array> got = inner.backward(out, g, wrt);
     for (size_t j = 0; j < wrt.size(); ++j) accumulate(grads, wrt[j], got[j]);
   }
 
   std::set<Key> known_;
+  std::vector<Array> units_;  // one element per dtype and device, for shape_only
   std::vector<Array> leaves_;
   std::vector<Node> steps_;
 };
@@ -165,7 +187,10 @@ ValueAndGrad value_and_grad(const std::function<Array()>& fn, std::span<const Ar
             value.valid() ? shape_str(value.shape()) + " " + std::string(dtype_name(value.dtype()))
                           : std::string("nothing"));
   const Array seed = ones(value.shape(), value.dtype(), value.device());
-  return {value, tape.backward(value, seed, params)};
+  std::vector<Array> grads = tape.backward(value, seed, params);
+  for (size_t i = 0; i < grads.size(); ++i)  // a parameter the loss does not reach: zeros
+    if (!grads[i].valid()) grads[i] = zeros(params[i].shape(), params[i].dtype(), params[i].device());
+  return {value, std::move(grads)};
 }
 
 Array checkpoint(const Function& fn, const std::vector<Array>& inputs) {

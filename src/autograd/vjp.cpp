@@ -64,12 +64,24 @@ Array unary_vjp(UnaryOp op, const Array& x_in, const Array& g_in) {
 
 std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in, const Array& out,
                               const Array& g_in, const std::vector<bool>& need) {
-  const Array a = f32(a_in), b = f32(b_in), g = f32(g_in);
+  // The operands in f32, made only where a rule reads them: a sum's gradient needs none, and
+  // the tape keeps an untracked addend as its shape alone (Tape::add).
+  if (op == BinaryOp::add || op == BinaryOp::sub) {
+    // g itself where no sum over broadcast axes rounds (the common case, a residual stream).
+    auto passed = [&](const Array& gi, const Array& in) {
+      return gi.shape() == in.shape() && gi.dtype() == in.dtype() ? gi : to_input(f32(gi), in);
+    };
+    return {need[0] ? passed(g_in, a_in) : Array(),
+            need[1] ? passed(op == BinaryOp::sub ? neg(g_in) : g_in, b_in) : Array()};
+  }
+  const Array g = f32(g_in);
   Array ga, gb;
+  if (op == BinaryOp::mul) {
+    return {need[0] ? to_input(multiply(g, f32(b_in)), a_in) : Array(),
+            need[1] ? to_input(multiply(g, f32(a_in)), b_in) : Array()};
+  }
+  const Array a = f32(a_in), b = f32(b_in);
   switch (op) {
-    case BinaryOp::add: ga = g, gb = g; break;
-    case BinaryOp::sub: ga = g, gb = neg(g); break;
-    case BinaryOp::mul: ga = multiply(g, b), gb = multiply(g, a); break;
     case BinaryOp::div:
       ga = divide(g, b);
       gb = neg(divide(multiply(ga, a), b));  // -g·a/b²
@@ -190,6 +202,35 @@ Array unbroadcast(const Array& g, const Shape& shape) {
     if (i < lead || (shape[size_t(i - lead)] == 1 && g.shape(i) != 1)) axes.push_back(i);
   const Array summed = axes.empty() ? g : sum(g, axes, true);
   return reshape(summed, shape);
+}
+
+bool vjp_reads(const detail::StepRecord& st, size_t i, const std::vector<bool>& need) {
+  switch (st.step) {
+    case Step::binary:
+      switch (BinaryOp(st.code)) {
+        case BinaryOp::add:
+        case BinaryOp::sub: return false;
+        case BinaryOp::mul: return need.at(1 - i);  // d(a·b)/da = b: b read for a's gradient
+        default: return true;
+      }
+    case Step::matmul: return need.at(1 - i);  // dA = g·Bᵀ reads B, dB = Aᵀ·g reads A
+    case Step::where: return i == 0;           // the condition; the branches by shape
+    case Step::take:
+    case Step::take_along_axis: return i == 1;  // the indices; the source by shape
+    case Step::quantized_matmul: return i != 0;  // the packed weight; x by shape
+    case Step::astype:
+    case Step::copy:
+    case Step::reshape:
+    case Step::transpose:
+    case Step::broadcast_to:
+    case Step::slice:
+    case Step::slice_update:
+    case Step::concatenate: return false;
+    case Step::unary:
+    case Step::reduce_rows:
+    case Step::softmax_rows: return true;
+  }
+  return true;
 }
 
 std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,

@@ -14,6 +14,11 @@ namespace lmx::autograd {
 std::vector<Array> vjp(const detail::StepRecord& step, const Array& g,
                        const std::vector<bool>& need);
 
+// Whether the rule for `step` reads the values of input i when only the inputs in `need`
+// want gradients; where it does not, its shape and dtype are enough (an addend's values,
+// a slice's source), and the tape need not keep the values alive.
+bool vjp_reads(const detail::StepRecord& step, size_t i, const std::vector<bool>& need);
+
 // g [...] summed over the axes that broadcasting added or stretched, back to `shape`.
 Array unbroadcast(const Array& g, const Shape& shape);
 

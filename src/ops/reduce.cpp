@@ -9,11 +9,16 @@ namespace lmx {
 namespace {
 
 struct Plan {
-  Array rows;       // [R, C] contiguous
+  Array rows;       // [R, C] contiguous; not made where `single` (no kernel runs)
   Shape out_shape;  // the result's shape, keepdims applied
+  // Every reduced axis has length 1 (C == 1): sum, max, min, mean and logsumexp are then the
+  // input itself. A gradient summed back over a broadcast batch axis of 1 is such a case, and
+  // as rows it was a copy plus one block per element (47 ms for a [1, 512, 151936] logits
+  // gradient on an H200).
+  bool single = false;
 };
 
-Plan plan_reduce(const Array& a, std::vector<int> axes, bool keepdims, const char* op) {
+Plan plan_reduce(const Array& a, std::vector<int> axes, bool keepdims, const char* op, bool rows_always = false) {
   detail::check_valid(a, op);
   const int n = a.ndim();
   if (axes.empty()) {
@@ -43,14 +48,15 @@ Plan plan_reduce(const Array& a, std::vector<int> axes, bool keepdims, const cha
       perm.push_back(i);
       cols *= a.shape()[i];
     }
-  return {reshape(contiguous(transpose(a, perm)), {rows, cols}), out_shape};
+  if (cols == 1 && !rows_always) return {Array(), out_shape, true};
+  return {reshape(contiguous(transpose(a, perm)), {rows, cols}), out_shape, cols == 1};
 }
 
 Array reduce(detail::ReduceOp op, const Array& a, std::vector<int> axes, bool keepdims, const char* name) {
   Plan p = plan_reduce(a, std::move(axes), keepdims, name);
   LMX_CHECK(a.dtype() != Dtype::boolean, name, "is not defined for bool arrays");
-  const bool needs_float = op == detail::ReduceOp::logsumexp;
-  if (needs_float) detail::check_float(a, name);
+  if (op == detail::ReduceOp::logsumexp) detail::check_float(a, name);
+  if (p.single) return reshape(a, p.out_shape);
   const bool needs_elems = op != detail::ReduceOp::sum;
   LMX_CHECK(!needs_elems || p.rows.shape(1) > 0 || p.rows.shape(0) == 0, name, "reduction over an empty axis");
   Array out({p.rows.shape(0)}, a.dtype(), a.device());
@@ -82,6 +88,7 @@ Array mean(const Array& a, std::vector<int> axes, bool keepdims) {
   detail::check_valid(a, "mean");
   detail::check_float(a, "mean");
   Plan p = plan_reduce(a, axes, keepdims, "mean");
+  if (p.single) return reshape(a, p.out_shape);
   LMX_CHECK(p.rows.shape(1) > 0, "mean", "mean over an empty axis");
   // Sum in f32 and divide once, so that a bf16 mean is not the rounding of a bf16 sum.
   Array s({p.rows.shape(0)}, Dtype::f32, a.device());
@@ -99,7 +106,7 @@ Array argmax(const Array& a, int axis, bool keepdims) {
   detail::check_valid(a, "argmax");
   LMX_CHECK(a.ndim() >= 1, "argmax", "needs an array of rank >= 1");
   LMX_CHECK(a.dtype() != Dtype::boolean, "argmax", "is not defined for bool arrays");
-  Plan p = plan_reduce(a, {axis}, keepdims, "argmax");
+  Plan p = plan_reduce(a, {axis}, keepdims, "argmax", /*rows_always=*/true);
   LMX_CHECK(p.rows.shape(1) > 0, "argmax", "argmax over an empty axis");
   Array out({p.rows.shape(0)}, Dtype::i32, a.device());
   detail::kern(a).argmax(p.rows, out);

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <stdexcept>
 
 #include "autograd/autograd.h"
@@ -36,6 +37,28 @@ TEST(TapeTest, ABlockOverAParameterCountsItsGradientOnce) {
       value_and_grad([&] { return sum(checkpoint(block, {x})); }, std::vector{x, w});
   EXPECT_EQ(floats(grads[0]), (std::vector<float>{4, -8, 12}));  // d/dx Σ w·x² = 2·w·x
   EXPECT_EQ(floats(grads[1]), (std::vector<float>{1, 4, 9}));
+}
+
+// The tape keeps what a rule reads, and of an untracked addend only its shape: a frozen
+// projection's output summed with its adapter's is let go when the forward pass drops it.
+// A product's untracked factor is read by its partner's rule, and stays.
+TEST(TapeTest, AnUntrackedAddendIsNotKeptAliveButAFactorIs) {
+  const Array x = from_floats({1, -2, 3}, {3});
+  std::weak_ptr<Storage> addend, factor;
+  const auto [value, grads] = value_and_grad(
+      [&] {
+        Array y;
+        {
+          const Array u = from_floats({10, 20, 30}, {3}), v = from_floats({2, 3, 4}, {3});
+          y = multiply(add(x, u), v);
+          addend = u.storage(), factor = v.storage();
+        }
+        EXPECT_TRUE(addend.expired()) << "the tape holds an addend whose values its rule never reads";
+        EXPECT_FALSE(factor.expired()) << "the product's rule reads v";
+        return sum(y);
+      },
+      std::vector{x});
+  EXPECT_EQ(floats(grads[0]), (std::vector<float>{2, 3, 4}));
 }
 
 TEST(TapeTest, StopGradientCutsThePath) {

@@ -1,4 +1,5 @@
 // Reductions, softmax and matmul against float64 references.
+#include <cmath>
 #include <limits>
 #include <tuple>
 
@@ -91,6 +92,34 @@ TEST(ReduceTest, ArgmaxSkipsNaNAndGivesMinusOneForARowOfNaN) {
   std::vector<float> wide(2 * 4096, nan);
   wide[4096 + 4000] = 1;
   expect_argmax(from_vector(wide, {2, 4096}), {-1, 4000});
+}
+
+// Axes of length 1 reduce nothing: each reduction is its input, reshaped (a gradient summed
+// back over a batch axis of 1 takes this path). A transposed input, ±inf and NaN included.
+TEST(ReduceTest, AxesOfLengthOneGiveTheInputItself) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> v = {1.5f, -2, inf, -inf, nan, 0.25f};
+  for (Device dev : test_devices())
+    for (Dtype t : kFloatDtypes) {
+      const Array a = to_device(astype(from_floats(v, {1, 2, 3}), t), dev);  // [1, 2, 3]
+      const Array at = transpose(a, {0, 2, 1});                                // [1, 3, 2], strided
+      const std::vector<float> vt = {1.5f, -inf, -2, nan, inf, 0.25f};
+      auto same = [&](const Array& got, const Shape& shape, const std::vector<float>& want, const char* what) {
+        EXPECT_EQ(got.shape(), shape) << what;
+        EXPECT_EQ(got.dtype(), t) << what;
+        const std::vector<float> g = to_floats(got);
+        ASSERT_EQ(g.size(), want.size()) << what;
+        for (size_t i = 0; i < g.size(); ++i)
+          EXPECT_TRUE(g[i] == want[i] || (std::isnan(g[i]) && std::isnan(want[i])))
+              << what << " [" << i << "] " << g[i] << " for " << want[i] << " on " << dev.str();
+      };
+      same(sum(a, {0}), {2, 3}, v, "sum");
+      same(max(a, {0}, true), {1, 2, 3}, v, "max keepdims");
+      same(min(at, {0}), {3, 2}, vt, "min of a transposed input");
+      same(mean(a, {0}), {2, 3}, v, "mean");
+      same(logsumexp(at, {0}, true), {1, 3, 2}, vt, "logsumexp");
+      same(sum(reshape(a, {2, 1, 3}), {1}), {2, 3}, v, "sum over a middle axis");
+    }
 }
 
 TEST(ReduceTest, RejectsBadAxesAndDtypes) {
