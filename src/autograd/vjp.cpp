@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "ops/fast.h"
 #include "ops/kernels.h"
+#include "ops/op_util.h"
 
 namespace lmx::autograd {
 namespace {
@@ -16,7 +17,7 @@ namespace {
 using detail::Step;
 
 Array f32(const Array& a) { return astype(a, Dtype::f32); }
-Array lit(double v, const Array& like) { return scalar(v, Dtype::f32, like.device()); }
+Array lit(double v, const Array& like) { return detail::constant(v, Dtype::f32, like.device()); }
 // A bool array as 1.0 and 0.0.
 Array indicator(const Array& cond) { return astype(cond, Dtype::f32); }
 // The gradient for an input `in`: summed back to its shape, in its dtype; none for integers.
@@ -270,7 +271,7 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,
       std::vector<Array> out(2);
       if (need[0])
         out[0] = to_input(
-            slice_update(g, scalar(0, g.dtype(), g.device()), s.start, s.stop, s.step), in[0]);
+            slice_update(g, detail::constant(0, g.dtype(), g.device()), s.start, s.stop, s.step), in[0]);
       if (need[1]) out[1] = to_input(slice(g, s.start, s.stop, s.step), in[1]);
       return out;
     }

@@ -1,6 +1,8 @@
 // Creation ops, host transfer and memory statistics.
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "ops/op_util.h"
 
@@ -15,6 +17,26 @@ Array full(const Shape& shape, double value, Dtype dtype, Device device) {
 Array zeros(const Shape& shape, Dtype dtype, Device device) { return full(shape, 0, dtype, device); }
 Array ones(const Shape& shape, Dtype dtype, Device device) { return full(shape, 1, dtype, device); }
 Array scalar(double value, Dtype dtype, Device device) { return full({}, value, dtype, device); }
+
+Array detail::constant(double value, Dtype dtype, Device device) {
+  struct Entry {
+    uint64_t bits;  // the value's bits: -0.0 and 0.0 differ, a NaN matches itself
+    Dtype dtype;
+    Device device;
+    Array array;
+  };
+  constexpr size_t kMost = 256;
+  static std::mutex mu;
+  static auto* cache = new std::vector<Entry>;  // never freed: no device frees after the backends' teardown
+  uint64_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const std::lock_guard lock(mu);
+  for (const Entry& e : *cache)
+    if (e.bits == bits && e.dtype == dtype && e.device == device) return e.array;
+  Array a = scalar(value, dtype, device);
+  if (cache->size() < kMost) cache->push_back({bits, dtype, device, a});
+  return a;
+}
 
 Array arange(double start, double stop, double step, Dtype dtype, Device device) {
   LMX_CHECK(step != 0, "arange", "step must not be zero");

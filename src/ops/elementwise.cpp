@@ -110,8 +110,8 @@ Array greater(const Array& a, const Array& b) { return binary(BinaryOp::gt, a, b
 Array greater_equal(const Array& a, const Array& b) { return binary(BinaryOp::ge, a, b); }
 Array logical_and(const Array& a, const Array& b) { return binary(BinaryOp::logical_and, a, b); }
 Array logical_or(const Array& a, const Array& b) { return binary(BinaryOp::logical_or, a, b); }
-Array add(const Array& a, double b) { return add(a, scalar(b, a.dtype(), a.device())); }
-Array multiply(const Array& a, double b) { return multiply(a, scalar(b, a.dtype(), a.device())); }
+Array add(const Array& a, double b) { return add(a, detail::constant(b, a.dtype(), a.device())); }
+Array multiply(const Array& a, double b) { return multiply(a, detail::constant(b, a.dtype(), a.device())); }
 Array operator+(const Array& a, const Array& b) { return add(a, b); }
 Array operator-(const Array& a, const Array& b) { return subtract(a, b); }
 Array operator*(const Array& a, const Array& b) { return multiply(a, b); }

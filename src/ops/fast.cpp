@@ -498,8 +498,8 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
   };
   // scores [B, Hq, Lq, Lk]: q·kᵀ rounded to the dtype, then times the f32 scale and
   // rounded again, as PyTorch does for a low-precision tensor times a Python float.
-  const Array scores = astype(multiply(matmul(q, swapaxes(repeat(k), 2, 3)), scalar(scale, Dtype::f32, q.device())),
-                              q.dtype());
+  const Array scale32 = detail::constant(scale, Dtype::f32, q.device());
+  const Array scores = astype(multiply(matmul(q, swapaxes(repeat(k), 2, 3)), scale32), q.dtype());
   // visible [B, 1, Lq, Lk]
   const Array qi = add(reshape(resolve_q_offsets(q, k, mask), {b, 1, 1}),
                        reshape(arange(0, double(lq), 1, Dtype::i32, q.device()), {1, lq, 1}));
@@ -509,12 +509,13 @@ Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& 
   if (mask.window > 0) visible = logical_and(visible, greater(kj, subtract(qi, scalar(double(mask.window), Dtype::i32, q.device()))));
   if (mask.key_valid) visible = logical_and(visible, reshape(*mask.key_valid, {b, 1, lk}));
   visible = reshape(visible, {b, 1, lq, lk});
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  const Array masked = where(visible, astype(scores, Dtype::f32), scalar(neg_inf, Dtype::f32, q.device()));
-  // A row with no visible key would be NaN after softmax; it is defined as zeros.
-  const Array any = greater(max(astype(visible, Dtype::f32), {-1}, true), scalar(0, Dtype::f32, q.device()));
-  const Array probs = where(any, softmax(where(any, masked, scalar(0, Dtype::f32, q.device())), -1),
-                            scalar(0, Dtype::f32, q.device()));
+  // Hidden keys get -1e30, not -inf: exp(-1e30 - max) is exactly 0 in f32 wherever the row
+  // has a visible key, so the probabilities are those of a -inf mask, and a row with none
+  // stays finite, so that one product with `any` makes it the zeros it is defined as. (Two
+  // more selections at [B, Hq, Lq, Lk] did that before, a kernel each way under a tape.)
+  const Array masked = where(visible, astype(scores, Dtype::f32), detail::constant(-1e30, Dtype::f32, q.device()));
+  const Array any = max(astype(visible, Dtype::f32), {-1}, true);  // [B, 1, Lq, 1]: 1 or 0
+  const Array probs = multiply(softmax(masked, -1), any);
   return matmul(astype(probs, q.dtype()), repeat(v));
 }
 

@@ -26,6 +26,12 @@ inline void check_index_dtype(const Array& a, const char* op) {
             dtype_name(a.dtype()));
 }
 
+// A rank-0 array of `value`, shared: the same (value, dtype, device) gives the same array,
+// made once, where scalar() launches a fill each time (a training step's gradient rules
+// asked for some 4,800 of them). Arrays are immutable, so sharing is safe; the cache keeps
+// a bounded number, which live until the process ends. Never pass one to assign().
+Array constant(double value, Dtype dtype, Device device);
+
 // The dtype both operands of a binary op are computed in (NumPy-like, simplified):
 // floats win over integers, two different 16-bit floats meet in f32, integers widen.
 Dtype promote(Dtype a, Dtype b);
