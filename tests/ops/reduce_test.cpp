@@ -57,6 +57,27 @@ INSTANTIATE_TEST_SUITE_P(Ops, ReduceTest,
                                   std::to_string(std::get<1>(info.param));
                          });
 
+// Rows of 2 to 16 columns, which a CUDA thread reduces alone.
+INSTANTIATE_TEST_SUITE_P(ShortRows, ReduceTest,
+                         ::testing::Combine(::testing::ValuesIn(kFloatDtypes), ::testing::Values(2, 7, 16)),
+                         [](const auto& info) {
+                           return dtype_param_name(std::get<0>(info.param)) + "_" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
+
+// A gradient summed back over a grouped-query repeat: [Hkv, rep, L] over rep, many short rows.
+TEST(ReduceTest, ManyShortRowsOverAMiddleAxis) {
+  const int64_t heads = 3, rep = 2, len = 700;
+  for (Device dev : test_devices()) {
+    const Input x = random_input({heads, rep, len}, Dtype::f32, 5, -2, 2, dev);
+    std::vector<double> want(size_t(heads * len));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t r = 0; r < rep; ++r)
+        for (int64_t i = 0; i < len; ++i) want[size_t(h * len + i)] += x.values[size_t((h * rep + r) * len + i)];
+    expect_close(sum(x.array, {1}), want, 1e-6, 1e-6, "sum over the repeat");
+  }
+}
+
 TEST(ReduceTest, AllAxesAndIntegerSum) {
   const Array a = from_vector<int32_t>({1, 2, 3, 4, 5, 6}, {2, 3});
   EXPECT_EQ(to_vector<int32_t>(sum(a)), (std::vector<int32_t>{21}));
