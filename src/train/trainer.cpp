@@ -45,6 +45,13 @@ double evaluate(const models::CausalLM& model, const Dataset& data, int batch_si
   return sum / double(std::max<int64_t>(1, counted));
 }
 
+std::vector<Array> trainable_adapters(models::CausalLM& model) {
+  std::vector<Array> params;
+  for (const auto& [name, a] : models::lora_parameters(model)) params.push_back(*a = copy(*a));
+  LMX_CHECK(!params.empty(), "train", "the model has no adapters to train (attach or load them first)");
+  return params;
+}
+
 void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const Dataset& train,
                 const Dataset* valid, const TrainOptions& o,
                 const std::function<void(const TrainReport&)>& report) {
@@ -52,13 +59,7 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
                 o.report_every > 0 && o.eval_every >= 0 && o.save_every >= 0,
             "train", "needs iters > 0, batch_size > 0, grad_accumulation > 0, learning_rate >= 0 and report_every > 0");
   LMX_CHECK(!train.examples.empty(), "train", "no training examples");
-  std::vector<Array> params;
-  for (const auto& [name, a] : models::lora_parameters(model)) {
-    *a = copy(*a);  // arrays of their own: the optimizer writes into them
-    params.push_back(*a);
-  }
-  LMX_CHECK(!params.empty(), "train",
-            "the model has no adapters to train (attach or load them first)");
+  const std::vector<Array> params = trainable_adapters(model);
   AdamW opt(params, {o.learning_rate, 0.9f, 0.999f, o.adam_epsilon, o.weight_decay});
   // On for this call only, errors included.
   struct Checkpointing {

@@ -48,6 +48,10 @@ double learning_rate_at(const TrainOptions& o, int step);
 // Mean loss a target over `data` (no gradients).
 double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size);
 
+// The model's adapters as the parameters to train, each first made an array of its own, since
+// the optimizer writes into its parameters in place. Fails where the model has none.
+std::vector<Array> trainable_adapters(models::CausalLM& model);
+
 // Trains the adapters already attached to `model` (models::attach_lora or load_lora) on
 // `train`, and writes them to o.adapter_path with `lora` as their config. `report` gets a
 // line every o.report_every steps, at each validation and at the end.

@@ -22,6 +22,7 @@
 #include "runtime/prefill.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
+#include "train/trainer.h"
 
 namespace lmx::cli {
 namespace {
@@ -269,11 +270,9 @@ void run_bench(const BenchArgs& a) {
     // Adapters of rank r (alpha 2r) on every projection, B random so that every product of
     // the backward pass is a real one; the last workload, since it changes the model.
     models::attach_lora(*model, {a.lora_rank, 2.0f * float(a.lora_rank)}, 1);
-    std::vector<Array> params;
-    for (const auto& [name, p] : models::lora_parameters(*model)) {
+    for (const auto& [name, p] : models::lora_parameters(*model))
       if (name.ends_with("lora_B.weight")) *p = random_uniform(p->shape(), 2, -0.01f, 0.01f, p->dtype(), dev);
-      params.push_back(*p = copy(*p));  // arrays of their own: the optimizer writes into them
-    }
+    const std::vector<Array> params = train::trainable_adapters(*model);
     train::AdamW opt(params, {1e-5f, 0.9f, 0.999f, 1e-8f, 0});
     model->set_gradient_checkpointing(a.grad_checkpoint);
     for (int b : a.batch) {
