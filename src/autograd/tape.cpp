@@ -1,11 +1,13 @@
 // The tape: the steps that depend on the parameters, in the order they ran, and the
 // backward pass over them.
 //
-// A value is known by its view: (storage, offset, shape, strides, dtype). Two arrays with
-// the same view hold the same values, since ops never write into their inputs; the tape
-// keeps every array it names alive, so no storage it knows is freed and reused while it
-// records. A step whose output is a view the tape knows already (contiguous() of a
-// contiguous array, an identity transpose) is that value: it is not recorded again.
+// A value is known by its view: (storage id, offset, shape, strides, dtype). Two arrays with
+// the same view hold the same values, since ops never write into their inputs, and a storage's
+// id is never reused, so a value's name stays its own after its memory is freed. That lets the
+// tape keep only what the gradient rules read (vjp_reads): a step keeps each other input and
+// its output as a stand-in of the same shape and dtype over one element, and its name. A
+// step whose output is a view the tape knows already (contiguous() of a contiguous array, an
+// identity transpose) is that value: it is not recorded again.
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -21,7 +23,7 @@ namespace lmx::autograd {
 namespace {
 
 struct Key {
-  const void* storage;
+  uint64_t storage;
   int64_t offset;
   Shape shape;
   Strides strides;
@@ -31,9 +33,7 @@ struct Key {
            std::tie(o.storage, o.offset, o.shape, o.strides, o.dtype);
   }
 };
-Key key_of(const Array& a) {
-  return {a.storage().get(), a.offset(), a.shape(), a.strides(), a.dtype()};
-}
+Key key_of(const Array& a) { return {a.storage()->id, a.offset(), a.shape(), a.strides(), a.dtype()}; }
 
 // Installs a recorder for a scope, and puts back the one before it (also on an exception).
 class Recording {
@@ -63,22 +63,32 @@ class Tape : public detail::Recorder {
   Array recomputed(const Block& fn, const std::vector<Array>& inputs) override { return checkpoint(fn, inputs); }
 
   void add(detail::StepRecord step) override {
-    if (!known_.insert(key_of(step.output)).second) return;  // a value known already
-    // An untracked input whose values the rule does not read is kept as its shape alone, so
-    // that the tape does not hold it alive (a frozen projection's output beside its adapter's
-    // in a sum). Tracked inputs are other steps' outputs, kept by those steps anyway.
-    std::vector<bool> need;
-    for (const Array& a : step.inputs) need.push_back(a.valid() && tracks(a));
+    Node node{.out = key_of(step.output)};
+    if (!known_.insert(node.out).second) return;  // a value known already
+    for (const Array& a : step.inputs) {
+      const bool tracked = a.valid() && tracks(a);
+      node.need.push_back(tracked);
+      node.in.push_back(tracked ? key_of(a) : Key{});
+    }
+    // What the rule does not read is let go: a sum's addends, a frozen projection's input
+    // (its rule reads the weight), a copy's source. What it reads stays with this step.
     for (size_t i = 0; i < step.inputs.size(); ++i)
-      if (!need[i] && step.inputs[i].valid() && !vjp_reads(step, i, need))
-        step.inputs[i] = shape_only(step.inputs[i]);
-    steps_.push_back({std::move(step), nullptr});
+      if (step.inputs[i].valid() && !vjp_reads(step, i, node.need)) step.inputs[i] = shape_only(step.inputs[i]);
+    if (!vjp_reads_output(step)) step.output = shape_only(step.output);
+    node.step = std::move(step);
+    steps_.push_back(std::move(node));
   }
 
   // A checkpointed block: run again from its inputs in the backward pass (checkpoint()).
   void add_replay(std::vector<Array> inputs, const Array& output, Function fn) {
-    known_.insert(key_of(output));
-    steps_.push_back({{detail::Step::copy, 0, std::move(inputs), output, {}}, std::move(fn)});
+    Node node{.out = key_of(output), .replay = std::move(fn)};
+    known_.insert(node.out);
+    for (const Array& a : inputs) {
+      node.need.push_back(tracks(a));
+      node.in.push_back(node.need.back() ? key_of(a) : Key{});
+    }
+    node.step = {detail::Step::copy, 0, std::move(inputs), shape_only(output), {}};
+    steps_.push_back(std::move(node));
   }
 
   // d output / d each of `wrt`, given seed = d loss / d output; an empty array for one the
@@ -93,7 +103,7 @@ class Tape : public detail::Recorder {
     for (size_t i = steps_.size(); i-- > 0;) {
       Node node = std::move(steps_[i]);
       steps_.pop_back();
-      const auto it = grads.find(key_of(node.step.output));
+      const auto it = grads.find(node.out);
       if (it == grads.end()) continue;
       const Array g = it->second;
       if (!wanted.count(it->first)) grads.erase(it);
@@ -101,11 +111,9 @@ class Tape : public detail::Recorder {
         replay(node, g, grads);
         continue;
       }
-      std::vector<bool> need;
-      for (const Array& a : node.step.inputs) need.push_back(a.valid() && tracks(a));
-      const std::vector<Array> in_grads = vjp(node.step, g, need);
+      const std::vector<Array> in_grads = vjp(node.step, g, node.need);
       for (size_t j = 0; j < node.step.inputs.size(); ++j)
-        accumulate(grads, node.step.inputs[j], in_grads[j]);
+        if (node.need[j]) accumulate(grads, node.in[j], node.step.inputs[j], in_grads[j]);
     }
     std::vector<Array> out;
     for (const Array& a : wrt) {
@@ -117,8 +125,11 @@ class Tape : public detail::Recorder {
 
  private:
   struct Node {
-    detail::StepRecord step;
-    Function replay;  // set for a checkpointed block
+    Key out;                 // the output's name
+    std::vector<Key> in;     // each tracked input's name
+    std::vector<bool> need;  // which inputs are tracked
+    detail::StepRecord step;  // the arrays the rule reads; stand-ins for the rest
+    Function replay;          // set for a checkpointed block
   };
 
   // a's shape and dtype over one element: a view with zero strides, never read.
@@ -131,12 +142,13 @@ class Tape : public detail::Recorder {
     return broadcast_to(*it, a.shape());
   }
 
-  void accumulate(std::map<Key, Array>& grads, const Array& input, const Array& g) const {
-    if (!g.valid() || !tracks(input)) return;
+  // g joins the gradient of the value named `key`, of input's shape and dtype.
+  static void accumulate(std::map<Key, Array>& grads, const Key& key, const Array& input, const Array& g) {
+    if (!g.valid()) return;
     LMX_CHECK(g.shape() == input.shape() && g.dtype() == input.dtype(), "value_and_grad",
               "a gradient rule returned ", shape_str(g.shape()), " ", dtype_name(g.dtype()),
               " for an input ", shape_str(input.shape()), " ", dtype_name(input.dtype()));
-    auto [it, fresh] = grads.try_emplace(key_of(input), g);
+    auto [it, fresh] = grads.try_emplace(key, g);
     if (!fresh) it->second = lmx::add(it->second, g);
   }
 
@@ -163,7 +175,7 @@ class Tape : public detail::Recorder {
     // Only what the block reached joins: a replayed layer touches a few of the model's
     // parameters, and adding zeros for the rest cost a launch each on a GPU.
     const std::vector<Array> got = inner.backward(out, g, wrt);
-    for (size_t j = 0; j < wrt.size(); ++j) accumulate(grads, wrt[j], got[j]);
+    for (size_t j = 0; j < wrt.size(); ++j) accumulate(grads, key_of(wrt[j]), wrt[j], got[j]);
   }
 
   std::set<Key> known_;

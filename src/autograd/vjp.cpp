@@ -131,11 +131,12 @@ std::vector<Array> matmul_vjp(const Array& a_in, const Array& b_in, const Array&
 }
 
 Array reduce_rows_vjp(detail::ReduceOp op, const Array& x_in, const Array& out, const Array& g_in) {
-  // x [R, C] -> out [R]
-  const Array x = f32(x_in), g = reshape(f32(g_in), {-1, 1});
-  const Array o = reshape(f32(out), {-1, 1});
+  // x [R, C] -> out [R]; a sum's rule reads neither (the tape may keep their shapes only)
+  const Array g = reshape(f32(g_in), {-1, 1});
+  if (op == detail::ReduceOp::sum) return astype(broadcast_to(g, x_in.shape()), x_in.dtype());
+  const Array x = f32(x_in), o = reshape(f32(out), {-1, 1});
   switch (op) {
-    case detail::ReduceOp::sum: return astype(broadcast_to(g, x.shape()), x_in.dtype());
+    case detail::ReduceOp::sum: break;
     case detail::ReduceOp::max:
     case detail::ReduceOp::min: {  // shared evenly among the tied extremes
       const Array hit = indicator(equal(x, o));
@@ -227,11 +228,16 @@ bool vjp_reads(const detail::StepRecord& st, size_t i, const std::vector<bool>& 
     case Step::slice:
     case Step::slice_update:
     case Step::concatenate: return false;
+    case Step::reduce_rows: return detail::ReduceOp(st.code) != detail::ReduceOp::sum;
     case Step::unary:
-    case Step::reduce_rows:
     case Step::softmax_rows: return true;
   }
   return true;
+}
+
+bool vjp_reads_output(const detail::StepRecord& st) {
+  if (st.step == Step::binary) return BinaryOp(st.code) == BinaryOp::pow;
+  return st.step == Step::reduce_rows && detail::ReduceOp(st.code) != detail::ReduceOp::sum;
 }
 
 std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,

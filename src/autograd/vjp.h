@@ -18,6 +18,8 @@ std::vector<Array> vjp(const detail::StepRecord& step, const Array& g,
 // want gradients; where it does not, its shape and dtype are enough (an addend's values,
 // a slice's source), and the tape need not keep the values alive.
 bool vjp_reads(const detail::StepRecord& step, size_t i, const std::vector<bool>& need);
+// Whether the rule for `step` reads the values of its output (a power's, a max's).
+bool vjp_reads_output(const detail::StepRecord& step);
 
 // g [...] summed over the axes that broadcasting added or stretched, back to `shape`.
 Array unbroadcast(const Array& g, const Shape& shape);

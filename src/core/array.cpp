@@ -1,9 +1,16 @@
 #include "core/array.h"
 
+#include <atomic>
+
 #include "core/allocator.h"
 #include "core/error.h"
 
 namespace lmx {
+
+Storage::Storage() : id([] {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}()) {}
 
 Storage::~Storage() {
   if (owner) owner->release(ptr, bytes);

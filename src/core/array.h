@@ -27,7 +27,10 @@ struct Storage {
   Device device;
   Allocator* owner = nullptr;
   std::shared_ptr<const void> keep;
-  Storage() = default;
+  // A number no other storage of this process has: an identity that stays unique after the
+  // storage is freed and its memory reused (the gradient tape names values by it).
+  const uint64_t id;
+  Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   ~Storage();

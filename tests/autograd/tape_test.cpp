@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <memory>
 #include <stdexcept>
 
@@ -39,26 +40,31 @@ TEST(TapeTest, ABlockOverAParameterCountsItsGradientOnce) {
   EXPECT_EQ(floats(grads[1]), (std::vector<float>{1, 4, 9}));
 }
 
-// The tape keeps what a rule reads, and of an untracked addend only its shape: a frozen
-// projection's output summed with its adapter's is let go when the forward pass drops it.
-// A product's untracked factor is read by its partner's rule, and stays.
-TEST(TapeTest, AnUntrackedAddendIsNotKeptAliveButAFactorIs) {
-  const Array x = from_floats({1, -2, 3}, {3});
-  std::weak_ptr<Storage> addend, factor;
+// The tape keeps only what a rule reads. Here exp's rule reads x; the sum's reads neither
+// addend; the product's reads v (for the tracked side's gradient) but not the sum. So h,
+// u and the sum are let go as soon as the forward pass drops them, and v stays.
+TEST(TapeTest, OnlyWhatARuleReadsIsKeptAlive) {
+  const std::vector<float> xs = {1, -2, 3}, vs = {2, 3, 4};
+  const Array x = from_floats(xs, {3});
+  std::weak_ptr<Storage> tracked, addend, total, factor;
   const auto [value, grads] = value_and_grad(
       [&] {
         Array y;
         {
-          const Array u = from_floats({10, 20, 30}, {3}), v = from_floats({2, 3, 4}, {3});
-          y = multiply(add(x, u), v);
-          addend = u.storage(), factor = v.storage();
+          const Array h = exp(x), u = from_floats({10, 20, 30}, {3}), v = from_floats(vs, {3});
+          const Array s = add(h, u);
+          y = multiply(s, v);
+          tracked = h.storage(), addend = u.storage(), total = s.storage(), factor = v.storage();
         }
-        EXPECT_TRUE(addend.expired()) << "the tape holds an addend whose values its rule never reads";
+        EXPECT_TRUE(tracked.expired()) << "exp's output: its rule reads the input";
+        EXPECT_TRUE(addend.expired()) << "an addend: the sum's rule reads no values";
+        EXPECT_TRUE(total.expired()) << "the product's rule reads v, not the sum";
         EXPECT_FALSE(factor.expired()) << "the product's rule reads v";
         return sum(y);
       },
       std::vector{x});
-  EXPECT_EQ(floats(grads[0]), (std::vector<float>{2, 3, 4}));
+  const std::vector<float> g = floats(grads[0]);  // d/dx Σ v·(eˣ + u) = v·eˣ
+  for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(g[i], vs[i] * std::exp(xs[i]), 1e-5 * std::abs(g[i])) << i;
 }
 
 TEST(TapeTest, StopGradientCutsThePath) {
