@@ -63,13 +63,8 @@ class Tape : public detail::Recorder {
   Array recomputed(const Block& fn, const std::vector<Array>& inputs) override { return checkpoint(fn, inputs); }
 
   void add(detail::StepRecord step) override {
-    Node node{.out = key_of(step.output)};
+    Node node = named(step.inputs, step.output);
     if (!known_.insert(node.out).second) return;  // a value known already
-    for (const Array& a : step.inputs) {
-      const bool tracked = a.valid() && tracks(a);
-      node.need.push_back(tracked);
-      node.in.push_back(tracked ? key_of(a) : Key{});
-    }
     // What the rule does not read is let go: a sum's addends, a frozen projection's input
     // (its rule reads the weight), a copy's source. What it reads stays with this step.
     for (size_t i = 0; i < step.inputs.size(); ++i)
@@ -79,14 +74,12 @@ class Tape : public detail::Recorder {
     steps_.push_back(std::move(node));
   }
 
-  // A checkpointed block: run again from its inputs in the backward pass (checkpoint()).
+  // A checkpointed block: run again from its inputs (kept, since the replay reads them) in
+  // the backward pass (checkpoint()).
   void add_replay(std::vector<Array> inputs, const Array& output, Function fn) {
-    Node node{.out = key_of(output), .replay = std::move(fn)};
+    Node node = named(inputs, output);
     known_.insert(node.out);
-    for (const Array& a : inputs) {
-      node.need.push_back(tracks(a));
-      node.in.push_back(node.need.back() ? key_of(a) : Key{});
-    }
+    node.replay = std::move(fn);
     node.step = {detail::Step::copy, 0, std::move(inputs), shape_only(output), {}};
     steps_.push_back(std::move(node));
   }
@@ -131,6 +124,17 @@ class Tape : public detail::Recorder {
     detail::StepRecord step;  // the arrays the rule reads; stand-ins for the rest
     Function replay;          // set for a checkpointed block
   };
+
+  // A node that names a step's output and its tracked inputs, and says which inputs those are.
+  Node named(const std::vector<Array>& inputs, const Array& output) const {
+    Node node{.out = key_of(output)};
+    for (const Array& a : inputs) {
+      const bool tracked = a.valid() && tracks(a);
+      node.need.push_back(tracked);
+      node.in.push_back(tracked ? key_of(a) : Key{});
+    }
+    return node;
+  }
 
   // a's shape and dtype over one element: a view with zero strides, never read.
   Array shape_only(const Array& a) {
