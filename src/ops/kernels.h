@@ -143,6 +143,17 @@ class Kernels {
     return false;
   }
 
+  // One AdamW update of one parameter, every array contiguous and of one shape: g the
+  // gradient (any float dtype), master, m and v f32, written in place, and param (the master
+  // rounded to its dtype; the master itself where it is f32). The factors are those of
+  // train::AdamW::step, each applied as one f32 operation in its order. False: not fused here.
+  struct AdamWFactors {
+    float beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, inv_bias2, eps;
+  };
+  virtual bool adamw(const Array& /*g*/, const Array& /*master*/, const Array& /*m*/, const Array& /*v*/,
+                     const Array& /*param*/, const AdamWFactors& /*f*/) {
+    return false;
+  }
   // fast::dequantize: w's arrays contiguous on this device -> out [N, K] contiguous float.
   // false where the backend has no kernel: the op then dequantizes on the CPU.
   virtual bool dequantize(const fast::QuantizedMatrix& /*w*/, const Array& /*out*/) { return false; }

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "autograd/autograd.h"
+#include "cuda_available.h"
 #include "core/error.h"
 #include "models/loader.h"
 #include "text/tokenizer.h"
@@ -100,6 +101,25 @@ TEST(AdamWTest, StepsMatchFloat64AndLowPrecisionKeepsAnF32Master) {
     EXPECT_NEAR(got16[i], ref16.p[i], std::ldexp(std::abs(ref16.p[i]), -8) + 1e-6) << i;
   }
   EXPECT_EQ(a.steps(), 6);
+}
+
+// CUDA's fused step (Kernels::adamw) is the composition's f32 operations in their order:
+// the same parameters, to the bit, as the CPU's composition after several steps, for f32 and
+// bf16 parameters and bf16 gradients, with weight decay.
+TEST(AdamWTest, TheFusedCudaStepIsTheCompositionToTheBit) {
+  if (!test::have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused step is CUDA's";
+  const AdamWOptions o{3e-2f, 0.9f, 0.95f, 1e-6f, 0.05f};
+  for (Dtype t : {Dtype::f32, Dtype::bf16}) {
+    const Array start = astype(random_uniform({37, 5}, 3, -1, 1), t);
+    const Array cpu = copy(start), gpu = to_device(start, Device::cuda());
+    AdamW a({cpu}, o), b({gpu}, o);
+    for (int step = 1; step <= 5; ++step) {
+      const Array g = astype(random_uniform({37, 5}, 50 + step, -3, 3), step % 2 ? Dtype::bf16 : Dtype::f32);
+      a.step(std::vector{g}, 1e-2f * float(step));
+      b.step(std::vector{to_device(g, Device::cuda())}, 1e-2f * float(step));
+    }
+    EXPECT_EQ(to_floats(cpu), to_floats(to_device(gpu, Device::cpu()))) << dtype_name(t);
+  }
 }
 
 TEST(AdamWTest, RefusesReadOnlyParametersAndMismatchedGradients) {

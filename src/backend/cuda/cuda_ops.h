@@ -21,6 +21,9 @@ void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out);
 void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, const Array& out);
 void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out);
 void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
+// elementwise.cu: one AdamW update (Kernels::adamw), a launch for what took some 25.
+void adamw(const Context& ctx, const Array& g, const Array& master, const Array& m, const Array& v,
+           const Array& param, const detail::Kernels::AdamWFactors& f);
 // glu_gemm.cu: glu(x·w_gateᵀ, x·w_upᵀ) for x [R, K] and weights [N, K], all contiguous ->
 // [R, N]. As one GEMM on sm_90 for bf16 where R ≥ 256, N % 128 == 0 and K % 64 == 0 up to
 // 1,536; otherwise, up to kPairedRowsUpTo rows, both GEMMs in one launch (matmul_pair) and

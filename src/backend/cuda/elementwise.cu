@@ -227,6 +227,45 @@ void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const A
   });
 }
 
+namespace {
+
+// The composition's f32 operations one by one, rounded each (no contraction into fma), so
+// that a step is the composition's to the bit: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g²,
+// master ← master·decay − (m·step_size) / (√(v·inv_bias2) + ε).
+template <class G, class P>
+__global__ void adamw_kernel(const G* g, float* master, float* m, float* v, P* param, int64_t n,
+                             detail::Kernels::AdamWFactors f) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const float gi = to_float(g[i]);
+    const float mi = __fadd_rn(__fmul_rn(m[i], f.beta1), __fmul_rn(gi, f.one_minus_beta1));
+    const float vi = __fadd_rn(__fmul_rn(v[i], f.beta2), __fmul_rn(__fmul_rn(gi, gi), f.one_minus_beta2));
+    const float update = __fdiv_rn(__fmul_rn(mi, f.step_size), __fadd_rn(__fsqrt_rn(__fmul_rn(vi, f.inv_bias2)), f.eps));
+    const float p = __fsub_rn(__fmul_rn(master[i], f.decay), update);
+    m[i] = mi, v[i] = vi, master[i] = p;
+    if constexpr (!std::is_same_v<P, float>) param[i] = from_float<P>(p);
+  }
+}
+
+}  // namespace
+
+void adamw(const Context& ctx, const Array& g, const Array& master, const Array& m, const Array& v,
+           const Array& param, const detail::Kernels::AdamWFactors& f) {
+  const int64_t n = master.size();
+  if (n == 0) return;
+  visit_device_dtype(g.dtype(), [&](auto g_tag) {
+    using G = decltype(g_tag);
+    visit_device_dtype(param.dtype(), [&](auto p_tag) {
+      using P = decltype(p_tag);
+      if constexpr (kIsFloat<G> && kIsFloat<P>) {
+        adamw_kernel<G, P><<<grid_for(n), kBlock, 0, ctx.stream>>>(
+            static_cast<const G*>(g.raw()), static_cast<float*>(master.raw()), static_cast<float*>(m.raw()),
+            static_cast<float*>(v.raw()), static_cast<P*>(param.raw()), n, f);
+        check_launch("adamw_kernel");
+      }
+    });
+  });
+}
+
 void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out) {
   visit_device_dtype(in.dtype(), [&](auto tag) {
     using T = decltype(tag);

@@ -106,6 +106,11 @@ class CudaKernels final : public detail::Kernels {
                   const Array& out) override {
     cuda::layer_norm(ctx(), x, w, bias, eps, out);
   }
+  bool adamw(const Array& g, const Array& master, const Array& m, const Array& v, const Array& param,
+             const AdamWFactors& f) override {
+    cuda::adamw(ctx(), g, master, m, v, param, f);
+    return true;
+  }
   void glu(fast::GluActivation act, const Array& gate, const Array& up, const Array& out) override {
     cuda::glu(ctx(), act, gate, up, out);
   }
