@@ -33,6 +33,9 @@ def main():
     ap.add_argument("--grad-checkpoint", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, run one more step under torch.profiler and print its device time by kernel "
+                         "to stderr (where the peer's GPU time goes, beside its host-bound step time)")
     args = ap.parse_args()
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).cuda()
@@ -72,8 +75,27 @@ def main():
                      "peer_tok_per_s": b * args.prompt_len / s, "peak_mem_bytes": torch.cuda.max_memory_allocated()})
         print(f"batch {b}: {b * args.prompt_len / s:.0f} tok/s, step {s * 1e3:.1f} ms, "
               f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB", flush=True, file=sys.stderr)
+        if args.profile:
+            print_device_time(step)
     peer = f"transformers {transformers.__version__} + peft {peft.__version__}, torch {torch.__version__}"
     print(json.dumps({"peer": peer, "gpu": torch.cuda.get_device_name(), "results": rows}, indent=2))
+
+
+def print_device_time(step, top=25):
+    """One step under torch.profiler: its kernels' device time in total and the largest by name."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    by_name = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            n, us = by_name.get(e.name, (0, 0.0))
+            by_name[e.name] = (n + 1, us + e.time_range.elapsed_us())
+    total = sum(us for _, us in by_name.values())
+    print(f"  device time {total / 1e3:.1f} ms over {sum(n for n, _ in by_name.values())} kernels", file=sys.stderr)
+    for name, (n, us) in sorted(by_name.items(), key=lambda x: -x[1][1])[:top]:
+        print(f"  {us / 1e3:8.2f} ms {n:6d}  {name[:100]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

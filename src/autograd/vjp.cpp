@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "ops/attention_step.h"
 #include "ops/fast.h"
 #include "ops/kernels.h"
 #include "ops/op_util.h"
@@ -220,6 +221,7 @@ bool vjp_reads(const detail::StepRecord& st, size_t i, const std::vector<bool>& 
     case Step::take:
     case Step::take_along_axis: return i == 1;  // the indices; the source by shape
     case Step::quantized_matmul: return i != 0;  // the packed weight; x by shape
+    case Step::attention: return true;           // P is made again from q and k
     case Step::astype:
     case Step::copy:
     case Step::reshape:
@@ -292,6 +294,7 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,
       }
       return out;
     }
+    case Step::attention: return detail::attention_vjp(st, g);
     case Step::quantized_matmul: {
       // x [..., K]·Wᵀ -> g [..., N]: dx = g·W with W dequantized for this product only.
       const fast::QuantizedMatrix w{in[1], in[2], in[3], int(st.args.at(0)), int(st.args.at(1))};

@@ -8,6 +8,7 @@
 #include <limits>
 #include <optional>
 
+#include "ops/attention_step.h"
 #include "ops/op_util.h"
 
 namespace lmx::fast {
@@ -131,28 +132,21 @@ void check_self_attention_args(const Array& q, const Array& k, const Array& v, c
   check_rope_heads_args(k, a.inv_freq, a.offsets, a.k_norm);
 }
 
-// self_attention as the ops it fuses: the fast ones, or the reference ones.
-Array compose_self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a, bool ref) {
-  Array (*rope)(const Array&, const Array&, const Array&, const HeadNorm*) = ref ? reference::rope_heads : rope_heads;
+// self_attention as the ops it fuses: the fast ones, the reference ones, or (under a tape)
+// the reference norms and RoPE around attention as one step.
+enum class Composed { fast, reference, tracked };
+Array compose_self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a, Composed how) {
+  Array (*rope)(const Array&, const Array&, const Array&, const HeadNorm*) =
+      how == Composed::fast ? rope_heads : reference::rope_heads;
   Array (*sdpa)(const Array&, const Array&, const Array&, float, const AttentionMask&) =
-      ref ? reference::scaled_dot_product_attention : scaled_dot_product_attention;
+      how == Composed::fast        ? scaled_dot_product_attention
+      : how == Composed::reference ? reference::scaled_dot_product_attention
+                                   : detail::attention_step;
   AttentionMask mask;
   mask.window = a.window;
   const Array o = sdpa(rope(q, a.inv_freq, a.offsets, a.q_norm), rope(k, a.inv_freq, a.offsets, a.k_norm),
                        contiguous(swapaxes(v, 1, 2)), a.scale, mask);  // [B, Hq, L, D]
   return swapaxes(o, 1, 2);
-}
-
-// Query-row offsets for the masks: Lk - Lq for every batch row unless given.
-Array resolve_q_offsets(const Array& q, const Array& k, const AttentionMask& mask) {
-  const int64_t b = q.shape(0);
-  if (mask.q_offsets) {
-    const Array& o = *mask.q_offsets;
-    LMX_CHECK(o.valid() && o.dtype() == Dtype::i32 && o.ndim() == 1 && o.shape(0) == b,
-              "scaled_dot_product_attention", "q_offsets must be int32 of shape [", b, "]");
-    return o;
-  }
-  return full({b}, double(k.shape(2) - q.shape(2)), Dtype::i32, q.device());
 }
 
 void check_attention_args(const Array& q, const Array& k, const Array& v, const AttentionMask& mask) {
@@ -291,7 +285,7 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
       SelfAttention b = a;
       b.q_norm = qn ? &*qn : nullptr;
       b.k_norm = kn ? &*kn : nullptr;
-      return compose_self_attention(in[0], in[1], in[2], b, true);
+      return compose_self_attention(in[0], in[1], in[2], b, Composed::tracked);
     };
     return detail::recorder()->recomputed(block, {q, k, v});
   }
@@ -306,7 +300,7 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
                                                     a.q_norm ? a.q_norm->style : RmsNormStyle::llama, a.scale,
                                                     a.window, out))
     return out;
-  return compose_self_attention(q, k, v, a, false);
+  return compose_self_attention(q, k, v, a, Composed::fast);
 }
 
 AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
@@ -327,8 +321,8 @@ AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float 
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
                                    const AttentionMask& mask) {
   check_attention_args(q, k, v, mask);
-  if (detail::any_tracked({&q, &k, &v})) return reference::scaled_dot_product_attention(q, k, v, scale, mask);
-  const Array q_off = contiguous(resolve_q_offsets(q, k, mask));
+  if (detail::any_tracked({&q, &k, &v})) return detail::attention_step(q, k, v, scale, mask);
+  const Array q_off = contiguous(detail::resolve_q_offsets(q, k, mask));
   Array out(q.shape(), q.dtype(), q.device());
   // k and v may be views into a larger preallocated cache: only the last axis must be dense.
   auto dense_last = [](const Array& a) { return a.strides()[3] == 1 ? a : contiguous(a); };
@@ -412,7 +406,7 @@ namespace reference {
 
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
   check_self_attention_args(q, k, v, a);
-  return compose_self_attention(q, k, v, a, true);
+  return compose_self_attention(q, k, v, a, Composed::reference);
 }
 
 Array glu(const Array& gate, const Array& up, GluActivation act) {
@@ -489,34 +483,9 @@ AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float 
 Array scaled_dot_product_attention(const Array& q, const Array& k, const Array& v, float scale,
                                    const AttentionMask& mask) {
   check_attention_args(q, k, v, mask);
-  const int64_t b = q.shape(0), hq = q.shape(1), lq = q.shape(2), hkv = k.shape(1), lk = k.shape(2),
-                d = q.shape(3);
-  const int64_t rep = hq / hkv;
-  // GQA as HF's repeat_kv: each kv head repeated `rep` times, contiguously. [B, Hq, Lk, D]
-  auto repeat = [&](const Array& t) {
-    return reshape(broadcast_to(reshape(t, {b, hkv, 1, lk, d}), {b, hkv, rep, lk, d}), {b, hq, lk, d});
-  };
-  // scores [B, Hq, Lq, Lk]: q·kᵀ rounded to the dtype, then times the f32 scale and
-  // rounded again, as PyTorch does for a low-precision tensor times a Python float.
-  const Array scale32 = detail::constant(scale, Dtype::f32, q.device());
-  const Array scores = astype(multiply(matmul(q, swapaxes(repeat(k), 2, 3)), scale32), q.dtype());
-  // visible [B, 1, Lq, Lk]
-  const Array qi = add(reshape(resolve_q_offsets(q, k, mask), {b, 1, 1}),
-                       reshape(arange(0, double(lq), 1, Dtype::i32, q.device()), {1, lq, 1}));
-  const Array kj = reshape(arange(0, double(lk), 1, Dtype::i32, q.device()), {1, 1, lk});
-  Array visible = full({b, lq, lk}, 1, Dtype::boolean, q.device());
-  if (mask.causal) visible = logical_and(visible, less_equal(kj, qi));
-  if (mask.window > 0) visible = logical_and(visible, greater(kj, subtract(qi, scalar(double(mask.window), Dtype::i32, q.device()))));
-  if (mask.key_valid) visible = logical_and(visible, reshape(*mask.key_valid, {b, 1, lk}));
-  visible = reshape(visible, {b, 1, lq, lk});
-  // Hidden keys get -1e30, not -inf: exp(-1e30 - max) is exactly 0 in f32 wherever the row
-  // has a visible key, so the probabilities are those of a -inf mask, and a row with none
-  // stays finite, so that one product with `any` makes it the zeros it is defined as. (Two
-  // more selections at [B, Hq, Lq, Lk] did that before, a kernel each way under a tape.)
-  const Array masked = where(visible, astype(scores, Dtype::f32), detail::constant(-1e30, Dtype::f32, q.device()));
-  const Array any = max(astype(visible, Dtype::f32), {-1}, true);  // [B, 1, Lq, 1]: 1 or 0
-  const Array probs = multiply(softmax(masked, -1), any);
-  return matmul(astype(probs, q.dtype()), repeat(v));
+  // probabilities [B, Hq, Lq, Lk], rounded to the dtype, times v with its heads repeated
+  const Array probs = detail::attention_probabilities(q, k, scale, mask);
+  return matmul(astype(probs, q.dtype()), detail::repeat_heads(v, q.shape(1)));
 }
 
 }  // namespace reference

@@ -143,6 +143,23 @@ class Kernels {
     return false;
   }
 
+  // The tracked fast::scaled_dot_product_attention (ops/attention_step.cpp): attention as its
+  // composition rounds it (scores and probabilities in the dtype, softmax in f32), and its
+  // gradient from the output's gradient g, the probabilities made again. q, g, out and dq
+  // [B, Hq, Lq, D], k, v, dk and dv [B, Hkv, Lk, D], all contiguous; q_offsets [B] i32,
+  // key_valid [B, Lk] bool or null. False: not here, nothing written (the ops then run).
+  virtual bool eager_attention(const Array& /*q*/, const Array& /*k*/, const Array& /*v*/, float /*scale*/,
+                               bool /*causal*/, int64_t /*window*/, const Array& /*q_offsets*/,
+                               const Array* /*key_valid*/, const Array& /*out*/) {
+    return false;
+  }
+  virtual bool eager_attention_grad(const Array& /*q*/, const Array& /*k*/, const Array& /*v*/, const Array& /*g*/,
+                                    float /*scale*/, bool /*causal*/, int64_t /*window*/, const Array& /*q_offsets*/,
+                                    const Array* /*key_valid*/, const Array& /*dq*/, const Array& /*dk*/,
+                                    const Array& /*dv*/) {
+    return false;
+  }
+
   // One AdamW update of one parameter, every array contiguous and of one shape: g the
   // gradient (any float dtype), master, m and v f32, written in place, and param (the master
   // rounded to its dtype; the master itself where it is f32). The factors are those of

@@ -38,6 +38,7 @@ enum class Step : uint8_t {
   slice_update,      // inputs: a, update; args as slice
   concatenate,       // args: {axis}
   quantized_matmul,  // inputs: x, packed, scales, biases; args: {bits, group_size}
+  attention,         // inputs: q, k, v, q_offsets[, key_valid]; args: {causal, window, scale's bits}
 };
 
 struct StepRecord {

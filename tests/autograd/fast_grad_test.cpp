@@ -2,6 +2,7 @@
 // central differences of float64 forwards written from the models' math.
 #include <cmath>
 
+#include "cuda_available.h"
 #include "grad_harness.h"
 #include "ops/fast.h"
 
@@ -229,6 +230,45 @@ TEST(FastGradTest, CausalAttentionWithGroupedHeadsAndAWindow) {
                      return fast::scaled_dot_product_attention(x[0], x[1], x[2], scale);
                    },
                    [=](const std::vector<HT>& x) { return sdpa_ref(x[0], x[1], x[2], scale); }});
+}
+
+// On CUDA a tracked attention is cuBLAS products around two row kernels
+// (Kernels::eager_attention and eager_attention_grad); on the CPU, the composition's ops.
+// At a training step's proportions in bf16 (64-wide heads, two query heads a kv head, 80
+// positions), with a window and with padded keys, both give the same loss and gradients to
+// within bf16's rounding.
+TEST(FastGradTest, AttentionOnCudaIsTheCpusCompositionInBf16) {
+  if (!have_cuda()) GTEST_SKIP() << "no CUDA device visible: the fused attention gradient is CUDA's";
+  const float scale = 0.125f;
+  const Array q = astype(random_uniform({2, 4, 80, 64}, 1, -2, 2), Dtype::bf16),
+              k = astype(random_uniform({2, 2, 80, 64}, 2, -2, 2), Dtype::bf16),
+              v = astype(random_uniform({2, 2, 80, 64}, 3, -2, 2), Dtype::bf16),
+              r = random_uniform({2, 4, 80, 64}, 4, -1, 1);
+  // Row 1's first 7 keys are padding. [2, 80]
+  const Array key_valid = greater_equal(reshape(arange(0, 80, 1, Dtype::i32), {1, 80}),
+                                        reshape(from_vector(std::vector<int32_t>{0, 7}, {2}), {2, 1}));
+  for (const int64_t window : {int64_t(0), int64_t(24)}) {
+    SCOPED_TRACE("window " + std::to_string(window));
+    auto run = [&](Device d) {
+      const std::vector<Array> x{to_device(q, d), to_device(k, d), to_device(v, d)};
+      fast::AttentionMask mask;
+      mask.window = window;
+      mask.key_valid = to_device(key_valid, d);
+      const Array rd = to_device(r, d);
+      return autograd::value_and_grad(
+          [&] { return sum(multiply(fast::scaled_dot_product_attention(x[0], x[1], x[2], scale, mask), rd)); }, x);
+    };
+    const auto cpu = run(Device::cpu()), gpu = run(Device::cuda());
+    EXPECT_NEAR(item(gpu.value), item(cpu.value), 1e-2 * (1 + std::abs(item(cpu.value))));
+    for (size_t i = 0; i < 3; ++i) {
+      const std::vector<float> want = to_floats(cpu.grads[i]), got = to_floats(gpu.grads[i]);
+      double err = 0, norm = 0;
+      for (size_t j = 0; j < want.size(); ++j)
+        err += (got[j] - want[j]) * double(got[j] - want[j]), norm += want[j] * double(want[j]);
+      EXPECT_LT(std::sqrt(err / norm), 2e-2) << "input " << i;
+      EXPECT_GT(norm, 0) << "input " << i;
+    }
+  }
 }
 
 TEST(FastGradTest, SelfAttentionWithQkNorms) {

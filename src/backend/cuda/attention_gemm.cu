@@ -6,10 +6,15 @@
 //
 // Each GEMM batch is one kv head of one sequence: with GQA the query heads that share it
 // are consecutive in q [B, Hq, Lq, D], so they are one matrix of rep*Lq rows.
+//
+// The same pieces give a tape's attention (ops/attention_step.cpp) its forward and its
+// gradient: five products and two row kernels, where the composition's rules made a dozen
+// passes over [B, Hq, Lq, Lk] in f32.
 #include <algorithm>
 #include <cstdlib>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/gemm.h"
 
 namespace lmx::cuda {
@@ -77,6 +82,30 @@ __global__ void masked_softmax_kernel(T* s, SoftmaxParams p, int lanes) {
   for (int64_t j = sub + int64_t(lanes) * kKept; j < lk; j += lanes) x[j] = prob(expo(score(j)));
 }
 
+// The softmax's gradient through the scale, in place: dp [R, Lk] (the probabilities'
+// gradient) becomes dS = scale · p ∘ (dp − Σ_j p_j dp_j), the gradient of the raw scores,
+// rounded to T; p [R, Lk] as masked_softmax_kernel left it (zeros at hidden keys, so that
+// their dS is zero too). Rows take `lanes` lanes as there.
+template <class T>
+__global__ void softmax_grad_kernel(const T* p, T* dp, int64_t rows, int64_t lk, float scale, int lanes) {
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
+  const int sub = threadIdx.x % lanes;
+  const int64_t n = row < rows ? lk : 0;  // lanes past the end still join the shuffles
+  const T* pr = p + row * lk;
+  T* dr = dp + row * lk;
+  float dot = 0;
+  for (int64_t j = sub; j < n; j += lanes) dot += to_float(pr[j]) * to_float(dr[j]);
+  for (int o = lanes / 2; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  for (int64_t j = sub; j < n; j += lanes) dr[j] = from_float<T>(scale * to_float(pr[j]) * (to_float(dr[j]) - dot));
+}
+
+// Lanes a row of `lk` scores takes in the two kernels above.
+int row_lanes(int64_t lk) {
+  int lanes = 1;
+  while (lanes < 32 && lanes * kKept < lk) lanes *= 2;
+  return lanes;
+}
+
 cudaDataType_t blas_dtype(Dtype t) {
   return t == Dtype::f32 ? CUDA_R_32F : t == Dtype::f16 ? CUDA_R_16F : CUDA_R_16BF;
 }
@@ -85,11 +114,17 @@ cudaDataType_t blas_dtype(Dtype t) {
 
 bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
                        int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out) {
+  // Worth it for many query rows; eager_attention takes any.
+  return q.shape(2) >= 8 && eager_attention(ctx, q, k, v, scale, causal, window, q_offsets, key_valid, out);
+}
+
+bool eager_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                     int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out) {
   const int64_t nb = q.shape(0), hq = q.shape(1), lq = q.shape(2), d = q.shape(3);
   const int64_t hkv = k.shape(1), lk = k.shape(2), rep = hq / hkv, item = int64_t(itemsize(q.dtype()));
-  // Worth it for many query rows. Each (sequence, kv head) must be one stride away from the
-  // next so that one strided-batched call covers them.
-  if (lq < 8) return false;
+  // Each (sequence, kv head) must be one stride away from the next so that one
+  // strided-batched call covers them.
+  if (q.size() == 0 || lk == 0) return false;
   // The stride from one (sequence, kv head) to the next. With one kv head (Gemma 3) that is
   // the sequence stride: the stride of a dimension of size 1 can be anything.
   const int64_t k_step = hkv == 1 ? k.strides()[0] : k.strides()[1];
@@ -113,8 +148,7 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
   Array s({nb * hkv, m, lk}, q.dtype(), q.device());
   const cudaDataType_t t = blas_dtype(q.dtype());
   const int64_t q_step = rep * lq * d;  // from one (sequence, kv head) to the next in q and out
-  int lanes = 1;
-  while (lanes < 32 && lanes * kKept < lk) lanes *= 2;
+  const int lanes = row_lanes(lk);
   for (int64_t h = 0; h < (whole ? 1 : rep); ++h)
     for (int64_t r0 = 0; r0 < lq; r0 += band) {
       const int64_t rows = whole ? m : std::min(band, lq - r0);
@@ -149,6 +183,71 @@ bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const
       values.c = op, values.ldc = d, values.stride_c = q_step;
       gemm(ctx, values, "attention values");
     }
+  return true;
+}
+
+// The gradient of the attention above, as the composition's rules give it with P made again:
+// per (sequence, kv head), with its rep query heads as M = rep·Lq rows (so that the sums over
+// a group's query heads fall inside the products):
+//   P  = masked softmax of Q·Kᵀ (the forward's kernel)   [M, Lk]
+//   dP = G·Vᵀ, then dS = scale · P ∘ (dP − rowsum(P ∘ dP)) in place   [M, Lk]
+//   dQ = dS·K [M, D], dK = dSᵀ·Q [Lk, D], dV = Pᵀ·G [Lk, D]
+// Two [B·Hkv, M, Lk] buffers in the dtype; where they would pass 512 MiB each, false.
+bool eager_attention_grad(const Context& ctx, const Array& q, const Array& k, const Array& v, const Array& g,
+                          float scale, bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
+                          const Array& dq, const Array& dk, const Array& dv) {
+  const int64_t nb = q.shape(0), hq = q.shape(1), lq = q.shape(2), d = q.shape(3);
+  const int64_t hkv = k.shape(1), lk = k.shape(2), rep = hq / hkv, m = rep * lq;
+  const int64_t bytes = nb * hkv * m * lk * int64_t(itemsize(q.dtype()));
+  if (q.size() == 0 || lk == 0 || bytes > (int64_t(512) << 20)) return false;
+  for (int64_t x : {m, lk, d, nb * hkv})
+    if (x > INT32_MAX) return false;
+  Array s({nb * hkv, m, lk}, q.dtype(), q.device()), ds(s.shape(), q.dtype(), q.device());
+  const cudaDataType_t t = blas_dtype(q.dtype());
+  const int lanes = row_lanes(lk);
+  const int64_t rows = nb * hkv * m;
+  const unsigned blocks = unsigned((rows * lanes + kBlock - 1) / kBlock);
+  // S [M, Lk] = Q·Kᵀ, as Sᵀ = (Kᵀ)ᵀ·Qᵀ in column-major terms; dP = G·Vᵀ alike.
+  auto rows_by_keys = [&](const Array& a, const Array& b, const Array& c, const char* what) {
+    Gemm p;
+    p.op_a = CUBLAS_OP_T, p.op_b = CUBLAS_OP_N, p.m = lk, p.n = m, p.k = d, p.batch = nb * hkv, p.type = t;
+    p.a = b.raw(), p.lda = d, p.stride_a = lk * d;
+    p.b = a.raw(), p.ldb = d, p.stride_b = m * d;
+    p.c = c.raw(), p.ldc = lk, p.stride_c = m * lk;
+    gemm(ctx, p, what);
+  };
+  rows_by_keys(q, k, s, "attention gradient: scores");
+  const SoftmaxParams sp{rows, lq, lk, rep, hkv, scale, causal, window, q_offsets.data<int32_t>(),
+                         key_valid ? key_valid->data<bool>() : nullptr, 0, m};
+  rows_by_keys(g, v, ds, "attention gradient: dP");
+  visit_device_dtype(q.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (kIsFloat<T>) {
+      masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), sp, lanes);
+      check_launch("masked_softmax_kernel");
+      softmax_grad_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<const T*>(s.raw()),
+                                                                static_cast<T*>(ds.raw()), rows, lk, scale, lanes);
+      check_launch("softmax_grad_kernel");
+    }
+  });
+  // dQ [M, D] = dS·K: dQᵀ = Kᵀ·dSᵀ.
+  Gemm pq;
+  pq.m = d, pq.n = m, pq.k = lk, pq.batch = nb * hkv, pq.type = t;
+  pq.a = k.raw(), pq.lda = d, pq.stride_a = lk * d;
+  pq.b = ds.raw(), pq.ldb = lk, pq.stride_b = m * lk;
+  pq.c = dq.raw(), pq.ldc = d, pq.stride_c = m * d;
+  gemm(ctx, pq, "attention gradient: dQ");
+  // dK [Lk, D] = dSᵀ·Q and dV = Pᵀ·G: dKᵀ = Qᵀ·dS, summed over the group's M rows.
+  auto keys_by_cols = [&](const Array& a, const Array& b, const Array& c, const char* what) {
+    Gemm p;
+    p.op_a = CUBLAS_OP_N, p.op_b = CUBLAS_OP_T, p.m = d, p.n = lk, p.k = m, p.batch = nb * hkv, p.type = t;
+    p.a = b.raw(), p.lda = d, p.stride_a = m * d;
+    p.b = a.raw(), p.ldb = lk, p.stride_b = m * lk;
+    p.c = c.raw(), p.ldc = d, p.stride_c = lk * d;
+    gemm(ctx, p, what);
+  };
+  keys_by_cols(ds, q, dk, "attention gradient: dK");
+  keys_by_cols(s, g, dv, "attention gradient: dV");
   return true;
 }
 

@@ -128,6 +128,13 @@ bool flash_attention(const Context& ctx, const Array& q, const Array& k, const A
 // nothing done) where that path does not apply.
 bool attention_by_gemm(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
                        int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
+// The same for any number of query rows (Kernels::eager_attention), and its gradient
+// (Kernels::eager_attention_grad): dq, dk, dv from the output's gradient g, all contiguous.
+bool eager_attention(const Context& ctx, const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                     int64_t window, const Array& q_offsets, const Array* key_valid, const Array& out);
+bool eager_attention_grad(const Context& ctx, const Array& q, const Array& k, const Array& v, const Array& g,
+                          float scale, bool causal, int64_t window, const Array& q_offsets, const Array* key_valid,
+                          const Array& dq, const Array& dk, const Array& dv);
 
 // fused_decoder.cpp: nullptr for weights the fused kernels do not read (not bf16), or for
 // a batch of `rows` sequences they cannot step (more than 8, or shapes the batched GEMV

@@ -142,6 +142,15 @@ class CudaKernels final : public detail::Kernels {
                     fast::RmsNormStyle style, const Array& sum, const Array& normed) override {
     return cuda::add_rms_norm(ctx(), x, y, y_w, w, eps, style, sum, normed);
   }
+  bool eager_attention(const Array& q, const Array& k, const Array& v, float scale, bool causal, int64_t window,
+                       const Array& q_offsets, const Array* key_valid, const Array& out) override {
+    return cuda::eager_attention(ctx(), q, k, v, scale, causal, window, q_offsets, key_valid, out);
+  }
+  bool eager_attention_grad(const Array& q, const Array& k, const Array& v, const Array& g, float scale, bool causal,
+                            int64_t window, const Array& q_offsets, const Array* key_valid, const Array& dq,
+                            const Array& dk, const Array& dv) override {
+    return cuda::eager_attention_grad(ctx(), q, k, v, g, scale, causal, window, q_offsets, key_valid, dq, dk, dv);
+  }
   void attention(const Array& q, const Array& k, const Array& v, float scale, bool causal,
                  int64_t window, const Array& q_offsets, const Array* key_valid,
                  const Array& out) override {
