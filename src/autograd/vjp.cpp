@@ -10,6 +10,7 @@
 #include "ops/attention_step.h"
 #include "ops/fast.h"
 #include "ops/kernels.h"
+#include "ops/fused_steps.h"
 #include "ops/op_util.h"
 
 namespace lmx::autograd {
@@ -222,6 +223,8 @@ bool vjp_reads(const detail::StepRecord& st, size_t i, const std::vector<bool>& 
     case Step::take_along_axis: return i == 1;  // the indices; the source by shape
     case Step::quantized_matmul: return i != 0;  // the packed weight; x by shape
     case Step::attention: return true;           // P is made again from q and k
+    case Step::rms_norm: return true;
+    case Step::rope: return i != 0;  // x by shape; the angles' inputs
     case Step::astype:
     case Step::copy:
     case Step::reshape:
@@ -295,6 +298,8 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,
       return out;
     }
     case Step::attention: return detail::attention_vjp(st, g);
+    case Step::rms_norm: return detail::rms_norm_vjp(st, g, need);
+    case Step::rope: return detail::rope_vjp(st, g);
     case Step::quantized_matmul: {
       // x [..., K]·Wᵀ -> g [..., N]: dx = g·W with W dequantized for this product only.
       const fast::QuantizedMatrix w{in[1], in[2], in[3], int(st.args.at(0)), int(st.args.at(1))};

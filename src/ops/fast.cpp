@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "ops/attention_step.h"
+#include "ops/fused_steps.h"
 #include "ops/op_util.h"
 
 namespace lmx::fast {
@@ -135,9 +136,16 @@ void check_self_attention_args(const Array& q, const Array& k, const Array& v, c
 // self_attention as the ops it fuses: the fast ones, the reference ones, or (under a tape)
 // the reference norms and RoPE around attention as one step.
 enum class Composed { fast, reference, tracked };
+// reference::rope_heads with the norm as one step.
+Array tracked_rope_heads(const Array& x, const Array& inv_freq, const Array& offsets, const HeadNorm* norm) {
+  const Array h = norm ? detail::rms_norm_step(x, norm->weight, norm->eps, norm->style) : x;
+  return detail::rope_step(swapaxes(h, 1, 2), inv_freq, offsets);
+}
 Array compose_self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a, Composed how) {
   Array (*rope)(const Array&, const Array&, const Array&, const HeadNorm*) =
-      how == Composed::fast ? rope_heads : reference::rope_heads;
+      how == Composed::fast        ? rope_heads
+      : how == Composed::reference ? reference::rope_heads
+                                   : tracked_rope_heads;
   Array (*sdpa)(const Array&, const Array&, const Array&, float, const AttentionMask&) =
       how == Composed::fast        ? scaled_dot_product_attention
       : how == Composed::reference ? reference::scaled_dot_product_attention
@@ -178,8 +186,9 @@ void check_attention_args(const Array& q, const Array& k, const Array& v, const 
 
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style) {
   check_norm_args(x, weight, "rms_norm");
-  // Under a gradient tape the fused ops run as their compositions, whose steps each have a gradient.
-  if (detail::any_tracked({&x, &weight})) return reference::rms_norm(x, weight, eps, style);
+  // Under a gradient tape most fused ops run as their compositions, whose steps each have a
+  // gradient; the norm is one step with a rule of its own (ops/norm_step.h).
+  if (detail::any_tracked({&x, &weight})) return detail::rms_norm_step(x, weight, eps, style);
   const Array xc = contiguous(x);
   Array out(x.shape(), x.dtype(), x.device());
   detail::kern(x).rms_norm(xc, contiguous(weight), eps, style, out);
@@ -237,7 +246,7 @@ std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array
 
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   check_rope_args(x, inv_freq, offsets);
-  if (detail::any_tracked({&x})) return reference::rope(x, inv_freq, offsets);
+  if (detail::any_tracked({&x})) return detail::rope_step(x, inv_freq, offsets);
   Array out(x.shape(), x.dtype(), x.device());
   detail::kern(x).rope(contiguous(x), contiguous(inv_freq), contiguous(offsets), out);
   return out;
@@ -306,8 +315,10 @@ Array self_attention(const Array& q, const Array& k, const Array& v, const SelfA
 AddNorm add_rms_norm(const Array& x, const Array& y, const Array& weight, float eps, RmsNormStyle style,
                      const Array* y_weight) {
   check_add_norm_args(x, y, weight, y_weight);
-  if (detail::any_tracked({&x, &y, &weight, y_weight}))
-    return reference::add_rms_norm(x, y, weight, eps, style, y_weight);
+  if (detail::any_tracked({&x, &y, &weight, y_weight})) {
+    const Array sum = add(x, y_weight ? detail::rms_norm_step(y, *y_weight, eps, style) : y);
+    return {sum, detail::rms_norm_step(sum, weight, eps, style)};
+  }
   AddNorm r{Array(x.shape(), x.dtype(), x.device()), Array(x.shape(), x.dtype(), x.device())};
   const Array yw = y_weight ? contiguous(*y_weight) : Array();
   if (detail::kern(x).add_rms_norm(contiguous(x), contiguous(y), y_weight ? &yw : nullptr, contiguous(weight), eps,

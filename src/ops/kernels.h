@@ -143,6 +143,12 @@ class Kernels {
     return false;
   }
 
+  // The tracked fast::rms_norm's gradient for x (ops/fused_steps.cpp): x, g (the output's
+  // gradient) and dx [R, D] contiguous in x's dtype, w [D]. False: not here (the ops then run).
+  virtual bool rms_norm_grad(const Array& /*x*/, const Array& /*w*/, const Array& /*g*/, float /*eps*/,
+                             fast::RmsNormStyle /*style*/, const Array& /*dx*/) {
+    return false;
+  }
   // The tracked fast::scaled_dot_product_attention (ops/attention_step.cpp): attention as its
   // composition rounds it (scores and probabilities in the dtype, softmax in f32), and its
   // gradient from the output's gradient g, the probabilities made again. q, g, out and dq

@@ -39,6 +39,8 @@ enum class Step : uint8_t {
   concatenate,       // args: {axis}
   quantized_matmul,  // inputs: x, packed, scales, biases; args: {bits, group_size}
   attention,         // inputs: q, k, v, q_offsets[, key_valid]; args: {causal, window, scale's bits}
+  rms_norm,          // inputs: x, weight; code: RmsNormStyle; args: {eps's bits}
+  rope,              // inputs: x, inv_freq, offsets
 };
 
 struct StepRecord {

@@ -34,11 +34,11 @@ struct SoftmaxParams {
 // Softmax over the rows of S [B*Hkv, rep*Lq, Lk], in place: scores become probabilities.
 // Each row takes `lanes` lanes (a power of two, at most a warp) and each lane keeps its
 // first kKept scores, then their exponentials, in registers: for Lk up to lanes * kKept
-// (classification's short prompts) S is read once, exp runs once per score, and a warp
-// serves several rows, which keeps enough loads in flight.
-constexpr int kKept = 4;
-
-template <class T>
+// S is read once, exp runs once per score, and a warp serves several rows, which keeps
+// enough loads in flight. Four for classification's short prompts; sixteen past 128 keys
+// (a training step's 512-token rows: with four, each score past the kept ones was read
+// three times, and the kernel ran at a quarter of the copy rate).
+template <class T, int kKept>
 __global__ void masked_softmax_kernel(T* s, SoftmaxParams p, int lanes) {
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
   const int sub = threadIdx.x % lanes;
@@ -86,24 +86,54 @@ __global__ void masked_softmax_kernel(T* s, SoftmaxParams p, int lanes) {
 // gradient) becomes dS = scale · p ∘ (dp − Σ_j p_j dp_j), the gradient of the raw scores,
 // rounded to T; p [R, Lk] as masked_softmax_kernel left it (zeros at hidden keys, so that
 // their dS is zero too). Rows take `lanes` lanes as there.
-template <class T>
+// Each lane keeps its first kKept pairs (p, dp) in registers, as the softmax does.
+template <class T, int kKept>
 __global__ void softmax_grad_kernel(const T* p, T* dp, int64_t rows, int64_t lk, float scale, int lanes) {
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
   const int sub = threadIdx.x % lanes;
   const int64_t n = row < rows ? lk : 0;  // lanes past the end still join the shuffles
   const T* pr = p + row * lk;
   T* dr = dp + row * lk;
-  float dot = 0;
-  for (int64_t j = sub; j < n; j += lanes) dot += to_float(pr[j]) * to_float(dr[j]);
+  float kp[kKept], kd[kKept], dot = 0;
+  for (int t = 0; t < kKept; ++t) {
+    const int64_t j = sub + int64_t(lanes) * t;
+    kp[t] = j < n ? to_float(pr[j]) : 0.0f;
+    kd[t] = j < n ? to_float(dr[j]) : 0.0f;
+    dot += kp[t] * kd[t];
+  }
+  for (int64_t j = sub + int64_t(lanes) * kKept; j < n; j += lanes) dot += to_float(pr[j]) * to_float(dr[j]);
   for (int o = lanes / 2; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-  for (int64_t j = sub; j < n; j += lanes) dr[j] = from_float<T>(scale * to_float(pr[j]) * (to_float(dr[j]) - dot));
+  for (int t = 0; t < kKept; ++t) {
+    const int64_t j = sub + int64_t(lanes) * t;
+    if (j < n) dr[j] = from_float<T>(scale * kp[t] * (kd[t] - dot));
+  }
+  for (int64_t j = sub + int64_t(lanes) * kKept; j < n; j += lanes)
+    dr[j] = from_float<T>(scale * to_float(pr[j]) * (to_float(dr[j]) - dot));
 }
 
-// Lanes a row of `lk` scores takes in the two kernels above.
-int row_lanes(int64_t lk) {
-  int lanes = 1;
-  while (lanes < 32 && lanes * kKept < lk) lanes *= 2;
-  return lanes;
+// Scores a lane keeps in the two kernels above, and the lanes a row of `lk` takes.
+struct RowSplit {
+  int kept, lanes;
+};
+RowSplit row_split(int64_t lk) {
+  RowSplit r{lk > 128 ? 16 : 4, 1};
+  while (r.lanes < 32 && r.lanes * r.kept < lk) r.lanes *= 2;
+  return r;
+}
+
+void masked_softmax(const Context& ctx, Dtype t, const Array& s, const SoftmaxParams& p, RowSplit split) {
+  const unsigned blocks = unsigned((p.rows * split.lanes + kBlock - 1) / kBlock);
+  visit_device_dtype(t, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (kIsFloat<T>) {
+      T* x = static_cast<T*>(s.raw());
+      if (split.kept == 16)
+        masked_softmax_kernel<T, 16><<<blocks, kBlock, 0, ctx.stream>>>(x, p, split.lanes);
+      else
+        masked_softmax_kernel<T, 4><<<blocks, kBlock, 0, ctx.stream>>>(x, p, split.lanes);
+    }
+  });
+  check_launch("masked_softmax_kernel");
 }
 
 cudaDataType_t blas_dtype(Dtype t) {
@@ -148,7 +178,7 @@ bool eager_attention(const Context& ctx, const Array& q, const Array& k, const A
   Array s({nb * hkv, m, lk}, q.dtype(), q.device());
   const cudaDataType_t t = blas_dtype(q.dtype());
   const int64_t q_step = rep * lq * d;  // from one (sequence, kv head) to the next in q and out
-  const int lanes = row_lanes(lk);
+  const RowSplit split = row_split(lk);
   for (int64_t h = 0; h < (whole ? 1 : rep); ++h)
     for (int64_t r0 = 0; r0 < lq; r0 += band) {
       const int64_t rows = whole ? m : std::min(band, lq - r0);
@@ -167,13 +197,7 @@ bool eager_attention(const Context& ctx, const Array& q, const Array& k, const A
       // r0.. of one head; the softmax's row stride through S is m either way.
       SoftmaxParams p{nb * hkv * m, whole ? lq : m, lk, whole ? rep : 1, hkv, scale, causal, window,
                       q_offsets.data<int32_t>(), key_valid ? key_valid->data<bool>() : nullptr, r0, rows};
-      const unsigned blocks = unsigned((p.rows * lanes + kBlock - 1) / kBlock);
-      visit_device_dtype(q.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        if constexpr (kIsFloat<T>)
-          masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), p, lanes);
-      });
-      check_launch("masked_softmax_kernel");
+      masked_softmax(ctx, q.dtype(), s, p, split);
       // O [rows, D] = P·V is Oᵀ [D, rows] = Vᵀ·Pᵀ.
       Gemm values;
       values.op_a = CUBLAS_OP_N, values.op_b = CUBLAS_OP_N, values.m = d, values.n = rows, values.k = lk;
@@ -204,9 +228,8 @@ bool eager_attention_grad(const Context& ctx, const Array& q, const Array& k, co
     if (x > INT32_MAX) return false;
   Array s({nb * hkv, m, lk}, q.dtype(), q.device()), ds(s.shape(), q.dtype(), q.device());
   const cudaDataType_t t = blas_dtype(q.dtype());
-  const int lanes = row_lanes(lk);
+  const RowSplit split = row_split(lk);
   const int64_t rows = nb * hkv * m;
-  const unsigned blocks = unsigned((rows * lanes + kBlock - 1) / kBlock);
   // S [M, Lk] = Q·Kᵀ, as Sᵀ = (Kᵀ)ᵀ·Qᵀ in column-major terms; dP = G·Vᵀ alike.
   auto rows_by_keys = [&](const Array& a, const Array& b, const Array& c, const char* what) {
     Gemm p;
@@ -220,16 +243,20 @@ bool eager_attention_grad(const Context& ctx, const Array& q, const Array& k, co
   const SoftmaxParams sp{rows, lq, lk, rep, hkv, scale, causal, window, q_offsets.data<int32_t>(),
                          key_valid ? key_valid->data<bool>() : nullptr, 0, m};
   rows_by_keys(g, v, ds, "attention gradient: dP");
+  masked_softmax(ctx, q.dtype(), s, sp, split);
+  const unsigned blocks = unsigned((rows * split.lanes + kBlock - 1) / kBlock);
   visit_device_dtype(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (kIsFloat<T>) {
-      masked_softmax_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<T*>(s.raw()), sp, lanes);
-      check_launch("masked_softmax_kernel");
-      softmax_grad_kernel<T><<<blocks, kBlock, 0, ctx.stream>>>(static_cast<const T*>(s.raw()),
-                                                                static_cast<T*>(ds.raw()), rows, lk, scale, lanes);
-      check_launch("softmax_grad_kernel");
+      const T* pp = static_cast<const T*>(s.raw());
+      T* d = static_cast<T*>(ds.raw());
+      if (split.kept == 16)
+        softmax_grad_kernel<T, 16><<<blocks, kBlock, 0, ctx.stream>>>(pp, d, rows, lk, scale, split.lanes);
+      else
+        softmax_grad_kernel<T, 4><<<blocks, kBlock, 0, ctx.stream>>>(pp, d, rows, lk, scale, split.lanes);
     }
   });
+  check_launch("softmax_grad_kernel");
   // dQ [M, D] = dS·K: dQᵀ = Kᵀ·dSᵀ.
   Gemm pq;
   pq.m = d, pq.n = m, pq.k = lk, pq.batch = nb * hkv, pq.type = t;

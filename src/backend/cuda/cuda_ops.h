@@ -91,6 +91,9 @@ void edit_counted(const Context& ctx, const Array& x, const Array& out, const Ar
 // norm.cu
 void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out);
+// Its gradient for x (Kernels::rms_norm_grad): x, g, dx [R, D] contiguous in one dtype, w [D].
+void rms_norm_grad(const Context& ctx, const Array& x, const Array& w, const Array& g, float eps,
+                   fast::RmsNormStyle style, const Array& dx);
 void layer_norm(const Context& ctx, const Array& x, const Array& w, const Array* bias, float eps,
                 const Array& out);
 // norm.cu: the residual add fused with the next RMSNorm; false where the vectorised

@@ -142,6 +142,11 @@ class CudaKernels final : public detail::Kernels {
                     fast::RmsNormStyle style, const Array& sum, const Array& normed) override {
     return cuda::add_rms_norm(ctx(), x, y, y_w, w, eps, style, sum, normed);
   }
+  bool rms_norm_grad(const Array& x, const Array& w, const Array& g, float eps, fast::RmsNormStyle style,
+                     const Array& dx) override {
+    cuda::rms_norm_grad(ctx(), x, w, g, eps, style, dx);
+    return true;
+  }
   bool eager_attention(const Array& q, const Array& k, const Array& v, float scale, bool causal, int64_t window,
                        const Array& q_offsets, const Array* key_valid, const Array& out) override {
     return cuda::eager_attention(ctx(), q, k, v, scale, causal, window, q_offsets, key_valid, out);

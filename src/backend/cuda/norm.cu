@@ -314,7 +314,55 @@ void run_norm(const Context& ctx, const Array& x, const Array& w, const Array* b
   });
 }
 
+// The RMSNorm's gradient for x from g [R, D] (the output's gradient), in f32: with r the
+// inverse RMS and n = x·r, dn = g·w (Llama) or g·(1 + w) (Gemma), dx = r·(dn − n·mean(dn·n))
+// = r·dn − x·r³·Σ(dn·x)/D; the roundings of the forward pass as identities, as the
+// composition's rules take them.
+template <bool kGemma, class T, class W>
+__global__ void rms_norm_grad_kernel(const T* x_all, const W* w, const T* g_all, T* dx_all, int64_t d, float eps) {
+  const T* x = x_all + int64_t(blockIdx.x) * d;
+  const T* g = g_all + int64_t(blockIdx.x) * d;
+  T* dx = dx_all + int64_t(blockIdx.x) * d;
+  auto dn = [&](int64_t i) { return to_float(g[i]) * (kGemma ? 1.0f + to_float(w[i]) : to_float(w[i])); };
+  float ss = 0, dot = 0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = to_float(x[i]);
+    ss += v * v, dot += dn(i) * v;
+  }
+  ss = block_reduce(ss, Sum{});
+  dot = block_reduce(dot, Sum{});
+  const float r = 1.0f / ::sqrtf(ss / float(d) + eps), c = r * r * dot / float(d);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dx[i] = from_float<T>(r * (dn(i) - to_float(x[i]) * c));
+}
+
 }  // namespace
+
+void rms_norm_grad(const Context& ctx, const Array& x, const Array& w, const Array& g, float eps,
+                   fast::RmsNormStyle style, const Array& dx) {
+  const int64_t d = x.shape(-1);
+  if (d == 0 || x.size() == 0) return;
+  const int64_t rows = x.size() / d;
+  LMX_CHECK(rows <= int64_t(INT32_MAX), "rms_norm", rows, " rows are too many for one launch on cuda");
+  visit_device_dtype(x.dtype(), [&](auto xt) {
+    using T = decltype(xt);
+    visit_device_dtype(w.dtype(), [&](auto wt) {
+      using W = decltype(wt);
+      if constexpr (kIsFloat<T> && kIsFloat<W>) {
+        auto launch = [&](auto kernel) {
+          kernel<<<unsigned(rows), row_block(d), 0, ctx.stream>>>(static_cast<const T*>(x.raw()),
+                                                                 static_cast<const W*>(w.raw()),
+                                                                 static_cast<const T*>(g.raw()),
+                                                                 static_cast<T*>(dx.raw()), d, eps);
+        };
+        if (style == fast::RmsNormStyle::gemma)
+          launch(rms_norm_grad_kernel<true, T, W>);
+        else
+          launch(rms_norm_grad_kernel<false, T, W>);
+        check_launch("rms_norm_grad_kernel");
+      }
+    });
+  });
+}
 
 void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out) {

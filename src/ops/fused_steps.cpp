@@ -1,0 +1,72 @@
+// RMSNorm and RoPE under a gradient tape as one step each: see fused_steps.h.
+#include "ops/fused_steps.h"
+
+#include <bit>
+
+#include "ops/op_util.h"
+
+namespace lmx::detail {
+
+Array rms_norm_step(const Array& x, const Array& weight, float eps, fast::RmsNormStyle style) {
+  const OpRecord record;  // the ops below are the step's own: the tape sees one
+  Array out(x.shape(), x.dtype(), x.device());
+  kern(x).rms_norm(contiguous(x), contiguous(weight), eps, style, out);
+  record(Step::rms_norm, {x, weight}, out, int(style), {int64_t(std::bit_cast<uint32_t>(eps))});
+  return out;
+}
+
+std::vector<Array> rms_norm_vjp(const StepRecord& st, const Array& g_in, const std::vector<bool>& need) {
+  const Array x = contiguous(st.inputs.at(0)), w = contiguous(st.inputs.at(1));
+  const auto style = fast::RmsNormStyle(st.code);
+  const bool gemma = style == fast::RmsNormStyle::gemma;
+  const float eps = std::bit_cast<float>(uint32_t(st.args.at(0)));
+  const Array g = contiguous(astype(g_in, x.dtype()));
+  // In f32, made only where the ops need them: r the inverse RMS [..., 1], n = x·r.
+  Array g32, r, n;
+  auto f32_terms = [&] {
+    if (n.valid()) return;
+    const Array x32 = astype(x, Dtype::f32);
+    g32 = astype(g, Dtype::f32);
+    r = rsqrt(add(mean(square(x32), {-1}, true), double(eps)));
+    n = multiply(x32, r);
+  };
+  std::vector<Array> grads(2);
+  if (need.at(0)) {
+    Array dx(x.shape(), x.dtype(), x.device());
+    if (!kern(x).rms_norm_grad(x, w, g, eps, style, dx)) {
+      // dn = g·w (Llama) or g·(1 + w) (Gemma); dx = r·(dn − n·mean(dn·n)).
+      f32_terms();
+      const Array w32 = astype(w, Dtype::f32), dn = multiply(g32, gemma ? add(w32, 1.0) : w32);
+      dx = astype(multiply(r, subtract(dn, multiply(n, mean(multiply(dn, n), {-1}, true)))), x.dtype());
+    }
+    grads[0] = dx;
+  }
+  if (need.at(1)) {
+    // Llama multiplies the weight by n rounded to the dtype; Gemma by n itself.
+    f32_terms();
+    const Array by = gemma ? n : astype(astype(n, x.dtype()), Dtype::f32);
+    const int64_t d = x.shape(-1);
+    grads[1] = astype(sum(reshape(multiply(g32, by), {-1, d}), {0}), w.dtype());
+  }
+  return grads;
+}
+
+Array rope_step(const Array& x, const Array& inv_freq, const Array& offsets) {
+  const OpRecord record;
+  Array out(x.shape(), x.dtype(), x.device());
+  kern(x).rope(contiguous(x), contiguous(inv_freq), contiguous(offsets), out);
+  record(Step::rope, {x, inv_freq, offsets}, out);
+  return out;
+}
+
+std::vector<Array> rope_vjp(const StepRecord& st, const Array& g) {
+  // Each pair (x1, x2) turns by θ: (x1·c − x2·s, x2·c + x1·s). The gradient turns g back by
+  // −θ, and −θ = position · (−inv_freq) exactly, whose cosines are the same and sines negated.
+  const Array& x = st.inputs.at(0);
+  const Array back = neg(contiguous(st.inputs.at(1)));
+  Array dx(x.shape(), x.dtype(), x.device());
+  kern(x).rope(contiguous(astype(g, x.dtype())), back, contiguous(st.inputs.at(2)), dx);
+  return {dx, Array(), Array()};
+}
+
+}  // namespace lmx::detail

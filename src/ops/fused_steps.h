@@ -1,0 +1,30 @@
+// RMSNorm and RoPE under a gradient tape as one step each (the tracked fast::rms_norm,
+// fast::add_rms_norm, fast::rope, and the norms and RoPE of fast::self_attention).
+//
+// Why: as compositions, a norm (f32 copy, square, mean, rsqrt, two products, two roundings)
+// and a RoPE (its angles, cos and sin, two slices, a negation, a concatenation, two
+// products and a sum) were about ten steps each under a tape, a kernel each way over
+// [rows, D], most in f32; with attention as one step they led a LoRA step's GPU time. As
+// one step, each runs the backend's forward kernel, and its rule one kernel: the norm's
+// for x's gradient (the weight's, where a tape wants it, by ops); RoPE's is RoPE itself at
+// the negated angles, since a rotation's gradient is the inverse rotation.
+#pragma once
+
+#include <vector>
+
+#include "ops/fast.h"
+#include "ops/tape.h"
+
+namespace lmx::detail {
+
+// fast::rms_norm's values (arguments checked by the caller), recorded as one Step::rms_norm.
+Array rms_norm_step(const Array& x, const Array& weight, float eps, fast::RmsNormStyle style);
+// Step::rms_norm's rule: the gradients of x and of the weight, as `need` asks.
+std::vector<Array> rms_norm_vjp(const StepRecord& st, const Array& g, const std::vector<bool>& need);
+
+// fast::rope's values (arguments checked by the caller), recorded as one Step::rope.
+Array rope_step(const Array& x, const Array& inv_freq, const Array& offsets);
+// Step::rope's rule: x's gradient (none for the frequencies and offsets).
+std::vector<Array> rope_vjp(const StepRecord& st, const Array& g);
+
+}  // namespace lmx::detail
