@@ -65,6 +65,23 @@ Array unary_vjp(UnaryOp op, const Array& x_in, const Array& g_in) {
   fail("value_and_grad", "no gradient for unary op ", int(op));
 }
 
+// glu(gate, up) = round(act(gate))·up: one kernel for both gradients where the backend has
+// it, else act's rule times up, and round(act(gate)) times the output's gradient.
+std::vector<Array> glu_vjp(fast::GluActivation act, const Array& gate, const Array& up, const Array& g_in,
+                           const std::vector<bool>& need) {
+  const Array g = contiguous(astype(g_in, gate.dtype()));
+  Array dg(gate.shape(), gate.dtype(), gate.device()), du(up.shape(), up.dtype(), up.device());
+  if (gate.dtype() == up.dtype() &&
+      detail::kern(gate).glu_grad(act, contiguous(gate), contiguous(up), g, dg, du))
+    return {dg, du};
+  const bool silu_act = act == fast::GluActivation::silu;
+  if (need.at(0))
+    dg = astype(unary_vjp(silu_act ? UnaryOp::silu : UnaryOp::gelu_tanh, gate, multiply(f32(g), f32(up))),
+                gate.dtype());
+  if (need.at(1)) du = astype(multiply(g, silu_act ? silu(gate) : gelu_tanh(gate)), up.dtype());
+  return {need[0] ? dg : Array(), need[1] ? du : Array()};
+}
+
 std::vector<Array> binary_vjp(BinaryOp op, const Array& a_in, const Array& b_in, const Array& out,
                               const Array& g_in, const std::vector<bool>& need) {
   // The operands in f32, made only where a rule reads them: a sum's gradient needs none, and
@@ -225,6 +242,7 @@ bool vjp_reads(const detail::StepRecord& st, size_t i, const std::vector<bool>& 
     case Step::attention: return true;           // P is made again from q and k
     case Step::rms_norm: return true;
     case Step::rope: return i != 0;  // x by shape; the angles' inputs
+    case Step::glu: return true;
     case Step::astype:
     case Step::copy:
     case Step::reshape:
@@ -300,6 +318,7 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,
     case Step::attention: return detail::attention_vjp(st, g);
     case Step::rms_norm: return detail::rms_norm_vjp(st, g, need);
     case Step::rope: return detail::rope_vjp(st, g);
+    case Step::glu: return glu_vjp(fast::GluActivation(st.code), in[0], in[1], g, need);
     case Step::quantized_matmul: {
       // x [..., K]·Wᵀ -> g [..., N]: dx = g·W with W dequantized for this product only.
       const fast::QuantizedMatrix w{in[1], in[2], in[3], int(st.args.at(0)), int(st.args.at(1))};

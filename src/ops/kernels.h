@@ -143,6 +143,12 @@ class Kernels {
     return false;
   }
 
+  // The tracked fast::glu's gradient (autograd/vjp.cpp): d_gate and d_up from the output's
+  // gradient d, all contiguous in gate's dtype. False: not here (the ops then run).
+  virtual bool glu_grad(fast::GluActivation /*act*/, const Array& /*gate*/, const Array& /*up*/, const Array& /*d*/,
+                        const Array& /*d_gate*/, const Array& /*d_up*/) {
+    return false;
+  }
   // The tracked fast::rms_norm's gradient for x (ops/fused_steps.cpp): x, g (the output's
   // gradient) and dx [R, D] contiguous in x's dtype, w [D]. False: not here (the ops then run).
   virtual bool rms_norm_grad(const Array& /*x*/, const Array& /*w*/, const Array& /*g*/, float /*eps*/,

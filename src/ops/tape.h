@@ -41,6 +41,7 @@ enum class Step : uint8_t {
   attention,         // inputs: q, k, v, q_offsets[, key_valid]; args: {causal, window, scale's bits}
   rms_norm,          // inputs: x, weight; code: RmsNormStyle; args: {eps's bits}
   rope,              // inputs: x, inv_freq, offsets
+  glu,               // inputs: gate, up; code: GluActivation
 };
 
 struct StepRecord {

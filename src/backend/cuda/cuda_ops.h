@@ -21,6 +21,10 @@ void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out);
 void binary(const Context& ctx, BinaryOp op, const Array& a, const Array& b, const Array& out);
 void where(const Context& ctx, const Array& cond, const Array& a, const Array& b, const Array& out);
 void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out);
+// Its gradient (Kernels::glu_grad): d_gate and d_up from the output's gradient d, all
+// contiguous in gate's dtype.
+void glu_grad(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& d,
+              const Array& d_gate, const Array& d_up);
 // elementwise.cu: one AdamW update (Kernels::adamw), a launch for what took some 25.
 void adamw(const Context& ctx, const Array& g, const Array& master, const Array& m, const Array& v,
            const Array& param, const detail::Kernels::AdamWFactors& f);

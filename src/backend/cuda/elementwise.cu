@@ -205,7 +205,71 @@ __global__ void glu_kernel(const T* gate, const T* up, T* out, int64_t n, bool v
     out[i] = from_float<T>(gated<T, Op>(to_float(gate[i]), to_float(up[i])));
 }
 
+// glu's gradient from the output's gradient d: d_up = d·round(act(g)), d_gate =
+// d·u·act'(g), in f32 (the activation's derivative as vjp.cpp's rule for it writes it).
+template <class T, UnaryOp Op>
+__device__ __forceinline__ void gated_grad(float g, float u, float d, float& dg, float& du) {
+  float a, da;
+  if constexpr (Op == UnaryOp::silu) {
+    const float s = 1.0f / (1.0f + __expf(-g));
+    a = g * s, da = s * (1.0f + g * (1.0f - s));
+  } else {
+    constexpr float c = 0.7978845608028654f, k = 0.044715f;
+    const float t = tanhf(c * (g + k * g * g * g));
+    a = 0.5f * g * (1.0f + t), da = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * c * (1.0f + 3 * k * g * g);
+  }
+  du = d * round_to<T>(a), dg = d * u * da;
+}
+
+// d_gate, d_up = gated_grad over contiguous arrays, 16 bytes per load where `vectors`.
+template <class T, UnaryOp Op>
+__global__ void glu_grad_kernel(const T* gate, const T* up, const T* d, T* d_gate, T* d_up, int64_t n,
+                                bool vectors) {
+  constexpr int kE = kVecElems<T>;
+  if (vectors) {
+    for (int64_t i = global_thread() * kE; i < n; i += grid_threads() * kE) {
+      float g[kE], u[kE], dd[kE];
+      load_vec(gate + i, g);
+      load_vec(up + i, u);
+      load_vec(d + i, dd);
+      for (int e = 0; e < kE; ++e) gated_grad<T, Op>(g[e], u[e], dd[e], g[e], u[e]);
+      store_vec(d_gate + i, g);
+      store_vec(d_up + i, u);
+    }
+    return;
+  }
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    float dg, du;
+    gated_grad<T, Op>(to_float(gate[i]), to_float(up[i]), to_float(d[i]), dg, du);
+    d_gate[i] = from_float<T>(dg), d_up[i] = from_float<T>(du);
+  }
+}
+
 }  // namespace
+
+void glu_grad(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& d,
+              const Array& d_gate, const Array& d_up) {
+  const int64_t n = gate.size();
+  if (n == 0) return;
+  visit_device_dtype(gate.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (kIsFloat<T>) {
+      const bool vectors = n % kVecElems<T> == 0 && aligned16(gate) && aligned16(up) && aligned16(d) &&
+                           aligned16(d_gate) && aligned16(d_up);
+      const unsigned blocks = grid_for(vectors ? n / kVecElems<T> : n);
+      auto run = [&](auto kernel) {
+        kernel<<<blocks, kBlock, 0, ctx.stream>>>(static_cast<const T*>(gate.raw()), static_cast<const T*>(up.raw()),
+                                                  static_cast<const T*>(d.raw()), static_cast<T*>(d_gate.raw()),
+                                                  static_cast<T*>(d_up.raw()), n, vectors);
+      };
+      if (act == fast::GluActivation::silu)
+        run(glu_grad_kernel<T, UnaryOp::silu>);
+      else
+        run(glu_grad_kernel<T, UnaryOp::gelu_tanh>);
+      check_launch("glu_grad_kernel");
+    }
+  });
+}
 
 void glu(const Context& ctx, fast::GluActivation act, const Array& gate, const Array& up, const Array& out) {
   const int64_t n = out.size();

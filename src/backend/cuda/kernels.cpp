@@ -142,6 +142,11 @@ class CudaKernels final : public detail::Kernels {
                     fast::RmsNormStyle style, const Array& sum, const Array& normed) override {
     return cuda::add_rms_norm(ctx(), x, y, y_w, w, eps, style, sum, normed);
   }
+  bool glu_grad(fast::GluActivation act, const Array& gate, const Array& up, const Array& d, const Array& d_gate,
+                const Array& d_up) override {
+    cuda::glu_grad(ctx(), act, gate, up, d, d_gate, d_up);
+    return true;
+  }
   bool rms_norm_grad(const Array& x, const Array& w, const Array& g, float eps, fast::RmsNormStyle style,
                      const Array& dx) override {
     cuda::rms_norm_grad(ctx(), x, w, g, eps, style, dx);
