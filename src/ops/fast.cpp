@@ -247,6 +247,28 @@ std::pair<Array, Array> linear_pair(const Array& x, const Array& w0, const Array
   return reference::linear_pair(x, w0, w1);
 }
 
+Array cross_entropy_rows(const Array& logits, const Array& targets) {
+  const char* op = "cross_entropy_rows";
+  detail::check_valid(logits, op, "logits");
+  detail::check_valid(targets, op, "targets");
+  detail::check_float(logits, op);
+  detail::check_same_device(logits, targets, op);
+  LMX_CHECK(logits.ndim() == 2 && targets.ndim() == 1 && targets.shape(0) == logits.shape(0) &&
+                targets.dtype() == Dtype::i32 && logits.shape(1) > 0,
+            op, "expects logits [R, V] and int32 targets [R], got ", shape_str(logits.shape()), " and ",
+            dtype_name(targets.dtype()), " ", shape_str(targets.shape()));
+  const Array x = contiguous(logits), t = contiguous(targets);
+  const detail::OpRecord record;  // under a tape one step (Step::cross_entropy_rows)
+  Array loss({x.shape(0)}, Dtype::f32, x.device());
+  if (!detail::kern(x).cross_entropy_rows(x, t, loss)) {
+    const Array x32 = astype(x, Dtype::f32);
+    loss = subtract(reshape(logsumexp(x32, {-1}, true), {-1}),
+                    reshape(take_along_axis(x32, reshape(t, {-1, 1}), -1), {-1}));
+  }
+  record(detail::Step::cross_entropy_rows, {logits, targets}, loss);
+  return loss;
+}
+
 Array rope(const Array& x, const Array& inv_freq, const Array& offsets) {
   check_rope_args(x, inv_freq, offsets);
   if (detail::any_tracked({&x})) return detail::rope_step(x, inv_freq, offsets);

@@ -122,6 +122,12 @@ struct AttentionMask {
   std::optional<Array> key_valid;  // [B, Lk] bool: false masks a padded key
 };
 
+// Each row's cross-entropy against its target: logits [R, V] float, targets [R] int32 in
+// [0, V) (not checked: a training loss validates its targets once) -> [R] f32,
+// log Σ_j exp(x_rj) − x_r,t_r. One kernel where the backend has it; under a tape one step
+// whose rule makes the softmax again (g_r · (softmax − onehot), zero where g_r is zero).
+Array cross_entropy_rows(const Array& logits, const Array& targets);
+
 // q [B, Hq, Lq, D], k and v [B, Hkv, Lk, D] with Hq % Hkv == 0 (GQA: query head h uses
 // kv head h / (Hq/Hkv)). Scores q·kᵀ·scale plus mask, softmax in f32, cast to q's dtype
 // before multiplying by v (HF eager). Rows whose every key is masked give zeros.

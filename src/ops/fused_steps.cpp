@@ -69,4 +69,19 @@ std::vector<Array> rope_vjp(const StepRecord& st, const Array& g) {
   return {dx, Array(), Array()};
 }
 
+std::vector<Array> cross_entropy_rows_vjp(const StepRecord& st, const Array& g_in) {
+  const Array logits = contiguous(st.inputs.at(0)), targets = contiguous(st.inputs.at(1));
+  const Array g = contiguous(astype(g_in, Dtype::f32));  // [R]
+  Array d(logits.shape(), logits.dtype(), logits.device());
+  if (!kern(logits).cross_entropy_rows_grad(logits, targets, g, d)) {
+    const int64_t r = logits.shape(0), v = logits.shape(1);
+    const Array hit = equal(reshape(targets, {r, 1}), reshape(arange(0, double(v), 1, Dtype::i32, g.device()), {1, v}));
+    const Array gr = reshape(g, {r, 1});
+    const Array x = softmax(astype(logits, Dtype::f32), -1);
+    const Array zero = constant(0, Dtype::f32, g.device());
+    d = astype(where(not_equal(gr, zero), multiply(gr, subtract(x, astype(hit, Dtype::f32))), zero), logits.dtype());
+  }
+  return {d, Array()};
+}
+
 }  // namespace lmx::detail

@@ -27,4 +27,8 @@ Array rope_step(const Array& x, const Array& inv_freq, const Array& offsets);
 // Step::rope's rule: x's gradient (none for the frequencies and offsets).
 std::vector<Array> rope_vjp(const StepRecord& st, const Array& g);
 
+// Step::cross_entropy_rows's rule: the logits' gradient, g_r · (softmax(x_r) − onehot(t_r)),
+// zero in a row whose g_r is zero (a row the loss leaves out, whatever its logits hold).
+std::vector<Array> cross_entropy_rows_vjp(const StepRecord& st, const Array& g);
+
 }  // namespace lmx::detail

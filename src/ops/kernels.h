@@ -143,6 +143,15 @@ class Kernels {
     return false;
   }
 
+  // fast::cross_entropy_rows and its gradient (ops/fused_steps.cpp): logits [R, V] and
+  // d_logits contiguous, targets [R] i32 in [0, V), loss and g [R] f32. False: not here.
+  virtual bool cross_entropy_rows(const Array& /*logits*/, const Array& /*targets*/, const Array& /*loss*/) {
+    return false;
+  }
+  virtual bool cross_entropy_rows_grad(const Array& /*logits*/, const Array& /*targets*/, const Array& /*g*/,
+                                       const Array& /*d_logits*/) {
+    return false;
+  }
   // The tracked fast::glu's gradient (autograd/vjp.cpp): d_gate and d_up from the output's
   // gradient d, all contiguous in gate's dtype. False: not here (the ops then run).
   virtual bool glu_grad(fast::GluActivation /*act*/, const Array& /*gate*/, const Array& /*up*/, const Array& /*d*/,

@@ -42,6 +42,7 @@ enum class Step : uint8_t {
   rms_norm,          // inputs: x, weight; code: RmsNormStyle; args: {eps's bits}
   rope,              // inputs: x, inv_freq, offsets
   glu,               // inputs: gate, up; code: GluActivation
+  cross_entropy_rows,  // inputs: logits [R, V], targets [R]
 };
 
 struct StepRecord {

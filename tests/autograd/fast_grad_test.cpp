@@ -1,5 +1,6 @@
 // The fused ops' gradients (each runs as its composition under a tape) against float64
 // central differences of float64 forwards written from the models' math.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda_available.h"
@@ -269,6 +270,28 @@ TEST(FastGradTest, AttentionOnCudaIsTheCpusCompositionInBf16) {
       EXPECT_GT(norm, 0) << "input " << i;
     }
   }
+}
+
+TEST(FastGradTest, CrossEntropyRowsAgainstTheirTargets) {
+  const std::vector<int32_t> targets{0, 6, 3, 3, 1};
+  check_gradients({"cross_entropy_rows",
+                   {{5, 7}},
+                   -3,
+                   3,
+                   [&](const std::vector<Array>& x) {
+                     return fast::cross_entropy_rows(x[0], from_vector(targets, {5}, x[0].device()));
+                   },
+                   [&](const std::vector<HT>& x) {
+                     HT out{{5}, std::vector<double>(5)};
+                     for (size_t r = 0; r < 5; ++r) {
+                       const double* row = x[0].v.data() + r * 7;
+                       const double m = *std::max_element(row, row + 7);
+                       double s = 0;
+                       for (int j = 0; j < 7; ++j) s += std::exp(row[j] - m);
+                       out.v[r] = m + std::log(s) - row[targets[r]];
+                     }
+                     return out;
+                   }});
 }
 
 TEST(FastGradTest, SelfAttentionWithQkNorms) {

@@ -92,6 +92,11 @@ void set_counts(const Context& ctx, const Array& counts, const Array& starts, co
 void edit_counted(const Context& ctx, const Array& x, const Array& out, const Array& counts,
                   const int32_t* prev, int64_t prev_stride, const Array& starts,
                   const Array& entries, const fast::Penalties& p);
+// cross_entropy.cu (Kernels::cross_entropy_rows and its gradient): logits [R, V] and d_logits
+// contiguous, targets [R] i32 in [0, V), loss and g [R] f32.
+void cross_entropy_rows(const Context& ctx, const Array& logits, const Array& targets, const Array& loss);
+void cross_entropy_rows_grad(const Context& ctx, const Array& logits, const Array& targets, const Array& g,
+                             const Array& d_logits);
 // norm.cu
 void rms_norm(const Context& ctx, const Array& x, const Array& w, float eps,
               fast::RmsNormStyle style, const Array& out);

@@ -142,6 +142,15 @@ class CudaKernels final : public detail::Kernels {
                     fast::RmsNormStyle style, const Array& sum, const Array& normed) override {
     return cuda::add_rms_norm(ctx(), x, y, y_w, w, eps, style, sum, normed);
   }
+  bool cross_entropy_rows(const Array& logits, const Array& targets, const Array& loss) override {
+    cuda::cross_entropy_rows(ctx(), logits, targets, loss);
+    return true;
+  }
+  bool cross_entropy_rows_grad(const Array& logits, const Array& targets, const Array& g,
+                               const Array& d_logits) override {
+    cuda::cross_entropy_rows_grad(ctx(), logits, targets, g, d_logits);
+    return true;
+  }
   bool glu_grad(fast::GluActivation act, const Array& gate, const Array& up, const Array& d, const Array& d_gate,
                 const Array& d_up) override {
     cuda::glu_grad(ctx(), act, gate, up, d, d_gate, d_up);
