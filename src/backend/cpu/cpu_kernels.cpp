@@ -28,6 +28,12 @@ class CpuKernels final : public detail::Kernels {
   void reduce(detail::ReduceOp op, const Array& in, const Array& out) override { cpu::reduce(op, in, out); }
   void argmax(const Array& in, const Array& out) override { cpu::argmax(in, out); }
   void softmax(const Array& in, const Array& out) override { cpu::softmax(in, out); }
+  bool cross_entropy_rows(const Array& logits, const Array& targets, const Array& loss) override {
+    return cpu::cross_entropy_rows(logits, targets, loss);
+  }
+  bool cross_entropy_rows_grad(const Array& logits, const Array& targets, const Array& g, const Array& d) override {
+    return cpu::cross_entropy_rows_grad(logits, targets, g, d);
+  }
   void take(const Array& src, const Array& idx, const Array& out) override { cpu::take(src, idx, out); }
   void take_along(const Array& src, const Array& idx, const Array& out) override {
     cpu::take_along(src, idx, out);

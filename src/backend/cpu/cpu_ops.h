@@ -22,6 +22,10 @@ void matmul(const Array& a, const Array& b, const Array& out);
 void reduce(detail::ReduceOp op, const Array& in, const Array& out);
 void argmax(const Array& in, const Array& out);
 void softmax(const Array& in, const Array& out);
+// Each row's cross-entropy against its target, and its gradient (Kernels::cross_entropy_rows
+// and cross_entropy_rows_grad); false for dtypes not summed in f32.
+bool cross_entropy_rows(const Array& logits, const Array& targets, const Array& loss);
+bool cross_entropy_rows_grad(const Array& logits, const Array& targets, const Array& g, const Array& d);
 // indexing.cpp
 void take(const Array& src, const Array& idx, const Array& out);
 void take_along(const Array& src, const Array& idx, const Array& out);

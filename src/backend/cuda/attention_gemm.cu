@@ -249,11 +249,11 @@ bool eager_attention_grad(const Context& ctx, const Array& q, const Array& k, co
     using T = decltype(tag);
     if constexpr (kIsFloat<T>) {
       const T* pp = static_cast<const T*>(s.raw());
-      T* d = static_cast<T*>(ds.raw());
+      T* dsp = static_cast<T*>(ds.raw());
       if (split.kept == 16)
-        softmax_grad_kernel<T, 16><<<blocks, kBlock, 0, ctx.stream>>>(pp, d, rows, lk, scale, split.lanes);
+        softmax_grad_kernel<T, 16><<<blocks, kBlock, 0, ctx.stream>>>(pp, dsp, rows, lk, scale, split.lanes);
       else
-        softmax_grad_kernel<T, 4><<<blocks, kBlock, 0, ctx.stream>>>(pp, d, rows, lk, scale, split.lanes);
+        softmax_grad_kernel<T, 4><<<blocks, kBlock, 0, ctx.stream>>>(pp, dsp, rows, lk, scale, split.lanes);
     }
   });
   check_launch("softmax_grad_kernel");

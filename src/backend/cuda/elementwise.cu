@@ -303,7 +303,8 @@ __global__ void adamw_kernel(const G* g, float* master, float* m, float* v, P* p
     const float gi = to_float(g[i]);
     const float mi = __fadd_rn(__fmul_rn(m[i], f.beta1), __fmul_rn(gi, f.one_minus_beta1));
     const float vi = __fadd_rn(__fmul_rn(v[i], f.beta2), __fmul_rn(__fmul_rn(gi, gi), f.one_minus_beta2));
-    const float update = __fdiv_rn(__fmul_rn(mi, f.step_size), __fadd_rn(__fsqrt_rn(__fmul_rn(vi, f.inv_bias2)), f.eps));
+    const float denom = __fadd_rn(__fsqrt_rn(__fmul_rn(vi, f.inv_bias2)), f.eps);
+    const float update = __fdiv_rn(__fmul_rn(mi, f.step_size), denom);
     const float p = __fsub_rn(__fmul_rn(master[i], f.decay), update);
     m[i] = mi, v[i] = vi, master[i] = p;
     if constexpr (!std::is_same_v<P, float>) param[i] = from_float<P>(p);
