@@ -187,7 +187,7 @@ void check_attention_args(const Array& q, const Array& k, const Array& v, const 
 Array rms_norm(const Array& x, const Array& weight, float eps, RmsNormStyle style) {
   check_norm_args(x, weight, "rms_norm");
   // Under a gradient tape most fused ops run as their compositions, whose steps each have a
-  // gradient; the norm is one step with a rule of its own (ops/norm_step.h).
+  // gradient; the norm is one step with a rule of its own (ops/fused_steps.h).
   if (detail::any_tracked({&x, &weight})) return detail::rms_norm_step(x, weight, eps, style);
   const Array xc = contiguous(x);
   Array out(x.shape(), x.dtype(), x.device());
@@ -311,9 +311,11 @@ Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array&
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
   check_self_attention_args(q, k, v, a);
   if (detail::any_tracked({&q, &k, &v, a.q_norm ? &a.q_norm->weight : nullptr, a.k_norm ? &a.k_norm->weight : nullptr})) {
-    // The composition as a block the backward pass runs again: its [B, H, L, L] scores and
-    // the norms' and RoPE's intermediates then live for one layer at a time, where they were
-    // a third of a 512-token training step's tape (bench/NOTES.md). It owns copies of the norms.
+    // The norms, RoPE and attention (one tape step each) as a block the backward pass runs
+    // again, so that the tape keeps the block's inputs alone. When attention was a
+    // composition this kept its [B, H, L, L] arrays off the tape; now that its step keeps q,
+    // k and v only, the block's second forward may cost more than it saves (bench/NOTES.md,
+    // not yet measured without it). It owns copies of the norms.
     const auto own = [](const HeadNorm* n) { return n ? std::optional<HeadNorm>(*n) : std::nullopt; };
     auto block = [a, qn = own(a.q_norm), kn = own(a.k_norm)](const std::vector<Array>& in) {
       SelfAttention b = a;

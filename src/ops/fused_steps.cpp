@@ -1,4 +1,4 @@
-// RMSNorm and RoPE under a gradient tape as one step each: see fused_steps.h.
+// RMSNorm and RoPE under a gradient tape as one step each, and the loss's rule: see fused_steps.h.
 #include "ops/fused_steps.h"
 
 #include <bit>

@@ -7,7 +7,8 @@
 // [rows, D], most in f32; with attention as one step they led a LoRA step's GPU time. As
 // one step, each runs the backend's forward kernel, and its rule one kernel: the norm's
 // for x's gradient (the weight's, where a tape wants it, by ops); RoPE's is RoPE itself at
-// the negated angles, since a rotation's gradient is the inverse rotation.
+// the negated angles, since a rotation's gradient is the inverse rotation. The rule of
+// fast::cross_entropy_rows (its forward is in fast.cpp) lives here too.
 #pragma once
 
 #include <vector>
