@@ -24,9 +24,12 @@ struct LoraOptions {
   int rank = 8;
   float alpha = 16;  // the adapter's output is scaled by alpha / rank (alpha / sqrt(rank) with rslora)
   bool rslora = false;
+  // lora_dropout: the probability of zeroing each element of an adapter's input while training
+  // (PEFT's; 0.05-0.1 is usual on small data). Inference never drops.
+  float dropout = 0;
   // Projections to adapt, by their last name; empty = all seven (q, k, v, o, gate, up, down).
   std::vector<std::string> targets;
-  std::filesystem::path resume_adapter;  // continue training these instead of fresh ones
+  std::filesystem::path resume_adapter;  // continue training these (their rank, alpha and dropout)
   // The data. Each line: {"text": ...}, {"messages": [...]} or {"prompt": ..., "completion": ...}.
   int max_seq_len = 2048;    // longer examples are cut (to the model's context too)
   bool mask_prompt = false;  // learn only each example's last message (or completion)
@@ -60,6 +63,8 @@ struct TrainSummary {
   int truncated = 0;              // examples cut to max_length tokens
   int max_length = 0;             // max_seq_len, or the model's context where that is shorter
   int64_t trainable_parameters = 0;
+  int rank = 0;  // the adapters' (a resumed adapter's own, where one is resumed)
+  float alpha = 0, dropout = 0;
   std::string dtype, device;
 };
 

@@ -30,7 +30,16 @@ bool targeted(const LoraConfig& c, const std::string& module) {
 void check_config(const LoraConfig& c, const std::string& where) {
   LMX_CHECK(c.rank > 0 && std::isfinite(c.alpha) && c.alpha > 0, "lora", where,
             ": rank must be > 0 and alpha > 0, got r ", c.rank, " and alpha ", c.alpha);
+  LMX_CHECK(c.dropout >= 0 && c.dropout < 1, "lora", where, ": lora_dropout must be in [0, 1), got ", c.dropout);
   LMX_CHECK(!c.target_modules.empty(), "lora", where, ": no target modules");
+}
+
+// FNV-1a of the module's name: the adapter's dropout stream, the same wherever the adapter
+// was made (attached, loaded or resumed) and on every platform.
+uint64_t stream_of(const std::string& module) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const unsigned char c : module) h = (h ^ c) * 0x100000001b3ULL;
+  return h;
 }
 
 // The host bytes of a contiguous array, for the writer.
@@ -61,7 +70,7 @@ void attach_lora(CausalLM& model, const LoraConfig& config, uint64_t seed) {
     layer.lora = nn::LoRA{
         astype(random_uniform({r, in}, seed * 1000003 + index, -bound, bound, Dtype::f32, d),
                dtype),
-        zeros({out, r}, dtype, d), config.scale()};
+        zeros({out, r}, dtype, d), config.scale(), config.dropout, stream_of(name)};
   });
   for (const std::string& t : config.target_modules)
     LMX_CHECK(found.count(t), "lora", "target module \"", t,
@@ -99,7 +108,7 @@ void save_lora(CausalLM& model, const LoraConfig& config, const fs::path& dir,
                               {"task_type", "CAUSAL_LM"},
                               {"r", config.rank},
                               {"lora_alpha", config.alpha},
-                              {"lora_dropout", 0.0},
+                              {"lora_dropout", config.dropout},
                               {"target_modules", config.target_modules},
                               {"bias", "none"},
                               {"fan_in_fan_out", false},
@@ -139,6 +148,7 @@ LoraConfig load_lora(CausalLM& model, const fs::path& dir) {
     c.rank = j.at("r").get<int>();
     c.alpha = get("lora_alpha", double(c.rank)).get<float>();
     c.use_rslora = get("use_rslora", false).get<bool>();
+    c.dropout = get("lora_dropout", 0.0).get<float>();
     LMX_CHECK(!get("use_dora", false).get<bool>(), "lora", where,
               ": DoRA adapters (use_dora) are not supported");
     LMX_CHECK(!get("fan_in_fan_out", false).get<bool>(), "lora", where,
@@ -155,7 +165,7 @@ LoraConfig load_lora(CausalLM& model, const fs::path& dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("lora", where, ": ", io::json_error_text(e));
   }
-  check_config(LoraConfig{c.rank, c.alpha, {"q_proj"}, c.use_rslora}, where);
+  check_config(LoraConfig{c.rank, c.alpha, {"q_proj"}, c.use_rslora, c.dropout}, where);
   c.target_modules.clear();
 
   const io::SafetensorsFile file = io::SafetensorsFile::open(dir / kWeightsFile);
@@ -187,6 +197,8 @@ LoraConfig load_lora(CausalLM& model, const fs::path& dir) {
     (is_a ? adapter.a : adapter.b) =
         astype(to_device(from_host(data.data(), want, *st), model.device()), dtype);
     adapter.scale = c.scale();
+    adapter.dropout = c.dropout;
+    adapter.stream = stream_of(module);
   }
   LMX_CHECK(!adapters.empty(), "lora", (dir / kWeightsFile).string(), ": holds no adapters");
   for (const auto& [module, adapter] : adapters)

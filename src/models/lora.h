@@ -23,6 +23,9 @@ struct LoraConfig {
   std::vector<std::string> target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                              "gate_proj", "up_proj", "down_proj"};
   bool use_rslora = false;  // scale alpha / sqrt(r) instead of alpha / r
+  // lora_dropout: while training (nn::DropoutScope), each adapter's input elements are zeroed
+  // with this probability, in [0, 1).
+  float dropout = 0;
   float scale() const;
 };
 

@@ -3,13 +3,41 @@
 #include "core/error.h"
 
 namespace lmx::nn {
+namespace {
+
+thread_local std::optional<uint64_t> dropout_seed;
+
+// splitmix64's finaliser: nearby (seed, stream) pairs give unrelated words.
+uint64_t mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// x [..., in] with each element zeroed with probability p and the rest multiplied by
+// 1 / (1 - p) in f32 and rounded once to x's dtype, as torch's dropout kernel computes it.
+// Where no DropoutScope lives, x itself.
+Array dropped(const Array& x, const LoRA& l) {
+  const std::optional<uint64_t> seed = DropoutScope::seed();
+  if (l.dropout <= 0 || !seed) return x;
+  const Array u = random_uniform(x.shape(), mix(*seed + mix(l.stream)), 0, 1, Dtype::f32, x.device());
+  const Array keep = multiply(astype(greater_equal(u, scalar(l.dropout, Dtype::f32, x.device())), Dtype::f32),
+                              1.0 / (1.0 - double(l.dropout)));  // [..., in]: 0 or 1 / (1 - p)
+  return astype(multiply(x, keep), x.dtype());
+}
+
+}  // namespace
+
+DropoutScope::DropoutScope(uint64_t seed) : outer_(dropout_seed) { dropout_seed = seed; }
+DropoutScope::~DropoutScope() { dropout_seed = outer_; }
+std::optional<uint64_t> DropoutScope::seed() { return dropout_seed; }
 
 Array Linear::forward(const Array& x) const {
   // x·Wᵀ through a transposed view: the weight is never copied.
   Array y = is_quantized() ? fast::quantized_matmul(x, quantized) : matmul(x, swapaxes(weight, 0, 1));
   if (bias) y = add(y, *bias);
   if (lora) {  // [..., r] then [..., out], scaled in the adapter's dtype and added, as PEFT does
-    const Array low = matmul(matmul(x, swapaxes(lora->a, 0, 1)), swapaxes(lora->b, 0, 1));
+    const Array low = matmul(matmul(dropped(x, *lora), swapaxes(lora->a, 0, 1)), swapaxes(lora->b, 0, 1));
     y = add(y, multiply(low, scalar(lora->scale, low.dtype(), low.device())));
   }
   return y;

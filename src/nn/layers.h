@@ -13,11 +13,32 @@
 
 namespace lmx::nn {
 
-// A low-rank adapter on a Linear (LoRA, in PEFT's layout): y = x·Wᵀ + scale·(x·Aᵀ)·Bᵀ.
+// A low-rank adapter on a Linear (LoRA, in PEFT's layout): y = x·Wᵀ + scale·(x·Aᵀ)·Bᵀ,
+// with x dropped out first while training (scale·(dropout(x)·Aᵀ)·Bᵀ, as PEFT does).
 struct LoRA {
   Array a;          // [r, in]: PEFT's lora_A.weight
   Array b;          // [out, r]: lora_B.weight
   float scale = 1;  // lora_alpha / r (PEFT's scaling)
+  float dropout = 0;    // lora_dropout: the probability of zeroing an input element
+  uint64_t stream = 0;  // which masks this adapter draws (its module name's hash)
+};
+
+// Training-time randomness for the adapters. While a DropoutScope lives on this thread, an
+// adapter with dropout p > 0 zeroes each element of its input with probability p and scales
+// the rest by 1 / (1 - p), as torch.nn.Dropout does in training; with none (inference,
+// validation) the input passes as is. A mask depends only on (seed, the adapter's stream, the
+// input's shape), so a checkpointed layer's replay in the backward pass draws the masks of its
+// first run, and a step is the same on every device.
+class DropoutScope {
+ public:
+  explicit DropoutScope(uint64_t seed);
+  ~DropoutScope();
+  DropoutScope(const DropoutScope&) = delete;
+  DropoutScope& operator=(const DropoutScope&) = delete;
+  static std::optional<uint64_t> seed();  // the innermost live scope's, if any
+
+ private:
+  std::optional<uint64_t> outer_;
 };
 
 class Linear : public Module {

@@ -40,7 +40,7 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   std::optional<train::Dataset> valid;
   if (!valid_data.empty()) valid = train::read_jsonl(valid_data, tok, dopt, model_dir.string());
 
-  models::LoraConfig lora{o.rank, o.alpha, o.targets, o.rslora};
+  models::LoraConfig lora{o.rank, o.alpha, o.targets, o.rslora, o.dropout};
   if (lora.target_modules.empty()) lora.target_modules = models::LoraConfig{}.target_modules;
   if (!o.resume_adapter.empty()) {
     lora = models::load_lora(*model, o.resume_adapter);
@@ -55,6 +55,7 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   s.max_length = max_len;
   s.dtype = dtype_name(model->dtype());
   s.device = model->device().str();
+  s.rank = lora.rank, s.alpha = lora.alpha, s.dropout = lora.dropout;
   for (const auto& [name, p] : models::lora_parameters(*model)) s.trainable_parameters += p->size();
   if (started) started(s);
 

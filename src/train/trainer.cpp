@@ -9,6 +9,7 @@
 #include "autograd/autograd.h"
 #include "core/allocator.h"
 #include "core/error.h"
+#include "nn/layers.h"
 #include "train/loss.h"
 
 namespace lmx::train {
@@ -102,6 +103,9 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
     for (int micro = 0; micro < o.grad_accumulation; ++micro) {
       const Batch b = take_batch();
       const auto [ids, targets] = upload(b, model.device());
+      // The adapters' dropout masks for this micro-batch; checkpointed layers replay them.
+      const nn::DropoutScope masks(o.seed * 1000003 + uint64_t(step - 1) * uint64_t(o.grad_accumulation) +
+                                   uint64_t(micro));
       const autograd::ValueAndGrad g =
           autograd::value_and_grad([&] { return cross_entropy(model.forward(ids), targets); }, params);
       for (size_t i = 0; i < g.grads.size(); ++i) {

@@ -25,7 +25,7 @@ struct TrainOptions {
   int eval_every = 0;  // validation loss every this many steps (0: at the end only)
   int save_every = 0;  // adapters written every this many steps (0: at the end only)
   bool grad_checkpoint = false;
-  uint64_t seed = 0;  // the adapters' initialisation and the examples' order
+  uint64_t seed = 0;  // the adapters' initialisation, the examples' order and the dropout masks
   std::filesystem::path adapter_path = "adapters";
   std::string base_model;  // recorded in adapter_config.json
 };

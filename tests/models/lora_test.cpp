@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 
 #include "autograd/autograd.h"
 #include "core/error.h"
@@ -38,6 +39,32 @@ void randomise_b(CausalLM& m) {
   for (const auto& [name, a] : lora_parameters(m))
     if (name.ends_with("lora_B.weight"))
       *a = astype(random_uniform(a->shape(), ++seed, -0.05f, 0.05f), a->dtype());
+}
+
+// The adapters' gradients of `loss`, checked two ways: checkpointed layers give them to the
+// bit, and along the gradient the loss moves by |g| per unit step (f32, central differences).
+void expect_sound_gradients(CausalLM& m, const std::function<Array()>& loss) {
+  const std::vector<Array> params = params_of(m);
+  const auto plain = autograd::value_and_grad(loss, params);
+  m.set_gradient_checkpointing(true);
+  const auto saved = autograd::value_and_grad(loss, params);
+  m.set_gradient_checkpointing(false);
+  EXPECT_EQ(item(plain.value), item(saved.value));
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_EQ(to_floats(plain.grads[i]), to_floats(saved.grads[i])) << "checkpointed layers, parameter " << i;
+  double g2 = 0;
+  for (const Array& g : plain.grads)
+    for (const float v : to_floats(g)) g2 += double(v) * v;
+  const double gnorm = std::sqrt(g2), t = 0.01 / gnorm;
+  auto moved = [&](double s) {
+    std::vector<Array*> slots;
+    for (const auto& [name, a] : lora_parameters(m)) slots.push_back(a);
+    for (size_t i = 0; i < params.size(); ++i) *slots[i] = add(params[i], multiply(plain.grads[i], s / gnorm));
+    const double v = item(loss());
+    for (size_t i = 0; i < params.size(); ++i) *slots[i] = params[i];
+    return v;
+  };
+  EXPECT_NEAR((moved(t) - moved(-t)) / (2 * t), gnorm, 1e-3 * gnorm);
 }
 
 fs::path temp_dir(const std::string& name) {
@@ -80,36 +107,87 @@ TEST_P(LoraTest, GradientsMatchCentralDifferencesAndCheckpointingChangesNone) {
   const auto model = load();
   attach_lora(*model, {4, 8}, 5);
   randomise_b(*model);
-  const std::vector<Array> params = params_of(*model);
-  auto loss = [&] { return train::cross_entropy(model->forward(kIds), kTargets); };
-  const auto plain = autograd::value_and_grad(loss, params);
-  model->set_gradient_checkpointing(true);
-  const auto saved = autograd::value_and_grad(loss, params);
-  model->set_gradient_checkpointing(false);
-  EXPECT_EQ(item(plain.value), item(saved.value));
-  for (size_t i = 0; i < params.size(); ++i)
-    EXPECT_EQ(to_floats(plain.grads[i]), to_floats(saved.grads[i]))
-        << "checkpointed layers, parameter " << i;
-  // Along the gradient: the loss moves by |g| per unit step (f32 forward, central differences).
-  double g2 = 0;
-  for (const Array& g : plain.grads)
-    for (const float v : to_floats(g)) g2 += double(v) * v;
-  const double gnorm = std::sqrt(g2), t = 0.01 / gnorm;
-  auto moved = [&](double s) {
-    std::vector<Array*> slots;
-    for (const auto& [name, a] : lora_parameters(*model)) slots.push_back(a);
-    for (size_t i = 0; i < params.size(); ++i)
-      *slots[i] = add(params[i], multiply(plain.grads[i], s / gnorm));
-    const double v = item(loss());
-    for (size_t i = 0; i < params.size(); ++i) *slots[i] = params[i];
-    return v;
-  };
-  EXPECT_NEAR((moved(t) - moved(-t)) / (2 * t), gnorm, 1e-3 * gnorm);
+  expect_sound_gradients(*model, [&] { return train::cross_entropy(model->forward(kIds), kTargets); });
+}
+
+// While a DropoutScope lives, the adapters' inputs are dropped: the logits change, the same
+// seed gives the same masks (so a checkpointed replay matches its first run to the bit), and
+// the gradient is that of the masked loss. Outside one, dropout changes nothing.
+TEST_P(LoraTest, DropoutActsOnlyWhileTrainingAndCheckpointedLayersReplayItsMasks) {
+  const auto model = load();
+  attach_lora(*model, {4, 8, LoraConfig{}.target_modules, false, 0.3f}, 5);
+  randomise_b(*model);
+  const std::vector<float> eval = to_floats(model->forward(kIds));
+  model->for_each_linear([](const std::string&, nn::Linear& l) { l.lora->dropout = 0; });
+  EXPECT_EQ(to_floats(model->forward(kIds)), eval) << "no scope: no dropout";
+  {
+    const nn::DropoutScope scope(11);
+    EXPECT_EQ(to_floats(model->forward(kIds)), eval) << "dropout 0 in a scope";
+  }
+  model->for_each_linear([](const std::string&, nn::Linear& l) { l.lora->dropout = 0.3f; });
+  std::vector<float> first, again, other;
+  {
+    const nn::DropoutScope scope(11);
+    first = to_floats(model->forward(kIds));
+    again = to_floats(model->forward(kIds));
+  }
+  {
+    const nn::DropoutScope scope(12);
+    other = to_floats(model->forward(kIds));
+  }
+  EXPECT_NE(first, eval) << "dropout 0.3 in a scope changes the logits";
+  EXPECT_EQ(first, again) << "one seed, one set of masks";
+  EXPECT_NE(first, other) << "another seed, other masks";
+
+  const nn::DropoutScope scope(11);  // the masks fixed by the seed: a smooth loss of the adapters
+  expect_sound_gradients(*model, [&] { return train::cross_entropy(model->forward(kIds), kTargets); });
+}
+
+// One adapter with A = B = I over a zero weight: the layer's output is its dropped input, so
+// each element is 0 or x · (1 / (1 - p)) in f32 rounded once to bf16, and about p of them are 0.
+// The masks are counter-based, so every device drops the same elements.
+TEST(LoraDropoutTest, EachElementIsZeroOrScaledAboutPAreZeroAndEveryDeviceAgrees) {
+  const int64_t n = 64, rows = 256;
+  const float p = 0.25f;
+  std::vector<float> identity(size_t(n * n), 0.0f);
+  for (int64_t i = 0; i < n; ++i) identity[size_t(i * n + i)] = 1;
+  const Array x = random_uniform({rows, n}, 3, 0.5f, 2.0f, Dtype::bf16);  // no zeros of its own
+  const std::vector<float> xs = to_floats(x);
+  std::vector<float> scaled(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) scaled[i] = xs[i] * float(1.0 / (1.0 - p));
+  const std::vector<float> kept = to_floats(from_floats(scaled, {rows, n}, Dtype::bf16));
+  std::vector<float> cpu;
+  for (const Device d : test::test_devices()) {
+    SCOPED_TRACE(d.str());
+    nn::Linear layer(n, n, false);
+    layer.weight = zeros({n, n}, Dtype::bf16, d);
+    const Array eye = from_floats(identity, {n, n}, Dtype::bf16, d);
+    layer.lora = nn::LoRA{eye, eye, 1, p, 42};
+    const Array xd = to_device(x, d);
+    EXPECT_EQ(to_floats(layer.forward(xd)), xs) << "no scope";
+    const nn::DropoutScope scope(7);
+    const std::vector<float> y = to_floats(layer.forward(xd));
+    int64_t zeroed = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      if (y[i] == 0) {
+        ++zeroed;
+      } else {
+        ASSERT_EQ(y[i], kept[i]) << "element " << i << " of x " << xs[i];
+      }
+    }
+    // Binomial(16384, 0.25): mean 4096, standard deviation 55; six of them either way.
+    EXPECT_NEAR(double(zeroed), 0.25 * double(rows * n), 6 * 55.5);
+    if (d == Device::cpu()) {
+      cpu = y;
+    } else {
+      EXPECT_EQ(y, cpu) << "the CPU's masks";
+    }
+  }
 }
 
 TEST_P(LoraTest, SavedAdaptersLoadBackAndFuseIntoTheWeights) {
   const auto model = load();
-  const LoraConfig config{4, 16, {"k_proj", "o_proj", "gate_proj", "up_proj"}, true};
+  const LoraConfig config{4, 16, {"k_proj", "o_proj", "gate_proj", "up_proj"}, true, 0.1f};
   attach_lora(*model, config, 7);
   randomise_b(*model);
   const std::vector<float> want = to_floats(model->forward(kIds));
@@ -122,6 +200,7 @@ TEST_P(LoraTest, SavedAdaptersLoadBackAndFuseIntoTheWeights) {
   EXPECT_EQ(read.rank, 4);
   EXPECT_EQ(read.alpha, 16);
   EXPECT_TRUE(read.use_rslora);
+  EXPECT_EQ(read.dropout, 0.1f);
   EXPECT_EQ(read.target_modules,
             (std::vector<std::string>{"gate_proj", "k_proj", "o_proj", "up_proj"}));
   EXPECT_EQ(to_floats(again->forward(kIds)), want) << "the same adapters, the same logits";
@@ -239,6 +318,7 @@ TEST(LoraFilesTest, BrokenFoldersAreRefusedAndAttachNothing) {
   expect_error(variant("rank", R"({"peft_type": "LORA", "r": 3, "lora_alpha": 4})"),
                " where r = 3");
   expect_error(variant("json", R"({"peft_type": "LORA", "r": )"), "adapter_config.json");
+  expect_error(variant("drop", R"({"peft_type": "LORA", "r": 2, "lora_dropout": 1.0})"), "lora_dropout must be in");
   // Tensors for a projection the model lacks, and an A without its B.
   const fs::path odd = variant("odd", R"({"peft_type": "LORA", "r": 2})");
   const std::vector<float> zeros_a(2 * 64, 0.0f);
@@ -256,7 +336,7 @@ TEST(LoraFilesTest, BrokenFoldersAreRefusedAndAttachNothing) {
                           {2, 64},
                           bytes}});
   expect_error(odd, "has only one of lora_A and lora_B");
-  for (const char* n : {"good", "ia3", "dora", "rank", "json", "odd"}) fs::remove_all(temp_dir(n));
+  for (const char* n : {"good", "ia3", "dora", "rank", "json", "drop", "odd"}) fs::remove_all(temp_dir(n));
 }
 
 }  // namespace

@@ -148,9 +148,10 @@ TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
     for (int i = 0; i < 6; ++i) data << R"({"text": "The answer number )" << i << R"( is always forty two."})" << "\n";
   }
   const Result trained = lmx("lora '" + model.string() + "' --data '" + (work / "train.jsonl").string() +
-                             "' --iters 30 --batch-size 3 --learning-rate 1e-2 --report-every 10 --adapter-path '" +
-                             (work / "ad").string() + "'");
+                             "' --iters 30 --batch-size 3 --learning-rate 1e-2 --dropout 0.05 --report-every 10 "
+                             "--adapter-path '" + (work / "ad").string() + "'");
   ASSERT_EQ(trained.status, 0) << trained.err;
+  EXPECT_NE(trained.out.find("LoRA r 8, alpha 16, dropout 0.05: "), std::string::npos) << trained.out;
   std::vector<double> losses;
   std::istringstream lines(trained.out);
   for (std::string line; std::getline(lines, line);)
@@ -159,6 +160,8 @@ TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
   ASSERT_EQ(losses.size(), 3u) << trained.out;
   EXPECT_LT(losses.back(), 0.6 * losses.front()) << trained.out;
   ASSERT_TRUE(fs::exists(work / "ad" / "adapter_model.safetensors"));
+  std::ifstream config(work / "ad" / "adapter_config.json");
+  EXPECT_FLOAT_EQ(nlohmann::json::parse(config).at("lora_dropout").get<float>(), 0.05f);
 
   const std::string gen = " --device cpu --prompt-ids 5,6,7 --max-tokens 8 --ignore-eos --json";
   const Result with = lmx("generate '" + model.string() + "' --adapter '" + (work / "ad").string() + "'" + gen);

@@ -65,8 +65,9 @@ void run_lora(LoraArgs& a) {
         if (s.truncated) std::printf(", %d cut to %d tokens", s.truncated, s.max_length);
         std::printf(")");
         if (s.valid_examples) std::printf(", %zu validation examples", s.valid_examples);
-        std::printf("\nLoRA r %d, alpha %g: %lld trainable parameters (%s, %s)\n", a.o.rank, double(a.o.alpha),
-                    (long long)s.trainable_parameters, s.dtype.c_str(), s.device.c_str());
+        std::printf("\nLoRA r %d, alpha %g, dropout %g: %lld trainable parameters (%s, %s)\n", s.rank,
+                    double(s.alpha), double(s.dropout), (long long)s.trainable_parameters, s.dtype.c_str(),
+                    s.device.c_str());
       });
   std::printf("adapters written to %s (adapter_config.json, adapter_model.safetensors)\n",
               a.o.adapter_path.string().c_str());
@@ -101,6 +102,11 @@ void add_lora_commands(CLI::App& app) {
   cmd->add_option("--alpha", a->o.alpha, "lora_alpha: the adapter's output is scaled by alpha / r")
       ->capture_default_str();
   cmd->add_flag("--rslora", a->o.rslora, "Scale by alpha / sqrt(r) (rank-stabilised LoRA)");
+  cmd->add_option("--dropout", a->o.dropout,
+                  "lora_dropout: while training, zero each element of an adapter's input with this "
+                  "probability (0.05-0.1 guards small data against overfitting)")
+      ->check(CLI::Range(0.0, 0.999))
+      ->capture_default_str();
   cmd->add_option("--targets", a->targets,
                   "Projections to adapt: \"all\", or a list such as q_proj,v_proj (of q_proj, "
                   "k_proj, v_proj, o_proj, "
@@ -115,7 +121,8 @@ void add_lora_commands(CLI::App& app) {
                 "memory, one more forward pass a step)");
   cmd->add_option("--adapter-path", a->o.adapter_path, "Folder to write the adapters into")
       ->capture_default_str();
-  cmd->add_option("--resume-adapter", a->o.resume_adapter, "Continue training the adapters in this folder");
+  cmd->add_option("--resume-adapter", a->o.resume_adapter,
+                  "Continue training the adapters in this folder (with their own rank, alpha and dropout)");
   cmd->add_option("--report-every", a->o.report_every, "Steps between progress lines")
       ->capture_default_str();
   cmd->add_option("--eval-every", a->o.eval_every,
