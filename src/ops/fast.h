@@ -108,6 +108,13 @@ struct QuantizedMatrix {
 void check_quantized(const QuantizedMatrix& w, const char* op, const std::string& what);
 // w -> [N, K] in `dtype` (float): each element scale · q + bias in f32, rounded once.
 Array dequantize(const QuantizedMatrix& w, Dtype dtype);
+// w [N, K] float -> MLX affine codes of `bits` in groups of `group_size`, with scales and
+// biases in `dtype`, on w's device (computed on the host: a conversion step, not a per-token
+// one). Each group's rule is MLX's: a step of (max - min) / (2^bits - 1), signed so that the
+// end of larger magnitude is a code exactly and is the group's bias; then the scale and bias
+// are rounded to `dtype`, and each code is round-half-up((w - bias) / scale) clipped to the
+// range, fitted to the stored values. Non-finite weights are refused.
+QuantizedMatrix quantize(const Array& w, int bits, int group_size, Dtype dtype);
 // x [..., K] · dequantize(w)ᵀ -> [..., N] in x's dtype, summed in f32 and rounded once
 // (a quantized Linear). The kernel reads the packed codes, not a dequantized copy: for
 // one row (a decode step) it is a quarter of a bf16 weight's bytes at 4 bits.

@@ -8,12 +8,15 @@
 
 #include <cmath>
 #include <fstream>
+#include <set>
+#include <stdexcept>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "models/loader.h"
 #include "ops/kernels.h"
+#include "ops/fast.h"
 #include "ops/ops.h"
 #include "compare.h"
 
@@ -37,6 +40,69 @@ models::ModelLoadOptions f32_on(Device d) {
   o.dtype = Dtype::f32;
   o.device = d;
   return o;
+}
+
+// A tensor of a checkpoint as an array, in its stored dtype.
+Array read_tensor(const io::SafetensorsFile& file, const std::string& name) {
+  const io::TensorInfo* t = file.find(name);
+  if (!t) throw std::runtime_error(file.path().string() + " has no " + name);
+  const std::span<const std::byte> data = file.data(*t);
+  return copy(from_host(data.data(), Shape(t->shape.begin(), t->shape.end()), *io::to_lmx_dtype(t->dtype)));
+}
+
+// fast::quantize against tools/reference/make_quantized_fixtures.py, an implementation of
+// MLX's rule of its own (Python, in float64): quantizing each float fixture's weights gives
+// its quantized fixture's codes, scales and biases bit for bit, at every width the fixtures hold.
+TEST(QuantizeTest, TheFloatFixturesQuantizeToTheQuantizedFixturesBitForBit) {
+  const std::pair<const char*, const char*> pairs[] = {{"llama-mlx-q4", "llama-f32"},
+                                                       {"gemma3_text-mlx-q4", "gemma3_text-f32"},
+                                                       {"qwen3-mlx-q8", "qwen3-f32"},
+                                                       {"qwen3-mlx-mixed", "qwen3-f32"}};
+  std::set<int> widths, groups;
+  for (const auto& [quantized, source] : pairs) {
+    const auto qf = io::SafetensorsFile::open(kModels / quantized / "model.safetensors");
+    const auto ff = io::SafetensorsFile::open(kModels / source / "model.safetensors");
+    for (const io::TensorInfo& t : qf.tensors()) {
+      if (!t.name.ends_with(".scales")) continue;
+      const std::string m = t.name.substr(0, t.name.size() - 7);
+      SCOPED_TRACE(std::string(quantized) + ": " + m);
+      const Array packed = read_tensor(qf, m + ".weight"), scales = read_tensor(qf, m + ".scales"),
+                  biases = read_tensor(qf, m + ".biases"), weight = read_tensor(ff, m + ".weight");
+      const int64_t cols = weight.shape(1);
+      const int group = int(cols / scales.shape(1)), bits = int(packed.shape(1) * 32 / cols);
+      const fast::QuantizedMatrix got = fast::quantize(weight, bits, group, Dtype::bf16);
+      ASSERT_EQ(got.packed.shape(), packed.shape());
+      EXPECT_EQ(to_vector<uint32_t>(got.packed), to_vector<uint32_t>(packed));
+      EXPECT_EQ(to_floats(got.scales), to_floats(scales));
+      EXPECT_EQ(to_floats(got.biases), to_floats(biases));
+      widths.insert(bits), groups.insert(group);
+    }
+  }
+  EXPECT_EQ(widths, (std::set<int>{2, 3, 4, 5, 6, 8}));
+  EXPECT_EQ(groups, (std::set<int>{32, 64}));
+}
+
+// What quantize refuses, with the reason.
+TEST(QuantizeTest, BadWidthsGroupsShapesAndValuesAreRefused) {
+  auto error_of = [](const Array& w, int bits, int group) {
+    try {
+      fast::quantize(w, bits, group, Dtype::bf16);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const Array w = random_uniform({4, 64}, 1, -1, 1);
+  EXPECT_NE(error_of(w, 7, 64).find("MLX's affine widths are 2, 3, 4, 5, 6 and 8 bits"), std::string::npos);
+  EXPECT_NE(error_of(w, 4, 48).find("group sizes 32, 64 and 128"), std::string::npos);
+  EXPECT_NE(error_of(w, 4, 128).find("columns are not whole groups of 128"), std::string::npos);
+  EXPECT_NE(error_of(reshape(w, {256}), 4, 64).find("must be a matrix"), std::string::npos);
+  std::vector<float> v = to_floats(w);
+  v[70] = std::nanf("");
+  EXPECT_NE(error_of(from_floats(v, {4, 64}), 4, 64).find("at [1, 6]: only finite weights"), std::string::npos);
+  // A constant group quantizes exactly, as does one holding two values.
+  const fast::QuantizedMatrix flat = fast::quantize(full({2, 32}, 0.75), 4, 32, Dtype::f32);
+  EXPECT_EQ(to_floats(fast::dequantize(flat, Dtype::f32)), std::vector<float>(64, 0.75f));
 }
 
 class QuantizedModelTest : public ::testing::TestWithParam<std::string> {
