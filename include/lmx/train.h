@@ -78,9 +78,11 @@ void train_lora(const std::filesystem::path& model_dir, const std::filesystem::p
                 const std::function<void(const TrainSummary&)>& started = {});
 
 // Writes out_dir: model_dir's config and tokenizer files, and its weights with the adapter
-// folded in (W + scale·B·A in f32, rounded once to `dtype`, "" = the weights' own). A quantized
-// model is refused. Returns the bytes of weights written.
+// folded in (W + scale·B·A in f32, rounded once to `dtype`, "" = the weights' own). An
+// MLX-quantized model's adapted weights are dequantized exactly, fused, and quantized again at
+// their own widths (as mlx-lm fuses); with `dequantize`, every weight is written unquantized in
+// the compute dtype and config.json loses its "quantization". Returns the bytes of weights written.
 uint64_t fuse_lora(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
-                   const std::filesystem::path& out_dir, const std::string& dtype = "");
+                   const std::filesystem::path& out_dir, const std::string& dtype = "", bool dequantize = false);
 
 }  // namespace lmx

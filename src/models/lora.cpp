@@ -214,15 +214,18 @@ LoraConfig load_lora(CausalLM& model, const fs::path& dir) {
   return c;
 }
 
-void fuse_lora(CausalLM& model) {
-  // Every layer checked before any is changed: a model with some quantized projections
-  // (MLX's mixed recipes) must not be left half fused.
+void fuse_lora(CausalLM& model, bool dequantize) {
+  // Every adapter checked before any layer changes: a fused weight is quantized again, which
+  // refuses NaN, so a diverged adapter must not leave the model half fused.
   model.for_each_linear([](const std::string& name, nn::Linear& layer) {
-    LMX_CHECK(!layer.lora || !layer.is_quantized(), "fuse_lora", name,
-              " is quantized: an adapter folds only into 16- or 32-bit weights; load the base model unquantized "
-              "to fuse, or keep the adapter beside the weights");
+    if (!layer.lora) return;
+    for (const Array* a : {&layer.lora->a, &layer.lora->b})
+      for (const float v : to_floats(*a))
+        LMX_CHECK(std::isfinite(v), "fuse_lora", name, "'s adapter holds ", v,
+                  ": it diverged in training; fuse an earlier checkpoint of it");
   });
-  model.for_each_linear([](const std::string&, nn::Linear& layer) { layer.fuse_lora(); });
+  model.for_each_linear([&](const std::string&, nn::Linear& layer) { layer.fuse_lora(dequantize); });
+  model.drop_fused_decoders();
 }
 
 }  // namespace lmx::models

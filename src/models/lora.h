@@ -47,7 +47,8 @@ void save_lora(CausalLM& model, const LoraConfig& config, const std::filesystem:
 // Errors name the file and tensor and say what to do.
 LoraConfig load_lora(CausalLM& model, const std::filesystem::path& dir);
 
-// Folds every adapter into its weight (nn::Linear::fuse_lora).
-void fuse_lora(CausalLM& model);
+// Folds every adapter into its weight (nn::Linear::fuse_lora): a quantized projection is
+// quantized again at its own width, or with `dequantize` left unquantized.
+void fuse_lora(CausalLM& model, bool dequantize = false);
 
 }  // namespace lmx::models

@@ -43,13 +43,20 @@ Array Linear::forward(const Array& x) const {
   return y;
 }
 
-void Linear::fuse_lora() {
+void Linear::fuse_lora(bool dequantize) {
   if (!lora) return;
-  LMX_CHECK(!is_quantized() && weight.valid(), "fuse_lora", "an adapter cannot be folded into a quantized weight [",
-            out_, ", ", in_, "]; load the base model unquantized to fuse it");
+  // W [out, in] in f32: a quantized weight as its codes give it (scale · q + bias, exactly).
+  const Array w = is_quantized() ? fast::dequantize(quantized, Dtype::f32) : astype(weight, Dtype::f32);
   const Array delta = matmul(astype(lora->b, Dtype::f32), astype(lora->a, Dtype::f32));  // [out, in]
-  const Array w = add(astype(weight, Dtype::f32), multiply(delta, scalar(lora->scale, Dtype::f32, delta.device())));
-  weight = astype(w, weight.dtype());
+  const Array fused = add(w, multiply(delta, scalar(lora->scale, Dtype::f32, delta.device())));
+  if (!is_quantized()) {
+    weight = astype(fused, weight.dtype());
+  } else if (dequantize) {
+    weight = astype(fused, quantized.scales.dtype());
+    quantized = {};
+  } else {  // the same width and groups, codes fitted to the fused values
+    quantized = fast::quantize(fused, quantized.bits, quantized.group_size, quantized.scales.dtype());
+  }
   lora.reset();
 }
 

@@ -54,8 +54,10 @@ class Linear : public Module {
   // with one runs unfused (no paired or gated products over its bare weight).
   std::optional<LoRA> lora;
   // Folds the adapter into the weight, W + scale·B·A summed in f32 and rounded once to W's
-  // dtype, and removes it. A quantized weight cannot take it (an lmx::Error).
-  void fuse_lora();
+  // dtype, and removes it. A quantized weight is dequantized exactly first, and the sum is
+  // quantized again at the weight's own width and groups (as mlx-lm fuses), or, with
+  // `dequantize`, kept as a plain weight in the scales' dtype.
+  void fuse_lora(bool dequantize = false);
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
 

@@ -1,8 +1,11 @@
 // The public fine-tuning API (include/lmx/train.h) over the trainer and the adapters.
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 #include "lmx/lmx.h"
 #include "lmx/train.h"
@@ -73,29 +76,55 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
 }
 
 uint64_t fuse_lora(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& out_dir,
-                   const std::string& dtype) {
+                   const std::string& dtype, bool dequantize) {
   LMX_CHECK(fs::weakly_canonical(out_dir) != fs::weakly_canonical(model_dir), "fuse",
             "the output folder must be a new one, not the model's own (", out_dir.string(), ")");
   const auto model = load_for(model_dir, "cpu", dtype, "fuse");  // W + scale·B·A once, then to disk
   models::load_lora(*model, adapter_dir);
-  LMX_CHECK(!model->quantized(), "fuse", model_dir.string(), " is quantized: an adapter folds only into 16- or ",
-            "32-bit weights; fuse into the unquantized model, or keep the adapter beside the weights");
-  models::fuse_lora(*model);
+  models::fuse_lora(*model, dequantize);
+  // The tensors in mlx-lm's layout (<module>.weight as U32 codes, .scales, .biases) where a
+  // weight stays quantized; each dequantized as it is written where none may.
   std::vector<io::DeferredTensor> tensors;
   uint64_t bytes = 0;
-  model->visit("", [&](const std::string& name, Array& p, const Shape&, fast::QuantizedMatrix*) {
-    if (!p.valid()) return;
+  auto add = [&](const std::string& name, const Array& p) {
     const Array a = contiguous(p);
     tensors.push_back({name, io::to_st_dtype(a.dtype()), a.shape(),
                        [a](std::span<std::byte> to) { std::memcpy(to.data(), a.raw(), to.size()); }});
     bytes += a.nbytes();
+  };
+  model->visit("", [&](const std::string& name, Array& p, const Shape&, fast::QuantizedMatrix* q) {
+    if (!q || !q->packed.valid()) {
+      if (p.valid()) add(name, p);
+    } else if (dequantize) {
+      const fast::QuantizedMatrix m = *q;
+      const Dtype t = m.scales.dtype();
+      tensors.push_back({name, io::to_st_dtype(t), {m.rows(), m.cols()}, [m, t](std::span<std::byte> to) {
+                           const Array w = fast::dequantize(m, t);
+                           std::memcpy(to.data(), w.raw(), to.size());
+                         }});
+      bytes += uint64_t(m.rows() * m.cols()) * itemsize(t);
+    } else {
+      const std::string module = name.substr(0, name.size() - std::string_view(".weight").size());
+      add(name, q->packed), add(module + ".scales", q->scales), add(module + ".biases", q->biases);
+    }
   });
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   LMX_CHECK(!ec, "fuse", out_dir.string(), ": cannot create the folder: ", ec.message());
   io::write_safetensors_streamed(out_dir / "model.safetensors", tensors, {{"format", "pt"}});
-  for (const char* f : {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                        "special_tokens_map.json", "chat_template.jinja"})
+  // config.json with the written dtype, and without MLX's quantization where none is left.
+  // (The loader has read it already, so it parses.)
+  auto config = nlohmann::ordered_json::parse(io::read_text_file(model_dir / "config.json", "fuse"));
+  for (const char* key : {"dtype", "torch_dtype"})
+    if (config.contains(key)) config[key] = dtype_name(model->dtype());
+  if (dequantize) config.erase("quantization"), config.erase("quantization_config");
+  {
+    std::ofstream f(out_dir / "config.json");
+    f << config.dump(2) << "\n";
+    LMX_CHECK(f.good(), "fuse", (out_dir / "config.json").string(), ": cannot write");
+  }
+  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "chat_template.jinja"})
     if (fs::exists(model_dir / f)) fs::copy_file(model_dir / f, out_dir / f, fs::copy_options::overwrite_existing);
   return bytes;
 }

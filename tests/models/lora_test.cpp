@@ -8,10 +8,13 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
 
 #include "autograd/autograd.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "lmx/train.h"
 #include "models/loader.h"
 #include "ops/harness.h"
 #include "compare.h"
@@ -269,8 +272,8 @@ TEST_P(LoraTest, PeftAdaptersGiveTransformersLogitsLossAndGradients) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, LoraTest, ::testing::Values("llama", "qwen3", "gemma3_text"));
 
 // QLoRA: adapters on an MLX 8-bit model learn through the packed codes (the gradient for x
-// dequantizes each weight for its product only), and fusing into the codes is refused.
-TEST(LoraFilesTest, AdaptersOnAQuantizedModelLearnAndDoNotFuse) {
+// dequantizes each weight for its product only).
+TEST(LoraFilesTest, AdaptersOnAQuantizedModelLearn) {
   const auto model = load_causal_lm(kModels / "qwen3-mlx-q8");
   ASSERT_TRUE(model->quantized());
   attach_lora(*model, {4, 8}, 2);
@@ -286,7 +289,100 @@ TEST(LoraFilesTest, AdaptersOnAQuantizedModelLearnAndDoNotFuse) {
     (step == 0 ? first : last) = item(r.value);
   }
   EXPECT_LT(last, 0.5f * first) << "from " << first;
-  EXPECT_THROW(fuse_lora(*model), Error);
+}
+
+// Fusing into an MLX model of every width (the mixed fixture, in f32 so that the checks are
+// tight): each adapted weight requantized at its own width lies within a step of the exact
+// W + scale·B·A (computed here in double from the codes), or, dequantized, equals it to f32
+// rounding. (A step, not half: MLX's rule makes the end of larger magnitude exact, and its
+// scale may then fall short of the other end by up to a step.) The folders lmx::fuse_lora writes load back as the same models.
+TEST(LoraFilesTest, AQuantizedModelFusesAgainAtItsOwnWidthsOrDequantized) {
+  const fs::path base = kModels / "qwen3-mlx-mixed";
+  ModelLoadOptions f32;
+  f32.dtype = Dtype::f32;
+  const auto adapted = load_causal_lm(base, f32);
+  const LoraConfig config{4, 8};
+  attach_lora(*adapted, config, 2);
+  for (const auto& [name, a] : lora_parameters(*adapted))  // a change of several quantization steps
+    if (name.ends_with("lora_B.weight")) *a = random_uniform(a->shape(), 9, -0.5f, 0.5f);
+  const fs::path dir = temp_dir("qlora");
+  save_lora(*adapted, config, dir);
+  const std::vector<float> want = to_floats(adapted->forward(kIds));
+  std::map<std::string, std::vector<double>> exact;  // [out, in] each
+  std::map<std::string, std::pair<int, int>> widths;
+  adapted->for_each_linear([&](const std::string& name, nn::Linear& l) {
+    const std::vector<float> w = to_floats(l.is_quantized() ? fast::dequantize(l.quantized, Dtype::f32) : l.weight),
+                             a = to_floats(l.lora->a), b = to_floats(l.lora->b);
+    const int64_t in = l.in_features(), out = l.out_features(), r = config.rank;
+    std::vector<double>& e = exact[name];
+    e.assign(w.begin(), w.end());
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i)
+        for (int64_t k = 0; k < r; ++k) e[size_t(o * in + i)] += l.lora->scale * double(b[size_t(o * r + k)]) * a[size_t(k * in + i)];
+    if (l.is_quantized()) widths[name] = {l.quantized.bits, l.quantized.group_size};
+  });
+  ASSERT_GE(widths.size(), 5u) << "the fixture's projections of 2 to 8 bits";
+
+  const auto again = load_causal_lm(base, f32), plain = load_causal_lm(base, f32);
+  load_lora(*again, dir), load_lora(*plain, dir);
+  fuse_lora(*again);
+  fuse_lora(*plain, /*dequantize=*/true);
+  EXPECT_FALSE(again->has_adapters() || plain->has_adapters());
+  again->for_each_linear([&](const std::string& name, nn::Linear& l) {
+    SCOPED_TRACE(name);
+    const std::vector<double>& e = exact[name];
+    if (!widths.count(name)) {
+      ASSERT_FALSE(l.is_quantized());
+      return;
+    }
+    ASSERT_TRUE(l.is_quantized());
+    EXPECT_EQ(std::make_pair(l.quantized.bits, l.quantized.group_size), widths[name]);
+    const std::vector<float> w = to_floats(fast::dequantize(l.quantized, Dtype::f32)),
+                             scales = to_floats(l.quantized.scales);
+    const int64_t in = l.in_features(), groups = in / l.quantized.group_size;
+    for (size_t i = 0; i < w.size(); ++i) {
+      const double step = std::abs(scales[size_t(int64_t(i) / in * groups + int64_t(i) % in / l.quantized.group_size)]);
+      ASSERT_LE(std::abs(w[i] - e[i]), step + 1e-6 * (1 + std::abs(e[i]))) << "element " << i;
+    }
+  });
+  plain->for_each_linear([&](const std::string& name, nn::Linear& l) {
+    SCOPED_TRACE(name);
+    ASSERT_FALSE(l.is_quantized());
+    const std::vector<float> w = to_floats(l.weight);
+    const std::vector<double>& e = exact[name];
+    for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], e[i], 1e-6 * (1 + std::abs(e[i]))) << "element " << i;
+  });
+  EXPECT_LE(test::relative_l2(to_floats(plain->forward(kIds)), want), 1e-5) << "dequantized: the adapter's logits";
+
+  // The written folders: the same weights, loaded back.
+  const fs::path requantized = temp_dir("qlora-fused"), dequantized = temp_dir("qlora-dequantized");
+  ::lmx::fuse_lora(base, dir, requantized, "f32");
+  ::lmx::fuse_lora(base, dir, dequantized, "f32", /*dequantize=*/true);
+  const auto read_q = load_causal_lm(requantized), read_d = load_causal_lm(dequantized);
+  EXPECT_TRUE(read_q->quantized());
+  EXPECT_FALSE(read_d->quantized());
+  EXPECT_EQ(to_floats(read_q->forward(kIds)), to_floats(again->forward(kIds)));
+  EXPECT_LE(test::relative_l2(to_floats(read_d->forward(kIds)), want), 1e-5);
+  const nlohmann::json written = nlohmann::json::parse(std::ifstream(dequantized / "config.json"));
+  EXPECT_FALSE(written.contains("quantization") || written.contains("quantization_config"));
+  EXPECT_EQ(written.at("dtype"), "float32");
+  EXPECT_TRUE(nlohmann::json::parse(std::ifstream(requantized / "config.json")).contains("quantization"));
+
+  // A diverged adapter is refused before any layer changes.
+  const auto diverged = load_causal_lm(base, f32);
+  load_lora(*diverged, dir);
+  Array& last_b = *lora_parameters(*diverged).back().second;
+  last_b = full(last_b.shape(), std::nan(""), last_b.dtype());
+  try {
+    fuse_lora(*diverged);
+    ADD_FAILURE() << "a NaN adapter fused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("down_proj's adapter holds nan: it diverged"), std::string::npos) << e.what();
+  }
+  int kept = 0;
+  diverged->for_each_linear([&](const std::string&, nn::Linear& l) { kept += l.lora.has_value(); });
+  EXPECT_EQ(kept, 7 * diverged->num_layers()) << "no adapter folded";
+  for (const fs::path& d : {dir, requantized, dequantized}) fs::remove_all(d);
 }
 
 // A broken adapter folder is an error that names the file (and tensor), and attaches nothing.

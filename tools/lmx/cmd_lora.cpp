@@ -153,6 +153,7 @@ void add_lora_commands(CLI::App& app) {
 
   auto model = std::make_shared<std::string>(), adapter = std::make_shared<std::string>(),
        out = std::make_shared<std::string>(), dtype = std::make_shared<std::string>();
+  auto dequantize = std::make_shared<bool>(false);
   auto* fuse = app.add_subcommand(
       "fuse", "Fold a LoRA adapter into a model's weights and write a new model folder");
   fuse->add_option("MODEL", *model, "Model folder")->required();
@@ -161,13 +162,20 @@ void add_lora_commands(CLI::App& app) {
       ->required();
   fuse->add_option("--out", *out, "New model folder to write")->required();
   fuse->add_option("--dtype", *dtype, "Dtype of the written weights (default: the model's)");
+  fuse->add_flag("--dequantize", *dequantize,
+                 "Write an MLX-quantized model's weights unquantized instead of quantizing the fused ones again");
   fuse->footer(
-      "Each weight becomes W + scale·B·A, summed in f32 and rounded once. The tokenizer and "
-      "config\n"
-      "files are copied. The fused model decodes at full speed (no adapter beside the weights).\n\n"
-      "Example:\n  lmx fuse /models/Qwen3-0.6B --adapter adapters --out /models/Qwen3-0.6B-tuned");
+      "Each weight becomes W + scale·B·A, summed in f32 and rounded once. The tokenizer files are\n"
+      "copied, and config.json with the written dtype. The fused model decodes at full speed (no\n"
+      "adapter beside the weights).\n"
+      "An MLX-quantized model (QLoRA) has each adapted weight dequantized exactly, fused, and quantized\n"
+      "again at its own width and group size, as mlx-lm fuses: the result is as small as the base, at\n"
+      "the cost of one more rounding. --dequantize writes every weight unquantized in the model's\n"
+      "dtype (or --dtype) and drops the quantization from config.json.\n\n"
+      "Examples:\n  lmx fuse /models/Qwen3-0.6B --adapter adapters --out /models/Qwen3-0.6B-tuned\n"
+      "  lmx fuse /models/Qwen3-0.6B-4bit --adapter adapters --out /models/Qwen3-0.6B-tuned-bf16 --dequantize");
   fuse->callback([=] {
-    const uint64_t bytes = fuse_lora(*model, *adapter, *out, *dtype);
+    const uint64_t bytes = fuse_lora(*model, *adapter, *out, *dtype, *dequantize);
     std::printf("wrote %s: %.2f GB of weights, %s with %s folded in\n", out->c_str(), double(bytes) / 1e9,
                 model->c_str(), adapter->c_str());
   });
