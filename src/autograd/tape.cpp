@@ -127,7 +127,8 @@ class Tape : public detail::Recorder {
 
   // A node that names a step's output and its tracked inputs, and says which inputs those are.
   Node named(const std::vector<Array>& inputs, const Array& output) const {
-    Node node{.out = key_of(output)};
+    Node node;
+    node.out = key_of(output);
     for (const Array& a : inputs) {
       const bool tracked = a.valid() && tracks(a);
       node.need.push_back(tracked);

@@ -243,6 +243,7 @@ bool vjp_reads(const detail::StepRecord& st, size_t i, const std::vector<bool>& 
     case Step::rms_norm: return true;
     case Step::rope: return i != 0;  // x by shape; the angles' inputs
     case Step::glu: return true;
+    case Step::dropout: return false;  // x by shape: the mask comes from the seed
     case Step::cross_entropy_rows: return true;
     case Step::astype:
     case Step::copy:
@@ -320,6 +321,7 @@ std::vector<Array> vjp(const detail::StepRecord& st, const Array& g,
     case Step::rms_norm: return detail::rms_norm_vjp(st, g, need);
     case Step::rope: return detail::rope_vjp(st, g);
     case Step::cross_entropy_rows: return detail::cross_entropy_rows_vjp(st, g);
+    case Step::dropout: return detail::dropout_vjp(st, g);
     case Step::glu: return glu_vjp(fast::GluActivation(st.code), in[0], in[1], g, need);
     case Step::quantized_matmul: {
       // x [..., K]·Wᵀ -> g [..., N]: dx = g·W with W dequantized for this product only.

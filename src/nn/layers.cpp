@@ -14,16 +14,11 @@ uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// x [..., in] with each element zeroed with probability p and the rest multiplied by
-// 1 / (1 - p) in f32 and rounded once to x's dtype, as torch's dropout kernel computes it.
-// Where no DropoutScope lives, x itself.
+// x [..., in] dropped out (fast::dropout) with the adapter's own mask for the scope's seed;
+// where no DropoutScope lives, x itself.
 Array dropped(const Array& x, const LoRA& l) {
   const std::optional<uint64_t> seed = DropoutScope::seed();
-  if (l.dropout <= 0 || !seed) return x;
-  const Array u = random_uniform(x.shape(), mix(*seed + mix(l.stream)), 0, 1, Dtype::f32, x.device());
-  const Array keep = multiply(astype(greater_equal(u, scalar(l.dropout, Dtype::f32, x.device())), Dtype::f32),
-                              1.0 / (1.0 - double(l.dropout)));  // [..., in]: 0 or 1 / (1 - p)
-  return astype(multiply(x, keep), x.dtype());
+  return l.dropout <= 0 || !seed ? x : fast::dropout(x, l.dropout, mix(*seed + mix(l.stream)));
 }
 
 }  // namespace

@@ -206,6 +206,13 @@ Array layer_norm(const Array& x, const Array& weight, const std::optional<Array>
   return out;
 }
 
+Array dropout(const Array& x, float p, uint64_t seed) {
+  detail::check_valid(x, "dropout", "x");
+  detail::check_float(x, "dropout");
+  LMX_CHECK(p >= 0 && p < 1, "dropout", "p must be in [0, 1), got ", p);
+  return p == 0 ? x : detail::dropout_step(x, p, seed);
+}
+
 Array glu(const Array& gate, const Array& up, GluActivation act) {
   check_glu_args(gate, up);
   // Under a tape, one step (Step::glu) with a rule of its own: one kernel each way where the

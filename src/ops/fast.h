@@ -78,6 +78,12 @@ enum class GluActivation { silu, gelu_tanh };
 // shape and dtype. One pass instead of two: the MLP's largest element-wise tensors.
 Array glu(const Array& gate, const Array& up, GluActivation act);
 
+// Dropout as torch.nn.Dropout computes it in training: each element of x zeroed with
+// probability p and the rest multiplied by 1 / (1 - p) in f32, rounded once to x's dtype.
+// The mask is counter-based (random_uniform(x.shape(), seed) >= p), the same on every device.
+// Under a tape, one step that keeps no mask: its rule draws the mask again from the seed.
+Array dropout(const Array& x, float p, uint64_t seed);
+
 // The gated MLP's first half: glu(x·w_gateᵀ, x·w_upᵀ, act) for x [..., K] and the
 // Linear-layout weights w_gate, w_up [N, K] -> [..., N]. A backend may run it as one GEMM
 // with the activation in its epilogue, which never writes the two [..., N] products (same

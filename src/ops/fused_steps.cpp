@@ -6,6 +6,24 @@
 #include "ops/op_util.h"
 
 namespace lmx::detail {
+Array dropout_step(const Array& x, float p, uint64_t seed) {
+  const OpRecord record;  // one step, whose rule draws the mask again
+  // [x.shape] f32: 0 where dropped, 1 / (1 - p) where kept.
+  const Array keep =
+      multiply(astype(greater_equal(random_uniform(x.shape(), seed, 0, 1, Dtype::f32, x.device()),
+                                    scalar(p, Dtype::f32, x.device())),
+                      Dtype::f32),
+               1.0 / (1.0 - double(p)));
+  const Array out = astype(multiply(x, keep), x.dtype());
+  record(Step::dropout, {x}, out, 0, {int64_t(seed), int64_t(std::bit_cast<uint32_t>(p))});
+  return out;
+}
+
+std::vector<Array> dropout_vjp(const StepRecord& st, const Array& g) {
+  // dropout is linear in x: its gradient is dropout of g with the same mask.
+  const Array dx = dropout_step(g, std::bit_cast<float>(uint32_t(st.args.at(1))), uint64_t(st.args.at(0)));
+  return {astype(dx, st.inputs.at(0).dtype())};
+}
 
 Array rms_norm_step(const Array& x, const Array& weight, float eps, fast::RmsNormStyle style) {
   const OpRecord record;  // the ops below are the step's own: the tape sees one

@@ -8,7 +8,9 @@
 // one step, each runs the backend's forward kernel, and its rule one kernel: the norm's
 // for x's gradient (the weight's, where a tape wants it, by ops); RoPE's is RoPE itself at
 // the negated angles, since a rotation's gradient is the inverse rotation. The rule of
-// fast::cross_entropy_rows (its forward is in fast.cpp) lives here too.
+// fast::cross_entropy_rows (its forward is in fast.cpp) lives here too, and fast::dropout,
+// whose step keeps no mask (a [rows, D] f32 array for each adapter's input, where the
+// composition's product kept one) but draws it again from its seed.
 #pragma once
 
 #include <vector>
@@ -27,6 +29,11 @@ std::vector<Array> rms_norm_vjp(const StepRecord& st, const Array& g, const std:
 Array rope_step(const Array& x, const Array& inv_freq, const Array& offsets);
 // Step::rope's rule: x's gradient (none for the frequencies and offsets).
 std::vector<Array> rope_vjp(const StepRecord& st, const Array& g);
+
+// fast::dropout's values (p in (0, 1), checked by the caller), recorded as one Step::dropout.
+Array dropout_step(const Array& x, float p, uint64_t seed);
+// Step::dropout's rule: x's gradient, g times the step's mask drawn again from its seed.
+std::vector<Array> dropout_vjp(const StepRecord& st, const Array& g);
 
 // Step::cross_entropy_rows's rule: the logits' gradient, g_r · (softmax(x_r) − onehot(t_r)),
 // zero in a row whose g_r is zero (a row the loss leaves out, whatever its logits hold).

@@ -43,6 +43,7 @@ enum class Step : uint8_t {
   rope,              // inputs: x, inv_freq, offsets
   glu,               // inputs: gate, up; code: GluActivation
   cross_entropy_rows,  // inputs: logits [R, V], targets [R]
+  dropout,             // inputs: x; args: {seed, p's bits}
 };
 
 struct StepRecord {

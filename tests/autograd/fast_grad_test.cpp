@@ -294,6 +294,26 @@ TEST(FastGradTest, CrossEntropyRowsAgainstTheirTargets) {
                    }});
 }
 
+// The mask is random_uniform(shape, seed) >= p, as fast::dropout promises; the reference
+// takes it from there and scales by 1 / (1 - p) in float64. The step keeps no mask: its rule
+// draws it again.
+TEST(FastGradTest, DropoutKeepsItsMaskThroughTheRule) {
+  const float p = 0.3f;
+  const uint64_t seed = 77;
+  const std::vector<float> u = to_floats(random_uniform({4, 16}, seed));
+  check_gradients({"dropout",
+                   {{4, 16}},
+                   -2,
+                   2,
+                   [&](const std::vector<Array>& x) { return fast::dropout(x[0], p, seed); },
+                   [&](const std::vector<HT>& x) {
+                     HT out = x[0];
+                     for (size_t i = 0; i < out.v.size(); ++i)
+                       out.v[i] = u[i] >= p ? out.v[i] * double(float(1.0 / (1.0 - double(p)))) : 0.0;
+                     return out;
+                   }});
+}
+
 TEST(FastGradTest, SelfAttentionWithQkNorms) {
   // q [B, L, Hq, D], k and v [B, L, Hkv, D], per-head norm weights [D].
   check_gradients({"self_attention",
