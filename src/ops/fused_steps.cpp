@@ -8,13 +8,16 @@
 namespace lmx::detail {
 Array dropout_step(const Array& x, float p, uint64_t seed) {
   const OpRecord record;  // one step, whose rule draws the mask again
-  // [x.shape] f32: 0 where dropped, 1 / (1 - p) where kept.
-  const Array keep =
-      multiply(astype(greater_equal(random_uniform(x.shape(), seed, 0, 1, Dtype::f32, x.device()),
-                                    scalar(p, Dtype::f32, x.device())),
-                      Dtype::f32),
-               1.0 / (1.0 - double(p)));
-  const Array out = astype(multiply(x, keep), x.dtype());
+  Array out(x.shape(), x.dtype(), x.device());
+  if (!kern(x).dropout(contiguous(x), p, seed, out)) {
+    // [x.shape] f32: 0 where dropped, 1 / (1 - p) where kept.
+    const Array keep =
+        multiply(astype(greater_equal(random_uniform(x.shape(), seed, 0, 1, Dtype::f32, x.device()),
+                                      scalar(p, Dtype::f32, x.device())),
+                        Dtype::f32),
+                 1.0 / (1.0 - double(p)));
+    out = astype(multiply(x, keep), x.dtype());
+  }
   record(Step::dropout, {x}, out, 0, {int64_t(seed), int64_t(std::bit_cast<uint32_t>(p))});
   return out;
 }

@@ -51,6 +51,10 @@ class Kernels {
   virtual void fill(const Array& out, double value) = 0;                 // out contiguous
   virtual void arange(const Array& out, double start, double step) = 0;  // out contiguous 1-D
   virtual void random(const Array& out, uint64_t seed, RandomKind kind, float a, float b) = 0;
+  // fast::dropout: x contiguous float -> out (x's shape and dtype), element i x·(1 / (1 - p)) in
+  // f32 where random's uniform draw i of `seed` is >= p, else x·0, rounded once: the bits of
+  // the composition, in one pass. false where the backend has no kernel (the op composes).
+  virtual bool dropout(const Array& /*x*/, float /*p*/, uint64_t /*seed*/, const Array& /*out*/) { return false; }
 
   // dst[i] = cast(src[i]); same shape, any strides on both sides (dst may be a view).
   virtual void copy(const Array& src, const Array& dst) = 0;

@@ -1,6 +1,7 @@
 // The fused ops' gradients (each runs as its composition under a tape) against float64
 // central differences of float64 forwards written from the models' math.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 #include "cuda_available.h"
@@ -312,6 +313,23 @@ TEST(FastGradTest, DropoutKeepsItsMaskThroughTheRule) {
                        out.v[i] = u[i] >= p ? out.v[i] * double(float(1.0 / (1.0 - double(p)))) : 0.0;
                      return out;
                    }});
+  // A backend's kernel gives the composition's bits in every float dtype, negative zeros and
+  // NaN included.
+  for (const Device d : test_devices())
+    for (const Dtype t : kFloatDtypes) {
+      SCOPED_TRACE(std::string(d.str()) + " " + std::string(dtype_name(t)));
+      std::vector<float> v = to_floats(random_uniform({33, 31}, 5, -3, 3));
+      v[3] = std::nanf(""), v[40] = -INFINITY;
+      const Array x = to_device(from_floats(v, {33, 31}, t), d);
+      const Array keep = multiply(astype(greater_equal(random_uniform(x.shape(), seed, 0, 1, Dtype::f32, d),
+                                                       scalar(p, Dtype::f32, d)),
+                                         Dtype::f32),
+                                  1.0 / (1.0 - double(p)));
+      const std::vector<float> got = to_floats(fast::dropout(x, p, seed)),
+                               want = to_floats(astype(multiply(x, keep), t));
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i])) << "element " << i;
+    }
 }
 
 TEST(FastGradTest, SelfAttentionWithQkNorms) {

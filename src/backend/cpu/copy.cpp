@@ -86,6 +86,24 @@ void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, f
   });
 }
 
+bool dropout(const Array& x, float p, uint64_t seed, const Array& out) {
+  const float scale = float(1.0 / (1.0 - double(p)));  // as the composition's f32 scalar
+  bool done = false;
+  visit_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<compute_t<T>, float>) {
+      const T* in = x.data<T>();
+      T* o = out.data<T>();
+      parallel_for(x.size(), 1 << 14, [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i)  // x·0 where dropped, as the product gives (NaN stays NaN)
+          o[i] = from_f32<T>(to_f32(in[i]) * (random_unit(seed, uint64_t(i)) >= p ? scale : 0.0f));
+      });
+      done = true;
+    }
+  });
+  return done;
+}
+
 void copy(const Array& src, const Array& dst) {
   const Walk<2> w = make_walk<2>(dst.shape(), {&src, &dst});
   visit_dtype(src.dtype(), [&](auto s_tag) {

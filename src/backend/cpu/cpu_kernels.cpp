@@ -16,6 +16,9 @@ class CpuKernels final : public detail::Kernels {
   void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b) override {
     cpu::random(out, seed, kind, a, b);
   }
+  bool dropout(const Array& x, float p, uint64_t seed, const Array& out) override {
+    return cpu::dropout(x, p, seed, out);
+  }
   void copy(const Array& src, const Array& dst) override { cpu::copy(src, dst); }
   void unary(UnaryOp op, const Array& in, const Array& out) override { cpu::unary(op, in, out); }
   void binary(BinaryOp op, const Array& a, const Array& b, const Array& out) override {

@@ -11,6 +11,7 @@ namespace lmx::cpu {
 void fill(const Array& out, double value);
 void arange(const Array& out, double start, double step);
 void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b);
+bool dropout(const Array& x, float p, uint64_t seed, const Array& out);
 void copy(const Array& src, const Array& dst);
 // elementwise.cpp
 void unary(UnaryOp op, const Array& in, const Array& out);
