@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--batch", type=int, nargs="*", default=[4])
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (lmx bench --lora-dropout)")
     ap.add_argument("--grad-checkpoint", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
@@ -42,7 +43,7 @@ def main():
     if args.grad_checkpoint:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    config = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS, lora_dropout=0.0,
+    config = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS, lora_dropout=args.dropout,
                              bias="none", task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, config)
     model.train()
@@ -71,7 +72,7 @@ def main():
             times.append(time.perf_counter() - t0)
         s = statistics.median(times)
         rows.append({"workload": "lora_train", "batch": b, "prompt_len": args.prompt_len, "rank": args.rank,
-                     "grad_checkpoint": args.grad_checkpoint, "loss": loss,
+                     "dropout": args.dropout, "grad_checkpoint": args.grad_checkpoint, "loss": loss,
                      "peer_tok_per_s": b * args.prompt_len / s, "peak_mem_bytes": torch.cuda.max_memory_allocated()})
         print(f"batch {b}: {b * args.prompt_len / s:.0f} tok/s, step {s * 1e3:.1f} ms, "
               f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB", flush=True, file=sys.stderr)

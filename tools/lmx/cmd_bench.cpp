@@ -32,6 +32,7 @@ struct BenchArgs {
   bool decode = false, classify = false, prefill = false, json = false, plain = false, deterministic = false;
   bool lora = false, grad_checkpoint = false;
   int lora_rank = 8;
+  double lora_dropout = 0;
   std::vector<int> batch{1};
   int prompt_len = 128, gen_len = 256, warmup = 1, repeat = 3, prompts = 1024, chunk = 1024;
   SamplingOptions sampling;  // decode's: greedy by default, seed 1 (add_bench_command)
@@ -269,7 +270,9 @@ void run_bench(const BenchArgs& a) {
   if (a.lora) {
     // Adapters of rank r (alpha 2r) on every projection, B random so that every product of
     // the backward pass is a real one; the last workload, since it changes the model.
-    models::attach_lora(*model, {a.lora_rank, 2.0f * float(a.lora_rank)}, 1);
+    models::LoraConfig lora{a.lora_rank, 2.0f * float(a.lora_rank)};
+    lora.dropout = float(a.lora_dropout);
+    models::attach_lora(*model, lora, 1);
     for (const auto& [name, p] : models::lora_parameters(*model))
       if (name.ends_with("lora_B.weight")) *p = random_uniform(p->shape(), 2, -0.01f, 0.01f, p->dtype(), dev);
     const std::vector<Array> params = train::trainable_adapters(*model);
@@ -281,13 +284,15 @@ void run_bench(const BenchArgs& a) {
       alloc.reset_peak();
       nlohmann::json row = nlohmann::json::object();
       double loss = 0;
+      uint64_t step = 0;
       const double s = median_seconds(dev, a.warmup, a.repeat, row, [&] {  // one optimizer step
+        const nn::DropoutScope masks(++step);  // new masks each step, as a trainer draws them
         const auto r = autograd::value_and_grad([&] { return train::cross_entropy(model->forward(x), t); }, params);
         opt.step(r.grads);
         loss = item(r.value);
       });
       row.update({{"workload", "lora_train"}, {"batch", b}, {"prompt_len", a.prompt_len}, {"rank", a.lora_rank},
-                  {"grad_checkpoint", a.grad_checkpoint}, {"loss", loss},
+                  {"dropout", a.lora_dropout}, {"grad_checkpoint", a.grad_checkpoint}, {"loss", loss},
                   {"lmx_tok_per_s", double(b) * a.prompt_len / s}, {"peak_mem_bytes", alloc.stats().peak}});
       results.push_back(row);
     }
@@ -349,6 +354,9 @@ void add_bench_command(CLI::App& app) {
                 "LoRA training steps (forward, backward, AdamW) on --batch rows of --prompt-len tokens, "
                 "adapters on every projection; tok/s counts the rows' tokens");
   cmd->add_option("--lora-rank", a->lora_rank, "--lora: the adapters' rank")->capture_default_str();
+  cmd->add_option("--lora-dropout", a->lora_dropout, "--lora: the adapters' dropout (lora_dropout)")
+      ->check(CLI::Range(0.0, 0.999))
+      ->capture_default_str();
   cmd->add_flag("--grad-checkpoint", a->grad_checkpoint, "--lora: each layer checkpointed");
   cmd->add_option("--batch", a->batch, "Decode (and --lora) batch sizes (repeatable)")->capture_default_str();
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt length")->capture_default_str();
