@@ -22,9 +22,12 @@ const std::string kPrefix = "base_model.model.";
 // "model.layers.0.self_attn.q_proj" -> "q_proj"
 std::string last_name(const std::string& module) { return module.substr(module.rfind('.') + 1); }
 
+// "model.layers.12.mlp.up_proj" -> 12
+int layer_of(const std::string& module) { return std::stoi(module.substr(std::string("model.layers.").size())); }
+
 bool targeted(const LoraConfig& c, const std::string& module) {
-  return std::find(c.target_modules.begin(), c.target_modules.end(), last_name(module)) !=
-         c.target_modules.end();
+  return std::find(c.target_modules.begin(), c.target_modules.end(), last_name(module)) != c.target_modules.end() &&
+         (c.layers.empty() || std::find(c.layers.begin(), c.layers.end(), layer_of(module)) != c.layers.end());
 }
 
 void check_config(const LoraConfig& c, const std::string& where) {
@@ -57,6 +60,9 @@ float LoraConfig::scale() const {
 
 void attach_lora(CausalLM& model, const LoraConfig& config, uint64_t seed) {
   check_config(config, "attach");
+  for (const int l : config.layers)
+    LMX_CHECK(l >= 0 && l < model.num_layers(), "lora", "layer ", l, " is not one of the model's ", model.num_layers(),
+              " decoder layers (0 to ", model.num_layers() - 1, ")");
   std::set<std::string> found;
   uint64_t index = 0;
   const Dtype dtype = model.dtype();
@@ -110,6 +116,8 @@ void save_lora(CausalLM& model, const LoraConfig& config, const fs::path& dir,
                               {"lora_alpha", config.alpha},
                               {"lora_dropout", config.dropout},
                               {"target_modules", config.target_modules},
+                              {"layers_to_transform", config.layers.empty() ? nlohmann::json(nullptr)
+                                                                             : nlohmann::json(config.layers)},
                               {"bias", "none"},
                               {"fan_in_fan_out", false},
                               {"use_rslora", config.use_rslora},
@@ -149,6 +157,12 @@ LoraConfig load_lora(CausalLM& model, const fs::path& dir) {
     c.alpha = get("lora_alpha", double(c.rank)).get<float>();
     c.use_rslora = get("use_rslora", false).get<bool>();
     c.dropout = get("lora_dropout", 0.0).get<float>();
+    // null (every layer), one index, or a list of them
+    const nlohmann::json layers = get("layers_to_transform", nullptr);
+    if (layers.is_number_integer()) c.layers = {layers.get<int>()};
+    if (layers.is_array()) c.layers = layers.get<std::vector<int>>();
+    LMX_CHECK(layers.is_null() || layers.is_number_integer() || layers.is_array(), "lora", where,
+              ": layers_to_transform must be null, a layer index or a list of them, got ", layers.dump());
     LMX_CHECK(!get("use_dora", false).get<bool>(), "lora", where,
               ": DoRA adapters (use_dora) are not supported");
     LMX_CHECK(!get("fan_in_fan_out", false).get<bool>(), "lora", where,
@@ -183,6 +197,8 @@ LoraConfig load_lora(CausalLM& model, const fs::path& dir) {
     const auto layer = layers.find(module);
     LMX_CHECK(layer != layers.end(), "lora", at, ": the model has no projection ", module,
               " (an adapter for another model, or for layers lmx does not adapt)");
+    LMX_CHECK(c.layers.empty() || std::find(c.layers.begin(), c.layers.end(), layer_of(module)) != c.layers.end(),
+              "lora", at, ": layer ", layer_of(module), " is not in the config's layers_to_transform");
     const std::optional<Dtype> st = io::to_lmx_dtype(t.dtype);
     LMX_CHECK(st && is_float(*st), "lora", at, ": dtype ", io::st_dtype_name(t.dtype),
               " is not F32, F16 or BF16");

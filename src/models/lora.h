@@ -26,6 +26,9 @@ struct LoraConfig {
   // lora_dropout: while training (nn::DropoutScope), each adapter's input elements are zeroed
   // with this probability, in [0, 1).
   float dropout = 0;
+  // The decoder layers adapted, by index; empty: all of them. PEFT's layers_to_transform
+  // (mlx-lm's --num-layers adapts the last N).
+  std::vector<int> layers;
   float scale() const;
 };
 

@@ -45,6 +45,11 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
 
   models::LoraConfig lora{o.rank, o.alpha, o.targets, o.rslora, o.dropout};
   if (lora.target_modules.empty()) lora.target_modules = models::LoraConfig{}.target_modules;
+  const int layers = model->num_layers();
+  LMX_CHECK(o.num_layers >= 0 && o.num_layers <= layers, "train", "num_layers ", o.num_layers,
+            " is not between 0 (all) and the model's ", layers, " decoder layers");
+  if (o.num_layers > 0)
+    for (int l = layers - o.num_layers; l < layers; ++l) lora.layers.push_back(l);
   if (!o.resume_adapter.empty()) {
     lora = models::load_lora(*model, o.resume_adapter);
   } else {

@@ -385,6 +385,45 @@ TEST(LoraFilesTest, AQuantizedModelFusesAgainAtItsOwnWidthsOrDequantized) {
   for (const fs::path& d : {dir, requantized, dequantized}) fs::remove_all(d);
 }
 
+// Adapters on some layers only (PEFT's layers_to_transform, mlx-lm's --num-layers): the
+// others are left bare, and the list is saved and read back.
+TEST(LoraFilesTest, AdaptersOnChosenLayersOnlyRoundTrip) {
+  const auto model = load_causal_lm(kModels / "qwen3-f32");
+  ASSERT_EQ(model->num_layers(), 2);
+  LoraConfig config{2, 4, {"q_proj", "down_proj"}};
+  config.layers = {1};
+  attach_lora(*model, config, 1);
+  std::vector<std::string> names;
+  for (const auto& [name, a] : lora_parameters(*model)) names.push_back(name);
+  EXPECT_EQ(names, (std::vector<std::string>{"base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight",
+                                             "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight",
+                                             "base_model.model.model.layers.1.mlp.down_proj.lora_A.weight",
+                                             "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"}));
+  const fs::path dir = temp_dir("layers");
+  save_lora(*model, config, dir);
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir / "adapter_config.json")).at("layers_to_transform"),
+            nlohmann::json::array({1}));
+  const auto again = load_causal_lm(kModels / "qwen3-f32");
+  EXPECT_EQ(load_lora(*again, dir).layers, std::vector<int>{1});
+  EXPECT_EQ(lora_parameters(*again).size(), 4u);
+
+  const auto other = load_causal_lm(kModels / "qwen3-f32");
+  config.layers = {2};
+  EXPECT_THROW(attach_lora(*other, config, 1), Error) << "a layer the model lacks";
+  EXPECT_FALSE(other->has_adapters());
+  // A config whose list leaves out a layer the tensors adapt.
+  std::ofstream(dir / "adapter_config.json") << R"({"peft_type": "LORA", "r": 2, "layers_to_transform": [0]})";
+  try {
+    load_lora(*other, dir);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 1 is not in the config's layers_to_transform"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(other->has_adapters());
+  fs::remove_all(dir);
+}
+
 // A broken adapter folder is an error that names the file (and tensor), and attaches nothing.
 TEST(LoraFilesTest, BrokenFoldersAreRefusedAndAttachNothing) {
   const auto model = load_causal_lm(kModels / "qwen3-f32");

@@ -163,6 +163,18 @@ TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
   std::ifstream config(work / "ad" / "adapter_config.json");
   EXPECT_FLOAT_EQ(nlohmann::json::parse(config).at("lora_dropout").get<float>(), 0.05f);
 
+  // The last layer only (of 2), then a count past the model's layers.
+  const std::string one_layer = "lora '" + model.string() + "' --data '" + (work / "train.jsonl").string() +
+                                "' --iters 1 --batch-size 3 --adapter-path '" + (work / "last").string() + "'";
+  const Result last = lmx(one_layer + " --num-layers 1");
+  ASSERT_EQ(last.status, 0) << last.err;
+  std::ifstream last_config(work / "last" / "adapter_config.json");
+  EXPECT_EQ(nlohmann::json::parse(last_config).at("layers_to_transform"), nlohmann::json::array({1}));
+  const Result past = lmx(one_layer + " --num-layers 3");
+  EXPECT_EQ(past.status, 1);
+  EXPECT_NE(past.err.find("num_layers 3 is not between 0 (all) and the model's 2 decoder layers"), std::string::npos)
+      << past.err;
+
   const std::string gen = " --device cpu --prompt-ids 5,6,7 --max-tokens 8 --ignore-eos --json";
   const Result with = lmx("generate '" + model.string() + "' --adapter '" + (work / "ad").string() + "'" + gen);
   ASSERT_EQ(with.status, 0) << with.err;

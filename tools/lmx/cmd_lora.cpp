@@ -112,6 +112,10 @@ void add_lora_commands(CLI::App& app) {
                   "k_proj, v_proj, o_proj, "
                   "gate_proj, up_proj, down_proj)")
       ->capture_default_str();
+  cmd->add_option("--num-layers", a->o.num_layers,
+                  "Adapt only the last this many decoder layers (0: all), as mlx-lm's --num-layers; saved as PEFT's "
+                  "layers_to_transform")
+      ->capture_default_str();
   cmd->add_option("--max-seq-len", a->o.max_seq_len, "Longer examples are cut to this many tokens")
       ->capture_default_str();
   cmd->add_flag("--mask-prompt", a->o.mask_prompt,
