@@ -30,7 +30,7 @@ struct LoraOptions {
   // Projections to adapt, by their last name; empty = all seven (q, k, v, o, gate, up, down).
   std::vector<std::string> targets;
   int num_layers = 0;  // adapt only the last this many decoder layers (mlx-lm's --num-layers); 0 = all
-  std::filesystem::path resume_adapter;  // continue training these (their rank, alpha and dropout)
+  std::filesystem::path resume_adapter;  // continue training these (their rank, alpha, dropout, layers)
   // The data. Each line: {"text": ...}, {"messages": [...]} or {"prompt": ..., "completion": ...}.
   int max_seq_len = 2048;    // longer examples are cut (to the model's context too)
   bool mask_prompt = false;  // learn only each example's last message (or completion)

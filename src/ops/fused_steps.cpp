@@ -1,4 +1,4 @@
-// RMSNorm and RoPE under a gradient tape as one step each, and the loss's rule: see fused_steps.h.
+// RMSNorm, RoPE and dropout under a gradient tape as one step each, and the loss's rule: see fused_steps.h.
 #include "ops/fused_steps.h"
 
 #include <bit>
@@ -6,6 +6,7 @@
 #include "ops/op_util.h"
 
 namespace lmx::detail {
+
 Array dropout_step(const Array& x, float p, uint64_t seed) {
   const OpRecord record;  // one step, whose rule draws the mask again
   Array out(x.shape(), x.dtype(), x.device());

@@ -1,5 +1,5 @@
 // RMSNorm and RoPE under a gradient tape as one step each (the tracked fast::rms_norm,
-// fast::add_rms_norm, fast::rope, and the norms and RoPE of fast::self_attention).
+// fast::add_rms_norm, fast::rope, and the norms and RoPE of fast::self_attention), and dropout.
 //
 // Why: as compositions, a norm (f32 copy, square, mean, rsqrt, two products, two roundings)
 // and a RoPE (its angles, cos and sin, two slices, a negation, a concatenation, two

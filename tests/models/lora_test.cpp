@@ -295,7 +295,8 @@ TEST(LoraFilesTest, AdaptersOnAQuantizedModelLearn) {
 // tight): each adapted weight requantized at its own width lies within a step of the exact
 // W + scale·B·A (computed here in double from the codes), or, dequantized, equals it to f32
 // rounding. (A step, not half: MLX's rule makes the end of larger magnitude exact, and its
-// scale may then fall short of the other end by up to a step.) The folders lmx::fuse_lora writes load back as the same models.
+// scale may then fall short of the other end by up to a step.) The folders lmx::fuse_lora
+// writes load back as the same models.
 TEST(LoraFilesTest, AQuantizedModelFusesAgainAtItsOwnWidthsOrDequantized) {
   const fs::path base = kModels / "qwen3-mlx-mixed";
   ModelLoadOptions f32;
@@ -318,7 +319,8 @@ TEST(LoraFilesTest, AQuantizedModelFusesAgainAtItsOwnWidthsOrDequantized) {
     e.assign(w.begin(), w.end());
     for (int64_t o = 0; o < out; ++o)
       for (int64_t i = 0; i < in; ++i)
-        for (int64_t k = 0; k < r; ++k) e[size_t(o * in + i)] += l.lora->scale * double(b[size_t(o * r + k)]) * a[size_t(k * in + i)];
+        for (int64_t k = 0; k < r; ++k)
+          e[size_t(o * in + i)] += l.lora->scale * double(b[size_t(o * r + k)]) * a[size_t(k * in + i)];
     if (l.is_quantized()) widths[name] = {l.quantized.bits, l.quantized.group_size};
   });
   ASSERT_GE(widths.size(), 5u) << "the fixture's projections of 2 to 8 bits";

@@ -126,7 +126,7 @@ void add_lora_commands(CLI::App& app) {
   cmd->add_option("--adapter-path", a->o.adapter_path, "Folder to write the adapters into")
       ->capture_default_str();
   cmd->add_option("--resume-adapter", a->o.resume_adapter,
-                  "Continue training the adapters in this folder (with their own rank, alpha and dropout)");
+                  "Continue training the adapters in this folder (with their own rank, alpha, dropout and layers)");
   cmd->add_option("--report-every", a->o.report_every, "Steps between progress lines")
       ->capture_default_str();
   cmd->add_option("--eval-every", a->o.eval_every,
