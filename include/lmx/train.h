@@ -78,6 +78,19 @@ void train_lora(const std::filesystem::path& model_dir, const std::filesystem::p
                 const std::function<void(const TrainProgress&)>& progress = {},
                 const std::function<void(const TrainSummary&)>& started = {});
 
+struct EvalResult {
+  size_t examples = 0;
+  int64_t targets = 0;  // tokens scored (every token after each example's first, or its last message's)
+  double loss = 0;        // mean cross-entropy a target, in nats
+  double perplexity = 0;  // exp(loss)
+};
+
+// Scores `data` (JSON Lines as train_lora reads it) under model_dir, with the adapters in
+// adapter_dir ("" = the bare model): mlx-lm's --test. Reads options' max_seq_len, mask_prompt,
+// batch_size, device and dtype.
+EvalResult evaluate_lora(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
+                         const std::filesystem::path& data, const LoraOptions& options = {});
+
 // Writes out_dir: model_dir's config and tokenizer files, and its weights with the adapter
 // folded in (W + scale·B·A in f32, rounded once to `dtype`, "" = the weights' own). An
 // MLX-quantized model's adapted weights are dequantized exactly, fused, and quantized again at

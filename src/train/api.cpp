@@ -1,5 +1,6 @@
 // The public fine-tuning API (include/lmx/train.h) over the trainer and the adapters.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -26,22 +27,34 @@ std::unique_ptr<models::CausalLM> load_for(const fs::path& dir, const std::strin
   return models::load_causal_lm(dir, o);
 }
 
+// A model with its tokenizer, and how examples are read for it: cut to max_seq_len, and to
+// the model's context too (positions past it were never trained).
+struct ModelAndText {
+  std::unique_ptr<models::CausalLM> model;
+  Tokenizer tok;
+  train::DatasetOptions data;
+};
+
+ModelAndText load_with_text(const fs::path& model_dir, const LoraOptions& o, const char* op) {
+  auto model = load_for(model_dir, o.device, o.dtype, op);
+  LMX_CHECK(fs::exists(model_dir / "tokenizer.json"), op, model_dir.string(),
+            " has no tokenizer.json: training and scoring read text, which needs the model's tokenizer");
+  Tokenizer tok = Tokenizer::from_dir(model_dir);
+  const int64_t context = model->spec().max_position_embeddings;
+  const int max_len = context > 0 ? int(std::min<int64_t>(o.max_seq_len, context)) : o.max_seq_len;
+  return {std::move(model), std::move(tok), {o.mask_prompt, max_len}};
+}
+
 }  // namespace
 
 void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs::path& valid_data,
                 const LoraOptions& o, const std::function<void(const TrainProgress&)>& progress,
                 const std::function<void(const TrainSummary&)>& started) {
-  const auto model = load_for(model_dir, o.device, o.dtype, "train");
-  LMX_CHECK(fs::exists(model_dir / "tokenizer.json"), "train", model_dir.string(),
-            " has no tokenizer.json: training reads text, which needs the model's tokenizer");
-  const Tokenizer tok = Tokenizer::from_dir(model_dir);
-  // Examples are cut to the model's context as well: positions past it were never trained.
-  const int64_t context = model->spec().max_position_embeddings;
-  const int max_len = context > 0 ? int(std::min<int64_t>(o.max_seq_len, context)) : o.max_seq_len;
-  const train::DatasetOptions dopt{o.mask_prompt, max_len};
-  const train::Dataset train = train::read_jsonl(train_data, tok, dopt, model_dir.string());
+  const ModelAndText loaded = load_with_text(model_dir, o, "train");
+  models::CausalLM* model = loaded.model.get();
+  const train::Dataset train = train::read_jsonl(train_data, loaded.tok, loaded.data, model_dir.string());
   std::optional<train::Dataset> valid;
-  if (!valid_data.empty()) valid = train::read_jsonl(valid_data, tok, dopt, model_dir.string());
+  if (!valid_data.empty()) valid = train::read_jsonl(valid_data, loaded.tok, loaded.data, model_dir.string());
 
   models::LoraConfig lora{o.rank, o.alpha, o.targets, o.rslora, o.dropout};
   if (lora.target_modules.empty()) lora.target_modules = models::LoraConfig{}.target_modules;
@@ -60,7 +73,7 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   s.valid_examples = valid ? valid->examples.size() : 0;
   s.train_tokens = train.tokens;
   s.truncated = train.truncated;
-  s.max_length = max_len;
+  s.max_length = loaded.data.max_seq_len;
   s.dtype = dtype_name(model->dtype());
   s.device = model->device().str();
   s.rank = lora.rank, s.alpha = lora.alpha, s.dropout = lora.dropout;
@@ -78,6 +91,20 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
       progress({r.step, o.iters, r.train_loss, r.valid_loss, r.learning_rate, r.tokens_per_s, r.tokens,
                 r.peak_memory, r.elapsed_s, r.eta_s});
   });
+}
+
+EvalResult evaluate_lora(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& data,
+                         const LoraOptions& o) {
+  LMX_CHECK(o.batch_size > 0, "eval", "batch_size must be > 0, got ", o.batch_size);
+  const ModelAndText loaded = load_with_text(model_dir, o, "eval");
+  const train::Dataset set = train::read_jsonl(data, loaded.tok, loaded.data, model_dir.string());
+  LMX_CHECK(!set.examples.empty(), "eval", data.string(), " holds no examples");
+  if (!adapter_dir.empty()) models::load_lora(*loaded.model, adapter_dir);
+  EvalResult r;
+  r.examples = set.examples.size();
+  r.loss = train::evaluate(*loaded.model, set, o.batch_size, &r.targets);
+  r.perplexity = std::exp(r.loss);
+  return r;
 }
 
 uint64_t fuse_lora(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& out_dir,

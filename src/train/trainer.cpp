@@ -31,7 +31,7 @@ double learning_rate_at(const TrainOptions& o, int step) {
   return peak * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * std::min(1.0, t))));
 }
 
-double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size) {
+double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size, int64_t* targets) {
   double sum = 0;
   int64_t counted = 0;
   for (size_t i = 0; i < data.examples.size(); i += size_t(batch_size)) {
@@ -43,6 +43,7 @@ double evaluate(const models::CausalLM& model, const Dataset& data, int batch_si
     sum += double(item(cross_entropy(model.forward(ids), targets))) * double(b.counted);
     counted += b.counted;
   }
+  if (targets) *targets = counted;
   return sum / double(std::max<int64_t>(1, counted));
 }
 

@@ -45,8 +45,8 @@ struct TrainReport {
 // The learning rate at step (1-based) of `iters`.
 double learning_rate_at(const TrainOptions& o, int step);
 
-// Mean loss a target over `data` (no gradients).
-double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size);
+// Mean loss a target over `data` (no gradients); `targets`, where given, gets how many counted.
+double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size, int64_t* targets = nullptr);
 
 // The model's adapters as the parameters to train, each first made an array of its own, since
 // the optimizer writes into its parameters in place. Fails where the model has none.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <fstream>
@@ -45,7 +46,7 @@ TEST(CliTest, EveryCommandsHelpTeaches) {
   const Result top = lmx("--help");
   EXPECT_EQ(top.status, 0);
   for (const char* cmd : {"selfcheck", "tokenize", "detokenize", "template", "logits", "generate", "random-model",
-                          "chat", "bench", "classify", "discover", "info", "lora", "fuse"}) {
+                          "chat", "bench", "classify", "discover", "info", "lora", "eval", "fuse"}) {
     EXPECT_NE(top.out.find(cmd), std::string::npos) << cmd << " is missing from lmx --help";
     const Result r = lmx(std::string(cmd) + " --help");
     EXPECT_EQ(r.status, 0) << cmd;
@@ -149,7 +150,8 @@ TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
   }
   const Result trained = lmx("lora '" + model.string() + "' --data '" + (work / "train.jsonl").string() +
                              "' --iters 30 --batch-size 3 --learning-rate 1e-2 --dropout 0.05 --report-every 10 "
-                             "--adapter-path '" + (work / "ad").string() + "'");
+                             "--test --test-data '" + (work / "train.jsonl").string() + "' --adapter-path '" +
+                             (work / "ad").string() + "'");
   ASSERT_EQ(trained.status, 0) << trained.err;
   EXPECT_NE(trained.out.find("LoRA r 8, alpha 16, dropout 0.05: "), std::string::npos) << trained.out;
   std::vector<double> losses;
@@ -162,6 +164,28 @@ TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
   ASSERT_TRUE(fs::exists(work / "ad" / "adapter_model.safetensors"));
   std::ifstream config(work / "ad" / "adapter_config.json");
   EXPECT_FLOAT_EQ(nlohmann::json::parse(config).at("lora_dropout").get<float>(), 0.05f);
+
+  // --test scored the data with the trained adapters, as `lmx eval` does; the bare model
+  // scores it worse.
+  const size_t tested = trained.out.find("train.jsonl: 6 examples, ");
+  ASSERT_NE(tested, std::string::npos) << trained.out;
+  const std::string score = " --data '" + (work / "train.jsonl").string() + "' --device cpu --json";
+  const Result with_adapter = lmx("eval '" + model.string() + "' --adapter '" + (work / "ad").string() + "'" + score);
+  const Result bare = lmx("eval '" + model.string() + "'" + score);
+  ASSERT_EQ(with_adapter.status, 0) << with_adapter.err;
+  ASSERT_EQ(bare.status, 0) << bare.err;
+  const auto adapted_score = nlohmann::json::parse(with_adapter.out), bare_score = nlohmann::json::parse(bare.out);
+  const double loss = adapted_score.at("loss").get<double>();
+  char line[64];
+  std::snprintf(line, sizeof line, "loss %.4f, perplexity", loss);
+  EXPECT_NE(trained.out.find(line, tested), std::string::npos) << "--test and lmx eval agree: " << trained.out
+                                                                << with_adapter.out;
+  EXPECT_EQ(adapted_score.at("targets"), bare_score.at("targets"));
+  EXPECT_LT(loss, 0.5 * bare_score.at("loss").get<double>());
+  EXPECT_NEAR(adapted_score.at("perplexity").get<double>(), std::exp(loss), 1e-9 * std::exp(loss));
+  const Result no_test = lmx("lora '" + model.string() + "' --data '" + (work / "train.jsonl").string() + "' --test");
+  EXPECT_EQ(no_test.status, 1);
+  EXPECT_NE(no_test.err.find("--test needs test data"), std::string::npos) << no_test.err;
 
   // The last layer only (of 2), then a count past the model's layers.
   const std::string one_layer = "lora '" + model.string() + "' --data '" + (work / "train.jsonl").string() +

@@ -1,12 +1,14 @@
-// `lmx lora`: fine-tunes LoRA adapters on JSON Lines data. `lmx fuse`: folds an adapter into
-// a model's weights and writes the result as a model folder of its own. Both are thin over
-// the public API (include/lmx/train.h).
+// `lmx lora`: fine-tunes LoRA adapters on JSON Lines data. `lmx eval`: scores data under a
+// model and its adapters. `lmx fuse`: folds an adapter into a model's weights and writes the
+// result as a model folder of its own. All are thin over the public API (include/lmx/train.h).
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "commands.h"
+#include "core/error.h"
 #include "lmx/train.h"
 
 namespace lmx::cli {
@@ -14,9 +16,25 @@ namespace fs = std::filesystem;
 namespace {
 
 struct LoraArgs {
-  std::string model, data, valid, targets = "all";
+  std::string model, data, valid, test, targets = "all";
+  bool run_test = false;
   LoraOptions o;
 };
+
+// "test.jsonl: 100 examples, 4,321 targets, loss 2.3456, perplexity 10.45"
+void print_eval(const std::string& data, const EvalResult& r, bool json) {
+  if (json) {
+    const nlohmann::json out{{"data", data},
+                             {"examples", r.examples},
+                             {"targets", r.targets},
+                             {"loss", r.loss},
+                             {"perplexity", r.perplexity}};
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    std::printf("%s: %zu examples, %lld targets, loss %.4f, perplexity %.3f\n", data.c_str(), r.examples,
+                (long long)r.targets, r.loss, r.perplexity);
+  }
+}
 
 std::vector<std::string> split_targets(const std::string& list) {
   std::vector<std::string> out;
@@ -41,11 +59,16 @@ std::string hms(double seconds) {
 }
 
 void run_lora(LoraArgs& a) {
-  fs::path train_file = a.data, valid_file = a.valid;
-  if (fs::is_directory(train_file)) {  // mlx-lm's layout: DIR/train.jsonl, DIR/valid.jsonl
+  fs::path train_file = a.data, valid_file = a.valid, test_file = a.test;
+  if (fs::is_directory(train_file)) {  // mlx-lm's layout: DIR/train.jsonl, DIR/valid.jsonl, DIR/test.jsonl
     if (valid_file.empty() && fs::exists(train_file / "valid.jsonl")) valid_file = train_file / "valid.jsonl";
+    if (test_file.empty()) test_file = train_file / "test.jsonl";
     train_file /= "train.jsonl";
   }
+  // Checked before training, not after it.
+  LMX_CHECK(!a.run_test || fs::exists(test_file), "lora", "--test needs test data: ",
+            test_file.empty() ? std::string("give --test-data FILE, or --data DIR holding test.jsonl")
+                              : test_file.string() + " does not exist");
   a.o.targets = split_targets(a.targets);
   train_lora(
       a.model, train_file, valid_file, a.o,
@@ -71,6 +94,35 @@ void run_lora(LoraArgs& a) {
       });
   std::printf("adapters written to %s (adapter_config.json, adapter_model.safetensors)\n",
               a.o.adapter_path.string().c_str());
+  if (a.run_test) print_eval(test_file.string(), evaluate_lora(a.model, a.o.adapter_path, test_file, a.o), false);
+}
+
+struct EvalArgs {
+  std::string model, data, adapter;
+  bool json = false;
+  LoraOptions o;
+};
+
+void add_eval_command(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* cmd = app.add_subcommand("eval", "Score JSON Lines data under a model (and adapters): loss and perplexity");
+  cmd->add_option("MODEL", a->model, "Model folder (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--data", a->data, "JSONL to score, in the forms `lmx lora` reads")->required();
+  cmd->add_option("--adapter", a->adapter, "LoRA adapter folder to apply (default: none)");
+  cmd->add_option("--batch-size", a->o.batch_size, "Examples a forward pass")->capture_default_str();
+  cmd->add_option("--max-seq-len", a->o.max_seq_len, "Longer examples are cut to this many tokens")
+      ->capture_default_str();
+  cmd->add_flag("--mask-prompt", a->o.mask_prompt, "Score only each example's last message (or completion)");
+  cmd->add_option("--device", a->o.device, "cpu, cuda or cuda:N (default: the GPU where one is visible, else cpu)");
+  cmd->add_option("--dtype", a->o.dtype, "Compute dtype: f32, bf16 or f16 (default: the weights')");
+  cmd->add_flag("--json", a->json, "Print one JSON object");
+  cmd->footer(
+      "The loss is the mean cross-entropy a target token in nats, as `lmx lora` reports it, and the\n"
+      "perplexity its exp. Compare a model with and without an adapter on held-out data:\n\n"
+      "Examples:\n"
+      "  lmx eval /models/Qwen3-0.6B --data data/test.jsonl\n"
+      "  lmx eval /models/Qwen3-0.6B --data data/test.jsonl --adapter adapters --mask-prompt");
+  cmd->callback([a] { print_eval(a->data, evaluate_lora(a->model, a->adapter, a->data, a->o), a->json); });
 }
 
 }  // namespace
@@ -123,6 +175,9 @@ void add_lora_commands(CLI::App& app) {
   cmd->add_flag("--grad-checkpoint", a->o.grad_checkpoint,
                 "Keep only each layer's input and run the layer again in the backward pass (less "
                 "memory, one more forward pass a step)");
+  cmd->add_flag("--test", a->run_test,
+                "After training, score the test data with the adapters: loss and perplexity (mlx-lm's --test)");
+  cmd->add_option("--test-data", a->test, "Test JSONL for --test (default: test.jsonl in the --data folder)");
   cmd->add_option("--adapter-path", a->o.adapter_path, "Folder to write the adapters into")
       ->capture_default_str();
   cmd->add_option("--resume-adapter", a->o.resume_adapter,
@@ -149,11 +204,13 @@ void add_lora_commands(CLI::App& app) {
       "sides) in 0.5-0.7 times its memory (bench/NOTES.md).\n"
       "--grad-checkpoint trades a second forward pass for memory.\n\n"
       "Examples:\n"
-      "  lmx lora /models/Qwen3-0.6B --data data/ --iters 600 --batch-size 4 --learning-rate 1e-4\n"
+      "  lmx lora /models/Qwen3-0.6B --data data/ --iters 600 --batch-size 4 --learning-rate 1e-4 --test\n"
       "  lmx lora /models/Llama-3.2-1B --data chats.jsonl --mask-prompt --targets q_proj,v_proj "
       "--rank 16\n"
       "  lmx chat /models/Qwen3-0.6B --adapter adapters");
   cmd->callback([a] { run_lora(*a); });
+
+  add_eval_command(app);
 
   auto model = std::make_shared<std::string>(), adapter = std::make_shared<std::string>(),
        out = std::make_shared<std::string>(), dtype = std::make_shared<std::string>();
