@@ -43,6 +43,7 @@ struct LoraOptions {
   bool grad_checkpoint = false;  // less memory, each layer computed twice
   uint64_t seed = 0;
   int report_every = 10, eval_every = 0, save_every = 0;  // 0: at the end only
+  int val_batches = 0;  // batches of the validation data each time it is scored (0: all)
   // Where: "" = default_device() (the GPU where one is visible); dtype "" = the weights'.
   std::string device, dtype;
   std::filesystem::path adapter_path = "adapters";

@@ -85,6 +85,7 @@ void train_lora(const fs::path& model_dir, const fs::path& train_data, const fs:
   t.learning_rate = o.learning_rate, t.warmup = o.warmup;
   t.cosine = o.cosine, t.weight_decay = o.weight_decay, t.report_every = o.report_every;
   t.eval_every = o.eval_every, t.save_every = o.save_every, t.grad_checkpoint = o.grad_checkpoint;
+  t.val_batches = o.val_batches;
   t.seed = o.seed, t.adapter_path = o.adapter_path, t.base_model = model_dir.string();
   train::train_lora(*model, lora, train, valid ? &*valid : nullptr, t, [&](const train::TrainReport& r) {
     if (progress)

@@ -31,19 +31,21 @@ double learning_rate_at(const TrainOptions& o, int step) {
   return peak * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * std::min(1.0, t))));
 }
 
-double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size, int64_t* targets) {
+double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size, int64_t* counted_out,
+                int max_batches) {
   double sum = 0;
   int64_t counted = 0;
-  for (size_t i = 0; i < data.examples.size(); i += size_t(batch_size)) {
+  const size_t end = max_batches > 0 ? std::min(data.examples.size(), size_t(max_batches) * size_t(batch_size))
+                                     : data.examples.size();
+  for (size_t i = 0; i < end; i += size_t(batch_size)) {
     std::vector<const Example*> rows;
-    for (size_t j = i; j < std::min(data.examples.size(), i + size_t(batch_size)); ++j)
-      rows.push_back(&data.examples[j]);
+    for (size_t j = i; j < std::min(end, i + size_t(batch_size)); ++j) rows.push_back(&data.examples[j]);
     const Batch b = make_batch(rows);
     const auto [ids, targets] = upload(b, model.device());
     sum += double(item(cross_entropy(model.forward(ids), targets))) * double(b.counted);
     counted += b.counted;
   }
-  if (targets) *targets = counted;
+  if (counted_out) *counted_out = counted;
   return sum / double(std::max<int64_t>(1, counted));
 }
 
@@ -136,7 +138,7 @@ void train_lora(models::CausalLM& model, const models::LoraConfig& lora, const D
       r.step = step;
       r.train_loss = loss_sum / loss_steps;
       r.tokens_per_s = double(window_tokens) / std::max(seconds, 1e-9);
-      r.valid_loss = eval ? evaluate(model, *valid, o.batch_size) : -1;
+      r.valid_loss = eval ? evaluate(model, *valid, o.batch_size, nullptr, o.val_batches) : -1;
       r.peak_memory = memory.stats().peak;
       r.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - first).count();
       r.eta_s = r.elapsed_s / step * (o.iters - step);

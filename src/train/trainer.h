@@ -23,6 +23,7 @@ struct TrainOptions {
   float adam_epsilon = 1e-8f;  // PyTorch's; where it is not far below |g|, a step's size follows g's scale
   int report_every = 10;
   int eval_every = 0;  // validation loss every this many steps (0: at the end only)
+  int val_batches = 0;  // batches of the validation data each time (0: all of it)
   int save_every = 0;  // adapters written every this many steps (0: at the end only)
   bool grad_checkpoint = false;
   uint64_t seed = 0;  // the adapters' initialisation, the examples' order and the dropout masks
@@ -45,8 +46,10 @@ struct TrainReport {
 // The learning rate at step (1-based) of `iters`.
 double learning_rate_at(const TrainOptions& o, int step);
 
-// Mean loss a target over `data` (no gradients); `targets`, where given, gets how many counted.
-double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size, int64_t* targets = nullptr);
+// Mean loss a target over `data` (no gradients), or over its first max_batches batches where
+// that is > 0; `counted`, where given, gets how many targets were scored.
+double evaluate(const models::CausalLM& model, const Dataset& data, int batch_size, int64_t* counted = nullptr,
+                int max_batches = 0);
 
 // The model's adapters as the parameters to train, each first made an array of its own, since
 // the optimizer writes into its parameters in place. Fails where the model has none.

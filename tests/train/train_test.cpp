@@ -252,6 +252,13 @@ TEST(TrainerTest, AdaptersLearnAndAreWritten) {
   EXPECT_LT(reports[1].valid_loss, 0.5 * before) << "from " << before;
   EXPECT_NEAR(reports[1].valid_loss, evaluate(*model, data, 2), 1e-5)
       << "the report's validation is evaluate()'s";
+  // Its first batches only: the same as scoring those examples alone.
+  Dataset first = data;
+  first.examples.resize(std::min<size_t>(data.examples.size(), 4));
+  int64_t counted = 0, counted_first = 0;
+  EXPECT_EQ(evaluate(*model, data, 2, &counted, 2), evaluate(*model, first, 2, &counted_first));
+  EXPECT_EQ(counted, counted_first);
+  EXPECT_GT(counted, 0);
   EXPECT_TRUE(std::filesystem::exists(o.adapter_path / "adapter_model.safetensors"));
   // The schedule: a linear warm-up, then a cosine to a tenth at the last step.
   EXPECT_DOUBLE_EQ(learning_rate_at(o, 1), 1e-2f / 5.0);

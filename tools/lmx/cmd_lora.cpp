@@ -186,6 +186,9 @@ void add_lora_commands(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--eval-every", a->o.eval_every,
                   "Steps between validation losses (0: at the end)");
+  cmd->add_option("--val-batches", a->o.val_batches,
+                  "Batches of the validation data scored each time (0: all; mlx-lm's --val-batches)")
+      ->capture_default_str();
   cmd->add_option("--save-every", a->o.save_every,
                   "Steps between writes of the adapters (0: at the end)");
   cmd->add_option("--seed", a->o.seed,
