@@ -133,7 +133,7 @@ void add_lora_commands(CLI::App& app) {
   cmd->add_option("MODEL", a->model, "Model folder (config.json, *.safetensors, tokenizer.json)")
       ->required();
   cmd->add_option("--data", a->data,
-                  "train.jsonl, or a folder holding train.jsonl (and valid.jsonl)")
+                  "train.jsonl, or a folder holding train.jsonl (and valid.jsonl, test.jsonl)")
       ->required();
   cmd->add_option("--valid", a->valid,
                   "Validation JSONL (default: valid.jsonl beside train.jsonl, if any)");
@@ -192,7 +192,7 @@ void add_lora_commands(CLI::App& app) {
   cmd->add_option("--save-every", a->o.save_every,
                   "Steps between writes of the adapters (0: at the end)");
   cmd->add_option("--seed", a->o.seed,
-                  "Seed of the adapters' initialisation and the examples' order");
+                  "Seed of the adapters' initialisation, the examples' order and the dropout masks");
   cmd->add_option("--device", a->o.device, "cpu, cuda or cuda:N (default: the GPU where one is visible, else cpu)");
   cmd->add_option("--dtype", a->o.dtype, "Compute dtype: f32, bf16 or f16 (default: the weights')");
   cmd->footer(
@@ -210,6 +210,8 @@ void add_lora_commands(CLI::App& app) {
       "  lmx lora /models/Qwen3-0.6B --data data/ --iters 600 --batch-size 4 --learning-rate 1e-4 --test\n"
       "  lmx lora /models/Llama-3.2-1B --data chats.jsonl --mask-prompt --targets q_proj,v_proj "
       "--rank 16\n"
+      "  lmx lora /models/Qwen3-0.6B-4bit --data data/ --num-layers 16 --dropout 0.05  # QLoRA, as mlx-lm\n"
+      "  lmx eval /models/Qwen3-0.6B --data data/test.jsonl --adapter adapters\n"
       "  lmx chat /models/Qwen3-0.6B --adapter adapters");
   cmd->callback([a] { run_lora(*a); });
 
