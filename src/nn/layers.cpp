@@ -1,24 +1,18 @@
 #include "nn/layers.h"
 
 #include "core/error.h"
+#include "core/random.h"
 
 namespace lmx::nn {
 namespace {
 
 thread_local std::optional<uint64_t> dropout_seed;
 
-// splitmix64's finaliser: nearby (seed, stream) pairs give unrelated words.
-uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 // x [..., in] dropped out (fast::dropout) with the adapter's own mask for the scope's seed;
 // where no DropoutScope lives, x itself.
 Array dropped(const Array& x, const LoRA& l) {
   const std::optional<uint64_t> seed = DropoutScope::seed();
-  return l.dropout <= 0 || !seed ? x : fast::dropout(x, l.dropout, mix(*seed + mix(l.stream)));
+  return l.dropout <= 0 || !seed ? x : fast::dropout(x, l.dropout, counter_bits(*seed, l.stream));
 }
 
 }  // namespace

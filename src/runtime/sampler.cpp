@@ -9,19 +9,13 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/random.h"
 #include "core/thread_pool.h"
 
 namespace lmx {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-uint64_t mix(uint64_t seed, uint64_t i) {  // splitmix64 over (seed, counter)
-  uint64_t z = seed * 0x9e3779b97f4a7c15ull + (i + 1) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 // The first of equal maxima, like torch; NaN never wins, and a row of nothing else gives -1,
 // as the argmax op does.
@@ -241,7 +235,7 @@ std::optional<fast::SampleFilter> Sampler::filter() const {
   return fast::SampleFilter{opts_.temperature, opts_.top_k, opts_.top_p, opts_.min_p};
 }
 
-uint64_t Sampler::take_word() { return mix(seed_, draws_++); }
+uint64_t Sampler::take_word() { return counter_bits(seed_, draws_++); }
 
 int32_t Sampler::draw(const std::vector<float>& p) {
   const double u = double(take_word() >> 11) * 0x1p-53;

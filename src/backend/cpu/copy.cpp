@@ -56,14 +56,6 @@ void arange(const Array& out, double start, double step) {
   });
 }
 
-uint64_t random_bits(uint64_t seed, uint64_t i) {
-  // splitmix64 finaliser over (seed, counter): cheap, well mixed, and parallel-safe.
-  uint64_t z = seed * 0x9e3779b97f4a7c15ull + (i + 1) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b) {
   visit_dtype(out.dtype(), [&](auto tag) {
     using T = decltype(tag);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "backend/cpu/cpu_fast.h"
+#include "core/random.h"
 #include "ops/kernels.h"
 
 namespace lmx::cpu {
@@ -38,10 +39,10 @@ void edit_logits(const Array& x, const Array& starts, const Array& edits, const 
 void sample_tokens(const Array& logits, std::span<const uint64_t> words,
                    const fast::SampleFilter& filter, const Array& out);
 
-// Counter-based random bits shared by random() and categorical(): depends only on (seed, i).
-uint64_t random_bits(uint64_t seed, uint64_t i);
-inline float random_unit(uint64_t seed, uint64_t i) {  // uniform in [0, 1)
-  return float(random_bits(seed, i) >> 40) * (1.0f / 16777216.0f);
+// Uniform in [0, 1) from word i of the seed (core/random.h), shared by random(), dropout()
+// and categorical().
+inline float random_unit(uint64_t seed, uint64_t i) {
+  return float(counter_bits(seed, i) >> 40) * (1.0f / 16777216.0f);
 }
 
 }  // namespace lmx::cpu
