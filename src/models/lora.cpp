@@ -1,7 +1,9 @@
 #include "models/lora.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -24,6 +26,15 @@ std::string last_name(const std::string& module) { return module.substr(module.r
 
 // "model.layers.12.mlp.up_proj" -> 12
 int layer_of(const std::string& module) { return std::stoi(module.substr(std::string("model.layers.").size())); }
+
+// The double whose shortest decimal is the float's own: 0.1f is written as 0.1, as PEFT
+// writes it, not as 0.10000000149011612 (the float widened).
+double as_written(float v) {
+  char text[32];
+  const auto end = std::to_chars(text, text + sizeof(text) - 1, v).ptr;
+  *end = '\0';
+  return std::strtod(text, nullptr);
+}
 
 bool targeted(const LoraConfig& c, const std::string& module) {
   return std::find(c.target_modules.begin(), c.target_modules.end(), last_name(module)) != c.target_modules.end() &&
@@ -113,8 +124,8 @@ void save_lora(CausalLM& model, const LoraConfig& config, const fs::path& dir,
   const nlohmann::json cfg = {{"peft_type", "LORA"},
                               {"task_type", "CAUSAL_LM"},
                               {"r", config.rank},
-                              {"lora_alpha", config.alpha},
-                              {"lora_dropout", config.dropout},
+                              {"lora_alpha", as_written(config.alpha)},
+                              {"lora_dropout", as_written(config.dropout)},
                               {"target_modules", config.target_modules},
                               {"layers_to_transform", config.layers.empty() ? nlohmann::json(nullptr)
                                                                              : nlohmann::json(config.layers)},

@@ -28,7 +28,7 @@ struct LoraConfig {
   float dropout = 0;
   // The decoder layers adapted, by index; empty: all of them. PEFT's layers_to_transform
   // (mlx-lm's --num-layers adapts the last N).
-  std::vector<int> layers;
+  std::vector<int> layers = {};
   float scale() const;
 };
 

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "autograd/autograd.h"
 #include "core/error.h"
@@ -402,9 +403,16 @@ TEST(LoraFilesTest, AdaptersOnChosenLayersOnlyRoundTrip) {
                                              "base_model.model.model.layers.1.mlp.down_proj.lora_A.weight",
                                              "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"}));
   const fs::path dir = temp_dir("layers");
+  config.alpha = 4.1f;
+  config.dropout = 0.1f;
   save_lora(*model, config, dir);
-  EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir / "adapter_config.json")).at("layers_to_transform"),
-            nlohmann::json::array({1}));
+  std::stringstream written;
+  written << std::ifstream(dir / "adapter_config.json").rdbuf();
+  const auto json = nlohmann::json::parse(written.str());
+  EXPECT_EQ(json.at("layers_to_transform"), nlohmann::json::array({1}));
+  // Floats as PEFT writes them (0.1, not the widened 0.10000000149011612).
+  EXPECT_NE(written.str().find("\"lora_dropout\": 0.1,"), std::string::npos) << written.str();
+  EXPECT_NE(written.str().find("\"lora_alpha\": 4.1,"), std::string::npos) << written.str();
   const auto again = load_causal_lm(kModels / "qwen3-f32");
   EXPECT_EQ(load_lora(*again, dir).layers, std::vector<int>{1});
   EXPECT_EQ(lora_parameters(*again).size(), 4u);
