@@ -318,19 +318,10 @@ Array rope_to_cache(const Array& q, const Array& k, const Array& v, const Array&
 Array self_attention(const Array& q, const Array& k, const Array& v, const SelfAttention& a) {
   check_self_attention_args(q, k, v, a);
   if (detail::any_tracked({&q, &k, &v, a.q_norm ? &a.q_norm->weight : nullptr, a.k_norm ? &a.k_norm->weight : nullptr})) {
-    // The norms, RoPE and attention (one tape step each) as a block the backward pass runs
-    // again, so that the tape keeps the block's inputs alone. When attention was a
-    // composition this kept its [B, H, L, L] arrays off the tape; now that its step keeps q,
-    // k and v only, the block's second forward may cost more than it saves (bench/NOTES.md,
-    // not yet measured without it). It owns copies of the norms.
-    const auto own = [](const HeadNorm* n) { return n ? std::optional<HeadNorm>(*n) : std::nullopt; };
-    auto block = [a, qn = own(a.q_norm), kn = own(a.k_norm)](const std::vector<Array>& in) {
-      SelfAttention b = a;
-      b.q_norm = qn ? &*qn : nullptr;
-      b.k_norm = kn ? &*kn : nullptr;
-      return compose_self_attention(in[0], in[1], in[2], b, Composed::tracked);
-    };
-    return detail::recorder()->recomputed(block, {q, k, v});
+    // The norms, RoPE and attention, one tape step each. The attention's step keeps q, k and
+    // v alone, so the block is not handed to the tape to run again: that replay cost 10-40%
+    // of a LoRA step on an H100 and saved 2-7% of its memory (bench/NOTES.md).
+    return compose_self_attention(q, k, v, a, Composed::tracked);
   }
   Array out(q.shape(), q.dtype(), q.device());
   const Array qn = a.q_norm ? contiguous(a.q_norm->weight) : Array();

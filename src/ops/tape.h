@@ -12,7 +12,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "core/array.h"
@@ -60,10 +59,6 @@ class Recorder {
   // Whether `a` depends on something the tape differentiates with respect to.
   virtual bool tracks(const Array& a) const = 0;
   virtual void add(StepRecord step) = 0;
-  // fn(inputs), of which the tape keeps only the inputs and the output: the backward pass
-  // runs fn again to differentiate it (autograd::checkpoint). fn must own what it captures.
-  using Block = std::function<Array(const std::vector<Array>&)>;
-  virtual Array recomputed(const Block& fn, const std::vector<Array>& inputs) = 0;
 };
 
 // The recorder of this thread; nullptr when none records (or an op has paused it).

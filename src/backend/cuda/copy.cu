@@ -1,4 +1,4 @@
-// Creation and copy kernels: fill, arange, random, and strided copy with cast. Values
+// Creation and copy kernels: fill, arange, random, dropout, and strided copy with cast. Values
 // match the CPU backend bit for bit (same conversions, same counter-based generator),
 // except normal random, where the CPU's libm rounds log and cos differently at times.
 #include <algorithm>
@@ -47,6 +47,14 @@ __global__ void random_kernel(T* out, int64_t n, uint64_t seed, bool normal, flo
     }
     out[i] = from_float<T>(v);
   }
+}
+
+// The CPU's dropout (backend/cpu/copy.cpp): x·scale where the element's draw is at least p,
+// x·0 where it is not (so NaN stays NaN), the product in f32 rounded once.
+template <class T>
+__global__ void dropout_kernel(const T* in, T* out, int64_t n, uint64_t seed, float p, float scale) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads())
+    out[i] = from_float<T>(to_float(in[i]) * (random_unit(seed, uint64_t(i)) >= p ? scale : 0.0f));
 }
 
 template <class S, class D>
@@ -135,6 +143,23 @@ void random(const Context& ctx, const Array& out, uint64_t seed, detail::RandomK
       fail("random", "dtype must be floating-point, got ", dtype_name(out.dtype()));
     }
   });
+}
+
+bool dropout(const Context& ctx, const Array& x, float p, uint64_t seed, const Array& out) {
+  const float scale = float(1.0 / (1.0 - double(p)));  // as the composition's f32 scalar
+  bool done = false;
+  visit_device_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (kIsFloat<T> && !std::is_same_v<T, double>) {
+      if (x.size() > 0) {
+        dropout_kernel<<<grid_for(x.size()), kBlock, 0, ctx.stream>>>(
+            static_cast<const T*>(x.raw()), static_cast<T*>(out.raw()), x.size(), seed, p, scale);
+        check_launch("dropout_kernel");
+      }
+      done = true;
+    }
+  });
+  return done;
 }
 
 void copy(const Context& ctx, const Array& src, const Array& dst) {

@@ -15,6 +15,7 @@ void fill(const Context& ctx, const Array& out, double value);
 void arange(const Context& ctx, const Array& out, double start, double step);
 void random(const Context& ctx, const Array& out, uint64_t seed, detail::RandomKind kind, float a,
             float b);
+bool dropout(const Context& ctx, const Array& x, float p, uint64_t seed, const Array& out);
 void copy(const Context& ctx, const Array& src, const Array& dst);
 // elementwise.cu
 void unary(const Context& ctx, UnaryOp op, const Array& in, const Array& out);

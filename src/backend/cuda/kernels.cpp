@@ -60,6 +60,9 @@ class CudaKernels final : public detail::Kernels {
   void random(const Array& out, uint64_t seed, detail::RandomKind kind, float a, float b) override {
     cuda::random(ctx(), out, seed, kind, a, b);
   }
+  bool dropout(const Array& x, float p, uint64_t seed, const Array& out) override {
+    return cuda::dropout(ctx(), x, p, seed, out);
+  }
   void copy(const Array& src, const Array& dst) override { cuda::copy(ctx(), src, dst); }
   void unary(UnaryOp op, const Array& in, const Array& out) override {
     cuda::unary(ctx(), op, in, out);
