@@ -46,7 +46,7 @@ TEST(CliTest, EveryCommandsHelpTeaches) {
   const Result top = lmx("--help");
   EXPECT_EQ(top.status, 0);
   for (const char* cmd : {"selfcheck", "tokenize", "detokenize", "template", "logits", "generate", "random-model",
-                          "chat", "bench", "classify", "discover", "info", "lora", "eval", "fuse"}) {
+                          "chat", "bench", "classify", "discover", "info", "lora", "eval", "fuse", "serve"}) {
     EXPECT_NE(top.out.find(cmd), std::string::npos) << cmd << " is missing from lmx --help";
     const Result r = lmx(std::string(cmd) + " --help");
     EXPECT_EQ(r.status, 0) << cmd;

@@ -14,5 +14,6 @@ void add_chat_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_tool_commands(CLI::App& app);        // classify, discover, info
 void add_lora_commands(CLI::App& app);        // lora, fuse
+void add_serve_command(CLI::App& app);
 
 }  // namespace lmx::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   lmx::cli::add_bench_command(app);
   lmx::cli::add_tool_commands(app);
   lmx::cli::add_lora_commands(app);
+  lmx::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

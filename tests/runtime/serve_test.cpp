@@ -1,0 +1,272 @@
+// `lmx serve`, run as a user runs it: the binary started on a free port and asked over HTTP
+// as OpenAI's clients ask. Each reply is compared with the library's own answer to the same
+// request (greedy and seeded sampling alike), whole and streamed; bad requests get OpenAI's
+// error object with a status that says whose fault it is, and the server goes on.
+#include <httplib.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "lmx/lmx.h"
+
+extern char** environ;
+
+namespace lmx {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kModel = fs::path(LMX_FIXTURES_DIR) / "models" / "qwen3-f32";
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// `lmx serve ARGS --port 0` as a child process, its stderr in a file; ready once it prints
+// the port it listens on.
+class Served {
+ public:
+  explicit Served(const std::string& args)
+      : log_(fs::temp_directory_path() / ("lmx_serve_" + std::to_string(::getpid()) + ".log")) {
+    const std::string cmd =
+        std::string("exec '") + LMX_CLI + "' serve " + args + " --port 0 > /dev/null 2> '" + log_.string() + "'";
+    const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+    if (posix_spawn(&pid_, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) != 0) pid_ = -1;
+    const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+    for (int i = 0; i < 1200 && pid_ > 0 && port_ == 0; ++i) {  // up to 2 minutes (sanitizer builds load slowly)
+      std::smatch m;
+      const std::string text = read_all(log_);
+      if (std::regex_search(text, m, listening))
+        port_ = std::stoi(m[1]);
+      else
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  ~Served() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    fs::remove(log_);
+  }
+  int port() const { return port_; }
+  std::string log() const { return read_all(log_); }
+  // SIGTERM, as Ctrl-C or a service manager stops it; the exit status.
+  int stop() {
+    ::kill(pid_, SIGTERM);
+    int status = -1;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  fs::path log_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+struct Reply {
+  int status = 0;
+  json body;
+};
+
+Reply post(httplib::Client& c, const std::string& path, const std::string& body,
+           const httplib::Headers& headers = {}) {
+  const auto r = c.Post(path.c_str(), headers, body, "application/json");
+  if (!r) return {};
+  return {r->status, json::parse(r->body, nullptr, false)};
+}
+
+// A streamed reply's events, "data: " lines in order; the last must be [DONE].
+std::vector<json> events(httplib::Client& c, const std::string& path, const json& body) {
+  const auto r = c.Post(path.c_str(), body.dump(), "application/json");
+  EXPECT_TRUE(r && r->status == 200);
+  if (!r) return {};
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  std::vector<json> out;
+  std::istringstream lines(r->body);
+  std::string line, last;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    EXPECT_EQ(line.rfind("data: ", 0), 0u) << line;
+    last = line.substr(6);
+    if (last != "[DONE]") out.push_back(json::parse(last));
+  }
+  EXPECT_EQ(last, "[DONE]");
+  return out;
+}
+
+TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
+  Served server("'" + kModel.string() + "' --device cpu --max-tokens 9");
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c("127.0.0.1", server.port());
+  c.set_read_timeout(120);
+
+  LoadOptions lo;
+  lo.backend = "cpu";
+  auto model = load_model(kModel, lo);
+  const std::vector<Message> chat{{"system", "You are terse."}, {"user", "Tell me about cats."}};
+  GenerateOptions greedy;
+  greedy.max_tokens = 12;
+  const std::string want = model->chat(chat, greedy).text();
+  const GenerateMetrics m = model->metrics();
+  ASSERT_FALSE(want.empty());
+
+  const json request = {{"model", "anything"},
+                        {"messages", {{{"role", "system"}, {"content", "You are terse."}},
+                                      {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Tell me "}},
+                                                                      {{"type", "text"}, {"text", "about cats."}}}}}}},
+                        {"max_tokens", 12}};
+  const Reply whole = post(c, "/v1/chat/completions", request.dump());
+  ASSERT_EQ(whole.status, 200) << whole.body.dump();
+  EXPECT_EQ(whole.body["object"], "chat.completion");
+  EXPECT_EQ(whole.body["model"], "qwen3-f32");
+  EXPECT_EQ(whole.body["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(whole.body["choices"][0]["message"]["content"], want);
+  EXPECT_EQ(whole.body["choices"][0]["finish_reason"], m.finish_reason == "length" ? "length" : "stop");
+  EXPECT_EQ(whole.body["usage"]["prompt_tokens"], m.prompt_tokens);
+  EXPECT_EQ(whole.body["usage"]["completion_tokens"], m.generated_tokens);
+
+  json streamed = request;
+  streamed["stream"] = true;
+  streamed["stream_options"] = {{"include_usage", true}};
+  const std::vector<json> ev = events(c, "/v1/chat/completions", streamed);
+  ASSERT_GE(ev.size(), 3u);
+  EXPECT_EQ(ev.front()["choices"][0]["delta"]["role"], "assistant");
+  std::string text;
+  for (size_t i = 0; i + 2 < ev.size(); ++i) {
+    EXPECT_EQ(ev[i]["object"], "chat.completion.chunk");
+    EXPECT_TRUE(ev[i]["choices"][0]["finish_reason"].is_null());
+    text += ev[i]["choices"][0]["delta"]["content"].get<std::string>();
+  }
+  EXPECT_EQ(text, want);
+  EXPECT_EQ(ev[ev.size() - 2]["choices"][0]["finish_reason"], whole.body["choices"][0]["finish_reason"]);
+  EXPECT_EQ(ev.back()["usage"], whole.body["usage"]);
+  EXPECT_TRUE(ev.back()["choices"].empty());
+
+  // Seeded sampling with the extensions (top_k, min_p, repetition_penalty), a stop string and
+  // a template variable: the library's tokens for the same options.
+  GenerateOptions sampled;
+  sampled.max_tokens = 16;
+  sampled.temperature = 0.9f;
+  sampled.top_k = 20;
+  sampled.min_p = 0.01f;
+  sampled.repeat_penalty = 1.1f;
+  sampled.seed = 7;
+  sampled.template_vars = {{"enable_thinking", "false"}};
+  const std::string free_text = model->chat(chat, sampled).text();
+  ASSERT_GE(free_text.size(), 4u);
+  sampled.stop_strings = {free_text.substr(free_text.size() / 2, 2)};
+  const std::string want_sampled = model->chat(chat, sampled).text();
+  json s = {{"messages", request["messages"]}, {"max_tokens", 16}, {"temperature", 0.9}, {"top_k", 20},
+            {"min_p", 0.01}, {"repetition_penalty", 1.1}, {"seed", 7}, {"stop", sampled.stop_strings},
+            {"chat_template_kwargs", {{"enable_thinking", false}}}};
+  const Reply r = post(c, "/v1/chat/completions", s.dump());
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["choices"][0]["message"]["content"], want_sampled);
+  EXPECT_EQ(r.body["choices"][0]["finish_reason"], "stop");
+
+  // /v1/completions, with the server's --max-tokens 9 where the request sets none.
+  GenerateOptions nine;
+  nine.max_tokens = 9;
+  const std::string want_text = model->generate("The cat sat on", nine).text();
+  const Reply t = post(c, "/v1/completions", json{{"prompt", "The cat sat on"}}.dump());
+  ASSERT_EQ(t.status, 200) << t.body.dump();
+  EXPECT_EQ(t.body["object"], "text_completion");
+  EXPECT_EQ(t.body["choices"][0]["text"], want_text);
+  EXPECT_EQ(t.body["usage"]["completion_tokens"], model->metrics().generated_tokens);
+  std::string streamed_text;
+  for (const json& e : events(c, "/v1/completions", {{"prompt", {"The cat sat on"}}, {"stream", true}}))
+    streamed_text += e["choices"][0]["text"].get<std::string>();
+  EXPECT_EQ(streamed_text, want_text);
+
+  const auto models = c.Get("/v1/models");
+  ASSERT_TRUE(models && models->status == 200);
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "qwen3-f32");
+  EXPECT_EQ(server.stop(), 0);
+  EXPECT_NE(server.log().find("lmx serve: stopped"), std::string::npos) << server.log();
+}
+
+TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
+  Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c("127.0.0.1", server.port());
+  c.set_read_timeout(120);
+  const httplib::Headers key{{"Authorization", "Bearer sesame"}};
+  const json hi = {{"role", "user"}, {"content", "hi"}};
+
+  struct Case {
+    std::string path, body;
+    int status;
+    std::string param, says;
+  };
+  const Case cases[] = {
+      {"/v1/chat/completions", "{\"messages\": [", 400, "", "not valid JSON"},
+      {"/v1/chat/completions", "[1, 2]", 400, "", "must be a JSON object"},
+      {"/v1/chat/completions", "{}", 400, "messages", "non-empty list"},
+      {"/v1/chat/completions", json{{"messages", {{{"role", "wizard"}, {"content", "x"}}}}}.dump(), 400,
+       "messages[0].role", "must be system, developer, user, assistant or tool"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"n", 2}}.dump(), 400, "n", "'n' must be 1"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"tools", json::array({json::object()})}}.dump(), 400,
+       "tools", "not supported"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"temperature", "hot"}}.dump(), 400, "temperature",
+       "must be a number"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"max_tokens", 0}}.dump(), 400, "max_tokens",
+       "must be in [1,"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"logit_bias", {{"x", 1}}}}.dump(), 400, "logit_bias",
+       "keys must be token ids"},
+      {"/v1/completions", json{{"prompt", 5}}.dump(), 400, "prompt", "must be a string"},
+      {"/v1/completions", json{{"prompt", std::string(3000, 'a') + " " + std::string(3000, 'b')}}.dump(), 400, "",
+       "context length"},
+      {"/v1/embeddings", "{}", 404, "", "no such endpoint"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.path + " " + k.body.substr(0, 80));
+    const Reply r = post(c, k.path, k.body, key);
+    EXPECT_EQ(r.status, k.status);
+    ASSERT_TRUE(r.body.contains("error")) << r.body.dump();
+    EXPECT_NE(r.body["error"]["message"].get<std::string>().find(k.says), std::string::npos) << r.body.dump();
+    if (!k.param.empty()) {
+      EXPECT_EQ(r.body["error"]["param"], k.param);
+    }
+  }
+  const Reply no_key = post(c, "/v1/chat/completions", json{{"messages", {hi}}}.dump());
+  EXPECT_EQ(no_key.status, 401);
+  EXPECT_EQ(no_key.body["error"]["type"], "authentication_error");
+  const auto health = c.Get("/health");  // open without the key, for load balancers
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+
+  // A client that leaves mid-stream ends its generation and frees the model for the next.
+  httplib::Request leaving;
+  leaving.method = "POST";
+  leaving.path = "/v1/chat/completions";
+  leaving.headers = key;
+  leaving.set_header("Content-Type", "application/json");
+  leaving.body = json{{"messages", {hi}}, {"max_tokens", 200}, {"ignore_eos", true}, {"stream", true}}.dump();
+  leaving.content_receiver = [](const char*, size_t, uint64_t, uint64_t) { return false; };
+  httplib::Response ignored;
+  httplib::Error error;
+  c.send(leaving, ignored, error);
+
+  const Reply fine = post(c, "/v1/chat/completions", json{{"messages", {hi}}, {"max_tokens", 3}, {"ignore_eos", true}}.dump(), key);
+  EXPECT_EQ(fine.status, 200) << fine.body.dump();
+  EXPECT_EQ(fine.body["model"], "tiny");
+  EXPECT_EQ(fine.body["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+}  // namespace
+}  // namespace lmx

@@ -1,0 +1,224 @@
+#include "openai.h"
+
+#include <cmath>
+#include <limits>
+
+namespace lmx::cli::openai {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void refuse(const std::string& param, const std::string& message) {
+  throw ApiError{400, message, "invalid_request_error", param};
+}
+
+// A number field in [lo, hi], or nothing where it is absent or null.
+std::optional<double> number(const json& body, const char* key, double lo, double hi) {
+  const auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number()) refuse(key, std::string("'") + key + "' must be a number, got " + it->dump());
+  const double v = it->get<double>();
+  if (!(v >= lo && v <= hi))
+    refuse(key, std::string("'") + key + "' must be in [" + json(lo).dump() + ", " + json(hi).dump() + "], got " +
+                    it->dump());
+  return v;
+}
+
+std::optional<int64_t> integer(const json& body, const char* key, int64_t lo, int64_t hi) {
+  const auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number_integer()) refuse(key, std::string("'") + key + "' must be an integer, got " + it->dump());
+  const int64_t v = it->get<int64_t>();
+  if (v < lo || v > hi)
+    refuse(key, std::string("'") + key + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                    "], got " + it->dump());
+  return v;
+}
+
+bool flag(const json& body, const char* key, bool otherwise) {
+  const auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return otherwise;
+  if (!it->is_boolean()) refuse(key, std::string("'") + key + "' must be true or false, got " + it->dump());
+  return it->get<bool>();
+}
+
+// A message's content: a string, or a list of {"type": "text", "text": ...} parts joined.
+std::string content_text(const json& content, const std::string& param) {
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array()) refuse(param, "'" + param + "' must be a string or a list of text parts");
+  std::string text;
+  for (const json& part : content) {
+    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+      refuse(param, "'" + param + "': only text parts ({\"type\": \"text\", \"text\": ...}) are supported, got " +
+                        part.dump());
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+
+std::vector<Message> messages_of(const json& body) {
+  const auto it = body.find("messages");
+  if (it == body.end() || !it->is_array() || it->empty())
+    refuse("messages", "'messages' must be a non-empty list of {\"role\": ..., \"content\": ...}");
+  std::vector<Message> out;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string at = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+      refuse(at, "'" + at + "' must be an object with a string 'role'");
+    if (m.contains("tool_calls") && !m["tool_calls"].is_null())
+      refuse(at + ".tool_calls", "tool calls are not supported by lmx serve yet");
+    std::string role = m["role"].get<std::string>();
+    if (role == "developer") role = "system";  // OpenAI's newer name for the system message
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool")
+      refuse(at + ".role", "'" + at + ".role' must be system, developer, user, assistant or tool, got '" + role + "'");
+    if (!m.contains("content") || m["content"].is_null())
+      refuse(at + ".content", "'" + at + ".content' is missing");
+    out.push_back({role, content_text(m["content"], at + ".content")});
+  }
+  return out;
+}
+
+void read_stop(const json& body, GenerateOptions& o) {
+  const auto it = body.find("stop");
+  if (it == body.end() || it->is_null()) return;
+  o.stop_strings.clear();
+  if (it->is_string()) {
+    o.stop_strings.push_back(it->get<std::string>());
+    return;
+  }
+  if (!it->is_array()) refuse("stop", "'stop' must be a string or a list of strings");
+  for (const json& s : *it) {
+    if (!s.is_string() || s.get<std::string>().empty())
+      refuse("stop", "'stop' must hold non-empty strings, got " + s.dump());
+    o.stop_strings.push_back(s.get<std::string>());
+  }
+}
+
+void read_logit_bias(const json& body, GenerateOptions& o) {
+  const auto it = body.find("logit_bias");
+  if (it == body.end() || it->is_null()) return;
+  if (!it->is_object()) refuse("logit_bias", "'logit_bias' must map token ids (as strings) to biases");
+  for (const auto& [key, value] : it->items()) {
+    size_t used = 0;
+    long id = -1;
+    try {
+      id = std::stol(key, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != key.size() || id < 0 || id > std::numeric_limits<int32_t>::max())
+      refuse("logit_bias", "'logit_bias' keys must be token ids, got '" + key + "'");
+    if (!value.is_number() || std::fabs(value.get<double>()) > 100)
+      refuse("logit_bias", "'logit_bias' values must be numbers in [-100, 100], got " + value.dump());
+    o.logit_bias.emplace_back(int32_t(id), value.get<float>());
+  }
+}
+
+}  // namespace
+
+json error_body(const ApiError& e) {
+  return {{"error",
+           {{"message", e.message},
+            {"type", e.type},
+            {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+            {"code", nullptr}}}};
+}
+
+Request parse_request(const std::string& text, bool chat, const GenerateOptions& defaults) {
+  json body;
+  try {
+    body = json::parse(text);
+  } catch (const json::parse_error& e) {
+    refuse("", std::string("the request body is not valid JSON: ") + e.what());
+  }
+  if (!body.is_object()) refuse("", "the request body must be a JSON object");
+  for (const char* unsupported : {"tools", "tool_choice", "functions", "function_call"})
+    if (body.contains(unsupported) && !body[unsupported].is_null())
+      refuse(unsupported, std::string("'") + unsupported + "' is not supported by lmx serve yet");
+  if (flag(body, "logprobs", false) || (body.contains("logprobs") && body["logprobs"].is_number_integer()))
+    refuse("logprobs", "'logprobs' is not supported by lmx serve yet");
+  if (body.contains("response_format") && !body["response_format"].is_null() &&
+      body["response_format"].value("type", "text") != "text")
+    refuse("response_format", "only {\"type\": \"text\"} responses are supported");
+  if (integer(body, "n", 1, 1000).value_or(1) != 1) refuse("n", "'n' must be 1: one choice a request");
+
+  Request r;
+  r.chat = chat;
+  if (chat) {
+    r.messages = messages_of(body);
+  } else {
+    const auto it = body.find("prompt");
+    if (it != body.end() && it->is_array() && it->size() == 1 && (*it)[0].is_string())
+      r.prompt = (*it)[0].get<std::string>();
+    else if (it != body.end() && it->is_string())
+      r.prompt = it->get<std::string>();
+    else
+      refuse("prompt", "'prompt' must be a string (one prompt a request)");
+  }
+  GenerateOptions& o = r.options;
+  o = defaults;
+  const int64_t most = std::numeric_limits<int32_t>::max();
+  if (auto v = integer(body, "max_tokens", 1, most)) o.max_tokens = int(*v);
+  if (auto v = integer(body, "max_completion_tokens", 1, most)) o.max_tokens = int(*v);
+  if (auto v = number(body, "temperature", 0, 100)) o.temperature = float(*v);
+  if (auto v = number(body, "top_p", 0, 1)) o.top_p = float(*v);
+  if (auto v = integer(body, "top_k", -1, most)) o.top_k = int(std::max<int64_t>(*v, 0));  // -1: off, as vLLM
+  if (auto v = number(body, "min_p", 0, 1)) o.min_p = float(*v);
+  if (auto v = number(body, "presence_penalty", -2, 2)) o.presence_penalty = float(*v);
+  if (auto v = number(body, "frequency_penalty", -2, 2)) o.frequency_penalty = float(*v);
+  if (auto v = number(body, "repetition_penalty", 1e-6, 100)) o.repeat_penalty = float(*v);
+  if (auto v = integer(body, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()))
+    o.seed = uint64_t(*v);
+  o.ignore_eos = flag(body, "ignore_eos", o.ignore_eos);
+  read_stop(body, o);
+  read_logit_bias(body, o);
+  if (const auto it = body.find("chat_template_kwargs"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) refuse("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    for (const auto& [key, value] : it->items()) o.template_vars.emplace_back(key, value.dump());
+  }
+  r.stream = flag(body, "stream", false);
+  if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) refuse("stream_options", "'stream_options' must be an object");
+    r.include_usage = flag(*it, "include_usage", false);
+  }
+  return r;
+}
+
+std::string finish_reason(const std::string& lmx_reason) {
+  return lmx_reason == "length" || lmx_reason == "context_length" ? "length" : "stop";
+}
+
+json usage(const GenerateMetrics& m) {
+  return {{"prompt_tokens", m.prompt_tokens},
+          {"completion_tokens", m.generated_tokens},
+          {"total_tokens", m.prompt_tokens + m.generated_tokens}};
+}
+
+json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m) {
+  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason(m.finish_reason)}};
+  if (chat)
+    choice["message"] = {{"role", "assistant"}, {"content", text}};
+  else
+    choice["text"] = text;
+  return {{"id", env.id},
+          {"object", chat ? "chat.completion" : "text_completion"},
+          {"created", env.created},
+          {"model", env.model},
+          {"choices", json::array({choice})},
+          {"usage", usage(m)}};
+}
+
+json chunk(const Envelope& env, bool chat, const json& delta, const std::string& reason) {
+  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", reason.empty() ? json(nullptr) : json(reason)}};
+  if (chat)
+    choice["delta"] = delta;
+  else
+    choice["text"] = delta.is_string() ? delta : json("");
+  return {{"id", env.id},
+          {"object", chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", env.created},
+          {"model", env.model},
+          {"choices", json::array({choice})}};
+}
+
+}  // namespace lmx::cli::openai

@@ -1,0 +1,59 @@
+// The OpenAI-compatible HTTP API of `lmx serve`: requests read into the public API's
+// messages and options, and replies written in OpenAI's shapes. No HTTP here (cmd_serve.cpp).
+//
+// Read, as OpenAI documents them: model, messages (text content, as a string or text parts),
+// prompt, max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
+// presence_penalty, frequency_penalty, logit_bias, n (1 only), stream and
+// stream_options.include_usage. Also, as vLLM and llama.cpp's server read them: top_k,
+// min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat template's
+// variables, e.g. {"enable_thinking": false}). Anything the server cannot honour (tools,
+// logprobs, n > 1, a JSON response format) is refused with a 400 that says so, rather than
+// ignored.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "lmx/lmx.h"
+
+namespace lmx::cli::openai {
+
+// A request the server refuses: the HTTP status and OpenAI's error object.
+struct ApiError {
+  int status = 400;
+  std::string message = {};
+  std::string type = "invalid_request_error";
+  std::string param = {};  // the request field at fault, if one is
+};
+nlohmann::json error_body(const ApiError& e);
+
+struct Request {
+  bool chat = true;               // /v1/chat/completions (else /v1/completions)
+  std::vector<Message> messages;  // chat
+  std::string prompt;             // completions
+  GenerateOptions options;
+  bool stream = false, include_usage = false;
+};
+
+// The request's JSON body, over the server's defaults (its command line's flags). Throws
+// ApiError for malformed JSON, wrong types, out-of-range values and unsupported fields.
+Request parse_request(const std::string& body, bool chat, const GenerateOptions& defaults);
+
+// OpenAI's finish_reason for the generator's: "stop" (an end-of-sequence token, a stop token
+// or a stop string) or "length" (max_tokens or the context's end).
+std::string finish_reason(const std::string& lmx_reason);
+
+// The reply's envelope: id, object, created, model.
+struct Envelope {
+  std::string id, model;
+  int64_t created = 0;
+};
+nlohmann::json usage(const GenerateMetrics& m);
+// A whole reply: chat.completion or text_completion.
+nlohmann::json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m);
+// One streamed event: chat.completion.chunk or text_completion. `delta` is the new text
+// (chat: the first chunk carries the role); `reason` is empty until the last.
+nlohmann::json chunk(const Envelope& env, bool chat, const nlohmann::json& delta, const std::string& reason);
+
+}  // namespace lmx::cli::openai
