@@ -228,6 +228,7 @@ TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
       {"/v1/chat/completions", json{{"messages", {hi}}, {"logit_bias", {{"x", 1}}}}.dump(), 400, "logit_bias",
        "keys must be token ids"},
       {"/v1/completions", json{{"prompt", 5}}.dump(), 400, "prompt", "must be a string"},
+      {"/v1/completions", json{{"prompt", "x"}, {"echo", true}}.dump(), 400, "echo", "not supported"},
       {"/v1/completions", json{{"prompt", std::string(3000, 'a') + " " + std::string(3000, 'b')}}.dump(), 400, "",
        "context length"},
       {"/v1/embeddings", "{}", 404, "", "no such endpoint"},

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <stop_token>
 #include <thread>
 
 #include "cli_util.h"
@@ -54,6 +55,10 @@ class Service {
              [this](const httplib::Request& req, httplib::Response& res) { answer(req, res, false); });
   }
 
+  // Ends the generation under way within a decode step, and any later one at once: the
+  // server is stopping, and its threads are joined only once their requests end.
+  void stop_generating() { stopping_.request_stop(); }
+
  private:
   // A generation under the model's lock, its first token already pulled (so that a prompt
   // the model refuses is an HTTP error, not an error inside a stream that began well).
@@ -86,10 +91,13 @@ class Service {
   std::shared_ptr<Run> start(openai::Request request) {
     auto run = std::make_shared<Run>();
     run->lock = std::unique_lock<std::mutex>(mutex_);
+    if (stopping_.stop_requested()) throw openai::ApiError{503, "the server is stopping", "server_error"};
     run->request = std::move(request);
     const openai::Request& r = run->request;
     try {
-      run->stream.emplace(r.chat ? model_.chat(r.messages, r.options) : model_.generate(r.prompt, r.options));
+      const std::stop_token stop = stopping_.get_token();
+      run->stream.emplace(r.chat ? model_.chat(r.messages, r.options, stop)
+                                 : model_.generate(r.prompt, r.options, stop));
       run->first = run->stream->next();
     } catch (const Error& e) {  // the model's checks of the request: a bad template variable, a long prompt
       throw openai::ApiError{400, e.what()};
@@ -172,6 +180,7 @@ class Service {
   const int64_t started_ = now();
   std::mutex mutex_;
   std::atomic<uint64_t> count_{0};
+  std::stop_source stopping_;
 };
 
 std::atomic<bool> g_stop{false};
@@ -236,6 +245,7 @@ void run_serve(const ModelArgs& margs, const GenerateArgs& gen, ServeArgs args) 
   std::atomic<bool> listening_ended{false};
   std::thread stopper([&] {
     while (!g_stop && !listening_ended) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    service.stop_generating();
     svr.stop();
   });
   const bool served = svr.listen_after_bind();

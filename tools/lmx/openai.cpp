@@ -141,6 +141,10 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
       body["response_format"].value("type", "text") != "text")
     refuse("response_format", "only {\"type\": \"text\"} responses are supported");
   if (integer(body, "n", 1, 1000).value_or(1) != 1) refuse("n", "'n' must be 1: one choice a request");
+  if (integer(body, "best_of", 1, 1000).value_or(1) != 1) refuse("best_of", "'best_of' must be 1");
+  if (flag(body, "echo", false)) refuse("echo", "'echo' is not supported by lmx serve yet");
+  if (body.contains("suffix") && !body["suffix"].is_null() && body["suffix"] != "")
+    refuse("suffix", "'suffix' (insertion) is not supported");
 
   Request r;
   r.chat = chat;
