@@ -192,6 +192,33 @@ TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
     streamed_text += e["choices"][0]["text"].get<std::string>();
   EXPECT_EQ(streamed_text, want_text);
 
+  // Token ids as the prompt (vLLM's form), as generate_ids takes them.
+  const std::vector<int32_t> ids{5, 17, 42, 99};
+  const std::string want_ids = model->generate_ids(ids, nine).text();
+  const Reply from_ids = post(c, "/v1/completions", json{{"prompt", ids}}.dump());
+  ASSERT_EQ(from_ids.status, 200) << from_ids.body.dump();
+  EXPECT_EQ(from_ids.body["choices"][0]["text"], want_ids);
+  EXPECT_EQ(from_ids.body["usage"]["prompt_tokens"], 4);
+
+  // Two clients at once take turns on the model, and each gets its own answer.
+  GenerateOptions longer, twenty;  // the longer one is likely still running when the other comes
+  longer.max_tokens = 200;
+  twenty.max_tokens = 20;
+  longer.ignore_eos = twenty.ignore_eos = true;
+  const std::string want_a = model->generate("A dog", longer).text(), want_b = model->generate("Blue sky", twenty).text();
+  Reply a, b;
+  std::thread other([&] {
+    httplib::Client c2("127.0.0.1", server.port());
+    c2.set_read_timeout(120);
+    a = post(c2, "/v1/completions", json{{"prompt", "A dog"}, {"max_tokens", 200}, {"ignore_eos", true}}.dump());
+  });
+  b = post(c, "/v1/completions", json{{"prompt", "Blue sky"}, {"max_tokens", 20}, {"ignore_eos", true}}.dump());
+  other.join();
+  ASSERT_EQ(a.status, 200) << a.body.dump();
+  ASSERT_EQ(b.status, 200) << b.body.dump();
+  EXPECT_EQ(a.body["choices"][0]["text"], want_a);
+  EXPECT_EQ(b.body["choices"][0]["text"], want_b);
+
   const auto models = c.Get("/v1/models");
   ASSERT_TRUE(models && models->status == 200);
   EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "qwen3-f32");
@@ -228,6 +255,7 @@ TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
       {"/v1/chat/completions", json{{"messages", {hi}}, {"logit_bias", {{"x", 1}}}}.dump(), 400, "logit_bias",
        "keys must be token ids"},
       {"/v1/completions", json{{"prompt", 5}}.dump(), 400, "prompt", "must be a string"},
+      {"/v1/completions", json{{"prompt", {1, 99999}}}.dump(), 400, "", "outside the vocabulary"},
       {"/v1/completions", json{{"prompt", "x"}, {"echo", true}}.dump(), 400, "echo", "not supported"},
       {"/v1/completions", json{{"prompt", std::string(3000, 'a') + " " + std::string(3000, 'b')}}.dump(), 400, "",
        "context length"},

@@ -96,8 +96,12 @@ class Service {
     const openai::Request& r = run->request;
     try {
       const std::stop_token stop = stopping_.get_token();
-      run->stream.emplace(r.chat ? model_.chat(r.messages, r.options, stop)
-                                 : model_.generate(r.prompt, r.options, stop));
+      if (r.chat)
+        run->stream.emplace(model_.chat(r.messages, r.options, stop));
+      else if (!r.prompt_ids.empty())
+        run->stream.emplace(model_.generate_ids(r.prompt_ids, r.options, stop));
+      else
+        run->stream.emplace(model_.generate(r.prompt, r.options, stop));
       run->first = run->stream->next();
     } catch (const Error& e) {  // the model's checks of the request: a bad template variable, a long prompt
       throw openai::ApiError{400, e.what()};

@@ -1,6 +1,8 @@
 #include "openai.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 namespace lmx::cli::openai {
@@ -152,12 +154,15 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
     r.messages = messages_of(body);
   } else {
     const auto it = body.find("prompt");
+    const auto is_id = [](const json& v) { return v.is_number_integer() && v.get<int64_t>() >= 0; };
     if (it != body.end() && it->is_array() && it->size() == 1 && (*it)[0].is_string())
       r.prompt = (*it)[0].get<std::string>();
     else if (it != body.end() && it->is_string())
       r.prompt = it->get<std::string>();
+    else if (it != body.end() && it->is_array() && !it->empty() && std::all_of(it->begin(), it->end(), is_id))
+      for (const json& id : *it) r.prompt_ids.push_back(int32_t(std::min<int64_t>(id.get<int64_t>(), INT32_MAX)));
     else
-      refuse("prompt", "'prompt' must be a string (one prompt a request)");
+      refuse("prompt", "'prompt' must be a string or a list of token ids (one prompt a request)");
   }
   GenerateOptions& o = r.options;
   o = defaults;

@@ -2,7 +2,7 @@
 // messages and options, and replies written in OpenAI's shapes. No HTTP here (cmd_serve.cpp).
 //
 // Read, as OpenAI documents them: model, messages (text content, as a string or text parts),
-// prompt, max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
+// prompt (text, or a list of token ids), max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
 // presence_penalty, frequency_penalty, logit_bias, n (1 only), stream and
 // stream_options.include_usage. Also, as vLLM and llama.cpp's server read them: top_k,
 // min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat template's
@@ -31,7 +31,8 @@ nlohmann::json error_body(const ApiError& e);
 struct Request {
   bool chat = true;               // /v1/chat/completions (else /v1/completions)
   std::vector<Message> messages;  // chat
-  std::string prompt;             // completions
+  std::string prompt;             // completions: text,
+  std::vector<int32_t> prompt_ids;  // or token ids (where not empty), as vLLM reads a list of ints
   GenerateOptions options;
   bool stream = false, include_usage = false;
 };
