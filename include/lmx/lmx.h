@@ -31,12 +31,19 @@ namespace lmx {
 struct Token {
   int32_t id = 0;
   std::string text;  // complete UTF-8 only; may be empty while a multi-byte character is pending
+  // Where GenerateOptions::logprobs asks: log p(id) under the model (its natural log), and
+  // the most likely ids with theirs, most likely first (ties: the lower id). 0 and empty
+  // otherwise.
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top_logprobs;
 };
 
 struct Message {
   std::string role;  // "system", "user", "assistant", "tool"
   std::string content;
 };
+
+inline constexpr int kMaxTopLogprobs = 20;  // GenerateOptions::logprobs' largest
 
 struct GenerateOptions {
   int max_tokens = 256;
@@ -55,6 +62,12 @@ struct GenerateOptions {
   // Extra chat-template variables as JSON text, e.g. {"enable_thinking", "false"}.
   std::vector<std::pair<std::string, std::string>> template_vars;
   bool return_logits = false;              // classify(): keep the full last-position logits
+  // Streams: each Token's logprob, and this many top_logprobs (0 to kMaxTopLogprobs);
+  // -1 = off. They are the model's own distribution, before penalties, bias, temperature
+  // and filters (as vLLM's default), so that they score text whatever the draw. Each
+  // step's logits then come back to the host (on a GPU: the plain decode step, not the
+  // fused one).
+  int logprobs = -1;
 };
 
 struct LoadOptions {

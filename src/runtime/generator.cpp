@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "lmx/lmx.h"
 #include "runtime/prefill.h"
 
 namespace lmx {
@@ -50,6 +51,12 @@ std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM
   } catch (const OutOfMemory&) {
     return nullptr;  // the device may be full: the plain ops still work, within what is left
   }
+}
+
+void TokenGenerator::set_logprobs(int top) {
+  LMX_CHECK(top >= -1 && top <= kMaxTopLogprobs, "generate", "logprobs must be -1 (off) or 0 to ", kMaxTopLogprobs,
+            " alternatives, got ", top);
+  top_logprobs_ = top;
 }
 
 TokenGenerator::~TokenGenerator() { model_.recycle_fused_decoder(std::move(fused_)); }
@@ -199,7 +206,8 @@ std::optional<int32_t> TokenGenerator::next() {
   if (generated == 0) {
     start_ = t0;
   } else {
-    if (generated == 1 && !fused_) take_fused_decoder();  // the first decode step
+    // The first decode step. (The fused step reads no logits back: none with logprobs.)
+    if (generated == 1 && !fused_ && top_logprobs_ < 0) take_fused_decoder();
     if (fused_) fused = fused_step();
   }
   int32_t tok;
@@ -213,6 +221,7 @@ std::optional<int32_t> TokenGenerator::next() {
       return std::nullopt;
     }
     tok = sample(logits);
+    if (top_logprobs_ >= 0) logprobs_ = log_probabilities(to_floats(logits), tok, top_logprobs_);
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();

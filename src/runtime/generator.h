@@ -81,6 +81,11 @@ class TokenGenerator {
   // next() returns nullopt with FinishReason::cancelled, and the cache keeps the prompt's
   // positions prefilled so far (a prefix, which prompt-cache reuse can continue).
   void set_stop(std::stop_token stop) { stop_ = std::move(stop); }
+  // Each token's log-probabilities, with `top` alternatives (0 to kMaxTopLogprobs; -1 =
+  // off, the default). Set before the first next(): every step then reads its logits on
+  // the host, so the fused decoder is not taken.
+  void set_logprobs(int top);
+  const TokenLogprobs& logprobs() const { return logprobs_; }  // of the token next() returned last
   const GenerationTimings& timings() const { return timings_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
   // How decode steps ran: "plain" (the ops one by one), or the fused step's path
@@ -102,6 +107,8 @@ class TokenGenerator {
   std::unique_ptr<fast::FusedDecoder> fused_;  // null where the device has no fused path
   bool inflight_ = false;  // a greedy fused step for the next token is queued already
   Sampler sampler_;
+  int top_logprobs_ = -1;
+  TokenLogprobs logprobs_;
   GenerationLimits limits_;
   std::vector<int32_t> tokens_;
   size_t prompt_len_;

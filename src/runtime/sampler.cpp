@@ -250,4 +250,38 @@ int32_t Sampler::draw(const std::vector<float>& p) {
   return last;  // rounding left u just above the total
 }
 
+TokenLogprobs log_probabilities(std::span<const float> logits, int32_t chosen, int top) {
+  LMX_CHECK(chosen >= 0 && size_t(chosen) < logits.size(), "logprobs", "token ", chosen,
+            " is outside the logits' ", logits.size(), " entries");
+  float most = kNegInf;
+  for (float v : logits)
+    if (v > most) most = v;  // NaN compares false: left out
+  double sum = 0;
+  for (float v : logits)
+    if (!std::isnan(v)) sum += std::exp(double(v) - double(most));
+  const double lse = double(most) + std::log(sum);
+  auto logp = [&](int32_t id) {
+    const float v = logits[size_t(id)];
+    return std::isnan(v) ? kNegInf : float(double(v) - lse);
+  };
+  TokenLogprobs out;
+  out.chosen = logp(chosen);
+  // The `top` largest by one pass that keeps a sorted list of them: k is at most 20, V up to 262K.
+  const size_t k = std::min(size_t(std::max(top, 0)), logits.size());
+  auto before = [&](int32_t a, int32_t b) {  // a ranks above b
+    const float x = logits[size_t(a)], y = logits[size_t(b)];
+    return x > y || (x == y && a < b);
+  };
+  std::vector<int32_t> best;
+  best.reserve(k + 1);
+  for (int32_t id = 0; k > 0 && size_t(id) < logits.size(); ++id) {
+    if (std::isnan(logits[size_t(id)])) continue;
+    if (best.size() == k && !before(id, best.back())) continue;
+    best.insert(std::upper_bound(best.begin(), best.end(), id, before), id);
+    if (best.size() > k) best.pop_back();
+  }
+  for (int32_t id : best) out.top.emplace_back(id, logp(id));
+  return out;
+}
+
 }  // namespace lmx

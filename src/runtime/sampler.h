@@ -24,6 +24,15 @@ struct SamplingOptions {
   std::optional<uint64_t> seed;  // fixed seed: reproducible draws
 };
 
+// A token's log-probabilities under the model (GenerateOptions::logprobs).
+struct TokenLogprobs {
+  float chosen = 0;                              // log p(chosen)
+  std::vector<std::pair<int32_t, float>> top;    // the `top` most likely ids, most likely first
+};
+// log_softmax(logits)[chosen] and the `top` largest entries (ties: the lower id), the sum
+// taken in double. NaN logits count as impossible.
+TokenLogprobs log_probabilities(std::span<const float> logits, int32_t chosen, int top);
+
 // Stateful only in its random stream. Not thread-safe; use one per sequence.
 class Sampler {
  public:

@@ -25,6 +25,8 @@ class GenerationSource final : public Stream::Source, public OpenStream {
                    int64_t cached)
       : m_(&m), stop_(std::move(stop)), stops_(o.stop_strings) {
     gen_.emplace(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache());
+    gen_->set_logprobs(o.logprobs);
+    logprobs_ = o.logprobs >= 0;
     cached_ = int(cached);
     gen_->set_stop(stop_);  // a long prompt's prefill stops between its passes
     if (m.has_tokenizer()) decoder_.emplace(m.tokenizer(), o.skip_special_tokens);
@@ -74,7 +76,14 @@ class GenerationSource final : public Stream::Source, public OpenStream {
       else text += stops_.flush();
     }
     if (gen_->finish_reason() != FinishReason::none || stopped_by_string_) finish();
-    return Token{*id, text};
+    Token token;
+    token.id = *id;
+    token.text = std::move(text);
+    if (logprobs_) {
+      token.logprob = gen_->logprobs().chosen;
+      token.top_logprobs = gen_->logprobs().top;
+    }
+    return token;
   }
 
   void cancel() override {
@@ -120,6 +129,7 @@ class GenerationSource final : public Stream::Source, public OpenStream {
   std::optional<StreamDecoder> decoder_;
   StopStringMatcher stops_;
   bool finished_ = false, failed_ = false, stopped_by_string_ = false;
+  bool logprobs_ = false;  // GenerateOptions::logprobs asked for
   int cached_ = 0;
   std::error_code err_;
   std::string msg_;

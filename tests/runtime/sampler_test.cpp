@@ -418,6 +418,34 @@ TEST(SamplerTest, RejectsBadOptions) {
   EXPECT_THROW(s.sample(kLogits, {}), Error);
 }
 
+TEST(SamplerTest, LogProbabilitiesAreTheLogSoftmaxInDouble) {
+  // kLogits has a tie (ids 1 and 6 at 1.0): the lower id ranks first.
+  const std::vector<double> p = softmax({kLogits.begin(), kLogits.end()});
+  const TokenLogprobs lp = log_probabilities(kLogits, 4, 4);
+  EXPECT_NEAR(lp.chosen, std::log(p[4]), 1e-6);
+  const std::vector<int32_t> order = {5, 0, 1, 6};
+  ASSERT_EQ(lp.top.size(), order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    EXPECT_EQ(lp.top[i].first, order[i]);
+    EXPECT_NEAR(lp.top[i].second, std::log(p[size_t(order[i])]), 1e-6);
+  }
+  // More alternatives than tokens: all of them. None: the chosen token alone.
+  EXPECT_EQ(log_probabilities(kLogits, 0, 20).top.size(), kLogits.size());
+  EXPECT_TRUE(log_probabilities(kLogits, 0, 0).top.empty());
+  // Large logits do not overflow; NaN is impossible and never listed; -inf is listed last.
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> odd = {1000.0f, nan, 999.0f, -inf};
+  const TokenLogprobs o = log_probabilities(odd, 2, 4);
+  EXPECT_NEAR(o.chosen, -1.0 - std::log1p(std::exp(-1.0)), 1e-6);
+  ASSERT_EQ(o.top.size(), 3u);
+  EXPECT_EQ(o.top[0].first, 0);
+  EXPECT_EQ(o.top[1].first, 2);
+  EXPECT_EQ(o.top[2].first, 3);
+  EXPECT_EQ(o.top[2].second, -inf);
+  EXPECT_EQ(log_probabilities(odd, 1, 0).chosen, -inf);
+  EXPECT_THROW(log_probabilities(odd, 4, 1), Error);
+}
+
 TEST(StopStringTest, HoldsBackPossibleStartsAcrossTokenBoundaries) {
   StopStringMatcher m({"</s>", "STOP"});
   std::string shown;

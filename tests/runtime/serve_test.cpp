@@ -226,6 +226,137 @@ TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
   EXPECT_NE(server.log().find("lmx serve: stopped"), std::string::npos) << server.log();
 }
 
+// A reply's scores against the library's tokens: chat's {token, logprob, bytes,
+// top_logprobs} entries, each token's bytes its own text.
+void expect_chat_scores(const json& content, const std::vector<Token>& want, const TextModel& model) {
+  ASSERT_EQ(content.size(), want.size()) << content.dump();
+  auto bytes_of = [](const std::string& s) {
+    json out = json::array();
+    for (char ch : s) out.push_back(static_cast<unsigned char>(ch));
+    return out;
+  };
+  for (size_t i = 0; i < want.size(); ++i) {
+    const json& e = content[i];
+    EXPECT_EQ(e["bytes"], bytes_of(model.detokenize({&want[i].id, 1}))) << i;
+    EXPECT_EQ(float(e["logprob"].get<double>()), want[i].logprob) << i;
+    ASSERT_EQ(e["top_logprobs"].size(), want[i].top_logprobs.size()) << i;
+    for (size_t j = 0; j < want[i].top_logprobs.size(); ++j) {
+      const auto [id, lp] = want[i].top_logprobs[j];
+      EXPECT_EQ(e["top_logprobs"][j]["bytes"], bytes_of(model.detokenize({&id, 1}))) << i << ", " << j;
+      EXPECT_EQ(float(e["top_logprobs"][j]["logprob"].get<double>()), lp) << i << ", " << j;
+    }
+  }
+}
+
+TEST(ServeTest, LogprobsAreTheLibrarysScoresWholeAndStreamed) {
+  Served server("'" + kModel.string() + "' --device cpu");
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c("127.0.0.1", server.port());
+  c.set_read_timeout(120);
+  LoadOptions lo;
+  lo.backend = "cpu";
+  auto model = load_model(kModel, lo);
+
+  // Chat, sampled (the scores stay the model's own), whole and streamed.
+  const std::vector<Message> chat{{"user", "Name three colours."}};
+  GenerateOptions o;
+  o.max_tokens = 14;
+  o.temperature = 0.8f;
+  o.seed = 3;
+  o.logprobs = 3;
+  std::vector<Token> want;
+  for (const Token& t : model->chat(chat, o)) want.push_back(t);
+  std::string want_text;
+  for (const Token& t : want) want_text += t.text;
+  const std::string reason = model->metrics().finish_reason;
+  if (reason == "eos" || reason == "stop_token") want.pop_back();  // not part of the reply's text
+
+  const json request = {{"messages", {{{"role", "user"}, {"content", "Name three colours."}}}}, {"max_tokens", 14},
+                        {"temperature", 0.8}, {"seed", 3}, {"logprobs", true}, {"top_logprobs", 3}};
+  const Reply whole = post(c, "/v1/chat/completions", request.dump());
+  ASSERT_EQ(whole.status, 200) << whole.body.dump();
+  EXPECT_EQ(whole.body["choices"][0]["message"]["content"], want_text);
+  expect_chat_scores(whole.body["choices"][0]["logprobs"]["content"], want, *model);
+
+  json streamed = request;
+  streamed["stream"] = true;
+  json content = json::array();
+  for (const json& e : events(c, "/v1/chat/completions", streamed)) {
+    const json& scores = e["choices"][0]["logprobs"];
+    if (scores.is_null()) continue;
+    EXPECT_FALSE(scores["content"].empty()) << "a chunk with scores lists some";
+    for (const json& entry : scores["content"]) content.push_back(entry);
+  }
+  // The same tokens, scored again: the server's prompt cache now holds the prompt but its
+  // last token, so the scores may differ from the first run's in the last bits.
+  const json& first = whole.body["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), first.size());
+  for (size_t i = 0; i < content.size(); ++i) {
+    EXPECT_EQ(content[i]["bytes"], first[i]["bytes"]) << i;
+    EXPECT_NEAR(content[i]["logprob"].get<double>(), first[i]["logprob"].get<double>(), 1e-5) << i;
+    ASSERT_EQ(content[i]["top_logprobs"].size(), first[i]["top_logprobs"].size()) << i;
+  }
+
+  // Without logprobs: null.
+  json plain = request;
+  plain.erase("logprobs");
+  plain.erase("top_logprobs");
+  const Reply bare = post(c, "/v1/chat/completions", plain.dump());
+  ASSERT_EQ(bare.status, 200);
+  EXPECT_TRUE(bare.body["choices"][0]["logprobs"].is_null());
+
+  // An end-of-sequence token (id 2, forced by a bias) ends the reply: its text is not in the
+  // reply, and neither are its scores.
+  json ended = request;
+  ended["logit_bias"] = {{"2", 100}};
+  const Reply eos = post(c, "/v1/chat/completions", ended.dump());
+  ASSERT_EQ(eos.status, 200) << eos.body.dump();
+  EXPECT_EQ(eos.body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(eos.body["usage"]["completion_tokens"], 1);
+  EXPECT_EQ(eos.body["choices"][0]["logprobs"]["content"], json::array());
+  ended["stream"] = true;
+  for (const json& e : events(c, "/v1/chat/completions", ended)) {
+    if (!e["choices"].empty()) {
+      EXPECT_TRUE(e["choices"][0]["logprobs"].is_null()) << e.dump();
+    }
+  }
+
+  // Completions: tokens, token_logprobs, top_logprobs (text to logprob) and text offsets.
+  GenerateOptions g;
+  g.max_tokens = 10;
+  g.ignore_eos = true;
+  g.logprobs = 2;
+  std::vector<Token> wt;
+  for (const Token& t : model->generate("The cat sat on", g)) wt.push_back(t);
+  const json creq = {{"prompt", "The cat sat on"}, {"max_tokens", 10}, {"ignore_eos", true}, {"logprobs", 2}};
+  const Reply comp = post(c, "/v1/completions", creq.dump());
+  ASSERT_EQ(comp.status, 200) << comp.body.dump();
+  const json& lp = comp.body["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), wt.size()) << lp.dump();
+  int64_t offset = 0;
+  for (size_t i = 0; i < wt.size(); ++i) {
+    EXPECT_EQ(float(lp["token_logprobs"][i].get<double>()), wt[i].logprob) << i;
+    EXPECT_EQ(lp["text_offset"][i], offset) << i;
+    const std::string token = lp["tokens"][i].get<std::string>();  // valid UTF-8: its code points
+    offset += std::count_if(token.begin(), token.end(), [](char ch) { return (ch & 0xC0) != 0x80; });
+    EXPECT_LE(lp["top_logprobs"][i].size(), 2u);
+    const std::string best = model->detokenize({&wt[i].top_logprobs[0].first, 1});
+    EXPECT_EQ(float(lp["top_logprobs"][i][best].get<double>()), wt[i].top_logprobs[0].second) << i;
+  }
+  json cstream = creq;
+  cstream["stream"] = true;
+  json tokens = json::array(), offsets = json::array();
+  for (const json& e : events(c, "/v1/completions", cstream)) {
+    const json& scores = e["choices"][0]["logprobs"];
+    if (scores.is_null()) continue;
+    for (const json& t : scores["tokens"]) tokens.push_back(t);
+    for (const json& t : scores["text_offset"]) offsets.push_back(t);
+  }
+  EXPECT_EQ(tokens, lp["tokens"]);
+  EXPECT_EQ(offsets, lp["text_offset"]);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
 TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
   ASSERT_GT(server.port(), 0) << server.log();
@@ -254,6 +385,11 @@ TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
        "must be in [1,"},
       {"/v1/chat/completions", json{{"messages", {hi}}, {"logit_bias", {{"x", 1}}}}.dump(), 400, "logit_bias",
        "keys must be token ids"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"top_logprobs", 2}}.dump(), 400, "top_logprobs",
+       "needs \"logprobs\": true"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"logprobs", true}, {"top_logprobs", 21}}.dump(), 400,
+       "top_logprobs", "must be in [0, 20]"},
+      {"/v1/completions", json{{"prompt", "x"}, {"logprobs", true}}.dump(), 400, "logprobs", "must be an integer"},
       {"/v1/completions", json{{"prompt", 5}}.dump(), 400, "prompt", "must be a string"},
       {"/v1/completions", json{{"prompt", {1, 99999}}}.dump(), 400, "", "outside the vocabulary"},
       {"/v1/completions", json{{"prompt", "x"}, {"echo", true}}.dump(), 400, "echo", "not supported"},

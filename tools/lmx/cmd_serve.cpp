@@ -12,8 +12,10 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <stop_token>
 #include <thread>
 
@@ -122,11 +124,19 @@ class Service {
         });
         return;
       }
-      std::string text = run->first ? run->first->text : "";
-      if (run->first)
-        for (const Token& t : *run->stream) text += t.text;
+      std::vector<Token> tokens;
+      if (run->first) {
+        tokens.push_back(std::move(*run->first));
+        for (const Token& t : *run->stream) tokens.push_back(t);
+      }
+      std::string text;
+      for (const Token& t : tokens) text += t.text;
       if (auto err = stream_error()) throw *err;
-      send_json(res, 200, openai::completion(env, chat, text, model_.metrics()));
+      const GenerateMetrics m = model_.metrics();
+      json scores = nullptr;
+      int64_t offset = 0;
+      if (run->request.options.logprobs >= 0) scores = openai::logprobs(chat, listed(tokens, m), piece_, offset);
+      send_json(res, 200, openai::completion(env, chat, text, m, scores));
     } catch (const openai::ApiError& e) {
       send_json(res, e.status, openai::error_body(e));
     } catch (const std::exception& e) {
@@ -144,17 +154,28 @@ class Service {
       const std::string line = "data: " + text_of(event) + "\n\n";
       open = open && sink.write(line.data(), line.size());
     };
-    auto piece = [&](const std::string& text) {
-      if (!text.empty()) send(openai::chunk(env, chat, chat ? json{{"content", text}} : json(text), ""));
+    // With logprobs, a token whose text is held back (part of a character, or of a possible
+    // stop string) has its scores sent with the next text.
+    const bool scoring = run.request.options.logprobs >= 0;
+    std::vector<Token> pending;
+    int64_t offset = 0;
+    auto text_event = [&](const std::string& text) {
+      const json scores = scoring ? openai::logprobs(chat, pending, piece_, offset) : json(nullptr);
+      pending.clear();
+      send(openai::chunk(env, chat, chat ? json{{"content", text}} : json(text), "", scores));
+    };
+    auto piece = [&](const Token& t) {
+      if (scoring) pending.push_back(t);
+      if (!t.text.empty()) text_event(t.text);
     };
     try {
       if (chat) send(openai::chunk(env, chat, {{"role", "assistant"}, {"content", ""}}, ""));
       if (run.first) {
-        piece(run.first->text);
+        piece(*run.first);
         while (open) {
           const std::optional<Token> t = run.stream->next();
           if (!t) break;
-          piece(t->text);
+          piece(*t);
         }
       }
       run.stream.reset();  // a client that left cancels here
@@ -162,6 +183,10 @@ class Service {
         send(openai::error_body(*err));
       } else if (open) {
         const GenerateMetrics m = model_.metrics();
+        if (scoring && !listed(pending, m).empty()) {  // the last tokens made no text
+          pending.resize(listed(pending, m).size());
+          text_event("");
+        }
         send(openai::chunk(env, chat, chat ? json::object() : json(""), openai::finish_reason(m.finish_reason)));
         if (run.request.include_usage) {
           json last = openai::chunk(env, chat, json::object(), "");
@@ -178,7 +203,18 @@ class Service {
     run.lock.unlock();
   }
 
+  // The tokens whose text a reply carries, for their scores: all but an end-of-sequence or
+  // stop token that ended the generation (its text is left out of the reply).
+  static std::span<const Token> listed(std::span<const Token> tokens, const GenerateMetrics& m) {
+    const bool control_last = m.finish_reason == "eos" || m.finish_reason == "stop_token";
+    return control_last && !tokens.empty() ? tokens.first(tokens.size() - 1) : tokens;
+  }
+
   TextModel& model_;
+  // A token's own text, for its scores.
+  const std::function<std::string(int32_t)> piece_ = [this](int32_t id) {
+    return model_.detokenize({&id, 1}, false);
+  };
   const std::string name_;
   const GenerateOptions defaults_;
   const int64_t started_ = now();
@@ -279,8 +315,11 @@ void add_serve_command(CLI::App& app) {
       "frequency_penalty, repetition_penalty, logit_bias, chat_template_kwargs) override them.\n"
       "A completion's prompt may be text or a list of token ids. \"stream\": true sends\n"
       "server-sent events as OpenAI's API does, with the usage last where stream_options asks.\n"
-      "Requests take turns: one generation runs at a time. Tools, logprobs and n > 1 are\n"
-      "refused with a 400.\n\n"
+      "Log-probabilities: \"logprobs\": true and \"top_logprobs\": N (chat), \"logprobs\": N\n"
+      "(completions), N up to 20; the model's own, before penalties and temperature. On a GPU\n"
+      "they slow decoding, since each step's logits come back to the host.\n"
+      "Requests take turns: one generation runs at a time. Tools, echo and n > 1 are refused\n"
+      "with a 400.\n\n"
       "Examples:\n"
       "  lmx serve /models/Qwen3-0.6B --port 8080 --temperature 0.7 --max-tokens 1024\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"

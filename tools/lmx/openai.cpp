@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
+
+#include "text/unicode.h"
 
 namespace lmx::cli::openai {
 namespace {
@@ -116,7 +119,69 @@ void read_logit_bias(const json& body, GenerateOptions& o) {
   }
 }
 
+// Chat: "logprobs": true, with "top_logprobs": 0-20 alternatives. Completions: "logprobs":
+// 0-20 alternatives (OpenAI's cap is 5; vLLM's, 20).
+void read_logprobs(const json& body, bool chat, GenerateOptions& o) {
+  const int most = kMaxTopLogprobs;
+  if (chat) {
+    const std::optional<int64_t> top = integer(body, "top_logprobs", 0, most);
+    if (!flag(body, "logprobs", false)) {
+      if (top) refuse("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
+      return;
+    }
+    o.logprobs = int(top.value_or(0));
+  } else if (const std::optional<int64_t> top = integer(body, "logprobs", 0, most)) {
+    o.logprobs = int(*top);
+  }
+}
+
+// Code points of valid UTF-8 text: its bytes but continuation bytes.
+int64_t code_points(const std::string& s) {
+  return std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+
+json byte_list(const std::string& s) {
+  json out = json::array();
+  for (char c : s) out.push_back(static_cast<unsigned char>(c));
+  return out;
+}
+
+// A token's text and bytes: a token may hold part of a character, whose bytes then stand
+// for it and its text has U+FFFD (Python's errors="replace", as vLLM shows it).
+json scored_token(const std::string& bytes, float logprob) {
+  return {{"token", detail::to_valid_utf8(bytes)}, {"logprob", logprob}, {"bytes", byte_list(bytes)}};
+}
+
 }  // namespace
+
+json logprobs(bool chat, std::span<const Token> tokens, const std::function<std::string(int32_t)>& piece,
+              int64_t& offset) {
+  if (chat) {
+    json content = json::array();
+    for (const Token& t : tokens) {
+      json entry = scored_token(piece(t.id), t.logprob);
+      entry["top_logprobs"] = json::array();
+      for (const auto& [id, lp] : t.top_logprobs) entry["top_logprobs"].push_back(scored_token(piece(id), lp));
+      content.push_back(entry);
+    }
+    return {{"content", content}, {"refusal", nullptr}};
+  }
+  json out = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+              {"text_offset", json::array()}};
+  for (const Token& t : tokens) {
+    const std::string text = detail::to_valid_utf8(piece(t.id));
+    json top = json::object();
+    // Keyed by text, as OpenAI's: where two ids read the same (parts of characters, as
+    // U+FFFD), the more likely one stands.
+    for (const auto& [id, lp] : t.top_logprobs) top.emplace(detail::to_valid_utf8(piece(id)), lp);
+    out["tokens"].push_back(text);
+    out["token_logprobs"].push_back(t.logprob);
+    out["top_logprobs"].push_back(top);
+    out["text_offset"].push_back(offset);
+    offset += code_points(text);
+  }
+  return out;
+}
 
 json error_body(const ApiError& e) {
   return {{"error",
@@ -137,8 +202,6 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
   for (const char* unsupported : {"tools", "tool_choice", "functions", "function_call"})
     if (body.contains(unsupported) && !body[unsupported].is_null())
       refuse(unsupported, std::string("'") + unsupported + "' is not supported by lmx serve yet");
-  if (flag(body, "logprobs", false) || (body.contains("logprobs") && body["logprobs"].is_number_integer()))
-    refuse("logprobs", "'logprobs' is not supported by lmx serve yet");
   if (body.contains("response_format") && !body["response_format"].is_null() &&
       body["response_format"].value("type", "text") != "text")
     refuse("response_format", "only {\"type\": \"text\"} responses are supported");
@@ -178,6 +241,7 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
   if (auto v = number(body, "repetition_penalty", 1e-6, 100)) o.repeat_penalty = float(*v);
   if (auto v = integer(body, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()))
     o.seed = uint64_t(*v);
+  read_logprobs(body, chat, o);
   o.ignore_eos = flag(body, "ignore_eos", o.ignore_eos);
   read_stop(body, o);
   read_logit_bias(body, o);
@@ -203,8 +267,9 @@ json usage(const GenerateMetrics& m) {
           {"total_tokens", m.prompt_tokens + m.generated_tokens}};
 }
 
-json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason(m.finish_reason)}};
+json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m,
+               const json& scores) {
+  json choice = {{"index", 0}, {"logprobs", scores}, {"finish_reason", finish_reason(m.finish_reason)}};
   if (chat)
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   else
@@ -217,8 +282,8 @@ json completion(const Envelope& env, bool chat, const std::string& text, const G
           {"usage", usage(m)}};
 }
 
-json chunk(const Envelope& env, bool chat, const json& delta, const std::string& reason) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", reason.empty() ? json(nullptr) : json(reason)}};
+json chunk(const Envelope& env, bool chat, const json& delta, const std::string& reason, const json& scores) {
+  json choice = {{"index", 0}, {"logprobs", scores}, {"finish_reason", reason.empty() ? json(nullptr) : json(reason)}};
   if (chat)
     choice["delta"] = delta;
   else

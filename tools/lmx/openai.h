@@ -3,15 +3,17 @@
 //
 // Read, as OpenAI documents them: model, messages (text content, as a string or text parts),
 // prompt (text, or a list of token ids), max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
-// presence_penalty, frequency_penalty, logit_bias, n (1 only), stream and
-// stream_options.include_usage. Also, as vLLM and llama.cpp's server read them: top_k,
-// min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat template's
-// variables, e.g. {"enable_thinking": false}). Anything the server cannot honour (tools,
-// logprobs, n > 1, a JSON response format) is refused with a 400 that says so, rather than
-// ignored.
+// presence_penalty, frequency_penalty, logit_bias, logprobs (chat: with top_logprobs), n
+// (1 only), stream and stream_options.include_usage. Also, as vLLM and llama.cpp's server
+// read them: top_k, min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat
+// template's variables, e.g. {"enable_thinking": false}). Anything the server cannot honour
+// (tools, n > 1, echo, a JSON response format) is refused with a 400 that says so, rather
+// than ignored.
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -51,10 +53,20 @@ struct Envelope {
   int64_t created = 0;
 };
 nlohmann::json usage(const GenerateMetrics& m);
-// A whole reply: chat.completion or text_completion.
-nlohmann::json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m);
+// Tokens' scores (Token::logprob, top_logprobs) as a choice's "logprobs": chat's {"content":
+// [{token, logprob, bytes, top_logprobs}], or completions' {tokens, token_logprobs,
+// top_logprobs, text_offset}. `piece` gives a token's own text (its bytes; JSON output
+// replaces what is not UTF-8); `offset`, the reply's length in code points before the first
+// token, advances past them (completions' text_offset).
+nlohmann::json logprobs(bool chat, std::span<const Token> tokens, const std::function<std::string(int32_t)>& piece,
+                        int64_t& offset);
+// A whole reply: chat.completion or text_completion; `scores` is its "logprobs" (null: not asked).
+nlohmann::json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m,
+                          const nlohmann::json& scores = nullptr);
 // One streamed event: chat.completion.chunk or text_completion. `delta` is the new text
-// (chat: the first chunk carries the role); `reason` is empty until the last.
-nlohmann::json chunk(const Envelope& env, bool chat, const nlohmann::json& delta, const std::string& reason);
+// (chat: the first chunk carries the role); `reason` is empty until the last; `scores`, the
+// logprobs of the tokens that made the delta.
+nlohmann::json chunk(const Envelope& env, bool chat, const nlohmann::json& delta, const std::string& reason,
+                     const nlohmann::json& scores = nullptr);
 
 }  // namespace lmx::cli::openai
