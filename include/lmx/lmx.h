@@ -177,6 +177,13 @@ class TextModel {
   virtual std::vector<ClassifyResult> classify(std::span<const std::string> prompts, const GenerateOptions& = {}) = 0;
   virtual std::vector<BatchResult> batch_generate(std::span<const std::string> prompts,
                                                   const GenerateOptions& = {}) = 0;
+  // Scores token ids under the model, as evaluation harnesses ask: for each token after the
+  // first, its log-probability given the tokens before it (Token::logprob) and the
+  // `top_logprobs` (0 to kMaxTopLogprobs) most likely tokens at its place, as
+  // GenerateOptions::logprobs gives them. Returns ids.size() - 1 Tokens, in order; their
+  // text is empty (a token alone may be part of a character: detokenize gives its bytes).
+  // Throws lmx::Error for an id outside the vocabulary or ids past the context length.
+  virtual std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs = 0) = 0;
   virtual std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens = true) const = 0;
   virtual std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens = false) const = 0;
   virtual ModelInfo info() const = 0;

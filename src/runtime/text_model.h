@@ -32,6 +32,7 @@ class LocalTextModel final : public TextModel {
   Stream chat(std::span<const Message> messages, const GenerateOptions& o, std::stop_token stop) override;
   std::vector<ClassifyResult> classify(std::span<const std::string> prompts, const GenerateOptions& o) override;
   std::vector<BatchResult> batch_generate(std::span<const std::string> prompts, const GenerateOptions& o) override;
+  std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs) override;
   std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens) const override;
   std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens) const override;
   ModelInfo info() const override;
@@ -81,6 +82,11 @@ SamplingOptions sampling_options(const GenerateOptions& o);
 // name `where` (the model folder) when there is no template.
 std::string render_chat(const Tokenizer& tok, std::span<const Message> messages, const GenerateOptions& o,
                         const std::string& where);
+
+// Each token of `ids` after the first, scored by `model` given the tokens before it
+// (TextModel::score_ids, which checks the ids first), the positions in passes of `budget`.
+std::vector<Token> score_tokens(const models::CausalLM& model, std::span<const int32_t> ids, int top_logprobs,
+                                Device device, int64_t budget);
 
 // Fills TextModel metrics from a finished generation.
 GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device device);

@@ -1,6 +1,7 @@
-// GenerateOptions::logprobs: each token's log-probability and the most likely
-// alternatives, against transformers' logits for the fixture models (log-softmax taken
-// here in double), across decode steps, and under sampling options they must not see.
+// GenerateOptions::logprobs and TextModel::score_ids: each token's log-probability and the
+// most likely alternatives, against transformers' logits for the fixture models
+// (log-softmax taken here in double), across decode steps, and under sampling options
+// they must not see.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +11,8 @@
 
 #include "io/safetensors.h"
 #include "lmx/lmx.h"
+#include "models/loader.h"
+#include "runtime/text_model.h"
 
 namespace lmx {
 namespace {
@@ -188,6 +191,107 @@ TEST(LogprobsTest, AreTheModelsOwnWhateverTheDraw) {
     prefix.push_back(run[i].id);
   }
   EXPECT_GE(listed, 6) << "most sampled tokens should be among the model's 20 most likely";
+}
+
+TEST(LogprobsTest, ScoreIdsMatchTransformersAtEveryPosition) {
+  for (const LoadOptions& lo : f32_loads()) {
+    for (const char* name : kF32Models) {
+      const Golden g = read_golden(name);
+      auto model = load_model(kModels / name, lo);
+      for (int64_t r = 0; r < g.rows; ++r) {
+        const std::span<const int32_t> row(g.input_ids.data() + r * g.len, size_t(g.len));
+        const std::vector<Token> got = model->score_ids(row, 4);
+        ASSERT_EQ(got.size(), size_t(g.len - 1));
+        for (int64_t p = 0; p + 1 < g.len; ++p) {
+          const std::string at = std::string(name) + " on " + lo.backend + ", row " + std::to_string(r) +
+                                 ", token " + std::to_string(p + 1);
+          EXPECT_EQ(got[size_t(p)].id, row[size_t(p + 1)]) << at;
+          EXPECT_TRUE(got[size_t(p)].text.empty()) << at;
+          const std::span<const float> hf(g.logits.data() + (r * g.len + p) * g.vocab, size_t(g.vocab));
+          expect_scores(got[size_t(p)], log_softmax(hf), 4, tolerance(lo), at);
+        }
+      }
+      EXPECT_EQ(model->metrics().prompt_tokens, g.len);
+    }
+  }
+}
+
+TEST(LogprobsTest, ScoresInPassesAsInOne) {
+  // Passes of 5 positions continue the cache: past Gemma 3's sliding window of 8 the
+  // rotating caches of its local layers wrap.
+  for (const char* name : kF32Models) {
+    const Golden g = read_golden(name);
+    const auto model = models::load_causal_lm(kModels / name);
+    const std::span<const int32_t> row(g.input_ids.data(), size_t(g.len));
+    for (int64_t budget : {1, 5, 23}) {
+      const std::vector<Token> got = runtime::score_tokens(*model, row, 3, Device::cpu(), budget);
+      ASSERT_EQ(got.size(), size_t(g.len - 1));
+      for (int64_t p = 0; p + 1 < g.len; ++p) {
+        const std::span<const float> hf(g.logits.data() + p * g.vocab, size_t(g.vocab));
+        expect_scores(got[size_t(p)], log_softmax(hf), 3, 1e-4,
+                      std::string(name) + ", passes of " + std::to_string(budget) + ", token " + std::to_string(p + 1));
+      }
+    }
+  }
+}
+
+TEST(LogprobsTest, LongTextsScoreAsGenerationSeesThem) {
+  // 600 tokens: three pieces of logits (256 rows each) in one pass, and passes of 100 that
+  // split them otherwise. Each position's distribution is the one a generation reads there.
+  // (Past the fixture's 256 positions, which a random model does not mind.)
+  LoadOptions lo;
+  lo.backend = "cpu";
+  lo.context_len = 600;
+  auto model = load_model(kModels / "qwen3-f32", lo);
+  const auto causal = models::load_causal_lm(kModels / "qwen3-f32");
+  std::vector<int32_t> ids(600);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919 + 13) % 500);
+  const std::vector<Token> one = model->score_ids(ids, 3);
+  const std::vector<Token> passes = runtime::score_tokens(*causal, ids, 3, Device::cpu(), 100);
+  ASSERT_EQ(one.size(), 599u);
+  ASSERT_EQ(passes.size(), 599u);
+  for (size_t p : {size_t(0), size_t(99), size_t(100), size_t(255), size_t(256), size_t(511), size_t(512), size_t(598)}) {
+    const std::vector<Token> gen =
+        tokens_of(model->generate_ids({ids.begin(), ids.begin() + long(p) + 1}, scored(1, 3)));
+    ASSERT_EQ(gen.size(), 1u);
+    for (const std::vector<Token>* run : {&one, &passes}) {
+      const Token& t = (*run)[p];
+      EXPECT_EQ(t.id, ids[p + 1]);
+      for (size_t j = 0; j < 3; ++j) {
+        EXPECT_EQ(t.top_logprobs[j].first, gen[0].top_logprobs[j].first) << "position " << p;
+        EXPECT_NEAR(t.top_logprobs[j].second, gen[0].top_logprobs[j].second, 1e-4) << "position " << p;
+      }
+    }
+  }
+}
+
+TEST(LogprobsTest, ScoreIdsRefusesBadIdsAndServesOn) {
+  LoadOptions lo;
+  lo.backend = "cpu";
+  auto model = load_model(kModels / "qwen3-f32", lo);
+  EXPECT_TRUE(model->score_ids(std::vector<int32_t>{7}).empty());  // one token: nothing before it to score by
+  const std::vector<std::vector<int32_t>> bad = {{}, {1, 99999}, {1, -1}};
+  for (const auto& ids : bad) {
+    EXPECT_THROW(model->score_ids(ids), Error);
+    EXPECT_EQ(model->err(), make_error_code(Errc::invalid_input));
+  }
+  EXPECT_THROW(model->score_ids(std::vector<int32_t>{1, 2}, 21), Error);
+  LoadOptions short_context = lo;
+  short_context.context_len = 8;
+  auto small = load_model(kModels / "qwen3-f32", short_context);
+  try {
+    small->score_ids(std::vector<int32_t>(9, 1));
+    ADD_FAILURE() << "9 tokens past a context of 8 were scored";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("context length"), std::string::npos) << e.what();
+  }
+  // A stream open on the model is ended, and the model goes on.
+  Stream open = model->generate_ids({1, 2, 3}, scored(5, 0));
+  ASSERT_TRUE(open.next());
+  EXPECT_EQ(model->score_ids(std::vector<int32_t>{1, 2, 3, 4}, 2).size(), 3u);
+  EXPECT_FALSE(open.next());
+  EXPECT_FALSE(model->err());
+  EXPECT_EQ(tokens_of(model->generate_ids({1, 2, 3}, scored(2, 1))).size(), 2u);
 }
 
 TEST(LogprobsTest, OffByDefaultAndOutOfRangeIsRefused) {
