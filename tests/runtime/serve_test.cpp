@@ -354,6 +354,42 @@ TEST(ServeTest, LogprobsAreTheLibrarysScoresWholeAndStreamed) {
   }
   EXPECT_EQ(tokens, lp["tokens"]);
   EXPECT_EQ(offsets, lp["text_offset"]);
+
+  // Echo, as evaluation harnesses score text: token ids in, max_tokens 0, the prompt's scores
+  // out (the first token's null: nothing before it scores it).
+  const std::vector<int32_t> ids{5, 17, 42, 99, 7, 311};
+  const std::vector<Token> want_scores = model->score_ids(ids, 1);
+  const Reply scoring =
+      post(c, "/v1/completions", json{{"prompt", ids}, {"echo", true}, {"max_tokens", 0}, {"logprobs", 1}}.dump());
+  ASSERT_EQ(scoring.status, 200) << scoring.body.dump();
+  const json& sc = scoring.body["choices"][0];
+  EXPECT_EQ(sc["text"], model->detokenize(ids));
+  EXPECT_EQ(scoring.body["usage"]["prompt_tokens"], 6);
+  EXPECT_EQ(scoring.body["usage"]["completion_tokens"], 0);
+  ASSERT_EQ(sc["logprobs"]["tokens"].size(), ids.size()) << sc.dump();
+  EXPECT_TRUE(sc["logprobs"]["token_logprobs"][0].is_null());
+  EXPECT_TRUE(sc["logprobs"]["top_logprobs"][0].is_null());
+  for (size_t i = 1; i < ids.size(); ++i) {
+    EXPECT_EQ(float(sc["logprobs"]["token_logprobs"][i].get<double>()), want_scores[i - 1].logprob) << i;
+    EXPECT_EQ(sc["logprobs"]["top_logprobs"][i].size(), 1u) << i;
+  }
+  // Echo with new tokens: the prompt's text and scores, then the generation's.
+  GenerateOptions three = g;
+  three.max_tokens = 3;
+  const std::string generated = model->generate("The cat sat on", three).text();
+  const std::vector<int32_t> prompt = model->tokenize("The cat sat on");
+  const Reply both = post(c, "/v1/completions", json{{"prompt", "The cat sat on"}, {"echo", true}, {"max_tokens", 3},
+                                                     {"ignore_eos", true}, {"logprobs", 2}}.dump());
+  ASSERT_EQ(both.status, 200) << both.body.dump();
+  EXPECT_EQ(both.body["choices"][0]["text"], "The cat sat on" + generated);
+  const json& bl = both.body["choices"][0]["logprobs"];
+  ASSERT_EQ(bl["tokens"].size(), prompt.size() + 3) << bl.dump();
+  EXPECT_TRUE(bl["token_logprobs"][0].is_null());
+  // Greedy, so the tokens of the run above; the server's prompt cache held this prompt, so
+  // the scores may differ in the last bits.
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_NEAR(bl["token_logprobs"][prompt.size() + i].get<double>(), wt[i].logprob, 1e-5) << i;
+  for (size_t i = 1; i < bl["text_offset"].size(); ++i) EXPECT_GE(bl["text_offset"][i], bl["text_offset"][i - 1]);
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
@@ -392,7 +428,10 @@ TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
       {"/v1/completions", json{{"prompt", "x"}, {"logprobs", true}}.dump(), 400, "logprobs", "must be an integer"},
       {"/v1/completions", json{{"prompt", 5}}.dump(), 400, "prompt", "must be a string"},
       {"/v1/completions", json{{"prompt", {1, 99999}}}.dump(), 400, "", "outside the vocabulary"},
-      {"/v1/completions", json{{"prompt", "x"}, {"echo", true}}.dump(), 400, "echo", "not supported"},
+      {"/v1/completions", json{{"prompt", "x"}, {"echo", true}, {"stream", true}}.dump(), 400, "echo",
+       "whole replies only"},
+      {"/v1/chat/completions", json{{"messages", {hi}}, {"echo", true}}.dump(), 400, "echo", "completions field"},
+      {"/v1/completions", json{{"prompt", "x"}, {"max_tokens", 0}}.dump(), 400, "max_tokens", "must be in [1,"},
       {"/v1/completions", json{{"prompt", std::string(3000, 'a') + " " + std::string(3000, 'b')}}.dump(), 400, "",
        "context length"},
       {"/v1/embeddings", "{}", 404, "", "no such endpoint"},

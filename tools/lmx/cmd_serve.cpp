@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -133,9 +134,25 @@ class Service {
       for (const Token& t : tokens) text += t.text;
       if (auto err = stream_error()) throw *err;
       const GenerateMetrics m = model_.metrics();
+      run->stream.reset();
       json scores = nullptr;
       int64_t offset = 0;
-      if (run->request.options.logprobs >= 0) scores = openai::logprobs(chat, listed(tokens, m), piece_, offset);
+      const int top = run->request.options.logprobs;
+      if (run->request.echo) {  // the prompt first: its text, and its tokens' scores
+        const openai::Request& r = run->request;
+        const std::vector<int32_t> ids = r.prompt_ids.empty() ? model_.tokenize(r.prompt) : r.prompt_ids;
+        text = (r.prompt_ids.empty() ? r.prompt : model_.detokenize(ids)) + text;
+        if (top >= 0) scores = openai::logprobs(false, echoed(ids, top), piece_, offset);
+      }
+      if (top >= 0) {
+        const json generated = openai::logprobs(chat, listed(tokens, m), piece_, offset);
+        if (scores.is_null()) {
+          scores = generated;
+        } else {  // after the prompt's, list by list
+          for (const auto& [key, values] : generated.items())
+            scores[key].insert(scores[key].end(), values.begin(), values.end());
+        }
+      }
       send_json(res, 200, openai::completion(env, chat, text, m, scores));
     } catch (const openai::ApiError& e) {
       send_json(res, e.status, openai::error_body(e));
@@ -208,6 +225,20 @@ class Service {
   static std::span<const Token> listed(std::span<const Token> tokens, const GenerateMetrics& m) {
     const bool control_last = m.finish_reason == "eos" || m.finish_reason == "stop_token";
     return control_last && !tokens.empty() ? tokens.first(tokens.size() - 1) : tokens;
+  }
+
+  // An echoed prompt's tokens with their scores (the model's, after the generation has ended):
+  // the first has none (NaN).
+  std::vector<Token> echoed(const std::vector<int32_t>& ids, int top) {
+    std::vector<Token> out(1);
+    out[0].id = ids.at(0);
+    out[0].logprob = std::numeric_limits<float>::quiet_NaN();
+    try {
+      for (Token& t : model_.score_ids(ids, top)) out.push_back(std::move(t));
+    } catch (const Error& e) {
+      throw openai::ApiError{400, e.what()};
+    }
+    return out;
   }
 
   TextModel& model_;
@@ -318,8 +349,10 @@ void add_serve_command(CLI::App& app) {
       "Log-probabilities: \"logprobs\": true and \"top_logprobs\": N (chat), \"logprobs\": N\n"
       "(completions), N up to 20; the model's own, before penalties and temperature. On a GPU\n"
       "they slow decoding, since each step's logits come back to the host.\n"
-      "Requests take turns: one generation runs at a time. Tools, echo and n > 1 are refused\n"
-      "with a 400.\n\n"
+      "A completion's \"echo\": true puts the prompt before the text (and with logprobs, its\n"
+      "tokens' scores first; max_tokens 0 scores the prompt alone), as evaluation harnesses ask.\n"
+      "Requests take turns: one generation runs at a time. Tools and n > 1 are refused with\n"
+      "a 400.\n\n"
       "Examples:\n"
       "  lmx serve /models/Qwen3-0.6B --port 8080 --temperature 0.7 --max-tokens 1024\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"

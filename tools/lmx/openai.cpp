@@ -174,9 +174,10 @@ json logprobs(bool chat, std::span<const Token> tokens, const std::function<std:
     // Keyed by text, as OpenAI's: where two ids read the same (parts of characters, as
     // U+FFFD), the more likely one stands.
     for (const auto& [id, lp] : t.top_logprobs) top.emplace(detail::to_valid_utf8(piece(id)), lp);
+    const bool unscored = std::isnan(t.logprob);  // an echoed prompt's first token
     out["tokens"].push_back(text);
-    out["token_logprobs"].push_back(t.logprob);
-    out["top_logprobs"].push_back(top);
+    out["token_logprobs"].push_back(unscored ? json(nullptr) : json(t.logprob));
+    out["top_logprobs"].push_back(unscored ? json(nullptr) : top);
     out["text_offset"].push_back(offset);
     offset += code_points(text);
   }
@@ -207,7 +208,7 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
     refuse("response_format", "only {\"type\": \"text\"} responses are supported");
   if (integer(body, "n", 1, 1000).value_or(1) != 1) refuse("n", "'n' must be 1: one choice a request");
   if (integer(body, "best_of", 1, 1000).value_or(1) != 1) refuse("best_of", "'best_of' must be 1");
-  if (flag(body, "echo", false)) refuse("echo", "'echo' is not supported by lmx serve yet");
+  if (chat && flag(body, "echo", false)) refuse("echo", "'echo' is a completions field (/v1/completions)");
   if (body.contains("suffix") && !body["suffix"].is_null() && body["suffix"] != "")
     refuse("suffix", "'suffix' (insertion) is not supported");
 
@@ -230,7 +231,11 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
   GenerateOptions& o = r.options;
   o = defaults;
   const int64_t most = std::numeric_limits<int32_t>::max();
-  if (auto v = integer(body, "max_tokens", 1, most)) o.max_tokens = int(*v);
+  r.echo = !chat && flag(body, "echo", false);
+  r.stream = flag(body, "stream", false);
+  if (r.echo && r.stream) refuse("echo", "'echo' is served in whole replies only, not with \"stream\": true");
+  // 0 new tokens only with echo: the prompt scored, nothing generated (as OpenAI's API allowed).
+  if (auto v = integer(body, "max_tokens", r.echo ? 0 : 1, most)) o.max_tokens = int(*v);
   if (auto v = integer(body, "max_completion_tokens", 1, most)) o.max_tokens = int(*v);
   if (auto v = number(body, "temperature", 0, 100)) o.temperature = float(*v);
   if (auto v = number(body, "top_p", 0, 1)) o.top_p = float(*v);
@@ -249,7 +254,6 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
     if (!it->is_object()) refuse("chat_template_kwargs", "'chat_template_kwargs' must be an object");
     for (const auto& [key, value] : it->items()) o.template_vars.emplace_back(key, value.dump());
   }
-  r.stream = flag(body, "stream", false);
   if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) refuse("stream_options", "'stream_options' must be an object");
     r.include_usage = flag(*it, "include_usage", false);

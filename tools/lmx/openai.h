@@ -4,11 +4,12 @@
 // Read, as OpenAI documents them: model, messages (text content, as a string or text parts),
 // prompt (text, or a list of token ids), max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
 // presence_penalty, frequency_penalty, logit_bias, logprobs (chat: with top_logprobs), n
-// (1 only), stream and stream_options.include_usage. Also, as vLLM and llama.cpp's server
+// (1 only), echo (completions, whole replies; with max_tokens 0 it scores the prompt
+// alone), stream and stream_options.include_usage. Also, as vLLM and llama.cpp's server
 // read them: top_k, min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat
-// template's variables, e.g. {"enable_thinking": false}). Anything the server cannot honour
-// (tools, n > 1, echo, a JSON response format) is refused with a 400 that says so, rather
-// than ignored.
+// template's variables, e.g. {"enable_thinking": false}). Anything the server cannot
+// honour (tools, n > 1, a streamed echo, a JSON response format) is refused with a 400
+// that says so, rather than ignored.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -37,6 +38,7 @@ struct Request {
   std::vector<int32_t> prompt_ids;  // or token ids (where not empty), as vLLM reads a list of ints
   GenerateOptions options;
   bool stream = false, include_usage = false;
+  bool echo = false;  // completions: the prompt leads the text, and its tokens the scores
 };
 
 // The request's JSON body, over the server's defaults (its command line's flags). Throws
@@ -55,7 +57,8 @@ struct Envelope {
 nlohmann::json usage(const GenerateMetrics& m);
 // Tokens' scores (Token::logprob, top_logprobs) as a choice's "logprobs": chat's {"content":
 // [{token, logprob, bytes, top_logprobs}], or completions' {tokens, token_logprobs,
-// top_logprobs, text_offset}. `piece` gives a token's own text (its bytes; JSON output
+// top_logprobs, text_offset}, where a token whose logprob is NaN (an echoed prompt's first,
+// which nothing before it scores) has null ones. `piece` gives a token's own text (its bytes; JSON output
 // replaces what is not UTF-8); `offset`, the reply's length in code points before the first
 // token, advances past them (completions' text_offset).
 nlohmann::json logprobs(bool chat, std::span<const Token> tokens, const std::function<std::string(int32_t)>& piece,
