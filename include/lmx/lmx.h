@@ -177,6 +177,19 @@ class TextModel {
   virtual std::vector<ClassifyResult> classify(std::span<const std::string> prompts, const GenerateOptions& = {}) = 0;
   virtual std::vector<BatchResult> batch_generate(std::span<const std::string> prompts,
                                                   const GenerateOptions& = {}) = 0;
+  // Token-id prompts decoded together in one batch, as batch_generate's are, but each row
+  // with its own options and streamed: on_token(row, token) gets each row's tokens as they
+  // come, text as a Stream gives it (stop strings held back), and returning false ends that
+  // row ("cancelled"). The rows' draws must agree (temperature, top-k, top-p, min-p,
+  // penalties, logit bias); their seeds, lengths, stop conditions and templates' text may
+  // differ. Throws lmx::Error for rows that do not agree, logprobs (streams give them), an
+  // empty prompt, an id outside the vocabulary or a prompt past the context. Returns each
+  // row's ids, text and finish reason ("eos", "stop_token", "stop_string", "length",
+  // "context_length" or "cancelled").
+  using RowCallback = std::function<bool(size_t row, const Token& token)>;
+  virtual std::vector<BatchResult> generate_rows(std::span<const std::vector<int32_t>> prompts,
+                                                 std::span<const GenerateOptions> options,
+                                                 const RowCallback& on_token = {}) = 0;
   // Scores token ids under the model, as evaluation harnesses ask: for each token after the
   // first, its log-probability given the tokens before it (Token::logprob) and the
   // `top_logprobs` (0 to kMaxTopLogprobs) most likely tokens at its place, as

@@ -7,6 +7,7 @@
 #include "ops/fast.h"
 #include "runtime/prefill.h"
 #include "runtime/text_model.h"
+#include "runtime/token_text.h"
 
 namespace lmx::runtime {
 namespace {
@@ -128,62 +129,130 @@ std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string
 
 std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::string> prompts,
                                                         const GenerateOptions& o) {
-  end_open_stream();
-  const auto t0 = std::chrono::steady_clock::now();
   LMX_CHECK(o.temperature == 0 || o.seed, "batch_generate", "sampling with temperature > 0 needs a seed so that "
             "rows are reproducible");
   std::vector<std::vector<int32_t>> ids;
   for (const std::string& p : prompts) ids.push_back(tokenizer().encode(p, true));
-  const int64_t rows = int64_t(ids.size());
+  std::vector<GenerateOptions> options(prompts.size(), o);
+  for (size_t r = 0; r < options.size(); ++r)
+    if (o.seed) options[r].seed = *o.seed + r;  // rows draw independently
+  return generate_rows(ids, options, {});
+}
+
+namespace {
+
+// Whether two rows draw alike: everything the batch's draws share (all of the sampling
+// options but the seed).
+bool same_draws(const SamplingOptions& a, const SamplingOptions& b) {
+  return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p && a.min_p == b.min_p &&
+         a.repetition_penalty == b.repetition_penalty && a.presence_penalty == b.presence_penalty &&
+         a.frequency_penalty == b.frequency_penalty && a.logit_bias == b.logit_bias;
+}
+
+}  // namespace
+
+std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vector<int32_t>> prompts,
+                                                       std::span<const GenerateOptions> options,
+                                                       const RowCallback& on_token) {
+  end_open_stream();
+  err_ = {};
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t rows = int64_t(prompts.size()), vocab = model_->spec().vocab_size;
   std::vector<BatchResult> out(static_cast<size_t>(rows));
-  if (rows == 0) return out;
+  std::vector<int> budget(static_cast<size_t>(rows));  // each row's most new tokens
   size_t longest = 0;
-  for (const auto& p : ids) longest = std::max(longest, p.size());
+  int steps = 0;
+  try {
+    LMX_CHECK(options.size() == prompts.size(), "generate_rows", prompts.size(), " prompts need as many options, got ",
+              options.size());
+    for (size_t r = 0; r < size_t(rows); ++r) {
+      const std::vector<int32_t>& p = prompts[r];
+      const GenerateOptions& o = options[r];
+      LMX_CHECK(!p.empty(), "generate_rows", "prompt ", r, " is empty");
+      for (int32_t t : p)
+        LMX_CHECK(t >= 0 && t < vocab, "generate_rows", "prompt ", r, ": token ", t, " is outside the vocabulary of ",
+                  vocab);
+      LMX_CHECK(int64_t(p.size()) < context_len_, "generate_rows", "prompt ", r, " has ", p.size(),
+                " tokens, which leaves no room in the context length of ", context_len_,
+                "; shorten it or raise the context length");
+      LMX_CHECK(o.logprobs < 0, "generate_rows", "row ", r, " asks for logprobs, which streams give (generate)");
+      LMX_CHECK(o.max_tokens >= 0, "generate_rows", "row ", r, ": max_tokens must be at least 0, got ", o.max_tokens);
+      LMX_CHECK(same_draws(sampling_options(o), sampling_options(options[0])), "generate_rows", "row ", r,
+                " draws otherwise than row 0 (temperature, top-k, top-p, min-p, penalties and logit bias must agree)");
+      longest = std::max(longest, p.size());
+      budget[r] = int(std::min<int64_t>(o.max_tokens, context_len_ - int64_t(p.size())));
+      steps = std::max(steps, budget[r]);
+    }
+  } catch (const Error& e) {
+    err_ = make_error_code(Errc::invalid_input);
+    err_message_ = e.what();
+    throw;
+  }
+  if (rows == 0) return out;
   const int64_t l = int64_t(longest);
-  LMX_CHECK(l + o.max_tokens <= context_len_, "batch_generate", "the longest prompt (", l, " tokens) plus ",
-            o.max_tokens, " new tokens passes the context length ", context_len_);
 
   // Left padding: every row's last prompt token sits in the same slot, so one decode
   // step serves all rows. Padding is masked out and RoPE positions skip it.
   std::vector<int32_t> flat(size_t(rows * l), 0);
   std::vector<int64_t> pads(static_cast<size_t>(rows));
+  std::vector<std::vector<int32_t>> ids(prompts.begin(), prompts.end());
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t pad = pads[size_t(r)] = l - int64_t(ids[size_t(r)].size());
     std::copy(ids[size_t(r)].begin(), ids[size_t(r)].end(), flat.begin() + r * l + pad);
   }
-  KVCache cache(model_->num_layers(), l + o.max_tokens);
   std::vector<Sampler> samplers;
+  std::vector<TokenText> texts;
+  std::vector<GenerationLimits> limit;
   for (int64_t r = 0; r < rows; ++r) {
-    SamplingOptions s = sampling_options(o);
-    if (o.seed) s.seed = *o.seed + uint64_t(r);  // rows draw independently
-    samplers.emplace_back(s);
+    const GenerateOptions& o = options[size_t(r)];
+    samplers.emplace_back(sampling_options(o));
+    texts.emplace_back(has_tokenizer() ? &tokenizer() : nullptr, o.skip_special_tokens, o.stop_strings);
+    limit.push_back(limits(o));
   }
-  const GenerationLimits lim = limits(o);
   std::vector<std::vector<int32_t>> history = ids;
   std::vector<bool> done(size_t(rows), false);
+  for (size_t r = 0; r < size_t(rows); ++r) {
+    done[r] = budget[r] == 0;
+    if (done[r]) out[r].finish_reason = options[r].max_tokens == 0 ? "length" : "context_length";
+  }
   auto all_done = [&] { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); };
   // Row r's next token: kept unless the row has finished (finished rows keep decoding, as
   // the batch does, and their outputs are ignored).
   auto accept = [&](size_t r, int32_t token) {
     if (done[r]) return;
+    const GenerationLimits& lim = limit[r];
     history[r].push_back(token);
     out[r].ids.push_back(token);
     const bool eos = !lim.ignore_eos && std::count(lim.eos_tokens.begin(), lim.eos_tokens.end(), token);
     const bool stop = std::count(lim.stop_tokens.begin(), lim.stop_tokens.end(), token) > 0;
-    if (eos || stop) {
+    const bool full = int(out[r].ids.size()) >= budget[r];
+    FinishReason why = eos ? FinishReason::eos : stop ? FinishReason::stop_token : FinishReason::none;
+    if (why == FinishReason::none && full)
+      why = budget[r] < options[r].max_tokens ? FinishReason::context_length : FinishReason::max_tokens;
+    TokenText::Piece piece = texts[r].push(token, eos || stop, why != FinishReason::none);
+    if (piece.stopped) why = FinishReason::stop_string;
+    out[r].text += piece.text;
+    if (on_token) {
+      Token t;
+      t.id = token;
+      t.text = std::move(piece.text);
+      if (!on_token(r, t) && why == FinishReason::none) why = FinishReason::cancelled;
+    }
+    if (why != FinishReason::none) {
       done[r] = true;
-      out[r].finish_reason = eos ? "eos" : "stop_token";
+      out[r].finish_reason = finish_reason_name(why);
     }
   };
   // The rows take the device's batched fused step where it has one: every step's
   // tokens are drawn and fed back on the device, and the host reads them while the next
-  // step runs. (The rows share their options but the seed.)
+  // step runs.
   // (Taken after the prefill, which may let the model's kept decoders go: prefill_rows.)
+  KVCache cache(model_->num_layers(), l + steps);
   std::unique_ptr<fast::FusedDecoder> fused;
   Array x;  // the plain steps' input tokens [R, 1]
   int64_t slots = l;
   int generated = 0, fused_steps = 0;
-  while (generated < o.max_tokens) {
+  while (generated < steps && !all_done()) {
     Array h;  // [R, H]
     if (generated == 0) {  // the prompts, in passes of at most prefill_tokens()
       h = prefill_rows(*model_, flat, rows, l, cache.layers(), pads, device_);
@@ -200,24 +269,23 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
     for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i]);
     ++generated;
     if (all_done()) break;
-    if (generated == 1 && o.max_tokens > 1) fused = fused_decoder_or_none(*model_, int(rows));
+    if (generated == 1 && steps > 1) fused = fused_decoder_or_none(*model_, int(rows));
     if (fused) {
-      fused_steps = decode_fused(*fused, cache, next, l, ids, history, o.max_tokens - generated,
-                                 samplers, accept, all_done);
+      fused_steps = decode_fused(*fused, cache, next, l, ids, history, steps - generated, samplers, accept, all_done);
       break;
     }
     ++slots;  // the token fed next goes to the next slot
     x = to_device(from_vector(next, {rows, 1}), device_);
   }
-  int total_generated = 0;
+  int total_generated = 0, total_prompt = 0;
   for (int64_t r = 0; r < rows; ++r) {
     BatchResult& b = out[size_t(r)];
     if (b.finish_reason.empty()) b.finish_reason = "length";
-    b.text = tokenizer().decode(b.ids, o.skip_special_tokens);
     total_generated += int(b.ids.size());
+    total_prompt += int(ids[size_t(r)].size());
   }
   GenerationTimings t;
-  t.prompt_tokens = int(rows * l);
+  t.prompt_tokens = total_prompt;
   t.generated_tokens = total_generated;
   if (fused_steps > 0)
     t.decode_path = std::string("fused-") + fused->path();

@@ -8,7 +8,7 @@
 #include "models/loader.h"
 #include "models/lora.h"
 #include "ops/kernels.h"
-#include "runtime/stop_strings.h"
+#include "runtime/token_text.h"
 #include "text/jinja/jinja.h"
 
 namespace lmx::runtime {
@@ -23,13 +23,13 @@ class GenerationSource final : public Stream::Source, public OpenStream {
  public:
   GenerationSource(LocalTextModel& m, std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop,
                    int64_t cached)
-      : m_(&m), stop_(std::move(stop)), stops_(o.stop_strings) {
+      : m_(&m), stop_(std::move(stop)),
+        text_(m.has_tokenizer() ? &m.tokenizer() : nullptr, o.skip_special_tokens, o.stop_strings) {
     gen_.emplace(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache());
     gen_->set_logprobs(o.logprobs);
     logprobs_ = o.logprobs >= 0;
     cached_ = int(cached);
     gen_->set_stop(stop_);  // a long prompt's prefill stops between its passes
-    if (m.has_tokenizer()) decoder_.emplace(m.tokenizer(), o.skip_special_tokens);
     m.set_open_stream(this);
   }
   ~GenerationSource() override {
@@ -62,23 +62,15 @@ class GenerationSource final : public Stream::Source, public OpenStream {
     }
     const FinishReason why = gen_->finish_reason();
     const bool control = why == FinishReason::eos || why == FinishReason::stop_token;
-    const std::string piece = decoder_ && !control ? decoder_->push(*id) : std::string();
-    StopStringMatcher::Result r = stops_.push(piece);
-    std::string text = std::move(r.emit);
-    if (r.stopped) {
-      gen_->cancel();
+    TokenText::Piece piece = text_.push(*id, control, why != FinishReason::none);
+    if (piece.stopped) {
+      if (why == FinishReason::none) gen_->cancel();
       stopped_by_string_ = true;
-    } else if (why != FinishReason::none) {
-      // The last token: release what the detokenizer and the matcher still hold.
-      const StopStringMatcher::Result tail = stops_.push(decoder_ ? decoder_->flush() : std::string());
-      text += tail.emit;
-      if (tail.stopped) stopped_by_string_ = true;
-      else text += stops_.flush();
     }
     if (gen_->finish_reason() != FinishReason::none || stopped_by_string_) finish();
     Token token;
     token.id = *id;
-    token.text = std::move(text);
+    token.text = std::move(piece.text);
     if (logprobs_) {
       token.logprob = gen_->logprobs().chosen;
       token.top_logprobs = gen_->logprobs().top;
@@ -126,8 +118,7 @@ class GenerationSource final : public Stream::Source, public OpenStream {
   LocalTextModel* m_;  // null once the model has ended this stream
   std::stop_token stop_;
   std::optional<TokenGenerator> gen_;  // empty once the model has ended this stream
-  std::optional<StreamDecoder> decoder_;
-  StopStringMatcher stops_;
+  TokenText text_;
   bool finished_ = false, failed_ = false, stopped_by_string_ = false;
   bool logprobs_ = false;  // GenerateOptions::logprobs asked for
   int cached_ = 0;
