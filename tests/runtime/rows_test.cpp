@@ -1,0 +1,193 @@
+// TextModel::generate_rows: prompts decoded in one batch, each row with its own lengths,
+// seeds and stop conditions, streamed through a callback. On the CPU every row must be the
+// lone generation of the same request (the fixtures' f32 rows give the same tokens alone and
+// in a batch); on CUDA, where a batch's step sums otherwise than a lone one's, each row must
+// keep its own limits and its streamed text must be its result.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "lmx/lmx.h"
+
+namespace lmx {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kModels = fs::path(LMX_FIXTURES_DIR) / "models";
+
+std::unique_ptr<TextModel> load(const std::string& name, int context_len = 0) {
+  LoadOptions o;
+  o.backend = "cpu";
+  o.context_len = context_len;
+  return load_model(kModels / name, o);
+}
+
+struct Lone {
+  std::vector<int32_t> ids;
+  std::string text, finish_reason;
+};
+
+Lone lone(TextModel& model, const std::vector<int32_t>& prompt, const GenerateOptions& o) {
+  Lone out;
+  for (const Token& t : model.generate_ids(prompt, o)) {
+    out.ids.push_back(t.id);
+    out.text += t.text;
+  }
+  out.finish_reason = model.metrics().finish_reason;
+  return out;
+}
+
+GenerateOptions greedy(int n) {
+  GenerateOptions o;
+  o.max_tokens = n;
+  o.ignore_eos = true;
+  return o;
+}
+
+// Runs generate_rows and checks that each row's streamed tokens make its result.
+std::vector<BatchResult> run_rows(TextModel& model, const std::vector<std::vector<int32_t>>& prompts,
+                                  const std::vector<GenerateOptions>& options,
+                                  const TextModel::RowCallback& also = {}) {
+  std::map<size_t, std::vector<int32_t>> ids;
+  std::map<size_t, std::string> text;
+  const std::vector<BatchResult> out = model.generate_rows(prompts, options, [&](size_t row, const Token& t) {
+    ids[row].push_back(t.id);
+    text[row] += t.text;
+    return also ? also(row, t) : true;
+  });
+  EXPECT_EQ(out.size(), prompts.size());
+  for (size_t r = 0; r < out.size(); ++r) {
+    EXPECT_EQ(ids[r], out[r].ids) << "row " << r;
+    EXPECT_EQ(text[r], out[r].text) << "row " << r;
+  }
+  return out;
+}
+
+TEST(RowsTest, EachRowIsItsLoneGeneration) {
+  for (const char* name : {"qwen3-f32", "llama-f32", "gemma3_text-f32"}) {
+    auto model = load(name);
+    const std::vector<std::vector<int32_t>> prompts = {
+        {5, 17, 42}, {9, 8, 7, 6, 5, 4, 3, 2, 1, 11, 12}, {300, 301}, {44, 45, 46, 47, 48}, {12, 13, 14, 15}};
+    std::vector<GenerateOptions> o(prompts.size(), greedy(10));
+    o[1].max_tokens = 4;
+    o[3].max_tokens = 0;
+    // A stop string from row 2's own text, and a stop id from row 4's own tokens.
+    const Lone free2 = lone(*model, prompts[2], greedy(12)), free4 = lone(*model, prompts[4], greedy(12));
+    ASSERT_GE(free2.text.size(), 6u);
+    o[2].max_tokens = 12;
+    o[2].stop_strings = {free2.text.substr(free2.text.size() / 2, 2)};
+    o[4].stop_tokens = {free4.ids[5]};
+    const std::vector<BatchResult> got = run_rows(*model, prompts, o);
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      const Lone want = lone(*model, prompts[r], o[r]);
+      EXPECT_EQ(got[r].ids, want.ids) << name << ", row " << r;
+      EXPECT_EQ(got[r].text, want.text) << name << ", row " << r;
+      EXPECT_EQ(got[r].finish_reason, want.finish_reason) << name << ", row " << r;
+    }
+    EXPECT_EQ(got[1].ids.size(), 4u);
+    EXPECT_TRUE(got[3].ids.empty());
+    EXPECT_EQ(got[3].finish_reason, "length");
+    EXPECT_EQ(got[2].finish_reason, "stop_string");
+    EXPECT_EQ(got[4].finish_reason, "stop_token");
+  }
+}
+
+TEST(RowsTest, SeededRowsDrawAsTheirLoneStreams) {
+  auto model = load("qwen3-f32");
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 42}, {9, 8, 7, 6, 5}, {300, 301, 302, 303}};
+  std::vector<GenerateOptions> o(prompts.size(), greedy(9));
+  for (size_t r = 0; r < o.size(); ++r) {
+    o[r].temperature = 1.3f;
+    o[r].top_k = 40;
+    o[r].seed = 100 + 7 * r;
+  }
+  o[2].seed.reset();  // an unseeded row among seeded ones: its own draws
+  const std::vector<BatchResult> got = run_rows(*model, prompts, o);
+  for (size_t r = 0; r < 2; ++r) EXPECT_EQ(got[r].ids, lone(*model, prompts[r], o[r]).ids) << "row " << r;
+  EXPECT_EQ(got[2].ids.size(), 9u);
+}
+
+TEST(RowsTest, ARowTheCallerLeavesEndsAlone) {
+  auto model = load("qwen3-f32");
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 42}, {9, 8, 7}, {1, 2, 3, 4}};
+  const std::vector<GenerateOptions> o(prompts.size(), greedy(8));
+  int seen = 0;
+  const std::vector<BatchResult> got =
+      run_rows(*model, prompts, o, [&](size_t row, const Token&) { return row != 1 || ++seen < 3; });
+  EXPECT_EQ(got[1].ids.size(), 3u);
+  EXPECT_EQ(got[1].finish_reason, "cancelled");
+  for (size_t r : {size_t(0), size_t(2)}) {
+    EXPECT_EQ(got[r].ids, lone(*model, prompts[r], o[r]).ids);
+    EXPECT_EQ(got[r].finish_reason, "length");
+  }
+}
+
+TEST(RowsTest, RowsEndAtTheContextAsStreamsDo) {
+  auto model = load("qwen3-f32", 16);
+  const std::vector<std::vector<int32_t>> prompts = {std::vector<int32_t>(10, 3), {4, 5}};
+  const std::vector<GenerateOptions> o(prompts.size(), greedy(20));
+  const std::vector<BatchResult> got = run_rows(*model, prompts, o);
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    const Lone want = lone(*model, prompts[r], o[r]);
+    EXPECT_EQ(got[r].ids, want.ids) << "row " << r;
+    EXPECT_EQ(got[r].finish_reason, want.finish_reason) << "row " << r;
+  }
+  EXPECT_EQ(got[0].ids.size(), 6u);
+  EXPECT_EQ(got[0].finish_reason, "context_length");
+  EXPECT_EQ(got[1].ids.size(), 14u);
+}
+
+TEST(RowsTest, RowsThatCannotShareABatchAreRefused) {
+  auto model = load("qwen3-f32", 16);
+  const std::vector<int32_t> fine = {1, 2, 3};
+  auto refused = [&](const std::vector<std::vector<int32_t>>& prompts, const std::vector<GenerateOptions>& o,
+                     const std::string& says) {
+    try {
+      model->generate_rows(prompts, o);
+      ADD_FAILURE() << "accepted; expected: " << says;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(model->err(), make_error_code(Errc::invalid_input));
+  };
+  GenerateOptions hot = greedy(4), logprobs = greedy(4);
+  hot.temperature = 0.8f;
+  hot.seed = 1;
+  logprobs.logprobs = 2;
+  refused({fine, fine}, {greedy(4), hot}, "draws otherwise than row 0");
+  refused({fine, fine}, {greedy(4), logprobs}, "logprobs");
+  refused({fine, {}}, {greedy(4), greedy(4)}, "is empty");
+  refused({fine, {1, 100000}}, {greedy(4), greedy(4)}, "outside the vocabulary");
+  refused({fine, std::vector<int32_t>(16, 1)}, {greedy(4), greedy(4)}, "context length");
+  refused({fine}, {greedy(4), greedy(4)}, "need as many options");
+  EXPECT_TRUE(model->generate_rows({}, {}).empty());
+  const std::vector<std::vector<int32_t>> one = {fine};
+  const std::vector<GenerateOptions> three = {greedy(3)};
+  EXPECT_EQ(model->generate_rows(one, three)[0].ids.size(), 3u);  // and the model goes on
+}
+
+TEST(RowsTest, CudaRowsKeepTheirOwnLimits) {
+  const Backend* cuda = get_backend("cuda");
+  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
+  LoadOptions lo;
+  lo.backend = "cuda";
+  lo.dtype = "bf16";
+  auto model = load_model(kModels / "qwen3-f32", lo);
+  // 2-8 rows take the batched fused step, more the GEMM step: both, with rows of several lengths.
+  for (size_t rows : {size_t(3), size_t(12)}) {
+    std::vector<std::vector<int32_t>> prompts;
+    std::vector<GenerateOptions> o;
+    for (size_t r = 0; r < rows; ++r) {
+      prompts.push_back(std::vector<int32_t>(1 + r % 5, int32_t(10 + r)));
+      o.push_back(greedy(int(3 + 2 * r)));
+    }
+    const std::vector<BatchResult> got = run_rows(*model, prompts, o);
+    for (size_t r = 0; r < rows; ++r) {
+      EXPECT_EQ(got[r].ids.size(), size_t(o[r].max_tokens)) << rows << " rows, row " << r;
+      EXPECT_EQ(got[r].finish_reason, "length");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lmx
