@@ -198,12 +198,20 @@ class TextModel {
   // Throws lmx::Error for an id outside the vocabulary or ids past the context length.
   virtual std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs = 0) = 0;
   virtual std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens = true) const = 0;
+  // The token ids chat() runs for `messages`: the model's chat template rendered with `o`'s
+  // template variables (as HF's apply_chat_template) and encoded. Throws lmx::Error where
+  // the model has no template or the template fails.
+  virtual std::vector<int32_t> chat_ids(std::span<const Message> messages, const GenerateOptions& o = {}) const = 0;
   virtual std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens = false) const = 0;
   virtual ModelInfo info() const = 0;
   virtual GenerateMetrics metrics() const = 0;  // of the last call
   virtual std::error_code err() const = 0;      // why the last stream ended early, if it did
   virtual std::string err_message() const = 0;  // the error's full text
 };
+
+// Whether two requests draw alike, and so may share generate_rows: the same temperature,
+// top-k, top-p, min-p, penalties and logit bias (seeds may differ).
+bool draws_alike(const GenerateOptions& a, const GenerateOptions& b);
 
 class Backend {
  public:

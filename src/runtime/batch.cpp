@@ -139,18 +139,6 @@ std::vector<BatchResult> LocalTextModel::batch_generate(std::span<const std::str
   return generate_rows(ids, options, {});
 }
 
-namespace {
-
-// Whether two rows draw alike: everything the batch's draws share (all of the sampling
-// options but the seed).
-bool same_draws(const SamplingOptions& a, const SamplingOptions& b) {
-  return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p && a.min_p == b.min_p &&
-         a.repetition_penalty == b.repetition_penalty && a.presence_penalty == b.presence_penalty &&
-         a.frequency_penalty == b.frequency_penalty && a.logit_bias == b.logit_bias;
-}
-
-}  // namespace
-
 std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vector<int32_t>> prompts,
                                                        std::span<const GenerateOptions> options,
                                                        const RowCallback& on_token) {
@@ -177,7 +165,7 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
                 "; shorten it or raise the context length");
       LMX_CHECK(o.logprobs < 0, "generate_rows", "row ", r, " asks for logprobs, which streams give (generate)");
       LMX_CHECK(o.max_tokens >= 0, "generate_rows", "row ", r, ": max_tokens must be at least 0, got ", o.max_tokens);
-      LMX_CHECK(same_draws(sampling_options(o), sampling_options(options[0])), "generate_rows", "row ", r,
+      LMX_CHECK(draws_alike(o, options[0]), "generate_rows", "row ", r,
                 " draws otherwise than row 0 (temperature, top-k, top-p, min-p, penalties and logit bias must agree)");
       longest = std::max(longest, p.size());
       budget[r] = int(std::min<int64_t>(o.max_tokens, context_len_ - int64_t(p.size())));
@@ -298,3 +286,13 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
 }
 
 }  // namespace lmx::runtime
+
+namespace lmx {
+
+bool draws_alike(const GenerateOptions& a, const GenerateOptions& b) {
+  return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p && a.min_p == b.min_p &&
+         a.repeat_penalty == b.repeat_penalty && a.presence_penalty == b.presence_penalty &&
+         a.frequency_penalty == b.frequency_penalty && a.logit_bias == b.logit_bias;
+}
+
+}  // namespace lmx

@@ -260,8 +260,12 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
 }
 
 Stream LocalTextModel::chat(std::span<const Message> messages, const GenerateOptions& o, std::stop_token stop) {
+  return start(chat_ids(messages, o), o, std::move(stop));
+}
+
+std::vector<int32_t> LocalTextModel::chat_ids(std::span<const Message> messages, const GenerateOptions& o) const {
   // The template writes BOS itself, so the text is encoded without special tokens (as HF does).
-  return start(tokenizer().encode(render_chat(messages, o), false), o, std::move(stop));
+  return tokenizer().encode(render_chat(messages, o), false);
 }
 
 std::vector<int32_t> LocalTextModel::tokenize(std::string_view text, bool add_special_tokens) const {

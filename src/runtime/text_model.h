@@ -36,6 +36,7 @@ class LocalTextModel final : public TextModel {
                                          std::span<const GenerateOptions> options, const RowCallback& on_token) override;
   std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs) override;
   std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens) const override;
+  std::vector<int32_t> chat_ids(std::span<const Message> messages, const GenerateOptions& o) const override;
   std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens) const override;
   ModelInfo info() const override;
   GenerateMetrics metrics() const override { return metrics_; }

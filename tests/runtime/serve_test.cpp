@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -390,6 +391,103 @@ TEST(ServeTest, LogprobsAreTheLibrarysScoresWholeAndStreamed) {
   for (size_t i = 0; i < 3; ++i)
     EXPECT_NEAR(bl["token_logprobs"][prompt.size() + i].get<double>(), wt[i].logprob, 1e-5) << i;
   for (size_t i = 1; i < bl["text_offset"].size(); ++i) EXPECT_GE(bl["text_offset"][i], bl["text_offset"][i - 1]);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// GET /health's counts, once they are `running` and `queued` (up to 2 minutes).
+bool wait_for_load(httplib::Client& c, int running, int queued) {
+  for (int i = 0; i < 1200; ++i) {
+    const auto r = c.Get("/health");
+    if (r && r->status == 200) {
+      const json h = json::parse(r->body);
+      if (h["running"] == running && h["queued"] == queued) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
+  Served server("'" + kModel.string() + "' --device cpu --context 16384");
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c("127.0.0.1", server.port());
+  c.set_read_timeout(120);
+  LoadOptions lo;
+  lo.backend = "cpu";
+  lo.context_len = 16384;
+  auto model = load_model(kModel, lo);
+
+  // A long stream holds the model until its client leaves; meanwhile five requests queue.
+  std::atomic<bool> release{false};
+  std::thread holder([&] {
+    httplib::Client c0("127.0.0.1", server.port());
+    c0.set_read_timeout(120);
+    httplib::Request r;
+    r.method = "POST";
+    r.path = "/v1/completions";
+    r.set_header("Content-Type", "application/json");
+    r.body = json{{"prompt", "Hold"}, {"max_tokens", 16000}, {"ignore_eos", true}, {"stream", true}}.dump();
+    r.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return !release; };
+    httplib::Response ignored;
+    httplib::Error error;
+    c0.send(r, ignored, error);
+  });
+  ASSERT_TRUE(wait_for_load(c, 1, 0));
+
+  struct Ask {
+    json body;
+    GenerateOptions options;
+    bool chat = false;
+    Reply reply;
+    std::string want;
+  };
+  std::vector<Ask> asks(5);
+  const std::vector<Message> hello{{"user", "Hello there"}};
+  const char* prompts[] = {"The cat", "A long road", "Blue", "", "Seven seas"};
+  const int lengths[] = {12, 20, 7, 9, 10};
+  for (size_t i = 0; i < asks.size(); ++i) {
+    Ask& a = asks[i];
+    a.options.max_tokens = lengths[i];
+    a.options.ignore_eos = true;
+    a.chat = i == 3;
+    a.body = {{"max_tokens", lengths[i]}, {"ignore_eos", true}};
+    if (a.chat)
+      a.body["messages"] = {{{"role", "user"}, {"content", "Hello there"}}};
+    else
+      a.body["prompt"] = prompts[i];
+  }
+  // The last draws otherwise (seeded sampling): it runs on its own, after the batch.
+  asks[4].options.temperature = 0.9f;
+  asks[4].options.seed = 5;
+  asks[4].body["temperature"] = 0.9;
+  asks[4].body["seed"] = 5;
+  for (Ask& a : asks)
+    a.want = a.chat ? model->chat(hello, a.options).text()
+                    : model->generate(a.body["prompt"].get<std::string>(), a.options).text();
+
+  std::vector<std::thread> clients;
+  for (Ask& a : asks) {
+    clients.emplace_back([&] {
+      httplib::Client ci("127.0.0.1", server.port());
+      ci.set_read_timeout(120);
+      a.reply = post(ci, a.chat ? "/v1/chat/completions" : "/v1/completions", a.body.dump());
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // in this order
+  }
+  EXPECT_TRUE(wait_for_load(c, 1, 5)) << "five requests should wait behind the long stream";
+  release = true;
+  holder.join();
+  for (std::thread& t : clients) t.join();
+  for (size_t i = 0; i < asks.size(); ++i) {
+    const Reply& r = asks[i].reply;
+    ASSERT_EQ(r.status, 200) << i << ": " << r.body.dump();
+    const json& choice = r.body["choices"][0];
+    EXPECT_EQ(asks[i].chat ? choice["message"]["content"] : choice["text"], asks[i].want) << i;
+    EXPECT_EQ(r.body["usage"]["completion_tokens"], lengths[i]) << i;
+    EXPECT_EQ(choice["finish_reason"], "length") << i;
+  }
+  EXPECT_NE(server.log().find("lmx serve: 4 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_TRUE(wait_for_load(c, 0, 0));
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 

@@ -2,10 +2,10 @@
 // OpenAI's clients, LangChain, curl and the like can use it: /v1/chat/completions and
 // /v1/completions, whole or streamed as server-sent events, /v1/models and /health.
 //
-// One model runs one request at a time (lmx.h), so requests take turns on a mutex. A
-// stream's tokens are made on the thread that writes them: cpp-httplib calls a chunked
-// response's provider on the thread that ran its handler, which keeps the lock and the
-// stream. A client that goes away ends its generation at the next token.
+// Requests go to the scheduler (serve_scheduler.h), whose thread alone uses the model: it
+// runs each request alone or several together in one batch, and hands their tokens to the
+// handlers' threads, which write the replies. A client that goes away mid-stream ends its
+// generation within a decode step.
 #include <httplib.h>
 
 #include <atomic>
@@ -24,6 +24,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "openai.h"
+#include "serve_scheduler.h"
 
 namespace lmx::cli {
 namespace {
@@ -41,12 +42,13 @@ void send_json(httplib::Response& res, int status, const json& body) {
 
 class Service {
  public:
-  Service(TextModel& model, std::string name, GenerateOptions defaults)
-      : model_(model), name_(std::move(name)), defaults_(std::move(defaults)) {}
+  Service(TextModel& model, std::string name, GenerateOptions defaults, int max_batch)
+      : model_(model), name_(std::move(name)), defaults_(std::move(defaults)), scheduler_(model, max_batch) {}
 
   void mount(httplib::Server& svr) {
-    svr.Get("/health", [](const httplib::Request&, httplib::Response& res) {
-      send_json(res, 200, {{"status", "ok"}});
+    svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      const Scheduler::Load load = scheduler_.load();
+      send_json(res, 200, {{"status", "ok"}, {"running", load.running}, {"queued", load.queued}});
     });
     svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       const json model = {{"id", name_}, {"object", "model"}, {"created", started_}, {"owned_by", "lmx"}};
@@ -58,20 +60,11 @@ class Service {
              [this](const httplib::Request& req, httplib::Response& res) { answer(req, res, false); });
   }
 
-  // Ends the generation under way within a decode step, and any later one at once: the
-  // server is stopping, and its threads are joined only once their requests end.
-  void stop_generating() { stopping_.request_stop(); }
+  // Ends the generations under way within a decode step, and refuses the queued and later
+  // ones: the server is stopping, and its threads are joined only once their requests end.
+  void stop_generating() { scheduler_.stop(); }
 
  private:
-  // A generation under the model's lock, its first token already pulled (so that a prompt
-  // the model refuses is an HTTP error, not an error inside a stream that began well).
-  struct Run {
-    std::unique_lock<std::mutex> lock;
-    openai::Request request;
-    std::optional<Stream> stream;
-    std::optional<Token> first;
-  };
-
   openai::Envelope envelope(bool chat) {
     return {std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(started_) + "-" + std::to_string(++count_),
             name_, now()};
@@ -81,71 +74,33 @@ class Service {
         .count();
   }
 
-  // The model's reason for ending a stream early, as the HTTP error it is; none for a normal
-  // end or a client that left (cancelled).
-  std::optional<openai::ApiError> stream_error() const {
-    const std::error_code e = model_.err();
-    if (!e || e == Errc::cancelled) return std::nullopt;
-    if (e == Errc::invalid_input) return openai::ApiError{400, model_.err_message()};
-    if (e == Errc::out_of_memory) return openai::ApiError{503, model_.err_message(), "server_error"};
-    return openai::ApiError{500, model_.err_message(), "server_error"};
-  }
-
-  std::shared_ptr<Run> start(openai::Request request) {
-    auto run = std::make_shared<Run>();
-    run->lock = std::unique_lock<std::mutex>(mutex_);
-    if (stopping_.stop_requested()) throw openai::ApiError{503, "the server is stopping", "server_error"};
-    run->request = std::move(request);
-    const openai::Request& r = run->request;
-    try {
-      const std::stop_token stop = stopping_.get_token();
-      if (r.chat)
-        run->stream.emplace(model_.chat(r.messages, r.options, stop));
-      else if (!r.prompt_ids.empty())
-        run->stream.emplace(model_.generate_ids(r.prompt_ids, r.options, stop));
-      else
-        run->stream.emplace(model_.generate(r.prompt, r.options, stop));
-      run->first = run->stream->next();
-    } catch (const Error& e) {  // the model's checks of the request: a bad template variable, a long prompt
-      throw openai::ApiError{400, e.what()};
-    }
-    if (!run->first)
-      if (auto err = stream_error()) throw *err;
-    return run;
-  }
-
   void answer(const httplib::Request& req, httplib::Response& res, bool chat) {
     try {
-      auto run = start(openai::parse_request(req.body, chat, defaults_));
+      const std::shared_ptr<Job> job = scheduler_.submit(openai::parse_request(req.body, chat, defaults_));
       const openai::Envelope env = envelope(chat);
-      if (run->request.stream) {
-        res.set_chunked_content_provider("text/event-stream", [this, run, env](size_t, httplib::DataSink& sink) {
-          stream(*run, env, sink);
-          return true;
-        });
+      // The first tokens (or the end) before the reply starts, so that a prompt the model
+      // refuses is an HTTP error, not an error inside a stream that began well.
+      bool done = false;
+      std::vector<Token> tokens = job->wait(done);
+      if (tokens.empty() && job->error) throw *job->error;
+      if (job->request.stream) {
+        res.set_chunked_content_provider(
+            "text/event-stream", [this, job, env, first = std::move(tokens), done](size_t, httplib::DataSink& sink) {
+              stream(*job, env, first, done, sink);
+              return true;
+            });
         return;
       }
-      std::vector<Token> tokens;
-      if (run->first) {
-        tokens.push_back(std::move(*run->first));
-        for (const Token& t : *run->stream) tokens.push_back(t);
-      }
-      std::string text;
+      while (!done)
+        for (Token& t : job->wait(done)) tokens.push_back(std::move(t));
+      if (job->error) throw *job->error;
+      std::string text = job->echo_text;
       for (const Token& t : tokens) text += t.text;
-      if (auto err = stream_error()) throw *err;
-      const GenerateMetrics m = model_.metrics();
-      run->stream.reset();
       json scores = nullptr;
       int64_t offset = 0;
-      const int top = run->request.options.logprobs;
-      if (run->request.echo) {  // the prompt first: its text, and its tokens' scores
-        const openai::Request& r = run->request;
-        const std::vector<int32_t> ids = r.prompt_ids.empty() ? model_.tokenize(r.prompt) : r.prompt_ids;
-        text = (r.prompt_ids.empty() ? r.prompt : model_.detokenize(ids)) + text;
-        if (top >= 0) scores = openai::logprobs(false, echoed(ids, top), piece_, offset);
-      }
-      if (top >= 0) {
-        const json generated = openai::logprobs(chat, listed(tokens, m), piece_, offset);
+      if (job->request.options.logprobs >= 0) {
+        if (job->request.echo) scores = openai::logprobs(false, job->echoed, piece_, offset);
+        const json generated = openai::logprobs(chat, listed(tokens, job->metrics), piece_, offset);
         if (scores.is_null()) {
           scores = generated;
         } else {  // after the prompt's, list by list
@@ -153,7 +108,7 @@ class Service {
             scores[key].insert(scores[key].end(), values.begin(), values.end());
         }
       }
-      send_json(res, 200, openai::completion(env, chat, text, m, scores));
+      send_json(res, 200, openai::completion(env, chat, text, job->metrics, scores));
     } catch (const openai::ApiError& e) {
       send_json(res, e.status, openai::error_body(e));
     } catch (const std::exception& e) {
@@ -163,9 +118,11 @@ class Service {
 
   // The events of one streamed reply: the role (chat), a delta per piece of text, the
   // finish reason, the usage where asked for, then [DONE]. An error after the first event
-  // is sent as an event of its own with OpenAI's error object.
-  void stream(Run& run, const openai::Envelope& env, httplib::DataSink& sink) {
-    const bool chat = run.request.chat;
+  // is sent as an event of its own with OpenAI's error object. A client that goes away
+  // ends its generation (Job::leave).
+  void stream(Job& job, const openai::Envelope& env, const std::vector<Token>& first, bool done,
+              httplib::DataSink& sink) {
+    const bool chat = job.request.chat;
     bool open = true;
     auto send = [&](const json& event) {
       const std::string line = "data: " + text_of(event) + "\n\n";
@@ -173,7 +130,7 @@ class Service {
     };
     // With logprobs, a token whose text is held back (part of a character, or of a possible
     // stop string) has its scores sent with the next text.
-    const bool scoring = run.request.options.logprobs >= 0;
+    const bool scoring = job.request.options.logprobs >= 0;
     std::vector<Token> pending;
     int64_t offset = 0;
     auto text_event = [&](const std::string& text) {
@@ -185,39 +142,32 @@ class Service {
       if (scoring) pending.push_back(t);
       if (!t.text.empty()) text_event(t.text);
     };
-    try {
-      if (chat) send(openai::chunk(env, chat, {{"role", "assistant"}, {"content", ""}}, ""));
-      if (run.first) {
-        piece(*run.first);
-        while (open) {
-          const std::optional<Token> t = run.stream->next();
-          if (!t) break;
-          piece(*t);
-        }
+    if (chat) send(openai::chunk(env, chat, {{"role", "assistant"}, {"content", ""}}, ""));
+    for (const Token& t : first) piece(t);
+    while (!done && open)
+      for (const Token& t : job.wait(done)) piece(t);
+    if (!open) {
+      job.leave();
+      while (!done) job.wait(done);  // the generation ends within a step
+    }
+    if (job.error) {
+      send(openai::error_body(*job.error));
+    } else if (open) {
+      const GenerateMetrics& m = job.metrics;
+      if (scoring && !listed(pending, m).empty()) {  // the last tokens made no text
+        pending.resize(listed(pending, m).size());
+        text_event("");
       }
-      run.stream.reset();  // a client that left cancels here
-      if (auto err = stream_error()) {
-        send(openai::error_body(*err));
-      } else if (open) {
-        const GenerateMetrics m = model_.metrics();
-        if (scoring && !listed(pending, m).empty()) {  // the last tokens made no text
-          pending.resize(listed(pending, m).size());
-          text_event("");
-        }
-        send(openai::chunk(env, chat, chat ? json::object() : json(""), openai::finish_reason(m.finish_reason)));
-        if (run.request.include_usage) {
-          json last = openai::chunk(env, chat, json::object(), "");
-          last["choices"] = json::array();
-          last["usage"] = openai::usage(m);
-          send(last);
-        }
+      send(openai::chunk(env, chat, chat ? json::object() : json(""), openai::finish_reason(m.finish_reason)));
+      if (job.request.include_usage) {
+        json last = openai::chunk(env, chat, json::object(), "");
+        last["choices"] = json::array();
+        last["usage"] = openai::usage(m);
+        send(last);
       }
-    } catch (const std::exception& e) {
-      send(openai::error_body({500, std::string("internal error: ") + e.what(), "server_error"}));
     }
     if (open) sink.write("data: [DONE]\n\n", 14);
     sink.done();
-    run.lock.unlock();
   }
 
   // The tokens whose text a reply carries, for their scores: all but an end-of-sequence or
@@ -225,20 +175,6 @@ class Service {
   static std::span<const Token> listed(std::span<const Token> tokens, const GenerateMetrics& m) {
     const bool control_last = m.finish_reason == "eos" || m.finish_reason == "stop_token";
     return control_last && !tokens.empty() ? tokens.first(tokens.size() - 1) : tokens;
-  }
-
-  // An echoed prompt's tokens with their scores (the model's, after the generation has ended):
-  // the first has none (NaN).
-  std::vector<Token> echoed(const std::vector<int32_t>& ids, int top) {
-    std::vector<Token> out(1);
-    out[0].id = ids.at(0);
-    out[0].logprob = std::numeric_limits<float>::quiet_NaN();
-    try {
-      for (Token& t : model_.score_ids(ids, top)) out.push_back(std::move(t));
-    } catch (const Error& e) {
-      throw openai::ApiError{400, e.what()};
-    }
-    return out;
   }
 
   TextModel& model_;
@@ -249,9 +185,8 @@ class Service {
   const std::string name_;
   const GenerateOptions defaults_;
   const int64_t started_ = now();
-  std::mutex mutex_;
   std::atomic<uint64_t> count_{0};
-  std::stop_source stopping_;
+  Scheduler scheduler_;
 };
 
 std::atomic<bool> g_stop{false};
@@ -260,6 +195,7 @@ static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler
 struct ServeArgs {
   std::string host = "127.0.0.1", name, api_key;
   int port = 8080;
+  int max_batch = 16;
 };
 
 void run_serve(const ModelArgs& margs, const GenerateArgs& gen, ServeArgs args) {
@@ -269,8 +205,10 @@ void run_serve(const ModelArgs& margs, const GenerateArgs& gen, ServeArgs args) 
     if (dir.filename().empty()) dir = dir.parent_path();
     args.name = dir.filename().string();
   }
-  Service service(*model, args.name, gen.options());
+  Service service(*model, args.name, gen.options(), args.max_batch);
   httplib::Server svr;
+  // A thread a connection: enough for a full batch to wait on its tokens, and a few more.
+  svr.new_task_queue = [threads = size_t(std::max(8, args.max_batch + 4))] { return new httplib::ThreadPool(threads); };
   service.mount(svr);
   if (!args.api_key.empty())
     svr.set_pre_routing_handler([key = "Bearer " + args.api_key](const httplib::Request& req, httplib::Response& res) {
@@ -340,6 +278,10 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--model-name", args->name, "The model's id in the API (default: the folder's name)");
   cmd->add_option("--api-key", args->api_key, "Answer only requests with 'Authorization: Bearer KEY'");
+  cmd->add_option("--max-batch", args->max_batch,
+                  "Most requests decoded together in one batch (1: one at a time)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
   cmd->footer(
       "The generation flags above are the defaults of every request; a request's own fields\n"
       "(max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty,\n"
@@ -351,8 +293,10 @@ void add_serve_command(CLI::App& app) {
       "they slow decoding, since each step's logits come back to the host.\n"
       "A completion's \"echo\": true puts the prompt before the text (and with logprobs, its\n"
       "tokens' scores first; max_tokens 0 scores the prompt alone), as evaluation harnesses ask.\n"
-      "Requests take turns: one generation runs at a time. Tools and n > 1 are refused with\n"
-      "a 400.\n\n"
+      "Requests that wait while the model is busy and draw alike (the same temperature, top-k,\n"
+      "top-p, min-p, penalties and logit bias) are decoded together, up to --max-batch; one\n"
+      "alone keeps the prompt cache and the one-sequence step. Requests with logprobs or echo\n"
+      "run alone. Tools and n > 1 are refused with a 400.\n\n"
       "Examples:\n"
       "  lmx serve /models/Qwen3-0.6B --port 8080 --temperature 0.7 --max-tokens 1024\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"

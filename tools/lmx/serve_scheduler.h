@@ -1,0 +1,87 @@
+// The model's side of `lmx serve`: requests queue for the one model, and a thread of the
+// scheduler's own runs them. A request runs alone (a Stream: the prompt cache, and on a GPU
+// the fused one-sequence step) or, when others wait that draw alike, together with them in
+// one batch (TextModel::generate_rows), which on a GPU decodes 2-8 sequences in about the
+// time of one. No HTTP here (cmd_serve.cpp); tokens go to each request's Job.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <thread>
+#include <vector>
+
+#include "lmx/lmx.h"
+#include "openai.h"
+
+namespace lmx::cli {
+
+// One request, from the queue to its last token.
+class Job {
+ public:
+  explicit Job(openai::Request r) : request(std::move(r)) {}
+  const openai::Request request;
+
+  // The HTTP side. Waits for tokens or the end and takes the tokens that came since the
+  // last call; `done` once none will follow (then the fields below are set).
+  std::vector<Token> wait(bool& done);
+  // The client has gone: the generation ends within a decode step.
+  void leave() { stop_.request_stop(); }
+
+  std::optional<openai::ApiError> error;  // the request failed (before or after its first token)
+  GenerateMetrics metrics;                // its own usage and finish reason
+  std::string echo_text;                  // "echo": the prompt's text,
+  std::vector<Token> echoed;              // and with logprobs its tokens, scored (the first: NaN)
+
+  // The scheduler's side.
+  std::stop_token stop_token() const { return stop_.get_token(); }
+  void push(const Token& t);
+  void finish();
+
+ private:
+  std::stop_source stop_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<Token> new_;
+  bool done_ = false;
+};
+
+class Scheduler {
+ public:
+  // Up to `max_batch` requests that draw alike run as one batch (1: each alone).
+  Scheduler(TextModel& model, int max_batch);
+  ~Scheduler();  // stop(), then waits for the thread
+  // Queues a request; throws openai::ApiError (503) once the server is stopping.
+  std::shared_ptr<Job> submit(openai::Request request);
+  // Ends the generations under way within a decode step and refuses the queued ones.
+  void stop();
+  struct Load {
+    size_t running = 0, queued = 0;  // requests
+  };
+  Load load();
+
+ private:
+  void loop();
+  // The next requests to run: the oldest, and the others queued that may share its batch.
+  std::vector<std::shared_ptr<Job>> take();
+  void run_alone(Job& job);
+  void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
+  void echo(Job& job);  // the prompt's text, and its scores where asked
+  // The model's reason for ending a stream early, as the HTTP error it is; none for a
+  // normal end or a client that left.
+  std::optional<openai::ApiError> stream_error() const;
+
+  TextModel& model_;
+  const int max_batch_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::vector<std::shared_ptr<Job>> running_;  // stopped by stop()
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace lmx::cli
