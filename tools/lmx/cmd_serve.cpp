@@ -178,7 +178,9 @@ class Service {
   }
 
   TextModel& model_;
-  // A token's own text, for its scores.
+  // A token's own text, for its scores. Called on the handlers' threads while the scheduler's
+  // runs the model: detokenizing only reads the tokenizer, whose const methods are
+  // thread-safe (text/tokenizer.h).
   const std::function<std::string(int32_t)> piece_ = [this](int32_t id) {
     return model_.detokenize({&id, 1}, false);
   };
