@@ -491,6 +491,27 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
+TEST(ServeTest, BatchWaitGathersClientsThatStartTogether) {
+  // The first request to find the model idle waits (here up to 9 s) until the batch is full.
+  Served server("'" + kModel.string() + "' --device cpu --max-batch 3 --batch-wait 9000");
+  ASSERT_GT(server.port(), 0) << server.log();
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> clients;
+  std::vector<Reply> replies(3);
+  for (size_t i = 0; i < replies.size(); ++i)
+    clients.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", server.port());
+      c.set_read_timeout(120);
+      replies[i] = post(c, "/v1/completions", json{{"prompt", "Hi " + std::to_string(i)}, {"max_tokens", 5}}.dump());
+    });
+  for (std::thread& t : clients) t.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (const Reply& r : replies) EXPECT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_NE(server.log().find("lmx serve: 3 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_LT(seconds, 7) << "a full batch should not wait out --batch-wait";
+  EXPECT_EQ(server.stop(), 0);
+}
+
 TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
   ASSERT_GT(server.port(), 0) << server.log();

@@ -42,8 +42,11 @@ void send_json(httplib::Response& res, int status, const json& body) {
 
 class Service {
  public:
-  Service(TextModel& model, std::string name, GenerateOptions defaults, int max_batch)
-      : model_(model), name_(std::move(name)), defaults_(std::move(defaults)), scheduler_(model, max_batch) {}
+  Service(TextModel& model, std::string name, GenerateOptions defaults, int max_batch, int batch_wait_ms)
+      : model_(model),
+        name_(std::move(name)),
+        defaults_(std::move(defaults)),
+        scheduler_(model, max_batch, std::chrono::milliseconds(batch_wait_ms)) {}
 
   void mount(httplib::Server& svr) {
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
@@ -198,6 +201,7 @@ struct ServeArgs {
   std::string host = "127.0.0.1", name, api_key;
   int port = 8080;
   int max_batch = 16;
+  int batch_wait_ms = 0;
 };
 
 void run_serve(const ModelArgs& margs, const GenerateArgs& gen, ServeArgs args) {
@@ -207,7 +211,7 @@ void run_serve(const ModelArgs& margs, const GenerateArgs& gen, ServeArgs args) 
     if (dir.filename().empty()) dir = dir.parent_path();
     args.name = dir.filename().string();
   }
-  Service service(*model, args.name, gen.options(), args.max_batch);
+  Service service(*model, args.name, gen.options(), args.max_batch, args.batch_wait_ms);
   httplib::Server svr;
   // A thread a connection: enough for a full batch to wait on its tokens, and a few more.
   svr.new_task_queue = [threads = size_t(std::max(8, args.max_batch + 4))] { return new httplib::ThreadPool(threads); };
@@ -284,6 +288,11 @@ void add_serve_command(CLI::App& app) {
                   "Most requests decoded together in one batch (1: one at a time)")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
+  cmd->add_option("--batch-wait", args->batch_wait_ms,
+                  "Milliseconds a request that finds the model idle waits for others to batch with "
+                  "(0: none; a few help many clients that start together)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10000));
   cmd->footer(
       "The generation flags above are the defaults of every request; a request's own fields\n"
       "(max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty,\n"
@@ -297,8 +306,9 @@ void add_serve_command(CLI::App& app) {
       "tokens' scores first; max_tokens 0 scores the prompt alone), as evaluation harnesses ask.\n"
       "Requests that wait while the model is busy and draw alike (the same temperature, top-k,\n"
       "top-p, min-p, penalties and logit bias) are decoded together, up to --max-batch; one\n"
-      "alone keeps the prompt cache and the one-sequence step. Requests with logprobs or echo\n"
-      "run alone. Tools and n > 1 are refused with a 400.\n\n"
+      "alone keeps the prompt cache and the one-sequence step. A batch runs until its last\n"
+      "request ends; --batch-wait lets a request that finds the model idle wait for others.\n"
+      "Requests with logprobs or echo run alone. Tools and n > 1 are refused with a 400.\n\n"
       "Examples:\n"
       "  lmx serve /models/Qwen3-0.6B --port 8080 --temperature 0.7 --max-tokens 1024\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"

@@ -31,8 +31,8 @@ void Job::finish() {
   cv_.notify_all();
 }
 
-Scheduler::Scheduler(TextModel& model, int max_batch)
-    : model_(model), max_batch_(std::max(1, max_batch)), thread_([this] { loop(); }) {}
+Scheduler::Scheduler(TextModel& model, int max_batch, std::chrono::milliseconds gather)
+    : model_(model), max_batch_(std::max(1, max_batch)), gather_(gather), thread_([this] { loop(); }) {}
 
 Scheduler::~Scheduler() {
   stop();
@@ -92,6 +92,10 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   auto batchable = [](const Job& j) { return j.request.options.logprobs < 0 && !j.request.echo; };
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
+  // Clients that start together reach the server a little apart: the first may wait for
+  // the rest, rather than run alone while they queue behind it.
+  if (batchable(*jobs[0]) && max_batch_ > 1 && gather_.count() > 0)
+    cv_.wait_for(lock, gather_, [&] { return stopping_ || int(queue_.size()) + 1 >= max_batch_; });
   if (batchable(*jobs[0])) {
     for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
       if (batchable(**it) && draws_alike((*it)->request.options, jobs[0]->request.options)) {

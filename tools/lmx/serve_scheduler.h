@@ -5,6 +5,7 @@
 // time of one. No HTTP here (cmd_serve.cpp); tokens go to each request's Job.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -51,8 +52,9 @@ class Job {
 
 class Scheduler {
  public:
-  // Up to `max_batch` requests that draw alike run as one batch (1: each alone).
-  Scheduler(TextModel& model, int max_batch);
+  // Up to `max_batch` requests that draw alike run as one batch (1: each alone). A request
+  // that finds the model idle waits up to `gather` for others to share its batch.
+  Scheduler(TextModel& model, int max_batch, std::chrono::milliseconds gather = {});
   ~Scheduler();  // stop(), then waits for the thread
   // Queues a request; throws openai::ApiError (503) once the server is stopping.
   std::shared_ptr<Job> submit(openai::Request request);
@@ -76,6 +78,7 @@ class Scheduler {
 
   TextModel& model_;
   const int max_batch_;
+  const std::chrono::milliseconds gather_;
   std::mutex m_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
