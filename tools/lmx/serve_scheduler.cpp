@@ -180,7 +180,6 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
       job->finish();
     }
   }
-  std::fprintf(stderr, "lmx serve: %zu requests decoded together\n", rows.size());
   try {
     const std::vector<BatchResult> out = model_.generate_rows(prompts, options, [&](size_t row, const Token& t) {
       rows[row]->push(t);
@@ -192,6 +191,10 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
       m.generated_tokens = int(out[i].ids.size());
       m.finish_reason = out[i].finish_reason;
     }
+    const GenerateMetrics all = model_.metrics();
+    std::fprintf(stderr, "lmx serve: %zu requests decoded together (%s): %d tokens in %.3f s\n", rows.size(),
+                 all.decode_path.empty() ? "no decode step" : all.decode_path.c_str(), all.generated_tokens,
+                 all.decode_s);
   } catch (const OutOfMemory& e) {
     for (const auto& job : rows) job->error = openai::ApiError{503, e.what(), "server_error"};
   } catch (const std::exception& e) {
