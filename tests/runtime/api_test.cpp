@@ -10,6 +10,7 @@
 
 #include "fixture_copy.h"
 #include "scoped_env.h"
+#include "test_util.h"
 #include "io/safetensors.h"
 #include "lmx/lmx.h"
 #include "ops/ops.h"
@@ -56,12 +57,7 @@ std::vector<LoadOptions> cpu_and_cuda() {
   return loads;
 }
 
-GenerateOptions greedy(int n) {
-  GenerateOptions o;
-  o.max_tokens = n;
-  o.ignore_eos = true;
-  return o;
-}
+using test::greedy;
 
 TEST(ApiTest, BackendsAreRegistered) {
   const auto names = list_backends();

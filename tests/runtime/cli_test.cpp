@@ -14,6 +14,7 @@
 
 #include "fixture_copy.h"
 #include "lmx/lmx.h"
+#include "test_util.h"
 
 namespace lmx {
 namespace {
@@ -25,10 +26,7 @@ struct Result {
   std::string out, err;
 };
 
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+using test::read_all;
 
 // `lmx ARGS` through /bin/sh (ARGS quoted as a shell would take them), stdin from `input`.
 Result lmx(const std::string& args, const std::string& input = "") {

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "lmx/lmx.h"
+#include "test_util.h"
 
 namespace lmx {
 namespace {
@@ -37,12 +38,7 @@ Lone lone(TextModel& model, const std::vector<int32_t>& prompt, const GenerateOp
   return out;
 }
 
-GenerateOptions greedy(int n) {
-  GenerateOptions o;
-  o.max_tokens = n;
-  o.ignore_eos = true;
-  return o;
-}
+using test::greedy;
 
 // Runs generate_rows and checks that each row's streamed tokens make its result.
 std::vector<BatchResult> run_rows(TextModel& model, const std::vector<std::vector<int32_t>>& prompts,

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "lmx/lmx.h"
+#include "test_util.h"
 
 extern char** environ;
 
@@ -29,10 +30,7 @@ using nlohmann::json;
 
 const fs::path kModel = fs::path(LMX_FIXTURES_DIR) / "models" / "qwen3-f32";
 
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+using test::read_all;
 
 // `lmx serve ARGS --port 0` as a child process, its stderr in a file; ready once it prints
 // the port it listens on.
@@ -62,6 +60,12 @@ class Served {
     fs::remove(log_);
   }
   int port() const { return port_; }
+  // A client of the server that waits up to 2 minutes for a reply.
+  std::unique_ptr<httplib::Client> client() const {
+    auto c = std::make_unique<httplib::Client>("127.0.0.1", port_);
+    c->set_read_timeout(120);
+    return c;
+  }
   std::string log() const { return read_all(log_); }
   // SIGTERM, as Ctrl-C or a service manager stops it; the exit status.
   int stop() {
@@ -77,6 +81,14 @@ class Served {
   pid_t pid_ = -1;
   int port_ = 0;
 };
+
+// The served fixture, loaded in this process: the library's own answers to compare with.
+std::unique_ptr<TextModel> cpu_model(int context_len = 0) {
+  LoadOptions lo;
+  lo.backend = "cpu";
+  lo.context_len = context_len;
+  return load_model(kModel, lo);
+}
 
 struct Reply {
   int status = 0;
@@ -112,12 +124,10 @@ std::vector<json> events(httplib::Client& c, const std::string& path, const json
 TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
   Served server("'" + kModel.string() + "' --device cpu --max-tokens 9");
   ASSERT_GT(server.port(), 0) << server.log();
-  httplib::Client c("127.0.0.1", server.port());
-  c.set_read_timeout(120);
+  const auto c_owner = server.client();
+  httplib::Client& c = *c_owner;
 
-  LoadOptions lo;
-  lo.backend = "cpu";
-  auto model = load_model(kModel, lo);
+  auto model = cpu_model();
   const std::vector<Message> chat{{"system", "You are terse."}, {"user", "Tell me about cats."}};
   GenerateOptions greedy;
   greedy.max_tokens = 12;
@@ -209,8 +219,8 @@ TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
   const std::string want_a = model->generate("A dog", longer).text(), want_b = model->generate("Blue sky", twenty).text();
   Reply a, b;
   std::thread other([&] {
-    httplib::Client c2("127.0.0.1", server.port());
-    c2.set_read_timeout(120);
+    const auto c2_owner = server.client();
+    httplib::Client& c2 = *c2_owner;
     a = post(c2, "/v1/completions", json{{"prompt", "A dog"}, {"max_tokens", 200}, {"ignore_eos", true}}.dump());
   });
   b = post(c, "/v1/completions", json{{"prompt", "Blue sky"}, {"max_tokens", 20}, {"ignore_eos", true}}.dump());
@@ -252,11 +262,9 @@ void expect_chat_scores(const json& content, const std::vector<Token>& want, con
 TEST(ServeTest, LogprobsAreTheLibrarysScoresWholeAndStreamed) {
   Served server("'" + kModel.string() + "' --device cpu");
   ASSERT_GT(server.port(), 0) << server.log();
-  httplib::Client c("127.0.0.1", server.port());
-  c.set_read_timeout(120);
-  LoadOptions lo;
-  lo.backend = "cpu";
-  auto model = load_model(kModel, lo);
+  const auto c_owner = server.client();
+  httplib::Client& c = *c_owner;
+  auto model = cpu_model();
 
   // Chat, sampled (the scores stay the model's own), whole and streamed.
   const std::vector<Message> chat{{"user", "Name three colours."}};
@@ -410,18 +418,15 @@ bool wait_for_load(httplib::Client& c, int running, int queued) {
 TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
   Served server("'" + kModel.string() + "' --device cpu --context 16384");
   ASSERT_GT(server.port(), 0) << server.log();
-  httplib::Client c("127.0.0.1", server.port());
-  c.set_read_timeout(120);
-  LoadOptions lo;
-  lo.backend = "cpu";
-  lo.context_len = 16384;
-  auto model = load_model(kModel, lo);
+  const auto c_owner = server.client();
+  httplib::Client& c = *c_owner;
+  auto model = cpu_model(16384);
 
   // A long stream holds the model until its client leaves; meanwhile five requests queue.
   std::atomic<bool> release{false};
   std::thread holder([&] {
-    httplib::Client c0("127.0.0.1", server.port());
-    c0.set_read_timeout(120);
+    const auto c0_owner = server.client();
+    httplib::Client& c0 = *c0_owner;
     httplib::Request r;
     r.method = "POST";
     r.path = "/v1/completions";
@@ -468,8 +473,8 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
   std::vector<std::thread> clients;
   for (Ask& a : asks) {
     clients.emplace_back([&] {
-      httplib::Client ci("127.0.0.1", server.port());
-      ci.set_read_timeout(120);
+      const auto ci_owner = server.client();
+      httplib::Client& ci = *ci_owner;
       a.reply = post(ci, a.chat ? "/v1/chat/completions" : "/v1/completions", a.body.dump());
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // in this order
@@ -500,8 +505,8 @@ TEST(ServeTest, BatchWaitGathersClientsThatStartTogether) {
   std::vector<Reply> replies(3);
   for (size_t i = 0; i < replies.size(); ++i)
     clients.emplace_back([&, i] {
-      httplib::Client c("127.0.0.1", server.port());
-      c.set_read_timeout(120);
+      const auto c_owner = server.client();
+      httplib::Client& c = *c_owner;
       replies[i] = post(c, "/v1/completions", json{{"prompt", "Hi " + std::to_string(i)}, {"max_tokens", 5}}.dump());
     });
   for (std::thread& t : clients) t.join();
@@ -515,8 +520,8 @@ TEST(ServeTest, BatchWaitGathersClientsThatStartTogether) {
 TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
   ASSERT_GT(server.port(), 0) << server.log();
-  httplib::Client c("127.0.0.1", server.port());
-  c.set_read_timeout(120);
+  const auto c_owner = server.client();
+  httplib::Client& c = *c_owner;
   const httplib::Headers key{{"Authorization", "Bearer sesame"}};
   const json hi = {{"role", "user"}, {"content", "hi"}};
 
