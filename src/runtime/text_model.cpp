@@ -180,6 +180,17 @@ LocalTextModel::LocalTextModel(const std::filesystem::path& dir, const LoadOptio
     if (auto e = tokenizer_->config().eos_token_id) eos_.push_back(*e);
   }
   cache_ = KVCache(*model_, /*rotate_sliding=*/true);
+  // Counted once: visiting the weights lets the model's kept fused decoders go (a visitor
+  // may replace weights), which info() between two generations must not cost them.
+  model_->visit("", [&](const std::string&, Array& p, const Shape&, fast::QuantizedMatrix* q) {
+    if (q && q->packed.valid()) {  // kept packed: the matrix's elements, the codes' and groups' bytes
+      parameters_ += q->rows() * q->cols();
+      weight_bytes_ += int64_t(q->packed.nbytes() + q->scales.nbytes() + q->biases.nbytes());
+      return;
+    }
+    parameters_ += p.size();
+    weight_bytes_ += int64_t(p.nbytes());
+  });
 }
 
 const Tokenizer& LocalTextModel::tokenizer() const {
@@ -293,15 +304,8 @@ ModelInfo LocalTextModel::info() const {
   i.num_kv_heads = config_.num_key_value_heads;
   i.head_dim = config_.head_dim;
   i.context_length = context_len_;
-  model_->visit("", [&](const std::string&, Array& p, const Shape&, fast::QuantizedMatrix* q) {
-    if (q && q->packed.valid()) {  // kept packed: the matrix's elements, the codes' and groups' bytes
-      i.parameters += q->rows() * q->cols();
-      i.weight_bytes += int64_t(q->packed.nbytes() + q->scales.nbytes() + q->biases.nbytes());
-      return;
-    }
-    i.parameters += p.size();
-    i.weight_bytes += int64_t(p.nbytes());
-  });
+  i.parameters = parameters_;
+  i.weight_bytes = weight_bytes_;
   if (config_.quantization) {
     i.quant_bits = int(config_.quantization->base.bits);
     i.quant_group_size = int(config_.quantization->base.group_size);

@@ -69,6 +69,7 @@ class LocalTextModel final : public TextModel {
   std::string backend_;
   Device device_;
   int64_t context_len_;
+  int64_t parameters_ = 0, weight_bytes_ = 0;  // ModelInfo's, counted at load
   std::vector<int32_t> eos_;
   KVCache cache_;                // holds the KV of `cached_` (prompt-cache reuse)
   std::vector<int32_t> cached_;

@@ -32,7 +32,8 @@ void Job::finish() {
 }
 
 Scheduler::Scheduler(TextModel& model, int max_batch, std::chrono::milliseconds gather)
-    : model_(model), max_batch_(std::max(1, max_batch)), gather_(gather), thread_([this] { loop(); }) {}
+    : model_(model), info_(model.info()), max_batch_(std::max(1, max_batch)), gather_(gather),
+      thread_([this] { loop(); }) {}
 
 Scheduler::~Scheduler() {
   stop();
@@ -158,7 +159,7 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
   std::vector<std::shared_ptr<Job>> rows;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<GenerateOptions> options;
-  const ModelInfo info = model_.info();
+  const ModelInfo& info = info_;
   for (const auto& job : jobs) {
     const openai::Request& r = job->request;
     try {

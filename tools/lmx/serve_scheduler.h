@@ -77,6 +77,7 @@ class Scheduler {
   std::optional<openai::ApiError> stream_error() const;
 
   TextModel& model_;
+  const ModelInfo info_;
   const int max_batch_;
   const std::chrono::milliseconds gather_;
   std::mutex m_;
