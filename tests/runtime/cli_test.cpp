@@ -110,6 +110,29 @@ TEST(CliTest, GenerateJsonGivesTheLibrarysTokens) {
   EXPECT_EQ(j.at("ids").get<std::vector<int32_t>>(), want);
   EXPECT_EQ(j.at("finish_reason"), "length");
   EXPECT_FALSE(j.contains("error"));
+  EXPECT_FALSE(j.contains("logprobs"));
+
+  // --logprobs: the library's scores for the same tokens.
+  const Result scored = lmx("generate '" + dir.string() +
+                            "' --device cpu --prompt-ids 5,6,7 --max-tokens 4 --ignore-eos --json --logprobs 2");
+  ASSERT_EQ(scored.status, 0) << scored.err;
+  const auto lp = nlohmann::json::parse(scored.out).at("logprobs");
+  g.max_tokens = 4;
+  g.logprobs = 2;
+  std::vector<Token> tokens;
+  for (const Token& t : model->generate_ids({5, 6, 7}, g)) tokens.push_back(t);
+  ASSERT_EQ(lp.size(), tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    EXPECT_EQ(lp[i].at("id"), tokens[i].id);
+    // (The library's model reuses its prompt cache here, so the last bits may differ.)
+    EXPECT_NEAR(lp[i].at("logprob").get<double>(), tokens[i].logprob, 1e-5);
+    ASSERT_EQ(lp[i].at("top").size(), 2u);
+    EXPECT_EQ(lp[i].at("top")[0][0], tokens[i].top_logprobs[0].first);
+  }
+  const Result without_json =
+      lmx("generate '" + dir.string() + "' --device cpu --prompt-ids 5,6,7 --max-tokens 2 --logprobs 2");
+  EXPECT_NE(without_json.status, 0);
+  EXPECT_NE(without_json.err.find("add --json"), std::string::npos) << without_json.err;
 }
 
 // `lmx bench --lora` times training steps and reports a row for each batch, and a dtype

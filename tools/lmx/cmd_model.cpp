@@ -94,7 +94,12 @@ void add_model_commands(CLI::App& app) {
     g->add(cmd, /*chat=*/false);
     auto* p = cmd->add_option("--prompt", *prompt, "Prompt text (tokenized with the model's tokenizer, BOS added)");
     cmd->add_option("--prompt-ids", *prompt_ids, "Prompt as comma-separated token ids instead of text")->excludes(p);
+    auto logprobs = std::make_shared<int>(-1);
     cmd->add_flag("--json", *json, "Print one JSON object at the end: ids, text, finish_reason, metrics");
+    cmd->add_option("--logprobs", *logprobs,
+                    "With --json: each token's log-probability and this many most likely alternatives "
+                    "(0-20), the model's own before penalties and temperature")
+        ->check(CLI::Range(0, kMaxTopLogprobs));
     cmd->footer(
         "Text streams to stdout; timings and memory go to stderr.\n"
         "On CUDA, one sequence decodes through one kernel per token that adds the MLP's down\n"
@@ -103,19 +108,24 @@ void add_model_commands(CLI::App& app) {
         "step deterministic and costs 3-7% of its batch-1 speed on the H200 (bench/NOTES.md).\n\n"
         "Examples:\n  lmx generate ~/models/Llama-3.2-1B-Instruct --prompt \"The capital of France is\"\n"
         "  lmx generate MODEL --prompt \"Once upon\" --temperature 0.8 --top-p 0.95 --seed 7\n"
-        "  lmx generate tests/fixtures/models/qwen3-f32 --prompt-ids 1,2,3 --max-tokens 20 --temperature 0 --json");
-    cmd->callback([m, g, prompt, prompt_ids, json] {
+        "  lmx generate tests/fixtures/models/qwen3-f32 --prompt-ids 1,2,3 --max-tokens 20 --temperature 0 --json\n"
+        "  lmx generate MODEL --prompt \"2 + 2 =\" --max-tokens 3 --json --logprobs 5   # how sure it was");
+    cmd->callback([m, g, prompt, prompt_ids, json, logprobs] {
       LMX_CHECK(!prompt->empty() || !prompt_ids->empty(), "cli", "give --prompt TEXT or --prompt-ids 1,2,3");
+      LMX_CHECK(*logprobs < 0 || *json, "cli", "--logprobs prints with --json; add --json");
       auto model = m->load();
-      const GenerateOptions opts = g->options();
+      GenerateOptions opts = g->options();
+      opts.logprobs = *logprobs;
       warn_if_not_utf8(*prompt, "the prompt");
       Stream s = prompt_ids->empty() ? model->generate(*prompt, opts)
                                      : model->generate_ids(parse_ids(*prompt_ids, "--prompt-ids"), opts);
       std::vector<int32_t> ids;
       std::string text;
+      nlohmann::json scores = nlohmann::json::array();  // --logprobs: {id, logprob, top: [[id, logprob], ...]}
       for (const Token& t : s) {
         if (t.id >= 0) ids.push_back(t.id);
         text += t.text;
+        if (*logprobs >= 0) scores.push_back({{"id", t.id}, {"logprob", t.logprob}, {"top", t.top_logprobs}});
         if (!*json) std::fputs(t.text.c_str(), stdout), std::fflush(stdout);
       }
       const GenerateMetrics mt = model->metrics();
@@ -131,6 +141,7 @@ void add_model_commands(CLI::App& app) {
                          {"peak_memory_bytes", mt.peak_memory},
                          {"gpu_utilization", mt.gpu_utilization},
                          {"decode_path", mt.decode_path}};
+        if (*logprobs >= 0) j["logprobs"] = scores;
         if (model->err()) j["error"] = model->err_message();  // why the finish_reason is "error"
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       } else {
