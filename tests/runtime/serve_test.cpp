@@ -461,6 +461,8 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
     else
       a.body["prompt"] = prompts[i];
   }
+  asks[2].body["stream"] = true;  // a streamed reply in the batch
+  asks[2].body["stream_options"] = {{"include_usage", true}};
   // The last draws otherwise (seeded sampling): it runs on its own, after the batch.
   asks[4].options.temperature = 0.9f;
   asks[4].options.seed = 5;
@@ -475,7 +477,20 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
     clients.emplace_back([&] {
       const auto ci_owner = server.client();
       httplib::Client& ci = *ci_owner;
-      a.reply = post(ci, a.chat ? "/v1/chat/completions" : "/v1/completions", a.body.dump());
+      const std::string path = a.chat ? "/v1/chat/completions" : "/v1/completions";
+      if (!a.body.contains("stream")) {
+        a.reply = post(ci, path, a.body.dump());
+        return;
+      }
+      // A streamed one, its events gathered into the shape of a whole reply.
+      json text = "", reason, usage;
+      for (const json& e : events(ci, path, a.body)) {
+        if (e.contains("usage") && !e["usage"].is_null()) usage = e["usage"];
+        if (e["choices"].empty()) continue;
+        text = text.get<std::string>() + e["choices"][0]["text"].get<std::string>();
+        if (!e["choices"][0]["finish_reason"].is_null()) reason = e["choices"][0]["finish_reason"];
+      }
+      a.reply = {200, {{"choices", {{{"text", text}, {"finish_reason", reason}}}}, {"usage", usage}}};
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // in this order
   }
