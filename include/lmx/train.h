@@ -96,8 +96,11 @@ EvalResult evaluate_lora(const std::filesystem::path& model_dir, const std::file
 // folded in (W + scale·B·A in f32, rounded once to `dtype`, "" = the weights' own). An
 // MLX-quantized model's adapted weights are dequantized exactly, fused, and quantized again at
 // their own widths (as mlx-lm fuses); with `dequantize`, every weight is written unquantized in
-// the compute dtype and config.json loses its "quantization". Returns the bytes of weights written.
+// the compute dtype and config.json loses its "quantization". Weights past `max_shard_bytes`
+// (0: no limit) go into shards with model.safetensors.index.json, as save_pretrained writes
+// them. Returns the bytes of weights written.
 uint64_t fuse_lora(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
-                   const std::filesystem::path& out_dir, const std::string& dtype = "", bool dequantize = false);
+                   const std::filesystem::path& out_dir, const std::string& dtype = "", bool dequantize = false,
+                   uint64_t max_shard_bytes = 5'000'000'000);
 
 }  // namespace lmx

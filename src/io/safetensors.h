@@ -116,4 +116,15 @@ struct DeferredTensor {
 void write_safetensors_streamed(const std::filesystem::path& path, const std::vector<DeferredTensor>& tensors,
                                 const std::map<std::string, std::string>& metadata = {});
 
+// A model folder's weights as HF's save_pretrained writes them: dir/model.safetensors where
+// they fit in `max_shard_bytes` (0: no limit), else shards of at most that many bytes each
+// (a larger tensor alone in its own), model-00001-of-0000N.safetensors and so on in the
+// tensors' order, and model.safetensors.index.json mapping each tensor to its shard, with
+// metadata.total_size. Weights the folder held before (model.safetensors, shards, an index)
+// are removed first. Returns the files written.
+std::vector<std::filesystem::path> write_model_weights(const std::filesystem::path& dir,
+                                                       const std::vector<DeferredTensor>& tensors,
+                                                       const std::map<std::string, std::string>& metadata,
+                                                       uint64_t max_shard_bytes);
+
 }  // namespace lmx::io

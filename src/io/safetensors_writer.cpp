@@ -1,6 +1,7 @@
 // The safetensors writer: HF layout (padded header, tensors by descending element size).
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -165,6 +166,56 @@ void write_safetensors_streamed(const std::filesystem::path& path, const std::ve
     tensors[i].fill(buffer);
     os.write(reinterpret_cast<const char*>(buffer.data()), std::streamsize(buffer.size()));
   });
+}
+
+std::vector<std::filesystem::path> write_model_weights(const std::filesystem::path& dir,
+                                                       const std::vector<DeferredTensor>& tensors,
+                                                       const std::map<std::string, std::string>& metadata,
+                                                       uint64_t max_shard_bytes) {
+  // The shards: consecutive tensors, a new shard where the next would pass the limit.
+  std::vector<std::vector<DeferredTensor>> shards(1);
+  uint64_t in_shard = 0, total = 0;
+  for (const DeferredTensor& t : tensors) {
+    const uint64_t n = entry(t.name, t.dtype, t.shape, dir.string()).nbytes;
+    if (max_shard_bytes > 0 && in_shard > 0 && in_shard + n > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += n;
+    total += n;
+  }
+  // Weights a folder held before go first: the loader reads every *.safetensors of a folder
+  // without an index, and would find each tensor twice.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string f = e.path().filename().string();
+    int a = 0, b = 0, used = 0;
+    const bool shard = std::sscanf(f.c_str(), "model-%5d-of-%5d.safetensors%n", &a, &b, &used) == 2 &&
+                       size_t(used) == f.size();
+    if (shard || f == "model.safetensors" || f == "model.safetensors.index.json") std::filesystem::remove(e.path(), ec);
+  }
+  if (shards.size() == 1) {
+    write_safetensors_streamed(dir / "model.safetensors", tensors, metadata);
+    return {dir / "model.safetensors"};
+  }
+  std::vector<std::filesystem::path> out;
+  nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::ordered_json::object()}};
+  for (size_t i = 0; i < shards.size(); ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    write_safetensors_streamed(dir / name, shards[i], metadata);
+    for (const DeferredTensor& t : shards[i]) index["weight_map"][t.name] = name;
+    out.push_back(dir / name);
+  }
+  const std::filesystem::path index_path = dir / "model.safetensors.index.json";
+  {
+    std::ofstream f(index_path);
+    f << index.dump(2) << "\n";
+    if (!f.good()) fail(kWhere, index_path.string(), ": cannot write");
+  }
+  out.push_back(index_path);
+  return out;
 }
 
 }  // namespace lmx::io

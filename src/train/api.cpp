@@ -109,7 +109,7 @@ EvalResult evaluate_lora(const fs::path& model_dir, const fs::path& adapter_dir,
 }
 
 uint64_t fuse_lora(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& out_dir,
-                   const std::string& dtype, bool dequantize) {
+                   const std::string& dtype, bool dequantize, uint64_t max_shard_bytes) {
   LMX_CHECK(fs::weakly_canonical(out_dir) != fs::weakly_canonical(model_dir), "fuse",
             "the output folder must be a new one, not the model's own (", out_dir.string(), ")");
   const auto model = load_for(model_dir, "cpu", dtype, "fuse");  // W + scale·B·A once, then to disk
@@ -144,7 +144,7 @@ uint64_t fuse_lora(const fs::path& model_dir, const fs::path& adapter_dir, const
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   LMX_CHECK(!ec, "fuse", out_dir.string(), ": cannot create the folder: ", ec.message());
-  io::write_safetensors_streamed(out_dir / "model.safetensors", tensors, {{"format", "pt"}});
+  io::write_model_weights(out_dir, tensors, {{"format", "pt"}}, max_shard_bytes);
   // config.json with the written dtype, and without MLX's quantization where none is left.
   // (The loader has read it already, so it parses.)
   auto config = nlohmann::ordered_json::parse(io::read_text_file(model_dir / "config.json", "fuse"));

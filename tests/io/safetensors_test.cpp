@@ -7,7 +7,10 @@
 #include <numeric>
 #include <stdexcept>
 
+#include <nlohmann/json.hpp>
+
 #include "io/io_test_util.h"
+#include "io/weight_set.h"
 
 namespace lmx::io {
 namespace {
@@ -190,6 +193,41 @@ TEST(SafetensorsRoundTrip, StreamedWriterMatchesTheSerializer) {
       [&] { write_safetensors_streamed(failed, {{"x", StDtype::F32, {-1}, [](std::span<std::byte>) {}}}); });
   expect_contains(msg, {"[safetensors]", "tensor 'x'", "invalid"});
   EXPECT_FALSE(std::filesystem::exists(failed));
+}
+
+// A model folder's weights in shards past a size, as save_pretrained writes them: the
+// loader's WeightSet reads every tensor back from the shard the index names.
+TEST(SafetensorsRoundTrip, ModelWeightsShardPastTheLimit) {
+  const std::vector<int64_t> sizes = {40, 10, 30, 200, 5, 60};  // f32 elements: 160, 40, 120, 800, 20, 240 bytes
+  std::vector<std::vector<std::byte>> data;
+  std::vector<DeferredTensor> tensors;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    data.push_back(pattern_bytes(size_t(sizes[i]) * 4, int(i) + 3));
+    tensors.push_back({"t" + std::to_string(i), StDtype::F32, {sizes[i]}, [&, i](std::span<std::byte> out) {
+                         std::copy(data[i].begin(), data[i].end(), out.begin());
+                       }});
+  }
+  TempDir dir;
+  // 300 bytes a shard: {t0, t1}, {t2}, {t3} (alone, past the limit), {t4, t5}.
+  const auto files = write_model_weights(dir.path(), tensors, {{"format", "pt"}}, 300);
+  ASSERT_EQ(files.size(), 5u);
+  EXPECT_EQ(files[0].filename(), "model-00001-of-00004.safetensors");
+  EXPECT_EQ(files[3].filename(), "model-00004-of-00004.safetensors");
+  const nlohmann::json index = nlohmann::json::parse(std::ifstream(dir / "model.safetensors.index.json"));
+  EXPECT_EQ(index["metadata"]["total_size"], 1380);
+  EXPECT_EQ(index["weight_map"]["t3"], "model-00003-of-00004.safetensors");
+  EXPECT_EQ(index["weight_map"]["t5"], "model-00004-of-00004.safetensors");
+  EXPECT_FALSE(std::filesystem::exists(dir / "model.safetensors"));
+  const WeightSet ws = WeightSet::open_dir(dir.path());
+  ASSERT_EQ(ws.size(), sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const auto got = ws.data("t" + std::to_string(i));
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), data[i].begin(), data[i].end())) << i;
+  }
+  // Under the limit (or with none): one file, and the index written before goes.
+  EXPECT_EQ(write_model_weights(dir.path(), tensors, {}, 0).size(), 1u);
+  EXPECT_FALSE(std::filesystem::exists(dir / "model.safetensors.index.json"));
+  EXPECT_EQ(WeightSet::open_dir(dir.path()).size(), sizes.size());
 }
 
 // MLX writes the header without padding, so data starts at an odd address; the reader

@@ -246,6 +246,17 @@ TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
   const Result from_fused = lmx("generate '" + (work / "fused").string() + "'" + gen);
   ASSERT_EQ(from_fused.status, 0) << from_fused.err;
   EXPECT_EQ(nlohmann::json::parse(from_fused.out).at("ids").get<std::vector<int32_t>>(), want);
+  EXPECT_TRUE(fs::exists(work / "fused" / "model.safetensors"));
+
+  // In shards of at most 100 kB, with save_pretrained's index: the same model.
+  const Result sharded = lmx("fuse '" + model.string() + "' --adapter '" + (work / "ad").string() + "' --out '" +
+                             (work / "sharded").string() + "' --max-shard-size 100kb");
+  ASSERT_EQ(sharded.status, 0) << sharded.err;
+  EXPECT_TRUE(fs::exists(work / "sharded" / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(work / "sharded" / "model.safetensors"));
+  const Result from_sharded = lmx("generate '" + (work / "sharded").string() + "'" + gen);
+  ASSERT_EQ(from_sharded.status, 0) << from_sharded.err;
+  EXPECT_EQ(nlohmann::json::parse(from_sharded.out).at("ids").get<std::vector<int32_t>>(), want);
   fs::remove_all(work);
 }
 

@@ -228,6 +228,12 @@ void add_lora_commands(CLI::App& app) {
       ->required();
   fuse->add_option("--out", *out, "New model folder to write")->required();
   fuse->add_option("--dtype", *dtype, "Dtype of the written weights (default: the model's)");
+  auto shard = std::make_shared<uint64_t>(5'000'000'000);
+  fuse->add_option("--max-shard-size", *shard,
+                   "Largest weights file, e.g. 5GB or 500MB; more goes into shards with an index, as "
+                   "save_pretrained writes (0: one file)")
+      ->transform(CLI::AsSizeValue(true))
+      ->capture_default_str();
   fuse->add_flag("--dequantize", *dequantize,
                  "Write an MLX-quantized model's weights unquantized instead of quantizing the fused ones again");
   fuse->footer(
@@ -241,7 +247,7 @@ void add_lora_commands(CLI::App& app) {
       "Examples:\n  lmx fuse /models/Qwen3-0.6B --adapter adapters --out /models/Qwen3-0.6B-tuned\n"
       "  lmx fuse /models/Qwen3-0.6B-4bit --adapter adapters --out /models/Qwen3-0.6B-tuned-bf16 --dequantize");
   fuse->callback([=] {
-    const uint64_t bytes = fuse_lora(*model, *adapter, *out, *dtype, *dequantize);
+    const uint64_t bytes = fuse_lora(*model, *adapter, *out, *dtype, *dequantize, *shard);
     std::printf("wrote %s: %.2f GB of weights, %s with %s folded in\n", out->c_str(), double(bytes) / 1e9,
                 model->c_str(), adapter->c_str());
   });
