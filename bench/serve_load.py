@@ -38,9 +38,10 @@ def main():
     p.add_argument("--prompt", default="The history of the printing press begins")
     p.add_argument("--chat", action="store_true", help="ask /v1/chat/completions (for servers without /v1/completions)")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--spans", action="store_true", help="also list each request's start and end (s from the start)")
     a = p.parse_args()
 
-    latencies, tokens, errors = [], [], []
+    latencies, tokens, errors, spans = [], [], [], []
     lock = threading.Lock()
 
     def client(k):
@@ -54,10 +55,12 @@ def main():
             if a.model:
                 body["model"] = a.model
             try:
+                t_ask = time.perf_counter() - t0
                 dt, n = ask(a.url, "/v1/chat/completions" if a.chat else "/v1/completions", body, a.timeout)
                 with lock:
                     latencies.append(dt)
                     tokens.append(n)
+                    spans.append((round(t_ask, 4), round(t_ask + dt, 4)))
             except Exception as e:  # noqa: BLE001 - reported, not raised
                 with lock:
                     errors.append(str(e))
@@ -73,6 +76,8 @@ def main():
            "wall_s": round(wall, 4), "tok_per_s": round(sum(tokens) / wall, 1) if wall > 0 else 0,
            "median_latency_s": round(statistics.median(latencies), 4) if latencies else None,
            "max_latency_s": round(max(latencies), 4) if latencies else None}
+    if a.spans:
+        out["spans_s"] = sorted(spans)
     print(json.dumps(out))
     return 0 if not errors else 1
 

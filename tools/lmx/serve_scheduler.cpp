@@ -75,10 +75,21 @@ void Scheduler::loop() {
   for (;;) {
     std::vector<std::shared_ptr<Job>> jobs = take();
     if (jobs.empty()) return;  // stopping
+    const auto t0 = std::chrono::steady_clock::now();
     if (jobs.size() == 1)
       run_alone(*jobs[0]);
     else
       run_batch(jobs);
+    // A line a run: how many requests, from when (seconds since the server started), how
+    // many tokens, how long, and which decode step.
+    int tokens = 0;
+    for (const auto& job : jobs) tokens += job->metrics.generated_tokens;
+    const std::string path = model_.metrics().decode_path;
+    auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
+    std::fprintf(stderr, "lmx serve: %zu %s at +%.3f s (%s): %d tokens in %.3f s\n", jobs.size(),
+                 jobs.size() == 1 ? "request" : "requests decoded together", seconds(t0 - started_),
+                 path.empty() ? "no decode step" : path.c_str(), tokens,
+                 seconds(std::chrono::steady_clock::now() - t0));
     std::lock_guard lock(m_);
     running_.clear();
   }
@@ -192,10 +203,6 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
       m.generated_tokens = int(out[i].ids.size());
       m.finish_reason = out[i].finish_reason;
     }
-    const GenerateMetrics all = model_.metrics();
-    std::fprintf(stderr, "lmx serve: %zu requests decoded together (%s): %d tokens in %.3f s\n", rows.size(),
-                 all.decode_path.empty() ? "no decode step" : all.decode_path.c_str(), all.generated_tokens,
-                 all.decode_s);
   } catch (const OutOfMemory& e) {
     for (const auto& job : rows) job->error = openai::ApiError{503, e.what(), "server_error"};
   } catch (const std::exception& e) {

@@ -80,6 +80,7 @@ class Scheduler {
   const ModelInfo info_;
   const int max_batch_;
   const std::chrono::milliseconds gather_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::mutex m_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
