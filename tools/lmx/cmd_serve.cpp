@@ -88,9 +88,14 @@ class Service {
       if (tokens.empty() && job->error) throw *job->error;
       if (job->request.stream) {
         res.set_chunked_content_provider(
-            "text/event-stream", [this, job, env, first = std::move(tokens), done](size_t, httplib::DataSink& sink) {
+            "text/event-stream",
+            [this, job, env, first = std::move(tokens), done](size_t, httplib::DataSink& sink) {
               stream(*job, env, first, done, sink);
               return true;
+            },
+            // A client gone before its stream began (the provider never ran) ends the generation too.
+            [job](bool success) {
+              if (!success) job->leave();
             });
         return;
       }

@@ -90,6 +90,7 @@ void Scheduler::loop() {
                  jobs.size() == 1 ? "request" : "requests decoded together", seconds(t0 - started_),
                  path.empty() ? "no decode step" : path.c_str(), tokens,
                  seconds(std::chrono::steady_clock::now() - t0));
+    for (const auto& job : jobs) job->finish();  // after the line: a client that reads the log finds it
     std::lock_guard lock(m_);
     running_.clear();
   }
@@ -106,8 +107,15 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   queue_.pop_front();
   // Clients that start together reach the server a little apart: the first may wait for
   // the rest, rather than run alone while they queue behind it.
-  if (batchable(*jobs[0]) && max_batch_ > 1 && gather_.count() > 0)
+  running_ = jobs;
+  if (batchable(*jobs[0]) && max_batch_ > 1 && gather_.count() > 0) {
     cv_.wait_for(lock, gather_, [&] { return stopping_ || int(queue_.size()) + 1 >= max_batch_; });
+    if (stopping_) {  // stop() refused the queue meanwhile; this one too
+      jobs[0]->error = openai::ApiError{503, "the server is stopping", "server_error"};
+      jobs[0]->finish();
+      return {};
+    }
+  }
   if (batchable(*jobs[0])) {
     for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
       if (batchable(**it) && draws_alike((*it)->request.options, jobs[0]->request.options)) {
@@ -150,7 +158,6 @@ void Scheduler::run_alone(Job& job) {
   } catch (const std::exception& e) {
     job.error = openai::ApiError{500, std::string("internal error: ") + e.what(), "server_error"};
   }
-  job.finish();
 }
 
 void Scheduler::echo(Job& job) {
@@ -208,7 +215,6 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
   } catch (const std::exception& e) {
     for (const auto& job : rows) job->error = openai::ApiError{500, e.what(), "server_error"};
   }
-  for (const auto& job : rows) job->finish();
 }
 
 }  // namespace lmx::cli

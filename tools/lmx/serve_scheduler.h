@@ -69,6 +69,7 @@ class Scheduler {
   void loop();
   // The next requests to run: the oldest, and the others queued that may share its batch.
   std::vector<std::shared_ptr<Job>> take();
+  // Both leave finishing their jobs to loop() (a job refused before its batch finishes at once).
   void run_alone(Job& job);
   void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
   void echo(Job& job);  // the prompt's text, and its scores where asked
