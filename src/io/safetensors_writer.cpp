@@ -200,7 +200,8 @@ std::vector<std::filesystem::path> write_model_weights(const std::filesystem::pa
     return {dir / "model.safetensors"};
   }
   std::vector<std::filesystem::path> out;
-  nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::ordered_json::object()}};
+  nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}},
+                                  {"weight_map", nlohmann::ordered_json::object()}};
   for (size_t i = 0; i < shards.size(); ++i) {
     char name[64];
     std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());

@@ -33,7 +33,8 @@ class LocalTextModel final : public TextModel {
   std::vector<ClassifyResult> classify(std::span<const std::string> prompts, const GenerateOptions& o) override;
   std::vector<BatchResult> batch_generate(std::span<const std::string> prompts, const GenerateOptions& o) override;
   std::vector<BatchResult> generate_rows(std::span<const std::vector<int32_t>> prompts,
-                                         std::span<const GenerateOptions> options, const RowCallback& on_token) override;
+                                         std::span<const GenerateOptions> options,
+                                         const RowCallback& on_token) override;
   std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs) override;
   std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens) const override;
   std::vector<int32_t> chat_ids(std::span<const Message> messages, const GenerateOptions& o) const override;

@@ -250,7 +250,7 @@ TEST(LogprobsTest, LongTextsScoreAsGenerationSeesThem) {
   const std::vector<Token> passes = runtime::score_tokens(*causal, ids, 3, Device::cpu(), 100);
   ASSERT_EQ(one.size(), 599u);
   ASSERT_EQ(passes.size(), 599u);
-  for (size_t p : {size_t(0), size_t(99), size_t(100), size_t(255), size_t(256), size_t(511), size_t(512), size_t(598)}) {
+  for (size_t p : {0, 99, 100, 255, 256, 511, 512, 598}) {
     const std::vector<Token> gen =
         tokens_of(model->generate_ids({ids.begin(), ids.begin() + long(p) + 1}, scored(1, 3)));
     ASSERT_EQ(gen.size(), 1u);

@@ -216,7 +216,8 @@ TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
   longer.max_tokens = 200;
   twenty.max_tokens = 20;
   longer.ignore_eos = twenty.ignore_eos = true;
-  const std::string want_a = model->generate("A dog", longer).text(), want_b = model->generate("Blue sky", twenty).text();
+  const std::string want_a = model->generate("A dog", longer).text();
+  const std::string want_b = model->generate("Blue sky", twenty).text();
   Reply a, b;
   std::thread other([&] {
     const auto c2_owner = server.client();
@@ -604,7 +605,8 @@ TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   httplib::Error error;
   c.send(leaving, ignored, error);
 
-  const Reply fine = post(c, "/v1/chat/completions", json{{"messages", {hi}}, {"max_tokens", 3}, {"ignore_eos", true}}.dump(), key);
+  const Reply fine =
+      post(c, "/v1/chat/completions", json{{"messages", {hi}}, {"max_tokens", 3}, {"ignore_eos", true}}.dump(), key);
   EXPECT_EQ(fine.status, 200) << fine.body.dump();
   EXPECT_EQ(fine.body["model"], "tiny");
   EXPECT_EQ(fine.body["usage"]["completion_tokens"], 3);
