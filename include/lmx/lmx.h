@@ -165,6 +165,7 @@ struct BatchResult {
   std::vector<int32_t> ids;
   std::string text;
   std::string finish_reason;
+  std::string error;  // why the row could not run (finish_reason "error"); empty otherwise
 };
 
 class TextModel {
@@ -182,10 +183,11 @@ class TextModel {
   // come, text as a Stream gives it (stop strings held back), and returning false ends that
   // row ("cancelled"). The rows' draws must agree (temperature, top-k, top-p, min-p,
   // penalties, logit bias); their seeds, lengths, stop conditions and templates' text may
-  // differ. Throws lmx::Error for rows that do not agree, logprobs (streams give them), an
-  // empty prompt, an id outside the vocabulary or a prompt past the context. Returns each
-  // row's ids, text and finish reason ("eos", "stop_token", "stop_string", "length",
-  // "context_length" or "cancelled").
+  // differ. Throws lmx::Error for rows that do not agree or ask for logprobs (streams give
+  // them). A prompt that cannot run (empty, an id outside the vocabulary, past the context:
+  // check_prompt) fails its row alone: finish_reason "error" and BatchResult::error, and
+  // the other rows run. Returns each row's ids, text and finish reason ("eos",
+  // "stop_token", "stop_string", "length", "context_length", "cancelled" or "error").
   using RowCallback = std::function<bool(size_t row, const Token& token)>;
   virtual std::vector<BatchResult> generate_rows(std::span<const std::vector<int32_t>> prompts,
                                                  std::span<const GenerateOptions> options,
@@ -212,6 +214,12 @@ class TextModel {
 // Whether two requests draw alike, and so may share generate_rows: the same temperature,
 // top-k, top-p, min-p, penalties and logit bias (seeds may differ).
 bool draws_alike(const GenerateOptions& a, const GenerateOptions& b);
+
+// Throws lmx::Error where `ids` cannot be a prompt of the model `info` describes: no ids,
+// an id outside its vocabulary, or more ids than its context length. Every generation
+// checks its prompt so; a server that gathers requests into a batch checks each one as it
+// comes, to refuse it at once.
+void check_prompt(const ModelInfo& info, std::span<const int32_t> ids);
 
 class Backend {
  public:

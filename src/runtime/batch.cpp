@@ -81,13 +81,14 @@ std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::vector<int32_t>> ids;
   int total = 0;
-  for (const std::string& p : prompts) {
-    ids.push_back(tokenizer().encode(p, true));
-    LMX_CHECK(!ids.back().empty(), "classify", "prompt ", ids.size() - 1, " encodes to no tokens");
-    LMX_CHECK(int64_t(ids.back().size()) <= context_len_, "classify", "prompt ", ids.size() - 1, " has ",
-              ids.back().size(), " tokens, past the context length ", context_len_);
-    total += int(ids.back().size());
-  }
+  check_input([&] {
+    for (const std::string& p : prompts) {
+      ids.push_back(tokenizer().encode(p, true));
+      check_prompt(ids.back(), model_->spec().vocab_size, context_len_, "classify",
+                   detail::cat("prompt ", ids.size() - 1));
+      total += int(ids.back().size());
+    }
+  });
   const std::vector<size_t> order = by_length(ids);
   std::vector<ClassifyResult> out(prompts.size());
   // 32,768 tokens per pass: on the H200, 1,024 prompts of 32 tokens in one pass ran 3-5%
@@ -143,47 +144,61 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
                                                        std::span<const GenerateOptions> options,
                                                        const RowCallback& on_token) {
   end_open_stream();
-  err_ = {};
-  const auto t0 = std::chrono::steady_clock::now();
-  const int64_t rows = int64_t(prompts.size()), vocab = model_->spec().vocab_size;
-  std::vector<BatchResult> out(static_cast<size_t>(rows));
-  std::vector<int> budget(static_cast<size_t>(rows));  // each row's most new tokens
-  size_t longest = 0;
-  int steps = 0;
-  try {
+  // The options must let the rows share one batch: a mistake of the caller's, which fails
+  // the call. A prompt that cannot run fails its own row (finish_reason "error").
+  check_input([&] {
     LMX_CHECK(options.size() == prompts.size(), "generate_rows", prompts.size(), " prompts need as many options, got ",
               options.size());
-    for (size_t r = 0; r < size_t(rows); ++r) {
-      const std::vector<int32_t>& p = prompts[r];
+    for (size_t r = 0; r < options.size(); ++r) {
       const GenerateOptions& o = options[r];
-      LMX_CHECK(!p.empty(), "generate_rows", "prompt ", r, " is empty");
-      for (int32_t t : p)
-        LMX_CHECK(t >= 0 && t < vocab, "generate_rows", "prompt ", r, ": token ", t, " is outside the vocabulary of ",
-                  vocab);
-      LMX_CHECK(int64_t(p.size()) < context_len_, "generate_rows", "prompt ", r, " has ", p.size(),
-                " tokens, which leaves no room in the context length of ", context_len_,
-                "; shorten it or raise the context length");
       LMX_CHECK(o.logprobs < 0, "generate_rows", "row ", r, " asks for logprobs, which streams give (generate)");
       LMX_CHECK(o.max_tokens >= 0, "generate_rows", "row ", r, ": max_tokens must be at least 0, got ", o.max_tokens);
       LMX_CHECK(draws_alike(o, options[0]), "generate_rows", "row ", r,
                 " draws otherwise than row 0 (temperature, top-k, top-p, min-p, penalties and logit bias must agree)");
-      longest = std::max(longest, p.size());
-      budget[r] = int(std::min<int64_t>(o.max_tokens, context_len_ - int64_t(p.size())));
-      steps = std::max(steps, budget[r]);
     }
-  } catch (const Error& e) {
-    err_ = make_error_code(Errc::invalid_input);
-    err_message_ = e.what();
-    throw;
+  });
+  std::vector<BatchResult> out(prompts.size());
+  std::vector<size_t> live;
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    try {
+      check_prompt(prompts[r], model_->spec().vocab_size, context_len_, "generate_rows", detail::cat("prompt ", r));
+      live.push_back(r);
+    } catch (const Error& e) {
+      out[r].finish_reason = finish_reason_name(FinishReason::error);
+      out[r].error = e.what();
+    }
   }
-  if (rows == 0) return out;
+  if (!live.empty()) decode_rows(live, prompts, options, on_token, out);
+  return out;
+}
+
+void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const std::vector<int32_t>> prompts,
+                                 std::span<const GenerateOptions> all_options, const RowCallback& on_token,
+                                 std::vector<BatchResult>& results) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t rows = int64_t(live.size());
+  // Row i of the batch is the caller's row live[i].
+  std::vector<std::vector<int32_t>> ids;
+  std::vector<GenerateOptions> options;
+  for (size_t r : live) {
+    ids.push_back(prompts[r]);
+    options.push_back(all_options[r]);
+  }
+  std::vector<BatchResult> out(static_cast<size_t>(rows));
+  std::vector<int> budget(static_cast<size_t>(rows));  // each row's most new tokens
+  size_t longest = 0;
+  int steps = 0;
+  for (size_t i = 0; i < size_t(rows); ++i) {
+    longest = std::max(longest, ids[i].size());
+    budget[i] = int(std::min<int64_t>(options[i].max_tokens, context_len_ - int64_t(ids[i].size())));
+    steps = std::max(steps, budget[i]);
+  }
   const int64_t l = int64_t(longest);
 
   // Left padding: every row's last prompt token sits in the same slot, so one decode
   // step serves all rows. Padding is masked out and RoPE positions skip it.
   std::vector<int32_t> flat(size_t(rows * l), 0);
   std::vector<int64_t> pads(static_cast<size_t>(rows));
-  std::vector<std::vector<int32_t>> ids(prompts.begin(), prompts.end());
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t pad = pads[size_t(r)] = l - int64_t(ids[size_t(r)].size());
     std::copy(ids[size_t(r)].begin(), ids[size_t(r)].end(), flat.begin() + r * l + pad);
@@ -224,7 +239,7 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
       Token t;
       t.id = token;
       t.text = std::move(piece.text);
-      if (!on_token(r, t) && why == FinishReason::none) why = FinishReason::cancelled;
+      if (!on_token(live[r], t) && why == FinishReason::none) why = FinishReason::cancelled;
     }
     if (why != FinishReason::none) {
       done[r] = true;
@@ -282,12 +297,16 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
   t.decode_s = seconds_since(t0);
   model_->recycle_fused_decoder(std::move(fused));  // for the next batch of as many rows
   record(t, FinishReason::max_tokens, {}, "");
-  return out;
+  for (size_t i = 0; i < size_t(rows); ++i) results[live[i]] = std::move(out[i]);
 }
 
 }  // namespace lmx::runtime
 
 namespace lmx {
+
+void check_prompt(const ModelInfo& info, std::span<const int32_t> ids) {
+  check_prompt(ids, info.vocab_size, info.context_length, "check_prompt", "the prompt");
+}
 
 bool draws_alike(const GenerateOptions& a, const GenerateOptions& b) {
   return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p && a.min_p == b.min_p &&

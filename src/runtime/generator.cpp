@@ -19,14 +19,8 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
                                GenerationLimits limits, KVCache& cache)
     : model_(model), cache_(cache), sampler_(std::move(sampling)), limits_(std::move(limits)),
       tokens_(std::move(prompt)), prompt_len_(tokens_.size()) {
-  LMX_CHECK(!tokens_.empty(), "generate", "the prompt is empty");
-  const int64_t vocab = model.spec().vocab_size;
-  for (int32_t t : tokens_)
-    LMX_CHECK(t >= 0 && t < vocab, "generate", "prompt token ", t, " is outside the vocabulary of ", vocab);
   if (limits_.context_length <= 0) limits_.context_length = model.spec().max_position_embeddings;
-  LMX_CHECK(int64_t(tokens_.size()) <= limits_.context_length, "generate", "the prompt has ", tokens_.size(),
-            " tokens, more than the context length of ", limits_.context_length,
-            "; shorten it or raise the context length");
+  check_prompt(tokens_, model.spec().vocab_size, limits_.context_length, "generate", "the prompt");
   LMX_CHECK(cache_.length() < int64_t(tokens_.size()), "generate", "the cache holds ", cache_.length(),
             " tokens, not a strict prefix of the ", tokens_.size(), "-token prompt");
   timings_.prompt_tokens = int(tokens_.size());
@@ -51,6 +45,14 @@ std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM
   } catch (const OutOfMemory&) {
     return nullptr;  // the device may be full: the plain ops still work, within what is left
   }
+}
+
+void check_prompt(std::span<const int32_t> ids, int64_t vocab, int64_t context, std::string_view op,
+                  std::string_view what) {
+  LMX_CHECK(!ids.empty(), op, what, " is empty");
+  for (int32_t t : ids) LMX_CHECK(t >= 0 && t < vocab, op, what, ": token ", t, " is outside the vocabulary of ", vocab);
+  LMX_CHECK(int64_t(ids.size()) <= context, op, what, " has ", ids.size(), " tokens, more than the context length of ",
+            context, "; shorten it or raise the context length");
 }
 
 void TokenGenerator::set_logprobs(int top) {

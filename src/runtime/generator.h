@@ -63,6 +63,13 @@ void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers);
 // model.fused_decoder(rows), or nullptr where the device has no memory left for one.
 std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM& model, int rows);
 
+// Throws lmx::Error (from `op`) where `ids` cannot be a prompt: no ids, an id outside a
+// vocabulary of `vocab`, or more ids than the context length `context`. `what` names the
+// prompt in the message ("the prompt", "prompt 3"). A prompt that fills the context is
+// allowed: it generates nothing and ends with "context_length", in streams and batches.
+void check_prompt(std::span<const int32_t> ids, int64_t vocab, int64_t context, std::string_view op,
+                  std::string_view what);
+
 // Not thread-safe. The model is shared read-only; the cache belongs to this sequence.
 class TokenGenerator {
  public:

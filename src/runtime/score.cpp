@@ -49,22 +49,13 @@ std::vector<Token> score_tokens(const models::CausalLM& model, std::span<const i
 
 std::vector<Token> LocalTextModel::score_ids(std::span<const int32_t> ids, int top_logprobs) {
   end_open_stream();
-  err_ = {};
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t n = int64_t(ids.size()), vocab = model_->spec().vocab_size;
-  try {
-    LMX_CHECK(n > 0, "score", "there are no tokens to score");
+  const int64_t n = int64_t(ids.size());
+  check_input([&] {
     LMX_CHECK(top_logprobs >= 0 && top_logprobs <= kMaxTopLogprobs, "score", "top_logprobs must be 0 to ",
               kMaxTopLogprobs, ", got ", top_logprobs);
-    for (int32_t t : ids)
-      LMX_CHECK(t >= 0 && t < vocab, "score", "token ", t, " is outside the vocabulary of ", vocab);
-    LMX_CHECK(n <= context_len_, "score", "the text has ", n, " tokens, more than the context length of ",
-              context_len_, "; shorten it or raise the context length");
-  } catch (const Error& e) {
-    err_ = make_error_code(Errc::invalid_input);
-    err_message_ = e.what();
-    throw;
-  }
+    check_prompt(ids, model_->spec().vocab_size, context_len_, "score", "the text");
+  });
   std::vector<Token> out;
   try {
     out = score_tokens(*model_, ids, top_logprobs, device_, prefill_tokens());

@@ -229,14 +229,9 @@ Stream LocalTextModel::start(std::vector<int32_t> prompt, const GenerateOptions&
   while (common < cached_.size() && common + 1 < prompt.size() && cached_[common] == prompt[common]) ++common;
   if (!cache_.truncate(int64_t(common))) common = 0;
   cached_.resize(common);
-  err_ = {};
-  try {
-    return Stream(std::make_unique<GenerationSource>(*this, std::move(prompt), o, std::move(stop), common));
-  } catch (const Error& e) {
-    err_ = make_error_code(Errc::invalid_input);
-    err_message_ = e.what();
-    throw;
-  }
+  std::unique_ptr<GenerationSource> source;
+  check_input([&] { source = std::make_unique<GenerationSource>(*this, std::move(prompt), o, std::move(stop), common); });
+  return Stream(std::move(source));
 }
 
 Stream LocalTextModel::generate(std::string_view prompt, const GenerateOptions& o, std::stop_token stop) {

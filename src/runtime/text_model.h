@@ -62,6 +62,23 @@ class LocalTextModel final : public TextModel {
 
  private:
   Stream start(std::vector<int32_t> prompt, const GenerateOptions& o, std::stop_token stop);
+  // Runs `checks` of a call's input; an lmx::Error they throw is the caller's: err() says
+  // invalid_input, err_message() why, and the error goes on to the caller.
+  template <class Checks>
+  void check_input(Checks&& checks) {
+    err_ = {};
+    try {
+      checks();
+    } catch (const Error& e) {
+      err_ = make_error_code(Errc::invalid_input);
+      err_message_ = e.what();
+      throw;
+    }
+  }
+  // generate_rows' batch: the rows `live` of `prompts` (their checks passed) decoded
+  // together, each row's result into out[row].
+  void decode_rows(std::span<const size_t> live, std::span<const std::vector<int32_t>> prompts,
+                   std::span<const GenerateOptions> options, const RowCallback& on_token, std::vector<BatchResult>& out);
 
   std::filesystem::path dir_;
   io::ModelConfig config_;

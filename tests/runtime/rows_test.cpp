@@ -152,14 +152,49 @@ TEST(RowsTest, RowsThatCannotShareABatchAreRefused) {
   logprobs.logprobs = 2;
   refused({fine, fine}, {greedy(4), hot}, "draws otherwise than row 0");
   refused({fine, fine}, {greedy(4), logprobs}, "logprobs");
-  refused({fine, {}}, {greedy(4), greedy(4)}, "is empty");
-  refused({fine, {1, 100000}}, {greedy(4), greedy(4)}, "outside the vocabulary");
-  refused({fine, std::vector<int32_t>(16, 1)}, {greedy(4), greedy(4)}, "context length");
   refused({fine}, {greedy(4), greedy(4)}, "need as many options");
+  GenerateOptions negative = greedy(4);
+  negative.max_tokens = -1;
+  refused({fine, fine}, {greedy(4), negative}, "max_tokens must be at least 0");
   EXPECT_TRUE(model->generate_rows({}, {}).empty());
   const std::vector<std::vector<int32_t>> one = {fine};
   const std::vector<GenerateOptions> three = {greedy(3)};
   EXPECT_EQ(model->generate_rows(one, three)[0].ids.size(), 3u);  // and the model goes on
+}
+
+// A prompt that cannot run fails its own row; the others run as they would alone. A
+// prompt that fills the context runs no step and ends as a stream of it ends.
+TEST(RowsTest, APromptThatCannotRunFailsItsRowAlone) {
+  auto model = load("qwen3-f32", 16);
+  const std::vector<int32_t> fine = {1, 2, 3}, full(16, 5);
+  const std::vector<std::vector<int32_t>> prompts = {{}, fine, {1, 100000}, std::vector<int32_t>(17, 1), full};
+  const std::vector<GenerateOptions> o(prompts.size(), greedy(4));
+  const std::vector<BatchResult> got = run_rows(*model, prompts, o);
+  EXPECT_FALSE(model->err()) << model->err_message();
+  const char* says[] = {"prompt 0 is empty", "", "prompt 2: token 100000 is outside the vocabulary",
+                        "prompt 3 has 17 tokens, more than the context length of 16", ""};
+  for (size_t r : {size_t(0), size_t(2), size_t(3)}) {
+    EXPECT_EQ(got[r].finish_reason, "error") << "row " << r;
+    EXPECT_TRUE(got[r].ids.empty()) << "row " << r;
+    EXPECT_NE(got[r].error.find(says[r]), std::string::npos) << "row " << r << ": " << got[r].error;
+  }
+  const Lone alone = lone(*model, fine, o[1]);
+  EXPECT_EQ(got[1].ids, alone.ids);
+  EXPECT_EQ(got[1].finish_reason, "length");
+  EXPECT_TRUE(got[1].error.empty());
+  const Lone filled = lone(*model, full, o[4]);
+  EXPECT_TRUE(got[4].ids.empty());
+  EXPECT_TRUE(filled.ids.empty());
+  EXPECT_EQ(got[4].finish_reason, "context_length");
+  EXPECT_EQ(filled.finish_reason, "context_length");
+
+  // Rows that all fail: no batch runs.
+  const std::vector<std::vector<int32_t>> bad = {{}, {-1}};
+  for (const BatchResult& b : model->generate_rows(bad, std::vector<GenerateOptions>(2, greedy(4))))
+    EXPECT_EQ(b.finish_reason, "error");
+  // The library's check, public for servers that refuse a request before its batch.
+  EXPECT_THROW(check_prompt(model->info(), std::vector<int32_t>(17, 1)), Error);
+  EXPECT_NO_THROW(check_prompt(model->info(), full));
 }
 
 TEST(RowsTest, CudaRowsKeepTheirOwnLimits) {

@@ -177,20 +177,13 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
   std::vector<std::shared_ptr<Job>> rows;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<GenerateOptions> options;
-  const ModelInfo& info = info_;
   for (const auto& job : jobs) {
     const openai::Request& r = job->request;
     try {
       std::vector<int32_t> ids = r.chat               ? model_.chat_ids(r.messages, r.options)
                                  : r.prompt_ids.empty() ? model_.tokenize(r.prompt)
                                                         : r.prompt_ids;
-      LMX_CHECK(!ids.empty(), "serve", "the prompt encodes to no tokens");
-      for (int32_t t : ids)
-        LMX_CHECK(t >= 0 && t < info.vocab_size, "serve", "prompt token ", t, " is outside the vocabulary of ",
-                  info.vocab_size);
-      LMX_CHECK(int64_t(ids.size()) < info.context_length, "serve", "the prompt has ", ids.size(),
-                " tokens, which leaves no room in the context length of ", info.context_length,
-                "; shorten it or raise the context length");
+      check_prompt(info_, ids);
       prompts.push_back(std::move(ids));
       options.push_back(r.options);
       rows.push_back(job);
@@ -209,6 +202,7 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
       m.prompt_tokens = int(prompts[i].size());
       m.generated_tokens = int(out[i].ids.size());
       m.finish_reason = out[i].finish_reason;
+      if (!out[i].error.empty()) rows[i]->error = openai::ApiError{400, out[i].error};
     }
   } catch (const OutOfMemory& e) {
     for (const auto& job : rows) job->error = openai::ApiError{503, e.what(), "server_error"};
