@@ -61,9 +61,9 @@ class Served {
   }
   int port() const { return port_; }
   // A client of the server that waits up to 2 minutes for a reply.
-  std::unique_ptr<httplib::Client> client() const {
-    auto c = std::make_unique<httplib::Client>("127.0.0.1", port_);
-    c->set_read_timeout(120);
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(120);
     return c;
   }
   std::string log() const { return read_all(log_); }
@@ -124,8 +124,7 @@ std::vector<json> events(httplib::Client& c, const std::string& path, const json
 TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
   Served server("'" + kModel.string() + "' --device cpu --max-tokens 9");
   ASSERT_GT(server.port(), 0) << server.log();
-  const auto c_owner = server.client();
-  httplib::Client& c = *c_owner;
+  httplib::Client c = server.client();
 
   auto model = cpu_model();
   const std::vector<Message> chat{{"system", "You are terse."}, {"user", "Tell me about cats."}};
@@ -220,8 +219,7 @@ TEST(ServeTest, RepliesAsTheLibraryDoesWholeAndStreamed) {
   const std::string want_b = model->generate("Blue sky", twenty).text();
   Reply a, b;
   std::thread other([&] {
-    const auto c2_owner = server.client();
-    httplib::Client& c2 = *c2_owner;
+    httplib::Client c2 = server.client();
     a = post(c2, "/v1/completions", json{{"prompt", "A dog"}, {"max_tokens", 200}, {"ignore_eos", true}}.dump());
   });
   b = post(c, "/v1/completions", json{{"prompt", "Blue sky"}, {"max_tokens", 20}, {"ignore_eos", true}}.dump());
@@ -263,8 +261,7 @@ void expect_chat_scores(const json& content, const std::vector<Token>& want, con
 TEST(ServeTest, LogprobsAreTheLibrarysScoresWholeAndStreamed) {
   Served server("'" + kModel.string() + "' --device cpu");
   ASSERT_GT(server.port(), 0) << server.log();
-  const auto c_owner = server.client();
-  httplib::Client& c = *c_owner;
+  httplib::Client c = server.client();
   auto model = cpu_model();
 
   // Chat, sampled (the scores stay the model's own), whole and streamed.
@@ -419,15 +416,13 @@ bool wait_for_load(httplib::Client& c, int running, int queued) {
 TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
   Served server("'" + kModel.string() + "' --device cpu --context 16384");
   ASSERT_GT(server.port(), 0) << server.log();
-  const auto c_owner = server.client();
-  httplib::Client& c = *c_owner;
+  httplib::Client c = server.client();
   auto model = cpu_model(16384);
 
   // A long stream holds the model until its client leaves; meanwhile five requests queue.
   std::atomic<bool> release{false};
   std::thread holder([&] {
-    const auto c0_owner = server.client();
-    httplib::Client& c0 = *c0_owner;
+    httplib::Client c0 = server.client();
     httplib::Request r;
     r.method = "POST";
     r.path = "/v1/completions";
@@ -476,8 +471,7 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
   std::vector<std::thread> clients;
   for (Ask& a : asks) {
     clients.emplace_back([&] {
-      const auto ci_owner = server.client();
-      httplib::Client& ci = *ci_owner;
+      httplib::Client ci = server.client();
       const std::string path = a.chat ? "/v1/chat/completions" : "/v1/completions";
       if (!a.body.contains("stream")) {
         a.reply = post(ci, path, a.body.dump());
@@ -521,8 +515,7 @@ TEST(ServeTest, BatchWaitGathersClientsThatStartTogether) {
   std::vector<Reply> replies(3);
   for (size_t i = 0; i < replies.size(); ++i)
     clients.emplace_back([&, i] {
-      const auto c_owner = server.client();
-      httplib::Client& c = *c_owner;
+      httplib::Client c = server.client();
       replies[i] = post(c, "/v1/completions", json{{"prompt", "Hi " + std::to_string(i)}, {"max_tokens", 5}}.dump());
     });
   for (std::thread& t : clients) t.join();
@@ -536,8 +529,7 @@ TEST(ServeTest, BatchWaitGathersClientsThatStartTogether) {
 TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
   ASSERT_GT(server.port(), 0) << server.log();
-  const auto c_owner = server.client();
-  httplib::Client& c = *c_owner;
+  httplib::Client c = server.client();
   const httplib::Headers key{{"Authorization", "Bearer sesame"}};
   const json hi = {{"role", "user"}, {"content", "hi"}};
 
