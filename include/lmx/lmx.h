@@ -199,6 +199,12 @@ class TextModel {
   // text is empty (a token alone may be part of a character: detokenize gives its bytes).
   // Throws lmx::Error for an id outside the vocabulary or ids past the context length.
   virtual std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs = 0) = 0;
+  // score_ids for many texts at once, as a harness's loglikelihood requests come: texts
+  // that fit a prefill pass together run as one forward pass, where each would take its
+  // own. out[i] is texts[i]'s scores. Throws lmx::Error, naming the text, for
+  // an empty text, an id outside the vocabulary or a text past the context length.
+  virtual std::vector<std::vector<Token>> score_batch(std::span<const std::vector<int32_t>> texts,
+                                                      int top_logprobs = 0) = 0;
   virtual std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens = true) const = 0;
   // The token ids chat() runs for `messages`: the model's chat template rendered with `o`'s
   // template variables (as HF's apply_chat_template) and encoded. Throws lmx::Error where

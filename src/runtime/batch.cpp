@@ -1,7 +1,6 @@
 // classify and batch_generate: many prompts through batched forward passes.
 #include <algorithm>
 #include <chrono>
-#include <numeric>
 
 #include "core/error.h"
 #include "ops/fast.h"
@@ -11,31 +10,6 @@
 
 namespace lmx::runtime {
 namespace {
-
-// Prompts per forward pass: bounded by tokens so that activations stay small.
-std::vector<std::pair<size_t, size_t>> chunks_by_tokens(const std::vector<std::vector<int32_t>>& ids,
-                                                        const std::vector<size_t>& order, size_t budget) {
-  std::vector<std::pair<size_t, size_t>> out;
-  size_t start = 0, longest = 0;
-  for (size_t i = 0; i < order.size(); ++i) {
-    longest = std::max(longest, ids[order[i]].size());
-    if (i > start && longest * (i - start + 1) > budget) {
-      out.emplace_back(start, i);
-      start = i;
-      longest = ids[order[i]].size();
-    }
-  }
-  if (start < order.size()) out.emplace_back(start, order.size());
-  return out;
-}
-
-std::vector<size_t> by_length(const std::vector<std::vector<int32_t>>& ids) {
-  // Similar lengths together waste little on padding.
-  std::vector<size_t> order(ids.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() < ids[b].size(); });
-  return order;
-}
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <numeric>
 
 #include "core/error.h"
 #include "ops/ops.h"
@@ -56,6 +57,29 @@ Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, 
     h = model.last_hidden_states(x, caches, &batch);
   }
   return h;  // [rows, H] of the last pass: each row's last position
+}
+
+std::vector<std::pair<size_t, size_t>> chunks_by_tokens(const std::vector<std::vector<int32_t>>& ids,
+                                                        const std::vector<size_t>& order, size_t budget) {
+  std::vector<std::pair<size_t, size_t>> out;
+  size_t start = 0, longest = 0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    longest = std::max(longest, ids[order[i]].size());
+    if (i > start && longest * (i - start + 1) > budget) {
+      out.emplace_back(start, i);
+      start = i;
+      longest = ids[order[i]].size();
+    }
+  }
+  if (start < order.size()) out.emplace_back(start, order.size());
+  return out;
+}
+
+std::vector<size_t> by_length(const std::vector<std::vector<int32_t>>& ids) {
+  std::vector<size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() < ids[b].size(); });
+  return order;
 }
 
 }  // namespace lmx::runtime

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <span>
 #include <vector>
 
@@ -40,5 +41,14 @@ nn::SequenceBatch padded_rows(std::span<const int64_t> pads, int64_t begin, int6
 Array prefill_rows(const models::CausalLM& model, std::span<const int32_t> ids, int64_t rows, int64_t len,
                    std::span<nn::LayerCache* const> caches, std::span<const int64_t> pads, Device device,
                    int64_t budget = prefill_tokens(), const std::function<bool()>& stop = {});
+
+// Prompts of a batch in an order that puts similar lengths together (they waste little on
+// padding): the indices of `ids`, shortest first, ties in their order.
+std::vector<size_t> by_length(const std::vector<std::vector<int32_t>>& ids);
+// The prompts `order` (by_length's) cut into forward passes, each [begin, end) of `order`,
+// whose padded size (rows x the longest) stays within `budget` tokens so that activations
+// stay small. A prompt longer than the budget has a pass of its own.
+std::vector<std::pair<size_t, size_t>> chunks_by_tokens(const std::vector<std::vector<int32_t>>& ids,
+                                                        const std::vector<size_t>& order, size_t budget);
 
 }  // namespace lmx::runtime

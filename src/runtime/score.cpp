@@ -1,5 +1,6 @@
-// score_ids: a text's own tokens scored under the model, each given those before it, as
-// evaluation harnesses ask for (OpenAI's echo with logprobs, loglikelihood tasks).
+// score_ids and score_batch: texts' own tokens scored under the model, each given those
+// before it, as evaluation harnesses ask for (OpenAI's echo with logprobs, loglikelihood
+// tasks).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,15 +13,41 @@
 
 namespace lmx::runtime {
 
+namespace {
+
+// out[i] scores targets[i] under h[i] [P, H], the final hidden state of the position
+// before it. The logits in pieces of 256 rows, so that [rows, V] in f32 stays small (Gemma
+// 3's 262K vocabulary: 268 MB a piece).
+void score_hidden(const models::CausalLM& model, const Array& h, std::span<const int32_t> targets, int top_logprobs,
+                  std::span<Token> out) {
+  constexpr int64_t kRows = 256;
+  const int64_t p = int64_t(targets.size()), vocab = model.spec().vocab_size;
+  for (int64_t r0 = 0; r0 < p; r0 += kRows) {
+    const int64_t rows = std::min(kRows, p - r0);
+    const std::vector<float> logits = to_floats(model.logits(slice_axis(h, 0, r0, r0 + rows)));  // [rows, V]
+    parallel_for(rows, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const std::span<const float> row(logits.data() + r * vocab, size_t(vocab));
+        const int32_t id = targets[size_t(r0 + r)];
+        const TokenLogprobs lp = log_probabilities(row, id, top_logprobs);
+        Token& t = out[size_t(r0 + r)];
+        t.id = id;
+        t.logprob = lp.chosen;
+        t.top_logprobs = lp.top;
+      }
+    });
+  }
+}
+
+}  // namespace
+
 std::vector<Token> score_tokens(const models::CausalLM& model, std::span<const int32_t> ids, int top_logprobs,
                                 Device device, int64_t budget) {
-  const int64_t n = int64_t(ids.size()), vocab = model.spec().vocab_size;
+  const int64_t n = int64_t(ids.size());
   if (n < 2) return {};
   std::vector<Token> out(static_cast<size_t>(n - 1));
-  // Positions in passes of `budget`, as a prompt's prefill runs, so that the
-  // activations stay bounded; each pass's logits in pieces of 256 rows, so that [rows, V]
-  // in f32 stays small (Gemma 3's 262K vocabulary: 268 MB a piece).
-  constexpr int64_t kRows = 256;
+  // Positions in passes of `budget`, as a prompt's prefill runs, so that the activations
+  // stay bounded.
   if (n > budget / 4) model.drop_fused_decoders();
   KVCache cache(model, /*rotate_sliding=*/true, n);
   for (int64_t begin = 0; begin < n - 1; begin += budget) {
@@ -28,44 +55,85 @@ std::vector<Token> score_tokens(const models::CausalLM& model, std::span<const i
     const std::vector<int32_t> piece(ids.begin() + begin, ids.begin() + end);
     const Array h = reshape(model.hidden_states(to_device(from_vector(piece, {1, len}), device), cache.layers()),
                             {len, -1});  // [len, H]
-    for (int64_t r0 = 0; r0 < len && begin + r0 < n - 1; r0 += kRows) {
-      const int64_t rows = std::min({kRows, len - r0, n - 1 - (begin + r0)});
-      const std::vector<float> logits = to_floats(model.logits(slice_axis(h, 0, r0, r0 + rows)));  // [rows, V]
-      parallel_for(rows, 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) {
-          const int64_t p = begin + r0 + r;  // position p's logits score the token at p + 1
-          const std::span<const float> row(logits.data() + r * vocab, size_t(vocab));
-          const TokenLogprobs lp = log_probabilities(row, ids[size_t(p + 1)], top_logprobs);
-          Token& t = out[size_t(p)];
-          t.id = ids[size_t(p + 1)];
-          t.logprob = lp.chosen;
-          t.top_logprobs = lp.top;
-        }
-      });
+    const int64_t scored = std::min(len, n - 1 - begin);  // position p's logits score the token at p + 1
+    score_hidden(model, slice_axis(h, 0, 0, scored), ids.subspan(size_t(begin + 1), size_t(scored)), top_logprobs,
+                 std::span<Token>(out).subspan(size_t(begin), size_t(scored)));
+  }
+  return out;
+}
+
+std::vector<std::vector<Token>> score_texts(const models::CausalLM& model,
+                                            const std::vector<std::vector<int32_t>>& texts, int top_logprobs,
+                                            Device device, int64_t budget) {
+  std::vector<std::vector<Token>> out(texts.size());
+  const std::vector<size_t> order = by_length(texts);
+  size_t total = 0;
+  for (const auto& t : texts) total += t.size();
+  if (int64_t(total) > budget / 4) model.drop_fused_decoders();  // as a prefill of as many tokens does
+  for (const auto& [b, e] : chunks_by_tokens(texts, order, size_t(budget))) {
+    if (e - b == 1) {  // alone, perhaps longer than a pass
+      out[order[b]] = score_tokens(model, texts[order[b]], top_logprobs, device, budget);
+      continue;
+    }
+    // Right padding, as classify runs prompts: with a causal mask, no real position sees the
+    // padding after it. Only the positions that score a token (all but each text's last)
+    // leave the last layer.
+    size_t longest = 0;
+    for (size_t i = b; i < e; ++i) longest = std::max(longest, texts[order[i]].size());
+    const int64_t rows = int64_t(e - b), l = int64_t(longest);
+    std::vector<int32_t> flat(size_t(rows * l), 0), at, targets;
+    for (int64_t r = 0; r < rows; ++r) {
+      const std::vector<int32_t>& t = texts[order[b + size_t(r)]];
+      std::copy(t.begin(), t.end(), flat.begin() + r * l);
+      for (size_t p = 0; p + 1 < t.size(); ++p) {
+        at.push_back(int32_t(r * l + int64_t(p)));
+        targets.push_back(t[p + 1]);
+      }
+    }
+    if (at.empty()) continue;  // texts of one token: nothing to score
+    const Array h = model.hidden_states(to_device(from_vector(flat, {rows, l}), device), {}, nullptr,
+                                        to_device(from_vector(at, {int64_t(at.size())}), device));  // [P, H]
+    std::vector<Token> scored(targets.size());
+    score_hidden(model, h, targets, top_logprobs, scored);
+    size_t next = 0;
+    for (size_t i = b; i < e; ++i) {
+      const size_t n = texts[order[i]].size() - 1;
+      out[order[i]].assign(scored.begin() + long(next), scored.begin() + long(next + n));
+      next += n;
     }
   }
   return out;
 }
 
 std::vector<Token> LocalTextModel::score_ids(std::span<const int32_t> ids, int top_logprobs) {
+  const std::vector<std::vector<int32_t>> one = {{ids.begin(), ids.end()}};
+  return std::move(score_batch(one, top_logprobs)[0]);
+}
+
+std::vector<std::vector<Token>> LocalTextModel::score_batch(std::span<const std::vector<int32_t>> texts,
+                                                            int top_logprobs) {
   end_open_stream();
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t n = int64_t(ids.size());
+  int total = 0;
   check_input([&] {
     LMX_CHECK(top_logprobs >= 0 && top_logprobs <= kMaxTopLogprobs, "score", "top_logprobs must be 0 to ",
               kMaxTopLogprobs, ", got ", top_logprobs);
-    check_prompt(ids, model_->spec().vocab_size, context_len_, "score", "the text");
+    for (size_t r = 0; r < texts.size(); ++r) {
+      check_prompt(texts[r], model_->spec().vocab_size, context_len_, "score",
+                   texts.size() == 1 ? std::string("the text") : detail::cat("text ", r));
+      total += int(texts[r].size());
+    }
   });
-  std::vector<Token> out;
+  std::vector<std::vector<Token>> out;
   try {
-    out = score_tokens(*model_, ids, top_logprobs, device_, prefill_tokens());
+    out = score_texts(*model_, {texts.begin(), texts.end()}, top_logprobs, device_, prefill_tokens());
   } catch (const OutOfMemory& e) {
     err_ = make_error_code(Errc::out_of_memory);
     err_message_ = e.what();
     throw;
   }
   GenerationTimings t;
-  t.prompt_tokens = int(n);
+  t.prompt_tokens = total;
   t.prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   record(t, FinishReason::max_tokens, {}, "");
   return out;

@@ -36,6 +36,7 @@ class LocalTextModel final : public TextModel {
                                          std::span<const GenerateOptions> options,
                                          const RowCallback& on_token) override;
   std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs) override;
+  std::vector<std::vector<Token>> score_batch(std::span<const std::vector<int32_t>> texts, int top_logprobs) override;
   std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens) const override;
   std::vector<int32_t> chat_ids(std::span<const Message> messages, const GenerateOptions& o) const override;
   std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens) const override;
@@ -109,6 +110,12 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
 // (TextModel::score_ids, which checks the ids first), the positions in passes of `budget`.
 std::vector<Token> score_tokens(const models::CausalLM& model, std::span<const int32_t> ids, int top_logprobs,
                                 Device device, int64_t budget);
+
+// score_tokens for each of `texts`, those that fit a pass of `budget` tokens together
+// (right-padded rows, as classify runs them); out[i] scores texts[i].
+std::vector<std::vector<Token>> score_texts(const models::CausalLM& model,
+                                            const std::vector<std::vector<int32_t>>& texts, int top_logprobs,
+                                            Device device, int64_t budget);
 
 // Fills TextModel metrics from a finished generation.
 GenerateMetrics make_metrics(const GenerationTimings& t, FinishReason r, Device device);

@@ -1,4 +1,4 @@
-// GenerateOptions::logprobs and TextModel::score_ids: each token's log-probability and the
+// GenerateOptions::logprobs and TextModel::score_ids / score_batch: each token's log-probability and the
 // most likely alternatives, against transformers' logits for the fixture models
 // (log-softmax taken here in double), across decode steps, and under sampling options
 // they must not see.
@@ -214,6 +214,67 @@ TEST(LogprobsTest, ScoreIdsMatchTransformersAtEveryPosition) {
       EXPECT_EQ(model->metrics().prompt_tokens, g.len);
     }
   }
+}
+
+// Texts of several lengths scored in one batch: each text's scores are transformers' at
+// its positions (a prefix of a golden row sees what the whole row sees there, under the
+// causal mask), whatever the padding its batch gave it.
+TEST(LogprobsTest, ScoreBatchMatchesTransformersForTextsOfManyLengths) {
+  for (const LoadOptions& lo : f32_loads()) {
+    for (const char* name : kF32Models) {
+      const Golden g = read_golden(name);
+      auto model = load_model(kModels / name, lo);
+      struct Text {
+        int64_t row, len;
+      };
+      const std::vector<Text> texts = {{0, g.len}, {1, 2}, {1, g.len - 3}, {0, 1}, {0, 5}, {1, g.len}};
+      std::vector<std::vector<int32_t>> ids;
+      for (const Text& t : texts)
+        ids.emplace_back(g.input_ids.begin() + t.row * g.len, g.input_ids.begin() + t.row * g.len + t.len);
+      const std::vector<std::vector<Token>> got = model->score_batch(ids, 3);
+      ASSERT_EQ(got.size(), texts.size());
+      for (size_t i = 0; i < texts.size(); ++i) {
+        ASSERT_EQ(got[i].size(), size_t(texts[i].len - 1)) << "text " << i;
+        for (int64_t p = 0; p + 1 < texts[i].len; ++p) {
+          const std::string at = std::string(name) + " on " + lo.backend + ", text " + std::to_string(i) +
+                                 ", token " + std::to_string(p + 1);
+          EXPECT_EQ(got[i][size_t(p)].id, ids[i][size_t(p + 1)]) << at;
+          const std::span<const float> hf(g.logits.data() + (texts[i].row * g.len + p) * g.vocab, size_t(g.vocab));
+          expect_scores(got[i][size_t(p)], log_softmax(hf), 3, tolerance(lo), at);
+        }
+      }
+      int64_t total = 0;
+      for (const Text& t : texts) total += t.len;
+      EXPECT_EQ(model->metrics().prompt_tokens, total);
+    }
+  }
+}
+
+TEST(LogprobsTest, ScoreBatchNamesTheTextItRefuses) {
+  LoadOptions lo;
+  lo.backend = "cpu";
+  lo.context_len = 8;
+  auto model = load_model(kModels / "qwen3-f32", lo);
+  const std::vector<std::vector<int32_t>> fine = {{1, 2}, {3, 4, 5}};
+  auto refused = [&](std::vector<int32_t> bad, const std::string& says) {
+    std::vector<std::vector<int32_t>> texts = fine;
+    texts.push_back(std::move(bad));
+    try {
+      model->score_batch(texts);
+      ADD_FAILURE() << "accepted; expected: " << says;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(model->err(), make_error_code(Errc::invalid_input));
+  };
+  refused({}, "text 2 is empty");
+  refused({1, 99999}, "text 2: token 99999 is outside the vocabulary");
+  refused(std::vector<int32_t>(9, 1), "text 2 has 9 tokens, more than the context length of 8");
+  EXPECT_TRUE(model->score_batch({}).empty());
+  const std::vector<std::vector<Token>> ok = model->score_batch(fine, 1);
+  EXPECT_EQ(ok[0].size(), 1u);
+  EXPECT_EQ(ok[1].size(), 2u);
+  EXPECT_FALSE(model->err());
 }
 
 TEST(LogprobsTest, ScoresInPassesAsInOne) {
