@@ -526,6 +526,51 @@ TEST(ServeTest, BatchWaitGathersClientsThatStartTogether) {
   EXPECT_EQ(server.stop(), 0);
 }
 
+// Requests that only score their prompts (echo, max_tokens 0), as a harness sends them all
+// at once, share one forward pass whatever their logprobs; one whose prompt cannot run is
+// refused alone.
+TEST(ServeTest, PromptsToScoreAreScoredTogether) {
+  Served server("'" + kModel.string() + "' --device cpu --max-batch 4 --batch-wait 9000");
+  ASSERT_GT(server.port(), 0) << server.log();
+  auto model = cpu_model();
+  struct Ask {
+    json prompt;
+    int top;
+    Reply reply;
+  };
+  std::vector<Ask> asks = {{"The cat sat on the mat", 0, {}},
+                           {json::array({5, 17, 42, 99, 7, 311, 12}), 3, {}},
+                           {"Blue", 1, {}},
+                           {json::array({1, 99999}), 2, {}}};
+  std::vector<std::thread> clients;
+  for (Ask& a : asks)
+    clients.emplace_back([&] {
+      httplib::Client c = server.client();
+      a.reply = post(c, "/v1/completions",
+                     json{{"prompt", a.prompt}, {"echo", true}, {"max_tokens", 0}, {"logprobs", a.top}}.dump());
+    });
+  for (std::thread& t : clients) t.join();
+  for (size_t i = 0; i + 1 < asks.size(); ++i) {
+    const Ask& a = asks[i];
+    ASSERT_EQ(a.reply.status, 200) << i << ": " << a.reply.body.dump();
+    const std::vector<int32_t> ids =
+        a.prompt.is_string() ? model->tokenize(a.prompt.get<std::string>()) : a.prompt.get<std::vector<int32_t>>();
+    const std::vector<Token> want = model->score_ids(ids, a.top);
+    const json& lp = a.reply.body["choices"][0]["logprobs"];
+    ASSERT_EQ(lp["tokens"].size(), ids.size()) << i;
+    EXPECT_EQ(a.reply.body["usage"]["prompt_tokens"], ids.size()) << i;
+    for (size_t p = 1; p < ids.size(); ++p) {
+      // Batched and alone, the same math over other shapes.
+      EXPECT_NEAR(lp["token_logprobs"][p].get<double>(), want[p - 1].logprob, 1e-4) << i << ", token " << p;
+      ASSERT_EQ(lp["top_logprobs"][p].size(), size_t(a.top)) << i << ", token " << p;
+    }
+  }
+  EXPECT_EQ(asks[3].reply.status, 400) << asks[3].reply.body.dump();
+  EXPECT_NE(asks[3].reply.body.dump().find("outside the vocabulary"), std::string::npos) << asks[3].reply.body.dump();
+  EXPECT_NE(server.log().find("lmx serve: 4 requests scored together"), std::string::npos) << server.log();
+  EXPECT_EQ(server.stop(), 0);
+}
+
 TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
   ASSERT_GT(server.port(), 0) << server.log();

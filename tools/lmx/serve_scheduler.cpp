@@ -7,6 +7,13 @@
 #include "core/error.h"
 
 namespace lmx::cli {
+namespace {
+
+// A request that only scores its prompt (echo with no new tokens), as evaluation harnesses
+// send their loglikelihood requests.
+bool scores_only(const openai::Request& r) { return r.echo && r.options.max_tokens == 0; }
+
+}  // namespace
 
 std::vector<Token> Job::wait(bool& done) {
   std::unique_lock lock(m_);
@@ -76,19 +83,22 @@ void Scheduler::loop() {
     std::vector<std::shared_ptr<Job>> jobs = take();
     if (jobs.empty()) return;  // stopping
     const auto t0 = std::chrono::steady_clock::now();
-    if (jobs.size() == 1)
+    const bool scores = scores_only(jobs[0]->request);
+    if (scores)
+      run_scores(jobs);
+    else if (jobs.size() == 1)
       run_alone(*jobs[0]);
     else
       run_batch(jobs);
     // A line a run: how many requests, from when (seconds since the server started), how
     // many tokens, how long, and which decode step.
     int tokens = 0;
-    for (const auto& job : jobs) tokens += job->metrics.generated_tokens;
+    for (const auto& job : jobs) tokens += scores ? job->metrics.prompt_tokens : job->metrics.generated_tokens;
     const std::string path = model_.metrics().decode_path;
     auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
-    std::fprintf(stderr, "lmx serve: %zu %s at +%.3f s (%s): %d tokens in %.3f s\n", jobs.size(),
-                 jobs.size() == 1 ? "request" : "requests decoded together", seconds(t0 - started_),
-                 path.empty() ? "no decode step" : path.c_str(), tokens,
+    const char* what = jobs.size() == 1 ? "request" : scores ? "requests scored together" : "requests decoded together";
+    std::fprintf(stderr, "lmx serve: %zu %s at +%.3f s (%s): %d tokens in %.3f s\n", jobs.size(), what,
+                 seconds(t0 - started_), path.empty() ? "no decode step" : path.c_str(), tokens,
                  seconds(std::chrono::steady_clock::now() - t0));
     for (const auto& job : jobs) job->finish();  // after the line: a client that reads the log finds it
     std::lock_guard lock(m_);
@@ -100,15 +110,23 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   std::unique_lock lock(m_);
   cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
   if (stopping_) return {};
-  // A request with logprobs or echo runs alone: its scores need each step's logits, which
-  // the batched step keeps on the device.
-  auto batchable = [](const Job& j) { return j.request.options.logprobs < 0 && !j.request.echo; };
+  // How a request may share its run: requests that only score their prompts (echo with no
+  // new tokens) share one forward pass whatever their options; requests that generate and
+  // draw alike share a batch, except those with logprobs or echo, whose scores need each
+  // step's logits, which the batched step keeps on the device: they run alone.
+  enum class Kind { alone, batch, score };
+  auto kind = [](const Job& j) {
+    const openai::Request& r = j.request;
+    if (scores_only(r)) return Kind::score;
+    return r.options.logprobs < 0 && !r.echo ? Kind::batch : Kind::alone;
+  };
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
+  const Kind first = kind(*jobs[0]);
   // Clients that start together reach the server a little apart: the first may wait for
   // the rest, rather than run alone while they queue behind it.
   running_ = jobs;
-  if (batchable(*jobs[0]) && max_batch_ > 1 && gather_.count() > 0) {
+  if (first != Kind::alone && max_batch_ > 1 && gather_.count() > 0) {
     cv_.wait_for(lock, gather_, [&] { return stopping_ || int(queue_.size()) + 1 >= max_batch_; });
     if (stopping_) {  // stop() refused the queue meanwhile; this one too
       jobs[0]->error = openai::ApiError{503, "the server is stopping", "server_error"};
@@ -116,9 +134,13 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
       return {};
     }
   }
-  if (batchable(*jobs[0])) {
+  auto joins = [&](const Job& j) {
+    return kind(j) == first &&
+           (first == Kind::score || draws_alike(j.request.options, jobs[0]->request.options));
+  };
+  if (first != Kind::alone) {
     for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
-      if (batchable(**it) && draws_alike((*it)->request.options, jobs[0]->request.options)) {
+      if (joins(**it)) {
         jobs.push_back(*it);
         it = queue_.erase(it);
       } else {
@@ -152,7 +174,11 @@ void Scheduler::run_alone(Job& job) {
     stream.reset();
     job.metrics = model_.metrics();
     job.error = stream_error();
-    if (!job.error && r.echo) echo(job);
+    if (!job.error && r.echo) {
+      Job* const one[] = {&job};
+      const std::vector<int32_t> ids[] = {prompt_ids(r)};
+      echo(one, ids);
+    }
   } catch (const Error& e) {  // the model's checks of the request: a bad template variable, a long prompt
     job.error = openai::ApiError{400, e.what()};
   } catch (const std::exception& e) {
@@ -160,15 +186,61 @@ void Scheduler::run_alone(Job& job) {
   }
 }
 
-void Scheduler::echo(Job& job) {
-  const openai::Request& r = job.request;
-  const std::vector<int32_t> ids = r.prompt_ids.empty() ? model_.tokenize(r.prompt) : r.prompt_ids;
-  job.echo_text = r.prompt_ids.empty() ? r.prompt : model_.detokenize(ids);
-  if (r.options.logprobs < 0) return;
-  job.echoed.resize(1);
-  job.echoed[0].id = ids.at(0);
-  job.echoed[0].logprob = std::numeric_limits<float>::quiet_NaN();  // nothing before it scores it
-  for (Token& t : model_.score_ids(ids, r.options.logprobs)) job.echoed.push_back(std::move(t));
+std::vector<int32_t> Scheduler::prompt_ids(const openai::Request& r) const {
+  return r.chat ? model_.chat_ids(r.messages, r.options) : r.prompt_ids.empty() ? model_.tokenize(r.prompt)
+                                                                                 : r.prompt_ids;
+}
+
+void Scheduler::echo(std::span<Job* const> jobs, std::span<const std::vector<int32_t>> ids) {
+  std::vector<Job*> scoring;
+  std::vector<std::vector<int32_t>> texts;
+  int top = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const openai::Request& r = jobs[i]->request;
+    jobs[i]->echo_text = r.prompt_ids.empty() ? r.prompt : model_.detokenize(ids[i]);
+    if (r.options.logprobs < 0) continue;
+    scoring.push_back(jobs[i]);
+    texts.push_back(ids[i]);
+    top = std::max(top, r.options.logprobs);
+  }
+  if (scoring.empty()) return;
+  // Scored together with the most alternatives any asks for: a shorter list is its head.
+  std::vector<std::vector<Token>> scores = model_.score_batch(texts, top);
+  for (size_t k = 0; k < scoring.size(); ++k) {
+    const size_t keep = size_t(scoring[k]->request.options.logprobs);
+    std::vector<Token>& echoed = scoring[k]->echoed;
+    echoed.resize(1);
+    echoed[0].id = texts[k].at(0);
+    echoed[0].logprob = std::numeric_limits<float>::quiet_NaN();  // nothing before it scores it
+    for (Token& t : scores[k]) {
+      if (t.top_logprobs.size() > keep) t.top_logprobs.resize(keep);
+      echoed.push_back(std::move(t));
+    }
+  }
+}
+
+void Scheduler::run_scores(std::vector<std::shared_ptr<Job>>& jobs) {
+  std::vector<Job*> rows;
+  std::vector<std::vector<int32_t>> ids;
+  for (const auto& job : jobs) {
+    try {
+      ids.push_back(prompt_ids(job->request));
+      check_prompt(info_, ids.back());
+      rows.push_back(job.get());
+      job->metrics.prompt_tokens = int(ids.back().size());
+      job->metrics.finish_reason = "length";  // max_tokens 0
+    } catch (const Error& e) {
+      ids.pop_back();
+      job->error = openai::ApiError{400, e.what()};
+    }
+  }
+  try {
+    echo(rows, ids);
+  } catch (const OutOfMemory& e) {
+    for (Job* job : rows) job->error = openai::ApiError{503, e.what(), "server_error"};
+  } catch (const std::exception& e) {
+    for (Job* job : rows) job->error = openai::ApiError{500, e.what(), "server_error"};
+  }
 }
 
 void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
@@ -180,9 +252,7 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
   for (const auto& job : jobs) {
     const openai::Request& r = job->request;
     try {
-      std::vector<int32_t> ids = r.chat               ? model_.chat_ids(r.messages, r.options)
-                                 : r.prompt_ids.empty() ? model_.tokenize(r.prompt)
-                                                        : r.prompt_ids;
+      std::vector<int32_t> ids = prompt_ids(r);
       check_prompt(info_, ids);
       prompts.push_back(std::move(ids));
       options.push_back(r.options);

@@ -2,7 +2,8 @@
 // scheduler's own runs them. A request runs alone (a Stream: the prompt cache, and on a GPU
 // the fused one-sequence step) or, when others wait that draw alike, together with them in
 // one batch (TextModel::generate_rows), which on a GPU decodes 2-8 sequences in about the
-// time of one. No HTTP here (cmd_serve.cpp); tokens go to each request's Job.
+// time of one. Requests that only score their prompts (echo with max_tokens 0, as
+// evaluation harnesses send them) are scored together (TextModel::score_batch). No HTTP here (cmd_serve.cpp); tokens go to each request's Job.
 #pragma once
 
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <stop_token>
 #include <thread>
 #include <vector>
@@ -72,7 +74,12 @@ class Scheduler {
   // Both leave finishing their jobs to loop() (a job refused before its batch finishes at once).
   void run_alone(Job& job);
   void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
-  void echo(Job& job);  // the prompt's text, and its scores where asked
+  // Requests that only score their prompts (echo, max_tokens 0), in one TextModel::score_batch.
+  void run_scores(std::vector<std::shared_ptr<Job>>& jobs);
+  // "echo": each job's prompt text (ids[i] its tokens), and where asked its tokens' scores,
+  // the prompts scored together.
+  void echo(std::span<Job* const> jobs, std::span<const std::vector<int32_t>> ids);
+  std::vector<int32_t> prompt_ids(const openai::Request& r) const;  // the ids the request runs
   // The model's reason for ending a stream early, as the HTTP error it is; none for a
   // normal end or a client that left.
   std::optional<openai::ApiError> stream_error() const;
