@@ -571,6 +571,44 @@ TEST(ServeTest, PromptsToScoreAreScoredTogether) {
   EXPECT_EQ(server.stop(), 0);
 }
 
+// OpenAI's batch form: "prompt" a list of texts or id lists, a choice each, decoded in one
+// batch; a prompt the model refuses fails the request.
+TEST(ServeTest, AListOfPromptsIsAChoiceEachDecodedTogether) {
+  Served server("'" + kModel.string() + "' --device cpu");
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c = server.client();
+  auto model = cpu_model();
+  GenerateOptions o;
+  o.max_tokens = 6;
+  o.ignore_eos = true;
+  const std::vector<int32_t> ids = {5, 17, 42};
+  const std::string want[] = {model->generate("The cat", o).text(), model->generate_ids(ids, o).text(),
+                              model->generate("Blue", o).text()};
+  const int prompt_tokens = int(model->tokenize("The cat").size() + ids.size() + model->tokenize("Blue").size());
+  const Reply r = post(c, "/v1/completions",
+                       json{{"prompt", {json("The cat"), json(ids), json("Blue")}}, {"max_tokens", 6},
+                            {"ignore_eos", true}}.dump());
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  ASSERT_EQ(r.body["choices"].size(), 3u) << r.body.dump();
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(r.body["choices"][i]["index"], i);
+    EXPECT_EQ(r.body["choices"][i]["text"], want[i]) << i;
+    EXPECT_EQ(r.body["choices"][i]["finish_reason"], "length") << i;
+  }
+  EXPECT_EQ(r.body["usage"]["completion_tokens"], 18);
+  EXPECT_EQ(r.body["usage"]["prompt_tokens"], prompt_tokens);
+  EXPECT_NE(server.log().find("lmx serve: 3 requests decoded together"), std::string::npos) << server.log();
+
+  const Reply bad = post(c, "/v1/completions", json{{"prompt", {json("The cat"), json({1, 99999})}}}.dump());
+  EXPECT_EQ(bad.status, 400) << bad.body.dump();
+  EXPECT_NE(bad.body.dump().find("outside the vocabulary"), std::string::npos) << bad.body.dump();
+  // A list of one is the prompt alone.
+  const Reply one = post(c, "/v1/completions", json{{"prompt", {"Blue"}}, {"max_tokens", 6}, {"ignore_eos", true}}.dump());
+  ASSERT_EQ(one.status, 200) << one.body.dump();
+  EXPECT_EQ(one.body["choices"][0]["text"], want[2]);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
 TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
   ASSERT_GT(server.port(), 0) << server.log();
@@ -603,7 +641,9 @@ TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
       {"/v1/chat/completions", json{{"messages", {hi}}, {"logprobs", true}, {"top_logprobs", 21}}.dump(), 400,
        "top_logprobs", "must be in [0, 20]"},
       {"/v1/completions", json{{"prompt", "x"}, {"logprobs", true}}.dump(), 400, "logprobs", "must be an integer"},
-      {"/v1/completions", json{{"prompt", 5}}.dump(), 400, "prompt", "must be a string"},
+      {"/v1/completions", json{{"prompt", 5}}.dump(), 400, "prompt", "must be a text"},
+      {"/v1/completions", json{{"prompt", {"a", 5}}}.dump(), 400, "prompt", "must be a text"},
+      {"/v1/completions", json{{"prompt", {"a", "b"}}, {"stream", true}}.dump(), 400, "prompt", "takes one prompt"},
       {"/v1/completions", json{{"prompt", {1, 99999}}}.dump(), 400, "", "outside the vocabulary"},
       {"/v1/completions", json{{"prompt", "x"}, {"echo", true}, {"stream", true}}.dump(), 400, "echo",
        "whole replies only"},

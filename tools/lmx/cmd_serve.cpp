@@ -79,14 +79,17 @@ class Service {
 
   void answer(const httplib::Request& req, httplib::Response& res, bool chat) {
     try {
-      const std::shared_ptr<Job> job = scheduler_.submit(openai::parse_request(req.body, chat, defaults_));
+      // A request with a list of prompts is a job a prompt: they queue together, and the
+      // scheduler runs them as one batch where they may share one.
+      const std::vector<std::shared_ptr<Job>> jobs = scheduler_.submit(openai::parse_request(req.body, chat, defaults_));
       const openai::Envelope env = envelope(chat);
-      // The first tokens (or the end) before the reply starts, so that a prompt the model
-      // refuses is an HTTP error, not an error inside a stream that began well.
-      bool done = false;
-      std::vector<Token> tokens = job->wait(done);
-      if (tokens.empty() && job->error) throw *job->error;
-      if (job->request.stream) {
+      if (jobs.size() == 1 && jobs[0]->request.stream) {
+        const std::shared_ptr<Job> job = jobs[0];
+        // The first tokens (or the end) before the reply starts, so that a prompt the model
+        // refuses is an HTTP error, not an error inside a stream that began well.
+        bool done = false;
+        std::vector<Token> tokens = job->wait(done);
+        if (tokens.empty() && job->error) throw *job->error;
         res.set_chunked_content_provider(
             "text/event-stream",
             [this, job, env, first = std::move(tokens), done](size_t, httplib::DataSink& sink) {
@@ -99,29 +102,45 @@ class Service {
             });
         return;
       }
-      while (!done)
-        for (Token& t : job->wait(done)) tokens.push_back(std::move(t));
-      if (job->error) throw *job->error;
-      std::string text = job->echo_text;
-      for (const Token& t : tokens) text += t.text;
-      json scores = nullptr;
-      int64_t offset = 0;
-      if (job->request.options.logprobs >= 0) {
-        if (job->request.echo) scores = openai::logprobs(false, job->echoed, piece_, offset);
-        const json generated = openai::logprobs(chat, listed(tokens, job->metrics), piece_, offset);
-        if (scores.is_null()) {
-          scores = generated;
-        } else {  // after the prompt's, list by list
-          for (const auto& [key, values] : generated.items())
-            scores[key].insert(scores[key].end(), values.begin(), values.end());
+      std::vector<openai::Choice> choices;
+      for (const auto& job : jobs) {
+        try {
+          choices.push_back(whole(*job));
+        } catch (...) {  // one prompt failed: the reply is its error, and the others end
+          for (const auto& other : jobs) other->leave();
+          throw;
         }
       }
-      send_json(res, 200, openai::completion(env, chat, text, job->metrics, scores));
+      send_json(res, 200, openai::completion(env, chat, choices));
     } catch (const openai::ApiError& e) {
       send_json(res, e.status, openai::error_body(e));
     } catch (const std::exception& e) {
       send_json(res, 500, openai::error_body({500, std::string("internal error: ") + e.what(), "server_error"}));
     }
+  }
+
+  // A job's whole reply: its text (after the prompt's, with echo) and scores, once it ends.
+  // Throws its error.
+  openai::Choice whole(Job& job) {
+    std::vector<Token> tokens;
+    for (bool done = false; !done;)
+      for (Token& t : job.wait(done)) tokens.push_back(std::move(t));
+    if (job.error) throw *job.error;
+    const bool chat = job.request.chat;
+    openai::Choice c{job.echo_text, job.metrics};
+    for (const Token& t : tokens) c.text += t.text;
+    int64_t offset = 0;
+    if (job.request.options.logprobs >= 0) {
+      if (job.request.echo) c.scores = openai::logprobs(false, job.echoed, piece_, offset);
+      const json generated = openai::logprobs(chat, listed(tokens, job.metrics), piece_, offset);
+      if (c.scores.is_null()) {
+        c.scores = generated;
+      } else {  // after the prompt's, list by list
+        for (const auto& [key, values] : generated.items())
+          c.scores[key].insert(c.scores[key].end(), values.begin(), values.end());
+      }
+    }
+    return c;
   }
 
   // The events of one streamed reply: the role (chat), a delta per piece of text, the

@@ -61,6 +61,28 @@ std::string content_text(const json& content, const std::string& param) {
   return text;
 }
 
+bool all_ids(const json& v) {
+  return std::all_of(v.begin(), v.end(), [](const json& id) { return id.is_number_integer() && id.get<int64_t>() >= 0; });
+}
+
+struct Prompt {
+  std::string text;
+  std::vector<int32_t> ids;  // where not empty, in place of the text
+};
+
+// One completions prompt: a text, or a list of token ids (as vLLM reads one).
+Prompt prompt_of(const json& p) {
+  Prompt out;
+  if (p.is_string()) {
+    out.text = p.get<std::string>();
+  } else if (p.is_array() && !p.empty() && all_ids(p)) {
+    for (const json& id : p) out.ids.push_back(int32_t(std::min<int64_t>(id.get<int64_t>(), INT32_MAX)));
+  } else {
+    refuse("prompt", "'prompt' must be a text, a list of token ids, or a list of either (one choice each)");
+  }
+  return out;
+}
+
 std::vector<Message> messages_of(const json& body) {
   const auto it = body.find("messages");
   if (it == body.end() || !it->is_array() || it->empty())
@@ -192,7 +214,7 @@ json error_body(const ApiError& e) {
             {"code", nullptr}}}};
 }
 
-Request parse_request(const std::string& text, bool chat, const GenerateOptions& defaults) {
+std::vector<Request> parse_request(const std::string& text, bool chat, const GenerateOptions& defaults) {
   json body;
   try {
     body = json::parse(text);
@@ -214,19 +236,18 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
 
   Request r;
   r.chat = chat;
+  // Completions' prompts: a text, a list of ids, or (OpenAI's batch form) a list of either,
+  // each its own choice.
+  std::vector<Prompt> prompts;
   if (chat) {
     r.messages = messages_of(body);
   } else {
     const auto it = body.find("prompt");
-    const auto is_id = [](const json& v) { return v.is_number_integer() && v.get<int64_t>() >= 0; };
-    if (it != body.end() && it->is_array() && it->size() == 1 && (*it)[0].is_string())
-      r.prompt = (*it)[0].get<std::string>();
-    else if (it != body.end() && it->is_string())
-      r.prompt = it->get<std::string>();
-    else if (it != body.end() && it->is_array() && !it->empty() && std::all_of(it->begin(), it->end(), is_id))
-      for (const json& id : *it) r.prompt_ids.push_back(int32_t(std::min<int64_t>(id.get<int64_t>(), INT32_MAX)));
-    else
-      refuse("prompt", "'prompt' must be a string or a list of token ids (one prompt a request)");
+    if (it != body.end() && it->is_array() && !it->empty() && !all_ids(*it)) {
+      for (const json& p : *it) prompts.push_back(prompt_of(p));
+    } else {
+      prompts.push_back(prompt_of(it == body.end() ? json(nullptr) : *it));
+    }
   }
   GenerateOptions& o = r.options;
   o = defaults;
@@ -258,7 +279,15 @@ Request parse_request(const std::string& text, bool chat, const GenerateOptions&
     if (!it->is_object()) refuse("stream_options", "'stream_options' must be an object");
     r.include_usage = flag(*it, "include_usage", false);
   }
-  return r;
+  if (chat) return {r};
+  if (r.stream && prompts.size() > 1)
+    refuse("prompt", "a streamed request takes one prompt; send a list of prompts without \"stream\": true");
+  std::vector<Request> out(prompts.size(), r);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    out[i].prompt = std::move(prompts[i].text);
+    out[i].prompt_ids = std::move(prompts[i].ids);
+  }
+  return out;
 }
 
 std::string finish_reason(const std::string& lmx_reason) {
@@ -271,19 +300,26 @@ json usage(const GenerateMetrics& m) {
           {"total_tokens", m.prompt_tokens + m.generated_tokens}};
 }
 
-json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m,
-               const json& scores) {
-  json choice = {{"index", 0}, {"logprobs", scores}, {"finish_reason", finish_reason(m.finish_reason)}};
-  if (chat)
-    choice["message"] = {{"role", "assistant"}, {"content", text}};
-  else
-    choice["text"] = text;
+json completion(const Envelope& env, bool chat, std::span<const Choice> choices) {
+  json listed = json::array();
+  GenerateMetrics total;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const Choice& c = choices[i];
+    json choice = {{"index", i}, {"logprobs", c.scores}, {"finish_reason", finish_reason(c.metrics.finish_reason)}};
+    if (chat)
+      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    else
+      choice["text"] = c.text;
+    listed.push_back(std::move(choice));
+    total.prompt_tokens += c.metrics.prompt_tokens;
+    total.generated_tokens += c.metrics.generated_tokens;
+  }
   return {{"id", env.id},
           {"object", chat ? "chat.completion" : "text_completion"},
           {"created", env.created},
           {"model", env.model},
-          {"choices", json::array({choice})},
-          {"usage", usage(m)}};
+          {"choices", std::move(listed)},
+          {"usage", usage(total)}};
 }
 
 json chunk(const Envelope& env, bool chat, const json& delta, const std::string& reason, const json& scores) {

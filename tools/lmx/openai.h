@@ -2,13 +2,14 @@
 // messages and options, and replies written in OpenAI's shapes. No HTTP here (cmd_serve.cpp).
 //
 // Read, as OpenAI documents them: model, messages (text content, as a string or text parts),
-// prompt (text, or a list of token ids), max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
+// prompt (text, a list of token ids, or a list of either: one choice each), max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
 // presence_penalty, frequency_penalty, logit_bias, logprobs (chat: with top_logprobs), n
 // (1 only), echo (completions, whole replies; with max_tokens 0 it scores the prompt
 // alone), stream and stream_options.include_usage. Also, as vLLM and llama.cpp's server
 // read them: top_k, min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat
 // template's variables, e.g. {"enable_thinking": false}). Anything the server cannot
-// honour (tools, n > 1, a streamed echo, a JSON response format) is refused with a 400
+// honour (tools, n > 1, a streamed echo, a streamed list of prompts, a JSON response
+// format) is refused with a 400
 // that says so, rather than ignored.
 #pragma once
 
@@ -41,9 +42,12 @@ struct Request {
   bool echo = false;  // completions: the prompt leads the text, and its tokens the scores
 };
 
-// The request's JSON body, over the server's defaults (its command line's flags). Throws
-// ApiError for malformed JSON, wrong types, out-of-range values and unsupported fields.
-Request parse_request(const std::string& body, bool chat, const GenerateOptions& defaults);
+// The request's JSON body, over the server's defaults (its command line's flags): one
+// Request a prompt. A chat request has one; a completions request one a prompt of its list
+// (OpenAI's batch form: "prompt" a list of texts or of id lists, each its own choice), alike
+// but for the prompt. Throws ApiError for malformed JSON, wrong types, out-of-range values
+// and unsupported fields.
+std::vector<Request> parse_request(const std::string& body, bool chat, const GenerateOptions& defaults);
 
 // OpenAI's finish_reason for the generator's: "stop" (an end-of-sequence token, a stop token
 // or a stop string) or "length" (max_tokens or the context's end).
@@ -63,9 +67,16 @@ nlohmann::json usage(const GenerateMetrics& m);
 // token, advances past them (completions' text_offset).
 nlohmann::json logprobs(bool chat, std::span<const Token> tokens, const std::function<std::string(int32_t)>& piece,
                         int64_t& offset);
-// A whole reply: chat.completion or text_completion; `scores` is its "logprobs" (null: not asked).
-nlohmann::json completion(const Envelope& env, bool chat, const std::string& text, const GenerateMetrics& m,
-                          const nlohmann::json& scores = nullptr);
+// One choice of a whole reply: its text, its usage and finish reason, and its "logprobs"
+// (null: not asked).
+struct Choice {
+  std::string text;
+  GenerateMetrics metrics;
+  nlohmann::json scores = nullptr;
+};
+// A whole reply: chat.completion or text_completion, the choices in order (index 0 on),
+// their usage summed.
+nlohmann::json completion(const Envelope& env, bool chat, std::span<const Choice> choices);
 // One streamed event: chat.completion.chunk or text_completion. `delta` is the new text
 // (chat: the first chunk carries the role); `reason` is empty until the last; `scores`, the
 // logprobs of the tokens that made the delta.

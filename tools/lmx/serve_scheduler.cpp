@@ -47,15 +47,16 @@ Scheduler::~Scheduler() {
   thread_.join();
 }
 
-std::shared_ptr<Job> Scheduler::submit(openai::Request request) {
-  auto job = std::make_shared<Job>(std::move(request));
+std::vector<std::shared_ptr<Job>> Scheduler::submit(std::vector<openai::Request> requests) {
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (openai::Request& r : requests) jobs.push_back(std::make_shared<Job>(std::move(r)));
   {
     std::lock_guard lock(m_);
     if (stopping_) throw openai::ApiError{503, "the server is stopping", "server_error"};
-    queue_.push_back(job);
+    queue_.insert(queue_.end(), jobs.begin(), jobs.end());
   }
   cv_.notify_all();
-  return job;
+  return jobs;
 }
 
 void Scheduler::stop() {

@@ -58,8 +58,9 @@ class Scheduler {
   // that finds the model idle waits up to `gather` for others to share its batch.
   Scheduler(TextModel& model, int max_batch, std::chrono::milliseconds gather = {});
   ~Scheduler();  // stop(), then waits for the thread
-  // Queues a request; throws openai::ApiError (503) once the server is stopping.
-  std::shared_ptr<Job> submit(openai::Request request);
+  // Queues requests (a reply's prompts) together, so that they may share a batch; throws
+  // openai::ApiError (503) once the server is stopping.
+  std::vector<std::shared_ptr<Job>> submit(std::vector<openai::Request> requests);
   // Ends the generations under way within a decode step and refuses the queued ones.
   void stop();
   struct Load {
