@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
+#include "fixture_copy.h"
 #include "io/safetensors.h"
 #include "lmx/lmx.h"
 #include "models/loader.h"
@@ -275,6 +277,25 @@ TEST(LogprobsTest, ScoreBatchNamesTheTextItRefuses) {
   EXPECT_EQ(ok[0].size(), 1u);
   EXPECT_EQ(ok[1].size(), 2u);
   EXPECT_FALSE(model->err());
+}
+
+// NaN logits count as impossible, in scores as in a generation's logprobs: a model whose
+// logits are all NaN scores every token -inf, with no alternatives.
+TEST(LogprobsTest, NaNLogitsScoreAsImpossible) {
+  const test::FixtureCopy copy("qwen3-f32", "logprobs_nan");
+  copy.fill_nan("model.norm.weight");
+  for (LoadOptions lo : f32_loads()) {
+    auto model = load_model(copy.dir(), lo);
+    const std::vector<std::vector<int32_t>> texts = {{1, 2, 3}, {4, 5}};
+    const std::vector<std::vector<Token>> got = model->score_batch(texts, 2);
+    for (size_t i = 0; i < texts.size(); ++i) {
+      ASSERT_EQ(got[i].size(), texts[i].size() - 1);
+      for (const Token& t : got[i]) {
+        EXPECT_EQ(t.logprob, -std::numeric_limits<float>::infinity()) << lo.backend;
+        EXPECT_TRUE(t.top_logprobs.empty()) << lo.backend;
+      }
+    }
+  }
 }
 
 TEST(LogprobsTest, ScoresInPassesAsInOne) {
