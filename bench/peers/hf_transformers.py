@@ -165,6 +165,10 @@ def main():
     ap.add_argument("--decode", action="store_true")
     ap.add_argument("--classify", action="store_true")
     ap.add_argument("--prefill", action="store_true")
+    ap.add_argument("--score", action="store_true",
+                    help="--prompts texts of --prompt-len tokens: every token's log-probability, "
+                         "--score-batch texts a forward pass")
+    ap.add_argument("--score-batch", type=int, default=32)
     ap.add_argument("--batch", type=int, nargs="*", default=[1])
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=256)
@@ -250,6 +254,23 @@ def main():
             jobs.append(({"workload": "classify", "batch": args.prompts, "prompt_len": args.classify_len, "peer": peer},
                          lambda: {"peer_prompts_per_s": args.prompts / timed(classify_once, args.warmup, args.repeat)},
                          [classify_once]))
+        if args.score:
+            ids = torch.randint(0, vocab, (args.prompts, args.prompt_len), device=dev, generator=g)
+
+            def score_once(ids=ids):
+                # As an evaluation harness scores loglikelihoods: the log-softmax over the
+                # vocabulary in float at every position, each next token's entry kept.
+                picks = []
+                for i in range(0, args.prompts, args.score_batch):
+                    batch = ids[i:i + args.score_batch]
+                    logp = torch.log_softmax(model(batch).logits[:, :-1].float(), dim=-1)
+                    picks.append(logp.gather(-1, batch[:, 1:, None])[..., 0])
+                torch.cat(picks).cpu()
+            jobs.append(({"workload": "score", "batch": args.prompts, "prompt_len": args.prompt_len, "peer": peer,
+                          "peer_score_batch": args.score_batch},
+                         lambda: {"peer_tok_per_s": args.prompts * args.prompt_len
+                                  / timed(score_once, args.warmup, args.repeat)},
+                         [score_once]))
         if args.prefill:
             ids = torch.randint(0, vocab, (1, args.prefill_len), device=dev, generator=g)
 

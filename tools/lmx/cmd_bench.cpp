@@ -20,6 +20,7 @@
 #include "runtime/generator.h"
 #include "runtime/kv_cache.h"
 #include "runtime/prefill.h"
+#include "runtime/text_model.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -29,7 +30,8 @@ namespace {
 
 struct BenchArgs {
   std::string dir, device, dtype;  // device "": cuda where a GPU is visible, else cpu
-  bool decode = false, classify = false, prefill = false, json = false, plain = false, deterministic = false;
+  bool decode = false, classify = false, prefill = false, score = false, json = false, plain = false;
+  bool deterministic = false;
   bool lora = false, grad_checkpoint = false;
   int lora_rank = 8;
   double lora_dropout = 0;
@@ -122,7 +124,7 @@ void run_bench(const BenchArgs& a) {
   const int64_t vocab = model->spec().vocab_size;
   const Device dev = o.device;
   nlohmann::json results = nlohmann::json::array();
-  const bool all = !a.decode && !a.classify && !a.prefill && !a.lora;
+  const bool all = !a.decode && !a.classify && !a.prefill && !a.score && !a.lora;
   Allocator& alloc = allocator_for(dev);
 
   if (a.decode || all) {
@@ -267,6 +269,23 @@ void run_bench(const BenchArgs& a) {
                 {"lmx_prompts_per_s", a.prompts / s}, {"peak_mem_bytes", alloc.stats().peak}});
     results.push_back(row);
   }
+  if (a.score) {
+    // As evaluation harnesses score texts (TextModel::score_batch): every token's
+    // log-probability given those before it, the texts in shared forward passes.
+    const std::vector<int32_t> flat = to_vector<int32_t>(random_ids(a.prompts, a.prompt_len, vocab, 5, Device::cpu()));
+    std::vector<std::vector<int32_t>> texts;
+    for (int64_t i = 0; i < a.prompts; ++i)
+      texts.emplace_back(flat.begin() + i * a.prompt_len, flat.begin() + (i + 1) * a.prompt_len);
+    alloc.reset_peak();
+    nlohmann::json row = nlohmann::json::object();
+    const double s = median_seconds(dev, a.warmup, a.repeat, row, [&] {
+      (void)runtime::score_texts(*model, texts, 0, dev, runtime::prefill_tokens());  // scores on the host
+    });
+    row.update({{"workload", "score"}, {"batch", a.prompts}, {"prompt_len", a.prompt_len},
+                {"lmx_tok_per_s", double(a.prompts) * a.prompt_len / s}, {"lmx_prompts_per_s", a.prompts / s},
+                {"peak_mem_bytes", alloc.stats().peak}});
+    results.push_back(row);
+  }
   if (a.lora) {
     // Adapters of rank r (alpha 2r) on every projection, B random so that every product of
     // the backward pass is a real one; the last workload, since it changes the model.
@@ -350,6 +369,9 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--prefill", a->prefill, "One prompt of --prompt-len tokens");
   cmd->add_flag("--classify", a->classify, "--prompts prompts of --prompt-len tokens, last-position logits");
+  cmd->add_flag("--score", a->score,
+                "--prompts texts of --prompt-len tokens, every token's log-probability (score_batch, as "
+                "evaluation harnesses ask)");
   cmd->add_flag("--lora", a->lora,
                 "LoRA training steps (forward, backward, AdamW) on --batch rows of --prompt-len tokens, "
                 "adapters on every projection; tok/s counts the rows' tokens");
@@ -361,7 +383,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--batch", a->batch, "Decode (and --lora) batch sizes (repeatable)")->capture_default_str();
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt length")->capture_default_str();
   cmd->add_option("--gen-len", a->gen_len, "Tokens to generate")->capture_default_str();
-  cmd->add_option("--prompts", a->prompts, "Prompts for --classify")->capture_default_str();
+  cmd->add_option("--prompts", a->prompts, "Prompts for --classify, texts for --score")->capture_default_str();
   cmd->add_option("--chunk", a->chunk, "Prompts per forward pass in --classify (the last pass may be shorter)")
       ->capture_default_str();
   cmd->add_option("--warmup", a->warmup, "Untimed runs first")->capture_default_str();
@@ -369,9 +391,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", a->json, "Print JSON");
   cmd->add_flag("--plain", a->plain, "Decode through the plain ops even where a fused decode step exists");
   cmd->footer(
-      "With none of --decode/--prefill/--classify, all three run. Each workload is timed after\n"
-      "--warmup runs (CUDA: with events on the device's stream; CPU: with the host clock around\n"
-      "each run); the median is reported. On a GPU with NVML each row also gives the SM clock\n"
+      "With none of --decode/--prefill/--classify/--score/--lora, the first three run. Each\n"
+      "workload is timed after --warmup runs (CUDA: with events on the device's stream; CPU:\n"
+      "with the host clock around each run); the median is reported. On a GPU with NVML each row also gives the SM clock\n"
       "and power over its timed runs (sm_clock_mhz, sm_clock_min_mhz, power_w): a GPU at its\n"
       "power cap runs below its top clock, which is why one build measures differently from one\n"
       "machine to the next.\n"
