@@ -34,7 +34,12 @@ void score_hidden(const models::CausalLM& model, const Array& h, std::span<const
     const std::vector<float> chosen = to_floats(take_along_axis(logits, ids, -1));        // [rows, 1]
     std::vector<float> top_values;   // [rows, top]
     std::vector<int32_t> top_ids;    // [rows, top]
-    if (top_logprobs > 0) {
+    if (top_logprobs == 1) {  // as harnesses ask, to tell whether the text is the greedy one
+      // A reduction, where topk sorts each row: 256 rows of 152K took most of a piece's time.
+      const Array best = argmax(logits, -1);  // [rows]; the lower id of a tie, as topk's
+      top_ids = to_vector<int32_t>(best);
+      top_values = to_floats(take_along_axis(logits, reshape(best, {rows, 1}), -1));
+    } else if (top_logprobs > 1) {
       const auto [values, indices] = topk(logits, top_logprobs);
       top_values = to_floats(values);
       top_ids = to_vector<int32_t>(indices);
