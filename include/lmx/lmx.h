@@ -62,11 +62,11 @@ struct GenerateOptions {
   // Extra chat-template variables as JSON text, e.g. {"enable_thinking", "false"}.
   std::vector<std::pair<std::string, std::string>> template_vars;
   bool return_logits = false;              // classify(): keep the full last-position logits
-  // Streams: each Token's logprob, and this many top_logprobs (0 to kMaxTopLogprobs);
-  // -1 = off. They are the model's own distribution, before penalties, bias, temperature
-  // and filters (as vLLM's default), so that they score text whatever the draw. Each
-  // step's logits then come back to the host (on a GPU: the plain decode step, not the
-  // fused one).
+  // Streams and generate_rows: each Token's logprob, and this many top_logprobs (0 to
+  // kMaxTopLogprobs); -1 = off. They are the model's own distribution, before penalties,
+  // bias, temperature and filters (as vLLM's default), so that they score text whatever the
+  // draw. On a GPU they take the plain decode step, not the fused one, which keeps each
+  // step's logits on the device (in a batch, every row takes it).
   int logprobs = -1;
 };
 
@@ -183,8 +183,8 @@ class TextModel {
   // come, text as a Stream gives it (stop strings held back), and returning false ends that
   // row ("cancelled"). The rows' draws must agree (temperature, top-k, top-p, min-p,
   // penalties, logit bias); their seeds, lengths, stop conditions and templates' text may
-  // differ. Throws lmx::Error for rows that do not agree or ask for logprobs (streams give
-  // them). A prompt that cannot run (empty, an id outside the vocabulary, past the context:
+  // differ, and so may their logprobs (each Token then carries its scores). Throws
+  // lmx::Error for rows that do not agree. A prompt that cannot run (empty, an id outside the vocabulary, past the context:
   // check_prompt) fails its row alone: finish_reason "error" and BatchResult::error, and
   // the other rows run. Returns each row's ids, text and finish reason ("eos",
   // "stop_token", "stop_string", "length", "context_length", "cancelled" or "error").

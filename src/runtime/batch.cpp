@@ -125,7 +125,8 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
               options.size());
     for (size_t r = 0; r < options.size(); ++r) {
       const GenerateOptions& o = options[r];
-      LMX_CHECK(o.logprobs < 0, "generate_rows", "row ", r, " asks for logprobs, which streams give (generate)");
+      LMX_CHECK(o.logprobs >= -1 && o.logprobs <= kMaxTopLogprobs, "generate_rows", "row ", r,
+                ": logprobs must be -1 (off) or 0 to ", kMaxTopLogprobs, " alternatives, got ", o.logprobs);
       LMX_CHECK(o.max_tokens >= 0, "generate_rows", "row ", r, ": max_tokens must be at least 0, got ", o.max_tokens);
       LMX_CHECK(draws_alike(o, options[0]), "generate_rows", "row ", r,
                 " draws otherwise than row 0 (temperature, top-k, top-p, min-p, penalties and logit bias must agree)");
@@ -162,7 +163,9 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
   std::vector<int> budget(static_cast<size_t>(rows));  // each row's most new tokens
   size_t longest = 0;
   int steps = 0;
+  int top = -1;  // the most alternatives a row asks for; -1: no row wants logprobs
   for (size_t i = 0; i < size_t(rows); ++i) {
+    top = std::max(top, options[i].logprobs);
     longest = std::max(longest, ids[i].size());
     budget[i] = int(std::min<int64_t>(options[i].max_tokens, context_len_ - int64_t(ids[i].size())));
     steps = std::max(steps, budget[i]);
@@ -195,7 +198,7 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
   auto all_done = [&] { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); };
   // Row r's next token: kept unless the row has finished (finished rows keep decoding, as
   // the batch does, and their outputs are ignored).
-  auto accept = [&](size_t r, int32_t token) {
+  auto accept = [&](size_t r, int32_t token, const Token* scored = nullptr) {
     if (done[r]) return;
     const GenerationLimits& lim = limit[r];
     history[r].push_back(token);
@@ -211,6 +214,10 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
     out[r].text += piece.text;
     if (on_token) {
       Token t;
+      if (scored && options[r].logprobs >= 0) {  // the batch's scores, trimmed to the row's own count
+        t = *scored;
+        t.top_logprobs.resize(std::min(t.top_logprobs.size(), size_t(options[r].logprobs)));
+      }
       t.id = token;
       t.text = std::move(piece.text);
       if (!on_token(live[r], t) && why == FinishReason::none) why = FinishReason::cancelled;
@@ -240,13 +247,20 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
     // On a GPU the argmax or the draw is made there and [R] ids come back, where the
     // logits were [R, V] (at 64 rows and a 152K vocabulary, 39 MB a step, then scanned on
     // the host, which took longer than the step itself).
-    std::vector<int32_t> next = sample_rows(samplers, model_->logits(h), history, done);
+    const Array logits = model_->logits(h);  // [R, V]
+    std::vector<int32_t> next = sample_rows(samplers, logits, history, done);
     for (size_t i = 0; i < size_t(rows); ++i)
       if (done[i]) next[i] = history[i].back();
-    for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i]);
+    std::vector<Token> scored;  // with logprobs: each row's draw scored under the model's own logits
+    if (top >= 0) {
+      scored.resize(size_t(rows));
+      score_logits(logits, next, top, scored);
+    }
+    for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i], scored.empty() ? nullptr : &scored[i]);
     ++generated;
     if (all_done()) break;
-    if (generated == 1 && steps > 1) fused = fused_decoder_or_none(*model_, int(rows));
+    // The fused step keeps the logits on the device: rows that want scores take the plain one.
+    if (generated == 1 && steps > 1 && top < 0) fused = fused_decoder_or_none(*model_, int(rows));
     if (fused) {
       fused_steps = decode_fused(*fused, cache, next, l, ids, history, steps - generated, samplers, accept, all_done);
       break;

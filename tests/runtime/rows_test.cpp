@@ -5,6 +5,7 @@
 // keep its own limits and its streamed text must be its result.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 
 #include "lmx/lmx.h"
@@ -149,9 +150,9 @@ TEST(RowsTest, RowsThatCannotShareABatchAreRefused) {
   GenerateOptions hot = greedy(4), logprobs = greedy(4);
   hot.temperature = 0.8f;
   hot.seed = 1;
-  logprobs.logprobs = 2;
+  logprobs.logprobs = kMaxTopLogprobs + 1;
   refused({fine, fine}, {greedy(4), hot}, "draws otherwise than row 0");
-  refused({fine, fine}, {greedy(4), logprobs}, "logprobs");
+  refused({fine, fine}, {greedy(4), logprobs}, "logprobs must be -1 (off) or 0 to 20");
   refused({fine}, {greedy(4), greedy(4)}, "need as many options");
   GenerateOptions negative = greedy(4);
   negative.max_tokens = -1;
@@ -160,6 +161,50 @@ TEST(RowsTest, RowsThatCannotShareABatchAreRefused) {
   const std::vector<std::vector<int32_t>> one = {fine};
   const std::vector<GenerateOptions> three = {greedy(3)};
   EXPECT_EQ(model->generate_rows(one, three)[0].ids.size(), 3u);  // and the model goes on
+}
+
+// Rows with logprobs carry their scores, as their lone streams do, each with its own
+// count of alternatives; a row without them carries none. Seeded sampling too, whose
+// scores are the model's own distribution whatever the draw.
+TEST(RowsTest, RowsCarryTheirOwnLogprobs) {
+  auto model = load("llama-f32");
+  const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3}, {7, 8}, {4, 5, 6, 9}};
+  for (float temperature : {0.0f, 0.9f}) {
+    std::vector<GenerateOptions> o(prompts.size(), greedy(6));
+    const int counts[] = {3, -1, 0};
+    for (size_t r = 0; r < o.size(); ++r) {
+      o[r].logprobs = counts[r];
+      o[r].temperature = temperature;
+      o[r].top_k = temperature > 0 ? 40 : 0;
+      o[r].seed = 11 + r;
+    }
+    std::map<size_t, std::vector<Token>> got;
+    run_rows(*model, prompts, o, [&](size_t row, const Token& t) {
+      got[row].push_back(t);
+      return true;
+    });
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      std::vector<Token> want;
+      for (const Token& t : model->generate_ids(prompts[r], o[r])) want.push_back(t);
+      ASSERT_EQ(got[r].size(), want.size()) << "row " << r;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const std::string at = "T " + std::to_string(temperature) + ", row " + std::to_string(r) + ", token " +
+                               std::to_string(i);
+        EXPECT_EQ(got[r][i].id, want[i].id) << at;
+        if (counts[r] < 0) {
+          EXPECT_EQ(got[r][i].logprob, 0.0f) << at;  // unset, as a stream leaves it
+          EXPECT_TRUE(got[r][i].top_logprobs.empty()) << at;
+          continue;
+        }
+        EXPECT_NEAR(got[r][i].logprob, want[i].logprob, 1e-4) << at;
+        ASSERT_EQ(got[r][i].top_logprobs.size(), size_t(counts[r])) << at;
+        for (size_t j = 0; j < size_t(counts[r]); ++j) {
+          EXPECT_EQ(got[r][i].top_logprobs[j].first, want[i].top_logprobs[j].first) << at;
+          EXPECT_NEAR(got[r][i].top_logprobs[j].second, want[i].top_logprobs[j].second, 1e-4) << at;
+        }
+      }
+    }
+  }
 }
 
 // A prompt that cannot run fails its own row; the others run as they would alone. A
@@ -197,7 +242,7 @@ TEST(RowsTest, APromptThatCannotRunFailsItsRowAlone) {
   EXPECT_NO_THROW(check_prompt(model->info(), full));
 }
 
-TEST(RowsTest, CudaRowsKeepTheirOwnLimits) {
+TEST(RowsTest, CudaRowsKeepTheirOwnLimitsAndScores) {
   const Backend* cuda = get_backend("cuda");
   if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
   LoadOptions lo;
@@ -218,6 +263,25 @@ TEST(RowsTest, CudaRowsKeepTheirOwnLimits) {
       EXPECT_EQ(got[r].finish_reason, "length");
     }
   }
+  // Rows with logprobs take the plain step, their scores summed on the device; a greedy
+  // row's token is its own most likely one.
+  const std::vector<std::vector<int32_t>> scored = {{10, 11}, {12}, {13, 14, 15}};
+  std::vector<GenerateOptions> o(scored.size(), greedy(5));
+  for (GenerateOptions& x : o) x.logprobs = 2;
+  size_t tokens = 0;
+  run_rows(*model, scored, o, [&](size_t row, const Token& t) {
+    ++tokens;
+    EXPECT_EQ(t.top_logprobs.size(), 2u) << "row " << row;
+    if (t.top_logprobs.size() == 2) {
+      EXPECT_EQ(t.top_logprobs[0].first, t.id) << "row " << row;
+      EXPECT_NEAR(t.logprob, t.top_logprobs[0].second, 1e-6) << "row " << row;
+      EXPECT_GE(t.top_logprobs[0].second, t.top_logprobs[1].second) << "row " << row;
+    }
+    EXPECT_LE(t.logprob, 0.0f) << "row " << row;
+    return true;
+  });
+  EXPECT_EQ(tokens, 15u);
+  EXPECT_EQ(model->metrics().decode_path, "plain");
 }
 
 }  // namespace
