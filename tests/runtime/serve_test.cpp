@@ -602,6 +602,26 @@ TEST(ServeTest, AListOfPromptsIsAChoiceEachDecodedTogether) {
   const Reply bad = post(c, "/v1/completions", json{{"prompt", {json("The cat"), json({1, 99999})}}}.dump());
   EXPECT_EQ(bad.status, 400) << bad.body.dump();
   EXPECT_NE(bad.body.dump().find("outside the vocabulary"), std::string::npos) << bad.body.dump();
+  // With logprobs, the prompts are decoded together too, each choice with its own scores.
+  GenerateOptions scored = o;
+  scored.max_tokens = 4;
+  scored.logprobs = 2;
+  const Reply lp = post(c, "/v1/completions",
+                        json{{"prompt", {"The cat", "Blue"}}, {"max_tokens", 4}, {"ignore_eos", true},
+                             {"logprobs", 2}}.dump());
+  ASSERT_EQ(lp.status, 200) << lp.body.dump();
+  const char* texts[] = {"The cat", "Blue"};
+  for (size_t i = 0; i < 2; ++i) {
+    std::vector<Token> want;
+    for (const Token& t : model->generate(texts[i], scored)) want.push_back(t);
+    const json& got = lp.body["choices"][i]["logprobs"];
+    ASSERT_EQ(got["token_logprobs"].size(), want.size()) << got.dump();
+    for (size_t k = 0; k < want.size(); ++k) {
+      EXPECT_NEAR(got["token_logprobs"][k].get<double>(), want[k].logprob, 1e-4) << i << ", token " << k;
+      EXPECT_EQ(got["top_logprobs"][k].size(), 2u) << i << ", token " << k;
+    }
+  }
+  EXPECT_NE(server.log().find("lmx serve: 2 requests decoded together"), std::string::npos) << server.log();
   // A list of one is the prompt alone.
   const Reply one = post(c, "/v1/completions", json{{"prompt", {"Blue"}}, {"max_tokens", 6}, {"ignore_eos", true}}.dump());
   ASSERT_EQ(one.status, 200) << one.body.dump();

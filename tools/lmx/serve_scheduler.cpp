@@ -113,13 +113,13 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   if (stopping_) return {};
   // How a request may share its run: requests that only score their prompts (echo with no
   // new tokens) share one forward pass whatever their options; requests that generate and
-  // draw alike share a batch, except those with logprobs or echo, whose scores need each
-  // step's logits, which the batched step keeps on the device: they run alone.
+  // draw alike share a batch, those with logprobs apart from those without (scores take
+  // the plain decode step, which would slow the others); echo with new tokens runs alone.
   enum class Kind { alone, batch, score };
   auto kind = [](const Job& j) {
     const openai::Request& r = j.request;
     if (scores_only(r)) return Kind::score;
-    return r.options.logprobs < 0 && !r.echo ? Kind::batch : Kind::alone;
+    return r.echo ? Kind::alone : Kind::batch;
   };
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
@@ -136,8 +136,9 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
     }
   }
   auto joins = [&](const Job& j) {
+    const GenerateOptions &o = j.request.options, &lead = jobs[0]->request.options;
     return kind(j) == first &&
-           (first == Kind::score || draws_alike(j.request.options, jobs[0]->request.options));
+           (first == Kind::score || (draws_alike(o, lead) && (o.logprobs >= 0) == (lead.logprobs >= 0)));
   };
   if (first != Kind::alone) {
     for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
