@@ -198,7 +198,7 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
   auto all_done = [&] { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); };
   // Row r's next token: kept unless the row has finished (finished rows keep decoding, as
   // the batch does, and their outputs are ignored).
-  auto accept = [&](size_t r, int32_t token, const Token* scored = nullptr) {
+  auto accept = [&](size_t r, int32_t token, const TokenLogprobs* scored = nullptr) {
     if (done[r]) return;
     const GenerationLimits& lim = limit[r];
     history[r].push_back(token);
@@ -215,8 +215,9 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
     if (on_token) {
       Token t;
       if (scored && options[r].logprobs >= 0) {  // the batch's scores, trimmed to the row's own count
-        t = *scored;
-        t.top_logprobs.resize(std::min(t.top_logprobs.size(), size_t(options[r].logprobs)));
+        t.logprob = scored->chosen;
+        t.top_logprobs.assign(scored->top.begin(),
+                              scored->top.begin() + long(std::min(scored->top.size(), size_t(options[r].logprobs))));
       }
       t.id = token;
       t.text = std::move(piece.text);
@@ -251,11 +252,9 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
     std::vector<int32_t> next = sample_rows(samplers, logits, history, done);
     for (size_t i = 0; i < size_t(rows); ++i)
       if (done[i]) next[i] = history[i].back();
-    std::vector<Token> scored;  // with logprobs: each row's draw scored under the model's own logits
-    if (top >= 0) {
-      scored.resize(size_t(rows));
-      score_logits(logits, next, top, scored);
-    }
+    // With logprobs: each row's draw scored under the model's own logits.
+    const std::vector<TokenLogprobs> scored = top >= 0 ? log_probabilities_rows(logits, next, top)
+                                                       : std::vector<TokenLogprobs>();
     for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i], scored.empty() ? nullptr : &scored[i]);
     ++generated;
     if (all_done()) break;

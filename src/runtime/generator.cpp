@@ -223,7 +223,7 @@ std::optional<int32_t> TokenGenerator::next() {
       return std::nullopt;
     }
     tok = sample(logits);
-    if (top_logprobs_ >= 0) logprobs_ = log_probabilities(to_floats(logits), tok, top_logprobs_);
+    if (top_logprobs_ >= 0) logprobs_ = log_probabilities_rows(logits, {&tok, 1}, top_logprobs_)[0];
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();

@@ -32,6 +32,13 @@ struct TokenLogprobs {
 // log_softmax(logits)[chosen] and the `top` largest entries (ties: the lower id), the sum
 // taken in double. NaN logits count as impossible.
 TokenLogprobs log_probabilities(std::span<const float> logits, int32_t chosen, int top);
+// log_probabilities of each row of `logits` [rows, V] (on any device), row r's for
+// chosen[r], `top` (0 to kMaxTopLogprobs) alternatives. The sums are made where the logits
+// are: only each row's log-sum-exp (in f32), its chosen logit and its alternatives come
+// back, not [rows, V] (152K floats a row for Qwen3: their copy and a scan in double on the
+// host cost a decode step several times over). A row whose sum is not finite (NaN logits)
+// is scored on the host by log_probabilities.
+std::vector<TokenLogprobs> log_probabilities_rows(const Array& logits, std::span<const int32_t> chosen, int top);
 
 // Stateful only in its random stream. Not thread-safe; use one per sequence.
 class Sampler {

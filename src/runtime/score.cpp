@@ -12,43 +12,6 @@
 
 namespace lmx::runtime {
 
-void score_logits(const Array& logits, std::span<const int32_t> targets, int top_logprobs, std::span<Token> out) {
-  const int64_t rows = int64_t(targets.size());
-  const Array f = astype(logits, Dtype::f32);  // [rows, V]
-  const Array ids =
-      to_device(from_vector(std::vector<int32_t>(targets.begin(), targets.end()), {rows, 1}), logits.device());
-  const std::vector<float> lse = to_floats(logsumexp(f, {-1}));                    // [rows]
-  const std::vector<float> chosen = to_floats(take_along_axis(f, ids, -1));        // [rows, 1]
-  std::vector<float> top_values;  // [rows, top]
-  std::vector<int32_t> top_ids;   // [rows, top]
-  if (top_logprobs == 1) {  // as harnesses ask, to tell whether the text is the greedy one
-    // A reduction, where topk sorts each row: 256 rows of 152K took most of a piece's time.
-    const Array best = argmax(f, -1);  // [rows]; the lower id of a tie, as topk's
-    top_ids = to_vector<int32_t>(best);
-    top_values = to_floats(take_along_axis(f, reshape(best, {rows, 1}), -1));
-  } else if (top_logprobs > 1) {
-    const auto [values, indices] = topk(f, top_logprobs);
-    top_values = to_floats(values);
-    top_ids = to_vector<int32_t>(indices);
-  }
-  const size_t k = size_t(std::max(top_logprobs, 0));
-  for (int64_t r = 0; r < rows; ++r) {
-    Token& t = out[size_t(r)];
-    t.id = targets[size_t(r)];
-    const float sum = lse[size_t(r)];
-    if (!std::isfinite(sum)) {
-      const TokenLogprobs lp = log_probabilities(to_floats(slice_axis(f, 0, r, r + 1)), t.id, top_logprobs);
-      t.logprob = lp.chosen;
-      t.top_logprobs = lp.top;
-      continue;
-    }
-    t.logprob = chosen[size_t(r)] - sum;
-    t.top_logprobs.clear();
-    for (size_t j = 0; j < k; ++j)
-      t.top_logprobs.emplace_back(top_ids[size_t(r) * k + j], top_values[size_t(r) * k + j] - sum);
-  }
-}
-
 namespace {
 
 // out[i] scores targets[i] under h[i] [P, H], the final hidden state of the position
@@ -60,8 +23,15 @@ void score_hidden(const models::CausalLM& model, const Array& h, std::span<const
   const int64_t p = int64_t(targets.size());
   for (int64_t r0 = 0; r0 < p; r0 += kRows) {
     const int64_t rows = std::min(kRows, p - r0);
-    score_logits(model.logits(slice_axis(h, 0, r0, r0 + rows)), targets.subspan(size_t(r0), size_t(rows)),
-                 top_logprobs, out.subspan(size_t(r0), size_t(rows)));
+    const std::span<const int32_t> want = targets.subspan(size_t(r0), size_t(rows));
+    const std::vector<TokenLogprobs> lp =
+        log_probabilities_rows(model.logits(slice_axis(h, 0, r0, r0 + rows)), want, top_logprobs);
+    for (int64_t r = 0; r < rows; ++r) {
+      Token& t = out[size_t(r0 + r)];
+      t.id = want[size_t(r)];
+      t.logprob = lp[size_t(r)].chosen;
+      t.top_logprobs = lp[size_t(r)].top;
+    }
   }
 }
 

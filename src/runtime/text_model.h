@@ -111,15 +111,6 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
 std::vector<Token> score_tokens(const models::CausalLM& model, std::span<const int32_t> ids, int top_logprobs,
                                 Device device, int64_t budget);
 
-// out[i] scores targets[i] under logits[i] ([rows, V], on any device): Token::logprob and
-// the `top_logprobs` most likely, as GenerateOptions::logprobs gives them. The sums are made
-// where the logits are: only each row's log-sum-exp, its target's logit and its
-// alternatives come back, not [rows, V] (152K floats a row for Qwen3, whose copy and scan
-// on the host took longer than a forward pass). A row whose sum is not finite (NaN logits,
-// which count as impossible) is scored on the host from its logits, as log_probabilities
-// does.
-void score_logits(const Array& logits, std::span<const int32_t> targets, int top_logprobs, std::span<Token> out);
-
 // score_tokens for each of `texts`, those that fit a pass of `budget` tokens together
 // (right-padded rows, as classify runs them); out[i] scores texts[i].
 std::vector<std::vector<Token>> score_texts(const models::CausalLM& model,

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "lmx/lmx.h"
 #include "ops/ops.h"
 #include "runtime/stop_strings.h"
 
@@ -444,6 +445,42 @@ TEST(SamplerTest, LogProbabilitiesAreTheLogSoftmaxInDouble) {
   EXPECT_EQ(o.top[2].second, -inf);
   EXPECT_EQ(log_probabilities(odd, 1, 0).chosen, -inf);
   EXPECT_THROW(log_probabilities(odd, 4, 1), Error);
+}
+
+// Rows scored where their logits are (on the CPU here, and on CUDA where a GPU is
+// visible): each row as log_probabilities scores it alone, ties to the lower id, and a
+// row with NaN (whose sum is not finite) through the host's own path.
+TEST(SamplerTest, LogProbabilitiesOfRowsAreEachRowsAlone) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> odd = {1000.0f, nan, 999.0f, -inf, 0.0f, 0.0f, 0.0f, 0.0f};
+  std::vector<float> flat(kLogits.begin(), kLogits.end());
+  ASSERT_EQ(kLogits.size(), odd.size());
+  flat.insert(flat.end(), odd.begin(), odd.end());
+  std::vector<float> spread(kLogits.size());
+  for (size_t i = 0; i < spread.size(); ++i) spread[i] = 40.0f - 7.0f * float(i);  // exp underflows in f32 past a few
+  flat.insert(flat.end(), spread.begin(), spread.end());
+  const std::vector<int32_t> chosen = {4, 2, 7};
+  std::vector<Device> devices = {Device::cpu()};
+  const Backend* cuda = get_backend("cuda");
+  if (cuda && cuda->available()) devices.push_back(Device::parse("cuda"));
+  for (const Device& d : devices) {
+    const Array logits = to_device(from_floats(flat, {3, int64_t(kLogits.size())}), d);
+    for (int top : {0, 1, 4}) {
+      const std::vector<TokenLogprobs> got = log_probabilities_rows(logits, chosen, top);
+      ASSERT_EQ(got.size(), 3u);
+      for (size_t r = 0; r < 3; ++r) {
+        const TokenLogprobs want =
+            log_probabilities({flat.data() + r * kLogits.size(), kLogits.size()}, chosen[r], top);
+        const std::string at = d.str() + ", row " + std::to_string(r) + ", top " + std::to_string(top);
+        EXPECT_NEAR(got[r].chosen, want.chosen, 1e-5) << at;
+        ASSERT_EQ(got[r].top.size(), want.top.size()) << at;
+        for (size_t j = 0; j < want.top.size(); ++j) {
+          EXPECT_EQ(got[r].top[j].first, want.top[j].first) << at << ", alternative " << j;
+          EXPECT_NEAR(got[r].top[j].second, want.top[j].second, 1e-5) << at << ", alternative " << j;
+        }
+      }
+    }
+  }
 }
 
 TEST(StopStringTest, HoldsBackPossibleStartsAcrossTokenBoundaries) {
