@@ -184,9 +184,9 @@ class TextModel {
   // row ("cancelled"). The rows' draws must agree (temperature, top-k, top-p, min-p,
   // penalties, logit bias); their seeds, lengths, stop conditions and templates' text may
   // differ, and so may their logprobs (each Token then carries its scores). Throws
-  // lmx::Error for rows that do not agree. A prompt that cannot run (empty, an id outside the vocabulary, past the context:
-  // check_prompt) fails its row alone: finish_reason "error" and BatchResult::error, and
-  // the other rows run. Returns each row's ids, text and finish reason ("eos",
+  // lmx::Error for rows that do not agree. A prompt that cannot run (empty, an id outside
+  // the vocabulary, past the context: check_prompt) fails its row alone: finish_reason
+  // "error" and BatchResult::error, and the other rows run. Returns each row's ids, text and finish reason ("eos",
   // "stop_token", "stop_string", "length", "context_length", "cancelled" or "error").
   using RowCallback = std::function<bool(size_t row, const Token& token)>;
   virtual std::vector<BatchResult> generate_rows(std::span<const std::vector<int32_t>> prompts,

@@ -50,7 +50,8 @@ std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM
 void check_prompt(std::span<const int32_t> ids, int64_t vocab, int64_t context, std::string_view op,
                   std::string_view what) {
   LMX_CHECK(!ids.empty(), op, what, " is empty");
-  for (int32_t t : ids) LMX_CHECK(t >= 0 && t < vocab, op, what, ": token ", t, " is outside the vocabulary of ", vocab);
+  for (int32_t t : ids)
+    LMX_CHECK(t >= 0 && t < vocab, op, what, ": token ", t, " is outside the vocabulary of ", vocab);
   LMX_CHECK(int64_t(ids.size()) <= context, op, what, " has ", ids.size(), " tokens, more than the context length of ",
             context, "; shorten it or raise the context length");
 }

@@ -230,7 +230,8 @@ Stream LocalTextModel::start(std::vector<int32_t> prompt, const GenerateOptions&
   if (!cache_.truncate(int64_t(common))) common = 0;
   cached_.resize(common);
   std::unique_ptr<GenerationSource> source;
-  check_input([&] { source = std::make_unique<GenerationSource>(*this, std::move(prompt), o, std::move(stop), common); });
+  check_input(
+      [&] { source = std::make_unique<GenerationSource>(*this, std::move(prompt), o, std::move(stop), common); });
   return Stream(std::move(source));
 }
 

@@ -79,7 +79,8 @@ class LocalTextModel final : public TextModel {
   // generate_rows' batch: the rows `live` of `prompts` (their checks passed) decoded
   // together, each row's result into out[row].
   void decode_rows(std::span<const size_t> live, std::span<const std::vector<int32_t>> prompts,
-                   std::span<const GenerateOptions> options, const RowCallback& on_token, std::vector<BatchResult>& out);
+                   std::span<const GenerateOptions> options, const RowCallback& on_token,
+                   std::vector<BatchResult>& out);
 
   std::filesystem::path dir_;
   io::ModelConfig config_;

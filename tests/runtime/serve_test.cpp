@@ -623,7 +623,8 @@ TEST(ServeTest, AListOfPromptsIsAChoiceEachDecodedTogether) {
   }
   EXPECT_NE(server.log().find("lmx serve: 2 requests decoded together"), std::string::npos) << server.log();
   // A list of one is the prompt alone.
-  const Reply one = post(c, "/v1/completions", json{{"prompt", {"Blue"}}, {"max_tokens", 6}, {"ignore_eos", true}}.dump());
+  const Reply one =
+      post(c, "/v1/completions", json{{"prompt", {"Blue"}}, {"max_tokens", 6}, {"ignore_eos", true}}.dump());
   ASSERT_EQ(one.status, 200) << one.body.dump();
   EXPECT_EQ(one.body["choices"][0]["text"], want[2]);
   EXPECT_EQ(server.stop(), 0) << server.log();

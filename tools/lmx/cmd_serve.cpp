@@ -81,7 +81,8 @@ class Service {
     try {
       // A request with a list of prompts is a job a prompt: they queue together, and the
       // scheduler runs them as one batch where they may share one.
-      const std::vector<std::shared_ptr<Job>> jobs = scheduler_.submit(openai::parse_request(req.body, chat, defaults_));
+      const std::vector<std::shared_ptr<Job>> jobs =
+          scheduler_.submit(openai::parse_request(req.body, chat, defaults_));
       const openai::Envelope env = envelope(chat);
       if (jobs.size() == 1 && jobs[0]->request.stream) {
         const std::shared_ptr<Job> job = jobs[0];

@@ -62,7 +62,8 @@ std::string content_text(const json& content, const std::string& param) {
 }
 
 bool all_ids(const json& v) {
-  return std::all_of(v.begin(), v.end(), [](const json& id) { return id.is_number_integer() && id.get<int64_t>() >= 0; });
+  return std::all_of(v.begin(), v.end(),
+                     [](const json& id) { return id.is_number_integer() && id.get<int64_t>() >= 0; });
 }
 
 struct Prompt {
