@@ -3,7 +3,8 @@
 // the fused one-sequence step) or, when others wait that draw alike, together with them in
 // one batch (TextModel::generate_rows), which on a GPU decodes 2-8 sequences in about the
 // time of one. Requests that only score their prompts (echo with max_tokens 0, as
-// evaluation harnesses send them) are scored together (TextModel::score_batch). No HTTP here (cmd_serve.cpp); tokens go to each request's Job.
+// evaluation harnesses send them) are scored together (TextModel::score_batch). No HTTP
+// here (cmd_serve.cpp); tokens go to each request's Job.
 #pragma once
 
 #include <chrono>
