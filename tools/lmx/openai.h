@@ -4,8 +4,9 @@
 // Read, as OpenAI documents them: model, messages (text content, as a string or text parts),
 // prompt (text, a list of token ids, or a list of either: one choice each), max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, presence_penalty,
-// frequency_penalty, logit_bias, logprobs (chat: with top_logprobs), n (1 only), echo (completions, whole replies; with max_tokens 0 it scores the prompt
-// alone), stream and stream_options.include_usage. Also, as vLLM and llama.cpp's server
+// frequency_penalty, logit_bias, logprobs (chat: with top_logprobs), n (1 only), echo
+// (completions, whole replies; with max_tokens 0 it scores the prompt alone), stream and
+// stream_options.include_usage. Also, as vLLM and llama.cpp's server
 // read them: top_k, min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat
 // template's variables, e.g. {"enable_thinking": false}). Anything the server cannot
 // honour (tools, n > 1, a streamed echo, a streamed list of prompts, a JSON response
