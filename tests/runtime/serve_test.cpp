@@ -630,6 +630,54 @@ TEST(ServeTest, AListOfPromptsIsAChoiceEachDecodedTogether) {
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
+// lm-eval's loglikelihood request (its local-completions model): a list of prompts, echo,
+// max_tokens 1, logprobs 1, temperature 0. The prompts are decoded together; each choice
+// lists its prompt's scores and then its one generated token's, whatever that token is (an
+// end-of-sequence included), since the harness drops the last entry by count.
+TEST(ServeTest, LoglikelihoodRequestsAsHarnessesSendThem) {
+  Served server("'" + kModel.string() + "' --device cpu");
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c = server.client();
+  auto model = cpu_model();
+  const std::vector<std::string> prompts = {"The capital of France is Paris", "Two plus two is four", "Blue"};
+  json request = {{"prompt", prompts}, {"echo", true},       {"max_tokens", 1},
+                  {"logprobs", 1},      {"temperature", 0}, {"seed", 1234}};
+  for (bool forced_eos : {false, true}) {
+    GenerateOptions one;
+    one.max_tokens = 1;
+    one.logprobs = 1;
+    if (forced_eos) {  // the end-of-sequence token (id 2) generated: still listed
+      one.logit_bias = {{2, 100.0f}};
+      request["logit_bias"] = {{"2", 100}};
+    }
+    const Reply r = post(c, "/v1/completions", request.dump());
+    ASSERT_EQ(r.status, 200) << r.body.dump();
+    ASSERT_EQ(r.body["choices"].size(), prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const std::vector<int32_t> ids = model->tokenize(prompts[i]);
+      const std::vector<Token> want = model->score_ids(ids, 1);
+      std::vector<Token> next;
+      for (const Token& t : model->generate_ids(ids, one)) next.push_back(t);
+      ASSERT_EQ(next.size(), 1u);
+      const json& lp = r.body["choices"][i]["logprobs"];
+      const std::string at = prompts[i] + (forced_eos ? ", forced end" : "");
+      ASSERT_EQ(lp["token_logprobs"].size(), ids.size() + 1) << at << ": " << lp.dump();
+      EXPECT_TRUE(lp["token_logprobs"][0].is_null()) << at;
+      for (size_t p = 1; p < ids.size(); ++p) {
+        EXPECT_NEAR(lp["token_logprobs"][p].get<double>(), want[p - 1].logprob, 1e-4) << at << ", token " << p;
+        ASSERT_EQ(lp["top_logprobs"][p].size(), 1u) << at;
+      }
+      EXPECT_NEAR(lp["token_logprobs"][ids.size()].get<double>(), next[0].logprob, 1e-4) << at;
+      if (forced_eos) {
+        EXPECT_EQ(next[0].id, 2) << at;
+        EXPECT_EQ(r.body["choices"][i]["finish_reason"], "stop") << at;
+      }
+    }
+  }
+  EXPECT_NE(server.log().find("lmx serve: 3 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
 TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   Served server("'" + kModel.string() + "' --device cpu --api-key sesame --model-name tiny");
   ASSERT_GT(server.port(), 0) << server.log();

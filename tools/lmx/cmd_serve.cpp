@@ -133,7 +133,7 @@ class Service {
     int64_t offset = 0;
     if (job.request.options.logprobs >= 0) {
       if (job.request.echo) c.scores = openai::logprobs(false, job.echoed, piece_, offset);
-      const json generated = openai::logprobs(chat, listed(tokens, job.metrics), piece_, offset);
+      const json generated = openai::logprobs(chat, listed(tokens, job.metrics, chat), piece_, offset);
       if (c.scores.is_null()) {
         c.scores = generated;
       } else {  // after the prompt's, list by list
@@ -182,8 +182,8 @@ class Service {
       send(openai::error_body(*job.error));
     } else if (open) {
       const GenerateMetrics& m = job.metrics;
-      if (scoring && !listed(pending, m).empty()) {  // the last tokens made no text
-        pending.resize(listed(pending, m).size());
+      if (scoring && !listed(pending, m, chat).empty()) {  // the last tokens made no text
+        pending.resize(listed(pending, m, chat).size());
         text_event("");
       }
       send(openai::chunk(env, chat, chat ? json::object() : json(""), openai::finish_reason(m.finish_reason)));
@@ -198,11 +198,14 @@ class Service {
     sink.done();
   }
 
-  // The tokens whose text a reply carries, for their scores: all but an end-of-sequence or
-  // stop token that ended the generation (its text is left out of the reply).
-  static std::span<const Token> listed(std::span<const Token> tokens, const GenerateMetrics& m) {
+  // The tokens whose scores a reply lists. Completions list every generated token, as vLLM
+  // does, so that an echoed prompt's scores and the generation's line up with the usage's
+  // counts: harnesses slice them by count (lm-eval drops the last entry, its one generated
+  // token, whatever it is). Chat lists the tokens whose text the content carries: all but
+  // an end-of-sequence or stop token that ended the generation.
+  static std::span<const Token> listed(std::span<const Token> tokens, const GenerateMetrics& m, bool chat) {
     const bool control_last = m.finish_reason == "eos" || m.finish_reason == "stop_token";
-    return control_last && !tokens.empty() ? tokens.first(tokens.size() - 1) : tokens;
+    return chat && control_last && !tokens.empty() ? tokens.first(tokens.size() - 1) : tokens;
   }
 
   TextModel& model_;

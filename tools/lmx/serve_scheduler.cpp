@@ -114,20 +114,16 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   // How a request may share its run: requests that only score their prompts (echo with no
   // new tokens) share one forward pass whatever their options; requests that generate and
   // draw alike share a batch, those with logprobs apart from those without (scores take
-  // the plain decode step, which would slow the others); echo with new tokens runs alone.
-  enum class Kind { alone, batch, score };
-  auto kind = [](const Job& j) {
-    const openai::Request& r = j.request;
-    if (scores_only(r)) return Kind::score;
-    return r.echo ? Kind::alone : Kind::batch;
-  };
+  // the plain decode step, which would slow the others).
+  enum class Kind { batch, score };
+  auto kind = [](const Job& j) { return scores_only(j.request) ? Kind::score : Kind::batch; };
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
   const Kind first = kind(*jobs[0]);
   // Clients that start together reach the server a little apart: the first may wait for
   // the rest, rather than run alone while they queue behind it.
   running_ = jobs;
-  if (first != Kind::alone && max_batch_ > 1 && gather_.count() > 0) {
+  if (max_batch_ > 1 && gather_.count() > 0) {
     cv_.wait_for(lock, gather_, [&] { return stopping_ || int(queue_.size()) + 1 >= max_batch_; });
     if (stopping_) {  // stop() refused the queue meanwhile; this one too
       jobs[0]->error = openai::ApiError{503, "the server is stopping", "server_error"};
@@ -140,14 +136,12 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
     return kind(j) == first &&
            (first == Kind::score || (draws_alike(o, lead) && (o.logprobs >= 0) == (lead.logprobs >= 0)));
   };
-  if (first != Kind::alone) {
-    for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
-      if (joins(**it)) {
-        jobs.push_back(*it);
-        it = queue_.erase(it);
-      } else {
-        ++it;
-      }
+  for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
+    if (joins(**it)) {
+      jobs.push_back(*it);
+      it = queue_.erase(it);
+    } else {
+      ++it;
     }
   }
   running_ = jobs;
@@ -221,66 +215,72 @@ void Scheduler::echo(std::span<Job* const> jobs, std::span<const std::vector<int
   }
 }
 
-void Scheduler::run_scores(std::vector<std::shared_ptr<Job>>& jobs) {
-  std::vector<Job*> rows;
-  std::vector<std::vector<int32_t>> ids;
+Scheduler::Admitted Scheduler::admit(const std::vector<std::shared_ptr<Job>>& jobs) {
+  Admitted a;
   for (const auto& job : jobs) {
     try {
-      ids.push_back(prompt_ids(job->request));
-      check_prompt(info_, ids.back());
-      rows.push_back(job.get());
-      job->metrics.prompt_tokens = int(ids.back().size());
-      job->metrics.finish_reason = "length";  // max_tokens 0
-    } catch (const Error& e) {
-      ids.pop_back();
-      job->error = openai::ApiError{400, e.what()};
-    }
-  }
-  try {
-    echo(rows, ids);
-  } catch (const OutOfMemory& e) {
-    for (Job* job : rows) job->error = openai::ApiError{503, e.what(), "server_error"};
-  } catch (const std::exception& e) {
-    for (Job* job : rows) job->error = openai::ApiError{500, e.what(), "server_error"};
-  }
-}
-
-void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
-  // Each request's prompt ids; one the model refuses (a template error, a prompt past the
-  // context) fails alone, before the batch.
-  std::vector<std::shared_ptr<Job>> rows;
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<GenerateOptions> options;
-  for (const auto& job : jobs) {
-    const openai::Request& r = job->request;
-    try {
-      std::vector<int32_t> ids = prompt_ids(r);
+      std::vector<int32_t> ids = prompt_ids(job->request);
       check_prompt(info_, ids);
-      prompts.push_back(std::move(ids));
-      options.push_back(r.options);
-      rows.push_back(job);
-    } catch (const Error& e) {
+      a.jobs.push_back(job.get());
+      a.ids.push_back(std::move(ids));
+    } catch (const Error& e) {  // a template error, a prompt past the context: answered at once
       job->error = openai::ApiError{400, e.what()};
       job->finish();
     }
   }
+  return a;
+}
+
+namespace {
+
+// Runs `work` for `jobs`; an error from it fails them all: 503 for a full device (the
+// client may retry), 500 else.
+template <class Work>
+void for_all(std::span<Job* const> jobs, Work&& work) {
   try {
-    const std::vector<BatchResult> out = model_.generate_rows(prompts, options, [&](size_t row, const Token& t) {
-      rows[row]->push(t);
-      return !rows[row]->stop_token().stop_requested();
+    work();
+  } catch (const OutOfMemory& e) {
+    for (Job* job : jobs) job->error = openai::ApiError{503, e.what(), "server_error"};
+  } catch (const std::exception& e) {
+    for (Job* job : jobs) job->error = openai::ApiError{500, e.what(), "server_error"};
+  }
+}
+
+}  // namespace
+
+void Scheduler::run_scores(const std::vector<std::shared_ptr<Job>>& jobs) {
+  const Admitted a = admit(jobs);
+  for (size_t i = 0; i < a.jobs.size(); ++i) {
+    a.jobs[i]->metrics.prompt_tokens = int(a.ids[i].size());
+    a.jobs[i]->metrics.finish_reason = "length";  // max_tokens 0
+  }
+  for_all(a.jobs, [&] { echo(a.jobs, a.ids); });
+}
+
+void Scheduler::run_batch(const std::vector<std::shared_ptr<Job>>& jobs) {
+  const Admitted a = admit(jobs);
+  std::vector<GenerateOptions> options;
+  for (Job* job : a.jobs) options.push_back(job->request.options);
+  for_all(a.jobs, [&] {
+    const std::vector<BatchResult> out = model_.generate_rows(a.ids, options, [&](size_t row, const Token& t) {
+      a.jobs[row]->push(t);
+      return !a.jobs[row]->stop_token().stop_requested();
     });
-    for (size_t i = 0; i < rows.size(); ++i) {
-      GenerateMetrics& m = rows[i]->metrics;
-      m.prompt_tokens = int(prompts[i].size());
+    std::vector<Job*> echoing;  // then the prompts of those that ask for echo, scored together
+    std::vector<std::vector<int32_t>> echoed;
+    for (size_t i = 0; i < a.jobs.size(); ++i) {
+      GenerateMetrics& m = a.jobs[i]->metrics;
+      m.prompt_tokens = int(a.ids[i].size());
       m.generated_tokens = int(out[i].ids.size());
       m.finish_reason = out[i].finish_reason;
-      if (!out[i].error.empty()) rows[i]->error = openai::ApiError{400, out[i].error};
+      if (!out[i].error.empty()) a.jobs[i]->error = openai::ApiError{400, out[i].error};
+      if (a.jobs[i]->request.echo && !a.jobs[i]->error) {
+        echoing.push_back(a.jobs[i]);
+        echoed.push_back(a.ids[i]);
+      }
     }
-  } catch (const OutOfMemory& e) {
-    for (const auto& job : rows) job->error = openai::ApiError{503, e.what(), "server_error"};
-  } catch (const std::exception& e) {
-    for (const auto& job : rows) job->error = openai::ApiError{500, e.what(), "server_error"};
-  }
+    echo(echoing, echoed);
+  });
 }
 
 }  // namespace lmx::cli

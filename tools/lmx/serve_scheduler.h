@@ -75,9 +75,15 @@ class Scheduler {
   std::vector<std::shared_ptr<Job>> take();
   // Both leave finishing their jobs to loop() (a job refused before its batch finishes at once).
   void run_alone(Job& job);
-  void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
+  void run_batch(const std::vector<std::shared_ptr<Job>>& jobs);
   // Requests that only score their prompts (echo, max_tokens 0), in one TextModel::score_batch.
-  void run_scores(std::vector<std::shared_ptr<Job>>& jobs);
+  void run_scores(const std::vector<std::shared_ptr<Job>>& jobs);
+  // The jobs whose prompts can run, with their ids; each other job fails alone (400), at once.
+  struct Admitted {
+    std::vector<Job*> jobs;
+    std::vector<std::vector<int32_t>> ids;
+  };
+  Admitted admit(const std::vector<std::shared_ptr<Job>>& jobs);
   // "echo": each job's prompt text (ids[i] its tokens), and where asked its tokens' scores,
   // the prompts scored together.
   void echo(std::span<Job* const> jobs, std::span<const std::vector<int32_t>> ids);
