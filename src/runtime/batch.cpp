@@ -48,6 +48,91 @@ int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<in
   return read;
 }
 
+// The rows of one generate_rows batch as they decode (row i is the caller's row live[i]):
+// each row's prompt, draws (sampler, history), text and stop strings, limits and result.
+class BatchRows {
+ public:
+  BatchRows(const LocalTextModel& model, std::span<const size_t> live, std::span<const std::vector<int32_t>> prompts,
+            std::span<const GenerateOptions> options, int64_t context, const TextModel::RowCallback& on_token)
+      : live_(live), on_token_(on_token) {
+    for (size_t r : live) {
+      const GenerateOptions& o = options[r];
+      ids.push_back(prompts[r]);
+      options_.push_back(o);
+      samplers.emplace_back(sampling_options(o));
+      texts_.emplace_back(model.has_tokenizer() ? &model.tokenizer() : nullptr, o.skip_special_tokens, o.stop_strings);
+      limits_.push_back(model.limits(o));
+      budget_.push_back(int(std::min<int64_t>(o.max_tokens, context - int64_t(prompts[r].size()))));
+      // A row with no room or no tokens to take ends before the batch begins.
+      done.push_back(budget_.back() == 0);
+      out.emplace_back().finish_reason = !done.back() ? "" : o.max_tokens == 0 ? "length" : "context_length";
+    }
+    history = ids;
+  }
+
+  size_t size() const { return ids.size(); }
+  int64_t longest() const {
+    size_t n = 0;
+    for (const auto& p : ids) n = std::max(n, p.size());
+    return int64_t(n);
+  }
+  int steps() const { return *std::max_element(budget_.begin(), budget_.end()); }  // the most a row may take
+  int top() const {  // the most alternatives a row asks for; -1: no row wants logprobs
+    int most = -1;
+    for (const GenerateOptions& o : options_) most = std::max(most, o.logprobs);
+    return most;
+  }
+  bool all_done() const { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); }
+
+  // Row r's next token and, where the batch takes scores, theirs: kept unless the row has
+  // finished (finished rows keep decoding, as the batch does, and their outputs are ignored).
+  void accept(size_t r, int32_t token, const TokenLogprobs* scored = nullptr) {
+    if (done[r]) return;
+    const GenerationLimits& lim = limits_[r];
+    history[r].push_back(token);
+    out[r].ids.push_back(token);
+    const bool eos = !lim.ignore_eos && std::count(lim.eos_tokens.begin(), lim.eos_tokens.end(), token);
+    const bool stop = std::count(lim.stop_tokens.begin(), lim.stop_tokens.end(), token) > 0;
+    const bool full = int(out[r].ids.size()) >= budget_[r];
+    FinishReason why = eos ? FinishReason::eos : stop ? FinishReason::stop_token : FinishReason::none;
+    if (why == FinishReason::none && full)
+      why = budget_[r] < options_[r].max_tokens ? FinishReason::context_length : FinishReason::max_tokens;
+    TokenText::Piece piece = texts_[r].push(token, eos || stop, why != FinishReason::none);
+    if (piece.stopped) why = FinishReason::stop_string;
+    out[r].text += piece.text;
+    if (on_token_) {
+      Token t;
+      const int want = options_[r].logprobs;
+      if (scored && want >= 0) {  // the batch's scores, cut to the row's own count
+        t.logprob = scored->chosen;
+        const size_t keep = std::min(scored->top.size(), size_t(want));
+        t.top_logprobs.assign(scored->top.begin(), scored->top.begin() + long(keep));
+      }
+      t.id = token;
+      t.text = std::move(piece.text);
+      if (!on_token_(live_[r], t) && why == FinishReason::none) why = FinishReason::cancelled;
+    }
+    if (why != FinishReason::none) {
+      done[r] = true;
+      out[r].finish_reason = finish_reason_name(why);
+    }
+  }
+
+  std::vector<std::vector<int32_t>> ids;      // each row's prompt
+  std::vector<std::vector<int32_t>> history;  // its prompt and tokens so far
+  std::vector<Sampler> samplers;
+  std::vector<bool> done;
+  std::vector<BatchResult> out;
+
+ private:
+  std::span<const size_t> live_;
+  const TextModel::RowCallback& on_token_;
+  std::vector<GenerateOptions> options_;
+  std::vector<TokenText> texts_;
+  std::vector<GenerationLimits> limits_;
+  std::vector<int> budget_;  // each row's most new tokens: its max_tokens, or the room its context leaves
+};
+
 }  // namespace
 
 std::vector<ClassifyResult> LocalTextModel::classify(std::span<const std::string> prompts, const GenerateOptions& o) {
@@ -148,86 +233,24 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
 }
 
 void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const std::vector<int32_t>> prompts,
-                                 std::span<const GenerateOptions> all_options, const RowCallback& on_token,
+                                 std::span<const GenerateOptions> options, const RowCallback& on_token,
                                  std::vector<BatchResult>& results) {
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t rows = int64_t(live.size());
-  // Row i of the batch is the caller's row live[i].
-  std::vector<std::vector<int32_t>> ids;
-  std::vector<GenerateOptions> options;
-  for (size_t r : live) {
-    ids.push_back(prompts[r]);
-    options.push_back(all_options[r]);
-  }
-  std::vector<BatchResult> out(static_cast<size_t>(rows));
-  std::vector<int> budget(static_cast<size_t>(rows));  // each row's most new tokens
-  size_t longest = 0;
-  int steps = 0;
-  int top = -1;  // the most alternatives a row asks for; -1: no row wants logprobs
-  for (size_t i = 0; i < size_t(rows); ++i) {
-    top = std::max(top, options[i].logprobs);
-    longest = std::max(longest, ids[i].size());
-    budget[i] = int(std::min<int64_t>(options[i].max_tokens, context_len_ - int64_t(ids[i].size())));
-    steps = std::max(steps, budget[i]);
-  }
-  const int64_t l = int64_t(longest);
+  BatchRows b(*this, live, prompts, options, context_len_, on_token);
+  const int64_t rows = int64_t(b.size()), l = b.longest();
+  const int steps = b.steps(), top = b.top();
 
   // Left padding: every row's last prompt token sits in the same slot, so one decode
   // step serves all rows. Padding is masked out and RoPE positions skip it.
   std::vector<int32_t> flat(size_t(rows * l), 0);
   std::vector<int64_t> pads(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t pad = pads[size_t(r)] = l - int64_t(ids[size_t(r)].size());
-    std::copy(ids[size_t(r)].begin(), ids[size_t(r)].end(), flat.begin() + r * l + pad);
+    const std::vector<int32_t>& p = b.ids[size_t(r)];
+    const int64_t pad = pads[size_t(r)] = l - int64_t(p.size());
+    std::copy(p.begin(), p.end(), flat.begin() + r * l + pad);
   }
-  std::vector<Sampler> samplers;
-  std::vector<TokenText> texts;
-  std::vector<GenerationLimits> limit;
-  for (int64_t r = 0; r < rows; ++r) {
-    const GenerateOptions& o = options[size_t(r)];
-    samplers.emplace_back(sampling_options(o));
-    texts.emplace_back(has_tokenizer() ? &tokenizer() : nullptr, o.skip_special_tokens, o.stop_strings);
-    limit.push_back(limits(o));
-  }
-  std::vector<std::vector<int32_t>> history = ids;
-  std::vector<bool> done(size_t(rows), false);
-  for (size_t r = 0; r < size_t(rows); ++r) {
-    done[r] = budget[r] == 0;
-    if (done[r]) out[r].finish_reason = options[r].max_tokens == 0 ? "length" : "context_length";
-  }
-  auto all_done = [&] { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); };
-  // Row r's next token: kept unless the row has finished (finished rows keep decoding, as
-  // the batch does, and their outputs are ignored).
-  auto accept = [&](size_t r, int32_t token, const TokenLogprobs* scored = nullptr) {
-    if (done[r]) return;
-    const GenerationLimits& lim = limit[r];
-    history[r].push_back(token);
-    out[r].ids.push_back(token);
-    const bool eos = !lim.ignore_eos && std::count(lim.eos_tokens.begin(), lim.eos_tokens.end(), token);
-    const bool stop = std::count(lim.stop_tokens.begin(), lim.stop_tokens.end(), token) > 0;
-    const bool full = int(out[r].ids.size()) >= budget[r];
-    FinishReason why = eos ? FinishReason::eos : stop ? FinishReason::stop_token : FinishReason::none;
-    if (why == FinishReason::none && full)
-      why = budget[r] < options[r].max_tokens ? FinishReason::context_length : FinishReason::max_tokens;
-    TokenText::Piece piece = texts[r].push(token, eos || stop, why != FinishReason::none);
-    if (piece.stopped) why = FinishReason::stop_string;
-    out[r].text += piece.text;
-    if (on_token) {
-      Token t;
-      if (scored && options[r].logprobs >= 0) {  // the batch's scores, trimmed to the row's own count
-        t.logprob = scored->chosen;
-        t.top_logprobs.assign(scored->top.begin(),
-                              scored->top.begin() + long(std::min(scored->top.size(), size_t(options[r].logprobs))));
-      }
-      t.id = token;
-      t.text = std::move(piece.text);
-      if (!on_token(live[r], t) && why == FinishReason::none) why = FinishReason::cancelled;
-    }
-    if (why != FinishReason::none) {
-      done[r] = true;
-      out[r].finish_reason = finish_reason_name(why);
-    }
-  };
+  auto accept = [&](size_t r, int32_t token) { b.accept(r, token); };
+  auto all_done = [&] { return b.all_done(); };
   // The rows take the device's batched fused step where it has one: every step's
   // tokens are drawn and fed back on the device, and the host reads them while the next
   // step runs.
@@ -237,7 +260,7 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
   Array x;  // the plain steps' input tokens [R, 1]
   int64_t slots = l;
   int generated = 0, fused_steps = 0;
-  while (generated < steps && !all_done()) {
+  while (generated < steps && !b.all_done()) {
     Array h;  // [R, H]
     if (generated == 0) {  // the prompts, in passes of at most prefill_tokens()
       h = prefill_rows(*model_, flat, rows, l, cache.layers(), pads, device_);
@@ -249,34 +272,33 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
     // logits were [R, V] (at 64 rows and a 152K vocabulary, 39 MB a step, then scanned on
     // the host, which took longer than the step itself).
     const Array logits = model_->logits(h);  // [R, V]
-    std::vector<int32_t> next = sample_rows(samplers, logits, history, done);
+    std::vector<int32_t> next = sample_rows(b.samplers, logits, b.history, b.done);
     for (size_t i = 0; i < size_t(rows); ++i)
-      if (done[i]) next[i] = history[i].back();
+      if (b.done[i]) next[i] = b.history[i].back();
     // With logprobs: each row's draw scored under the model's own logits.
     const std::vector<TokenLogprobs> scored = top >= 0 ? log_probabilities_rows(logits, next, top)
                                                        : std::vector<TokenLogprobs>();
-    for (size_t i = 0; i < size_t(rows); ++i) accept(i, next[i], scored.empty() ? nullptr : &scored[i]);
+    for (size_t i = 0; i < size_t(rows); ++i) b.accept(i, next[i], scored.empty() ? nullptr : &scored[i]);
     ++generated;
-    if (all_done()) break;
+    if (b.all_done()) break;
     // The fused step keeps the logits on the device: rows that want scores take the plain one.
     if (generated == 1 && steps > 1 && top < 0) fused = fused_decoder_or_none(*model_, int(rows));
     if (fused) {
-      fused_steps = decode_fused(*fused, cache, next, l, ids, history, steps - generated, samplers, accept, all_done);
+      fused_steps =
+          decode_fused(*fused, cache, next, l, b.ids, b.history, steps - generated, b.samplers, accept, all_done);
       break;
     }
     ++slots;  // the token fed next goes to the next slot
     x = to_device(from_vector(next, {rows, 1}), device_);
   }
-  int total_generated = 0, total_prompt = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    BatchResult& b = out[size_t(r)];
-    if (b.finish_reason.empty()) b.finish_reason = "length";
-    total_generated += int(b.ids.size());
-    total_prompt += int(ids[size_t(r)].size());
-  }
   GenerationTimings t;
-  t.prompt_tokens = total_prompt;
-  t.generated_tokens = total_generated;
+  for (size_t r = 0; r < size_t(rows); ++r) {
+    BatchResult& out = b.out[r];
+    if (out.finish_reason.empty()) out.finish_reason = "length";
+    t.generated_tokens += int(out.ids.size());
+    t.prompt_tokens += int(b.ids[r].size());
+    results[live[r]] = std::move(out);
+  }
   if (fused_steps > 0)
     t.decode_path = std::string("fused-") + fused->path();
   else if (generated > 1)
@@ -284,7 +306,6 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
   t.decode_s = seconds_since(t0);
   model_->recycle_fused_decoder(std::move(fused));  // for the next batch of as many rows
   record(t, FinishReason::max_tokens, {}, "");
-  for (size_t i = 0; i < size_t(rows); ++i) results[live[i]] = std::move(out[i]);
 }
 
 }  // namespace lmx::runtime
