@@ -115,11 +115,8 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   // new tokens) share one forward pass whatever their options; requests that generate and
   // draw alike share a batch, those with logprobs apart from those without (scores take
   // the plain decode step, which would slow the others).
-  enum class Kind { batch, score };
-  auto kind = [](const Job& j) { return scores_only(j.request) ? Kind::score : Kind::batch; };
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
-  const Kind first = kind(*jobs[0]);
   // Clients that start together reach the server a little apart: the first may wait for
   // the rest, rather than run alone while they queue behind it.
   running_ = jobs;
@@ -132,9 +129,10 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
     }
   }
   auto joins = [&](const Job& j) {
-    const GenerateOptions &o = j.request.options, &lead = jobs[0]->request.options;
-    return kind(j) == first &&
-           (first == Kind::score || (draws_alike(o, lead) && (o.logprobs >= 0) == (lead.logprobs >= 0)));
+    const openai::Request &r = j.request, &lead = jobs[0]->request;
+    if (scores_only(r) != scores_only(lead)) return false;
+    return scores_only(lead) || (draws_alike(r.options, lead.options) &&
+                                 (r.options.logprobs >= 0) == (lead.options.logprobs >= 0));
   };
   for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
     if (joins(**it)) {
