@@ -158,6 +158,21 @@ TEST(CliTest, BenchTimesLoraStepsAndRefusesAnIntegerDtype) {
   EXPECT_NE(bad.err.find("dtype must be f32, bf16 or f16, got 'i32'"), std::string::npos) << bad.err;
 }
 
+// `lmx bench --score` runs only the scoring workload: texts and their tokens a second.
+TEST(CliTest, BenchScoresTexts) {
+  const std::string dir = (test::kFixtureModels / "qwen3-f32").string();
+  const Result r = lmx("bench '" + dir + "' --device cpu --score --prompts 6 --prompt-len 9 --warmup 0 --repeat 1 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto rows = nlohmann::json::parse(r.out).at("results");
+  ASSERT_EQ(rows.size(), 1u) << "only the --score workload: " << r.out;
+  EXPECT_EQ(rows[0].at("workload"), "score");
+  EXPECT_EQ(rows[0].at("batch"), 6);
+  EXPECT_EQ(rows[0].at("prompt_len"), 9);
+  const double tok = rows[0].at("lmx_tok_per_s").get<double>(), texts = rows[0].at("lmx_prompts_per_s").get<double>();
+  EXPECT_GT(texts, 0);
+  EXPECT_NEAR(tok, texts * 9, 1e-6 * tok);
+}
+
 // `lmx lora` trains adapters whose loss falls; `generate --adapter` gives the library's
 // tokens with LoadOptions::adapter_path; `lmx fuse` writes a model that generates them too.
 TEST(CliTest, LoraTrainsAdaptersThatGenerateAndFuseAlike) {
