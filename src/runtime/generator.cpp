@@ -33,8 +33,8 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 void TokenGenerator::take_fused_decoder() {
   fused_ = fused_decoder_or_none(model_, 1);
   // A greedy draw with no edits reads no logit: the decoder's argmax is the token. A
-  // top-k draw with no edits reads only the k largest.
-  if (!fused_ || sampler_.needs_edits()) return;
+  // top-k draw with no edits reads only the k largest. Scores read every one.
+  if (!fused_ || sampler_.needs_edits() || top_logprobs_ >= 0) return;
   const std::optional<fast::SampleFilter> filter = sampler_.filter();
   fused_->set_logits_needed(!filter ? 1 : filter->top_k);
 }
@@ -83,6 +83,21 @@ std::optional<int32_t> TokenGenerator::fused_step() {
     fused_draw(*fused_, {&sampler_, 1});
     return true;
   };
+  if (top_logprobs_ >= 0) {
+    // With scores, one step at a time: they read the step's logits on the device (the
+    // draw's edits do not touch them), and the next step would overwrite them.
+    const std::vector<fast::FusedCacheView> views = cache_.fused_views();
+    if (views.empty()) return std::nullopt;
+    fused_->set_input(tokens_.back(), cache_.length());
+    set_fused_edits(*fused_, {&sampler_, 1}, {&tokens_, 1});
+    fused_->step(views);
+    cache_.commit_one();
+    fused_draw(*fused_, {&sampler_, 1});  // its edits go to a buffer of their own
+    fused_->queue_token();
+    const int32_t tok = fused_->wait_token();
+    logprobs_ = log_probabilities_rows(fused_->logits(), {&tok, 1}, top_logprobs_)[0];  // [1, V], raw
+    return tok;
+  }
   // Only the token comes back, and the step for the token after it is queued before it
   // is read, so the device never waits for the host. When that token turns out to be the
   // last, the extra step has only stored its keys and values (and taken a random word):
@@ -209,8 +224,7 @@ std::optional<int32_t> TokenGenerator::next() {
   if (generated == 0) {
     start_ = t0;
   } else {
-    // The first decode step. (The fused step reads no logits back: none with logprobs.)
-    if (generated == 1 && !fused_ && top_logprobs_ < 0) take_fused_decoder();
+    if (generated == 1 && !fused_) take_fused_decoder();  // the first decode step
     if (fused_) fused = fused_step();
   }
   int32_t tok;

@@ -301,6 +301,42 @@ TEST(LogprobsTest, NaNLogitsScoreAsImpossible) {
   }
 }
 
+// On CUDA in bf16 a stream with logprobs takes the fused one-sequence step, a token at a
+// time, and scores that step's own logits: its tokens are the stream's without logprobs,
+// each greedy token is its own most likely, and its scores are those a prefill of the same
+// text gives, within bf16's rounding (the two paths sum in other orders).
+TEST(LogprobsTest, CudaFusedStepScoresItsOwnLogits) {
+  const Backend* cuda = get_backend("cuda");
+  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
+  LoadOptions lo;
+  lo.backend = "cuda";
+  lo.dtype = "bf16";
+  lo.deterministic = true;
+  for (const char* name : kF32Models) {
+    auto model = load_model(kModels / name, lo);
+    const std::vector<int32_t> prompt = {1, 2, 3, 4, 5};
+    const std::vector<Token> want = tokens_of(model->generate_ids(prompt, scored(24, -1)));
+    const std::vector<Token> got = tokens_of(model->generate_ids(prompt, scored(24, 3)));
+    EXPECT_EQ(model->metrics().decode_path.rfind("fused-", 0), 0u) << name << ": " << model->metrics().decode_path;
+    ASSERT_EQ(got.size(), want.size()) << name;
+    std::vector<int32_t> text = prompt;
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].id, want[i].id) << name << ", token " << i;
+      text.push_back(got[i].id);
+    }
+    const std::vector<Token> prefill = model->score_ids(text, 3);
+    for (size_t i = 0; i < got.size(); ++i) {
+      const std::string at = std::string(name) + ", token " + std::to_string(i);
+      ASSERT_EQ(got[i].top_logprobs.size(), 3u) << at;
+      EXPECT_EQ(got[i].top_logprobs[0].first, got[i].id) << at;
+      EXPECT_NEAR(got[i].logprob, got[i].top_logprobs[0].second, 1e-6) << at;
+      const Token& p = prefill[prompt.size() - 1 + i];
+      EXPECT_EQ(p.id, got[i].id) << at;
+      EXPECT_NEAR(got[i].logprob, p.logprob, 0.02 + 0.02 * std::abs(p.logprob)) << at;
+    }
+  }
+}
+
 TEST(LogprobsTest, ScoresInPassesAsInOne) {
   // Passes of 5 positions continue the cache: past Gemma 3's sliding window of 8 the
   // rotating caches of its local layers wrap.
