@@ -161,7 +161,8 @@ TEST(CliTest, BenchTimesLoraStepsAndRefusesAnIntegerDtype) {
 // `lmx bench --score` runs only the scoring workload: texts and their tokens a second.
 TEST(CliTest, BenchScoresTexts) {
   const std::string dir = (test::kFixtureModels / "qwen3-f32").string();
-  const Result r = lmx("bench '" + dir + "' --device cpu --score --prompts 6 --prompt-len 9 --warmup 0 --repeat 1 --json");
+  const Result r =
+      lmx("bench '" + dir + "' --device cpu --score --prompts 6 --prompt-len 9 --warmup 0 --repeat 1 --json");
   ASSERT_EQ(r.status, 0) << r.err;
   const auto rows = nlohmann::json::parse(r.out).at("results");
   ASSERT_EQ(rows.size(), 1u) << "only the --score workload: " << r.out;
