@@ -86,13 +86,7 @@ std::optional<int32_t> TokenGenerator::fused_step() {
   if (top_logprobs_ >= 0) {
     // With scores, one step at a time: they read the step's logits on the device (the
     // draw's edits do not touch them), and the next step would overwrite them.
-    const std::vector<fast::FusedCacheView> views = cache_.fused_views();
-    if (views.empty()) return std::nullopt;
-    fused_->set_input(tokens_.back(), cache_.length());
-    set_fused_edits(*fused_, {&sampler_, 1}, {&tokens_, 1});
-    fused_->step(views);
-    cache_.commit_one();
-    fused_draw(*fused_, {&sampler_, 1});  // its edits go to a buffer of their own
+    if (!launch(true)) return std::nullopt;  // the draw's edits go to a buffer of their own
     fused_->queue_token();
     const int32_t tok = fused_->wait_token();
     logprobs_ = log_probabilities_rows(fused_->logits(), {&tok, 1}, top_logprobs_)[0];  // [1, V], raw
