@@ -298,12 +298,14 @@ std::vector<TokenLogprobs> log_probabilities_rows(const Array& logits, std::span
     const Array best = argmax(f, -1);  // [rows]; the lower id of a tie, as topk's
     top_ids = to_vector<int32_t>(best);
     top_values = to_floats(take_along_axis(f, reshape(best, {rows, 1}), -1));
-  } else if (top > 1) {
-    const auto [values, indices] = topk(f, top);
+  }
+  // More alternatives than tokens: all of them, as log_probabilities gives them.
+  const size_t k = size_t(std::min<int64_t>(std::max(top, 0), f.shape(1)));
+  if (k > 1) {
+    const auto [values, indices] = topk(f, int(k));
     top_values = to_floats(values);
     top_ids = to_vector<int32_t>(indices);
   }
-  const size_t k = size_t(std::max(top, 0));
   std::vector<TokenLogprobs> out(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     const float sum = lse[size_t(r)];

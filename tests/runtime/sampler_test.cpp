@@ -465,7 +465,7 @@ TEST(SamplerTest, LogProbabilitiesOfRowsAreEachRowsAlone) {
   if (cuda && cuda->available()) devices.push_back(Device::parse("cuda"));
   for (const Device& d : devices) {
     const Array logits = to_device(from_floats(flat, {3, int64_t(kLogits.size())}), d);
-    for (int top : {0, 1, 4}) {
+    for (int top : {0, 1, 4, 20}) {  // 20: more alternatives than the 8 tokens, so all of them
       const std::vector<TokenLogprobs> got = log_probabilities_rows(logits, chosen, top);
       ASSERT_EQ(got.size(), 3u);
       for (size_t r = 0; r < 3; ++r) {
@@ -476,7 +476,10 @@ TEST(SamplerTest, LogProbabilitiesOfRowsAreEachRowsAlone) {
         ASSERT_EQ(got[r].top.size(), want.top.size()) << at;
         for (size_t j = 0; j < want.top.size(); ++j) {
           EXPECT_EQ(got[r].top[j].first, want.top[j].first) << at << ", alternative " << j;
-          EXPECT_NEAR(got[r].top[j].second, want.top[j].second, 1e-5) << at << ", alternative " << j;
+          if (std::isinf(want.top[j].second))  // -inf listed last, as impossible as it gets
+            EXPECT_EQ(got[r].top[j].second, want.top[j].second) << at << ", alternative " << j;
+          else
+            EXPECT_NEAR(got[r].top[j].second, want.top[j].second, 1e-5) << at << ", alternative " << j;
         }
       }
     }
