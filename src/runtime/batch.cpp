@@ -18,22 +18,24 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 // The batch's steps through the fused decoder, after the prefill: the first input is
 // `next` at slot `slots` (every row's), each row's left padding is what its prompt lacks of
 // the longest; `history` is each row's tokens so far, `next` included. Up to `steps`
-// steps; one is queued ahead of the one being read. Returns the steps whose tokens were
-// read.
+// steps; one is queued ahead of the one being read, unless the rows want scores (`top`
+// alternatives; -1: none): those read each step's logits on the device, which the next
+// step would overwrite. Returns the steps whose tokens were read.
 template <class Accept, class AllDone>
 int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<int32_t>& next,
                  int64_t slots, const std::vector<std::vector<int32_t>>& ids,
                  const std::vector<std::vector<int32_t>>& history, int steps,
-                 std::span<Sampler> samplers, Accept& accept, AllDone& all_done) {
+                 std::span<Sampler> samplers, int top, Accept& accept, AllDone& all_done) {
   const size_t rows = ids.size();
   std::vector<int64_t> pads;
   for (const auto& p : ids) pads.push_back(slots - int64_t(p.size()));
   cache.reserve(slots + steps);  // no reallocation, so the step's graph is recorded once
   fused.set_inputs(next, std::vector<int64_t>(rows, slots), pads);
   set_fused_edits(fused, samplers, history);  // every draw is made on the device
+  const int ahead = top >= 0 ? 1 : 2;  // steps in flight
   int queued = 0, read = 0;
   while (read < steps) {
-    while (queued - read < 2 && queued < steps) {
+    while (queued - read < ahead && queued < steps) {
       fused.step(cache.fused_views());
       cache.commit_one();
       fused_draw(fused, samplers);  // finished rows draw too: their tokens are ignored
@@ -42,7 +44,10 @@ int decode_fused(fast::FusedDecoder& fused, KVCache& cache, const std::vector<in
     }
     const std::vector<int32_t> tokens = fused.wait_tokens();
     ++read;
-    for (size_t r = 0; r < rows; ++r) accept(r, tokens[r]);
+    // The step's logits as it made them: the draws' edits go to a buffer of their own.
+    const std::vector<TokenLogprobs> scored =
+        top >= 0 ? log_probabilities_rows(fused.logits(), tokens, top) : std::vector<TokenLogprobs>();
+    for (size_t r = 0; r < rows; ++r) accept(r, tokens[r], scored.empty() ? nullptr : &scored[r]);
     if (all_done()) break;
   }
   return read;
@@ -249,7 +254,7 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
     const int64_t pad = pads[size_t(r)] = l - int64_t(p.size());
     std::copy(p.begin(), p.end(), flat.begin() + r * l + pad);
   }
-  auto accept = [&](size_t r, int32_t token) { b.accept(r, token); };
+  auto accept = [&](size_t r, int32_t token, const TokenLogprobs* scored) { b.accept(r, token, scored); };
   auto all_done = [&] { return b.all_done(); };
   // The rows take the device's batched fused step where it has one: every step's
   // tokens are drawn and fed back on the device, and the host reads them while the next
@@ -281,11 +286,10 @@ void LocalTextModel::decode_rows(std::span<const size_t> live, std::span<const s
     for (size_t i = 0; i < size_t(rows); ++i) b.accept(i, next[i], scored.empty() ? nullptr : &scored[i]);
     ++generated;
     if (b.all_done()) break;
-    // The fused step keeps the logits on the device: rows that want scores take the plain one.
-    if (generated == 1 && steps > 1 && top < 0) fused = fused_decoder_or_none(*model_, int(rows));
+    if (generated == 1 && steps > 1) fused = fused_decoder_or_none(*model_, int(rows));
     if (fused) {
-      fused_steps =
-          decode_fused(*fused, cache, next, l, b.ids, b.history, steps - generated, b.samplers, accept, all_done);
+      fused_steps = decode_fused(*fused, cache, next, l, b.ids, b.history, steps - generated, b.samplers, top,
+                                 accept, all_done);
       break;
     }
     ++slots;  // the token fed next goes to the next slot

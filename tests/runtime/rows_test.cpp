@@ -263,14 +263,17 @@ TEST(RowsTest, CudaRowsKeepTheirOwnLimitsAndScores) {
       EXPECT_EQ(got[r].finish_reason, "length");
     }
   }
-  // Rows with logprobs take the plain step, their scores summed on the device; a greedy
-  // row's token is its own most likely one.
+  // Rows with logprobs take the batched fused step a token at a time, their scores summed
+  // on the device from its logits; a greedy row's token is its own most likely one, and
+  // its scores are those a prefill of the row's text gives, within bf16's rounding.
   const std::vector<std::vector<int32_t>> scored = {{10, 11}, {12}, {13, 14, 15}};
   std::vector<GenerateOptions> o(scored.size(), greedy(5));
   for (GenerateOptions& x : o) x.logprobs = 2;
   size_t tokens = 0;
+  std::map<size_t, std::vector<Token>> rows_got;
   run_rows(*model, scored, o, [&](size_t row, const Token& t) {
     ++tokens;
+    rows_got[row].push_back(t);
     EXPECT_EQ(t.top_logprobs.size(), 2u) << "row " << row;
     if (t.top_logprobs.size() == 2) {
       EXPECT_EQ(t.top_logprobs[0].first, t.id) << "row " << row;
@@ -281,7 +284,16 @@ TEST(RowsTest, CudaRowsKeepTheirOwnLimitsAndScores) {
     return true;
   });
   EXPECT_EQ(tokens, 15u);
-  EXPECT_EQ(model->metrics().decode_path, "plain");
+  EXPECT_EQ(model->metrics().decode_path.rfind("fused-", 0), 0u) << model->metrics().decode_path;
+  for (size_t r = 0; r < scored.size(); ++r) {
+    std::vector<int32_t> text = scored[r];
+    for (const Token& t : rows_got[r]) text.push_back(t.id);
+    const std::vector<Token> prefill = model->score_ids(text, 2);
+    for (size_t i = 0; i < rows_got[r].size(); ++i) {
+      const Token& p = prefill[scored[r].size() - 1 + i];
+      EXPECT_NEAR(rows_got[r][i].logprob, p.logprob, 0.02 + 0.02 * std::abs(p.logprob)) << "row " << r << ", " << i;
+    }
+  }
 }
 
 }  // namespace
