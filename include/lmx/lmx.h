@@ -65,8 +65,8 @@ struct GenerateOptions {
   // Streams and generate_rows: each Token's logprob, and this many top_logprobs (0 to
   // kMaxTopLogprobs); -1 = off. They are the model's own distribution, before penalties,
   // bias, temperature and filters (as vLLM's default), so that they score text whatever the
-  // draw. On a GPU a stream scores the fused step's logits on the device, one step at a
-  // time (no step queued ahead); a batch with logprobs takes the plain decode step.
+  // draw. On a GPU the fused decode step's logits are scored on the device, one step at a
+  // time (no step queued ahead), for a stream as for a batch.
   int logprobs = -1;
 };
 
