@@ -291,17 +291,16 @@ std::vector<TokenLogprobs> log_probabilities_rows(const Array& logits, std::span
       to_device(from_vector(std::vector<int32_t>(chosen.begin(), chosen.end()), {rows, 1}), logits.device());
   const std::vector<float> lse = to_floats(logsumexp(f, {-1}));               // [rows]
   const std::vector<float> picked = to_floats(take_along_axis(f, ids, -1));   // [rows, 1]
-  std::vector<float> top_values;  // [rows, top]
-  std::vector<int32_t> top_ids;   // [rows, top]
-  if (top == 1) {  // as harnesses ask, to tell whether the text is the greedy one
+  // More alternatives than tokens: all of them, as log_probabilities gives them.
+  const size_t k = size_t(std::min<int64_t>(std::max(top, 0), f.shape(1)));
+  std::vector<float> top_values;  // [rows, k]
+  std::vector<int32_t> top_ids;   // [rows, k]
+  if (k == 1) {  // as harnesses ask, to tell whether the text is the greedy one
     // A reduction, where topk sorts each row: 256 rows of 152K took most of a piece's time.
     const Array best = argmax(f, -1);  // [rows]; the lower id of a tie, as topk's
     top_ids = to_vector<int32_t>(best);
     top_values = to_floats(take_along_axis(f, reshape(best, {rows, 1}), -1));
-  }
-  // More alternatives than tokens: all of them, as log_probabilities gives them.
-  const size_t k = size_t(std::min<int64_t>(std::max(top, 0), f.shape(1)));
-  if (k > 1) {
+  } else if (k > 1) {
     const auto [values, indices] = topk(f, int(k));
     top_values = to_floats(values);
     top_ids = to_vector<int32_t>(indices);

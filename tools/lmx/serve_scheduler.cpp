@@ -113,8 +113,8 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   if (stopping_) return {};
   // How a request may share its run: requests that only score their prompts (echo with no
   // new tokens) share one forward pass whatever their options; requests that generate and
-  // draw alike share a batch, those with logprobs apart from those without (scores take
-  // the plain decode step, which would slow the others).
+  // draw alike share a batch, those with logprobs apart from those without (scored steps
+  // run one at a time and read their scores back, which would slow the others).
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
   // Clients that start together reach the server a little apart: the first may wait for
@@ -157,21 +157,14 @@ std::optional<openai::ApiError> Scheduler::stream_error() const {
 void Scheduler::run_alone(Job& job) {
   const openai::Request& r = job.request;
   try {
-    std::optional<Stream> stream;
-    if (r.chat)
-      stream.emplace(model_.chat(r.messages, r.options, job.stop_token()));
-    else if (!r.prompt_ids.empty())
-      stream.emplace(model_.generate_ids(r.prompt_ids, r.options, job.stop_token()));
-    else
-      stream.emplace(model_.generate(r.prompt, r.options, job.stop_token()));
-    for (const Token& t : *stream) job.push(t);
-    stream.reset();
-    job.metrics = model_.metrics();
+    // The ids chat() and generate() would run, made once: echo scores them too.
+    const std::vector<int32_t> ids = prompt_ids(r);
+    for (const Token& t : model_.generate_ids(ids, r.options, job.stop_token())) job.push(t);
+    job.metrics = model_.metrics();  // the stream has ended: its metrics are in
     job.error = stream_error();
     if (!job.error && r.echo) {
       Job* const one[] = {&job};
-      const std::vector<int32_t> ids[] = {prompt_ids(r)};
-      echo(one, ids);
+      echo(one, {&ids, 1});
     }
   } catch (const Error& e) {  // the model's checks of the request: a bad template variable, a long prompt
     job.error = openai::ApiError{400, e.what()};
