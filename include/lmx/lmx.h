@@ -38,9 +38,19 @@ struct Token {
   std::vector<std::pair<int32_t, float>> top_logprobs;
 };
 
+// A function call an assistant made (OpenAI's tool_calls[i]).
+struct ToolCall {
+  std::string id;         // e.g. "call_..."; a "tool" message's tool_call_id names it. May be empty
+  std::string name;       // the function's
+  std::string arguments;  // a JSON object, as text
+};
+
 struct Message {
   std::string role;  // "system", "user", "assistant", "tool"
   std::string content;
+  // Initialised, so that {role, content} leaves them out without a warning.
+  std::vector<ToolCall> tool_calls = {};  // an assistant's calls (its content may then be empty)
+  std::string tool_call_id = {};          // a "tool" message: the call whose result it holds
 };
 
 inline constexpr int kMaxTopLogprobs = 20;  // GenerateOptions::logprobs' largest
@@ -61,6 +71,10 @@ struct GenerateOptions {
   bool add_generation_prompt = true;       // chat(): end the template with the assistant header
   // Extra chat-template variables as JSON text, e.g. {"enable_thinking", "false"}.
   std::vector<std::pair<std::string, std::string>> template_vars;
+  // chat(): the tools the model may call, as JSON text in OpenAI's form, [{"type": "function",
+  // "function": {"name", "description", "parameters"}}]; the template lists them, as HF's
+  // apply_chat_template(tools=...) does. parse_tool_calls reads the calls in the reply.
+  std::string tools;
   bool return_logits = false;              // classify(): keep the full last-position logits
   // Streams and generate_rows: each Token's logprob, and this many top_logprobs (0 to
   // kMaxTopLogprobs); -1 = off. They are the model's own distribution, before penalties,
@@ -93,6 +107,9 @@ struct ModelInfo {
   int64_t intermediate_size = 0, context_length = 0, parameters = 0, weight_bytes = 0;
   int quant_bits = 0, quant_group_size = 0;  // 0 = not quantized
   bool has_tokenizer = false, has_chat_template = false;
+  // The form in which the chat template asks for tool calls: "hermes" (<tool_call>{...}</tool_call>:
+  // Qwen2.5, Qwen3), "llama3-json" ({"name", "parameters"}: Llama 3.1-3.3) or "" (none read here).
+  std::string tool_call_format;
 };
 
 struct GenerateMetrics {
@@ -226,6 +243,23 @@ bool draws_alike(const GenerateOptions& a, const GenerateOptions& b);
 // checks its prompt so; a server that gathers requests into a batch checks each one as it
 // comes, to refuse it at once.
 void check_prompt(const ModelInfo& info, std::span<const int32_t> ids);
+
+// A chat reply read for tool calls: the calls it makes, in order (their ids empty, their
+// arguments compact JSON), and its text outside them.
+struct ToolCallReply {
+  std::string content;
+  std::vector<ToolCall> calls;
+};
+// Reads the calls in a reply to a chat that offered tools, in `format`
+// (ModelInfo::tool_call_format). A reply whose calls do not read as that format's JSON (a
+// name, and an object of arguments) is all content, with no calls: the model's text reaches
+// the user, as vLLM's parsers leave it. "" reads no calls.
+ToolCallReply parse_tool_calls(std::string_view reply, std::string_view format);
+// For a reply still streaming: how many of its leading bytes are content whatever follows.
+// What could begin a call (part of "<tool_call>" and the whitespace before it, or a
+// llama3-json reply's opening brace) is held back; once the reply ends, parse_tool_calls'
+// content past what was sent is the rest.
+size_t tool_call_free_prefix(std::string_view reply, std::string_view format);
 
 class Backend {
  public:

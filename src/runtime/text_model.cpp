@@ -1,5 +1,6 @@
 #include "runtime/text_model.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -10,6 +11,7 @@
 #include "ops/kernels.h"
 #include "runtime/token_text.h"
 #include "text/jinja/jinja.h"
+#include "text/tool_calls.h"
 
 namespace lmx::runtime {
 namespace {
@@ -251,9 +253,36 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
                         const std::string& where) {
   const std::string& tmpl = tok.config().chat_template;
   LMX_CHECK(!tmpl.empty(), "chat", where, " has no chat template (tokenizer_config.json or chat_template.jinja)");
-  nlohmann::ordered_json ctx;
-  ctx["messages"] = nlohmann::ordered_json::array();
-  for (const Message& m : messages) ctx["messages"].push_back({{"role", m.role}, {"content", m.content}});
+  using Json = nlohmann::ordered_json;
+  Json ctx;
+  ctx["messages"] = Json::array();
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Message& m = messages[i];
+    Json message = {{"role", m.role}, {"content", m.content}};
+    // Calls in OpenAI's form, their arguments as objects (as HF's templates expect them: Llama's
+    // write them with tojson), as vLLM passes them on.
+    for (size_t c = 0; c < m.tool_calls.size(); ++c) {
+      const ToolCall& call = m.tool_calls[c];
+      const Json args = Json::parse(call.arguments, nullptr, false);
+      LMX_CHECK(args.is_object(), "chat", "message ", i, "'s tool call ", c, " (", call.name,
+                "): arguments must be a JSON object, got '", call.arguments, "'");
+      Json entry = {{"type", "function"}, {"function", {{"name", call.name}, {"arguments", args}}}};
+      if (!call.id.empty()) entry["id"] = call.id;
+      message["tool_calls"].push_back(std::move(entry));
+    }
+    if (!m.tool_call_id.empty()) message["tool_call_id"] = m.tool_call_id;
+    ctx["messages"].push_back(std::move(message));
+  }
+  if (!o.tools.empty()) {
+    // A template that never names them would drop the tools without a word.
+    LMX_CHECK(tmpl.find("tools") != std::string::npos, "chat", where,
+              "'s chat template does not list tools; leave GenerateOptions::tools empty for this model");
+    ctx["tools"] = Json::parse(o.tools, nullptr, false);
+    LMX_CHECK(ctx["tools"].is_array() && std::all_of(ctx["tools"].begin(), ctx["tools"].end(),
+                                                     [](const Json& t) { return t.is_object(); }),
+              "chat", "tools must be a JSON list of objects ([{\"type\": \"function\", \"function\": {...}}]), got '",
+              o.tools, "'");
+  }
   ctx["add_generation_prompt"] = o.add_generation_prompt;
   for (const auto& [name, value] : tok.config().special_token_strings()) ctx[name] = value;
   for (const auto& [key, json] : o.template_vars) {
@@ -308,6 +337,7 @@ ModelInfo LocalTextModel::info() const {
   }
   i.has_tokenizer = tokenizer_.has_value();
   i.has_chat_template = tokenizer_ && !tokenizer_->config().chat_template.empty();
+  if (i.has_chat_template) i.tool_call_format = text::tool_call_format(tokenizer_->config().chat_template);
   return i;
 }
 

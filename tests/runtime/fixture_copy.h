@@ -5,13 +5,26 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "io/safetensors.h"
 
 namespace lmx::test {
+
+// A Qwen-style chat template that lists tools and writes calls as <tool_call> (hermes), with
+// each message's tool_calls and tool_call_id.
+inline constexpr const char* kHermesToolTemplate =
+    "{%- if tools %}<|im_start|>system\n{% for t in tools %}{{ t.function.name }}: {{ t.function.parameters | tojson }}"
+    "\n{% endfor %}Call one as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{%- for c in m.tool_calls or [] %}<tool_call>{\"name\": \"{{ c.function.name }}\", \"arguments\": "
+    "{{ c.function.arguments | tojson }}}</tool_call>{% endfor %}"
+    "{%- if m.tool_call_id %} ({{ m.tool_call_id }}){% endif %}<|im_end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 inline const std::filesystem::path kFixtureModels = std::filesystem::path(LMX_FIXTURES_DIR) / "models";
 
@@ -51,6 +64,17 @@ class FixtureCopy {
       io::write_safetensors(st, tensors);
     }
     std::filesystem::remove(old);
+  }
+
+  // Rewrites one field of a JSON file of the copy (e.g. tokenizer_config.json's chat_template).
+  void set_json(const std::string& name, const nlohmann::json::json_pointer& field, const nlohmann::json& value) const {
+    nlohmann::json j;
+    {
+      std::ifstream in(file(name));
+      j = nlohmann::json::parse(in);
+    }
+    j[field] = value;
+    std::ofstream(file(name)) << j.dump();
   }
 
  private:

@@ -63,7 +63,7 @@ const lmx::Tokenizer* tokenizer_for(const Param& p) {
 
 struct Golden {
   const lmx::Tokenizer* tok = nullptr;
-  nlohmann::json json;
+  nlohmann::ordered_json json;  // in the order written: the chats' tools keep their key order
 };
 
 // Skips the test (with the reason) when the data or the goldens are missing.
@@ -73,7 +73,7 @@ Golden load_golden(const Param& param) {
   const fs::path p = golden_path(param);
   if (!g.tok || !fs::exists(p)) return g;
   std::ifstream in(p);
-  g.json = nlohmann::json::parse(in);
+  g.json = nlohmann::ordered_json::parse(in);
   return g;
 }
 
@@ -140,7 +140,7 @@ TEST_P(TokenizerGolden, ChatTemplateMatchesTransformers) {
 #ifndef LMX_HAVE_JINJA
   GTEST_SKIP() << "the Jinja engine (text/jinja/jinja.h) is not built yet";
 #else
-  if (g.json.value("chats", nlohmann::json::array()).empty()) GTEST_SKIP() << "the goldens hold no chats";
+  if (g.json.value("chats", nlohmann::ordered_json::array()).empty()) GTEST_SKIP() << "the goldens hold no chats";
   const lmx::TokenizerConfig& cfg = g.tok->config();
   ASSERT_FALSE(cfg.chat_template.empty());
   const lmx::jinja::Template tmpl(cfg.chat_template);

@@ -19,6 +19,7 @@
 #include <span>
 #include <stop_token>
 #include <thread>
+#include <utility>
 
 #include "cli_util.h"
 #include "commands.h"
@@ -81,8 +82,13 @@ class Service {
     try {
       // A request with a list of prompts is a job a prompt: they queue together, and the
       // scheduler runs them as one batch where they may share one.
-      const std::vector<std::shared_ptr<Job>> jobs =
-          scheduler_.submit(openai::parse_request(req.body, chat, defaults_));
+      std::vector<openai::Request> requests = openai::parse_request(req.body, chat, defaults_);
+      if (requests[0].tools && tool_format_.empty())
+        throw openai::ApiError{400,
+                               "this model's chat template does not ask for tool calls in a form lmx serve reads "
+                               "(hermes' <tool_call> or Llama 3.1's JSON); send the request without \"tools\"",
+                               "invalid_request_error", "tools"};
+      const std::vector<std::shared_ptr<Job>> jobs = scheduler_.submit(std::move(requests));
       const openai::Envelope env = envelope(chat);
       if (jobs.size() == 1 && jobs[0]->request.stream) {
         const std::shared_ptr<Job> job = jobs[0];
@@ -130,6 +136,11 @@ class Service {
     const bool chat = job.request.chat;
     openai::Choice c{job.echo_text, job.metrics};
     for (const Token& t : tokens) c.text += t.text;
+    if (job.request.tools) {
+      ToolCallReply reply = parse_tool_calls(c.text, tool_format_);
+      c.text = std::move(reply.content);
+      c.calls = named(std::move(reply.calls), job.request);
+    }
     int64_t offset = 0;
     if (job.request.options.logprobs >= 0) {
       if (job.request.echo) c.scores = openai::logprobs(false, job.echoed, piece_, offset);
@@ -157,7 +168,7 @@ class Service {
       open = open && sink.write(line.data(), line.size());
     };
     // With logprobs, a token whose text is held back (part of a character, or of a possible
-    // stop string) has its scores sent with the next text.
+    // stop string or tool call) has its scores sent with the next text.
     const bool scoring = job.request.options.logprobs >= 0;
     std::vector<Token> pending;
     int64_t offset = 0;
@@ -166,9 +177,20 @@ class Service {
       pending.clear();
       send(openai::chunk(env, chat, chat ? json{{"content", text}} : json(text), "", scores));
     };
+    // With tools, the reply so far, and how much of it went out as content: what may begin
+    // a call waits for the end, where the calls are read.
+    const bool tools = job.request.tools;
+    std::string reply;
+    size_t sent = 0;
     auto piece = [&](const Token& t) {
       if (scoring) pending.push_back(t);
-      if (!t.text.empty()) text_event(t.text);
+      if (!tools) {
+        if (!t.text.empty()) text_event(t.text);
+        return;
+      }
+      reply += t.text;
+      const size_t free = tool_call_free_prefix(reply, tool_format_);
+      if (free > sent) text_event(reply.substr(std::exchange(sent, free), free - sent));
     };
     if (chat) send(openai::chunk(env, chat, {{"role", "assistant"}, {"content", ""}}, ""));
     for (const Token& t : first) piece(t);
@@ -182,11 +204,19 @@ class Service {
       send(openai::error_body(*job.error));
     } else if (open) {
       const GenerateMetrics& m = job.metrics;
+      std::vector<ToolCall> calls;
+      if (tools) {  // the content held back, then the calls whole
+        ToolCallReply read = parse_tool_calls(reply, tool_format_);
+        if (read.content.size() > sent) text_event(read.content.substr(sent));
+        calls = named(std::move(read.calls), job.request);
+      }
       if (scoring && !listed(pending, m, chat).empty()) {  // the last tokens made no text
         pending.resize(listed(pending, m, chat).size());
         text_event("");
       }
-      send(openai::chunk(env, chat, chat ? json::object() : json(""), openai::finish_reason(m.finish_reason)));
+      if (!calls.empty()) send(openai::chunk(env, chat, {{"tool_calls", openai::tool_calls(calls, true)}}, ""));
+      const std::string why = calls.empty() ? openai::finish_reason(m.finish_reason) : "tool_calls";
+      send(openai::chunk(env, chat, chat ? json::object() : json(""), why));
       if (job.request.include_usage) {
         json last = openai::chunk(env, chat, json::object(), "");
         last["choices"] = json::array();
@@ -196,6 +226,13 @@ class Service {
     }
     if (open) sink.write("data: [DONE]\n\n", 14);
     sink.done();
+  }
+
+  // A reply's calls with their new ids; the first alone where the request asked for one at a time.
+  static std::vector<ToolCall> named(std::vector<ToolCall> calls, const openai::Request& r) {
+    if (!r.parallel_tool_calls && calls.size() > 1) calls.resize(1);
+    for (ToolCall& c : calls) c.id = openai::call_id();
+    return calls;
   }
 
   // The tokens whose scores a reply lists. Completions list every generated token, as vLLM
@@ -216,6 +253,7 @@ class Service {
     return model_.detokenize({&id, 1}, false);
   };
   const std::string name_;
+  const std::string tool_format_ = model_.info().tool_call_format;  // how replies to "tools" hold their calls
   const GenerateOptions defaults_;
   const int64_t started_ = now();
   std::atomic<uint64_t> count_{0};
@@ -341,8 +379,13 @@ void add_serve_command(CLI::App& app) {
       "request that finds the model idle wait for others. Prompts to score (echo, max_tokens\n"
       "0) are scored together whatever their options. Completions' logprobs list every\n"
       "generated token (an end-of-sequence too), so that echoed scores line up with the usage\n"
-      "as harnesses such as lm-eval's local-completions read them. Tools and n > 1 are\n"
-      "refused with a 400.\n\n"
+      "as harnesses such as lm-eval's local-completions read them.\n"
+      "Chat takes \"tools\" (tool_choice \"auto\" or \"none\") where the model's template asks for\n"
+      "calls as Qwen's <tool_call> or Llama 3.1's JSON: the template lists the tools, and the\n"
+      "calls in the reply come back as \"tool_calls\" (finish_reason \"tool_calls\"); streamed,\n"
+      "the text that may begin a call waits, and the calls come whole in one delta. Messages\n"
+      "may carry an assistant's tool_calls and a tool's tool_call_id. A required or named\n"
+      "tool_choice and n > 1 are refused with a 400.\n\n"
       "Examples:\n"
       "  lmx serve /models/Qwen3-0.6B --port 8080 --temperature 0.7 --max-tokens 1024\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <random>
 
 #include "text/unicode.h"
 
@@ -84,6 +85,38 @@ Prompt prompt_of(const json& p) {
   return out;
 }
 
+// An object's string field, or "" where it is absent or not a string.
+std::string string_field(const json& j, const char* key) {
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+// An assistant message's "tool_calls": [{"id", "type": "function", "function": {"name",
+// "arguments"}}], the arguments a JSON object as text (or, as some clients send them, as an object).
+std::vector<ToolCall> tool_calls_of(const json& calls, const std::string& at) {
+  if (!calls.is_array()) refuse(at, "'" + at + "' must be a list of calls");
+  std::vector<ToolCall> out;
+  for (size_t c = 0; c < calls.size(); ++c) {
+    const json& call = calls[c];
+    const std::string here = at + "[" + std::to_string(c) + "]";
+    const json* fn = call.is_object() && call.contains("function") ? &call["function"] : nullptr;
+    if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
+      refuse(here, "'" + here + "' must be {\"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": ...}}");
+    ToolCall t{string_field(call, "id"), (*fn)["name"].get<std::string>(), "{}"};
+    if (const auto args = fn->find("arguments"); args != fn->end() && !args->is_null()) {
+      // In the order written (nlohmann::json would sort the keys).
+      using Ordered = nlohmann::ordered_json;
+      const Ordered value = args->is_string() ? Ordered::parse(args->get<std::string>(), nullptr, false)
+                                              : Ordered::parse(args->dump());
+      if (!value.is_object())
+        refuse(here + ".function.arguments", "'" + here + ".function.arguments' must be a JSON object (as text)");
+      t.arguments = value.dump();
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 std::vector<Message> messages_of(const json& body) {
   const auto it = body.find("messages");
   if (it == body.end() || !it->is_array() || it->empty())
@@ -94,15 +127,26 @@ std::vector<Message> messages_of(const json& body) {
     const std::string at = "messages[" + std::to_string(i) + "]";
     if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
       refuse(at, "'" + at + "' must be an object with a string 'role'");
-    if (m.contains("tool_calls") && !m["tool_calls"].is_null())
-      refuse(at + ".tool_calls", "tool calls are not supported by lmx serve yet");
     std::string role = m["role"].get<std::string>();
     if (role == "developer") role = "system";  // OpenAI's newer name for the system message
     if (role != "system" && role != "user" && role != "assistant" && role != "tool")
       refuse(at + ".role", "'" + at + ".role' must be system, developer, user, assistant or tool, got '" + role + "'");
-    if (!m.contains("content") || m["content"].is_null())
-      refuse(at + ".content", "'" + at + ".content' is missing");
-    out.push_back({role, content_text(m["content"], at + ".content")});
+    Message message{role, ""};
+    if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
+      if (role != "assistant") refuse(at + ".tool_calls", "only an assistant message makes tool calls");
+      message.tool_calls = tool_calls_of(m["tool_calls"], at + ".tool_calls");
+    }
+    if (m.contains("tool_call_id") && !m["tool_call_id"].is_null()) {
+      if (!m["tool_call_id"].is_string()) refuse(at + ".tool_call_id", "'" + at + ".tool_call_id' must be a string");
+      message.tool_call_id = m["tool_call_id"].get<std::string>();
+    }
+    // An assistant's message that only calls tools has no content (null, as OpenAI sends it).
+    if (!m.contains("content") || m["content"].is_null()) {
+      if (message.tool_calls.empty()) refuse(at + ".content", "'" + at + ".content' is missing");
+    } else {
+      message.content = content_text(m["content"], at + ".content");
+    }
+    out.push_back(std::move(message));
   }
   return out;
 }
@@ -156,6 +200,43 @@ void read_logprobs(const json& body, bool chat, GenerateOptions& o) {
   } else if (const std::optional<int64_t> top = integer(body, "logprobs", 0, most)) {
     o.logprobs = int(*top);
   }
+}
+
+// "tools" (chat): OpenAI's list of functions, which the template lists; "tool_choice" "auto"
+// (the default) or "none" (the tools left out of the prompt); "parallel_tool_calls".
+void read_tools(const json& body, bool chat, Request& r) {
+  const auto it = body.find("tools");
+  const bool listed = it != body.end() && !it->is_null();
+  if (!chat) {
+    for (const char* key : {"tools", "tool_choice"})
+      if (body.contains(key) && !body[key].is_null())
+        refuse(key, std::string("'") + key + "' is a chat field (/v1/chat/completions)");
+    return;
+  }
+  std::string choice = "auto";
+  if (const auto c = body.find("tool_choice"); c != body.end() && !c->is_null()) {
+    if (!c->is_string() || (*c != "auto" && *c != "none"))
+      refuse("tool_choice", "'tool_choice' must be \"auto\" or \"none\" (\"required\" and a named function are "
+                            "not supported), got " + c->dump());
+    choice = c->get<std::string>();
+  }
+  r.parallel_tool_calls = flag(body, "parallel_tool_calls", true);
+  if (!listed) return;
+  if (!it->is_array()) refuse("tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {...}}");
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& t = (*it)[i];
+    const std::string at = "tools[" + std::to_string(i) + "]";
+    const json* fn =
+        t.is_object() && string_field(t, "type") == "function" && t.contains("function") ? &t["function"] : nullptr;
+    if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string() ||
+        (*fn)["name"].get<std::string>().empty())
+      refuse(at, "'" + at + "' must be {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": ...}}");
+    if (fn->contains("parameters") && !(*fn)["parameters"].is_object())
+      refuse(at + ".function.parameters", "'" + at + ".function.parameters' must be a JSON schema object");
+  }
+  if (choice == "none" || it->empty()) return;  // "none": the model is not told of them
+  r.options.tools = it->dump();
+  r.tools = true;
 }
 
 // Code points of valid UTF-8 text: its bytes but continuation bytes.
@@ -223,9 +304,9 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
     refuse("", std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) refuse("", "the request body must be a JSON object");
-  for (const char* unsupported : {"tools", "tool_choice", "functions", "function_call"})
-    if (body.contains(unsupported) && !body[unsupported].is_null())
-      refuse(unsupported, std::string("'") + unsupported + "' is not supported by lmx serve yet");
+  for (const char* old : {"functions", "function_call"})
+    if (body.contains(old) && !body[old].is_null())
+      refuse(old, std::string("'") + old + "' is OpenAI's older form; send \"tools\" (and \"tool_choice\")");
   if (body.contains("response_format") && !body["response_format"].is_null() &&
       body["response_format"].value("type", "text") != "text")
     refuse("response_format", "only {\"type\": \"text\"} responses are supported");
@@ -276,6 +357,7 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
     if (!it->is_object()) refuse("chat_template_kwargs", "'chat_template_kwargs' must be an object");
     for (const auto& [key, value] : it->items()) o.template_vars.emplace_back(key, value.dump());
   }
+  read_tools(body, chat, r);
   if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) refuse("stream_options", "'stream_options' must be an object");
     r.include_usage = flag(*it, "include_usage", false);
@@ -306,8 +388,14 @@ json completion(const Envelope& env, bool chat, std::span<const Choice> choices)
   GenerateMetrics total;
   for (size_t i = 0; i < choices.size(); ++i) {
     const Choice& c = choices[i];
-    json choice = {{"index", i}, {"logprobs", c.scores}, {"finish_reason", finish_reason(c.metrics.finish_reason)}};
-    if (chat)
+    json choice = {{"index", i},
+                   {"logprobs", c.scores},
+                   {"finish_reason", c.calls.empty() ? finish_reason(c.metrics.finish_reason) : "tool_calls"}};
+    if (chat && !c.calls.empty())  // the text outside the calls, or null where there is none
+      choice["message"] = {{"role", "assistant"},
+                           {"content", c.text.empty() ? json(nullptr) : json(c.text)},
+                           {"tool_calls", tool_calls(c.calls, false)}};
+    else if (chat)
       choice["message"] = {{"role", "assistant"}, {"content", c.text}};
     else
       choice["text"] = c.text;
@@ -321,6 +409,26 @@ json completion(const Envelope& env, bool chat, std::span<const Choice> choices)
           {"model", env.model},
           {"choices", std::move(listed)},
           {"usage", usage(total)}};
+}
+
+json tool_calls(std::span<const ToolCall> calls, bool streamed) {
+  json out = json::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    json call = {{"id", calls[i].id},
+                 {"type", "function"},
+                 {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
+    if (streamed) call["index"] = i;
+    out.push_back(std::move(call));
+  }
+  return out;
+}
+
+std::string call_id() {
+  static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+  thread_local std::mt19937_64 draw{std::random_device{}()};
+  std::string id = "call_";
+  for (int i = 0; i < 24; ++i) id += kDigits[draw() % (sizeof(kDigits) - 1)];
+  return id;
 }
 
 json chunk(const Envelope& env, bool chat, const json& delta, const std::string& reason, const json& scores) {

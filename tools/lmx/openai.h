@@ -6,10 +6,11 @@
 // max_completion_tokens, temperature, top_p, seed, stop, presence_penalty,
 // frequency_penalty, logit_bias, logprobs (chat: with top_logprobs), n (1 only), echo
 // (completions, whole replies; with max_tokens 0 it scores the prompt alone), stream and
-// stream_options.include_usage. Also, as vLLM and llama.cpp's server
+// stream_options.include_usage, tools with tool_choice "auto" or "none" and
+// parallel_tool_calls (messages may carry tool_calls and tool_call_id). Also, as vLLM and llama.cpp's server
 // read them: top_k, min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat
 // template's variables, e.g. {"enable_thinking": false}). Anything the server cannot
-// honour (tools, n > 1, a streamed echo, a streamed list of prompts, a JSON response
+// honour (a required or named tool_choice, n > 1, a streamed echo, a streamed list of prompts, a JSON response
 // format) is refused with a 400
 // that says so, rather than ignored.
 #pragma once
@@ -41,6 +42,9 @@ struct Request {
   GenerateOptions options;
   bool stream = false, include_usage = false;
   bool echo = false;  // completions: the prompt leads the text, and its tokens the scores
+  // Chat with "tools" (options.tools holds them): the reply is read for calls, and with
+  // "parallel_tool_calls": false only its first call is kept.
+  bool tools = false, parallel_tool_calls = true;
 };
 
 // The request's JSON body, over the server's defaults (its command line's flags): one
@@ -74,10 +78,17 @@ struct Choice {
   std::string text;
   GenerateMetrics metrics;
   nlohmann::json scores = nullptr;
+  // Chat: the calls read from the reply (text then holds what lies outside them). Any call
+  // makes the finish reason "tool_calls", and empty text a null content.
+  std::vector<ToolCall> calls = {};
 };
 // A whole reply: chat.completion or text_completion, the choices in order (index 0 on),
 // their usage summed.
 nlohmann::json completion(const Envelope& env, bool chat, std::span<const Choice> choices);
+// A message's "tool_calls" list; streamed, each call with its "index" (the whole call in one delta).
+nlohmann::json tool_calls(std::span<const ToolCall> calls, bool streamed);
+// A new call id, "call_" and 24 random letters and digits.
+std::string call_id();
 // One streamed event: chat.completion.chunk or text_completion. `delta` is the new text
 // (chat: the first chunk carries the role); `reason` is empty until the last; `scores`, the
 // logprobs of the tokens that made the delta.

@@ -11,8 +11,9 @@ transformers does:
   decoded         tokenizer.decode(ids, skip_special_tokens=False)
   decoded_skip    tokenizer.decode(ids, skip_special_tokens=True)
 
-and for a few conversations the text of apply_chat_template(tokenize=False) together with
-the messages and keyword arguments, so that the C++ test can replay them.
+and for a few conversations (Qwen3's with tools too) the text of
+apply_chat_template(tokenize=False) together with the messages and keyword arguments, so
+that the C++ tests can replay them.
 
 Runs offline. Usage:
   python3 tools/reference/make_tokenizer_goldens.py --data ~/.cache/lmx-test-data \\
@@ -241,7 +242,40 @@ def build_chats(family):
         with_reasoning = multi[:2] + [{"role": "assistant", "content": "<think>\nhmm\n</think>\n\nSure."},
                                       {"role": "user", "content": "Again"}]
         chats.append({"messages": [multi[0]] + with_reasoning[2:], "kwargs": {"add_generation_prompt": True}})
+        chats += tool_chats()
     return chats
+
+
+# Tools offered, called (two calls at once, an assistant message with no content) and
+# answered, as an OpenAI-compatible server passes them on: each call's arguments an object.
+def tool_chats():
+    city = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
+            "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                               "parameters": city}},
+             {"type": "function", "function": {"name": "get_time", "description": "Local time, \u00e0 la minute.",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"zone": {"type": "string"}}}}}]
+
+    def call(id_, name, args):
+        return {"id": id_, "type": "function", "function": {"name": name, "arguments": args}}
+
+    asked = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather and time in Paris?"}]
+    called = asked + [
+        {"role": "assistant", "content": "",
+         "tool_calls": [call("call_1", "get_weather", {"city": "Paris", "unit": "C"}),
+                        call("call_2", "get_time", {"zone": "Europe/Paris"})]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "14:05"}]
+    answered = called + [{"role": "assistant", "content": "21 \u00b0C at 14:05."},
+                         {"role": "user", "content": "And in Lyon?"},
+                         {"role": "assistant", "content": "Checking.",
+                          "tool_calls": [call("call_3", "get_weather", {"city": "Lyon"})]},
+                         {"role": "tool", "tool_call_id": "call_3", "content": "{\"temp\": 19}"}]
+    return [{"messages": asked, "kwargs": {"add_generation_prompt": True, "tools": tools}},
+            {"messages": asked[1:], "kwargs": {"add_generation_prompt": True, "tools": tools}},
+            {"messages": called, "kwargs": {"add_generation_prompt": True, "tools": tools}},
+            {"messages": answered, "kwargs": {"add_generation_prompt": True, "tools": tools, "enable_thinking": False}}]
 
 
 def log(msg):

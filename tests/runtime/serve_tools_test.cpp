@@ -1,0 +1,173 @@
+// `lmx serve` with tools: the tools and a conversation's calls reach the template as the
+// library renders them, and a reply that calls comes back as OpenAI's tool_calls, whole and
+// streamed. A random model calls no tool on its own, so one test gives the token it picks
+// first the text of a call (an added token of the same id in the copy's tokenizer.json).
+#include <fstream>
+
+#include "fixture_copy.h"
+#include "serve_util.h"
+
+namespace lmx {
+namespace {
+
+using namespace test;
+
+const json kTools = json::parse(R"([{"type": "function", "function": {"name": "get_weather",
+  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])");
+
+// The fixture with a template that lists tools and writes calls as <tool_call>.
+class ToolModel : public FixtureCopy {
+ public:
+  explicit ToolModel(const std::string& tag) : FixtureCopy("qwen3-f32", tag) {
+    set_json("tokenizer_config.json", json::json_pointer("/chat_template"), kHermesToolTemplate);
+  }
+  // A context past the fixture's 256 tokens: the tools' listing takes many of the tiny vocabulary's.
+  std::unique_ptr<TextModel> load() const {
+    LoadOptions lo;
+    lo.backend = "cpu";
+    lo.context_len = 2048;
+    return load_model(dir(), lo);
+  }
+  std::string serve_args() const { return "'" + dir().string() + "' --device cpu --context 2048"; }
+};
+
+// A reply's content: streamed deltas joined, or the whole message's (null: "").
+std::string streamed_content(const std::vector<json>& ev) {
+  std::string text;
+  for (const json& e : ev)
+    if (!e["choices"].empty() && e["choices"][0]["delta"].contains("content"))
+      text += e["choices"][0]["delta"]["content"].get<std::string>();
+  return text;
+}
+
+TEST(ServeToolsTest, ToolsAndCallsReachTheTemplateAsTheLibraryRendersThem) {
+  const ToolModel copy("serve_tools");
+  Served server(copy.serve_args());
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c = server.client();
+  auto model = copy.load();
+
+  // A conversation that has called a tool and holds its answer.
+  std::vector<Message> chat{{"user", "Weather in Paris?"}, {"assistant", ""}, {"tool", "{\"temp\": 21}"}};
+  chat[1].tool_calls.push_back({"call_1", "get_weather", R"({"city": "Paris"})"});
+  chat[2].tool_call_id = "call_1";
+  const json messages = json::parse(R"([{"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+      "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}])");
+  GenerateOptions o;
+  o.max_tokens = 8;
+  o.tools = kTools.dump();
+  const std::string want = model->chat(chat, o).text();
+  const int prompt_tokens = model->metrics().prompt_tokens;
+  ASSERT_TRUE(parse_tool_calls(want, "hermes").calls.empty()) << "the fixture called a tool: " << want;
+
+  const json request = {{"messages", messages}, {"tools", kTools}, {"max_tokens", 8}};
+  const Reply whole = post(c, "/v1/chat/completions", request.dump());
+  ASSERT_EQ(whole.status, 200) << whole.body.dump();
+  const json& choice = whole.body["choices"][0];
+  EXPECT_EQ(choice["message"]["content"], want);
+  EXPECT_FALSE(choice["message"].contains("tool_calls"));
+  EXPECT_NE(choice["finish_reason"], "tool_calls");
+  EXPECT_EQ(whole.body["usage"]["prompt_tokens"], prompt_tokens);  // the tools and the call were in the prompt
+
+  json streamed = request;
+  streamed["stream"] = true;
+  EXPECT_EQ(streamed_content(events(c, "/v1/chat/completions", streamed)), want);
+
+  // "none": the template is not told of the tools.
+  GenerateOptions without = o;
+  without.tools.clear();
+  const std::string plain = model->chat(chat, without).text();
+  json none = request;
+  none["tool_choice"] = "none";
+  const Reply r = post(c, "/v1/chat/completions", none.dump());
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["choices"][0]["message"]["content"], plain);
+  EXPECT_EQ(r.body["usage"]["prompt_tokens"], model->metrics().prompt_tokens);
+  EXPECT_LT(model->metrics().prompt_tokens, prompt_tokens);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
+  const ToolModel copy("serve_calls");
+  const std::vector<Message> chat{{"user", "Weather in Paris?"}};
+  GenerateOptions o;
+  o.max_tokens = 4;
+  o.tools = kTools.dump();
+  o.ignore_eos = true;
+  // The token the model picks first, made to read as a call (an added token is decoded as its
+  // content).
+  int32_t first = -1;
+  {
+    auto model = copy.load();
+    for (const Token& t : model->chat(chat, o)) {
+      first = t.id;
+      break;
+    }
+  }
+  ASSERT_GE(first, 0);
+  const std::string call = R"(<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>)";
+  {
+    std::ifstream in(copy.file("tokenizer.json"));
+    json tok = json::parse(in);
+    tok["added_tokens"].push_back({{"id", first}, {"content", call}, {"single_word", false}, {"lstrip", false},
+                                   {"rstrip", false}, {"normalized", false}, {"special", false}});
+    std::ofstream(copy.file("tokenizer.json")) << tok.dump();
+  }
+  auto model = copy.load();
+  ASSERT_EQ(model->detokenize({&first, 1}, true), call);
+  const std::string want = model->chat(chat, o).text();
+  ASSERT_EQ(want.rfind(call, 0), 0u) << want;
+  const ToolCallReply read = parse_tool_calls(want, "hermes");  // the model may pick the token again
+  ASSERT_GE(read.calls.size(), 1u);
+
+  Served server(copy.serve_args());
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c = server.client();
+  const json request = {{"messages", {{{"role", "user"}, {"content", "Weather in Paris?"}}}},
+                        {"tools", kTools},
+                        {"max_tokens", 4},
+                        {"ignore_eos", true}};
+  const Reply whole = post(c, "/v1/chat/completions", request.dump());
+  ASSERT_EQ(whole.status, 200) << whole.body.dump();
+  const json& choice = whole.body["choices"][0];
+  EXPECT_EQ(choice["finish_reason"], "tool_calls");
+  EXPECT_EQ(choice["message"]["content"], read.content.empty() ? json(nullptr) : json(read.content));
+  const json& made = choice["message"]["tool_calls"];
+  ASSERT_EQ(made.size(), read.calls.size()) << whole.body.dump();
+  for (size_t i = 0; i < made.size(); ++i) {
+    EXPECT_EQ(made[i]["type"], "function");
+    EXPECT_EQ(made[i]["function"]["name"], "get_weather");
+    EXPECT_EQ(made[i]["function"]["arguments"], R"({"city":"Paris","days":2})");
+    EXPECT_EQ(made[i]["id"].get<std::string>().rfind("call_", 0), 0u);
+  }
+  EXPECT_EQ(whole.body["usage"]["completion_tokens"], 4);
+
+  // Streamed: the content (none of the call's text), then the call whole, then the reason.
+  json streamed = request;
+  streamed["stream"] = true;
+  const std::vector<json> ev = events(c, "/v1/chat/completions", streamed);
+  ASSERT_GE(ev.size(), 3u);
+  EXPECT_EQ(streamed_content(ev), read.content);
+  const json& calls = ev[ev.size() - 2]["choices"][0]["delta"]["tool_calls"];
+  ASSERT_EQ(calls.size(), read.calls.size()) << ev[ev.size() - 2].dump();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i]["index"], i);
+    EXPECT_EQ(calls[i]["function"]["name"], "get_weather");
+    EXPECT_EQ(calls[i]["function"]["arguments"], made[i]["function"]["arguments"]);
+  }
+  EXPECT_EQ(ev.back()["choices"][0]["finish_reason"], "tool_calls");
+
+  // One call at a time where the request asks so.
+  json single = request;
+  single["parallel_tool_calls"] = false;
+  const Reply one = post(c, "/v1/chat/completions", single.dump());
+  ASSERT_EQ(one.status, 200) << one.body.dump();
+  EXPECT_EQ(one.body["choices"][0]["message"]["tool_calls"].size(), 1u);
+
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+}  // namespace
+}  // namespace lmx
