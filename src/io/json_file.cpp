@@ -20,10 +20,10 @@ nlohmann::json read_json_file(const std::filesystem::path& path, std::string_vie
   return parse_json_text(read_text_file(path, where), path.string(), where);
 }
 
-nlohmann::json parse_json_text(std::string_view text, const std::string& display_name,
-                               std::string_view where) {
+template <class Json>
+Json parse_json_text(std::string_view text, const std::string& display_name, std::string_view where) {
   try {
-    return nlohmann::json::parse(text.begin(), text.end());
+    return Json::parse(text.begin(), text.end());
   } catch (const nlohmann::json::parse_error& e) {
     fail(where, display_name, ": malformed JSON: ", json_error_text(e), " (byte ", e.byte,
          "); fix or re-download the file");
@@ -31,6 +31,10 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& display
     fail(where, display_name, ": malformed JSON: ", json_error_text(e), "; fix or re-download the file");
   }
 }
+
+template nlohmann::json parse_json_text<nlohmann::json>(std::string_view, const std::string&, std::string_view);
+template nlohmann::ordered_json parse_json_text<nlohmann::ordered_json>(std::string_view, const std::string&,
+                                                                         std::string_view);
 
 std::string_view json_error_text(const nlohmann::json::exception& e) {
   // what() reads "[json.exception.parse_error.101] parse error at line 3, column 7: ...".

@@ -251,11 +251,8 @@ std::string LocalTextModel::render_chat(std::span<const Message> messages, const
 
 std::string render_chat(const Tokenizer& tok, std::span<const Message> messages, const GenerateOptions& o,
                         const std::string& where) {
-  const std::string& tmpl = tok.config().chat_template;
-  LMX_CHECK(!tmpl.empty(), "chat", where, " has no chat template (tokenizer_config.json or chat_template.jinja)");
   using Json = nlohmann::ordered_json;
-  Json ctx;
-  ctx["messages"] = Json::array();
+  Json list = Json::array();
   for (size_t i = 0; i < messages.size(); ++i) {
     const Message& m = messages[i];
     Json message = {{"role", m.role}, {"content", m.content}};
@@ -271,8 +268,18 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
       message["tool_calls"].push_back(std::move(entry));
     }
     if (!m.tool_call_id.empty()) message["tool_call_id"] = m.tool_call_id;
-    ctx["messages"].push_back(std::move(message));
+    list.push_back(std::move(message));
   }
+  return render_chat(tok, list, o, where);
+}
+
+std::string render_chat(const Tokenizer& tok, const nlohmann::ordered_json& messages, const GenerateOptions& o,
+                        const std::string& where) {
+  using Json = nlohmann::ordered_json;
+  const std::string& tmpl = tok.config().chat_template;
+  LMX_CHECK(!tmpl.empty(), "chat", where, " has no chat template (tokenizer_config.json or chat_template.jinja)");
+  Json ctx;
+  ctx["messages"] = messages;
   if (!o.tools.empty()) {
     // A template that never names them would drop the tools without a word.
     LMX_CHECK(tmpl.find("tools") != std::string::npos, "chat", where,
@@ -287,7 +294,7 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
   for (const auto& [name, value] : tok.config().special_token_strings()) ctx[name] = value;
   for (const auto& [key, json] : o.template_vars) {
     try {
-      ctx[key] = nlohmann::ordered_json::parse(json);
+      ctx[key] = Json::parse(json);
     } catch (const std::exception&) {
       fail("chat", "template variable '", key, "' is not valid JSON: ", json);
     }

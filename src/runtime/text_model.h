@@ -2,6 +2,7 @@
 // tokenizer and chat template, a prompt cache, and the last call's metrics and error.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "io/config.h"
@@ -105,6 +106,10 @@ SamplingOptions sampling_options(const GenerateOptions& o);
 // HF apply_chat_template(messages, tokenize=False) with the tokenizer's template; errors
 // name `where` (the model folder) when there is no template.
 std::string render_chat(const Tokenizer& tok, std::span<const Message> messages, const GenerateOptions& o,
+                        const std::string& where);
+// The same for messages already in the template's JSON form (a list of {"role", "content",
+// ...} objects, passed on as they are, as HF passes its dicts): training data's lines.
+std::string render_chat(const Tokenizer& tok, const nlohmann::ordered_json& messages, const GenerateOptions& o,
                         const std::string& where);
 
 // Each token of `ids` after the first, scored by `model` given the tokens before it

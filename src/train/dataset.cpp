@@ -12,38 +12,55 @@
 namespace lmx::train {
 namespace {
 
-std::string text_field(const nlohmann::json& j, const char* key, const std::string& at) {
+using Json = nlohmann::ordered_json;  // a line's tools and call arguments reach the template in their order
+
+std::string text_field(const Json& j, const char* key, const std::string& at) {
   LMX_CHECK(j.contains(key) && j[key].is_string(), "dataset", at, ": \"", key,
             "\" must be a string");
   return j[key].get<std::string>();
 }
 
-std::vector<Message> messages_of(const nlohmann::json& list, const std::string& at) {
+// The line's messages, checked and passed on as they are (as mlx-lm passes them to HF's
+// apply_chat_template): an assistant's "tool_calls" and a tool's "tool_call_id" included.
+const Json& messages_of(const Json& list, const std::string& at) {
   LMX_CHECK(list.is_array() && !list.empty(), "dataset", at,
             ": \"messages\" must be a non-empty list");
-  std::vector<Message> out;
-  for (const nlohmann::json& m : list) {
+  for (const Json& m : list) {
     LMX_CHECK(m.is_object(), "dataset", at,
               ": each message must be an object with \"role\" and \"content\"");
-    out.push_back({text_field(m, "role", at), text_field(m, "content", at)});
+    text_field(m, "role", at);
+    const bool calls = m.contains("tool_calls") && !m["tool_calls"].is_null();
+    LMX_CHECK(!calls || m["tool_calls"].is_array(), "dataset", at, ": \"tool_calls\" must be a list");
+    // A message that only calls tools may have no content.
+    if (!calls || (m.contains("content") && !m["content"].is_null())) text_field(m, "content", at);
   }
-  return out;
+  return list;
 }
 
-// The example's tokens, and how many of them lead up to its last message.
-Example from_messages(const std::vector<Message>& messages, const Tokenizer& tok,
+// The example's tokens, and how many of them lead up to its last message. `tools`: the
+// line's, as GenerateOptions::tools takes them ("" for none).
+Example from_messages(const Json& messages, const std::string& tools, const Tokenizer& tok,
                       const std::string& model_dir, bool mask_prompt) {
   GenerateOptions whole;
   whole.add_generation_prompt = false;
+  whole.tools = tools;
   // The template writes BOS itself, so the text is encoded without special tokens (as HF does).
   Example e{tok.encode(runtime::render_chat(tok, messages, whole, model_dir), false), 1};
   if (mask_prompt && messages.size() > 1) {
     GenerateOptions open;  // the conversation up to the last message's header
-    const std::span<const Message> before(messages.data(), messages.size() - 1);
+    open.tools = tools;
+    const Json before(messages.begin(), messages.end() - 1);
     e.first_target =
         int32_t(tok.encode(runtime::render_chat(tok, before, open, model_dir), false).size());
   }
   return e;
+}
+
+// A chat line's "tools" (OpenAI's list, as its fine-tuning data holds them), as JSON text.
+std::string tools_of(const Json& line, const std::string& at) {
+  if (!line.contains("tools") || line["tools"].is_null()) return "";
+  LMX_CHECK(line["tools"].is_array(), "dataset", at, ": \"tools\" must be a list of {\"type\": \"function\", ...}");
+  return line["tools"].empty() ? "" : line["tools"].dump();
 }
 
 }  // namespace
@@ -59,7 +76,7 @@ Dataset read_jsonl(const std::filesystem::path& path, const Tokenizer& tok, cons
   for (int number = 1; std::getline(in, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string at = path.string() + ":" + std::to_string(number);
-    const nlohmann::json j = io::parse_json_text(line, at, "dataset");
+    const Json j = io::parse_json_text<Json>(line, at, "dataset");
     LMX_CHECK(j.is_object(), "dataset", at, ": each line must be a JSON object");
     Example e;
     if (j.contains("text")) {
@@ -67,13 +84,14 @@ Dataset read_jsonl(const std::filesystem::path& path, const Tokenizer& tok, cons
     } else if (j.contains("messages")) {
       LMX_CHECK(has_template, "dataset", at, ": chat examples need the model's chat template, and ",
                 model_dir, " has none; use {\"text\": ...} lines");
-      e = from_messages(messages_of(j["messages"], at), tok, model_dir, o.mask_prompt);
+      e = from_messages(messages_of(j["messages"], at), tools_of(j, at), tok, model_dir, o.mask_prompt);
     } else if (j.contains("prompt") && j.contains("completion")) {
       const std::string prompt = text_field(j, "prompt", at),
                         completion = text_field(j, "completion", at);
       if (has_template) {
-        e = from_messages({{"user", prompt}, {"assistant", completion}}, tok, model_dir,
-                          o.mask_prompt);
+        const Json messages = {{{"role", "user"}, {"content", prompt}},
+                               {{"role", "assistant"}, {"content", completion}}};
+        e = from_messages(messages, "", tok, model_dir, o.mask_prompt);
       } else {
         e.tokens = tok.encode(prompt, true);
         const std::vector<int32_t> rest = tok.encode(completion, false);

@@ -1,6 +1,8 @@
 // Training data: JSON Lines files in the three forms mlx-lm and most fine-tuning tools read.
 //   {"text": "..."}                                   every token is a target
-//   {"messages": [{"role": "user", "content": ...}, ...]}   rendered by the model's chat template
+//   {"messages": [{"role": "user", "content": ...}, ...]}   rendered by the model's chat template;
+//                                                     with "tools" (OpenAI's list) and messages'
+//                                                     "tool_calls" / "tool_call_id" as the template reads them
 //   {"prompt": "...", "completion": "..."}            a user and an assistant message where
 //                                                     the model has a template, else the two texts
 // With mask_prompt, only the last message (the completion) is learned: the tokens before it

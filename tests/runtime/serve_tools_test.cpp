@@ -107,7 +107,8 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
     }
   }
   ASSERT_GE(first, 0);
-  const std::string call = R"(<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>)";
+  const std::string call =
+      R"(<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>)";
   {
     std::ifstream in(copy.file("tokenizer.json"));
     json tok = json::parse(in);

@@ -9,6 +9,8 @@
 #include "cuda_available.h"
 #include "core/error.h"
 #include "models/loader.h"
+#include "runtime/fixture_copy.h"
+#include "runtime/text_model.h"
 #include "text/tokenizer.h"
 #include "train/dataset.h"
 #include "train/loss.h"
@@ -222,6 +224,63 @@ TEST(DatasetTest, BadLinesNameTheFileAndLine) {
   expect_error({R"({"messages": [{"role": "user"}]})"}, "\"content\" must be a string");
   expect_error({R"({"text": ""})"}, "leave nothing to learn");
   expect_error({}, "holds no examples");
+}
+
+// Chat lines with tools and calls, as OpenAI's fine-tuning data holds them, render as the
+// library renders the same conversation, the tools' keys in the order written.
+TEST(DatasetTest, ChatLinesWithToolsRenderAsTheLibrarysChat) {
+  const test::FixtureCopy copy("qwen3-f32", "data_tools");
+  copy.set_json("tokenizer_config.json", nlohmann::json::json_pointer("/chat_template"),
+                test::kHermesToolTemplate);
+  const Tokenizer tok = Tokenizer::from_dir(copy.dir());
+  const std::string tools =
+      R"([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", )"
+      R"("properties": {"unit": {"enum": ["C", "F"]}, "city": {"type": "string"}}}}}])";
+  const std::string line =
+      R"({"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": )"
+      R"([{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"unit": "C", )"
+      R"("city": "Paris"}}}]}, {"role": "tool", "tool_call_id": "call_1", "content": "21"}, )"
+      R"({"role": "assistant", "content": "21 C."}], "tools": )" + tools + "}";
+  const auto path = write_lines("tools", {line});
+  const Dataset d = read_jsonl(path, tok, {true, 2048}, copy.dir().string());
+  std::filesystem::remove(path);
+  ASSERT_EQ(d.examples.size(), 1u);
+
+  std::vector<Message> chat{{"user", "Weather?"}, {"assistant", ""}, {"tool", "21"}, {"assistant", "21 C."}};
+  chat[1].tool_calls.push_back({"call_1", "get_weather", R"({"unit": "C", "city": "Paris"})"});
+  chat[2].tool_call_id = "call_1";
+  GenerateOptions o;
+  o.tools = tools;
+  o.add_generation_prompt = false;
+  const std::string text = runtime::render_chat(tok, chat, o, "fixture");
+  const std::string listed = R"("properties": {"unit": {"enum": ["C", "F"]}, "city": {"type": "string"}})";
+  EXPECT_NE(text.find(listed), std::string::npos) << text;
+  EXPECT_NE(text.find(R"({"name": "get_weather", "arguments": {"unit": "C", "city": "Paris"}})"), std::string::npos)
+      << text;
+  EXPECT_EQ(d.examples[0].tokens, tok.encode(text, false));
+  // Masked: the last answer alone is learned, after the tools, the call and its result.
+  o.add_generation_prompt = true;
+  chat.pop_back();
+  EXPECT_EQ(d.examples[0].first_target,
+            int32_t(tok.encode(runtime::render_chat(tok, chat, o, "fixture"), false).size()));
+
+  auto expect_error = [&](const std::string& bad, const std::string& needle) {
+    const auto p = write_lines("bad_tools", {bad});
+    try {
+      read_jsonl(p, tok, {true, 2048}, copy.dir().string());
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    std::filesystem::remove(p);
+  };
+  expect_error(R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], )"
+               R"("tools": {"type": "function"}})",
+               "\"tools\" must be a list");
+  expect_error(R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": 3}]})",
+               "\"tool_calls\" must be a list");
+  expect_error(R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant"}]})",
+               "\"content\" must be a string");
 }
 
 TEST(TrainerTest, AdaptersLearnAndAreWritten) {

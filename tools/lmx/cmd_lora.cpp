@@ -198,8 +198,8 @@ void add_lora_commands(CLI::App& app) {
   cmd->footer(
       "Each line of the data is {\"text\": ...}, {\"messages\": [{\"role\": ..., \"content\": "
       "...}, ...]} (rendered\n"
-      "by the model's chat template) or {\"prompt\": ..., \"completion\": ...}. The adapters are "
-      "written in PEFT's\n"
+      "by the model's chat template; with \"tools\" and messages' \"tool_calls\" as OpenAI's fine-tuning\n"
+      "data holds them) or {\"prompt\": ..., \"completion\": ...}. The adapters are written in PEFT's\n"
       "layout: `lmx generate MODEL --adapter DIR` uses them, and so do transformers + PEFT.\n"
       "Attention, the norms, RoPE, the gated MLP and the loss each have a gradient kernel on CUDA;\n"
       "the rest flows through the model's plain ops. On an H100, 512-token rows of Qwen3-0.6B train\n"

@@ -101,7 +101,8 @@ std::vector<ToolCall> tool_calls_of(const json& calls, const std::string& at) {
     const std::string here = at + "[" + std::to_string(c) + "]";
     const json* fn = call.is_object() && call.contains("function") ? &call["function"] : nullptr;
     if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
-      refuse(here, "'" + here + "' must be {\"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": ...}}");
+      refuse(here,
+             "'" + here + "' must be {\"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": ...}}");
     ToolCall t{string_field(call, "id"), (*fn)["name"].get<std::string>(), "{}"};
     if (const auto args = fn->find("arguments"); args != fn->end() && !args->is_null()) {
       // In the order written (nlohmann::json would sort the keys).
