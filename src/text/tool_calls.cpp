@@ -160,7 +160,11 @@ namespace text {
 
 std::string tool_call_format(std::string_view chat_template) {
   if (chat_template.find(kOpen) != std::string_view::npos) return "hermes";
-  if (chat_template.find(kPythonTag) != std::string_view::npos) return "llama3-json";
+  // Llama 3.1's template names the python tag (for its built-in tools); 3.2's only asks for
+  // the JSON, in these words.
+  if (chat_template.find(kPythonTag) != std::string_view::npos ||
+      chat_template.find("\"parameters\": dictionary of argument name") != std::string_view::npos)
+    return "llama3-json";
   return "";
 }
 

@@ -141,6 +141,9 @@ TEST(ToolCalls, NoFormatReadsNoCalls) {
 TEST(ToolCalls, FormatFromTheTemplate) {
   EXPECT_EQ(text::tool_call_format("{{ tools }} <tool_call>\n{\"name\": ...}\n</tool_call>"), "hermes");
   EXPECT_EQ(text::tool_call_format("{%- if tools %}<|python_tag|>{% endif %}"), "llama3-json");
+  EXPECT_EQ(text::tool_call_format("{{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary "
+                                   "of argument name and its value}.' }}"),
+            "llama3-json");  // Llama 3.2's words
   EXPECT_EQ(text::tool_call_format("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"), "");
 }
 

@@ -86,7 +86,7 @@ class Service {
       if (requests[0].tools && tool_format_.empty())
         throw openai::ApiError{400,
                                "this model's chat template does not ask for tool calls in a form lmx serve reads "
-                               "(hermes' <tool_call> or Llama 3.1's JSON); send the request without \"tools\"",
+                               "(hermes' <tool_call> or Llama 3.x's JSON); send the request without \"tools\"",
                                "invalid_request_error", "tools"};
       const std::vector<std::shared_ptr<Job>> jobs = scheduler_.submit(std::move(requests));
       const openai::Envelope env = envelope(chat);
@@ -381,7 +381,7 @@ void add_serve_command(CLI::App& app) {
       "generated token (an end-of-sequence too), so that echoed scores line up with the usage\n"
       "as harnesses such as lm-eval's local-completions read them.\n"
       "Chat takes \"tools\" (tool_choice \"auto\" or \"none\") where the model's template asks for\n"
-      "calls as Qwen's <tool_call> or Llama 3.1's JSON: the template lists the tools, and the\n"
+      "calls as Qwen's <tool_call> or Llama 3.x's JSON: the template lists the tools, and the\n"
       "calls in the reply come back as \"tool_calls\" (finish_reason \"tool_calls\"); streamed,\n"
       "the text that may begin a call waits, and the calls come whole in one delta. Messages\n"
       "may carry an assistant's tool_calls and a tool's tool_call_id. A required or named\n"
