@@ -69,6 +69,10 @@ struct GenerateOptions {
   bool ignore_eos = false;
   bool skip_special_tokens = true;         // leave control tokens out of Token::text
   bool add_generation_prompt = true;       // chat(): end the template with the assistant header
+  // chat(): the reply goes on from the last message's text (HF's continue_final_message: the
+  // template's end-of-turn after it is cut), e.g. a reply begun for the model. Needs
+  // add_generation_prompt false.
+  bool continue_final_message = false;
   // Extra chat-template variables as JSON text, e.g. {"enable_thinking", "false"}.
   std::vector<std::pair<std::string, std::string>> template_vars;
   // chat(): the tools the model may call, as JSON text in OpenAI's form, [{"type": "function",

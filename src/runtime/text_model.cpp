@@ -273,10 +273,44 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
   return render_chat(tok, list, o, where);
 }
 
+namespace {
+
+std::string_view trim(std::string_view s, bool front, bool back) {
+  auto space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; };
+  while (front && !s.empty() && space(s.front())) s.remove_prefix(1);
+  while (back && !s.empty() && space(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// A rendered chat cut right after its last message's text, as HF's continue_final_message
+// cuts it: where the template kept the text's own trailing space, after that; where it
+// trimmed it, after the trimmed text.
+std::string open_final_message(const std::string& text, const nlohmann::ordered_json& messages) {
+  const nlohmann::ordered_json* content = messages.empty() ? nullptr : &messages.back()["content"];
+  std::string final;
+  if (content && content->is_string()) {
+    final = content->get<std::string>();
+  } else if (content && content->is_array()) {  // content parts: the last that holds text
+    for (auto it = content->rbegin(); it != content->rend() && final.empty(); ++it)
+      if (it->is_object() && it->contains("text") && (*it)["text"].is_string()) final = (*it)["text"];
+  }
+  const std::string_view stripped = trim(final, true, true), leading = trim(final, true, false);
+  const size_t at = text.rfind(stripped);  // an empty text "appears" at the end: nothing is cut, as in HF
+  LMX_CHECK(at != std::string::npos, "chat",
+            "continue_final_message: the last message's text does not appear in the rendered chat (the "
+            "template rewrites it); the reply cannot go on from it");
+  const bool kept = text.compare(at, leading.size(), leading) == 0;  // its trailing spacing kept
+  return text.substr(0, at + (kept ? leading.size() : stripped.size()));
+}
+
+}  // namespace
+
 std::string render_chat(const Tokenizer& tok, const nlohmann::ordered_json& messages, const GenerateOptions& o,
                         const std::string& where) {
   using Json = nlohmann::ordered_json;
   const std::string& tmpl = tok.config().chat_template;
+  LMX_CHECK(!(o.continue_final_message && o.add_generation_prompt), "chat",
+            "continue_final_message goes on from the last message, so add_generation_prompt must be false");
   LMX_CHECK(!tmpl.empty(), "chat", where, " has no chat template (tokenizer_config.json or chat_template.jinja)");
   Json ctx;
   ctx["messages"] = messages;
@@ -299,7 +333,8 @@ std::string render_chat(const Tokenizer& tok, const nlohmann::ordered_json& mess
       fail("chat", "template variable '", key, "' is not valid JSON: ", json);
     }
   }
-  return jinja::Template(tmpl).render(ctx);
+  const std::string text = jinja::Template(tmpl).render(ctx);
+  return o.continue_final_message ? open_final_message(text, messages) : text;
 }
 
 Stream LocalTextModel::chat(std::span<const Message> messages, const GenerateOptions& o, std::stop_token stop) {

@@ -1,11 +1,13 @@
-// Chats that offer tools: the library's messages (ToolCall, tool_call_id) and
-// GenerateOptions::tools rendered by Qwen3's real template as transformers renders the same
-// conversation (tests/fixtures/tokenizers/qwen3.json, from make_tokenizer_goldens.py); the
-// template's call format in ModelInfo; and what cannot be rendered refused by name.
+// Chats that offer tools or continue a reply: the library's messages (ToolCall,
+// tool_call_id), GenerateOptions::tools and continue_final_message rendered by the real
+// templates as transformers renders the same conversation (tests/fixtures/tokenizers/*.json,
+// from make_tokenizer_goldens.py); the template's call format in ModelInfo; and what cannot
+// be rendered refused by name.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "fixture_copy.h"
@@ -38,28 +40,76 @@ Message message_of(const json& m) {
   return out;
 }
 
-TEST(ChatTools, RenderedAsTransformersRendersThem) {
-  const fs::path data = fs::path(LMX_TEST_DATA_DIR) / "qwen3";
-  if (!fs::exists(data / "tokenizer.json")) GTEST_SKIP() << "no " << data << ": run scripts/fetch-test-data.sh";
+// chat_ids' lmx::Error, whose text must hold each of `words`.
+void expect_refused(const TextModel& model, std::span<const Message> chat, const GenerateOptions& o,
+                    std::initializer_list<const char*> words) {
+  try {
+    model.chat_ids(chat, o);
+    ADD_FAILURE() << "expected a refusal";
+  } catch (const Error& e) {
+    for (const char* w : words) EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what();
+  }
+}
+
+// The golden chats of `family` (tests/fixtures/tokenizers/<family>.json) that `pick` takes,
+// rendered through the library's messages and options; returns how many were compared.
+int expect_goldens(const std::string& family, const std::function<bool(const json& kwargs)>& pick) {
+  const fs::path data = fs::path(LMX_TEST_DATA_DIR) / family;
+  if (!fs::exists(data / "tokenizer.json")) return -1;
   const Tokenizer tok = Tokenizer::from_dir(data);
-  std::ifstream in(fs::path(LMX_FIXTURES_DIR) / "tokenizers" / "qwen3.json");
+  std::ifstream in(fs::path(LMX_FIXTURES_DIR) / "tokenizers" / (family + ".json"));
   const json golden = json::parse(in);
   int checked = 0;
   for (const json& chat : golden.at("chats")) {
     const json& kwargs = chat.at("kwargs");
-    if (!kwargs.contains("tools")) continue;
+    if (!pick(kwargs) || chat.at("rendered").is_null()) continue;
     std::vector<Message> messages;
     for (const json& m : chat.at("messages")) messages.push_back(message_of(m));
     GenerateOptions o;
-    o.tools = kwargs.at("tools").dump();
-    o.add_generation_prompt = kwargs.at("add_generation_prompt").get<bool>();
-    for (const auto& [key, value] : kwargs.items())
-      if (key != "tools" && key != "add_generation_prompt") o.template_vars.emplace_back(key, value.dump());
-    EXPECT_EQ(runtime::render_chat(tok, messages, o, "qwen3"), chat.at("rendered").get<std::string>())
-        << chat.dump();
+    for (const auto& [key, value] : kwargs.items()) {
+      if (key == "tools")
+        o.tools = value.dump();
+      else if (key == "add_generation_prompt")
+        o.add_generation_prompt = value.get<bool>();
+      else if (key == "continue_final_message")
+        o.continue_final_message = value.get<bool>();
+      else
+        o.template_vars.emplace_back(key, value.dump());
+    }
+    EXPECT_EQ(runtime::render_chat(tok, messages, o, family), chat.at("rendered").get<std::string>())
+        << family << ": " << chat.dump();
     ++checked;
   }
-  EXPECT_GE(checked, 4) << "the goldens hold Qwen3's tool chats (make_tokenizer_goldens.py)";
+  return checked;
+}
+
+std::string missing_data() { return "no real tokenizer files: run scripts/fetch-test-data.sh"; }
+
+TEST(ChatTools, RenderedAsTransformersRendersThem) {
+  const int checked = expect_goldens("qwen3", [](const json& kwargs) { return kwargs.contains("tools"); });
+  if (checked < 0) GTEST_SKIP() << missing_data();
+  EXPECT_GE(checked, 5) << "the goldens hold Qwen3's tool chats (make_tokenizer_goldens.py)";
+}
+
+// A reply begun for the model: the rendered chat cut after the last message's text, as
+// apply_chat_template(continue_final_message=True) cuts it, whether the template keeps the
+// text's spacing or trims it (Gemma 3's), and a tool call begun (Qwen3's).
+TEST(ChatTools, AContinuedLastMessageIsCutAsTransformersCutsIt) {
+  for (const std::string family : {"llama3", "qwen3", "gemma3"}) {
+    const int checked =
+        expect_goldens(family, [](const json& kwargs) { return kwargs.value("continue_final_message", false); });
+    if (checked < 0) GTEST_SKIP() << missing_data();
+    EXPECT_GE(checked, 2) << family << ": the goldens hold continued chats (make_tokenizer_goldens.py)";
+  }
+  const ToolModel copy;
+  auto model = load_model(copy.dir());
+  GenerateOptions o;
+  o.continue_final_message = true;
+  const std::vector<Message> chat{{"user", "hi"}, {"assistant", "Hello, "}};
+  expect_refused(*model, chat, o, {"add_generation_prompt must be false"});
+  o.add_generation_prompt = false;
+  EXPECT_EQ(model->chat_ids(chat, o),
+            model->tokenize("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nHello, ", false));
 }
 
 TEST(ChatTools, TheTemplateNamesTheCallFormat) {
@@ -83,17 +133,6 @@ TEST(ChatTools, ToolsAndCallsReachTheTemplate) {
       "<|im_start|>assistant\n<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": [1, 2]}}</tool_call><|im_end|>\n"
       "<|im_start|>tool\n42 (call_9)<|im_end|>\n<|im_start|>assistant\n";
   EXPECT_EQ(model->chat_ids(chat, o), model->tokenize(expected, false));
-}
-
-// chat_ids' lmx::Error, whose text must hold each of `words`.
-void expect_refused(const TextModel& model, std::span<const Message> chat, const GenerateOptions& o,
-                    std::initializer_list<const char*> words) {
-  try {
-    model.chat_ids(chat, o);
-    ADD_FAILURE() << "expected a refusal";
-  } catch (const Error& e) {
-    for (const char* w : words) EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what();
-  }
 }
 
 TEST(ChatTools, WhatCannotBeRenderedIsRefusedByName) {

@@ -236,6 +236,12 @@ def build_chats(family):
     for messages in (sys_user, multi, user_only):
         for gen in (True, False):
             chats.append({"messages": messages, "kwargs": dict(base, add_generation_prompt=gen)})
+    # A reply begun for the model (continue_final_message), its text with and without spacing
+    # that a template may trim.
+    go_on = dict(base, add_generation_prompt=False, continue_final_message=True)
+    chats.append({"messages": sys_user + [{"role": "assistant", "content": "The capital of France is"}],
+                  "kwargs": go_on})
+    chats.append({"messages": multi + [{"role": "assistant", "content": "  Why did the cat \n"}], "kwargs": go_on})
     if family == "qwen3":
         chats.append({"messages": multi, "kwargs": {"add_generation_prompt": True, "enable_thinking": False}})
         chats.append({"messages": sys_user, "kwargs": {"add_generation_prompt": True, "enable_thinking": True}})
@@ -272,7 +278,10 @@ def tool_chats():
                          {"role": "assistant", "content": "Checking.",
                           "tool_calls": [call("call_3", "get_weather", {"city": "Lyon"})]},
                          {"role": "tool", "tool_call_id": "call_3", "content": "{\"temp\": 19}"}]
+    forced = asked + [{"role": "assistant", "content": "<tool_call>\n{\"name\": \"get_time\", \"arguments\": "}]
     return [{"messages": asked, "kwargs": {"add_generation_prompt": True, "tools": tools}},
+            {"messages": forced, "kwargs": {"add_generation_prompt": False, "continue_final_message": True,
+                                            "tools": tools}},
             {"messages": asked[1:], "kwargs": {"add_generation_prompt": True, "tools": tools}},
             {"messages": called, "kwargs": {"add_generation_prompt": True, "tools": tools}},
             {"messages": answered, "kwargs": {"add_generation_prompt": True, "tools": tools, "enable_thinking": False}}]
