@@ -46,11 +46,19 @@ TEST(OpenAiTools, ToolsAndTheirChoiceAreRead) {
   r = chat_request({{"messages", {hi}}, {"tools", json::array()}});
   EXPECT_FALSE(r.tools);
 
-  expect_refused({{"messages", {hi}}, {"tools", kTools}, {"tool_choice", "required"}}, true, "tool_choice",
-                 "\"required\" and a named function are not supported");
+  // "required" and a named function: a call is begun (begin_call, below).
+  r = chat_request({{"messages", {hi}}, {"tools", kTools}, {"tool_choice", "required"}});
+  EXPECT_TRUE(r.tools);
+  EXPECT_EQ(r.forced_tool, "");
+  r = chat_request({{"messages", {hi}}, {"tools", kTools},
+                    {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
+  EXPECT_EQ(r.forced_tool, "get_weather");
   expect_refused({{"messages", {hi}}, {"tools", kTools},
-                  {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}},
-                 true, "tool_choice", "not supported");
+                  {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}},
+                 true, "tool_choice", "not among the tools");
+  expect_refused({{"messages", {hi}}, {"tool_choice", "required"}}, true, "tool_choice", "needs \"tools\"");
+  expect_refused({{"messages", {hi}}, {"tools", kTools}, {"tool_choice", "always"}}, true, "tool_choice",
+                 "must be \"auto\", \"none\", \"required\"");
   expect_refused({{"messages", {hi}}, {"tools", {{{"type", "function"}}}}}, true, "tools[0]", "\"function\"");
   expect_refused({{"messages", {hi}}, {"tools", {{{"type", "retrieval"}, {"function", {{"name", "f"}}}}}}}, true,
                  "tools[0]", "\"type\": \"function\"");
@@ -96,6 +104,41 @@ TEST(OpenAiTools, MessagesCarryCallsAndTheirAnswers) {
                  "only an assistant");
   expect_refused(with(R"({"role": "tool", "content": "y", "tool_call_id": 7})"), true, "messages[1].tool_call_id",
                  "string");
+}
+
+TEST(OpenAiTools, ARequiredOrNamedCallIsBegunInTheTemplatesForm) {
+  const json user = {{"role", "user"}, {"content", "Weather?"}};
+  Request named = chat_request({{"messages", {user}}, {"tools", kTools},
+                                {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
+  Request any = chat_request({{"messages", {user}}, {"tools", kTools}, {"tool_choice", "required"}});
+  Request llama = named, plain = chat_request({{"messages", {user}}, {"tools", kTools}});
+  begin_call(named, "hermes");
+  begin_call(any, "hermes");
+  begin_call(llama, "llama3-json");
+  begin_call(plain, "hermes");
+  EXPECT_EQ(named.reply_start, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ");
+  EXPECT_EQ(any.reply_start, "<tool_call>\n{\"name\": \"");
+  EXPECT_EQ(llama.reply_start, "{\"name\": \"get_weather\", \"parameters\": ");
+  for (const Request* r : {&named, &any, &llama}) {
+    ASSERT_EQ(r->messages.size(), 2u);
+    EXPECT_EQ(r->messages[1].role, "assistant");
+    EXPECT_EQ(r->messages[1].content, r->reply_start);  // the model goes on from it
+    EXPECT_TRUE(r->options.continue_final_message);
+    EXPECT_FALSE(r->options.add_generation_prompt);
+  }
+  EXPECT_TRUE(plain.reply_start.empty());  // "auto" leaves the reply to the model
+  EXPECT_EQ(plain.messages.size(), 1u);
+  // A reply the caller began already cannot be begun again.
+  Request both = chat_request({{"messages", {user, {{"role", "assistant"}, {"content", "Sure"}}}},
+                               {"tools", kTools},
+                               {"tool_choice", "required"},
+                               {"add_generation_prompt", false},
+                               {"continue_final_message", true}});
+  EXPECT_THROW(begin_call(both, "hermes"), ApiError);
+  expect_refused({{"messages", {user}}, {"continue_final_message", true}}, true, "continue_final_message",
+                 "\"add_generation_prompt\": false");
+  expect_refused({{"prompt", "x"}, {"continue_final_message", true}}, false, "continue_final_message",
+                 "chat fields");
 }
 
 TEST(OpenAiTools, RepliesWithCallsAsOpenAIsDo) {

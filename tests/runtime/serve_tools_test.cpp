@@ -29,6 +29,25 @@ class ToolModel : public FixtureCopy {
     return load_model(dir(), lo);
   }
   std::string serve_args() const { return "'" + dir().string() + "' --device cpu --context 2048"; }
+
+  // Makes the token the model picks first for `chat` under `o` read as `text` (an added
+  // token of its id, which decoding prefers to its own piece); returns the id. The prompts
+  // stay as they were: none holds the text.
+  int32_t first_token_reads(const std::vector<Message>& chat, const GenerateOptions& o, const std::string& text) const {
+    int32_t first = -1;
+    auto model = load();
+    for (const Token& t : model->chat(chat, o)) {
+      first = t.id;
+      break;
+    }
+    EXPECT_GE(first, 0);
+    std::ifstream in(file("tokenizer.json"));
+    json tok = json::parse(in);
+    tok["added_tokens"].push_back({{"id", first}, {"content", text}, {"single_word", false}, {"lstrip", false},
+                                   {"rstrip", false}, {"normalized", false}, {"special", false}});
+    std::ofstream(file("tokenizer.json")) << tok.dump();
+    return first;
+  }
 };
 
 // A reply's content: streamed deltas joined, or the whole message's (null: "").
@@ -96,26 +115,17 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
   o.max_tokens = 4;
   o.tools = kTools.dump();
   o.ignore_eos = true;
-  // The token the model picks first, made to read as a call (an added token is decoded as its
-  // content).
-  int32_t first = -1;
-  {
-    auto model = copy.load();
-    for (const Token& t : model->chat(chat, o)) {
-      first = t.id;
-      break;
-    }
-  }
-  ASSERT_GE(first, 0);
+  // The token the model picks first, made to read as a call.
   const std::string call =
       R"(<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>)";
-  {
-    std::ifstream in(copy.file("tokenizer.json"));
-    json tok = json::parse(in);
-    tok["added_tokens"].push_back({{"id", first}, {"content", call}, {"single_word", false}, {"lstrip", false},
-                                   {"rstrip", false}, {"normalized", false}, {"special", false}});
-    std::ofstream(copy.file("tokenizer.json")) << tok.dump();
-  }
+  const int32_t first = copy.first_token_reads(chat, o, call);
+  // And the first it picks after a call to get_weather begun for it (a named tool_choice).
+  std::vector<Message> begun = chat;
+  begun.push_back({"assistant", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "});
+  GenerateOptions go_on = o;
+  go_on.add_generation_prompt = false;
+  go_on.continue_final_message = true;
+  ASSERT_NE(copy.first_token_reads(begun, go_on, "{\"city\": \"Lyon\"}}\n</tool_call>"), first);
   auto model = copy.load();
   ASSERT_EQ(model->detokenize({&first, 1}, true), call);
   const std::string want = model->chat(chat, o).text();
@@ -166,6 +176,26 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
   const Reply one = post(c, "/v1/chat/completions", single.dump());
   ASSERT_EQ(one.status, 200) << one.body.dump();
   EXPECT_EQ(one.body["choices"][0]["message"]["tool_calls"].size(), 1u);
+
+  // A named tool_choice: the reply begun with the call, which the model completes.
+  json named = request;
+  named["tool_choice"] = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
+  named["max_tokens"] = 1;
+  const Reply forced = post(c, "/v1/chat/completions", named.dump());
+  ASSERT_EQ(forced.status, 200) << forced.body.dump();
+  const json& message = forced.body["choices"][0]["message"];
+  ASSERT_EQ(message["tool_calls"].size(), 1u) << forced.body.dump();
+  EXPECT_EQ(message["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(message["tool_calls"][0]["function"]["arguments"], R"({"city":"Lyon"})");
+  EXPECT_TRUE(message["content"].is_null());
+  EXPECT_EQ(forced.body["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(forced.body["usage"]["prompt_tokens"], int(model->chat_ids(begun, go_on).size()));
+  named["stream"] = true;
+  const std::vector<json> forced_ev = events(c, "/v1/chat/completions", named);
+  ASSERT_GE(forced_ev.size(), 3u);
+  EXPECT_EQ(streamed_content(forced_ev), "");
+  EXPECT_EQ(forced_ev[forced_ev.size() - 2]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            R"({"city":"Lyon"})");
 
   EXPECT_EQ(server.stop(), 0) << server.log();
 }

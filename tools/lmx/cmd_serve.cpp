@@ -88,6 +88,7 @@ class Service {
                                "this model's chat template does not ask for tool calls in a form lmx serve reads "
                                "(hermes' <tool_call> or Llama 3.x's JSON); send the request without \"tools\"",
                                "invalid_request_error", "tools"};
+      for (openai::Request& r : requests) openai::begin_call(r, tool_format_);
       const std::vector<std::shared_ptr<Job>> jobs = scheduler_.submit(std::move(requests));
       const openai::Envelope env = envelope(chat);
       if (jobs.size() == 1 && jobs[0]->request.stream) {
@@ -136,8 +137,8 @@ class Service {
     const bool chat = job.request.chat;
     openai::Choice c{job.echo_text, job.metrics};
     for (const Token& t : tokens) c.text += t.text;
-    if (job.request.tools) {
-      ToolCallReply reply = parse_tool_calls(c.text, tool_format_);
+    if (job.request.tools) {  // read after the start the reply was given, if any
+      ToolCallReply reply = parse_tool_calls(job.request.reply_start + c.text, tool_format_);
       c.text = std::move(reply.content);
       c.calls = named(std::move(reply.calls), job.request);
     }
@@ -180,7 +181,7 @@ class Service {
     // With tools, the reply so far, and how much of it went out as content: what may begin
     // a call waits for the end, where the calls are read.
     const bool tools = job.request.tools;
-    std::string reply;
+    std::string reply = job.request.reply_start;
     size_t sent = 0;
     auto piece = [&](const Token& t) {
       if (scoring) pending.push_back(t);
@@ -384,8 +385,10 @@ void add_serve_command(CLI::App& app) {
       "calls as Qwen's <tool_call> or Llama 3.x's JSON: the template lists the tools, and the\n"
       "calls in the reply come back as \"tool_calls\" (finish_reason \"tool_calls\"); streamed,\n"
       "the text that may begin a call waits, and the calls come whole in one delta. Messages\n"
-      "may carry an assistant's tool_calls and a tool's tool_call_id. A required or named\n"
-      "tool_choice and n > 1 are refused with a 400.\n\n"
+      "may carry an assistant's tool_calls and a tool's tool_call_id. A \"required\" or named\n"
+      "tool_choice begins the reply with a call (to that function), which the model completes:\n"
+      "steered, not constrained, so a call that does not read as JSON comes back as text.\n"
+      "n > 1 is refused with a 400.\n\n"
       "Examples:\n"
       "  lmx serve /models/Qwen3-0.6B --port 8080 --temperature 0.7 --max-tokens 1024\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"

@@ -214,12 +214,22 @@ void read_tools(const json& body, bool chat, Request& r) {
         refuse(key, std::string("'") + key + "' is a chat field (/v1/chat/completions)");
     return;
   }
+  // "auto", "none", "required", or the function's name for {"type": "function", "function": {"name"}}.
   std::string choice = "auto";
+  bool named = false;
   if (const auto c = body.find("tool_choice"); c != body.end() && !c->is_null()) {
-    if (!c->is_string() || (*c != "auto" && *c != "none"))
-      refuse("tool_choice", "'tool_choice' must be \"auto\" or \"none\" (\"required\" and a named function are "
-                            "not supported), got " + c->dump());
-    choice = c->get<std::string>();
+    const json* fn = c->is_object() && string_field(*c, "type") == "function" ? &(*c)["function"] : nullptr;
+    if (fn && fn->is_object() && !string_field(*fn, "name").empty()) {
+      choice = string_field(*fn, "name");
+      named = true;
+    } else if (c->is_string() && (*c == "auto" || *c == "none" || *c == "required")) {
+      choice = c->get<std::string>();
+    } else {
+      refuse("tool_choice", "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                            "\"function\": {\"name\": ...}}, got " + c->dump());
+    }
+    if ((named || choice == "required") && !listed)
+      refuse("tool_choice", "'tool_choice' " + c->dump() + " needs \"tools\"");
   }
   r.parallel_tool_calls = flag(body, "parallel_tool_calls", true);
   if (!listed) return;
@@ -235,9 +245,24 @@ void read_tools(const json& body, bool chat, Request& r) {
     if (fn->contains("parameters") && !(*fn)["parameters"].is_object())
       refuse(at + ".function.parameters", "'" + at + ".function.parameters' must be a JSON schema object");
   }
+  if (named && std::none_of(it->begin(), it->end(), [&](const json& t) { return t["function"]["name"] == choice; }))
+    refuse("tool_choice", "'tool_choice' names '" + choice + "', which is not among the tools");
   if (choice == "none" || it->empty()) return;  // "none": the model is not told of them
   r.options.tools = it->dump();
   r.tools = true;
+  if (named || choice == "required") r.forced_tool = named ? choice : "";
+}
+
+// "add_generation_prompt" and "continue_final_message" (chat), as vLLM reads them.
+void read_continuation(const json& body, bool chat, Request& r) {
+  GenerateOptions& o = r.options;
+  o.add_generation_prompt = flag(body, "add_generation_prompt", o.add_generation_prompt);
+  o.continue_final_message = flag(body, "continue_final_message", o.continue_final_message);
+  if (!chat && (body.contains("add_generation_prompt") || body.contains("continue_final_message")))
+    refuse("continue_final_message", "'add_generation_prompt' and 'continue_final_message' are chat fields");
+  if (o.continue_final_message && o.add_generation_prompt)
+    refuse("continue_final_message", "'continue_final_message' goes on from the last message: send "
+                                     "\"add_generation_prompt\": false with it");
 }
 
 // Code points of valid UTF-8 text: its bytes but continuation bytes.
@@ -359,6 +384,7 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
     for (const auto& [key, value] : it->items()) o.template_vars.emplace_back(key, value.dump());
   }
   read_tools(body, chat, r);
+  read_continuation(body, chat, r);
   if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) refuse("stream_options", "'stream_options' must be an object");
     r.include_usage = flag(*it, "include_usage", false);
@@ -410,6 +436,23 @@ json completion(const Envelope& env, bool chat, std::span<const Choice> choices)
           {"model", env.model},
           {"choices", std::move(listed)},
           {"usage", usage(total)}};
+}
+
+void begin_call(Request& r, const std::string& format) {
+  if (!r.forced_tool || format.empty()) return;
+  if (r.options.continue_final_message)
+    throw ApiError{400, "a required or named tool_choice begins the reply itself; leave continue_final_message off",
+                   "invalid_request_error", "tool_choice"};
+  const bool hermes = format == "hermes";
+  std::string start = hermes ? "<tool_call>\n{\"name\": " : "{\"name\": ";
+  if (r.forced_tool->empty())
+    start += "\"";  // any tool: the model writes the name
+  else
+    start += json(*r.forced_tool).dump() + (hermes ? ", \"arguments\": " : ", \"parameters\": ");
+  r.messages.push_back({"assistant", start});
+  r.options.continue_final_message = true;
+  r.options.add_generation_prompt = false;
+  r.reply_start = std::move(start);
 }
 
 json tool_calls(std::span<const ToolCall> calls, bool streamed) {

@@ -6,17 +6,18 @@
 // max_completion_tokens, temperature, top_p, seed, stop, presence_penalty,
 // frequency_penalty, logit_bias, logprobs (chat: with top_logprobs), n (1 only), echo
 // (completions, whole replies; with max_tokens 0 it scores the prompt alone), stream and
-// stream_options.include_usage, tools with tool_choice "auto" or "none" and
-// parallel_tool_calls (messages may carry tool_calls and tool_call_id). Also, as vLLM and llama.cpp's server
-// read them: top_k, min_p, repetition_penalty, ignore_eos and chat_template_kwargs (the chat
-// template's variables, e.g. {"enable_thinking": false}). Anything the server cannot
-// honour (a required or named tool_choice, n > 1, a streamed echo, a streamed list of prompts, a JSON response
-// format) is refused with a 400
+// stream_options.include_usage, tools with tool_choice ("auto", "none", "required" or a named
+// function) and parallel_tool_calls (messages may carry tool_calls and tool_call_id). Also,
+// as vLLM and llama.cpp's server read them: top_k, min_p, repetition_penalty, ignore_eos,
+// chat_template_kwargs (the chat template's variables, e.g. {"enable_thinking": false}),
+// add_generation_prompt and continue_final_message. Anything the server cannot honour (n > 1,
+// a streamed echo, a streamed list of prompts, a JSON response format) is refused with a 400
 // that says so, rather than ignored.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +46,11 @@ struct Request {
   // Chat with "tools" (options.tools holds them): the reply is read for calls, and with
   // "parallel_tool_calls": false only its first call is kept.
   bool tools = false, parallel_tool_calls = true;
+  // tool_choice "required" (""), or the function it names: begin_call starts the reply with
+  // a call to it.
+  std::optional<std::string> forced_tool;
+  // The text the reply was begun with (begin_call's), which the reply's calls are read after.
+  std::string reply_start;
 };
 
 // The request's JSON body, over the server's defaults (its command line's flags): one
@@ -85,6 +91,11 @@ struct Choice {
 // A whole reply: chat.completion or text_completion, the choices in order (index 0 on),
 // their usage summed.
 nlohmann::json completion(const Envelope& env, bool chat, std::span<const Choice> choices);
+// A required or named tool_choice: the reply begun with a call in the template's `format`
+// (ModelInfo::tool_call_format), as the last message that the model continues
+// (continue_final_message), the function's name written where one is named. The model is
+// steered, not constrained: a reply whose call does not read as JSON comes back as text.
+void begin_call(Request& r, const std::string& format);
 // A message's "tool_calls" list; streamed, each call with its "index" (the whole call in one delta).
 nlohmann::json tool_calls(std::span<const ToolCall> calls, bool streamed);
 // A new call id, "call_" and 24 random letters and digits.
