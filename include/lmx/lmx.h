@@ -80,6 +80,11 @@ struct GenerateOptions {
   // apply_chat_template(tools=...) does. parse_tool_calls reads the calls in the reply.
   std::string tools;
   bool return_logits = false;              // classify(): keep the full last-position logits
+  // Streams (generate, chat): the reply held to one JSON object, token by token (OpenAI's
+  // response_format "json_object"): each draw is among the tokens whose text continues it,
+  // and the reply ends once the object closes (finish_reason "complete"). The steps then run
+  // plain, each reading its logits on the host; generate_rows refuses it.
+  bool json_object = false;
   // Streams and generate_rows: each Token's logprob, and this many top_logprobs (0 to
   // kMaxTopLogprobs); -1 = off. They are the model's own distribution, before penalties,
   // bias, temperature and filters (as vLLM's default), so that they score text whatever the
@@ -122,7 +127,9 @@ struct GenerateMetrics {
   double prefill_tok_per_s = 0, decode_tok_per_s = 0;
   size_t peak_memory = 0, active_memory = 0;
   double gpu_utilization = -1;  // percent, from NVML on CUDA; -1 where unavailable
-  std::string finish_reason;    // "eos", "stop_token", "stop_string", "length", "context_length", "cancelled", "error"
+  // "eos", "stop_token", "stop_string", "length", "context_length", "cancelled", "error", or
+  // "complete" (a json_object reply whose object closed)
+  std::string finish_reason;
   // How the decode steps ran: "plain" (the ops one by one), "fused-persistent" (the
   // device's fused step as one kernel per token: CUDA's default for one sequence) or
   // "fused-graph" (the fused step as a kernel per phase, replayed as a CUDA graph: batch_generate's

@@ -1,6 +1,7 @@
 #include "runtime/generator.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -10,8 +11,8 @@
 namespace lmx {
 
 const char* finish_reason_name(FinishReason r) {
-  static constexpr const char* kNames[] = {"none",   "eos",        "stop_token", "stop_string",
-                                           "length", "context_length", "cancelled",  "error"};
+  static constexpr const char* kNames[] = {"none",           "eos",       "stop_token", "stop_string", "length",
+                                           "context_length", "cancelled", "error",      "complete"};
   return kNames[int(r)];
 }
 
@@ -34,6 +35,10 @@ void TokenGenerator::take_fused_decoder() {
   fused_ = fused_decoder_or_none(model_, 1);
   // A greedy draw with no edits reads no logit: the decoder's argmax is the token. A
   // top-k draw with no edits reads only the k largest. Scores read every one.
+  if (json_pieces_) {  // each draw looks at the logits on the host
+    model_.recycle_fused_decoder(std::move(fused_));
+    return;
+  }
   if (!fused_ || sampler_.needs_edits() || top_logprobs_ >= 0) return;
   const std::optional<fast::SampleFilter> filter = sampler_.filter();
   fused_->set_logits_needed(!filter ? 1 : filter->top_k);
@@ -60,6 +65,11 @@ void TokenGenerator::set_logprobs(int top) {
   LMX_CHECK(top >= -1 && top <= kMaxTopLogprobs, "generate", "logprobs must be -1 (off) or 0 to ", kMaxTopLogprobs,
             " alternatives, got ", top);
   top_logprobs_ = top;
+}
+
+void TokenGenerator::hold_to_json(const std::vector<std::string>* pieces) {
+  json_pieces_ = pieces;
+  json_ = text::JsonPrefix(true);
 }
 
 TokenGenerator::~TokenGenerator() { model_.recycle_fused_decoder(std::move(fused_)); }
@@ -119,6 +129,28 @@ Array TokenGenerator::step(const std::vector<int32_t>& ids) {
 
 int32_t TokenGenerator::sample(const Array& logits) {
   return sample_rows({&sampler_, 1}, reshape(logits, {1, -1}), {&tokens_, 1}, {false})[0];
+}
+
+int32_t TokenGenerator::sample_json(const Array& logits) {
+  std::vector<float> x = to_floats(logits);  // [V]
+  const std::vector<std::string>& pieces = *json_pieces_;
+  auto allowed = [&](int32_t id) {
+    return size_t(id) < pieces.size() && !pieces[size_t(id)].empty() && json_.accepts(pieces[size_t(id)]);
+  };
+  auto exclude = [&](int32_t id) { x[size_t(id)] = -std::numeric_limits<float>::infinity(); };
+  // Greedy: the best tokens in turn until one continues the JSON (usually the first). A draw
+  // is taken among the allowed tokens alone, so they are all found first.
+  for (int tries = 0; sampler_.greedy() && tries < 32; ++tries) {
+    const int32_t best = int32_t(std::max_element(x.begin(), x.end()) - x.begin());
+    if (!(x[size_t(best)] > -std::numeric_limits<float>::infinity())) break;  // NaN rows: the sampler's rules
+    if (allowed(best)) return best;
+    exclude(best);
+  }
+  for (int32_t id = 0; id < int32_t(x.size()); ++id)
+    if (!allowed(id)) exclude(id);
+  const int32_t tok = sampler_.sample(x, tokens_);
+  LMX_CHECK(tok >= 0, "generate", "no token of the vocabulary continues the JSON reply (all are masked or NaN)");
+  return tok;
 }
 
 RowEdits row_edits(std::span<const Sampler> samplers,
@@ -231,8 +263,9 @@ std::optional<int32_t> TokenGenerator::next() {
       reason_ = FinishReason::cancelled;
       return std::nullopt;
     }
-    tok = sample(logits);
+    tok = json_pieces_ ? sample_json(logits) : sample(logits);
     if (top_logprobs_ >= 0) logprobs_ = log_probabilities_rows(logits, {&tok, 1}, top_logprobs_)[0];
+    if (json_pieces_) json_.feed((*json_pieces_)[size_t(tok)]);
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();
@@ -248,7 +281,8 @@ std::optional<int32_t> TokenGenerator::next() {
   // The reason is known as soon as the last token is: callers can then flush their text
   // with it instead of after it.
   auto contains = [](const std::vector<int32_t>& v, int32_t t) { return std::find(v.begin(), v.end(), t) != v.end(); };
-  if (!limits_.ignore_eos && contains(limits_.eos_tokens, tok)) reason_ = FinishReason::eos;
+  if (json_pieces_ && json_.complete()) reason_ = FinishReason::complete;
+  else if (!limits_.ignore_eos && contains(limits_.eos_tokens, tok)) reason_ = FinishReason::eos;
   else if (contains(limits_.stop_tokens, tok)) reason_ = FinishReason::stop_token;
   else if (generated + 1 >= limits_.max_tokens) reason_ = FinishReason::max_tokens;
   else if (int64_t(tokens_.size()) >= limits_.context_length) reason_ = FinishReason::context_length;

@@ -12,10 +12,12 @@
 #include "models/transformer.h"
 #include "runtime/kv_cache.h"
 #include "runtime/sampler.h"
+#include "text/json_prefix.h"
 
 namespace lmx {
 
-enum class FinishReason { none, eos, stop_token, stop_string, max_tokens, context_length, cancelled, error };
+// complete: a reply held to JSON (TokenGenerator::hold_to_json) closed its object.
+enum class FinishReason { none, eos, stop_token, stop_string, max_tokens, context_length, cancelled, error, complete };
 const char* finish_reason_name(FinishReason r);
 
 struct GenerationLimits {
@@ -93,6 +95,12 @@ class TokenGenerator {
   // the host, so the fused decoder is not taken.
   void set_logprobs(int top);
   const TokenLogprobs& logprobs() const { return logprobs_; }  // of the token next() returned last
+  // Holds the reply to one JSON object (GenerateOptions::json_object): each draw is among
+  // the tokens whose text continues it (pieces[id]: a token's text alone; "" for one never
+  // allowed, such as a special token), and the generation ends ("complete") once the object
+  // closes. Greedy: the most likely such token; sampled: the sampler's draw over them alone.
+  // Set before the first next(); the steps then run plain, their logits read on the host.
+  void hold_to_json(const std::vector<std::string>* pieces);
   const GenerationTimings& timings() const { return timings_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
   // How decode steps ran: "plain" (the ops one by one), or the fused step's path
@@ -105,6 +113,7 @@ class TokenGenerator {
  private:
   Array step(const std::vector<int32_t>& ids);  // -> last-position logits [1, V]; invalid once stopped
   int32_t sample(const Array& logits);          // sampler_'s draw from logits [1, V] or [V]
+  int32_t sample_json(const Array& logits);     // the same, among the tokens that continue the JSON
   // One decode step of the last token through the fused decoder; nullopt where the cache
   // cannot serve it (then step() runs instead).
   std::optional<int32_t> fused_step();
@@ -116,6 +125,8 @@ class TokenGenerator {
   Sampler sampler_;
   int top_logprobs_ = -1;
   TokenLogprobs logprobs_;
+  const std::vector<std::string>* json_pieces_ = nullptr;  // set: the reply is held to JSON
+  text::JsonPrefix json_;
   GenerationLimits limits_;
   std::vector<int32_t> tokens_;
   size_t prompt_len_;

@@ -29,6 +29,7 @@ class GenerationSource final : public Stream::Source, public OpenStream {
         text_(m.has_tokenizer() ? &m.tokenizer() : nullptr, o.skip_special_tokens, o.stop_strings) {
     gen_.emplace(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache());
     gen_->set_logprobs(o.logprobs);
+    if (o.json_object) gen_->hold_to_json(&m.token_pieces());
     logprobs_ = o.logprobs >= 0;
     cached_ = int(cached);
     gen_->set_stop(stop_);  // a long prompt's prefill stops between its passes
@@ -199,6 +200,15 @@ const Tokenizer& LocalTextModel::tokenizer() const {
   LMX_CHECK(tokenizer_.has_value(), "tokenizer", dir_.string(),
             " has no tokenizer.json; pass token ids (generate_ids) or add the tokenizer files");
   return *tokenizer_;
+}
+
+const std::vector<std::string>& LocalTextModel::token_pieces() {
+  if (!pieces_.empty()) return pieces_;
+  const Tokenizer& tok = tokenizer();
+  pieces_.resize(size_t(model_->spec().vocab_size));
+  for (int32_t id = 0; id < int32_t(pieces_.size()); ++id)
+    if (size_t(id) < tok.vocab_size() && !tok.is_special(id)) pieces_[size_t(id)] = tok.decode({&id, 1}, false);
+  return pieces_;
 }
 
 GenerationLimits LocalTextModel::limits(const GenerateOptions& o) const {

@@ -50,6 +50,9 @@ class LocalTextModel final : public TextModel {
   const models::CausalLM& model() const { return *model_; }
   const Tokenizer& tokenizer() const;
   bool has_tokenizer() const { return tokenizer_.has_value(); }
+  // Each id's text alone ("" for a special token or an id past the tokenizer's), for
+  // replies held to JSON (TokenGenerator::hold_to_json); made at the first call.
+  const std::vector<std::string>& token_pieces();
   void set_cached_prompt_tokens(int n) { metrics_.cached_prompt_tokens = n; }
   // Renders the chat template for `messages` (HF apply_chat_template, tokenize=False).
   std::string render_chat(std::span<const Message> messages, const GenerateOptions& o) const;
@@ -94,6 +97,7 @@ class LocalTextModel final : public TextModel {
   std::vector<int32_t> eos_;
   KVCache cache_;                // holds the KV of `cached_` (prompt-cache reuse)
   std::vector<int32_t> cached_;
+  std::vector<std::string> pieces_;  // token_pieces()
   GenerateMetrics metrics_;
   std::error_code err_;
   std::string err_message_;

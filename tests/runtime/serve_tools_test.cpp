@@ -1,7 +1,8 @@
-// `lmx serve` with tools: the tools and a conversation's calls reach the template as the
-// library renders them, and a reply that calls comes back as OpenAI's tool_calls, whole and
-// streamed. A random model calls no tool on its own, so one test gives the token it picks
-// first the text of a call (an added token of the same id in the copy's tokenizer.json).
+// `lmx serve` with tools and JSON replies: the tools and a conversation's calls reach the
+// template as the library renders them, and a reply that calls comes back as OpenAI's
+// tool_calls, whole and streamed. A random model calls no tool on its own, so one test gives
+// the token it picks first the text of a call (an added token of the same id in the copy's
+// tokenizer.json). response_format json_object holds the reply as the library holds it.
 #include <fstream>
 
 #include "fixture_copy.h"
@@ -197,6 +198,45 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
   EXPECT_EQ(forced_ev[forced_ev.size() - 2]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
             R"({"city":"Lyon"})");
 
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+TEST(ServeToolsTest, JsonObjectRepliesAsTheLibraryHoldsThem) {
+  Served server("'" + kModel.string() + "' --device cpu");
+  ASSERT_GT(server.port(), 0) << server.log();
+  httplib::Client c = server.client();
+  auto model = cpu_model();
+  const std::vector<Message> chat{{"user", "Give me a JSON object."}};
+  GenerateOptions o;
+  o.max_tokens = 30;
+  o.temperature = 0.8f;
+  o.seed = 11;
+  o.json_object = true;
+  const std::string want = model->chat(chat, o).text();
+  const std::string why = model->metrics().finish_reason;
+
+  const json request = {{"messages", {{{"role", "user"}, {"content", "Give me a JSON object."}}}},
+                        {"max_tokens", 30},
+                        {"temperature", 0.8},
+                        {"seed", 11},
+                        {"response_format", {{"type", "json_object"}}}};
+  const Reply whole = post(c, "/v1/chat/completions", request.dump());
+  ASSERT_EQ(whole.status, 200) << whole.body.dump();
+  EXPECT_EQ(whole.body["choices"][0]["message"]["content"], want);
+  EXPECT_EQ(whole.body["choices"][0]["finish_reason"], why == "complete" ? "stop" : "length");
+  json streamed = request;
+  streamed["stream"] = true;
+  EXPECT_EQ(streamed_content(events(c, "/v1/chat/completions", streamed)), want);
+
+  for (const auto& [format, says] : {std::pair<json, std::string>{{{"type", "json_schema"}}, "not supported yet"},
+                                     {{{"type", "xml"}}, "must be {\"type\": \"text\"}"}}) {
+    json bad = request;
+    bad["response_format"] = format;
+    const Reply r = post(c, "/v1/chat/completions", bad.dump());
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(r.body["error"]["param"], "response_format");
+    EXPECT_NE(r.body["error"]["message"].get<std::string>().find(says), std::string::npos) << r.body.dump();
+  }
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 

@@ -54,6 +54,9 @@ void GenerateArgs::add(CLI::App* cmd, bool chat) {
   cmd->add_option("--stop", stop_strings, "Stop before this text (repeatable); it is not printed");
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep generating past end-of-sequence tokens");
   cmd->add_flag("--show-special", show_special, "Print control tokens such as <|im_end|>");
+  cmd->add_flag("--json-object", json_object,
+                "Hold the reply to one JSON object: each token is drawn among those that continue it, and "
+                "the reply ends when the object closes (runs the plain decode step)");
   if (chat)
     cmd->add_option("--set", template_vars, "Chat-template variable as KEY=JSON, e.g. enable_thinking=false");
 }
@@ -73,6 +76,7 @@ GenerateOptions GenerateArgs::options() const {
   o.stop_strings = stop_strings;
   o.ignore_eos = ignore_eos;
   o.skip_special_tokens = !show_special;
+  o.json_object = json_object;
   for (const std::string& kv : template_vars) {
     const size_t eq = kv.find('=');
     LMX_CHECK(eq != std::string::npos && eq > 0, "cli", "--set expects KEY=JSON, got '", kv, "'");

@@ -23,7 +23,7 @@ struct GenerateArgs {
   float temperature = 0, top_p = 1, min_p = 0, repeat_penalty = 1, presence_penalty = 0, frequency_penalty = 0;
   int top_k = 0;
   int64_t seed = -1;
-  bool ignore_eos = false, show_special = false;
+  bool ignore_eos = false, show_special = false, json_object = false;
   std::vector<int32_t> stop_tokens;
   std::vector<std::string> stop_strings, template_vars;
   void add(CLI::App* cmd, bool chat);

@@ -333,9 +333,16 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
   for (const char* old : {"functions", "function_call"})
     if (body.contains(old) && !body[old].is_null())
       refuse(old, std::string("'") + old + "' is OpenAI's older form; send \"tools\" (and \"tool_choice\")");
-  if (body.contains("response_format") && !body["response_format"].is_null() &&
-      body["response_format"].value("type", "text") != "text")
-    refuse("response_format", "only {\"type\": \"text\"} responses are supported");
+  std::optional<bool> json_object;  // response_format {"type": "json_object"}, or "text"; else the server's default
+  if (const auto it = body.find("response_format"); it != body.end() && !it->is_null()) {
+    const std::string type = it->is_object() ? string_field(*it, "type") : "";
+    if (type == "json_schema")
+      refuse("response_format", "a JSON schema is not supported yet; {\"type\": \"json_object\"} holds the reply "
+                                "to a JSON object");
+    if (type != "text" && type != "json_object")
+      refuse("response_format", "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}");
+    json_object = type == "json_object";
+  }
   if (integer(body, "n", 1, 1000).value_or(1) != 1) refuse("n", "'n' must be 1: one choice a request");
   if (integer(body, "best_of", 1, 1000).value_or(1) != 1) refuse("best_of", "'best_of' must be 1");
   if (chat && flag(body, "echo", false)) refuse("echo", "'echo' is a completions field (/v1/completions)");
@@ -360,6 +367,7 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
   GenerateOptions& o = r.options;
   o = defaults;
   const int64_t most = std::numeric_limits<int32_t>::max();
+  if (json_object) o.json_object = *json_object;
   r.echo = !chat && flag(body, "echo", false);
   r.stream = flag(body, "stream", false);
   if (r.echo && r.stream) refuse("echo", "'echo' is served in whole replies only, not with \"stream\": true");

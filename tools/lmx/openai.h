@@ -10,9 +10,10 @@
 // function) and parallel_tool_calls (messages may carry tool_calls and tool_call_id). Also,
 // as vLLM and llama.cpp's server read them: top_k, min_p, repetition_penalty, ignore_eos,
 // chat_template_kwargs (the chat template's variables, e.g. {"enable_thinking": false}),
-// add_generation_prompt and continue_final_message. Anything the server cannot honour (n > 1,
-// a streamed echo, a streamed list of prompts, a JSON response format) is refused with a 400
-// that says so, rather than ignored.
+// add_generation_prompt and continue_final_message; response_format "json_object" (the reply
+// held to a JSON object). Anything the server cannot honour (n > 1, a streamed echo, a
+// streamed list of prompts, a JSON schema) is refused with a 400 that says so, rather than
+// ignored.
 #pragma once
 
 #include <nlohmann/json.hpp>

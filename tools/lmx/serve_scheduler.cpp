@@ -114,7 +114,8 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   // How a request may share its run: requests that only score their prompts (echo with no
   // new tokens) share one forward pass whatever their options; requests that generate and
   // draw alike share a batch, those with logprobs apart from those without (scored steps
-  // run one at a time and read their scores back, which would slow the others).
+  // run one at a time and read their scores back, which would slow the others). A reply
+  // held to JSON runs alone (its draws look at every logit on the host).
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
   // Clients that start together reach the server a little apart: the first may wait for
@@ -130,7 +131,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   }
   auto joins = [&](const Job& j) {
     const openai::Request &r = j.request, &lead = jobs[0]->request;
-    if (scores_only(r) != scores_only(lead)) return false;
+    if (scores_only(r) != scores_only(lead) || r.options.json_object || lead.options.json_object) return false;
     return scores_only(lead) || (draws_alike(r.options, lead.options) &&
                                  (r.options.logprobs >= 0) == (lead.options.logprobs >= 0));
   };

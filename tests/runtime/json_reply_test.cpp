@@ -1,0 +1,102 @@
+// Replies held to one JSON object (GenerateOptions::json_object): whatever the model and its
+// draw, every reply is a prefix that a JSON parser could continue (text::JsonPrefix), and one
+// that closes its object ends there ("complete") and parses as one (nlohmann's parser).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "lmx/lmx.h"
+#include "test_util.h"
+#include "text/json_prefix.h"
+
+namespace lmx {
+namespace {
+
+const std::filesystem::path kModel = std::filesystem::path(LMX_FIXTURES_DIR) / "models" / "qwen3-f32";
+
+std::unique_ptr<TextModel> cpu_model() {
+  LoadOptions lo;
+  lo.backend = "cpu";
+  return load_model(kModel, lo);
+}
+
+// The one id of a one-character text.
+int32_t id_of(const TextModel& model, const std::string& c) {
+  const std::vector<int32_t> ids = model.tokenize(c, false);
+  EXPECT_EQ(ids.size(), 1u) << c;
+  return ids.at(0);
+}
+
+TEST(JsonReplyTest, EveryDrawContinuesTheJson) {
+  auto model = cpu_model();
+  const std::vector<Message> chat{{"user", "Give me a JSON object."}};
+  for (const std::optional<uint64_t> seed : {std::optional<uint64_t>(), std::optional<uint64_t>(1),
+                                             std::optional<uint64_t>(2), std::optional<uint64_t>(3)}) {
+    GenerateOptions o;
+    o.max_tokens = 40;
+    o.json_object = true;
+    if (seed) {
+      o.temperature = 1.0f;
+      o.top_k = 50;
+      o.seed = seed;
+    }
+    const std::string text = model->chat(chat, o).text();
+    ASSERT_FALSE(model->err()) << model->err_message();
+    text::JsonPrefix json;
+    EXPECT_TRUE(json.feed(text)) << "'" << text << "'";
+    const std::string why = model->metrics().finish_reason;
+    EXPECT_EQ(why == "complete", json.complete()) << why << ": '" << text << "'";
+    if (why == "complete") {
+      EXPECT_TRUE(nlohmann::json::parse(text).is_object()) << text;
+    }
+    // Without the hold the same draws write no JSON: the hold is what made it.
+    GenerateOptions free = o;
+    free.json_object = false;
+    EXPECT_FALSE(text::JsonPrefix().accepts(model->chat(chat, free).text()));
+  }
+}
+
+TEST(JsonReplyTest, AnObjectThatClosesEndsTheReply) {
+  auto model = cpu_model();
+  const std::vector<Message> chat{{"user", "Give me a JSON object."}};
+  GenerateOptions o;
+  o.max_tokens = 40;
+  o.json_object = true;
+  // The bias ranks the characters (quote, colon, closing brace) above the model's own
+  // choices; the hold decides which may come: {"":""}.
+  o.logit_bias = {{id_of(*model, "\""), 20.f}, {id_of(*model, ":"), 19.f}, {id_of(*model, "}"), 18.f},
+                  {id_of(*model, "{"), 17.f}};
+  std::vector<Token> tokens;
+  for (const Token& t : model->chat(chat, o)) tokens.push_back(t);
+  std::string text;
+  for (const Token& t : tokens) text += t.text;
+  EXPECT_EQ(text, "{\"\":\"\"}");
+  EXPECT_EQ(model->metrics().finish_reason, "complete");
+  EXPECT_EQ(model->metrics().generated_tokens, int(tokens.size()));
+  EXPECT_EQ(nlohmann::json::parse(text), nlohmann::json({{"", ""}}));
+  // With scores: the model's own distribution, as for any stream.
+  o.logprobs = 2;
+  std::string again;
+  for (const Token& t : model->chat(chat, o)) {
+    again += t.text;
+    EXPECT_LE(t.logprob, 0.f);
+    EXPECT_EQ(t.top_logprobs.size(), 2u);
+  }
+  EXPECT_EQ(again, text);
+}
+
+TEST(JsonReplyTest, BatchesRefuseIt) {
+  auto model = cpu_model();
+  GenerateOptions o;
+  o.json_object = true;
+  const std::vector<std::vector<int32_t>> prompts{{5, 6, 7}};
+  try {
+    model->generate_rows(prompts, std::vector<GenerateOptions>{o});
+    ADD_FAILURE() << "expected a refusal";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("runs as a stream"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace lmx
