@@ -20,6 +20,17 @@ bool whole(const std::string& s, bool object_only) {
   return p.complete();
 }
 
+// Whether s holds an exponent of three digits or more (some are past a double's range).
+bool long_exponent(const std::string& s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != 'e' && s[i] != 'E') continue;
+    size_t from = i + 1 < s.size() && (s[i + 1] == '+' || s[i + 1] == '-') ? i + 2 : i + 1, to = from;
+    while (to < s.size() && s[to] >= '0' && s[to] <= '9') ++to;
+    if (to - from >= 3) return true;
+  }
+  return false;
+}
+
 TEST(JsonPrefix, TakesEveryPrefixOfValidObjects) {
   for (const std::string s : {
            R"({})",
@@ -97,6 +108,8 @@ TEST(JsonPrefix, AgreesWithAParserOnRandomStrings) {
     // Bias towards structure: start most strings as a container or a value would.
     if (i % 3 == 0) s = "{\"" + s;
     if (i % 3 == 1) s = "[" + s;
+    // The parser also refuses a number past a double's range (1e1111), which the grammar allows.
+    if (long_exponent(s)) continue;
     const bool parser = nlohmann::json::accept(s + " ");
     ASSERT_EQ(whole(s + " ", false), parser) << "'" << s << "'";
     json_count += parser;
