@@ -32,13 +32,10 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 // CUDA backend the LM head's int8 copy and a tiled down projection, 0.15-0.35 GB on the
 // 1B models) serve only the decode steps, and the prefill's activations need the memory.
 void TokenGenerator::take_fused_decoder() {
+  if (json_pieces_) return;  // each draw looks at every logit, on the host: the plain steps
   fused_ = fused_decoder_or_none(model_, 1);
   // A greedy draw with no edits reads no logit: the decoder's argmax is the token. A
   // top-k draw with no edits reads only the k largest. Scores read every one.
-  if (json_pieces_) {  // each draw looks at the logits on the host
-    model_.recycle_fused_decoder(std::move(fused_));
-    return;
-  }
   if (!fused_ || sampler_.needs_edits() || top_logprobs_ >= 0) return;
   const std::optional<fast::SampleFilter> filter = sampler_.filter();
   fused_->set_logits_needed(!filter ? 1 : filter->top_k);

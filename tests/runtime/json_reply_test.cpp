@@ -85,6 +85,33 @@ TEST(JsonReplyTest, AnObjectThatClosesEndsTheReply) {
   EXPECT_EQ(again, text);
 }
 
+// On a GPU the held reply runs the plain step and reads each step's logits back.
+TEST(JsonReplyTest, CudaHoldsItToo) {
+  const Backend* cuda = get_backend("cuda");
+  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
+  LoadOptions lo;
+  lo.backend = "cuda";
+  lo.dtype = "bf16";
+  auto model = load_model(kModel, lo);
+  const std::vector<Message> chat{{"user", "Give me a JSON object."}};
+  GenerateOptions o;
+  o.max_tokens = 40;
+  o.json_object = true;
+  o.logit_bias = {{id_of(*model, "\""), 20.f}, {id_of(*model, ":"), 19.f}, {id_of(*model, "}"), 18.f},
+                  {id_of(*model, "{"), 17.f}};
+  EXPECT_EQ(model->chat(chat, o).text(), "{\"\":\"\"}");
+  EXPECT_EQ(model->metrics().finish_reason, "complete");
+  EXPECT_EQ(model->metrics().decode_path, "plain");
+  o.logit_bias.clear();
+  o.temperature = 1.0f;
+  for (uint64_t seed : {1, 2, 3}) {
+    o.seed = seed;
+    const std::string text = model->chat(chat, o).text();
+    ASSERT_FALSE(model->err()) << model->err_message();
+    EXPECT_TRUE(text::JsonPrefix().feed(text)) << text;
+  }
+}
+
 TEST(JsonReplyTest, BatchesRefuseIt) {
   auto model = cpu_model();
   GenerateOptions o;
