@@ -262,7 +262,8 @@ std::optional<int32_t> TokenGenerator::next() {
     }
     tok = json_pieces_ ? sample_json(logits) : sample(logits);
     if (top_logprobs_ >= 0) logprobs_ = log_probabilities_rows(logits, {&tok, 1}, top_logprobs_)[0];
-    if (json_pieces_) json_.feed((*json_pieces_)[size_t(tok)]);
+    if (json_pieces_ && !json_.feed((*json_pieces_)[size_t(tok)]))
+      fail("generate", "internal error: token ", tok, " was drawn but does not continue the JSON reply");
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();
