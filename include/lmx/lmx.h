@@ -83,7 +83,7 @@ struct GenerateOptions {
   // Streams (generate, chat): the reply held to one JSON object, token by token (OpenAI's
   // response_format "json_object"): each draw is among the tokens whose text continues it,
   // and the reply ends once the object closes (finish_reason "complete"). The steps then run
-  // plain, each reading its logits on the host; generate_rows refuses it.
+  // one at a time, each reading its logits on the host; generate_rows refuses it.
   bool json_object = false;
   // Streams and generate_rows: each Token's logprob, and this many top_logprobs (0 to
   // kMaxTopLogprobs); -1 = off. They are the model's own distribution, before penalties,

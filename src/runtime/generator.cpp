@@ -32,11 +32,10 @@ TokenGenerator::TokenGenerator(const models::CausalLM& model, std::vector<int32_
 // CUDA backend the LM head's int8 copy and a tiled down projection, 0.15-0.35 GB on the
 // 1B models) serve only the decode steps, and the prefill's activations need the memory.
 void TokenGenerator::take_fused_decoder() {
-  if (json_pieces_) return;  // each draw looks at every logit, on the host: the plain steps
   fused_ = fused_decoder_or_none(model_, 1);
   // A greedy draw with no edits reads no logit: the decoder's argmax is the token. A
-  // top-k draw with no edits reads only the k largest. Scores read every one.
-  if (!fused_ || sampler_.needs_edits() || top_logprobs_ >= 0) return;
+  // top-k draw with no edits reads only the k largest. Scores and a JSON hold read every one.
+  if (!fused_ || sampler_.needs_edits() || top_logprobs_ >= 0 || json_pieces_) return;
   const std::optional<fast::SampleFilter> filter = sampler_.filter();
   fused_->set_logits_needed(!filter ? 1 : filter->top_k);
 }
@@ -90,6 +89,18 @@ std::optional<int32_t> TokenGenerator::fused_step() {
     fused_draw(*fused_, {&sampler_, 1});
     return true;
   };
+  if (json_pieces_) {
+    // Held to JSON, one step at a time: the draw is made on the host, among the tokens that
+    // continue the JSON, from the step's logits (its own argmax is left unused).
+    const std::vector<fast::FusedCacheView> views = cache_.fused_views();
+    if (views.empty()) return std::nullopt;
+    fused_->set_input(tokens_.back(), cache_.length());
+    fused_->step(views);
+    cache_.commit_one();
+    const int32_t tok = sample_json(fused_->logits());  // [1, V]
+    if (top_logprobs_ >= 0) logprobs_ = log_probabilities_rows(fused_->logits(), {&tok, 1}, top_logprobs_)[0];
+    return tok;
+  }
   if (top_logprobs_ >= 0) {
     // With scores, one step at a time: they read the step's logits on the device (the
     // draw's edits do not touch them), and the next step would overwrite them.
@@ -262,8 +273,9 @@ std::optional<int32_t> TokenGenerator::next() {
     }
     tok = json_pieces_ ? sample_json(logits) : sample(logits);
     if (top_logprobs_ >= 0) logprobs_ = log_probabilities_rows(logits, {&tok, 1}, top_logprobs_)[0];
-    if (json_pieces_ && !json_.feed((*json_pieces_)[size_t(tok)]))
-      fail("generate", "internal error: token ", tok, " was drawn but does not continue the JSON reply");
+  }
+  if (json_pieces_ && !json_.feed((*json_pieces_)[size_t(tok)])) {
+    fail("generate", "internal error: token ", tok, " was drawn but does not continue the JSON reply");
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double dt = std::chrono::duration<double>(t1 - t0).count();

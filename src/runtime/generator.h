@@ -99,7 +99,8 @@ class TokenGenerator {
   // the tokens whose text continues it (pieces[id]: a token's text alone; "" for one never
   // allowed, such as a special token), and the generation ends ("complete") once the object
   // closes. Greedy: the most likely such token; sampled: the sampler's draw over them alone.
-  // Set before the first next(); the steps then run plain, their logits read on the host.
+  // Set before the first next(); the steps then run one at a time, each step's logits read
+  // on the host (on a GPU, the fused step's, whose own draw goes unused).
   void hold_to_json(const std::vector<std::string>* pieces);
   const GenerationTimings& timings() const { return timings_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated

@@ -56,7 +56,7 @@ void GenerateArgs::add(CLI::App* cmd, bool chat) {
   cmd->add_flag("--show-special", show_special, "Print control tokens such as <|im_end|>");
   cmd->add_flag("--json-object", json_object,
                 "Hold the reply to one JSON object: each token is drawn among those that continue it, and "
-                "the reply ends when the object closes (runs the plain decode step)");
+                "the reply ends when the object closes (the steps run one at a time)");
   if (chat)
     cmd->add_option("--set", template_vars, "Chat-template variable as KEY=JSON, e.g. enable_thinking=false");
 }

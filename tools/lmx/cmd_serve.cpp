@@ -389,7 +389,7 @@ void add_serve_command(CLI::App& app) {
       "tool_choice begins the reply with a call (to that function), which the model completes:\n"
       "steered, not constrained, so a call that does not read as JSON comes back as text.\n"
       "response_format {\"type\": \"json_object\"} holds the reply to one JSON object, token by\n"
-      "token (it runs alone, on the plain step); a JSON schema and n > 1 are refused with a 400.\n\n"
+      "token (it runs alone, a step at a time); a JSON schema and n > 1 are refused with a 400.\n\n"
       "Examples:\n"
       "  lmx serve /models/Qwen3-0.6B --port 8080 --temperature 0.7 --max-tokens 1024\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
