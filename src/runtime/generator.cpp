@@ -35,7 +35,7 @@ void TokenGenerator::take_fused_decoder() {
   fused_ = fused_decoder_or_none(model_, 1);
   // A greedy draw with no edits reads no logit: the decoder's argmax is the token. A
   // top-k draw with no edits reads only the k largest. Scores and a JSON hold read every one.
-  if (!fused_ || sampler_.needs_edits() || top_logprobs_ >= 0 || json_pieces_) return;
+  if (!fused_ || sampler_.needs_edits() || top_logprobs_ >= 0 || json_tokens_) return;
   const std::optional<fast::SampleFilter> filter = sampler_.filter();
   fused_->set_logits_needed(!filter ? 1 : filter->top_k);
 }
@@ -63,8 +63,8 @@ void TokenGenerator::set_logprobs(int top) {
   top_logprobs_ = top;
 }
 
-void TokenGenerator::hold_to_json(const std::vector<std::string>* pieces) {
-  json_pieces_ = pieces;
+void TokenGenerator::hold_to_json(const text::JsonTokens* tokens) {
+  json_tokens_ = tokens;
   json_ = text::JsonPrefix(true);
 }
 
@@ -89,7 +89,7 @@ std::optional<int32_t> TokenGenerator::fused_step() {
     fused_draw(*fused_, {&sampler_, 1});
     return true;
   };
-  if (json_pieces_) {
+  if (json_tokens_) {
     // Held to JSON, one step at a time: the draw is made on the host, among the tokens that
     // continue the JSON, from the step's logits (its own argmax is left unused).
     const std::vector<fast::FusedCacheView> views = cache_.fused_views();
@@ -141,21 +141,28 @@ int32_t TokenGenerator::sample(const Array& logits) {
 
 int32_t TokenGenerator::sample_json(const Array& logits) {
   std::vector<float> x = to_floats(logits);  // [V]
-  const std::vector<std::string>& pieces = *json_pieces_;
-  auto allowed = [&](int32_t id) {
-    return size_t(id) < pieces.size() && !pieces[size_t(id)].empty() && json_.accepts(pieces[size_t(id)]);
-  };
-  auto exclude = [&](int32_t id) { x[size_t(id)] = -std::numeric_limits<float>::infinity(); };
-  // Greedy: the best tokens in turn until one continues the JSON (usually the first). A draw
-  // is taken among the allowed tokens alone, so they are all found first.
-  for (int tries = 0; sampler_.greedy() && tries < 32; ++tries) {
-    const int32_t best = int32_t(std::max_element(x.begin(), x.end()) - x.begin());
-    if (!(x[size_t(best)] > -std::numeric_limits<float>::infinity())) break;  // NaN rows: the sampler's rules
-    if (allowed(best)) return best;
-    exclude(best);
+  if (sampler_.greedy()) {
+    // The best tokens in turn until one continues the JSON: nearly always the first for a
+    // model that writes JSON. The 64 best, in order, from one pass.
+    constexpr size_t kTries = 64;
+    std::vector<std::pair<float, int32_t>> best;  // a min-heap of the best so far
+    for (int32_t id = 0; id < int32_t(x.size()); ++id) {
+      if (!(x[size_t(id)] > -std::numeric_limits<float>::infinity())) continue;  // NaN, -inf
+      if (best.size() < kTries || x[size_t(id)] > best.front().first) {
+        best.emplace_back(x[size_t(id)], -id);  // ties: the lower id first, as argmax
+        std::push_heap(best.begin(), best.end(), std::greater<>());
+        if (best.size() > kTries) {
+          std::pop_heap(best.begin(), best.end(), std::greater<>());
+          best.pop_back();
+        }
+      }
+    }
+    std::sort_heap(best.begin(), best.end(), std::greater<>());  // best first
+    for (const auto& [logit, negative_id] : best)
+      if (json_tokens_->allowed(json_, -negative_id)) return -negative_id;
   }
-  for (int32_t id = 0; id < int32_t(x.size()); ++id)
-    if (!allowed(id)) exclude(id);
+  // Every token that cannot come next masked, and the sampler's draw among the rest.
+  json_tokens_->mask(json_, x);
   const int32_t tok = sampler_.sample(x, tokens_);
   LMX_CHECK(tok >= 0, "generate", "no token of the vocabulary continues the JSON reply (all are masked or NaN)");
   return tok;
@@ -271,10 +278,10 @@ std::optional<int32_t> TokenGenerator::next() {
       reason_ = FinishReason::cancelled;
       return std::nullopt;
     }
-    tok = json_pieces_ ? sample_json(logits) : sample(logits);
+    tok = json_tokens_ ? sample_json(logits) : sample(logits);
     if (top_logprobs_ >= 0) logprobs_ = log_probabilities_rows(logits, {&tok, 1}, top_logprobs_)[0];
   }
-  if (json_pieces_ && !json_.feed((*json_pieces_)[size_t(tok)])) {
+  if (json_tokens_ && !json_.feed(json_tokens_->piece(tok))) {
     fail("generate", "internal error: token ", tok, " was drawn but does not continue the JSON reply");
   }
   const auto t1 = std::chrono::steady_clock::now();
@@ -291,7 +298,7 @@ std::optional<int32_t> TokenGenerator::next() {
   // The reason is known as soon as the last token is: callers can then flush their text
   // with it instead of after it.
   auto contains = [](const std::vector<int32_t>& v, int32_t t) { return std::find(v.begin(), v.end(), t) != v.end(); };
-  if (json_pieces_ && json_.complete()) reason_ = FinishReason::complete;
+  if (json_tokens_ && json_.complete()) reason_ = FinishReason::complete;
   else if (!limits_.ignore_eos && contains(limits_.eos_tokens, tok)) reason_ = FinishReason::eos;
   else if (contains(limits_.stop_tokens, tok)) reason_ = FinishReason::stop_token;
   else if (generated + 1 >= limits_.max_tokens) reason_ = FinishReason::max_tokens;

@@ -96,12 +96,12 @@ class TokenGenerator {
   void set_logprobs(int top);
   const TokenLogprobs& logprobs() const { return logprobs_; }  // of the token next() returned last
   // Holds the reply to one JSON object (GenerateOptions::json_object): each draw is among
-  // the tokens whose text continues it (pieces[id]: a token's text alone; "" for one never
+  // the tokens whose text continues it (`tokens`: each id's text alone; "" for one never
   // allowed, such as a special token), and the generation ends ("complete") once the object
   // closes. Greedy: the most likely such token; sampled: the sampler's draw over them alone.
   // Set before the first next(); the steps then run one at a time, each step's logits read
   // on the host (on a GPU, the fused step's, whose own draw goes unused).
-  void hold_to_json(const std::vector<std::string>* pieces);
+  void hold_to_json(const text::JsonTokens* tokens);
   const GenerationTimings& timings() const { return timings_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
   // How decode steps ran: "plain" (the ops one by one), or the fused step's path
@@ -126,7 +126,7 @@ class TokenGenerator {
   Sampler sampler_;
   int top_logprobs_ = -1;
   TokenLogprobs logprobs_;
-  const std::vector<std::string>* json_pieces_ = nullptr;  // set: the reply is held to JSON
+  const text::JsonTokens* json_tokens_ = nullptr;  // set: the reply is held to JSON
   text::JsonPrefix json_;
   GenerationLimits limits_;
   std::vector<int32_t> tokens_;

@@ -29,7 +29,7 @@ class GenerationSource final : public Stream::Source, public OpenStream {
         text_(m.has_tokenizer() ? &m.tokenizer() : nullptr, o.skip_special_tokens, o.stop_strings) {
     gen_.emplace(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache());
     gen_->set_logprobs(o.logprobs);
-    if (o.json_object) gen_->hold_to_json(&m.token_pieces());
+    if (o.json_object) gen_->hold_to_json(&m.json_tokens());
     logprobs_ = o.logprobs >= 0;
     cached_ = int(cached);
     gen_->set_stop(stop_);  // a long prompt's prefill stops between its passes
@@ -202,13 +202,13 @@ const Tokenizer& LocalTextModel::tokenizer() const {
   return *tokenizer_;
 }
 
-const std::vector<std::string>& LocalTextModel::token_pieces() {
-  if (!pieces_.empty()) return pieces_;
+const text::JsonTokens& LocalTextModel::json_tokens() {
+  if (json_tokens_) return *json_tokens_;
   const Tokenizer& tok = tokenizer();
-  pieces_.resize(size_t(model_->spec().vocab_size));
-  for (int32_t id = 0; id < int32_t(pieces_.size()); ++id)
-    if (size_t(id) < tok.vocab_size() && !tok.is_special(id)) pieces_[size_t(id)] = tok.decode({&id, 1}, false);
-  return pieces_;
+  std::vector<std::string> pieces(size_t(model_->spec().vocab_size));
+  for (int32_t id = 0; id < int32_t(pieces.size()); ++id)
+    if (size_t(id) < tok.vocab_size() && !tok.is_special(id)) pieces[size_t(id)] = tok.decode({&id, 1}, false);
+  return json_tokens_.emplace(std::move(pieces));
 }
 
 GenerationLimits LocalTextModel::limits(const GenerateOptions& o) const {

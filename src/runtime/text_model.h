@@ -52,7 +52,7 @@ class LocalTextModel final : public TextModel {
   bool has_tokenizer() const { return tokenizer_.has_value(); }
   // Each id's text alone ("" for a special token or an id past the tokenizer's), for
   // replies held to JSON (TokenGenerator::hold_to_json); made at the first call.
-  const std::vector<std::string>& token_pieces();
+  const text::JsonTokens& json_tokens();
   void set_cached_prompt_tokens(int n) { metrics_.cached_prompt_tokens = n; }
   // Renders the chat template for `messages` (HF apply_chat_template, tokenize=False).
   std::string render_chat(std::span<const Message> messages, const GenerateOptions& o) const;
@@ -97,7 +97,7 @@ class LocalTextModel final : public TextModel {
   std::vector<int32_t> eos_;
   KVCache cache_;                // holds the KV of `cached_` (prompt-cache reuse)
   std::vector<int32_t> cached_;
-  std::vector<std::string> pieces_;  // token_pieces()
+  std::optional<text::JsonTokens> json_tokens_;  // json_tokens()
   GenerateMetrics metrics_;
   std::error_code err_;
   std::string err_message_;

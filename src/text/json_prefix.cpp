@@ -1,6 +1,8 @@
 #include "text/json_prefix.h"
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 namespace lmx::text {
 namespace {
@@ -158,6 +160,32 @@ bool JsonPrefix::close(char c) {
 bool JsonPrefix::end_number(char c) {
   end_value();
   return step(c);
+}
+
+JsonTokens::JsonTokens(std::vector<std::string> pieces) : pieces_(std::move(pieces)), plain_(pieces_.size()) {
+  for (size_t id = 0; id < pieces_.size(); ++id) {
+    const std::string& p = pieces_[id];
+    plain_[id] = !p.empty() && std::none_of(p.begin(), p.end(), [](char c) {
+      return c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20;
+    });
+  }
+}
+
+void JsonTokens::mask(const JsonPrefix& json, std::span<float> logits) const {
+  constexpr float kOut = -std::numeric_limits<float>::infinity();
+  bool first[256];  // whether a text may start with each byte
+  for (int b = 0; b < 256; ++b) {
+    const char c = char(b);
+    first[b] = json.accepts(std::string_view(&c, 1));
+  }
+  const bool in_string = json.in_string();
+  for (size_t id = 0; id < logits.size(); ++id) {
+    if (id >= pieces_.size() || pieces_[id].empty() || !first[static_cast<unsigned char>(pieces_[id][0])]) {
+      logits[id] = kOut;
+    } else if (!(in_string && plain_[id]) && pieces_[id].size() > 1 && !json.accepts(pieces_[id])) {
+      logits[id] = kOut;
+    }
+  }
 }
 
 }  // namespace lmx::text

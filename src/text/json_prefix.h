@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace lmx::text {
 
@@ -20,6 +22,8 @@ class JsonPrefix {
   bool accepts(std::string_view bytes) const;
   // The top-level value is whole: only whitespace may follow.
   bool complete() const { return state_ == State::done; }
+  // Inside a string, outside an escape: any byte from 0x20 up but '"' and '\\' is taken as it is.
+  bool in_string() const { return state_ == State::string; }
 
  private:
   enum class State : uint8_t {
@@ -56,6 +60,26 @@ class JsonPrefix {
   uint8_t hex_left_ = 0;
   std::string_view literal_;    // the literal being matched, and how much of it is read
   uint8_t literal_at_ = 0;
+};
+
+// A vocabulary's texts read for a JsonPrefix: which tokens may come next. Each id's text
+// alone; "" for one never allowed (a special token).
+class JsonTokens {
+ public:
+  explicit JsonTokens(std::vector<std::string> pieces);
+  size_t size() const { return pieces_.size(); }
+  const std::string& piece(int32_t id) const { return pieces_[size_t(id)]; }
+  bool allowed(const JsonPrefix& json, int32_t id) const {
+    return size_t(id) < pieces_.size() && !pieces_[size_t(id)].empty() && json.accepts(pieces_[size_t(id)]);
+  }
+  // Sets logits[id] to -inf for every token that cannot come next, in one pass over the
+  // vocabulary where most tokens are settled without reading them through: by their first
+  // byte, or inside a string as text with no quote, backslash or control byte.
+  void mask(const JsonPrefix& json, std::span<float> logits) const;
+
+ private:
+  std::vector<std::string> pieces_;
+  std::vector<uint8_t> plain_;  // 1: string text as it stands (no '"', '\\' or byte below 0x20)
 };
 
 }  // namespace lmx::text

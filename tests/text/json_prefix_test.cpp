@@ -117,5 +117,24 @@ TEST(JsonPrefix, AgreesWithAParserOnRandomStrings) {
   EXPECT_GT(json_count, 1000) << "the strings should hold a fair share of JSON";
 }
 
+// The vocabulary's mask, with its shortcuts (first bytes, plain string text), against each
+// token read through on its own, in every state the prefixes of a JSON text pass through.
+TEST(JsonPrefix, TheMaskIsEachTokenReadThrough) {
+  std::vector<std::string> pieces = {"", "{", "}", "\"", "\":", " \"", "a", "ab c", "\\", "\\n", "1", "-",
+                                     ".5", "e+", "true", "tr", "null,", ",", "]", "[", " ", "\n", "\x01", ":",
+                                     "\xC3\xA9", "\"}", "0", "00", "\\u00", "{\"", "}}"};
+  const JsonTokens tokens(pieces);
+  const std::string text = R"({"ab c": [1, -0.5e+2, "x\n\u00e9", true, null, {}], "": {"k": []}})";
+  JsonPrefix json;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    std::vector<float> logits(pieces.size() + 2, 1.0f);  // two ids past the pieces: never allowed
+    tokens.mask(json, logits);
+    for (int32_t id = 0; id < int32_t(logits.size()); ++id)
+      EXPECT_EQ(logits[size_t(id)] == 1.0f, tokens.allowed(json, id)) << "after '" << text.substr(0, i) << "': " << id;
+    if (i == text.size()) break;
+    ASSERT_TRUE(json.feed(text.substr(i, 1)));
+  }
+}
+
 }  // namespace
 }  // namespace lmx::text
