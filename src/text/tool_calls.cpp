@@ -9,7 +9,7 @@ namespace {
 using json = nlohmann::ordered_json;  // arguments keep the order the model wrote
 constexpr std::string_view kOpen = "<tool_call>", kClose = "</tool_call>";  // hermes
 constexpr std::string_view kPythonTag = "<|python_tag|>";                    // llama3-json, when special tokens show
-constexpr std::string_view kThinkEnd = "</think>";
+constexpr std::string_view kThinkStart = "<think>", kThinkEnd = "</think>";
 
 bool space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
 bool blank(std::string_view s) {
@@ -66,15 +66,18 @@ size_t object_end(std::string_view s, size_t at) {
 }
 
 // Where hermes calls may begin: after the reasoning ("<think> ... </think>", Qwen3's), whose
-// text may speak of a call without making one.
+// text may speak of a call without making one; npos while reasoning is still open (a
+// "<think>" with no "</think>" after it), which makes no call.
 size_t calls_from(std::string_view reply) {
-  const size_t end = reply.rfind(kThinkEnd);
+  const size_t start = reply.rfind(kThinkStart), end = reply.rfind(kThinkEnd);
+  if (start != std::string_view::npos && (end == std::string_view::npos || end < start)) return std::string_view::npos;
   return end == std::string_view::npos ? 0 : end + kThinkEnd.size();
 }
 
 ToolCallReply hermes(std::string_view reply) {
   const ToolCallReply all_text{std::string(reply), {}};
-  const size_t first = reply.find(kOpen, calls_from(reply));
+  const size_t from = calls_from(reply);
+  const size_t first = from == std::string_view::npos ? from : reply.find(kOpen, from);
   if (first == std::string_view::npos) return all_text;
   ToolCallReply out{std::string(trim_end(reply.substr(0, first))), {}};
   for (size_t at = first; at != std::string_view::npos;) {
@@ -138,8 +141,7 @@ ToolCallReply parse_tool_calls(std::string_view reply, std::string_view format) 
 size_t tool_call_free_prefix(std::string_view reply, std::string_view format) {
   if (format == "hermes") {
     const size_t from = calls_from(reply);
-    // Reasoning still open: nothing in it is a call.
-    if (from == 0 && reply.find("<think>") != std::string_view::npos) return reply.size();
+    if (from == std::string_view::npos) return reply.size();  // reasoning still open: nothing in it is a call
     const size_t tag = reply.find(kOpen, from);
     size_t free = tag != std::string_view::npos ? tag : reply.size() - partial_suffix(reply.substr(from), kOpen);
     while (free > from && space(reply[free - 1])) --free;  // the whitespace a call's tag may follow

@@ -57,6 +57,12 @@ TEST(OpenAiTools, ToolsAndTheirChoiceAreRead) {
                   {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}},
                  true, "tool_choice", "not among the tools");
   expect_refused({{"messages", {hi}}, {"tool_choice", "required"}}, true, "tool_choice", "needs \"tools\"");
+  expect_refused({{"messages", {hi}}, {"tools", json::array()}, {"tool_choice", "required"}}, true, "tool_choice",
+                 "needs \"tools\"");
+  expect_refused({{"messages", {hi}}, {"tools", kTools}, {"tool_choice", {{"type", "function"}}}}, true,
+                 "tool_choice", "must be \"auto\"");
+  expect_refused({{"messages", {hi}}, {"tools", kTools}, {"response_format", {{"type", "json_object"}}}}, true,
+                 "response_format", "not both");
   expect_refused({{"messages", {hi}}, {"tools", kTools}, {"tool_choice", "always"}}, true, "tool_choice",
                  "must be \"auto\", \"none\", \"required\"");
   expect_refused({{"messages", {hi}}, {"tools", {{{"type", "function"}}}}}, true, "tools[0]", "\"function\"");

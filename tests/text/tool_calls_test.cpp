@@ -89,6 +89,10 @@ TEST(ToolCalls, HermesReasoningMayNameTheTagWithoutCalling) {
   EXPECT_EQ(r.content, "<think>\nI could emit <tool_call> here.\n</think>");
   const std::string thinking = "<think>\nI could emit <tool_";
   EXPECT_EQ(tool_call_free_prefix(thinking, "hermes"), thinking.size());  // all of it: still thinking
+  // A reply that ends still reasoning made no call, whatever it holds.
+  const std::string unclosed = "<think>\nmaybe <tool_call>{\"name\": \"f\"}</tool_call>";
+  EXPECT_TRUE(parse_tool_calls(unclosed, "hermes").calls.empty());
+  EXPECT_EQ(streamed_content(unclosed, "hermes", 3), unclosed);
   for (size_t piece : {1, 5}) EXPECT_EQ(streamed_content(calling, "hermes", piece), r.content);
 }
 

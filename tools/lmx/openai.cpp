@@ -203,8 +203,9 @@ void read_logprobs(const json& body, bool chat, GenerateOptions& o) {
   }
 }
 
-// "tools" (chat): OpenAI's list of functions, which the template lists; "tool_choice" "auto"
-// (the default) or "none" (the tools left out of the prompt); "parallel_tool_calls".
+// "tools" (chat): OpenAI's list of functions, which the template lists; "tool_choice": "auto"
+// (the default), "none" (the tools left out of the prompt), "required" or a named function
+// (Request::forced_tool: begin_call starts the reply with the call); "parallel_tool_calls".
 void read_tools(const json& body, bool chat, Request& r) {
   const auto it = body.find("tools");
   const bool listed = it != body.end() && !it->is_null();
@@ -218,8 +219,8 @@ void read_tools(const json& body, bool chat, Request& r) {
   std::string choice = "auto";
   bool named = false;
   if (const auto c = body.find("tool_choice"); c != body.end() && !c->is_null()) {
-    const json* fn = c->is_object() && string_field(*c, "type") == "function" ? &(*c)["function"] : nullptr;
-    if (fn && fn->is_object() && !string_field(*fn, "name").empty()) {
+    const auto fn = c->is_object() && string_field(*c, "type") == "function" ? c->find("function") : c->end();
+    if (fn != c->end() && fn->is_object() && !string_field(*fn, "name").empty()) {
       choice = string_field(*fn, "name");
       named = true;
     } else if (c->is_string() && (*c == "auto" || *c == "none" || *c == "required")) {
@@ -228,7 +229,7 @@ void read_tools(const json& body, bool chat, Request& r) {
       refuse("tool_choice", "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
                             "\"function\": {\"name\": ...}}, got " + c->dump());
     }
-    if ((named || choice == "required") && !listed)
+    if ((named || choice == "required") && (!listed || (it->is_array() && it->empty())))
       refuse("tool_choice", "'tool_choice' " + c->dump() + " needs \"tools\"");
   }
   r.parallel_tool_calls = flag(body, "parallel_tool_calls", true);
@@ -393,6 +394,9 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
   }
   read_tools(body, chat, r);
   read_continuation(body, chat, r);
+  if (r.tools && o.json_object)
+    refuse("response_format", "a reply held to a JSON object leaves no room for a tool call: send \"tools\" or "
+                              "response_format json_object, not both");
   if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) refuse("stream_options", "'stream_options' must be an object");
     r.include_usage = flag(*it, "include_usage", false);
