@@ -33,17 +33,8 @@ std::vector<int32_t> ids_of(Stream s) {
   return out;
 }
 
-bool cuda_visible() {
-  const Backend* cuda = get_backend("cuda");
-  return cuda && cuda->available();
-}
-
-LoadOptions cuda_bf16() {
-  LoadOptions lo;
-  lo.backend = "cuda";
-  lo.dtype = "bf16";
-  return lo;
-}
+using test::cuda_bf16;
+using test::cuda_visible;
 
 // The CPU, and where a GPU is visible CUDA in bf16 with deterministic steps (tokens that
 // compare across runs).

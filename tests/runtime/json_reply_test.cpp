@@ -27,6 +27,17 @@ int32_t id_of(const TextModel& model, const std::string& c) {
   return ids.at(0);
 }
 
+// A held reply whose bias ranks the characters (quote, colon, closing brace, opening brace)
+// above the model's own choices; the hold decides which may come: {"":""}.
+GenerateOptions ranked_characters(const TextModel& model) {
+  GenerateOptions o;
+  o.max_tokens = 40;
+  o.json_object = true;
+  o.logit_bias = {{id_of(model, "\""), 20.f}, {id_of(model, ":"), 19.f}, {id_of(model, "}"), 18.f},
+                  {id_of(model, "{"), 17.f}};
+  return o;
+}
+
 TEST(JsonReplyTest, EveryDrawContinuesTheJson) {
   auto model = cpu_model();
   const std::vector<Message> chat{{"user", "Give me a JSON object."}};
@@ -59,13 +70,7 @@ TEST(JsonReplyTest, EveryDrawContinuesTheJson) {
 TEST(JsonReplyTest, AnObjectThatClosesEndsTheReply) {
   auto model = cpu_model();
   const std::vector<Message> chat{{"user", "Give me a JSON object."}};
-  GenerateOptions o;
-  o.max_tokens = 40;
-  o.json_object = true;
-  // The bias ranks the characters (quote, colon, closing brace) above the model's own
-  // choices; the hold decides which may come: {"":""}.
-  o.logit_bias = {{id_of(*model, "\""), 20.f}, {id_of(*model, ":"), 19.f}, {id_of(*model, "}"), 18.f},
-                  {id_of(*model, "{"), 17.f}};
+  GenerateOptions o = ranked_characters(*model);
   std::vector<Token> tokens;
   for (const Token& t : model->chat(chat, o)) tokens.push_back(t);
   std::string text;
@@ -87,18 +92,10 @@ TEST(JsonReplyTest, AnObjectThatClosesEndsTheReply) {
 
 // On a GPU the held reply runs the fused step a token at a time and reads its logits back.
 TEST(JsonReplyTest, CudaHoldsItToo) {
-  const Backend* cuda = get_backend("cuda");
-  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
-  LoadOptions lo;
-  lo.backend = "cuda";
-  lo.dtype = "bf16";
-  auto model = load_model(kModel, lo);
+  if (!test::cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
+  auto model = load_model(kModel, test::cuda_bf16());
   const std::vector<Message> chat{{"user", "Give me a JSON object."}};
-  GenerateOptions o;
-  o.max_tokens = 40;
-  o.json_object = true;
-  o.logit_bias = {{id_of(*model, "\""), 20.f}, {id_of(*model, ":"), 19.f}, {id_of(*model, "}"), 18.f},
-                  {id_of(*model, "{"), 17.f}};
+  GenerateOptions o = ranked_characters(*model);
   EXPECT_EQ(model->chat(chat, o).text(), "{\"\":\"\"}");
   EXPECT_EQ(model->metrics().finish_reason, "complete");
   EXPECT_EQ(model->metrics().decode_path.rfind("fused-", 0), 0u) << model->metrics().decode_path;

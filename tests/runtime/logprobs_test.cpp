@@ -15,6 +15,7 @@
 #include "lmx/lmx.h"
 #include "models/loader.h"
 #include "runtime/text_model.h"
+#include "test_util.h"
 
 namespace lmx {
 namespace {
@@ -28,8 +29,7 @@ const char* const kF32Models[] = {"llama-f32", "qwen3-f32", "gemma3_text-f32"};
 std::vector<LoadOptions> f32_loads() {
   std::vector<LoadOptions> loads(1);
   loads[0].backend = "cpu";
-  const Backend* cuda = get_backend("cuda");
-  if (cuda && cuda->available()) {
+  if (test::cuda_visible()) {
     loads.push_back(loads[0]);
     loads.back().backend = "cuda";
     loads.back().dtype = "f32";
@@ -306,11 +306,8 @@ TEST(LogprobsTest, NaNLogitsScoreAsImpossible) {
 // each greedy token is its own most likely, and its scores are those a prefill of the same
 // text gives, within bf16's rounding (the two paths sum in other orders).
 TEST(LogprobsTest, CudaFusedStepScoresItsOwnLogits) {
-  const Backend* cuda = get_backend("cuda");
-  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
-  LoadOptions lo;
-  lo.backend = "cuda";
-  lo.dtype = "bf16";
+  if (!test::cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
+  LoadOptions lo = test::cuda_bf16();
   lo.deterministic = true;
   for (const char* name : kF32Models) {
     auto model = load_model(kModels / name, lo);

@@ -243,12 +243,8 @@ TEST(RowsTest, APromptThatCannotRunFailsItsRowAlone) {
 }
 
 TEST(RowsTest, CudaRowsKeepTheirOwnLimitsAndScores) {
-  const Backend* cuda = get_backend("cuda");
-  if (!cuda || !cuda->available()) GTEST_SKIP() << "no CUDA device visible";
-  LoadOptions lo;
-  lo.backend = "cuda";
-  lo.dtype = "bf16";
-  auto model = load_model(kModels / "qwen3-f32", lo);
+  if (!test::cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
+  auto model = load_model(kModels / "qwen3-f32", test::cuda_bf16());
   // 2-8 rows take the batched fused step, more the GEMM step: both, with rows of several lengths.
   for (size_t rows : {size_t(3), size_t(12)}) {
     std::vector<std::vector<int32_t>> prompts;

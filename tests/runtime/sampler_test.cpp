@@ -14,6 +14,7 @@
 #include "lmx/lmx.h"
 #include "ops/ops.h"
 #include "runtime/stop_strings.h"
+#include "test_util.h"
 
 namespace lmx {
 namespace {
@@ -461,8 +462,7 @@ TEST(SamplerTest, LogProbabilitiesOfRowsAreEachRowsAlone) {
   flat.insert(flat.end(), spread.begin(), spread.end());
   const std::vector<int32_t> chosen = {4, 2, 7};
   std::vector<Device> devices = {Device::cpu()};
-  const Backend* cuda = get_backend("cuda");
-  if (cuda && cuda->available()) devices.push_back(Device::parse("cuda"));
+  if (test::cuda_visible()) devices.push_back(Device::parse("cuda"));
   for (const Device& d : devices) {
     const Array logits = to_device(from_floats(flat, {3, int64_t(kLogits.size())}), d);
     for (int top : {0, 1, 4, 20}) {  // 20: more alternatives than the 8 tokens, so all of them

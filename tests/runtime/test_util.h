@@ -25,4 +25,18 @@ inline GenerateOptions greedy(int n) {
   return o;
 }
 
+// Whether a CUDA device is visible (CUDA cases skip otherwise, with the message they give).
+inline bool cuda_visible() {
+  const Backend* cuda = get_backend("cuda");
+  return cuda && cuda->available();
+}
+
+// Loads on the CUDA backend in bf16.
+inline LoadOptions cuda_bf16() {
+  LoadOptions lo;
+  lo.backend = "cuda";
+  lo.dtype = "bf16";
+  return lo;
+}
+
 }  // namespace lmx::test
