@@ -11,6 +11,7 @@
 #include "ops/kernels.h"
 #include "runtime/token_text.h"
 #include "text/jinja/jinja.h"
+#include "text/jinja/strings.h"
 #include "text/tool_calls.h"
 
 namespace lmx::runtime {
@@ -285,16 +286,9 @@ std::string render_chat(const Tokenizer& tok, std::span<const Message> messages,
 
 namespace {
 
-std::string_view trim(std::string_view s, bool front, bool back) {
-  auto space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; };
-  while (front && !s.empty() && space(s.front())) s.remove_prefix(1);
-  while (back && !s.empty() && space(s.back())) s.remove_suffix(1);
-  return s;
-}
-
 // A rendered chat cut right after its last message's text, as HF's continue_final_message
 // cuts it: where the template kept the text's own trailing space, after that; where it
-// trimmed it, after the trimmed text.
+// trimmed it, after the trimmed text. Whitespace is Python's (str.strip), as HF strips it.
 std::string open_final_message(const std::string& text, const nlohmann::ordered_json& messages) {
   const nlohmann::ordered_json* content = messages.empty() ? nullptr : &messages.back()["content"];
   std::string final;
@@ -304,7 +298,8 @@ std::string open_final_message(const std::string& text, const nlohmann::ordered_
     for (auto it = content->rbegin(); it != content->rend() && final.empty(); ++it)
       if (it->is_object() && it->contains("text") && (*it)["text"].is_string()) final = (*it)["text"];
   }
-  const std::string_view stripped = trim(final, true, true), leading = trim(final, true, false);
+  const std::string stripped = jinja::strings::strip(final, std::nullopt, true, true);
+  const std::string leading = jinja::strings::strip(final, std::nullopt, true, false);
   const size_t at = text.rfind(stripped);  // an empty text "appears" at the end: nothing is cut, as in HF
   LMX_CHECK(at != std::string::npos, "chat",
             "continue_final_message: the last message's text does not appear in the rendered chat (the "

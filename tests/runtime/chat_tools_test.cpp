@@ -101,6 +101,15 @@ TEST(ChatTools, AContinuedLastMessageIsCutAsTransformersCutsIt) {
     if (checked < 0) GTEST_SKIP() << missing_data();
     EXPECT_GE(checked, 2) << family << ": the goldens hold continued chats (make_tokenizer_goldens.py)";
   }
+  // Whitespace is Python's: Gemma 3's template trims a trailing no-break space, and the cut
+  // follows the trimmed text (apply_chat_template strips with str.strip).
+  const Tokenizer gemma = Tokenizer::from_dir(fs::path(LMX_TEST_DATA_DIR) / "gemma3");
+  GenerateOptions go_on;
+  go_on.add_generation_prompt = false;
+  go_on.continue_final_message = true;
+  const std::vector<Message> nbsp{{"user", "hi"}, {"assistant", "Hello\u00a0"}};
+  const std::string cut = runtime::render_chat(gemma, nbsp, go_on, "gemma3");
+  EXPECT_TRUE(cut.ends_with("<start_of_turn>model\nHello")) << cut;
   const ToolModel copy;
   auto model = load_model(copy.dir());
   GenerateOptions o;
