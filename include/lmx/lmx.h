@@ -85,6 +85,15 @@ struct GenerateOptions {
   // and the reply ends once the object closes (finish_reason "complete"). The steps then run
   // one at a time, each reading its logits on the host; generate_rows refuses it.
   bool json_object = false;
+  // Streams: the reply held to this JSON Schema (its JSON text; OpenAI's response_format
+  // "json_schema"), as json_object holds it to an object. The root must be an object or an
+  // array. Read: type (or a list of types), properties, required, additionalProperties,
+  // items, minItems, maxItems, minLength, maxLength, enum, const, anyOf, oneOf (of branches
+  // that start apart), allOf of one schema and $ref inside the schema; annotations (title,
+  // description, default, ...) are ignored, and any other keyword (pattern, format, minimum,
+  // ...) is refused by name rather than left unenforced. Properties are written in the
+  // schema's order, each at most once, and no key it does not list.
+  std::string json_schema;
   // Streams and generate_rows: each Token's logprob, and this many top_logprobs (0 to
   // kMaxTopLogprobs); -1 = off. They are the model's own distribution, before penalties,
   // bias, temperature and filters (as vLLM's default), so that they score text whatever the
@@ -128,7 +137,7 @@ struct GenerateMetrics {
   size_t peak_memory = 0, active_memory = 0;
   double gpu_utilization = -1;  // percent, from NVML on CUDA; -1 where unavailable
   // "eos", "stop_token", "stop_string", "length", "context_length", "cancelled", "error", or
-  // "complete" (a json_object reply whose object closed)
+  // "complete" (a reply held to JSON whose value closed: json_object, json_schema)
   std::string finish_reason;
   // How the decode steps ran: "plain" (the ops one by one), "fused-persistent" (the
   // device's fused step as one kernel per token: CUDA's default for one sequence) or

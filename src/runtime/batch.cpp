@@ -218,8 +218,8 @@ std::vector<BatchResult> LocalTextModel::generate_rows(std::span<const std::vect
       LMX_CHECK(o.logprobs >= -1 && o.logprobs <= kMaxTopLogprobs, "generate_rows", "row ", r,
                 ": logprobs must be -1 (off) or 0 to ", kMaxTopLogprobs, " alternatives, got ", o.logprobs);
       LMX_CHECK(o.max_tokens >= 0, "generate_rows", "row ", r, ": max_tokens must be at least 0, got ", o.max_tokens);
-      LMX_CHECK(!o.json_object, "generate_rows", "row ", r,
-                ": a reply held to JSON (json_object) runs as a stream (generate, chat), not in a batch");
+      LMX_CHECK(!o.json_object && o.json_schema.empty(), "generate_rows", "row ", r,
+                ": a reply held to JSON (json_object, json_schema) runs as a stream (generate, chat), not in a batch");
       LMX_CHECK(draws_alike(o, options[0]), "generate_rows", "row ", r,
                 " draws otherwise than row 0 (temperature, top-k, top-p, min-p, penalties and logit bias must agree)");
     }

@@ -63,9 +63,9 @@ void TokenGenerator::set_logprobs(int top) {
   top_logprobs_ = top;
 }
 
-void TokenGenerator::hold_to_json(const text::JsonTokens* tokens) {
+void TokenGenerator::hold_to_json(const text::JsonTokens* tokens, std::shared_ptr<const text::JsonSchema> schema) {
   json_tokens_ = tokens;
-  json_ = text::JsonPrefix(true);
+  json_ = schema ? text::JsonPrefix(std::move(schema)) : text::JsonPrefix(true);
 }
 
 TokenGenerator::~TokenGenerator() { model_.recycle_fused_decoder(std::move(fused_)); }

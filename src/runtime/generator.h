@@ -101,7 +101,9 @@ class TokenGenerator {
   // closes. Greedy: the most likely such token; sampled: the sampler's draw over them alone.
   // Set before the first next(); the steps then run one at a time, each step's logits read
   // on the host (on a GPU, the fused step's, whose own draw goes unused).
-  void hold_to_json(const text::JsonTokens* tokens);
+  // `schema`: the JSON Schema the reply is held to (GenerateOptions::json_schema); null: one
+  // object with any content.
+  void hold_to_json(const text::JsonTokens* tokens, std::shared_ptr<const text::JsonSchema> schema = nullptr);
   const GenerationTimings& timings() const { return timings_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
   // How decode steps ran: "plain" (the ops one by one), or the fused step's path

@@ -7,159 +7,378 @@
 namespace lmx::text {
 namespace {
 
+using Kind = SchemaNode::Kind;
+constexpr size_t kMaxPaths = 64;  // anyOf's branches read side by side; past this, the rest are dropped
+
 bool space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
 bool digit(char c) { return c >= '0' && c <= '9'; }
-bool hex_digit(char c) { return digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+int hex_value(char c) {
+  if (digit(c)) return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// What a container of `n` holds: `any` holds any keys and values.
+bool free_keys(const SchemaNode& n) { return n.kind == Kind::any || n.free_keys; }
+int32_t member(const SchemaNode& n) { return n.kind == Kind::any ? JsonSchema::kAny : n.items; }
+
+// The last property a key may name next: skipping past a required one would leave it out.
+size_t last_key(const SchemaNode& n, size_t next) {
+  for (size_t j = next; j < n.properties.size(); ++j)
+    if (n.properties[j].required) return j;
+  return n.properties.size() - 1;
+}
+
+bool required_left(const SchemaNode& n, size_t next) {
+  for (size_t j = next; j < n.properties.size(); ++j)
+    if (n.properties[j].required) return true;
+  return false;
+}
+
+// The scratch paths of accepts(), kept between calls so that reading a token allocates nothing.
+template <class Path>
+std::vector<Path>& scratch(int i) {
+  thread_local std::vector<Path> v[2];
+  return v[i];
+}
 
 }  // namespace
 
+JsonPrefix::JsonPrefix(bool object_only)
+    : schema_(object_only ? &JsonSchema::any_object() : &JsonSchema::any_value()) {
+  paths_.emplace_back().h.node = schema_->root();
+}
+
+JsonPrefix::JsonPrefix(std::shared_ptr<const JsonSchema> schema) : owned_(std::move(schema)), schema_(owned_.get()) {
+  paths_.emplace_back().h.node = schema_->root();
+}
+
 bool JsonPrefix::feed(std::string_view bytes) {
-  JsonPrefix next = *this;
-  for (char c : bytes)
-    if (!next.step(c)) return false;
-  *this = std::move(next);
+  std::vector<Path> a = paths_, b;
+  for (char c : bytes) {
+    if (!step_all(a, c, b)) return false;
+    std::swap(a, b);
+  }
+  paths_ = std::move(a);
   return true;
 }
 
 bool JsonPrefix::accepts(std::string_view bytes) const {
-  JsonPrefix next = *this;
-  for (char c : bytes)
-    if (!next.step(c)) return false;
+  std::vector<Path>& a = scratch<Path>(0);
+  std::vector<Path>& b = scratch<Path>(1);
+  a = paths_;
+  for (char c : bytes) {
+    if (!step_all(a, c, b)) return false;
+    std::swap(a, b);
+  }
   return true;
 }
 
-bool JsonPrefix::step(char c) {
-  switch (state_) {
+bool JsonPrefix::complete() const {
+  return std::any_of(paths_.begin(), paths_.end(), [](const Path& p) { return p.h.state == State::done; });
+}
+
+bool JsonPrefix::in_string() const {
+  return std::all_of(paths_.begin(), paths_.end(), [&](const Path& p) {
+    return p.h.state == State::string && !p.h.pair && node(p.h.node).max == SchemaNode::kUnbounded;
+  });
+}
+
+bool JsonPrefix::step_all(const std::vector<Path>& in, char c, std::vector<Path>& out) const {
+  out.clear();
+  thread_local std::vector<Path> forks;
+  for (const Path& p : in) {
+    forks.clear();
+    out.push_back(p);
+    if (!step(out.back(), c, forks)) out.pop_back();
+    for (const Path& f : forks)
+      if (out.size() < kMaxPaths) out.push_back(f);
+  }
+  return !out.empty();
+}
+
+bool JsonPrefix::step(Path& p, char c, std::vector<Path>& forks) const {
+  Head& h = p.h;
+  if (h.state <= State::first_item || h.state == State::done) {  // between tokens: whitespace may stand here
+    if (space(c)) {
+      if (h.blank == kMaxBlank) return false;
+      ++h.blank;
+      return true;
+    }
+    h.blank = 0;
+  }
+  switch (h.state) {
     case State::value:
-      return space(c) || start_value(c);
+      return start_value(p, c, forks);
     case State::first_key:
     case State::key:
-      if (space(c)) return true;
-      if (c == '"') {
-        key_ = true;
-        state_ = State::string;
-        return true;
-      }
-      return state_ == State::first_key && c == '}' && close(c);
+      if (c == '"') return begin_key(p);
+      return h.state == State::first_key && c == '}' && close(p, c);
+    case State::key_text:
+      return key_text(p, c);
     case State::colon:
-      if (c == ':') state_ = State::value;
-      return space(c) || c == ':';
-    case State::after:
-      if (space(c)) return true;
-      if (c == ',') {
-        state_ = stack_.back() == '{' ? State::key : State::value;
-        return true;
+      if (c == ':') h.state = State::value;
+      return c == ':';
+    case State::after: {
+      if (c != ',') return (c == '}' || c == ']') && close(p, c);
+      const Open& top = p.top();
+      const SchemaNode& n = node(top.node);
+      if (!top.array) {
+        h.state = State::key;
+        return free_keys(n) || top.count < n.properties.size();  // a key may follow
       }
-      return (c == '}' || c == ']') && close(c);
-    case State::first_item:
-      if (space(c)) return true;
-      return c == ']' ? close(c) : start_value(c);
+      if (top.count >= n.max) return false;
+      h.node = member(n);
+      h.state = State::value;
+      return true;
+    }
+    case State::first_item: {
+      if (c == ']') return close(p, c);
+      const SchemaNode& n = node(p.top().node);
+      if (n.max == 0) return false;
+      h.node = member(n);
+      h.state = State::value;
+      return start_value(p, c, forks);
+    }
     case State::string:
-      if (c == '"') {
-        if (!key_) return end_value();
-        key_ = false;
-        state_ = State::colon;
-        return true;
-      }
-      if (c == '\\') state_ = State::escape;
-      return static_cast<unsigned char>(c) >= 0x20;  // control characters must be escaped
+      return string(p, c);
     case State::escape:
       if (c == 'u') {
-        hex_left_ = 4;
-        state_ = State::hex;
+        h.hex_left = 4;
+        h.hex = 0;
+        h.state = State::hex;
         return true;
       }
-      if (c == '\0' || !std::strchr("\"\\/bfnrt", c)) return false;
-      state_ = State::string;
+      if (h.pair || c == '\0' || !std::strchr("\"\\/bfnrt", c)) return false;
+      h.state = State::string;
       return true;
-    case State::hex:
-      if (!hex_digit(c)) return false;
-      if (--hex_left_ == 0) state_ = State::string;
+    case State::hex: {
+      // UTF-16 in escapes: a high surrogate (D800-DBFF) must be followed by an escaped low
+      // one (DC00-DFFF), and a low one must follow a high one, as parsers ask. Told by the
+      // first two digits, so that no prefix taken is a dead end.
+      const int v = hex_value(c);
+      if (v < 0) return false;
+      if (h.hex_left == 4 && h.pair && v != 0xD) return false;
+      if (h.hex_left == 3 && h.hex == 0xD && (v >= 0xC) != h.pair) return false;
+      h.hex = uint16_t(h.hex * 16 + v);
+      if (--h.hex_left > 0) return true;
+      h.pair = !h.pair && h.hex >= 0xD800 && h.hex <= 0xDBFF;  // a low half next
+      h.state = State::string;
       return true;
+    }
     case State::minus:
       if (!digit(c)) return false;
-      state_ = c == '0' ? State::zero : State::digits;
+      h.state = c == '0' ? State::zero : State::digits;
       return true;
     case State::zero:
     case State::digits:
-      if (digit(c) && state_ == State::digits) return true;
-      if (c == '.') state_ = State::point;
-      else if (c == 'e' || c == 'E') state_ = State::exp;
-      else return end_number(c);
-      return true;
+      if (digit(c) && h.state == State::digits) return true;
+      if (c == '.' || c == 'e' || c == 'E') {
+        if (node(h.node).integer) return false;
+        h.state = c == '.' ? State::point : State::exp;
+        return true;
+      }
+      return end_number(p, c, forks);
     case State::point:
-      if (digit(c)) state_ = State::fraction;
+      if (digit(c)) h.state = State::fraction;
       return digit(c);
     case State::fraction:
       if (digit(c)) return true;
       if (c == 'e' || c == 'E') {
-        state_ = State::exp;
+        h.state = State::exp;
         return true;
       }
-      return end_number(c);
+      return end_number(p, c, forks);
     case State::exp:
-      if (c == '+' || c == '-') state_ = State::exp_sign;
-      else if (digit(c)) state_ = State::exp_digits;
+      if (c == '+' || c == '-') h.state = State::exp_sign;
+      else if (digit(c)) h.state = State::exp_digits;
       return c == '+' || c == '-' || digit(c);
     case State::exp_sign:
-      if (digit(c)) state_ = State::exp_digits;
+      if (digit(c)) h.state = State::exp_digits;
       return digit(c);
     case State::exp_digits:
-      return digit(c) || end_number(c);
+      return digit(c) || end_number(p, c, forks);
     case State::literal:
-      if (c != literal_[literal_at_]) return false;
-      if (++literal_at_ == literal_.size()) return end_value();
-      return true;
+      return literal(p, c, forks);
     case State::done:
-      return space(c);
+      return false;  // only whitespace, taken above
   }
   return false;
 }
 
-bool JsonPrefix::start_value(char c) {
-  if (stack_.empty() && object_only_ && c != '{') return false;
-  switch (c) {
-    case '{':
-    case '[':
-      stack_ += c;
-      state_ = c == '{' ? State::first_key : State::first_item;
-      return true;
-    case '"':
-      key_ = false;
-      state_ = State::string;
-      return true;
-    case '-':
-      state_ = State::minus;
-      return true;
-    case 't':
-    case 'f':
-    case 'n':
-      literal_ = c == 't' ? "true" : c == 'f' ? "false" : "null";
-      literal_at_ = 1;
-      state_ = State::literal;
-      return true;
-    default:
-      if (!digit(c)) return false;
-      state_ = c == '0' ? State::zero : State::digits;
-      return true;
+bool JsonPrefix::start_value(Path& p, char c, std::vector<Path>& forks) const {
+  Head& h = p.h;
+  const SchemaNode& n = node(h.node);
+  switch (n.kind) {
+    case Kind::any_of:
+      // Each branch that takes c goes on as a path of its own.
+      for (int32_t b : n.branches) {
+        Path q = p;
+        q.h.node = b;
+        if (start_value(q, c, forks) && forks.size() < kMaxPaths) forks.push_back(q);
+      }
+      return false;
+    case Kind::literals:
+      h.state = State::literal;
+      h.len = 0;
+      h.at = 0;
+      h.end = uint32_t(n.texts.size());
+      return literal(p, c, forks);
+    case Kind::object:
+    case Kind::array:
+    case Kind::any:
+      if ((c == '{' && n.kind != Kind::array) || (c == '[' && n.kind != Kind::object)) {
+        if (h.depth == kMaxDepth) return false;
+        p.open[h.depth++] = Open{h.node, 0, c == '['};
+        h.state = c == '{' ? State::first_key : State::first_item;
+        return true;
+      }
+      if (n.kind != Kind::any) return false;
+      if (c == 't' || c == 'f' || c == 'n') {
+        h.node = JsonSchema::kAnyLiteral;
+        return start_value(p, c, forks);
+      }
+      break;
+    case Kind::string:
+      break;
+    case Kind::number:
+      if (c != '-' && !digit(c)) return false;
+      break;
   }
-}
-
-bool JsonPrefix::end_value() {
-  state_ = stack_.empty() ? State::done : State::after;
+  if (c == '"') {
+    if (n.kind != Kind::any && n.kind != Kind::string) return false;
+    h.key = false;
+    h.pair = false;
+    h.len = 0;
+    h.state = State::string;
+    return true;
+  }
+  if (n.kind == Kind::string) return false;
+  if (c == '-') {
+    h.state = State::minus;
+    return true;
+  }
+  if (!digit(c)) return false;
+  h.state = c == '0' ? State::zero : State::digits;
   return true;
 }
 
-bool JsonPrefix::close(char c) {
-  if (stack_.empty() || stack_.back() != (c == '}' ? '{' : '[')) return false;
-  stack_.pop_back();
-  return end_value();
+bool JsonPrefix::begin_key(Path& p) const {
+  Head& h = p.h;
+  const Open& top = p.top();
+  const SchemaNode& n = node(top.node);
+  if (free_keys(n)) {
+    h.key = true;
+    h.pair = false;
+    h.len = 0;
+    h.node = JsonSchema::kAny;  // a key's length is not bounded
+    h.state = State::string;
+    return true;
+  }
+  if (top.count >= n.properties.size()) return false;
+  h.at = top.count;  // every key's text starts with the quote just read
+  h.len = 1;
+  h.state = State::key_text;
+  return true;
+}
+
+// The key so far is the first h.len bytes of property h.at's; the next byte picks among
+// the properties that may come next and share them.
+bool JsonPrefix::key_text(Path& p, char c) const {
+  Head& h = p.h;
+  Open& top = p.top();
+  const SchemaNode& n = node(top.node);
+  const std::string& so_far = n.properties[h.at].key;
+  for (size_t j = h.at, last = last_key(n, top.count); j <= last; ++j) {
+    const std::string& k = n.properties[j].key;
+    if (k.size() <= h.len || k[h.len] != c || k.compare(0, h.len, so_far, 0, h.len) != 0) continue;
+    h.at = uint32_t(j);
+    if (++h.len < k.size()) return true;
+    top.count = uint32_t(j + 1);  // the closing quote: this key, and the ones after it next
+    h.node = n.properties[j].node;
+    h.state = State::colon;
+    return true;
+  }
+  return false;
+}
+
+// The texts [h.at, h.end) of the node are sorted and share their first h.len bytes, so those
+// that go on with c are a run among them.
+bool JsonPrefix::literal(Path& p, char c, std::vector<Path>& forks) const {
+  Head& h = p.h;
+  const std::vector<std::string>& texts = node(h.node).texts;
+  const auto byte = [&](const std::string& t) {
+    return t.size() > h.len ? int(static_cast<unsigned char>(t[h.len])) : -1;  // a text read whole sorts first
+  };
+  const int b = static_cast<unsigned char>(c);
+  const auto first = texts.begin() + h.at, last = texts.begin() + h.end;
+  const auto lo = std::partition_point(first, last, [&](const std::string& t) { return byte(t) < b; });
+  const auto hi = std::partition_point(lo, last, [&](const std::string& t) { return byte(t) <= b; });
+  if (lo == hi) {
+    // A text read whole that others went on from (1 beside 12): the byte after it ends it.
+    if (first->size() != h.len || !end_value(p)) return false;
+    return step(p, c, forks);
+  }
+  h.at = uint32_t(lo - texts.begin());
+  h.end = uint32_t(hi - texts.begin());
+  ++h.len;
+  if (hi - lo == 1 && lo->size() == h.len) return end_value(p);  // the only text left, whole
+  return true;
+}
+
+bool JsonPrefix::string(Path& p, char c) const {
+  Head& h = p.h;
+  const SchemaNode& n = node(h.node);
+  if (c == '"') {
+    if (h.len < n.min || h.pair) return false;
+    if (!h.key) return end_value(p);
+    h.key = false;
+    h.node = member(node(p.top().node));
+    h.state = State::colon;
+    return true;
+  }
+  if (static_cast<unsigned char>(c) < 0x20) return false;  // control characters must be escaped
+  if (h.pair) {  // a surrogate pair's low half, which the high half counted
+    h.state = State::escape;
+    return c == '\\';
+  }
+  if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) {  // a character starts (not a UTF-8 continuation)
+    if (h.len >= n.max) return false;
+    ++h.len;
+    if (c == '\\') h.state = State::escape;
+  }
+  return true;
+}
+
+bool JsonPrefix::end_value(Path& p) const {
+  Head& h = p.h;
+  if (h.depth == 0) {
+    h.state = State::done;
+    return true;
+  }
+  Open& top = p.top();
+  if (top.array) ++top.count;
+  h.state = State::after;
+  return true;
+}
+
+bool JsonPrefix::close(Path& p, char c) const {
+  Head& h = p.h;
+  if (h.depth == 0) return false;
+  const Open& top = p.top();
+  if (top.array != (c == ']')) return false;
+  const SchemaNode& n = node(top.node);
+  if (top.array ? top.count < n.min : !free_keys(n) && required_left(n, top.count)) return false;
+  h.node = top.node;
+  --h.depth;
+  return end_value(p);
 }
 
 // A number has no end mark: the byte after it ends it, and is then read in its own right.
-bool JsonPrefix::end_number(char c) {
-  end_value();
-  return step(c);
+bool JsonPrefix::end_number(Path& p, char c, std::vector<Path>& forks) const {
+  end_value(p);
+  return step(p, c, forks);
 }
 
 JsonTokens::JsonTokens(std::vector<std::string> pieces) : pieces_(std::move(pieces)), plain_(pieces_.size()) {

@@ -63,6 +63,16 @@ TEST(OpenAiTools, ToolsAndTheirChoiceAreRead) {
                  "tool_choice", "must be \"auto\"");
   expect_refused({{"messages", {hi}}, {"tools", kTools}, {"response_format", {{"type", "json_object"}}}}, true,
                  "response_format", "not both");
+  const json schema_format = {{"type", "json_schema"}, {"json_schema", {{"name", "w"}, {"schema", {{"type", "object"}}}}}};
+  expect_refused({{"messages", {hi}}, {"tools", kTools}, {"response_format", schema_format}}, true, "response_format",
+                 "not both");
+  EXPECT_EQ(chat_request({{"messages", {hi}}, {"response_format", schema_format}}).options.json_schema,
+            R"({"type":"object"})");
+  expect_refused({{"messages", {hi}}, {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "w"}}}}}},
+                 true, "response_format", "has no \"schema\"");
+  expect_refused({{"messages", {hi}},
+                  {"response_format", {{"type", "json_schema"}, {"json_schema", {{"schema", {{"type", "string"}}}}}}}},
+                 true, "response_format", "root must be an object or an array");
   expect_refused({{"messages", {hi}}, {"tools", kTools}, {"tool_choice", "always"}}, true, "tool_choice",
                  "must be \"auto\", \"none\", \"required\"");
   expect_refused({{"messages", {hi}}, {"tools", {{{"type", "function"}}}}}, true, "tools[0]", "\"function\"");

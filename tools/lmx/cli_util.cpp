@@ -1,6 +1,8 @@
 #include "cli_util.h"
 
 #include "core/error.h"
+#include "io/json_file.h"
+#include "text/json_schema.h"
 #include "text/unicode.h"
 
 namespace lmx::cli {
@@ -57,6 +59,11 @@ void GenerateArgs::add(CLI::App* cmd, bool chat) {
   cmd->add_flag("--json-object", json_object,
                 "Hold the reply to one JSON object: each token is drawn among those that continue it, and "
                 "the reply ends when the object closes (the steps run one at a time)");
+  cmd->add_option("--json-schema", json_schema,
+                  "Hold the reply to this JSON Schema: a file, or the schema's text (starting with '{'). Its "
+                  "properties come in the schema's order; keywords it cannot enforce (pattern, format, minimum, "
+                  "...) are refused by name. E.g. --json-schema '{\"type\": \"object\", \"properties\": "
+                  "{\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}'");
   if (chat)
     cmd->add_option("--set", template_vars, "Chat-template variable as KEY=JSON, e.g. enable_thinking=false");
 }
@@ -77,6 +84,10 @@ GenerateOptions GenerateArgs::options() const {
   o.ignore_eos = ignore_eos;
   o.skip_special_tokens = !show_special;
   o.json_object = json_object;
+  if (!json_schema.empty()) {
+    o.json_schema = json_schema.front() == '{' ? json_schema : io::read_text_file(json_schema, "--json-schema");
+    text::JsonSchema::compile(o.json_schema);  // refused here, before any model loads or turn runs
+  }
   for (const std::string& kv : template_vars) {
     const size_t eq = kv.find('=');
     LMX_CHECK(eq != std::string::npos && eq > 0, "cli", "--set expects KEY=JSON, got '", kv, "'");

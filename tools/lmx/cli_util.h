@@ -26,6 +26,7 @@ struct GenerateArgs {
   bool ignore_eos = false, show_special = false, json_object = false;
   std::vector<int32_t> stop_tokens;
   std::vector<std::string> stop_strings, template_vars;
+  std::string json_schema;  // a file, or the schema's JSON text
   void add(CLI::App* cmd, bool chat);
   GenerateOptions options() const;
 };

@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 
+#include "text/json_schema.h"
 #include "text/unicode.h"
 
 namespace lmx::cli::openai {
@@ -323,6 +324,27 @@ json error_body(const ApiError& e) {
             {"code", nullptr}}}};
 }
 
+// response_format json_schema's schema, as JSON text, read here so that a schema the
+// server cannot hold a reply to gets a 400 naming what in it is refused. From the request's
+// text again, keeping the order of its keys: the reply writes the properties in that order.
+std::string schema_of(const std::string& request) {
+  const nlohmann::ordered_json body = nlohmann::ordered_json::parse(request);
+  const nlohmann::ordered_json& format = body["response_format"];
+  const auto spec = format.find("json_schema");
+  if (spec == format.end() || !spec->is_object())
+    refuse("response_format", "'json_schema' must be an object with the schema under \"schema\"");
+  const auto schema = spec->find("schema");
+  if (schema == spec->end() || schema->is_null())
+    refuse("response_format", "'json_schema' has no \"schema\"");
+  std::string text = schema->dump();
+  try {
+    text::JsonSchema::compile(text);
+  } catch (const Error& e) {
+    refuse("response_format", e.what());
+  }
+  return text;
+}
+
 std::vector<Request> parse_request(const std::string& text, bool chat, const GenerateOptions& defaults) {
   json body;
   try {
@@ -335,14 +357,14 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
     if (body.contains(old) && !body[old].is_null())
       refuse(old, std::string("'") + old + "' is OpenAI's older form; send \"tools\" (and \"tool_choice\")");
   std::optional<bool> json_object;  // response_format {"type": "json_object"}, or "text"; else the server's default
+  std::string json_schema;          // response_format {"type": "json_schema", "json_schema": {"schema": ...}}
   if (const auto it = body.find("response_format"); it != body.end() && !it->is_null()) {
     const std::string type = it->is_object() ? string_field(*it, "type") : "";
-    if (type == "json_schema")
-      refuse("response_format", "a JSON schema is not supported yet; {\"type\": \"json_object\"} holds the reply "
-                                "to a JSON object");
-    if (type != "text" && type != "json_object")
-      refuse("response_format", "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}");
+    if (type != "text" && type != "json_object" && type != "json_schema")
+      refuse("response_format", "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                                "{\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\"}}");
     json_object = type == "json_object";
+    if (type == "json_schema") json_schema = schema_of(text);
   }
   if (integer(body, "n", 1, 1000).value_or(1) != 1) refuse("n", "'n' must be 1: one choice a request");
   if (integer(body, "best_of", 1, 1000).value_or(1) != 1) refuse("best_of", "'best_of' must be 1");
@@ -369,6 +391,7 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
   o = defaults;
   const int64_t most = std::numeric_limits<int32_t>::max();
   if (json_object) o.json_object = *json_object;
+  if (!json_schema.empty()) o.json_schema = json_schema;
   r.echo = !chat && flag(body, "echo", false);
   r.stream = flag(body, "stream", false);
   if (r.echo && r.stream) refuse("echo", "'echo' is served in whole replies only, not with \"stream\": true");
@@ -394,9 +417,9 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
   }
   read_tools(body, chat, r);
   read_continuation(body, chat, r);
-  if (r.tools && o.json_object)
-    refuse("response_format", "a reply held to a JSON object leaves no room for a tool call: send \"tools\" or "
-                              "response_format json_object, not both");
+  if (r.tools && (o.json_object || !o.json_schema.empty()))
+    refuse("response_format", "a reply held to JSON leaves no room for a tool call: send \"tools\" or a JSON "
+                              "response_format, not both");
   if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) refuse("stream_options", "'stream_options' must be an object");
     r.include_usage = flag(*it, "include_usage", false);

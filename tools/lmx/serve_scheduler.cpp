@@ -12,6 +12,7 @@ namespace {
 // A request that only scores its prompt (echo with no new tokens), as evaluation harnesses
 // send their loglikelihood requests.
 bool scores_only(const openai::Request& r) { return r.echo && r.options.max_tokens == 0; }
+bool held_to_json(const openai::Request& r) { return r.options.json_object || !r.options.json_schema.empty(); }
 
 }  // namespace
 
@@ -131,7 +132,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   }
   auto joins = [&](const Job& j) {
     const openai::Request &r = j.request, &lead = jobs[0]->request;
-    if (scores_only(r) != scores_only(lead) || r.options.json_object || lead.options.json_object) return false;
+    if (scores_only(r) != scores_only(lead) || held_to_json(r) || held_to_json(lead)) return false;
     return scores_only(lead) || (draws_alike(r.options, lead.options) &&
                                  (r.options.logprobs >= 0) == (lead.options.logprobs >= 0));
   };
