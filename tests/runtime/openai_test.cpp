@@ -122,7 +122,7 @@ TEST(OpenAiTools, MessagesCarryCallsAndTheirAnswers) {
                  "string");
 }
 
-TEST(OpenAiTools, ARequiredOrNamedCallIsBegunInTheTemplatesForm) {
+TEST(OpenAiTools, ARequiredOrNamedCallIsHeldToItsSchema) {
   const json user = {{"role", "user"}, {"content", "Weather?"}};
   Request named = chat_request({{"messages", {user}}, {"tools", kTools},
                                 {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
@@ -132,18 +132,51 @@ TEST(OpenAiTools, ARequiredOrNamedCallIsBegunInTheTemplatesForm) {
   begin_call(any, "hermes");
   begin_call(llama, "llama3-json");
   begin_call(plain, "hermes");
-  EXPECT_EQ(named.reply_start, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ");
-  EXPECT_EQ(any.reply_start, "<tool_call>\n{\"name\": \"");
-  EXPECT_EQ(llama.reply_start, "{\"name\": \"get_weather\", \"parameters\": ");
-  for (const Request* r : {&named, &any, &llama}) {
+  // The call's JSON: its name, and its arguments held to the tool's parameters.
+  const json args = kTools[0]["function"]["parameters"];
+  EXPECT_EQ(json::parse(named.options.json_schema),
+            json({{"type", "object"},
+                  {"properties", {{"name", {{"const", "get_weather"}}}, {"arguments", args}}},
+                  {"required", {"name", "arguments"}},
+                  {"additionalProperties", false}}));
+  EXPECT_EQ(any.options.json_schema, named.options.json_schema);  // the one tool
+  EXPECT_EQ(json::parse(llama.options.json_schema)["properties"]["parameters"], args);
+  for (const Request* r : {&named, &any}) {
+    EXPECT_EQ(r->reply_start, "<tool_call>\n");
     ASSERT_EQ(r->messages.size(), 2u);
     EXPECT_EQ(r->messages[1].role, "assistant");
     EXPECT_EQ(r->messages[1].content, r->reply_start);  // the model goes on from it
     EXPECT_TRUE(r->options.continue_final_message);
     EXPECT_FALSE(r->options.add_generation_prompt);
   }
+  EXPECT_TRUE(llama.reply_start.empty());  // Llama's call is the reply's JSON itself
+  EXPECT_EQ(llama.messages.size(), 1u);
   EXPECT_TRUE(plain.reply_start.empty());  // "auto" leaves the reply to the model
   EXPECT_EQ(plain.messages.size(), 1u);
+  EXPECT_TRUE(plain.options.json_schema.empty());
+  // Two tools: either call, told apart by its name.
+  json two = kTools;
+  two.push_back({{"type", "function"}, {"function", {{"name", "get_time"}}}});
+  const json both_calls = json::parse(call_schema(two.dump(), "", true));
+  ASSERT_EQ(both_calls["anyOf"].size(), 2u);
+  EXPECT_EQ(both_calls["anyOf"][1]["properties"]["name"]["const"], "get_time");
+  EXPECT_EQ(both_calls["anyOf"][1]["properties"]["arguments"], json({{"type", "object"}}));
+  // Parameters with a keyword the schema reader refuses: the call is begun for the model
+  // instead (steered, not held).
+  json formatted = kTools;
+  formatted[0]["function"]["parameters"]["properties"]["city"]["format"] = "city-name";
+  Request steered = chat_request({{"messages", {user}}, {"tools", formatted},
+                                  {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
+  Request steered_any = chat_request({{"messages", {user}}, {"tools", formatted}, {"tool_choice", "required"}});
+  Request steered_llama = steered;
+  begin_call(steered, "hermes");
+  begin_call(steered_any, "hermes");
+  begin_call(steered_llama, "llama3-json");
+  EXPECT_TRUE(steered.options.json_schema.empty());
+  EXPECT_EQ(steered.reply_start, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ");
+  EXPECT_EQ(steered_any.reply_start, "<tool_call>\n{\"name\": \"");
+  EXPECT_EQ(steered_llama.reply_start, "{\"name\": \"get_weather\", \"parameters\": ");
+  EXPECT_EQ(steered_llama.messages.back().content, steered_llama.reply_start);
   // A reply the caller began already cannot be begun again.
   Request both = chat_request({{"messages", {user, {{"role", "assistant"}, {"content", "Sure"}}}},
                                {"tools", kTools},

@@ -2,10 +2,12 @@
 // template as the library renders them, and a reply that calls comes back as OpenAI's
 // tool_calls, whole and streamed. A random model calls no tool on its own, so one test gives
 // the token it picks first the text of a call (an added token of the same id in the copy's
-// tokenizer.json). response_format json_object holds the reply as the library holds it.
+// tokenizer.json). response_format json_object and json_schema, and a named or required
+// tool_choice, hold the reply as the library holds it.
 #include <fstream>
 
 #include "fixture_copy.h"
+#include "openai.h"
 #include "serve_util.h"
 
 namespace lmx {
@@ -120,13 +122,6 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
   const std::string call =
       R"(<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>)";
   const int32_t first = copy.first_token_reads(chat, o, call);
-  // And the first it picks after a call to get_weather begun for it (a named tool_choice).
-  std::vector<Message> begun = chat;
-  begun.push_back({"assistant", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "});
-  GenerateOptions go_on = o;
-  go_on.add_generation_prompt = false;
-  go_on.continue_final_message = true;
-  ASSERT_NE(copy.first_token_reads(begun, go_on, "{\"city\": \"Lyon\"}}\n</tool_call>"), first);
   auto model = copy.load();
   ASSERT_EQ(model->detokenize({&first, 1}, true), call);
   const std::string want = model->chat(chat, o).text();
@@ -178,25 +173,52 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
   ASSERT_EQ(one.status, 200) << one.body.dump();
   EXPECT_EQ(one.body["choices"][0]["message"]["tool_calls"].size(), 1u);
 
-  // A named tool_choice: the reply begun with the call, which the model completes.
+  // A named tool_choice: the reply begun with the tag and its call held to the call's
+  // schema, as the library holds a reply to it. The structure's characters are ranked
+  // high and whitespace low, so that the random model's strings end and its gaps stay short.
+  std::vector<Message> begun = chat;
+  begun.push_back({"assistant", "<tool_call>\n"});
+  GenerateOptions held = o;
+  held.add_generation_prompt = false;
+  held.continue_final_message = true;
+  held.max_tokens = 40;
+  held.json_schema = cli::openai::call_schema(kTools.dump(), "get_weather", true);
+  ASSERT_FALSE(held.json_schema.empty());
+  const int32_t quote = model->tokenize("\"", false).at(0), brace = model->tokenize("}", false).at(0);
+  held.logit_bias = {{quote, 8.f}, {brace, 8.f}};
+  for (const char* blank : {" ", "\n", "\t", "\r"}) held.logit_bias.emplace_back(model->tokenize(blank, false).at(0), -50.f);
+  const std::string lib_text = model->chat(begun, held).text();
+  const ToolCallReply lib = parse_tool_calls("<tool_call>\n" + lib_text, "hermes");
+  ASSERT_EQ(model->metrics().finish_reason, "complete") << lib_text;
+  ASSERT_EQ(lib.calls.size(), 1u);
+  EXPECT_EQ(lib.calls[0].name, "get_weather");
+  const json args = json::parse(lib.calls[0].arguments);
+  EXPECT_TRUE(args.is_object() && args.size() <= 1 && (args.empty() || args["city"].is_string())) << args;
   json named = request;
   named["tool_choice"] = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
-  named["max_tokens"] = 1;
+  named["max_tokens"] = 40;
+  for (const auto& [id, bias] : held.logit_bias) named["logit_bias"][std::to_string(id)] = bias;
   const Reply forced = post(c, "/v1/chat/completions", named.dump());
   ASSERT_EQ(forced.status, 200) << forced.body.dump();
   const json& message = forced.body["choices"][0]["message"];
   ASSERT_EQ(message["tool_calls"].size(), 1u) << forced.body.dump();
   EXPECT_EQ(message["tool_calls"][0]["function"]["name"], "get_weather");
-  EXPECT_EQ(message["tool_calls"][0]["function"]["arguments"], R"({"city":"Lyon"})");
+  EXPECT_EQ(message["tool_calls"][0]["function"]["arguments"], lib.calls[0].arguments);
   EXPECT_TRUE(message["content"].is_null());
   EXPECT_EQ(forced.body["choices"][0]["finish_reason"], "tool_calls");
-  EXPECT_EQ(forced.body["usage"]["prompt_tokens"], int(model->chat_ids(begun, go_on).size()));
+  EXPECT_EQ(forced.body["usage"]["prompt_tokens"], int(model->chat_ids(begun, held).size()));
   named["stream"] = true;
   const std::vector<json> forced_ev = events(c, "/v1/chat/completions", named);
   ASSERT_GE(forced_ev.size(), 3u);
   EXPECT_EQ(streamed_content(forced_ev), "");
   EXPECT_EQ(forced_ev[forced_ev.size() - 2]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
-            R"({"city":"Lyon"})");
+            lib.calls[0].arguments);
+  // "required", with one tool: the same call.
+  named["tool_choice"] = "required";
+  named["stream"] = false;
+  const Reply any = post(c, "/v1/chat/completions", named.dump());
+  ASSERT_EQ(any.status, 200) << any.body.dump();
+  EXPECT_EQ(any.body["choices"][0]["message"]["tool_calls"][0]["function"], message["tool_calls"][0]["function"]);
 
   EXPECT_EQ(server.stop(), 0) << server.log();
 }

@@ -207,7 +207,7 @@ void read_logprobs(const json& body, bool chat, GenerateOptions& o) {
 // "tools" (chat): OpenAI's list of functions, which the template lists; "tool_choice": "auto"
 // (the default), "none" (the tools left out of the prompt), "required" or a named function
 // (Request::forced_tool: begin_call starts the reply with the call); "parallel_tool_calls".
-void read_tools(const json& body, bool chat, Request& r) {
+void read_tools(const json& body, const std::string& text, bool chat, Request& r) {
   const auto it = body.find("tools");
   const bool listed = it != body.end() && !it->is_null();
   if (!chat) {
@@ -250,7 +250,9 @@ void read_tools(const json& body, bool chat, Request& r) {
   if (named && std::none_of(it->begin(), it->end(), [&](const json& t) { return t["function"]["name"] == choice; }))
     refuse("tool_choice", "'tool_choice' names '" + choice + "', which is not among the tools");
   if (choice == "none" || it->empty()) return;  // "none": the model is not told of them
-  r.options.tools = it->dump();
+  // From the request's text again, keeping the order of its keys: the template writes the
+  // tools out as they came, as transformers and vLLM do.
+  r.options.tools = nlohmann::ordered_json::parse(text)["tools"].dump();
   r.tools = true;
   if (named || choice == "required") r.forced_tool = named ? choice : "";
 }
@@ -415,7 +417,7 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
     if (!it->is_object()) refuse("chat_template_kwargs", "'chat_template_kwargs' must be an object");
     for (const auto& [key, value] : it->items()) o.template_vars.emplace_back(key, value.dump());
   }
-  read_tools(body, chat, r);
+  read_tools(body, text, chat, r);
   read_continuation(body, chat, r);
   if (r.tools && (o.json_object || !o.json_schema.empty()))
     refuse("response_format", "a reply held to JSON leaves no room for a tool call: send \"tools\" or a JSON "
@@ -473,17 +475,46 @@ json completion(const Envelope& env, bool chat, std::span<const Choice> choices)
           {"usage", usage(total)}};
 }
 
+std::string call_schema(const std::string& tools, const std::string& name, bool hermes) {
+  using ordered = nlohmann::ordered_json;
+  const char* args = hermes ? "arguments" : "parameters";
+  ordered branches = ordered::array();
+  for (const ordered& t : ordered::parse(tools)) {
+    const ordered& fn = t["function"];
+    if (!name.empty() && fn["name"] != name) continue;
+    ordered call = {{"type", "object"}, {"properties", ordered::object()}, {"required", {"name", args}},
+                    {"additionalProperties", false}};
+    call["properties"]["name"] = {{"const", fn["name"]}};
+    call["properties"][args] = fn.contains("parameters") ? fn["parameters"] : ordered{{"type", "object"}};
+    branches.push_back(std::move(call));
+  }
+  const std::string schema = (branches.size() == 1 ? branches[0] : ordered{{"anyOf", branches}}).dump();
+  try {
+    text::JsonSchema::compile(schema);
+  } catch (const Error&) {
+    return "";
+  }
+  return schema;
+}
+
 void begin_call(Request& r, const std::string& format) {
   if (!r.forced_tool || format.empty()) return;
   if (r.options.continue_final_message)
     throw ApiError{400, "a required or named tool_choice begins the reply itself; leave continue_final_message off",
                    "invalid_request_error", "tool_choice"};
   const bool hermes = format == "hermes";
-  std::string start = hermes ? "<tool_call>\n{\"name\": " : "{\"name\": ";
-  if (r.forced_tool->empty())
-    start += "\"";  // any tool: the model writes the name
-  else
-    start += json(*r.forced_tool).dump() + (hermes ? ", \"arguments\": " : ", \"parameters\": ");
+  std::string start;
+  r.options.json_schema = call_schema(r.options.tools, *r.forced_tool, hermes);
+  if (!r.options.json_schema.empty()) {
+    start = hermes ? "<tool_call>\n" : "";  // the call's JSON is held to its schema
+  } else {
+    start = hermes ? "<tool_call>\n{\"name\": " : "{\"name\": ";
+    if (r.forced_tool->empty())
+      start += "\"";  // any tool: the model writes the name
+    else
+      start += json(*r.forced_tool).dump() + (hermes ? ", \"arguments\": " : ", \"parameters\": ");
+  }
+  if (start.empty()) return;
   r.messages.push_back({"assistant", start});
   r.options.continue_final_message = true;
   r.options.add_generation_prompt = false;

@@ -47,8 +47,9 @@ struct Request {
   // Chat with "tools" (options.tools holds them): the reply is read for calls, and with
   // "parallel_tool_calls": false only its first call is kept.
   bool tools = false, parallel_tool_calls = true;
-  // tool_choice "required" (""), or the function it names: begin_call starts the reply with
-  // a call to it.
+  // tool_choice "required" (""), or the function it names: begin_call holds the reply to a
+  // call to it (or any of the tools), or, where their parameters' schemas use keywords
+  // text::JsonSchema does not read, begins the reply with the call for the model to complete.
   std::optional<std::string> forced_tool;
   // The text the reply was begun with (begin_call's), which the reply's calls are read after.
   std::string reply_start;
@@ -92,11 +93,17 @@ struct Choice {
 // A whole reply: chat.completion or text_completion, the choices in order (index 0 on),
 // their usage summed.
 nlohmann::json completion(const Envelope& env, bool chat, std::span<const Choice> choices);
-// A required or named tool_choice: the reply begun with a call in the template's `format`
-// (ModelInfo::tool_call_format), as the last message that the model continues
-// (continue_final_message), the function's name written where one is named. The model is
-// steered, not constrained: a reply whose call does not read as JSON comes back as text.
+// A required or named tool_choice, in the template's `format` (ModelInfo::tool_call_format).
+// The call's JSON is held to a schema (options.json_schema, call_schema's): {"name": the
+// function's, "arguments" (hermes; "parameters" for llama3-json): its parameters}; hermes'
+// "<tool_call>" begins the reply, as the last message that the model continues
+// (continue_final_message). Where a tool's parameters use keywords JsonSchema refuses, the
+// model is steered instead: the call is begun, its name written where one is named, and a
+// reply whose call does not read as JSON comes back as text.
 void begin_call(Request& r, const std::string& format);
+// The schema of a call to the tool `name` among `tools` (OpenAI's list, as JSON text), or to
+// any of them where `name` is empty; "" where JsonSchema cannot hold it.
+std::string call_schema(const std::string& tools, const std::string& name, bool hermes);
 // A message's "tool_calls" list; streamed, each call with its "index" (the whole call in one delta).
 nlohmann::json tool_calls(std::span<const ToolCall> calls, bool streamed);
 // A new call id, "call_" and 24 random letters and digits.
