@@ -65,9 +65,23 @@ bool JsonPrefix::feed(std::string_view bytes) {
 }
 
 bool JsonPrefix::accepts(std::string_view bytes) const {
+  if (paths_.size() != 1) return accepts_from(paths_, bytes);
+  // One way of reading, the common case: stepped in place, with no list of paths.
+  thread_local Path p;
+  thread_local std::vector<Path> forks;
+  p = paths_[0];
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    forks.clear();
+    if (step(p, bytes[i], forks)) continue;
+    return !forks.empty() && accepts_from(forks, bytes.substr(i + 1));  // anyOf's branches took the byte
+  }
+  return true;
+}
+
+bool JsonPrefix::accepts_from(const std::vector<Path>& paths, std::string_view bytes) const {
   std::vector<Path>& a = scratch<Path>(0);
   std::vector<Path>& b = scratch<Path>(1);
-  a = paths_;
+  a = paths;
   for (char c : bytes) {
     if (!step_all(a, c, b)) return false;
     std::swap(a, b);
@@ -79,10 +93,13 @@ bool JsonPrefix::complete() const {
   return std::any_of(paths_.begin(), paths_.end(), [](const Path& p) { return p.h.state == State::done; });
 }
 
-bool JsonPrefix::in_string() const {
-  return std::all_of(paths_.begin(), paths_.end(), [&](const Path& p) {
-    return p.h.state == State::string && !p.h.pair && node(p.h.node).max == SchemaNode::kUnbounded;
-  });
+std::optional<uint32_t> JsonPrefix::string_room() const {
+  uint32_t room = 0;  // the most of any path: text is taken if one path takes it
+  for (const Path& p : paths_) {
+    if (p.h.state != State::string || p.h.pair) return std::nullopt;
+    room = std::max(room, node(p.h.node).max - p.h.len);
+  }
+  return room;
 }
 
 bool JsonPrefix::step_all(const std::vector<Path>& in, char c, std::vector<Path>& out) const {
@@ -384,9 +401,11 @@ bool JsonPrefix::end_number(Path& p, char c, std::vector<Path>& forks) const {
 JsonTokens::JsonTokens(std::vector<std::string> pieces) : pieces_(std::move(pieces)), plain_(pieces_.size()) {
   for (size_t id = 0; id < pieces_.size(); ++id) {
     const std::string& p = pieces_[id];
-    plain_[id] = !p.empty() && std::none_of(p.begin(), p.end(), [](char c) {
+    const bool plain = !p.empty() && std::none_of(p.begin(), p.end(), [](char c) {
       return c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20;
     });
+    const auto starts_character = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; };
+    if (plain) plain_[id] = uint32_t(std::count_if(p.begin(), p.end(), starts_character));
   }
 }
 
@@ -397,11 +416,11 @@ void JsonTokens::mask(const JsonPrefix& json, std::span<float> logits) const {
     const char c = char(b);
     first[b] = json.accepts(std::string_view(&c, 1));
   }
-  const bool in_string = json.in_string();
+  const std::optional<uint32_t> room = json.string_room();
   for (size_t id = 0; id < logits.size(); ++id) {
     if (id >= pieces_.size() || pieces_[id].empty() || !first[static_cast<unsigned char>(pieces_[id][0])]) {
       logits[id] = kOut;
-    } else if (!(in_string && plain_[id]) && pieces_[id].size() > 1 && !json.accepts(pieces_[id])) {
+    } else if (!(room && plain_[id] && plain_[id] <= *room) && pieces_[id].size() > 1 && !json.accepts(pieces_[id])) {
       logits[id] = kOut;
     }
   }

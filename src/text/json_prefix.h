@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -30,9 +31,10 @@ class JsonPrefix {
   bool accepts(std::string_view bytes) const;
   // The top-level value is whole: only whitespace may follow.
   bool complete() const;
-  // Inside a string with no bound on its length, outside an escape: any byte from 0x20 up but
-  // '"' and '\\' is taken as it is.
-  bool in_string() const;
+  // Inside a string, outside an escape: text of any byte from 0x20 up but '"' and '\\' is
+  // taken as it stands if it has at most this many characters (code points); nullopt
+  // elsewhere.
+  std::optional<uint32_t> string_room() const;
 
  private:
   enum class State : uint8_t {
@@ -98,6 +100,7 @@ class JsonPrefix {
   const SchemaNode& node(int32_t i) const { return schema_->node(i); }
   // Steps every path by c into `out`; false (out empty) if none takes it.
   bool step_all(const std::vector<Path>& in, char c, std::vector<Path>& out) const;
+  bool accepts_from(const std::vector<Path>& paths, std::string_view bytes) const;
   // Steps one path; anyOf's branches that take c go to `forks` (p itself is then dropped).
   bool step(Path& p, char c, std::vector<Path>& forks) const;
   bool start_value(Path& p, char c, std::vector<Path>& forks) const;
@@ -126,12 +129,14 @@ class JsonTokens {
   }
   // Sets logits[id] to -inf for every token that cannot come next, in one pass over the
   // vocabulary where most tokens are settled without reading them through: by their first
-  // byte, or inside a string as text with no quote, backslash or control byte.
+  // byte, or inside a string as text with no quote, backslash or control byte that fits the
+  // string's room (JsonPrefix::string_room).
   void mask(const JsonPrefix& json, std::span<float> logits) const;
 
  private:
   std::vector<std::string> pieces_;
-  std::vector<uint8_t> plain_;  // 1: string text as it stands (no '"', '\\' or byte below 0x20)
+  // Text that a string takes as it stands (no '"', '\\' or byte below 0x20): its characters; else 0.
+  std::vector<uint32_t> plain_;
 };
 
 }  // namespace lmx::text

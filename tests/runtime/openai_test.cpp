@@ -63,7 +63,8 @@ TEST(OpenAiTools, ToolsAndTheirChoiceAreRead) {
                  "tool_choice", "must be \"auto\"");
   expect_refused({{"messages", {hi}}, {"tools", kTools}, {"response_format", {{"type", "json_object"}}}}, true,
                  "response_format", "not both");
-  const json schema_format = {{"type", "json_schema"}, {"json_schema", {{"name", "w"}, {"schema", {{"type", "object"}}}}}};
+  const json schema_format = {{"type", "json_schema"},
+                              {"json_schema", {{"name", "w"}, {"schema", {{"type", "object"}}}}}};
   expect_refused({{"messages", {hi}}, {"tools", kTools}, {"response_format", schema_format}}, true, "response_format",
                  "not both");
   EXPECT_EQ(chat_request({{"messages", {hi}}, {"response_format", schema_format}}).options.json_schema,

@@ -186,7 +186,8 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
   ASSERT_FALSE(held.json_schema.empty());
   const int32_t quote = model->tokenize("\"", false).at(0), brace = model->tokenize("}", false).at(0);
   held.logit_bias = {{quote, 8.f}, {brace, 8.f}};
-  for (const char* blank : {" ", "\n", "\t", "\r"}) held.logit_bias.emplace_back(model->tokenize(blank, false).at(0), -50.f);
+  for (const char* blank : {" ", "\n", "\t", "\r"})
+    held.logit_bias.emplace_back(model->tokenize(blank, false).at(0), -50.f);
   const std::string lib_text = model->chat(begun, held).text();
   const ToolCallReply lib = parse_tool_calls("<tool_call>\n" + lib_text, "hermes");
   ASSERT_EQ(model->metrics().finish_reason, "complete") << lib_text;
