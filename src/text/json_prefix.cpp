@@ -10,7 +10,6 @@ namespace {
 using Kind = SchemaNode::Kind;
 constexpr size_t kMaxPaths = 64;  // anyOf's branches read side by side; past this, the rest are dropped
 
-bool space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
 bool digit(char c) { return c >= '0' && c <= '9'; }
 int hex_value(char c) {
   if (digit(c)) return c - '0';
@@ -118,7 +117,7 @@ bool JsonPrefix::step_all(const std::vector<Path>& in, char c, std::vector<Path>
 bool JsonPrefix::step(Path& p, char c, std::vector<Path>& forks) const {
   Head& h = p.h;
   if (h.state <= State::first_item || h.state == State::done) {  // between tokens: whitespace may stand here
-    if (space(c)) {
+    if (json_space(c)) {
       if (h.blank == kMaxBlank) return false;
       ++h.blank;
       return true;

@@ -20,6 +20,9 @@
 
 namespace lmx::text {
 
+// JSON's whitespace: the four bytes RFC 8259 allows between tokens.
+inline bool json_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+
 class JsonPrefix {
  public:
   // Any value (object_only false) or one object with any content.

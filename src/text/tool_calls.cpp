@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "text/json_prefix.h"
+
 namespace lmx {
 namespace {
 
@@ -11,18 +13,18 @@ constexpr std::string_view kOpen = "<tool_call>", kClose = "</tool_call>";  // h
 constexpr std::string_view kPythonTag = "<|python_tag|>";                    // llama3-json, when special tokens show
 constexpr std::string_view kThinkStart = "<think>", kThinkEnd = "</think>";
 
-bool space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+using text::json_space;
 bool blank(std::string_view s) {
   for (char c : s)
-    if (!space(c)) return false;
+    if (!json_space(c)) return false;
   return true;
 }
 size_t skip_space(std::string_view s, size_t at) {
-  while (at < s.size() && space(s[at])) ++at;
+  while (at < s.size() && json_space(s[at])) ++at;
   return at;
 }
 std::string_view trim_end(std::string_view s) {
-  while (!s.empty() && space(s.back())) s.remove_suffix(1);
+  while (!s.empty() && json_space(s.back())) s.remove_suffix(1);
   return s;
 }
 
@@ -144,7 +146,7 @@ size_t tool_call_free_prefix(std::string_view reply, std::string_view format) {
     if (from == std::string_view::npos) return reply.size();  // reasoning still open: nothing in it is a call
     const size_t tag = reply.find(kOpen, from);
     size_t free = tag != std::string_view::npos ? tag : reply.size() - partial_suffix(reply.substr(from), kOpen);
-    while (free > from && space(reply[free - 1])) --free;  // the whitespace a call's tag may follow
+    while (free > from && json_space(reply[free - 1])) --free;  // the whitespace a call's tag may follow
     return free;
   }
   if (format == "llama3-json") {

@@ -39,6 +39,29 @@ GenerateOptions ranked_characters(const TextModel& model) {
   return o;
 }
 
+// Greedy, then three seeded draws.
+const std::vector<std::optional<uint64_t>> kDraws = {std::nullopt, 1, 2, 3};
+
+GenerateOptions drawn(std::optional<uint64_t> seed, int max_tokens) {
+  GenerateOptions o;
+  o.max_tokens = max_tokens;
+  if (seed) {
+    o.temperature = 1.0f;
+    o.top_k = 50;
+    o.seed = seed;
+  }
+  return o;
+}
+
+// The structure's characters ranked above a random model's own choices and whitespace
+// below, so that its replies reach the end of a schema's object within a few dozen tokens.
+std::vector<std::pair<int32_t, float>> structure_first(const TextModel& model) {
+  std::vector<std::pair<int32_t, float>> bias;
+  for (const char* c : {"\"", ":", ",", "}", "]"}) bias.emplace_back(id_of(model, c), 8.f);
+  bias.emplace_back(id_of(model, " "), -50.f);
+  return bias;
+}
+
 const char* kZoneSchema = R"({"type": "object", "properties": {
     "zone": {"enum": ["north", "south"]}, "n": {"const": 3}, "ok": {"type": "boolean"},
     "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2}},
@@ -65,16 +88,9 @@ void expect_zone(const std::string& text) {
 TEST(JsonReplyTest, EveryDrawContinuesTheJson) {
   auto model = cpu_model();
   const std::vector<Message> chat{{"user", "Give me a JSON object."}};
-  for (const std::optional<uint64_t> seed : {std::optional<uint64_t>(), std::optional<uint64_t>(1),
-                                             std::optional<uint64_t>(2), std::optional<uint64_t>(3)}) {
-    GenerateOptions o;
-    o.max_tokens = 40;
+  for (const std::optional<uint64_t> seed : kDraws) {
+    GenerateOptions o = drawn(seed, 40);
     o.json_object = true;
-    if (seed) {
-      o.temperature = 1.0f;
-      o.top_k = 50;
-      o.seed = seed;
-    }
     const std::string text = model->chat(chat, o).text();
     ASSERT_FALSE(model->err()) << model->err_message();
     text::JsonPrefix json;
@@ -136,8 +152,7 @@ TEST(JsonReplyTest, CudaHoldsItToo) {
   o.json_object = false;
   o.json_schema = kZoneSchema;
   o.max_tokens = 60;
-  o.logit_bias = {{id_of(*model, "\""), 8.f}, {id_of(*model, ":"), 8.f}, {id_of(*model, ","), 8.f},
-                  {id_of(*model, "}"), 8.f}, {id_of(*model, "]"), 8.f}, {id_of(*model, " "), -50.f}};
+  o.logit_bias = structure_first(*model);
   for (uint64_t seed : {1, 2, 3}) {
     o.seed = seed;
     const std::string text = model->chat(chat, o).text();
@@ -152,20 +167,10 @@ TEST(JsonReplyTest, EveryDrawMeetsTheSchema) {
   const auto schema = std::make_shared<const text::JsonSchema>(text::JsonSchema::compile(kZoneSchema));
   const std::vector<Message> chat{{"user", "Give me a JSON object."}};
   int closed = 0;
-  for (const std::optional<uint64_t> seed : {std::optional<uint64_t>(), std::optional<uint64_t>(1),
-                                             std::optional<uint64_t>(2), std::optional<uint64_t>(3)}) {
-    GenerateOptions o;
-    o.max_tokens = 60;
+  for (const std::optional<uint64_t> seed : kDraws) {
+    GenerateOptions o = drawn(seed, 60);
     o.json_schema = kZoneSchema;
-    // The structure's characters ranked above the model's own choices, whitespace below:
-    // a random model would otherwise wander in whitespace and strings.
-    o.logit_bias = {{id_of(*model, "\""), 8.f}, {id_of(*model, ":"), 8.f}, {id_of(*model, ","), 8.f},
-                    {id_of(*model, "}"), 8.f}, {id_of(*model, "]"), 8.f}, {id_of(*model, " "), -50.f}};
-    if (seed) {
-      o.temperature = 1.0f;
-      o.top_k = 50;
-      o.seed = seed;
-    }
+    o.logit_bias = structure_first(*model);
     const std::string text = model->chat(chat, o).text();
     ASSERT_FALSE(model->err()) << model->err_message();
     text::JsonPrefix json(schema);

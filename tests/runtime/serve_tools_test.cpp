@@ -224,32 +224,54 @@ TEST(ServeToolsTest, AReplyThatCallsComesBackAsToolCalls) {
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
-TEST(ServeToolsTest, JsonObjectRepliesAsTheLibraryHoldsThem) {
+// response_format json_object and json_schema: the reply the library gives under the same
+// options, whole and streamed. The schema goes to the library with its keys in the order
+// the request wrote them, and the reply writes the properties in that order.
+TEST(ServeToolsTest, JsonRepliesAsTheLibraryHoldsThem) {
   Served server("'" + kModel.string() + "' --device cpu");
   ASSERT_GT(server.port(), 0) << server.log();
   httplib::Client c = server.client();
   auto model = cpu_model();
   const std::vector<Message> chat{{"user", "Give me a JSON object."}};
-  GenerateOptions o;
-  o.max_tokens = 30;
-  o.temperature = 0.8f;
-  o.seed = 11;
-  o.json_object = true;
-  const std::string want = model->chat(chat, o).text();
-  const std::string why = model->metrics().finish_reason;
-
+  // The request as text, so that a schema inside it keeps its keys' order (json sorts them).
   const json request = {{"messages", {{{"role", "user"}, {"content", "Give me a JSON object."}}}},
                         {"max_tokens", 30},
                         {"temperature", 0.8},
-                        {"seed", 11},
-                        {"response_format", {{"type", "json_object"}}}};
-  const Reply whole = post(c, "/v1/chat/completions", request.dump());
-  ASSERT_EQ(whole.status, 200) << whole.body.dump();
-  EXPECT_EQ(whole.body["choices"][0]["message"]["content"], want);
-  EXPECT_EQ(whole.body["choices"][0]["finish_reason"], why == "complete" ? "stop" : "length");
-  json streamed = request;
-  streamed["stream"] = true;
-  EXPECT_EQ(streamed_content(events(c, "/v1/chat/completions", streamed)), want);
+                        {"seed", 11}};
+  auto with_format = [&](const std::string& format) {
+    std::string body = request.dump();
+    return body.insert(body.size() - 1, ",\"response_format\":" + format);
+  };
+  // The library's seeded reply held by `hold`, against the server's to `body`; returns it.
+  auto same_as_library = [&](void (*hold)(GenerateOptions&, const std::string&), const std::string& schema,
+                             const std::string& body) {
+    GenerateOptions o;
+    o.max_tokens = 30;
+    o.temperature = 0.8f;
+    o.seed = 11;
+    hold(o, schema);
+    const std::string want = model->chat(chat, o).text();
+    const std::string why = model->metrics().finish_reason;
+    const Reply whole = post(c, "/v1/chat/completions", body);
+    EXPECT_EQ(whole.status, 200) << whole.body.dump();
+    EXPECT_EQ(whole.body["choices"][0]["message"]["content"], want);
+    EXPECT_EQ(whole.body["choices"][0]["finish_reason"], why == "complete" ? "stop" : "length");
+    const std::string streamed = body.substr(0, body.size() - 1) + ",\"stream\":true}";
+    EXPECT_EQ(streamed_content(events(c, "/v1/chat/completions", streamed)), want);
+    return std::pair(want, why);
+  };
+  same_as_library([](GenerateOptions& o, const std::string&) { o.json_object = true; }, "",
+                  with_format(R"({"type": "json_object"})"));
+  const std::string schema = R"({"type": "object", "properties": {"zone": {"enum": ["north", "south"]},
+      "count": {"type": "integer"}, "a": {"type": "boolean"}}, "required": ["zone", "count", "a"],
+      "additionalProperties": false})";
+  const std::string format = R"({"type": "json_schema", "json_schema": {"name": "zone", "schema": )" + schema + "}}";
+  const auto [text, why] =
+      same_as_library([](GenerateOptions& o, const std::string& s) { o.json_schema = s; }, schema, with_format(format));
+  if (why == "complete") {
+    const auto parsed = nlohmann::ordered_json::parse(text);
+    EXPECT_EQ(parsed.begin().key(), "zone") << text;  // the schema's order, not the sorted one
+  }
 
   const json pattern = json::parse(R"({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}})");
   for (const auto& [format, says] :
@@ -257,52 +279,10 @@ TEST(ServeToolsTest, JsonObjectRepliesAsTheLibraryHoldsThem) {
         {{{"type", "json_schema"}, {"json_schema", {{"name", "x"}, {"schema", pattern}}}},
          "at '/properties/a': the keyword 'pattern' is not supported"},
         {{{"type", "xml"}}, "must be {\"type\": \"text\"}"}}) {
-    json bad = request;
-    bad["response_format"] = format;
-    const Reply r = post(c, "/v1/chat/completions", bad.dump());
+    const Reply r = post(c, "/v1/chat/completions", with_format(format.dump()));
     EXPECT_EQ(r.status, 400);
     EXPECT_EQ(r.body["error"]["param"], "response_format");
     EXPECT_NE(r.body["error"]["message"].get<std::string>().find(says), std::string::npos) << r.body.dump();
-  }
-  EXPECT_EQ(server.stop(), 0) << server.log();
-}
-
-// The schema goes to the library with its keys in the order the request wrote them: the
-// reply writes the properties in that order.
-TEST(ServeToolsTest, JsonSchemaRepliesAsTheLibraryHoldsThem) {
-  Served server("'" + kModel.string() + "' --device cpu");
-  ASSERT_GT(server.port(), 0) << server.log();
-  httplib::Client c = server.client();
-  auto model = cpu_model();
-  const std::string schema = R"({"type": "object", "properties": {"zone": {"enum": ["north", "south"]},
-      "count": {"type": "integer"}, "a": {"type": "boolean"}}, "required": ["zone", "count", "a"],
-      "additionalProperties": false})";
-  const std::vector<Message> chat{{"user", "Give me a JSON object."}};
-  GenerateOptions o;
-  o.max_tokens = 30;
-  o.temperature = 0.8f;
-  o.seed = 5;
-  o.json_schema = schema;
-  const std::string want = model->chat(chat, o).text();
-  const std::string why = model->metrics().finish_reason;
-
-  const json request = {
-      {"messages", {{{"role", "user"}, {"content", "Give me a JSON object."}}}},
-      {"max_tokens", 30},
-      {"temperature", 0.8},
-      {"seed", 5},
-      {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "zone"}, {"strict", true}}}}}};
-  // The schema as text inside the body, so that its keys keep their order (json sorts them).
-  std::string body = request.dump();
-  const std::string tail = "\"strict\":true}";
-  body.insert(body.find(tail) + tail.size() - 1, ",\"schema\":" + schema);
-  const Reply whole = post(c, "/v1/chat/completions", body);
-  ASSERT_EQ(whole.status, 200) << whole.body.dump();
-  EXPECT_EQ(whole.body["choices"][0]["message"]["content"], want);
-  EXPECT_EQ(whole.body["choices"][0]["finish_reason"], why == "complete" ? "stop" : "length");
-  if (why == "complete") {
-    const auto parsed = nlohmann::ordered_json::parse(want);
-    EXPECT_EQ(parsed.begin().key(), "zone") << want;  // the schema's order, not the sorted one
   }
   EXPECT_EQ(server.stop(), 0) << server.log();
 }

@@ -100,9 +100,10 @@ inline Reply post(httplib::Client& c, const std::string& path, const std::string
   return {r->status, json::parse(r->body, nullptr, false)};
 }
 
-// A streamed reply's events, "data: " lines in order; the last must be [DONE].
-inline std::vector<json> events(httplib::Client& c, const std::string& path, const json& body) {
-  const auto r = c.Post(path.c_str(), body.dump(), "application/json");
+// A streamed reply's events, "data: " lines in order; the last must be [DONE]. The body as
+// text keeps its keys' order.
+inline std::vector<json> events(httplib::Client& c, const std::string& path, const std::string& body) {
+  const auto r = c.Post(path.c_str(), body, "application/json");
   EXPECT_TRUE(r && r->status == 200);
   if (!r) return {};
   EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
@@ -117,6 +118,9 @@ inline std::vector<json> events(httplib::Client& c, const std::string& path, con
   }
   EXPECT_EQ(last, "[DONE]");
   return out;
+}
+inline std::vector<json> events(httplib::Client& c, const std::string& path, const json& body) {
+  return events(c, path, body.dump());
 }
 
 }  // namespace lmx::test
