@@ -101,6 +101,42 @@ std::optional<uint32_t> JsonPrefix::string_room() const {
   return room;
 }
 
+// Every field that decides what may follow, each path's in turn, and only where its state
+// reads it (the others keep what an earlier state left). Counts that matter only up to a
+// bound (a string's characters below its minLength, an array's items below minItems,
+// where no maximum counts them too) are cut there, so that the states of a long string or
+// list share one key.
+void JsonPrefix::state_key(std::string& out) const {
+  auto put = [&](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  put(uint32_t(paths_.size()));
+  for (const Path& p : paths_) {
+    const Head& h = p.h;
+    const State s = h.state;
+    const bool text = s == State::string || s == State::escape || s == State::hex;
+    const bool by_node = text || s == State::value || s == State::colon || s == State::literal ||
+                         (s >= State::minus && s <= State::exp_digits);
+    const SchemaNode& n = node(h.node);
+    uint32_t len = text || s == State::literal || s == State::key_text ? h.len : 0;
+    if (s == State::string && n.max == SchemaNode::kUnbounded) len = std::min(len, n.min);
+    put(uint32_t(s) | uint32_t(text && h.key) << 8 | uint32_t(text && h.pair) << 9 | uint32_t(h.blank) << 16);
+    put(s == State::hex ? uint32_t(h.hex) | uint32_t(h.hex_left) << 16 : 0);
+    put(by_node ? uint32_t(h.node) : 0);
+    put(len);
+    put(s == State::literal || s == State::key_text ? h.at : 0);
+    put(s == State::literal ? h.end : 0);
+    put(h.depth);
+    for (int d = 0; d < h.depth; ++d) {
+      const Open& o = p.open[d];
+      const SchemaNode& c = node(o.node);
+      uint32_t count = o.count;
+      if (o.array && c.max == SchemaNode::kUnbounded) count = std::min(count, c.min);
+      if (!o.array && free_keys(c)) count = 0;
+      put(uint32_t(o.node));
+      put(count << 1 | o.array);
+    }
+  }
+}
+
 bool JsonPrefix::step_all(const std::vector<Path>& in, char c, std::vector<Path>& out) const {
   out.clear();
   thread_local std::vector<Path> forks;
@@ -397,7 +433,8 @@ bool JsonPrefix::end_number(Path& p, char c, std::vector<Path>& forks) const {
   return step(p, c, forks);
 }
 
-JsonTokens::JsonTokens(std::vector<std::string> pieces) : pieces_(std::move(pieces)), plain_(pieces_.size()) {
+JsonTokens::JsonTokens(std::vector<std::string> pieces)
+    : pieces_(std::move(pieces)), plain_(pieces_.size()), cache_(std::make_unique<Cache>()) {
   for (size_t id = 0; id < pieces_.size(); ++id) {
     const std::string& p = pieces_[id];
     const bool plain = !p.empty() && std::none_of(p.begin(), p.end(), [](char c) {
@@ -410,19 +447,34 @@ JsonTokens::JsonTokens(std::vector<std::string> pieces) : pieces_(std::move(piec
 
 void JsonTokens::mask(const JsonPrefix& json, std::span<float> logits) const {
   constexpr float kOut = -std::numeric_limits<float>::infinity();
+  std::string key;
+  json.state_key(key);
+  std::lock_guard<std::mutex> lock(cache_->mutex);
+  auto it = cache_->allowed.find(key);
+  if (it == cache_->allowed.end()) {
+    if (cache_->allowed.size() >= kCachedStates) cache_->allowed.clear();
+    it = cache_->allowed.emplace(std::move(key), allowed_ids(json)).first;
+  }
+  const std::vector<uint64_t>& bits = it->second;  // [ceil(pieces / 64)]
+  for (size_t id = 0; id < logits.size(); ++id)
+    if (id >= pieces_.size() || !(bits[id / 64] >> (id % 64) & 1)) logits[id] = kOut;
+}
+
+std::vector<uint64_t> JsonTokens::allowed_ids(const JsonPrefix& json) const {
   bool first[256];  // whether a text may start with each byte
   for (int b = 0; b < 256; ++b) {
     const char c = char(b);
     first[b] = json.accepts(std::string_view(&c, 1));
   }
   const std::optional<uint32_t> room = json.string_room();
-  for (size_t id = 0; id < logits.size(); ++id) {
-    if (id >= pieces_.size() || pieces_[id].empty() || !first[static_cast<unsigned char>(pieces_[id][0])]) {
-      logits[id] = kOut;
-    } else if (!(room && plain_[id] && plain_[id] <= *room) && pieces_[id].size() > 1 && !json.accepts(pieces_[id])) {
-      logits[id] = kOut;
-    }
+  std::vector<uint64_t> bits((pieces_.size() + 63) / 64);
+  for (size_t id = 0; id < pieces_.size(); ++id) {
+    const std::string& p = pieces_[id];
+    if (p.empty() || !first[static_cast<unsigned char>(p[0])]) continue;
+    if (p.size() == 1 || (room && plain_[id] && plain_[id] <= *room) || json.accepts(p))
+      bits[id / 64] |= 1ull << (id % 64);
   }
+  return bits;
 }
 
 }  // namespace lmx::text

@@ -10,10 +10,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "text/json_schema.h"
@@ -38,6 +40,9 @@ class JsonPrefix {
   // taken as it stands if it has at most this many characters (code points); nullopt
   // elsewhere.
   std::optional<uint32_t> string_room() const;
+  // Appends bytes that are equal for two prefixes exactly when the same texts may follow
+  // both (JsonTokens keeps a vocabulary's mask by them).
+  void state_key(std::string& out) const;
 
  private:
   enum class State : uint8_t {
@@ -134,12 +139,22 @@ class JsonTokens {
   // vocabulary where most tokens are settled without reading them through: by their first
   // byte, or inside a string as text with no quote, backslash or control byte that fits the
   // string's room (JsonPrefix::string_room).
+  // The mask is made once a state (JsonPrefix::state_key) and kept, up to kCachedStates of
+  // them: a reply passes through the same few states again and again (inside a string, after
+  // a value, before a key).
   void mask(const JsonPrefix& json, std::span<float> logits) const;
 
  private:
+  static constexpr size_t kCachedStates = 512;
+  std::vector<uint64_t> allowed_ids(const JsonPrefix& json) const;  // a bit an id
+  struct Cache {
+    std::mutex mutex;  // a model's generations may run on several threads, one at a time
+    std::unordered_map<std::string, std::vector<uint64_t>> allowed;
+  };
   std::vector<std::string> pieces_;
   // Text that a string takes as it stands (no '"', '\\' or byte below 0x20): its characters; else 0.
   std::vector<uint32_t> plain_;
+  std::unique_ptr<Cache> cache_;
 };
 
 }  // namespace lmx::text

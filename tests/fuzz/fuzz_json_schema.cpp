@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "text/json_prefix.h"
+#include "text/unicode.h"
 
 namespace {
 
@@ -47,8 +48,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!taken) return 0;
   check(whole.complete() == bytes.complete());
   if (!whole.complete()) return 0;
-  // A complete reply parses; the parser also asks that a number fit a double.
-  if (reply.find_first_of("eE") != std::string::npos) return 0;
+  // A complete reply parses. The parser also asks that a number fit a double, and that the
+  // text be valid UTF-8, which the recognizer leaves to the tokenizer (a token's text is).
+  if (reply.find_first_of("eE") != std::string::npos || !lmx::detail::is_valid_utf8(reply)) return 0;
   const nlohmann::json v = nlohmann::json::parse(reply, nullptr, false);
   check(!v.is_discarded() && (v.is_object() || v.is_array()));
   return 0;

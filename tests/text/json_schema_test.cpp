@@ -296,5 +296,36 @@ TEST(JsonSchema, TheMaskIsEachTokenReadThrough) {
   EXPECT_TRUE(json.complete());
 }
 
+// The masks kept by state (JsonPrefix::state_key): along random walks through two schemas,
+// where states recur within and across walks, every kept mask still equals each token read
+// through in the state at hand.
+TEST(JsonSchema, KeptMasksAreEachTokenReadThrough) {
+  std::vector<std::string> pieces = {"{", "}", "[", "]", "\"", ",", ":", " ", "\n", "  ", "\"city\": \"", "\"unit",
+                                     "\": ", "\", \"", "null", "12", "1", "-3", ".5", "e", "ab", "abcdefghij", "\\n",
+                                     "\\u00", "e9", "\xC3\xA9", "\"c\"", "\"f\"}", "}]", "]}", "{\"v\":", "true",
+                                     "\"kids\": [", "\"days", "\"tags\": [\"", "x\"", "\"\"", ",\"", "0", "9"};
+  const JsonTokens tokens(pieces);
+  std::mt19937 rng(3);
+  for (const std::string text : {std::string(kWeather), std::string(R"({"$defs": {"n": {"type": "object",
+      "properties": {"v": {"type": ["integer", "null"]}, "kids": {"type": "array", "items": {"$ref": "#/$defs/n"},
+      "minItems": 1, "maxItems": 3}}, "required": ["v"]}}, "$ref": "#/$defs/n"})")}) {
+    const auto sc = schema(text);
+    for (int walk = 0; walk < 40; ++walk) {
+      JsonPrefix json(sc);
+      for (int step = 0; step < 60 && !json.complete(); ++step) {
+        std::vector<float> logits(pieces.size(), 1.0f);
+        tokens.mask(json, logits);
+        std::vector<int32_t> allowed;
+        for (int32_t id = 0; id < int32_t(pieces.size()); ++id) {
+          ASSERT_EQ(logits[size_t(id)] == 1.0f, tokens.allowed(json, id)) << "piece '" << pieces[size_t(id)] << "'";
+          if (logits[size_t(id)] == 1.0f) allowed.push_back(id);
+        }
+        if (allowed.empty()) break;
+        ASSERT_TRUE(json.feed(pieces[size_t(allowed[rng() % allowed.size()])]));
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lmx::text
