@@ -330,7 +330,7 @@ JsonSchema JsonSchema::compile(std::string_view text) {
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // malformed, or a number past a double's range
     fail("json_schema", "the schema is not valid JSON: ", e.what());
   }
   JsonSchema out;

@@ -583,6 +583,7 @@ TEST(ServeTest, BadRequestsGetOpenAIsErrorObjectAndTheServerGoesOn) {
   };
   const Case cases[] = {
       {"/v1/chat/completions", "{\"messages\": [", 400, "", "not valid JSON"},
+      {"/v1/chat/completions", "{\"messages\": [], \"temperature\": 1e999}", 400, "", "not valid JSON"},
       {"/v1/chat/completions", "[1, 2]", 400, "", "must be a JSON object"},
       {"/v1/chat/completions", "{}", 400, "messages", "non-empty list"},
       {"/v1/chat/completions", json{{"messages", {{{"role", "wizard"}, {"content", "x"}}}}}.dump(), 400,

@@ -263,6 +263,7 @@ TEST(JsonSchema, RefusesWhatItCannotHoldByName) {
            {R"({"type": "object", "properties": {"a": {"type": "string", "maxLength": -1}}})",
             "'maxLength' must be a non-negative integer"},
            {R"({"type": "object", )", "not valid JSON"},
+           {R"({"type": "object", "properties": {"a": {"const": 1e999}}})", "not valid JSON"},
        }) {
     try {
       JsonSchema::compile(c.schema);

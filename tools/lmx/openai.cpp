@@ -351,7 +351,7 @@ std::vector<Request> parse_request(const std::string& text, bool chat, const Gen
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // malformed, or a number past a double's range
     refuse("", std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) refuse("", "the request body must be a JSON object");
