@@ -86,7 +86,7 @@ GenerateOptions GenerateArgs::options() const {
   o.json_object = json_object;
   if (!json_schema.empty()) {
     o.json_schema = json_schema.front() == '{' ? json_schema : io::read_text_file(json_schema, "--json-schema");
-    text::JsonSchema::compile(o.json_schema);  // refused here, before any model loads or turn runs
+    text::JsonSchema::compile(o.json_schema);  // refused here, before the model loads
   }
   for (const std::string& kv : template_vars) {
     const size_t eq = kv.find('=');

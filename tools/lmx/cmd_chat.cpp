@@ -27,8 +27,8 @@ void on_sigint(int) {
 }
 
 void run_chat(const ModelArgs& args, const GenerateArgs& gen, std::string system) {
+  const GenerateOptions opts = gen.options();  // its errors before the model loads
   auto model = args.load();
-  const GenerateOptions opts = gen.options();
   std::vector<Message> history;
   auto reset = [&] {
     history.clear();

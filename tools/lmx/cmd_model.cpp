@@ -113,8 +113,8 @@ void add_model_commands(CLI::App& app) {
     cmd->callback([m, g, prompt, prompt_ids, json, logprobs] {
       LMX_CHECK(!prompt->empty() || !prompt_ids->empty(), "cli", "give --prompt TEXT or --prompt-ids 1,2,3");
       LMX_CHECK(*logprobs < 0 || *json, "cli", "--logprobs prints with --json; add --json");
+      GenerateOptions opts = g->options();  // its errors before the model loads
       auto model = m->load();
-      GenerateOptions opts = g->options();
       opts.logprobs = *logprobs;
       warn_if_not_utf8(*prompt, "the prompt");
       Stream s = prompt_ids->empty() ? model->generate(*prompt, opts)

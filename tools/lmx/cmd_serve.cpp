@@ -272,13 +272,14 @@ struct ServeArgs {
 };
 
 void run_serve(const ModelArgs& margs, const GenerateArgs& gen, ServeArgs args) {
+  const GenerateOptions defaults = gen.options();  // its errors before the model loads
   auto model = margs.load();
   if (args.name.empty()) {  // the folder's name, "/models/Qwen3-0.6B/" included
     std::filesystem::path dir = std::filesystem::path(margs.dir).lexically_normal();
     if (dir.filename().empty()) dir = dir.parent_path();
     args.name = dir.filename().string();
   }
-  Service service(*model, args.name, gen.options(), args.max_batch, args.batch_wait_ms);
+  Service service(*model, args.name, defaults, args.max_batch, args.batch_wait_ms);
   httplib::Server svr;
   // A thread a connection: enough for a full batch to wait on its tokens, and a few more.
   svr.new_task_queue = [threads = size_t(std::max(8, args.max_batch + 4))] { return new httplib::ThreadPool(threads); };
