@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <regex>
 #include <string>
@@ -37,6 +39,12 @@ size_t code_points(const std::string& s) {
   size_t n = 0;
   for (unsigned char c : s) n += (c & 0xC0) != 0x80;
   return n;
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << path;
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 // The validator: the keywords JsonSchema reads, over a parsed value.
@@ -207,7 +215,7 @@ TEST(JsonSchema, SurrogatePairsAreOneCharacterAndHalvesAreRefused) {
 }
 
 TEST(JsonSchema, RandomWalksAreValidInstances) {
-  const std::vector<std::string> schemas = {
+  std::vector<std::string> schemas = {
       kWeather,
       // A tree through $ref, with a list of nodes.
       R"({"$defs": {"node": {"type": "object", "properties": {"v": {"type": "number"},
@@ -225,6 +233,9 @@ TEST(JsonSchema, RandomWalksAreValidInstances) {
       R"({"type": "array", "items": {"anyOf": [{"enum": [1, 12, -3.5, "x", true]}, {"type": "number"}]},
           "minItems": 2, "maxItems": 4})",
   };
+  // Schemas as clients send them: pydantic's, and OpenAI's strict form (fixtures/json_schema).
+  for (const char* name : {"weather", "tree", "math", "strict"})
+    schemas.push_back(read_file(std::filesystem::path(LMX_FIXTURES_DIR) / "json_schema" / (std::string(name) + ".json")));
   std::mt19937 rng(7);
   for (const std::string& text : schemas) {
     const auto sc = schema(text);
