@@ -30,7 +30,8 @@ class GenerationSource final : public Stream::Source, public OpenStream {
         text_(m.has_tokenizer() ? &m.tokenizer() : nullptr, o.skip_special_tokens, o.stop_strings) {
     // The schema is read first, so that one refused leaves the model as it was.
     std::shared_ptr<const text::JsonSchema> schema;
-    if (!o.json_schema.empty()) schema = std::make_shared<const text::JsonSchema>(text::JsonSchema::compile(o.json_schema));
+    if (!o.json_schema.empty())
+      schema = std::make_shared<const text::JsonSchema>(text::JsonSchema::compile(o.json_schema));
     gen_.emplace(m.model(), std::move(prompt), sampling_options(o), m.limits(o), m.prompt_cache());
     gen_->set_logprobs(o.logprobs);
     if (schema || o.json_object) gen_->hold_to_json(&m.json_tokens(), std::move(schema));

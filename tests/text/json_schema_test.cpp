@@ -235,7 +235,7 @@ TEST(JsonSchema, RandomWalksAreValidInstances) {
   };
   // Schemas as clients send them: pydantic's, and OpenAI's strict form (fixtures/json_schema).
   for (const char* name : {"weather", "tree", "math", "strict"})
-    schemas.push_back(read_file(std::filesystem::path(LMX_FIXTURES_DIR) / "json_schema" / (std::string(name) + ".json")));
+    schemas.push_back(read_file(std::filesystem::path(LMX_FIXTURES_DIR) / "json_schema" / (name + std::string(".json"))));
   std::mt19937 rng(7);
   for (const std::string& text : schemas) {
     const auto sc = schema(text);
