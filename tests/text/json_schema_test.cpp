@@ -234,8 +234,9 @@ TEST(JsonSchema, RandomWalksAreValidInstances) {
           "minItems": 2, "maxItems": 4})",
   };
   // Schemas as clients send them: pydantic's, and OpenAI's strict form (fixtures/json_schema).
+  const std::filesystem::path dir = std::filesystem::path(LMX_FIXTURES_DIR) / "json_schema";
   for (const char* name : {"weather", "tree", "math", "strict"})
-    schemas.push_back(read_file(std::filesystem::path(LMX_FIXTURES_DIR) / "json_schema" / (name + std::string(".json"))));
+    schemas.push_back(read_file(dir / (name + std::string(".json"))));
   std::mt19937 rng(7);
   for (const std::string& text : schemas) {
     const auto sc = schema(text);
