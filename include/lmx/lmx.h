@@ -205,6 +205,26 @@ struct BatchResult {
   std::string error;  // why the row could not run (finish_reason "error"); empty otherwise
 };
 
+// A request that joins a generate_rows batch while it decodes.
+struct RowRequest {
+  std::vector<int32_t> prompt;
+  GenerateOptions options;
+};
+
+// Continuous batching (TextModel::generate_rows): requests join the batch between its
+// decode steps, each in the place of one that has ended, as a server's requests come.
+// A joining prompt is prefilled while the other rows wait, then decodes with them.
+struct RowFeed {
+  size_t max_rows = 16;  // the most rows that decode at once (at least the first prompts)
+  // Asked between decode steps while fewer than max_rows rows decode: up to `room`
+  // requests to start now (none: none join). They take the row numbers after the last
+  // given, in order (the first prompts are rows 0 to n - 1). A request that cannot run
+  // (see generate_rows; its draws must agree with the first row's) fails alone, in `done`.
+  std::function<std::vector<RowRequest>(size_t room)> join;
+  // Each row's result as soon as it ends, the first prompts' too.
+  std::function<void(size_t row, BatchResult result)> done;
+};
+
 class TextModel {
  public:
   virtual ~TextModel() = default;
@@ -223,12 +243,15 @@ class TextModel {
   // differ, and so may their logprobs (each Token then carries its scores). Throws
   // lmx::Error for rows that do not agree. A prompt that cannot run (empty, an id outside
   // the vocabulary, past the context: check_prompt) fails its row alone: finish_reason
-  // "error" and BatchResult::error, and the other rows run. Returns each row's ids, text and finish reason ("eos",
-  // "stop_token", "stop_string", "length", "context_length", "cancelled" or "error").
+  // "error" and BatchResult::error, and the other rows run. Returns each row's ids, text
+  // and finish reason ("eos", "stop_token", "stop_string", "length", "context_length",
+  // "cancelled" or "error").
+  // With a RowFeed, rows also join while the batch decodes (continuous batching), and each
+  // row's result comes as soon as it ends; the call returns when no row is left.
   using RowCallback = std::function<bool(size_t row, const Token& token)>;
   virtual std::vector<BatchResult> generate_rows(std::span<const std::vector<int32_t>> prompts,
                                                  std::span<const GenerateOptions> options,
-                                                 const RowCallback& on_token = {}) = 0;
+                                                 const RowCallback& on_token = {}, const RowFeed* feed = nullptr) = 0;
   // Scores token ids under the model, as evaluation harnesses ask: for each token after the
   // first, its log-probability given the tokens before it (Token::logprob) and the
   // `top_logprobs` (0 to kMaxTopLogprobs) most likely tokens at its place, as

@@ -1,6 +1,7 @@
 #include "runtime/kv_cache.h"
 
 #include "core/error.h"
+#include "ops/ops.h"
 
 namespace lmx {
 namespace {
@@ -31,6 +32,38 @@ void ContiguousLayerCache::reserve(const Shape& like, Dtype dtype, Device device
 void ContiguousLayerCache::reserve_positions(int64_t n) {
   if (!k_.valid()) capacity_ = std::max(capacity_, n);
   else if (n > capacity_) reserve(k_.shape(), k_.dtype(), k_.device(), n);
+}
+
+void ContiguousLayerCache::regroup(std::span<const int64_t> keep, const ContiguousLayerCache* joining,
+                                   std::span<const int64_t> join, int64_t length, int64_t capacity) {
+  LMX_CHECK((keep.empty() || k_.valid()) && (join.empty() || (joining && joining->k_.valid())) &&
+                (k_.valid() || !join.empty()),
+            "kv_cache", "regroup of rows with no keys stored");
+  const Array& like = k_.valid() ? k_ : joining->k_;  // [B, Hkv, capacity, D]
+  const int64_t rows = int64_t(keep.size() + join.size()), heads = like.shape(1), dim = like.shape(3);
+  LMX_CHECK(length <= capacity && (join.empty() || joining->length_ <= length), "kv_cache",
+            "regroup into ", rows, " rows of ", length, " slots (room for ", capacity, ") from a cache of ",
+            length_, " slots and a joining one of ", join.empty() ? 0 : joining->length_);
+  const Shape shape{rows, heads, capacity, dim};
+  Array k = zeros(shape, like.dtype(), like.device()), v = zeros(shape, like.dtype(), like.device());
+  // Row `to` of the new buffers, slots [at, at + n), takes row `row` of `from`, slots [first, first + n).
+  auto place = [&](int64_t to, const ContiguousLayerCache& from, int64_t row, int64_t first, int64_t at, int64_t n) {
+    if (n <= 0) return;
+    const std::vector<int64_t> src0{row, 0, first, 0}, src1{row + 1, heads, first + n, dim};
+    const std::vector<int64_t> dst0{to, 0, at, 0}, dst1{to + 1, heads, at + n, dim};
+    assign(slice(k, dst0, dst1), slice(from.k_, src0, src1));
+    assign(slice(v, dst0, dst1), slice(from.v_, src0, src1));
+  };
+  const int64_t shift = length - length_, first = std::max<int64_t>(0, -shift);
+  for (size_t i = 0; i < keep.size(); ++i) place(int64_t(i), *this, keep[i], first, first + shift, length_ - first);
+  for (size_t j = 0; j < join.size(); ++j) {
+    const int64_t n = joining->length_;
+    place(int64_t(keep.size() + j), *joining, join[j], 0, length - n, n);
+  }
+  k_ = std::move(k);
+  v_ = std::move(v);
+  length_ = length;
+  capacity_ = capacity;
 }
 
 fast::FusedCacheView ContiguousLayerCache::fused_view() {
@@ -167,6 +200,18 @@ std::vector<fast::FusedCacheView> KVCache::fused_views() const {
 
 void KVCache::commit_one() {
   for (const auto& l : layers_) l->commit_one();
+}
+
+void KVCache::regroup(std::span<const int64_t> keep, const KVCache* joining, std::span<const int64_t> join,
+                      int64_t length, int64_t capacity) {
+  LMX_CHECK(join.empty() || (joining && joining->num_layers() == num_layers()), "kv_cache",
+            "regroup: the joining cache has other layers");
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto* c = dynamic_cast<ContiguousLayerCache*>(layers_[i].get());
+    auto* j = join.empty() ? nullptr : dynamic_cast<ContiguousLayerCache*>(joining->layers_[i].get());
+    LMX_CHECK(c && (join.empty() || j), "kv_cache", "regroup needs contiguous caches (layer ", i, ")");
+    c->regroup(keep, j, join, length, capacity);
+  }
 }
 
 bool KVCache::truncate(int64_t n) {

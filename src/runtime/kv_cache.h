@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "models/transformer.h"
@@ -24,6 +25,12 @@ class ContiguousLayerCache final : public nn::LayerCache {
   void reserve_positions(int64_t n);
   fast::FusedCacheView fused_view() override;
   void commit_one() override { ++length_; }
+  // Continuous batching (KVCache::regroup): new buffers of `capacity` slots whose rows are
+  // this cache's rows `keep`, then `joining`'s rows `join`, and which hold `length` slots.
+  // A kept row's slots move by length - this length (those that would fall before slot 0
+  // are dropped); a joining row's end at `length`. The slots before them are zero.
+  void regroup(std::span<const int64_t> keep, const ContiguousLayerCache* joining, std::span<const int64_t> join,
+               int64_t length, int64_t capacity);
 
  private:
   // Buffers of `capacity` positions for keys like `shape` [B, Hkv, L, D], keeping what is stored.
@@ -85,6 +92,14 @@ class KVCache {
   // empty vector when a layer cannot serve one; commit_one() counts the stored token.
   std::vector<fast::FusedCacheView> fused_views() const;
   void commit_one();
+  // A batch's rows as requests leave and join it (continuous batching): the cache becomes
+  // this one's rows `keep`, then `joining`'s rows `join` (joining may be null where `join` is
+  // empty), `length` slots filled and room for `capacity`. A kept row's slots move by
+  // length - length(), keeping its last tokens; a joining row's stored slots end at
+  // `length`, and the slots before them are zero, never read by a step that pads them
+  // out. Every layer must be contiguous. Both caches are held while it copies.
+  void regroup(std::span<const int64_t> keep, const KVCache* joining, std::span<const int64_t> join,
+               int64_t length, int64_t capacity);
 
  private:
   std::vector<std::unique_ptr<nn::LayerCache>> layers_;

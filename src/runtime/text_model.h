@@ -35,7 +35,7 @@ class LocalTextModel final : public TextModel {
   std::vector<BatchResult> batch_generate(std::span<const std::string> prompts, const GenerateOptions& o) override;
   std::vector<BatchResult> generate_rows(std::span<const std::vector<int32_t>> prompts,
                                          std::span<const GenerateOptions> options,
-                                         const RowCallback& on_token) override;
+                                         const RowCallback& on_token, const RowFeed* feed) override;
   std::vector<Token> score_ids(std::span<const int32_t> ids, int top_logprobs) override;
   std::vector<std::vector<Token>> score_batch(std::span<const std::vector<int32_t>> texts, int top_logprobs) override;
   std::vector<int32_t> tokenize(std::string_view text, bool add_special_tokens) const override;
@@ -80,11 +80,11 @@ class LocalTextModel final : public TextModel {
       throw;
     }
   }
-  // generate_rows' batch: the rows `live` of `prompts` (their checks passed) decoded
-  // together, each row's result into out[row].
-  void decode_rows(std::span<const size_t> live, std::span<const std::vector<int32_t>> prompts,
-                   std::span<const GenerateOptions> options, const RowCallback& on_token,
-                   std::vector<BatchResult>& out);
+  // generate_rows' batch (row_batch.cpp): `first`, numbered `ids`, and with a feed the
+  // rows that join, decoded together; each row's result into out[row] (rows past out's
+  // size only to the feed).
+  void decode_rows(std::vector<RowRequest> first, std::vector<size_t> ids, const RowCallback& on_token,
+                   const RowFeed* feed, std::vector<BatchResult>& out);
 
   std::filesystem::path dir_;
   io::ModelConfig config_;

@@ -242,6 +242,121 @@ TEST(RowsTest, APromptThatCannotRunFailsItsRowAlone) {
   EXPECT_NO_THROW(check_prompt(model->info(), full));
 }
 
+// Continuous batching: generate_rows with a RowFeed whose join calls give the lists of
+// `joins` in turn, each cut to the room offered (the rest at the next call), then nothing.
+// Checks that each row's streamed tokens make its result, that each row's result comes to
+// done once, and that no call offers more room than max_rows leaves. Returns every row's
+// result by its number.
+std::vector<BatchResult> run_fed(TextModel& model, const std::vector<std::vector<int32_t>>& prompts,
+                                 const std::vector<GenerateOptions>& options,
+                                 std::vector<std::vector<RowRequest>> joins, size_t max_rows) {
+  std::map<size_t, std::vector<int32_t>> ids;
+  std::map<size_t, std::string> text;
+  std::map<size_t, BatchResult> done;
+  size_t calls = 0, rows = prompts.size();
+  RowFeed feed;
+  feed.max_rows = max_rows;
+  feed.join = [&](size_t room) {
+    EXPECT_GE(room, 1u);
+    EXPECT_LE(room, max_rows);
+    if (calls >= joins.size()) return std::vector<RowRequest>();
+    std::vector<RowRequest>& next = joins[calls];
+    const size_t n = std::min(room, next.size());
+    std::vector<RowRequest> out(next.begin(), next.begin() + long(n));
+    next.erase(next.begin(), next.begin() + long(n));
+    if (next.empty()) ++calls;
+    rows += out.size();
+    return out;
+  };
+  feed.done = [&](size_t row, BatchResult r) {
+    EXPECT_FALSE(done.count(row)) << "row " << row << " ended twice";
+    EXPECT_LT(row, rows);
+    done[row] = std::move(r);
+  };
+  const std::vector<BatchResult> first = model.generate_rows(prompts, options, [&](size_t row, const Token& t) {
+    ids[row].push_back(t.id);
+    text[row] += t.text;
+    return true;
+  }, &feed);
+  EXPECT_EQ(calls, joins.size()) << "every list should have joined";
+  std::vector<BatchResult> out;
+  for (size_t r = 0; r < rows; ++r) {
+    EXPECT_TRUE(done.count(r)) << "row " << r << " never ended";
+    out.push_back(done[r]);
+    EXPECT_EQ(ids[r], out[r].ids) << "row " << r;
+    EXPECT_EQ(text[r], out[r].text) << "row " << r;
+    if (r < first.size()) EXPECT_EQ(first[r].ids, out[r].ids) << "row " << r;
+  }
+  return out;
+}
+
+// Rows that join a batch under way decode as they would alone: a prompt longer than the
+// batch's slots (the rows are shifted), rows that end at their first token or before it,
+// rows refused alone, rows that join after half the batch has ended (regrouped), and a
+// row that joins once every other has ended.
+TEST(RowsTest, RowsThatJoinTheBatchDecodeAsTheirLoneGenerations) {
+  auto model = load("qwen3-f32", 64);
+  GenerateOptions hot = greedy(4);
+  hot.temperature = 0.9f;
+  hot.seed = 3;
+  const std::vector<std::vector<int32_t>> first = {{1, 2, 3}, {4, 5}};
+  const std::vector<GenerateOptions> first_o = {greedy(10), greedy(3)};
+  std::vector<std::vector<RowRequest>> joins = {
+      {{{9, 8, 7, 6, 5, 4, 3, 2, 1, 9, 8, 7}, greedy(6)}},
+      {{{7}, greedy(1)}, {{}, greedy(3)}},
+      {{{11, 12}, hot}, {{13}, greedy(0)}, {{14, 15, 16}, greedy(5)}},
+      {{{17, 18, 19, 20, 21}, greedy(8)}},
+      {},
+      {{{22, 23}, greedy(2)}},
+  };
+  std::vector<RowRequest> all;  // by row number
+  for (size_t r = 0; r < first.size(); ++r) all.push_back({first[r], first_o[r]});
+  for (const auto& list : joins) all.insert(all.end(), list.begin(), list.end());
+  const std::vector<BatchResult> got = run_fed(*model, first, first_o, joins, 3);
+  EXPECT_EQ(model->metrics().generated_tokens, 10 + 3 + 6 + 1 + 5 + 8 + 2);
+  ASSERT_EQ(got.size(), all.size());
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r].prompt.empty() || all[r].options.temperature > 0) {
+      EXPECT_EQ(got[r].finish_reason, "error") << "row " << r;
+      EXPECT_NE(got[r].error.find(all[r].prompt.empty() ? "is empty" : "draws otherwise"), std::string::npos)
+          << "row " << r << ": " << got[r].error;
+      continue;
+    }
+    const Lone want = lone(*model, all[r].prompt, all[r].options);
+    EXPECT_EQ(got[r].ids, want.ids) << "row " << r;
+    EXPECT_EQ(got[r].text, want.text) << "row " << r;
+    EXPECT_EQ(got[r].finish_reason, want.finish_reason) << "row " << r;
+    EXPECT_EQ(got[r].ids.size(), size_t(all[r].options.max_tokens)) << "row " << r;
+  }
+  // One row at most: the next joins once the first has ended.
+  const std::vector<RowRequest> next = {{{3, 4, 5, 6, 7}, greedy(3)}};
+  const std::vector<BatchResult> one_by_one = run_fed(*model, {{1, 2}}, {greedy(2)}, {next}, 1);
+  ASSERT_EQ(one_by_one.size(), 2u);
+  EXPECT_EQ(one_by_one[0].ids, lone(*model, {1, 2}, greedy(2)).ids);
+  EXPECT_EQ(one_by_one[1].ids, lone(*model, next[0].prompt, next[0].options).ids);
+}
+
+// Seeded draws with penalties: a joining row's sampler draws as its lone stream's does.
+TEST(RowsTest, SeededRowsThatJoinDrawAsTheirLoneStreams) {
+  auto model = load("qwen3-f32", 64);
+  auto drawn = [](uint64_t seed, int n) {
+    GenerateOptions o = greedy(n);
+    o.temperature = 0.8f;
+    o.top_k = 20;
+    o.repeat_penalty = 1.3f;
+    o.seed = seed;
+    return o;
+  };
+  const std::vector<std::vector<int32_t>> first = {{1, 2, 3, 4}};
+  const std::vector<GenerateOptions> first_o = {drawn(1, 9)};
+  const std::vector<std::vector<RowRequest>> joins = {{{{5, 6}, drawn(2, 7)}}, {{{7, 8, 9, 10, 11, 12}, drawn(3, 5)}}};
+  const std::vector<BatchResult> got = run_fed(*model, first, first_o, joins, 4);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].ids, lone(*model, first[0], first_o[0]).ids);
+  for (size_t j = 0; j < 2; ++j)
+    EXPECT_EQ(got[1 + j].ids, lone(*model, joins[j][0].prompt, joins[j][0].options).ids) << "joined row " << j;
+}
+
 TEST(RowsTest, CudaRowsKeepTheirOwnLimitsAndScores) {
   if (!test::cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
   auto model = load_model(kModels / "qwen3-f32", test::cuda_bf16());
@@ -288,6 +403,44 @@ TEST(RowsTest, CudaRowsKeepTheirOwnLimitsAndScores) {
     for (size_t i = 0; i < rows_got[r].size(); ++i) {
       const Token& p = prefill[scored[r].size() - 1 + i];
       EXPECT_NEAR(rows_got[r][i].logprob, p.logprob, 0.02 + 0.02 * std::abs(p.logprob)) << "row " << r << ", " << i;
+    }
+  }
+}
+
+// On CUDA, rows that join the batched fused step (steps queued ahead of their reads, then
+// drained to regroup) stay on their own text: each greedy row's every token is the most
+// likely one that a prefill of the row's text gives, up to bf16's rounding between near
+// ties. A row placed in the wrong slots, or a step read twice, would break it.
+TEST(RowsTest, CudaRowsThatJoinKeepToTheirOwnText) {
+  if (!test::cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
+  auto model = load_model(kModels / "qwen3-f32", test::cuda_bf16());
+  for (int logprobs : {-1, 2}) {
+    auto o = [&](int n) {
+      GenerateOptions x = greedy(n);
+      x.logprobs = logprobs;
+      return x;
+    };
+    const std::vector<std::vector<int32_t>> first = {{1, 2, 3}, {4, 5}};
+    const std::vector<GenerateOptions> first_o = {o(24), o(6)};
+    const std::vector<std::vector<RowRequest>> joins = {
+        {{{9, 8, 7, 6, 5, 4, 3, 2, 1, 9, 8, 7}, o(12)}}, {}, {}, {{{7}, o(1)}, {{14, 15, 16}, o(9)}},
+        {{{17, 18, 19, 20, 21}, o(16)}}, {{{22, 23}, o(5)}, {{24, 25, 26, 27}, o(7)}}};
+    std::vector<RowRequest> all;
+    for (size_t r = 0; r < first.size(); ++r) all.push_back({first[r], first_o[r]});
+    for (const auto& list : joins) all.insert(all.end(), list.begin(), list.end());
+    const std::vector<BatchResult> got = run_fed(*model, first, first_o, joins, 4);
+    EXPECT_EQ(model->metrics().decode_path.rfind("fused-", 0), 0u) << model->metrics().decode_path;
+    ASSERT_EQ(got.size(), all.size());
+    for (size_t r = 0; r < all.size(); ++r) {
+      const std::string at = "logprobs " + std::to_string(logprobs) + ", row " + std::to_string(r);
+      ASSERT_EQ(got[r].ids.size(), size_t(all[r].options.max_tokens)) << at;
+      std::vector<int32_t> text = all[r].prompt;
+      text.insert(text.end(), got[r].ids.begin(), got[r].ids.end());
+      const std::vector<Token> prefill = model->score_ids(text, 1);
+      for (size_t i = 0; i < got[r].ids.size(); ++i) {
+        const Token& p = prefill[all[r].prompt.size() - 1 + i];  // the score of the row's token i
+        EXPECT_NEAR(p.logprob, p.top_logprobs[0].second, 0.05) << at << ", token " << i;
+      }
     }
   }
 }

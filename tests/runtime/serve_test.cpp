@@ -304,13 +304,15 @@ bool wait_for_load(httplib::Client& c, int running, int queued) {
   return false;
 }
 
-TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
+// Continuous batching: requests that draw alike join a batch under way and are answered as
+// their rows end, each as it would be alone; one that draws otherwise waits for the batch.
+TEST(ServeTest, RequestsThatDrawAlikeJoinTheBatchUnderWay) {
   Served server("'" + kModel.string() + "' --device cpu --context 16384");
   ASSERT_GT(server.port(), 0) << server.log();
   httplib::Client c = server.client();
   auto model = cpu_model(16384);
 
-  // A long stream holds the model until its client leaves; meanwhile five requests queue.
+  // A long stream holds the model until its client leaves; meanwhile five requests come.
   std::atomic<bool> release{false};
   std::thread holder([&] {
     httplib::Client c0 = server.client();
@@ -350,7 +352,7 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
   }
   asks[2].body["stream"] = true;  // a streamed reply in the batch
   asks[2].body["stream_options"] = {{"include_usage", true}};
-  // The last draws otherwise (seeded sampling): it runs on its own, after the batch.
+  // The last draws otherwise (seeded sampling): it waits, and runs on its own after the batch.
   asks[4].options.temperature = 0.9f;
   asks[4].options.seed = 5;
   asks[4].body["temperature"] = 0.9;
@@ -380,10 +382,12 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // in this order
   }
-  EXPECT_TRUE(wait_for_load(c, 1, 5)) << "five requests should wait behind the long stream";
+  // The four that draw alike end while the long stream goes on.
+  for (size_t i = 0; i < 4; ++i) clients[i].join();
+  EXPECT_TRUE(wait_for_load(c, 1, 1)) << "the long stream should run and the sampled request wait";
   release = true;
   holder.join();
-  for (std::thread& t : clients) t.join();
+  clients[4].join();
   for (size_t i = 0; i < asks.size(); ++i) {
     const Reply& r = asks[i].reply;
     ASSERT_EQ(r.status, 200) << i << ": " << r.body.dump();
@@ -392,7 +396,9 @@ TEST(ServeTest, WaitingRequestsThatDrawAlikeAreDecodedTogether) {
     EXPECT_EQ(r.body["usage"]["completion_tokens"], lengths[i]) << i;
     EXPECT_EQ(choice["finish_reason"], "length") << i;
   }
-  EXPECT_NE(server.log().find("lmx serve: 4 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_NE(server.log().find("lmx serve: 5 requests decoded together (4 joined)"), std::string::npos)
+      << server.log();
+  EXPECT_NE(server.log().find("lmx serve: 1 request at"), std::string::npos) << server.log();
   EXPECT_TRUE(wait_for_load(c, 0, 0));
   EXPECT_EQ(server.stop(), 0) << server.log();
 }

@@ -14,6 +14,16 @@ namespace {
 bool scores_only(const openai::Request& r) { return r.echo && r.options.max_tokens == 0; }
 bool held_to_json(const openai::Request& r) { return r.options.json_object || !r.options.json_schema.empty(); }
 
+// Whether request r may decode in a batch led by `lead`: both generate, neither is held to
+// JSON (its draws look at every logit on the host), they draw alike, and both or neither
+// want logprobs (scored steps run one at a time and read their scores back, which would
+// slow the others). Requests that only score their prompts share a pass whatever their options.
+bool joins(const openai::Request& r, const openai::Request& lead) {
+  if (scores_only(r) != scores_only(lead) || held_to_json(r) || held_to_json(lead)) return false;
+  return scores_only(lead) ||
+         (draws_alike(r.options, lead.options) && (r.options.logprobs >= 0) == (lead.options.logprobs >= 0));
+}
+
 }  // namespace
 
 std::vector<Token> Job::wait(bool& done) {
@@ -86,21 +96,23 @@ void Scheduler::loop() {
     if (jobs.empty()) return;  // stopping
     const auto t0 = std::chrono::steady_clock::now();
     const bool scores = scores_only(jobs[0]->request);
+    const size_t first = jobs.size();
     if (scores)
       run_scores(jobs);
-    else if (jobs.size() == 1)
+    else if (jobs.size() == 1 && (max_batch_ == 1 || held_to_json(jobs[0]->request)))
       run_alone(*jobs[0]);
     else
-      run_batch(jobs);
-    // A line a run: how many requests, from when (seconds since the server started), how
-    // many tokens, how long, and which decode step.
+      run_batch(jobs);  // and those that joined it, added to jobs
+    // A line a run: how many requests (and how many joined it), from when (seconds since
+    // the server started), how many tokens, how long, and which decode step.
     int tokens = 0;
     for (const auto& job : jobs) tokens += scores ? job->metrics.prompt_tokens : job->metrics.generated_tokens;
     const std::string path = model_.metrics().decode_path;
     auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
     const char* what = jobs.size() == 1 ? "request" : scores ? "requests scored together" : "requests decoded together";
-    std::fprintf(stderr, "lmx serve: %zu %s at +%.3f s (%s): %d tokens in %.3f s\n", jobs.size(), what,
-                 seconds(t0 - started_), path.empty() ? "no decode step" : path.c_str(), tokens,
+    const std::string joined = jobs.size() > first ? " (" + std::to_string(jobs.size() - first) + " joined)" : "";
+    std::fprintf(stderr, "lmx serve: %zu %s%s at +%.3f s (%s): %d tokens in %.3f s\n", jobs.size(), what,
+                 joined.c_str(), seconds(t0 - started_), path.empty() ? "no decode step" : path.c_str(), tokens,
                  seconds(std::chrono::steady_clock::now() - t0));
     for (const auto& job : jobs) job->finish();  // after the line: a client that reads the log finds it
     std::lock_guard lock(m_);
@@ -112,11 +124,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
   std::unique_lock lock(m_);
   cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
   if (stopping_) return {};
-  // How a request may share its run: requests that only score their prompts (echo with no
-  // new tokens) share one forward pass whatever their options; requests that generate and
-  // draw alike share a batch, those with logprobs apart from those without (scored steps
-  // run one at a time and read their scores back, which would slow the others). A reply
-  // held to JSON runs alone (its draws look at every logit on the host).
+  // How a request may share its run: joins().
   std::vector<std::shared_ptr<Job>> jobs{queue_.front()};
   queue_.pop_front();
   // Clients that start together reach the server a little apart: the first may wait for
@@ -130,21 +138,22 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
       return {};
     }
   }
-  auto joins = [&](const Job& j) {
-    const openai::Request &r = j.request, &lead = jobs[0]->request;
-    if (scores_only(r) != scores_only(lead) || held_to_json(r) || held_to_json(lead)) return false;
-    return scores_only(lead) || (draws_alike(r.options, lead.options) &&
-                                 (r.options.logprobs >= 0) == (lead.options.logprobs >= 0));
-  };
-  for (auto it = queue_.begin(); it != queue_.end() && int(jobs.size()) < max_batch_;) {
-    if (joins(**it)) {
+  const std::vector<std::shared_ptr<Job>> more = take_joining(jobs[0]->request, size_t(max_batch_) - 1);
+  jobs.insert(jobs.end(), more.begin(), more.end());
+  running_ = jobs;
+  return jobs;
+}
+
+std::vector<std::shared_ptr<Job>> Scheduler::take_joining(const openai::Request& lead, size_t room) {
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (auto it = queue_.begin(); it != queue_.end() && jobs.size() < room;) {
+    if (joins((*it)->request, lead)) {
       jobs.push_back(*it);
       it = queue_.erase(it);
     } else {
       ++it;
     }
   }
-  running_ = jobs;
   return jobs;
 }
 
@@ -250,30 +259,74 @@ void Scheduler::run_scores(const std::vector<std::shared_ptr<Job>>& jobs) {
   for_all(a.jobs, [&] { echo(a.jobs, a.ids); });
 }
 
-void Scheduler::run_batch(const std::vector<std::shared_ptr<Job>>& jobs) {
-  const Admitted a = admit(jobs);
+void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
+  Admitted a = admit(jobs);  // then, by the batch's row numbers, the jobs that join too
   std::vector<GenerateOptions> options;
   for (Job* job : a.jobs) options.push_back(job->request.options);
-  for_all(a.jobs, [&] {
-    const std::vector<BatchResult> out = model_.generate_rows(a.ids, options, [&](size_t row, const Token& t) {
+  const std::vector<std::vector<int32_t>> first = a.ids;
+  const openai::Request lead = jobs[0]->request;
+  std::vector<bool> ended(a.jobs.size());  // by row: its job has finished
+  // Continuous batching: requests that queue while the batch decodes join it, each in the
+  // place of one that has ended, and each ends (its client answered) as soon as its row does.
+  RowFeed feed;
+  feed.max_rows = size_t(max_batch_);
+  feed.join = [&](size_t room) {
+    std::vector<std::shared_ptr<Job>> joining;
+    {
+      std::lock_guard lock(m_);
+      if (stopping_) return std::vector<RowRequest>();
+      joining = take_joining(lead, room);
+      running_.insert(running_.end(), joining.begin(), joining.end());
+    }
+    jobs.insert(jobs.end(), joining.begin(), joining.end());
+    Admitted more = admit(joining);  // a prompt that cannot run is answered at once
+    std::vector<RowRequest> out;
+    for (size_t i = 0; i < more.jobs.size(); ++i) {
+      out.push_back({more.ids[i], more.jobs[i]->request.options});
+      a.jobs.push_back(more.jobs[i]);
+      a.ids.push_back(std::move(more.ids[i]));
+      ended.push_back(false);
+    }
+    return out;
+  };
+  feed.done = [&](size_t row, BatchResult r) {
+    Job& job = *a.jobs[row];
+    GenerateMetrics& m = job.metrics;
+    m.prompt_tokens = int(a.ids[row].size());
+    m.generated_tokens = int(r.ids.size());
+    m.finish_reason = r.finish_reason;
+    if (!r.error.empty()) job.error = openai::ApiError{400, r.error};
+    if (job.request.echo && !job.error) return;  // its prompt is scored after the batch
+    ended[row] = true;
+    job.finish();
+    std::lock_guard lock(m_);
+    std::erase_if(running_, [&](const std::shared_ptr<Job>& j) { return j.get() == &job; });
+  };
+  auto open = [&] {  // the rows' jobs not yet finished
+    std::vector<Job*> out;
+    for (size_t row = 0; row < a.jobs.size(); ++row)
+      if (!ended[row]) out.push_back(a.jobs[row]);
+    return out;
+  };
+  try {
+    model_.generate_rows(first, options, [&](size_t row, const Token& t) {
       a.jobs[row]->push(t);
       return !a.jobs[row]->stop_token().stop_requested();
-    });
-    std::vector<Job*> echoing;  // then the prompts of those that ask for echo, scored together
-    std::vector<std::vector<int32_t>> echoed;
-    for (size_t i = 0; i < a.jobs.size(); ++i) {
-      GenerateMetrics& m = a.jobs[i]->metrics;
-      m.prompt_tokens = int(a.ids[i].size());
-      m.generated_tokens = int(out[i].ids.size());
-      m.finish_reason = out[i].finish_reason;
-      if (!out[i].error.empty()) a.jobs[i]->error = openai::ApiError{400, out[i].error};
-      if (a.jobs[i]->request.echo && !a.jobs[i]->error) {
-        echoing.push_back(a.jobs[i]);
-        echoed.push_back(a.ids[i]);
-      }
-    }
-    echo(echoing, echoed);
-  });
+    }, &feed);
+  } catch (const OutOfMemory& e) {
+    for (Job* job : open()) job->error = openai::ApiError{503, e.what(), "server_error"};
+  } catch (const std::exception& e) {
+    for (Job* job : open()) job->error = openai::ApiError{500, e.what(), "server_error"};
+  }
+  // Then the prompts of those that ask for echo, scored together.
+  std::vector<Job*> echoing;
+  std::vector<std::vector<int32_t>> echoed;
+  for (size_t row = 0; row < a.jobs.size(); ++row) {
+    if (ended[row] || !a.jobs[row]->request.echo || a.jobs[row]->error) continue;
+    echoing.push_back(a.jobs[row]);
+    echoed.push_back(a.ids[row]);
+  }
+  for_all(echoing, [&] { echo(echoing, echoed); });
 }
 
 }  // namespace lmx::cli

@@ -1,10 +1,12 @@
 // The model's side of `lmx serve`: requests queue for the one model, and a thread of the
-// scheduler's own runs them. A request runs alone (a Stream: the prompt cache, and on a GPU
-// the fused one-sequence step) or, when others wait that draw alike, together with them in
-// one batch (TextModel::generate_rows), which on a GPU decodes 2-8 sequences in about the
-// time of one. Requests that only score their prompts (echo with max_tokens 0, as
-// evaluation harnesses send them) are scored together (TextModel::score_batch). No HTTP
-// here (cmd_serve.cpp); tokens go to each request's Job.
+// scheduler's own runs them. With --max-batch above 1, requests that generate run in a
+// batch (TextModel::generate_rows) that others drawing alike join while it decodes
+// (continuous batching): each is prefilled as it comes and answered as soon as its row
+// ends, and on a GPU 2-8 sequences decode in about the time of one. A reply held to JSON
+// runs alone (a Stream: the prompt cache, and on a GPU the fused one-sequence step), as
+// every request does with --max-batch 1. Requests that only score their prompts (echo with
+// max_tokens 0, as evaluation harnesses send them) are scored together
+// (TextModel::score_batch). No HTTP here (cmd_serve.cpp); tokens go to each request's Job.
 #pragma once
 
 #include <chrono>
@@ -73,9 +75,14 @@ class Scheduler {
   void loop();
   // The next requests to run: the oldest, and the others queued that may share its batch.
   std::vector<std::shared_ptr<Job>> take();
+  // Takes up to `room` queued requests that may decode in a batch led by `lead`, oldest
+  // first (joins()); m_ held.
+  std::vector<std::shared_ptr<Job>> take_joining(const openai::Request& lead, size_t room);
   // Both leave finishing their jobs to loop() (a job refused before its batch finishes at once).
   void run_alone(Job& job);
-  void run_batch(const std::vector<std::shared_ptr<Job>>& jobs);
+  // `jobs` and the requests that join them while they decode (continuous batching, added
+  // to jobs); each job finishes as its row ends (with echo, once the batch has).
+  void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
   // Requests that only score their prompts (echo, max_tokens 0), in one TextModel::score_batch.
   void run_scores(const std::vector<std::shared_ptr<Job>>& jobs);
   // The jobs whose prompts can run, with their ids; each other job fails alone (400), at once.
