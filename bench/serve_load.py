@@ -7,6 +7,11 @@ Standard library only. Prints one JSON object: the clients, the requests, the to
 generated (as the replies' usage counts them), the wall time, the aggregate tokens a second
 and the median and worst request latency.
 
+--lengths gives the requests mixed lengths (client k's request i asks for entry k + i, in
+turn), as a server's users do: that is what continuous batching is for, a short request that
+comes while long ones decode joins them and is answered in its own time. The output then
+also has the mean latency by length.
+
   bench/serve_load.py --url http://127.0.0.1:8080 --clients 8 --requests 2 --max-tokens 256
 """
 import argparse
@@ -35,19 +40,22 @@ def main():
     p.add_argument("--clients", type=int, default=8, help="requests in flight at once")
     p.add_argument("--requests", type=int, default=1, help="requests each client sends, one after another")
     p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--lengths", default="", help="max_tokens in turn, e.g. 16,256,64 (in place of --max-tokens)")
     p.add_argument("--prompt", default="The history of the printing press begins")
     p.add_argument("--chat", action="store_true", help="ask /v1/chat/completions (for servers without /v1/completions)")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--spans", action="store_true", help="also list each request's start and end (s from the start)")
     a = p.parse_args()
 
-    latencies, tokens, errors, spans = [], [], [], []
+    lengths = [int(x) for x in a.lengths.split(",")] if a.lengths else [a.max_tokens]
+    latencies, tokens, errors, spans, by_length = [], [], [], [], {}
     lock = threading.Lock()
 
     def client(k):
         for i in range(a.requests):
             text = f"{a.prompt} ({k}.{i})"
-            body = {"max_tokens": a.max_tokens, "temperature": 0}
+            n_max = lengths[(k + i) % len(lengths)]
+            body = {"max_tokens": n_max, "temperature": 0}
             if a.chat:
                 body["messages"] = [{"role": "user", "content": text}]
             else:
@@ -61,6 +69,7 @@ def main():
                     latencies.append(dt)
                     tokens.append(n)
                     spans.append((round(t_ask, 4), round(t_ask + dt, 4)))
+                    by_length.setdefault(n_max, []).append(dt)
             except Exception as e:  # noqa: BLE001 - reported, not raised
                 with lock:
                     errors.append(str(e))
@@ -76,6 +85,8 @@ def main():
            "wall_s": round(wall, 4), "tok_per_s": round(sum(tokens) / wall, 1) if wall > 0 else 0,
            "median_latency_s": round(statistics.median(latencies), 4) if latencies else None,
            "max_latency_s": round(max(latencies), 4) if latencies else None}
+    if a.lengths:
+        out["mean_latency_s_by_max_tokens"] = {n: round(statistics.mean(v), 4) for n, v in sorted(by_length.items())}
     if a.spans:
         out["spans_s"] = sorted(spans)
     print(json.dumps(out))
