@@ -353,7 +353,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--model-name", args->name, "The model's id in the API (default: the folder's name)");
   cmd->add_option("--api-key", args->api_key, "Answer only requests with 'Authorization: Bearer KEY'");
   cmd->add_option("--max-batch", args->max_batch,
-                  "Most requests decoded together in one batch (1: one at a time)")
+                  "Most requests decoded together in one batch (1: one at a time, each with the prompt cache)")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
   cmd->add_option("--batch-wait", args->batch_wait_ms,
@@ -374,12 +374,14 @@ void add_serve_command(CLI::App& app) {
       "speed).\n"
       "A completion's \"echo\": true puts the prompt before the text (and with logprobs, its\n"
       "tokens' scores first; max_tokens 0 scores the prompt alone), as evaluation harnesses ask.\n"
-      "Requests that wait while the model is busy and draw alike (the same temperature, top-k,\n"
-      "top-p, min-p, penalties and logit bias) are decoded together, up to --max-batch, those\n"
-      "with logprobs apart from those without; one alone keeps the prompt cache and the\n"
-      "one-sequence step. A batch runs until its last request ends; --batch-wait lets a\n"
-      "request that finds the model idle wait for others. Prompts to score (echo, max_tokens\n"
-      "0) are scored together whatever their options. Completions' logprobs list every\n"
+      "Requests that draw alike (the same temperature, top-k, top-p, min-p, penalties and logit\n"
+      "bias) are decoded together, up to --max-batch, those with logprobs apart from those\n"
+      "without. The batch is continuous: a request that comes while one decodes joins it at\n"
+      "the next step (its prompt prefilled meanwhile) and is answered as soon as it ends; one\n"
+      "that draws otherwise waits for the batch. With --max-batch 1 each request runs alone,\n"
+      "with the prompt cache and the one-sequence step. --batch-wait lets a request that finds\n"
+      "the model idle wait for others. Prompts to score (echo, max_tokens 0) are scored\n"
+      "together whatever their options. Completions' logprobs list every\n"
       "generated token (an end-of-sequence too), so that echoed scores line up with the usage\n"
       "as harnesses such as lm-eval's local-completions read them.\n"
       "Chat takes \"tools\" where the model's template asks for calls as Qwen's <tool_call> or\n"
