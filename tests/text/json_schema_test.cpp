@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <regex>
 #include <string>
 
 #include "core/error.h"
@@ -214,6 +213,20 @@ TEST(JsonSchema, SurrogatePairsAreOneCharacterAndHalvesAreRefused) {
   EXPECT_FALSE(JsonPrefix(false).feed(R"("\uDE00")"));
 }
 
+
+// Whether `text` has an exponent of three digits or more (e999), outside strings or in.
+bool long_exponent(const std::string& text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != 'e' && text[i] != 'E') continue;
+    size_t d = i + 1;
+    if (d < text.size() && (text[d] == '+' || text[d] == '-')) ++d;
+    size_t n = 0;
+    while (d + n < text.size() && text[d + n] >= '0' && text[d + n] <= '9') ++n;
+    if (n >= 3) return true;
+  }
+  return false;
+}
+
 TEST(JsonSchema, RandomWalksAreValidInstances) {
   std::vector<std::string> schemas = {
       kWeather,
@@ -247,7 +260,7 @@ TEST(JsonSchema, RandomWalksAreValidInstances) {
       if (out.empty()) continue;
       ++finished;
       // The parser also refuses a number past a double's range (1e999), which the grammar allows.
-      if (std::regex_search(out, std::regex("[eE][+-]?[0-9]{3}"))) continue;
+      if (long_exponent(out)) continue;
       ASSERT_TRUE(json::accept(out)) << out;
       EXPECT_TRUE(valid(json::parse(out), s, s)) << text << "\n  wrote " << out;
     }
@@ -319,7 +332,7 @@ TEST(JsonSchema, KeptMasksAreEachTokenReadThrough) {
                                      "\"kids\": [", "\"days", "\"tags\": [\"", "x\"", "\"\"", ",\"", "0", "9"};
   const JsonTokens tokens(pieces);
   std::mt19937 rng(3);
-  for (const std::string text : {std::string(kWeather), std::string(R"({"$defs": {"n": {"type": "object",
+  for (const std::string& text : {std::string(kWeather), std::string(R"({"$defs": {"n": {"type": "object",
       "properties": {"v": {"type": ["integer", "null"]}, "kids": {"type": "array", "items": {"$ref": "#/$defs/n"},
       "minItems": 1, "maxItems": 3}}, "required": ["v"]}}, "$ref": "#/$defs/n"})")}) {
     const auto sc = schema(text);
