@@ -34,6 +34,22 @@ void ContiguousLayerCache::reserve_positions(int64_t n) {
   else if (n > capacity_) reserve(k_.shape(), k_.dtype(), k_.device(), n);
 }
 
+void ContiguousLayerCache::copy_slots(const Array& k, const Array& v, int64_t to, const ContiguousLayerCache& from,
+                                      int64_t row, int64_t first, int64_t at, int64_t n) {
+  if (n <= 0) return;
+  const int64_t heads = k.shape(1), dim = k.shape(3);
+  const std::vector<int64_t> src0{row, 0, first, 0}, src1{row + 1, heads, first + n, dim};
+  const std::vector<int64_t> dst0{to, 0, at, 0}, dst1{to + 1, heads, at + n, dim};
+  assign(slice(k, dst0, dst1), slice(from.k_, src0, src1));
+  assign(slice(v, dst0, dst1), slice(from.v_, src0, src1));
+}
+
+void ContiguousLayerCache::place(int64_t row, const ContiguousLayerCache& from, int64_t from_row) {
+  LMX_CHECK(k_.valid() && from.k_.valid() && from.length_ <= length_ && row < k_.shape(0), "kv_cache", "place ",
+            from.length_, " slots in row ", row, " of a cache of ", length_, " slots");
+  copy_slots(k_, v_, row, from, from_row, 0, length_ - from.length_, from.length_);
+}
+
 void ContiguousLayerCache::regroup(std::span<const int64_t> keep, const ContiguousLayerCache* joining,
                                    std::span<const int64_t> join, int64_t length, int64_t capacity) {
   LMX_CHECK((keep.empty() || k_.valid()) && (join.empty() || (joining && joining->k_.valid())) &&
@@ -46,19 +62,12 @@ void ContiguousLayerCache::regroup(std::span<const int64_t> keep, const Contiguo
             length_, " slots and a joining one of ", join.empty() ? 0 : joining->length_);
   const Shape shape{rows, heads, capacity, dim};
   Array k = zeros(shape, like.dtype(), like.device()), v = zeros(shape, like.dtype(), like.device());
-  // Row `to` of the new buffers, slots [at, at + n), takes row `row` of `from`, slots [first, first + n).
-  auto place = [&](int64_t to, const ContiguousLayerCache& from, int64_t row, int64_t first, int64_t at, int64_t n) {
-    if (n <= 0) return;
-    const std::vector<int64_t> src0{row, 0, first, 0}, src1{row + 1, heads, first + n, dim};
-    const std::vector<int64_t> dst0{to, 0, at, 0}, dst1{to + 1, heads, at + n, dim};
-    assign(slice(k, dst0, dst1), slice(from.k_, src0, src1));
-    assign(slice(v, dst0, dst1), slice(from.v_, src0, src1));
-  };
   const int64_t shift = length - length_, first = std::max<int64_t>(0, -shift);
-  for (size_t i = 0; i < keep.size(); ++i) place(int64_t(i), *this, keep[i], first, first + shift, length_ - first);
+  for (size_t i = 0; i < keep.size(); ++i)
+    copy_slots(k, v, int64_t(i), *this, keep[i], first, first + shift, length_ - first);
   for (size_t j = 0; j < join.size(); ++j) {
     const int64_t n = joining->length_;
-    place(int64_t(keep.size() + j), *joining, join[j], 0, length - n, n);
+    copy_slots(k, v, int64_t(keep.size() + j), *joining, join[j], 0, length - n, n);
   }
   k_ = std::move(k);
   v_ = std::move(v);
@@ -211,6 +220,16 @@ void KVCache::regroup(std::span<const int64_t> keep, const KVCache* joining, std
     auto* j = join.empty() ? nullptr : dynamic_cast<ContiguousLayerCache*>(joining->layers_[i].get());
     LMX_CHECK(c && (join.empty() || j), "kv_cache", "regroup needs contiguous caches (layer ", i, ")");
     c->regroup(keep, j, join, length, capacity);
+  }
+}
+
+void KVCache::place(int64_t row, const KVCache& from, int64_t from_row) {
+  LMX_CHECK(from.num_layers() == num_layers(), "kv_cache", "place: the joining cache has other layers");
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto* c = dynamic_cast<ContiguousLayerCache*>(layers_[i].get());
+    auto* f = dynamic_cast<const ContiguousLayerCache*>(from.layers_[i].get());
+    LMX_CHECK(c && f, "kv_cache", "place needs contiguous caches (layer ", i, ")");
+    c->place(row, *f, from_row);
   }
 }
 

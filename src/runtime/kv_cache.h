@@ -31,8 +31,14 @@ class ContiguousLayerCache final : public nn::LayerCache {
   // are dropped); a joining row's end at `length`. The slots before them are zero.
   void regroup(std::span<const int64_t> keep, const ContiguousLayerCache* joining, std::span<const int64_t> join,
                int64_t length, int64_t capacity);
+  // Row `row` takes `from`'s row `from_row`: its stored slots, ending at this cache's length
+  // (the slots before them keep what they held). In place: the buffers stay.
+  void place(int64_t row, const ContiguousLayerCache& from, int64_t from_row);
 
  private:
+  // Row `to` of buffers (k, v), slots [at, at + n), takes `from`'s row `row`, slots [first, first + n).
+  static void copy_slots(const Array& k, const Array& v, int64_t to, const ContiguousLayerCache& from, int64_t row,
+                         int64_t first, int64_t at, int64_t n);
   // Buffers of `capacity` positions for keys like `shape` [B, Hkv, L, D], keeping what is stored.
   void reserve(const Shape& shape, Dtype dtype, Device device, int64_t capacity);
   Array k_, v_;  // [B, Hkv, capacity, D]
@@ -100,6 +106,9 @@ class KVCache {
   // out. Every layer must be contiguous. Both caches are held while it copies.
   void regroup(std::span<const int64_t> keep, const KVCache* joining, std::span<const int64_t> join,
                int64_t length, int64_t capacity);
+  // A joining row in the place of one that has ended, without a copy of the rest:
+  // ContiguousLayerCache::place in every layer (`from`'s length at most this one's).
+  void place(int64_t row, const KVCache& from, int64_t from_row);
 
  private:
   std::vector<std::unique_ptr<nn::LayerCache>> layers_;

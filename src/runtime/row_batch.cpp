@@ -5,9 +5,11 @@
 // same slot `slot_`, each row left-padded by pads_[r] (its slots before that are never
 // attended to, and its RoPE positions are slots minus pads). So one step serves every row,
 // on the plain ops as on the fused step. A joining prompt is prefilled alone (with the
-// others that join at that step) into a cache of its own, then the batch is regrouped:
-// the rows still decoding and the new ones, each in its own slots, shifted so that their
-// next tokens share a slot again, and the padding that every row has dropped.
+// others that join at that step) into a cache of its own. Where it fits before the slot, it
+// takes the place of a row that has ended, and only its slots are copied: the cache, and a
+// fused step's plan for it, stay. Else the batch is regrouped: the rows still decoding and
+// the new ones in a new cache, shifted so that their next tokens share a slot again, and
+// the padding that every row has dropped. Half the rows ended regroups it too.
 #include <algorithm>
 #include <chrono>
 #include <limits>
@@ -261,9 +263,22 @@ class RowBatch {
       slot_ = len;
       return;
     }
-    if (std::all_of(b.done.begin() + long(first), b.done.end(), [](bool d) { return d; })) {
-      std::vector<size_t> order(first);  // every one ended at its first token: the batch stays as it was
-      std::iota(order.begin(), order.end(), size_t(0));
+    // In the places of rows that have ended, where their prompts fit before the batch's
+    // slot: only their slots are copied, and the cache (and a fused step's plan) stays. Else
+    // the batch is regrouped. Rows that ended at their first token go.
+    std::vector<size_t> order(first), ended;
+    std::iota(order.begin(), order.end(), size_t(0));
+    for (size_t r = 0; r < first; ++r)
+      if (b.done[r]) ended.push_back(r);
+    std::vector<size_t> live;
+    for (size_t r = first; r < b.size(); ++r)
+      if (!b.done[r]) live.push_back(r);
+    if (live.size() <= ended.size() && len <= slot_) {
+      for (size_t i = 0; i < live.size(); ++i) {
+        cache_.place(int64_t(ended[i]), joined, int64_t(live[i] - first));
+        b.pads[live[i]] += slot_ - len;
+        order[ended[i]] = live[i];
+      }
       b.reorder(order);
       return;
     }
