@@ -396,9 +396,8 @@ TEST(ServeTest, RequestsThatDrawAlikeJoinTheBatchUnderWay) {
     EXPECT_EQ(r.body["usage"]["completion_tokens"], lengths[i]) << i;
     EXPECT_EQ(choice["finish_reason"], "length") << i;
   }
-  EXPECT_NE(server.log().find("lmx serve: 5 requests decoded together (4 joined)"), std::string::npos)
-      << server.log();
-  EXPECT_NE(server.log().find("lmx serve: 1 request at"), std::string::npos) << server.log();
+  EXPECT_TRUE(server.logged("lmx serve: 5 requests decoded together (4 joined)")) << server.log();
+  EXPECT_TRUE(server.logged("lmx serve: 1 request at")) << server.log();
   EXPECT_TRUE(wait_for_load(c, 0, 0));
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
@@ -418,7 +417,7 @@ TEST(ServeTest, BatchWaitGathersClientsThatStartTogether) {
   for (std::thread& t : clients) t.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (const Reply& r : replies) EXPECT_EQ(r.status, 200) << r.body.dump();
-  EXPECT_NE(server.log().find("lmx serve: 3 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_TRUE(server.logged("lmx serve: 3 requests decoded together")) << server.log();
   EXPECT_LT(seconds, 7) << "a full batch should not wait out --batch-wait";
   EXPECT_EQ(server.stop(), 0);
 }
@@ -464,7 +463,7 @@ TEST(ServeTest, PromptsToScoreAreScoredTogether) {
   }
   EXPECT_EQ(asks[3].reply.status, 400) << asks[3].reply.body.dump();
   EXPECT_NE(asks[3].reply.body.dump().find("outside the vocabulary"), std::string::npos) << asks[3].reply.body.dump();
-  EXPECT_NE(server.log().find("lmx serve: 4 requests scored together"), std::string::npos) << server.log();
+  EXPECT_TRUE(server.logged("lmx serve: 4 requests scored together")) << server.log();
   EXPECT_EQ(server.stop(), 0);
 }
 
@@ -494,7 +493,7 @@ TEST(ServeTest, AListOfPromptsIsAChoiceEachDecodedTogether) {
   }
   EXPECT_EQ(r.body["usage"]["completion_tokens"], 18);
   EXPECT_EQ(r.body["usage"]["prompt_tokens"], prompt_tokens);
-  EXPECT_NE(server.log().find("lmx serve: 3 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_TRUE(server.logged("lmx serve: 3 requests decoded together")) << server.log();
 
   const Reply bad = post(c, "/v1/completions", json{{"prompt", {json("The cat"), json({1, 99999})}}}.dump());
   EXPECT_EQ(bad.status, 400) << bad.body.dump();
@@ -518,7 +517,7 @@ TEST(ServeTest, AListOfPromptsIsAChoiceEachDecodedTogether) {
       EXPECT_EQ(got["top_logprobs"][k].size(), 2u) << i << ", token " << k;
     }
   }
-  EXPECT_NE(server.log().find("lmx serve: 2 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_TRUE(server.logged("lmx serve: 2 requests decoded together")) << server.log();
   // A list of one is the prompt alone.
   const Reply one =
       post(c, "/v1/completions", json{{"prompt", {"Blue"}}, {"max_tokens", 6}, {"ignore_eos", true}}.dump());
@@ -571,7 +570,7 @@ TEST(ServeTest, LoglikelihoodRequestsAsHarnessesSendThem) {
       }
     }
   }
-  EXPECT_NE(server.log().find("lmx serve: 3 requests decoded together"), std::string::npos) << server.log();
+  EXPECT_TRUE(server.logged("lmx serve: 3 requests decoded together")) << server.log();
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 

@@ -65,6 +65,15 @@ class Served {
     return c;
   }
   std::string log() const { return read_all(log_); }
+  // Whether the log has `line` within 20 s: a run's line comes as its batch ends, after
+  // the replies of the rows that ended before it.
+  bool logged(const std::string& line) const {
+    for (int i = 0; i < 200; ++i) {
+      if (log().find(line) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
   // SIGTERM, as Ctrl-C or a service manager stops it; the exit status.
   int stop() {
     ::kill(pid_, SIGTERM);
