@@ -202,7 +202,9 @@ struct BatchResult {
   std::vector<int32_t> ids;
   std::string text;
   std::string finish_reason;
-  std::string error;  // why the row could not run (finish_reason "error"); empty otherwise
+  // Why the row could not run or go on (finish_reason "error"); empty otherwise. "[memory]
+  // ..." where the device had no memory for it (a row that joins a batch: the others go on).
+  std::string error;
 };
 
 // A request that joins a generate_rows batch while it decodes.

@@ -50,18 +50,23 @@ void ContiguousLayerCache::place(int64_t row, const ContiguousLayerCache& from, 
   copy_slots(k_, v_, row, from, from_row, 0, length_ - from.length_, from.length_);
 }
 
-void ContiguousLayerCache::regroup(std::span<const int64_t> keep, const ContiguousLayerCache* joining,
-                                   std::span<const int64_t> join, int64_t length, int64_t capacity) {
-  LMX_CHECK((keep.empty() || k_.valid()) && (join.empty() || (joining && joining->k_.valid())) &&
-                (k_.valid() || !join.empty()),
-            "kv_cache", "regroup of rows with no keys stored");
+std::pair<Array, Array> ContiguousLayerCache::regroup_buffers(int64_t rows, int64_t capacity,
+                                                              const ContiguousLayerCache* joining) const {
+  LMX_CHECK(k_.valid() || (joining && joining->k_.valid()), "kv_cache", "regroup of rows with no keys stored");
   const Array& like = k_.valid() ? k_ : joining->k_;  // [B, Hkv, capacity, D]
-  const int64_t rows = int64_t(keep.size() + join.size()), heads = like.shape(1), dim = like.shape(3);
-  LMX_CHECK(length <= capacity && (join.empty() || joining->length_ <= length), "kv_cache",
-            "regroup into ", rows, " rows of ", length, " slots (room for ", capacity, ") from a cache of ",
-            length_, " slots and a joining one of ", join.empty() ? 0 : joining->length_);
-  const Shape shape{rows, heads, capacity, dim};
-  Array k = zeros(shape, like.dtype(), like.device()), v = zeros(shape, like.dtype(), like.device());
+  const Shape shape{rows, like.shape(1), capacity, like.shape(3)};
+  return {zeros(shape, like.dtype(), like.device()), zeros(shape, like.dtype(), like.device())};
+}
+
+void ContiguousLayerCache::regroup(std::pair<Array, Array> buffers, std::span<const int64_t> keep,
+                                   const ContiguousLayerCache* joining, std::span<const int64_t> join,
+                                   int64_t length) {
+  auto& [k, v] = buffers;
+  const int64_t capacity = k.shape(2);
+  LMX_CHECK(int64_t(keep.size() + join.size()) == k.shape(0) && (keep.empty() || k_.valid()) &&
+                (join.empty() || (joining && joining->k_.valid() && joining->length_ <= length)) && length <= capacity,
+            "kv_cache", "regroup into ", k.shape(0), " rows of ", length, " slots (room for ", capacity, ") from ",
+            keep.size(), " rows of ", length_, " slots and ", join.size(), " joining");
   const int64_t shift = length - length_, first = std::max<int64_t>(0, -shift);
   for (size_t i = 0; i < keep.size(); ++i)
     copy_slots(k, v, int64_t(i), *this, keep[i], first, first + shift, length_ - first);
@@ -215,12 +220,18 @@ void KVCache::regroup(std::span<const int64_t> keep, const KVCache* joining, std
                       int64_t length, int64_t capacity) {
   LMX_CHECK(join.empty() || (joining && joining->num_layers() == num_layers()), "kv_cache",
             "regroup: the joining cache has other layers");
+  std::vector<ContiguousLayerCache*> mine, theirs;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto* c = dynamic_cast<ContiguousLayerCache*>(layers_[i].get());
-    auto* j = join.empty() ? nullptr : dynamic_cast<ContiguousLayerCache*>(joining->layers_[i].get());
-    LMX_CHECK(c && (join.empty() || j), "kv_cache", "regroup needs contiguous caches (layer ", i, ")");
-    c->regroup(keep, j, join, length, capacity);
+    mine.push_back(dynamic_cast<ContiguousLayerCache*>(layers_[i].get()));
+    theirs.push_back(join.empty() ? nullptr : dynamic_cast<ContiguousLayerCache*>(joining->layers_[i].get()));
+    LMX_CHECK(mine.back() && (join.empty() || theirs.back()), "kv_cache", "regroup needs contiguous caches (layer ",
+              i, ")");
   }
+  // Every layer's buffers first: where memory runs out (OutOfMemory), nothing has changed.
+  std::vector<std::pair<Array, Array>> buffers;
+  for (size_t i = 0; i < mine.size(); ++i)
+    buffers.push_back(mine[i]->regroup_buffers(int64_t(keep.size() + join.size()), capacity, theirs[i]));
+  for (size_t i = 0; i < mine.size(); ++i) mine[i]->regroup(std::move(buffers[i]), keep, theirs[i], join, length);
 }
 
 void KVCache::place(int64_t row, const KVCache& from, int64_t from_row) {

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "models/transformer.h"
@@ -25,12 +26,14 @@ class ContiguousLayerCache final : public nn::LayerCache {
   void reserve_positions(int64_t n);
   fast::FusedCacheView fused_view() override;
   void commit_one() override { ++length_; }
-  // Continuous batching (KVCache::regroup): new buffers of `capacity` slots whose rows are
-  // this cache's rows `keep`, then `joining`'s rows `join`, and which hold `length` slots.
-  // A kept row's slots move by length - this length (those that would fall before slot 0
-  // are dropped); a joining row's end at `length`. The slots before them are zero.
-  void regroup(std::span<const int64_t> keep, const ContiguousLayerCache* joining, std::span<const int64_t> join,
-               int64_t length, int64_t capacity);
+  // Continuous batching (KVCache::regroup): `buffers` (regroup_buffers': zeros of `rows`
+  // rows and `capacity` slots) become this cache's, with this cache's rows `keep`, then
+  // `joining`'s rows `join`, and `length` slots filled. A kept row's slots move by length -
+  // this length (those that would fall before slot 0 are dropped); a joining row's end at
+  // `length`. The slots before them stay zero.
+  std::pair<Array, Array> regroup_buffers(int64_t rows, int64_t capacity, const ContiguousLayerCache* joining) const;
+  void regroup(std::pair<Array, Array> buffers, std::span<const int64_t> keep, const ContiguousLayerCache* joining,
+               std::span<const int64_t> join, int64_t length);
   // Row `row` takes `from`'s row `from_row`: its stored slots, ending at this cache's length
   // (the slots before them keep what they held). In place: the buffers stay.
   void place(int64_t row, const ContiguousLayerCache& from, int64_t from_row);
@@ -103,7 +106,8 @@ class KVCache {
   // empty), `length` slots filled and room for `capacity`. A kept row's slots move by
   // length - length(), keeping its last tokens; a joining row's stored slots end at
   // `length`, and the slots before them are zero, never read by a step that pads them
-  // out. Every layer must be contiguous. Both caches are held while it copies.
+  // out. Every layer must be contiguous. Both caches are held while it copies; where memory
+  // runs out (OutOfMemory) nothing changes, since every layer's buffers are made first.
   void regroup(std::span<const int64_t> keep, const KVCache* joining, std::span<const int64_t> join,
                int64_t length, int64_t capacity);
   // A joining row in the place of one that has ended, without a copy of the rest:

@@ -97,7 +97,7 @@ class RowBatch {
     std::vector<size_t> ids = std::move(first_ids);
     for (;;) {
       if (!joining.empty()) join(std::move(joining), std::move(ids));
-      else if (rows_.size() > 1 && rows_.live() * 2 <= rows_.size()) regroup(nullptr, rows_.size(), 0);  // half ended
+      else if (rows_.size() > 1 && rows_.live() * 2 <= rows_.size() && rows_.size() != unshrunk_) shrink();
       joining.clear(), ids.clear();
       if (rows_.live() == 0) {
         joining = ask(ids);
@@ -236,6 +236,28 @@ class RowBatch {
       prompts.push_back(std::move(q.prompt));
     }
     if (prompts.empty()) return;
+    try {
+      start(first, prompts);
+    } catch (const OutOfMemory& e) {
+      // The joining rows fail alone, and the batch goes on as it was (a regroup changes
+      // nothing where memory runs out).
+      for (size_t r = first; r < b.size(); ++r) {
+        if (b.done[r]) continue;
+        b.done[r] = true;
+        b.out[r].finish_reason = finish_reason_name(FinishReason::error);
+        b.out[r].error = e.what();
+        deliver(b.id[r], b.out[r]);
+      }
+      std::vector<size_t> order(first);
+      std::iota(order.begin(), order.end(), size_t(0));
+      b.reorder(order);
+    }
+  }
+
+  // The rows from `first` on (their prompts `prompts`) prefilled together, their first
+  // tokens drawn, and their keys in the batch's cache.
+  void start(size_t first, const std::vector<std::vector<int32_t>>& prompts) {
+    Rows& b = rows_;
     // Left padding among themselves: their last prompt tokens share a slot.
     const int64_t rows = int64_t(prompts.size());
     int64_t len = 0;
@@ -304,10 +326,26 @@ class RowBatch {
       return;
     }
     const int64_t slots = std::max(slot_ - least, from.empty() ? 0 : len);
-    for (size_t r : order) b.pads[r] += r < first ? slots - slot_ : slots - len;
+    std::vector<int64_t> pads;
+    int most = 0;
+    for (size_t r : order) {
+      pads.push_back(b.pads[r] + (r < first ? slots - slot_ : slots - len));
+      most = std::max(most, b.remaining(r));
+    }
+    cache_.regroup(keep, joined, from, slots, slots + most + 1);  // where it throws, nothing has changed
     b.reorder(order);
-    cache_.regroup(keep, joined, from, slots, slots + b.most_remaining() + 1);
+    b.pads = std::move(pads);
     slot_ = slots;
+  }
+
+  // Half the rows have ended: the batch drops them, unless memory runs out for the new
+  // cache (then it goes on as it is, until its size changes).
+  void shrink() {
+    try {
+      regroup(nullptr, rows_.size(), 0);
+    } catch (const OutOfMemory&) {
+      unshrunk_ = rows_.size();
+    }
   }
 
   // One step of the plain ops for every row; then the requests that join.
@@ -396,6 +434,7 @@ class RowBatch {
   int64_t slot_ = 0;  // where every row's next token goes
   std::unique_ptr<fast::FusedDecoder> fused_;
   bool no_fused_ = false;  // the device has no fused step (or no memory for one)
+  size_t unshrunk_ = 0;    // a batch size that memory did not let shrink
   int fused_steps_ = 0, plain_steps_ = 0;
   GenerationTimings timings_;
   const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();

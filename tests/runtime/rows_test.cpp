@@ -357,6 +357,42 @@ TEST(RowsTest, SeededRowsThatJoinDrawAsTheirLoneStreams) {
     EXPECT_EQ(got[1 + j].ids, lone(*model, joins[j][0].prompt, joins[j][0].options).ids) << "joined row " << j;
 }
 
+// A row that joins where memory cannot hold the batch with it fails alone ("[memory]"),
+// and the batch goes on as it was: a regroup changes nothing where memory runs out.
+TEST(RowsTest, ARowThatMemoryCannotHoldFailsAloneAndTheBatchGoesOn) {
+  auto model = load("qwen3-f32", 256);
+  const std::vector<std::vector<int32_t>> first = {{1, 2, 3}, {4, 5}};
+  const std::vector<GenerateOptions> first_o = {greedy(12), greedy(9)};
+  // Longer than the batch's slots, so the batch is regrouped, into a cache with room for its
+  // 200 tokens: 3 rows x 241 slots a layer, of keys and values of 2 heads x 32 f32 (370 KB).
+  // The limit below lets the prefill and one layer's new cache through, not the second's.
+  const RowRequest big{std::vector<int32_t>(40, 7), greedy(200)};
+  const RowRequest small{{8, 9}, greedy(3)};
+  size_t calls = 0;
+  std::map<size_t, BatchResult> done;
+  RowFeed feed;
+  feed.max_rows = 4;
+  feed.join = [&](size_t) -> std::vector<RowRequest> {
+    if (++calls == 2) {
+      set_memory_limit(active_memory("cpu") + 3 * 241 * 2 * 2 * 32 * 4 * 3 / 2, "cpu");
+      return {big};
+    }
+    if (calls == 3) set_memory_limit(0, "cpu");
+    if (calls == 4) return {small};  // and the batch takes rows again
+    return {};
+  };
+  feed.done = [&](size_t row, BatchResult r) { done[row] = std::move(r); };
+  model->generate_rows(first, first_o, {}, &feed);
+  set_memory_limit(0, "cpu");
+  ASSERT_EQ(done.size(), 4u);
+  EXPECT_EQ(done[2].finish_reason, "error");
+  EXPECT_EQ(done[2].error.rfind("[memory]", 0), 0u) << done[2].error;
+  for (size_t r : {size_t(0), size_t(1)}) EXPECT_EQ(done[r].ids, lone(*model, first[r], first_o[r]).ids) << "row " << r;
+  EXPECT_EQ(done[3].ids, lone(*model, small.prompt, small.options).ids);
+  // Without the limit it runs.
+  EXPECT_EQ(lone(*model, big.prompt, big.options).ids.size(), 200u);
+}
+
 TEST(RowsTest, CudaRowsKeepTheirOwnLimitsAndScores) {
   if (!test::cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
   auto model = load_model(kModels / "qwen3-f32", test::cuda_bf16());

@@ -295,7 +295,10 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
     m.prompt_tokens = int(a.ids[row].size());
     m.generated_tokens = int(r.ids.size());
     m.finish_reason = r.finish_reason;
-    if (!r.error.empty()) job.error = openai::ApiError{400, r.error};
+    if (r.error.starts_with("[memory]"))  // no room for it beside the batch: the client may retry
+      job.error = openai::ApiError{503, r.error, "server_error"};
+    else if (!r.error.empty())
+      job.error = openai::ApiError{400, r.error};
     if (job.request.echo && !job.error) return;  // its prompt is scored after the batch
     ended[row] = true;
     job.finish();
