@@ -385,9 +385,20 @@ TEST(ServeTest, RequestsThatDrawAlikeJoinTheBatchUnderWay) {
   // The four that draw alike end while the long stream goes on.
   for (size_t i = 0; i < 4; ++i) clients[i].join();
   EXPECT_TRUE(wait_for_load(c, 1, 1)) << "the long stream should run and the sampled request wait";
+  // One that draws alike but comes after the sampled one waits behind it: the batch takes
+  // no request past the oldest waiting, so that it ends and that one runs.
+  Reply late;
+  std::thread latecomer([&] {
+    httplib::Client ci = server.client();
+    late = post(ci, "/v1/completions", asks[0].body.dump());
+  });
+  EXPECT_TRUE(wait_for_load(c, 1, 2)) << "a later request should not join past the sampled one";
   release = true;
   holder.join();
   clients[4].join();
+  latecomer.join();
+  ASSERT_EQ(late.status, 200) << late.body.dump();
+  EXPECT_EQ(late.body["choices"][0]["text"], asks[0].want);
   for (size_t i = 0; i < asks.size(); ++i) {
     const Reply& r = asks[i].reply;
     ASSERT_EQ(r.status, 200) << i << ": " << r.body.dump();

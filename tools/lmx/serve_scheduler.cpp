@@ -138,15 +138,16 @@ std::vector<std::shared_ptr<Job>> Scheduler::take() {
       return {};
     }
   }
-  const std::vector<std::shared_ptr<Job>> more = take_joining(jobs[0]->request, size_t(max_batch_) - 1);
+  const std::vector<std::shared_ptr<Job>> more = take_joining(jobs[0]->request, size_t(max_batch_) - 1, false);
   jobs.insert(jobs.end(), more.begin(), more.end());
   running_ = jobs;
   return jobs;
 }
 
-std::vector<std::shared_ptr<Job>> Scheduler::take_joining(const openai::Request& lead, size_t room) {
+std::vector<std::shared_ptr<Job>> Scheduler::take_joining(const openai::Request& lead, size_t room, bool in_order) {
   std::vector<std::shared_ptr<Job>> jobs;
   for (auto it = queue_.begin(); it != queue_.end() && jobs.size() < room;) {
+    if (in_order && !joins((*it)->request, lead)) break;
     if (joins((*it)->request, lead)) {
       jobs.push_back(*it);
       it = queue_.erase(it);
@@ -275,7 +276,9 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
     {
       std::lock_guard lock(m_);
       if (stopping_) return std::vector<RowRequest>();
-      joining = take_joining(lead, room);
+      // In order: once the oldest waiting request cannot join, none joins past it, so that
+      // the batch ends and that one runs (a batch joined without end would starve it).
+      joining = take_joining(lead, room, true);
       running_.insert(running_.end(), joining.begin(), joining.end());
     }
     jobs.insert(jobs.end(), joining.begin(), joining.end());

@@ -76,8 +76,8 @@ class Scheduler {
   // The next requests to run: the oldest, and the others queued that may share its batch.
   std::vector<std::shared_ptr<Job>> take();
   // Takes up to `room` queued requests that may decode in a batch led by `lead`, oldest
-  // first (joins()); m_ held.
-  std::vector<std::shared_ptr<Job>> take_joining(const openai::Request& lead, size_t room);
+  // first (joins()); `in_order`: none past the first that may not. m_ held.
+  std::vector<std::shared_ptr<Job>> take_joining(const openai::Request& lead, size_t room, bool in_order);
   // Both leave finishing their jobs to loop() (a job refused before its batch finishes at once).
   void run_alone(Job& job);
   // `jobs` and the requests that join them while they decode (continuous batching, added
