@@ -80,12 +80,13 @@ struct GenerateOptions {
   // apply_chat_template(tools=...) does. parse_tool_calls reads the calls in the reply.
   std::string tools;
   bool return_logits = false;              // classify(): keep the full last-position logits
-  // Streams (generate, chat): the reply held to one JSON object, token by token (OpenAI's
-  // response_format "json_object"): each draw is among the tokens whose text continues it,
-  // and the reply ends once the object closes (finish_reason "complete"). The steps then run
-  // one at a time, each reading its logits on the host; generate_rows refuses it.
+  // The reply held to one JSON object, token by token (OpenAI's response_format
+  // "json_object"): each draw is among the tokens whose text continues it, and the reply
+  // ends once the object closes (finish_reason "complete"). The steps then run one at a
+  // time, each reading its logits on the host (in generate_rows, the held rows' logits,
+  // while the others draw as they would).
   bool json_object = false;
-  // Streams: the reply held to this JSON Schema (its JSON text; OpenAI's response_format
+  // The reply held to this JSON Schema (its JSON text; OpenAI's response_format
   // "json_schema"), as json_object holds it to an object. The root must be an object or an
   // array. Read: type (or a list of types), properties, required, additionalProperties,
   // items, minItems, maxItems, minLength, maxLength, enum, const, anyOf, oneOf (of branches
@@ -242,12 +243,13 @@ class TextModel {
   // come, text as a Stream gives it (stop strings held back), and returning false ends that
   // row ("cancelled"). The rows' draws must agree (temperature, top-k, top-p, min-p,
   // penalties, logit bias); their seeds, lengths, stop conditions and templates' text may
-  // differ, and so may their logprobs (each Token then carries its scores). Throws
-  // lmx::Error for rows that do not agree. A prompt that cannot run (empty, an id outside
-  // the vocabulary, past the context: check_prompt) fails its row alone: finish_reason
+  // differ, and so may their logprobs (each Token then carries its scores) and their holds
+  // to JSON (json_object, json_schema). Throws lmx::Error for rows that do not agree. A
+  // prompt that cannot run (empty, an id outside the vocabulary, past the context:
+  // check_prompt), or a json_schema the reader refuses, fails its row alone: finish_reason
   // "error" and BatchResult::error, and the other rows run. Returns each row's ids, text
   // and finish reason ("eos", "stop_token", "stop_string", "length", "context_length",
-  // "cancelled" or "error").
+  // "complete", "cancelled" or "error").
   // With a RowFeed, rows also join while the batch decodes (continuous batching), and each
   // row's result comes as soon as it ends; the call returns when no row is left.
   using RowCallback = std::function<bool(size_t row, const Token& token)>;

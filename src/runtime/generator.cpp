@@ -140,8 +140,12 @@ int32_t TokenGenerator::sample(const Array& logits) {
 }
 
 int32_t TokenGenerator::sample_json(const Array& logits) {
-  std::vector<float> x = to_floats(logits);  // [V]
-  if (sampler_.greedy()) {
+  return json_draw(sampler_, to_floats(logits), *json_tokens_, json_, tokens_);
+}
+
+int32_t json_draw(Sampler& sampler, std::vector<float> x, const text::JsonTokens& tokens, const text::JsonPrefix& json,
+                  std::span<const int32_t> history) {
+  if (sampler.greedy()) {
     // The best tokens in turn until one continues the JSON: nearly always the first for a
     // model that writes JSON. The 64 best, in order, from one pass.
     constexpr size_t kTries = 64;
@@ -159,11 +163,11 @@ int32_t TokenGenerator::sample_json(const Array& logits) {
     }
     std::sort_heap(best.begin(), best.end(), std::greater<>());  // best first
     for (const auto& [logit, negative_id] : best)
-      if (json_tokens_->allowed(json_, -negative_id)) return -negative_id;
+      if (tokens.allowed(json, -negative_id)) return -negative_id;
   }
   // Every token that cannot come next masked, and the sampler's draw among the rest.
-  json_tokens_->mask(json_, x);
-  const int32_t tok = sampler_.sample(x, tokens_);
+  tokens.mask(json, x);
+  const int32_t tok = sampler.sample(x, history);
   LMX_CHECK(tok >= 0, "generate", "no token of the vocabulary continues the JSON reply (all are masked or NaN)");
   return tok;
 }
@@ -186,12 +190,13 @@ void set_fused_edits(fast::FusedDecoder& fused, std::span<const Sampler> sampler
   fused.set_edits(e.starts, e.edits, samplers[0].penalties());
 }
 
-void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers) {
+void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers, const std::vector<bool>& skip) {
   const std::optional<fast::SampleFilter> filter = samplers[0].filter();
   if (!filter && !samplers[0].needs_edits()) return;
   std::vector<uint64_t> words;
   if (filter)
-    for (Sampler& s : samplers) words.push_back(s.take_word());
+    for (size_t r = 0; r < samplers.size(); ++r)
+      words.push_back(r < skip.size() && skip[r] ? 0 : samplers[r].take_word());
   fused.draw(filter, words);
 }
 

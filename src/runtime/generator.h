@@ -61,7 +61,14 @@ RowEdits row_edits(std::span<const Sampler> samplers,
 // draw, unless the samplers are greedy (the step's own argmax stands).
 void set_fused_edits(fast::FusedDecoder& fused, std::span<const Sampler> samplers,
                      std::span<const std::vector<int32_t>> histories);
-void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers);
+// Rows where skip[r] (skip may be empty) take no random word: their draws go unused.
+void fused_draw(fast::FusedDecoder& fused, std::span<Sampler> samplers, const std::vector<bool>& skip = {});
+// A draw among the tokens that continue `json` (a reply held to JSON) from one row's
+// `logits` [V]: greedy, the first of the 64 most likely that does (nearly always the most
+// likely, for a model that writes JSON), else every other token masked; sampled, the
+// sampler's draw over the masked logits. Throws lmx::Error where no token continues it.
+int32_t json_draw(Sampler& sampler, std::vector<float> logits, const text::JsonTokens& tokens,
+                  const text::JsonPrefix& json, std::span<const int32_t> history);
 // model.fused_decoder(rows), or nullptr where the device has no memory left for one.
 std::unique_ptr<fast::FusedDecoder> fused_decoder_or_none(const models::CausalLM& model, int rows);
 

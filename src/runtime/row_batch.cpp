@@ -20,6 +20,7 @@
 #include "runtime/prefill.h"
 #include "runtime/text_model.h"
 #include "runtime/token_text.h"
+#include "text/json_schema.h"
 
 namespace lmx::runtime {
 namespace {
@@ -38,6 +39,7 @@ struct Rows {
   std::vector<GenerationLimits> limits;
   std::vector<int> budget;  // the most new tokens: its max_tokens, or the room its context leaves
   std::vector<int64_t> pads;
+  std::vector<std::optional<text::JsonPrefix>> json;  // a reply held to JSON: the text so far, read
 
   size_t size() const { return id.size(); }
   size_t live() const { return size_t(std::count(done.begin(), done.end(), false)); }
@@ -61,7 +63,7 @@ struct Rows {
       v = std::move(kept);
     };
     pick(id), pick(history), pick(samplers), pick(done), pick(out), pick(options), pick(texts), pick(limits);
-    pick(budget), pick(pads);
+    pick(budget), pick(pads), pick(json);
   }
 };
 
@@ -70,8 +72,6 @@ std::string refusal(const GenerateOptions& o, const GenerateOptions& lead) {
   if (o.logprobs < -1 || o.logprobs > kMaxTopLogprobs)
     return detail::cat("logprobs must be -1 (off) or 0 to ", kMaxTopLogprobs, " alternatives, got ", o.logprobs);
   if (o.max_tokens < 0) return detail::cat("max_tokens must be at least 0, got ", o.max_tokens);
-  if (o.json_object || !o.json_schema.empty())
-    return "a reply held to JSON (json_object, json_schema) runs as a stream (generate, chat), not in a batch";
   if (!draws_alike(o, lead))
     return "draws otherwise than row 0 (temperature, top-k, top-p, min-p, penalties and logit bias must agree)";
   return {};
@@ -147,6 +147,11 @@ class RowBatch {
     const bool stop = std::count(lim.stop_tokens.begin(), lim.stop_tokens.end(), token) > 0;
     const bool full = int(out.ids.size()) >= b.budget[r];
     FinishReason why = eos ? FinishReason::eos : stop ? FinishReason::stop_token : FinishReason::none;
+    if (b.json[r]) {  // its draws are among the tokens that continue it
+      LMX_CHECK(b.json[r]->feed(json_tokens_->piece(token)), "generate_rows", "internal error: token ", token,
+                " was drawn but does not continue row ", b.id[r], "'s JSON reply");
+      if (b.json[r]->complete()) why = FinishReason::complete;
+    }
     if (why == FinishReason::none && full)
       why = b.budget[r] < b.options[r].max_tokens ? FinishReason::context_length : FinishReason::max_tokens;
     TokenText::Piece piece = b.texts[r].push(token, eos || stop, why != FinishReason::none);
@@ -171,6 +176,30 @@ class RowBatch {
     }
   }
 
+  // The recognizer of the reply that `o` holds to JSON (none: not held). Throws lmx::Error
+  // for a schema the reader refuses, or a model without a tokenizer.
+  std::optional<text::JsonPrefix> held_to_json(const GenerateOptions& o) {
+    if (!o.json_object && o.json_schema.empty()) return std::nullopt;
+    std::optional<text::JsonPrefix> json;
+    if (o.json_schema.empty())
+      json.emplace(true);
+    else
+      json.emplace(std::make_shared<const text::JsonSchema>(text::JsonSchema::compile(o.json_schema)));
+    json_tokens_ = &m_.json_tokens();
+    return json;
+  }
+  // Row r's draw among the tokens that continue its JSON, from row `at` of `logits` [R, V].
+  int32_t draw_json(size_t r, const Array& logits, int64_t at) {
+    Rows& b = rows_;
+    return lmx::json_draw(b.samplers[r], to_floats(slice_axis(logits, 0, at, at + 1)), *json_tokens_, *b.json[r],
+                             b.history[r]);
+  }
+  bool any_json() const {
+    for (size_t r = 0; r < rows_.size(); ++r)
+      if (!rows_.done[r] && rows_.json[r]) return true;
+    return false;
+  }
+
   // Every row's draw from the step's `logits` [R, V] (rows from `first` on), scored where a
   // row wants logprobs, and accepted.
   void draw(const Array& logits, size_t first) {
@@ -178,8 +207,11 @@ class RowBatch {
     const size_t n = b.size() - first;
     std::span<Sampler> samplers(b.samplers.data() + first, n);
     std::span<const std::vector<int32_t>> histories(b.history.data() + first, n);
-    const std::vector<bool> skip(b.done.begin() + long(first), b.done.end());
+    std::vector<bool> skip;  // rows that ended, and those held to JSON, drawn below
+    for (size_t r = first; r < b.size(); ++r) skip.push_back(b.done[r] || b.json[r]);
     std::vector<int32_t> next = sample_rows(samplers, logits, histories, skip);
+    for (size_t r = first; r < b.size(); ++r)
+      if (!b.done[r] && b.json[r]) next[r - first] = draw_json(r, logits, int64_t(r - first));
     int top = -1;
     for (size_t r = first; r < b.size(); ++r) {
       if (b.done[r]) next[r - first] = b.history[r].back();
@@ -201,11 +233,13 @@ class RowBatch {
       RowRequest& q = joining[j];
       if (!lead_) lead_ = q.options;
       std::string why = refusal(q.options, *lead_);
+      std::optional<text::JsonPrefix> json;
       if (why.empty()) {
         try {
           check_prompt(q.prompt, model_.spec().vocab_size, context_, "generate_rows",
                        detail::cat("prompt ", ids[j]));
-        } catch (const Error& e) {
+          json = held_to_json(q.options);
+        } catch (const Error& e) {  // the prompt, or a schema the reader refuses
           why = e.what();
         }
       }
@@ -233,6 +267,7 @@ class RowBatch {
       b.limits.push_back(m_.limits(o));
       b.budget.push_back(budget);
       b.options.push_back(o);
+      b.json.push_back(std::move(json));
       prompts.push_back(std::move(q.prompt));
     }
     if (prompts.empty()) return;
@@ -386,12 +421,18 @@ class RowBatch {
     fast::FusedDecoder& fused = *fused_;
     const int steps = b.most_remaining(), top = b.top();
     const size_t rows = b.size();
+    // Rows held to JSON draw on the host from each step's logits, one step at a time; their
+    // device draws go unused (and take no random word), and where theirs differ the next
+    // step's inputs are set again.
+    const bool json = any_json();
+    std::vector<bool> held;
+    for (size_t r = 0; r < rows; ++r) held.push_back(b.json[r].has_value());
     cache_.reserve(slot_ + steps);  // no reallocation, so the step's graph is recorded once
     std::vector<int32_t> next;
     for (const auto& h : b.history) next.push_back(h.back());
     fused.set_inputs(next, std::vector<int64_t>(rows, slot_), b.pads);
     set_fused_edits(fused, b.samplers, b.history);  // every draw is made on the device
-    const int ahead = top >= 0 ? 1 : 2;  // steps in flight
+    const int ahead = top >= 0 || json ? 1 : 2;  // steps in flight
     int queued = 0, read = 0;
     bool last = false;  // queue no more steps
     std::vector<RowRequest> joining;
@@ -399,16 +440,29 @@ class RowBatch {
       while (!last && queued - read < ahead && queued < steps) {
         fused.step(cache_.fused_views());
         cache_.commit_one();
-        fused_draw(fused, b.samplers);  // ended rows draw too: their tokens are ignored
+        fused_draw(fused, b.samplers, held);  // ended rows draw too: their tokens are ignored
         fused.queue_token();
         ++queued;
       }
-      const std::vector<int32_t> tokens = fused.wait_tokens();
+      std::vector<int32_t> tokens = fused.wait_tokens();
       ++read;
+      bool redraw = false;
+      for (size_t r = 0; json && r < rows; ++r) {
+        if (b.done[r] || !b.json[r]) continue;
+        const int32_t own = draw_json(r, fused.logits(), int64_t(r));
+        redraw |= own != tokens[r];
+        tokens[r] = own;
+      }
       // The step's logits as it made them: the draws' edits go to a buffer of their own.
       const std::vector<TokenLogprobs> scored =
           top >= 0 ? log_probabilities_rows(fused.logits(), tokens, top) : std::vector<TokenLogprobs>();
       for (size_t r = 0; r < rows; ++r) accept(r, tokens[r], scored.empty() ? nullptr : &scored[r]);
+      if (redraw) {  // one step in flight at most, read: the next takes the host's tokens
+        std::vector<int32_t> inputs;
+        for (const auto& h : b.history) inputs.push_back(h.back());
+        fused.set_inputs(inputs, std::vector<int64_t>(rows, slot_ + queued), b.pads);
+        set_fused_edits(fused, b.samplers, b.history);
+      }
       if (last) continue;  // the steps still queued are read, their tokens kept by rows still live
       const size_t live = b.live();
       if (live == 0 || (rows > 1 && live * 2 <= rows)) last = true;
@@ -428,6 +482,7 @@ class RowBatch {
   std::vector<BatchResult>& results_;
   const size_t max_rows_;
   std::optional<GenerateOptions> lead_;  // the first row's options: every row draws alike
+  const text::JsonTokens* json_tokens_ = nullptr;  // each id's text, once a row is held to JSON
   size_t next_id_;                       // the number of the next row to join
   Rows rows_;
   KVCache cache_;

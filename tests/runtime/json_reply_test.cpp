@@ -4,7 +4,9 @@
 // and parses as one (nlohmann's parser), with the schema's keys, types and values.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "lmx/lmx.h"
 #include "test_util.h"
@@ -130,6 +132,77 @@ TEST(JsonReplyTest, AnObjectThatClosesEndsTheReply) {
   EXPECT_EQ(again, text);
 }
 
+// Rows for generate_rows' batch and for rows that join it (RowFeed).
+struct HeldRow {
+  std::vector<int32_t> prompt;
+  GenerateOptions options;
+};
+
+std::map<size_t, BatchResult> run_held(TextModel& model, const std::vector<HeldRow>& first,
+                                       const std::vector<HeldRow>& joining) {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<GenerateOptions> options;
+  for (const HeldRow& r : first) prompts.push_back(r.prompt), options.push_back(r.options);
+  std::map<size_t, BatchResult> done;
+  bool joined = false;
+  RowFeed feed;
+  feed.max_rows = 8;
+  feed.join = [&](size_t) {
+    std::vector<RowRequest> out;
+    if (!std::exchange(joined, true))
+      for (const HeldRow& r : joining) out.push_back({r.prompt, r.options});
+    return out;
+  };
+  feed.done = [&](size_t row, BatchResult r) { done[row] = std::move(r); };
+  model.generate_rows(prompts, options, {}, &feed);
+  return done;
+}
+
+void expect_lone(TextModel& model, const std::vector<HeldRow>& rows, const std::map<size_t, BatchResult>& got) {
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::vector<int32_t> ids;
+    std::string text;
+    for (const Token& t : model.generate_ids(rows[r].prompt, rows[r].options)) ids.push_back(t.id), text += t.text;
+    ASSERT_TRUE(got.count(r)) << "row " << r;
+    EXPECT_EQ(got.at(r).ids, ids) << "row " << r;
+    EXPECT_EQ(got.at(r).text, text) << "row " << r;
+    EXPECT_EQ(got.at(r).finish_reason, model.metrics().finish_reason) << "row " << r;
+  }
+}
+
+// The batch of the tests below, drawn by `seed` (none: greedy): a row not held, one held to
+// an object, and, joining, one held to kZoneSchema and another to an object. Checks that the
+// held rows' texts are JSON prefixes, and the schema's a zone where it closed.
+std::vector<HeldRow> held_rows(const TextModel& model, std::optional<uint64_t> seed, size_t first) {
+  auto held = [&](int n, bool object, const char* schema, uint64_t offset) {
+    GenerateOptions o = drawn(seed ? std::optional<uint64_t>(*seed + offset) : std::nullopt, n);
+    o.logit_bias = structure_first(model);
+    o.json_object = object;
+    o.json_schema = schema;
+    return o;
+  };
+  const std::vector<int32_t> prompt = model.tokenize("Give me a JSON object.", true);
+  std::vector<HeldRow> rows = {{prompt, held(20, false, "", 0)},
+                               {{5, 6, 7}, held(40, true, "", 1)},
+                               {prompt, held(60, false, kZoneSchema, 2)},
+                               {{8, 9}, held(30, true, "", 3)}};
+  EXPECT_LE(first, rows.size());
+  return rows;
+}
+
+std::map<size_t, BatchResult> run_held_rows(TextModel& model, const std::vector<HeldRow>& rows, size_t first) {
+  const std::map<size_t, BatchResult> got = run_held(model, {rows.begin(), rows.begin() + long(first)},
+                                                     {rows.begin() + long(first), rows.end()});
+  EXPECT_EQ(got.size(), rows.size());
+  if (got.size() != rows.size()) return got;
+  EXPECT_EQ(got.at(0).ids.size(), 20u);
+  for (size_t r : {size_t(1), size_t(3)}) EXPECT_TRUE(text::JsonPrefix().feed(got.at(r).text)) << got.at(r).text;
+  const auto schema = std::make_shared<const text::JsonSchema>(text::JsonSchema::compile(kZoneSchema));
+  EXPECT_TRUE(text::JsonPrefix(schema).feed(got.at(2).text)) << got.at(2).text;
+  if (got.at(2).finish_reason == "complete") expect_zone(got.at(2).text);
+  return got;
+}
+
 // On a GPU the held reply runs the fused step a token at a time and reads its logits back.
 TEST(JsonReplyTest, CudaHoldsItToo) {
   if (!test::cuda_visible()) GTEST_SKIP() << "no CUDA device visible";
@@ -159,6 +232,13 @@ TEST(JsonReplyTest, CudaHoldsItToo) {
     ASSERT_FALSE(model->err()) << model->err_message();
     EXPECT_TRUE(text::JsonPrefix(schema).feed(text)) << text;
     if (model->metrics().finish_reason == "complete") expect_zone(text);
+  }
+  // Rows of a batch (on the batched fused step): the device's draws for the held rows go
+  // unused, and where the host's differ the next step takes them.
+  for (const std::optional<uint64_t> seed : kDraws) {
+    SCOPED_TRACE(seed ? "seed " + std::to_string(*seed) : "greedy");
+    run_held_rows(*model, held_rows(*model, seed, 2), 2);
+    EXPECT_EQ(model->metrics().decode_path.rfind("fused-", 0), 0u) << model->metrics().decode_path;
   }
 }
 
@@ -211,17 +291,28 @@ TEST(JsonReplyTest, ASchemaRefusedChangesNothing) {
   EXPECT_EQ(model->metrics().finish_reason, "length");
 }
 
-TEST(JsonReplyTest, BatchesRefuseIt) {
+// A batch's rows held to JSON (generate_rows, rows that join it too) draw on the host from
+// each step's logits as their lone streams do: the same tokens and end, beside a row that is
+// not held. A schema the reader refuses fails its row alone.
+TEST(JsonReplyTest, BatchRowsHoldItAsTheirStreamsDo) {
   auto model = cpu_model();
-  GenerateOptions o;
-  o.json_object = true;
-  const std::vector<std::vector<int32_t>> prompts{{5, 6, 7}};
-  try {
-    model->generate_rows(prompts, std::vector<GenerateOptions>{o});
-    ADD_FAILURE() << "expected a refusal";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("runs as a stream"), std::string::npos) << e.what();
+  const std::vector<int32_t> prompt = model->tokenize("Give me a JSON object.", true);
+  for (const std::optional<uint64_t> seed : kDraws) {
+    SCOPED_TRACE(seed ? "seed " + std::to_string(*seed) : "greedy");
+    const std::vector<HeldRow> rows = held_rows(*model, seed, 2);
+    expect_lone(*model, rows, run_held_rows(*model, rows, 2));
   }
+  // A schema the reader refuses fails its row alone, named.
+  GenerateOptions bad;
+  bad.max_tokens = 4;
+  bad.json_schema = R"({"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}}})";
+  GenerateOptions fine;
+  fine.max_tokens = 4;
+  const std::map<size_t, BatchResult> got = run_held(*model, {{prompt, fine}}, {{prompt, bad}});
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got.at(1).finish_reason, "error");
+  EXPECT_NE(got.at(1).error.find("the keyword 'format'"), std::string::npos) << got.at(1).error;
+  EXPECT_EQ(got.at(0).ids.size(), 4u);
 }
 
 }  // namespace

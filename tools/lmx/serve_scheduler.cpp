@@ -12,14 +12,13 @@ namespace {
 // A request that only scores its prompt (echo with no new tokens), as evaluation harnesses
 // send their loglikelihood requests.
 bool scores_only(const openai::Request& r) { return r.echo && r.options.max_tokens == 0; }
-bool held_to_json(const openai::Request& r) { return r.options.json_object || !r.options.json_schema.empty(); }
-
-// Whether request r may decode in a batch led by `lead`: both generate, neither is held to
-// JSON (its draws look at every logit on the host), they draw alike, and both or neither
-// want logprobs (scored steps run one at a time and read their scores back, which would
-// slow the others). Requests that only score their prompts share a pass whatever their options.
+// Whether request r may decode in a batch led by `lead`: both generate, they draw alike, and
+// both or neither want logprobs (scored steps run one at a time and read their scores back,
+// which would slow the others). Requests that only score their prompts share a pass whatever
+// their options. A reply held to JSON joins too: while one decodes, the steps run one at a
+// time and its draws are made on the host.
 bool joins(const openai::Request& r, const openai::Request& lead) {
-  if (scores_only(r) != scores_only(lead) || held_to_json(r) || held_to_json(lead)) return false;
+  if (scores_only(r) != scores_only(lead)) return false;
   return scores_only(lead) ||
          (draws_alike(r.options, lead.options) && (r.options.logprobs >= 0) == (lead.options.logprobs >= 0));
 }
@@ -99,7 +98,7 @@ void Scheduler::loop() {
     const size_t first = jobs.size();
     if (scores)
       run_scores(jobs);
-    else if (jobs.size() == 1 && (max_batch_ == 1 || held_to_json(jobs[0]->request)))
+    else if (jobs.size() == 1 && max_batch_ == 1)
       run_alone(*jobs[0]);
     else
       run_batch(jobs);  // and those that joined it, added to jobs

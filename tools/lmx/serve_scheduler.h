@@ -2,9 +2,9 @@
 // scheduler's own runs them. With --max-batch above 1, requests that generate run in a
 // batch (TextModel::generate_rows) that others drawing alike join while it decodes
 // (continuous batching): each is prefilled as it comes and answered as soon as its row
-// ends, and on a GPU 2-8 sequences decode in about the time of one. A reply held to JSON
-// runs alone (a Stream: the prompt cache, and on a GPU the fused one-sequence step), as
-// every request does with --max-batch 1. Requests that only score their prompts (echo with
+// ends, and on a GPU 2-8 sequences decode in about the time of one. With --max-batch 1
+// every request runs alone (a Stream: the prompt cache, and on a GPU the fused one-sequence
+// step). Requests that only score their prompts (echo with
 // max_tokens 0, as evaluation harnesses send them) are scored together
 // (TextModel::score_batch). No HTTP here (cmd_serve.cpp); tokens go to each request's Job.
 #pragma once
