@@ -41,6 +41,9 @@ def main():
     p.add_argument("--requests", type=int, default=1, help="requests each client sends, one after another")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--lengths", default="", help="max_tokens in turn, e.g. 16,256,64 (in place of --max-tokens)")
+    p.add_argument("--json-every", type=int, default=0,
+                   help="every Nth request (client k's request i where (k + i) %% N == 0) held to a JSON object "
+                        "(response_format json_object)")
     p.add_argument("--prompt", default="The history of the printing press begins")
     p.add_argument("--chat", action="store_true", help="ask /v1/chat/completions (for servers without /v1/completions)")
     p.add_argument("--timeout", type=float, default=600)
@@ -56,6 +59,8 @@ def main():
             text = f"{a.prompt} ({k}.{i})"
             n_max = lengths[(k + i) % len(lengths)]
             body = {"max_tokens": n_max, "temperature": 0}
+            if a.json_every and (k + i) % a.json_every == 0:
+                body["response_format"] = {"type": "json_object"}
             if a.chat:
                 body["messages"] = [{"role": "user", "content": text}]
             else:
