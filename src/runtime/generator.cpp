@@ -167,8 +167,11 @@ int32_t json_draw(Sampler& sampler, std::vector<float> x, const text::JsonTokens
   }
   // Every token that cannot come next masked, and the sampler's draw among the rest.
   tokens.mask(json, x);
+  // A greedy draw over logits all -inf (every token that continues it biased away) is the
+  // first of them, not -1: the draw is checked against the JSON too.
   const int32_t tok = sampler.sample(x, history);
-  LMX_CHECK(tok >= 0, "generate", "no token of the vocabulary continues the JSON reply (all are masked or NaN)");
+  LMX_CHECK(tok >= 0 && tokens.allowed(json, tok), "generate",
+            "no token of the vocabulary continues the JSON reply (all are masked, NaN or biased to -inf)");
   return tok;
 }
 

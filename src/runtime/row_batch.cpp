@@ -188,11 +188,20 @@ class RowBatch {
     json_tokens_ = &m_.json_tokens();
     return json;
   }
-  // Row r's draw among the tokens that continue its JSON, from row `at` of `logits` [R, V].
+  // Row r's draw among the tokens that continue its JSON, from row `at` of `logits` [R, V];
+  // -1 where none does (all masked or NaN): the row has then failed alone.
   int32_t draw_json(size_t r, const Array& logits, int64_t at) {
     Rows& b = rows_;
-    return lmx::json_draw(b.samplers[r], to_floats(slice_axis(logits, 0, at, at + 1)), *json_tokens_, *b.json[r],
-                             b.history[r]);
+    try {
+      return lmx::json_draw(b.samplers[r], to_floats(slice_axis(logits, 0, at, at + 1)), *json_tokens_, *b.json[r],
+                            b.history[r]);
+    } catch (const Error& e) {
+      b.done[r] = true;
+      b.out[r].finish_reason = finish_reason_name(FinishReason::error);
+      b.out[r].error = e.what();
+      deliver(b.id[r], b.out[r]);
+      return -1;
+    }
   }
   bool any_json() const {
     for (size_t r = 0; r < rows_.size(); ++r)
@@ -211,7 +220,7 @@ class RowBatch {
     for (size_t r = first; r < b.size(); ++r) skip.push_back(b.done[r] || b.json[r]);
     std::vector<int32_t> next = sample_rows(samplers, logits, histories, skip);
     for (size_t r = first; r < b.size(); ++r)
-      if (!b.done[r] && b.json[r]) next[r - first] = draw_json(r, logits, int64_t(r - first));
+      if (!b.done[r] && b.json[r]) next[r - first] = draw_json(r, logits, int64_t(r - first));  // -1: failed
     int top = -1;
     for (size_t r = first; r < b.size(); ++r) {
       if (b.done[r]) next[r - first] = b.history[r].back();
@@ -451,7 +460,7 @@ class RowBatch {
         if (b.done[r] || !b.json[r]) continue;
         const int32_t own = draw_json(r, fused.logits(), int64_t(r));
         redraw |= own != tokens[r];
-        tokens[r] = own;
+        tokens[r] = own >= 0 ? own : b.history[r].back();  // -1: the row failed, and is done
       }
       // The step's logits as it made them: the draws' edits go to a buffer of their own.
       const std::vector<TokenLogprobs> scored =

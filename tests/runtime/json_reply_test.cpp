@@ -4,6 +4,7 @@
 // and parses as one (nlohmann's parser), with the schema's keys, types and values.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <utility>
@@ -313,6 +314,27 @@ TEST(JsonReplyTest, BatchRowsHoldItAsTheirStreamsDo) {
   EXPECT_EQ(got.at(1).finish_reason, "error");
   EXPECT_NE(got.at(1).error.find("the keyword 'format'"), std::string::npos) << got.at(1).error;
   EXPECT_EQ(got.at(0).ids.size(), 4u);
+  // So does a row that no token can continue (every one that may open an object biased to
+  // -inf), at its first draw; the other row, with the same bias, goes on.
+  GenerateOptions none = fine;
+  for (int32_t id = 0; id < int32_t(model->info().vocab_size); ++id) {
+    const std::string text = model->detokenize({&id, 1}, false);
+    if (!text.empty() && std::string("{ \t\n\r").find(text[0]) != std::string::npos)
+      none.logit_bias.emplace_back(id, -std::numeric_limits<float>::infinity());
+  }
+  GenerateOptions stuck = none;
+  stuck.json_object = true;
+  const std::map<size_t, BatchResult> held = run_held(*model, {{prompt, none}, {prompt, stuck}}, {});
+  ASSERT_EQ(held.size(), 2u);
+  EXPECT_EQ(held.at(1).finish_reason, "error");
+  EXPECT_NE(held.at(1).error.find("no token of the vocabulary continues the JSON"), std::string::npos)
+      << held.at(1).error;
+  EXPECT_EQ(held.at(0).ids.size(), 4u);
+  size_t streamed = 0;  // a stream ends so too, with the error
+  for (const Token& t : model->generate_ids(prompt, stuck)) streamed += t.text.size();
+  EXPECT_EQ(streamed, 0u);
+  EXPECT_NE(model->err_message().find("no token of the vocabulary continues the JSON"), std::string::npos)
+      << model->err_message();
 }
 
 }  // namespace
