@@ -436,6 +436,10 @@ class RowBatch {
     const bool json = any_json();
     std::vector<bool> held;
     for (size_t r = 0; r < rows; ++r) held.push_back(b.json[r].has_value());
+    // As a stream's (TokenGenerator::take_fused_decoder): greedy draws with no edits read no
+    // logit, top-k draws only the k largest; scores and JSON holds read every one.
+    const std::optional<fast::SampleFilter> filter = b.samplers[0].filter();
+    fused.set_logits_needed(top >= 0 || json || b.samplers[0].needs_edits() ? 0 : !filter ? 1 : filter->top_k);
     cache_.reserve(slot_ + steps);  // no reallocation, so the step's graph is recorded once
     std::vector<int32_t> next;
     for (const auto& h : b.history) next.push_back(h.back());
