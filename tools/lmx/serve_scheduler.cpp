@@ -282,6 +282,13 @@ void Scheduler::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
     }
     jobs.insert(jobs.end(), joining.begin(), joining.end());
     Admitted more = admit(joining);  // a prompt that cannot run is answered at once
+    if (more.jobs.size() < joining.size()) {
+      std::lock_guard lock(m_);
+      std::erase_if(running_, [&](const std::shared_ptr<Job>& j) {
+        const bool refused = !std::count(more.jobs.begin(), more.jobs.end(), j.get());
+        return refused && std::count(joining.begin(), joining.end(), j);
+      });
+    }
     std::vector<RowRequest> out;
     for (size_t i = 0; i < more.jobs.size(); ++i) {
       out.push_back({more.ids[i], more.jobs[i]->request.options});
