@@ -285,7 +285,9 @@ std::vector<BatchResult> run_fed(TextModel& model, const std::vector<std::vector
     out.push_back(done[r]);
     EXPECT_EQ(ids[r], out[r].ids) << "row " << r;
     EXPECT_EQ(text[r], out[r].text) << "row " << r;
-    if (r < first.size()) EXPECT_EQ(first[r].ids, out[r].ids) << "row " << r;
+    if (r < first.size()) {
+      EXPECT_EQ(first[r].ids, out[r].ids) << "row " << r;
+    }
   }
   return out;
 }
